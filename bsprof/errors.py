@@ -1,0 +1,44 @@
+"""Typed errors. The library raises them; only the CLI turns them into a red line and an exit code.
+
+Every error carries what happened (``message``) and what to do about it (``hint``).
+"""
+
+from __future__ import annotations
+
+
+class BsprofError(Exception):
+    """A problem the user can fix. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  fix: {self.hint}" if self.hint else self.message
+
+
+class SpecError(BsprofError):
+    """The spec file is missing, does not import, or its functions misbehave."""
+
+
+class ConfigError(BsprofError):
+    """An option or config key is unknown, of the wrong type, or inconsistent with another."""
+
+
+class DataError(BsprofError):
+    """Dataset items cannot be drawn or collated."""
+
+
+class NonFiniteError(BsprofError):
+    """A loss or gradient became NaN or Inf."""
+
+    def __init__(self, message: str, hint: str = "", step: int | None = None):
+        super().__init__(message, hint)
+        self.step = step
+
+
+class ReportError(BsprofError):
+    """A report file cannot be read or does not match the schema."""

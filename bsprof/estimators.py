@@ -1,0 +1,188 @@
+"""Pure estimators of the gradient noise scale: numbers in, numbers out (no torch).
+
+Notation (McCandlish et al. 2018, arXiv 1812.06162): per-example gradients g_i, true gradient G = E[g_i],
+covariance Σ, G_B the mean gradient of B examples.
+
+    E|G_B|² = |G|² + tr(Σ)·c(B)                                   (A.1, generalised)
+    c(B) = 1/B                       drawing i.i.d. (infinite population)
+    c(B) = (1/B − 1/n)·n/(n − 1)     drawing B of n without replacement (finite-population correction)
+    B_simple = tr(Σ)/|G|²                                         (2.9)
+
+Σ is the population covariance (divided by n), so B_simple is that of the whole dataset.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as _st
+
+from .stats import Draw
+
+OK, LOWER_BOUND, UNDETERMINED = "ok", "lower_bound", "undetermined"
+
+
+def noise_coefficient(B: int | np.ndarray, n: int | None = None):
+    """c(B) with E|G_B|² = |G|² + tr(Σ)·c(B): 1/B i.i.d., (n − B)/(B(n − 1)) without replacement from n."""
+    B = np.asarray(B, dtype=float)
+    if n is None:
+        return 1.0 / B
+    if n < 2:
+        raise ValueError("a finite population needs n >= 2")
+    return (n - B) / (B * (n - 1.0))
+
+
+def unbiased_pair(small_sq, big_sq, b: int, B: int, n: int | None = None):
+    """Unbiased (|G|², tr(Σ)) from one nested pair of squared norms (App. A.1), with c(·) as above.
+
+        tr(Σ)_est = (|G_b|² − |G_B|²) / (c(b) − c(B))
+        |G|²_est  = (c(b)|G_B|² − c(B)|G_b|²) / (c(b) − c(B))
+
+    With n = ∞ these are McCandlish's (|G_b|² − |G_B|²)/(1/b − 1/B) and (B|G_B|² − b|G_b|²)/(B − b).
+    Each may be negative for one draw; that is information, never clamp it.
+    """
+    if not b < B:
+        raise ValueError(f"need b < B, got b={b}, B={B}")
+    cb, cB = noise_coefficient(b, n), noise_coefficient(B, n)
+    small_sq, big_sq = np.asarray(small_sq, float), np.asarray(big_sq, float)
+    trace = (small_sq - big_sq) / (cb - cB)
+    g2 = (cb * big_sq - cB * small_sq) / (cb - cB)
+    return g2, trace
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A ratio of means T/G with a Fieller confidence set and its status."""
+
+    value: float
+    lo: float
+    hi: float
+    status: str
+
+
+def _quantile(confidence: float, dof: int) -> float:
+    return float(_st.t.ppf(0.5 + confidence / 2.0, dof))
+
+
+def ratio_of_means(t: Sequence[float], g: Sequence[float], weights: Sequence[float] | None = None,
+                   confidence: float = 0.9) -> Ratio:
+    """R = Σw·t / Σw·g over draws (ratio of means, never mean of ratios) with Fieller's interval.
+
+    With u_j = m·w_j/Σw the rescaled draws, R is in the set where
+        (T̄ − R·Ḡ)² ≤ q²/m · (s_tt − 2R·s_tg + R²·s_gg),   q = t_{m−1} quantile,
+    a quadratic a·R² − 2b·R + c ≤ 0.  a > 0 (|G|² significantly above 0): a finite interval, status "ok".
+    a ≤ 0 and tr(Σ) significantly above 0: the set reaches +∞, so only a lower bound is known.
+    Otherwise: "undetermined".
+    """
+    t, g = np.asarray(t, float), np.asarray(g, float)
+    m = len(t)
+    w = np.ones(m) if weights is None else np.asarray(weights, float)
+    u = m * w / w.sum()
+    ut, ug = u * t, u * g
+    T, G = ut.mean(), ug.mean()
+    if m < 2:
+        return Ratio(T / G if G > 0 else math.nan, math.nan, math.nan, UNDETERMINED)
+    cov = np.cov(np.vstack([ut, ug]), ddof=1)
+    s_tt, s_gg, s_tg = cov[0, 0], cov[1, 1], cov[0, 1]
+    q2 = _quantile(confidence, m - 1) ** 2 / m
+    if s_tt == 0 and s_gg == 0:  # every draw identical: exact (all of a finite dataset)
+        value = T / G if G > 0 else math.nan
+        return Ratio(value, value, value, OK if G > 0 else UNDETERMINED)
+    a, bq, c = G * G - q2 * s_gg, T * G - q2 * s_tg, T * T - q2 * s_tt
+    disc = bq * bq - a * c
+    if a > 0:
+        root = math.sqrt(max(disc, 0.0))
+        return Ratio(T / G, max((bq - root) / a, 0.0), (bq + root) / a, OK)
+    trace_significant = T > 0 and c > 0
+    if disc > 0 and trace_significant:
+        lo = max((bq + math.sqrt(disc)) / a, (bq - math.sqrt(disc)) / a)
+        if lo > 0:
+            return Ratio(lo, lo, math.inf, LOWER_BOUND)
+    return Ratio(math.nan, math.nan, math.nan, UNDETERMINED)
+
+
+def mean_interval(x: Sequence[float], weights: Sequence[float] | None = None, confidence: float = 0.9):
+    """Weighted mean of draws and its t-interval (mean, lo, hi)."""
+    x = np.asarray(x, float)
+    m = len(x)
+    w = np.ones(m) if weights is None else np.asarray(weights, float)
+    u = m * w / w.sum() * x
+    mean = u.mean()
+    if m < 2:
+        return mean, math.nan, math.nan
+    half = _quantile(confidence, m - 1) * u.std(ddof=1) / math.sqrt(m)
+    return mean, mean - half, mean + half
+
+
+@dataclass(frozen=True)
+class NoiseScale:
+    """B_simple = tr(Σ)/|G|² at one set of weights, with its interval, from several draws."""
+
+    g2: float
+    g2_lo: float
+    g2_hi: float
+    trace_sigma: float
+    b_simple: float
+    b_simple_lo: float
+    b_simple_hi: float
+    status: str
+    n_draws: int
+    examples: int
+    loss: float
+    confidence: float
+    layers: dict  # group index -> (g2, trace_sigma, b_simple, lo, hi, status)
+
+    @property
+    def rel_halfwidth(self) -> float:
+        """max(hi − B, B − lo)/B; ∞ unless the status is ok."""
+        if self.status != OK or not self.b_simple > 0:
+            return math.inf
+        return max(self.b_simple_hi - self.b_simple, self.b_simple - self.b_simple_lo) / self.b_simple
+
+    @property
+    def gradient_diversity_bound(self) -> float:
+        """Yin et al. 2018: n·Δ = Σ|g_i|²·n/|Σg_i|² = 1 + B_simple, the largest batch that still speeds up SGD."""
+        return 1.0 + self.b_simple
+
+
+def draw_estimates(draws: Sequence[Draw]):
+    """Per-draw unbiased (|G|², tr(Σ)) per parameter group: two arrays of shape [draws, groups]."""
+    g2, tr = zip(*(unbiased_pair(d.small_sq, d.big_sq, d.b, d.B, d.n) for d in draws))
+    return np.vstack(g2), np.vstack(tr)
+
+
+def noise_scale(draws: Sequence[Draw], confidence: float = 0.9) -> NoiseScale:
+    """Combine draws into B_simple: example-weighted ratio of means, Fieller interval, per-group breakdown."""
+    if not draws:
+        raise ValueError("no draws")
+    g2, tr = draw_estimates(draws)
+    w = np.array([d.B for d in draws], float)
+    total = ratio_of_means(tr.sum(1), g2.sum(1), w, confidence)
+    g2_mean, g2_lo, g2_hi = mean_interval(g2.sum(1), w, confidence)
+    tr_mean = float(np.average(tr.sum(1), weights=w))
+    layers = {}
+    for j in range(g2.shape[1]):
+        r = ratio_of_means(tr[:, j], g2[:, j], w, confidence)
+        layers[j] = (float(np.average(g2[:, j], weights=w)), float(np.average(tr[:, j], weights=w)),
+                     r.value, r.lo, r.hi, r.status)
+    loss = float(np.average([d.loss for d in draws], weights=w))
+    return NoiseScale(float(g2_mean), float(g2_lo), float(g2_hi), tr_mean, total.value, total.lo, total.hi,
+                      total.status, len(draws), int(w.sum()), loss, confidence, layers)
+
+
+def regression_1_over_B(batch_sizes: Sequence[float], sq_norms: Sequence[float], n: int | None = None):
+    """Least-squares fit of |G_B|² = |G|² + tr(Σ)·c(B) over partial sums (B = b, 2b, …, kb).
+
+    Returns (|G|², tr(Σ), R²) where R² is the fit's coefficient of determination on the mean curve.
+    """
+    x = noise_coefficient(np.asarray(batch_sizes, float), n)
+    y = np.asarray(sq_norms, float)
+    X = np.vstack([np.ones_like(x), x]).T
+    (g2, trace), *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ np.array([g2, trace])
+    ss = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid ** 2).sum()) / ss if ss > 0 else 1.0
+    return float(g2), float(trace), r2

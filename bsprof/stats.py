@@ -1,0 +1,39 @@
+"""Raw gradient statistics: the numbers that flow from the probes to the estimators.
+
+A *draw* is one nested small/big batch pair at fixed weights (McCandlish et al. 2018, App. A.1):
+B examples drawn without replacement, split into small batches of b examples each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One nested pair, per parameter group (arrays of length L, one entry per group).
+
+    small_sq: mean over the B/b small batches of |G_b|²   (b = 1: mean of per-example |g_i|²)
+    big_sq:   |G_B|² of the mean gradient of all B examples
+    loss:     mean loss of the B examples
+    n:        population size the B examples were drawn from (None: infinite / with replacement)
+    """
+
+    small_sq: np.ndarray
+    big_sq: np.ndarray
+    b: int
+    B: int
+    loss: float
+    n: int | None = None
+    # |G_{jb}|² of the partial sums j = 1..k (for the 1/B regression); optional, totals only
+    partial_sq: tuple[float, ...] = field(default=())
+
+    @property
+    def small_sq_total(self) -> float:
+        return float(np.sum(self.small_sq))
+
+    @property
+    def big_sq_total(self) -> float:
+        return float(np.sum(self.big_sq))
