@@ -1,0 +1,41 @@
+"""The typer application and the one place where errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import typer
+from rich.console import Console
+
+from ..errors import BsprofError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="bsprof: measure the critical batch size (gradient noise scale) of a PyTorch model.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def user_errors(exit_code: int | None = None):
+    """Turn a BsprofError into a red line plus hint on stderr and a non-zero exit (no traceback)."""
+    try:
+        yield
+    except BsprofError as e:
+        err_console.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True)
+        if e.hint:
+            err_console.print(f"[yellow]fix:[/] {e.hint}", highlight=False)
+        raise typer.Exit(exit_code if exit_code is not None else e.exit_code)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
+    if version:
+        from .. import __version__
+
+        typer.echo(f"bsprof {__version__}")
+        raise typer.Exit(0)
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()

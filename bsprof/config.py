@@ -1,0 +1,138 @@
+"""One resolved options object per command: defaults < YAML file (--config) < command line.
+
+Unknown keys and wrong types fail loudly, all problems reported together; the resolved options go into the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+METHODS = ("auto", "per_example", "hooks", "vmap", "microbatch")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+UNITS = ("examples", "tokens")
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """Options of `bsprof measure`. Sizes are in examples; per-measurement budgets stop the sampling."""
+
+    steps: int = 200                 # probe-training steps (0: measure the initial/checkpoint weights only)
+    batch_size: int = 32             # training batch size
+    lr: float = 0.1                  # learning rate of the default SGD optimizer (ignored by a spec optimizer)
+    measure_every: int = 0           # steps between measurements (0: four measurements over the run)
+    rel_error: float = 0.2           # stop drawing when the interval on B_simple is within this of the estimate
+    confidence: float = 0.9          # level of every interval
+    method: str = "auto"             # gradient probe: auto, per_example, hooks, vmap, microbatch
+    micro_batch: int = 8             # small batch b of the micro-batch probe
+    probe_batch: int = 0             # big batch B of one draw (0: adapt to ~2·B_simple)
+    chunk: int = 256                 # examples per forward/backward pass while measuring (memory)
+    max_examples: int = 200_000      # budget of examples per measurement
+    max_seconds: float = 60.0        # budget of seconds per measurement
+    min_draws: int = 5               # draws before the stopping rule may stop
+    device: str = "auto"             # auto (CUDA, then MPS, then CPU), cpu, cuda, mps
+    seed: int = 0
+    checkpoint: typing.Optional[str] = None  # measure at these saved weights (a state_dict)
+    unit: str = "examples"           # batch unit: examples, or tokens (needs tokens_per_example)
+    tokens_per_example: int = 0      # 0: detect from the spec's TOKENS_PER_EXAMPLE
+    hessian: bool = False            # also measure B_noise = tr(HΣ)/(GᵀHG) via Hessian-vector products
+
+    def problems(self) -> list[str]:
+        """Every inconsistency at once (empty when valid)."""
+        p = []
+        for name in ("batch_size", "micro_batch", "chunk", "max_examples", "min_draws"):
+            if getattr(self, name) < 1:
+                p.append(f"{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("steps", "measure_every", "probe_batch", "tokens_per_example"):
+            if getattr(self, name) < 0:
+                p.append(f"{name} must be 0 or more (got {getattr(self, name)})")
+        if not 0 < self.rel_error < 10:
+            p.append(f"rel_error must be in (0, 10) (got {self.rel_error})")
+        if not 0.5 <= self.confidence < 1:
+            p.append(f"confidence must be in [0.5, 1) (got {self.confidence})")
+        if self.lr <= 0:
+            p.append(f"lr must be positive (got {self.lr})")
+        if self.max_seconds <= 0:
+            p.append(f"max_seconds must be positive (got {self.max_seconds})")
+        for name, allowed in (("method", METHODS), ("device", DEVICES), ("unit", UNITS)):
+            if getattr(self, name) not in allowed:
+                p.append(f"{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+        if self.method == "microbatch" and self.micro_batch < 2:
+            p.append("micro_batch must be at least 2 for the micro-batch probe (use --method per_example for b = 1)")
+        if self.method == "microbatch" and self.probe_batch and self.probe_batch % self.micro_batch:
+            p.append(f"probe_batch {self.probe_batch} is not a multiple of micro_batch {self.micro_batch}: "
+                     f"use e.g. --probe-batch {self.micro_batch * max(2, self.probe_batch // self.micro_batch)}")
+        if self.method == "microbatch" and self.probe_batch and self.probe_batch < 2 * self.micro_batch:
+            p.append(f"probe_batch must hold at least two micro-batches of {self.micro_batch}")
+        return p
+
+
+def _check_type(name: str, value, hint) -> tuple[object, str | None]:
+    """Coerce ``value`` to the annotated type where lossless (int → float); else say what is wrong."""
+    allowed = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    if value is None and type(None) in allowed:
+        return None, None
+    for t in allowed:
+        if t is bool and isinstance(value, bool):
+            return value, None
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value, None
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value), None
+        if t is str and isinstance(value, str):
+            return value, None
+    want = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    return value, f"{name} must be {want}, got {type(value).__name__} {value!r}"
+
+
+def resolve(cls, yaml_path: str | Path | None = None, overrides: dict | None = None):
+    """Build ``cls`` from defaults, then the YAML file, then ``overrides`` (None values are ignored)."""
+    values: dict = {}
+    errors: list[str] = []
+    if yaml_path is not None:
+        values.update(_read_yaml(Path(yaml_path)))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    clean = {}
+    for key, value in values.items():
+        key_py = key.replace("-", "_")
+        if key_py not in names:
+            close = difflib.get_close_matches(key_py, names, n=1)
+            errors.append(f"unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            continue
+        clean[key_py], err = _check_type(key_py, value, hints[key_py])
+        if err:
+            errors.append(err)
+    if not errors:
+        config = cls(**clean)
+        errors = config.problems() if hasattr(config, "problems") else []
+    if errors:
+        where = f" in {yaml_path}" if yaml_path else ""
+        raise ConfigError(f"bad options{where}:\n  - " + "\n  - ".join(errors),
+                          "fix or remove these keys; `bsprof measure --help` lists every option and its type")
+    return config
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}", "pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}", "fix the YAML syntax")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of option: value, not a {type(data).__name__}",
+                          "write one `key: value` per line")
+    return data
+
+
+def as_dict(config) -> dict:
+    return dataclasses.asdict(config)
