@@ -1,0 +1,415 @@
+"""The CI gate: is a batch size (and learning rate) within policy, given a measured noise scale?
+
+Pure policy: numbers and a Report in, a frozen ``Verdict`` out. No files, no terminal.
+
+The trade-off (McCandlish et al. 2018, arXiv 1812.06162, eq. 2.11–2.12) at noise scale B_n:
+
+    extra steps     S/S_min − 1 = B_n / B          (a batch too small wastes wall-clock time)
+    extra examples  E/E_min − 1 = B / B_n          (a batch too large wastes compute)
+
+A batch passes while both are at most a factor F (default 4), i.e. B_n/F ≤ B ≤ F·B_n; ``max_extra_steps`` and
+``max_extra_compute`` set the two sides separately. B_n is estimated by B_simple = tr(Σ)/|G|² (eq. 2.9).
+
+Intervals. The measurement is an interval [lo, hi] on B_n. A check FAILS only if the batch violates the policy
+even at the most favourable end of the interval (B/hi > X for "too large", lo/B > X for "too small"), so
+measurement noise alone can never raise a false alarm. When the estimate or part of the interval violates the
+policy but the favourable end does not, the check passes with a warning saying so. A lower bound (B_n > lo,
+hi = ∞) can still prove a batch too small; nothing else can be judged from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .report import Report
+
+PASS, FAIL, CANNOT_JUDGE = "pass", "fail", "cannot_judge"
+EXIT_CODES = {PASS: 0, FAIL: 1, CANNOT_JUDGE: 2}
+ADAM_LIKE = ("adam", "adamw", "nadam", "radam", "adamax")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _fmt(x: float) -> str:
+    """A number for a message: 3 significant figures, thousands without exponent."""
+    if x is None or not _finite(x):
+        return "∞" if x == math.inf else "?"
+    if x != 0 and (abs(x) >= 1e6 or abs(x) < 1e-3):
+        return f"{x:.3g}"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
+
+
+# -- the measured figure ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NoiseScale:
+    """B_n at one point of a run: estimate, interval [lo, hi] (hi = inf for a lower bound), and where it was read."""
+
+    value: float
+    lo: float
+    hi: float
+    status: str                # ok, lower_bound, undetermined (the report's vocabulary)
+    unit: str = "examples"
+    where: str = "summary"
+    loss: float | None = None
+    step: int | None = None
+    eps_max: float | None = None
+
+    @property
+    def rel_halfwidth(self) -> float:
+        """(hi − lo) / (2·value): the precision of the measurement (inf for a lower bound)."""
+        if self.status != "ok" or not (_finite(self.value) and self.value > 0):
+            return math.inf
+        return (self.hi - self.lo) / (2 * self.value)
+
+    def describe(self) -> str:
+        if self.status == "lower_bound":
+            return f"B_simple > {_fmt(self.lo)} {self.unit} (a lower bound, {self.where})"
+        if self.status != "ok":
+            return f"B_simple undetermined ({self.where})"
+        return f"B_simple = {_fmt(self.value)} [{_fmt(self.lo)}, {_fmt(self.hi)}] {self.unit} ({self.where})"
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("value", "lo", "hi", "status", "unit", "where", "loss", "step", "eps_max")}
+        d["rel_halfwidth"] = self.rel_halfwidth
+        return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in d.items()}
+
+
+def _row_scale(row: dict, unit: str, where: str) -> NoiseScale:
+    value, lo, hi = (row.get(k) for k in ("b_simple", "b_simple_lo", "b_simple_hi"))
+    status = row.get("status") or "undetermined"
+    eps = row.get("eps_max")
+    common = dict(unit=unit, where=where, loss=row.get("loss"), step=row.get("step"),
+                  eps_max=eps if _finite(eps) and eps > 0 else None)
+    if status == "ok" and _finite(value) and value > 0:
+        lo = lo if _finite(lo) and 0 < lo <= value else value
+        hi = hi if _finite(hi) and hi >= value else value
+        return NoiseScale(float(value), float(lo), float(hi), "ok", **common)
+    if status in ("ok", "lower_bound") and _finite(lo) and lo > 0:
+        return NoiseScale(math.nan, float(lo), math.inf, "lower_bound", **common)
+    return NoiseScale(math.nan, math.nan, math.nan, "undetermined", **common)
+
+
+def noise_at(report: Report, at_loss: float | None = None) -> NoiseScale:
+    """The noise scale at the report's latest measurement, or interpolated at ``at_loss``.
+
+    Interpolation is linear in log B_simple (and log of each interval end) against the loss, between the
+    measurements with status ok that bracket ``at_loss``. Raises ValueError outside the measured losses:
+    the noise scale grows as the loss falls (often 10×), so extrapolating is not a judgement.
+    """
+    if at_loss is None:
+        s = report.summary
+        where = "summary" + (f", step {s['step']}" if s.get("step") is not None else "")
+        return _row_scale(s, report.unit, where)
+    rows = [r for r in report.measurements if r.get("status") == "ok" and _finite(r.get("loss"))
+            and _finite(r.get("b_simple")) and r["b_simple"] > 0]
+    if not rows:
+        return NoiseScale(math.nan, math.nan, math.nan, "undetermined", report.unit,
+                          f"no determined measurement to interpolate at loss {_fmt(at_loss)}", loss=at_loss)
+    rows.sort(key=lambda r: r["loss"])
+    losses = np.array([r["loss"] for r in rows], float)
+    if not losses[0] <= at_loss <= losses[-1]:
+        raise ValueError(f"--at-loss {_fmt(at_loss)} is outside the measured losses "
+                         f"[{_fmt(losses[0])}, {_fmt(losses[-1])}]; bsprof does not extrapolate the noise scale")
+    scales = [_row_scale(r, report.unit, "") for r in rows]
+    logs = {k: np.log([getattr(s, k) for s in scales]) for k in ("value", "lo", "hi")}
+    est = {k: float(np.exp(np.interp(at_loss, losses, v))) for k, v in logs.items()}
+    eps = [s.eps_max for s in scales]
+    eps_max = float(np.exp(np.interp(at_loss, losses, np.log(eps)))) if all(eps) else None
+    return NoiseScale(est["value"], min(est["lo"], est["value"]), max(est["hi"], est["value"]), "ok",
+                      report.unit, f"interpolated at loss {_fmt(at_loss)}", loss=at_loss, eps_max=eps_max)
+
+
+# -- policy and results ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Policy:
+    """Limits of the gate. ``None`` sides default to ``factor``."""
+
+    factor: float = 4.0
+    max_extra_compute: float | None = None   # fail if B/B_n > this (even at B_n = hi)
+    max_extra_steps: float | None = None     # fail if B_n/B > this (even at B_n = lo)
+    lr_factor: float = 4.0                    # fail if lr is off the scaling rule by more than this
+    baseline_factor: float = 2.0              # fail if B_n moved beyond both intervals by more than this
+
+    @property
+    def compute_limit(self) -> float:
+        return self.max_extra_compute if self.max_extra_compute is not None else self.factor
+
+    @property
+    def steps_limit(self) -> float:
+        return self.max_extra_steps if self.max_extra_steps is not None else self.factor
+
+    def problems(self) -> list[str]:
+        p = []
+        for name in ("factor", "lr_factor", "baseline_factor"):
+            if not (_finite(getattr(self, name)) and getattr(self, name) >= 1):
+                p.append(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        for name in ("max_extra_compute", "max_extra_steps"):
+            v = getattr(self, name)
+            if v is not None and not (_finite(v) and v > 0):
+                p.append(f"--{name.replace('_', '-')} must be positive (got {v})")
+        return p
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One judged item (batch_size, lr, baseline): its status, the message, warnings, figures, and what passes."""
+
+    name: str
+    status: str
+    message: str
+    notes: tuple[str, ...] = ()
+    measured: dict = field(default_factory=dict)
+    passing: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "status": self.status, "message": self.message, "notes": list(self.notes),
+                "measured": _clean(self.measured), "passing": _clean(self.passing)}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's answer: fail if any check fails, else cannot_judge if any cannot, else pass."""
+
+    checks: tuple[CheckResult, ...]
+    noise: NoiseScale | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> str:
+        statuses = {c.status for c in self.checks}
+        if FAIL in statuses:
+            return FAIL
+        if CANNOT_JUDGE in statuses or not self.checks:
+            return CANNOT_JUDGE
+        return PASS
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+    @property
+    def messages(self) -> list[str]:
+        return [c.message for c in self.checks]
+
+    @classmethod
+    def from_error(cls, name: str, message: str, hint: str = "") -> Verdict:
+        """A verdict for input that could not be read at all (bad report, bad options)."""
+        return cls((CheckResult(name, CANNOT_JUDGE, message, (f"fix: {hint}",) if hint else ()),))
+
+    def to_dict(self) -> dict:
+        from . import __version__
+
+        return {"status": self.status, "exit_code": self.exit_code, "messages": self.messages,
+                "checks": [c.to_dict() for c in self.checks],
+                "noise_scale": self.noise.to_dict() if self.noise else None,
+                "notes": list(self.notes), "bsprof_version": __version__}
+
+
+def _clean(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _pow2_within(target: float, lo: float, hi: float) -> int | None:
+    """The power of two nearest ``target`` (log scale) inside [lo, hi], or the integer ``target`` if none is."""
+    if not lo <= hi:
+        return None
+    powers = [2 ** k for k in range(0, 40) if lo <= 2 ** k <= hi]
+    if powers:
+        return min(powers, key=lambda p: abs(math.log(p / target)))
+    return int(round(min(max(target, lo), hi)))
+
+
+# -- the batch size ----------------------------------------------------------------------------------------------
+def check_batch(batch_size: float, noise: NoiseScale, policy: Policy = Policy()) -> CheckResult:
+    """Judge B against B_n: extra steps B_n/B ≤ X_steps and extra compute B/B_n ≤ X_compute (eq. 2.11)."""
+    B, Xs, Xc, u = float(batch_size), policy.steps_limit, policy.compute_limit, noise.unit
+    measured = {"batch_size": B, "b_noise": noise.value, "b_noise_lo": noise.lo, "b_noise_hi": noise.hi,
+                "steps_limit": Xs, "compute_limit": Xc}
+    if noise.status == "undetermined":
+        return CheckResult("batch_size", CANNOT_JUDGE,
+                           f"cannot judge B = {_fmt(B)}: the noise scale is undetermined ({noise.where}); "
+                           "|G|² was not distinguished from 0",
+                           ("measure longer or at a lower loss: `bsprof measure --max-examples ...`",), measured)
+    passing = {"min": noise.lo / Xs, "max": noise.hi * Xc}
+    if noise.status == "ok":
+        passing.update(min_clean=noise.hi / Xs, max_clean=noise.lo * Xc)
+        passing["suggest"] = _pow2_within(B, passing["min_clean"], passing["max_clean"]) or \
+            _pow2_within(B, passing["min"], passing["max"])
+    # provable violations, at the most favourable end of the interval
+    if noise.lo / B > Xs:
+        extra = noise.lo / B
+        return CheckResult("batch_size", FAIL,
+                           f"B = {_fmt(B)} is too small: it takes {_fmt(1 + extra)}× the minimal number of steps "
+                           f"(S/S_min − 1 = B_n/B ≥ {_fmt(extra)}, limit {_fmt(Xs)}) even at the low end of "
+                           f"{noise.describe()}; a batch of at least {_fmt(math.ceil(passing['min']))} {u} passes",
+                           (), {**measured, "extra_steps": extra}, passing)
+    if noise.status == "lower_bound":
+        return CheckResult("batch_size", CANNOT_JUDGE,
+                           f"cannot judge B = {_fmt(B)}: {noise.describe()} can only show a batch too small, "
+                           f"and B ≥ {_fmt(noise.lo / Xs)} is not",
+                           ("measure at more examples so |G|² is resolved: `bsprof measure --max-examples ...`",),
+                           measured, passing)
+    if B / noise.hi > Xc:
+        extra = B / noise.hi
+        return CheckResult("batch_size", FAIL,
+                           f"B = {_fmt(B)} is too large: it spends {_fmt(1 + extra)}× the minimal compute "
+                           f"(E/E_min − 1 = B/B_n ≥ {_fmt(extra)}, limit {_fmt(Xc)}) even at the high end of "
+                           f"{noise.describe()}; a batch of at most {_fmt(math.floor(passing['max']))} {u} passes",
+                           (), {**measured, "extra_compute": extra}, passing)
+    steps, compute = noise.value / B, B / noise.value
+    measured.update(extra_steps=steps, extra_compute=compute)
+    notes = []
+    if noise.hi / B > Xs or B / noise.lo > Xc:
+        side = "too small" if noise.hi / B > Xs else "too large"
+        at_est = (steps > Xs) or (compute > Xc)
+        notes.append(f"B = {_fmt(B)} is {side} {'at the estimate' if at_est else 'at one end of the interval'}, "
+                     f"but not across the whole interval {noise.describe()}; not failing, since bsprof fails only "
+                     f"when the whole interval violates the policy. B in "
+                     f"[{_fmt(passing['min_clean'])}, {_fmt(passing['max_clean'])}] {u} passes cleanly; "
+                     "measure more precisely (smaller --rel-error) to decide")
+    return CheckResult("batch_size", PASS,
+                       f"B = {_fmt(B)} is within policy: {_fmt(1 + steps)}× the minimal steps and "
+                       f"{_fmt(1 + compute)}× the minimal compute at {noise.describe()}", tuple(notes), measured,
+                       passing)
+
+
+# -- the learning rate -------------------------------------------------------------------------------------------
+def lr_rule(optimizer: str | None) -> str | None:
+    """'linear' for SGD (and momentum SGD), 'sqrt' for the Adam family, None when bsprof has no rule."""
+    name = (optimizer or "SGD").lower()
+    if name == "sgd":
+        return "linear"
+    if name in ADAM_LIKE:
+        return "sqrt"
+    return None
+
+
+def target_lr(rule: str, lr_ref: float, b_ref: float, batch_size: float, b_noise: float | None = None,
+              eps_max: float | None = None) -> float:
+    """The learning rate at batch B predicted from (lr_ref at B_ref).
+
+    sqrt (Adam):  lr_ref·√(B/B_ref).
+    linear (SGD): from ε_opt(B) = ε_max/(1 + B_n/B) (McCandlish eq. 2.6) relative to B_ref,
+                  lr_ref·(1 + B_n/B_ref)/(1 + B_n/B) — linear scaling while B ≪ B_n, saturating beyond;
+                  lr_ref·B/B_ref when B_n is unknown; capped by ε_opt(B) itself when ε_max was measured.
+    """
+    B = float(batch_size)
+    if rule == "sqrt":
+        return lr_ref * math.sqrt(B / b_ref)
+    if b_noise is None or not _finite(b_noise):
+        target = lr_ref * B / b_ref
+    else:
+        target = lr_ref * (1 + b_noise / b_ref) / (1 + b_noise / B)
+    if eps_max is not None and b_noise is not None and _finite(b_noise):
+        target = min(target, eps_max / (1 + b_noise / B))
+    return target
+
+
+def check_lr(lr: float, batch_size: float, report_config: dict, noise: NoiseScale | None,
+             policy: Policy = Policy()) -> CheckResult:
+    """Judge lr against the optimizer's scaling rule from the measured config; off by > lr_factor fails."""
+    optimizer = report_config.get("optimizer") or "SGD"
+    rule, f = lr_rule(optimizer), policy.lr_factor
+    lr_ref, b_ref = report_config.get("lr"), report_config.get("batch_size")
+    measured = {"lr": lr, "optimizer": optimizer, "rule": rule, "lr_ref": lr_ref, "batch_size_ref": b_ref}
+    if rule is None:
+        return CheckResult("lr", CANNOT_JUDGE, f"cannot judge lr = {_fmt(lr)}: bsprof has no scaling rule for "
+                           f"{optimizer} (it knows SGD: linear, Adam/AdamW: square root)", (), measured)
+    if not (_finite(lr_ref) and lr_ref > 0 and _finite(b_ref) and b_ref > 0):
+        return CheckResult("lr", CANNOT_JUDGE, f"cannot judge lr = {_fmt(lr)}: the report's config has no "
+                           f"reference lr and batch_size (found lr={lr_ref!r}, batch_size={b_ref!r})", (), measured)
+    notes = []
+    if rule == "sqrt":
+        grid = [None]
+    elif noise is None or noise.status == "undetermined":
+        grid = [None]
+        notes.append("noise scale undetermined: plain linear scaling from the measured config, valid only "
+                     "while B is well below the (unknown) noise scale")
+    else:
+        hi = noise.hi if _finite(noise.hi) else noise.lo * 1e6
+        grid = list(np.geomspace(noise.lo, hi, 33))
+    eps = noise.eps_max if noise is not None else None
+    targets = [target_lr(rule, lr_ref, b_ref, batch_size, bn, eps) for bn in grid]
+    t_lo, t_hi = min(targets), max(targets)
+    best = target_lr(rule, lr_ref, b_ref, batch_size,
+                     noise.value if noise is not None and noise.status == "ok" else None, eps)
+    measured.update(target=best, target_lo=t_lo, target_hi=t_hi, ratio=lr / best)
+    passing = {"min": t_lo / f, "max": t_hi * f, "suggest": best}
+    how = (f"{'square-root' if rule == 'sqrt' else 'linear'} scaling for {optimizer} from lr = {_fmt(lr_ref)} "
+           f"at B = {_fmt(b_ref)}")
+    if lr > t_hi * f or lr < t_lo / f:
+        off = lr / t_hi if lr > t_hi * f else t_lo / lr
+        word = "too high" if lr > t_hi * f else "too low"
+        return CheckResult("lr", FAIL, f"lr = {_fmt(lr)} is {word}: {_fmt(off)}× off {how} (limit {_fmt(f)}×); "
+                           f"use lr ≈ {_fmt(best)} (anything in [{_fmt(passing['min'])}, {_fmt(passing['max'])}] "
+                           "passes)", tuple(notes), measured, passing)
+    if lr > best * f or lr < best / f:
+        notes.append(f"lr = {_fmt(lr)} is more than {_fmt(f)}× off the rule at the estimate (≈ {_fmt(best)}), "
+                     "but not across the whole interval on the noise scale; not failing")
+    return CheckResult("lr", PASS, f"lr = {_fmt(lr)} is within {_fmt(f)}× of {how} (≈ {_fmt(best)})",
+                       tuple(notes), measured, passing)
+
+
+# -- regression against a baseline -------------------------------------------------------------------------------
+def check_baseline(new: NoiseScale, old: NoiseScale, factor: float = 2.0) -> CheckResult:
+    """Fail when B_n moved beyond both intervals by more than ``factor``: new_lo > old_hi·f or new_hi < old_lo/f."""
+    measured = {"new": new.to_dict(), "old": old.to_dict(), "factor": factor}
+    if new.unit != old.unit:
+        return CheckResult("baseline", CANNOT_JUDGE, f"cannot compare with the baseline: it is in {old.unit}, "
+                           f"this measurement in {new.unit}", (), measured)
+    if new.status == "undetermined" or old.status == "undetermined":
+        which = "this measurement" if new.status == "undetermined" else "the baseline"
+        return CheckResult("baseline", CANNOT_JUDGE,
+                           f"cannot compare with the baseline: the noise scale of {which} is undetermined",
+                           (), measured)
+    passing = {"min": old.lo / factor, "max": old.hi * factor}
+    if new.lo > old.hi * factor:
+        return CheckResult("baseline", FAIL,
+                           f"the noise scale grew {_fmt(new.lo / old.hi)}× beyond the baseline (limit "
+                           f"{_fmt(factor)}×): now {new.describe()}, was {old.describe()}; update the baseline "
+                           "if this is intended, or re-tune the batch size", (), measured, passing)
+    if new.hi < old.lo / factor:
+        return CheckResult("baseline", FAIL,
+                           f"the noise scale shrank {_fmt(old.lo / new.hi)}× below the baseline (limit "
+                           f"{_fmt(factor)}×): now {new.describe()}, was {old.describe()}; update the baseline "
+                           "if this is intended, or re-tune the batch size", (), measured, passing)
+    if new.status != "ok" or old.status != "ok":
+        return CheckResult("baseline", CANNOT_JUDGE,
+                           f"cannot tell whether the noise scale moved: now {new.describe()}, was "
+                           f"{old.describe()}", (), measured, passing)
+    ratio = new.value / old.value
+    return CheckResult("baseline", PASS, f"the noise scale is within {_fmt(factor)}× of the baseline "
+                       f"({_fmt(ratio)}× the baseline estimate; was {old.describe()})", (),
+                       {**measured, "ratio": ratio}, passing)
+
+
+# -- everything together -----------------------------------------------------------------------------------------
+def judge(report: Report, batch_size: float, lr: float | None = None, policy: Policy = Policy(),
+          at_loss: float | None = None, baseline: Report | None = None) -> Verdict:
+    """Run every applicable check on ``report``. Raises ValueError for options that cannot be judged
+    (invalid policy, --at-loss outside the measured losses)."""
+    problems = policy.problems()
+    if not (_finite(batch_size) and batch_size > 0):
+        problems.append(f"--batch-size must be positive (got {batch_size})")
+    if lr is not None and not (_finite(lr) and lr > 0):
+        problems.append(f"--lr must be positive (got {lr})")
+    if problems:
+        raise ValueError("; ".join(problems))
+    noise = noise_at(report, at_loss)
+    checks = [check_batch(batch_size, noise, policy)]
+    if lr is not None:
+        checks.append(check_lr(lr, batch_size, report.config, noise, policy))
+    if baseline is not None:
+        checks.append(check_baseline(noise, noise_at(baseline, at_loss), policy.baseline_factor))
+    notes = []
+    if lr_rule(report.config.get("optimizer")) == "sqrt":
+        notes.append("under Adam, plain B_simple tends to underestimate the critical batch (Merrill et al. 2025)")
+    notes.extend(d["message"] for d in report.diagnostics if isinstance(d, dict) and d.get("message"))
+    return Verdict(tuple(checks), noise, tuple(notes))

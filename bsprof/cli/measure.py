@@ -1,0 +1,87 @@
+"""`bsprof measure SPEC.py`: probe training with noise-scale measurements; writes the report folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..config import MeasureConfig, resolve
+from ..errors import BsprofError
+from ..render import noise_scale_text
+from ..report import Report
+from .app import app, console, err_console, user_errors
+
+O = typer.Option
+
+
+@app.command()
+def measure(
+    spec: Path = typer.Argument(..., help="Spec file defining model(), dataset(), loss(model, batch)."),
+    config: Optional[Path] = O(None, "--config", "-c", help="YAML file of options (command-line flags win)."),
+    out: Path = O(Path("bsprof-out"), "--out", "-o", help="Report folder."),
+    steps: Optional[int] = O(None, help="Probe-training steps; 0 measures the initial (or checkpoint) weights. [200]"),
+    batch_size: Optional[int] = O(None, help="Training batch size. [32]"),
+    lr: Optional[float] = O(None, help="Learning rate of the default SGD optimizer. [0.1]"),
+    measure_every: Optional[int] = O(None, help="Steps between measurements (0: four over the run). [0]"),
+    rel_error: Optional[float] = O(None, help="Target relative half-width of the B_simple interval. [0.2]"),
+    confidence: Optional[float] = O(None, help="Confidence level of the intervals. [0.9]"),
+    method: Optional[str] = O(None, help="Probe: auto, per_example, hooks, vmap, microbatch. [auto]"),
+    micro_batch: Optional[int] = O(None, help="Small batch b of the micro-batch probe. [8]"),
+    probe_batch: Optional[int] = O(None, help="Big batch B of each draw (0: adapt to ≈2·B_simple). [0]"),
+    chunk: Optional[int] = O(None, help="Examples per forward pass while measuring (memory). [256]"),
+    max_examples: Optional[int] = O(None, help="Budget of examples per measurement. [200000]"),
+    max_seconds: Optional[float] = O(None, help="Budget of seconds per measurement. [60]"),
+    min_draws: Optional[int] = O(None, help="Draws before the stopping rule may stop. [5]"),
+    device: Optional[str] = O(None, help="auto (CUDA, MPS, CPU), cpu, cuda, mps. [auto]"),
+    seed: Optional[int] = O(None, help="Random seed. [0]"),
+    checkpoint: Optional[str] = O(None, help="Measure at these saved weights (torch.save(state_dict))."),
+    unit: Optional[str] = O(None, help="Batch unit: examples or tokens. [examples]"),
+    tokens_per_example: Optional[int] = O(None, help="Tokens per example for --unit tokens (0: from the spec)."),
+    hessian: Optional[bool] = O(None, "--hessian/--no-hessian", help="Also measure B_noise (Hessian-aware)."),
+    figures: bool = O(True, "--figures/--no-figures", help="Write noise_scale.png."),
+    quiet: bool = O(False, "--quiet", "-q", help="No progress bar or table."),
+):
+    """Measure the gradient noise scale B_simple = tr(Σ)/|G|² along a short probe training."""
+    overrides = {k: v for k, v in locals().items() if k in MeasureConfig.__dataclass_fields__}
+    report = Report()
+    with user_errors():
+        cfg = resolve(MeasureConfig, config, overrides)
+        _run(spec, cfg, report, out, figures, quiet)
+
+
+def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: bool, quiet: bool) -> None:
+    from ..loop import measure as run_measure
+
+    failure: BaseException | None = None
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err_console,
+                  disable=quiet, transient=True) as bar:
+        task = bar.add_task("probe training", total=cfg.steps, status="")
+
+        def progress(kind: str, info: dict) -> None:
+            if kind == "train":
+                bar.update(task, completed=info["step"], status=f"loss {info['loss']:.4g}")
+            elif kind == "draw":
+                bar.update(task, status=f"measuring at step {info['step']}: B_simple "
+                           f"{noise_scale_text(vars(info['estimate']))}")
+
+        try:
+            run_measure(spec, cfg, report, progress)
+        except (KeyboardInterrupt, BsprofError) as e:
+            failure = e
+        except Exception as e:  # the user's code failed mid-run: keep what was measured, then show it
+            failure = BsprofError(f"the run failed at step {(report.incomplete or {}).get('step')}: "
+                                  f"{type(e).__name__}: {e}", "fix the spec; the partial report was kept")
+    if report.measurements or report.config:
+        paths = report.write(out, figures=figures)
+        if not quiet:
+            console.print(report)
+            console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    if isinstance(failure, KeyboardInterrupt):
+        err_console.print("[bold red]interrupted[/]: the partial report was written")
+        raise typer.Exit(130)
+    if failure is not None:
+        raise failure

@@ -1,0 +1,91 @@
+"""Drawing examples: training batches (shuffled epochs) and measurement draws (without replacement).
+
+A measurement draw of B examples from a map-style dataset of n is uniform without replacement, so the
+finite-population correction applies (estimators.noise_coefficient). An iterable dataset is read in order
+(not i.i.d.; the report says so) and treated as infinite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import IterableDataset, default_collate
+
+from .errors import DataError
+
+
+def to_device(batch, device: torch.device):
+    """Move every tensor inside tuples, lists and dicts to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(v, device) for v in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    return batch
+
+
+class Examples:
+    """The user's dataset, its collate function and the device; hands out collated batches of given indices."""
+
+    def __init__(self, dataset, collate: Callable | None, device: torch.device, generator: torch.Generator):
+        self.dataset, self.device, self.generator = dataset, device, generator
+        self.collate_fn = collate or default_collate
+        self.iterable = isinstance(dataset, IterableDataset)
+        self.n: int | None = None if self.iterable else len(dataset)
+        self._stream: Iterator | None = None
+        self._epoch: list[int] = []
+
+    def items(self, indices: Sequence[int]) -> list:
+        try:
+            return [self.dataset[i] for i in indices]
+        except Exception as e:
+            raise DataError(f"dataset[{indices[0]}] raised {type(e).__name__}: {e}",
+                            "make dataset() return a Dataset whose __getitem__ works for 0 <= i < len") from e
+
+    def stream(self, count: int) -> list:
+        """The next ``count`` items of an iterable dataset, restarting it when it runs out."""
+        out, fresh = [], False
+        while len(out) < count:
+            if self._stream is None:
+                self._stream, fresh = iter(self.dataset), True
+            try:
+                out.append(next(self._stream))
+                fresh = False
+            except StopIteration:
+                if fresh:
+                    raise DataError("the iterable dataset yielded no items", "make dataset() yield examples")
+                self._stream = None
+        return out
+
+    def collate(self, items: list):
+        try:
+            batch = self.collate_fn(items)
+        except Exception as e:
+            raise DataError(f"dataset items cannot be collated ({type(e).__name__}: {e})",
+                            "return tensors (or tuples/dicts of tensors of equal shapes) from the dataset, "
+                            "or define collate(items) in the spec") from e
+        return to_device(batch, self.device)
+
+    def draw(self, B: int) -> list:
+        """Indices (map-style) or items (iterable) of B examples, uniform without replacement."""
+        if self.iterable:
+            return self.stream(B)
+        return torch.randperm(self.n, generator=self.generator)[:B].tolist()
+
+    def batches(self, drawn: list, size: int) -> Iterator:
+        """Collated chunks of ``size`` from a draw, on the device."""
+        for start in range(0, len(drawn), size):
+            part = drawn[start:start + size]
+            yield self.collate(part if self.iterable else self.items(part)), len(part)
+
+    def train_batch(self, size: int):
+        """The next training batch from shuffled epochs (a new permutation when the epoch runs out)."""
+        if self.iterable:
+            return self.collate(self.stream(size)), size
+        if len(self._epoch) < size:
+            self._epoch = torch.randperm(self.n, generator=self.generator).tolist()
+        part, self._epoch = self._epoch[:size], self._epoch[size:]
+        return self.collate(self.items(part)), size

@@ -1,0 +1,58 @@
+"""Warnings about whether the theory applies, recorded in the report (code + message).
+
+BatchNorm in train mode, a non-shuffling dataset, the learning-rate temperature, weight decay or clipping in the
+optimizer, Adam's preconditioner, and a large spread between layers (science.md §3).
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from .report import Report
+
+LAYER_SPREAD = 10.0  # flag when layer noise scales differ by more than this factor
+
+
+def per_example_invalid(model: nn.Module) -> str | None:
+    """Why per-example gradients are not the training gradients' parts (None when they are)."""
+    bn = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if bn:
+        return (f"BatchNorm in train mode ({', '.join(bn[:3])}{'…' if len(bn) > 3 else ''}) couples the examples "
+                "of a batch")
+    return None
+
+
+def before_run(report: Report, model, optimizer, examples, invalid: str | None, cfg) -> None:
+    if invalid:
+        report.diagnose("batchnorm_train", f"{invalid}: per-example norms are invalid, so bsprof measured with "
+                        f"micro-batches of {cfg.micro_batch} (approximately right; McCandlish App. A).")
+    if examples.iterable:
+        report.diagnose("not_iid", "the dataset is iterable: draws are consecutive items, not i.i.d. samples, "
+                        "and no finite-population correction is applied. Shuffle the stream, or return a "
+                        "map-style Dataset.")
+    group = optimizer.param_groups[0]
+    lr = group.get("lr")
+    report.diagnose("temperature", f"the noise scale depends on the temperature lr/B (McCandlish App. C): it was "
+                    f"measured along training at lr={lr:g}, batch {cfg.batch_size}. Compare runs at equal lr/B.")
+    if any(g.get("weight_decay", 0) for g in optimizer.param_groups):
+        report.diagnose("weight_decay", "the optimizer has weight decay: bsprof measures the loss gradient "
+                        "before it (decay is not part of the gradient noise).")
+    name = type(optimizer).__name__
+    if name in ("Adam", "AdamW", "NAdam", "RAdam", "Adamax"):
+        report.diagnose("adam", f"{name} preconditions the gradient: the plain B_simple tends to underestimate "
+                        "the critical batch under Adam (Merrill et al. 2025); see b_pre where reported.")
+
+
+def after_run(report: Report) -> None:
+    """Diagnostics that need the measurements: a large spread of noise scale between layers."""
+    if not report.layers:
+        return
+    last = report.layers[-1]["step"]
+    values = [r["b_simple"] for r in report.layers
+              if r["step"] == last and r["status"] == "ok" and r["b_simple"] > 0 and math.isfinite(r["b_simple"])]
+    if len(values) >= 2 and max(values) / min(values) > LAYER_SPREAD:
+        report.diagnose("layer_spread", f"layer noise scales span {min(values):.3g}–{max(values):.3g} "
+                        f"(> {LAYER_SPREAD:g}×): the total is dominated by the layers with the largest |G|²; "
+                        "see layers.csv.")

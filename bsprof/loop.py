@@ -1,0 +1,204 @@
+"""The probe loop: train with the user's optimizer, and measure the noise scale at fixed weights along the way.
+
+    step 0 ──measure──> train ... ──measure──> train ... ──measure (last step)
+
+Measurements never step the optimizer and never change the weights. The report is filled as rows arrive, so an
+interrupted or failed run still holds everything measured (``report.incomplete`` says why it stopped).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import diagnostics
+from .config import MeasureConfig, as_dict
+from .data import Examples
+from .errors import BsprofError, NonFiniteError, SpecError
+from .estimators import NoiseScale
+from .probes import PER_EXAMPLE, PROBES
+from .report import Report
+from .sampling import Sampling, groups_of, measure_at
+from .spec import Spec, build_dataset, build_model, build_optimizer, load_spec
+
+Progress = Callable[[str, dict], None]
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: CUDA, then MPS, then CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BsprofError("--device cuda was asked but CUDA is not available", "use --device auto or cpu")
+    return torch.device(name)
+
+
+def pick_probe(method: str, model: nn.Module) -> tuple[str, str | None]:
+    """The probe to use and, when per-example norms are invalid for this model, why."""
+    invalid = diagnostics.per_example_invalid(model)
+    fast = "hooks" if "hooks" in PROBES else "vmap"
+    if method == "auto":
+        return ("microbatch", invalid) if invalid else (fast, None)
+    if method == "per_example":
+        method = fast
+    if method in PER_EXAMPLE and invalid:
+        raise BsprofError(f"--method {method} needs per-example gradients, but {invalid}",
+                          "use --method microbatch (or auto)")
+    return method, invalid
+
+
+def load_checkpoint(model: nn.Module, path: str) -> None:
+    file = Path(path)
+    if not file.is_file():
+        raise SpecError(f"checkpoint not found: {file}", "pass a file saved with torch.save(model.state_dict(), FILE)")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SpecError(f"cannot load checkpoint {file}: {e}",
+                        "save it with torch.save(model.state_dict(), FILE) (tensors only; weights_only=True)")
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        model.load_state_dict(state)
+    except Exception as e:
+        raise SpecError(f"checkpoint {file} does not fit model(): {e}", "pass a checkpoint of the same model")
+
+
+def measure_steps(steps: int, every: int) -> list[int]:
+    """Steps at which to measure: 0, every `every` steps, and the last step."""
+    every = every or max(steps // 4, 1)
+    return sorted({*range(0, steps + 1, every), steps})
+
+
+def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, step: int) -> float:
+    from .probes.base import per_example_losses
+
+    batch, count = examples.train_batch(batch_size)
+    optimizer.zero_grad(set_to_none=True)
+    loss = per_example_losses(model, loss_fn, batch, count).mean()
+    if not torch.isfinite(loss):
+        raise NonFiniteError(f"the training loss became {loss.item()} at step {step}",
+                             "lower --lr (or the spec optimizer's lr); what was measured before is kept", step)
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+
+
+def _sampling(cfg: MeasureConfig, probe: str, n: int | None) -> Sampling:
+    b = 1 if probe in PER_EXAMPLE else cfg.micro_batch
+    start = cfg.probe_batch or max(cfg.batch_size, 64 if b == 1 else 8 * b)
+    if n is not None and n < 2 * b:
+        raise BsprofError(f"the dataset has {n} examples, too few for micro-batches of {b}",
+                          "lower --micro-batch or use --method per_example")
+    return Sampling(probe, b, cfg.chunk, start, bool(cfg.probe_batch), cfg.rel_error, cfg.confidence,
+                    cfg.min_draws, cfg.max_examples, cfg.max_seconds)
+
+
+def _row(step: int, cfg: MeasureConfig, est: NoiseScale, draws, stopped_by: str, seconds: float,
+         probe: str, scale: float) -> dict:
+    return {
+        "step": step, "examples_seen": step * cfg.batch_size, "loss": est.loss,
+        "g2": est.g2, "g2_lo": est.g2_lo, "g2_hi": est.g2_hi, "trace_sigma": est.trace_sigma,
+        "b_simple": est.b_simple * scale, "b_simple_lo": est.b_simple_lo * scale,
+        "b_simple_hi": est.b_simple_hi * scale, "status": est.status, "method": probe,
+        "n_draws": est.n_draws, "examples": est.examples, "b": draws[-1].b, "B": draws[-1].B,
+        "rel_halfwidth": est.rel_halfwidth, "stopped_by": stopped_by, "seconds": round(seconds, 3),
+        "diversity_bound": est.gradient_diversity_bound * scale,
+    }
+
+
+def _layer_rows(step: int, names: list[str], est: NoiseScale, scale: float) -> list[dict]:
+    return [{"step": step, "layer": names[j], "g2": g2, "trace_sigma": tr, "b_simple": b * scale,
+             "b_simple_lo": lo * scale, "b_simple_hi": hi * scale, "status": st}
+            for j, (g2, tr, b, lo, hi, st) in est.layers.items()]
+
+
+def _environment(device: torch.device, cfg: MeasureConfig) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"device": device.type, "device_name": name, "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "seed": cfg.seed,
+            "threads": torch.get_num_threads(), "world_size": 1}
+
+
+def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None = None,
+            progress: Progress | None = None) -> Report:
+    """Run the probe training and measure along it; returns (and fills) the report."""
+    report = report if report is not None else Report()
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    say = progress or (lambda kind, info: None)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    model = build_model(spec).to(device)
+    if cfg.checkpoint:
+        load_checkpoint(model, cfg.checkpoint)
+    model.train()
+    examples = Examples(build_dataset(spec), spec.collate, device, gen)
+    optimizer = build_optimizer(spec, model, cfg.lr)
+    probe, invalid = pick_probe(cfg.method, model)
+    sampling = _sampling(cfg, probe, examples.n)
+    scale = _unit_scale(cfg, spec)
+    report.spec, report.environment = spec.info(), _environment(device, cfg)
+    report.unit = cfg.unit
+    report.config = {**as_dict(cfg), "method_resolved": probe, "optimizer": type(optimizer).__name__,
+                     "optimizer_lr": optimizer.param_groups[0].get("lr"), "dataset_size": examples.n,
+                     "tokens_per_example": (spec.tokens_per_example or cfg.tokens_per_example) or None}
+    diagnostics.before_run(report, model, optimizer, examples, invalid, cfg)
+    names, group_index = trainable_groups(model)
+    points = set(measure_steps(cfg.steps, cfg.measure_every))
+    step = 0
+    try:
+        for step in range(cfg.steps + 1):
+            if step in points:
+                t0 = time.perf_counter()
+                say("measure", {"step": step})
+                est, draws, stopped = measure_at(model, spec.loss, examples, sampling, group_index,
+                                                 lambda e, s=step: say("draw", {"step": s, "estimate": e}))
+                report.add(_row(step, cfg, est, draws, stopped, time.perf_counter() - t0, probe, scale),
+                           _layer_rows(step, names, est, scale))
+                say("measured", {"step": step, "row": report.measurements[-1]})
+            if step < cfg.steps:
+                loss = train_step(model, optimizer, spec.loss, examples, cfg.batch_size, step)
+                say("train", {"step": step + 1, "loss": loss})
+    except KeyboardInterrupt:
+        report.incomplete = {"reason": "interrupted", "step": step}
+        raise
+    except BsprofError as e:
+        report.incomplete = {"reason": e.message, "step": getattr(e, "step", None) or step}
+        raise
+    except Exception as e:  # a failure in the user's code mid-run: keep what was measured
+        report.incomplete = {"reason": f"{type(e).__name__}: {e}", "step": step}
+        raise
+    finally:
+        diagnostics.after_run(report)
+    return report
+
+
+def trainable_groups(model: nn.Module):
+    from .probes import trainable
+
+    names, _ = trainable(model)
+    return groups_of(names)
+
+
+def _unit_scale(cfg: MeasureConfig, spec: Spec) -> float:
+    """Multiply batch sizes by tokens per example when the unit is tokens."""
+    if cfg.unit == "examples":
+        return 1.0
+    tpe = cfg.tokens_per_example or spec.tokens_per_example
+    if not tpe:
+        raise BsprofError("--unit tokens needs the number of tokens per example",
+                          "pass --tokens-per-example N, or set TOKENS_PER_EXAMPLE = N in the spec file")
+    return float(tpe)
+
+
+__all__ = ["measure", "pick_device", "measure_steps"]

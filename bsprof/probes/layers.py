@@ -1,0 +1,259 @@
+"""Per-layer rules for per-example gradients, from a layer's input and the gradient w.r.t. its output.
+
+A rule maps (module, x, δ) to {parameter name: per-example gradient} for the module's trainable parameters, where
+x is the module's input and δ = ∂(Σ_i ℓ_i)/∂output, both with the examples on dim 0. Since ℓ_i depends only on
+example i, δ_i = ∂ℓ_i/∂output_i, and the per-example gradient of a weight is a sum of outer products
+(Goodfellow 2015, arXiv 1510.01799):
+
+    g_i = Σ_t u_it v_itᵀ = U_iᵀ V_i          (t runs over positions: tokens, pixels; one group at a time)
+
+held as ``Factored(u, v)``. Its squared norm is taken in whichever form is cheaper (``sq_sum``):
+    explicit: |U_iᵀ V_i|²,                 cost ≈ T·m·n per example, memory m·n (transient, one layer)
+    ghost:    ⟨U_i U_iᵀ, V_i V_iᵀ⟩_F,      cost ≈ T²·(m+n), memory T² (Li et al. 2022, arXiv 2110.05679 §4)
+and with T = 1 (no sequence) it is |u_i|²·|v_i|². Small gradients (biases, norm weights) are held explicitly
+as a tensor [B, *shape]. Two uses of one parameter (tied weights) add: |g¹+g²|² = |g¹|² + |g²|² + 2⟨g¹, g²⟩,
+with the cross term ⟨U¹ᵢᵀV¹ᵢ, U²ᵢᵀV²ᵢ⟩ = ⟨U¹ᵢU²ᵢᵀ, V¹ᵢV²ᵢᵀ⟩_F also taken in the cheaper form (``inner_sum``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+ONEHOT_GHOST_MAX_T = 64  # above this many positions an embedding's norm goes through a sort instead of T²
+
+
+@dataclass(frozen=True)
+class Factored:
+    """g_i = Σ_t u_it v_itᵀ per group. u: [B, G, T, m] dense, or [B, G, T] integer rows of a one-hot of width m;
+    v: [B, G, T, n]. The explicit gradient [B, G, m, n] reshapes to [B, *param.shape]."""
+
+    u: Tensor
+    v: Tensor
+    m: int
+
+    @property
+    def onehot(self) -> bool:
+        return not self.u.is_floating_point()
+
+
+# ---------------------------------------------------------------- norms and inner products
+
+def explicit(c: Factored | Tensor, shape: torch.Size) -> Tensor:
+    """The per-example gradient [B, *shape]: U_iᵀ V_i (a scatter for one-hot rows)."""
+    if isinstance(c, Tensor):
+        return c
+    B, G, T, n = c.v.shape
+    if c.onehot:
+        out = c.v.new_zeros(B, G, c.m, n)
+        out.scatter_add_(2, c.u.unsqueeze(-1).expand(B, G, T, n), c.v)
+    else:
+        out = torch.einsum("bgtm,bgtn->bgmn", c.u, c.v)
+    return out.reshape(B, *shape)
+
+
+def _gram_u(a: Factored, b: Factored) -> Tensor:
+    """(U_a U_bᵀ) [B, G, Ta, Tb]; for one-hot rows it is an equality test or a gather."""
+    if a.onehot and b.onehot:
+        return (a.u.unsqueeze(-1) == b.u.unsqueeze(-2)).to(a.v.dtype)
+    if b.onehot:
+        return _gram_u(b, a).transpose(-1, -2)
+    if a.onehot:  # (U_a U_bᵀ)_{ts} = u_b,s[idx_a,t]
+        B, G, Tb, _ = b.u.shape
+        idx = a.u.unsqueeze(-2).expand(B, G, Tb, a.u.shape[-1])
+        return b.u.gather(-1, idx).transpose(-1, -2)
+    return a.u @ b.u.transpose(-1, -2)
+
+
+def _costs(a: Factored, b: Factored) -> tuple[float, float]:
+    """(explicit, ghost) multiply-adds per example and group of ⟨g_a, g_b⟩."""
+    ta, tb, m, n = a.v.shape[2], b.v.shape[2], a.m, a.v.shape[-1]
+    expl = m * n * (2 + (0 if a.onehot else ta) + (0 if b.onehot else tb))
+    ghost = ta * tb * (n + (0 if a.onehot or b.onehot else m))
+    return expl, ghost
+
+
+def inner_sum(a: Factored | Tensor, b: Factored | Tensor, shape: torch.Size) -> Tensor:
+    """Σ_i ⟨g_a,i, g_b,i⟩ in the cheaper of the explicit and the ghost form."""
+    same = (isinstance(a, Factored) and isinstance(b, Factored) and a.m == b.m
+            and a.v.shape[:2] == b.v.shape[:2] and a.v.shape[-1] == b.v.shape[-1])
+    if same:
+        expl, ghost = _costs(a, b)
+        if ghost < expl:
+            return (_gram_u(a, b) * (a.v @ b.v.transpose(-1, -2))).sum()
+    return (explicit(a, shape) * explicit(b, shape)).sum()
+
+
+def _onehot_sq_sum(c: Factored) -> Tensor:
+    """Σ_i Σ_rows |Σ_{t: idx_t = row} v_t|², grouping equal (example, group, row) keys by a sort: O(B·T·n)."""
+    B, G, T, n = c.v.shape
+    key = (torch.arange(B * G, device=c.u.device).view(B, G, 1) * c.m + c.u).reshape(-1)
+    uniq, inverse = torch.unique(key, return_inverse=True)
+    rows = c.v.new_zeros(uniq.numel(), n).index_add_(0, inverse, c.v.reshape(-1, n))
+    return rows.square().sum()
+
+
+def sq_sum(c: Factored | Tensor, shape: torch.Size) -> Tensor:
+    """Σ_i |g_i|²: |u_i|²|v_i|² when T = 1, else the cheaper of the explicit and ghost forms."""
+    if isinstance(c, Tensor):
+        return c.square().sum()
+    T = c.v.shape[2]
+    if c.onehot and T == 1:
+        return c.v.square().sum()
+    if T == 1:
+        return (c.u.square().sum(-1) * c.v.square().sum(-1)).sum()
+    if c.onehot and T > ONEHOT_GHOST_MAX_T:
+        return _onehot_sq_sum(c)
+    expl, ghost = _costs(c, c)
+    if ghost < expl:
+        return (_gram_u(c, c) * (c.v @ c.v.transpose(-1, -2))).sum()
+    return torch.einsum("bgtm,bgtn->bgmn", c.u, c.v).square().sum()
+
+
+def total_sq_sum(parts: list[Factored | Tensor], shape: torch.Size) -> Tensor:
+    """Σ_i |Σ_k g_k,i|² over the uses k of one parameter: norms plus twice the cross terms."""
+    total = sum(sq_sum(p, shape) for p in parts)
+    for j in range(len(parts)):
+        for k in range(j):
+            total = total + 2 * inner_sum(parts[j], parts[k], shape)
+    return total
+
+
+# ---------------------------------------------------------------- rules
+
+def _wanted(mod: nn.Module, name: str) -> bool:
+    p = getattr(mod, name, None)
+    return isinstance(p, nn.Parameter) and p.requires_grad
+
+
+def linear(mod: nn.Linear, x: Tensor, d: Tensor) -> dict:
+    """W: g_i = Σ_t δ_it a_itᵀ over any leading dims; b: Σ_t δ_it."""
+    B = x.shape[0]
+    d = d.reshape(B, 1, -1, d.shape[-1])
+    out = {"weight": Factored(d, x.reshape(B, 1, -1, x.shape[-1]), d.shape[-1])} if _wanted(mod, "weight") else {}
+    if _wanted(mod, "bias"):
+        out["bias"] = d.sum((1, 2))
+    return out
+
+
+def unfold(mod: nn.modules.conv._ConvNd, x: Tensor) -> Tensor:
+    """Patches [B, C_in·K, L] of a 1/2/3-d conv input, with the conv's padding, stride and dilation."""
+    pad, nd = mod._reversed_padding_repeated_twice, x.dim() - 2
+    zeros = mod.padding_mode == "zeros"
+    if nd == 2 and zeros and pad[0] == pad[1] and pad[2] == pad[3]:
+        return F.unfold(x, mod.kernel_size, mod.dilation, (pad[2], pad[0]), mod.stride)
+    if any(pad):
+        x = F.pad(x, pad, mode="constant" if zeros else mod.padding_mode)
+    for i, (k, s, dl) in enumerate(zip(mod.kernel_size, mod.stride, mod.dilation)):
+        x = x.unfold(2 + i, dl * (k - 1) + 1, s)  # window appended as the last dim
+    x = x[(...,) + tuple(slice(None, None, dl) for dl in mod.dilation)]
+    perm = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))
+    return x.permute(perm).reshape(x.shape[0], x.shape[1] * math.prod(mod.kernel_size), -1)
+
+
+def conv(mod: nn.modules.conv._ConvNd, x: Tensor, d: Tensor) -> dict:
+    """W (per group): g_i = Σ_l δ_il p_ilᵀ with p_il the unfolded input patch at output position l;
+    b: Σ_l δ_il."""
+    B, G = x.shape[0], mod.groups
+    out = {}
+    if _wanted(mod, "weight"):
+        cols = unfold(mod, x)
+        L = cols.shape[-1]
+        v = cols.reshape(B, G, -1, L).transpose(-1, -2)
+        u = d.reshape(B, G, -1, L).transpose(-1, -2)
+        out["weight"] = Factored(u, v, u.shape[-1])
+    if _wanted(mod, "bias"):
+        out["bias"] = d.reshape(B, d.shape[1], -1).sum(-1)
+    return out
+
+
+def embedding(mod: nn.Embedding, x: Tensor, d: Tensor) -> dict:
+    """W: g_i = Σ_t e_{idx_it} δ_itᵀ (one-hot rows), padding_idx rows excluded;
+    |g_i|² = Σ_{t,s} [idx_t = idx_s]·⟨δ_t, δ_s⟩."""
+    if not _wanted(mod, "weight"):
+        return {}
+    B = x.shape[0]
+    u, v = x.reshape(B, 1, -1), d.reshape(B, 1, -1, d.shape[-1])
+    if mod.padding_idx is not None:
+        v = v.masked_fill((u == mod.padding_idx).unsqueeze(-1), 0)
+    return {"weight": Factored(u, v, mod.num_embeddings)}
+
+
+def _affine_trailing(mod: nn.Module, xhat: Tensor, d: Tensor, shape) -> dict:
+    """γ: Σ_t x̂_it ⊙ δ_it, β: Σ_t δ_it, summed over every dim but the examples and the trailing ``shape``."""
+    B, out = xhat.shape[0], {}
+    if _wanted(mod, "weight"):
+        out["weight"] = (xhat * d).reshape(B, -1, *shape).sum(1)
+    if _wanted(mod, "bias"):
+        out["bias"] = d.reshape(B, -1, *shape).sum(1)
+    return out
+
+
+def _affine_channels(mod: nn.Module, xhat: Tensor, d: Tensor) -> dict:
+    """γ_c: Σ_l x̂_icl δ_icl, β_c: Σ_l δ_icl, channels on dim 1."""
+    B, C, out = xhat.shape[0], xhat.shape[1], {}
+    if _wanted(mod, "weight"):
+        out["weight"] = (xhat * d).reshape(B, C, -1).sum(-1)
+    if _wanted(mod, "bias"):
+        out["bias"] = d.reshape(B, C, -1).sum(-1)
+    return out
+
+
+def layer_norm(mod: nn.LayerNorm, x: Tensor, d: Tensor) -> dict:
+    """x̂ = (x − mean) / √(var + ε) over the normalized dims."""
+    dims = tuple(range(-len(mod.normalized_shape), 0))
+    var, mean = torch.var_mean(x, dims, unbiased=False, keepdim=True)
+    return _affine_trailing(mod, (x - mean) * torch.rsqrt(var + mod.eps), d, mod.normalized_shape)
+
+
+def rms_norm(mod: nn.RMSNorm, x: Tensor, d: Tensor) -> dict:
+    """x̂ = x / √(mean(x²) + ε) over the normalized dims."""
+    dims = tuple(range(-len(mod.normalized_shape), 0))
+    eps = mod.eps if mod.eps is not None else torch.finfo(x.dtype).eps
+    xhat = x * torch.rsqrt(x.square().mean(dims, keepdim=True) + eps)
+    return _affine_trailing(mod, xhat, d, mod.normalized_shape)
+
+
+def group_norm(mod: nn.GroupNorm, x: Tensor, d: Tensor) -> dict:
+    """x̂ normalised per (example, group) over the group's channels and positions."""
+    xg = x.reshape(x.shape[0], mod.num_groups, -1)
+    var, mean = torch.var_mean(xg, -1, unbiased=False, keepdim=True)
+    return _affine_channels(mod, ((xg - mean) * torch.rsqrt(var + mod.eps)).reshape_as(x), d)
+
+
+def batch_norm(mod: _BatchNorm, x: Tensor, d: Tensor) -> dict:
+    """Eval mode only: x̂ = (x − running mean) / √(running var + ε) per channel."""
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    xhat = (x - mod.running_mean.view(view)) * torch.rsqrt(mod.running_var.view(view) + mod.eps)
+    return _affine_channels(mod, xhat, d)
+
+
+RULES = {
+    nn.Linear: linear,
+    nn.Conv1d: conv, nn.Conv2d: conv, nn.Conv3d: conv,
+    nn.Embedding: embedding,
+    nn.LayerNorm: layer_norm, nn.RMSNorm: rms_norm, nn.GroupNorm: group_norm,
+    _BatchNorm: batch_norm,
+}
+
+
+def rule_for(mod: nn.Module):
+    """The rule of the closest known base class, if the module keeps that class's forward, has no other direct
+    parameters, and uses no per-batch gradient rescaling; else None (the module goes to the torch.func path)."""
+    for cls in type(mod).__mro__:
+        if cls in RULES:
+            break
+    else:
+        return None
+    if type(mod).forward is not cls.forward:
+        return None
+    if any(n not in ("weight", "bias") for n, _ in mod.named_parameters(recurse=False)):
+        return None
+    if isinstance(mod, nn.Embedding) and (mod.scale_grad_by_freq or mod.sparse):
+        return None
+    return RULES[cls]

@@ -1,0 +1,51 @@
+"""Terminal rendering of a report (rich)."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+
+def fmt(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.3e}"
+    return str(x)
+
+
+def noise_scale_text(row: dict) -> str:
+    """'B_simple = 26.1 [24.9, 27.4]', or 'B_simple > 310' for a lower bound, or 'undetermined'."""
+    if row.get("status") == "ok":
+        return f"{fmt(row['b_simple'])} [{fmt(row['b_simple_lo'])}, {fmt(row['b_simple_hi'])}]"
+    if row.get("status") == "lower_bound":
+        return f"> {fmt(row['b_simple_lo'])}"
+    return "undetermined"
+
+
+def report_table(report) -> Group:
+    conf = report.config.get("confidence", 0.9)
+    table = Table(title=f"gradient noise scale ({report.unit}; {conf:.0%} intervals)", title_justify="left")
+    for col in ("step", "loss", "B_simple", "|G|²", "tr(Σ)", "draws", "examples", "stopped by"):
+        table.add_column(col, justify="right")
+    for r in report.measurements:
+        table.add_row(str(r["step"]), fmt(r["loss"], 4), noise_scale_text(r), fmt(r["g2"]), fmt(r["trace_sigma"]),
+                      str(r["n_draws"]), str(r["examples"]), r.get("stopped_by", ""))
+    parts = [table]
+    s = report.summary
+    if s.get("status") != "undetermined" or report.measurements:
+        line = f"B_simple at step {s.get('step')}: {noise_scale_text(s)} {report.unit}"
+        if "growth" in s:
+            line += f"   (grew {s['growth']:.1f}× over the run)"
+        parts.append(Text(line, style="bold"))
+    for d in report.diagnostics:
+        parts.append(Text(f"note [{d['code']}]: {d['message']}", style="yellow"))
+    if report.incomplete:
+        parts.append(Text(f"incomplete: stopped at step {report.incomplete.get('step')}: "
+                          f"{report.incomplete.get('reason')}", style="bold red"))
+    return Group(*parts)

@@ -1,0 +1,117 @@
+"""One measurement at fixed weights: draw nested pairs until the interval on B_simple is narrow enough.
+
+Stopping rule: after at least ``min_draws`` draws, stop when max(hi − B, B − lo) ≤ rel_error·B ("precision"),
+or when the examples or seconds budget is spent ("examples", "time"). A draw of the whole finite dataset with
+per-example norms is exact ("exact"). The big batch B of each draw adapts to ≈ 2·B_simple, since the relative
+variance of |G|²_est per draw is ≈ 4·B_simple/B + 2·B_simple²/B² (science.md §2): B ≳ B_simple is efficient.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Examples
+from .errors import NonFiniteError
+from .estimators import OK, NoiseScale, noise_scale
+from .probes import PROBES, ChunkStats
+from .stats import Draw
+
+MAX_PROBE_BATCH = 1 << 16
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to draw: the probe, its small batch b (1 for per-example probes), the start B, the budgets."""
+
+    probe: str
+    b: int
+    chunk: int
+    start_B: int
+    fixed_B: bool
+    rel_error: float
+    confidence: float
+    min_draws: int
+    max_examples: int
+    max_seconds: float
+
+
+def groups_of(names: list[str]) -> tuple[list[str], np.ndarray]:
+    """Parameter groups = owning modules ('fc1.weight' → 'fc1'); returns the group names and each param's group."""
+    owners = [n.rsplit(".", 1)[0] if "." in n else "(root)" for n in names]
+    order = list(dict.fromkeys(owners))
+    return order, np.array([order.index(o) for o in owners])
+
+
+def one_draw(model: nn.Module, loss_fn, examples: Examples, s: Sampling, B: int, group: np.ndarray,
+             loss_scale: float = 1.0) -> Draw:
+    """B examples without replacement, chunked through the probe; sums chunk statistics into one Draw."""
+    probe = PROBES[s.probe]
+    step = s.b if s.b > 1 else s.chunk
+    grad_sum = small = loss_sum = None
+    n_small, partial, seen, next_mark = 0, [], 0, step
+    for batch, count in examples.batches(examples.draw(B), step):
+        st: ChunkStats = probe(model, loss_fn, batch, count)
+        if grad_sum is None:
+            grad_sum, small, loss_sum = [g.detach().clone() for g in st.grad_sum], st.small_sq_sum, st.loss_sum
+        else:
+            torch._foreach_add_(grad_sum, st.grad_sum)
+            small, loss_sum = small + st.small_sq_sum, loss_sum + st.loss_sum
+        n_small, seen = n_small + st.n_small, seen + count
+        if seen == next_mark and seen < B:  # partial sums at B = step·2^j, for the 1/B regression
+            partial.append((seen, float(_sq_norms(grad_sum).sum()) / seen ** 2))
+            next_mark *= 2
+    big = _sq_norms(grad_sum) / seen ** 2
+    small = small.double().cpu().numpy() / n_small
+    loss = float(loss_sum) / seen
+    if not (math.isfinite(loss) and np.isfinite(big).all() and np.isfinite(small).all()):
+        raise NonFiniteError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} while measuring",
+                             "lower the learning rate, or check the model and data for NaN/Inf")
+    scale2 = loss_scale ** 2
+    return Draw(np.bincount(group, small, len(set(group.tolist()))) / scale2,
+                np.bincount(group, big, len(set(group.tolist()))) / scale2,
+                seen // n_small, seen, loss, examples.n, tuple(partial))
+
+
+def _sq_norms(tensors: list[torch.Tensor]) -> np.ndarray:
+    return torch.stack(torch._foreach_norm(tensors)).double().cpu().square().numpy()
+
+
+def next_batch(est: NoiseScale | None, s: Sampling, B: int, n: int | None) -> int:
+    """The next draw's B: ≈ 2·B_simple (a power of two, at least the start), a multiple of b, at most n."""
+    if s.fixed_B or est is None:
+        target = B
+    elif est.status != OK:
+        target = 2 * B
+    else:
+        target = max(1 << max(0, math.ceil(math.log2(max(2 * est.b_simple, 1)))), s.start_B)
+    target = min(target, MAX_PROBE_BATCH, n or MAX_PROBE_BATCH)
+    return max(target // s.b * s.b, 2 * s.b if s.b > 1 else 2)
+
+
+def measure_at(model: nn.Module, loss_fn, examples: Examples, s: Sampling, group: np.ndarray,
+               on_draw: Callable[[NoiseScale], None] | None = None) -> tuple[NoiseScale, list[Draw], str]:
+    """Draw until the stopping rule fires. Returns the estimate, the draws, and what stopped it."""
+    draws: list[Draw] = []
+    B, spent, t0 = next_batch(None, s, s.start_B, examples.n), 0, time.perf_counter()
+    while True:
+        draws.append(one_draw(model, loss_fn, examples, s, B, group))
+        spent += draws[-1].B
+        est = noise_scale(draws, s.confidence)
+        if on_draw:
+            on_draw(est)
+        if s.b == 1 and examples.n is not None and B == examples.n:
+            return est, draws, "exact"
+        if len(draws) >= s.min_draws and est.rel_halfwidth <= s.rel_error:
+            return est, draws, "precision"
+        if spent >= s.max_examples:
+            return est, draws, "examples"
+        if time.perf_counter() - t0 >= s.max_seconds:
+            return est, draws, "time"
+        B = next_batch(est, s, B, examples.n)

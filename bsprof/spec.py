@@ -1,0 +1,151 @@
+"""Loading the user's spec file: model(), dataset(), loss(model, batch), and optionally optimizer(params), collate(items).
+
+Rules (architecture.md): the file is imported with its folder on sys.path; the functions are looked up by name.
+Every user mistake becomes a SpecError that names the function, what was found, and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import SpecError
+
+REQUIRED = {
+    "model": "def model(): return a fresh torch.nn.Module",
+    "dataset": "def dataset(): return a map-style torch.utils.data.Dataset",
+    "loss": "def loss(model, batch): return per-example losses of shape [batch_size]",
+}
+OPTIONAL = ("optimizer", "collate")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The user's functions, found in one file."""
+
+    path: Path
+    sha256: str
+    model: Callable[[], nn.Module]
+    dataset: Callable[[], Any]
+    loss: Callable[[nn.Module, Any], torch.Tensor]
+    optimizer: Callable | None = None
+    collate: Callable | None = None
+    tokens_per_example: int | None = None
+
+    def info(self) -> dict:
+        return {"path": str(self.path), "sha256": self.sha256}
+
+
+def _where(exc: BaseException, path: Path) -> str:
+    """The innermost line of the user's file in a traceback, as 'file:line'."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path]
+    return f" at {path.name}:{frames[-1].lineno}" if frames else ""
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Import the spec file and find its functions (see module docstring)."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise SpecError(f"spec file not found: {path}",
+                        "pass a Python file defining model(), dataset() and loss(model, batch); "
+                        "see configs/ for examples")
+    if path.suffix != ".py":
+        raise SpecError(f"spec file {path.name} is not a .py file", "pass a Python file (e.g. model.py)")
+    module = _import(path)
+    found = {name: getattr(module, name, None) for name in (*REQUIRED, *OPTIONAL)}
+    problems = []
+    for name, how in REQUIRED.items():
+        if found[name] is None:
+            problems.append(f"{name} is missing ({how})")
+        elif not callable(found[name]):
+            problems.append(f"{name} is a {type(found[name]).__name__}, not a function ({how})")
+    for name in OPTIONAL:
+        if found[name] is not None and not callable(found[name]):
+            problems.append(f"{name} is a {type(found[name]).__name__}, not a function")
+    if problems:
+        raise SpecError(f"{path.name}: " + "; ".join(problems),
+                        "define the functions at the top level of the spec file (architecture: model, dataset, loss)")
+    tpe = getattr(module, "TOKENS_PER_EXAMPLE", None)
+    return Spec(path, hashlib.sha256(path.read_bytes()).hexdigest(), found["model"], found["dataset"],
+                found["loss"], found["optimizer"], found["collate"], int(tpe) if tpe else None)
+
+
+def _import(path: Path):
+    name = f"bsprof_spec_{path.stem}"
+    folder = str(path.parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except SyntaxError as e:
+        raise SpecError(f"syntax error in {path.name}:{e.lineno}: {e.msg}", "fix the Python syntax of the spec file")
+    except ImportError as e:
+        raise SpecError(f"{path.name}{_where(e, path)} failed to import: {e}",
+                        f"install the missing package (pip install {e.name or '...'}) or fix the import")
+    except Exception as e:  # any error at import time is the user's code
+        raise SpecError(f"{path.name}{_where(e, path)} raised {type(e).__name__} on import: {e}",
+                        "fix the spec file so that importing it runs without error")
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
+def call_user(spec: Spec, name: str, *args):
+    """Call spec.<name>(*args), turning any exception into a SpecError that shows its message."""
+    try:
+        return getattr(spec, name)(*args)
+    except SpecError:
+        raise
+    except Exception as e:
+        raise SpecError(f"{name}() in {spec.path.name}{_where(e, spec.path)} raised {type(e).__name__}: {e}",
+                        f"fix {name}() in the spec file")
+
+
+def build_model(spec: Spec) -> nn.Module:
+    model = call_user(spec, "model")
+    if not isinstance(model, nn.Module):
+        raise SpecError(f"model() returned {type(model).__name__}, not a torch.nn.Module",
+                        "return a fresh torch.nn.Module from model()")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise SpecError("model() has no trainable parameters", "return a model with parameters that require grad")
+    return model
+
+
+def build_dataset(spec: Spec):
+    data = call_user(spec, "dataset")
+    if isinstance(data, torch.utils.data.IterableDataset):
+        return data
+    if not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        raise SpecError(f"dataset() returned {type(data).__name__}, which has no __getitem__ and __len__",
+                        "return a map-style torch.utils.data.Dataset (e.g. TensorDataset) or an IterableDataset")
+    try:
+        n = len(data)
+    except Exception as e:
+        raise SpecError(f"len(dataset()) raised {type(e).__name__}: {e}", "give the dataset a working __len__")
+    if n < 2:
+        raise SpecError(f"dataset() has {n} example(s); the noise scale needs at least 2",
+                        "return a dataset with more examples")
+    return data
+
+
+def build_optimizer(spec: Spec, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    if spec.optimizer is None:
+        return torch.optim.SGD(model.parameters(), lr=lr)
+    opt = call_user(spec, "optimizer", model.parameters())
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise SpecError(f"optimizer(params) returned {type(opt).__name__}, not a torch.optim.Optimizer",
+                        "return e.g. torch.optim.SGD(params, lr=0.1)")
+    return opt
