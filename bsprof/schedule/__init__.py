@@ -1,0 +1,13 @@
+"""Batch-size schedules from a noise-scale measurement: fits of B_n(L), rules, McCandlish predictions, plans.
+
+    from bsprof.schedule import plan, ScheduleConfig
+    schedule = plan(report, ScheduleConfig(target_loss=0.1))
+    schedule.batch_size_at(step=1200), schedule.lr_at(step=1200)
+
+``ScheduledBatchSampler`` (``bsprof.schedule.sampler``, needs torch) makes a DataLoader follow it.
+"""
+
+from .plan import ExtrapolationError, ScheduleConfig, plan
+from .stages import Schedule, Stage
+
+__all__ = ["ExtrapolationError", "Schedule", "ScheduleConfig", "Stage", "plan"]

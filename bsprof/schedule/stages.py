@@ -1,0 +1,66 @@
+"""The schedule a training loop follows: stages of (batch size, learning rate) and look-ups by step or loss."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+
+class Stage(NamedTuple):
+    """From ``start_step`` (predicted, reached at ``start_loss``) on: batch = accumulation × micro × world."""
+
+    start_step: int
+    start_loss: float
+    batch_size: int
+    lr: float
+    micro_batch: int
+    accumulation: int
+    world_size: int
+
+
+@dataclass
+class Schedule:
+    """Stages (batch sizes never shrink), predictions of the McCandlish model, and constant-batch baselines."""
+
+    stages: list[Stage]
+    target_loss: float
+    unit: str = "examples"
+    rule: str = "noise"
+    lr_rule: str = "none"
+    prediction: dict = field(default_factory=dict)
+    baselines: list[dict] = field(default_factory=list)
+    fit: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    batch_train: float = 0.0
+    lr_train: float = 0.0
+
+    def stage_at(self, step: float | None = None, loss: float | None = None) -> Stage:
+        """The stage in force at ``step`` (by predicted start steps) or at ``loss`` (by start losses); one of."""
+        if (step is None) == (loss is None):
+            raise ValueError("pass exactly one of step= or loss=")
+        if step is not None:
+            i = bisect.bisect_right([s.start_step for s in self.stages], step) - 1
+        else:
+            i = sum(1 for s in self.stages if s.start_loss >= loss) - 1
+        return self.stages[max(i, 0)]
+
+    def batch_size_at(self, step: float | None = None, loss: float | None = None) -> int:
+        return self.stage_at(step, loss).batch_size
+
+    def lr_at(self, step: float | None = None, loss: float | None = None) -> float:
+        return self.stage_at(step, loss).lr
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["stages"] = [s._asdict() for s in self.stages]
+        out["steps"], out["examples"] = self.prediction.get("steps"), self.prediction.get("examples")
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Schedule:
+        data = {k: v for k, v in data.items() if k not in ("steps", "examples")}
+        data["stages"] = [Stage(**s) for s in data["stages"]]
+        return cls(**data)
