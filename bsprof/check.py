@@ -317,7 +317,8 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: NoiseScal
     """Judge lr against the optimizer's scaling rule from the measured config; off by > lr_factor fails."""
     optimizer = report_config.get("optimizer") or "SGD"
     rule, f = lr_rule(optimizer), policy.lr_factor
-    lr_ref, b_ref = report_config.get("lr"), report_config.get("batch_size")
+    lr_ref = report_config.get("optimizer_lr") or report_config.get("lr")  # the lr the optimizer actually used
+    b_ref = report_config.get("batch_size")
     measured = {"lr": lr, "optimizer": optimizer, "rule": rule, "lr_ref": lr_ref, "batch_size_ref": b_ref}
     if rule is None:
         return CheckResult("lr", CANNOT_JUDGE, f"cannot judge lr = {_fmt(lr)}: bsprof has no scaling rule for "

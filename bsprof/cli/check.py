@@ -1,0 +1,324 @@
+"""`bsprof check (REPORT.json | SPEC.py) --batch-size B`: the CI gate.
+
+Exit 0: within policy. 1: violates it (the message says what, by how much, and what value passes).
+2: cannot judge (unreadable report, schema mismatch, undetermined measurement, bad options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .. import ci_output
+from ..check import CANNOT_JUDGE, FAIL, PASS, Policy, Verdict, judge
+from ..config import MeasureConfig, resolve
+from ..errors import BsprofError, ConfigError, ReportError, SpecError
+from ..report import Report
+from .app import app, console, err_console, user_errors
+
+O = typer.Option
+
+# Keys tried, in order, when --config is given without --batch-key / --lr-key (the first one present wins).
+BATCH_KEYS = ("batch_size", "train.batch_size", "training.batch_size", "trainer.batch_size", "data.batch_size")
+LR_KEYS = ("lr", "learning_rate", "optim.lr", "optimizer.lr", "train.lr", "training.lr", "trainer.lr")
+STYLE = {PASS: "[bold green]PASS[/]", FAIL: "[bold red]FAIL[/]", CANNOT_JUDGE: "[bold yellow]CANNOT JUDGE[/]"}
+
+
+# -- inputs -------------------------------------------------------------------------------------------------------
+def parse_duration(text: str) -> float:
+    """Seconds from '90', '60s', '2m', '1.5h' or '500ms'."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min|h)?\s*", text or "")
+    if not m:
+        raise ConfigError(f"--budget {text!r} is not a duration", "write e.g. --budget 60s, 2m or 90 (seconds)")
+    seconds = float(m.group(1)) * {"ms": 1e-3, "s": 1, "m": 60, "min": 60, "h": 3600, None: 1}[m.group(2)]
+    if seconds <= 0:
+        raise ConfigError(f"--budget {text!r} must be positive", "write e.g. --budget 60s")
+    return seconds
+
+
+def _load_toml(text: str):
+    try:
+        import tomllib  # Python 3.11+
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise ConfigError("reading a TOML config needs Python 3.11+ (tomllib) or the tomli package, "
+                              "and neither is available", "pip install tomli, or pass a YAML or JSON config")
+    return tomllib.loads(text)
+
+
+def read_training_config(path: Path) -> dict:
+    """A training config as a dict: YAML (.yaml/.yml), JSON (.json) or TOML (.toml), by extension."""
+    if not path.is_file():
+        raise ConfigError(f"training config not found: {path}", "pass an existing YAML, JSON or TOML file to --config")
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json", ".toml"):
+        raise ConfigError(f"cannot tell the format of {path} from its extension {suffix!r}",
+                          "use a .yaml, .yml, .json or .toml file")
+    try:
+        text = path.read_text()
+        if suffix == ".json":
+            data = json.loads(text)
+        elif suffix == ".toml":
+            data = _load_toml(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except ConfigError:
+        raise
+    except Exception as e:  # YAMLError, JSONDecodeError, TOMLDecodeError, UnicodeDecodeError, OSError
+        raise ConfigError(f"cannot read {path}: {type(e).__name__}: {e}", "fix the file's syntax")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds a {type(data).__name__}, not a mapping of keys",
+                          "pass the training config file itself")
+    return data
+
+
+def lookup(data: dict, key: str, source: str = "config"):
+    """``data['a']['b'][0]`` for the dotted key 'a.b.0'; a ConfigError naming the keys present where it breaks."""
+    node, path = data, []
+    for part in key.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            where = ".".join(path) or "the top level"
+            have = ", ".join(map(str, node)) if isinstance(node, dict) else f"a {type(node).__name__}"
+            raise ConfigError(f"key {key!r} not found in {source}: no {part!r} at {where} (found: {have})",
+                              "pass the dotted path to the value, e.g. --batch-key trainer.batch_size")
+        path.append(part)
+    return node
+
+
+def _number(value, key: str, integer: bool) -> float:
+    """A positive number from a config value (numeric strings such as YAML's '3e-4' are accepted)."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {key!r} holds {value!r}, not a number", "point the key at a number")
+    if not (math.isfinite(x) and x > 0) or (integer and x != int(x)):
+        raise ConfigError(f"config key {key!r} holds {value!r}, not a positive {'integer' if integer else 'number'}",
+                          "point the key at the batch size" if integer else "point the key at the learning rate")
+    return x
+
+
+def values_from_config(path: Path, batch_key: str | None, lr_key: str | None) -> tuple[float | None, float | None,
+                                                                                          list[str]]:
+    """(batch size, lr, notes saying which keys were read). Explicit keys must exist; default keys may not."""
+    data, notes = read_training_config(path), []
+
+    def pick(explicit, defaults, integer):
+        if explicit:
+            key = explicit
+            value = lookup(data, key, str(path))
+        else:
+            key = next((k for k in defaults if _has(data, k)), None)
+            if key is None:
+                return None
+            value = lookup(data, key, str(path))
+        notes.append(f"read {key} = {value!r} from {path}")
+        return _number(value, key, integer)
+
+    return pick(batch_key, BATCH_KEYS, True), pick(lr_key, LR_KEYS, False), notes
+
+
+def _has(data: dict, key: str) -> bool:
+    try:
+        lookup(data, key)
+        return True
+    except ConfigError:
+        return False
+
+
+# -- the measured report ------------------------------------------------------------------------------------------
+def _report_path(target: Path) -> Path:
+    return target / "report.json" if target.is_dir() else target
+
+
+def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None) -> tuple[Report, dict]:
+    """A quick CPU measurement within ``budget_s`` seconds (split over the measurements when steps > 0)."""
+    try:
+        from ..loop import measure, measure_steps
+    except ImportError as e:
+        raise ConfigError(f"measuring a spec needs bsprof.loop, which cannot be imported ({e})",
+                          "pass a report.json written by `bsprof measure` instead")
+    if not spec.is_file():
+        raise SpecError(f"spec file not found: {spec}", "pass the SPEC.py you give `bsprof measure`")
+    share = budget_s / (len(measure_steps(steps, 0)) + 1) if steps else budget_s
+    cfg = resolve(MeasureConfig, None, {"device": "cpu", "steps": steps, "max_seconds": share, "seed": seed})
+    report, t0 = Report(), time.perf_counter()
+    try:
+        measure(spec, cfg, report)
+    except BsprofError:
+        raise
+    except Exception as e:  # the user's code failed: say so without a traceback
+        raise SpecError(f"measuring {spec} failed: {type(e).__name__}: {e}", "fix the spec, then run "
+                        f"`bsprof measure {spec} --steps {steps} --device cpu` to see the full error")
+    seconds = time.perf_counter() - t0
+    info = {"seconds": round(seconds, 2), "budget_seconds": budget_s, "device": "cpu", "steps": steps,
+            "examples": report.summary.get("examples_measured"), "rel_halfwidth": None}
+    return report, info
+
+
+def _precision_note(info: dict, verdict: Verdict) -> str:
+    noise = verdict.noise
+    head = (f"measured on the CPU in {info['seconds']:.1f} s (budget {info['budget_seconds']:g} s) from "
+            f"{info['examples'] or 0:,} examples")
+    if noise is None or noise.status == "undetermined":
+        return head + ": the noise scale stayed undetermined; raise --budget"
+    if noise.status == "lower_bound":
+        return head + ": only a lower bound on the noise scale; raise --budget"
+    return head + f": B_simple known to ±{100 * noise.rel_halfwidth:.0f}% (relative half-width of the interval)"
+
+
+# -- output -------------------------------------------------------------------------------------------------------
+def _render_text(verdict: Verdict, out) -> None:
+    if verdict.noise is not None:
+        out.print(f"noise scale: {verdict.noise.describe()}", highlight=False, soft_wrap=True)
+    for c in verdict.checks:
+        out.print(f"{STYLE[c.status]} {ci_output.TITLES.get(c.name, c.name)}: {c.message}", highlight=False,
+                  soft_wrap=True)
+        for n in c.notes:
+            out.print(f"  [yellow]warning:[/] {n}", highlight=False, soft_wrap=True)
+    for n in verdict.notes:
+        out.print(f"  [dim]note: {n}[/]", highlight=False, soft_wrap=True)
+
+
+def _emit(verdict: Verdict, junit: Path | None, github: bool, as_json: bool, extra: dict) -> None:
+    """Every requested output. With --json, stdout holds the JSON only (the rest goes to stderr)."""
+    text_out = err_console if as_json else console
+    if verdict.checks and not (len(verdict.checks) == 1 and verdict.checks[0].name in ("report", "options",
+                                                                                       "measure")):
+        _render_text(verdict, text_out)
+    if junit is not None:
+        try:
+            junit.parent.mkdir(parents=True, exist_ok=True)
+            junit.write_text(ci_output.to_junit(verdict))
+        except OSError as e:
+            raise ConfigError(f"cannot write the JUnit file {junit}: {e}", "pass a writable path to --junit")
+    if github:
+        for line in ci_output.to_github(verdict):
+            typer.echo(line, err=as_json)
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            try:
+                with open(summary, "a", encoding="utf-8") as f:
+                    f.write(ci_output.to_markdown(verdict))
+            except OSError as e:
+                err_console.print(f"[yellow]warning:[/] cannot append to GITHUB_STEP_SUMMARY {summary}: {e}")
+    if as_json:
+        typer.echo(ci_output.to_json(verdict, extra))
+
+
+def _error_kind(e: BsprofError) -> str:
+    return {ReportError: "report", SpecError: "measure"}.get(type(e), "options")
+
+
+@app.command()
+def check(
+    target: Path = typer.Argument(..., help="report.json (or its folder) from `bsprof measure`, or a SPEC.py to "
+                                            "measure now on the CPU within --budget."),
+    batch_size: Optional[int] = O(None, "--batch-size", "-b", help="The batch size to judge, in the report's unit."),
+    lr: Optional[float] = O(None, "--lr", help="The learning rate to judge against the optimizer's scaling rule."),
+    config: Optional[Path] = O(None, "--config", "-c", help="Training config (YAML, JSON or TOML) holding the "
+                               "batch size and lr; command-line values win."),
+    batch_key: Optional[str] = O(None, help="Dotted key of the batch size in --config, e.g. trainer.batch_size "
+                                 f"[tries {', '.join(BATCH_KEYS)}]."),
+    lr_key: Optional[str] = O(None, help=f"Dotted key of the lr in --config, e.g. optim.lr [tries {', '.join(LR_KEYS)}]."),
+    at_loss: Optional[float] = O(None, help="Judge at this loss: log B_simple interpolated between measurements "
+                                 "(never extrapolated). [the latest measurement]"),
+    factor: float = O(4.0, help="A batch passes within this factor of the noise scale: B_n/F ≤ B ≤ F·B_n."),
+    max_extra_compute: Optional[float] = O(None, help="Fail if B/B_n = E/E_min − 1 exceeds this. [--factor]"),
+    max_extra_steps: Optional[float] = O(None, help="Fail if B_n/B = S/S_min − 1 exceeds this. [--factor]"),
+    lr_factor: float = O(4.0, help="Fail if the lr is off its scaling rule by more than this factor."),
+    baseline: Optional[Path] = O(None, help="An older report.json: fail if the noise scale moved beyond both "
+                                 "intervals by more than --baseline-factor."),
+    baseline_factor: float = O(2.0, help="Allowed movement of the noise scale against --baseline."),
+    budget: Optional[str] = O(None, help="With a SPEC.py: seconds of CPU measurement ('60s', '2m', '90'). [60s]"),
+    steps: int = O(0, help="With a SPEC.py: probe-training steps before/while measuring (0: initial weights)."),
+    seed: Optional[int] = O(None, help="With a SPEC.py: random seed. [0]"),
+    save_report: Optional[Path] = O(None, help="With a SPEC.py: write the measured report.json here "
+                                    "(e.g. to become the next --baseline)."),
+    junit: Optional[Path] = O(None, "--junit", help="Write JUnit XML here (one testcase per check)."),
+    github: bool = O(False, "--github", help="Print GitHub workflow annotations and append a Markdown job summary "
+                     "to $GITHUB_STEP_SUMMARY."),
+    as_json: bool = O(False, "--json", help="Print the verdict as JSON on stdout (and nothing else there)."),
+):
+    """Gate a batch size (and learning rate) against the measured noise scale: exit 0 within policy,
+    1 violated, 2 cannot judge.
+
+    Extra steps S/S_min − 1 = B_n/B and extra compute E/E_min − 1 = B/B_n (McCandlish et al. 2018): a batch
+    fails only if it violates the policy even at the most favourable end of the interval on B_n.
+    """
+    extra: dict = {}
+    try:
+        verdict, extra = _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss,
+                                    Policy(factor, max_extra_compute, max_extra_steps, lr_factor, baseline_factor),
+                                    baseline, budget, steps, seed, save_report)
+    except BsprofError as e:
+        with user_errors(2):
+            try:
+                _emit(Verdict.from_error(_error_kind(e), e.message, e.hint), junit, github, as_json, extra)
+            except BsprofError:
+                pass  # the original error is the one to show
+            raise e
+    with user_errors(2):
+        _emit(verdict, junit, github, as_json, extra)
+    raise typer.Exit(verdict.exit_code)
+
+
+def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, policy, baseline, budget, steps,
+               seed, save_report) -> tuple[Verdict, dict]:
+    """Parse → one library call (judge) → the verdict plus extra figures for the JSON output."""
+    is_spec = target.suffix == ".py"
+    problems = []
+    if not is_spec:
+        problems += [f"{flag} applies to a SPEC.py, not a report" for flag, v in
+                     (("--budget", budget), ("--save-report", save_report), ("--seed", seed)) if v is not None]
+        problems += ["--steps applies to a SPEC.py, not a report"] if steps else []
+    if steps < 0:
+        problems.append(f"--steps must be 0 or more (got {steps})")
+    if (batch_key or lr_key) and config is None:
+        problems.append("--batch-key and --lr-key need --config FILE")
+    if problems:
+        raise ConfigError("bad options:\n  - " + "\n  - ".join(problems), "see `bsprof check --help`")
+    notes = []
+    if config is not None:
+        b_cfg, lr_cfg, notes = values_from_config(config, batch_key, lr_key)
+        batch_size = batch_size if batch_size is not None else b_cfg
+        lr = lr if lr is not None else lr_cfg
+    if batch_size is None:
+        raise ConfigError("no batch size to judge", "pass --batch-size B, or --config FILE --batch-key KEY")
+    budget_s = parse_duration(budget) if budget is not None else 60.0
+    old = Report.from_json(_report_path(baseline)) if baseline is not None else None
+    extra, info = {}, None
+    if is_spec:
+        report, info = measure_now(target, budget_s, steps, seed)
+        if save_report is not None:
+            report.to_json(save_report)
+    else:
+        report = Report.from_json(_report_path(target))
+    try:
+        verdict = judge(report, batch_size, lr, policy, at_loss, old)
+    except ValueError as e:
+        raise ConfigError(str(e), "choose options bsprof can judge; see `bsprof check --help`")
+    if info is not None:
+        info["rel_halfwidth"] = verdict.noise.rel_halfwidth if verdict.noise else None
+        extra["measured_now"] = info
+        notes.append(_precision_note(info, verdict))
+    if notes:
+        verdict = dataclasses.replace(verdict, notes=tuple(notes) + verdict.notes)
+    return verdict, extra
