@@ -115,24 +115,25 @@ def _number(value, key: str, integer: bool) -> float:
     return x
 
 
-def values_from_config(path: Path, batch_key: str | None, lr_key: str | None) -> tuple[float | None, float | None,
-                                                                                          list[str]]:
-    """(batch size, lr, notes saying which keys were read). Explicit keys must exist; default keys may not."""
+def values_from_config(path: Path, batch_key: str | None, lr_key: str | None, batch_size: float | None = None,
+                       lr: float | None = None) -> tuple[float | None, float | None, list[str]]:
+    """(batch size, lr, notes saying which keys were read). Explicit keys must exist; default keys may not.
+    Values given on the command line win over the file's."""
     data, notes = read_training_config(path), []
 
-    def pick(explicit, defaults, integer):
-        if explicit:
-            key = explicit
-            value = lookup(data, key, str(path))
-        else:
-            key = next((k for k in defaults if _has(data, k)), None)
-            if key is None:
-                return None
-            value = lookup(data, key, str(path))
+    def pick(explicit, defaults, integer, given, flag):
+        key = explicit or next((k for k in defaults if _has(data, k)), None)
+        if key is None:
+            return given
+        value = lookup(data, key, str(path))
+        if given is not None:
+            notes.append(f"{flag} {given:g} overrides {key} = {value!r} in {path}")
+            return given
         notes.append(f"read {key} = {value!r} from {path}")
         return _number(value, key, integer)
 
-    return pick(batch_key, BATCH_KEYS, True), pick(lr_key, LR_KEYS, False), notes
+    return (pick(batch_key, BATCH_KEYS, True, batch_size, "--batch-size"),
+            pick(lr_key, LR_KEYS, False, lr, "--lr"), notes)
 
 
 def _has(data: dict, key: str) -> bool:
@@ -148,7 +149,8 @@ def _report_path(target: Path) -> Path:
     return target / "report.json" if target.is_dir() else target
 
 
-def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None) -> tuple[Report, dict]:
+def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None = None,
+                rel_error: float | None = None) -> tuple[Report, dict]:
     """A quick CPU measurement within ``budget_s`` seconds (split over the measurements when steps > 0)."""
     try:
         from ..loop import measure, measure_steps
@@ -158,7 +160,8 @@ def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None) -> tu
     if not spec.is_file():
         raise SpecError(f"spec file not found: {spec}", "pass the SPEC.py you give `bsprof measure`")
     share = budget_s / (len(measure_steps(steps, 0)) + 1) if steps else budget_s
-    cfg = resolve(MeasureConfig, None, {"device": "cpu", "steps": steps, "max_seconds": share, "seed": seed})
+    cfg = resolve(MeasureConfig, None, {"device": "cpu", "steps": steps, "max_seconds": share, "seed": seed,
+                                          "rel_error": rel_error})
     report, t0 = Report(), time.perf_counter()
     try:
         measure(spec, cfg, report)
@@ -250,6 +253,8 @@ def check(
     budget: Optional[str] = O(None, help="With a SPEC.py: seconds of CPU measurement ('60s', '2m', '90'). [60s]"),
     steps: int = O(0, help="With a SPEC.py: probe-training steps before/while measuring (0: initial weights)."),
     seed: Optional[int] = O(None, help="With a SPEC.py: random seed. [0]"),
+    rel_error: Optional[float] = O(None, help="With a SPEC.py: stop measuring once the interval on B_simple is "
+                                   "this tight (relative half-width) or the budget is spent. [0.2]"),
     save_report: Optional[Path] = O(None, help="With a SPEC.py: write the measured report.json here "
                                     "(e.g. to become the next --baseline)."),
     junit: Optional[Path] = O(None, "--junit", help="Write JUnit XML here (one testcase per check)."),
@@ -267,7 +272,7 @@ def check(
     try:
         verdict, extra = _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss,
                                     Policy(factor, max_extra_compute, max_extra_steps, lr_factor, baseline_factor),
-                                    baseline, budget, steps, seed, save_report)
+                                    baseline, budget, steps, seed, rel_error, save_report)
     except BsprofError as e:
         with user_errors(2):
             try:
@@ -281,13 +286,14 @@ def check(
 
 
 def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, policy, baseline, budget, steps,
-               seed, save_report) -> tuple[Verdict, dict]:
+               seed, rel_error, save_report) -> tuple[Verdict, dict]:
     """Parse → one library call (judge) → the verdict plus extra figures for the JSON output."""
     is_spec = target.suffix == ".py"
     problems = []
     if not is_spec:
         problems += [f"{flag} applies to a SPEC.py, not a report" for flag, v in
-                     (("--budget", budget), ("--save-report", save_report), ("--seed", seed)) if v is not None]
+                     (("--budget", budget), ("--save-report", save_report), ("--seed", seed),
+                                                  ("--rel-error", rel_error)) if v is not None]
         problems += ["--steps applies to a SPEC.py, not a report"] if steps else []
     if steps < 0:
         problems.append(f"--steps must be 0 or more (got {steps})")
@@ -297,16 +303,14 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
         raise ConfigError("bad options:\n  - " + "\n  - ".join(problems), "see `bsprof check --help`")
     notes = []
     if config is not None:
-        b_cfg, lr_cfg, notes = values_from_config(config, batch_key, lr_key)
-        batch_size = batch_size if batch_size is not None else b_cfg
-        lr = lr if lr is not None else lr_cfg
+        batch_size, lr, notes = values_from_config(config, batch_key, lr_key, batch_size, lr)
     if batch_size is None:
         raise ConfigError("no batch size to judge", "pass --batch-size B, or --config FILE --batch-key KEY")
     budget_s = parse_duration(budget) if budget is not None else 60.0
     old = Report.from_json(_report_path(baseline)) if baseline is not None else None
     extra, info = {}, None
     if is_spec:
-        report, info = measure_now(target, budget_s, steps, seed)
+        report, info = measure_now(target, budget_s, steps, seed, rel_error)
         if save_report is not None:
             report.to_json(save_report)
     else:

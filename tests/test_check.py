@@ -1,0 +1,261 @@
+"""`bsprof check`: the policy, its exit codes (0 pass, 1 fail, 2 cannot judge) and its CI outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+
+import pytest
+from typer.testing import CliRunner
+
+from bsprof.check import CANNOT_JUDGE, FAIL, PASS, NoiseScale, Policy, check_baseline, check_batch, judge, \
+    noise_at, target_lr
+from bsprof.cli import app
+from bsprof.report import Report
+
+runner = CliRunner()
+
+
+def _row(step, loss, b, lo, hi, status="ok", **extra):
+    return dict(step=step, examples_seen=step * 32, loss=loss, g2=1.0 / b if b else 0.0, trace_sigma=1.0,
+                b_simple=b, b_simple_lo=lo, b_simple_hi=hi, status=status, method="vmap", n_draws=12,
+                examples=6000, **extra)
+
+
+def make_report(rows=None, optimizer="SGD", lr=0.1, batch_size=32, unit="examples") -> Report:
+    """A plausible run: B_simple grows 100 → 1000 as the loss falls 2.3 → 0.5, ±~20% intervals."""
+    rows = rows if rows is not None else [_row(0, 2.3, 100.0, 80.0, 125.0), _row(50, 1.0, 300.0, 250.0, 370.0),
+                                          _row(100, 0.5, 1000.0, 800.0, 1250.0)]
+    cfg = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "optimizer_lr": lr, "steps": 100}
+    return Report(config=cfg, measurements=rows, unit=unit)
+
+
+@pytest.fixture
+def report(tmp_path):
+    return str(make_report().to_json(tmp_path / "report.json"))
+
+
+def run(*args, env=None):
+    result = runner.invoke(app, ["check", *map(str, args)], env=env)
+    assert "Traceback" not in result.output, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+# -- policy (pure) -----------------------------------------------------------------------------------------------
+def test_policy_uses_the_favourable_end_of_the_interval():
+    noise = NoiseScale(1000.0, 800.0, 1250.0, "ok")
+    assert check_batch(1024, noise).status == PASS and not check_batch(1024, noise).notes
+    ambiguous = check_batch(4096, noise)            # 4096/1000 > 4 at the estimate, 4096/1250 < 4 at the top
+    assert ambiguous.status == PASS and "not across the whole interval" in ambiguous.notes[0]
+    too_big = check_batch(8192, noise)
+    assert too_big.status == FAIL and "7.55× the minimal compute" in too_big.message
+    assert too_big.passing["max"] == pytest.approx(5000)
+    too_small = check_batch(100, noise)
+    assert too_small.status == FAIL and "too small" in too_small.message and "at least 200" in too_small.message
+    assert check_batch(8192, noise, Policy(max_extra_compute=8)).status == PASS
+    assert check_batch(100, noise, Policy(max_extra_steps=0.5)).status == FAIL
+    assert check_batch(1000, noise, Policy(max_extra_steps=0.5)).status == FAIL   # 800/1000 > 0.5
+
+
+def test_lower_bound_can_only_prove_a_batch_too_small():
+    bound = NoiseScale(math.nan, 500.0, math.inf, "lower_bound")
+    assert check_batch(64, bound).status == FAIL           # 500/64 > 4 whatever B_n above 500 is
+    assert check_batch(4096, bound).status == CANNOT_JUDGE
+    assert check_batch(64, NoiseScale(math.nan, math.nan, math.nan, "undetermined")).status == CANNOT_JUDGE
+
+
+def test_at_loss_interpolates_log_b_simple_and_refuses_to_extrapolate():
+    rep = make_report()
+    mid = noise_at(rep, 0.75)                       # halfway between loss 1.0 (300) and 0.5 (1000) in log
+    assert mid.value == pytest.approx(math.sqrt(300 * 1000))
+    assert noise_at(rep, 1.0).value == pytest.approx(300)
+    with pytest.raises(ValueError, match="extrapolate"):
+        noise_at(rep, 0.1)
+
+
+def test_lr_rules():
+    assert target_lr("sqrt", 1e-3, 32, 128) == pytest.approx(2e-3)
+    assert target_lr("linear", 0.1, 32, 128) == pytest.approx(0.4)             # no noise scale: linear
+    sat = target_lr("linear", 0.1, 32, 1e9, b_noise=1000.0)                     # saturates at lr_ref(1 + B_n/B_ref)
+    assert sat == pytest.approx(0.1 * (1 + 1000 / 32), rel=1e-5)
+    assert target_lr("linear", 0.1, 32, 1e9, b_noise=1000.0, eps_max=1.0) == pytest.approx(1.0, rel=1e-5)
+    rep = make_report(optimizer="Adam", lr=1e-3)
+    v = judge(rep, 512, lr=4e-3)                                                # √(512/32) = 4
+    assert v.status == PASS and any("Adam" in n for n in v.notes)
+    assert judge(rep, 512, lr=4e-2).status == FAIL and "too high" in judge(rep, 512, lr=4e-2).messages[1]
+    assert judge(make_report(optimizer="RMSprop"), 512, lr=0.1).checks[1].status == CANNOT_JUDGE
+
+
+def test_baseline_gate():
+    old = NoiseScale(100.0, 80.0, 125.0, "ok")
+    assert check_baseline(NoiseScale(200.0, 170.0, 240.0, "ok"), old, 2).status == PASS
+    grew = check_baseline(NoiseScale(400.0, 300.0, 500.0, "ok"), old, 2)      # 300 > 125·2
+    assert grew.status == FAIL and "grew" in grew.message
+    assert check_baseline(NoiseScale(30.0, 20.0, 35.0, "ok"), old, 2).status == FAIL   # 35 < 80/2
+    assert check_baseline(NoiseScale(math.nan, 50.0, math.inf, "lower_bound"), old, 2).status == CANNOT_JUDGE
+    assert check_baseline(NoiseScale(math.nan, 400.0, math.inf, "lower_bound"), old, 2).status == FAIL
+
+
+# -- the command: exit codes -------------------------------------------------------------------------------------
+def test_exit_0_within_policy(report):
+    r = run(report, "--batch-size", 1024)
+    assert r.exit_code == 0, r.output
+    assert "PASS" in r.stdout and "B = 1,024 is within policy" in r.stdout
+
+
+def test_exit_1_says_what_by_how_much_and_what_passes(report):
+    r = run(report, "--batch-size", 8192)
+    assert r.exit_code == 1, r.output
+    assert "7.55× the minimal compute" in r.stdout and "at most 5,000 examples passes" in r.stdout
+    r = run(report, "-b", 1024, "--lr", 100)
+    assert r.exit_code == 1 and "lr = 100 is too high" in r.stdout
+
+
+def test_exit_2_cannot_judge(tmp_path, report):
+    undetermined = make_report([_row(0, 2.3, math.nan, math.nan, math.nan, status="undetermined")])
+    r = run(undetermined.to_json(tmp_path / "u.json"), "-b", 64)
+    assert r.exit_code == 2 and "undetermined" in r.stdout
+    bound = make_report([_row(0, 2.3, math.nan, 500.0, math.inf, status="lower_bound")])
+    path = bound.to_json(tmp_path / "lb.json")
+    assert run(path, "-b", 4096).exit_code == 2
+    assert run(path, "-b", 32).exit_code == 1                         # provably too small
+    assert run(report, "-b", 1024, "--at-loss", 0.1).exit_code == 2   # no extrapolation
+    assert run(report, "-b", 0).exit_code == 2
+    assert run(report, "-b", 1024, "--factor", 0.5).exit_code == 2
+    assert run(report, "-b", 1024, "--budget", "60s").exit_code == 2  # --budget needs a SPEC.py
+    assert run(report).exit_code == 2                                 # no batch size at all
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "report not found"),
+    ("{not json", "not valid JSON"),
+    ('{"schema_version": 99, "measurements": [], "summary": {}, "config": {}}', "schema_version 99"),
+    ('{"measurements": []}', "not a bsprof report"),
+])
+def test_unreadable_reports_exit_2_without_traceback(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    if content is not None:
+        path.write_text(content)
+    r = run(path, "-b", 64, "--junit", tmp_path / "j.xml")
+    assert r.exit_code == 2 and message in r.stderr, r.output
+    suite = ET.parse(tmp_path / "j.xml").getroot().find("testsuite")
+    assert suite.get("errors") == "1" and suite.find("testcase").get("name") == "report"
+
+
+# -- outputs -----------------------------------------------------------------------------------------------------
+def test_junit_counts(tmp_path, report):
+    old = make_report([_row(0, 2.3, 100.0, 80.0, 125.0)]).to_json(tmp_path / "old.json")
+    junit = tmp_path / "out" / "junit.xml"
+    r = run(report, "-b", 8192, "--lr", 2.0, "--baseline", old, "--junit", junit)
+    assert r.exit_code == 1
+    suite = ET.parse(junit).getroot().find("testsuite")
+    cases = {c.get("name"): c for c in suite.findall("testcase")}
+    assert set(cases) == {"batch_size", "lr", "baseline"}
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "2", "0")
+    assert cases["batch_size"].find("failure") is not None and cases["baseline"].find("failure") is not None
+    assert cases["lr"].find("failure") is None
+
+
+def test_github_annotations_and_job_summary(tmp_path, report):
+    summary = tmp_path / "summary.md"
+    r = run(report, "-b", 8192, "--github", env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert r.exit_code == 1
+    errors = [line for line in r.stdout.splitlines() if line.startswith("::error ")]
+    assert len(errors) == 1 and errors[0].startswith("::error title=bsprof check%3A batch size::B = 8,192")
+    assert "\n" not in errors[0] and "7.55× the minimal compute" in errors[0]
+    text = summary.read_text()
+    assert text.startswith("## bsprof check: ❌ fail") and "| batch size | ❌ fail |" in text
+    r = run(report, "-b", 4096, "--github")
+    assert r.exit_code == 0
+    assert any(line.startswith("::warning ") for line in r.stdout.splitlines())
+    assert any(line.startswith("::notice ") for line in r.stdout.splitlines())
+
+
+def test_json_output_is_the_only_stdout(tmp_path, report):
+    r = run(report, "-b", 8192, "--lr", 0.5, "--json")
+    data = json.loads(r.stdout)
+    assert r.exit_code == 1 and data["status"] == "fail" and data["exit_code"] == 1
+    assert [c["name"] for c in data["checks"]] == ["batch_size", "lr"]
+    assert data["checks"][0]["passing"]["max"] == pytest.approx(5000)
+    assert data["noise_scale"]["value"] == 1000.0
+    r = run(tmp_path / "missing.json", "-b", 64, "--json")
+    assert r.exit_code == 2 and json.loads(r.stdout)["status"] == "cannot_judge"
+
+
+# -- training configs ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, text", [
+    ("train.yaml", "trainer:\n  batch_size: 8192\noptim:\n  lr: 3e-4\n"),
+    ("train.json", '{"trainer": {"batch_size": 8192}, "optim": {"lr": 0.0003}}'),
+    ("train.toml", "[trainer]\nbatch_size = 8192\n[optim]\nlr = 0.0003\n"),
+])
+def test_config_file_nested_keys(tmp_path, report, name, text):
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    r = run(report, "--config", cfg, "--batch-key", "trainer.batch_size", "--lr-key", "optim.lr", "--json")
+    data = json.loads(r.stdout)
+    assert r.exit_code == 1, r.output                                     # 8192 is too large
+    assert data["checks"][0]["measured"]["batch_size"] == 8192
+    assert data["checks"][1]["measured"]["lr"] == pytest.approx(3e-4)     # YAML's "3e-4" string accepted
+    assert any("read trainer.batch_size = 8192" in n for n in data["notes"])
+    r = run(report, "--config", cfg, "--batch-key", "trainer.batch_size", "--lr-key", "optim.lr", "-b", 1024,
+            "--lr", 1.0)
+    assert r.exit_code == 0 and "--batch-size 1024 overrides trainer.batch_size" in r.stdout   # flags win
+
+
+def test_config_default_keys_and_errors(tmp_path, report):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("training:\n  batch_size: 1024\n  lr: 0.5\n")
+    assert run(report, "--config", cfg).exit_code == 0
+    r = run(report, "--config", cfg, "--batch-key", "trainer.batch_size")
+    assert r.exit_code == 2 and "key 'trainer.batch_size' not found" in r.stderr and "training" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    r = run(report, "--config", bad, "--batch-key", "a")
+    assert r.exit_code == 2 and "cannot read" in r.stderr
+    r = run(report, "--config", tmp_path / "nope.toml", "--batch-key", "a")
+    assert r.exit_code == 2 and "not found" in r.stderr
+    cfg.write_text("batch_size: big\n")
+    assert run(report, "--config", cfg).exit_code == 2
+
+
+# -- measuring a spec within a budget ------------------------------------------------------------------------------
+TINY_SPEC = '''
+import torch
+from torch import nn
+
+def model():
+    m = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(0.5)
+    return m
+
+def dataset():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2000, 4, generator=g)
+    y = x @ torch.full((4,), 0.3) + 0.5 * torch.randn(2000, generator=g)
+    return torch.utils.data.TensorDataset(x, y)
+
+def loss(model, batch):
+    x, y = batch
+    return 0.5 * (model(x).squeeze(-1) - y) ** 2
+'''
+
+
+def test_spec_with_budget_and_a_measured_report(tmp_path):
+    pytest.importorskip("bsprof.loop")
+    spec = tmp_path / "tiny.py"
+    spec.write_text(TINY_SPEC)
+    saved = tmp_path / "measured.json"
+    r = run(spec, "-b", 16, "--budget", "5s", "--json", "--save-report", saved)
+    assert r.exit_code in (0, 1), r.output
+    data = json.loads(r.stdout)
+    assert data["measured_now"]["device"] == "cpu" and data["measured_now"]["seconds"] <= 30
+    assert any("relative half-width" in n or "undetermined" in n or "lower bound" in n for n in data["notes"])
+    # the report written by bsprof.loop.measure feeds the gate: 0, 1 and 2 on the same real report
+    b = json.loads(saved.read_text())["summary"]["b_simple"]
+    assert run(saved, "-b", max(1, round(b))).exit_code == 0
+    assert run(saved, "-b", round(b * 100)).exit_code == 1
+    assert run(saved, "-b", round(b), "--at-loss", 1e6).exit_code == 2
+    assert run(tmp_path / "missing.py", "-b", 16, "--budget", "2s").exit_code == 2
