@@ -1,0 +1,158 @@
+"""`bsprof schedule (REPORT.json | SPEC.py) --target-loss L`: a batch-size (and lr) plan with predicted savings."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..config import resolve
+from ..errors import ConfigError
+from ..report import Report
+from .app import app, console, err_console, user_errors
+
+O = typer.Option
+FORMATS = ("table", "json", "yaml", "csv")
+
+
+@app.command()
+def schedule(
+    source: Path = typer.Argument(..., help="report.json (or its folder) from `bsprof measure`, or a SPEC.py."),
+    target_loss: float = O(..., "--target-loss", "-t", help="Training loss the schedule should reach."),
+    config: Optional[Path] = O(None, "--config", "-c", help="YAML file of schedule options (flags win)."),
+    rule: Optional[str] = O(None, help="noise, mccandlish, adadamp, padadamp, geodamp, doubling. [noise]"),
+    exchange_rate: Optional[float] = O(None, help="mccandlish: examples one step is worth. [1024]"),
+    f_star: Optional[float] = O(None, help="adadamp: the optimal loss F*. [0]"),
+    b0: Optional[int] = O(None, help="Initial batch of adadamp/padadamp/geodamp/doubling (0: training batch)."),
+    rate: Optional[float] = O(None, help="padadamp: examples added per step. [1]"),
+    factor: Optional[float] = O(None, help="geodamp: growth factor. [2]"),
+    every: Optional[int] = O(None, help="geodamp: steps between growths. [1000]"),
+    multiple_of: Optional[int] = O(None, help="Round batches to multiples of N (0: powers of two). [0]"),
+    min_batch: Optional[int] = O(None, help="Smallest batch. [1]"),
+    max_batch: Optional[str] = O(None, help="Largest batch, or 'auto': measure the largest micro-batch that "
+                                 "fits on the device (SPEC.py + CUDA) and accumulate above it. [65536]"),
+    micro_batch: Optional[int] = O(None, help="Largest per-rank micro-batch; above it: accumulation. [no limit]"),
+    world_size: Optional[int] = O(None, help="Data-parallel ranks. [1]"),
+    dwell: Optional[int] = O(None, help="Minimum steps between two batch changes. [50]"),
+    lr_rule: Optional[str] = O(None, help="linear (SGD), sqrt (Adam), none, auto (by optimizer). [auto]"),
+    lr: Optional[float] = O(None, help="Learning rate at the training batch. [the report's]"),
+    noise: Optional[str] = O(None, help="Noise scale to follow: auto, b_simple, b_noise. [auto = b_simple]"),
+    form: Optional[str] = O(None, help="Fit of the noise scale vs loss: auto (AIC), power, hyperbola. [auto]"),
+    allow_extrapolation: Optional[bool] = O(None, "--allow-extrapolation", help="Plan even far beyond the "
+                                            "measured losses (a loud warning instead of exit 2)."),
+    max_extrapolation: Optional[float] = O(None, help="'Far': target below the lowest measured loss by more than "
+                                           "this fraction of the measured log-loss range. [0.5]"),
+    fmt: str = O("table", "--format", "-f", help="table, json, yaml or csv."),
+    output: Optional[Path] = O(None, "--output", "-o", help="Write the output to this file."),
+    steps: int = O(300, help="SPEC.py only: probe-training steps of the measurement."),
+):
+    """Plan the batch size (and learning rate) to a target loss from the measured noise scale."""
+    from ..schedule import ScheduleConfig, plan
+
+    overrides = {k: v for k, v in locals().items() if k in ScheduleConfig.__dataclass_fields__}
+    with user_errors():
+        if fmt not in FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})", "e.g. --format json")
+        overrides["max_batch"], memory_note = _max_batch(max_batch, source, overrides)
+        cfg = resolve(ScheduleConfig, config, overrides)
+        result = plan(_load(source, steps), cfg)
+        if memory_note:
+            result.notes.append(memory_note)
+        text = render(result, fmt) if output is not None or fmt != "table" else ""
+    for w in result.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+    if output is not None:
+        output.write_text(text)
+        err_console.print(f"wrote {output}")
+    elif fmt == "table":
+        for part in tables(result):
+            console.print(part, highlight=False)
+    else:
+        typer.echo(text, nl=False)
+
+
+def _load(source: Path, steps: int) -> Report:
+    if source.is_dir():
+        source = source / "report.json"
+    if source.suffix == ".py":
+        from ..config import MeasureConfig
+        from ..loop import measure
+
+        return measure(source, resolve(MeasureConfig, None, {"steps": steps}))
+    return Report.from_json(source)
+
+
+def _max_batch(value: str | None, source: Path, overrides: dict) -> tuple[int | None, str]:
+    """--max-batch N, or auto: probe the largest micro-batch (becomes --micro-batch) and leave the total cap."""
+    if value is None:
+        return None, ""
+    if value != "auto":
+        try:
+            return int(value), ""
+        except ValueError:
+            raise ConfigError(f"--max-batch must be an integer or 'auto' (got {value!r})", "e.g. --max-batch 4096")
+    from ..schedule.memory import DEFAULT_MICRO_BATCH, probe_micro_batch
+
+    if source.suffix != ".py":
+        found, why = None, f"not measurable from a report (needs SPEC.py and CUDA); using {DEFAULT_MICRO_BATCH}"
+    else:
+        found, why = probe_micro_batch(source)
+    overrides["micro_batch"] = overrides.get("micro_batch") or found or DEFAULT_MICRO_BATCH
+    return None, f"max micro-batch {overrides['micro_batch']}: {why}"
+
+
+# -- rendering ---------------------------------------------------------------------------------------------
+def render(result, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(_clean(result.to_dict()), indent=2) + "\n"
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(_clean(result.to_dict()), sort_keys=False)
+    if fmt == "csv":
+        import pandas as pd
+
+        return pd.DataFrame([s._asdict() for s in result.stages]).to_csv(index=False)
+    buf = Console(file=io.StringIO(), width=110, force_terminal=False)
+    for part in tables(result):
+        buf.print(part)
+    return buf.file.getvalue()
+
+
+def _clean(x):
+    """Plain Python floats/ints for JSON and YAML (no numpy scalars, non-finite → None)."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if hasattr(x, "item"):
+        x = x.item()
+    if isinstance(x, float) and x != x or x in (float("inf"), float("-inf")):
+        return None
+    return x
+
+
+def tables(result) -> list:
+    p, u = result.prediction, result.unit
+    st = Table(title=f"Batch-size schedule to loss {result.target_loss:g} (rule {result.rule}, lr {result.lr_rule})")
+    for col in ("from step", "at loss", f"batch ({u})", "lr", "micro × accum × ranks"):
+        st.add_column(col, justify="right")
+    for s in result.stages:
+        st.add_row(f"{s.start_step:,}", f"{s.start_loss:.4g}", f"{s.batch_size:,}", f"{s.lr:.4g}",
+                   f"{s.micro_batch} × {s.accumulation} × {s.world_size}")
+    bt = Table(title=f"Predicted to loss {result.target_loss:g} (McCandlish model; schedule: "
+                     f"{p['steps']:,.0f} steps, {p['examples']:,.0f} {u})")
+    for col in ("constant batch", "steps", u, "schedule saves: steps", u):
+        bt.add_column(col, justify="right")
+    for b in result.baselines:
+        mark = " (current)" if b.get("current") else ""
+        bt.add_row(f"{b['batch_size']:,}{mark}", f"{b['steps']:,.0f}", f"{b['examples']:,.0f}",
+                   f"{b.get('steps_saved', 0):+.0%}", f"{b.get('examples_saved', 0):+.0%}")
+    lines = [f"B_crit over the path ≈ {p['b_crit']:.4g} {u} (S_min {p['s_min']:,.0f} steps); noise scale at the "
+             f"target {p['b_noise_target']:.4g} [{p['b_noise_target_lo']:.4g}, {p['b_noise_target_hi']:.4g}]"]
+    return [st, bt, "\n".join(lines + [f"note: {n}" for n in result.notes])]
