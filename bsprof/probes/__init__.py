@@ -8,13 +8,15 @@
 from __future__ import annotations
 
 from .base import ChunkStats, LossFn, trainable
+from .hooks import per_example_hooks
 from .microbatch import microbatch
 from .vmap import per_example_vmap
 
 PROBES = {
     "vmap": per_example_vmap,
     "microbatch": microbatch,
+    "hooks": per_example_hooks,
 }
-PER_EXAMPLE = {"vmap"}  # probes whose small batch is one example
+PER_EXAMPLE = {"vmap", "hooks"}  # probes whose small batch is one example
 
 __all__ = ["PROBES", "PER_EXAMPLE", "ChunkStats", "LossFn", "trainable"]

@@ -109,10 +109,10 @@ def sq_sum(c: Factored | Tensor, shape: torch.Size) -> Tensor:
         return (c.u.square().sum(-1) * c.v.square().sum(-1)).sum()
     if c.onehot and T > ONEHOT_GHOST_MAX_T:
         return _onehot_sq_sum(c)
-    expl, ghost = _costs(c, c)
-    if ghost < expl:
+    m, n = c.m, c.v.shape[-1]
+    if T * T * (n + (0 if c.onehot else m)) < m * n * (1 + (0 if c.onehot else T)):
         return (_gram_u(c, c) * (c.v @ c.v.transpose(-1, -2))).sum()
-    return torch.einsum("bgtm,bgtn->bgmn", c.u, c.v).square().sum()
+    return explicit(c, (c.v.shape[1], m, n)).square().sum()
 
 
 def total_sq_sum(parts: list[Factored | Tensor], shape: torch.Size) -> Tensor:

@@ -1,0 +1,224 @@
+"""One shared list of tiny problems (model, per-example loss, batch) for testing fast probes against torch.func.
+
+Each case is a function of a torch.Generator returning ``Case``; models and data are float64 so the fast paths
+can be held to 1e-5 relative error. Every loss returns per-example losses of shape [batch].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Case:
+    model: nn.Module
+    loss_fn: Callable
+    batch: Any
+    count: int
+
+
+def xent(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y, reduction="none")
+
+
+def lm_loss(model, tokens):
+    """Per-sequence mean next-token cross entropy."""
+    logits = model(tokens[:, :-1])
+    return F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none").mean(1)
+
+
+def _cls(g, shape, classes, n=5):
+    return torch.randn(n, *shape, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
+
+
+def _done(model, loss_fn, batch, count) -> Case:
+    return Case(model.double(), loss_fn, batch, count)
+
+
+def mlp(g):
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    return _done(model, xent, _cls(g, (6,), 3), 5)
+
+
+def cnn(g):
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 6, 3, dilation=2, groups=2, padding=2), nn.ReLU(),
+        nn.Conv2d(6, 4, (2, 3), padding=(1, 0), padding_mode="reflect", bias=False), nn.ReLU(),
+        nn.Flatten(), nn.LazyLinear(3))
+    x, y = _cls(g, (3, 9, 9), 3)
+    model(x.float())  # materialise the lazy layer
+    return _done(model, xent, (x, y), 5)
+
+
+class Pool(nn.Module):
+    def forward(self, x):
+        return x.flatten(2).mean(-1)
+
+
+def conv1d(g):
+    model = nn.Sequential(nn.Conv1d(2, 4, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Conv1d(4, 4, 3, groups=4, dilation=2, padding="same"), nn.ReLU(),
+                          nn.Conv1d(4, 6, 2, padding_mode="circular", padding=1), Pool(), nn.Linear(6, 3))
+    return _done(model, xent, _cls(g, (2, 11), 3), 5)
+
+
+def conv3d(g):
+    model = nn.Sequential(nn.Conv3d(2, 4, (2, 3, 3), stride=(1, 2, 2), padding=1), nn.ReLU(),
+                          nn.Conv3d(4, 4, 3, groups=2, dilation=(1, 2, 1), padding=(1, 2, 0)), Pool(),
+                          nn.Linear(4, 3))
+    return _done(model, xent, _cls(g, (2, 4, 6, 5), 3, n=4), 4)
+
+
+class TiedLM(nn.Module):
+    """Embedding (with padding_idx) tied to the LM head, a LayerNorm and an MLP over tokens."""
+
+    def __init__(self, vocab=11, dim=6, functional_head=False):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim, padding_idx=0)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4), nn.GELU(), nn.Linear(4, dim))
+        self.functional_head = functional_head
+        if not functional_head:
+            self.head = nn.Linear(dim, vocab, bias=False)
+            self.head.weight = self.emb.weight
+
+    def forward(self, tokens):
+        h = self.emb(tokens)
+        h = h + self.mlp(self.norm(h))
+        return F.linear(h, self.emb.weight) if self.functional_head else self.head(h)
+
+
+def _tokens(g, n=4, t=8, vocab=11):
+    tokens = torch.randint(0, vocab, (n, t), generator=g)
+    tokens[:, -2] = 0  # padding
+    tokens[:, 1] = tokens[:, 3]  # repeated tokens
+    return tokens
+
+
+def tied_lm(g):
+    return _done(TiedLM(), lm_loss, _tokens(g), 4)
+
+
+def tied_lm_functional(g):
+    return _done(TiedLM(functional_head=True), lm_loss, _tokens(g), 4)
+
+
+class Block(nn.Module):
+    """A hand-written pre-norm transformer block: RMSNorm, causal attention from Linear q/k/v, MLP."""
+
+    def __init__(self, dim=8, ffn=4, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.n1, self.n2 = nn.RMSNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.up, self.down = nn.Linear(dim, ffn), nn.Linear(ffn, dim)  # narrow: the explicit path wins here
+
+    def forward(self, x):
+        B, T, D = x.shape
+        q, k, v = self.qkv(self.n1(x)).view(B, T, 3, self.heads, -1).transpose(1, 3).unbind(2)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, D)
+        x = x + self.proj(a)
+        return x + self.down(F.gelu(self.up(self.n2(x))))
+
+
+def _seq_regression(model, batch):
+    x, y = batch
+    return (model(x) - y).square().mean((1, 2))
+
+
+def block(g):
+    x = torch.randn(4, 7, 8, generator=g, dtype=torch.float64)
+    return _done(Block(), _seq_regression, (x, torch.randn(4, 7, 8, generator=g, dtype=torch.float64)), 4)
+
+
+def torch_encoder(g):
+    """nn.TransformerEncoderLayer: its MultiheadAttention goes through the torch.func fallback."""
+    model = nn.TransformerEncoderLayer(8, 2, dim_feedforward=12, dropout=0.0, batch_first=True)
+    x = torch.randn(4, 6, 8, generator=g, dtype=torch.float64)
+    return _done(model, _seq_regression, (x, torch.randn(4, 6, 8, generator=g, dtype=torch.float64)), 4)
+
+
+class BagOfTokens(nn.Module):
+    def __init__(self, vocab=10, dim=5):
+        super().__init__()
+        self.emb, self.out = nn.Embedding(vocab, dim, padding_idx=2), nn.Linear(dim, 3)
+
+    def forward(self, tokens):
+        return self.out(torch.tanh(self.emb(tokens)).mean(1))
+
+
+def embedding_long(g):
+    """Many repeats over 80 positions: the sort-based one-hot path."""
+    tokens = torch.randint(0, 10, (4, 80), generator=g)
+    return _done(BagOfTokens(), xent, (tokens, torch.randint(0, 3, (4,), generator=g)), 4)
+
+
+def embedding_short(g):
+    tokens = torch.randint(0, 10, (4, 9), generator=g)
+    tokens[:, :3] = 2
+    return _done(BagOfTokens(), xent, (tokens, torch.randint(0, 3, (4,), generator=g)), 4)
+
+
+def group_norm(g):
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), Pool(), nn.Linear(4, 3))
+    return _done(model, xent, _cls(g, (2, 6, 6), 3), 5)
+
+
+def batch_norm_eval(g):
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), Pool(),
+                          nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-1, 1, generator=g)
+                m.running_var.uniform_(0.5, 2, generator=g)
+    return _done(model.eval(), xent, _cls(g, (2, 6, 6), 3), 5)
+
+
+class GRUNet(nn.Module):
+    """A GRU (no hook rule: torch.func fallback) between hooked Linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.gru, self.out = nn.Linear(3, 4), nn.GRU(4, 5, batch_first=True), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h, _ = self.gru(torch.tanh(self.inp(x)))
+        return self.out(h[:, -1])
+
+
+def gru(g):
+    return _done(GRUNet(), xent, _cls(g, (6, 3), 3, n=4), 4)
+
+
+class Twice(nn.Module):
+    """One Linear applied twice: its two uses add, like tied weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.out = nn.Linear(5, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(self.lin(torch.tanh(self.lin(x))))
+
+
+def reused(g):
+    return _done(Twice(), xent, _cls(g, (5,), 3), 5)
+
+
+CASES = {f.__name__: f for f in [mlp, cnn, conv1d, conv3d, tied_lm, tied_lm_functional, block, torch_encoder,
+                                 embedding_long, embedding_short, group_norm, batch_norm_eval, gru, reused]}
+
+
+def make(name: str, seed: int = 0) -> Case:
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    return CASES[name](g)

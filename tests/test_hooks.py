@@ -1,0 +1,203 @@
+"""The hooks probe against the torch.func reference over the shared list of tiny models (tests/models.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bsprof.errors import ConfigError
+from bsprof.probes import PER_EXAMPLE, PROBES, hooks, layers
+from bsprof.probes.hooks import losses_mix_examples, per_example_hooks, per_example_valid
+from bsprof.probes.vmap import per_example_vmap
+
+from models import CASES, make, xent
+
+
+def assert_close(got, want, rtol=1e-5):
+    """Relative error against the reference's scale, per parameter."""
+    for a, b in zip(got, want):
+        scale = b.abs().max().clamp_min(1e-30)
+        assert ((a - b).abs().max() / scale).item() <= rtol, (a, b)
+
+
+def loop_reference(case):
+    """Σ_i |g_i|² and Σ_i g_i one example at a time (for models torch.func cannot batch, e.g. nn.GRU)."""
+    params = [p for p in case.model.parameters() if p.requires_grad]
+    sq, total = torch.zeros(len(params), dtype=torch.float64), [torch.zeros_like(p) for p in params]
+    for i in range(case.count):
+        one = tuple(t[i:i + 1] for t in case.batch) if isinstance(case.batch, tuple) else case.batch[i:i + 1]
+        grads = torch.autograd.grad(case.loss_fn(case.model, one)[0], params)
+        sq += torch.stack([g.square().sum() for g in grads])
+        total = [t + g for t, g in zip(total, grads)]
+    return sq, total
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hooks_match_vmap(name):
+    case = make(name)
+    if name == "gru":  # torch.func has no batching rule for nn.GRU's in-place hidden state
+        sq, total = loop_reference(case)
+        got = per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
+        assert_close(got.small_sq_sum.unbind(), sq.unbind())
+        assert_close(got.grad_sum, total)
+        return
+    want = per_example_vmap(case.model, case.loss_fn, case.batch, case.count)
+    got = per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
+    assert got.small_sq_sum.dtype == torch.float64 and got.n_small == got.count == case.count
+    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
+    assert_close(got.grad_sum, want.grad_sum)
+    assert torch.allclose(got.loss_sum, want.loss_sum)
+
+
+def test_registered():
+    assert PROBES["hooks"] is per_example_hooks and "hooks" in PER_EXAMPLE
+
+
+def test_tied_weights_are_not_two_norms():
+    """The tied matrix's squared norm is |g_emb + g_head|², not |g_emb|² + |g_head|²."""
+    case = make("tied_lm")
+    got = per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
+    # Untie into two parameters with the same values: the sum of their norms must differ from the tied norm.
+    untied = make("tied_lm")
+    untied.model.head.weight = nn.Parameter(untied.model.emb.weight.detach().clone())
+    split = per_example_hooks(untied.model, untied.loss_fn, untied.batch, untied.count)
+    assert not torch.isclose(got.small_sq_sum[0], split.small_sq_sum[0] + split.small_sq_sum[-1], rtol=1e-3)
+
+
+def test_both_forms_agree():
+    """Ghost (Gram) and explicit forms of the same per-example gradients give the same norms and cross terms."""
+    g = torch.Generator().manual_seed(1)
+    u, v = torch.randn(3, 2, 7, 4, generator=g, dtype=torch.float64), torch.randn(3, 2, 7, 5, generator=g,
+                                                                                 dtype=torch.float64)
+    idx = torch.randint(0, 4, (3, 2, 7), generator=g)
+    dense, onehot = layers.Factored(u, v, 4), layers.Factored(idx, v, 4)
+    shape = (2, 4, 5)
+    for a in (dense, onehot):
+        ref = layers.explicit(a, shape).square().sum()
+        assert torch.isclose(layers.sq_sum(a, shape), ref)
+        assert torch.isclose((layers._gram_u(a, a) * (a.v @ a.v.transpose(-1, -2))).sum(), ref)
+        assert torch.isclose(layers._onehot_sq_sum(onehot), layers.explicit(onehot, shape).square().sum())
+        for b in (dense, onehot):
+            cross = (layers.explicit(a, shape) * layers.explicit(b, shape)).sum()
+            assert torch.isclose((layers._gram_u(a, b) * (a.v @ b.v.transpose(-1, -2))).sum(), cross)
+
+
+def test_batchnorm_train_is_invalid():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    reason = per_example_valid(model)
+    assert reason and "1" in reason and "microbatch" in reason
+    assert per_example_valid(model.eval()) is None
+    model.train()
+    with pytest.raises(ConfigError):
+        per_example_hooks(model, xent, (torch.randn(3, 4), torch.tensor([0, 1, 0])), 3)
+
+
+def test_mixing_loss_is_detected():
+    case = make("mlp")
+
+    def centred(model, batch):  # subtracts the batch mean: every loss depends on every example
+        losses = xent(model, batch)
+        return losses - losses.mean() + losses.detach().mean()
+
+    assert not losses_mix_examples(case.model, case.loss_fn, case.batch)
+    assert losses_mix_examples(case.model, centred, case.batch)
+    bn = make("mlp")
+    bn.model.insert(1, nn.BatchNorm1d(8).double())
+    assert losses_mix_examples(bn.model, bn.loss_fn, bn.batch)
+
+
+def test_hooks_removed_and_silent_in_user_backward(monkeypatch):
+    case = make("tied_lm")
+    per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
+    assert all(not m._forward_hooks and not m._backward_hooks for m in case.model.modules())
+    calls = []
+    for name in ("sq_sum", "total_sq_sum"):
+        monkeypatch.setattr(layers, name, lambda *a, _f=getattr(layers, name): calls.append(1) or _f(*a))
+    losses = case.loss_fn(case.model, case.batch)
+    torch.autograd.grad(losses.sum(), list(case.model.parameters()))
+    assert not calls
+
+
+def test_hooks_ignore_autograd_inside_loss():
+    """An autograd.grad call inside the user's loss (before bsprof's backward) must not feed the hooks."""
+    case = make("mlp")
+
+    def loss_with_probe(model, batch):
+        losses = xent(model, batch)
+        torch.autograd.grad(losses.sum(), list(model.parameters()), retain_graph=True)
+        return losses
+
+    want = per_example_vmap(case.model, case.loss_fn, case.batch, case.count)
+    got = per_example_hooks(case.model, loss_with_probe, case.batch, case.count)
+    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
+
+
+def test_loss_scale_and_autocast():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    batch = (torch.randn(32, 16), torch.randint(0, 4, (32,)))
+    want = per_example_vmap(model, xent, batch, 32)
+    exact = per_example_hooks(model, xent, batch, 32, loss_scale=1024.0)
+    assert_close(exact.small_sq_sum.unbind(), want.small_sq_sum.unbind(), rtol=1e-4)
+    assert_close(exact.grad_sum, want.grad_sum, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = per_example_hooks(model, xent, batch, 32, loss_scale=1024.0)
+    assert low.small_sq_sum.dtype == torch.float64
+    assert_close(low.small_sq_sum.unbind(), want.small_sq_sum.unbind(), rtol=5e-2)
+
+
+def test_batch_not_first_goes_to_fallback():
+    """A Linear that sees [T, B, F] (examples not on dim 0) is handled by torch.func, not by its rule."""
+    class SeqFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.lin(x.transpose(0, 1)).mean(0)
+
+    model = SeqFirst().double()
+    batch = (torch.randn(4, 6, 3, dtype=torch.float64), torch.randint(0, 3, (4,)))
+    want = per_example_vmap(model, xent, batch, 4)
+    got = per_example_hooks(model, xent, batch, 4)
+    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
+
+
+def test_functional_use_of_hooked_weight():
+    """A hooked Linear's weight also used through F.linear is detected by counting graph uses."""
+    class Extra(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return F.linear(self.lin(x), self.lin.weight)
+
+    model = Extra().double()
+    batch = (torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 4, (5,)))
+    want = per_example_vmap(model, xent, batch, 5)
+    got = per_example_hooks(model, xent, batch, 5)
+    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
+
+
+FALLBACK = {"gru": {"gru.weight_ih_l0", "gru.weight_hh_l0", "gru.bias_ih_l0", "gru.bias_hh_l0"},
+            "tied_lm_functional": {"emb.weight"},
+            "torch_encoder": {"self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight",
+                              "self_attn.out_proj.bias"}}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_only_unknown_parameters_fall_back(name, monkeypatch):
+    """Known layers are handled by their rules; only the listed parameters go through torch.func."""
+    seen, real = set(), hooks._fallback_sq
+
+    def spy(model, loss_fn, batch, names, params, chosen, count):
+        seen.update(names[k] for k in chosen)
+        return real(model, loss_fn, batch, names, params, chosen, count)
+
+    monkeypatch.setattr(hooks, "_fallback_sq", spy)
+    case = make(name)
+    per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
+    assert seen == FALLBACK.get(name, set())
