@@ -98,11 +98,13 @@ def _max_batch(value: str | None, source: Path, overrides: dict) -> tuple[int | 
             raise ConfigError(f"--max-batch must be an integer or 'auto' (got {value!r})", "e.g. --max-batch 4096")
     from ..schedule.memory import DEFAULT_MICRO_BATCH, probe_micro_batch
 
+    if overrides.get("micro_batch"):
+        return None, f"max micro-batch {overrides['micro_batch']}: given by --micro-batch"
     if source.suffix != ".py":
         found, why = None, f"not measurable from a report (needs SPEC.py and CUDA); using {DEFAULT_MICRO_BATCH}"
     else:
         found, why = probe_micro_batch(source)
-    overrides["micro_batch"] = overrides.get("micro_batch") or found or DEFAULT_MICRO_BATCH
+    overrides["micro_batch"] = found or DEFAULT_MICRO_BATCH
     return None, f"max micro-batch {overrides['micro_batch']}: {why}"
 
 

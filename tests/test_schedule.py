@@ -1,0 +1,301 @@
+"""bsprof schedule: fits, extrapolation refusal, rules and constraints, lr rules, predictions, outputs, CLI, sampler."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bsprof.report import Report
+from bsprof.schedule import ExtrapolationError, Schedule, ScheduleConfig, plan, predict, rules
+from bsprof.schedule.fit import fit_noise_scale
+from bsprof.schedule.memory import largest_fitting
+
+
+def synthetic_report(n=6, alpha=0.5, bstar=40.0, l0=2.3, l1=0.4, steps=300, batch=32, optimizer="SGD", noise=0.03):
+    """Loss decaying geometrically over ``steps``; B_simple = B*·L^(−1/α) with ±noise and a ±20% interval."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in np.linspace(0, steps, n):
+        loss = l0 * (l1 / l0) ** (s / steps)
+        b = bstar * loss ** (-1 / alpha) * math.exp(rng.normal(0, noise))
+        rows.append(dict(step=int(s), examples_seen=int(s * batch), loss=loss, g2=1.0, trace_sigma=b, b_simple=b,
+                         b_simple_lo=b * 0.85, b_simple_hi=b * 1.2, status="ok", method="microbatch", n_draws=9,
+                         examples=1000))
+    rows.append(dict(rows[-1], step=steps + 10, status="undetermined", b_simple=float("nan")))
+    return Report(config={"batch_size": batch, "lr": 0.1, "steps": steps, "optimizer": optimizer},
+                  measurements=rows)
+
+
+# -- fits --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha,bstar", [(0.21, 2.1e3), (0.5, 40.0), (1.0, 7.0)])
+def test_power_law_fit_recovers_exponent(alpha, bstar):
+    loss = np.geomspace(3.0, 0.5, 8)
+    b = bstar * loss ** (-1 / alpha)
+    fit = fit_noise_scale(loss, b, b * 0.9, b * 1.1, form="power")
+    assert fit.alpha == pytest.approx(alpha, rel=1e-6)
+    assert fit(0.4) == pytest.approx(bstar * 0.4 ** (-1 / alpha), rel=1e-6)
+
+
+def test_hyperbola_chosen_and_recovered():
+    loss = np.linspace(0.3, 2.3, 8)
+    b = 10 + 20 / (loss - 0.1)
+    fit = fit_noise_scale(loss, b, b * 0.9, b * 1.1)
+    assert fit.form == "hyperbola"
+    assert fit.floor == pytest.approx(0.1, abs=1e-4)
+    value, lo, hi = fit.interval(0.2)
+    assert value == pytest.approx(210, rel=1e-3) and lo < value < hi
+
+
+def test_interval_widens_with_extrapolation():
+    loss = np.geomspace(2.0, 0.5, 6)
+    b = 40 * loss ** -2 * np.exp(np.random.default_rng(1).normal(0, 0.1, 6))
+    fit = fit_noise_scale(loss, b, b * 0.8, b * 1.25, form="power")
+    widths = [math.log(fit.interval(x)[2] / fit.interval(x)[1]) for x in (1.0, 0.5, 0.2)]
+    assert widths[0] < widths[1] < widths[2]
+
+
+# -- extrapolation -----------------------------------------------------------------------------------------
+def test_far_extrapolation_refused_then_allowed():
+    report = synthetic_report()
+    with pytest.raises(ExtrapolationError, match="lowest measured loss") as e:
+        plan(report, ScheduleConfig(target_loss=0.05))
+    assert "--checkpoint" in e.value.hint and e.value.exit_code == 2
+    s = plan(report, ScheduleConfig(target_loss=0.05, allow_extrapolation=True))
+    assert any("EXTRAPOLATING FAR" in w for w in s.warnings)
+    assert plan(report, ScheduleConfig(target_loss=0.35)).warnings  # near: a warning only
+
+
+def test_report_without_progress_is_refused():
+    report = synthetic_report(n=1)
+    with pytest.raises(Exception, match="at least two"):
+        plan(report, ScheduleConfig(target_loss=0.5))
+
+
+# -- rules and constraints ---------------------------------------------------------------------------------
+def test_rounding():
+    assert [rules.round_batch(b) for b in (1, 3, 5.5, 5.7, 100, 180)] == [1, 4, 4, 8, 128, 128]
+    assert rules.round_batch(100, multiple_of=48) == 96 and rules.round_batch(3, multiple_of=48) == 48
+    assert rules.bounds(3, 1000) == (4, 512) and rules.bounds(10, 1000, 64) == (64, 960)
+
+
+def test_literature_rules():
+    o = ScheduleConfig(target_loss=1, exchange_rate=100, f_star=0.5, rate=2, factor=2, every=100)
+    s = rules.PathState(step=250, loss=1.0, b_noise=64, batch=16, loss0=2.5, batch0=8)
+    assert rules.mccandlish(s, o) == pytest.approx(80)                # √(100·64)
+    assert rules.adadamp(s, o) == math.ceil(8 * (2.5 - 0.5) / (1.0 - 0.5))
+    assert rules.padadamp(s, o) == 8 + 500
+    assert rules.geodamp(s, o) == 8 * 4
+    assert rules.doubling(s, o) == 32                                  # 64 > 2·16 → 32; 64 > 64 is false
+
+
+@settings(max_examples=60, deadline=None)
+@given(wishes=st.lists(st.floats(0.1, 1e6), min_size=1, max_size=40), lo=st.integers(1, 64),
+       span=st.integers(1, 4096), dwell=st.integers(0, 30), multiple=st.sampled_from([0, 8, 48]))
+def test_constraints_property(wishes, lo, span, dwell, multiple):
+    o = SimpleNamespace(min_batch=lo, max_batch=lo + span, multiple_of=multiple, dwell=dwell)
+    prev, last, seen = None, 0, []
+    for step, wish in enumerate(wishes):
+        b = rules.apply_constraints(wish, prev, step * 10, last, o)
+        if b != prev:
+            assert prev is None or step * 10 - last >= dwell
+            prev, last = b, step * 10
+        seen.append(b)
+    assert all(x <= y for x, y in zip(seen, seen[1:]))                 # never shrink
+    assert all(lo <= x <= lo + span for x in seen)                     # within bounds
+
+
+def test_plan_stages_respect_constraints():
+    s = plan(synthetic_report(), ScheduleConfig(target_loss=0.4, min_batch=8, max_batch=100, dwell=40))
+    sizes = [st.batch_size for st in s.stages]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes) and 8 <= min(sizes) and max(sizes) <= 64
+    assert all(math.log2(b).is_integer() for b in sizes)
+    assert all(b.start_step - a.start_step >= 39 for a, b in zip(s.stages, s.stages[1:]))
+
+
+# -- learning rate -----------------------------------------------------------------------------------------
+def test_lr_rules():
+    assert rules.lr_linear(0.1, 32, 32, 500) == pytest.approx(0.1)
+    assert rules.lr_linear(0.1, 64, 32, 1e9) == pytest.approx(0.2, rel=1e-6)      # linear far below B_noise
+    assert rules.lr_linear(0.1, 1e9, 32, 32) == pytest.approx(0.2, rel=1e-6)      # saturates at ε_max
+    assert rules.lr_sqrt(0.1, 128, 32, 1) == pytest.approx(0.2)
+    assert rules.resolve_lr_rule("auto", None) == "linear"
+    assert rules.resolve_lr_rule("auto", "AdamW") == "sqrt"
+    assert rules.resolve_lr_rule("auto", "RMSprop") == "none"
+    s = plan(synthetic_report(optimizer="Adam"), ScheduleConfig(target_loss=0.4, lr=0.001))
+    assert s.lr_rule == "sqrt"
+    for stage in s.stages:
+        assert stage.lr == pytest.approx(0.001 * math.sqrt(stage.batch_size / 32))
+
+
+# -- predictions -------------------------------------------------------------------------------------------
+def test_constant_noise_closed_form():
+    """Constant B_n: S = S_min(1 + B_n/B), E = E_min(1 + B/B_n), B_crit = B_n (McCandlish eq. 2.11)."""
+    path = predict.LossPath(np.geomspace(2, 0.5, 51), np.linspace(0, 100, 51), np.full(51, 64.0))
+    for b in (8, 64, 512):
+        out = predict.constant_batch(path, b)
+        assert out["steps"] == pytest.approx(100 * (1 + 64 / b))
+        assert out["examples"] == pytest.approx(100 * 64 * (1 + b / 64))
+    assert predict.critical_batch(path)["b_crit"] == pytest.approx(64)
+
+
+def test_minimal_steps_from_training_run():
+    """Δs_min = Δs/(1 + B_n/B_train): at B_train = B_n, half the steps were minimal steps."""
+    l, s = predict.measured_minimal_steps([0, 100, 200, 300], [2.0, 1.5, 1.6, 1.0], lambda x: 32.0, 32)
+    assert list(l) == [2.0, 1.5, 1.0] and list(s) == [0, 50, 150]   # the non-improving row's steps count later
+
+
+def test_plan_predictions_consistent():
+    s = plan(synthetic_report(), ScheduleConfig(target_loss=0.4, dwell=0, max_batch=1 << 20))
+    p = s.prediction
+    base = {b["batch_size"]: b for b in s.baselines}
+    assert p["steps"] < base[32]["steps"] and p["examples"] < base[512]["examples"]
+    # following B_n exactly costs 2·S_min and 2·E_min; rounding to powers of two costs a little more
+    assert 2 * p["s_min"] <= p["steps"] <= 2.2 * p["s_min"]
+    assert 2 * p["e_min"] <= p["examples"] <= 2.2 * p["e_min"]
+
+
+def test_accumulation_and_world_size():
+    s = plan(synthetic_report(), ScheduleConfig(target_loss=0.4, world_size=4, micro_batch=16))
+    for stage in s.stages:
+        assert stage.micro_batch <= 16
+        assert stage.micro_batch * stage.accumulation * stage.world_size == stage.batch_size
+
+
+def test_largest_fitting():
+    for limit in (1, 37, 1000, 4096):
+        assert largest_fitting(lambda b: b <= limit, 1, 1 << 16) == limit
+    assert largest_fitting(lambda b: False) == 0
+    assert largest_fitting(lambda b: True, 1, 100) == 64
+
+
+# -- the Schedule object and outputs -----------------------------------------------------------------------
+def test_schedule_lookup_and_roundtrip():
+    s = plan(synthetic_report(), ScheduleConfig(target_loss=0.4))
+    again = Schedule.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert again.stages == s.stages
+    for st_ in s.stages:
+        assert s.batch_size_at(step=st_.start_step) == st_.batch_size
+        assert s.batch_size_at(loss=st_.start_loss) == st_.batch_size
+        assert s.lr_at(step=st_.start_step + 1) == st_.lr
+    with pytest.raises(ValueError):
+        s.batch_size_at()
+
+
+@pytest.fixture
+def report_file(tmp_path):
+    return synthetic_report().to_json(tmp_path / "report.json")
+
+
+def _runner():
+    from typer.testing import CliRunner
+
+    from bsprof.cli import app
+
+    return CliRunner(), app
+
+
+def test_cli_formats(report_file, tmp_path):
+    runner, app = _runner()
+    r = runner.invoke(app, ["schedule", str(report_file), "--target-loss", "0.4", "-f", "json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["stages"][0]["batch_size"] >= 1 and {"steps", "examples"} <= set(data)
+    assert all({"batch_size", "steps", "examples"} <= set(b) for b in data["baselines"])
+    r = runner.invoke(app, ["schedule", str(report_file.parent), "-t", "0.4", "-f", "yaml", "-o",
+                            str(tmp_path / "s.yaml")])
+    assert r.exit_code == 0 and yaml.safe_load((tmp_path / "s.yaml").read_text())["stages"]
+    r = runner.invoke(app, ["schedule", str(report_file), "-t", "0.4", "-f", "csv"])
+    assert r.stdout.splitlines()[0].startswith("start_step,start_loss,batch_size,lr")
+    r = runner.invoke(app, ["schedule", str(report_file), "-t", "0.4", "--rule", "mccandlish"])
+    assert r.exit_code == 0 and "Batch-size schedule" in r.stdout and "constant batch" in r.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-t", "0.05"], "--allow-extrapolation"),
+    (["-t", "5"], "not below"),
+    (["-t", "0.4", "--rule", "bogus"], "rule must be one of"),
+    (["-t", "0.4", "--max-batch", "big"], "--max-batch must be"),
+    (["-t", "0.4", "-f", "xml"], "--format must be"),
+])
+def test_cli_errors_exit_2(report_file, args, needle):
+    runner, app = _runner()
+    r = runner.invoke(app, ["schedule", str(report_file), *args])
+    assert r.exit_code == 2, r.output
+    assert needle in r.output and "Traceback" not in r.output
+
+
+def test_cli_missing_report(tmp_path):
+    runner, app = _runner()
+    r = runner.invoke(app, ["schedule", str(tmp_path / "nope.json"), "-t", "0.4"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_cli_max_batch_auto_from_report(report_file):
+    runner, app = _runner()
+    r = runner.invoke(app, ["schedule", str(report_file), "-t", "0.4", "--max-batch", "auto", "-f", "json"])
+    assert r.exit_code == 0 and any("not measurable" in n for n in json.loads(r.stdout)["notes"])
+
+
+def test_cli_from_spec(tmp_path):
+    pytest.importorskip("bsprof.loop")
+    from pathlib import Path
+
+    spec = Path(__file__).parents[1] / "configs" / "least_squares.py"
+    if not spec.is_file():
+        pytest.skip("configs/least_squares.py missing")
+    runner, app = _runner()
+    r = runner.invoke(app, ["schedule", str(spec), "-t", "1e-9", "--steps", "20", "-f", "json"])
+    assert r.exit_code in (0, 2) and "Traceback" not in r.output
+
+
+# -- the schedule takes effect in a real training loop -----------------------------------------------------
+def test_sampler_batch_sizes_take_effect_in_dataloader():
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from bsprof.schedule import Stage
+    from bsprof.schedule.sampler import ScheduledBatchSampler
+
+    stages = [Stage(0, 2.0, 4, 0.05, 4, 1, 1), Stage(5, 1.5, 8, 0.1, 8, 1, 1), Stage(9, 1.0, 32, 0.2, 32, 1, 1)]
+    schedule = Schedule(stages=stages, target_loss=0.5)
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(1000, 3), torch.randn(1000, 1))
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sampler = ScheduledBatchSampler(len(data), schedule, seed=0)
+    loader = DataLoader(data, batch_sampler=sampler)
+    observed, lrs = [], []
+    for x, y in loader:
+        for g in opt.param_groups:
+            g["lr"] = schedule.lr_at(step=len(observed))
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        observed.append(x.shape[0])
+        lrs.append(opt.param_groups[0]["lr"])
+        if len(observed) == 14:
+            break
+    assert observed == [4] * 5 + [8] * 4 + [32] * 5
+    assert lrs[0] == 0.05 and lrs[5] == 0.1 and lrs[9] == 0.2
+
+
+def test_sampler_micro_batches_and_ranks():
+    from bsprof.schedule import Stage
+    from bsprof.schedule.sampler import ScheduledBatchSampler
+
+    schedule = Schedule(stages=[Stage(0, 2.0, 8, 0.1, 4, 1, 2), Stage(2, 1.0, 32, 0.1, 4, 4, 2)], target_loss=0.5)
+    sizes = [len(b) for b in ScheduledBatchSampler(200, schedule, world_size=2, rank=1, micro_batches=True)][:6]
+    assert sizes == [4, 4, 4, 4, 4, 4]
+    sampler = ScheduledBatchSampler(200, schedule, world_size=2, rank=0)
+    sizes = [len(b) for b in sampler][:4]
+    assert sizes == [4, 4, 16, 16]
+    both = [set(b) for b in ScheduledBatchSampler(100, schedule, world_size=2, rank=0, shuffle=False)]
+    other = [set(b) for b in ScheduledBatchSampler(100, schedule, world_size=2, rank=1, shuffle=False)]
+    assert all(not (a & b) for a, b in zip(both, other))
