@@ -156,7 +156,8 @@ class CharTransformer(nn.Module):
         self.head = nn.Linear(D_MODEL, vocab_size)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(idx.shape[1], device=idx.device)
+        # positions as a [batch, T] index: every module sees the examples on dim 0 (per-example hooks need it)
+        pos = torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
         return self.head(self.ln(self.blocks(self.tok(idx) + self.pos(pos))))
 
 
