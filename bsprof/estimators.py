@@ -202,8 +202,12 @@ def noise_scale(draws: Sequence[Draw], confidence: float = 0.9) -> NoiseScale:
     """Combine draws into B_simple: example-weighted ratio of means, Fieller interval, per-group breakdown."""
     if not draws:
         raise ValueError("no draws")
+    exact = [d for d in draws if d.exact]
+    draws = exact[:1] or draws  # one exact draw says everything; the others add only noise
     g2, tr = draw_estimates(draws)
     w = np.array([d.B for d in draws], float)
+    if exact:
+        g2, tr, w = np.repeat(g2, 2, 0), np.repeat(tr, 2, 0), np.repeat(w, 2)  # zero spread: a point interval
     total = ratio_of_means(tr.sum(1), g2.sum(1), w, confidence)
     g2_mean, g2_lo, g2_hi = mean_interval(g2.sum(1), w, confidence)
     tr_mean = float(np.average(tr.sum(1), weights=w))
@@ -212,9 +216,9 @@ def noise_scale(draws: Sequence[Draw], confidence: float = 0.9) -> NoiseScale:
         r = ratio_of_means(tr[:, j], g2[:, j], w, confidence)
         layers[j] = (float(np.average(g2[:, j], weights=w)), float(np.average(tr[:, j], weights=w)),
                      r.value, r.lo, r.hi, r.status)
-    loss = float(np.average([d.loss for d in draws], weights=w))
+    loss = float(np.average([d.loss for d in draws], weights=[d.B for d in draws]))
     return NoiseScale(float(g2_mean), float(g2_lo), float(g2_hi), tr_mean, total.value, total.lo, total.hi,
-                      total.status, len(draws), int(w.sum()), loss, confidence, layers)
+                      total.status, len(draws), int(sum(d.B for d in draws)), loss, confidence, layers)
 
 
 def regression_1_over_B(batch_sizes: Sequence[float], sq_norms: Sequence[float], n: int | None = None):

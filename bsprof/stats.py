@@ -29,6 +29,14 @@ class Draw:
     n: int | None = None
     # |G_{jb}|² of the partial sums j = 1..k (for the 1/B regression); optional, totals only
     partial_sq: tuple[float, ...] = field(default=())
+    # data-parallel ranks (bsprof.distributed): mean over the W ranks of |G|² of each rank's B/W examples
+    local_sq: np.ndarray | None = None
+    world: int = 1
+
+    @property
+    def exact(self) -> bool:
+        """Every example of a finite dataset, one by one: |G|² and tr(Σ) are known exactly."""
+        return self.n is not None and self.B == self.n and self.b == 1
 
     @property
     def small_sq_total(self) -> float:
