@@ -46,7 +46,7 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-# -- the measured figure ----------------------------------------------------------------------------------------
+# -- the measured figure -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NoiseScale:
     """B_n at one point of a run: estimate, interval [lo, hi] (hi = inf for a lower bound), and where it was read."""
@@ -59,7 +59,8 @@ class NoiseScale:
     where: str = "summary"
     loss: float | None = None
     step: int | None = None
-    eps_max: float | None = None
+    eps_max: float | None = None                 # ε_max = |G|²/(GᵀHG), when the report measured it
+    b_noise: tuple[float, float, float] | None = None   # Hessian-aware B_noise (value, lo, hi), when measured
 
     @property
     def rel_halfwidth(self) -> float:
@@ -76,8 +77,11 @@ class NoiseScale:
         return f"B_simple = {_fmt(self.value)} [{_fmt(self.lo)}, {_fmt(self.hi)}] {self.unit} ({self.where})"
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ("value", "lo", "hi", "status", "unit", "where", "loss", "step", "eps_max")}
+        keys = ("value", "lo", "hi", "status", "unit", "where", "loss", "step", "eps_max")
+        d = {k: getattr(self, k) for k in keys}
         d["rel_halfwidth"] = self.rel_halfwidth
+        if self.b_noise is not None:
+            d["b_noise"], d["b_noise_lo"], d["b_noise_hi"] = self.b_noise
         return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in d.items()}
 
 
@@ -85,8 +89,11 @@ def _row_scale(row: dict, unit: str, where: str) -> NoiseScale:
     value, lo, hi = (row.get(k) for k in ("b_simple", "b_simple_lo", "b_simple_hi"))
     status = row.get("status") or "undetermined"
     eps = row.get("eps_max")
-    common = dict(unit=unit, where=where, loss=row.get("loss"), step=row.get("step"),
-                  eps_max=eps if _finite(eps) and eps > 0 else None)
+    bn = tuple(row.get(k) for k in ("b_noise", "b_noise_lo", "b_noise_hi"))
+    bn = (bn[0], bn[1] if _finite(bn[1]) and bn[1] > 0 else bn[0], bn[2] if _finite(bn[2]) else bn[0]) \
+        if _finite(bn[0]) and bn[0] > 0 else None
+    common = {"unit": unit, "where": where, "loss": row.get("loss"), "step": row.get("step"),
+              "eps_max": eps if _finite(eps) and eps > 0 else None, "b_noise": bn}
     if status == "ok" and _finite(value) and value > 0:
         lo = lo if _finite(lo) and 0 < lo <= value else value
         hi = hi if _finite(hi) and hi >= value else value
@@ -106,7 +113,8 @@ def noise_at(report: Report, at_loss: float | None = None) -> NoiseScale:
     if at_loss is None:
         s = report.summary
         where = "summary" + (f", step {s['step']}" if s.get("step") is not None else "")
-        return _row_scale(s, report.unit, where)
+        last = report.measurements[-1] if report.measurements else {}
+        return _row_scale({**last, **s}, report.unit, where)
     rows = [r for r in report.measurements if r.get("status") == "ok" and _finite(r.get("loss"))
             and _finite(r.get("b_simple")) and r["b_simple"] > 0]
     if not rows:
@@ -126,7 +134,7 @@ def noise_at(report: Report, at_loss: float | None = None) -> NoiseScale:
                       report.unit, f"interpolated at loss {_fmt(at_loss)}", loss=at_loss, eps_max=eps_max)
 
 
-# -- policy and results ---------------------------------------------------------------------------------------
+# -- policy and results --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Policy:
     """Limits of the gate. ``None`` sides default to ``factor``."""
@@ -220,17 +228,17 @@ def _pow2_within(target: float, lo: float, hi: float) -> int | None:
     """The power of two nearest ``target`` (log scale) inside [lo, hi], or the integer ``target`` if none is."""
     if not lo <= hi:
         return None
-    powers = [2 ** k for k in range(0, 40) if lo <= 2 ** k <= hi]
+    powers = [2 ** k for k in range(40) if lo <= 2 ** k <= hi]
     if powers:
         return min(powers, key=lambda p: abs(math.log(p / target)))
     return int(round(min(max(target, lo), hi)))
 
 
-# -- the batch size ----------------------------------------------------------------------------------------------
+# -- the batch size ------------------------------------------------------------------------------------------
 def check_batch(batch_size: float, noise: NoiseScale, policy: Policy = Policy()) -> CheckResult:
     """Judge B against B_n: extra steps B_n/B ≤ X_steps and extra compute B/B_n ≤ X_compute (eq. 2.11)."""
     B, Xs, Xc, u = float(batch_size), policy.steps_limit, policy.compute_limit, noise.unit
-    measured = {"batch_size": B, "b_noise": noise.value, "b_noise_lo": noise.lo, "b_noise_hi": noise.hi,
+    measured = {"batch_size": B, "noise_scale": noise.value, "noise_scale_lo": noise.lo, "noise_scale_hi": noise.hi,
                 "steps_limit": Xs, "compute_limit": Xc}
     if noise.status == "undetermined":
         return CheckResult("batch_size", CANNOT_JUDGE,
@@ -280,7 +288,7 @@ def check_batch(batch_size: float, noise: NoiseScale, policy: Policy = Policy())
                        passing)
 
 
-# -- the learning rate -------------------------------------------------------------------------------------------
+# -- the learning rate ---------------------------------------------------------------------------------------
 def lr_rule(optimizer: str | None) -> str | None:
     """'linear' for SGD (and momentum SGD), 'sqrt' for the Adam family, None when bsprof has no rule."""
     name = (optimizer or "SGD").lower()
@@ -333,15 +341,19 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: NoiseScal
         grid = [None]
         notes.append("noise scale undetermined: plain linear scaling from the measured config, valid only "
                      "while B is well below the (unknown) noise scale")
+    elif noise.b_noise is not None:   # ε_opt(B) is written in B_noise (eq. 2.6): use it when measured
+        grid = list(np.geomspace(noise.b_noise[1], noise.b_noise[2], 33))
     else:
         hi = noise.hi if _finite(noise.hi) else noise.lo * 1e6
         grid = list(np.geomspace(noise.lo, hi, 33))
     eps = noise.eps_max if noise is not None else None
     targets = [target_lr(rule, lr_ref, b_ref, batch_size, bn, eps) for bn in grid]
     t_lo, t_hi = min(targets), max(targets)
-    best = target_lr(rule, lr_ref, b_ref, batch_size,
-                     noise.value if noise is not None and noise.status == "ok" else None, eps)
-    measured.update(target=best, target_lo=t_lo, target_hi=t_hi, ratio=lr / best)
+    point = noise.b_noise[0] if noise is not None and noise.b_noise is not None else \
+        noise.value if noise is not None and noise.status == "ok" else None
+    best = target_lr(rule, lr_ref, b_ref, batch_size, point, eps)
+    measured.update(target=best, target_lo=t_lo, target_hi=t_hi, ratio=lr / best, eps_max=eps,
+                    noise_scale_used="b_noise" if noise is not None and noise.b_noise is not None else "b_simple")
     passing = {"min": t_lo / f, "max": t_hi * f, "suggest": best}
     how = (f"{'square-root' if rule == 'sqrt' else 'linear'} scaling for {optimizer} from lr = {_fmt(lr_ref)} "
            f"at B = {_fmt(b_ref)}")
@@ -358,7 +370,7 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: NoiseScal
                        tuple(notes), measured, passing)
 
 
-# -- regression against a baseline -------------------------------------------------------------------------------
+# -- regression against a baseline ---------------------------------------------------------------------------
 def check_baseline(new: NoiseScale, old: NoiseScale, factor: float = 2.0) -> CheckResult:
     """Fail when B_n moved beyond both intervals by more than ``factor``: new_lo > old_hi·f or new_hi < old_lo/f."""
     measured = {"new": new.to_dict(), "old": old.to_dict(), "factor": factor}
@@ -391,7 +403,7 @@ def check_baseline(new: NoiseScale, old: NoiseScale, factor: float = 2.0) -> Che
                        {**measured, "ratio": ratio}, passing)
 
 
-# -- everything together -----------------------------------------------------------------------------------------
+# -- everything together -------------------------------------------------------------------------------------
 def judge(report: Report, batch_size: float, lr: float | None = None, policy: Policy = Policy(),
           at_loss: float | None = None, baseline: Report | None = None) -> Verdict:
     """Run every applicable check on ``report``. Raises ValueError for options that cannot be judged

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
 from typer.testing import CliRunner
 
-from bsprof.check import CANNOT_JUDGE, FAIL, PASS, NoiseScale, Policy, check_baseline, check_batch, judge, \
-    noise_at, target_lr
+from bsprof.check import (
+    CANNOT_JUDGE,
+    FAIL,
+    PASS,
+    NoiseScale,
+    Policy,
+    check_baseline,
+    check_batch,
+    judge,
+    noise_at,
+    target_lr,
+)
 from bsprof.cli import app
 from bsprof.report import Report
 
@@ -43,7 +54,7 @@ def run(*args, env=None):
     return result
 
 
-# -- policy (pure) -----------------------------------------------------------------------------------------------
+# -- policy (pure) -------------------------------------------------------------------------------------------
 def test_policy_uses_the_favourable_end_of_the_interval():
     noise = NoiseScale(1000.0, 800.0, 1250.0, "ok")
     assert check_batch(1024, noise).status == PASS and not check_batch(1024, noise).notes
@@ -88,6 +99,16 @@ def test_lr_rules():
     assert judge(make_report(optimizer="RMSprop"), 512, lr=0.1).checks[1].status == CANNOT_JUDGE
 
 
+def test_sgd_lr_is_capped_by_eps_opt_when_eps_max_was_measured():
+    plain = make_report([_row(100, 0.5, 1000.0, 800.0, 1250.0)])
+    capped = make_report([_row(100, 0.5, 1000.0, 800.0, 1250.0, b_noise=1000.0, b_noise_lo=900.0,
+                               b_noise_hi=1100.0, eps_max=1.0)])
+    assert judge(plain, 2048, lr=3.0).status == PASS            # ≈ 0.1·(1 + 1000/32)/(1 + 1000/2048) = 2.17
+    v = judge(capped, 2048, lr=3.0)                             # ε_opt = 1/(1 + B_noise/B) ≈ 0.67
+    assert v.status == FAIL and v.checks[1].measured["target"] == pytest.approx(1 / (1 + 1000 / 2048))
+    assert v.checks[1].measured["noise_scale_used"] == "b_noise"
+
+
 def test_baseline_gate():
     old = NoiseScale(100.0, 80.0, 125.0, "ok")
     assert check_baseline(NoiseScale(200.0, 170.0, 240.0, "ok"), old, 2).status == PASS
@@ -98,7 +119,7 @@ def test_baseline_gate():
     assert check_baseline(NoiseScale(math.nan, 400.0, math.inf, "lower_bound"), old, 2).status == FAIL
 
 
-# -- the command: exit codes -------------------------------------------------------------------------------------
+# -- the command: exit codes ---------------------------------------------------------------------------------
 def test_exit_0_within_policy(report):
     r = run(report, "--batch-size", 1024)
     assert r.exit_code == 0, r.output
@@ -144,7 +165,7 @@ def test_unreadable_reports_exit_2_without_traceback(tmp_path, content, message)
     assert suite.get("errors") == "1" and suite.find("testcase").get("name") == "report"
 
 
-# -- outputs -----------------------------------------------------------------------------------------------------
+# -- outputs -------------------------------------------------------------------------------------------------
 def test_junit_counts(tmp_path, report):
     old = make_report([_row(0, 2.3, 100.0, 80.0, 125.0)]).to_json(tmp_path / "old.json")
     junit = tmp_path / "out" / "junit.xml"
@@ -184,7 +205,7 @@ def test_json_output_is_the_only_stdout(tmp_path, report):
     assert r.exit_code == 2 and json.loads(r.stdout)["status"] == "cannot_judge"
 
 
-# -- training configs ---------------------------------------------------------------------------------------------
+# -- training configs ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, text", [
     ("train.yaml", "trainer:\n  batch_size: 8192\noptim:\n  lr: 3e-4\n"),
     ("train.json", '{"trainer": {"batch_size": 8192}, "optim": {"lr": 0.0003}}'),
@@ -220,7 +241,16 @@ def test_config_default_keys_and_errors(tmp_path, report):
     assert run(report, "--config", cfg).exit_code == 2
 
 
-# -- measuring a spec within a budget ------------------------------------------------------------------------------
+def test_toml_without_tomllib_or_tomli_says_so(tmp_path, report, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tomllib", None)
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    cfg = tmp_path / "train.toml"
+    cfg.write_text("batch_size = 1024\n")
+    r = run(report, "--config", cfg)
+    assert r.exit_code == 2 and "tomli" in r.stderr
+
+
+# -- measuring a spec within a budget ------------------------------------------------------------------------
 TINY_SPEC = '''
 import torch
 from torch import nn

@@ -32,7 +32,7 @@ LR_KEYS = ("lr", "learning_rate", "optim.lr", "optimizer.lr", "train.lr", "train
 STYLE = {PASS: "[bold green]PASS[/]", FAIL: "[bold red]FAIL[/]", CANNOT_JUDGE: "[bold yellow]CANNOT JUDGE[/]"}
 
 
-# -- inputs -------------------------------------------------------------------------------------------------------
+# -- inputs --------------------------------------------------------------------------------------------------
 def parse_duration(text: str) -> float:
     """Seconds from '90', '60s', '2m', '1.5h' or '500ms'."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min|h)?\s*", text or "")
@@ -47,10 +47,10 @@ def parse_duration(text: str) -> float:
 def _load_toml(text: str):
     try:
         import tomllib  # Python 3.11+
-    except ModuleNotFoundError:
+    except ImportError:
         try:
             import tomli as tomllib
-        except ModuleNotFoundError:
+        except ImportError:
             raise ConfigError("reading a TOML config needs Python 3.11+ (tomllib) or the tomli package, "
                               "and neither is available", "pip install tomli, or pass a YAML or JSON config")
     return tomllib.loads(text)
@@ -144,7 +144,7 @@ def _has(data: dict, key: str) -> bool:
         return False
 
 
-# -- the measured report ------------------------------------------------------------------------------------------
+# -- the measured report -------------------------------------------------------------------------------------
 def _report_path(target: Path) -> Path:
     return target / "report.json" if target.is_dir() else target
 
@@ -187,7 +187,7 @@ def _precision_note(info: dict, verdict: Verdict) -> str:
     return head + f": B_simple known to ±{100 * noise.rel_halfwidth:.0f}% (relative half-width of the interval)"
 
 
-# -- output -------------------------------------------------------------------------------------------------------
+# -- output --------------------------------------------------------------------------------------------------
 def _render_text(verdict: Verdict, out) -> None:
     if verdict.noise is not None:
         out.print(f"noise scale: {verdict.noise.describe()}", highlight=False, soft_wrap=True)
@@ -239,8 +239,9 @@ def check(
     config: Optional[Path] = O(None, "--config", "-c", help="Training config (YAML, JSON or TOML) holding the "
                                "batch size and lr; command-line values win."),
     batch_key: Optional[str] = O(None, help="Dotted key of the batch size in --config, e.g. trainer.batch_size "
-                                 f"[tries {', '.join(BATCH_KEYS)}]."),
-    lr_key: Optional[str] = O(None, help=f"Dotted key of the lr in --config, e.g. optim.lr [tries {', '.join(LR_KEYS)}]."),
+                                 f"(else tries {', '.join(BATCH_KEYS)})."),
+    lr_key: Optional[str] = O(None, help="Dotted key of the lr in --config, e.g. optim.lr "
+                                f"(else tries {', '.join(LR_KEYS)})."),
     at_loss: Optional[float] = O(None, help="Judge at this loss: log B_simple interpolated between measurements "
                                  "(never extrapolated). [the latest measurement]"),
     factor: float = O(4.0, help="A batch passes within this factor of the noise scale: B_n/F ≤ B ≤ F·B_n."),
@@ -318,7 +319,9 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
     try:
         verdict = judge(report, batch_size, lr, policy, at_loss, old)
     except ValueError as e:
-        raise ConfigError(str(e), "choose options bsprof can judge; see `bsprof check --help`")
+        hint = ("pick a loss inside the measured range, or measure to lower losses with more "
+                "`bsprof measure --steps`" if "extrapolate" in str(e) else "see `bsprof check --help`")
+        raise ConfigError(str(e), hint)
     if info is not None:
         info["rel_halfwidth"] = verdict.noise.rel_halfwidth if verdict.noise else None
         extra["measured_now"] = info
