@@ -1,7 +1,8 @@
 """Drawing examples: training batches (shuffled epochs) and measurement draws (without replacement).
 
 A measurement draw of B examples from a map-style dataset of n is uniform without replacement, so the
-finite-population correction applies (estimators.noise_coefficient). An iterable dataset is read in order
+finite-population correction applies (estimators.noise_coefficient). Under DDP (``world`` > 1) every rank
+generates the same global draw or training batch (a shared seed) and keeps its own disjoint contiguous slice. An iterable dataset is read in order
 (not i.i.d.; the report says so) and treated as infinite.
 """
 
@@ -30,8 +31,10 @@ def to_device(batch, device: torch.device):
 class Examples:
     """The user's dataset, its collate function and the device; hands out collated batches of given indices."""
 
-    def __init__(self, dataset, collate: Callable | None, device: torch.device, generator: torch.Generator):
+    def __init__(self, dataset, collate: Callable | None, device: torch.device, generator: torch.Generator,
+                 rank: int = 0, world: int = 1):
         self.dataset, self.device, self.generator = dataset, device, generator
+        self.rank, self.world = rank, world
         self.collate_fn = collate or default_collate
         self.iterable = isinstance(dataset, IterableDataset)
         self.n: int | None = None if self.iterable else len(dataset)
@@ -69,11 +72,16 @@ class Examples:
                             "or define collate(items) in the spec") from e
         return to_device(batch, self.device)
 
+    def mine(self, drawn: list) -> list:
+        """This rank's slice [r·m/W, (r+1)·m/W) of a global draw of m (all of it in one process)."""
+        m = len(drawn)
+        return drawn[self.rank * m // self.world:(self.rank + 1) * m // self.world]
+
     def draw(self, B: int) -> list:
-        """Indices (map-style) or items (iterable) of B examples, uniform without replacement."""
+        """Indices (map-style) or items (iterable) of B examples, uniform without replacement (this rank's share)."""
         if self.iterable:
-            return self.stream(B)
-        return torch.randperm(self.n, generator=self.generator)[:B].tolist()
+            return self.mine(self.stream(B))
+        return self.mine(torch.randperm(self.n, generator=self.generator)[:B].tolist())
 
     def batches(self, drawn: list, size: int) -> Iterator:
         """Collated chunks of ``size`` from a draw, on the device."""
@@ -84,8 +92,9 @@ class Examples:
     def train_batch(self, size: int):
         """The next training batch from shuffled epochs (a new permutation when the epoch runs out)."""
         if self.iterable:
-            return self.collate(self.stream(size)), size
+            part = self.mine(self.stream(size))
+            return self.collate(part), len(part)
         if len(self._epoch) < size:
             self._epoch = torch.randperm(self.n, generator=self.generator).tolist()
-        part, self._epoch = self._epoch[:size], self._epoch[size:]
-        return self.collate(self.items(part)), size
+        part, self._epoch = self.mine(self._epoch[:size]), self._epoch[size:]
+        return self.collate(self.items(part)), len(part)

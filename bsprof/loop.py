@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import diagnostics
+from . import diagnostics, distributed
 from .config import MeasureConfig, as_dict
 from .data import Examples
 from .errors import BsprofError, NonFiniteError, SpecError
@@ -79,16 +79,20 @@ def measure_steps(steps: int, every: int) -> list[int]:
     return sorted({*range(0, steps + 1, every), steps})
 
 
-def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, step: int) -> float:
+def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, step: int,
+               comm: distributed.Comm = distributed.LOCAL) -> float:
+    """One optimizer step on the mean loss of a batch; under DDP each rank takes its share of the batch and
+    the gradients Σ_local ∇ℓ_i / batch_size are summed over ranks (``distributed.sync_gradients``)."""
     from .probes.base import per_example_losses
 
     batch, count = examples.train_batch(batch_size)
     optimizer.zero_grad(set_to_none=True)
-    loss = per_example_losses(model, loss_fn, batch, count).mean()
+    loss = per_example_losses(model, loss_fn, batch, count).sum() / (batch_size if comm.world > 1 else count)
     if not torch.isfinite(loss):
         raise NonFiniteError(f"the training loss became {loss.item()} at step {step}",
                              "lower --lr (or the spec optimizer's lr); what was measured before is kept", step)
     loss.backward()
+    loss = distributed.sync_gradients(model, loss, comm)
     optimizer.step()
     return float(loss)
 
@@ -122,17 +126,21 @@ def _layer_rows(step: int, names: list[str], est: NoiseScale, scale: float) -> l
             for j, (g2, tr, b, lo, hi, st) in est.layers.items()]
 
 
-def _environment(device: torch.device, cfg: MeasureConfig) -> dict:
+def _environment(device: torch.device, cfg: MeasureConfig, world: int = 1) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"device": device.type, "device_name": name, "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(), "seed": cfg.seed,
-            "threads": torch.get_num_threads(), "world_size": 1}
+            "threads": torch.get_num_threads(), "world_size": world}
 
 
 def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None = None,
-            progress: Progress | None = None) -> Report:
-    """Run the probe training and measure along it; returns (and fills) the report."""
+            progress: Progress | None = None, comm: distributed.Comm | None = None) -> Report:
+    """Run the probe training and measure along it; returns (and fills) the report.
+
+    ``comm``: the data-parallel ranks (``distributed.session``); default: the caller's process group, if any.
+    """
     report = report if report is not None else Report()
+    comm = comm or distributed.current()
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     say = progress or (lambda kind, info: None)
     torch.manual_seed(cfg.seed)
@@ -142,12 +150,14 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     if cfg.checkpoint:
         load_checkpoint(model, cfg.checkpoint)
     model.train()
-    examples = Examples(build_dataset(spec), spec.collate, device, gen)
+    distributed.broadcast_parameters(model, comm)
+    distributed.check_batch(cfg.batch_size, comm)
+    examples = Examples(build_dataset(spec), spec.collate, device, gen, comm.rank, comm.world)
     optimizer = build_optimizer(spec, model, cfg.lr)
     probe, invalid = pick_probe(cfg.method, model)
     sampling = _sampling(cfg, probe, examples.n)
     scale = _unit_scale(cfg, spec)
-    report.spec, report.environment = spec.info(), _environment(device, cfg)
+    report.spec, report.environment = spec.info(), _environment(device, cfg, comm.world)
     report.unit = cfg.unit
     report.config = {**as_dict(cfg), "method_resolved": probe, "optimizer": type(optimizer).__name__,
                      "optimizer_lr": optimizer.param_groups[0].get("lr"), "dataset_size": examples.n,
@@ -162,12 +172,13 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 t0 = time.perf_counter()
                 say("measure", {"step": step})
                 est, draws, stopped = measure_at(model, spec.loss, examples, sampling, group_index,
-                                                 lambda e, s=step: say("draw", {"step": s, "estimate": e}))
-                report.add(_row(step, cfg, est, draws, stopped, time.perf_counter() - t0, probe, scale),
-                           _layer_rows(step, names, est, scale))
+                                                 lambda e, s=step: say("draw", {"step": s, "estimate": e}), comm)
+                row = _row(step, cfg, est, draws, stopped, time.perf_counter() - t0, probe, scale)
+                row.update(distributed.rank_fields(draws, cfg.confidence, scale))  # {} in one process
+                report.add(row, _layer_rows(step, names, est, scale))
                 say("measured", {"step": step, "row": report.measurements[-1]})
             if step < cfg.steps:
-                loss = train_step(model, optimizer, spec.loss, examples, cfg.batch_size, step)
+                loss = train_step(model, optimizer, spec.loss, examples, cfg.batch_size, step, comm)
                 say("train", {"step": step + 1, "loss": loss})
     except KeyboardInterrupt:
         report.incomplete = {"reason": "interrupted", "step": step}

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .data import Examples
+from .distributed import LOCAL, Comm
 from .errors import NonFiniteError
 from .estimators import OK, NoiseScale, noise_scale
 from .probes import PROBES, ChunkStats
@@ -50,8 +52,13 @@ def groups_of(names: list[str]) -> tuple[list[str], np.ndarray]:
 
 
 def one_draw(model: nn.Module, loss_fn, examples: Examples, s: Sampling, B: int, group: np.ndarray,
-             loss_scale: float = 1.0) -> Draw:
-    """B examples without replacement, chunked through the probe; sums chunk statistics into one Draw."""
+             loss_scale: float = 1.0, comm: Comm = LOCAL) -> Draw:
+    """B examples without replacement, chunked through the probe; sums chunk statistics into one Draw.
+
+    Under DDP ``examples.draw`` gives this rank's disjoint share of the global draw, and the sums are all-reduced
+    (``distributed.reduce_sums``; the identity in one process), which also gives the across-ranks pair's small
+    statistic ``local_sq`` = mean over ranks of |G^{(r)}_{B/W}|².
+    """
     probe = PROBES[s.probe]
     step = s.b if s.b > 1 else s.chunk
     grad_sum = small = loss_sum = None
@@ -67,6 +74,9 @@ def one_draw(model: nn.Module, loss_fn, examples: Examples, s: Sampling, B: int,
         if seen == next_mark and seen < B:  # partial sums at B = step·2^j, for the 1/B regression
             partial.append((seen, float(_sq_norms(grad_sum).sum()) / seen ** 2))
             next_mark *= 2
+    total, local = distributed.reduce_sums(ChunkStats(grad_sum, small, n_small, loss_sum, seen), comm)
+    grad_sum, small, n_small, loss_sum, seen = (total.grad_sum, total.small_sq_sum, total.n_small,
+                                                total.loss_sum, total.count)
     big = _sq_norms(grad_sum) / seen ** 2
     small = small.double().cpu().numpy() / n_small
     loss = float(loss_sum) / seen
@@ -76,15 +86,17 @@ def one_draw(model: nn.Module, loss_fn, examples: Examples, s: Sampling, B: int,
     scale2 = loss_scale ** 2
     return Draw(np.bincount(group, small, len(set(group.tolist()))) / scale2,
                 np.bincount(group, big, len(set(group.tolist()))) / scale2,
-                seen // n_small, seen, loss, examples.n, tuple(partial))
+                seen // n_small, seen, loss, examples.n, tuple(partial),
+                None if local is None
+                else np.bincount(group, local.cpu().numpy(), len(set(group.tolist()))) / scale2, comm.world)
 
 
 def _sq_norms(tensors: list[torch.Tensor]) -> np.ndarray:
     return torch.stack(torch._foreach_norm(tensors)).double().cpu().square().numpy()
 
 
-def next_batch(est: NoiseScale | None, s: Sampling, B: int, n: int | None) -> int:
-    """The next draw's B: ≈ 2·B_simple (a power of two, at least the start), a multiple of b, at most n."""
+def next_batch(est: NoiseScale | None, s: Sampling, B: int, n: int | None, world: int = 1) -> int:
+    """The next draw's B: ≈ 2·B_simple (a power of two, at least the start), a multiple of b·world, at most n."""
     if s.fixed_B or est is None:
         target = B
     elif est.status != OK:
@@ -92,18 +104,24 @@ def next_batch(est: NoiseScale | None, s: Sampling, B: int, n: int | None) -> in
     else:
         target = max(1 << max(0, math.ceil(math.log2(max(2 * est.b_simple, 1)))), s.start_B)
     target = min(target, MAX_PROBE_BATCH, n or MAX_PROBE_BATCH)
-    return max(target // s.b * s.b, 2 * s.b if s.b > 1 else 2)
+    unit = s.b * world  # every rank gets whole small batches
+    return max(target // unit * unit, 2 * s.b if s.b > 1 and world == 1 else 2, unit)
 
 
 def measure_at(model: nn.Module, loss_fn, examples: Examples, s: Sampling, group: np.ndarray,
-               on_draw: Callable[[NoiseScale], None] | None = None) -> tuple[NoiseScale, list[Draw], str]:
-    """Draw until the stopping rule fires. Returns the estimate, the draws, and what stopped it."""
+               on_draw: Callable[[NoiseScale], None] | None = None,
+               comm: Comm = LOCAL) -> tuple[NoiseScale, list[Draw], str]:
+    """Draw until the stopping rule fires. Returns the estimate, the draws, and what stopped it.
+
+    Under DDP every rank follows rank 0's estimate and clock, so all ranks stop at the same draw.
+    """
     draws: list[Draw] = []
-    B, spent, t0 = next_batch(None, s, s.start_B, examples.n), 0, time.perf_counter()
+    B, spent, t0 = next_batch(None, s, s.start_B, examples.n, comm.world), 0, time.perf_counter()
     while True:
-        draws.append(one_draw(model, loss_fn, examples, s, B, group))
+        draws.append(one_draw(model, loss_fn, examples, s, B, group, comm=comm))
         spent += draws[-1].B
-        est = noise_scale(draws, s.confidence)
+        est, late = distributed.follow_main((noise_scale(draws, s.confidence),
+                                             time.perf_counter() - t0 >= s.max_seconds), comm)
         if on_draw:
             on_draw(est)
         if s.b == 1 and examples.n is not None and B == examples.n:
@@ -112,6 +130,6 @@ def measure_at(model: nn.Module, loss_fn, examples: Examples, s: Sampling, group
             return est, draws, "precision"
         if spent >= s.max_examples:
             return est, draws, "examples"
-        if time.perf_counter() - t0 >= s.max_seconds:
+        if late:
             return est, draws, "time"
-        B = next_batch(est, s, B, examples.n)
+        B = next_batch(est, s, B, examples.n, comm.world)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .. import distributed
 from ..config import MeasureConfig, resolve
 from ..errors import BsprofError
 from ..render import noise_scale_text
@@ -49,10 +50,13 @@ def measure(
     report = Report()
     with user_errors():
         cfg = resolve(MeasureConfig, config, overrides)
-        _run(spec, cfg, report, out, figures, quiet)
+        with distributed.session(cfg.device) as comm:  # one process unless launched by torchrun
+            _run(spec, cfg, report, out, figures, quiet or not comm.is_main, comm)
 
 
-def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: bool, quiet: bool) -> None:
+def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: bool, quiet: bool,
+         comm: distributed.Comm = distributed.LOCAL) -> None:
+    """Measure and write the report; under torchrun only rank 0 writes and prints (other ranks stay quiet)."""
     from ..loop import measure as run_measure
 
     failure: BaseException | None = None
@@ -69,13 +73,13 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
                            f"{noise_scale_text(vars(info['estimate']))}")
 
         try:
-            run_measure(spec, cfg, report, progress)
+            run_measure(spec, cfg, report, progress, comm)
         except (KeyboardInterrupt, BsprofError) as e:
             failure = e
         except Exception as e:  # the user's code failed mid-run: keep what was measured, then show it
             failure = BsprofError(f"the run failed at step {(report.incomplete or {}).get('step')}: "
                                   f"{type(e).__name__}: {e}", "fix the spec; the partial report was kept")
-    if report.measurements or report.config:
+    if comm.is_main and (report.measurements or report.config):
         paths = report.write(out, figures=figures)
         if not quiet:
             console.print(report)
@@ -83,5 +87,7 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
     if isinstance(failure, KeyboardInterrupt):
         err_console.print("[bold red]interrupted[/]: the partial report was written")
         raise typer.Exit(130)
+    if isinstance(failure, distributed.RankFailure) and not comm.is_main:
+        raise typer.Exit(failure.exit_code)  # rank 0 says what happened
     if failure is not None:
         raise failure
