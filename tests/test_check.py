@@ -154,6 +154,8 @@ def test_exit_2_cannot_judge(tmp_path, report):
     ("{not json", "not valid JSON"),
     ('{"schema_version": 99, "measurements": [], "summary": {}, "config": {}}', "schema_version 99"),
     ('{"measurements": []}', "not a bsprof report"),
+    ('{"schema_version": 1, "measurements": [1, 2], "summary": {}, "config": {}}', "does not match"),
+    ('{"schema_version": 1, "measurements": [], "summary": {}, "config": [1]}', "does not match"),
 ])
 def test_unreadable_reports_exit_2_without_traceback(tmp_path, content, message):
     path = tmp_path / "bad.json"

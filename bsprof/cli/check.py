@@ -145,8 +145,20 @@ def _has(data: dict, key: str) -> bool:
 
 
 # -- the measured report -------------------------------------------------------------------------------------
-def _report_path(target: Path) -> Path:
-    return target / "report.json" if target.is_dir() else target
+def read_report(target: Path) -> Report:
+    """Report.from_json on a file or a report folder, with malformed contents as a ReportError (exit 2)."""
+    path = target / "report.json" if target.is_dir() else target
+    try:
+        report = Report.from_json(path)
+        if not isinstance(report.config, dict) or not all(isinstance(r, dict) for r in report.measurements):
+            raise TypeError("config must be an object and measurements a list of objects")
+        report.summary  # noqa: B018  (computed from the rows: fails here on malformed rows)
+    except ReportError:
+        raise
+    except (TypeError, AttributeError, KeyError, ValueError) as e:
+        raise ReportError(f"{path} does not match the report schema: {e}",
+                          "pass the report.json written by `bsprof measure`, unmodified")
+    return report
 
 
 def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None = None,
@@ -308,14 +320,14 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
     if batch_size is None:
         raise ConfigError("no batch size to judge", "pass --batch-size B, or --config FILE --batch-key KEY")
     budget_s = parse_duration(budget) if budget is not None else 60.0
-    old = Report.from_json(_report_path(baseline)) if baseline is not None else None
+    old = read_report(baseline) if baseline is not None else None
     extra, info = {}, None
     if is_spec:
         report, info = measure_now(target, budget_s, steps, seed, rel_error)
         if save_report is not None:
             report.to_json(save_report)
     else:
-        report = Report.from_json(_report_path(target))
+        report = read_report(target)
     try:
         verdict = judge(report, batch_size, lr, policy, at_loss, old)
     except ValueError as e:
