@@ -48,7 +48,7 @@ class Spec:
 def _where(exc: BaseException, path: Path) -> str:
     """The innermost line of the user's file in a traceback, as 'file:line'."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path]
-    return f" at {path.name}:{frames[-1].lineno}" if frames else ""
+    return f"{path.name}:{frames[-1].lineno}" if frames else ""
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -93,10 +93,10 @@ def _import(path: Path):
     except SyntaxError as e:
         raise SpecError(f"syntax error in {path.name}:{e.lineno}: {e.msg}", "fix the Python syntax of the spec file")
     except ImportError as e:
-        raise SpecError(f"{path.name}{_where(e, path)} failed to import: {e}",
+        raise SpecError(f"{_where(e, path) or path.name} failed to import: {e}",
                         f"install the missing package (pip install {e.name or '...'}) or fix the import")
     except Exception as e:  # any error at import time is the user's code
-        raise SpecError(f"{path.name}{_where(e, path)} raised {type(e).__name__} on import: {e}",
+        raise SpecError(f"{_where(e, path) or path.name} raised {type(e).__name__} on import: {e}",
                         "fix the spec file so that importing it runs without error")
     finally:
         if added and folder in sys.path:
@@ -110,7 +110,8 @@ def call_user(spec: Spec, name: str, *args):
     except SpecError:
         raise
     except Exception as e:
-        raise SpecError(f"{name}() in {spec.path.name}{_where(e, spec.path)} raised {type(e).__name__}: {e}",
+        where = f" at {_where(e, spec.path) or spec.path.name}"
+        raise SpecError(f"{name}(){where} raised {type(e).__name__}: {e}",
                         f"fix {name}() in the spec file")
 
 

@@ -1,0 +1,148 @@
+"""`bsprof measure` end to end through typer's CliRunner: good runs, and every bad input with a clear message."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bsprof.cli import app
+
+ASSETS = Path(__file__).parent / "assets"
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, ["measure", *map(str, args)])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def test_least_squares_at_init(tmp_path):
+    r = run(ASSETS / "tiny_linear.py", "--steps", 0, "--rel-error", 0.1, "-o", tmp_path, "--no-figures", "-q")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    s = report["summary"]
+    assert s["status"] == "ok" and s["b_simple_lo"] <= s["b_simple"] <= s["b_simple_hi"]
+    assert 6 < s["b_simple"] < 12  # truth 8.64 for this sample of 20,000 (test_measure.py checks coverage)
+    assert report["config"]["rel_error"] == 0.1 and report["config"]["steps"] == 0
+    assert (tmp_path / "measurements.csv").is_file()
+    for key in ("device", "device_name", "torch", "python", "seed"):
+        assert key in report["environment"]
+    assert set(report["spec"]) >= {"path", "sha256"}
+
+
+def test_training_run_writes_table_csv_and_figure(tmp_path):
+    r = run(ASSETS / "tiny_linear.py", "--steps", 20, "--measure-every", 10, "--rel-error", 0.3, "-o", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "B_simple" in r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [m["step"] for m in report["measurements"]] == [0, 10, 20]
+    assert (tmp_path / "noise_scale.png").stat().st_size > 1000
+
+
+def test_yaml_config_and_command_line_precedence(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("steps: 0\nrel_error: 0.5\nseed: 3\n")
+    r = run(ASSETS / "tiny_linear.py", "--config", cfg, "--seed", 4, "-o", tmp_path, "-q", "--no-figures")
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "report.json").read_text())["config"]
+    assert config["rel_error"] == 0.5 and config["seed"] == 4
+
+
+@pytest.mark.parametrize("asset,expected", [
+    ("does_not_exist.py", "spec file not found"),
+    ("bad_syntax.py", "syntax error in bad_syntax.py:1"),
+    ("bad_import.py", "No module named 'not_a_real_package_xyz'"),
+    ("missing_loss.py", "loss is a int, not a function"),
+    ("model_raises.py", "model() at model_raises.py:3 raised ValueError: hidden size must be even"),
+    ("scalar_loss.py", "per-example losses of shape [64]"),
+    ("uncollatable.py", "cannot be collated"),
+])
+def test_bad_spec_gets_a_clear_message(tmp_path, asset, expected):
+    r = run(ASSETS / asset, "--steps", 0, "-o", tmp_path, "-q")
+    assert r.exit_code == 2
+    assert expected in " ".join(r.output.split()), r.output
+    assert "fix:" in r.output
+
+
+def test_nan_loss_names_the_step_and_keeps_what_was_measured(tmp_path):
+    r = run(ASSETS / "nan_loss.py", "--steps", 50, "--measure-every", 1, "--rel-error", 0.9, "--max-seconds", 1,
+            "-o", tmp_path, "-q", "--no-figures")
+    assert r.exit_code == 2, r.output
+    out = " ".join(r.output.split())
+    assert "at step" in out and ("nan" in out.lower() or "inf" in out.lower())
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["measurements"], "the measurement at step 0 is kept"
+    assert report["incomplete"]["step"] >= 1
+
+
+def test_dataset_smaller_than_batch_shrinks_with_a_warning(tmp_path):
+    r = run(ASSETS / "tiny_data.py", "--steps", 2, "--batch-size", 64, "-o", tmp_path, "--no-figures",
+            "--max-seconds", 2)
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["config"]["batch_size"] == 12 and report["config"]["batch_size_asked"] == 64
+    assert any(d["code"] == "batch_shrunk" for d in report["diagnostics"])
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--method", "microbatch", "--micro-batch", 8, "--probe-batch", 20], "not a multiple of micro_batch"),
+    (["--steps", -1], "steps must be 0 or more"),
+    (["--method", "magic"], "method must be one of"),
+    (["--config", ASSETS / "bad_config.yaml"], "unknown option 'bach_size' (did you mean 'batch_size'?)"),
+    (["--config", ASSETS / "bad_config.yaml"], "steps must be int, got str 'ten'"),
+    (["--config", "nope.yaml"], "config file not found"),
+])
+def test_bad_options_are_reported(tmp_path, args, expected):
+    r = run(ASSETS / "tiny_linear.py", *args, "-o", tmp_path, "-q")
+    assert r.exit_code == 2
+    assert expected in " ".join(r.output.split()), r.output
+
+
+def test_wrong_typed_flag_is_a_usage_error(tmp_path):
+    r = run(ASSETS / "tiny_linear.py", "--steps", "ten", "-o", tmp_path)
+    assert r.exit_code == 2 and "steps" in r.output
+
+
+def test_batchnorm_falls_back_to_microbatches(tmp_path):
+    r = run(ASSETS / "bn_cnn.py", "--steps", 0, "--rel-error", 0.5, "--max-seconds", 5, "-o", tmp_path, "-q",
+            "--no-figures")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["config"]["method_resolved"] == "microbatch"
+    assert any(d["code"] == "batchnorm_train" for d in report["diagnostics"])
+
+
+def test_batchnorm_refuses_an_explicit_per_example_method(tmp_path):
+    r = run(ASSETS / "bn_cnn.py", "--steps", 0, "--method", "vmap", "-o", tmp_path, "-q")
+    assert r.exit_code == 2 and "BatchNorm" in r.output and "microbatch" in r.output
+
+
+def test_checkpoint_is_measured(tmp_path):
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(ASSETS))
+    import tiny_linear
+
+    m = tiny_linear.model()
+    with torch.no_grad():
+        m.weight.copy_(tiny_linear.W_STAR.unsqueeze(0) + 0.01)
+    torch.save(m.state_dict(), tmp_path / "w.pt")
+    r = run(ASSETS / "tiny_linear.py", "--steps", 0, "--checkpoint", tmp_path / "w.pt", "-o", tmp_path, "-q",
+            "--no-figures", "--max-seconds", 3)
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "report.json").read_text())["summary"]
+    # near the optimum |G|² is tiny: B_simple is large (or only a lower bound)
+    assert (s["b_simple"] or s["b_simple_lo"]) > 100
+    bad = run(ASSETS / "tiny_linear.py", "--steps", 0, "--checkpoint", tmp_path / "missing.pt", "-o", tmp_path)
+    assert bad.exit_code == 2 and "checkpoint not found" in bad.output
+
+
+def test_help_lists_every_command():
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0 and "measure" in r.output
+    r = runner.invoke(app, ["measure", "--help"])
+    assert r.exit_code == 0 and "--rel-error" in r.output
