@@ -8,6 +8,7 @@ interrupted or failed run still holds everything measured (``report.incomplete``
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Callable
@@ -94,7 +95,7 @@ def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, s
     loss.backward()
     loss = distributed.sync_gradients(model, loss, comm)
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def _sampling(cfg: MeasureConfig, probe: str, n: int | None) -> Sampling:
@@ -163,6 +164,10 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                      "optimizer_lr": optimizer.param_groups[0].get("lr"), "dataset_size": examples.n,
                      "tokens_per_example": (spec.tokens_per_example or cfg.tokens_per_example) or None}
     diagnostics.before_run(report, model, optimizer, examples, invalid, cfg)
+    batch_size = _fit_batch(cfg.batch_size, examples.n, report)
+    if batch_size != cfg.batch_size:
+        report.config.update(batch_size=batch_size, batch_size_asked=cfg.batch_size)
+        cfg = dataclasses.replace(cfg, batch_size=batch_size)
     names, group_index = trainable_groups(model)
     points = set(measure_steps(cfg.steps, cfg.measure_every))
     step = 0
@@ -178,11 +183,15 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 report.add(row, _layer_rows(step, names, est, scale))
                 say("measured", {"step": step, "row": report.measurements[-1]})
             if step < cfg.steps:
-                loss = train_step(model, optimizer, spec.loss, examples, cfg.batch_size, step, comm)
+                loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm)
                 say("train", {"step": step + 1, "loss": loss})
     except KeyboardInterrupt:
         report.incomplete = {"reason": "interrupted", "step": step}
         raise
+    except NonFiniteError as e:
+        where = "" if "at step" in e.message else f" at step {step}"
+        report.incomplete = {"reason": e.message + where, "step": step}
+        raise NonFiniteError(e.message + where, e.hint, step) from None
     except BsprofError as e:
         report.incomplete = {"reason": e.message, "step": getattr(e, "step", None) or step}
         raise
@@ -192,6 +201,15 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     finally:
         diagnostics.after_run(report)
     return report
+
+
+def _fit_batch(batch_size: int, n: int | None, report: Report) -> int:
+    """Shrink a training batch larger than the dataset to the dataset, with a warning in the report."""
+    if n is None or batch_size <= n:
+        return batch_size
+    report.diagnose("batch_shrunk", f"--batch-size {batch_size} is larger than the dataset ({n} examples): "
+                    f"trained with batch {n} (full-batch gradient descent). Use a smaller --batch-size.")
+    return n
 
 
 def trainable_groups(model: nn.Module):
