@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -125,10 +126,9 @@ def shutdown(comm: Comm) -> None:
 
 @contextlib.contextmanager
 def session(device: str = "auto", timeout_s: float | None = None) -> Iterator[Comm]:
-    """``init`` … ``shutdown``; a rank that fails leaves a note for rank 0, and SIGTERM (torchrun stopping the
-    ranks after one failed) becomes a ``RankFailure``, so the partial report is still written."""
+    """``init`` … ``shutdown``; a rank that fails on its own leaves a note for rank 0's message."""
     comm = init(device, timeout_s)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm(comm)) if comm.world > 1 else None
+    previous = signal.getsignal(signal.SIGTERM)
     try:
         yield comm
     except Exception as e:
@@ -136,7 +136,7 @@ def session(device: str = "auto", timeout_s: float | None = None) -> Iterator[Co
             note_failure(comm, e)
         raise
     finally:
-        if previous is not None:
+        with contextlib.suppress(ValueError, TypeError):
             signal.signal(signal.SIGTERM, previous)
         shutdown(comm)
 
@@ -146,11 +146,23 @@ def _own_failure(e: Exception) -> bool:
     return not isinstance(e, RankFailure) and (isinstance(e, BsprofError) or not hasattr(e, "exit_code"))
 
 
-def _on_sigterm(comm: Comm):
+@contextlib.contextmanager
+def stop_on_sigterm(comm: Comm):
+    """While measuring, SIGTERM (torchrun stopping the ranks after one failed) raises a ``RankFailure``; after it,
+    SIGTERM is ignored so that the partial report can be written (torchrun's grace period)."""
+    if comm.world == 1:
+        yield
+        return
+
     def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the partial report be written
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise peer_failure(comm, "the launcher stopped this rank")
-    return handler
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------- failures
@@ -173,11 +185,12 @@ def failure_notes(comm: Comm) -> list[str]:
 
 
 def peer_failure(comm: Comm, cause: object) -> RankFailure:
-    """A ``RankFailure`` naming the failed rank(s) when they left a note, else the collective's own error."""
+    """A ``RankFailure`` naming the failed rank(s) when they left a note, else quoting the collective's error."""
     notes = failure_notes(comm)
-    what = "; ".join(notes) if notes else f"another rank failed or did not answer within {comm.timeout_s:g} s"
-    return RankFailure(f"data-parallel measurement stopped on rank {comm.rank} of {comm.world}: {what} "
-                       f"({str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__})",
+    first = re.sub(r"\[[^\]]*\]\s*", "", str(cause).strip().splitlines()[0] if str(cause).strip() else "")
+    what = "; ".join(notes) if notes else (f"another rank failed or did not answer within {comm.timeout_s:g} s"
+                                          + (f" ({first[:160]})" if first else ""))
+    return RankFailure(f"the data-parallel measurement stopped (rank {comm.rank} of {comm.world}): {what}",
                        "fix the failing rank (its error is printed above); the partial report was kept; "
                        f"${TIMEOUT_ENV} sets the collective timeout in seconds")
 
@@ -285,4 +298,4 @@ def rank_fields(draws: Sequence[Draw], confidence: float, scale: float = 1.0) ->
 from .comm_hook import GradientNoiseScale, noise_scale_hook  # the library path, in its own module
 
 __all__ = ["LOCAL", "Comm", "GradientNoiseScale", "RankFailure", "current", "init", "noise_scale_hook",
-           "rank_draws", "rank_fields", "reduce_sums", "session", "shutdown"]
+           "rank_draws", "rank_fields", "reduce_sums", "session", "shutdown", "stop_on_sigterm"]

@@ -73,7 +73,8 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
                            f"{noise_scale_text(vars(info['estimate']))}")
 
         try:
-            run_measure(spec, cfg, report, progress, comm)
+            with distributed.stop_on_sigterm(comm):
+                run_measure(spec, cfg, report, progress, comm)
         except (KeyboardInterrupt, BsprofError) as e:
             failure = e
         except Exception as e:  # the user's code failed mid-run: keep what was measured, then show it
