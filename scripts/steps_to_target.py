@@ -1,11 +1,11 @@
 """Steps to a target training loss per constant batch size on sklearn digits, against the McCandlish model.
 
-    python scripts/steps_to_target.py [--target 0.3] [--seeds 2]
+    python scripts/steps_to_target.py [--target 0.1] [--seeds 2]
 
 MLP 64 → 128 → 10 (configs/digits_mlp.py), plain SGD, the learning rate tuned per batch over a small grid. For each
 batch B: the fewest steps (best lr, median over seeds) until the full-dataset training loss is ≤ target. Then
   1. fit S(B) = S_min(1 + B_crit/B) to those steps (McCandlish et al. 2018, eq. 2.11);
-  2. measure B_simple along a training run (`bsprof.loop.measure`, batch 32) and let the planner predict
+  2. measure B_simple along a training run (`bsprof.loop.measure`, batch 32 at its tuned lr) and let the planner predict
      S(B) = ∫(1 + B_n/B) ds_min to the same target, and B_crit = E_min/S_min.
 Prints a table; writes scripts/results/steps_to_target.json. About 5 minutes on 2 CPU cores.
 """
@@ -33,16 +33,17 @@ from bsprof.schedule import ScheduleConfig, plan  # noqa: E402
 from bsprof.schedule.nqm import fit_critical_batch  # noqa: E402
 
 BATCHES = [8, 16, 32, 64, 128, 256, 512]
-LRS = [0.05, 0.1, 0.2, 0.4, 0.8, 1.6]
+LRS = [0.1, 0.2, 0.4, 0.8, 1.2, 1.6]
 
 
-def steps_to(target: float, batch: int, lr: float, seed: int, max_steps: int, every: int = 2) -> float:
+def steps_to(target: float, batch: int, lr: float, seed: int, max_steps: int) -> float:
     """Steps of SGD at (batch, lr) until the full training loss ≤ target (∞ if not within max_steps or diverged)."""
     x, y = digits_mlp.digits_tensors()
     torch.manual_seed(seed)
     model = digits_mlp.model()
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
+    every = max(1, min(10, 128 // batch))  # loss checks: ≈1–2% resolution in steps at every batch
     for step in range(1, max_steps + 1):
         idx = torch.randperm(len(x), generator=gen)[:batch]
         opt.zero_grad(set_to_none=True)
@@ -73,31 +74,39 @@ def sweep(target: float, seeds: int, max_steps: int) -> list[dict]:
     return rows
 
 
-def planner(target: float, measure_steps: int) -> tuple[dict, object]:
-    from bsprof.loop import measure
+def planner(target: float, measure_steps: int, lr: float) -> tuple[dict, object]:
+    """Measure along a batch-32 run at the lr tuned for batch 32 (the planner assumes a near-optimal lr)."""
+    import dataclasses
 
-    cfg = resolve(MeasureConfig, None, {"steps": measure_steps, "batch_size": 32, "measure_every": 50,
-                                        "max_seconds": 8.0, "rel_error": 0.15, "device": "cpu"})
-    report = measure(ROOT / "configs" / "digits_mlp.py", cfg)
+    from bsprof.loop import measure
+    from bsprof.spec import load_spec
+
+    spec = dataclasses.replace(load_spec(ROOT / "configs" / "digits_mlp.py"),
+                               optimizer=lambda params: torch.optim.SGD(params, lr=lr))
+    cfg = resolve(MeasureConfig, None, {"steps": measure_steps, "batch_size": 32, "lr": lr,
+                                        "measure_every": max(1, measure_steps // 8), "max_seconds": 8.0,
+                                        "rel_error": 0.15, "device": "cpu"})
+    report = measure(spec, cfg)
     sched = plan(report, ScheduleConfig(target_loss=target, allow_extrapolation=True, max_batch=4096))
     return report.to_dict(), sched
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--target", type=float, default=0.3)
+    ap.add_argument("--target", type=float, default=0.1)
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--max-steps", type=int, default=3000)
-    ap.add_argument("--measure-steps", type=int, default=400)
+    ap.add_argument("--max-steps", type=int, default=2000)
+    ap.add_argument("--measure-steps", type=int, default=0, help="0: 1.3 × the steps batch 32 needed")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     t0 = time.time()
     print(f"steps to training loss {args.target} on digits (lr tuned over {LRS}):")
     rows = sweep(args.target, args.seeds, args.max_steps)
     ok = [r for r in rows if math.isfinite(r["steps"])]
     s_min, b_crit = fit_critical_batch([r["batch_size"] for r in ok], [r["steps"] for r in ok])
     print("measuring B_simple along a batch-32 run (bsprof.loop.measure) ...", flush=True)
-    report, sched = planner(args.target, args.measure_steps)
+    at32 = next(r for r in rows if r["batch_size"] == 32)
+    report, sched = planner(args.target, args.measure_steps or int(1.3 * at32["steps"]), at32["lr"])
     p = sched.prediction
     pred = {b["batch_size"]: b["steps"] for b in sched.baselines}
     print(f"\n{'B':>6} {'measured S':>11} {'fit S_min(1+Bc/B)':>18} {'planner S(B)':>13}")

@@ -56,7 +56,7 @@ class ScheduleConfig:
 
     def problems(self) -> list[str]:
         p = []
-        if not self.target_loss > 0 and self.f_star == 0:
+        if not self.target_loss > 0:
             p.append(f"target_loss must be positive (got {self.target_loss})")
         for name, allowed in (("rule", tuple(rules.RULES)), ("lr_rule", ("auto", *rules.LR_RULES)),
                               ("noise", ("auto", "b_simple", "b_noise")), ("form", ("auto", "power", "hyperbola"))):
