@@ -150,7 +150,7 @@ def _march(path, cfg: ScheduleConfig, batch_train: float, lr0: float, lr_rule: s
 
 
 def _baselines(path, batch_train: float, cfg: ScheduleConfig, sched: dict) -> list[dict]:
-    bmax = min(cfg.max_batch, 4 * float(path.b_noise.max()))
+    bmax = min(cfg.max_batch, 16 * float(path.b_noise.max()))
     sizes = sorted({int(batch_train)} | {2 ** k for k in range(0, 31) if cfg.min_batch <= 2 ** k <= bmax})
     out = []
     for b in sizes[-12:] if len(sizes) > 12 else sizes:
