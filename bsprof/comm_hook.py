@@ -45,7 +45,7 @@ class GradientNoiseScale:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
         self.batch_size, self.group, self.confidence = batch_size, process_group, confidence
-        self.draws: deque[Draw] = deque(maxlen=window)
+        self.draws: deque = deque(maxlen=window)  # of Draw
         self._small: torch.Tensor | None = None
         self._big: torch.Tensor | None = None
 
@@ -68,7 +68,7 @@ class GradientNoiseScale:
         small, big = float(self._small) / s2, float(self._big) / s2
         self._small = self._big = None
         b = self.batch_size
-        value = math.nan if loss is None else float(loss)
+        value = math.nan if loss is None else float(loss.detach() if torch.is_tensor(loss) else loss)
         draw = Draw(np.array([small]), np.array([big]), b, self.world * b, value, None)
         self.draws.append(draw)
         return draw
@@ -84,7 +84,7 @@ class GradientNoiseScale:
         self._small = self._big = None
 
 
-def noise_scale_hook(state: GradientNoiseScale, bucket) -> torch.futures.Future:
+def noise_scale_hook(state: GradientNoiseScale, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP comm hook: the mean all-reduce DDP does by default, plus the two squared norms of the bucket.
 
     |local|² is averaged over ranks by a second, one-number all-reduce launched alongside the bucket's; both are
@@ -105,3 +105,8 @@ def noise_scale_hook(state: GradientNoiseScale, bucket) -> torch.futures.Future:
         return reduced
 
     return torch.futures.collect_all([grads, norms]).then(done)
+
+
+# DDP's register_comm_hook checks these annotations as objects (postponed annotations are strings)
+noise_scale_hook.__annotations__.update(bucket=dist.GradBucket, state=GradientNoiseScale,
+                                        **{"return": torch.futures.Future[torch.Tensor]})
