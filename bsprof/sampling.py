@@ -59,7 +59,7 @@ def one_draw(model: nn.Module, loss_fn, examples: Examples, s: Sampling, B: int,
     (``distributed.reduce_sums``; the identity in one process), which also gives the across-ranks pair's small
     statistic ``local_sq`` = mean over ranks of |G^{(r)}_{B/W}|².
     """
-    probe = PROBES[s.probe]
+    probe = PROBES[s.probe] if isinstance(s.probe, str) else s.probe  # a name, or a probe function
     step = s.b if s.b > 1 else s.chunk
     grad_sum = small = loss_sum = None
     n_small, partial, seen, next_mark = 0, [], 0, step
