@@ -66,6 +66,7 @@ class Pool(nn.Module):
 def conv1d(g):
     model = nn.Sequential(nn.Conv1d(2, 4, 3, stride=2, padding=1), nn.ReLU(),
                           nn.Conv1d(4, 4, 3, groups=4, dilation=2, padding="same"), nn.ReLU(),
+                          nn.Conv1d(4, 4, 2, padding="same"), nn.ReLU(),  # asymmetric padding
                           nn.Conv1d(4, 6, 2, padding_mode="circular", padding=1), Pool(), nn.Linear(6, 3))
     return _done(model, xent, _cls(g, (2, 11), 3), 5)
 
@@ -75,6 +76,27 @@ def conv3d(g):
                           nn.Conv3d(4, 4, 3, groups=2, dilation=(1, 2, 1), padding=(1, 2, 0)), Pool(),
                           nn.Linear(4, 3))
     return _done(model, xent, _cls(g, (2, 4, 6, 5), 3, n=4), 4)
+
+
+class GhostConvs(nn.Module):
+    """Convs whose output is small next to their kernel: the Gram (ghost) form over unfolded patches."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(8, 8, 3, dilation=2, padding="same", padding_mode="reflect")
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c3 = nn.Conv3d(6, 6, 3, padding=(1, 1, 0), groups=2, stride=(1, 2, 1))
+        self.out = nn.Linear(8 + 8 + 6, 3)
+
+    def forward(self, x):
+        a = self.c1(x[:, :, :3].reshape(-1, 8, 3)).mean(-1)
+        b = self.c2(x.reshape(-1, 8, 2, 2)).flatten(2).mean(-1)
+        c = self.c3(x[:, :6].repeat(1, 1, 3).reshape(-1, 6, 2, 2, 3)).flatten(2).mean(-1)
+        return self.out(torch.tanh(torch.cat([a, b, c], 1)))
+
+
+def conv_ghost(g):
+    return _done(GhostConvs(), xent, _cls(g, (8, 4), 3), 5)
 
 
 class TiedLM(nn.Module):
@@ -214,7 +236,7 @@ def reused(g):
     return _done(Twice(), xent, _cls(g, (5,), 3), 5)
 
 
-CASES = {f.__name__: f for f in [mlp, cnn, conv1d, conv3d, tied_lm, tied_lm_functional, block, torch_encoder,
+CASES = {f.__name__: f for f in [mlp, cnn, conv1d, conv3d, conv_ghost, tied_lm, tied_lm_functional, block, torch_encoder,
                                  embedding_long, embedding_short, group_norm, batch_norm_eval, gru, reused]}
 
 

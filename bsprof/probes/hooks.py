@@ -210,7 +210,7 @@ def per_example_hooks(model: nn.Module, loss_fn: LossFn, batch, count: int, *,
     sq = torch.zeros(len(params), dtype=dtype, device=losses.device)
     if state.parts:
         ks, parts = zip(*state.parts)
-        sq.index_add_(0, torch.tensor(ks, device=sq.device), torch.stack(parts).to(dtype))
+        sq.index_add_(0, torch.tensor(ks).to(sq.device, non_blocking=True), torch.stack(parts).to(dtype))
     if loss_scale != 1.0:
         grads = [g / loss_scale for g in grads]
         sq = sq / loss_scale ** 2

@@ -98,15 +98,21 @@ def _onehot_sq_sum(c: Factored) -> Tensor:
     return rows.square().sum()
 
 
+def _sq(t: Tensor) -> Tensor:
+    """|t|² as one BLAS dot (few kernel launches matter on the hot path)."""
+    flat = t.reshape(-1)
+    return torch.dot(flat, flat)
+
+
 def sq_sum(c: Factored | Tensor, shape: torch.Size) -> Tensor:
     """Σ_i |g_i|²: |u_i|²|v_i|² when T = 1, else the cheaper of the explicit and ghost forms."""
     if isinstance(c, Tensor):
-        return c.square().sum()
+        return _sq(c)
     T = c.v.shape[2]
     if c.onehot and T == 1:
-        return c.v.square().sum()
+        return _sq(c.v)
     if T == 1:
-        return (c.u.square().sum(-1) * c.v.square().sum(-1)).sum()
+        return torch.dot(torch.linalg.vecdot(c.u, c.u).reshape(-1), torch.linalg.vecdot(c.v, c.v).reshape(-1))
     if c.onehot and T > ONEHOT_GHOST_MAX_T:
         return _onehot_sq_sum(c)
     m, n = c.m, c.v.shape[-1]
@@ -137,8 +143,28 @@ def linear(mod: nn.Linear, x: Tensor, d: Tensor) -> dict:
     d = d.reshape(B, 1, -1, d.shape[-1])
     out = {"weight": Factored(d, x.reshape(B, 1, -1, x.shape[-1]), d.shape[-1])} if _wanted(mod, "weight") else {}
     if _wanted(mod, "bias"):
-        out["bias"] = d.sum((1, 2))
+        out["bias"] = d[:, 0, 0] if d.shape[2] == 1 else d.sum((1, 2))
     return out
+
+
+def _padded(mod: nn.modules.conv._ConvNd, x: Tensor) -> tuple[Tensor, tuple]:
+    """The input padded as the conv pads it, or left as is with the conv's symmetric zero padding."""
+    pad = mod._reversed_padding_repeated_twice
+    if mod.padding_mode == "zeros" and all(pad[i] == pad[i + 1] for i in range(0, len(pad), 2)):
+        return x, tuple(pad[::2][::-1])
+    return F.pad(x, pad, mode="constant" if mod.padding_mode == "zeros" else mod.padding_mode), (0,) * len(pad[::2])
+
+
+def conv_per_example(mod: nn.modules.conv._ConvNd, x: Tensor, d: Tensor) -> Tensor:
+    """All per-example weight gradients [B, *W.shape] as ONE weight-gradient convolution with the examples as
+    groups (Rochette et al. 2019, arXiv 1912.06015): input [1, B·C_in, …], δ [1, B·C_out, …], groups B·G."""
+    B, G = x.shape[0], mod.groups
+    x, padding = _padded(mod, x)
+    shape = (B * mod.out_channels,) + tuple(mod.weight.shape[1:])
+    gw = torch.ops.aten.convolution_backward(
+        d.reshape(1, -1, *d.shape[2:]), x.reshape(1, -1, *x.shape[2:]), x.new_empty(1).expand(shape), None,
+        mod.stride, padding, mod.dilation, False, (0,) * len(padding), B * G, (False, True, False))[1]
+    return gw.reshape(B, *mod.weight.shape)
 
 
 def unfold(mod: nn.modules.conv._ConvNd, x: Tensor) -> Tensor:
@@ -157,11 +183,14 @@ def unfold(mod: nn.modules.conv._ConvNd, x: Tensor) -> Tensor:
 
 
 def conv(mod: nn.modules.conv._ConvNd, x: Tensor, d: Tensor) -> dict:
-    """W (per group): g_i = Σ_l δ_il p_ilᵀ with p_il the unfolded input patch at output position l;
-    b: Σ_l δ_il."""
+    """W (per group): g_i = Σ_l δ_il p_ilᵀ with p_il the unfolded input patch at output position l, explicit
+    (``conv_per_example``) unless the ghost form is cheaper, L·(m + n) < m·n; b: Σ_l δ_il."""
     B, G = x.shape[0], mod.groups
     out = {}
-    if _wanted(mod, "weight"):
+    L, m, n = d[0, 0].numel(), mod.out_channels // G, mod.weight[0].numel()
+    if _wanted(mod, "weight") and L * (m + n) >= m * n:  # explicit is cheaper than the Gram (ghost) form
+        out["weight"] = conv_per_example(mod, x, d)
+    elif _wanted(mod, "weight"):
         cols = unfold(mod, x)
         L = cols.shape[-1]
         v = cols.reshape(B, G, -1, L).transpose(-1, -2)
