@@ -191,7 +191,7 @@ def peer_failure(comm: Comm, cause: object) -> RankFailure:
     what = "; ".join(notes) if notes else (f"another rank failed or did not answer within {comm.timeout_s:g} s"
                                           + (f" ({first[:160]})" if first else ""))
     return RankFailure(f"the data-parallel measurement stopped (rank {comm.rank} of {comm.world}): {what}",
-                       "fix the failing rank (its error is printed above); the partial report was kept; "
+                       "see the failing rank's output above; the partial report was kept; "
                        f"${TIMEOUT_ENV} sets the collective timeout in seconds")
 
 

@@ -135,3 +135,16 @@ def test_a_failed_rank_stops_every_rank_and_keeps_the_partial_report(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert len(report["measurements"]) == 1  # step 0 was measured before rank 1 failed
     assert "rank 1 lost its data shard" in report["incomplete"]["reason"]
+
+
+@pytest.mark.slow
+def test_a_silent_rank_times_out_and_keeps_the_partial_report(tmp_path):
+    t0 = time.perf_counter()
+    run = _torchrun("-m", "bsprof", "measure", str(ASSETS / "ddp_rank_fails.py"), "--steps", "3",
+                    "--measure-every", "1", "--batch-size", "8", "--rel-error", "0.3", "--device", "cpu",
+                    "--no-figures", "-o", str(tmp_path / "out"),
+                    env={"BSPROF_DIST_TIMEOUT": "8", "BSPROF_TEST_HANG": "1"}, timeout=90)
+    assert run.returncode != 0 and time.perf_counter() - t0 < 60
+    assert "did not answer within 8 s" in " ".join(run.stderr.split())
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(report["measurements"]) == 1 and "did not answer" in report["incomplete"]["reason"]
