@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import diagnostics, distributed
+from . import diagnostics, distributed, scales
 from .config import MeasureConfig, as_dict
 from .data import Examples
 from .errors import BsprofError, NonFiniteError, SpecError
@@ -180,6 +180,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                                                  lambda e, s=step: say("draw", {"step": s, "estimate": e}), comm)
                 row = _row(step, cfg, est, draws, stopped, time.perf_counter() - t0, probe, scale)
                 row.update(distributed.rank_fields(draws, cfg.confidence, scale))  # {} in one process
+                row.update(scales.extra_fields(model, spec.loss, examples, draws, cfg, optimizer, sampling,
+                                               group_index, scale))
                 report.add(row, _layer_rows(step, names, est, scale))
                 say("measured", {"step": step, "row": report.measurements[-1]})
             if step < cfg.steps:
