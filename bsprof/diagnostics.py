@@ -45,8 +45,31 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
                         "the critical batch under Adam (Merrill et al. 2025); see b_pre where reported.")
 
 
+def clipping(report: Report, spec, optimizer) -> None:
+    """Gradient clipping in the training (a spec's CLIP_GRAD_NORM, an optimizer's max_grad_norm/clip_threshold).
+
+    bsprof always measures the raw loss gradient, before any clipping (science.md §3).
+    """
+    clip = getattr(spec.loss, "__globals__", {}).get("CLIP_GRAD_NORM")  # a global of the spec file
+    found = [f"the spec's CLIP_GRAD_NORM = {clip}"] if clip else []
+    found += [f"the optimizer's {k} = {g[k]}" for g in optimizer.param_groups[:1]
+              for k in ("max_grad_norm", "clip_threshold", "clip_norm") if g.get(k)]
+    if found:
+        report.diagnose("clipping", f"gradient clipping in training ({'; '.join(found)}): bsprof measures the "
+                        "gradient before clipping. When clipping is active the effective update is smaller and "
+                        "less noisy than the measured noise scale suggests.")
+
+
 def after_run(report: Report) -> None:
-    """Diagnostics that need the measurements: a large spread of noise scale between layers."""
+    """Diagnostics that need the measurements: the 1/B regression's fit, B_pre availability, layer spread."""
+    bad = [r for r in report.measurements if r.get("regression_fit_failed")]
+    if bad:
+        report.diagnose("regression_misfit", f"|G_B|² is not linear in 1/B at step {bad[-1]['step']} (fit p = "
+                        f"{bad[-1]['regression_fit_p']:.2g}): examples of a batch are coupled (BatchNorm), the draws "
+                        "are not i.i.d., or the loss is not a mean of per-example losses. Treat B_simple with care.")
+    if any(r.get("b_pre_status") == "not_available" for r in report.measurements):
+        report.diagnose("b_pre_unavailable", "b_pre needs Adam's running second moment, which is empty before the "
+                        "first optimizer step: it is reported from the first measurement after training starts.")
     if not report.layers:
         return
     last = report.layers[-1]["step"]

@@ -164,6 +164,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                      "optimizer_lr": optimizer.param_groups[0].get("lr"), "dataset_size": examples.n,
                      "tokens_per_example": (spec.tokens_per_example or cfg.tokens_per_example) or None}
     diagnostics.before_run(report, model, optimizer, examples, invalid, cfg)
+    diagnostics.clipping(report, spec, optimizer)
     batch_size = _fit_batch(cfg.batch_size, examples.n, report)
     if batch_size != cfg.batch_size:
         report.config.update(batch_size=batch_size, batch_size_asked=cfg.batch_size)
