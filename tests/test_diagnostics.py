@@ -1,0 +1,64 @@
+"""Each diagnostic fires on a tiny case (and stays quiet otherwise)."""
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from bsprof import diagnostics
+from bsprof.report import Report
+
+CFG = SimpleNamespace(micro_batch=8, batch_size=32)
+
+
+def _codes(model=None, optimizer=None, iterable=False, invalid=None):
+    r = Report()
+    model = model or nn.Linear(2, 1)
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1)
+    diagnostics.before_run(r, model, optimizer, SimpleNamespace(iterable=iterable), invalid, CFG)
+    return {d["code"] for d in r.diagnostics}
+
+
+def test_batchnorm_in_train_mode():
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4))
+    invalid = diagnostics.per_example_invalid(model)
+    assert invalid and "batchnorm_train" in _codes(model, invalid=invalid)
+    assert diagnostics.per_example_invalid(model.eval()) is None
+
+
+def test_not_iid_temperature_weight_decay_adam():
+    assert "not_iid" in _codes(iterable=True) and "not_iid" not in _codes()
+    assert "temperature" in _codes()
+    m = nn.Linear(2, 1)
+    assert "weight_decay" in _codes(m, torch.optim.SGD(m.parameters(), lr=0.1, weight_decay=1e-4))
+    assert "adam" in _codes(m, torch.optim.AdamW(m.parameters()))
+
+
+def test_clipping_from_the_spec_or_the_optimizer():
+    CLIP_GRAD_NORM = 1.0  # noqa: F841  (read from the loss function's globals, as in a spec file)
+    globals()["CLIP_GRAD_NORM"] = 1.0
+    spec = SimpleNamespace(loss=lambda model, batch: None)
+    m = nn.Linear(2, 1)
+    r = Report()
+    diagnostics.clipping(r, spec, torch.optim.SGD(m.parameters(), lr=0.1))
+    assert [d["code"] for d in r.diagnostics] == ["clipping"] and "before clipping" in r.diagnostics[0]["message"]
+    del globals()["CLIP_GRAD_NORM"]
+    r = Report()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    opt.param_groups[0]["max_grad_norm"] = 0.5
+    diagnostics.clipping(r, spec, opt)
+    assert r.diagnostics and r.diagnostics[0]["code"] == "clipping"
+    r = Report()
+    diagnostics.clipping(r, spec, torch.optim.SGD(m.parameters(), lr=0.1))
+    assert not r.diagnostics
+
+
+def test_layer_spread_regression_misfit_and_b_pre():
+    r = Report()
+    r.add({"step": 0, "regression_fit_failed": True, "regression_fit_p": 1e-9, "b_pre_status": "not_available"},
+          [{"step": 0, "b_simple": 5.0, "status": "ok"}, {"step": 0, "b_simple": 500.0, "status": "ok"}])
+    diagnostics.after_run(r)
+    assert {"layer_spread", "regression_misfit", "b_pre_unavailable"} <= {d["code"] for d in r.diagnostics}
+    quiet = Report()
+    quiet.add({"step": 0}, [{"step": 0, "b_simple": 5.0, "status": "ok"}, {"step": 0, "b_simple": 6.0, "status": "ok"}])
+    diagnostics.after_run(quiet)
+    assert not quiet.diagnostics

@@ -1,0 +1,57 @@
+"""The stopping rule of sampling.measure_at: precision, examples and time budgets, lower bounds at G = 0."""
+import numpy as np
+import pytest
+
+from bsprof.closed_forms import LeastSquares
+from bsprof.sampling import Sampling, measure_at
+
+from _fresh import FreshLeastSquares, ls_loss, net_at
+
+GROUP = np.zeros(1, dtype=int)
+
+
+def _s(**kw):
+    base = dict(probe="vmap", b=1, chunk=256, start_B=64, fixed_B=False, rel_error=0.2, confidence=0.9,
+                min_draws=5, max_examples=10 ** 6, max_seconds=60.0)
+    return Sampling(**{**base, **kw})
+
+
+def test_lower_bound_when_the_gradient_is_zero():
+    """Least squares at w = w* exactly: G = 0, so |G|² is not significant (except in the 10% of runs where a 90%
+    test rejects a true 0) and B_simple is only bounded below; precision is never reached, the examples budget
+    stops it."""
+    model = LeastSquares.isotropic(5, 0.0, 0.5)
+    statuses = []
+    for seed in range(12):
+        est, draws, stopped = measure_at(net_at(model), ls_loss, FreshLeastSquares(model, seed),
+                                         _s(max_examples=2000), GROUP)
+        assert stopped == "examples" and sum(d.B for d in draws) >= 2000
+        statuses.append(est.status)
+        if est.status == "lower_bound":
+            assert est.b_simple_lo > 0 and est.b_simple_hi == np.inf and np.isnan(est.b_simple)
+    assert statuses.count("lower_bound") >= 7, statuses  # ≈ 87% expected; P(< 7 of 12) ≈ 0.3%
+
+
+def test_time_budget_stops_it():
+    model = LeastSquares.isotropic(5, 0.0, 0.5)
+    _, draws, stopped = measure_at(net_at(model), ls_loss, FreshLeastSquares(model, 1),
+                                   _s(max_seconds=0.3, min_draws=10 ** 6), GROUP)
+    assert stopped == "time"
+
+
+def test_precision_stops_it_within_the_asked_error():
+    model = LeastSquares.isotropic(5, 1.0, 0.5)  # B_simple = 8.5
+    est, _, stopped = measure_at(net_at(model), ls_loss, FreshLeastSquares(model, 2), _s(rel_error=0.1), GROUP)
+    assert stopped == "precision" and est.rel_halfwidth <= 0.1
+    assert est.b_simple_lo <= model.b_simple <= est.b_simple_hi
+
+
+def test_measure_row_says_what_stopped_it(tmp_path):
+    from bsprof.config import MeasureConfig
+    from bsprof.loop import measure
+
+    spec = str(__import__("pathlib").Path(__file__).parent / "assets" / "tiny_linear.py")
+    rep = measure(spec, MeasureConfig(steps=0, rel_error=0.001, max_examples=500, min_draws=2))
+    assert rep.measurements[0]["stopped_by"] == "examples"
+    for key in ("b_simple_regression", "regression_fit_p"):
+        assert key in rep.measurements[0]
