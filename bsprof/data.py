@@ -8,6 +8,7 @@ generates the same global draw or training batch (a shared seed) and keeps its o
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -76,6 +77,15 @@ class Examples:
         """This rank's slice [r·m/W, (r+1)·m/W) of a global draw of m (all of it in one process)."""
         m = len(drawn)
         return drawn[self.rank * m // self.world:(self.rank + 1) * m // self.world]
+
+    def whole(self) -> Examples:
+        """An unsharded view with its own generator, forked the same way on every rank: for measurements that are
+        not data-parallel (each rank repeats them on full draws), so that this view's draws stay in step."""
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=self.generator))
+        view = copy.copy(self)
+        view.rank, view.world, view._stream, view._epoch = 0, 1, None, []
+        view.generator = torch.Generator().manual_seed(seed)
+        return view
 
     def draw(self, B: int) -> list:
         """Indices (map-style) or items (iterable) of B examples, uniform without replacement (this rank's share)."""

@@ -181,7 +181,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                                                  lambda e, s=step: say("draw", {"step": s, "estimate": e}), comm)
                 row = _row(step, cfg, est, draws, stopped, time.perf_counter() - t0, probe, scale)
                 row.update(distributed.rank_fields(draws, cfg.confidence, scale))  # {} in one process
-                row.update(scales.extra_fields(model, spec.loss, examples, draws, cfg, optimizer, sampling,
+                whole = examples if comm.world == 1 else examples.whole()  # B_noise, B_pre: not sharded
+                row.update(scales.extra_fields(model, spec.loss, whole, draws, cfg, optimizer, sampling,
                                                group_index, scale))
                 report.add(row, _layer_rows(step, names, est, scale))
                 say("measured", {"step": step, "row": report.measurements[-1]})
