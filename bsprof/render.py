@@ -49,3 +49,14 @@ def report_table(report) -> Group:
         parts.append(Text(f"incomplete: stopped at step {report.incomplete.get('step')}: "
                           f"{report.incomplete.get('reason')}", style="bold red"))
     return Group(*parts)
+
+
+def layers_table(report) -> Table:
+    """Per-layer |G|², tr(Σ) and B_simple at the last measured step (Gray et al. 2024: LayerNorms predict it)."""
+    last = report.layers[-1]["step"]
+    table = Table(title=f"per-layer noise scale at step {last} ({report.unit})", title_justify="left")
+    for col in ("layer", "|G|²", "tr(Σ)", "B_simple"):
+        table.add_column(col, justify="right" if col != "layer" else "left")
+    for r in (r for r in report.layers if r["step"] == last):
+        table.add_row(r["layer"], fmt(r["g2"]), fmt(r["trace_sigma"]), noise_scale_text(r))
+    return table

@@ -11,7 +11,14 @@ from bsprof.probes import PROBES
 from bsprof.reference import exact_noise_scale
 from bsprof.sampling import Sampling, groups_of, measure_at, one_draw
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def _mlp():
