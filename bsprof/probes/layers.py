@@ -117,7 +117,9 @@ def sq_sum(c: Factored | Tensor, shape: torch.Size) -> Tensor:
         return _onehot_sq_sum(c)
     m, n = c.m, c.v.shape[-1]
     if T * T * (n + (0 if c.onehot else m)) < m * n * (1 + (0 if c.onehot else T)):
-        return (_gram_u(c, c) * (c.v @ c.v.transpose(-1, -2))).sum()
+        v = c.v.flatten(0, 1)
+        gu = torch.bmm(c.u.flatten(0, 1), c.u.flatten(0, 1).transpose(1, 2)) if not c.onehot else _gram_u(c, c)
+        return torch.dot(gu.reshape(-1), torch.bmm(v, v.transpose(1, 2)).reshape(-1))
     return explicit(c, (c.v.shape[1], m, n)).square().sum()
 
 
