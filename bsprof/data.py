@@ -79,12 +79,12 @@ class Examples:
         return drawn[self.rank * m // self.world:(self.rank + 1) * m // self.world]
 
     def whole(self) -> Examples:
-        """An unsharded view with its own generator, forked the same way on every rank: for measurements that are
-        not data-parallel (each rank repeats them on full draws), so that this view's draws stay in step."""
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=self.generator))
+        """An unsharded view with a copy of the generator (the same on every rank; this one does not advance): for
+        measurements that are not data-parallel (each rank repeats them on full draws), so that this view's sharded
+        draws stay in step across ranks."""
         view = copy.copy(self)
         view.rank, view.world, view._stream, view._epoch = 0, 1, None, []
-        view.generator = torch.Generator().manual_seed(seed)
+        view.generator = torch.Generator().set_state(self.generator.get_state())
         return view
 
     def draw(self, B: int) -> list:

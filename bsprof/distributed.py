@@ -211,8 +211,9 @@ def collective(comm: Comm):
 def check_batch(batch_size: int, comm: Comm) -> None:
     """The global training batch splits into W equal shards."""
     if comm.world > 1 and batch_size % comm.world:
+        fit = comm.world * max(1, batch_size // comm.world)
         raise ConfigError(f"--batch-size {batch_size} does not split over {comm.world} ranks",
-                          f"use a multiple of {comm.world}, e.g. --batch-size {comm.world * max(1, batch_size // comm.world)}")
+                          f"use a multiple of {comm.world}, e.g. --batch-size {fit}")
 
 
 # ---------------------------------------------------------------- reductions
