@@ -203,6 +203,7 @@ def noise_scale(draws: Sequence[Draw], confidence: float = 0.9) -> NoiseScale:
     """Combine draws into B_simple: example-weighted ratio of means, Fieller interval, per-group breakdown."""
     if not draws:
         raise ValueError("no draws")
+    n_draws, spent = len(draws), int(sum(d.B for d in draws))  # what was spent, exact draw or not
     exact = [d for d in draws if d.exact]
     draws = exact[:1] or draws  # one exact draw says everything; the others add only noise
     g2, tr = draw_estimates(draws)
@@ -219,7 +220,7 @@ def noise_scale(draws: Sequence[Draw], confidence: float = 0.9) -> NoiseScale:
                      r.value, r.lo, r.hi, r.status)
     loss = float(np.average([d.loss for d in draws], weights=[d.B for d in draws]))
     return NoiseScale(float(g2_mean), float(g2_lo), float(g2_hi), tr_mean, total.value, total.lo, total.hi,
-                      total.status, len(draws), int(sum(d.B for d in draws)), loss, confidence, layers)
+                      total.status, n_draws, spent, loss, confidence, layers)
 
 
 def regression_1_over_B(batch_sizes: Sequence[float], sq_norms: Sequence[float], n: int | None = None):

@@ -55,7 +55,8 @@ def trained_digits(steps: int, seed: int = 0):
     return spec, model, exact_noise_scale(model, spec.loss, data)
 
 
-def digits_against_exact(steps: int, seeds: int, rel_error: float, tmp: Path) -> dict:
+def digits_against_exact(steps: int, seeds: int, rel_error: float, tmp: Path, probe_batch: int = 0) -> dict:
+    """probe_batch > 0 fixes B below n, so no draw is the exact whole dataset (efficiency of the pairs alone)."""
     spec, model, exact = trained_digits(steps)
     ckpt = tmp / f"digits_{steps}.pt"
     torch.save(model.state_dict(), ckpt)
@@ -63,7 +64,8 @@ def digits_against_exact(steps: int, seeds: int, rel_error: float, tmp: Path) ->
     for seed in range(seeds):
         for method in ("per_example", "microbatch"):
             s = measure(spec, MeasureConfig(steps=0, rel_error=rel_error, seed=seed, checkpoint=str(ckpt),
-                                            method=method, device="cpu")).measurements[-1]
+                                            method=method, device="cpu", max_seconds=900,
+                                            probe_batch=probe_batch)).measurements[-1]
             rows.append({"seed": seed, "method": s["method"], "b_simple": s["b_simple"], "lo": s["b_simple_lo"],
                          "hi": s["b_simple_hi"], "examples": s["examples"], "stopped_by": s["stopped_by"],
                          "covered": s["b_simple_lo"] <= exact["b_simple"] <= s["b_simple_hi"],
@@ -72,7 +74,7 @@ def digits_against_exact(steps: int, seeds: int, rel_error: float, tmp: Path) ->
             print(f"  digits step {steps} seed {seed} {s['method']}: {s['b_simple']:.1f} "
                   f"[{s['b_simple_lo']:.1f}, {s['b_simple_hi']:.1f}] exact {exact['b_simple']:.1f}, "
                   f"{s['examples']} examples ({s['stopped_by']})")
-    return {"steps": steps, "exact": exact, "rel_error_asked": rel_error, "rows": rows,
+    return {"steps": steps, "probe_batch": probe_batch, "exact": exact, "rel_error_asked": rel_error, "rows": rows,
             "covered": sum(r["covered"] for r in rows), "n": len(rows),
             "max_abs_rel_err": max(abs(r["rel_err"]) for r in rows),
             "median_examples_per_b_simple": sorted(r["examples_per_b_simple"] for r in rows)[len(rows) // 2]}
@@ -105,6 +107,8 @@ def main(argv=None) -> None:
     out["digits_init"] = digits_against_exact(0, 2 if args.quick else 5, 0.1, tmp)
     print("3. digits MLP trained 1000 steps, ±10%")
     out["digits_trained"] = digits_against_exact(1000, 2 if args.quick else 5, 0.1, tmp)
+    print("3b. the same with B fixed at 512 (no whole-dataset draw): examples spent for ±10%")
+    out["digits_trained_fixed_B"] = digits_against_exact(1000, 2 if args.quick else 5, 0.1, tmp, 512)
     print("4. probe training on digits")
     out["probe_training"] = probe_training()
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +120,9 @@ def main(argv=None) -> None:
           f"covered {di['covered']}/{di['n']}")
     print(f"digits trained: exact {dt['exact']['b_simple']:.1f}, max |rel err| {dt['max_abs_rel_err']:.3f}, "
           f"covered {dt['covered']}/{dt['n']}, median examples/B_simple {dt['median_examples_per_b_simple']:.0f}")
+    df = out["digits_trained_fixed_B"]
+    print(f"digits trained, B = 512: covered {df['covered']}/{df['n']}, max |rel err| {df['max_abs_rel_err']:.3f}, "
+          f"median examples/B_simple {df['median_examples_per_b_simple']:.0f}")
     print(f"probe training: growth {out['probe_training']['growth']:.2f}x in {out['probe_training']['seconds']:.1f}s")
     print(f"wrote {args.json}")
 
