@@ -87,6 +87,10 @@ class Examples:
         view.generator = torch.Generator().set_state(self.generator.get_state())
         return view
 
+    def first_two(self):
+        """A collated batch of two examples (for checks), on the device."""
+        return self.collate(self.stream(2) if self.iterable else self.items([0, 1]))
+
     def draw(self, B: int) -> list:
         """Indices (map-style) or items (iterable) of B examples, uniform without replacement (this rank's share)."""
         if self.iterable:

@@ -43,9 +43,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def pick_probe(method: str, model: nn.Module) -> tuple[str, str | None]:
-    """The probe to use and, when per-example norms are invalid for this model, why."""
-    invalid = diagnostics.per_example_invalid(model)
+def pick_probe(method: str, model: nn.Module, loss_fn=None, pair=None) -> tuple[str, str | None]:
+    """The probe to use and, when per-example norms are invalid for this model (and loss), why."""
+    invalid = None if method == "microbatch" else diagnostics.per_example_invalid(model, loss_fn, pair)
     fast = "hooks" if "hooks" in PROBES else "vmap"
     if method == "auto":
         return ("microbatch", invalid) if invalid else (fast, None)
@@ -155,7 +155,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     distributed.check_batch(cfg.batch_size, comm)
     examples = Examples(build_dataset(spec), spec.collate, device, gen, comm.rank, comm.world)
     optimizer = build_optimizer(spec, model, cfg.lr)
-    probe, invalid = pick_probe(cfg.method, model)
+    probe, invalid = pick_probe(cfg.method, model, spec.loss, examples.first_two())
     sampling = _sampling(cfg, probe, examples.n)
     scale = _unit_scale(cfg, spec)
     report.spec, report.environment = spec.info(), _environment(device, cfg, comm.world)

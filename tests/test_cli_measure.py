@@ -56,7 +56,7 @@ def test_yaml_config_and_command_line_precedence(tmp_path):
     ("bad_import.py", "No module named 'not_a_real_package_xyz'"),
     ("missing_loss.py", "loss is a int, not a function"),
     ("model_raises.py", "model() at model_raises.py:3 raised ValueError: hidden size must be even"),
-    ("scalar_loss.py", "per-example losses of shape [64]"),
+    ("scalar_loss.py", "per-example losses of shape [2]"),
     ("uncollatable.py", "cannot be collated"),
 ])
 def test_bad_spec_gets_a_clear_message(tmp_path, asset, expected):
@@ -146,3 +146,32 @@ def test_help_lists_every_command():
     assert r.exit_code == 0 and "measure" in r.output
     r = runner.invoke(app, ["measure", "--help"])
     assert r.exit_code == 0 and "--rel-error" in r.output
+
+
+def test_a_loss_that_mixes_examples_falls_back_to_microbatches(tmp_path):
+    r = run(ASSETS / "mixing_loss.py", "--steps", 0, "--rel-error", 0.5, "--max-seconds", 5, "-o", tmp_path, "-q",
+            "--no-figures")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["config"]["method_resolved"] == "microbatch"
+    assert any(d["code"] == "loss_mixes_examples" for d in report["diagnostics"])
+
+
+def test_dropout_alone_is_not_mixing(tmp_path):
+    import torch
+
+    from bsprof.diagnostics import per_example_invalid
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 1)).train()
+    pair = (torch.randn(2, 3), torch.randn(2))
+    assert per_example_invalid(model, lambda m, b: (m(b[0]).squeeze(-1) - b[1]) ** 2, pair) is None
+    assert model.training and model[1].training  # modes restored
+
+
+def test_report_command_rerenders(tmp_path):
+    r = run(ASSETS / "tiny_linear.py", "--steps", 0, "--rel-error", 0.3, "-o", tmp_path, "-q", "--no-figures")
+    assert r.exit_code == 0
+    shown = runner.invoke(app, ["report", str(tmp_path), "--layers"])
+    assert shown.exit_code == 0 and "B_simple" in shown.output and "per-layer" in shown.output
+    missing = runner.invoke(app, ["report", str(tmp_path / "nope.json")])
+    assert missing.exit_code == 2 and "report not found" in missing.output
