@@ -28,13 +28,18 @@ def user_errors(exit_code: int | None = None):
         raise typer.Exit(exit_code if exit_code is not None else e.exit_code)
 
 
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
-    if version:
+def _version(value: bool) -> None:
+    if value:
         from .. import __version__
 
         typer.echo(f"bsprof {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """bsprof: measure the critical batch size (gradient noise scale) of a PyTorch model."""
 
 
 def is_tty() -> bool:
