@@ -175,3 +175,13 @@ def test_report_command_rerenders(tmp_path):
     assert shown.exit_code == 0 and "B_simple" in shown.output and "per-layer" in shown.output
     missing = runner.invoke(app, ["report", str(tmp_path / "nope.json")])
     assert missing.exit_code == 2 and "report not found" in missing.output
+
+
+@pytest.mark.parametrize("failure,code,reason", [("interrupt", 130, "interrupted"), ("error", 2, "RuntimeError")])
+def test_interrupted_or_failed_run_keeps_the_report(tmp_path, monkeypatch, failure, code, reason):
+    monkeypatch.setenv("BSPROF_TEST_FAILURE", failure)
+    r = run(ASSETS / "fails_midrun.py", "--steps", 200, "--measure-every", 1, "--probe-batch", 64,
+            "--min-draws", 2, "--max-examples", 64, "-o", tmp_path, "-q", "--no-figures", "--method", "microbatch")
+    assert r.exit_code == code, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["measurements"] and reason in report["incomplete"]["reason"]
