@@ -1,0 +1,233 @@
+"""Cost of bsprof's micro-batch statistics over plain gradient accumulation, side by side with peers.
+
+One step = k micro-batches of b examples at fixed weights (no optimizer step for anyone):
+
+  plain     for each micro-batch: loss.mean().backward() accumulating into .grad; nothing else
+  bsprof    what bsprof.sampling.one_draw does per micro-batch: bsprof.probes.microbatch.microbatch(...)
+            then torch._foreach_add_ into the accumulator (partial |G|² at b, 2b, 4b, ... as one_draw does),
+            and at the end the big-batch norm (bsprof.sampling._sq_norms) and the host copies
+  adaptdl   adaptdl.torch.gradient_noise_scale.GradientNoiseScale(adp, SGD, num_replicas=1), accumulating k
+            backward passes (adp.require_backward_grad_sync only on the last one, as in AdaptDL's own tests)
+  fairscale fairscale.optim.AdaScale(SGD, world_size=1, num_gradients_to_accumulate=k, is_scaled_loss=False)
+
+Every method has its own copy of the model (same weights), so peers' parameter hooks do not touch the others.
+Rounds interleave the methods (one step each, in rotating order) so drift hits all of them alike; the
+median over rounds is reported, after warm-up.
+
+    python scripts/bench_microbatch.py [--quick] [--json scripts/results/bench_microbatch_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+import types
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bsprof.probes.microbatch import microbatch  # noqa: E402
+from bsprof.sampling import _sq_norms  # noqa: E402
+
+K = 8
+
+
+def make_model(name: str) -> nn.Module:
+    if name == "mlp":
+        return nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    return nn.Sequential(nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def make_batches(name: str, b: int, gen: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    shape = (b, 64) if name == "mlp" else (b, 1, 28, 28)
+    return [(torch.randn(shape, generator=gen), torch.randint(0, 10, (b,), generator=gen)) for _ in range(K)]
+
+
+def loss_fn(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x), y, reduction="none")
+
+
+# ---------------------------------------------------------------------------------------------- methods
+# Each factory gets its own model and returns step(batches) -> None (one accumulated step at fixed weights).
+
+def plain_method(model: nn.Module):
+    def step(batches):
+        model.zero_grad(set_to_none=True)
+        for batch in batches:
+            loss_fn(model, batch).mean().backward()
+    return step
+
+
+def bsprof_method(model: nn.Module):
+    """The body of bsprof.sampling.one_draw for the micro-batch probe, with bsprof's own functions."""
+    def step(batches):
+        grad_sum = small = loss_sum = None
+        n_small, partial, seen, next_mark, B = 0, [], 0, len(batches[0][1]), sum(len(y) for _, y in batches)
+        for batch in batches:
+            count = len(batch[1])
+            st = microbatch(model, loss_fn, batch, count)
+            if grad_sum is None:
+                grad_sum, small, loss_sum = [g.detach().clone() for g in st.grad_sum], st.small_sq_sum, st.loss_sum
+            else:
+                torch._foreach_add_(grad_sum, st.grad_sum)
+                small, loss_sum = small + st.small_sq_sum, loss_sum + st.loss_sum
+            n_small, seen = n_small + st.n_small, seen + count
+            if seen == next_mark and seen < B:
+                partial.append((seen, float(_sq_norms(grad_sum).sum()) / seen ** 2))
+                next_mark *= 2
+        big = _sq_norms(grad_sum) / seen ** 2
+        small = small.double().cpu().numpy() / n_small
+        return big, small, float(loss_sum) / seen, partial
+    return step
+
+
+def adaptdl_method(model: nn.Module):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from adaptdl.torch.gradient_noise_scale import GradientNoiseScale
+    # AdaptiveDataParallel is a DistributedDataParallel; GradientNoiseScale only reads its
+    # require_backward_grad_sync flag (False while accumulating). AdaptDL's tests pass a stand-in the same way.
+    adp = types.SimpleNamespace(require_backward_grad_sync=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gns = GradientNoiseScale(adp, opt, num_replicas=1, accum_scale=1.0)
+    adp.gns = gns
+
+    def step(batches):
+        gns.reset_accumulation()  # zero_grad + reset the local sums
+        for i, batch in enumerate(batches):
+            adp.require_backward_grad_sync = i == len(batches) - 1
+            loss_fn(model, batch).mean().backward()
+        return gns.sqr_avg(), gns.var_avg()
+    return step
+
+
+def fairscale_method(model: nn.Module):
+    from fairscale.optim import AdaScale
+    opt = AdaScale(torch.optim.SGD(model.parameters(), lr=0.1), world_size=1,
+                   num_gradients_to_accumulate=K, is_scaled_loss=False)
+
+    def step(batches):
+        opt.zero_grad()
+        for batch in batches:
+            loss_fn(model, batch).mean().backward()
+        return opt.gain()
+    return step
+
+
+METHODS = {"plain": plain_method, "bsprof": bsprof_method, "adaptdl": adaptdl_method, "fairscale": fairscale_method}
+
+
+def available(name: str) -> str | None:
+    """None if the method can run, else why it is skipped."""
+    try:
+        if name == "adaptdl":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                import adaptdl.torch.gradient_noise_scale  # noqa: F401
+        elif name == "fairscale":
+            import fairscale.optim  # noqa: F401
+    except Exception as e:  # ImportError, or adaptdl's own import-time failures (requests, pkg_resources)
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+def bench(model_name: str, b: int, methods: list[str], warmup: int, rounds: int, min_rounds: int, budget_s: float,
+          seed: int = 0) -> tuple[dict[str, float], int]:
+    torch.manual_seed(seed)
+    base = make_model(model_name)
+    batches = make_batches(model_name, b, torch.Generator().manual_seed(seed + b))
+    steps = {m: METHODS[m](copy.deepcopy(base)) for m in methods}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    t0 = time.perf_counter()
+    for r in range(warmup + rounds):
+        if r >= warmup + min_rounds and time.perf_counter() - t0 > budget_s:
+            break  # a slow configuration (or a loaded machine): stop at min_rounds once the budget is spent
+        order = methods[r % len(methods):] + methods[:r % len(methods)]
+        for m in order:
+            t0 = time.perf_counter()
+            steps[m](batches)
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[m].append(dt)
+    return {m: 1e3 * statistics.median(ts) for m, ts in times.items()}, len(times[methods[0]])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (under 3 minutes)")
+    ap.add_argument("--json", type=Path, help="write the rows to this JSON file")
+    ap.add_argument("--models", default="mlp,cnn")
+    ap.add_argument("--micro-batches", default="8,32,128")
+    ap.add_argument("--methods", default="plain,bsprof,adaptdl,fairscale")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    warmup, rounds, min_rounds, budget = (2, 15, 5, 6.0) if args.quick else (10, 60, 15, 60.0)
+    rounds = args.rounds or rounds
+    wanted = args.methods.split(",")
+    skipped = {m: why for m in wanted if (why := available(m))}
+    methods = [m for m in wanted if m not in skipped]
+    if "plain" not in methods:
+        methods.insert(0, "plain")
+
+    rows = []
+    t_start = time.perf_counter()
+    for model_name in args.models.split(","):
+        for b in [int(s) for s in args.micro_batches.split(",")]:
+            med, n = bench(model_name, b, methods, warmup, rounds, min_rounds, budget)
+            print(f"{model_name} b={b}: {n} rounds", file=sys.stderr, flush=True)
+            for m in wanted if "plain" in wanted else ["plain", *wanted]:
+                if m in skipped:
+                    rows.append(dict(model=model_name, method=m, micro_batch=b, median_ms=None,
+                                     overhead_vs_plain=None, skipped=skipped[m]))
+                else:
+                    rows.append(dict(model=model_name, method=m, micro_batch=b, median_ms=round(med[m], 4),
+                                     overhead_vs_plain=round(med[m] / med["plain"] - 1, 4), rounds=n))
+    elapsed = time.perf_counter() - t_start
+
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"Micro-batch statistics, k = {K} micro-batches per step "
+                        f"(median of ≤ {rounds} steps each, {args.threads} threads, torch {torch.__version__})")
+    for col in ("model", "method", "b", "median ms", "vs plain"):
+        table.add_column(col, justify="left" if col in ("model", "method") else "right")
+    for r in rows:
+        if r["median_ms"] is None:
+            table.add_row(r["model"], r["method"], str(r["micro_batch"]), "-", "skipped")
+        else:
+            ov = "" if r["method"] == "plain" else f"{100 * r['overhead_vs_plain']:+.1f}%"
+            table.add_row(r["model"], r["method"], str(r["micro_batch"]), f"{r['median_ms']:.2f}", ov)
+    console = Console()
+    console.print(table)
+    for m, why in skipped.items():
+        console.print(f"[yellow]skipped {m}[/]: {why}")
+    console.print(f"total {elapsed:.0f} s")
+
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        meta = dict(k=K, rounds=rounds, warmup=warmup, threads=args.threads, torch=torch.__version__,
+                    python=platform.python_version(), machine=platform.machine(), quick=args.quick,
+                    seconds=round(elapsed, 1))
+        args.json.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+        console.print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
