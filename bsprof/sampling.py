@@ -65,15 +65,17 @@ def one_draw(model: nn.Module, loss_fn, examples: Examples, s: Sampling, B: int,
     n_small, partial, seen, next_mark = 0, [], 0, step
     for batch, count in examples.batches(examples.draw(B), step):
         st: ChunkStats = probe(model, loss_fn, batch, count)
-        if grad_sum is None:
-            grad_sum, small, loss_sum = [g.detach().clone() for g in st.grad_sum], st.small_sq_sum, st.loss_sum
+        if grad_sum is None:  # probes return fresh tensors: accumulate in place, no copy
+            grad_sum, small, loss_sum = st.grad_sum, st.small_sq_sum, st.loss_sum
         else:
             torch._foreach_add_(grad_sum, st.grad_sum)
             small, loss_sum = small + st.small_sq_sum, loss_sum + st.loss_sum
         n_small, seen = n_small + st.n_small, seen + count
+        del st, batch  # free this chunk's gradients before the next one is computed
         if seen == next_mark and seen < B:  # partial sums at B = step·2^j, for the 1/B regression
-            partial.append((seen, float(_sq_norms(grad_sum).sum()) / seen ** 2))
+            partial.append((seen, torch.stack(torch._foreach_norm(grad_sum)).square().sum() / seen ** 2))
             next_mark *= 2
+    partial = [(size, float(sq)) for size, sq in partial]  # one device sync per draw, not per chunk
     total, local = distributed.reduce_sums(ChunkStats(grad_sum, small, n_small, loss_sum, seen), comm)
     grad_sum, small, n_small, loss_sum, seen = (total.grad_sum, total.small_sq_sum, total.n_small,
                                                 total.loss_sum, total.count)

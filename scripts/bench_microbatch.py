@@ -3,9 +3,8 @@
 One step = k micro-batches of b examples at fixed weights (no optimizer step for anyone):
 
   plain     for each micro-batch: loss.mean().backward() accumulating into .grad; nothing else
-  bsprof    what bsprof.sampling.one_draw does per micro-batch: bsprof.probes.microbatch.microbatch(...)
-            then torch._foreach_add_ into the accumulator (partial |G|² at b, 2b, 4b, ... as one_draw does),
-            and at the end the big-batch norm (bsprof.sampling._sq_norms) and the host copies
+  bsprof    bsprof.sampling.one_draw itself with the micro-batch probe: per micro-batch |G_b|², the running
+            sum (partial |G|² at b, 2b, 4b, ...), the big-batch norm and the host copies
   adaptdl   adaptdl.torch.gradient_noise_scale.GradientNoiseScale(adp, SGD, num_replicas=1), accumulating k
             backward passes (adp.require_backward_grad_sync only on the last one, as in AdaptDL's own tests)
   fairscale fairscale.optim.AdaScale(SGD, world_size=1, num_gradients_to_accumulate=k, is_scaled_loss=False)
@@ -30,14 +29,14 @@ import types
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bsprof.probes.microbatch import microbatch  # noqa: E402
-from bsprof.sampling import _sq_norms  # noqa: E402
+from bsprof.sampling import Sampling, one_draw  # noqa: E402
 
 K = 8
 
@@ -71,26 +70,31 @@ def plain_method(model: nn.Module):
     return step
 
 
+class _Prepared:
+    """Stands in for bsprof.data.Examples: the draw is the step's pre-made micro-batches."""
+
+    n = None
+
+    def __init__(self):
+        self.step_batches = []
+
+    def draw(self, B):
+        return self.step_batches
+
+    def batches(self, drawn, size):
+        for batch in drawn:
+            yield batch, len(batch[1])
+
+
 def bsprof_method(model: nn.Module):
-    """The body of bsprof.sampling.one_draw for the micro-batch probe, with bsprof's own functions."""
+    """bsprof.sampling.one_draw itself, with the micro-batch probe (the code `bsprof measure` runs)."""
+    examples, group = _Prepared(), np.zeros(len(list(model.parameters())), dtype=int)
+
     def step(batches):
-        grad_sum = small = loss_sum = None
-        n_small, partial, seen, next_mark, B = 0, [], 0, len(batches[0][1]), sum(len(y) for _, y in batches)
-        for batch in batches:
-            count = len(batch[1])
-            st = microbatch(model, loss_fn, batch, count)
-            if grad_sum is None:
-                grad_sum, small, loss_sum = [g.detach().clone() for g in st.grad_sum], st.small_sq_sum, st.loss_sum
-            else:
-                torch._foreach_add_(grad_sum, st.grad_sum)
-                small, loss_sum = small + st.small_sq_sum, loss_sum + st.loss_sum
-            n_small, seen = n_small + st.n_small, seen + count
-            if seen == next_mark and seen < B:
-                partial.append((seen, float(_sq_norms(grad_sum).sum()) / seen ** 2))
-                next_mark *= 2
-        big = _sq_norms(grad_sum) / seen ** 2
-        small = small.double().cpu().numpy() / n_small
-        return big, small, float(loss_sum) / seen, partial
+        examples.step_batches = batches
+        b = len(batches[0][1])
+        s = Sampling("microbatch", b, b, b * len(batches), True, 0.1, 0.9, 1, 10**9, 1e9)
+        return one_draw(model, loss_fn, examples, s, b * len(batches), group)
     return step
 
 

@@ -21,7 +21,8 @@ LossFn = Callable[[nn.Module, Any], torch.Tensor]
 class ChunkStats:
     """Statistics of one collated chunk of ``count`` examples.
 
-    grad_sum:     Σ_i g_i over the chunk, one tensor per trainable parameter (= count · mean gradient)
+    grad_sum:     Σ_i g_i over the chunk, one fresh tensor per trainable parameter (= count · mean gradient);
+                  the caller owns them and may accumulate into them in place
     small_sq_sum: [P] Σ over the chunk's small batches of |G_b|², per trainable parameter
                   (per-example probes: Σ_i |g_i|², b = 1; micro-batch probe: |G_b|² of the chunk, b = count)
     n_small:      how many small batches the chunk holds (count for per-example probes, 1 for micro-batches)

@@ -189,7 +189,7 @@ def per_example_hooks(model: nn.Module, loss_fn: LossFn, batch, count: int, *,
     """
     reason = per_example_valid(model)
     if reason:
-        raise ConfigError(reason, "pass --probe microbatch, or put the model in eval mode")
+        raise ConfigError(reason, "use --method microbatch, or put the model in eval mode")
     names, params = trainable(model)
     state = _Pass(model, params, count)
     handles = [m.register_forward_hook(state.forward_hook, with_kwargs=True) for m in state.owned]
