@@ -2,7 +2,8 @@
 
 A measurement draw of B examples from a map-style dataset of n is uniform without replacement, so the
 finite-population correction applies (estimators.noise_coefficient). Under DDP (``world`` > 1) every rank
-generates the same global draw or training batch (a shared seed) and keeps its own disjoint contiguous slice. An iterable dataset is read in order
+generates the same global draw or training batch (a shared seed) and keeps its own disjoint contiguous
+slice. An iterable dataset is read in order
 (not i.i.d.; the report says so) and treated as infinite.
 """
 

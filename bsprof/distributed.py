@@ -296,7 +296,7 @@ def rank_fields(draws: Sequence[Draw], confidence: float, scale: float = 1.0) ->
             "world_size": pairs[-1].B // pairs[-1].b}
 
 
-from .comm_hook import GradientNoiseScale, noise_scale_hook  # the library path, in its own module
+from .comm_hook import GradientNoiseScale, noise_scale_hook  # noqa: E402  (the library path, own module)
 
 __all__ = ["LOCAL", "Comm", "GradientNoiseScale", "RankFailure", "current", "init", "noise_scale_hook",
            "rank_draws", "rank_fields", "reduce_sums", "session", "shutdown", "stop_on_sigterm"]

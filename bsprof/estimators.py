@@ -93,7 +93,7 @@ def ratio_of_means(t: Sequence[float], g: Sequence[float], weights: Sequence[flo
     if m < 2:
         return Ratio(T / G if G > 0 else math.nan, math.nan, math.nan, UNDETERMINED)
     cov = np.cov(np.vstack([ut, ug]), ddof=1)
-    s_tt, s_gg, s_tg = cov[0, 0], cov[1, 1], cov[0, 1]
+    s_tt, s_gg = cov[0, 0], cov[1, 1]
     if s_tt == 0 and s_gg == 0:  # every draw identical: exact (all of a finite dataset)
         value = T / G if G > 0 else math.nan
         return Ratio(value, value, value, OK if G > 0 else UNDETERMINED)

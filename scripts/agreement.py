@@ -60,7 +60,8 @@ def main(argv=None) -> dict:
     print(f"digits MLP at init, 90% intervals (examples); exact B_simple (all 1797 gradients) = {res['exact']:.1f}")
     for k in ("per_example", "microbatch"):
         v, lo, hi, m, n = res[k]
-        print(f"  {k:12} {v:7.1f} [{lo:.1f}, {hi:.1f}]   {m} draws, {n} examples   covers exact: {lo <= res['exact'] <= hi}")
+        covers = lo <= res["exact"] <= hi
+        print(f"  {k:12} {v:7.1f} [{lo:.1f}, {hi:.1f}]   {m} draws, {n} examples   covers exact: {covers}")
     v, p, dof = res["regression"]
     print(f"  {'regression':12} {v:7.1f}   (GLS over micro-batch partial sums; fit p = {p:.3g}, dof {dof})")
     return res

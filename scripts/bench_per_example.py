@@ -11,7 +11,8 @@ Every method computes, from one batch at fixed weights, the summed gradient and 
     torch.func       vmap(grad) over the batch (bsprof.probes.vmap)
 Peers are optional imports; a missing or failing one is a row with status "skipped" and the reason.
 
-Time: median over repeated steps after warm-up (CUDA synchronised), the methods taking turns step by step. Memory (peak_mem_mb): on CUDA
+Time: median over repeated steps after warm-up (CUDA synchronised), the methods taking turns step by step.
+Memory (peak_mem_mb): on CUDA
 torch.cuda.max_memory_allocated during one step minus the memory allocated before it; on CPU (Linux) the growth
 of the process's peak resident set during one step (VmHWM − VmRSS, after glibc malloc_trim and a peak reset via
 /proc/self/clear_refs), NaN where that is unavailable.
@@ -36,7 +37,6 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bsprof.probes.hooks import per_example_hooks  # noqa: E402
 from bsprof.probes.vmap import per_example_vmap  # noqa: E402
-
 
 # ---------------------------------------------------------------- models
 

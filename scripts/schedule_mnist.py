@@ -46,7 +46,8 @@ def main() -> int:
     current = next(b for b in schedule.baselines if b.get("current"))
     p = schedule.prediction
     console.print(f"\nAgainst the current constant batch {current['batch_size']:.0f}: the schedule takes "
-                  f"{p['steps']:,.0f} instead of {current['steps']:,.0f} steps (saves {current['steps_saved']:+.0%}) and "
+                  f"{p['steps']:,.0f} instead of {current['steps']:,.0f} steps "
+                  f"(saves {current['steps_saved']:+.0%}) and "
                   f"{p['examples']:,.0f} instead of {current['examples']:,.0f} examples "
                   f"(saves {current['examples_saved']:+.0%}).")
     return 0

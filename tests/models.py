@@ -236,8 +236,9 @@ def reused(g):
     return _done(Twice(), xent, _cls(g, (5,), 3), 5)
 
 
-CASES = {f.__name__: f for f in [mlp, cnn, conv1d, conv3d, conv_ghost, tied_lm, tied_lm_functional, block, torch_encoder,
-                                 embedding_long, embedding_short, group_norm, batch_norm_eval, gru, reused]}
+CASES = {f.__name__: f for f in [
+    mlp, cnn, conv1d, conv3d, conv_ghost, tied_lm, tied_lm_functional, block, torch_encoder, embedding_long,
+    embedding_short, group_norm, batch_norm_eval, gru, reused]}
 
 
 def make(name: str, seed: int = 0) -> Case:

@@ -12,7 +12,7 @@ def test_estimates_agree_on_digits_mlp():
     import agreement
 
     res = agreement.run(rel_error=0.15)
-    (a, alo, ahi, *_), (b, blo, bhi, *_) = res["per_example"], res["microbatch"]
+    (_, alo, ahi, *_), (_, blo, bhi, *_) = res["per_example"], res["microbatch"]
     assert max(alo, blo) <= min(ahi, bhi)  # the intervals overlap
     assert alo <= res["exact"] <= ahi and blo <= res["exact"] <= bhi
     assert blo <= res["regression"][0] <= bhi

@@ -8,8 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bsprof.estimators import (LOWER_BOUND, OK, UNDETERMINED, noise_coefficient, noise_scale, ratio_of_means,
-                               regression_1_over_B, unbiased_pair)
+from bsprof.estimators import (
+    LOWER_BOUND,
+    OK,
+    UNDETERMINED,
+    noise_coefficient,
+    noise_scale,
+    ratio_of_means,
+    regression_1_over_B,
+    unbiased_pair,
+)
 from bsprof.stats import Draw
 
 

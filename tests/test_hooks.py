@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from models import CASES, make, xent
 from torch import nn
 
 from bsprof.errors import ConfigError
 from bsprof.probes import PER_EXAMPLE, PROBES, hooks, layers
 from bsprof.probes.hooks import losses_mix_examples, per_example_hooks, per_example_valid
 from bsprof.probes.vmap import per_example_vmap
-
-from models import CASES, make, xent
 
 
 def assert_close(got, want, rtol=1e-5):

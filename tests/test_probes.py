@@ -12,7 +12,6 @@ from bsprof.reference import exact_noise_scale
 from bsprof.sampling import Sampling, groups_of, measure_at, one_draw
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     old = torch.get_default_dtype()

@@ -1,11 +1,9 @@
 """The stopping rule of sampling.measure_at: precision, examples and time budgets, lower bounds at G = 0."""
 import numpy as np
-import pytest
+from _fresh import FreshLeastSquares, ls_loss, net_at
 
 from bsprof.closed_forms import LeastSquares
 from bsprof.sampling import Sampling, measure_at
-
-from _fresh import FreshLeastSquares, ls_loss, net_at
 
 GROUP = np.zeros(1, dtype=int)
 

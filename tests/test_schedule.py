@@ -170,7 +170,7 @@ def test_accumulation_and_world_size():
 
 def test_largest_fitting():
     for limit in (1, 37, 1000, 4096):
-        assert largest_fitting(lambda b: b <= limit, 1, 1 << 16) == limit
+        assert largest_fitting(lambda b, limit=limit: b <= limit, 1, 1 << 16) == limit
     assert largest_fitting(lambda b: False) == 0
     assert largest_fitting(lambda b: True, 1, 100) == 64
 

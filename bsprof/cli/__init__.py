@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from .app import app
 from . import measure as _measure  # noqa: F401  (registers the command)
+from .app import app
 
 for _name in ("schedule", "check", "report"):  # commands added by their own modules, when present
     try:

@@ -1,4 +1,4 @@
-"""Least squares with anisotropic inputs x ~ N(0, diag(λ)) (bsprof.closed_forms.LeastSquares): B_noise = 59.9 ≠ B_simple = 31.4.
+"""Least squares, anisotropic inputs x ~ N(0, diag(λ)) (bsprof.closed_forms): B_noise = 59.9 ≠ B_simple = 31.4.
 
 LAM, DELTA, SIGMA2 are read by the tests to compute the closed forms; w* = 0 so the weights are Δ.
 """

@@ -1,7 +1,8 @@
 """A tiny CNN with BatchNorm in train mode: per-example norms are invalid, bsprof uses micro-batches."""
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
 _g = torch.Generator().manual_seed(0)
 X = torch.randn(256, 1, 8, 8, generator=_g)
 Y = torch.randint(0, 3, (256,), generator=_g)

@@ -1,4 +1,6 @@
 import torch
+
+
 def model():
     return torch.nn.Linear(2, 1)
 def dataset():

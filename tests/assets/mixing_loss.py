@@ -1,5 +1,6 @@
 """A loss normalised by the batch: per-example norms are invalid, bsprof falls back to micro-batches."""
 import torch
+
 _g = torch.Generator().manual_seed(0)
 X, Y = torch.randn(512, 4, generator=_g), torch.randn(512, generator=_g)
 def model():

@@ -1,4 +1,6 @@
 import torch
+
+
 def model():
     raise ValueError("hidden size must be even")
 def dataset():

@@ -1,5 +1,7 @@
 """Diverges: the loss becomes Inf/NaN after a few steps of a huge learning rate."""
 import torch
+
+
 def model():
     return torch.nn.Linear(2, 1)
 def dataset():

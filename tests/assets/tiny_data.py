@@ -1,5 +1,6 @@
 """Twelve examples: smaller than the default batch."""
 import torch
+
 _g = torch.Generator().manual_seed(0)
 X, Y = torch.randn(12, 3, generator=_g), torch.randn(12, generator=_g)
 def model():

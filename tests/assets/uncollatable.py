@@ -1,4 +1,6 @@
 import torch
+
+
 class Ragged(torch.utils.data.Dataset):
     def __len__(self):
         return 50
