@@ -23,6 +23,7 @@ from .distributed import LOCAL, Comm
 from .errors import NonFiniteError
 from .estimators import OK, NoiseScale, noise_scale
 from .probes import PROBES, ChunkStats
+from .probes.microbatch import microbatch_sums
 from .stats import Draw
 
 MAX_PROBE_BATCH = 1 << 16
@@ -59,24 +60,14 @@ def one_draw(model: nn.Module, loss_fn, examples: Examples, s: Sampling, B: int,
     (``distributed.reduce_sums``; the identity in one process), which also gives the across-ranks pair's small
     statistic ``local_sq`` = mean over ranks of |G^{(r)}_{B/W}|².
     """
-    probe = PROBES[s.probe] if isinstance(s.probe, str) else s.probe  # a name, or a probe function
     step = s.b if s.b > 1 else s.chunk
-    grad_sum = small = loss_sum = None
-    n_small, partial, seen, next_mark = 0, [], 0, step
-    for batch, count in examples.batches(examples.draw(B), step):
-        st: ChunkStats = probe(model, loss_fn, batch, count)
-        if grad_sum is None:  # probes return fresh tensors: accumulate in place, no copy
-            grad_sum, small, loss_sum = st.grad_sum, st.small_sq_sum, st.loss_sum
-        else:
-            torch._foreach_add_(grad_sum, st.grad_sum)
-            small, loss_sum = small + st.small_sq_sum, loss_sum + st.loss_sum
-        n_small, seen = n_small + st.n_small, seen + count
-        del st, batch  # free this chunk's gradients before the next one is computed
-        if seen == next_mark and seen < B:  # partial sums at B = step·2^j, for the 1/B regression
-            partial.append((seen, torch.stack(torch._foreach_norm(grad_sum)).square().sum() / seen ** 2))
-            next_mark *= 2
-    partial = [(size, float(sq)) for size, sq in partial]  # one device sync per draw, not per chunk
-    total, local = distributed.reduce_sums(ChunkStats(grad_sum, small, n_small, loss_sum, seen), comm)
+    chunks = examples.batches(examples.draw(B), step)
+    if s.probe == "microbatch":  # the fast path: accumulate in .grad, norms from parameter hooks
+        sums, partial = microbatch_sums(model, loss_fn, chunks, B)
+    else:
+        sums, partial = chunk_sums(PROBES[s.probe] if isinstance(s.probe, str) else s.probe,
+                                   model, loss_fn, chunks, B, step)
+    total, local = distributed.reduce_sums(sums, comm)
     grad_sum, small, n_small, loss_sum, seen = (total.grad_sum, total.small_sq_sum, total.n_small,
                                                 total.loss_sum, total.count)
     big = _sq_norms(grad_sum) / seen ** 2
@@ -91,6 +82,26 @@ def one_draw(model: nn.Module, loss_fn, examples: Examples, s: Sampling, B: int,
                 seen // n_small, seen, loss, examples.n, tuple(partial),
                 None if local is None
                 else np.bincount(group, local.cpu().numpy(), len(set(group.tolist()))) / scale2, comm.world)
+
+
+def chunk_sums(probe, model: nn.Module, loss_fn, chunks, B: int, step: int) -> tuple[ChunkStats, list]:
+    """Sum the probe's statistics over the chunks of one draw, with |G|² of the partial sums at step·2^j."""
+    grad_sum = small = loss_sum = None
+    n_small, partial, seen, next_mark = 0, [], 0, step
+    for batch, count in chunks:
+        st: ChunkStats = probe(model, loss_fn, batch, count)
+        if grad_sum is None:  # probes return fresh tensors: accumulate in place, no copy
+            grad_sum, small, loss_sum = st.grad_sum, st.small_sq_sum, st.loss_sum
+        else:
+            torch._foreach_add_(grad_sum, st.grad_sum)
+            small, loss_sum = small + st.small_sq_sum, loss_sum + st.loss_sum
+        n_small, seen = n_small + st.n_small, seen + count
+        del st, batch  # free this chunk's gradients before the next one is computed
+        if seen == next_mark and seen < B:  # partial sums at B = step·2^j, for the 1/B regression
+            partial.append((seen, torch.stack(torch._foreach_norm(grad_sum)).square().sum() / seen ** 2))
+            next_mark *= 2
+    partial = [(size, float(sq)) for size, sq in partial]  # one device sync per draw, not per chunk
+    return ChunkStats(grad_sum, small, n_small, loss_sum, seen), partial
 
 
 def _sq_norms(tensors: list[torch.Tensor]) -> np.ndarray:

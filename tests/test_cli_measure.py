@@ -55,7 +55,7 @@ def test_yaml_config_and_command_line_precedence(tmp_path):
     ("bad_syntax.py", "syntax error in bad_syntax.py:1"),
     ("bad_import.py", "No module named 'not_a_real_package_xyz'"),
     ("missing_loss.py", "loss is a int, not a function"),
-    ("model_raises.py", "model() at model_raises.py:3 raised ValueError: hidden size must be even"),
+    ("model_raises.py", "model() at model_raises.py:5 raised ValueError: hidden size must be even"),
     ("scalar_loss.py", "per-example losses of shape [2]"),
     ("uncollatable.py", "cannot be collated"),
 ])
