@@ -1,7 +1,8 @@
 """One measurement at fixed weights: draw nested pairs until the interval on B_simple is narrow enough.
 
-Stopping rule: after at least ``min_draws`` draws, stop when max(hi − B, B − lo) ≤ rel_error·B ("precision"),
-or when the examples or seconds budget is spent ("examples", "time"). A draw of the whole finite dataset with
+Stopping rule: stop when max(hi − B, B − lo) ≤ rel_error·B ("precision"), looked at after ``min_draws`` draws and
+then at the draw counts the spread predicts are needed (``next_look``), or when the examples or seconds budget is
+spent ("examples", "time"). A draw of the whole finite dataset with
 per-example norms is exact ("exact"). The big batch B of each draw adapts to ≈ 2·B_simple, since the relative
 variance of |G|²_est per draw is ≈ 4·B_simple/B + 2·B_simple²/B² (science.md §2): B ≳ B_simple is efficient.
 """
@@ -23,10 +24,10 @@ from .distributed import LOCAL, Comm
 from .errors import NonFiniteError
 from .estimators import OK, NoiseScale, noise_scale
 from .probes import PROBES, ChunkStats
-from .probes.microbatch import microbatch_sums
 from .stats import Draw
 
 MAX_PROBE_BATCH = 1 << 16
+LOOK_STEP = float(__import__("os").environ.get("BSPROF_LOOK_STEP", 1.25))
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,8 @@ def one_draw(model: nn.Module, loss_fn, examples: Examples, s: Sampling, B: int,
     """
     step = s.b if s.b > 1 else s.chunk
     chunks = examples.batches(examples.draw(B), step)
-    if s.probe == "microbatch":  # the fast path: accumulate in .grad, norms from parameter hooks
-        sums, partial = microbatch_sums(model, loss_fn, chunks, B)
-    else:
-        sums, partial = chunk_sums(PROBES[s.probe] if isinstance(s.probe, str) else s.probe,
-                                   model, loss_fn, chunks, B, step)
+    sums, partial = chunk_sums(PROBES[s.probe] if isinstance(s.probe, str) else s.probe,
+                               model, loss_fn, chunks, B, step)
     total, local = distributed.reduce_sums(sums, comm)
     grad_sum, small, n_small, loss_sum, seen = (total.grad_sum, total.small_sq_sum, total.n_small,
                                                 total.loss_sum, total.count)
@@ -121,6 +119,16 @@ def next_batch(est: NoiseScale | None, s: Sampling, B: int, n: int | None, world
     return max(target // unit * unit, 2 * s.b if s.b > 1 and world == 1 else 2, unit)
 
 
+def next_look(m: int, rel_halfwidth: float, rel_error: float) -> int:
+    """When to look at the precision again: at the draws it predicts are needed, m·(w/ε)², and at least 25% on.
+
+    Looking after every draw would stop on a draw whose spread happens to be low, and such intervals cover the
+    truth less often than they claim; committing to the predicted count first keeps that selection small.
+    """
+    need = m * (rel_halfwidth / rel_error) ** 2 if math.isfinite(rel_halfwidth) else 2 * m
+    return max(math.ceil(LOOK_STEP * m), min(math.ceil(need), 4 * m))
+
+
 def measure_at(model: nn.Module, loss_fn, examples: Examples, s: Sampling, group: np.ndarray,
                on_draw: Callable[[NoiseScale], None] | None = None,
                comm: Comm = LOCAL) -> tuple[NoiseScale, list[Draw], str]:
@@ -129,6 +137,7 @@ def measure_at(model: nn.Module, loss_fn, examples: Examples, s: Sampling, group
     Under DDP every rank follows rank 0's estimate and clock, so all ranks stop at the same draw.
     """
     draws: list[Draw] = []
+    look = s.min_draws  # the next draw count at which the precision is looked at
     B, spent, t0 = next_batch(None, s, s.start_B, examples.n, comm.world), 0, time.perf_counter()
     while True:
         draws.append(one_draw(model, loss_fn, examples, s, B, group, comm=comm))
@@ -139,8 +148,10 @@ def measure_at(model: nn.Module, loss_fn, examples: Examples, s: Sampling, group
             on_draw(est)
         if s.b == 1 and examples.n is not None and B == examples.n:
             return est, draws, "exact"
-        if len(draws) >= s.min_draws and est.rel_halfwidth <= s.rel_error:
-            return est, draws, "precision"
+        if len(draws) >= look:
+            if est.rel_halfwidth <= s.rel_error:
+                return est, draws, "precision"
+            look = next_look(len(draws), est.rel_halfwidth, s.rel_error)
         if spent >= s.max_examples:
             return est, draws, "examples"
         if late:
