@@ -42,3 +42,18 @@ def test_adam_preconditioner_from_the_state():
     opt.step()
     (p,) = adam_preconditioner(opt, [net.weight])
     assert torch.allclose(p, 1 / (g.abs() + 1e-8))  # after one step v̂ = g²
+
+
+def test_b_pre_end_to_end_under_adam():
+    """Through measure(): no B_pre before Adam has state (said in a diagnostic), then B_pre with an interval."""
+    from pathlib import Path
+
+    from bsprof import MeasureConfig, measure
+
+    spec = Path(__file__).parent / "assets" / "tiny_adam.py"
+    report = measure(spec, MeasureConfig(steps=2, measure_every=1, rel_error=0.3, max_seconds=10, device="cpu"))
+    first, last = report.measurements[0], report.measurements[-1]
+    assert first["b_pre"] != first["b_pre"]  # NaN in the row (null in report.json)
+    assert last["b_pre_lo"] <= last["b_pre"] <= last["b_pre_hi"] and last["b_pre"] > 0
+    codes = {d["code"] for d in report.diagnostics}
+    assert {"adam", "b_pre_unavailable"} <= codes
