@@ -27,7 +27,7 @@ from .probes import PROBES, ChunkStats
 from .stats import Draw
 
 MAX_PROBE_BATCH = 1 << 16
-LOOK_STEP = float(__import__("os").environ.get("BSPROF_LOOK_STEP", 1.25))
+LOOK_STEP = 1.5  # look again only after at least 50% more draws
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def next_batch(est: NoiseScale | None, s: Sampling, B: int, n: int | None, world
 
 
 def next_look(m: int, rel_halfwidth: float, rel_error: float) -> int:
-    """When to look at the precision again: at the draws it predicts are needed, m·(w/ε)², and at least 25% on.
+    """When to look at the precision again: at the draws it predicts are needed, m·(w/ε)², and at least 50% on.
 
     Looking after every draw would stop on a draw whose spread happens to be low, and such intervals cover the
     truth less often than they claim; committing to the predicted count first keeps that selection small.
