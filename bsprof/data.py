@@ -35,7 +35,9 @@ class Examples:
 
     def __init__(self, dataset, collate: Callable | None, device: torch.device, generator: torch.Generator,
                  rank: int = 0, world: int = 1):
-        self.dataset, self.device, self.generator = dataset, device, generator
+        self.dataset, self.device, self.generator = dataset, device, generator  # measurement draws
+        # training batches have their own stream, so measuring (any number of draws) never changes the training
+        self.train_generator = torch.Generator().manual_seed(int(torch.randint(2 ** 62, (1,), generator=generator)))
         self.rank, self.world = rank, world
         self.collate_fn = collate or default_collate
         self.iterable = isinstance(dataset, IterableDataset)
@@ -110,6 +112,6 @@ class Examples:
             part = self.mine(self.stream(size))
             return self.collate(part), len(part)
         if len(self._epoch) < size:
-            self._epoch = torch.randperm(self.n, generator=self.generator).tolist()
+            self._epoch = torch.randperm(self.n, generator=self.train_generator).tolist()
         part, self._epoch = self.mine(self._epoch[:size]), self._epoch[size:]
         return self.collate(self.items(part)), len(part)

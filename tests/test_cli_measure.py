@@ -185,3 +185,19 @@ def test_interrupted_or_failed_run_keeps_the_report(tmp_path, monkeypatch, failu
     assert r.exit_code == code, r.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["measurements"] and reason in report["incomplete"]["reason"]
+
+
+def test_measuring_does_not_change_the_training():
+    """The training trajectory (every step's loss) is the same however many examples the measurements draw."""
+    from bsprof import MeasureConfig, measure
+
+    runs = []
+    for rel_error in (0.5, 0.1):
+        seen = []
+        cfg = MeasureConfig(steps=20, measure_every=10, rel_error=rel_error, device="cpu", max_seconds=10)
+        report = measure(ASSETS / "tiny_linear.py", cfg,
+                         progress=lambda kind, info: seen.append(info["loss"]) if kind == "train" else None)
+        runs.append((seen, sum(m["examples"] for m in report.measurements)))
+    (losses_a, spent_a), (losses_b, spent_b) = runs
+    assert spent_a != spent_b and len(losses_a) == 20
+    assert losses_a == losses_b
