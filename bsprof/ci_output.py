@@ -6,10 +6,10 @@ Pure functions from a Verdict to text; the CLI decides where the text goes.
 from __future__ import annotations
 
 import json
-import math
 import xml.etree.ElementTree as ET
 
 from .check import CANNOT_JUDGE, FAIL, PASS, Verdict
+from .report import json_safe
 
 TITLES = {"batch_size": "batch size", "lr": "learning rate", "baseline": "baseline", "report": "report",
           "options": "options", "measure": "measurement"}
@@ -21,17 +21,7 @@ def to_json(verdict: Verdict, extra: dict | None = None) -> str:
     data = verdict.to_dict()
     if extra:
         data.update(extra)
-    return json.dumps(_nulls(data), indent=2, allow_nan=False, ensure_ascii=False)
-
-
-def _nulls(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _nulls(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_nulls(v) for v in x]
-    return x
+    return json.dumps(json_safe(data), indent=2, allow_nan=False, ensure_ascii=False)
 
 
 def to_junit(verdict: Verdict, suite: str = "bsprof check") -> str:

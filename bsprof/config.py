@@ -92,7 +92,7 @@ def _check_type(name: str, value, hint) -> tuple[object, str | None]:
     return value, f"{name} must be {want}, got {type(value).__name__} {value!r}"
 
 
-def resolve(cls, yaml_path: str | Path | None = None, overrides: dict | None = None):
+def resolve(cls, yaml_path: str | Path | None = None, overrides: dict | None = None, command: str = "measure"):
     """Build ``cls`` from defaults, then the YAML file, then ``overrides`` (None values are ignored)."""
     values: dict = {}
     errors: list[str] = []
@@ -117,7 +117,7 @@ def resolve(cls, yaml_path: str | Path | None = None, overrides: dict | None = N
     if errors:
         where = f" in {yaml_path}" if yaml_path else ""
         raise ConfigError(f"bad options{where}:\n  - " + "\n  - ".join(errors),
-                          "fix or remove these keys; `bsprof measure --help` lists every option and its type")
+                          f"fix these; `bsprof {command} --help` lists every option and its type")
     return config
 
 

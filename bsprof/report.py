@@ -20,13 +20,14 @@ SCHEMA_VERSION = 1
 REQUIRED = ("schema_version", "measurements", "summary", "config")
 
 
-def _finite_or_none(x):
+def json_safe(x):
+    """x with every non-finite float (at any depth of dicts and lists) replaced by None, for strict JSON."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _finite_or_none(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_finite_or_none(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
@@ -84,7 +85,7 @@ class Report:
         return pd.DataFrame(self.measurements)
 
     def to_dict(self) -> dict:
-        return _finite_or_none({
+        return json_safe({
             "schema_version": SCHEMA_VERSION, "bsprof_version": self.bsprof_version, "created": self.created,
             "unit": self.unit, "spec": self.spec, "config": self.config, "environment": self.environment,
             "measurements": self.measurements, "summary": self.summary, "layers": self.layers,

@@ -196,7 +196,7 @@ def test_measuring_does_not_change_the_training():
         seen = []
         cfg = MeasureConfig(steps=20, measure_every=10, rel_error=rel_error, device="cpu", max_seconds=10)
         report = measure(ASSETS / "tiny_linear.py", cfg,
-                         progress=lambda kind, info: seen.append(info["loss"]) if kind == "train" else None)
+                         progress=lambda kind, info, seen=seen: seen.append(info["loss"]) if kind == "train" else None)
         runs.append((seen, sum(m["examples"] for m in report.measurements)))
     (losses_a, spent_a), (losses_b, spent_b) = runs
     assert spent_a != spent_b and len(losses_a) == 20

@@ -172,8 +172,8 @@ def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None = None
     if not spec.is_file():
         raise SpecError(f"spec file not found: {spec}", "pass the SPEC.py you give `bsprof measure`")
     share = budget_s / (len(measure_steps(steps, 0)) + 1) if steps else budget_s
-    cfg = resolve(MeasureConfig, None, {"device": "cpu", "steps": steps, "max_seconds": share, "seed": seed,
-                                          "rel_error": rel_error})
+    overrides = {"device": "cpu", "steps": steps, "max_seconds": share, "seed": seed, "rel_error": rel_error}
+    cfg = resolve(MeasureConfig, None, overrides, command="check")
     report, t0 = Report(), time.perf_counter()
     try:
         measure(spec, cfg, report)

@@ -59,7 +59,7 @@ def schedule(
         if fmt not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})", "e.g. --format json")
         overrides["max_batch"], memory_note = _max_batch(max_batch, source, overrides)
-        cfg = resolve(ScheduleConfig, config, overrides)
+        cfg = resolve(ScheduleConfig, config, overrides, command="schedule")
         result = plan(_load(source, steps), cfg)
         if memory_note:
             result.notes.append(memory_note)
