@@ -126,7 +126,7 @@ def next_look(m: int, rel_halfwidth: float, rel_error: float) -> int:
     truth less often than they claim; committing to the predicted count first keeps that selection small.
     """
     need = m * (rel_halfwidth / rel_error) ** 2 if math.isfinite(rel_halfwidth) else 2 * m
-    return max(math.ceil(LOOK_STEP * m), min(math.ceil(need), 2 * m))
+    return max(math.ceil(LOOK_STEP * m), min(math.ceil(need), 4 * m))
 
 
 def measure_at(model: nn.Module, loss_fn, examples: Examples, s: Sampling, group: np.ndarray,
