@@ -83,23 +83,29 @@ def one_draw(model: nn.Module, loss_fn, examples: Examples, s: Sampling, B: int,
 
 
 def chunk_sums(probe, model: nn.Module, loss_fn, chunks, B: int, step: int) -> tuple[ChunkStats, list]:
-    """Sum the probe's statistics over the chunks of one draw, with |G|² of the partial sums at step·2^j."""
-    grad_sum = small = loss_sum = None
-    n_small, partial, seen, next_mark = 0, [], 0, step
+    """Sum the probe's statistics over the chunks of one draw, with |G|² of the partial sums at step·2^j.
+
+    Gradients are added in place (probes return fresh tensors); the small per-chunk numbers are stacked and
+    summed once per draw, with one device sync per draw.
+    """
+    grad_sum, smalls, losses, partial = None, [], [], []
+    n_small, seen, next_mark = 0, 0, step
     for batch, count in chunks:
         st: ChunkStats = probe(model, loss_fn, batch, count)
-        if grad_sum is None:  # probes return fresh tensors: accumulate in place, no copy
-            grad_sum, small, loss_sum = st.grad_sum, st.small_sq_sum, st.loss_sum
+        if grad_sum is None:
+            grad_sum = st.grad_sum
         else:
             torch._foreach_add_(grad_sum, st.grad_sum)
-            small, loss_sum = small + st.small_sq_sum, loss_sum + st.loss_sum
+        smalls.append(st.small_sq_sum)
+        losses.append(st.loss_sum)
         n_small, seen = n_small + st.n_small, seen + count
         del st, batch  # free this chunk's gradients before the next one is computed
         if seen == next_mark and seen < B:  # partial sums at B = step·2^j, for the 1/B regression
             partial.append((seen, torch.stack(torch._foreach_norm(grad_sum)).square().sum() / seen ** 2))
             next_mark *= 2
-    partial = [(size, float(sq)) for size, sq in partial]  # one device sync per draw, not per chunk
-    return ChunkStats(grad_sum, small, n_small, loss_sum, seen), partial
+    partial = [(size, float(sq)) for size, sq in partial]
+    small = torch.stack(smalls).sum(0)
+    return ChunkStats(grad_sum, small, n_small, torch.stack(losses).sum(), seen), partial
 
 
 def _sq_norms(tensors: list[torch.Tensor]) -> np.ndarray:
