@@ -19,22 +19,33 @@ def fmt(x, digits: int = 3) -> str:
     return str(x)
 
 
-def noise_scale_text(row: dict) -> str:
-    """'B_simple = 26.1 [24.9, 27.4]', or 'B_simple > 310' for a lower bound, or 'undetermined'."""
-    if row.get("status") == "ok":
-        return f"{fmt(row['b_simple'])} [{fmt(row['b_simple_lo'])}, {fmt(row['b_simple_hi'])}]"
-    if row.get("status") == "lower_bound":
-        return f"> {fmt(row['b_simple_lo'])}"
-    return "undetermined"
+def noise_scale_text(row: dict, key: str = "b_simple") -> str:
+    """'26.1 [24.9, 27.4]', or '> 310' for a lower bound, or 'undetermined' (key: b_simple, b_noise, b_pre)."""
+    status = row.get("status" if key == "b_simple" else f"{key}_status")
+    if status is None and _finite(row.get(key)):
+        status = "ok"
+    if status == "ok":
+        return f"{fmt(row[key])} [{fmt(row[key + '_lo'])}, {fmt(row[key + '_hi'])}]"
+    if status == "lower_bound":
+        return f"> {fmt(row[key + '_lo'])}"
+    return "undetermined" if key == "b_simple" else "–"
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def report_table(report) -> Group:
     conf = report.config.get("confidence", 0.9)
     table = Table(title=f"gradient noise scale ({report.unit}; {conf:.0%} intervals)", title_justify="left")
-    for col in ("step", "loss", "B_simple", "|G|²", "tr(Σ)", "draws", "examples", "stopped by"):
+    extra = [(k, name) for k, name in (("b_noise", "B_noise"), ("b_pre", "B_pre (Adam)"))
+             if any(_finite(r.get(k)) for r in report.measurements)]
+    for col in ("step", "loss", "B_simple", *(name for _, name in extra), "|G|²", "tr(Σ)", "draws", "examples",
+                "stopped by"):
         table.add_column(col, justify="right")
     for r in report.measurements:
-        table.add_row(str(r["step"]), fmt(r["loss"], 4), noise_scale_text(r), fmt(r["g2"]), fmt(r["trace_sigma"]),
+        table.add_row(str(r["step"]), fmt(r["loss"], 4), noise_scale_text(r),
+                      *(noise_scale_text(r, k) for k, _ in extra), fmt(r["g2"]), fmt(r["trace_sigma"]),
                       str(r["n_draws"]), str(r["examples"]), r.get("stopped_by", ""))
     parts = [table]
     s = report.summary
@@ -42,6 +53,9 @@ def report_table(report) -> Group:
         line = f"B_simple at step {s.get('step')}: {noise_scale_text(s)} {report.unit}"
         if "growth" in s:
             line += f"   (grew {s['growth']:.1f}× over the run)"
+        for key, name in (("b_noise", "B_noise"), ("b_pre", "B_pre")):
+            if _finite(s.get(key)):
+                line += f";  {name}: {noise_scale_text(s, key)}"
         parts.append(Text(line, style="bold"))
     for d in report.diagnostics:
         parts.append(Text(f"note [{d['code']}]: {d['message']}", style="yellow"))

@@ -27,3 +27,18 @@ def test_tokens_unit_scales_batch_sizes_and_is_printed():
     text = _text(tok)
     assert "(tokens;" in text and "tokens" in text.split("B_simple at step")[1].splitlines()[0]
     assert "(examples;" in _text(ex)
+
+
+def test_b_noise_and_b_pre_columns_appear_only_when_measured():
+    from rich.console import Console
+
+    from bsprof.report import Report
+
+    row = {"step": 0, "loss": 1.0, "g2": 1.0, "trace_sigma": 26.0, "b_simple": 26.0, "b_simple_lo": 25.0,
+           "b_simple_hi": 27.0, "status": "ok", "n_draws": 5, "examples": 640, "stopped_by": "precision"}
+    console = Console(width=200, record=True)
+    console.print(Report(measurements=[row]))
+    assert "B_noise" not in console.export_text()
+    console.print(Report(measurements=[{**row, "b_noise": 40.0, "b_noise_lo": 35.0, "b_noise_hi": 46.0}]))
+    text = console.export_text()
+    assert "B_noise" in text and "40 [35, 46]" in text
