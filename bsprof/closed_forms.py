@@ -11,12 +11,13 @@ V2, linear least squares with x ~ N(0, Λ), Λ = diag(λ), y = xᵀw* + ξ, ξ ~
     with a diagonal preconditioner P = diag(p): GᵀPG = Σ p λ²Δ², tr(PΣ) = Σ p λ²Δ² + (ΔᵀΛΔ + σ²)·Σ p λ.
     Λ = I gives McCandlish's B_simple = B_noise = d + 1 + dσ²/|Δ|².
 
-Everything here is numpy: the coverage study simulates draws from these models through the same estimator code
-as the tool (``bsprof.estimators.noise_scale`` on ``Draw`` objects).
+Everything but ``FreshLeastSquares`` is numpy: the coverage study simulates draws from these models through the
+same estimator code as the tool (``bsprof.estimators.noise_scale`` on ``Draw`` objects).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,3 +135,29 @@ def simulate(model, rng: np.random.Generator, reps: int, draws: int, b: int, B: 
     for _ in range(draws):
         out.append(draws_from_grads(model.grads(rng, reps, B), b, model.n))
     return [list(ds) for ds in zip(*out)]
+
+
+class FreshLeastSquares:
+    """An endless i.i.d. stream from a LeastSquares model (w* = 0), shaped like ``bsprof.data.Examples``, so that
+    ``sampling.measure_at`` runs on fresh data from the closed form (torch, float64)."""
+
+    n = None
+    iterable = True
+
+    def __init__(self, model: LeastSquares, seed: int):
+        import torch
+
+        self.torch, self.model = torch, model
+        self.gen = torch.Generator().manual_seed(seed)
+        self.w_star = torch.zeros(len(model.lam), dtype=torch.float64)
+
+    def draw(self, B: int):
+        t = self.torch
+        x = t.randn(B, len(self.model.lam), generator=self.gen, dtype=t.float64) * t.tensor(self.model.lam).sqrt()
+        y = x @ self.w_star + math.sqrt(self.model.sigma2) * t.randn(B, generator=self.gen, dtype=t.float64)
+        return x, y
+
+    def batches(self, drawn, size: int):
+        x, y = drawn
+        for s in range(0, len(x), size):
+            yield (x[s:s + size], y[s:s + size]), len(x[s:s + size])

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bsprof.closed_forms import LeastSquares, OneD, simulate  # noqa: E402
+from bsprof.closed_forms import FreshLeastSquares, LeastSquares, OneD, simulate  # noqa: E402
 from bsprof.estimators import noise_scale  # noqa: E402
 
 
@@ -106,31 +106,6 @@ def fixed_study(reps: int, seed: int = 0, quick: bool = False) -> list[dict]:
 
 
 # -- the real sampling loop -------------------------------------------------------------------------------------
-class FreshLeastSquares:
-    """An endless i.i.d. stream from a LeastSquares model, shaped like ``bsprof.data.Examples`` for measure_at."""
-
-    n = None
-    iterable = True
-
-    def __init__(self, model: LeastSquares, seed: int):
-        import torch
-
-        self.torch, self.model = torch, model
-        self.gen = torch.Generator().manual_seed(seed)
-        self.w_star = torch.zeros(len(model.lam), dtype=torch.float64)
-
-    def draw(self, B: int):
-        t = self.torch
-        x = t.randn(B, len(self.model.lam), generator=self.gen, dtype=t.float64) * t.tensor(self.model.lam).sqrt()
-        y = x @ self.w_star + math.sqrt(self.model.sigma2) * t.randn(B, generator=self.gen, dtype=t.float64)
-        return x, y
-
-    def batches(self, drawn, size: int):
-        x, y = drawn
-        for s in range(0, len(x), size):
-            yield (x[s:s + size], y[s:s + size]), len(x[s:s + size])
-
-
 def sequential_study(reps: int, seed: int = 1) -> list[dict]:
     """measure_at with its stopping rule (min 5 draws, adaptive B ≈ 2·B_simple) on fresh data."""
     import torch

@@ -1,13 +1,10 @@
 """Shared helpers for the statistics tests: fresh closed-form least-squares data for sampling.measure_at."""
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from coverage import FreshLeastSquares  # noqa: E402,F401
+from bsprof.closed_forms import FreshLeastSquares  # noqa: F401  (re-exported for the tests)
 
 
 def net_at(model) -> nn.Module:
