@@ -47,9 +47,9 @@ def main() -> int:
     p = schedule.prediction
     console.print(f"\nAgainst the current constant batch {current['batch_size']:.0f}: the schedule takes "
                   f"{p['steps']:,.0f} instead of {current['steps']:,.0f} steps "
-                  f"(saves {current['steps_saved']:+.0%}) and "
+                  f"({-current['steps_saved']:+.0%}) and "
                   f"{p['examples']:,.0f} instead of {current['examples']:,.0f} examples "
-                  f"(saves {current['examples_saved']:+.0%}).")
+                  f"({-current['examples_saved']:+.0%}).")
     return 0
 
 

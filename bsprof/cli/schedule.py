@@ -149,12 +149,12 @@ def tables(result) -> list:
                    f"{s.micro_batch} × {s.accumulation} × {s.world_size}")
     bt = Table(title=f"Predicted to loss {result.target_loss:g} (McCandlish model; schedule: "
                      f"{p['steps']:,.0f} steps, {p['examples']:,.0f} {u})")
-    for col in ("constant batch", "steps", u, "schedule saves: steps", u):
+    for col in ("constant batch", "steps", u, "schedule vs this: steps", u):
         bt.add_column(col, justify="right")
     for b in result.baselines:
         mark = " (current)" if b.get("current") else ""
         bt.add_row(f"{b['batch_size']:,}{mark}", f"{b['steps']:,.0f}", f"{b['examples']:,.0f}",
-                   f"{b.get('steps_saved', 0):+.0%}", f"{b.get('examples_saved', 0):+.0%}")
+                   f"{-b.get('steps_saved', 0):+.0%}", f"{-b.get('examples_saved', 0):+.0%}")
     lines = [f"B_crit over the path ≈ {p['b_crit']:.4g} {u} (S_min {p['s_min']:,.0f} steps); noise scale at the "
              f"target {p['b_noise_target']:.4g} [{p['b_noise_target_lo']:.4g}, {p['b_noise_target_hi']:.4g}]"]
     return [st, bt, "\n".join(lines + [f"note: {n}" for n in result.notes])]
