@@ -105,13 +105,15 @@ def test_wrong_typed_flag_is_a_usage_error(tmp_path):
     assert r.exit_code == 2 and "steps" in r.output
 
 
-def test_batchnorm_falls_back_to_microbatches(tmp_path):
-    r = run(ASSETS / "bn_cnn.py", "--steps", 0, "--rel-error", 0.5, "--max-seconds", 5, "-o", tmp_path, "-q",
+@pytest.mark.parametrize("asset,code", [("bn_cnn.py", "batchnorm_train"), ("mixing_loss.py", "loss_mixes_examples")])
+def test_invalid_per_example_norms_fall_back_to_microbatches(tmp_path, asset, code):
+    """BatchNorm in train mode, or a loss that mixes examples: measured with micro-batches, and said so."""
+    r = run(ASSETS / asset, "--steps", 0, "--rel-error", 0.5, "--max-seconds", 5, "-o", tmp_path, "-q",
             "--no-figures")
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["config"]["method_resolved"] == "microbatch"
-    assert any(d["code"] == "batchnorm_train" for d in report["diagnostics"])
+    assert any(d["code"] == code for d in report["diagnostics"])
 
 
 def test_batchnorm_refuses_an_explicit_per_example_method(tmp_path):
@@ -146,15 +148,6 @@ def test_help_lists_every_command():
     assert r.exit_code == 0 and "measure" in r.output
     r = runner.invoke(app, ["measure", "--help"])
     assert r.exit_code == 0 and "--rel-error" in r.output
-
-
-def test_a_loss_that_mixes_examples_falls_back_to_microbatches(tmp_path):
-    r = run(ASSETS / "mixing_loss.py", "--steps", 0, "--rel-error", 0.5, "--max-seconds", 5, "-o", tmp_path, "-q",
-            "--no-figures")
-    assert r.exit_code == 0, r.output
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report["config"]["method_resolved"] == "microbatch"
-    assert any(d["code"] == "loss_mixes_examples" for d in report["diagnostics"])
 
 
 def test_dropout_alone_is_not_mixing(tmp_path):
