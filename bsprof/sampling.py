@@ -82,14 +82,23 @@ def one_draw(model: nn.Module, loss_fn, examples: Examples, s: Sampling, B: int,
                 else np.bincount(group, local.cpu().numpy(), len(set(group.tolist()))) / scale2, comm.world)
 
 
+def partial_marks(step: int, B: int) -> set[int]:
+    """The partial-sum sizes step·2^j < B at which a draw records |G|² (for the 1/B regression)."""
+    return {step << j for j in range(max(B // step, 1).bit_length()) if step << j < B}
+
+
 def chunk_sums(probe, model: nn.Module, loss_fn, chunks, B: int, step: int) -> tuple[ChunkStats, list]:
     """Sum the probe's statistics over the chunks of one draw, with |G|² of the partial sums at step·2^j.
 
-    Gradients are added in place (probes return fresh tensors); the small per-chunk numbers are stacked and
+    A probe with a ``whole_draw`` (micro-batches: plain gradient accumulation) runs the draw itself. Otherwise
+    gradients are added in place (probes return fresh tensors); the small per-chunk numbers are stacked and
     summed once per draw, with one device sync per draw.
     """
+    marks = partial_marks(step, B)
+    if hasattr(probe, "whole_draw"):
+        return probe.whole_draw(model, loss_fn, chunks, marks)
     grad_sum, smalls, losses, partial = None, [], [], []
-    n_small, seen, next_mark = 0, 0, step
+    n_small, seen = 0, 0
     for batch, count in chunks:
         st: ChunkStats = probe(model, loss_fn, batch, count)
         if grad_sum is None:
@@ -100,9 +109,8 @@ def chunk_sums(probe, model: nn.Module, loss_fn, chunks, B: int, step: int) -> t
         losses.append(st.loss_sum)
         n_small, seen = n_small + st.n_small, seen + count
         del st, batch  # free this chunk's gradients before the next one is computed
-        if seen == next_mark and seen < B:  # partial sums at B = step·2^j, for the 1/B regression
+        if seen in marks:
             partial.append((seen, torch.stack(torch._foreach_norm(grad_sum)).square().sum() / seen ** 2))
-            next_mark *= 2
     partial = [(size, float(sq)) for size, sq in partial]
     small = torch.stack(smalls).sum(0)
     return ChunkStats(grad_sum, small, n_small, torch.stack(losses).sum(), seen), partial

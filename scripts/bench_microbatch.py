@@ -9,9 +9,12 @@ One step = k micro-batches of b examples at fixed weights (no optimizer step for
             backward passes (adp.require_backward_grad_sync only on the last one, as in AdaptDL's own tests)
   fairscale fairscale.optim.AdaScale(SGD, world_size=1, num_gradients_to_accumulate=k, is_scaled_loss=False)
 
-Every method has its own copy of the model (same weights), so peers' parameter hooks do not touch the others.
-Rounds interleave the methods (one step each, in rotating order) so drift hits all of them alike; the
-median over rounds is reported, after warm-up.
+Every method has its own copy of the model (same weights), so peers' parameter hooks do not touch the others;
+``plain (A/A)`` is plain accumulation again on its own copy: the benchmark's own resolution.
+Timing: rounds rotate the order of the methods; in each round every method runs ``--block`` steps in a row (a
+training loop runs the same model step after step, so its memory is warm) and its time is the median of those
+steps after the first. The overhead is the median over rounds of the paired ratio method / plain of the same
+round (drift cancels), with the interquartile range of those ratios.
 
     python scripts/bench_microbatch.py [--quick] [--json scripts/results/bench_microbatch_cpu.json]
 """
@@ -151,24 +154,36 @@ def available(name: str) -> str | None:
 # ---------------------------------------------------------------------------------------------- timing
 
 def bench(model_name: str, b: int, methods: list[str], warmup: int, rounds: int, min_rounds: int, budget_s: float,
-          seed: int = 0) -> tuple[dict[str, float], int]:
+          block: int, device: torch.device, seed: int = 0) -> tuple[dict[str, dict], int]:
+    """Per method: median ms per step, and the median and quartiles over rounds of the paired ratio to plain."""
     torch.manual_seed(seed)
-    base = make_model(model_name)
-    batches = make_batches(model_name, b, torch.Generator().manual_seed(seed + b))
-    steps = {m: METHODS[m](copy.deepcopy(base)) for m in methods}
+    base = make_model(model_name).to(device)
+    made = make_batches(model_name, b, torch.Generator().manual_seed(seed + b))
+    batches = [(x.to(device), y.to(device)) for x, y in made]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    steps = {m: METHODS[m.split(" ")[0]](copy.deepcopy(base)) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
-    t0 = time.perf_counter()
+    start = time.perf_counter()
     for r in range(warmup + rounds):
-        if r >= warmup + min_rounds and time.perf_counter() - t0 > budget_s:
+        if r >= warmup + min_rounds and time.perf_counter() - start > budget_s:
             break  # a slow configuration (or a loaded machine): stop at min_rounds once the budget is spent
         order = methods[r % len(methods):] + methods[:r % len(methods)]
         for m in order:
-            t0 = time.perf_counter()
-            steps[m](batches)
-            dt = time.perf_counter() - t0
+            block_times = []
+            for _ in range(block):
+                t0 = time.perf_counter()
+                steps[m](batches)
+                sync()
+                block_times.append(time.perf_counter() - t0)
             if r >= warmup:
-                times[m].append(dt)
-    return {m: 1e3 * statistics.median(ts) for m, ts in times.items()}, len(times[methods[0]])
+                times[m].append(statistics.median(block_times[1:]))
+    plain = np.array(times["plain"])
+    out = {}
+    for m, ts in times.items():
+        ratio = np.array(ts) / plain - 1
+        out[m] = dict(median_ms=1e3 * statistics.median(ts), overhead=float(np.median(ratio)),
+                      q25=float(np.percentile(ratio, 25)), q75=float(np.percentile(ratio, 75)))
+    return out, len(plain)
 
 
 def main() -> None:
@@ -177,16 +192,18 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the rows to this JSON file")
     ap.add_argument("--models", default="mlp,cnn")
     ap.add_argument("--micro-batches", default="8,32,128")
-    ap.add_argument("--methods", default="plain,bsprof,adaptdl,fairscale")
+    ap.add_argument("--methods", default="plain,plain (A/A),bsprof,adaptdl,fairscale")
+    ap.add_argument("--block", type=int, default=4, help="steps in a row per method and round")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    warmup, rounds, min_rounds, budget = (2, 15, 5, 6.0) if args.quick else (10, 60, 15, 60.0)
+    warmup, rounds, min_rounds, budget = (2, 20, 8, 8.0) if args.quick else (5, 150, 30, 90.0)
     rounds = args.rounds or rounds
     wanted = args.methods.split(",")
-    skipped = {m: why for m in wanted if (why := available(m))}
+    skipped = {m: why for m in wanted if (why := available(m.split(" ")[0]))}
     methods = [m for m in wanted if m not in skipped]
     if "plain" not in methods:
         methods.insert(0, "plain")
@@ -195,29 +212,33 @@ def main() -> None:
     t_start = time.perf_counter()
     for model_name in args.models.split(","):
         for b in [int(s) for s in args.micro_batches.split(",")]:
-            med, n = bench(model_name, b, methods, warmup, rounds, min_rounds, budget)
+            res, n = bench(model_name, b, methods, warmup, rounds, min_rounds, budget, args.block,
+                           torch.device(args.device))
             print(f"{model_name} b={b}: {n} rounds", file=sys.stderr, flush=True)
             for m in wanted if "plain" in wanted else ["plain", *wanted]:
                 if m in skipped:
                     rows.append(dict(model=model_name, method=m, micro_batch=b, median_ms=None,
                                      overhead_vs_plain=None, skipped=skipped[m]))
                 else:
-                    rows.append(dict(model=model_name, method=m, micro_batch=b, median_ms=round(med[m], 4),
-                                     overhead_vs_plain=round(med[m] / med["plain"] - 1, 4), rounds=n))
+                    r = res[m]
+                    rows.append(dict(model=model_name, method=m, micro_batch=b, median_ms=round(r["median_ms"], 4),
+                                     overhead_vs_plain=round(r["overhead"], 4), overhead_q25=round(r["q25"], 4),
+                                     overhead_q75=round(r["q75"], 4), rounds=n))
     elapsed = time.perf_counter() - t_start
 
     from rich.console import Console
     from rich.table import Table
-    table = Table(title=f"Micro-batch statistics, k = {K} micro-batches per step "
-                        f"(median of ≤ {rounds} steps each, {args.threads} threads, torch {torch.__version__})")
-    for col in ("model", "method", "b", "median ms", "vs plain"):
+    table = Table(title=f"Micro-batch statistics, k = {K} micro-batches per step (median over ≤ {rounds} rounds of "
+                        f"{args.block}-step blocks, {args.device}, {args.threads} threads, torch {torch.__version__})")
+    for col in ("model", "method", "b", "median ms", "vs plain", "IQR"):
         table.add_column(col, justify="left" if col in ("model", "method") else "right")
     for r in rows:
         if r["median_ms"] is None:
-            table.add_row(r["model"], r["method"], str(r["micro_batch"]), "-", "skipped")
+            table.add_row(r["model"], r["method"], str(r["micro_batch"]), "-", "skipped", "")
         else:
             ov = "" if r["method"] == "plain" else f"{100 * r['overhead_vs_plain']:+.1f}%"
-            table.add_row(r["model"], r["method"], str(r["micro_batch"]), f"{r['median_ms']:.2f}", ov)
+            iqr = "" if r["method"] == "plain" else f"{100 * r['overhead_q25']:+.0f} … {100 * r['overhead_q75']:+.0f}%"
+            table.add_row(r["model"], r["method"], str(r["micro_batch"]), f"{r['median_ms']:.2f}", ov, iqr)
     console = Console()
     console.print(table)
     for m, why in skipped.items():
@@ -226,7 +247,9 @@ def main() -> None:
 
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        meta = dict(k=K, rounds=rounds, warmup=warmup, threads=args.threads, torch=torch.__version__,
+        meta = dict(k=K, rounds=rounds, block=args.block, warmup=warmup, threads=args.threads, device=args.device,
+                    device_name=torch.cuda.get_device_name() if args.device == "cuda" else platform.processor(),
+                    torch=torch.__version__,
                     python=platform.python_version(), machine=platform.machine(), quick=args.quick,
                     seconds=round(elapsed, 1))
         args.json.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
