@@ -234,11 +234,12 @@ def reduce_sums(stats: ChunkStats, comm: Comm) -> tuple[ChunkStats, torch.Tensor
     """
     if comm.world == 1:
         return stats, None
-    device = stats.small_sq_sum.device
+    device = stats.grad_sum[0].device
     local = torch.stack(torch._foreach_norm(stats.grad_sum)).double().square() / stats.count ** 2
     grads = _flat_sum(list(stats.grad_sum), comm)
     counts = torch.tensor([float(stats.n_small), float(stats.count)], dtype=torch.float64, device=device)
-    scalars = [stats.small_sq_sum.double(), local.to(device), stats.loss_sum.double().reshape(1), counts]
+    scalars = [stats.small_sq_sum.to(device, torch.float64), local.to(device), stats.loss_sum.double().reshape(1),
+               counts]
     small, local, loss, counts = _flat_sum(scalars, comm)
     n_small, count = (round(float(c)) for c in counts.cpu())
     total = ChunkStats(grads, small.to(stats.small_sq_sum.dtype), n_small, loss.reshape(()), count)

@@ -87,10 +87,13 @@ def test_batch_that_does_not_split_is_a_clear_error():
 
 # ---------------------------------------------------------------- two ranks (torchrun, gloo)
 
-def test_two_ranks_agree_with_closed_form_and_one_process(tmp_path):
+@pytest.mark.parametrize("method", ["per_example", "microbatch"])
+def test_two_ranks_agree_with_closed_form_and_one_process(tmp_path, method):
     from bsprof.loop import measure
 
-    args = ["--steps", "2", "--measure-every", "2", "--batch-size", "8", "--rel-error", "0.05", "--device", "cpu"]
+    b = 1 if method == "per_example" else 4
+    args = ["--steps", "2", "--measure-every", "2", "--batch-size", "8", "--rel-error", "0.05", "--device", "cpu",
+            "--method", method] + (["--micro-batch", "4"] if b > 1 else [])
     run = _torchrun("-m", "bsprof", "measure", str(ASSETS / "tiny_linear.py"), *args, "--no-figures",
                     "-o", str(tmp_path / "ddp"))
     assert run.returncode == 0, run.stderr[-3000:]
@@ -100,10 +103,11 @@ def test_two_ranks_agree_with_closed_form_and_one_process(tmp_path):
     first, last = report["measurements"]
     assert abs(first["b_simple"] / CLOSED_FORM - 1) < 0.1
     assert first["b_simple_lo"] < first["b_simple"] < first["b_simple_hi"]
-    assert first["b"] == 1 and first["B"] % 2 == 0 and first["b_ranks"] == first["B"] // 2
+    assert first["b"] == b and first["B"] % (2 * b) == 0 and first["b_ranks"] == first["B"] // 2
     assert first["status_ranks"] in ("ok", "lower_bound") and np.isfinite(first["b_simple_ranks"])
 
-    cfg = MeasureConfig(steps=2, measure_every=2, batch_size=8, rel_error=0.05, device="cpu")
+    cfg = MeasureConfig(steps=2, measure_every=2, batch_size=8, rel_error=0.05, device="cpu", method=method,
+                        **({"micro_batch": 4} if b > 1 else {}))
     single = measure(ASSETS / "tiny_linear.py", cfg).measurements
     # same seed: the union of the two shards is the one-process draw, and the training batches too
     for two, one in zip((first, last), single):

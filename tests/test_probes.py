@@ -135,15 +135,16 @@ def _penalised(model, batch):
     return losses + 1e-3 * g.square().sum()
 
 
+@pytest.mark.parametrize("in_cache", [True, False], ids=["cpu-way", "accelerator-way"])
 @pytest.mark.parametrize("model_fn,loss_fn", [(_mlp, _ce), (_Tied, _ce), (_Tied, _penalised)])
-def test_accumulating_draw_matches_the_chunk_by_chunk_reference(model_fn, loss_fn):
-    """The fast micro-batch draw (plain accumulation + hooks) against the autograd.grad probe, chunk by chunk."""
-    from bsprof.probes.microbatch import microbatch
-    from bsprof.sampling import chunk_sums
+def test_accumulating_draw_matches_the_chunk_by_chunk_reference(model_fn, loss_fn, in_cache):
+    """The fast micro-batch draw (both ways of ``_Norms``) against the autograd.grad probe, chunk by chunk."""
+    from bsprof.probes.microbatch import accumulate, microbatch
+    from bsprof.sampling import chunk_sums, partial_marks
 
     model, (x, y) = model_fn(), _data(32)
     chunks = [((x[i:i + 4], y[i:i + 4]), 4) for i in range(0, 32, 4)]
-    fast, fast_partial = chunk_sums(microbatch, model, loss_fn, iter(chunks), 32, 4)
+    fast, fast_partial = accumulate(model, loss_fn, iter(chunks), partial_marks(4, 32), in_cache=in_cache)
     slow, slow_partial = chunk_sums(lambda *a: microbatch(*a), model, loss_fn, iter(chunks), 32, 4)
     torch.testing.assert_close(fast.small_sq_sum, slow.small_sq_sum, rtol=1e-10, atol=0)
     for a, b in zip(fast.grad_sum, slow.grad_sum):
@@ -162,6 +163,7 @@ def test_accumulating_draw_leaves_the_model_as_it_was():
     _ce(model, (x, y)).mean().backward()
     before = [p.grad.clone() for p in model.parameters()]
     accumulate(model, _ce, [((x[:8], y[:8]), 8), ((x[8:], y[8:]), 8)], {8})
+    accumulate(model, _ce, [((x[:8], y[:8]), 8), ((x[8:], y[8:]), 8)], {8}, in_cache=False)
     calls = []
 
     def failing(model, batch):

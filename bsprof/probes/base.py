@@ -23,7 +23,8 @@ class ChunkStats:
 
     grad_sum:     Σ_i g_i over the chunk, one fresh tensor per trainable parameter (= count · mean gradient);
                   the caller owns them and may accumulate into them in place
-    small_sq_sum: [P] Σ over the chunk's small batches of |G_b|², per trainable parameter
+    small_sq_sum: [P] Σ over the chunk's small batches of |G_b|², per trainable parameter (on the device, or
+                  float64 on the CPU)
                   (per-example probes: Σ_i |g_i|², b = 1; micro-batch probe: |G_b|² of the chunk, b = count)
     n_small:      how many small batches the chunk holds (count for per-example probes, 1 for micro-batches)
     loss_sum:     Σ_i ℓ_i (a 0-d tensor, kept on the device)

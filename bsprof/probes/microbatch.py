@@ -8,10 +8,9 @@ Two implementations with one result:
 
 - ``microbatch``: one chunk, through ``torch.autograd.grad`` (the plain reference, and the chunk probe that
   ``preconditioned`` wraps);
-- ``accumulate``: a whole draw run exactly like plain gradient accumulation. ``loss.backward()`` adds each
-  micro-batch's gradient into ``.grad`` inside the autograd engine, and a tensor hook on every parameter takes
-  |b·G_b|² of the gradient as it arrives: on the CPU one dot product while the gradient is still in cache, on an
-  accelerator one fused ``_foreach_norm`` after each backward. That norm is the only extra work per micro-batch.
+- ``accumulate``: a whole draw run like plain gradient accumulation, whose only extra work per micro-batch is
+  |b·G_b|² (``_Norms``: on the CPU a dot product in a tensor hook while the gradient is in cache; on an
+  accelerator one fused ``_foreach_norm``); everything else is done once per draw.
 """
 
 from __future__ import annotations
@@ -43,92 +42,109 @@ def _sq(g: Tensor) -> Tensor:
 
 
 class _Norms:
-    """Tensor hooks on the parameters that record |Σ_{i∈micro-batch} g_i|² per parameter, armed only while
-    ``accumulate`` runs its own backward (never inside other code's autograd calls)."""
+    """|Σ_{i∈micro-batch} g_i|² per parameter of each backward, with the draw's gradient sum.
 
-    def __init__(self, params: list[Tensor]):
-        self.in_cache = params[0].device.type == "cpu"
+    CPU: ``.backward()`` accumulates into ``.grad`` inside the engine (a Python ``_foreach_add_`` is a slow loop
+    there) and tensor hooks, armed only during bsprof's own backward (never inside other code's autograd calls),
+    take a dot product of each gradient while it is still in cache.
+    Accelerators, where every kernel launch counts: ``autograd.grad``, then one fused ``_foreach_add_`` into the
+    sum and one fused ``_foreach_norm``; nothing leaves the device until the draw ends.
+    """
+
+    def __init__(self, params: list[Tensor], in_cache: bool):
+        self.params = params
+        self.in_cache = in_cache
         self.armed = False
         self.values: list[Tensor] = []  # squares (CPU) or norms (accelerators), one per parameter per backward
         self.index: list[int] = []  # which parameter each value belongs to
         self.weight: list[float] = []  # 1/count² of its micro-batch
-        self.fresh: list[Tensor] = []
-        self.handles = [p.register_hook(self._hook(i)) for i, p in enumerate(params)]
+        self.acc: list[Tensor] | None = None  # accelerators: the running sum
+        self.handles = [p.register_hook(self._hook(i)) for i, p in enumerate(params)] if self.in_cache else []
 
     def _hook(self, i: int):
         def hook(g: Tensor) -> None:
             if self.armed:
                 self.index.append(i)
-                if self.in_cache:
-                    self.values.append(_sq(g))
-                else:
-                    self.fresh.append(g if not g.is_sparse else g.coalesce().values())
+                self.values.append(_sq(g))
         return hook
 
-    def backward(self, loss_sum: Tensor, params: list[Tensor], count: int) -> None:
+    def backward(self, loss_sum: Tensor, count: int) -> None:
         before = len(self.index)
-        self.armed = True
-        try:
-            loss_sum.backward(inputs=params)
-        finally:
-            self.armed = False
-        if self.fresh:
-            self.values.extend(torch._foreach_norm(self.fresh))
-            self.fresh.clear()
+        if self.in_cache:
+            self.armed = True
+            try:
+                loss_sum.backward(inputs=self.params)
+            finally:
+                self.armed = False
+        else:
+            grads = torch.autograd.grad(loss_sum, self.params, allow_unused=True, materialize_grads=True)
+            grads = [g.coalesce().to_dense() if g.is_sparse else g for g in grads]
+            if self.acc is None:
+                self.acc = list(grads)
+            else:
+                torch._foreach_add_(self.acc, grads)
+            self.values.extend(torch._foreach_norm(grads))
+            self.index.extend(range(len(grads)))
         self.weight.extend([1.0 / count ** 2] * (len(self.index) - before))
 
-    def squares(self, device: torch.device) -> Tensor:
-        """|G_b|² of every (micro-batch, parameter) entry, in the order recorded."""
-        dtype = accum_dtype(device)
+    def grad_sum(self) -> list[Tensor]:
+        if self.acc is not None:
+            return self.acc
+        return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+
+    def squares(self) -> Tensor:
+        """|G_b|² of every (micro-batch, parameter) entry in the order recorded, float64 on the CPU: the only copy
+        from the device in a draw."""
         if not self.values:
-            return torch.zeros(0, dtype=dtype, device=device)
-        v = torch.stack(self.values).to(dtype)
-        return (v if self.in_cache else v.square()) * torch.tensor(self.weight, dtype=dtype, device=device)
+            return torch.zeros(0, dtype=torch.float64)
+        v = torch.stack(self.values).to("cpu", torch.float64)
+        return (v if self.in_cache else v.square()) * torch.tensor(self.weight, dtype=torch.float64)
 
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
 
 
-def accumulate(model: nn.Module, loss_fn, chunks, marks: set[int]) -> tuple[ChunkStats, list]:
+def accumulate(model: nn.Module, loss_fn, chunks, marks: set[int],
+               in_cache: bool | None = None) -> tuple[ChunkStats, list]:
     """One draw of micro-batches by plain gradient accumulation; the same sums as ``microbatch`` chunk by chunk.
 
     ``marks``: the partial-sum sizes at which |Σ g|²/seen² is recorded (for the 1/B regression); all norms are
     turned into numbers once, at the end of the draw. The model's own ``.grad`` is set aside and restored, so a
-    draw between training steps changes nothing.
+    draw between training steps changes nothing. ``in_cache``: the CPU way (default: on the CPU) or the
+    accelerator way (``_Norms``).
     """
     _, params = trainable(model)
-    device = params[0].device
     saved = [p.grad for p in params]
-    norms = _Norms(params)
+    norms = _Norms(params, params[0].device.type == "cpu" if in_cache is None else in_cache)
     losses, at_marks, seen, first = [], [], 0, None
     try:
         for p in params:
             p.grad = None
         for batch, count in chunks:
             loss = per_example_losses(model, loss_fn, batch, count).sum()
-            norms.backward(loss, params, count)
+            norms.backward(loss, count)
             losses.append(loss.detach())
             seen += count
             del batch, loss
             if first is None:  # the partial sum of one micro-batch is its small batch
                 first = (seen, len(norms.index))
             elif seen in marks:
-                at_marks.append((seen, torch._foreach_norm([p.grad for p in params if p.grad is not None])))
-        grad_sum = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        sq = norms.squares(device)
-        small = torch.zeros(len(params), dtype=sq.dtype, device=device).index_add_(
-            0, torch.tensor(norms.index, dtype=torch.long, device=device), sq)
+                at_marks.append((seen, torch._foreach_norm([g for g in norms.grad_sum() if g is not None])))
+        grad_sum = norms.grad_sum()
+        sq = norms.squares()
     finally:
         norms.remove()
         for p, g in zip(params, saved):
             p.grad = g
+    small = torch.zeros(len(params), dtype=torch.float64).index_add_(0, torch.tensor(norms.index, dtype=torch.long),
+                                                                      sq)
     partial = []
     if first is not None and first[0] in marks:
         partial.append((first[0], float(sq[:first[1]].sum())))
     if at_marks:
-        flat = torch.stack([x for _, n in at_marks for x in n]).double().square()
-        totals = torch.stack([t.sum() for t in flat.split([len(n) for _, n in at_marks])]).tolist()
+        flat = torch.stack([x for _, n in at_marks for x in n]).to("cpu", torch.float64).square()
+        totals = [float(t.sum()) for t in flat.split([len(n) for _, n in at_marks])]
         partial += [(size, t / size ** 2) for (size, _), t in zip(at_marks, totals)]
     return ChunkStats(grad_sum, small, len(losses), torch.stack(losses).sum(), seen), partial
 
