@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -72,6 +73,20 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
         model.load_state_dict(state)
     except Exception as e:
         raise SpecError(f"checkpoint {file} does not fit model(): {e}", "pass a checkpoint of the same model")
+
+
+@contextmanager
+def buffers_kept(model: nn.Module) -> Iterator[None]:
+    """Measuring runs forward passes in train mode, which would move BatchNorm's running statistics (and any
+    other buffer); a measurement leaves the model as it found it."""
+    saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in saved:
+                    b.copy_(saved[name])
 
 
 def measure_steps(steps: int, every: int) -> list[int]:
@@ -177,13 +192,14 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
             if step in points:
                 t0 = time.perf_counter()
                 say("measure", {"step": step})
-                est, draws, stopped = measure_at(model, spec.loss, examples, sampling, group_index,
-                                                 lambda e, s=step: say("draw", {"step": s, "estimate": e}), comm)
-                row = _row(step, cfg, est, draws, stopped, time.perf_counter() - t0, probe, scale)
-                row.update(distributed.rank_fields(draws, cfg.confidence, scale))  # {} in one process
-                whole = examples if comm.world == 1 else examples.whole()  # B_noise, B_pre: not sharded
-                row.update(scales.extra_fields(model, spec.loss, whole, draws, cfg, optimizer, sampling,
-                                               group_index, scale))
+                with buffers_kept(model):
+                    est, draws, stopped = measure_at(model, spec.loss, examples, sampling, group_index,
+                                                     lambda e, s=step: say("draw", {"step": s, "estimate": e}), comm)
+                    row = _row(step, cfg, est, draws, stopped, time.perf_counter() - t0, probe, scale)
+                    row.update(distributed.rank_fields(draws, cfg.confidence, scale))  # {} in one process
+                    whole = examples if comm.world == 1 else examples.whole()  # B_noise, B_pre: not sharded
+                    row.update(scales.extra_fields(model, spec.loss, whole, draws, cfg, optimizer, sampling,
+                                                   group_index, scale))
                 report.add(row, _layer_rows(step, names, est, scale))
                 say("measured", {"step": step, "row": report.measurements[-1]})
             if step < cfg.steps:

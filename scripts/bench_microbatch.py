@@ -45,6 +45,9 @@ K = 8
 
 
 def make_model(name: str) -> nn.Module:
+    if name == "gpt2":  # GPT-2 small (124M parameters, tied embeddings), for a GPU
+        from bench_per_example import LM
+        return LM(50257, 768, 12, 12, 1024, tied=True)
     if name == "mlp":
         return nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
     return nn.Sequential(nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
@@ -52,12 +55,17 @@ def make_model(name: str) -> nn.Module:
                          nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
-def make_batches(name: str, b: int, gen: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def make_batches(name: str, b: int, gen: torch.Generator) -> list:
+    if name == "gpt2":  # b sequences of 1024 tokens (+1 for the shifted targets)
+        return [torch.randint(0, 50257, (b, 1025), generator=gen) for _ in range(K)]
     shape = (b, 64) if name == "mlp" else (b, 1, 28, 28)
     return [(torch.randn(shape, generator=gen), torch.randint(0, 10, (b,), generator=gen)) for _ in range(K)]
 
 
 def loss_fn(model: nn.Module, batch) -> torch.Tensor:
+    if isinstance(batch, torch.Tensor):  # token sequences: per-sequence mean next-token cross entropy
+        from bench_per_example import lm_loss
+        return lm_loss(model, batch)
     x, y = batch
     return F.cross_entropy(model(x), y, reduction="none")
 
@@ -86,7 +94,7 @@ class _Prepared:
 
     def batches(self, drawn, size):
         for batch in drawn:
-            yield batch, len(batch[1])
+            yield batch, len(batch) if isinstance(batch, torch.Tensor) else len(batch[1])
 
 
 def bsprof_method(model: nn.Module):
@@ -95,7 +103,7 @@ def bsprof_method(model: nn.Module):
 
     def step(batches):
         examples.step_batches = batches
-        b = len(batches[0][1])
+        b = len(batches[0]) if isinstance(batches[0], torch.Tensor) else len(batches[0][1])
         s = Sampling("microbatch", b, b, b * len(batches), True, 0.1, 0.9, 1, 10**9, 1e9)
         return one_draw(model, loss_fn, examples, s, b * len(batches), group)
     return step
@@ -159,7 +167,7 @@ def bench(model_name: str, b: int, methods: list[str], warmup: int, rounds: int,
     torch.manual_seed(seed)
     base = make_model(model_name).to(device)
     made = make_batches(model_name, b, torch.Generator().manual_seed(seed + b))
-    batches = [(x.to(device), y.to(device)) for x, y in made]
+    batches = [x.to(device) if isinstance(x, torch.Tensor) else tuple(t.to(device) for t in x) for x in made]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     steps = {m: METHODS[m.split(" ")[0]](copy.deepcopy(base)) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}

@@ -53,3 +53,29 @@ def test_measure_row_says_what_stopped_it(tmp_path):
     assert rep.measurements[0]["stopped_by"] == "examples"
     for key in ("b_simple_regression", "regression_fit_p"):
         assert key in rep.measurements[0]
+
+
+def test_a_measurement_leaves_batchnorm_running_statistics_alone(tmp_path):
+    """Micro-batch draws run forward passes in train mode; the model's buffers must come back unchanged."""
+    import torch
+
+    from bsprof.config import MeasureConfig
+    from bsprof.loop import measure
+
+    spec = tmp_path / "bn_spec.py"
+    spec.write_text(
+        "import torch\nfrom torch import nn\nimport torch.nn.functional as F\n"
+        "torch.manual_seed(0)\n"
+        "MODEL = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))\n"
+        "def model():\n    return MODEL\n"
+        "def dataset():\n    g = torch.Generator().manual_seed(0)\n"
+        "    x = torch.randn(256, 4, generator=g)\n    return torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long())\n"
+        "def loss(model, batch):\n    x, y = batch\n    return F.cross_entropy(model(x), y, reduction='none')\n")
+    from bsprof.spec import load_spec
+
+    loaded = load_spec(spec)
+    bn = loaded.model.__globals__["MODEL"][1]
+    report = measure(loaded, MeasureConfig(steps=0, method="microbatch", micro_batch=8, rel_error=0.3, device="cpu"))
+    assert report.measurements[0]["n_draws"] >= 1
+    assert int(bn.num_batches_tracked) == 0
+    assert torch.equal(bn.running_mean, torch.zeros(8)) and torch.equal(bn.running_var, torch.ones(8))
