@@ -177,3 +177,24 @@ def test_accumulating_draw_leaves_the_model_as_it_was():
     for p, g in zip(model.parameters(), before):
         assert torch.equal(p.grad, g)
         assert not p._backward_hooks
+
+
+@pytest.mark.parametrize("in_cache", [True, False], ids=["cpu-way", "accelerator-way"])
+def test_accumulating_draw_with_a_sparse_embedding(in_cache):
+    """nn.Embedding(sparse=True) gives sparse gradients: the same numbers as its dense twin."""
+    from bsprof.probes.microbatch import accumulate, microbatch
+    from bsprof.sampling import chunk_sums, partial_marks
+
+    def net(sparse):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Embedding(20, 4, sparse=sparse), nn.Flatten(), nn.Linear(12, 3))
+
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randint(0, 20, (16, 3), generator=g), torch.randint(0, 3, (16,), generator=g)
+    chunks = [((x[i:i + 4], y[i:i + 4]), 4) for i in range(0, 16, 4)]
+    fast, fast_partial = accumulate(net(True), _ce, iter(chunks), partial_marks(4, 16), in_cache=in_cache)
+    slow, slow_partial = chunk_sums(lambda *a: microbatch(*a), net(False), _ce, iter(chunks), 16, 4)
+    torch.testing.assert_close(fast.small_sq_sum, slow.small_sq_sum, rtol=1e-10, atol=0)
+    for a, b in zip(fast.grad_sum, slow.grad_sum):
+        torch.testing.assert_close(a, b)
+    np.testing.assert_allclose([v for _, v in fast_partial], [v for _, v in slow_partial], rtol=1e-10)

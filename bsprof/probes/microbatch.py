@@ -90,7 +90,8 @@ class _Norms:
     def grad_sum(self) -> list[Tensor]:
         if self.acc is not None:
             return self.acc
-        return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        return [torch.zeros_like(p) if p.grad is None else p.grad.to_dense() if p.grad.is_sparse else p.grad
+                for p in self.params]
 
     def squares(self) -> Tensor:
         """|G_b|² of every (micro-batch, parameter) entry in the order recorded, float64 on the CPU: the only copy
