@@ -3,6 +3,8 @@
 One step = k micro-batches of b examples at fixed weights (no optimizer step for anyone):
 
   plain     for each micro-batch: loss.mean().backward() accumulating into .grad; nothing else
+  floor     plain, plus |g|² of each micro-batch's gradient per parameter (a dot product in a tensor hook) and
+            nothing else: what any exact per-micro-batch statistic costs at least
   bsprof    bsprof.sampling.one_draw itself with the micro-batch probe: per micro-batch |G_b|², the running
             sum (partial |G|² at b, 2b, 4b, ...), the big-batch norm and the host copies
   adaptdl   adaptdl.torch.gradient_noise_scale.GradientNoiseScale(adp, SGD, num_replicas=1), accumulating k
@@ -86,6 +88,21 @@ def plain_method(model: nn.Module):
     return step
 
 
+def floor_method(model: nn.Module):
+    """The least any exact per-micro-batch statistic costs: plain accumulation plus one squared norm of each
+    parameter's gradient (a dot product in a tensor hook, while it is in cache), and nothing else."""
+    squares = []
+    for p in model.parameters():
+        p.register_hook(lambda g: squares.append(torch.dot(g.reshape(-1), g.reshape(-1))))
+
+    def step(batches):
+        model.zero_grad(set_to_none=True)
+        squares.clear()
+        for batch in batches:
+            loss_fn(model, batch).mean().backward()
+    return step
+
+
 class _Prepared:
     """Stands in for bsprof.data.Examples: the draw is the step's pre-made micro-batches."""
 
@@ -147,7 +164,8 @@ def fairscale_method(model: nn.Module):
     return step
 
 
-METHODS = {"plain": plain_method, "bsprof": bsprof_method, "adaptdl": adaptdl_method, "fairscale": fairscale_method}
+METHODS = {"plain": plain_method, "floor": floor_method, "bsprof": bsprof_method, "adaptdl": adaptdl_method,
+           "fairscale": fairscale_method}
 
 
 def available(name: str) -> str | None:
@@ -205,7 +223,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the rows to this JSON file")
     ap.add_argument("--models", default="mlp,cnn")
     ap.add_argument("--micro-batches", default="8,32,128")
-    ap.add_argument("--methods", default="plain,plain (A/A),bsprof,adaptdl,fairscale")
+    ap.add_argument("--methods", default="plain,plain (A/A),floor,bsprof,adaptdl,fairscale")
     ap.add_argument("--block", type=int, default=4, help="steps in a row per method and round")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
