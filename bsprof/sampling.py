@@ -68,18 +68,17 @@ def one_draw(model: nn.Module, loss_fn, examples: Examples, s: Sampling, B: int,
     total, local = distributed.reduce_sums(sums, comm)
     grad_sum, small, n_small, loss_sum, seen = (total.grad_sum, total.small_sq_sum, total.n_small,
                                                 total.loss_sum, total.count)
-    big = _sq_norms(grad_sum) / seen ** 2
+    big = (total.big_sq.numpy() if total.big_sq is not None else _sq_norms(grad_sum)) / seen ** 2
     small = small.double().cpu().numpy() / n_small
     loss = float(loss_sum) / seen
     if not (math.isfinite(loss) and np.isfinite(big).all() and np.isfinite(small).all()):
         raise NonFiniteError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} while measuring",
                              "lower the learning rate, or check the model and data for NaN/Inf")
-    scale2 = loss_scale ** 2
-    return Draw(np.bincount(group, small, len(set(group.tolist()))) / scale2,
-                np.bincount(group, big, len(set(group.tolist()))) / scale2,
+    scale2, n_groups = loss_scale ** 2, int(group.max()) + 1
+    return Draw(np.bincount(group, small, n_groups) / scale2, np.bincount(group, big, n_groups) / scale2,
                 seen // n_small, seen, loss, examples.n, tuple(partial),
                 None if local is None
-                else np.bincount(group, local.cpu().numpy(), len(set(group.tolist()))) / scale2, comm.world)
+                else np.bincount(group, local.cpu().numpy(), n_groups) / scale2, comm.world)
 
 
 def partial_marks(step: int, B: int) -> set[int]:
@@ -96,7 +95,7 @@ def chunk_sums(probe, model: nn.Module, loss_fn, chunks, B: int, step: int) -> t
     """
     marks = partial_marks(step, B)
     if hasattr(probe, "whole_draw"):
-        return probe.whole_draw(model, loss_fn, chunks, marks)
+        return probe.whole_draw(model, loss_fn, chunks, marks, B)
     grad_sum, smalls, losses, partial = None, [], [], []
     n_small, seen = 0, 0
     for batch, count in chunks:

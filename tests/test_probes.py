@@ -144,8 +144,10 @@ def test_accumulating_draw_matches_the_chunk_by_chunk_reference(model_fn, loss_f
 
     model, (x, y) = model_fn(), _data(32)
     chunks = [((x[i:i + 4], y[i:i + 4]), 4) for i in range(0, 32, 4)]
-    fast, fast_partial = accumulate(model, loss_fn, iter(chunks), partial_marks(4, 32), in_cache=in_cache)
+    fast, fast_partial = accumulate(model, loss_fn, iter(chunks), partial_marks(4, 32), 32, in_cache=in_cache)
     slow, slow_partial = chunk_sums(lambda *a: microbatch(*a), model, loss_fn, iter(chunks), 32, 4)
+    assert slow.big_sq is None  # one_draw takes the norm of the chunk path's sum itself
+    np.testing.assert_allclose(fast.big_sq.numpy(), [float(g.square().sum()) for g in slow.grad_sum], rtol=1e-10)
     torch.testing.assert_close(fast.small_sq_sum, slow.small_sq_sum, rtol=1e-10, atol=0)
     for a, b in zip(fast.grad_sum, slow.grad_sum):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)

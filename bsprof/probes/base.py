@@ -28,6 +28,7 @@ class ChunkStats:
                   (per-example probes: Σ_i |g_i|², b = 1; micro-batch probe: |G_b|² of the chunk, b = count)
     n_small:      how many small batches the chunk holds (count for per-example probes, 1 for micro-batches)
     loss_sum:     Σ_i ℓ_i (a 0-d tensor, kept on the device)
+    big_sq:       optional [P] |grad_sum|² per parameter, when the probe took it already (float64, CPU)
     """
 
     grad_sum: list[torch.Tensor]
@@ -35,6 +36,7 @@ class ChunkStats:
     n_small: int
     loss_sum: torch.Tensor
     count: int
+    big_sq: torch.Tensor | None = None
 
 
 def trainable(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
