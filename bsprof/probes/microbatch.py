@@ -10,7 +10,8 @@ Two implementations with one result:
   ``preconditioned`` wraps);
 - ``accumulate``: a whole draw run like plain gradient accumulation, whose only extra work per micro-batch is
   |b·G_b|² (``_Norms``: on the CPU a dot product in a tensor hook while the gradient is in cache; on an
-  accelerator one fused ``_foreach_norm``); everything else is done once per draw.
+  accelerator one fused ``_foreach_norm``). |Σ g|² of the partial sums (1/B regression) and of the whole draw
+  are taken on the backward passes that complete them, and every number reaches the host once per draw.
 """
 
 from __future__ import annotations
