@@ -6,12 +6,12 @@
 
 __version__ = "0.1.0"
 
-from .config import MeasureConfig  # noqa: E402
-from .errors import BsprofError  # noqa: E402
-from .estimators import NoiseScale, noise_scale  # noqa: E402
-from .loop import measure  # noqa: E402
-from .report import Report  # noqa: E402
-from .schedule import Schedule  # noqa: E402
+from bsprof.config import MeasureConfig  # noqa: E402
+from bsprof.engine.loop import measure  # noqa: E402
+from bsprof.errors import BsprofError  # noqa: E402
+from bsprof.output.report import Report  # noqa: E402
+from bsprof.schedule import Schedule  # noqa: E402
+from bsprof.stats.estimators import NoiseScale, noise_scale  # noqa: E402
 
 __all__ = ["BsprofError", "MeasureConfig", "NoiseScale", "Report", "Schedule", "measure", "noise_scale",
            "__version__"]

@@ -1,3 +1,3 @@
-from .cli import main
+from bsprof.cli import main
 
 main()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from bsprof.errors import ConfigError
 
 METHODS = ("auto", "per_example", "hooks", "vmap", "microbatch")
 DEVICES = ("auto", "cpu", "cuda", "mps")

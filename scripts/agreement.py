@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bsprof.config import MeasureConfig  # noqa: E402
-from bsprof.loop import measure  # noqa: E402
-from bsprof.spec import load_spec  # noqa: E402
+from bsprof.engine.loop import measure  # noqa: E402
+from bsprof.engine.spec import load_spec  # noqa: E402
 
 SPEC = ROOT / "configs" / "digits_mlp.py"
 

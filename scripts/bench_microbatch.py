@@ -46,7 +46,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bsprof.sampling import Sampling, one_draw  # noqa: E402
+from bsprof.engine.sampling import Sampling, one_draw  # noqa: E402
 
 K = 8
 

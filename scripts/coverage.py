@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bsprof.closed_forms import FreshLeastSquares, LeastSquares, OneD, simulate  # noqa: E402
-from bsprof.estimators import noise_scale  # noqa: E402
+from bsprof.stats.estimators import noise_scale  # noqa: E402
+from bsprof.validation.closed_forms import FreshLeastSquares, LeastSquares, OneD, simulate  # noqa: E402
 
 
 def models(rng: np.random.Generator) -> dict:
@@ -111,7 +111,7 @@ def sequential_study(reps: int, seed: int = 1) -> list[dict]:
     import torch
     from torch import nn
 
-    from bsprof.sampling import Sampling, measure_at
+    from bsprof.engine.sampling import Sampling, measure_at
 
     torch.set_num_threads(1)
     rows = []

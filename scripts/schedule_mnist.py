@@ -18,7 +18,7 @@ from rich.console import Console  # noqa: E402
 
 from bsprof.cli.schedule import tables  # noqa: E402
 from bsprof.errors import BsprofError  # noqa: E402
-from bsprof.report import Report  # noqa: E402
+from bsprof.output.report import Report  # noqa: E402
 from bsprof.schedule import ScheduleConfig, plan  # noqa: E402
 
 

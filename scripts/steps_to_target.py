@@ -30,7 +30,7 @@ import digits_mlp  # noqa: E402
 
 from bsprof.config import MeasureConfig, resolve  # noqa: E402
 from bsprof.schedule import ScheduleConfig, plan  # noqa: E402
-from bsprof.schedule.nqm import fit_critical_batch  # noqa: E402
+from bsprof.validation.nqm import fit_critical_batch  # noqa: E402
 
 BATCHES = [8, 16, 32, 64, 128, 256, 512]
 LRS = [0.1, 0.2, 0.4, 0.8, 1.2, 1.6]
@@ -78,8 +78,8 @@ def planner(target: float, measure_steps: int, lr: float) -> tuple[dict, object]
     """Measure along a batch-32 run at the lr tuned for batch 32 (the planner assumes a near-optimal lr)."""
     import dataclasses
 
-    from bsprof.loop import measure
-    from bsprof.spec import load_spec
+    from bsprof.engine.loop import measure
+    from bsprof.engine.spec import load_spec
 
     spec = dataclasses.replace(load_spec(ROOT / "configs" / "digits_mlp.py"),
                                optimizer=lambda params: torch.optim.SGD(params, lr=lr))

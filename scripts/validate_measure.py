@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from bsprof.config import MeasureConfig
-from bsprof.loop import measure
-from bsprof.reference import exact_noise_scale
-from bsprof.spec import build_dataset, build_model, load_spec
+from bsprof.engine.loop import measure
+from bsprof.engine.spec import build_dataset, build_model, load_spec
+from bsprof.validation.reference import exact_noise_scale
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bsprof.closed_forms import FreshLeastSquares  # noqa: F401  (re-exported for the tests)
+from bsprof.validation.closed_forms import FreshLeastSquares  # noqa: F401  (re-exported for the tests)
 
 
 def net_at(model) -> nn.Module:

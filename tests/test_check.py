@@ -10,7 +10,8 @@ import xml.etree.ElementTree as ET
 import pytest
 from typer.testing import CliRunner
 
-from bsprof.check import (
+from bsprof.cli import app
+from bsprof.gate.policy import (
     CANNOT_JUDGE,
     FAIL,
     PASS,
@@ -22,8 +23,7 @@ from bsprof.check import (
     noise_at,
     target_lr,
 )
-from bsprof.cli import app
-from bsprof.report import Report
+from bsprof.output.report import Report
 
 runner = CliRunner()
 
@@ -276,7 +276,6 @@ def loss(model, batch):
 
 
 def test_spec_with_budget_and_a_measured_report(tmp_path):
-    pytest.importorskip("bsprof.loop")
     spec = tmp_path / "tiny.py"
     spec.write_text(TINY_SPEC)
     saved = tmp_path / "measured.json"

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bsprof.closed_forms import LeastSquares, OneD
+from bsprof.validation.closed_forms import LeastSquares, OneD
 
 LAM = np.array([0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 4.0])
 DELTA = np.array([1.0, 1.0, 1.0, 0.5, 0.2, 0.05, 0.05, 0.05])

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bsprof.closed_forms import LeastSquares, OneD
+from bsprof.validation.closed_forms import LeastSquares, OneD
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import coverage  # noqa: E402

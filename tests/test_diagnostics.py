@@ -4,8 +4,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from bsprof import diagnostics
-from bsprof.report import Report
+from bsprof.engine import diagnostics
+from bsprof.output.report import Report
 
 CFG = SimpleNamespace(micro_batch=8, batch_size=32)
 

@@ -21,12 +21,12 @@ import torch.distributed as dist
 
 from bsprof import distributed
 from bsprof.config import MeasureConfig
-from bsprof.data import Examples
 from bsprof.distributed import LOCAL, Comm, rank_draws, reduce_sums
+from bsprof.engine.data import Examples
+from bsprof.engine.sampling import Sampling, next_batch
 from bsprof.errors import ConfigError
 from bsprof.probes import ChunkStats
-from bsprof.sampling import Sampling, next_batch
-from bsprof.stats import Draw
+from bsprof.stats.draw import Draw
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "tests" / "assets"
@@ -89,7 +89,7 @@ def test_batch_that_does_not_split_is_a_clear_error():
 
 @pytest.mark.parametrize("method", ["per_example", "microbatch"])
 def test_two_ranks_agree_with_closed_form_and_one_process(tmp_path, method):
-    from bsprof.loop import measure
+    from bsprof.engine.loop import measure
 
     b = 1 if method == "per_example" else 4
     args = ["--steps", "2", "--measure-every", "2", "--batch-size", "8", "--rel-error", "0.05", "--device", "cpu",

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bsprof.estimators import (
+from bsprof.stats.draw import Draw
+from bsprof.stats.estimators import (
     LOWER_BOUND,
     OK,
     UNDETERMINED,
@@ -18,7 +19,6 @@ from bsprof.estimators import (
     regression_1_over_B,
     unbiased_pair,
 )
-from bsprof.stats import Draw
 
 
 def test_noise_coefficient_limits():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bsprof.report import Report
+from bsprof.output.report import Report
 from bsprof.schedule import ScheduleConfig, plan
-from bsprof.schedule.nqm import NQM, fit_critical_batch, measurement_rows, sweep
+from bsprof.validation.nqm import NQM, fit_critical_batch, measurement_rows, sweep
 
 
 @pytest.fixture(scope="module")

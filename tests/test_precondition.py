@@ -4,10 +4,10 @@ import pytest
 import torch
 from _fresh import FreshLeastSquares, ls_loss, net_at
 
-from bsprof.closed_forms import LeastSquares
+from bsprof.engine.sampling import Sampling, measure_at
 from bsprof.probes import PROBES
 from bsprof.probes.precondition import adam_preconditioner, preconditioned
-from bsprof.sampling import Sampling, measure_at
+from bsprof.validation.closed_forms import LeastSquares
 
 LAM = np.array([0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 4.0])
 DELTA = np.array([1.0, 1.0, 1.0, 0.5, 0.2, 0.05, 0.05, 0.05])

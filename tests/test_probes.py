@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bsprof.data import Examples
+from bsprof.engine.data import Examples
+from bsprof.engine.sampling import Sampling, groups_of, measure_at, one_draw
 from bsprof.probes import PROBES
-from bsprof.reference import exact_noise_scale
-from bsprof.sampling import Sampling, groups_of, measure_at, one_draw
+from bsprof.validation.reference import exact_noise_scale
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +99,7 @@ def test_layer_breakdown_sums_to_the_total():
 @pytest.mark.parametrize("probe,b", [("vmap", 1), ("microbatch", 4)])
 def test_draws_are_unbiased_against_the_exact_reference(probe, b):
     """Mean over many draws of B = 16 of 40: within 4 standard errors of the exact |G|² and tr(Σ)."""
-    from bsprof.estimators import draw_estimates
+    from bsprof.stats.estimators import draw_estimates
 
     model, (x, y) = _mlp(), _data(40)
     exact = exact_noise_scale(model, _ce, torch.utils.data.TensorDataset(x, y))
@@ -139,8 +139,8 @@ def _penalised(model, batch):
 @pytest.mark.parametrize("model_fn,loss_fn", [(_mlp, _ce), (_Tied, _ce), (_Tied, _penalised)])
 def test_accumulating_draw_matches_the_chunk_by_chunk_reference(model_fn, loss_fn, in_cache):
     """The fast micro-batch draw (both ways of ``_Norms``) against the autograd.grad probe, chunk by chunk."""
+    from bsprof.engine.sampling import chunk_sums, partial_marks
     from bsprof.probes.microbatch import accumulate, microbatch
-    from bsprof.sampling import chunk_sums, partial_marks
 
     model, (x, y) = model_fn(), _data(32)
     chunks = [((x[i:i + 4], y[i:i + 4]), 4) for i in range(0, 32, 4)]
@@ -184,8 +184,8 @@ def test_accumulating_draw_leaves_the_model_as_it_was():
 @pytest.mark.parametrize("in_cache", [True, False], ids=["cpu-way", "accelerator-way"])
 def test_accumulating_draw_with_a_sparse_embedding(in_cache):
     """nn.Embedding(sparse=True) gives sparse gradients: the same numbers as its dense twin."""
+    from bsprof.engine.sampling import chunk_sums, partial_marks
     from bsprof.probes.microbatch import accumulate, microbatch
-    from bsprof.sampling import chunk_sums, partial_marks
 
     def net(sparse):
         torch.manual_seed(0)

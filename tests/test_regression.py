@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from bsprof.closed_forms import LeastSquares, draws_from_grads
-from bsprof.regression import fit
+from bsprof.stats.regression import fit
+from bsprof.validation.closed_forms import LeastSquares, draws_from_grads
 
 
 def test_regression_recovers_b_simple_and_passes_the_fit():

@@ -2,8 +2,8 @@
 import numpy as np
 from _fresh import FreshLeastSquares, ls_loss, net_at
 
-from bsprof.closed_forms import LeastSquares
-from bsprof.sampling import Sampling, measure_at
+from bsprof.engine.sampling import Sampling, measure_at
+from bsprof.validation.closed_forms import LeastSquares
 
 GROUP = np.zeros(1, dtype=int)
 
@@ -46,7 +46,7 @@ def test_precision_stops_it_within_the_asked_error():
 
 def test_measure_row_says_what_stopped_it(tmp_path):
     from bsprof.config import MeasureConfig
-    from bsprof.loop import measure
+    from bsprof.engine.loop import measure
 
     spec = str(__import__("pathlib").Path(__file__).parent / "assets" / "tiny_linear.py")
     rep = measure(spec, MeasureConfig(steps=0, rel_error=0.001, max_examples=500, min_draws=2))
@@ -60,7 +60,7 @@ def test_a_measurement_leaves_batchnorm_running_statistics_alone(tmp_path):
     import torch
 
     from bsprof.config import MeasureConfig
-    from bsprof.loop import measure
+    from bsprof.engine.loop import measure
 
     spec = tmp_path / "bn_spec.py"
     spec.write_text(
@@ -71,7 +71,7 @@ def test_a_measurement_leaves_batchnorm_running_statistics_alone(tmp_path):
         "def dataset():\n    g = torch.Generator().manual_seed(0)\n"
         "    x = torch.randn(256, 4, generator=g)\n    return torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long())\n"
         "def loss(model, batch):\n    x, y = batch\n    return F.cross_entropy(model(x), y, reduction='none')\n")
-    from bsprof.spec import load_spec
+    from bsprof.engine.spec import load_spec
 
     loaded = load_spec(spec)
     bn = loaded.model.__globals__["MODEL"][1]

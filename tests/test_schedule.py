@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bsprof.report import Report
+from bsprof.output.report import Report
 from bsprof.schedule import ExtrapolationError, Schedule, ScheduleConfig, plan, predict, rules
 from bsprof.schedule.fit import fit_noise_scale
 from bsprof.schedule.memory import largest_fitting
@@ -244,7 +244,6 @@ def test_cli_max_batch_auto_from_report(report_file):
 
 
 def test_cli_from_spec(tmp_path):
-    pytest.importorskip("bsprof.loop")
     from pathlib import Path
 
     spec = Path(__file__).parents[1] / "configs" / "least_squares.py"

@@ -4,7 +4,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bsprof.config import MeasureConfig
-from bsprof.loop import measure
+from bsprof.engine.loop import measure
 
 SPEC = str(Path(__file__).parent / "assets" / "tiny_linear.py")
 
@@ -32,7 +32,7 @@ def test_tokens_unit_scales_batch_sizes_and_is_printed():
 def test_b_noise_and_b_pre_columns_appear_only_when_measured():
     from rich.console import Console
 
-    from bsprof.report import Report
+    from bsprof.output.report import Report
 
     row = {"step": 0, "loss": 1.0, "g2": 1.0, "trace_sigma": 26.0, "b_simple": 26.0, "b_simple_lo": 25.0,
            "b_simple_hi": 27.0, "status": "ok", "n_draws": 5, "examples": 640, "stopped_by": "precision"}

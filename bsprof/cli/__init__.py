@@ -7,15 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from . import measure as _measure  # noqa: F401  (registers the command)
-from .app import app
-
-for _name in ("schedule", "check", "report"):  # commands added by their own modules, when present
-    try:
-        __import__(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"{__name__}.{_name}":
-            raise
+from bsprof.cli import check, measure, report, schedule  # noqa: F401  (each registers its command)
+from bsprof.cli.app import app
 
 
 def main() -> None:

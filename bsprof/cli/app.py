@@ -8,7 +8,7 @@ import sys
 import typer
 from rich.console import Console
 
-from ..errors import BsprofError
+from bsprof.errors import BsprofError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="bsprof: measure the critical batch size (gradient noise scale) of a PyTorch model.")
@@ -30,7 +30,7 @@ def user_errors(exit_code: int | None = None):
 
 def _version(value: bool) -> None:
     if value:
-        from .. import __version__
+        from bsprof import __version__
 
         typer.echo(f"bsprof {__version__}")
         raise typer.Exit(0)

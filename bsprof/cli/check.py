@@ -17,12 +17,12 @@ from typing import Optional
 
 import typer
 
-from .. import ci_output
-from ..check import CANNOT_JUDGE, FAIL, PASS, Policy, Verdict, judge
-from ..config import MeasureConfig, resolve
-from ..errors import BsprofError, ConfigError, ReportError, SpecError
-from ..report import Report
-from .app import app, console, err_console, user_errors
+from bsprof.cli.app import app, console, err_console, user_errors
+from bsprof.config import MeasureConfig, resolve
+from bsprof.errors import BsprofError, ConfigError, ReportError, SpecError
+from bsprof.gate import formats as ci_output
+from bsprof.gate.policy import CANNOT_JUDGE, FAIL, PASS, Policy, Verdict, judge
+from bsprof.output.report import Report
 
 O = typer.Option
 
@@ -164,11 +164,8 @@ def read_report(target: Path) -> Report:
 def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None = None,
                 rel_error: float | None = None) -> tuple[Report, dict]:
     """A quick CPU measurement within ``budget_s`` seconds (split over the measurements when steps > 0)."""
-    try:
-        from ..loop import measure, measure_steps
-    except ImportError as e:
-        raise ConfigError(f"measuring a spec needs bsprof.loop, which cannot be imported ({e})",
-                          "pass a report.json written by `bsprof measure` instead")
+    from bsprof.engine.loop import measure, measure_steps
+
     if not spec.is_file():
         raise SpecError(f"spec file not found: {spec}", "pass the SPEC.py you give `bsprof measure`")
     share = budget_s / (len(measure_steps(steps, 0)) + 1) if steps else budget_s

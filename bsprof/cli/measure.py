@@ -8,12 +8,12 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import distributed
-from ..config import MeasureConfig, resolve
-from ..errors import BsprofError
-from ..render import noise_scale_text
-from ..report import Report
-from .app import app, console, err_console, user_errors
+from bsprof import distributed
+from bsprof.cli.app import app, console, err_console, user_errors
+from bsprof.config import MeasureConfig, resolve
+from bsprof.errors import BsprofError
+from bsprof.output.render import noise_scale_text
+from bsprof.output.report import Report
 
 O = typer.Option
 
@@ -57,7 +57,7 @@ def measure(
 def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: bool, quiet: bool,
          comm: distributed.Comm = distributed.LOCAL) -> None:
     """Measure and write the report; under torchrun only rank 0 writes and prints (other ranks stay quiet)."""
-    from ..loop import measure as run_measure
+    from bsprof.engine.loop import measure as run_measure
 
     failure: BaseException | None = None
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

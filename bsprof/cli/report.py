@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..report import Report
-from .app import app, console, user_errors
+from bsprof.cli.app import app, console, user_errors
+from bsprof.output.report import Report
 
 
 @app.command("report")
@@ -22,7 +22,7 @@ def report_command(
         report = Report.from_json(source / "report.json" if source.is_dir() else source)
     console.print(report)
     if layers and report.layers:
-        from ..render import layers_table
+        from bsprof.output.render import layers_table
 
         console.print(layers_table(report))
     if out is not None:

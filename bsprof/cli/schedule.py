@@ -11,10 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..config import resolve
-from ..errors import ConfigError
-from ..report import Report
-from .app import app, console, err_console, user_errors
+from bsprof.cli.app import app, console, err_console, user_errors
+from bsprof.config import resolve
+from bsprof.errors import ConfigError
+from bsprof.output.report import Report
 
 O = typer.Option
 FORMATS = ("table", "json", "yaml", "csv")
@@ -52,7 +52,7 @@ def schedule(
     steps: int = O(300, help="SPEC.py only: probe-training steps of the measurement."),
 ):
     """Plan the batch size (and learning rate) to a target loss from the measured noise scale."""
-    from ..schedule import ScheduleConfig, plan
+    from bsprof.schedule import ScheduleConfig, plan
 
     overrides = {k: v for k, v in locals().items() if k in ScheduleConfig.__dataclass_fields__}
     with user_errors():
@@ -80,8 +80,8 @@ def _load(source: Path, steps: int) -> Report:
     if source.is_dir():
         source = source / "report.json"
     if source.suffix == ".py":
-        from ..config import MeasureConfig
-        from ..loop import measure
+        from bsprof.config import MeasureConfig
+        from bsprof.engine.loop import measure
 
         return measure(source, resolve(MeasureConfig, None, {"steps": steps}))
     return Report.from_json(source)
@@ -96,7 +96,7 @@ def _max_batch(value: str | None, source: Path, overrides: dict) -> tuple[int | 
             return int(value), ""
         except ValueError:
             raise ConfigError(f"--max-batch must be an integer or 'auto' (got {value!r})", "e.g. --max-batch 4096")
-    from ..schedule.memory import DEFAULT_MICRO_BATCH, probe_micro_batch
+    from bsprof.schedule.memory import DEFAULT_MICRO_BATCH, probe_micro_batch
 
     if overrides.get("micro_batch"):
         return None, f"max micro-batch {overrides['micro_batch']}: given by --micro-batch"

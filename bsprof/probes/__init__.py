@@ -7,10 +7,10 @@
 
 from __future__ import annotations
 
-from .base import ChunkStats, LossFn, trainable
-from .hooks import per_example_hooks
-from .microbatch import microbatch
-from .vmap import per_example_vmap
+from bsprof.probes.base import ChunkStats, LossFn, trainable
+from bsprof.probes.hooks import per_example_hooks
+from bsprof.probes.microbatch import microbatch
+from bsprof.probes.vmap import per_example_vmap
 
 PROBES = {
     "vmap": per_example_vmap,

@@ -52,7 +52,7 @@ def accum_dtype(device: torch.device) -> torch.dtype:
 
 def per_example_losses(model: nn.Module, loss_fn: LossFn, batch: Any, count: int) -> torch.Tensor:
     """Call the user's loss and check it returned per-example losses of shape [count]."""
-    from ..errors import SpecError
+    from bsprof.errors import SpecError
 
     losses = loss_fn(model, batch)
     if not isinstance(losses, torch.Tensor):

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..estimators import Ratio, ratio_of_means, unbiased_pair
-from .base import LossFn, per_example_losses, trainable
+from bsprof.probes.base import LossFn, per_example_losses, trainable
+from bsprof.stats.estimators import Ratio, ratio_of_means, unbiased_pair
 
 
 @dataclass(frozen=True)

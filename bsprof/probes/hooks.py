@@ -24,10 +24,10 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils._pytree import tree_map
 
-from ..errors import ConfigError
-from .base import ChunkStats, LossFn, accum_dtype, per_example_losses, trainable
-from .layers import rule_for, sq_sum, total_sq_sum
-from .vmap import _Objective
+from bsprof.errors import ConfigError
+from bsprof.probes.base import ChunkStats, LossFn, accum_dtype, per_example_losses, trainable
+from bsprof.probes.layers import rule_for, sq_sum, total_sq_sum
+from bsprof.probes.vmap import _Objective
 
 
 def per_example_valid(model: nn.Module) -> str | None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .base import ChunkStats, accum_dtype, per_example_losses, trainable
+from bsprof.probes.base import ChunkStats, accum_dtype, per_example_losses, trainable
 
 
 def microbatch(model: nn.Module, loss_fn, batch, count: int) -> ChunkStats:

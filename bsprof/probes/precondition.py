@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ChunkStats, LossFn, accum_dtype, per_example_losses, trainable
-from .vmap import per_example_grads
+from bsprof.probes.base import ChunkStats, LossFn, accum_dtype, per_example_losses, trainable
+from bsprof.probes.vmap import per_example_grads
 
 ADAM_LIKE = ("Adam", "AdamW", "NAdam", "RAdam", "Adamax")
 

@@ -10,7 +10,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
-from .base import ChunkStats, LossFn, accum_dtype, per_example_losses, trainable
+from bsprof.probes.base import ChunkStats, LossFn, accum_dtype, per_example_losses, trainable
 
 
 class _Objective(nn.Module):

@@ -7,7 +7,7 @@
 ``ScheduledBatchSampler`` (``bsprof.schedule.sampler``, needs torch) makes a DataLoader follow it.
 """
 
-from .plan import ExtrapolationError, ScheduleConfig, plan
-from .stages import Schedule, Stage
+from bsprof.schedule.plan import ExtrapolationError, ScheduleConfig, plan
+from bsprof.schedule.stages import Schedule, Stage
 
 __all__ = ["ExtrapolationError", "Schedule", "ScheduleConfig", "Stage", "plan"]

@@ -34,8 +34,8 @@ def probe_micro_batch(spec_path, limit: int = 1 << 16) -> tuple[int | None, str]
     """(largest micro-batch, how it was found) for the spec's model on CUDA; (None, reason) elsewhere."""
     import torch
 
-    from ..data import to_device
-    from ..spec import build_dataset, build_model, load_spec
+    from bsprof.engine.data import to_device
+    from bsprof.engine.spec import build_dataset, build_model, load_spec
 
     if not torch.cuda.is_available():
         return None, f"not measurable without CUDA (CPU memory is no hard limit); using {DEFAULT_MICRO_BATCH}"

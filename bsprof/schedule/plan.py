@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import BsprofError, ConfigError, ReportError
-from . import predict, rules
-from .fit import fit_noise_scale
-from .stages import Schedule, Stage
+from bsprof.errors import BsprofError, ConfigError, ReportError
+from bsprof.schedule import predict, rules
+from bsprof.schedule.fit import fit_noise_scale
+from bsprof.schedule.stages import Schedule, Stage
 
 
 class ExtrapolationError(BsprofError):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import IterableDataset, default_collate
 
-from .errors import DataError
+from bsprof.errors import DataError
 
 
 def to_device(batch, device: torch.device):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stats import Draw
+from bsprof.stats.draw import Draw
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import stats as _st
 from scipy.optimize import brentq as _brentq_scipy
 
-from .stats import Draw
+from bsprof.stats.draw import Draw
 
 OK, LOWER_BOUND, UNDETERMINED = "ok", "lower_bound", "undetermined"
 

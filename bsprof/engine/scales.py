@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from . import regression
-from .probes import trainable
-from .probes.hessian import measure_b_noise
-from .probes.precondition import ADAM_LIKE, adam_preconditioner, preconditioned
-from .sampling import measure_at
+from bsprof.engine.sampling import measure_at
+from bsprof.probes import trainable
+from bsprof.probes.hessian import measure_b_noise
+from bsprof.probes.precondition import ADAM_LIKE, adam_preconditioner, preconditioned
+from bsprof.stats import regression
 
 NAN = math.nan
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .report import Report
+from bsprof.output.report import Report
 
 PASS, FAIL, CANNOT_JUDGE = "pass", "fail", "cannot_judge"
 EXIT_CODES = {PASS: 0, FAIL: 1, CANNOT_JUDGE: 2}
@@ -212,7 +212,7 @@ class Verdict:
         return cls((CheckResult(name, CANNOT_JUDGE, message, (f"fix: {hint}",) if hint else ()),))
 
     def to_dict(self) -> dict:
-        from . import __version__
+        from bsprof import __version__
 
         return {"status": self.status, "exit_code": self.exit_code, "messages": self.messages,
                 "checks": [c.to_dict() for c in self.checks],

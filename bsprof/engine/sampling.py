@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
-from .data import Examples
-from .distributed import LOCAL, Comm
-from .errors import NonFiniteError
-from .estimators import OK, NoiseScale, noise_scale
-from .probes import PROBES, ChunkStats
-from .stats import Draw
+from bsprof import distributed
+from bsprof.distributed import LOCAL, Comm
+from bsprof.engine.data import Examples
+from bsprof.errors import NonFiniteError
+from bsprof.probes import PROBES, ChunkStats
+from bsprof.stats.draw import Draw
+from bsprof.stats.estimators import OK, NoiseScale, noise_scale
 
 MAX_PROBE_BATCH = 1 << 16
 LOOK_STEP = 1.5  # look again only after at least 50% more draws

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import SpecError
+from bsprof.errors import SpecError
 
 REQUIRED = {
     "model": "def model(): return a fresh torch.nn.Module",

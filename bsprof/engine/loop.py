@@ -18,15 +18,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import diagnostics, distributed, scales
-from .config import MeasureConfig, as_dict
-from .data import Examples
-from .errors import BsprofError, NonFiniteError, SpecError
-from .estimators import NoiseScale
-from .probes import PER_EXAMPLE, PROBES
-from .report import Report
-from .sampling import Sampling, groups_of, measure_at
-from .spec import Spec, build_dataset, build_model, build_optimizer, load_spec
+from bsprof import distributed
+from bsprof.config import MeasureConfig, as_dict
+from bsprof.engine import diagnostics, scales
+from bsprof.engine.data import Examples
+from bsprof.engine.sampling import Sampling, groups_of, measure_at
+from bsprof.engine.spec import Spec, build_dataset, build_model, build_optimizer, load_spec
+from bsprof.errors import BsprofError, NonFiniteError, SpecError
+from bsprof.output.report import Report
+from bsprof.probes import PER_EXAMPLE, PROBES
+from bsprof.stats.estimators import NoiseScale
 
 Progress = Callable[[str, dict], None]
 
@@ -99,7 +100,7 @@ def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, s
                comm: distributed.Comm = distributed.LOCAL) -> float:
     """One optimizer step on the mean loss of a batch; under DDP each rank takes its share of the batch and
     the gradients Σ_local ∇ℓ_i / batch_size are summed over ranks (``distributed.sync_gradients``)."""
-    from .probes.base import per_example_losses
+    from bsprof.probes.base import per_example_losses
 
     batch, count = examples.train_batch(batch_size)
     optimizer.zero_grad(set_to_none=True)
@@ -233,7 +234,7 @@ def _fit_batch(batch_size: int, n: int | None, report: Report) -> int:
 
 
 def trainable_groups(model: nn.Module):
-    from .probes import trainable
+    from bsprof.probes import trainable
 
     names, _ = trainable(model)
     return groups_of(names)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
-from .errors import ReportError
+from bsprof import __version__
+from bsprof.errors import ReportError
 
 SCHEMA_VERSION = 1
 REQUIRED = ("schema_version", "measurements", "summary", "config")
@@ -136,12 +136,12 @@ class Report:
             paths["layers"] = out / "layers.csv"
             pd.DataFrame(self.layers).to_csv(paths["layers"], index=False)
         if figures and self.measurements:
-            from .figures import plot_noise_scale
+            from bsprof.output.figures import plot_noise_scale
 
             paths["figure"] = plot_noise_scale(self, out / "noise_scale.png")
         return paths
 
     def __rich__(self):
-        from .render import report_table
+        from bsprof.output.render import report_table
 
         return report_table(self)

@@ -10,7 +10,7 @@ import math
 
 from torch import nn
 
-from .report import Report
+from bsprof.output.report import Report
 
 LAYER_SPREAD = 10.0  # flag when layer noise scales differ by more than this factor
 
@@ -32,8 +32,8 @@ def per_example_invalid(model: nn.Module, loss_fn=None, pair=None) -> str | None
 
 
 def _mixes(model: nn.Module, loss_fn, pair) -> bool:
-    from .probes.base import per_example_losses
-    from .probes.hooks import losses_mix_examples
+    from bsprof.probes.base import per_example_losses
+    from bsprof.probes.hooks import losses_mix_examples
 
     modes = {m: m.training for m in model.modules()}
     model.eval()

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from .probes.vmap import per_example_grads
+from bsprof.probes.vmap import per_example_grads
 
 
 def exact_noise_scale(model: nn.Module, loss_fn, dataset, collate=None, chunk: int = 256) -> dict:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
-from .check import CANNOT_JUDGE, FAIL, PASS, Verdict
-from .report import json_safe
+from bsprof.gate.policy import CANNOT_JUDGE, FAIL, PASS, Verdict
+from bsprof.output.report import json_safe
 
 TITLES = {"batch_size": "batch size", "lr": "learning rate", "baseline": "baseline", "report": "report",
           "options": "options", "measure": "measurement"}

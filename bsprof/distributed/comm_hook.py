@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .estimators import NoiseScale, noise_scale
-from .stats import Draw
+from bsprof.stats.draw import Draw
+from bsprof.stats.estimators import NoiseScale, noise_scale
 
 
 class GradientNoiseScale:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as _st
 
-from .estimators import noise_coefficient
-from .stats import Draw
+from bsprof.stats.draw import Draw
+from bsprof.stats.estimators import noise_coefficient
 
 FIT_ALPHA = 1e-3  # flag the fit below this p-value
 

@@ -31,10 +31,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import BsprofError, ConfigError
-from .estimators import noise_scale
-from .probes.base import ChunkStats
-from .stats import Draw
+from bsprof.errors import BsprofError, ConfigError
+from bsprof.probes.base import ChunkStats
+from bsprof.stats.draw import Draw
+from bsprof.stats.estimators import noise_scale
 
 TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "BSPROF_DIST_TIMEOUT", 600.0
 _NOTE = "bsprof/failed/"
@@ -295,9 +295,3 @@ def rank_fields(draws: Sequence[Draw], confidence: float, scale: float = 1.0) ->
             "b_simple_ranks_hi": est.b_simple_hi * scale, "status_ranks": est.status,
             "g2_ranks": est.g2, "trace_sigma_ranks": est.trace_sigma, "b_ranks": pairs[-1].b,
             "world_size": pairs[-1].B // pairs[-1].b}
-
-
-from .comm_hook import GradientNoiseScale, noise_scale_hook  # noqa: E402  (the library path, own module)
-
-__all__ = ["LOCAL", "Comm", "GradientNoiseScale", "RankFailure", "current", "init", "noise_scale_hook",
-           "rank_draws", "rank_fields", "reduce_sums", "session", "shutdown", "stop_on_sigterm"]
