@@ -176,11 +176,16 @@ def _part_row(part, rename: dict) -> dict:
     return {rename[k]: getattr(part, k) for k in rename}
 
 
-def _part_from_row(cls, row: dict, **extra):
+def _part_from_row(cls, row: dict, present: bool = False, **extra):
+    """The part whose flat columns ``cls.ROW`` appear in ``row`` (missing ones: NaN, 0 or False); None if none
+    do and ``present`` is false."""
     rename = cls.ROW
-    if not all(rename[k] in row for k in rename):
+    if not present and not any(row.get(rename[k]) is not None for k in rename):
         return None
-    return cls(**{k: row[rename[k]] for k in rename}, **extra)
+    kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+    default = {"int": 0, "bool": False}
+    return cls(**{k: row[rename[k]] if row.get(rename[k]) is not None else default.get(kinds[k], NAN)
+                  for k in rename}, **extra)
 
 
 def _part_from_dict(cls, d: dict | None, estimates: tuple[str, ...] = ()):
@@ -209,11 +214,13 @@ class Measurement:
     examples: int = 0
     b: int = 0
     B: int = 0
-    stopped_by: str = ""
+    stopped_by: str = ""             # what stopped the B_simple draws: precision, examples, time, exact
     seconds: float = NAN
     diversity_bound: float = NAN
     b_noise: Estimate | None = None
     b_pre: Estimate | None = None
+    b_noise_stopped_by: str = ""
+    b_pre_stopped_by: str = ""
     regression: Regression | None = None
     hessian: Hessian | None = None
     ranks: Ranks | None = None
@@ -236,6 +243,7 @@ class Measurement:
                    examples_seen=d.get("examples_seen", 0), method=d.get("method", ""),
                    n_draws=d.get("n_draws", 0), examples=d.get("examples", 0), b=d.get("b", 0), B=d.get("B", 0),
                    stopped_by=d.get("stopped_by", ""), seconds=_float(d.get("seconds")),
+                   b_noise_stopped_by=d.get("b_noise_stopped_by", ""), b_pre_stopped_by=d.get("b_pre_stopped_by", ""),
                    diversity_bound=_float(d.get("diversity_bound")), **opt,
                    regression=_part_from_dict(Regression, d.get("regression")),
                    hessian=_part_from_dict(Hessian, d.get("hessian"), ("eps_max",)),
@@ -254,11 +262,15 @@ class Measurement:
             row.update(gHg=self.hessian.gHg, trace_HSigma=self.hessian.trace_h_sigma)
         if self.b_noise:
             row.update(self.b_noise.to_row("b_noise"))
+            if self.b_noise_stopped_by:
+                row["b_noise_stopped_by"] = self.b_noise_stopped_by
         if self.hessian:
             row.update({k: v for k, v in self.hessian.eps_max.to_row("eps_max").items() if k != "eps_max_status"},
                        hessian_draws=self.hessian.n_draws)
         if self.b_pre:
             row.update(self.b_pre.to_row("b_pre"))
+            if self.b_pre_stopped_by:
+                row["b_pre_stopped_by"] = self.b_pre_stopped_by
         if self.ranks:
             row.update(self.ranks.b_simple.to_row("b_simple_ranks", "status_ranks"), **_part_row(self.ranks, Ranks.ROW))
         return {**row, **self.extra}
@@ -267,9 +279,9 @@ class Measurement:
     def from_row(cls, row: dict) -> Measurement:
         """Read a flat row (a schema-1 report row or a CSV line); unknown columns go to ``extra``."""
         eps = Estimate.from_row(row, "eps_max", "eps_max_status")
-        hessian = _part_from_row(Hessian, row, eps_max=eps) if eps is not None else None
+        hessian = _part_from_row(Hessian, row, True, eps_max=eps) if eps is not None else None
         ranks_est = Estimate.from_row(row, "b_simple_ranks", "status_ranks")
-        ranks = _part_from_row(Ranks, row, b_simple=ranks_est) if ranks_est is not None else None
+        ranks = _part_from_row(Ranks, row, True, b_simple=ranks_est) if ranks_est is not None else None
         m = cls(step=int(row["step"]), loss=_float(row.get("loss")),
                 b_simple=Estimate.from_row(row, "b_simple", "status") or Estimate.none(),
                 g2=Estimate.from_row(row, "g2", "g2_status") or Estimate.none(),
@@ -277,10 +289,39 @@ class Measurement:
                 method=row.get("method", ""), n_draws=row.get("n_draws", 0), examples=row.get("examples", 0),
                 b=row.get("b", 0), B=row.get("B", 0), stopped_by=row.get("stopped_by", ""),
                 seconds=_float(row.get("seconds")), diversity_bound=_float(row.get("diversity_bound")),
+                b_noise_stopped_by=row.get("b_noise_stopped_by") or "",
+                b_pre_stopped_by=row.get("b_pre_stopped_by") or "",
                 b_noise=Estimate.from_row(row, "b_noise"), b_pre=Estimate.from_row(row, "b_pre"),
                 regression=_part_from_row(Regression, row), hessian=hessian, ranks=ranks)
         known = set(m.to_row()) | {"g2_status", "eps_max_status"}
         return dataclasses.replace(m, extra={k: v for k, v in row.items() if k not in known})
+
+
+@dataclass(frozen=True)
+class LayerEstimate:
+    """The noise scale of one parameter group (an owning module) at one measurement: |G|², tr(Σ) and B_simple
+    of that group's gradient alone. Over the groups, |G|² and tr(Σ) add up to the measurement's totals."""
+
+    step: int
+    layer: str
+    g2: float
+    trace_sigma: float
+    b_simple: Estimate
+
+    def to_dict(self) -> dict:
+        return json_clean({"step": self.step, "layer": self.layer, "g2": self.g2, "trace_sigma": self.trace_sigma,
+                           "b_simple": self.b_simple})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LayerEstimate:
+        b = d["b_simple"]
+        est = Estimate.from_dict(b) if isinstance(b, dict) else Estimate.from_row(d, "b_simple", "status")
+        return cls(int(d["step"]), str(d.get("layer", "")), _float(d.get("g2")), _float(d.get("trace_sigma")),
+                   est or Estimate.none())
+
+    def to_row(self) -> dict:
+        return {"step": self.step, "layer": self.layer, "g2": self.g2, "trace_sigma": self.trace_sigma,
+                **self.b_simple.to_row("b_simple", "status")}
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from bsprof.gate.policy import (
     CANNOT_JUDGE,
     FAIL,
     PASS,
-    NoiseScale,
     Policy,
+    Reading,
     check_baseline,
     check_batch,
     judge,
@@ -56,7 +56,7 @@ def run(*args, env=None):
 
 # -- policy (pure) -------------------------------------------------------------------------------------------
 def test_policy_uses_the_favourable_end_of_the_interval():
-    noise = NoiseScale(1000.0, 800.0, 1250.0, "ok")
+    noise = Reading(1000.0, 800.0, 1250.0, "ok")
     assert check_batch(1024, noise).status == PASS and not check_batch(1024, noise).notes
     ambiguous = check_batch(4096, noise)            # 4096/1000 > 4 at the estimate, 4096/1250 < 4 at the top
     assert ambiguous.status == PASS and "not across the whole interval" in ambiguous.notes[0]
@@ -71,10 +71,10 @@ def test_policy_uses_the_favourable_end_of_the_interval():
 
 
 def test_lower_bound_can_only_prove_a_batch_too_small():
-    bound = NoiseScale(math.nan, 500.0, math.inf, "lower_bound")
+    bound = Reading(math.nan, 500.0, math.inf, "lower_bound")
     assert check_batch(64, bound).status == FAIL           # 500/64 > 4 whatever B_n above 500 is
     assert check_batch(4096, bound).status == CANNOT_JUDGE
-    assert check_batch(64, NoiseScale(math.nan, math.nan, math.nan, "undetermined")).status == CANNOT_JUDGE
+    assert check_batch(64, Reading(math.nan, math.nan, math.nan, "undetermined")).status == CANNOT_JUDGE
 
 
 def test_at_loss_interpolates_log_b_simple_and_refuses_to_extrapolate():
@@ -110,13 +110,13 @@ def test_sgd_lr_is_capped_by_eps_opt_when_eps_max_was_measured():
 
 
 def test_baseline_gate():
-    old = NoiseScale(100.0, 80.0, 125.0, "ok")
-    assert check_baseline(NoiseScale(200.0, 170.0, 240.0, "ok"), old, 2).status == PASS
-    grew = check_baseline(NoiseScale(400.0, 300.0, 500.0, "ok"), old, 2)      # 300 > 125·2
+    old = Reading(100.0, 80.0, 125.0, "ok")
+    assert check_baseline(Reading(200.0, 170.0, 240.0, "ok"), old, 2).status == PASS
+    grew = check_baseline(Reading(400.0, 300.0, 500.0, "ok"), old, 2)      # 300 > 125·2
     assert grew.status == FAIL and "grew" in grew.message
-    assert check_baseline(NoiseScale(30.0, 20.0, 35.0, "ok"), old, 2).status == FAIL   # 35 < 80/2
-    assert check_baseline(NoiseScale(math.nan, 50.0, math.inf, "lower_bound"), old, 2).status == CANNOT_JUDGE
-    assert check_baseline(NoiseScale(math.nan, 400.0, math.inf, "lower_bound"), old, 2).status == FAIL
+    assert check_baseline(Reading(30.0, 20.0, 35.0, "ok"), old, 2).status == FAIL   # 35 < 80/2
+    assert check_baseline(Reading(math.nan, 50.0, math.inf, "lower_bound"), old, 2).status == CANNOT_JUDGE
+    assert check_baseline(Reading(math.nan, 400.0, math.inf, "lower_bound"), old, 2).status == FAIL
 
 
 # -- the command: exit codes ---------------------------------------------------------------------------------
@@ -285,7 +285,7 @@ def test_spec_with_budget_and_a_measured_report(tmp_path):
     assert data["measured_now"]["device"] == "cpu" and data["measured_now"]["seconds"] <= 30
     assert any("relative half-width" in n or "undetermined" in n or "lower bound" in n for n in data["notes"])
     # the report written by bsprof.loop.measure feeds the gate: 0, 1 and 2 on the same real report
-    b = json.loads(saved.read_text())["summary"]["b_simple"]
+    b = json.loads(saved.read_text())["summary"]["b_simple"]["value"]
     assert run(saved, "-b", max(1, round(b))).exit_code == 0
     assert run(saved, "-b", round(b * 100)).exit_code == 1
     assert run(saved, "-b", round(b), "--at-loss", 1e6).exit_code == 2

@@ -22,9 +22,9 @@ def test_least_squares_at_init(tmp_path):
     r = run(ASSETS / "tiny_linear.py", "--steps", 0, "--rel-error", 0.1, "-o", tmp_path, "--no-figures", "-q")
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "report.json").read_text())
-    s = report["summary"]
-    assert s["status"] == "ok" and s["b_simple_lo"] <= s["b_simple"] <= s["b_simple_hi"]
-    assert 6 < s["b_simple"] < 12  # truth 8.64 for this sample of 20,000 (test_measure.py checks coverage)
+    s = report["summary"]["b_simple"]  # schema 2: {value, lo, hi, status}
+    assert s["status"] == "ok" and s["lo"] <= s["value"] <= s["hi"]
+    assert 6 < s["value"] < 12  # truth 8.64 for this sample of 20,000 (test_measure.py checks coverage)
     assert report["config"]["rel_error"] == 0.1 and report["config"]["steps"] == 0
     assert (tmp_path / "measurements.csv").is_file()
     for key in ("device", "device_name", "torch", "python", "seed"):
@@ -136,9 +136,9 @@ def test_checkpoint_is_measured(tmp_path):
     r = run(ASSETS / "tiny_linear.py", "--steps", 0, "--checkpoint", tmp_path / "w.pt", "-o", tmp_path, "-q",
             "--no-figures", "--max-seconds", 3)
     assert r.exit_code == 0, r.output
-    s = json.loads((tmp_path / "report.json").read_text())["summary"]
+    s = json.loads((tmp_path / "report.json").read_text())["summary"]["b_simple"]
     # near the optimum |G|² is tiny: B_simple is large (or only a lower bound)
-    assert (s["b_simple"] or s["b_simple_lo"]) > 100
+    assert (s["value"] or s["lo"]) > 100
     bad = run(ASSETS / "tiny_linear.py", "--steps", 0, "--checkpoint", tmp_path / "missing.pt", "-o", tmp_path)
     assert bad.exit_code == 2 and "checkpoint not found" in bad.output
 
@@ -190,7 +190,7 @@ def test_measuring_does_not_change_the_training():
         cfg = MeasureConfig(steps=20, measure_every=10, rel_error=rel_error, device="cpu", max_seconds=10)
         report = measure(ASSETS / "tiny_linear.py", cfg,
                          progress=lambda kind, info, seen=seen: seen.append(info["loss"]) if kind == "train" else None)
-        runs.append((seen, sum(m["examples"] for m in report.measurements)))
+        runs.append((seen, sum(m.examples for m in report.measurements)))
     (losses_a, spent_a), (losses_b, spent_b) = runs
     assert spent_a != spent_b and len(losses_a) == 20
     assert losses_a == losses_b

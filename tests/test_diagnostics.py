@@ -55,7 +55,8 @@ def test_clipping_from_the_spec_or_the_optimizer():
 def test_layer_spread_regression_misfit_and_b_pre():
     r = Report()
     r.add({"step": 0, "regression_fit_failed": True, "regression_fit_p": 1e-9, "b_pre_status": "not_available"},
-          [{"step": 0, "b_simple": 5.0, "status": "ok"}, {"step": 0, "b_simple": 500.0, "status": "ok"}])
+          [{"step": 0, "layer": "a", "b_simple": 5.0, "status": "ok"},
+           {"step": 0, "layer": "b", "b_simple": 500.0, "status": "ok"}])
     diagnostics.after_run(r)
     assert {"layer_spread", "regression_misfit", "b_pre_unavailable"} <= {d["code"] for d in r.diagnostics}
     quiet = Report()

@@ -25,6 +25,7 @@ from bsprof.distributed import LOCAL, Comm, rank_draws, reduce_sums
 from bsprof.engine.data import Examples
 from bsprof.engine.sampling import Sampling, next_batch
 from bsprof.errors import ConfigError
+from bsprof.output.report import Report
 from bsprof.probes import ChunkStats
 from bsprof.stats.draw import Draw
 
@@ -98,21 +99,21 @@ def test_two_ranks_agree_with_closed_form_and_one_process(tmp_path, method):
                     "-o", str(tmp_path / "ddp"))
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("gradient noise scale") == 1  # rank 0 prints, rank 1 stays quiet
-    report = json.loads((tmp_path / "ddp" / "report.json").read_text())
-    assert report["environment"]["world_size"] == 2
-    first, last = report["measurements"]
-    assert abs(first["b_simple"] / CLOSED_FORM - 1) < 0.1
-    assert first["b_simple_lo"] < first["b_simple"] < first["b_simple_hi"]
-    assert first["b"] == b and first["B"] % (2 * b) == 0 and first["b_ranks"] == first["B"] // 2
-    assert first["status_ranks"] in ("ok", "lower_bound") and np.isfinite(first["b_simple_ranks"])
+    report = Report.from_json(tmp_path / "ddp" / "report.json")
+    assert report.environment["world_size"] == 2
+    first, last = report.measurements
+    assert abs(first.b_simple.value / CLOSED_FORM - 1) < 0.1
+    assert first.b_simple.lo < first.b_simple.value < first.b_simple.hi
+    assert first.b == b and first.B % (2 * b) == 0 and first.ranks.b == first.B // 2
+    assert first.ranks.b_simple.status in ("ok", "lower_bound") and np.isfinite(first.ranks.b_simple.lo)
 
     cfg = MeasureConfig(steps=2, measure_every=2, batch_size=8, rel_error=0.05, device="cpu", method=method,
                         **({"micro_batch": 4} if b > 1 else {}))
     single = measure(ASSETS / "tiny_linear.py", cfg).measurements
     # same seed: the union of the two shards is the one-process draw, and the training batches too
     for two, one in zip((first, last), single):
-        assert abs(two["b_simple"] / one["b_simple"] - 1) < 0.01
-        assert two["n_draws"] == one["n_draws"]
+        assert abs(two.b_simple.value / one.b_simple.value - 1) < 0.01
+        assert two.n_draws == one.n_draws
 
 
 def test_comm_hook_on_a_two_rank_ddp_model(tmp_path):

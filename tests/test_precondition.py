@@ -53,7 +53,7 @@ def test_b_pre_end_to_end_under_adam():
     spec = Path(__file__).parent / "assets" / "tiny_adam.py"
     report = measure(spec, MeasureConfig(steps=2, measure_every=1, rel_error=0.3, max_seconds=10, device="cpu"))
     first, last = report.measurements[0], report.measurements[-1]
-    assert first["b_pre"] != first["b_pre"]  # NaN in the row (null in report.json)
-    assert last["b_pre_lo"] <= last["b_pre"] <= last["b_pre_hi"] and last["b_pre"] > 0
+    assert first.b_pre.status == "not_available"  # Adam has no state before its first step
+    assert last.b_pre.lo <= last.b_pre.value <= last.b_pre.hi and last.b_pre.value > 0
     codes = {d["code"] for d in report.diagnostics}
     assert {"adam", "b_pre_unavailable"} <= codes

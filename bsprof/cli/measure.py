@@ -12,8 +12,9 @@ from bsprof import distributed
 from bsprof.cli.app import app, console, err_console, user_errors
 from bsprof.config import MeasureConfig, resolve
 from bsprof.errors import BsprofError
-from bsprof.output.render import noise_scale_text
+from bsprof.output.render import estimate_text
 from bsprof.output.report import Report
+from bsprof.results import Estimate
 
 O = typer.Option
 
@@ -70,7 +71,7 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
                 bar.update(task, completed=info["step"], status=f"loss {info['loss']:.4g}")
             elif kind == "draw":
                 bar.update(task, status=f"measuring at step {info['step']}: B_simple "
-                           f"{noise_scale_text(vars(info['estimate']))}")
+                           f"{estimate_text(_estimate(info['estimate']))}")
 
         try:
             with distributed.stop_on_sigterm(comm):
@@ -92,3 +93,7 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
         raise typer.Exit(failure.exit_code)  # rank 0 says what happened
     if failure is not None:
         raise failure
+
+
+def _estimate(e) -> Estimate:
+    return Estimate(e.b_simple, e.b_simple_lo, e.b_simple_hi, e.status)

@@ -12,7 +12,7 @@ from bsprof.distributed.ranks import (
     follow_main,
     init,
     rank_draws,
-    rank_fields,
+    rank_estimate,
     reduce_sums,
     session,
     shutdown,
@@ -21,5 +21,5 @@ from bsprof.distributed.ranks import (
 )
 
 __all__ = ["LOCAL", "Comm", "GradientNoiseScale", "RankFailure", "broadcast_parameters", "check_batch", "current",
-           "follow_main", "init", "noise_scale_hook", "rank_draws", "rank_fields", "reduce_sums", "session",
+           "follow_main", "init", "noise_scale_hook", "rank_draws", "rank_estimate", "reduce_sums", "session",
            "shutdown", "stop_on_sigterm", "sync_gradients"]

@@ -33,6 +33,7 @@ from torch import nn
 
 from bsprof.errors import BsprofError, ConfigError
 from bsprof.probes.base import ChunkStats
+from bsprof.results import Estimate, Ranks
 from bsprof.stats.draw import Draw
 from bsprof.stats.estimators import noise_scale
 
@@ -285,13 +286,11 @@ def rank_draws(draws: Sequence[Draw]) -> list[Draw]:
             for d in draws if d.local_sq is not None and d.world > 1]
 
 
-def rank_fields(draws: Sequence[Draw], confidence: float, scale: float = 1.0) -> dict:
-    """Report fields of the across-ranks estimate (b = per-rank batch): b_simple_ranks[_lo, _hi], status_ranks."""
+def rank_estimate(draws: Sequence[Draw], confidence: float, scale: float = 1.0) -> Ranks | None:
+    """The across-ranks estimate (b = per-rank batch, B = world·b); None in one process."""
     pairs = rank_draws(draws)
     if not pairs:
-        return {}
+        return None
     est = noise_scale(pairs, confidence)
-    return {"b_simple_ranks": est.b_simple * scale, "b_simple_ranks_lo": est.b_simple_lo * scale,
-            "b_simple_ranks_hi": est.b_simple_hi * scale, "status_ranks": est.status,
-            "g2_ranks": est.g2, "trace_sigma_ranks": est.trace_sigma, "b_ranks": pairs[-1].b,
-            "world_size": pairs[-1].B // pairs[-1].b}
+    return Ranks(Estimate(est.b_simple, est.b_simple_lo, est.b_simple_hi, est.status).scaled(scale), est.g2,
+                 est.trace_sigma, pairs[-1].b, pairs[-1].B // pairs[-1].b)

@@ -6,11 +6,10 @@ optimizer, Adam's preconditioner, and a large spread between layers (science.md 
 
 from __future__ import annotations
 
-import math
-
 from torch import nn
 
 from bsprof.output.report import Report
+from bsprof.results import Status, is_adam_family
 
 LAYER_SPREAD = 10.0  # flag when layer noise scales differ by more than this factor
 
@@ -62,7 +61,7 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
         report.diagnose("weight_decay", "the optimizer has weight decay: bsprof measures the loss gradient "
                         "before it (decay is not part of the gradient noise).")
     name = type(optimizer).__name__
-    if name in ("Adam", "AdamW", "NAdam", "RAdam", "Adamax"):
+    if is_adam_family(name):
         report.diagnose("adam", f"{name} preconditions the gradient: the plain B_simple tends to underestimate "
                         "the critical batch under Adam (Merrill et al. 2025); see b_pre where reported.")
 
@@ -84,19 +83,18 @@ def clipping(report: Report, spec, optimizer) -> None:
 
 def after_run(report: Report) -> None:
     """Diagnostics that need the measurements: the 1/B regression's fit, B_pre availability, layer spread."""
-    bad = [r for r in report.measurements if r.get("regression_fit_failed")]
+    bad = [r for r in report.measurements if r.regression is not None and r.regression.failed]
     if bad:
-        report.diagnose("regression_misfit", f"|G_B|² is not linear in 1/B at step {bad[-1]['step']} (fit p = "
-                        f"{bad[-1]['regression_fit_p']:.2g}): examples of a batch are coupled (BatchNorm), the draws "
+        report.diagnose("regression_misfit", f"|G_B|² is not linear in 1/B at step {bad[-1].step} (fit p = "
+                        f"{bad[-1].regression.p_value:.2g}): examples of a batch are coupled (BatchNorm), the draws "
                         "are not i.i.d., or the loss is not a mean of per-example losses. Treat B_simple with care.")
-    if any(r.get("b_pre_status") == "not_available" for r in report.measurements):
+    if any(r.b_pre is not None and r.b_pre.status is Status.NOT_AVAILABLE for r in report.measurements):
         report.diagnose("b_pre_unavailable", "b_pre needs Adam's running second moment, which is empty before the "
                         "first optimizer step: it is reported from the first measurement after training starts.")
     if not report.layers:
         return
-    last = report.layers[-1]["step"]
-    values = [r["b_simple"] for r in report.layers
-              if r["step"] == last and r["status"] == "ok" and r["b_simple"] > 0 and math.isfinite(r["b_simple"])]
+    last = report.layers[-1].step
+    values = [r.b_simple.value for r in report.layers if r.step == last and r.b_simple.ok and r.b_simple.value > 0]
     if len(values) >= 2 and max(values) / min(values) > LAYER_SPREAD:
         report.diagnose("layer_spread", f"layer noise scales span {min(values):.3g}–{max(values):.3g} "
                         f"(> {LAYER_SPREAD:g}×): the total is dominated by the layers with the largest |G|²; "

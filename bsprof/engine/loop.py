@@ -27,6 +27,7 @@ from bsprof.engine.spec import Spec, build_dataset, build_model, build_optimizer
 from bsprof.errors import BsprofError, NonFiniteError, SpecError
 from bsprof.output.report import Report
 from bsprof.probes import PER_EXAMPLE, PROBES
+from bsprof.results import Estimate, LayerEstimate, Measurement, Status
 from bsprof.stats.estimators import NoiseScale
 
 Progress = Callable[[str, dict], None]
@@ -125,21 +126,19 @@ def _sampling(cfg: MeasureConfig, probe: str, n: int | None) -> Sampling:
 
 
 def _row(step: int, cfg: MeasureConfig, est: NoiseScale, draws, stopped_by: str, seconds: float,
-         probe: str, scale: float) -> dict:
-    return {
-        "step": step, "examples_seen": step * cfg.batch_size, "loss": est.loss,
-        "g2": est.g2, "g2_lo": est.g2_lo, "g2_hi": est.g2_hi, "trace_sigma": est.trace_sigma,
-        "b_simple": est.b_simple * scale, "b_simple_lo": est.b_simple_lo * scale,
-        "b_simple_hi": est.b_simple_hi * scale, "status": est.status, "method": probe,
-        "n_draws": est.n_draws, "examples": est.examples, "b": draws[-1].b, "B": draws[-1].B,
-        "rel_halfwidth": est.rel_halfwidth, "stopped_by": stopped_by, "seconds": round(seconds, 3),
-        "diversity_bound": est.gradient_diversity_bound * scale,
-    }
+         probe: str, scale: float) -> Measurement:
+    """The typed row of one measurement; batch sizes × ``scale`` (the report's unit), |G|² and tr(Σ) unscaled."""
+    return Measurement(
+        step=step, loss=est.loss, b_simple=Estimate(est.b_simple, est.b_simple_lo, est.b_simple_hi,
+                                                    est.status).scaled(scale),
+        g2=Estimate(est.g2, est.g2_lo, est.g2_hi, Status.OK if est.g2 > 0 else Status.UNDETERMINED),
+        trace_sigma=est.trace_sigma, examples_seen=step * cfg.batch_size, method=probe, n_draws=est.n_draws,
+        examples=est.examples, b=draws[-1].b, B=draws[-1].B, stopped_by=stopped_by, seconds=round(seconds, 3),
+        diversity_bound=est.gradient_diversity_bound * scale)
 
 
-def _layer_rows(step: int, names: list[str], est: NoiseScale, scale: float) -> list[dict]:
-    return [{"step": step, "layer": names[j], "g2": g2, "trace_sigma": tr, "b_simple": b * scale,
-             "b_simple_lo": lo * scale, "b_simple_hi": hi * scale, "status": st}
+def _layer_rows(step: int, names: list[str], est: NoiseScale, scale: float) -> list[LayerEstimate]:
+    return [LayerEstimate(step, names[j], g2, tr, Estimate(b, lo, hi, st).scaled(scale))
             for j, (g2, tr, b, lo, hi, st) in est.layers.items()]
 
 
@@ -197,10 +196,10 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                     est, draws, stopped = measure_at(model, spec.loss, examples, sampling, group_index,
                                                      lambda e, s=step: say("draw", {"step": s, "estimate": e}), comm)
                     row = _row(step, cfg, est, draws, stopped, time.perf_counter() - t0, probe, scale)
-                    row.update(distributed.rank_fields(draws, cfg.confidence, scale))  # {} in one process
                     whole = examples if comm.world == 1 else examples.whole()  # B_noise, B_pre: not sharded
-                    row.update(scales.extra_fields(model, spec.loss, whole, draws, cfg, optimizer, sampling,
-                                                   group_index, scale))
+                    row = dataclasses.replace(row, ranks=distributed.rank_estimate(draws, cfg.confidence, scale),
+                                              **scales.extra_fields(model, spec.loss, whole, draws, cfg, optimizer,
+                                                                    sampling, group_index, scale))
                 report.add(row, _layer_rows(step, names, est, scale))
                 say("measured", {"step": step, "row": report.measurements[-1]})
             if step < cfg.steps:

@@ -1,54 +1,56 @@
-"""Noise scales beyond the pair estimate of B_simple, as extra report columns of one measurement row.
+"""Noise scales beyond the pair estimate of B_simple, as extra fields of one ``Measurement``.
 
-- ``b_simple_regression``, ``regression_fit_p``: the 1/B regression over partial sums (``regression.fit``);
-- ``b_noise`` (+ ``gHg``, ``trace_HSigma``, ``eps_max``): with ``--hessian`` (``probes.hessian``);
-- ``b_pre``: with an Adam-like optimizer, the preconditioned noise scale (``probes.precondition``).
+- ``regression``: the 1/B regression over partial sums (``stats.regression``), with its goodness of fit;
+- ``b_noise`` and ``hessian`` (GᵀHG, tr(HΣ), ε_max): with ``--hessian`` (``probes.hessian``);
+- ``b_pre``: with an Adam-family optimizer, the preconditioned noise scale (``probes.precondition``).
 Batch sizes are multiplied by ``scale`` (the report's unit); every interval is at the configured confidence.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from bsprof.engine.sampling import measure_at
 from bsprof.probes import trainable
 from bsprof.probes.hessian import measure_b_noise
-from bsprof.probes.precondition import ADAM_LIKE, adam_preconditioner, preconditioned
+from bsprof.probes.precondition import adam_preconditioner, preconditioned
+from bsprof.results import Estimate, Hessian, Regression, Status, is_adam_family
 from bsprof.stats import regression
 
-NAN = math.nan
 
-
-def regression_fields(draws, scale: float) -> dict:
+def regression_part(draws, scale: float) -> Regression:
     f = regression.fit(draws)
-    return {"b_simple_regression": f.b_simple * scale, "regression_g2": f.g2, "regression_trace_sigma": f.trace_sigma,
-            "regression_fit_p": f.p_value, "regression_dof": f.dof, "regression_fit_failed": bool(f.failed)}
+    return Regression(f.b_simple * scale, f.g2, f.trace_sigma, f.p_value, f.dof, bool(f.failed))
 
 
 def hessian_fields(model, loss_fn, examples, draws, cfg, scale: float) -> dict:
+    """B_noise (in the report's unit) and the Hessian part (GᵀHG, tr(HΣ), ε_max in the loss's units)."""
     est = measure_b_noise(model, loss_fn, examples, draws[-1].B, rel_error=cfg.rel_error, confidence=cfg.confidence,
                           min_draws=cfg.min_draws, max_examples=cfg.max_examples, max_seconds=cfg.max_seconds)
-    return est.row(scale)
+    r, e = est.b_noise, est.eps_max
+    return {"b_noise": Estimate(r.value, r.lo, r.hi, r.status).scaled(scale),
+            "hessian": Hessian(est.gHg, est.trace_h_sigma, Estimate(e.value, e.lo, e.hi, e.status), est.n_draws),
+            "b_noise_stopped_by": getattr(est, "stopped_by", "")}
 
 
 def preconditioned_fields(model, loss_fn, examples, optimizer, sampling, group, cfg, scale: float) -> dict:
-    """B_pre for Adam-like optimizers: NaN (with b_pre_status 'not_available') before Adam has any state."""
-    if type(optimizer).__name__ not in ADAM_LIKE:
+    """B_pre for Adam-like optimizers: status not_available before Adam has any state."""
+    if not is_adam_family(type(optimizer).__name__):
         return {}
     p = adam_preconditioner(optimizer, trainable(model)[1])
     if p is None:
-        return {"b_pre": NAN, "b_pre_lo": NAN, "b_pre_hi": NAN, "b_pre_status": "not_available"}
+        return {"b_pre": Estimate.none(Status.NOT_AVAILABLE)}
     base = "microbatch" if sampling.probe == "hooks" else sampling.probe  # hooks cannot weight elementwise
     s = dataclasses.replace(sampling, probe=preconditioned(base, p),
                             b=cfg.micro_batch if base == "microbatch" else sampling.b)
-    est, _, _ = measure_at(model, loss_fn, examples, s, group)
-    return {"b_pre": est.b_simple * scale, "b_pre_lo": est.b_simple_lo * scale, "b_pre_hi": est.b_simple_hi * scale,
-            "b_pre_status": est.status}
+    est, _, stopped = measure_at(model, loss_fn, examples, s, group)
+    return {"b_pre": Estimate(est.b_simple, est.b_simple_lo, est.b_simple_hi, est.status).scaled(scale),
+            "b_pre_stopped_by": stopped}
 
 
 def extra_fields(model, loss_fn, examples, draws, cfg, optimizer, sampling, group, scale: float) -> dict:
-    out = regression_fields(draws, scale)
+    """Measurement fields beyond the pair estimate: regression, and B_noise / B_pre when they apply."""
+    out = {"regression": regression_part(draws, scale)}
     if cfg.hessian:
         out.update(hessian_fields(model, loss_fn, examples, draws, cfg, scale))
     out.update(preconditioned_fields(model, loss_fn, examples, optimizer, sampling, group, cfg, scale))

@@ -9,7 +9,7 @@ import json
 import xml.etree.ElementTree as ET
 
 from bsprof.gate.policy import CANNOT_JUDGE, FAIL, PASS, Verdict
-from bsprof.output.report import json_safe
+from bsprof.results import json_clean
 
 TITLES = {"batch_size": "batch size", "lr": "learning rate", "baseline": "baseline", "report": "report",
           "options": "options", "measure": "measurement"}
@@ -21,7 +21,7 @@ def to_json(verdict: Verdict, extra: dict | None = None) -> str:
     data = verdict.to_dict()
     if extra:
         data.update(extra)
-    return json.dumps(json_safe(data), indent=2, allow_nan=False, ensure_ascii=False)
+    return json.dumps(json_clean(data), indent=2, allow_nan=False, ensure_ascii=False)
 
 
 def to_junit(verdict: Verdict, suite: str = "bsprof check") -> str:

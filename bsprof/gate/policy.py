@@ -19,25 +19,34 @@ hi = ∞) can still prove a batch too small; nothing else can be judged from it.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from bsprof.output.report import Report
+from bsprof.results import Estimate, Measurement, Status, Summary, finite, is_adam_family, json_clean
 
-PASS, FAIL, CANNOT_JUDGE = "pass", "fail", "cannot_judge"
+
+class Outcome(str, enum.Enum):
+    """A check's answer; the CLI exits 0, 1 or 2 for these."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    CANNOT_JUDGE = "cannot_judge"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+PASS, FAIL, CANNOT_JUDGE = Outcome.PASS, Outcome.FAIL, Outcome.CANNOT_JUDGE
 EXIT_CODES = {PASS: 0, FAIL: 1, CANNOT_JUDGE: 2}
-ADAM_LIKE = ("adam", "adamw", "nadam", "radam", "adamax")
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _fmt(x: float) -> str:
     """A number for a message: 3 significant figures, thousands without exponent."""
-    if x is None or not _finite(x):
+    if x is None or not finite(x):
         return "∞" if x == math.inf else "?"
     if x != 0 and (abs(x) >= 1e6 or abs(x) < 1e-3):
         return f"{x:.3g}"
@@ -48,62 +57,53 @@ def _fmt(x: float) -> str:
 
 # -- the measured figure -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class NoiseScale:
-    """B_n at one point of a run: estimate, interval [lo, hi] (hi = inf for a lower bound), and where it was read."""
+class Reading(Estimate):
+    """B_n at one point of a run (an ``Estimate``: hi = ∞ for a lower bound), and where it was read."""
 
-    value: float
-    lo: float
-    hi: float
-    status: str                # ok, lower_bound, undetermined (the report's vocabulary)
     unit: str = "examples"
     where: str = "summary"
     loss: float | None = None
     step: int | None = None
     eps_max: float | None = None                 # ε_max = |G|²/(GᵀHG), when the report measured it
-    b_noise: tuple[float, float, float] | None = None   # Hessian-aware B_noise (value, lo, hi), when measured
-
-    @property
-    def rel_halfwidth(self) -> float:
-        """(hi − lo) / (2·value): the precision of the measurement (inf for a lower bound)."""
-        if self.status != "ok" or not (_finite(self.value) and self.value > 0):
-            return math.inf
-        return (self.hi - self.lo) / (2 * self.value)
+    b_noise: Estimate | None = None              # Hessian-aware B_noise, when measured
 
     def describe(self) -> str:
-        if self.status == "lower_bound":
+        if self.status is Status.LOWER_BOUND:
             return f"B_simple > {_fmt(self.lo)} {self.unit} (a lower bound, {self.where})"
-        if self.status != "ok":
+        if self.status is not Status.OK:
             return f"B_simple undetermined ({self.where})"
         return f"B_simple = {_fmt(self.value)} [{_fmt(self.lo)}, {_fmt(self.hi)}] {self.unit} ({self.where})"
 
     def to_dict(self) -> dict:
-        keys = ("value", "lo", "hi", "status", "unit", "where", "loss", "step", "eps_max")
-        d = {k: getattr(self, k) for k in keys}
-        d["rel_halfwidth"] = self.rel_halfwidth
+        d = {**super().to_dict(), "unit": self.unit, "where": self.where, "loss": self.loss, "step": self.step,
+             "eps_max": self.eps_max, "rel_halfwidth": self.rel_halfwidth}
         if self.b_noise is not None:
-            d["b_noise"], d["b_noise_lo"], d["b_noise_hi"] = self.b_noise
-        return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in d.items()}
+            d.update(self.b_noise.to_row("b_noise"))
+            del d["b_noise_status"]
+        return json_clean(d)
 
 
-def _row_scale(row: dict, unit: str, where: str) -> NoiseScale:
-    value, lo, hi = (row.get(k) for k in ("b_simple", "b_simple_lo", "b_simple_hi"))
-    status = row.get("status") or "undetermined"
-    eps = row.get("eps_max")
-    bn = tuple(row.get(k) for k in ("b_noise", "b_noise_lo", "b_noise_hi"))
-    bn = (bn[0], bn[1] if _finite(bn[1]) and bn[1] > 0 else bn[0], bn[2] if _finite(bn[2]) else bn[0]) \
-        if _finite(bn[0]) and bn[0] > 0 else None
-    common = {"unit": unit, "where": where, "loss": row.get("loss"), "step": row.get("step"),
-              "eps_max": eps if _finite(eps) and eps > 0 else None, "b_noise": bn}
-    if status == "ok" and _finite(value) and value > 0:
-        lo = lo if _finite(lo) and 0 < lo <= value else value
-        hi = hi if _finite(hi) and hi >= value else value
-        return NoiseScale(float(value), float(lo), float(hi), "ok", **common)
-    if status in ("ok", "lower_bound") and _finite(lo) and lo > 0:
-        return NoiseScale(math.nan, float(lo), math.inf, "lower_bound", **common)
-    return NoiseScale(math.nan, math.nan, math.nan, "undetermined", **common)
+def reading(row: Measurement | None, summary: Summary | None, unit: str, where: str) -> Reading:
+    """The gate's view of a measurement: a usable interval (ends clamped around the value), ε_max and B_noise."""
+    est = summary.b_simple if summary is not None else row.b_simple if row is not None else Estimate.none()
+    hess = row.hessian if row is not None else None
+    eps = hess.eps_max.value if hess is not None else None
+    bn = row.b_noise if row is not None else None
+    bn = Estimate(bn.value, bn.lo if finite(bn.lo) and bn.lo > 0 else bn.value, bn.hi if finite(bn.hi) else bn.value) \
+        if bn is not None and finite(bn.value) and bn.value > 0 else None
+    common = {"unit": unit, "where": where, "loss": row.loss if row else None, "step": row.step if row else None,
+              "eps_max": eps if finite(eps) and eps > 0 else None, "b_noise": bn}
+    value, lo, hi = est.value, est.lo, est.hi
+    if est.status is Status.OK and finite(value) and value > 0:
+        lo = lo if finite(lo) and 0 < lo <= value else value
+        hi = hi if finite(hi) and hi >= value else value
+        return Reading(float(value), float(lo), float(hi), Status.OK, **common)
+    if est.status in (Status.OK, Status.LOWER_BOUND) and finite(lo) and lo > 0:
+        return Reading(math.nan, float(lo), math.inf, Status.LOWER_BOUND, **common)
+    return Reading(math.nan, math.nan, math.nan, Status.UNDETERMINED, **common)
 
 
-def noise_at(report: Report, at_loss: float | None = None) -> NoiseScale:
+def noise_at(report: Report, at_loss: float | None = None) -> Reading:
     """The noise scale at the report's latest measurement, or interpolated at ``at_loss``.
 
     Interpolation is linear in log B_simple (and log of each interval end) against the loss, between the
@@ -112,26 +112,25 @@ def noise_at(report: Report, at_loss: float | None = None) -> NoiseScale:
     """
     if at_loss is None:
         s = report.summary
-        where = "summary" + (f", step {s['step']}" if s.get("step") is not None else "")
-        last = report.measurements[-1] if report.measurements else {}
-        return _row_scale({**last, **s}, report.unit, where)
-    rows = [r for r in report.measurements if r.get("status") == "ok" and _finite(r.get("loss"))
-            and _finite(r.get("b_simple")) and r["b_simple"] > 0]
+        where = "summary" + (f", step {s.step}" if s.step is not None else "")
+        last = report.measurements[-1] if report.measurements else None
+        return reading(last, s, report.unit, where)
+    rows = [r for r in report.measurements if r.b_simple.ok and finite(r.loss) and r.b_simple.value > 0]
     if not rows:
-        return NoiseScale(math.nan, math.nan, math.nan, "undetermined", report.unit,
-                          f"no determined measurement to interpolate at loss {_fmt(at_loss)}", loss=at_loss)
-    rows.sort(key=lambda r: r["loss"])
-    losses = np.array([r["loss"] for r in rows], float)
+        return Reading(math.nan, math.nan, math.nan, Status.UNDETERMINED, report.unit,
+                       f"no determined measurement to interpolate at loss {_fmt(at_loss)}", loss=at_loss)
+    rows.sort(key=lambda r: r.loss)
+    losses = np.array([r.loss for r in rows], float)
     if not losses[0] <= at_loss <= losses[-1]:
         raise ValueError(f"--at-loss {_fmt(at_loss)} is outside the measured losses "
                          f"[{_fmt(losses[0])}, {_fmt(losses[-1])}]; bsprof does not extrapolate the noise scale")
-    scales = [_row_scale(r, report.unit, "") for r in rows]
+    scales = [reading(r, None, report.unit, "") for r in rows]
     logs = {k: np.log([getattr(s, k) for s in scales]) for k in ("value", "lo", "hi")}
     est = {k: float(np.exp(np.interp(at_loss, losses, v))) for k, v in logs.items()}
     eps = [s.eps_max for s in scales]
     eps_max = float(np.exp(np.interp(at_loss, losses, np.log(eps)))) if all(eps) else None
-    return NoiseScale(est["value"], min(est["lo"], est["value"]), max(est["hi"], est["value"]), "ok",
-                      report.unit, f"interpolated at loss {_fmt(at_loss)}", loss=at_loss, eps_max=eps_max)
+    return Reading(est["value"], min(est["lo"], est["value"]), max(est["hi"], est["value"]), Status.OK,
+                   report.unit, f"interpolated at loss {_fmt(at_loss)}", loss=at_loss, eps_max=eps_max)
 
 
 # -- policy and results --------------------------------------------------------------------------------------
@@ -156,11 +155,11 @@ class Policy:
     def problems(self) -> list[str]:
         p = []
         for name in ("factor", "lr_factor", "baseline_factor"):
-            if not (_finite(getattr(self, name)) and getattr(self, name) >= 1):
+            if not (finite(getattr(self, name)) and getattr(self, name) >= 1):
                 p.append(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         for name in ("max_extra_compute", "max_extra_steps"):
             v = getattr(self, name)
-            if v is not None and not (_finite(v) and v > 0):
+            if v is not None and not (finite(v) and v > 0):
                 p.append(f"--{name.replace('_', '-')} must be positive (got {v})")
         return p
 
@@ -186,7 +185,7 @@ class Verdict:
     """The gate's answer: fail if any check fails, else cannot_judge if any cannot, else pass."""
 
     checks: tuple[CheckResult, ...]
-    noise: NoiseScale | None = None
+    noise: Reading | None = None
     notes: tuple[str, ...] = ()
 
     @property
@@ -221,7 +220,7 @@ class Verdict:
 
 
 def _clean(d: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+    return json_clean(d)
 
 
 def _pow2_within(target: float, lo: float, hi: float) -> int | None:
@@ -235,18 +234,18 @@ def _pow2_within(target: float, lo: float, hi: float) -> int | None:
 
 
 # -- the batch size ------------------------------------------------------------------------------------------
-def check_batch(batch_size: float, noise: NoiseScale, policy: Policy = Policy()) -> CheckResult:
+def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) -> CheckResult:
     """Judge B against B_n: extra steps B_n/B ≤ X_steps and extra compute B/B_n ≤ X_compute (eq. 2.11)."""
     B, Xs, Xc, u = float(batch_size), policy.steps_limit, policy.compute_limit, noise.unit
     measured = {"batch_size": B, "noise_scale": noise.value, "noise_scale_lo": noise.lo, "noise_scale_hi": noise.hi,
                 "steps_limit": Xs, "compute_limit": Xc}
-    if noise.status == "undetermined":
+    if noise.status == Status.UNDETERMINED:
         return CheckResult("batch_size", CANNOT_JUDGE,
                            f"cannot judge B = {_fmt(B)}: the noise scale is undetermined ({noise.where}); "
                            "|G|² was not distinguished from 0",
                            ("measure longer or at a lower loss: `bsprof measure --max-examples ...`",), measured)
     passing = {"min": noise.lo / Xs, "max": noise.hi * Xc}
-    if noise.status == "ok":
+    if noise.status == Status.OK:
         passing.update(min_clean=noise.hi / Xs, max_clean=noise.lo * Xc)
         passing["suggest"] = _pow2_within(B, passing["min_clean"], passing["max_clean"]) or \
             _pow2_within(B, passing["min"], passing["max"])
@@ -258,7 +257,7 @@ def check_batch(batch_size: float, noise: NoiseScale, policy: Policy = Policy())
                            f"(S/S_min − 1 = B_n/B ≥ {_fmt(extra)}, limit {_fmt(Xs)}) even at the low end of "
                            f"{noise.describe()}; a batch of at least {_fmt(math.ceil(passing['min']))} {u} passes",
                            (), {**measured, "extra_steps": extra}, passing)
-    if noise.status == "lower_bound":
+    if noise.status == Status.LOWER_BOUND:
         return CheckResult("batch_size", CANNOT_JUDGE,
                            f"cannot judge B = {_fmt(B)}: {noise.describe()} can only show a batch too small, "
                            f"and B ≥ {_fmt(noise.lo / Xs)} is not",
@@ -294,7 +293,7 @@ def lr_rule(optimizer: str | None) -> str | None:
     name = (optimizer or "SGD").lower()
     if name == "sgd":
         return "linear"
-    if name in ADAM_LIKE:
+    if is_adam_family(name):
         return "sqrt"
     return None
 
@@ -311,16 +310,16 @@ def target_lr(rule: str, lr_ref: float, b_ref: float, batch_size: float, b_noise
     B = float(batch_size)
     if rule == "sqrt":
         return lr_ref * math.sqrt(B / b_ref)
-    if b_noise is None or not _finite(b_noise):
+    if b_noise is None or not finite(b_noise):
         target = lr_ref * B / b_ref
     else:
         target = lr_ref * (1 + b_noise / b_ref) / (1 + b_noise / B)
-    if eps_max is not None and b_noise is not None and _finite(b_noise):
+    if eps_max is not None and b_noise is not None and finite(b_noise):
         target = min(target, eps_max / (1 + b_noise / B))
     return target
 
 
-def check_lr(lr: float, batch_size: float, report_config: dict, noise: NoiseScale | None,
+def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading | None,
              policy: Policy = Policy()) -> CheckResult:
     """Judge lr against the optimizer's scaling rule from the measured config; off by > lr_factor fails."""
     optimizer = report_config.get("optimizer") or "SGD"
@@ -331,26 +330,26 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: NoiseScal
     if rule is None:
         return CheckResult("lr", CANNOT_JUDGE, f"cannot judge lr = {_fmt(lr)}: bsprof has no scaling rule for "
                            f"{optimizer} (it knows SGD: linear, Adam/AdamW: square root)", (), measured)
-    if not (_finite(lr_ref) and lr_ref > 0 and _finite(b_ref) and b_ref > 0):
+    if not (finite(lr_ref) and lr_ref > 0 and finite(b_ref) and b_ref > 0):
         return CheckResult("lr", CANNOT_JUDGE, f"cannot judge lr = {_fmt(lr)}: the report's config has no "
                            f"reference lr and batch_size (found lr={lr_ref!r}, batch_size={b_ref!r})", (), measured)
     notes = []
     if rule == "sqrt":
         grid = [None]
-    elif noise is None or noise.status == "undetermined":
+    elif noise is None or noise.status == Status.UNDETERMINED:
         grid = [None]
         notes.append("noise scale undetermined: plain linear scaling from the measured config, valid only "
                      "while B is well below the (unknown) noise scale")
     elif noise.b_noise is not None:   # ε_opt(B) is written in B_noise (eq. 2.6): use it when measured
-        grid = list(np.geomspace(noise.b_noise[1], noise.b_noise[2], 33))
+        grid = list(np.geomspace(noise.b_noise.lo, noise.b_noise.hi, 33))
     else:
-        hi = noise.hi if _finite(noise.hi) else noise.lo * 1e6
+        hi = noise.hi if finite(noise.hi) else noise.lo * 1e6
         grid = list(np.geomspace(noise.lo, hi, 33))
     eps = noise.eps_max if noise is not None else None
     targets = [target_lr(rule, lr_ref, b_ref, batch_size, bn, eps) for bn in grid]
     t_lo, t_hi = min(targets), max(targets)
-    point = noise.b_noise[0] if noise is not None and noise.b_noise is not None else \
-        noise.value if noise is not None and noise.status == "ok" else None
+    point = noise.b_noise.value if noise is not None and noise.b_noise is not None else \
+        noise.value if noise is not None and noise.status == Status.OK else None
     best = target_lr(rule, lr_ref, b_ref, batch_size, point, eps)
     measured.update(target=best, target_lo=t_lo, target_hi=t_hi, ratio=lr / best, eps_max=eps,
                     noise_scale_used="b_noise" if noise is not None and noise.b_noise is not None else "b_simple")
@@ -371,14 +370,14 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: NoiseScal
 
 
 # -- regression against a baseline ---------------------------------------------------------------------------
-def check_baseline(new: NoiseScale, old: NoiseScale, factor: float = 2.0) -> CheckResult:
+def check_baseline(new: Reading, old: Reading, factor: float = 2.0) -> CheckResult:
     """Fail when B_n moved beyond both intervals by more than ``factor``: new_lo > old_hi·f or new_hi < old_lo/f."""
     measured = {"new": new.to_dict(), "old": old.to_dict(), "factor": factor}
     if new.unit != old.unit:
         return CheckResult("baseline", CANNOT_JUDGE, f"cannot compare with the baseline: it is in {old.unit}, "
                            f"this measurement in {new.unit}", (), measured)
-    if new.status == "undetermined" or old.status == "undetermined":
-        which = "this measurement" if new.status == "undetermined" else "the baseline"
+    if new.status == Status.UNDETERMINED or old.status == Status.UNDETERMINED:
+        which = "this measurement" if new.status == Status.UNDETERMINED else "the baseline"
         return CheckResult("baseline", CANNOT_JUDGE,
                            f"cannot compare with the baseline: the noise scale of {which} is undetermined",
                            (), measured)
@@ -393,7 +392,7 @@ def check_baseline(new: NoiseScale, old: NoiseScale, factor: float = 2.0) -> Che
                            f"the noise scale shrank {_fmt(old.lo / new.hi)}× below the baseline (limit "
                            f"{_fmt(factor)}×): now {new.describe()}, was {old.describe()}; update the baseline "
                            "if this is intended, or re-tune the batch size", (), measured, passing)
-    if new.status != "ok" or old.status != "ok":
+    if new.status != Status.OK or old.status != Status.OK:
         return CheckResult("baseline", CANNOT_JUDGE,
                            f"cannot tell whether the noise scale moved: now {new.describe()}, was "
                            f"{old.describe()}", (), measured, passing)
@@ -409,9 +408,9 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
     """Run every applicable check on ``report``. Raises ValueError for options that cannot be judged
     (invalid policy, --at-loss outside the measured losses)."""
     problems = policy.problems()
-    if not (_finite(batch_size) and batch_size > 0):
+    if not (finite(batch_size) and batch_size > 0):
         problems.append(f"--batch-size must be positive (got {batch_size})")
-    if lr is not None and not (_finite(lr) and lr > 0):
+    if lr is not None and not (finite(lr) and lr > 0):
         problems.append(f"--lr must be positive (got {lr})")
     if problems:
         raise ValueError("; ".join(problems))

@@ -8,6 +8,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from bsprof.results import Estimate, Status, finite
+
 
 def fmt(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -19,43 +21,38 @@ def fmt(x, digits: int = 3) -> str:
     return str(x)
 
 
-def noise_scale_text(row: dict, key: str = "b_simple") -> str:
-    """'26.1 [24.9, 27.4]', or '> 310' for a lower bound, or 'undetermined' (key: b_simple, b_noise, b_pre)."""
-    status = row.get("status" if key == "b_simple" else f"{key}_status")
-    if status is None and _finite(row.get(key)):
-        status = "ok"
-    if status == "ok":
-        return f"{fmt(row[key])} [{fmt(row[key + '_lo'])}, {fmt(row[key + '_hi'])}]"
-    if status == "lower_bound":
-        return f"> {fmt(row[key + '_lo'])}"
-    return "undetermined" if key == "b_simple" else "–"
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+def estimate_text(est: Estimate | None) -> str:
+    """'26.1 [24.9, 27.4]', '> 310' for a lower bound, 'undetermined', or '–' when not measured."""
+    if est is None or est.status is Status.NOT_AVAILABLE:
+        return "–"
+    if est.status is Status.OK:
+        return f"{fmt(est.value)} [{fmt(est.lo)}, {fmt(est.hi)}]"
+    if est.status is Status.LOWER_BOUND:
+        return f"> {fmt(est.lo)}"
+    return "undetermined"
 
 
 def report_table(report) -> Group:
     conf = report.config.get("confidence", 0.9)
     table = Table(title=f"gradient noise scale ({report.unit}; {conf:.0%} intervals)", title_justify="left")
     extra = [(k, name) for k, name in (("b_noise", "B_noise"), ("b_pre", "B_pre (Adam)"))
-             if any(_finite(r.get(k)) for r in report.measurements)]
+             if any(getattr(r, k) is not None and finite(getattr(r, k).value) for r in report.measurements)]
     for col in ("step", "loss", "B_simple", *(name for _, name in extra), "|G|²", "tr(Σ)", "draws", "examples",
                 "stopped by"):
         table.add_column(col, justify="right")
     for r in report.measurements:
-        table.add_row(str(r["step"]), fmt(r["loss"], 4), noise_scale_text(r),
-                      *(noise_scale_text(r, k) for k, _ in extra), fmt(r["g2"]), fmt(r["trace_sigma"]),
-                      str(r["n_draws"]), str(r["examples"]), r.get("stopped_by", ""))
+        table.add_row(str(r.step), fmt(r.loss, 4), estimate_text(r.b_simple),
+                      *(estimate_text(getattr(r, k)) for k, _ in extra), fmt(r.g2.value), fmt(r.trace_sigma),
+                      str(r.n_draws), str(r.examples), r.stopped_by)
     parts = [table]
     s = report.summary
-    if s.get("status") != "undetermined" or report.measurements:
-        line = f"B_simple at step {s.get('step')}: {noise_scale_text(s)} {report.unit}"
-        if "growth" in s:
-            line += f"   (grew {s['growth']:.1f}× over the run)"
+    if report.measurements:
+        line = f"B_simple at step {s.step}: {estimate_text(s.b_simple)} {report.unit}"
+        if s.growth is not None:
+            line += f"   ({'grew' if s.growth >= 1 else 'fell'} {s.growth:.1f}× over the run)"
         for key, name in (("b_noise", "B_noise"), ("b_pre", "B_pre")):
-            if _finite(s.get(key)):
-                line += f";  {name}: {noise_scale_text(s, key)}"
+            if getattr(s, key) is not None:
+                line += f";  {name}: {estimate_text(getattr(s, key))}"
         parts.append(Text(line, style="bold"))
     for d in report.diagnostics:
         parts.append(Text(f"note [{d['code']}]: {d['message']}", style="yellow"))
@@ -67,10 +64,10 @@ def report_table(report) -> Group:
 
 def layers_table(report) -> Table:
     """Per-layer |G|², tr(Σ) and B_simple at the last measured step (Gray et al. 2024: LayerNorms predict it)."""
-    last = report.layers[-1]["step"]
+    last = report.layers[-1].step
     table = Table(title=f"per-layer noise scale at step {last} ({report.unit})", title_justify="left")
     for col in ("layer", "|G|²", "tr(Σ)", "B_simple"):
         table.add_column(col, justify="right" if col != "layer" else "left")
-    for r in (r for r in report.layers if r["step"] == last):
-        table.add_row(r["layer"], fmt(r["g2"]), fmt(r["trace_sigma"]), noise_scale_text(r))
+    for r in (r for r in report.layers if r.step == last):
+        table.add_row(r.layer, fmt(r.g2), fmt(r.trace_sigma), estimate_text(r.b_simple))
     return table

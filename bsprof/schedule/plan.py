@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from bsprof.errors import BsprofError, ConfigError, ReportError
+from bsprof.results import Estimate, Measurement, finite, is_adam_family
 from bsprof.schedule import predict, rules
 from bsprof.schedule.fit import fit_noise_scale
 from bsprof.schedule.stages import Schedule, Stage
@@ -84,20 +85,18 @@ def _column(cfg: ScheduleConfig, rows: list[dict]) -> str:
     return "b_simple" if cfg.noise == "auto" else cfg.noise
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def usable_rows(report, cfg: ScheduleConfig) -> tuple[list[dict], str]:
-    """Rows with status ok and a finite positive noise scale and loss, sorted by step."""
-    ok = [r for r in report.measurements if r.get("status", "ok") == "ok" and _finite(r.get("loss"))]
-    col = _column(cfg, ok)
-    rows = sorted((r for r in ok if _finite(r.get(col)) and r[col] > 0), key=lambda r: r.get("step", 0))
-    if len({r["loss"] for r in rows}) < 2:
-        raise ReportError(f"the report has {len(rows)} usable measurement(s) (status ok, finite {col}); "
+def usable_rows(report, cfg: ScheduleConfig) -> tuple[list[tuple[Measurement, Estimate]], str]:
+    """(row, noise scale followed) for rows whose noise scale is determined and positive at a finite loss,
+    sorted by step."""
+    col = _column(cfg, report.measurements)
+    pairs = [(r, getattr(r, col)) for r in report.measurements if r.b_simple.ok and finite(r.loss)]
+    pairs = sorted(((r, e) for r, e in pairs if e is not None and finite(e.value) and e.value > 0),
+                   key=lambda p: p[0].step)
+    if len({r.loss for r, _ in pairs}) < 2:
+        raise ReportError(f"the report has {len(pairs)} usable measurement(s) (status ok, finite {col}); "
                           "a schedule needs at least two at different losses",
                           "measure during training: `bsprof measure SPEC --steps 300` (not --steps 0)")
-    return rows, col
+    return pairs, col
 
 
 def check_target(target: float, losses, fit, cfg: ScheduleConfig) -> list[str]:
@@ -167,11 +166,11 @@ def _baselines(path, batch_train: float, cfg: ScheduleConfig, sched: dict) -> li
 def plan(report, config: ScheduleConfig) -> Schedule:
     """The batch-size (and learning-rate) schedule from the report's start to ``config.target_loss``."""
     rows, col = usable_rows(report, config)
-    steps = np.array([r.get("step", 0) for r in rows], float)
-    loss = np.array([r["loss"] for r in rows], float)
-    b = np.array([r[col] for r in rows], float)
-    lo = np.array([r.get(f"{col}_lo", math.nan) for r in rows], float)
-    hi = np.array([r.get(f"{col}_hi", math.nan) for r in rows], float)
+    steps = np.array([r.step for r, _ in rows], float)
+    loss = np.array([r.loss for r, _ in rows], float)
+    b = np.array([e.value for _, e in rows], float)
+    lo = np.array([e.lo for _, e in rows], float)
+    hi = np.array([e.hi for _, e in rows], float)
     fit = fit_noise_scale(loss, b, lo, hi, config.confidence, config.form)
     warnings = check_target(config.target_loss, loss, fit, config)
     batch_train = float(report.config.get("batch_size") or 32)
@@ -191,7 +190,7 @@ def plan(report, config: ScheduleConfig) -> Schedule:
     pred = {"steps": float(s_cum[-1]), "examples": float(e_cum[-1]), **predict.critical_batch(path),
             "b_noise_target": bt, "b_noise_target_lo": bt_lo, "b_noise_target_hi": bt_hi}
     notes = [f"noise scale followed: {col}; fit {fit.form}; lr rule {lr_rule} (optimizer {optimizer or 'SGD'})"]
-    if optimizer and "adam" in optimizer.lower() and col == "b_simple":
+    if is_adam_family(optimizer) and col == "b_simple":
         notes.append("under Adam, B_simple tends to underestimate the critical batch (Merrill et al. 2025)")
     return Schedule(stages=stages, target_loss=config.target_loss, unit=report.unit, rule=config.rule,
                     lr_rule=lr_rule, prediction=pred, baselines=_baselines(path, batch_train, config, pred),
