@@ -1,17 +1,19 @@
 """bsprof: measure the critical batch size of a PyTorch model (gradient noise scale, with error bars).
 
-    report = bsprof.measure("model.py", bsprof.MeasureConfig(steps=200))
-    report.summary["b_simple"], report.summary["b_simple_lo"], report.summary["b_simple_hi"]
+    import bsprof
+    report = bsprof.measure("model.py", steps=200)                  # or model=…, dataset=…, loss=…
+    report.summary.b_simple                                          # Estimate(value, lo, hi, status)
+    bsprof.measure_at(model, loss, (x, y))                           # at the current weights, no training
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
+from bsprof.api import measure, measure_at  # noqa: E402
 from bsprof.config import MeasureConfig  # noqa: E402
-from bsprof.engine.loop import measure  # noqa: E402
 from bsprof.errors import BsprofError  # noqa: E402
 from bsprof.output.report import Report  # noqa: E402
+from bsprof.results import Estimate, Measurement, Status, Summary  # noqa: E402
 from bsprof.schedule import Schedule  # noqa: E402
-from bsprof.stats.estimators import NoiseScale, noise_scale  # noqa: E402
 
-__all__ = ["BsprofError", "MeasureConfig", "NoiseScale", "Report", "Schedule", "measure", "noise_scale",
-           "__version__"]
+__all__ = ["BsprofError", "Estimate", "MeasureConfig", "Measurement", "Report", "Schedule", "Status", "Summary",
+           "measure", "measure_at", "__version__"]

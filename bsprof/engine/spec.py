@@ -6,6 +6,7 @@ Every user mistake becomes a SpecError that names the function, what was found, 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import sys
@@ -32,8 +33,8 @@ OPTIONAL = ("optimizer", "collate")
 class Spec:
     """The user's functions, found in one file."""
 
-    path: Path
-    sha256: str
+    path: Path | None
+    sha256: str | None
     model: Callable[[], nn.Module]
     dataset: Callable[[], Any]
     loss: Callable[[nn.Module, Any], torch.Tensor]
@@ -42,11 +43,41 @@ class Spec:
     tokens_per_example: int | None = None
 
     def info(self) -> dict:
+        if self.path is None:
+            return {"path": None, "sha256": None, "source": "python objects (bsprof.measure)"}
         return {"path": str(self.path), "sha256": self.sha256}
 
+    @classmethod
+    def of(cls, model: nn.Module, dataset, loss, optimizer=None, collate=None,
+           tokens_per_example: int | None = None) -> Spec:
+        """A spec from objects instead of a file (``bsprof.measure(model=…, …)``).
 
-def _where(exc: BaseException, path: Path) -> str:
+        The probe training trains a deep copy of ``model`` (the caller's model is never changed). ``optimizer`` is
+        a factory ``params -> Optimizer``, or an optimizer instance whose class and defaults are re-created on
+        the copy's parameters (its state is not copied: the probe starts from fresh optimizer state).
+        """
+        if not isinstance(model, nn.Module):
+            raise SpecError(f"model must be a torch.nn.Module, got {type(model).__name__}",
+                            "pass the model object itself (bsprof trains a copy)")
+        if not callable(loss):
+            raise SpecError(f"loss must be a function loss(model, batch) -> per-example losses, got "
+                            f"{type(loss).__name__}", "pass e.g. lambda m, b: F.cross_entropy(m(b[0]), b[1], "
+                            "reduction='none')")
+        if isinstance(optimizer, torch.optim.Optimizer):
+            kind, defaults = type(optimizer), dict(optimizer.defaults)
+            optimizer = lambda params: kind(params, **defaults)  # noqa: E731
+        elif optimizer is not None and not callable(optimizer):
+            raise SpecError(f"optimizer must be a torch.optim.Optimizer or a function params -> Optimizer, got "
+                            f"{type(optimizer).__name__}", "pass e.g. lambda p: torch.optim.SGD(p, lr=0.1)")
+        return cls(None, None, lambda: copy.deepcopy(model), lambda: dataset, loss, optimizer, collate,
+                   tokens_per_example)
+
+
+def _where(exc: BaseException, path: Path | None) -> str:
     """The innermost line of the user's file in a traceback, as 'file:line'."""
+    if path is None:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if "bsprof" not in Path(f.filename).parts]
+        return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path]
     return f"{path.name}:{frames[-1].lineno}" if frames else ""
 
@@ -110,7 +141,8 @@ def call_user(spec: Spec, name: str, *args):
     except SpecError:
         raise
     except Exception as e:
-        where = f" at {_where(e, spec.path) or spec.path.name}"
+        where = _where(e, spec.path) or (spec.path.name if spec.path else "")
+        where = f" at {where}" if where else ""
         raise SpecError(f"{name}(){where} raised {type(e).__name__}: {e}",
                         f"fix {name}() in the spec file")
 

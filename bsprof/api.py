@@ -1,0 +1,106 @@
+"""The library front door: measure from Python objects, with or without a spec file.
+
+    report = bsprof.measure(model=net, dataset=data, loss=per_example_loss, steps=200)   # probe training
+    est = bsprof.measure_at(net, per_example_loss, data)                                   # current weights only
+
+``loss(model, batch)`` returns per-example losses of shape [batch] (the objective is their mean). Neither call
+changes the caller's model: ``measure`` trains a deep copy, ``measure_at`` leaves weights, buffers and ``.grad``
+as it found them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bsprof.config import MeasureConfig, resolve
+from bsprof.engine import loop, sampling
+from bsprof.engine.data import Examples
+from bsprof.engine.spec import Spec
+from bsprof.errors import ConfigError, SpecError
+from bsprof.output.report import Report
+from bsprof.results import Estimate
+
+
+def _config(config: MeasureConfig | dict | str | Path | None, options: dict) -> MeasureConfig:
+    """Defaults < ``config`` (a MeasureConfig, a dict of options or a YAML file) < keyword ``options``."""
+    if isinstance(config, MeasureConfig):
+        return resolve(MeasureConfig, None, {**dataclasses.asdict(config), **options})
+    if isinstance(config, dict):
+        return resolve(MeasureConfig, None, {**config, **options})
+    if config is None or isinstance(config, (str, Path)):
+        return resolve(MeasureConfig, config, options)
+    raise ConfigError(f"config must be a MeasureConfig, a dict or a YAML path, got {type(config).__name__}",
+                      "pass bsprof.MeasureConfig(steps=200) or keyword options (steps=200)")
+
+
+def measure(spec: Spec | str | Path | None = None, config: MeasureConfig | dict | str | Path | None = None, *,
+            model: nn.Module | None = None, dataset=None, loss=None, optimizer=None, collate=None,
+            report: Report | None = None, progress=None, **options) -> Report:
+    """Probe training with noise-scale measurements along it (``bsprof measure``), from a spec file or objects.
+
+    Either ``spec`` (a spec file path or a ``Spec``) or ``model``, ``dataset`` and ``loss`` (and optionally
+    ``optimizer``: a factory ``params -> Optimizer`` or an optimizer instance, re-created on the copy).
+    Options are ``MeasureConfig`` fields, as ``config`` and/or keywords (``steps=200, batch_size=64``).
+    The returned report is filled as rows arrive; pass ``report`` to keep the rows of an interrupted run.
+    """
+    cfg = _config(config, options)
+    given = {k: v for k, v in (("model", model), ("dataset", dataset), ("loss", loss)) if v is not None}
+    if spec is None:
+        missing = [k for k in ("model", "dataset", "loss") if k not in given]
+        if missing:
+            raise SpecError(f"bsprof.measure needs a spec file or model, dataset and loss; missing: "
+                            f"{', '.join(missing)}", "pass bsprof.measure(model=net, dataset=data, loss=fn) or "
+                            "bsprof.measure('model.py')")
+        spec = Spec.of(model, dataset, loss, optimizer, collate, cfg.tokens_per_example or None)
+    elif given or optimizer is not None or collate is not None:
+        raise SpecError("bsprof.measure got both a spec and objects", "pass either a spec file or model=, "
+                        "dataset=, loss= (not both)")
+    return loop.measure(spec, cfg, report, progress)
+
+
+def dataset_of(data, collate=None):
+    """(dataset, collate) from a map-style Dataset, a DataLoader (its dataset and collate_fn), or a tuple/list of
+    tensors with the examples on dim 0 (a TensorDataset)."""
+    if isinstance(data, torch.utils.data.DataLoader):
+        return data.dataset, collate or data.collate_fn
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
+        if len({len(t) for t in data}) != 1:
+            raise SpecError(f"the tensors of data have different lengths {[len(t) for t in data]}",
+                            "pass tensors with the examples on dim 0, all of the same length")
+        return torch.utils.data.TensorDataset(*data), collate
+    if isinstance(data, torch.Tensor):
+        return torch.utils.data.TensorDataset(data), collate
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__") or isinstance(data, torch.utils.data.IterableDataset):
+        return data, collate
+    raise SpecError(f"data is a {type(data).__name__}, not a dataset",
+                    "pass a map-style Dataset, a DataLoader, or a tuple of tensors (x, y)")
+
+
+def measure_at(model: nn.Module, loss, data, *, method: str = "auto", rel_error: float = 0.2,
+               confidence: float = 0.9, micro_batch: int = 8, probe_batch: int = 0, chunk: int = 256,
+               max_examples: int = 200_000, max_seconds: float = 60.0, min_draws: int = 5, seed: int = 0,
+               collate=None) -> Estimate:
+    """B_simple = tr(Σ)/|G|² at the model's current weights, without training, with its interval.
+
+    Draws nested small/big batches from ``data`` (``dataset_of``) on the model's device until the interval is
+    within ``rel_error`` (or a budget is spent). The model's weights, buffers and ``.grad`` are left unchanged.
+    """
+    cfg = resolve(MeasureConfig, None, dict(method=method, rel_error=rel_error, confidence=confidence,
+                                            micro_batch=micro_batch, probe_batch=probe_batch, chunk=chunk,
+                                            max_examples=max_examples, max_seconds=max_seconds,
+                                            min_draws=min_draws, seed=seed, steps=0))
+    dataset, collate = dataset_of(data, collate)
+    param = next((p for p in model.parameters() if p.requires_grad), None)
+    if param is None:
+        raise SpecError("the model has no trainable parameters", "pass a model with parameters that require grad")
+    examples = Examples(dataset, collate, param.device, torch.Generator().manual_seed(seed))
+    probe, _ = loop.pick_probe(cfg.method, model, loss, examples.first_two())
+    how = loop._sampling(cfg, probe, examples.n)
+    _, group = loop.trainable_groups(model)
+    with loop.buffers_kept(model):
+        est, _, _ = sampling.measure_at(model, loss, examples, how, group)
+    return Estimate(est.b_simple, est.b_simple_lo, est.b_simple_hi, est.status)
