@@ -1,4 +1,4 @@
-"""The explicit contracts: the probe registry and ``choose``, the one BatchNorm rule, draw sources, one stopping rule."""
+"""The explicit contracts: the probe registry and ``choose``, one BatchNorm rule, draw sources, one stopping rule."""
 import math
 
 import numpy as np

@@ -27,6 +27,7 @@ from bsprof.stats.draw import Draw
 from bsprof.stats.estimators import NoiseScale, noise_scale
 from bsprof.stats.stopping import EXACT, Stopper
 
+
 @dataclass(frozen=True)
 class Sampling:
     """How to draw: the probe, its small batch b (1 for per-example probes), the start B, the budgets."""

@@ -2,8 +2,10 @@
 
 A ``Probe`` turns (model, loss_fn, one collated batch) at fixed weights into ``ChunkStats`` (its ``chunk``
 function); the probe loop sums the chunks of one draw into a ``bsprof.stats.draw.Draw``. A probe may also run a
-whole draw itself (``whole_draw``, e.g. micro-batches by plain gradient accumulation), with the same sums. ``loss_fn(model, batch)`` returns per-example losses of shape
-[batch]; the objective is their *mean*, so the per-example gradient is g_i = ∇ℓ_i (never a sum over a batch).
+whole draw itself (``whole_draw``, e.g. micro-batches by plain gradient accumulation), with the same sums.
+
+``loss_fn(model, batch)`` returns per-example losses of shape [batch]; the objective is their *mean*, so the
+per-example gradient is g_i = ∇ℓ_i (never a sum over a batch).
 """
 
 from __future__ import annotations

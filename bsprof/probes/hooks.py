@@ -25,8 +25,15 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from bsprof.errors import ConfigError
-from bsprof.probes.base import (ChunkStats, LossFn, accum_dtype, batch_coupled, coupled_reason, per_example_losses,
-                                trainable)
+from bsprof.probes.base import (
+    ChunkStats,
+    LossFn,
+    accum_dtype,
+    batch_coupled,
+    coupled_reason,
+    per_example_losses,
+    trainable,
+)
 from bsprof.probes.layers import rule_for, sq_sum, total_sq_sum
 from bsprof.probes.vmap import _Objective
 
