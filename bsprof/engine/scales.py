@@ -15,6 +15,7 @@ import dataclasses
 import math
 
 from bsprof.engine.sampling import measure_at
+from bsprof.engine.source import DrawSource
 from bsprof.probes import trainable
 from bsprof.probes.hessian import measure_b_noise
 from bsprof.probes.precondition import ADAM_LIKE, adam_preconditioner, preconditioned
@@ -29,13 +30,13 @@ def regression_fields(draws, scale: float) -> dict:
             "regression_fit_p": f.p_value, "regression_dof": f.dof, "regression_fit_failed": bool(f.failed)}
 
 
-def hessian_fields(model, loss_fn, examples, draws, cfg, scale: float) -> dict:
+def hessian_fields(model, loss_fn, examples: DrawSource, draws, cfg, scale: float) -> dict:
     est = measure_b_noise(model, loss_fn, examples, draws[-1].B, rel_error=cfg.rel_error, confidence=cfg.confidence,
                           min_draws=cfg.min_draws, max_examples=cfg.max_examples, max_seconds=cfg.max_seconds)
     return est.row(scale)
 
 
-def preconditioned_fields(model, loss_fn, examples, optimizer, sampling, group, cfg, scale: float) -> dict:
+def preconditioned_fields(model, loss_fn, examples: DrawSource, optimizer, sampling, group, cfg, scale: float) -> dict:
     """B_pre for Adam-like optimizers: NaN (with b_pre_status 'not_available') before Adam has any state.
 
     Per-example through vmap when B_simple was measured with vmap, else with micro-batches (``preconditioned``).
