@@ -13,15 +13,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from bsprof.config import MeasureConfig, resolve
 from bsprof.engine import loop, sampling
 from bsprof.engine.data import Examples
+from bsprof.engine.source import as_source
 from bsprof.engine.spec import Spec
 from bsprof.errors import ConfigError, SpecError
 from bsprof.output.report import Report
+from bsprof.probes.choose import choose
 from bsprof.results import Estimate
 
 
@@ -62,43 +63,26 @@ def measure(spec: Spec | str | Path | None = None, config: MeasureConfig | dict 
     return loop.measure(spec, cfg, report, progress)
 
 
-def dataset_of(data, collate=None):
-    """(dataset, collate) from a map-style Dataset, a DataLoader (its dataset and collate_fn), or a tuple/list of
-    tensors with the examples on dim 0 (a TensorDataset)."""
-    if isinstance(data, torch.utils.data.DataLoader):
-        return data.dataset, collate or data.collate_fn
-    if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
-        if len({len(t) for t in data}) != 1:
-            raise SpecError(f"the tensors of data have different lengths {[len(t) for t in data]}",
-                            "pass tensors with the examples on dim 0, all of the same length")
-        return torch.utils.data.TensorDataset(*data), collate
-    if isinstance(data, torch.Tensor):
-        return torch.utils.data.TensorDataset(data), collate
-    if hasattr(data, "__getitem__") and hasattr(data, "__len__") or isinstance(data, torch.utils.data.IterableDataset):
-        return data, collate
-    raise SpecError(f"data is a {type(data).__name__}, not a dataset",
-                    "pass a map-style Dataset, a DataLoader, or a tuple of tensors (x, y)")
-
-
 def measure_at(model: nn.Module, loss, data, *, method: str = "auto", rel_error: float = 0.2,
                confidence: float = 0.9, micro_batch: int = 8, probe_batch: int = 0, chunk: int = 256,
                max_examples: int = 200_000, max_seconds: float = 60.0, min_draws: int = 5, seed: int = 0,
                collate=None) -> Estimate:
     """B_simple = tr(Σ)/|G|² at the model's current weights, without training, with its interval.
 
-    Draws nested small/big batches from ``data`` (``dataset_of``) on the model's device until the interval is
+    Draws nested small/big batches from ``data`` (a Dataset, a DataLoader, a tuple of tensors with the examples
+    on dim 0, or a ``DrawSource``: ``engine.source.as_source``) on the model's device until the interval is
     within ``rel_error`` (or a budget is spent). The model's weights, buffers and ``.grad`` are left unchanged.
     """
     cfg = resolve(MeasureConfig, None, dict(method=method, rel_error=rel_error, confidence=confidence,
                                             micro_batch=micro_batch, probe_batch=probe_batch, chunk=chunk,
                                             max_examples=max_examples, max_seconds=max_seconds,
                                             min_draws=min_draws, seed=seed, steps=0))
-    dataset, collate = dataset_of(data, collate)
     param = next((p for p in model.parameters() if p.requires_grad), None)
     if param is None:
         raise SpecError("the model has no trainable parameters", "pass a model with parameters that require grad")
-    examples = Examples(dataset, collate, param.device, torch.Generator().manual_seed(seed))
-    probe, _ = loop.pick_probe(cfg.method, model, loss, examples.first_two())
+    examples = as_source(data, param.device, seed, collate)
+    pair = examples.first_two() if isinstance(examples, Examples) else None
+    probe, _ = choose(cfg.method, model, loss, pair)
     how = loop._sampling(cfg, probe, examples.n)
     _, group = loop.trainable_groups(model)
     with loop.buffers_kept(model):

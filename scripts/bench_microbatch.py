@@ -47,6 +47,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bsprof.engine.sampling import Sampling, one_draw  # noqa: E402
+from bsprof.probes import PROBES  # noqa: E402
 
 K = 8
 
@@ -126,7 +127,7 @@ def bsprof_method(model: nn.Module):
     def step(batches):
         examples.step_batches = batches
         b = len(batches[0]) if isinstance(batches[0], torch.Tensor) else len(batches[0][1])
-        s = Sampling("microbatch", b, b, b * len(batches), True, 0.1, 0.9, 1, 10**9, 1e9)
+        s = Sampling(PROBES["microbatch"], b, b, b * len(batches), True, 0.1, 0.9, 1, 10**9, 1e9)
         return one_draw(model, loss_fn, examples, s, b * len(batches), group)
     return step
 

@@ -112,6 +112,7 @@ def sequential_study(reps: int, seed: int = 1) -> list[dict]:
     from torch import nn
 
     from bsprof.engine.sampling import Sampling, measure_at
+    from bsprof.probes import PROBES
 
     torch.set_num_threads(1)
     rows = []
@@ -128,7 +129,7 @@ def sequential_study(reps: int, seed: int = 1) -> list[dict]:
                 x, y = batch
                 return 0.5 * (mod(x).squeeze(-1) - y).square()
 
-            s = Sampling(probe, b, 256, 64, False, rel, 0.9, 5, 10 ** 7, 60.0)
+            s = Sampling(PROBES[probe], b, 256, 64, False, rel, 0.9, 5, 10 ** 7, 60.0)
             t0, hits, draws_used, miss = time.perf_counter(), 0, [], {"low": 0, "high": 0}
             for r in range(reps):
                 est, draws, stopped = measure_at(net, loss, FreshLeastSquares(model, seed * 10_000 + r), s,

@@ -153,7 +153,7 @@ def test_help_lists_every_command():
 def test_dropout_alone_is_not_mixing(tmp_path):
     import torch
 
-    from bsprof.engine.diagnostics import per_example_invalid
+    from bsprof.probes.choose import per_example_invalid
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 1)).train()
     pair = (torch.randn(2, 3), torch.randn(2))

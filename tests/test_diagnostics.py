@@ -6,6 +6,7 @@ from torch import nn
 
 from bsprof.engine import diagnostics
 from bsprof.output.report import Report
+from bsprof.probes.choose import per_example_invalid
 
 CFG = SimpleNamespace(micro_batch=8, batch_size=32)
 
@@ -20,9 +21,9 @@ def _codes(model=None, optimizer=None, iterable=False, invalid=None):
 
 def test_batchnorm_in_train_mode():
     model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4))
-    invalid = diagnostics.per_example_invalid(model)
+    invalid = per_example_invalid(model)
     assert invalid and "batchnorm_train" in _codes(model, invalid=invalid)
-    assert diagnostics.per_example_invalid(model.eval()) is None
+    assert per_example_invalid(model.eval()) is None
 
 
 def test_not_iid_temperature_weight_decay_adam():

@@ -26,7 +26,7 @@ from bsprof.engine.data import Examples
 from bsprof.engine.sampling import Sampling, next_batch
 from bsprof.errors import ConfigError
 from bsprof.output.report import Report
-from bsprof.probes import ChunkStats
+from bsprof.probes import PROBES, ChunkStats
 from bsprof.stats.draw import Draw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,10 +61,10 @@ def test_shards_are_disjoint_and_cover_the_global_draw():
 
 
 def test_big_batch_splits_into_whole_small_batches_per_rank():
-    s = Sampling("microbatch", 8, 256, 64, False, 0.1, 0.9, 5, 10_000, 60.0)
+    s = Sampling(PROBES["microbatch"], 8, 256, 64, False, 0.1, 0.9, 5, 10_000, 60.0)
     for B in (5, 64, 100, 1000):
         assert next_batch(None, s, B, None, world=4) % (8 * 4) == 0
-    per_example = Sampling("hooks", 1, 256, 64, False, 0.1, 0.9, 5, 10_000, 60.0)
+    per_example = Sampling(PROBES["hooks"], 1, 256, 64, False, 0.1, 0.9, 5, 10_000, 60.0)
     assert next_batch(None, per_example, 63, None, world=2) == 62
 
 

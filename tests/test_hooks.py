@@ -9,8 +9,8 @@ from models import CASES, make, xent
 from torch import nn
 
 from bsprof.errors import ConfigError
-from bsprof.probes import PER_EXAMPLE, PROBES, hooks, layers
-from bsprof.probes.hooks import losses_mix_examples, per_example_hooks, per_example_valid
+from bsprof.probes import PROBES, batch_coupled, hooks, layers
+from bsprof.probes.hooks import losses_mix_examples, per_example_hooks
 from bsprof.probes.vmap import per_example_vmap
 
 
@@ -51,7 +51,7 @@ def test_hooks_match_vmap(name):
 
 
 def test_registered():
-    assert PROBES["hooks"] is per_example_hooks and "hooks" in PER_EXAMPLE
+    assert PROBES["hooks"].chunk is per_example_hooks and PROBES["hooks"].per_example
 
 
 def test_tied_weights_are_not_two_norms():
@@ -85,12 +85,12 @@ def test_both_forms_agree():
 
 def test_batchnorm_train_is_invalid():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-    reason = per_example_valid(model)
-    assert reason and "1" in reason and "microbatch" in reason
-    assert per_example_valid(model.eval()) is None
+    assert batch_coupled(model) == ["1"]
+    assert batch_coupled(model.eval()) == []
     model.train()
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="BatchNorm") as err:
         per_example_hooks(model, xent, (torch.randn(3, 4), torch.tensor([0, 1, 0])), 3)
+    assert "microbatch" in err.value.hint
 
 
 def test_mixing_loss_is_detected():

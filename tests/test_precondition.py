@@ -17,8 +17,8 @@ DELTA = np.array([1.0, 1.0, 1.0, 0.5, 0.2, 0.05, 0.05, 0.05])
 def test_identity_preconditioner_is_the_plain_probe(base):
     m = LeastSquares(LAM, DELTA, 0.1)
     net, batch = net_at(m), FreshLeastSquares(m, 0).draw(16)
-    a = PROBES[base](net, ls_loss, batch, 16)
-    b = preconditioned(base, [torch.ones(1, 8, dtype=torch.float64)])(net, ls_loss, batch, 16)
+    a = PROBES[base].chunk(net, ls_loss, batch, 16)
+    b = preconditioned(PROBES[base], [torch.ones(1, 8, dtype=torch.float64)]).chunk(net, ls_loss, batch, 16)
     assert torch.allclose(a.small_sq_sum, b.small_sq_sum) and torch.allclose(a.grad_sum[0], b.grad_sum[0])
 
 
@@ -26,7 +26,7 @@ def test_identity_preconditioner_is_the_plain_probe(base):
 def test_known_diagonal_preconditioner_matches_the_closed_form(base, b):
     m = LeastSquares(LAM, DELTA, 0.1)
     p = 1.0 / np.sqrt(LAM)  # Adam-like: larger steps along flat directions
-    s = Sampling(preconditioned(base, [torch.tensor(p).unsqueeze(0)]), b, 256, 128, False, 0.05, 0.9, 5,
+    s = Sampling(preconditioned(PROBES[base], [torch.tensor(p).unsqueeze(0)]), b, 256, 128, False, 0.05, 0.9, 5,
                  10 ** 7, 120.0)
     est, _, _ = measure_at(net_at(m), ls_loss, FreshLeastSquares(m, 5), s, np.zeros(1, dtype=int))
     assert est.b_simple == pytest.approx(m.b_pre(p), rel=0.1)

@@ -8,8 +8,11 @@ from torch import nn
 
 from bsprof.engine.data import Examples
 from bsprof.engine.sampling import Sampling, groups_of, measure_at, one_draw
-from bsprof.probes import PROBES
+from bsprof.probes import PROBES, Probe
+from bsprof.probes.microbatch import microbatch
 from bsprof.validation.reference import exact_noise_scale
+
+CHUNK_BY_CHUNK = Probe("microbatch", per_example=False, chunk=microbatch)  # no whole_draw: the reference path
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +48,7 @@ def _direct_per_example(model, x, y):
 
 def test_vmap_probe_matches_a_loop_over_examples():
     model, (x, y) = _mlp(), _data(10)
-    st = PROBES["vmap"](model, _ce, (x, y), 10)
+    st = PROBES["vmap"].chunk(model, _ce, (x, y), 10)
     np.testing.assert_allclose(st.small_sq_sum.numpy(), _direct_per_example(model, x, y).sum(0), rtol=1e-10)
     full = torch.autograd.grad(_ce(model, (x, y)).sum(), list(model.parameters()))
     for a, b in zip(st.grad_sum, full):
@@ -55,7 +58,7 @@ def test_vmap_probe_matches_a_loop_over_examples():
 
 def test_microbatch_probe_matches_autograd():
     model, (x, y) = _mlp(), _data(8)
-    st = PROBES["microbatch"](model, _ce, (x, y), 8)
+    st = PROBES["microbatch"].chunk(model, _ce, (x, y), 8)
     grads = torch.autograd.grad(_ce(model, (x, y)).mean(), list(model.parameters()))
     np.testing.assert_allclose(st.small_sq_sum.numpy(), [g.square().sum().item() for g in grads], rtol=1e-10)
     for a, b in zip(st.grad_sum, grads):
@@ -71,7 +74,7 @@ def _sampling(probe, b, **kw):
     base = dict(chunk=7, start_B=16, fixed_B=True, rel_error=0.1, confidence=0.9, min_draws=3,
                 max_examples=10**6, max_seconds=60)
     base.update(kw)
-    return Sampling(probe, b, **base)
+    return Sampling(PROBES[probe], b, **base)
 
 
 def test_whole_dataset_draw_is_the_exact_reference():
@@ -140,12 +143,12 @@ def _penalised(model, batch):
 def test_accumulating_draw_matches_the_chunk_by_chunk_reference(model_fn, loss_fn, in_cache):
     """The fast micro-batch draw (both ways of ``_Norms``) against the autograd.grad probe, chunk by chunk."""
     from bsprof.engine.sampling import chunk_sums, partial_marks
-    from bsprof.probes.microbatch import accumulate, microbatch
+    from bsprof.probes.microbatch import accumulate
 
     model, (x, y) = model_fn(), _data(32)
     chunks = [((x[i:i + 4], y[i:i + 4]), 4) for i in range(0, 32, 4)]
     fast, fast_partial = accumulate(model, loss_fn, iter(chunks), partial_marks(4, 32), 32, in_cache=in_cache)
-    slow, slow_partial = chunk_sums(lambda *a: microbatch(*a), model, loss_fn, iter(chunks), 32, 4)
+    slow, slow_partial = chunk_sums(CHUNK_BY_CHUNK, model, loss_fn, iter(chunks), 32, 4)
     assert slow.big_sq is None  # one_draw takes the norm of the chunk path's sum itself
     np.testing.assert_allclose(fast.big_sq.numpy(), [float(g.square().sum()) for g in slow.grad_sum], rtol=1e-10)
     torch.testing.assert_close(fast.small_sq_sum, slow.small_sq_sum, rtol=1e-10, atol=0)
@@ -185,7 +188,7 @@ def test_accumulating_draw_leaves_the_model_as_it_was():
 def test_accumulating_draw_with_a_sparse_embedding(in_cache):
     """nn.Embedding(sparse=True) gives sparse gradients: the same numbers as its dense twin."""
     from bsprof.engine.sampling import chunk_sums, partial_marks
-    from bsprof.probes.microbatch import accumulate, microbatch
+    from bsprof.probes.microbatch import accumulate
 
     def net(sparse):
         torch.manual_seed(0)
@@ -195,7 +198,7 @@ def test_accumulating_draw_with_a_sparse_embedding(in_cache):
     x, y = torch.randint(0, 20, (16, 3), generator=g), torch.randint(0, 3, (16,), generator=g)
     chunks = [((x[i:i + 4], y[i:i + 4]), 4) for i in range(0, 16, 4)]
     fast, fast_partial = accumulate(net(True), _ce, iter(chunks), partial_marks(4, 16), in_cache=in_cache)
-    slow, slow_partial = chunk_sums(lambda *a: microbatch(*a), net(False), _ce, iter(chunks), 16, 4)
+    slow, slow_partial = chunk_sums(CHUNK_BY_CHUNK, net(False), _ce, iter(chunks), 16, 4)
     torch.testing.assert_close(fast.small_sq_sum, slow.small_sq_sum, rtol=1e-10, atol=0)
     for a, b in zip(fast.grad_sum, slow.grad_sum):
         torch.testing.assert_close(a, b)

@@ -3,13 +3,14 @@ import numpy as np
 from _fresh import FreshLeastSquares, ls_loss, net_at
 
 from bsprof.engine.sampling import Sampling, measure_at
+from bsprof.probes import PROBES
 from bsprof.validation.closed_forms import LeastSquares
 
 GROUP = np.zeros(1, dtype=int)
 
 
 def _s(**kw):
-    base = dict(probe="vmap", b=1, chunk=256, start_B=64, fixed_B=False, rel_error=0.2, confidence=0.9,
+    base = dict(probe=PROBES["vmap"], b=1, chunk=256, start_B=64, fixed_B=False, rel_error=0.2, confidence=0.9,
                 min_draws=5, max_examples=10 ** 6, max_seconds=60.0)
     return Sampling(**{**base, **kw})
 

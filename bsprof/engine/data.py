@@ -31,7 +31,12 @@ def to_device(batch, device: torch.device):
 
 
 class Examples:
-    """The user's dataset, its collate function and the device; hands out collated batches of given indices."""
+    """The user's dataset, its collate function and the device; hands out collated batches of given indices.
+
+    A ``source.DrawSource`` (``n``, ``draw``, ``batches``: what measurements use), plus what the probe loop uses:
+    ``train_batch``, ``first_two``, ``whole`` and ``iterable``. ``source.as_source`` builds one from a Dataset,
+    a DataLoader or a tuple of tensors.
+    """
 
     def __init__(self, dataset, collate: Callable | None, device: torch.device, generator: torch.Generator,
                  rank: int = 0, world: int = 1):

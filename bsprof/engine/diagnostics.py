@@ -6,45 +6,14 @@ optimizer, Adam's preconditioner, and a large spread between layers (science.md 
 
 from __future__ import annotations
 
-from torch import nn
-
 from bsprof.output.report import Report
 from bsprof.results import Status, is_adam_family
 
 LAYER_SPREAD = 10.0  # flag when layer noise scales differ by more than this factor
 
 
-def per_example_invalid(model: nn.Module, loss_fn=None, pair=None) -> str | None:
-    """Why per-example gradients are not the training gradients' parts (None when they are).
-
-    BatchNorm in train mode couples a batch's examples; so does a loss that mixes them (contrastive, normalised by
-    the batch): example 0's loss and gradient must not change when example 1 joins it (checked on ``pair``, a
-    collated batch of two, in eval mode so that dropout does not read as mixing).
-    """
-    bn = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
-    if bn:
-        return (f"BatchNorm in train mode ({', '.join(bn[:3])}{'…' if len(bn) > 3 else ''}) couples the examples "
-                "of a batch")
-    if loss_fn is not None and pair is not None and _mixes(model, loss_fn, pair):
-        return "the loss of one example changes when another joins the batch (the loss mixes examples)"
-    return None
-
-
-def _mixes(model: nn.Module, loss_fn, pair) -> bool:
-    from bsprof.probes.base import per_example_losses
-    from bsprof.probes.hooks import losses_mix_examples
-
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        per_example_losses(model, loss_fn, pair, 2)  # a wrong shape is the user's to fix, not "mixing"
-        return losses_mix_examples(model, loss_fn, pair)
-    finally:
-        for m, training in modes.items():
-            m.train(training)
-
-
 def before_run(report: Report, model, optimizer, examples, invalid: str | None, cfg) -> None:
+    """``invalid``: why per-example norms are invalid (``probes.choose.per_example_invalid``), or None."""
     if invalid:
         code = "batchnorm_train" if invalid.startswith("BatchNorm") else "loss_mixes_examples"
         report.diagnose(code, f"{invalid}: per-example norms are invalid, so bsprof measured with "

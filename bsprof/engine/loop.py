@@ -26,7 +26,8 @@ from bsprof.engine.sampling import Sampling, groups_of, measure_at
 from bsprof.engine.spec import Spec, build_dataset, build_model, build_optimizer, load_spec
 from bsprof.errors import BsprofError, NonFiniteError, SpecError
 from bsprof.output.report import Report
-from bsprof.probes import PER_EXAMPLE, PROBES
+from bsprof.probes import Probe
+from bsprof.probes.choose import choose
 from bsprof.results import Estimate, LayerEstimate, Measurement, Status
 from bsprof.stats.estimators import NoiseScale
 
@@ -44,20 +45,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise BsprofError("--device cuda was asked but CUDA is not available", "use --device auto or cpu")
     return torch.device(name)
-
-
-def pick_probe(method: str, model: nn.Module, loss_fn=None, pair=None) -> tuple[str, str | None]:
-    """The probe to use and, when per-example norms are invalid for this model (and loss), why."""
-    invalid = None if method == "microbatch" else diagnostics.per_example_invalid(model, loss_fn, pair)
-    fast = "hooks" if "hooks" in PROBES else "vmap"
-    if method == "auto":
-        return ("microbatch", invalid) if invalid else (fast, None)
-    if method == "per_example":
-        method = fast
-    if method in PER_EXAMPLE and invalid:
-        raise BsprofError(f"--method {method} needs per-example gradients, but {invalid}",
-                          "use --method microbatch (or auto)")
-    return method, invalid
 
 
 def load_checkpoint(model: nn.Module, path: str) -> None:
@@ -115,8 +102,8 @@ def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, s
     return float(loss.detach())
 
 
-def _sampling(cfg: MeasureConfig, probe: str, n: int | None) -> Sampling:
-    b = 1 if probe in PER_EXAMPLE else cfg.micro_batch
+def _sampling(cfg: MeasureConfig, probe: Probe, n: int | None) -> Sampling:
+    b = 1 if probe.per_example else cfg.micro_batch
     start = cfg.probe_batch or max(cfg.batch_size, 64 if b == 1 else 8 * b)
     if n is not None and n < 2 * b:
         raise BsprofError(f"the dataset has {n} examples, too few for micro-batches of {b}",
@@ -170,8 +157,9 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     distributed.check_batch(cfg.batch_size, comm)
     examples = Examples(build_dataset(spec), spec.collate, device, gen, comm.rank, comm.world)
     optimizer = build_optimizer(spec, model, cfg.lr)
-    probe, invalid = pick_probe(cfg.method, model, spec.loss, examples.first_two())
-    sampling = _sampling(cfg, probe, examples.n)
+    chosen, invalid = choose(cfg.method, model, spec.loss, examples.first_two())
+    probe = chosen.name
+    sampling = _sampling(cfg, chosen, examples.n)
     scale = _unit_scale(cfg, spec)
     report.spec, report.environment = spec.info(), _environment(device, cfg, comm.world)
     report.unit = cfg.unit

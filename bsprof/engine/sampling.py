@@ -1,10 +1,9 @@
 """One measurement at fixed weights: draw nested pairs until the interval on B_simple is narrow enough.
 
-Stopping rule: stop when max(hi − B, B − lo) ≤ rel_error·B ("precision"), looked at after ``min_draws`` draws and
-then at the draw counts the spread predicts are needed (``next_look``), or when the examples or seconds budget is
-spent ("examples", "time"). A draw of the whole finite dataset with
-per-example norms is exact ("exact"). The big batch B of each draw adapts to ≈ 2·B_simple, since the relative
-variance of |G|²_est per draw is ≈ 4·B_simple/B + 2·B_simple²/B² (science.md §2): B ≳ B_simple is efficient.
+The stopping rule and the sizing of B are ``bsprof.stats.stopping`` (shared with B_noise and B_pre): stop when
+max(hi − B, B − lo) ≤ rel_error·B ("precision"), looked at after ``min_draws`` draws and then at the draw counts the
+spread predicts are needed, or when the examples or seconds budget is spent ("examples", "time"). A draw of the
+whole finite dataset with per-example norms is exact ("exact"). The big batch B of each draw adapts to ≈ 2·B_simple.
 """
 
 from __future__ import annotations
@@ -20,21 +19,20 @@ from torch import nn
 
 from bsprof import distributed
 from bsprof.distributed import LOCAL, Comm
-from bsprof.engine.data import Examples
+from bsprof.engine.source import DrawSource
 from bsprof.errors import NonFiniteError
-from bsprof.probes import PROBES, ChunkStats
+from bsprof.probes import ChunkStats, Probe
+from bsprof.stats import stopping
 from bsprof.stats.draw import Draw
-from bsprof.stats.estimators import OK, NoiseScale, noise_scale
-
-MAX_PROBE_BATCH = 1 << 16
-LOOK_STEP = 1.5  # look again only after at least 50% more draws
+from bsprof.stats.estimators import NoiseScale, noise_scale
+from bsprof.stats.stopping import EXACT, Stopper
 
 
 @dataclass(frozen=True)
 class Sampling:
     """How to draw: the probe, its small batch b (1 for per-example probes), the start B, the budgets."""
 
-    probe: str
+    probe: Probe
     b: int
     chunk: int
     start_B: int
@@ -53,7 +51,7 @@ def groups_of(names: list[str]) -> tuple[list[str], np.ndarray]:
     return order, np.array([order.index(o) for o in owners])
 
 
-def one_draw(model: nn.Module, loss_fn, examples: Examples, s: Sampling, B: int, group: np.ndarray,
+def one_draw(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, B: int, group: np.ndarray,
              loss_scale: float = 1.0, comm: Comm = LOCAL) -> Draw:
     """B examples without replacement, chunked through the probe; sums chunk statistics into one Draw.
 
@@ -63,8 +61,7 @@ def one_draw(model: nn.Module, loss_fn, examples: Examples, s: Sampling, B: int,
     """
     step = s.b if s.b > 1 else s.chunk
     chunks = examples.batches(examples.draw(B), step)
-    sums, partial = chunk_sums(PROBES[s.probe] if isinstance(s.probe, str) else s.probe,
-                               model, loss_fn, chunks, B, step)
+    sums, partial = chunk_sums(s.probe, model, loss_fn, chunks, B, step)
     total, local = distributed.reduce_sums(sums, comm)
     grad_sum, small, n_small, loss_sum, seen = (total.grad_sum, total.small_sq_sum, total.n_small,
                                                 total.loss_sum, total.count)
@@ -86,20 +83,20 @@ def partial_marks(step: int, B: int) -> set[int]:
     return {step << j for j in range(max(B // step, 1).bit_length()) if step << j < B}
 
 
-def chunk_sums(probe, model: nn.Module, loss_fn, chunks, B: int, step: int) -> tuple[ChunkStats, list]:
+def chunk_sums(probe: Probe, model: nn.Module, loss_fn, chunks, B: int, step: int) -> tuple[ChunkStats, list]:
     """Sum the probe's statistics over the chunks of one draw, with |G|² of the partial sums at step·2^j.
 
     A probe with a ``whole_draw`` (micro-batches: plain gradient accumulation) runs the draw itself. Otherwise
-    gradients are added in place (probes return fresh tensors); the small per-chunk numbers are stacked and
-    summed once per draw, with one device sync per draw.
+    ``probe.chunk`` runs chunk by chunk: gradients are added in place (chunk functions return fresh tensors); the
+    small per-chunk numbers are stacked and summed once per draw, with one device sync per draw.
     """
     marks = partial_marks(step, B)
-    if hasattr(probe, "whole_draw"):
+    if probe.whole_draw is not None:
         return probe.whole_draw(model, loss_fn, chunks, marks, B)
     grad_sum, smalls, losses, partial = None, [], [], []
     n_small, seen = 0, 0
     for batch, count in chunks:
-        st: ChunkStats = probe(model, loss_fn, batch, count)
+        st: ChunkStats = probe.chunk(model, loss_fn, batch, count)
         if grad_sum is None:
             grad_sum = st.grad_sum
         else:
@@ -120,53 +117,30 @@ def _sq_norms(tensors: list[torch.Tensor]) -> np.ndarray:
 
 
 def next_batch(est: NoiseScale | None, s: Sampling, B: int, n: int | None, world: int = 1) -> int:
-    """The next draw's B: ≈ 2·B_simple (a power of two, at least the start), a multiple of b·world, at most n."""
-    if s.fixed_B or est is None:
-        target = B
-    elif est.status != OK:
-        target = 2 * B
-    else:
-        target = max(1 << max(0, math.ceil(math.log2(max(2 * est.b_simple, 1)))), s.start_B)
-    target = min(target, MAX_PROBE_BATCH, n or MAX_PROBE_BATCH)
-    unit = s.b * world  # every rank gets whole small batches
-    return max(target // unit * unit, 2 * s.b if s.b > 1 and world == 1 else 2, unit)
+    """The next draw's B by ``stopping.next_batch`` (≈ 2·B_simple, a multiple of b·world, at most n)."""
+    return stopping.next_batch(None if est is None else est.b_simple_estimate, B, s.b, s.start_B, s.fixed_B, n, world)
 
 
-def next_look(m: int, rel_halfwidth: float, rel_error: float) -> int:
-    """When to look at the precision again: at the draws it predicts are needed, m·(w/ε)², and at least 50% on.
-
-    Looking after every draw would stop on a draw whose spread happens to be low, and such intervals cover the
-    truth less often than they claim; committing to the predicted count first keeps that selection small.
-    """
-    need = m * (rel_halfwidth / rel_error) ** 2 if math.isfinite(rel_halfwidth) else 2 * m
-    return max(math.ceil(LOOK_STEP * m), min(math.ceil(need), 4 * m))
-
-
-def measure_at(model: nn.Module, loss_fn, examples: Examples, s: Sampling, group: np.ndarray,
+def measure_at(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, group: np.ndarray,
                on_draw: Callable[[NoiseScale], None] | None = None,
                comm: Comm = LOCAL) -> tuple[NoiseScale, list[Draw], str]:
-    """Draw until the stopping rule fires. Returns the estimate, the draws, and what stopped it.
+    """Draw until the stopping rule (``stopping.Stopper``) fires. Returns the estimate, the draws, and what stopped
+    it ("precision", "examples", "time", "exact").
 
     Under DDP every rank follows rank 0's estimate and clock, so all ranks stop at the same draw.
     """
     draws: list[Draw] = []
-    look = s.min_draws  # the next draw count at which the precision is looked at
+    stop = Stopper(s.rel_error, s.min_draws, s.max_examples, s.max_seconds)
     B, spent, t0 = next_batch(None, s, s.start_B, examples.n, comm.world), 0, time.perf_counter()
     while True:
         draws.append(one_draw(model, loss_fn, examples, s, B, group, comm=comm))
         spent += draws[-1].B
-        est, late = distributed.follow_main((noise_scale(draws, s.confidence),
-                                             time.perf_counter() - t0 >= s.max_seconds), comm)
+        est, elapsed = distributed.follow_main((noise_scale(draws, s.confidence), time.perf_counter() - t0), comm)
         if on_draw:
             on_draw(est)
         if s.b == 1 and examples.n is not None and B == examples.n:
-            return est, draws, "exact"
-        if len(draws) >= look:
-            if est.rel_halfwidth <= s.rel_error:
-                return est, draws, "precision"
-            look = next_look(len(draws), est.rel_halfwidth, s.rel_error)
-        if spent >= s.max_examples:
-            return est, draws, "examples"
-        if late:
-            return est, draws, "time"
+            return est, draws, EXACT
+        why = stop(len(draws), est.rel_halfwidth, spent, elapsed)
+        if why is not None:
+            return est, draws, why
         B = next_batch(est, s, B, examples.n, comm.world)

@@ -3,6 +3,7 @@
 - ``regression``: the 1/B regression over partial sums (``stats.regression``), with its goodness of fit;
 - ``b_noise`` and ``hessian`` (GᵀHG, tr(HΣ), ε_max): with ``--hessian`` (``probes.hessian``);
 - ``b_pre``: with an Adam-family optimizer, the preconditioned noise scale (``probes.precondition``).
+B_noise and B_pre stop by the same rule as B_simple (``bsprof.stats.stopping``).
 Batch sizes are multiplied by ``scale`` (the report's unit); every interval is at the configured confidence.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from bsprof.engine.sampling import measure_at
+from bsprof.engine.source import DrawSource
 from bsprof.probes import trainable
 from bsprof.probes.hessian import measure_b_noise
 from bsprof.probes.precondition import adam_preconditioner, preconditioned
@@ -23,7 +25,7 @@ def regression_part(draws, scale: float) -> Regression:
     return Regression(f.b_simple * scale, f.g2, f.trace_sigma, f.p_value, f.dof, bool(f.failed))
 
 
-def hessian_fields(model, loss_fn, examples, draws, cfg, scale: float) -> dict:
+def hessian_fields(model, loss_fn, examples: DrawSource, draws, cfg, scale: float) -> dict:
     """B_noise (in the report's unit) and the Hessian part (GᵀHG, tr(HΣ), ε_max in the loss's units)."""
     est = measure_b_noise(model, loss_fn, examples, draws[-1].B, rel_error=cfg.rel_error, confidence=cfg.confidence,
                           min_draws=cfg.min_draws, max_examples=cfg.max_examples, max_seconds=cfg.max_seconds)
@@ -33,16 +35,19 @@ def hessian_fields(model, loss_fn, examples, draws, cfg, scale: float) -> dict:
             "b_noise_stopped_by": getattr(est, "stopped_by", "")}
 
 
-def preconditioned_fields(model, loss_fn, examples, optimizer, sampling, group, cfg, scale: float) -> dict:
-    """B_pre for Adam-like optimizers: status not_available before Adam has any state."""
+def preconditioned_fields(model, loss_fn, examples: DrawSource, optimizer, sampling, group, cfg,
+                          scale: float) -> dict:
+    """B_pre for Adam-family optimizers: status not_available before Adam has any state.
+
+    Per-example through vmap when B_simple was measured with vmap, else with micro-batches (``preconditioned``).
+    """
     if not is_adam_family(type(optimizer).__name__):
         return {}
     p = adam_preconditioner(optimizer, trainable(model)[1])
     if p is None:
         return {"b_pre": Estimate.none(Status.NOT_AVAILABLE)}
-    base = "microbatch" if sampling.probe == "hooks" else sampling.probe  # hooks cannot weight elementwise
-    s = dataclasses.replace(sampling, probe=preconditioned(base, p),
-                            b=cfg.micro_batch if base == "microbatch" else sampling.b)
+    probe = preconditioned(sampling.probe, p)
+    s = dataclasses.replace(sampling, probe=probe, b=1 if probe.per_example else cfg.micro_batch)
     est, _, stopped = measure_at(model, loss_fn, examples, s, group)
     return {"b_pre": Estimate(est.b_simple, est.b_simple_lo, est.b_simple_hi, est.status).scaled(scale),
             "b_pre_stopped_by": stopped}

@@ -1,22 +1,29 @@
-"""Gradient probes, chosen by name. Each maps (model, loss_fn, batch, count) at fixed weights to ChunkStats.
+"""Gradient probes, chosen by name (``PROBES``; ``probes.choose`` decides which one a model gets).
 
-    per_example  per-example squared norms (b = 1): fast hooks where every layer is known, else torch.func
+Each is a ``Probe``: one chunk of a draw at fixed weights → ``ChunkStats`` (and optionally a whole draw at once).
+
+    hooks        per-example squared norms (b = 1) through module hooks, torch.func for unknown layers (fast)
     vmap         per-example squared norms through torch.func (the slow reference)
-    microbatch   micro-batch gradients (b > 1): works for every model, BatchNorm in train mode included
+    microbatch   micro-batch gradients (b > 1): works for every model, BatchNorm in train mode included;
+                 whole draws by plain gradient accumulation (``microbatch.accumulate``)
+
+B_noise is another statistic (Hessian quadratic forms, not squared norms): ``QUAD_PROBES``, whose draw function
+returns a ``hessian.QuadDraw`` and whose draws combine into a ``hessian.HessianEstimate``.
 """
 
 from __future__ import annotations
 
-from bsprof.probes.base import ChunkStats, LossFn, trainable
+from bsprof.probes.base import ChunkStats, LossFn, Probe, batch_coupled, trainable
+from bsprof.probes.hessian import HESSIAN, QuadProbe
 from bsprof.probes.hooks import per_example_hooks
-from bsprof.probes.microbatch import microbatch
+from bsprof.probes.microbatch import accumulate, microbatch
 from bsprof.probes.vmap import per_example_vmap
 
-PROBES = {
-    "vmap": per_example_vmap,
-    "microbatch": microbatch,
-    "hooks": per_example_hooks,
+PROBES: dict[str, Probe] = {
+    "hooks": Probe("hooks", per_example=True, chunk=per_example_hooks),
+    "vmap": Probe("vmap", per_example=True, chunk=per_example_vmap),
+    "microbatch": Probe("microbatch", per_example=False, chunk=microbatch, whole_draw=accumulate),
 }
-PER_EXAMPLE = {"vmap", "hooks"}  # probes whose small batch is one example
+QUAD_PROBES: dict[str, QuadProbe] = {"hessian": HESSIAN}
 
-__all__ = ["PROBES", "PER_EXAMPLE", "ChunkStats", "LossFn", "trainable"]
+__all__ = ["PROBES", "QUAD_PROBES", "ChunkStats", "LossFn", "Probe", "QuadProbe", "batch_coupled", "trainable"]

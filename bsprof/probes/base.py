@@ -1,18 +1,22 @@
-"""What every gradient probe returns, and the helpers they share.
+"""What a gradient probe is and returns, and the helpers probes share.
 
-A probe turns (model, loss_fn, one collated batch) at fixed weights into ``ChunkStats``. The probe loop sums
-chunks into one draw (see ``bsprof.stats.Draw``). ``loss_fn(model, batch)`` returns per-example losses of shape
-[batch]; the objective is their *mean*, so the per-example gradient is g_i = ∇ℓ_i (never a sum over a batch).
+A ``Probe`` turns (model, loss_fn, one collated batch) at fixed weights into ``ChunkStats`` (its ``chunk``
+function); the probe loop sums the chunks of one draw into a ``bsprof.stats.draw.Draw``. A probe may also run a
+whole draw itself (``whole_draw``, e.g. micro-batches by plain gradient accumulation), with the same sums.
+
+``loss_fn(model, batch)`` returns per-example losses of shape [batch]; the objective is their *mean*, so the
+per-example gradient is g_i = ∇ℓ_i (never a sum over a batch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -37,6 +41,48 @@ class ChunkStats:
     loss_sum: torch.Tensor
     count: int
     big_sq: torch.Tensor | None = None
+
+
+ChunkFn = Callable[[nn.Module, LossFn, Any, int], ChunkStats]
+"""(model, loss_fn, batch, count) → ChunkStats of that one collated chunk of ``count`` examples."""
+DrawFn = Callable[[nn.Module, LossFn, Iterable[tuple[Any, int]], set[int], int | None], tuple[ChunkStats, list]]
+"""(model, loss_fn, chunks, marks, total) → (ChunkStats of the whole draw, [(size, |G_size|²) at the marks])."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A gradient probe of nested pairs (McCandlish App. A.1): its small batch and how it computes a draw.
+
+    name:         as in ``--method`` and the report's ``method`` column
+    per_example:  True: the small batch is one example (b = 1); False: a micro-batch of b > 1 examples
+                  (every chunk the probe sees is one micro-batch)
+    chunk:        one chunk → ``ChunkStats`` (always there: the reference every faster path is tested against)
+    whole_draw:   optional: one whole draw of chunks → (``ChunkStats``, partial sums); used instead of ``chunk``
+    """
+
+    name: str
+    per_example: bool
+    chunk: ChunkFn
+    whole_draw: DrawFn | None = None
+
+
+def batch_coupled(model: nn.Module) -> list[str]:
+    """The modules that normalise with the statistics of the batch, so that example i's loss depends on the others.
+
+    The one BatchNorm rule: a BatchNorm in train mode, or without running statistics (``track_running_stats=False``:
+    batch statistics in eval mode too). Per-example gradients are then undefined; micro-batches stay approximately
+    right (McCandlish App. A), since training at batch b normalises over b examples as well.
+    """
+    return [name or type(m).__name__ for name, m in model.named_modules()
+            if isinstance(m, _BatchNorm) and (m.training or not m.track_running_stats)]
+
+
+def coupled_reason(names: list[str]) -> str:
+    """Why per-example gradients are undefined, for the modules ``batch_coupled`` found (a report diagnostic starts
+    with "BatchNorm")."""
+    shown = ", ".join(names[:3]) + ("…" if len(names) > 3 else "")
+    return (f"BatchNorm normalises with batch statistics in {shown} (train mode, or no running statistics), which "
+            "couples the examples of a batch")
 
 
 def trainable(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:

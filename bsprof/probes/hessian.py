@@ -11,19 +11,27 @@ k Hessian-vector products H̃G_{b,i} (double backward on the independent batch) 
 and ``estimators.unbiased_pair`` turns (q_b, q_B) into unbiased GᵀHG and tr(HΣ), exactly as it turns
 (|G_b|², |G_B|²) into |G|² and tr(Σ) from the same draw. Across draws (ratio of means, skew-corrected Fieller):
     B_noise = tr(HΣ)/(GᵀHG),   ε_max = |G|²/(GᵀHG)   (eq. 2.6; ε_opt(B) = ε_max/(1 + B_noise/B)).
+
+Not a ``Probe`` (its statistic is a quadratic form, not ``ChunkStats``) but the same idea: ``QuadProbe`` names one
+draw function and how draws combine; ``probes.QUAD_PROBES`` lists them. ``measure_b_noise`` draws until the
+stopping rule shared with B_simple and B_pre (``bsprof.stats.stopping.Stopper``) fires, and records what stopped it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from bsprof.engine.source import DrawSource
 from bsprof.probes.base import LossFn, per_example_losses, trainable
 from bsprof.stats.estimators import Ratio, ratio_of_means, unbiased_pair
+from bsprof.stats.stopping import Stopper
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,7 @@ def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
 
 
-def quad_draw(model: nn.Module, loss_fn: LossFn, examples, B: int, k: int) -> QuadDraw:
+def quad_draw(model: nn.Module, loss_fn: LossFn, examples: DrawSource, B: int, k: int) -> QuadDraw:
     """One draw: B examples in k small batches for G, an independent batch of B for H̃ (module docstring)."""
     b = B // k
     drawn, h_drawn = examples.draw(b * k), examples.draw(B)
@@ -79,20 +87,23 @@ def quad_draw(model: nn.Module, loss_fn: LossFn, examples, B: int, k: int) -> Qu
 
 @dataclass(frozen=True)
 class HessianEstimate:
-    """GᵀHG, tr(HΣ), B_noise and ε_max with their intervals, from several draws."""
+    """GᵀHG, tr(HΣ), B_noise and ε_max with their intervals, from several draws, and what stopped the drawing
+    ("precision", "examples", "time"; "" when the draws were combined outside ``measure_b_noise``)."""
 
     gHg: float
     trace_h_sigma: float
     b_noise: Ratio
     eps_max: Ratio
     n_draws: int
+    stopped_by: str = ""
 
     def row(self, scale: float = 1.0) -> dict:
         """Report columns; batch sizes in the report's unit (× ``scale``), ε_max in the loss's units."""
         return {"gHg": self.gHg, "trace_HSigma": self.trace_h_sigma, "b_noise": self.b_noise.value * scale,
                 "b_noise_lo": self.b_noise.lo * scale, "b_noise_hi": self.b_noise.hi * scale,
                 "b_noise_status": self.b_noise.status, "eps_max": self.eps_max.value,
-                "eps_max_lo": self.eps_max.lo, "eps_max_hi": self.eps_max.hi, "hessian_draws": self.n_draws}
+                "eps_max_lo": self.eps_max.lo, "eps_max_hi": self.eps_max.hi, "hessian_draws": self.n_draws,
+                "b_noise_stopped_by": self.stopped_by}
 
 
 def combine(draws: list[QuadDraw], confidence: float = 0.9) -> HessianEstimate:
@@ -105,23 +116,39 @@ def combine(draws: list[QuadDraw], confidence: float = 0.9) -> HessianEstimate:
                            len(draws))
 
 
-def measure_b_noise(model: nn.Module, loss_fn: LossFn, examples, B: int, k: int = 4, rel_error: float = 0.2,
-                    confidence: float = 0.9, min_draws: int = 5, max_examples: int = 200_000,
-                    max_seconds: float = 60.0) -> HessianEstimate:
-    """Draw Hessian pairs at big batch B until the B_noise interval is within ``rel_error`` or a budget is spent."""
+@dataclass(frozen=True)
+class QuadProbe:
+    """A probe of Hessian quadratic forms: ``draw(model, loss_fn, source, B, k)`` → one ``QuadDraw``, and
+    ``combine(draws, confidence)`` → ``HessianEstimate``."""
+
+    name: str
+    draw: Callable[[nn.Module, LossFn, DrawSource, int, int], QuadDraw]
+    combine: Callable[[list[QuadDraw], float], HessianEstimate]
+
+
+HESSIAN = QuadProbe("hessian", quad_draw, combine)
+
+
+def measure_b_noise(model: nn.Module, loss_fn: LossFn, examples: DrawSource, B: int, k: int = 4,
+                    rel_error: float = 0.2, confidence: float = 0.9, min_draws: int = 5,
+                    max_examples: int = 200_000, max_seconds: float = 60.0, probe: QuadProbe = HESSIAN,
+                    on_draw: Callable[[HessianEstimate], None] | None = None) -> HessianEstimate:
+    """Draw Hessian pairs at big batch B (2·B examples a draw: the G batch and the independent H batch) until the
+    shared stopping rule fires on B_noise's ``Estimate.rel_halfwidth``; the estimate says what stopped it."""
     draws, spent, t0 = [], 0, time.perf_counter()
+    stop = Stopper(rel_error, min_draws, max_examples, max_seconds)
     if examples.n is not None:
         B = min(B, examples.n // 2)  # the G batch and the independent H batch must both fit
     B = max(B // k * k, k)
     while True:
-        draws.append(quad_draw(model, loss_fn, examples, B, k))
+        draws.append(probe.draw(model, loss_fn, examples, B, k))
         spent += 2 * B
-        est = combine(draws, confidence)
-        r = est.b_noise
-        precise = r.status == "ok" and max(r.hi - r.value, r.value - r.lo) <= rel_error * r.value
-        if (len(draws) >= min_draws and precise) or spent >= max_examples or \
-                time.perf_counter() - t0 >= max_seconds:
-            return est
+        est = probe.combine(draws, confidence)
+        if on_draw:
+            on_draw(est)
+        why = stop(len(draws), est.b_noise.estimate.rel_halfwidth, spent, time.perf_counter() - t0)
+        if why is not None:
+            return dataclasses.replace(est, stopped_by=why)
 
 
-__all__ = ["hvps", "quad_draw", "combine", "measure_b_noise", "HessianEstimate", "QuadDraw"]
+__all__ = ["hvps", "quad_draw", "combine", "measure_b_noise", "HessianEstimate", "QuadDraw", "QuadProbe", "HESSIAN"]

@@ -10,7 +10,8 @@ graph), and layers whose input does not carry the examples on dim 0 go through t
 differentiating only those parameters). A parameter used by several hooked calls (tied embedding and LM head, a
 layer applied twice) gets its cross terms: per-example gradients add, their squared norms do not.
 
-Valid only when ℓ_i depends on example i alone: see ``per_example_valid`` and ``losses_mix_examples``.
+Valid only when ℓ_i depends on example i alone: see ``base.batch_coupled`` and ``losses_mix_examples`` (both
+read by ``probes.choose``).
 """
 
 from __future__ import annotations
@@ -21,28 +22,20 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils._pytree import tree_map
 
 from bsprof.errors import ConfigError
-from bsprof.probes.base import ChunkStats, LossFn, accum_dtype, per_example_losses, trainable
+from bsprof.probes.base import (
+    ChunkStats,
+    LossFn,
+    accum_dtype,
+    batch_coupled,
+    coupled_reason,
+    per_example_losses,
+    trainable,
+)
 from bsprof.probes.layers import rule_for, sq_sum, total_sq_sum
 from bsprof.probes.vmap import _Objective
-
-
-def per_example_valid(model: nn.Module) -> str | None:
-    """Why per-example gradients are not defined for this model (every offending module), or None if they are.
-
-    BatchNorm in train mode (or without running statistics) normalises with the batch's statistics, so each
-    example's loss depends on the whole batch; micro-batch probes stay approximately right there.
-    """
-    bad = [name or type(m).__name__ for name, m in model.named_modules()
-           if isinstance(m, _BatchNorm) and (m.training or not m.track_running_stats)]
-    if not bad:
-        return None
-    return (f"BatchNorm normalises with batch statistics in {', '.join(bad)}: examples are coupled, so "
-            "per-example gradients are undefined; use the microbatch probe (or model.eval() if BatchNorm "
-            "should use its running statistics)")
 
 
 def _rows(batch, start: int, stop: int):
@@ -187,9 +180,10 @@ def per_example_hooks(model: nn.Module, loss_fn: LossFn, batch, count: int, *,
     pass, against fp16 underflow; it is removed again: gradients are divided by it, squared norms by its square.
     Norms are taken in float32 or wider and accumulated in float64 (``accum_dtype``).
     """
-    reason = per_example_valid(model)
-    if reason:
-        raise ConfigError(reason, "use --method microbatch, or put the model in eval mode")
+    coupled = batch_coupled(model)
+    if coupled:
+        raise ConfigError(f"{coupled_reason(coupled)}: per-example gradients are undefined",
+                          "use --method microbatch (or model.eval() if BatchNorm should use its running statistics)")
     names, params = trainable(model)
     state = _Pass(model, params, count)
     handles = [m.register_forward_hook(state.forward_hook, with_kwargs=True) for m in state.owned]

@@ -176,5 +176,3 @@ def accumulate(model: nn.Module, loss_fn, chunks, marks: set[int], total: int | 
     big = None if last is None else torch.from_numpy(norms.squares(last))
     return ChunkStats(grad_sum, torch.from_numpy(small), len(losses), torch.stack(losses).sum(), seen, big), partial
 
-
-microbatch.whole_draw = accumulate  # the probe loop runs whole micro-batch draws through ``accumulate``

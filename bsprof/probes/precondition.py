@@ -9,7 +9,8 @@ For Adam/AdamW, P = diag(1/(√v̂ + ε)) with v̂ = exp_avg_sq/(1 − β₂^t) 
 (``max_exp_avg_sq`` with amsgrad). Choice at step 0, when the optimizer has no state yet: B_pre is reported as
 not available (NaN, with a note) rather than guessed from the measurement's own gradients, because Adam's v̂ is
 an average over the training batches of past steps, which do not exist yet.
-The hooks probe cannot weight per-example gradients elementwise; B_pre falls back to micro-batches there.
+The hooks probe cannot weight per-example gradients elementwise; B_pre falls back to micro-batches there
+(``preconditioned`` of any probe but vmap is the weighted micro-batch probe).
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bsprof.probes.base import ChunkStats, LossFn, accum_dtype, per_example_losses, trainable
+from bsprof.probes.base import ChunkStats, LossFn, Probe, accum_dtype, per_example_losses, trainable
 from bsprof.probes.vmap import per_example_grads
 
-ADAM_LIKE = ("Adam", "AdamW", "NAdam", "RAdam", "Adamax")
 
 
 def adam_preconditioner(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> list[torch.Tensor] | None:
@@ -38,8 +38,9 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, params: list[torch.Ten
     return out
 
 
-def preconditioned(base: str, p: list[torch.Tensor]):
-    """A probe like ``PROBES[base]`` whose gradients are multiplied elementwise by √P before any norm."""
+def preconditioned(base: Probe, p: list[torch.Tensor]) -> Probe:
+    """A probe like ``base`` whose gradients are multiplied elementwise by √P before any norm: per-example through
+    torch.func when ``base`` is vmap, else micro-batches (hooks cannot weight per-example gradients elementwise)."""
     root = [q.sqrt() for q in p]
 
     def per_example(model: nn.Module, loss_fn: LossFn, batch, count: int) -> ChunkStats:
@@ -59,4 +60,6 @@ def preconditioned(base: str, p: list[torch.Tensor]):
         sq = torch.stack(torch._foreach_norm(scaled)).to(accum_dtype(losses.device)).square() / count ** 2
         return ChunkStats(scaled, sq, 1, losses.sum().detach(), count)
 
-    return microbatch if base == "microbatch" else per_example
+    if base.name == "vmap":
+        return Probe("vmap_preconditioned", True, per_example)
+    return Probe("microbatch_preconditioned", False, microbatch)

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import stats as _st
 from scipy.optimize import brentq as _brentq_scipy
 
+from bsprof.results import Estimate
 from bsprof.stats.draw import Draw
 
 OK, LOWER_BOUND, UNDETERMINED = "ok", "lower_bound", "undetermined"
@@ -62,6 +63,11 @@ class Ratio:
     lo: float
     hi: float
     status: str
+
+    @property
+    def estimate(self) -> Estimate:
+        """The same numbers as the shared ``Estimate`` (its ``rel_halfwidth`` is what the stopping rule reads)."""
+        return Estimate(self.value, self.lo, self.hi, self.status)
 
 
 def _quantile(confidence: float, dof: int) -> float:
@@ -181,11 +187,14 @@ class NoiseScale:
     layers: dict  # group index -> (g2, trace_sigma, b_simple, lo, hi, status)
 
     @property
+    def b_simple_estimate(self) -> Estimate:
+        """B_simple with its interval and status, as the shared ``Estimate``."""
+        return Estimate(self.b_simple, self.b_simple_lo, self.b_simple_hi, self.status)
+
+    @property
     def rel_halfwidth(self) -> float:
-        """max(hi − B, B − lo)/B; ∞ unless the status is ok."""
-        if self.status != OK or not self.b_simple > 0:
-            return math.inf
-        return max(self.b_simple_hi - self.b_simple, self.b_simple - self.b_simple_lo) / self.b_simple
+        """``Estimate.rel_halfwidth`` of B_simple: max(hi − B, B − lo)/B; ∞ unless the status is ok."""
+        return self.b_simple_estimate.rel_halfwidth
 
     @property
     def gradient_diversity_bound(self) -> float:

@@ -138,8 +138,9 @@ def simulate(model, rng: np.random.Generator, reps: int, draws: int, b: int, B: 
 
 
 class FreshLeastSquares:
-    """An endless i.i.d. stream from a LeastSquares model (w* = 0), shaped like ``bsprof.data.Examples``, so that
-    ``sampling.measure_at`` runs on fresh data from the closed form (torch, float64)."""
+    """An endless i.i.d. stream from a LeastSquares model (w* = 0), a ``bsprof.engine.source.DrawSource``, so
+    that ``sampling.measure_at`` and ``hessian.measure_b_noise`` run on fresh data from the closed form (torch,
+    float64)."""
 
     n = None
     iterable = True
