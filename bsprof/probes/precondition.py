@@ -22,7 +22,6 @@ from bsprof.probes.base import ChunkStats, LossFn, Probe, accum_dtype, per_examp
 from bsprof.probes.vmap import per_example_grads
 
 
-
 def adam_preconditioner(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> list[torch.Tensor] | None:
     """P per parameter from Adam's state, or None when the state is empty (before the first step)."""
     groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
