@@ -84,6 +84,8 @@ class Estimate:
     status: Status = Status.OK
 
     def __post_init__(self):
+        for name in ("value", "lo", "hi"):
+            object.__setattr__(self, name, _float(getattr(self, name)))
         object.__setattr__(self, "status", Status(self.status))
 
     @classmethod
@@ -176,22 +178,25 @@ def _part_row(part, rename: dict) -> dict:
     return {rename[k]: getattr(part, k) for k in rename}
 
 
+def _field(cls, name: str, value):
+    """A part's field read back from JSON or CSV: None → NaN for numbers (0 for counts, False for flags)."""
+    if value is not None:
+        return value
+    return {"int": 0, "bool": False}.get({f.name: f.type for f in dataclasses.fields(cls)}[name], NAN)
+
+
 def _part_from_row(cls, row: dict, present: bool = False, **extra):
-    """The part whose flat columns ``cls.ROW`` appear in ``row`` (missing ones: NaN, 0 or False); None if none
-    do and ``present`` is false."""
+    """The part whose flat columns ``cls.ROW`` appear in ``row``; None if none do and ``present`` is false."""
     rename = cls.ROW
     if not present and not any(row.get(rename[k]) is not None for k in rename):
         return None
-    kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-    default = {"int": 0, "bool": False}
-    return cls(**{k: row[rename[k]] if row.get(rename[k]) is not None else default.get(kinds[k], NAN)
-                  for k in rename}, **extra)
+    return cls(**{k: _field(cls, k, row.get(rename[k])) for k in rename}, **extra)
 
 
 def _part_from_dict(cls, d: dict | None, estimates: tuple[str, ...] = ()):
     if d is None:
         return None
-    return cls(**{f.name: (Estimate.from_dict(d[f.name]) if f.name in estimates else d.get(f.name))
+    return cls(**{f.name: (Estimate.from_dict(d[f.name]) if f.name in estimates else _field(cls, f.name, d.get(f.name)))
                   for f in dataclasses.fields(cls)})
 
 

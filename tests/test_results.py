@@ -1,0 +1,115 @@
+"""Typed results and the report codec: schema 2 round trips, schema 1 (release 0.1.0) files still load,
+render, and feed `schedule` and `check`."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bsprof.cli import app
+from bsprof.errors import ReportError
+from bsprof.output import codec
+from bsprof.output.report import Report
+from bsprof.results import Estimate, Measurement, Status, Summary, is_adam_family, json_clean
+
+V1 = Path(__file__).parent / "assets" / "v1"  # written by `bsprof measure` of release 0.1.0 (schema 1)
+runner = CliRunner()
+
+
+def test_estimate_status_and_the_one_relative_half_width():
+    e = Estimate(100.0, 80.0, 130.0, "ok")
+    assert e.status is Status.OK and e.status == "ok" and e.rel_halfwidth == pytest.approx(0.3)
+    assert Estimate(math.nan, 50.0, math.inf, "lower_bound").rel_halfwidth == math.inf
+    assert e.scaled(16) == Estimate(1600.0, 1280.0, 2080.0, Status.OK)
+    assert Estimate.from_dict(e.to_dict()) == e
+    with pytest.raises(ValueError):
+        Estimate(1.0, 1.0, 1.0, "fine")
+    assert type(Estimate(__import__("numpy").float64(2.0), 1, 3).value) is float
+
+
+def test_json_clean_makes_strict_json():
+    data = json_clean({"a": math.nan, "b": [math.inf, 1.5], "c": Status.LOWER_BOUND, "d": Estimate(1, 0, 2)})
+    assert data == {"a": None, "b": [None, 1.5], "c": "lower_bound",
+                    "d": {"value": 1.0, "lo": 0.0, "hi": 2.0, "status": "ok"}}
+    json.dumps(data, allow_nan=False)
+
+
+def test_adam_family_is_one_list():
+    assert is_adam_family("AdamW") and is_adam_family("adam") and not is_adam_family("SGD")
+
+
+@pytest.mark.parametrize("name", ["report_adam_hessian.json", "report_least_squares.json"])
+def test_schema_1_rows_round_trip_exactly(name):
+    data = json.loads((V1 / name).read_text())
+    report = codec.decode(data)
+    for old, new in zip(data["measurements"], report.measurements):
+        assert json_clean(new.to_row()) == old  # every column of the old row, same values
+        assert Measurement.from_dict(json.loads(json.dumps(new.to_dict()))) == new
+    assert json_clean(report.summary.to_row()) == data["summary"]
+
+
+def test_schema_2_round_trip(tmp_path):
+    report = Report.from_json(V1 / "report_adam_hessian.json")
+    path = report.to_json(tmp_path / "report.json")
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == 2 and data["summary"]["b_simple"]["status"] == "ok"
+    again = Report.from_json(path)
+    assert again.measurements == report.measurements and again.layers == report.layers
+    assert isinstance(again.summary, Summary) and again.summary == report.summary
+    last = again.measurements[-1]
+    assert last.b_noise.ok and last.b_pre.ok and last.hessian.eps_max.ok and last.regression is not None
+    assert again.measurements[0].b_pre.status is Status.NOT_AVAILABLE
+
+
+def test_layers_add_up_to_the_totals():
+    report = Report.from_json(V1 / "report_adam_hessian.json")
+    for m in report.measurements:
+        layers = [r for r in report.layers if r.step == m.step]
+        assert sum(r.g2 for r in layers) == pytest.approx(m.g2.value, rel=1e-9)
+        assert sum(r.trace_sigma for r in layers) == pytest.approx(m.trace_sigma, rel=1e-9)
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"schema_version": 3, "measurements": [], "summary": {}, "config": {}}, "schema_version 3"),
+    ({"schema_version": 2, "measurements": [{"step": 0}], "summary": {}, "config": {}}, "measurements[0]"),
+    ({"schema_version": 1, "measurements": [{"step": "x"}], "summary": {}, "config": {}}, "measurements[0]"),
+    ({"schema_version": 2, "measurements": {}, "summary": {}, "config": {}}, "'measurements' must be a list"),
+    ({"schema_version": 1, "measurements": [], "summary": {}, "config": None}, "'config' must be an object"),
+    ([1, 2], "not a report object"),
+])
+def test_malformed_reports_are_report_errors(bad, says):
+    with pytest.raises(ReportError, match=says.replace("[", r"\[").replace("]", r"\]")):
+        codec.decode(bad)
+
+
+def test_a_release_0_1_report_renders_and_feeds_schedule_and_check(tmp_path):
+    src = tmp_path / "old.json"
+    shutil.copy(V1 / "report_adam_hessian.json", src)
+    shown = runner.invoke(app, ["report", str(src)])
+    assert shown.exit_code == 0 and "B_simple at step 30" in shown.output, shown.output
+    planned = runner.invoke(app, ["schedule", str(src), "--target-loss", "0.3", "--format", "json"])
+    assert planned.exit_code == 0, planned.output
+    assert json.loads(planned.stdout)["stages"]
+    b = Report.from_json(src).summary.b_simple.value  # 16.1 [13.6, 19.2] in that file
+    assert runner.invoke(app, ["check", str(src), "-b", str(round(b))]).exit_code == 0
+    assert runner.invoke(app, ["check", str(src), "-b", str(round(b * 100))]).exit_code == 1
+
+
+def test_report_files_are_written_atomically(tmp_path, monkeypatch):
+    report = Report.from_json(V1 / "report_least_squares.json")
+    report.write(tmp_path, figures=False)
+    before = (tmp_path / "report.json").read_text()
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(codec, "dumps", lambda r: "{" + "x" * 10 + boom())
+    with pytest.raises(OSError):
+        report.to_json(tmp_path / "report.json")
+    assert (tmp_path / "report.json").read_text() == before  # the old file stands, whole
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temporary file left behind
