@@ -216,13 +216,13 @@ def test_json_output_is_the_only_stdout(tmp_path, report):
 def test_config_file_nested_keys(tmp_path, report, name, text):
     cfg = tmp_path / name
     cfg.write_text(text)
-    r = run(report, "--config", cfg, "--batch-key", "trainer.batch_size", "--lr-key", "optim.lr", "--json")
+    r = run(report, "--training-config", cfg, "--batch-key", "trainer.batch_size", "--lr-key", "optim.lr", "--json")
     data = json.loads(r.stdout)
     assert r.exit_code == 1, r.output                                     # 8192 is too large
     assert data["checks"][0]["measured"]["batch_size"] == 8192
     assert data["checks"][1]["measured"]["lr"] == pytest.approx(3e-4)     # YAML's "3e-4" string accepted
     assert any("read trainer.batch_size = 8192" in n for n in data["notes"])
-    r = run(report, "--config", cfg, "--batch-key", "trainer.batch_size", "--lr-key", "optim.lr", "-b", 1024,
+    r = run(report, "--training-config", cfg, "--batch-key", "trainer.batch_size", "--lr-key", "optim.lr", "-b", 1024,
             "--lr", 1.0)
     assert r.exit_code == 0 and "--batch-size 1024 overrides trainer.batch_size" in r.stdout   # flags win
 
@@ -230,17 +230,17 @@ def test_config_file_nested_keys(tmp_path, report, name, text):
 def test_config_default_keys_and_errors(tmp_path, report):
     cfg = tmp_path / "train.yaml"
     cfg.write_text("training:\n  batch_size: 1024\n  lr: 0.5\n")
-    assert run(report, "--config", cfg).exit_code == 0
-    r = run(report, "--config", cfg, "--batch-key", "trainer.batch_size")
+    assert run(report, "--training-config", cfg).exit_code == 0
+    r = run(report, "--training-config", cfg, "--batch-key", "trainer.batch_size")
     assert r.exit_code == 2 and "key 'trainer.batch_size' not found" in r.stderr and "training" in r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1, 2\n")
-    r = run(report, "--config", bad, "--batch-key", "a")
+    r = run(report, "--training-config", bad, "--batch-key", "a")
     assert r.exit_code == 2 and "cannot read" in r.stderr
-    r = run(report, "--config", tmp_path / "nope.toml", "--batch-key", "a")
+    r = run(report, "--training-config", tmp_path / "nope.toml", "--batch-key", "a")
     assert r.exit_code == 2 and "not found" in r.stderr
     cfg.write_text("batch_size: big\n")
-    assert run(report, "--config", cfg).exit_code == 2
+    assert run(report, "--training-config", cfg).exit_code == 2
 
 
 def test_toml_without_tomllib_or_tomli_says_so(tmp_path, report, monkeypatch):
@@ -248,7 +248,7 @@ def test_toml_without_tomllib_or_tomli_says_so(tmp_path, report, monkeypatch):
     monkeypatch.setitem(sys.modules, "tomli", None)
     cfg = tmp_path / "train.toml"
     cfg.write_text("batch_size = 1024\n")
-    r = run(report, "--config", cfg)
+    r = run(report, "--training-config", cfg)
     assert r.exit_code == 2 and "tomli" in r.stderr
 
 
@@ -290,3 +290,28 @@ def test_spec_with_budget_and_a_measured_report(tmp_path):
     assert run(saved, "-b", round(b * 100)).exit_code == 1
     assert run(saved, "-b", round(b), "--at-loss", 1e6).exit_code == 2
     assert run(tmp_path / "missing.py", "-b", 16, "--budget", "2s").exit_code == 2
+
+
+def test_one_format_option_for_every_output(tmp_path):
+    report = tmp_path / "r.json"
+    make_report().to_json(report)
+    junit, md = tmp_path / "out" / "j.xml", tmp_path / "v.md"
+    r = run(report, "-b", 8192, "-f", "json", "-f", f"junit:{junit}", "-f", f"markdown:{md}")
+    assert r.exit_code == 1 and json.loads(r.stdout)["status"] == "fail"  # stdout holds the JSON only
+    assert ET.parse(junit).getroot().find(".//failure") is not None
+    assert "batch size" in md.read_text()
+    assert run(report, "-b", 64, "-f", "json", "-f", "junit").exit_code == 2  # two formats on stdout
+    assert "unknown format" in run(report, "-b", 64, "-f", "yaml").stderr
+
+
+def test_config_holds_check_options_and_training_config_the_values(tmp_path):
+    report = tmp_path / "r.json"
+    make_report().to_json(report)
+    strict = tmp_path / "check.yaml"
+    strict.write_text("factor: 1.5\n")
+    assert run(report, "-b", 2048).exit_code == 0            # within 4× of the latest noise scale (1000)
+    assert run(report, "-b", 2048, "--config", strict).exit_code == 1
+    wrong = tmp_path / "train.yaml"
+    wrong.write_text("trainer:\n  batch_size: 64\n")
+    r = run(report, "--config", wrong, "-b", 64)
+    assert r.exit_code == 2 and "unknown option 'trainer'" in r.stderr

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from bsprof.errors import BsprofError
+from bsprof.errors import BsprofError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="bsprof: measure the critical batch size (gradient noise scale) of a PyTorch model.")
@@ -44,3 +45,15 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+def write_output(path: Path, text: str, flag: str = "--output") -> Path:
+    """Write a command's output file whole (atomically), or say why it cannot be written (exit 2)."""
+    from bsprof.output.files import write_text
+
+    try:
+        if path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True)
+        return write_text(path, text)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}", f"pass a writable file path to {flag}")

@@ -7,6 +7,7 @@ Exit 0: within policy. 1: violates it (the message says what, by how much, and w
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -16,12 +17,15 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
 
-from bsprof.cli.app import app, console, err_console, user_errors
-from bsprof.config import MeasureConfig, resolve
+from bsprof.cli.app import app, console, err_console, user_errors, write_output
+from bsprof.cli.source import measure_spec
+from bsprof.config import resolve
 from bsprof.errors import BsprofError, ConfigError, ReportError, SpecError
 from bsprof.gate import formats as ci_output
 from bsprof.gate.policy import CANNOT_JUDGE, FAIL, PASS, Policy, Verdict, judge
+from bsprof.output import codec
 from bsprof.output.report import Report
 from bsprof.results import Status
 
@@ -154,24 +158,14 @@ def read_report(target: Path) -> Report:
 def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None = None,
                 rel_error: float | None = None) -> tuple[Report, dict]:
     """A quick CPU measurement within ``budget_s`` seconds (split over the measurements when steps > 0)."""
-    from bsprof.engine.loop import measure, measure_steps
+    from bsprof.engine.loop import measure_steps
 
-    if not spec.is_file():
-        raise SpecError(f"spec file not found: {spec}", "pass the SPEC.py you give `bsprof measure`")
     share = budget_s / (len(measure_steps(steps, 0)) + 1) if steps else budget_s
-    overrides = {"device": "cpu", "steps": steps, "max_seconds": share, "seed": seed, "rel_error": rel_error}
-    cfg = resolve(MeasureConfig, None, overrides, command="check")
-    report, t0 = Report(), time.perf_counter()
-    try:
-        measure(spec, cfg, report)
-    except BsprofError:
-        raise
-    except Exception as e:  # the user's code failed: say so without a traceback
-        raise SpecError(f"measuring {spec} failed: {type(e).__name__}: {e}", "fix the spec, then run "
-                        f"`bsprof measure {spec} --steps {steps} --device cpu` to see the full error")
-    seconds = time.perf_counter() - t0
-    info = {"seconds": round(seconds, 2), "budget_seconds": budget_s, "device": "cpu", "steps": steps,
-            "examples": report.summary.examples_measured, "rel_halfwidth": None}
+    t0 = time.perf_counter()
+    report = measure_spec(spec, "check", device="cpu", steps=steps, max_seconds=share, seed=seed,
+                          rel_error=rel_error)
+    info = {"seconds": round(time.perf_counter() - t0, 2), "budget_seconds": budget_s, "device": "cpu",
+            "steps": steps, "examples": report.summary.examples_measured, "rel_halfwidth": None}
     return report, info
 
 
@@ -199,30 +193,68 @@ def _render_text(verdict: Verdict, out) -> None:
         out.print(f"  [dim]note: {n}[/]", highlight=False, soft_wrap=True)
 
 
-def _emit(verdict: Verdict, junit: Path | None, github: bool, as_json: bool, extra: dict) -> None:
-    """Every requested output. With --json, stdout holds the JSON only (the rest goes to stderr)."""
-    text_out = err_console if as_json else console
-    if verdict.checks and not (len(verdict.checks) == 1 and verdict.checks[0].name in ("report", "options",
-                                                                                       "measure")):
+FORMATS = ("text", "json", "junit", "github", "markdown")
+
+
+def parse_formats(values: list[str], junit: Path | None, github: bool, as_json: bool) -> list[tuple[str, Path | None]]:
+    """``--format FMT[:PATH]`` (repeatable; default text) plus the older --junit/--github/--json spellings."""
+    out = []
+    for v in values or []:
+        name, _, path = v.partition(":")
+        if name not in FORMATS:
+            raise ConfigError(f"--format {v!r}: unknown format {name!r}", f"use one of {', '.join(FORMATS)}, "
+                              "optionally with :PATH (e.g. --format junit:bsprof.xml)")
+        out.append((name, Path(path) if path else None))
+    out += [("junit", junit)] if junit is not None else []
+    out += [("github", None)] if github else []
+    out += [("json", None)] if as_json else []
+    if not any(path is None and name != "github" for name, path in out):
+        out.insert(0, ("text", None))
+    stdout = [name for name, path in out if path is None and name != "github"]
+    if len(stdout) > 1:
+        raise ConfigError(f"formats {', '.join(stdout)} would all print to stdout", "give all but one a file: "
+                          "--format FMT:PATH")
+    return out
+
+
+def _emit(verdict: Verdict, outputs: list[tuple[str, Path | None]], extra: dict) -> None:
+    """Every requested output. Machine formats on stdout keep stdout to themselves (the text goes to stderr)."""
+    machine_stdout = any(path is None and name in ("json", "junit", "markdown") for name, path in outputs)
+    text_out = err_console if machine_stdout else console
+    shown = verdict.checks and not (len(verdict.checks) == 1 and verdict.checks[0].name in ("report", "options",
+                                                                                           "measure"))
+    for name, path in outputs:
+        if name == "text":
+            if shown and path is None:
+                _render_text(verdict, text_out)
+            elif shown:
+                buf = Console(file=io.StringIO(), width=200, force_terminal=False)
+                _render_text(verdict, buf)
+                write_output(path, buf.file.getvalue(), "--format text:PATH")
+            continue
+        if name == "github":
+            for line in ci_output.to_github(verdict):
+                typer.echo(line, err=machine_stdout)
+            _append_step_summary(verdict)
+            continue
+        text = {"json": lambda: ci_output.to_json(verdict, extra) + "\n", "junit": lambda: ci_output.to_junit(verdict),
+                "markdown": lambda: ci_output.to_markdown(verdict)}[name]()
+        if path is None:
+            typer.echo(text, nl=False)
+        else:
+            write_output(path, text, f"--format {name}:PATH")
+    if shown and not any(name == "text" for name, _ in outputs):
         _render_text(verdict, text_out)
-    if junit is not None:
+
+
+def _append_step_summary(verdict: Verdict) -> None:
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
         try:
-            junit.parent.mkdir(parents=True, exist_ok=True)
-            junit.write_text(ci_output.to_junit(verdict))
+            with open(summary, "a", encoding="utf-8") as f:
+                f.write(ci_output.to_markdown(verdict))
         except OSError as e:
-            raise ConfigError(f"cannot write the JUnit file {junit}: {e}", "pass a writable path to --junit")
-    if github:
-        for line in ci_output.to_github(verdict):
-            typer.echo(line, err=as_json)
-        summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        if summary:
-            try:
-                with open(summary, "a", encoding="utf-8") as f:
-                    f.write(ci_output.to_markdown(verdict))
-            except OSError as e:
-                err_console.print(f"[yellow]warning:[/] cannot append to GITHUB_STEP_SUMMARY {summary}: {e}")
-    if as_json:
-        typer.echo(ci_output.to_json(verdict, extra))
+            err_console.print(f"[yellow]warning:[/] cannot append to GITHUB_STEP_SUMMARY {summary}: {e}")
 
 
 def _error_kind(e: BsprofError) -> str:
@@ -235,21 +267,24 @@ def check(
                                             "measure now on the CPU within --budget."),
     batch_size: Optional[int] = O(None, "--batch-size", "-b", help="The batch size to judge, in the report's unit."),
     lr: Optional[float] = O(None, "--lr", help="The learning rate to judge against the optimizer's scaling rule."),
-    config: Optional[Path] = O(None, "--config", "-c", help="Training config (YAML, JSON or TOML) holding the "
-                               "batch size and lr; command-line values win."),
-    batch_key: Optional[str] = O(None, help="Dotted key of the batch size in --config, e.g. trainer.batch_size "
-                                 f"(else tries {', '.join(BATCH_KEYS)})."),
-    lr_key: Optional[str] = O(None, help="Dotted key of the lr in --config, e.g. optim.lr "
+    training_config: Optional[Path] = O(None, "--training-config", "-t", help="Your training config (YAML, JSON "
+                                        "or TOML) holding the batch size and lr; command-line values win."),
+    config: Optional[Path] = O(None, "--config", "-c", help="YAML file of check options (factor, "
+                               "max_extra_compute, max_extra_steps, lr_factor, baseline_factor); flags win."),
+    batch_key: Optional[str] = O(None, help="Dotted key of the batch size in --training-config, e.g. "
+                                 f"trainer.batch_size (else tries {', '.join(BATCH_KEYS)})."),
+    lr_key: Optional[str] = O(None, help="Dotted key of the lr in --training-config, e.g. optim.lr "
                                 f"(else tries {', '.join(LR_KEYS)})."),
     at_loss: Optional[float] = O(None, help="Judge at this loss: log B_simple interpolated between measurements "
                                  "(never extrapolated). [the latest measurement]"),
-    factor: float = O(4.0, help="A batch passes within this factor of the noise scale: B_n/F ≤ B ≤ F·B_n."),
+    factor: Optional[float] = O(None, help="A batch passes within this factor of the noise scale: "
+                                "B_n/F ≤ B ≤ F·B_n. [4]"),
     max_extra_compute: Optional[float] = O(None, help="Fail if B/B_n = E/E_min − 1 exceeds this. [--factor]"),
     max_extra_steps: Optional[float] = O(None, help="Fail if B_n/B = S/S_min − 1 exceeds this. [--factor]"),
-    lr_factor: float = O(4.0, help="Fail if the lr is off its scaling rule by more than this factor."),
+    lr_factor: Optional[float] = O(None, help="Fail if the lr is off its scaling rule by more than this factor. [4]"),
     baseline: Optional[Path] = O(None, help="An older report.json: fail if the noise scale moved beyond both "
                                  "intervals by more than --baseline-factor."),
-    baseline_factor: float = O(2.0, help="Allowed movement of the noise scale against --baseline."),
+    baseline_factor: Optional[float] = O(None, help="Allowed movement of the noise scale against --baseline. [2]"),
     budget: Optional[str] = O(None, help="With a SPEC.py: seconds of CPU measurement ('60s', '2m', '90'). [60s]"),
     steps: int = O(0, help="With a SPEC.py: probe-training steps before/while measuring (0: initial weights)."),
     seed: Optional[int] = O(None, help="With a SPEC.py: random seed. [0]"),
@@ -257,10 +292,12 @@ def check(
                                    "this tight (relative half-width) or the budget is spent. [0.2]"),
     save_report: Optional[Path] = O(None, help="With a SPEC.py: write the measured report.json here "
                                     "(e.g. to become the next --baseline)."),
-    junit: Optional[Path] = O(None, "--junit", help="Write JUnit XML here (one testcase per check)."),
-    github: bool = O(False, "--github", help="Print GitHub workflow annotations and append a Markdown job summary "
-                     "to $GITHUB_STEP_SUMMARY."),
-    as_json: bool = O(False, "--json", help="Print the verdict as JSON on stdout (and nothing else there)."),
+    formats: Optional[list[str]] = O(None, "--format", "-f", help="Output, repeatable: text, json (the verdict), "
+                                     "junit (one testcase per check), github (annotations + job summary), "
+                                     "markdown; FMT:PATH writes it to a file, e.g. -f junit:bsprof.xml. [text]"),
+    junit: Optional[Path] = O(None, "--junit", help="Same as --format junit:PATH."),
+    github: bool = O(False, "--github", help="Same as --format github."),
+    as_json: bool = O(False, "--json", help="Same as --format json."),
 ):
     """Gate a batch size (and learning rate) against the measured noise scale: exit 0 within policy,
     1 violated, 2 cannot judge.
@@ -269,19 +306,23 @@ def check(
     fails only if it violates the policy even at the most favourable end of the interval on B_n.
     """
     extra: dict = {}
+    with user_errors(2):
+        outputs = parse_formats(formats or [], junit, github, as_json)
+    overrides = dict(factor=factor, max_extra_compute=max_extra_compute, max_extra_steps=max_extra_steps,
+                     lr_factor=lr_factor, baseline_factor=baseline_factor)
     try:
-        verdict, extra = _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss,
-                                    Policy(factor, max_extra_compute, max_extra_steps, lr_factor, baseline_factor),
+        policy = resolve(Policy, config, overrides, command="check")
+        verdict, extra = _judge_all(target, batch_size, lr, training_config, batch_key, lr_key, at_loss, policy,
                                     baseline, budget, steps, seed, rel_error, save_report)
     except BsprofError as e:
         with user_errors(2):
             try:
-                _emit(Verdict.from_error(_error_kind(e), e.message, e.hint), junit, github, as_json, extra)
+                _emit(Verdict.from_error(_error_kind(e), e.message, e.hint), outputs, extra)
             except BsprofError:
                 pass  # the original error is the one to show
             raise e
     with user_errors(2):
-        _emit(verdict, junit, github, as_json, extra)
+        _emit(verdict, outputs, extra)
     raise typer.Exit(verdict.exit_code)
 
 
@@ -298,21 +339,21 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
     if steps < 0:
         problems.append(f"--steps must be 0 or more (got {steps})")
     if (batch_key or lr_key) and config is None:
-        problems.append("--batch-key and --lr-key need --config FILE")
+        problems.append("--batch-key and --lr-key need --training-config FILE")
     if problems:
         raise ConfigError("bad options:\n  - " + "\n  - ".join(problems), "see `bsprof check --help`")
     notes = []
     if config is not None:
         batch_size, lr, notes = values_from_config(config, batch_key, lr_key, batch_size, lr)
     if batch_size is None:
-        raise ConfigError("no batch size to judge", "pass --batch-size B, or --config FILE --batch-key KEY")
+        raise ConfigError("no batch size to judge", "pass --batch-size B, or --training-config FILE --batch-key KEY")
     budget_s = parse_duration(budget) if budget is not None else 60.0
     old = read_report(baseline) if baseline is not None else None
     extra, info = {}, None
     if is_spec:
         report, info = measure_now(target, budget_s, steps, seed, rel_error)
         if save_report is not None:
-            report.to_json(save_report)
+            write_output(save_report, codec.dumps(report), "--save-report")
     else:
         report = read_report(target)
     try:

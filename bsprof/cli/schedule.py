@@ -11,10 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bsprof.cli.app import app, console, err_console, user_errors
+from bsprof.cli.app import app, console, err_console, user_errors, write_output
+from bsprof.cli.source import load
 from bsprof.config import resolve
 from bsprof.errors import ConfigError
-from bsprof.output.report import Report
 
 O = typer.Option
 FORMATS = ("table", "json", "yaml", "csv")
@@ -60,31 +60,21 @@ def schedule(
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})", "e.g. --format json")
         overrides["max_batch"], memory_note = _max_batch(max_batch, source, overrides)
         cfg = resolve(ScheduleConfig, config, overrides, command="schedule")
-        result = plan(_load(source, steps), cfg)
+        result = plan(load(source, "schedule", steps=steps), cfg)
         if memory_note:
             result.notes.append(memory_note)
         text = render(result, fmt) if output is not None or fmt != "table" else ""
     for w in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
     if output is not None:
-        output.write_text(text)
+        with user_errors():
+            write_output(output, text)
         err_console.print(f"wrote {output}")
     elif fmt == "table":
         for part in tables(result):
             console.print(part, highlight=False)
     else:
         typer.echo(text, nl=False)
-
-
-def _load(source: Path, steps: int) -> Report:
-    if source.is_dir():
-        source = source / "report.json"
-    if source.suffix == ".py":
-        from bsprof.config import MeasureConfig
-        from bsprof.engine.loop import measure
-
-        return measure(source, resolve(MeasureConfig, None, {"steps": steps}))
-    return Report.from_json(source)
 
 
 def _max_batch(value: str | None, source: Path, overrides: dict) -> tuple[int | None, str]:

@@ -1,0 +1,44 @@
+"""What `report`, `schedule` and `check` read: a saved report, or a spec file measured now — one way for all.
+
+A SPEC.py goes through ``bsprof.measure`` with the command's few measurement options; anything the user's code
+raises becomes a SpecError naming the failing step and the command that shows the full error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bsprof.errors import BsprofError, SpecError
+from bsprof.output.report import Report
+
+
+def is_spec(source: Path) -> bool:
+    return source.suffix == ".py"
+
+
+def measure_spec(spec: Path, command: str, **options) -> Report:
+    """Measure ``spec`` with ``MeasureConfig`` ``options``; the report (partial on failure) or a clear error."""
+    from bsprof.api import measure
+
+    if not spec.is_file():
+        raise SpecError(f"spec file not found: {spec}", f"pass the SPEC.py you give `bsprof measure` to `bsprof "
+                        f"{command}`, or a report.json it wrote")
+    report = Report()
+    try:
+        measure(spec, report=report, **{k: v for k, v in options.items() if v is not None})
+    except BsprofError:
+        raise
+    except Exception as e:  # the user's code failed: say so without a traceback
+        step = (report.incomplete or {}).get("step")
+        args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items() if v is not None)
+        raise SpecError(f"measuring {spec.name} failed{f' at step {step}' if step is not None else ''}: "
+                        f"{type(e).__name__}: {e}", f"fix the spec, then run `bsprof measure {spec} {args}` "
+                        "to see the full error")
+    return report
+
+
+def load(source: Path, command: str, **measure_options) -> Report:
+    """A report.json (or its folder) as it was written, or a spec measured now."""
+    if is_spec(source):
+        return measure_spec(source, command, **measure_options)
+    return Report.from_json(source)
