@@ -44,10 +44,12 @@ def _queue_callback(fn) -> None:
 
 def grad_sq(grads: list[Tensor]) -> Tensor:
     """Σ_p |grad_p|² as a float64 0-d tensor: one fused norm for dense gradients, float32 at least."""
-    dense = [g for g in grads if not g.is_sparse]
     total = torch.zeros((), dtype=torch.float64, device=grads[0].device if grads else "cpu")
-    if dense:
-        total = total + torch.stack(torch._foreach_norm(dense, dtype=torch.float32)).double().square().sum()
+    half = (torch.float16, torch.bfloat16)
+    for group, dtype in (([g for g in grads if not g.is_sparse and g.dtype in half], torch.float32),
+                         ([g for g in grads if not g.is_sparse and g.dtype not in half], None)):
+        if group:
+            total = total + torch.stack(torch._foreach_norm(group, dtype=dtype)).double().square().sum()
     for g in grads:
         if g.is_sparse:
             total = total + _sq(g).double()

@@ -257,7 +257,7 @@ class Tracker:
         loss_value = math.nan if loss is None else float(loss.detach() if torch.is_tensor(loss) else loss)
         draw = Draw(np.array([small]), np.array([big]), b, per_rank * self.world, loss_value)
         pre = None
-        if self.precondition and r.small_pre and r.big_pre is not None:
+        if self.precondition and r.small_pre and r.big_pre is not None and k * self.world > 1:
             small_pre = self._mean_over_ranks(sum(float(s) for s in r.small_pre) / u ** 2) / k
             pre = Draw(np.array([small_pre]), np.array([float(r.big_pre) / (u * k) ** 2]), per_rank // k,
                        per_rank * self.world, loss_value)
