@@ -12,6 +12,7 @@ from bsprof.errors import BsprofError  # noqa: E402
 from bsprof.output.report import Report  # noqa: E402
 from bsprof.schedule import Schedule  # noqa: E402
 from bsprof.stats.estimators import NoiseScale, noise_scale  # noqa: E402
+from bsprof.track import Tracker  # noqa: E402
 
-__all__ = ["BsprofError", "MeasureConfig", "NoiseScale", "Report", "Schedule", "measure", "noise_scale",
+__all__ = ["BsprofError", "MeasureConfig", "NoiseScale", "Report", "Schedule", "Tracker", "measure", "noise_scale",
            "__version__"]

@@ -301,3 +301,34 @@ def test_close_removes_every_hook():
     with Tracker(model, source="per_example"):
         assert hooks_left(model) > 0
     assert hooks_left(model) == 0
+
+
+# ---------------------------------------------------------------- DDP: two gloo ranks (a torchrun subprocess)
+
+@pytest.mark.distributed
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="needs gloo")
+def test_ddp_with_accumulation_and_no_sync(tmp_path):
+    """b = one rank's micro-batch, B = W·k·b; the pair against one made by hand; B_simple near the closed form."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "track.json"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                          "127.0.0.1", "--master-port", str(port), str(root / "tests/assets/track_ddp_worker.py"),
+                          str(out)], cwd=root, capture_output=True, text=True, timeout=180, check=False,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["small"] == pytest.approx(r["small_ref"], rel=1e-5)  # mean over ranks and micro-batches of |G_b|²
+    assert r["big"] == pytest.approx(r["big_ref"], rel=1e-5)      # |all-reduced gradient|², after no_sync steps
+    assert (r["world"], r["b"], r["B"], r["n_draws"]) == (2, 16, 64, 150)
+    lo, hi = r["b_simple"] - 3 * (r["b_simple"] - r["lo"]), r["b_simple"] + 3 * (r["hi"] - r["b_simple"])
+    assert r["status"] == "ok" and lo < r["closed_form"] < hi
