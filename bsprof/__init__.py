@@ -14,6 +14,8 @@ from bsprof.errors import BsprofError  # noqa: E402
 from bsprof.output.report import Report  # noqa: E402
 from bsprof.results import Estimate, Measurement, Status, Summary  # noqa: E402
 from bsprof.schedule import Schedule  # noqa: E402
+from bsprof.stats.estimators import NoiseScale, noise_scale  # noqa: E402
+from bsprof.track import Tracker  # noqa: E402
 
-__all__ = ["BsprofError", "Estimate", "MeasureConfig", "Measurement", "Report", "Schedule", "Status", "Summary",
-           "measure", "measure_at", "__version__"]
+__all__ = ["BsprofError", "Estimate", "MeasureConfig", "Measurement", "NoiseScale", "Report", "Schedule", "Status",
+           "Summary", "Tracker", "measure", "measure_at", "noise_scale", "__version__"]

@@ -1,0 +1,184 @@
+"""The tracker's JSONL log: raw per-step statistics, streamed, and read back into draws and a report.
+
+Line 1, the header:
+    {"schema": "bsprof.track", "version": 1, "unit": "examples", "source": "accumulation", "bsprof_version": …,
+     "created": …}
+Then one line per optimizer step:
+    {"step", "examples", "b", "B", "small_sq", "big_sq", "loss", "lr"}
+with small_sq = mean over the step's small batches of |G_b|², big_sq = |G_B|² (per-example units: the user's
+loss scale removed), "examples" the examples (in the header's unit) seen before the step, and optionally
+"small_sq_pre"/"big_sq_pre" (the same with Adam's preconditioner, B_pre). A skipped step (non-finite gradients)
+has "skipped": "non-finite" and null norms. Non-finite numbers are written as null.
+
+Each line is appended and flushed as it is made (line-buffered), so a crashed run keeps every finished step; a
+torn last line is ignored by the reader. ``report_from_log`` turns the log into the rows of a ``Report``
+(windowed estimates every N steps), which ``bsprof report``/``schedule``/``check`` read like report.json.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from bsprof import __version__
+from bsprof.errors import ReportError
+from bsprof.output.report import Report
+from bsprof.results import Measurement, json_clean
+from bsprof.stats.draw import Draw
+from bsprof.track.window import b_simple_of, measurement, windowed
+
+SCHEMA, VERSION = "bsprof.track", 1
+
+
+class LogWriter:
+    """Appends one JSON line per step to ``path`` (the header first, when the file is new or empty)."""
+
+    def __init__(self, path: str | Path, unit: str = "examples", **header):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists() or self.path.stat().st_size == 0
+        if not fresh:
+            _check_header(self.path, _first_line(self.path))
+        self.file = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed by close())
+        if fresh:
+            self.write({"schema": SCHEMA, "version": VERSION, "unit": unit, **header, "bsprof_version": __version__,
+                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(json_clean(record), allow_nan=False) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+
+
+@dataclass(frozen=True)
+class LoggedStep:
+    """One logged optimizer step: its nested pair (``draw``) and where the run was."""
+
+    step: int
+    examples: int
+    lr: float
+    draw: Draw
+    small_sq_pre: float | None = None
+    big_sq_pre: float | None = None
+
+
+@dataclass(frozen=True)
+class TrackLog:
+    """A read log: its header, the usable steps, and how many were skipped (non-finite) or unreadable."""
+
+    header: dict
+    steps: list[LoggedStep]
+    skipped: int = 0
+
+    @property
+    def unit(self) -> str:
+        return self.header.get("unit", "examples")
+
+    @property
+    def draws(self) -> list[Draw]:
+        return [s.draw for s in self.steps]
+
+    @property
+    def draws_pre(self) -> list[Draw]:
+        """The preconditioned pairs (B_pre) of the steps that logged them."""
+        return _pre_draws(self.steps)
+
+
+def _pre_draws(steps: list[LoggedStep]) -> list[Draw]:
+    return [Draw(np.array([s.small_sq_pre]), np.array([s.big_sq_pre]), s.draw.b, s.draw.B, s.draw.loss)
+            for s in steps if s.small_sq_pre is not None and s.big_sq_pre is not None]
+
+
+def _first_line(path: Path) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.readline()
+
+
+def _check_header(path: Path, line: str) -> dict:
+    try:
+        header = json.loads(line)
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("schema") != SCHEMA:
+        raise ReportError(f"{path} is not a bsprof tracker log (its first line is not a {SCHEMA} header)",
+                          "pass the .jsonl file written by bsprof.Tracker(log=...), or choose a new log path")
+    if header.get("version") != VERSION:
+        raise ReportError(f"{path} is tracker log version {header.get('version')}, this bsprof reads {VERSION}",
+                          "read it with the bsprof version that wrote it")
+    return header
+
+
+def _float(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def read_log(path: str | Path) -> TrackLog:
+    """The header and the steps of a tracker log (skipped steps counted; a torn last line ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReportError(f"tracker log not found: {path}", "pass the .jsonl file written by bsprof.Tracker(log=...)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        raise ReportError(f"{path} is empty", "pass the .jsonl file written by bsprof.Tracker(log=...)")
+    header = _check_header(path, lines[0])
+    steps, skipped = [], 0
+    for i, line in enumerate(lines[1:], start=2):
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines):  # the run died while writing it
+                break
+            raise ReportError(f"{path}:{i} is not valid JSON", "the log is damaged; remove that line")
+        if r.get("skipped") or r.get("small_sq") is None or r.get("big_sq") is None:
+            skipped += 1
+            continue
+        draw = Draw(np.array([float(r["small_sq"])]), np.array([float(r["big_sq"])]), int(r["b"]), int(r["B"]),
+                    _float(r.get("loss")))
+        steps.append(LoggedStep(int(r["step"]), int(r.get("examples", 0)), _float(r.get("lr")), draw,
+                                r.get("small_sq_pre"), r.get("big_sq_pre")))
+    return TrackLog(header, steps, skipped)
+
+
+def measurements(log: TrackLog, window: int = 100, every: int | None = None,
+                 confidence: float = 0.9) -> list[Measurement]:
+    """Windowed estimates every ``every`` logged steps (default: ``window``, non-overlapping) and at the last,
+    each over the ``window`` steps ending there (B_pre too, where the steps logged preconditioned norms)."""
+    every = every or window
+    steps, rows = log.steps, []
+    ends = sorted({*range(every - 1, len(steps), every), len(steps) - 1} - {-1})
+    for end in ends:
+        part = steps[max(0, end + 1 - window):end + 1]
+        if len(part) < 2:  # one step has no interval; the next row will have it
+            continue
+        m = measurement([s.draw for s in part], step=steps[end].step, examples_seen=steps[end].examples,
+                        method=_method(log), confidence=confidence)
+        pre = _pre_draws(part)
+        if len(pre) >= 2:
+            m = replace(m, b_pre=b_simple_of(windowed(pre, None, confidence)))
+        rows.append(m)
+    return rows
+
+
+def _method(log: TrackLog) -> str:
+    return f"track:{log.header.get('source', 'auto')}"
+
+
+def report_from_log(path: str | Path, window: int = 100, every: int | None = None,
+                    confidence: float = 0.9) -> Report:
+    """A ``Report`` whose measurements are the log's windowed estimates (see ``measurements``)."""
+    log = read_log(path)
+    report = Report(spec={"tracker_log": str(path)}, unit=log.unit,
+                    config={"source": log.header.get("source"), "window": window, "every": every or window,
+                            "confidence": confidence, "steps_logged": len(log.steps), "steps_skipped": log.skipped})
+    for m in measurements(log, window, every, confidence):
+        report.add(m)
+    if log.skipped:
+        report.diagnose("skipped_steps", f"{log.skipped} logged steps had non-finite gradients and were skipped")
+    return report

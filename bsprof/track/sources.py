@@ -1,0 +1,225 @@
+"""Where a training step's nested pair comes from: hooks inside the user's own backward passes.
+
+Every number is taken while autograd computes the gradients, so whatever the user does to ``.grad`` after the
+backward pass (clipping, ``GradScaler.unscale_``, ``zero_grad``) does not change it.
+
+``StepHooks`` (every source). A tensor hook on each trainable parameter p sees u·g_p, the gradient of the
+backward's loss that is about to be added into ``p.grad`` (u: the constant the user multiplied the mean loss by:
+1/k for ``(loss / k).backward()``, the AMP loss scale, …), and adds |u·g_p|² to the step's sum. At the end of
+each backward pass (an autograd final callback) it counts the pass and takes |p.grad|², the running sum; that
+read is queued from the final callback, so it runs after DDP's own final callback has written the all-reduced
+gradient into ``.grad``. With k backward passes on micro-batches of b examples each, per process:
+
+    Σ_k Σ_p |u·g_p^(k)|² = u²·Σ_k |G_b^(k)|²,        |p.grad|² summed over p = u²·k²·|G_B|²   (B = k·b)
+
+(under DDP, .grad holds the mean over the W ranks, so B = W·k·b). ``Tracker`` divides the scale back out.
+
+``PerExample``. Forward hooks on the layers bsprof has per-example rules for (``bsprof.probes.layers``) save each
+call's input and hook its output; in an armed backward each output hook receives δ = ∂L/∂output with
+L = u·(1/n)Σ_i ℓ_i the user's MEAN loss over n examples, so δ_i = (u/n)·∂ℓ_i/∂output_i and the rule returns
+(u/n)·g_i. Hence Σ_i |g_i|² = (n/u)²·Σ_i |rule_i|². (A summed loss would make this wrong by n²: the loss must
+be the mean over the batch, as for every estimator in bsprof.) Tied weights and layers called twice get their
+cross terms (``layers.total_sq_sum``). Parameters outside known layers make the source unavailable.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from bsprof.probes.base import batch_coupled, coupled_reason
+from bsprof.probes.hooks import _wide
+from bsprof.probes.layers import rule_for, sq_sum, total_sq_sum
+from bsprof.probes.microbatch import _sq
+
+
+def _queue_callback(fn) -> None:
+    """Run ``fn`` when the current backward pass ends (what DDP's reducer does)."""
+    torch.autograd.Variable._execution_engine.queue_callback(fn)
+
+
+def grad_sq(grads: list[Tensor]) -> Tensor:
+    """Σ_p |grad_p|² as a float64 0-d tensor: one fused norm for dense gradients, float32 at least."""
+    total = torch.zeros((), dtype=torch.float64, device=grads[0].device if grads else "cpu")
+    half = (torch.float16, torch.bfloat16)
+    for group, dtype in (([g for g in grads if not g.is_sparse and g.dtype in half], torch.float32),
+                         ([g for g in grads if not g.is_sparse and g.dtype not in half], None)):
+        if group:
+            total = total + torch.stack(torch._foreach_norm(group, dtype=dtype)).double().square().sum()
+    for g in grads:
+        if g.is_sparse:
+            total = total + _sq(g).double()
+    return total
+
+
+def _pre_sq(g: Tensor, weight: Tensor) -> Tensor:
+    """Σ_j P_j g_j² = |√P ⊙ g|² (the preconditioned squared norm, elementwise weights P)."""
+    f = g.to_dense().reshape(-1) if g.is_sparse else g.reshape(-1)
+    f = f.float() if f.dtype in (torch.float16, torch.bfloat16) else f
+    return torch.dot(f * weight.reshape(-1).to(f.dtype), f)
+
+
+@dataclass
+class Backwards:
+    """What the backward passes since the last step saw (raw: the user's loss scale u still in)."""
+
+    count: int = 0                                     # k, backward passes
+    small: list[Tensor] = field(default_factory=list)  # |u·g_p|² per parameter per pass
+    big: Tensor | None = None                          # Σ_p |p.grad|² after the latest pass
+    synced: bool = True                                # the latest pass all-reduced (not under DDP's no_sync)
+    small_pre: list[Tensor] = field(default_factory=list)  # Σ P·(u·g_p)² (B_pre), when weights are given
+    big_pre: Tensor | None = None
+    per_example: list[tuple[Tensor, int]] = field(default_factory=list)  # (Σ_i |rule_i|², n) per armed pass
+    failure: str | None = None                         # what went wrong inside a hook (raised at the step)
+
+
+class StepHooks:
+    """Tensor hooks on the parameters plus end-of-backward callbacks; ``take()`` hands over one step's numbers.
+
+    ``weights``: a function returning elementwise preconditioner weights P per parameter (or None), called once
+    per step at the first backward; with it, the |√P ⊙ ·|² norms are taken too (one extra multiply per element).
+    ``ddp``: the DistributedDataParallel wrapper, whose ``require_backward_grad_sync`` tells a no_sync pass.
+    ``per_example``: a ``PerExample`` whose armed passes are collected at each backward's end.
+    """
+
+    def __init__(self, params: list[Tensor], ddp=None, weights=None, per_example: PerExample | None = None):
+        self.params, self.ddp, self.weights_fn, self.per_example = params, ddp, weights, per_example
+        self.record = Backwards()
+        self.lock = threading.Lock()
+        self.in_backward = False
+        self.weights: list[Tensor] | None = None
+        self.handles = [p.register_hook(partial(self._hook, i)) for i, p in enumerate(params)]
+
+    def _hook(self, i: int, g: Tensor) -> None:
+        with self.lock:
+            if not self.in_backward:
+                self.in_backward = True
+                _queue_callback(self._end)
+                if self.record.count == 0 and self.weights_fn is not None:
+                    self.weights = self.weights_fn()
+        try:
+            self.record.small.append(_sq(g))
+            if self.weights is not None:
+                self.record.small_pre.append(_pre_sq(g, self.weights[i]))
+        except Exception as e:  # never break the user's backward: report it at the step
+            self.record.failure = f"{type(e).__name__}: {e}"
+
+    def _end(self) -> None:
+        with self.lock:
+            self.in_backward = False
+            self.record.count += 1
+            self.record.synced = getattr(self.ddp, "require_backward_grad_sync", True)
+        if self.per_example is not None:
+            self.per_example.end_backward(self.record)
+        _queue_callback(self._read_grads)  # after DDP's finalize, which was queued before this callback ran
+
+    def _read_grads(self) -> None:
+        try:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            self.record.big = grad_sq(grads)
+            if self.weights is not None:
+                self.record.big_pre = sum((_pre_sq(p.grad, w) for p, w in zip(self.params, self.weights)
+                                           if p.grad is not None), torch.zeros((), dtype=torch.float64))
+        except Exception as e:
+            self.record.failure = f"{type(e).__name__}: {e}"
+
+    def take(self) -> Backwards:
+        """This step's record; the next backward starts a new one."""
+        with self.lock:
+            record, self.record, self.weights = self.record, Backwards(), None
+        return record
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+class PerExample:
+    """Per-example squared norms inside the user's backward (b = 1); see the module docstring for the scaling.
+
+    ``problem`` says why the source is unavailable for this model (None: available): BatchNorm in train mode, or
+    trainable parameters outside the layers with rules. Forward hooks are registered by ``install``; the output
+    hooks they add do work only while ``armed`` (inside ``Tracker.per_example()``).
+    """
+
+    def __init__(self, model: nn.Module, names: list[str], params: list[Tensor]):
+        self.params, self.armed = params, False
+        index = {id(p): k for k, p in enumerate(params)}
+        self.owned, covered = {}, set()
+        for mod in model.modules():
+            direct = [(n, index[id(p)]) for n, p in mod.named_parameters(recurse=False) if id(p) in index]
+            rule = rule_for(mod) if direct else None
+            if rule is not None:
+                self.owned[mod] = (rule, direct)
+                covered |= {k for _, k in direct}
+        missing = [names[k] for k in range(len(params)) if k not in covered]
+        coupled = batch_coupled(model)
+        coupled = coupled_reason(coupled) + ": use accumulation (micro-batches) instead" if coupled else None
+        self.problem = coupled or (
+            f"no per-example rule for {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''} "
+            f"(known layers: Linear, Conv, Embedding, LayerNorm, RMSNorm, GroupNorm)" if missing else None)
+        self.expected: Counter = Counter()  # forward calls per parameter since the last backward
+        self.rows: set[int] = set()
+        self.pending, self.parts = defaultdict(list), []
+        self.failure: str | None = None
+        self.handles = []
+
+    def install(self) -> None:
+        if not self.handles and self.problem is None:
+            self.handles = [m.register_forward_hook(self._forward, with_kwargs=True) for m in self.owned]
+
+    def _forward(self, mod, args, kwargs, out) -> None:
+        if not (isinstance(out, Tensor) and out.requires_grad and torch.is_grad_enabled()):
+            return
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        rule, slots = self.owned[mod]
+        if not isinstance(x, Tensor) or x.dim() == 0 or out.dim() == 0 or x.shape[0] != out.shape[0]:
+            self.failure = f"{type(mod).__name__} does not keep the examples on dim 0"
+            return
+        self.rows.add(x.shape[0])
+        self.expected.update(k for _, k in slots)
+        out.register_hook(partial(self._backward, rule, mod, slots, x.detach()))
+
+    def _backward(self, rule, mod, slots, x: Tensor, d: Tensor) -> None:
+        if not self.armed:
+            return
+        try:
+            with torch.autocast(d.device.type, enabled=False):
+                found = rule(mod, _wide(x), _wide(d))
+                for name, k in slots:
+                    if name not in found:
+                        continue
+                    shape = self.params[k].shape
+                    if self.expected[k] == 1:
+                        self.parts.append(sq_sum(found[name], shape).double())
+                        continue
+                    self.pending[k].append(found[name])
+                    if len(self.pending[k]) == self.expected[k]:
+                        self.parts.append(total_sq_sum(self.pending.pop(k), shape).double())
+        except Exception as e:  # never break the user's backward
+            self.failure = f"{type(e).__name__} in the per-example rule of {type(mod).__name__}: {e}"
+
+    def end_backward(self, record: Backwards) -> None:
+        """Close one backward pass: hand (Σ_i |rule_i|², n) of an armed pass to ``record``; reset the counts."""
+        if self.armed:
+            if self.failure is None and self.pending:
+                self.failure = ("a layer's output was computed but not used by the loss, so its per-example "
+                                "norms are incomplete")
+            if self.failure is None and len(self.rows) != 1:
+                self.failure = f"the hooked layers saw different batch sizes {sorted(self.rows)} in one backward"
+            if self.failure is None and self.parts:
+                record.per_example.append((torch.stack(self.parts).sum(), self.rows.pop()))
+            if self.failure is not None:
+                record.failure = self.failure
+        self.expected, self.rows, self.pending, self.parts, self.failure = Counter(), set(), defaultdict(list), [], None
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []

@@ -1,0 +1,335 @@
+"""The noise scale inside your own training loop: each optimizer step becomes one nested pair at its weights.
+
+    tracker = bsprof.Tracker(model, optimizer, accumulation_steps=4, batch_size=64, log="gns.jsonl")
+    for x, y in loader:                     # 4 micro-batches of 16 per optimizer step
+        (loss_fn(model(x), y) / 4).backward()
+        if tracker.ready:                   # or count the micro-steps yourself
+            tracker.step(loss=loss); optimizer.step(); optimizer.zero_grad()
+    tracker.estimate(window=100)            # Estimate: B_simple over the last 100 steps, with its interval
+
+One step at fixed weights gives (McCandlish et al. 2018, App. A.1, with E|G_B|² = |G|² + tr(Σ)/B)
+    |G|²_est = (B|G_B|² − b|G_b|²)/(B − b),     tr(Σ)_est = (|G_b|² − |G_B|²)/(1/b − 1/B),     b < B,
+from one of these sources (``sources.py``), chosen per step by ``source="auto"``, best (smallest b) first:
+  per_example    backward inside ``with tracker.per_example():`` → b = 1, B = the step's batch;
+  accumulation   k ≥ 2 backward passes per step → b = the micro-batch, B = k·b;
+  ddp            a DistributedDataParallel model on W ≥ 2 ranks → b = the per-rank micro-batch, B = W·k·b
+                 (with accumulation the micro-batch of one rank: the smallest b; ``no_sync`` is fine).
+
+Scale. The hooks see u·(gradient of the mean loss), where u is what the backward's loss was multiplied by:
+``accumulation_steps=k`` declares the usual ``(loss / k).backward()`` (u = 1/k); without it each backward is
+taken to be on the plain mean loss (u = 1), and k is counted. ``step(loss_scale=scaler.get_scale())`` removes
+an AMP loss scale (before ``scaler.update()``). B_simple is invariant to any constant u; |G|² and tr(Σ) in the
+log are right only when u is. The loss must be a MEAN over the examples (a sum is not a constant scale).
+
+Correct by construction: the norms are taken by hooks during backward, so clipping, ``unscale_`` or anything
+else done to ``.grad`` afterwards changes nothing; steps with non-finite gradients are skipped and counted
+(``skipped``). The user's objects are never changed: the tracker adds hooks and removes them in ``close()``
+(also when it raises). Call ``zero_grad()`` between steps, as every loop does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from bsprof.errors import BsprofError
+from bsprof.probes.base import trainable
+from bsprof.probes.precondition import adam_preconditioner
+from bsprof.results import Estimate, Measurement, is_adam_family
+from bsprof.stats.draw import Draw
+from bsprof.track.log import LogWriter
+from bsprof.track.sources import Backwards, PerExample, StepHooks
+from bsprof.track.window import Ema, EmaView, b_simple_of, measurement, windowed
+
+SOURCES = ("auto", "accumulation", "per_example", "ddp")
+
+
+class TrackerError(BsprofError):
+    """The tracker cannot turn this training step into a nested pair; the hooks are removed, ``.grad`` is
+    untouched, and training can go on without it."""
+
+
+def _ddp_of(model: nn.Module):
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model if isinstance(model, DistributedDataParallel) else None
+
+
+def _world(ddp, group) -> int:
+    if ddp is None or not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+def _has_dtensor(params) -> bool:
+    return any(type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor"
+               for p in params)
+
+
+class Tracker:
+    """Turns each optimizer step of the user's loop into a ``Draw`` (module docstring); keeps them, logs them.
+
+    model: the module whose ``backward`` passes to watch (the DDP wrapper under DDP).
+    optimizer: optional; gives the learning rate in the log and, with ``precondition=True`` under the Adam family,
+        the preconditioner P = 1/(√v̂ + ε) for B_pre = tr(PΣ)/(GᵀPG) (one more multiply per gradient element per
+        backward, and one parameter-sized tensor per step: off by default).
+    accumulation_steps: k backward passes per optimizer step on ``loss / k`` (checked at each step).
+    batch_size: examples per optimizer step on this process (all its micro-batches); or pass it to ``step``.
+    source: "auto", or one of "accumulation", "per_example", "ddp" to insist on it (module docstring).
+    log: a path for the JSONL log (``bsprof.track.log``), written by rank 0.
+    unit: the unit of ``batch_size`` ("examples", "sequences", "tokens"), written to the log header.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                 accumulation_steps: int | None = None, batch_size: int | None = None, source: str = "auto",
+                 log=None, unit: str = "examples", precondition: bool = False, ema_beta: float = 0.99,
+                 process_group=None, confidence: float = 0.9):
+        if source not in SOURCES:
+            raise TrackerError(f"unknown source {source!r}", f"use one of {', '.join(SOURCES)}")
+        if accumulation_steps is not None and accumulation_steps < 1:
+            raise TrackerError(f"accumulation_steps must be at least 1 (got {accumulation_steps})",
+                               "pass the number of backward passes per optimizer step")
+        self.model, self.optimizer, self.source = model, optimizer, source
+        self.accumulation_steps, self.batch_size, self.unit = accumulation_steps, batch_size, unit
+        self.group, self.confidence = process_group, confidence
+        self.ddp = _ddp_of(model)
+        self.world = _world(self.ddp, process_group)
+        self.rank = dist.get_rank(process_group) if self.world > 1 else 0
+        names, self.params = trainable(model)
+        if not self.params:
+            raise TrackerError("the model has no parameter that requires a gradient", "pass the model you train")
+        if _has_dtensor(self.params):
+            raise TrackerError("FSDP2 (fully_shard) parameters are not supported by the tracker yet",
+                               "track the model with DDP, or measure it with `bsprof measure`")
+        if source == "ddp" and self.world < 2:
+            raise TrackerError("source='ddp' needs a DistributedDataParallel model on 2 or more ranks; this is "
+                               "one process", "use accumulation_steps >= 2 or `with tracker.per_example():`")
+        self.precondition = precondition and optimizer is not None and is_adam_family(type(optimizer).__name__)
+        if precondition and not self.precondition:
+            warnings.warn("precondition=True needs an Adam-family optimizer: B_pre is not tracked", stacklevel=2)
+        self.per_example_source = None
+        if source in ("auto", "per_example"):
+            self.per_example_source = PerExample(model.module if self.ddp else model, names, self.params)
+            if source == "per_example" and self.per_example_source.problem:
+                raise TrackerError(f"per-example norms are not available: {self.per_example_source.problem}",
+                                   "use gradient accumulation (accumulation_steps >= 2) instead")
+            if not (accumulation_steps and accumulation_steps > 1) or source == "per_example":
+                self.per_example_source.install()
+        weights = (lambda: adam_preconditioner(optimizer, self.params)) if self.precondition else None
+        self.hooks = StepHooks(self.params, self.ddp, weights, self.per_example_source)
+        self.draws: list[Draw] = []
+        self.draws_pre: list[Draw] = []
+        self.steps: list[int] = []         # the step number of each draw
+        self.skipped = 0                   # steps with non-finite gradients
+        self.examples = 0                  # examples (in ``unit``) seen before the next step
+        self.step_count = 0
+        self.ema = Ema(ema_beta)
+        self.closed = False
+        self.log = None
+        if log is not None and self.rank == 0:
+            self.log = LogWriter(log, unit, source=source, world_size=self.world,
+                                 accumulation_steps=accumulation_steps)
+
+    # ------------------------------------------------------------------ the loop
+    @contextlib.contextmanager
+    def per_example(self, model: nn.Module | None = None):
+        """Per-example norms (b = 1) of the backward passes inside the block: ``with tracker.per_example():
+        loss.backward()``. The forward may run before the block (its layers are hooked from the start)."""
+        src = self.per_example_source
+        if model is not None and model is not self.model and model is not getattr(self.model, "module", None):
+            self._fail("tracker.per_example(model) got another model than the tracker's",
+                       "pass the model given to Tracker(...), or nothing")
+        if src is None or src.problem or not src.handles:
+            why = src.problem if src is not None and src.problem else (
+                "the tracker was made for accumulation (its layers were not hooked)")
+            self._fail(f"per-example norms are not available: {why}",
+                       "use gradient accumulation, or make the tracker with source='per_example'")
+        src.armed = True
+        try:
+            yield self
+        finally:
+            src.armed = False
+
+    @property
+    def micro_steps(self) -> int:
+        """Backward passes since the last ``step``."""
+        return self.hooks.record.count
+
+    @property
+    def ready(self) -> bool:
+        """``accumulation_steps`` backward passes have run since the last ``step`` (always True without it)."""
+        return self.micro_steps >= (self.accumulation_steps or 1)
+
+    def step(self, batch_size: int | None = None, *, loss=None, lr: float | None = None, loss_scale: float = 1.0,
+             step: int | None = None) -> Draw | None:
+        """Close the optimizer step (after its last backward, before or after clipping, before ``scaler.update``):
+        turn its backward passes into a Draw, keep it and log it. Returns None for a skipped (non-finite) step.
+
+        batch_size: examples in this step on this process (default: the tracker's); loss: the step's loss (for the
+        log); lr: default from the optimizer; loss_scale: the AMP loss scale of this step's backward passes.
+        """
+        if self.closed:
+            raise TrackerError("tracker.step() after the tracker was closed", "make a new Tracker")
+        record = self.hooks.take()
+        number = self.step_count if step is None else int(step)
+        self.step_count = number + 1
+        draw, pre = self._pair(record, batch_size if batch_size is not None else self.batch_size, loss, loss_scale)
+        lr = self._lr() if lr is None else float(lr)
+        line = {"step": number, "examples": self.examples, "b": draw.b, "B": draw.B, "small_sq": draw.small_sq_total,
+                "big_sq": draw.big_sq_total, "loss": draw.loss, "lr": lr}
+        if pre is not None:
+            line.update(small_sq_pre=pre.small_sq_total, big_sq_pre=pre.big_sq_total)
+        self.examples += draw.B
+        if not (math.isfinite(draw.small_sq_total) and math.isfinite(draw.big_sq_total)):
+            self.skipped += 1
+            if self.log:
+                self.log.write({**line, "small_sq": None, "big_sq": None, "skipped": "non-finite"})
+            return None
+        self.draws.append(draw)
+        self.steps.append(number)
+        if pre is not None and math.isfinite(pre.small_sq_total) and math.isfinite(pre.big_sq_total):
+            self.draws_pre.append(pre)
+        self.ema.update(draw)
+        if self.log:
+            self.log.write(line)
+        return draw
+
+    # ------------------------------------------------------------------ the pair
+    def _pair(self, r: Backwards, batch_size: int | None, loss, loss_scale: float) -> tuple[Draw, Draw | None]:
+        """(|G_b|², |G_B|²) of one step in per-example units (module docstring), b and B (global)."""
+        k, declared = r.count, self.accumulation_steps
+        if r.failure:
+            self._fail(f"the tracker's hooks failed in this step's backward: {r.failure}",
+                       "report this with the model; meanwhile track with gradient accumulation")
+        if k == 0:
+            self._fail("tracker.step() was called before any backward pass of this step",
+                       "call it after loss.backward() (after the last micro-step), before optimizer.zero_grad()")
+        if declared is not None and k != declared:
+            self._fail(f"{k} backward passes in this step, but accumulation_steps={declared}",
+                       "call tracker.step() once per optimizer step, after all its micro-steps "
+                       "(or fix accumulation_steps)")
+        if self.world > 1 and not r.synced:
+            self._fail("the last backward of this step ran under DDP's no_sync(): its gradients were not all-reduced",
+                       "run the last micro-step outside no_sync(), then call tracker.step()")
+        u = float(loss_scale) / (declared or 1)  # the backward's loss = u × the micro-batch's mean loss
+        if not u > 0:
+            self._fail(f"loss_scale must be positive (got {loss_scale})", "pass scaler.get_scale()")
+        per_example = bool(r.per_example)
+        if self.source == "per_example" and not per_example:
+            self._fail("source='per_example' but no backward of this step ran inside tracker.per_example()",
+                       "wrap loss.backward() in `with tracker.per_example():`")
+        if per_example:
+            rows = [n for _, n in r.per_example]
+            local = sum(rows)
+            if len(r.per_example) != k or len(set(rows)) != 1:
+                self._fail("some backward passes of this step ran outside tracker.per_example(), or their batches "
+                           "differ in size", "wrap every backward of the step in `with tracker.per_example():`")
+            if batch_size is not None and batch_size != local:
+                self._fail(f"batch_size={batch_size}, but the backward passes saw {local} examples",
+                           "pass the number of examples in this optimizer step on this process")
+            small_sum = sum(float(s) * (n / u) ** 2 for s, n in r.per_example)  # Σ_i |g_i|²
+            b, per_rank, n_small = 1, local, local
+        else:
+            if batch_size is None:
+                self._fail("the tracker does not know the batch size of this step",
+                           "pass Tracker(batch_size=...) or tracker.step(batch_size=...): examples per optimizer "
+                           "step on this process")
+            if batch_size % k:
+                self._fail(f"batch_size={batch_size} does not split into {k} equal micro-batches",
+                           "use equal micro-batches (drop the last, smaller one) and pass their total")
+            if k == 1 and self.world == 1:
+                self._fail(f"one process, one backward per step: b = B = {batch_size}, no nested pair",
+                           "use accumulation_steps >= 2, wrap loss.backward() in `with tracker.per_example():`, "
+                           "or train with DDP on 2+ ranks")
+            if self.source == "accumulation" and k == 1:
+                self._fail("source='accumulation' but this step had one backward pass",
+                           "pass accumulation_steps >= 2 and call tracker.step() after all micro-steps")
+            small_sum = sum(float(s) for s in r.small) / u ** 2  # Σ_k |G_b^(k)|²
+            b, per_rank, n_small = batch_size // k, batch_size, k
+        big = float(r.big) / (u * k) ** 2 if r.big is not None else math.nan
+        small = self._mean_over_ranks(small_sum) / n_small  # mean over the W·n_small small batches
+        loss_value = math.nan if loss is None else float(loss.detach() if torch.is_tensor(loss) else loss)
+        draw = Draw(np.array([small]), np.array([big]), b, per_rank * self.world, loss_value)
+        pre = None
+        if self.precondition and r.small_pre and r.big_pre is not None and k * self.world > 1:
+            small_pre = self._mean_over_ranks(sum(float(s) for s in r.small_pre) / u ** 2) / k
+            pre = Draw(np.array([small_pre]), np.array([float(r.big_pre) / (u * k) ** 2]), per_rank // k,
+                       per_rank * self.world, loss_value)
+        return draw, pre
+
+    def _mean_over_ranks(self, x: float) -> float:
+        if self.world == 1:
+            return x
+        t = torch.tensor([x], dtype=torch.float64, device=self._collective_device())
+        dist.all_reduce(t, group=self.group)
+        return float(t[0]) / self.world
+
+    def _collective_device(self):
+        backend = dist.get_backend(self.group)
+        return self.params[0].device if backend == "nccl" else "cpu"
+
+    def _lr(self) -> float:
+        if self.optimizer is None or not self.optimizer.param_groups:
+            return math.nan
+        lr = self.optimizer.param_groups[0].get("lr", math.nan)
+        return float(lr.item() if torch.is_tensor(lr) else lr)
+
+    def _fail(self, message: str, hint: str):
+        """Remove every hook (the user's step goes on untouched), then raise."""
+        self.close()
+        raise TrackerError(message, hint)
+
+    # ------------------------------------------------------------------ answers
+    def estimate(self, window: int | None = None) -> Estimate:
+        """B_simple over the last ``window`` steps (all kept steps for None): ratio of means, Fieller interval."""
+        if not self.draws:
+            return Estimate.none()
+        return b_simple_of(windowed(self.draws, window, self.confidence))
+
+    def estimate_pre(self, window: int | None = None) -> Estimate:
+        """B_pre = tr(PΣ)/(GᵀPG) over the last ``window`` steps (needs ``precondition=True`` and Adam)."""
+        if not self.draws_pre:
+            return Estimate.none()
+        return b_simple_of(windowed(self.draws_pre, window, self.confidence))
+
+    def measurement(self, window: int | None = None) -> Measurement:
+        """A report row (``bsprof.results.Measurement``) over the last ``window`` steps."""
+        if not self.draws:
+            raise TrackerError("no step has been tracked yet", "call tracker.step() after each optimizer step")
+        m = measurement(self.draws, step=self.steps[-1], examples_seen=self.examples, window=window,
+                        method=f"track:{self.source}", confidence=self.confidence)
+        if len(self.draws_pre) >= 2:
+            from dataclasses import replace
+
+            m = replace(m, b_pre=self.estimate_pre(window))
+        return m
+
+    @property
+    def ema_view(self) -> EmaView:
+        """EMA(tr(Σ)_est)/EMA(|G|²_est) for logging (no interval)."""
+        return self.ema.view
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        """Remove every hook and close the log. Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        self.hooks.remove()
+        if self.per_example_source is not None:
+            self.per_example_source.armed = False
+            self.per_example_source.remove()
+        if self.log is not None:
+            self.log.close()
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

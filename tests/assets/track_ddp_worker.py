@@ -1,0 +1,67 @@
+"""Run under torchrun (gloo, CPU): the tracker on a DDP least-squares model; rank 0 writes a JSON of results.
+
+    python -m torch.distributed.run --nproc-per-node 2 tests/assets/track_ddp_worker.py OUT.json
+
+Each rank runs k = 2 micro-batches of 16 per step, the first under no_sync: b = 16 (one rank's micro-batch),
+B = W·k·b = 64. Weights held at w* + Δ (|Δ|² = 1, no optimizer step): B_simple = d + 1 + dσ²/|Δ|² (science.md §5).
+The first step's pair is also checked against one computed by hand (micro-batch gradients by autograd.grad,
+their squared norms averaged over ranks by an all-reduce).
+"""
+import contextlib
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from bsprof.track import Tracker
+
+D, SIGMA2, MICRO, K, STEPS = 5, 0.5, 16, 2, 150
+
+
+def main(out: str) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    w_star = torch.randn(D, generator=torch.Generator().manual_seed(1))
+    model = nn.Linear(D, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_((w_star + torch.ones(D) / D ** 0.5).unsqueeze(0))  # |Δ|² = 1
+    ddp = DDP(model)
+    tracker = Tracker(ddp, accumulation_steps=K, batch_size=K * MICRO)
+    gen = torch.Generator().manual_seed(100 + rank)
+    check = {}
+    for step in range(STEPS):
+        batches = []
+        for j in range(K):
+            x = torch.randn(MICRO, D, generator=gen)
+            y = x @ w_star + SIGMA2 ** 0.5 * torch.randn(MICRO, generator=gen)
+            batches.append((x, y))
+            with ddp.no_sync() if j < K - 1 else contextlib.nullcontext():
+                (0.5 * ((ddp(x).squeeze(-1) - y) ** 2).mean() / K).backward()
+        torch.nn.utils.clip_grad_norm_(ddp.parameters(), 1e-6)  # after backward: changes nothing
+        draw = tracker.step()
+        if step == 0:
+            w = model.weight.detach().clone().requires_grad_()  # not the tracked parameter: its hooks stay quiet
+            g = [torch.autograd.grad(0.5 * ((x @ w.T).squeeze(-1) - y).square().mean(), w)[0].double()
+                 for x, y in batches]
+            small = torch.stack([gi.square().sum() for gi in g]).mean().reshape(1)
+            total = torch.stack(g).mean(0)
+            dist.all_reduce(small)
+            dist.all_reduce(total)
+            check = {"small": draw.small_sq_total, "small_ref": float(small) / world,
+                     "big": draw.big_sq_total, "big_ref": float((total / world).square().sum()),
+                     "b": draw.b, "B": draw.B}
+        ddp.zero_grad()
+    est = tracker.estimate()
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump({"b_simple": est.value, "lo": est.lo, "hi": est.hi, "status": est.status.value,
+                       "n_draws": len(tracker.draws), "world": world, "closed_form": D + 1 + D * SIGMA2, **check}, f)
+    tracker.close()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

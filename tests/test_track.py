@@ -1,0 +1,334 @@
+"""The in-loop tracker (issue 12): each step's pair against slow references, closed forms, the log, bad input.
+
+Least squares at fixed weights (science.md §5 V2): d = 20, σ² = 0.25, |Δ|² = 1 → B_simple = 26.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from bsprof.output.report import Report
+from bsprof.probes.precondition import adam_preconditioner
+from bsprof.stats.estimators import noise_scale
+from bsprof.track import Tracker, TrackerError, read_log, report_from_log
+from bsprof.validation.closed_forms import FreshLeastSquares, LeastSquares
+from bsprof.validation.reference import exact_noise_scale
+from tests._fresh import ls_loss, net_at
+
+TRUTH = LeastSquares.isotropic(20, 1.0, 0.25)
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 3)).double()
+
+
+class Twice(nn.Module):
+    """One Linear applied twice: its per-example gradient is a sum of two uses (cross terms)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.mid, self.out = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.mid(torch.tanh(self.mid(self.inp(x))))))
+
+
+def data(n: int = 64, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+
+
+def ce(model, batch):
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y, reduction="none")
+
+
+def hooks_left(model: nn.Module) -> int:
+    tensor = sum(len(p._backward_hooks or {}) for p in model.parameters())
+    return tensor + sum(len(m._forward_hooks) for m in model.modules())
+
+
+# ---------------------------------------------------------------- one step against slow references
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_accumulation_pair_is_the_micro_batch_gradients(declared):
+    """small = mean_k |G_b^(k)|², big = |mean_k G_b^(k)|², each G_b^(k) by autograd.grad; both conventions:
+    ``accumulation_steps=k`` with (loss/k).backward(), or k counted with plain mean losses and step(batch_size)."""
+    model, (x, y), k = mlp(), data(), 4
+    tracker = Tracker(model, accumulation_steps=k if declared else None, batch_size=64 if declared else None)
+    for j in range(k):
+        loss = ce(model, (x[16 * j:16 * j + 16], y[16 * j:16 * j + 16])).mean()
+        (loss / k if declared else loss).backward()
+    draw = tracker.step() if declared else tracker.step(batch_size=64)
+    micro = [torch.cat([g.flatten() for g in torch.autograd.grad(
+        ce(model, (x[16 * j:16 * j + 16], y[16 * j:16 * j + 16])).mean(), list(model.parameters()))])
+        for j in range(k)]
+    assert (draw.b, draw.B) == (16, 64)
+    assert draw.small_sq_total == pytest.approx(np.mean([float(g.square().sum()) for g in micro]), rel=1e-10)
+    assert draw.big_sq_total == pytest.approx(float(torch.stack(micro).mean(0).square().sum()), rel=1e-10)
+    tracker.close()
+    assert hooks_left(model) == 0
+
+
+@pytest.mark.parametrize("make", [mlp, lambda: Twice().double()])
+def test_per_example_pair_is_the_exact_reference(make):
+    """b = 1: small = (1/n)Σ|g_i|² = tr(Σ) + |G|², big = |G|² of the whole dataset (torch.func reference)."""
+    model, (x, y) = make(), data()
+    tracker = Tracker(model, source="per_example")
+    loss = ce(model, (x, y)).mean()  # the forward may run before the block
+    with tracker.per_example(model):
+        loss.backward()
+    draw = tracker.step(loss=loss)
+    ref = exact_noise_scale(model, ce, TensorDataset(x, y))
+    assert (draw.b, draw.B) == (1, 64)
+    assert draw.small_sq_total == pytest.approx(ref["trace_sigma"] + ref["g2"], rel=1e-9)
+    assert draw.big_sq_total == pytest.approx(ref["g2"], rel=1e-9)
+    assert draw.loss == pytest.approx(ref["loss"])
+
+
+def test_loss_scale_and_clipping_change_nothing_and_non_finite_steps_are_skipped():
+    model, (x, y) = mlp(), data()
+    plain = Tracker(model, accumulation_steps=2, batch_size=64)
+    for j in range(2):
+        (ce(model, (x[32 * j:32 * j + 32], y[32 * j:32 * j + 32])).mean() / 2).backward()
+    ref = plain.step()
+    plain.close()
+    model.zero_grad()
+    tracker = Tracker(model, accumulation_steps=2, batch_size=64)
+    for scale in (1024.0, math.inf):
+        for j in range(2):
+            (scale * ce(model, (x[32 * j:32 * j + 32], y[32 * j:32 * j + 32])).mean() / 2).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)  # after backward: the hooks saw it already
+        draw = tracker.step(loss_scale=1024.0)
+        model.zero_grad()
+    assert draw is None and tracker.skipped == 1 and len(tracker.draws) == 1
+    assert tracker.draws[0].small_sq_total == pytest.approx(ref.small_sq_total, rel=1e-9)
+    assert tracker.draws[0].big_sq_total == pytest.approx(ref.big_sq_total, rel=1e-9)
+
+
+def test_adam_preconditioned_pair():
+    """precondition=True under Adam: small/big are the |√P ⊙ ·|² of the same gradients, P from Adam's state."""
+    model, (x, y) = mlp(), data()
+    opt = torch.optim.Adam(model.parameters(), lr=0.0)
+    ce(model, (x, y)).mean().backward()
+    opt.step()
+    opt.zero_grad()
+    tracker = Tracker(model, opt, accumulation_steps=2, batch_size=64, precondition=True)
+    for j in range(2):
+        (ce(model, (x[32 * j:32 * j + 32], y[32 * j:32 * j + 32])).mean() / 2).backward()
+    tracker.step()
+    P = adam_preconditioner(opt, list(model.parameters()))
+    micro = [torch.autograd.grad(ce(model, (x[32 * j:32 * j + 32], y[32 * j:32 * j + 32])).mean(),
+                                 list(model.parameters())) for j in range(2)]
+    sq = [sum(float((p * g.square()).sum()) for p, g in zip(P, gs)) for gs in micro]
+    big = sum(float((p * ((a + b) / 2).square()).sum()) for p, a, b in zip(P, *micro))
+    pre = tracker.draws_pre[0]
+    assert pre.small_sq_total == pytest.approx(np.mean(sq), rel=1e-9)
+    assert pre.big_sq_total == pytest.approx(big, rel=1e-9)
+
+
+# ---------------------------------------------------------------- closed form (statistical, fixed seeds)
+
+def _run_least_squares(per_example: bool, steps: int, seed: int) -> Tracker:
+    model, stream = net_at(TRUTH), FreshLeastSquares(TRUTH, seed)
+    tracker = Tracker(model, source="per_example" if per_example else "accumulation",
+                      accumulation_steps=None if per_example else 4, batch_size=64)
+    for _ in range(steps):
+        batch = stream.draw(64)
+        if per_example:
+            with tracker.per_example():
+                ls_loss(model, batch).mean().backward()
+        else:
+            for chunk, _n in stream.batches(batch, 16):
+                (ls_loss(model, chunk).mean() / 4).backward()
+        tracker.step()
+        model.zero_grad()
+    return tracker
+
+
+@pytest.mark.parametrize("per_example,steps", [(True, 60), (False, 150)])
+def test_closed_form_inside_a_widened_interval(per_example, steps):
+    tracker = _run_least_squares(per_example, steps, seed=7)
+    est = tracker.estimate()
+    assert est.ok, est
+    lo, hi = est.value - 3 * (est.value - est.lo), est.value + 3 * (est.hi - est.value)
+    assert lo < TRUTH.b_simple < hi, (est, TRUTH.b_simple)
+    assert est.rel_halfwidth < 0.5
+
+
+def test_window_and_ema_are_ratios_of_means():
+    tracker = _run_least_squares(False, 30, seed=3)
+    w = tracker.estimate(window=10)
+    ref = noise_scale(tracker.draws[-10:])
+    assert (w.value, w.lo, w.hi) == (ref.b_simple, ref.b_simple_lo, ref.b_simple_hi)
+    g2 = np.array([(d.B * d.big_sq_total - d.b * d.small_sq_total) / (d.B - d.b) for d in tracker.draws])
+    tr = np.array([(d.small_sq_total - d.big_sq_total) / (1 / d.b - 1 / d.B) for d in tracker.draws])
+    weights = 0.99 ** np.arange(len(g2))[::-1]
+    assert tracker.ema_view.b_simple == pytest.approx((weights @ tr) / (weights @ g2), rel=1e-9)
+    m = tracker.measurement(window=10)
+    assert (m.step, m.n_draws, m.b, m.B, m.examples_seen) == (29, 10, 16, 64, 30 * 64)
+
+
+# ---------------------------------------------------------------- the log
+
+def test_jsonl_round_trip_and_report(tmp_path):
+    path = tmp_path / "gns.jsonl"
+    model, stream = net_at(TRUTH), FreshLeastSquares(TRUTH, 5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    tracker = Tracker(model, opt, accumulation_steps=4, batch_size=64, log=path)
+    for step in range(25):
+        for chunk, _n in stream.batches(stream.draw(64), 16):
+            loss = ls_loss(model, chunk).mean()
+            (loss / 4 * (math.inf if step == 3 else 1.0)).backward()
+        if tracker.step(loss=loss) is not None:  # skip the optimizer on an overflow, as GradScaler does
+            opt.step()
+        opt.zero_grad()
+    tracker.close()
+    lines = path.read_text().splitlines()
+    header, first = json.loads(lines[0]), json.loads(lines[1])
+    assert header["schema"] == "bsprof.track" and header["unit"] == "examples" and len(lines) == 26
+    assert set(first) == {"step", "examples", "b", "B", "small_sq", "big_sq", "loss", "lr"}
+    assert json.loads(lines[4])["skipped"] == "non-finite"
+    with open(path, "a") as f:
+        f.write('{"step": 25, "exam')  # a run killed mid-line
+    log = read_log(path)
+    assert log.skipped == 1 and len(log.steps) == 24
+    for a, b in zip(log.draws, tracker.draws):
+        assert (a.b, a.B, a.small_sq_total, a.big_sq_total, a.loss) == (b.b, b.B, b.small_sq_total,
+                                                                          b.big_sq_total, b.loss)
+    report = report_from_log(path, window=10)
+    rows = report.measurements
+    assert [r.step for r in rows] == [10, 20, 24]  # every 10 logged steps, and the last
+    assert rows[-1].b_simple.value == pytest.approx(tracker.estimate(window=10).value)
+    again = Report.from_json(report.to_json(tmp_path / "report.json"))
+    assert again.summary == report.summary and again.unit == "examples"
+
+
+def test_a_log_that_is_not_a_tracker_log(tmp_path):
+    from bsprof.errors import ReportError
+
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"hello": 1}\n')
+    with pytest.raises(ReportError, match="not a bsprof tracker log"):
+        read_log(path)
+    with pytest.raises(ReportError, match="not a bsprof tracker log"):
+        Tracker(nn.Linear(2, 1), accumulation_steps=2, log=path)
+
+
+# ---------------------------------------------------------------- bad input: clear errors, the step untouched
+
+def _grads(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def _check_untouched(model, tracker, reference):
+    assert tracker.closed and hooks_left(model) == 0
+    for g, r in zip(_grads(model), reference):
+        assert torch.equal(g, r)
+
+
+def _reference_grads(k: int = 1):
+    model, (x, y) = mlp(), data()
+    for j in range(k):
+        (ce(model, (x[64 // k * j:64 // k * (j + 1)], y[64 // k * j:64 // k * (j + 1)])).mean() / k).backward()
+    return _grads(model)
+
+
+def _backward(model, k: int = 1):
+    x, y = data()
+    for j in range(k):
+        (ce(model, (x[64 // k * j:64 // k * (j + 1)], y[64 // k * j:64 // k * (j + 1)])).mean() / k).backward()
+
+
+def test_step_before_backward():
+    model = mlp()
+    tracker = Tracker(model, accumulation_steps=2, batch_size=64)
+    with pytest.raises(TrackerError, match="before any backward"):
+        tracker.step()
+    assert hooks_left(model) == 0
+
+
+@pytest.mark.parametrize("kwargs,k,match", [
+    ({"accumulation_steps": 4, "batch_size": 63}, 4, "does not split into 4 equal micro-batches"),
+    ({"accumulation_steps": 4, "batch_size": 64}, 2, "2 backward passes in this step, but accumulation_steps=4"),
+    ({"batch_size": 64}, 1, "one process, one backward per step: b = B = 64"),
+    ({}, 2, "does not know the batch size"),
+])
+def test_bad_steps_say_what_and_leave_the_step_untouched(kwargs, k, match):
+    model = mlp()
+    tracker = Tracker(model, **kwargs)
+    _backward(model, k)
+    with pytest.raises(TrackerError, match=match) as err:
+        tracker.step()
+    assert "fix:" in str(err.value)
+    _check_untouched(model, tracker, _reference_grads(k))
+
+
+def test_per_example_batch_size_mismatch_and_unavailable_models():
+    model = mlp()
+    tracker = Tracker(model, batch_size=32)
+    with tracker.per_example():
+        _backward(model)
+    with pytest.raises(TrackerError, match="batch_size=32, but the backward passes saw 64 examples"):
+        tracker.step()
+    _check_untouched(model, tracker, _reference_grads())
+    bn = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)).double()
+    with pytest.raises(TrackerError, match="BatchNorm"):
+        Tracker(bn, source="per_example")
+    tracker = Tracker(bn, accumulation_steps=2, batch_size=64)
+    with pytest.raises(TrackerError, match="per-example norms are not available"):
+        with tracker.per_example():
+            pass
+    assert hooks_left(bn) == 0
+
+
+def test_ddp_source_in_one_process_is_a_one_line_error():
+    with pytest.raises(TrackerError, match="needs a DistributedDataParallel model on 2 or more ranks") as err:
+        Tracker(mlp(), source="ddp")
+    assert str(err.value).count("\n") == 1  # the message, then the fix
+
+
+def test_close_removes_every_hook():
+    model = mlp()
+    with Tracker(model, source="per_example"):
+        assert hooks_left(model) > 0
+    assert hooks_left(model) == 0
+
+
+# ---------------------------------------------------------------- DDP: two gloo ranks (a torchrun subprocess)
+
+@pytest.mark.distributed
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="needs gloo")
+def test_ddp_with_accumulation_and_no_sync(tmp_path):
+    """b = one rank's micro-batch, B = W·k·b; the pair against one made by hand; B_simple near the closed form."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "track.json"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                          "127.0.0.1", "--master-port", str(port), str(root / "tests/assets/track_ddp_worker.py"),
+                          str(out)], cwd=root, capture_output=True, text=True, timeout=180, check=False,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["small"] == pytest.approx(r["small_ref"], rel=1e-5)  # mean over ranks and micro-batches of |G_b|²
+    assert r["big"] == pytest.approx(r["big_ref"], rel=1e-5)      # |all-reduced gradient|², after no_sync steps
+    assert (r["world"], r["b"], r["B"], r["n_draws"]) == (2, 16, 64, 150)
+    lo, hi = r["b_simple"] - 3 * (r["b_simple"] - r["lo"]), r["b_simple"] + 3 * (r["hi"] - r["b_simple"])
+    assert r["status"] == "ok" and lo < r["closed_form"] < hi
