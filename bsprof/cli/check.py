@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
-import math
 import os
 import re
 import time
@@ -25,15 +23,13 @@ from bsprof.config import resolve
 from bsprof.errors import BsprofError, ConfigError, ReportError, SpecError
 from bsprof.gate import formats as ci_output
 from bsprof.gate.policy import CANNOT_JUDGE, FAIL, PASS, Policy, Verdict, judge
+from bsprof.gate.training_config import BATCH_KEYS, LR_KEYS, values_from_config
 from bsprof.output import codec
 from bsprof.output.report import Report
 from bsprof.results import Status
 
 O = typer.Option
 
-# Keys tried, in order, when --config is given without --batch-key / --lr-key (the first one present wins).
-BATCH_KEYS = ("batch_size", "train.batch_size", "training.batch_size", "trainer.batch_size", "data.batch_size")
-LR_KEYS = ("lr", "learning_rate", "optim.lr", "optimizer.lr", "train.lr", "training.lr", "trainer.lr")
 STYLE = {PASS: "[bold green]PASS[/]", FAIL: "[bold red]FAIL[/]", CANNOT_JUDGE: "[bold yellow]CANNOT JUDGE[/]"}
 
 
@@ -47,106 +43,6 @@ def parse_duration(text: str) -> float:
     if seconds <= 0:
         raise ConfigError(f"--budget {text!r} must be positive", "write e.g. --budget 60s")
     return seconds
-
-
-def _load_toml(text: str):
-    try:
-        import tomllib  # Python 3.11+
-    except ImportError:
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise ConfigError("reading a TOML config needs Python 3.11+ (tomllib) or the tomli package, "
-                              "and neither is available", "pip install tomli, or pass a YAML or JSON config")
-    return tomllib.loads(text)
-
-
-def read_training_config(path: Path) -> dict:
-    """A training config as a dict: YAML (.yaml/.yml), JSON (.json) or TOML (.toml), by extension."""
-    if not path.is_file():
-        raise ConfigError(f"training config not found: {path}", "pass an existing YAML, JSON or TOML file to --config")
-    suffix = path.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".json", ".toml"):
-        raise ConfigError(f"cannot tell the format of {path} from its extension {suffix!r}",
-                          "use a .yaml, .yml, .json or .toml file")
-    try:
-        text = path.read_text()
-        if suffix == ".json":
-            data = json.loads(text)
-        elif suffix == ".toml":
-            data = _load_toml(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except ConfigError:
-        raise
-    except Exception as e:  # YAMLError, JSONDecodeError, TOMLDecodeError, UnicodeDecodeError, OSError
-        raise ConfigError(f"cannot read {path}: {type(e).__name__}: {e}", "fix the file's syntax")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} holds a {type(data).__name__}, not a mapping of keys",
-                          "pass the training config file itself")
-    return data
-
-
-def lookup(data: dict, key: str, source: str = "config"):
-    """``data['a']['b'][0]`` for the dotted key 'a.b.0'; a ConfigError naming the keys present where it breaks."""
-    node, path = data, []
-    for part in key.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
-            node = node[int(part)]
-        else:
-            where = ".".join(path) or "the top level"
-            have = ", ".join(map(str, node)) if isinstance(node, dict) else f"a {type(node).__name__}"
-            raise ConfigError(f"key {key!r} not found in {source}: no {part!r} at {where} (found: {have})",
-                              "pass the dotted path to the value, e.g. --batch-key trainer.batch_size")
-        path.append(part)
-    return node
-
-
-def _number(value, key: str, integer: bool) -> float:
-    """A positive number from a config value (numeric strings such as YAML's '3e-4' are accepted)."""
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"config key {key!r} holds {value!r}, not a number", "point the key at a number")
-    if not (math.isfinite(x) and x > 0) or (integer and x != int(x)):
-        raise ConfigError(f"config key {key!r} holds {value!r}, not a positive {'integer' if integer else 'number'}",
-                          "point the key at the batch size" if integer else "point the key at the learning rate")
-    return x
-
-
-def values_from_config(path: Path, batch_key: str | None, lr_key: str | None, batch_size: float | None = None,
-                       lr: float | None = None) -> tuple[float | None, float | None, list[str]]:
-    """(batch size, lr, notes saying which keys were read). Explicit keys must exist; default keys may not.
-    Values given on the command line win over the file's."""
-    data, notes = read_training_config(path), []
-
-    def pick(explicit, defaults, integer, given, flag):
-        key = explicit or next((k for k in defaults if _has(data, k)), None)
-        if key is None:
-            return given
-        value = lookup(data, key, str(path))
-        if given is not None:
-            notes.append(f"{flag} {given:g} overrides {key} = {value!r} in {path}")
-            return given
-        notes.append(f"read {key} = {value!r} from {path}")
-        return _number(value, key, integer)
-
-    return (pick(batch_key, BATCH_KEYS, True, batch_size, "--batch-size"),
-            pick(lr_key, LR_KEYS, False, lr, "--lr"), notes)
-
-
-def _has(data: dict, key: str) -> bool:
-    try:
-        lookup(data, key)
-        return True
-    except ConfigError:
-        return False
 
 
 # -- the measured report -------------------------------------------------------------------------------------
