@@ -332,3 +332,42 @@ def test_ddp_with_accumulation_and_no_sync(tmp_path):
     assert (r["world"], r["b"], r["B"], r["n_draws"]) == (2, 16, 64, 150)
     lo, hi = r["b_simple"] - 3 * (r["b_simple"] - r["lo"]), r["b_simple"] + 3 * (r["hi"] - r["b_simple"])
     assert r["status"] == "ok" and lo < r["closed_form"] < hi
+
+
+def test_the_cli_reads_a_tracker_log_like_a_report(tmp_path):
+    """A single-process accumulation loop logs JSONL; `report`, `schedule` and `check` take that log."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from bsprof.cli import app
+
+    torch.manual_seed(0)
+    d, accum, micro = 8, 4, 8
+    w_star = torch.randn(d)
+    model = nn.Linear(d, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    log = tmp_path / "gns.jsonl"
+    tracker = Tracker(model, opt, accumulation_steps=accum, batch_size=accum * micro, log=log)
+    for _ in range(60):
+        for _ in range(accum):
+            x = torch.randn(micro, d)
+            loss = ((model(x).squeeze(-1) - x @ w_star - 0.3 * torch.randn(micro)) ** 2).mean()
+            (loss / accum).backward()
+        tracker.step(loss=loss)
+        opt.step()
+        opt.zero_grad()
+    tracker.close()
+    runner = CliRunner()
+    shown = runner.invoke(app, ["report", str(log), "--window", "20"])
+    assert shown.exit_code == 0 and "B_simple at step" in shown.output, shown.output
+    rows = report_from_log(log, window=20).measurements
+    assert all(r.b_simple.ok for r in rows)
+    last = min(r.loss for r in rows)
+    planned = runner.invoke(app, ["schedule", str(log), "--window", "20", "--target-loss", str(0.9 * last),
+                                  "--format", "json", "--allow-extrapolation"])
+    assert planned.exit_code == 0, planned.output
+    assert _json.loads(planned.stdout)["stages"]
+    b = rows[-1].b_simple.value
+    assert runner.invoke(app, ["check", str(log), "-b", str(max(1, round(b)))]).exit_code == 0
+    assert runner.invoke(app, ["check", str(log), "-b", str(round(1000 * b))]).exit_code == 1

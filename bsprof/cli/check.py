@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from bsprof.cli.app import app, console, err_console, user_errors, write_output
-from bsprof.cli.source import measure_spec
+from bsprof.cli.source import load, measure_spec
 from bsprof.config import resolve
 from bsprof.errors import BsprofError, ConfigError, ReportError, SpecError
 from bsprof.gate import formats as ci_output
@@ -251,7 +251,7 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
         if save_report is not None:
             write_output(save_report, codec.dumps(report), "--save-report")
     else:
-        report = read_report(target)
+        report = load(target, "check")
     try:
         verdict = judge(report, batch_size, lr, policy, at_loss, old)
     except ValueError as e:

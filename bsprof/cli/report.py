@@ -1,4 +1,5 @@
-"""`bsprof report REPORT.json`: re-render a saved run (table, and optionally the CSV and figures again)."""
+"""`bsprof report (REPORT.json | LOG.jsonl)`: re-render a saved run or a tracker log (table, and optionally the
+CSV and figures again)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,26 @@ from typing import Optional
 import typer
 
 from bsprof.cli.app import app, console, user_errors
-from bsprof.output.report import Report
+from bsprof.cli.source import load
 
 
 @app.command("report")
 def report_command(
-    source: Path = typer.Argument(..., help="report.json (or its folder) from `bsprof measure`."),
+    source: Path = typer.Argument(..., help="report.json (or its folder) from `bsprof measure`, or a tracker's "
+                                 "JSONL log (bsprof.Tracker(log=...))."),
+    window: int = typer.Option(100, "--window", help="Tracker logs: steps per windowed estimate."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also rewrite the CSV files and figures here."),
     layers: bool = typer.Option(False, "--layers", help="Show the per-layer breakdown of the last measurement."),
 ):
     """Show a saved report: the measurements, the summary, the diagnostics."""
     with user_errors():
-        report = Report.from_json(source / "report.json" if source.is_dir() else source)
+        report = load(source, "report", window=window)
     console.print(report)
     if layers and report.layers:
         from bsprof.output.render import layers_table
 
         console.print(layers_table(report))
     if out is not None:
-        paths = report.write(out)
+        with user_errors():
+            paths = report.write(out)
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}")

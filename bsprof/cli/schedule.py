@@ -22,7 +22,8 @@ FORMATS = ("table", "json", "yaml", "csv")
 
 @app.command()
 def schedule(
-    source: Path = typer.Argument(..., help="report.json (or its folder) from `bsprof measure`, or a SPEC.py."),
+    source: Path = typer.Argument(..., help="report.json (or its folder) from `bsprof measure`, a tracker's "
+                                  "JSONL log, or a SPEC.py."),
     target_loss: float = O(..., "--target-loss", "-t", help="Training loss the schedule should reach."),
     config: Optional[Path] = O(None, "--config", "-c", help="YAML file of schedule options (flags win)."),
     rule: Optional[str] = O(None, help="noise, mccandlish, adadamp, padadamp, geodamp, doubling. [noise]"),
@@ -50,6 +51,7 @@ def schedule(
     fmt: str = O("table", "--format", "-f", help="table, json, yaml or csv."),
     output: Optional[Path] = O(None, "--output", "-o", help="Write the output to this file."),
     steps: int = O(300, help="SPEC.py only: probe-training steps of the measurement."),
+    window: int = O(100, help="Tracker log (.jsonl) only: steps per windowed estimate."),
 ):
     """Plan the batch size (and learning rate) to a target loss from the measured noise scale."""
     from bsprof.schedule import ScheduleConfig, plan
@@ -60,7 +62,7 @@ def schedule(
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})", "e.g. --format json")
         overrides["max_batch"], memory_note = _max_batch(max_batch, source, overrides)
         cfg = resolve(ScheduleConfig, config, overrides, command="schedule")
-        result = plan(load(source, "schedule", steps=steps), cfg)
+        result = plan(load(source, "schedule", window=window, steps=steps), cfg)
         if memory_note:
             result.notes.append(memory_note)
         text = render(result, fmt) if output is not None or fmt != "table" else ""

@@ -1,4 +1,5 @@
-"""What `report`, `schedule` and `check` read: a saved report, or a spec file measured now — one way for all.
+"""What `report`, `schedule` and `check` read: a saved report, a tracker's JSONL log, or a spec file measured now
+— one way for all.
 
 A SPEC.py goes through ``bsprof.measure`` with the command's few measurement options; anything the user's code
 raises becomes a SpecError naming the failing step and the command that shows the full error.
@@ -37,8 +38,13 @@ def measure_spec(spec: Path, command: str, **options) -> Report:
     return report
 
 
-def load(source: Path, command: str, **measure_options) -> Report:
-    """A report.json (or its folder) as it was written, or a spec measured now."""
+def load(source: Path, command: str, window: int = 100, **measure_options) -> Report:
+    """A report.json (or its folder) as it was written, a tracker log (``.jsonl``: windowed estimates every
+    ``window`` steps), or a spec measured now."""
     if is_spec(source):
         return measure_spec(source, command, **measure_options)
+    if source.suffix == ".jsonl":
+        from bsprof.track.log import report_from_log
+
+        return report_from_log(source, window=window)
     return Report.from_json(source)

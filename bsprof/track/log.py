@@ -76,6 +76,7 @@ class TrackLog:
     header: dict
     steps: list[LoggedStep]
     skipped: int = 0
+    earlier_runs: int = 0  # runs appended before this one (the step count went back): only the last is read
 
     @property
     def unit(self) -> str:
@@ -143,7 +144,8 @@ def read_log(path: str | Path) -> TrackLog:
                     _float(r.get("loss")))
         steps.append(LoggedStep(int(r["step"]), int(r.get("examples", 0)), _float(r.get("lr")), draw,
                                 r.get("small_sq_pre"), r.get("big_sq_pre")))
-    return TrackLog(header, steps, skipped)
+    starts = [i for i in range(1, len(steps)) if steps[i].step <= steps[i - 1].step]  # a new run appended
+    return TrackLog(header, steps[starts[-1]:] if starts else steps, skipped, len(starts))
 
 
 def measurements(log: TrackLog, window: int = 100, every: int | None = None,
@@ -179,6 +181,9 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
                             "confidence": confidence, "steps_logged": len(log.steps), "steps_skipped": log.skipped})
     for m in measurements(log, window, every, confidence):
         report.add(m)
+    if log.earlier_runs:
+        report.diagnose("several_runs", f"{path} holds {log.earlier_runs + 1} runs (the step count starts again); "
+                        "only the last was read. Give each run its own log file.")
     if log.skipped:
         report.diagnose("skipped_steps", f"{log.skipped} logged steps had non-finite gradients and were skipped")
     return report
