@@ -226,6 +226,8 @@ class Measurement:
     b_pre: Estimate | None = None
     b_noise_stopped_by: str = ""
     b_pre_stopped_by: str = ""
+    b_simple_window: Estimate | None = None  # from the pairs of the training steps since the previous measurement
+    window_steps: int = 0
     regression: Regression | None = None
     hessian: Hessian | None = None
     ranks: Ranks | None = None
@@ -242,14 +244,15 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, d: dict) -> Measurement:
-        opt = {k: Estimate.from_dict(d[k]) if d.get(k) is not None else None for k in ("b_noise", "b_pre")}
+        opt = {k: Estimate.from_dict(d[k]) if d.get(k) is not None else None
+               for k in ("b_noise", "b_pre", "b_simple_window")}
         return cls(step=int(d["step"]), loss=_float(d.get("loss")), b_simple=Estimate.from_dict(d["b_simple"]),
                    g2=Estimate.from_dict(d.get("g2") or {}), trace_sigma=_float(d.get("trace_sigma")),
                    examples_seen=d.get("examples_seen", 0), method=d.get("method", ""),
                    n_draws=d.get("n_draws", 0), examples=d.get("examples", 0), b=d.get("b", 0), B=d.get("B", 0),
                    stopped_by=d.get("stopped_by", ""), seconds=_float(d.get("seconds")),
                    b_noise_stopped_by=d.get("b_noise_stopped_by", ""), b_pre_stopped_by=d.get("b_pre_stopped_by", ""),
-                   diversity_bound=_float(d.get("diversity_bound")), **opt,
+                   diversity_bound=_float(d.get("diversity_bound")), window_steps=d.get("window_steps", 0), **opt,
                    regression=_part_from_dict(Regression, d.get("regression")),
                    hessian=_part_from_dict(Hessian, d.get("hessian"), ("eps_max",)),
                    ranks=_part_from_dict(Ranks, d.get("ranks"), ("b_simple",)), extra=d.get("extra") or {})
@@ -278,6 +281,8 @@ class Measurement:
                 row["b_pre_stopped_by"] = self.b_pre_stopped_by
         if self.ranks:
             row.update(self.ranks.b_simple.to_row("b_simple_ranks", "status_ranks"), **_part_row(self.ranks, Ranks.ROW))
+        if self.b_simple_window:
+            row.update(self.b_simple_window.to_row("b_simple_window"), window_steps=self.window_steps)
         return {**row, **self.extra}
 
     @classmethod
@@ -297,6 +302,7 @@ class Measurement:
                 b_noise_stopped_by=row.get("b_noise_stopped_by") or "",
                 b_pre_stopped_by=row.get("b_pre_stopped_by") or "",
                 b_noise=Estimate.from_row(row, "b_noise"), b_pre=Estimate.from_row(row, "b_pre"),
+                b_simple_window=Estimate.from_row(row, "b_simple_window"), window_steps=row.get("window_steps") or 0,
                 regression=_part_from_row(Regression, row), hessian=hessian, ranks=ranks)
         known = set(m.to_row()) | {"g2_status", "eps_max_status"}
         return dataclasses.replace(m, extra={k: v for k, v in row.items() if k not in known})

@@ -13,8 +13,9 @@ from bsprof.errors import BsprofError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="bsprof: measure the critical batch size (gradient noise scale) of a PyTorch model.")
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, `| tee`) is not a terminal: rich would wrap tables at 80 columns; give them room.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 @contextlib.contextmanager

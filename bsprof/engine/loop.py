@@ -85,9 +85,10 @@ def measure_steps(steps: int, every: int) -> list[int]:
 
 
 def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, step: int,
-               comm: distributed.Comm = distributed.LOCAL) -> float:
+               comm: distributed.Comm = distributed.LOCAL, tracker=None) -> float:
     """One optimizer step on the mean loss of a batch; under DDP each rank takes its share of the batch and
-    the gradients Σ_local ∇ℓ_i / batch_size are summed over ranks (``distributed.sync_gradients``)."""
+    the gradients Σ_local ∇ℓ_i / batch_size are summed over ranks (``distributed.sync_gradients``).
+    With a ``tracker`` (per-example source) the backward also gives the step's nested pair (b = 1, B = batch)."""
     from bsprof.probes.base import per_example_losses
 
     batch, count = examples.train_batch(batch_size)
@@ -96,7 +97,12 @@ def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, s
     if not torch.isfinite(loss):
         raise NonFiniteError(f"the training loss became {loss.item()} at step {step}",
                              "lower --lr (or the spec optimizer's lr); what was measured before is kept", step)
-    loss.backward()
+    if tracker is not None:
+        with tracker.per_example():
+            loss.backward()
+        tracker.step(count, loss=loss.detach())
+    else:
+        loss.backward()
     loss = distributed.sync_gradients(model, loss, comm)
     optimizer.step()
     return float(loss.detach())
@@ -174,10 +180,12 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         cfg = dataclasses.replace(cfg, batch_size=batch_size)
     names, group_index = trainable_groups(model)
     points = set(measure_steps(cfg.steps, cfg.measure_every))
-    step = 0
+    track = comm.world == 1 and chosen.per_example  # training steps give pairs too (b = 1, B = batch)
+    step, tracker = 0, None
     try:
         for step in range(cfg.steps + 1):
             if step in points:
+                window, tracker = _close(tracker, cfg.confidence, scale), None
                 t0 = time.perf_counter()
                 say("measure", {"step": step})
                 with buffers_kept(model):
@@ -188,10 +196,14 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                     row = dataclasses.replace(row, ranks=distributed.rank_estimate(draws, cfg.confidence, scale),
                                               **scales.extra_fields(model, spec.loss, whole, draws, cfg, optimizer,
                                                                     sampling, group_index, scale))
+                if window is not None:
+                    row = dataclasses.replace(row, b_simple_window=window[0], window_steps=window[1])
                 report.add(row, _layer_rows(step, names, est, scale))
                 say("measured", {"step": step, "row": report.measurements[-1]})
             if step < cfg.steps:
-                loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm)
+                if tracker is None and track:
+                    tracker = _training_tracker(model, optimizer, batch_size, cfg.confidence)
+                loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm, tracker)
                 say("train", {"step": step + 1, "loss": loss})
     except KeyboardInterrupt:
         report.incomplete = {"reason": "interrupted", "step": step}
@@ -207,8 +219,30 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         report.incomplete = {"reason": f"{type(e).__name__}: {e}", "step": step}
         raise
     finally:
+        _close(tracker, cfg.confidence, scale)
         diagnostics.after_run(report)
     return report
+
+
+def _training_tracker(model, optimizer, batch_size: int, confidence: float):
+    """A tracker over the training steps until the next measurement (per-example norms in their backward), or
+    None where the model's layers have no per-example rule."""
+    from bsprof.track import Tracker, TrackerError
+
+    try:
+        return Tracker(model, optimizer, source="per_example", batch_size=batch_size, confidence=confidence)
+    except TrackerError:
+        return None
+
+
+def _close(tracker, confidence: float, scale: float):
+    """(B_simple over the tracked training steps, their number) and the tracker's hooks removed; None if none."""
+    if tracker is None:
+        return None
+    tracker.close()
+    if len(tracker.draws) < 2:
+        return None
+    return tracker.estimate().scaled(scale), len(tracker.draws)
 
 
 def _fit_batch(batch_size: int, n: int | None, report: Report) -> int:
