@@ -45,6 +45,15 @@ class Spec:
         return {"path": str(self.path), "sha256": self.sha256}
 
 
+# import name -> what to install, where it differs from the import name (the bundled examples need an extra)
+PIP_NAMES = {"sklearn": "'bsprof[examples]'", "matplotlib": "'bsprof[figures]'"}
+
+
+def _install_hint(e: ImportError) -> str:
+    top = (e.name or "...").split(".")[0]
+    return f"install the missing package (pip install {PIP_NAMES.get(top, top)}) or fix the import"
+
+
 def _where(exc: BaseException, path: Path) -> str:
     """The innermost line of the user's file in a traceback, as 'file:line'."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path]
@@ -93,8 +102,7 @@ def _import(path: Path):
     except SyntaxError as e:
         raise SpecError(f"syntax error in {path.name}:{e.lineno}: {e.msg}", "fix the Python syntax of the spec file")
     except ImportError as e:
-        raise SpecError(f"{_where(e, path) or path.name} failed to import: {e}",
-                        f"install the missing package (pip install {e.name or '...'}) or fix the import")
+        raise SpecError(f"{_where(e, path) or path.name} failed to import: {e}", _install_hint(e))
     except Exception as e:  # any error at import time is the user's code
         raise SpecError(f"{_where(e, path) or path.name} raised {type(e).__name__} on import: {e}",
                         "fix the spec file so that importing it runs without error")
@@ -109,6 +117,9 @@ def call_user(spec: Spec, name: str, *args):
         return getattr(spec, name)(*args)
     except SpecError:
         raise
+    except ImportError as e:  # a lazy import inside the user's function, e.g. sklearn in configs/digits_mlp.py
+        where = f" at {_where(e, spec.path) or spec.path.name}"
+        raise SpecError(f"{name}(){where} failed to import: {e}", _install_hint(e))
     except Exception as e:
         where = f" at {_where(e, spec.path) or spec.path.name}"
         raise SpecError(f"{name}(){where} raised {type(e).__name__}: {e}",
