@@ -147,7 +147,7 @@ def test_example_without_scikit_learn_is_a_clear_spec_error(monkeypatch):
     with pytest.raises(SpecError) as info:
         build_dataset(spec)
     assert "dataset() at digits_mlp.py" in info.value.message and "failed to import" in info.value.message
-    assert "pip install 'bsprof[examples]'" in info.value.hint
+    assert "pip install scikit-learn" in info.value.hint
 
 
 def test_readme_test_command_is_what_ci_runs():

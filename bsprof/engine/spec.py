@@ -45,8 +45,9 @@ class Spec:
         return {"path": str(self.path), "sha256": self.sha256}
 
 
-# import name -> what to install, where it differs from the import name (the bundled examples need an extra)
-PIP_NAMES = {"sklearn": "'bsprof[examples]'", "matplotlib": "'bsprof[figures]'"}
+# import name -> what pip installs, where they differ (scikit-learn: the bundled digits examples, bsprof's
+# `examples` extra; brackets are left out of hints, which the CLI prints as rich markup)
+PIP_NAMES = {"sklearn": "scikit-learn", "PIL": "pillow", "yaml": "pyyaml"}
 
 
 def _install_hint(e: ImportError) -> str:
