@@ -4,18 +4,44 @@
     report = bsprof.measure("model.py", steps=200)                  # or model=…, dataset=…, loss=…
     report.summary.b_simple                                          # Estimate(value, lo, hi, status)
     bsprof.measure_at(model, loss, (x, y))                           # at the current weights, no training
+
+The public names are imported on first use (PEP 562), so ``import bsprof`` and ``bsprof --help`` do not pay for
+torch, pandas or scipy; ``tests/test_packaging.py`` holds that line.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.2.0"
 
-from bsprof.api import measure, measure_at  # noqa: E402
-from bsprof.config import MeasureConfig  # noqa: E402
-from bsprof.errors import BsprofError  # noqa: E402
-from bsprof.output.report import Report  # noqa: E402
-from bsprof.results import Estimate, Measurement, Status, Summary  # noqa: E402
-from bsprof.schedule import Schedule  # noqa: E402
-from bsprof.stats.estimators import NoiseScale, noise_scale  # noqa: E402
-from bsprof.track import Tracker  # noqa: E402
+# public name -> the module that defines it
+_PUBLIC = {
+    "BsprofError": "bsprof.errors",
+    "Estimate": "bsprof.results",
+    "MeasureConfig": "bsprof.config",
+    "Measurement": "bsprof.results",
+    "NoiseScale": "bsprof.stats.estimators",
+    "Report": "bsprof.output.report",
+    "Schedule": "bsprof.schedule",
+    "Status": "bsprof.results",
+    "Summary": "bsprof.results",
+    "Tracker": "bsprof.track",
+    "measure": "bsprof.api",
+    "measure_at": "bsprof.api",
+    "noise_scale": "bsprof.stats.estimators",
+}
 
-__all__ = ["BsprofError", "Estimate", "MeasureConfig", "Measurement", "NoiseScale", "Report", "Schedule", "Status",
-           "Summary", "Tracker", "measure", "measure_at", "noise_scale", "__version__"]
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # once imported, a plain attribute
+        return value
+    raise AttributeError(f"module 'bsprof' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -81,6 +81,7 @@ def test_least_squares_initial_weights():
     assert (w0 - mod.W_STAR).square().sum().item() == mod.DELTA_SQ == 1.0
     assert mod.b_simple_closed_form() == 26.0
     assert mod.D + 1 + mod.D * mod.SIGMA2 / mod.DELTA_SQ == 26.0
+    # halfway to w*: |Δ|² = 0.25, so d + 1 + dσ²/|Δ|² = 21 + 20·0.25/0.25 = 41
     assert mod.b_simple_closed_form(mod.W_STAR + 0.5 * (w0 - mod.W_STAR)) == pytest.approx(41.0)
 
 

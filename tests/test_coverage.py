@@ -1,15 +1,12 @@
-"""Nominal 90% intervals cover the closed-form truth (scripts/coverage.py holds the full study)."""
+"""Nominal 90% intervals cover the closed-form truth (bsprof.validation.coverage; scripts/coverage.py runs the full
+study)."""
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bsprof.validation import coverage
 from bsprof.validation.closed_forms import LeastSquares, OneD
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import coverage  # noqa: E402
 
 REPS = 400
 BAND = 3 * math.sqrt(0.9 * 0.1 / REPS)  # ±3 binomial standard deviations around 90%
@@ -26,10 +23,10 @@ def test_coverage_fast(name, model, b, B):
 
 
 @pytest.mark.slow
-def test_coverage_study_reduced(tmp_path):
-    result = coverage.main(["--reps", "300", "--seq-reps", "60", "--quick", "--out", str(tmp_path / "c.json")])
-    cov = np.array([r["coverage"] for r in result["fixed"]])
+def test_coverage_study_reduced():
+    fixed, sequential = coverage.fixed_study(300, quick=True), coverage.sequential_study(60)
+    cov = np.array([r["coverage"] for r in fixed])
     assert 0.87 <= cov.mean() <= 0.93
     # never anti-conservative beyond 4σ; cells dominated by lower bounds are conservative (up to ~0.98)
     assert (cov >= 0.9 - 4 * math.sqrt(0.09 / 300)).all(), cov
-    assert all(abs(r["coverage"] - 0.9) <= 4 * math.sqrt(0.09 / 60) for r in result["sequential"])
+    assert all(abs(r["coverage"] - 0.9) <= 4 * math.sqrt(0.09 / 60) for r in sequential)

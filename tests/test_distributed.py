@@ -1,6 +1,7 @@
 """Data-parallel measurement (issue 7): two CPU ranks over gloo, against the closed form and one process.
 
-The torchrun runs are subprocesses (``python -m torch.distributed.run``) on a free port; each takes ~15 s.
+The torchrun runs are subprocesses (``python -m torch.distributed.run``) on a free port, marked ``distributed``;
+each takes 15 s or more, so the default run keeps two (a measurement, the comm hook) and the rest are ``slow``.
 tiny_linear: least squares d = 5, σ² = 0.5, |Δ|² = 1, so B_simple = d + 1 + dσ²/|Δ|² = 8.5 (science.md §5 V2).
 """
 
@@ -88,7 +89,8 @@ def test_batch_that_does_not_split_is_a_clear_error():
 
 # ---------------------------------------------------------------- two ranks (torchrun, gloo)
 
-@pytest.mark.parametrize("method", ["per_example", "microbatch"])
+@pytest.mark.distributed
+@pytest.mark.parametrize("method", ["per_example", pytest.param("microbatch", marks=pytest.mark.slow)])
 def test_two_ranks_agree_with_closed_form_and_one_process(tmp_path, method):
     from bsprof.engine.loop import measure
 
@@ -116,6 +118,7 @@ def test_two_ranks_agree_with_closed_form_and_one_process(tmp_path, method):
         assert two.n_draws == one.n_draws
 
 
+@pytest.mark.distributed
 def test_comm_hook_on_a_two_rank_ddp_model(tmp_path):
     out = tmp_path / "hook.json"
     run = _torchrun(str(ASSETS / "ddp_hook_worker.py"), str(out))
@@ -127,6 +130,8 @@ def test_comm_hook_on_a_two_rank_ddp_model(tmp_path):
     assert r["status"] == "ok" and abs(r["b_simple"] / r["closed_form"] - 1) < 0.12
 
 
+@pytest.mark.slow  # the default run keeps one torchrun measurement and the comm hook
+@pytest.mark.distributed
 def test_a_failed_rank_stops_every_rank_and_keeps_the_partial_report(tmp_path):
     t0 = time.perf_counter()
     run = _torchrun("-m", "bsprof", "measure", str(ASSETS / "ddp_rank_fails.py"), "--steps", "3",
@@ -143,6 +148,7 @@ def test_a_failed_rank_stops_every_rank_and_keeps_the_partial_report(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_a_silent_rank_times_out_and_keeps_the_partial_report(tmp_path):
     t0 = time.perf_counter()
     run = _torchrun("-m", "bsprof", "measure", str(ASSETS / "ddp_rank_fails.py"), "--steps", "3",

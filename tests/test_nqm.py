@@ -30,7 +30,7 @@ def test_fit_critical_batch_exact_model():
 def test_exact_sweep_critical_batch(exact):
     steps = [r["steps"] for r in exact["rows"]]
     assert all(a > b for a, b in zip(steps, steps[1:]))          # larger batches never need more steps
-    assert 47 <= exact["b_crit"] <= 53
+    assert 47 <= exact["b_crit"] <= 53  # the exact sweep gives 47.6 (deterministic); the bounds pin it
 
 
 def _planned(noise: str, batch: int = 32, n: int = 12) -> dict:

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 import torch
-from _fresh import FreshLeastSquares, ls_loss, net_at
 
 from bsprof.engine.sampling import Sampling, measure_at
 from bsprof.probes import PROBES
 from bsprof.probes.precondition import adam_preconditioner, preconditioned
-from bsprof.validation.closed_forms import LeastSquares
+from bsprof.validation.closed_forms import FreshLeastSquares, LeastSquares
+from bsprof.validation.coverage import ls_loss, net_at
 
 LAM = np.array([0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 4.0])
 DELTA = np.array([1.0, 1.0, 1.0, 0.5, 0.2, 0.05, 0.05, 0.05])

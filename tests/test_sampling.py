@@ -1,10 +1,10 @@
 """The stopping rule of sampling.measure_at: precision, examples and time budgets, lower bounds at G = 0."""
 import numpy as np
-from _fresh import FreshLeastSquares, ls_loss, net_at
 
 from bsprof.engine.sampling import Sampling, measure_at
 from bsprof.probes import PROBES
-from bsprof.validation.closed_forms import LeastSquares
+from bsprof.validation.closed_forms import FreshLeastSquares, LeastSquares
+from bsprof.validation.coverage import ls_loss, net_at
 
 GROUP = np.zeros(1, dtype=int)
 

@@ -25,43 +25,20 @@ import os
 import re
 import signal
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from bsprof.distributed.comm import DEFAULT_TIMEOUT_S, LOCAL, TIMEOUT_ENV, Comm, RankFailure  # noqa: F401
 from bsprof.errors import BsprofError, ConfigError
 from bsprof.probes.base import ChunkStats
 from bsprof.results import Estimate, Ranks
 from bsprof.stats.draw import Draw
 from bsprof.stats.estimators import noise_scale
 
-TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "BSPROF_DIST_TIMEOUT", 600.0
 _NOTE = "bsprof/failed/"
-
-
-class RankFailure(BsprofError):
-    """Another rank failed, was stopped, or did not answer within the timeout."""
-
-
-@dataclass(frozen=True)
-class Comm:
-    """This process among the data-parallel ranks: rank r of world W (W = 1: one process, no collectives)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    backend: str | None = None
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    store: object = field(default=None, compare=False, repr=False)  # rendezvous store, for failure notes
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-LOCAL = Comm()
 
 
 # ---------------------------------------------------------------- set-up and tear-down

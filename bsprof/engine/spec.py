@@ -73,6 +73,17 @@ class Spec:
                    tokens_per_example)
 
 
+# import name -> what pip installs, where they differ (scikit-learn: the bundled digits examples, bsprof's
+# `examples` extra; brackets are left out of hints, which the CLI prints as rich markup)
+PIP_NAMES = {"sklearn": "scikit-learn", "PIL": "pillow", "yaml": "pyyaml"}
+
+
+def _install_hint(e: ImportError) -> str:
+    top = (e.name or "...").split(".")[0]
+    return f"install the missing package (pip install {PIP_NAMES.get(top, top)}) or fix the import"
+
+
+
 def _where(exc: BaseException, path: Path | None) -> str:
     """The innermost line of the user's file in a traceback, as 'file:line'."""
     if path is None:
@@ -124,8 +135,7 @@ def _import(path: Path):
     except SyntaxError as e:
         raise SpecError(f"syntax error in {path.name}:{e.lineno}: {e.msg}", "fix the Python syntax of the spec file")
     except ImportError as e:
-        raise SpecError(f"{_where(e, path) or path.name} failed to import: {e}",
-                        f"install the missing package (pip install {e.name or '...'}) or fix the import")
+        raise SpecError(f"{_where(e, path) or path.name} failed to import: {e}", _install_hint(e))
     except Exception as e:  # any error at import time is the user's code
         raise SpecError(f"{_where(e, path) or path.name} raised {type(e).__name__} on import: {e}",
                         "fix the spec file so that importing it runs without error")
@@ -140,6 +150,9 @@ def call_user(spec: Spec, name: str, *args):
         return getattr(spec, name)(*args)
     except SpecError:
         raise
+    except ImportError as e:  # a lazy import inside the user's function, e.g. sklearn in configs/digits_mlp.py
+        where = f" at {_where(e, spec.path) or (spec.path.name if spec.path else name + '()')}"
+        raise SpecError(f"{name}(){where} failed to import: {e}", _install_hint(e))
     except Exception as e:
         where = _where(e, spec.path) or (spec.path.name if spec.path else "")
         where = f" at {where}" if where else ""

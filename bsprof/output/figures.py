@@ -1,14 +1,26 @@
-"""Figures: the noise scale against step and against loss, with its interval."""
+"""Figures: the noise scale against step and against loss, with its interval.
+
+matplotlib is an extra (``pip install 'bsprof[figures]'``): without it the report is written all the same, and a
+one-line note on the ``bsprof`` logger (stderr, unless configured otherwise) says how to get the PNG.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
+MISSING = "note: noise_scale.png not written: matplotlib is not installed (pip install 'bsprof[figures]')"
 
-def plot_noise_scale(report, path: Path) -> Path:
-    import matplotlib
+
+def plot_noise_scale(report, path: Path) -> Path | None:
+    """Write the figure to ``path``; None (and the note) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        logging.getLogger("bsprof").warning(MISSING)
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -85,7 +85,9 @@ class Report:
         if figures and self.measurements:
             from bsprof.output.figures import plot_noise_scale
 
-            paths["figure"] = plot_noise_scale(self, out / "noise_scale.png")
+            figure = plot_noise_scale(self, out / "noise_scale.png")  # None without matplotlib (a note says so)
+            if figure is not None:
+                paths["figure"] = figure
         return paths
 
     def __rich__(self):

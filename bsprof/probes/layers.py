@@ -268,9 +268,11 @@ RULES = {
     nn.Linear: linear,
     nn.Conv1d: conv, nn.Conv2d: conv, nn.Conv3d: conv,
     nn.Embedding: embedding,
-    nn.LayerNorm: layer_norm, nn.RMSNorm: rms_norm, nn.GroupNorm: group_norm,
+    nn.LayerNorm: layer_norm, nn.GroupNorm: group_norm,
     _BatchNorm: batch_norm,
 }
+if hasattr(nn, "RMSNorm"):  # torch >= 2.4; on older torch there is no RMSNorm module to measure
+    RULES[nn.RMSNorm] = rms_norm
 
 
 def rule_for(mod: nn.Module):
