@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _fresh import FreshLeastSquares, ls_loss, net_at
 from torch import nn
 
 from bsprof.engine.data import Examples
@@ -18,7 +17,8 @@ from bsprof.probes.precondition import preconditioned
 from bsprof.results import Estimate
 from bsprof.stats.estimators import NoiseScale
 from bsprof.stats.stopping import EXAMPLES, PRECISION, TIME, Stopper, next_batch, next_look
-from bsprof.validation.closed_forms import LeastSquares
+from bsprof.validation.closed_forms import FreshLeastSquares, LeastSquares
+from bsprof.validation.coverage import ls_loss, net_at
 
 
 def _ce(model, batch):

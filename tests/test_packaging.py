@@ -118,7 +118,7 @@ def test_public_names_resolve_lazily():
 
     for name in bsprof.__all__:
         assert getattr(bsprof, name) is not None
-    assert bsprof.measure.__module__ == "bsprof.engine.loop"
+    assert bsprof.measure.__module__ == "bsprof.api"
     with pytest.raises(AttributeError):
         bsprof.not_a_name  # noqa: B018
 

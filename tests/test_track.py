@@ -19,8 +19,8 @@ from bsprof.probes.precondition import adam_preconditioner
 from bsprof.stats.estimators import noise_scale
 from bsprof.track import Tracker, TrackerError, read_log, report_from_log
 from bsprof.validation.closed_forms import FreshLeastSquares, LeastSquares
+from bsprof.validation.coverage import ls_loss, net_at
 from bsprof.validation.reference import exact_noise_scale
-from tests._fresh import ls_loss, net_at
 
 TRUTH = LeastSquares.isotropic(20, 1.0, 0.25)
 
