@@ -19,7 +19,6 @@ def test_hvp_is_the_batch_hessian():
     assert torch.allclose(hv, v[0] @ (x.T @ x / 50))
 
 
-@pytest.mark.slow  # 24 s; test_b_noise_equals_b_simple_when_isotropic keeps B_noise in the default run
 def test_b_noise_matches_the_closed_form_and_differs_from_b_simple():
     m = LeastSquares(LAM, DELTA, 0.1)  # B_noise = 59.9, B_simple = 31.4 (closed forms; test_closed_forms.py)
     est = measure_b_noise(net_at(m), ls_loss, FreshLeastSquares(m, 3), 256, rel_error=0.05, max_seconds=120)

@@ -115,11 +115,9 @@ def test_layer_breakdown_sums_to_the_total():
         assert sum(parts) == pytest.approx(total, rel=1e-12, abs=1e-12 * sum(map(abs, parts)))
 
 
-@pytest.mark.parametrize("probe,b", [("vmap", 1), pytest.param("microbatch", 4, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("probe,b", [("vmap", 1), ("microbatch", 4)])
 def test_draws_are_unbiased_against_the_exact_reference(probe, b):
-    """Mean over many draws of B = 16 of 40: within 4 standard errors of the exact |G|² and tr(Σ).
-
-    (microbatch: 23 s, so slow; the default run checks its draws chunk by chunk against autograd below.)"""
+    """Mean over many draws of B = 16 of 40: within 4 standard errors of the exact |G|² and tr(Σ)."""
     from bsprof.stats.estimators import draw_estimates
 
     model, (x, y) = _mlp(), _data(40)
