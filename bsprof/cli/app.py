@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bsprof.errors import BsprofError, ConfigError
 
@@ -24,9 +25,9 @@ def user_errors(exit_code: int | None = None):
     try:
         yield
     except BsprofError as e:
-        err_console.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True)
-        if e.hint:
-            err_console.print(f"[yellow]fix:[/] {e.hint}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, markup=True)
+        if e.hint:  # user data (paths, values) may hold [brackets]: escaped, never read as markup
+            err_console.print(f"[yellow]fix:[/] {escape(e.hint)}", highlight=False)
         raise typer.Exit(exit_code if exit_code is not None else e.exit_code)
 
 

@@ -46,6 +46,9 @@ def plot_noise_scale(report, path: Path) -> Path | None:
     axes[1].invert_xaxis()
     conf = report.config.get("confidence", 0.9)
     fig.suptitle(f"Gradient noise scale B_simple = tr(Σ)/|G|² ({conf:.0%} intervals)")
-    fig.savefig(path, dpi=110)
+    from bsprof.output.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
