@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bsprof.results import Status
+
 MISSING = "note: noise_scale.png not written: matplotlib is not installed (pip install 'bsprof[figures]')"
 
 
@@ -26,8 +28,8 @@ def plot_noise_scale(report, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     df = report.to_frame()
-    ok = df[df["status"] == "ok"]
-    lb = df[df["status"] == "lower_bound"]
+    ok = df[df["status"] == Status.OK.value]
+    lb = df[df["status"] == Status.LOWER_BOUND.value]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for ax, x, label in ((axes[0], "step", "training step"), (axes[1], "loss", "loss")):
         if len(ok):

@@ -29,7 +29,7 @@ def estimate_text(est: Estimate | None) -> str:
         return f"{fmt(est.value)} [{fmt(est.lo)}, {fmt(est.hi)}]"
     if est.status is Status.LOWER_BOUND:
         return f"> {fmt(est.lo)}"
-    return "undetermined"
+    return Status.UNDETERMINED.value
 
 
 def report_table(report) -> Group:

@@ -21,10 +21,10 @@ import numpy as np
 from scipy import stats as _st
 from scipy.optimize import brentq as _brentq_scipy
 
-from bsprof.results import Estimate
+from bsprof.results import Estimate, Status
 from bsprof.stats.draw import Draw
 
-OK, LOWER_BOUND, UNDETERMINED = "ok", "lower_bound", "undetermined"
+OK, LOWER_BOUND, UNDETERMINED = Status.OK, Status.LOWER_BOUND, Status.UNDETERMINED
 
 
 def noise_coefficient(B: int | np.ndarray, n: int | None = None):

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from bsprof.results import Status
 from bsprof.stats.estimators import noise_scale
 from bsprof.validation.closed_forms import FreshLeastSquares, LeastSquares, OneD, simulate
 
@@ -43,7 +44,7 @@ def models(rng: np.random.Generator) -> dict:
 
 def covers(est, truth: float) -> tuple[bool, str]:
     """(covered, how it missed)"""
-    if est.status == "undetermined":
+    if est.status == Status.UNDETERMINED:
         return True, ""
     if est.b_simple_lo > truth:
         return False, "low"  # the interval lies above the truth
