@@ -193,7 +193,8 @@ def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: 
     factor = _factor(setup, batch, multiplier)
     model, opt = _model(setup, seed, factor)
     ex, t0 = _examples(setup, seed, batch), time.perf_counter()
-    limit = min(cap, int(budget.examples_left() // batch))
+    left = budget.examples_left()
+    limit = cap if math.isinf(left) else min(cap, int(left // batch))
     loss, se, reached, diverged, t = math.inf, math.nan, math.inf, False, 0
     while t < limit:
         budget.tick()

@@ -23,12 +23,16 @@ from bsprof.results import Estimate, Status, json_clean
 
 
 def fit_critical_batch(batches, steps) -> tuple[float, float]:
-    """(S_min, B_crit) of S(B) = S_min(1 + B_crit/B) (McCandlish eq. 2.11), least squares in ln S."""
+    """(S_min, B_crit) of S(B) = S_min(1 + B_crit/B) (McCandlish eq. 2.11), least squares in ln S.
+
+    Fitted in (ln S_min, ln B_crit) within B_crit ∈ [10⁻³·min B, 10⁴·max B], S_min ∈ (10⁻⁶·min S, max S], so a
+    sweep where S falls as fast as 1/B (B_crit beyond the tested batches) ends at a bound instead of failing."""
     b, s = np.asarray(batches, float), np.asarray(steps, float)
-    x0 = [float(s.min()), float(np.median(b))]
-    p, _ = _opt.curve_fit(lambda bb, smin, bc: np.log(smin * (1 + bc / bb)), b, np.log(s), p0=x0,
-                          bounds=([1e-12, 1e-12], [np.inf, np.inf]))
-    return float(p[0]), float(p[1])
+    lo = [math.log(s.min()) - 6 * math.log(10), math.log(b.min()) - 3 * math.log(10)]
+    hi = [math.log(s.max()), math.log(b.max()) + 4 * math.log(10)]
+    x0 = [min(max(math.log(s.min()) - 0.1, lo[0]), hi[0]), math.log(float(np.median(b)))]
+    p, _ = _opt.curve_fit(lambda bb, ls, lb: ls + np.log1p(np.exp(lb) / bb), b, np.log(s), p0=x0, bounds=(lo, hi))
+    return float(math.exp(p[0])), float(math.exp(p[1]))
 
 
 @dataclass(frozen=True)
