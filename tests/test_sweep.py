@@ -128,10 +128,10 @@ def test_cli_local_writes_json_and_csv(tmp_path):
     d = json.loads((tmp_path / "sweep.json").read_text())
     assert d["method"] == "local" and len(d["branches"]) == 8 and d["incomplete"] is None
     assert {"batch", "lr", "steps", "examples", "loss", "loss_se", "seconds"} <= set(d["branches"][0])
-    assert [b["examples"] for b in d["batches"]] == [400] * 4 and d["batches"][0]["steps"] == 100
+    assert [b["examples"] for b in d["batches"]] == [400, 400, 400, 384] and d["batches"][0]["steps"] == 100
     assert d["branches"][1]["lr"] == pytest.approx(0.1)          # linear rule for SGD
     assert len((tmp_path / "sweep.csv").read_text().splitlines()) == 9
-    assert d["compute"]["train_examples"] == 8 * 400
+    assert d["compute"]["train_examples"] == 2 * (3 * 400 + 384)
 
 
 def test_cli_global_with_report(tmp_path):

@@ -158,7 +158,7 @@ def _factor(setup: _Setup, batch: int, multiplier: float) -> float:
 # -- one branch --------------------------------------------------------------------------------------------
 def run_fixed(setup: _Setup, seed: int, batch: int, multiplier: float, budget: _Budget,
               say: Progress) -> Branch:
-    """Local: train ``examples`` examples at ``batch`` (⌈examples/batch⌉ steps), then evaluate."""
+    """Local: train ``examples`` examples at ``batch`` (round(examples/batch) steps, at least 1), then evaluate."""
     steps = max(1, round(setup.cfg.branch_examples() / batch))
     if steps * batch > budget.examples_left():
         raise _Stop(f"the --max-examples budget ({setup.cfg.max_examples:,}) would be exceeded by the next branch")
