@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch.utils.data import IterableDataset, Subset
 
@@ -27,10 +26,9 @@ from bsprof.engine.spec import Spec, build_dataset, build_model, build_optimizer
 from bsprof.errors import BsprofError, ConfigError, DataError, NonFiniteError
 from bsprof.gate.policy import lr_rule as optimizer_lr_rule
 from bsprof.probes.base import per_example_losses
-from bsprof.results import Estimate, Status
 from bsprof.sweep import fit
 from bsprof.sweep.config import SweepConfig
-from bsprof.sweep.result import BatchSummary, Branch, Comparison, Compute, SweepResult
+from bsprof.sweep.result import Branch, SweepResult
 
 Progress = Callable[[str, dict], None]
 EVAL_CHUNK = 256

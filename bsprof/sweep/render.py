@@ -18,8 +18,11 @@ def _loss(x: float, se: float) -> str:
 
 def batches_table(r) -> Table:
     local = r.method == "local"
-    title = (f"local sweep: equal examples per branch, tolerance {r.config['tolerance']:g} ({r.config['tolerance_mode']})"
-             if local else f"global sweep: steps to evaluation loss {r.config['target_loss']:g}")
+    if local:
+        title = (f"local sweep: equal examples per branch, tolerance {r.config['tolerance']:g} "
+                 f"({r.config['tolerance_mode']})")
+    else:
+        title = f"global sweep: steps to evaluation loss {r.config['target_loss']:g}"
     t = Table(title=title)
     cols = ["batch", "best lr", "steps", "examples", "final loss ± se"] + (["passes"] if local else ["reached"])
     for c in cols:
@@ -40,7 +43,8 @@ def summary_lines(r) -> list[str]:
         lines.append(f"critical batch (local): {_bracket(r.critical)} {u}")
         if len(r.critical_by_seed) > 1:
             v = sorted(r.critical_by_seed)
-            lines.append(f"  per seed: {', '.join(fmt(x) for x in r.critical_by_seed)} (range {fmt(v[0])}–{fmt(v[-1])})")
+            lines.append(f"  per seed: {', '.join(fmt(x) for x in r.critical_by_seed)} "
+                         f"(range {fmt(v[0])}–{fmt(v[-1])})")
     elif r.fit is not None:
         f = r.fit
         lines.append(f"B_crit (McCandlish fit): {estimate_text(f.b_crit)} {u}   ({f.confidence:.0%} bootstrap over "
@@ -49,7 +53,8 @@ def summary_lines(r) -> list[str]:
     else:
         lines.append("B_crit: not fitted (fewer than 3 batch sizes reached the target)")
     c = r.compute
-    lines.append(f"sweep cost: {c.train_examples:,} training + {c.eval_examples:,} evaluation examples, {c.seconds:.1f} s")
+    lines.append(f"sweep cost: {c.train_examples:,} training + {c.eval_examples:,} evaluation examples, "
+                 f"{c.seconds:.1f} s")
     if r.comparison is not None:
         k = r.comparison
         est = [f"B_simple {estimate_text(k.b_simple)}"]
