@@ -8,6 +8,7 @@
 
 __version__ = "0.2.0"
 
+from bsprof import sweep  # noqa: E402  (bsprof.sweep.local / global_: the empirical critical batch)
 from bsprof.api import measure, measure_at  # noqa: E402
 from bsprof.config import MeasureConfig  # noqa: E402
 from bsprof.errors import BsprofError  # noqa: E402
@@ -18,4 +19,4 @@ from bsprof.stats.estimators import NoiseScale, noise_scale  # noqa: E402
 from bsprof.track import Tracker  # noqa: E402
 
 __all__ = ["BsprofError", "Estimate", "MeasureConfig", "Measurement", "NoiseScale", "Report", "Schedule", "Status",
-           "Summary", "Tracker", "measure", "measure_at", "noise_scale", "__version__"]
+           "Summary", "Tracker", "measure", "measure_at", "noise_scale", "sweep", "__version__"]

@@ -51,7 +51,8 @@ def main() -> None:
     for r in rows:
         print(f"   step {r[0]:4d}  loss {r[1]:.3f}  B_simple {r[2]:7.1f} [{r[3]:.1f}, {r[4]:.1f}]")
     b_init = rows[0][2]
-    path = [r for r in rows if r[1] >= args.target]       # the measurements on the way to the target
+    first = next((i for i, r in enumerate(rows) if r[1] < args.target), len(rows))
+    path = rows[:first]                                   # the measurements before the loss first reached the target
     b_path = sum(r[2] for r in path) / len(path)
     meas_examples = sum(m.examples for m in report.measurements)
     meas_seconds = sum(m.seconds for m in report.measurements)
