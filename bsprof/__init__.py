@@ -32,10 +32,12 @@ _PUBLIC = {
     "noise_scale": "bsprof.stats.estimators",
 }
 
-__all__ = [*_PUBLIC, "__version__"]
+__all__ = [*_PUBLIC, "sweep", "__version__"]
 
 
 def __getattr__(name: str):
+    if name == "sweep":  # the package bsprof.sweep (branched runs), imported on first use
+        return importlib.import_module("bsprof.sweep")
     if name in _PUBLIC:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value  # once imported, a plain attribute

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from bsprof.cli import check, measure, report, schedule  # noqa: F401  (each registers its command)
+from bsprof.cli import check, measure, report, schedule, sweep  # noqa: F401  (each registers its command)
 from bsprof.cli.app import app
 
 

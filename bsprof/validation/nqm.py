@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize as _opt
 
+from bsprof.sweep.fit import fit_critical_batch  # noqa: F401  (moved; kept importable from here)
+
 
 @dataclass(frozen=True)
 class NQM:
@@ -70,15 +72,6 @@ class NQM:
         r = _opt.minimize_scalar(lambda x: self.steps_to(target, math.exp(x), batch), bounds=(lo, hi),
                                  method="bounded", options={"xatol": 1e-5})
         return (float(r.fun), math.exp(r.x)) if r.fun < steps[k] else (float(steps[k]), float(grid[k]))
-
-
-def fit_critical_batch(batches, steps) -> tuple[float, float]:
-    """(S_min, B_crit) of S(B) = S_min(1 + B_crit/B) (McCandlish eq. 2.11), least squares in ln S."""
-    b, s = np.asarray(batches, float), np.asarray(steps, float)
-    x0 = [float(s.min()), float(np.median(b))]
-    p, _ = _opt.curve_fit(lambda bb, smin, bc: np.log(smin * (1 + bc / bb)), b, np.log(s), p0=x0,
-                          bounds=([1e-12, 1e-12], [np.inf, np.inf]))
-    return float(p[0]), float(p[1])
 
 
 def sweep(model: NQM, target_fraction: float = 0.05, batches=None) -> dict:

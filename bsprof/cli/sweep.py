@@ -1,0 +1,107 @@
+"""`bsprof sweep SPEC.py`: the empirical critical batch from branched runs (a check of the noise-scale estimate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bsprof.cli.app import app, console, err_console, user_errors
+from bsprof.errors import BsprofError
+
+O = typer.Option
+
+
+@app.command()
+def sweep(
+    spec: Path = typer.Argument(..., help="Spec file defining model(), dataset(), loss(model, batch)."),
+    method: str = O("local", help="local: equal examples per branch, largest batch within --tolerance; "
+                    "global: steps to --target-loss per batch, fit S = S_min(1 + B_crit/B)."),
+    base_batch: Optional[int] = O(None, help="Smallest batch B; the sweep runs B·2^k, k = 0..--doublings. [32]"),
+    doublings: Optional[int] = O(None, help="Number of doublings K of the base batch. [4]"),
+    batches: Optional[str] = O(None, help="Explicit increasing batch list, e.g. 16,32,64 (overrides base/doublings)."),
+    lr: Optional[float] = O(None, help="Learning rate of the default SGD optimizer at the smallest batch. [0.1]"),
+    lr_rule: Optional[str] = O(None, help="lr scaling with batch: auto (linear for SGD, sqrt for Adam), linear, sqrt, "
+                               "none. [auto]"),
+    lr_grid: Optional[str] = O(None, help="lr multipliers tried at every batch, e.g. 0.5,1,2 (best per batch). [1]"),
+    examples: Optional[int] = O(None, help="local: training examples per branch (0: 32 × the largest batch). [0]"),
+    tolerance: Optional[float] = O(None, help="local: a batch passes if its loss ≤ ref·(1 + tol) (rel) or ref + tol "
+                                   "(abs), ref = the smallest batch's loss. [0.01]"),
+    tolerance_mode: Optional[str] = O(None, help="rel or abs. [rel]"),
+    target_loss: Optional[float] = O(None, "--target-loss", "-t", help="global: evaluation loss to reach."),
+    max_steps: Optional[int] = O(None, help="global: steps per branch before giving up. [2000]"),
+    seeds: Optional[int] = O(None, help="Repeat every branch with this many seeds (variability). [1]"),
+    eval_examples: Optional[int] = O(None, help="Size of the fixed evaluation draw (0: the whole dataset). [1024]"),
+    holdout: Optional[bool] = O(None, "--holdout/--no-holdout", help="Exclude the evaluation draw from training. "
+                                "[holdout]"),
+    checkpoint: Optional[str] = O(None, help="Start every branch from these weights (torch.save(state_dict))."),
+    max_seconds: Optional[float] = O(None, help="Budget of seconds for the whole sweep (partial result kept)."),
+    max_examples: Optional[int] = O(None, help="Budget of training examples for the whole sweep (0: none). [0]"),
+    n_boot: Optional[int] = O(None, help="global: bootstrap fits for the B_crit interval. [1000]"),
+    confidence: Optional[float] = O(None, help="Level of the intervals. [0.9]"),
+    report: Optional[Path] = O(None, "--report", "-r", help="A bsprof report.json to compare with (and to saturate "
+                               "the linear lr rule at its B_simple)."),
+    device: Optional[str] = O(None, help="auto (CUDA, MPS, CPU), cpu, cuda, mps. [auto]"),
+    seed: Optional[int] = O(None, help="Random seed. [0]"),
+    out: Path = O(Path("bsprof-sweep"), "--out", "-o", help="Output folder (sweep.json, sweep.csv)."),
+    quiet: bool = O(False, "--quiet", "-q", help="No progress bar or table."),
+):
+    """Measure the critical batch empirically: short branched runs at several batch sizes on your own model."""
+    from bsprof.sweep import config as sweep_options
+
+    with user_errors():
+        options = {k: v for k, v in locals().items() if k in sweep_options.SweepConfig.__dataclass_fields__}
+        if batches is not None:
+            options["batches"] = sweep_options.parse_list(batches, int, "--batches")
+        if lr_grid is not None:
+            options["lr_grid"] = sweep_options.parse_list(lr_grid, float, "--lr-grid")
+        cfg = sweep_options.sweep_config(**options)
+        if report is not None and not report.exists():
+            raise BsprofError(f"report not found: {report}", "pass the report.json written by `bsprof measure`")
+    _run(spec, cfg, report, out, quiet)
+
+
+def _run(spec: Path, cfg, report: Path | None, out: Path, quiet: bool) -> None:
+    from bsprof.sweep import run
+
+    written: dict = {}
+    failure: BaseException | None = None
+
+    def keep(result) -> None:  # after every branch: the files always hold what was measured so far
+        written["result"] = result
+        written["paths"] = result.write(out)
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err_console,
+                  disable=quiet, transient=True) as bar:
+        task = bar.add_task(f"{cfg.method} sweep", total=None, status="")
+
+        def progress(kind: str, info: dict) -> None:
+            if kind == "start":
+                bar.update(task, total=info["total"])
+            elif kind == "branch_start":
+                bar.update(task, status=f"batch {info['batch']} × lr {info['multiplier']:g} seed {info['seed']}")
+            elif kind == "branch":
+                bar.update(task, completed=info["i"])
+
+        try:
+            run(spec, cfg, report=report, progress=progress, on_result=keep)
+        except (KeyboardInterrupt, BsprofError) as e:
+            failure = e
+        except Exception as e:  # the user's code failed mid-sweep: the branches so far were written
+            failure = BsprofError(f"the sweep failed: {type(e).__name__}: {e}", "fix the spec; the partial result "
+                                  "was kept")
+    result = written.get("result")
+    if result is not None and not quiet:
+        console.print(result, highlight=False)
+    if result is not None:
+        paths = written["paths"]
+        (err_console if quiet else console).print(f"wrote {paths['json']}, {paths['csv']}", highlight=False)
+    if isinstance(failure, KeyboardInterrupt):
+        err_console.print("[bold red]interrupted[/]: the partial result was written")
+        raise typer.Exit(130)
+    if failure is not None:
+        with user_errors():
+            raise failure

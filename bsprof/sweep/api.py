@@ -1,0 +1,214 @@
+"""The library calls: ``bsprof.sweep.local`` and ``bsprof.sweep.global_`` (``bsprof sweep`` is one of them).
+
+    result = bsprof.sweep.local("model.py", base_batch=32, doublings=4, examples=20_000)
+    result = bsprof.sweep.global_("model.py", target_loss=0.2, batches=[16, 32, 64, 128], lr_grid=[0.5, 1, 2])
+    result.critical          # Estimate: local [largest passing B, first failing B]; global B_crit [bootstrap]
+    result.to_dict()         # what sweep.json holds
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from bsprof.engine.spec import Spec, load_spec
+from bsprof.errors import BsprofError, ConfigError, SpecError
+from bsprof.results import Estimate, Status
+from bsprof.sweep import branches as eng
+from bsprof.sweep import summary
+from bsprof.sweep.config import SweepConfig, sweep_config
+from bsprof.sweep.result import Comparison, Compute, SweepResult
+
+
+def _spec(spec, model, dataset, loss, optimizer, collate) -> Spec:
+    given = [k for k, v in (("model", model), ("dataset", dataset), ("loss", loss)) if v is not None]
+    if spec is None:
+        if len(given) < 3:
+            raise SpecError("a sweep needs a spec file or model, dataset and loss",
+                            "pass bsprof.sweep.local('model.py', …) or model=net, dataset=data, loss=fn")
+        return Spec.of(model, dataset, loss, optimizer, collate)
+    if given:
+        raise SpecError("got both a spec and objects", "pass either a spec file or model=, dataset=, loss=")
+    return spec if isinstance(spec, Spec) else load_spec(spec)
+
+
+def comparison(report, critical: Estimate) -> Comparison:
+    """A bsprof report (path or ``Report``) beside the sweep: its summary B_simple (and B_pre, B_noise), the ratio
+    sweep/B_simple, and the measurement's cost (examples and seconds summed over ``report.measurements``)."""
+    from bsprof.output.report import Report
+
+    where = str(report) if not isinstance(report, Report) else "(report object)"
+    if not isinstance(report, Report):
+        path = Path(report)
+        report = Report.from_json(path / "report.json" if path.is_dir() else path)
+    s = report.summary
+    value = critical.value if math.isfinite(critical.value) else critical.lo
+    ratio = value / s.b_simple.value if s.b_simple.ok and s.b_simple.value > 0 else math.nan
+    ms = report.measurements
+    seconds = sum(m.seconds for m in ms if math.isfinite(m.seconds))
+    return Comparison(where, s.b_simple, s.b_pre, s.b_noise, ratio, int(sum(m.examples for m in ms)),
+                      round(seconds, 3), int(ms[-1].examples_seen) if ms else 0)
+
+
+def _report_noise(report) -> float | None:
+    if report is None:
+        return None
+    c = comparison(report, Estimate.none())
+    return c.b_simple.value if c.b_simple.ok else None
+
+
+def _notes(setup, cfg: SweepConfig, est: Estimate, summaries, extra: list[str]) -> tuple[str, ...]:
+    notes = [f"learning rate: {setup.optimizer} at lr {setup.base_lr:g} for batch {cfg.batch_sizes()[0]}, scaled "
+             f"by the {setup.rule} rule" + (f" (saturating at B_noise ≈ {setup.b_noise:.3g})" if setup.b_noise else "")
+             + (f" × grid {list(cfg.lr_grid)}" if len(cfg.lr_grid) > 1 else "")]
+    notes.append(f"evaluation: a fixed draw of {setup.n_eval} examples" +
+                 (", held out of training" if setup.held_out else " (also used for training)"))
+    edges = summary.grid_edges(summaries, cfg.lr_grid)
+    if edges:
+        notes.append(f"the best lr is at an end of the grid for batch {', '.join(map(str, edges))}: the optimum may "
+                     "lie outside it; widen --lr-grid")
+    return tuple(notes + extra)
+
+
+def _local_result(setup, cfg, rows, budget, incomplete, comp) -> SweepResult:
+    rows = list(rows)
+    summaries = summary.local_batches(rows)
+    est, summaries = summary.local_critical(summaries, cfg.tolerance, cfg.tolerance_mode)
+    extra = []
+    passed = [s.passed for s in summaries]
+    if False in passed and True in passed[passed.index(False):]:
+        extra.append("a larger batch passes again after a failing one: the losses are noisy at this tolerance; "
+                     "use more --seeds or --eval-examples, or a longer --examples budget")
+    if est.status is Status.LOWER_BOUND and not incomplete:
+        extra.append(f"every batch passed: the critical batch is above {summaries[-1].batch}; raise --doublings")
+    elif est.ok and est.value == summaries[0].batch:
+        extra.append(f"the first doubling already fails: the critical batch is below {summaries[1].batch}; try a "
+                     "smaller --base-batch")
+    if comp is not None:
+        comp = dataclasses.replace(comp, ratio=comparison_ratio(est, comp))
+    return SweepResult("local", est, tuple(summaries), tuple(rows), _compute(budget), cfg.to_dict(),
+                       setup.spec.info(), setup.initial_loss,
+                       tuple(summary.critical_by_seed(rows, cfg.tolerance, cfg.tolerance_mode)), None, comp,
+                       _notes(setup, cfg, est, summaries, extra), incomplete)
+
+
+def comparison_ratio(est: Estimate, comp: Comparison) -> float:
+    value = est.value if math.isfinite(est.value) else est.lo
+    b = comp.b_simple
+    return value / b.value if b.ok and b.value > 0 and math.isfinite(value) else math.nan
+
+
+def _compute(budget) -> Compute:
+    return Compute(budget.train_examples, budget.eval_examples, round(budget.seconds, 3))
+
+
+def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot) -> SweepResult:
+    rows = list(rows)
+    summaries = summary.global_batches(rows)
+    f = summary.global_fit(rows, summaries, cfg.confidence, n_boot, cfg.seed)
+    est = f.b_crit if f else Estimate.none()
+    extra = []
+    missed = [s.batch for s in summaries if not math.isfinite(s.steps)]
+    if missed:
+        extra.append(f"batch {', '.join(map(str, missed))} did not reach the target within {cfg.max_steps} steps at "
+                     "any lr of the grid: left out of the fit")
+    tested = [s.batch for s in summaries]
+    if f and tested and not min(tested) <= f.b_crit.value <= max(tested):
+        extra.append(f"the fitted B_crit ({f.b_crit.value:.3g}) lies outside the tested batches "
+                     f"[{min(tested)}, {max(tested)}]: an extrapolation")
+    if comp is not None:
+        comp = dataclasses.replace(comp, ratio=comparison_ratio(est, comp))
+    return SweepResult("global", est, tuple(summaries), tuple(rows), _compute(budget), cfg.to_dict(),
+                       setup.spec.info(), setup.initial_loss, (), f, comp,
+                       _notes(setup, cfg, est, summaries, extra), incomplete)
+
+
+def _run(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResult:
+    say = progress or (lambda kind, info: None)
+    emit = on_result or (lambda r: None)
+    comp = comparison(report, Estimate.none()) if report is not None else None
+    setup = eng.prepare(spec, cfg, comp.b_simple.value if comp and comp.b_simple.ok else None)
+    budget = eng._Budget(cfg.max_seconds, cfg.max_examples)
+    model, _ = eng._model(setup, 0, 1.0)
+    setup.initial_loss = eng.evaluate(model, setup, budget)[0]
+    local = cfg.method == "local"
+    if not local and cfg.target_loss >= setup.initial_loss:
+        raise ConfigError(f"--target-loss {cfg.target_loss:g} is not below the initial evaluation loss "
+                          f"{setup.initial_loss:.4g}", "pass a target below the initial loss")
+
+    def build(rows, incomplete=None, n_boot=0):
+        if local:
+            return _local_result(setup, cfg, rows, budget, incomplete, comp)
+        return _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot)
+
+    batches, grid = cfg.batch_sizes(), cfg.lr_grid
+    say("start", {"total": cfg.seeds * len(batches) * len(grid)})
+    rows, i = [], 0
+    try:
+        for seed in range(cfg.seeds):
+            for b in batches:
+                best = math.inf
+                for m in grid:
+                    say("branch_start", {"i": i, "batch": b, "multiplier": m, "seed": seed})
+                    if local:
+                        row = eng.run_fixed(setup, seed, b, m, budget, say)
+                    else:
+                        cap = cfg.max_steps if not math.isfinite(best) else int(best)
+                        row = eng.run_to_target(setup, seed, b, m, cap, budget, say)
+                        best = min(best, row.steps_to_target)
+                    rows.append(row)
+                    i += 1
+                    emit(build(rows))
+                    say("branch", {"i": i, "row": row})
+    except eng._Stop as e:
+        result = build(rows, {"reason": str(e), "branches": len(rows)}, cfg.n_boot)
+        emit(result)
+        return result
+    except KeyboardInterrupt:
+        emit(build(rows, {"reason": "interrupted", "branches": len(rows)}, cfg.n_boot))
+        raise
+    except BaseException as e:
+        reason = e.message if isinstance(e, BsprofError) else f"{type(e).__name__}: {e}"
+        emit(build(rows, {"reason": reason, "branches": len(rows)}, cfg.n_boot))
+        raise
+    result = build(rows, None, cfg.n_boot)
+    emit(result)
+    if not local and sum(math.isfinite(s.steps) for s in result.batches) < 3:
+        got = [f"{s.batch} ({s.steps:.0f} steps)" for s in result.batches if math.isfinite(s.steps)]
+        raise eng.TargetNotReached(
+            f"the target loss {cfg.target_loss:g} was reached by {len(got)} batch size(s) "
+            f"({', '.join(got) or 'none'}); the fit of S(B) needs at least 3",
+            "raise --max-steps, widen --lr-grid, or pass a higher --target-loss (the initial loss is "
+            f"{setup.initial_loss:.4g}); the partial result was written", result)
+    return result
+
+
+def local(spec: Spec | str | Path | None = None, base_batch: int | None = None, *, model=None, dataset=None,
+          loss=None, optimizer=None, collate=None, report=None, progress=None, on_result=None,
+          **options) -> SweepResult:
+    """The local critical batch (Merrill et al. 2025 style): branches at base_batch·2^k from the same weights, each
+    trained on the same number of examples (``examples``); the largest batch whose final evaluation loss stays
+    within ``tolerance`` of the smallest batch's. Options: ``SweepConfig`` fields. ``report``: a bsprof report to
+    compare with. ``on_result(result)`` is called after every branch (and on interruption or failure, with
+    ``incomplete`` set) — the CLI writes the files there."""
+    cfg = sweep_config(method="local", base_batch=base_batch, **options)
+    return _run(cfg, _spec(spec, model, dataset, loss, optimizer, collate), report, progress, on_result)
+
+
+def global_(spec: Spec | str | Path | None = None, target_loss: float | None = None, *, model=None, dataset=None,
+            loss=None, optimizer=None, collate=None, report=None, progress=None, on_result=None,
+            **options) -> SweepResult:
+    """The global critical batch (McCandlish et al. 2018): steps to ``target_loss`` per batch with the learning rate
+    tuned over ``lr_grid`` (fewest steps), fitted by S(B) = S_min(1 + B_crit/B) with a bootstrap interval;
+    E_min = S_min·B_crit. Raises ``TargetNotReached`` (with ``.result``) when fewer than 3 batches reach the target."""
+    cfg = sweep_config(method="global", target_loss=target_loss, **options)
+    return _run(cfg, _spec(spec, model, dataset, loss, optimizer, collate), report, progress, on_result)
+
+
+def run(spec=None, config: SweepConfig | None = None, **kwargs) -> SweepResult:
+    """Either method from a resolved ``SweepConfig`` (what the CLI calls)."""
+    options = dataclasses.asdict(config) if config is not None else {}
+    method = options.pop("method", "local")
+    call = local if method == "local" else global_
+    return call(spec, **options, **kwargs)

@@ -1,0 +1,131 @@
+"""Options of a batch-size sweep (`bsprof sweep`), validated up front with every problem reported together."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from bsprof.config import DEVICES
+from bsprof.errors import ConfigError
+
+METHODS = ("local", "global")
+LR_RULES = ("auto", "linear", "sqrt", "none")
+TOLERANCE_MODES = ("rel", "abs")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What to sweep and how long. Batch sizes and budgets in examples.
+
+    Batches: ``batches`` if given, else base_batch·2^k for k = 0..doublings. Learning rate at batch B:
+    lr₀ × lr_factor(rule, B, smallest batch) × each ``lr_grid`` multiplier, lr₀ the spec optimizer's lr (or
+    ``lr`` for the default SGD).
+    """
+
+    method: str = "local"            # local (equal examples, tolerance) or global (steps to a target loss)
+    base_batch: int = 32
+    doublings: int = 4
+    batches: tuple[int, ...] = ()
+    lr: float = 0.1                  # learning rate of the default SGD optimizer (a spec optimizer keeps its own)
+    lr_rule: str = "auto"            # auto (linear for SGD, sqrt for the Adam family, else none), linear, sqrt, none
+    lr_grid: tuple[float, ...] = (1.0,)
+    b_noise: float = 0.0             # noise scale for the saturating linear rule (0: pure linear; from --report)
+    examples: int = 0                # local: training examples per branch (0: 32 × the largest batch)
+    tolerance: float = 0.01          # local: pass if loss ≤ ref·(1 + tol) (rel) or ref + tol (abs)
+    tolerance_mode: str = "rel"
+    target_loss: float = 0.0         # global: the evaluation loss to reach
+    max_steps: int = 2000            # global: steps per branch before giving up
+    seeds: int = 1
+    eval_examples: int = 1024        # the fixed evaluation draw (0 or ≥ dataset: the whole dataset)
+    holdout: bool = True             # exclude the evaluation draw from training
+    checkpoint: str | None = None    # start every branch from these weights (else the spec's initial weights)
+    max_seconds: float = math.inf    # whole-sweep budgets; the sweep stops (partial result) when one is spent
+    max_examples: int = 0            # 0: no limit
+    n_boot: int = 1000               # global: bootstrap fits for the interval
+    confidence: float = 0.9
+    device: str = "auto"
+    seed: int = 0
+
+    def batch_sizes(self) -> list[int]:
+        if self.batches:
+            return list(self.batches)
+        return [self.base_batch * 2 ** k for k in range(self.doublings + 1)]
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.method not in METHODS:
+            p.append(f"method must be one of {', '.join(METHODS)} (got {self.method!r})")
+        if self.lr_rule not in LR_RULES:
+            p.append(f"lr_rule must be one of {', '.join(LR_RULES)} (got {self.lr_rule!r})")
+        if self.tolerance_mode not in TOLERANCE_MODES:
+            p.append(f"tolerance_mode must be rel or abs (got {self.tolerance_mode!r})")
+        if self.device not in DEVICES:
+            p.append(f"device must be one of {', '.join(DEVICES)} (got {self.device!r})")
+        b = self.batch_sizes()
+        if any(not isinstance(x, int) or x < 1 for x in b):
+            p.append(f"batch sizes must be positive integers (got {list(b)})")
+        elif len(b) < 2:
+            p.append(f"a sweep needs at least two batch sizes (got {list(b)}): raise --doublings or list more "
+                     "in --batches")
+        elif any(y <= x for x, y in zip(b, b[1:])):
+            p.append(f"batch sizes must be strictly increasing (got {list(b)})")
+        if self.base_batch < 1 or self.doublings < 0:
+            p.append(f"base_batch must be ≥ 1 and doublings ≥ 0 (got {self.base_batch}, {self.doublings})")
+        if not self.lr_grid or any(not (m > 0 and math.isfinite(m)) for m in self.lr_grid):
+            p.append(f"lr_grid multipliers must be positive numbers (got {list(self.lr_grid)})")
+        if not self.lr > 0:
+            p.append(f"lr must be positive (got {self.lr})")
+        if self.tolerance < 0:
+            p.append(f"tolerance must be 0 or more (got {self.tolerance})")
+        if self.method == "global" and not self.target_loss > 0:
+            p.append("the global method needs --target-loss L > 0 (an evaluation loss every batch should reach)")
+        for name in ("seeds", "max_steps"):
+            if getattr(self, name) < 1:
+                p.append(f"{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("examples", "eval_examples", "max_examples", "n_boot"):
+            if getattr(self, name) < 0:
+                p.append(f"{name} must be 0 or more (got {getattr(self, name)})")
+        if not self.max_seconds > 0:
+            p.append(f"max_seconds must be positive (got {self.max_seconds})")
+        if not 0.5 <= self.confidence < 1:
+            p.append(f"confidence must be in [0.5, 1) (got {self.confidence})")
+        return p
+
+    def branch_examples(self) -> int:
+        return self.examples or 32 * self.batch_sizes()[-1]
+
+    def to_dict(self) -> dict:
+        from bsprof.results import json_clean
+
+        return json_clean(dataclasses.asdict(self))
+
+
+def sweep_config(**options) -> SweepConfig:
+    """A SweepConfig from keyword options (None values ignored): unknown names and every problem in one error."""
+    names = {f.name for f in dataclasses.fields(SweepConfig)}
+    unknown = sorted(set(options) - names)
+    values = {k: v for k, v in options.items() if v is not None and k in names}
+    for k in ("batches", "lr_grid"):
+        if k in values and not isinstance(values[k], tuple):
+            try:
+                values[k] = tuple(values[k])
+            except TypeError:
+                values[k] = (values[k],)
+    problems = [f"unknown option {k!r}" for k in unknown]
+    cfg = SweepConfig(**values)
+    problems += cfg.problems()
+    if problems:
+        raise ConfigError("bad sweep options:\n  - " + "\n  - ".join(problems),
+                          "fix these; `bsprof sweep --help` lists every option")
+    return cfg
+
+
+def parse_list(text: str, kind: type, flag: str) -> tuple:
+    """'16,32,64' → (16, 32, 64); a clear ConfigError naming the flag otherwise."""
+    try:
+        return tuple(kind(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        example = "16,32,64,128" if kind is int else "0.5,1,2"
+        raise ConfigError(f"{flag} must be a comma-separated list of {kind.__name__}s (got {text!r})",
+                          f"e.g. {flag} {example}")

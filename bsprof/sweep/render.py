@@ -1,0 +1,80 @@
+"""Terminal rendering of a sweep result (rich)."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Group
+from rich.table import Table
+
+from bsprof.output.render import estimate_text, fmt
+
+
+def _loss(x: float, se: float) -> str:
+    if not math.isfinite(x):
+        return "diverged"
+    return f"{x:.4g} ± {se:.2g}" if math.isfinite(se) else f"{x:.4g}"
+
+
+def batches_table(r) -> Table:
+    local = r.method == "local"
+    if local:
+        title = (f"local sweep: equal examples per branch, tolerance {r.config['tolerance']:g} "
+                 f"({r.config['tolerance_mode']})")
+    else:
+        title = f"global sweep: steps to evaluation loss {r.config['target_loss']:g}"
+    t = Table(title=title)
+    cols = ["batch", "best lr", "steps", "examples", "final loss ± se"] + (["passes"] if local else ["reached"])
+    for c in cols:
+        t.add_column(c, justify="right")
+    seeds = r.config.get("seeds", 1)
+    for s in r.batches:
+        last = ("yes" if s.passed else "no") if local else f"{s.reached}/{seeds}"
+        steps = f"{s.steps:,.0f}" if math.isfinite(s.steps) else "not reached"
+        ex = f"{s.examples:,.0f}" if math.isfinite(s.examples) else "–"
+        t.add_row(f"{s.batch:,}", f"{s.lr:.4g}", steps, ex, _loss(s.loss, s.loss_se), last)
+    return t
+
+
+def summary_lines(r) -> list[str]:
+    u = r.unit
+    lines = []
+    if r.method == "local":
+        lines.append(f"critical batch (local): {_bracket(r.critical)} {u}")
+        if len(r.critical_by_seed) > 1:
+            v = sorted(r.critical_by_seed)
+            lines.append(f"  per seed: {', '.join(fmt(x) for x in r.critical_by_seed)} "
+                         f"(range {fmt(v[0])}–{fmt(v[-1])})")
+    elif r.fit is not None:
+        f = r.fit
+        lines.append(f"B_crit (McCandlish fit): {estimate_text(f.b_crit)} {u}   ({f.confidence:.0%} bootstrap over "
+                     f"{f.resampled}, {f.n_boot} fits)")
+        lines.append(f"S_min {estimate_text(f.s_min)} steps,  E_min = S_min·B_crit {estimate_text(f.e_min)} {u}")
+    else:
+        lines.append("B_crit: not fitted (fewer than 3 batch sizes reached the target)")
+    c = r.compute
+    lines.append(f"sweep cost: {c.train_examples:,} training + {c.eval_examples:,} evaluation examples, "
+                 f"{c.seconds:.1f} s")
+    if r.comparison is not None:
+        k = r.comparison
+        est = [f"B_simple {estimate_text(k.b_simple)}"]
+        est += [f"{n} {estimate_text(e)}" for n, e in (("B_pre", k.b_pre), ("B_noise", k.b_noise)) if e is not None]
+        lines.append(f"estimate ({k.report}): {', '.join(est)};  sweep/B_simple = {fmt(k.ratio)}")
+        lines.append(f"estimate cost: {k.measure_examples:,} measurement examples, {k.measure_seconds:.1f} s "
+                     f"(+ {k.probe_train_examples:,} probe-training examples)")
+    lines += [f"note: {n}" for n in r.notes]
+    if r.incomplete:
+        lines.append(f"incomplete: {r.incomplete['reason']} (after {r.incomplete.get('branches', 0)} branches)")
+    return lines
+
+
+def _bracket(est) -> str:
+    if est.status.value == "lower_bound":
+        return f"≥ {fmt(est.lo)} (every batch passed)"
+    if not est.ok:
+        return "undetermined"
+    return f"{fmt(est.value)}  (bracket [{fmt(est.lo)}, {fmt(est.hi)}])"
+
+
+def result_view(r) -> Group:
+    return Group(batches_table(r), "\n".join(summary_lines(r)))

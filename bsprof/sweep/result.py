@@ -1,0 +1,139 @@
+"""What a sweep found: one row per branched run (``Branch``), one per batch size (``BatchSummary``), the critical
+batch with its interval, the compute it cost, and (with a bsprof report) the estimate beside it.
+
+Written as ``sweep.json`` (``to_dict``) and ``sweep.csv`` (the branches), atomically; renders itself (``__rich__``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from bsprof.results import Estimate, json_clean
+from bsprof.sweep.fit import CriticalFit
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One branched run. ``loss``/``loss_se``: mean per-example loss on the fixed evaluation draw and its standard
+    error s/√n over that draw; ``steps_to_target``: global only (∞ when the target was not reached)."""
+
+    batch: int
+    lr: float
+    lr_multiplier: float
+    seed: int
+    steps: int
+    examples: int
+    loss: float
+    loss_se: float
+    seconds: float
+    diverged: bool = False
+    steps_to_target: float | None = None
+
+    def to_dict(self) -> dict:
+        return json_clean(dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """One batch size: its best learning rate over the grid and the result there (mean over seeds).
+
+    local: ``loss`` (mean over seeds), ``loss_se`` (the evaluation draw's s/√n with one seed; across seeds
+    otherwise), ``passed`` the tolerance test. global: ``steps`` = median steps-to-target over seeds (∞: never)."""
+
+    batch: int
+    lr: float
+    lr_multiplier: float
+    loss: float
+    loss_se: float
+    steps: float
+    examples: float
+    passed: bool | None = None
+    reached: int = 0          # global: seeds that reached the target at the best lr
+
+    def to_dict(self) -> dict:
+        return json_clean(dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class Compute:
+    """What the sweep (or the measurement it is compared with) cost."""
+
+    train_examples: int
+    eval_examples: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return json_clean(dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A bsprof report's estimate beside the sweep: B_simple (summary, latest weights), B_pre/B_noise if measured,
+    the ratio sweep/estimate, and what the measurement cost (sum over its measurements)."""
+
+    report: str
+    b_simple: Estimate
+    b_pre: Estimate | None
+    b_noise: Estimate | None
+    ratio: float                  # the sweep's critical batch / B_simple
+    measure_examples: int
+    measure_seconds: float
+    probe_train_examples: int
+
+    def to_dict(self) -> dict:
+        return json_clean({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """A sweep's answer. ``critical``: local — value = lo = the largest passing batch, hi = the first failing one
+    (LOWER_BOUND when all pass); global — the fitted B_crit with its bootstrap interval (``fit`` has S_min, E_min)."""
+
+    method: str
+    critical: Estimate
+    batches: tuple[BatchSummary, ...]
+    branches: tuple[Branch, ...]
+    compute: Compute
+    config: dict
+    spec: dict
+    initial_loss: float
+    critical_by_seed: tuple[float, ...] = ()
+    fit: CriticalFit | None = None
+    comparison: Comparison | None = None
+    notes: tuple[str, ...] = ()
+    incomplete: dict | None = None
+    unit: str = "examples"
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return json_clean({"schema": SCHEMA, "kind": "bsprof-sweep", **d})
+
+    def to_csv(self) -> str:
+        import pandas as pd
+
+        cols = [f.name for f in dataclasses.fields(Branch)]
+        return pd.DataFrame([b.to_dict() for b in self.branches], columns=cols).to_csv(index=False)
+
+    def write(self, out: str | Path) -> dict[str, Path]:
+        """``out``/sweep.json and ``out``/sweep.csv, each written whole (``output.files.write_text``)."""
+        from bsprof.output.files import write_text
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        return {"json": write_text(out / "sweep.json", json.dumps(self.to_dict(), indent=2) + "\n"),
+                "csv": write_text(out / "sweep.csv", self.to_csv())}
+
+    def __rich__(self):
+        from bsprof.sweep.render import result_view
+
+        return result_view(self)
+
+
+def is_finite(x) -> bool:
+    return x is not None and math.isfinite(x)

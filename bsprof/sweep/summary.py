@@ -1,0 +1,100 @@
+"""From branch rows to per-batch results and the critical batch (pure: rows in, typed results out)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from bsprof.results import Estimate
+from bsprof.sweep import fit
+from bsprof.sweep.result import BatchSummary, Branch
+
+
+def _by(rows: Sequence[Branch], batch: int) -> dict[float, list[Branch]]:
+    out: dict[float, list[Branch]] = {}
+    for r in rows:
+        if r.batch == batch:
+            out.setdefault(r.lr_multiplier, []).append(r)
+    return out
+
+
+def _batches(rows: Sequence[Branch]) -> list[int]:
+    return sorted({r.batch for r in rows})
+
+
+def local_batches(rows: Sequence[Branch]) -> list[BatchSummary]:
+    """Per batch: the grid point with the lowest mean final loss over seeds (diverged = ∞)."""
+    out = []
+    for b in _batches(rows):
+        best = None
+        for m, rs in _by(rows, b).items():
+            losses = [r.loss for r in rs]
+            mean = float(np.mean(losses)) if all(math.isfinite(x) for x in losses) else math.inf
+            if best is None or mean < best[0]:
+                best = (mean, m, rs)
+        mean, m, rs = best
+        se = rs[0].loss_se if len(rs) == 1 else fit.mean_se([r.loss for r in rs])[1]
+        out.append(BatchSummary(b, rs[0].lr, m, mean, se, float(np.mean([r.steps for r in rs])),
+                                float(np.mean([r.examples for r in rs]))))
+    return out
+
+
+def local_critical(summaries: list[BatchSummary], tolerance: float, mode: str) -> tuple[Estimate, list[BatchSummary]]:
+    import dataclasses
+
+    est, passed = fit.local_critical([s.batch for s in summaries], [s.loss for s in summaries], tolerance, mode)
+    return est, [dataclasses.replace(s, passed=p) for s, p in zip(summaries, passed)]
+
+
+def critical_by_seed(rows: Sequence[Branch], tolerance: float, mode: str) -> list[float]:
+    """The local critical batch of each seed alone (its best loss over the grid per batch): the largest passing B."""
+    out = []
+    for seed in sorted({r.seed for r in rows}):
+        mine = [r for r in rows if r.seed == seed]
+        batches = _batches(mine)
+        losses = [min(r.loss for r in mine if r.batch == b) for b in batches]
+        est, _ = fit.local_critical(batches, losses, tolerance, mode)
+        out.append(est.lo)
+    return out
+
+
+def global_batches(rows: Sequence[Branch]) -> list[BatchSummary]:
+    """Per batch: the grid point with the fewest median steps-to-target over seeds (∞: not reached)."""
+    out = []
+    for b in _batches(rows):
+        best = None
+        for m, rs in _by(rows, b).items():
+            med = float(np.median([r.steps_to_target for r in rs]))
+            if best is None or med < best[0]:
+                best = (med, m, rs)
+        med, m, rs = best
+        reached = sum(math.isfinite(r.steps_to_target) for r in rs)
+        mean, se = fit.mean_se([r.loss for r in rs]) if len(rs) > 1 else (rs[0].loss, rs[0].loss_se)
+        out.append(BatchSummary(b, rs[0].lr, m, mean, se, med, med * b, None, reached))
+    return out
+
+
+def global_fit(rows: Sequence[Branch], summaries: list[BatchSummary], confidence: float, n_boot: int,
+               seed: int) -> fit.CriticalFit | None:
+    """S(B) = S_min(1 + B_crit/B) over the batches that reached the target (at least 3), bootstrapped."""
+    ok = [s for s in summaries if math.isfinite(s.steps)]
+    if len(ok) < 3:
+        return None
+    per_seed = []
+    for s in ok:
+        steps = [r.steps_to_target for r in rows if r.batch == s.batch and r.lr_multiplier == s.lr_multiplier]
+        per_seed.append([x for x in steps if math.isfinite(x)])
+    try:
+        return fit.bootstrap_fit([s.batch for s in ok], per_seed, confidence, n_boot, seed)
+    except (RuntimeError, ValueError):
+        return None
+
+
+def grid_edges(summaries: list[BatchSummary], grid: Sequence[float]) -> list[int]:
+    """Batches whose best learning rate is at an end of a grid of 3 or more: the optimum may lie outside it."""
+    if len(grid) < 3:
+        return []
+    lo, hi = min(grid), max(grid)
+    return [s.batch for s in summaries if s.lr_multiplier in (lo, hi) and math.isfinite(s.loss)]

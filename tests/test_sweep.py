@@ -1,0 +1,222 @@
+"""bsprof sweep: the pure fits against known curves, and the engine end to end through the CLI on tiny specs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import bsprof.sweep as sweep
+from bsprof.cli import app
+from bsprof.errors import ConfigError
+from bsprof.output.report import Report
+from bsprof.results import Status
+from bsprof.sweep import branches
+from bsprof.sweep.fit import bootstrap_fit, fit_critical_batch, local_critical, lr_factor
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "assets" / "tiny_linear.py"
+runner = CliRunner()
+FAST = ["--device", "cpu", "--eval-examples", "256", "--lr", "0.05"]
+
+
+def cli(*args):
+    result = runner.invoke(app, ["sweep", *map(str, args)])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+# -- pure fits ---------------------------------------------------------------------------------------------
+def test_fit_recovers_b_crit_and_bootstrap_covers_truth():
+    rng = np.random.default_rng(0)
+    b = np.array([4, 8, 16, 32, 64, 128, 256, 512])
+    s = 100 * (1 + 60 / b) * np.exp(rng.normal(0, 0.05, len(b)))
+    f = bootstrap_fit(b, [[x] for x in s], confidence=0.9, n_boot=400, seed=1)
+    assert f.b_crit.value == pytest.approx(60, rel=0.2) and f.s_min.value == pytest.approx(100, rel=0.1)
+    assert f.b_crit.lo <= 60 <= f.b_crit.hi and f.s_min.lo <= 100 <= f.s_min.hi
+    assert f.e_min.value == pytest.approx(f.s_min.value * f.b_crit.value)
+    assert f.resampled == "points" and f.n_boot > 300
+
+
+def test_bootstrap_over_seeds():
+    rng = np.random.default_rng(3)
+    b = [8, 32, 128, 512]
+    per_seed = [list(50 * (1 + 100 / x) * np.exp(rng.normal(0, 0.05, 5))) for x in b]
+    f = bootstrap_fit(b, per_seed, n_boot=200)
+    assert f.resampled == "seeds" and f.b_crit.lo <= 100 <= f.b_crit.hi
+
+
+def test_nqm_exact_b_crit_through_the_moved_fit():
+    from bsprof.validation import nqm
+
+    assert nqm.fit_critical_batch is fit_critical_batch  # moved, still importable from validation.nqm
+    model = nqm.NQM.default(30)
+    batches = [1, 4, 16, 64, 256]
+    steps = [model.optimal_steps(0.05 * model.loss0, x)[0] for x in batches]
+    exact = nqm.sweep(model, batches=batches)["b_crit"]
+    f = bootstrap_fit(batches, [[x] for x in steps], n_boot=50)
+    assert f.b_crit.value == pytest.approx(exact, rel=1e-6)
+
+
+def test_local_bracket():
+    est, passed = local_critical([8, 16, 32, 64], [1.0, 1.005, 1.02, 1.5], tolerance=0.01)
+    assert (est.value, est.lo, est.hi, passed) == (16, 16, 32, [True, True, False, False])
+    est, _ = local_critical([8, 16], [1.0, 1.0], tolerance=0.01)
+    assert est.status is Status.LOWER_BOUND and est.lo == 16 and est.hi == math.inf
+    est, passed = local_critical([8, 16, 32], [1.0, 1.2, 1.0], tolerance=0.01)  # contiguous from the smallest
+    assert est.value == 8 and passed == [True, False, True]
+    est, _ = local_critical([8, 16], [1.0, 1.05], tolerance=0.1, mode="abs")
+    assert est.status is Status.LOWER_BOUND
+    est, _ = local_critical([8, 16], [math.inf, 1.0], tolerance=0.1)
+    assert est.status is Status.UNDETERMINED
+
+
+def test_lr_rules():
+    assert lr_factor("linear", 64, 16) == 4 and lr_factor("sqrt", 64, 16) == 2 and lr_factor("none", 64, 16) == 1
+    assert lr_factor("linear", 1024, 16, b_noise=16) == pytest.approx((1 + 1) / (1 + 16 / 1024))  # saturates
+
+
+# -- the engine, from Python -------------------------------------------------------------------------------
+def test_library_local_and_partial_results_on_interrupt():
+    seen = []
+
+    def progress(kind, info):
+        if kind == "branch" and info["i"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.local(TINY, 4, doublings=3, examples=400, eval_examples=256, lr=0.05, device="cpu",
+                    progress=progress, on_result=seen.append)
+    last = seen[-1]
+    assert last.incomplete["reason"] == "interrupted" and len(last.branches) == 2
+    assert [b.batch for b in last.batches] == [4, 8]
+    d = json.loads(json.dumps(last.to_dict()))
+    assert d["kind"] == "bsprof-sweep" and d["incomplete"]["branches"] == 2
+
+
+def test_library_global_with_objects_and_seeds():
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.randn(2000, 3)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3 * torch.randn(2000)
+    net = torch.nn.Linear(3, 1, bias=False)
+    r = sweep.global_(model=net, dataset=torch.utils.data.TensorDataset(x, y),
+                      loss=lambda m, b: 0.5 * (m(b[0]).squeeze(-1) - b[1]) ** 2, target_loss=0.3,
+                      batches=[2, 4, 8, 16], lr=0.05, lr_grid=[0.5, 1], seeds=2, eval_examples=256, n_boot=100,
+                      device="cpu")
+    assert r.method == "global" and r.fit is not None and r.fit.resampled == "seeds"
+    assert len(r.branches) == 4 * 2 * 2 and all(b.reached == 2 for b in r.batches)
+    steps = [b.steps for b in r.batches]
+    assert steps[0] >= steps[-1]                        # larger batches need no more steps
+    assert r.fit.e_min.value == pytest.approx(r.fit.s_min.value * r.fit.b_crit.value)
+    assert r.compute.train_examples == sum(b.examples for b in r.branches)
+    assert torch.equal(net.weight, net.weight)  # the caller's model is untouched (Spec.of trains copies)
+
+
+# -- the CLI -----------------------------------------------------------------------------------------------
+def test_cli_local_writes_json_and_csv(tmp_path):
+    r = cli(TINY, "--base-batch", 4, "--doublings", 3, "--examples", 400, "--seeds", 2, *FAST, "-o", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "critical batch (local)" in r.output and "per seed" in r.output
+    d = json.loads((tmp_path / "sweep.json").read_text())
+    assert d["method"] == "local" and len(d["branches"]) == 8 and d["incomplete"] is None
+    assert {"batch", "lr", "steps", "examples", "loss", "loss_se", "seconds"} <= set(d["branches"][0])
+    assert [b["examples"] for b in d["batches"]] == [400, 400, 400, 384] and d["batches"][0]["steps"] == 100
+    assert d["branches"][1]["lr"] == pytest.approx(0.1)          # linear rule for SGD
+    assert len((tmp_path / "sweep.csv").read_text().splitlines()) == 9
+    assert d["compute"]["train_examples"] == 2 * (3 * 400 + 384)
+
+
+def test_cli_global_with_report(tmp_path):
+    Report(measurements=[{"step": 0, "loss": 0.7, "b_simple": 8.6, "b_simple_lo": 8.0, "b_simple_hi": 9.3,
+                          "status": "ok", "examples": 640, "seconds": 0.5}]).to_json(tmp_path / "report.json")
+    r = cli(TINY, "--method", "global", "--batches", "2,4,8,16", "-t", 0.3, "--lr-grid", "0.5,1,2",
+            "--n-boot", 100, "--report", tmp_path / "report.json", *FAST, "-o", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    assert "B_crit (McCandlish fit)" in r.output and "sweep/B_simple" in r.output and "E_min" in r.output
+    d = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    c = d["comparison"]
+    assert c["measure_examples"] == 640 and c["ratio"] == pytest.approx(d["critical"]["value"] / 8.6)
+    assert d["fit"]["b_crit"]["lo"] <= d["fit"]["b_crit"]["value"] <= d["fit"]["b_crit"]["hi"]
+
+
+def test_cli_interrupt_keeps_partial_result(tmp_path, monkeypatch):
+    real, calls = branches.run_fixed, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(branches, "run_fixed", flaky)
+    r = cli(TINY, "--base-batch", 4, "--doublings", 3, "--examples", 400, *FAST, "-o", tmp_path, "-q")
+    assert r.exit_code == 130
+    d = json.loads((tmp_path / "sweep.json").read_text())
+    assert d["incomplete"]["reason"] == "interrupted" and len(d["branches"]) == 2
+
+
+def test_cli_budget_stops_with_partial_result(tmp_path):
+    r = cli(TINY, "--base-batch", 4, "--doublings", 3, "--examples", 400, "--max-examples", 900, *FAST,
+            "-o", tmp_path)
+    assert r.exit_code == 0, r.output
+    d = json.loads((tmp_path / "sweep.json").read_text())
+    assert "max-examples" in d["incomplete"]["reason"] and len(d["branches"]) == 2
+    assert "incomplete" in r.output
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--batches", "16,abc"], "--batches must be a comma-separated list of ints"),
+    (["--batches", "32,16"], "strictly increasing"),
+    (["--batches", "32"], "at least two batch sizes"),
+    (["--batches", "0,4"], "positive integers"),
+    (["--lr-grid", "1,-2"], "lr_grid multipliers must be positive"),
+    (["--method", "global"], "needs --target-loss"),
+    (["--method", "sideways"], "method must be one of local, global"),
+    (["--batches", "4,65536"], "exceeds the"),
+    (["--method", "global", "-t", "5"], "not below the initial evaluation loss"),
+    (["--report", "nope.json"], "report not found"),
+])
+def test_cli_bad_input(tmp_path, args, expected):
+    r = cli(TINY, *args, *FAST, "-o", tmp_path, "-q")
+    assert r.exit_code == 2 and expected in r.output, r.output
+
+
+def test_cli_target_never_reached_names_the_batches(tmp_path):
+    r = cli(TINY, "--method", "global", "--batches", "2,4,64", "-t", 0.3, "--max-steps", 4, *FAST, "-o", tmp_path,
+            "-q")
+    assert r.exit_code == 2, r.output
+    assert "reached by" in r.output and "needs at least 3" in r.output and "--max-steps" in r.output
+    assert json.loads((tmp_path / "sweep.json").read_text())["fit"] is None
+
+
+def test_spec_errors_are_one_line(tmp_path):
+    r = cli(ROOT / "tests" / "assets" / "bad_syntax.py", "-o", tmp_path, "-q")
+    assert r.exit_code == 2 and "syntax error" in r.output
+
+
+def test_config_reports_every_problem_together():
+    with pytest.raises(ConfigError) as e:
+        sweep.sweep_config(method="x", seeds=0, tolerance=-1, bogus=1)
+    text = str(e.value)
+    assert all(k in text for k in ("method", "seeds", "tolerance", "bogus"))
+
+
+# -- docs/sweep.md is a tested artifact --------------------------------------------------------------------
+def test_docs_command_runs(tmp_path, monkeypatch):
+    doc = (ROOT / "docs" / "sweep.md").read_text()
+    commands = [c for c in re.findall(r"```bash\n(.*?)```", doc, flags=re.S) if c.startswith("bsprof sweep")]
+    assert commands, "docs/sweep.md shows a bsprof sweep command"
+    args = shlex.split(commands[0].replace("\\\n", " "))[1:]
+    args = [str(tmp_path) if a == "bsprof-sweep" else a for a in args]
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sweep.json").is_file() and "critical batch" in result.output
