@@ -53,8 +53,10 @@ class MeasureConfig:
         for name in ("steps", "measure_every", "probe_batch", "tokens_per_example"):
             if getattr(self, name) < 0:
                 p.append(f"{name} must be 0 or more (got {getattr(self, name)})")
-        if not 0 < self.rel_error < 10:
-            p.append(f"rel_error must be in (0, 10) (got {self.rel_error})")
+        if not 0 < self.rel_error < 1:
+            guess = f" (did you mean {self.rel_error / 100:g}, i.e. ±{self.rel_error:g}%?)" \
+                if 1 <= self.rel_error < 100 else ""
+            p.append(f"rel_error is a fraction in (0, 1), e.g. 0.1 for ±10% (got {self.rel_error}){guess}")
         if not 0.5 <= self.confidence < 1:
             p.append(f"confidence must be in [0.5, 1) (got {self.confidence})")
         if self.lr <= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -45,6 +46,7 @@ def measure(
     hessian: Optional[bool] = O(None, "--hessian/--no-hessian", help="Also measure B_noise (Hessian-aware)."),
     figures: bool = O(True, "--figures/--no-figures", help="Write noise_scale.png."),
     quiet: bool = O(False, "--quiet", "-q", help="No progress bar or table."),
+    debug: bool = O(False, "--debug", help="On an error in your code, also print the full traceback."),
 ):
     """Measure the gradient noise scale B_simple = tr(Σ)/|G|² along a short probe training."""
     overrides = {k: v for k, v in locals().items() if k in MeasureConfig.__dataclass_fields__}
@@ -52,15 +54,16 @@ def measure(
     with user_errors():
         cfg = resolve(MeasureConfig, config, overrides)
         with distributed.session(cfg.device) as comm:  # one process unless launched by torchrun
-            _run(spec, cfg, report, out, figures, quiet or not comm.is_main, comm)
+            _run(spec, cfg, report, out, figures, quiet or not comm.is_main, comm, debug)
 
 
 def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: bool, quiet: bool,
-         comm: distributed.Comm = distributed.LOCAL) -> None:
+         comm: distributed.Comm = distributed.LOCAL, debug: bool = False) -> None:
     """Measure and write the report; under torchrun only rank 0 writes and prints (other ranks stay quiet)."""
     from bsprof.engine.loop import measure as run_measure
 
     failure: BaseException | None = None
+    started = time.perf_counter()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err_console,
                   disable=quiet, transient=True) as bar:
@@ -72,6 +75,11 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
             elif kind == "draw":
                 bar.update(task, status=f"measuring at step {info['step']}: B_simple "
                            f"{estimate_text(_estimate(info['estimate']))}")
+            elif kind == "measured" and not quiet and not err_console.is_terminal:  # logs: a line per measurement
+                row = info["row"]
+                err_console.print(f"step {row.step}: B_simple {estimate_text(row.b_simple)} ({row.n_draws} draws, "
+                                  f"{row.examples} examples, {row.seconds:.1f} s); elapsed "
+                                  f"{time.perf_counter() - started:.1f} s", highlight=False, markup=False)
 
         try:
             with distributed.stop_on_sigterm(comm):
@@ -79,20 +87,35 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
         except (KeyboardInterrupt, BsprofError) as e:
             failure = e
         except Exception as e:  # the user's code failed mid-run: keep what was measured, then show it
-            failure = BsprofError(f"the run failed at step {(report.incomplete or {}).get('step')}: "
-                                  f"{type(e).__name__}: {e}", "fix the spec; the partial report was kept")
+            failure = e
+    written = False
     if comm.is_main and (report.measurements or report.config):
         paths = report.write(out, figures=figures)
+        written = bool(report.measurements)
         if not quiet:
             console.print(report)
             console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
     if isinstance(failure, KeyboardInterrupt):
-        err_console.print("[bold red]interrupted[/]: the partial report was written")
+        err_console.print("[bold red]interrupted[/]: " + ("the partial report was written" if written else
+                                                          "nothing had been measured yet"))
         raise typer.Exit(130)
+    if failure is not None and not isinstance(failure, BsprofError):
+        if debug:
+            err_console.print_exception()
+        failure = _user_failure(failure, report, written, out)
     if isinstance(failure, distributed.RankFailure) and not comm.is_main:
         raise typer.Exit(failure.exit_code)  # rank 0 says what happened
     if failure is not None:
         raise failure
+
+
+def _user_failure(e: Exception, report: Report, written: bool, out: Path) -> BsprofError:
+    """The user's code raised mid-run: what, in which phase and step, where in their file, and the fix."""
+    info = report.incomplete or {}
+    where = f" in {info['where']}" if info.get("where") else ""
+    kept = f"the partial report is in {out}" if written else "nothing was measured before it"
+    return BsprofError(f"{info.get('phase', 'the run')} at step {info.get('step')} failed{where}: "
+                       f"{type(e).__name__}: {e}", f"fix the spec{where}; {kept} (--debug shows the traceback)")
 
 
 def _estimate(e) -> Estimate:

@@ -23,7 +23,7 @@ from bsprof.config import MeasureConfig, as_dict
 from bsprof.engine import diagnostics, scales
 from bsprof.engine.data import Examples
 from bsprof.engine.sampling import Sampling, groups_of, measure_at
-from bsprof.engine.spec import Spec, build_dataset, build_model, build_optimizer, load_spec
+from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_optimizer, load_spec
 from bsprof.errors import BsprofError, NonFiniteError, SpecError
 from bsprof.output.report import Report
 from bsprof.probes import Probe
@@ -173,6 +173,9 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                      "optimizer_lr": optimizer.param_groups[0].get("lr"), "dataset_size": examples.n,
                      "tokens_per_example": (spec.tokens_per_example or cfg.tokens_per_example) or None}
     diagnostics.before_run(report, model, optimizer, examples, invalid, cfg)
+    if spec.optimizer is not None and cfg.lr != MeasureConfig.lr:
+        report.diagnose("lr_not_used", f"--lr {cfg.lr:g} was not used: the spec's optimizer() sets its own "
+                        f"learning rate ({optimizer.param_groups[0].get('lr')}); change it there.")
     diagnostics.clipping(report, spec, optimizer)
     batch_size = _fit_batch(cfg.batch_size, examples.n, report)
     if batch_size != cfg.batch_size:
@@ -181,9 +184,10 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     names, group_index = trainable_groups(model)
     points = set(measure_steps(cfg.steps, cfg.measure_every))
     track = comm.world == 1 and chosen.per_example  # training steps give pairs too (b = 1, B = batch)
-    step, tracker = 0, None
+    step, tracker, phase = 0, None, "measuring"
     try:
         for step in range(cfg.steps + 1):
+            phase = "measuring"
             if step in points:
                 window, tracker = _close(tracker, cfg.confidence, scale), None
                 t0 = time.perf_counter()
@@ -201,6 +205,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 report.add(row, _layer_rows(step, names, est, scale))
                 say("measured", {"step": step, "row": report.measurements[-1]})
             if step < cfg.steps:
+                phase = "training"
                 if tracker is None and track:
                     tracker = _training_tracker(model, optimizer, batch_size, cfg.confidence)
                 loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm, tracker)
@@ -216,7 +221,9 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         report.incomplete = {"reason": e.message, "step": getattr(e, "step", None) or step}
         raise
     except Exception as e:  # a failure in the user's code mid-run: keep what was measured
-        report.incomplete = {"reason": f"{type(e).__name__}: {e}", "step": step}
+        where = _where(e, spec.path)
+        report.incomplete = {"reason": f"{type(e).__name__}: {e}", "step": step, "phase": phase,
+                             **({"where": where} if where else {})}
         raise
     finally:
         _close(tracker, cfg.confidence, scale)

@@ -253,8 +253,8 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
     if noise.lo / B > Xs:
         extra = noise.lo / B
         return CheckResult("batch_size", FAIL,
-                           f"B = {_fmt(B)} is too small: it takes {_fmt(1 + extra)}× the minimal number of steps "
-                           f"(S/S_min − 1 = B_n/B ≥ {_fmt(extra)}, limit {_fmt(Xs)}) even at the low end of "
+                           f"B = {_fmt(B)} is too small: extra steps S/S_min − 1 = B_n/B ≥ {_fmt(extra)} (limit "
+                           f"{_fmt(Xs)}; {_fmt(1 + extra)}× the minimal number of steps) even at the low end of "
                            f"{noise.describe()}; a batch of at least {_fmt(math.ceil(passing['min']))} {u} passes",
                            (), {**measured, "extra_steps": extra}, passing)
     if noise.status == Status.LOWER_BOUND:
@@ -266,8 +266,8 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
     if B / noise.hi > Xc:
         extra = B / noise.hi
         return CheckResult("batch_size", FAIL,
-                           f"B = {_fmt(B)} is too large: it spends {_fmt(1 + extra)}× the minimal compute "
-                           f"(E/E_min − 1 = B/B_n ≥ {_fmt(extra)}, limit {_fmt(Xc)}) even at the high end of "
+                           f"B = {_fmt(B)} is too large: extra compute E/E_min − 1 = B/B_n ≥ {_fmt(extra)} (limit "
+                           f"{_fmt(Xc)}; {_fmt(1 + extra)}× the minimal compute) even at the high end of "
                            f"{noise.describe()}; a batch of at most {_fmt(math.floor(passing['max']))} {u} passes",
                            (), {**measured, "extra_compute": extra}, passing)
     steps, compute = noise.value / B, B / noise.value
@@ -282,8 +282,9 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                      f"[{_fmt(passing['min_clean'])}, {_fmt(passing['max_clean'])}] {u} passes cleanly; "
                      "measure more precisely (smaller --rel-error) to decide")
     return CheckResult("batch_size", PASS,
-                       f"B = {_fmt(B)} is within policy: {_fmt(1 + steps)}× the minimal steps and "
-                       f"{_fmt(1 + compute)}× the minimal compute at {noise.describe()}", tuple(notes), measured,
+                       f"B = {_fmt(B)} is within policy: extra steps S/S_min − 1 = {_fmt(steps)} (limit "
+                       f"{_fmt(Xs)}) and extra compute E/E_min − 1 = {_fmt(compute)} (limit {_fmt(Xc)}) at "
+                       f"{noise.describe()}", tuple(notes), measured,
                        passing)
 
 
