@@ -109,7 +109,8 @@ class StepHooks:
                 if self.record.count == 0 and self.weights_fn is not None:
                     self.weights = self.weights_fn()
         try:
-            self.record.small.append(_sq(g))
+            if self.per_example is None or not self.per_example.armed:  # an armed pass uses its per-example norms
+                self.record.small.append(_sq(g))
             if self.weights is not None:
                 self.record.small_pre.append(_pre_sq(g, self.weights[i]))
         except Exception as e:  # never break the user's backward: report it at the step
