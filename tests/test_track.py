@@ -303,13 +303,10 @@ def test_close_removes_every_hook():
     assert hooks_left(model) == 0
 
 
-# ---------------------------------------------------------------- DDP: two gloo ranks (a torchrun subprocess)
+# ---------------------------------------------------------------- DDP and FSDP2: two gloo ranks (torchrun subprocesses)
 
-@pytest.mark.distributed
-@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                    reason="needs gloo")
-def test_ddp_with_accumulation_and_no_sync(tmp_path):
-    """b = one rank's micro-batch, B = W·k·b; the pair against one made by hand; B_simple near the closed form."""
+def _torchrun(worker: str, out) -> dict:
+    """Run tests/assets/``worker`` on 2 gloo ranks; the JSON rank 0 wrote."""
     import os
     import socket
     import subprocess
@@ -320,18 +317,57 @@ def test_ddp_with_accumulation_and_no_sync(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = tmp_path / "track.json"
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-                          "127.0.0.1", "--master-port", str(port), str(root / "tests/assets/track_ddp_worker.py"),
+                          "127.0.0.1", "--master-port", str(port), str(root / "tests/assets" / worker),
                           str(out)], cwd=root, capture_output=True, text=True, timeout=180, check=False,
                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
     assert run.returncode == 0, run.stderr[-3000:]
-    r = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+needs_gloo = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                                reason="needs gloo")
+
+
+@pytest.mark.distributed
+@needs_gloo
+def test_ddp_with_accumulation_and_no_sync(tmp_path):
+    """b = one rank's micro-batch, B = W·k·b; the pair against one made by hand; B_simple near the closed form."""
+    r = _torchrun("track_ddp_worker.py", tmp_path / "track.json")
     assert r["small"] == pytest.approx(r["small_ref"], rel=1e-5)  # mean over ranks and micro-batches of |G_b|²
     assert r["big"] == pytest.approx(r["big_ref"], rel=1e-5)      # |all-reduced gradient|², after no_sync steps
     assert (r["world"], r["b"], r["B"], r["n_draws"]) == (2, 16, 64, 150)
     lo, hi = r["b_simple"] - 3 * (r["b_simple"] - r["lo"]), r["b_simple"] + 3 * (r["hi"] - r["b_simple"])
     assert r["status"] == "ok" and lo < r["closed_form"] < hi
+
+
+@pytest.mark.distributed
+@needs_gloo
+def test_fsdp2_pair_is_the_full_batch_pair_without_fsdp(tmp_path):
+    """FSDP2 on 2 gloo ranks: |G_b|² from hooks on the unsharded parameters before the reduce-scatter, |G_B|² from
+    the squared norms of the gradient shards after it, summed over ranks; both equal the pair computed on one
+    process without FSDP on the full batch (with accumulation, without, and with set_gradient_divide_factor(1));
+    B_simple near the least-squares closed form; per-example and an unsynced last backward are refused."""
+    r = _torchrun("track_fsdp_worker.py", tmp_path / "track.json")
+    m = r["mlp"]
+    for name, (b, B) in (("accum", (8, 32)), ("plain", (16, 32)), ("summed", (8, 32))):
+        assert m[name]["small"] == pytest.approx(m[name]["small_ref"], rel=1e-10), name
+        assert m[name]["big"] == pytest.approx(m[name]["big_ref"], rel=1e-10), name
+        assert (m[name]["b"], m[name]["B"]) == (b, B)
+        assert m[f"{name}_hooks"] > 0
+    assert m["hooks_left"] == 0
+    assert "not available for an FSDP2" in m["per_example_refused"]
+    assert "without gradient sync" in m["unsynced_refused"]
+    ls = r["ls"]
+    assert (r["world"], ls["b"], ls["B"], ls["n_draws"]) == (2, 16, 64, 150)
+    lo, hi = ls["b_simple"] - 3 * (ls["b_simple"] - ls["lo"]), ls["b_simple"] + 3 * (ls["hi"] - ls["b_simple"])
+    assert ls["status"] == "ok" and lo < ls["closed_form"] < hi
+
+
+def test_fsdp_source_without_fsdp_is_a_one_line_error():
+    with pytest.raises(TrackerError, match="source='fsdp' needs a model whose parameters were sharded") as err:
+        Tracker(mlp(), source="fsdp")
+    assert str(err.value).count("\n") == 1
 
 
 def test_the_cli_reads_a_tracker_log_like_a_report(tmp_path):

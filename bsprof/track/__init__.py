@@ -1,7 +1,7 @@
 """The noise scale inside your own training loop (issue 12; docs/tracker.md).
 
     Tracker          turns each optimizer step into a nested pair at its weights (tracker.py)
-    sources          the hooks that find the pair: accumulation micro-steps, per-example norms, DDP ranks
+    sources          the hooks that find the pair: accumulation micro-steps, per-example norms, DDP ranks, FSDP2 shards
     window           windowed estimates with intervals, and the EMA view for logging
     log              the JSONL log of raw per-step statistics, its reader, and a Report from it
 """

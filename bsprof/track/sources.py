@@ -20,6 +20,9 @@ L = u·(1/n)Σ_i ℓ_i the user's MEAN loss over n examples, so δ_i = (u/n)·�
 (u/n)·g_i. Hence Σ_i |g_i|² = (n/u)²·Σ_i |rule_i|². (A summed loss would make this wrong by n²: the loss must
 be the mean over the batch, as for every estimator in bsprof.) Tied weights and layers called twice get their
 cross terms (``layers.total_sq_sum``). Parameters outside known layers make the source unavailable.
+
+``FsdpHooks``. The same two numbers under FSDP2: tensor hooks on the unsharded parameters (before the
+reduce-scatter) and the squared norms of the local gradient shards (after it), summed over ranks by the Tracker.
 """
 
 from __future__ import annotations
@@ -93,7 +96,10 @@ class StepHooks:
         self.lock = threading.Lock()
         self.in_backward = False
         self.weights: list[Tensor] | None = None
-        self.handles = [p.register_hook(partial(self._hook, i)) for i, p in enumerate(params)]
+        self.handles = self._register()
+
+    def _register(self) -> list:
+        return [p.register_hook(partial(self._hook, i)) for i, p in enumerate(self.params)]
 
     def _hook(self, i: int, g: Tensor) -> None:
         with self.lock:
@@ -103,7 +109,8 @@ class StepHooks:
                 if self.record.count == 0 and self.weights_fn is not None:
                     self.weights = self.weights_fn()
         try:
-            self.record.small.append(_sq(g))
+            if self.per_example is None or not self.per_example.armed:  # an armed pass uses its per-example norms
+                self.record.small.append(_sq(g))
             if self.weights is not None:
                 self.record.small_pre.append(_pre_sq(g, self.weights[i]))
         except Exception as e:  # never break the user's backward: report it at the step
@@ -223,3 +230,97 @@ class PerExample:
         for h in self.handles:
             h.remove()
         self.handles = []
+
+
+def fsdp_param_groups(model: nn.Module) -> list:
+    """The FSDPParamGroups of every ``fully_shard``-ed module in ``model`` (FSDP2; empty for other models)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return []
+    groups = []
+    for mod in model.modules():
+        if isinstance(mod, FSDPModule):
+            state = mod._get_fsdp_state()
+            groups += [g for g in getattr(state, "_fsdp_param_groups", []) if g is not None]
+    return groups
+
+
+def fsdp_problem(model: nn.Module, params: list[Tensor]) -> str | None:
+    """Why this FSDP2 model cannot be tracked exactly (None: it can): parameters outside ``fully_shard``, or a mesh
+    that is not one-dimensional (HSDP, FSDP + tensor parallel)."""
+    groups = fsdp_param_groups(model)
+    managed = {id(fp.sharded_param) for g in groups for fp in g.fsdp_params}
+    outside = [i for i, p in enumerate(params) if id(p) not in managed]
+    if outside:
+        return (f"{len(outside)} trainable parameter(s) are DTensors not managed by fully_shard, or plain tensors "
+                f"next to sharded ones: call fully_shard on the root module too")
+    for g in groups:
+        for fp in g.fsdp_params:
+            if fp.sharded_param.device_mesh.ndim != 1:
+                return "a 2-D device mesh (HSDP, or FSDP with tensor parallelism) is not supported yet"
+    return None
+
+
+class FsdpHooks(StepHooks):
+    """The pair under FSDP2 (``fully_shard``), exact and without gathering a full gradient.
+
+    Before the reduce-scatter. In each backward every rank computes the gradient of its own micro-batch with
+    respect to the UNSHARDED parameters (``FSDPParam._unsharded_param``, an ``nn.Parameter`` that FSDP keeps from
+    its first all-gather on and swaps into the module for forward and backward). A tensor hook on each unsharded
+    parameter sees u·g_p of this backward before autograd accumulates it, exactly as ``StepHooks`` does for plain
+    parameters: Σ_p |u·g_p|² = u²·|G_b^(r)|² per rank and pass. The hooks are attached at the end of each FSDP
+    module's forward (the unsharded parameters exist from then on; attaching twice is avoided).
+
+    After the reduce-scatter. ``p.grad`` of each sharded parameter is a DTensor whose local tensor is this rank's
+    shard of the all-rank mean (FSDP's default divide factor is the world size W; a factor f set by
+    ``set_gradient_divide_factor`` gives sum/f, corrected here by (f/W)²). The shards are disjoint and cover the
+    parameter, so Σ_ranks Σ_p |shard_p|² = |G_B|²·(u·k)², B = W·k·b. The end-of-backward read is queued after
+    FSDP's root post-backward callback (queued at the first pre-backward hook, before any parameter hook), so the
+    shards are final. ``record.big`` holds this rank's part; the Tracker sums it over ranks together with the
+    small norms in one all-reduce.
+
+    ``record.synced`` is False when the pass ran with ``set_requires_gradient_sync(False)`` (no reduce-scatter).
+    """
+
+    def __init__(self, model: nn.Module, params: list[Tensor]):
+        self.model = model
+        self.groups = fsdp_param_groups(model)
+        self.world = self.groups[0].fsdp_params[0].sharded_param.device_mesh.size() if self.groups else 1
+        super().__init__(params)  # registers nothing on the sharded DTensors: see _attach
+
+    def _register(self) -> list:
+        from torch.distributed.fsdp import FSDPModule
+
+        self.hooked: set[int] = set()
+        self.handles = [m.register_forward_hook(self._attach) for m in self.model.modules()
+                        if isinstance(m, FSDPModule)]
+        self._attach()
+        return self.handles
+
+    def _attach(self, *_) -> None:
+        for g in self.groups:
+            for fp in g.fsdp_params:
+                unsharded = getattr(fp, "_unsharded_param", None)
+                if unsharded is None or id(unsharded) in self.hooked or not unsharded.requires_grad:
+                    continue
+                self.hooked.add(id(unsharded))
+                self.handles.append(unsharded.register_hook(partial(self._hook, 0)))
+
+    def _end(self) -> None:
+        super()._end()
+        self.record.synced = all(g.reduce_grads for g in self.groups)
+
+    def _read_grads(self) -> None:
+        try:
+            total = torch.zeros((), dtype=torch.float64)
+            for g in self.groups:
+                shards = [fp.sharded_param.grad for fp in g.fsdp_params if fp.sharded_param.grad is not None]
+                if not shards:
+                    continue
+                local = grad_sq([s.to_local() if hasattr(s, "to_local") else s for s in shards]).cpu()
+                factor = getattr(g, "gradient_divide_factor", None)
+                total = total + (local * (float(factor) / self.world) ** 2 if factor is not None else local)
+            self.record.big = total
+        except Exception as e:
+            self.record.failure = f"{type(e).__name__}: {e}"

@@ -14,6 +14,10 @@ from one of these sources (``sources.py``), chosen per step by ``source="auto"``
   accumulation   k ≥ 2 backward passes per step → b = the micro-batch, B = k·b;
   ddp            a DistributedDataParallel model on W ≥ 2 ranks → b = the per-rank micro-batch, B = W·k·b
                  (with accumulation the micro-batch of one rank: the smallest b; ``no_sync`` is fine).
+  fsdp           an FSDP2 (``fully_shard``, 1-D mesh) model on W ranks → b = the per-rank micro-batch, B = W·k·b:
+                 |G_b|² from hooks on the unsharded parameters before the reduce-scatter, |G_B|² as the sum over
+                 ranks of the squared norms of the gradient shards after it (exact; no full gradient is gathered).
+                 Chosen for DTensor parameters; per-example norms and ``precondition`` are not available there.
 
 Scale. The hooks see u·(gradient of the mean loss), where u is what the backward's loss was multiplied by:
 ``accumulation_steps=k`` declares the usual ``(loss / k).backward()`` (u = 1/k); without it each backward is
@@ -44,10 +48,10 @@ from bsprof.probes.precondition import adam_preconditioner
 from bsprof.results import Estimate, Measurement, is_adam_family
 from bsprof.stats.draw import Draw
 from bsprof.track.log import LogWriter
-from bsprof.track.sources import Backwards, PerExample, StepHooks
+from bsprof.track.sources import Backwards, FsdpHooks, PerExample, StepHooks, fsdp_param_groups, fsdp_problem
 from bsprof.track.window import Ema, EmaView, b_simple_of, measurement, windowed
 
-SOURCES = ("auto", "accumulation", "per_example", "ddp")
+SOURCES = ("auto", "accumulation", "per_example", "ddp", "fsdp")
 
 
 class TrackerError(BsprofError):
@@ -81,7 +85,7 @@ class Tracker:
         backward, and one parameter-sized tensor per step: off by default).
     accumulation_steps: k backward passes per optimizer step on ``loss / k`` (checked at each step).
     batch_size: examples per optimizer step on this process (all its micro-batches); or pass it to ``step``.
-    source: "auto", or one of "accumulation", "per_example", "ddp" to insist on it (module docstring).
+    source: "auto", or one of "accumulation", "per_example", "ddp", "fsdp" to insist on it (module docstring).
     log: a path for the JSONL log (``bsprof.track.log``), written by rank 0.
     unit: the unit of ``batch_size`` ("examples", "sequences", "tokens"), written to the log header.
     """
@@ -99,22 +103,32 @@ class Tracker:
         self.accumulation_steps, self.batch_size, self.unit = accumulation_steps, batch_size, unit
         self.group, self.confidence = process_group, confidence
         self.ddp = _ddp_of(model)
-        self.world = _world(self.ddp, process_group)
-        self.rank = dist.get_rank(process_group) if self.world > 1 else 0
         names, self.params = trainable(model)
         if not self.params:
             raise TrackerError("the model has no parameter that requires a gradient", "pass the model you train")
-        if _has_dtensor(self.params):
-            raise TrackerError("FSDP2 (fully_shard) parameters are not supported by the tracker yet",
-                               "track the model with DDP, or measure it with `bsprof measure`")
+        self.fsdp = _has_dtensor(self.params)
+        self.no_per_example = None  # why per-example norms are off regardless of the model's layers
+        if self.fsdp:
+            self.world, self.group = self._fsdp_world(model, source, process_group)
+            self.no_per_example = "per-example norms under FSDP2 (fully_shard) are not supported"
+        else:
+            if source == "fsdp":
+                raise TrackerError("source='fsdp' needs a model whose parameters were sharded by fully_shard (FSDP2)",
+                                   "call torch.distributed.fsdp.fully_shard on the model, or use source='auto'")
+            self.world = _world(self.ddp, process_group)
+        self.rank = dist.get_rank(self.group) if self.world > 1 else 0
         if source == "ddp" and self.world < 2:
             raise TrackerError("source='ddp' needs a DistributedDataParallel model on 2 or more ranks; this is "
                                "one process", "use accumulation_steps >= 2 or `with tracker.per_example():`")
         self.precondition = precondition and optimizer is not None and is_adam_family(type(optimizer).__name__)
         if precondition and not self.precondition:
             warnings.warn("precondition=True needs an Adam-family optimizer: B_pre is not tracked", stacklevel=2)
+        if self.precondition and self.fsdp:
+            self.precondition = False
+            warnings.warn("precondition=True is not supported under FSDP2 (Adam's state is sharded, the small-batch "
+                          "gradients are not): B_pre is not tracked", stacklevel=2)
         self.per_example_source = None
-        if source in ("auto", "per_example"):
+        if source in ("auto", "per_example") and not self.fsdp:
             self.per_example_source = PerExample(model.module if self.ddp else model, names, self.params)
             if source == "per_example" and self.per_example_source.problem:
                 raise TrackerError(f"per-example norms are not available: {self.per_example_source.problem}",
@@ -122,7 +136,8 @@ class Tracker:
             if not (accumulation_steps and accumulation_steps > 1) or source == "per_example":
                 self.per_example_source.install()
         weights = (lambda: adam_preconditioner(optimizer, self.params)) if self.precondition else None
-        self.hooks = StepHooks(self.params, self.ddp, weights, self.per_example_source)
+        self.hooks = (FsdpHooks(model, self.params) if self.fsdp
+                      else StepHooks(self.params, self.ddp, weights, self.per_example_source))
         self.draws: list[Draw] = []
         self.draws_pre: list[Draw] = []
         self.steps: list[int] = []         # the step number of each draw
@@ -146,8 +161,8 @@ class Tracker:
             self._fail("tracker.per_example(model) got another model than the tracker's",
                        "pass the model given to Tracker(...), or nothing")
         if src is None or src.problem or not src.handles:
-            why = src.problem if src is not None and src.problem else (
-                "the tracker was made for accumulation (its layers were not hooked)")
+            why = self.no_per_example or (src.problem if src is not None and src.problem else
+                                          "the tracker was made for accumulation (its layers were not hooked)")
             self._fail(f"per-example norms are not available: {why}",
                        "use gradient accumulation, or make the tracker with source='per_example'")
         src.armed = True
@@ -215,8 +230,9 @@ class Tracker:
                        "call tracker.step() once per optimizer step, after all its micro-steps "
                        "(or fix accumulation_steps)")
         if self.world > 1 and not r.synced:
-            self._fail("the last backward of this step ran under DDP's no_sync(): its gradients were not all-reduced",
-                       "run the last micro-step outside no_sync(), then call tracker.step()")
+            self._fail("the last backward of this step ran without gradient sync (DDP's no_sync(), or FSDP's "
+                       "set_requires_gradient_sync(False)): its gradients were not reduced over the ranks",
+                       "run the last micro-step with gradient sync on, then call tracker.step()")
         u = float(loss_scale) / (declared or 1)  # the backward's loss = u × the micro-batch's mean loss
         if not u > 0:
             self._fail(f"loss_scale must be positive (got {loss_scale})", "pass scaler.get_scale()")
@@ -252,8 +268,12 @@ class Tracker:
                            "pass accumulation_steps >= 2 and call tracker.step() after all micro-steps")
             small_sum = sum(float(s) for s in r.small) / u ** 2  # Σ_k |G_b^(k)|²
             b, per_rank, n_small = batch_size // k, batch_size, k
-        big = float(r.big) / (u * k) ** 2 if r.big is not None else math.nan
-        small = self._mean_over_ranks(small_sum) / n_small  # mean over the W·n_small small batches
+        if self.fsdp:  # one all-reduce: Σ_ranks of the small norms and of the squared norms of the local shards
+            small_total, big_total = self._sum_over_ranks(small_sum, float(r.big) if r.big is not None else math.nan)
+            small, big = small_total / self.world / n_small, big_total / (u * k) ** 2
+        else:
+            big = float(r.big) / (u * k) ** 2 if r.big is not None else math.nan
+            small = self._mean_over_ranks(small_sum) / n_small  # mean over the W·n_small small batches
         loss_value = math.nan if loss is None else float(loss.detach() if torch.is_tensor(loss) else loss)
         draw = Draw(np.array([small]), np.array([big]), b, per_rank * self.world, loss_value)
         pre = None
@@ -262,6 +282,32 @@ class Tracker:
             pre = Draw(np.array([small_pre]), np.array([float(r.big_pre) / (u * k) ** 2]), per_rank // k,
                        per_rank * self.world, loss_value)
         return draw, pre
+
+    def _sum_over_ranks(self, *xs: float) -> list[float]:
+        if self.world == 1:
+            return list(xs)
+        t = torch.tensor(xs, dtype=torch.float64, device=self._collective_device())
+        dist.all_reduce(t, group=self.group)
+        return [float(v) for v in t]
+
+    @staticmethod
+    def _fsdp_world(model: nn.Module, source: str, group) -> tuple[int, object]:
+        """(W, process group) of an FSDP2 model: the ranks its 1-D device mesh shards over."""
+        problem = fsdp_problem(model, trainable(model)[1])
+        if problem:
+            raise TrackerError(f"this FSDP2 (fully_shard) model cannot be tracked: {problem}",
+                               "track it with DDP, or measure it with `bsprof measure`")
+        if source in ("per_example", "ddp"):
+            raise TrackerError(f"source={source!r} is not available for an FSDP2 (fully_shard) model",
+                               "use source='fsdp' (or 'auto'); with gradient accumulation b is one rank's micro-batch")
+        mesh = fsdp_param_groups(model)[0].fsdp_params[0].sharded_param.device_mesh
+        world = mesh.size()
+        if world > 1:
+            group = mesh.get_group() if group is None else group
+            if dist.get_world_size(group) != world:
+                raise TrackerError(f"process_group has {dist.get_world_size(group)} ranks but the FSDP mesh has "
+                                   f"{world}", "pass the FSDP mesh's group, or no process_group")
+        return world, group
 
     def _mean_over_ranks(self, x: float) -> float:
         if self.world == 1:

@@ -1,0 +1,196 @@
+"""Cost of bsprof.Tracker inside a training loop: the same loop with and without the tracker, paired in one process.
+
+Every method has its own copy of the model (same weights) and its own SGD optimizer, and runs whole training steps
+(zero_grad, forward, backward, optimizer step) on the same pre-made batches:
+
+  accumulation (k = 8 micro-batches of b, MLP 64→512→512→10, as in bench_microbatch.py):
+    plain          for each micro-batch (loss / k).backward(); optimizer.step(); zero_grad()
+    plain (A/A)    plain again on its own copy: the benchmark's own resolution
+    tracker        plain + Tracker(model, opt, accumulation_steps=k) and tracker.step(loss=loss) each step
+    tracker+log    the same, writing the JSONL log (one flushed line per step)
+    mb plain, floor   bench_microbatch.py's plain_method and floor_method, run in the same rounds (no optimizer
+                   step, no /k): floor = plain accumulation + one dot product per parameter gradient in a tensor
+                   hook, the least any exact per-micro-batch statistic costs. Their overhead is floor / mb plain.
+  per-example (one backward per step of b examples, MLP and a small CNN 2 conv + 2 linear on 1×28×28):
+    plain, plain (A/A), tracker (``with tracker.per_example(): loss.backward()``), tracker+log
+
+Timing as in bench_microbatch.py: rounds rotate the order of the methods; in each round every method runs
+``--block`` steps in a row and its time is the median of those steps after the first. The overhead is the median
+over rounds of the paired ratio method / base of the same round (base = plain, or mb plain for floor), with the
+interquartile range of those ratios.
+
+    python scripts/bench_tracker.py [--quick] [--threads 1] [--json scripts/results/bench_tracker_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bench_microbatch as mb  # noqa: E402
+
+from bsprof.track import Tracker  # noqa: E402
+
+K = mb.K
+LOGS = Path(tempfile.mkdtemp(prefix="bench_tracker_"))
+
+
+def _ce(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+# ---------------------------------------------------------------------------------------------- methods
+# Each factory gets its own model and returns step(batches) -> None: one optimizer step of the training loop.
+
+def accum_loop(model, tracked: bool = False, log: bool = False):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    b = None
+    tracker = None
+
+    def step(batches):
+        nonlocal tracker, b
+        if tracked and tracker is None:
+            b = len(batches[0][1])
+            tracker = Tracker(model, opt, accumulation_steps=len(batches), batch_size=len(batches) * b,
+                              log=LOGS / f"accum_{id(model)}.jsonl" if log else None)
+        for batch in batches:
+            loss = _ce(model, batch)
+            (loss / len(batches)).backward()
+        if tracker is not None:
+            tracker.step(loss=loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def per_example_loop(model, tracked: bool = False, log: bool = False):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    tracker = Tracker(model, opt, source="per_example",
+                      log=LOGS / f"pe_{id(model)}.jsonl" if log else None) if tracked else None
+
+    def step(batches):
+        loss = _ce(model, batches[0])
+        if tracker is not None:
+            with tracker.per_example():
+                loss.backward()
+            tracker.step(loss=loss)
+        else:
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+# name -> (factory, base for the paired ratio)
+ACCUM = {"plain": (accum_loop, "plain"), "plain (A/A)": (accum_loop, "plain"),
+         "tracker": (lambda m: accum_loop(m, True), "plain"),
+         "tracker+log": (lambda m: accum_loop(m, True, True), "plain"),
+         "mb plain": (mb.plain_method, "mb plain"), "floor": (mb.floor_method, "mb plain")}
+PER_EXAMPLE = {"plain": (per_example_loop, "plain"), "plain (A/A)": (per_example_loop, "plain"),
+               "tracker": (lambda m: per_example_loop(m, True), "plain"),
+               "tracker+log": (lambda m: per_example_loop(m, True, True), "plain")}
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+def bench(model_name: str, b: int, methods: dict, n_batches: int, warmup: int, rounds: int, min_rounds: int,
+          budget_s: float, block: int, seed: int = 0) -> tuple[dict[str, dict], int]:
+    """Per method: median ms per step, and the median and quartiles over rounds of the paired ratio to its base."""
+    torch.manual_seed(seed)
+    base = mb.make_model(model_name)
+    batches = mb.make_batches(model_name, b, torch.Generator().manual_seed(seed + b))[:n_batches]
+    steps = {m: f(copy.deepcopy(base)) for m, (f, _) in methods.items()}
+    names = list(methods)
+    times: dict[str, list[float]] = {m: [] for m in names}
+    start = time.perf_counter()
+    for r in range(warmup + rounds):
+        if r >= warmup + min_rounds and time.perf_counter() - start > budget_s:
+            break
+        order = names[r % len(names):] + names[:r % len(names)]
+        for m in order:
+            block_times = []
+            for _ in range(block):
+                t0 = time.perf_counter()
+                steps[m](batches)
+                block_times.append(time.perf_counter() - t0)
+            if r >= warmup:
+                times[m].append(statistics.median(block_times[1:]))
+    out = {}
+    for m, ts in times.items():
+        ratio = np.array(ts) / np.array(times[methods[m][1]]) - 1
+        out[m] = dict(median_ms=1e3 * statistics.median(ts), overhead=float(np.median(ratio)),
+                      q25=float(np.percentile(ratio, 25)), q75=float(np.percentile(ratio, 75)), base=methods[m][1])
+    return out, len(times["plain"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (about 2 minutes)")
+    ap.add_argument("--json", type=Path, help="write the rows to this JSON file")
+    ap.add_argument("--micro-batches", default="8,32", help="accumulation: micro-batch sizes (MLP, k = 8)")
+    ap.add_argument("--per-example", default="mlp:128,cnn:32", help="per-example: model:batch pairs")
+    ap.add_argument("--block", type=int, default=4, help="steps in a row per method and round")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    warmup, rounds, min_rounds, budget = (2, 20, 8, 20.0) if args.quick else (5, 150, 30, 90.0)
+    rounds = args.rounds or rounds
+    configs = [("accumulation", "mlp", int(b), ACCUM, K) for b in args.micro_batches.split(",") if b]
+    configs += [("per_example", name, int(b), PER_EXAMPLE, 1)
+                for name, b in (pair.split(":") for pair in args.per_example.split(",") if pair)]
+    rows = []
+    t_start = time.perf_counter()
+    for source, model_name, b, methods, n in configs:
+        res, n_rounds = bench(model_name, b, methods, n, warmup, rounds, min_rounds, budget, args.block)
+        print(f"{source} {model_name} b={b}: {n_rounds} rounds", file=sys.stderr, flush=True)
+        for m, r in res.items():
+            rows.append(dict(source=source, model=model_name, method=m, b=b, micro_batches=n,
+                             median_ms=round(r["median_ms"], 4), base=r["base"],
+                             overhead=round(r["overhead"], 4), overhead_q25=round(r["q25"], 4),
+                             overhead_q75=round(r["q75"], 4), rounds=n_rounds))
+    elapsed = time.perf_counter() - t_start
+
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"Tracker overhead in a training loop (median over ≤ {rounds} rounds of {args.block}-step "
+                        f"blocks, cpu, {args.threads} threads, torch {torch.__version__})")
+    for col in ("source", "model", "b", "method", "median ms", "vs base", "IQR"):
+        table.add_column(col, justify="left" if col in ("source", "model", "method") else "right")
+    for r in rows:
+        own = r["method"] == r["base"]
+        ov = "" if own else f"{100 * r['overhead']:+.1f}% vs {r['base']}"
+        iqr = "" if own else f"{100 * r['overhead_q25']:+.0f} … {100 * r['overhead_q75']:+.0f}%"
+        b = f"{r['micro_batches']}×{r['b']}" if r["micro_batches"] > 1 else str(r["b"])
+        table.add_row(r["source"], r["model"], b, r["method"], f"{r['median_ms']:.2f}", ov, iqr)
+    console = Console(width=150)
+    console.print(table)
+    console.print(f"total {elapsed:.0f} s")
+
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        meta = dict(k=K, rounds=rounds, block=args.block, warmup=warmup, threads=args.threads, device="cpu",
+                    device_name=platform.processor(), torch=torch.__version__, python=platform.python_version(),
+                    machine=platform.machine(), quick=args.quick, seconds=round(elapsed, 1))
+        args.json.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+        console.print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
