@@ -43,6 +43,7 @@ class MeasureConfig:
     unit: str = "examples"           # batch unit: examples, or tokens (needs tokens_per_example)
     tokens_per_example: int = 0      # 0: detect from the spec's TOKENS_PER_EXAMPLE
     hessian: bool = False            # also measure B_noise = tr(HΣ)/(GᵀHG) via Hessian-vector products
+    track_training: bool = True      # training steps give pairs too (per-example norms in their backward)
 
     def problems(self) -> list[str]:
         """Every inconsistency at once (empty when valid)."""

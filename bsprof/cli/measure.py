@@ -44,6 +44,8 @@ def measure(
     unit: Optional[str] = O(None, help="Batch unit: examples or tokens. [examples]"),
     tokens_per_example: Optional[int] = O(None, help="Tokens per example for --unit tokens (0: from the spec)."),
     hessian: Optional[bool] = O(None, "--hessian/--no-hessian", help="Also measure B_noise (Hessian-aware)."),
+    track_training: Optional[bool] = O(None, "--track-training/--no-track-training", help="Also estimate B_simple "
+                                       "from the training steps between measurements (per-example norms). [on]"),
     figures: bool = O(True, "--figures/--no-figures", help="Write noise_scale.png."),
     quiet: bool = O(False, "--quiet", "-q", help="No progress bar or table."),
     debug: bool = O(False, "--debug", help="On an error in your code, also print the full traceback."),

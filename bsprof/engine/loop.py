@@ -183,7 +183,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         cfg = dataclasses.replace(cfg, batch_size=batch_size)
     names, group_index = trainable_groups(model)
     points = set(measure_steps(cfg.steps, cfg.measure_every))
-    track = comm.world == 1 and chosen.per_example  # training steps give pairs too (b = 1, B = batch)
+    track = cfg.track_training and comm.world == 1 and chosen.per_example  # pairs from training steps (b = 1)
     step, tracker, phase = 0, None, "measuring"
     try:
         for step in range(cfg.steps + 1):
