@@ -14,9 +14,9 @@ from bsprof.errors import BsprofError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="bsprof: measure the critical batch size (gradient noise scale) of a PyTorch model.")
-# Piped output (CI logs, `| tee`) is not a terminal: rich would wrap tables at 80 columns; give them room.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# Piped output (CI logs, `| tee`) is not a terminal: rich would wrap tables at 80 columns; give them 120.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 @contextlib.contextmanager

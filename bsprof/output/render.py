@@ -35,7 +35,7 @@ def estimate_text(est: Estimate | None) -> str:
 def report_table(report) -> Group:
     conf = report.config.get("confidence", 0.9)
     table = Table(title=f"gradient noise scale ({report.unit}; {conf:.0%} intervals)", title_justify="left")
-    extra = [(k, name) for k, name in (("b_simple_window", "B_simple (training steps)"), ("b_noise", "B_noise"),
+    extra = [(k, name) for k, name in (("b_simple_window", "B_simple (training)"), ("b_noise", "B_noise"),
                                        ("b_pre", "B_pre (Adam)"))
              if any(getattr(r, k) is not None and finite(getattr(r, k).value) for r in report.measurements)]
     for col in ("step", "loss", "B_simple", *(name for _, name in extra), "|G|²", "tr(Σ)", "draws", "examples",
