@@ -2,7 +2,7 @@
 
     python scripts/coverage.py [--reps 500] [--seq-reps 100] [--quick]
 
-Ground truth from the closed forms of science.md §5 (bsprof.validation.closed_forms): V1 (1-D, infinite and finite
+Ground truth from the closed forms of docs/science.md §5 (bsprof.validation.closed_forms): V1 (1-D, infinite and finite
 population), V2 least squares with isotropic and anisotropic Gaussian inputs, B_simple from 1 to 10⁴. Exact
 per-example gradients are simulated in numpy and turned into ``Draw`` objects, then combined by the tool's own
 ``bsprof.stats.estimators.noise_scale``. Each cell: per-example (b = 1) or micro-batch (b = 8) pairs, big batch B at

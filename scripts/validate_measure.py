@@ -2,7 +2,7 @@
 
     python scripts/validate_measure.py [--quick] [--json scripts/results/validate_measure.json]
 
-1. Least squares (science.md §5 V2, d = 20, σ² = 0.25, |Δ|² = 1, truth 26): --steps 0 --rel-error 0.05, 10 seeds.
+1. Least squares (docs/science.md §5 V2, d = 20, σ² = 0.25, |Δ|² = 1, truth 26): --steps 0 --rel-error 0.05, 10 seeds.
 2. Digits MLP at its initial weights: against the exact B_simple over all 1,797 examples (torch.func reference).
 3. Digits MLP trained (SGD lr 0.1, batch 32): ±10% requests, examples spent per B_simple, coverage of the exact.
 4. Probe training on digits: the noise scale rises as the loss falls; wall time of the bundled example.

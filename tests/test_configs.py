@@ -1,6 +1,6 @@
 """The bundled example specs in configs/: each imports, builds, and returns per-example losses of shape [batch].
 
-least_squares is also checked against its closed form (science.md §5, V2): the empirical B_simple of its fixed
+least_squares is also checked against its closed form (docs/science.md §5, V2): the empirical B_simple of its fixed
 sample at the initial weights, from exact per-example gradients g_i = x_i (x_iᵀw0 − y_i), is 26 within 3%.
 """
 

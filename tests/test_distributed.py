@@ -2,7 +2,7 @@
 
 The torchrun runs are subprocesses (``python -m torch.distributed.run``) on a free port, marked ``distributed``;
 each takes 15 s or more, so the default run keeps two (a measurement, the comm hook) and the rest are ``slow``.
-tiny_linear: least squares d = 5, σ² = 0.5, |Δ|² = 1, so B_simple = d + 1 + dσ²/|Δ|² = 8.5 (science.md §5 V2).
+tiny_linear: least squares d = 5, σ² = 0.5, |Δ|² = 1, so B_simple = d + 1 + dσ²/|Δ|² = 8.5 (docs/science.md §5 V2).
 """
 
 from __future__ import annotations

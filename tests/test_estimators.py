@@ -1,4 +1,4 @@
-"""Estimators against closed forms (science.md §2, §5) and exact enumeration."""
+"""Estimators against closed forms (docs/science.md §2, §5) and exact enumeration."""
 
 import itertools
 import math
@@ -112,7 +112,7 @@ def test_b_simple_is_invariant_to_the_loss_scale(scale, seed):
 
 
 def _least_squares_draw(rng, d, sigma2, delta, B, b=1):
-    """One nested draw of exact per-example gradients g_i = x_i(x_iᵀΔ − ξ_i) (science.md §5 V2)."""
+    """One nested draw of exact per-example gradients g_i = x_i(x_iᵀΔ − ξ_i) (docs/science.md §5 V2)."""
     x = rng.normal(size=(B, d))
     xi = rng.normal(scale=math.sqrt(sigma2), size=B)
     g = x * (x @ delta - xi)[:, None]

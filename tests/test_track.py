@@ -1,6 +1,6 @@
 """The in-loop tracker (issue 12): each step's pair against slow references, closed forms, the log, bad input.
 
-Least squares at fixed weights (science.md §5 V2): d = 20, σ² = 0.25, |Δ|² = 1 → B_simple = 26.
+Least squares at fixed weights (docs/science.md §5 V2): d = 20, σ² = 0.25, |Δ|² = 1 → B_simple = 26.
 """
 
 from __future__ import annotations

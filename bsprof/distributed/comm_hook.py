@@ -2,7 +2,7 @@
 
 Each DDP step every rank r holds its local mean gradient G^{(r)}_b of b examples (its share of the step's batch);
 the all-reduce turns them into G_B, B = W·b. That is a nested pair at the same weights (McCandlish et al. 2018,
-App. A.1; architecture.md "Scale"):
+App. A.1; docs/distributed.md):
 
     small_sq = (1/W) Σ_r |G^{(r)}_b|²,     big_sq = |G_B|²,     E|G_b|² = |G|² + tr(Σ)/b
 

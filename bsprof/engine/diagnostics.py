@@ -1,7 +1,7 @@
 """Warnings about whether the theory applies, recorded in the report (code + message).
 
 BatchNorm in train mode, a non-shuffling dataset, the learning-rate temperature, weight decay or clipping in the
-optimizer, Adam's preconditioner, and a large spread between layers (science.md §3).
+optimizer, Adam's preconditioner, and a large spread between layers (docs/science.md §3).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
 def clipping(report: Report, spec, optimizer) -> None:
     """Gradient clipping in the training (a spec's CLIP_GRAD_NORM, an optimizer's max_grad_norm/clip_threshold).
 
-    bsprof always measures the raw loss gradient, before any clipping (science.md §3).
+    bsprof always measures the raw loss gradient, before any clipping (docs/science.md §3).
     """
     clip = getattr(spec.loss, "__globals__", {}).get("CLIP_GRAD_NORM")  # a global of the spec file
     found = [f"the spec's CLIP_GRAD_NORM = {clip}"] if clip else []

@@ -1,4 +1,4 @@
-"""The preconditioned noise scale B_pre = tr(PΣ)/(GᵀPG) (Pollux/AdaptDL; science.md §2 "Adam").
+"""The preconditioned noise scale B_pre = tr(PΣ)/(GᵀPG) (Pollux/AdaptDL; docs/science.md §2 "Adam").
 
 With a diagonal preconditioner P, the noise scale that matters for the update P·G_B is that of the rescaled
 gradients P^{1/2}g: |G|²_P = GᵀPG, tr(Σ_P) = tr(PΣ). So a probe that multiplies every per-example (or

@@ -1,6 +1,6 @@
 """Make a Schedule take effect in a PyTorch training loop.
 
-adadamp's DataLoader reads the batch size once per iterator, so later sizes never apply (peers.md). Here the
+adadamp's DataLoader reads the batch size once per iterator, so later sizes never apply. Here the
 batch sampler asks the schedule for the size of EVERY batch it yields:
 
     sampler = ScheduledBatchSampler(len(dataset), schedule, seed=0)

@@ -1,4 +1,4 @@
-"""The 1/B regression over partial sums, with a goodness-of-fit test of the model itself (science.md §2).
+"""The 1/B regression over partial sums, with a goodness-of-fit test of the model itself (docs/science.md §2).
 
 Each draw holds squared norms at several nested batch sizes: the small batch (b, mean of |G_b|²), the partial
 sums |G_{B_k}|² at B_k = step·2^k (``Draw.partial_sq``) and the whole draw (B, |G_B|²). The model is

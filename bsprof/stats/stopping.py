@@ -61,7 +61,7 @@ class Stopper:
 def next_batch(est: Estimate | None, B: int, b: int, start_B: int, fixed_B: bool = False, n: int | None = None,
                world: int = 1) -> int:
     """The next draw's big batch: ≈ 2·B_simple (a power of two, at least ``start_B``), a multiple of b·world, at
-    most n. The relative variance of one draw's |G|² is ≈ 4·B_simple/B + 2·B_simple²/B² (science.md §2), so
+    most n. The relative variance of one draw's |G|² is ≈ 4·B_simple/B + 2·B_simple²/B² (docs/science.md §2), so
     B ≳ B_simple is efficient; an estimate without a value doubles B. ``fixed_B``/no estimate yet: B stays."""
     if fixed_B or est is None:
         target = B

@@ -3,7 +3,7 @@
 The noise scale moves as training goes on (it often grows 10× over a run), so the tracker's answer is over
 the last N steps. Each step is one nested pair at that step's weights (``bsprof.stats.draw.Draw``), giving the
 unbiased |G|²_est and tr(Σ)_est (``bsprof.stats.estimators.unbiased_pair``). Over a window they combine as a
-ratio of means, never a mean of ratios (science.md §2):
+ratio of means, never a mean of ratios (docs/science.md §2):
 
     B_simple = Σ_s w_s tr(Σ)_est,s / Σ_s w_s |G|²_est,s,     w_s = B_s,   with a Fieller-type interval
 

@@ -1,4 +1,4 @@
-"""Ground truth (science.md §5): models whose noise scales are known in closed form, and exact gradient draws.
+"""Ground truth (docs/science.md §5): models whose noise scales are known in closed form, and exact gradient draws.
 
 V1, the 1-D example: f_i = ½(y_i − w)², g_i = w − y_i, H = 1, so B_simple = B_noise = s²/(w − ȳ)².
 

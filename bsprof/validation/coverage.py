@@ -1,6 +1,6 @@
 """Coverage of the nominal intervals on B_simple against closed-form truths (the study behind scripts/coverage.py).
 
-Ground truth from the closed forms of science.md §5 (``bsprof.validation.closed_forms``): V1 (1-D, infinite and
+Ground truth from the closed forms of docs/science.md §5 (``bsprof.validation.closed_forms``): V1 (1-D, infinite and
 finite population), V2 least squares with isotropic and anisotropic Gaussian inputs, B_simple from 1 to 10⁴.
 
 - ``fixed_study``: exact per-example gradients simulated in numpy, turned into ``Draw`` objects and combined by the

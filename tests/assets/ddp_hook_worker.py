@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --nproc-per-node 2 tests/assets/ddp_hook_worker.py OUT.json
 
-x ~ N(0, I_d), y = xᵀw* + ξ, ξ ~ N(0, σ²), weights held at w* + Δ (lr = 0): B_simple = d + 1 + dσ²/|Δ|² (science.md
+x ~ N(0, I_d), y = xᵀw* + ξ, ξ ~ N(0, σ²), weights held at w* + Δ (lr = 0): B_simple = d + 1 + dσ²/|Δ|² (docs/science.md
 §5 V2). Also checks, on the first step, the hook's two norms against ones computed by hand.
 """
 import json

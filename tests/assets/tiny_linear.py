@@ -1,4 +1,4 @@
-"""Least squares, d = 5: B_simple = d + 1 + d·σ²/|Δ|² at w0 (science.md §5 V2)."""
+"""Least squares, d = 5: B_simple = d + 1 + d·σ²/|Δ|² at w0 (docs/science.md §5 V2)."""
 import torch
 from torch import nn
 

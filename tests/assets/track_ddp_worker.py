@@ -3,7 +3,7 @@
     python -m torch.distributed.run --nproc-per-node 2 tests/assets/track_ddp_worker.py OUT.json
 
 Each rank runs k = 2 micro-batches of 16 per step, the first under no_sync: b = 16 (one rank's micro-batch),
-B = W·k·b = 64. Weights held at w* + Δ (|Δ|² = 1, no optimizer step): B_simple = d + 1 + dσ²/|Δ|² (science.md §5).
+B = W·k·b = 64. Weights held at w* + Δ (|Δ|² = 1, no optimizer step): B_simple = d + 1 + dσ²/|Δ|² (docs/science.md §5).
 The first step's pair is also checked against one computed by hand (micro-batch gradients by autograd.grad,
 their squared norms averaged over ranks by an all-reduce).
 """

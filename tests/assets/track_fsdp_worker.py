@@ -9,7 +9,7 @@
    a seeded generator, so rank 0 can redraw it): small = mean over the W·k micro-batches of |∇ mean loss|², big =
    |∇ mean loss of the full batch|².
 2. Closed form. Least squares ``nn.Linear(d, 1, bias=False)`` (its one row of weights sits on rank 0; rank 1's
-   shard is empty) held at w* + Δ, |Δ|² = 1: B_simple = d + 1 + dσ²/|Δ|² (science.md §5), k = 2, b = 16, B = 64.
+   shard is empty) held at w* + Δ, |Δ|² = 1: B_simple = d + 1 + dσ²/|Δ|² (docs/science.md §5), k = 2, b = 16, B = 64.
 3. Refusals: per-example under FSDP, and a step whose last backward ran without gradient sync.
 """
 import copy
