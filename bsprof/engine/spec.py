@@ -1,6 +1,7 @@
 """Loading the user's spec file: model(), dataset(), loss(model, batch); optionally optimizer(params), collate(items).
 
-Rules (README, "Your model: the spec file"): the file is imported with its folder on sys.path; the functions are looked up by name.
+Rules (README, "Your model: the spec file"): the file is imported with its folder on sys.path; the functions are
+looked up by name.
 Every user mistake becomes a SpecError that names the function, what was found, and what to do.
 """
 
