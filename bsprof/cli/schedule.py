@@ -15,6 +15,7 @@ from bsprof.cli.app import app, console, err_console, user_errors, write_output
 from bsprof.cli.source import load
 from bsprof.config import resolve
 from bsprof.errors import ConfigError
+from bsprof.results import json_clean
 
 O = typer.Option
 FORMATS = ("table", "json", "yaml", "csv")
@@ -103,11 +104,11 @@ def _max_batch(value: str | None, source: Path, overrides: dict) -> tuple[int | 
 # -- rendering ---------------------------------------------------------------------------------------------
 def render(result, fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(_clean(result.to_dict()), indent=2) + "\n"
+        return json.dumps(json_clean(result.to_dict()), indent=2) + "\n"
     if fmt == "yaml":
         import yaml
 
-        return yaml.safe_dump(_clean(result.to_dict()), sort_keys=False)
+        return yaml.safe_dump(json_clean(result.to_dict()), sort_keys=False)
     if fmt == "csv":
         import pandas as pd
 
@@ -116,19 +117,6 @@ def render(result, fmt: str) -> str:
     for part in tables(result):
         buf.print(part)
     return buf.file.getvalue()
-
-
-def _clean(x):
-    """Plain Python floats/ints for JSON and YAML (no numpy scalars, non-finite → None)."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if hasattr(x, "item"):
-        x = x.item()
-    if isinstance(x, float) and x != x or x in (float("inf"), float("-inf")):
-        return None
-    return x
 
 
 def tables(result) -> list:

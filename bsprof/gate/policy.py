@@ -177,7 +177,7 @@ class CheckResult:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "status": self.status, "message": self.message, "notes": list(self.notes),
-                "measured": _clean(self.measured), "passing": _clean(self.passing)}
+                "measured": json_clean(self.measured), "passing": json_clean(self.passing)}
 
 
 @dataclass(frozen=True)
@@ -217,10 +217,6 @@ class Verdict:
                 "checks": [c.to_dict() for c in self.checks],
                 "noise_scale": self.noise.to_dict() if self.noise else None,
                 "notes": list(self.notes), "bsprof_version": __version__}
-
-
-def _clean(d: dict) -> dict:
-    return json_clean(d)
 
 
 def _pow2_within(target: float, lo: float, hi: float) -> int | None:
