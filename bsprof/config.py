@@ -18,6 +18,9 @@ from bsprof.errors import ConfigError
 METHODS = ("auto", "per_example", "hooks", "vmap", "microbatch")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 UNITS = ("examples", "tokens")
+# names other tools use for an option (a did-you-mean, never accepted silently)
+ALIASES = {"learning_rate": "lr", "batch": "batch_size", "bs": "batch_size", "max_steps": "steps",
+           "num_steps": "steps", "micro_batch_size": "micro_batch", "eps": "rel_error", "precision": "rel_error"}
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ def resolve(cls, yaml_path: str | Path | None = None, overrides: dict | None = N
     for key, value in values.items():
         key_py = key.replace("-", "_")
         if key_py not in names:
-            close = difflib.get_close_matches(key_py, names, n=1)
+            close = [ALIASES[key_py]] if ALIASES.get(key_py) in names else difflib.get_close_matches(key_py, names, n=1)
             errors.append(f"unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             continue
         clean[key_py], err = _check_type(key_py, value, hints[key_py])

@@ -196,3 +196,44 @@ def test_measuring_does_not_change_the_training():
     (losses_a, spent_a), (losses_b, spent_b) = runs
     assert spent_a != spent_b and len(losses_a) == 20
     assert losses_a == losses_b
+
+
+LISTS_SPEC = (
+    "import torch, torch.nn.functional as F\n"
+    "def model(): return torch.nn.Linear(4, 3)\n"
+    "def dataset(): return [[[float(i), 1.0, 2.0, 3.0], i % 3] for i in range(100)]\n"
+    "def loss(model, batch):\n    x, y = batch\n    return F.cross_entropy(model(x), y, reduction='none')\n")
+
+
+def test_errors_in_the_users_code_say_phase_file_line_and_data_cause(tmp_path):
+    spec = tmp_path / "lists.py"
+    spec.write_text(LISTS_SPEC)
+    r = run(spec, "--steps", 0, "-o", tmp_path / "out")
+    said = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert "calling loss(model, batch) on the first two examples failed in lists.py:6" in said
+    assert "default_collate" in said and "nothing was measured" in said and "step None" not in said
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--rel-error", 5], "did you mean 0.05"),
+    (["--rel-error", 0], "rel_error is a fraction in (0, 1)"),
+])
+def test_option_ranges_say_what_was_meant(tmp_path, args, says):
+    r = run(ASSETS / "tiny_linear.py", *args, "-o", tmp_path)
+    assert r.exit_code == 2 and says in " ".join(r.stderr.split())
+
+
+def test_spec_mistakes_get_a_did_you_mean_and_brackets_survive(tmp_path):
+    spec = tmp_path / "typo.py"
+    spec.write_text(LISTS_SPEC.replace("def loss(", "def losss(").replace("def model(): return torch.nn.Linear(4, 3)",
+                                                                          "model = torch.nn.Linear(4, 3)"))
+    said = " ".join(run(spec, "-o", tmp_path / "out").stderr.split())
+    assert "did you mean 'losss'?" in said and "shape [batch_size]" in said
+    assert "model is a Linear object, not a function" in said
+
+
+def test_report_refuses_a_spec_file(tmp_path):
+    r = runner.invoke(app, ["report", str(ASSETS / "tiny_linear.py")])
+    assert r.exit_code == 2 and "bsprof measure" in r.stderr

@@ -407,3 +407,21 @@ def test_the_cli_reads_a_tracker_log_like_a_report(tmp_path):
     b = rows[-1].b_simple.value
     assert runner.invoke(app, ["check", str(log), "-b", str(max(1, round(b)))]).exit_code == 0
     assert runner.invoke(app, ["check", str(log), "-b", str(round(1000 * b))]).exit_code == 1
+
+
+def test_a_loop_that_forgets_zero_grad_is_told():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    tracker = Tracker(model, opt, accumulation_steps=2, batch_size=16)
+    for step in range(2):
+        for _ in range(2):
+            x = torch.randn(8, 4)
+            (model(x).square().mean() / 2).backward()
+        if step == 0:
+            tracker.step()
+            opt.step()  # no zero_grad: the next step's first backward starts on stale gradients
+        else:
+            with pytest.raises(TrackerError, match="zero_grad"):
+                tracker.step()
+    assert not model.weight._backward_hooks  # the tracker removed its hooks

@@ -116,7 +116,12 @@ def _user_failure(e: Exception, report: Report, written: bool, out: Path) -> Bsp
     info = report.incomplete or {}
     where = f" in {info['where']}" if info.get("where") else ""
     kept = f"the partial report is in {out}" if written else "nothing was measured before it"
-    return BsprofError(f"{info.get('phase', 'the run')} at step {info.get('step')} failed{where}: "
+    at = f" at step {info['step']}" if info.get("step") is not None else ""
+    data = [d["message"] for d in report.diagnostics if d["code"] == "list_items"]
+    if data:
+        return BsprofError(f"{info.get('phase', 'the run')}{at} failed{where}: "
+                           f"{type(e).__name__}: {e}", data[0] + f" ({kept})")
+    return BsprofError(f"{info.get('phase', 'the run')}{at} failed{where}: "
                        f"{type(e).__name__}: {e}", f"fix the spec{where}; {kept} (--debug shows the traceback)")
 
 

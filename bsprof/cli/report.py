@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from bsprof.cli.app import app, console, user_errors
-from bsprof.cli.source import load
+from bsprof.cli.source import is_spec, load
+from bsprof.errors import ConfigError
 
 
 @app.command("report")
@@ -22,6 +23,9 @@ def report_command(
 ):
     """Show a saved report: the measurements, the summary, the diagnostics."""
     with user_errors():
+        if is_spec(source):
+            raise ConfigError(f"`bsprof report` shows a saved report, and {source.name} is a spec file",
+                              f"measure it first: bsprof measure {source}, then bsprof report bsprof-out")
         report = load(source, "report", window=window)
     console.print(report)
     if layers and report.layers:

@@ -12,6 +12,28 @@ from bsprof.results import Status, is_adam_family
 LAYER_SPREAD = 10.0  # flag when layer noise scales differ by more than this factor
 
 
+def list_items(batch, depth: int = 0) -> bool:
+    """Dataset items that held Python lists: default_collate turns a list of d numbers into a list of d tensors of
+    shape [batch] (one per position), where the model expects one [batch, d] tensor."""
+    if isinstance(batch, str):
+        return True
+    if isinstance(batch, dict):
+        return any(list_items(v, depth + 1) for v in batch.values())
+    if isinstance(batch, (list, tuple)):
+        if depth > 0 and len(batch) > 1 and all(getattr(t, "dim", lambda: -1)() == 1 for t in batch):
+            return True
+        return any(list_items(v, depth + 1) for v in batch)
+    return False
+
+
+def data(report: Report, pair) -> None:
+    """What the first collated batch (of two examples) tells about the data, before anything runs on it."""
+    if list_items(pair):
+        report.diagnose("list_items", "the dataset's items hold Python lists or strings: torch's default_collate "
+                        "turns a list of d numbers into d tensors (one per position), not one [batch, d] tensor. "
+                        "Return tensors from the dataset (torch.tensor(x)), or define collate(items) in the spec.")
+
+
 def before_run(report: Report, model, optimizer, examples, invalid: str | None, cfg) -> None:
     """``invalid``: why per-example norms are invalid (``probes.choose.per_example_invalid``), or None."""
     if invalid:

@@ -163,7 +163,18 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     distributed.check_batch(cfg.batch_size, comm)
     examples = Examples(build_dataset(spec), spec.collate, device, gen, comm.rank, comm.world)
     optimizer = build_optimizer(spec, model, cfg.lr)
-    chosen, invalid = choose(cfg.method, model, spec.loss, examples.first_two())
+    pair = examples.first_two()
+    diagnostics.data(report, pair)
+    try:
+        chosen, invalid = choose(cfg.method, model, spec.loss, pair)  # calls loss() on two examples
+    except BsprofError:
+        raise
+    except Exception as e:
+        where = _where(e, spec.path)
+        report.incomplete = {"reason": f"{type(e).__name__}: {e}", "step": None,
+                             "phase": "calling loss(model, batch) on the first two examples",
+                             **({"where": where} if where else {})}
+        raise
     probe = chosen.name
     sampling = _sampling(cfg, chosen, examples.n)
     scale = _unit_scale(cfg, spec)

@@ -53,6 +53,13 @@ def as_source(data, device: torch.device | str = "cpu", seed: int = 0,
             raise DataError(f"tensors of {sorted(map(str, sizes))} examples cannot be one dataset",
                             "pass tensors with the examples along dim 0, all of the same length")
         data = TensorDataset(*data)
+    if isinstance(data, (tuple, list)) and data and not all(isinstance(t, torch.Tensor) for t in data):
+        kinds = ", ".join(type(t).__name__ for t in data[:4])
+        raise DataError(f"data is a {type(data).__name__} of {kinds}, not of tensors",
+                        "convert each to a tensor (torch.tensor(x)) with the examples along dim 0, or pass a Dataset")
+    if callable(data) and not isinstance(data, Dataset):
+        raise DataError(f"data is a function ({getattr(data, '__name__', type(data).__name__)}), not a dataset",
+                        "the order is measure_at(model, loss, data): did you swap loss and data?")
     if not isinstance(data, Dataset):
         raise DataError(f"cannot draw examples from a {type(data).__name__}",
                         "pass a torch Dataset, a DataLoader, or a tuple of tensors with the examples along dim 0")

@@ -8,6 +8,7 @@ Every user mistake becomes a SpecError that names the function, what was found, 
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import importlib.util
 import sys
@@ -108,7 +109,11 @@ def load_spec(path: str | Path) -> Spec:
     problems = []
     for name, how in REQUIRED.items():
         if found[name] is None:
-            problems.append(f"{name} is missing ({how})")
+            close = difflib.get_close_matches(name, [n for n in vars(module) if not n.startswith("_")], n=1)
+            problems.append(f"{name} is missing ({how})" + (f"; did you mean {close[0]!r}?" if close else ""))
+        elif isinstance(found[name], nn.Module):
+            problems.append(f"{name} is a {type(found[name]).__name__} object, not a function ({how}): "
+                            f"write def {name}(): return ... so that every run gets a fresh one")
         elif not callable(found[name]):
             problems.append(f"{name} is a {type(found[name]).__name__}, not a function ({how})")
     for name in OPTIONAL:

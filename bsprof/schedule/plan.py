@@ -174,6 +174,9 @@ def plan(report, config: ScheduleConfig) -> Schedule:
     fit = fit_noise_scale(loss, b, lo, hi, config.confidence, config.form)
     warnings = check_target(config.target_loss, loss, fit, config)
     batch_train = float(report.config.get("batch_size") or 32)
+    if not report.config.get("batch_size"):
+        warnings.append("the report does not say the training batch: assumed 32 (the baselines and the lr "
+                        "scaling start from it)")
     lr0 = config.lr or float(report.config.get("optimizer_lr") or report.config.get("lr") or 0.1)
     optimizer = report.config.get("optimizer")
     lr_rule = rules.resolve_lr_rule(config.lr_rule, optimizer)

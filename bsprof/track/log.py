@@ -172,13 +172,26 @@ def _method(log: TrackLog) -> str:
     return f"track:{log.header.get('source', 'auto')}"
 
 
+def _training(log: TrackLog) -> dict:
+    """The training batch, lr and optimizer of the logged run (its last step), as `schedule` and `check` read
+    them from a report's config."""
+    if not log.steps:
+        return {}
+    last = log.steps[-1]
+    out = {"batch_size": last.draw.B, "optimizer_lr": last.lr if last.lr == last.lr else None}
+    if log.header.get("optimizer"):
+        out["optimizer"] = log.header["optimizer"]
+    return out
+
+
 def report_from_log(path: str | Path, window: int = 100, every: int | None = None,
                     confidence: float = 0.9) -> Report:
     """A ``Report`` whose measurements are the log's windowed estimates (see ``measurements``)."""
     log = read_log(path)
     report = Report(spec={"tracker_log": str(path)}, unit=log.unit,
                     config={"source": log.header.get("source"), "window": window, "every": every or window,
-                            "confidence": confidence, "steps_logged": len(log.steps), "steps_skipped": log.skipped})
+                            "confidence": confidence, "steps_logged": len(log.steps), "steps_skipped": log.skipped,
+                            **_training(log)})
     for m in measurements(log, window, every, confidence):
         report.add(m)
     if log.earlier_runs:

@@ -79,6 +79,15 @@ class Backwards:
     big_pre: Tensor | None = None
     per_example: list[tuple[Tensor, int]] = field(default_factory=list)  # (Σ_i |rule_i|², n) per armed pass
     failure: str | None = None                         # what went wrong inside a hook (raised at the step)
+    stale: bool = False                                # .grad held a gradient when the step's first pass began
+
+
+def _stale(params: list[Tensor]) -> bool:
+    """A nonzero ``.grad`` when a step's first backward begins: the last step's gradients were not zeroed, so
+    |G_B|² read from ``.grad`` would include them. (The first hook fires before any gradient of this pass is
+    accumulated; one tensor is looked at, one device sync per step.)"""
+    g = next((p.grad for p in params if p.grad is not None), None)
+    return g is not None and bool(g.detach().ne(0).any())
 
 
 class StepHooks:
@@ -106,6 +115,8 @@ class StepHooks:
             if not self.in_backward:
                 self.in_backward = True
                 _queue_callback(self._end)
+                if self.record.count == 0:
+                    self.record.stale = _stale(self.params)
                 if self.record.count == 0 and self.weights_fn is not None:
                     self.weights = self.weights_fn()
         try:

@@ -149,7 +149,8 @@ class Tracker:
         self.log = None
         if log is not None and self.rank == 0:
             self.log = LogWriter(log, unit, source=source, world_size=self.world,
-                                 accumulation_steps=accumulation_steps)
+                                 accumulation_steps=accumulation_steps,
+                                 optimizer=type(optimizer).__name__ if optimizer is not None else None)
 
     # ------------------------------------------------------------------ the loop
     @contextlib.contextmanager
@@ -222,6 +223,9 @@ class Tracker:
         if r.failure:
             self._fail(f"the tracker's hooks failed in this step's backward: {r.failure}",
                        "report this with the model; meanwhile track with gradient accumulation")
+        if r.stale:
+            self._fail("this step's first backward began with the previous step's gradients still in .grad",
+                       "call optimizer.zero_grad() after each optimizer.step() (the tracker reads |G_B|² from .grad)")
         if k == 0:
             self._fail("tracker.step() was called before any backward pass of this step",
                        "call it after loss.backward() (after the last micro-step), before optimizer.zero_grad()")
