@@ -22,6 +22,10 @@ def report_command(
 ):
     """Show a saved report: the measurements, the summary, the diagnostics."""
     with user_errors():
+        if out is not None:
+            from bsprof.output.files import check_folder
+
+            check_folder(out, "--out")  # before reading or measuring anything
         report = load(source, "report", window=window)
     console.print(report)
     if layers and report.layers:
