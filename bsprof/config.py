@@ -72,7 +72,7 @@ class MeasureConfig:
             p.append(f"max_seconds must be positive (got {self.max_seconds})")
         for name, allowed in (("method", METHODS), ("device", DEVICES), ("unit", UNITS)):
             if getattr(self, name) not in allowed:
-                p.append(f"{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+                p.append(f"{name} must be one of {', '.join(allowed)} (got {short(repr(getattr(self, name)))})")
         if self.method == "microbatch" and self.micro_batch < 2:
             p.append("micro_batch must be at least 2 for the micro-batch probe (use --method per_example for b = 1)")
         if self.method == "microbatch" and self.probe_batch and self.probe_batch % self.micro_batch:

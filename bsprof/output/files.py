@@ -46,7 +46,7 @@ def check_folder(folder: str | Path, flag: str = "--out") -> Path:
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{flag} {folder} is a file, not a folder", f"pass a folder to {flag}")
+        raise ConfigError(f"cannot write to {folder}: it is a file, not a folder", f"pass a folder to {flag}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".bsprof-probe.", dir=folder)
