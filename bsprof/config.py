@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from bsprof.errors import ConfigError, short
+from bsprof.errors import ConfigError, clip, short
 
 METHODS = ("auto", "per_example", "hooks", "vmap", "microbatch")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -72,7 +72,7 @@ class MeasureConfig:
             p.append(f"max_seconds must be positive (got {self.max_seconds})")
         for name, allowed in (("method", METHODS), ("device", DEVICES), ("unit", UNITS)):
             if getattr(self, name) not in allowed:
-                p.append(f"{name} must be one of {', '.join(allowed)} (got {short(repr(getattr(self, name)))})")
+                p.append(f"{name} must be one of {', '.join(allowed)} (got {short(getattr(self, name))})")
         if self.method == "microbatch" and self.micro_batch < 2:
             p.append("micro_batch must be at least 2 for the micro-batch probe (use --method per_example for b = 1)")
         if self.method == "microbatch" and self.probe_batch and self.probe_batch % self.micro_batch:
@@ -150,7 +150,7 @@ def load_yaml(text: str, path: Path | str = "config"):
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {short(str(e), 400)}", "fix the YAML syntax")
+        raise ConfigError(f"cannot read {path}: it is not valid YAML: {clip(str(e), 400)}", "fix the YAML syntax")
     except RecursionError:
         raise ConfigError(f"{path} nests too deeply", "write a flat mapping of option: value")
     if expanded_size(data) > MAX_YAML_NODES:

@@ -45,12 +45,16 @@ class ReportError(BsprofError):
 
 
 def short(value, limit: int = 200) -> str:
-    """A bounded repr for messages: ``reprlib`` stops at a few levels and items (a YAML bomb's value is never
+    """A bounded repr for messages (strings quoted): ``reprlib`` stops at a few levels and items (a YAML bomb's value is never
     expanded), and the text is cut at ``limit`` characters."""
     import reprlib
 
     r = reprlib.Repr()
     r.maxlevel, r.maxstring, r.maxother, r.maxlong = 3, limit, limit, limit
     r.maxlist = r.maxtuple = r.maxdict = r.maxset = 8
-    text = value if isinstance(value, str) else r.repr(value)
+    return clip(r.repr(value), limit)
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """``text`` cut at ``limit`` characters (an ellipsis marks the cut)."""
     return text if len(text) <= limit else text[:limit - 1] + "…"

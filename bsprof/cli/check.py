@@ -21,7 +21,7 @@ from rich.markup import escape
 from bsprof.cli.app import app, console, err_console, user_errors, write_output
 from bsprof.cli.source import load, measure_spec
 from bsprof.config import MAX_BATCH, limit, resolve
-from bsprof.errors import BsprofError, ConfigError, ReportError, SpecError, short
+from bsprof.errors import BsprofError, ConfigError, ReportError, SpecError, clip
 from bsprof.gate import formats as ci_output
 from bsprof.gate.policy import CANNOT_JUDGE, FAIL, PASS, Policy, Verdict, judge
 from bsprof.gate.training_config import BATCH_KEYS, LR_KEYS, values_from_config
@@ -221,7 +221,7 @@ def check(
                                     baseline, budget, steps, seed, rel_error, save_report)
     except (BsprofError, Exception) as e:
         if not isinstance(e, BsprofError):  # anything that is not a verdict exits 2, never 1 ("violated")
-            e = BsprofError(f"cannot judge: {type(e).__name__}: {short(str(e))}",
+            e = BsprofError(f"cannot judge: {type(e).__name__}: {clip(str(e))}",
                             "this is a bsprof bug or an input it does not expect; please report it")
         with user_errors(2):
             try:

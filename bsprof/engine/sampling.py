@@ -85,9 +85,10 @@ def _non_finite(loss: float, big: np.ndarray, small: np.ndarray) -> NonFiniteErr
         return NonFiniteError(f"the loss is {loss} while measuring", "check the model and data for NaN/Inf; if it "
                               "appears only after training steps, lower the learning rate")
     if not (np.isnan(big).any() or np.isnan(small).any()):
-        return NonFiniteError("a squared gradient norm overflowed float32 while measuring (the loss is finite, "
-                              "but |g|² > 3.4e38)", "check the inputs and the loss's scale (unnormalised "
-                              "features, a sum where a mean was meant), or measure in float64 (model().double())")
+        return NonFiniteError("a squared gradient norm overflowed float32 to inf while measuring (the loss is "
+                              "finite, but |g|² > 3.4e38)", "check the inputs and the loss's scale (unnormalised "
+                              "features, a sum where a mean was meant), or measure in float64 (model().double()); "
+                              "if it appears only after training steps, lower the learning rate")
     return NonFiniteError("a gradient is NaN while measuring (the loss is finite)",
                           "check the model for operations with undefined gradients (sqrt(0), log(0)); if it appears "
                           "only after training steps, lower the learning rate")

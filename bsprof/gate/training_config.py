@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from bsprof.errors import ConfigError, short
+from bsprof.errors import ConfigError, clip, short
 
 # Keys tried, in order, when no --batch-key / --lr-key is given (the first one present wins).
 BATCH_KEYS = ("batch_size", "train.batch_size", "training.batch_size", "trainer.batch_size", "data.batch_size")
@@ -50,7 +50,7 @@ def read_training_config(path: Path) -> dict:
     except ConfigError:
         raise
     except Exception as e:  # YAMLError, JSONDecodeError, TOMLDecodeError, UnicodeDecodeError, OSError
-        raise ConfigError(f"cannot read {path}: {type(e).__name__}: {short(str(e), 400)}", "fix the file's syntax")
+        raise ConfigError(f"cannot read {path}: {type(e).__name__}: {clip(str(e), 400)}", "fix the file's syntax")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} holds a {type(data).__name__}, not a mapping of keys",
                           "pass the training config file itself")
@@ -69,7 +69,7 @@ def lookup(data: dict, key: str, source: str = "config"):
             where = ".".join(path) or "the top level"
             have = ", ".join(map(str, node)) if isinstance(node, dict) else f"a {type(node).__name__}"
             raise ConfigError(f"key {short(key)} not found in {source}: no {short(part)} at {where} (found: "
-                              f"{short(have)})",
+                              f"{clip(have)})",
                               "pass the dotted path to the value, e.g. --batch-key trainer.batch_size")
         path.append(part)
     return node

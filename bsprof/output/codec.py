@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bsprof.errors import ReportError, short
+from bsprof.errors import ReportError, clip, short
 from bsprof.results import LayerEstimate, Measurement, json_clean
 
 SCHEMA_VERSION = 2
@@ -75,7 +75,7 @@ def decode(data, where: str = "report"):
         raise ReportError(f"{where} is not a bsprof report: missing {', '.join(missing)}", _FIX)
     version = data["schema_version"]
     if type(version) is not int or version not in READS:
-        what = f"{short(version, 40)!r} (a {type(version).__name__})" if type(version) is not int else str(version)
+        what = f"{short(version, 40)} (a {type(version).__name__})" if type(version) is not int else str(version)
         raise ReportError(f"{where}: schema_version {what} is not one this bsprof reads (the integers "
                           f"{', '.join(map(str, READS))})", "upgrade bsprof, or re-run `bsprof measure`")
     _check_values(data, where)
@@ -124,7 +124,7 @@ def read(path: str | Path):
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, or an integer of over 4,300 digits
-        raise ReportError(f"{path} is not valid JSON ({short(str(e))})", _FIX)
+        raise ReportError(f"{path} is not valid JSON ({clip(str(e))})", _FIX)
     except RecursionError:
         raise ReportError(f"{path} nests too deeply to be a report", _FIX)
     return decode(data, str(path))

@@ -62,7 +62,7 @@ class ScheduleConfig:
         for name, allowed in (("rule", tuple(rules.RULES)), ("lr_rule", ("auto", *rules.LR_RULES)),
                               ("noise", ("auto", "b_simple", "b_noise")), ("form", ("auto", "power", "hyperbola"))):
             if getattr(self, name) not in allowed:
-                p.append(f"{name} must be one of {', '.join(allowed)} (got {short(repr(getattr(self, name)))})")
+                p.append(f"{name} must be one of {', '.join(allowed)} (got {short(getattr(self, name))})")
         for name in ("min_batch", "max_batch", "world_size", "every"):
             if getattr(self, name) < 1:
                 p.append(f"{name} must be at least 1 (got {getattr(self, name)})")
