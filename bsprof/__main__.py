@@ -1,3 +1,17 @@
-from bsprof.cli import main
+"""`python -m bsprof` and the `bsprof` script. The command line is imported inside ``main`` (torch, typer…), so
+a Ctrl-C during start-up ends with one line and exit 130 too."""
 
-main()
+import sys
+
+
+def main() -> None:
+    try:
+        from bsprof.cli import main as run
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        raise SystemExit(130)
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from bsprof.errors import ConfigError
+from bsprof.errors import ConfigError, clip, short
 
 METHODS = ("auto", "per_example", "hooks", "vmap", "microbatch")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -21,6 +22,9 @@ UNITS = ("examples", "tokens")
 # names other tools use for an option (a did-you-mean, never accepted silently)
 ALIASES = {"learning_rate": "lr", "batch": "batch_size", "bs": "batch_size", "max_steps": "steps",
            "num_steps": "steps", "micro_batch_size": "micro_batch", "eps": "rel_error", "precision": "rel_error"}
+MAX_BATCH = 1 << 40        # the largest batch size, dataset or budget of examples bsprof accepts
+MAX_INT = (1 << 63) - 1    # any other integer option (a seed, a step count)
+MAX_YAML_NODES = 100_000   # a config with more values than this (aliases expanded) is refused: no YAML bombs
 
 
 @dataclass(frozen=True)
@@ -63,13 +67,18 @@ class MeasureConfig:
             p.append(f"rel_error is a fraction in (0, 1), e.g. 0.1 for ±10% (got {self.rel_error}){guess}")
         if not 0.5 <= self.confidence < 1:
             p.append(f"confidence must be in [0.5, 1) (got {self.confidence})")
+        for name in ("batch_size", "micro_batch", "probe_batch", "chunk", "max_examples", "tokens_per_example"):
+            if getattr(self, name) > MAX_BATCH:
+                p.append(f"{name} must be at most 2**40 (got {short(getattr(self, name), 40)})")
+        if not 0 <= self.seed <= MAX_INT:
+            p.append(f"seed must be in [0, 2**63 - 1] (got {short(self.seed, 40)})")
         if self.lr <= 0:
             p.append(f"lr must be positive (got {self.lr})")
         if self.max_seconds <= 0:
             p.append(f"max_seconds must be positive (got {self.max_seconds})")
         for name, allowed in (("method", METHODS), ("device", DEVICES), ("unit", UNITS)):
             if getattr(self, name) not in allowed:
-                p.append(f"{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+                p.append(f"{name} must be one of {', '.join(allowed)} (got {short(getattr(self, name))})")
         if self.method == "microbatch" and self.micro_batch < 2:
             p.append("micro_batch must be at least 2 for the micro-batch probe (use --method per_example for b = 1)")
         if self.method == "microbatch" and self.probe_batch and self.probe_batch % self.micro_batch:
@@ -89,13 +98,17 @@ def _check_type(name: str, value, hint) -> tuple[object, str | None]:
         if t is bool and isinstance(value, bool):
             return value, None
         if t is int and isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_INT:
+                return value, f"{name} is too large ({short(value, 40)}; at most 2**63 - 1)"
             return value, None
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not (abs(value) <= 1e300 if isinstance(value, int) else math.isfinite(value)):
+                return value, f"{name} must be a finite number (got {short(value, 40)})"
             return float(value), None
         if t is str and isinstance(value, str):
             return value, None
     want = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
-    return value, f"{name} must be {want}, got {type(value).__name__} {value!r}"
+    return value, f"{name} must be {want}, got {type(value).__name__} {short(value)}"
 
 
 def resolve(cls, yaml_path: str | Path | None = None, overrides: dict | None = None, command: str = "measure"):
@@ -112,7 +125,7 @@ def resolve(cls, yaml_path: str | Path | None = None, overrides: dict | None = N
         key_py = key.replace("-", "_")
         if key_py not in names:
             close = [ALIASES[key_py]] if ALIASES.get(key_py) in names else difflib.get_close_matches(key_py, names, n=1)
-            errors.append(f"unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            errors.append(f"unknown option {short(key)}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             continue
         clean[key_py], err = _check_type(key_py, value, hints[key_py])
         if err:
@@ -130,14 +143,55 @@ def resolve(cls, yaml_path: str | Path | None = None, overrides: dict | None = N
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}", "pass an existing YAML file to --config")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}", "fix the YAML syntax")
+    data = load_yaml(path.read_text(), path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of option: value, not a {type(data).__name__}",
                           "write one `key: value` per line")
     return data
+
+
+def load_yaml(text: str, path: Path | str = "config"):
+    """``yaml.safe_load``, refusing a document whose values, aliases expanded, number more than
+    ``MAX_YAML_NODES`` (billion laughs) or that nests too deeply; a ConfigError either way."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot read {path}: it is not valid YAML: {clip(str(e), 400)}", "fix the YAML syntax")
+    except RecursionError:
+        raise ConfigError(f"{path} nests too deeply", "write a flat mapping of option: value")
+    if expanded_size(data) > MAX_YAML_NODES:
+        raise ConfigError(f"{path} expands to more than {MAX_YAML_NODES:,} values (aliases expanded): refused",
+                          "write the values out; a config needs no anchors that multiply")
+    return data
+
+
+def expanded_size(data, limit: int = MAX_YAML_NODES) -> int:
+    """How many values ``data`` holds with shared (aliased) containers counted each time they appear; stops
+    counting past ``limit``. Memoised by identity, so a bomb is sized in time linear in its text."""
+    sizes: dict[int, int] = {}
+
+    def size(x, depth: int) -> int:
+        if depth > 100:
+            return limit + 1
+        if not isinstance(x, (dict, list)):
+            return 1
+        if id(x) not in sizes:
+            items = list(x.keys()) + list(x.values()) if isinstance(x, dict) else x
+            sizes[id(x)] = min(limit + 1, 1 + sum(size(v, depth + 1) for v in items))
+        return sizes[id(x)]
+
+    return size(data, 0)
+
+
+def limit(flag: str, value, low: float, high: float, low_open: bool = False) -> str | None:
+    """The problem with a number from the command line or a config, or None: finite and within [low, high]."""
+    try:
+        ok = math.isfinite(float(value)) and (value > low if low_open else value >= low) and value <= high
+    except OverflowError:
+        ok = False
+    if ok:
+        return None
+    return f"{flag} must be a number in {'(' if low_open else '['}{low:g}, {high:g}] (got {short(value, 40)})"
 
 
 def as_dict(config) -> dict:

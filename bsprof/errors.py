@@ -42,3 +42,19 @@ class NonFiniteError(BsprofError):
 
 class ReportError(BsprofError):
     """A report file cannot be read or does not match the schema."""
+
+
+def short(value, limit: int = 200) -> str:
+    """A bounded repr for messages (strings quoted): ``reprlib`` stops at a few levels and items (a YAML bomb's
+    value is never expanded), and the text is cut at ``limit`` characters."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother, r.maxlong = 3, limit, limit, limit
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 8
+    return clip(r.repr(value), limit)
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """``text`` cut at ``limit`` characters (an ellipsis marks the cut)."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -5,6 +5,8 @@ Typed ``BsprofError``s become one red line, a hint, and an exit code; never a tr
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from bsprof.cli import check, measure, report, schedule, sweep  # noqa: F401  (each registers its command)
@@ -12,7 +14,12 @@ from bsprof.cli.app import app
 
 
 def main() -> None:
-    app()
+    """Run the app; a Ctrl-C that no command handles is one line and exit 130, never a traceback."""
+    try:
+        app()  # typer turns a Ctrl-C inside a command into exit 130 without a traceback
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        raise SystemExit(130)
 
 
 __all__ = ["app", "main", "typer"]

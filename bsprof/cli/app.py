@@ -25,9 +25,11 @@ def user_errors(exit_code: int | None = None):
     try:
         yield
     except BsprofError as e:
-        err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, markup=True)
+        from bsprof.gate.formats import neutralise  # no line of an error may read as a GitHub workflow command
+
+        err_console.print(f"[bold red]error:[/] {escape(neutralise(e.message))}", highlight=False, markup=True)
         if e.hint:  # user data (paths, values) may hold [brackets]: escaped, never read as markup
-            err_console.print(f"[yellow]fix:[/] {escape(e.hint)}", highlight=False)
+            err_console.print(f"[yellow]fix:[/] {escape(neutralise(e.hint))}", highlight=False)
         raise typer.Exit(exit_code if exit_code is not None else e.exit_code)
 
 

@@ -16,15 +16,17 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bsprof.cli.app import app, console, err_console, user_errors, write_output
 from bsprof.cli.source import load, measure_spec
-from bsprof.config import resolve
-from bsprof.errors import BsprofError, ConfigError, ReportError, SpecError
+from bsprof.config import MAX_BATCH, limit, resolve
+from bsprof.errors import BsprofError, ConfigError, ReportError, SpecError, clip
 from bsprof.gate import formats as ci_output
 from bsprof.gate.policy import CANNOT_JUDGE, FAIL, PASS, Policy, Verdict, judge
 from bsprof.gate.training_config import BATCH_KEYS, LR_KEYS, values_from_config
 from bsprof.output import codec
+from bsprof.output.files import check_file
 from bsprof.output.report import Report
 from bsprof.results import Status
 
@@ -78,15 +80,17 @@ def _precision_note(info: dict, verdict: Verdict) -> str:
 
 # -- output --------------------------------------------------------------------------------------------------
 def _render_text(verdict: Verdict, out) -> None:
+    """The verdict as text lines; data (messages, notes) one line each, rich markup escaped, no workflow command."""
+    line = lambda text: escape(ci_output.plain(text))  # noqa: E731
     if verdict.noise is not None:
-        out.print(f"noise scale: {verdict.noise.describe()}", highlight=False, soft_wrap=True)
+        out.print(f"noise scale: {line(verdict.noise.describe())}", highlight=False, soft_wrap=True)
     for c in verdict.checks:
-        out.print(f"{STYLE[c.status]} {ci_output.TITLES.get(c.name, c.name)}: {c.message}", highlight=False,
-                  soft_wrap=True)
+        out.print(f"{STYLE[c.status]} {line(ci_output.TITLES.get(c.name, c.name))}: {line(c.message)}",
+                  highlight=False, soft_wrap=True)
         for n in c.notes:
-            out.print(f"  [yellow]warning:[/] {n}", highlight=False, soft_wrap=True)
+            out.print(f"  [yellow]warning:[/] {line(n)}", highlight=False, soft_wrap=True)
     for n in verdict.notes:
-        out.print(f"  [dim]note: {n}[/]", highlight=False, soft_wrap=True)
+        out.print(f"  [dim]note: {line(n)}[/]", highlight=False, soft_wrap=True)
 
 
 FORMATS = ("text", "json", "junit", "github", "markdown")
@@ -204,13 +208,21 @@ def check(
     extra: dict = {}
     with user_errors(2):
         outputs = parse_formats(formats or [], junit, github, as_json)
+        for name, path in outputs:  # every output file is writable before anything is measured
+            if path is not None:
+                check_file(path, f"--format {name}:PATH")
+        if save_report is not None:
+            check_file(save_report, "--save-report")
     overrides = dict(factor=factor, max_extra_compute=max_extra_compute, max_extra_steps=max_extra_steps,
                      lr_factor=lr_factor, baseline_factor=baseline_factor)
     try:
         policy = resolve(Policy, config, overrides, command="check")
         verdict, extra = _judge_all(target, batch_size, lr, training_config, batch_key, lr_key, at_loss, policy,
                                     baseline, budget, steps, seed, rel_error, save_report)
-    except BsprofError as e:
+    except (BsprofError, Exception) as e:
+        if not isinstance(e, BsprofError):  # anything that is not a verdict exits 2, never 1 ("violated")
+            e = BsprofError(f"cannot judge: {type(e).__name__}: {clip(str(e))}",
+                            "this is a bsprof bug or an input it does not expect; please report it")
         with user_errors(2):
             try:
                 _emit(Verdict.from_error(_error_kind(e), e.message, e.hint), outputs, extra)
@@ -243,6 +255,11 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
         batch_size, lr, notes = values_from_config(config, batch_key, lr_key, batch_size, lr)
     if batch_size is None:
         raise ConfigError("no batch size to judge", "pass --batch-size B, or --training-config FILE --batch-key KEY")
+    problems = [p for p in (limit("--batch-size", batch_size, 1, MAX_BATCH),
+                            limit("--lr", lr, 0, 1e6, low_open=True) if lr is not None else None,
+                            limit("--at-loss", at_loss, -1e30, 1e30) if at_loss is not None else None) if p]
+    if problems:
+        raise ConfigError("bad options:\n  - " + "\n  - ".join(problems), "see `bsprof check --help`")
     budget_s = parse_duration(budget) if budget is not None else 60.0
     old = read_report(baseline) if baseline is not None else None
     extra, info = {}, None

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bsprof import distributed
+from bsprof.cli import signals
 from bsprof.cli.app import app, console, err_console, user_errors
 from bsprof.config import MeasureConfig, resolve
-from bsprof.errors import BsprofError
+from bsprof.errors import BsprofError, ConfigError
+from bsprof.output import files
 from bsprof.output.render import estimate_text
 from bsprof.output.report import Report
 from bsprof.results import Estimate
@@ -56,7 +60,19 @@ def measure(
     with user_errors():
         cfg = resolve(MeasureConfig, config, overrides)
         with distributed.session(cfg.device) as comm:  # one process unless launched by torchrun
-            _run(spec, cfg, report, out, figures, quiet or not comm.is_main, comm, debug)
+            with _output_folder(out, comm):
+                _run(spec, cfg, report, out, figures, quiet or not comm.is_main, comm, debug)
+
+
+@contextlib.contextmanager
+def _output_folder(out: Path, comm: distributed.Comm):
+    """Before any training: the report folder exists, is writable, and no other run writes there (rank 0 only)."""
+    if not comm.is_main:
+        yield
+        return
+    files.check_folder(out, "--out")
+    with files.folder_lock(out, "--out"):
+        yield
 
 
 def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: bool, quiet: bool,
@@ -66,63 +82,83 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
 
     failure: BaseException | None = None
     started = time.perf_counter()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err_console,
-                  disable=quiet, transient=True) as bar:
-        task = bar.add_task("probe training", total=cfg.steps, status="")
+    with signals.as_interrupt() if comm.world == 1 else _nothing():  # SIGTERM/SIGHUP: like Ctrl-C
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err_console,
+                      disable=quiet, transient=True) as bar:
+            task = bar.add_task("probe training", total=cfg.steps, status="")
 
-        def progress(kind: str, info: dict) -> None:
-            if kind == "train":
-                bar.update(task, completed=info["step"], status=f"loss {info['loss']:.4g}")
-            elif kind == "draw":
-                bar.update(task, status=f"measuring at step {info['step']}: B_simple "
-                           f"{estimate_text(_estimate(info['estimate']))}")
-            elif kind == "measured" and not quiet and not err_console.is_terminal:  # logs: a line per measurement
-                row = info["row"]
-                err_console.print(f"step {row.step}: B_simple {estimate_text(row.b_simple)} ({row.n_draws} draws, "
-                                  f"{row.examples} examples, {row.seconds:.1f} s); elapsed "
-                                  f"{time.perf_counter() - started:.1f} s", highlight=False, markup=False)
+            def progress(kind: str, info: dict) -> None:
+                if kind == "train":
+                    bar.update(task, completed=info["step"], status=f"loss {info['loss']:.4g}")
+                elif kind == "draw":
+                    bar.update(task, status=f"measuring at step {info['step']}: B_simple "
+                               f"{estimate_text(_estimate(info['estimate']))}")
+                elif kind == "measured" and not quiet and not err_console.is_terminal:  # logs: a line each
+                    row = info["row"]
+                    err_console.print(f"step {row.step}: B_simple {estimate_text(row.b_simple)} ({row.n_draws} "
+                                      f"draws, {row.examples} examples, {row.seconds:.1f} s); elapsed "
+                                      f"{time.perf_counter() - started:.1f} s", highlight=False, markup=False)
 
-        try:
-            with distributed.stop_on_sigterm(comm):
-                run_measure(spec, cfg, report, progress, comm)
-        except (KeyboardInterrupt, BsprofError) as e:
-            failure = e
-        except Exception as e:  # the user's code failed mid-run: keep what was measured, then show it
-            failure = e
-    written = False
-    if comm.is_main and (report.measurements or report.config):
-        paths = report.write(out, figures=figures)
-        written = bool(report.measurements)
-        if not quiet:
-            console.print(report)
-            console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+            try:
+                with distributed.stop_on_sigterm(comm):
+                    run_measure(spec, cfg, report, progress, comm)
+            except (KeyboardInterrupt, BsprofError) as e:
+                failure = e
+            except Exception as e:  # the user's code failed mid-run: keep what was measured, then show it
+                failure = e
+        signals.hold()  # a second SIGTERM/SIGHUP must not cut the report short
+        written, write_error = _write(report, out, figures, quiet, comm)
+    kept = "the partial report was written" if written else "no report was written"
     if isinstance(failure, KeyboardInterrupt):
-        err_console.print("[bold red]interrupted[/]: " + ("the partial report was written" if written else
-                                                          "nothing had been measured yet"))
-        raise typer.Exit(130)
-    if failure is not None and not isinstance(failure, BsprofError):
-        if debug:
-            err_console.print_exception()
-        failure = _user_failure(failure, report, written, out)
+        err_console.print(f"[bold red]{signals.describe(failure)}[/]: {kept}")
+        raise typer.Exit(signals.exit_code(failure))
     if isinstance(failure, distributed.RankFailure) and not comm.is_main:
         raise typer.Exit(failure.exit_code)  # rank 0 says what happened
+    if failure is not None and not isinstance(failure, BsprofError):
+        if debug:
+            import traceback
+
+            traceback.print_exception(failure)
+        failure = _user_failure(failure, report, kept)
     if failure is not None:
         raise failure
+    if write_error is not None:
+        raise write_error
 
 
-def _user_failure(e: Exception, report: Report, written: bool, out: Path) -> BsprofError:
-    """The user's code raised mid-run: what, in which phase and step, where in their file, and the fix."""
+@contextlib.contextmanager
+def _nothing():
+    yield
+
+
+def _write(report: Report, out: Path, figures: bool, quiet: bool,
+           comm: distributed.Comm) -> tuple[bool, BsprofError | None]:
+    """Write the report folder (rank 0) and say so; (written, the error if it could not be written)."""
+    if not (comm.is_main and (report.measurements or report.config)):
+        return False, None
+    try:
+        paths = report.write(out, figures=figures)
+    except OSError as e:
+        err = ConfigError(f"cannot write the report to {out}: {e.strerror or e}", "free space or pass another --out")
+        err_console.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False)
+        return False, err
+    if not quiet:
+        console.print(report)
+        console.print(f"wrote {escape(', '.join(str(p) for p in paths.values()))}", highlight=False)
+    return True, None
+
+
+def _user_failure(e: Exception, report: Report, kept: str) -> BsprofError:
+    """The user's code raised: what, in which phase and step, where in their file, and the fix."""
     info = report.incomplete or {}
     where = f" in {info['where']}" if info.get("where") else ""
-    kept = f"the partial report is in {out}" if written else "nothing was measured before it"
     at = f" at step {info['step']}" if info.get("step") is not None else ""
+    what = f"{info.get('phase', 'the run')}{at} failed{where}: {type(e).__name__}: {e}"
     data = [d["message"] for d in report.diagnostics if d["code"] == "list_items"]
     if data:
-        return BsprofError(f"{info.get('phase', 'the run')}{at} failed{where}: "
-                           f"{type(e).__name__}: {e}", data[0] + f" ({kept})")
-    return BsprofError(f"{info.get('phase', 'the run')}{at} failed{where}: "
-                       f"{type(e).__name__}: {e}", f"fix the spec{where}; {kept} (--debug shows the traceback)")
+        return BsprofError(what, f"{data[0]} ({kept})")
+    return BsprofError(what, f"fix the spec{where}; {kept} (--debug shows the traceback)")
 
 
 def _estimate(e) -> Estimate:

@@ -26,6 +26,10 @@ def report_command(
         if is_spec(source):
             raise ConfigError(f"`bsprof report` shows a saved report, and {source.name} is a spec file",
                               f"measure it first: bsprof measure {source}, then bsprof report bsprof-out")
+        if out is not None:
+            from bsprof.output.files import check_folder
+
+            check_folder(out, "--out")  # before reading or measuring anything
         report = load(source, "report", window=window)
     console.print(report)
     if layers and report.layers:

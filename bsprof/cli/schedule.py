@@ -61,6 +61,10 @@ def schedule(
     with user_errors():
         if fmt not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})", "e.g. --format json")
+        if output is not None:
+            from bsprof.output.files import check_file
+
+            check_file(output, "--output")  # before measuring a SPEC.py
         overrides["max_batch"], memory_note = _max_batch(max_batch, source, overrides)
         cfg = resolve(ScheduleConfig, config, overrides, command="schedule")
         result = plan(load(source, "schedule", window=window, steps=steps), cfg)

@@ -74,6 +74,7 @@ def clipping(report: Report, spec, optimizer) -> None:
 
 def after_run(report: Report) -> None:
     """Diagnostics that need the measurements: the 1/B regression's fit, B_pre availability, layer spread."""
+    _degenerate(report)
     bad = [r for r in report.measurements if r.regression is not None and r.regression.failed]
     if bad:
         report.diagnose("regression_misfit", f"|G_B|² is not linear in 1/B at step {bad[-1].step} (fit p = "
@@ -90,3 +91,22 @@ def after_run(report: Report) -> None:
         report.diagnose("layer_spread", f"layer noise scales span {min(values):.3g}–{max(values):.3g} "
                         f"(> {LAYER_SPREAD:g}×): the total is dominated by the layers with the largest |G|²; "
                         "see layers.csv.")
+
+
+DEGENERATE = {
+    "zero_gradient": "every gradient drawn is exactly zero at step {steps}: the loss is flat there (constant loss, "
+                     "frozen or disconnected weights, dead activations); B_simple is undefined. Check that loss() "
+                     "depends on the trainable parameters.",
+    "zero_variance": "the examples' gradients agree at step {steps} (tr Σ ≈ 0: identical or duplicated examples, "
+                     "or a loss that ignores the data): B_simple ≈ 0, any batch size above 1 wastes compute. "
+                     "Check that dataset() returns distinct examples.",
+}
+
+
+def _degenerate(report: Report) -> None:
+    """Measurements the stopping rule ended early because no draw could narrow them (``stats.stopping``)."""
+    for code, text in DEGENERATE.items():
+        steps = [r.step for r in report.measurements if r.stopped_by == code]
+        if steps:
+            report.diagnose(code, text.format(steps=", ".join(map(str, steps))))
+

@@ -221,8 +221,9 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                     tracker = _training_tracker(model, optimizer, batch_size, cfg.confidence)
                 loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm, tracker)
                 say("train", {"step": step + 1, "loss": loss})
-    except KeyboardInterrupt:
-        report.incomplete = {"reason": "interrupted", "step": step}
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP raised as one (bsprof.cli.signals)
+        report.incomplete = {"reason": f"terminated by {e.name}" if hasattr(e, "signum") else "interrupted",
+                             "step": step}
         raise
     except NonFiniteError as e:
         where = "" if "at step" in e.message else f" at step {step}"

@@ -69,13 +69,29 @@ def one_draw(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, B: in
     small = small.double().cpu().numpy() / n_small
     loss = float(loss_sum) / seen
     if not (math.isfinite(loss) and np.isfinite(big).all() and np.isfinite(small).all()):
-        raise NonFiniteError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} while measuring",
-                             "lower the learning rate, or check the model and data for NaN/Inf")
+        raise _non_finite(loss, big, small)
     scale2, n_groups = loss_scale ** 2, int(group.max()) + 1
     return Draw(np.bincount(group, small, n_groups) / scale2, np.bincount(group, big, n_groups) / scale2,
                 seen // n_small, seen, loss, examples.n, tuple(partial),
                 None if local is None
                 else np.bincount(group, local.cpu().numpy(), n_groups) / scale2, comm.world)
+
+
+def _non_finite(loss: float, big: np.ndarray, small: np.ndarray) -> NonFiniteError:
+    """What went non-finite: the loss (NaN/Inf in the model or data, or training diverged), a squared gradient
+    norm that overflowed (finite loss, infinite |g|²: norms above ~1.8e19 square past float32's 3.4e38), or the
+    gradient itself."""
+    if not math.isfinite(loss):
+        return NonFiniteError(f"the loss is {loss} while measuring", "check the model and data for NaN/Inf; if it "
+                              "appears only after training steps, lower the learning rate")
+    if not (np.isnan(big).any() or np.isnan(small).any()):
+        return NonFiniteError("a squared gradient norm overflowed float32 to inf while measuring (the loss is "
+                              "finite, but |g|² > 3.4e38)", "check the inputs and the loss's scale (unnormalised "
+                              "features, a sum where a mean was meant), or measure in float64 (model().double()); "
+                              "if it appears only after training steps, lower the learning rate")
+    return NonFiniteError("a gradient is NaN while measuring (the loss is finite)",
+                          "check the model for operations with undefined gradients (sqrt(0), log(0)); if it appears "
+                          "only after training steps, lower the learning rate")
 
 
 def partial_marks(step: int, B: int) -> set[int]:
@@ -139,8 +155,13 @@ def measure_at(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, gro
         if on_draw:
             on_draw(est)
         if s.b == 1 and examples.n is not None and B == examples.n:
-            return est, draws, EXACT
-        why = stop(len(draws), est.rel_halfwidth, spent, elapsed)
+            return est, draws, stopping.degenerate(est.g2_hi, _ratio(est)) or EXACT
+        why = stop(len(draws), est.rel_halfwidth, spent, elapsed, est.g2_hi, _ratio(est))
         if why is not None:
             return est, draws, why
         B = next_batch(est, s, B, examples.n, comm.world)
+
+
+def _ratio(est: NoiseScale) -> float:
+    """tr Σ/|G|² as estimated (B_simple's point value, whatever its status); NaN when |G|² ≤ 0."""
+    return est.trace_sigma / est.g2 if est.g2 > 0 else math.nan

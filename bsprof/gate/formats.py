@@ -6,6 +6,7 @@ Pure functions from a Verdict to text; the CLI decides where the text goes.
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 
 from bsprof.gate.policy import CANNOT_JUDGE, FAIL, PASS, Verdict
@@ -14,6 +15,26 @@ from bsprof.results import json_clean
 TITLES = {"batch_size": "batch size", "lr": "learning rate", "baseline": "baseline", "report": "report",
           "options": "options", "measure": "measurement"}
 MARKS = {PASS: "✅ pass", FAIL: "❌ fail", CANNOT_JUDGE: "⚠️ cannot judge"}
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")             # never printed (ANSI escapes, NUL, …)
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")  # XML 1.0 forbids these
+_COMMAND = re.compile(r"^(\s*):(?=:)", re.MULTILINE)                     # a GitHub workflow command: ::name ...
+
+
+def neutralise(text: str) -> str:
+    """No line of ``text`` can be read by GitHub Actions as a workflow command (``::error::…``): a leading
+    '::' becomes ': :'. Control characters are dropped; line breaks are kept."""
+    return _COMMAND.sub(r"\1: ", _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")))
+
+
+def plain(text: str) -> str:
+    """One printable line from data (a report field, an exception text): line breaks become spaces, then
+    ``neutralise``."""
+    return neutralise(" ".join(str(text).splitlines()))
+
+
+def xml_text(text: str) -> str:
+    """Text for JUnit XML: characters XML forbids removed, workflow commands neutralised."""
+    return neutralise(_NOT_XML.sub("", str(text)))
 
 
 def to_json(verdict: Verdict, extra: dict | None = None) -> str:
@@ -34,18 +55,19 @@ def to_junit(verdict: Verdict, suite: str = "bsprof check") -> str:
     if verdict.noise is not None:
         props = ET.SubElement(ts, "properties")
         for k, v in verdict.noise.to_dict().items():
-            ET.SubElement(props, "property", name=f"noise_scale.{k}", value="" if v is None else str(v))
+            ET.SubElement(props, "property", name=f"noise_scale.{k}", value="" if v is None else xml_text(v))
     for c in checks:
-        case = ET.SubElement(ts, "testcase", classname="bsprof.check", name=c.name)
+        case = ET.SubElement(ts, "testcase", classname="bsprof.check", name=xml_text(c.name))
+        message = xml_text(c.message)
         if c.status == FAIL:
-            ET.SubElement(case, "failure", message=c.message, type="policy").text = c.message
+            ET.SubElement(case, "failure", message=message, type="policy").text = message
         elif c.status == CANNOT_JUDGE:
-            ET.SubElement(case, "error", message=c.message, type="cannot_judge").text = "\n".join(
-                (c.message, *c.notes))
+            ET.SubElement(case, "error", message=message, type="cannot_judge").text = xml_text("\n".join(
+                (c.message, *c.notes)))
         out = [c.message, *c.notes] if c.status == PASS else list(c.notes)
         out += list(verdict.notes)
         if out:
-            ET.SubElement(case, "system-out").text = "\n".join(out)
+            ET.SubElement(case, "system-out").text = xml_text("\n".join(out))
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -76,14 +98,14 @@ def to_github(verdict: Verdict) -> list[str]:
 
 
 def _cell(s: str) -> str:
-    return s.replace("|", "\\|").replace("\n", " ")
+    return plain(s).replace("|", "\\|")
 
 
 def to_markdown(verdict: Verdict) -> str:
     """The job summary: overall status, the measured noise scale, one table row per check, then notes."""
     lines = [f"## bsprof check: {MARKS[verdict.status]}", ""]
     if verdict.noise is not None:
-        lines += [f"Noise scale: {verdict.noise.describe()}", ""]
+        lines += [f"Noise scale: {plain(verdict.noise.describe())}", ""]
     lines += ["| check | status | message |", "|---|---|---|"]
     lines += [f"| {TITLES.get(c.name, c.name)} | {MARKS[c.status]} | {_cell(c.message)} |" for c in verdict.checks]
     notes = [n for c in verdict.checks for n in c.notes] + list(verdict.notes)

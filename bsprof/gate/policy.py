@@ -418,6 +418,11 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
     if baseline is not None:
         checks.append(check_baseline(noise, noise_at(baseline, at_loss), policy.baseline_factor))
     notes = []
+    if report.incomplete:
+        how = report.incomplete.get("reason") or "stopped early"
+        step = report.incomplete.get("step")
+        notes.append(f"the report is incomplete: the run ended early ({how}"
+                     f"{f', at step {step}' if step is not None else ''}); judged on what was measured before")
     if lr_rule(report.config.get("optimizer")) == "sqrt":
         notes.append("under Adam, plain B_simple tends to underestimate the critical batch (Merrill et al. 2025)")
     notes.extend(d["message"] for d in report.diagnostics if isinstance(d, dict) and d.get("message"))

@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from bsprof.errors import ConfigError
+from bsprof.errors import ConfigError, clip, short
 
 # Keys tried, in order, when no --batch-key / --lr-key is given (the first one present wins).
 BATCH_KEYS = ("batch_size", "train.batch_size", "training.batch_size", "trainer.batch_size", "data.batch_size")
@@ -44,13 +44,13 @@ def read_training_config(path: Path) -> dict:
         elif suffix == ".toml":
             data = _load_toml(text)
         else:
-            import yaml
+            from bsprof.config import load_yaml
 
-            data = yaml.safe_load(text)
+            data = load_yaml(text, path)
     except ConfigError:
         raise
     except Exception as e:  # YAMLError, JSONDecodeError, TOMLDecodeError, UnicodeDecodeError, OSError
-        raise ConfigError(f"cannot read {path}: {type(e).__name__}: {e}", "fix the file's syntax")
+        raise ConfigError(f"cannot read {path}: {type(e).__name__}: {clip(str(e), 400)}", "fix the file's syntax")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} holds a {type(data).__name__}, not a mapping of keys",
                           "pass the training config file itself")
@@ -68,7 +68,8 @@ def lookup(data: dict, key: str, source: str = "config"):
         else:
             where = ".".join(path) or "the top level"
             have = ", ".join(map(str, node)) if isinstance(node, dict) else f"a {type(node).__name__}"
-            raise ConfigError(f"key {key!r} not found in {source}: no {part!r} at {where} (found: {have})",
+            raise ConfigError(f"key {short(key)} not found in {source}: no {short(part)} at {where} (found: "
+                              f"{clip(have)})",
                               "pass the dotted path to the value, e.g. --batch-key trainer.batch_size")
         path.append(part)
     return node
@@ -80,10 +81,11 @@ def _number(value, key: str, integer: bool) -> float:
         if isinstance(value, bool):
             raise ValueError
         x = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"config key {key!r} holds {value!r}, not a number", "point the key at a number")
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"config key {key!r} holds {short(value)}, not a number", "point the key at a number")
     if not (math.isfinite(x) and x > 0) or (integer and x != int(x)):
-        raise ConfigError(f"config key {key!r} holds {value!r}, not a positive {'integer' if integer else 'number'}",
+        kind = "integer" if integer else "number"
+        raise ConfigError(f"config key {key!r} holds {short(value)}, not a positive {kind}",
                           "point the key at the batch size" if integer else "point the key at the learning rate")
     return x
 
@@ -100,9 +102,9 @@ def values_from_config(path: Path, batch_key: str | None, lr_key: str | None, ba
             return given
         value = lookup(data, key, str(path))
         if given is not None:
-            notes.append(f"{flag} {given:g} overrides {key} = {value!r} in {path}")
+            notes.append(f"{flag} {short(given, 40)} overrides {key} = {short(value)} in {path}")
             return given
-        notes.append(f"read {key} = {value!r} from {path}")
+        notes.append(f"read {key} = {short(value)} from {path}")
         return _number(value, key, integer)
 
     return (pick(batch_key, BATCH_KEYS, True, batch_size, "--batch-size"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bsprof.errors import ReportError
+from bsprof.errors import ReportError, clip, short
 from bsprof.results import LayerEstimate, Measurement, json_clean
 
 SCHEMA_VERSION = 2
@@ -19,6 +19,29 @@ REQUIRED = ("schema_version", "measurements", "summary", "config")
 _FIX = "pass the report.json written by `bsprof measure`"
 MAX_BYTES = 256 << 20
 _KIND = {dict: "an object", list: "a list"}
+MAX_DEPTH = 32          # a report nests 4 levels; deeper is not a report
+MAX_ABS = 1e100         # |numbers| beyond this (or an integer beyond 2**63) would overflow the math downstream
+
+
+def _check_values(data, where: str) -> None:
+    """Every number finite and within ``MAX_ABS`` (integers within 2**63), nesting within ``MAX_DEPTH``: a
+    ReportError naming the field, before any value reaches float(), a fit or a solver."""
+    stack = [(data, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ReportError(f"{where}: {path or 'the report'} nests deeper than {MAX_DEPTH} levels", _FIX)
+        if isinstance(node, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))
+        elif isinstance(node, bool) or node is None or isinstance(node, str):
+            continue
+        elif isinstance(node, int) and abs(node) >= 1 << 63:
+            raise ReportError(f"{where}: {path} is an integer of {node.bit_length()} bits, beyond 2**63", _FIX)
+        elif isinstance(node, float) and not abs(node) <= MAX_ABS:
+            raise ReportError(f"{where}: {path} is {short(node, 40)}, not a finite number within ±{MAX_ABS:g}",
+                              _FIX)
 
 
 def encode(report) -> dict:
@@ -51,9 +74,11 @@ def decode(data, where: str = "report"):
     if missing:
         raise ReportError(f"{where} is not a bsprof report: missing {', '.join(missing)}", _FIX)
     version = data["schema_version"]
-    if version not in READS or isinstance(version, bool):
-        raise ReportError(f"{where}: schema_version {version!r} is not one this bsprof reads ({READS})",
-                          "upgrade bsprof, or re-run `bsprof measure`")
+    if type(version) is not int or version not in READS:
+        what = f"{short(version, 40)} (a {type(version).__name__})" if type(version) is not int else str(version)
+        raise ReportError(f"{where}: schema_version {what} is not one this bsprof reads (the integers "
+                          f"{', '.join(map(str, READS))})", "upgrade bsprof, or re-run `bsprof measure`")
+    _check_values(data, where)
     rows = _expect(data, "measurements", list, where)
     layers = _expect(data, "layers", list, where, optional=True)
     read_row = Measurement.from_row if version == 1 else Measurement.from_dict
@@ -98,8 +123,8 @@ def read(path: str | Path):
         raise ReportError(f"{path} is {path.stat().st_size >> 20} MiB, too large for a report", _FIX)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ReportError(f"{path} is not valid JSON ({e})", _FIX)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, or an integer of over 4,300 digits
+        raise ReportError(f"{path} is not valid JSON ({clip(str(e))})", _FIX)
     except RecursionError:
         raise ReportError(f"{path} nests too deeply to be a report", _FIX)
     return decode(data, str(path))

@@ -41,3 +41,77 @@ def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+LOCK_NAME = ".bsprof.lock"
+
+
+def check_folder(folder: str | Path, flag: str = "--out") -> Path:
+    """Create ``folder`` if needed and prove it writable with a probe file, before any work is done; a
+    ``ConfigError`` naming ``flag`` if it is a file, lies under a file, or cannot be written."""
+    from bsprof.errors import ConfigError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"cannot write to {folder}: it is a file, not a folder", f"pass a folder to {flag}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".bsprof-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"cannot write to {folder}: {e.strerror or e}", f"pass a writable folder to {flag}")
+    return folder
+
+
+def check_file(path: str | Path, flag: str) -> Path:
+    """``check_folder`` for the folder of an output file; a ConfigError if ``path`` is a folder."""
+    from bsprof.errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder, not a file", f"pass a file path to {flag}")
+    check_folder(path.parent, flag)
+    return path
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
+    """Hold ``folder/.bsprof.lock`` (fcntl.flock) while a run writes there: one run at a time per output folder.
+    A second run gets a ConfigError naming the first one's pid. The lock file is opened without following a
+    symlink, and removed when the run ends."""
+    from bsprof.errors import ConfigError
+
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; runs are not serialised
+        yield Path(folder)
+        return
+    path = Path(folder) / LOCK_NAME
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise ConfigError(f"cannot create the lock file {path}: {e.strerror or e}",
+                              f"pass a writable folder to {flag}")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"another bsprof run (pid {other}) is writing to {folder}",
+                              f"wait for it to finish, or pass another {flag}")
+        try:  # the file may have been removed by the run that held it just before: lock the one on disk
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield Path(folder)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)

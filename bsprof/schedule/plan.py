@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from bsprof.errors import BsprofError, ConfigError, ReportError
+from bsprof.errors import BsprofError, ConfigError, ReportError, short
 from bsprof.results import Estimate, Measurement, finite, is_adam_family
 from bsprof.schedule import predict, rules
 from bsprof.schedule.fit import fit_noise_scale
@@ -62,7 +62,7 @@ class ScheduleConfig:
         for name, allowed in (("rule", tuple(rules.RULES)), ("lr_rule", ("auto", *rules.LR_RULES)),
                               ("noise", ("auto", "b_simple", "b_noise")), ("form", ("auto", "power", "hyperbola"))):
             if getattr(self, name) not in allowed:
-                p.append(f"{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+                p.append(f"{name} must be one of {', '.join(allowed)} (got {short(getattr(self, name))})")
         for name in ("min_batch", "max_batch", "world_size", "every"):
             if getattr(self, name) < 1:
                 p.append(f"{name} must be at least 1 (got {getattr(self, name)})")

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from bsprof.results import Estimate, Status
 
 PRECISION, EXAMPLES, TIME, EXACT = "precision", "examples", "time", "exact"  # what stopped a measurement
+ZERO_GRADIENT, ZERO_VARIANCE = "zero_gradient", "zero_variance"  # degenerate: no draw can make the interval narrow
+NOISELESS = 1e-6  # |tr Σ|/|G|² (examples) below this: the examples' gradients agree (tr Σ ≈ 0 up to rounding)
 LOOK_STEP = 1.5  # look again only after at least 50% more draws
 MAX_PROBE_BATCH = 1 << 16
 
@@ -45,8 +47,13 @@ class Stopper:
     def __post_init__(self):
         self.look = self.look or self.min_draws
 
-    def __call__(self, draws: int, rel_halfwidth: float, spent: float, elapsed: float) -> str | None:
-        """The reason to stop now (``PRECISION``, ``EXAMPLES``, ``TIME``), or None to draw again."""
+    def __call__(self, draws: int, rel_halfwidth: float, spent: float, elapsed: float, g2_hi: float = math.inf,
+                 ratio: float = math.inf) -> str | None:
+        """The reason to stop now (``PRECISION``, ``EXAMPLES``, ``TIME``, or after ``min_draws`` a degenerate
+        problem: ``ZERO_GRADIENT`` when every gradient drawn is exactly zero (``g2_hi`` = 0), ``ZERO_VARIANCE``
+        when the examples' gradients agree, |``ratio``| = |tr Σ|/|G|² ≤ ``NOISELESS``), or None."""
+        if draws >= self.min_draws and degenerate(g2_hi, ratio):
+            return degenerate(g2_hi, ratio)
         if draws >= self.look:
             if rel_halfwidth <= self.rel_error:
                 return PRECISION
@@ -56,6 +63,18 @@ class Stopper:
         if elapsed >= self.max_seconds:
             return TIME
         return None
+
+
+def degenerate(g2_hi: float, ratio: float) -> str | None:
+    """``ZERO_GRADIENT`` (|G|² and its upper bound exactly 0: a flat loss, frozen or disconnected weights),
+    ``ZERO_VARIANCE`` (tr Σ ≈ 0: identical examples; the point estimate |tr Σ|/|G|² ≤ ``NOISELESS``, which a
+    real noise scale never hits by chance), or None. The relative width of an interval around 0 never shrinks,
+    so without this check the budget would be spent to no avail."""
+    if g2_hi == 0:
+        return ZERO_GRADIENT
+    if abs(ratio) <= NOISELESS:  # (NaN: not degenerate)
+        return ZERO_VARIANCE
+    return None
 
 
 def next_batch(est: Estimate | None, B: int, b: int, start_B: int, fixed_B: bool = False, n: int | None = None,
@@ -74,5 +93,5 @@ def next_batch(est: Estimate | None, B: int, b: int, start_B: int, fixed_B: bool
     return max(target // unit * unit, 2 * b if b > 1 and world == 1 else 2, unit)
 
 
-__all__ = ["Stopper", "next_look", "next_batch", "LOOK_STEP", "MAX_PROBE_BATCH", "PRECISION", "EXAMPLES", "TIME",
-           "EXACT"]
+__all__ = ["Stopper", "next_look", "next_batch", "degenerate", "LOOK_STEP", "MAX_PROBE_BATCH", "PRECISION",
+           "EXAMPLES", "TIME", "EXACT", "ZERO_GRADIENT", "ZERO_VARIANCE"]

@@ -1,0 +1,320 @@
+"""Nothing lost, nothing injected (issue 16): atomic and locked outputs checked before any work, signals, bounded
+input, exit codes, escaped output, true messages, degenerate problems. docs/reliability.md maps each guarantee here.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from bsprof.cli import app
+from bsprof.gate import formats
+from bsprof.gate.policy import CANNOT_JUDGE, PASS, Verdict
+from bsprof.gate.policy import CheckResult as Check
+from bsprof.output import files
+from bsprof.output.codec import dumps
+from bsprof.output.report import Report
+from bsprof.stats.stopping import NOISELESS, ZERO_GRADIENT, ZERO_VARIANCE, Stopper
+
+ASSETS = Path(__file__).parent / "assets"
+ROOT = Path(__file__).parent.parent
+runner = CliRunner()
+
+
+def cli(*args):
+    result = runner.invoke(app, [*map(str, args)])
+    assert "Traceback" not in result.output, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def report_data(**changes) -> dict:
+    rows = [dict(step=0, examples_seen=0, loss=2.3, g2=0.01, trace_sigma=1.0, b_simple=100.0, b_simple_lo=80.0,
+                 b_simple_hi=125.0, status="ok", method="vmap", n_draws=12, examples=6000),
+            dict(step=100, examples_seen=3200, loss=0.5, g2=0.001, trace_sigma=1.0, b_simple=1000.0,
+                 b_simple_lo=800.0, b_simple_hi=1250.0, status="ok", method="vmap", n_draws=12, examples=6000)]
+    cfg = {"batch_size": 32, "lr": 0.1, "optimizer": "SGD", "optimizer_lr": 0.1, "steps": 100}
+    data = json.loads(dumps(Report(config=cfg, measurements=rows)))
+    data.update(changes)
+    return data
+
+
+def write(tmp_path, data, name="report.json") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+# -- 1. writes -----------------------------------------------------------------------------------------------
+def test_a_symlinked_report_is_replaced_never_written_through(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").symlink_to(victim)
+    Report(config={"steps": 0}).write(out, figures=False)
+    assert victim.read_text() == "precious"
+    assert not (out / "report.json").is_symlink() and json.loads((out / "report.json").read_text())["config"]
+
+
+def test_out_under_a_file_or_unwritable_is_refused_before_training(tmp_path, monkeypatch):
+    import bsprof.engine.loop as loop
+
+    monkeypatch.setattr(loop, "measure", lambda *a, **k: pytest.fail("training started"))
+    (tmp_path / "afile").write_text("x")
+    r = cli("measure", ASSETS / "tiny_linear.py", "-o", tmp_path / "afile" / "sub", "-q")
+    assert r.exit_code == 2 and "cannot write to" in r.output and "--out" in r.output
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    r = cli("measure", ASSETS / "tiny_linear.py", "-o", tmp_path / "ro", "-q")
+    assert r.exit_code == 2 and "Permission denied" in r.output
+
+
+def test_one_run_per_output_folder(tmp_path):
+    with files.folder_lock(tmp_path):
+        r = cli("measure", ASSETS / "tiny_linear.py", "-o", tmp_path, "-q", "--steps", 0)
+        assert r.exit_code == 2 and f"another bsprof run (pid {os.getpid()})" in r.output
+    assert not (tmp_path / files.LOCK_NAME).exists()  # released and removed
+    with files.folder_lock(tmp_path):  # and can be taken again
+        pass
+
+
+def test_output_files_of_other_commands_are_checked_up_front(tmp_path):
+    report = write(tmp_path, report_data())
+    (tmp_path / "afile").write_text("x")
+    bad = tmp_path / "afile" / "x"
+    for args in (["report", report, "--out", bad], ["schedule", report, "-t", 0.6, "--output", bad],
+                 ["check", report, "-b", 100, "--format", f"junit:{bad}"],
+                 ["check", ASSETS / "tiny_linear.py", "-b", 100, "--save-report", bad]):
+        r = cli(*args)
+        assert r.exit_code == 2 and "cannot write to" in r.output, (args, r.output)
+
+
+def test_a_failed_report_write_is_said_and_never_claimed(tmp_path, monkeypatch):
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files, "write_text", full)
+    r = cli("measure", ASSETS / "tiny_linear.py", "-o", tmp_path, "-q", "--steps", 0, "--max-seconds", 0.2,
+            "--no-figures")
+    assert r.exit_code == 2 and "No space left on device" in r.output and "wrote" not in r.output
+
+
+# -- 2. signals ----------------------------------------------------------------------------------------------
+SLOW_SPEC = '''
+import os, torch
+from torch import nn
+X = torch.randn(4000, 5); Y = torch.randn(4000)
+def model(): return nn.Linear(5, 1)
+def dataset(): return torch.utils.data.TensorDataset(X, Y)
+def loss(model, batch):
+    if len(batch[0]) == 7 and not os.path.exists(os.environ["MARK"]):  # a training step: measured rows exist
+        open(os.environ["MARK"], "w").close()
+    x, y = batch
+    return 0.5 * (model(x).squeeze(-1) - y) ** 2
+'''
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143)])
+def test_sigterm_writes_the_partial_report(tmp_path, sig, code):
+    spec, mark, out = tmp_path / "spec.py", tmp_path / "mark", tmp_path / "out"
+    spec.write_text(SLOW_SPEC)
+    env = {**os.environ, "MARK": str(mark), "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "bsprof", "measure", spec, "--steps", "100000", "--batch-size",
+                          "7", "--device", "cpu", "--max-seconds", "0.2", "--rel-error", "0.9", "--no-figures",
+                          "-q", "-o", out], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not mark.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == code, err
+    assert "terminated (SIGTERM): the partial report was written" in err and "Traceback" not in err
+    report = Report.from_json(out)
+    assert report.measurements and report.incomplete["reason"] == "terminated by SIGTERM"
+
+
+def test_sighup_and_sigterm_raise_terminated_with_their_exit_codes():
+    from bsprof.cli import signals
+
+    for sig, code in ((signal.SIGHUP, 129), (signal.SIGTERM, 143)):
+        with pytest.raises(signals.Terminated) as e, signals.as_interrupt():
+            os.kill(os.getpid(), sig)
+            time.sleep(1)
+        assert signals.exit_code(e.value) == code and isinstance(e.value, KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
+    import builtins
+
+    import bsprof.__main__ as entry
+
+    real = builtins.__import__
+
+    def interrupted(name, *a, **k):
+        if name == "bsprof.cli":
+            raise KeyboardInterrupt
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as e:
+        entry.main()
+    assert e.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+# -- 3./4. report input and check's exit codes ---------------------------------------------------------------
+@pytest.mark.parametrize("data, message", [
+    (report_data(schema_version="1"), "schema_version '1' (a str)"),
+    ('{"schema_version": 2, "config": {"batch_size": ' + "1" * 401 + '}, "measurements": [], "summary": {}}',
+     "config.batch_size is an integer"),
+    (report_data(config={"batch_size": 10 ** 400}), "is an integer of"),
+    ("[" * 100_000 + "]" * 100_000, "nests too deeply"),
+    (json.dumps(report_data())[:-1] + ', "x": ' + "[" * 40 + "]" * 40 + "}", "nests deeper"),
+    (json.dumps(report_data()).replace("100.0", "1e308", 1), "not a finite number"),
+    (json.dumps(report_data()).replace("100.0", "Infinity", 1), "not a finite number"),
+    ("1" * 5000, "not valid JSON"),
+])
+@pytest.mark.parametrize("command", ["check", "report", "schedule"])
+def test_malformed_reports_exit_2_naming_the_problem(tmp_path, data, message, command):
+    path = write(tmp_path, data if isinstance(data, str) else json.dumps(data))
+    args = {"check": ["-b", 100], "report": [], "schedule": ["-t", 0.6]}[command]
+    r = cli(command, path, *args)
+    assert r.exit_code == 2 and message in " ".join(r.output.split()), r.output
+
+
+def test_check_exits_2_on_huge_numbers(tmp_path):
+    report = write(tmp_path, report_data())
+    for args in (["-b", "9" * 310], ["-b", 2 ** 41], ["-b", 100, "--lr", "inf"]):
+        r = cli("check", report, *args)
+        assert r.exit_code == 2 and "must be a number in" in r.output, r.output
+
+
+def test_check_exits_2_on_an_unexpected_crash(tmp_path, monkeypatch):
+    import bsprof.cli.check as check
+
+    monkeypatch.setattr(check, "judge", lambda *a, **k: 1 / 0)
+    r = cli("check", write(tmp_path, report_data()), "-b", 100)
+    assert r.exit_code == 2 and "ZeroDivisionError" in r.output
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")) + "batch_size: *i\n"
+
+
+@pytest.mark.parametrize("flag", ["--training-config", "--config"])
+def test_a_yaml_bomb_is_refused_quickly(tmp_path, flag):
+    bomb = write(tmp_path, BOMB, "train.yaml")
+    t0 = time.perf_counter()
+    r = cli("check", write(tmp_path, report_data()), *(["-b", 100] if flag == "--config" else []), flag, bomb)
+    assert r.exit_code == 2 and "expands to more than" in r.output and time.perf_counter() - t0 < 3
+
+
+def test_huge_values_in_messages_are_bounded(tmp_path):
+    from bsprof.config import MeasureConfig, resolve
+    from bsprof.errors import ConfigError, short
+
+    assert len(short(list(range(10 ** 6)))) <= 200 and len(short("x" * 10 ** 6)) <= 200
+    with pytest.raises(ConfigError) as e:
+        resolve(MeasureConfig, None, {"method": "m" * 10 ** 6})
+    assert len(e.value.message) < 1000
+    cfg = write(tmp_path, "trainer:\n  batch_size: [" + ", ".join(["1"] * 5000) + "]\n", "t.yaml")
+    r = cli("check", write(tmp_path, report_data()), "-t", cfg, "--batch-key", "trainer.batch_size")
+    assert r.exit_code == 2 and len(r.output) < 2000
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 64)])
+def test_a_bad_seed_is_a_config_error(tmp_path, seed):
+    r = cli("measure", ASSETS / "tiny_linear.py", "--seed", seed, "-o", tmp_path, "-q")
+    assert r.exit_code == 2 and "seed" in r.output and "step None" not in r.output and "fix the spec" not in r.output
+
+
+def test_schedule_of_a_spec_whose_loss_raises_is_a_clean_error(tmp_path):
+    spec = write(tmp_path, (ASSETS / "tiny_linear.py").read_text() + "\n\ndef loss(model, batch):\n"
+                 "    raise ValueError('broken loss')\n", "spec.py")
+    r = cli("schedule", spec, "-t", 0.1, "--steps", 0)
+    assert r.exit_code == 2 and "ValueError: broken loss" in r.output
+
+
+# -- 5. no injection -----------------------------------------------------------------------------------------
+EVIL = "rows ok\n::error::pwned\r::warning::x \x1b[31m\x00\x07 [/x] done"
+
+
+def test_plain_lines_carry_no_workflow_command_or_control_character(tmp_path):
+    data = report_data(diagnostics=[{"code": "x", "message": EVIL}])
+    report = write(tmp_path, data)
+    for fmt in ("text", "github", "markdown"):
+        r = cli("check", report, "-b", 300, "--format", fmt)
+        assert r.exit_code == 0, r.output
+        for line in r.output.splitlines():
+            if fmt == "github" and line.startswith(("::notice title=", "::warning title=", "::error title=")):
+                continue  # bsprof's own annotations, data escaped (%0A)
+            assert not line.lstrip().startswith("::"), (fmt, line)
+            assert "\x1b" not in line and "\x00" not in line
+        assert "[/x]" in r.output or fmt == "github"
+
+
+def test_junit_is_valid_xml_without_forbidden_characters(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    verdict = Verdict((Check("batch_size", PASS, EVIL, (EVIL,)), Check("lr", CANNOT_JUDGE, EVIL)), None, (EVIL,))
+    text = formats.to_junit(verdict)
+    ET.fromstring(text.split("\n", 1)[1])
+    assert "\x00" not in text and "\x1b" not in text
+    assert not any(line.lstrip().startswith("::") for line in text.splitlines())
+
+
+def test_error_lines_are_neutralised(tmp_path):
+    r = cli("check", tmp_path / "x\n::error::pwned.json", "-b", 1)
+    assert r.exit_code == 2 and not any(line.lstrip().startswith("::") for line in r.output.splitlines())
+
+
+# -- 6. true messages ----------------------------------------------------------------------------------------
+def test_check_says_the_report_is_incomplete(tmp_path):
+    r = cli("check", write(tmp_path, report_data(incomplete={"reason": "interrupted", "step": 50})), "-b", 300)
+    assert r.exit_code == 0 and "the report is incomplete" in r.output and "interrupted" in r.output
+
+
+def test_a_float32_overflow_of_a_squared_norm_is_not_blamed_on_the_lr():
+    import bsprof
+
+    x = torch.full((64, 2), 1e21)
+    with pytest.raises(bsprof.BsprofError) as e:
+        bsprof.measure(model=nn.Linear(2, 1, bias=False), dataset=torch.utils.data.TensorDataset(x),
+                       loss=lambda m, b: m(b[0]).squeeze(-1), steps=0, device="cpu", max_seconds=2)
+    assert "overflowed float32" in e.value.message and "float64" in e.value.hint  # not only "lower the lr"
+
+
+# -- 7. degenerate problems ----------------------------------------------------------------------------------
+def test_stopping_rule_stops_on_degenerate_problems_after_min_draws():
+    stop = Stopper(rel_error=0.1, min_draws=5, max_examples=1e9, max_seconds=1e9)
+    assert stop(4, math.inf, 10, 0.1, g2_hi=0.0, ratio=math.nan) is None
+    assert stop(5, math.inf, 10, 0.1, g2_hi=0.0, ratio=math.nan) == ZERO_GRADIENT
+    assert stop(5, math.inf, 10, 0.1, g2_hi=1.0, ratio=NOISELESS / 2) == ZERO_VARIANCE
+    assert stop(5, math.inf, 10, 0.1, g2_hi=1.0, ratio=-NOISELESS / 2) == ZERO_VARIANCE
+    assert stop(5, math.inf, 10, 0.1, g2_hi=1.0, ratio=0.5) is None
+
+
+def test_identical_examples_stop_in_the_first_draws_with_a_diagnostic():
+    import bsprof
+
+    x, y = torch.ones(1, 3).expand(100_000, 3), torch.ones(100_000)
+    t0 = time.perf_counter()
+    report = bsprof.measure(model=nn.Linear(3, 1), dataset=torch.utils.data.TensorDataset(x, y),
+                            loss=lambda m, b: 0.5 * (m(b[0]).squeeze(-1) - b[1]) ** 2, steps=0, device="cpu",
+                            max_seconds=30)
+    row = report.measurements[-1]
+    assert row.stopped_by == ZERO_VARIANCE and row.n_draws == 5 and time.perf_counter() - t0 < 10
+    assert any(d["code"] == ZERO_VARIANCE for d in report.diagnostics)
