@@ -212,7 +212,7 @@ def test_errors_in_the_users_code_say_phase_file_line_and_data_cause(tmp_path):
     said = " ".join(r.stderr.split())
     assert r.exit_code == 2 and "Traceback" not in r.stderr
     assert "calling loss(model, batch) on the first two examples failed in lists.py:6" in said
-    assert "default_collate" in said and "nothing was measured" in said and "step None" not in said
+    assert "default_collate" in said and "no report was written" in said and "step None" not in said
     assert not (tmp_path / "out" / "report.json").exists()
 
 
