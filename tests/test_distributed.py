@@ -159,3 +159,15 @@ def test_a_silent_rank_times_out_and_keeps_the_partial_report(tmp_path):
     assert "did not answer within 8 s" in " ".join(run.stderr.split())
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert len(report["measurements"]) == 1 and "did not answer" in report["incomplete"]["reason"]
+
+
+def test_a_sigterm_from_outside_is_not_reported_as_a_silent_peer():
+    import signal
+
+    comm = Comm(rank=1, world=2)
+    with pytest.raises(distributed.RankFailure) as err, distributed.stop_on_sigterm(comm):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert "received SIGTERM" in err.value.message and "did not answer" not in err.value.message
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # the report can still be written
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

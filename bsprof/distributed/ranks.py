@@ -134,7 +134,11 @@ def stop_on_sigterm(comm: Comm):
 
     def handler(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise peer_failure(comm, "the launcher stopped this rank")
+        notes = failure_notes(comm)  # another rank's failure made torchrun stop this one; else it came from outside
+        what = "; ".join(notes) if notes else ("this rank received SIGTERM (from torchrun, or from outside: "
+                                               "timeout, SLURM, Kubernetes, docker stop)")
+        raise RankFailure(f"the data-parallel measurement stopped (rank {comm.rank} of {comm.world}): {what}",
+                          "rank 0 writes the report of what was measured; see the output of the failing rank")
 
     signal.signal(signal.SIGTERM, handler)
     try:
@@ -169,7 +173,7 @@ def peer_failure(comm: Comm, cause: object) -> RankFailure:
     what = "; ".join(notes) if notes else (f"another rank failed or did not answer within {comm.timeout_s:g} s"
                                           + (f" ({first[:160]})" if first else ""))
     return RankFailure(f"the data-parallel measurement stopped (rank {comm.rank} of {comm.world}): {what}",
-                       "see the failing rank's output above; the partial report was kept; "
+                       "see the failing rank's output above; rank 0 writes the report of what was measured; "
                        f"${TIMEOUT_ENV} sets the collective timeout in seconds")
 
 
