@@ -7,10 +7,11 @@ import sys
 def main() -> None:
     try:
         from bsprof.cli import main as run
-    except KeyboardInterrupt:
+
+        run()
+    except KeyboardInterrupt:  # during start-up, or a Ctrl-C that no command caught
         sys.stderr.write("interrupted\n")
         raise SystemExit(130)
-    run()
 
 
 if __name__ == "__main__":

@@ -35,9 +35,10 @@ def describe(e: KeyboardInterrupt) -> str:
 
 
 def hold() -> None:
-    """Ignore SIGTERM/SIGHUP from now until ``as_interrupt``'s block ends (while the report is written)."""
+    """Ignore SIGTERM/SIGHUP and a second Ctrl-C from now until ``as_interrupt``'s block ends (while the report is
+    written: a fraction of a second, and the write is atomic either way)."""
     if threading.current_thread() is threading.main_thread():
-        for s in SIGNALS:
+        for s in (*SIGNALS, signal.SIGINT):
             signal.signal(s, signal.SIG_IGN)
 
 
@@ -53,6 +54,7 @@ def as_interrupt() -> Iterator[None]:
         raise Terminated(signum)
 
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)
     try:
         yield
     finally:
