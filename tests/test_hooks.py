@@ -182,9 +182,7 @@ def test_functional_use_of_hooked_weight():
 
 
 FALLBACK = {"gru": {"gru.weight_ih_l0", "gru.weight_hh_l0", "gru.bias_ih_l0", "gru.bias_hh_l0"},
-            "tied_lm_functional": {"emb.weight"},
-            "torch_encoder": {"self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight",
-                              "self_attn.out_proj.bias"}}
+            "tied_lm_functional": {"emb.weight"}}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
