@@ -281,6 +281,48 @@ def mha_self(g):
     return _done(SelfAttention(), _seq_regression, (x, torch.randn(4, 6, 8, generator=g, dtype=torch.float64)), 4)
 
 
+class PosLM(nn.Module):
+    """nanoGPT style: token embedding plus a learned position embedding broadcast over the batch, either
+    ``nn.Embedding`` called on ``arange(T)`` (``[T]``, or ``[1, T]`` with ``unsqueeze``) or a bare parameter."""
+
+    def __init__(self, vocab=11, dim=6, block=9, kind="embedding"):
+        super().__init__()
+        self.kind = kind
+        self.tok, self.head = nn.Embedding(vocab, dim), nn.Linear(dim, vocab)
+        self.label = nn.Embedding(3, dim)  # one index per example: an ordinary call on a 1-D input
+        if kind == "parameter":
+            self.pos = nn.Parameter(torch.randn(block, dim) * 0.1)
+        else:
+            self.pos = nn.Embedding(block, dim)
+        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
+
+    def forward(self, tokens):
+        T = tokens.shape[1]
+        if self.kind == "parameter":
+            pos = self.pos[:T]
+        else:
+            pos = self.pos(torch.arange(T) if self.kind == "embedding" else torch.arange(T).unsqueeze(0))
+        h = self.tok(tokens) + pos + self.label(tokens[:, 0] % 3).unsqueeze(1)
+        return self.head(h + self.mlp(h))
+
+
+def pos_embedding(g):
+    return _done(PosLM(), lm_loss, _tokens(g, n=4, t=8), 4)
+
+
+def pos_embedding_square(g):
+    """As many positions (T = 7 after the shift) as examples: dim 0 alone cannot tell positions from examples."""
+    return _done(PosLM(), lm_loss, _tokens(g, n=7, t=8), 7)
+
+
+def pos_embedding_row(g):
+    return _done(PosLM(kind="embedding2d"), lm_loss, _tokens(g, n=4, t=8), 4)
+
+
+def pos_parameter(g):
+    return _done(PosLM(kind="parameter"), lm_loss, _tokens(g, n=4, t=8), 4)
+
+
 class BagOfTokens(nn.Module):
     def __init__(self, vocab=10, dim=5):
         super().__init__()
@@ -352,7 +394,7 @@ def reused(g):
 CASES = {f.__name__: f for f in [
     mlp, cnn, conv1d, conv3d, conv_ghost, tied_lm, tied_lm_functional, block, torch_encoder,
     torch_encoder_norm_first, torch_decoder, mha_batch_first, mha_seq_first, mha_kdim_vdim, mha_no_bias, mha_self,
-    embedding_long,
+    pos_embedding, pos_embedding_square, pos_embedding_row, pos_parameter, embedding_long,
     embedding_short, group_norm, batch_norm_eval, gru, reused]}
 
 

@@ -182,7 +182,7 @@ def test_functional_use_of_hooked_weight():
 
 
 FALLBACK = {"gru": {"gru.weight_ih_l0", "gru.weight_hh_l0", "gru.bias_ih_l0", "gru.bias_hh_l0"},
-            "tied_lm_functional": {"emb.weight"}}
+            "tied_lm_functional": {"emb.weight"}, "pos_parameter": {"pos"}}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -34,7 +34,7 @@ from bsprof.probes.base import (
     per_example_losses,
     trainable,
 )
-from bsprof.probes.layers import ModuleRule, rule_for, sq_sum, total_sq_sum
+from bsprof.probes.layers import ModuleRule, embedding, rule_for, sq_sum, total_sq_sum
 from bsprof.probes.vmap import _Objective
 
 
@@ -97,7 +97,7 @@ class _Pass:
                 claimed |= {k for _, k in slots}
             else:
                 self.owned[mod] = (rule, direct)
-        self.calls = []  # (slots, output grad_fn)
+        self.calls, self.shared = [], []  # (slots, output grad_fn); embeddings called without a batch dim
         self.expected, self.pending, self.parts, self.handles = Counter(), defaultdict(list), [], []
 
     @property
@@ -125,11 +125,54 @@ class _Pass:
         x = args[0] if args else next(iter(kwargs.values()))
         if not (isinstance(out, Tensor) and out.requires_grad):
             return
+        if rule is embedding and (x.dim() == 1 or (x.dim() == 2 and x.shape[0] == 1 and self.count > 1)):
+            self.shared.append((mod, slots, x.detach(), out))  # positions shared by the batch? see check_uses
+            return
         if x.dim() == 0 or x.shape[0] != self.count or out.shape[0] != self.count:
             self.send((k for _, k in slots), f"{type(mod).__name__} does not keep the examples on dim 0")
             return
         self.calls.append((slots, out.grad_fn))
         self.handles.append(out.register_hook(partial(self.backward_hook, rule, mod, slots, x.detach())))
+
+    def broadcast_embeddings(self, seen: set) -> None:
+        """Embeddings called on indices without a batch dim (``pos(torch.arange(T))``, [T] or [1, T]).
+
+        nanoGPT style: ``h = tok(idx) + pos(arange(T))``, the [T, d] (or [1, T, d]) output broadcast over the batch
+        by an add. The δ reaching the embedding is summed over the examples; the per-example one is the gradient
+        of the add's output [B, T, d] (δ_i of example i), read by a pre-hook on that add's node. The indices are
+        the same for every example, so g_i = Σ_t e_{idx_t} δ_{i,t}ᵀ, by the embedding rule on the expanded
+        indices. Exact; anything else (another consumer, the add's output not [B, *out.shape]) falls back. A 1-D
+        input consumed without a broadcast is one index per example (an ordinary call)."""
+        consumers = defaultdict(list)
+        for node in seen:
+            for nxt, _ in node.next_functions:
+                if nxt is not None:
+                    consumers[nxt].append(node)
+        for mod, slots, x, out in self.shared:
+            users = consumers.get(out.grad_fn, [])
+            if not users:
+                continue  # does not reach the loss
+            node = users[0]
+            try:
+                shape = tuple(node._input_metadata[0].shape) if len(users) == 1 else None
+                alpha = getattr(node, "_saved_alpha", None)
+            except Exception:  # a torch without the node metadata
+                shape = alpha = None
+            positions = tuple(out.shape[1:]) if x.dim() == 2 else tuple(out.shape)
+            if type(node).__name__ == "AddBackward0" and alpha == 1 and shape == (self.count, *positions):
+                idx = x.reshape(1, -1).expand(self.count, -1)
+                self.calls.append((slots, out.grad_fn))
+                self.handles.append(node.register_prehook(partial(self.shared_hook, mod, slots, idx)))
+            elif x.dim() == 1 and x.shape[0] == self.count and out.shape[0] == self.count:
+                self.calls.append((slots, out.grad_fn))
+                self.handles.append(out.register_hook(partial(self.backward_hook, embedding, mod, slots, x)))
+            else:
+                self.send((k for _, k in slots), f"{type(mod).__name__} is called without a batch dim and its "
+                                                 "output is not added to a batched tensor")
+
+    def shared_hook(self, mod, slots, idx, grad_outputs):
+        if grad_outputs[0] is not None:
+            self.backward_hook(embedding, mod, slots, idx, grad_outputs[0])
 
     def module_call(self, mod, call, out):
         """A module rule's call was recorded: hook every tensor whose δ it needs."""
@@ -158,6 +201,8 @@ class _Pass:
     def check_uses(self, losses: Tensor) -> None:
         """Send to the fallback every parameter whose graph uses differ from the hooked calls reaching the loss."""
         uses, seen = _graph_uses(losses.grad_fn)
+        if self.shared:
+            self.broadcast_embeddings(seen | {losses.grad_fn})
         for slots, fn in self.calls:
             if fn in seen or fn is losses.grad_fn:
                 self.expected.update(k for _, k in slots)
