@@ -90,7 +90,7 @@ class _Pass:
                 continue
             rule = rule_for(mod)
             if rule is None:
-                self.send({k for _, k in direct}, f"no per-example rule for {type(mod).__name__}")
+                self.send({k for _, k in direct}, f"a parameter of {type(mod).__name__}, which has no per-example rule")
             elif isinstance(rule, ModuleRule):  # accounts for its children's parameters too
                 slots = [(n, index[id(p)]) for n, p in mod.named_parameters() if id(p) in index]
                 self.owned[mod] = (rule, slots)
