@@ -4,11 +4,16 @@ One forward with forward hooks on the known layers (``layers.RULES``) saving eac
 output; one backward of Σ_i ℓ_i (times ``loss_scale``), during which each output hook receives δ = ∂Σℓ/∂output
 and turns (input, δ) into Σ_i |g_i|² by the layer's rule. Extra memory is O(batch) plus one layer's transient.
 
-Parameters of other modules (a GRU, attention's packed in-projection), parameters a known layer's hooks cannot
-account for (used functionally, e.g. ``F.linear(h, emb.weight)``, found by counting their uses in the autograd
-graph), and layers whose input does not carry the examples on dim 0 go through torch.func (vmap over grad,
-differentiating only those parameters). A parameter used by several hooked calls (tied embedding and LM head, a
-layer applied twice) gets its cross terms: per-example gradients add, their squared norms do not.
+``nn.MultiheadAttention`` has a module rule (``probes.attention``: its projections are recorded inside torch's
+own forward code). An embedding called on positions without a batch dim (``pos(arange(T))``) and added to a
+batched tensor takes δ per example from that add (``_Pass.broadcast_embeddings``). Direct parameters of other
+modules (a GRU, a bare ``nn.Parameter`` added by broadcast), parameters a known layer's hooks cannot account
+for (used functionally, e.g. ``F.linear(h, emb.weight)``, found by counting their uses in the autograd graph),
+and layers whose input does not carry the examples on dim 0 go through torch.func (vmap over grad,
+differentiating only those parameters); ``ChunkStats.fallbacks`` names them with the reason, and
+``strict=True`` refuses them. ``layers.register_rule`` teaches the hooks a custom layer. A parameter used by
+several hooked calls (tied embedding and LM head, a layer applied twice) gets its cross terms: per-example
+gradients add, their squared norms do not.
 
 Valid only when ℓ_i depends on example i alone: see ``base.batch_coupled`` and ``losses_mix_examples`` (both
 read by ``probes.choose``).
@@ -90,7 +95,7 @@ class _Pass:
                 continue
             rule = rule_for(mod)
             if rule is None:
-                self.send({k for _, k in direct}, f"a parameter of {type(mod).__name__}, which has no per-example rule")
+                self.send({k for _, k in direct}, f"in {type(mod).__name__}, which has no per-example rule")
             elif isinstance(rule, ModuleRule):  # accounts for its children's parameters too
                 slots = [(n, index[id(p)]) for n, p in mod.named_parameters() if id(p) in index]
                 self.owned[mod] = (rule, slots)
