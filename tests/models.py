@@ -162,10 +162,165 @@ def block(g):
 
 
 def torch_encoder(g):
-    """nn.TransformerEncoderLayer: its MultiheadAttention goes through the torch.func fallback."""
+    """nn.TransformerEncoderLayer (post-norm): its MultiheadAttention has a module rule (probes/attention.py)."""
     model = nn.TransformerEncoderLayer(8, 2, dim_feedforward=12, dropout=0.0, batch_first=True)
     x = torch.randn(4, 6, 8, generator=g, dtype=torch.float64)
     return _done(model, _seq_regression, (x, torch.randn(4, 6, 8, generator=g, dtype=torch.float64)), 4)
+
+
+def _padding(g, n, s):
+    """A key_padding_mask [n, s] with some keys masked per example (never all of them)."""
+    mask = torch.rand(n, s, generator=g) < 0.3
+    mask[:, 0] = False
+    return mask
+
+
+def _masked_regression(model, batch):
+    x, mask, y = batch
+    return (model(x, mask) - y).square().mean(tuple(range(1, y.dim())))
+
+
+class Encoder(nn.Module):
+    """A pre-norm TransformerEncoderLayer with a causal mask and a key padding mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=12, dropout=0.0, norm_first=True,
+                                                batch_first=True)
+
+    def forward(self, x, mask):
+        causal = nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=x.dtype)
+        return self.layer(x, src_mask=causal, src_key_padding_mask=mask)
+
+
+def torch_encoder_norm_first(g):
+    x = torch.randn(4, 6, 8, generator=g, dtype=torch.float64)
+    return _done(Encoder(), _masked_regression, (x, _padding(g, 4, 6), torch.randn(4, 6, 8, generator=g,
+                                                                                  dtype=torch.float64)), 4)
+
+
+class Decoder(nn.Module):
+    """nn.TransformerDecoderLayer: self-attention (packed, q = k = v) and cross-attention on a memory (k = v ≠ q)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mem = nn.Linear(3, 8)
+        self.layer = nn.TransformerDecoderLayer(8, 2, dim_feedforward=12, dropout=0.0, batch_first=True)
+
+    def forward(self, x, mask):
+        tgt, memory = x[:, :5], self.mem(x[:, :, :3])
+        causal = nn.Transformer.generate_square_subsequent_mask(5, dtype=x.dtype)
+        return self.layer(tgt, memory, tgt_mask=causal, memory_key_padding_mask=mask)
+
+
+def torch_decoder(g):
+    x = torch.randn(4, 7, 8, generator=g, dtype=torch.float64)
+    return _done(Decoder(), _masked_regression, (x, _padding(g, 4, 7), torch.randn(4, 5, 8, generator=g,
+                                                                                  dtype=torch.float64)), 4)
+
+
+class Attention(nn.Module):
+    """nn.MultiheadAttention with distinct query, key and value (of other widths when kdim/vdim are given), an
+    attention mask, a key padding mask and the attention weights used in the loss."""
+
+    def __init__(self, batch_first=True, kdim=None, vdim=None, bias=True, weights=True):
+        super().__init__()
+        self.batch_first, self.weights = batch_first, weights
+        self.k, self.v = nn.Linear(8, kdim or 8), nn.Linear(8, vdim or 8)
+        self.att = nn.MultiheadAttention(8, 2, bias=bias, kdim=kdim, vdim=vdim, batch_first=batch_first)
+
+    def forward(self, x, mask):
+        q, kv = x[:, :4], x  # 4 queries, 7 keys
+        k, v = torch.tanh(self.k(kv)), torch.tanh(self.v(kv))  # (a bias added to every key would not count)
+        if not self.batch_first:
+            q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+        allowed = torch.ones(4, 7, dtype=torch.bool).tril(2)
+        out, w = self.att(q, k, v, key_padding_mask=mask, attn_mask=~allowed, need_weights=self.weights)
+        out = out if self.batch_first else out.transpose(0, 1)
+        return out.mean(1) + (w.sum((1, 2)).unsqueeze(-1) if self.weights else 0)
+
+
+def _attention(g, **kw):
+    x = torch.randn(4, 7, 8, generator=g, dtype=torch.float64)
+    return _done(Attention(**kw), _masked_regression,
+                 (x, _padding(g, 4, 7), torch.randn(4, 8, generator=g, dtype=torch.float64)), 4)
+
+
+def mha_batch_first(g):
+    return _attention(g)
+
+
+def mha_seq_first(g):
+    return _attention(g, batch_first=False, weights=False)
+
+
+def mha_kdim_vdim(g):
+    """kdim/vdim ≠ embed_dim: separate q/k/v projection weights."""
+    return _attention(g, kdim=5, vdim=3)
+
+
+def mha_no_bias(g):
+    return _attention(g, bias=False, kdim=6, vdim=6, batch_first=False)
+
+
+class SelfAttention(nn.Module):
+    """Packed self-attention (q is k is v), batch first, causal, weights averaged over heads."""
+
+    def __init__(self):
+        super().__init__()
+        self.att = nn.MultiheadAttention(8, 4, batch_first=True)
+
+    def forward(self, x):
+        causal = nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=x.dtype)
+        out, w = self.att(x, x, x, attn_mask=causal, is_causal=True)
+        return out + w.sum(1, keepdim=True).transpose(1, 2)
+
+
+def mha_self(g):
+    x = torch.randn(4, 6, 8, generator=g, dtype=torch.float64)
+    return _done(SelfAttention(), _seq_regression, (x, torch.randn(4, 6, 8, generator=g, dtype=torch.float64)), 4)
+
+
+class PosLM(nn.Module):
+    """nanoGPT style: token embedding plus a learned position embedding broadcast over the batch, either
+    ``nn.Embedding`` called on ``arange(T)`` (``[T]``, or ``[1, T]`` with ``unsqueeze``) or a bare parameter."""
+
+    def __init__(self, vocab=11, dim=6, block=9, kind="embedding"):
+        super().__init__()
+        self.kind = kind
+        self.tok, self.head = nn.Embedding(vocab, dim), nn.Linear(dim, vocab)
+        self.label = nn.Embedding(3, dim)  # one index per example: an ordinary call on a 1-D input
+        if kind == "parameter":
+            self.pos = nn.Parameter(torch.randn(block, dim) * 0.1)
+        else:
+            self.pos = nn.Embedding(block, dim)
+        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
+
+    def forward(self, tokens):
+        T = tokens.shape[1]
+        if self.kind == "parameter":
+            pos = self.pos[:T]
+        else:
+            pos = self.pos(torch.arange(T) if self.kind == "embedding" else torch.arange(T).unsqueeze(0))
+        h = self.tok(tokens) + pos + self.label(tokens[:, 0] % 3).unsqueeze(1)
+        return self.head(h + self.mlp(h))
+
+
+def pos_embedding(g):
+    return _done(PosLM(), lm_loss, _tokens(g, n=4, t=8), 4)
+
+
+def pos_embedding_square(g):
+    """As many positions (T = 7 after the shift) as examples: dim 0 alone cannot tell positions from examples."""
+    return _done(PosLM(), lm_loss, _tokens(g, n=7, t=8), 7)
+
+
+def pos_embedding_row(g):
+    return _done(PosLM(kind="embedding2d"), lm_loss, _tokens(g, n=4, t=8), 4)
+
+
+def pos_parameter(g):
+    return _done(PosLM(kind="parameter"), lm_loss, _tokens(g, n=4, t=8), 4)
 
 
 class BagOfTokens(nn.Module):
@@ -237,7 +392,9 @@ def reused(g):
 
 
 CASES = {f.__name__: f for f in [
-    mlp, cnn, conv1d, conv3d, conv_ghost, tied_lm, tied_lm_functional, block, torch_encoder, embedding_long,
+    mlp, cnn, conv1d, conv3d, conv_ghost, tied_lm, tied_lm_functional, block, torch_encoder,
+    torch_encoder_norm_first, torch_decoder, mha_batch_first, mha_seq_first, mha_kdim_vdim, mha_no_bias, mha_self,
+    pos_embedding, pos_embedding_square, pos_embedding_row, pos_parameter, embedding_long,
     embedding_short, group_norm, batch_norm_eval, gru, reused]}
 
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from models import CASES, make, xent
 from torch import nn
 
-from bsprof.errors import ConfigError
-from bsprof.probes import PROBES, batch_coupled, hooks, layers
+from bsprof.errors import BsprofError, ConfigError
+from bsprof.probes import PROBES, batch_coupled, hooks, layers, register_rule
 from bsprof.probes.hooks import losses_mix_examples, per_example_hooks
 from bsprof.probes.vmap import per_example_vmap
 
@@ -182,9 +182,7 @@ def test_functional_use_of_hooked_weight():
 
 
 FALLBACK = {"gru": {"gru.weight_ih_l0", "gru.weight_hh_l0", "gru.bias_ih_l0", "gru.bias_hh_l0"},
-            "tied_lm_functional": {"emb.weight"},
-            "torch_encoder": {"self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight",
-                              "self_attn.out_proj.bias"}}
+            "tied_lm_functional": {"emb.weight"}, "pos_parameter": {"pos"}}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -200,3 +198,81 @@ def test_only_unknown_parameters_fall_back(name, monkeypatch):
     case = make(name)
     per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
     assert seen == FALLBACK.get(name, set())
+
+
+def test_fallbacks_are_reported_with_reasons():
+    case = make("pos_parameter")
+    got = per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
+    assert set(got.fallbacks) == {"pos"} and "PosLM" in got.fallbacks["pos"]
+    gru = make("gru")
+    assert all("GRU" in r for r in per_example_hooks(gru.model, gru.loss_fn, gru.batch, gru.count).fallbacks.values())
+    enc = make("torch_encoder")
+    assert per_example_hooks(enc.model, enc.loss_fn, enc.batch, enc.count).fallbacks is None
+
+
+def test_strict_refuses_fallbacks():
+    case = make("tied_lm_functional")
+    with pytest.raises(BsprofError, match="emb.weight") as err:
+        per_example_hooks(case.model, case.loss_fn, case.batch, case.count, strict=True)
+    assert "register_rule" in err.value.hint
+    assert all(not m._forward_hooks for m in case.model.modules())
+    ok = make("torch_decoder")
+    per_example_hooks(ok.model, ok.loss_fn, ok.batch, ok.count, strict=True)
+
+
+class Gain(nn.Module):
+    """A custom layer: y = x ⊙ gain + shift (per feature), unknown to bsprof."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.gain, self.shift = nn.Parameter(torch.randn(n)), nn.Parameter(torch.zeros(n))
+
+    def forward(self, x):
+        return x * self.gain + self.shift
+
+
+def test_register_rule_for_custom_layer(monkeypatch):
+    monkeypatch.setattr(layers, "RULES", dict(layers.RULES))  # leave the global table as it was
+    model = nn.Sequential(nn.Linear(4, 5), Gain(5), nn.Tanh(), nn.Linear(5, 3)).double()
+    batch = (torch.randn(6, 3, 4, dtype=torch.float64), torch.randint(0, 3, (6,)))
+
+    def loss(m, b):
+        return F.cross_entropy(m(b[0]).mean(1), b[1], reduction="none")
+
+    assert set(per_example_hooks(model, loss, batch, 6).fallbacks) == {"1.gain", "1.shift"}
+
+    def gain_rule(mod, x, d):
+        B = x.shape[0]
+        return {"gain": (x * d).reshape(B, -1, x.shape[-1]).sum(1), "shift": d.reshape(B, -1, d.shape[-1]).sum(1)}
+
+    register_rule(Gain, gain_rule)
+    got = per_example_hooks(model, loss, batch, 6, strict=True)
+    want = per_example_vmap(model, loss, batch, 6)
+    assert got.fallbacks is None
+    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
+    with pytest.raises(TypeError):
+        register_rule("Gain", gain_rule)
+    register_rule(Gain, lambda mod, x, d: {"gain": x * d})  # forgets "shift": said, not silently zero
+    with pytest.raises(BsprofError, match="shift"):
+        per_example_hooks(model, loss, batch, 6)
+
+
+def test_attention_forward_restored_and_identical():
+    """The recording copy of MultiheadAttention.forward gives the same numbers and is removed afterwards."""
+    case = make("mha_batch_first")
+    before = case.loss_fn(case.model, case.batch)
+    per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
+    assert "forward" not in vars(case.model.att)
+    assert torch.equal(before, case.loss_fn(case.model, case.batch))
+    from bsprof.probes import attention
+    records = []
+    token = attention._RECORDS.set(records)
+    try:
+        again = case.loss_fn(case.model, case.batch)  # the module's own forward: nothing recorded
+        case.model.att.forward = lambda *a, **k: attention._FORWARD(case.model.att, *a, **k)
+        copied = case.loss_fn(case.model, case.batch)
+    finally:
+        attention._RECORDS.reset(token)
+        del case.model.att.forward
+    assert torch.equal(again, before) and torch.equal(copied, before)
+    assert len(records) == 4  # q, k, v projections (separate inputs) and out_proj

@@ -16,6 +16,7 @@ from __future__ import annotations
 from bsprof.probes.base import ChunkStats, LossFn, Probe, batch_coupled, trainable
 from bsprof.probes.hessian import HESSIAN, QuadProbe
 from bsprof.probes.hooks import per_example_hooks
+from bsprof.probes.layers import register_rule
 from bsprof.probes.microbatch import accumulate, microbatch
 from bsprof.probes.vmap import per_example_vmap
 
@@ -26,4 +27,5 @@ PROBES: dict[str, Probe] = {
 }
 QUAD_PROBES: dict[str, QuadProbe] = {"hessian": HESSIAN}
 
-__all__ = ["PROBES", "QUAD_PROBES", "ChunkStats", "LossFn", "Probe", "QuadProbe", "batch_coupled", "trainable"]
+__all__ = ["PROBES", "QUAD_PROBES", "ChunkStats", "LossFn", "Probe", "QuadProbe", "batch_coupled", "register_rule",
+           "trainable"]

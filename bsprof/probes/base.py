@@ -33,6 +33,8 @@ class ChunkStats:
     n_small:      how many small batches the chunk holds (count for per-example probes, 1 for micro-batches)
     loss_sum:     Σ_i ℓ_i (a 0-d tensor, kept on the device)
     big_sq:       optional [P] |grad_sum|² per parameter, when the probe took it already (float64, CPU)
+    fallbacks:    {parameter name: reason} for the parameters a fast probe measured by the slow torch.func
+                  path (``hooks``), None when there are none
     """
 
     grad_sum: list[torch.Tensor]
@@ -41,6 +43,7 @@ class ChunkStats:
     loss_sum: torch.Tensor
     count: int
     big_sq: torch.Tensor | None = None
+    fallbacks: dict[str, str] | None = None
 
 
 ChunkFn = Callable[[nn.Module, LossFn, Any, int], ChunkStats]

@@ -4,11 +4,16 @@ One forward with forward hooks on the known layers (``layers.RULES``) saving eac
 output; one backward of Σ_i ℓ_i (times ``loss_scale``), during which each output hook receives δ = ∂Σℓ/∂output
 and turns (input, δ) into Σ_i |g_i|² by the layer's rule. Extra memory is O(batch) plus one layer's transient.
 
-Parameters of other modules (a GRU, attention's packed in-projection), parameters a known layer's hooks cannot
-account for (used functionally, e.g. ``F.linear(h, emb.weight)``, found by counting their uses in the autograd
-graph), and layers whose input does not carry the examples on dim 0 go through torch.func (vmap over grad,
-differentiating only those parameters). A parameter used by several hooked calls (tied embedding and LM head, a
-layer applied twice) gets its cross terms: per-example gradients add, their squared norms do not.
+``nn.MultiheadAttention`` has a module rule (``probes.attention``: its projections are recorded inside torch's
+own forward code). An embedding called on positions without a batch dim (``pos(arange(T))``) and added to a
+batched tensor takes δ per example from that add (``_Pass.broadcast_embeddings``). Direct parameters of other
+modules (a GRU, a bare ``nn.Parameter`` added by broadcast), parameters a known layer's hooks cannot account
+for (used functionally, e.g. ``F.linear(h, emb.weight)``, found by counting their uses in the autograd graph),
+and layers whose input does not carry the examples on dim 0 go through torch.func (vmap over grad,
+differentiating only those parameters); ``ChunkStats.fallbacks`` names them with the reason, and
+``strict=True`` refuses them. ``layers.register_rule`` teaches the hooks a custom layer. A parameter used by
+several hooked calls (tied embedding and LM head, a layer applied twice) gets its cross terms: per-example
+gradients add, their squared norms do not.
 
 Valid only when ℓ_i depends on example i alone: see ``base.batch_coupled`` and ``losses_mix_examples`` (both
 read by ``probes.choose``).
@@ -24,7 +29,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
-from bsprof.errors import ConfigError
+from bsprof.errors import BsprofError, ConfigError
 from bsprof.probes.base import (
     ChunkStats,
     LossFn,
@@ -34,7 +39,7 @@ from bsprof.probes.base import (
     per_example_losses,
     trainable,
 )
-from bsprof.probes.layers import rule_for, sq_sum, total_sq_sum
+from bsprof.probes.layers import ModuleRule, embedding, rule_for, sq_sum, total_sq_sum
 from bsprof.probes.vmap import _Objective
 
 
@@ -75,60 +80,174 @@ def _graph_uses(root) -> tuple[Counter, set]:
 
 
 class _Pass:
-    """One probe call's hook state: which module owns which parameter, the calls seen, the sums made."""
+    """One probe call's hook state: which module owns which parameter, the calls seen, the sums made.
 
-    def __init__(self, model: nn.Module, params: list[Tensor], count: int):
-        self.count, self.params, self.armed = count, params, False
+    ``why`` holds, for each parameter sent to torch.func, the reason (reported as ``ChunkStats.fallbacks``)."""
+
+    def __init__(self, model: nn.Module, names: list[str], params: list[Tensor], count: int):
+        self.count, self.names, self.params, self.armed = count, names, params, False
         index = {id(p): k for k, p in enumerate(params)}
-        self.owned, self.fallback = {}, set()
+        self.owned, self.why, claimed = {}, {}, set()
         for mod in model.modules():
-            direct = [(n, index[id(p)]) for n, p in mod.named_parameters(recurse=False) if id(p) in index]
+            direct = [(n, index[id(p)]) for n, p in mod.named_parameters(recurse=False)
+                      if id(p) in index and index[id(p)] not in claimed]
             if not direct:
                 continue
             rule = rule_for(mod)
             if rule is None:
-                self.fallback |= {index[id(p)] for p in mod.parameters() if id(p) in index}
+                self.send({k for _, k in direct}, f"in {type(mod).__name__}, which has no per-example rule")
+            elif isinstance(rule, ModuleRule):  # accounts for its children's parameters too
+                slots = [(n, index[id(p)]) for n, p in mod.named_parameters() if id(p) in index]
+                self.owned[mod] = (rule, slots)
+                claimed |= {k for _, k in slots}
             else:
                 self.owned[mod] = (rule, direct)
-        self.calls = []  # (slots, output grad_fn)
+        self.calls, self.shared = [], []  # (slots, output grad_fn); embeddings called without a batch dim
         self.expected, self.pending, self.parts, self.handles = Counter(), defaultdict(list), [], []
+
+    @property
+    def fallback(self) -> set:
+        return set(self.why)
+
+    def send(self, ks, reason: str) -> None:
+        """Send parameters ``ks`` to the torch.func fallback (the first reason given is kept)."""
+        for k in ks:
+            self.why.setdefault(k, reason)
+
+    def install(self) -> list:
+        """Forward hooks on the owned layers (module rules install themselves); the undo handles."""
+        handles = []
+        for mod, (rule, _) in self.owned.items():
+            if isinstance(rule, ModuleRule):
+                rule.install(mod, self.module_call)
+                handles.append(_Undo(rule, mod))
+            else:
+                handles.append(mod.register_forward_hook(self.forward_hook, with_kwargs=True))
+        return handles
 
     def forward_hook(self, mod, args, kwargs, out):
         rule, slots = self.owned[mod]
         x = args[0] if args else next(iter(kwargs.values()))
         if not (isinstance(out, Tensor) and out.requires_grad):
             return
+        if rule is embedding and (x.dim() == 1 or (x.dim() == 2 and x.shape[0] == 1 and self.count > 1)):
+            self.shared.append((mod, slots, x.detach(), out))  # positions shared by the batch? see check_uses
+            return
         if x.dim() == 0 or x.shape[0] != self.count or out.shape[0] != self.count:
-            self.fallback |= {k for _, k in slots}  # examples are not on dim 0
+            self.send((k for _, k in slots), f"{type(mod).__name__} does not keep the examples on dim 0")
             return
         self.calls.append((slots, out.grad_fn))
         self.handles.append(out.register_hook(partial(self.backward_hook, rule, mod, slots, x.detach())))
 
+    def broadcast_embeddings(self, seen: set) -> None:
+        """Embeddings called on indices without a batch dim (``pos(torch.arange(T))``, [T] or [1, T]).
+
+        nanoGPT style: ``h = tok(idx) + pos(arange(T))``, the [T, d] (or [1, T, d]) output broadcast over the batch
+        by an add. The δ reaching the embedding is summed over the examples; the per-example one is the gradient
+        of the add's output [B, T, d] (δ_i of example i), read by a pre-hook on that add's node. The indices are
+        the same for every example, so g_i = Σ_t e_{idx_t} δ_{i,t}ᵀ, by the embedding rule on the expanded
+        indices. Exact; anything else (another consumer, the add's output not [B, *out.shape]) falls back. A 1-D
+        input consumed without a broadcast is one index per example (an ordinary call)."""
+        consumers = defaultdict(list)
+        for node in seen:
+            for nxt, _ in node.next_functions:
+                if nxt is not None:
+                    consumers[nxt].append(node)
+        for mod, slots, x, out in self.shared:
+            users = consumers.get(out.grad_fn, [])
+            if not users:
+                continue  # does not reach the loss
+            node = users[0]
+            try:
+                shape = tuple(node._input_metadata[0].shape) if len(users) == 1 else None
+                alpha = getattr(node, "_saved_alpha", None)
+            except Exception:  # a torch without the node metadata
+                shape = alpha = None
+            positions = tuple(out.shape[1:]) if x.dim() == 2 else tuple(out.shape)
+            if type(node).__name__ == "AddBackward0" and alpha == 1 and shape == (self.count, *positions):
+                idx = x.reshape(1, -1).expand(self.count, -1)
+                self.calls.append((slots, out.grad_fn))
+                self.handles.append(node.register_prehook(partial(self.shared_hook, mod, slots, idx)))
+            elif x.dim() == 1 and x.shape[0] == self.count and out.shape[0] == self.count:
+                self.calls.append((slots, out.grad_fn))
+                self.handles.append(out.register_hook(partial(self.backward_hook, embedding, mod, slots, x)))
+            else:
+                self.send((k for _, k in slots), f"{type(mod).__name__} is called without a batch dim and its "
+                                                 "output is not added to a batched tensor")
+
+    def shared_hook(self, mod, slots, idx, grad_outputs):
+        if grad_outputs[0] is not None:
+            self.backward_hook(embedding, mod, slots, idx, grad_outputs[0])
+
+    def module_call(self, mod, call, out):
+        """A module rule's call was recorded: hook every tensor whose δ it needs."""
+        _, slots = self.owned[mod]
+        out = out[0] if isinstance(out, tuple) else out
+        if not (isinstance(out, Tensor) and out.requires_grad):
+            return
+        if isinstance(call, str) or call.count != self.count:
+            reason = call if isinstance(call, str) else "the examples are not on the batch dim"
+            self.send((k for _, k in slots), f"{type(mod).__name__}: {reason}")
+            return
+        self.calls.append((slots, out.grad_fn))
+        left = [len(call.sites)]
+        for site in call.sites:
+            self.handles.append(site[0].register_hook(partial(self.site_hook, call, site, slots, left)))
+
+    def site_hook(self, call, site, slots, left, d):
+        if not self.armed:
+            return
+        with torch.autocast(d.device.type, enabled=False):
+            call.take(site, _wide(d))
+            left[0] -= 1
+            if left[0] == 0:
+                self.take(call.mod, call.finish(), slots)
+
     def check_uses(self, losses: Tensor) -> None:
         """Send to the fallback every parameter whose graph uses differ from the hooked calls reaching the loss."""
         uses, seen = _graph_uses(losses.grad_fn)
+        if self.shared:
+            self.broadcast_embeddings(seen | {losses.grad_fn})
         for slots, fn in self.calls:
             if fn in seen or fn is losses.grad_fn:
                 self.expected.update(k for _, k in slots)
         for k, p in enumerate(self.params):
-            if k not in self.fallback and uses[id(p)] != self.expected[k]:
-                self.fallback.add(k)
+            if k not in self.why and uses[id(p)] != self.expected[k]:
+                self.send([k], f"used {uses[id(p)]} time(s) in the graph but seen in {self.expected[k]} hooked "
+                               "call(s) (applied functionally, or outside its layer)")
 
     def backward_hook(self, rule, mod, slots, x, d):
         if not self.armed:  # a backward pass bsprof did not start
             return
         with torch.autocast(d.device.type, enabled=False):
-            found = rule(mod, _wide(x), _wide(d))
-            for name, k in slots:
-                if k in self.fallback or name not in found:
-                    continue
-                shape = self.params[k].shape
-                if self.expected[k] == 1:
-                    self.parts.append((k, sq_sum(found[name], shape)))
-                    continue
-                self.pending[k].append(found[name])
-                if len(self.pending[k]) == self.expected[k]:
-                    self.parts.append((k, total_sq_sum(self.pending.pop(k), shape)))
+            self.take(mod, rule(mod, _wide(x), _wide(d)), slots)
+
+    def take(self, mod, found: dict, slots) -> None:
+        """One call's per-example pieces {name: piece} → squared norms (cross terms once all uses are in)."""
+        for name, k in slots:
+            if k in self.why:
+                continue
+            if name not in found:
+                raise BsprofError(f"the per-example rule for {type(mod).__name__} returned no gradient for its "
+                                  f"parameter {name!r} (it returned {sorted(found)})",
+                                  "a rule must return every trainable parameter of its module")
+            shape = self.params[k].shape
+            if self.expected[k] == 1:
+                self.parts.append((k, sq_sum(found[name], shape)))
+                continue
+            self.pending[k].append(found[name])
+            if len(self.pending[k]) == self.expected[k]:
+                self.parts.append((k, total_sq_sum(self.pending.pop(k), shape)))
+
+
+class _Undo:
+    """A handle that undoes a module rule's ``install``."""
+
+    def __init__(self, rule, mod):
+        self.rule, self.mod = rule, mod
+
+    def remove(self) -> None:
+        self.rule.remove(self.mod)
 
 
 def _wide(t: Tensor) -> Tensor:
@@ -173,25 +292,34 @@ def _vmap_sq(model: nn.Module, loss_fn: LossFn, batch, names: list[str], params:
 
 
 def per_example_hooks(model: nn.Module, loss_fn: LossFn, batch, count: int, *,
-                      loss_scale: float = 1.0) -> ChunkStats:
+                      loss_scale: float = 1.0, strict: bool = False) -> ChunkStats:
     """Σ_i g_i and [P] Σ_i |g_i|² per trainable parameter from one backward pass of Σ_i ℓ_i.
 
     ``loss_scale`` (an AMP loss scale, as torch.amp.GradScaler uses) multiplies the loss before the backward
     pass, against fp16 underflow; it is removed again: gradients are divided by it, squared norms by its square.
     Norms are taken in float32 or wider and accumulated in float64 (``accum_dtype``).
+
+    Parameters measured by the torch.func fallback are named, with the reason, in ``ChunkStats.fallbacks``
+    ({name: reason}, None when there are none). ``strict=True`` raises ``BsprofError`` listing them instead
+    (before the backward pass), for a model that must be measured at hook speed.
     """
     coupled = batch_coupled(model)
     if coupled:
         raise ConfigError(f"{coupled_reason(coupled)}: per-example gradients are undefined",
                           "use --method microbatch (or model.eval() if BatchNorm should use its running statistics)")
     names, params = trainable(model)
-    state = _Pass(model, params, count)
-    handles = [m.register_forward_hook(state.forward_hook, with_kwargs=True) for m in state.owned]
+    state = _Pass(model, names, params, count)
+    handles = state.install()
     try:
         losses = per_example_losses(model, loss_fn, batch, count)
         for h in handles:
             h.remove()
         state.check_uses(losses)
+        if strict and state.why:
+            raise BsprofError(f"{len(state.why)} parameter(s) would be measured by the slow torch.func fallback: "
+                              + fallback_text({names[k]: r for k, r in state.why.items()}),
+                              "register a rule for the layer (bsprof.probes.register_rule), or drop strict to "
+                              "accept the fallback")
         state.armed = True
         total = losses.sum()
         grads = torch.autograd.grad(total * loss_scale if loss_scale != 1.0 else total, params,
@@ -208,7 +336,18 @@ def per_example_hooks(model: nn.Module, loss_fn: LossFn, batch, count: int, *,
     if loss_scale != 1.0:
         grads = [g / loss_scale for g in grads]
         sq = sq / loss_scale ** 2
-    if state.fallback:
-        chosen = sorted(state.fallback)
+    fallbacks = None
+    if state.why:
+        chosen = sorted(state.why)
         sq[chosen] = _fallback_sq(model, loss_fn, batch, names, params, chosen, count)
-    return ChunkStats(list(grads), sq, count, total.detach(), count)
+        fallbacks = {names[k]: state.why[k] for k in chosen}
+    return ChunkStats(list(grads), sq, count, total.detach(), count, fallbacks=fallbacks)
+
+
+def fallback_text(fallbacks: dict[str, str], limit: int = 6) -> str:
+    """'name (reason); …' for the parameters measured by torch.func, grouped by reason."""
+    by = defaultdict(list)
+    for name, reason in fallbacks.items():
+        by[reason].append(name)
+    parts = [f"{', '.join(ns[:limit])}{' …' if len(ns) > limit else ''} ({reason})" for reason, ns in by.items()]
+    return "; ".join(parts)

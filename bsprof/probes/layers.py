@@ -264,6 +264,30 @@ def batch_norm(mod: _BatchNorm, x: Tensor, d: Tensor) -> dict:
     return _affine_channels(mod, xhat, d)
 
 
+class ModuleRule:
+    """A rule for a module that applies its parameters inside its own forward (functionally), so that its input
+    and output alone do not determine the per-example gradients (``attention.MhaRule``). Instead of being called
+    as ``rule(mod, x, δ)``, it
+
+    ``names(mod)``              the parameter names, relative to ``mod`` and children included, that it accounts
+                                for; None if it cannot measure this instance (the module then falls back)
+    ``install(mod, sink)``      makes each call of ``mod`` report ``sink(mod, call, output)``, where ``call`` is an
+                                object with ``count`` (examples), ``sites`` (tuples whose first item is a tensor
+                                whose δ is needed), ``take(site, δ)`` and ``finish() -> {name: piece}``, or a
+                                string saying why this call cannot be measured
+    ``remove(mod)``             undoes ``install``
+    """
+
+    def names(self, mod: nn.Module) -> list[str] | None:
+        raise NotImplementedError
+
+    def install(self, mod: nn.Module, sink) -> None:
+        raise NotImplementedError
+
+    def remove(self, mod: nn.Module) -> None:
+        raise NotImplementedError
+
+
 RULES = {
     nn.Linear: linear,
     nn.Conv1d: conv, nn.Conv2d: conv, nn.Conv3d: conv,
@@ -273,20 +297,52 @@ RULES = {
 }
 if hasattr(nn, "RMSNorm"):  # torch >= 2.4; on older torch there is no RMSNorm module to measure
     RULES[nn.RMSNorm] = rms_norm
+BUILTIN = dict(RULES)  # rules held to the weight/bias naming check in ``rule_for`` (registered ones are not)
+
+
+def register_rule(module_type: type, rule) -> None:
+    """Teach the per-example hooks a layer: ``rule(mod, x, δ) -> {parameter name: per-example gradient}``.
+
+    ``x`` is the layer's first input and δ = ∂(Σ_i ℓ_i)/∂output, both with the examples on dim 0; the rule returns,
+    for EVERY trainable direct parameter of ``mod`` (by its name in ``mod.named_parameters(recurse=False)``),
+    either the explicit per-example gradient as a tensor [B, *param.shape] or a ``Factored(u, v, m)`` (g_i =
+    Σ_t u_it v_itᵀ per group, see ``Factored``), whose squared norm is then taken in the cheaper form. It applies
+    to ``module_type`` and its subclasses that keep its ``forward``; a ``ModuleRule`` instance may be given
+    instead, for a layer that applies its weights inside its forward. Check a new rule against torch.func
+    (``bsprof.probes.vmap.per_example_vmap``) in float64, as tests/test_hooks.py does for the built-in ones.
+
+        from bsprof.probes import register_rule
+        register_rule(Scale, lambda mod, x, d: {"gain": (x * d).reshape(x.shape[0], -1, x.shape[-1]).sum(1)})
+    """
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(f"register_rule: module_type must be an nn.Module subclass, got {module_type!r}")
+    if not (callable(rule) or isinstance(rule, ModuleRule)):
+        raise TypeError(f"register_rule: rule must be a function (mod, x, d) -> dict or a ModuleRule, got {rule!r}")
+    RULES[module_type] = rule
+    BUILTIN.pop(module_type, None)
 
 
 def rule_for(mod: nn.Module):
     """The rule of the closest known base class, if the module keeps that class's forward, has no other direct
-    parameters, and uses no per-batch gradient rescaling; else None (the module goes to the torch.func path)."""
+    parameters (built-in rules: only weight and bias), and uses no per-batch gradient rescaling; else None (the
+    module goes to the torch.func path). A ``ModuleRule`` decides by its ``names``."""
     for cls in type(mod).__mro__:
         if cls in RULES:
             break
     else:
         return None
+    rule = RULES[cls]
+    if isinstance(rule, ModuleRule):
+        return rule if rule.names(mod) is not None else None
     if type(mod).forward is not cls.forward:
         return None
-    if any(n not in ("weight", "bias") for n, _ in mod.named_parameters(recurse=False)):
+    if cls in BUILTIN and any(n not in ("weight", "bias") for n, _ in mod.named_parameters(recurse=False)):
         return None
     if isinstance(mod, nn.Embedding) and (mod.scale_grad_by_freq or mod.sparse):
         return None
     return RULES[cls]
+
+
+from bsprof.probes.attention import MHA  # noqa: E402  (attention.py imports Factored and ModuleRule from here)
+
+RULES[nn.MultiheadAttention] = BUILTIN[nn.MultiheadAttention] = MHA

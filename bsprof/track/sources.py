@@ -19,7 +19,9 @@ call's input and hook its output; in an armed backward each output hook receives
 L = u·(1/n)Σ_i ℓ_i the user's MEAN loss over n examples, so δ_i = (u/n)·∂ℓ_i/∂output_i and the rule returns
 (u/n)·g_i. Hence Σ_i |g_i|² = (n/u)²·Σ_i |rule_i|². (A summed loss would make this wrong by n²: the loss must
 be the mean over the batch, as for every estimator in bsprof.) Tied weights and layers called twice get their
-cross terms (``layers.total_sq_sum``). Parameters outside known layers make the source unavailable.
+cross terms (``layers.total_sq_sum``). Parameters outside known layers make the source unavailable; so does
+``nn.MultiheadAttention``, whose rule (``probes.attention``) swaps the module's forward for the probe's own
+measurements only, never inside the user's training.
 
 ``FsdpHooks``. The same two numbers under FSDP2: tensor hooks on the unsharded parameters (before the
 reduce-scatter) and the squared norms of the local gradient shards (after it), summed over ranks by the Tracker.
@@ -37,7 +39,7 @@ from torch import Tensor, nn
 
 from bsprof.probes.base import batch_coupled, coupled_reason
 from bsprof.probes.hooks import _wide
-from bsprof.probes.layers import rule_for, sq_sum, total_sq_sum
+from bsprof.probes.layers import ModuleRule, rule_for, sq_sum, total_sq_sum
 from bsprof.probes.microbatch import _sq
 
 
@@ -173,7 +175,7 @@ class PerExample:
         for mod in model.modules():
             direct = [(n, index[id(p)]) for n, p in mod.named_parameters(recurse=False) if id(p) in index]
             rule = rule_for(mod) if direct else None
-            if rule is not None:
+            if rule is not None and not isinstance(rule, ModuleRule):  # module rules (attention): probe only
                 self.owned[mod] = (rule, direct)
                 covered |= {k for _, k in direct}
         missing = [names[k] for k in range(len(params)) if k not in covered]
