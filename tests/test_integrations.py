@@ -253,3 +253,98 @@ def test_lightning_follows_a_schedule(tmp_path, schedule, sizes, applied):
     assert [(p, a) for p, a, _ in cb.applied] == applied
     assert [d.B for d in cb.tracker.draws] == sizes and not cb.unmeasured
     assert [d.b for d in cb.tracker.draws] == [1 if n == 8 else 8 for n in sizes]  # k = 1: per-example norms
+
+
+# -- Hugging Face Trainer ----------------------------------------------------------------------------------
+class DictData(torch.utils.data.Dataset):
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return {"x": x, "labels": y}
+
+
+class Regressor(nn.Module):
+    """A plain nn.Module the HF Trainer accepts: forward returns a dict with the mean loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = net()
+        self.seen = []  # the training micro-batches, in order
+
+    def forward(self, x, labels=None):
+        out = self.net(x)
+        if self.training:
+            self.seen.append((x.detach().clone(), labels.detach().clone()))
+        return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
+
+
+def hf_run(tmp_path, accum=2, steps=10, max_grad_norm=1.0, **options):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed "
+                                       "(pip install 'bsprof[hf]')")
+    from bsprof.integrations.hf import attach
+
+    model = Regressor()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / f"hf{max_grad_norm}"), max_steps=steps, per_device_train_batch_size=8,
+        gradient_accumulation_steps=accum, report_to=[], use_cpu=True, logging_steps=1, learning_rate=0.05,
+        optim="sgd", lr_scheduler_type="constant", max_grad_norm=max_grad_norm, save_strategy="no",
+        disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=DictData(data()))
+    cb = attach(trainer, window=10, **options)
+    trainer.train()
+    return model, cb, trainer
+
+
+def replay(seen, accum, lr=0.05, clip=None):
+    """The plain tracker on the micro-batches the Trainer saw, from the same initial weights."""
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    tracker = bsprof.Tracker(model, opt, accumulation_steps=accum if accum > 1 else None)
+    for i in range(0, len(seen), accum):
+        for x, y in seen[i:i + accum]:
+            loss = nn.functional.mse_loss(model(x), y)
+            if accum > 1:
+                (loss / accum).backward()
+            else:
+                with tracker.per_example():
+                    loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        tracker.step(batch_size=accum * len(x) if accum > 1 else None)
+        opt.step()
+        opt.zero_grad()
+    tracker.close()
+    return tracker
+
+
+@pytest.mark.parametrize("accum", [1, 2], ids=["per_example", "accumulate2"])
+def test_hf_callback_agrees_with_the_plain_tracker(tmp_path, accum):
+    model, cb, trainer = hf_run(tmp_path, accum=accum, steps=10, max_grad_norm=1e9)
+    ref = replay(model.seen, accum)
+    assert len(cb.tracker.draws) == 10 and not cb.unmeasured
+    np.testing.assert_allclose(pairs(cb.tracker), pairs(ref), rtol=1e-5)
+    logged = [r for r in trainer.state.log_history if "bsprof/g2" in r]
+    assert [r["step"] for r in logged] == list(range(2, 11))  # from the second step on (a window needs 2)
+    assert all("loss" in r for r in logged)  # one record with the Trainer's own loss
+    assert logged[-1]["bsprof/b_simple_lo"] == pytest.approx(cb.tracker.estimate(window=10).lo, rel=1e-6)
+    assert (tmp_path / "hf1000000000.0" / "bsprof.jsonl").is_file()
+
+
+def test_hf_clipping_does_not_change_the_pair(tmp_path):
+    """max_grad_norm=0.01 clips every step (the gradient norm here is ~1); the Trainer clips before
+    on_pre_optimizer_step, where the callback closes the step, yet the pair at the first step's weights is the
+    same, because the tracker took it during backward. Later steps differ: the clipped updates move the weights
+    differently, and the replay with clipping agrees."""
+    clipped_model, clipped, trainer = hf_run(tmp_path, accum=2, steps=4, max_grad_norm=0.01)
+    free_model, free, _ = hf_run(tmp_path, accum=2, steps=4, max_grad_norm=1e9)
+    first_grad_norm = next(r["grad_norm"] for r in trainer.state.log_history if "grad_norm" in r)
+    assert first_grad_norm > 0.1  # so 0.01 really clips
+    assert torch.equal(clipped_model.seen[0][0], free_model.seen[0][0])
+    np.testing.assert_allclose(pairs(clipped.tracker)[0], pairs(free.tracker)[0], rtol=1e-12)
+    assert not np.allclose(pairs(clipped.tracker)[1:], pairs(free.tracker)[1:], rtol=1e-6)
+    np.testing.assert_allclose(pairs(clipped.tracker), pairs(replay(clipped_model.seen, 2, clip=0.01)), rtol=1e-5)
