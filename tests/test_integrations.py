@@ -348,3 +348,30 @@ def test_hf_clipping_does_not_change_the_pair(tmp_path):
     np.testing.assert_allclose(pairs(clipped.tracker)[0], pairs(free.tracker)[0], rtol=1e-12)
     assert not np.allclose(pairs(clipped.tracker)[1:], pairs(free.tracker)[1:], rtol=1e-6)
     np.testing.assert_allclose(pairs(clipped.tracker), pairs(replay(clipped_model.seen, 2, clip=0.01)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("schedule,applied", [
+    (Schedule(stages=[Stage(0, 2.0, 8, 0.05, 8, 1, 1), Stage(4, 1.5, 16, 0.1, 8, 2, 1),
+                      Stage(6, 1.0, 32, 0.2, 8, 4, 1)], target_loss=0.5), [(4, 4), (6, 6)]),
+    (SCHEDULE, [(3, 4), (6, 6)]),  # planned at 3 after 3 micro-batches: waits one step, as in Lightning
+], ids=["aligned", "one-step-late"])
+def test_hf_follows_a_schedule(tmp_path, schedule, applied):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed "
+                                       "(pip install 'bsprof[hf]')")
+    from bsprof.integrations.hf import attach
+
+    model = Regressor()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=9, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+        report_to=[], use_cpu=True, logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=DictData(data()),
+                                   optimizers=(opt, ScheduleLR(opt, schedule)))
+    cb = attach(trainer, window=5, schedule=schedule)
+    trainer.train()
+    sizes = [8] * 4 + [16] * 2 + [32] * 3
+    assert [d.B for d in cb.tracker.draws] == sizes and not cb.unmeasured
+    assert len(model.seen) == sum(sizes) // 8
+    lrs = [r["learning_rate"] for r in trainer.state.log_history if "learning_rate" in r]
+    assert lrs == [schedule.lr_at(step=s) for s in range(9)]
+    assert [(p, a) for p, a, _ in cb.applied] == applied
