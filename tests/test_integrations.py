@@ -77,7 +77,8 @@ def test_scalars_tags_and_sinks(tmp_path):
                                                     "b_simple_ema")}
     est = tracker.estimate(window=10)
     assert est.ok and values["bsprof/b_simple"] == pytest.approx(est.value)
-    assert values["bsprof/b_simple_lo"] == pytest.approx(est.lo) and values["bsprof/b_simple_hi"] == pytest.approx(est.hi)
+    assert values["bsprof/b_simple_lo"] == pytest.approx(est.lo)
+    assert values["bsprof/b_simple_hi"] == pytest.approx(est.hi)
     assert all(math.isfinite(v) for v in values.values())
     seen, fake = [], FakeWandb()
     log = log_to(tracker, fake, lambda v, s: seen.append((s, v)), every=3)
