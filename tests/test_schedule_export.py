@@ -88,3 +88,19 @@ def test_cli_framework_formats(tmp_path):
         assert points and [b for _, b in points] == sorted(b for _, b in points)
     r = runner.invoke(app, [*base, "-f", "tokens"])
     assert r.exit_code == 2 and "--seq-length" in r.output and "Traceback" not in r.output
+
+
+def test_megatron_own_calculator_follows_the_ramp():
+    """Megatron-core's RampupBatchsizeNumMicroBatchesCalculator, fed the written flags, gives each stage's batch at
+    the stage's first sample (pip install --no-deps megatron-core: pure Python for this class)."""
+    calc = pytest.importorskip("megatron.core.num_microbatches_calculator",
+                               reason="megatron-core is not installed (pip install --no-deps megatron-core)")
+    back = READERS["megatron"](WRITERS["megatron"](RAMP))
+    start, inc, samples = back["ramp"]
+    world = RAMP.stages[0].world_size
+    c = calc.RampupBatchsizeNumMicroBatchesCalculator(back["global"], back["micro"], world, False, 0, start, inc,
+                                                      samples)
+    for sample, batch in zip(Plan(RAMP).starts, Plan(RAMP).batches):
+        c.update(sample, consistency_check=True)
+        assert c.get_current_global_batch_size() == batch
+        assert c.get() == batch // (back["micro"] * world)  # micro-batches per rank
