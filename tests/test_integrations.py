@@ -376,3 +376,26 @@ def test_hf_follows_a_schedule(tmp_path, schedule, applied):
     lrs = [r["learning_rate"] for r in trainer.state.log_history if "learning_rate" in r]
     assert lrs == [schedule.lr_at(step=s) for s in range(9)]
     assert [(p, a) for p, a, _ in cb.applied] == applied
+
+
+def test_steps_discard_what_cannot_be_measured():
+    """An epoch's short last micro-batch, or one backward without per-example norms, is counted and skipped; the
+    tracker stays open and the next step is measured."""
+    from bsprof.integrations.steps import Steps, rows_of
+
+    model = nn.Linear(D, 1)
+    tracker = bsprof.Tracker(model, source="accumulation")
+    steps = Steps(tracker)
+    x, y = data()[:12]
+    for sizes, step in (([8, 4], 0), ([8], 1), ([6, 6], 2)):
+        for start, n in zip([0, sizes[0]], sizes):
+            xb, yb = x[start:start + n], y[start:start + n]
+            steps.sizes.append(rows_of((xb, yb)))
+            (nn.functional.mse_loss(model(xb), yb) / len(sizes)).backward()
+        steps.close(step, loss_scale=1 / len(sizes))
+        model.zero_grad()
+    assert tracker.steps == [2] and tracker.draws[0].B == 12 and not tracker.closed
+    assert steps.unmeasured == {"micro-batches of different sizes (or of unknown size)": 1,
+                                "one backward and no per-example norms": 1}
+    assert rows_of({"a": [torch.zeros(()), torch.zeros(5, 2)]}) == 5 and rows_of("text") is None
+    tracker.close()
