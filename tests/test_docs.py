@@ -1,6 +1,7 @@
 """README.md and docs/*.md are tested artifacts: every ```python block runs (in order, one namespace per file, in
 a temporary folder holding the bundled configs), unless the line before it is `<!-- not run: reason -->`; the
-README's quick-start command runs as written (after its install steps). docs/tracker.md has its own test."""
+README's quick-start command runs as written (after its install steps). docs/tracker.md and docs/integrations.md
+have their own tests."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "tracker.md")]
+OWN_TEST = ("tracker.md", "integrations.md")  # tests/test_track_docs.py, tests/test_integrations_docs.py
+DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name not in OWN_TEST)]
 BLOCK = re.compile(r"(<!-- not run:[^>]*-->\n)?```python\n(.*?)```", re.S)
 
 

@@ -18,7 +18,7 @@ from bsprof.errors import ConfigError
 from bsprof.results import json_clean
 
 O = typer.Option
-FORMATS = ("table", "json", "yaml", "csv")
+FORMATS = ("table", "json", "yaml", "csv", "megatron", "olmo", "deepspeed", "tokens")
 
 
 @app.command()
@@ -49,7 +49,11 @@ def schedule(
                                             "measured losses (a loud warning instead of exit 2)."),
     max_extrapolation: Optional[float] = O(None, help="'Far': target below the lowest measured loss by more than "
                                            "this fraction of the measured log-loss range. [0.5]"),
-    fmt: str = O("table", "--format", "-f", help="table, json, yaml or csv."),
+    fmt: str = O("table", "--format", "-f", help="table, json, yaml, csv, or for a training framework: megatron "
+                 "(--rampup-batch-size or a sample-keyed schedule), olmo (BatchSizeSchedulerCallback), deepspeed "
+                 "(JSON for set_train_batch_size), tokens (a token-keyed text schedule)."),
+    seq_length: int = O(0, "--seq-length", help="Tokens per sequence, to convert batches between sequences and "
+                        "tokens for megatron/olmo/deepspeed/tokens. [none]"),
     output: Optional[Path] = O(None, "--output", "-o", help="Write the output to this file."),
     steps: int = O(300, help="SPEC.py only: probe-training steps of the measurement."),
     window: int = O(100, help="Tracker log (.jsonl) only: steps per windowed estimate."),
@@ -70,7 +74,7 @@ def schedule(
         result = plan(load(source, "schedule", window=window, steps=steps), cfg)
         if memory_note:
             result.notes.append(memory_note)
-        text = render(result, fmt) if output is not None or fmt != "table" else ""
+        text = render(result, fmt, seq_length) if output is not None or fmt != "table" else ""
     for w in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
     if output is not None:
@@ -106,7 +110,11 @@ def _max_batch(value: str | None, source: Path, overrides: dict) -> tuple[int | 
 
 
 # -- rendering ---------------------------------------------------------------------------------------------
-def render(result, fmt: str) -> str:
+def render(result, fmt: str, seq_length: int = 0) -> str:
+    from bsprof.schedule.export import WRITERS
+
+    if fmt in WRITERS:
+        return WRITERS[fmt](result, seq_length)
     if fmt == "json":
         return json.dumps(json_clean(result.to_dict()), indent=2) + "\n"
     if fmt == "yaml":

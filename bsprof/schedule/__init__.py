@@ -8,6 +8,6 @@
 """
 
 from bsprof.schedule.plan import ExtrapolationError, ScheduleConfig, plan
-from bsprof.schedule.stages import Schedule, Stage
+from bsprof.schedule.stages import Schedule, ScheduleError, Stage
 
-__all__ = ["ExtrapolationError", "Schedule", "ScheduleConfig", "Stage", "plan"]
+__all__ = ["ExtrapolationError", "Schedule", "ScheduleConfig", "ScheduleError", "Stage", "plan"]

@@ -6,6 +6,12 @@ import bisect
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
+from bsprof.errors import BsprofError
+
+
+class ScheduleError(BsprofError):
+    """The schedule cannot be run or written as asked (a batch that does not split into micro-batches × ranks)."""
+
 
 class Stage(NamedTuple):
     """From ``start_step`` (predicted, reached at ``start_loss``) on: batch = accumulation × micro × world."""
@@ -52,6 +58,20 @@ class Schedule:
 
     def lr_at(self, step: float | None = None, loss: float | None = None) -> float:
         return self.stage_at(step, loss).lr
+
+    def accumulation_at(self, step: float, micro_batch: int, world_size: int | None = None) -> int:
+        """Gradient-accumulation steps per optimizer step at ``step`` for a per-rank ``micro_batch`` (in the
+        schedule's unit): batch_size_at(step) / (micro_batch × world_size), world size default the stage's.
+        Raises ScheduleError when the batch does not split into whole micro-batches."""
+        stage = self.stage_at(step=step)
+        world = stage.world_size if world_size is None else int(world_size)
+        per_step = int(micro_batch) * world
+        if per_step < 1 or stage.batch_size % per_step:
+            raise ScheduleError(f"the batch {stage.batch_size} of the stage from step {stage.start_step} is not a "
+                                f"multiple of micro-batch {micro_batch} × world size {world} = {per_step}",
+                                "plan with --micro-batch and --world-size matching the run, or --multiple-of "
+                                f"{per_step}")
+        return stage.batch_size // per_step
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -216,6 +216,16 @@ class Tracker:
             self.log.write(line)
         return draw
 
+    def discard(self, batch_size: int | None = None) -> None:
+        """Forget the backward passes since the last ``step`` without measuring them: a step that is not measured
+        (every N-th step only, an epoch's short last step). The step counter still advances, and ``examples`` by
+        ``batch_size`` when given."""
+        if self.closed:
+            raise TrackerError("tracker.discard() after the tracker was closed", "make a new Tracker")
+        self.hooks.take()
+        self.step_count += 1
+        self.examples += int(batch_size or 0) * self.world
+
     # ------------------------------------------------------------------ the pair
     def _pair(self, r: Backwards, batch_size: int | None, loss, loss_scale: float) -> tuple[Draw, Draw | None]:
         """(|G_b|², |G_B|²) of one step in per-example units (module docstring), b and B (global)."""

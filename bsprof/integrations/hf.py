@@ -1,0 +1,161 @@
+"""A Hugging Face ``TrainerCallback`` over ``bsprof.Tracker``: the noise scale in the Trainer's own reporting.
+
+    trainer = Trainer(model, args, train_dataset=...)
+    noise = attach(trainer, window=100)          # a NoiseScaleCallback, first among the trainer's callbacks
+    trainer.train()                              # bsprof/b_simple, … in trainer.state.log_history and report_to
+
+Where to measure. The Trainer clips the gradients (``max_grad_norm``) before ``on_pre_optimizer_step``, so a
+callback reading ``.grad`` there sees clipped gradients. The tracker does not: every number of the pair is taken
+while autograd runs (per-parameter |u·g|² from tensor hooks, |G_B|² from ``.grad`` in a callback queued at the end
+of each backward pass, ``bsprof.track.sources``), i.e. before the Trainer clips. ``on_pre_optimizer_step`` only
+closes the step (``tracker.step()``); tests/test_integrations.py shows that ``max_grad_norm=0.01`` and ``1e9``
+give the same pair at the same weights.
+
+The pair: with ``gradient_accumulation_steps = k ≥ 2`` the k micro-batches (b = micro-batch, B = k·b); with k = 1
+per-example norms (b = 1), armed from ``on_step_begin`` to the step's close. The Trainer divides each micro-step's
+loss by the number of micro-batches in the step (unless the model takes ``num_items_in_batch``: then by its share
+of the step's items, the same 1/k for equal micro-batches): ``loss_scale = 1/k``. Rows of each micro-batch come from
+a forward pre-hook on the model (dim 0 of the first tensor argument), removed at the end of training.
+
+A schedule (``bsprof.schedule.Schedule``): before each optimizer step the callback sets
+``args.gradient_accumulation_steps`` to ``schedule.accumulation_at(step, micro_batch, world_size)``; the Trainer
+reads it for each step's micro-batches (a change waits for a step boundary where the epoch's micro-batch count
+divides by the new k; ``applied`` lists (planned step, step it took effect, k)). The learning rate: pass
+``optimizers=(optimizer, ScheduleLR(optimizer, schedule))`` to the Trainer.
+
+Logged: every ``log_every`` optimizer steps (default ``args.logging_steps``) the scalars join the Trainer's next
+log record in ``on_log``, so they are in ``state.log_history`` and, when the callback runs before the reporting
+callbacks (``attach`` puts it first; ``Trainer(callbacks=[...])`` puts it last), in every ``report_to``
+integration and the printed logs. (Calling ``trainer.log`` from a callback would reset ``should_log`` and drop
+the Trainer's own loss record of that step.) The JSONL log goes to ``<output_dir>/bsprof.jsonl``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bsprof.integrations.loggers import PREFIX, scalars
+from bsprof.integrations.steps import Steps, rows_of
+from bsprof.track import Tracker
+
+try:
+    from transformers import TrainerCallback
+except ImportError as e:
+    raise ImportError("bsprof.integrations.hf needs transformers: pip install 'bsprof[hf]'") from e
+
+
+class NoiseScaleCallback(TrainerCallback):
+    """Measures B_simple at every ``every``-th optimizer step of a ``transformers.Trainer`` (module docstring).
+
+    every, window, log_every, log, source, precondition, unit, ema_beta: as for the Lightning ``NoiseScale``;
+    schedule, micro_batch: a Schedule to follow (module docstring); ``micro_batch`` default
+    ``args.per_device_train_batch_size``.
+    After training: ``tracker`` (closed, its draws kept), ``latest`` (the last logged scalars), ``unmeasured``.
+    """
+
+    def __init__(self, *, every: int = 1, window: int | None = 100, log_every: int | None = None, log="auto",
+                 source: str = "auto", precondition: bool = False, unit: str = "examples", ema_beta: float = 0.99,
+                 prefix: str = PREFIX, schedule=None, micro_batch: int | None = None):
+        self.every, self.window, self.log_every, self.log_path, self.prefix = every, window, log_every, log, prefix
+        self.options = dict(source=source, precondition=precondition, unit=unit, ema_beta=ema_beta)
+        self.tracker: Tracker | None = None
+        self.steps: Steps | None = None
+        self.schedule, self.micro_batch = schedule, micro_batch
+        self.applied: list[tuple[int, int, int]] = []
+        self._pending: tuple[int, int] | None = None
+        self._micro_in_epoch = 0
+        self.latest: dict[str, float] = {}
+        self._unlogged: dict[str, float] = {}
+        self._handles = []
+
+    # -- lifetime ------------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        log = self.log_path
+        if log == "auto":
+            log = Path(args.output_dir) / "bsprof.jsonl"
+            log.parent.mkdir(parents=True, exist_ok=True)
+        self.tracker = Tracker(model, optimizer, log=log if state.is_world_process_zero else None, **self.options)
+        self.steps = Steps(self.tracker, self.every)
+        self._handles = [model.register_forward_pre_hook(self._rows, with_kwargs=True),
+                         model.register_forward_hook(self._loss, with_kwargs=True)]
+        self._follow_schedule(args, state)
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._micro_in_epoch = 0
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self.tracker is not None:
+            self.tracker.close()
+
+    def _rows(self, module, args, kwargs):
+        if module.training and torch.is_grad_enabled() and self.steps is not None:
+            self.steps.sizes.append(rows_of(list(args) + list(kwargs.values())))
+            self._micro_in_epoch += 1
+
+    def _loss(self, module, args, kwargs, out):
+        if module.training and torch.is_grad_enabled() and self.steps is not None:
+            loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
+            if torch.is_tensor(loss) and loss.numel() == 1:
+                self.steps.loss += float(loss.detach())
+
+    # -- one optimizer step --------------------------------------------------------------------------------
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.steps is not None and args.gradient_accumulation_steps == 1 and self.steps.due(state.global_step):
+            self.steps.arm()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.steps is None:
+            return
+        k = max(self.tracker.micro_steps, 1)
+        self.steps.loss /= k   # the mean of the micro-batches' mean losses
+        draw = self.steps.close(state.global_step, loss_scale=1.0 / k)
+        every = self.log_every or int(args.logging_steps) or 1
+        if draw is not None and (state.global_step + 1) % every == 0:
+            self.latest = scalars(self.tracker, self.window, self.prefix)
+            self._unlogged = dict(self.latest)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._follow_schedule(args, state)
+
+    def _follow_schedule(self, args, state) -> None:
+        """Set ``args.gradient_accumulation_steps`` for the next optimizer step. The Trainer reads it for every
+        step's micro-batches, but syncs and steps when the epoch's micro-batch count is a multiple of it, so a
+        change waits for the first step boundary where that count divides by the new k (as in Lightning)."""
+        if self.schedule is None:
+            return
+        step = state.global_step
+        k = self.schedule.accumulation_at(step, self.micro_batch or args.per_device_train_batch_size,
+                                          args.world_size)
+        if k == args.gradient_accumulation_steps:
+            self._pending = None
+        elif self._pending is None or self._pending[1] != k:
+            self._pending = (step, k)
+        if self._pending is not None and self._micro_in_epoch % self._pending[1] == 0:
+            planned, k = self._pending
+            args.gradient_accumulation_steps = k
+            self.applied.append((planned, step, k))
+            self._pending = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._unlogged and logs is not None:  # join the Trainer's own record of this step
+            logs.update(self._unlogged)
+            if state.log_history:
+                state.log_history[-1].update(self._unlogged)
+            self._unlogged = {}
+
+    @property
+    def unmeasured(self):
+        return self.steps.unmeasured if self.steps is not None else {}
+
+
+def attach(trainer, **options) -> NoiseScaleCallback:
+    """A ``NoiseScaleCallback`` added to ``trainer`` FIRST among its callbacks, so that its values join each log
+    record before the ``report_to`` integrations (TensorBoard, W&B, …) and the printer see it."""
+    callback = NoiseScaleCallback(**options)
+    trainer.callback_handler.callbacks.insert(0, callback)
+    return callback

@@ -1,0 +1,151 @@
+"""A Lightning ``Callback`` over ``bsprof.Tracker``: the noise scale of the run, logged through its loggers.
+
+    trainer = L.Trainer(..., callbacks=[NoiseScale(window=100)])
+
+Where the pair comes from (``bsprof.track``): with ``accumulate_grad_batches = k ≥ 2`` the k micro-batches of each
+optimizer step (b = micro-batch, B = k·b); with k = 1 per-example norms (b = 1) taken in the same backward
+(``on_before_backward`` arms them, ``on_after_backward`` disarms); under DDP the ranks. Lightning divides each
+micro-step's loss by k, and a mixed-precision GradScaler multiplies it by its scale: the callback passes both to
+``tracker.step(loss_scale=...)``.
+
+When. The tracker's norms are taken by hooks while autograd runs, so the numbers are those of the gradients
+before Lightning clips them (``on_before_optimizer_step`` runs before ``clip_gradients``, and clipping after it
+would change nothing anyway). ``tracker.step()`` runs once per optimizer step, in ``on_before_optimizer_step``.
+
+Logged, every ``log_every`` optimizer steps (default: ``trainer.log_every_n_steps``), to every logger of
+``trainer.loggers`` at ``trainer.global_step``: the ``bsprof/…`` scalars of ``bsprof.integrations.loggers``. The
+JSONL log of raw pairs is written always, to ``log`` (default ``<trainer.log_dir>/bsprof.jsonl``).
+
+A schedule (``bsprof.schedule.Schedule``) makes the run follow a planned batch: at the first micro-batch of
+each optimizer step the callback sets ``trainer.accumulate_grad_batches`` to
+``schedule.accumulation_at(step, micro_batch, world_size)``. Lightning closes a step when the micro-batches of
+the epoch so far are a multiple of k, so a change waits for the first step boundary where that holds (one step
+late at most for a doubling); ``applied`` lists (planned step, step it took effect, k). Pair it with
+``ScheduleLR`` for the learning rate. Automatic optimization only (with manual optimization use the Tracker).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from bsprof.integrations.loggers import PREFIX, scalars, write
+from bsprof.integrations.steps import Steps, rows_of
+from bsprof.track import Tracker
+
+try:
+    from lightning.pytorch.callbacks import Callback
+except ImportError:  # the standalone pytorch_lightning package
+    try:
+        from pytorch_lightning.callbacks import Callback
+    except ImportError as e:
+        raise ImportError("bsprof.integrations.lightning needs Lightning: pip install 'bsprof[lightning]'") from e
+
+
+def _model(trainer, pl_module):
+    """The module whose backward passes to watch: the DDP wrapper under DDP (the tracker's ``ddp`` source)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapped = getattr(trainer.strategy, "model", None)
+    return wrapped if isinstance(wrapped, DistributedDataParallel) else pl_module
+
+
+def _grad_scale(trainer) -> float:
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
+
+class NoiseScale(Callback):
+    """Measures B_simple at every ``every``-th optimizer step through a ``bsprof.Tracker`` (module docstring).
+
+    every: measure every N-th optimizer step (the others are not measured: no per-example work);
+    window: optimizer steps per logged estimate; log_every: log every N steps (default the trainer's);
+    log: path of the JSONL log ("auto": ``<trainer.log_dir>/bsprof.jsonl``);
+    source, precondition, unit, ema_beta: as for ``Tracker``;
+    batch_rows: function batch → examples (default: dim 0 of the batch's first tensor);
+    schedule, micro_batch: a Schedule to follow; ``micro_batch`` default the batch's rows.
+    After training: ``tracker`` (closed, its draws kept), ``latest`` (the last logged scalars), ``applied``.
+    """
+
+    def __init__(self, *, every: int = 1, window: int | None = 100, log_every: int | None = None, log="auto",
+                 source: str = "auto", precondition: bool = False, unit: str = "examples", ema_beta: float = 0.99,
+                 batch_rows=rows_of, schedule=None, micro_batch: int | None = None, prefix: str = PREFIX):
+        self.every, self.window, self.log_every, self.log_path = every, window, log_every, log
+        self.options = dict(source=source, precondition=precondition, unit=unit, ema_beta=ema_beta)
+        self.batch_rows, self.schedule, self.micro_batch, self.prefix = batch_rows, schedule, micro_batch, prefix
+        self.tracker: Tracker | None = None
+        self.steps: Steps | None = None
+        self.latest: dict[str, float] = {}
+        self.applied: list[tuple[int, int, int]] = []
+        self._pending: tuple[int, int] | None = None   # (planned step, k) of a change not yet applied
+
+    # -- lifetime ------------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if not pl_module.automatic_optimization:
+            warnings.warn("bsprof's NoiseScale callback needs automatic optimization: not measuring "
+                          "(with manual optimization, call a bsprof.Tracker yourself)", stacklevel=2)
+            return
+        log = self.log_path
+        if log == "auto":
+            log = Path(trainer.log_dir or trainer.default_root_dir) / "bsprof.jsonl"
+            log.parent.mkdir(parents=True, exist_ok=True)
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        self.tracker = Tracker(_model(trainer, pl_module), optimizer, log=log, **self.options)
+        self.steps = Steps(self.tracker, self.every)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.on_fit_end(trainer, pl_module)
+
+    # -- one optimizer step --------------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.steps is None:
+            return
+        rows = self.batch_rows(batch)
+        if not self.steps.sizes and self.schedule is not None:
+            self._follow_schedule(trainer, batch_idx, rows)
+        self.steps.sizes.append(rows)
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if self.steps is None:
+            return
+        self.steps.loss += float(loss.detach())   # Lightning's loss / k: the sum is the step's mean loss
+        if trainer.accumulate_grad_batches == 1 and self.steps.due(trainer.global_step):
+            self.steps.arm()
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if self.steps is not None:
+            self.steps.disarm()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.steps is None:
+            return
+        step = trainer.global_step
+        scale = _grad_scale(trainer) / trainer.accumulate_grad_batches
+        draw = self.steps.close(step, loss_scale=scale)
+        every = self.log_every or trainer.log_every_n_steps or 1
+        if draw is not None and (step + 1) % every == 0:
+            self.latest = scalars(self.tracker, self.window, self.prefix)
+            for logger in trainer.loggers:
+                write(logger, self.latest, step)
+
+    # -- a planned batch -----------------------------------------------------------------------------------
+    def _follow_schedule(self, trainer, batch_idx: int, rows: int | None) -> None:
+        step, micro = trainer.global_step, self.micro_batch or rows
+        k = self.schedule.accumulation_at(step, micro, trainer.world_size)
+        if k == trainer.accumulate_grad_batches:
+            self._pending = None
+        elif self._pending is None or self._pending[1] != k:
+            self._pending = (step, k)
+        if self._pending is not None and batch_idx % self._pending[1] == 0:
+            planned, k = self._pending
+            trainer.accumulate_grad_batches = k
+            self.applied.append((planned, step, k))
+            self._pending = None
+
+    @property
+    def unmeasured(self):
+        return self.steps.unmeasured if self.steps is not None else {}

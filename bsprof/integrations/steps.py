@@ -1,0 +1,92 @@
+"""What every training-framework callback does at an optimizer step: decide whether the tracker can measure it.
+
+A framework step is measurable when it is a nested pair (``bsprof.track``): its backward passes ran inside
+``tracker.per_example()``; or it had k ≥ 2 backward passes on micro-batches of one size; or it ran on W ≥ 2 DDP
+ranks. Anything else (one backward and no per-example norms, an epoch's short last micro-batch, a step that is
+not due) is handed to ``tracker.discard`` and counted in ``Steps.unmeasured`` by reason: the training goes on,
+and the callback never raises inside the framework's loop: a ``TrackerError`` (the tracker has then removed its
+hooks) becomes a warning and ``Steps.failed``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+
+import torch
+
+from bsprof.track import TrackerError
+
+
+def rows_of(batch) -> int | None:
+    """Examples in a batch: dim 0 of its first tensor (depth first through tuples, lists and dicts)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else None
+    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for item in items:
+        n = rows_of(item)
+        if n is not None:
+            return n
+    return None
+
+
+def per_example_available(tracker) -> bool:
+    src = tracker.per_example_source
+    return src is not None and src.problem is None and bool(src.handles)
+
+
+class Steps:
+    """The bookkeeping of one callback: micro-batch sizes and loss of the open step, arming, and the close."""
+
+    def __init__(self, tracker, every: int = 1):
+        self.tracker, self.every = tracker, max(1, int(every))
+        self.sizes: list[int | None] = []
+        self.loss = 0.0
+        self.armed = None                  # the entered tracker.per_example() context, while armed
+        self.per_example_step = False      # every backward of the open step was armed
+        self.unmeasured: Counter = Counter()
+        self.failed: str | None = None     # the TrackerError that stopped the measurement (hooks removed)
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def arm(self) -> None:
+        if self.armed is None and not self.failed and per_example_available(self.tracker):
+            self.armed = self.tracker.per_example()
+            self.armed.__enter__()
+            self.per_example_step = True
+
+    def disarm(self) -> None:
+        if self.armed is not None:
+            self.armed.__exit__(None, None, None)
+            self.armed = None
+
+    def close(self, step: int, loss_scale: float = 1.0):
+        """End the optimizer step ``step``: a Draw when the tracker measured it, else None (counted by reason)."""
+        self.disarm()
+        if self.failed:
+            return None
+        t, sizes, loss, per_example = self.tracker, self.sizes, self.loss, self.per_example_step
+        self.sizes, self.loss, self.per_example_step = [], 0.0, False
+        k = t.micro_steps
+        known = [n for n in sizes if n is not None]
+        total = sum(known) if len(known) == len(sizes) else None
+        reason = None
+        if k == 0:
+            return None                     # no backward in this step (a skipped training_step)
+        if not self.due(step):
+            reason = "not due"
+        elif not per_example and k == 1 and t.world < 2:
+            reason = "one backward and no per-example norms"
+        elif not per_example and (total is None or len(sizes) != k or len(set(known)) != 1):
+            reason = "micro-batches of different sizes (or of unknown size)"
+        if reason is not None:
+            self.unmeasured[reason] += 1
+            t.discard(total)
+            return None
+        try:
+            return t.step(batch_size=None if per_example else total, loss=loss, loss_scale=loss_scale, step=step)
+        except TrackerError as e:  # the tracker removed its hooks; training goes on unmeasured
+            self.failed = str(e)
+            warnings.warn(f"bsprof stopped measuring at step {step}: {e}", stacklevel=2)
+            return None

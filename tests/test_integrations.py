@@ -1,0 +1,401 @@
+"""bsprof.integrations: loggers, the Lightning and Hugging Face callbacks (against a plain tracker run on the same
+loop), clipping, and schedules that take effect (plain loop, Lightning, HF). Framework tests skip when the extra
+is not installed (pip install 'bsprof[lightning,hf,tensorboard]')."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import bsprof
+from bsprof.integrations.loggers import kind_of, log_to, scalars, write
+from bsprof.schedule import Schedule, ScheduleError, Stage
+from bsprof.schedule.apply import ScheduleLR
+
+D, H = 8, 16
+
+
+def data(n=640, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, D, generator=g)
+    y = x @ torch.randn(D, 1, generator=g) + 0.5 * torch.randn(n, 1, generator=g)
+    return TensorDataset(x, y)
+
+
+def net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(D, H), nn.Tanh(), nn.Linear(H, 1))
+
+
+def plain_run(accum: int, micro: int, steps: int, clip: float | None = None, lr=0.05):
+    """The reference: a hand-written loop with a Tracker, same init, data order and optimizer as the callbacks."""
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    tracker = bsprof.Tracker(model, opt, accumulation_steps=accum if accum > 1 else None,
+                             source="accumulation" if accum > 1 else "per_example")
+    batches = iter(DataLoader(data(), batch_size=micro, shuffle=False))
+    for _ in range(steps):
+        for _ in range(accum):
+            x, y = next(batches)
+            loss = nn.functional.mse_loss(model(x), y)
+            if accum > 1:
+                (loss / accum).backward()
+            else:
+                with tracker.per_example():
+                    loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        tracker.step(batch_size=accum * micro if accum > 1 else None, loss=loss)
+        opt.step()
+        opt.zero_grad()
+    tracker.close()
+    return tracker
+
+
+def pairs(tracker):
+    return np.array([[d.small_sq_total, d.big_sq_total, d.b, d.B] for d in tracker.draws])
+
+
+# -- loggers -----------------------------------------------------------------------------------------------
+class FakeWandb:
+    def __init__(self):
+        self.rows = []
+
+    def log(self, values, step=None):
+        self.rows.append((step, dict(values)))
+
+
+def test_scalars_tags_and_sinks(tmp_path):
+    tracker = plain_run(accum=4, micro=8, steps=12)
+    values = scalars(tracker, window=10)
+    assert set(values) == {f"bsprof/{k}" for k in ("b_simple", "b_simple_lo", "b_simple_hi", "tr_sigma", "g2",
+                                                    "b_simple_ema")}
+    est = tracker.estimate(window=10)
+    assert est.ok and values["bsprof/b_simple"] == pytest.approx(est.value)
+    assert values["bsprof/b_simple_lo"] == pytest.approx(est.lo)
+    assert values["bsprof/b_simple_hi"] == pytest.approx(est.hi)
+    assert all(math.isfinite(v) for v in values.values())
+    seen, fake = [], FakeWandb()
+    log = log_to(tracker, fake, lambda v, s: seen.append((s, v)), every=3)
+    assert log(2) and not log(3) and not log(2)  # every 3rd step, once per step
+    assert fake.rows[0][0] == 2 and seen[0][1] == fake.rows[0][1]
+    assert kind_of(fake) == "wandb" and kind_of(print) == "callable"
+    with pytest.raises(bsprof.BsprofError, match="cannot log to"):
+        kind_of(42)
+    assert scalars(bsprof.Tracker(net(), accumulation_steps=2)) == {}
+
+
+def test_tensorboard_writer(tmp_path):
+    tb = pytest.importorskip("torch.utils.tensorboard", reason="tensorboard is not installed (bsprof[tensorboard])")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tracker = plain_run(accum=4, micro=8, steps=6)
+    writer = tb.SummaryWriter(str(tmp_path))
+    write(writer, scalars(tracker), step=5)
+    writer.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert "bsprof/b_simple_lo" in acc.Tags()["scalars"] and "bsprof/g2" in acc.Tags()["scalars"]
+
+
+def test_precondition_logs_b_pre():
+    model = net()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    tracker = bsprof.Tracker(model, opt, accumulation_steps=2, batch_size=16, precondition=True)
+    for x, y in list(DataLoader(data(), batch_size=8))[:12]:
+        (nn.functional.mse_loss(model(x), y) / 2).backward()
+        if tracker.ready:
+            tracker.step()
+            opt.step()
+            opt.zero_grad()
+    assert len(tracker.draws_pre) == 5  # none at the first step: Adam has no v̂ yet
+    pre = tracker.estimate_pre()
+    assert ("bsprof/b_pre" in scalars(tracker)) == (pre.value == pre.value)
+    tracker.close()
+
+
+# -- schedules in a plain loop -----------------------------------------------------------------------------
+SCHEDULE = Schedule(stages=[Stage(0, 2.0, 8, 0.05, 8, 1, 1), Stage(3, 1.5, 16, 0.1, 8, 2, 1),
+                            Stage(6, 1.0, 32, 0.2, 8, 4, 1)], target_loss=0.5)
+
+
+def test_schedule_lr_and_accumulation_in_a_plain_loop():
+    from bsprof.schedule.sampler import ScheduledBatchSampler
+
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = ScheduleLR(opt, SCHEDULE)
+    sampler = ScheduledBatchSampler(640, SCHEDULE, shuffle=False, micro_batches=True)
+    seen, micro = [], []
+    batches = iter(DataLoader(data(), batch_sampler=sampler))
+    for step in range(9):
+        k = SCHEDULE.accumulation_at(step, micro_batch=8)
+        rows = 0
+        for _ in range(k):
+            x, y = next(batches)
+            rows += len(x)
+            micro.append(len(x))
+            (nn.functional.mse_loss(model(x), y) / k).backward()
+        seen.append((rows, opt.param_groups[0]["lr"]))
+        opt.step()
+        opt.zero_grad()
+        scheduler.step()
+    assert seen == [(8, 0.05)] * 3 + [(16, 0.1)] * 3 + [(32, 0.2)] * 3
+    assert set(micro) == {8}
+    with pytest.raises(ScheduleError, match="not a multiple"):
+        SCHEDULE.accumulation_at(7, micro_batch=12)
+
+
+def test_schedule_lr_keeps_group_ratios():
+    model = net()
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 1.0},
+                           {"params": model[2].parameters(), "lr": 0.5}])
+    scheduler = ScheduleLR(opt, SCHEDULE)
+    for _ in range(3):
+        opt.step()
+        scheduler.step()
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.05]
+
+
+# -- Lightning ---------------------------------------------------------------------------------------------
+def lightning_run(tmp_path, accum: int, steps: int = 20, callback=None, schedule=None, **trainer_kw):
+    L = pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'bsprof[lightning]')")
+    from lightning.pytorch.loggers import CSVLogger
+
+    from bsprof.integrations.lightning import NoiseScale
+
+    class Lit(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net()
+            self.seen = []  # (rows, lr) per micro-batch
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            self.seen.append((len(x), self.trainer.optimizers[0].param_groups[0]["lr"], self.trainer.global_step))
+            return nn.functional.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.05)
+            if schedule is None:
+                return opt
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": ScheduleLR(opt, schedule), "interval": "step"}}
+
+    module = Lit()
+    callback = callback or NoiseScale(window=10, log_every=5)
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=CSVLogger(str(tmp_path)),
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                        accumulate_grad_batches=accum, callbacks=[callback], **trainer_kw)
+    trainer.fit(module, DataLoader(data(), batch_size=8, shuffle=False))
+    return module, callback, trainer
+
+
+def _csv_metrics(trainer):
+    import csv
+    from pathlib import Path
+
+    rows = list(csv.DictReader(open(Path(trainer.logger.log_dir) / "metrics.csv")))
+    return [r for r in rows if r.get("bsprof/b_simple_lo")]
+
+
+@pytest.mark.parametrize("accum", [1, 4], ids=["per_example", "accumulate4"])
+def test_lightning_callback_agrees_with_the_plain_tracker(tmp_path, accum):
+    _, cb, trainer = lightning_run(tmp_path, accum)
+    ref = plain_run(accum=accum, micro=8, steps=20)
+    got = pairs(cb.tracker)
+    assert len(got) == 20 and cb.tracker.steps == list(range(20)) and not cb.unmeasured
+    np.testing.assert_allclose(got, pairs(ref), rtol=1e-5)
+    assert got[0, 2] == (1 if accum == 1 else 8) and got[0, 3] == 8 * accum
+    est, ref_est = cb.tracker.estimate(window=10), ref.estimate(window=10)
+    assert est.value == pytest.approx(ref_est.value, rel=1e-4)
+    logged = _csv_metrics(trainer)
+    assert [int(r["step"]) for r in logged] == [4, 9, 14, 19]
+    assert float(logged[-1]["bsprof/b_simple_lo"]) == pytest.approx(est.lo, rel=1e-4)
+    assert (tmp_path / "lightning_logs").exists() and any((tmp_path).rglob("bsprof.jsonl"))
+    assert cb.tracker.closed
+
+
+def test_lightning_every_n_and_clipping(tmp_path):
+    pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'bsprof[lightning]')")
+    from bsprof.integrations.lightning import NoiseScale
+
+    _, cb, _ = lightning_run(tmp_path, 4, steps=12, callback=NoiseScale(every=3, window=10),
+                             gradient_clip_val=0.01)
+    ref = plain_run(accum=4, micro=8, steps=12, clip=0.01)
+    assert cb.tracker.steps == [0, 3, 6, 9] and cb.unmeasured["not due"] == 8
+    np.testing.assert_allclose(pairs(cb.tracker), pairs(ref)[::3], rtol=1e-5)
+
+
+@pytest.mark.parametrize("schedule,sizes,applied", [
+    (Schedule(stages=[Stage(0, 2.0, 8, 0.05, 8, 1, 1), Stage(4, 1.5, 16, 0.1, 8, 2, 1),
+                      Stage(6, 1.0, 32, 0.2, 8, 4, 1)], target_loss=0.5),
+     [8] * 4 + [16] * 2 + [32] * 3, [(4, 4), (6, 6)]),
+    # planned at step 3, but 3 micro-batches are done in the epoch and Lightning steps when that count is a
+    # multiple of k = 2: the change waits one step
+    (SCHEDULE, [8] * 4 + [16] * 2 + [32] * 3, [(3, 4), (6, 6)]),
+], ids=["aligned", "one-step-late"])
+def test_lightning_follows_a_schedule(tmp_path, schedule, sizes, applied):
+    pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'bsprof[lightning]')")
+    from bsprof.integrations.lightning import NoiseScale
+
+    module, cb, _ = lightning_run(tmp_path, 1, steps=9, callback=NoiseScale(schedule=schedule, window=5),
+                                  schedule=schedule)
+    per_step = {}
+    for rows, lr, step in module.seen:
+        n, lrs = per_step.get(step, (0, set()))
+        per_step[step] = (n + rows, lrs | {lr})
+    assert [per_step[s][0] for s in range(9)] == sizes
+    assert [per_step[s][1] for s in range(9)] == [{schedule.lr_at(step=s)} for s in range(9)]
+    assert [(p, a) for p, a, _ in cb.applied] == applied
+    assert [d.B for d in cb.tracker.draws] == sizes and not cb.unmeasured
+    assert [d.b for d in cb.tracker.draws] == [1 if n == 8 else 8 for n in sizes]  # k = 1: per-example norms
+
+
+# -- Hugging Face Trainer ----------------------------------------------------------------------------------
+class DictData(torch.utils.data.Dataset):
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return {"x": x, "labels": y}
+
+
+class Regressor(nn.Module):
+    """A plain nn.Module the HF Trainer accepts: forward returns a dict with the mean loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = net()
+        self.seen = []  # the training micro-batches, in order
+
+    def forward(self, x, labels=None):
+        out = self.net(x)
+        if self.training:
+            self.seen.append((x.detach().clone(), labels.detach().clone()))
+        return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
+
+
+def hf_run(tmp_path, accum=2, steps=10, max_grad_norm=1.0, **options):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed "
+                                       "(pip install 'bsprof[hf]')")
+    from bsprof.integrations.hf import attach
+
+    model = Regressor()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / f"hf{max_grad_norm}"), max_steps=steps, per_device_train_batch_size=8,
+        gradient_accumulation_steps=accum, report_to=[], use_cpu=True, logging_steps=1, learning_rate=0.05,
+        optim="sgd", lr_scheduler_type="constant", max_grad_norm=max_grad_norm, save_strategy="no",
+        disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=DictData(data()))
+    cb = attach(trainer, window=10, **options)
+    trainer.train()
+    return model, cb, trainer
+
+
+def replay(seen, accum, lr=0.05, clip=None):
+    """The plain tracker on the micro-batches the Trainer saw, from the same initial weights."""
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    tracker = bsprof.Tracker(model, opt, accumulation_steps=accum if accum > 1 else None)
+    for i in range(0, len(seen), accum):
+        for x, y in seen[i:i + accum]:
+            loss = nn.functional.mse_loss(model(x), y)
+            if accum > 1:
+                (loss / accum).backward()
+            else:
+                with tracker.per_example():
+                    loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        tracker.step(batch_size=accum * len(x) if accum > 1 else None)
+        opt.step()
+        opt.zero_grad()
+    tracker.close()
+    return tracker
+
+
+@pytest.mark.parametrize("accum", [1, 2], ids=["per_example", "accumulate2"])
+def test_hf_callback_agrees_with_the_plain_tracker(tmp_path, accum):
+    model, cb, trainer = hf_run(tmp_path, accum=accum, steps=10, max_grad_norm=1e9)
+    ref = replay(model.seen, accum)
+    assert len(cb.tracker.draws) == 10 and not cb.unmeasured
+    np.testing.assert_allclose(pairs(cb.tracker), pairs(ref), rtol=1e-5)
+    logged = [r for r in trainer.state.log_history if "bsprof/g2" in r]
+    assert [r["step"] for r in logged] == list(range(2, 11))  # from the second step on (a window needs 2)
+    assert all("loss" in r for r in logged)  # one record with the Trainer's own loss
+    assert logged[-1]["bsprof/b_simple_lo"] == pytest.approx(cb.tracker.estimate(window=10).lo, rel=1e-6)
+    assert (tmp_path / "hf1000000000.0" / "bsprof.jsonl").is_file()
+
+
+def test_hf_clipping_does_not_change_the_pair(tmp_path):
+    """max_grad_norm=0.01 clips every step (the gradient norm here is ~1); the Trainer clips before
+    on_pre_optimizer_step, where the callback closes the step, yet the pair at the first step's weights is the
+    same, because the tracker took it during backward. Later steps differ: the clipped updates move the weights
+    differently, and the replay with clipping agrees."""
+    clipped_model, clipped, trainer = hf_run(tmp_path, accum=2, steps=4, max_grad_norm=0.01)
+    free_model, free, _ = hf_run(tmp_path, accum=2, steps=4, max_grad_norm=1e9)
+    first_grad_norm = next(r["grad_norm"] for r in trainer.state.log_history if "grad_norm" in r)
+    assert first_grad_norm > 0.1  # so 0.01 really clips
+    assert torch.equal(clipped_model.seen[0][0], free_model.seen[0][0])
+    np.testing.assert_allclose(pairs(clipped.tracker)[0], pairs(free.tracker)[0], rtol=1e-12)
+    assert not np.allclose(pairs(clipped.tracker)[1:], pairs(free.tracker)[1:], rtol=1e-6)
+    np.testing.assert_allclose(pairs(clipped.tracker), pairs(replay(clipped_model.seen, 2, clip=0.01)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("schedule,applied", [
+    (Schedule(stages=[Stage(0, 2.0, 8, 0.05, 8, 1, 1), Stage(4, 1.5, 16, 0.1, 8, 2, 1),
+                      Stage(6, 1.0, 32, 0.2, 8, 4, 1)], target_loss=0.5), [(4, 4), (6, 6)]),
+    (SCHEDULE, [(3, 4), (6, 6)]),  # planned at 3 after 3 micro-batches: waits one step, as in Lightning
+], ids=["aligned", "one-step-late"])
+def test_hf_follows_a_schedule(tmp_path, schedule, applied):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed "
+                                       "(pip install 'bsprof[hf]')")
+    from bsprof.integrations.hf import attach
+
+    model = Regressor()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=9, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+        report_to=[], use_cpu=True, logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=DictData(data()),
+                                   optimizers=(opt, ScheduleLR(opt, schedule)))
+    cb = attach(trainer, window=5, schedule=schedule)
+    trainer.train()
+    sizes = [8] * 4 + [16] * 2 + [32] * 3
+    assert [d.B for d in cb.tracker.draws] == sizes and not cb.unmeasured
+    assert len(model.seen) == sum(sizes) // 8
+    lrs = [r["learning_rate"] for r in trainer.state.log_history if "learning_rate" in r]
+    assert lrs == [schedule.lr_at(step=s) for s in range(9)]
+    assert [(p, a) for p, a, _ in cb.applied] == applied
+
+
+def test_steps_discard_what_cannot_be_measured():
+    """An epoch's short last micro-batch, or one backward without per-example norms, is counted and skipped; the
+    tracker stays open and the next step is measured."""
+    from bsprof.integrations.steps import Steps, rows_of
+
+    model = nn.Linear(D, 1)
+    tracker = bsprof.Tracker(model, source="accumulation")
+    steps = Steps(tracker)
+    x, y = data()[:12]
+    for sizes, step in (([8, 4], 0), ([8], 1), ([6, 6], 2)):
+        for start, n in zip([0, sizes[0]], sizes):
+            xb, yb = x[start:start + n], y[start:start + n]
+            steps.sizes.append(rows_of((xb, yb)))
+            (nn.functional.mse_loss(model(xb), yb) / len(sizes)).backward()
+        steps.close(step, loss_scale=1 / len(sizes))
+        model.zero_grad()
+    assert tracker.steps == [2] and tracker.draws[0].B == 12 and not tracker.closed
+    assert steps.unmeasured == {"micro-batches of different sizes (or of unknown size)": 1,
+                                "one backward and no per-example norms": 1}
+    assert rows_of({"a": [torch.zeros(()), torch.zeros(5, 2)]}) == 5 and rows_of("text") is None
+    tracker.close()
