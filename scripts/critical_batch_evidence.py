@@ -102,7 +102,7 @@ TASKS = {
                                "images pooled to 14×14, plain SGD", spec=mnist_spec, opt=sgd, target=0.3,
                           batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.2, lr_grid=[1, 2],
                                                seeds=2, max_steps=1500, eval_examples=1024),
-                          probe_steps=450, lr_factors=(0.25, 0.5, 1.0)),
+                          probe_steps=450, lr_factors=(0.5, 1.0)),
     "digits_adam": dict(desc="digits MLP 64-128-10 (sklearn, 1797), Adam", spec=digits_spec, opt=adam, target=0.1,
                         batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.005, lr_grid=[1, 2, 4],
                                              seeds=2, max_steps=1500, eval_examples=0),
@@ -122,9 +122,16 @@ def run_sweep(name, task, quick):
     seeds = 1 if quick else sw["seeds"]
     spec = dataclasses.replace(task["spec"](), optimizer=task["opt"](sw["lr0"]))
     t0 = time.time()
+    torch.manual_seed(0)
+    b_init = None
+    if task["opt"] is sgd:   # the linear lr rule saturates at B_simple at init (as validate_critical_batch.py)
+        ds = task["spec"]().dataset()
+        b_init = bsprof.measure_at(cnn() if name.startswith("mnist") else task["spec"]().model(), ce,
+                                   ds[:][0:2], rel_error=0.15, max_seconds=20).value
+        print(f"   [{name}] B_simple at init {b_init:.1f} (saturates the sweep's linear lr rule)", flush=True)
     g = bsprof.sweep.global_(spec, task["target"], batches=sw["batches"], lr_grid=sw["lr_grid"], seeds=seeds,
-                             max_steps=sw["max_steps"], eval_examples=sw["eval_examples"], holdout=False,
-                             device="cpu", n_boot=1000, max_seconds=300 if quick else 900)
+                             b_noise=b_init or 0.0,
+                             max_steps=sw["max_steps"], eval_examples=sw["eval_examples"], holdout=False, device="cpu", n_boot=1000, max_seconds=300 if quick else 900)
     d = g.to_dict()
     for s in g.batches:
         print(f"   [{name}] B {s.batch:4d}  lr {s.lr:.3g}  steps {s.steps:6.0f}  reached {s.reached}/{seeds}", flush=True)
@@ -132,6 +139,7 @@ def run_sweep(name, task, quick):
     print(f"   [{name}] sweep B_crit {c.value:.1f} [{c.lo:.1f}, {c.hi:.1f}]  ({time.time() - t0:.0f} s)", flush=True)
     row = next(b for b in d["batches"] if b["batch"] == task["batch"])
     return dict(critical=d["critical"], batches=d["batches"], compute=d.get("compute"), ref_lr=row["lr"],
+                b_simple_init_for_lr_rule=b_init, lr0=sw["lr0"], lr_grid=sw["lr_grid"],
                 ref_lr_tuned=row["lr"], notes=d.get("notes"), seeds=seeds)
 
 
@@ -201,7 +209,7 @@ def summarise(report, target):
     return out
 
 
-def probe(task, lr, quick):
+def probe(task, lr, quick, seed=0):
     spec = dataclasses.replace(task["spec"](), optimizer=task["opt"](lr))
     steps = int(task["probe_steps"] * min(4.0, task["ref_lr"] / lr) ** 0.85)
     if quick:
@@ -209,7 +217,7 @@ def probe(task, lr, quick):
     every = max(5, steps // 12)
     t0 = time.time()
     report = bsprof.measure(spec, steps=steps, batch_size=task["batch"], measure_every=every, rel_error=0.2,
-                            max_seconds=2.5 if quick else 4.0, device="cpu", hessian=True, seed=0)
+                            max_seconds=2.5 if quick else 4.0, device="cpu", hessian=True, seed=seed)
     wall = time.time() - t0
     ms = report.measurements
     i = first_reach(report, task["target"])
@@ -222,7 +230,7 @@ def probe(task, lr, quick):
                 reached_target_at_step=ms[i].step if i is not None else None)
     rows = [dict(step=m.step, loss=m.loss, **{c: (getattr(m, c).value if getattr(m, c, None) is not None else None)
                                             for c in CANDIDATES}) for m in ms]
-    return report, dict(lr=lr, cost=cost, rows=rows, summary=summarise(report, task["target"]))
+    return report, dict(lr=lr, seed=seed, cost=cost, rows=rows, summary=summarise(report, task["target"]))
 
 
 # -- output ----------------------------------------------------------------------------------------------------
@@ -240,14 +248,14 @@ def table(results):
                      f"[{c['lo']:.1f}, {c['hi']:.1f}] (tuned lr at B={r['batch']}: {r['sweep']['ref_lr_tuned']:.3g}); "
                      f"sweep cost {comp.get('train_examples', float('nan')):,} train examples, "
                      f"{comp.get('seconds', float('nan')):.0f} s")
-        lines.append(f"{'probe lr':>8} {'quantity':>16} | " + " ".join(f"{s:>6} {'ratio':>5}" for s in SUMMARIES)
+        lines.append(f"{'probe lr':>8} {'seed':>4} {'quantity':>16} | " + " ".join(f"{s:>6} {'ratio':>5}" for s in SUMMARIES)
                      + " | cost: examples (to target), s")
         for p in r["probes"]:
             for col, s in p["summary"].items():
-                cells = " ".join(f"{fmt(s[k])} {s[k] / c['value'] if math.isfinite(s[k]) else math.nan:5.2f}"
-                                 for k in SUMMARIES)
+                v = {k: s[k] if s[k] is not None else math.nan for k in SUMMARIES}   # JSON null = NaN
+                cells = " ".join(f"{fmt(v[k])} {v[k] / c['value']:5.2f}" for k in SUMMARIES)
                 cost = p["cost"]
-                lines.append(f"{p['lr']:8.3g} {col:>16} | {cells} | {cost['measure_examples'] + cost['train_examples']:,}"
+                lines.append(f"{p['lr']:8.3g} {p.get('seed', 0):4d} {col:>16} | {cells} | {cost['measure_examples'] + cost['train_examples']:,}"
                              f" ({cost['to_target_examples'] or 0:,}), {cost['wall_seconds']:.0f}")
             lines.append(f"{'':8} {'(target at step':>16} {p['cost']['reached_target_at_step']})")
     return "\n".join(lines)
@@ -255,16 +263,20 @@ def table(results):
 
 def rules(results):
     """Each (candidate, summary) as a rule at the reference lr: worst ratio over tasks, max(r, 1/r)."""
-    out = {}
+    out, spread = {}, {}
     for name, r in results.items():
-        ref = max(r["probes"], key=lambda p: p["lr"])   # the probe at the sweep's tuned lr
+        top = max(p["lr"] for p in r["probes"])
+        refs = [p for p in r["probes"] if p["lr"] == top]   # the probes at the sweep's tuned lr (all seeds)
         bc = r["sweep"]["critical"]["value"]
-        for col, s in ref["summary"].items():
+        for col in CANDIDATES:
             for k in SUMMARIES:
-                v = s[k]
-                if math.isfinite(v):
-                    out.setdefault(f"{col}.{k}", {})[name] = v / bc
-    return {k: dict(ratios=v, worst=max(max(x, 1 / x) for x in v.values()), tasks=len(v)) for k, v in out.items()}
+                v = [p["summary"][col][k] for p in refs if col in p["summary"]]
+                v = [x for x in v if x is not None and math.isfinite(x) and x > 0]
+                if v:   # geometric mean over probe seeds
+                    out.setdefault(f"{col}.{k}", {})[name] = math.exp(float(np.mean(np.log(v)))) / bc
+                    spread.setdefault(f"{col}.{k}", {})[name] = [x / bc for x in v]
+    return {k: dict(ratios=v, per_seed=spread[k], worst=max(max(x, 1 / x) for x in v.values()), tasks=len(v))
+            for k, v in out.items()}
 
 
 def main():
@@ -272,6 +284,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="1 seed, shorter probes, smaller budgets")
     ap.add_argument("--tasks", default="digits_sgd,mnist_cnn_sgd,digits_adam")
     ap.add_argument("--out", default=str(OUT / "critical_batch_evidence.json"))
+    ap.add_argument("--probe-seeds", type=int, default=1, help="probe seeds at the reference (tuned) lr")
+    ap.add_argument("--fresh", action="store_true", help="rerun sweeps and probes already in --out")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
@@ -280,17 +294,24 @@ def main():
     for name in args.tasks.split(","):
         task = TASKS[name]
         print(f"== {name}: {task['desc']}", flush=True)
-        sweep = run_sweep(name, task, args.quick)
+        old = results.get(name) if not args.fresh and not args.quick else None
+        old = old if old and not old.get("quick") else None
+        sweep = old["sweep"] if old else run_sweep(name, task, args.quick)
         task = {**task, "ref_lr": sweep["ref_lr"]}
-        probes = []
+        probes = list(old["probes"]) if old else []
+        done = {(round(p["lr"], 6), p.get("seed", 0)) for p in probes}
         for f in task["lr_factors"]:
             lr = task["ref_lr"] * f
-            _, p = probe(task, lr, args.quick)
-            probes.append(p)
-            for col, s in p["summary"].items():
-                print(f"   lr {lr:.3g} {col:16s} " + "  ".join(f"{k} {s[k]:.1f}" for k in SUMMARIES), flush=True)
-            print(f"   (reached target at step {p['cost']['reached_target_at_step']}, {p['cost']['wall_seconds']:.0f} s)",
-                  flush=True)
+            for seed in range(args.probe_seeds if f == 1.0 else 1):
+                if (round(lr, 6), seed) in done:
+                    continue
+                _, p = probe(task, lr, args.quick, seed)
+                probes.append(p)
+                for col, s in p["summary"].items():
+                    print(f"   lr {lr:.3g} seed {seed} {col:16s} " + "  ".join(f"{k} {s[k]:.1f}" for k in SUMMARIES),
+                          flush=True)
+                print(f"   (reached target at step {p['cost']['reached_target_at_step']}, "
+                      f"{p['cost']['wall_seconds']:.0f} s)", flush=True)
         results[name] = dict(desc=task["desc"], target=task["target"], batch=task["batch"], sweep=sweep,
                              probes=probes, quick=args.quick)
         doc = dict(question="which quantity, averaged how, predicts the swept critical batch?",
