@@ -104,7 +104,7 @@ TASKS = {
                                                seeds=2, max_steps=1500, eval_examples=1024),
                           probe_steps=450, lr_factors=(0.5, 1.0)),
     "digits_adam": dict(desc="digits MLP 64-128-10 (sklearn, 1797), Adam", spec=digits_spec, opt=adam, target=0.1,
-                        batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.005, lr_grid=[1, 2, 4],
+                        batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.01, lr_grid=[1, 2, 4, 8],
                                              seeds=2, max_steps=1500, eval_examples=0),
                         probe_steps=250, lr_factors=(0.25, 1.0)),
 }
