@@ -100,9 +100,12 @@ TASKS = {
                        probe_steps=260, lr_factors=(0.25, 0.5, 1.0)),
     "mnist_cnn_sgd": dict(desc="small CNN (conv8-conv16-fc32, 6.6k params) on real MNIST t10k, first 5,000 "
                                "images pooled to 14×14, plain SGD", spec=mnist_spec, opt=sgd, target=0.3,
-                          batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.2, lr_grid=[1, 2],
-                                               seeds=2, max_steps=1500, eval_examples=1024),
-                          probe_steps=450, lr_factors=(0.5, 1.0)),
+                          batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.2, lr_grid=[0.5, 1, 2],
+                                               seeds=1, max_steps=800, eval_examples=1024, b_noise=32.0,
+                                               max_seconds=600),
+                          # probe lr fixed (not the new sweep's tuned lr) so that probes and sweep can run in
+                          # parallel: 0.4 was the best lr at B = 32 of a first, failed sweep (lr grid 0.19/0.38)
+                          probe_ref_lr=0.4, probe_steps=450, lr_factors=(0.5, 1.0)),
     "digits_adam": dict(desc="digits MLP 64-128-10 (sklearn, 1797), Adam", spec=digits_spec, opt=adam, target=0.1,
                         batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.01, lr_grid=[1, 2, 4, 8],
                                              seeds=2, max_steps=1500, eval_examples=0),
@@ -123,15 +126,15 @@ def run_sweep(name, task, quick):
     spec = dataclasses.replace(task["spec"](), optimizer=task["opt"](sw["lr0"]))
     t0 = time.time()
     torch.manual_seed(0)
-    b_init = None
-    if task["opt"] is sgd:   # the linear lr rule saturates at B_simple at init (as validate_critical_batch.py)
+    b_init = sw.get("b_noise")
+    if task["opt"] is sgd and b_init is None:   # the linear lr rule saturates at B_simple at init (as validate_critical_batch.py)
         ds = task["spec"]().dataset()
         b_init = bsprof.measure_at(cnn() if name.startswith("mnist") else task["spec"]().model(), ce,
                                    ds[:][0:2], rel_error=0.15, max_seconds=20).value
         print(f"   [{name}] B_simple at init {b_init:.1f} (saturates the sweep's linear lr rule)", flush=True)
     g = bsprof.sweep.global_(spec, task["target"], batches=sw["batches"], lr_grid=sw["lr_grid"], seeds=seeds,
                              b_noise=b_init or 0.0,
-                             max_steps=sw["max_steps"], eval_examples=sw["eval_examples"], holdout=False, device="cpu", n_boot=1000, max_seconds=300 if quick else 900)
+                             max_steps=sw["max_steps"], eval_examples=sw["eval_examples"], holdout=False, device="cpu", n_boot=1000, max_seconds=300 if quick else sw.get("max_seconds", 900))
     d = g.to_dict()
     for s in g.batches:
         print(f"   [{name}] B {s.batch:4d}  lr {s.lr:.3g}  steps {s.steps:6.0f}  reached {s.reached}/{seeds}", flush=True)
@@ -285,6 +288,8 @@ def main():
     ap.add_argument("--tasks", default="digits_sgd,mnist_cnn_sgd,digits_adam")
     ap.add_argument("--out", default=str(OUT / "critical_batch_evidence.json"))
     ap.add_argument("--probe-seeds", type=int, default=1, help="probe seeds at the reference (tuned) lr")
+    ap.add_argument("--no-sweep", action="store_true", help="probes only (the sweep comes from a later run)")
+    ap.add_argument("--no-probes", action="store_true", help="sweep only")
     ap.add_argument("--fresh", action="store_true", help="rerun sweeps and probes already in --out")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -296,11 +301,15 @@ def main():
         print(f"== {name}: {task['desc']}", flush=True)
         old = results.get(name) if not args.fresh and not args.quick else None
         old = old if old and not old.get("quick") else None
-        sweep = old["sweep"] if old else run_sweep(name, task, args.quick)
-        task = {**task, "ref_lr": sweep["ref_lr"]}
+        if args.no_sweep and not old:
+            sweep = dict(critical=dict(value=math.nan, lo=math.nan, hi=math.nan), ref_lr=task["probe_ref_lr"],
+                         ref_lr_tuned=math.nan, missing=True)
+        else:
+            sweep = old["sweep"] if old and not old["sweep"].get("missing") else run_sweep(name, task, args.quick)
+        task = {**task, "ref_lr": task.get("probe_ref_lr") or sweep["ref_lr"]}
         probes = list(old["probes"]) if old else []
         done = {(round(p["lr"], 6), p.get("seed", 0)) for p in probes}
-        for f in task["lr_factors"]:
+        for f in task["lr_factors"] if not args.no_probes else ():
             lr = task["ref_lr"] * f
             for seed in range(args.probe_seeds if f == 1.0 else 1):
                 if (round(lr, 6), seed) in done:
