@@ -301,7 +301,9 @@ def main():
         print(f"== {name}: {task['desc']}", flush=True)
         old = results.get(name) if not args.fresh and not args.quick else None
         old = old if old and not old.get("quick") else None
-        if args.no_sweep and not old:
+        if args.no_sweep and old:
+            sweep = old["sweep"]
+        elif args.no_sweep:
             sweep = dict(critical=dict(value=math.nan, lo=math.nan, hi=math.nan), ref_lr=task["probe_ref_lr"],
                          ref_lr_tuned=math.nan, missing=True)
         else:
