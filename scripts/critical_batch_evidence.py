@@ -244,11 +244,11 @@ def fmt(x, w=6):
 def table(results):
     lines = []
     for name, r in results.items():
-        c = r["sweep"]["critical"]
+        c = {k: (math.nan if v is None else v) for k, v in r["sweep"]["critical"].items()}
         comp = r["sweep"].get("compute") or {}
         lines.append(f"\n## {name}: {r['desc']}")
         lines.append(f"target train loss {r['target']}, probe batch {r['batch']}; sweep B_crit {c['value']:.1f} "
-                     f"[{c['lo']:.1f}, {c['hi']:.1f}] (tuned lr at B={r['batch']}: {r['sweep']['ref_lr_tuned']:.3g}); "
+                     f"[{c['lo']:.1f}, {c['hi']:.1f}] (tuned lr at B={r['batch']}: {r['sweep']['ref_lr_tuned'] or math.nan:.3g}); "
                      f"sweep cost {comp.get('train_examples', float('nan')):,} train examples, "
                      f"{comp.get('seconds', float('nan')):.0f} s")
         lines.append(f"{'probe lr':>8} {'seed':>4} {'quantity':>16} | " + " ".join(f"{s:>6} {'ratio':>5}" for s in SUMMARIES)
@@ -271,6 +271,7 @@ def rules(results):
         top = max(p["lr"] for p in r["probes"])
         refs = [p for p in r["probes"] if p["lr"] == top]   # the probes at the sweep's tuned lr (all seeds)
         bc = r["sweep"]["critical"]["value"]
+        bc = math.nan if bc is None else bc   # JSON null = NaN
         for col in CANDIDATES:
             for k in SUMMARIES:
                 v = [p["summary"][col][k] for p in refs if col in p["summary"]]
