@@ -49,6 +49,7 @@ from bsprof.schedule import ScheduleConfig, plan  # noqa: E402
 CANDIDATES = ("b_simple", "b_simple_window", "b_noise", "b_pre")
 SUMMARIES = ("init", "mean", "target", "path")
 OUT = ROOT / "scripts" / "results"
+SWEEP_SEED = 0   # --sweep-seed: the sweep's base seed (to add seeds in a separate run)
 
 
 # -- tasks -------------------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def run_sweep(name, task, quick):
         print(f"   [{name}] B_simple at init {b_init:.1f} (saturates the sweep's linear lr rule)", flush=True)
     g = bsprof.sweep.global_(spec, task["target"], batches=sw["batches"], lr_grid=sw["lr_grid"], seeds=seeds,
                              b_noise=b_init or 0.0,
-                             max_steps=sw["max_steps"], eval_examples=sw["eval_examples"], holdout=False, device="cpu", n_boot=1000, max_seconds=300 if quick else sw.get("max_seconds", 900))
+                             max_steps=sw["max_steps"], eval_examples=sw["eval_examples"], holdout=False, device="cpu", n_boot=1000, seed=SWEEP_SEED, max_seconds=300 if quick else sw.get("max_seconds", 900))
     d = g.to_dict()
     for s in g.batches:
         print(f"   [{name}] B {s.batch:4d}  lr {s.lr:.3g}  steps {s.steps:6.0f}  reached {s.reached}/{seeds}", flush=True)
@@ -142,6 +143,7 @@ def run_sweep(name, task, quick):
     print(f"   [{name}] sweep B_crit {c.value:.1f} [{c.lo:.1f}, {c.hi:.1f}]  ({time.time() - t0:.0f} s)", flush=True)
     row = next(b for b in d["batches"] if b["batch"] == task["batch"])
     return dict(critical=d["critical"], batches=d["batches"], compute=d.get("compute"), ref_lr=row["lr"],
+                sweep_seed=SWEEP_SEED, fit=d.get("fit"),
                 b_simple_init_for_lr_rule=b_init, lr0=sw["lr0"], lr_grid=sw["lr_grid"],
                 ref_lr_tuned=row["lr"], notes=d.get("notes"), seeds=seeds)
 
@@ -268,6 +270,8 @@ def rules(results):
     """Each (candidate, summary) as a rule at the reference lr: worst ratio over tasks, max(r, 1/r)."""
     out, spread = {}, {}
     for name, r in results.items():
+        if not r["probes"]:
+            continue
         top = max(p["lr"] for p in r["probes"])
         refs = [p for p in r["probes"] if p["lr"] == top]   # the probes at the sweep's tuned lr (all seeds)
         bc = r["sweep"]["critical"]["value"]
@@ -291,9 +295,12 @@ def main():
     ap.add_argument("--probe-seeds", type=int, default=1, help="probe seeds at the reference (tuned) lr")
     ap.add_argument("--no-sweep", action="store_true", help="probes only (the sweep comes from a later run)")
     ap.add_argument("--no-probes", action="store_true", help="sweep only")
+    ap.add_argument("--sweep-seed", type=int, default=0)
     ap.add_argument("--fresh", action="store_true", help="rerun sweeps and probes already in --out")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    global SWEEP_SEED
+    SWEEP_SEED = args.sweep_seed
     t0 = time.time()
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()).get("tasks", {}) if out_path.is_file() else {}
