@@ -1,8 +1,8 @@
 """One-off provenance of scripts/results/critical_batch_evidence.json (how the committed results were assembled).
 
 The runs of scripts/critical_batch_evidence.py were split across processes on a loaded 2-core machine:
-  digits_sgd, digits_adam      one --out file (digits probes at 3 seeds for the SGD reference lr, 2 for Adam);
-  mnist_cnn_sgd probes         --no-sweep (probe lr fixed at 0.4 and 0.2);
+  digits_sgd, digits_adam      one --out file (3 probe seeds at the reference lr, `--probe-seeds 3`);
+  mnist_cnn_sgd probes         --no-sweep --probe-seeds 3 (probe lr fixed at 0.4 and 0.2);
   mnist_cnn_sgd sweep seed 0   --no-probes; the process crashed after the sweep (rules() on an empty probe list,
                                since fixed) so its per-batch result is transcribed from its log below;
   mnist_cnn_sgd sweep seed 1   --no-probes --sweep-seed 1.
