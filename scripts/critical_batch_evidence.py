@@ -128,17 +128,21 @@ def run_sweep(name, task, quick):
     t0 = time.time()
     torch.manual_seed(0)
     b_init = sw.get("b_noise")
-    if task["opt"] is sgd and b_init is None:   # the linear lr rule saturates at B_simple at init (as validate_critical_batch.py)
+    # the linear lr rule saturates at B_simple at init (as validate_critical_batch.py) unless the task fixes it
+    if task["opt"] is sgd and b_init is None:
         ds = task["spec"]().dataset()
         b_init = bsprof.measure_at(cnn() if name.startswith("mnist") else task["spec"]().model(), ce,
                                    ds[:][0:2], rel_error=0.15, max_seconds=20).value
         print(f"   [{name}] B_simple at init {b_init:.1f} (saturates the sweep's linear lr rule)", flush=True)
     g = bsprof.sweep.global_(spec, task["target"], batches=sw["batches"], lr_grid=sw["lr_grid"], seeds=seeds,
                              b_noise=b_init or 0.0,
-                             max_steps=sw["max_steps"], eval_examples=sw["eval_examples"], holdout=False, device="cpu", n_boot=1000, seed=SWEEP_SEED, max_seconds=300 if quick else sw.get("max_seconds", 900))
+                             max_steps=sw["max_steps"], eval_examples=sw["eval_examples"], holdout=False,
+                             device="cpu", n_boot=1000, seed=SWEEP_SEED,
+                             max_seconds=300 if quick else sw.get("max_seconds", 900))
     d = g.to_dict()
     for s in g.batches:
-        print(f"   [{name}] B {s.batch:4d}  lr {s.lr:.3g}  steps {s.steps:6.0f}  reached {s.reached}/{seeds}", flush=True)
+        print(f"   [{name}] B {s.batch:4d}  lr {s.lr:.3g}  steps {s.steps:6.0f}  reached {s.reached}/{seeds}",
+              flush=True)
     c = g.critical
     print(f"   [{name}] sweep B_crit {c.value:.1f} [{c.lo:.1f}, {c.hi:.1f}]  ({time.time() - t0:.0f} s)", flush=True)
     row = next(b for b in d["batches"] if b["batch"] == task["batch"])
@@ -250,17 +254,20 @@ def table(results):
         comp = r["sweep"].get("compute") or {}
         lines.append(f"\n## {name}: {r['desc']}")
         lines.append(f"target train loss {r['target']}, probe batch {r['batch']}; sweep B_crit {c['value']:.1f} "
-                     f"[{c['lo']:.1f}, {c['hi']:.1f}] (tuned lr at B={r['batch']}: {r['sweep']['ref_lr_tuned'] or math.nan:.3g}); "
+                     f"[{c['lo']:.1f}, {c['hi']:.1f}] (tuned lr at B={r['batch']}: "
+                     f"{r['sweep']['ref_lr_tuned'] or math.nan:.3g}); "
                      f"sweep cost {comp.get('train_examples', float('nan')):,} train examples, "
                      f"{comp.get('seconds', float('nan')):.0f} s")
-        lines.append(f"{'probe lr':>8} {'seed':>4} {'quantity':>16} | " + " ".join(f"{s:>6} {'ratio':>5}" for s in SUMMARIES)
+        lines.append(f"{'probe lr':>8} {'seed':>4} {'quantity':>16} | "
+                     + " ".join(f"{s:>6} {'ratio':>5}" for s in SUMMARIES)
                      + " | cost: examples (to target), s")
         for p in r["probes"]:
             for col, s in p["summary"].items():
                 v = {k: s[k] if s[k] is not None else math.nan for k in SUMMARIES}   # JSON null = NaN
                 cells = " ".join(f"{fmt(v[k])} {v[k] / c['value']:5.2f}" for k in SUMMARIES)
                 cost = p["cost"]
-                lines.append(f"{p['lr']:8.3g} {p.get('seed', 0):4d} {col:>16} | {cells} | {cost['measure_examples'] + cost['train_examples']:,}"
+                total = cost["measure_examples"] + cost["train_examples"]
+                lines.append(f"{p['lr']:8.3g} {p.get('seed', 0):4d} {col:>16} | {cells} | {total:,}"
                              f" ({cost['to_target_examples'] or 0:,}), {cost['wall_seconds']:.0f}")
             lines.append(f"{'':8} {'(target at step':>16} {p['cost']['reached_target_at_step']})")
     return "\n".join(lines)
