@@ -1,0 +1,357 @@
+"""Which noise-scale quantity, averaged how, predicts the swept critical batch? (issue 14, evidence)
+
+    python scripts/critical_batch_evidence.py [--quick] [--tasks digits_sgd,mnist_cnn_sgd,digits_adam]
+
+For each task: a global sweep (``bsprof.sweep.global_``: steps to a target training loss per batch with the lr
+tuned on a grid, S = S_min(1 + B_crit/B), bootstrap interval) — for digits/SGD the result of
+scripts/validate_critical_batch.py is reused — and probe trainings (``bsprof.measure``) with the sweep's spec at
+its reference batch and 2–3 probe learning rates (the tuned lr at that batch × {1/4, 1/2, 1}: McCandlish App. C,
+the measured noise scale depends on the temperature lr/B). Every probe measures, at each measurement,
+  b_simple         tr(Σ)/|G|² at fixed weights,
+  b_simple_window  B_simple from the pairs of the training steps since the previous measurement,
+  b_noise          tr(HΣ)/GᵀHG (hessian=True),
+  b_pre            the Adam-preconditioned B_simple (Adam-family optimizers only),
+and each is summarised four ways:
+  init   the value at the first measurement (for the window: the first window, i.e. steps 0 → first interval),
+  mean   the mean over the measurements before the loss first reached the target (for the window: the windows
+         ending at or before that measurement, which cover the training steps before the target),
+  target the value at the target loss, ln B interpolated linearly in ln L between the two measurements that
+         bracket the first crossing,
+  path   the schedule's "B_crit over the path": bsprof.schedule.plan(report, ScheduleConfig(target_loss)) on a copy
+         of the report whose followed column is the candidate (prediction["b_crit"]).
+Writes scripts/results/critical_batch_evidence.json and .txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import bsprof  # noqa: E402
+import bsprof.sweep  # noqa: E402
+from bsprof.engine.spec import Spec, load_spec  # noqa: E402
+from bsprof.output.report import Report  # noqa: E402
+from bsprof.schedule import ScheduleConfig, plan  # noqa: E402
+
+CANDIDATES = ("b_simple", "b_simple_window", "b_noise", "b_pre")
+SUMMARIES = ("init", "mean", "target", "path")
+OUT = ROOT / "scripts" / "results"
+SWEEP_SEED = 0   # --sweep-seed: the sweep's base seed (to add seeds in a separate run)
+
+
+# -- tasks -------------------------------------------------------------------------------------------------
+def sgd(lr):
+    return lambda params: torch.optim.SGD(params, lr=lr)
+
+
+def adam(lr):
+    return lambda params: torch.optim.Adam(params, lr=lr)
+
+
+_MNIST: tuple | None = None
+
+
+def mnist_small():
+    """The first 5,000 images of the real MNIST test set, average-pooled to 14×14 (CPU budget)."""
+    global _MNIST
+    if _MNIST is None:
+        from configs.mnist_mlp import mnist_tensors
+
+        x, y = mnist_tensors()
+        _MNIST = (F.avg_pool2d(x[:5000].view(-1, 1, 28, 28), 2).contiguous(), y[:5000].clone())
+    return torch.utils.data.TensorDataset(*_MNIST)
+
+
+def cnn():
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(16 * 3 * 3, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def ce(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y, reduction="none")
+
+
+def digits_spec():
+    return load_spec(ROOT / "configs" / "digits_mlp.py")
+
+
+def mnist_spec():
+    return Spec(None, None, cnn, mnist_small, ce, sgd(0.1))
+
+
+TASKS = {
+    # reuse: the global sweep of scripts/validate_critical_batch.py (B = 16..512, lr grid ×0.5,1,2, 3 seeds)
+    "digits_sgd": dict(desc="digits MLP 64-128-10 (sklearn, 1797), plain SGD", spec=digits_spec, opt=sgd,
+                       target=0.1, batch=32, ref_lr=0.8, reuse="validate_critical_batch.json",
+                       probe_steps=260, lr_factors=(0.25, 0.5, 1.0)),
+    "mnist_cnn_sgd": dict(desc="small CNN (conv8-conv16-fc32, 6.6k params) on real MNIST t10k, first 5,000 "
+                               "images pooled to 14×14, plain SGD", spec=mnist_spec, opt=sgd, target=0.3,
+                          batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.2, lr_grid=[0.5, 1, 2],
+                                               seeds=1, max_steps=800, eval_examples=1024, b_noise=32.0,
+                                               max_seconds=600),
+                          # probe lr fixed (not the new sweep's tuned lr) so that probes and sweep can run in
+                          # parallel: 0.4 was the best lr at B = 32 of a first, failed sweep (lr grid 0.19/0.38)
+                          probe_ref_lr=0.4, probe_steps=450, lr_factors=(0.5, 1.0)),
+    "digits_adam": dict(desc="digits MLP 64-128-10 (sklearn, 1797), Adam", spec=digits_spec, opt=adam, target=0.1,
+                        batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.01, lr_grid=[1, 2, 4, 8],
+                                             seeds=2, max_steps=1500, eval_examples=0),
+                        probe_steps=250, lr_factors=(0.25, 1.0)),
+}
+
+
+# -- the sweep -----------------------------------------------------------------------------------------------
+def run_sweep(name, task, quick):
+    if task.get("reuse"):
+        d = json.loads((OUT / task["reuse"]).read_text())
+        g = d["global"]
+        row = next(b for b in g["batches"] if b["batch"] == task["batch"])
+        return dict(reused=task["reuse"], critical=g["critical"], batches=g["batches"], compute=g.get("compute"),
+                    ref_lr=task["ref_lr"], ref_lr_tuned=row["lr"], s_min=g.get("fit", {}).get("s_min"))
+    sw = task["sweep"]
+    seeds = 1 if quick else sw["seeds"]
+    spec = dataclasses.replace(task["spec"](), optimizer=task["opt"](sw["lr0"]))
+    t0 = time.time()
+    torch.manual_seed(0)
+    b_init = sw.get("b_noise")
+    # the linear lr rule saturates at B_simple at init (as validate_critical_batch.py) unless the task fixes it
+    if task["opt"] is sgd and b_init is None:
+        ds = task["spec"]().dataset()
+        b_init = bsprof.measure_at(cnn() if name.startswith("mnist") else task["spec"]().model(), ce,
+                                   ds[:][0:2], rel_error=0.15, max_seconds=20).value
+        print(f"   [{name}] B_simple at init {b_init:.1f} (saturates the sweep's linear lr rule)", flush=True)
+    g = bsprof.sweep.global_(spec, task["target"], batches=sw["batches"], lr_grid=sw["lr_grid"], seeds=seeds,
+                             b_noise=b_init or 0.0,
+                             max_steps=sw["max_steps"], eval_examples=sw["eval_examples"], holdout=False,
+                             device="cpu", n_boot=1000, seed=SWEEP_SEED,
+                             max_seconds=300 if quick else sw.get("max_seconds", 900))
+    d = g.to_dict()
+    for s in g.batches:
+        print(f"   [{name}] B {s.batch:4d}  lr {s.lr:.3g}  steps {s.steps:6.0f}  reached {s.reached}/{seeds}",
+              flush=True)
+    c = g.critical
+    print(f"   [{name}] sweep B_crit {c.value:.1f} [{c.lo:.1f}, {c.hi:.1f}]  ({time.time() - t0:.0f} s)", flush=True)
+    row = next(b for b in d["batches"] if b["batch"] == task["batch"])
+    return dict(critical=d["critical"], batches=d["batches"], compute=d.get("compute"), ref_lr=row["lr"],
+                sweep_seed=SWEEP_SEED, fit=d.get("fit"),
+                b_simple_init_for_lr_rule=b_init, lr0=sw["lr0"], lr_grid=sw["lr_grid"],
+                ref_lr_tuned=row["lr"], notes=d.get("notes"), seeds=seeds)
+
+
+# -- candidates ---------------------------------------------------------------------------------------------
+def series(report, col):
+    """[(step, loss, value, lo, hi)] of rows where the candidate is a positive finite estimate."""
+    out = []
+    for m in report.measurements:
+        e = getattr(m, col, None)
+        if e is not None and e.ok and math.isfinite(e.value) and e.value > 0 and math.isfinite(m.loss):
+            out.append((m.step, m.loss, e.value, e.lo, e.hi))
+    return out
+
+
+def first_reach(report, target):
+    """Index (into report.measurements) of the first measurement with loss ≤ target, or None."""
+    return next((i for i, m in enumerate(report.measurements) if m.loss <= target), None)
+
+
+def at_target(report, col, target):
+    ms = report.measurements
+    i = first_reach(report, target)
+    if i is None or i == 0:
+        return math.nan
+    a, b = ms[i - 1], ms[i]
+    ea, eb = getattr(a, col, None), getattr(b, col, None)
+    if not (ea and eb and ea.ok and eb.ok and ea.value > 0 and eb.value > 0):
+        return math.nan
+    la, lb = math.log(a.loss), math.log(b.loss)
+    w = 0.0 if la == lb else (la - math.log(target)) / (la - lb)
+    return math.exp((1 - w) * math.log(ea.value) + w * math.log(eb.value))
+
+
+def path_b_crit(report, col, target):
+    """The schedule's B_crit over the path with ``col`` followed (a report copy whose b_simple is ``col``)."""
+    rep = Report.from_dict(report.to_dict())
+    rows = []
+    for m in rep.measurements:
+        e = getattr(m, col, None)
+        if e is None or not e.ok:
+            continue
+        rows.append(dataclasses.replace(m, b_simple=e))
+    rep.measurements = rows
+    try:
+        s = plan(rep, ScheduleConfig(target_loss=target, allow_extrapolation=True))
+        return float(s.prediction["b_crit"]), s.fit.get("form"), s.warnings
+    except Exception as exc:  # noqa: BLE001 - recorded, not fatal
+        return math.nan, None, [f"{type(exc).__name__}: {exc}"]
+
+
+def summarise(report, target):
+    ms = report.measurements
+    i = first_reach(report, target)
+    out = {}
+    for col in CANDIDATES:
+        s = series(report, col)
+        if len(s) < 2:
+            continue
+        if col == "b_simple_window":
+            steps_ok = [m.step for m in ms[1:(i + 1 if i is not None else len(ms))]]
+        else:
+            steps_ok = [m.step for m in ms[:(i if i is not None else len(ms))]]
+        vals = [v for (st, _, v, _, _) in s if st in steps_ok]
+        b_path, form, warn = path_b_crit(report, col, target)
+        out[col] = dict(init=s[0][2], mean=float(np.mean(vals)) if vals else math.nan, n_mean=len(vals),
+                        target=at_target(report, col, target), path=b_path, path_fit=form, path_warnings=warn)
+    return out
+
+
+def probe(task, lr, quick, seed=0):
+    spec = dataclasses.replace(task["spec"](), optimizer=task["opt"](lr))
+    steps = int(task["probe_steps"] * min(4.0, task["ref_lr"] / lr) ** 0.85)
+    if quick:
+        steps = int(steps * 0.6)
+    every = max(5, steps // 12)
+    t0 = time.time()
+    report = bsprof.measure(spec, steps=steps, batch_size=task["batch"], measure_every=every, rel_error=0.2,
+                            max_seconds=2.5 if quick else 4.0, device="cpu", hessian=True, seed=seed)
+    wall = time.time() - t0
+    ms = report.measurements
+    i = first_reach(report, task["target"])
+    cost = dict(steps=steps, measure_every=every, wall_seconds=wall,
+                measure_examples=int(sum(m.examples for m in ms)),
+                measure_seconds=float(sum(m.seconds for m in ms if math.isfinite(m.seconds))),
+                train_examples=steps * task["batch"],
+                to_target_examples=(int(sum(m.examples for m in ms[:i + 1])) + ms[i].step * task["batch"])
+                if i is not None else None,
+                reached_target_at_step=ms[i].step if i is not None else None)
+    rows = [dict(step=m.step, loss=m.loss, **{c: (getattr(m, c).value if getattr(m, c, None) is not None else None)
+                                            for c in CANDIDATES}) for m in ms]
+    return report, dict(lr=lr, seed=seed, cost=cost, rows=rows, summary=summarise(report, task["target"]))
+
+
+# -- output ----------------------------------------------------------------------------------------------------
+def fmt(x, w=6):
+    return f"{x:{w}.1f}" if isinstance(x, (int, float)) and math.isfinite(x) else " " * (w - 1) + "–"
+
+
+def table(results):
+    lines = []
+    for name, r in results.items():
+        c = {k: (math.nan if v is None else v) for k, v in r["sweep"]["critical"].items()}
+        comp = r["sweep"].get("compute") or {}
+        lines.append(f"\n## {name}: {r['desc']}")
+        lines.append(f"target train loss {r['target']}, probe batch {r['batch']}; sweep B_crit {c['value']:.1f} "
+                     f"[{c['lo']:.1f}, {c['hi']:.1f}] (tuned lr at B={r['batch']}: "
+                     f"{r['sweep']['ref_lr_tuned'] or math.nan:.3g}); "
+                     f"sweep cost {comp.get('train_examples', float('nan')):,} train examples, "
+                     f"{comp.get('seconds', float('nan')):.0f} s")
+        lines.append(f"{'probe lr':>8} {'seed':>4} {'quantity':>16} | "
+                     + " ".join(f"{s:>6} {'ratio':>5}" for s in SUMMARIES)
+                     + " | cost: examples (to target), s")
+        for p in r["probes"]:
+            for col, s in p["summary"].items():
+                v = {k: s[k] if s[k] is not None else math.nan for k in SUMMARIES}   # JSON null = NaN
+                cells = " ".join(f"{fmt(v[k])} {v[k] / c['value']:5.2f}" for k in SUMMARIES)
+                cost = p["cost"]
+                total = cost["measure_examples"] + cost["train_examples"]
+                lines.append(f"{p['lr']:8.3g} {p.get('seed', 0):4d} {col:>16} | {cells} | {total:,}"
+                             f" ({cost['to_target_examples'] or 0:,}), {cost['wall_seconds']:.0f}")
+            lines.append(f"{'':8} {'(target at step':>16} {p['cost']['reached_target_at_step']})")
+    return "\n".join(lines)
+
+
+def rules(results):
+    """Each (candidate, summary) as a rule at the reference lr: worst ratio over tasks, max(r, 1/r)."""
+    out, spread = {}, {}
+    for name, r in results.items():
+        if not r["probes"]:
+            continue
+        top = max(p["lr"] for p in r["probes"])
+        refs = [p for p in r["probes"] if p["lr"] == top]   # the probes at the sweep's tuned lr (all seeds)
+        bc = r["sweep"]["critical"]["value"]
+        bc = math.nan if bc is None else bc   # JSON null = NaN
+        for col in CANDIDATES:
+            for k in SUMMARIES:
+                v = [p["summary"][col][k] for p in refs if col in p["summary"]]
+                v = [x for x in v if x is not None and math.isfinite(x) and x > 0]
+                if v:   # geometric mean over probe seeds
+                    out.setdefault(f"{col}.{k}", {})[name] = math.exp(float(np.mean(np.log(v)))) / bc
+                    spread.setdefault(f"{col}.{k}", {})[name] = [x / bc for x in v]
+    return {k: dict(ratios=v, per_seed=spread[k], worst=max(max(x, 1 / x) for x in v.values()), tasks=len(v))
+            for k, v in out.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="1 seed, shorter probes, smaller budgets")
+    ap.add_argument("--tasks", default="digits_sgd,mnist_cnn_sgd,digits_adam")
+    ap.add_argument("--out", default=str(OUT / "critical_batch_evidence.json"))
+    ap.add_argument("--probe-seeds", type=int, default=1, help="probe seeds at the reference (tuned) lr")
+    ap.add_argument("--no-sweep", action="store_true", help="probes only (the sweep comes from a later run)")
+    ap.add_argument("--no-probes", action="store_true", help="sweep only")
+    ap.add_argument("--sweep-seed", type=int, default=0)
+    ap.add_argument("--fresh", action="store_true", help="rerun sweeps and probes already in --out")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    global SWEEP_SEED
+    SWEEP_SEED = args.sweep_seed
+    t0 = time.time()
+    out_path = Path(args.out)
+    results = json.loads(out_path.read_text()).get("tasks", {}) if out_path.is_file() else {}
+    for name in args.tasks.split(","):
+        task = TASKS[name]
+        print(f"== {name}: {task['desc']}", flush=True)
+        old = results.get(name) if not args.fresh and not args.quick else None
+        old = old if old and not old.get("quick") else None
+        if args.no_sweep and old:
+            sweep = old["sweep"]
+        elif args.no_sweep:
+            sweep = dict(critical=dict(value=math.nan, lo=math.nan, hi=math.nan), ref_lr=task["probe_ref_lr"],
+                         ref_lr_tuned=math.nan, missing=True)
+        else:
+            sweep = old["sweep"] if old and not old["sweep"].get("missing") else run_sweep(name, task, args.quick)
+        task = {**task, "ref_lr": task.get("probe_ref_lr") or sweep["ref_lr"]}
+        probes = list(old["probes"]) if old else []
+        done = {(round(p["lr"], 6), p.get("seed", 0)) for p in probes}
+        for f in task["lr_factors"] if not args.no_probes else ():
+            lr = task["ref_lr"] * f
+            for seed in range(args.probe_seeds if f == 1.0 else 1):
+                if (round(lr, 6), seed) in done:
+                    continue
+                _, p = probe(task, lr, args.quick, seed)
+                probes.append(p)
+                for col, s in p["summary"].items():
+                    print(f"   lr {lr:.3g} seed {seed} {col:16s} " + "  ".join(f"{k} {s[k]:.1f}" for k in SUMMARIES),
+                          flush=True)
+                print(f"   (reached target at step {p['cost']['reached_target_at_step']}, "
+                      f"{p['cost']['wall_seconds']:.0f} s)", flush=True)
+        results[name] = dict(desc=task["desc"], target=task["target"], batch=task["batch"], sweep=sweep,
+                             probes=probes, quick=args.quick)
+        doc = dict(question="which quantity, averaged how, predicts the swept critical batch?",
+                   tasks=results, rules=rules(results), seconds_last_run=time.time() - t0)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(bsprof.results.json_clean(doc), indent=2) + "\n")
+        txt = table(results) + "\n\nRules at the reference (tuned) probe lr — worst max(r, 1/r) over tasks:\n" + \
+            "\n".join(f"  {k:24s} worst {v['worst']:.2f} over {v['tasks']} task(s)  " +
+                      " ".join(f"{t} {x:.2f}" for t, x in v["ratios"].items())
+                      for k, v in sorted(doc["rules"].items(), key=lambda kv: (-kv[1]["tasks"], kv[1]["worst"])))
+        out_path.with_suffix(".txt").write_text(txt + "\n")
+    print(out_path.with_suffix(".txt").read_text())
+    print(f"wrote {out_path} ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
