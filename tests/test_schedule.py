@@ -304,3 +304,29 @@ def test_sampler_micro_batches_and_ranks():
     both = [set(b) for b in ScheduledBatchSampler(100, schedule, world_size=2, rank=0, shuffle=False)]
     other = [set(b) for b in ScheduledBatchSampler(100, schedule, world_size=2, rank=1, shuffle=False)]
     assert all(not (a & b) for a, b in zip(both, other))
+
+
+def test_noise_auto_follows_the_evidence_and_every_quantity_can_be_asked():
+    """auto: the training-steps B_simple under SGD, B_pre under Adam (scripts/results/critical_batch_evidence.md),
+    else B_simple; --noise takes every noise scale a row may hold."""
+    from bsprof.output.report import Report
+    from bsprof.schedule.plan import choose_noise
+
+    def rows(**extra):
+        return [dict(step=s, loss=l, b_simple=b, b_simple_lo=0.8 * b, b_simple_hi=1.2 * b, status="ok",
+                     **{k: v * b for k, v in extra.items()}, **{f"{k}_lo": 0.7 * v * b for k, v in extra.items()},
+                     **{f"{k}_hi": 1.4 * v * b for k, v in extra.items()},
+                     **{f"{k}_status": "ok" for k in extra}) for s, l, b in ((100, 1.0, 50.0), (200, 0.5, 100.0),
+                                                                             (300, 0.3, 160.0))]
+
+    sgd = Report(config={"optimizer": "SGD", "batch_size": 32}, measurements=rows(b_simple_window=0.5))
+    adam = Report(config={"optimizer": "AdamW", "batch_size": 32}, measurements=rows(b_pre=2.0))
+    plain = Report(config={"optimizer": "SGD", "batch_size": 32}, measurements=rows())
+    assert choose_noise(ScheduleConfig(target_loss=0.2), sgd.measurements, "SGD")[0] == "b_simple_window"
+    assert choose_noise(ScheduleConfig(target_loss=0.2), adam.measurements, "AdamW")[0] == "b_pre"
+    assert choose_noise(ScheduleConfig(target_loss=0.2), plain.measurements, "SGD")[0] == "b_simple"
+    followed = plan(sgd, ScheduleConfig(target_loss=0.25, allow_extrapolation=True))
+    assert "b_simple_window" in followed.notes[0] and "evidence" in followed.notes[0]
+    asked = plan(adam, ScheduleConfig(target_loss=0.25, noise="b_simple", allow_extrapolation=True))
+    assert "b_simple (asked" in asked.notes[0]
+    assert any("noise must be one of" in p for p in ScheduleConfig(target_loss=0.2, noise="b_magic").problems())

@@ -43,7 +43,9 @@ def schedule(
     dwell: Optional[int] = O(None, help="Minimum steps between two batch changes. [50]"),
     lr_rule: Optional[str] = O(None, help="linear (SGD), sqrt (Adam), none, auto (by optimizer). [auto]"),
     lr: Optional[float] = O(None, help="Learning rate at the training batch. [the report's]"),
-    noise: Optional[str] = O(None, help="Noise scale to follow: auto, b_simple, b_noise. [auto = b_simple]"),
+    noise: Optional[str] = O(None, help="Noise scale to follow: auto (by evidence: the training-steps B_simple "
+                             "under SGD, B_pre under Adam, else B_simple), b_simple, b_simple_window, b_noise, "
+                             "b_pre. [auto]"),
     form: Optional[str] = O(None, help="Fit of the noise scale vs loss: auto (AIC), power, hyperbola. [auto]"),
     allow_extrapolation: Optional[bool] = O(None, "--allow-extrapolation", help="Plan even far beyond the "
                                             "measured losses (a loud warning instead of exit 2)."),

@@ -49,7 +49,7 @@ class ScheduleConfig:
     lr: typing.Optional[float] = None  # learning rate at the training batch (default: the report's)
     world_size: int = 1              # data-parallel ranks
     micro_batch: int = 0             # largest per-rank micro-batch (0: no limit, no accumulation)
-    noise: str = "auto"              # which noise scale to follow: auto (= b_simple), b_simple, b_noise
+    noise: str = "auto"              # noise scale to follow: auto, b_simple, b_simple_window, b_noise, b_pre
     form: str = "auto"               # fit of B_n(L): auto (AIC), power, hyperbola
     allow_extrapolation: bool = False
     max_extrapolation: float = 0.5
@@ -60,7 +60,7 @@ class ScheduleConfig:
         if not self.target_loss > 0:
             p.append(f"target_loss must be positive (got {self.target_loss})")
         for name, allowed in (("rule", tuple(rules.RULES)), ("lr_rule", ("auto", *rules.LR_RULES)),
-                              ("noise", ("auto", "b_simple", "b_noise")), ("form", ("auto", "power", "hyperbola"))):
+                              ("noise", ("auto", *NOISES)), ("form", ("auto", "power", "hyperbola"))):
             if getattr(self, name) not in allowed:
                 p.append(f"{name} must be one of {', '.join(allowed)} (got {short(getattr(self, name))})")
         for name in ("min_batch", "max_batch", "world_size", "every"):
@@ -79,16 +79,37 @@ class ScheduleConfig:
 
 
 # -- inputs ------------------------------------------------------------------------------------------------
-def _column(cfg: ScheduleConfig, rows: list[dict]) -> str:
-    """``auto`` follows B_simple: every report has it, and on the noisy quadratic model (nqm.py) the B_crit it
-    predicts is within a few % of the exact one, while B_noise's is about half of it (see tests/test_nqm.py)."""
-    return "b_simple" if cfg.noise == "auto" else cfg.noise
+NOISES = ("b_simple", "b_simple_window", "b_noise", "b_pre")  # every noise scale a report row may hold
+EVIDENCE = "scripts/results/critical_batch_evidence.md"
+
+
+def _determined(rows, col: str) -> int:
+    return sum(1 for r in rows if getattr(r, col) is not None and getattr(r, col).ok and getattr(r, col).value > 0)
+
+
+def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str, str]:
+    """The noise scale to follow and why. ``auto`` goes by measured evidence (``EVIDENCE``: global sweeps with
+    the lr tuned per batch, against the B_crit over the path each quantity predicts):
+    - SGD: B_simple from the training steps' own pairs (``b_simple_window``) predicted 0.96× and 1.32× the swept
+      B_crit on two tasks, fixed-weight B_simple 1.96× and 2.89×; so the window when the report has it;
+    - Adam family: every quantity fell short (0.33–0.50× on one task); B_pre, the preconditioned noise scale
+      Adam's update sees, when measured;
+    - else B_simple, which every report has (on the noisy quadratic model its B_crit is within a few % of the
+      exact one, tests/test_nqm.py)."""
+    if cfg.noise != "auto":
+        return cfg.noise, "asked with --noise"
+    if is_adam_family(optimizer) and _determined(rows, "b_pre") >= 2:
+        return "b_pre", f"auto: Adam-family optimizer (measured under Adam all noise scales fell short, {EVIDENCE})"
+    if not is_adam_family(optimizer) and _determined(rows, "b_simple_window") >= 2:
+        return "b_simple_window", ("auto: B_simple from the training steps predicted swept critical batches "
+                                   f"within 0.96–1.32× under SGD, fixed-weight B_simple 1.96–2.89× ({EVIDENCE})")
+    return "b_simple", "auto: the noise scale every report has"
 
 
 def usable_rows(report, cfg: ScheduleConfig) -> tuple[list[tuple[Measurement, Estimate]], str]:
     """(row, noise scale followed) for rows whose noise scale is determined and positive at a finite loss,
     sorted by step."""
-    col = _column(cfg, report.measurements)
+    col, _ = choose_noise(cfg, report.measurements, report.config.get("optimizer"))
     pairs = [(r, getattr(r, col)) for r in report.measurements if r.b_simple.ok and finite(r.loss)]
     pairs = sorted(((r, e) for r, e in pairs if e is not None and finite(e.value) and e.value > 0),
                    key=lambda p: p[0].step)
@@ -192,7 +213,9 @@ def plan(report, config: ScheduleConfig) -> Schedule:
     bt, bt_lo, bt_hi = fit.interval(config.target_loss, config.confidence)
     pred = {"steps": float(s_cum[-1]), "examples": float(e_cum[-1]), **predict.critical_batch(path),
             "b_noise_target": bt, "b_noise_target_lo": bt_lo, "b_noise_target_hi": bt_hi}
-    notes = [f"noise scale followed: {col}; fit {fit.form}; lr rule {lr_rule} (optimizer {optimizer or 'SGD'})"]
+    why = choose_noise(config, report.measurements, optimizer)[1]
+    notes = [f"noise scale followed: {col} ({why}); fit {fit.form}; lr rule {lr_rule} "
+             f"(optimizer {optimizer or 'SGD'})"]
     if is_adam_family(optimizer) and col == "b_simple":
         notes.append("under Adam, B_simple tends to underestimate the critical batch (Merrill et al. 2025)")
     return Schedule(stages=stages, target_loss=config.target_loss, unit=report.unit, rule=config.rule,
