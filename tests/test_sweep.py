@@ -220,3 +220,23 @@ def test_docs_command_runs(tmp_path, monkeypatch):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "sweep.json").is_file() and "critical batch" in result.output
+
+
+def test_a_flat_steps_curve_does_not_determine_b_crit():
+    """S(B) that does not fall with B (the first MNIST sweep of scripts/critical_batch_evidence.py) fits a B_crit
+    far below the tested batches: undetermined, with a note, never status ok."""
+    from types import SimpleNamespace
+
+    from bsprof.sweep import api
+    from bsprof.sweep.config import SweepConfig
+    from bsprof.sweep.result import Branch
+
+    rows = [Branch(b, 0.1, 1.0, s, 100, 100 * b, 0.2, 0.01, 1.0, False, 100.0 * (1 + 0.02 * s))
+            for b in (16, 32, 64, 128) for s in (0, 1)]
+    cfg = SweepConfig(method="global", target_loss=0.2, batches=(16, 32, 64, 128))
+    setup = SimpleNamespace(spec=SimpleNamespace(info=lambda: {}), initial_loss=1.0, optimizer="SGD", base_lr=0.1,
+                            rule="linear", b_noise=None, n_eval=100, held_out=True)
+    budget = SimpleNamespace(train_examples=0, eval_examples=0, seconds=0.0)
+    result = api._global_result(setup, cfg, rows, budget, None, None, 200)
+    assert result.critical.status == "undetermined"
+    assert any("does not determine B_crit" in n for n in result.notes)

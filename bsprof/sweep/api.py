@@ -114,7 +114,12 @@ def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot) -> SweepR
         extra.append(f"batch {', '.join(map(str, missed))} did not reach the target within {cfg.max_steps} steps at "
                      "any lr of the grid: left out of the fit")
     tested = [s.batch for s in summaries]
-    if f and tested and not min(tested) <= f.b_crit.value <= max(tested):
+    if f and tested and not min(tested) / 10 <= f.b_crit.value <= 10 * max(tested):
+        est = Estimate(est.value, est.lo, est.hi, Status.UNDETERMINED)  # S(B) flat, or still ∝ 1/B: no knee
+        extra.append(f"the fitted B_crit ({f.b_crit.value:.3g}) is more than 10× outside the tested batches "
+                     f"[{min(tested)}, {max(tested)}]: the steps did not bend between S_min·B_crit/B and S_min "
+                     "there, so the sweep does not determine B_crit; widen the batches or the lr grid")
+    elif f and tested and not min(tested) <= f.b_crit.value <= max(tested):
         extra.append(f"the fitted B_crit ({f.b_crit.value:.3g}) lies outside the tested batches "
                      f"[{min(tested)}, {max(tested)}]: an extrapolation")
     if comp is not None:
