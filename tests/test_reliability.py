@@ -318,3 +318,15 @@ def test_identical_examples_stop_in_the_first_draws_with_a_diagnostic():
     row = report.measurements[-1]
     assert row.stopped_by == ZERO_VARIANCE and row.n_draws == 5 and time.perf_counter() - t0 < 10
     assert any(d["code"] == ZERO_VARIANCE for d in report.diagnostics)
+
+
+def test_a_second_signal_or_ctrl_c_is_held_while_the_report_is_written():
+    from bsprof.cli import signals
+
+    before = signal.getsignal(signal.SIGINT)
+    with signals.as_interrupt():
+        signals.hold()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            os.kill(os.getpid(), sig)  # ignored: the report is being written
+        time.sleep(0.2)
+    assert signal.getsignal(signal.SIGINT) == before  # Ctrl-C works again afterwards
