@@ -164,19 +164,26 @@ def run_fixed(setup: _Setup, seed: int, batch: int, multiplier: float, budget: _
     model, opt = _model(setup, seed, factor)
     ex, t0, diverged, done = _examples(setup, seed, batch), time.perf_counter(), False, 0
     for t in range(steps):
-        budget.tick()
-        try:
-            train_step(model, opt, setup.spec.loss, ex, batch, t)
-        except NonFiniteError:
+        if not _step(model, opt, setup, ex, batch, t, budget):
             diverged = True
             break
         done = t + 1
-        budget.train_examples += batch
         if t % 10 == 0:
             say("step", {"step": t + 1, "steps": steps})
     loss, se = (math.inf, math.nan) if diverged else evaluate(model, setup, budget)
     return Branch(batch, setup.base_lr * factor, multiplier, seed, done, done * batch, loss, se,
                   round(time.perf_counter() - t0, 4), diverged or not math.isfinite(loss))
+
+
+def _step(model, opt, setup: _Setup, ex, batch: int, t: int, budget: _Budget) -> bool:
+    """One training step of a branch, counted against the budget; False when it diverged (a non-finite loss)."""
+    budget.tick()
+    try:
+        train_step(model, opt, setup.spec.loss, ex, batch, t)
+    except NonFiniteError:
+        return False
+    budget.train_examples += batch
+    return True
 
 
 def _due(t: int) -> bool:
@@ -195,14 +202,10 @@ def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: 
     limit = cap if math.isinf(left) else min(cap, int(left // batch))
     loss, se, reached, diverged, t = math.inf, math.nan, math.inf, False, 0
     while t < limit:
-        budget.tick()
-        try:
-            train_step(model, opt, setup.spec.loss, ex, batch, t)
-        except NonFiniteError:
+        if not _step(model, opt, setup, ex, batch, t, budget):
             diverged = True
             break
         t += 1
-        budget.train_examples += batch
         if _due(t) or t == limit:
             loss, se = evaluate(model, setup, budget)
             say("step", {"step": t, "steps": limit, "loss": loss})
