@@ -113,3 +113,16 @@ def test_report_files_are_written_atomically(tmp_path, monkeypatch):
         report.to_json(tmp_path / "report.json")
     assert (tmp_path / "report.json").read_text() == before  # the old file stands, whole
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temporary file left behind
+
+
+def test_the_figure_draws_every_quantity_bounds_and_exact_values(tmp_path):
+    """Lower bounds (▲), exact values (◆), B_noise, B_pre and the training-steps B_simple, on log axes."""
+    pytest.importorskip("matplotlib")
+    report = Report.from_json(V1 / "report_adam_hessian.json")
+    rows = [m.to_row() for m in report.measurements]
+    rows[1].update(status="lower_bound", b_simple=math.nan, b_simple_hi=math.inf)
+    rows[2].update(b_simple_window=20.0, b_simple_window_lo=15.0, b_simple_window_hi=30.0,
+                   b_simple_window_status="ok", window_steps=10)
+    rows[3].update(stopped_by="exact")
+    figure = Report(config=report.config, measurements=rows).write(tmp_path)["figure"]
+    assert figure.stat().st_size > 10_000

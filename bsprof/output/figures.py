@@ -28,29 +28,66 @@ def plot_noise_scale(report, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     df = report.to_frame()
-    ok = df[df["status"] == Status.OK.value]
-    lb = df[df["status"] == Status.LOWER_BOUND.value]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for ax, x, label in ((axes[0], "step", "training step"), (axes[1], "loss", "loss")):
-        if len(ok):
-            err = np.vstack([ok["b_simple"] - ok["b_simple_lo"], ok["b_simple_hi"] - ok["b_simple"]])
-            ax.errorbar(ok[x], ok["b_simple"], yerr=err, fmt="o-", capsize=3, label="B_simple")
-        if len(lb):
-            ax.scatter(lb[x], lb["b_simple_lo"], marker="^", color="C3", label="lower bound")
-        if "b_noise" in df and df["b_noise"].notna().any():
-            ax.plot(df[x], df["b_noise"], "s--", label="B_noise")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for ax, x, label in ((axes[0], "step", "training step"), (axes[1], "loss", "training loss (log)")):
+        _series(ax, df, x)
         ax.set_xlabel(label)
         ax.set_ylabel(f"noise scale ({report.unit})")
-        if len(ok) and (ok["b_simple"] > 0).all():
+        if _positive(df):
             ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend()
+            _label_all_ticks(ax.yaxis)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    if (df["loss"] > 0).all():
+        axes[1].set_xscale("log")  # the noise scale changes most at low loss: spread those points
+        _label_all_ticks(axes[1].xaxis)
     axes[1].invert_xaxis()
     conf = report.config.get("confidence", 0.9)
-    fig.suptitle(f"Gradient noise scale B_simple = tr(Σ)/|G|² ({conf:.0%} intervals)")
+    fig.suptitle(f"Gradient noise scale B_simple = tr(Σ)/|G|² along training ({conf:.0%} intervals; "
+                 "▲ lower bound, ◆ exact: the whole dataset)")
     from bsprof.output.files import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
+
+
+SERIES = (("b_simple", "B_simple (fixed weights)", "o-", "C0"), ("b_simple_window", "B_simple (training steps)",
+                                                                   "v:", "C2"),
+          ("b_noise", "B_noise (Hessian)", "s--", "C1"), ("b_pre", "B_pre (Adam)", "D-.", "C4"))
+
+
+def _series(ax, df, x: str) -> None:
+    """Each measured noise scale: value with its interval; lower bounds as ▲ at the bound; exact values as ◆."""
+    for name, label, style, color in SERIES:
+        if name not in df or not df[name].notna().any():
+            continue
+        status = df.get(f"{name}_status", df["status"] if name == "b_simple" else None)
+        ok = df[(status == Status.OK.value) if status is not None else df[name].notna()]
+        if len(ok):
+            err = np.vstack([(ok[name] - ok[f"{name}_lo"]).clip(lower=0), (ok[f"{name}_hi"] - ok[name]).clip(lower=0)])
+            ax.errorbar(ok[x], ok[name], yerr=err, fmt=style, color=color, capsize=3, label=label, ms=4)
+        if status is not None:
+            lb = df[status == Status.LOWER_BOUND.value]
+            if len(lb):
+                ax.scatter(lb[x], lb[f"{name}_lo"], marker="^", color=color, label=f"{label}: lower bound")
+        if name == "b_simple" and "stopped_by" in df:
+            exact = df[df["stopped_by"] == "exact"]
+            if len(exact):
+                ax.scatter(exact[x], exact[name], marker="D", s=60, facecolors="none", edgecolors="k",
+                           label="exact (whole dataset)", zorder=5)
+
+
+def _positive(df) -> bool:
+    return bool(df["b_simple"].notna().any() and (df["b_simple"].dropna() > 0).all())
+
+
+def _label_all_ticks(axis) -> None:
+    """Plain-number labels at 1, 2, 5 × 10^k on a log axis (matplotlib leaves the top of a short range unlabelled,
+    and labels minor ticks as 3×10²)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
