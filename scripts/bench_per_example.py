@@ -1,6 +1,6 @@
 """Cost of per-example squared gradient norms: bsprof's hooks probe against peers and plain forward+backward.
 
-    python scripts/bench_per_example.py [--quick] [--device cpu|cuda] [--threads 2] [--gpt2] [--json FILE]
+    python scripts/bench_per_example.py [--quick] [--device cpu|cuda] [--threads 2] [--gpt2] [--models ...] [--json FILE]
 
 Every method computes, from one batch at fixed weights, the summed gradient and Σ_i |g_i|² per parameter:
     plain            forward + backward of Σ_i ℓ_i (the baseline; no per-example norms)
@@ -75,6 +75,34 @@ class LM(nn.Module):
         return self.head(self.ln(self.blocks(h)))
 
 
+class Encoder(nn.Module):
+    """Token + learned position embedding, causal ``nn.TransformerEncoderLayer``s (pre-norm), LayerNorm, head."""
+
+    def __init__(self, vocab: int, dim: int, heads: int, layers: int, seq: int):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(seq, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.ln, self.head = nn.LayerNorm(dim), nn.Linear(dim, vocab)
+
+    def forward(self, tokens):
+        T = tokens.shape[1]
+        h = self.tok(tokens) + self.pos(torch.arange(T, device=tokens.device))
+        mask = nn.Transformer.generate_square_subsequent_mask(T, device=tokens.device)
+        return self.head(self.ln(self.blocks(h, mask=mask, is_causal=True)))
+
+
+class HF(nn.Module):
+    """A Hugging Face causal LM returning its logits (GPT-2: Conv1D layers, tied head, learned positions)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens):
+        return self.model(tokens).logits
+
+
 def xent(model, batch):
     x, y = batch
     return F.cross_entropy(model(x), y, reduction="none")
@@ -100,6 +128,17 @@ def problems(args) -> dict:
         "transformer": (LM(256, 128, 4, 2, 64, tied=False), lm_loss,
                         torch.randint(0, 256, (16, 65), generator=g), 16),
     }
+    encoder = Encoder(256, 64, 4, 2, 64)  # the new user's LM: Embedding + nn.TransformerEncoderLayer + LayerNorm
+    out["torch-encoder"] = (encoder, lm_loss, torch.randint(0, 256, (16, 65), generator=g), 16)
+    try:
+        import transformers
+    except ImportError:
+        print("transformers is not installed: no hf-gpt2-tiny row", file=sys.stderr)
+    else:
+        cfg = transformers.GPT2Config(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        out["hf-gpt2-tiny"] = (HF(transformers.GPT2LMHeadModel(cfg)), lm_loss,
+                               torch.randint(0, 256, (16, 65), generator=g), 16)
     if args.gpt2:
         out["gpt2"] = (LM(50257, 768, 12, 12, 1024, tied=True), lm_loss,
                        torch.randint(0, 50257, (8, 1025), generator=g), 8)
@@ -219,6 +258,8 @@ def run(args) -> list[dict]:
     device = torch.device(args.device)
     rows = []
     for name, (model, loss_fn, batch, count) in problems(args).items():
+        if args.models and name not in args.models:
+            continue
         model = model.to(device)
         batch = tuple(t.to(device) for t in batch) if isinstance(batch, tuple) else batch.to(device)
         steps, skipped = {}, {}
@@ -231,6 +272,9 @@ def run(args) -> list[dict]:
             except Exception as e:
                 steps.pop(method, None)
                 skipped[method] = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
+        if "bsprof-hooks" in steps:  # parameters measured by the slow path, if any: said, not hidden
+            fell = per_example_hooks(model, loss_fn, batch, count).fallbacks
+            print(f"{name}: bsprof-hooks fallbacks: {sorted(fell) if fell else 'none'}", file=sys.stderr)
         med = time_rounds(steps, device, args.repeats, args.budget)
         for method in METHODS:
             if method in steps:
@@ -269,6 +313,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 40, quick 15)")
     p.add_argument("--gpt2", action="store_true", help="add a GPT-2-small stack, batch 8 × 1024 tokens (GPU)")
     p.add_argument("--skip", nargs="*", default=[], help="methods to leave out, e.g. --skip torch.func")
+    p.add_argument("--models", nargs="*", default=[], help="models to run (default all), e.g. --models gpt2")
     p.add_argument("--json", type=Path, help="write the rows to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -20,6 +20,10 @@ over rounds of the paired ratio method / base of the same round (base = plain, o
 interquartile range of those ratios.
 
     python scripts/bench_tracker.py [--quick] [--threads 1] [--json scripts/results/bench_tracker_cpu.json]
+    python scripts/bench_tracker.py --device cuda --micro-batches gpt2:4 --per-example "" --json FILE   # GPU
+
+On CUDA every step is synchronised before its clock stops, and ``--amp bf16`` runs the forward passes under
+bf16 autocast (the parameters and their gradients stay float32, as in mixed-precision training).
 """
 
 from __future__ import annotations
@@ -47,11 +51,19 @@ from bsprof.track import Tracker  # noqa: E402
 
 K = mb.K
 LOGS = Path(tempfile.mkdtemp(prefix="bench_tracker_"))
+AMP: torch.dtype | None = None  # --amp
 
 
 def _ce(model, batch):
-    x, y = batch
-    return F.cross_entropy(model(x), y)
+    with torch.autocast("cuda", AMP, enabled=AMP is not None):
+        if isinstance(batch, torch.Tensor):  # token sequences
+            return mb.loss_fn(model, batch).mean()
+        x, y = batch
+        return F.cross_entropy(model(x), y)
+
+
+def _examples(batch) -> int:
+    return len(batch) if isinstance(batch, torch.Tensor) else len(batch[1])
 
 
 # ---------------------------------------------------------------------------------------------- methods
@@ -65,7 +77,7 @@ def accum_loop(model, tracked: bool = False, log: bool = False):
     def step(batches):
         nonlocal tracker, b
         if tracked and tracker is None:
-            b = len(batches[0][1])
+            b = _examples(batches[0])
             tracker = Tracker(model, opt, accumulation_steps=len(batches), batch_size=len(batches) * b,
                               log=LOGS / f"accum_{id(model)}.jsonl" if log else None)
         for batch in batches:
@@ -109,11 +121,13 @@ PER_EXAMPLE = {"plain": (per_example_loop, "plain"), "plain (A/A)": (per_example
 # ---------------------------------------------------------------------------------------------- timing
 
 def bench(model_name: str, b: int, methods: dict, n_batches: int, warmup: int, rounds: int, min_rounds: int,
-          budget_s: float, block: int, seed: int = 0) -> tuple[dict[str, dict], int]:
+          budget_s: float, block: int, device: torch.device, seed: int = 0) -> tuple[dict[str, dict], int]:
     """Per method: median ms per step, and the median and quartiles over rounds of the paired ratio to its base."""
     torch.manual_seed(seed)
-    base = mb.make_model(model_name)
-    batches = mb.make_batches(model_name, b, torch.Generator().manual_seed(seed + b))[:n_batches]
+    base = mb.make_model(model_name).to(device)
+    made = mb.make_batches(model_name, b, torch.Generator().manual_seed(seed + b))[:n_batches]
+    batches = [x.to(device) if isinstance(x, torch.Tensor) else tuple(t.to(device) for t in x) for x in made]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     steps = {m: f(copy.deepcopy(base)) for m, (f, _) in methods.items()}
     names = list(methods)
     times: dict[str, list[float]] = {m: [] for m in names}
@@ -127,6 +141,7 @@ def bench(model_name: str, b: int, methods: dict, n_batches: int, warmup: int, r
             for _ in range(block):
                 t0 = time.perf_counter()
                 steps[m](batches)
+                sync()
                 block_times.append(time.perf_counter() - t0)
             if r >= warmup:
                 times[m].append(statistics.median(block_times[1:]))
@@ -142,7 +157,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds (about 2 minutes)")
     ap.add_argument("--json", type=Path, help="write the rows to this JSON file")
-    ap.add_argument("--micro-batches", default="8,32", help="accumulation: micro-batch sizes (MLP, k = 8)")
+    ap.add_argument("--micro-batches", default="8,32", help="accumulation (k = 8): micro-batch sizes of the MLP, or "
+                    "model:size pairs (mlp, cnn, gpt2)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--methods", help="accumulation methods to run (comma-separated; default all)")
+    ap.add_argument("--amp", choices=["bf16"], help="forward under bf16 autocast (CUDA)")
     ap.add_argument("--per-example", default="mlp:128,cnn:32", help="per-example: model:batch pairs")
     ap.add_argument("--block", type=int, default=4, help="steps in a row per method and round")
     ap.add_argument("--rounds", type=int, default=None)
@@ -150,15 +169,23 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    global AMP
+    AMP = torch.bfloat16 if args.amp else None
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     warmup, rounds, min_rounds, budget = (2, 20, 8, 20.0) if args.quick else (5, 150, 30, 90.0)
     rounds = args.rounds or rounds
-    configs = [("accumulation", "mlp", int(b), ACCUM, K) for b in args.micro_batches.split(",") if b]
+    accum = {m: v for m, v in ACCUM.items() if not args.methods or m in args.methods.split(",")}
+    configs = [("accumulation", *(pair.split(":") if ":" in pair else ("mlp", pair)), accum, K)
+               for pair in args.micro_batches.split(",") if pair]
+    configs = [(src, name, int(b), methods, n) for src, name, b, methods, n in configs]
     configs += [("per_example", name, int(b), PER_EXAMPLE, 1)
                 for name, b in (pair.split(":") for pair in args.per_example.split(",") if pair)]
     rows = []
     t_start = time.perf_counter()
     for source, model_name, b, methods, n in configs:
-        res, n_rounds = bench(model_name, b, methods, n, warmup, rounds, min_rounds, budget, args.block)
+        res, n_rounds = bench(model_name, b, methods, n, warmup, rounds, min_rounds, budget, args.block, device)
         print(f"{source} {model_name} b={b}: {n_rounds} rounds", file=sys.stderr, flush=True)
         for m, r in res.items():
             rows.append(dict(source=source, model=model_name, method=m, b=b, micro_batches=n,
@@ -170,7 +197,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
     table = Table(title=f"Tracker overhead in a training loop (median over ≤ {rounds} rounds of {args.block}-step "
-                        f"blocks, cpu, {args.threads} threads, torch {torch.__version__})")
+                        f"blocks, {args.device}{' bf16' if args.amp else ''}, {args.threads} threads, "
+                        f"torch {torch.__version__})")
     for col in ("source", "model", "b", "method", "median ms", "vs base", "IQR"):
         table.add_column(col, justify="left" if col in ("source", "model", "method") else "right")
     for r in rows:
@@ -185,8 +213,9 @@ def main() -> None:
 
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        meta = dict(k=K, rounds=rounds, block=args.block, warmup=warmup, threads=args.threads, device="cpu",
-                    device_name=platform.processor(), torch=torch.__version__, python=platform.python_version(),
+        meta = dict(k=K, rounds=rounds, block=args.block, warmup=warmup, threads=args.threads, device=args.device,
+                    amp=args.amp, device_name=torch.cuda.get_device_name() if device.type == "cuda"
+                    else platform.processor(), torch=torch.__version__, python=platform.python_version(),
                     machine=platform.machine(), quick=args.quick, seconds=round(elapsed, 1))
         args.json.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
         console.print(f"wrote {args.json}")

@@ -276,3 +276,26 @@ def test_attention_forward_restored_and_identical():
         del case.model.att.forward
     assert torch.equal(again, before) and torch.equal(copied, before)
     assert len(records) == 4  # q, k, v projections (separate inputs) and out_proj
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # the torch.func reference, not bsprof
+def test_hugging_face_gpt2_exact_without_fallback():
+    """GPT-2 from transformers: Conv1D (c_attn, c_proj, c_fc), a learned position embedding and the LM head tied
+    to the token embedding, all by hook rules (strict: no torch.func fallback), against torch.func in float64."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=13, n_positions=16, n_embd=8, n_layer=2, n_head=2, resid_pdrop=0.0,
+                                  embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).double()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    tokens = torch.randint(0, 13, (5, 7), generator=torch.Generator().manual_seed(1))
+
+    def loss(m, t):
+        logits = m(t[:, :-1]).logits
+        return F.cross_entropy(logits.transpose(1, 2), t[:, 1:], reduction="none").mean(1)
+
+    got = per_example_hooks(model, loss, tokens, 5, strict=True)
+    want = per_example_vmap(model, loss, tokens, 5)
+    assert got.fallbacks is None
+    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
+    assert_close(got.grad_sum, want.grad_sum)

@@ -322,25 +322,48 @@ def register_rule(module_type: type, rule) -> None:
     BUILTIN.pop(module_type, None)
 
 
+def hf_conv1d(mod: nn.Module, x: Tensor, d: Tensor) -> dict:
+    """Hugging Face ``Conv1D`` (GPT-2): y = x W + b with W [in, out], a Linear with its weight transposed.
+    W: g_i = Σ_t a_it δ_itᵀ; b: Σ_t δ_it."""
+    B = x.shape[0]
+    x, d = x.reshape(B, 1, -1, x.shape[-1]), d.reshape(B, 1, -1, d.shape[-1])
+    out = {"weight": Factored(x, d, x.shape[-1])} if _wanted(mod, "weight") else {}
+    if _wanted(mod, "bias"):
+        out["bias"] = d[:, 0, 0] if d.shape[2] == 1 else d.sum((1, 2))
+    return out
+
+
+# Layers of optional packages, known by (module, class name), so that finding them imports nothing.
+BY_NAME = {("transformers.pytorch_utils", "Conv1D"): hf_conv1d}
+
+
+def _known(cls: type):
+    """The rule for exactly this class, or None."""
+    if cls in RULES:
+        return RULES[cls]
+    return BY_NAME.get((cls.__module__, cls.__name__))
+
+
 def rule_for(mod: nn.Module):
     """The rule of the closest known base class, if the module keeps that class's forward, has no other direct
     parameters (built-in rules: only weight and bias), and uses no per-batch gradient rescaling; else None (the
     module goes to the torch.func path). A ``ModuleRule`` decides by its ``names``."""
     for cls in type(mod).__mro__:
-        if cls in RULES:
+        rule = _known(cls)
+        if rule is not None:
             break
     else:
         return None
-    rule = RULES[cls]
     if isinstance(rule, ModuleRule):
         return rule if rule.names(mod) is not None else None
     if type(mod).forward is not cls.forward:
         return None
-    if cls in BUILTIN and any(n not in ("weight", "bias") for n, _ in mod.named_parameters(recurse=False)):
+    if (cls in BUILTIN or cls not in RULES) and any(n not in ("weight", "bias")
+                                                    for n, _ in mod.named_parameters(recurse=False)):
         return None
     if isinstance(mod, nn.Embedding) and (mod.scale_grad_by_freq or mod.sparse):
         return None
-    return RULES[cls]
+    return rule
 
 
 from bsprof.probes.attention import MHA  # noqa: E402  (attention.py imports Factored and ModuleRule from here)

@@ -38,9 +38,12 @@ def _sq(g: Tensor) -> Tensor:
     if g.is_sparse:
         g = g.coalesce().values()
     f = g.reshape(-1)
-    if f.dtype in (torch.float16, torch.bfloat16):
+    if f.dtype in _HALF:
         f = f.float()
     return torch.dot(f, f)
+
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 class _Norms:

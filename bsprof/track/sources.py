@@ -29,6 +29,7 @@ reduce-scatter) and the squared norms of the local gradient shards (after it), s
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -71,25 +72,54 @@ def _pre_sq(g: Tensor, weight: Tensor) -> Tensor:
 
 @dataclass
 class Backwards:
-    """What the backward passes since the last step saw (raw: the user's loss scale u still in)."""
+    """What the backward passes since the last step saw (raw: the user's loss scale u still in). The numbers stay
+    on the device as 0-d tensors until ``totals()`` reads them all in one transfer: no host-device sync inside the
+    user's backward."""
 
     count: int = 0                                     # k, backward passes
-    small: list[Tensor] = field(default_factory=list)  # |u·g_p|² per parameter per pass
-    big: Tensor | None = None                          # Σ_p |p.grad|² after the latest pass
+    small: list[Tensor] = field(default_factory=list)  # |u·g_p|² per parameter and pass
+    big: Tensor | None = None                          # Σ_p |p.grad|² after the step's last pass
     synced: bool = True                                # the latest pass all-reduced (not under DDP's no_sync)
-    small_pre: list[Tensor] = field(default_factory=list)  # Σ P·(u·g_p)² (B_pre), when weights are given
+    small_pre: list[Tensor] = field(default_factory=list)  # P·(u·g_p)² per parameter and pass (B_pre)
     big_pre: Tensor | None = None
     per_example: list[tuple[Tensor, int]] = field(default_factory=list)  # (Σ_i |rule_i|², n) per armed pass
     failure: str | None = None                         # what went wrong inside a hook (raised at the step)
-    stale: bool = False                                # .grad held a gradient when the step's first pass began
+    stale: Tensor | bool = False                       # .grad held a gradient when the step's first pass began
+
+    def totals(self) -> dict:
+        """Floats, read in one device-to-host transfer: ``small`` = Σ over passes, ``big``, ``small_pre``,
+        ``big_pre`` (NaN when absent), ``stale`` (bool) and ``per_example`` (list of (float, n))."""
+        parts = {"small": _sum(self.small), "big": self.big, "small_pre": _sum(self.small_pre),
+                 "big_pre": self.big_pre, "stale": self.stale if torch.is_tensor(self.stale) else None}
+        parts.update({f"pe{i}": s for i, (s, _) in enumerate(self.per_example)})
+        present = {k: v for k, v in parts.items() if v is not None}
+        values = dict.fromkeys(parts, math.nan)
+        if present:
+            device = next(iter(present.values())).device
+            stacked = torch.stack([v.detach().to(device, torch.float64).reshape(()) for v in present.values()])
+            values.update(zip(present, stacked.tolist()))
+        out = {k: values[k] for k in ("small", "big", "small_pre", "big_pre")}
+        out["stale"] = bool(self.stale) if not torch.is_tensor(self.stale) else values["stale"] > 0
+        out["per_example"] = [(values[f"pe{i}"], n) for i, (_, n) in enumerate(self.per_example)]
+        return out
 
 
-def _stale(params: list[Tensor]) -> bool:
+def _sum(xs: list[Tensor]) -> Tensor | None:
+    """Σ of 0-d tensors on the first one's device (None for none), without leaving the device."""
+    if not xs:
+        return None
+    try:
+        return torch.stack(xs).sum(dtype=torch.float64)
+    except RuntimeError:  # parameters on several devices
+        return torch.stack([x.to(xs[0].device, torch.float64) for x in xs]).sum()
+
+
+def _stale(params: list[Tensor]) -> Tensor | bool:
     """A nonzero ``.grad`` when a step's first backward begins: the last step's gradients were not zeroed, so
     |G_B|² read from ``.grad`` would include them. (The first hook fires before any gradient of this pass is
-    accumulated; one tensor is looked at, one device sync per step.)"""
+    accumulated; one tensor is looked at, and the answer stays on the device until ``Backwards.totals``.)"""
     g = next((p.grad for p in params if p.grad is not None), None)
-    return g is not None and bool(g.detach().ne(0).any())
+    return False if g is None else g.detach().ne(0).any()
 
 
 class StepHooks:
@@ -99,10 +129,17 @@ class StepHooks:
     per step at the first backward; with it, the |√P ⊙ ·|² norms are taken too (one extra multiply per element).
     ``ddp``: the DistributedDataParallel wrapper, whose ``require_backward_grad_sync`` tells a no_sync pass.
     ``per_example``: a ``PerExample`` whose armed passes are collected at each backward's end.
+    ``every``: the declared backward passes per step, k: |p.grad|² is read after every k-th pass only (one pass
+    over the gradients per step); None reads it after each pass (the step's count is not known in advance).
+
+    Per parameter and pass the hook costs one dot product, appended to the step's list; the sum is formed on the
+    device by ``Backwards.totals`` at the step, the one read back to the host.
     """
 
-    def __init__(self, params: list[Tensor], ddp=None, weights=None, per_example: PerExample | None = None):
+    def __init__(self, params: list[Tensor], ddp=None, weights=None, per_example: PerExample | None = None,
+                 every: int | None = None):
         self.params, self.ddp, self.weights_fn, self.per_example = params, ddp, weights, per_example
+        self.every = every
         self.record = Backwards()
         self.lock = threading.Lock()
         self.in_backward = False
@@ -112,15 +149,20 @@ class StepHooks:
     def _register(self) -> list:
         return [p.register_hook(partial(self._hook, i)) for i, p in enumerate(self.params)]
 
+    def _first(self) -> None:
+        """The first hook of a backward pass (under the lock): queue its end, note a stale ``.grad``."""
+        self.in_backward = True
+        _queue_callback(self._end)
+        if self.record.count == 0:
+            self.record.stale = _stale(self.params)
+            if self.weights_fn is not None:
+                self.weights = self.weights_fn()
+
     def _hook(self, i: int, g: Tensor) -> None:
-        with self.lock:
-            if not self.in_backward:
-                self.in_backward = True
-                _queue_callback(self._end)
-                if self.record.count == 0:
-                    self.record.stale = _stale(self.params)
-                if self.record.count == 0 and self.weights_fn is not None:
-                    self.weights = self.weights_fn()
+        if not self.in_backward:
+            with self.lock:
+                if not self.in_backward:
+                    self._first()
         try:
             if self.per_example is None or not self.per_example.armed:  # an armed pass uses its per-example norms
                 self.record.small.append(_sq(g))
@@ -132,19 +174,21 @@ class StepHooks:
     def _end(self) -> None:
         with self.lock:
             self.in_backward = False
-            self.record.count += 1
-            self.record.synced = getattr(self.ddp, "require_backward_grad_sync", True)
+            record = self.record
+            record.count += 1
+            record.synced = getattr(self.ddp, "require_backward_grad_sync", True)
         if self.per_example is not None:
-            self.per_example.end_backward(self.record)
-        _queue_callback(self._read_grads)  # after DDP's finalize, which was queued before this callback ran
+            self.per_example.end_backward(record)
+        if self.every is None or record.count % self.every == 0:
+            _queue_callback(self._read_grads)  # after DDP's finalize, which was queued before this callback ran
 
     def _read_grads(self) -> None:
         try:
             grads = [p.grad for p in self.params if p.grad is not None]
             self.record.big = grad_sq(grads)
             if self.weights is not None:
-                self.record.big_pre = sum((_pre_sq(p.grad, w) for p, w in zip(self.params, self.weights)
-                                           if p.grad is not None), torch.zeros((), dtype=torch.float64))
+                self.record.big_pre = _sum([_pre_sq(p.grad, w) for p, w in zip(self.params, self.weights)
+                                            if p.grad is not None])
         except Exception as e:
             self.record.failure = f"{type(e).__name__}: {e}"
 
@@ -255,7 +299,10 @@ def fsdp_param_groups(model: nn.Module) -> list:
     for mod in model.modules():
         if isinstance(mod, FSDPModule):
             state = mod._get_fsdp_state()
-            groups += [g for g in getattr(state, "_fsdp_param_groups", []) if g is not None]
+            found = getattr(state, "_fsdp_param_groups", None)  # torch >= 2.12: a list; before: one group
+            if found is None:
+                found = [getattr(state, "_fsdp_param_group", None)]
+            groups += [g for g in found if g is not None]
     return groups
 
 
@@ -296,11 +343,11 @@ class FsdpHooks(StepHooks):
     ``record.synced`` is False when the pass ran with ``set_requires_gradient_sync(False)`` (no reduce-scatter).
     """
 
-    def __init__(self, model: nn.Module, params: list[Tensor]):
+    def __init__(self, model: nn.Module, params: list[Tensor], every: int | None = None):
         self.model = model
         self.groups = fsdp_param_groups(model)
         self.world = self.groups[0].fsdp_params[0].sharded_param.device_mesh.size() if self.groups else 1
-        super().__init__(params)  # registers nothing on the sharded DTensors: see _attach
+        super().__init__(params, every=every)  # registers nothing on the sharded DTensors: see _attach
 
     def _register(self) -> list:
         from torch.distributed.fsdp import FSDPModule
@@ -326,14 +373,14 @@ class FsdpHooks(StepHooks):
 
     def _read_grads(self) -> None:
         try:
-            total = torch.zeros((), dtype=torch.float64)
+            parts = []
             for g in self.groups:
                 shards = [fp.sharded_param.grad for fp in g.fsdp_params if fp.sharded_param.grad is not None]
                 if not shards:
                     continue
-                local = grad_sq([s.to_local() if hasattr(s, "to_local") else s for s in shards]).cpu()
+                local = grad_sq([s.to_local() if hasattr(s, "to_local") else s for s in shards])
                 factor = getattr(g, "gradient_divide_factor", None)
-                total = total + (local * (float(factor) / self.world) ** 2 if factor is not None else local)
-            self.record.big = total
+                parts.append(local * (float(factor) / self.world) ** 2 if factor is not None else local)
+            self.record.big = _sum(parts) if parts else torch.zeros((), dtype=torch.float64)
         except Exception as e:
             self.record.failure = f"{type(e).__name__}: {e}"

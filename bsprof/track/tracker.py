@@ -136,8 +136,9 @@ class Tracker:
             if not (accumulation_steps and accumulation_steps > 1) or source == "per_example":
                 self.per_example_source.install()
         weights = (lambda: adam_preconditioner(optimizer, self.params)) if self.precondition else None
-        self.hooks = (FsdpHooks(model, self.params) if self.fsdp
-                      else StepHooks(self.params, self.ddp, weights, self.per_example_source))
+        every = accumulation_steps if source != "per_example" else None
+        self.hooks = (FsdpHooks(model, self.params, every) if self.fsdp
+                      else StepHooks(self.params, self.ddp, weights, self.per_example_source, every))
         self.draws: list[Draw] = []
         self.draws_pre: list[Draw] = []
         self.steps: list[int] = []         # the step number of each draw
@@ -230,10 +231,11 @@ class Tracker:
     def _pair(self, r: Backwards, batch_size: int | None, loss, loss_scale: float) -> tuple[Draw, Draw | None]:
         """(|G_b|², |G_B|²) of one step in per-example units (module docstring), b and B (global)."""
         k, declared = r.count, self.accumulation_steps
+        t = r.totals()  # the one device-to-host read of the step
         if r.failure:
             self._fail(f"the tracker's hooks failed in this step's backward: {r.failure}",
                        "report this with the model; meanwhile track with gradient accumulation")
-        if r.stale:
+        if t["stale"]:
             self._fail("this step's first backward began with the previous step's gradients still in .grad",
                        "call optimizer.zero_grad() after each optimizer.step() (the tracker reads |G_B|² from .grad)")
         if k == 0:
@@ -250,20 +252,20 @@ class Tracker:
         u = float(loss_scale) / (declared or 1)  # the backward's loss = u × the micro-batch's mean loss
         if not u > 0:
             self._fail(f"loss_scale must be positive (got {loss_scale})", "pass scaler.get_scale()")
-        per_example = bool(r.per_example)
+        per_example = bool(t["per_example"])
         if self.source == "per_example" and not per_example:
             self._fail("source='per_example' but no backward of this step ran inside tracker.per_example()",
                        "wrap loss.backward() in `with tracker.per_example():`")
         if per_example:
-            rows = [n for _, n in r.per_example]
+            rows = [n for _, n in t["per_example"]]
             local = sum(rows)
-            if len(r.per_example) != k or len(set(rows)) != 1:
+            if len(rows) != k or len(set(rows)) != 1:
                 self._fail("some backward passes of this step ran outside tracker.per_example(), or their batches "
                            "differ in size", "wrap every backward of the step in `with tracker.per_example():`")
             if batch_size is not None and batch_size != local:
                 self._fail(f"batch_size={batch_size}, but the backward passes saw {local} examples",
                            "pass the number of examples in this optimizer step on this process")
-            small_sum = sum(float(s) * (n / u) ** 2 for s, n in r.per_example)  # Σ_i |g_i|²
+            small_sum = sum(s * (n / u) ** 2 for s, n in t["per_example"])  # Σ_i |g_i|²
             b, per_rank, n_small = 1, local, local
         else:
             if batch_size is None:
@@ -280,20 +282,20 @@ class Tracker:
             if self.source == "accumulation" and k == 1:
                 self._fail("source='accumulation' but this step had one backward pass",
                            "pass accumulation_steps >= 2 and call tracker.step() after all micro-steps")
-            small_sum = sum(float(s) for s in r.small) / u ** 2  # Σ_k |G_b^(k)|²
+            small_sum = t["small"] / u ** 2  # Σ_k |G_b^(k)|²
             b, per_rank, n_small = batch_size // k, batch_size, k
         if self.fsdp:  # one all-reduce: Σ_ranks of the small norms and of the squared norms of the local shards
-            small_total, big_total = self._sum_over_ranks(small_sum, float(r.big) if r.big is not None else math.nan)
+            small_total, big_total = self._sum_over_ranks(small_sum, t["big"])
             small, big = small_total / self.world / n_small, big_total / (u * k) ** 2
         else:
-            big = float(r.big) / (u * k) ** 2 if r.big is not None else math.nan
+            big = t["big"] / (u * k) ** 2
             small = self._mean_over_ranks(small_sum) / n_small  # mean over the W·n_small small batches
         loss_value = math.nan if loss is None else float(loss.detach() if torch.is_tensor(loss) else loss)
         draw = Draw(np.array([small]), np.array([big]), b, per_rank * self.world, loss_value)
         pre = None
         if self.precondition and r.small_pre and r.big_pre is not None and k * self.world > 1:
-            small_pre = self._mean_over_ranks(sum(float(s) for s in r.small_pre) / u ** 2) / k
-            pre = Draw(np.array([small_pre]), np.array([float(r.big_pre) / (u * k) ** 2]), per_rank // k,
+            small_pre = self._mean_over_ranks(t["small_pre"] / u ** 2) / k
+            pre = Draw(np.array([small_pre]), np.array([t["big_pre"] / (u * k) ** 2]), per_rank // k,
                        per_rank * self.world, loss_value)
         return draw, pre
 

@@ -2,6 +2,9 @@
 
     python -m torch.distributed.run --nproc-per-node 2 tests/assets/track_fsdp_worker.py OUT.json
 
+On a GPU machine: BSPROF_WORKER_DEVICE=cuda (NCCL, every rank on cuda:LOCAL_RANK % device count). With one rank,
+the checks that need two (one backward per step, refusals of unsynced steps) are left out.
+
 1. Hand reference. A float64 MLP, each layer and the root sharded (rows split 4/3 and 2/1: uneven shards). One step
    of k = 2 micro-batches of 8 per rank (the first with set_requires_gradient_sync(False)): b = 8, B = W·k·b = 32;
    one step of one backward of 16 per rank: b = 16, B = 32. Each pair is checked against the same pair computed on
@@ -14,6 +17,7 @@
 """
 import copy
 import json
+import os
 import sys
 
 import torch
@@ -22,13 +26,16 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 from bsprof.track import Tracker, TrackerError
+from bsprof.track.sources import fsdp_param_groups
 
 D, SIGMA2, MICRO, K, STEPS = 5, 0.5, 16, 2, 150
+DEVICE = os.environ.get("BSPROF_WORKER_DEVICE", "cpu")
 
 
 def batch(rank: int, step: int, n: int):
     g = torch.Generator().manual_seed(1000 * step + rank)
-    return torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+    x, y = torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+    return x.to(DEVICE), y.to(DEVICE)
 
 
 def ce(model, x, y):
@@ -53,13 +60,14 @@ def hand_reference(plain, world: int, step: int, k: int, n: int):
 
 def mlp_checks(rank: int, world: int) -> dict:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    model = nn.Sequential(nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 3)).double().to(DEVICE)
     plain = copy.deepcopy(model)
     for layer in (model[0], model[2]):
         fully_shard(layer)
     fully_shard(model)
     out = {}
-    for name, k, step, factor in (("accum", 2, 0, None), ("plain", 1, 1, None), ("summed", 2, 3, 1.0)):
+    cases = (("accum", 2, 0, None), ("plain", 1, 1, None), ("summed", 2, 3, 1.0))
+    for name, k, step, factor in (cases if world > 1 else cases[::2]):
         if factor is not None:  # set_gradient_divide_factor(1): the shards hold the SUM over ranks
             model.set_gradient_divide_factor(factor)
         tracker = Tracker(model, accumulation_steps=k, batch_size=16)
@@ -78,8 +86,10 @@ def mlp_checks(rank: int, world: int) -> dict:
         model.zero_grad()
     model.set_gradient_divide_factor(float(world))
     left = sum(len(fp._unsharded_param._backward_hooks or {}) for mod in (model[0], model[2], model)
-               for g in mod._get_fsdp_state()._fsdp_param_groups for fp in g.fsdp_params)
+               for g in fsdp_param_groups(mod) for fp in g.fsdp_params)
     out["hooks_left"] = left
+    if world == 1:
+        return out
     # refusals
     try:
         Tracker(model, source="per_example")
@@ -100,16 +110,17 @@ def mlp_checks(rank: int, world: int) -> dict:
 
 def least_squares(rank: int, world: int) -> dict:
     w_star = torch.randn(D, generator=torch.Generator().manual_seed(1))
-    model = nn.Linear(D, 1, bias=False)
+    model = nn.Linear(D, 1, bias=False).to(DEVICE)
+    w_star = w_star.to(DEVICE)
     with torch.no_grad():
-        model.weight.copy_((w_star + torch.ones(D) / D ** 0.5).unsqueeze(0))  # |Δ|² = 1
+        model.weight.copy_((w_star + torch.ones(D, device=DEVICE) / D ** 0.5).unsqueeze(0))  # |Δ|² = 1
     fully_shard(model)
     tracker = Tracker(model, accumulation_steps=K, batch_size=K * MICRO)
     gen = torch.Generator().manual_seed(100 + rank)
     for _ in range(STEPS):
         for j in range(K):
-            x = torch.randn(MICRO, D, generator=gen)
-            y = x @ w_star + SIGMA2 ** 0.5 * torch.randn(MICRO, generator=gen)
+            x = torch.randn(MICRO, D, generator=gen).to(DEVICE)
+            y = x @ w_star + SIGMA2 ** 0.5 * torch.randn(MICRO, generator=gen).to(DEVICE)
             model.set_requires_gradient_sync(j == K - 1)
             (0.5 * ((model(x).squeeze(-1) - y) ** 2).mean() / K).backward()
         draw = tracker.step()
@@ -122,9 +133,11 @@ def least_squares(rank: int, world: int) -> dict:
 
 
 def main(out: str) -> None:
-    dist.init_process_group("gloo")
+    if DEVICE == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    result = {"world": world, "mlp": mlp_checks(rank, world), "ls": least_squares(rank, world)}
+    result = {"world": world, "device": DEVICE, "mlp": mlp_checks(rank, world), "ls": least_squares(rank, world)}
     if rank == 0:
         with open(out, "w") as f:
             json.dump(result, f, indent=1)
