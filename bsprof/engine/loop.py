@@ -22,7 +22,7 @@ from bsprof import distributed
 from bsprof.config import MeasureConfig, as_dict
 from bsprof.engine import diagnostics, scales
 from bsprof.engine.data import Examples
-from bsprof.engine.sampling import Sampling, groups_of, measure_at
+from bsprof.engine.sampling import Sampling, group_types, groups_of, measure_at
 from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_optimizer, load_spec
 from bsprof.errors import BsprofError, NonFiniteError, SpecError
 from bsprof.output.report import Report
@@ -130,8 +130,9 @@ def _row(step: int, cfg: MeasureConfig, est: NoiseScale, draws, stopped_by: str,
         diversity_bound=est.gradient_diversity_bound * scale)
 
 
-def _layer_rows(step: int, names: list[str], est: NoiseScale, scale: float) -> list[LayerEstimate]:
-    return [LayerEstimate(step, names[j], g2, tr, Estimate(b, lo, hi, st).scaled(scale))
+def _layer_rows(step: int, names: list[str], types: list[str], est: NoiseScale,
+                scale: float) -> list[LayerEstimate]:
+    return [LayerEstimate(step, names[j], g2, tr, Estimate(b, lo, hi, st).scaled(scale), types[j])
             for j, (g2, tr, b, lo, hi, st) in est.layers.items()]
 
 
@@ -193,6 +194,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         report.config.update(batch_size=batch_size, batch_size_asked=cfg.batch_size)
         cfg = dataclasses.replace(cfg, batch_size=batch_size)
     names, group_index = trainable_groups(model)
+    types = group_types(model, names)
     points = set(measure_steps(cfg.steps, cfg.measure_every))
     track = cfg.track_training and comm.world == 1 and chosen.per_example  # pairs from training steps (b = 1)
     step, tracker, phase = 0, None, "measuring"
@@ -213,7 +215,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                                                                     sampling, group_index, scale))
                 if window is not None:
                     row = dataclasses.replace(row, b_simple_window=window[0], window_steps=window[1])
-                report.add(row, _layer_rows(step, names, est, scale))
+                report.add(row, _layer_rows(step, names, types, est, scale))
                 say("measured", {"step": step, "row": report.measurements[-1]})
             if step < cfg.steps:
                 phase = "training"

@@ -70,5 +70,5 @@ def layers_table(report) -> Table:
     for col in ("layer", "|G|²", "tr(Σ)", "B_simple"):
         table.add_column(col, justify="right" if col != "layer" else "left")
     for r in (r for r in report.layers if r.step == last):
-        table.add_row(r.layer, fmt(r.g2), fmt(r.trace_sigma), estimate_text(r.b_simple))
+        table.add_row(r.label, fmt(r.g2), fmt(r.trace_sigma), estimate_text(r.b_simple))
     return table
