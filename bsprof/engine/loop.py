@@ -27,7 +27,7 @@ from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_o
 from bsprof.errors import BsprofError, NonFiniteError, SpecError
 from bsprof.output.report import Report
 from bsprof.probes import Probe
-from bsprof.probes.choose import choose
+from bsprof.probes.choose import choose, reason
 from bsprof.results import Estimate, LayerEstimate, Measurement, Status
 from bsprof.stats.estimators import NoiseScale
 
@@ -147,7 +147,9 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
             progress: Progress | None = None, comm: distributed.Comm | None = None) -> Report:
     """Run the probe training and measure along it; returns (and fills) the report.
 
-    ``comm``: the data-parallel ranks (``distributed.session``); default: the caller's process group, if any.
+    ``progress(kind, info)`` hears: setup (the probe chosen and why, device, optimizer), measure, draw, measured
+    (the row), train (step, loss). ``comm``: the data-parallel ranks (``distributed.session``); default: the
+    caller's process group, if any.
     """
     report = report if report is not None else Report()
     comm = comm or distributed.current()
@@ -185,6 +187,9 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                      "optimizer_lr": optimizer.param_groups[0].get("lr"), "dataset_size": examples.n,
                      "tokens_per_example": (spec.tokens_per_example or cfg.tokens_per_example) or None}
     diagnostics.before_run(report, model, optimizer, examples, invalid, cfg)
+    say("setup", {"method": probe, "why": reason(cfg.method, chosen, invalid), "device": str(device),
+                  "optimizer": report.config["optimizer"], "lr": report.config["optimizer_lr"],
+                  "dataset_size": examples.n})
     if spec.optimizer is not None and cfg.lr != MeasureConfig.lr:
         report.diagnose("lr_not_used", f"--lr {cfg.lr:g} was not used: the spec's optimizer() sets its own "
                         f"learning rate ({optimizer.param_groups[0].get('lr')}); change it there.")
