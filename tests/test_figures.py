@@ -14,7 +14,7 @@ from bsprof.output.report import Report  # noqa: E402
 from bsprof.schedule.plan import ScheduleConfig, noise_fit  # noqa: E402
 
 V1 = Path(__file__).parent / "assets" / "v1"
-FIT = "fit `bsprof schedule` uses"
+FIT = "that `bsprof schedule` uses"
 
 
 def _labels(ax) -> list[str]:
@@ -30,7 +30,7 @@ def test_the_loss_panel_draws_the_schedules_fit(tmp_path):
     assert not any(FIT in t for t in _labels(by_step))
     [line] = [ln for ln in by_loss.get_lines() if FIT in ln.get_label()]
     fit, col, _ = noise_fit(report, ScheduleConfig())
-    assert col == "b_pre" and "B_pre" in line.get_label()
+    assert col == "b_pre" and line.get_label().startswith("fit of B_pre (Adam) that `bsprof schedule` uses")
     x, y = line.get_data()
     np.testing.assert_allclose(y, fit(x))  # the very curve `schedule` fits, over the measured losses
     assert x.min() == pytest.approx(fit.loss_min) and x.max() == pytest.approx(fit.loss_max)

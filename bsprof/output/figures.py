@@ -77,11 +77,10 @@ def _draw_fit(ax, report) -> None:
     except (BsprofError, ValueError):
         return
     loss = np.geomspace(fit.loss_min, fit.loss_max, 100)
-    name = dict((k, label.split(" (")[0]) for k, label, _, _ in SERIES)[col]
-    form = (f"{name} ∝ L^(−1/α), α = {fit.alpha:.2g}" if fit.form == "power"
-            else f"{name} = a + b/(L − L*), L* = {fit.floor:.3g}")
+    name = {k: label for k, label, _, _ in SERIES}[col]
+    form = "B ∝ L^(−1/α), α = %.2g" % fit.alpha if fit.form == "power" else "B = a + b/(L − L*), L* = %.3g" % fit.floor
     ax.plot(loss, fit(loss), "-", color="k", lw=1.2, alpha=0.7, zorder=4,
-            label=f"fit `bsprof schedule` uses: {form}")
+            label=f"fit of {name} that `bsprof schedule` uses:\n{form}")
 
 
 SERIES = (("b_simple", "B_simple (fixed weights)", "o-", "C0"), ("b_simple_window", "B_simple (training steps)",
@@ -121,13 +120,14 @@ def _has(df, status: str) -> bool:
 
 
 def _label_all_ticks(axis, lo: float, hi: float) -> None:
-    """Plain-number labels on a log axis: at 1, 2, 5 × 10^k, or at 1, 1.5, 2, 3, …, 8 × 10^k when the range
-    spans less than 1.5 decades (matplotlib leaves the top of a short range unlabelled, and labels minor ticks
-    as 3×10²)."""
+    """Plain-number labels on a log axis at 1, 2, 5 × 10^k; denser on a range of under 1.5 decades (1, 1.5, 2, 3,
+    5, 7) or 0.6 (1, 1.5, 2, …, 8). matplotlib alone leaves the top of a short range unlabelled, and labels
+    minor ticks as 3×10²."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     lo, hi = sorted((lo, hi))
-    narrow = lo > 0 and np.log10(hi / lo) < 1.5
-    axis.set_major_locator(LogLocator(base=10, subs=(1, 1.5, 2, 3, 4, 5, 6, 7, 8) if narrow else (1.0, 2.0, 5.0)))
+    decades = np.log10(hi / lo) if lo > 0 else np.inf
+    subs = (1, 1.5, 2, 3, 4, 5, 6, 7, 8) if decades < 0.6 else (1, 1.5, 2, 3, 5, 7) if decades < 1.5 else (1, 2, 5)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
