@@ -123,13 +123,13 @@ def _has(df, status: str) -> bool:
 
 def _label_all_ticks(axis, lo: float, hi: float) -> None:
     """Plain-number labels on a log axis at 1, 2, 5 × 10^k; denser on a range of under 1.5 decades (1, 1.5, 2, 3,
-    5, 7) or 0.6 (1, 1.5, 2, …, 8); about five evenly spaced under 0.2. matplotlib alone leaves the top of a
+    5, 7) or 0.8 (1, 1.5, 2, …, 8); about six evenly spaced under 0.5. matplotlib alone leaves the top of a
     short range unlabelled, and labels minor ticks as 3×10²."""
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     lo, hi = sorted((lo, hi))
     decades = np.log10(hi / lo) if lo > 0 else np.inf
-    subs = (1, 1.5, 2, 3, 4, 5, 6, 7, 8) if decades < 0.6 else (1, 1.5, 2, 3, 5, 7) if decades < 1.5 else (1, 2, 5)
-    axis.set_major_locator(MaxNLocator(5) if decades < 0.2 else LogLocator(base=10, subs=subs))
+    subs = (1, 1.5, 2, 3, 4, 5, 6, 7, 8) if decades < 0.8 else (1, 1.5, 2, 3, 5, 7) if decades < 1.5 else (1, 2, 5)
+    axis.set_major_locator(MaxNLocator(6) if decades < 0.5 else LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
