@@ -281,3 +281,19 @@ def test_verbose_says_which_probe_and_why_and_details_each_measurement(tmp_path)
     assert len(details) == 3 and all("(asked ±30%), stopped by" in ln and "b = 1" in ln for ln in details)
     both = run(*args, "-o", tmp_path / "both", "-q", "-v")
     assert both.exit_code == 2 and "--quiet and --verbose" in both.stderr
+
+
+def test_piped_table_takes_the_width_it_needs_and_no_row_wraps(tmp_path):
+    import dataclasses
+
+    from bsprof.output.report import Report
+
+    report = Report.from_json(ASSETS / "v1" / "report_adam_hessian.json")
+    wide = [dataclasses.replace(m, **{k: getattr(m, k).scaled(4321.0) for k in ("b_simple", "b_noise", "b_pre")})
+            for m in report.measurements]  # four-digit estimates in three columns: over 120 columns
+    Report(config=report.config, measurements=wide, unit="tokens").to_json(tmp_path / "report.json")
+    r = runner.invoke(app, ["report", str(tmp_path / "report.json")])  # not a terminal
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("│")]
+    assert r.exit_code == 0 and len(rows) == len(wide)  # one line per row
+    assert max(map(len, rows)) > 120 and "4" in rows[-1]
+    assert any(ln.startswith("┃ step ┃") and "B_noise" in ln and "B_pre (Adam)" in ln for ln in r.stdout.splitlines())

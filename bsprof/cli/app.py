@@ -28,6 +28,22 @@ def _console(stderr: bool = False) -> Console:
 console, err_console = _console(), _console(stderr=True)
 
 
+def show(renderable) -> None:
+    """Print to stdout; piped, at least as wide as its widest table needs, so that no table row wraps in a log."""
+    from rich.protocol import rich_cast
+    from rich.table import Table
+
+    renderable, width = rich_cast(renderable), console.width
+    if not console.is_terminal:
+        tables = [r for r in getattr(renderable, "renderables", [renderable]) if isinstance(r, Table)]
+        wide = console.options.update_width(1000)  # measured unclamped, not at the console's 120 columns
+        console.width = max([width, *(console.measure(t, options=wide).maximum for t in tables)])
+    try:
+        console.print(renderable)
+    finally:
+        console.width = width
+
+
 @contextlib.contextmanager
 def user_errors(exit_code: int | None = None):
     """Turn a BsprofError into a red line plus hint on stderr and a non-zero exit (no traceback)."""

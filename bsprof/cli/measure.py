@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bsprof import distributed
 from bsprof.cli import signals
-from bsprof.cli.app import app, console, err_console, user_errors
+from bsprof.cli.app import app, console, err_console, show, user_errors
 from bsprof.config import MeasureConfig, resolve
 from bsprof.errors import BsprofError, ConfigError
 from bsprof.output import files
@@ -163,7 +163,7 @@ def _write(report: Report, out: Path, figures: bool, quiet: bool,
         err_console.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False)
         return False, err
     if not quiet:
-        console.print(report)
+        show(report)
         console.print(f"wrote {escape(', '.join(str(p) for p in paths.values()))}", highlight=False)
     return True, None
 

@@ -16,6 +16,8 @@ def fmt(x, digits: int = 3) -> str:
         return "–"
     if isinstance(x, float) and math.isinf(x):
         return "∞"
+    if isinstance(x, float) and 1e3 <= abs(float(f"{x:.{digits}g}")) < 1e5:  # 6190, not 6.19e+03: narrower
+        return f"{float(f'{x:.{digits}g}'):.0f}"
     if isinstance(x, float):
         return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.3e}"
     return str(x)
