@@ -314,7 +314,7 @@ class LayerEstimate:
     of that group's gradient alone. Over the groups, |G|² and tr(Σ) add up to the measurement's totals.
 
     ``layer`` is the module's path in the model ('0', 'encoder.layers.0.self_attn'), ``type`` its class name
-    ('Linear'); reports written before 0.2 have no type ('')."""
+    ('Linear'); reports written before the type was recorded (schema 1, early schema 2) have '' there."""
 
     step: int
     layer: str
