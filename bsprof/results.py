@@ -311,28 +311,38 @@ class Measurement:
 @dataclass(frozen=True)
 class LayerEstimate:
     """The noise scale of one parameter group (an owning module) at one measurement: |G|², tr(Σ) and B_simple
-    of that group's gradient alone. Over the groups, |G|² and tr(Σ) add up to the measurement's totals."""
+    of that group's gradient alone. Over the groups, |G|² and tr(Σ) add up to the measurement's totals.
+
+    ``layer`` is the module's path in the model ('0', 'encoder.layers.0.self_attn'), ``type`` its class name
+    ('Linear'); reports written before the type was recorded (schema 1, early schema 2) have '' there."""
 
     step: int
     layer: str
     g2: float
     trace_sigma: float
     b_simple: Estimate
+    type: str = ""
+
+    @property
+    def label(self) -> str:
+        """'0 (Linear)', or the bare path when the type is not known."""
+        return f"{self.layer} ({self.type})" if self.type else self.layer
 
     def to_dict(self) -> dict:
-        return json_clean({"step": self.step, "layer": self.layer, "g2": self.g2, "trace_sigma": self.trace_sigma,
-                           "b_simple": self.b_simple})
+        return json_clean({"step": self.step, "layer": self.layer, "type": self.type, "g2": self.g2,
+                           "trace_sigma": self.trace_sigma, "b_simple": self.b_simple})
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerEstimate:
         b = d["b_simple"]
         est = Estimate.from_dict(b) if isinstance(b, dict) else Estimate.from_row(d, "b_simple", "status")
+        kind = d.get("type")
         return cls(int(d["step"]), str(d.get("layer", "")), _float(d.get("g2")), _float(d.get("trace_sigma")),
-                   est or Estimate.none())
+                   est or Estimate.none(), kind if isinstance(kind, str) else "")
 
     def to_row(self) -> dict:
-        return {"step": self.step, "layer": self.layer, "g2": self.g2, "trace_sigma": self.trace_sigma,
-                **self.b_simple.to_row("b_simple", "status")}
+        return {"step": self.step, "layer": self.layer, "type": self.type, "g2": self.g2,
+                "trace_sigma": self.trace_sigma, **self.b_simple.to_row("b_simple", "status")}
 
 
 @dataclass(frozen=True)

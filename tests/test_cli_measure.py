@@ -237,3 +237,63 @@ def test_spec_mistakes_get_a_did_you_mean_and_brackets_survive(tmp_path):
 def test_report_refuses_a_spec_file(tmp_path):
     r = runner.invoke(app, ["report", str(ASSETS / "tiny_linear.py")])
     assert r.exit_code == 2 and "bsprof measure" in r.stderr
+
+
+def _bsprof(*args, **env):
+    """`python -m bsprof ARGS` in a subprocess (its own consoles, built from this environment), piped."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "bsprof", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, env={k: v for k, v in os.environ.items() if k not in ("NO_COLOR",
+                                                                                            "FORCE_COLOR")} | env)
+
+
+def test_no_color_means_no_escape_codes_even_when_forced_to_a_terminal():
+    saved = ASSETS / "v1" / "report_adam_hessian.json"
+    assert "\x1b[" in _bsprof("report", saved, FORCE_COLOR="1").stdout  # forced: styled (bold headers)
+    plain = _bsprof("report", saved, FORCE_COLOR="1", NO_COLOR="1")
+    assert plain.returncode == 0 and "B_simple" in plain.stdout and "\x1b[" not in plain.stdout
+    error = _bsprof("report", ASSETS / "nope.json", FORCE_COLOR="1", NO_COLOR="1")
+    assert error.returncode == 2 and "report not found" in error.stderr and "\x1b[" not in error.stderr
+
+
+def test_quiet_prints_only_errors(tmp_path):
+    r = run(ASSETS / "tiny_linear.py", "--steps", 2, "--measure-every", 1, "--rel-error", 0.3, "-o", tmp_path,
+            "--no-figures", "-q")
+    assert r.exit_code == 0 and r.stdout == "" and r.stderr == ""
+    assert len(json.loads((tmp_path / "report.json").read_text())["measurements"]) == 3
+    bad = run(ASSETS / "tiny_linear.py", "--rel-error", 5, "-o", tmp_path / "b", "-q")
+    assert bad.exit_code == 2 and bad.stdout == "" and "did you mean 0.05" in bad.stderr
+
+
+def test_verbose_says_which_probe_and_why_and_details_each_measurement(tmp_path):
+    args = (ASSETS / "tiny_linear.py", "--steps", 2, "--measure-every", 1, "--rel-error", 0.3, "--no-figures")
+    plain = run(*args, "-o", tmp_path / "plain").stderr.splitlines()
+    verbose = run(*args, "-o", tmp_path / "verbose", "--verbose").stderr.splitlines()
+    assert sum(ln.startswith("step ") for ln in plain) == 3  # piped: one line per measurement
+    assert not any(ln.startswith(("probe:", "  loss")) for ln in plain)
+    assert verbose[0] == ("probe: hooks (auto: per-example gradients are valid (no batch-coupled layer; the loss "
+                          "does not mix examples))")
+    assert verbose[1].startswith("device cpu; optimizer SGD (lr 0.1); dataset 20000 examples")
+    details = [ln for ln in verbose if ln.startswith("  loss ")]
+    assert len(details) == 3 and all("(asked ±30%), stopped by" in ln and "b = 1" in ln for ln in details)
+    both = run(*args, "-o", tmp_path / "both", "-q", "-v")
+    assert both.exit_code == 2 and "--quiet and --verbose" in both.stderr
+
+
+def test_piped_table_takes_the_width_it_needs_and_no_row_wraps(tmp_path):
+    import dataclasses
+
+    from bsprof.output.report import Report
+
+    report = Report.from_json(ASSETS / "v1" / "report_adam_hessian.json")
+    wide = [dataclasses.replace(m, **{k: getattr(m, k).scaled(4321.0) for k in ("b_simple", "b_noise", "b_pre")})
+            for m in report.measurements]  # four-digit estimates in three columns: over 120 columns
+    Report(config=report.config, measurements=wide, unit="tokens").to_json(tmp_path / "report.json")
+    r = runner.invoke(app, ["report", str(tmp_path / "report.json")])  # not a terminal
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("│")]
+    assert r.exit_code == 0 and len(rows) == len(wide)  # one line per row
+    assert max(map(len, rows)) > 120 and "4" in rows[-1]
+    assert any(ln.startswith("┃ step ┃") and "B_noise" in ln and "B_pre (Adam)" in ln for ln in r.stdout.splitlines())

@@ -11,7 +11,7 @@ from bsprof.engine.data import Examples
 from bsprof.engine.source import DrawSource, as_source
 from bsprof.errors import BsprofError, DataError
 from bsprof.probes import PROBES, QUAD_PROBES, Probe, batch_coupled
-from bsprof.probes.choose import choose, per_example_invalid
+from bsprof.probes.choose import choose, per_example_invalid, reason
 from bsprof.probes.hessian import HESSIAN, measure_b_noise
 from bsprof.probes.precondition import preconditioned
 from bsprof.results import Estimate
@@ -60,6 +60,8 @@ def test_choose_falls_back_to_micro_batches_and_says_why():
     bn = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
     probe, why = choose("auto", bn, _ce, _pair())
     assert probe is PROBES["microbatch"] and why.startswith("BatchNorm") and "1" in why
+    assert reason("auto", probe, why) == f"auto: {why}, so micro-batches"  # what --verbose prints
+    assert reason("microbatch", probe, None) == "asked with --method microbatch"
     with pytest.raises(BsprofError, match="BatchNorm") as err:
         choose("hooks", bn, _ce, _pair())
     assert "microbatch" in err.value.hint

@@ -74,6 +74,33 @@ def test_layers_add_up_to_the_totals():
         assert sum(r.trace_sigma for r in layers) == pytest.approx(m.trace_sigma, rel=1e-9)
 
 
+def test_layers_are_named_by_module_path_and_type(tmp_path):
+    """A layer is its path in the model plus its class; the type reaches report.json, layers.csv and the table;
+    a schema-1 report (no type) still reads, its layers labelled by path alone."""
+    import io
+
+    import torch
+    from rich.console import Console
+    from torch import nn
+
+    import bsprof
+    from bsprof.output.render import layers_table
+
+    x = torch.randn(256, 3)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 1)))
+    report = bsprof.measure(model=model, dataset=torch.utils.data.TensorDataset(x, x.sum(1)), steps=0,
+                            loss=lambda m, b: (m(b[0]).squeeze(-1) - b[1]) ** 2, device="cpu", rel_error=0.5)
+    assert [r.label for r in report.layers] == ["0 (Linear)", "2.0 (LayerNorm)", "2.1 (Linear)"]
+    paths = report.write(tmp_path, figures=False)
+    assert Report.from_json(paths["json"]).layers == report.layers
+    assert paths["layers"].read_text().splitlines()[0].startswith("step,layer,type,")
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(layers_table(report))
+    assert "2.0 (LayerNorm)" in console.export_text()
+    old = Report.from_json(V1 / "report_adam_hessian.json").layers
+    assert old and all(r.type == "" and r.label == r.layer == "(root)" for r in old)
+
+
 @pytest.mark.parametrize("bad, says", [
     ({"schema_version": 3, "measurements": [], "summary": {}, "config": {}}, "schema_version 3"),
     ({"schema_version": 2, "measurements": [{"step": 0}], "summary": {}, "config": {}}, "measurements[0]"),

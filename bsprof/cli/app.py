@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -14,9 +15,33 @@ from bsprof.errors import BsprofError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="bsprof: measure the critical batch size (gradient noise scale) of a PyTorch model.")
-# Piped output (CI logs, `| tee`) is not a terminal: rich would wrap tables at 80 columns; give them 120.
-console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+
+def _console(stderr: bool = False) -> Console:
+    """Piped output (CI logs, `| tee`) is not a terminal: rich would wrap tables at 80 columns; give them 120.
+    NO_COLOR set and not empty (no-color.org): no styles at all, even on a terminal or with FORCE_COLOR (rich
+    alone drops the colours but keeps bold)."""
+    plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
+    return Console(stderr=stderr, width=None if (sys.stderr if stderr else sys.stdout).isatty() else 120, **plain)
+
+
+console, err_console = _console(), _console(stderr=True)
+
+
+def show(renderable) -> None:
+    """Print to stdout; piped, at least as wide as its widest table needs, so that no table row wraps in a log."""
+    from rich.protocol import rich_cast
+    from rich.table import Table
+
+    renderable, width = rich_cast(renderable), console.width
+    if not console.is_terminal:
+        tables = [r for r in getattr(renderable, "renderables", [renderable]) if isinstance(r, Table)]
+        wide = console.options.update_width(1000)  # measured unclamped, not at the console's 120 columns
+        console.width = max([width, *(console.measure(t, options=wide).maximum for t in tables)])
+    try:
+        console.print(renderable)
+    finally:
+        console.width = width
 
 
 @contextlib.contextmanager

@@ -13,13 +13,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bsprof import distributed
 from bsprof.cli import signals
-from bsprof.cli.app import app, console, err_console, user_errors
+from bsprof.cli.app import app, console, err_console, show, user_errors
 from bsprof.config import MeasureConfig, resolve
 from bsprof.errors import BsprofError, ConfigError
 from bsprof.output import files
-from bsprof.output.render import estimate_text
+from bsprof.output.render import estimate_text, fmt
 from bsprof.output.report import Report
-from bsprof.results import Estimate
+from bsprof.results import Estimate, finite
 
 O = typer.Option
 
@@ -51,17 +51,22 @@ def measure(
     track_training: Optional[bool] = O(None, "--track-training/--no-track-training", help="Also estimate B_simple "
                                        "from the training steps between measurements (per-example norms). [on]"),
     figures: bool = O(True, "--figures/--no-figures", help="Write noise_scale.png."),
-    quiet: bool = O(False, "--quiet", "-q", help="No progress bar or table."),
+    quiet: bool = O(False, "--quiet", "-q", help="Print only errors (the results are in --out)."),
+    verbose: bool = O(False, "--verbose", "-v", help="Also say which probe was chosen and why, and a detail line "
+                      "per measurement (loss, |G|², tr(Σ), precision, draws)."),
     debug: bool = O(False, "--debug", help="On an error in your code, also print the full traceback."),
 ):
     """Measure the gradient noise scale B_simple = tr(Σ)/|G|² along a short probe training."""
     overrides = {k: v for k, v in locals().items() if k in MeasureConfig.__dataclass_fields__}
     report = Report()
     with user_errors():
+        if quiet and verbose:
+            raise ConfigError("--quiet and --verbose contradict each other", "pass one of them")
         cfg = resolve(MeasureConfig, config, overrides)
         with distributed.session(cfg.device) as comm:  # one process unless launched by torchrun
             with _output_folder(out, comm):
-                _run(spec, cfg, report, out, figures, quiet or not comm.is_main, comm, debug)
+                _run(spec, cfg, report, out, figures, quiet or not comm.is_main, comm, debug,
+                     verbose and comm.is_main)
 
 
 @contextlib.contextmanager
@@ -76,8 +81,10 @@ def _output_folder(out: Path, comm: distributed.Comm):
 
 
 def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: bool, quiet: bool,
-         comm: distributed.Comm = distributed.LOCAL, debug: bool = False) -> None:
-    """Measure and write the report; under torchrun only rank 0 writes and prints (other ranks stay quiet)."""
+         comm: distributed.Comm = distributed.LOCAL, debug: bool = False, verbose: bool = False) -> None:
+    """Measure and write the report; under torchrun only rank 0 writes and prints (other ranks stay quiet).
+    Progress goes to stderr: a live bar on a terminal, else a line per measurement; ``verbose`` adds the probe
+    chosen and why, and a detail line per measurement (on a terminal too)."""
     from bsprof.engine.loop import measure as run_measure
 
     failure: BaseException | None = None
@@ -88,17 +95,29 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
                       disable=quiet, transient=True) as bar:
             task = bar.add_task("probe training", total=cfg.steps, status="")
 
+            def say(line: str) -> None:
+                err_console.print(line, highlight=False, markup=False, soft_wrap=True)  # grep-able logs
+
             def progress(kind: str, info: dict) -> None:
-                if kind == "train":
+                if kind == "setup" and verbose:
+                    say(f"probe: {info['method']} ({info['why']})")
+                    say(f"device {info['device']}; optimizer {info['optimizer']} (lr {info['lr']}); dataset "
+                        f"{info['dataset_size']} examples")
+                elif kind == "train":
                     bar.update(task, completed=info["step"], status=f"loss {info['loss']:.4g}")
                 elif kind == "draw":
                     bar.update(task, status=f"measuring at step {info['step']}: B_simple "
                                f"{estimate_text(_estimate(info['estimate']))}")
-                elif kind == "measured" and not quiet and not err_console.is_terminal:  # logs: a line each
+                elif kind == "measured" and (verbose or not (quiet or err_console.is_terminal)):  # logs: a line
                     row = info["row"]
-                    err_console.print(f"step {row.step}: B_simple {estimate_text(row.b_simple)} ({row.n_draws} "
-                                      f"draws, {row.examples} examples, {row.seconds:.1f} s); elapsed "
-                                      f"{time.perf_counter() - started:.1f} s", highlight=False, markup=False)
+                    say(f"step {row.step}: B_simple {estimate_text(row.b_simple)} ({row.n_draws} draws, "
+                        f"{row.examples} examples, {row.seconds:.1f} s); elapsed "
+                        f"{time.perf_counter() - started:.1f} s")
+                    if verbose:
+                        h = row.b_simple.rel_halfwidth
+                        say(f"  loss {fmt(row.loss, 4)}, |G|² {fmt(row.g2.value)}, tr(Σ) {fmt(row.trace_sigma)}; "
+                            f"{f'±{h:.0%}' if finite(h) else 'unbounded'} (asked ±{cfg.rel_error:.0%}), stopped by "
+                            f"{row.stopped_by}; probe {row.method}, draws of b = {row.b}, B = {row.B}")
 
             try:
                 with distributed.stop_on_sigterm(comm):
@@ -144,7 +163,7 @@ def _write(report: Report, out: Path, figures: bool, quiet: bool,
         err_console.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False)
         return False, err
     if not quiet:
-        console.print(report)
+        show(report)
         console.print(f"wrote {escape(', '.join(str(p) for p in paths.values()))}", highlight=False)
     return True, None
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from bsprof.cli.app import app, console, user_errors
+from bsprof.cli.app import app, console, show, user_errors
 from bsprof.cli.source import is_spec, load
 from bsprof.errors import ConfigError
 
@@ -31,11 +31,11 @@ def report_command(
 
             check_folder(out, "--out")  # before reading or measuring anything
         report = load(source, "report", window=window)
-    console.print(report)
+    show(report)
     if layers and report.layers:
         from bsprof.output.render import layers_table
 
-        console.print(layers_table(report))
+        show(layers_table(report))
     if out is not None:
         with user_errors():
             paths = report.write(out)

@@ -22,12 +22,12 @@ from bsprof import distributed
 from bsprof.config import MeasureConfig, as_dict
 from bsprof.engine import diagnostics, scales
 from bsprof.engine.data import Examples
-from bsprof.engine.sampling import Sampling, groups_of, measure_at
+from bsprof.engine.sampling import Sampling, group_types, groups_of, measure_at
 from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_optimizer, load_spec
 from bsprof.errors import BsprofError, NonFiniteError, SpecError
 from bsprof.output.report import Report
 from bsprof.probes import Probe
-from bsprof.probes.choose import choose
+from bsprof.probes.choose import choose, reason
 from bsprof.results import Estimate, LayerEstimate, Measurement, Status
 from bsprof.stats.estimators import NoiseScale
 
@@ -130,8 +130,9 @@ def _row(step: int, cfg: MeasureConfig, est: NoiseScale, draws, stopped_by: str,
         diversity_bound=est.gradient_diversity_bound * scale)
 
 
-def _layer_rows(step: int, names: list[str], est: NoiseScale, scale: float) -> list[LayerEstimate]:
-    return [LayerEstimate(step, names[j], g2, tr, Estimate(b, lo, hi, st).scaled(scale))
+def _layer_rows(step: int, names: list[str], types: list[str], est: NoiseScale,
+                scale: float) -> list[LayerEstimate]:
+    return [LayerEstimate(step, names[j], g2, tr, Estimate(b, lo, hi, st).scaled(scale), types[j])
             for j, (g2, tr, b, lo, hi, st) in est.layers.items()]
 
 
@@ -146,7 +147,9 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
             progress: Progress | None = None, comm: distributed.Comm | None = None) -> Report:
     """Run the probe training and measure along it; returns (and fills) the report.
 
-    ``comm``: the data-parallel ranks (``distributed.session``); default: the caller's process group, if any.
+    ``progress(kind, info)`` hears: setup (the probe chosen and why, device, optimizer), measure, draw, measured
+    (the row), train (step, loss). ``comm``: the data-parallel ranks (``distributed.session``); default: the
+    caller's process group, if any.
     """
     report = report if report is not None else Report()
     comm = comm or distributed.current()
@@ -184,6 +187,9 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                      "optimizer_lr": optimizer.param_groups[0].get("lr"), "dataset_size": examples.n,
                      "tokens_per_example": (spec.tokens_per_example or cfg.tokens_per_example) or None}
     diagnostics.before_run(report, model, optimizer, examples, invalid, cfg)
+    say("setup", {"method": probe, "why": reason(cfg.method, chosen, invalid), "device": str(device),
+                  "optimizer": report.config["optimizer"], "lr": report.config["optimizer_lr"],
+                  "dataset_size": examples.n})
     if spec.optimizer is not None and cfg.lr != MeasureConfig.lr:
         report.diagnose("lr_not_used", f"--lr {cfg.lr:g} was not used: the spec's optimizer() sets its own "
                         f"learning rate ({optimizer.param_groups[0].get('lr')}); change it there.")
@@ -193,6 +199,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         report.config.update(batch_size=batch_size, batch_size_asked=cfg.batch_size)
         cfg = dataclasses.replace(cfg, batch_size=batch_size)
     names, group_index = trainable_groups(model)
+    types = group_types(model, names)
     points = set(measure_steps(cfg.steps, cfg.measure_every))
     track = cfg.track_training and comm.world == 1 and chosen.per_example  # pairs from training steps (b = 1)
     step, tracker, phase = 0, None, "measuring"
@@ -213,7 +220,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                                                                     sampling, group_index, scale))
                 if window is not None:
                     row = dataclasses.replace(row, b_simple_window=window[0], window_steps=window[1])
-                report.add(row, _layer_rows(step, names, est, scale))
+                report.add(row, _layer_rows(step, names, types, est, scale))
                 say("measured", {"step": step, "row": report.measurements[-1]})
             if step < cfg.steps:
                 phase = "training"

@@ -51,6 +51,16 @@ def groups_of(names: list[str]) -> tuple[list[str], np.ndarray]:
     return order, np.array([order.index(o) for o in owners])
 
 
+def group_types(model: nn.Module, names: list[str]) -> list[str]:
+    """The class name of each group's module ('Linear'); the model's own class for '(root)', '' if not found."""
+    def kind(name: str) -> str:
+        try:
+            return type(model if name == "(root)" else model.get_submodule(name)).__name__
+        except AttributeError:
+            return ""
+    return [kind(n) for n in names]
+
+
 def one_draw(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, B: int, group: np.ndarray,
              loss_scale: float = 1.0, comm: Comm = LOCAL) -> Draw:
     """B examples without replacement, chunked through the probe; sums chunk statistics into one Draw.

@@ -16,6 +16,8 @@ def fmt(x, digits: int = 3) -> str:
         return "–"
     if isinstance(x, float) and math.isinf(x):
         return "∞"
+    if isinstance(x, float) and 1e3 <= abs(float(f"{x:.{digits}g}")) < 1e5:  # 6190, not 6.19e+03: narrower
+        return f"{float(f'{x:.{digits}g}'):.0f}"
     if isinstance(x, float):
         return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.3e}"
     return str(x)
@@ -70,5 +72,5 @@ def layers_table(report) -> Table:
     for col in ("layer", "|G|²", "tr(Σ)", "B_simple"):
         table.add_column(col, justify="right" if col != "layer" else "left")
     for r in (r for r in report.layers if r.step == last):
-        table.add_row(r.layer, fmt(r.g2), fmt(r.trace_sigma), estimate_text(r.b_simple))
+        table.add_row(r.label, fmt(r.g2), fmt(r.trace_sigma), estimate_text(r.b_simple))
     return table

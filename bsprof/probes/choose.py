@@ -59,4 +59,13 @@ def choose(method: str, model: nn.Module, loss_fn: LossFn | None = None, pair=No
     return probe, invalid
 
 
-__all__ = ["choose", "per_example_invalid"]
+def reason(method: str, probe: Probe, invalid: str | None) -> str:
+    """Which rule of ``choose`` picked ``probe``, in words (``bsprof measure --verbose``)."""
+    if method != "auto":
+        return f"asked with --method {method}"
+    if invalid:
+        return f"auto: {invalid}, so micro-batches"
+    return "auto: per-example gradients are valid (no batch-coupled layer; the loss does not mix examples)"
+
+
+__all__ = ["choose", "per_example_invalid", "reason"]

@@ -21,7 +21,7 @@ import numpy as np
 from bsprof.errors import BsprofError, ConfigError, ReportError, short
 from bsprof.results import Estimate, Measurement, finite, is_adam_family
 from bsprof.schedule import predict, rules
-from bsprof.schedule.fit import fit_noise_scale
+from bsprof.schedule.fit import NoiseFit, fit_noise_scale
 from bsprof.schedule.stages import Schedule, Stage
 
 
@@ -120,6 +120,14 @@ def usable_rows(report, cfg: ScheduleConfig) -> tuple[list[tuple[Measurement, Es
     return pairs, col
 
 
+def noise_fit(report, config: ScheduleConfig) -> tuple[NoiseFit, str, list[tuple[Measurement, Estimate]]]:
+    """The fit of B_n(L) that ``plan`` follows, the noise scale it is of, and the rows it was fitted to."""
+    rows, col = usable_rows(report, config)
+    loss = np.array([r.loss for r, _ in rows], float)
+    b, lo, hi = (np.array([getattr(e, k) for _, e in rows], float) for k in ("value", "lo", "hi"))
+    return fit_noise_scale(loss, b, lo, hi, config.confidence, config.form), col, rows
+
+
 def check_target(target: float, losses, fit, cfg: ScheduleConfig) -> list[str]:
     """Raise ExtrapolationError when the target is far below the measured losses; return warnings."""
     lo, hi, start = float(np.min(losses)), float(np.max(losses)), float(losses[0])
@@ -186,13 +194,9 @@ def _baselines(path, batch_train: float, cfg: ScheduleConfig, sched: dict) -> li
 
 def plan(report, config: ScheduleConfig) -> Schedule:
     """The batch-size (and learning-rate) schedule from the report's start to ``config.target_loss``."""
-    rows, col = usable_rows(report, config)
+    fit, col, rows = noise_fit(report, config)
     steps = np.array([r.step for r, _ in rows], float)
     loss = np.array([r.loss for r, _ in rows], float)
-    b = np.array([e.value for _, e in rows], float)
-    lo = np.array([e.lo for _, e in rows], float)
-    hi = np.array([e.hi for _, e in rows], float)
-    fit = fit_noise_scale(loss, b, lo, hi, config.confidence, config.form)
     warnings = check_target(config.target_loss, loss, fit, config)
     batch_train = float(report.config.get("batch_size") or 32)
     if not report.config.get("batch_size"):

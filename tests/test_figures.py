@@ -1,0 +1,50 @@
+"""The figure: measured noise scales with their intervals, and the fit `bsprof schedule` follows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from bsprof.output.figures import noise_scale_figure, plot_noise_scale  # noqa: E402
+from bsprof.output.report import Report  # noqa: E402
+from bsprof.schedule.plan import ScheduleConfig, noise_fit  # noqa: E402
+
+V1 = Path(__file__).parent / "assets" / "v1"
+FIT = "that `bsprof schedule` uses"
+
+
+def _labels(ax) -> list[str]:
+    return ax.get_legend_handles_labels()[1]
+
+
+def test_the_loss_panel_draws_the_schedules_fit(tmp_path):
+    import matplotlib.pyplot as plt
+
+    report = Report.from_json(V1 / "report_adam_hessian.json")  # Adam: `schedule` follows B_pre
+    fig = noise_scale_figure(report)
+    by_step, by_loss = fig.axes
+    assert not any(FIT in t for t in _labels(by_step))
+    [line] = [ln for ln in by_loss.get_lines() if FIT in ln.get_label()]
+    fit, col, _ = noise_fit(report, ScheduleConfig())
+    assert col == "b_pre" and line.get_label().startswith("fit of B_pre (Adam) that `bsprof schedule` uses")
+    x, y = line.get_data()
+    np.testing.assert_allclose(y, fit(x))  # the very curve `schedule` fits, over the measured losses
+    assert x.min() == pytest.approx(fit.loss_min) and x.max() == pytest.approx(fit.loss_max)
+    assert by_loss.get_xscale() == "log" and by_loss.get_xlabel() and by_loss.get_ylabel()
+    plt.close(fig)
+    assert plot_noise_scale(report, tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_no_fit_line_from_a_single_measurement():
+    import matplotlib.pyplot as plt
+
+    report = Report.from_json(V1 / "report_least_squares.json")  # --steps 0: one measurement
+    assert len(report.measurements) == 1
+    fig = noise_scale_figure(report)
+    assert not any(FIT in t for ax in fig.axes for t in _labels(ax))
+    assert any("B_simple" in t for t in _labels(fig.axes[1]))
+    plt.close(fig)
