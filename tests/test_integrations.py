@@ -4,7 +4,13 @@ is not installed (pip install 'bsprof[lightning,hf,tensorboard]')."""
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +22,7 @@ import bsprof
 from bsprof.integrations.loggers import kind_of, log_to, scalars, write
 from bsprof.schedule import Schedule, ScheduleError, Stage
 from bsprof.schedule.apply import ScheduleLR
+from bsprof.track import read_log
 
 D, H = 8, 16
 
@@ -196,9 +203,6 @@ def lightning_run(tmp_path, accum: int, steps: int = 20, callback=None, schedule
 
 
 def _csv_metrics(trainer):
-    import csv
-    from pathlib import Path
-
     rows = list(csv.DictReader(open(Path(trainer.logger.log_dir) / "metrics.csv")))
     return [r for r in rows if r.get("bsprof/b_simple_lo")]
 
@@ -254,6 +258,42 @@ def test_lightning_follows_a_schedule(tmp_path, schedule, sizes, applied):
     assert [(p, a) for p, a, _ in cb.applied] == applied
     assert [d.B for d in cb.tracker.draws] == sizes and not cb.unmeasured
     assert [d.b for d in cb.tracker.draws] == [1 if n == 8 else 8 for n in sizes]  # k = 1: per-example norms
+
+
+@pytest.mark.slow  # two Lightning processes importing torch and Lightning: 40-50 s on a loaded 2-core machine
+@pytest.mark.distributed
+@pytest.mark.parametrize("source,accum,b,B", [("ddp", 1, 8, 16), ("auto", 2, 8, 32), ("auto", 1, 1, 16)],
+                         ids=["ddp-source", "ddp+accumulate2", "ddp+per_example"])
+def test_lightning_ddp_agrees_with_a_plain_ddp_tracker(tmp_path, source, accum, b, B):
+    """Trainer(strategy="ddp", devices=2) on CPU (gloo): Lightning re-runs the script for rank 1, so the run is a
+    standalone script (tests/assets/lightning_ddp_worker.py) started as a subprocess. Rank 0's pairs equal those
+    of the same loop with DDP and a Tracker by hand; b and B are one rank's micro-batch (per-rank batch for the
+    ddp source, 1 for per-example norms) and the global batch; B_simple is logged with an interval."""
+    pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'bsprof[lightning]')")
+    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+        pytest.skip("needs torch.distributed with gloo")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root), "MASTER_ADDR": "127.0.0.1"}
+    env.pop("MASTER_PORT", None)  # Lightning picks a free one
+    run = subprocess.run([sys.executable, str(root / "tests/assets/lightning_ddp_worker.py"), str(tmp_path),
+                          str(accum), source], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["world"] == 2 and r["steps"] == list(range(12)) and not r["unmeasured"] and r["closed"]
+    got, ref = np.array(r["pairs"]), np.array(r["ref_pairs"])
+    assert got.shape == (12, 4) and set(got[:, 2]) == {b} and set(got[:, 3]) == {B}
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    value, lo, hi, status = r["estimate"]
+    assert status == "ok" and 0 < lo < value < hi < math.inf
+    assert value == pytest.approx(r["ref_estimate"][0], rel=1e-4)
+    log = read_log(Path(r["log_dir"]) / "bsprof.jsonl")       # rank 0's JSONL: one header, 12 steps
+    assert log.header["world_size"] == 2 and log.header["source"] == source
+    np.testing.assert_allclose([[d.small_sq_total, d.big_sq_total, d.b, d.B] for d in log.draws], got, rtol=1e-9)
+    rows = [x for x in csv.DictReader(open(Path(r["log_dir"]) / "metrics.csv")) if x.get("bsprof/b_simple_lo")]
+    assert [int(x["step"]) for x in rows] == [3, 7, 11]          # log_every=4
+    assert float(rows[-1]["bsprof/b_simple_lo"]) == pytest.approx(lo, rel=1e-6)
+    assert float(rows[-1]["bsprof/b_simple_hi"]) == pytest.approx(hi, rel=1e-6)
+    assert r["latest"]["bsprof/b_simple"] == pytest.approx(value)
 
 
 # -- Hugging Face Trainer ----------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ def test_integration_docs_run(requires, tmp_path, monkeypatch, capsys):
         assert list(tmp_path.rglob("bsprof.jsonl")) and list(tmp_path.rglob("metrics.csv"))
     if requires == ("transformers", "accelerate"):
         assert "bsprof/g2" in out and "'loss'" in out and (tmp_path / "hf-out" / "bsprof.jsonl").is_file()
+        assert "[(8, 8, 4)] [8, 8, 8, 8, 8, 8, 8, 8, 32, 32, 32, 32] [0.05, 0.1]" in out  # the planned ramp
     if requires == ("tensorboard",):
         assert "bsprof/b_simple" in out and list((tmp_path / "runs").rglob("events.out.tfevents*"))
     if requires == ():

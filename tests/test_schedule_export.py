@@ -90,17 +90,87 @@ def test_cli_framework_formats(tmp_path):
     assert r.exit_code == 2 and "--seq-length" in r.output and "Traceback" not in r.output
 
 
-def test_megatron_own_calculator_follows_the_ramp():
-    """Megatron-core's RampupBatchsizeNumMicroBatchesCalculator, fed the written flags, gives each stage's batch at
-    the stage's first sample (pip install --no-deps megatron-core: pure Python for this class)."""
-    calc = pytest.importorskip("megatron.core.num_microbatches_calculator",
-                               reason="megatron-core is not installed (pip install --no-deps megatron-core)")
-    back = READERS["megatron"](WRITERS["megatron"](RAMP))
+def _megatron_calculator():
+    """megatron/core/num_microbatches_calculator.py loaded by itself: it imports only the standard library, and
+    importing the megatron.core package (its __init__) takes 10-40 s. None when megatron-core is not installed."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("megatron")  # a namespace package: finding it runs nothing
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "core" / "num_microbatches_calculator.py"
+        if path.is_file():
+            mod_spec = importlib.util.spec_from_file_location("_megatron_num_microbatches_calculator", path)
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+            return module
+    return None
+
+
+@pytest.mark.parametrize("schedule,seq_length", [(RAMP, 0), (sched([0, 24, 36, 44], [32, 64, 96, 128], micro=4,
+                                                                    world=8, unit="tokens"), 2)],
+                         ids=["sequences", "tokens"])
+def test_megatron_own_calculator_follows_the_ramp(schedule, seq_length):
+    """Megatron-core's RampupBatchsizeNumMicroBatchesCalculator, fed the written flags, run the way Megatron-LM's
+    training loop runs it (update(consumed_samples) before each step, then consumed_samples += the global batch),
+    gives the planned global batch and micro-batch count at every step of the schedule.
+    pip install --no-deps "megatron-core<0.17" (a 2.6 MB wheel; 0.17+ needs Python 3.12)."""
+    calc = _megatron_calculator()
+    if calc is None:
+        pytest.skip('megatron-core is not installed (pip install --no-deps "megatron-core<0.17")')
+    back = READERS["megatron"](WRITERS["megatron"](schedule, seq_length=seq_length))
     start, inc, samples = back["ramp"]
-    world = RAMP.stages[0].world_size
-    c = calc.RampupBatchsizeNumMicroBatchesCalculator(back["global"], back["micro"], world, False, 0, start, inc,
-                                                      samples)
-    for sample, batch in zip(Plan(RAMP).starts, Plan(RAMP).batches):
-        c.update(sample, consistency_check=True)
-        assert c.get_current_global_batch_size() == batch
-        assert c.get() == batch // (back["micro"] * world)  # micro-batches per rank
+    world = schedule.stages[0].world_size
+    calc.init_num_microbatches_calculator(0, [start, inc, samples], back["global"], back["micro"], world)
+    consumed, per_seq = 0, seq_length if schedule.unit == "tokens" else 1
+    try:
+        for step in range(schedule.stages[-1].start_step + 20):
+            calc.update_num_microbatches(consumed, consistency_check=True)
+            batch = calc.get_current_global_batch_size()
+            assert batch == schedule.batch_size_at(step=step) // per_seq, step
+            assert calc.get_num_microbatches() == batch // (back["micro"] * world)  # micro-batches per rank
+            consumed += calc.get_micro_batch_size() * world * calc.get_num_microbatches()
+    finally:
+        calc.destroy_num_microbatches_calculator()
+
+
+class _DataParallel:
+    """The one question DeepSpeedConfig asks a model-parallel unit (mpu): the data-parallel world size."""
+
+    def __init__(self, world):
+        self.world = world
+
+    def get_data_parallel_world_size(self):
+        return self.world
+
+
+def test_deepspeed_own_config_and_set_train_batch_size(monkeypatch):
+    """Each stage of the DeepSpeed JSON passes DeepSpeed's own batch checks (DeepSpeedConfig's train_batch_size =
+    micro × accumulation × data-parallel size, with the world size from an mpu), and DeepSpeedEngine's own
+    set_train_batch_size, called as the loop does at each stage's step, gives the stage's accumulation.
+    pip install --no-deps deepspeed hjson msgpack py-cpuinfo einops ninja (the sdist builds without compiling)."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("DeepSpeed is not installed (pip install --no-deps deepspeed hjson msgpack py-cpuinfo einops "
+                    "ninja)")
+    from types import SimpleNamespace
+
+    from deepspeed.runtime import config as ds_config
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    monkeypatch.setattr(ds_config.dist, "get_rank", lambda: 0)  # no process group: the mpu gives the world size
+    plan = json.loads(WRITERS["deepspeed"](DOUBLING))
+    world, micro = plan["world_size"], plan["train_micro_batch_size_per_gpu"]
+    first = plan["stages"][0]
+    keys = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+    engine = SimpleNamespace(_config=ds_config.DeepSpeedConfig({k: first[k] for k in keys}, mpu=_DataParallel(world)),
+                             dp_world_size=world, train_micro_batch_size_per_gpu=lambda: micro)
+    for stage in plan["stages"]:
+        cfg = ds_config.DeepSpeedConfig({k: stage[k] for k in keys}, mpu=_DataParallel(world))
+        assert (cfg.train_batch_size, cfg.gradient_accumulation_steps) == (stage["train_batch_size"],
+                                                                           stage["gradient_accumulation_steps"])
+        DeepSpeedEngine.set_train_batch_size(engine, stage["train_batch_size"])
+        assert engine._config.gradient_accumulation_steps == stage["gradient_accumulation_steps"]
+    with pytest.raises(ValueError, match="divisible"):
+        DeepSpeedEngine.set_train_batch_size(engine, micro * world + 1)
