@@ -39,7 +39,15 @@ from bsprof.probes.base import (
     per_example_losses,
     trainable,
 )
-from bsprof.probes.layers import ModuleRule, embedding, rule_for, sq_sum, total_sq_sum
+from bsprof.probes.layers import (
+    ModuleRule,
+    embedding,
+    explicit,
+    explicit_weight,
+    rule_for,
+    sq_sum,
+    total_sq_sum,
+)
 from bsprof.probes.vmap import _Objective
 
 
@@ -104,6 +112,9 @@ class _Pass:
                 self.owned[mod] = (rule, direct)
         self.calls, self.shared = [], []  # (slots, output grad_fn); embeddings called without a batch dim
         self.expected, self.pending, self.parts, self.handles = Counter(), defaultdict(list), [], []
+        self.explicit: set[int] = set()   # weights whose call forms the per-example gradients explicitly
+        self.reuse: set[int] = set()      # ... of which Σ_i g_i is taken from those (``choose_reuse``)
+        self.sums: dict[int, Tensor] = {}
 
     @property
     def fallback(self) -> set:
@@ -138,6 +149,21 @@ class _Pass:
             return
         self.calls.append((slots, out.grad_fn))
         self.handles.append(out.register_hook(partial(self.backward_hook, rule, mod, slots, x.detach())))
+        if explicit_weight(rule, mod, x, out):
+            self.explicit |= {k for n, k in slots if n == "weight"}
+
+    def choose_reuse(self) -> None:
+        """Weights whose Σ_i g_i is the sum of the explicit per-example gradients their rule forms anyway, so that
+        autograd skips their weight gradient (the same multiply-adds again). Only a weight used once, by a layer
+        whose bias is also measured: the bias keeps δ flowing to the layer's output (and so its hook firing)
+        when the weight is left out of ``autograd.grad``'s inputs."""
+        index = {id(p): k for k, p in enumerate(self.params)}
+        for mod, (_, slots) in self.owned.items():
+            named = dict(slots)
+            k, bias = named.get("weight"), named.get("bias")
+            if (k in self.explicit and bias is not None and self.expected[k] == 1 and self.expected[bias] == 1
+                    and k not in self.why and bias not in self.why and index.get(id(mod.bias)) == bias):
+                self.reuse.add(k)
 
     def broadcast_embeddings(self, seen: set) -> None:
         """Embeddings called on indices without a batch dim (``pos(torch.arange(T))``, [T] or [1, T]).
@@ -232,6 +258,12 @@ class _Pass:
                                   f"parameter {name!r} (it returned {sorted(found)})",
                                   "a rule must return every trainable parameter of its module")
             shape = self.params[k].shape
+            if k in self.reuse:  # the explicit per-example gradients give both numbers
+                g = explicit(found[name], shape)
+                flat = g.reshape(-1)
+                self.parts.append((k, torch.dot(flat, flat)))
+                self.sums[k] = g.sum(0)
+                continue
             if self.expected[k] == 1:
                 self.parts.append((k, sq_sum(found[name], shape)))
                 continue
@@ -320,10 +352,17 @@ def per_example_hooks(model: nn.Module, loss_fn: LossFn, batch, count: int, *,
                               + fallback_text({names[k]: r for k, r in state.why.items()}),
                               "register a rule for the layer (bsprof.probes.register_rule), or drop strict to "
                               "accept the fallback")
+        state.choose_reuse()
         state.armed = True
         total = losses.sum()
-        grads = torch.autograd.grad(total * loss_scale if loss_scale != 1.0 else total, params,
+        rest = [k for k in range(len(params)) if k not in state.reuse]
+        found = torch.autograd.grad(total * loss_scale if loss_scale != 1.0 else total, [params[k] for k in rest],
                                     allow_unused=True, materialize_grads=True)
+        grads = [None] * len(params)
+        for k, g in zip(rest, found):
+            grads[k] = g
+        for k in state.reuse:
+            grads[k] = state.sums[k].to(params[k].dtype)
     finally:
         state.armed = False
         for h in handles + state.handles:

@@ -116,7 +116,7 @@ def sq_sum(c: Factored | Tensor, shape: torch.Size) -> Tensor:
     if c.onehot and T > ONEHOT_GHOST_MAX_T:
         return _onehot_sq_sum(c)
     m, n = c.m, c.v.shape[-1]
-    if T * T * (n + (0 if c.onehot else m)) < m * n * (1 + (0 if c.onehot else T)):
+    if c.onehot and T * T * n < m * n or not c.onehot and not _linear_explicit(m, n, T):
         v = c.v.flatten(0, 1)
         gu = torch.bmm(c.u.flatten(0, 1), c.u.flatten(0, 1).transpose(1, 2)) if not c.onehot else _gram_u(c, c)
         return torch.dot(gu.reshape(-1), torch.bmm(v, v.transpose(1, 2)).reshape(-1))
@@ -331,6 +331,27 @@ def hf_conv1d(mod: nn.Module, x: Tensor, d: Tensor) -> dict:
     if _wanted(mod, "bias"):
         out["bias"] = d[:, 0, 0] if d.shape[2] == 1 else d.sum((1, 2))
     return out
+
+
+def _linear_explicit(m: int, n: int, T: int) -> bool:
+    """Whether ``sq_sum`` takes a dense Factored g_i = Σ_t u_t v_tᵀ (u: m, v: n wide, T terms) explicitly."""
+    return T > 1 and not T * T * (n + m) < m * n * (1 + T)
+
+
+def explicit_weight(rule, mod: nn.Module, x: Tensor, out: Tensor) -> bool:
+    """Whether ``rule`` will form the per-example weight gradients [B, *W.shape] of this call explicitly: then
+    Σ_i g_i is their sum, and autograd need not compute the weight gradient a second time (``probes.hooks``)."""
+    if rule is conv:
+        G = mod.groups
+        L, m, n = out[0, 0].numel(), mod.out_channels // G, mod.weight[0].numel()
+        return L * (m + n) >= m * n
+    if rule is linear:
+        m, n = mod.weight.shape
+        return _linear_explicit(m, n, x[0].numel() // n)
+    if rule is hf_conv1d:
+        n, m = mod.weight.shape  # [in, out]: u = x (in wide), v = δ (out wide)
+        return _linear_explicit(n, m, x[0].numel() // n)
+    return False
 
 
 # Layers of optional packages, known by (module, class name), so that finding them imports nothing.
