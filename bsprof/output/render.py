@@ -32,6 +32,16 @@ def estimate_text(est: Estimate | None) -> str:
     return Status.UNDETERMINED.value
 
 
+def headline_text(s) -> str:
+    """'Critical batch ≈ 30 [24, 39] examples (B_simple over training-step windows, path average …; SGD: …)'."""
+    est = s.critical_batch
+    if est is None or est.status is not Status.OK:
+        what = "> " + fmt(est.lo) if est is not None and est.status is Status.LOWER_BOUND else "undetermined"
+        return f"Critical batch {what} {s.unit} ({s.critical_batch_reason or 'nothing measured'})"
+    return (f"Critical batch ≈ {fmt(est.value)} [{fmt(est.lo)}, {fmt(est.hi)}] {s.unit} "
+            f"({s.critical_batch_reason})")
+
+
 def report_table(report) -> Group:
     conf = report.config.get("confidence", 0.9)
     table = Table(title=f"gradient noise scale ({report.unit}; {conf:.0%} intervals)", title_justify="left")
@@ -48,6 +58,7 @@ def report_table(report) -> Group:
     parts = [table]
     s = report.summary
     if report.measurements:
+        parts.append(Text(headline_text(s), style="bold"))
         line = f"B_simple at step {s.step}: {estimate_text(s.b_simple)} {report.unit}"
         if s.growth is not None:
             line += f"   ({'grew' if s.growth >= 1 else 'fell'} {s.growth:.1f}× over the run)"

@@ -119,7 +119,8 @@ def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str,
     """The noise scale to follow and why. ``auto`` goes by measured evidence (``EVIDENCE``: global sweeps with
     the lr tuned per batch, against the B_crit over the path each quantity predicts):
     - SGD: B_simple from the training steps' own pairs (``b_simple_window``) predicted 0.96× and 1.32× the swept
-      B_crit on two tasks, fixed-weight B_simple 1.96× and 2.89×; so the window when the report has it;
+      B_crit on two tasks, fixed-weight B_simple 1.96× and 2.89×; so the window when the report has it, else
+      B_noise (0.83× and 0.81×) when measured (``--hessian``);
     - Adam family: every quantity fell short (0.33–0.50× on one task); B_pre, the preconditioned noise scale
       Adam's update sees, when measured;
     - else B_simple, which every report has (on the noisy quadratic model its B_crit is within a few % of the
@@ -131,6 +132,9 @@ def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str,
     if not is_adam_family(optimizer) and _determined(rows, "b_simple_window") >= 2:
         return "b_simple_window", ("auto: B_simple from the training steps predicted swept critical batches "
                                    f"within 0.96–1.32× under SGD, fixed-weight B_simple 1.96–2.89× ({EVIDENCE})")
+    if not is_adam_family(optimizer) and _determined(rows, "b_noise") >= 2:
+        return "b_noise", ("auto: under SGD, B_noise predicted swept critical batches within 0.81–0.83×, "
+                           f"fixed-weight B_simple 1.96–2.89× ({EVIDENCE})")
     return "b_simple", "auto: the noise scale every report has"
 
 
