@@ -37,6 +37,8 @@ def test_value_is_the_schedules_path_average_to_the_lowest_loss():
     sched = plan(r, ScheduleConfig(target_loss=lowest))
     assert s.critical_batch_quantity == "b_simple_window"
     assert s.critical_batch.value == pytest.approx(sched.prediction["b_crit"], rel=1e-9)
+    p = sched.prediction  # no model widening here (SGD, training windows): the schedule's interval, too
+    assert (s.critical_batch.lo, s.critical_batch.hi) == pytest.approx((p["b_crit_lo"], p["b_crit_hi"]), rel=1e-9)
     assert s.critical_batch.lo < s.critical_batch.value < s.critical_batch.hi
     # no model widening for the training-window B_simple under SGD: the interval is the measurements' own
     assert 0.7 < s.critical_batch.lo / s.critical_batch.value < 0.95

@@ -80,7 +80,8 @@ def widen(est: Estimate, factors: tuple[float, float]) -> Estimate:
 def critical_batch(report) -> Headline:
     """The headline critical batch of ``report`` (module docstring)."""
     from bsprof.schedule import predict
-    from bsprof.schedule.plan import ScheduleConfig, choose_noise, fit_rows, noise_path, training_batch, usable_rows
+    from bsprof.schedule.plan import (ScheduleConfig, b_crit_bounds, choose_noise, fit_rows, noise_path,
+                                      training_batch, usable_rows)
 
     rows_all, optimizer = report.measurements, report.config.get("optimizer")
     cfg = ScheduleConfig(target_loss=1.0, confidence=report.config.get("confidence") or 0.9)
@@ -91,13 +92,11 @@ def critical_batch(report) -> Headline:
         batch_train, _ = training_batch(report)
         fit, steps, loss = fit_rows(rows, cfg.confidence)
         target = float(min(loss))
-        ends = {}
-        for end in ("value", "lo", "hi"):
-            f = fit if end == "value" else fit_rows(rows, cfg.confidence, fit.form, end)[0]
-            ends[end] = predict.critical_batch(noise_path(f, steps, loss, batch_train, target))["b_crit"]
+        value = predict.critical_batch(noise_path(fit, steps, loss, batch_train, target))["b_crit"]
+        lo, hi = b_crit_bounds(rows, fit, steps, loss, batch_train, target, cfg.confidence)
     except (BsprofError, ValueError, ArithmeticError, IndexError):
         return _one_point(rows_all, col, optimizer, factors)
-    value, lo, hi = ends["value"], min(ends.values()), max(ends.values())
+    lo, hi = min(lo, value), max(hi, value)
     if not all(math.isfinite(x) and x > 0 for x in (value, lo, hi)):
         return _one_point(rows_all, col, optimizer, factors)
     path = f"path average, loss {max(loss):.3g} → {target:.3g}"

@@ -273,6 +273,21 @@ def noise_path(fit, steps, loss, batch_train: float, target: float):
     return predict.loss_path(meas_l, meas_s, target, fit)
 
 
+def b_crit_bounds(rows, fit, steps, loss, batch_train: float, target: float,
+                  confidence: float = 0.9) -> tuple[float, float]:
+    """(lo, hi) of the path's B_crit from its sampling error: the same path integral through the lower ends and
+    through the upper ends of every measurement's interval (``fit_rows`` with values "lo"/"hi", the form of
+    ``fit`` held fixed). Conservative: every measurement at its bound at once. NaN where a bound's path fails."""
+    out = []
+    for end in ("lo", "hi"):
+        try:
+            f = fit_rows(rows, confidence, fit.form, end)[0]
+            out.append(predict.critical_batch(noise_path(f, steps, loss, batch_train, target))["b_crit"])
+        except (BsprofError, ValueError, ArithmeticError):
+            out.append(math.nan)
+    return (min(out), max(out)) if all(math.isfinite(x) for x in out) else (math.nan, math.nan)
+
+
 def training_batch(report) -> tuple[float, list[str]]:
     if report.config.get("batch_size"):
         return float(report.config["batch_size"]), []
@@ -321,6 +336,8 @@ def plan(report, config: ScheduleConfig) -> Schedule:
     stages, capped = cap_lr(stages, lr0, config.lr_cap)
     bt, bt_lo, bt_hi = fit.interval(config.target_loss, config.confidence)
     pred = {"steps": float(s_cum[-1]), "examples": float(e_cum[-1]), **predict.critical_batch(path),
+            **dict(zip(("b_crit_lo", "b_crit_hi"),
+                       b_crit_bounds(rows, fit, steps, loss, batch_train, config.target_loss, config.confidence))),
             "b_noise_target": bt, "b_noise_target_lo": bt_lo, "b_noise_target_hi": bt_hi}
     why = choose_noise(config, report.measurements, optimizer)[1]
     notes.insert(0, f"noise scale followed: {col} ({why}); fit {fit.form}; lr rule {lr_rule} "
