@@ -80,8 +80,15 @@ def widen(est: Estimate, factors: tuple[float, float]) -> Estimate:
 def critical_batch(report) -> Headline:
     """The headline critical batch of ``report`` (module docstring)."""
     from bsprof.schedule import predict
-    from bsprof.schedule.plan import (ScheduleConfig, b_crit_bounds, choose_noise, fit_rows, noise_path,
-                                      training_batch, usable_rows)
+    from bsprof.schedule.plan import (
+        ScheduleConfig,
+        b_crit_bounds,
+        choose_noise,
+        fit_rows,
+        noise_path,
+        training_batch,
+        usable_rows,
+    )
 
     rows_all, optimizer = report.measurements, report.config.get("optimizer")
     cfg = ScheduleConfig(target_loss=1.0, confidence=report.config.get("confidence") or 0.9)

@@ -12,9 +12,9 @@ times the measured range ln(L_highest/L_lowest), unless ``allow_extrapolation`` 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
-import dataclasses
 from dataclasses import asdict, dataclass
 
 import numpy as np

@@ -85,7 +85,8 @@ def quad_draws(model: LeastSquares, rng: np.random.Generator, reps: int, B: int,
 
 def standard_errors(coverage_: float, reps: int, nominal: float = 0.9) -> dict:
     """Binomial standard errors of a coverage over ``reps``: of the measured proportion, and at the nominal one."""
-    return {"se": math.sqrt(coverage_ * (1 - coverage_) / reps), "se_nominal": math.sqrt(nominal * (1 - nominal) / reps)}
+    return {"se": math.sqrt(coverage_ * (1 - coverage_) / reps),
+            "se_nominal": math.sqrt(nominal * (1 - nominal) / reps)}
 
 
 def covers(est, truth: float) -> tuple[bool, str]:
