@@ -112,3 +112,22 @@ def test_bsprof_report_shows_it():
     assert res.exit_code == 0, res.output
     flat = " ".join(res.stdout.split())
     assert "Critical batch ≈" in flat and "bsprof sweep" in flat
+
+
+def test_headline_to_a_target_loss(tmp_path):
+    """`bsprof report --target-loss L`: the same path average ending at L (the schedule's B_crit to L)."""
+    from typer.testing import CliRunner
+
+    from bsprof.cli import app
+
+    r = report()
+    h = critical_batch(r, 0.8)
+    assert h.estimate.value == pytest.approx(plan(r, ScheduleConfig(target_loss=0.8)).prediction["b_crit"], rel=1e-9)
+    assert h.estimate.value < r.summary.critical_batch.value  # B_crit grows as the target loss falls
+    assert "→ 0.8" in h.reason
+    path = r.to_json(tmp_path / "report.json")
+    res = CliRunner().invoke(app, ["report", str(path), "--target-loss", "0.8"])
+    assert res.exit_code == 0, res.output
+    assert "→ 0.8;" in " ".join(res.stdout.split())
+    res = CliRunner().invoke(app, ["report", str(path), "--target-loss", "0.01"])  # far below the measured losses
+    assert res.exit_code == 2 and "extrapolation" in res.output

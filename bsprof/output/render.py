@@ -42,7 +42,8 @@ def headline_text(s) -> str:
             f"({s.critical_batch_reason})")
 
 
-def report_table(report) -> Group:
+def report_table(report, summary=None) -> Group:
+    """The measurements, then the summary (``summary``: default ``report.summary``), diagnostics, incompleteness."""
     conf = report.config.get("confidence", 0.9)
     table = Table(title=f"gradient noise scale ({report.unit}; {conf:.0%} intervals)", title_justify="left")
     extra = [(k, name) for k, name in (("b_simple_window", "B_simple (training)"), ("b_noise", "B_noise"),
@@ -56,7 +57,7 @@ def report_table(report) -> Group:
                       *(estimate_text(getattr(r, k)) for k, _ in extra), fmt(r.g2.value), fmt(r.trace_sigma),
                       str(r.n_draws), str(r.examples), r.stopped_by)
     parts = [table]
-    s = report.summary
+    s = summary or report.summary
     if report.measurements:
         parts.append(Text(headline_text(s), style="bold"))
         line = f"B_simple at step {s.step}: {estimate_text(s.b_simple)} {report.unit}"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bsprof.errors import BsprofError
+from bsprof.errors import BsprofError, ReportError
 from bsprof.results import Estimate, Status, is_adam_family
 
 # (optimizer family, quantity or "*"): multipliers of the interval's (lower, upper) end — swept / estimated B_crit
@@ -77,12 +77,14 @@ def widen(est: Estimate, factors: tuple[float, float]) -> Estimate:
     return Estimate(est.value, est.lo * factors[0], est.hi * factors[1], est.status)
 
 
-def critical_batch(report) -> Headline:
-    """The headline critical batch of ``report`` (module docstring)."""
+def critical_batch(report, target_loss: float | None = None) -> Headline:
+    """The headline critical batch of ``report`` (module docstring): the path to the lowest measured loss, or to
+    ``target_loss`` (refused with ``ExtrapolationError`` when far below the measured losses, as by the schedule)."""
     from bsprof.schedule import predict
     from bsprof.schedule.plan import (
         ScheduleConfig,
         b_crit_bounds,
+        check_target,
         choose_noise,
         fit_rows,
         noise_path,
@@ -98,7 +100,16 @@ def critical_batch(report) -> Headline:
         rows, col = usable_rows(report, cfg)
         batch_train, _ = training_batch(report)
         fit, steps, loss = fit_rows(rows, cfg.confidence)
-        target = float(min(loss))
+    except (BsprofError, ValueError, ArithmeticError, IndexError) as e:
+        if target_loss is None:
+            return _one_point(rows_all, col, optimizer, factors)
+        if isinstance(e, BsprofError):
+            raise
+        raise ReportError(f"no critical batch to loss {target_loss:g}: the noise scale cannot be fitted ({e})",
+                          "measure during training: `bsprof measure SPEC --steps 300`") from e
+    target = float(min(loss)) if target_loss is None else float(target_loss)
+    extrapolated = check_target(target, loss, fit, cfg) if target_loss is not None else []
+    try:
         value = predict.critical_batch(noise_path(fit, steps, loss, batch_train, target))["b_crit"]
         lo, hi = b_crit_bounds(rows, fit, steps, loss, batch_train, target, cfg.confidence)
     except (BsprofError, ValueError, ArithmeticError, IndexError):
@@ -106,7 +117,7 @@ def critical_batch(report) -> Headline:
     lo, hi = min(lo, value), max(hi, value)
     if not all(math.isfinite(x) and x > 0 for x in (value, lo, hi)):
         return _one_point(rows_all, col, optimizer, factors)
-    path = f"path average, loss {max(loss):.3g} → {target:.3g}"
+    path = f"path average, loss {max(loss):.3g} → {target:.3g}" + (" (extrapolated)" if extrapolated else "")
     return Headline(widen(Estimate(value, lo, hi), factors), col, reason(optimizer, col, path))
 
 
