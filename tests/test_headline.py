@@ -131,3 +131,13 @@ def test_headline_to_a_target_loss(tmp_path):
     assert "→ 0.8;" in " ".join(res.stdout.split())
     res = CliRunner().invoke(app, ["report", str(path), "--target-loss", "0.01"])  # far below the measured losses
     assert res.exit_code == 2 and "extrapolation" in res.output
+
+
+def test_tracker_log_rows_are_training_windows():
+    """A tracker log's B_simple column comes from training-step windows (stopped_by "window"): no ÷4."""
+    r = report(quantity="b_simple")
+    r.measurements = [m.__class__(**{**m.__dict__, "stopped_by": "window"}) for m in r.measurements]
+    s = r.summary
+    assert s.critical_batch_quantity == "b_simple_window"
+    assert s.critical_batch.lo > 0.5 * s.critical_batch.value
+    assert "training-step windows" in s.critical_batch_reason

@@ -117,6 +117,9 @@ def critical_batch(report, target_loss: float | None = None) -> Headline:
     lo, hi = min(lo, value), max(hi, value)
     if not all(math.isfinite(x) and x > 0 for x in (value, lo, hi)):
         return _one_point(rows_all, col, optimizer, factors)
+    if col == "b_simple" and all(r.stopped_by == "window" for r, _ in rows):
+        col = "b_simple_window"  # a tracker log: its B_simple column comes from the training steps' own pairs
+        factors = model_range(optimizer, col)
     path = f"path average, loss {max(loss):.3g} → {target:.3g}" + (" (extrapolated)" if extrapolated else "")
     return Headline(widen(Estimate(value, lo, hi), factors), col, reason(optimizer, col, path))
 
