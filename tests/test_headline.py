@@ -141,3 +141,9 @@ def test_tracker_log_rows_are_training_windows():
     assert s.critical_batch_quantity == "b_simple_window"
     assert s.critical_batch.lo > 0.5 * s.critical_batch.value
     assert "training-step windows" in s.critical_batch_reason
+
+
+def test_other_optimizers_are_not_called_sgd():
+    s = report("RMSprop", quantity="b_simple").summary
+    assert "RMSprop: never compared with sweeps" in s.critical_batch_reason and "SGD" not in s.critical_batch_reason
+    assert s.critical_batch.hi > 3 * s.critical_batch.value

@@ -3,7 +3,7 @@
 **Value.** B_crit = E_min/S_min over the measured path (McCandlish et al. 2018, eq. 2.12; ``predict.critical_batch``)
 of the noise scale `bsprof schedule` follows by default (``plan.choose_noise``), from the first measured loss down
 to the lowest one: the schedule's "B_crit over the path" (``plan.fit_rows`` → ``plan.noise_path``) with the target
-at the lowest measured loss, so nothing is extrapolated.
+at the lowest measured loss, so nothing is extrapolated (or at a ``target_loss`` asked: `bsprof report -t L`).
 
 **Interval**, two parts, both stated in the reason and in docs/science.md ("Which critical batch bsprof reports"):
 1. sampling: the same path integral through the lower ends and through the upper ends of every measurement's
@@ -12,7 +12,7 @@ at the lowest measured loss, so nothing is extrapolated.
    (scripts/results/critical_batch_evidence.md; issue 14). Under the Adam family the noise scale fell short of
    the sweep 2–3× on one task and exceeded it 1.6–2.1× on another: ×3 either way. Under SGD the fixed-weight
    B_simple was 1.05–4× too high: the lower end ÷4. The training-window B_simple and B_noise were within
-   0.69–1.34× under SGD (two tasks): not widened.
+   0.69–1.34× under SGD (two tasks): not widened. Other optimizers were never compared: ×3 as under Adam.
 
 With fewer than two usable measurements at falling losses there is no path: the headline is the last
 measurement's value of the same quantity, widened the same way, and the reason says so.
@@ -30,6 +30,7 @@ from bsprof.results import Estimate, Status, is_adam_family
 MODEL_RANGE = {
     ("adam", "*"): (1 / 3, 3.0),      # digits MLP: 0.31–0.60 (per seed, paths); char transformer: B_pre 1.6–2.1
     ("sgd", "b_simple"): (1 / 4, 1.0),  # 1.05 (char transformer) to 3.98 (MNIST CNN) too high
+    ("other", "*"): (1 / 3, 3.0),     # optimizers never compared with sweeps (RMSprop, Lion, …): as wide as Adam
 }
 
 NAMES = {"b_simple": "fixed-weight B_simple", "b_simple_window": "B_simple over training-step windows",
@@ -39,13 +40,15 @@ NAMES = {"b_simple": "fixed-weight B_simple", "b_simple_window": "B_simple over 
 REASONS = {
     "sgd": {
         "b_simple_window": "SGD: 0.86–1.34× of swept critical batches on 2 tasks, fixed-weight B_simple 1.6–4× "
-                           "(docs/science.md)",
-        "b_noise": "SGD: 0.69–1.03× of swept critical batches on 2 tasks (docs/science.md)",
+                           "(docs/science.md §6)",
+        "b_noise": "SGD: 0.69–1.03× of swept critical batches on 2 tasks (docs/science.md §6)",
         "b_simple": "SGD: fixed-weight B_simple was 1.05–4× the swept critical batch, lower end ÷4 "
-                    "(docs/science.md); measure with training-step windows",
+                    "(docs/science.md §6); measure with training-step windows",
     },
     "adam": "Adam: the noise scale under- or over-estimated the swept critical batch by up to ~2–3× in our "
-            "checks, interval ×3 (docs/science.md); confirm with `bsprof sweep`",
+            "checks, interval ×3 (docs/science.md §6); confirm with `bsprof sweep`",
+    "other": "{optimizer}: never compared with sweeps, interval ×3 as under Adam (docs/science.md §6); confirm with "
+             "`bsprof sweep`",
 }
 
 
@@ -57,7 +60,10 @@ class Headline:
 
 
 def _family(optimizer: str | None) -> str:
-    return "adam" if is_adam_family(optimizer) else "sgd"
+    """adam (the Adam family), sgd (SGD, or no optimizer recorded: the probe's default), or other."""
+    if is_adam_family(optimizer):
+        return "adam"
+    return "sgd" if not optimizer or optimizer.lower() == "sgd" else "other"
 
 
 def model_range(optimizer: str | None, quantity: str) -> tuple[float, float]:
@@ -68,8 +74,10 @@ def model_range(optimizer: str | None, quantity: str) -> tuple[float, float]:
 def reason(optimizer: str | None, quantity: str, path: str) -> str:
     """One line: what the number is, and how far it was from sweeps for this optimizer family and quantity."""
     fam = _family(optimizer)
-    why = REASONS["adam"] if fam == "adam" else REASONS["sgd"].get(
-        quantity, "SGD: this quantity was not compared with sweeps (docs/science.md)")
+    if fam == "sgd":
+        why = REASONS["sgd"].get(quantity, "SGD: this quantity was not compared with sweeps (docs/science.md §6)")
+    else:
+        why = REASONS[fam].format(optimizer=optimizer)
     return f"{NAMES.get(quantity, quantity)}, {path}; {why}"
 
 

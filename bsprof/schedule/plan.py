@@ -347,7 +347,8 @@ def plan(report, config: ScheduleConfig) -> Schedule:
         notes.append("under Adam, B_simple tends to underestimate the critical batch (Merrill et al. 2025)")
     if is_adam_family(optimizer):
         notes.append("B_crit's interval is the sampling error only: under the Adam family the noise scale was "
-                     "0.3–2.1× the swept critical batch in our checks (docs/science.md §6); confirm with `bsprof sweep`")
+                     "0.3–2.1× the swept critical batch in our checks (docs/science.md §6); confirm with "
+                     "`bsprof sweep`")
     assumed = assumptions(report, lr0, lr_rule, batch_train)
     if capped:
         warnings.append(capped)
