@@ -362,6 +362,9 @@ class Summary:
     b_pre: Estimate | None = None
     growth: float | None = None
     reason: str | None = None
+    critical_batch: Estimate | None = None     # the headline (``bsprof.schedule.headline``): path average of ...
+    critical_batch_quantity: str | None = None  # ... this noise scale (b_simple_window, b_noise, b_pre, b_simple)
+    critical_batch_reason: str | None = None    # one line: why this quantity, how far it was from sweeps
 
     @property
     def status(self) -> Status:
@@ -383,7 +386,8 @@ class Summary:
         return json_clean({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     def to_row(self) -> dict:
-        """The flat form of schema 1: b_simple, b_simple_lo, b_simple_hi, status, step, loss, … ."""
+        """The flat form of schema 1: b_simple, b_simple_lo, b_simple_hi, status, step, loss, … (the headline
+        critical batch is schema 2 only: ``to_dict``)."""
         row = {**self.b_simple.to_row("b_simple", "status"), "step": self.step, "loss": self.loss, "g2": self.g2,
                "trace_sigma": self.trace_sigma, "unit": self.unit, "n_measurements": self.n_measurements,
                "examples_measured": self.examples_measured}

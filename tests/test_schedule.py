@@ -330,3 +330,110 @@ def test_noise_auto_follows_the_evidence_and_every_quantity_can_be_asked():
     asked = plan(adam, ScheduleConfig(target_loss=0.25, noise="b_simple", allow_extrapolation=True))
     assert "b_simple (asked" in asked.notes[0]
     assert any("noise must be one of" in p for p in ScheduleConfig(target_loss=0.2, noise="b_magic").problems())
+
+
+# -- issue 14: every quantity, a minimum batch, a recommendation, stated assumptions ------------------------------
+def all_quantities_report(optimizer="SGD"):
+    """Three measurements holding every noise scale a row can: window, B_noise, B_pre, ranks, regression."""
+    rows = []
+    for s, l, b in ((100, 1.0, 50.0), (200, 0.5, 100.0), (300, 0.3, 160.0)):
+        row = dict(step=s, loss=l, b_simple=b, b_simple_lo=0.8 * b, b_simple_hi=1.2 * b, status="ok",
+                   b_simple_regression=1.1 * b, regression_g2=1.0, regression_trace_sigma=b, regression_fit_p=0.5,
+                   regression_dof=2, regression_fit_failed=False, b_simple_ranks=0.9 * b, b_simple_ranks_lo=0.7 * b,
+                   b_simple_ranks_hi=1.1 * b, status_ranks="ok", g2_ranks=1.0, trace_sigma_ranks=b, b_ranks=16,
+                   world_size=2)
+        for k, f in (("b_simple_window", 0.5), ("b_noise", 0.8), ("b_pre", 2.0)):
+            row.update({k: f * b, f"{k}_lo": 0.7 * f * b, f"{k}_hi": 1.4 * f * b, f"{k}_status": "ok"})
+        rows.append(row)
+    return Report(config={"optimizer": optimizer, "batch_size": 32, "lr": 0.1}, measurements=rows)
+
+
+@pytest.mark.parametrize("noise", ["b_simple", "b_simple_window", "b_noise", "b_pre", "b_simple_ranks",
+                                   "b_simple_regression"])
+def test_noise_accepts_every_quantity_the_report_holds(noise):
+    from bsprof.schedule.plan import NOISES, held
+
+    report = all_quantities_report()
+    assert set(held(report.measurements)) == set(NOISES)
+    s = plan(report, ScheduleConfig(target_loss=0.25, noise=noise, allow_extrapolation=True))
+    assert f"noise scale followed: {noise} (asked" in s.notes[0]
+    factor = {"b_simple": 1, "b_simple_window": 0.5, "b_noise": 0.8, "b_pre": 2, "b_simple_ranks": 0.9,
+              "b_simple_regression": 1.1}[noise]
+    base = plan(report, ScheduleConfig(target_loss=0.25, noise="b_simple", allow_extrapolation=True))
+    assert s.prediction["b_crit"] == pytest.approx(factor * base.prediction["b_crit"], rel=0.05)
+
+
+def test_noise_missing_from_report_names_the_ones_it_holds():
+    from bsprof.errors import ReportError
+
+    with pytest.raises(ReportError) as e:
+        plan(synthetic_report(), ScheduleConfig(target_loss=0.5, noise="b_noise"))
+    assert "--noise b_simple" in e.value.hint
+
+
+def test_cli_noise_b_noise(tmp_path):
+    path = tmp_path / "report.json"
+    all_quantities_report().to_json(path)
+    runner, app = _runner()
+    res = runner.invoke(app, ["schedule", str(path), "-t", "0.25", "--noise", "b_noise", "--allow-extrapolation",
+                              "--format", "json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert "noise scale followed: b_noise" in out["notes"][0]
+    assert out["recommendation"]["use"] in ("schedule", "constant") and out["assumptions"]
+
+
+def test_small_lm_does_not_start_at_batch_one():
+    """Issue 14: a small LM's early noise scale ~1 made the schedule start at batch 1."""
+    report = synthetic_report(bstar=5.3)  # B ≈ 1 at the first loss, ≈ 33 at the last
+    assert report.measurements[0].b_simple.value < 2
+    s = plan(report, ScheduleConfig(target_loss=0.45))
+    assert s.stages[0].batch_size == 8 and s.config["min_batch"] == 8
+    assert any("smallest batch 8 (auto" in n for n in s.notes)
+    report.config["micro_batch"] = 16  # never below the probe's micro-batch
+    assert plan(report, ScheduleConfig(target_loss=0.45)).stages[0].batch_size == 16
+    assert plan(report, ScheduleConfig(target_loss=0.45, min_batch=1)).stages[0].batch_size == 1  # asked
+    report.config["batch_size"] = 4  # never above the batch the run trained at
+    assert plan(report, ScheduleConfig(target_loss=0.45)).stages[0].batch_size == 4
+
+
+def test_recommendation_pure():
+    from bsprof.schedule.plan import recommend
+
+    base = [{"batch_size": 32, "steps": 100.0, "examples": 3200.0}, {"batch_size": 64, "steps": 80.0,
+                                                                     "examples": 5120.0}]
+    assert recommend({"steps": 90.0, "examples": 4000.0}, base)["use"] == "schedule"  # trades, no dominance
+    r = recommend({"steps": 120.0, "examples": 6000.0}, base)
+    assert r["use"] == "constant" and r["batch_size"] == 64 and "constant batch of 64" in r["text"]
+    assert recommend({"steps": 100.0, "examples": 3200.0}, base)["use"] == "schedule"  # a tie is no win
+
+
+def test_constant_batch_that_beats_the_schedule_is_recommended(report_file):
+    """PadaDamp from batch 1 takes more steps and more examples than a constant 128 (McCandlish model)."""
+    s = plan(synthetic_report(), ScheduleConfig(target_loss=0.4, rule="padadamp", b0=1, rate=2, min_batch=1))
+    rec = s.recommendation
+    assert rec["use"] == "constant" and rec["steps"] < s.prediction["steps"]
+    assert rec["examples"] < s.prediction["examples"]
+    assert json.loads(json.dumps(s.to_dict()))["recommendation"]["batch_size"] == rec["batch_size"]
+    assert Schedule.from_dict(s.to_dict()).recommendation == rec
+    runner, app = _runner()
+    res = runner.invoke(app, ["schedule", str(report_file), "-t", "0.4", "--rule", "padadamp", "--b0", "1",
+                              "--rate", "2", "--min-batch", "1"])
+    assert res.exit_code == 0, res.output
+    assert f"recommendation: use a constant batch of {rec['batch_size']}" in " ".join(res.stdout.split())
+
+
+def test_assumptions_and_lr_cap():
+    """The predicted steps assume the probe's lr scaled by the rule: said in the output; lrs beyond 2× the
+    probed one are capped, with a warning, unless --lr-cap 0."""
+    report = synthetic_report()  # B_n grows to ~1000 ≫ B_train 32: linear scaling asks up to ~30× the lr
+    s = plan(report, ScheduleConfig(target_loss=0.4, max_batch=1024))
+    assert "predicted steps assume lr = 0.1 × linear(B/B_train)" in s.assumptions[0]
+    assert "measure at the lr you will train with" in s.assumptions[0]
+    assert max(st.lr for st in s.stages) <= 0.2 + 1e-12
+    assert any("lr capped at 2× the training lr" in w for w in s.warnings)
+    free = plan(report, ScheduleConfig(target_loss=0.4, max_batch=1024, lr_cap=0))
+    assert max(st.lr for st in free.stages) > 0.2 and not any("capped" in w for w in free.warnings)
+    other = plan(report, ScheduleConfig(target_loss=0.4, lr=0.5))
+    assert any("differs from the lr 0.1" in a for a in other.assumptions)
+    assert any("lr_cap must be" in p for p in ScheduleConfig(target_loss=0.4, lr_cap=0.5).problems())

@@ -20,6 +20,8 @@ def report_command(
     window: int = typer.Option(100, "--window", help="Tracker logs: steps per windowed estimate."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also rewrite the CSV files and figures here."),
     layers: bool = typer.Option(False, "--layers", help="Show the per-layer breakdown of the last measurement."),
+    target_loss: Optional[float] = typer.Option(None, "--target-loss", "-t", help="End the headline critical "
+                                                "batch's path at this loss (default: the lowest measured loss)."),
 ):
     """Show a saved report: the measurements, the summary, the diagnostics."""
     with user_errors():
@@ -31,7 +33,11 @@ def report_command(
 
             check_folder(out, "--out")  # before reading or measuring anything
         report = load(source, "report", window=window)
-    show(report)
+        if target_loss is not None:
+            from bsprof.output.render import report_table
+
+            shown = report_table(report, report.summary_at(target_loss))
+    show(report if target_loss is None else shown)
     if layers and report.layers:
         from bsprof.output.render import layers_table
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -35,7 +36,8 @@ def schedule(
     factor: Optional[float] = O(None, help="geodamp: growth factor. [2]"),
     every: Optional[int] = O(None, help="geodamp: steps between growths. [1000]"),
     multiple_of: Optional[int] = O(None, help="Round batches to multiples of N (0: powers of two). [0]"),
-    min_batch: Optional[int] = O(None, help="Smallest batch. [1]"),
+    min_batch: Optional[int] = O(None, help="Smallest batch (0: auto = max(8, the probe's micro-batch), at most "
+                                 "the training batch). [0]"),
     max_batch: Optional[str] = O(None, help="Largest batch, or 'auto': measure the largest micro-batch that "
                                  "fits on the device (SPEC.py + CUDA) and accumulate above it. [65536]"),
     micro_batch: Optional[int] = O(None, help="Largest per-rank micro-batch; above it: accumulation. [no limit]"),
@@ -43,9 +45,11 @@ def schedule(
     dwell: Optional[int] = O(None, help="Minimum steps between two batch changes. [50]"),
     lr_rule: Optional[str] = O(None, help="linear (SGD), sqrt (Adam), none, auto (by optimizer). [auto]"),
     lr: Optional[float] = O(None, help="Learning rate at the training batch. [the report's]"),
+    lr_cap: Optional[float] = O(None, help="Emit at most this × the training batch's lr (lrs beyond what was "
+                                "probed are untested; 0: no cap). [2]"),
     noise: Optional[str] = O(None, help="Noise scale to follow: auto (by evidence: the training-steps B_simple "
                              "under SGD, B_pre under Adam, else B_simple), b_simple, b_simple_window, b_noise, "
-                             "b_pre. [auto]"),
+                             "b_pre, b_simple_ranks, b_simple_regression. [auto]"),
     form: Optional[str] = O(None, help="Fit of the noise scale vs loss: auto (AIC), power, hyperbola. [auto]"),
     allow_extrapolation: Optional[bool] = O(None, "--allow-extrapolation", help="Plan even far beyond the "
                                             "measured losses (a loud warning instead of exit 2)."),
@@ -149,6 +153,10 @@ def tables(result) -> list:
         mark = " (current)" if b.get("current") else ""
         bt.add_row(f"{b['batch_size']:,}{mark}", f"{b['steps']:,.0f}", f"{b['examples']:,.0f}",
                    f"{-b.get('steps_saved', 0):+.0%}", f"{-b.get('examples_saved', 0):+.0%}")
-    lines = [f"B_crit over the path ≈ {p['b_crit']:.4g} {u} (S_min {p['s_min']:,.0f} steps); noise scale at the "
+    lines = [f"B_crit over the path ≈ {p['b_crit']:.4g} [{p.get('b_crit_lo', math.nan):.4g}, "
+             f"{p.get('b_crit_hi', math.nan):.4g}] {u} (S_min {p['s_min']:,.0f} steps); noise scale at the "
              f"target {p['b_noise_target']:.4g} [{p['b_noise_target_lo']:.4g}, {p['b_noise_target_hi']:.4g}]"]
+    if result.recommendation:
+        lines.insert(0, f"recommendation: {result.recommendation['text']}")
+    lines += [f"assumption: {a}" for a in result.assumptions]
     return [st, bt, "\n".join(lines + [f"note: {n}" for n in result.notes])]

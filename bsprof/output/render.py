@@ -34,7 +34,18 @@ def estimate_text(est: Estimate | None) -> str:
     return Status.UNDETERMINED.value
 
 
-def report_table(report) -> Group:
+def headline_text(s) -> str:
+    """'Critical batch ≈ 30 [24, 39] examples (B_simple over training-step windows, path average …; SGD: …)'."""
+    est = s.critical_batch
+    if est is None or est.status is not Status.OK:
+        what = "> " + fmt(est.lo) if est is not None and est.status is Status.LOWER_BOUND else "undetermined"
+        return f"Critical batch {what} {s.unit} ({s.critical_batch_reason or 'nothing measured'})"
+    return (f"Critical batch ≈ {fmt(est.value)} [{fmt(est.lo)}, {fmt(est.hi)}] {s.unit} "
+            f"({s.critical_batch_reason})")
+
+
+def report_table(report, summary=None) -> Group:
+    """The measurements, then the summary (``summary``: default ``report.summary``), diagnostics, incompleteness."""
     conf = report.config.get("confidence", 0.9)
     table = Table(title=f"gradient noise scale ({report.unit}; {conf:.0%} intervals)", title_justify="left")
     extra = [(k, name) for k, name in (("b_simple_window", "B_simple (training)"), ("b_noise", "B_noise"),
@@ -48,8 +59,9 @@ def report_table(report) -> Group:
                       *(estimate_text(getattr(r, k)) for k, _ in extra), fmt(r.g2.value), fmt(r.trace_sigma),
                       str(r.n_draws), str(r.examples), r.stopped_by)
     parts = [table]
-    s = report.summary
+    s = summary or report.summary
     if report.measurements:
+        parts.append(Text(headline_text(s), style="bold"))
         line = f"B_simple at step {s.step}: {estimate_text(s.b_simple)} {report.unit}"
         if s.growth is not None:
             line += f"   ({'grew' if s.growth >= 1 else 'fell'} {s.growth:.1f}× over the run)"

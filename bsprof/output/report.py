@@ -6,6 +6,7 @@ Round-trips through report.json (``output.codec``: schema 2, reads schema 1); re
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +49,20 @@ class Report:
     # -- reading --------------------------------------------------------------------------------------------
     @property
     def summary(self) -> Summary:
-        """The noise scale at the latest weights measured, and how much it grew over the run."""
-        return Summary.of(self.measurements, self.unit)
+        """The headline critical batch (``schedule.headline``), the noise scale at the latest weights measured,
+        and how much it grew over the run."""
+        return self.summary_at()
+
+    def summary_at(self, target_loss: float | None = None) -> Summary:
+        """``summary`` with the headline's path ending at ``target_loss`` (default: the lowest measured loss)."""
+        from bsprof.schedule.headline import critical_batch
+
+        s = Summary.of(self.measurements, self.unit)
+        if not self.measurements:
+            return s
+        h = critical_batch(self, target_loss)
+        return dataclasses.replace(s, critical_batch=h.estimate, critical_batch_quantity=h.quantity,
+                                   critical_batch_reason=h.reason)
 
     def to_frame(self):
         """The measurements as a pandas DataFrame of flat rows (the CSV columns)."""
@@ -93,7 +106,7 @@ class Report:
     def __rich__(self):
         from bsprof.output.render import report_table
 
-        return report_table(self)
+        return report_table(self, self.summary)
 
 
 def _typed(row, from_flat):

@@ -12,6 +12,7 @@ times the measured range ln(L_highest/L_lowest), unless ``allow_extrapolation`` 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
 from dataclasses import asdict, dataclass
@@ -21,7 +22,7 @@ import numpy as np
 from bsprof.errors import BsprofError, ConfigError, ReportError, short
 from bsprof.results import Estimate, Measurement, finite, is_adam_family
 from bsprof.schedule import predict, rules
-from bsprof.schedule.fit import NoiseFit, fit_noise_scale
+from bsprof.schedule.fit import fit_noise_scale
 from bsprof.schedule.stages import Schedule, Stage
 
 
@@ -42,14 +43,15 @@ class ScheduleConfig:
     factor: float = 2.0              # geodamp: multiply the batch by this ...
     every: int = 1000                # ... every this many steps (a few epochs)
     multiple_of: int = 0             # round to multiples of this (0: powers of two)
-    min_batch: int = 1
+    min_batch: int = 0               # smallest batch (0: auto, ``auto_min_batch``)
     max_batch: int = 65536
     dwell: int = 50                  # minimum steps between two batch changes
     lr_rule: str = "auto"            # linear (SGD), sqrt (Adam), none, auto (by the report's optimizer)
     lr: typing.Optional[float] = None  # learning rate at the training batch (default: the report's)
+    lr_cap: float = 2.0              # emitted lr at most this × the lr at the training batch (0: no cap)
     world_size: int = 1              # data-parallel ranks
     micro_batch: int = 0             # largest per-rank micro-batch (0: no limit, no accumulation)
-    noise: str = "auto"              # noise scale to follow: auto, b_simple, b_simple_window, b_noise, b_pre
+    noise: str = "auto"              # noise scale to follow: auto or one of ``NOISES``
     form: str = "auto"               # fit of B_n(L): auto (AIC), power, hyperbola
     allow_extrapolation: bool = False
     max_extrapolation: float = 0.5
@@ -63,12 +65,14 @@ class ScheduleConfig:
                               ("noise", ("auto", *NOISES)), ("form", ("auto", "power", "hyperbola"))):
             if getattr(self, name) not in allowed:
                 p.append(f"{name} must be one of {', '.join(allowed)} (got {short(getattr(self, name))})")
-        for name in ("min_batch", "max_batch", "world_size", "every"):
+        for name in ("max_batch", "world_size", "every"):
             if getattr(self, name) < 1:
                 p.append(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("multiple_of", "micro_batch", "dwell", "b0"):
+        for name in ("min_batch", "multiple_of", "micro_batch", "dwell", "b0"):
             if getattr(self, name) < 0:
                 p.append(f"{name} must be 0 or more (got {getattr(self, name)})")
+        if self.lr_cap != 0 and self.lr_cap < 1:
+            p.append(f"lr_cap must be 0 (no cap) or at least 1 (got {self.lr_cap})")
         if self.min_batch > self.max_batch:
             p.append(f"min_batch {self.min_batch} exceeds max_batch {self.max_batch}")
         if self.exchange_rate <= 0 or self.factor < 1 or self.rate < 0 or self.max_extrapolation < 0:
@@ -79,30 +83,59 @@ class ScheduleConfig:
 
 
 # -- inputs ------------------------------------------------------------------------------------------------
-NOISES = ("b_simple", "b_simple_window", "b_noise", "b_pre")  # every noise scale a report row may hold
+def _regression(r: Measurement) -> Estimate | None:
+    """The 1/B regression's B_simple has no interval of its own: NaN bounds (the fit then weights it as ±2×)."""
+    if r.regression is None or not finite(r.regression.b_simple) or r.regression.failed:
+        return None
+    return Estimate(r.regression.b_simple, math.nan, math.nan)
+
+
+NOISES = {  # every noise scale a report row may hold: name → the row's Estimate (None when not measured)
+    "b_simple": lambda r: r.b_simple,
+    "b_simple_window": lambda r: r.b_simple_window,
+    "b_noise": lambda r: r.b_noise,
+    "b_pre": lambda r: r.b_pre,
+    "b_simple_ranks": lambda r: r.ranks.b_simple if r.ranks else None,
+    "b_simple_regression": _regression,
+}
 EVIDENCE = "scripts/results/critical_batch_evidence.md"
 
 
+def noise_of(row: Measurement, col: str) -> Estimate | None:
+    """The noise scale ``col`` (a key of ``NOISES``) of one row."""
+    return NOISES[col](row)
+
+
 def _determined(rows, col: str) -> int:
-    return sum(1 for r in rows if getattr(r, col) is not None and getattr(r, col).ok and getattr(r, col).value > 0)
+    return sum(1 for r in rows if (e := noise_of(r, col)) is not None and e.ok and e.value > 0)
+
+
+def held(rows) -> list[str]:
+    """The noise scales determined (ok, positive) in at least one row."""
+    return [c for c in NOISES if _determined(rows, c)]
 
 
 def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str, str]:
     """The noise scale to follow and why. ``auto`` goes by measured evidence (``EVIDENCE``: global sweeps with
     the lr tuned per batch, against the B_crit over the path each quantity predicts):
     - SGD: B_simple from the training steps' own pairs (``b_simple_window``) predicted 0.96× and 1.32× the swept
-      B_crit on two tasks, fixed-weight B_simple 1.96× and 2.89×; so the window when the report has it;
-    - Adam family: every quantity fell short (0.33–0.50× on one task); B_pre, the preconditioned noise scale
-      Adam's update sees, when measured;
+      B_crit on two tasks, fixed-weight B_simple 1.96× and 2.89×; so the window when the report has it, else
+      B_noise (0.83× and 0.81×) when measured (``--hessian``);
+    - Adam family: every quantity fell short on digits (0.33–0.50×), B_pre was 1.6–2.1× too high on a char-level
+      transformer (issue 14); B_pre, the preconditioned noise scale Adam's update sees, when measured;
     - else B_simple, which every report has (on the noisy quadratic model its B_crit is within a few % of the
       exact one, tests/test_nqm.py)."""
     if cfg.noise != "auto":
         return cfg.noise, "asked with --noise"
     if is_adam_family(optimizer) and _determined(rows, "b_pre") >= 2:
-        return "b_pre", f"auto: Adam-family optimizer (measured under Adam all noise scales fell short, {EVIDENCE})"
+        return "b_pre", ("auto: Adam-family optimizer; B_pre is the noise scale Adam's update sees (under Adam every "
+                         f"noise scale was 0.3–2.1× the swept critical batch in our checks, {EVIDENCE})")
     if not is_adam_family(optimizer) and _determined(rows, "b_simple_window") >= 2:
         return "b_simple_window", ("auto: B_simple from the training steps predicted swept critical batches "
                                    f"within 0.96–1.32× under SGD, fixed-weight B_simple 1.96–2.89× ({EVIDENCE})")
+    if not is_adam_family(optimizer) and _determined(rows, "b_noise") >= 2:
+        return "b_noise", ("auto: under SGD, B_noise predicted swept critical batches within 0.81–0.83×, "
+                           f"fixed-weight B_simple 1.96–2.89× ({EVIDENCE})")
     return "b_simple", "auto: the noise scale every report has"
 
 
@@ -110,22 +143,16 @@ def usable_rows(report, cfg: ScheduleConfig) -> tuple[list[tuple[Measurement, Es
     """(row, noise scale followed) for rows whose noise scale is determined and positive at a finite loss,
     sorted by step."""
     col, _ = choose_noise(cfg, report.measurements, report.config.get("optimizer"))
-    pairs = [(r, getattr(r, col)) for r in report.measurements if r.b_simple.ok and finite(r.loss)]
+    pairs = [(r, noise_of(r, col)) for r in report.measurements if r.b_simple.ok and finite(r.loss)]
     pairs = sorted(((r, e) for r, e in pairs if e is not None and finite(e.value) and e.value > 0),
                    key=lambda p: p[0].step)
     if len({r.loss for r, _ in pairs}) < 2:
+        has = held(report.measurements)
+        fix = (f"follow a noise scale the report holds: --noise {' | '.join(has)}" if has and col not in has
+               else "measure during training: `bsprof measure SPEC --steps 300` (not --steps 0)")
         raise ReportError(f"the report has {len(pairs)} usable measurement(s) (status ok, finite {col}); "
-                          "a schedule needs at least two at different losses",
-                          "measure during training: `bsprof measure SPEC --steps 300` (not --steps 0)")
+                          "a schedule needs at least two at different losses", fix)
     return pairs, col
-
-
-def noise_fit(report, config: ScheduleConfig) -> tuple[NoiseFit, str, list[tuple[Measurement, Estimate]]]:
-    """The fit of B_n(L) that ``plan`` follows, the noise scale it is of, and the rows it was fitted to."""
-    rows, col = usable_rows(report, config)
-    loss = np.array([r.loss for r, _ in rows], float)
-    b, lo, hi = (np.array([getattr(e, k) for _, e in rows], float) for k in ("value", "lo", "hi"))
-    return fit_noise_scale(loss, b, lo, hi, config.confidence, config.form), col, rows
 
 
 def check_target(target: float, losses, fit, cfg: ScheduleConfig) -> list[str]:
@@ -192,37 +219,169 @@ def _baselines(path, batch_train: float, cfg: ScheduleConfig, sched: dict) -> li
     return out
 
 
-def plan(report, config: ScheduleConfig) -> Schedule:
-    """The batch-size (and learning-rate) schedule from the report's start to ``config.target_loss``."""
-    fit, col, rows = noise_fit(report, config)
+def recommend(prediction: dict, baselines: list[dict], unit: str = "examples") -> dict:
+    """Schedule or constant batch: a constant batch that needs no more predicted steps AND no more examples
+    than the schedule (one of them fewer) beats it; of those, the one with the fewest steps is recommended."""
+    s, e = prediction["steps"], prediction["examples"]
+    better = [b for b in baselines if b["steps"] <= s and b["examples"] <= e and (b["steps"] < s or b["examples"] < e)]
+    if not better:
+        return {"use": "schedule", "batch_size": None,
+                "text": "follow the schedule: no constant batch is predicted to need both fewer steps and fewer "
+                        f"{unit}"}
+    best = min(better, key=lambda b: (b["steps"], b["examples"]))
+    return {"use": "constant", "batch_size": best["batch_size"], "steps": best["steps"],
+            "examples": best["examples"],
+            "text": f"use a constant batch of {best['batch_size']:,} {unit}: predicted {best['steps']:,.0f} steps and "
+                    f"{best['examples']:,.0f} {unit}, fewer than the schedule's {s:,.0f} steps and {e:,.0f} {unit}"}
+
+
+def auto_min_batch(report, batch_train: float, max_batch: int) -> tuple[int, str]:
+    """The smallest batch when ``min_batch`` is 0 (auto): max(8, the probe's micro-batch), but never above the
+    training batch the report was measured at (that batch is known to work) nor above ``max_batch``.
+
+    Why: early in training the noise scale can be ~1 (a small LM at initialisation), and following it literally
+    starts at batch 1 — where per-step overhead dominates and the McCandlish model, fitted on batches ≥ the
+    probe's, is untested. 8 is the smallest batch bsprof's own probes use for micro-batch pairs."""
+    micro = int(report.config.get("micro_batch") or 0)
+    floor = max(8, micro)
+    value = max(1, min(floor, int(batch_train), max_batch))
+    return value, (f"smallest batch {value} (auto: max(8, probe micro-batch {micro or '–'}), at most the training "
+                   f"batch {int(batch_train)}; --min-batch to change)")
+
+
+def fit_rows(rows, confidence: float = 0.9, form: str = "auto", values: str = "value"):
+    """(fit of B_n(L), steps, losses) for (Measurement, Estimate) pairs by step (``usable_rows``).
+
+    ``values`` chooses the point each measurement contributes: its "value", or the "lo" or "hi" end of its
+    interval (where that end is not finite, the value); the fit's weights are the intervals' widths either way."""
     steps = np.array([r.step for r, _ in rows], float)
     loss = np.array([r.loss for r, _ in rows], float)
-    warnings = check_target(config.target_loss, loss, fit, config)
-    batch_train = float(report.config.get("batch_size") or 32)
-    if not report.config.get("batch_size"):
-        warnings.append("the report does not say the training batch: assumed 32 (the baselines and the lr "
-                        "scaling start from it)")
-    lr0 = config.lr or float(report.config.get("optimizer_lr") or report.config.get("lr") or 0.1)
-    optimizer = report.config.get("optimizer")
-    lr_rule = rules.resolve_lr_rule(config.lr_rule, optimizer)
+    v = np.array([e.value for _, e in rows], float)
+    lo = np.array([e.lo for _, e in rows], float)
+    hi = np.array([e.hi for _, e in rows], float)
+    b = {"value": v, "lo": lo, "hi": hi}[values]
+    b = np.where(np.isfinite(b) & (b > 0), b, v)
+    return fit_noise_scale(loss, b, lo, hi, confidence, form), steps, loss
+
+
+def noise_fit(report, config: ScheduleConfig) -> tuple[typing.Any, str, list[tuple[Measurement, Estimate]]]:
+    """The fit of B_n(L) that ``plan`` follows, the noise scale it is of, and the rows it was fitted to."""
+    rows, col = usable_rows(report, config)
+    return fit_rows(rows, config.confidence, config.form)[0], col, rows
+
+
+def noise_path(fit, steps, loss, batch_train: float, target: float):
+    """The loss path (S_min and B_n on a grid) from the first measured loss down to ``target`` (``predict``): the
+    one computation behind the schedule's B_crit and the report's headline critical batch."""
     meas_l, meas_s = predict.measured_minimal_steps(steps, loss, fit, batch_train)
     if len(meas_l) < 2:
         raise ReportError("the loss never decreased between measurements: no progress to extrapolate from",
                           "measure over more training steps (`bsprof measure SPEC --steps 500`)")
-    path = predict.loss_path(meas_l, meas_s, config.target_loss, fit)
+    return predict.loss_path(meas_l, meas_s, target, fit)
+
+
+def b_crit_bounds(rows, fit, steps, loss, batch_train: float, target: float,
+                  confidence: float = 0.9) -> tuple[float, float]:
+    """(lo, hi) of the path's B_crit from its sampling error: the same path integral through the lower ends and
+    through the upper ends of every measurement's interval (``fit_rows`` with values "lo"/"hi", the form of
+    ``fit`` held fixed). Conservative: every measurement at its bound at once. NaN where a bound's path fails."""
+    out = []
+    for end in ("lo", "hi"):
+        try:
+            f = fit_rows(rows, confidence, fit.form, end)[0]
+            out.append(predict.critical_batch(noise_path(f, steps, loss, batch_train, target))["b_crit"])
+        except (BsprofError, ValueError, ArithmeticError):
+            out.append(math.nan)
+    return (min(out), max(out)) if all(math.isfinite(x) for x in out) else (math.nan, math.nan)
+
+
+def training_batch(report) -> tuple[float, list[str]]:
+    if report.config.get("batch_size"):
+        return float(report.config["batch_size"]), []
+    return 32.0, ["the report does not say the training batch: assumed 32 (the baselines and the lr scaling start "
+                  "from it)"]
+
+
+def probe_lr(report) -> float | None:
+    lr = report.config.get("optimizer_lr") or report.config.get("lr")
+    return float(lr) if finite(lr) and lr > 0 else None
+
+
+def assumptions(report, lr0: float, lr_rule: str, batch_train: float) -> list[str]:
+    """What the predicted steps rest on, with its effect (docs/science.md "Which critical batch")."""
+    probed = probe_lr(report)
+    out = [f"predicted steps assume lr = {lr0:.4g} × {lr_rule}(B/B_train) from the training batch "
+           f"{batch_train:g}; measured noise scales fall 2–3× as the probe lr rises from ¼ to 1× tuned "
+           "(docs/science.md): measure at the lr you will train with"]
+    if probed is None:
+        out.append("the report does not record the probe's lr: the noise scale's temperature (lr/B) is unknown")
+    elif not 2 / 3 <= lr0 / probed <= 1.5:
+        out.append(f"--lr {lr0:.4g} differs from the lr {probed:.4g} the noise scale was measured at: the noise "
+                   "scale (and so every prediction) belongs to the probe's lr")
+    return out
+
+
+def plan(report, config: ScheduleConfig) -> Schedule:
+    """The batch-size (and learning-rate) schedule from the report's start to ``config.target_loss``."""
+    rows, col = usable_rows(report, config)
+    batch_train, warnings = training_batch(report)
+    notes = []
+    if config.min_batch == 0:
+        min_batch, why_min = auto_min_batch(report, batch_train, config.max_batch)
+        config = dataclasses.replace(config, min_batch=min_batch)
+        notes.append(why_min)
+    fit, steps, loss = fit_rows(rows, config.confidence, config.form)
+    warnings = check_target(config.target_loss, loss, fit, config) + warnings
+    path = noise_path(fit, steps, loss, batch_train, config.target_loss)
+    lr0 = config.lr or probe_lr(report) or 0.1
+    optimizer = report.config.get("optimizer")
+    lr_rule = rules.resolve_lr_rule(config.lr_rule, optimizer)
     batches, stages = _march(path, config, batch_train, lr0, lr_rule)
     s_cum, e_cum = predict.integrate(path, batches)
     stages = [s._replace(start_step=int(round(np.interp(s.start_loss, path.loss[::-1], s_cum[::-1]))))
               for s in stages]
+    stages, capped = cap_lr(stages, lr0, config.lr_cap)
     bt, bt_lo, bt_hi = fit.interval(config.target_loss, config.confidence)
     pred = {"steps": float(s_cum[-1]), "examples": float(e_cum[-1]), **predict.critical_batch(path),
+            **dict(zip(("b_crit_lo", "b_crit_hi"),
+                       b_crit_bounds(rows, fit, steps, loss, batch_train, config.target_loss, config.confidence))),
             "b_noise_target": bt, "b_noise_target_lo": bt_lo, "b_noise_target_hi": bt_hi}
     why = choose_noise(config, report.measurements, optimizer)[1]
-    notes = [f"noise scale followed: {col} ({why}); fit {fit.form}; lr rule {lr_rule} "
-             f"(optimizer {optimizer or 'SGD'})"]
+    notes.insert(0, f"noise scale followed: {col} ({why}); fit {fit.form}; lr rule {lr_rule} "
+                    f"(optimizer {optimizer or 'SGD'})")
     if is_adam_family(optimizer) and col == "b_simple":
         notes.append("under Adam, B_simple tends to underestimate the critical batch (Merrill et al. 2025)")
+    if is_adam_family(optimizer):
+        notes.append("B_crit's interval is the sampling error only: under the Adam family the noise scale was "
+                     "0.3–2.1× the swept critical batch in our checks (docs/science.md §6); confirm with "
+                     "`bsprof sweep`")
+    assumed = assumptions(report, lr0, lr_rule, batch_train)
+    if capped:
+        warnings.append(capped)
+        assumed.append(capped)
+    baselines = _baselines(path, batch_train, config, pred)
     return Schedule(stages=stages, target_loss=config.target_loss, unit=report.unit, rule=config.rule,
-                    lr_rule=lr_rule, prediction=pred, baselines=_baselines(path, batch_train, config, pred),
+                    lr_rule=lr_rule, prediction=pred, baselines=baselines,
                     fit=fit.to_dict(), warnings=warnings, notes=notes, config=asdict(config),
-                    batch_train=batch_train, lr_train=lr0)
+                    batch_train=batch_train, lr_train=lr0, assumptions=assumed,
+                    recommendation=recommend(pred, baselines, report.unit))
+
+
+def cap_lr(stages: list[Stage], lr0: float, cap: float) -> tuple[list[Stage], str]:
+    """Stages with lr ≤ cap·lr0 (cap 0: none), and a warning naming the capped stages ("" when none).
+
+    Choice: cap rather than only mark. The lr scaling rules extrapolate from the one lr the noise scale was
+    probed at; beyond ~2× of it nothing was measured, and in the issue-14 sweeps (MNIST CNN, SGD) the linear
+    rule's lr 0.40 at B = 256 is where tuned runs slowed 2.5× and 0.8 diverged. Capped stages take more steps
+    than predicted (the prediction assumes the rule's lr)."""
+    if not cap:
+        return stages, ""
+    top = cap * lr0
+    hit = [s for s in stages if s.lr > top * (1 + 1e-9)]
+    if not hit:
+        return stages, ""
+    worst = max(hit, key=lambda s: s.lr)
+    return ([s._replace(lr=min(s.lr, top)) for s in stages],
+            f"lr capped at {cap:g}× the training lr ({top:.4g}) from batch {hit[0].batch_size:,} on (the rule asked "
+            f"up to {worst.lr:.4g} at batch {worst.batch_size:,}): lrs above what was probed are untested, and "
+            "those stages will take more steps than predicted; confirm with `bsprof sweep`, or --lr-cap 0 to lift")

@@ -1,0 +1,143 @@
+"""The report's headline: one critical batch with its interval, the quantity it comes from and a one-line reason.
+
+**Value.** B_crit = E_min/S_min over the measured path (McCandlish et al. 2018, eq. 2.12; ``predict.critical_batch``)
+of the noise scale `bsprof schedule` follows by default (``plan.choose_noise``), from the first measured loss down
+to the lowest one: the schedule's "B_crit over the path" (``plan.fit_rows`` → ``plan.noise_path``) with the target
+at the lowest measured loss, so nothing is extrapolated (or at a ``target_loss`` asked: `bsprof report -t L`).
+
+**Interval**, two parts, both stated in the reason and in docs/science.md ("Which critical batch bsprof reports"):
+1. sampling: the same path integral through the lower ends and through the upper ends of every measurement's
+   interval (the fit's form held fixed). Conservative for sampling error (every measurement at its bound at once);
+2. model: the ends multiplied by ``MODEL_RANGE`` — the range of swept B_crit / this estimate seen in our checks
+   (scripts/results/critical_batch_evidence.md; issue 14). Under the Adam family the noise scale fell short of
+   the sweep 2–3× on one task and exceeded it 1.6–2.1× on another: ×3 either way. Under SGD the fixed-weight
+   B_simple was 1.05–4× too high: the lower end ÷4. The training-window B_simple and B_noise were within
+   0.69–1.34× under SGD (two tasks): not widened. Other optimizers were never compared: ×3 as under Adam.
+
+With fewer than two usable measurements at falling losses there is no path: the headline is the last
+measurement's value of the same quantity, widened the same way, and the reason says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from bsprof.errors import BsprofError, ReportError
+from bsprof.results import Estimate, Status, is_adam_family
+
+# (optimizer family, quantity or "*"): multipliers of the interval's (lower, upper) end — swept / estimated B_crit
+MODEL_RANGE = {
+    ("adam", "*"): (1 / 3, 3.0),      # digits MLP: 0.31–0.60 (per seed, paths); char transformer: B_pre 1.6–2.1
+    ("sgd", "b_simple"): (1 / 4, 1.0),  # 1.05 (char transformer) to 3.98 (MNIST CNN) too high
+    ("other", "*"): (1 / 3, 3.0),     # optimizers never compared with sweeps (RMSprop, Lion, …): as wide as Adam
+}
+
+NAMES = {"b_simple": "fixed-weight B_simple", "b_simple_window": "B_simple over training-step windows",
+         "b_noise": "B_noise", "b_pre": "B_pre", "b_simple_ranks": "B_simple across ranks",
+         "b_simple_regression": "B_simple by 1/B regression"}
+
+REASONS = {
+    "sgd": {
+        "b_simple_window": "SGD: 0.86–1.34× of swept critical batches on 2 tasks, fixed-weight B_simple 1.6–4× "
+                           "(docs/science.md §6)",
+        "b_noise": "SGD: 0.69–1.03× of swept critical batches on 2 tasks (docs/science.md §6)",
+        "b_simple": "SGD: fixed-weight B_simple was 1.05–4× the swept critical batch, lower end ÷4 "
+                    "(docs/science.md §6); measure with training-step windows",
+    },
+    "adam": "Adam: the noise scale under- or over-estimated the swept critical batch by up to ~2–3× in our "
+            "checks, interval ×3 (docs/science.md §6); confirm with `bsprof sweep`",
+    "other": "{optimizer}: never compared with sweeps, interval ×3 as under Adam (docs/science.md §6); confirm with "
+             "`bsprof sweep`",
+}
+
+
+@dataclass(frozen=True)
+class Headline:
+    estimate: Estimate
+    quantity: str | None
+    reason: str
+
+
+def _family(optimizer: str | None) -> str:
+    """adam (the Adam family), sgd (SGD, or no optimizer recorded: the probe's default), or other."""
+    if is_adam_family(optimizer):
+        return "adam"
+    return "sgd" if not optimizer or optimizer.lower() == "sgd" else "other"
+
+
+def model_range(optimizer: str | None, quantity: str) -> tuple[float, float]:
+    fam = _family(optimizer)
+    return MODEL_RANGE.get((fam, quantity)) or MODEL_RANGE.get((fam, "*")) or (1.0, 1.0)
+
+
+def reason(optimizer: str | None, quantity: str, path: str) -> str:
+    """One line: what the number is, and how far it was from sweeps for this optimizer family and quantity."""
+    fam = _family(optimizer)
+    if fam == "sgd":
+        why = REASONS["sgd"].get(quantity, "SGD: this quantity was not compared with sweeps (docs/science.md §6)")
+    else:
+        why = REASONS[fam].format(optimizer=optimizer)
+    return f"{NAMES.get(quantity, quantity)}, {path}; {why}"
+
+
+def widen(est: Estimate, factors: tuple[float, float]) -> Estimate:
+    return Estimate(est.value, est.lo * factors[0], est.hi * factors[1], est.status)
+
+
+def critical_batch(report, target_loss: float | None = None) -> Headline:
+    """The headline critical batch of ``report`` (module docstring): the path to the lowest measured loss, or to
+    ``target_loss`` (refused with ``ExtrapolationError`` when far below the measured losses, as by the schedule)."""
+    from bsprof.schedule import predict
+    from bsprof.schedule.plan import (
+        ScheduleConfig,
+        b_crit_bounds,
+        check_target,
+        choose_noise,
+        fit_rows,
+        noise_path,
+        training_batch,
+        usable_rows,
+    )
+
+    rows_all, optimizer = report.measurements, report.config.get("optimizer")
+    cfg = ScheduleConfig(target_loss=1.0, confidence=report.config.get("confidence") or 0.9)
+    col, _ = choose_noise(cfg, rows_all, optimizer)
+    factors = model_range(optimizer, col)
+    try:
+        rows, col = usable_rows(report, cfg)
+        batch_train, _ = training_batch(report)
+        fit, steps, loss = fit_rows(rows, cfg.confidence)
+    except (BsprofError, ValueError, ArithmeticError, IndexError) as e:
+        if target_loss is None:
+            return _one_point(rows_all, col, optimizer, factors)
+        if isinstance(e, BsprofError):
+            raise
+        raise ReportError(f"no critical batch to loss {target_loss:g}: the noise scale cannot be fitted ({e})",
+                          "measure during training: `bsprof measure SPEC --steps 300`") from e
+    target = float(min(loss)) if target_loss is None else float(target_loss)
+    extrapolated = check_target(target, loss, fit, cfg) if target_loss is not None else []
+    try:
+        value = predict.critical_batch(noise_path(fit, steps, loss, batch_train, target))["b_crit"]
+        lo, hi = b_crit_bounds(rows, fit, steps, loss, batch_train, target, cfg.confidence)
+    except (BsprofError, ValueError, ArithmeticError, IndexError):
+        return _one_point(rows_all, col, optimizer, factors)
+    lo, hi = min(lo, value), max(hi, value)
+    if not all(math.isfinite(x) and x > 0 for x in (value, lo, hi)):
+        return _one_point(rows_all, col, optimizer, factors)
+    if col == "b_simple" and all(r.stopped_by == "window" for r, _ in rows):
+        col = "b_simple_window"  # a tracker log: its B_simple column comes from the training steps' own pairs
+        factors = model_range(optimizer, col)
+    path = f"path average, loss {max(loss):.3g} → {target:.3g}" + (" (extrapolated)" if extrapolated else "")
+    return Headline(widen(Estimate(value, lo, hi), factors), col, reason(optimizer, col, path))
+
+
+def _one_point(rows, col: str, optimizer: str | None, factors) -> Headline:
+    from bsprof.schedule.plan import noise_of
+
+    for r in reversed(rows):
+        est = noise_of(r, col)
+        if est is not None and est.status in (Status.OK, Status.LOWER_BOUND):
+            where = f"at step {r.step} only (no path: needs two measurements at falling losses)"
+            return Headline(widen(est, factors), col, reason(optimizer, col, where))
+    return Headline(Estimate.none(), None, "no noise scale was determined")

@@ -1,0 +1,149 @@
+"""The report's headline critical batch (bsprof.schedule.headline): the schedule's path average with an interval
+and a one-line reason; in the summary, report.json, the terminal and `bsprof report`; old reports still render."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bsprof.output.report import Report
+from bsprof.schedule import ScheduleConfig, plan
+from bsprof.schedule.headline import MODEL_RANGE, critical_batch
+
+V1 = Path(__file__).parent / "assets" / "v1"
+
+
+def report(optimizer="SGD", quantity="b_simple_window", factor=0.5, n=5):
+    """B_simple = 40·L^(−2) on a loss falling 2.3 → 0.4, the quantity = factor × B_simple with a ±20% interval."""
+    rows = []
+    for i in range(n):
+        loss = 2.3 * (0.4 / 2.3) ** (i / (n - 1))
+        b = 40 * loss ** -2
+        row = dict(step=100 * i, loss=loss, b_simple=b, b_simple_lo=0.85 * b, b_simple_hi=1.2 * b, status="ok")
+        if quantity != "b_simple":
+            q = factor * b
+            row.update({quantity: q, f"{quantity}_lo": 0.8 * q, f"{quantity}_hi": 1.25 * q, f"{quantity}_status": "ok"})
+        rows.append(row)
+    return Report(config={"optimizer": optimizer, "batch_size": 32, "lr": 0.1}, measurements=rows)
+
+
+def test_value_is_the_schedules_path_average_to_the_lowest_loss():
+    r = report()
+    s = r.summary
+    lowest = min(m.loss for m in r.measurements)
+    sched = plan(r, ScheduleConfig(target_loss=lowest))
+    assert s.critical_batch_quantity == "b_simple_window"
+    assert s.critical_batch.value == pytest.approx(sched.prediction["b_crit"], rel=1e-9)
+    p = sched.prediction  # no model widening here (SGD, training windows): the schedule's interval, too
+    assert (s.critical_batch.lo, s.critical_batch.hi) == pytest.approx((p["b_crit_lo"], p["b_crit_hi"]), rel=1e-9)
+    assert s.critical_batch.lo < s.critical_batch.value < s.critical_batch.hi
+    # no model widening for the training-window B_simple under SGD: the interval is the measurements' own
+    assert 0.7 < s.critical_batch.lo / s.critical_batch.value < 0.95
+    assert 1.05 < s.critical_batch.hi / s.critical_batch.value < 1.4
+    assert "B_simple over training-step windows" in s.critical_batch_reason
+    assert "SGD" in s.critical_batch_reason and "\n" not in s.critical_batch_reason
+
+
+def test_interval_follows_the_measurements_intervals():
+    narrow, wide = report(), report()
+    wide.measurements = [m.__class__(**{**m.__dict__, "b_simple_window": m.b_simple_window.__class__(
+        m.b_simple_window.value, 0.5 * m.b_simple_window.value, 2 * m.b_simple_window.value)})
+        for m in wide.measurements]
+    a, b = narrow.summary.critical_batch, wide.summary.critical_batch
+    assert a.value == pytest.approx(b.value, rel=0.02)
+    assert b.lo < a.lo and b.hi > a.hi
+
+
+def test_adam_is_widened_and_says_so():
+    s = report("AdamW", "b_pre", 2.0).summary
+    low, high = MODEL_RANGE[("adam", "*")]
+    assert s.critical_batch_quantity == "b_pre"
+    assert s.critical_batch.hi / s.critical_batch.value > high  # × 3 on top of the sampling interval
+    assert s.critical_batch.lo / s.critical_batch.value < low
+    assert "2–3×" in s.critical_batch_reason and "bsprof sweep" in s.critical_batch_reason
+
+
+def test_sgd_fixed_weight_b_simple_lower_end_widened():
+    s = report(quantity="b_simple").summary
+    assert s.critical_batch_quantity == "b_simple"
+    assert s.critical_batch.lo < 0.25 * s.critical_batch.value
+    assert "training-step windows" in s.critical_batch_reason
+
+
+def test_one_measurement_is_a_point_and_says_so():
+    r = report(n=5)
+    r.measurements = r.measurements[:1]
+    h = critical_batch(r)
+    assert h.quantity == "b_simple" and h.estimate.value == r.measurements[0].b_simple.value
+    assert "only (no path" in h.reason
+
+
+def test_in_json_terminal_and_old_reports(tmp_path):
+    r = report()
+    data = json.loads(json.dumps(r.to_dict()))
+    cb = data["summary"]["critical_batch"]
+    assert cb["status"] == "ok" and cb["lo"] < cb["value"] < cb["hi"]
+    assert data["summary"]["critical_batch_quantity"] == "b_simple_window"
+    assert data["summary"]["critical_batch_reason"]
+    from rich.console import Console
+
+    console = Console(width=400, record=True)
+    console.print(r)
+    text = console.export_text()
+    summary = text.split("┘")[-1].strip().splitlines()
+    assert summary[0].startswith("Critical batch ≈ ")  # the first line of the summary
+    for name in ("report_adam_hessian.json", "report_least_squares.json"):  # release 0.1 reports
+        old = Report.from_json(V1 / name)
+        s = old.summary
+        assert s.critical_batch is not None and math.isfinite(s.critical_batch.value)
+        console.print(old)
+        assert "Critical batch ≈" in console.export_text()
+
+
+def test_bsprof_report_shows_it():
+    from typer.testing import CliRunner
+
+    from bsprof.cli import app
+
+    res = CliRunner().invoke(app, ["report", str(V1 / "report_adam_hessian.json")])
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.stdout.split())
+    assert "Critical batch ≈" in flat and "bsprof sweep" in flat
+
+
+def test_headline_to_a_target_loss(tmp_path):
+    """`bsprof report --target-loss L`: the same path average ending at L (the schedule's B_crit to L)."""
+    from typer.testing import CliRunner
+
+    from bsprof.cli import app
+
+    r = report()
+    h = critical_batch(r, 0.8)
+    assert h.estimate.value == pytest.approx(plan(r, ScheduleConfig(target_loss=0.8)).prediction["b_crit"], rel=1e-9)
+    assert h.estimate.value < r.summary.critical_batch.value  # B_crit grows as the target loss falls
+    assert "→ 0.8" in h.reason
+    path = r.to_json(tmp_path / "report.json")
+    res = CliRunner().invoke(app, ["report", str(path), "--target-loss", "0.8"])
+    assert res.exit_code == 0, res.output
+    assert "→ 0.8;" in " ".join(res.stdout.split())
+    res = CliRunner().invoke(app, ["report", str(path), "--target-loss", "0.01"])  # far below the measured losses
+    assert res.exit_code == 2 and "extrapolation" in res.output
+
+
+def test_tracker_log_rows_are_training_windows():
+    """A tracker log's B_simple column comes from training-step windows (stopped_by "window"): no ÷4."""
+    r = report(quantity="b_simple")
+    r.measurements = [m.__class__(**{**m.__dict__, "stopped_by": "window"}) for m in r.measurements]
+    s = r.summary
+    assert s.critical_batch_quantity == "b_simple_window"
+    assert s.critical_batch.lo > 0.5 * s.critical_batch.value
+    assert "training-step windows" in s.critical_batch_reason
+
+
+def test_other_optimizers_are_not_called_sgd():
+    s = report("RMSprop", quantity="b_simple").summary
+    assert "RMSprop: never compared with sweeps" in s.critical_batch_reason and "SGD" not in s.critical_batch_reason
+    assert s.critical_batch.hi > 3 * s.critical_batch.value
