@@ -287,6 +287,8 @@ def test_per_example_batch_size_mismatch_and_unavailable_models():
     with pytest.raises(TrackerError, match="per-example norms are not available"):
         with tracker.per_example():
             pass
+    assert not tracker.closed  # still usable for accumulation
+    tracker.close()
     assert hooks_left(bn) == 0
 
 
@@ -425,3 +427,42 @@ def test_a_loop_that_forgets_zero_grad_is_told():
             with pytest.raises(TrackerError, match="zero_grad"):
                 tracker.step()
     assert not model.weight._backward_hooks  # the tracker removed its hooks
+
+
+class SharedPositions(nn.Module):
+    """nanoGPT/GPT-2 style: a position embedding called on [1, T] positions, broadcast over the batch."""
+
+    def __init__(self, vocab=7, dim=4, T=5):
+        super().__init__()
+        self.tok, self.pos, self.head = nn.Embedding(vocab, dim), nn.Embedding(T, dim), nn.Linear(dim, vocab)
+
+    def forward(self, x):
+        return self.head(self.tok(x) + self.pos(torch.arange(x.shape[1]).unsqueeze(0)))
+
+
+def test_per_example_failure_switches_to_accumulation_and_keeps_tracking():
+    """Per-example norms cannot follow a broadcast position embedding: that step is left unmeasured with a
+    message that says why, per-example norms are switched off, and later steps measure from accumulation."""
+    torch.manual_seed(0)
+    model = SharedPositions()
+    tracker = Tracker(model)
+    tokens = torch.randint(0, 7, (8, 6))
+
+    def loss(t):
+        out = model(t[:, :-1])
+        return nn.functional.cross_entropy(out.reshape(-1, 7), t[:, 1:].reshape(-1))
+
+    with tracker.per_example():
+        loss(tokens).backward()
+    with pytest.raises(TrackerError, match="positions shared by the batch") as err:
+        tracker.step()
+    assert not tracker.closed and "accumulation" in str(err.value)
+    model.zero_grad()
+    with pytest.raises(TrackerError, match="not available"):
+        with tracker.per_example():
+            pass
+    for half in (tokens[:4], tokens[4:]):
+        (loss(half) / 2).backward()
+    draw = tracker.step(batch_size=8)
+    assert (draw.b, draw.B) == (4, 8) and math.isfinite(draw.small_sq_total)
+    tracker.close()

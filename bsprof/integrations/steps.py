@@ -86,7 +86,11 @@ class Steps:
             return None
         try:
             return t.step(batch_size=None if per_example else total, loss=loss, loss_scale=loss_scale, step=step)
-        except TrackerError as e:  # the tracker removed its hooks; training goes on unmeasured
-            self.failed = str(e)
+        except TrackerError as e:
+            if not t.closed:  # per-example norms were switched off; the next steps use accumulation or DDP
+                self.unmeasured["per-example norms failed"] += 1
+                warnings.warn(f"bsprof: step {step} unmeasured: {e}", stacklevel=2)
+                return None
+            self.failed = str(e)  # the tracker removed its hooks; training goes on unmeasured
             warnings.warn(f"bsprof stopped measuring at step {step}: {e}", stacklevel=2)
             return None

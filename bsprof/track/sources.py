@@ -84,6 +84,7 @@ class Backwards:
     big_pre: Tensor | None = None
     per_example: list[tuple[Tensor, int]] = field(default_factory=list)  # (Σ_i |rule_i|², n) per armed pass
     failure: str | None = None                         # what went wrong inside a hook (raised at the step)
+    per_example_failure: str | None = None             # why an armed pass's per-example norms are unusable
     stale: Tensor | bool = False                       # .grad held a gradient when the step's first pass began
 
     def totals(self) -> dict:
@@ -232,6 +233,7 @@ class PerExample:
         self.rows: set[int] = set()
         self.pending, self.parts = defaultdict(list), []
         self.failure: str | None = None
+        self.shared_positions = False      # an Embedding saw one row (positions broadcast over the batch?)
         self.handles = []
 
     def install(self) -> None:
@@ -247,6 +249,8 @@ class PerExample:
             self.failure = f"{type(mod).__name__} does not keep the examples on dim 0"
             return
         self.rows.add(x.shape[0])
+        if isinstance(mod, nn.Embedding) and (x.dim() == 1 or x.shape[0] == 1):
+            self.shared_positions = True
         self.expected.update(k for _, k in slots)
         out.register_hook(partial(self._backward, rule, mod, slots, x.detach()))
 
@@ -276,12 +280,16 @@ class PerExample:
                 self.failure = ("a layer's output was computed but not used by the loss, so its per-example "
                                 "norms are incomplete")
             if self.failure is None and len(self.rows) != 1:
-                self.failure = f"the hooked layers saw different batch sizes {sorted(self.rows)} in one backward"
+                self.failure = (
+                    "an nn.Embedding called on positions shared by the batch ([T] or [1, T], as GPT-2 and nanoGPT "
+                    "do) is not supported by the tracker's per-example norms" if self.shared_positions else
+                    f"the hooked layers saw different batch sizes {sorted(self.rows)} in one backward")
             if self.failure is None and self.parts:
                 record.per_example.append((torch.stack(self.parts).sum(), self.rows.pop()))
             if self.failure is not None:
-                record.failure = self.failure
+                record.per_example_failure = self.failure
         self.expected, self.rows, self.pending, self.parts, self.failure = Counter(), set(), defaultdict(list), [], None
+        self.shared_positions = False
 
     def remove(self) -> None:
         for h in self.handles:

@@ -162,11 +162,11 @@ class Tracker:
         if model is not None and model is not self.model and model is not getattr(self.model, "module", None):
             self._fail("tracker.per_example(model) got another model than the tracker's",
                        "pass the model given to Tracker(...), or nothing")
-        if src is None or src.problem or not src.handles:
+        if src is None or src.problem or not src.handles:  # the tracker stays usable for other sources
             why = self.no_per_example or (src.problem if src is not None and src.problem else
                                           "the tracker was made for accumulation (its layers were not hooked)")
-            self._fail(f"per-example norms are not available: {why}",
-                       "use gradient accumulation, or make the tracker with source='per_example'")
+            raise TrackerError(f"per-example norms are not available: {why}",
+                               "use gradient accumulation, or make the tracker with source='per_example'")
         src.armed = True
         try:
             yield self
@@ -235,6 +235,8 @@ class Tracker:
         if r.failure:
             self._fail(f"the tracker's hooks failed in this step's backward: {r.failure}",
                        "report this with the model; meanwhile track with gradient accumulation")
+        if r.per_example_failure:
+            self._drop_per_example(r.per_example_failure)
         if t["stale"]:
             self._fail("this step's first backward began with the previous step's gradients still in .grad",
                        "call optimizer.zero_grad() after each optimizer.step() (the tracker reads |G_B|² from .grad)")
@@ -341,6 +343,21 @@ class Tracker:
             return math.nan
         lr = self.optimizer.param_groups[0].get("lr", math.nan)
         return float(lr.item() if torch.is_tensor(lr) else lr)
+
+    def _drop_per_example(self, why: str):
+        """Per-example norms failed in this step: switch that source off for good (its hooks removed), leave this
+        step unmeasured, and raise; the tracker stays open, and later steps use accumulation or DDP."""
+        src = self.per_example_source
+        src.armed = False
+        src.remove()
+        src.problem = why
+        self.no_per_example = why
+        if self.source == "per_example":
+            self._fail(f"per-example norms failed in this step: {why}",
+                       "use gradient accumulation (accumulation_steps >= 2) instead")
+        raise TrackerError(f"per-example norms failed in this step, which is left unmeasured: {why}; per-example "
+                           "norms are now off, later steps are measured from gradient accumulation or DDP",
+                           "run 2 or more micro-batches per optimizer step (or DDP) to keep measuring")
 
     def _fail(self, message: str, hint: str):
         """Remove every hook (the user's step goes on untouched), then raise."""
