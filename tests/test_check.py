@@ -35,8 +35,9 @@ def _row(step, loss, b, lo, hi, status="ok", **extra):
 
 
 def make_report(rows=None, optimizer="SGD", lr=0.1, batch_size=32, unit="examples") -> Report:
-    """A plausible run: B_simple grows 100 → 1000 as the loss falls 2.3 → 0.5, ±~20% intervals."""
-    rows = rows if rows is not None else [_row(0, 2.3, 100.0, 80.0, 125.0), _row(50, 1.0, 300.0, 250.0, 370.0),
+    """A run whose noise scale stays at 1000 [800, 1250] as the loss falls 2.3 → 0.5: its headline critical batch
+    (the path average `check` judges by) is 1000 [800/4, 1250] (fixed-weight B_simple under SGD: lower end ÷4)."""
+    rows = rows if rows is not None else [_row(0, 2.3, 1000.0, 800.0, 1250.0), _row(50, 1.0, 1000.0, 800.0, 1250.0),
                                           _row(100, 0.5, 1000.0, 800.0, 1250.0)]
     cfg = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "optimizer_lr": lr, "steps": 100}
     return Report(config=cfg, measurements=rows, unit=unit)
@@ -78,7 +79,8 @@ def test_lower_bound_can_only_prove_a_batch_too_small():
 
 
 def test_at_loss_interpolates_log_b_simple_and_refuses_to_extrapolate():
-    rep = make_report()
+    rep = make_report([_row(0, 2.3, 100.0, 80.0, 125.0), _row(50, 1.0, 300.0, 250.0, 370.0),
+                       _row(100, 0.5, 1000.0, 800.0, 1250.0)])
     mid = noise_at(rep, 0.75)                       # halfway between loss 1.0 (300) and 0.5 (1000) in log
     assert mid.value == pytest.approx(math.sqrt(300 * 1000))
     assert noise_at(rep, 1.0).value == pytest.approx(300)
@@ -169,7 +171,7 @@ def test_unreadable_reports_exit_2_without_traceback(tmp_path, content, message)
 
 # -- outputs -------------------------------------------------------------------------------------------------
 def test_junit_counts(tmp_path, report):
-    old = make_report([_row(0, 2.3, 100.0, 80.0, 125.0)]).to_json(tmp_path / "old.json")
+    old = make_report([_row(0, 2.3, 30.0, 24.0, 37.0)]).to_json(tmp_path / "old.json")   # far below 1000 [200, 1250]
     junit = tmp_path / "out" / "junit.xml"
     r = run(report, "-b", 8192, "--lr", 2.0, "--baseline", old, "--junit", junit)
     assert r.exit_code == 1
@@ -202,7 +204,7 @@ def test_json_output_is_the_only_stdout(tmp_path, report):
     assert r.exit_code == 1 and data["status"] == "fail" and data["exit_code"] == 1
     assert [c["name"] for c in data["checks"]] == ["batch_size", "lr"]
     assert data["checks"][0]["passing"]["max"] == pytest.approx(5000)
-    assert data["noise_scale"]["value"] == 1000.0
+    assert data["noise_scale"]["value"] == pytest.approx(1000.0) and data["noise_scale"]["name"] == "B_crit"
     r = run(tmp_path / "missing.json", "-b", 64, "--json")
     assert r.exit_code == 2 and json.loads(r.stdout)["status"] == "cannot_judge"
 
@@ -309,7 +311,7 @@ def test_config_holds_check_options_and_training_config_the_values(tmp_path):
     make_report().to_json(report)
     strict = tmp_path / "check.yaml"
     strict.write_text("factor: 1.5\n")
-    assert run(report, "-b", 2048).exit_code == 0            # within 4× of the latest noise scale (1000)
+    assert run(report, "-b", 2048).exit_code == 0            # within 4× of the critical batch (1000)
     assert run(report, "-b", 2048, "--config", strict).exit_code == 1
     wrong = tmp_path / "train.yaml"
     wrong.write_text("trainer:\n  batch_size: 64\n")

@@ -19,6 +19,8 @@ hi = ∞) can still prove a batch too small; nothing else can be judged from it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import enum
 import math
 from dataclasses import dataclass, field
@@ -66,17 +68,18 @@ class Reading(Estimate):
     step: int | None = None
     eps_max: float | None = None                 # ε_max = |G|²/(GᵀHG), when the report measured it
     b_noise: Estimate | None = None              # Hessian-aware B_noise, when measured
+    name: str = "B_simple"                       # what the value is: B_simple, or B_crit (the report's headline)
 
     def describe(self) -> str:
         if self.status is Status.LOWER_BOUND:
-            return f"B_simple > {_fmt(self.lo)} {self.unit} (a lower bound, {self.where})"
+            return f"{self.name} > {_fmt(self.lo)} {self.unit} (a lower bound, {self.where})"
         if self.status is not Status.OK:
-            return f"B_simple undetermined ({self.where})"
-        return f"B_simple = {_fmt(self.value)} [{_fmt(self.lo)}, {_fmt(self.hi)}] {self.unit} ({self.where})"
+            return f"{self.name} undetermined ({self.where})"
+        return f"{self.name} = {_fmt(self.value)} [{_fmt(self.lo)}, {_fmt(self.hi)}] {self.unit} ({self.where})"
 
     def to_dict(self) -> dict:
-        d = {**super().to_dict(), "unit": self.unit, "where": self.where, "loss": self.loss, "step": self.step,
-             "eps_max": self.eps_max, "rel_halfwidth": self.rel_halfwidth}
+        d = {**super().to_dict(), "name": self.name, "unit": self.unit, "where": self.where, "loss": self.loss,
+             "step": self.step, "eps_max": self.eps_max, "rel_halfwidth": self.rel_halfwidth}
         if self.b_noise is not None:
             d.update(self.b_noise.to_row("b_noise"))
             del d["b_noise_status"]
@@ -104,7 +107,9 @@ def reading(row: Measurement | None, summary: Summary | None, unit: str, where: 
 
 
 def noise_at(report: Report, at_loss: float | None = None) -> Reading:
-    """The noise scale at the report's latest measurement, or interpolated at ``at_loss``.
+    """The report's headline critical batch (``Summary.critical_batch``: the path average of the noise scale that
+    ``bsprof schedule`` follows, so that check and schedule judge by one number), else the noise scale at the
+    latest measurement; or B_simple interpolated at ``at_loss``.
 
     Interpolation is linear in log B_simple (and log of each interval end) against the loss, between the
     measurements with status ok that bracket ``at_loss``. Raises ValueError outside the measured losses:
@@ -114,7 +119,14 @@ def noise_at(report: Report, at_loss: float | None = None) -> Reading:
         s = report.summary
         where = "summary" + (f", step {s.step}" if s.step is not None else "")
         last = report.measurements[-1] if report.measurements else None
-        return reading(last, s, report.unit, where)
+        base = reading(last, s, report.unit, where)
+        cb = s.critical_batch
+        if cb is not None and cb.status is Status.OK and finite(cb.value) and cb.value > 0:
+            lo = cb.lo if finite(cb.lo) and 0 < cb.lo <= cb.value else cb.value
+            hi = cb.hi if finite(cb.hi) and cb.hi >= cb.value else cb.value
+            return dataclasses.replace(base, value=float(cb.value), lo=float(lo), hi=float(hi), status=Status.OK,
+                                       name="B_crit", where=f"the report's critical batch: {s.critical_batch_reason}")
+        return base
     rows = [r for r in report.measurements if r.b_simple.ok and finite(r.loss) and r.b_simple.value > 0]
     if not rows:
         return Reading(math.nan, math.nan, math.nan, Status.UNDETERMINED, report.unit,
@@ -424,6 +436,9 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
         notes.append(f"the report is incomplete: the run ended early ({how}"
                      f"{f', at step {step}' if step is not None else ''}); judged on what was measured before")
     if lr_rule(report.config.get("optimizer")) == "sqrt":
-        notes.append("under Adam, plain B_simple tends to underestimate the critical batch (Merrill et al. 2025)")
+        notes.append("under Adam, plain B_simple tends to underestimate the critical batch (Merrill et al. 2025)"
+                     if noise.name == "B_simple" else
+                     "under Adam the noise scale missed swept critical batches by up to 2–3× either way, so the "
+                     "critical batch's interval is widened ×3 (docs/science.md §6); confirm with `bsprof sweep`")
     notes.extend(d["message"] for d in report.diagnostics if isinstance(d, dict) and d.get("message"))
     return Verdict(tuple(checks), noise, tuple(notes))
