@@ -6,6 +6,7 @@ optimizer, Adam's preconditioner, and a large spread between layers (docs/scienc
 
 from __future__ import annotations
 
+from bsprof.engine import cost
 from bsprof.output.report import Report
 from bsprof.results import Status, is_adam_family
 
@@ -73,8 +74,10 @@ def clipping(report: Report, spec, optimizer) -> None:
 
 
 def after_run(report: Report) -> None:
-    """Diagnostics that need the measurements: the 1/B regression's fit, B_pre availability, layer spread."""
+    """Diagnostics that need the measurements: the 1/B regression's fit, B_pre availability, layer spread, what
+    measuring cost against training."""
     _degenerate(report)
+    measure_cost(report)
     bad = [r for r in report.measurements if r.regression is not None and r.regression.failed]
     if bad:
         report.diagnose("regression_misfit", f"|G_B|² is not linear in 1/B at step {bad[-1].step} (fit p = "
@@ -91,6 +94,16 @@ def after_run(report: Report) -> None:
         report.diagnose("layer_spread", f"layer noise scales span {min(values):.3g}–{max(values):.3g} "
                         f"(> {LAYER_SPREAD:g}×): the total is dominated by the layers with the largest |G|²; "
                         "see layers.csv.")
+
+
+def measure_cost(report: Report) -> None:
+    """Seconds measuring vs training (``report.timing``), and what the asked precision cost where a measurement
+    took longer than the training it interleaves with (``engine.cost``)."""
+    share = cost.share_text(report.timing)
+    if share is None:
+        return
+    extra = cost.precision_text(report.timing, report.measurements, report.config.get("rel_error", 0.2))
+    report.diagnose("measure_cost", share + (f"; {extra}" if extra else ""))
 
 
 DEGENERATE = {

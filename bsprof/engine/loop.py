@@ -20,7 +20,7 @@ from torch import nn
 
 from bsprof import distributed
 from bsprof.config import MeasureConfig, as_dict
-from bsprof.engine import diagnostics, scales
+from bsprof.engine import cost, diagnostics, scales
 from bsprof.engine.data import Examples
 from bsprof.engine.sampling import Sampling, group_types, groups_of, measure_at
 from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_optimizer, load_spec
@@ -148,7 +148,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     """Run the probe training and measure along it; returns (and fills) the report.
 
     ``progress(kind, info)`` hears: setup (the probe chosen and why, device, optimizer), measure, draw, measured
-    (the row), train (step, loss). ``comm``: the data-parallel ranks (``distributed.session``); default: the
+    (the row; seconds spent measuring and training so far), train (step, loss). ``report.timing`` holds the
+    seconds measuring vs training (``engine.cost``). ``comm``: the data-parallel ranks (``distributed.session``); default: the
     caller's process group, if any.
     """
     report = report if report is not None else Report()
@@ -202,7 +203,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     types = group_types(model, names)
     points = set(measure_steps(cfg.steps, cfg.measure_every))
     track = cfg.track_training and comm.world == 1 and chosen.per_example  # pairs from training steps (b = 1)
-    step, tracker, phase = 0, None, "measuring"
+    step, tracker, phase, clock = 0, None, "measuring", cost.RunClock()
     try:
         for step in range(cfg.steps + 1):
             phase = "measuring"
@@ -221,12 +222,17 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 if window is not None:
                     row = dataclasses.replace(row, b_simple_window=window[0], window_steps=window[1])
                 report.add(row, _layer_rows(step, names, types, est, scale))
-                say("measured", {"step": step, "row": report.measurements[-1]})
+                clock.measured(time.perf_counter() - t0)
+                report.timing = clock.to_dict()
+                say("measured", {"step": step, "row": report.measurements[-1], "measuring_s": clock.measuring,
+                                 "training_s": clock.training})
             if step < cfg.steps:
                 phase = "training"
                 if tracker is None and track:
                     tracker = _training_tracker(model, optimizer, batch_size, cfg.confidence)
+                t0 = time.perf_counter()
                 loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm, tracker)
+                clock.trained(time.perf_counter() - t0)
                 say("train", {"step": step + 1, "loss": loss})
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP raised as one (bsprof.cli.signals)
         report.incomplete = {"reason": f"terminated by {e.name}" if hasattr(e, "signum") else "interrupted",
@@ -246,6 +252,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         raise
     finally:
         _close(tracker, cfg.confidence, scale)
+        report.timing = clock.to_dict()
         diagnostics.after_run(report)
     return report
 
