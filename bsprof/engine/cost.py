@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 class RunClock:
     """Wall seconds spent measuring and training so far, and the training between measurements."""
 
+    choosing: float = 0.0                                     # seconds choosing the probe (auto's trial)
     measuring: float = 0.0
     training: float = 0.0
     measurements: list[float] = field(default_factory=list)   # seconds of each measurement
@@ -44,7 +45,7 @@ class RunClock:
 
     def to_dict(self) -> dict:
         """For report.json (``Report.timing``)."""
-        return {"measuring_s": round(self.measuring, 3), "training_s": round(self.training, 3),
+        return {"choosing_s": round(self.choosing, 3), "measuring_s": round(self.measuring, 3), "training_s": round(self.training, 3),
                 "measurement_s": [round(s, 3) for s in self.measurements],
                 "training_between_s": [round(s, 3) for s in self.between]}
 

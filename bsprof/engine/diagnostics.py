@@ -58,6 +58,19 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
                         "the critical batch under Adam (Merrill et al. 2025); see b_pre where reported.")
 
 
+def method(report: Report, choice) -> None:
+    """What the chosen probe does slowly, and a probe picked by auto's timed trial (``probes.choose.Choice``)."""
+    from bsprof.probes.hooks import fallback_text
+
+    if choice.fallbacks:
+        n = len(choice.fallbacks)
+        report.diagnose("fallback", f"{n} parameter{'s' if n > 1 else ''} measured by torch.func (slow path): "
+                        f"{fallback_text(choice.fallbacks)} — register a rule with bsprof.probes.register_rule "
+                        "(or pass --strict to make this an error)")
+    if choice.seconds and choice.probe.name == "microbatch":
+        report.diagnose("method_trial", choice.why)
+
+
 def clipping(report: Report, spec, optimizer) -> None:
     """Gradient clipping in the training (a spec's CLIP_GRAD_NORM, an optimizer's max_grad_norm/clip_threshold).
 

@@ -27,7 +27,7 @@ from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_o
 from bsprof.errors import BsprofError, NonFiniteError, SpecError
 from bsprof.output.report import Report
 from bsprof.probes import Probe
-from bsprof.probes.choose import choose, reason
+from bsprof.probes.choose import decide
 from bsprof.results import Estimate, LayerEstimate, Measurement, Status
 from bsprof.stats.estimators import NoiseScale
 
@@ -170,7 +170,11 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     pair = examples.first_two()
     diagnostics.data(report, pair)
     try:
-        chosen, invalid = choose(cfg.method, model, spec.loss, pair)  # calls loss() on two examples
+        t0 = time.perf_counter()
+        with buffers_kept(model):  # calls loss() on two examples; auto may time a draw of each probe
+            choice = decide(cfg.method, model, spec.loss, pair, draw=_trial_draw(cfg, examples, comm),
+                            micro_batch=cfg.micro_batch, strict=cfg.strict)
+        choosing = time.perf_counter() - t0
     except BsprofError:
         raise
     except Exception as e:
@@ -179,16 +183,20 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                              "phase": "calling loss(model, batch) on the first two examples",
                              **({"where": where} if where else {})}
         raise
+    chosen, invalid = choice.probe, choice.invalid
     probe = chosen.name
     sampling = _sampling(cfg, chosen, examples.n)
     scale = _unit_scale(cfg, spec)
     report.spec, report.environment = spec.info(), _environment(device, cfg, comm.world)
     report.unit = cfg.unit
-    report.config = {**as_dict(cfg), "method_resolved": probe, "optimizer": type(optimizer).__name__,
+    report.config = {**as_dict(cfg), "method_resolved": probe, "method_reason": choice.why,
+                     "method_trial_s": choice.seconds and {k: round(v, 4) for k, v in choice.seconds.items()},
+                     "optimizer": type(optimizer).__name__,
                      "optimizer_lr": optimizer.param_groups[0].get("lr"), "dataset_size": examples.n,
                      "tokens_per_example": (spec.tokens_per_example or cfg.tokens_per_example) or None}
     diagnostics.before_run(report, model, optimizer, examples, invalid, cfg)
-    say("setup", {"method": probe, "why": reason(cfg.method, chosen, invalid), "device": str(device),
+    diagnostics.method(report, choice)
+    say("setup", {"method": probe, "why": choice.why, "device": str(device),
                   "optimizer": report.config["optimizer"], "lr": report.config["optimizer_lr"],
                   "dataset_size": examples.n})
     if spec.optimizer is not None and cfg.lr != MeasureConfig.lr:
@@ -203,7 +211,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     types = group_types(model, names)
     points = set(measure_steps(cfg.steps, cfg.measure_every))
     track = cfg.track_training and comm.world == 1 and chosen.per_example  # pairs from training steps (b = 1)
-    step, tracker, phase, clock = 0, None, "measuring", cost.RunClock()
+    step, tracker, phase, clock = 0, None, "measuring", cost.RunClock(choosing=choosing)
     try:
         for step in range(cfg.steps + 1):
             phase = "measuring"
@@ -255,6 +263,23 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         report.timing = clock.to_dict()
         diagnostics.after_run(report)
     return report
+
+
+TRIAL_EXAMPLES = 64  # examples in the timed trial's draw (``probes.trial``)
+
+
+def _trial_draw(cfg: MeasureConfig, examples: Examples, comm: distributed.Comm):
+    """The draw ``--method auto`` times each exact probe on: the first ``TRIAL_EXAMPLES`` examples (a multiple of
+    the micro-batch), chunked for hooks and in micro-batches; None where no trial runs (another method, an
+    iterable dataset, several ranks, which must not choose apart, or too few examples for two micro-batches)."""
+    b = cfg.micro_batch
+    if cfg.method != "auto" or examples.iterable or comm.world > 1 or b < 2:
+        return None
+    k = min(examples.n, TRIAL_EXAMPLES) // b * b
+    if k < 2 * b:
+        return None
+    drawn = list(range(k))
+    return list(examples.batches(drawn, cfg.chunk)), list(examples.batches(drawn, b)), k
 
 
 def _training_tracker(model, optimizer, batch_size: int, confidence: float):
