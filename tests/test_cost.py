@@ -9,6 +9,8 @@ from typer.testing import CliRunner
 
 from bsprof.cli import app
 from bsprof.engine.cost import RunClock, interleaved, precision_text, share_text
+from bsprof.results import Estimate, Status
+from bsprof.stats.stopping import BUDGET, TIME, Stopper
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -55,3 +57,34 @@ def test_cli_reports_measuring_vs_training(tmp_path):
     assert any(d["code"] == "measure_cost" for d in report["diagnostics"])
     shown = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert "measurements took" in " ".join(shown.output.split())
+
+
+def test_budget_stops_only_after_min_draws_and_after_precision():
+    stop = Stopper(rel_error=0.2, min_draws=5, max_examples=1e9, max_seconds=60, budget_seconds=1.0)
+    assert stop(3, 0.9, 100, 5.0) is None          # over budget, but fewer than min_draws
+    assert stop(5, 0.1, 100, 5.0) == "precision"   # precise: precision wins
+    assert stop(6, 0.9, 100, 5.0) == BUDGET
+    assert Stopper(0.2, 5, 1e9, 1.0, budget_seconds=0.5)(1, 0.9, 10, 2.0) == TIME  # the hard cap, any draw
+
+
+def test_budget_note_says_what_the_asked_precision_would_cost():
+    timing = {"measuring_s": 3.0, "training_s": 4.0, "measurement_s": [1.0, 2.0], "training_between_s": [2.0]}
+    rows = [SimpleNamespace(step=0, stopped_by="precision", b_simple=Estimate(10, 9, 11, Status.OK)),
+            SimpleNamespace(step=50, stopped_by="budget", b_simple=Estimate(10, 6, 14, Status.OK))]
+    text = precision_text(timing, rows, 0.2)
+    assert "1 measurement(s) stopped at the time budget" in text and "±40% instead of ±20%" in text
+    assert "about 4.0× the training time (--measure-budget 4, or 0" in text  # 2 s × (0.4/0.2)² / 2 s
+
+
+def test_cli_budget_and_no_budget(tmp_path):
+    args = ["measure", str(ASSETS / "tiny_linear.py"), "--steps", "4", "--measure-every", "2", "--rel-error", "0.05",
+            "--no-figures", "-q"]
+    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "a" / "report.json").read_text())["measurements"]
+    assert [m["stopped_by"] for m in rows][1:] == ["budget", "budget"] and rows[0]["stopped_by"] != "budget"
+    assert all(m["n_draws"] >= 5 for m in rows)
+    r = CliRunner().invoke(app, [*args, "--measure-budget", "0", "--max-seconds", "3", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "b" / "report.json").read_text())["measurements"]
+    assert "budget" not in [m["stopped_by"] for m in rows]

@@ -7,7 +7,8 @@ the steps until the next). The target is that measuring costs no more than train
 
 A measurement stopped by precision (``--rel-error`` ε) needs a number of draws ∝ 1/ε² (the interval's half-width
 shrinks as 1/√draws), so one that took r times the training between measurements would have fit in it at
-ε·√r — the figure the cost note suggests.
+ε·√r — the figure the cost note suggests. One stopped by the time budget (``--measure-budget``) at half-width
+w > ε would have needed about (w/ε)² times as long to reach ε.
 """
 
 from __future__ import annotations
@@ -67,21 +68,38 @@ def share_text(timing: dict) -> str | None:
 
 
 def precision_text(timing: dict, rows, rel_error: float) -> str | None:
-    """Where the stopping rule (``rel_error``) made a measurement cost more than the training it interleaves with:
-    by how much, and the ``--rel-error`` at which it would have cost about as much as the training (draws ∝ 1/ε²).
-    None when every precision-stopped measurement fit."""
-    worst = None
+    """What precision cost in time. Where the stopping rule (``rel_error``) made a measurement cost more than the
+    training it interleaves with: by how much, and the ``--rel-error`` at which it would have cost about as much
+    (draws ∝ 1/ε²). Where the time budget stopped one short of ``rel_error``: the precision reached, and how long
+    ``rel_error`` would have taken. None when neither happened."""
+    over, short = None, None
     for row, m, t in zip(rows, timing.get("measurement_s") or [], interleaved(timing)):
-        if row.stopped_by == "precision" and t > 0 and m > t and (worst is None or m / t > worst[0]):
-            worst = (m / t, row.step)
-    if worst is None:
-        return None
-    ratio, step = worst
-    looser = rel_error * math.sqrt(ratio)
-    fit = (f"--rel-error {looser:.2g} would take about as long as the training (draws ∝ 1/rel_error²)"
-           if looser < 1 else "a looser --rel-error or a larger --measure-every would bring it down")
-    return (f"reaching ±{rel_error:.0%} at step {step} took {ratio:.1f}× the training time between "
-            f"measurements; {fit}")
+        if not t > 0:
+            continue
+        if row.stopped_by == "precision" and m > t and (over is None or m / t > over[0]):
+            over = (m / t, row.step)
+        w = row.b_simple.rel_halfwidth if row.stopped_by == "budget" else math.nan
+        if w > rel_error and (short is None or m * (w / rel_error) ** 2 / t > short[0]):
+            short = (m * (w / rel_error) ** 2 / t, row.step, w, sum(r.stopped_by == "budget" for r in rows))
+    parts = []
+    if over is not None:
+        ratio, step = over
+        looser = rel_error * math.sqrt(ratio)
+        fit = (f"--rel-error {looser:.2g} would take about as long as the training (draws ∝ 1/rel_error²)"
+               if looser < 1 else "a looser --rel-error or a larger --measure-every would bring it down")
+        parts.append(f"reaching ±{rel_error:.0%} at step {over[1]} took {ratio:.1f}× the training time between "
+                     f"measurements; {fit}")
+    if short is not None:
+        ratio, step, w, n = short
+        reached = f"±{w:.0%}" if math.isfinite(w) else "no bounded interval"
+        parts.append(f"{n} measurement(s) stopped at the time budget (as long as the training between "
+                     f"measurements; at step {step} {reached} instead of ±{rel_error:.0%}): reaching "
+                     f"±{rel_error:.0%} there would take about {ratio:.1f}× the training time "
+                     f"(--measure-budget {math.ceil(ratio * 10) / 10:g}, or 0 to stop by --rel-error alone)"
+                     if math.isfinite(ratio) else
+                     f"{n} measurement(s) stopped at the time budget with {reached} at step {step}: pass "
+                     "--measure-budget 0 to stop by --rel-error alone")
+    return "; ".join(parts) or None
 
 
 def _s(seconds: float) -> str:

@@ -219,14 +219,15 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 window, tracker = _close(tracker, cfg.confidence, scale), None
                 t0 = time.perf_counter()
                 say("measure", {"step": step})
+                budget = _budget(sampling, cfg, clock, step)
                 with buffers_kept(model):
-                    est, draws, stopped = measure_at(model, spec.loss, examples, sampling, group_index,
+                    est, draws, stopped = measure_at(model, spec.loss, examples, budget, group_index,
                                                      lambda e, s=step: say("draw", {"step": s, "estimate": e}), comm)
                     row = _row(step, cfg, est, draws, stopped, time.perf_counter() - t0, probe, scale)
                     whole = examples if comm.world == 1 else examples.whole()  # B_noise, B_pre: not sharded
                     row = dataclasses.replace(row, ranks=distributed.rank_estimate(draws, cfg.confidence, scale),
                                               **scales.extra_fields(model, spec.loss, whole, draws, cfg, optimizer,
-                                                                    sampling, group_index, scale))
+                                                                    _left(budget, t0), group_index, scale))
                 if window is not None:
                     row = dataclasses.replace(row, b_simple_window=window[0], window_steps=window[1])
                 report.add(row, _layer_rows(step, names, types, est, scale))
@@ -263,6 +264,21 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         report.timing = clock.to_dict()
         diagnostics.after_run(report)
     return report
+
+
+def _budget(sampling: Sampling, cfg: MeasureConfig, clock: cost.RunClock, step: int) -> Sampling:
+    """The measurement's time budget: ``measure_budget`` × the training seconds since the previous measurement (the
+    first has no training to compare with, and runs by ``--rel-error`` alone; so does every one with budget 0)."""
+    if not (cfg.measure_budget and clock.measurements) or step == 0:
+        return sampling
+    return dataclasses.replace(sampling, budget_seconds=cfg.measure_budget * clock.since)
+
+
+def _left(sampling: Sampling, t0: float) -> Sampling:
+    """What is left of the budget for B_noise and B_pre after B_simple's draws (started at ``t0``)."""
+    if sampling.budget_seconds == float("inf"):
+        return sampling
+    return dataclasses.replace(sampling, budget_seconds=max(0.0, sampling.budget_seconds - (time.perf_counter() - t0)))
 
 
 TRIAL_EXAMPLES = 64  # examples in the timed trial's draw (``probes.trial``)
