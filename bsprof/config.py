@@ -43,8 +43,8 @@ class MeasureConfig:
     chunk: int = 256                 # examples per forward/backward pass while measuring (memory)
     max_examples: int = 200_000      # budget of examples per measurement
     max_seconds: float = 60.0        # budget of seconds per measurement
-    measure_budget: float = 1.0      # a measurement after the first stops (after min_draws) once it took this many
-                                     # times the training seconds since the previous one (0: no such budget)
+    measure_budget: float = 1.0      # a measurement stops (after min_draws) once it took this many times the
+                                     # training seconds it interleaves with (0: stop by rel_error alone)
     min_draws: int = 5               # draws before the stopping rule may stop
     device: str = "auto"             # auto (CUDA, then MPS, then CPU), cpu, cuda, mps
     seed: int = 0

@@ -41,9 +41,9 @@ def measure(
     chunk: Optional[int] = O(None, help="Examples per forward pass while measuring (memory). [256]"),
     max_examples: Optional[int] = O(None, help="Budget of examples per measurement. [200000]"),
     max_seconds: Optional[float] = O(None, help="Budget of seconds per measurement. [60]"),
-    measure_budget: Optional[float] = O(None, help="A measurement after the first stops (after --min-draws) once "
-                                        "it took this many times the training time since the previous one; 0: "
-                                        "off (stop by --rel-error only). [1]"),
+    measure_budget: Optional[float] = O(None, help="A measurement stops (after --min-draws) once it took this many "
+                                        "times the training time since the previous one (the first: until the "
+                                        "next); 0: stop by --rel-error alone. [1]"),
     min_draws: Optional[int] = O(None, help="Draws before the stopping rule may stop. [5]"),
     device: Optional[str] = O(None, help="auto (CUDA, MPS, CPU), cpu, cuda, mps. [auto]"),
     seed: Optional[int] = O(None, help="Random seed. [0]"),

@@ -209,7 +209,10 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         cfg = dataclasses.replace(cfg, batch_size=batch_size)
     names, group_index = trainable_groups(model)
     types = group_types(model, names)
-    points = set(measure_steps(cfg.steps, cfg.measure_every))
+    points = measure_steps(cfg.steps, cfg.measure_every)
+    with buffers_kept(model):
+        first = _first_budget(model, spec.loss, examples, cfg, points, comm)
+    points = set(points)
     track = cfg.track_training and comm.world == 1 and chosen.per_example  # pairs from training steps (b = 1)
     step, tracker, phase, clock = 0, None, "measuring", cost.RunClock(choosing=choosing)
     try:
@@ -219,7 +222,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 window, tracker = _close(tracker, cfg.confidence, scale), None
                 t0 = time.perf_counter()
                 say("measure", {"step": step})
-                budget = _budget(sampling, cfg, clock, step)
+                budget = _budget(sampling, cfg, clock, first) if comm.world == 1 else sampling
                 with buffers_kept(model):
                     est, draws, stopped = measure_at(model, spec.loss, examples, budget, group_index,
                                                      lambda e, s=step: say("draw", {"step": s, "estimate": e}), comm)
@@ -266,12 +269,36 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     return report
 
 
-def _budget(sampling: Sampling, cfg: MeasureConfig, clock: cost.RunClock, step: int) -> Sampling:
-    """The measurement's time budget: ``measure_budget`` × the training seconds since the previous measurement (the
-    first has no training to compare with, and runs by ``--rel-error`` alone; so does every one with budget 0)."""
-    if not (cfg.measure_budget and clock.measurements) or step == 0:
+def _budget(sampling: Sampling, cfg: MeasureConfig, clock: cost.RunClock, first: float | None) -> Sampling:
+    """The measurement's time budget: ``measure_budget`` × the training seconds it interleaves with, those since
+    the previous measurement; for the first, ``first``: the training until the next one, estimated at setup
+    (``_first_budget``; None: the first runs by ``--rel-error`` alone). Budget 0: none."""
+    if not cfg.measure_budget:
         return sampling
-    return dataclasses.replace(sampling, budget_seconds=cfg.measure_budget * clock.since)
+    seconds = clock.since if clock.measurements else first
+    if seconds is None:
+        return sampling
+    return dataclasses.replace(sampling, budget_seconds=cfg.measure_budget * seconds)
+
+
+def _first_budget(model, loss_fn, examples: Examples, cfg: MeasureConfig, points: list[int],
+                  comm: distributed.Comm) -> float | None:
+    """Training seconds until the second measurement, estimated before any training: (steps until then) × one
+    training batch's forward and backward (the faster of two, the first examples, no optimizer step, nothing
+    kept). None where no budget applies: --measure-budget 0, no second measurement, an iterable dataset, or
+    several ranks (each would time its own clock, and ranks must stop at the same draw)."""
+    from bsprof.probes.base import per_example_losses, trainable
+
+    if not cfg.measure_budget or len(points) < 2 or examples.iterable or comm.world > 1:
+        return None
+    batch, count = next(examples.batches(list(range(min(cfg.batch_size, examples.n))), cfg.batch_size))
+    params = trainable(model)[1]
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        torch.autograd.grad(per_example_losses(model, loss_fn, batch, count).mean(), params, allow_unused=True)
+        best = min(best, time.perf_counter() - t0)
+    return (points[1] - points[0]) * best
 
 
 def _left(sampling: Sampling, t0: float) -> Sampling:
