@@ -34,12 +34,16 @@ def test_share_and_precision_notes():
     timing = {"measuring_s": 12.0, "training_s": 22.0, "measurement_s": [1.0, 9.2, 1.8],
               "training_between_s": [4.0, 4.0]}
     assert share_text(timing) == "measurements took 35% of the run (12 s measuring vs 22 s training)"
-    rows = [SimpleNamespace(step=s, stopped_by=b) for s, b in ((0, "precision"), (50, "precision"), (100, "time"))]
+    rows = [SimpleNamespace(step=s, stopped_by=b, n_draws=9) for s, b in ((0, "precision"), (50, "precision"),
+                                                                         (100, "time"))]
     text = precision_text(timing, rows, 0.1)
     assert "reaching ±10% at step 50 took 2.3× the training time" in text
     assert f"--rel-error {0.1 * math.sqrt(2.3):.2g}" in text
     rows[1] = SimpleNamespace(step=50, stopped_by="time")  # a budget, not the precision asked
     assert precision_text(timing, rows, 0.1) is None
+    rows[1] = SimpleNamespace(step=50, stopped_by="precision", n_draws=5)  # at the floor: a looser ε would not help
+    assert precision_text(timing, rows, 0.1) == ("the minimum of 5 draws at step 50 took 2.3× the training time "
+                                                 "between measurements (--min-draws, --measure-every)")
     assert share_text({"measuring_s": 1.0, "training_s": 0.0}) is None  # --steps 0: nothing to compare
 
 

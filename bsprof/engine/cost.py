@@ -67,16 +67,20 @@ def share_text(timing: dict) -> str | None:
     return f"measurements took {m / (m + t):.0%} of the run ({_s(m)} measuring vs {_s(t)} training)"
 
 
-def precision_text(timing: dict, rows, rel_error: float) -> str | None:
+def precision_text(timing: dict, rows, rel_error: float, min_draws: int = 5) -> str | None:
     """What precision cost in time. Where the stopping rule (``rel_error``) made a measurement cost more than the
     training it interleaves with: by how much, and the ``--rel-error`` at which it would have cost about as much
     (draws ∝ 1/ε²). Where the time budget stopped one short of ``rel_error``: the precision reached, and how long
-    ``rel_error`` would have taken. None when neither happened."""
-    over, short = None, None
+    ``rel_error`` would have taken. A measurement at the floor of ``min_draws`` draws is said to be that (a looser
+    ``rel_error`` would not make it cheaper). None when none of these happened."""
+    over, short, floor = None, None, None
     for row, m, t in zip(rows, timing.get("measurement_s") or [], interleaved(timing)):
         if not t > 0:
             continue
-        if row.stopped_by == "precision" and m > t and (over is None or m / t > over[0]):
+        at_floor = getattr(row, "n_draws", min_draws + 1) <= min_draws
+        if row.stopped_by == "precision" and m > t and at_floor and (floor is None or m / t > floor[0]):
+            floor = (m / t, row.step)
+        elif row.stopped_by == "precision" and m > t and (over is None or m / t > over[0]):
             over = (m / t, row.step)
         w = row.b_simple.rel_halfwidth if row.stopped_by == "budget" else math.nan
         if w > rel_error and (short is None or m * (w / rel_error) ** 2 / t > short[0]):
@@ -89,6 +93,9 @@ def precision_text(timing: dict, rows, rel_error: float) -> str | None:
                if looser < 1 else "a looser --rel-error or a larger --measure-every would bring it down")
         parts.append(f"reaching ±{rel_error:.0%} at step {over[1]} took {ratio:.1f}× the training time between "
                      f"measurements; {fit}")
+    if floor is not None:
+        parts.append(f"the minimum of {min_draws} draws at step {floor[1]} took {floor[0]:.1f}× the training time "
+                     "between measurements (--min-draws, --measure-every)")
     if short is not None:
         ratio, step, w, n = short
         reached = f"±{w:.0%}" if math.isfinite(w) else "no bounded interval"

@@ -115,7 +115,8 @@ def measure_cost(report: Report) -> None:
     share = cost.share_text(report.timing)
     if share is None:
         return
-    extra = cost.precision_text(report.timing, report.measurements, report.config.get("rel_error", 0.2))
+    extra = cost.precision_text(report.timing, report.measurements, report.config.get("rel_error", 0.2),
+                                report.config.get("min_draws", 5))
     report.diagnose("measure_cost", share + (f"; {extra}" if extra else ""))
 
 
