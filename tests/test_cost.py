@@ -68,6 +68,7 @@ def test_budget_stops_only_after_min_draws_and_after_precision():
     assert stop(3, 0.9, 100, 5.0) is None          # over budget, but fewer than min_draws
     assert stop(5, 0.1, 100, 5.0) == "precision"   # precise: precision wins
     assert stop(6, 0.9, 100, 5.0) == BUDGET
+    assert stop(7, math.inf, 100, 5.0) is None     # unbounded (|G|² interval holds 0): the budget does not stop it
     assert Stopper(0.2, 5, 1e9, 60, budget_seconds=1.0)(5, 0.9, 100, 0.8) is None  # 6 draws at 0.16 s: 0.96 s
     assert Stopper(0.2, 5, 1e9, 60, budget_seconds=1.0)(5, 0.9, 100, 0.9) == BUDGET  # a 6th would overrun
     assert Stopper(0.2, 5, 1e9, 1.0, budget_seconds=0.5)(1, 0.9, 10, 2.0) == TIME  # the hard cap, any draw

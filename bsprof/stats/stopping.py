@@ -54,8 +54,8 @@ class Stopper:
     def __call__(self, draws: int, rel_halfwidth: float, spent: float, elapsed: float, g2_hi: float = math.inf,
                  ratio: float = math.inf) -> str | None:
         """The reason to stop now (``PRECISION``, ``EXAMPLES``, ``TIME``, after ``min_draws`` ``BUDGET`` when one
-        more draw at the mean pace so far would take ``elapsed`` past ``budget_seconds``, or after ``min_draws`` a
-        degenerate
+        more draw at the mean pace so far would take ``elapsed`` past ``budget_seconds`` and the interval is bounded
+        (a budget never turns a measurement into a non-answer), or after ``min_draws`` a degenerate
         problem: ``ZERO_GRADIENT`` when every gradient drawn is exactly zero (``g2_hi`` = 0), ``ZERO_VARIANCE``
         when the examples' gradients agree, |``ratio``| = |tr Σ|/|G|² ≤ ``NOISELESS``), or None."""
         if draws >= self.min_draws and degenerate(g2_hi, ratio):
@@ -64,8 +64,9 @@ class Stopper:
             if rel_halfwidth <= self.rel_error:
                 return PRECISION
             self.look = next_look(draws, rel_halfwidth, self.rel_error)
-        if draws >= self.min_draws and elapsed * (draws + 1) / draws >= self.budget_seconds:
-            return BUDGET  # another draw at the mean pace would overrun the budget
+        if (draws >= self.min_draws and math.isfinite(rel_halfwidth)
+                and elapsed * (draws + 1) / draws >= self.budget_seconds):
+            return BUDGET  # bounded, and another draw at the mean pace would overrun the budget
         if spent >= self.max_examples:
             return EXAMPLES
         if elapsed >= self.max_seconds:
