@@ -43,6 +43,8 @@ class MeasureConfig:
     chunk: int = 256                 # examples per forward/backward pass while measuring (memory)
     max_examples: int = 200_000      # budget of examples per measurement
     max_seconds: float = 60.0        # budget of seconds per measurement
+    measure_budget: float = 1.0      # a measurement stops (after min_draws) once it took this many times the
+                                     # training seconds it interleaves with (0: stop by rel_error alone)
     min_draws: int = 5               # draws before the stopping rule may stop
     device: str = "auto"             # auto (CUDA, then MPS, then CPU), cpu, cuda, mps
     seed: int = 0
@@ -51,6 +53,7 @@ class MeasureConfig:
     tokens_per_example: int = 0      # 0: detect from the spec's TOKENS_PER_EXAMPLE
     hessian: bool = False            # also measure B_noise = tr(HΣ)/(GᵀHG) via Hessian-vector products
     track_training: bool = True      # training steps give pairs too (per-example norms in their backward)
+    strict: bool = False             # a parameter the per-example hooks would measure by torch.func is an error
 
     def problems(self) -> list[str]:
         """Every inconsistency at once (empty when valid)."""
@@ -74,6 +77,8 @@ class MeasureConfig:
             p.append(f"seed must be in [0, 2**63 - 1] (got {short(self.seed, 40)})")
         if self.lr <= 0:
             p.append(f"lr must be positive (got {self.lr})")
+        if self.measure_budget < 0:
+            p.append(f"measure_budget must be 0 (off) or more (got {self.measure_budget})")
         if self.max_seconds <= 0:
             p.append(f"max_seconds must be positive (got {self.max_seconds})")
         for name, allowed in (("method", METHODS), ("device", DEVICES), ("unit", UNITS)):

@@ -120,11 +120,12 @@ def test_a_failed_report_write_is_said_and_never_claimed(tmp_path, monkeypatch):
 SLOW_SPEC = '''
 import os, torch
 from torch import nn
-X = torch.randn(4000, 5); Y = torch.randn(4000)
+X = torch.randn(4000, 5); Y = torch.randn(4000); CALLS = [0]
 def model(): return nn.Linear(5, 1)
 def dataset(): return torch.utils.data.TensorDataset(X, Y)
 def loss(model, batch):
-    if len(batch[0]) == 7 and not os.path.exists(os.environ["MARK"]):  # a training step: measured rows exist
+    CALLS[0] += len(batch[0]) == 7  # the first two: the setup's timing of a training batch (the first budget)
+    if CALLS[0] > 2 and not os.path.exists(os.environ["MARK"]):  # a training step: measured rows exist
         open(os.environ["MARK"], "w").close()
     x, y = batch
     return 0.5 * (model(x).squeeze(-1) - y) ** 2

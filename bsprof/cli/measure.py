@@ -41,6 +41,9 @@ def measure(
     chunk: Optional[int] = O(None, help="Examples per forward pass while measuring (memory). [256]"),
     max_examples: Optional[int] = O(None, help="Budget of examples per measurement. [200000]"),
     max_seconds: Optional[float] = O(None, help="Budget of seconds per measurement. [60]"),
+    measure_budget: Optional[float] = O(None, help="A measurement stops (after --min-draws) once it took this many "
+                                        "times the training time since the previous one (the first: until the "
+                                        "next); 0: stop by --rel-error alone. [1]"),
     min_draws: Optional[int] = O(None, help="Draws before the stopping rule may stop. [5]"),
     device: Optional[str] = O(None, help="auto (CUDA, MPS, CPU), cpu, cuda, mps. [auto]"),
     seed: Optional[int] = O(None, help="Random seed. [0]"),
@@ -50,6 +53,8 @@ def measure(
     hessian: Optional[bool] = O(None, "--hessian/--no-hessian", help="Also measure B_noise (Hessian-aware)."),
     track_training: Optional[bool] = O(None, "--track-training/--no-track-training", help="Also estimate B_simple "
                                        "from the training steps between measurements (per-example norms). [on]"),
+    strict: Optional[bool] = O(None, "--strict/--no-strict", help="Fail when the per-example hooks would measure "
+                               "a parameter by the slow torch.func path (register a rule instead). [off]"),
     figures: bool = O(True, "--figures/--no-figures", help="Write noise_scale.png."),
     quiet: bool = O(False, "--quiet", "-q", help="Print only errors (the results are in --out)."),
     verbose: bool = O(False, "--verbose", "-v", help="Also say which probe was chosen and why, and a detail line "
@@ -111,13 +116,16 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
                 elif kind == "measured" and (verbose or not (quiet or err_console.is_terminal)):  # logs: a line
                     row = info["row"]
                     say(f"step {row.step}: B_simple {estimate_text(row.b_simple)} ({row.n_draws} draws, "
-                        f"{row.examples} examples, {row.seconds:.1f} s); elapsed "
-                        f"{time.perf_counter() - started:.1f} s")
+                        f"{row.examples} examples, {row.seconds:.1f} s); measuring {info['measuring_s']:.1f} s, "
+                        f"training {info['training_s']:.1f} s so far; elapsed {time.perf_counter() - started:.1f} s")
                     if verbose:
                         h = row.b_simple.rel_halfwidth
                         say(f"  loss {fmt(row.loss, 4)}, |G|² {fmt(row.g2.value)}, tr(Σ) {fmt(row.trace_sigma)}; "
                             f"{f'±{h:.0%}' if finite(h) else 'unbounded'} (asked ±{cfg.rel_error:.0%}), stopped by "
                             f"{row.stopped_by}; probe {row.method}, draws of b = {row.b}, B = {row.B}")
+                elif kind == "measured":  # the live bar
+                    bar.update(task, status=f"measuring {info['measuring_s']:.1f} s, training "
+                               f"{info['training_s']:.1f} s so far")
 
             try:
                 with distributed.stop_on_sigterm(comm):

@@ -6,6 +6,7 @@ optimizer, Adam's preconditioner, and a large spread between layers (docs/scienc
 
 from __future__ import annotations
 
+from bsprof.engine import cost
 from bsprof.output.report import Report
 from bsprof.results import Status, is_adam_family
 
@@ -57,6 +58,19 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
                         "the critical batch under Adam (Merrill et al. 2025); see b_pre where reported.")
 
 
+def method(report: Report, choice) -> None:
+    """What the chosen probe does slowly, and a probe picked by auto's timed trial (``probes.choose.Choice``)."""
+    from bsprof.probes.hooks import fallback_text
+
+    if choice.fallbacks:
+        n = len(choice.fallbacks)
+        report.diagnose("fallback", f"{n} parameter{'s' if n > 1 else ''} measured by torch.func (slow path): "
+                        f"{fallback_text(choice.fallbacks)} — register a rule with bsprof.probes.register_rule "
+                        "(or pass --strict to make this an error)")
+    if choice.seconds and choice.probe.name == "microbatch":
+        report.diagnose("method_trial", choice.why)
+
+
 def clipping(report: Report, spec, optimizer) -> None:
     """Gradient clipping in the training (a spec's CLIP_GRAD_NORM, an optimizer's max_grad_norm/clip_threshold).
 
@@ -73,8 +87,10 @@ def clipping(report: Report, spec, optimizer) -> None:
 
 
 def after_run(report: Report) -> None:
-    """Diagnostics that need the measurements: the 1/B regression's fit, B_pre availability, layer spread."""
+    """Diagnostics that need the measurements: the 1/B regression's fit, B_pre availability, layer spread, what
+    measuring cost against training."""
     _degenerate(report)
+    measure_cost(report)
     bad = [r for r in report.measurements if r.regression is not None and r.regression.failed]
     if bad:
         report.diagnose("regression_misfit", f"|G_B|² is not linear in 1/B at step {bad[-1].step} (fit p = "
@@ -91,6 +107,17 @@ def after_run(report: Report) -> None:
         report.diagnose("layer_spread", f"layer noise scales span {min(values):.3g}–{max(values):.3g} "
                         f"(> {LAYER_SPREAD:g}×): the total is dominated by the layers with the largest |G|²; "
                         "see layers.csv.")
+
+
+def measure_cost(report: Report) -> None:
+    """Seconds measuring vs training (``report.timing``), and what the asked precision cost where a measurement
+    took longer than the training it interleaves with (``engine.cost``)."""
+    share = cost.share_text(report.timing)
+    if share is None:
+        return
+    extra = cost.precision_text(report.timing, report.measurements, report.config.get("rel_error", 0.2),
+                                report.config.get("min_draws", 5))
+    report.diagnose("measure_cost", share + (f"; {extra}" if extra else ""))
 
 
 DEGENERATE = {

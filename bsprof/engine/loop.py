@@ -20,14 +20,14 @@ from torch import nn
 
 from bsprof import distributed
 from bsprof.config import MeasureConfig, as_dict
-from bsprof.engine import diagnostics, scales
+from bsprof.engine import cost, diagnostics, scales
 from bsprof.engine.data import Examples
 from bsprof.engine.sampling import Sampling, group_types, groups_of, measure_at
 from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_optimizer, load_spec
 from bsprof.errors import BsprofError, NonFiniteError, SpecError
 from bsprof.output.report import Report
 from bsprof.probes import Probe
-from bsprof.probes.choose import choose, reason
+from bsprof.probes.choose import decide
 from bsprof.results import Estimate, LayerEstimate, Measurement, Status
 from bsprof.stats.estimators import NoiseScale
 
@@ -148,7 +148,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     """Run the probe training and measure along it; returns (and fills) the report.
 
     ``progress(kind, info)`` hears: setup (the probe chosen and why, device, optimizer), measure, draw, measured
-    (the row), train (step, loss). ``comm``: the data-parallel ranks (``distributed.session``); default: the
+    (the row; seconds spent measuring and training so far), train (step, loss). ``report.timing`` holds the
+    seconds measuring vs training (``engine.cost``). ``comm``: the data-parallel ranks (``distributed.session``); default: the
     caller's process group, if any.
     """
     report = report if report is not None else Report()
@@ -169,7 +170,11 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     pair = examples.first_two()
     diagnostics.data(report, pair)
     try:
-        chosen, invalid = choose(cfg.method, model, spec.loss, pair)  # calls loss() on two examples
+        t0 = time.perf_counter()
+        with buffers_kept(model):  # calls loss() on two examples; auto may time a draw of each probe
+            choice = decide(cfg.method, model, spec.loss, pair, draw=_trial_draw(cfg, examples, comm),
+                            micro_batch=cfg.micro_batch, strict=cfg.strict)
+        choosing = time.perf_counter() - t0
     except BsprofError:
         raise
     except Exception as e:
@@ -178,16 +183,20 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                              "phase": "calling loss(model, batch) on the first two examples",
                              **({"where": where} if where else {})}
         raise
+    chosen, invalid = choice.probe, choice.invalid
     probe = chosen.name
     sampling = _sampling(cfg, chosen, examples.n)
     scale = _unit_scale(cfg, spec)
     report.spec, report.environment = spec.info(), _environment(device, cfg, comm.world)
     report.unit = cfg.unit
-    report.config = {**as_dict(cfg), "method_resolved": probe, "optimizer": type(optimizer).__name__,
+    report.config = {**as_dict(cfg), "method_resolved": probe, "method_reason": choice.why,
+                     "method_trial_s": choice.seconds and {k: round(v, 4) for k, v in choice.seconds.items()},
+                     "optimizer": type(optimizer).__name__,
                      "optimizer_lr": optimizer.param_groups[0].get("lr"), "dataset_size": examples.n,
                      "tokens_per_example": (spec.tokens_per_example or cfg.tokens_per_example) or None}
     diagnostics.before_run(report, model, optimizer, examples, invalid, cfg)
-    say("setup", {"method": probe, "why": reason(cfg.method, chosen, invalid), "device": str(device),
+    diagnostics.method(report, choice)
+    say("setup", {"method": probe, "why": choice.why, "device": str(device),
                   "optimizer": report.config["optimizer"], "lr": report.config["optimizer_lr"],
                   "dataset_size": examples.n})
     if spec.optimizer is not None and cfg.lr != MeasureConfig.lr:
@@ -200,9 +209,12 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         cfg = dataclasses.replace(cfg, batch_size=batch_size)
     names, group_index = trainable_groups(model)
     types = group_types(model, names)
-    points = set(measure_steps(cfg.steps, cfg.measure_every))
+    points = measure_steps(cfg.steps, cfg.measure_every)
+    with buffers_kept(model):
+        first = _first_budget(model, spec.loss, examples, cfg, points, comm)
+    points = set(points)
     track = cfg.track_training and comm.world == 1 and chosen.per_example  # pairs from training steps (b = 1)
-    step, tracker, phase = 0, None, "measuring"
+    step, tracker, phase, clock = 0, None, "measuring", cost.RunClock(choosing=choosing)
     try:
         for step in range(cfg.steps + 1):
             phase = "measuring"
@@ -210,23 +222,29 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 window, tracker = _close(tracker, cfg.confidence, scale), None
                 t0 = time.perf_counter()
                 say("measure", {"step": step})
+                budget = _budget(sampling, cfg, clock, first) if comm.world == 1 else sampling
                 with buffers_kept(model):
-                    est, draws, stopped = measure_at(model, spec.loss, examples, sampling, group_index,
+                    est, draws, stopped = measure_at(model, spec.loss, examples, budget, group_index,
                                                      lambda e, s=step: say("draw", {"step": s, "estimate": e}), comm)
                     row = _row(step, cfg, est, draws, stopped, time.perf_counter() - t0, probe, scale)
                     whole = examples if comm.world == 1 else examples.whole()  # B_noise, B_pre: not sharded
                     row = dataclasses.replace(row, ranks=distributed.rank_estimate(draws, cfg.confidence, scale),
                                               **scales.extra_fields(model, spec.loss, whole, draws, cfg, optimizer,
-                                                                    sampling, group_index, scale))
+                                                                    _left(budget, t0), group_index, scale))
                 if window is not None:
                     row = dataclasses.replace(row, b_simple_window=window[0], window_steps=window[1])
                 report.add(row, _layer_rows(step, names, types, est, scale))
-                say("measured", {"step": step, "row": report.measurements[-1]})
+                clock.measured(time.perf_counter() - t0)
+                report.timing = clock.to_dict()
+                say("measured", {"step": step, "row": report.measurements[-1], "measuring_s": clock.measuring,
+                                 "training_s": clock.training})
             if step < cfg.steps:
                 phase = "training"
                 if tracker is None and track:
                     tracker = _training_tracker(model, optimizer, batch_size, cfg.confidence)
+                t0 = time.perf_counter()
                 loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm, tracker)
+                clock.trained(time.perf_counter() - t0)
                 say("train", {"step": step + 1, "loss": loss})
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP raised as one (bsprof.cli.signals)
         report.incomplete = {"reason": f"terminated by {e.name}" if hasattr(e, "signum") else "interrupted",
@@ -246,8 +264,65 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         raise
     finally:
         _close(tracker, cfg.confidence, scale)
+        report.timing = clock.to_dict()
         diagnostics.after_run(report)
     return report
+
+
+def _budget(sampling: Sampling, cfg: MeasureConfig, clock: cost.RunClock, first: float | None) -> Sampling:
+    """The measurement's time budget: ``measure_budget`` × the training seconds it interleaves with, those since
+    the previous measurement; for the first, ``first``: the training until the next one, estimated at setup
+    (``_first_budget``; None: the first runs by ``--rel-error`` alone). Budget 0: none."""
+    if not cfg.measure_budget:
+        return sampling
+    seconds = clock.since if clock.measurements else first
+    if seconds is None:
+        return sampling
+    return dataclasses.replace(sampling, budget_seconds=cfg.measure_budget * seconds)
+
+
+def _first_budget(model, loss_fn, examples: Examples, cfg: MeasureConfig, points: list[int],
+                  comm: distributed.Comm) -> float | None:
+    """Training seconds until the second measurement, estimated before any training: (steps until then) × one
+    training batch's forward and backward (the faster of two, the first examples, no optimizer step, nothing
+    kept). None where no budget applies: --measure-budget 0, no second measurement, an iterable dataset, or
+    several ranks (each would time its own clock, and ranks must stop at the same draw)."""
+    from bsprof.probes.base import per_example_losses, trainable
+
+    if not cfg.measure_budget or len(points) < 2 or examples.iterable or comm.world > 1:
+        return None
+    batch, count = next(examples.batches(list(range(min(cfg.batch_size, examples.n))), cfg.batch_size))
+    params = trainable(model)[1]
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        torch.autograd.grad(per_example_losses(model, loss_fn, batch, count).mean(), params, allow_unused=True)
+        best = min(best, time.perf_counter() - t0)
+    return (points[1] - points[0]) * best
+
+
+def _left(sampling: Sampling, t0: float) -> Sampling:
+    """What is left of the budget for B_noise and B_pre after B_simple's draws (started at ``t0``)."""
+    if sampling.budget_seconds == float("inf"):
+        return sampling
+    return dataclasses.replace(sampling, budget_seconds=max(0.0, sampling.budget_seconds - (time.perf_counter() - t0)))
+
+
+TRIAL_EXAMPLES = 64  # examples in the timed trial's draw (``probes.trial``)
+
+
+def _trial_draw(cfg: MeasureConfig, examples: Examples, comm: distributed.Comm):
+    """The draw ``--method auto`` times each exact probe on: the first ``TRIAL_EXAMPLES`` examples (a multiple of
+    the micro-batch), chunked for hooks and in micro-batches; None where no trial runs (another method, an
+    iterable dataset, several ranks, which must not choose apart, or too few examples for two micro-batches)."""
+    b = cfg.micro_batch
+    if cfg.method != "auto" or examples.iterable or comm.world > 1 or b < 2:
+        return None
+    k = min(examples.n, TRIAL_EXAMPLES) // b * b
+    if k < 2 * b:
+        return None
+    drawn = list(range(k))
+    return list(examples.batches(drawn, cfg.chunk)), list(examples.batches(drawn, b)), k
 
 
 def _training_tracker(model, optimizer, batch_size: int, confidence: float):

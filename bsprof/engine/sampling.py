@@ -2,7 +2,8 @@
 
 The stopping rule and the sizing of B are ``bsprof.stats.stopping`` (shared with B_noise and B_pre): stop when
 max(hi − B, B − lo) ≤ rel_error·B ("precision"), looked at after ``min_draws`` draws and then at the draw counts the
-spread predicts are needed, or when the examples or seconds budget is spent ("examples", "time"). A draw of the
+spread predicts are needed, or when the examples or seconds budget is spent ("examples", "time"), or after
+``min_draws`` when the measurement's share of time is spent ("budget", ``Sampling.budget_seconds``). A draw of the
 whole finite dataset with per-example norms is exact ("exact"). The big batch B of each draw adapts to ≈ 2·B_simple.
 """
 
@@ -42,6 +43,7 @@ class Sampling:
     min_draws: int
     max_examples: int
     max_seconds: float
+    budget_seconds: float = math.inf  # after min_draws, stop once this many seconds are spent ("budget")
 
 
 def groups_of(names: list[str]) -> tuple[list[str], np.ndarray]:
@@ -151,12 +153,12 @@ def measure_at(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, gro
                on_draw: Callable[[NoiseScale], None] | None = None,
                comm: Comm = LOCAL) -> tuple[NoiseScale, list[Draw], str]:
     """Draw until the stopping rule (``stopping.Stopper``) fires. Returns the estimate, the draws, and what stopped
-    it ("precision", "examples", "time", "exact").
+    it ("precision", "examples", "time", "budget", "exact").
 
     Under DDP every rank follows rank 0's estimate and clock, so all ranks stop at the same draw.
     """
     draws: list[Draw] = []
-    stop = Stopper(s.rel_error, s.min_draws, s.max_examples, s.max_seconds)
+    stop = Stopper(s.rel_error, s.min_draws, s.max_examples, s.max_seconds, s.budget_seconds)
     B, spent, t0 = next_batch(None, s, s.start_B, examples.n, comm.world), 0, time.perf_counter()
     while True:
         draws.append(one_draw(model, loss_fn, examples, s, B, group, comm=comm))

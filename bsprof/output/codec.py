@@ -50,7 +50,7 @@ def encode(report) -> dict:
         "schema_version": SCHEMA_VERSION, "bsprof_version": report.bsprof_version, "created": report.created,
         "unit": report.unit, "spec": report.spec, "config": report.config, "environment": report.environment,
         "measurements": report.measurements, "summary": report.summary, "layers": report.layers,
-        "diagnostics": report.diagnostics, "incomplete": report.incomplete,
+        "diagnostics": report.diagnostics, "incomplete": report.incomplete, "timing": report.timing,
     })
 
 
@@ -97,6 +97,7 @@ def decode(data, where: str = "report"):
     return Report(spec=_expect(data, "spec", dict, where, optional=True), config=_expect(data, "config", dict, where),
                   environment=_expect(data, "environment", dict, where, optional=True), measurements=measurements,
                   layers=layer_rows, diagnostics=diagnostics, incomplete=incomplete,
+                  timing=_expect(data, "timing", dict, where, optional=True),
                   unit=str(data.get("unit") or "examples"), created=str(data.get("created") or ""),
                   bsprof_version=str(data.get("bsprof_version") or ""))
 

@@ -27,6 +27,7 @@ class Report:
     layers: list[LayerEstimate] = field(default_factory=list)
     diagnostics: list[dict] = field(default_factory=list)
     incomplete: dict | None = None
+    timing: dict = field(default_factory=dict)  # seconds measuring vs training (``engine.cost.RunClock``)
     unit: str = "examples"
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     bsprof_version: str = __version__

@@ -1,7 +1,9 @@
 """The one place that decides which probe measures a model (``--method``), and why.
 
-    auto         hooks (per-example, b = 1) when per-example gradients are the training gradient's parts; else
-                 microbatch, with the reason (``per_example_invalid``) for the report's diagnostic
+    auto         when per-example gradients are the training gradient's parts, both hooks (b = 1) and micro-batches
+                 are exact: a short timed trial picks the cheaper per unit of precision (``probes.trial``; hooks
+                 when no trial can run); else microbatch, with the reason (``per_example_invalid``) for the
+                 report's diagnostic
     per_example  hooks; an error when per-example gradients are invalid
     hooks, vmap  that probe; an error when per-example gradients are invalid
     microbatch   micro-batches, always valid (nothing is checked)
@@ -9,12 +11,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from torch import nn
 
 from bsprof.errors import BsprofError
 from bsprof.probes import PROBES
 from bsprof.probes.base import LossFn, Probe, batch_coupled, coupled_reason, per_example_losses
-from bsprof.probes.hooks import losses_mix_examples
+from bsprof.probes.hooks import fallback_text, fallbacks, losses_mix_examples
+from bsprof.probes.trial import prefer, time_draw
 
 
 def per_example_invalid(model: nn.Module, loss_fn: LossFn | None = None, pair=None) -> str | None:
@@ -59,6 +64,57 @@ def choose(method: str, model: nn.Module, loss_fn: LossFn | None = None, pair=No
     return probe, invalid
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The probe ``decide`` picked, and why.
+
+    invalid:    why per-example gradients are invalid (None when valid, or unchecked for ``--method microbatch``)
+    why:        which rule picked the probe, in words (``--verbose``, the report's ``method_reason``)
+    fallbacks:  {parameter: reason} the hooks measure by torch.func (empty unless the probe is hooks)
+    seconds:    the trial's seconds per draw {probe name: seconds}, when a trial ran
+    """
+
+    probe: Probe
+    invalid: str | None
+    why: str
+    fallbacks: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] | None = None
+
+
+def decide(method: str, model: nn.Module, loss_fn: LossFn | None = None, pair=None, *, draw=None,
+           micro_batch: int = 8, strict: bool = False, seconds: dict[str, float] | None = None) -> Choice:
+    """``choose``, plus what the hooks would send to torch.func (found on ``pair``, one forward pass) and, for
+    auto with valid per-example gradients, the timed trial (``probes.trial``).
+
+    draw:     the trial's draw: (chunks of one example set for hooks, the same examples in micro-batches of
+              ``micro_batch``, their number), or None: no trial, hooks are kept
+    strict:   any parameter the hooks would measure by torch.func is an error (``BsprofError``), before anything
+              runs on the model
+    seconds:  the trial's seconds per draw, given instead of timed (tests)
+    """
+    probe, invalid = choose(method, model, loss_fn, pair)
+    slow = fallbacks(model, loss_fn, pair, 2) if probe.name == "hooks" and pair is not None else {}
+    if strict and slow:
+        raise BsprofError(f"strict: {len(slow)} parameter(s) would be measured by the slow torch.func path: "
+                          f"{fallback_text(slow)}",
+                          "register a per-example rule for the layer with bsprof.probes.register_rule(Layer, rule) "
+                          "(see its docstring), or drop --strict to accept the slow path (the report lists it)")
+    why = reason(method, probe, invalid)
+    trial = method == "auto" and not invalid and micro_batch >= 2 and (draw is not None or seconds is not None)
+    if not trial:
+        return Choice(probe, invalid, why, slow)
+    if seconds is None:
+        hooks_chunks, micro_chunks, total = draw
+        seconds = {"hooks": time_draw(PROBES["hooks"], model, loss_fn, hooks_chunks, total),
+                   "microbatch": time_draw(PROBES["microbatch"], model, loss_fn, micro_chunks, total)}
+        total_examples = total
+    else:
+        total_examples = draw[2] if draw is not None else 0
+    name, why = prefer(seconds, slow, micro_batch, total_examples)
+    return Choice(PROBES[name], None, f"auto: per-example gradients are valid; {why}",
+                  slow if name == "hooks" else {}, dict(seconds))
+
+
 def reason(method: str, probe: Probe, invalid: str | None) -> str:
     """Which rule of ``choose`` picked ``probe``, in words (``bsprof measure --verbose``)."""
     if method != "auto":
@@ -68,4 +124,4 @@ def reason(method: str, probe: Probe, invalid: str | None) -> str:
     return "auto: per-example gradients are valid (no batch-coupled layer; the loss does not mix examples)"
 
 
-__all__ = ["choose", "per_example_invalid", "reason"]
+__all__ = ["Choice", "choose", "decide", "per_example_invalid", "reason"]

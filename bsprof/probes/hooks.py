@@ -383,6 +383,23 @@ def per_example_hooks(model: nn.Module, loss_fn: LossFn, batch, count: int, *,
     return ChunkStats(list(grads), sq, count, total.detach(), count, fallbacks=fallbacks)
 
 
+def fallbacks(model: nn.Module, loss_fn: LossFn, batch, count: int) -> dict[str, str]:
+    """{name: reason} for the parameters ``per_example_hooks`` would measure by torch.func on this batch (one
+    forward pass with the hooks in place, no backward); empty when every parameter is measured at hook speed."""
+    names, params = trainable(model)
+    state = _Pass(model, names, params, count)
+    handles = state.install()
+    try:
+        losses = per_example_losses(model, loss_fn, batch, count)
+        for h in handles:
+            h.remove()
+        state.check_uses(losses)
+    finally:
+        for h in handles + state.handles:
+            h.remove()
+    return {names[k]: state.why[k] for k in sorted(state.why)}
+
+
 def fallback_text(fallbacks: dict[str, str], limit: int = 6) -> str:
     """'name (reason); …' for the parameters measured by torch.func, grouped by reason."""
     by = defaultdict(list)

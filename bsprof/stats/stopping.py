@@ -2,7 +2,9 @@
 
 Stop when the interval is narrow, max(hi − v, v − lo) ≤ rel_error·v (``Estimate.rel_halfwidth``), looked at only
 after ``min_draws`` draws and then at the draw counts the spread predicts are needed (``next_look``): "precision";
-or when the examples or seconds budget is spent: "examples", "time". (A draw of a whole finite dataset with
+or when the examples or seconds budget is spent: "examples", "time"; or, after ``min_draws`` draws, when the
+measurement has taken its share of time (``budget_seconds``: the probe loop's "no longer than the training it
+interleaves with"): "budget". (A draw of a whole finite dataset with
 per-example norms is exact; the caller knows that and reports "exact".)
 
 Looking after every draw would stop on a draw whose spread happens to be low, and such intervals cover the truth
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from bsprof.results import Estimate, Status
 
 PRECISION, EXAMPLES, TIME, EXACT = "precision", "examples", "time", "exact"  # what stopped a measurement
+BUDGET = "budget"  # the measurement took its share of time (after min_draws)
 ZERO_GRADIENT, ZERO_VARIANCE = "zero_gradient", "zero_variance"  # degenerate: no draw can make the interval narrow
 NOISELESS = 1e-6  # |tr Σ|/|G|² (examples) below this: the examples' gradients agree (tr Σ ≈ 0 up to rounding)
 LOOK_STEP = 1.5  # look again only after at least 50% more draws
@@ -42,6 +45,7 @@ class Stopper:
     min_draws: int
     max_examples: float
     max_seconds: float
+    budget_seconds: float = math.inf
     look: int = field(default=0)
 
     def __post_init__(self):
@@ -49,7 +53,9 @@ class Stopper:
 
     def __call__(self, draws: int, rel_halfwidth: float, spent: float, elapsed: float, g2_hi: float = math.inf,
                  ratio: float = math.inf) -> str | None:
-        """The reason to stop now (``PRECISION``, ``EXAMPLES``, ``TIME``, or after ``min_draws`` a degenerate
+        """The reason to stop now (``PRECISION``, ``EXAMPLES``, ``TIME``, after ``min_draws`` ``BUDGET`` when one
+        more draw at the mean pace so far would take ``elapsed`` past ``budget_seconds`` and the interval is bounded
+        (a budget never turns a measurement into a non-answer), or after ``min_draws`` a degenerate
         problem: ``ZERO_GRADIENT`` when every gradient drawn is exactly zero (``g2_hi`` = 0), ``ZERO_VARIANCE``
         when the examples' gradients agree, |``ratio``| = |tr Σ|/|G|² ≤ ``NOISELESS``), or None."""
         if draws >= self.min_draws and degenerate(g2_hi, ratio):
@@ -58,6 +64,9 @@ class Stopper:
             if rel_halfwidth <= self.rel_error:
                 return PRECISION
             self.look = next_look(draws, rel_halfwidth, self.rel_error)
+        if (draws >= self.min_draws and math.isfinite(rel_halfwidth)
+                and elapsed * (draws + 1) / draws >= self.budget_seconds):
+            return BUDGET  # bounded, and another draw at the mean pace would overrun the budget
         if spent >= self.max_examples:
             return EXAMPLES
         if elapsed >= self.max_seconds:
@@ -94,4 +103,4 @@ def next_batch(est: Estimate | None, B: int, b: int, start_B: int, fixed_B: bool
 
 
 __all__ = ["Stopper", "next_look", "next_batch", "degenerate", "LOOK_STEP", "MAX_PROBE_BATCH", "PRECISION",
-           "EXAMPLES", "TIME", "EXACT", "ZERO_GRADIENT", "ZERO_VARIANCE"]
+           "EXAMPLES", "TIME", "EXACT", "BUDGET", "ZERO_GRADIENT", "ZERO_VARIANCE"]

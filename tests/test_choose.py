@@ -1,0 +1,150 @@
+"""Which probe measures a model, and why: visible torch.func fallbacks, --strict, and auto's timed trial."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typer.testing import CliRunner
+
+import bsprof
+from bsprof.cli import app
+from bsprof.errors import BsprofError
+from bsprof.probes import PROBES
+from bsprof.probes.choose import decide
+from bsprof.probes.trial import MICROBATCH_PRECISION_COST, prefer, time_draw
+
+ASSETS = Path(__file__).parent / "assets"
+CUSTOM = ASSETS / "custom_layer.py"
+
+
+def _ce(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y, reduction="none")
+
+
+def _pair():
+    return torch.randn(2, 4), torch.tensor([0, 1])
+
+
+class Gain(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+def _gain_model():
+    return nn.Sequential(nn.Linear(4, 8), Gain(8), nn.Tanh(), nn.Linear(8, 2))
+
+
+# ---------------------------------------------------------------- the decision rule, with injected timings
+
+@pytest.mark.parametrize("hooks,micro,picked", [(1.0, 1.0, "hooks"), (1.0, 0.9, "hooks"),
+                                                (MICROBATCH_PRECISION_COST, 1.0, "hooks"),
+                                                (1.6, 1.0, "microbatch"), (10.0, 1.0, "microbatch"),
+                                                (0.2, 1.0, "hooks")])
+def test_prefer_hooks_unless_micro_batches_are_more_than_the_precision_cost_faster(hooks, micro, picked):
+    name, why = prefer({"hooks": hooks, "microbatch": micro}, micro_batch=8, examples=64)
+    assert name == picked
+    assert "64 examples" in why and "micro-batches of 8" in why
+    assert why.endswith("so micro-batches" if picked == "microbatch" else "so per-example hooks")
+
+
+def test_decide_with_fake_timings_says_which_and_why():
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    slow = decide("auto", mlp, _ce, _pair(), seconds={"hooks": 1.0, "microbatch": 0.25})
+    assert slow.probe is PROBES["microbatch"] and "4.0× faster" in slow.why and slow.why.startswith("auto:")
+    assert slow.seconds == {"hooks": 1.0, "microbatch": 0.25}
+    fast = decide("auto", mlp, _ce, _pair(), seconds={"hooks": 1.0, "microbatch": 0.9})
+    assert fast.probe is PROBES["hooks"] and fast.fallbacks == {}
+    # no trial without a draw or timings (hooks kept), nor for an explicit method
+    assert decide("auto", mlp, _ce, _pair()).probe is PROBES["hooks"]
+    asked = decide("hooks", mlp, _ce, _pair(), seconds={"hooks": 1.0, "microbatch": 0.01})
+    assert asked.probe is PROBES["hooks"] and asked.seconds is None and asked.why == "asked with --method hooks"
+
+
+def test_no_trial_when_per_example_gradients_are_invalid():
+    bn = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    c = decide("auto", bn, _ce, _pair(), seconds={"hooks": 0.01, "microbatch": 1.0})
+    assert c.probe is PROBES["microbatch"] and c.seconds is None and c.invalid.startswith("BatchNorm")
+
+
+def test_time_draw_warms_up_then_takes_the_fastest_repeat_within_budget():
+    ticks = iter([0, 5, 5, 6, 6, 6.5, 6.5, 7.5])  # warm-up 5 s (over budget: the only run)
+    calls = []
+    probe = PROBES["hooks"].__class__("fake", True, lambda *a: calls.append(a))
+    assert time_draw(probe, None, None, [(None, 1)], 1, budget=2.0, clock=lambda: next(ticks)) == 5
+    ticks = iter([0, 0.1, 1, 1.3, 2, 2.2, 3, 3.4])  # warm-up 0.1, then 0.3, 0.2, 0.4
+    assert time_draw(probe, None, None, [(None, 1)], 1, budget=2.0, clock=lambda: next(ticks)) == pytest.approx(0.2)
+
+
+# ---------------------------------------------------------------- fallbacks: visible, or an error with --strict
+
+def test_decide_names_the_fallbacks_and_strict_refuses_them():
+    c = decide("auto", _gain_model(), _ce, _pair())
+    assert c.probe is PROBES["hooks"] and list(c.fallbacks) == ["1.gain"] and "Gain" in c.fallbacks["1.gain"]
+    with pytest.raises(BsprofError, match=r"strict: 1 parameter\(s\).*1\.gain") as err:
+        decide("hooks", _gain_model(), _ce, _pair(), strict=True)
+    assert "register_rule" in err.value.hint
+    assert decide("microbatch", _gain_model(), _ce, _pair(), strict=True).fallbacks == {}
+
+
+def test_cli_lists_fallbacks_in_the_report_and_strict_fails(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["measure", str(CUSTOM), "--steps", "0", "--rel-error", "0.5", "--method", "hooks",
+                            "-o", str(tmp_path / "a"), "--no-figures"])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "note [fallback]: 1 parameter measured by torch.func (slow path): 1.gain (in Gain, which has no " \
+           "per-example rule) — register a rule with bsprof.probes.register_rule" in out
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert [d for d in report["diagnostics"] if d["code"] == "fallback"]
+    assert report["config"]["method_reason"] == "asked with --method hooks" and report["config"]["strict"] is False
+    shown = runner.invoke(app, ["report", str(tmp_path / "a")])
+    assert "1.gain" in shown.output
+
+    r = runner.invoke(app, ["measure", str(CUSTOM), "--steps", "0", "--strict", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 2
+    out = " ".join(r.output.split())
+    assert "strict: 1 parameter(s) would be measured by the slow torch.func path: 1.gain" in out
+    assert "register_rule" in out and "Traceback" not in r.output
+    cfg = tmp_path / "strict.yaml"
+    cfg.write_text("strict: true\nsteps: 0\n")
+    r = runner.invoke(app, ["measure", str(CUSTOM), "--config", str(cfg), "-o", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "1.gain" in r.output
+
+
+def _data(n=256):
+    g = torch.Generator().manual_seed(0)
+    return torch.utils.data.TensorDataset(torch.randn(n, 4, generator=g), torch.randint(0, 2, (n,), generator=g))
+
+
+def test_library_strict_and_a_registered_rule_clears_the_fallback():
+    from bsprof.probes import layers
+
+    with pytest.raises(BsprofError, match="1.gain"):
+        bsprof.measure(model=_gain_model(), dataset=_data(), loss=_ce, steps=0, strict=True)
+    saved = dict(layers.RULES)
+    try:
+        bsprof.probes.register_rule(Gain, lambda mod, x, d: {"gain": x * d})
+        r = bsprof.measure(model=_gain_model(), dataset=_data(), loss=_ce, steps=0, strict=True, rel_error=0.5)
+        assert not [d for d in r.diagnostics if d["code"] == "fallback"]
+    finally:
+        layers.RULES.clear()
+        layers.RULES.update(saved)
+
+
+# ---------------------------------------------------------------- auto on a plain MLP: the trial keeps hooks
+
+def test_auto_keeps_hooks_for_a_plain_mlp():
+    mlp = nn.Sequential(nn.Linear(4, 64), nn.Tanh(), nn.Linear(64, 2))
+    r = bsprof.measure(model=mlp, dataset=_data(), loss=_ce, steps=0, rel_error=0.5)
+    assert r.config["method_resolved"] == "hooks", r.config["method_reason"]
+    assert r.config["method_reason"].startswith("auto: per-example gradients are valid; a timed draw of 64 examples")
+    assert set(r.config["method_trial_s"]) == {"hooks", "microbatch"}
+    assert r.timing["choosing_s"] > 0
