@@ -17,7 +17,8 @@ from torch.utils.data import default_collate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SPECS = sorted(CONFIGS.glob("*.py"))
-PRESETS = sorted(CONFIGS.glob("*.yaml"))
+TRAINING = CONFIGS / "train.yaml"  # a training config for `bsprof check --training-config`, not a measure preset
+PRESETS = sorted(p for p in CONFIGS.glob("*.yaml") if p != TRAINING)
 
 
 def load_spec(path: Path):
@@ -116,3 +117,10 @@ def test_preset_parses(path: Path):
                "max_seconds"}
     assert set(options) <= allowed, set(options) - allowed
     assert (CONFIGS / f"{path.stem}.py").is_file()
+
+
+def test_the_bundled_training_config_has_the_keys_the_docs_name():
+    """README and docs/ci.md run `bsprof check ... --training-config configs/train.yaml --batch-key
+    trainer.batch_size` (the lr found at optim.lr)."""
+    options = yaml.safe_load(TRAINING.read_text())
+    assert isinstance(options["trainer"]["batch_size"], int) and isinstance(options["optim"]["lr"], float)

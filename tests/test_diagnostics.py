@@ -34,6 +34,21 @@ def test_not_iid_temperature_weight_decay_adam():
     assert "adam" in _codes(m, torch.optim.AdamW(m.parameters()))
 
 
+def test_temperature_note_says_whether_training_happened():
+    def message(**cfg):
+        r = Report()
+        m = nn.Linear(2, 1)
+        diagnostics.before_run(r, m, torch.optim.SGD(m.parameters(), lr=0.1), SimpleNamespace(iterable=False),
+                               None, SimpleNamespace(micro_batch=8, batch_size=32, **cfg))
+        return next(d["message"] for d in r.diagnostics if d["code"] == "temperature")
+
+    assert "measured along training at lr=0.1, batch 32" in message(steps=200)
+    at_init = message(steps=0)
+    assert "at the initial weights (no training steps), at lr=0.1 / batch 32" in at_init
+    assert "along training at" not in at_init
+    assert "the checkpoint's weights (no training steps)" in message(steps=0, checkpoint="w.pt")
+
+
 def test_clipping_from_the_spec_or_the_optimizer():
     CLIP_GRAD_NORM = 1.0  # noqa: F841  (read from the loss function's globals, as in a spec file)
     globals()["CLIP_GRAD_NORM"] = 1.0

@@ -33,7 +33,7 @@ def test_every_framework_has_a_runnable_example():
 def test_integration_docs_run(requires, tmp_path, monkeypatch, capsys):
     for pkg in requires:
         if importlib.util.find_spec(pkg) is None:
-            pytest.skip(f"{pkg} is not installed: pip install 'bsprof[{_extra(pkg)}]' to run this example")
+            pytest.skip(f"{pkg} is not installed: pip install -e '.[{_extra(pkg)}]' to run this example")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__doc__"}
     for code in groups()[requires]:

@@ -134,7 +134,7 @@ def test_report_is_written_without_matplotlib(tmp_path, monkeypatch, caplog):
     assert "figure" not in paths and not (tmp_path / "noise_scale.png").exists()
     assert (tmp_path / "report.json").is_file() and (tmp_path / "measurements.csv").is_file()
     assert [r.getMessage() for r in caplog.records] == [
-        "note: noise_scale.png not written: matplotlib is not installed (pip install 'bsprof[figures]')"]
+        "note: noise_scale.png not written: matplotlib is not installed (pip install matplotlib)"]
 
 
 def test_example_without_scikit_learn_is_a_clear_spec_error(monkeypatch):

@@ -153,3 +153,11 @@ def test_the_figure_draws_every_quantity_bounds_and_exact_values(tmp_path):
     rows[3].update(stopped_by="exact")
     figure = Report(config=report.config, measurements=rows).write(tmp_path)["figure"]
     assert figure.stat().st_size > 10_000
+
+
+def test_growth_wording_says_a_fall_as_a_fraction_and_a_percentage():
+    from bsprof.output.render import growth_text
+
+    assert growth_text(6.6) == "grew 6.6×"
+    assert growth_text(0.9) == "fell to 0.90× (−10%)"
+    assert growth_text(0.5) == "fell to 0.50× (−50%)"

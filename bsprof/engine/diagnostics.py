@@ -47,8 +47,16 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
                         "map-style Dataset.")
     group = optimizer.param_groups[0]
     lr = group.get("lr")
-    report.diagnose("temperature", f"the noise scale depends on the temperature lr/B (McCandlish App. C): it was "
-                    f"measured along training at lr={lr:g}, batch {cfg.batch_size}. Compare runs at equal lr/B.")
+    if getattr(cfg, "steps", None) == 0:  # no probe training: lr and batch shaped none of the weights measured
+        where = "the checkpoint's weights" if getattr(cfg, "checkpoint", None) else "the initial weights"
+        report.diagnose("temperature", f"the noise scale depends on the temperature lr/B (McCandlish App. C): it "
+                        f"was measured at {where} (no training steps), at lr={lr:g} / batch {cfg.batch_size} "
+                        "(not applied). Along training it depends on the lr/B you train with; compare runs at "
+                        "equal lr/B.")
+    else:
+        report.diagnose("temperature", f"the noise scale depends on the temperature lr/B (McCandlish App. C): it "
+                        f"was measured along training at lr={lr:g}, batch {cfg.batch_size}. Compare runs at equal "
+                        "lr/B.")
     if any(g.get("weight_decay", 0) for g in optimizer.param_groups):
         report.diagnose("weight_decay", "the optimizer has weight decay: bsprof measures the loss gradient "
                         "before it (decay is not part of the gradient noise).")

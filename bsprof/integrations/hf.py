@@ -43,7 +43,8 @@ from bsprof.track import Tracker
 try:
     from transformers import TrainerCallback
 except ImportError as e:
-    raise ImportError("bsprof.integrations.hf needs transformers: pip install 'bsprof[hf]'") from e
+    raise ImportError("bsprof.integrations.hf needs transformers: pip install transformers accelerate (or "
+                      "pip install -e '.[hf]' in a bsprof clone)") from e
 
 
 class NoiseScaleCallback(TrainerCallback):

@@ -39,7 +39,8 @@ except ImportError:  # the standalone pytorch_lightning package
     try:
         from pytorch_lightning.callbacks import Callback
     except ImportError as e:
-        raise ImportError("bsprof.integrations.lightning needs Lightning: pip install 'bsprof[lightning]'") from e
+        raise ImportError("bsprof.integrations.lightning needs Lightning: pip install lightning (or "
+                          "pip install -e '.[lightning]' in a bsprof clone)") from e
 
 
 def _model(trainer, pl_module):

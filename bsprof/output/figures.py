@@ -1,7 +1,8 @@
 """Figures: the noise scale against step and against loss, with its interval.
 
-matplotlib is an extra (``pip install 'bsprof[figures]'``): without it the report is written all the same, and a
-one-line note on the ``bsprof`` logger (stderr, unless configured otherwise) says how to get the PNG.
+matplotlib is an extra (``pip install -e '.[figures]'`` in a clone, or ``pip install matplotlib``): without it
+the report is written all the same, and a one-line note on the ``bsprof`` logger (stderr, unless configured
+otherwise) says how to get the PNG.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from bsprof.results import Status
 
-MISSING = "note: noise_scale.png not written: matplotlib is not installed (pip install 'bsprof[figures]')"
+MISSING = "note: noise_scale.png not written: matplotlib is not installed (pip install matplotlib)"
 
 
 def plot_noise_scale(report, path: Path) -> Path | None:

@@ -64,7 +64,7 @@ def report_table(report, summary=None) -> Group:
         parts.append(Text(headline_text(s), style="bold"))
         line = f"B_simple at step {s.step}: {estimate_text(s.b_simple)} {report.unit}"
         if s.growth is not None:
-            line += f"   ({'grew' if s.growth >= 1 else 'fell'} {s.growth:.1f}× over the run)"
+            line += f"   ({growth_text(s.growth)} over the run)"
         for key, name in (("b_noise", "B_noise"), ("b_pre", "B_pre")):
             if getattr(s, key) is not None:
                 line += f";  {name}: {estimate_text(getattr(s, key))}"
@@ -75,6 +75,13 @@ def report_table(report, summary=None) -> Group:
         parts.append(Text(f"incomplete: stopped at step {report.incomplete.get('step')}: "
                           f"{report.incomplete.get('reason')}", style="bold red"))
     return Group(*parts)
+
+
+def growth_text(growth: float) -> str:
+    """Last over first B_simple in words: "grew 6.6×", or for a fall "fell to 0.9× (−10%)"."""
+    if growth >= 1:
+        return f"grew {growth:.1f}×"
+    return f"fell to {growth:.2f}× (−{100 * (1 - growth):.2g}%)"
 
 
 def layers_table(report) -> Table:
