@@ -125,7 +125,8 @@ def noise_at(report: Report, at_loss: float | None = None) -> Reading:
             lo = cb.lo if finite(cb.lo) and 0 < cb.lo <= cb.value else cb.value
             hi = cb.hi if finite(cb.hi) and cb.hi >= cb.value else cb.value
             return dataclasses.replace(base, value=float(cb.value), lo=float(lo), hi=float(hi), status=Status.OK,
-                                       name="B_crit", where=f"the report's critical batch: {s.critical_batch_reason}")
+                                       name="B_crit", where="the report's critical batch: "
+                                       + (s.critical_batch_reason or s.critical_batch_quantity or "").split(";")[0])
         return base
     rows = [r for r in report.measurements if r.b_simple.ok and finite(r.loss) and r.b_simple.value > 0]
     if not rows:
@@ -440,5 +441,6 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
                      if noise.name == "B_simple" else
                      "under Adam the noise scale missed swept critical batches by up to 2–3× either way, so the "
                      "critical batch's interval is widened ×3 (docs/science.md §6); confirm with `bsprof sweep`")
-    notes.extend(d["message"] for d in report.diagnostics if isinstance(d, dict) and d.get("message"))
+    notes.extend(d["message"] for d in report.diagnostics  # what the run cost is no part of the judgement
+                 if isinstance(d, dict) and d.get("message") and d.get("code") != "measure_cost")
     return Verdict(tuple(checks), noise, tuple(notes))
