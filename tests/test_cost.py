@@ -52,7 +52,7 @@ def test_cli_reports_measuring_vs_training(tmp_path):
                                  "--rel-error", "0.3", "-o", str(tmp_path), "--no-figures"])
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
-    assert "training" in out and "s so far" in out  # the per-measurement line (not a terminal: logs)
+    assert "so far measuring" in out and "training" in out  # the per-measurement line (not a terminal: logs)
     assert "note [measure_cost]: measurements took" in out
     report = json.loads((tmp_path / "report.json").read_text())
     t = report["timing"]

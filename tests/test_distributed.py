@@ -110,6 +110,7 @@ def test_two_ranks_agree_with_closed_form_and_one_process(tmp_path, method):
     assert first.ranks.b_simple.status in ("ok", "lower_bound") and np.isfinite(first.ranks.b_simple.lo)
 
     cfg = MeasureConfig(steps=2, measure_every=2, batch_size=8, rel_error=0.05, device="cpu", method=method,
+                        measure_budget=0,  # as under DDP (no time budget there): both stop by precision alone
                         **({"micro_batch": 4} if b > 1 else {}))
     single = measure(ASSETS / "tiny_linear.py", cfg).measurements
     # same seed: the union of the two shards is the one-process draw, and the training batches too
