@@ -51,3 +51,11 @@ def test_the_quick_start_command_runs(workdir):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "B_simple at step" in done.stdout and (workdir / "bsprof-out" / "report.json").is_file()
+
+
+def test_readme_framework_examples_are_the_tested_ones():
+    """README blocks left out "because the same block runs in docs/integrations.md" must be exactly such a block."""
+    doc_blocks = {code for _, code in BLOCK.findall((ROOT / "docs" / "integrations.md").read_text())}
+    copies = [code for skip, code in BLOCK.findall((ROOT / "README.md").read_text())
+              if skip and "docs/integrations.md" in skip]
+    assert len(copies) == 2 and all(code in doc_blocks for code in copies)
