@@ -340,13 +340,8 @@ def per_example_hooks(model: nn.Module, loss_fn: LossFn, batch, count: int, *,
         raise ConfigError(f"{coupled_reason(coupled)}: per-example gradients are undefined",
                           "use --method microbatch (or model.eval() if BatchNorm should use its running statistics)")
     names, params = trainable(model)
-    state = _Pass(model, names, params, count)
-    handles = state.install()
+    state, losses = _traced(model, loss_fn, batch, count, names, params)
     try:
-        losses = per_example_losses(model, loss_fn, batch, count)
-        for h in handles:
-            h.remove()
-        state.check_uses(losses)
         if strict and state.why:
             raise BsprofError(f"{len(state.why)} parameter(s) would be measured by the slow torch.func fallback: "
                               + fallback_text({names[k]: r for k, r in state.why.items()}),
@@ -365,7 +360,7 @@ def per_example_hooks(model: nn.Module, loss_fn: LossFn, batch, count: int, *,
             grads[k] = state.sums[k].to(params[k].dtype)
     finally:
         state.armed = False
-        for h in handles + state.handles:
+        for h in state.handles:
             h.remove()
     dtype = accum_dtype(losses.device)
     sq = torch.zeros(len(params), dtype=dtype, device=losses.device)
@@ -383,10 +378,10 @@ def per_example_hooks(model: nn.Module, loss_fn: LossFn, batch, count: int, *,
     return ChunkStats(list(grads), sq, count, total.detach(), count, fallbacks=fallbacks)
 
 
-def fallbacks(model: nn.Module, loss_fn: LossFn, batch, count: int) -> dict[str, str]:
-    """{name: reason} for the parameters ``per_example_hooks`` would measure by torch.func on this batch (one
-    forward pass with the hooks in place, no backward); empty when every parameter is measured at hook speed."""
-    names, params = trainable(model)
+def _traced(model: nn.Module, loss_fn: LossFn, batch, count: int, names, params) -> tuple[_Pass, Tensor]:
+    """The forward pass with the layers hooked: the pass state (calls seen, parameters sent to the fallback, the
+    output hooks waiting for a backward in ``state.handles``) and the per-example losses. On an error every hook is
+    removed."""
     state = _Pass(model, names, params, count)
     handles = state.install()
     try:
@@ -394,9 +389,20 @@ def fallbacks(model: nn.Module, loss_fn: LossFn, batch, count: int) -> dict[str,
         for h in handles:
             h.remove()
         state.check_uses(losses)
-    finally:
+    except BaseException:
         for h in handles + state.handles:
             h.remove()
+        raise
+    return state, losses
+
+
+def fallbacks(model: nn.Module, loss_fn: LossFn, batch, count: int) -> dict[str, str]:
+    """{name: reason} for the parameters ``per_example_hooks`` would measure by torch.func on this batch (one
+    forward pass with the hooks in place, no backward); empty when every parameter is measured at hook speed."""
+    names, params = trainable(model)
+    state, _ = _traced(model, loss_fn, batch, count, names, params)
+    for h in state.handles:
+        h.remove()
     return {names[k]: state.why[k] for k in sorted(state.why)}
 
 
