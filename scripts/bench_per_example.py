@@ -1,6 +1,7 @@
 """Cost of per-example squared gradient norms: bsprof's hooks probe against peers and plain forward+backward.
 
-    python scripts/bench_per_example.py [--quick] [--device cpu|cuda] [--threads 2] [--gpt2] [--models ...] [--json FILE]
+    python scripts/bench_per_example.py [--quick] [--device cpu|cuda] [--threads 2] [--gpt2] [--models ...]
+        [--json FILE]
 
 Every method computes, from one batch at fixed weights, the summed gradient and Σ_i |g_i|² per parameter:
     plain            forward + backward of Σ_i ℓ_i (the baseline; no per-example norms)

@@ -2,7 +2,8 @@
 
     python scripts/gpu_tracker_check.py [--json FILE]
 
-For each source (accumulation k = 4; per-example for the MLP), 20 optimizer steps of SGD on a small MLP and on a transformer LM
+For each source (accumulation k = 4; per-example for the MLP), 20 optimizer steps of SGD on a small MLP and on a
+transformer LM
 (Embedding + nn.TransformerEncoderLayer), on CPU and on CUDA: the per-step |G_b|² and |G_B|² must agree to 1e-9
 relative (float64 on both), and the windowed B_simple to the same. Also the probe's per-example hooks on CUDA
 against torch.func on CUDA for Hugging Face GPT-2 tiny, when transformers is installed.

@@ -46,7 +46,8 @@ class RunClock:
 
     def to_dict(self) -> dict:
         """For report.json (``Report.timing``)."""
-        return {"choosing_s": round(self.choosing, 3), "measuring_s": round(self.measuring, 3), "training_s": round(self.training, 3),
+        return {"choosing_s": round(self.choosing, 3), "measuring_s": round(self.measuring, 3),
+                "training_s": round(self.training, 3),
                 "measurement_s": [round(s, 3) for s in self.measurements],
                 "training_between_s": [round(s, 3) for s in self.between]}
 

@@ -149,8 +149,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
 
     ``progress(kind, info)`` hears: setup (the probe chosen and why, device, optimizer), measure, draw, measured
     (the row; seconds spent measuring and training so far), train (step, loss). ``report.timing`` holds the
-    seconds measuring vs training (``engine.cost``). ``comm``: the data-parallel ranks (``distributed.session``); default: the
-    caller's process group, if any.
+    seconds measuring vs training (``engine.cost``). ``comm``: the data-parallel ranks (``distributed.session``);
+    default: the caller's process group, if any.
     """
     report = report if report is not None else Report()
     comm = comm or distributed.current()

@@ -20,7 +20,6 @@ hi = ∞) can still prove a batch too small; nothing else can be judged from it.
 from __future__ import annotations
 
 import dataclasses
-
 import enum
 import math
 from dataclasses import dataclass, field
