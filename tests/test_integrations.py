@@ -391,6 +391,47 @@ def test_hf_clipping_does_not_change_the_pair(tmp_path):
     np.testing.assert_allclose(pairs(clipped.tracker), pairs(replay(clipped_model.seen, 2, clip=0.01)), rtol=1e-5)
 
 
+@pytest.mark.slow  # two torchrun ranks importing torch and transformers: ~20 s each on a loaded 2-core machine
+@pytest.mark.distributed
+@pytest.mark.parametrize("accum,b,B", [(1, 1, 16), (2, 8, 32)], ids=["ddp+per_example", "ddp+accumulate2"])
+def test_hf_ddp_agrees_with_a_plain_ddp_tracker(tmp_path, accum, b, B):
+    """The HF Trainer under torchrun on 2 CPU ranks (ddp_backend="gloo", use_cpu=True): rank 0's pairs equal those
+    of a hand-written DDP loop with a plain Tracker over the micro-batches each rank's Trainer saw (the ranks'
+    shards are disjoint); b and B are one rank's micro-batch (1 for per-example norms) and the global batch
+    W·k·b; B_simple is logged with a finite interval every 4 steps, and the JSONL log holds the same draws. A
+    callback not given the trainer (only the unwrapped model) refuses under DDP."""
+    pytest.importorskip("transformers", reason="transformers is not installed (pip install 'bsprof[hf]')")
+    pytest.importorskip("accelerate", reason="accelerate is not installed (pip install 'bsprof[hf]')")
+    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+        pytest.skip("needs torch.distributed with gloo")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
+                                                              "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(root / "tests/assets/hf_ddp_worker.py"), str(tmp_path), str(accum)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["world"] == 2 and r["ddp"] and r["steps"] == list(range(12)) and not r["unmeasured"] and r["closed"]
+    assert r["micro_batches"] == 12 * accum and r["distinct_rows"] == r["rows"] == 2 * 12 * accum * 8
+    got, ref = np.array(r["pairs"]), np.array(r["ref_pairs"])
+    assert got.shape == (12, 4) and set(got[:, 2]) == {b} and set(got[:, 3]) == {B}
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    value, lo, hi, status = r["estimate"]
+    assert status == "ok" and 0 < lo < value < hi < math.inf
+    assert value == pytest.approx(r["ref_estimate"][0], rel=1e-4)
+    log = read_log(r["log"])                                    # rank 0's JSONL: one header, 12 steps
+    assert log.header["world_size"] == 2
+    np.testing.assert_allclose([[d.small_sq_total, d.big_sq_total, d.b, d.B] for d in log.draws], got, rtol=1e-9)
+    logged = [x for x in r["log_history"] if "bsprof/b_simple_lo" in x]
+    assert [x["step"] for x in logged] == [4, 8, 12] and all("loss" in x for x in logged)  # log_every=4
+    assert logged[-1]["bsprof/b_simple_lo"] == pytest.approx(lo, rel=1e-6)
+    assert logged[-1]["bsprof/b_simple_hi"] == pytest.approx(hi, rel=1e-6)
+    assert r["latest"]["bsprof/b_simple"] == pytest.approx(value)
+    assert "attach(trainer)" in r["refused_without_trainer"]
+
+
 @pytest.mark.parametrize("schedule,applied", [
     (Schedule(stages=[Stage(0, 2.0, 8, 0.05, 8, 1, 1), Stage(4, 1.5, 16, 0.1, 8, 2, 1),
                       Stage(6, 1.0, 32, 0.2, 8, 4, 1)], target_loss=0.5), [(4, 4), (6, 6)]),

@@ -17,6 +17,12 @@ loss by the number of micro-batches in the step (unless the model takes ``num_it
 of the step's items, the same 1/k for equal micro-batches): ``loss_scale = 1/k``. Rows of each micro-batch come from
 a forward pre-hook on the model (dim 0 of the first tensor argument), removed at the end of training.
 
+Under DDP (``torchrun``, W ≥ 2 ranks) the tracker must watch the ``DistributedDataParallel`` wrapper, but the
+Trainer hands callbacks its unwrapped model: ``attach(trainer)`` (or ``NoiseScaleCallback(trainer=trainer)``)
+lets the callback take ``trainer.model_wrapped``, so b = one rank's micro-batch and B = W·k·b (per-example norms
+for k = 1: b = 1, B = W·batch). A callback without the trainer raises under multi-process DDP rather than log a
+pair taken from the all-reduced gradient as if it were one rank's. Rank 0 writes the JSONL log.
+
 A schedule (``bsprof.schedule.Schedule``): before each optimizer step the callback sets
 ``args.gradient_accumulation_steps`` to ``schedule.accumulation_at(step, micro_batch, world_size)``; the Trainer
 reads it for each step's micro-batches (a change waits for a step boundary where the epoch's micro-batch count
@@ -32,6 +38,7 @@ the Trainer's own loss record of that step.) The JSONL log goes to ``<output_dir
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import torch
@@ -39,6 +46,7 @@ import torch
 from bsprof.integrations.loggers import PREFIX, scalars
 from bsprof.integrations.steps import Steps, rows_of
 from bsprof.track import Tracker
+from bsprof.track.tracker import TrackerError
 
 try:
     from transformers import TrainerCallback
@@ -52,13 +60,14 @@ class NoiseScaleCallback(TrainerCallback):
 
     every, window, log_every, log, source, precondition, unit, ema_beta: as for the Lightning ``NoiseScale``;
     schedule, micro_batch: a Schedule to follow (module docstring); ``micro_batch`` default
-    ``args.per_device_train_batch_size``.
+    ``args.per_device_train_batch_size``. trainer: the Trainer, for its DDP wrapper (``attach`` passes it).
     After training: ``tracker`` (closed, its draws kept), ``latest`` (the last logged scalars), ``unmeasured``.
     """
 
     def __init__(self, *, every: int = 1, window: int | None = 100, log_every: int | None = None, log="auto",
                  source: str = "auto", precondition: bool = False, unit: str = "examples", ema_beta: float = 0.99,
-                 prefix: str = PREFIX, schedule=None, micro_batch: int | None = None):
+                 prefix: str = PREFIX, schedule=None, micro_batch: int | None = None, trainer=None):
+        self._trainer = weakref.ref(trainer) if trainer is not None else None
         self.every, self.window, self.log_every, self.log_path, self.prefix = every, window, log_every, log, prefix
         self.options = dict(source=source, precondition=precondition, unit=unit, ema_beta=ema_beta)
         self.tracker: Tracker | None = None
@@ -77,11 +86,27 @@ class NoiseScaleCallback(TrainerCallback):
         if log == "auto":
             log = Path(args.output_dir) / "bsprof.jsonl"
             log.parent.mkdir(parents=True, exist_ok=True)
-        self.tracker = Tracker(model, optimizer, log=log if state.is_world_process_zero else None, **self.options)
+        self.tracker = Tracker(self._tracked(args, model), optimizer,
+                               log=log if state.is_world_process_zero else None, **self.options)
         self.steps = Steps(self.tracker, self.every)
         self._handles = [model.register_forward_pre_hook(self._rows, with_kwargs=True),
                          model.register_forward_hook(self._loss, with_kwargs=True)]
         self._follow_schedule(args, state)
+
+    def _tracked(self, args, model):
+        """The model to track: the Trainer's ``DistributedDataParallel`` wrapper of ``model`` when there is one."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        trainer = self._trainer() if self._trainer is not None else None
+        wrapped = getattr(trainer, "model_wrapped", None)
+        if isinstance(wrapped, DistributedDataParallel) and wrapped.module is model:
+            return wrapped
+        if trainer is None and args.world_size > 1 and not (args.fsdp or args.deepspeed):
+            raise TrackerError("under multi-process DDP the callback needs the Trainer's DistributedDataParallel "
+                               "wrapper (callbacks are given the unwrapped model)",
+                               "add it with bsprof.integrations.hf.attach(trainer), or pass "
+                               "NoiseScaleCallback(trainer=trainer)")
+        return model
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._micro_in_epoch = 0
@@ -157,6 +182,6 @@ class NoiseScaleCallback(TrainerCallback):
 def attach(trainer, **options) -> NoiseScaleCallback:
     """A ``NoiseScaleCallback`` added to ``trainer`` FIRST among its callbacks, so that its values join each log
     record before the ``report_to`` integrations (TensorBoard, W&B, …) and the printer see it."""
-    callback = NoiseScaleCallback(**options)
+    callback = NoiseScaleCallback(trainer=trainer, **options)
     trainer.callback_handler.callbacks.insert(0, callback)
     return callback
