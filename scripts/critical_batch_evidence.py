@@ -94,6 +94,17 @@ def mnist_spec():
     return Spec(None, None, cnn, mnist_small, ce, sgd(0.1))
 
 
+def shakespeare_spec():
+    """configs/char_transformer.py on tiny-shakespeare (../shared/data), context 32 (CPU budget), per-sequence loss."""
+    import os
+
+    os.environ.setdefault("BSPROF_TEXT_FILE", str(ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
+    from configs import char_transformer as ct
+
+    ct.CONTEXT = ct.TOKENS_PER_EXAMPLE = 32
+    return Spec(None, None, ct.model, ct.dataset, ct.loss, adam(2e-3))
+
+
 TASKS = {
     # reuse: the global sweep of scripts/validate_critical_batch.py (B = 16..512, lr grid ×0.5,1,2, 3 seeds)
     "digits_sgd": dict(desc="digits MLP 64-128-10 (sklearn, 1797), plain SGD", spec=digits_spec, opt=sgd,
@@ -111,6 +122,11 @@ TASKS = {
                         batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.01, lr_grid=[1, 2, 4, 8],
                                              seeds=2, max_steps=1500, eval_examples=0),
                         probe_steps=250, lr_factors=(0.25, 1.0)),
+    "shakespeare_adam": dict(desc="char-level transformer (2 layers, d 64, 4 heads, context 32, 0.1M params) on "
+                                  "tiny-shakespeare, Adam", spec=shakespeare_spec, opt=adam, target=2.0, batch=32,
+                             sweep=dict(batches=[16, 32, 64, 128, 256], lr0=2e-3, lr_grid=[0.5, 1, 2, 4], seeds=1,
+                                        max_steps=2500, eval_examples=512, max_seconds=3000),
+                             probe_steps=400, lr_factors=(1.0,)),
 }
 
 

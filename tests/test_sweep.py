@@ -147,6 +147,47 @@ def test_cli_global_with_report(tmp_path):
     assert d["fit"]["b_crit"]["lo"] <= d["fit"]["b_crit"]["value"] <= d["fit"]["b_crit"]["hi"]
 
 
+def _schedule_file(path, stages):
+    from bsprof.schedule.stages import Schedule, Stage
+
+    sched = Schedule([Stage(s, 1.0, b, lr, b, 1, 1) for s, b, lr in stages], target_loss=0.3)
+    path.write_text(json.dumps(sched.to_dict()))
+    return path
+
+
+def test_cli_global_trains_a_schedule_as_written(tmp_path):
+    """--schedule: the schedule's batch and lr at each step, to the same target, judged against the constants."""
+    f = _schedule_file(tmp_path / "schedule.json", [(0, 2, 0.025), (10, 8, 0.1)])
+    r = cli(TINY, "--method", "global", "--batches", "2,4,8,16", "-t", 0.3, "--n-boot", 50, "--seeds", 2,
+            "--schedule", f, *FAST, "-o", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    d = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    v = d["schedule"]
+    assert v["seeds"] == 2 and len(v["runs"]) == 2 and len(d["branches"]) == 8   # constants unchanged
+    run = v["runs"][0]
+    assert run["batch"] == 0 and run["steps_to_target"] == run["steps"]
+    steps = int(run["steps"])                       # 2 examples a step for 10 steps, then 8
+    assert run["examples"] == 2 * min(steps, 10) + 8 * max(steps - 10, 0)
+    assert run["lr"] == pytest.approx(0.1 if steps > 10 else 0.025)
+    assert "the schedule as written" in r.output and isinstance(v["beats_constants"], bool)
+    assert d["compute"]["train_examples"] == sum(b["examples"] for b in d["branches"]) + sum(
+        x["examples"] for x in v["runs"])
+
+
+def test_schedule_verdict_counts_only_constants_using_no_more_examples():
+    from bsprof.sweep.result import BatchSummary, Branch
+    from bsprof.sweep.summary import schedule_verdict
+
+    const = [BatchSummary(b, 0.1, 1.0, 0.2, 0.01, s, s * b) for b, s in ((8, 400), (32, 120), (128, 60))]
+    run = [Branch(0, 0.1, 1.0, seed, 100, 5000, 0.29, 0.01, 1.0, False, 100.0) for seed in range(3)]
+    v = schedule_verdict(const, run, "s.json")
+    assert v["rivals"] == [8, 32] and v["beats_constants"] and v["steps"] == 100   # 128 uses 7,680 > 5,000
+    v = schedule_verdict(const, [r.__class__(**{**r.to_dict(), "steps_to_target": 130.0}) for r in run], "s.json")
+    assert not v["beats_constants"] and v["faster_constants"] == [32] and "use that constant" in v["text"]
+    v = schedule_verdict(const, [run[0].__class__(**{**run[0].to_dict(), "steps_to_target": math.inf})] * 3, "s")
+    assert not v["beats_constants"] and "0 of 3" in v["text"]
+
+
 def test_cli_interrupt_keeps_partial_result(tmp_path, monkeypatch):
     real, calls = branches.run_fixed, []
 
@@ -183,6 +224,8 @@ def test_cli_budget_stops_with_partial_result(tmp_path):
     (["--batches", "4,65536"], "exceeds the"),
     (["--method", "global", "-t", "5"], "not below the initial evaluation loss"),
     (["--report", "nope.json"], "report not found"),
+    (["--schedule", "nope.json"], "--schedule needs the global method"),
+    (["--method", "global", "-t", "0.3", "--schedule", "nope.json"], "no such file"),
 ])
 def test_cli_bad_input(tmp_path, args, expected):
     r = cli(TINY, *args, *FAST, "-o", tmp_path, "-q")

@@ -37,6 +37,8 @@ def sweep(
     holdout: Optional[bool] = O(None, "--holdout/--no-holdout", help="Exclude the evaluation draw from training. "
                                 "[holdout]"),
     checkpoint: Optional[str] = O(None, help="Start every branch from these weights (torch.save(state_dict))."),
+    schedule: Optional[str] = O(None, help="global: also train this schedule.json (from `bsprof schedule`) as "
+                                "written, and say whether it beats every constant batch using no more examples."),
     max_seconds: Optional[float] = O(None, help="Budget of seconds for the whole sweep (partial result kept)."),
     max_examples: Optional[int] = O(None, help="Budget of training examples for the whole sweep (0: none). [0]"),
     n_boot: Optional[int] = O(None, help="global: bootstrap fits for the B_crit interval. [1000]"),
@@ -82,7 +84,8 @@ def _run(spec: Path, cfg, report: Path | None, out: Path, quiet: bool) -> None:
             if kind == "start":
                 bar.update(task, total=info["total"])
             elif kind == "branch_start":
-                bar.update(task, status=f"batch {info['batch']} × lr {info['multiplier']:g} seed {info['seed']}")
+                what = "schedule" if info.get("schedule") else f"batch {info['batch']} × lr {info['multiplier']:g}"
+                bar.update(task, status=f"{what} seed {info['seed']}")
             elif kind == "branch":
                 bar.update(task, completed=info["i"])
 

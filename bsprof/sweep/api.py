@@ -103,9 +103,10 @@ def _compute(budget) -> Compute:
     return Compute(budget.train_examples, budget.eval_examples, round(budget.seconds, 3))
 
 
-def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot) -> SweepResult:
+def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=()) -> SweepResult:
     rows = list(rows)
     summaries = summary.global_batches(rows)
+    verdict = summary.schedule_verdict(summaries, followed, cfg.schedule) if followed else None
     f = summary.global_fit(rows, summaries, cfg.confidence, n_boot, cfg.seed)
     est = f.b_crit if f else Estimate.none()
     extra = []
@@ -126,7 +127,26 @@ def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot) -> SweepR
         comp = dataclasses.replace(comp, ratio=comparison_ratio(est, comp))
     return SweepResult("global", est, tuple(summaries), tuple(rows), _compute(budget), cfg.to_dict(),
                        setup.spec.info(), setup.initial_loss, (), f, comp,
-                       _notes(setup, cfg, est, summaries, extra), incomplete)
+                       _notes(setup, cfg, est, summaries, extra + ([verdict["text"]] if verdict else [])),
+                       incomplete, schedule=verdict)
+
+
+def _schedule(path: str):
+    """A schedule.json written by `bsprof schedule` (or ``Schedule.to_dict``), as a ``Schedule``."""
+    import json
+
+    from bsprof.schedule.stages import Schedule
+
+    try:
+        sched = Schedule.from_dict(json.loads(Path(path).read_text()))
+    except FileNotFoundError as e:
+        raise ConfigError(f"--schedule {path}: no such file", "pass the schedule.json `bsprof schedule` wrote") from e
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"--schedule {path} is not a bsprof schedule ({type(e).__name__}: {e})",
+                          "pass the schedule.json `bsprof schedule` wrote") from e
+    if not sched.stages:
+        raise ConfigError(f"--schedule {path} has no stages", "pass the schedule.json `bsprof schedule` wrote")
+    return sched
 
 
 def _run(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResult:
@@ -142,13 +162,16 @@ def _run(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResu
         raise ConfigError(f"--target-loss {cfg.target_loss:g} is not below the initial evaluation loss "
                           f"{setup.initial_loss:.4g}", "pass a target below the initial loss")
 
+    sched = _schedule(cfg.schedule) if cfg.schedule else None
+    followed: list = []
+
     def build(rows, incomplete=None, n_boot=0):
         if local:
             return _local_result(setup, cfg, rows, budget, incomplete, comp)
-        return _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot)
+        return _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed)
 
     batches, grid = cfg.batch_sizes(), cfg.lr_grid
-    say("start", {"total": cfg.seeds * len(batches) * len(grid)})
+    say("start", {"total": cfg.seeds * (len(batches) * len(grid) + (sched is not None))})
     rows, i = [], 0
     try:
         for seed in range(cfg.seeds):
@@ -166,6 +189,13 @@ def _run(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResu
                     i += 1
                     emit(build(rows))
                     say("branch", {"i": i, "row": row})
+        for seed in range(cfg.seeds if sched is not None else 0):
+            say("branch_start", {"i": i, "batch": 0, "multiplier": 1.0, "seed": seed, "schedule": True})
+            followed.append(eng.run_to_target(setup, seed, sched.stages[0].batch_size, 1.0, cfg.max_steps, budget,
+                                              say, schedule=sched))
+            i += 1
+            emit(build(rows))
+            say("branch", {"i": i, "row": followed[-1]})
     except eng._Stop as e:
         result = build(rows, {"reason": str(e), "branches": len(rows)}, cfg.n_boot)
         emit(result)

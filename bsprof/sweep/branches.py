@@ -192,20 +192,31 @@ def _due(t: int) -> bool:
 
 
 def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: int, budget: _Budget,
-                  say: Progress) -> Branch:
-    """Global: train at ``batch`` until the evaluation loss ≤ target (at most ``cap`` steps)."""
+                  say: Progress, schedule=None) -> Branch:
+    """Global: train at ``batch`` until the evaluation loss ≤ target (at most ``cap`` steps). With ``schedule``
+    (a ``bsprof.schedule.Schedule``) the batch and learning rate of each step are the schedule's at that step
+    (``stage_at``), as written; the row's ``batch`` is then 0 and ``examples`` the examples it trained on."""
     target = setup.cfg.target_loss
-    factor = _factor(setup, batch, multiplier)
+    factor = _factor(setup, batch, multiplier) if schedule is None else multiplier
     model, opt = _model(setup, seed, factor)
     ex, t0 = _examples(setup, seed, batch), time.perf_counter()
     left = budget.examples_left()
-    limit = cap if math.isinf(left) else min(cap, int(left // batch))
-    loss, se, reached, diverged, t = math.inf, math.nan, math.inf, False, 0
+    limit = cap if math.isinf(left) else min(cap, int(left // max(batch, 1)))
+    loss, se, reached, diverged, t, seen = math.inf, math.nan, math.inf, False, 0, 0
     while t < limit:
+        if schedule is not None:
+            stage = schedule.stage_at(step=t)
+            batch = stage.batch_size
+            if stage.lr and stage.lr > 0:
+                for g in opt.param_groups:
+                    g["lr"] = stage.lr * multiplier
+            if batch > budget.examples_left():
+                break
         if not _step(model, opt, setup, ex, batch, t, budget):
             diverged = True
             break
         t += 1
+        seen += batch
         if _due(t) or t == limit:
             loss, se = evaluate(model, setup, budget)
             say("step", {"step": t, "steps": limit, "loss": loss})
@@ -215,6 +226,9 @@ def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: 
             if loss <= target:
                 reached = float(t)
                 break
+    if schedule is not None:
+        return Branch(0, float(opt.param_groups[0]["lr"]), multiplier, seed, t, seen, loss, se,
+                      round(time.perf_counter() - t0, 4), diverged, reached)
     row = Branch(batch, setup.base_lr * factor, multiplier, seed, t, t * batch, loss, se,
                  round(time.perf_counter() - t0, 4), diverged, reached)
     if not math.isfinite(reached) and not diverged and limit < cap:

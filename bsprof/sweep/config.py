@@ -40,6 +40,7 @@ class SweepConfig:
     eval_examples: int = 1024        # the fixed evaluation draw (0 or ≥ dataset: the whole dataset)
     holdout: bool = True             # exclude the evaluation draw from training
     checkpoint: str | None = None    # start every branch from these weights (else the spec's initial weights)
+    schedule: str | None = None      # global: also train this schedule.json as written (batch and lr by step)
     max_seconds: float = math.inf    # whole-sweep budgets; the sweep stops (partial result) when one is spent
     max_examples: int = 0            # 0: no limit
     n_boot: int = 1000               # global: bootstrap fits for the interval
@@ -78,6 +79,9 @@ class SweepConfig:
             p.append(f"lr must be positive (got {self.lr})")
         if self.tolerance < 0:
             p.append(f"tolerance must be 0 or more (got {self.tolerance})")
+        if self.schedule and self.method != "global":
+            p.append("--schedule needs the global method (the schedule is trained to the target loss like the "
+                     "constant batches): add --method global --target-loss L")
         if self.method == "global" and not self.target_loss > 0:
             p.append("the global method needs --target-loss L > 0 (an evaluation loss every batch should reach)")
         for name in ("seeds", "max_steps"):

@@ -109,6 +109,7 @@ class SweepResult:
     notes: tuple[str, ...] = ()
     incomplete: dict | None = None
     unit: str = "examples"
+    schedule: dict | None = None     # global with --schedule: its runs and ``summary.schedule_verdict``
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

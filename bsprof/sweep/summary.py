@@ -98,3 +98,30 @@ def grid_edges(summaries: list[BatchSummary], grid: Sequence[float]) -> list[int
         return []
     lo, hi = min(grid), max(grid)
     return [s.batch for s in summaries if s.lr_multiplier in (lo, hi) and math.isfinite(s.loss)]
+
+
+def schedule_verdict(summaries: Sequence[BatchSummary], runs: Sequence[Branch], source: str) -> dict:
+    """The schedule trained as written beside the constant batches of the same sweep (issue 14's test): it wins if
+    it reaches the target in fewer steps than every constant batch that needs no more examples than it (medians
+    over seeds; a constant that never reached the target does not count against it)."""
+    reached = [r for r in runs if r.steps_to_target is not None and math.isfinite(r.steps_to_target)]
+    out = {"source": source, "runs": [r.to_dict() for r in runs], "reached": len(reached), "seeds": len(runs)}
+    if len(reached) * 2 <= len(runs) or not reached:
+        return out | {"steps": math.inf, "examples": math.inf, "beats_constants": False,
+                      "text": f"the schedule reached the target in {len(reached)} of {len(runs)} seed(s)"}
+    steps = float(np.median([r.steps_to_target for r in reached]))
+    examples = float(np.median([r.examples for r in reached]))
+    rivals = [s for s in summaries if math.isfinite(s.steps) and s.examples <= examples]
+    faster = [s for s in rivals if s.steps <= steps]
+    text = (f"the schedule as written: {steps:,.0f} steps, {examples:,.0f} examples (median of {len(reached)} "
+            f"seed(s)); ")
+    if not rivals:
+        text += "every constant batch that reached the target used more examples"
+    elif faster:
+        text += ("slower than or as fast as constant batch " + ", ".join(f"{s.batch} ({s.steps:,.0f} steps, "
+                 f"{s.examples:,.0f} examples)" for s in faster) + ", which use no more examples: use that constant")
+    else:
+        text += ("fewer steps than every constant batch using no more examples (" + ", ".join(
+                 f"{s.batch}: {s.steps:,.0f}" for s in rivals) + " steps)")
+    return out | {"steps": steps, "examples": examples, "beats_constants": not faster,
+                  "rivals": [s.batch for s in rivals], "faster_constants": [s.batch for s in faster], "text": text}

@@ -1,0 +1,177 @@
+"""The README's validation table (issue 14): bsprof's headline critical batch against global sweeps, per task.
+
+    python scripts/validation_table.py [--tasks digits_sgd,mnist_cnn_sgd,digits_adam,shakespeare_adam] [--seeds 2]
+
+Ground truth per task: the global sweep of scripts/critical_batch_evidence.py (steps to a target training loss per
+batch with the lr tuned on a grid, S = S_min(1 + B_crit/B), bootstrap interval), read from its JSON
+(``critical_batch_evidence.json``, ``critical_batch_shakespeare.json``; digits/SGD from validate_critical_batch.json).
+
+Estimate per task and probe seed: ``bsprof.measure`` at the probe batch (32) with the sweep's tuned lr at that
+batch, default options except rel_error 0.2 and no Hessian, then
+  headline   ``report.summary_at(target).critical_batch`` (value, interval, quantity): what `bsprof report -t`
+             prints, the path average of the noise scale the schedule follows (bsprof/schedule/headline.py),
+  candidates the path average of each noise scale the report holds (fixed-weight B_simple, the training-window
+             B_simple, B_pre), for the record,
+  steps      predicted steps to the target at each swept batch, ``predict.constant_batch`` on the schedule's own
+             path (the probe ran at the tuned lr, so the prediction is "at the sweep's tuned learning rates"),
+             against the sweep's measured steps (median over its seeds, best lr of its grid),
+  compute    examples (training + measurement) and seconds of the probe against the sweep's.
+Writes scripts/results/validation_table.json and .md (the README table is the .md's first table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bsprof  # noqa: E402
+from bsprof.schedule import ScheduleConfig  # noqa: E402
+from bsprof.schedule import predict  # noqa: E402
+from critical_batch_evidence import TASKS  # noqa: E402
+
+P = importlib.import_module("bsprof.schedule.plan")
+
+OUT = ROOT / "scripts" / "results"
+SOURCES = {"digits_sgd": "critical_batch_evidence.json", "mnist_cnn_sgd": "critical_batch_evidence.json",
+           "digits_adam": "critical_batch_evidence.json", "shakespeare_adam": "critical_batch_shakespeare.json"}
+CANDIDATES = ("b_simple", "b_simple_window", "b_pre")
+
+
+def sweep_of(name):
+    d = json.loads((OUT / SOURCES[name]).read_text())["tasks"][name]["sweep"]
+    if d.get("reused"):   # digits/SGD: the full record is validate_critical_batch.json's
+        g = json.loads((OUT / d["reused"]).read_text())["global"]
+        d = {**d, "compute": g.get("compute"), "batches": g["batches"]}
+    return d
+
+
+def predicted_steps(report, target, batches):
+    cfg = ScheduleConfig(target_loss=target, allow_extrapolation=True)
+    rows, col = P.usable_rows(report, cfg)
+    batch_train, _ = P.training_batch(report)
+    fit, steps, loss = P.fit_rows(rows, cfg.confidence, cfg.form)
+    path = P.noise_path(fit, steps, loss, batch_train, target)
+    return col, {int(b): predict.constant_batch(path, b)["steps"] for b in batches}
+
+
+def path_b_crit(report, col, target):
+    """The path average (the headline's computation) of one noise scale the report holds."""
+    try:
+        cfg = ScheduleConfig(target_loss=target, allow_extrapolation=True, noise=col)
+        rows, _ = P.usable_rows(report, cfg)
+        fit, steps, loss = P.fit_rows(rows, cfg.confidence, cfg.form)
+        path = P.noise_path(fit, steps, loss, P.training_batch(report)[0], target)
+        return predict.critical_batch(path)["b_crit"]
+    except Exception:  # noqa: BLE001 - a quantity the report lacks
+        return math.nan
+
+
+def probe(name, task, lr, seed, steps):
+    spec = dataclasses.replace(task["spec"](), optimizer=task["opt"](lr))
+    every = max(5, steps // 12)
+    t0 = time.time()
+    report = bsprof.measure(spec, steps=steps, batch_size=task["batch"], measure_every=every, rel_error=0.2,
+                            max_seconds=4.0, device="cpu", hessian=False, seed=seed)
+    wall = time.time() - t0
+    target = task["target"]
+    try:
+        s, note = report.summary_at(target), None
+    except bsprof.BsprofError as e:   # the target is far below the probe's losses: the headline to its lowest loss
+        s, note = report.summary, f"headline to the lowest measured loss: {e}"
+    h = s.critical_batch
+    ms = report.measurements
+    out = dict(lr=lr, seed=seed, steps=steps, wall_seconds=round(wall, 1),
+               examples=int(sum(m.examples for m in ms)) + steps * task["batch"],
+               headline_note=note, reached=min((m.loss for m in ms), default=math.nan) <= target,
+               headline=dict(value=h.value, lo=h.lo, hi=h.hi, quantity=s.critical_batch_quantity,
+                             reason=s.critical_batch_reason),
+               candidates={c: path_b_crit(report, c, target) for c in CANDIDATES},
+               rows=[dict(step=m.step, loss=m.loss, **{c: getattr(getattr(m, c, None), "value", None)
+                                                       for c in CANDIDATES}) for m in ms])
+    try:
+        out["followed"], out["predicted_steps"] = predicted_steps(report, target, task["_batches"])
+    except Exception as e:  # noqa: BLE001 - recorded
+        out["followed"], out["predicted_steps"] = None, {}
+        out["prediction_error"] = f"{type(e).__name__}: {e}"
+    print(f"   [{name}] seed {seed}: headline {h.value:.1f} [{h.lo:.1f}, {h.hi:.1f}] ({s.critical_batch_quantity}); "
+          + ", ".join(f"{c} {v:.1f}" for c, v in out["candidates"].items()) + f"  ({wall:.0f} s)", flush=True)
+    return out
+
+
+def geo(xs):
+    xs = [x for x in xs if x is not None and math.isfinite(x) and x > 0]
+    return math.exp(float(np.mean(np.log(xs)))) if xs else math.nan
+
+
+def markdown(results):
+    lines = ["| task | sweep B_crit [90%] | bsprof headline [interval] (quantity) | ratio | predicted / measured "
+             "steps per batch | compute: probe vs sweep |", "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        c = r["sweep"]["critical"]
+        ps = r["probes"]
+        hv = geo([p["headline"]["value"] for p in ps])
+        lo = geo([p["headline"]["lo"] for p in ps])
+        hi = geo([p["headline"]["hi"] for p in ps])
+        ratios = [p["headline"]["value"] / c["value"] for p in ps]
+        steps = []
+        for b in r["sweep_steps"]:
+            pred = geo([p["predicted_steps"].get(str(b), p["predicted_steps"].get(b)) for p in ps])
+            meas = r["sweep_steps"][b]
+            steps.append(f"{b}: {pred / meas:.2f}" if math.isfinite(pred) and meas else f"{b}: –")
+        comp = r["sweep"].get("compute") or {}
+        sweep_ex = comp.get("train_examples") or 0   # its evaluations (often more examples) not counted
+        probe_ex = float(np.mean([p["examples"] for p in ps]))
+        lines.append(
+            f"| {r['desc']}, target {r['target']} | {c['value']:.0f} [{c['lo']:.0f}, {c['hi']:.0f}] | "
+            f"{hv:.0f} [{lo:.0f}, {hi:.0f}] ({ps[0]['headline']['quantity']}) | {hv / c['value']:.2f} "
+            f"({min(ratios):.2f}–{max(ratios):.2f}) | {'; '.join(steps)} | {probe_ex:,.0f} vs {sweep_ex:,.0f} training ex "
+            f"({probe_ex / sweep_ex if sweep_ex else math.nan:.2f}×), "
+            f"{np.mean([p['wall_seconds'] for p in ps]):.0f} s vs {comp.get('seconds', math.nan):.0f} s |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", default="digits_sgd,mnist_cnn_sgd,digits_adam,shakespeare_adam")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--out", default=str(OUT / "validation_table.json"))
+    ap.add_argument("--fresh", action="store_true", help="rerun probes already in --out")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out_path = Path(args.out)
+    results = json.loads(out_path.read_text())["tasks"] if out_path.is_file() and not args.fresh else {}
+    for name in args.tasks.split(","):
+        task = dict(TASKS[name])
+        sw = sweep_of(name)
+        batches = [b["batch"] for b in sw["batches"]]
+        task["_batches"] = batches
+        lr = sw.get("ref_lr_tuned") or sw["ref_lr"]
+        print(f"== {name}: sweep B_crit {sw['critical']['value']:.1f}, probe lr {lr:.4g}", flush=True)
+        old = results.get(name, {}).get("probes", [])
+        have = {p["seed"] for p in old if abs(p["lr"] - lr) < 1e-12}
+        probes = [p for p in old if p["seed"] in have] + [probe(name, task, lr, s, task["probe_steps"])
+                                                          for s in range(args.seeds) if s not in have]
+        results[name] = dict(desc=task["desc"], target=task["target"], batch=task["batch"], probe_lr=lr,
+                             sweep=dict(critical=sw["critical"], compute=sw.get("compute")),
+                             sweep_steps={int(b["batch"]): b["steps"] for b in sw["batches"]}, probes=probes)
+        out_path.write_text(json.dumps(bsprof.results.json_clean(dict(tasks=results)), indent=2) + "\n")
+    md = markdown(results)
+    out_path.with_suffix(".md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
