@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 from types import SimpleNamespace
@@ -152,13 +154,29 @@ def test_minimal_steps_from_training_run():
 
 
 def test_plan_predictions_consistent():
-    s = plan(synthetic_report(), ScheduleConfig(target_loss=0.4, dwell=0, max_batch=1 << 20))
+    s = plan(synthetic_report(), ScheduleConfig(target_loss=0.4, rule="noise", dwell=0, max_batch=1 << 20))
     p = s.prediction
     base = {b["batch_size"]: b for b in s.baselines}
     assert p["steps"] < base[32]["steps"] and p["examples"] < base[512]["examples"]
     # following B_n exactly costs 2·S_min and 2·E_min; rounding to powers of two costs a little more
     assert 2 * p["s_min"] <= p["steps"] <= 2.2 * p["s_min"]
     assert 2 * p["e_min"] <= p["examples"] <= 2.2 * p["e_min"]
+
+
+def test_default_rule_beats_every_constant_using_no_more_examples():
+    """B = √(B_crit·B_n) (auto exchange rate): ≤ 2·S_min steps and ≤ 2·E_min examples, and fewer steps than every
+    constant batch using no more examples (plan.auto_exchange_rate); exactly, without rounding to powers of two."""
+    s = plan(synthetic_report(), ScheduleConfig(target_loss=0.4, dwell=0, multiple_of=1, max_batch=1 << 20))
+    p = s.prediction
+    assert s.rule == "mccandlish" and s.config["exchange_rate"] == pytest.approx(p["b_crit"])
+    assert p["steps"] < 2 * p["s_min"] and p["examples"] < 2 * p["e_min"]
+    noise = plan(synthetic_report(), ScheduleConfig(target_loss=0.4, rule="noise", dwell=0, multiple_of=1,
+                                                    max_batch=1 << 20)).prediction
+    assert p["steps"] < noise["steps"] and p["examples"] < noise["examples"]
+    rivals = [b for b in s.baselines if b["examples"] <= p["examples"]]
+    assert rivals and all(b["steps"] > p["steps"] for b in rivals)
+    assert s.recommendation["use"] == "schedule"
+    assert any("r = B_crit over the path" in n for n in s.notes)
 
 
 def test_accumulation_and_world_size():
@@ -387,14 +405,16 @@ def test_small_lm_does_not_start_at_batch_one():
     """Issue 14: a small LM's early noise scale ~1 made the schedule start at batch 1."""
     report = synthetic_report(bstar=5.3)  # B ≈ 1 at the first loss, ≈ 33 at the last
     assert report.measurements[0].b_simple.value < 2
-    s = plan(report, ScheduleConfig(target_loss=0.45))
+    noise = ScheduleConfig(target_loss=0.45, rule="noise")   # follows B_n ≈ 1 literally
+    s = plan(report, noise)
     assert s.stages[0].batch_size == 8 and s.config["min_batch"] == 8
     assert any("smallest batch 8 (auto" in n for n in s.notes)
+    assert plan(report, ScheduleConfig(target_loss=0.45)).stages[0].batch_size >= 8   # the default rule too
     report.config["micro_batch"] = 16  # never below the probe's micro-batch
-    assert plan(report, ScheduleConfig(target_loss=0.45)).stages[0].batch_size == 16
-    assert plan(report, ScheduleConfig(target_loss=0.45, min_batch=1)).stages[0].batch_size == 1  # asked
+    assert plan(report, noise).stages[0].batch_size == 16
+    assert plan(report, dataclasses.replace(noise, min_batch=1)).stages[0].batch_size == 1  # asked
     report.config["batch_size"] = 4  # never above the batch the run trained at
-    assert plan(report, ScheduleConfig(target_loss=0.45)).stages[0].batch_size == 4
+    assert plan(report, noise).stages[0].batch_size == 4
 
 
 def test_recommendation_pure():

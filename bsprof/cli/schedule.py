@@ -28,8 +28,10 @@ def schedule(
                                   "JSONL log, or a SPEC.py."),
     target_loss: float = O(..., "--target-loss", "-t", help="Training loss the schedule should reach."),
     config: Optional[Path] = O(None, "--config", "-c", help="YAML file of schedule options (flags win)."),
-    rule: Optional[str] = O(None, help="noise, mccandlish, adadamp, padadamp, geodamp, doubling. [noise]"),
-    exchange_rate: Optional[float] = O(None, help="mccandlish: examples one step is worth. [1024]"),
+    rule: Optional[str] = O(None, help="mccandlish (B = √(r·B_n), fewest steps for its examples), noise (B = B_n), "
+                            "adadamp, padadamp, geodamp, doubling. [mccandlish]"),
+    exchange_rate: Optional[float] = O(None, help="mccandlish: examples one step is worth (0: auto, the B_crit "
+                                       "over the path). [0]"),
     f_star: Optional[float] = O(None, help="adadamp: the optimal loss F*. [0]"),
     b0: Optional[int] = O(None, help="Initial batch of adadamp/padadamp/geodamp/doubling (0: training batch)."),
     rate: Optional[float] = O(None, help="padadamp: examples added per step. [1]"),

@@ -35,8 +35,8 @@ class ScheduleConfig:
     """Options of `bsprof schedule`. Batch sizes in the report's unit."""
 
     target_loss: float = 0.0
-    rule: str = "noise"              # noise, mccandlish, adadamp, padadamp, geodamp, doubling
-    exchange_rate: float = 1024.0    # mccandlish: examples one step is worth
+    rule: str = "mccandlish"         # mccandlish, noise, adadamp, padadamp, geodamp, doubling
+    exchange_rate: float = 0.0       # mccandlish: examples one step is worth (0: auto, B_crit over the path)
     f_star: float = 0.0              # adadamp: the optimal loss F*
     b0: int = 0                      # initial batch of adadamp/padadamp/geodamp/doubling (0: training batch)
     rate: float = 1.0                # padadamp: ρ examples per step
@@ -75,8 +75,8 @@ class ScheduleConfig:
             p.append(f"lr_cap must be 0 (no cap) or at least 1 (got {self.lr_cap})")
         if self.min_batch > self.max_batch:
             p.append(f"min_batch {self.min_batch} exceeds max_batch {self.max_batch}")
-        if self.exchange_rate <= 0 or self.factor < 1 or self.rate < 0 or self.max_extrapolation < 0:
-            p.append("exchange_rate must be > 0, factor ≥ 1, rate ≥ 0, max_extrapolation ≥ 0")
+        if self.exchange_rate < 0 or self.factor < 1 or self.rate < 0 or self.max_extrapolation < 0:
+            p.append("exchange_rate must be ≥ 0 (0: auto), factor ≥ 1, rate ≥ 0, max_extrapolation ≥ 0")
         if self.lr is not None and self.lr <= 0:
             p.append(f"lr must be positive (got {self.lr})")
         return p
@@ -336,6 +336,9 @@ def plan(report, config: ScheduleConfig) -> Schedule:
     lr0 = config.lr or probe_lr(report) or 0.1
     optimizer = report.config.get("optimizer")
     lr_rule = rules.resolve_lr_rule(config.lr_rule, optimizer)
+    if config.rule == "mccandlish" and not config.exchange_rate:
+        config, why_rate = auto_exchange_rate(path, config)
+        notes.append(why_rate)
     batches, stages = _march(path, config, batch_train, lr0, lr_rule)
     s_cum, e_cum = predict.integrate(path, batches)
     stages = [s._replace(start_step=int(round(np.interp(s.start_loss, path.loss[::-1], s_cum[::-1]))))
@@ -365,6 +368,24 @@ def plan(report, config: ScheduleConfig) -> Schedule:
                     fit=fit.to_dict(), warnings=warnings, notes=notes, config=asdict(config),
                     batch_train=batch_train, lr_train=lr0, assumptions=assumed,
                     recommendation=recommend(pred, baselines, report.unit))
+
+
+def auto_exchange_rate(path, config: ScheduleConfig) -> tuple[ScheduleConfig, str]:
+    """The McCandlish rule's exchange rate r when not given: r = B_crit over the path (E_min/S_min, eq. 2.12).
+
+    Why. B = √(r·B_n(L)) minimises S + E/r (App. D). With r = B_crit = ∫B_n ds_min/∫ds_min, Cauchy–Schwarz gives
+    S = S_min + ∫√(B_n/B_crit) ds_min ≤ 2·S_min and E = E_min + ∫√(B_crit·B_n) ds_min ≤ 2·E_min: no more steps and
+    no more examples than the constant batch B_crit (which takes exactly 2·S_min and 2·E_min), strictly fewer when
+    B_n varies along the path. Since a constant batch B costs S = S_min(1 + B_crit/B), E = E_min(1 + B/B_crit),
+    every constant using no more examples than the schedule has B ≤ B_crit and so needs S ≥ 2·S_min ≥ the
+    schedule's: in the model the schedule beats every constant batch that uses no more examples. Following B_n
+    itself (rule ``noise``) costs exactly 2·S_min and 2·E_min, the same as the constant B_crit."""
+    r = predict.critical_batch(path)["b_crit"]
+    if not (finite(r) and r > 0):
+        r = float(np.median(path.b_noise))
+    return (dataclasses.replace(config, exchange_rate=float(r)),
+            f"rule mccandlish: B = √(r·B_n(L)) with r = B_crit over the path = {r:.4g} (auto): predicted to need no "
+            "more steps and examples than any constant batch using no more examples (docs/science.md §4)")
 
 
 def cap_lr(stages: list[Stage], lr0: float, cap: float) -> tuple[list[Stage], str]:
