@@ -214,3 +214,24 @@ def test_attention_the_rule_does_not_cover_is_a_one_line_refusal(model, match):
         (model(half).square().mean() / 2).backward()
     assert tracker.step().b == 2
     tracker.close()
+
+
+def test_a_dropped_source_restores_the_forward_and_the_tracker_goes_on():
+    """An attention call the rule cannot measure (an unbatched query): that step's per-example norms fail, the
+    source is dropped with its forward swap while the tracker stays open, and accumulation measures later steps."""
+    torch.manual_seed(0)
+    model = Wrapped(nn.MultiheadAttention(8, 2, batch_first=True))
+    tracker = Tracker(model)
+    assert swapped(model) == 1
+    with tracker.per_example():
+        model(torch.randn(5, 8)).square().mean().backward()  # [T, E]: no batch dim
+    with pytest.raises(TrackerError, match="MultiheadAttention: unbatched input"):
+        tracker.step()
+    assert not tracker.closed and swapped(model) == 0
+    model.zero_grad()
+    x = torch.randn(4, 5, 8)
+    for half in (x[:2], x[2:]):
+        (model(half).square().mean() / 2).backward()
+    assert tracker.step(batch_size=4).b == 2
+    tracker.close()
+    assert hooks_left(model) == 0
