@@ -235,3 +235,19 @@ def test_a_dropped_source_restores_the_forward_and_the_tracker_goes_on():
     assert tracker.step(batch_size=4).b == 2
     tracker.close()
     assert hooks_left(model) == 0
+
+
+def test_a_forward_without_backward_changes_nothing():
+    """A forward with grad whose graph is dropped (an evaluation without no_grad, on another batch size) before
+    the step's forward: its calls get no δ, add zero, and do not count towards n; the step stays exact."""
+    model, loss_fn, batch = lm()
+    tracker = Tracker(model, source="per_example")
+    loss_fn(model, (batch[0][:3],)).mean()  # dropped
+    loss = loss_fn(model, batch).mean()
+    with tracker.per_example():
+        loss.backward()
+    draw = tracker.step()
+    ref = exact_noise_scale(model, loss_fn, TensorDataset(*batch))
+    assert (draw.b, draw.B) == (1, 6)
+    assert draw.small_sq_total == pytest.approx(ref["trace_sigma"] + ref["g2"], rel=1e-9)
+    tracker.close()

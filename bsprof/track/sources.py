@@ -328,7 +328,6 @@ class PerExample:
         if isinstance(call, str):
             self.failure = f"{type(mod).__name__}: {call}"
             return
-        self.rows.add(call.count)
         self.expected.update(k for _, k in slots)
         sites, call.sites = call.sites, []
         for y, *rest in sites:
