@@ -2,7 +2,7 @@
 
     python scripts/gpu_tracker_check.py [--json FILE]
 
-For each source (accumulation k = 4; per-example for the MLP), 20 optimizer steps of SGD on a small MLP and on a
+For each source (accumulation k = 4; per-example), 20 optimizer steps of SGD on a small MLP and on a
 transformer LM
 (Embedding + nn.TransformerEncoderLayer), on CPU and on CUDA: the per-step |G_b|² and |G_B|² must agree to 1e-9
 relative (float64 on both), and the windowed B_simple to the same. Also the probe's per-example hooks on CUDA
@@ -86,8 +86,7 @@ def main() -> None:
     assert torch.cuda.is_available(), "needs CUDA"
     rows = []
     for name, model in models().items():
-        # nn.MultiheadAttention has a probe rule only (bsprof.track.sources): per-example tracking is for the MLP
-        for source in ("accumulation", "per_example") if name == "mlp" else ("accumulation",):
+        for source in ("accumulation", "per_example"):  # per-example covers nn.MultiheadAttention (track/sources)
             cpu, b_cpu = run(name, model, "cpu", source)
             gpu, b_gpu = run(name, model, "cuda", source)
             worst = max(max(rel(g[0], c[0]), rel(g[1], c[1])) for g, c in zip(gpu, cpu))

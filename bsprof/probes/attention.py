@@ -5,11 +5,14 @@ MultiheadAttention applies its weights functionally inside ``F.multi_head_attent
 ``chunk``/``split``, and ``out_proj.weight`` through ``F.linear`` (``out_proj`` is never *called*, so its Linear
 hook never fires). A hook on the module's input and output cannot see the projections, so:
 
-How. While bsprof measures, the module's ``forward`` is an exact copy of ``MultiheadAttention.forward``, and of
+How. While bsprof measures (the probe's forward pass; a Tracker's per-example source, from its construction to
+``close``), the module's ``forward`` is an exact copy of ``MultiheadAttention.forward``, and of
 ``F.multi_head_attention_forward``, ``F._in_projection_packed`` and ``F._in_projection``: the same code objects
 (torch's own bytecode, so the arithmetic is identical) run with a private globals dict in which ``linear``
 records each call (input x, weight, output y) before returning torch's own ``F.linear`` result. Nothing global
-is patched; ``restore`` deletes the instance attribute. Each recorded linear is a map W (or a row block of
+is patched: ``install`` sets an instance attribute (a bound method, so a deepcopy of the model is bound to the
+copy and runs torch's own forward), and ``remove`` deletes it once the last sink is removed (a probe and a
+Tracker may record the same module at once, each with its own calls). Each recorded linear is a map W (or a row block of
 ``in_proj_weight``) applied at T positions, and a tensor hook on its output y receives δ = ∂Σℓ/∂y, so
 
     G_i = Σ_t δ_{i,t} x_{i,t}ᵀ           (per-example gradient of that weight or row block)
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import contextvars
 import types
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -81,6 +85,10 @@ class MhaCall:
     sites: list = field(default_factory=list)  # (y, kind, name, first weight row, first bias row, x [B, T, n])
     groups: dict = field(default_factory=dict)  # row block j of in_proj_weight -> (δ [B, T, E], x [B, T, E])
     found: dict = field(default_factory=dict)
+
+    def reset(self) -> None:
+        """Forget the pieces taken (a retained graph's call seen by a second backward starts afresh)."""
+        self.groups, self.found = {}, {}
 
     def take(self, site, d: Tensor) -> None:
         """δ for one site has arrived: keep its pieces (explicit biases are summed at once)."""
@@ -149,33 +157,67 @@ class MhaRule(ModuleRule):
 
     def names(self, mod: nn.Module) -> list[str] | None:
         """The parameter names (relative to ``mod``) this rule accounts for; None if it cannot measure ``mod``."""
-        if not isinstance(mod, nn.MultiheadAttention) or type(mod).forward is not nn.MultiheadAttention.forward:
-            return None
+        return None if self.reason(mod) else [n for n, _ in mod.named_parameters()]
+
+    def reason(self, mod: nn.Module) -> str | None:
+        """Why this rule cannot measure ``mod`` (None: it can), in a few words."""
+        if not isinstance(mod, nn.MultiheadAttention):
+            return "it is not an nn.MultiheadAttention"
+        if type(mod).forward is not nn.MultiheadAttention.forward:
+            return f"{type(mod).__name__} overrides MultiheadAttention.forward"
         if mod.bias_k is not None or mod.bias_v is not None:
-            return None
+            return "add_bias_kv=True (bias_k/bias_v are concatenated after the projections)"
         out = mod.out_proj
         if type(out).forward is not nn.Linear.forward or any(True for _ in out.children()):
-            return None
-        return [n for n, _ in mod.named_parameters()]
+            return "its out_proj is not a plain nn.Linear"
+        return None
 
     def install(self, mod: nn.MultiheadAttention, sink) -> None:
-        """Swap ``mod.forward`` for the recording copy; ``sink(mod, call_or_reason, out)`` after each call."""
-        count_of = _batch_size
+        """Make ``mod`` run the recording copy and call ``sink(mod, call_or_reason, out)`` after each call.
 
-        def forward(*args, **kwargs):
-            records = []
-            token = _RECORDS.set(records)
-            try:
-                out = _FORWARD(mod, *args, **kwargs)
-            finally:
-                _RECORDS.reset(token)
-            sink(mod, _call(mod, records, count_of(mod, args, kwargs)), out)
-            return out
+        Several sinks may be installed on one module (a Tracker and a probe at once): each gets its own
+        ``MhaCall`` from the one recording. ``mod.forward`` becomes a bound method of a module-level function, so
+        a ``copy.deepcopy`` of the model (an EMA copy, a best-so-far snapshot) is bound to the copy, which is in no
+        registry and runs torch's own forward; the model still pickles."""
+        sinks = _SINKS.get(mod)
+        if sinks is None:
+            sinks = _SINKS[mod] = []
+        sinks.append(sink)
+        mod.forward = types.MethodType(_swapped_forward, mod)
 
-        mod.forward = forward
+    def remove(self, mod: nn.MultiheadAttention, sink=None) -> None:
+        """Undo ``install`` of ``sink`` (all sinks when None); the plain forward is back once none is left."""
+        sinks = _SINKS.get(mod, [])
+        sinks[:] = [] if sink is None else [s for s in sinks if s != sink]
+        if not sinks:
+            _SINKS.pop(mod, None)
+            found = mod.__dict__.get("forward")
+            if getattr(found, "__func__", None) is _swapped_forward:
+                del mod.__dict__["forward"]
 
-    def remove(self, mod: nn.MultiheadAttention) -> None:
-        mod.__dict__.pop("forward", None)
+
+# module -> the sinks installed on it (weak keys: a dropped model leaves nothing behind)
+_SINKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _swapped_forward(self, *args, **kwargs):
+    """``mod.forward`` while a sink is installed: record the projections, hand each sink its own call."""
+    sinks = _SINKS.get(self)
+    if not sinks:  # a deepcopy of a swapped module: nobody measures it
+        return nn.MultiheadAttention.forward(self, *args, **kwargs)
+    records = []
+    token = _RECORDS.set(records)
+    try:
+        out = _FORWARD(self, *args, **kwargs)
+    finally:
+        _RECORDS.reset(token)
+    count = _batch_size(self, args, kwargs)
+    for sink in list(sinks):
+        sink(self, _call(self, records, count), out)
+    return out
+
+
+_swapped_forward.__name__ = _swapped_forward.__qualname__ = "forward"  # a pickled model loads with torch's forward
 
 
 def _batch_size(mod, args, kwargs) -> int | None:

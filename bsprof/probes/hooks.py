@@ -131,7 +131,7 @@ class _Pass:
         for mod, (rule, _) in self.owned.items():
             if isinstance(rule, ModuleRule):
                 rule.install(mod, self.module_call)
-                handles.append(_Undo(rule, mod))
+                handles.append(_Undo(rule, mod, self.module_call))
             else:
                 handles.append(mod.register_forward_hook(self.forward_hook, with_kwargs=True))
         return handles
@@ -273,13 +273,13 @@ class _Pass:
 
 
 class _Undo:
-    """A handle that undoes a module rule's ``install``."""
+    """A handle that undoes a module rule's ``install`` of one sink (other sinks on the module stay)."""
 
-    def __init__(self, rule, mod):
-        self.rule, self.mod = rule, mod
+    def __init__(self, rule, mod, sink):
+        self.rule, self.mod, self.sink = rule, mod, sink
 
     def remove(self) -> None:
-        self.rule.remove(self.mod)
+        self.rule.remove(self.mod, self.sink)
 
 
 def _wide(t: Tensor) -> Tensor:

@@ -274,8 +274,10 @@ class ModuleRule:
     ``install(mod, sink)``      makes each call of ``mod`` report ``sink(mod, call, output)``, where ``call`` is an
                                 object with ``count`` (examples), ``sites`` (tuples whose first item is a tensor
                                 whose δ is needed), ``take(site, δ)`` and ``finish() -> {name: piece}``, or a
-                                string saying why this call cannot be measured
-    ``remove(mod)``             undoes ``install``
+                                string saying why this call cannot be measured; several sinks may be
+                                installed on one module (a Tracker's and a probe's), each getting its own calls
+    ``remove(mod, sink)``       undoes ``install`` of ``sink`` (of every sink when None)
+    ``reason(mod)``             optional: why ``names(mod)`` is None, in a few words (for messages)
     """
 
     def names(self, mod: nn.Module) -> list[str] | None:
@@ -284,7 +286,7 @@ class ModuleRule:
     def install(self, mod: nn.Module, sink) -> None:
         raise NotImplementedError
 
-    def remove(self, mod: nn.Module) -> None:
+    def remove(self, mod: nn.Module, sink=None) -> None:
         raise NotImplementedError
 
 

@@ -19,9 +19,17 @@ call's input and hook its output; in an armed backward each output hook receives
 L = u·(1/n)Σ_i ℓ_i the user's MEAN loss over n examples, so δ_i = (u/n)·∂ℓ_i/∂output_i and the rule returns
 (u/n)·g_i. Hence Σ_i |g_i|² = (n/u)²·Σ_i |rule_i|². (A summed loss would make this wrong by n²: the loss must
 be the mean over the batch, as for every estimator in bsprof.) Tied weights and layers called twice get their
-cross terms (``layers.total_sq_sum``). Parameters outside known layers make the source unavailable; so does
-``nn.MultiheadAttention``, whose rule (``probes.attention``) swaps the module's forward for the probe's own
-measurements only, never inside the user's training.
+cross terms (``layers.total_sq_sum``); a call whose output never gets a δ (unused, or its graph dropped without a
+backward) adds zero. Parameters outside known layers make the source unavailable.
+
+``nn.MultiheadAttention`` (so ``nn.TransformerEncoderLayer``/``DecoderLayer``) applies its weights inside its own
+forward, so its rule (``probes.attention``) swaps the module's forward, from ``install`` (the Tracker's
+construction) to ``remove`` (``Tracker.close``, or the source dropped after a failure), for a copy that runs
+torch's own code objects (bit-identical outputs and gradients) and records each projection's input; the hooks on
+the projections' outputs live on the autograd graph, so nothing outlives a step whether or not a per-example
+backward follows. Not covered, with a one-line ``problem``: ``add_bias_kv``, a subclass overriding ``forward``,
+an ``out_proj`` that is not a plain Linear, and a Transformer layer with ``batch_first=False`` (its Linear and
+LayerNorm layers see the sequence on dim 0); a bare ``nn.MultiheadAttention`` with ``batch_first=False`` is fine.
 
 ``FsdpHooks``. The same two numbers under FSDP2: tensor hooks on the unsharded parameters (before the
 reduce-scatter) and the squared norms of the local gradient shards (after it), summed over ranks by the Tracker.
@@ -38,8 +46,9 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from bsprof.probes.attention import MHA
 from bsprof.probes.base import batch_coupled, coupled_reason
-from bsprof.probes.hooks import _wide
+from bsprof.probes.hooks import _Undo, _wide
 from bsprof.probes.layers import ModuleRule, rule_for, sq_sum, total_sq_sum
 from bsprof.probes.microbatch import _sq
 
@@ -208,37 +217,67 @@ class StepHooks:
 class PerExample:
     """Per-example squared norms inside the user's backward (b = 1); see the module docstring for the scaling.
 
-    ``problem`` says why the source is unavailable for this model (None: available): BatchNorm in train mode, or
-    trainable parameters outside the layers with rules. Forward hooks are registered by ``install``; the output
-    hooks they add do work only while ``armed`` (inside ``Tracker.per_example()``).
+    ``problem`` says why the source is unavailable for this model (None: available), in one line that names the
+    module where it can: BatchNorm in train mode, an ``nn.MultiheadAttention`` the attention rule does not cover
+    (``attention.MhaRule.reason``), a Transformer layer with ``batch_first=False``, or trainable parameters outside
+    the layers with rules. ``install`` registers forward hooks and swaps each ``nn.MultiheadAttention``'s forward
+    for the recording copy (``probes.attention``; the module's parameters, ``out_proj``'s included, are its
+    slots); ``remove`` undoes both. The output hooks they add do work only while ``armed`` (inside
+    ``Tracker.per_example()``); the batch size n is read from the calls whose δ arrives.
     """
 
     def __init__(self, model: nn.Module, names: list[str], params: list[Tensor]):
         self.params, self.armed = params, False
         index = {id(p): k for k, p in enumerate(params)}
-        self.owned, covered = {}, set()
-        for mod in model.modules():
-            direct = [(n, index[id(p)]) for n, p in mod.named_parameters(recurse=False) if id(p) in index]
+        self.owned, covered, claimed, refused = {}, set(), set(), []
+        for path, mod in model.named_modules():
+            direct = [(n, index[id(p)]) for n, p in mod.named_parameters(recurse=False)
+                      if id(p) in index and index[id(p)] not in claimed]
             rule = rule_for(mod) if direct else None
-            if rule is not None and not isinstance(rule, ModuleRule):  # module rules (attention): probe only
+            if isinstance(rule, ModuleRule):  # attention: accounts for its children's parameters (out_proj) too
+                slots = [(n, index[id(p)]) for n, p in mod.named_parameters() if id(p) in index]
+                self.owned[mod] = (rule, slots)
+                claimed |= {k for _, k in slots}
+                covered |= {k for _, k in slots}
+            elif rule is not None:
                 self.owned[mod] = (rule, direct)
                 covered |= {k for _, k in direct}
+            elif direct and isinstance(mod, nn.MultiheadAttention):
+                refused.append(f"{path or 'the model'} ({type(mod).__name__}) has no per-example rule: "
+                               f"{MHA.reason(mod)}")
+            if isinstance(mod, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)) and not getattr(
+                    getattr(mod, "self_attn", None), "batch_first", True):
+                refused.append(f"{path or 'the model'} ({type(mod).__name__}) has batch_first=False: its Linear "
+                               f"and LayerNorm layers see the sequence on dim 0, not the examples (make it with "
+                               f"batch_first=True)")
         missing = [names[k] for k in range(len(params)) if k not in covered]
         coupled = batch_coupled(model)
-        coupled = coupled_reason(coupled) + ": use accumulation (micro-batches) instead" if coupled else None
-        self.problem = coupled or (
+        coupled = coupled_reason(coupled) if coupled else None
+        self.problem = coupled or (refused[0] if refused else None) or (
             f"no per-example rule for {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''} "
-            f"(known layers: Linear, Conv, Embedding, LayerNorm, RMSNorm, GroupNorm)" if missing else None)
+            f"(known layers: Linear, Conv, Embedding, LayerNorm, RMSNorm, GroupNorm, MultiheadAttention)"
+            if missing else None)
+        if coupled or refused:
+            self.problem += ": use accumulation (micro-batches) instead"
         self.expected: Counter = Counter()  # forward calls per parameter since the last backward
         self.rows: set[int] = set()
         self.pending, self.parts = defaultdict(list), []
+        self.open: dict[int, list] = {}    # attention calls whose sites are arriving in this backward
         self.failure: str | None = None
         self.shared_positions = False      # an Embedding saw one row (positions broadcast over the batch?)
         self.handles = []
 
     def install(self) -> None:
-        if not self.handles and self.problem is None:
-            self.handles = [m.register_forward_hook(self._forward, with_kwargs=True) for m in self.owned]
+        """Forward hooks on the owned layers; an attention module's forward is swapped for the recording copy
+        (``probes.attention``), from here until ``remove`` (``Tracker.close``, or the source dropped)."""
+        if self.handles or self.problem is not None:
+            return
+        for m, (rule, _) in self.owned.items():
+            if isinstance(rule, ModuleRule):
+                rule.install(m, self._module_call)
+                self.handles.append(_Undo(rule, m, self._module_call))
+            else:
+                self.handles.append(m.register_forward_hook(self._forward, with_kwargs=True))
 
     def _forward(self, mod, args, kwargs, out) -> None:
         if not (isinstance(out, Tensor) and out.requires_grad and torch.is_grad_enabled()):
@@ -248,48 +287,95 @@ class PerExample:
         if not isinstance(x, Tensor) or x.dim() == 0 or out.dim() == 0 or x.shape[0] != out.shape[0]:
             self.failure = f"{type(mod).__name__} does not keep the examples on dim 0"
             return
-        self.rows.add(x.shape[0])
-        if isinstance(mod, nn.Embedding) and (x.dim() == 1 or x.shape[0] == 1):
-            self.shared_positions = True
         self.expected.update(k for _, k in slots)
         out.register_hook(partial(self._backward, rule, mod, slots, x.detach()))
 
     def _backward(self, rule, mod, slots, x: Tensor, d: Tensor) -> None:
         if not self.armed:
             return
+        self.rows.add(x.shape[0])  # at arrival: a forward whose graph never reaches a backward counts nothing
+        if isinstance(mod, nn.Embedding) and (x.dim() == 1 or x.shape[0] == 1):
+            self.shared_positions = True
         try:
             with torch.autocast(d.device.type, enabled=False):
-                found = rule(mod, _wide(x), _wide(d))
-                for name, k in slots:
-                    if name not in found:
-                        continue
-                    shape = self.params[k].shape
-                    if self.expected[k] == 1:
-                        self.parts.append(sq_sum(found[name], shape).double())
-                        continue
-                    self.pending[k].append(found[name])
-                    if len(self.pending[k]) == self.expected[k]:
-                        self.parts.append(total_sq_sum(self.pending.pop(k), shape).double())
+                self._take(mod, rule(mod, _wide(x), _wide(d)), slots)
         except Exception as e:  # never break the user's backward
             self.failure = f"{type(e).__name__} in the per-example rule of {type(mod).__name__}: {e}"
+
+    def _take(self, mod, found: dict, slots) -> None:
+        """One call's per-example pieces {name: piece} → squared norms (cross terms once all uses are in)."""
+        for name, k in slots:
+            if name not in found:
+                continue
+            shape = self.params[k].shape
+            if self.expected[k] == 1:
+                self.parts.append(sq_sum(found[name], shape).double())
+                continue
+            self.pending[k].append(found[name])
+            if len(self.pending[k]) == self.expected[k]:
+                self.parts.append(total_sq_sum(self.pending.pop(k), shape).double())
+
+    def _module_call(self, mod, call, out) -> None:
+        """An attention call ran (``probes.attention``): hook the outputs of its projections.
+
+        Each hook holds the projection's input (a view of what autograd saves anyway) and lives on the graph, so
+        it is freed with the graph whether or not a per-example backward follows; the hooked outputs themselves
+        are not kept (the ``y`` slot of each site is dropped)."""
+        out = out[0] if isinstance(out, tuple) else out
+        if not (isinstance(out, Tensor) and out.requires_grad and torch.is_grad_enabled()):
+            return
+        _, slots = self.owned[mod]
+        if isinstance(call, str):
+            self.failure = f"{type(mod).__name__}: {call}"
+            return
+        self.expected.update(k for _, k in slots)
+        sites, call.sites = call.sites, []
+        for y, *rest in sites:
+            y.register_hook(partial(self._site, call, slots, (None, *rest), len(sites)))
+
+    def _site(self, call, slots, site, n: int, d: Tensor) -> None:
+        """δ of one projection of an attention call; the call's pieces are taken once all n have arrived (or at
+        the end of the backward: a projection whose δ never came has a zero gradient)."""
+        if not self.armed:
+            return
+        try:
+            with torch.autocast(d.device.type, enabled=False):
+                entry = self.open.get(id(call))
+                if entry is None:  # the call's first site in this backward (a retained graph may run again)
+                    self.rows.add(call.count)
+                    call.reset()
+                    entry = self.open[id(call)] = [call, slots, n]
+                call.take((*site[:-1], _wide(site[-1])), _wide(d))
+                entry[2] -= 1
+                if entry[2] == 0:
+                    del self.open[id(call)]
+                    self._take(call.mod, call.finish(), slots)
+        except Exception as e:  # never break the user's backward
+            self.failure = f"{type(e).__name__} in the per-example rule of {type(call.mod).__name__}: {e}"
 
     def end_backward(self, record: Backwards) -> None:
         """Close one backward pass: hand (Σ_i |rule_i|², n) of an armed pass to ``record``; reset the counts."""
         if self.armed:
-            if self.failure is None and self.pending:
-                self.failure = ("a layer's output was computed but not used by the loss, so its per-example "
-                                "norms are incomplete")
-            if self.failure is None and len(self.rows) != 1:
+            try:  # calls whose δ never came contribute zero (unused outputs, graphs dropped without a backward)
+                for call, slots, _ in self.open.values():  # attention calls with some projections' δ missing
+                    with torch.autocast(call.mod.out_proj.weight.device.type, enabled=False):
+                        self._take(call.mod, call.finish(), slots)
+                for k, pieces in self.pending.items():     # parameters with fewer uses than forward calls seen
+                    with torch.autocast(self.params[k].device.type, enabled=False):
+                        self.parts.append(total_sq_sum(pieces, self.params[k].shape).double())
+            except Exception as e:
+                self.failure = self.failure or f"{type(e).__name__} in the per-example norms: {e}"
+            if self.failure is None and len(self.rows) > 1:
                 self.failure = (
                     "an nn.Embedding called on positions shared by the batch ([T] or [1, T], as GPT-2 and nanoGPT "
                     "do) is not supported by the tracker's per-example norms" if self.shared_positions else
                     f"the hooked layers saw different batch sizes {sorted(self.rows)} in one backward")
-            if self.failure is None and self.parts:
+            if self.failure is None and self.parts and self.rows:
                 record.per_example.append((torch.stack(self.parts).sum(), self.rows.pop()))
             if self.failure is not None:
                 record.per_example_failure = self.failure
         self.expected, self.rows, self.pending, self.parts, self.failure = Counter(), set(), defaultdict(list), [], None
-        self.shared_positions = False
+        self.shared_positions, self.open = False, {}
 
     def remove(self) -> None:
         for h in self.handles:
