@@ -114,7 +114,15 @@ class Estimate:
 
     @classmethod
     def from_dict(cls, d: dict) -> Estimate:
-        return cls(_float(d.get("value")), _float(d.get("lo")), _float(d.get("hi")), d.get("status", "undetermined"))
+        return cls._read(_float(d.get("value")), _float(d.get("lo")), _float(d.get("hi")),
+                         d.get("status", "undetermined"))
+
+    @classmethod
+    def _read(cls, value: float, lo: float, hi: float, status) -> Estimate:
+        """JSON has no ∞ (written as null, read as NaN): a lower bound's upper end is ∞ again."""
+        if Status(status) is Status.LOWER_BOUND and math.isnan(hi):
+            hi = math.inf
+        return cls(value, lo, hi, status)
 
     def to_row(self, name: str, status_key: str | None = None) -> dict:
         """Flat columns ``name``, ``name_lo``, ``name_hi`` and the status under ``status_key`` (default
@@ -131,7 +139,7 @@ class Estimate:
         value, lo, hi = (_float(row.get(k)) for k in (name, f"{name}_lo", f"{name}_hi"))
         if status is None:
             status = Status.OK if finite(value) else Status.LOWER_BOUND if finite(lo) else Status.UNDETERMINED
-        return cls(value, lo, hi, status)
+        return cls._read(value, lo, hi, status)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Does the schedule, followed as written, beat every constant batch that uses no more examples? (issue 14, trained)
 
-    python scripts/schedule_vs_constants.py [--tasks digits_sgd,digits_adam] [--json scripts/results/schedule_vs_constants.json]
+    python scripts/schedule_vs_constants.py [--tasks digits_sgd,digits_adam] [--json FILE]
 
 Per task (the tasks of scripts/critical_batch_evidence.py):
 1. a probe: ``bsprof.measure`` at batch 32 with the lr the task's sweep found best at 32 (rel_error 0.2, no Hessian);
@@ -28,10 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from critical_batch_evidence import TASKS, adam, sgd  # noqa: E402
+
 import bsprof  # noqa: E402
 import bsprof.sweep  # noqa: E402
 from bsprof.schedule import ScheduleConfig, plan  # noqa: E402
-from critical_batch_evidence import TASKS, adam, sgd  # noqa: E402
 
 OUT = ROOT / "scripts" / "results"
 SWEEPS = {   # the options of each task's reference sweep (critical_batch_evidence.py, validate_critical_batch.py)

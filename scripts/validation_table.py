@@ -37,10 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import bsprof  # noqa: E402
-from bsprof.schedule import ScheduleConfig  # noqa: E402
-from bsprof.schedule import predict  # noqa: E402
 from critical_batch_evidence import TASKS  # noqa: E402
+
+import bsprof  # noqa: E402
+from bsprof.schedule import (
+    ScheduleConfig,  # noqa: E402
+    predict,  # noqa: E402
+)
 
 P = importlib.import_module("bsprof.schedule.plan")
 

@@ -12,6 +12,7 @@ import pytest
 from bsprof.output.report import Report
 from bsprof.schedule import ScheduleConfig, plan
 from bsprof.schedule.headline import MODEL_RANGE, critical_batch
+from bsprof.schedule.plan import ADAM_FACTOR
 
 V1 = Path(__file__).parent / "assets" / "v1"
 
@@ -57,13 +58,25 @@ def test_interval_follows_the_measurements_intervals():
     assert b.lo < a.lo and b.hi > a.hi
 
 
-def test_adam_is_widened_and_says_so():
-    s = report("AdamW", "b_pre", 2.0).summary
+def test_adam_follows_twice_the_fixed_weight_b_simple():
+    """Under the Adam family: ADAM_FACTOR × the fixed-weight B_simple (B_pre is not followed), the schedule's own
+    path (so headline, schedule and predicted steps agree), widened by MODEL_RANGE, and said in the reason."""
+    r = report("AdamW", "b_pre", 2.0)
+    s = r.summary
     low, high = MODEL_RANGE[("adam", "*")]
-    assert s.critical_batch_quantity == "b_pre"
-    assert s.critical_batch.hi / s.critical_batch.value > high  # × 3 on top of the sampling interval
+    assert s.critical_batch_quantity == "b_simple" and ADAM_FACTOR == 2.0
+    lowest = min(m.loss for m in r.measurements)
+    sched = plan(r, ScheduleConfig(target_loss=lowest))
+    assert s.critical_batch.value == pytest.approx(sched.prediction["b_crit"], rel=1e-9)
+    sgd = report("SGD", "b_simple").summary.critical_batch       # the same B_simple rows under SGD
+    assert 1.5 < s.critical_batch.value / sgd.value < 2.5
+    assert s.critical_batch.hi / s.critical_batch.value > high  # × 2 on top of the sampling interval
     assert s.critical_batch.lo / s.critical_batch.value < low
-    assert "2–3×" in s.critical_batch_reason and "bsprof sweep" in s.critical_batch_reason
+    assert s.critical_batch_reason.startswith("2 × fixed-weight B_simple") and "bsprof sweep" in \
+        s.critical_batch_reason
+    assert any("2 × the measured b_simple" in n for n in sched.notes)
+    asked = plan(r, ScheduleConfig(target_loss=lowest, noise="b_pre"))   # --noise b_pre: calibrated as well
+    assert asked.prediction["b_crit"] > sched.prediction["b_crit"]
 
 
 def test_sgd_fixed_weight_b_simple_lower_end_widened():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 from types import SimpleNamespace
@@ -341,12 +340,13 @@ def test_noise_auto_follows_the_evidence_and_every_quantity_can_be_asked():
     adam = Report(config={"optimizer": "AdamW", "batch_size": 32}, measurements=rows(b_pre=2.0))
     plain = Report(config={"optimizer": "SGD", "batch_size": 32}, measurements=rows())
     assert choose_noise(ScheduleConfig(target_loss=0.2), sgd.measurements, "SGD")[0] == "b_simple_window"
-    assert choose_noise(ScheduleConfig(target_loss=0.2), adam.measurements, "AdamW")[0] == "b_pre"
+    # under Adam: the fixed-weight B_simple (× ADAM_FACTOR), not B_pre, even when B_pre is measured
+    assert choose_noise(ScheduleConfig(target_loss=0.2), adam.measurements, "AdamW")[0] == "b_simple"
     assert choose_noise(ScheduleConfig(target_loss=0.2), plain.measurements, "SGD")[0] == "b_simple"
     followed = plan(sgd, ScheduleConfig(target_loss=0.25, allow_extrapolation=True))
-    assert "b_simple_window" in followed.notes[0] and "evidence" in followed.notes[0]
-    asked = plan(adam, ScheduleConfig(target_loss=0.25, noise="b_simple", allow_extrapolation=True))
-    assert "b_simple (asked" in asked.notes[0]
+    assert "b_simple_window" in followed.notes[0] and "docs/science.md §6" in followed.notes[0]
+    asked = plan(adam, ScheduleConfig(target_loss=0.25, noise="b_pre", allow_extrapolation=True))
+    assert "b_pre (asked" in asked.notes[0]
     assert any("noise must be one of" in p for p in ScheduleConfig(target_loss=0.2, noise="b_magic").problems())
 
 
