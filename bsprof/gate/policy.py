@@ -436,10 +436,9 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
         notes.append(f"the report is incomplete: the run ended early ({how}"
                      f"{f', at step {step}' if step is not None else ''}); judged on what was measured before")
     if lr_rule(report.config.get("optimizer")) == "sqrt":
-        notes.append("under Adam, plain B_simple tends to underestimate the critical batch (Merrill et al. 2025)"
-                     if noise.name == "B_simple" else
-                     "under Adam the noise scale missed swept critical batches by up to 2–3× either way, so the "
-                     "critical batch's interval is widened ×3 (docs/science.md §6); confirm with `bsprof sweep`")
+        notes.append("under Adam the critical batch is 2 × the fixed-weight B_simple's path average: measured the "
+                     "SGD way, the noise scale fell ~2× short of swept critical batches (docs/science.md §6); "
+                     "confirm with `bsprof sweep`")
     notes.extend(d["message"] for d in report.diagnostics  # what the run cost is no part of the judgement
                  if isinstance(d, dict) and d.get("message") and d.get("code") != "measure_cost")
     return Verdict(tuple(checks), noise, tuple(notes))
