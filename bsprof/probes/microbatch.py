@@ -55,7 +55,7 @@ class _Norms:
     there). A tensor hook per parameter takes one dot product of each incoming gradient while it is in cache; the
     hooks are armed only during bsprof's own backward (never inside other code's autograd calls), and registered
     once per measurement when one is open (``measurement_hooks``), else once per draw. After a backward that
-    completes a mark, one fused ``_foreach_norm`` of the running sum ``.grad``.
+    completes a mark, one dot product per parameter of the running sum ``.grad``.
     Accelerators, where every kernel launch counts: ``autograd.grad``, then one fused ``_foreach_add_`` into the
     sum and one fused ``_foreach_norm``; nothing leaves the device until the draw ends.
     Values stay 0-d tensors (one per parameter and backward; per mark, one norm per parameter) and become numbers
@@ -98,7 +98,8 @@ class _Norms:
         return hook
 
     def backward(self, loss_sum: Tensor, count: int, mark: bool) -> list[Tensor] | None:
-        """One micro-batch. With ``mark``: returns |running sum| per parameter after it (norms, 0-d tensors)."""
+        """One micro-batch. With ``mark``: returns |running sum| per parameter after it (0-d tensors: squares on the
+        CPU, norms on accelerators)."""
         if self.in_cache:
             self.armed = True
             try:
@@ -116,7 +117,11 @@ class _Norms:
             self.index.extend(range(len(grads)))
         self.ends.append(len(self.values))
         self.counts.append(count)
-        return _norms(self.acc if self.acc is not None else [p.grad for p in self.params]) if mark else None
+        if not mark:
+            return None
+        if self.in_cache:  # CPU: a dot product per parameter beats _foreach_norm's per-tensor norm kernels there
+            return [torch.zeros(()) if p.grad is None else _sq(p.grad) for p in self.params]
+        return _norms(self.acc)
 
     def grad_sum(self) -> list[Tensor]:
         if self.acc is not None:
@@ -229,15 +234,15 @@ def accumulate(model: nn.Module, loss_fn, chunks, marks: set[int], total: int | 
         for p, g in zip(params, saved):
             p.grad = g
     nv, nm, nl = len(values), len(marked), 0 if last is None else len(last)
-    v = host[:nv] if norms.in_cache else np.square(host[:nv])
+    squares = (lambda x: x) if norms.in_cache else np.square  # CPU values are squares, accelerators' norms
     counts = np.array(norms.counts, dtype=np.float64)
-    sq = v * np.repeat(1.0 / (counts * counts), np.diff(np.array([0, *norms.ends])))
+    sq = squares(host[:nv]) * np.repeat(1.0 / (counts * counts), np.diff(np.array([0, *norms.ends])))
     small = np.bincount(np.array(norms.index, dtype=np.int64), sq, len(params))
     partial = [(first, float(sq[:norms.ends[0]].sum()))] if first is not None and first in marks else []
     if at_marks:
-        at = np.square(host[nv:nv + nm]).reshape(len(at_marks), -1).sum(1)
+        at = squares(host[nv:nv + nm]).reshape(len(at_marks), -1).sum(1)
         partial += [(size, float(t) / size ** 2) for size, t in zip(at_marks, at)]
-    big = None if last is None else torch.from_numpy(np.square(host[nv + nm:nv + nm + nl]))
+    big = None if last is None else torch.from_numpy(squares(host[nv + nm:nv + nm + nl]))
     device = losses[0].device if losses else torch.device("cpu")
     loss_sum = torch.tensor(host[nv + nm + nl:].sum(), dtype=accum_dtype(device), device=device)
     return ChunkStats(grad_sum, torch.from_numpy(small), len(losses), loss_sum, seen, big), partial
