@@ -6,7 +6,8 @@ One step = k micro-batches of b examples at fixed weights (no optimizer step for
   floor     plain, plus |g|² of each micro-batch's gradient per parameter (a dot product in a tensor hook) and
             nothing else: what any exact per-micro-batch statistic costs at least
   bsprof    bsprof.sampling.one_draw itself with the micro-batch probe: per micro-batch |G_b|², the running
-            sum (partial |G|² at b, 2b, 4b, ...), the big-batch norm and the host copies
+            sum (partial |G|² at b, 2b, 4b, ...), the big-batch norm and the host copy; each step is one draw of
+            one long measurement (the probe's hooks registered once, as ``measure_at`` does)
   adaptdl   adaptdl.torch.gradient_noise_scale.GradientNoiseScale(adp, SGD, num_replicas=1), accumulating k
             backward passes (adp.require_backward_grad_sync only on the last one, as in AdaptDL's own tests)
   fairscale fairscale.optim.AdaScale(SGD, world_size=1, num_gradients_to_accumulate=k, is_scaled_loss=False)
@@ -104,6 +105,9 @@ def floor_method(model: nn.Module):
     return step
 
 
+_OPEN: list = []  # measurement contexts held open by bsprof_method
+
+
 class _Prepared:
     """Stands in for bsprof.data.Examples: the draw is the step's pre-made micro-batches."""
 
@@ -121,8 +125,14 @@ class _Prepared:
 
 
 def bsprof_method(model: nn.Module):
-    """bsprof.sampling.one_draw itself, with the micro-batch probe (the code `bsprof measure` runs)."""
+    """bsprof.sampling.one_draw itself, with the micro-batch probe (the code `bsprof measure` runs). Every step is
+    one draw of one measurement: the probe's ``measuring`` context (its hooks, registered once) is held open for
+    all of them, as ``measure_at`` holds it around a measurement's draws."""
     examples, group = _Prepared(), np.zeros(len(list(model.parameters())), dtype=int)
+    probe = PROBES["microbatch"]
+    if probe.measuring is not None:  # kept open for the life of this method (the benchmark's one measurement)
+        _OPEN.append(probe.measuring(model))
+        _OPEN[-1].__enter__()
 
     def step(batches):
         examples.step_batches = batches

@@ -30,8 +30,6 @@ TORCH_APIS = [
      lambda: "with_kwargs" in inspect.signature(nn.Module.register_forward_hook).parameters, "with_kwargs=True"),
     ("torch.autograd.grad(..., materialize_grads=True)", (2, 1),
      lambda: "materialize_grads" in inspect.signature(torch.autograd.grad).parameters, "materialize_grads=True"),
-    ("Tensor.register_post_accumulate_grad_hook", (2, 1),
-     lambda: torch.Tensor.register_post_accumulate_grad_hook, "register_post_accumulate_grad_hook("),
     ("torch.load(..., weights_only=True)", (1, 13),
      lambda: "weights_only" in inspect.signature(torch.load).parameters, "weights_only=True"),
     ("torch.linalg.vecdot", (1, 13), lambda: torch.linalg.vecdot, "torch.linalg.vecdot("),

@@ -1,5 +1,7 @@
 """Probes against direct autograd, and a whole-dataset draw against the exact torch.func reference."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -219,3 +221,60 @@ def test_accumulating_draw_with_a_sparse_embedding(in_cache):
     for a, b in zip(fast.grad_sum, slow.grad_sum):
         torch.testing.assert_close(a, b)
     np.testing.assert_allclose([v for _, v in fast_partial], [v for _, v in slow_partial], rtol=1e-10)
+
+
+def test_measurement_hooks_are_registered_once_and_give_the_same_draws():
+    """Draws inside ``measurement_hooks`` (what ``measure_at`` holds around a measurement) reuse one set of hooks
+    and give the numbers of draws that register their own; the hooks are gone when the block ends."""
+    from bsprof.engine.sampling import chunk_sums, partial_marks
+    from bsprof.probes.microbatch import accumulate, measurement_hooks
+
+    model, (x, y) = _Tied(), _data(32)
+    chunks = [((x[i:i + 4], y[i:i + 4]), 4) for i in range(0, 32, 4)]
+    alone = [accumulate(model, _penalised, iter(chunks[j:j + 4]), partial_marks(4, 16), 16) for j in (0, 4)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    with measurement_hooks(model):
+        hooks = [dict(p._backward_hooks) for p in params]
+        inside = [accumulate(model, _penalised, iter(chunks[j:j + 4]), partial_marks(4, 16), 16) for j in (0, 4)]
+        assert [dict(p._backward_hooks) for p in params] == hooks  # none added per draw
+    assert not any(p._backward_hooks for p in params)
+    ref, ref_partial = chunk_sums(CHUNK_BY_CHUNK, model, _penalised, iter(chunks[4:]), 16, 4)
+    for (a, a_partial), (b, b_partial) in zip(alone, inside):
+        torch.testing.assert_close(a.small_sq_sum, b.small_sq_sum, rtol=0, atol=0)
+        torch.testing.assert_close(a.big_sq, b.big_sq, rtol=0, atol=0)
+        assert a_partial == b_partial and float(a.loss_sum) == float(b.loss_sum)
+    torch.testing.assert_close(inside[1][0].small_sq_sum, ref.small_sq_sum, rtol=1e-10, atol=0)
+    np.testing.assert_allclose([v for _, v in inside[1][1]], [v for _, v in ref_partial], rtol=1e-10)
+
+
+def test_measure_at_holds_the_micro_batch_hooks_for_the_whole_measurement(monkeypatch):
+    """``measure_at`` registers the micro-batch draw's hooks once (not per draw) and removes them at the end."""
+    from bsprof.engine import sampling
+    from bsprof.probes import PROBES
+
+    mb_module = sys.modules["bsprof.probes.microbatch"]
+    model, (x, y) = _mlp(), _data(64)
+    made = []
+    real = mb_module._Norms
+
+    def counting(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mb_module, "_Norms", counting)
+
+    class Source:
+        n = None
+
+        def draw(self, B):
+            return list(range(B))
+
+        def batches(self, drawn, size):
+            for i in range(0, len(drawn), size):
+                idx = drawn[i:i + size]
+                yield (x[idx], y[idx]), len(idx)
+
+    s = sampling.Sampling(PROBES["microbatch"], 4, 4, 16, True, 0.01, 0.9, 4, 64, 1e9)
+    _, draws, why = sampling.measure_at(model, _ce, Source(), s, np.zeros(len(list(model.parameters())), dtype=int))
+    assert why in ("examples", "precision") and len(draws) >= 4 and len(made) == 1
+    assert not any(p._backward_hooks for p in model.parameters())

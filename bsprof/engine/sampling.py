@@ -9,6 +9,7 @@ whole finite dataset with per-example norms is exact ("exact"). The big batch B 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -155,8 +156,15 @@ def measure_at(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, gro
     """Draw until the stopping rule (``stopping.Stopper``) fires. Returns the estimate, the draws, and what stopped
     it ("precision", "examples", "time", "budget", "exact").
 
-    Under DDP every rank follows rank 0's estimate and clock, so all ranks stop at the same draw.
+    Under DDP every rank follows rank 0's estimate and clock, so all ranks stop at the same draw. A probe's
+    ``measuring`` context (the micro-batch probe's hooks) is held around all the draws.
     """
+    with s.probe.measuring(model) if s.probe.measuring is not None else contextlib.nullcontext():
+        return _measure(model, loss_fn, examples, s, group, on_draw, comm)
+
+
+def _measure(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, group: np.ndarray,
+             on_draw: Callable[[NoiseScale], None] | None, comm: Comm) -> tuple[NoiseScale, list[Draw], str]:
     draws: list[Draw] = []
     stop = Stopper(s.rel_error, s.min_draws, s.max_examples, s.max_seconds, s.budget_seconds)
     B, spent, t0 = next_batch(None, s, s.start_B, examples.n, comm.world), 0, time.perf_counter()

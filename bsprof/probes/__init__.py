@@ -17,13 +17,14 @@ from bsprof.probes.base import ChunkStats, LossFn, Probe, batch_coupled, trainab
 from bsprof.probes.hessian import HESSIAN, QuadProbe
 from bsprof.probes.hooks import per_example_hooks
 from bsprof.probes.layers import register_rule
-from bsprof.probes.microbatch import accumulate, microbatch
+from bsprof.probes.microbatch import accumulate, measurement_hooks, microbatch
 from bsprof.probes.vmap import per_example_vmap
 
 PROBES: dict[str, Probe] = {
     "hooks": Probe("hooks", per_example=True, chunk=per_example_hooks),
     "vmap": Probe("vmap", per_example=True, chunk=per_example_vmap),
-    "microbatch": Probe("microbatch", per_example=False, chunk=microbatch, whole_draw=accumulate),
+    "microbatch": Probe("microbatch", per_example=False, chunk=microbatch, whole_draw=accumulate,
+                        measuring=measurement_hooks),
 }
 QUAD_PROBES: dict[str, QuadProbe] = {"hessian": HESSIAN}
 

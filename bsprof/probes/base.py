@@ -11,6 +11,7 @@ per-example gradient is g_i = ∇ℓ_i (never a sum over a batch).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,12 +62,15 @@ class Probe:
                   (every chunk the probe sees is one micro-batch)
     chunk:        one chunk → ``ChunkStats`` (always there: the reference every faster path is tested against)
     whole_draw:   optional: one whole draw of chunks → (``ChunkStats``, partial sums); used instead of ``chunk``
+    measuring:    optional: model → a context manager held around all the draws of one measurement (the micro-batch
+                  probe registers its hooks there once, not per draw)
     """
 
     name: str
     per_example: bool
     chunk: ChunkFn
     whole_draw: DrawFn | None = None
+    measuring: Callable[[nn.Module], AbstractContextManager] | None = None
 
 
 def batch_coupled(model: nn.Module) -> list[str]:

@@ -16,6 +16,8 @@ Two implementations with one result:
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -47,54 +49,63 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 class _Norms:
-    """|Σ_{i∈micro-batch} g_i|² per parameter of each backward, and |Σ_draw g|² at the marks, with the draw's sum.
+    """|Σ_{i∈micro-batch} g_i|² per parameter of each backward, and |Σ_draw g| at the marks, with the draw's sum.
 
     CPU: ``.backward()`` accumulates into ``.grad`` inside the engine (a Python ``_foreach_add_`` is a slow loop
-    there). Tensor hooks take a dot product of each incoming gradient while it is in cache, and post-accumulate
-    hooks one of the running sum right after it is updated, on the backward passes that complete a mark. Both are
-    armed only during bsprof's own backward (never inside other code's autograd calls).
+    there). A tensor hook per parameter takes one dot product of each incoming gradient while it is in cache; the
+    hooks are armed only during bsprof's own backward (never inside other code's autograd calls), and registered
+    once per measurement when one is open (``measurement_hooks``), else once per draw. After a backward that
+    completes a mark, one dot product per parameter of the running sum ``.grad``.
     Accelerators, where every kernel launch counts: ``autograd.grad``, then one fused ``_foreach_add_`` into the
     sum and one fused ``_foreach_norm``; nothing leaves the device until the draw ends.
-    Values are recorded as (parameter, 0-d tensor) and turned into numbers once, at the end of the draw.
+    Values stay 0-d tensors (one per parameter and backward; per mark, one norm per parameter) and become numbers
+    once, at the end of the draw.
     """
 
     def __init__(self, params: list[Tensor], in_cache: bool):
         self.params = params
         self.in_cache = in_cache
-        self.armed = self.sum_armed = False
+        self.armed = False
         self.values: list[Tensor] = []  # squares (CPU) or norms (accelerators), one per parameter per backward
         self.index: list[int] = []  # which parameter each value belongs to
-        self.weight: list[float] = []  # 1/count² of its micro-batch
-        self.sums: list[tuple[int, Tensor]] = []  # (parameter, |running sum|²) on a marked backward (CPU)
+        self.ends: list[int] = []  # len(values) after each backward
+        self.counts: list[int] = []  # the examples of each backward's micro-batch
+        self.marked: list[Tensor] = []  # |running sum| per parameter at each mark before the last backward
         self.acc: list[Tensor] | None = None  # accelerators: the running sum
-        self.handles = []
-        if in_cache:
-            for i, p in enumerate(params):
-                self.handles += [p.register_hook(self._hook(i)), p.register_post_accumulate_grad_hook(self._post(i))]
+        self.handles = [p.register_hook(self._hook(i)) for i, p in enumerate(params)] if in_cache else []
+
+    def reset(self) -> None:
+        """Forget the last draw (the lists are cleared in place: the hooks hold them)."""
+        self.values.clear()
+        self.index.clear()
+        self.ends.clear()
+        self.counts.clear()
+        self.marked.clear()
+        self.acc = None
+        self.armed = False
 
     def _hook(self, i: int):
+        append_value, append_index = self.values.append, self.index.append  # the lists are cleared, never replaced
+
         def hook(g: Tensor) -> None:
             if self.armed:
-                self.index.append(i)
-                self.values.append(_sq(g))
+                append_index(i)
+                if g.is_sparse or g.dtype in _HALF:
+                    append_value(_sq(g))
+                else:  # _sq inlined: one Python call per parameter and backward, as the floor's hook
+                    f = g.reshape(-1)
+                    append_value(torch.dot(f, f))
         return hook
 
-    def _post(self, i: int):
-        def post(p: Tensor) -> None:
-            if self.sum_armed:
-                self.sums.append((i, _sq(p.grad)))
-        return post
-
     def backward(self, loss_sum: Tensor, count: int, mark: bool) -> list[Tensor] | None:
-        """One micro-batch. With ``mark``: returns |running sum|² per parameter after it (None: read it later)."""
-        before = len(self.index)
+        """One micro-batch. With ``mark``: returns |running sum| per parameter after it (0-d tensors: squares on the
+        CPU, norms on accelerators)."""
         if self.in_cache:
-            self.sums.clear()
-            self.armed, self.sum_armed = True, mark
+            self.armed = True
             try:
                 loss_sum.backward(inputs=self.params)
             finally:
-                self.armed = self.sum_armed = False
+                self.armed = False
         else:
             grads = torch.autograd.grad(loss_sum, self.params, allow_unused=True, materialize_grads=True)
             grads = [g.coalesce().to_dense() if g.is_sparse else g for g in grads]
@@ -104,16 +115,13 @@ class _Norms:
                 torch._foreach_add_(self.acc, grads)
             self.values.extend(torch._foreach_norm(grads))
             self.index.extend(range(len(grads)))
-        self.weight.extend([1.0 / count ** 2] * (len(self.index) - before))
-        return self._sum_squares() if mark else None
-
-    def _sum_squares(self) -> list[Tensor]:
-        """|running sum|² per parameter (squares on the CPU, norms on accelerators)."""
-        if not self.in_cache:
-            return torch._foreach_norm(self.grad_sum())
-        seen = dict(self.sums)  # a parameter without a gradient in this backward fired no post hook
-        return [seen[i] if i in seen else torch.zeros(()) if p.grad is None else _sq(p.grad)
-                for i, p in enumerate(self.params)]
+        self.ends.append(len(self.values))
+        self.counts.append(count)
+        if not mark:
+            return None
+        if self.in_cache:  # CPU: a dot product per parameter beats _foreach_norm's per-tensor norm kernels there
+            return [torch.zeros(()) if p.grad is None else _sq(p.grad) for p in self.params]
+        return _norms(self.acc)
 
     def grad_sum(self) -> list[Tensor]:
         if self.acc is not None:
@@ -121,16 +129,67 @@ class _Norms:
         return [torch.zeros_like(p) if p.grad is None else p.grad.to_dense() if p.grad.is_sparse else p.grad
                 for p in self.params]
 
-    def squares(self, values: list[Tensor]) -> np.ndarray:
-        """float64 squares on the host: the only copy from the device in a draw."""
-        if not values:
-            return np.zeros(0)
-        v = torch.stack(values).to("cpu", torch.float64).numpy()
-        return v if self.in_cache else np.square(v)
-
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+        self.handles = []
+
+
+def _norms(grads: list[Tensor | None]) -> list[Tensor]:
+    """|g| per tensor (0 for None): dense gradients in one fused ``_foreach_norm`` per dtype group (float32 at
+    least), sparse ones by their values."""
+    out: list[Tensor | None] = [None] * len(grads)
+    groups: dict[torch.dtype, list[int]] = {}
+    for i, g in enumerate(grads):
+        if g is None:
+            out[i] = torch.zeros(())
+        elif g.is_sparse:
+            out[i] = _sq(g).sqrt()
+        else:
+            groups.setdefault(g.dtype, []).append(i)
+    for dtype, idx in groups.items():
+        norms = torch._foreach_norm([grads[i] for i in idx], dtype=torch.float32 if dtype in _HALF else None)
+        for i, n in zip(idx, norms):
+            out[i] = n
+    return out
+
+
+def _host(values: list[Tensor]) -> np.ndarray:
+    """float64 numbers on the host from 0-d tensors, in one copy."""
+    if not values:
+        return np.zeros(0)
+    return torch.stack(values).to("cpu", torch.float64).numpy()
+
+
+_MEASURING: dict[int, _Norms] = {}  # id(model) → the hooks of the measurement open on it
+
+
+@contextlib.contextmanager
+def measurement_hooks(model: nn.Module):
+    """Register the CPU draw's tensor hooks once for a whole measurement (``sampling.measure_at``): every draw
+    inside reuses them (armed only during its own backward passes). Removed when the block ends. Accelerators
+    (no hooks there) and a block already open on the model change nothing."""
+    _, params = trainable(model)
+    if not params or params[0].device.type != "cpu" or id(model) in _MEASURING:
+        yield
+        return
+    norms = _MEASURING[id(model)] = _Norms(params, True)
+    try:
+        yield
+    finally:
+        del _MEASURING[id(model)]
+        norms.remove()
+
+
+def _open_norms(model: nn.Module, in_cache: bool | None) -> tuple[_Norms, bool]:
+    """(hooks for this draw, whether the draw owns them): the open measurement's (its parameters are the
+    measurement's), or new ones."""
+    norms = _MEASURING.get(id(model))
+    if norms is not None and in_cache is not False:
+        norms.reset()
+        return norms, False
+    _, params = trainable(model)
+    return _Norms(params, params[0].device.type == "cpu" if in_cache is None else in_cache), True
 
 
 def accumulate(model: nn.Module, loss_fn, chunks, marks: set[int], total: int | None = None,
@@ -141,10 +200,11 @@ def accumulate(model: nn.Module, loss_fn, chunks, marks: set[int], total: int | 
     draw's size when this process sees all of it, so |Σ g|² of the whole draw is taken on the last backward
     (``ChunkStats.big_sq``). The model's own ``.grad`` is set aside and restored, so a draw between training steps
     changes nothing. ``in_cache``: the CPU way (default: on the CPU) or the accelerator way (``_Norms``).
+    Every number of the draw (squares, norms at the marks, losses) reaches the host in one copy, at the end.
     """
-    _, params = trainable(model)
+    norms, owned = _open_norms(model, in_cache)
+    params = norms.params
     saved = [p.grad for p in params]
-    norms = _Norms(params, params[0].device.type == "cpu" if in_cache is None else in_cache)
     losses, at_marks, seen, first, last = [], [], 0, None, None
     try:
         for p in params:
@@ -158,24 +218,31 @@ def accumulate(model: nn.Module, loss_fn, chunks, marks: set[int], total: int | 
             seen = after
             del batch, loss
             if first is None:  # the partial sum of one micro-batch is its small batch
-                first = (seen, len(norms.index))
+                first = seen
             elif seen == total:
                 last = sums
             elif mark:
-                at_marks.append((seen, sums))
+                at_marks.append(seen)
+                norms.marked.extend(sums)
         grad_sum = norms.grad_sum()
+        values, marked = norms.values, norms.marked
+        host = _host([*values, *marked, *(last or ()), *losses])  # the draw's one copy to the host
     finally:
-        norms.remove()
+        if owned:
+            norms.remove()
+        norms.armed = False
         for p, g in zip(params, saved):
             p.grad = g
-    sq = norms.squares(norms.values) * np.array(norms.weight)
+    nv, nm, nl = len(values), len(marked), 0 if last is None else len(last)
+    squares = (lambda x: x) if norms.in_cache else np.square  # CPU values are squares, accelerators' norms
+    counts = np.array(norms.counts, dtype=np.float64)
+    sq = squares(host[:nv]) * np.repeat(1.0 / (counts * counts), np.diff(np.array([0, *norms.ends])))
     small = np.bincount(np.array(norms.index, dtype=np.int64), sq, len(params))
-    partial = [(first[0], float(sq[:first[1]].sum()))] if first is not None and first[0] in marks else []
+    partial = [(first, float(sq[:norms.ends[0]].sum()))] if first is not None and first in marks else []
     if at_marks:
-        flat = norms.squares([x for _, n in at_marks for x in n])
-        ends = np.cumsum([len(n) for _, n in at_marks])
-        partial += [(size, float(t.sum()) / size ** 2)
-                    for (size, _), t in zip(at_marks, np.split(flat, ends[:-1]))]
-    big = None if last is None else torch.from_numpy(norms.squares(last))
-    return ChunkStats(grad_sum, torch.from_numpy(small), len(losses), torch.stack(losses).sum(), seen, big), partial
-
+        at = squares(host[nv:nv + nm]).reshape(len(at_marks), -1).sum(1)
+        partial += [(size, float(t) / size ** 2) for size, t in zip(at_marks, at)]
+    big = None if last is None else torch.from_numpy(squares(host[nv + nm:nv + nm + nl]))
+    device = losses[0].device if losses else torch.device("cpu")
+    loss_sum = torch.tensor(host[nv + nm + nl:].sum(), dtype=accum_dtype(device), device=device)
+    return ChunkStats(grad_sum, torch.from_numpy(small), len(losses), loss_sum, seen, big), partial

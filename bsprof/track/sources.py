@@ -43,6 +43,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import partial
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -50,7 +51,7 @@ from bsprof.probes.attention import MHA
 from bsprof.probes.base import batch_coupled, coupled_reason
 from bsprof.probes.hooks import _Undo, _wide
 from bsprof.probes.layers import ModuleRule, rule_for, sq_sum, total_sq_sum
-from bsprof.probes.microbatch import _sq
+from bsprof.probes.microbatch import _HALF, _norms, _sq
 
 
 def _queue_callback(fn) -> None:
@@ -87,7 +88,8 @@ class Backwards:
 
     count: int = 0                                     # k, backward passes
     small: list[Tensor] = field(default_factory=list)  # |u·g_p|² per parameter and pass
-    big: Tensor | None = None                          # Σ_p |p.grad|² after the step's last pass
+    big: Tensor | None = None                          # Σ_p |p.grad|² after the step's last pass (FSDP: this rank's)
+    big_norms: list[Tensor] | None = None              # or |p.grad| per parameter, summed at ``totals``
     synced: bool = True                                # the latest pass all-reduced (not under DDP's no_sync)
     small_pre: list[Tensor] = field(default_factory=list)  # P·(u·g_p)² per parameter and pass (B_pre)
     big_pre: Tensor | None = None
@@ -98,20 +100,35 @@ class Backwards:
 
     def totals(self) -> dict:
         """Floats, read in one device-to-host transfer: ``small`` = Σ over passes, ``big``, ``small_pre``,
-        ``big_pre`` (NaN when absent), ``stale`` (bool) and ``per_example`` (list of (float, n))."""
-        parts = {"small": _sum(self.small), "big": self.big, "small_pre": _sum(self.small_pre),
-                 "big_pre": self.big_pre, "stale": self.stale if torch.is_tensor(self.stale) else None}
-        parts.update({f"pe{i}": s for i, (s, _) in enumerate(self.per_example)})
-        present = {k: v for k, v in parts.items() if v is not None}
-        values = dict.fromkeys(parts, math.nan)
-        if present:
-            device = next(iter(present.values())).device
-            stacked = torch.stack([v.detach().to(device, torch.float64).reshape(()) for v in present.values()])
-            values.update(zip(present, stacked.tolist()))
-        out = {k: values[k] for k in ("small", "big", "small_pre", "big_pre")}
+        ``big_pre`` (NaN when absent), ``stale`` (bool) and ``per_example`` (list of (float, n)). The 0-d tensors
+        are stacked as they are and summed on the host in float64."""
+        norms = self.big_norms or []
+        scalars = {"big": self.big, "big_pre": self.big_pre,
+                   "stale": self.stale if torch.is_tensor(self.stale) else None}
+        scalars.update({f"pe{i}": s for i, (s, _) in enumerate(self.per_example)})
+        scalars = {k: v.detach() for k, v in scalars.items() if v is not None}
+        host = _host([*self.small, *norms, *self.small_pre, *scalars.values()])
+        n1, n2, n3 = len(self.small), len(norms), len(self.small_pre)
+        values = dict(zip(scalars, host[n1 + n2 + n3:].tolist()))
+        out = {"small": float(host[:n1].sum()) if n1 else math.nan,
+               "big": float(np.square(host[n1:n1 + n2]).sum()) if self.big_norms is not None
+               else values.get("big", math.nan),
+               "small_pre": float(host[n1 + n2:n1 + n2 + n3].sum()) if n3 else math.nan,
+               "big_pre": values.get("big_pre", math.nan)}
         out["stale"] = bool(self.stale) if not torch.is_tensor(self.stale) else values["stale"] > 0
         out["per_example"] = [(values[f"pe{i}"], n) for i, (_, n) in enumerate(self.per_example)]
         return out
+
+
+def _host(xs: list[Tensor]) -> np.ndarray:
+    """0-d tensors → float64 on the host: one stack, one copy (tensors on several devices: gathered first)."""
+    if not xs:
+        return np.zeros(0)
+    try:
+        stacked = torch.stack(xs)
+    except RuntimeError:  # parameters on several devices
+        stacked = torch.stack([x.to(xs[0].device) for x in xs])
+    return stacked.to("cpu", torch.float64).numpy()
 
 
 def _sum(xs: list[Tensor]) -> Tensor | None:
@@ -175,7 +192,11 @@ class StepHooks:
                     self._first()
         try:
             if self.per_example is None or not self.per_example.armed:  # an armed pass uses its per-example norms
-                self.record.small.append(_sq(g))
+                if g.is_sparse or g.dtype in _HALF:
+                    self.record.small.append(_sq(g))
+                else:  # _sq inlined: one Python call per parameter and pass
+                    f = g.reshape(-1)
+                    self.record.small.append(torch.dot(f, f))
             if self.weights is not None:
                 self.record.small_pre.append(_pre_sq(g, self.weights[i]))
         except Exception as e:  # never break the user's backward: report it at the step
@@ -194,8 +215,7 @@ class StepHooks:
 
     def _read_grads(self) -> None:
         try:
-            grads = [p.grad for p in self.params if p.grad is not None]
-            self.record.big = grad_sq(grads)
+            self.record.big_norms = _norms([p.grad for p in self.params if p.grad is not None])
             if self.weights is not None:
                 self.record.big_pre = _sum([_pre_sq(p.grad, w) for p, w in zip(self.params, self.weights)
                                             if p.grad is not None])
@@ -355,6 +375,9 @@ class PerExample:
 
     def end_backward(self, record: Backwards) -> None:
         """Close one backward pass: hand (Σ_i |rule_i|², n) of an armed pass to ``record``; reset the counts."""
+        if not (self.armed or self.expected or self.rows or self.pending or self.parts or self.failure
+                or self.shared_positions):
+            return  # nothing was hooked in this pass (accumulation): nothing to reset
         if self.armed:
             try:  # calls whose δ never came contribute zero (unused outputs, graphs dropped without a backward)
                 for call, slots, _ in self.open.values():  # attention calls with some projections' δ missing
