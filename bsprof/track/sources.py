@@ -376,7 +376,7 @@ class PerExample:
     def end_backward(self, record: Backwards) -> None:
         """Close one backward pass: hand (Σ_i |rule_i|², n) of an armed pass to ``record``; reset the counts."""
         if not (self.armed or self.expected or self.rows or self.pending or self.parts or self.failure
-                or self.shared_positions):
+                or self.shared_positions or self.open):
             return  # nothing was hooked in this pass (accumulation): nothing to reset
         if self.armed:
             try:  # calls whose δ never came contribute zero (unused outputs, graphs dropped without a backward)
