@@ -40,10 +40,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from critical_batch_evidence import TASKS  # noqa: E402
 
 import bsprof  # noqa: E402
-from bsprof.schedule import (
-    ScheduleConfig,  # noqa: E402
-    predict,  # noqa: E402
-)
+from bsprof.schedule import ScheduleConfig, predict  # noqa: E402
 
 P = importlib.import_module("bsprof.schedule.plan")
 
@@ -53,12 +50,36 @@ SOURCES = {"digits_sgd": "critical_batch_evidence.json", "mnist_cnn_sgd": "criti
 CANDIDATES = ("b_simple", "b_simple_window", "b_pre")
 
 
+EXTENSIONS = {"shakespeare_adam": ("critical_batch_shakespeare_hi.json", "shakespeare_adam_hi")}
+
+
 def sweep_of(name):
     d = json.loads((OUT / SOURCES[name]).read_text())["tasks"][name]["sweep"]
     if d.get("reused"):   # digits/SGD: the full record is validate_critical_batch.json's
         g = json.loads((OUT / d["reused"]).read_text())["global"]
         d = {**d, "compute": g.get("compute"), "batches": g["batches"]}
+    if name in EXTENSIONS and (OUT / EXTENSIONS[name][0]).is_file():
+        d = extend(d, json.loads((OUT / EXTENSIONS[name][0]).read_text())["tasks"][EXTENSIONS[name][1]]["sweep"])
     return d
+
+
+def extend(a, b):
+    """Two sweeps of one task (same seed, batches and target; lr grids that continue each other): per batch the
+    lr with the fewest steps over both grids, S(B) refitted with its bootstrap, the compute added up."""
+    from bsprof.sweep.fit import bootstrap_fit
+
+    rows = {}
+    for r in a["batches"] + b["batches"]:
+        if r["batch"] not in rows or (r["steps"] or math.inf) < (rows[r["batch"]]["steps"] or math.inf):
+            rows[r["batch"]] = r
+    batches = [rows[k] for k in sorted(rows)]
+    ok = [r for r in batches if r["steps"] is not None and math.isfinite(r["steps"])]
+    f = bootstrap_fit([r["batch"] for r in ok], [[r["steps"]] for r in ok], 0.9, 1000, 0)
+    ca, cb = a.get("compute") or {}, b.get("compute") or {}
+    compute = {k: (ca.get(k) or 0) + (cb.get(k) or 0) for k in ("train_examples", "eval_examples", "seconds")}
+    ref = next(r for r in batches if r["batch"] == 32)
+    return {**a, "batches": batches, "critical": f.b_crit.to_dict(), "fit": f.to_dict() if hasattr(f, "to_dict")
+            else None, "compute": compute, "ref_lr_tuned": ref["lr"], "lr_grid": a["lr_grid"] + b["lr_grid"]}
 
 
 def predicted_steps(report, target, batches):
@@ -119,31 +140,44 @@ def geo(xs):
     return math.exp(float(np.mean(np.log(xs)))) if xs else math.nan
 
 
+SHORT = {"digits_sgd": "digits MLP (sklearn, 1,797), SGD, loss 0.1",
+         "mnist_cnn_sgd": "small CNN on real MNIST (5,000 images, 14×14), SGD, loss 0.3",
+         "digits_adam": "digits MLP (sklearn, 1,797), Adam, loss 0.1",
+         "shakespeare_adam": "char transformer (0.1M) on tiny-shakespeare, Adam, loss 2.0"}
+
+
 def markdown(results):
-    lines = ["| task | sweep B_crit [90%] | bsprof headline [interval] (quantity) | ratio | predicted / measured "
-             "steps per batch | compute: probe vs sweep |", "|---|---|---|---|---|---|"]
+    lines = ["| task (probe seeds) | sweep B_crit [90%] | bsprof headline [interval] (quantity) | ratio (per seed) | "
+             "predicted / measured steps at B = 16, 32, … | compute: probe / sweep |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         c = r["sweep"]["critical"]
         ps = r["probes"]
-        hv = geo([p["headline"]["value"] for p in ps])
-        lo = geo([p["headline"]["lo"] for p in ps])
-        hi = geo([p["headline"]["hi"] for p in ps])
+        hv, lo, hi = (geo([p["headline"][k] for p in ps]) for k in ("value", "lo", "hi"))
         ratios = [p["headline"]["value"] / c["value"] for p in ps]
         steps = []
         for b in r["sweep_steps"]:
             pred = geo([p["predicted_steps"].get(str(b), p["predicted_steps"].get(b)) for p in ps])
             meas = r["sweep_steps"][b]
-            steps.append(f"{b}: {pred / meas:.2f}" if math.isfinite(pred) and meas else f"{b}: –")
+            steps.append(f"{pred / meas:.2f}" if math.isfinite(pred) and meas else "–")
         comp = r["sweep"].get("compute") or {}
         sweep_ex = comp.get("train_examples") or 0   # its evaluations (often more examples) not counted
         probe_ex = float(np.mean([p["examples"] for p in ps]))
+        quantity = ps[0]["headline"]["quantity"]
+        quantity = {"b_simple_window": "training-step B_simple", "b_simple": "2 × B_simple"
+                    if "adam" in name else "B_simple"}.get(quantity, quantity)
         lines.append(
-            f"| {r['desc']}, target {r['target']} | {c['value']:.0f} [{c['lo']:.0f}, {c['hi']:.0f}] | "
-            f"{hv:.0f} [{lo:.0f}, {hi:.0f}] ({ps[0]['headline']['quantity']}) | {hv / c['value']:.2f} "
-            f"({min(ratios):.2f}–{max(ratios):.2f}) | {'; '.join(steps)} | {probe_ex:,.0f} vs {sweep_ex:,.0f} training ex "
-            f"({probe_ex / sweep_ex if sweep_ex else math.nan:.2f}×), "
-            f"{np.mean([p['wall_seconds'] for p in ps]):.0f} s vs {comp.get('seconds', math.nan):.0f} s |")
+            f"| {SHORT.get(name, r['desc'])} ({len(ps)}) | {c['value']:.0f} [{c['lo']:.0f}, {c['hi']:.0f}] | "
+            f"{hv:.0f} [{lo:.0f}, {hi:.0f}] ({quantity}) | {hv / c['value']:.2f} "
+            f"({min(ratios):.2f}–{max(ratios):.2f}) | {', '.join(steps)} | "
+            f"{probe_ex:,.0f} / {sweep_ex:,.0f} ex = {probe_ex / sweep_ex if sweep_ex else math.nan:.2f} |")
     return "\n".join(lines)
+
+
+def render_only(out_path: Path) -> None:
+    """Rewrite the .md from the JSON (no probes)."""
+    md = markdown(json.loads(out_path.read_text())["tasks"])
+    out_path.with_suffix(".md").write_text(md + "\n")
+    print(md)
 
 
 def main():
@@ -152,7 +186,10 @@ def main():
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--out", default=str(OUT / "validation_table.json"))
     ap.add_argument("--fresh", action="store_true", help="rerun probes already in --out")
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md table from --out")
     args = ap.parse_args()
+    if args.render:
+        return render_only(Path(args.out))
     torch.set_num_threads(1)
     out_path = Path(args.out)
     results = json.loads(out_path.read_text())["tasks"] if out_path.is_file() and not args.fresh else {}
