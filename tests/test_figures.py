@@ -24,13 +24,14 @@ def _labels(ax) -> list[str]:
 def test_the_loss_panel_draws_the_schedules_fit(tmp_path):
     import matplotlib.pyplot as plt
 
-    report = Report.from_json(V1 / "report_adam_hessian.json")  # Adam: `schedule` follows B_pre
+    report = Report.from_json(V1 / "report_adam_hessian.json")  # Adam: `schedule` follows 2 × B_simple
     fig = noise_scale_figure(report)
     by_step, by_loss = fig.axes
     assert not any(FIT in t for t in _labels(by_step))
     [line] = [ln for ln in by_loss.get_lines() if FIT in ln.get_label()]
     fit, col, _ = noise_fit(report, ScheduleConfig())
-    assert col == "b_pre" and line.get_label().startswith("fit of B_pre (Adam) that `bsprof schedule` uses")
+    assert col == "b_simple" and line.get_label().startswith(
+        "fit of 2 × B_simple (fixed weights) that `bsprof schedule` uses")
     x, y = line.get_data()
     np.testing.assert_allclose(y, fit(x))  # the very curve `schedule` fits, over the measured losses
     assert x.min() == pytest.approx(fit.loss_min) and x.max() == pytest.approx(fit.loss_max)

@@ -17,6 +17,7 @@ from bsprof.output.report import Report
 from bsprof.schedule import ExtrapolationError, Schedule, ScheduleConfig, plan, predict, rules
 from bsprof.schedule.fit import fit_noise_scale
 from bsprof.schedule.memory import largest_fitting
+from bsprof.schedule.stages import Stage
 
 
 def synthetic_report(n=6, alpha=0.5, bstar=40.0, l0=2.3, l1=0.4, steps=300, batch=32, optimizer="SGD", noise=0.03):
@@ -426,6 +427,9 @@ def test_recommendation_pure():
     r = recommend({"steps": 120.0, "examples": 6000.0}, base)
     assert r["use"] == "constant" and r["batch_size"] == 64 and "constant batch of 64" in r["text"]
     assert recommend({"steps": 100.0, "examples": 3200.0}, base)["use"] == "schedule"  # a tie is no win
+    one = [Stage(0, 2.0, 32, 0.1, 32, 1, 1)]
+    r = recommend({"steps": 100.0, "examples": 3200.0}, base, "examples", one)   # one stage: a constant batch
+    assert r["use"] == "constant" and r["batch_size"] == 32 and "the schedule is that constant batch" in r["text"]
 
 
 def test_constant_batch_that_beats_the_schedule_is_recommended(report_file):

@@ -183,7 +183,8 @@ def test_schedule_verdict_counts_only_constants_using_no_more_examples():
     v = schedule_verdict(const, run, "s.json")
     assert v["rivals"] == [8, 32] and v["beats_constants"] and v["steps"] == 100   # 128 uses 7,680 > 5,000
     v = schedule_verdict(const, [r.__class__(**{**r.to_dict(), "steps_to_target": 130.0}) for r in run], "s.json")
-    assert not v["beats_constants"] and v["faster_constants"] == [32] and "use that constant" in v["text"]
+    assert not v["beats_constants"] and v["faster_constants"] == [32] and "no faster than constant batch 32" in \
+        v["text"] and "best lr of the grid (0.1)" in v["text"]
     v = schedule_verdict(const, [run[0].__class__(**{**run[0].to_dict(), "steps_to_target": math.inf})] * 3, "s")
     assert not v["beats_constants"] and "0 of 3" in v["text"]
 

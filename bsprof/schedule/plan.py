@@ -135,7 +135,7 @@ def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str,
     """The noise scale to follow and why. ``auto`` goes by measured evidence (``EVIDENCE``: global sweeps with
     the lr tuned per batch, against the B_crit over the path each quantity predicts; docs/science.md §6):
     - SGD: B_simple from the training steps' own pairs (``b_simple_window``) predicted 1.00× and 1.13× the swept
-      B_crit on two tasks, fixed-weight B_simple 1.3–2.9×; so the window when the report has it, else B_noise
+      B_crit on two tasks (0.86–1.34× per probe seed), fixed-weight B_simple 1.4–4×; so the window when the report has it, else B_noise
       (0.81–0.83×) when measured (``--hessian``);
     - Adam family: the fixed-weight B_simple, times ``ADAM_FACTOR`` (``calibration``): its path average was
       0.42–0.50× of the sweep on two tasks (a char-level transformer on tiny-shakespeare and the digits MLP), the
@@ -149,10 +149,10 @@ def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str,
                             f"swept critical batches within 0.85–1.0× on two tasks ({EVIDENCE})")
     if _determined(rows, "b_simple_window") >= 2:
         return "b_simple_window", ("auto: B_simple from the training steps predicted swept critical batches "
-                                   f"within 1.00–1.13× under SGD, fixed-weight B_simple 1.3–2.9× ({EVIDENCE})")
+                                   f"within 0.86–1.34× under SGD, fixed-weight B_simple 1.4–4× ({EVIDENCE})")
     if _determined(rows, "b_noise") >= 2:
         return "b_noise", ("auto: under SGD, B_noise predicted swept critical batches within 0.81–0.83×, "
-                           f"fixed-weight B_simple 1.3–2.9× ({EVIDENCE})")
+                           f"fixed-weight B_simple 1.4–4× ({EVIDENCE})")
     return "b_simple", "auto: the noise scale every report has"
 
 
@@ -238,11 +238,17 @@ def _baselines(path, batch_train: float, cfg: ScheduleConfig, sched: dict) -> li
     return out
 
 
-def recommend(prediction: dict, baselines: list[dict], unit: str = "examples") -> dict:
+def recommend(prediction: dict, baselines: list[dict], unit: str = "examples", stages=()) -> dict:
     """Schedule or constant batch: a constant batch that needs no more predicted steps AND no more examples
-    than the schedule (one of them fewer) beats it; of those, the one with the fewest steps is recommended."""
+    than the schedule (one of them fewer) beats it; of those, the one with the fewest steps is recommended.
+    A schedule of one stage is a constant batch, and says so."""
     s, e = prediction["steps"], prediction["examples"]
     better = [b for b in baselines if b["steps"] <= s and b["examples"] <= e and (b["steps"] < s or b["examples"] < e)]
+    if not better and len(stages) == 1:
+        b = stages[0].batch_size
+        return {"use": "constant", "batch_size": b, "steps": s, "examples": e,
+                "text": f"train at a constant batch of {b:,} {unit} (lr {stages[0].lr:.4g}): along this path the "
+                        "rule's batch does not move by a rounding step, so the schedule is that constant batch"}
     if not better:
         return {"use": "schedule", "batch_size": None,
                 "text": "follow the schedule: no constant batch is predicted to need both fewer steps and fewer "
@@ -385,7 +391,7 @@ def plan(report, config: ScheduleConfig) -> Schedule:
                     lr_rule=lr_rule, prediction=pred, baselines=baselines,
                     fit=fit.to_dict(), warnings=warnings, notes=notes, config=asdict(config),
                     batch_train=batch_train, lr_train=lr0, assumptions=assumed,
-                    recommendation=recommend(pred, baselines, report.unit))
+                    recommendation=recommend(pred, baselines, report.unit, stages))
 
 
 def auto_exchange_rate(path, config: ScheduleConfig) -> tuple[ScheduleConfig, str]:

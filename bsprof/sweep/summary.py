@@ -113,13 +113,18 @@ def schedule_verdict(summaries: Sequence[BatchSummary], runs: Sequence[Branch], 
     examples = float(np.median([r.examples for r in reached]))
     rivals = [s for s in summaries if math.isfinite(s.steps) and s.examples <= examples]
     faster = [s for s in rivals if s.steps <= steps]
+    lrs = sorted({round(r.lr, 6) for r in reached})
     text = (f"the schedule as written: {steps:,.0f} steps, {examples:,.0f} examples (median of {len(reached)} "
-            f"seed(s)); ")
+            f"seed(s); its lr at the end {', '.join(f'{x:.4g}' for x in lrs)}); ")
     if not rivals:
         text += "every constant batch that reached the target used more examples"
     elif faster:
-        text += ("slower than or as fast as constant batch " + ", ".join(f"{s.batch} ({s.steps:,.0f} steps, "
-                 f"{s.examples:,.0f} examples)" for s in faster) + ", which use no more examples: use that constant")
+        best = min(faster, key=lambda s: (s.steps, s.examples))
+        text += (f"no faster than constant batch {best.batch} at its best lr of the grid ({best.lr:.4g}): "
+                 f"{best.steps:,.0f} steps with {best.examples:,.0f} examples"
+                 + (f" (also no faster: {', '.join(str(s.batch) for s in faster if s is not best)})"
+                    if len(faster) > 1 else "")
+                 + "; train at that constant batch, or compare the learning rates")
     else:
         text += ("fewer steps than every constant batch using no more examples (" + ", ".join(
                  f"{s.batch}: {s.steps:,.0f}" for s in rivals) + " steps)")
