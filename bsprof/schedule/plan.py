@@ -138,15 +138,15 @@ def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str,
       B_crit on two tasks (0.86–1.34× per probe seed), fixed-weight B_simple 1.4–4×; so the window when the report has it, else B_noise
       (0.81–0.83×) when measured (``--hessian``);
     - Adam family: the fixed-weight B_simple, times ``ADAM_FACTOR`` (``calibration``): its path average was
-      0.42–0.50× of the sweep on two tasks (a char-level transformer on tiny-shakespeare and the digits MLP), the
-      steadiest of the candidates; B_pre ranged 0.45–0.93× and the training-window B_simple 0.31–0.48×;
+      0.30–0.55× of the sweep per probe seed on two tasks (a char-level transformer on tiny-shakespeare and the digits MLP), the
+      steadiest of the candidates; B_pre was 0.49× and 0.92× and the training-window B_simple 0.33× and 0.47×;
     - else B_simple, which every report has (on the noisy quadratic model its B_crit is within a few % of the
       exact one, tests/test_nqm.py)."""
     if cfg.noise != "auto":
         return cfg.noise, "asked with --noise"
     if is_adam_family(optimizer):
         return "b_simple", (f"auto: Adam-family optimizer; {ADAM_FACTOR:g} × the fixed-weight B_simple predicted "
-                            f"swept critical batches within 0.85–1.0× on two tasks ({EVIDENCE})")
+                            f"swept critical batches within 0.76–0.85× on two tasks ({EVIDENCE})")
     if _determined(rows, "b_simple_window") >= 2:
         return "b_simple_window", ("auto: B_simple from the training steps predicted swept critical batches "
                                    f"within 0.86–1.34× under SGD, fixed-weight B_simple 1.4–4× ({EVIDENCE})")
