@@ -87,20 +87,7 @@ def tracker_methods(rev: str, b: int) -> tuple[dict, list]:
                      ("from bsprof.track.sources import", "from old_sources import"))
 
     def loop(cls):
-        def factory(model):
-            opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-            tracker = cls(model, opt, accumulation_steps=mb.K, batch_size=mb.K * b) if cls else None
-
-            def step(batches):
-                for batch in batches:
-                    loss = bt._ce(model, batch)
-                    (loss / len(batches)).backward()
-                if tracker is not None:
-                    tracker.step(loss=loss)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            return step
-        return factory
+        return lambda model: bt.accum_loop(model, tracked=cls is not None, tracker_cls=cls)
 
     methods = {"plain": loop(None), "old": loop(old.Tracker), "new": loop(Tracker), "mb plain": mb.plain_method,
                "floor": mb.floor_method}

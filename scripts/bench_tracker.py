@@ -69,7 +69,8 @@ def _examples(batch) -> int:
 # ---------------------------------------------------------------------------------------------- methods
 # Each factory gets its own model and returns step(batches) -> None: one optimizer step of the training loop.
 
-def accum_loop(model, tracked: bool = False, log: bool = False):
+def accum_loop(model, tracked: bool = False, log: bool = False, tracker_cls=None):
+    """``tracker_cls``: another revision's Tracker class (scripts/bench_revisions.py), default this tree's."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
     b = None
     tracker = None
@@ -78,7 +79,7 @@ def accum_loop(model, tracked: bool = False, log: bool = False):
         nonlocal tracker, b
         if tracked and tracker is None:
             b = _examples(batches[0])
-            tracker = Tracker(model, opt, accumulation_steps=len(batches), batch_size=len(batches) * b,
+            tracker = (tracker_cls or Tracker)(model, opt, accumulation_steps=len(batches), batch_size=len(batches) * b,
                               log=LOGS / f"accum_{id(model)}.jsonl" if log else None)
         for batch in batches:
             loss = _ce(model, batch)
