@@ -144,6 +144,10 @@ def test_cli_global_with_report(tmp_path):
     d = json.loads((tmp_path / "s" / "sweep.json").read_text())
     c = d["comparison"]
     assert c["measure_examples"] == 640 and c["ratio"] == pytest.approx(d["critical"]["value"] / 8.6)
+    head = Report.from_json(tmp_path / "report.json").summary.critical_batch   # one measurement: its value
+    assert c["critical_batch"]["value"] == pytest.approx(head.value)
+    assert c["critical_ratio"] == pytest.approx(d["critical"]["value"] / head.value)
+    assert "sweep / critical batch" in r.output
     assert d["fit"]["b_crit"]["lo"] <= d["fit"]["b_crit"]["value"] <= d["fit"]["b_crit"]["hi"]
 
 

@@ -33,9 +33,10 @@ def _spec(spec, model, dataset, loss, optimizer, collate) -> Spec:
     return spec if isinstance(spec, Spec) else load_spec(spec)
 
 
-def comparison(report, critical: Estimate) -> Comparison:
-    """A bsprof report (path or ``Report``) beside the sweep: its summary B_simple (and B_pre, B_noise), the ratio
-    sweep/B_simple, and the measurement's cost (examples and seconds summed over ``report.measurements``)."""
+def comparison(report, critical: Estimate, target_loss: float | None = None) -> Comparison:
+    """A bsprof report (path or ``Report``) beside the sweep: its headline critical batch (to ``target_loss`` when
+    given and reachable, else to its lowest loss), its summary B_simple (and B_pre, B_noise), the ratios of the
+    sweep's critical batch to both, and the measurement's cost (summed over ``report.measurements``)."""
     from bsprof.output.report import Report
 
     where = str(report) if not isinstance(report, Report) else "(report object)"
@@ -47,14 +48,27 @@ def comparison(report, critical: Estimate) -> Comparison:
     ratio = value / s.b_simple.value if s.b_simple.ok and s.b_simple.value > 0 else math.nan
     ms = report.measurements
     seconds = sum(m.seconds for m in ms if math.isfinite(m.seconds))
+    try:
+        head = report.summary_at(target_loss).critical_batch if target_loss else s.critical_batch
+    except BsprofError:   # the sweep's target lies far below the report's losses: the headline to its lowest
+        head = s.critical_batch
     return Comparison(where, s.b_simple, s.b_pre, s.b_noise, ratio, int(sum(m.examples for m in ms)),
-                      round(seconds, 3), int(ms[-1].examples_seen) if ms else 0)
+                      round(seconds, 3), int(ms[-1].examples_seen) if ms else 0, head,
+                      _ratio(value, head))
+
+
+def _ratio(value: float, est: Estimate | None) -> float:
+    return value / est.value if est is not None and est.ok and est.value > 0 and math.isfinite(value) else math.nan
 
 
 def _report_noise(report) -> float | None:
+    """The noise scale the linear lr rule saturates at: the report's headline critical batch (the path average the
+    schedule follows), else its latest B_simple."""
     if report is None:
         return None
     c = comparison(report, Estimate.none())
+    if c.critical_batch is not None and c.critical_batch.ok and c.critical_batch.value > 0:
+        return c.critical_batch.value
     return c.b_simple.value if c.b_simple.ok else None
 
 
@@ -86,17 +100,18 @@ def _local_result(setup, cfg, rows, budget, incomplete, comp) -> SweepResult:
         extra.append(f"the first doubling already fails: the critical batch is below {summaries[1].batch}; try a "
                      "smaller --base-batch")
     if comp is not None:
-        comp = dataclasses.replace(comp, ratio=comparison_ratio(est, comp))
+        comp = comparison_ratio(est, comp)
     return SweepResult("local", est, tuple(summaries), tuple(rows), _compute(budget), cfg.to_dict(),
                        setup.spec.info(), setup.initial_loss,
                        tuple(summary.critical_by_seed(rows, cfg.tolerance, cfg.tolerance_mode)), None, comp,
                        _notes(setup, cfg, est, summaries, extra), incomplete)
 
 
-def comparison_ratio(est: Estimate, comp: Comparison) -> float:
+def comparison_ratio(est: Estimate, comp: Comparison) -> Comparison:
+    """``comp`` with its ratios to the sweep's critical batch ``est`` (its lower end when only a bound)."""
     value = est.value if math.isfinite(est.value) else est.lo
-    b = comp.b_simple
-    return value / b.value if b.ok and b.value > 0 and math.isfinite(value) else math.nan
+    return dataclasses.replace(comp, ratio=_ratio(value, comp.b_simple),
+                               critical_ratio=_ratio(value, comp.critical_batch))
 
 
 def _compute(budget) -> Compute:
@@ -124,7 +139,7 @@ def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=
         extra.append(f"the fitted B_crit ({f.b_crit.value:.3g}) lies outside the tested batches "
                      f"[{min(tested)}, {max(tested)}]: an extrapolation")
     if comp is not None:
-        comp = dataclasses.replace(comp, ratio=comparison_ratio(est, comp))
+        comp = comparison_ratio(est, comp)
     return SweepResult("global", est, tuple(summaries), tuple(rows), _compute(budget), cfg.to_dict(),
                        setup.spec.info(), setup.initial_loss, (), f, comp,
                        _notes(setup, cfg, est, summaries, extra + ([verdict["text"]] if verdict else [])),
@@ -152,8 +167,8 @@ def _schedule(path: str):
 def _run(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResult:
     say = progress or (lambda kind, info: None)
     emit = on_result or (lambda r: None)
-    comp = comparison(report, Estimate.none()) if report is not None else None
-    setup = eng.prepare(spec, cfg, comp.b_simple.value if comp and comp.b_simple.ok else None)
+    comp = comparison(report, Estimate.none(), cfg.target_loss or None) if report is not None else None
+    setup = eng.prepare(spec, cfg, _report_noise(report))
     budget = eng._Budget(cfg.max_seconds, cfg.max_examples)
     model, _ = eng._model(setup, 0, 1.0)
     setup.initial_loss = eng.evaluate(model, setup, budget)[0]

@@ -85,6 +85,8 @@ class Comparison:
     measure_examples: int
     measure_seconds: float
     probe_train_examples: int
+    critical_batch: Estimate | None = None   # the report's headline (to the sweep's target loss when global)
+    critical_ratio: float = float("nan")      # the sweep's critical batch / the headline
 
     def to_dict(self) -> dict:
         return json_clean({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
