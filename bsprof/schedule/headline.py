@@ -42,8 +42,8 @@ NAMES = {"b_simple": "fixed-weight B_simple", "b_simple_window": "B_simple over 
 
 REASONS = {
     "sgd": {
-        "b_simple_window": "SGD: 0.86–1.34× of swept critical batches on 2 tasks, where fixed-weight B_simple was 1.4–4× "
-                           "(docs/science.md §6)",
+        "b_simple_window": "SGD: 0.86–1.34× of swept critical batches on 2 tasks, where fixed-weight B_simple was "
+                           "1.4–4× (docs/science.md §6)",
         "b_noise": "SGD: 0.69–1.03× of swept critical batches on 2 tasks (docs/science.md §6)",
         "b_simple": "SGD: fixed-weight B_simple was 1.05–4× the swept critical batch, lower end ÷4 "
                     "(docs/science.md §6); measure with training-step windows",
