@@ -139,7 +139,8 @@ def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str,
       has it, else B_noise (0.81–0.83×) when measured (``--hessian``);
     - Adam family: the fixed-weight B_simple, times ``ADAM_FACTOR`` (``calibration``): its path average was
       0.30–0.55× of the sweep per probe seed on two tasks (a char-level transformer on tiny-shakespeare and the
-      digits MLP), the steadiest of the candidates; B_pre was 0.49× and 0.92× and the training-window B_simple 0.33× and 0.47×;
+      digits MLP), the steadiest of the candidates; B_pre was 0.49× and 0.92× and the training-window B_simple
+      0.33× and 0.47×;
     - else B_simple, which every report has (on the noisy quadratic model its B_crit is within a few % of the
       exact one, tests/test_nqm.py)."""
     if cfg.noise != "auto":
