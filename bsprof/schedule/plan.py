@@ -184,7 +184,8 @@ def check_target(target: float, losses, fit, cfg: ScheduleConfig) -> list[str]:
     if target <= fit.floor:
         raise ExtrapolationError(f"the fitted noise scale diverges at loss {fit.floor:.4g} (a + b/(L − L*)); "
                                  f"target {target:g} is beyond it",
-                                 "measure at a later checkpoint (`bsprof measure SPEC --checkpoint CKPT`) or "
+                                 "measure down to lower losses (`bsprof measure SPEC --steps N` with more steps, or "
+                                 "from a later checkpoint: `--checkpoint CKPT`, your model's saved state_dict) or "
                                  "force a power law with --form power")
     if target >= lo:
         return []
@@ -193,7 +194,8 @@ def check_target(target: float, losses, fit, cfg: ScheduleConfig) -> list[str]:
            f"log-loss range [{lo:g}, {hi:g}] (limit {cfg.max_extrapolation:.0%})")
     if gap > cfg.max_extrapolation and not cfg.allow_extrapolation:
         raise ExtrapolationError(msg + ": the noise scale there is an extrapolation, not a measurement",
-                                 "measure at a later checkpoint: `bsprof measure SPEC --checkpoint CKPT`, then "
+                                 "measure down to lower losses (`bsprof measure SPEC --steps N` with more steps, or "
+                                 "from a later checkpoint: `--checkpoint CKPT`, your model's saved state_dict), then "
                                  "schedule from that report; or pass --allow-extrapolation")
     return [("EXTRAPOLATING FAR: " if gap > cfg.max_extrapolation else "extrapolating: ") + msg]
 
