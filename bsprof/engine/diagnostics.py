@@ -62,8 +62,10 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
                         "before it (decay is not part of the gradient noise).")
     name = type(optimizer).__name__
     if is_adam_family(name):
-        report.diagnose("adam", f"{name} preconditions the gradient: the plain B_simple tends to underestimate "
-                        "the critical batch under Adam (Merrill et al. 2025); see b_pre where reported.")
+        report.diagnose("adam", f"{name} preconditions the gradient: measured the SGD way, the noise scale fell "
+                        "about 2× short of swept critical batches under Adam, so the critical batch (and `bsprof "
+                        "schedule`) use 2 × B_simple's path average (docs/science.md §6); the table shows B_simple "
+                        "as measured.")
 
 
 def method(report: Report, choice) -> None:
