@@ -134,6 +134,12 @@ TASKS = {
                            sweep=dict(batches=[16, 32, 64, 128, 256], lr0=1e-3, lr_grid=[1, 2, 4, 8], seeds=1,
                                       max_steps=800, eval_examples=1024, max_seconds=1800),
                            probe_steps=450, lr_factors=(1.0,)),
+    "mnist_cnn_adam_hi": dict(desc="the same, lr grid ×16, ×32 (×8, the top of the first grid, was best everywhere)",
+                              spec=lambda: dataclasses.replace(mnist_spec(), optimizer=adam(1e-3)), opt=adam,
+                              target=0.3, batch=32,
+                              sweep=dict(batches=[16, 32, 64, 128, 256], lr0=1e-3, lr_grid=[16, 32], seeds=1,
+                                         max_steps=800, eval_examples=1024, max_seconds=1800),
+                              probe_steps=450, lr_factors=(1.0,)),
     # the first sweep's best lr was the grid's top (×4) at B = 16, 32, 64: the grid extended upwards, same seed
     "shakespeare_adam_hi": dict(desc="the same, lr grid ×8, ×16", spec=shakespeare_spec, opt=adam, target=2.0,
                                 batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=2e-3, lr_grid=[8, 16],

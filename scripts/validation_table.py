@@ -51,7 +51,8 @@ SOURCES = {"digits_sgd": "critical_batch_evidence.json", "mnist_cnn_sgd": "criti
 CANDIDATES = ("b_simple", "b_simple_window", "b_pre")
 
 
-EXTENSIONS = {"shakespeare_adam": ("critical_batch_shakespeare_hi.json", "shakespeare_adam_hi")}
+EXTENSIONS = {"shakespeare_adam": ("critical_batch_shakespeare_hi.json", "shakespeare_adam_hi"),
+              "mnist_cnn_adam": ("critical_batch_mnist_adam_hi.json", "mnist_cnn_adam_hi")}
 
 
 def sweep_of(name):

@@ -63,7 +63,7 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
     name = type(optimizer).__name__
     if is_adam_family(name):
         report.diagnose("adam", f"{name} preconditions the gradient: measured the SGD way, the noise scale fell "
-                        "about 2× short of swept critical batches under Adam, so the critical batch (and `bsprof "
+                        "1.6–5× short of swept critical batches under Adam, so the critical batch (and `bsprof "
                         "schedule`) use 2 × B_simple's path average (docs/science.md §6); the table shows B_simple "
                         "as measured.")
 

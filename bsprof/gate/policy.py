@@ -437,7 +437,7 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
                      f"{f', at step {step}' if step is not None else ''}); judged on what was measured before")
     if lr_rule(report.config.get("optimizer")) == "sqrt":
         notes.append("under Adam the critical batch is 2 × the fixed-weight B_simple's path average: measured the "
-                     "SGD way, the noise scale fell ~2× short of swept critical batches (docs/science.md §6); "
+                     "SGD way, the noise scale fell 1.6–5× short of swept critical batches (docs/science.md §6); "
                      "confirm with `bsprof sweep`")
     notes.extend(d["message"] for d in report.diagnostics  # what the run cost is no part of the judgement
                  if isinstance(d, dict) and d.get("message") and d.get("code") != "measure_cost")
