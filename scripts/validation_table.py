@@ -47,12 +47,13 @@ P = importlib.import_module("bsprof.schedule.plan")
 OUT = ROOT / "scripts" / "results"
 SOURCES = {"digits_sgd": "critical_batch_evidence.json", "mnist_cnn_sgd": "critical_batch_evidence.json",
            "digits_adam": "critical_batch_evidence.json", "shakespeare_adam": "critical_batch_shakespeare.json",
-           "mnist_cnn_adam": "critical_batch_mnist_adam.json"}
+           "mnist_cnn_adam": "critical_batch_mnist_adam.json", "mnist_mlp_adam": "critical_batch_mnist_mlp_adam.json"}
 CANDIDATES = ("b_simple", "b_simple_window", "b_pre")
 
 
 EXTENSIONS = {"shakespeare_adam": ("critical_batch_shakespeare_hi.json", "shakespeare_adam_hi"),
-              "mnist_cnn_adam": ("critical_batch_mnist_adam_hi.json", "mnist_cnn_adam_hi")}
+              "mnist_cnn_adam": ("critical_batch_mnist_adam_hi.json", "mnist_cnn_adam_hi"),
+              "mnist_mlp_adam": ("critical_batch_mnist_mlp_adam_hi.json", "mnist_mlp_adam_hi")}
 
 
 def sweep_of(name):
@@ -146,7 +147,8 @@ SHORT = {"digits_sgd": "digits MLP (sklearn, 1,797), SGD, loss 0.1",
          "mnist_cnn_sgd": "small CNN on real MNIST (5,000 images, 14×14), SGD, loss 0.3",
          "digits_adam": "digits MLP (sklearn, 1,797), Adam, loss 0.1",
          "shakespeare_adam": "char transformer (0.1M) on tiny-shakespeare, Adam, loss 2.0",
-         "mnist_cnn_adam": "small CNN on real MNIST (5,000 images, 14×14), Adam, loss 0.3 (out of sample)"}
+         "mnist_cnn_adam": "small CNN on real MNIST (5,000 images, 14×14), Adam, loss 0.3 (out of sample)",
+         "mnist_mlp_adam": "MLP on real MNIST (10,000 images), Adam, loss 0.2 (out of sample)"}
 
 
 def markdown(results):
