@@ -12,8 +12,8 @@ at the lowest measured loss, so nothing is extrapolated (or at a ``target_loss``
    (docs/science.md §6; scripts/results/validation_table.md). Under the Adam family the value is
    ``plan.ADAM_FACTOR`` (2) × the fixed-weight B_simple's path average, which came to 0.61–1.10× of the sweep per
    probe seed on the two tasks it was calibrated on (0.76× and 0.85× per task), 1.24× on a third measured for
-   issue 14, and 0.41× (0.37–0.45) on a fourth run after the factor was fixed (a CNN on MNIST): upper end ×3,
-   lower ÷1.5.
+   issue 14, and 0.41× (0.37–0.45) and 0.69× (0.57–0.97) on two run after the factor was fixed (a CNN and an MLP
+   on MNIST): upper end ×3, lower ÷1.5.
    Under SGD the fixed-weight B_simple was 1.05–4× too high: the lower end ÷4. The training-window B_simple and
    B_noise were within 0.69–1.34× under SGD (two tasks): not widened. Other optimizers were never compared: ×3.
 
@@ -32,7 +32,7 @@ from bsprof.schedule.plan import calibration
 
 # (optimizer family, quantity or "*"): multipliers of the interval's (lower, upper) end — swept / estimated B_crit
 MODEL_RANGE = {
-    ("adam", "*"): (1 / 1.5, 3.0),    # 2 × B_simple: 0.61–1.10 (2 tasks), 1.24 (issue 14), 0.37–0.45 (MNIST CNN)
+    ("adam", "*"): (1 / 1.5, 3.0),    # 2 × B_simple: 0.61–1.10 (2 tasks), 1.24 (issue 14), 0.37–0.97 (MNIST)
     ("sgd", "b_simple"): (1 / 4, 1.0),  # 1.05 (char transformer) to 3.98 (MNIST CNN) too high
     ("other", "*"): (1 / 3, 3.0),     # optimizers never compared with sweeps (RMSprop, Lion, …): as wide as Adam
 }
@@ -50,7 +50,7 @@ REASONS = {
                     "(docs/science.md §6); measure with training-step windows",
     },
     "adam": "Adam: 2 × B_simple (measured the SGD way it fell 1.6–5× short of swept critical batches), 0.41–1.24× "
-            "of the sweep on 4 tasks, interval ×3/÷1.5 (docs/science.md §6); confirm with `bsprof sweep`",
+            "of the sweep on 5 tasks, interval ×3/÷1.5 (docs/science.md §6); confirm with `bsprof sweep`",
     "other": "{optimizer}: never compared with sweeps, interval ×3 as under Adam (docs/science.md §6); confirm with "
              "`bsprof sweep`",
 }

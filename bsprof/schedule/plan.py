@@ -148,7 +148,7 @@ def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str,
         return cfg.noise, "asked with --noise"
     if is_adam_family(optimizer):
         return "b_simple", (f"auto: Adam-family optimizer; {ADAM_FACTOR:g} × the fixed-weight B_simple predicted "
-                            f"swept critical batches within 0.41–1.24× on four tasks ({EVIDENCE})")
+                            f"swept critical batches within 0.41–1.24× on five tasks ({EVIDENCE})")
     if _determined(rows, "b_simple_window") >= 2:
         return "b_simple_window", ("auto: B_simple from the training steps predicted swept critical batches "
                                    f"within 0.86–1.34× under SGD, fixed-weight B_simple 1.4–4× ({EVIDENCE})")
