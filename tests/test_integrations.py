@@ -432,6 +432,34 @@ def test_hf_ddp_agrees_with_a_plain_ddp_tracker(tmp_path, accum, b, B):
     assert "attach(trainer)" in r["refused_without_trainer"]
 
 
+@pytest.mark.slow  # two torchrun ranks importing torch and transformers
+@pytest.mark.distributed
+def test_hf_ddp_follows_a_schedule(tmp_path):
+    """A bsprof schedule under the HF Trainer on 2 CPU ranks: global batch 16 → 32 → 64 (1, 2, 4 micro-batches of
+    8 per rank) at steps 4 and 8, each change applied at the step it was planned for (the micro-batch counts
+    divide), the lrs of ScheduleLR in the Trainer's log, every step tracked at the global batch, both ranks
+    training on the same number of micro-batches."""
+    pytest.importorskip("transformers", reason="transformers is not installed (pip install 'bsprof[hf]')")
+    pytest.importorskip("accelerate", reason="accelerate is not installed (pip install 'bsprof[hf]')")
+    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+        pytest.skip("needs torch.distributed with gloo")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
+                                                              "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(root / "tests/assets/hf_ddp_worker.py"), str(tmp_path), "schedule"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["world"] == 2 and r["steps"] == list(range(12)) and not r["unmeasured"]
+    assert r["big"] == [16] * 4 + [32] * 4 + [64] * 4
+    assert r["small"] == [1] * 4 + [8] * 8          # one micro-batch per rank: per-example norms; then accumulation
+    assert r["lrs"] == pytest.approx(r["want_lrs"]) and r["want_lrs"][0] == 0.05 and r["want_lrs"][-1] == 0.2
+    assert [(p, a, k) for p, a, k in r["applied"]] == [(4, 4, 2), (8, 8, 4)]
+    assert r["micro_batches"] == [4 + 8 + 16] * 2
+
+
 @pytest.mark.parametrize("schedule,applied", [
     (Schedule(stages=[Stage(0, 2.0, 8, 0.05, 8, 1, 1), Stage(4, 1.5, 16, 0.1, 8, 2, 1),
                       Stage(6, 1.0, 32, 0.2, 8, 4, 1)], target_loss=0.5), [(4, 4), (6, 6)]),

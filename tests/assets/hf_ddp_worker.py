@@ -1,6 +1,7 @@
 """The Hugging Face Trainer under DDP on 2 CPU ranks (gloo) with bsprof's callback, then the same steps by hand.
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/assets/hf_ddp_worker.py OUT_DIR ACCUM
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/assets/hf_ddp_worker.py OUT_DIR schedule
 
 Each rank trains on the micro-batches the Trainer's data loader gives it (accelerate shards one shuffled order
 across the ranks), micro-batch 8, ACCUM micro-batches per optimizer step, plain SGD, no clipping in effect. The
@@ -9,6 +10,11 @@ model records the micro-batches it saw; after ``trainer.train()`` every rank rep
 ``bsprof.Tracker``, and rank 0 writes OUT_DIR/result.json with both runs' pairs, the callback's log history and
 where its JSONL log is. A ``NoiseScaleCallback`` that was not given the trainer is also started once, to
 check that it refuses under DDP.
+
+With ``schedule``, the Trainer follows a three-stage ``bsprof`` schedule (global batch 16 → 32 → 64, i.e. 1, 2
+and 4 micro-batches of 8 per rank and step, lr 0.05 → 0.1 → 0.2 through ``ScheduleLR``) and rank 0 writes the
+global batch of every tracked step, the Trainer's logged lrs, where the callback applied each change and how many
+micro-batches every rank trained on.
 """
 import json
 import sys
@@ -22,6 +28,8 @@ from transformers import Trainer, TrainingArguments
 
 import bsprof
 from bsprof.integrations.hf import NoiseScaleCallback, attach
+from bsprof.schedule import Schedule, Stage
+from bsprof.schedule.apply import ScheduleLR
 from bsprof.track.tracker import TrackerError
 
 D, H, MICRO, STEPS, LR = 8, 16, 8, 12, 0.05
@@ -121,5 +129,34 @@ def main(out: str, accum: int) -> None:
         (Path(out) / "result.json").write_text(json.dumps(result))
 
 
+SCHEDULE = Schedule(stages=[Stage(0, 2.0, 16, 0.05, MICRO, 1, 2), Stage(4, 1.5, 32, 0.1, MICRO, 2, 2),
+                            Stage(8, 1.0, 64, 0.2, MICRO, 4, 2)], target_loss=0.5)
+
+
+def follow(out: str) -> None:
+    model = Regressor()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    args = TrainingArguments(
+        output_dir=str(Path(out) / "hf"), max_steps=STEPS, per_device_train_batch_size=MICRO,
+        gradient_accumulation_steps=1, ddp_backend="gloo", use_cpu=True, report_to=[], logging_steps=1,
+        max_grad_norm=1e9, save_strategy="no", disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=Data(), optimizers=(opt, ScheduleLR(opt, SCHEDULE)))
+    noise = attach(trainer, window=10, schedule=SCHEDULE)
+    trainer.train()
+    counts = [None] * dist.get_world_size()
+    dist.all_gather_object(counts, len(model.seen))
+    if dist.get_rank() == 0:
+        result = {"world": dist.get_world_size(), "big": [d.B for d in noise.tracker.draws],
+                  "small": [d.b for d in noise.tracker.draws], "steps": noise.tracker.steps,
+                  "lrs": [r["learning_rate"] for r in trainer.state.log_history if "learning_rate" in r],
+                  "want_lrs": [SCHEDULE.lr_at(step=s) for s in range(STEPS)],
+                  "applied": [list(a) for a in noise.applied], "micro_batches": counts,
+                  "unmeasured": dict(noise.unmeasured)}
+        (Path(out) / "result.json").write_text(json.dumps(result))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[2] == "schedule":
+        follow(sys.argv[1])
+    else:
+        main(sys.argv[1], int(sys.argv[2]))
