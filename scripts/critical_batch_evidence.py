@@ -105,6 +105,31 @@ def shakespeare_spec():
     return Spec(None, None, ct.model, ct.dataset, ct.loss, adam(2e-3))
 
 
+def digits_cnn():
+    """conv16-conv32-pool-fc on the 8×8 sklearn digits (14k parameters)."""
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(32 * 4 * 4, 10))
+
+
+_TEACHER: tuple | None = None
+
+
+def teacher_data():
+    """8,192 Gaussian inputs in 32 dimensions labelled by a fixed random teacher (32-64-10, tanh), argmax."""
+    global _TEACHER
+    if _TEACHER is None:
+        g = torch.Generator().manual_seed(7)
+        x = torch.randn(8192, 32, generator=g)
+        w1, w2 = torch.randn(32, 64, generator=g) / 32 ** 0.5, torch.randn(64, 10, generator=g) / 8
+        _TEACHER = (x, (torch.tanh(x @ w1) @ w2).argmax(1))
+    return torch.utils.data.TensorDataset(*_TEACHER)
+
+
+def student():
+    return nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
 TASKS = {
     # reuse: the global sweep of scripts/validate_critical_batch.py (B = 16..512, lr grid ×0.5,1,2, 3 seeds)
     "digits_sgd": dict(desc="digits MLP 64-128-10 (sklearn, 1797), plain SGD", spec=digits_spec, opt=sgd,
@@ -152,6 +177,20 @@ TASKS = {
                               sweep=dict(batches=[16, 32, 64, 128, 256], lr0=1e-3, lr_grid=[16], seeds=1,
                                          max_steps=1500, eval_examples=1024, max_seconds=1800),
                               probe_steps=450, lr_factors=(1.0,)),
+    # added in the fourth session, after plan.ADAM_FACTOR = 2 was set, to widen the Adam evidence
+    "digits_cnn_adam": dict(desc="CNN conv16-conv32-fc (14k params) on the 8×8 sklearn digits, Adam",
+                            spec=lambda: Spec(None, None, digits_cnn, digits_spec().dataset, ce, adam(1e-3)),
+                            opt=adam, target=0.05, batch=32,
+                            sweep=dict(batches=[16, 32, 64, 128, 256], lr0=1e-3, lr_grid=[1, 2, 4, 8, 16, 32],
+                                       seeds=2, max_steps=1500, eval_examples=0, max_seconds=1800),
+                            probe_steps=300, lr_factors=(1.0,)),
+    "teacher_mlp_adam": dict(desc="MLP 32-128-128-10 on 8,192 Gaussian inputs labelled by a random teacher, Adam",
+                             spec=lambda: Spec(None, None, student, teacher_data, ce, adam(1e-3)), opt=adam,
+                             target=0.45, batch=32,
+                             sweep=dict(batches=[16, 32, 64, 128, 256, 512, 1024], lr0=1e-3,
+                                        lr_grid=[0.5, 1, 2, 4, 8, 16], seeds=1, max_steps=3000, eval_examples=1024,
+                                        max_seconds=2400),
+                             probe_steps=700, lr_factors=(1.0,)),
     # the first sweep's best lr was the grid's top (×4) at B = 16, 32, 64: the grid extended upwards, same seed
     "shakespeare_adam_hi": dict(desc="the same, lr grid ×8, ×16", spec=shakespeare_spec, opt=adam, target=2.0,
                                 batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=2e-3, lr_grid=[8, 16],
