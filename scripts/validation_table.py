@@ -48,7 +48,8 @@ OUT = ROOT / "scripts" / "results"
 SOURCES = {"digits_sgd": "critical_batch_evidence.json", "mnist_cnn_sgd": "critical_batch_evidence.json",
            "digits_adam": "critical_batch_evidence.json", "shakespeare_adam": "critical_batch_shakespeare.json",
            "mnist_cnn_adam": "critical_batch_mnist_adam.json", "mnist_mlp_adam": "critical_batch_mnist_mlp_adam.json",
-           "digits_cnn_adam": "critical_batch_more_adam.json", "teacher_mlp_adam": "critical_batch_more_adam.json"}
+           "digits_cnn_adam": "critical_batch_more_adam.json", "teacher_mlp_adam": "critical_batch_more_adam.json",
+           "digits_cnn_sgd": "critical_batch_more_sgd.json", "teacher_mlp_sgd": "critical_batch_more_sgd.json"}
 CANDIDATES = ("b_simple", "b_simple_window", "b_pre")
 
 
@@ -151,7 +152,9 @@ SHORT = {"digits_sgd": "digits MLP (sklearn, 1,797), SGD, loss 0.1",
          "mnist_cnn_adam": "small CNN on real MNIST (5,000 images, 14×14), Adam, loss 0.3 (out of sample)",
          "mnist_mlp_adam": "MLP on real MNIST (10,000 images), Adam, loss 0.2 (out of sample)",
          "digits_cnn_adam": "CNN (14k) on the 8×8 digits (sklearn, 1,797), Adam, loss 0.05",
-         "teacher_mlp_adam": "MLP on 8,192 teacher-labelled Gaussian inputs, Adam, loss 0.45"}
+         "teacher_mlp_adam": "MLP on 8,192 teacher-labelled Gaussian inputs, Adam, loss 0.45",
+         "digits_cnn_sgd": "CNN (14k) on the 8×8 digits (sklearn, 1,797), SGD, loss 0.05",
+         "teacher_mlp_sgd": "MLP on 8,192 teacher-labelled Gaussian inputs, SGD, loss 0.55"}
 
 
 def markdown(results):

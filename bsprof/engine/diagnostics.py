@@ -62,10 +62,12 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
                         "before it (decay is not part of the gradient noise).")
     name = type(optimizer).__name__
     if is_adam_family(name):
+        from bsprof.schedule.plan import ADAM_FACTOR, ADAM_SHORTFALL
+
         report.diagnose("adam", f"{name} preconditions the gradient: measured the SGD way, the noise scale fell "
-                        "1.6–5× short of swept critical batches under Adam, so the critical batch (and `bsprof "
-                        "schedule`) use 2 × B_simple's path average (docs/science.md §6); the table shows B_simple "
-                        "as measured.")
+                        f"{ADAM_SHORTFALL} short of swept critical batches under Adam, so the critical batch (and "
+                        f"`bsprof schedule`) use {ADAM_FACTOR:g} × B_simple's path average (docs/science.md §6); the "
+                        "table shows B_simple as measured.")
 
 
 def method(report: Report, choice) -> None:

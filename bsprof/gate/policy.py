@@ -436,9 +436,11 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
         notes.append(f"the report is incomplete: the run ended early ({how}"
                      f"{f', at step {step}' if step is not None else ''}); judged on what was measured before")
     if lr_rule(report.config.get("optimizer")) == "sqrt":
-        notes.append("under Adam the critical batch is 2 × the fixed-weight B_simple's path average: measured the "
-                     "SGD way, the noise scale fell 1.6–5× short of swept critical batches (docs/science.md §6); "
-                     "confirm with `bsprof sweep`")
+        from bsprof.schedule.plan import ADAM_FACTOR, ADAM_RECORD, ADAM_SHORTFALL
+
+        notes.append(f"under Adam the critical batch is {ADAM_FACTOR:g} × the fixed-weight B_simple's path average: "
+                     f"measured the SGD way, the noise scale fell {ADAM_SHORTFALL} short of swept critical batches "
+                     f"(docs/science.md §6); {ADAM_RECORD}: confirm with `bsprof sweep`")
     notes.extend(d["message"] for d in report.diagnostics  # what the run cost is no part of the judgement
                  if isinstance(d, dict) and d.get("message") and d.get("code") != "measure_cost")
     return Verdict(tuple(checks), noise, tuple(notes))

@@ -10,10 +10,9 @@ at the lowest measured loss, so nothing is extrapolated (or at a ``target_loss``
    interval (the fit's form held fixed). Conservative for sampling error (every measurement at its bound at once);
 2. model: the ends multiplied by ``MODEL_RANGE`` — the range of swept B_crit / this estimate seen in our checks
    (docs/science.md §6; scripts/results/validation_table.md). Under the Adam family the value is
-   ``plan.ADAM_FACTOR`` (2) × the fixed-weight B_simple's path average, which came to 0.61–1.10× of the sweep per
-   probe seed on the two tasks it was calibrated on (0.76× and 0.85× per task), 1.24× on a third measured for
-   issue 14, and 0.41× (0.37–0.45) and 0.69× (0.57–0.97) on two run after the factor was fixed (a CNN and an MLP
-   on MNIST): upper end ×3, lower ÷1.5.
+   ``plan.ADAM_FACTOR`` (2.5, the geometric mean over 7 tasks of swept B_crit / B_simple's path average) × the
+   fixed-weight B_simple's path average, which came to 0.51–2.2× of the sweep per task (0.47–2.5× with the factor
+   fitted on the other tasks only): upper end ×2, lower ÷2.2.
    Under SGD the fixed-weight B_simple was 1.05–4× too high: the lower end ÷4. The training-window B_simple and
    B_noise were within 0.69–1.34× under SGD (two tasks): not widened. Other optimizers were never compared: ×3.
 
@@ -28,11 +27,11 @@ from dataclasses import dataclass
 
 from bsprof.errors import BsprofError, ReportError
 from bsprof.results import Estimate, Status, is_adam_family
-from bsprof.schedule.plan import calibration
+from bsprof.schedule.plan import ADAM_FACTOR, ADAM_RECORD, ADAM_SHORTFALL, calibration
 
 # (optimizer family, quantity or "*"): multipliers of the interval's (lower, upper) end — swept / estimated B_crit
 MODEL_RANGE = {
-    ("adam", "*"): (1 / 1.5, 3.0),    # 2 × B_simple: 0.61–1.10 (2 tasks), 1.24 (issue 14), 0.37–0.97 (MNIST)
+    ("adam", "*"): (1 / 2.2, 2.0),    # ADAM_FACTOR × B_simple: 0.51–2.2× of the sweep per task (7 tasks)
     ("sgd", "b_simple"): (1 / 4, 1.0),  # 1.05 (char transformer) to 3.98 (MNIST CNN) too high
     ("other", "*"): (1 / 3, 3.0),     # optimizers never compared with sweeps (RMSprop, Lion, …): as wide as Adam
 }
@@ -49,8 +48,8 @@ REASONS = {
         "b_simple": "SGD: fixed-weight B_simple was 1.05–4× the swept critical batch, lower end ÷4 "
                     "(docs/science.md §6); measure with training-step windows",
     },
-    "adam": "Adam: 2 × B_simple (measured the SGD way it fell 1.6–5× short of swept critical batches), 0.41–1.24× "
-            "of the sweep on 5 tasks, interval ×3/÷1.5 (docs/science.md §6); confirm with `bsprof sweep`",
+    "adam": f"Adam: {ADAM_FACTOR:g} × B_simple (measured the SGD way it fell {ADAM_SHORTFALL} short of swept "
+            f"critical batches), {ADAM_RECORD}, interval ×2/÷2.2 (docs/science.md §6); confirm with `bsprof sweep`",
     "other": "{optimizer}: never compared with sweeps, interval ×3 as under Adam (docs/science.md §6); confirm with "
              "`bsprof sweep`",
 }
@@ -84,7 +83,7 @@ def reason(optimizer: str | None, quantity: str, path: str) -> str:
     elif fam == "adam":
         name = f"{calibration(optimizer):g} × {name}"
         why = REASONS["adam"] if quantity == "b_simple" else (
-            "Adam: the factor 2 was measured for the fixed-weight B_simple, not for this quantity "
+            f"Adam: the factor {ADAM_FACTOR:g} was measured for the fixed-weight B_simple, not for this quantity "
             "(docs/science.md §6); confirm with `bsprof sweep`")
     else:
         why = REASONS[fam].format(optimizer=optimizer)
