@@ -26,6 +26,7 @@ import dataclasses
 import importlib
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -174,8 +175,9 @@ def markdown(results):
         sweep_ex = comp.get("train_examples") or 0   # its evaluations (often more examples) not counted
         probe_ex = float(np.mean([p["examples"] for p in ps]))
         quantity = ps[0]["headline"]["quantity"]
-        quantity = {"b_simple_window": "training-step B_simple", "b_simple": "2 × B_simple"
-                    if "adam" in name else "B_simple"}.get(quantity, quantity)
+        factor = re.match(r"([\d.]+) ×", ps[0]["headline"]["reason"] or "")
+        quantity = {"b_simple_window": "training-step B_simple", "b_simple": f"{factor.group(1)} × B_simple"
+                    if factor else "B_simple"}.get(quantity, quantity)
         lines.append(
             f"| {SHORT.get(name, r['desc'])} ({len(ps)}) | {c['value']:.0f} [{c['lo']:.0f}, {c['hi']:.0f}] | "
             f"{hv:.0f} [{lo:.0f}, {hi:.0f}] ({quantity}) | {hv / c['value']:.2f} "

@@ -53,6 +53,7 @@ def test_cli_reports_measuring_vs_training(tmp_path):
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
     assert "so far measuring" in out and "training" in out  # the per-measurement line (not a terminal: logs)
+    assert "setup and other" in out and "elapsed" in out       # the whole time accounted for
     assert "note [measure_cost]: measurements took" in out
     report = json.loads((tmp_path / "report.json").read_text())
     t = report["timing"]

@@ -115,9 +115,12 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
                                f"{estimate_text(_estimate(info['estimate']))}")
                 elif kind == "measured" and (verbose or not (quiet or err_console.is_terminal)):  # logs: a line
                     row = info["row"]
+                    elapsed = time.perf_counter() - started
+                    other = max(0.0, elapsed - info["measuring_s"] - info["training_s"])
                     say(f"step {row.step}: B_simple {estimate_text(row.b_simple)} ({row.n_draws} draws, "
                         f"{row.examples} examples, {row.seconds:.1f} s); so far measuring {info['measuring_s']:.1f} s"
-                        f", training {info['training_s']:.1f} s of {time.perf_counter() - started:.1f} s")
+                        f", training {info['training_s']:.1f} s, setup and other {other:.1f} s "
+                        f"({elapsed:.1f} s elapsed)")
                     if verbose:
                         h = row.b_simple.rel_halfwidth
                         say(f"  loss {fmt(row.loss, 4)}, |G|² {fmt(row.g2.value)}, tr(Σ) {fmt(row.trace_sigma)}; "
