@@ -44,6 +44,8 @@ from bsprof.probes.layers import (
     embedding,
     explicit,
     explicit_weight,
+    hf_conv1d,
+    linear,
     rule_for,
     sq_sum,
     total_sq_sum,
@@ -150,6 +152,9 @@ class _Pass:
             self.send((k for _, k in slots), f"{type(mod).__name__} does not keep the examples on dim 0")
             return
         self.calls.append((slots, out.grad_fn))
+        if (rule is linear or rule is hf_conv1d) and x.dim() == 2:  # one position per example: the norms of rows
+            self.handles.append(out.register_hook(partial(self.rows_hook, rule, mod, slots, x.detach())))
+            return
         hook = partial(self.backward_hook, rule, mod, slots, x.detach())
         if not explicit_weight(rule, mod, x, out):
             self.handles.append(out.register_hook(hook))
@@ -269,6 +274,32 @@ class _Pass:
             return
         with torch.autocast(d.device.type, enabled=False):
             self.take(mod, rule(mod, _wide(x), _wide(d)), slots)
+
+    def rows_hook(self, rule, mod, slots, x, d):
+        """A Linear (or HF Conv1D) on [B, in]: g_i = δ_i x_iᵀ, so |g_i|² = |δ_i|²|x_i|² for the weight and |δ_i|²
+        for the bias, by two norm reductions and two B-long dot products (the rule's general path, when a
+        parameter is used more than once, after the same checks)."""
+        if not self.armed:
+            return
+        if any(self.expected[k] != 1 or k in self.reuse for _, k in slots):
+            self.backward_hook(rule, mod, slots, x, d)
+            return
+        if _autocast_on(d.device.type):
+            with torch.autocast(d.device.type, enabled=False):
+                self._rows(slots, _wide(x), _wide(d))
+        else:
+            self._rows(slots, _wide(x), _wide(d))
+
+    def _rows(self, slots, x: Tensor, d: Tensor) -> None:
+        a = torch.linalg.vector_norm(d, dim=1)
+        for name, k in slots:
+            if k in self.why:
+                continue
+            if name == "bias":
+                self.parts.append((k, torch.dot(a, a)))
+            else:
+                ab = a * torch.linalg.vector_norm(x, dim=1)
+                self.parts.append((k, torch.dot(ab, ab)))
 
     def take(self, mod, found: dict, slots) -> None:
         """One call's per-example pieces {name: piece} → squared norms (cross terms once all uses are in)."""

@@ -111,8 +111,9 @@ def sq_sum(c: Factored | Tensor, shape: torch.Size) -> Tensor:
     T = c.v.shape[2]
     if c.onehot and T == 1:
         return _sq(c.v)
-    if T == 1:
-        return torch.dot(torch.linalg.vecdot(c.u, c.u).reshape(-1), torch.linalg.vecdot(c.v, c.v).reshape(-1))
+    if T == 1:  # |u_i|·|v_i| by two norm reductions (no [B, m] temporary, as a product-and-sum would allocate)
+        uv = (torch.linalg.vector_norm(c.u, dim=-1) * torch.linalg.vector_norm(c.v, dim=-1)).reshape(-1)
+        return torch.dot(uv, uv)
     if c.onehot and T > ONEHOT_GHOST_MAX_T:
         return _onehot_sq_sum(c)
     m, n = c.m, c.v.shape[-1]
