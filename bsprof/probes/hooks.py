@@ -41,6 +41,7 @@ from bsprof.probes.base import (
 )
 from bsprof.probes.layers import (
     ModuleRule,
+    conv,
     embedding,
     explicit,
     explicit_weight,
@@ -269,6 +270,8 @@ class _Pass:
     def backward_hook(self, rule, mod, slots, x, d):
         if not self.armed:  # a backward pass bsprof did not start
             return
+        if rule is conv and any(k in self.reuse for n, k in slots if n == "weight"):
+            rule = partial(conv, reused=True)
         if not _autocast_on(d.device.type):
             self.take(mod, rule(mod, _wide(x), _wide(d)), slots)
             return
