@@ -58,6 +58,28 @@ def cnn(g):
     return _done(model, xent, (x, y), 5)
 
 
+class TwoConvs(nn.Module):
+    """Explicit-form convs as a CNN uses them: ReLU(inplace=True) on their outputs, a frozen bias, one conv applied
+    twice (its uses add), one without a bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.c3 = nn.Conv2d(4, 5, 3, stride=2, bias=False)
+        self.c1.bias.requires_grad_(False)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = F.relu(self.c1(x), inplace=True)
+        h = F.relu(self.c2(F.relu(self.c2(h), inplace=True)), inplace=True)
+        return self.out(self.c3(h).flatten(2).mean(-1))
+
+
+def cnn_inplace(g):
+    return _done(TwoConvs(), xent, _cls(g, (2, 7, 7), 3), 5)
+
+
 class Pool(nn.Module):
     def forward(self, x):
         return x.flatten(2).mean(-1)
@@ -392,7 +414,7 @@ def reused(g):
 
 
 CASES = {f.__name__: f for f in [
-    mlp, cnn, conv1d, conv3d, conv_ghost, tied_lm, tied_lm_functional, block, torch_encoder,
+    mlp, cnn, cnn_inplace, conv1d, conv3d, conv_ghost, tied_lm, tied_lm_functional, block, torch_encoder,
     torch_encoder_norm_first, torch_decoder, mha_batch_first, mha_seq_first, mha_kdim_vdim, mha_no_bias, mha_self,
     pos_embedding, pos_embedding_square, pos_embedding_row, pos_parameter, embedding_long,
     embedding_short, group_norm, batch_norm_eval, gru, reused]}

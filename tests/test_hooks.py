@@ -50,6 +50,31 @@ def test_hooks_match_vmap(name):
     assert torch.allclose(got.loss_sum, want.loss_sum)
 
 
+def test_explicit_convs_leave_autograd_no_parameter_gradient():
+    """A conv whose per-example gradients are formed explicitly (and used once) gives Σ_i g_i of its weight and
+    bias from them: autograd's convolution backward then computes neither (only δ of the input, where needed);
+    the numbers still match torch.func."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    masks = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.convolution_backward.default and args[9] == 1:  # groups 1: autograd's own
+                masks.append(tuple(args[10]))
+            return func(*args, **(kwargs or {}))
+
+    case = make("cnn_inplace")
+    want = per_example_vmap(case.model, case.loss_fn, case.batch, case.count)
+    with Record():
+        got = per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
+    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
+    assert_close(got.grad_sum, want.grad_sum)
+    # c1 (its input needs no δ): no backward at all; c3: δ of its input only; c2, used twice, keeps autograd's weight
+    # and bias gradients, and passes δ on (to c1's output, which c1's rule needs)
+    assert sorted(masks) == [(True, False, False), (True, True, True), (True, True, True)], masks
+
+
 def test_registered():
     assert PROBES["hooks"].chunk is per_example_hooks and PROBES["hooks"].per_example
 

@@ -32,7 +32,7 @@ TORCH_APIS = [
      lambda: "materialize_grads" in inspect.signature(torch.autograd.grad).parameters, "materialize_grads=True"),
     ("torch.load(..., weights_only=True)", (1, 13),
      lambda: "weights_only" in inspect.signature(torch.load).parameters, "weights_only=True"),
-    ("torch.linalg.vecdot", (1, 13), lambda: torch.linalg.vecdot, "torch.linalg.vecdot("),
+    ("torch.linalg.vector_norm", (1, 11), lambda: torch.linalg.vector_norm, "torch.linalg.vector_norm("),
     ("torch.cuda.OutOfMemoryError", (1, 13), lambda: torch.cuda.OutOfMemoryError, "torch.cuda.OutOfMemoryError"),
 ]
 # Newer APIs used only where torch has them (the code degrades without them): name -> release.

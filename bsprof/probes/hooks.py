@@ -41,9 +41,12 @@ from bsprof.probes.base import (
 )
 from bsprof.probes.layers import (
     ModuleRule,
+    conv,
     embedding,
     explicit,
     explicit_weight,
+    hf_conv1d,
+    linear,
     rule_for,
     sq_sum,
     total_sq_sum,
@@ -113,7 +116,9 @@ class _Pass:
         self.calls, self.shared = [], []  # (slots, output grad_fn); embeddings called without a batch dim
         self.expected, self.pending, self.parts, self.handles = Counter(), defaultdict(list), [], []
         self.explicit: set[int] = set()   # weights whose call forms the per-example gradients explicitly
-        self.reuse: set[int] = set()      # ... of which Σ_i g_i is taken from those (``choose_reuse``)
+        self.tapped: set[int] = set()     # parameters of calls whose δ arrives through a ``_Tap``
+        self.anchor: Tensor | None = None  # the leaf that keeps every tap on autograd's path
+        self.reuse: set[int] = set()      # parameters whose Σ_i g_i is taken from their per-example gradients
         self.sums: dict[int, Tensor] = {}
 
     @property
@@ -148,21 +153,41 @@ class _Pass:
             self.send((k for _, k in slots), f"{type(mod).__name__} does not keep the examples on dim 0")
             return
         self.calls.append((slots, out.grad_fn))
-        self.handles.append(out.register_hook(partial(self.backward_hook, rule, mod, slots, x.detach())))
-        if explicit_weight(rule, mod, x, out):
-            self.explicit |= {k for n, k in slots if n == "weight"}
+        if (rule is linear or rule is hf_conv1d) and x.dim() == 2:  # one position per example: the norms of rows
+            self.handles.append(out.register_hook(partial(self.rows_hook, rule, mod, slots, x.detach())))
+            return
+        hook = partial(self.backward_hook, rule, mod, slots, x.detach())
+        if not explicit_weight(rule, mod, x, out):
+            self.handles.append(out.register_hook(hook))
+            return
+        self.explicit |= {k for n, k in slots if n == "weight"}
+        if out._is_view() or out._version != 0:  # a tap would rebase a view's (or an in-place result's) history
+            self.handles.append(out.register_hook(hook))
+            return
+        if self.anchor is None:
+            self.anchor = torch.zeros((), device=out.device, requires_grad=True)
+        _Tap.apply(out, self.anchor, hook)  # in place: out's grad_fn is now the tap's
+        self.tapped |= {k for _, k in slots}
 
     def choose_reuse(self) -> None:
-        """Weights whose Σ_i g_i is the sum of the explicit per-example gradients their rule forms anyway, so that
-        autograd skips their weight gradient (the same multiply-adds again). Only a weight used once, by a layer
-        whose bias is also measured: the bias keeps δ flowing to the layer's output (and so its hook firing)
-        when the weight is left out of ``autograd.grad``'s inputs."""
+        """Parameters whose Σ_i g_i is the sum of the explicit per-example gradients their rule forms anyway, so that
+        autograd skips their gradient (for a weight, the same multiply-adds again). Only a parameter used once.
+
+        A tapped call (``_Tap``: its δ arrives whatever autograd computes for the layer) gives its weight and its
+        bias: with neither left in ``autograd.grad``'s inputs the layer's backward computes no parameter gradient
+        at all (a convolution's backward computes its weight gradient whenever it computes its bias's). An
+        untapped call (its output a view) gives its weight only, when its bias is also measured: the bias keeps
+        δ flowing to the layer's output, and so its hook firing."""
         index = {id(p): k for k, p in enumerate(self.params)}
         for mod, (_, slots) in self.owned.items():
             named = dict(slots)
             k, bias = named.get("weight"), named.get("bias")
-            if (k in self.explicit and bias is not None and self.expected[k] == 1 and self.expected[bias] == 1
-                    and k not in self.why and bias not in self.why and index.get(id(mod.bias)) == bias):
+            if k not in self.explicit or self.expected[k] != 1 or k in self.why:
+                continue
+            if k in self.tapped:
+                self.reuse |= {j for j in (k, bias) if j is not None and self.expected[j] == 1 and j not in self.why}
+            elif (bias is not None and self.expected[bias] == 1 and bias not in self.why
+                  and index.get(id(mod.bias)) == bias):
                 self.reuse.add(k)
 
     def broadcast_embeddings(self, seen: set) -> None:
@@ -245,8 +270,39 @@ class _Pass:
     def backward_hook(self, rule, mod, slots, x, d):
         if not self.armed:  # a backward pass bsprof did not start
             return
+        if rule is conv and any(k in self.reuse for n, k in slots if n == "weight"):
+            rule = partial(conv, reused=True)
+        if not _autocast_on(d.device.type):
+            self.take(mod, rule(mod, _wide(x), _wide(d)), slots)
+            return
         with torch.autocast(d.device.type, enabled=False):
             self.take(mod, rule(mod, _wide(x), _wide(d)), slots)
+
+    def rows_hook(self, rule, mod, slots, x, d):
+        """A Linear (or HF Conv1D) on [B, in]: g_i = δ_i x_iᵀ, so |g_i|² = |δ_i|²|x_i|² for the weight and |δ_i|²
+        for the bias, by two norm reductions and two B-long dot products (the rule's general path, when a
+        parameter is used more than once, after the same checks)."""
+        if not self.armed:
+            return
+        if any(self.expected[k] != 1 or k in self.reuse for _, k in slots):
+            self.backward_hook(rule, mod, slots, x, d)
+            return
+        if _autocast_on(d.device.type):
+            with torch.autocast(d.device.type, enabled=False):
+                self._rows(slots, _wide(x), _wide(d))
+        else:
+            self._rows(slots, _wide(x), _wide(d))
+
+    def _rows(self, slots, x: Tensor, d: Tensor) -> None:
+        a = torch.linalg.vector_norm(d, dim=1)
+        for name, k in slots:
+            if k in self.why:
+                continue
+            if name == "bias":
+                self.parts.append((k, torch.dot(a, a)))
+            else:
+                ab = a * torch.linalg.vector_norm(x, dim=1)
+                self.parts.append((k, torch.dot(ab, ab)))
 
     def take(self, mod, found: dict, slots) -> None:
         """One call's per-example pieces {name: piece} → squared norms (cross terms once all uses are in)."""
@@ -270,6 +326,32 @@ class _Pass:
             self.pending[k].append(found[name])
             if len(self.pending[k]) == self.expected[k]:
                 self.parts.append((k, total_sq_sum(self.pending.pop(k), shape)))
+
+
+class _Tap(torch.autograd.Function):
+    """Identity, in place, on a hooked layer's output: its backward hands δ to ``hook`` and passes it on. Its second
+    input, a leaf among ``autograd.grad``'s inputs, keeps it on autograd's path even when nothing is wanted from
+    the layer's own backward (every parameter's Σ_i g_i taken from the per-example gradients, no δ needed
+    below), which then does not run at all."""
+
+    @staticmethod
+    def forward(ctx, out, anchor, hook):
+        ctx.hook = hook
+        ctx.mark_dirty(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, d):
+        ctx.hook(d)
+        return d, None, None
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for this device type (True where torch cannot say: the hook then turns it off)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        return True
 
 
 class _Undo:
@@ -351,7 +433,8 @@ def per_example_hooks(model: nn.Module, loss_fn: LossFn, batch, count: int, *,
         state.armed = True
         total = losses.sum()
         rest = [k for k in range(len(params)) if k not in state.reuse]
-        found = torch.autograd.grad(total * loss_scale if loss_scale != 1.0 else total, [params[k] for k in rest],
+        inputs = [params[k] for k in rest] + ([state.anchor] if state.anchor is not None else [])
+        found = torch.autograd.grad(total * loss_scale if loss_scale != 1.0 else total, inputs,
                                     allow_unused=True, materialize_grads=True)
         grads = [None] * len(params)
         for k, g in zip(rest, found):

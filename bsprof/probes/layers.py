@@ -111,8 +111,9 @@ def sq_sum(c: Factored | Tensor, shape: torch.Size) -> Tensor:
     T = c.v.shape[2]
     if c.onehot and T == 1:
         return _sq(c.v)
-    if T == 1:
-        return torch.dot(torch.linalg.vecdot(c.u, c.u).reshape(-1), torch.linalg.vecdot(c.v, c.v).reshape(-1))
+    if T == 1:  # |u_i|·|v_i| by two norm reductions (no [B, m] temporary, as a product-and-sum would allocate)
+        uv = (torch.linalg.vector_norm(c.u, dim=-1) * torch.linalg.vector_norm(c.v, dim=-1)).reshape(-1)
+        return torch.dot(uv, uv)
     if c.onehot and T > ONEHOT_GHOST_MAX_T:
         return _onehot_sq_sum(c)
     m, n = c.m, c.v.shape[-1]
@@ -184,13 +185,13 @@ def unfold(mod: nn.modules.conv._ConvNd, x: Tensor) -> Tensor:
     return x.permute(perm).reshape(x.shape[0], x.shape[1] * math.prod(mod.kernel_size), -1)
 
 
-def conv(mod: nn.modules.conv._ConvNd, x: Tensor, d: Tensor) -> dict:
+def conv(mod: nn.modules.conv._ConvNd, x: Tensor, d: Tensor, reused: bool = False) -> dict:
     """W (per group): g_i = Σ_l δ_il p_ilᵀ with p_il the unfolded input patch at output position l, explicit
-    (``conv_per_example``) unless the ghost form is cheaper, L·(m + n) < m·n; b: Σ_l δ_il."""
+    (``conv_per_example``) where ``conv_explicit`` (``reused``: Σ_i g_i is taken from them), else in the ghost
+    form; b: Σ_l δ_il."""
     B, G = x.shape[0], mod.groups
     out = {}
-    L, m, n = d[0, 0].numel(), mod.out_channels // G, mod.weight[0].numel()
-    if _wanted(mod, "weight") and L * (m + n) >= m * n:  # explicit is cheaper than the Gram (ghost) form
+    if _wanted(mod, "weight") and conv_explicit(mod, x, d, reused):
         out["weight"] = conv_per_example(mod, x, d)
     elif _wanted(mod, "weight"):
         cols = unfold(mod, x)
@@ -237,9 +238,8 @@ def _affine_channels(mod: nn.Module, xhat: Tensor, d: Tensor) -> dict:
 
 def layer_norm(mod: nn.LayerNorm, x: Tensor, d: Tensor) -> dict:
     """x̂ = (x − mean) / √(var + ε) over the normalized dims."""
-    dims = tuple(range(-len(mod.normalized_shape), 0))
-    var, mean = torch.var_mean(x, dims, unbiased=False, keepdim=True)
-    return _affine_trailing(mod, (x - mean) * torch.rsqrt(var + mod.eps), d, mod.normalized_shape)
+    # F.layer_norm without an affine part is x̂ in one kernel (var_mean over the last dims is ~20x slower on CPU)
+    return _affine_trailing(mod, F.layer_norm(x, mod.normalized_shape, None, None, mod.eps), d, mod.normalized_shape)
 
 
 def rms_norm(mod: nn.RMSNorm, x: Tensor, d: Tensor) -> dict:
@@ -252,9 +252,7 @@ def rms_norm(mod: nn.RMSNorm, x: Tensor, d: Tensor) -> dict:
 
 def group_norm(mod: nn.GroupNorm, x: Tensor, d: Tensor) -> dict:
     """x̂ normalised per (example, group) over the group's channels and positions."""
-    xg = x.reshape(x.shape[0], mod.num_groups, -1)
-    var, mean = torch.var_mean(xg, -1, unbiased=False, keepdim=True)
-    return _affine_channels(mod, ((xg - mean) * torch.rsqrt(var + mod.eps)).reshape_as(x), d)
+    return _affine_channels(mod, F.group_norm(x, mod.num_groups, None, None, mod.eps), d)
 
 
 def batch_norm(mod: _BatchNorm, x: Tensor, d: Tensor) -> dict:
@@ -340,19 +338,37 @@ def _linear_explicit(m: int, n: int, T: int) -> bool:
     return T > 1 and not T * T * (n + m) < m * n * (1 + T)
 
 
+def _reuse_explicit(m: int, n: int, T: int, groups: int, activations: int) -> bool:
+    """Whether the explicit form is the cheaper one once its per-example gradients also give Σ_i g_i.
+
+    Formed explicitly, g_i = U_iᵀV_i costs T·m·n per example, the multiply-adds of the weight gradient that autograd
+    then skips (``probes.hooks``); what remains is reading them for the norm and the sum, ≈ m·n, taken as 4·m·n
+    (batched small products run slower than one large one). The ghost form costs T²·(m + n) on top of autograd's
+    weight gradient. Only where the per-example gradients [G, m, n] of one example are at most 4 times its
+    activations at the layer (``activations``: input plus output elements), so that the transient stays of the
+    order of what the pass holds anyway."""
+    return T > 1 and 4 * m * n < T * T * (m + n) and groups * m * n <= 4 * activations
+
+
+def conv_explicit(mod: nn.modules.conv._ConvNd, x: Tensor, d: Tensor, reused: bool = False) -> bool:
+    """Whether ``conv`` forms the per-example weight gradients explicitly: the ghost form is no cheaper, or (when
+    their sum is ``reused`` as Σ_i g_i) ``_reuse_explicit``."""
+    G = mod.groups
+    L, m, n = d[0, 0].numel(), mod.out_channels // G, mod.weight[0].numel()
+    return L * (m + n) >= m * n or reused and _reuse_explicit(m, n, L, G, x[0].numel() + d[0].numel())
+
+
 def explicit_weight(rule, mod: nn.Module, x: Tensor, out: Tensor) -> bool:
-    """Whether ``rule`` will form the per-example weight gradients [B, *W.shape] of this call explicitly: then
-    Σ_i g_i is their sum, and autograd need not compute the weight gradient a second time (``probes.hooks``)."""
+    """Whether the per-example weight gradients [B, *W.shape] of this call are (to be) formed explicitly: then
+    Σ_i g_i is their sum, and autograd need not compute the weight gradient a second time (``probes.hooks``).
+    A conv's rule forms them (``conv_explicit``); a Linear's or Conv1D's, returned factored, are formed when the
+    weight's Σ_i g_i is taken from them, else its norm takes the cheaper form (``sq_sum``)."""
     if rule is conv:
-        G = mod.groups
-        L, m, n = out[0, 0].numel(), mod.out_channels // G, mod.weight[0].numel()
-        return L * (m + n) >= m * n
-    if rule is linear:
+        return conv_explicit(mod, x, out, reused=True)
+    if rule is linear or rule is hf_conv1d:
         m, n = mod.weight.shape
-        return _linear_explicit(m, n, x[0].numel() // n)
-    if rule is hf_conv1d:
-        n, m = mod.weight.shape  # [in, out]: u = x (in wide), v = δ (out wide)
-        return _linear_explicit(n, m, x[0].numel() // n)
+        T = x[0].numel() // (n if rule is linear else m)
+        return _linear_explicit(m, n, T) or _reuse_explicit(m, n, T, 1, x[0].numel() + out[0].numel())
     return False
 
 
