@@ -94,6 +94,29 @@ def test_per_example_pair_is_the_exact_reference(make):
     assert draw.loss == pytest.approx(ref["loss"])
 
 
+def test_per_example_under_cpu_autocast_is_taken_in_full_precision():
+    """A forward under bf16 autocast: the rules run with autocast off (the context is entered only then), on
+    widened δ and inputs, so the pair is close to the float32 one (bf16 rounding of the activations only)."""
+    model, (x, y) = mlp(), data()
+    model = model.float()
+    x = x.float()
+
+    def pair(amp: bool):
+        tracker = Tracker(model, source="per_example")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = ce(model, (x, y)).float().mean()
+        with tracker.per_example(model):
+            loss.backward()
+        draw = tracker.step(loss=loss)
+        model.zero_grad()
+        tracker.close()
+        return draw.small_sq_total, draw.big_sq_total
+
+    (s32, b32), (s16, b16) = pair(False), pair(True)
+    assert np.isfinite([s16, b16]).all() and (s16, b16) != (s32, b32)
+    assert s16 == pytest.approx(s32, rel=0.05) and b16 == pytest.approx(b32, rel=0.05)
+
+
 def test_loss_scale_and_clipping_change_nothing_and_non_finite_steps_are_skipped():
     model, (x, y) = mlp(), data()
     plain = Tracker(model, accumulation_steps=2, batch_size=64)

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from bsprof.probes.attention import MHA
 from bsprof.probes.base import batch_coupled, coupled_reason
-from bsprof.probes.hooks import _Undo, _wide
+from bsprof.probes.hooks import _autocast_on, _Undo, _wide
 from bsprof.probes.layers import ModuleRule, rule_for, sq_sum, total_sq_sum
 from bsprof.probes.microbatch import _HALF, _norms, _sq
 
@@ -317,7 +317,10 @@ class PerExample:
         if isinstance(mod, nn.Embedding) and (x.dim() == 1 or x.shape[0] == 1):
             self.shared_positions = True
         try:
-            with torch.autocast(d.device.type, enabled=False):
+            if _autocast_on(d.device.type):   # entering the context costs tens of µs per hook: only when needed
+                with torch.autocast(d.device.type, enabled=False):
+                    self._take(mod, rule(mod, _wide(x), _wide(d)), slots)
+            else:
                 self._take(mod, rule(mod, _wide(x), _wide(d)), slots)
         except Exception as e:  # never break the user's backward
             self.failure = f"{type(e).__name__} in the per-example rule of {type(mod).__name__}: {e}"
