@@ -391,15 +391,9 @@ def test_hf_clipping_does_not_change_the_pair(tmp_path):
     np.testing.assert_allclose(pairs(clipped.tracker), pairs(replay(clipped_model.seen, 2, clip=0.01)), rtol=1e-5)
 
 
-@pytest.mark.slow  # two torchrun ranks importing torch and transformers: ~20 s each on a loaded 2-core machine
-@pytest.mark.distributed
-@pytest.mark.parametrize("accum,b,B", [(1, 1, 16), (2, 8, 32)], ids=["ddp+per_example", "ddp+accumulate2"])
-def test_hf_ddp_agrees_with_a_plain_ddp_tracker(tmp_path, accum, b, B):
-    """The HF Trainer under torchrun on 2 CPU ranks (ddp_backend="gloo", use_cpu=True): rank 0's pairs equal those
-    of a hand-written DDP loop with a plain Tracker over the micro-batches each rank's Trainer saw (the ranks'
-    shards are disjoint); b and B are one rank's micro-batch (1 for per-example norms) and the global batch
-    W·k·b; B_simple is logged with a finite interval every 4 steps, and the JSONL log holds the same draws. A
-    callback not given the trainer (only the unwrapped model) refuses under DDP."""
+def hf_ddp_worker(tmp_path, mode: str) -> dict:
+    """tests/assets/hf_ddp_worker.py under torchrun on 2 CPU ranks (skipped without transformers, accelerate or
+    gloo); rank 0's result.json."""
     pytest.importorskip("transformers", reason="transformers is not installed (pip install 'bsprof[hf]')")
     pytest.importorskip("accelerate", reason="accelerate is not installed (pip install 'bsprof[hf]')")
     if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
@@ -409,10 +403,22 @@ def test_hf_ddp_agrees_with_a_plain_ddp_tracker(tmp_path, accum, b, B):
                                                               "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(root))
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          str(root / "tests/assets/hf_ddp_worker.py"), str(tmp_path), str(accum)],
+                          str(root / "tests/assets/hf_ddp_worker.py"), str(tmp_path), mode],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    r = json.loads((tmp_path / "result.json").read_text())
+    return json.loads((tmp_path / "result.json").read_text())
+
+
+@pytest.mark.slow  # two torchrun ranks importing torch and transformers: ~20 s each on a loaded 2-core machine
+@pytest.mark.distributed
+@pytest.mark.parametrize("accum,b,B", [(1, 1, 16), (2, 8, 32)], ids=["ddp+per_example", "ddp+accumulate2"])
+def test_hf_ddp_agrees_with_a_plain_ddp_tracker(tmp_path, accum, b, B):
+    """The HF Trainer under torchrun on 2 CPU ranks (ddp_backend="gloo", use_cpu=True): rank 0's pairs equal those
+    of a hand-written DDP loop with a plain Tracker over the micro-batches each rank's Trainer saw (the ranks'
+    shards are disjoint); b and B are one rank's micro-batch (1 for per-example norms) and the global batch
+    W·k·b; B_simple is logged with a finite interval every 4 steps, and the JSONL log holds the same draws. A
+    callback not given the trainer (only the unwrapped model) refuses under DDP."""
+    r = hf_ddp_worker(tmp_path, str(accum))
     assert r["world"] == 2 and r["ddp"] and r["steps"] == list(range(12)) and not r["unmeasured"] and r["closed"]
     assert r["micro_batches"] == 12 * accum and r["distinct_rows"] == r["rows"] == 2 * 12 * accum * 8
     got, ref = np.array(r["pairs"]), np.array(r["ref_pairs"])
@@ -439,19 +445,7 @@ def test_hf_ddp_follows_a_schedule(tmp_path):
     8 per rank) at steps 4 and 8, each change applied at the step it was planned for (the micro-batch counts
     divide), the lrs of ScheduleLR in the Trainer's log, every step tracked at the global batch, both ranks
     training on the same number of micro-batches."""
-    pytest.importorskip("transformers", reason="transformers is not installed (pip install 'bsprof[hf]')")
-    pytest.importorskip("accelerate", reason="accelerate is not installed (pip install 'bsprof[hf]')")
-    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
-        pytest.skip("needs torch.distributed with gloo")
-    root = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
-                                                              "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(root))
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          str(root / "tests/assets/hf_ddp_worker.py"), str(tmp_path), "schedule"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    r = json.loads((tmp_path / "result.json").read_text())
+    r = hf_ddp_worker(tmp_path, "schedule")
     assert r["world"] == 2 and r["steps"] == list(range(12)) and not r["unmeasured"]
     assert r["big"] == [16] * 4 + [32] * 4 + [64] * 4
     assert r["small"] == [1] * 4 + [8] * 8          # one micro-batch per rank: per-example norms; then accumulation
