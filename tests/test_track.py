@@ -235,6 +235,36 @@ def test_jsonl_round_trip_and_report(tmp_path):
     assert again.summary == report.summary and again.unit == "examples"
 
 
+def test_a_log_shorter_than_two_windows_says_so(tmp_path):
+    """24 logged steps read with the default window of 100: one row over the whole run, labelled a training-step
+    window (not "fixed-weight"), a note that says which --window gives a curve, and `schedule`'s refusal names
+    --window rather than a probe training."""
+    from bsprof.errors import ReportError
+    from bsprof.schedule import ScheduleConfig, plan
+
+    path = tmp_path / "gns.jsonl"
+    model, stream = net_at(TRUTH), FreshLeastSquares(TRUTH, 5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    tracker = Tracker(model, opt, accumulation_steps=4, batch_size=64, log=path)
+    for _ in range(24):
+        for chunk, _n in stream.batches(stream.draw(64), 16):
+            (ls_loss(model, chunk).mean() / 4).backward()
+        tracker.step()
+        opt.step()
+        opt.zero_grad()
+    tracker.close()
+    report = report_from_log(path)
+    assert len(report.measurements) == 1
+    s = report.summary
+    assert s.critical_batch_quantity == "b_simple_window" and "training-step windows" in s.critical_batch_reason
+    assert "fixed-weight" not in s.critical_batch_reason.split(";")[0]
+    [note] = [d["message"] for d in report.diagnostics if d["code"] == "one_window"]
+    assert "24 logged steps" in note and "--window 4" in note
+    with pytest.raises(ReportError) as e:
+        plan(report, ScheduleConfig(target_loss=0.1))
+    assert "--window" in e.value.hint and "bsprof measure" not in e.value.hint
+
+
 def test_a_log_that_is_not_a_tracker_log(tmp_path):
     from bsprof.errors import ReportError
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from bsprof.errors import BsprofError, ReportError
 from bsprof.results import Estimate, Status, is_adam_family
-from bsprof.schedule.plan import ADAM_FACTOR, ADAM_RECORD, ADAM_SHORTFALL, calibration
+from bsprof.schedule.plan import ADAM_FACTOR, ADAM_RECORD, ADAM_SHORTFALL, calibration, more_rows_fix
 
 # (optimizer family, quantity or "*"): multipliers of the interval's (lower, upper) end — swept / estimated B_crit
 MODEL_RANGE = {
@@ -125,7 +125,7 @@ def critical_batch(report, target_loss: float | None = None) -> Headline:
         if isinstance(e, BsprofError):
             raise
         raise ReportError(f"no critical batch to loss {target_loss:g}: the noise scale cannot be fitted ({e})",
-                          "measure during training: `bsprof measure SPEC --steps 300`") from e
+                          more_rows_fix(report)) from e
     target = float(min(loss)) if target_loss is None else float(target_loss)
     extrapolated = check_target(target, loss, fit, cfg) if target_loss is not None else []
     try:
@@ -151,5 +151,7 @@ def _one_point(rows, col: str, optimizer: str | None, factors) -> Headline:
         est = _scaled(est, calibration(optimizer)) if est is not None else None
         if est is not None and est.status in (Status.OK, Status.LOWER_BOUND):
             where = f"at step {r.step} only (no path: needs two measurements at falling losses)"
+            if col == "b_simple" and r.stopped_by == "window":  # a tracker log's row: a training-step window
+                col, factors = "b_simple_window", model_range(optimizer, "b_simple_window")
             return Headline(widen(est, factors), col, reason(optimizer, col, where))
     return Headline(Estimate.none(), None, "no noise scale was determined")

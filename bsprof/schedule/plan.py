@@ -162,6 +162,16 @@ def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str,
     return "b_simple", "auto: the noise scale every report has"
 
 
+def more_rows_fix(report) -> str:
+    """How to get more measurements: a smaller ``--window`` for a tracker log, a probe training otherwise."""
+    steps = report.config.get("steps_logged") if report.spec.get("tracker_log") else None
+    if steps is not None:
+        return (f"read the log with a smaller window: it has {steps} logged steps, --window "
+                f"{report.config.get('window')} makes {len(report.measurements)} row(s); e.g. --window "
+                f"{max(2, steps // 5)}")
+    return "measure during training: `bsprof measure SPEC --steps 300` (not --steps 0)"
+
+
 def usable_rows(report, cfg: ScheduleConfig) -> tuple[list[tuple[Measurement, Estimate]], str]:
     """(row, noise scale followed) for rows whose noise scale is determined and positive at a finite loss,
     sorted by step."""
@@ -174,7 +184,7 @@ def usable_rows(report, cfg: ScheduleConfig) -> tuple[list[tuple[Measurement, Es
     if len({r.loss for r, _ in pairs}) < 2:
         has = held(report.measurements)
         fix = (f"follow a noise scale the report holds: --noise {' | '.join(has)}" if has and col not in has
-               else "measure during training: `bsprof measure SPEC --steps 300` (not --steps 0)")
+               else more_rows_fix(report))
         raise ReportError(f"the report has {len(pairs)} usable measurement(s) (status ok, finite {col}); "
                           "a schedule needs at least two at different losses", fix)
     return pairs, col

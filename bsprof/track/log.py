@@ -194,6 +194,10 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
                             **_training(log)})
     for m in measurements(log, window, every, confidence):
         report.add(m)
+    if len(log.steps) >= 2 and len(report.measurements) < 2:
+        report.diagnose("one_window", f"{path} has {len(log.steps)} logged steps, fewer than two windows of "
+                        f"{window}: one row, averaged over the whole run, and no curve along training. Read it with "
+                        f"a smaller window, e.g. --window {max(2, len(log.steps) // 5)}.")
     if log.earlier_runs:
         report.diagnose("several_runs", f"{path} holds {log.earlier_runs + 1} runs (the step count starts again); "
                         "only the last was read. Give each run its own log file.")
