@@ -317,3 +317,18 @@ def test_config_holds_check_options_and_training_config_the_values(tmp_path):
     wrong.write_text("trainer:\n  batch_size: 64\n")
     r = run(report, "--config", wrong, "-b", 64)
     assert r.exit_code == 2 and "unknown option 'trainer'" in r.stderr
+
+
+def test_precision_note_names_the_quantity_and_what_its_interval_holds():
+    """The headline (B_crit) carries its model range in the interval: the note says so instead of calling it
+    B_simple's precision; a plain B_simple reading keeps its name."""
+    from bsprof.cli.check import _precision_note
+    from bsprof.gate.policy import Reading, Verdict
+    from bsprof.results import Status
+
+    info = {"seconds": 2.3, "budget_seconds": 60, "examples": 1000}
+    crit = Reading(26.0, 9.0, 35.0, Status.OK, name="B_crit")
+    simple = Reading(26.0, 22.0, 30.0, Status.OK)
+    a, b = _precision_note(info, Verdict((), crit)), _precision_note(info, Verdict((), simple))
+    assert "B_crit known to ±65%" in a and "swept critical batches" in a and "B_simple" not in a
+    assert "B_simple known to ±15%" in b

@@ -75,7 +75,10 @@ def _precision_note(info: dict, verdict: Verdict) -> str:
         return head + ": the noise scale stayed undetermined; raise --budget"
     if noise.status == Status.LOWER_BOUND:
         return head + ": only a lower bound on the noise scale; raise --budget"
-    return head + f": B_simple known to ±{100 * noise.rel_halfwidth:.0f}% (relative half-width of the interval)"
+    if noise.name == "B_crit":   # the headline: its interval holds the model range as well as the sampling error
+        return head + (f": B_crit known to ±{100 * noise.rel_halfwidth:.0f}% (relative half-width of the interval, "
+                       "which includes how far the headline was from swept critical batches, docs/science.md §6)")
+    return head + f": {noise.name} known to ±{100 * noise.rel_halfwidth:.0f}% (relative half-width of the interval)"
 
 
 # -- output --------------------------------------------------------------------------------------------------

@@ -288,7 +288,9 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                      f"but not across the whole interval {noise.describe()}; not failing, since bsprof fails only "
                      f"when the whole interval violates the policy. B in "
                      f"[{_fmt(passing['min_clean'])}, {_fmt(passing['max_clean'])}] {u} passes cleanly; "
-                     "measure more precisely (smaller --rel-error) to decide")
+                     + ("the interval includes the headline's model range (docs/science.md §6), which measuring "
+                        "more precisely does not narrow: `bsprof sweep` measures the critical batch directly"
+                        if noise.name == "B_crit" else "measure more precisely (smaller --rel-error) to decide"))
     return CheckResult("batch_size", PASS,
                        f"B = {_fmt(B)} is within policy: extra steps S/S_min − 1 = {_fmt(steps)} (limit "
                        f"{_fmt(Xs)}) and extra compute E/E_min − 1 = {_fmt(compute)} (limit {_fmt(Xc)}) at "
