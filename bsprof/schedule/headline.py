@@ -11,7 +11,7 @@ at the lowest measured loss, so nothing is extrapolated (or at a ``target_loss``
 2. model: the ends multiplied by ``MODEL_RANGE`` — the range of swept B_crit / this estimate seen in our checks
    (docs/science.md §6; scripts/results/validation_table.md). Under the Adam family the value is
    ``plan.ADAM_FACTOR`` (2.5, the geometric mean over 7 tasks of swept B_crit / B_simple's path average) × the
-   fixed-weight B_simple's path average, which came to 0.51–2.2× of the sweep per task (0.47–2.5× with the factor
+   fixed-weight B_simple's path average, which came to 0.48–2.2× of the sweep per task (0.43–2.6× with the factor
    fitted on the other tasks only): upper end ×2, lower ÷2.2.
    Under SGD the fixed-weight B_simple was 1.05–4× too high: the lower end ÷4. The training-window B_simple was
    0.87–1.38× of the sweep per probe seed on three tasks and 1.9–2.4× on a fourth (a CNN on the 8×8 digits): the
@@ -32,7 +32,7 @@ from bsprof.schedule.plan import ADAM_FACTOR, ADAM_RECORD, ADAM_SHORTFALL, calib
 
 # (optimizer family, quantity or "*"): multipliers of the interval's (lower, upper) end — swept / estimated B_crit
 MODEL_RANGE = {
-    ("adam", "*"): (1 / 2.2, 2.0),    # ADAM_FACTOR × B_simple: 0.51–2.2× of the sweep per task (7 tasks)
+    ("adam", "*"): (1 / 2.2, 2.0),    # ADAM_FACTOR × B_simple: 0.48–2.2× of the sweep per task (7 tasks)
     ("sgd", "b_simple"): (1 / 4, 1.0),  # 1.05 (char transformer) to 3.98 (MNIST CNN) too high
     ("sgd", "b_simple_window"): (1 / 2.4, 1.0),  # 0.87–1.38 on 3 tasks, 1.9–2.4 too high on the digits CNN
     ("other", "*"): (1 / 3, 3.0),     # optimizers never compared with sweeps (RMSprop, Lion, …): as wide as Adam
@@ -45,13 +45,14 @@ NAMES = {"b_simple": "fixed-weight B_simple", "b_simple_window": "B_simple over 
 REASONS = {
     "sgd": {
         "b_simple_window": "SGD: 0.87–1.38× of swept critical batches on 3 tasks, 1.9–2.4× on a 4th, lower end "
-                           "÷2.4; fixed-weight B_simple was 1.25–4× (docs/science.md §6)",
+                           "÷2.4 (docs/science.md §6); `bsprof sweep` checks it on your model",
         "b_noise": "SGD: 0.69–1.03× of swept critical batches on 2 tasks (docs/science.md §6)",
         "b_simple": "SGD: fixed-weight B_simple was 1.05–4× the swept critical batch, lower end ÷4 "
                     "(docs/science.md §6); measure with training-step windows",
     },
-    "adam": f"Adam: {ADAM_FACTOR:g} × B_simple (measured the SGD way it fell {ADAM_SHORTFALL} short of swept "
-            f"critical batches), {ADAM_RECORD}, interval ×2/÷2.2 (docs/science.md §6); confirm with `bsprof sweep`",
+    "adam": f"Adam: B_simple, measured the SGD way, fell {ADAM_SHORTFALL} short of swept critical batches; times "
+            f"the factor it came to {ADAM_RECORD}, interval ×2/÷2.2 (docs/science.md §6); confirm with `bsprof "
+            "sweep`",
     "other": "{optimizer}: never compared with sweeps, interval ×3 as under Adam (docs/science.md §6); confirm with "
              "`bsprof sweep`",
 }

@@ -113,8 +113,8 @@ def noise_of(row: Measurement, col: str) -> Estimate | None:
 # The schedule, its predicted steps and the headline follow ADAM_FACTOR × the measured noise scale; the report's
 # pointwise values stay as measured.
 ADAM_FACTOR = 2.5
-ADAM_SHORTFALL = "1.2–4.9×"
-ADAM_RECORD = "0.51–2.2× of swept critical batches on 7 tasks"
+ADAM_SHORTFALL = "1.1–5.2×"
+ADAM_RECORD = "0.48–2.2× of swept critical batches on 7 tasks"
 
 
 def calibration(optimizer: str | None) -> float:
