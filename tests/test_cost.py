@@ -62,6 +62,11 @@ def test_cli_reports_measuring_vs_training(tmp_path):
     assert any(d["code"] == "measure_cost" for d in report["diagnostics"])
     shown = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert "measurements took" in " ".join(shown.output.split())
+    # with B_noise (--hessian) the step's line says the time after B_simple's draws, so the lines add up
+    h = CliRunner().invoke(app, ["measure", str(ASSETS / "tiny_linear.py"), "--steps", "5", "--measure-every", "5",
+                                 "--rel-error", "0.3", "--hessian", "-o", str(tmp_path / "h"), "--no-figures"])
+    assert h.exit_code == 0, h.output
+    assert "s more for B_noise/B_pre" in " ".join(h.output.split())
 
 
 def test_budget_stops_only_after_min_draws_and_after_precision():

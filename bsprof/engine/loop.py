@@ -234,10 +234,11 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 if window is not None:
                     row = dataclasses.replace(row, b_simple_window=window[0], window_steps=window[1])
                 report.add(row, _layer_rows(step, names, types, est, scale))
-                clock.measured(time.perf_counter() - t0)
+                took = time.perf_counter() - t0   # B_simple's draws (row.seconds) and B_noise / B_pre after them
+                clock.measured(took)
                 report.timing = clock.to_dict()
                 say("measured", {"step": step, "row": report.measurements[-1], "measuring_s": clock.measuring,
-                                 "training_s": clock.training})
+                                 "training_s": clock.training, "step_s": took})
             if step < cfg.steps:
                 phase = "training"
                 if tracker is None and track:
