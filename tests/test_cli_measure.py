@@ -1,6 +1,8 @@
 """`bsprof measure` end to end through typer's CliRunner: good runs, and every bad input with a clear message."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,15 @@ def test_bad_spec_gets_a_clear_message(tmp_path, asset, expected):
     assert r.exit_code == 2
     assert expected in " ".join(r.output.split()), r.output
     assert "fix:" in r.output
+
+
+def test_piped_error_is_the_first_line():
+    """Not a terminal (a pipe, a CI log): no live progress display, so nothing (not even a blank line) comes
+    before the error."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "bsprof", "measure", str(ASSETS / "does_not_exist.py")],
+                       capture_output=True, text=True, cwd=root, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: spec file not found"), repr(r.stderr[:80])
 
 
 def test_nan_loss_names_the_step_and_keeps_what_was_measured(tmp_path):

@@ -97,7 +97,7 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
     with signals.as_interrupt() if comm.world == 1 else _nothing():  # SIGTERM/SIGHUP: like Ctrl-C
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err_console,
-                      disable=quiet, transient=True) as bar:
+                      disable=quiet or not err_console.is_terminal, transient=True) as bar:  # logs: lines
             task = bar.add_task("probe training", total=cfg.steps, status="")
 
             def say(line: str) -> None:
