@@ -234,6 +234,8 @@ def test_cli_formats(report_file, tmp_path):
     assert r.stdout.splitlines()[0].startswith("start_step,start_loss,batch_size,lr")
     r = runner.invoke(app, ["schedule", str(report_file), "-t", "0.4", "--rule", "mccandlish"])
     assert r.exit_code == 0 and "Batch-size schedule" in r.stdout and "constant batch" in r.stdout
+    out = " ".join(r.stdout.split())   # the path's B_crit says how it differs from the report's headline
+    assert "B_crit over the path to loss 0.4 ≈" in out and "the report's headline ends its path" in out
 
 
 @pytest.mark.parametrize("args,needle", [

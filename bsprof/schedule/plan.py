@@ -288,8 +288,9 @@ def auto_min_batch(report, batch_train: float, max_batch: int) -> tuple[int, str
     micro = int(report.config.get("micro_batch") or 0)
     floor = max(8, micro)
     value = max(1, min(floor, int(batch_train), max_batch))
-    return value, (f"smallest batch {value} (auto: max(8, probe micro-batch {micro or '–'}), at most the training "
-                   f"batch {int(batch_train)}; --min-batch to change)")
+    why = f"max(8, probe micro-batch {micro})" if micro else "8"
+    return value, (f"smallest batch {value} (auto: {why}, at most the training batch {int(batch_train)}; "
+                   "--min-batch to change)")
 
 
 def fit_rows(rows, confidence: float = 0.9, form: str = "auto", values: str = "value"):
