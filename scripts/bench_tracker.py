@@ -17,9 +17,11 @@ Every method has its own copy of the model (same weights) and its own SGD optimi
 Timing as in bench_microbatch.py: rounds rotate the order of the methods; in each round every method runs
 ``--block`` steps in a row and its time is the median of those steps after the first. The overhead is the median
 over rounds of the paired ratio method / base of the same round (base = plain, or mb plain for floor), with the
-interquartile range of those ratios.
+interquartile range of those ratios. ``--clock cpu`` times by this process's CPU time (``time.process_time``)
+instead of the wall clock: on a shared machine other jobs stretch the wall clock of whichever method runs then,
+not its CPU time (with 2 threads, CPU time also counts a thread that waits by spinning).
 
-    python scripts/bench_tracker.py [--quick] [--threads 1] [--json scripts/results/bench_tracker_cpu.json]
+    python scripts/bench_tracker.py [--quick] [--threads 1] [--clock cpu] [--json FILE]
     python scripts/bench_tracker.py --device cuda --micro-batches gpt2:4 --per-example "" --json FILE   # GPU
 
 On CUDA every step is synchronised before its clock stops, and ``--amp bf16`` runs the forward passes under
@@ -121,6 +123,9 @@ PER_EXAMPLE = {"plain": (per_example_loop, "plain"), "plain (A/A)": (per_example
 
 # ---------------------------------------------------------------------------------------------- timing
 
+CLOCK = time.perf_counter   # --clock cpu: time.process_time
+
+
 def bench(model_name: str, b: int, methods: dict, n_batches: int, warmup: int, rounds: int, min_rounds: int,
           budget_s: float, block: int, device: torch.device, seed: int = 0) -> tuple[dict[str, dict], int]:
     """Per method: median ms per step, and the median and quartiles over rounds of the paired ratio to its base."""
@@ -140,10 +145,10 @@ def bench(model_name: str, b: int, methods: dict, n_batches: int, warmup: int, r
         for m in order:
             block_times = []
             for _ in range(block):
-                t0 = time.perf_counter()
+                t0 = CLOCK()
                 steps[m](batches)
                 sync()
-                block_times.append(time.perf_counter() - t0)
+                block_times.append(CLOCK() - t0)
             if r >= warmup:
                 times[m].append(statistics.median(block_times[1:]))
     out = {}
@@ -167,8 +172,13 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=4, help="steps in a row per method and round")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="time each step by the wall clock, or by this process's CPU time (time.process_time: "
+                         "steadier on a shared machine, where other jobs stretch the wall clock; CPU only)")
     args = ap.parse_args()
 
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     global AMP
     AMP = torch.bfloat16 if args.amp else None
