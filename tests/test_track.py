@@ -202,11 +202,16 @@ def test_window_and_ema_are_ratios_of_means():
 
 # ---------------------------------------------------------------- the log
 
-def test_jsonl_round_trip_and_report(tmp_path):
+def logged_least_squares(tmp_path, lr: float):
+    """(log path, stream, optimizer, tracker): least squares at TRUTH, 4 micro-batches of 16, logged to JSONL."""
     path = tmp_path / "gns.jsonl"
     model, stream = net_at(TRUTH), FreshLeastSquares(TRUTH, 5)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    tracker = Tracker(model, opt, accumulation_steps=4, batch_size=64, log=path)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    return path, model, stream, opt, Tracker(model, opt, accumulation_steps=4, batch_size=64, log=path)
+
+
+def test_jsonl_round_trip_and_report(tmp_path):
+    path, model, stream, opt, tracker = logged_least_squares(tmp_path, 0.0)
     for step in range(25):
         for chunk, _n in stream.batches(stream.draw(64), 16):
             loss = ls_loss(model, chunk).mean()
@@ -242,10 +247,7 @@ def test_a_log_shorter_than_two_windows_says_so(tmp_path):
     from bsprof.errors import ReportError
     from bsprof.schedule import ScheduleConfig, plan
 
-    path = tmp_path / "gns.jsonl"
-    model, stream = net_at(TRUTH), FreshLeastSquares(TRUTH, 5)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    tracker = Tracker(model, opt, accumulation_steps=4, batch_size=64, log=path)
+    path, model, stream, opt, tracker = logged_least_squares(tmp_path, 0.01)
     for _ in range(24):
         for chunk, _n in stream.batches(stream.draw(64), 16):
             (ls_loss(model, chunk).mean() / 4).backward()
