@@ -254,7 +254,8 @@ def test_lightning_follows_a_schedule(tmp_path, schedule, sizes, applied):
         n, lrs = per_step.get(step, (0, set()))
         per_step[step] = (n + rows, lrs | {lr})
     assert [per_step[s][0] for s in range(9)] == sizes
-    assert [per_step[s][1] for s in range(9)] == [{schedule.lr_at(step=s)} for s in range(9)]
+    # every micro-batch of a step trains at the lr of the batch in force (held while a planned change waits)
+    assert [per_step[s][1] for s in range(9)] == [{{8: 0.05, 16: 0.1, 32: 0.2}[b]} for b in sizes]
     assert [(p, a) for p, a, _ in cb.applied] == applied
     assert [d.B for d in cb.tracker.draws] == sizes and not cb.unmeasured
     assert [d.b for d in cb.tracker.draws] == [1 if n == 8 else 8 for n in sizes]  # k = 1: per-example norms
@@ -477,7 +478,7 @@ def test_hf_follows_a_schedule(tmp_path, schedule, applied):
     assert [d.B for d in cb.tracker.draws] == sizes and not cb.unmeasured
     assert len(model.seen) == sum(sizes) // 8
     lrs = [r["learning_rate"] for r in trainer.state.log_history if "learning_rate" in r]
-    assert lrs == [schedule.lr_at(step=s) for s in range(9)]
+    assert lrs == [{8: 0.05, 16: 0.1, 32: 0.2}[b] for b in sizes]   # the lr of the batch in force, step by step
     assert [(p, a) for p, a, _ in cb.applied] == applied
 
 

@@ -27,7 +27,8 @@ A schedule (``bsprof.schedule.Schedule``): before each optimizer step the callba
 ``args.gradient_accumulation_steps`` to ``schedule.accumulation_at(step, micro_batch, world_size)``; the Trainer
 reads it for each step's micro-batches (a change waits for a step boundary where the epoch's micro-batch count
 divides by the new k; ``applied`` lists (planned step, step it took effect, k)). The learning rate: pass
-``optimizers=(optimizer, ScheduleLR(optimizer, schedule))`` to the Trainer.
+``optimizers=(optimizer, ScheduleLR(optimizer, schedule))`` to the Trainer; the callback tells it the batch in
+force (``ScheduleLR.follow_batch``), so a change that waits a step keeps the old batch's lr for that step.
 
 Logged: every ``log_every`` optimizer steps (default ``args.logging_steps``) the scalars join the Trainer's next
 log record in ``on_log``, so they are in ``state.log_history`` and, when the callback runs before the reporting
@@ -45,6 +46,7 @@ import torch
 
 from bsprof.integrations.loggers import PREFIX, scalars
 from bsprof.integrations.steps import Steps, rows_of
+from bsprof.schedule.apply import ScheduleLR
 from bsprof.track import Tracker
 from bsprof.track.tracker import TrackerError
 
@@ -145,18 +147,18 @@ class NoiseScaleCallback(TrainerCallback):
             self.latest = scalars(self.tracker, self.window, self.prefix)
             self._unlogged = dict(self.latest)
 
-    def on_step_end(self, args, state, control, **kwargs):
-        self._follow_schedule(args, state)
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        self._follow_schedule(args, state, lr_scheduler)
 
-    def _follow_schedule(self, args, state) -> None:
+    def _follow_schedule(self, args, state, lr_scheduler=None) -> None:
         """Set ``args.gradient_accumulation_steps`` for the next optimizer step. The Trainer reads it for every
         step's micro-batches, but syncs and steps when the epoch's micro-batch count is a multiple of it, so a
         change waits for the first step boundary where that count divides by the new k (as in Lightning)."""
         if self.schedule is None:
             return
         step = state.global_step
-        k = self.schedule.accumulation_at(step, self.micro_batch or args.per_device_train_batch_size,
-                                          args.world_size)
+        micro = self.micro_batch or args.per_device_train_batch_size
+        k = self.schedule.accumulation_at(step, micro, args.world_size)
         if k == args.gradient_accumulation_steps:
             self._pending = None
         elif self._pending is None or self._pending[1] != k:
@@ -166,6 +168,8 @@ class NoiseScaleCallback(TrainerCallback):
             args.gradient_accumulation_steps = k
             self.applied.append((planned, step, k))
             self._pending = None
+        if isinstance(lr_scheduler, ScheduleLR):   # the lr of the batch in force, also while a change waits
+            lr_scheduler.follow_batch(args.gradient_accumulation_steps * micro * args.world_size)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self._unlogged and logs is not None:  # join the Trainer's own record of this step

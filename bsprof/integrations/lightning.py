@@ -21,7 +21,9 @@ each optimizer step the callback sets ``trainer.accumulate_grad_batches`` to
 ``schedule.accumulation_at(step, micro_batch, world_size)``. Lightning closes a step when the micro-batches of
 the epoch so far are a multiple of k, so a change waits for the first step boundary where that holds (one step
 late at most for a doubling); ``applied`` lists (planned step, step it took effect, k). Pair it with
-``ScheduleLR`` for the learning rate. Automatic optimization only (with manual optimization use the Tracker).
+``ScheduleLR`` for the learning rate: the callback tells it the batch in force (``ScheduleLR.follow_batch``), so
+a change that waits a step keeps the old batch's lr for that step. Automatic optimization only (with manual
+optimization use the Tracker).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from bsprof.integrations.loggers import PREFIX, scalars, write
 from bsprof.integrations.steps import Steps, rows_of
+from bsprof.schedule.apply import ScheduleLR
 from bsprof.track import Tracker
 
 try:
@@ -146,6 +149,9 @@ class NoiseScale(Callback):
             trainer.accumulate_grad_batches = k
             self.applied.append((planned, step, k))
             self._pending = None
+        for config in getattr(trainer, "lr_scheduler_configs", None) or ():   # the lr of the batch in force
+            if isinstance(config.scheduler, ScheduleLR):
+                config.scheduler.follow_batch(trainer.accumulate_grad_batches * micro * trainer.world_size)
 
     @property
     def unmeasured(self):
