@@ -78,7 +78,14 @@ def test_accumulation_pair_is_the_micro_batch_gradients(declared):
     assert hooks_left(model) == 0
 
 
-@pytest.mark.parametrize("make", [mlp, lambda: Twice().double()])
+def partly_frozen() -> nn.Module:
+    """Linear layers on [B, in] (the rows path: |δ_i|²|x_i|²) without a bias, and with a frozen weight."""
+    model = nn.Sequential(nn.Linear(6, 8, bias=False), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    model[2].weight.requires_grad_(False)
+    return model.double()
+
+
+@pytest.mark.parametrize("make", [mlp, lambda: Twice().double(), partly_frozen])
 def test_per_example_pair_is_the_exact_reference(make):
     """b = 1: small = (1/n)Σ|g_i|² = tr(Σ) + |G|², big = |G|² of the whole dataset (torch.func reference)."""
     model, (x, y) = make(), data()

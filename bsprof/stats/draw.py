@@ -40,8 +40,8 @@ class Draw:
 
     @property
     def small_sq_total(self) -> float:
-        return float(np.sum(self.small_sq))
+        return float(self.small_sq.sum())
 
     @property
     def big_sq_total(self) -> float:
-        return float(np.sum(self.big_sq))
+        return float(self.big_sq.sum())

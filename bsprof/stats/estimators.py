@@ -29,6 +29,8 @@ OK, LOWER_BOUND, UNDETERMINED = Status.OK, Status.LOWER_BOUND, Status.UNDETERMIN
 
 def noise_coefficient(B: int | np.ndarray, n: int | None = None):
     """c(B) with E|G_B|² = |G|² + tr(Σ)·c(B): 1/B i.i.d., (n − B)/(B(n − 1)) without replacement from n."""
+    if isinstance(B, (int, float)) and (n is None or n >= 2):  # one batch size: plain floats (a hot path)
+        return 1.0 / B if n is None else (n - B) / (B * (n - 1.0))
     B = np.asarray(B, dtype=float)
     if n is None:
         return 1.0 / B
@@ -49,7 +51,8 @@ def unbiased_pair(small_sq, big_sq, b: int, B: int, n: int | None = None):
     if not b < B:
         raise ValueError(f"need b < B, got b={b}, B={B}")
     cb, cB = noise_coefficient(b, n), noise_coefficient(B, n)
-    small_sq, big_sq = np.asarray(small_sq, float), np.asarray(big_sq, float)
+    if not (isinstance(small_sq, float) and isinstance(big_sq, float)):  # floats stay floats (the tracker's steps)
+        small_sq, big_sq = np.asarray(small_sq, float), np.asarray(big_sq, float)
     trace = (small_sq - big_sq) / (cb - cB)
     g2 = (cb * big_sq - cB * small_sq) / (cb - cB)
     return g2, trace

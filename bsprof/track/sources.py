@@ -43,14 +43,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import partial
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bsprof.probes.attention import MHA
 from bsprof.probes.base import batch_coupled, coupled_reason
 from bsprof.probes.hooks import _autocast_on, _Undo, _wide
-from bsprof.probes.layers import ModuleRule, rule_for, sq_sum, total_sq_sum
+from bsprof.probes.layers import ModuleRule, hf_conv1d, linear, rule_for, sq_sum, total_sq_sum
 from bsprof.probes.microbatch import _HALF, _norms, _sq
 
 
@@ -93,42 +92,47 @@ class Backwards:
     synced: bool = True                                # the latest pass all-reduced (not under DDP's no_sync)
     small_pre: list[Tensor] = field(default_factory=list)  # P·(u·g_p)² per parameter and pass (B_pre)
     big_pre: Tensor | None = None
-    per_example: list[tuple[Tensor, int]] = field(default_factory=list)  # (Σ_i |rule_i|², n) per armed pass
+    per_example: list[tuple[list[Tensor], int]] = field(default_factory=list)  # ([parts of Σ_i |rule_i|²], n)
     failure: str | None = None                         # what went wrong inside a hook (raised at the step)
     per_example_failure: str | None = None             # why an armed pass's per-example norms are unusable
     stale: Tensor | bool = False                       # .grad held a gradient when the step's first pass began
+    big_is_small: bool = False                         # one pass, one process: |G_B|² = Σ_p |u·g_p|² of its hooks
 
     def totals(self) -> dict:
         """Floats, read in one device-to-host transfer: ``small`` = Σ over passes, ``big``, ``small_pre``,
-        ``big_pre`` (NaN when absent), ``stale`` (bool) and ``per_example`` (list of (float, n)). The 0-d tensors
-        are stacked as they are and summed on the host in float64."""
+        ``big_pre`` (NaN when absent), ``stale`` (bool) and ``per_example`` (list of (float, n) per armed pass). The
+        0-d tensors are read as they are and summed on the host in float64."""
         norms = self.big_norms or []
-        scalars = {"big": self.big, "big_pre": self.big_pre,
-                   "stale": self.stale if torch.is_tensor(self.stale) else None}
-        scalars.update({f"pe{i}": s for i, (s, _) in enumerate(self.per_example)})
-        scalars = {k: v.detach() for k, v in scalars.items() if v is not None}
-        host = _host([*self.small, *norms, *self.small_pre, *scalars.values()])
+        stale = self.stale if torch.is_tensor(self.stale) else None
+        tail = [x for x in (self.big, self.big_pre, stale) if x is not None]
+        tail += [s for parts, _ in self.per_example for s in parts]
+        host = _host([*self.small, *norms, *self.small_pre, *tail])
         n1, n2, n3 = len(self.small), len(norms), len(self.small_pre)
-        values = dict(zip(scalars, host[n1 + n2 + n3:].tolist()))
-        out = {"small": float(host[:n1].sum()) if n1 else math.nan,
-               "big": float(np.square(host[n1:n1 + n2]).sum()) if self.big_norms is not None
-               else values.get("big", math.nan),
-               "small_pre": float(host[n1 + n2:n1 + n2 + n3].sum()) if n3 else math.nan,
-               "big_pre": values.get("big_pre", math.nan)}
-        out["stale"] = bool(self.stale) if not torch.is_tensor(self.stale) else values["stale"] > 0
-        out["per_example"] = [(values[f"pe{i}"], n) for i, (_, n) in enumerate(self.per_example)]
-        return out
+        rest = iter(host[n1 + n2 + n3:])
+        big, big_pre = (next(rest) if x is not None else math.nan for x in (self.big, self.big_pre))
+        stale_value = next(rest) > 0 if stale is not None else bool(self.stale)
+        return {"small": math.fsum(host[:n1]) if n1 else math.nan,
+                "big": math.fsum(v * v for v in host[n1:n1 + n2]) if self.big_norms is not None else big,
+                "small_pre": math.fsum(host[n1 + n2:n1 + n2 + n3]) if n3 else math.nan,
+                "big_pre": big_pre, "stale": stale_value,
+                **({"big": math.fsum(host[:n1]), "big_pre": math.fsum(host[n1 + n2:n1 + n2 + n3]) if n3 else math.nan}
+                   if self.big_is_small and self.big_norms is None else {}),
+                "per_example": [(math.fsum(next(rest) for _ in parts), n) for parts, n in self.per_example]}
 
 
-def _host(xs: list[Tensor]) -> np.ndarray:
-    """0-d tensors → float64 on the host: one stack, one copy (tensors on several devices: gathered first)."""
+def _host(xs: list[Tensor]) -> list[float]:
+    """0-d tensors → Python floats (float64): on the CPU item by item (a few µs for all; numpy on a handful of
+    numbers costs more, cold, after a backward), elsewhere one stack and one copy, so one device sync (tensors on
+    several devices: gathered first)."""
     if not xs:
-        return np.zeros(0)
+        return []
+    if all(x.device.type == "cpu" for x in xs):
+        return [x.item() for x in xs]
     try:
         stacked = torch.stack(xs)
     except RuntimeError:  # parameters on several devices
         stacked = torch.stack([x.to(xs[0].device) for x in xs])
-    return stacked.to("cpu", torch.float64).numpy()
+    return stacked.to("cpu", torch.float64).tolist()
 
 
 def _sum(xs: list[Tensor]) -> Tensor | None:
@@ -157,7 +161,10 @@ class StepHooks:
     ``ddp``: the DistributedDataParallel wrapper, whose ``require_backward_grad_sync`` tells a no_sync pass.
     ``per_example``: a ``PerExample`` whose armed passes are collected at each backward's end.
     ``every``: the declared backward passes per step, k: |p.grad|² is read after every k-th pass only (one pass
-    over the gradients per step); None reads it after each pass (the step's count is not known in advance).
+    over the gradients per step); None reads it after each pass (the step's count is not known in advance) but
+    the first: in one process (no DDP, no FSDP) a step's first pass wrote .grad = u·g_p, whose squared norms the
+    hooks took while g_p was fresh in cache (a read of .grad is another pass over memory). A second pass reads
+    the running sum, as usual; the ``stale`` check guards the assumption that .grad started empty.
 
     Per parameter and pass the hook costs one dot product, appended to the step's list; the sum is formed on the
     device by ``Backwards.totals`` at the step, the one read back to the host.
@@ -167,6 +174,7 @@ class StepHooks:
                  every: int | None = None):
         self.params, self.ddp, self.weights_fn, self.per_example = params, ddp, weights, per_example
         self.every = every
+        self.first_from_hooks = ddp is None and every in (None, 1) and type(self) is StepHooks
         self.record = Backwards()
         self.lock = threading.Lock()
         self.in_backward = False
@@ -191,7 +199,8 @@ class StepHooks:
                 if not self.in_backward:
                     self._first()
         try:
-            if self.per_example is None or not self.per_example.armed:  # an armed pass uses its per-example norms
+            if self.first_from_hooks or self.per_example is None or not self.per_example.armed:
+                # (an armed pass uses its per-example norms; in one process its hooks' norms are |G_B|²)
                 if g.is_sparse or g.dtype in _HALF:
                     self.record.small.append(_sq(g))
                 else:  # _sq inlined: one Python call per parameter and pass
@@ -210,7 +219,9 @@ class StepHooks:
             record.synced = getattr(self.ddp, "require_backward_grad_sync", True)
         if self.per_example is not None:
             self.per_example.end_backward(record)
-        if self.every is None or record.count % self.every == 0:
+        if self.first_from_hooks and record.count == 1:
+            record.big_is_small = True  # |G_B|² = the hooks' Σ_p |u·g_p|² of this one pass, unless another follows
+        elif self.every is None or record.count % self.every == 0:
             _queue_callback(self._read_grads)  # after DDP's finalize, which was queued before this callback ran
 
     def _read_grads(self) -> None:
@@ -308,7 +319,8 @@ class PerExample:
             self.failure = f"{type(mod).__name__} does not keep the examples on dim 0"
             return
         self.expected.update(k for _, k in slots)
-        out.register_hook(partial(self._backward, rule, mod, slots, x.detach()))
+        rows = (rule is linear or rule is hf_conv1d) and x.dim() == 2  # one position per example
+        out.register_hook(partial(self._rows if rows else self._backward, rule, mod, slots, x.detach()))
 
     def _backward(self, rule, mod, slots, x: Tensor, d: Tensor) -> None:
         if not self.armed:
@@ -325,6 +337,24 @@ class PerExample:
         except Exception as e:  # never break the user's backward
             self.failure = f"{type(e).__name__} in the per-example rule of {type(mod).__name__}: {e}"
 
+    def _rows(self, rule, mod, slots, x: Tensor, d: Tensor) -> None:
+        """A Linear (or HF Conv1D) on [B, in]: g_i = δ_i x_iᵀ, so |g_i|² = |δ_i|²|x_i|² for the weight and |δ_i|² for
+        the bias: two norm reductions and two B-long dot products (the general rule when a parameter is used twice).
+        Few kernels matter here: on a small model each costs as much as the arithmetic."""
+        if not self.armed:
+            return
+        if any(self.expected[k] != 1 for _, k in slots) or _autocast_on(d.device.type) or x.element_size() < 4:
+            self._backward(rule, mod, slots, x, d)
+            return
+        self.rows.add(x.shape[0])
+        try:
+            a = torch.linalg.vector_norm(d, dim=1)
+            for name, _ in slots:
+                ab = a if name == "bias" else a * torch.linalg.vector_norm(x, dim=1)
+                self.parts.append(torch.dot(ab, ab))
+        except Exception as e:  # never break the user's backward
+            self.failure = f"{type(e).__name__} in the per-example rule of {type(mod).__name__}: {e}"
+
     def _take(self, mod, found: dict, slots) -> None:
         """One call's per-example pieces {name: piece} → squared norms (cross terms once all uses are in)."""
         for name, k in slots:
@@ -332,11 +362,11 @@ class PerExample:
                 continue
             shape = self.params[k].shape
             if self.expected[k] == 1:
-                self.parts.append(sq_sum(found[name], shape).double())
+                self.parts.append(sq_sum(found[name], shape))
                 continue
             self.pending[k].append(found[name])
             if len(self.pending[k]) == self.expected[k]:
-                self.parts.append(total_sq_sum(self.pending.pop(k), shape).double())
+                self.parts.append(total_sq_sum(self.pending.pop(k), shape))
 
     def _module_call(self, mod, call, out) -> None:
         """An attention call ran (``probes.attention``): hook the outputs of its projections.
@@ -388,7 +418,7 @@ class PerExample:
                         self._take(call.mod, call.finish(), slots)
                 for k, pieces in self.pending.items():     # parameters with fewer uses than forward calls seen
                     with torch.autocast(self.params[k].device.type, enabled=False):
-                        self.parts.append(total_sq_sum(pieces, self.params[k].shape).double())
+                        self.parts.append(total_sq_sum(pieces, self.params[k].shape))
             except Exception as e:
                 self.failure = self.failure or f"{type(e).__name__} in the per-example norms: {e}"
             if self.failure is None and len(self.rows) > 1:
@@ -397,7 +427,7 @@ class PerExample:
                     "do) is not supported by the tracker's per-example norms" if self.shared_positions else
                     f"the hooked layers saw different batch sizes {sorted(self.rows)} in one backward")
             if self.failure is None and self.parts and self.rows:
-                record.per_example.append((torch.stack(self.parts).sum(), self.rows.pop()))
+                record.per_example.append((self.parts, self.rows.pop()))  # summed in float64 at the step
             if self.failure is not None:
                 record.per_example_failure = self.failure
         self.expected, self.rows, self.pending, self.parts, self.failure = Counter(), set(), defaultdict(list), [], None
