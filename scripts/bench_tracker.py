@@ -12,7 +12,9 @@ Every method has its own copy of the model (same weights) and its own SGD optimi
                    step, no /k): floor = plain accumulation + one dot product per parameter gradient in a tensor
                    hook, the least any exact per-micro-batch statistic costs. Their overhead is floor / mb plain.
   per-example (one backward per step of b examples, MLP and a small CNN 2 conv + 2 linear on 1×28×28):
-    plain, plain (A/A), tracker (``with tracker.per_example(): loss.backward()``), tracker+log
+    plain, plain (A/A), tracker (``with tracker.per_example(): loss.backward()``), tracker+log,
+    weight-grad floor: plain + every Linear/Conv weight gradient formed a second time by torch's batched kernel
+                   (``weight_grad_floor_loop``): the least an add-on explicit per-example method costs on the CNN
 
 Timing as in bench_microbatch.py: rounds rotate the order of the methods; in each round every method runs
 ``--block`` steps in a row and its time is the median of those steps after the first. The overhead is the median
@@ -111,6 +113,26 @@ def per_example_loop(model, tracked: bool = False, log: bool = False):
     return step
 
 
+def weight_grad_floor_loop(model):
+    """plain + each Linear/Conv's weight gradient formed a second time, by torch's own batched kernel, from the
+    layer's input and δ (output hooks). Forming the per-example weight gradients explicitly, which the conv layers
+    need (their ghost form costs more), takes at least this arithmetic on top of a backward that the tracker leaves
+    as the user wrote it: the floor of any add-on per-example method on the CNN."""
+    def again(mod, x, d):
+        if isinstance(mod, torch.nn.Linear):
+            torch.mm(d.reshape(-1, d.shape[-1]).t(), x.reshape(-1, x.shape[-1]))
+        else:
+            torch.ops.aten.convolution_backward(d, x, mod.weight, None, mod.stride, mod.padding, mod.dilation, False,
+                                                (0,) * len(mod.padding), mod.groups, (False, True, False))
+
+    def forward_hook(mod, args, out):
+        out.register_hook(lambda d, x=args[0].detach(): again(mod, x, d))
+    for mod in model.modules():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
+            mod.register_forward_hook(forward_hook)
+    return per_example_loop(model)
+
+
 # name -> (factory, base for the paired ratio)
 ACCUM = {"plain": (accum_loop, "plain"), "plain (A/A)": (accum_loop, "plain"),
          "tracker": (lambda m: accum_loop(m, True), "plain"),
@@ -118,7 +140,8 @@ ACCUM = {"plain": (accum_loop, "plain"), "plain (A/A)": (accum_loop, "plain"),
          "mb plain": (mb.plain_method, "mb plain"), "floor": (mb.floor_method, "mb plain")}
 PER_EXAMPLE = {"plain": (per_example_loop, "plain"), "plain (A/A)": (per_example_loop, "plain"),
                "tracker": (lambda m: per_example_loop(m, True), "plain"),
-               "tracker+log": (lambda m: per_example_loop(m, True, True), "plain")}
+               "tracker+log": (lambda m: per_example_loop(m, True, True), "plain"),
+               "weight-grad floor": (weight_grad_floor_loop, "plain")}
 
 
 # ---------------------------------------------------------------------------------------------- timing
