@@ -17,8 +17,8 @@ Two implementations with one result:
 from __future__ import annotations
 
 import contextlib
+import math
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -154,11 +154,14 @@ def _norms(grads: list[Tensor | None]) -> list[Tensor]:
     return out
 
 
-def _host(values: list[Tensor]) -> np.ndarray:
-    """float64 numbers on the host from 0-d tensors, in one copy."""
+def _host(values: list[Tensor]) -> list[float]:
+    """float64 numbers on the host from 0-d tensors: on the CPU item by item (no stack, no copy), elsewhere one
+    stack and one copy (one device sync)."""
     if not values:
-        return np.zeros(0)
-    return torch.stack(values).to("cpu", torch.float64).numpy()
+        return []
+    if values[0].device.type == "cpu" and all(v.device.type == "cpu" for v in values):
+        return [v.item() for v in values]
+    return torch.stack(values).to("cpu", torch.float64).tolist()
 
 
 _MEASURING: dict[int, _Norms] = {}  # id(model) → the hooks of the measurement open on it
@@ -234,15 +237,21 @@ def accumulate(model: nn.Module, loss_fn, chunks, marks: set[int], total: int | 
         for p, g in zip(params, saved):
             p.grad = g
     nv, nm, nl = len(values), len(marked), 0 if last is None else len(last)
-    squares = (lambda x: x) if norms.in_cache else np.square  # CPU values are squares, accelerators' norms
-    counts = np.array(norms.counts, dtype=np.float64)
-    sq = squares(host[:nv]) * np.repeat(1.0 / (counts * counts), np.diff(np.array([0, *norms.ends])))
-    small = np.bincount(np.array(norms.index, dtype=np.int64), sq, len(params))
-    partial = [(first, float(sq[:norms.ends[0]].sum()))] if first is not None and first in marks else []
-    if at_marks:
-        at = squares(host[nv:nv + nm]).reshape(len(at_marks), -1).sum(1)
-        partial += [(size, float(t) / size ** 2) for size, t in zip(at_marks, at)]
-    big = None if last is None else torch.from_numpy(squares(host[nv + nm:nv + nm + nl]))
+    if not norms.in_cache:  # accelerators' values are norms, the CPU's squares
+        host[:nv + nm + nl] = [v * v for v in host[:nv + nm + nl]]
+    # Python floats, not numpy: a few dozen numbers, where each cold numpy call after a backward costs more
+    small, start, index = [0.0] * len(params), 0, norms.index
+    for end, count in zip(norms.ends, norms.counts):  # |G_b|² = |Σ_micro-batch g_i|² / count²
+        w = 1.0 / (count * count)
+        for j in range(start, end):
+            host[j] *= w
+            small[index[j]] += host[j]
+        start = end
+    partial = [(first, math.fsum(host[:norms.ends[0]]))] if first is not None and first in marks else []
+    P = len(params)
+    partial += [(size, math.fsum(host[nv + P * j:nv + P * (j + 1)]) / size ** 2) for j, size in enumerate(at_marks)]
+    big = None if last is None else torch.tensor(host[nv + nm:nv + nm + nl], dtype=torch.float64)
     device = losses[0].device if losses else torch.device("cpu")
-    loss_sum = torch.tensor(host[nv + nm + nl:].sum(), dtype=accum_dtype(device), device=device)
-    return ChunkStats(grad_sum, torch.from_numpy(small), len(losses), loss_sum, seen, big), partial
+    loss_sum = torch.tensor(math.fsum(host[nv + nm + nl:]), dtype=accum_dtype(device), device=device)
+    small = torch.tensor(small, dtype=torch.float64)
+    return ChunkStats(grad_sum, small, len(losses), loss_sum, seen, big), partial
