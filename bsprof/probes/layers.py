@@ -95,7 +95,7 @@ def _onehot_sq_sum(c: Factored) -> Tensor:
     key = (torch.arange(B * G, device=c.u.device).view(B, G, 1) * c.m + c.u).reshape(-1)
     uniq, inverse = torch.unique(key, return_inverse=True)
     rows = c.v.new_zeros(uniq.numel(), n).index_add_(0, inverse, c.v.reshape(-1, n))
-    return rows.square().sum()
+    return _sq(rows)
 
 
 def _sq(t: Tensor) -> Tensor:
@@ -121,7 +121,7 @@ def sq_sum(c: Factored | Tensor, shape: torch.Size) -> Tensor:
         v = c.v.flatten(0, 1)
         gu = torch.bmm(c.u.flatten(0, 1), c.u.flatten(0, 1).transpose(1, 2)) if not c.onehot else _gram_u(c, c)
         return torch.dot(gu.reshape(-1), torch.bmm(v, v.transpose(1, 2)).reshape(-1))
-    return explicit(c, (c.v.shape[1], m, n)).square().sum()
+    return _sq(explicit(c, (c.v.shape[1], m, n)))  # a dot product: no squared temporary of every g_i
 
 
 def total_sq_sum(parts: list[Factored | Tensor], shape: torch.Size) -> Tensor:
