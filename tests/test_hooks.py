@@ -172,8 +172,10 @@ def test_loss_scale_and_autocast():
     assert_close(low.small_sq_sum.unbind(), want.small_sq_sum.unbind(), rtol=5e-2)
 
 
-def test_batch_not_first_goes_to_fallback():
-    """A Linear that sees [T, B, F] (examples not on dim 0) is handled by torch.func, not by its rule."""
+@pytest.mark.parametrize("T", [6, 4])
+def test_batch_not_first_goes_to_fallback(T):
+    """A Linear that sees [T, B, F] (examples not on dim 0) is handled by torch.func, not by its rule, also when
+    T equals the batch (4), where its dim 0 alone looks like the examples' (``hooks.not_batch_first``)."""
     class SeqFirst(nn.Module):
         def __init__(self):
             super().__init__()
@@ -183,10 +185,11 @@ def test_batch_not_first_goes_to_fallback():
             return self.lin(x.transpose(0, 1)).mean(0)
 
     model = SeqFirst().double()
-    batch = (torch.randn(4, 6, 3, dtype=torch.float64), torch.randint(0, 3, (4,)))
+    batch = (torch.randn(4, T, 3, dtype=torch.float64), torch.randint(0, 3, (4,)))
     want = per_example_vmap(model, xent, batch, 4)
     got = per_example_hooks(model, xent, batch, 4)
     assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
+    assert "fed [T, B" in got.fallbacks["lin.weight"]
 
 
 def test_functional_use_of_hooked_weight():

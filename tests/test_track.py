@@ -53,7 +53,7 @@ def ce(model, batch):
 
 def hooks_left(model: nn.Module) -> int:
     tensor = sum(len(p._backward_hooks or {}) for p in model.parameters())
-    return tensor + sum(len(m._forward_hooks) for m in model.modules())
+    return tensor + sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 # ---------------------------------------------------------------- one step against slow references
@@ -339,7 +339,7 @@ def test_per_example_batch_size_mismatch_and_unavailable_models():
     tracker = Tracker(model, batch_size=32)
     with tracker.per_example():
         _backward(model)
-    with pytest.raises(TrackerError, match="batch_size=32, but the backward passes saw 64 examples"):
+    with pytest.raises(TrackerError, match="batch_size=32, but the per-example hooks saw 64 rows"):
         tracker.step()
     _check_untouched(model, tracker, _reference_grads())
     bn = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)).double()
@@ -352,6 +352,28 @@ def test_per_example_batch_size_mismatch_and_unavailable_models():
     assert not tracker.closed  # still usable for accumulation
     tracker.close()
     assert hooks_left(bn) == 0
+
+
+def test_per_example_layers_fed_sequence_first_are_refused():
+    """Linear layers fed [T, B, F] (a transpose inside the model) see T rows on dim 0, not the B examples: the
+    tracker says so at the step (the input's dim 0 differs) instead of taking T as the batch."""
+    class SeqFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):  # x: [B, T, 6]
+            return self.b(torch.tanh(self.a(x.transpose(0, 1)))).mean(0)
+
+    model = SeqFirst().double()
+    tracker = Tracker(model, accumulation_steps=None)
+    x, y = torch.randn(32, 16, 6, dtype=torch.float64), torch.randint(0, 3, (32,))
+    with tracker.per_example():
+        nn.functional.cross_entropy(model(x), y).backward()
+    with pytest.raises(TrackerError, match=r"saw \[16\] rows on dim 0 but the model's input had \[32\]"):
+        tracker.step()
+    tracker.close()
+    assert hooks_left(model) == 0
 
 
 def test_ddp_source_in_one_process_is_a_one_line_error():

@@ -21,6 +21,7 @@ read by ``probes.choose``).
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter, defaultdict
 from functools import partial
 
@@ -57,6 +58,45 @@ from bsprof.probes.vmap import _Objective
 def _rows(batch, start: int, stop: int):
     """Examples start..stop of a collated batch (every tensor leaf sliced on dim 0)."""
     return tree_map(lambda x: x[start:stop] if isinstance(x, Tensor) and x.dim() > 0 else x, batch)
+
+
+_LAYOUT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → ids of modules fed sequence-first
+
+
+def not_batch_first(model: nn.Module, loss_fn: LossFn, batch, count: int, owned) -> frozenset:
+    """Ids of the hooked modules whose input does not keep the examples on dim 0, from one forward pass (no
+    graph) on the first count − 1 examples: a layer fed [T, B, …] (``batch_first=False``, or a transpose) has
+    dim 0 = T whatever the batch, so in the probe's own pass, where T may equal the chunk's count, it would
+    pass for per-example; with count − 1 examples it cannot. Done once per model (cached); nothing is found
+    for count < 3 or when the model cannot run on the smaller batch (the probe's own checks still apply)."""
+    if model in _LAYOUT:
+        return _LAYOUT[model]
+    if count < 3:
+        return frozenset()
+    n, rows = count - 1, defaultdict(set)
+
+    def record(mod, args, kwargs):
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if not isinstance(x, Tensor) or x.dim() == 0:
+            return
+        if isinstance(mod, nn.MultiheadAttention):  # its rule reads batch_first itself
+            rows[id(mod)].add(x.shape[0 if mod.batch_first else 1] if x.dim() == 3 else n)
+        else:
+            rows[id(mod)].add(x.shape[0] if x.dim() > 1 or rule_for(mod) is not embedding else n)
+
+    handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in owned]
+    try:
+        with torch.no_grad():
+            per_example_losses(model, loss_fn, _rows(batch, 0, n), n)
+    except Exception:  # the model needs its whole batch: leave the layout to the probe's own checks
+        return frozenset()
+    finally:
+        for h in handles:
+            h.remove()
+    # an embedding on positions shared by the batch ([1, T]) is the broadcast case, handled by the probe
+    found = frozenset(k for k, seen in rows.items() if seen - {n, 1})
+    _LAYOUT[model] = found
+    return found
 
 
 def losses_mix_examples(model: nn.Module, loss_fn: LossFn, batch, rtol: float = 1e-4) -> bool:
@@ -97,6 +137,7 @@ class _Pass:
 
     def __init__(self, model: nn.Module, names: list[str], params: list[Tensor], count: int):
         self.count, self.names, self.params, self.armed = count, names, params, False
+        self.seq_first: frozenset = frozenset()  # ids of modules fed the examples off dim 0 (``not_batch_first``)
         index = {id(p): k for k, p in enumerate(params)}
         self.owned, self.why, claimed = {}, {}, set()
         for mod in model.modules():
@@ -149,8 +190,10 @@ class _Pass:
         if rule is embedding and (x.dim() == 1 or (x.dim() == 2 and x.shape[0] == 1 and self.count > 1)):
             self.shared.append((mod, slots, x.detach(), out))  # positions shared by the batch? see check_uses
             return
-        if x.dim() == 0 or x.shape[0] != self.count or out.shape[0] != self.count:
-            self.send((k for _, k in slots), f"{type(mod).__name__} does not keep the examples on dim 0")
+        if x.dim() == 0 or x.shape[0] != self.count or out.shape[0] != self.count or id(mod) in self.seq_first:
+            self.send((k for _, k in slots), f"{type(mod).__name__} does not keep the examples on dim 0"
+                      + (" (it is fed [T, B, …]: batch_first=False, or a transpose)" if id(mod) in self.seq_first
+                         else ""))
             return
         self.calls.append((slots, out.grad_fn))
         if (rule is linear or rule is hf_conv1d) and x.dim() == 2:  # one position per example: the norms of rows
@@ -236,7 +279,7 @@ class _Pass:
         out = out[0] if isinstance(out, tuple) else out
         if not (isinstance(out, Tensor) and out.requires_grad):
             return
-        if isinstance(call, str) or call.count != self.count:
+        if isinstance(call, str) or call.count != self.count or id(mod) in self.seq_first:
             reason = call if isinstance(call, str) else "the examples are not on the batch dim"
             self.send((k for _, k in slots), f"{type(mod).__name__}: {reason}")
             return
@@ -466,6 +509,7 @@ def _traced(model: nn.Module, loss_fn: LossFn, batch, count: int, names, params)
     output hooks waiting for a backward in ``state.handles``) and the per-example losses. On an error every hook is
     removed."""
     state = _Pass(model, names, params, count)
+    state.seq_first = not_batch_first(model, loss_fn, batch, count, state.owned)
     handles = state.install()
     try:
         losses = per_example_losses(model, loss_fn, batch, count)

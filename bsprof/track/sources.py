@@ -296,6 +296,8 @@ class PerExample:
         self.open: dict[int, list] = {}    # attention calls whose sites are arriving in this backward
         self.failure: str | None = None
         self.shared_positions = False      # an Embedding saw one row (positions broadcast over the batch?)
+        self.inputs: set[int] = set()      # dim 0 of the model's first input, per forward since the last backward
+        self.model = model
         self.handles = []
 
     def install(self) -> None:
@@ -303,12 +305,18 @@ class PerExample:
         (``probes.attention``), from here until ``remove`` (``Tracker.close``, or the source dropped)."""
         if self.handles or self.problem is not None:
             return
+        self.handles.append(self.model.register_forward_pre_hook(self._model_input, with_kwargs=True))
         for m, (rule, _) in self.owned.items():
             if isinstance(rule, ModuleRule):
                 rule.install(m, self._module_call)
                 self.handles.append(_Undo(rule, m, self._module_call))
             else:
                 self.handles.append(m.register_forward_hook(self._forward, with_kwargs=True))
+
+    def _model_input(self, mod, args, kwargs) -> None:
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if isinstance(x, Tensor) and x.dim() > 0 and torch.is_grad_enabled():
+            self.inputs.add(x.shape[0])
 
     def _forward(self, mod, args, kwargs, out) -> None:
         if not (isinstance(out, Tensor) and out.requires_grad and torch.is_grad_enabled()):
@@ -409,7 +417,7 @@ class PerExample:
     def end_backward(self, record: Backwards) -> None:
         """Close one backward pass: hand (Σ_i |rule_i|², n) of an armed pass to ``record``; reset the counts."""
         if not (self.armed or self.expected or self.rows or self.pending or self.parts or self.failure
-                or self.shared_positions or self.open):
+                or self.shared_positions or self.open or self.inputs):
             return  # nothing was hooked in this pass (accumulation): nothing to reset
         if self.armed:
             try:  # calls whose δ never came contribute zero (unused outputs, graphs dropped without a backward)
@@ -426,12 +434,16 @@ class PerExample:
                     "an nn.Embedding called on positions shared by the batch ([T] or [1, T], as GPT-2 and nanoGPT "
                     "do) is not supported by the tracker's per-example norms" if self.shared_positions else
                     f"the hooked layers saw different batch sizes {sorted(self.rows)} in one backward")
+            if self.failure is None and self.rows and self.inputs and not self.rows <= self.inputs:
+                self.failure = (f"the hooked layers saw {sorted(self.rows)} rows on dim 0 but the model's input had "
+                                f"{sorted(self.inputs)}: a layer fed [T, B, …] (batch_first=False, or a transpose) "
+                                "does not keep the examples on dim 0")
             if self.failure is None and self.parts and self.rows:
                 record.per_example.append((self.parts, self.rows.pop()))  # summed in float64 at the step
             if self.failure is not None:
                 record.per_example_failure = self.failure
         self.expected, self.rows, self.pending, self.parts, self.failure = Counter(), set(), defaultdict(list), [], None
-        self.shared_positions, self.open = False, {}
+        self.shared_positions, self.open, self.inputs = False, {}, set()
 
     def remove(self) -> None:
         for h in self.handles:

@@ -265,8 +265,10 @@ class Tracker:
                 self._fail("some backward passes of this step ran outside tracker.per_example(), or their batches "
                            "differ in size", "wrap every backward of the step in `with tracker.per_example():`")
             if batch_size is not None and batch_size != local:
-                self._fail(f"batch_size={batch_size}, but the backward passes saw {local} examples",
-                           "pass the number of examples in this optimizer step on this process")
+                self._fail(f"batch_size={batch_size}, but the per-example hooks saw {local} rows on dim 0 of the "
+                           "model's layers", "pass the number of examples in this optimizer step on this process; "
+                           "if that is right, a layer sees the examples off dim 0 ([T, B, …], batch_first=False): "
+                           "make it batch_first=True, or track with gradient accumulation")
             small_sum = sum(s * (n / u) ** 2 for s, n in t["per_example"])  # Σ_i |g_i|²
             b, per_rank, n_small = 1, local, local
         else:
