@@ -129,6 +129,17 @@ def test_invalid_per_example_norms_fall_back_to_microbatches(tmp_path, asset, co
     assert any(d["code"] == code for d in report["diagnostics"])
 
 
+def test_submodules_the_spec_put_in_eval_stay_in_eval(tmp_path):
+    """A frozen backbone in eval() (BatchNorm on its running statistics) is not switched back to train mode: per
+    example norms stay valid and there is no BatchNorm note."""
+    r = run(ASSETS / "frozen_bn_backbone.py", "--steps", 4, "--measure-every", 4, "--rel-error", 0.5,
+            "--max-seconds", 5, "-o", tmp_path, "-q", "--no-figures")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["config"]["method_resolved"] != "microbatch"
+    assert not any(d["code"] == "batchnorm_train" for d in report["diagnostics"])
+
+
 def test_batchnorm_refuses_an_explicit_per_example_method(tmp_path):
     r = run(ASSETS / "bn_cnn.py", "--steps", 0, "--method", "vmap", "-o", tmp_path, "-q")
     assert r.exit_code == 2 and "BatchNorm" in r.output and "microbatch" in r.output

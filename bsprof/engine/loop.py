@@ -162,7 +162,6 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     model = build_model(spec).to(device)
     if cfg.checkpoint:
         load_checkpoint(model, cfg.checkpoint)
-    model.train()
     distributed.broadcast_parameters(model, comm)
     distributed.check_batch(cfg.batch_size, comm)
     examples = Examples(build_dataset(spec), spec.collate, device, gen, comm.rank, comm.world)

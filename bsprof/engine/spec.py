@@ -173,7 +173,9 @@ def build_model(spec: Spec) -> nn.Module:
                         "return a fresh torch.nn.Module from model()")
     if not any(p.requires_grad for p in model.parameters()):
         raise SpecError("model() has no trainable parameters", "return a model with parameters that require grad")
-    return model
+    if not model.training:  # returned in eval mode (``from_pretrained`` does that): train mode, whole
+        model.train()
+    return model  # returned in train mode: the modes model() gave its submodules (a frozen backbone in eval) stay
 
 
 def build_dataset(spec: Spec):

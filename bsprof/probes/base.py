@@ -10,8 +10,8 @@ per-example gradient is g_i = ∇ℓ_i (never a sum over a batch).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,3 +117,16 @@ def per_example_losses(model: nn.Module, loss_fn: LossFn, batch: Any, count: int
                         f"return per-example losses of shape [{count}] (use reduction='none', and average over "
                         "any other dimension such as tokens yourself); bsprof takes their mean")
     return losses
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode inside the block; afterwards every submodule back in its own mode (``model.train()``
+    would also switch on the submodules the user left in eval, such as a frozen backbone)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training

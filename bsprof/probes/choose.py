@@ -17,7 +17,7 @@ from torch import nn
 
 from bsprof.errors import BsprofError
 from bsprof.probes import PROBES
-from bsprof.probes.base import LossFn, Probe, batch_coupled, coupled_reason, per_example_losses
+from bsprof.probes.base import LossFn, Probe, batch_coupled, coupled_reason, eval_mode, per_example_losses
 from bsprof.probes.hooks import fallback_text, fallbacks, losses_mix_examples
 from bsprof.probes.trial import prefer, time_draw
 
@@ -39,14 +39,9 @@ def per_example_invalid(model: nn.Module, loss_fn: LossFn | None = None, pair=No
 
 
 def _mixes(model: nn.Module, loss_fn: LossFn, pair) -> bool:
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         per_example_losses(model, loss_fn, pair, 2)  # a wrong shape is the user's to fix, not "mixing"
         return losses_mix_examples(model, loss_fn, pair)
-    finally:
-        for m, training in modes.items():
-            m.train(training)
 
 
 def choose(method: str, model: nn.Module, loss_fn: LossFn | None = None, pair=None) -> tuple[Probe, str | None]:

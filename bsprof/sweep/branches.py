@@ -25,7 +25,7 @@ from bsprof.engine.loop import load_checkpoint, pick_device, train_step
 from bsprof.engine.spec import Spec, build_dataset, build_model, build_optimizer
 from bsprof.errors import BsprofError, ConfigError, DataError, NonFiniteError
 from bsprof.gate.policy import lr_rule as optimizer_lr_rule
-from bsprof.probes.base import per_example_losses
+from bsprof.probes.base import eval_mode, per_example_losses
 from bsprof.sweep import fit
 from bsprof.sweep.config import SweepConfig
 from bsprof.sweep.result import Branch, SweepResult
@@ -123,7 +123,6 @@ def prepare(spec: Spec, cfg: SweepConfig, b_noise: float | None = None) -> _Setu
 def _model(setup: _Setup, seed: int, factor: float):
     model = build_model(setup.spec).to(setup.device)
     model.load_state_dict(setup.init[seed])
-    model.train()
     opt = build_optimizer(setup.spec, model, setup.cfg.lr)
     for g in opt.param_groups:
         g["lr"] = g["lr"] * factor
@@ -137,12 +136,9 @@ def _examples(setup: _Setup, seed: int, batch: int) -> Examples:
 
 def evaluate(model, setup: _Setup, budget: _Budget) -> tuple[float, float]:
     """Mean per-example loss on the fixed evaluation draw and its standard error s/√n (model in eval mode)."""
-    was = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         losses = torch.cat([per_example_losses(model, setup.spec.loss, b, c).detach().double().flatten()
                             for b, c in setup.eval_batches])
-    model.train(was)
     budget.eval_examples += setup.n_eval
     mean = float(losses.mean())
     se = float(losses.std() / math.sqrt(len(losses))) if len(losses) > 1 else math.nan
