@@ -17,6 +17,7 @@ from bsprof.output.report import Report
 from bsprof.schedule import ExtrapolationError, Schedule, ScheduleConfig, plan, predict, rules
 from bsprof.schedule.fit import fit_noise_scale
 from bsprof.schedule.memory import largest_fitting
+from bsprof.schedule.plan import auto_min_batch, training_batch
 from bsprof.schedule.stages import Stage
 
 
@@ -419,6 +420,17 @@ def test_small_lm_does_not_start_at_batch_one():
     assert plan(report, dataclasses.replace(noise, min_batch=1)).stages[0].batch_size == 1  # asked
     report.config["batch_size"] = 4  # never above the batch the run trained at
     assert plan(report, noise).stages[0].batch_size == 4
+
+
+def test_token_unit_converts_the_probe_batch():
+    """A report in tokens: the training batch (32 sequences of 64 tokens) and the auto minimum (8 sequences) are
+    taken in tokens, so the lr scaling and the first stage are not off by the sequence length."""
+    r = dataclasses.replace(synthetic_report(batch=32), unit="tokens")
+    r.config.update(tokens_per_example=64, micro_batch=4)
+    assert training_batch(r)[0] == 32 * 64
+    value, why = auto_min_batch(r, 32 * 64, 10**9)
+    assert value == 8 * 64 and "8 × 64 tokens" in why
+    assert training_batch(synthetic_report(batch=32))[0] == 32  # examples: unchanged
 
 
 def test_recommendation_pure():

@@ -285,10 +285,12 @@ def auto_min_batch(report, batch_train: float, max_batch: int) -> tuple[int, str
     Why: early in training the noise scale can be ~1 (a small LM at initialisation), and following it literally
     starts at batch 1 — where per-step overhead dominates and the McCandlish model, fitted on batches ≥ the
     probe's, is untested. 8 is the smallest batch bsprof's own probes use for micro-batch pairs."""
-    micro = int(report.config.get("micro_batch") or 0)
-    floor = max(8, micro)
+    tpe = int(report.config.get("tokens_per_example") or 1) if report.unit == "tokens" else 1
+    micro = int(report.config.get("micro_batch") or 0) * tpe
+    floor = max(8 * tpe, micro)
     value = max(1, min(floor, int(batch_train), max_batch))
-    why = f"max(8, probe micro-batch {micro})" if micro else "8"
+    eight = f"8 × {tpe} tokens" if tpe > 1 else "8"
+    why = f"max({eight}, probe micro-batch {micro})" if micro else eight
     return value, (f"smallest batch {value} (auto: {why}, at most the training batch {int(batch_train)}; "
                    "--min-batch to change)")
 
@@ -340,8 +342,10 @@ def b_crit_bounds(rows, fit, steps, loss, batch_train: float, target: float,
 
 
 def training_batch(report) -> tuple[float, list[str]]:
+    """The probe's training batch in the report's unit (examples × tokens per example for ``--unit tokens``)."""
     if report.config.get("batch_size"):
-        return float(report.config["batch_size"]), []
+        scale = report.config.get("tokens_per_example") if report.unit == "tokens" else None
+        return float(report.config["batch_size"]) * float(scale or 1), []
     return 32.0, ["the report does not say the training batch: assumed 32 (the baselines and the lr scaling start "
                   "from it)"]
 
