@@ -140,6 +140,14 @@ def test_submodules_the_spec_put_in_eval_stay_in_eval(tmp_path):
     assert not any(d["code"] == "batchnorm_train" for d in report["diagnostics"])
 
 
+def test_a_model_torch_func_cannot_batch_is_not_blamed_on_the_spec(tmp_path):
+    """--method vmap on nn.GRU: one line naming torch.func and the methods that work, exit 2, no spec line."""
+    r = run(ASSETS / "seq_first_gru.py", "--steps", 0, "--method", "vmap", "-o", tmp_path, "-q", "--no-figures")
+    assert r.exit_code == 2, r.output
+    assert "torch.func cannot batch" in r.output and "--method hooks" in r.output
+    assert "seq_first_gru.py:" not in r.output
+
+
 def test_batchnorm_refuses_an_explicit_per_example_method(tmp_path):
     r = run(ASSETS / "bn_cnn.py", "--steps", 0, "--method", "vmap", "-o", tmp_path, "-q")
     assert r.exit_code == 2 and "BatchNorm" in r.output and "microbatch" in r.output

@@ -52,7 +52,7 @@ from bsprof.probes.layers import (
     sq_sum,
     total_sq_sum,
 )
-from bsprof.probes.vmap import _Objective
+from bsprof.probes.vmap import _Objective, quiet_fallbacks
 
 
 def _rows(batch, start: int, stop: int):
@@ -416,7 +416,8 @@ def _fallback_sq(model: nn.Module, loss_fn: LossFn, batch, names: list[str], par
                  chosen: list[int], count: int) -> Tensor:
     """Σ_i |g_i|² of the ``chosen`` parameters only: torch.func where it can batch the model, else a loop."""
     try:
-        return _vmap_sq(model, loss_fn, batch, names, params, chosen)
+        with quiet_fallbacks():
+            return _vmap_sq(model, loss_fn, batch, names, params, chosen)
     except RuntimeError:  # no batching rule (e.g. nn.GRU's in-place hidden state under vmap)
         return _loop_sq(model, loss_fn, batch, [params[k] for k in chosen], count)
 

@@ -5,11 +5,15 @@ It is the reference every fast path is tested against, and the fallback for modu
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
+from bsprof.errors import ConfigError
 from bsprof.probes.base import ChunkStats, LossFn, accum_dtype, per_example_losses, trainable
 
 
@@ -24,6 +28,15 @@ class _Objective(nn.Module):
         return per_example_losses(self.model, self.loss_fn, batch, 1)[0]
 
 
+@contextlib.contextmanager
+def quiet_fallbacks():
+    """torch.func's "There is a performance drop because we have not yet implemented the batching rule for …":
+    bsprof reports which parameters took its slow path itself (``ChunkStats.fallbacks``, the report's notes)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        yield
+
+
 def per_example_grads(model: nn.Module, loss_fn: LossFn, batch) -> tuple[dict, torch.Tensor]:
     """All per-example gradients {name: [c, *shape]} and losses [c], by vmap(grad) over the batch."""
     names, params = trainable(model)
@@ -34,13 +47,20 @@ def per_example_grads(model: nn.Module, loss_fn: LossFn, batch) -> tuple[dict, t
         return functional_call(objective, {"model." + k: v for k, v in weights.items()}, (single,))
 
     weights = {n: p.detach() for n, p in zip(names, params)}
-    grads, losses = vmap(grad_and_value(one), in_dims=(None, 0), randomness="different")(weights, batch)
+    with quiet_fallbacks():
+        grads, losses = vmap(grad_and_value(one), in_dims=(None, 0), randomness="different")(weights, batch)
     return grads, losses
 
 
 def per_example_vmap(model: nn.Module, loss_fn: LossFn, batch, count: int) -> ChunkStats:
-    """Σ_i |g_i|² per parameter and Σ_i g_i, from all per-example gradients."""
-    grads, losses = per_example_grads(model, loss_fn, batch)
+    """Σ_i |g_i|² per parameter and Σ_i g_i, from all per-example gradients. A model torch.func cannot batch (its
+    loss runs, but not under vmap) is a ``ConfigError`` that names the other methods, not a fault in the spec."""
+    try:
+        grads, losses = per_example_grads(model, loss_fn, batch)
+    except RuntimeError as e:
+        per_example_losses(model, loss_fn, batch, count)  # the user's own error, if it is one, surfaces here
+        raise ConfigError(f"torch.func cannot batch this model's per-example gradients ({str(e).splitlines()[0]})",
+                          "use --method hooks (a per-example loop covers such layers) or --method microbatch") from e
     if losses.shape != (count,):
         per_example_losses(model, loss_fn, batch, count)  # raises the shape error
     dtype = accum_dtype(losses.device)
