@@ -433,6 +433,18 @@ def test_token_unit_converts_the_probe_batch():
     assert training_batch(synthetic_report(batch=32))[0] == 32  # examples: unchanged
 
 
+def test_tracker_log_fix_never_repeats_the_window_it_was_given():
+    """A log read with a window already small enough: the fix is about undetermined windows, not --window again."""
+    from bsprof.schedule.plan import more_rows_fix
+
+    r = synthetic_report(n=5)
+    r.spec["tracker_log"] = "train.jsonl"
+    r.config.update(steps_logged=120, window=24)
+    assert "--window 24" not in more_rows_fix(r) and "windows of 24 steps have a determined" in more_rows_fix(r)
+    r.config.update(window=100)
+    assert "e.g. --window 24" in more_rows_fix(r)
+
+
 def test_recommendation_pure():
     from bsprof.schedule.plan import recommend
 

@@ -489,7 +489,9 @@ def test_the_cli_reads_a_tracker_log_like_a_report(tmp_path):
     planned = runner.invoke(app, ["schedule", str(log), "--window", "20", "--target-loss", str(0.9 * last),
                                   "--format", "json", "--allow-extrapolation"])
     assert planned.exit_code == 0, planned.output
-    assert _json.loads(planned.stdout)["stages"]
+    plan = _json.loads(planned.stdout)
+    assert plan["stages"]
+    assert any("a tracker log: B_simple over training-step windows" in n for n in plan["notes"])
     b = rows[-1].b_simple.value
     assert runner.invoke(app, ["check", str(log), "-b", str(max(1, round(b)))]).exit_code == 0
     assert runner.invoke(app, ["check", str(log), "-b", str(round(1000 * b))]).exit_code == 1

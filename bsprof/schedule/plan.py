@@ -166,9 +166,14 @@ def more_rows_fix(report) -> str:
     """How to get more measurements: a smaller ``--window`` for a tracker log, a probe training otherwise."""
     steps = report.config.get("steps_logged") if report.spec.get("tracker_log") else None
     if steps is not None:
-        return (f"read the log with a smaller window: it has {steps} logged steps, --window "
-                f"{report.config.get('window')} makes {len(report.measurements)} row(s); e.g. --window "
-                f"{max(2, steps // 5)}")
+        window, rows, smaller = int(report.config.get("window") or 0), len(report.measurements), max(2, steps // 5)
+        if smaller < window:
+            return (f"read the log with a smaller window: it has {steps} logged steps, --window {window} makes "
+                    f"{rows} row(s); e.g. --window {smaller}")
+        ok = _determined(report.measurements, "b_simple")
+        return (f"{ok} of the {rows} windows of {window} steps have a determined noise scale (the others are "
+                "lower bounds: |G|² not resolved within a window): log more steps, or try a wider window (fewer "
+                "rows, each steadier)")
     return "measure during training: `bsprof measure SPEC --steps 300` (not --steps 0)"
 
 
@@ -398,6 +403,10 @@ def plan(report, config: ScheduleConfig) -> Schedule:
                        b_crit_bounds(rows, fit, steps, loss, batch_train, config.target_loss, config.confidence))),
             "b_noise_target": bt, "b_noise_target_lo": bt_lo, "b_noise_target_hi": bt_hi}
     why = choose_noise(config, report.measurements, optimizer)[1]
+    if col == "b_simple" and all(r.stopped_by == "window" for r, _ in rows):  # a tracker log's rows
+        why = ("a tracker log: B_simple over training-step windows"
+               + (f"; the factor {ADAM_FACTOR:g} was measured for the fixed-weight B_simple, not for these windows"
+                  if is_adam_family(optimizer) else ""))
     notes.insert(0, f"noise scale followed: {col} ({why}); fit {fit.form}; lr rule {lr_rule} "
                     f"(optimizer {optimizer or 'SGD'})")
     if is_adam_family(optimizer):
