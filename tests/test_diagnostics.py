@@ -79,3 +79,27 @@ def test_layer_spread_regression_misfit_and_b_pre():
     quiet.add({"step": 0}, [{"step": 0, "b_simple": 5.0, "status": "ok"}, {"step": 0, "b_simple": 6.0, "status": "ok"}])
     diagnostics.after_run(quiet)
     assert not quiet.diagnostics
+
+
+def _run(rows, **config):
+    r = Report(config=config)
+    for row in rows:
+        r.add(row)
+    diagnostics.after_run(r)
+    return {d["code"]: d["message"] for d in r.diagnostics}
+
+
+def _row(step, loss, b):
+    return {"step": step, "loss": loss, "g2": 1.0, "trace_sigma": b, "b_simple": b, "b_simple_lo": 0.9 * b,
+            "b_simple_hi": 1.1 * b, "status": "ok", "method": "microbatch", "n_draws": 9, "examples": 100}
+
+
+def test_implausible_critical_batches_and_a_rising_loss():
+    above = _run([_row(0, 2.0, 900.0), _row(10, 1.5, 1000.0)], dataset_size=256, optimizer="SGD")
+    assert "critical_batch_above_dataset" in above and "256 examples" in above["critical_batch_above_dataset"]
+    below = _run([_row(0, 2.0, 0.5), _row(10, 1.5, 0.4)], dataset_size=10_000, optimizer="SGD")
+    assert "critical_batch_below_one" in below and "below one example" in below["critical_batch_below_one"]
+    rose = _run([_row(0, 1.0, 20.0), _row(10, 1.8, 30.0)], dataset_size=10_000, optimizer="SGD")
+    assert "loss_rose" in rose and "Lower --lr" in rose["loss_rose"]
+    fine = _run([_row(0, 2.0, 20.0), _row(10, 1.5, 30.0)], dataset_size=10_000, optimizer="SGD")
+    assert not {"critical_batch_above_dataset", "critical_batch_below_one", "loss_rose"} & set(fine)

@@ -104,10 +104,17 @@ def precision_text(timing: dict, rows, rel_error: float, min_draws: int = 5) -> 
                      f"measurements; at step {step} {reached} instead of ±{rel_error:.0%}): reaching "
                      f"±{rel_error:.0%} there would take about {ratio:.1f}× the training time "
                      f"(--measure-budget {math.ceil(ratio * 10) / 10:g}, or 0 to stop by --rel-error alone)"
+                     if math.isfinite(ratio) and ratio <= MAX_ADVISED else
+                     f"{n} measurement(s) stopped at the time budget with {reached} at step {step}: reaching "
+                     f"±{rel_error:.0%} there would take over {MAX_ADVISED:g}× the training time (|G|² is small "
+                     "against the noise at that point), so the wider interval is reported as it is"
                      if math.isfinite(ratio) else
                      f"{n} measurement(s) stopped at the time budget with {reached} at step {step}: pass "
                      "--measure-budget 0 to stop by --rel-error alone")
     return "; ".join(parts) or None
+
+
+MAX_ADVISED = 20.0  # above this many times the training time, a longer budget is not advice worth giving
 
 
 def _s(seconds: float) -> str:

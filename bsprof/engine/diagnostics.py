@@ -6,6 +6,8 @@ optimizer, Adam's preconditioner, and a large spread between layers (docs/scienc
 
 from __future__ import annotations
 
+import math
+
 from bsprof.engine import cost
 from bsprof.output.report import Report
 from bsprof.results import Status, is_adam_family
@@ -102,6 +104,7 @@ def after_run(report: Report) -> None:
     """Diagnostics that need the measurements: the 1/B regression's fit, B_pre availability, layer spread, what
     measuring cost against training."""
     _degenerate(report)
+    _implausible(report)
     measure_cost(report)
     bad = [r for r in report.measurements if r.regression is not None and r.regression.failed]
     if bad:
@@ -148,4 +151,33 @@ def _degenerate(report: Report) -> None:
         steps = [r.step for r in report.measurements if r.stopped_by == code]
         if steps:
             report.diagnose(code, text.format(steps=", ".join(map(str, steps))))
+
+
+LOSS_ROSE = 1.5  # the last measured loss over the first: the probe's training went the wrong way
+
+
+def _implausible(report: Report) -> None:
+    """Numbers a user should not act on without a second look: a critical batch above the dataset or below one
+    example, and a probe whose loss rose (a diverging lr measures a trajectory the real training will not take)."""
+    rows = [r for r in report.measurements if math.isfinite(r.loss)]
+    if len(rows) >= 2 and rows[0].loss > 0 and rows[-1].loss > LOSS_ROSE * rows[0].loss:
+        report.diagnose("loss_rose", f"the training loss rose from {rows[0].loss:.4g} (step {rows[0].step}) to "
+                        f"{rows[-1].loss:.4g} (step {rows[-1].step}): the probe's lr is too high for this batch, "
+                        "and the noise scales of a diverging run are not those of your training. Lower --lr.")
+    b = report.summary.critical_batch
+    if b is None or not b.ok:
+        return
+    tokens = report.config.get("tokens_per_example") if report.unit == "tokens" else None
+    n = report.config.get("dataset_size")
+    n = n * tokens if n and tokens else n
+    unit = report.unit
+    if n and b.value > n:
+        report.diagnose("critical_batch_above_dataset", f"the critical batch {b.value:.3g} is above the dataset's "
+                        f"{n:,} {unit}: every batch up to the whole dataset is below it, so larger batches keep "
+                        "paying off in steps up to full-batch training; what limits you is compute per step.")
+    elif b.value < 1:
+        report.diagnose("critical_batch_below_one", f"the critical batch {b.value:.3g} is below one {unit[:-1]}: "
+                        "at these weights the gradient's noise is small next to its signal, so steps, not "
+                        f"{unit}, limit training; any batch is past critical (the smallest that runs efficiently "
+                        "is enough), and the learning rate matters more than the batch.")
 
