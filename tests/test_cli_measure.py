@@ -148,6 +148,23 @@ def test_a_model_torch_func_cannot_batch_is_not_blamed_on_the_spec(tmp_path):
     assert "seq_first_gru.py:" not in r.output
 
 
+def test_a_curve_without_training_windows_says_why(tmp_path):
+    """PReLU has no per-example rule: the training steps cannot be tracked, and a note says so (not a silently
+    missing column)."""
+    spec = tmp_path / "prelu.py"
+    spec.write_text(
+        "import torch, torch.nn.functional as F\nfrom torch import nn\n"
+        "X, Y = torch.randn(256, 8), torch.randint(0, 3, (256,))\n"
+        "def model():\n    return nn.Sequential(nn.Linear(8, 16), nn.PReLU(), nn.Linear(16, 3))\n"
+        "def dataset():\n    return torch.utils.data.TensorDataset(X, Y)\n"
+        "def loss(model, batch):\n    x, y = batch\n    return F.cross_entropy(model(x), y, reduction='none')\n")
+    r = run(spec, "--steps", 4, "--measure-every", 2, "--rel-error", 0.5, "--max-seconds", 5, "-o", tmp_path,
+            "-q", "--no-figures")
+    assert r.exit_code == 0, r.output
+    notes = {d["code"]: d["message"] for d in json.loads((tmp_path / "report.json").read_text())["diagnostics"]}
+    assert "no per-example rule for 1.weight" in notes["no_training_windows"]
+
+
 def test_batchnorm_refuses_an_explicit_per_example_method(tmp_path):
     r = run(ASSETS / "bn_cnn.py", "--steps", 0, "--method", "vmap", "-o", tmp_path, "-q")
     assert r.exit_code == 2 and "BatchNorm" in r.output and "microbatch" in r.output

@@ -213,6 +213,9 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         first = _first_budget(model, spec.loss, examples, cfg, points, comm)
     points = set(points)
     track = cfg.track_training and comm.world == 1 and chosen.per_example  # pairs from training steps (b = 1)
+    if cfg.track_training and cfg.steps > 0 and not track:
+        _no_windows(report, "the run is data-parallel" if comm.world > 1 else
+                    f"the probe is micro-batches ({invalid or choice.why})")
     step, tracker, phase, clock = 0, None, "measuring", cost.RunClock(choosing=choosing)
     try:
         for step in range(cfg.steps + 1):
@@ -241,7 +244,10 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
             if step < cfg.steps:
                 phase = "training"
                 if tracker is None and track:
-                    tracker = _training_tracker(model, optimizer, batch_size, cfg.confidence)
+                    tracker, why = _training_tracker(model, optimizer, batch_size, cfg.confidence)
+                    if tracker is None:
+                        track = _no_windows(report, f"the tracker's per-example norms do not cover this model "
+                                                    f"({why})")
                 t0 = time.perf_counter()
                 loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm, tracker)
                 clock.trained(time.perf_counter() - t0)
@@ -326,14 +332,21 @@ def _trial_draw(cfg: MeasureConfig, examples: Examples, comm: distributed.Comm):
 
 
 def _training_tracker(model, optimizer, batch_size: int, confidence: float):
-    """A tracker over the training steps until the next measurement (per-example norms in their backward), or
-    None where the model's layers have no per-example rule."""
+    """(A tracker over the training steps until the next measurement (per-example norms in their backward), None),
+    or (None, why) where the model's layers have no per-example rule."""
     from bsprof.track import Tracker, TrackerError
 
     try:
-        return Tracker(model, optimizer, source="per_example", batch_size=batch_size, confidence=confidence)
-    except TrackerError:
-        return None
+        return Tracker(model, optimizer, source="per_example", batch_size=batch_size, confidence=confidence), None
+    except TrackerError as e:
+        return None, e.message
+
+
+def _no_windows(report: Report, why: str) -> bool:
+    """Say why the curve has no training-step windows (the headline then follows fixed-weight B_simple); False."""
+    report.diagnose("no_training_windows", f"no B_simple over training-step windows: {why}. The curve and the "
+                    "headline use the fixed-weight measurements, whose critical batch has a wider model range")
+    return False
 
 
 def _close(tracker, confidence: float, scale: float):

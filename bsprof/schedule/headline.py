@@ -48,7 +48,8 @@ REASONS = {
                            "÷2.4 (docs/science.md §6); `bsprof sweep` checks it on your model",
         "b_noise": "SGD: 0.69–1.03× of swept critical batches on 2 tasks (docs/science.md §6)",
         "b_simple": "SGD: fixed-weight B_simple was 1.05–4× the swept critical batch, lower end ÷4 "
-                    "(docs/science.md §6); measure with training-step windows",
+                    "(docs/science.md §6); B_simple over training-step windows, where the model allows them, "
+                    "came closer",
     },
     "adam": f"Adam: B_simple, measured the SGD way, fell {ADAM_SHORTFALL} short of swept critical batches; times "
             f"the factor it came to {ADAM_RECORD}, interval ×2/÷2.2 (docs/science.md §6); confirm with `bsprof "
