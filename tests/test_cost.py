@@ -78,6 +78,9 @@ def test_budget_stops_only_after_min_draws_and_after_precision():
     assert Stopper(0.2, 5, 1e9, 60, budget_seconds=1.0)(5, 0.9, 100, 0.8) is None  # 6 draws at 0.16 s: 0.96 s
     assert Stopper(0.2, 5, 1e9, 60, budget_seconds=1.0)(5, 0.9, 100, 0.9) == BUDGET  # a 6th would overrun
     assert Stopper(0.2, 5, 1e9, 1.0, budget_seconds=0.5)(1, 0.9, 10, 2.0) == TIME  # the hard cap, any draw
+    assert Stopper(0.2, 5, 1e9, 10.0)(1, 0.9, 10, 6.0) is None    # one draw: no interval yet, a second is allowed
+    assert Stopper(0.2, 5, 1e9, 10.0)(2, 0.9, 10, 7.0) == TIME    # a third would end at ≈ 10.5 s, past the cap
+    assert Stopper(0.2, 5, 1e9, 10.0)(2, 0.9, 10, 6.0) is None    # … at 9 s: drawn
 
 
 def test_budget_note_says_what_the_asked_precision_would_cost():

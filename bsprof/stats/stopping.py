@@ -57,7 +57,8 @@ class Stopper:
         more draw at the mean pace so far would take ``elapsed`` past ``budget_seconds`` and the interval is bounded
         (a budget never turns a measurement into a non-answer), or after ``min_draws`` a degenerate
         problem: ``ZERO_GRADIENT`` when every gradient drawn is exactly zero (``g2_hi`` = 0), ``ZERO_VARIANCE``
-        when the examples' gradients agree, |``ratio``| = |tr Σ|/|G|² ≤ ``NOISELESS``), or None."""
+        when the examples' gradients agree, |``ratio``| = |tr Σ|/|G|² ≤ ``NOISELESS``), or None. ``TIME`` also
+        stops, from the second draw on, before a draw that at the mean pace would end past ``max_seconds``."""
         if draws >= self.min_draws and degenerate(g2_hi, ratio):
             return degenerate(g2_hi, ratio)
         if draws >= self.look:
@@ -69,8 +70,8 @@ class Stopper:
             return BUDGET  # bounded, and another draw at the mean pace would overrun the budget
         if spent >= self.max_examples:
             return EXAMPLES
-        if elapsed >= self.max_seconds:
-            return TIME
+        if elapsed >= self.max_seconds or (draws >= 2 and elapsed * (draws + 1) / draws > self.max_seconds):
+            return TIME  # spent, or (once two draws give an interval) the next draw would end past it
         return None
 
 
