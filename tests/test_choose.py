@@ -100,8 +100,9 @@ def test_cli_lists_fallbacks_in_the_report_and_strict_fails(tmp_path):
                             "-o", str(tmp_path / "a"), "--no-figures"])
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
-    assert "note [fallback]: 1 parameter measured by torch.func (slow path): 1.gain (in Gain, which has no " \
-           "per-example rule) — register a rule with bsprof.probes.register_rule" in out
+    assert "note [fallback]: 1 parameter measured by the slow path (torch.func, or a per-example loop where " \
+           "torch.func cannot batch the layer): 1.gain (in Gain, which has no per-example rule) — register a rule " \
+           "with bsprof.probes.register_rule" in out
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert [d for d in report["diagnostics"] if d["code"] == "fallback"]
     assert report["config"]["method_reason"] == "asked with --method hooks" and report["config"]["strict"] is False

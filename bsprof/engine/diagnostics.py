@@ -78,7 +78,8 @@ def method(report: Report, choice) -> None:
 
     if choice.fallbacks:
         n = len(choice.fallbacks)
-        report.diagnose("fallback", f"{n} parameter{'s' if n > 1 else ''} measured by torch.func (slow path): "
+        report.diagnose("fallback", f"{n} parameter{'s' if n > 1 else ''} measured by the slow path (torch.func, or a "
+                        "per-example loop where torch.func cannot batch the layer): "
                         f"{fallback_text(choice.fallbacks)} — register a rule with bsprof.probes.register_rule "
                         "(or pass --strict to make this an error)")
     if choice.seconds and choice.probe.name == "microbatch":
