@@ -92,6 +92,8 @@ def test_decide_names_the_fallbacks_and_strict_refuses_them():
         decide("hooks", _gain_model(), _ce, _pair(), strict=True)
     assert "register_rule" in err.value.hint
     assert decide("microbatch", _gain_model(), _ce, _pair(), strict=True).fallbacks == {}
+    c = decide("auto", _gain_model(), _ce, _pair(), strict=True)  # auto never takes the slow path: micro-batches
+    assert c.probe is PROBES["microbatch"] and not c.fallbacks and "--strict" in c.why
 
 
 def test_cli_lists_fallbacks_in_the_report_and_strict_fails(tmp_path):
@@ -109,13 +111,14 @@ def test_cli_lists_fallbacks_in_the_report_and_strict_fails(tmp_path):
     shown = runner.invoke(app, ["report", str(tmp_path / "a")])
     assert "1.gain" in shown.output
 
-    r = runner.invoke(app, ["measure", str(CUSTOM), "--steps", "0", "--strict", "-o", str(tmp_path / "b")])
+    r = runner.invoke(app, ["measure", str(CUSTOM), "--steps", "0", "--strict", "--method", "hooks",
+                            "-o", str(tmp_path / "b")])
     assert r.exit_code == 2
     out = " ".join(r.output.split())
     assert "strict: 1 parameter(s) would be measured by the slow torch.func path: 1.gain" in out
     assert "register_rule" in out and "Traceback" not in r.output
     cfg = tmp_path / "strict.yaml"
-    cfg.write_text("strict: true\nsteps: 0\n")
+    cfg.write_text("strict: true\nsteps: 0\nmethod: hooks\n")
     r = runner.invoke(app, ["measure", str(CUSTOM), "--config", str(cfg), "-o", str(tmp_path / "c")])
     assert r.exit_code == 2 and "1.gain" in r.output
 
@@ -129,7 +132,7 @@ def test_library_strict_and_a_registered_rule_clears_the_fallback():
     from bsprof.probes import layers
 
     with pytest.raises(BsprofError, match="1.gain"):
-        bsprof.measure(model=_gain_model(), dataset=_data(), loss=_ce, steps=0, strict=True)
+        bsprof.measure(model=_gain_model(), dataset=_data(), loss=_ce, steps=0, strict=True, method="hooks")
     saved = dict(layers.RULES)
     try:
         bsprof.probes.register_rule(Gain, lambda mod, x, d: {"gain": x * d})

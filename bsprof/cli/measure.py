@@ -53,8 +53,9 @@ def measure(
     hessian: Optional[bool] = O(None, "--hessian/--no-hessian", help="Also measure B_noise (Hessian-aware)."),
     track_training: Optional[bool] = O(None, "--track-training/--no-track-training", help="Also estimate B_simple "
                                        "from the training steps between measurements (per-example norms). [on]"),
-    strict: Optional[bool] = O(None, "--strict/--no-strict", help="Fail when the per-example hooks would measure "
-                               "a parameter by the slow torch.func path (register a rule instead). [off]"),
+    strict: Optional[bool] = O(None, "--strict/--no-strict", help="Never the slow torch.func path: with --method "
+                               "hooks a parameter that would take it is an error (register a rule instead), under "
+                               "auto micro-batches are taken. [off]"),
     figures: bool = O(True, "--figures/--no-figures", help="Write noise_scale.png."),
     quiet: bool = O(False, "--quiet", "-q", help="Print only errors (the results are in --out)."),
     verbose: bool = O(False, "--verbose", "-v", help="Also say which probe was chosen and why, and a detail line "

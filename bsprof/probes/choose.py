@@ -84,11 +84,14 @@ def decide(method: str, model: nn.Module, loss_fn: LossFn | None = None, pair=No
     draw:     the trial's draw: (chunks of one example set for hooks, the same examples in micro-batches of
               ``micro_batch``, their number), or None: no trial, hooks are kept
     strict:   any parameter the hooks would measure by torch.func is an error (``BsprofError``), before anything
-              runs on the model
+              runs on the model; under auto, micro-batches (exact, no slow path) are taken instead
     seconds:  the trial's seconds per draw, given instead of timed (tests)
     """
     probe, invalid = choose(method, model, loss_fn, pair)
     slow = fallbacks(model, loss_fn, pair, 2) if probe.name == "hooks" and pair is not None else {}
+    if strict and slow and method == "auto":
+        return Choice(PROBES["microbatch"], None, f"auto with --strict: the hooks would measure {len(slow)} "
+                      "parameter(s) by the slow torch.func path, so micro-batches")
     if strict and slow:
         raise BsprofError(f"strict: {len(slow)} parameter(s) would be measured by the slow torch.func path: "
                           f"{fallback_text(slow)}",
