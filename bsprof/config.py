@@ -53,7 +53,7 @@ class MeasureConfig:
     tokens_per_example: int = 0      # 0: detect from the spec's TOKENS_PER_EXAMPLE
     hessian: bool = False            # also measure B_noise = tr(HΣ)/(GᵀHG) via Hessian-vector products
     track_training: bool = True      # training steps give pairs too (per-example norms in their backward)
-    strict: bool = False             # a parameter the per-example hooks would measure by torch.func is an error
+    strict: bool = False             # never the torch.func path: an error with method hooks, micro-batches in auto
 
     def problems(self) -> list[str]:
         """Every inconsistency at once (empty when valid)."""
