@@ -80,7 +80,7 @@ def batch_coupled(model: nn.Module) -> list[str]:
     batch statistics in eval mode too). Per-example gradients are then undefined; micro-batches stay approximately
     right (McCandlish App. A), since training at batch b normalises over b examples as well.
     """
-    return [name or type(m).__name__ for name, m in model.named_modules()
+    return [f"{name} ({type(m).__name__})" if name else type(m).__name__ for name, m in model.named_modules()
             if isinstance(m, _BatchNorm) and (m.training or not m.track_running_stats)]
 
 
