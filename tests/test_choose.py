@@ -14,7 +14,7 @@ from bsprof.cli import app
 from bsprof.errors import BsprofError
 from bsprof.probes import PROBES
 from bsprof.probes.choose import decide
-from bsprof.probes.trial import MICROBATCH_PRECISION_COST, prefer, time_draw
+from bsprof.probes.trial import MICROBATCH_PRECISION_COST, prefer, time_draws
 
 ASSETS = Path(__file__).parent / "assets"
 CUSTOM = ASSETS / "custom_layer.py"
@@ -74,13 +74,19 @@ def test_no_trial_when_per_example_gradients_are_invalid():
     assert c.probe is PROBES["microbatch"] and c.seconds is None and c.invalid.startswith("BatchNorm")
 
 
-def test_time_draw_warms_up_then_takes_the_fastest_repeat_within_budget():
-    ticks = iter([0, 5, 5, 6, 6, 6.5, 6.5, 7.5])  # warm-up 5 s (over budget: the only run)
+def test_time_draws_warm_up_then_take_turns_and_the_fastest_run_within_budget():
     calls = []
-    probe = PROBES["hooks"].__class__("fake", True, lambda *a: calls.append(a))
-    assert time_draw(probe, None, None, [(None, 1)], 1, budget=2.0, clock=lambda: next(ticks)) == 5
-    ticks = iter([0, 0.1, 1, 1.3, 2, 2.2, 3, 3.4])  # warm-up 0.1, then 0.3, 0.2, 0.4
-    assert time_draw(probe, None, None, [(None, 1)], 1, budget=2.0, clock=lambda: next(ticks)) == pytest.approx(0.2)
+    a = PROBES["hooks"].__class__("a", True, lambda *x: calls.append("a"))
+    b = PROBES["hooks"].__class__("b", True, lambda *x: calls.append("b"))
+    both = {"a": (a, [(None, 1)]), "b": (b, [(None, 1)])}
+    ticks = iter([0, 3, 3, 6])  # warm-ups of 3 s each spend the budget: they are the only runs
+    assert time_draws(both, None, None, 1, budget=2.0, clock=lambda: next(ticks)) == {"a": 3, "b": 3}
+    calls.clear()
+    # warm-ups 0.1 and 0.2; then a 0.3, b 0.5 | a 0.2, b 0.4 (spent 1.4) | a 0.4, b 0.3 (2.1 ≥ 2: stop)
+    ticks = iter([0, 0.1, 1, 1.2, 2, 2.3, 3, 3.5, 4, 4.2, 5, 5.4, 6, 6.4, 7, 7.3])
+    assert time_draws(both, None, None, 1, budget=2.0, clock=lambda: next(ticks)) == pytest.approx(
+        {"a": 0.2, "b": 0.3})
+    assert calls == ["a", "b"] * 4  # warm-ups, then in turn
 
 
 # ---------------------------------------------------------------- fallbacks: visible, or an error with --strict

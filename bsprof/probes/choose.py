@@ -19,7 +19,7 @@ from bsprof.errors import BsprofError
 from bsprof.probes import PROBES
 from bsprof.probes.base import LossFn, Probe, batch_coupled, coupled_reason, eval_mode, per_example_losses
 from bsprof.probes.hooks import fallback_text, fallbacks, losses_mix_examples
-from bsprof.probes.trial import prefer, time_draw
+from bsprof.probes.trial import prefer, time_draws
 
 
 def per_example_invalid(model: nn.Module, loss_fn: LossFn | None = None, pair=None) -> str | None:
@@ -103,8 +103,8 @@ def decide(method: str, model: nn.Module, loss_fn: LossFn | None = None, pair=No
         return Choice(probe, invalid, why, slow)
     if seconds is None:
         hooks_chunks, micro_chunks, total = draw
-        seconds = {"hooks": time_draw(PROBES["hooks"], model, loss_fn, hooks_chunks, total),
-                   "microbatch": time_draw(PROBES["microbatch"], model, loss_fn, micro_chunks, total)}
+        seconds = time_draws({"hooks": (PROBES["hooks"], hooks_chunks),
+                              "microbatch": (PROBES["microbatch"], micro_chunks)}, model, loss_fn, total)
         total_examples = total
     else:
         total_examples = draw[2] if draw is not None else 0

@@ -27,27 +27,38 @@ from torch import nn
 from bsprof.probes.base import LossFn, Probe
 
 MICROBATCH_PRECISION_COST = 1.5  # variance per draw, micro-batches over per-example norms, at B ≈ 2·B_simple
-TRIAL_SECONDS = 1.0              # the timed repeats' budget (a warm-up of each candidate comes on top)
+TRIAL_SECONDS = 1.0              # the timed runs' budget, all candidates (their warm-ups come on top)
 REPEATS = 3                      # timed repeats at most, per candidate
 
 
-def time_draw(probe: Probe, model: nn.Module, loss_fn: LossFn, chunks: list, total: int,
-              budget: float = TRIAL_SECONDS / 2, clock: Callable[[], float] = time.perf_counter) -> float:
-    """Seconds for one draw of the ``chunks`` ([(batch, count)], ``total`` examples) by ``probe``: the fastest of up
-    to ``REPEATS`` timed runs after a warm-up, stopping once ``budget`` seconds are spent (a slow warm-up is the
-    only run). The model's weights and ``.grad`` are left as they were (probes do not step or keep gradients)."""
-    seconds = []
-    for k in range(REPEATS + 1):
-        t0 = clock()
-        if probe.whole_draw is not None:
-            probe.whole_draw(model, loss_fn, iter(chunks), set(), total)
-        else:
-            for batch, count in chunks:
-                probe.chunk(model, loss_fn, batch, count)
-        seconds.append(clock() - t0)
-        if sum(seconds[1:]) >= budget or (k == 0 and seconds[0] >= budget):
+def _run(probe: Probe, model: nn.Module, loss_fn: LossFn, chunks: list, total: int,
+         clock: Callable[[], float]) -> float:
+    t0 = clock()
+    if probe.whole_draw is not None:
+        probe.whole_draw(model, loss_fn, iter(chunks), set(), total)
+    else:
+        for batch, count in chunks:
+            probe.chunk(model, loss_fn, batch, count)
+    return clock() - t0
+
+
+def time_draws(candidates: dict[str, tuple[Probe, list]], model: nn.Module, loss_fn: LossFn, total: int,
+               budget: float = TRIAL_SECONDS, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Seconds for one draw of ``total`` examples by each candidate {name: (probe, chunks)}: a warm-up of each,
+    then timed runs taken in turn (a, b, a, b, …, so that a burst of load on a shared machine falls on both), the
+    fastest of up to ``REPEATS`` each, stopping once ``budget`` seconds are spent after a whole round. Warm-ups that
+    alone spend the budget are the only runs. Weights and ``.grad`` are left as they were (probes do not step or
+    keep gradients)."""
+    warm = {name: _run(probe, model, loss_fn, chunks, total, clock) for name, (probe, chunks) in candidates.items()}
+    if sum(warm.values()) >= budget:
+        return warm
+    seconds: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(REPEATS):
+        for name, (probe, chunks) in candidates.items():
+            seconds[name].append(_run(probe, model, loss_fn, chunks, total, clock))
+        if sum(map(sum, seconds.values())) >= budget:
             break
-    return min(seconds[1:] or seconds)
+    return {name: min(s) for name, s in seconds.items()}
 
 
 def prefer(seconds: dict[str, float], fallbacks: dict[str, str] | None = None,
@@ -65,4 +76,4 @@ def prefer(seconds: dict[str, float], fallbacks: dict[str, str] | None = None,
                      "noisier draws cost), so per-example hooks")
 
 
-__all__ = ["MICROBATCH_PRECISION_COST", "prefer", "time_draw"]
+__all__ = ["MICROBATCH_PRECISION_COST", "prefer", "time_draws"]
