@@ -316,21 +316,35 @@ class Regressor(nn.Module):
     def __init__(self):
         super().__init__()
         self.net = net()
-        self.seen = []  # the training micro-batches, in order
+        self.seen = []   # the training micro-batches, in order
+        self.means = []  # and their mean losses
 
     def forward(self, x, labels=None):
         out = self.net(x)
         if self.training:
             self.seen.append((x.detach().clone(), labels.detach().clone()))
+            self.means.append(float(nn.functional.mse_loss(out, labels)))
         return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
 
 
-def hf_run(tmp_path, accum=2, steps=10, max_grad_norm=1.0, **options):
+class ItemsRegressor(Regressor):
+    """A model that takes the Trainer's ``num_items_in_batch`` (as every transformers model does): its loss is the
+    micro-batch's share of the step's mean loss, and the Trainer no longer divides it by k."""
+
+    def forward(self, x, labels=None, num_items_in_batch=None, **kwargs):
+        out = self.net(x)
+        if self.training:
+            self.means.append(float(nn.functional.mse_loss(out, labels)))
+        items = num_items_in_batch if num_items_in_batch is not None else labels.numel()
+        return {"loss": nn.functional.mse_loss(out, labels, reduction="sum") / items, "logits": out}
+
+
+def hf_run(tmp_path, accum=2, steps=10, max_grad_norm=1.0, model=None, **options):
     transformers = pytest.importorskip("transformers", reason="transformers is not installed "
                                        "(pip install 'bsprof[hf]')")
     from bsprof.integrations.hf import attach
 
-    model = Regressor()
+    model = model or Regressor()
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / f"hf{max_grad_norm}"), max_steps=steps, per_device_train_batch_size=8,
         gradient_accumulation_steps=accum, report_to=[], use_cpu=True, logging_steps=1, learning_rate=0.05,
@@ -375,6 +389,16 @@ def test_hf_callback_agrees_with_the_plain_tracker(tmp_path, accum):
     assert all("loss" in r for r in logged)  # one record with the Trainer's own loss
     assert logged[-1]["bsprof/b_simple_lo"] == pytest.approx(cb.tracker.estimate(window=10).lo, rel=1e-6)
     assert (tmp_path / "hf1000000000.0" / "bsprof.jsonl").is_file()
+
+
+def test_hf_logged_loss_is_the_steps_mean_loss_whether_or_not_the_model_takes_num_items(tmp_path):
+    """Each logged step's loss is the mean of its micro-batches' mean losses: not divided by k a second time when
+    the model normalises by the Trainer's num_items_in_batch."""
+    for model in (Regressor(), ItemsRegressor()):
+        model, cb, _ = hf_run(tmp_path / type(model).__name__, accum=2, steps=4, max_grad_norm=1e9, model=model)
+        assert len(cb.tracker.draws) == 4
+        np.testing.assert_allclose([d.loss for d in cb.tracker.draws], np.reshape(model.means, (-1, 2)).mean(1),
+                                   rtol=1e-5)
 
 
 def test_hf_clipping_does_not_change_the_pair(tmp_path):

@@ -552,3 +552,18 @@ def test_per_example_failure_switches_to_accumulation_and_keeps_tracking():
     draw = tracker.step(batch_size=8)
     assert (draw.b, draw.B) == (4, 8) and math.isfinite(draw.small_sq_total)
     tracker.close()
+
+
+def test_a_wrapped_optimizer_is_read_through_its_wrapper(tmp_path):
+    """The HF Trainer hands callbacks accelerate's AcceleratedOptimizer: the family (Adam's factor, B_pre) and the
+    lr come from the torch optimizer inside."""
+    class Wrapper:  # what accelerate's AcceleratedOptimizer looks like from outside
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+    model = mlp()
+    tracker = Tracker(model, Wrapper(torch.optim.AdamW(model.parameters(), lr=3e-3)), accumulation_steps=2,
+                      batch_size=64, precondition=True, log=tmp_path / "t.jsonl")
+    assert tracker.precondition and tracker._lr() == 3e-3
+    tracker.close()
+    assert json.loads((tmp_path / "t.jsonl").read_text().splitlines()[0])["optimizer"] == "AdamW"

@@ -78,6 +78,7 @@ class NoiseScaleCallback(TrainerCallback):
         self.applied: list[tuple[int, int, int]] = []
         self._pending: tuple[int, int] | None = None
         self._micro_in_epoch = 0
+        self._loss_is_share = False  # the model was given num_items_in_batch: its loss is already ÷ the step's items
         self.latest: dict[str, float] = {}
         self._unlogged: dict[str, float] = {}
         self._handles = []
@@ -130,6 +131,8 @@ class NoiseScaleCallback(TrainerCallback):
             loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
             if torch.is_tensor(loss) and loss.numel() == 1:
                 self.steps.loss += float(loss.detach())
+                # given the step's item count, the model's loss is already its share of the step's mean loss
+                self._loss_is_share = kwargs.get("num_items_in_batch") is not None
 
     # -- one optimizer step --------------------------------------------------------------------------------
     def on_step_begin(self, args, state, control, **kwargs):
@@ -140,7 +143,8 @@ class NoiseScaleCallback(TrainerCallback):
         if self.steps is None:
             return
         k = max(self.tracker.micro_steps, 1)
-        self.steps.loss /= k   # the mean of the micro-batches' mean losses
+        if not self._loss_is_share:
+            self.steps.loss /= k   # the mean of the micro-batches' mean losses
         draw = self.steps.close(state.global_step, loss_scale=1.0 / k)
         every = self.log_every or int(args.logging_steps) or 1
         if draw is not None and (state.global_step + 1) % every == 0:

@@ -59,6 +59,18 @@ class TrackerError(BsprofError):
     untouched, and training can go on without it."""
 
 
+def _unwrapped(optimizer):
+    """The torch optimizer inside a wrapper (accelerate's ``AcceleratedOptimizer``, as the HF Trainer hands it
+    over, or Lightning's ``LightningOptimizer``): its class names the family (Adam's factor, B_pre), its state
+    holds Adam's second moment."""
+    for _ in range(3):
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            break
+        optimizer = inner
+    return optimizer
+
+
 def _ddp_of(model: nn.Module):
     from torch.nn.parallel import DistributedDataParallel
 
@@ -99,6 +111,7 @@ class Tracker:
         if accumulation_steps is not None and accumulation_steps < 1:
             raise TrackerError(f"accumulation_steps must be at least 1 (got {accumulation_steps})",
                                "pass the number of backward passes per optimizer step")
+        optimizer = _unwrapped(optimizer)
         self.model, self.optimizer, self.source = model, optimizer, source
         self.accumulation_steps, self.batch_size, self.unit = accumulation_steps, batch_size, unit
         self.group, self.confidence = process_group, confidence
