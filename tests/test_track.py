@@ -567,3 +567,19 @@ def test_a_wrapped_optimizer_is_read_through_its_wrapper(tmp_path):
     assert tracker.precondition and tracker._lr() == 3e-3
     tracker.close()
     assert json.loads((tmp_path / "t.jsonl").read_text().splitlines()[0])["optimizer"] == "AdamW"
+
+
+@pytest.mark.parametrize("command", ["report", "schedule"])
+@pytest.mark.parametrize("window", ["0", "-3"])
+def test_a_window_below_two_is_a_one_line_error(tmp_path, command, window):
+    from typer.testing import CliRunner
+
+    from bsprof.cli import app
+
+    log = tmp_path / "t.jsonl"
+    tracker = Tracker(mlp(), accumulation_steps=2, batch_size=64, log=log)
+    tracker.close()
+    args = [command, str(log), "--window", window] + (["--target-loss", "0.5"] if command == "schedule" else [])
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "--window must be at least 2" in r.output and "Traceback" not in r.output
+

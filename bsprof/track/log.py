@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bsprof import __version__
-from bsprof.errors import ReportError
+from bsprof.errors import ConfigError, ReportError
 from bsprof.output.report import Report
 from bsprof.results import Measurement, json_clean
 from bsprof.stats.draw import Draw
@@ -187,6 +187,10 @@ def _training(log: TrackLog) -> dict:
 def report_from_log(path: str | Path, window: int = 100, every: int | None = None,
                     confidence: float = 0.9) -> Report:
     """A ``Report`` whose measurements are the log's windowed estimates (see ``measurements``)."""
+    if int(window) < 2 or (every is not None and int(every) < 1):
+        raise ConfigError(f"--window must be at least 2 steps (got {window})" if int(window) < 2 else
+                          f"every must be at least 1 step (got {every})",
+                          "a window of N steps averages their pairs; e.g. --window 20")
     log = read_log(path)
     report = Report(spec={"tracker_log": str(path)}, unit=log.unit,
                     config={"source": log.header.get("source"), "window": window, "every": every or window,
