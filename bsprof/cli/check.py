@@ -198,6 +198,7 @@ def check(
     formats: Optional[list[str]] = O(None, "--format", "-f", help="Output, repeatable: text, json (the verdict), "
                                      "junit (one testcase per check), github (annotations + job summary), "
                                      "markdown; FMT:PATH writes it to a file, e.g. -f junit:bsprof.xml. [text]"),
+    window: int = O(100, "--window", help="Tracker logs: steps per windowed estimate."),
     junit: Optional[Path] = O(None, "--junit", help="Same as --format junit:PATH."),
     github: bool = O(False, "--github", help="Same as --format github."),
     as_json: bool = O(False, "--json", help="Same as --format json."),
@@ -221,7 +222,7 @@ def check(
     try:
         policy = resolve(Policy, config, overrides, command="check")
         verdict, extra = _judge_all(target, batch_size, lr, training_config, batch_key, lr_key, at_loss, policy,
-                                    baseline, budget, steps, seed, rel_error, save_report)
+                                    baseline, budget, steps, seed, rel_error, save_report, window)
     except (BsprofError, Exception) as e:
         if not isinstance(e, BsprofError):  # anything that is not a verdict exits 2, never 1 ("violated")
             e = BsprofError(f"cannot judge: {type(e).__name__}: {clip(str(e))}",
@@ -238,7 +239,7 @@ def check(
 
 
 def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, policy, baseline, budget, steps,
-               seed, rel_error, save_report) -> tuple[Verdict, dict]:
+               seed, rel_error, save_report, window=100) -> tuple[Verdict, dict]:
     """Parse → one library call (judge) → the verdict plus extra figures for the JSON output."""
     is_spec = target.suffix == ".py"
     problems = []
@@ -271,7 +272,7 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
         if save_report is not None:
             write_output(save_report, codec.dumps(report), "--save-report")
     else:
-        report = load(target, "check")
+        report = load(target, "check", window=window)
     try:
         verdict = judge(report, batch_size, lr, policy, at_loss, old)
     except ValueError as e:

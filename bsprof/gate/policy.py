@@ -68,6 +68,7 @@ class Reading(Estimate):
     eps_max: float | None = None                 # ε_max = |G|²/(GᵀHG), when the report measured it
     b_noise: Estimate | None = None              # Hessian-aware B_noise, when measured
     name: str = "B_simple"                       # what the value is: B_simple, or B_crit (the report's headline)
+    from_log: bool = False                       # read from a tracker's JSONL log (windows of training steps)
 
     def describe(self) -> str:
         if self.status is Status.LOWER_BOUND:
@@ -106,6 +107,12 @@ def reading(row: Measurement | None, summary: Summary | None, unit: str, where: 
 
 
 def noise_at(report: Report, at_loss: float | None = None) -> Reading:
+    """``_noise_at``, marked when the report is a tracker's log (its fixes differ: --window, not a probe)."""
+    r = _noise_at(report, at_loss)
+    return dataclasses.replace(r, from_log=True) if report.spec.get("tracker_log") else r
+
+
+def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
     """The report's headline critical batch (``Summary.critical_batch``: the path average of the noise scale that
     ``bsprof schedule`` follows, so that check and schedule judge by one number), else the noise scale at the
     latest measurement; or B_simple interpolated at ``at_loss``.
@@ -269,7 +276,9 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
         return CheckResult("batch_size", CANNOT_JUDGE,
                            f"cannot judge B = {_fmt(B)}: {noise.describe()} can only show a batch too small, "
                            f"and B ≥ {_fmt(noise.lo / Xs)} is not",
-                           ("measure at more examples so |G|² is resolved: `bsprof measure --max-examples ...`",),
+                           ("a tracker log: a wider --window (more steps per estimate) or more logged steps, so "
+                            "|G|² is resolved" if noise.from_log else
+                            "measure at more examples so |G|² is resolved: `bsprof measure --max-examples ...`",),
                            measured, passing)
     if B / noise.hi > Xc:
         extra = B / noise.hi
@@ -440,8 +449,12 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
     if lr_rule(report.config.get("optimizer")) == "sqrt":
         from bsprof.schedule.plan import ADAM_FACTOR, ADAM_RECORD, ADAM_SHORTFALL
 
-        notes.append(f"under Adam the critical batch is {ADAM_FACTOR:g} × the fixed-weight B_simple's path average: "
-                     f"measured the SGD way, the noise scale fell {ADAM_SHORTFALL} short of swept critical batches "
+        windows = report.spec.get("tracker_log")
+        notes.append(f"under Adam the critical batch is {ADAM_FACTOR:g} × "
+                     + ("the B_simple of the log's training-step windows (the factor was measured for the "
+                        "fixed-weight B_simple's path average)" if windows else
+                        "the fixed-weight B_simple's path average")
+                     + f": measured the SGD way, the noise scale fell {ADAM_SHORTFALL} short of swept critical batches "
                      f"(docs/science.md §6); {ADAM_RECORD}: confirm with `bsprof sweep`")
     notes.extend(d["message"] for d in report.diagnostics  # what the run cost is no part of the judgement
                  if isinstance(d, dict) and d.get("message") and d.get("code") != "measure_cost")

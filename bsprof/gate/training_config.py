@@ -32,7 +32,9 @@ def _load_toml(text: str):
 def read_training_config(path: Path) -> dict:
     """A training config as a dict: YAML (.yaml/.yml), JSON (.json) or TOML (.toml), by extension."""
     if not path.is_file():
-        raise ConfigError(f"training config not found: {path}", "pass an existing YAML, JSON or TOML file to --config")
+        raise ConfigError(f"training config not found: {path}",
+                          "pass an existing YAML, JSON or TOML file to --training-config (-t; to judge at a loss, "
+                          "use --at-loss)")
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".json", ".toml"):
         raise ConfigError(f"cannot tell the format of {path} from its extension {suffix!r}",

@@ -134,9 +134,14 @@ def critical_batch(report, target_loss: float | None = None) -> Headline:
         value = predict.critical_batch(noise_path(fit, steps, loss, batch_train, target))["b_crit"]
         lo, hi = b_crit_bounds(rows, fit, steps, loss, batch_train, target, cfg.confidence)
     except (BsprofError, ValueError, ArithmeticError, IndexError):
-        return _one_point(rows_all, col, optimizer, factors)
+        value, lo, hi = math.nan, math.nan, math.nan
     lo, hi = min(lo, value), max(hi, value)
     if not all(math.isfinite(x) and x > 0 for x in (value, lo, hi)):
+        if target_loss is not None:  # asked for this loss: no silent answer at one measured point instead
+            raise ReportError(f"no critical batch to loss {target:g}: the fitted noise scale, or the fits through "
+                              "the ends of its intervals, cannot be followed that far",
+                              f"pick a target loss nearer the measured ones ({min(loss):.4g} is the lowest), or "
+                              "measure to lower losses")
         return _one_point(rows_all, col, optimizer, factors)
     if col == "b_simple" and all(r.stopped_by == "window" for r, _ in rows):
         col = "b_simple_window"  # a tracker log: its B_simple column comes from the training steps' own pairs

@@ -205,8 +205,8 @@ def check_target(target: float, losses, fit, cfg: ScheduleConfig) -> list[str]:
         raise ExtrapolationError(f"the fitted noise scale diverges at loss {fit.floor:.4g} (a + b/(L − L*)); "
                                  f"target {target:g} is beyond it",
                                  "measure down to lower losses (`bsprof measure SPEC --steps N` with more steps, or "
-                                 "from a later checkpoint: `--checkpoint CKPT`, your model's saved state_dict) or "
-                                 "force a power law with --form power")
+                                 "from a later checkpoint: `--checkpoint CKPT`, your model's saved state_dict), or "
+                                 "in `bsprof schedule` force a power law with --form power")
     if target >= lo:
         return []
     gap = math.log(lo / target) / max(math.log(hi / lo), 1e-12)
