@@ -316,6 +316,9 @@ def test_step_before_backward():
     with pytest.raises(TrackerError, match="before any backward"):
         tracker.step()
     assert hooks_left(model) == 0
+    with pytest.raises(TrackerError, match=r"after the tracker was closed by an earlier error \(tracker.step\(\) "
+                                           "was called before any backward"):
+        tracker.step()
 
 
 @pytest.mark.parametrize("kwargs,k,match", [
@@ -585,3 +588,10 @@ def test_a_window_below_two_is_a_one_line_error(tmp_path, command, window):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2 and "--window must be at least 2" in r.output and "Traceback" not in r.output
 
+
+
+def test_a_log_without_a_window_says_why(tmp_path):
+    log = tmp_path / "t.jsonl"
+    Tracker(mlp(), accumulation_steps=2, batch_size=64, log=log).close()
+    report = report_from_log(log, window=10)
+    assert not report.measurements and "no window to estimate" in report.diagnostics[0]["message"]

@@ -214,8 +214,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     points = set(points)
     track = cfg.track_training and comm.world == 1 and chosen.per_example  # pairs from training steps (b = 1)
     if cfg.track_training and cfg.steps > 0 and not track:
-        _no_windows(report, "the run is data-parallel" if comm.world > 1 else
-                    f"the probe is micro-batches ({invalid or choice.why})")
+        how = invalid or ("chosen by the timed trial, see the method_trial note" if choice.seconds else choice.why)
+        _no_windows(report, "the run is data-parallel" if comm.world > 1 else f"the probe is micro-batches ({how})")
     step, tracker, phase, clock = 0, None, "measuring", cost.RunClock(choosing=choosing)
     try:
         for step in range(cfg.steps + 1):

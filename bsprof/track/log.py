@@ -198,7 +198,12 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
                             **_training(log)})
     for m in measurements(log, window, every, confidence):
         report.add(m)
-    if len(log.steps) >= 2 and len(report.measurements) < 2:
+    if not report.measurements:
+        report.diagnose("no_windows", f"{path} has no window to estimate: {len(log.steps)} step(s) with a pair "
+                        f"were logged ({log.skipped} skipped as non-finite); a window needs two. Check that the "
+                        "training loop calls tracker.step() after its backward passes and that their gradients "
+                        "are finite (an AMP overflow on every step is skipped).")
+    elif len(log.steps) >= 2 and len(report.measurements) < 2:
         report.diagnose("one_window", f"{path} has {len(log.steps)} logged steps, fewer than two windows of "
                         f"{window}: one row, averaged over the whole run, and no curve along training. Read it with "
                         f"a smaller window, e.g. --window {max(2, len(log.steps) // 5)}.")

@@ -113,6 +113,7 @@ class Tracker:
                                "pass the number of backward passes per optimizer step")
         optimizer = _unwrapped(optimizer)
         self.model, self.optimizer, self.source = model, optimizer, source
+        self.closed_by: str | None = None  # the error that closed the tracker
         self.accumulation_steps, self.batch_size, self.unit = accumulation_steps, batch_size, unit
         self.group, self.confidence = process_group, confidence
         self.ddp = _ddp_of(model)
@@ -205,7 +206,7 @@ class Tracker:
         log); lr: default from the optimizer; loss_scale: the AMP loss scale of this step's backward passes.
         """
         if self.closed:
-            raise TrackerError("tracker.step() after the tracker was closed", "make a new Tracker")
+            raise self._closed("step")
         record = self.hooks.take()
         number = self.step_count if step is None else int(step)
         self.step_count = number + 1
@@ -235,7 +236,7 @@ class Tracker:
         (every N-th step only, an epoch's short last step). The step counter still advances, and ``examples`` by
         ``batch_size`` when given."""
         if self.closed:
-            raise TrackerError("tracker.discard() after the tracker was closed", "make a new Tracker")
+            raise self._closed("discard")
         self.hooks.take()
         self.step_count += 1
         self.examples += int(batch_size or 0) * self.world
@@ -254,7 +255,7 @@ class Tracker:
             self._fail("this step's first backward began with the previous step's gradients still in .grad",
                        "call optimizer.zero_grad() after each optimizer.step() (the tracker reads |G_B|² from .grad)")
         if k == 0:
-            self._fail("tracker.step() was called before any backward pass of this step",
+            self._fail("tracker.step() was called before any backward pass of this step (or twice for one step)",
                        "call it after loss.backward() (after the last micro-step), before optimizer.zero_grad()")
         if declared is not None and k != declared:
             self._fail(f"{k} backward passes in this step, but accumulation_steps={declared}",
@@ -377,7 +378,13 @@ class Tracker:
     def _fail(self, message: str, hint: str):
         """Remove every hook (the user's step goes on untouched), then raise."""
         self.close()
+        self.closed_by = message
         raise TrackerError(message, hint)
+
+    def _closed(self, call: str) -> TrackerError:
+        why = f" by an earlier error ({self.closed_by})" if self.closed_by else ""
+        return TrackerError(f"tracker.{call}() after the tracker was closed{why}",
+                            "make a new Tracker (after fixing what the error said)" if why else "make a new Tracker")
 
     # ------------------------------------------------------------------ answers
     def estimate(self, window: int | None = None) -> Estimate:
