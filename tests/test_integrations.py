@@ -323,7 +323,7 @@ class Regressor(nn.Module):
         out = self.net(x)
         if self.training:
             self.seen.append((x.detach().clone(), labels.detach().clone()))
-            self.means.append(float(nn.functional.mse_loss(out, labels)))
+            self.means.append(float(nn.functional.mse_loss(out, labels).detach()))
         return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
 
 
@@ -334,7 +334,7 @@ class ItemsRegressor(Regressor):
     def forward(self, x, labels=None, num_items_in_batch=None, **kwargs):
         out = self.net(x)
         if self.training:
-            self.means.append(float(nn.functional.mse_loss(out, labels)))
+            self.means.append(float(nn.functional.mse_loss(out, labels).detach()))
         items = num_items_in_batch if num_items_in_batch is not None else labels.numel()
         return {"loss": nn.functional.mse_loss(out, labels, reduction="sum") / items, "logits": out}
 

@@ -595,3 +595,18 @@ def test_a_log_without_a_window_says_why(tmp_path):
     Tracker(mlp(), accumulation_steps=2, batch_size=64, log=log).close()
     report = report_from_log(log, window=10)
     assert not report.measurements and "no window to estimate" in report.diagnostics[0]["message"]
+
+
+def test_a_batch_size_the_forwards_contradict_is_warned_once():
+    """Accumulation cannot see the examples, but the model's forwards can: batch_size=20 for two micro-batches of
+    32 rows warns (once), since B_simple scales with the batch size passed."""
+    model, (x, y) = mlp(), data()
+    tracker = Tracker(model, accumulation_steps=2, batch_size=20)
+    with pytest.warns(UserWarning, match="batch_size=20, but the model's forward passes in this step saw 64 rows"):
+        for _ in range(2):
+            for j in range(2):
+                (ce(model, (x[32 * j:32 * j + 32], y[32 * j:32 * j + 32])).mean() / 2).backward()
+            tracker.step()
+            model.zero_grad()
+    tracker.close()
+    assert hooks_left(model) == 0

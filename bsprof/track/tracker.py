@@ -161,6 +161,9 @@ class Tracker:
         self.step_count = 0
         self.ema = Ema(ema_beta)
         self.closed = False
+        self.rows_seen = 0  # dim 0 of the model's first input, summed over this step's forwards with grad
+        self._rows_warned = False
+        self._input_hook = model.register_forward_pre_hook(self._input_rows, with_kwargs=True)
         self.log = None
         if log is not None and self.rank == 0:
             self.log = LogWriter(log, unit, source=source, world_size=self.world,
@@ -210,7 +213,9 @@ class Tracker:
         record = self.hooks.take()
         number = self.step_count if step is None else int(step)
         self.step_count = number + 1
+        rows, self.rows_seen = self.rows_seen, 0
         draw, pre = self._pair(record, batch_size if batch_size is not None else self.batch_size, loss, loss_scale)
+        self._check_rows(draw.B // self.world, rows)
         lr = self._lr() if lr is None else float(lr)
         line = {"step": number, "examples": self.examples, "b": draw.b, "B": draw.B, "small_sq": draw.small_sq_total,
                 "big_sq": draw.big_sq_total, "loss": draw.loss, "lr": lr}
@@ -238,6 +243,7 @@ class Tracker:
         if self.closed:
             raise self._closed("discard")
         self.hooks.take()
+        self.rows_seen = 0
         self.step_count += 1
         self.examples += int(batch_size or 0) * self.world
 
@@ -417,11 +423,26 @@ class Tracker:
         return self.ema.view
 
     # ------------------------------------------------------------------ lifetime
+    def _input_rows(self, module, args, kwargs) -> None:
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if isinstance(x, torch.Tensor) and x.dim() > 0 and torch.is_grad_enabled():
+            self.rows_seen += x.shape[0]
+
+    def _check_rows(self, batch_size: int, seen: int) -> None:
+        """Warn once when the step's batch differs from the rows the model's forwards saw in this step (B_simple
+        scales with it). A warning, not an error: a model fed [T, B, …], or run twice per batch, sees other rows."""
+        if seen and seen != batch_size and not self._rows_warned:
+            self._rows_warned = True
+            warnings.warn(f"bsprof tracker: batch_size={batch_size}, but the model's forward passes in this step saw "
+                          f"{seen} rows on dim 0 of their input; B_simple scales with the batch size passed, so if "
+                          f"{seen} examples is right, pass that (shown once)", stacklevel=3)
+
     def close(self) -> None:
         """Remove every hook and close the log. Safe to call twice."""
         if self.closed:
             return
         self.closed = True
+        self._input_hook.remove()
         self.hooks.remove()
         if self.per_example_source is not None:
             self.per_example_source.armed = False
