@@ -332,3 +332,15 @@ def test_precision_note_names_the_quantity_and_what_its_interval_holds():
     a, b = _precision_note(info, Verdict((), crit)), _precision_note(info, Verdict((), simple))
     assert "B_crit known to ±65%" in a and "swept critical batches" in a and "B_simple" not in a
     assert "B_simple known to ±15%" in b
+
+
+@pytest.mark.parametrize("batch,code", [(1024, 0), (100_000, 1)])
+def test_a_reader_that_leaves_early_does_not_change_the_exit_code(report, batch, code):
+    """`bsprof check … | head -1` in a CI gate: the pipe closes before bsprof writes, and the exit code is still
+    the verdict's (rich alone exits 1, "violated", on a broken pipe)."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "bsprof", "check", report, "-b", str(batch)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc.stdout.close()  # the reader is gone before anything is written
+    assert proc.wait(timeout=120) == code

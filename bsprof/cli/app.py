@@ -17,12 +17,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="bsprof: measure the critical batch size (gradient noise scale) of a PyTorch model.")
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader left (`bsprof check … | head -1`): later output goes to /dev/null and the command ends with
+        its own exit code (rich would exit 1 here, which ``check`` reads as "violated")."""
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, (sys.stderr if self.stderr else sys.stdout).fileno())
+
+
 def _console(stderr: bool = False) -> Console:
     """Piped output (CI logs, `| tee`) is not a terminal: rich would wrap tables at 80 columns; give them 120.
     NO_COLOR set and not empty (no-color.org): no styles at all, even on a terminal or with FORCE_COLOR (rich
     alone drops the colours but keeps bold)."""
     plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
-    return Console(stderr=stderr, width=None if (sys.stderr if stderr else sys.stdout).isatty() else 120, **plain)
+    return _Console(stderr=stderr, width=None if (sys.stderr if stderr else sys.stdout).isatty() else 120, **plain)
 
 
 console, err_console = _console(), _console(stderr=True)
