@@ -40,7 +40,9 @@ def summary_lines(r) -> list[str]:
     u = r.unit
     lines = []
     if r.method == "local":
-        lines.append(f"critical batch (local): {_bracket(r.critical)} {u}")
+        lines.append(f"critical batch (local): {_bracket(r.critical)}" + (f" {u}" if r.critical.ok or
+                                                                           r.critical.status.value == "lower_bound"
+                                                                           else ""))
         if len(r.critical_by_seed) > 1:
             v = sorted(r.critical_by_seed)
             lines.append(f"  per seed: {', '.join(fmt(x) for x in r.critical_by_seed)} "
