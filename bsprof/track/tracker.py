@@ -59,6 +59,19 @@ class TrackerError(BsprofError):
     untouched, and training can go on without it."""
 
 
+class _InputRows:
+    """A forward pre-hook on the model: dim 0 of its first input, summed over the forwards with grad (a plain object,
+    so that a copy or pickle of the model with the tracker attached still works)."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def __call__(self, module, args, kwargs) -> None:
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if isinstance(x, torch.Tensor) and x.dim() > 0 and torch.is_grad_enabled():
+            self.seen += x.shape[0]
+
+
 def _unwrapped(optimizer):
     """The torch optimizer inside a wrapper (accelerate's ``AcceleratedOptimizer``, as the HF Trainer hands it
     over, or Lightning's ``LightningOptimizer``): its class names the family (Adam's factor, B_pre), its state
@@ -161,9 +174,9 @@ class Tracker:
         self.step_count = 0
         self.ema = Ema(ema_beta)
         self.closed = False
-        self.rows_seen = 0  # dim 0 of the model's first input, summed over this step's forwards with grad
+        self.rows = _InputRows()  # dim 0 of the model's first input, summed over this step's forwards with grad
         self._rows_warned = False
-        self._input_hook = model.register_forward_pre_hook(self._input_rows, with_kwargs=True)
+        self._input_hook = model.register_forward_pre_hook(self.rows, with_kwargs=True)
         self.log = None
         if log is not None and self.rank == 0:
             self.log = LogWriter(log, unit, source=source, world_size=self.world,
@@ -213,7 +226,7 @@ class Tracker:
         record = self.hooks.take()
         number = self.step_count if step is None else int(step)
         self.step_count = number + 1
-        rows, self.rows_seen = self.rows_seen, 0
+        rows, self.rows.seen = self.rows.seen, 0
         draw, pre = self._pair(record, batch_size if batch_size is not None else self.batch_size, loss, loss_scale)
         self._check_rows(draw.B // self.world, rows)
         lr = self._lr() if lr is None else float(lr)
@@ -243,7 +256,7 @@ class Tracker:
         if self.closed:
             raise self._closed("discard")
         self.hooks.take()
-        self.rows_seen = 0
+        self.rows.seen = 0
         self.step_count += 1
         self.examples += int(batch_size or 0) * self.world
 
@@ -423,11 +436,6 @@ class Tracker:
         return self.ema.view
 
     # ------------------------------------------------------------------ lifetime
-    def _input_rows(self, module, args, kwargs) -> None:
-        x = args[0] if args else next(iter(kwargs.values()), None)
-        if isinstance(x, torch.Tensor) and x.dim() > 0 and torch.is_grad_enabled():
-            self.rows_seen += x.shape[0]
-
     def _check_rows(self, batch_size: int, seen: int) -> None:
         """Warn once when the step's batch differs from the rows the model's forwards saw in this step (B_simple
         scales with it). A warning, not an error: a model fed [T, B, …], or run twice per batch, sees other rows."""
