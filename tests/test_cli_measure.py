@@ -1,6 +1,7 @@
 """`bsprof measure` end to end through typer's CliRunner: good runs, and every bad input with a clear message."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +198,14 @@ def test_help_lists_every_command():
     assert r.exit_code == 0 and "measure" in r.output
     r = runner.invoke(app, ["measure", "--help"])
     assert r.exit_code == 0 and "--rel-error" in r.output
+
+
+def test_help_in_a_pipe_is_not_cut_at_80_columns():
+    """Piped, rich would render help 80 columns wide and cut option names ("--tokens-per-examp…")."""
+    out = subprocess.run([sys.executable, "-m", "bsprof", "measure", "--help"], capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "TERMINAL_WIDTH"}).stdout
+    assert "--tokens-per-example " in out and "…" not in out
+    assert max(len(line) for line in out.splitlines()) <= 120
 
 
 def test_dropout_alone_is_not_mixing(tmp_path):

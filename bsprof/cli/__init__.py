@@ -14,12 +14,23 @@ from bsprof.cli.app import app
 
 
 def main() -> None:
-    """Run the app; a Ctrl-C that no command handles is one line and exit 130, never a traceback."""
+    """Run the app; a Ctrl-C that no command handles is one line and exit 130, never a traceback. Help printed
+    into a pipe gets 120 columns, as bsprof's own output does (rich's default, 80, cuts long option names)."""
+    _help_width()
     try:
         app()  # typer turns a Ctrl-C inside a command into exit 130 without a traceback
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted\n")
         raise SystemExit(130)
+
+
+def _help_width() -> None:
+    try:
+        import typer.rich_utils as rich_utils
+    except ImportError:  # typer without rich
+        return
+    if getattr(rich_utils, "MAX_WIDTH", 0) is None and not sys.stdout.isatty():
+        rich_utils.MAX_WIDTH = 120
 
 
 __all__ = ["app", "main", "typer"]
