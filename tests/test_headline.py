@@ -163,3 +163,16 @@ def test_other_optimizers_are_not_called_sgd():
     s = report("RMSprop", quantity="b_simple").summary
     assert "RMSprop: never compared with sweeps" in s.critical_batch_reason and "SGD" not in s.critical_batch_reason
     assert s.critical_batch.hi > 3 * s.critical_batch.value
+
+
+def test_a_target_whose_interval_cannot_be_followed_is_an_error_not_a_point(monkeypatch):
+    """Asked for a loss (report -t), a path whose interval ends cannot be followed there is one error line; without
+    a target the headline still falls back to the latest measurement, and says so."""
+    import bsprof.schedule.plan as planning
+    from bsprof.errors import ReportError
+
+    monkeypatch.setattr(planning, "b_crit_bounds", lambda *a, **k: (math.nan, math.nan))
+    r = report()
+    with pytest.raises(ReportError, match="no critical batch to loss 0.5"):
+        critical_batch(r, 0.5)
+    assert "only" in critical_batch(r).reason
