@@ -168,8 +168,11 @@ def test_other_optimizers_are_not_called_sgd():
 def test_a_target_whose_interval_cannot_be_followed_is_an_error_not_a_point(monkeypatch):
     """Asked for a loss (report -t), a path whose interval ends cannot be followed there is one error line; without
     a target the headline still falls back to the latest measurement, and says so."""
-    import bsprof.schedule.plan as planning
+    import sys
+
     from bsprof.errors import ReportError
+
+    planning = sys.modules["bsprof.schedule.plan"]  # the module (bsprof.schedule.plan is also the function)
 
     monkeypatch.setattr(planning, "b_crit_bounds", lambda *a, **k: (math.nan, math.nan))
     r = report()
