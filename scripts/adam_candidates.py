@@ -109,6 +109,13 @@ def candidates(model, loss_fn, items, opt, k_hvp):
         return float((w * var)[live].sum() / (w * G2)[live].sum())
 
     out["simple"] = diag(torch.ones_like(var))
+    # Adam between its two limits (docs/science.md §6): small B, v ≈ Σ_ii/B, P ∝ 1/σ; large B, P = 1/|G| (sign).
+    # With lr tuned per B and H diagonal, E_min/S_min = (Σ|G_i|)² / (Σ G_i²/σ_i)², whatever H's diagonal.
+    ok = live & (var > 0)
+    sig = var[ok].sqrt()
+    a = float((G2[ok] / sig).sum())
+    out["cross"] = float(g[ok].abs().sum()) ** 2 / a ** 2 if a > 0 else math.nan
+    out["cross_c"] = float(G2[ok].clamp(min=0).sqrt().sum()) ** 2 / a ** 2 if a > 0 else math.nan
     out["fisher"] = diag(f)
     if p is not None:
         out["pre"] = diag(p)
@@ -135,6 +142,16 @@ def candidates(model, loss_fn, items, opt, k_hvp):
         for B in (32, 256):
             out[f"pre_{B}"] = pre_at(B)
 
+    # Adam's large-batch limit is sign descent: S_min shrinks by ΔL_max(sign)/ΔL_max(SGD) =
+    # (Σ|G_i|)²·GᵀHG / (|G|⁴·sᵀHs), s = sign(G) (two Hessian-vector products on the sample's mean loss)
+    if p is not None:
+        s_vec = torch.sign(g) * live
+        hg, hs = hvp(model, loss_fn, collate(items), [g.float(), s_vec.float()])
+        gHg, sHs = float(g @ hg), float(s_vec @ hs)
+        if gHg > 0 and sHs > 0:
+            gain = float(g.abs().sum()) ** 2 * gHg / (float((g * g).sum()) ** 2 * sHs)
+            out["sign_gain"] = gain
+            out["simple_sign"] = out["simple"] * gain
     # full Fisher H = Σ: tr(Σ²) and GᵀΣG from split halves
     Xc = X - g
 

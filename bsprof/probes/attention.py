@@ -95,7 +95,9 @@ class MhaCall:
         _, kind, name, rows, brows, x = site
         d = self._examples_first(d)
         mod, E = self.mod, self.mod.embed_dim
-        if kind == "in_proj":
+        if kind == "in_proj" and d.shape[-1] == 3 * E:  # self-attention: one linear with the whole packed weight
+            self.found[name] = Factored(d.unsqueeze(1), x.unsqueeze(1), 3 * E)
+        elif kind == "in_proj":
             for j in range(d.shape[-1] // E):
                 self.groups[rows // E + j] = (d[..., j * E:(j + 1) * E], x)
         else:
