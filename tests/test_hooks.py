@@ -75,6 +75,34 @@ def test_explicit_convs_leave_autograd_no_parameter_gradient():
     assert sorted(masks) == [(True, False, False), (True, True, True), (True, True, True)], masks
 
 
+def test_attention_projections_leave_autograd_no_weight_gradient():
+    """Self-attention's packed projection and out_proj form their per-example gradients explicitly, and their sums
+    stand for autograd's weight gradients: no matrix product in the backward has a projection weight's shape
+    (only the feed-forward layers' are left, whose shapes differ), and the numbers still match torch.func."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+                shapes.append(tuple(out.shape))
+            return out
+
+    case = make("mha_self")
+    g = torch.Generator().manual_seed(3)  # 3 × 5 positions: no product of the pass has the shape [3E, E] or [E, E]
+    case.batch = tuple(torch.randn(3, 5, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    case.count, att = 3, case.model.att
+    want = per_example_vmap(case.model, case.loss_fn, case.batch, case.count)
+    with Record():
+        got = per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
+    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
+    assert_close(got.grad_sum, want.grad_sum)
+    weights = {tuple(att.in_proj_weight.shape), tuple(att.out_proj.weight.shape)}
+    assert shapes and not weights & set(shapes), shapes
+
+
 def test_registered():
     assert PROBES["hooks"].chunk is per_example_hooks and PROBES["hooks"].per_example
 

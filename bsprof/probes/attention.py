@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bsprof.probes.layers import Factored, ModuleRule
+from bsprof.probes.layers import Factored, ModuleRule, factor_explicit
 
 _RECORDS: contextvars.ContextVar[list | None] = contextvars.ContextVar("bsprof_mha_records", default=None)
 _real_linear = F.linear
@@ -109,6 +109,17 @@ class MhaCall:
             else:
                 b = self.found.setdefault(bias, d.new_zeros(self.count, 3 * E))
                 b[:, brows:brows + d.shape[-1]] += d.sum(1)
+
+    def explicit(self) -> list[tuple[str, str]]:
+        """(weight, bias) names whose per-example gradients ``sq_sum`` will form explicitly (``layers.factor_explicit``),
+        so that they can also give Σ_i g_i: out_proj, and the packed projection of self-attention (one linear)."""
+        out = []
+        for y, kind, name, _, _, x in self.sites:
+            if kind == "out_proj" or kind == "in_proj" and y.shape[-1] == 3 * self.mod.embed_dim:
+                m, n, T = y.shape[-1], x.shape[-1], x.shape[1]
+                if factor_explicit(m, n, T, x[0].numel() + T * m):
+                    out.append((name, "out_proj.bias" if kind == "out_proj" else "in_proj_bias"))
+        return out
 
     def finish(self) -> dict:
         """{parameter name relative to the module: per-example piece}, once every site's δ has arrived."""

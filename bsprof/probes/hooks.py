@@ -156,7 +156,8 @@ class _Pass:
                 self.owned[mod] = (rule, direct)
         self.calls, self.shared = [], []  # (slots, output grad_fn); embeddings called without a batch dim
         self.expected, self.pending, self.parts, self.handles = Counter(), defaultdict(list), [], []
-        self.explicit: set[int] = set()   # weights whose call forms the per-example gradients explicitly
+        self.explicit: dict[int, int | None] = {}  # weights whose call forms the per-example gradients explicitly
+        #                                            → the slot of the bias applied with them (None: none)
         self.tapped: set[int] = set()     # parameters of calls whose δ arrives through a ``_Tap``
         self.anchor: Tensor | None = None  # the leaf that keeps every tap on autograd's path
         self.reuse: set[int] = set()      # parameters whose Σ_i g_i is taken from their per-example gradients
@@ -203,7 +204,7 @@ class _Pass:
         if not explicit_weight(rule, mod, x, out):
             self.handles.append(out.register_hook(hook))
             return
-        self.explicit |= {k for n, k in slots if n == "weight"}
+        self.explicit.update({k: dict(slots).get("bias") for n, k in slots if n == "weight"})
         if out._is_view() or out._version != 0:  # a tap would rebase a view's (or an in-place result's) history
             self.handles.append(out.register_hook(hook))
             return
@@ -221,16 +222,12 @@ class _Pass:
         at all (a convolution's backward computes its weight gradient whenever it computes its bias's). An
         untapped call (its output a view) gives its weight only, when its bias is also measured: the bias keeps
         δ flowing to the layer's output, and so its hook firing."""
-        index = {id(p): k for k, p in enumerate(self.params)}
-        for mod, (_, slots) in self.owned.items():
-            named = dict(slots)
-            k, bias = named.get("weight"), named.get("bias")
-            if k not in self.explicit or self.expected[k] != 1 or k in self.why:
+        for k, bias in self.explicit.items():
+            if self.expected[k] != 1 or k in self.why:
                 continue
             if k in self.tapped:
                 self.reuse |= {j for j in (k, bias) if j is not None and self.expected[j] == 1 and j not in self.why}
-            elif (bias is not None and self.expected[bias] == 1 and bias not in self.why
-                  and index.get(id(mod.bias)) == bias):
+            elif bias is not None and self.expected[bias] == 1 and bias not in self.why:
                 self.reuse.add(k)
 
     def broadcast_embeddings(self, seen: set) -> None:
@@ -284,6 +281,10 @@ class _Pass:
             self.send((k for _, k in slots), f"{type(mod).__name__}: {reason}")
             return
         self.calls.append((slots, out.grad_fn))
+        named = dict(slots)
+        for weight, bias in getattr(call, "explicit", list)():
+            if weight in named:
+                self.explicit[named[weight]] = named.get(bias)
         left = [len(call.sites)]
         for site in call.sites:
             self.handles.append(site[0].register_hook(partial(self.site_hook, call, site, slots, left)))

@@ -272,7 +272,9 @@ class ModuleRule:
     ``install(mod, sink)``      makes each call of ``mod`` report ``sink(mod, call, output)``, where ``call`` is an
                                 object with ``count`` (examples), ``sites`` (tuples whose first item is a tensor
                                 whose δ is needed), ``take(site, δ)`` and ``finish() -> {name: piece}``, or a
-                                string saying why this call cannot be measured; several sinks may be
+                                string saying why this call cannot be measured (optional ``explicit()``: the
+                                (weight, bias) names whose pieces are explicit per-example gradients, whose sum
+                                then stands for autograd's weight gradient); several sinks may be
                                 installed on one module (a Tracker's and a probe's), each getting its own calls
     ``remove(mod, sink)``       undoes ``install`` of ``sink`` (of every sink when None)
     ``reason(mod)``             optional: why ``names(mod)`` is None, in a few words (for messages)
@@ -367,9 +369,14 @@ def explicit_weight(rule, mod: nn.Module, x: Tensor, out: Tensor) -> bool:
         return conv_explicit(mod, x, out, reused=True)
     if rule is linear or rule is hf_conv1d:
         m, n = mod.weight.shape
-        T = x[0].numel() // (n if rule is linear else m)
-        return _linear_explicit(m, n, T) or _reuse_explicit(m, n, T, 1, x[0].numel() + out[0].numel())
+        return factor_explicit(m, n, x[0].numel() // (n if rule is linear else m), x[0].numel() + out[0].numel())
     return False
+
+
+def factor_explicit(m: int, n: int, T: int, activations: int) -> bool:
+    """Whether a weight used as a linear map (m × n, T positions per example) has its per-example gradients
+    formed explicitly, so that they also give Σ_i g_i (``explicit_weight``; MultiheadAttention's projections)."""
+    return _linear_explicit(m, n, T) or _reuse_explicit(m, n, T, 1, activations)
 
 
 # Layers of optional packages, known by (module, class name), so that finding them imports nothing.
