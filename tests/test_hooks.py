@@ -118,6 +118,21 @@ def test_tied_weights_are_not_two_norms():
     assert not torch.isclose(got.small_sq_sum[0], split.small_sq_sum[0] + split.small_sq_sum[-1], rtol=1e-3)
 
 
+def test_tied_parts_summed_explicitly_match_pairwise(monkeypatch):
+    """A parameter used twice whose cross term is cheaper explicitly takes |Σ_k g_k,i|² from the summed explicit
+    gradients; it equals the pairwise form (norms plus twice the cross terms, here forced to the ghost form)."""
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(3, 1, 7, 2, generator=g, dtype=torch.float64)
+    v1, v2 = (torch.randn(3, 1, 7, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    parts = [layers.Factored(u, v1, 2), layers.Factored(torch.randint(0, 2, (3, 1, 7), generator=g), v2, 2)]
+    assert not layers._ghost_pair(*parts)
+    direct = sum(layers.explicit(p, (1, 2, 3)) for p in parts).square().sum()
+    got = layers.total_sq_sum(parts, (1, 2, 3))
+    monkeypatch.setattr(layers, "_ghost_pair", lambda a, b: True)
+    pairwise = layers.total_sq_sum(parts, (1, 2, 3))
+    assert torch.allclose(got, direct) and torch.allclose(pairwise, direct)
+
+
 def test_both_forms_agree():
     """Ghost (Gram) and explicit forms of the same per-example gradients give the same norms and cross terms."""
     g = torch.Generator().manual_seed(1)

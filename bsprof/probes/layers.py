@@ -78,14 +78,20 @@ def _costs(a: Factored, b: Factored) -> tuple[float, float]:
     return expl, ghost
 
 
-def inner_sum(a: Factored | Tensor, b: Factored | Tensor, shape: torch.Size) -> Tensor:
-    """Σ_i ⟨g_a,i, g_b,i⟩ in the cheaper of the explicit and the ghost form."""
+def _ghost_pair(a: Factored | Tensor, b: Factored | Tensor) -> bool:
+    """Whether ⟨g_a, g_b⟩ is cheaper in the ghost form than with both gradients formed explicitly."""
     same = (isinstance(a, Factored) and isinstance(b, Factored) and a.m == b.m
             and a.v.shape[:2] == b.v.shape[:2] and a.v.shape[-1] == b.v.shape[-1])
-    if same:
-        expl, ghost = _costs(a, b)
-        if ghost < expl:
-            return (_gram_u(a, b) * (a.v @ b.v.transpose(-1, -2))).sum()
+    if not same:
+        return False
+    expl, ghost = _costs(a, b)
+    return ghost < expl
+
+
+def inner_sum(a: Factored | Tensor, b: Factored | Tensor, shape: torch.Size) -> Tensor:
+    """Σ_i ⟨g_a,i, g_b,i⟩ in the cheaper of the explicit and the ghost form."""
+    if _ghost_pair(a, b):
+        return (_gram_u(a, b) * (a.v @ b.v.transpose(-1, -2))).sum()
     return (explicit(a, shape) * explicit(b, shape)).sum()
 
 
@@ -125,7 +131,10 @@ def sq_sum(c: Factored | Tensor, shape: torch.Size) -> Tensor:
 
 
 def total_sq_sum(parts: list[Factored | Tensor], shape: torch.Size) -> Tensor:
-    """Σ_i |Σ_k g_k,i|² over the uses k of one parameter: norms plus twice the cross terms."""
+    """Σ_i |Σ_k g_k,i|² over the uses k of one parameter: norms plus twice the cross terms; or, where every cross
+    term would form both gradients explicitly anyway, the norm of the explicit sum (each part formed once)."""
+    if len(parts) > 1 and not any(_ghost_pair(parts[j], parts[k]) for j in range(len(parts)) for k in range(j)):
+        return _sq(sum(explicit(p, shape) for p in parts))
     total = sum(sq_sum(p, shape) for p in parts)
     for j in range(len(parts)):
         for k in range(j):
