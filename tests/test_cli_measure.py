@@ -166,6 +166,31 @@ def test_a_curve_without_training_windows_says_why(tmp_path):
     assert "no per-example rule for 1.weight" in notes["no_training_windows"]
 
 
+def test_training_windows_on_a_small_dataset_agree_with_the_exact_value(tmp_path):
+    """40 examples, batches of 32 drawn per epoch without replacement, weights that do not move (lr 1e-9): the
+    training-step B_simple must cover the fixed-weight one (exact: the whole dataset). Without the
+    finite-population correction it came out 10.3 [9.99, 10.6] against an exact 7.95 (a new user's finding)."""
+    spec = tmp_path / "small.py"
+    spec.write_text(
+        "import torch, torch.nn.functional as F\nfrom torch import nn\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "X, Y = torch.randn(40, 8, generator=g), torch.randint(0, 3, (40,), generator=g)\n"
+        "def model():\n    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))\n"
+        "def dataset():\n    return torch.utils.data.TensorDataset(X, Y)\n"
+        "def loss(model, batch):\n    x, y = batch\n    return F.cross_entropy(model(x), y, reduction='none')\n")
+    r = run(spec, "--steps", 200, "--lr", 1e-9, "--batch-size", 32, "--measure-every", 100, "--max-seconds", 2,
+            "-o", tmp_path, "-q", "--no-figures")
+    assert r.exit_code == 0, r.output
+    from bsprof.output.report import Report
+
+    rows = Report.from_json(tmp_path / "report.json").measurements
+    windows = [m for m in rows if m.b_simple_window]
+    assert windows and all(m.stopped_by == "exact" for m in rows)
+    for m in windows:
+        w = m.b_simple_window
+        assert w.value - 3 * (w.value - w.lo) < m.b_simple.value < w.value + 3 * (w.hi - w.value), m
+
+
 def test_batchnorm_refuses_an_explicit_per_example_method(tmp_path):
     r = run(ASSETS / "bn_cnn.py", "--steps", 0, "--method", "vmap", "-o", tmp_path, "-q")
     assert r.exit_code == 2 and "BatchNorm" in r.output and "microbatch" in r.output

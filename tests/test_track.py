@@ -194,6 +194,57 @@ def test_closed_form_inside_a_widened_interval(per_example, steps):
     assert est.rel_halfwidth < 0.5
 
 
+def _epoch_batches(population: int | None, steps: int = 300, n: int = 40, B: int = 32):
+    """Per-example tracker at fixed weights, each step a batch of B drawn without replacement from n examples
+    (as a shuffling loader draws within an epoch); the tracker told the population or not."""
+    model, (x, y) = mlp(), data(n)
+    tracker = Tracker(model, source="per_example", batch_size=B, population=population)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(steps):
+        idx = torch.randperm(n, generator=g)[:B]
+        loss = ce(model, (x[idx], y[idx])).mean()
+        with tracker.per_example():
+            loss.backward()
+        tracker.step(loss=loss)
+        model.zero_grad()
+    return tracker, exact_noise_scale(model, ce, TensorDataset(x, y))["b_simple"]
+
+
+def test_batches_drawn_from_a_small_dataset_need_its_size():
+    """B = 32 of n = 40 without replacement: E|G_B|² = |G|² + tr(Σ)·(n − B)/(B(n − 1)), not tr(Σ)/B. Told the
+    population, the windowed B_simple covers the exact one (interval widened ×3, as above); not told, the i.i.d.
+    formula inflates it (here by a third) and the interval misses it. Both draws and the log carry n."""
+    told, exact = _epoch_batches(40)
+    est = told.estimate()
+    assert est.value - 3 * (est.value - est.lo) < exact < est.value + 3 * (est.hi - est.value), (est, exact)
+    assert told.draws[0].n == 40
+    naive = _epoch_batches(None)[0].estimate()
+    assert naive.lo > 1.2 * exact, (naive, exact)
+    with pytest.raises(TrackerError, match="population must be an int of at least 2"):
+        Tracker(mlp(), source="per_example", population=1)
+
+
+def test_the_population_travels_in_the_log(tmp_path):
+    model, (x, y) = mlp(), data(40)
+    tracker = Tracker(model, source="per_example", batch_size=32, population=40, log=tmp_path / "t.jsonl")
+    for start in (0, 8, 0):
+        loss = ce(model, (x[start:start + 32], y[start:start + 32])).mean()
+        with tracker.per_example():
+            loss.backward()
+        tracker.step(loss=loss)
+        model.zero_grad()
+    tracker.close()
+    log = read_log(tmp_path / "t.jsonl")
+    assert [d.n for d in log.draws] == [40, 40, 40]
+    assert report_from_log(tmp_path / "t.jsonl", window=3).measurements[-1].b_simple.value == pytest.approx(
+        tracker.estimate(window=3).value)
+    small = Tracker(model, source="per_example", population=20)
+    with small.per_example():
+        ce(model, (x[:32], y[:32])).mean().backward()
+    with pytest.raises(TrackerError, match="batch of 32 is larger than population=20"):
+        small.step()
+
+
 def test_window_and_ema_are_ratios_of_means():
     tracker = _run_least_squares(False, 30, seed=3)
     w = tracker.estimate(window=10)

@@ -244,7 +244,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
             if step < cfg.steps:
                 phase = "training"
                 if tracker is None and track:
-                    tracker, why = _training_tracker(model, optimizer, batch_size, cfg.confidence)
+                    tracker, why = _training_tracker(model, optimizer, batch_size, cfg.confidence,
+                                                     None if examples.iterable else examples.n)
                     if tracker is None:
                         track = _no_windows(report, f"the tracker's per-example norms do not cover this model "
                                                     f"({why})")
@@ -331,13 +332,15 @@ def _trial_draw(cfg: MeasureConfig, examples: Examples, comm: distributed.Comm):
     return list(examples.batches(drawn, cfg.chunk)), list(examples.batches(drawn, b)), k
 
 
-def _training_tracker(model, optimizer, batch_size: int, confidence: float):
+def _training_tracker(model, optimizer, batch_size: int, confidence: float, population: int | None):
     """(A tracker over the training steps until the next measurement (per-example norms in their backward), None),
-    or (None, why) where the model's layers have no per-example rule."""
+    or (None, why) where the model's layers have no per-example rule. Training batches are disjoint within an
+    epoch (``Examples.train_batch``): each is drawn without replacement from the ``population`` of n examples."""
     from bsprof.track import Tracker, TrackerError
 
     try:
-        return Tracker(model, optimizer, source="per_example", batch_size=batch_size, confidence=confidence), None
+        return Tracker(model, optimizer, source="per_example", batch_size=batch_size, confidence=confidence,
+                       population=population), None
     except TrackerError as e:
         return None, e.message
 

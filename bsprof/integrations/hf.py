@@ -60,7 +60,8 @@ except ImportError as e:
 class NoiseScaleCallback(TrainerCallback):
     """Measures B_simple at every ``every``-th optimizer step of a ``transformers.Trainer`` (module docstring).
 
-    every, window, log_every, log, source, precondition, unit, ema_beta: as for the Lightning ``NoiseScale``;
+    every, window, log_every, log, source, precondition, unit, ema_beta, population: as for the Lightning
+    ``NoiseScale``;
     schedule, micro_batch: a Schedule to follow (module docstring); ``micro_batch`` default
     ``args.per_device_train_batch_size``. trainer: the Trainer, for its DDP wrapper (``attach`` passes it).
     After training: ``tracker`` (closed, its draws kept), ``latest`` (the last logged scalars), ``unmeasured``.
@@ -68,10 +69,12 @@ class NoiseScaleCallback(TrainerCallback):
 
     def __init__(self, *, every: int = 1, window: int | None = 100, log_every: int | None = None, log="auto",
                  source: str = "auto", precondition: bool = False, unit: str = "examples", ema_beta: float = 0.99,
+                 population: int | None = None,
                  prefix: str = PREFIX, schedule=None, micro_batch: int | None = None, trainer=None):
         self._trainer = weakref.ref(trainer) if trainer is not None else None
         self.every, self.window, self.log_every, self.log_path, self.prefix = every, window, log_every, log, prefix
-        self.options = dict(source=source, precondition=precondition, unit=unit, ema_beta=ema_beta)
+        self.options = dict(source=source, precondition=precondition, unit=unit, ema_beta=ema_beta,
+                            population=population)
         self.tracker: Tracker | None = None
         self.steps: Steps | None = None
         self.schedule, self.micro_batch = schedule, micro_batch

@@ -65,7 +65,8 @@ class NoiseScale(Callback):
     every: measure every N-th optimizer step (the others are not measured: no per-example work);
     window: optimizer steps per logged estimate; log_every: log every N steps (default the trainer's);
     log: path of the JSONL log ("auto": ``<trainer.log_dir>/bsprof.jsonl``);
-    source, precondition, unit, ema_beta: as for ``Tracker``;
+    source, precondition, unit, ema_beta, population: as for ``Tracker`` (population: len(the training set) for a
+        shuffling loader with drop_last, the finite-population correction);
     batch_rows: function batch → examples (default: dim 0 of the batch's first tensor);
     schedule, micro_batch: a Schedule to follow; ``micro_batch`` default the batch's rows.
     After training: ``tracker`` (closed, its draws kept), ``latest`` (the last logged scalars), ``applied``.
@@ -73,9 +74,11 @@ class NoiseScale(Callback):
 
     def __init__(self, *, every: int = 1, window: int | None = 100, log_every: int | None = None, log="auto",
                  source: str = "auto", precondition: bool = False, unit: str = "examples", ema_beta: float = 0.99,
+                 population: int | None = None,
                  batch_rows=rows_of, schedule=None, micro_batch: int | None = None, prefix: str = PREFIX):
         self.every, self.window, self.log_every, self.log_path = every, window, log_every, log
-        self.options = dict(source=source, precondition=precondition, unit=unit, ema_beta=ema_beta)
+        self.options = dict(source=source, precondition=precondition, unit=unit, ema_beta=ema_beta,
+                            population=population)
         self.batch_rows, self.schedule, self.micro_batch, self.prefix = batch_rows, schedule, micro_batch, prefix
         self.tracker: Tracker | None = None
         self.steps: Steps | None = None

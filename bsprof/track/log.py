@@ -93,7 +93,7 @@ class TrackLog:
 
 
 def _pre_draws(steps: list[LoggedStep]) -> list[Draw]:
-    return [Draw(np.array([s.small_sq_pre]), np.array([s.big_sq_pre]), s.draw.b, s.draw.B, s.draw.loss)
+    return [Draw(np.array([s.small_sq_pre]), np.array([s.big_sq_pre]), s.draw.b, s.draw.B, s.draw.loss, s.draw.n)
             for s in steps if s.small_sq_pre is not None and s.big_sq_pre is not None]
 
 
@@ -141,7 +141,7 @@ def read_log(path: str | Path) -> TrackLog:
             skipped += 1
             continue
         draw = Draw(np.array([float(r["small_sq"])]), np.array([float(r["big_sq"])]), int(r["b"]), int(r["B"]),
-                    _float(r.get("loss")))
+                    _float(r.get("loss")), int(r["n"]) if r.get("n") is not None else None)
         steps.append(LoggedStep(int(r["step"]), int(r.get("examples", 0)), _float(r.get("lr")), draw,
                                 r.get("small_sq_pre"), r.get("big_sq_pre")))
     starts = [i for i in range(1, len(steps)) if steps[i].step <= steps[i - 1].step]  # a new run appended

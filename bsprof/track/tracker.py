@@ -113,17 +113,26 @@ class Tracker:
     source: "auto", or one of "accumulation", "per_example", "ddp", "fsdp" to insist on it (module docstring).
     log: a path for the JSONL log (``bsprof.track.log``), written by rank 0.
     unit: the unit of ``batch_size`` ("examples", "sequences", "tokens"), written to the log header.
+    population: the number of examples (in ``batch_size``'s unit) that each step's batch is drawn from without
+        replacement: ``len(dataset)`` for a shuffling DataLoader, whose batches within an epoch are disjoint
+        (``drop_last=True``). It applies the finite-population correction c(B) = (1/B − 1/n)·n/(n − 1)
+        (``stats.estimators``); without it each step counts as drawn i.i.d., and on a small dataset B_simple is
+        biased high by about B_simple/n. Leave it None for a large or streamed dataset.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  accumulation_steps: int | None = None, batch_size: int | None = None, source: str = "auto",
                  log=None, unit: str = "examples", precondition: bool = False, ema_beta: float = 0.99,
-                 process_group=None, confidence: float = 0.9):
+                 process_group=None, confidence: float = 0.9, population: int | None = None):
         if source not in SOURCES:
             raise TrackerError(f"unknown source {source!r}", f"use one of {', '.join(SOURCES)}")
         if accumulation_steps is not None and accumulation_steps < 1:
             raise TrackerError(f"accumulation_steps must be at least 1 (got {accumulation_steps})",
                                "pass the number of backward passes per optimizer step")
+        if population is not None and not (isinstance(population, int) and population >= 2):
+            raise TrackerError(f"population must be an int of at least 2 (got {population!r})",
+                               "pass len(dataset), or None for a large or streamed dataset")
+        self.population = population
         optimizer = _unwrapped(optimizer)
         self.model, self.optimizer, self.source = model, optimizer, source
         self.closed_by: str | None = None  # the error that closed the tracker
@@ -232,6 +241,8 @@ class Tracker:
         lr = self._lr() if lr is None else float(lr)
         line = {"step": number, "examples": self.examples, "b": draw.b, "B": draw.B, "small_sq": draw.small_sq_total,
                 "big_sq": draw.big_sq_total, "loss": draw.loss, "lr": lr}
+        if draw.n is not None:
+            line["n"] = draw.n
         if pre is not None:
             line.update(small_sq_pre=pre.small_sq_total, big_sq_pre=pre.big_sq_total)
         self.examples += draw.B
@@ -328,12 +339,16 @@ class Tracker:
             big = t["big"] / (u * k) ** 2
             small = self._mean_over_ranks(small_sum) / n_small  # mean over the W·n_small small batches
         loss_value = math.nan if loss is None else float(loss.detach() if torch.is_tensor(loss) else loss)
-        draw = Draw(np.array([small]), np.array([big]), b, per_rank * self.world, loss_value)
+        n = self.population
+        if n is not None and per_rank * self.world > n:
+            self._fail(f"this step's batch of {per_rank * self.world} is larger than population={n}",
+                       "pass population=len(dataset) (the examples the batches are drawn from), or None")
+        draw = Draw(np.array([small]), np.array([big]), b, per_rank * self.world, loss_value, n)
         pre = None
         if self.precondition and r.small_pre and r.big_pre is not None and k * self.world > 1:
             small_pre = self._mean_over_ranks(t["small_pre"] / u ** 2) / k
             pre = Draw(np.array([small_pre]), np.array([t["big_pre"] / (u * k) ** 2]), per_rank // k,
-                       per_rank * self.world, loss_value)
+                       per_rank * self.world, loss_value, n)
         return draw, pre
 
     def _sum_over_ranks(self, *xs: float) -> list[float]:
