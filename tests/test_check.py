@@ -61,6 +61,8 @@ def test_policy_uses_the_favourable_end_of_the_interval():
     assert check_batch(1024, noise).status == PASS and not check_batch(1024, noise).notes
     ambiguous = check_batch(4096, noise)            # 4096/1000 > 4 at the estimate, 4096/1250 < 4 at the top
     assert ambiguous.status == PASS and "not across the whole interval" in ambiguous.notes[0]
+    assert "passes only because the interval" in ambiguous.message and "within policy:" not in ambiguous.message
+    assert "is within policy" in check_batch(1024, noise).message
     too_big = check_batch(8192, noise)
     assert too_big.status == FAIL and "7.55× the minimal compute" in too_big.message
     assert too_big.passing["max"] == pytest.approx(5000)

@@ -177,7 +177,49 @@ def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", interrupted)
     with pytest.raises(SystemExit) as e:
         entry.main()
-    assert e.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+    assert e.value.code == 130 and capsys.readouterr().err == "interrupted during start-up: nothing was measured\n"
+
+
+def test_sigterm_during_start_up_is_one_line(monkeypatch, capsys):
+    """SIGTERM while torch is imported: one line and 143 (it used to kill the process without a word); the
+    handler is there only for the start-up."""
+    import builtins
+    import signal
+
+    import bsprof.__main__ as entry
+
+    real, seen = builtins.__import__, []
+
+    def terminated(name, *a, **k):
+        if name == "bsprof.cli":
+            seen.append(signal.getsignal(signal.SIGTERM))
+            entry._stop(signal.SIGTERM, None)
+        return real(name, *a, **k)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(builtins, "__import__", terminated)
+    with pytest.raises(SystemExit) as e:
+        entry.main()
+    assert e.value.code == 143 and seen == [entry._stop] and signal.getsignal(signal.SIGTERM) is before
+    assert capsys.readouterr().err == "terminated (SIGTERM) during start-up: nothing was measured\n"
+
+
+@pytest.mark.parametrize("raised, code, said", [(KeyboardInterrupt, 130, "interrupted"),
+                                                 ("SIGTERM", 143, "terminated (SIGTERM)")])
+def test_an_interrupt_inside_a_command_before_its_handlers_is_said(monkeypatch, capsys, raised, code, said):
+    """typer turns a KeyboardInterrupt inside a command into a silent exit 130 (and a SIGTERM into 130 too)."""
+    import signal
+
+    from bsprof.cli import main, report, signals
+
+    def stop(*a, **k):
+        raise raised() if raised is KeyboardInterrupt else signals.Terminated(getattr(signal, raised))
+
+    monkeypatch.setattr(report, "load", stop)
+    monkeypatch.setattr(sys, "argv", ["bsprof", "report", "x.json"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == code and capsys.readouterr().err.strip() == said
 
 
 # -- 3./4. report input and check's exit codes ---------------------------------------------------------------

@@ -18,10 +18,18 @@ def main() -> None:
     into a pipe gets 120 columns, as bsprof's own output does (rich's default, 80, cuts long option names)."""
     _help_width()
     try:
-        app()  # typer turns a Ctrl-C inside a command into exit 130 without a traceback
+        app()
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted\n")
-        raise SystemExit(130)
+        raise SystemExit(130) from None
+    except SystemExit as e:  # typer turns a Ctrl-C inside a command into a silent Exit(130): say it
+        cause = getattr(e.__context__, "__cause__", None)
+        if isinstance(cause, KeyboardInterrupt):
+            from bsprof.cli import signals
+
+            sys.stderr.write(f"\n{signals.describe(cause)}\n")
+            raise SystemExit(signals.exit_code(cause)) from None
+        raise
 
 
 def _help_width() -> None:

@@ -300,8 +300,10 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                      + ("the interval includes the headline's model range (docs/science.md §6), which measuring "
                         "more precisely does not narrow: `bsprof sweep` measures the critical batch directly"
                         if noise.name == "B_crit" else "measure more precisely (smaller --rel-error) to decide"))
+    verdict = ("is within policy" if steps <= Xs and compute <= Xc else
+               "passes only because the interval reaches values within policy; at the estimate")
     return CheckResult("batch_size", PASS,
-                       f"B = {_fmt(B)} is within policy: extra steps S/S_min − 1 = {_fmt(steps)} (limit "
+                       f"B = {_fmt(B)} {verdict}: extra steps S/S_min − 1 = {_fmt(steps)} (limit "
                        f"{_fmt(Xs)}) and extra compute E/E_min − 1 = {_fmt(compute)} (limit {_fmt(Xc)}) at "
                        f"{noise.describe()}", tuple(notes), measured,
                        passing)
