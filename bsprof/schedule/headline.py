@@ -14,7 +14,7 @@ at the lowest measured loss, so nothing is extrapolated (or at a ``target_loss``
    fixed-weight B_simple's path average, which came to 0.48–2.2× of the sweep per task (0.43–2.6× with the factor
    fitted on the other tasks only): upper end ×2, lower ÷2.2.
    Under SGD the fixed-weight B_simple was 1.05–4× too high: the lower end ÷4. The training-window B_simple was
-   0.87–1.38× of the sweep per probe seed on three tasks and 1.9–2.4× on a fourth (a CNN on the 8×8 digits): the
+   0.84–1.31× of the sweep per probe seed on three tasks and 1.9–2.4× on a fourth (a CNN on the 8×8 digits): the
    lower end ÷2.4. B_noise was within 0.69–1.03× (two tasks): not widened. Other optimizers were never compared: ×3.
 
 With fewer than two usable measurements at falling losses there is no path: the headline is the last
@@ -34,7 +34,7 @@ from bsprof.schedule.plan import ADAM_FACTOR, ADAM_RECORD, ADAM_SHORTFALL, calib
 MODEL_RANGE = {
     ("adam", "*"): (1 / 2.2, 2.0),    # ADAM_FACTOR × B_simple: 0.48–2.2× of the sweep per task (7 tasks)
     ("sgd", "b_simple"): (1 / 4, 1.0),  # 1.05 (char transformer) to 3.98 (MNIST CNN) too high
-    ("sgd", "b_simple_window"): (1 / 2.4, 1.0),  # 0.87–1.38 on 3 tasks, 1.9–2.4 too high on the digits CNN
+    ("sgd", "b_simple_window"): (1 / 2.4, 1.0),  # 0.84–1.31 on 3 tasks, 1.9–2.4 too high on the digits CNN
     ("other", "*"): (1 / 3, 3.0),     # optimizers never compared with sweeps (RMSprop, Lion, …): as wide as Adam
 }
 
@@ -44,7 +44,7 @@ NAMES = {"b_simple": "fixed-weight B_simple", "b_simple_window": "B_simple over 
 
 REASONS = {
     "sgd": {
-        "b_simple_window": "SGD: 0.87–1.38× of swept critical batches on 3 tasks, 1.9–2.4× on a 4th, lower end "
+        "b_simple_window": "SGD: 0.84–1.31× of swept critical batches on 3 tasks, 1.9–2.4× on a 4th, lower end "
                            "÷2.4 (docs/science.md §6); `bsprof sweep` checks it on your model",
         "b_noise": "SGD: 0.69–1.03× of swept critical batches on 2 tasks (docs/science.md §6)",
         "b_simple": "SGD: fixed-weight B_simple was 1.05–4× the swept critical batch, lower end ÷4 "

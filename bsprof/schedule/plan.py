@@ -138,8 +138,8 @@ def held(rows) -> list[str]:
 def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str, str]:
     """The noise scale to follow and why. ``auto`` goes by measured evidence (``EVIDENCE``: global sweeps with
     the lr tuned per batch, against the B_crit over the path each quantity predicts; docs/science.md §6):
-    - SGD: B_simple from the training steps' own pairs (``b_simple_window``) predicted 1.00×, 1.13× and 1.24× the
-      swept B_crit on three tasks (0.87–1.38× per probe seed) and 2.2× on a fourth, fixed-weight B_simple
+    - SGD: B_simple from the training steps' own pairs (``b_simple_window``) predicted 0.93×, 1.15× and 1.20× the
+      swept B_crit on three tasks (0.84–1.31× per probe seed) and 2.2× on a fourth, fixed-weight B_simple
       1.25–4×; so the window when the report
       has it, else B_noise (0.81–0.83×) when measured (``--hessian``);
     - Adam family: the fixed-weight B_simple, times ``ADAM_FACTOR`` (``calibration``): its path average fell short
@@ -154,7 +154,7 @@ def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str,
                             f"{ADAM_RECORD} ({EVIDENCE})")
     if _determined(rows, "b_simple_window") >= 2:
         return "b_simple_window", ("auto: B_simple from the training steps predicted swept critical batches "
-                                   "within 0.87–1.38× on 3 of 4 tasks under SGD (2.2× on the 4th), fixed-weight "
+                                   "within 0.84–1.31× on 3 of 4 tasks under SGD (2.2× on the 4th), fixed-weight "
                                    f"B_simple 1.25–4× ({EVIDENCE})")
     if _determined(rows, "b_noise") >= 2:
         return "b_noise", ("auto: under SGD, B_noise predicted swept critical batches within 0.81–0.83×, "
