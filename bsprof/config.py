@@ -34,7 +34,7 @@ class MeasureConfig:
     steps: int = 200                 # probe-training steps (0: measure the initial/checkpoint weights only)
     batch_size: int = 32             # training batch size
     lr: float = 0.1                  # learning rate of the default SGD optimizer (ignored by a spec optimizer)
-    measure_every: int = 0           # steps between measurements (0: four measurements over the run)
+    measure_every: int = 0           # steps between measurements (0: step 0 and four more, evenly spaced)
     rel_error: float = 0.2           # stop drawing when the interval on B_simple is within this of the estimate
     confidence: float = 0.9          # level of every interval
     method: str = "auto"             # gradient probe: auto, per_example, hooks, vmap, microbatch

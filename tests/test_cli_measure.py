@@ -380,3 +380,13 @@ def test_piped_table_takes_the_width_it_needs_and_no_row_wraps(tmp_path):
     assert r.exit_code == 0 and len(rows) == len(wide)  # one line per row
     assert max(map(len, rows)) > 120 and "4" in rows[-1]
     assert any(ln.startswith("┃ step ┃") and "B_noise" in ln and "B_pre (Adam)" in ln for ln in r.stdout.splitlines())
+
+
+def test_default_measurement_steps_are_evenly_spaced_to_the_last():
+    """--measure-every 0: step 0 and four more ending at the last, not a last one two steps after the fourth."""
+    from bsprof.engine.loop import measure_steps
+
+    assert measure_steps(150, 0) == [0, 38, 75, 112, 150]
+    assert measure_steps(400, 0) == [0, 100, 200, 300, 400]
+    assert measure_steps(2, 0) == [0, 1, 2] and measure_steps(0, 0) == [0]
+    assert measure_steps(10, 3) == [0, 3, 6, 9, 10]  # an explicit interval is kept, plus the last step

@@ -157,3 +157,20 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     assert command in ci, f"{command!r} is not in .ci/run"
     assert "torch==2.13.0" in command  # the CPU wheel CI tests
+
+
+@pytest.mark.parametrize("line, hint", [
+    ("from torch import nonexistent_name", "correct the import: torch is installed"),
+    ("import torch.nonexistent_module", "torch.nonexistent_module is not a module of the installed torch"),
+    ("import nonexistent_package_xyz", "pip install nonexistent_package_xyz"),
+])
+def test_an_import_error_in_a_spec_advises_install_only_when_the_package_is_missing(tmp_path, line, hint):
+    from bsprof.engine.spec import load_spec
+    from bsprof.errors import SpecError
+
+    spec = tmp_path / "spec.py"
+    spec.write_text(line + "\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert hint in info.value.hint, info.value.hint
+    assert ("pip install" in info.value.hint) == ("pip install" in hint)

@@ -323,6 +323,11 @@ def test_a_log_shorter_than_two_windows_says_so(tmp_path):
     with pytest.raises(ReportError) as e:
         plan(report, ScheduleConfig(target_loss=0.1))
     assert "--window" in e.value.hint and "bsprof measure" not in e.value.hint
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:3]) + "\n")  # two logged steps: no --window helps
+    with pytest.raises(ReportError) as e:
+        plan(report_from_log(path), ScheduleConfig(target_loss=0.1))
+    assert "log more steps" in e.value.hint and "--window" not in e.value.hint
 
 
 def test_a_log_that_is_not_a_tracker_log(tmp_path):

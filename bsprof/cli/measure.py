@@ -32,7 +32,7 @@ def measure(
     steps: Optional[int] = O(None, help="Probe-training steps; 0 measures the initial (or checkpoint) weights. [200]"),
     batch_size: Optional[int] = O(None, help="Training batch size. [32]"),
     lr: Optional[float] = O(None, help="Learning rate of the default SGD optimizer. [0.1]"),
-    measure_every: Optional[int] = O(None, help="Steps between measurements (0: four over the run). [0]"),
+    measure_every: Optional[int] = O(None, help="Steps between measurements (0: at step 0 and four more, evenly spaced to the last). [0]"),
     rel_error: Optional[float] = O(None, help="Target relative half-width of the B_simple interval. [0.2]"),
     confidence: Optional[float] = O(None, help="Confidence level of the intervals. [0.9]"),
     method: Optional[str] = O(None, help="Probe: auto, per_example, hooks, vmap, microbatch. [auto]"),
@@ -40,7 +40,8 @@ def measure(
     probe_batch: Optional[int] = O(None, help="Big batch B of each draw (0: adapt to ≈2·B_simple). [0]"),
     chunk: Optional[int] = O(None, help="Examples per forward pass while measuring (memory). [256]"),
     max_examples: Optional[int] = O(None, help="Budget of examples per measurement. [200000]"),
-    max_seconds: Optional[float] = O(None, help="Budget of seconds per measurement. [60]"),
+    max_seconds: Optional[float] = O(None, help="Budget of seconds per measurement of B_simple (B_pre and --hessian's "
+                                      "B_noise take their own draws after it). [60]"),
     measure_budget: Optional[float] = O(None, help="A measurement stops (after --min-draws) once it took this many "
                                         "times the training time since the previous one (the first: until the "
                                         "next); 0: stop by --rel-error alone. [1]"),

@@ -122,7 +122,7 @@ def after_run(report: Report) -> None:
     if len(values) >= 2 and max(values) / min(values) > LAYER_SPREAD:
         report.diagnose("layer_spread", f"layer noise scales span {min(values):.3g}–{max(values):.3g} "
                         f"(> {LAYER_SPREAD:g}×): the total is dominated by the layers with the largest |G|²; "
-                        "see layers.csv.")
+                        "each layer's value is in the report's layers (layers.csv when a report folder is written).")
 
 
 def measure_cost(report: Report) -> None:

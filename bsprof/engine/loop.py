@@ -79,8 +79,10 @@ def buffers_kept(model: nn.Module) -> Iterator[None]:
 
 
 def measure_steps(steps: int, every: int) -> list[int]:
-    """Steps at which to measure: 0, every `every` steps, and the last step."""
-    every = every or max(steps // 4, 1)
+    """Steps at which to measure: 0, every `every` steps, and the last step; with every = 0, step 0 and four
+    evenly spaced steps ending at the last (150 steps: 0, 38, 75, 112, 150, not 0, 37, …, 148, 150)."""
+    if not every:
+        return sorted({round(i * steps / 4) for i in range(5)})
     return sorted({*range(0, steps + 1, every), steps})
 
 

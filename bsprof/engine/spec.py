@@ -80,8 +80,21 @@ class Spec:
 PIP_NAMES = {"sklearn": "scikit-learn", "PIL": "pillow", "yaml": "pyyaml"}
 
 
+def _installed(top: str) -> bool:
+    try:
+        return sys.modules.get(top, 0) is not None and importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):  # a module blocked (None in sys.modules) or without a spec
+        return False
+
+
 def _install_hint(e: ImportError) -> str:
+    """Install the package when its top-level module is missing; else (a missing name or submodule of an
+    installed package) fix the import."""
     top = (e.name or "...").split(".")[0]
+    if e.name and _installed(top):
+        what = f"{e.name} is not a module of the installed {top}" if e.name != top and isinstance(
+            e, ModuleNotFoundError) else f"{top} is installed; the name imported from it does not exist"
+        return f"correct the import: {what}"
     return f"install the missing package (pip install {PIP_NAMES.get(top, top)}) or fix the import"
 
 

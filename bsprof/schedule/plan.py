@@ -167,6 +167,9 @@ def more_rows_fix(report) -> str:
     steps = report.config.get("steps_logged") if report.spec.get("tracker_log") else None
     if steps is not None:
         window, rows, smaller = int(report.config.get("window") or 0), len(report.measurements), max(2, steps // 5)
+        if steps < 4:  # no window makes two rows of two steps each
+            return (f"log more steps: the log has {steps} logged step(s), and a schedule needs at least two windows "
+                    "of two steps")
         if smaller < window:
             return (f"read the log with a smaller window: it has {steps} logged steps, --window {window} makes "
                     f"{rows} row(s); e.g. --window {smaller}")
