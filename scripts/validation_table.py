@@ -129,6 +129,9 @@ def probe(name, task, lr, seed, steps):
                headline=dict(value=h.value, lo=h.lo, hi=h.hi, quantity=s.critical_batch_quantity,
                              reason=s.critical_batch_reason),
                candidates={c: path_b_crit(report, c, target) for c in CANDIDATES},
+               # the same path averages without the Adam family's factor (scripts/adam_factor.py fits it on these)
+               raw_candidates={c: path_b_crit(report, c, target) / P.calibration(report.config.get("optimizer"), c)
+                               for c in CANDIDATES},
                rows=[dict(step=m.step, loss=m.loss, **{c: getattr(getattr(m, c, None), "value", None)
                                                        for c in CANDIDATES}) for m in ms])
     try:

@@ -11,7 +11,7 @@ pytest.importorskip("matplotlib")
 
 from bsprof.output.figures import noise_scale_figure, plot_noise_scale  # noqa: E402
 from bsprof.output.report import Report  # noqa: E402
-from bsprof.schedule.plan import ADAM_FACTOR, ScheduleConfig, noise_fit  # noqa: E402
+from bsprof.schedule.plan import ADAM_FACTORS, ScheduleConfig, noise_fit  # noqa: E402
 
 V1 = Path(__file__).parent / "assets" / "v1"
 FIT = "that `bsprof schedule` uses"
@@ -24,14 +24,14 @@ def _labels(ax) -> list[str]:
 def test_the_loss_panel_draws_the_schedules_fit(tmp_path):
     import matplotlib.pyplot as plt
 
-    report = Report.from_json(V1 / "report_adam_hessian.json")  # Adam: `schedule` follows ADAM_FACTOR × B_simple
+    report = Report.from_json(V1 / "report_adam_hessian.json")  # Adam, no windows: `schedule` follows 2.5 × B_simple
     fig = noise_scale_figure(report)
     by_step, by_loss = fig.axes
     assert not any(FIT in t for t in _labels(by_step))
     [line] = [ln for ln in by_loss.get_lines() if FIT in ln.get_label()]
     fit, col, _ = noise_fit(report, ScheduleConfig())
     assert col == "b_simple" and line.get_label().startswith(
-        f"fit of {ADAM_FACTOR:g} × B_simple (fixed weights) that `bsprof schedule` uses")
+        f"fit of {ADAM_FACTORS['b_simple']:g} × B_simple (fixed weights) that `bsprof schedule` uses")
     x, y = line.get_data()
     np.testing.assert_allclose(y, fit(x))  # the very curve `schedule` fits, over the measured losses
     assert x.min() == pytest.approx(fit.loss_min) and x.max() == pytest.approx(fit.loss_max)

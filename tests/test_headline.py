@@ -12,7 +12,9 @@ import pytest
 from bsprof.output.report import Report
 from bsprof.schedule import ScheduleConfig, plan
 from bsprof.schedule.headline import MODEL_RANGE, critical_batch
-from bsprof.schedule.plan import ADAM_FACTOR
+from bsprof.schedule.plan import ADAM_FACTORS
+
+ADAM_FACTOR = ADAM_FACTORS["b_simple"]  # the fallback without training-step windows
 
 V1 = Path(__file__).parent / "assets" / "v1"
 
@@ -79,6 +81,28 @@ def test_adam_follows_twice_the_fixed_weight_b_simple():
     assert any(f"{ADAM_FACTOR:g} × the measured b_simple" in n for n in sched.notes)
     asked = plan(r, ScheduleConfig(target_loss=lowest, noise="b_pre"))   # --noise b_pre: calibrated as well
     assert asked.prediction["b_crit"] > sched.prediction["b_crit"]
+
+
+def test_adam_follows_the_training_windows_times_their_factor():
+    """With training-step windows, the Adam family follows ADAM_FACTORS["b_simple_window"] × their path average
+    (the steadier quantity across tasks and seeds, docs/science.md §6), widened ×2 either way, said in the reason,
+    the schedule's notes and the report's tracker-log rows alike."""
+    r = report("Adam", "b_simple_window", 0.5)
+    s, k = r.summary, ADAM_FACTORS["b_simple_window"]
+    assert s.critical_batch_quantity == "b_simple_window" and 2 <= k <= 5 and k != ADAM_FACTOR
+    sgd = report("SGD", "b_simple_window", 0.5).summary.critical_batch
+    assert s.critical_batch.value / sgd.value == pytest.approx(k, rel=0.25)  # the path's weights move with it
+    low, high = MODEL_RANGE[("adam", "b_simple_window")]
+    assert s.critical_batch.lo / s.critical_batch.value < low < 1 < high < s.critical_batch.hi / s.critical_batch.value
+    assert s.critical_batch_reason.startswith(f"{k:g} × B_simple over training-step windows")
+    sched = plan(r, ScheduleConfig(target_loss=min(m.loss for m in r.measurements)))
+    assert sched.prediction["b_crit"] == pytest.approx(s.critical_batch.value, rel=1e-9)
+    assert any(f"{k:g} × the measured b_simple_window" in n for n in sched.notes)
+    log = report("Adam", quantity="b_simple")   # a tracker log: its b_simple rows are windows
+    log.measurements = [m.__class__(**{**m.__dict__, "stopped_by": "window"}) for m in log.measurements]
+    assert log.summary.critical_batch_reason.startswith(f"{k:g} × B_simple over training-step windows")
+    same = report("Adam", "b_simple_window", 1.0).summary.critical_batch   # windows holding the same values
+    assert log.summary.critical_batch.value == pytest.approx(same.value, rel=1e-9)
 
 
 def test_sgd_fixed_weight_b_simple_lower_end_widened():

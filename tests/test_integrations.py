@@ -235,6 +235,19 @@ def test_lightning_every_n_and_clipping(tmp_path):
     np.testing.assert_allclose(pairs(cb.tracker), pairs(ref)[::3], rtol=1e-5)
 
 
+def test_lightning_logs_on_log_steps_that_were_not_measured(tmp_path):
+    """every=2 with log_every=4: the log steps (3, 7, 11) are never measured steps; each still logs the window
+    over the steps measured so far (it used to log nothing, silently)."""
+    pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'bsprof[lightning]')")
+    from bsprof.integrations.lightning import NoiseScale
+
+    _, cb, trainer = lightning_run(tmp_path, 4, steps=12, callback=NoiseScale(every=2, log_every=4, window=10))
+    assert cb.tracker.steps == [0, 2, 4, 6, 8, 10]
+    logged = _csv_metrics(trainer)
+    assert [int(r["step"]) for r in logged] == [3, 7, 11]
+    assert float(logged[-1]["bsprof/b_simple_lo"]) == pytest.approx(cb.tracker.estimate(window=10).lo, rel=1e-4)
+
+
 @pytest.mark.parametrize("schedule,sizes,applied", [
     (Schedule(stages=[Stage(0, 2.0, 8, 0.05, 8, 1, 1), Stage(4, 1.5, 16, 0.1, 8, 2, 1),
                       Stage(6, 1.0, 32, 0.2, 8, 4, 1)], target_loss=0.5),
@@ -389,6 +402,15 @@ def test_hf_callback_agrees_with_the_plain_tracker(tmp_path, accum):
     assert all("loss" in r for r in logged)  # one record with the Trainer's own loss
     assert logged[-1]["bsprof/b_simple_lo"] == pytest.approx(cb.tracker.estimate(window=10).lo, rel=1e-6)
     assert (tmp_path / "hf1000000000.0" / "bsprof.jsonl").is_file()
+
+
+def test_hf_logs_on_log_steps_that_were_not_measured(tmp_path):
+    """every=2, log_every=2: measured steps 0, 2, …; log steps 1, 3, …: each log has the window so far."""
+    _, cb, trainer = hf_run(tmp_path, accum=2, steps=10, every=2, log_every=2)
+    assert cb.tracker.steps == [0, 2, 4, 6, 8]
+    logged = [r for r in trainer.state.log_history if "bsprof/g2" in r]
+    assert [r["step"] for r in logged] == [4, 6, 8, 10]  # from the second measured step on
+    assert logged[-1]["bsprof/b_simple_lo"] == pytest.approx(cb.tracker.estimate(window=10).lo, rel=1e-6)
 
 
 def test_hf_logged_loss_is_the_steps_mean_loss_whether_or_not_the_model_takes_num_items(tmp_path):

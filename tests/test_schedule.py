@@ -345,8 +345,10 @@ def test_noise_auto_follows_the_evidence_and_every_quantity_can_be_asked():
     adam = Report(config={"optimizer": "AdamW", "batch_size": 32}, measurements=rows(b_pre=2.0))
     plain = Report(config={"optimizer": "SGD", "batch_size": 32}, measurements=rows())
     assert choose_noise(ScheduleConfig(target_loss=0.2), sgd.measurements, "SGD")[0] == "b_simple_window"
-    # under Adam: the fixed-weight B_simple (× ADAM_FACTOR), not B_pre, even when B_pre is measured
+    # under Adam without windows: the fixed-weight B_simple (× its factor), not B_pre, even when B_pre is measured;
+    # with windows, the windows (× theirs)
     assert choose_noise(ScheduleConfig(target_loss=0.2), adam.measurements, "AdamW")[0] == "b_simple"
+    assert choose_noise(ScheduleConfig(target_loss=0.2), sgd.measurements, "AdamW")[0] == "b_simple_window"
     assert choose_noise(ScheduleConfig(target_loss=0.2), plain.measurements, "SGD")[0] == "b_simple"
     followed = plan(sgd, ScheduleConfig(target_loss=0.25, allow_extrapolation=True))
     assert "b_simple_window" in followed.notes[0] and "docs/science.md §6" in followed.notes[0]

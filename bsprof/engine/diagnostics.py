@@ -64,12 +64,13 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
                         "before it (decay is not part of the gradient noise).")
     name = type(optimizer).__name__
     if is_adam_family(name):
-        from bsprof.schedule.plan import ADAM_FACTOR, ADAM_SHORTFALL
+        from bsprof.schedule.plan import ADAM_FACTORS
 
-        report.diagnose("adam", f"{name} preconditions the gradient: measured the SGD way, the noise scale fell "
-                        f"{ADAM_SHORTFALL} short of swept critical batches under Adam, so the critical batch (and "
-                        f"`bsprof schedule`) use {ADAM_FACTOR:g} × B_simple's path average (docs/science.md §6); the "
-                        "table shows B_simple as measured.")
+        report.diagnose("adam", f"{name} preconditions the gradient: measured the SGD way, every noise scale fell "
+                        "short of swept critical batches under Adam, so the critical batch (and `bsprof schedule`) "
+                        f"use {ADAM_FACTORS['b_simple_window']:g} × the path average of B_simple over training-step "
+                        f"windows ({ADAM_FACTORS['b_simple']:g} × the fixed-weight B_simple where there are none; "
+                        "docs/science.md §6); the table shows the noise scales as measured.")
 
 
 def method(report: Report, choice) -> None:

@@ -449,15 +449,14 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
         notes.append(f"the report is incomplete: the run ended early ({how}"
                      f"{f', at step {step}' if step is not None else ''}); judged on what was measured before")
     if lr_rule(report.config.get("optimizer")) == "sqrt":
-        from bsprof.schedule.plan import ADAM_FACTOR, ADAM_RECORD, ADAM_SHORTFALL
+        from bsprof.schedule.plan import ADAM_FACTORS, ADAM_RECORD, ADAM_SHORTFALL
 
-        windows = report.spec.get("tracker_log")
-        notes.append(f"under Adam the critical batch is {ADAM_FACTOR:g} × "
-                     + ("the B_simple of the log's training-step windows (the factor was measured for the "
-                        "fixed-weight B_simple's path average)" if windows else
-                        "the fixed-weight B_simple's path average")
-                     + f": measured the SGD way, the noise scale fell {ADAM_SHORTFALL} short of swept critical batches "
-                     f"(docs/science.md §6); {ADAM_RECORD}: confirm with `bsprof sweep`")
+        q = report.summary.critical_batch_quantity if report.summary else None
+        q = q if q in ADAM_FACTORS else "b_simple"
+        notes.append(f"under Adam the critical batch is {ADAM_FACTORS[q]:g} × the path average of "
+                     + ("B_simple over training-step windows" if q == "b_simple_window" else "the fixed-weight B_simple")
+                     + f": measured the SGD way, it fell {ADAM_SHORTFALL[q]} short of swept critical batches "
+                     f"(docs/science.md §6); {ADAM_RECORD[q]}: confirm with `bsprof sweep`")
     notes.extend(d["message"] for d in report.diagnostics  # what the run cost is no part of the judgement
                  if isinstance(d, dict) and d.get("message") and d.get("code") != "measure_cost")
     return Verdict(tuple(checks), noise, tuple(notes))

@@ -148,10 +148,11 @@ class NoiseScaleCallback(TrainerCallback):
         k = max(self.tracker.micro_steps, 1)
         if not self._loss_is_share:
             self.steps.loss /= k   # the mean of the micro-batches' mean losses
-        draw = self.steps.close(state.global_step, loss_scale=1.0 / k)
+        self.steps.close(state.global_step, loss_scale=1.0 / k)
         every = self.log_every or int(args.logging_steps) or 1
-        if draw is not None and (state.global_step + 1) % every == 0:
-            self.latest = scalars(self.tracker, self.window, self.prefix)
+        # every log step gets the window over the steps measured so far, whether or not this step was measured
+        if (state.global_step + 1) % every == 0 and (latest := scalars(self.tracker, self.window, self.prefix)):
+            self.latest = latest
             self._unlogged = dict(self.latest)
 
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):

@@ -132,10 +132,12 @@ class NoiseScale(Callback):
             return
         step = trainer.global_step
         scale = _grad_scale(trainer) / trainer.accumulate_grad_batches
-        draw = self.steps.close(step, loss_scale=scale)
+        self.steps.close(step, loss_scale=scale)
         every = self.log_every or trainer.log_every_n_steps or 1
-        if draw is not None and (step + 1) % every == 0:
-            self.latest = scalars(self.tracker, self.window, self.prefix)
+        # every log step logs the window over the steps measured so far, whether or not this step was measured
+        # (with every=N, or on an epoch's short last step, it may not be)
+        if (step + 1) % every == 0 and (latest := scalars(self.tracker, self.window, self.prefix)):
+            self.latest = latest
             for logger in trainer.loggers:
                 write(logger, self.latest, step)
 

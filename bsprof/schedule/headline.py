@@ -10,9 +10,10 @@ at the lowest measured loss, so nothing is extrapolated (or at a ``target_loss``
    interval (the fit's form held fixed). Conservative for sampling error (every measurement at its bound at once);
 2. model: the ends multiplied by ``MODEL_RANGE`` — the range of swept B_crit / this estimate seen in our checks
    (docs/science.md §6; scripts/results/validation_table.md). Under the Adam family the value is
-   ``plan.ADAM_FACTOR`` (2.5, the geometric mean over 7 tasks of swept B_crit / B_simple's path average) × the
-   fixed-weight B_simple's path average, which came to 0.48–2.2× of the sweep per task (0.43–2.6× with the factor
-   fitted on the other tasks only): upper end ×2, lower ÷2.2.
+   ``plan.ADAM_FACTORS`` × the path average: 3.2 × the training-step window B_simple (the geometric mean over 6
+   tasks of swept B_crit / its path average), which came to 0.54–1.96× of the sweep per probe seed: both ends
+   ×2; where the model has no windows, 2.5 × the fixed-weight B_simple (7 tasks; 0.44–2.73× per seed): upper
+   end ×2.3, lower ÷2.8.
    Under SGD the fixed-weight B_simple was 1.05–4× too high: the lower end ÷4. The training-window B_simple was
    0.84–1.31× of the sweep per probe seed on three tasks and 1.9–2.4× on a fourth (a CNN on the 8×8 digits): the
    lower end ÷2.4. B_noise was within 0.69–1.03× (two tasks): not widened. Other optimizers were never compared: ×3.
@@ -28,11 +29,12 @@ from dataclasses import dataclass
 
 from bsprof.errors import BsprofError, ReportError
 from bsprof.results import Estimate, Status, is_adam_family
-from bsprof.schedule.plan import ADAM_FACTOR, ADAM_RECORD, ADAM_SHORTFALL, calibration, more_rows_fix
+from bsprof.schedule.plan import ADAM_FACTORS, ADAM_RECORD, ADAM_SHORTFALL, calibration, measured_as, more_rows_fix
 
 # (optimizer family, quantity or "*"): multipliers of the interval's (lower, upper) end — swept / estimated B_crit
 MODEL_RANGE = {
-    ("adam", "*"): (1 / 2.2, 2.0),    # ADAM_FACTOR × B_simple: 0.48–2.2× of the sweep per task (7 tasks)
+    ("adam", "b_simple_window"): (1 / 2.0, 2.0),  # 3.2 × the window: 0.54–1.96× of the sweep per probe seed
+    ("adam", "*"): (1 / 2.8, 2.3),    # 2.5 × fixed-weight B_simple: 0.44–2.73× per probe seed (7 tasks)
     ("sgd", "b_simple"): (1 / 4, 1.0),  # 1.05 (char transformer) to 3.98 (MNIST CNN) too high
     ("sgd", "b_simple_window"): (1 / 2.4, 1.0),  # 0.84–1.31 on 3 tasks, 1.9–2.4 too high on the digits CNN
     ("other", "*"): (1 / 3, 3.0),     # optimizers never compared with sweeps (RMSprop, Lion, …): as wide as Adam
@@ -51,9 +53,9 @@ REASONS = {
                     "(docs/science.md §6); B_simple over training-step windows, where the model allows them, "
                     "came closer",
     },
-    "adam": f"Adam: B_simple, measured the SGD way, fell {ADAM_SHORTFALL} short of swept critical batches; times "
-            f"the factor it came to {ADAM_RECORD}, interval ×2/÷2.2 (docs/science.md §6); confirm with `bsprof "
-            "sweep`",
+    "adam": {q: f"Adam: measured the SGD way, it fell {ADAM_SHORTFALL[q]} short of swept critical batches; times "
+                f"the factor it came to {ADAM_RECORD[q]}, interval {'×2/÷2' if q == 'b_simple_window' else '×2.3/÷2.8'} "
+                "(docs/science.md §6); confirm with `bsprof sweep`" for q in ADAM_FACTORS},
     "other": "{optimizer}: never compared with sweeps, interval ×3 as under Adam (docs/science.md §6); confirm with "
              "`bsprof sweep`",
 }
@@ -85,10 +87,10 @@ def reason(optimizer: str | None, quantity: str, path: str) -> str:
     if fam == "sgd":
         why = REASONS["sgd"].get(quantity, "SGD: this quantity was not compared with sweeps (docs/science.md §6)")
     elif fam == "adam":
-        name = f"{calibration(optimizer):g} × {name}"
-        why = REASONS["adam"] if quantity == "b_simple" else (
-            f"Adam: the factor {ADAM_FACTOR:g} was measured for the fixed-weight B_simple, not for this quantity "
-            "(docs/science.md §6); confirm with `bsprof sweep`")
+        name = f"{calibration(optimizer, quantity):g} × {name}"
+        why = REASONS["adam"].get(quantity) or (
+            f"Adam: the factor {ADAM_FACTORS['b_simple']:g} was measured for the fixed-weight B_simple, not for this "
+            "quantity (docs/science.md §6); confirm with `bsprof sweep`")
     else:
         why = REASONS[fam].format(optimizer=optimizer)
     return f"{name}, {path}; {why}"
@@ -155,7 +157,7 @@ def _one_point(rows, col: str, optimizer: str | None, factors) -> Headline:
 
     for r in reversed(rows):
         est = noise_of(r, col)
-        est = _scaled(est, calibration(optimizer)) if est is not None else None
+        est = _scaled(est, calibration(optimizer, measured_as(col, [r]))) if est is not None else None
         if est is not None and est.status in (Status.OK, Status.LOWER_BOUND):
             where = f"at step {r.step} only (no path: needs two measurements at falling losses)"
             if col == "b_simple" and r.stopped_by == "window":  # a tracker log's row: a training-step window
