@@ -7,7 +7,7 @@ scripts/adam_factor.py). If that factor is the same early and late along the pat
 training could calibrate it: a global sweep (``bsprof.sweep.global_``) at batches 32, 128, 512 to an intermediate
 loss L_mid (the probe's loss after ``fraction`` of its steps to the target; lr grid ×0.5…×4 around the tuned lr,
 √-scaled with the batch), against the headline path average of B_simple to L_mid from a probe
-(``report.summary_at(L_mid)``, divided by ADAM_FACTOR). For each task: factor_short = B_crit(short sweep) /
+(the fixed-weight B_simple's path average to L_mid, without the Adam factor). For each task: factor_short = B_crit(short sweep) /
 B_simple path to L_mid, against the factor the full sweep needs (scripts/results/adam_factor.json), and the cost of
 the short sweep against the full one. Writes scripts/results/adam_short_sweep.json.
 """
@@ -32,7 +32,8 @@ import critical_batch_evidence as cbe  # noqa: E402
 
 import bsprof  # noqa: E402
 import bsprof.sweep  # noqa: E402
-from bsprof.schedule.plan import ADAM_FACTOR  # noqa: E402
+from bsprof.schedule.plan import calibration  # noqa: E402
+from validation_table import path_b_crit  # noqa: E402
 
 OUT = ROOT / "scripts" / "results"
 TASKS = ("digits_adam", "digits_cnn_adam", "teacher_mlp_adam", "mnist_cnn_adam", "mnist_mlp_adam",
@@ -53,11 +54,9 @@ def run(name: str, fraction: float, seed: int) -> dict:
     report = bsprof.measure(spec, steps=int(task["probe_steps"] * fraction * 1.5) + 20, batch_size=32,
                             measure_every=max(5, int(reach * fraction) // 6), rel_error=0.2, max_seconds=4.0,
                             device="cpu", seed=seed)
-    try:
-        path = report.summary_at(mid).critical_batch.value / ADAM_FACTOR
-    except bsprof.BsprofError as e:
-        print(f"   [{name}] no path to {mid:.3g}: {e}", flush=True)
-        path = math.nan
+    path = path_b_crit(report, "b_simple", mid) / calibration(report.config.get("optimizer"), "b_simple")
+    if not math.isfinite(path):
+        print(f"   [{name}] no path to {mid:.3g}", flush=True)
     probe_s = time.time() - t0
     t0 = time.time()
     sw = bsprof.sweep.global_(dataclasses.replace(task["spec"](), optimizer=task["opt"](lr / math.sqrt(2))), mid,
