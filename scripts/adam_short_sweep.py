@@ -7,7 +7,8 @@ scripts/adam_factor.py). If that factor is the same early and late along the pat
 training could calibrate it: a global sweep (``bsprof.sweep.global_``) at batches 32, 128, 512 to an intermediate
 loss L_mid (the probe's loss after ``fraction`` of its steps to the target; lr grid ×0.5…×4 around the tuned lr,
 √-scaled with the batch), against the headline path average of B_simple to L_mid from a probe
-(the fixed-weight B_simple's path average to L_mid, without the Adam factor). For each task: factor_short = B_crit(short sweep) /
+(the fixed-weight B_simple's path average to L_mid,
+without the Adam factor). For each task: factor_short = B_crit(short sweep) /
 B_simple path to L_mid, against the factor the full sweep needs (scripts/results/adam_factor.json), and the cost of
 the short sweep against the full one. Writes scripts/results/adam_short_sweep.json.
 """
@@ -29,11 +30,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
 import critical_batch_evidence as cbe  # noqa: E402
+from validation_table import path_b_crit  # noqa: E402
 
 import bsprof  # noqa: E402
 import bsprof.sweep  # noqa: E402
 from bsprof.schedule.plan import calibration  # noqa: E402
-from validation_table import path_b_crit  # noqa: E402
 
 OUT = ROOT / "scripts" / "results"
 TASKS = ("digits_adam", "digits_cnn_adam", "teacher_mlp_adam", "mnist_cnn_adam", "mnist_mlp_adam",

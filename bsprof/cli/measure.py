@@ -32,7 +32,8 @@ def measure(
     steps: Optional[int] = O(None, help="Probe-training steps; 0 measures the initial (or checkpoint) weights. [200]"),
     batch_size: Optional[int] = O(None, help="Training batch size. [32]"),
     lr: Optional[float] = O(None, help="Learning rate of the default SGD optimizer. [0.1]"),
-    measure_every: Optional[int] = O(None, help="Steps between measurements (0: at step 0 and four more, evenly spaced to the last). [0]"),
+    measure_every: Optional[int] = O(None, help="Steps between measurements (0: at step 0 and four more, evenly "
+                                 "spaced to the last). [0]"),
     rel_error: Optional[float] = O(None, help="Target relative half-width of the B_simple interval. [0.2]"),
     confidence: Optional[float] = O(None, help="Confidence level of the intervals. [0.9]"),
     method: Optional[str] = O(None, help="Probe: auto, per_example, hooks, vmap, microbatch. [auto]"),

@@ -454,7 +454,8 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
         q = report.summary.critical_batch_quantity if report.summary else None
         q = q if q in ADAM_FACTORS else "b_simple"
         notes.append(f"under Adam the critical batch is {ADAM_FACTORS[q]:g} × the path average of "
-                     + ("B_simple over training-step windows" if q == "b_simple_window" else "the fixed-weight B_simple")
+                     + ("B_simple over training-step windows" if q == "b_simple_window"
+                        else "the fixed-weight B_simple")
                      + f": measured the SGD way, it fell {ADAM_SHORTFALL[q]} short of swept critical batches "
                      f"(docs/science.md §6); {ADAM_RECORD[q]}: confirm with `bsprof sweep`")
     notes.extend(d["message"] for d in report.diagnostics  # what the run cost is no part of the judgement

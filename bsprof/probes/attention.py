@@ -111,8 +111,9 @@ class MhaCall:
                 b[:, brows:brows + d.shape[-1]] += d.sum(1)
 
     def explicit(self) -> list[tuple[str, str]]:
-        """(weight, bias) names whose per-example gradients ``sq_sum`` will form explicitly (``layers.factor_explicit``),
-        so that they can also give Σ_i g_i: out_proj, and the packed projection of self-attention (one linear)."""
+        """(weight, bias) names whose per-example gradients ``sq_sum`` will form explicitly
+        (``layers.factor_explicit``), so that they can also give Σ_i g_i: out_proj, and the packed projection of
+        self-attention (one linear)."""
         out = []
         for y, kind, name, _, _, x in self.sites:
             if kind == "out_proj" or kind == "in_proj" and y.shape[-1] == 3 * self.mod.embed_dim:

@@ -54,7 +54,8 @@ REASONS = {
                     "came closer",
     },
     "adam": {q: f"Adam: measured the SGD way, it fell {ADAM_SHORTFALL[q]} short of swept critical batches; times "
-                f"the factor it came to {ADAM_RECORD[q]}, interval {'×2/÷2' if q == 'b_simple_window' else '×2.3/÷2.8'} "
+                f"the factor it came to {ADAM_RECORD[q]}, interval "
+                f"{'×2/÷2' if q == 'b_simple_window' else '×2.3/÷2.8'} "
                 "(docs/science.md §6); confirm with `bsprof sweep`" for q in ADAM_FACTORS},
     "other": "{optimizer}: never compared with sweeps, interval ×3 as under Adam (docs/science.md §6); confirm with "
              "`bsprof sweep`",
