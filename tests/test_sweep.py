@@ -151,6 +151,20 @@ def test_cli_global_with_report(tmp_path):
     assert d["fit"]["b_crit"]["lo"] <= d["fit"]["b_crit"]["value"] <= d["fit"]["b_crit"]["hi"]
 
 
+def test_comparison_cost_counts_every_second_the_measurements_took(tmp_path):
+    """B_pre and B_noise draw after B_simple's: the estimate's cost is the report's measuring time (plus choosing
+    the probe), not the B_simple rows' seconds alone (a new user saw 6.9 s printed for 62.9 s)."""
+    from bsprof.sweep.api import comparison
+
+    report = Report(measurements=[{"step": 0, "loss": 0.7, "b_simple": 8.6, "b_simple_lo": 8.0, "b_simple_hi": 9.3,
+                                   "status": "ok", "examples": 640, "seconds": 0.5}],
+                    timing={"measuring_s": 7.5, "choosing_s": 0.25, "training_s": 3.0})
+    c = comparison(report, Report(measurements=[]).summary.b_simple)
+    assert c.measure_seconds == pytest.approx(7.75) and c.measure_examples == 640
+    report.timing = {}
+    assert comparison(report, Report(measurements=[]).summary.b_simple).measure_seconds == pytest.approx(0.5)
+
+
 def _schedule_file(path, stages):
     from bsprof.schedule.stages import Schedule, Stage
 

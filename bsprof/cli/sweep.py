@@ -44,7 +44,7 @@ def sweep(
     n_boot: Optional[int] = O(None, help="global: bootstrap fits for the B_crit interval. [1000]"),
     confidence: Optional[float] = O(None, help="Level of the intervals. [0.9]"),
     report: Optional[Path] = O(None, "--report", "-r", help="A bsprof report.json to compare with (and to saturate "
-                               "the linear lr rule at its B_simple)."),
+                               "the linear lr rule at its headline critical batch)."),
     device: Optional[str] = O(None, help="auto (CUDA, MPS, CPU), cpu, cuda, mps. [auto]"),
     seed: Optional[int] = O(None, help="Random seed. [0]"),
     out: Path = O(Path("bsprof-sweep"), "--out", "-o", help="Output folder (sweep.json, sweep.csv)."),

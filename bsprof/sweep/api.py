@@ -36,7 +36,9 @@ def _spec(spec, model, dataset, loss, optimizer, collate) -> Spec:
 def comparison(report, critical: Estimate, target_loss: float | None = None) -> Comparison:
     """A bsprof report (path or ``Report``) beside the sweep: its headline critical batch (to ``target_loss`` when
     given and reachable, else to its lowest loss), its summary B_simple (and B_pre, B_noise), the ratios of the
-    sweep's critical batch to both, and the measurement's cost (summed over ``report.measurements``)."""
+    sweep's critical batch to both, and the measurement's cost: seconds from ``report.timing`` (measuring, B_pre and
+    B_noise included, and choosing the probe), else summed over ``report.measurements``; examples of B_simple's
+    draws."""
     from bsprof.output.report import Report
 
     where = str(report) if not isinstance(report, Report) else "(report object)"
@@ -47,7 +49,9 @@ def comparison(report, critical: Estimate, target_loss: float | None = None) -> 
     value = critical.value if math.isfinite(critical.value) else critical.lo
     ratio = value / s.b_simple.value if s.b_simple.ok and s.b_simple.value > 0 else math.nan
     ms = report.measurements
-    seconds = sum(m.seconds for m in ms if math.isfinite(m.seconds))
+    timing = report.timing or {}
+    seconds = (float(timing["measuring_s"]) + float(timing.get("choosing_s") or 0.0) if timing.get("measuring_s")
+               is not None else sum(m.seconds for m in ms if math.isfinite(m.seconds)))
     try:
         head = report.summary_at(target_loss).critical_batch if target_loss else s.critical_batch
     except BsprofError:   # the sweep's target lies far below the report's losses: the headline to its lowest
