@@ -390,3 +390,21 @@ def test_default_measurement_steps_are_evenly_spaced_to_the_last():
     assert measure_steps(400, 0) == [0, 100, 200, 300, 400]
     assert measure_steps(2, 0) == [0, 1, 2] and measure_steps(0, 0) == [0]
     assert measure_steps(10, 3) == [0, 3, 6, 9, 10]  # an explicit interval is kept, plus the last step
+
+
+def test_b_pre_and_b_noise_get_what_is_left_and_at_most_b_simples_time():
+    """After B_simple's draws, B_pre/B_noise get the rest of the budget, and a hard cap of the larger of that and
+    B_simple's time (an unresolved B_pre used to run on to --max-seconds)."""
+    import dataclasses
+    import time
+
+    from bsprof.engine.loop import _left
+    from bsprof.engine.sampling import Sampling
+
+    base = Sampling(None, 1, 8, 32, False, 0.2, 0.9, 3, 10_000, 60.0, budget_seconds=1.0)
+    late = _left(base, time.perf_counter() - 3.0)       # B_simple took 3 s of a 1 s budget
+    assert late.budget_seconds == 0.0 and 2.9 < late.max_seconds < 3.5
+    early = _left(base, time.perf_counter() - 0.25)     # 0.75 s left
+    assert 0.7 < early.budget_seconds < 0.76 and early.max_seconds == pytest.approx(early.budget_seconds)
+    free = dataclasses.replace(base, budget_seconds=float("inf"))
+    assert _left(free, time.perf_counter() - 3.0) is free  # --measure-budget 0: --max-seconds alone

@@ -161,3 +161,18 @@ def test_growth_wording_says_a_fall_as_a_fraction_and_a_percentage():
     assert growth_text(6.6) == "grew 6.6×"
     assert growth_text(0.9) == "fell to 0.90× (−10%)"
     assert growth_text(0.5) == "fell to 0.50× (−50%)"
+
+
+def test_a_column_of_lower_bounds_only_is_shown():
+    """B_simple over training-step windows that are all lower bounds: the column shows '> 435', not hidden."""
+    from rich.console import Console
+
+    from bsprof.output.render import report_table
+
+    rows = [{"step": s, "loss": 1.0 / (s + 1), "b_simple": 20.0, "b_simple_lo": 18.0, "b_simple_hi": 22.0,
+             "status": "ok", "b_simple_window_lo": lo, "b_simple_window_status": "lower_bound"}
+            for s, lo in ((20, 434.7), (40, 265.6))]
+    console = Console(width=160, record=True)
+    console.print(report_table(Report(measurements=rows)))
+    text = console.export_text()
+    assert "B_simple (training)" in text and "> 435" in text and "> 266" in text

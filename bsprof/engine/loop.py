@@ -311,10 +311,15 @@ def _first_budget(model, loss_fn, examples: Examples, cfg: MeasureConfig, points
 
 
 def _left(sampling: Sampling, t0: float) -> Sampling:
-    """What is left of the budget for B_noise and B_pre after B_simple's draws (started at ``t0``)."""
+    """What is left of the budget for B_noise and B_pre after B_simple's draws (started at ``t0``), and a hard cap
+    of the larger of that and B_simple's own time on each: the budget alone stops a measurement only once its
+    interval is bounded, so an unresolved B_pre ran on to ``--max-seconds`` (52 s after a 1.8 s B_simple, for a
+    lower bound)."""
     if sampling.budget_seconds == float("inf"):
         return sampling
-    return dataclasses.replace(sampling, budget_seconds=max(0.0, sampling.budget_seconds - (time.perf_counter() - t0)))
+    spent = time.perf_counter() - t0
+    left = max(0.0, sampling.budget_seconds - spent)
+    return dataclasses.replace(sampling, budget_seconds=left, max_seconds=min(sampling.max_seconds, max(left, spent)))
 
 
 TRIAL_EXAMPLES = 64  # examples in the timed trial's draw (``probes.trial``)

@@ -50,7 +50,8 @@ def report_table(report, summary=None) -> Group:
     table = Table(title=f"gradient noise scale ({report.unit}; {conf:.0%} intervals)", title_justify="left")
     extra = [(k, name) for k, name in (("b_simple_window", "B_simple (training)"), ("b_noise", "B_noise"),
                                        ("b_pre", "B_pre (Adam)"))
-             if any(getattr(r, k) is not None and finite(getattr(r, k).value) for r in report.measurements)]
+             if any(getattr(r, k) is not None and (finite(getattr(r, k).value) or finite(getattr(r, k).lo))
+                    for r in report.measurements)]  # a column of lower bounds only ("> 435") is shown too
     for col in ("step", "loss", "B_simple", *(name for _, name in extra), "|G|²", "tr(Σ)", "draws", "examples",
                 "stopped by"):
         table.add_column(col, justify="right")
