@@ -42,7 +42,8 @@ def measure(
     chunk: Optional[int] = O(None, help="Examples per forward pass while measuring (memory). [256]"),
     max_examples: Optional[int] = O(None, help="Budget of examples per measurement. [200000]"),
     max_seconds: Optional[float] = O(None, help="Budget of seconds per measurement of B_simple (B_pre and --hessian's "
-                                      "B_noise draw after it, each at most as long again under --measure-budget). "
+                                      "B_noise draw after it, within --measure-budget: under Adam B_simple and B_pre "
+                                      "share it). "
                                       "[60]"),
     measure_budget: Optional[float] = O(None, help="A measurement stops (after --min-draws) once it took this many "
                                         "times the training time since the previous one (the first: until the "

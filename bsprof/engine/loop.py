@@ -28,7 +28,7 @@ from bsprof.errors import BsprofError, NonFiniteError, SpecError
 from bsprof.output.report import Report
 from bsprof.probes import Probe
 from bsprof.probes.choose import decide
-from bsprof.results import Estimate, LayerEstimate, Measurement, Status
+from bsprof.results import Estimate, LayerEstimate, Measurement, Status, is_adam_family
 from bsprof.stats.estimators import NoiseScale
 
 Progress = Callable[[str, dict], None]
@@ -228,7 +228,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 say("measure", {"step": step})
                 budget = _budget(sampling, cfg, clock, first) if comm.world == 1 else sampling
                 with buffers_kept(model):
-                    est, draws, stopped = measure_at(model, spec.loss, examples, budget, group_index,
+                    est, draws, stopped = measure_at(model, spec.loss, examples, _shared(budget, optimizer),
+                                                     group_index,
                                                      lambda e, s=step: say("draw", {"step": s, "estimate": e}), comm)
                     row = _row(step, cfg, est, draws, stopped, time.perf_counter() - t0, probe, scale)
                     whole = examples if comm.world == 1 else examples.whole()  # B_noise, B_pre: not sharded
@@ -310,16 +311,24 @@ def _first_budget(model, loss_fn, examples: Examples, cfg: MeasureConfig, points
     return (points[1] - points[0]) * best
 
 
+def _shared(sampling: Sampling, optimizer) -> Sampling:
+    """B_simple's part of the measurement's budget: half when B_pre's draws follow (an Adam-family optimizer with
+    state), so that the two together stay near the budget (``_left`` gives B_pre the rest); all of it otherwise."""
+    if sampling.budget_seconds == float("inf") or not (is_adam_family(type(optimizer).__name__) and optimizer.state):
+        return sampling
+    return dataclasses.replace(sampling, budget_seconds=sampling.budget_seconds / 2)
+
+
 def _left(sampling: Sampling, t0: float) -> Sampling:
     """What is left of the budget for B_noise and B_pre after B_simple's draws (started at ``t0``), and a hard cap
-    of the larger of that and B_simple's own time on each: the budget alone stops a measurement only once its
-    interval is bounded, so an unresolved B_pre ran on to ``--max-seconds`` (52 s after a 1.8 s B_simple, for a
-    lower bound)."""
+    of the larger of that and half the budget (B_pre's share, ``_shared``): the budget alone stops a measurement
+    only once its interval is bounded, so an unresolved B_pre ran on to ``--max-seconds`` (52 s after a 1.8 s
+    B_simple, for a lower bound)."""
     if sampling.budget_seconds == float("inf"):
         return sampling
-    spent = time.perf_counter() - t0
-    left = max(0.0, sampling.budget_seconds - spent)
-    return dataclasses.replace(sampling, budget_seconds=left, max_seconds=min(sampling.max_seconds, max(left, spent)))
+    left = max(0.0, sampling.budget_seconds - (time.perf_counter() - t0))
+    cap = max(left, sampling.budget_seconds / 2)
+    return dataclasses.replace(sampling, budget_seconds=left, max_seconds=min(sampling.max_seconds, cap))
 
 
 TRIAL_EXAMPLES = 64  # examples in the timed trial's draw (``probes.trial``)

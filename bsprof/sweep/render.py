@@ -65,8 +65,8 @@ def summary_lines(r) -> list[str]:
         est = [f"B_simple {estimate_text(k.b_simple)}"]
         est += [f"{n} {estimate_text(e)}" for n, e in (("B_pre", k.b_pre), ("B_noise", k.b_noise)) if e is not None]
         lines.append(f"noise scale at the report's last weights: {', '.join(est)};  sweep/B_simple = {fmt(k.ratio)}")
-        lines.append(f"estimate cost: {k.measure_seconds:.1f} s measuring, {k.measure_examples:,} examples in B_simple's "
-                     f"draws (+ {k.probe_train_examples:,} probe-training examples)")
+        lines.append(f"estimate cost: {k.measure_seconds:.1f} s measuring, {k.measure_examples:,} examples in "
+                     f"B_simple's draws (+ {k.probe_train_examples:,} probe-training examples)")
     lines += [f"note: {n}" for n in r.notes]
     if r.incomplete:
         lines.append(f"incomplete: {r.incomplete['reason']} (after {r.incomplete.get('branches', 0)} branches)")
