@@ -393,8 +393,8 @@ def test_default_measurement_steps_are_evenly_spaced_to_the_last():
 
 
 def test_b_pre_and_b_noise_get_what_is_left_and_at_most_b_simples_time():
-    """After B_simple's draws, B_pre/B_noise get the rest of the budget, and a hard cap of the larger of that and
-    half the budget (an unresolved B_pre used to run on to --max-seconds)."""
+    """After B_simple's draws, B_pre/B_noise get the rest of the budget, and a hard cap of the largest of that,
+    half the budget and B_simple's time (an unresolved B_pre used to run on to --max-seconds)."""
     import dataclasses
     import time
 
@@ -403,7 +403,7 @@ def test_b_pre_and_b_noise_get_what_is_left_and_at_most_b_simples_time():
 
     base = Sampling(None, 1, 8, 32, False, 0.2, 0.9, 3, 10_000, 60.0, budget_seconds=1.0)
     late = _left(base, time.perf_counter() - 3.0)       # B_simple took 3 s of a 1 s budget
-    assert late.budget_seconds == 0.0 and late.max_seconds == 0.5
+    assert late.budget_seconds == 0.0 and 2.9 < late.max_seconds < 3.5
     early = _left(base, time.perf_counter() - 0.25)     # 0.75 s left
     assert 0.7 < early.budget_seconds < 0.76 and early.max_seconds == pytest.approx(early.budget_seconds)
     free = dataclasses.replace(base, budget_seconds=float("inf"))

@@ -321,13 +321,14 @@ def _shared(sampling: Sampling, optimizer) -> Sampling:
 
 def _left(sampling: Sampling, t0: float) -> Sampling:
     """What is left of the budget for B_noise and B_pre after B_simple's draws (started at ``t0``), and a hard cap
-    of the larger of that and half the budget (B_pre's share, ``_shared``): the budget alone stops a measurement
-    only once its interval is bounded, so an unresolved B_pre ran on to ``--max-seconds`` (52 s after a 1.8 s
-    B_simple, for a lower bound)."""
+    of the largest of that, half the budget (B_pre's share, ``_shared``) and B_simple's own time (which ran until
+    its interval was bounded): the budget alone stops a measurement only once its interval is bounded, so an
+    unresolved B_pre ran on to ``--max-seconds`` (52 s after a 1.8 s B_simple, for a lower bound)."""
     if sampling.budget_seconds == float("inf"):
         return sampling
-    left = max(0.0, sampling.budget_seconds - (time.perf_counter() - t0))
-    cap = max(left, sampling.budget_seconds / 2)
+    spent = time.perf_counter() - t0
+    left = max(0.0, sampling.budget_seconds - spent)
+    cap = max(left, sampling.budget_seconds / 2, spent)
     return dataclasses.replace(sampling, budget_seconds=left, max_seconds=min(sampling.max_seconds, cap))
 
 
