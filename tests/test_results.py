@@ -176,3 +176,16 @@ def test_a_column_of_lower_bounds_only_is_shown():
     console.print(report_table(Report(measurements=rows)))
     text = console.export_text()
     assert "B_simple (training)" in text and "> 435" in text and "> 266" in text
+
+
+def test_the_summary_says_which_probe_measured_and_why():
+    from rich.console import Console
+
+    from bsprof.output.render import report_table
+
+    rows = [{"step": 0, "loss": 1.0, "b_simple": 20.0, "b_simple_lo": 18.0, "b_simple_hi": 22.0, "status": "ok"}]
+    report = Report(measurements=rows, config={"method": "auto", "method_resolved": "hooks",
+                                               "method_reason": "auto: per-example gradients are valid; timed"})
+    console = Console(width=160, record=True)
+    console.print(report_table(report))
+    assert "probe: hooks (auto: per-example gradients are valid; timed)" in console.export_text()
