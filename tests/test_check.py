@@ -88,6 +88,11 @@ def test_at_loss_interpolates_log_b_simple_and_refuses_to_extrapolate():
     assert noise_at(rep, 1.0).value == pytest.approx(300)
     with pytest.raises(ValueError, match="extrapolate"):
         noise_at(rep, 0.1)
+    rep.config = {**rep.config, "optimizer": "AdamW"}   # under Adam: the factor the headline and schedule apply
+    from bsprof.schedule.plan import ADAM_FACTORS
+
+    adam = noise_at(rep, 1.0)
+    assert adam.value == pytest.approx(ADAM_FACTORS["b_simple"] * 300) and "under Adam" in adam.where
 
 
 def test_lr_rules():

@@ -114,6 +114,15 @@ def test_malformed_reports_are_report_errors(bad, says):
         codec.decode(bad)
 
 
+@pytest.mark.parametrize("target", ["-1", "0", "nan"])
+def test_report_target_loss_must_be_a_positive_number(tmp_path, target):
+    src = tmp_path / "old.json"
+    shutil.copy(V1 / "report_adam_hessian.json", src)
+    r = runner.invoke(app, ["report", str(src), "--target-loss", target])
+    assert r.exit_code == 2 and "--target-loss must be a positive number" in r.output, r.output
+    assert isinstance(r.exception, SystemExit)
+
+
 def test_a_release_0_1_report_renders_and_feeds_schedule_and_check(tmp_path):
     src = tmp_path / "old.json"
     shutil.copy(V1 / "report_adam_hessian.json", src)

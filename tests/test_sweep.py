@@ -251,6 +251,13 @@ def test_cli_bad_input(tmp_path, args, expected):
     assert r.exit_code == 2 and expected in r.output, r.output
 
 
+def test_cli_an_output_folder_it_cannot_write_is_refused_before_training(tmp_path):
+    (tmp_path / "afile").write_text("")
+    r = cli(TINY, *FAST, "-o", tmp_path / "afile" / "sw", "-q")
+    assert r.exit_code == 2 and "cannot write" in r.output and "--out" in r.output, r.output
+    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
+
+
 def test_cli_target_never_reached_names_the_batches(tmp_path):
     r = cli(TINY, "--method", "global", "--batches", "2,4,64", "-t", 0.3, "--max-steps", 4, *FAST, "-o", tmp_path,
             "-q")

@@ -3,6 +3,7 @@ CSV and figures again)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +29,9 @@ def report_command(
         if is_spec(source):
             raise ConfigError(f"`bsprof report` shows a saved report, and {source.name} is a spec file",
                               f"measure it first: bsprof measure {source}, then bsprof report bsprof-out")
+        if target_loss is not None and not (math.isfinite(target_loss) and target_loss > 0):
+            raise ConfigError(f"--target-loss must be a positive number (got {target_loss:g})",
+                              "pass a loss the run reaches, e.g. its lowest measured loss or a little above")
         if out is not None:
             from bsprof.output.files import check_folder
 

@@ -62,6 +62,9 @@ def sweep(
         cfg = sweep_options.sweep_config(**options)
         if report is not None and not report.exists():
             raise BsprofError(f"report not found: {report}", "pass the report.json written by `bsprof measure`")
+        from bsprof.output.files import check_folder
+
+        check_folder(out, "--out")  # before any branch trains
     _run(spec, cfg, report, out, quiet)
 
 

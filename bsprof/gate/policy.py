@@ -148,8 +148,14 @@ def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
     est = {k: float(np.exp(np.interp(at_loss, losses, v))) for k, v in logs.items()}
     eps = [s.eps_max for s in scales]
     eps_max = float(np.exp(np.interp(at_loss, losses, np.log(eps)))) if all(eps) else None
-    return Reading(est["value"], min(est["lo"], est["value"]), max(est["hi"], est["value"]), Status.OK,
-                   report.unit, f"interpolated at loss {_fmt(at_loss)}", loss=at_loss, eps_max=eps_max)
+    # under the Adam family, the factor the schedule and the headline apply to this quantity (plan.calibration):
+    # measured the SGD way, B_simple falls short of swept critical batches there
+    from bsprof.schedule.plan import calibration, measured_as
+
+    k = calibration(report.config.get("optimizer"), measured_as("b_simple", rows))
+    where = f"interpolated at loss {_fmt(at_loss)}" + (f", × {k:g} under Adam (docs/science.md §6)" if k != 1 else "")
+    return Reading(k * est["value"], k * min(est["lo"], est["value"]), k * max(est["hi"], est["value"]), Status.OK,
+                   report.unit, where, loss=at_loss, eps_max=eps_max)
 
 
 # -- policy and results --------------------------------------------------------------------------------------
