@@ -429,3 +429,10 @@ def test_b_simple_takes_half_the_budget_when_b_pre_follows():
     assert _shared(base, sgd).budget_seconds == 4.0
     free = Sampling(None, 1, 8, 32, False, 0.2, 0.9, 3, 10_000, 60.0)
     assert _shared(free, adam) is free
+
+
+def test_a_folder_where_report_json_goes_is_refused_before_training(tmp_path):
+    (tmp_path / "out" / "report.json").mkdir(parents=True)
+    r = run(ASSETS / "tiny_linear.py", "--steps", 5, "-o", tmp_path / "out", "-q", "--no-figures")
+    assert r.exit_code == 2 and "a folder of that name is in the way" in " ".join(r.output.split()), r.output
+    assert r.output.count("error:") == 1

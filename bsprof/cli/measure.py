@@ -85,7 +85,7 @@ def _output_folder(out: Path, comm: distributed.Comm):
     if not comm.is_main:
         yield
         return
-    files.check_folder(out, "--out")
+    files.check_folder(out, "--out", ("report.json", "measurements.csv", "layers.csv", "noise_scale.png"))
     with files.folder_lock(out, "--out"):
         yield
 

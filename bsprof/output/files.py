@@ -46,14 +46,19 @@ def write_text(path: str | Path, text: str) -> Path:
 LOCK_NAME = ".bsprof.lock"
 
 
-def check_folder(folder: str | Path, flag: str = "--out") -> Path:
+def check_folder(folder: str | Path, flag: str = "--out", files: tuple[str, ...] = ()) -> Path:
     """Create ``folder`` if needed and prove it writable with a probe file, before any work is done; a
-    ``ConfigError`` naming ``flag`` if it is a file, lies under a file, or cannot be written."""
+    ``ConfigError`` naming ``flag`` if it is a file, lies under a file, cannot be written, or holds a folder where
+    one of the ``files`` it will write goes."""
     from bsprof.errors import ConfigError
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"cannot write to {folder}: it is a file, not a folder", f"pass a folder to {flag}")
+    blocked = [name for name in files if (folder / name).is_dir()]
+    if blocked:
+        raise ConfigError(f"cannot write {folder / blocked[0]}: a folder of that name is in the way",
+                          f"remove or rename it, or pass another folder to {flag}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".bsprof-probe.", dir=folder)
