@@ -223,6 +223,35 @@ def test_cli_interrupt_keeps_partial_result(tmp_path, monkeypatch):
     assert d["incomplete"]["reason"] == "interrupted" and len(d["branches"]) == 2
 
 
+def test_cli_interrupt_before_any_branch_says_nothing_was_written(tmp_path, monkeypatch):
+    def at_once(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(branches, "prepare", at_once)   # a Ctrl-C while the spec's model and data are built
+    r = cli(TINY, "--base-batch", 4, "--doublings", 3, "--examples", 400, *FAST, "-o", tmp_path / "s", "-q")
+    assert r.exit_code == 130 and "nothing was written" in r.output, r.output
+    assert "partial result was written" not in r.output
+
+
+def test_cli_interrupt_while_writing_writes_again(tmp_path, monkeypatch):
+    """A Ctrl-C inside the write after a branch (sweep.json written, sweep.csv not yet): both files are written
+    once more after the interrupt, and the exit is 130 (it was a KeyError traceback)."""
+    from bsprof.sweep.result import SweepResult
+
+    real, calls = SweepResult.write, []
+
+    def torn(self, out):
+        calls.append(1)
+        if len(calls) <= 2:   # the first write, and the sweep's own retry on the interrupt: no file written
+            raise KeyboardInterrupt
+        return real(self, out)
+
+    monkeypatch.setattr(SweepResult, "write", torn)
+    r = cli(TINY, "--base-batch", 4, "--doublings", 3, "--examples", 400, *FAST, "-o", tmp_path, "-q")
+    assert r.exit_code == 130 and "partial result was written" in r.output, r.output
+    assert (tmp_path / "sweep.csv").is_file() and (tmp_path / "sweep.json").is_file()
+
+
 def test_cli_budget_stops_with_partial_result(tmp_path):
     r = cli(TINY, "--base-batch", 4, "--doublings", 3, "--examples", 400, "--max-examples", 900, *FAST,
             "-o", tmp_path)

@@ -102,11 +102,19 @@ def _run(spec: Path, cfg, report: Path | None, out: Path, quiet: bool) -> None:
     result = written.get("result")
     if result is not None and not quiet:
         console.print(result, highlight=False)
-    if result is not None:
-        paths = written["paths"]
+    paths = written.get("paths")
+    if result is not None and paths is None:  # interrupted while writing: write once more, now uninterruptible
+        try:
+            paths = result.write(out)
+        except (OSError, KeyboardInterrupt):
+            paths = None
+    if paths is not None:
         (err_console if quiet else console).print(f"wrote {paths['json']}, {paths['csv']}", highlight=False)
     if isinstance(failure, KeyboardInterrupt):
-        err_console.print("[bold red]interrupted[/]: the partial result was written")
+        err_console.print("[bold red]interrupted[/]: " + ("the partial result was written" if paths is not None
+                                                          else "nothing was measured yet, nothing was written"
+                                                          if result is None else
+                                                          "the partial result could not be written"))
         raise typer.Exit(130)
     if failure is not None:
         with user_errors():

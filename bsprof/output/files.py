@@ -76,7 +76,10 @@ def check_file(path: str | Path, flag: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a folder, not a file", f"pass a file path to {flag}")
-    check_folder(path.parent, flag)
+    try:
+        check_folder(path.parent, flag)
+    except ConfigError as e:  # the flag takes a file: say so in the fix
+        raise ConfigError(e.message, f"pass a file in a writable folder to {flag}") from None
     return path
 
 

@@ -217,8 +217,8 @@ def check_target(target: float, losses, fit, cfg: ScheduleConfig) -> list[str]:
     """Raise ExtrapolationError when the target is far below the measured losses; return warnings."""
     lo, hi, start = float(np.min(losses)), float(np.max(losses)), float(losses[0])
     if target >= start:
-        raise ConfigError(f"target loss {target:g} is not below the loss {start:g} at the first measurement",
-                          "pass a --target-loss below the measured losses")
+        raise ConfigError(f"target loss {target:g} is not below the loss {start:g} where the followed noise scale "
+                          "starts (its first usable measurement)", "pass a --target-loss below that loss")
     if target <= fit.floor:
         raise ExtrapolationError(f"the fitted noise scale diverges at loss {fit.floor:.4g} (a + b/(L − L*)); "
                                  f"target {target:g} is beyond it",

@@ -69,7 +69,8 @@ def summary_lines(r) -> list[str]:
                      f"B_simple's draws (+ {k.probe_train_examples:,} probe-training examples)")
     lines += [f"note: {n}" for n in r.notes]
     if r.incomplete:
-        lines.append(f"incomplete: {r.incomplete['reason']} (after {r.incomplete.get('branches', 0)} branches)")
+        n = r.incomplete.get("branches", 0)
+        lines.append(f"incomplete: {r.incomplete['reason']} (after {n} branch{'' if n == 1 else 'es'})")
     return lines
 
 
