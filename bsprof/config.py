@@ -52,7 +52,7 @@ class MeasureConfig:
     unit: str = "examples"           # batch unit: examples, or tokens (needs tokens_per_example)
     tokens_per_example: int = 0      # 0: detect from the spec's TOKENS_PER_EXAMPLE
     hessian: bool = False            # also measure B_noise = tr(HΣ)/(GᵀHG) via Hessian-vector products
-    track_training: bool = True      # training steps give pairs too (per-example norms in their backward)
+    track_training: bool = True      # training steps give pairs too (per-example norms, else 2 micro-batches)
     strict: bool = False             # never the torch.func path: an error with method hooks, micro-batches in auto
 
     def problems(self) -> list[str]:

@@ -112,6 +112,13 @@ def digits_cnn():
                          nn.Linear(32 * 4 * 4, 10))
 
 
+def digits_bn_cnn():
+    """The digits CNN with BatchNorm after each convolution (train mode: batch statistics couple the examples)."""
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(32 * 4 * 4, 10))
+
+
 _TEACHER: tuple | None = None
 
 
@@ -204,6 +211,13 @@ TASKS = {
                             sweep=dict(batches=[16, 32, 64, 128, 256, 512], lr0=0.05, lr_grid=[0.5, 1, 2, 4],
                                        seeds=1, max_steps=4000, eval_examples=1024, max_seconds=2400),
                             probe_steps=800, lr_factors=(1.0,)),
+    # seventh session: a BatchNorm model (micro-batch probe; training-step windows from 2 micro-batches per step)
+    "digits_bn_cnn_sgd": dict(desc="the digits CNN with BatchNorm2d after each conv (14k params), plain SGD",
+                              spec=lambda: Spec(None, None, digits_bn_cnn, digits_spec().dataset, ce, sgd(0.1)),
+                              opt=sgd, target=0.05, batch=32,
+                              sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.1, lr_grid=[0.5, 1, 2, 4, 8], seeds=2,
+                                         max_steps=2000, eval_examples=0, max_seconds=2400),
+                              probe_steps=400, lr_factors=(1.0,)),
     # the first sweep's best lr was the grid's top (×4) at B = 16, 32, 64: the grid extended upwards, same seed
     "shakespeare_adam_hi": dict(desc="the same, lr grid ×8, ×16", spec=shakespeare_spec, opt=adam, target=2.0,
                                 batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=2e-3, lr_grid=[8, 16],

@@ -50,7 +50,8 @@ SOURCES = {"digits_sgd": "critical_batch_evidence.json", "mnist_cnn_sgd": "criti
            "digits_adam": "critical_batch_evidence.json", "shakespeare_adam": "critical_batch_shakespeare.json",
            "mnist_cnn_adam": "critical_batch_mnist_adam.json", "mnist_mlp_adam": "critical_batch_mnist_mlp_adam.json",
            "digits_cnn_adam": "critical_batch_more_adam.json", "teacher_mlp_adam": "critical_batch_more_adam.json",
-           "digits_cnn_sgd": "critical_batch_more_sgd.json", "teacher_mlp_sgd": "critical_batch_more_sgd.json"}
+           "digits_cnn_sgd": "critical_batch_more_sgd.json", "teacher_mlp_sgd": "critical_batch_more_sgd.json",
+           "digits_bn_cnn_sgd": "critical_batch_bn.json"}
 CANDIDATES = ("b_simple", "b_simple_window", "b_pre")
 
 

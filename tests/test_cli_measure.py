@@ -149,21 +149,72 @@ def test_a_model_torch_func_cannot_batch_is_not_blamed_on_the_spec(tmp_path):
     assert "seq_first_gru.py:" not in r.output
 
 
-def test_a_curve_without_training_windows_says_why(tmp_path):
-    """PReLU has no per-example rule: the training steps cannot be tracked, and a note says so (not a silently
-    missing column)."""
+PRELU = ("import torch, torch.nn.functional as F\nfrom torch import nn\n"
+         "g = torch.Generator().manual_seed(0)\n"
+         "X, Y = torch.randn({n}, 8, generator=g), torch.randint(0, 3, ({n},), generator=g)\n"
+         "def model():\n    return nn.Sequential(nn.Linear(8, 16), nn.PReLU(), nn.Linear(16, 3))\n"
+         "def dataset():\n    return torch.utils.data.TensorDataset(X, Y)\n"
+         "def loss(model, batch):\n    x, y = batch\n    return F.cross_entropy(model(x), y, reduction='none')\n")
+
+
+def test_a_model_without_per_example_rules_gets_windows_from_micro_batches(tmp_path):
+    """PReLU has no per-example rule, so the training steps cannot be tracked by per-example norms: they are tracked
+    as two micro-batches each (the same gradient for a model without BatchNorm). 40 examples, weights that do not
+    move (lr 1e-9): the windows must cover the fixed-weight B_simple (exact: the whole dataset). Before, such a
+    model had no windows, and its headline followed the fixed-weight values."""
     spec = tmp_path / "prelu.py"
-    spec.write_text(
-        "import torch, torch.nn.functional as F\nfrom torch import nn\n"
-        "X, Y = torch.randn(256, 8), torch.randint(0, 3, (256,))\n"
-        "def model():\n    return nn.Sequential(nn.Linear(8, 16), nn.PReLU(), nn.Linear(16, 3))\n"
-        "def dataset():\n    return torch.utils.data.TensorDataset(X, Y)\n"
-        "def loss(model, batch):\n    x, y = batch\n    return F.cross_entropy(model(x), y, reduction='none')\n")
-    r = run(spec, "--steps", 4, "--measure-every", 2, "--rel-error", 0.5, "--max-seconds", 5, "-o", tmp_path,
-            "-q", "--no-figures")
+    spec.write_text(PRELU.format(n=40))
+    r = run(spec, "--steps", 200, "--lr", 1e-9, "--batch-size", 32, "--measure-every", 100, "--max-seconds", 2,
+            "-o", tmp_path, "-q", "--no-figures")
+    assert r.exit_code == 0, r.output
+    from bsprof.output.report import Report
+
+    report = Report.from_json(tmp_path / "report.json")
+    assert "no_training_windows" not in {d["code"] for d in report.diagnostics}
+    windows = [m for m in report.measurements if m.b_simple_window]
+    assert len(windows) == 2 and all(m.window_steps == 100 for m in windows)
+    for m in windows:
+        w = m.b_simple_window
+        assert w.value - 3 * (w.value - w.lo) < m.b_simple.value < w.value + 3 * (w.hi - w.value), m
+    assert report.summary.critical_batch_quantity == "b_simple_window"
+
+
+def test_micro_batch_tracking_leaves_training_unchanged(tmp_path):
+    """Two micro-batches per step give the same training as whole batches for a model without BatchNorm: the
+    training losses of every step agree with a run that does not track (float32 summation order only)."""
+    import bsprof
+
+    spec = tmp_path / "prelu.py"
+    spec.write_text(PRELU.format(n=256))
+    losses = {}
+    for track in (True, False):
+        seen = losses[track] = []
+        bsprof.measure(str(spec), steps=12, batch_size=32, measure_every=6, max_seconds=1, lr=0.1,
+                       track_training=track, device="cpu",
+                       progress=lambda kind, info, seen=seen: seen.append(info["loss"]) if kind == "train" else None)
+    assert len(losses[True]) == 12
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_batchnorm_training_windows_come_from_two_micro_batches(tmp_path):
+    """BatchNorm couples the examples, so no per-example norms: each training step runs as 2 micro-batches of B/2
+    (BatchNorm normalises over B/2, as on 2 data-parallel ranks), which gives the windows, and a note says so."""
+    r = run(ASSETS / "bn_cnn.py", "--steps", 12, "--measure-every", 6, "--batch-size", 32, "--max-seconds", 1,
+            "-o", tmp_path, "-q", "--no-figures")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    notes = {d["code"]: d["message"] for d in report["diagnostics"]}
+    assert report["config"]["method_resolved"] == "microbatch"
+    assert "2 micro-batches of B/2" in notes["training_micro_batches"] and "no_training_windows" not in notes
+    assert [m["window_steps"] for m in report["measurements"] if m.get("b_simple_window")] == [6, 6]
+
+
+def test_an_odd_batch_with_batchnorm_says_why_there_are_no_windows(tmp_path):
+    r = run(ASSETS / "bn_cnn.py", "--steps", 4, "--measure-every", 2, "--batch-size", 31, "--max-seconds", 1,
+            "-o", tmp_path, "-q", "--no-figures")
     assert r.exit_code == 0, r.output
     notes = {d["code"]: d["message"] for d in json.loads((tmp_path / "report.json").read_text())["diagnostics"]}
-    assert "no per-example rule for 1.weight" in notes["no_training_windows"]
+    assert "does not split into 2 equal micro-batches (use an even --batch-size)" in notes["no_training_windows"]
 
 
 def test_training_windows_on_a_small_dataset_agree_with_the_exact_value(tmp_path):

@@ -195,3 +195,18 @@ def test_b_noise_stops_by_the_shared_rule_and_says_so():
     assert [replay(i + 1, w, 0, 0.0) for i, w in enumerate(widths)].index(PRECISION) == len(widths) - 1
     assert measure_b_noise(net_at(m), ls_loss, FreshLeastSquares(m, 8), 64, rel_error=1e-6,
                            max_examples=1000).stopped_by == EXAMPLES
+
+
+def test_a_training_batch_splits_into_equal_micro_batches_or_stays_whole():
+    """``Examples.train_batch(size, parts)``: the same examples as one batch, in ``parts`` equal micro-batches each
+    collated on its own; a batch that does not split equally stays whole."""
+    data = torch.utils.data.TensorDataset(torch.arange(10.0))
+    whole = Examples(data, None, torch.device("cpu"), torch.Generator().manual_seed(0))
+    split = Examples(data, None, torch.device("cpu"), torch.Generator().manual_seed(0))
+    for _ in range(3):  # the third batch starts a new epoch (the 2 left over are dropped)
+        [(one, n)], _ = whole.train_batch(4)
+        parts, count = split.train_batch(4, parts=2)
+        assert n == count == 4 and [c for _, c in parts] == [2, 2]
+        assert torch.equal(torch.cat([b[0] for b, _ in parts]), one[0])
+    parts, count = Examples(data, None, torch.device("cpu"), torch.Generator()).train_batch(9, parts=2)
+    assert count == 9 and [c for _, c in parts] == [9]

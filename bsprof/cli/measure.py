@@ -56,7 +56,8 @@ def measure(
     tokens_per_example: Optional[int] = O(None, help="Tokens per example for --unit tokens (0: from the spec)."),
     hessian: Optional[bool] = O(None, "--hessian/--no-hessian", help="Also measure B_noise (Hessian-aware)."),
     track_training: Optional[bool] = O(None, "--track-training/--no-track-training", help="Also estimate B_simple "
-                                       "from the training steps between measurements (per-example norms). [on]"),
+                                       "from the training steps between measurements (per-example norms; for "
+                                       "BatchNorm or layers without a rule, two micro-batches per step). [on]"),
     strict: Optional[bool] = O(None, "--strict/--no-strict", help="Never the slow torch.func path: with --method "
                                "hooks a parameter that would take it is an error (register a rule instead), under "
                                "auto micro-batches are taken. [off]"),

@@ -111,12 +111,17 @@ class Examples:
             part = drawn[start:start + size]
             yield self.collate(part if self.iterable else self.items(part)), len(part)
 
-    def train_batch(self, size: int):
-        """The next training batch from shuffled epochs (a new permutation when the epoch runs out)."""
+    def train_batch(self, size: int, parts: int = 1) -> tuple[list, int]:
+        """The next training batch from shuffled epochs (a new permutation when the epoch runs out): ([(collated
+        micro-batch, its examples), …], examples). ``parts`` > 1 splits it into that many equal micro-batches, each
+        collated on its own (gradient accumulation); a batch that does not split equally stays whole."""
         if self.iterable:
             part = self.mine(self.stream(size))
-            return self.collate(part), len(part)
-        if len(self._epoch) < size:
-            self._epoch = torch.randperm(self.n, generator=self.train_generator).tolist()
-        part, self._epoch = self.mine(self._epoch[:size]), self._epoch[size:]
-        return self.collate(self.items(part)), len(part)
+        else:
+            if len(self._epoch) < size:
+                self._epoch = torch.randperm(self.n, generator=self.train_generator).tolist()
+            part, self._epoch = self.mine(self._epoch[:size]), self._epoch[size:]
+        k = parts if parts > 1 and len(part) % parts == 0 else 1
+        m = len(part) // k
+        chunks = [part[j * m:(j + 1) * m] for j in range(k)]
+        return [(self.collate(c if self.iterable else self.items(c)), len(c)) for c in chunks], len(part)

@@ -87,25 +87,37 @@ def measure_steps(steps: int, every: int) -> list[int]:
 
 
 def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, step: int,
-               comm: distributed.Comm = distributed.LOCAL, tracker=None) -> float:
+               comm: distributed.Comm = distributed.LOCAL, tracker=None, parts: int = 1) -> float:
     """One optimizer step on the mean loss of a batch; under DDP each rank takes its share of the batch and
     the gradients Σ_local ∇ℓ_i / batch_size are summed over ranks (``distributed.sync_gradients``).
-    With a ``tracker`` (per-example source) the backward also gives the step's nested pair (b = 1, B = batch)."""
+
+    ``parts`` > 1: the batch as that many equal micro-batches, one backward each (gradient accumulation: the same
+    gradient, unless a layer couples the examples, BatchNorm then normalising over each micro-batch). With a
+    ``tracker`` the backward passes also give the step's nested pair: per-example norms (b = 1, B = batch), or its
+    micro-batches (b = B/parts); a step whose batch did not split is not measured."""
     from bsprof.probes.base import per_example_losses
 
-    batch, count = examples.train_batch(batch_size)
+    batches, count = examples.train_batch(batch_size, parts)
     optimizer.zero_grad(set_to_none=True)
-    loss = per_example_losses(model, loss_fn, batch, count).sum() / (batch_size if comm.world > 1 else count)
-    if not torch.isfinite(loss):
-        raise NonFiniteError(f"the training loss became {loss.item()} at step {step}",
-                             "lower --lr (or the spec optimizer's lr); what was measured before is kept", step)
-    if tracker is not None:
-        with tracker.per_example():
+    denom = batch_size if comm.world > 1 else count
+    total = 0.0
+    for batch, n in batches:
+        loss = per_example_losses(model, loss_fn, batch, n).sum() / denom
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"the training loss became {loss.item()} at step {step}",
+                                 "lower --lr (or the spec optimizer's lr); what was measured before is kept", step)
+        if tracker is not None and tracker.per_example_source is not None and tracker.source == "per_example":
+            with tracker.per_example():
+                loss.backward()
+        else:
             loss.backward()
-        tracker.step(count, loss=loss.detach())
-    else:
-        loss.backward()
-    loss = distributed.sync_gradients(model, loss, comm)
+        total = total + loss.detach()
+    if tracker is not None:
+        if tracker.accumulation_steps in (None, len(batches)):
+            tracker.step(count, loss=total)
+        else:
+            tracker.discard(count)
+    loss = distributed.sync_gradients(model, total, comm)
     optimizer.step()
     return float(loss.detach())
 
@@ -214,10 +226,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     with buffers_kept(model):
         first = _first_budget(model, spec.loss, examples, cfg, points, comm)
     points = set(points)
-    track = cfg.track_training and comm.world == 1 and chosen.per_example  # pairs from training steps (b = 1)
-    if cfg.track_training and cfg.steps > 0 and not track:
-        how = invalid or ("chosen by the timed trial, see the method_trial note" if choice.seconds else choice.why)
-        _no_windows(report, "the run is data-parallel" if comm.world > 1 else f"the probe is micro-batches ({how})")
+    track = _track_source(report, cfg, comm, invalid)  # how the training steps give pairs, or None
     step, tracker, phase, clock = 0, None, "measuring", cost.RunClock(choosing=choosing)
     try:
         for step in range(cfg.steps + 1):
@@ -247,13 +256,11 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
             if step < cfg.steps:
                 phase = "training"
                 if tracker is None and track:
-                    tracker, why = _training_tracker(model, optimizer, batch_size, cfg.confidence,
-                                                     None if examples.iterable else examples.n)
-                    if tracker is None:
-                        track = _no_windows(report, f"the tracker's per-example norms do not cover this model "
-                                                    f"({why})")
+                    tracker, track = _training_tracker(report, track, model, optimizer, batch_size, cfg.confidence,
+                                                       None if examples.iterable else examples.n)
                 t0 = time.perf_counter()
-                loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm, tracker)
+                loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm, tracker,
+                                  TRAINING_PARTS if track == "accumulation" else 1)
                 clock.trained(time.perf_counter() - t0)
                 say("train", {"step": step + 1, "loss": loss})
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP raised as one (bsprof.cli.signals)
@@ -349,17 +356,55 @@ def _trial_draw(cfg: MeasureConfig, examples: Examples, comm: distributed.Comm):
     return list(examples.batches(drawn, cfg.chunk)), list(examples.batches(drawn, b)), k
 
 
-def _training_tracker(model, optimizer, batch_size: int, confidence: float, population: int | None):
-    """(A tracker over the training steps until the next measurement (per-example norms in their backward), None),
-    or (None, why) where the model's layers have no per-example rule. Training batches are disjoint within an
-    epoch (``Examples.train_batch``): each is drawn without replacement from the ``population`` of n examples."""
+TRAINING_PARTS = 2  # micro-batches per training step where per-example norms are not available
+
+
+def _track_source(report: Report, cfg: MeasureConfig, comm: distributed.Comm, invalid: str | None) -> str | None:
+    """Where the training steps' nested pairs come from (B_simple over training-step windows; ``_training_tracker``):
+    "per_example" (b = 1, in the step's own backward) when per-example gradients are the training gradient's parts,
+    whichever probe measures at fixed weights; "accumulation" (the step as ``TRAINING_PARTS`` micro-batches of
+    B/2) for a model with BatchNorm, said in the report, since BatchNorm then normalises over B/2, as it would on
+    two data-parallel ranks; None, with the reason in the report, for a loss that mixes examples (its micro-batch
+    loss is another loss) and under DDP."""
+    if not cfg.track_training or cfg.steps == 0:
+        return None
+    if comm.world > 1:
+        return _no_windows(report, "the run is data-parallel")
+    if invalid is None:
+        return "per_example"
+    if invalid.startswith("BatchNorm"):
+        report.diagnose("training_micro_batches", f"each training step ran as {TRAINING_PARTS} micro-batches of "
+                        f"B/{TRAINING_PARTS} (gradient accumulation), for B_simple over training-step windows: "
+                        f"BatchNorm normalised over B/{TRAINING_PARTS} examples, as it would on {TRAINING_PARTS} "
+                        "data-parallel ranks. --no-track-training trains on whole batches (and the headline then "
+                        "follows the fixed-weight measurements, whose critical batch has a wider model range).")
+        return "accumulation"
+    return _no_windows(report, f"{invalid}, so the training steps give no nested pairs")
+
+
+def _training_tracker(report: Report, source: str, model, optimizer, batch_size: int, confidence: float,
+                      population: int | None):
+    """(A tracker over the training steps until the next measurement, the source it uses): per-example norms in
+    their backward, or their micro-batches (``_track_source``); a model whose layers have no per-example rule
+    (and no per-example tracker) is tracked by micro-batches, which for it give the same training gradient.
+    Training batches are disjoint within an epoch (``Examples.train_batch``): each is drawn without replacement
+    from the ``population`` of n examples."""
     from bsprof.track import Tracker, TrackerError
 
+    if source == "per_example":
+        try:
+            return Tracker(model, optimizer, source="per_example", batch_size=batch_size, confidence=confidence,
+                           population=population), source
+        except TrackerError:
+            source = "accumulation"
+    if batch_size % TRAINING_PARTS:
+        return None, _no_windows(report, f"the training batch of {batch_size} does not split into "
+                                         f"{TRAINING_PARTS} equal micro-batches (use an even --batch-size)")
     try:
-        return Tracker(model, optimizer, source="per_example", batch_size=batch_size, confidence=confidence,
-                       population=population), None
+        return Tracker(model, optimizer, source="accumulation", accumulation_steps=TRAINING_PARTS,
+                       batch_size=batch_size, confidence=confidence, population=population), source
     except TrackerError as e:
-        return None, e.message
+        return None, _no_windows(report, e.message)
 
 
 def _no_windows(report: Report, why: str) -> bool:
