@@ -108,6 +108,8 @@ def test_two_ranks_agree_with_closed_form_and_one_process(tmp_path, method):
     assert first.b_simple.lo < first.b_simple.value < first.b_simple.hi
     assert first.b == b and first.B % (2 * b) == 0 and first.ranks.b == first.B // 2
     assert first.ranks.b_simple.status in ("ok", "lower_bound") and np.isfinite(first.ranks.b_simple.lo)
+    # the training steps' across-ranks pairs (b = 4 per rank, B = 8) give the window of the last row
+    assert last.window_steps == 2 and last.b_simple_window.status in ("ok", "lower_bound")
 
     cfg = MeasureConfig(steps=2, measure_every=2, batch_size=8, rel_error=0.05, device="cpu", method=method,
                         measure_budget=0,  # as under DDP (no time budget there): both stop by precision alone
@@ -172,3 +174,21 @@ def test_a_sigterm_from_outside_is_not_reported_as_a_silent_peer():
     assert "received SIGTERM" in err.value.message and "did not answer" not in err.value.message
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # the report can still be written
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_the_training_steps_pair_under_ddp_is_each_ranks_share_against_the_batch(monkeypatch):
+    """``sync_gradients`` with ``TrainingPairs``: small = (1/W) Σ_r |G^{(r)}|² with G^{(r)} = .grad_r · B/b the
+    rank's local mean gradient, big = |G_B|² after the all-reduce. Two ranks holding the same gradient (the
+    all-reduce doubles every sum): G^{(r)} = G_B, so small = big = |G_B|²."""
+    from bsprof.distributed import ranks
+
+    monkeypatch.setattr(ranks, "_flat_sum", lambda tensors, comm: [t * 2 for t in tensors])
+    model = torch.nn.Linear(3, 2)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.25)   # Σ_local ∇ℓ_i / B of one rank
+    pairs = ranks.TrainingPairs()
+    loss = ranks.sync_gradients(model, torch.tensor(0.5), Comm(rank=0, world=2), pairs, local_count=4, batch=8)
+    g2 = sum(float(p.grad.double().square().sum()) for p in model.parameters())
+    assert g2 == pytest.approx(8 * 0.5 ** 2) and float(loss) == 1.0
+    (d,) = pairs.draws
+    assert (d.b, d.B) == (4, 8) and d.small_sq[0] == pytest.approx(g2) and d.big_sq[0] == pytest.approx(g2)

@@ -14,7 +14,8 @@ _WHERE = {
     **dict.fromkeys(("LOCAL", "Comm", "RankFailure"), "comm"),
     **dict.fromkeys(("GradientNoiseScale", "noise_scale_hook"), "comm_hook"),
     **dict.fromkeys(("broadcast_parameters", "check_batch", "current", "follow_main", "init", "rank_draws",
-                     "rank_estimate", "reduce_sums", "session", "shutdown", "stop_on_sigterm", "sync_gradients"),
+                     "rank_estimate", "reduce_sums", "session", "shutdown", "stop_on_sigterm", "sync_gradients",
+                     "TrainingPairs"),
                     "ranks"),
 }
 

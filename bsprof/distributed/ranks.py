@@ -27,6 +27,7 @@ import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -238,16 +239,52 @@ def follow_main(obj, comm: Comm):
     return box[0]
 
 
-def sync_gradients(model: nn.Module, loss: torch.Tensor, comm: Comm) -> torch.Tensor:
+def sync_gradients(model: nn.Module, loss: torch.Tensor, comm: Comm, pairs: TrainingPairs | None = None,
+                   local_count: int = 0, batch: int = 0) -> torch.Tensor:
     """Sum ``.grad`` and the loss over ranks (each rank's loss is Σ_local ℓ_i / B_global, so the sum is the global
-    mean), in place; returns the global loss. Identity in one process."""
+    mean), in place; returns the global loss. Identity in one process.
+
+    With ``pairs`` the step's across-ranks pair goes to it, in the same all-reduce: small = (1/W) Σ_r |G^{(r)}|²,
+    G^{(r)} = .grad_r · batch/local_count the rank's local mean gradient (b = local_count), big = |G_B|²."""
     if comm.world == 1:
         return loss
     params = [p for p in model.parameters() if p.grad is not None]
-    reduced = _flat_sum([p.grad for p in params], comm)
+    grads = [p.grad for p in params]
+    extra = []
+    if pairs is not None:
+        local = torch.stack(torch._foreach_norm(grads)).double().square().sum() * (batch / local_count) ** 2
+        extra = [local.to(grads[0].device).reshape(1)]
+    reduced = _flat_sum([*grads, *extra], comm)
     for p, g in zip(params, reduced):
         p.grad.copy_(g)
-    return _flat_sum([loss.detach().double().reshape(1)], comm)[0][0]
+    total = _flat_sum([loss.detach().double().reshape(1)], comm)[0][0]
+    if pairs is not None:
+        big = float(torch.stack(torch._foreach_norm(grads)).double().square().sum())
+        pairs.add(float(reduced[-1][0]) / comm.world, big, local_count, batch, float(total))
+    return total
+
+
+class TrainingPairs:
+    """The data-parallel probe training's steps as nested pairs (its windows; one process tracks with
+    ``bsprof.Tracker`` instead): b = each rank's share of the step's batch, B = the batch, from
+    ``sync_gradients``; the estimate is the ratio of means over the steps kept (``bsprof.track.window``).
+    ``population``: the dataset's size, for the finite-population correction (None: i.i.d.)."""
+
+    def __init__(self, confidence: float = 0.9, population: int | None = None):
+        self.draws: list[Draw] = []
+        self.confidence, self.population = confidence, population
+
+    def add(self, small: float, big: float, b: int, B: int, loss: float) -> None:
+        n = self.population if self.population and B <= self.population else None
+        self.draws.append(Draw(np.array([small]), np.array([big]), b, B, loss, n))
+
+    def estimate(self) -> Estimate:
+        from bsprof.track.window import b_simple_of, windowed
+
+        return b_simple_of(windowed(self.draws, None, self.confidence)) if self.draws else Estimate.none()
+
+    def close(self) -> None:
+        """Nothing to undo (no hooks): the same interface as a tracker's."""
 
 
 def broadcast_parameters(model: nn.Module, comm: Comm) -> None:

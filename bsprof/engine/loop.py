@@ -94,7 +94,8 @@ def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, s
     ``parts`` > 1: the batch as that many equal micro-batches, one backward each (gradient accumulation: the same
     gradient, unless a layer couples the examples, BatchNorm then normalising over each micro-batch). With a
     ``tracker`` the backward passes also give the step's nested pair: per-example norms (b = 1, B = batch), or its
-    micro-batches (b = B/parts); a step whose batch did not split is not measured."""
+    micro-batches (b = B/parts), or under DDP (``distributed.TrainingPairs``) each rank's share against the
+    batch; a step whose batch did not split is not measured."""
     from bsprof.probes.base import per_example_losses
 
     batches, count = examples.train_batch(batch_size, parts)
@@ -106,12 +107,18 @@ def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, s
         if not torch.isfinite(loss):
             raise NonFiniteError(f"the training loss became {loss.item()} at step {step}",
                                  "lower --lr (or the spec optimizer's lr); what was measured before is kept", step)
-        if tracker is not None and tracker.per_example_source is not None and tracker.source == "per_example":
+        if isinstance(tracker, distributed.TrainingPairs):
+            loss.backward()
+        elif tracker is not None and tracker.source == "per_example":
             with tracker.per_example():
                 loss.backward()
         else:
             loss.backward()
         total = total + loss.detach()
+    if isinstance(tracker, distributed.TrainingPairs):
+        loss = distributed.sync_gradients(model, total, comm, tracker, count, batch_size)
+        optimizer.step()
+        return float(loss.detach())
     if tracker is not None:
         if tracker.accumulation_steps in (None, len(batches)):
             tracker.step(count, loss=total)
@@ -364,12 +371,13 @@ def _track_source(report: Report, cfg: MeasureConfig, comm: distributed.Comm, in
     "per_example" (b = 1, in the step's own backward) when per-example gradients are the training gradient's parts,
     whichever probe measures at fixed weights; "accumulation" (the step as ``TRAINING_PARTS`` micro-batches of
     B/2) for a model with BatchNorm, said in the report, since BatchNorm then normalises over B/2, as it would on
-    two data-parallel ranks; None, with the reason in the report, for a loss that mixes examples (its micro-batch
-    loss is another loss) and under DDP."""
+    two data-parallel ranks; "ranks" under DDP (each rank's share against the step's batch, as a DDP training step
+    sees it); None, with the reason in the report, for a loss that mixes examples (its micro-batch loss is another
+    loss)."""
     if not cfg.track_training or cfg.steps == 0:
         return None
     if comm.world > 1:
-        return _no_windows(report, "the run is data-parallel")
+        return "ranks"
     if invalid is None:
         return "per_example"
     if invalid.startswith("BatchNorm"):
@@ -385,12 +393,14 @@ def _track_source(report: Report, cfg: MeasureConfig, comm: distributed.Comm, in
 def _training_tracker(report: Report, source: str, model, optimizer, batch_size: int, confidence: float,
                       population: int | None):
     """(A tracker over the training steps until the next measurement, the source it uses): per-example norms in
-    their backward, or their micro-batches (``_track_source``); a model whose layers have no per-example rule
-    (and no per-example tracker) is tracked by micro-batches, which for it give the same training gradient.
+    their backward, their micro-batches, or the ranks' shares (``_track_source``); a model whose layers have no
+    per-example rule is tracked by micro-batches, which for it give the same training gradient.
     Training batches are disjoint within an epoch (``Examples.train_batch``): each is drawn without replacement
     from the ``population`` of n examples."""
     from bsprof.track import Tracker, TrackerError
 
+    if source == "ranks":
+        return distributed.TrainingPairs(confidence, population), source
     if source == "per_example":
         try:
             return Tracker(model, optimizer, source="per_example", batch_size=batch_size, confidence=confidence,
