@@ -198,3 +198,24 @@ def test_the_summary_says_which_probe_measured_and_why():
     console = Console(width=160, record=True)
     console.print(report_table(report))
     assert "probe: hooks (auto: per-example gradients are valid; timed)" in console.export_text()
+
+
+def test_report_prints_json_and_csv_for_scripts(tmp_path):
+    """`bsprof report --format json` is report.json's content (its summary to --target-loss when given), `--format
+    csv` the measurements; a wrong format is one line and exit 2."""
+    src = tmp_path / "old.json"
+    shutil.copy(V1 / "report_adam_hessian.json", src)
+    report = Report.from_json(src)
+    r = runner.invoke(app, ["report", str(src), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["summary"]["critical_batch"]["value"] == pytest.approx(report.summary.critical_batch.value)
+    assert len(data["measurements"]) == len(report.measurements)
+    last = report.measurements[-1].loss
+    at = json.loads(runner.invoke(app, ["report", str(src), "-f", "json", "-t", str(last * 1.5)]).stdout)
+    assert at["summary"]["critical_batch"]["value"] == pytest.approx(
+        report.summary_at(last * 1.5).critical_batch.value)
+    csv = runner.invoke(app, ["report", str(src), "-f", "csv"]).stdout.splitlines()
+    assert csv[0].startswith("step,") and len(csv) == len(report.measurements) + 1
+    bad = runner.invoke(app, ["report", str(src), "-f", "xml"])
+    assert bad.exit_code == 2 and "--format must be one of table, json, csv" in bad.output

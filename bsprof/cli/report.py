@@ -23,9 +23,13 @@ def report_command(
     layers: bool = typer.Option(False, "--layers", help="Show the per-layer breakdown of the last measurement."),
     target_loss: Optional[float] = typer.Option(None, "--target-loss", "-t", help="End the headline critical "
                                                 "batch's path at this loss (default: the lowest measured loss)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json (the report, with its summary to "
+                            "--target-loss) or csv (the measurements), on stdout."),
 ):
     """Show a saved report: the measurements, the summary, the diagnostics."""
     with user_errors():
+        if fmt not in FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})", "e.g. --format json")
         if is_spec(source):
             raise ConfigError(f"`bsprof report` shows a saved report, and {source.name} is a spec file",
                               f"measure it first: bsprof measure {source}, then bsprof report bsprof-out")
@@ -37,12 +41,15 @@ def report_command(
 
             check_folder(out, "--out")  # before reading or measuring anything
         report = load(source, "report", window=window)
-        if target_loss is not None:
+        if fmt != "table":
+            typer.echo(as_text(report, fmt, target_loss), nl=False)
+        elif target_loss is not None:
             from bsprof.output.render import report_table
 
             shown = report_table(report, report.summary_at(target_loss))
-    show(report if target_loss is None else shown)
-    if layers and report.layers:
+    if fmt == "table":
+        show(report if target_loss is None else shown)
+    if layers and report.layers and fmt == "table":
         from bsprof.output.render import layers_table
 
         show(layers_table(report))
@@ -50,3 +57,22 @@ def report_command(
         with user_errors():
             paths = report.write(out)
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+FORMATS = ("table", "json", "csv")
+
+
+def as_text(report, fmt: str, target_loss: float | None) -> str:
+    """The report as JSON (report.json's content, its summary ending the headline's path at ``target_loss``) or
+    the measurements as CSV (measurements.csv's content)."""
+    if fmt == "csv":
+        return report.to_frame().to_csv(index=False)
+    import json
+
+    from bsprof.output import codec
+    from bsprof.results import json_clean
+
+    data = codec.encode(report)
+    if target_loss is not None:
+        data["summary"] = json_clean(report.summary_at(target_loss))
+    return json.dumps(data, indent=2) + "\n"
