@@ -666,3 +666,32 @@ def test_a_batch_size_the_forwards_contradict_is_warned_once():
             model.zero_grad()
     tracker.close()
     assert hooks_left(model) == 0
+
+
+def test_a_window_of_full_batch_steps_is_their_ratio_of_means():
+    """Full-batch training with population=n: each step's pair is exact at its own weights. A window of such steps
+    is their ratio of means with the spread across steps as its interval; it returned its first step's value with
+    a point interval (the fixed-weight rule "one exact draw says everything", a new user's finding)."""
+    from bsprof.stats.estimators import draw_estimates
+
+    torch.manual_seed(0)
+    n = 40
+    x = torch.randn(n, 8)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    tracker = Tracker(model, opt, source="per_example", population=n, batch_size=n)
+    for _ in range(20):
+        loss = nn.functional.cross_entropy(model(x), y)
+        with tracker.per_example():
+            loss.backward()
+        tracker.step(loss=loss)
+        opt.step()
+        opt.zero_grad()
+    tracker.close()
+    g2, tr = draw_estimates(tracker.draws[-10:])
+    firsts = tr[0].sum() / g2[0].sum()
+    est = tracker.estimate(window=10)
+    assert est.value == pytest.approx(tr.sum(1).mean() / g2.sum(1).mean(), rel=1e-9)
+    assert est.value != pytest.approx(firsts, rel=1e-3)
+    assert est.lo < est.value < est.hi

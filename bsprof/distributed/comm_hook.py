@@ -77,7 +77,7 @@ class GradientNoiseScale:
         """B_simple = tr(Σ)/|G|² over the kept steps: ratio of means, Fieller interval (needs W ≥ 2, 2+ steps)."""
         if not self.draws:
             raise ValueError("no step recorded yet: call update() after each backward pass")
-        return noise_scale(list(self.draws), self.confidence)
+        return noise_scale(list(self.draws), self.confidence, same_weights=False)  # steps along training
 
     def reset(self) -> None:
         self.draws.clear()

@@ -211,12 +211,16 @@ def draw_estimates(draws: Sequence[Draw]):
     return np.vstack(g2), np.vstack(tr)
 
 
-def noise_scale(draws: Sequence[Draw], confidence: float = 0.9) -> NoiseScale:
-    """Combine draws into B_simple: example-weighted ratio of means, Fieller interval, per-group breakdown."""
+def noise_scale(draws: Sequence[Draw], confidence: float = 0.9, same_weights: bool = True) -> NoiseScale:
+    """Combine draws into B_simple: example-weighted ratio of means, Fieller interval, per-group breakdown.
+
+    ``same_weights``: the draws were taken at one set of weights (a measurement), so one exact draw (the whole
+    dataset) is the value, with a point interval. False for draws along training (a window of steps, each at its
+    own weights): exact draws are then ordinary draws of the window's average, and their spread is its interval."""
     if not draws:
         raise ValueError("no draws")
     n_draws, spent = len(draws), int(sum(d.B for d in draws))  # what was spent, exact draw or not
-    exact = [d for d in draws if d.exact]
+    exact = [d for d in draws if d.exact] if same_weights else []
     draws = exact[:1] or draws  # one exact draw says everything; the others add only noise
     g2, tr = draw_estimates(draws)
     w = np.array([d.B for d in draws], float)
