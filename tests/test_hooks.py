@@ -291,6 +291,32 @@ def test_strict_refuses_fallbacks():
     per_example_hooks(ok.model, ok.loss_fn, ok.batch, ok.count, strict=True)
 
 
+class Unused(nn.Module):
+    """A Linear pair, plus a parameter and a layer the forward never uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(6, 8), nn.Linear(8, 3), nn.Linear(8, 7)
+        self.temperature = nn.Parameter(torch.ones(1, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def test_an_unused_parameter_is_not_a_fallback():
+    """A parameter the loss never reaches has zero per-example gradients: no torch.func fallback, no --strict
+    refusal (it was sent to the fallback as "no per-example rule", a new user's finding), and the exact norms."""
+    torch.manual_seed(0)
+    model = Unused().double()
+    x, y = torch.randn(12, 6, dtype=torch.float64), torch.randint(0, 3, (12,))
+    got = per_example_hooks(model, xent, (x, y), 12, strict=True)
+    assert got.fallbacks is None
+    ref = per_example_vmap(model, xent, (x, y), 12)
+    torch.testing.assert_close(got.small_sq_sum, ref.small_sq_sum, rtol=1e-10, atol=1e-12)
+    names = [n for n, _ in model.named_parameters()]
+    assert float(got.small_sq_sum[names.index("temperature")]) == 0.0
+
+
 class Gain(nn.Module):
     """A custom layer: y = x ⊙ gain + shift (per feature), unknown to bsprof."""
 

@@ -301,6 +301,8 @@ class _Pass:
     def check_uses(self, losses: Tensor) -> None:
         """Send to the fallback every parameter whose graph uses differ from the hooked calls reaching the loss."""
         uses, seen = _graph_uses(losses.grad_fn)
+        for k in [k for k in self.why if uses[id(self.params[k])] == 0]:  # unused: every g_i is zero, no fallback
+            del self.why[k]
         if self.shared:
             self.broadcast_embeddings(seen | {losses.grad_fn})
         for slots, fn in self.calls:
