@@ -158,10 +158,10 @@ PRELU = ("import torch, torch.nn.functional as F\nfrom torch import nn\n"
 
 
 def test_a_model_without_per_example_rules_gets_windows_from_micro_batches(tmp_path):
-    """PReLU has no per-example rule, so the training steps cannot be tracked by per-example norms: they are tracked
-    as two micro-batches each (the same gradient for a model without BatchNorm). 40 examples, weights that do not
-    move (lr 1e-9): the windows must cover the fixed-weight B_simple (exact: the whole dataset). Before, such a
-    model had no windows, and its headline followed the fixed-weight values."""
+    """PReLU has no per-example rule, so the training steps cannot be tracked by per-example norms: from the first
+    step that finds it, they are tracked as two micro-batches each (the same gradient without BatchNorm). 40
+    examples, weights that do not move (lr 1e-9): the windows must cover the fixed-weight B_simple (exact: the
+    whole dataset). Before, such a model had no windows, and its headline followed the fixed-weight values."""
     spec = tmp_path / "prelu.py"
     spec.write_text(PRELU.format(n=40))
     r = run(spec, "--steps", 200, "--lr", 1e-9, "--batch-size", 32, "--measure-every", 100, "--max-seconds", 2,
@@ -170,9 +170,11 @@ def test_a_model_without_per_example_rules_gets_windows_from_micro_batches(tmp_p
     from bsprof.output.report import Report
 
     report = Report.from_json(tmp_path / "report.json")
-    assert "no_training_windows" not in {d["code"] for d in report.diagnostics}
+    notes = {d["code"]: d["message"] for d in report.diagnostics}
+    assert "no_training_windows" not in notes
+    assert "no per-example rule for 1.weight, which the loss uses" in notes["training_pairs_switched"]
     windows = [m for m in report.measurements if m.b_simple_window]
-    assert len(windows) == 2 and all(m.window_steps == 100 for m in windows)
+    assert [m.window_steps for m in windows] == [99, 100]  # the first step found the PReLU; micro-batches after
     for m in windows:
         w = m.b_simple_window
         assert w.value - 3 * (w.value - w.lo) < m.b_simple.value < w.value + 3 * (w.hi - w.value), m

@@ -695,3 +695,28 @@ def test_a_window_of_full_batch_steps_is_their_ratio_of_means():
     assert est.value == pytest.approx(tr.sum(1).mean() / g2.sum(1).mean(), rel=1e-9)
     assert est.value != pytest.approx(firsts, rel=1e-3)
     assert est.lo < est.value < est.hi
+
+
+def test_per_example_tracking_with_a_parameter_outside_the_rules():
+    """A parameter outside the layers with rules is fine while the loss does not reach it (its g_i are zero): the
+    pair is exact. Once the loss uses it (PReLU here), the step says which parameter and the tracker closes with
+    the user's gradients untouched (it refused such a model outright, unused parameter or not)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 6, dtype=torch.float64), torch.randint(0, 3, (16,))
+    model = nn.Sequential(nn.Linear(6, 8), nn.PReLU(), nn.Linear(8, 3)).double()
+    ce = nn.functional.cross_entropy
+    tracker = Tracker(model, source="per_example", batch_size=16)
+    with tracker.per_example():   # the PReLU skipped: its parameter gets no gradient
+        ce(model[2](model[0](x)), y).backward()
+    draw = tracker.step()
+    per_example = sum(float(torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        ce(model[2](model[0](x[i:i + 1])), y[i:i + 1]), [model[0].weight, model[0].bias, model[2].weight,
+                                                         model[2].bias])]).square().sum()) for i in range(16))
+    assert draw.small_sq_total == pytest.approx(per_example / 16, rel=1e-10)
+    model.zero_grad(set_to_none=True)
+    with tracker.per_example():
+        ce(model(x), y).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    with pytest.raises(TrackerError, match=r"no per-example rule for 1\.weight, which the loss uses"):
+        tracker.step()
+    assert tracker.closed and all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))

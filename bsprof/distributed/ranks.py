@@ -270,6 +270,8 @@ class TrainingPairs:
     ``sync_gradients``; the estimate is the ratio of means over the steps kept (``bsprof.track.window``).
     ``population``: the dataset's size, for the finite-population correction (None: i.i.d.)."""
 
+    closed = False  # never: nothing here can fail (a tracker's attribute)
+
     def __init__(self, confidence: float = 0.9, population: int | None = None):
         self.draws: list[Draw] = []
         self.confidence, self.population = confidence, population

@@ -109,7 +109,7 @@ def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, s
                                  "lower --lr (or the spec optimizer's lr); what was measured before is kept", step)
         if isinstance(tracker, distributed.TrainingPairs):
             loss.backward()
-        elif tracker is not None and tracker.source == "per_example":
+        elif tracker is not None and tracker.source == "per_example" and not tracker.closed:
             with tracker.per_example():
                 loss.backward()
         else:
@@ -120,10 +120,16 @@ def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, s
         optimizer.step()
         return float(loss.detach())
     if tracker is not None:
-        if tracker.accumulation_steps in (None, len(batches)):
-            tracker.step(count, loss=total)
-        else:
-            tracker.discard(count)
+        from bsprof.track import TrackerError
+
+        try:
+            if tracker.accumulation_steps in (None, len(batches)):
+                tracker.step(count, loss=total)
+            else:
+                tracker.discard(count)
+        except TrackerError as e:  # the tracker removed its hooks; the step goes on (the loop says why, switches)
+            tracker.close()
+            tracker.closed_by = tracker.closed_by or e.message
     loss = distributed.sync_gradients(model, total, comm)
     optimizer.step()
     return float(loss.detach())
@@ -266,8 +272,12 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                     tracker, track = _training_tracker(report, track, model, optimizer, batch_size, cfg.confidence,
                                                        None if examples.iterable else examples.n)
                 t0 = time.perf_counter()
-                loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm, tracker,
-                                  TRAINING_PARTS if track == "accumulation" else 1)
+                live = None if getattr(tracker, "closed", False) else tracker
+                loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm, live,
+                                  TRAINING_PARTS if track == "accumulation" and live is not None else 1)
+                if live is not None and live.closed:
+                    track = _tracking_failed(report, live, track, step)
+                    tracker = tracker if len(tracker.draws) >= 2 else None  # too few for a window: start over
                 clock.trained(time.perf_counter() - t0)
                 say("train", {"step": step + 1, "loss": loss})
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP raised as one (bsprof.cli.signals)
@@ -415,6 +425,18 @@ def _training_tracker(report: Report, source: str, model, optimizer, batch_size:
                        batch_size=batch_size, confidence=confidence, population=population), source
     except TrackerError as e:
         return None, _no_windows(report, e.message)
+
+
+def _tracking_failed(report: Report, tracker, source: str, step: int) -> str | None:
+    """The training-step tracker stopped at ``step`` (``tracker.closed_by`` says why): per-example norms give way to
+    micro-batches from the next window on (the windows so far are kept); micro-batches that fail end the windows.
+    Said in the report either way."""
+    why = tracker.closed_by
+    if source == "per_example":
+        report.diagnose("training_pairs_switched", f"per-example norms of the training steps stopped at step {step}: "
+                        f"{why}; later training steps are tracked as {TRAINING_PARTS} micro-batches each")
+        return "accumulation"
+    return _no_windows(report, f"the training-step tracker stopped at step {step}: {why}")
 
 
 def _no_windows(report: Report, why: str) -> bool:

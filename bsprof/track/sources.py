@@ -239,6 +239,17 @@ class StepHooks:
             record, self.record, self.weights = self.record, Backwards(), None
         return record
 
+    def uncovered_used(self) -> str | None:
+        """Why this backward's per-example norms are incomplete: a parameter outside the layers with rules got a
+        gradient (an unused one never does); None when none did."""
+        used = [self.names[k] for k in self.uncovered
+                if self.params[k].grad is not None and bool(self.params[k].grad.any())]
+        if not used:
+            return None
+        return (f"no per-example rule for {', '.join(used[:5])}{' …' if len(used) > 5 else ''}, which the loss uses "
+                "(known layers: Linear, Conv, Embedding, LayerNorm, RMSNorm, GroupNorm, MultiheadAttention; "
+                "bsprof.probes.register_rule adds one)")
+
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
@@ -281,14 +292,12 @@ class PerExample:
                 refused.append(f"{path or 'the model'} ({type(mod).__name__}) has batch_first=False: its Linear "
                                f"and LayerNorm layers see the sequence on dim 0, not the examples (make it with "
                                f"batch_first=True)")
-        missing = [names[k] for k in range(len(params)) if k not in covered]
+        # parameters outside the layers with rules: fine while the loss does not reach them (checked per backward)
+        self.uncovered, self.names = [k for k in range(len(params)) if k not in covered], names
         coupled = batch_coupled(model)
         coupled = coupled_reason(coupled) if coupled else None
-        self.problem = coupled or (refused[0] if refused else None) or (
-            f"no per-example rule for {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''} "
-            f"(known layers: Linear, Conv, Embedding, LayerNorm, RMSNorm, GroupNorm, MultiheadAttention)"
-            if missing else None)
-        if coupled or refused:
+        self.problem = coupled or (refused[0] if refused else None)
+        if self.problem:
             self.problem += ": use accumulation (micro-batches) instead"
         self.expected: Counter = Counter()  # forward calls per parameter since the last backward
         self.rows: set[int] = set()
@@ -438,12 +447,25 @@ class PerExample:
                 self.failure = (f"the hooked layers saw {sorted(self.rows)} rows on dim 0 but the model's input had "
                                 f"{sorted(self.inputs)}: a layer fed [T, B, …] (batch_first=False, or a transpose) "
                                 "does not keep the examples on dim 0")
+            if self.failure is None:
+                self.failure = self.uncovered_used()
             if self.failure is None and self.parts and self.rows:
                 record.per_example.append((self.parts, self.rows.pop()))  # summed in float64 at the step
             if self.failure is not None:
                 record.per_example_failure = self.failure
         self.expected, self.rows, self.pending, self.parts, self.failure = Counter(), set(), defaultdict(list), [], None
         self.shared_positions, self.open, self.inputs = False, {}, set()
+
+    def uncovered_used(self) -> str | None:
+        """Why this backward's per-example norms are incomplete: a parameter outside the layers with rules got a
+        gradient (an unused one never does); None when none did."""
+        used = [self.names[k] for k in self.uncovered
+                if self.params[k].grad is not None and bool(self.params[k].grad.any())]
+        if not used:
+            return None
+        return (f"no per-example rule for {', '.join(used[:5])}{' …' if len(used) > 5 else ''}, which the loss uses "
+                "(known layers: Linear, Conv, Embedding, LayerNorm, RMSNorm, GroupNorm, MultiheadAttention; "
+                "bsprof.probes.register_rule adds one)")
 
     def remove(self) -> None:
         for h in self.handles:
