@@ -97,7 +97,9 @@ def test_dataset_smaller_than_batch_shrinks_with_a_warning(tmp_path):
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["config"]["batch_size"] == 12 and report["config"]["batch_size_asked"] == 64
-    assert any(d["code"] == "batch_shrunk" for d in report["diagnostics"])
+    notes = {d["code"]: d["message"] for d in report["diagnostics"]}
+    assert "batch_shrunk" in notes
+    assert "batch 12" in notes["temperature"] and "batch 64" not in notes["temperature"]  # lr/B as trained
 
 
 @pytest.mark.parametrize("args,expected", [

@@ -220,6 +220,10 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                      "optimizer": type(optimizer).__name__,
                      "optimizer_lr": optimizer.param_groups[0].get("lr"), "dataset_size": examples.n,
                      "tokens_per_example": (spec.tokens_per_example or cfg.tokens_per_example) or None}
+    batch_size = _fit_batch(cfg.batch_size, examples.n, report)
+    if batch_size != cfg.batch_size:
+        report.config.update(batch_size=batch_size, batch_size_asked=cfg.batch_size)
+        cfg = dataclasses.replace(cfg, batch_size=batch_size)
     diagnostics.before_run(report, model, optimizer, examples, invalid, cfg)
     diagnostics.method(report, choice)
     say("setup", {"method": probe, "why": choice.why, "device": str(device),
@@ -229,10 +233,6 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         report.diagnose("lr_not_used", f"--lr {cfg.lr:g} was not used: the spec's optimizer() sets its own "
                         f"learning rate ({optimizer.param_groups[0].get('lr')}); change it there.")
     diagnostics.clipping(report, spec, optimizer)
-    batch_size = _fit_batch(cfg.batch_size, examples.n, report)
-    if batch_size != cfg.batch_size:
-        report.config.update(batch_size=batch_size, batch_size_asked=cfg.batch_size)
-        cfg = dataclasses.replace(cfg, batch_size=batch_size)
     names, group_index = trainable_groups(model)
     types = group_types(model, names)
     points = measure_steps(cfg.steps, cfg.measure_every)
