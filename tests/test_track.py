@@ -720,3 +720,28 @@ def test_per_example_tracking_with_a_parameter_outside_the_rules():
     with pytest.raises(TrackerError, match=r"no per-example rule for 1\.weight, which the loss uses"):
         tracker.step()
     assert tracker.closed and all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+
+
+def test_a_sequence_first_model_is_not_warned_about_its_rows():
+    """An nn.LSTM fed [T, B, D] (batch_first=False): dim 0 of the input is T, so the rows check says nothing (it
+    warned that the forwards "saw 28 rows", 4 micro-batches × T = 7; a new user's finding)."""
+    import warnings
+
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.LSTM(3, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][-1])
+
+    model = Seq()
+    tracker = Tracker(model, accumulation_steps=4, batch_size=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            x, y = torch.randn(7, 16, 3), torch.randint(0, 2, (16,))
+            (nn.functional.cross_entropy(model(x), y) / 4).backward()
+        draw = tracker.step()
+    assert (draw.b, draw.B) == (16, 64)
+    tracker.close()

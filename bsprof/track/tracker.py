@@ -185,6 +185,9 @@ class Tracker:
         self.closed = False
         self.rows = _InputRows()  # dim 0 of the model's first input, summed over this step's forwards with grad
         self._rows_warned = False
+        # a recurrent or attention layer fed [T, B, …]: dim 0 of the model's input is then not the batch
+        self._seq_first = any(isinstance(m, (nn.RNNBase, nn.MultiheadAttention)) and not getattr(m, "batch_first", True)
+                              for m in model.modules())
         self._input_hook = model.register_forward_pre_hook(self.rows, with_kwargs=True)
         self.log = None
         if log is not None and self.rank == 0:
@@ -454,7 +457,7 @@ class Tracker:
     def _check_rows(self, batch_size: int, seen: int) -> None:
         """Warn once when the step's batch differs from the rows the model's forwards saw in this step (B_simple
         scales with it). A warning, not an error: a model fed [T, B, …], or run twice per batch, sees other rows."""
-        if seen and seen != batch_size and not self._rows_warned:
+        if seen and seen != batch_size and not self._rows_warned and not self._seq_first:
             self._rows_warned = True
             warnings.warn(f"bsprof tracker: batch_size={batch_size}, but the model's forward passes in this step saw "
                           f"{seen} rows on dim 0 of their input; B_simple scales with the batch size passed, so if "
