@@ -239,17 +239,6 @@ class StepHooks:
             record, self.record, self.weights = self.record, Backwards(), None
         return record
 
-    def uncovered_used(self) -> str | None:
-        """Why this backward's per-example norms are incomplete: a parameter outside the layers with rules got a
-        gradient (an unused one never does); None when none did."""
-        used = [self.names[k] for k in self.uncovered
-                if self.params[k].grad is not None and bool(self.params[k].grad.any())]
-        if not used:
-            return None
-        return (f"no per-example rule for {', '.join(used[:5])}{' …' if len(used) > 5 else ''}, which the loss uses "
-                "(known layers: Linear, Conv, Embedding, LayerNorm, RMSNorm, GroupNorm, MultiheadAttention; "
-                "bsprof.probes.register_rule adds one)")
-
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
