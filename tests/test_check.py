@@ -108,6 +108,23 @@ def test_lr_rules():
     assert judge(make_report(optimizer="RMSprop"), 512, lr=0.1).checks[1].status == CANNOT_JUDGE
 
 
+def test_lr_on_a_tokens_report_scales_from_the_training_batch_in_tokens():
+    """--batch-size is in the report's unit: the training batch (32 sequences of 10 tokens) is 320 tokens."""
+    rep = make_report(optimizer="Adam", lr=3e-3, unit="tokens")
+    rep.config = {**rep.config, "tokens_per_example": 10}
+    at_train = judge(rep, 320, lr=3e-3).checks[1]
+    assert at_train.status == PASS and at_train.passing["suggest"] == pytest.approx(3e-3)
+    assert "at B = 320 tokens" in at_train.message
+    low = judge(rep, 320, lr=5e-4).checks[1]                            # 6× off, not 6·√10 ≈ 19×
+    assert low.status == FAIL and "6× off" in low.message
+    sgd = make_report(optimizer="SGD", lr=0.1, unit="tokens")
+    sgd.config = {**sgd.config, "tokens_per_example": 10}
+    assert judge(sgd, 320, lr=0.1).checks[1].passing["suggest"] == pytest.approx(0.1)
+    sgd.config.update(batch_size=320)                                    # a tracker log: its batch in its unit
+    sgd.config.pop("tokens_per_example")
+    assert judge(sgd, 320, lr=0.1).checks[1].passing["suggest"] == pytest.approx(0.1)
+
+
 def test_sgd_lr_is_capped_by_eps_opt_when_eps_max_was_measured():
     plain = make_report([_row(100, 0.5, 1000.0, 800.0, 1250.0)])
     capped = make_report([_row(100, 0.5, 1000.0, 800.0, 1250.0, b_noise=1000.0, b_noise_lo=900.0,

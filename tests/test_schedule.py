@@ -435,6 +435,30 @@ def test_token_unit_converts_the_probe_batch():
     assert training_batch(synthetic_report(batch=32))[0] == 32  # examples: unchanged
 
 
+def test_token_schedule_rounds_to_whole_sequences():
+    """A tokens report (10 tokens per sequence): stages, micro-batches and constant baselines are whole sequences,
+    powers of two in sequences by default; --multiple-of is in tokens (and sequences); --seq-length wins."""
+    assert rules.round_batch(256, quantum=10) == 320 and rules.round_batch(550, 64, quantum=10) == 640
+    assert rules.bounds(80, 65536, quantum=10) == (80, 40960) and rules.bounds(80, 1000, 64, 10) == (320, 960)
+    r = dataclasses.replace(synthetic_report(batch=32), unit="tokens")
+    r.config.update(tokens_per_example=10)
+
+    def batches(**options):
+        s = plan(r, ScheduleConfig(target_loss=0.4, **options))
+        return s, [st.batch_size for st in s.stages]
+
+    s, sizes = batches()
+    assert all(b % 10 == 0 and math.log2(b // 10).is_integer() for b in sizes), sizes
+    assert all(b["batch_size"] % 10 == 0 for b in s.baselines) and s.config["seq_length"] == 10
+    assert any("whole sequences of 10 tokens" in n for n in s.notes)
+    assert all(b % 320 == 0 for b in batches(multiple_of=64)[1])              # lcm(64, 10)
+    assert all(b % 10 == 0 for b in batches(multiple_of=10)[1])
+    assert all(b % 20 == 0 for b in batches(seq_length=20)[1])
+    s, sizes = batches(micro_batch=25, multiple_of=10, world_size=2)
+    assert all(st.micro_batch % 10 == 0 and st.micro_batch * st.accumulation * 2 == st.batch_size for st in s.stages)
+    assert plan(synthetic_report(), ScheduleConfig(target_loss=0.4, seq_length=10)).config["seq_length"] == 10
+
+
 def test_tracker_log_fix_never_repeats_the_window_it_was_given():
     """A log read with a window already small enough: the fix is about undetermined windows, not --window again."""
     from bsprof.schedule.plan import more_rows_fix

@@ -90,6 +90,48 @@ def test_cli_framework_formats(tmp_path):
     assert r.exit_code == 2 and "--seq-length" in r.output and "Traceback" not in r.output
 
 
+def test_cli_token_report_exports_whole_sequences(tmp_path):
+    """A --unit tokens report (10 tokens per sequence): the stages are whole sequences, so megatron and deepspeed
+    write without --seq-length (the report's), with it, and with --multiple-of 10."""
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from bsprof.cli import app
+    from tests.test_schedule import synthetic_report
+
+    r = dataclasses.replace(synthetic_report(), unit="tokens")
+    r.config.update(tokens_per_example=10)
+    report = r.to_json(tmp_path / "report.json")
+    runner = CliRunner()
+    for extra in ([], ["--seq-length", "10"], ["--seq-length", "10", "--multiple-of", "10"]):
+        for fmt in ("megatron", "deepspeed", "tokens"):
+            out = runner.invoke(app, ["schedule", str(report), "-t", "0.4", "-f", fmt, *extra])
+            assert out.exit_code == 0, (extra, fmt, out.output)
+    back = READERS["tokens"](runner.invoke(app, ["schedule", str(report), "-t", "0.4", "-f", "tokens"]).stdout)
+    assert back and all(b % 10 == 0 for _, b in back)
+
+
+def test_micro_batch_without_a_cap_divides_every_stage_and_the_fix_names_the_problem():
+    """Planned without --micro-batch (one micro-batch per rank per stage), batches 330 and 550 export with the
+    largest micro-batch dividing both; the fix line names only what is wrong (never --seq-length once given)."""
+    stages = [Stage(0, 2.0, 330, 0.1, 330, 1, 1), Stage(50, 1.5, 550, 0.1, 550, 1, 1)]
+    assert Plan(Schedule(stages=stages, target_loss=0.5)).micro == 110
+    assert READERS["deepspeed"](WRITERS["deepspeed"](Schedule(stages=stages, target_loss=0.5))) == [(0, 330),
+                                                                                                   (50, 550)]
+    tokens = sched([0, 50], [256, 512], micro=256, world=1, unit="tokens")
+    with pytest.raises(ScheduleError) as e:
+        WRITERS["megatron"](tokens, seq_length=10)
+    assert "whole number of sequences of 10" in str(e.value) and "pass --seq-length" not in str(e.value)
+    assert "plan with --seq-length 10" in str(e.value) and "--micro-batch" not in e.value.hint
+    with pytest.raises(ScheduleError) as e:
+        WRITERS["megatron"](tokens)
+    assert e.value.hint == "pass --seq-length (tokens per sequence)"
+    with pytest.raises(ScheduleError) as e:
+        WRITERS["deepspeed"](sched([0, 10, 20], [40, 72, 96], micro=16, world=1))
+    assert "--micro-batch" in e.value.hint and "--seq-length" not in e.value.hint
+
+
 def _megatron_calculator():
     """megatron/core/num_microbatches_calculator.py loaded by itself: it imports only the standard library, and
     importing the megatron.core package (its __init__) takes 10-40 s. None when megatron-core is not installed."""

@@ -165,6 +165,34 @@ def test_comparison_cost_counts_every_second_the_measurements_took(tmp_path):
     assert comparison(report, Report(measurements=[]).summary.b_simple).measure_seconds == pytest.approx(0.5)
 
 
+def test_comparison_with_a_tokens_report_is_in_examples():
+    """The sweep's batches are examples: a --unit tokens report's figures are divided by its tokens per example
+    (a new user saw 587 tokens labelled examples and sweep / critical batch 10× too small)."""
+    from types import SimpleNamespace
+
+    from bsprof.results import Estimate
+    from bsprof.sweep.api import _report_noise, comparison
+    from bsprof.sweep.render import summary_lines
+
+    rows = [{"step": 0, "loss": 0.7, "b_simple": 860.0, "b_simple_lo": 800.0, "b_simple_hi": 930.0,
+             "status": "ok", "examples": 640, "seconds": 0.5}]
+    tokens = Report(measurements=rows, unit="tokens", config={"tokens_per_example": 10})
+    examples = Report(measurements=rows)
+    crit = Estimate(43.0, 43.0, 86.0)
+    c, ref = comparison(tokens, crit), comparison(examples, crit)
+    assert c.b_simple.value == pytest.approx(86.0) and c.ratio == pytest.approx(0.5)
+    assert c.critical_batch.value == pytest.approx(ref.critical_batch.value / 10)
+    assert c.critical_ratio == pytest.approx(10 * ref.critical_ratio) and c.tokens_per_example == 10
+    assert _report_noise(tokens) == pytest.approx(_report_noise(examples) / 10)   # the linear rule saturates there
+    view = SimpleNamespace(unit="examples", method="local", critical=crit, critical_by_seed=(), notes=(),
+                           incomplete=None, compute=SimpleNamespace(train_examples=0, eval_examples=0, seconds=0.0),
+                           comparison=c)
+    text = "\n".join(summary_lines(view))
+    assert "examples (the report's tokens ÷ 10 tokens per example)" in text and "B_simple 86 [80, 93]" in text
+    with pytest.raises(ConfigError, match="tokens_per_example"):
+        comparison(Report(measurements=rows, unit="tokens"), crit)
+
+
 def _schedule_file(path, stages):
     from bsprof.schedule.stages import Schedule, Stage
 

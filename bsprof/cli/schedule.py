@@ -37,7 +37,8 @@ def schedule(
     rate: Optional[float] = O(None, help="padadamp: examples added per step. [1]"),
     factor: Optional[float] = O(None, help="geodamp: growth factor. [2]"),
     every: Optional[int] = O(None, help="geodamp: steps between growths. [1000]"),
-    multiple_of: Optional[int] = O(None, help="Round batches to multiples of N (0: powers of two). [0]"),
+    multiple_of: Optional[int] = O(None, help="Round batches to multiples of N, in the report's unit (0: powers of "
+                                   "two); a tokens report rounds to whole sequences as well. [0]"),
     min_batch: Optional[int] = O(None, help="Smallest batch (0: auto = max(8, the probe's micro-batch), at most "
                                  "the training batch). [0]"),
     max_batch: Optional[str] = O(None, help="Largest batch, or 'auto': measure the largest micro-batch that "
@@ -62,8 +63,9 @@ def schedule(
     fmt: str = O("table", "--format", "-f", help="table, json, yaml, csv, or for a training framework: megatron "
                  "(--rampup-batch-size or a sample-keyed schedule), olmo (BatchSizeSchedulerCallback), deepspeed "
                  "(JSON for set_train_batch_size), tokens (a token-keyed text schedule)."),
-    seq_length: int = O(0, "--seq-length", help="Tokens per sequence, to convert batches between sequences and "
-                        "tokens for megatron/olmo/deepspeed/tokens. [none]"),
+    seq_length: Optional[int] = O(None, "--seq-length", help="Tokens per sequence, to convert batches between "
+                                  "sequences and tokens for megatron/olmo/deepspeed/tokens; a tokens report's "
+                                  "batches round to whole sequences. [a tokens report's tokens_per_example]"),
     output: Optional[Path] = O(None, "--output", "-o", help="Write the output to this file."),
     steps: int = O(300, help="SPEC.py only: probe-training steps of the measurement."),
     window: int = O(100, help="Tracker log (.jsonl) only: steps per windowed estimate."),
@@ -84,7 +86,7 @@ def schedule(
         result = plan(load(source, "schedule", window=window, steps=steps), cfg)
         if memory_note:
             result.notes.append(memory_note)
-        text = render(result, fmt, seq_length) if output is not None or fmt != "table" else ""
+        text = render(result, fmt, cfg.seq_length) if output is not None or fmt != "table" else ""
     for w in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
     if output is not None:

@@ -348,13 +348,21 @@ def target_lr(rule: str, lr_ref: float, b_ref: float, batch_size: float, b_noise
 
 
 def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading | None,
-             policy: Policy = Policy()) -> CheckResult:
-    """Judge lr against the optimizer's scaling rule from the measured config; off by > lr_factor fails."""
+             policy: Policy = Policy(), unit: str | None = None) -> CheckResult:
+    """Judge lr against the optimizer's scaling rule from the measured config; off by > lr_factor fails.
+
+    ``batch_size`` is in ``unit`` (default: the noise scale's, else examples), and so is the reference batch: the
+    config's training batch × its tokens_per_example for a tokens report (a tracker log records it in its unit)."""
     optimizer = report_config.get("optimizer") or "SGD"
     rule, f = lr_rule(optimizer), policy.lr_factor
     lr_ref = report_config.get("optimizer_lr") or report_config.get("lr")  # the lr the optimizer actually used
     b_ref = report_config.get("batch_size")
-    measured = {"lr": lr, "optimizer": optimizer, "rule": rule, "lr_ref": lr_ref, "batch_size_ref": b_ref}
+    unit = unit or (noise.unit if noise is not None else "examples")
+    tpe = report_config.get("tokens_per_example")
+    if unit == "tokens" and finite(b_ref) and finite(tpe) and tpe > 0:   # as ``schedule.plan.training_batch``
+        b_ref = b_ref * tpe
+    measured = {"lr": lr, "optimizer": optimizer, "rule": rule, "lr_ref": lr_ref, "batch_size_ref": b_ref,
+                "unit": unit}
     if rule is None:
         return CheckResult("lr", CANNOT_JUDGE, f"cannot judge lr = {_fmt(lr)}: bsprof has no scaling rule for "
                            f"{optimizer} (it knows SGD: linear, Adam/AdamW: square root)", (), measured)
@@ -383,7 +391,7 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
                     noise_scale_used="b_noise" if noise is not None and noise.b_noise is not None else "b_simple")
     passing = {"min": t_lo / f, "max": t_hi * f, "suggest": best}
     how = (f"{'square-root' if rule == 'sqrt' else 'linear'} scaling for {optimizer} from lr = {_fmt(lr_ref)} "
-           f"at B = {_fmt(b_ref)}")
+           f"at B = {_fmt(b_ref)} {unit}")
     if lr > t_hi * f or lr < t_lo / f:
         off = lr / t_hi if lr > t_hi * f else t_lo / lr
         word = "too high" if lr > t_hi * f else "too low"
@@ -445,7 +453,7 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
     noise = noise_at(report, at_loss)
     checks = [check_batch(batch_size, noise, policy)]
     if lr is not None:
-        checks.append(check_lr(lr, batch_size, report.config, noise, policy))
+        checks.append(check_lr(lr, batch_size, report.config, noise, policy, report.unit))
     if baseline is not None:
         checks.append(check_baseline(noise, noise_at(baseline, at_loss), policy.baseline_factor))
     notes = []

@@ -10,14 +10,16 @@
                train_micro_batch_size_per_gpu (fixed) and gradient_accumulation_steps per stage
     tokens     plain text keyed by tokens: ``tokens batch_tokens micro_batch accumulation`` per stage
 
-Every format fixes one per-rank micro-batch m (the smallest of the stages') and checks each stage's batch is a
-multiple of m × world size; all the problems are reported together in one ScheduleError. Batches are converted
-between examples (sequences) and tokens with ``seq_length`` where a format needs the other unit.
+Every format fixes one per-rank micro-batch m (the smallest of the stages'; planned without a micro-batch cap, the
+largest that divides every stage's) and checks each stage's batch is a multiple of m × world size; all the problems
+are reported together in one ScheduleError. Batches are converted between examples (sequences) and tokens with
+``seq_length`` where a format needs the other unit (a tokens schedule defaults to the one it was planned with).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shlex
 
 from bsprof.schedule.stages import Schedule, ScheduleError
@@ -29,10 +31,13 @@ class Plan:
     """The schedule's stages as (start step, global batch, start sample count) in sequences and tokens."""
 
     def __init__(self, schedule: Schedule, seq_length: int = 0):
-        self.schedule, self.seq_length = schedule, int(seq_length or 0)
         self.tokens_unit = schedule.unit in TOKEN_UNITS
+        planned = (schedule.config or {}).get("seq_length") if self.tokens_unit else 0
+        self.schedule, self.seq_length, self.seq_given = schedule, int(seq_length or planned or 0), bool(seq_length)
         stages = schedule.stages
         self.micro = min(s.micro_batch for s in stages)
+        if all(s.accumulation == 1 for s in stages):   # no micro-batch cap: the largest dividing every stage
+            self.micro = math.gcd(*(s.micro_batch for s in stages))
         self.world = stages[0].world_size
         self.steps = [s.start_step for s in stages]
         self.batches = [s.batch_size for s in stages]
@@ -63,9 +68,23 @@ class Plan:
     def check(self, fmt: str, need: str | None = None) -> None:
         p = self.problems(need)
         if p:
-            raise ScheduleError(f"the schedule cannot be written as {fmt}: " + "; ".join(p),
-                                "plan with --micro-batch and --world-size of the run and --multiple-of "
-                                "(micro-batch × world size), or pass --seq-length")
+            raise ScheduleError(f"the schedule cannot be written as {fmt}: " + "; ".join(p), self.fix(p))
+
+    def fix(self, problems: list[str]) -> str:
+        """What fixes ``problems``: one hint per kind."""
+        text = " ".join(problems)
+        hints = []
+        if "is not a multiple of micro-batch" in text:
+            hints.append("plan with --micro-batch M and --world-size of the run and --multiple-of (M × world size)")
+        if "whole number of sequences" in text:
+            hints.append(f"plan with --seq-length {self.seq_length} so every batch rounds to whole sequences"
+                         if self.seq_given else "plan with --seq-length (tokens per sequence) so every batch "
+                         "rounds to whole sequences")
+        if "pass --seq-length" in text:
+            hints.append("pass --seq-length (tokens per sequence)")
+        if "different world sizes" in text:
+            hints.append("plan with the run's --world-size")
+        return "; ".join(hints)
 
     def sequences(self, x: int) -> int:
         return x // self.seq_length if self.tokens_unit else x

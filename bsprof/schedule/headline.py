@@ -46,7 +46,7 @@ NAMES = {"b_simple": "fixed-weight B_simple", "b_simple_window": "B_simple over 
 
 REASONS = {
     "sgd": {
-        "b_simple_window": "SGD: 0.84–1.31× of swept critical batches on 3 tasks, 1.9–2.4× on a 4th, lower end "
+        "b_simple_window": "SGD: 0.84–1.31× of swept critical batches on 3 tasks, 1.3–2.4× on 2 more, lower end "
                            "÷2.4 (docs/science.md §6); `bsprof sweep` checks it on your model",
         "b_noise": "SGD: 0.69–1.03× of swept critical batches on 2 tasks (docs/science.md §6)",
         "b_simple": "SGD: fixed-weight B_simple was 1.05–4× the swept critical batch, lower end ÷4 "

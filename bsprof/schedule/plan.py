@@ -43,6 +43,8 @@ class ScheduleConfig:
     factor: float = 2.0              # geodamp: multiply the batch by this ...
     every: int = 1000                # ... every this many steps (a few epochs)
     multiple_of: int = 0             # round to multiples of this (0: powers of two)
+    seq_length: int = 0              # tokens per sequence: a tokens schedule rounds to whole sequences (0: the
+                                     # report's tokens_per_example)
     min_batch: int = 0               # smallest batch (0: auto, ``auto_min_batch``)
     max_batch: int = 65536
     dwell: int = 50                  # minimum steps between two batch changes
@@ -68,7 +70,7 @@ class ScheduleConfig:
         for name in ("max_batch", "world_size", "every"):
             if getattr(self, name) < 1:
                 p.append(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("min_batch", "multiple_of", "micro_batch", "dwell", "b0"):
+        for name in ("min_batch", "multiple_of", "micro_batch", "dwell", "b0", "seq_length"):
             if getattr(self, name) < 0:
                 p.append(f"{name} must be 0 or more (got {getattr(self, name)})")
         if self.lr_cap != 0 and self.lr_cap < 1:
@@ -239,23 +241,35 @@ def check_target(target: float, losses, fit, cfg: ScheduleConfig) -> list[str]:
 
 
 # -- the march ---------------------------------------------------------------------------------------------
-def decompose(batch: int, world_size: int, micro_cap: int) -> tuple[int, int, int]:
-    """batch = accumulation × micro_batch × world_size (micro-batch ≤ cap; rounded up where not divisible)."""
-    per_rank = math.ceil(batch / world_size)
-    accumulation = math.ceil(per_rank / micro_cap) if micro_cap else 1
-    return math.ceil(per_rank / accumulation), accumulation, world_size
+def decompose(batch: int, world_size: int, micro_cap: int, quantum: int = 1) -> tuple[int, int, int]:
+    """batch = accumulation × micro_batch × world_size (micro-batch ≤ cap; rounded up where not divisible), the
+    micro-batch in whole ``quantum``s (a sequence's tokens in a tokens schedule)."""
+    q = max(int(quantum), 1)
+    per_rank = math.ceil(batch / q / world_size)
+    cap = max(micro_cap // q, 1) if micro_cap else 0
+    accumulation = math.ceil(per_rank / cap) if cap else 1
+    return q * math.ceil(per_rank / accumulation), accumulation, world_size
 
 
-def _march(path, cfg: ScheduleConfig, batch_train: float, lr0: float, lr_rule: str):
+def sequence_tokens(report, config: ScheduleConfig) -> int:
+    """The rounding quantum: tokens per sequence for a tokens report (``seq_length``, else its
+    tokens_per_example; 1 when neither is known), 1 for examples."""
+    if report.unit != "tokens":
+        return 1
+    tpe = report.config.get("tokens_per_example")
+    return int(config.seq_length or (tpe if finite(tpe) and tpe >= 1 else 1))
+
+
+def _march(path, cfg: ScheduleConfig, batch_train: float, lr0: float, lr_rule: str, quantum: int = 1):
     rule, lr_fn = rules.RULES[cfg.rule], rules.LR_RULES[lr_rule]
     b0 = cfg.b0 or batch_train
     batches, stages = np.empty(len(path.ds_min)), []
     step, prev, last_change = 0.0, None, 0.0
     for j, ds_min in enumerate(path.ds_min):
         state = rules.PathState(step, path.loss[j], path.b_noise[j], prev or b0, path.loss[0], b0)
-        b = rules.apply_constraints(rule(state, cfg), prev, step, last_change, cfg)
+        b = rules.apply_constraints(rule(state, cfg), prev, step, last_change, cfg, quantum)
         if b != prev:
-            micro, acc, world = decompose(b, cfg.world_size, cfg.micro_batch)
+            micro, acc, world = decompose(b, cfg.world_size, cfg.micro_batch, quantum)
             stages.append(Stage(int(round(step)), float(path.loss[j]), micro * acc * world,
                                 float(lr_fn(lr0, b, batch_train, float(path.b_noise[j]))), micro, acc, world))
             prev, last_change = b, step
@@ -264,9 +278,10 @@ def _march(path, cfg: ScheduleConfig, batch_train: float, lr0: float, lr_rule: s
     return batches, stages
 
 
-def _baselines(path, batch_train: float, cfg: ScheduleConfig, sched: dict) -> list[dict]:
+def _baselines(path, batch_train: float, cfg: ScheduleConfig, sched: dict, quantum: int = 1) -> list[dict]:
     bmax = min(cfg.max_batch, 16 * float(path.b_noise.max()))
-    sizes = sorted({int(batch_train)} | {2 ** k for k in range(0, 31) if cfg.min_batch <= 2 ** k <= bmax})
+    sizes = sorted({int(batch_train)} | {quantum * 2 ** k for k in range(0, 31)
+                                         if cfg.min_batch <= quantum * 2 ** k <= bmax})
     out = []
     for b in sizes[-12:] if len(sizes) > 12 else sizes:
         base = predict.constant_batch(path, b)
@@ -397,6 +412,13 @@ def plan(report, config: ScheduleConfig) -> Schedule:
     rows, col = usable_rows(report, config)
     batch_train, warnings = training_batch(report)
     notes = []
+    quantum = sequence_tokens(report, config)
+    if quantum > 1:
+        source = "--seq-length" if config.seq_length else "the report's tokens_per_example"
+        config = dataclasses.replace(config, seq_length=quantum)
+        grid = (f"multiples of {math.lcm(config.multiple_of, quantum)} tokens" if config.multiple_of else
+                f"powers of two in sequences ({quantum} × 2^k tokens)")
+        notes.append(f"batches are whole sequences of {quantum} tokens ({source}): {grid}")
     if config.min_batch == 0:
         min_batch, why_min = auto_min_batch(report, batch_train, config.max_batch)
         config = dataclasses.replace(config, min_batch=min_batch)
@@ -410,7 +432,7 @@ def plan(report, config: ScheduleConfig) -> Schedule:
     if config.rule == "mccandlish" and not config.exchange_rate:
         config, why_rate = auto_exchange_rate(path, config)
         notes.append(why_rate)
-    batches, stages = _march(path, config, batch_train, lr0, lr_rule)
+    batches, stages = _march(path, config, batch_train, lr0, lr_rule, quantum)
     s_cum, e_cum = predict.integrate(path, batches)
     stages = [s._replace(start_step=int(round(np.interp(s.start_loss, path.loss[::-1], s_cum[::-1]))))
               for s in stages]
@@ -435,7 +457,7 @@ def plan(report, config: ScheduleConfig) -> Schedule:
     if capped:
         warnings.append(capped)
         assumed.append(capped)
-    baselines = _baselines(path, batch_train, config, pred)
+    baselines = _baselines(path, batch_train, config, pred, quantum)
     return Schedule(stages=stages, target_loss=config.target_loss, unit=report.unit, rule=config.rule,
                     lr_rule=lr_rule, prediction=pred, baselines=baselines,
                     fit=fit.to_dict(), warnings=warnings, notes=notes, config=asdict(config),

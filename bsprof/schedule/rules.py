@@ -67,28 +67,34 @@ RULES = {"noise": noise_following, "mccandlish": mccandlish, "adadamp": adadamp,
 
 
 # -- rounding and constraints ------------------------------------------------------------------------------
-def round_batch(b: float, multiple_of: int = 0) -> int:
-    """Nearest power of two in log scale (``multiple_of`` = 0), else the nearest positive multiple."""
-    b = max(float(b), 1.0)
+def round_batch(b: float, multiple_of: int = 0, quantum: int = 1) -> int:
+    """Nearest power of two in log scale (``multiple_of`` = 0), else the nearest positive multiple; in whole
+    ``quantum``s (a sequence's tokens in a tokens schedule): quantum × 2^k, or multiples of
+    lcm(multiple_of, quantum)."""
+    q = max(int(quantum), 1)
     if multiple_of <= 0:
-        return 2 ** int(round(math.log2(b)))
-    return max(multiple_of, int(round(b / multiple_of)) * multiple_of)
+        return q * 2 ** int(round(math.log2(max(float(b) / q, 1.0))))
+    m = math.lcm(multiple_of, q)
+    return max(m, int(round(max(float(b), 1.0) / m)) * m)
 
 
-def bounds(min_batch: int, max_batch: int, multiple_of: int = 0) -> tuple[int, int]:
+def bounds(min_batch: int, max_batch: int, multiple_of: int = 0, quantum: int = 1) -> tuple[int, int]:
     """[min, max] moved onto the rounding grid (min up, max down) where the grid has a point inside."""
+    q = max(int(quantum), 1)
     if multiple_of <= 0:
-        lo, hi = 2 ** math.ceil(math.log2(min_batch)), 2 ** math.floor(math.log2(max_batch))
+        lo = q * 2 ** max(0, math.ceil(math.log2(min_batch / q)))
+        hi = q * 2 ** math.floor(math.log2(max_batch / q)) if max_batch >= q else 0
     else:
-        lo = multiple_of * math.ceil(min_batch / multiple_of)
-        hi = multiple_of * math.floor(max_batch / multiple_of)
+        m = math.lcm(multiple_of, q)
+        lo, hi = m * max(1, math.ceil(min_batch / m)), m * math.floor(max_batch / m)
     return (lo, hi) if lo <= hi else (min_batch, max_batch)
 
 
-def apply_constraints(wish: float, previous: int | None, step: float, last_change: float, o) -> int:
-    """Round, clamp to [min, max], never shrink, and keep a batch at least ``dwell`` steps (no flapping)."""
-    lo, hi = bounds(o.min_batch, o.max_batch, o.multiple_of)
-    b = min(max(round_batch(wish, o.multiple_of), lo), hi)
+def apply_constraints(wish: float, previous: int | None, step: float, last_change: float, o, quantum: int = 1) -> int:
+    """Round (in whole ``quantum``s), clamp to [min, max], never shrink, and keep a batch at least ``dwell`` steps
+    (no flapping)."""
+    lo, hi = bounds(o.min_batch, o.max_batch, o.multiple_of, quantum)
+    b = min(max(round_batch(wish, o.multiple_of, quantum), lo), hi)
     if previous is None:
         return b
     if b <= previous or step - last_change < o.dwell:

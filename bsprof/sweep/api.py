@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bsprof.engine.spec import Spec, load_spec
 from bsprof.errors import BsprofError, ConfigError, SpecError
-from bsprof.results import Estimate, Status
+from bsprof.results import Estimate, Status, finite
 from bsprof.sweep import branches as eng
 from bsprof.sweep import summary
 from bsprof.sweep.config import SweepConfig, sweep_config
@@ -38,16 +38,19 @@ def comparison(report, critical: Estimate, target_loss: float | None = None) -> 
     given and reachable, else to its lowest loss), its summary B_simple (and B_pre, B_noise), the ratios of the
     sweep's critical batch to both, and the measurement's cost: seconds from ``report.timing`` (measuring, B_pre and
     B_noise included, and choosing the probe), else summed over ``report.measurements``; examples of B_simple's
-    draws."""
+    draws. The sweep's batches are examples: a ``--unit tokens`` report's figures are divided by its
+    tokens_per_example."""
     from bsprof.output.report import Report
 
     where = str(report) if not isinstance(report, Report) else "(report object)"
     if not isinstance(report, Report):
         path = Path(report)
         report = Report.from_json(path / "report.json" if path.is_dir() else path)
+    tpe = _tokens_per_example(report, where)
     s = report.summary
+    b_simple, b_pre, b_noise = (e.scaled(1 / tpe) if e is not None else None for e in (s.b_simple, s.b_pre, s.b_noise))
     value = critical.value if math.isfinite(critical.value) else critical.lo
-    ratio = value / s.b_simple.value if s.b_simple.ok and s.b_simple.value > 0 else math.nan
+    ratio = value / b_simple.value if b_simple.ok and b_simple.value > 0 else math.nan
     ms = report.measurements
     timing = report.timing or {}
     seconds = (float(timing["measuring_s"]) + float(timing.get("choosing_s") or 0.0) if timing.get("measuring_s")
@@ -56,9 +59,22 @@ def comparison(report, critical: Estimate, target_loss: float | None = None) -> 
         head = report.summary_at(target_loss).critical_batch if target_loss else s.critical_batch
     except BsprofError:   # the sweep's target lies far below the report's losses: the headline to its lowest
         head = s.critical_batch
-    return Comparison(where, s.b_simple, s.b_pre, s.b_noise, ratio, int(sum(m.examples for m in ms)),
+    head = head.scaled(1 / tpe) if head is not None else None
+    return Comparison(where, b_simple, b_pre, b_noise, ratio, int(sum(m.examples for m in ms)),
                       round(seconds, 3), int(ms[-1].examples_seen) if ms else 0, head,
-                      _ratio(value, head))
+                      _ratio(value, head), tpe)
+
+
+def _tokens_per_example(report, where: str) -> float:
+    """What divides the report's batch figures into examples (the sweep's unit): 1, or its tokens per example."""
+    if report.unit != "tokens":
+        return 1.0
+    tpe = report.config.get("tokens_per_example")
+    if not (finite(tpe) and tpe > 0):
+        raise ConfigError(f"--report {where} is in tokens but does not record tokens_per_example, and the sweep's "
+                          "batches are examples", "compare with a report of `bsprof measure --unit tokens` (it records "
+                          "TOKENS_PER_EXAMPLE), or one in examples (a tracker log: log in examples or sequences)")
+    return float(tpe)
 
 
 def _ratio(value: float, est: Estimate | None) -> float:
@@ -78,8 +94,8 @@ def _report_noise(report) -> float | None:
 
 def _notes(setup, cfg: SweepConfig, est: Estimate, summaries, extra: list[str]) -> tuple[str, ...]:
     notes = [f"learning rate: {setup.optimizer} at lr {setup.base_lr:g} for batch {cfg.batch_sizes()[0]}, scaled "
-             f"by the {setup.rule} rule" + (f" (saturating at the noise scale ≈ {setup.b_noise:.3g}, the "
-                                                 "report's critical batch)" if setup.b_noise else "")
+             f"by the {setup.rule} rule" + (f" (saturating at the noise scale ≈ {setup.b_noise:.3g} examples, "
+                                                 "the report's critical batch)" if setup.b_noise else "")
              + (f" × grid {list(cfg.lr_grid)}" if len(cfg.lr_grid) > 1 else "")]
     notes.append(f"evaluation: a fixed draw of {setup.n_eval} examples" +
                  (", held out of training" if setup.held_out else " (also used for training)"))

@@ -59,12 +59,15 @@ def summary_lines(r) -> list[str]:
                  f"{c.seconds:.1f} s")
     if r.comparison is not None:
         k = r.comparison
+        tpe = getattr(k, "tokens_per_example", 1.0)
+        conv = f" (the report's tokens ÷ {tpe:g} tokens per example)" if tpe != 1 else ""
         if k.critical_batch is not None and k.critical_batch.ok:
-            lines.append(f"estimate ({k.report}): critical batch ≈ {estimate_text(k.critical_batch)} {u};  "
+            lines.append(f"estimate ({k.report}): critical batch ≈ {estimate_text(k.critical_batch)} {u}{conv};  "
                          f"sweep / critical batch = {fmt(k.critical_ratio)}")
         est = [f"B_simple {estimate_text(k.b_simple)}"]
         est += [f"{n} {estimate_text(e)}" for n, e in (("B_pre", k.b_pre), ("B_noise", k.b_noise)) if e is not None]
-        lines.append(f"noise scale at the report's last weights: {', '.join(est)};  sweep/B_simple = {fmt(k.ratio)}")
+        lines.append(f"noise scale at the report's last weights: {', '.join(est)} {u}{conv};  "
+                     f"sweep/B_simple = {fmt(k.ratio)}")
         lines.append(f"estimate cost: {k.measure_seconds:.1f} s measuring, {k.measure_examples:,} examples in "
                      f"B_simple's draws (+ {k.probe_train_examples:,} probe-training examples)")
     lines += [f"note: {n}" for n in r.notes]

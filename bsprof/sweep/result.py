@@ -75,7 +75,8 @@ class Compute:
 @dataclass(frozen=True)
 class Comparison:
     """A bsprof report's estimate beside the sweep: B_simple (summary, latest weights), B_pre/B_noise if measured,
-    the ratio sweep/estimate, and what the measurement cost (sum over its measurements)."""
+    the ratio sweep/estimate, and what the measurement cost (sum over its measurements). Batch figures are in
+    examples, the sweep's unit (a tokens report's divided by ``tokens_per_example``)."""
 
     report: str
     b_simple: Estimate
@@ -87,6 +88,7 @@ class Comparison:
     probe_train_examples: int
     critical_batch: Estimate | None = None   # the report's headline (to the sweep's target loss when global)
     critical_ratio: float = float("nan")      # the sweep's critical batch / the headline
+    tokens_per_example: float = 1.0           # a tokens report's figures were divided by this (all in examples)
 
     def to_dict(self) -> dict:
         return json_clean({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
