@@ -27,6 +27,35 @@ def is_adam_family(name: str | None) -> bool:
     return bool(name) and name.lower() in {a.lower() for a in ADAM_FAMILY}
 
 
+MOMENTUM_SGD = "SGD+momentum"  # SGD with momentum > 0: its own family for the headline (docs/science.md §6)
+
+
+def optimizer_name(config: dict) -> str | None:
+    """The optimizer as the headline's rules know it, from a report's config: its class name, or ``MOMENTUM_SGD``
+    for SGD whose ``optimizer_momentum`` is above 0 (the lr rule is SGD's; the critical batch is not)."""
+    name = config.get("optimizer")
+    if name and name.lower() == "sgd" and (config.get("optimizer_momentum") or 0) > 0:
+        return MOMENTUM_SGD
+    return name
+
+
+def optimizer_family(name: str | None) -> str:
+    """adam (``ADAM_FAMILY``), momentum (``MOMENTUM_SGD``), sgd (plain SGD, or no optimizer recorded: the probe's
+    default) or other: the families the headline's factors and model ranges are kept for (docs/science.md §6)."""
+    if is_adam_family(name):
+        return "adam"
+    if name == MOMENTUM_SGD:
+        return "momentum"
+    return "sgd" if not name or name.lower() == "sgd" else "other"
+
+
+def optimizer_momentum(optimizer) -> float | None:
+    """The momentum of a torch optimizer's first parameter group (SGD's ``momentum``), None when it has none."""
+    groups = getattr(optimizer, "param_groups", None) or [{}]
+    m = groups[0].get("momentum")
+    return float(m) if isinstance(m, (int, float)) else None
+
+
 class Status(str, enum.Enum):
     """What is known of an estimate: a value with a bounded interval, only a lower bound, nothing, or not measured.
 

@@ -218,7 +218,37 @@ def test_an_odd_batch_with_batchnorm_says_why_there_are_no_windows(tmp_path):
             "-o", tmp_path, "-q", "--no-figures")
     assert r.exit_code == 0, r.output
     notes = {d["code"]: d["message"] for d in json.loads((tmp_path / "report.json").read_text())["diagnostics"]}
-    assert "does not split into 2 equal micro-batches (use an even --batch-size)" in notes["no_training_windows"]
+    assert "does not split into 2 equal ones (use an even --batch-size)" in notes["no_training_windows"]
+    assert "training_micro_batches" not in notes   # it said the steps ran as micro-batches, then that they cannot
+
+
+@pytest.mark.parametrize("method", ["auto", "microbatch"])
+def test_a_loss_that_mixes_examples_has_no_training_windows(tmp_path, method):
+    """A loss normalised by the batch: a micro-batch's (or one example's) loss is another loss, so the training
+    steps give no pairs, whichever probe measures. With --method microbatch the per-example check had not run, and
+    the windows came from per-example norms: 5× the fixed-weight values, which the headline followed (a new user's
+    finding)."""
+    r = run(ASSETS / "mixing_loss.py", "--steps", 6, "--measure-every", 3, "--batch-size", 32, "--max-seconds", 1,
+            "--method", method, "-o", tmp_path, "-q", "--no-figures")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    notes = {d["code"]: d["message"] for d in report["diagnostics"]}
+    assert "the loss mixes examples" in notes["no_training_windows"]
+    assert not any(m.get("b_simple_window") for m in report["measurements"])
+
+
+def test_batchnorm_with_a_loss_that_mixes_examples_has_no_training_windows(tmp_path):
+    """BatchNorm and a loss centred over the batch: the micro-batch windows BatchNorm alone gets would measure
+    another loss (the BatchNorm reason used to be found first, and the mixing loss was missed)."""
+    spec = tmp_path / "bn_mix.py"
+    spec.write_text((ASSETS / "bn_cnn.py").read_text().replace(
+        'return F.cross_entropy(model(x), y, reduction="none")',
+        'out = model(x)\n    return F.cross_entropy(out - out.mean(0, keepdim=True), y, reduction="none")'))
+    r = run(spec, "--steps", 4, "--measure-every", 2, "--batch-size", 32, "--max-seconds", 1, "-o", tmp_path, "-q",
+            "--no-figures")
+    assert r.exit_code == 0, r.output
+    notes = {d["code"]: d["message"] for d in json.loads((tmp_path / "report.json").read_text())["diagnostics"]}
+    assert "the loss mixes examples" in notes["no_training_windows"] and "training_micro_batches" not in notes
 
 
 def test_training_windows_on_a_small_dataset_agree_with_the_exact_value(tmp_path):

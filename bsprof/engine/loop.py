@@ -27,8 +27,8 @@ from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_o
 from bsprof.errors import BsprofError, NonFiniteError, SpecError
 from bsprof.output.report import Report
 from bsprof.probes import Probe
-from bsprof.probes.choose import decide
-from bsprof.results import Estimate, LayerEstimate, Measurement, Status, is_adam_family
+from bsprof.probes.choose import decide, training_pairs
+from bsprof.results import Estimate, LayerEstimate, Measurement, Status, is_adam_family, optimizer_momentum
 from bsprof.stats.estimators import NoiseScale
 
 Progress = Callable[[str, dict], None]
@@ -218,7 +218,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     report.config = {**as_dict(cfg), "method_resolved": probe, "method_reason": choice.why,
                      "method_trial_s": choice.seconds and {k: round(v, 4) for k, v in choice.seconds.items()},
                      "optimizer": type(optimizer).__name__,
-                     "optimizer_lr": optimizer.param_groups[0].get("lr"), "dataset_size": examples.n,
+                     "optimizer_lr": optimizer.param_groups[0].get("lr"),
+                     "optimizer_momentum": optimizer_momentum(optimizer), "dataset_size": examples.n,
                      "tokens_per_example": (spec.tokens_per_example or cfg.tokens_per_example) or None}
     batch_size = _fit_batch(cfg.batch_size, examples.n, report)
     if batch_size != cfg.batch_size:
@@ -239,7 +240,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     with buffers_kept(model):
         first = _first_budget(model, spec.loss, examples, cfg, points, comm)
     points = set(points)
-    track = _track_source(report, cfg, comm, invalid)  # how the training steps give pairs, or None
+    track, coupled = _track_source(report, cfg, comm, model, spec.loss, pair)  # how training steps give pairs
     step, tracker, phase, clock = 0, None, "measuring", cost.RunClock(choosing=choosing)
     try:
         for step in range(cfg.steps + 1):
@@ -270,13 +271,13 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 phase = "training"
                 if tracker is None and track:
                     tracker, track = _training_tracker(report, track, model, optimizer, batch_size, cfg.confidence,
-                                                       None if examples.iterable else examples.n)
+                                                       None if examples.iterable else examples.n, coupled)
                 t0 = time.perf_counter()
                 live = None if getattr(tracker, "closed", False) else tracker
                 loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm, live,
                                   TRAINING_PARTS if track == "accumulation" and live is not None else 1)
                 if live is not None and live.closed:
-                    track = _tracking_failed(report, live, track, step)
+                    track = _tracking_failed(report, live, track, step, batch_size)
                     tracker = tracker if len(tracker.draws) >= 2 else None  # too few for a window: start over
                 clock.trained(time.perf_counter() - t0)
                 say("train", {"step": step + 1, "loss": loss})
@@ -376,32 +377,31 @@ def _trial_draw(cfg: MeasureConfig, examples: Examples, comm: distributed.Comm):
 TRAINING_PARTS = 2  # micro-batches per training step where per-example norms are not available
 
 
-def _track_source(report: Report, cfg: MeasureConfig, comm: distributed.Comm, invalid: str | None) -> str | None:
-    """Where the training steps' nested pairs come from (B_simple over training-step windows; ``_training_tracker``):
-    "per_example" (b = 1, in the step's own backward) when per-example gradients are the training gradient's parts,
-    whichever probe measures at fixed weights; "accumulation" (the step as ``TRAINING_PARTS`` micro-batches of
-    B/2) for a model with BatchNorm, said in the report, since BatchNorm then normalises over B/2, as it would on
-    two data-parallel ranks; "ranks" under DDP (each rank's share against the step's batch, as a DDP training step
-    sees it); None, with the reason in the report, for a loss that mixes examples (its micro-batch loss is another
-    loss)."""
+def _track_source(report: Report, cfg: MeasureConfig, comm: distributed.Comm, model, loss_fn,
+                  pair) -> tuple[str | None, bool]:
+    """Where the training steps' nested pairs come from (B_simple over training-step windows; ``_training_tracker``)
+    and whether BatchNorm couples the examples: "ranks" under DDP (each rank's share against the step's batch, as a
+    DDP training step sees it); else as ``probes.choose.training_pairs`` decides, whichever probe measures at fixed
+    weights: "per_example" (b = 1, in the step's own backward), "accumulation" (the step as ``TRAINING_PARTS``
+    micro-batches of B/2: BatchNorm then normalises over B/2, as on two data-parallel ranks, said in the report), or
+    None, with the reason in the report (a loss that mixes examples; an odd batch BatchNorm cannot split)."""
     if not cfg.track_training or cfg.steps == 0:
-        return None
+        return None, False
     if comm.world > 1:
-        return "ranks"
-    if invalid is None:
-        return "per_example"
-    if invalid.startswith("BatchNorm"):
-        report.diagnose("training_micro_batches", f"each training step ran as {TRAINING_PARTS} micro-batches of "
-                        f"B/{TRAINING_PARTS} (gradient accumulation), for B_simple over training-step windows: "
-                        f"BatchNorm normalised over B/{TRAINING_PARTS} examples, as it would on {TRAINING_PARTS} "
-                        "data-parallel ranks. --no-track-training trains on whole batches (and the headline then "
-                        "follows the fixed-weight measurements, whose critical batch has a wider model range).")
-        return "accumulation"
-    return _no_windows(report, f"{invalid}, so the training steps give no nested pairs")
+        return "ranks", False
+    with buffers_kept(model):
+        source, why = training_pairs(model, loss_fn, pair)
+    if source is None:
+        return _no_windows(report, f"{why}, so the training steps give no nested pairs"), False
+    if source == "accumulation" and cfg.batch_size % TRAINING_PARTS:
+        return _no_windows(report, f"{why}, so the training steps would run as {TRAINING_PARTS} micro-batches, and "
+                                   f"the training batch of {cfg.batch_size} does not split into {TRAINING_PARTS} "
+                                   "equal ones (use an even --batch-size)"), False
+    return source, source == "accumulation"
 
 
 def _training_tracker(report: Report, source: str, model, optimizer, batch_size: int, confidence: float,
-                      population: int | None):
+                      population: int | None, coupled: bool = False):
     """(A tracker over the training steps until the next measurement, the source it uses): per-example norms in
     their backward, their micro-batches, or the ranks' shares (``_track_source``); a model whose layers have no
     per-example rule is tracked by micro-batches, which for it give the same training gradient.
@@ -421,17 +421,28 @@ def _training_tracker(report: Report, source: str, model, optimizer, batch_size:
         return None, _no_windows(report, f"the training batch of {batch_size} does not split into "
                                          f"{TRAINING_PARTS} equal micro-batches (use an even --batch-size)")
     try:
-        return Tracker(model, optimizer, source="accumulation", accumulation_steps=TRAINING_PARTS,
-                       batch_size=batch_size, confidence=confidence, population=population), source
+        tracker = Tracker(model, optimizer, source="accumulation", accumulation_steps=TRAINING_PARTS,
+                          batch_size=batch_size, confidence=confidence, population=population)
     except TrackerError as e:
         return None, _no_windows(report, e.message)
+    if coupled:
+        report.diagnose("training_micro_batches", f"each training step ran as {TRAINING_PARTS} micro-batches of "
+                        f"B/{TRAINING_PARTS} (gradient accumulation), for B_simple over training-step windows: "
+                        f"BatchNorm normalised over B/{TRAINING_PARTS} examples, as it would on {TRAINING_PARTS} "
+                        "data-parallel ranks. --no-track-training trains on whole batches (and the headline then "
+                        "follows the fixed-weight measurements, whose critical batch has a wider model range).")
+    return tracker, source
 
 
-def _tracking_failed(report: Report, tracker, source: str, step: int) -> str | None:
+def _tracking_failed(report: Report, tracker, source: str, step: int, batch_size: int) -> str | None:
     """The training-step tracker stopped at ``step`` (``tracker.closed_by`` says why): per-example norms give way to
     micro-batches from the next window on (the windows so far are kept); micro-batches that fail end the windows.
     Said in the report either way."""
     why = tracker.closed_by
+    if source == "per_example" and batch_size % TRAINING_PARTS:
+        return _no_windows(report, f"per-example norms of the training steps stopped at step {step}: {why}; and the "
+                                   f"training batch of {batch_size} does not split into {TRAINING_PARTS} equal "
+                                   "micro-batches (use an even --batch-size)")
     if source == "per_example":
         report.diagnose("training_pairs_switched", f"per-example norms of the training steps stopped at step {step}: "
                         f"{why}; later training steps are tracked as {TRAINING_PARTS} micro-batches each")

@@ -38,6 +38,21 @@ def per_example_invalid(model: nn.Module, loss_fn: LossFn | None = None, pair=No
     return None
 
 
+def training_pairs(model: nn.Module, loss_fn: LossFn, pair) -> tuple[str | None, str | None]:
+    """Where the probe's training steps get their nested pairs, whichever probe measures at fixed weights: (source,
+    why). "per_example" (b = 1) when per-example gradients are valid; "accumulation" (micro-batches) when BatchNorm
+    couples the examples but the loss does not (checked in eval mode, where BatchNorm uses its running
+    statistics); None when the loss mixes examples: a micro-batch's loss is then another loss."""
+    try:
+        mixes = pair is not None and _mixes(model, loss_fn, pair)
+    except Exception:  # noqa: BLE001 - a model that cannot run on two examples: its probe choice said why
+        mixes = False
+    if mixes:
+        return None, "the loss of one example changes when another joins the batch (the loss mixes examples)"
+    coupled = batch_coupled(model)
+    return ("accumulation", coupled_reason(coupled)) if coupled else ("per_example", None)
+
+
 def _mixes(model: nn.Module, loss_fn: LossFn, pair) -> bool:
     with eval_mode(model):
         per_example_losses(model, loss_fn, pair, 2)  # a wrong shape is the user's to fix, not "mixing"
@@ -122,4 +137,4 @@ def reason(method: str, probe: Probe, invalid: str | None) -> str:
     return "auto: per-example gradients are valid (no batch-coupled layer; the loss does not mix examples)"
 
 
-__all__ = ["Choice", "choose", "decide", "per_example_invalid", "reason"]
+__all__ = ["Choice", "choose", "decide", "per_example_invalid", "reason", "training_pairs"]

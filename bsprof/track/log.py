@@ -181,6 +181,8 @@ def _training(log: TrackLog) -> dict:
     out = {"batch_size": last.draw.B, "optimizer_lr": last.lr if last.lr == last.lr else None}
     if log.header.get("optimizer"):
         out["optimizer"] = log.header["optimizer"]
+    if log.header.get("optimizer_momentum") is not None:
+        out["optimizer_momentum"] = log.header["optimizer_momentum"]
     return out
 
 

@@ -45,7 +45,7 @@ from torch import nn
 from bsprof.errors import BsprofError
 from bsprof.probes.base import trainable
 from bsprof.probes.precondition import adam_preconditioner
-from bsprof.results import Estimate, Measurement, is_adam_family
+from bsprof.results import Estimate, Measurement, is_adam_family, optimizer_momentum
 from bsprof.stats.draw import Draw
 from bsprof.track.log import LogWriter
 from bsprof.track.sources import Backwards, FsdpHooks, PerExample, StepHooks, fsdp_param_groups, fsdp_problem
@@ -193,7 +193,8 @@ class Tracker:
         if log is not None and self.rank == 0:
             self.log = LogWriter(log, unit, source=source, world_size=self.world,
                                  accumulation_steps=accumulation_steps,
-                                 optimizer=type(optimizer).__name__ if optimizer is not None else None)
+                                 optimizer=type(optimizer).__name__ if optimizer is not None else None,
+                                 optimizer_momentum=optimizer_momentum(optimizer))
 
     # ------------------------------------------------------------------ the loop
     @contextlib.contextmanager
