@@ -1,6 +1,7 @@
-"""Where ``plan.ADAM_FACTORS`` come from: swept B_crit / a noise scale's path average, under Adam, per quantity.
+"""Where ``plan.ADAM_FACTORS`` (and ``MOMENTUM_FACTORS``) come from: swept B_crit / a noise scale's path average,
+under Adam (SGD with momentum), per quantity.
 
-    python scripts/adam_factor.py
+    python scripts/adam_factor.py [--family adam|momentum]
 
 Reads scripts/results/validation_table.json (probes at the sweep's tuned lr; ``raw_candidates``: the path average
 of each noise scale without any factor) for the two quantities the Adam headline can follow: B_simple over the
@@ -9,11 +10,13 @@ to the latter issue 14's char transformer (sweep 81, path 50: measured by the is
 here). Per task the needed factor is the geometric mean over probe seeds of sweep / path average; the factor is
 the geometric mean over tasks (each task once). Prints, per task, headline / sweep with that factor, with the
 factor fitted on the other tasks only (leave-one-out: how far a task we have not seen may land), and with the
-factor in use (``plan.ADAM_FACTORS``, the fitted one rounded). Writes scripts/results/adam_factor.json.
+factor in use (``plan.ADAM_FACTORS``, the fitted one rounded). Writes scripts/results/adam_factor.json
+(``--family momentum``: the tasks with SGD momentum 0.9, ``plan.MOMENTUM_FACTORS``, momentum_factor.json).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -22,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bsprof.schedule.plan import ADAM_FACTORS  # noqa: E402
+from bsprof.schedule.plan import FACTORS  # noqa: E402
 
 OUT = ROOT / "scripts" / "results"
 EXTERNAL = {"b_simple": {"issue14_char_transformer": [81 / 50]}}   # issue 14's table: sweep 81, B_simple path 50
@@ -32,24 +35,28 @@ def geo(xs):
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
+FAMILY = "adam"   # --family
+MARK = {"adam": "adam", "momentum": "_mom_"}   # how the validation tasks of a family are named
+
+
 def needed(quantity: str) -> dict[str, list[float]]:
     tasks = json.loads((OUT / "validation_table.json").read_text())["tasks"]
     out = {}
     for name, t in tasks.items():
-        if "adam" not in name:
+        if MARK[FAMILY] not in name:
             continue
         sweep = t["sweep"]["critical"]["value"]
         per_seed = [sweep / p["raw_candidates"][quantity] for p in t["probes"]
                     if (p.get("raw_candidates") or {}).get(quantity) and p["raw_candidates"][quantity] > 0]
         if per_seed:
             out[name] = per_seed
-    return {**out, **EXTERNAL.get(quantity, {})}
+    return {**out, **(EXTERNAL.get(quantity, {}) if FAMILY == "adam" else {})}
 
 
 def fit(quantity: str) -> dict:
     need = needed(quantity)
     per_task = {k: geo(v) for k, v in need.items()}
-    factor, in_use = geo(list(per_task.values())), ADAM_FACTORS[quantity]
+    factor, in_use = geo(list(per_task.values())), FACTORS[FAMILY][quantity]
     rows = {}
     print(f"== {quantity}")
     for k, v in per_task.items():
@@ -72,8 +79,12 @@ def fit(quantity: str) -> dict:
 
 
 def main() -> None:
-    doc = {q: fit(q) for q in ADAM_FACTORS}
-    (OUT / "adam_factor.json").write_text(json.dumps(doc, indent=2) + "\n")
+    global FAMILY
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", choices=sorted(MARK), default="adam")
+    FAMILY = ap.parse_args().family
+    doc = {q: fit(q) for q in FACTORS[FAMILY]}
+    (OUT / f"{FAMILY}_factor.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
 if __name__ == "__main__":

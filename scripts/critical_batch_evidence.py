@@ -61,6 +61,11 @@ def adam(lr):
     return lambda params: torch.optim.Adam(params, lr=lr)
 
 
+def sgdm(lr):
+    """SGD with momentum 0.9 (the PyTorch default form: heavy ball, no dampening)."""
+    return lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+
 _MNIST: tuple | None = None
 
 
@@ -218,6 +223,32 @@ TASKS = {
                               sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.1, lr_grid=[0.5, 1, 2, 4, 8], seeds=2,
                                          max_steps=2000, eval_examples=0, max_seconds=2400),
                               probe_steps=400, lr_factors=(1.0,)),
+    # seventh session: SGD with momentum 0.9 (out of sample: the SGD rule was never checked with momentum)
+    "digits_mom_sgd": dict(desc="digits MLP 64-128-10 (sklearn, 1797), SGD with momentum 0.9", spec=digits_spec,
+                           opt=sgdm, target=0.1, batch=32,
+                           sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.05, lr_grid=[0.25, 0.5, 1, 2, 4], seeds=2,
+                                      max_steps=1500, eval_examples=0, max_seconds=1800),
+                           probe_steps=260, lr_factors=(1.0,)),
+    "teacher_mom_sgd": dict(desc="MLP 32-128-128-10 on 8,192 teacher-labelled Gaussian inputs, SGD with momentum 0.9",
+                            spec=lambda: Spec(None, None, student, teacher_data, ce, sgdm(0.02)), opt=sgdm,
+                            target=0.55, batch=32,
+                            sweep=dict(batches=[16, 32, 64, 128, 256, 512], lr0=0.01, lr_grid=[0.5, 1, 2, 4],
+                                       seeds=1, max_steps=3000, eval_examples=1024, max_seconds=2400),
+                            probe_steps=800, lr_factors=(1.0,)),
+    "mnist_cnn_mom_sgd": dict(desc="small CNN (conv8-conv16-fc32, 6.6k params) on real MNIST, 5,000 images pooled to "
+                                   "14×14, SGD with momentum 0.9", spec=lambda: Spec(None, None, cnn, mnist_small, ce,
+                                                                                     sgdm(0.03)),
+                              opt=sgdm, target=0.3, batch=32,
+                              sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.02, lr_grid=[0.25, 0.5, 1, 2, 4],
+                                         seeds=1, max_steps=800, eval_examples=1024, max_seconds=1200),
+                              probe_steps=500, lr_factors=(1.0,)),
+    "digits_cnn_mom_sgd": dict(desc="CNN conv16-conv32-fc (14k params) on the 8×8 sklearn digits, SGD with "
+                                    "momentum 0.9",
+                               spec=lambda: Spec(None, None, digits_cnn, digits_spec().dataset, ce, sgdm(0.03)),
+                               opt=sgdm, target=0.05, batch=32,
+                               sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.02, lr_grid=[0.5, 1, 2, 4, 8], seeds=2,
+                                          max_steps=2000, eval_examples=0, max_seconds=1800),
+                               probe_steps=400, lr_factors=(1.0,)),
     # the first sweep's best lr was the grid's top (×4) at B = 16, 32, 64: the grid extended upwards, same seed
     "shakespeare_adam_hi": dict(desc="the same, lr grid ×8, ×16", spec=shakespeare_spec, opt=adam, target=2.0,
                                 batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=2e-3, lr_grid=[8, 16],
@@ -241,7 +272,7 @@ def run_sweep(name, task, quick):
     torch.manual_seed(0)
     b_init = sw.get("b_noise")
     # the linear lr rule saturates at B_simple at init (as validate_critical_batch.py) unless the task fixes it
-    if task["opt"] is sgd and b_init is None:
+    if task["opt"] in (sgd, sgdm) and b_init is None:
         ds = task["spec"]().dataset()
         b_init = bsprof.measure_at(cnn() if name.startswith("mnist") else task["spec"]().model(), ce,
                                    ds[:][0:2], rel_error=0.15, max_seconds=20).value

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from critical_batch_evidence import TASKS  # noqa: E402
 
 import bsprof  # noqa: E402
+from bsprof.results import optimizer_name  # noqa: E402
 from bsprof.schedule import ScheduleConfig, predict  # noqa: E402
 
 P = importlib.import_module("bsprof.schedule.plan")
@@ -51,7 +52,9 @@ SOURCES = {"digits_sgd": "critical_batch_evidence.json", "mnist_cnn_sgd": "criti
            "mnist_cnn_adam": "critical_batch_mnist_adam.json", "mnist_mlp_adam": "critical_batch_mnist_mlp_adam.json",
            "digits_cnn_adam": "critical_batch_more_adam.json", "teacher_mlp_adam": "critical_batch_more_adam.json",
            "digits_cnn_sgd": "critical_batch_more_sgd.json", "teacher_mlp_sgd": "critical_batch_more_sgd.json",
-           "digits_bn_cnn_sgd": "critical_batch_bn.json"}
+           "digits_bn_cnn_sgd": "critical_batch_bn.json", "digits_mom_sgd": "critical_batch_momentum.json",
+           "teacher_mom_sgd": "critical_batch_momentum.json", "mnist_cnn_mom_sgd": "critical_batch_momentum2.json",
+           "digits_cnn_mom_sgd": "critical_batch_momentum2.json"}
 CANDIDATES = ("b_simple", "b_simple_window", "b_pre")
 
 
@@ -131,7 +134,7 @@ def probe(name, task, lr, seed, steps):
                              reason=s.critical_batch_reason),
                candidates={c: path_b_crit(report, c, target) for c in CANDIDATES},
                # the same path averages without the Adam family's factor (scripts/adam_factor.py fits it on these)
-               raw_candidates={c: path_b_crit(report, c, target) / P.calibration(report.config.get("optimizer"), c)
+               raw_candidates={c: path_b_crit(report, c, target) / P.calibration(optimizer_name(report.config), c)
                                for c in CANDIDATES},
                rows=[dict(step=m.step, loss=m.loss, **{c: getattr(getattr(m, c, None), "value", None)
                                                        for c in CANDIDATES}) for m in ms])

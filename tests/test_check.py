@@ -56,6 +56,16 @@ def run(*args, env=None):
 
 
 # -- policy (pure) -------------------------------------------------------------------------------------------
+def test_an_interval_wider_than_the_policy_has_no_clean_range():
+    """hi/4 > lo·4: no batch passes across the whole interval; the note said "B in [75.9, 63.6] passes cleanly"
+    (a new user's finding)."""
+    wide = Reading(90.0, 15.0, 300.0, "ok")
+    r = check_batch(64, wide)
+    assert r.status == PASS and r.notes
+    assert "passes cleanly" not in r.notes[0] and "No batch passes across the whole interval" in r.notes[0]
+    assert "passes cleanly" in check_batch(4096, Reading(1000.0, 800.0, 1250.0, "ok")).notes[0]
+
+
 def test_policy_uses_the_favourable_end_of_the_interval():
     noise = Reading(1000.0, 800.0, 1250.0, "ok")
     assert check_batch(1024, noise).status == PASS and not check_batch(1024, noise).notes

@@ -203,3 +203,30 @@ def test_a_target_whose_interval_cannot_be_followed_is_an_error_not_a_point(monk
     with pytest.raises(ReportError, match="no critical batch to loss 0.5"):
         critical_batch(r, 0.5)
     assert "only" in critical_batch(r).reason
+
+
+def test_sgd_with_momentum_follows_its_own_factor():
+    """SGD with momentum > 0 is its own family (the report's optimizer_momentum): measured the plain-SGD way the
+    noise scale fell short of swept critical batches there as under Adam, so the headline, the schedule and `check`
+    follow MOMENTUM_FACTORS × the window B_simple, widened by its model range; momentum 0 is plain SGD."""
+    from bsprof.gate.policy import judge
+    from bsprof.results import MOMENTUM_SGD, optimizer_family, optimizer_name
+    from bsprof.schedule.plan import MOMENTUM_FACTORS
+
+    assert optimizer_name({"optimizer": "SGD", "optimizer_momentum": 0.9}) == MOMENTUM_SGD
+    assert optimizer_name({"optimizer": "SGD", "optimizer_momentum": 0.0}) == "SGD"
+    assert optimizer_family(MOMENTUM_SGD) == "momentum" and optimizer_family("SGD") == "sgd"
+    plain = report("SGD", "b_simple_window", 0.5)
+    mom = report("SGD", "b_simple_window", 0.5)
+    mom.config["optimizer_momentum"] = 0.9
+    k = MOMENTUM_FACTORS["b_simple_window"]
+    s = mom.summary
+    assert s.critical_batch.value / plain.summary.critical_batch.value == pytest.approx(k, rel=0.25)
+    low, high = MODEL_RANGE[("momentum", "b_simple_window")]
+    assert s.critical_batch.lo / s.critical_batch.value < low < 1 < high < s.critical_batch.hi / s.critical_batch.value
+    assert s.critical_batch_reason.startswith(f"{k:g} × B_simple over training-step windows")
+    assert "SGD with momentum" in s.critical_batch_reason
+    sched = plan(mom, ScheduleConfig(target_loss=min(m.loss for m in mom.measurements)))
+    assert sched.prediction["b_crit"] == pytest.approx(s.critical_batch.value, rel=1e-9)
+    assert any("under SGD with momentum the schedule follows" in n for n in sched.notes)
+    assert any("under SGD with momentum the critical batch is" in n for n in judge(mom, 64).notes)

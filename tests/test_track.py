@@ -745,3 +745,26 @@ def test_a_sequence_first_model_is_not_warned_about_its_rows():
         draw = tracker.step()
     assert (draw.b, draw.B) == (16, 64)
     tracker.close()
+
+
+def test_the_log_and_the_probe_record_sgd_momentum(tmp_path):
+    """The optimizer's momentum reaches the report (the headline's family: SGD with momentum has its own factor):
+    from the tracker's log header, and from `bsprof measure`'s config."""
+    import bsprof
+    from bsprof.results import MOMENTUM_SGD, optimizer_name
+
+    model, (x, y) = mlp(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    log = tmp_path / "m.jsonl"
+    tracker = Tracker(model, opt, accumulation_steps=2, batch_size=64, log=log)
+    for _ in range(4):
+        for j in range(2):
+            (ce(model, (x[32 * j:32 * j + 32], y[32 * j:32 * j + 32])).mean() / 2).backward()
+        tracker.step()
+        opt.step()
+        opt.zero_grad()
+    tracker.close()
+    assert optimizer_name(report_from_log(log, window=2).config) == MOMENTUM_SGD
+    rep = bsprof.measure(model=mlp(), dataset=TensorDataset(x, y), loss=ce, steps=0, max_seconds=0.5,
+                         optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
+    assert rep.config["optimizer_momentum"] == 0.9 and optimizer_name(rep.config) == MOMENTUM_SGD

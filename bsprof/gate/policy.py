@@ -27,7 +27,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bsprof.output.report import Report
-from bsprof.results import Estimate, Measurement, Status, Summary, finite, is_adam_family, json_clean
+from bsprof.results import (
+    Estimate,
+    Measurement,
+    Status,
+    Summary,
+    finite,
+    is_adam_family,
+    json_clean,
+    optimizer_family,
+    optimizer_name,
+)
 
 
 class Outcome(str, enum.Enum):
@@ -152,8 +162,11 @@ def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
     # measured the SGD way, B_simple falls short of swept critical batches there
     from bsprof.schedule.plan import calibration, measured_as
 
-    k = calibration(report.config.get("optimizer"), measured_as("b_simple", rows))
-    where = f"interpolated at loss {_fmt(at_loss)}" + (f", × {k:g} under Adam (docs/science.md §6)" if k != 1 else "")
+    name = optimizer_name(report.config)
+    k = calibration(name, measured_as("b_simple", rows))
+    where = f"interpolated at loss {_fmt(at_loss)}" + (
+        f", × {k:g} under {'SGD with momentum' if optimizer_family(name) == 'momentum' else 'Adam'} "
+        "(docs/science.md §6)" if k != 1 else "")
     return Reading(k * est["value"], k * min(est["lo"], est["value"]), k * max(est["hi"], est["value"]), Status.OK,
                    report.unit, where, loss=at_loss, eps_max=eps_max)
 
@@ -301,8 +314,10 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
         at_est = (steps > Xs) or (compute > Xc)
         notes.append(f"B = {_fmt(B)} is {side} {'at the estimate' if at_est else 'at one end of the interval'}, "
                      f"but not across the whole interval {noise.describe()}; not failing, since bsprof fails only "
-                     f"when the whole interval violates the policy. B in "
-                     f"[{_fmt(passing['min_clean'])}, {_fmt(passing['max_clean'])}] {u} passes cleanly; "
+                     "when the whole interval violates the policy. "
+                     + (f"B in [{_fmt(passing['min_clean'])}, {_fmt(passing['max_clean'])}] {u} passes cleanly; "
+                        if passing["min_clean"] <= passing["max_clean"] else
+                        "No batch passes across the whole interval (it is wider than the policy's limits allow); ")
                      + ("the interval includes the headline's model range (docs/science.md §6), which measuring "
                         "more precisely does not narrow: `bsprof sweep` measures the critical batch directly"
                         if noise.name == "B_crit" else "measure more precisely (smaller --rel-error) to decide"))
@@ -462,16 +477,18 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
         step = report.incomplete.get("step")
         notes.append(f"the report is incomplete: the run ended early ({how}"
                      f"{f', at step {step}' if step is not None else ''}); judged on what was measured before")
-    if lr_rule(report.config.get("optimizer")) == "sqrt":
-        from bsprof.schedule.plan import ADAM_FACTORS, ADAM_RECORD, ADAM_SHORTFALL
+    fam = optimizer_family(optimizer_name(report.config))
+    if fam in ("adam", "momentum"):
+        from bsprof.schedule.plan import FACTORS, RECORD, SHORTFALL
 
         q = report.summary.critical_batch_quantity if report.summary else None
-        q = q if q in ADAM_FACTORS else "b_simple"
-        notes.append(f"under Adam the critical batch is {ADAM_FACTORS[q]:g} × the path average of "
+        q = q if q in FACTORS[fam] else "b_simple"
+        notes.append(f"under {'Adam' if fam == 'adam' else 'SGD with momentum'} the critical batch is "
+                     f"{FACTORS[fam][q]:g} × the path average of "
                      + ("B_simple over training-step windows" if q == "b_simple_window"
                         else "the fixed-weight B_simple")
-                     + f": measured the SGD way, it fell {ADAM_SHORTFALL[q]} short of swept critical batches "
-                     f"(docs/science.md §6); {ADAM_RECORD[q]}: confirm with `bsprof sweep`")
+                     + f": measured the plain-SGD way, it fell {SHORTFALL[fam][q]} short of swept critical batches "
+                     f"(docs/science.md §6); {RECORD[fam][q]}: confirm with `bsprof sweep`")
     notes.extend(d["message"] for d in report.diagnostics  # what the run cost is no part of the judgement
                  if isinstance(d, dict) and d.get("message") and d.get("code") != "measure_cost")
     return Verdict(tuple(checks), noise, tuple(notes))

@@ -73,6 +73,7 @@ def noise_scale_figure(report):
 def _draw_fit(ax, report) -> None:
     """B(L) as `bsprof schedule` fits it (default options), over the measured losses; nothing when it cannot fit."""
     from bsprof.errors import BsprofError
+    from bsprof.results import optimizer_name
     from bsprof.schedule.plan import ScheduleConfig, calibration, measured_as, noise_fit
 
     try:
@@ -81,7 +82,7 @@ def _draw_fit(ax, report) -> None:
         return
     loss = np.geomspace(fit.loss_min, fit.loss_max, 100)
     name = {k: label for k, label, _, _ in SERIES}[col]
-    k = calibration(report.config.get("optimizer"), measured_as(col, report.measurements))
+    k = calibration(optimizer_name(report.config), measured_as(col, report.measurements))
     name = f"{k:g} × {name}" if k != 1 else name   # the Adam family: the schedule follows k × the noise scale
     form = "B ∝ L^(−1/α), α = %.2g" % fit.alpha if fit.form == "power" else "B = a + b/(L − L*), L* = %.3g" % fit.floor
     ax.plot(loss, fit(loss), "-", color="k", lw=1.2, alpha=0.7, zorder=4,

@@ -28,13 +28,15 @@ import math
 from dataclasses import dataclass
 
 from bsprof.errors import BsprofError, ReportError
-from bsprof.results import Estimate, Status, is_adam_family
-from bsprof.schedule.plan import ADAM_FACTORS, ADAM_RECORD, ADAM_SHORTFALL, calibration, measured_as, more_rows_fix
+from bsprof.results import Estimate, Status, optimizer_family, optimizer_name
+from bsprof.schedule.plan import FACTORS, RECORD, SHORTFALL, calibration, measured_as, more_rows_fix
 
 # (optimizer family, quantity or "*"): multipliers of the interval's (lower, upper) end — swept / estimated B_crit
 MODEL_RANGE = {
     ("adam", "b_simple_window"): (1 / 2.0, 2.0),  # 3.2 × the window: 0.54–1.96× of the sweep per probe seed
     ("adam", "*"): (1 / 2.8, 2.3),    # 2.5 × fixed-weight B_simple: 0.44–2.73× per probe seed (7 tasks)
+    ("momentum", "b_simple_window"): (1 / 2.0, 2.0),  # 2.6 × the window: 0.62–1.57× per probe seed (3 tasks)
+    ("momentum", "*"): (1 / 2.0, 2.0),  # 2.5 × fixed-weight B_simple: 0.47–1.52× per probe seed (3 tasks)
     ("sgd", "b_simple"): (1 / 4, 1.0),  # 1.05 (char transformer) to 3.98 (MNIST CNN) too high
     ("sgd", "b_simple_window"): (1 / 2.4, 1.0),  # 0.84–1.31 on 3 tasks, 1.9–2.4 too high on the digits CNN
     ("other", "*"): (1 / 3, 3.0),     # optimizers never compared with sweeps (RMSprop, Lion, …): as wide as Adam
@@ -43,6 +45,9 @@ MODEL_RANGE = {
 NAMES = {"b_simple": "fixed-weight B_simple", "b_simple_window": "B_simple over training-step windows",
          "b_noise": "B_noise", "b_pre": "B_pre", "b_simple_ranks": "B_simple across ranks",
          "b_simple_regression": "B_simple by 1/B regression"}
+
+WIDTH = {"adam": {"b_simple_window": "×2/÷2", "b_simple": "×2.3/÷2.8"},
+         "momentum": {"b_simple_window": "×2/÷2", "b_simple": "×2/÷2"}}
 
 REASONS = {
     "sgd": {
@@ -53,10 +58,10 @@ REASONS = {
                     "(docs/science.md §6); B_simple over training-step windows, where the model allows them, "
                     "came closer",
     },
-    "adam": {q: f"Adam: measured the SGD way, it fell {ADAM_SHORTFALL[q]} short of swept critical batches; times "
-                f"the factor it came to {ADAM_RECORD[q]}, interval "
-                f"{'×2/÷2' if q == 'b_simple_window' else '×2.3/÷2.8'} "
-                "(docs/science.md §6); confirm with `bsprof sweep`" for q in ADAM_FACTORS},
+    **{fam: {q: f"{who}: measured the plain-SGD way, it fell {SHORTFALL[fam][q]} short of swept critical batches; "
+                f"times the factor it came to {RECORD[fam][q]}, interval {WIDTH[fam][q]} (docs/science.md §6); "
+                "confirm with `bsprof sweep`" for q in FACTORS[fam]}
+       for fam, who in (("adam", "Adam"), ("momentum", "SGD with momentum"))},
     "other": "{optimizer}: never compared with sweeps, interval ×3 as under Adam (docs/science.md §6); confirm with "
              "`bsprof sweep`",
 }
@@ -69,29 +74,23 @@ class Headline:
     reason: str
 
 
-def _family(optimizer: str | None) -> str:
-    """adam (the Adam family), sgd (SGD, or no optimizer recorded: the probe's default), or other."""
-    if is_adam_family(optimizer):
-        return "adam"
-    return "sgd" if not optimizer or optimizer.lower() == "sgd" else "other"
-
-
 def model_range(optimizer: str | None, quantity: str) -> tuple[float, float]:
-    fam = _family(optimizer)
+    fam = optimizer_family(optimizer)
     return MODEL_RANGE.get((fam, quantity)) or MODEL_RANGE.get((fam, "*")) or (1.0, 1.0)
 
 
 def reason(optimizer: str | None, quantity: str, path: str) -> str:
     """One line: what the number is, and how far it was from sweeps for this optimizer family and quantity."""
-    fam = _family(optimizer)
+    fam = optimizer_family(optimizer)
     name = NAMES.get(quantity, quantity)
     if fam == "sgd":
         why = REASONS["sgd"].get(quantity, "SGD: this quantity was not compared with sweeps (docs/science.md §6)")
-    elif fam == "adam":
+    elif fam in FACTORS:
         name = f"{calibration(optimizer, quantity):g} × {name}"
-        why = REASONS["adam"].get(quantity) or (
-            f"Adam: the factor {ADAM_FACTORS['b_simple']:g} was measured for the fixed-weight B_simple, not for this "
-            "quantity (docs/science.md §6); confirm with `bsprof sweep`")
+        why = REASONS[fam].get(quantity) or (
+            f"{'Adam' if fam == 'adam' else 'SGD with momentum'}: the factor {FACTORS[fam]['b_simple']:g} was "
+            "measured for the fixed-weight B_simple, not for this quantity (docs/science.md §6); confirm with "
+            "`bsprof sweep`")
     else:
         why = REASONS[fam].format(optimizer=optimizer)
     return f"{name}, {path}; {why}"
@@ -116,7 +115,7 @@ def critical_batch(report, target_loss: float | None = None) -> Headline:
         usable_rows,
     )
 
-    rows_all, optimizer = report.measurements, report.config.get("optimizer")
+    rows_all, optimizer = report.measurements, optimizer_name(report.config)
     cfg = ScheduleConfig(target_loss=1.0, confidence=report.config.get("confidence") or 0.9)
     col, _ = choose_noise(cfg, rows_all, optimizer)
     factors = model_range(optimizer, col)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from bsprof.errors import BsprofError, ConfigError, ReportError, short
-from bsprof.results import Estimate, Measurement, finite, is_adam_family
+from bsprof.results import Estimate, Measurement, finite, optimizer_family, optimizer_name
 from bsprof.schedule import predict, rules
 from bsprof.schedule.fit import fit_noise_scale
 from bsprof.schedule.stages import Schedule, Stage
@@ -119,6 +119,17 @@ ADAM_FACTORS = {"b_simple_window": 3.2, "b_simple": 2.5}
 ADAM_SHORTFALL = {"b_simple_window": "1.9–5.3×", "b_simple": "1.2–4.7×"}
 ADAM_RECORD = {"b_simple_window": "0.60–1.66× of swept critical batches on 6 tasks (per probe seed 0.54–1.96×)",
                "b_simple": "0.53–2.1× of swept critical batches on 7 tasks"}
+# SGD with momentum (0.9) falls short the same way (seventh session; docs/science.md §6,
+# `python scripts/adam_factor.py --family momentum`, scripts/results/momentum_factor.json): momentum speeds up the
+# large-batch, curvature-limited regime, which the noise scale cannot see.
+MOMENTUM_FACTORS = {"b_simple_window": 2.6, "b_simple": 2.5}
+MOMENTUM_SHORTFALL = {"b_simple_window": "1.8–3.1×", "b_simple": "1.8–3.4×"}
+MOMENTUM_RECORD = {"b_simple_window": "0.84–1.44× of swept critical batches on 3 tasks (per probe seed 0.62–1.57×)",
+                   "b_simple": "0.73–1.41× of swept critical batches on 3 tasks"}
+FACTORS = {"adam": ADAM_FACTORS, "momentum": MOMENTUM_FACTORS}    # optimizer family -> factors per quantity
+SHORTFALL = {"adam": ADAM_SHORTFALL, "momentum": MOMENTUM_SHORTFALL}
+RECORD = {"adam": ADAM_RECORD, "momentum": MOMENTUM_RECORD}
+FAMILY_NAMES = {"adam": "Adam-family optimizer", "momentum": "SGD with momentum"}
 
 
 def measured_as(col: str, rows) -> str:
@@ -129,11 +140,13 @@ def measured_as(col: str, rows) -> str:
 
 
 def calibration(optimizer: str | None, quantity: str = "b_simple") -> float:
-    """The factor the followed noise scale ``quantity`` is multiplied by for ``optimizer`` (1 outside the Adam
-    family; under it ``ADAM_FACTORS``, the fixed-weight one for quantities never compared with sweeps)."""
-    if not is_adam_family(optimizer):
+    """The factor the followed noise scale ``quantity`` is multiplied by for ``optimizer`` (a name as
+    ``results.optimizer_name`` gives it): 1 for plain SGD and optimizers never compared with sweeps; ``FACTORS`` of
+    the Adam family and of SGD with momentum (the fixed-weight one for quantities never compared with sweeps)."""
+    factors = FACTORS.get(optimizer_family(optimizer))
+    if factors is None:
         return 1.0
-    return ADAM_FACTORS.get(quantity, ADAM_FACTORS["b_simple"])
+    return factors.get(quantity, factors["b_simple"])
 
 
 def _scaled(e: Estimate, k: float) -> Estimate:
@@ -163,12 +176,13 @@ def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str,
       exact one, tests/test_nqm.py)."""
     if cfg.noise != "auto":
         return cfg.noise, "asked with --noise"
-    if is_adam_family(optimizer):
+    fam = optimizer_family(optimizer)
+    if fam in FACTORS:
         q = "b_simple_window" if _determined(rows, "b_simple_window") >= 2 else "b_simple"
         name = "B_simple over training-step windows" if measured_as(q, rows) == "b_simple_window" else \
             "the fixed-weight B_simple"
-        return q, (f"auto: Adam-family optimizer; {calibration(optimizer, measured_as(q, rows)):g} × {name} came "
-                   f"to {ADAM_RECORD[measured_as(q, rows)]} ({EVIDENCE})")
+        return q, (f"auto: {FAMILY_NAMES[fam]}; {calibration(optimizer, measured_as(q, rows)):g} × {name} came "
+                   f"to {RECORD[fam][measured_as(q, rows)]} ({EVIDENCE})")
     if _determined(rows, "b_simple_window") >= 2:
         return "b_simple_window", ("auto: B_simple from the training steps predicted swept critical batches "
                                    "within 0.84–1.31× on 3 of 4 tasks under SGD (2.2× on the 4th), fixed-weight "
@@ -200,8 +214,8 @@ def more_rows_fix(report) -> str:
 def usable_rows(report, cfg: ScheduleConfig) -> tuple[list[tuple[Measurement, Estimate]], str]:
     """(row, noise scale followed) for rows whose noise scale is determined and positive at a finite loss,
     sorted by step."""
-    col, _ = choose_noise(cfg, report.measurements, report.config.get("optimizer"))
-    k = calibration(report.config.get("optimizer"), measured_as(col, report.measurements))
+    col, _ = choose_noise(cfg, report.measurements, optimizer_name(report.config))
+    k = calibration(optimizer_name(report.config), measured_as(col, report.measurements))
     pairs = [(r, noise_of(r, col)) for r in report.measurements if r.b_simple.ok and finite(r.loss)]
     pairs = [(r, _scaled(e, k)) for r, e in pairs if e is not None]
     pairs = sorted(((r, e) for r, e in pairs if e is not None and finite(e.value) and e.value > 0),
@@ -442,17 +456,21 @@ def plan(report, config: ScheduleConfig) -> Schedule:
             **dict(zip(("b_crit_lo", "b_crit_hi"),
                        b_crit_bounds(rows, fit, steps, loss, batch_train, config.target_loss, config.confidence))),
             "b_noise_target": bt, "b_noise_target_lo": bt_lo, "b_noise_target_hi": bt_hi}
-    why = choose_noise(config, report.measurements, optimizer)[1]
+    family_name = optimizer_name(report.config)
+    why = choose_noise(config, report.measurements, family_name)[1]
     quantity = measured_as(col, [r for r, _ in rows])
     if quantity != col:  # a tracker log's rows
         why = "a tracker log: B_simple over training-step windows"
     notes.insert(0, f"noise scale followed: {col} ({why}); fit {fit.form}; lr rule {lr_rule} "
                     f"(optimizer {optimizer or 'SGD'})")
-    if is_adam_family(optimizer):
-        notes.append(f"under the Adam family the schedule follows {calibration(optimizer, quantity):g} × the "
-                     f"measured {col}: measured the SGD way, the noise scale fell short of swept critical batches on "
-                     f"every Adam task we checked, {ADAM_SHORTFALL.get(quantity, ADAM_SHORTFALL['b_simple'])} "
-                     "(docs/science.md §6); B_crit's interval is the sampling error only, confirm with `bsprof sweep`")
+    fam = optimizer_family(family_name)
+    if fam in FACTORS:
+        short = SHORTFALL[fam]
+        notes.append(f"under {'the Adam family' if fam == 'adam' else 'SGD with momentum'} the schedule follows "
+                     f"{calibration(family_name, quantity):g} × the measured {col}: measured the plain-SGD way, the "
+                     f"noise scale fell short of swept critical batches on every such task we checked, "
+                     f"{short.get(quantity, short['b_simple'])} (docs/science.md §6); B_crit's interval is the "
+                     "sampling error only, confirm with `bsprof sweep`")
     assumed = assumptions(report, lr0, lr_rule, batch_train)
     if capped:
         warnings.append(capped)
