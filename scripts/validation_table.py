@@ -164,6 +164,10 @@ SHORT = {"digits_sgd": "digits MLP (sklearn, 1,797), SGD, loss 0.1",
          "digits_cnn_sgd": "CNN (14k) on the 8×8 digits (sklearn, 1,797), SGD, loss 0.05",
          "digits_bn_cnn_sgd": "the same CNN with BatchNorm, SGD, loss 0.05 (out of sample; windows from 2 "
                               "micro-batches per step)",
+         "digits_mom_sgd": "digits MLP, SGD with momentum 0.9, loss 0.1",
+         "teacher_mom_sgd": "teacher MLP, SGD with momentum 0.9, loss 0.55",
+         "digits_cnn_mom_sgd": "CNN on the 8×8 digits, SGD with momentum 0.9, loss 0.05",
+         "mnist_cnn_mom_sgd": "small CNN on real MNIST, SGD with momentum 0.9, loss 0.3",
          "teacher_mlp_sgd": "MLP on 8,192 teacher-labelled Gaussian inputs, SGD, loss 0.55"}
 
 
@@ -214,8 +218,10 @@ def main():
         return render_only(Path(args.out))
     torch.set_num_threads(1)
     out_path = Path(args.out)
-    results = json.loads(out_path.read_text())["tasks"] if out_path.is_file() and not args.fresh else {}
+    results = json.loads(out_path.read_text())["tasks"] if out_path.is_file() else {}
     for name in args.tasks.split(","):
+        if args.fresh:  # rerun this task's probes; the other tasks' rows stay
+            results.pop(name, None)
         task = dict(TASKS[name])
         sw = sweep_of(name)
         batches = [b["batch"] for b in sw["batches"]]
