@@ -173,6 +173,7 @@ def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str,
     - Adam family: the same window B_simple, times ``ADAM_FACTORS`` (``calibration``): every noise scale fell short
       of the sweep on every Adam task (``ADAM_SHORTFALL``); times its factor the window came within 0.60–1.66× on
       six tasks, the fixed-weight B_simple (the fallback, × 2.5) within 0.53–2.1× on seven, B_pre 0.37–8.3×;
+    - SGD with momentum (``results.optimizer_name``): likewise, times ``MOMENTUM_FACTORS`` (four tasks);
     - else B_simple, which every report has (on the noisy quadratic model its B_crit is within a few % of the
       exact one, tests/test_nqm.py)."""
     if cfg.noise != "auto":
