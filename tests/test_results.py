@@ -217,5 +217,7 @@ def test_report_prints_json_and_csv_for_scripts(tmp_path):
         report.summary_at(last * 1.5).critical_batch.value)
     csv = runner.invoke(app, ["report", str(src), "-f", "csv"]).stdout.splitlines()
     assert csv[0].startswith("step,") and len(csv) == len(report.measurements) + 1
+    layers = runner.invoke(app, ["report", str(src), "-f", "csv", "--layers"]).stdout.splitlines()
+    assert layers[0].startswith("step,layer,") and len(layers) == len(report.layers) + 1
     bad = runner.invoke(app, ["report", str(src), "-f", "xml"])
     assert bad.exit_code == 2 and "--format must be one of table, json, csv" in bad.output

@@ -514,3 +514,18 @@ def test_assumptions_and_lr_cap():
     other = plan(report, ScheduleConfig(target_loss=0.4, lr=0.5))
     assert any("differs from the lr 0.1" in a for a in other.assumptions)
     assert any("lr_cap must be" in p for p in ScheduleConfig(target_loss=0.4, lr_cap=0.5).problems())
+
+
+def test_a_target_below_losses_that_hardly_fell_says_so():
+    """Measured losses all ≈ 1.08 (a run at lr 1e-9): the gap below them is not a percentage of a range that does
+    not exist (it printed "by 1529675516% of the measured log-loss range [1.08082, 1.08082]"), and the hint names
+    the command whose flag it is."""
+    from bsprof.schedule.plan import check_target
+
+    class Fit:
+        floor = 0.0
+
+    with pytest.raises(ExtrapolationError) as e:
+        check_target(0.5, np.array([1.080821, 1.080820, 1.080819]), Fit(), ScheduleConfig(target_loss=0.5))
+    assert "hardly fell" in e.value.message and "%" not in e.value.message
+    assert "in `bsprof schedule`, pass --allow-extrapolation" in e.value.hint

@@ -24,7 +24,7 @@ def report_command(
     target_loss: Optional[float] = typer.Option(None, "--target-loss", "-t", help="End the headline critical "
                                                 "batch's path at this loss (default: the lowest measured loss)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json (the report, with its summary to "
-                            "--target-loss) or csv (the measurements), on stdout."),
+                            "--target-loss) or csv (the measurements; with --layers the layers), on stdout."),
 ):
     """Show a saved report: the measurements, the summary, the diagnostics."""
     with user_errors():
@@ -42,7 +42,7 @@ def report_command(
             check_folder(out, "--out")  # before reading or measuring anything
         report = load(source, "report", window=window)
         if fmt != "table":
-            typer.echo(as_text(report, fmt, target_loss), nl=False)
+            typer.echo(as_text(report, fmt, target_loss, layers), nl=False)
         elif target_loss is not None:
             from bsprof.output.render import report_table
 
@@ -62,9 +62,13 @@ def report_command(
 FORMATS = ("table", "json", "csv")
 
 
-def as_text(report, fmt: str, target_loss: float | None) -> str:
+def as_text(report, fmt: str, target_loss: float | None, layers: bool = False) -> str:
     """The report as JSON (report.json's content, its summary ending the headline's path at ``target_loss``) or
-    the measurements as CSV (measurements.csv's content)."""
+    the measurements as CSV (measurements.csv's content; with ``layers``, layers.csv's)."""
+    if fmt == "csv" and layers:
+        import pandas as pd
+
+        return pd.DataFrame([r.to_row() for r in report.layers]).to_csv(index=False)
     if fmt == "csv":
         return report.to_frame().to_csv(index=False)
     import json

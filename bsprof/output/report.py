@@ -69,7 +69,10 @@ class Report:
         """The measurements as a pandas DataFrame of flat rows (the CSV columns)."""
         import pandas as pd
 
-        return pd.DataFrame([m.to_row() for m in self.measurements])
+        frame = pd.DataFrame([m.to_row() for m in self.measurements])
+        if "window_steps" in frame:   # a count, blank where a row has no window (not 25.0)
+            frame["window_steps"] = frame["window_steps"].astype("Int64")
+        return frame
 
     def to_dict(self) -> dict:
         return codec.encode(self)

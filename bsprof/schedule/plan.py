@@ -241,18 +241,20 @@ def check_target(target: float, losses, fit, cfg: ScheduleConfig) -> list[str]:
         raise ExtrapolationError(f"the fitted noise scale diverges at loss {fit.floor:.4g} (a + b/(L − L*)); "
                                  f"target {target:g} is beyond it",
                                  "measure down to lower losses (`bsprof measure SPEC --steps N` with more steps, or "
-                                 "from a later checkpoint: `--checkpoint CKPT`, your model's saved state_dict), or "
-                                 "in `bsprof schedule` force a power law with --form power")
+                                 "from a later checkpoint: `--checkpoint CKPT`, your model's saved state_dict); or, "
+                                 "in `bsprof schedule`, force a power law with --form power")
     if target >= lo:
         return []
-    gap = math.log(lo / target) / max(math.log(hi / lo), 1e-12)
-    msg = (f"target loss {target:g} is below the lowest measured loss {lo:g} by {gap:.0%} of the measured "
-           f"log-loss range [{lo:g}, {hi:g}] (limit {cfg.max_extrapolation:.0%})")
+    flat = math.log(hi / lo) < 1e-3   # the measured losses hardly fell: no range to measure the gap in
+    gap = math.inf if flat else math.log(lo / target) / math.log(hi / lo)
+    msg = (f"target loss {target:g} is below the measured losses, which hardly fell ({lo:.6g} to {hi:.6g})" if flat
+           else f"target loss {target:g} is below the lowest measured loss {lo:g} by {gap:.0%} of the measured "
+                f"log-loss range [{lo:g}, {hi:g}] (limit {cfg.max_extrapolation:.0%})")
     if gap > cfg.max_extrapolation and not cfg.allow_extrapolation:
         raise ExtrapolationError(msg + ": the noise scale there is an extrapolation, not a measurement",
                                  "measure down to lower losses (`bsprof measure SPEC --steps N` with more steps, or "
                                  "from a later checkpoint: `--checkpoint CKPT`, your model's saved state_dict), then "
-                                 "schedule from that report; or pass --allow-extrapolation")
+                                 "schedule from that report; or, in `bsprof schedule`, pass --allow-extrapolation")
     return [("EXTRAPOLATING FAR: " if gap > cfg.max_extrapolation else "extrapolating: ") + msg]
 
 
