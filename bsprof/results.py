@@ -27,16 +27,25 @@ def is_adam_family(name: str | None) -> bool:
     return bool(name) and name.lower() in {a.lower() for a in ADAM_FAMILY}
 
 
-MOMENTUM_SGD = "SGD+momentum"  # SGD with momentum > 0: its own family for the headline (docs/science.md §6)
+MOMENTUM_SGD = "SGD+momentum"  # SGD with momentum β > 0: its own family for the headline (docs/science.md §6)
 
 
 def optimizer_name(config: dict) -> str | None:
-    """The optimizer as the headline's rules know it, from a report's config: its class name, or ``MOMENTUM_SGD``
-    for SGD whose ``optimizer_momentum`` is above 0 (the lr rule is SGD's; the critical batch is not)."""
+    """The optimizer as the headline's rules know it, from a report's config: its class name, or
+    ``"SGD+momentum=β"`` for SGD whose ``optimizer_momentum`` β is above 0 (the lr rule is SGD's; the critical
+    batch is not)."""
     name = config.get("optimizer")
-    if name and name.lower() == "sgd" and (config.get("optimizer_momentum") or 0) > 0:
-        return MOMENTUM_SGD
+    beta = config.get("optimizer_momentum") or 0
+    if name and name.lower() == "sgd" and 0 < beta < 1:
+        return f"{MOMENTUM_SGD}={beta:g}"
     return name
+
+
+def momentum_of(name: str | None) -> float:
+    """β of an ``optimizer_name`` of the momentum family (0 for any other name)."""
+    if not name or not name.startswith(MOMENTUM_SGD + "="):
+        return 0.0
+    return float(name.split("=", 1)[1])
 
 
 def optimizer_family(name: str | None) -> str:
@@ -44,7 +53,7 @@ def optimizer_family(name: str | None) -> str:
     default) or other: the families the headline's factors and model ranges are kept for (docs/science.md §6)."""
     if is_adam_family(name):
         return "adam"
-    if name == MOMENTUM_SGD:
+    if name and name.startswith(MOMENTUM_SGD):
         return "momentum"
     return "sgd" if not name or name.lower() == "sgd" else "other"
 

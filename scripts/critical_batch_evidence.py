@@ -66,6 +66,16 @@ def sgdm(lr):
     return lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9)
 
 
+def sgdn(lr):
+    """SGD with Nesterov momentum 0.9."""
+    return lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
+
+
+def sgdm5(lr):
+    """SGD with momentum 0.5."""
+    return lambda params: torch.optim.SGD(params, lr=lr, momentum=0.5)
+
+
 _MNIST: tuple | None = None
 
 
@@ -235,6 +245,17 @@ TASKS = {
                             sweep=dict(batches=[16, 32, 64, 128, 256, 512], lr0=0.01, lr_grid=[0.5, 1, 2, 4],
                                        seeds=1, max_steps=3000, eval_examples=1024, max_seconds=2400),
                             probe_steps=800, lr_factors=(1.0,)),
+    # out of sample for the momentum factor (fitted at momentum 0.9, heavy ball): Nesterov, and momentum 0.5
+    "digits_nesterov_sgd": dict(desc="digits MLP 64-128-10 (sklearn, 1797), SGD with Nesterov momentum 0.9",
+                                spec=digits_spec, opt=sgdn, target=0.1, batch=32,
+                                sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.05, lr_grid=[0.25, 0.5, 1, 2, 4, 8],
+                                           seeds=2, max_steps=1500, eval_examples=0, max_seconds=1800),
+                                probe_steps=260, lr_factors=(1.0,)),
+    "digits_mom05_sgd": dict(desc="digits MLP 64-128-10 (sklearn, 1797), SGD with momentum 0.5", spec=digits_spec,
+                             opt=sgdm5, target=0.1, batch=32,
+                             sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.2, lr_grid=[0.25, 0.5, 1, 2, 4, 8],
+                                        seeds=2, max_steps=1500, eval_examples=0, max_seconds=1800),
+                             probe_steps=260, lr_factors=(1.0,)),
     "mnist_cnn_mom_sgd": dict(desc="small CNN (conv8-conv16-fc32, 6.6k params) on real MNIST, 5,000 images pooled to "
                                    "14×14, SGD with momentum 0.9", spec=lambda: Spec(None, None, cnn, mnist_small, ce,
                                                                                      sgdm(0.03)),
@@ -272,7 +293,7 @@ def run_sweep(name, task, quick):
     torch.manual_seed(0)
     b_init = sw.get("b_noise")
     # the linear lr rule saturates at B_simple at init (as validate_critical_batch.py) unless the task fixes it
-    if task["opt"] in (sgd, sgdm) and b_init is None:
+    if task["opt"] in (sgd, sgdm, sgdn, sgdm5) and b_init is None:
         ds = task["spec"]().dataset()
         b_init = bsprof.measure_at(cnn() if name.startswith("mnist") else task["spec"]().model(), ce,
                                    ds[:][0:2], rel_error=0.15, max_seconds=20).value

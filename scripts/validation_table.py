@@ -54,7 +54,8 @@ SOURCES = {"digits_sgd": "critical_batch_evidence.json", "mnist_cnn_sgd": "criti
            "digits_cnn_sgd": "critical_batch_more_sgd.json", "teacher_mlp_sgd": "critical_batch_more_sgd.json",
            "digits_bn_cnn_sgd": "critical_batch_bn.json", "digits_mom_sgd": "critical_batch_momentum.json",
            "teacher_mom_sgd": "critical_batch_momentum.json", "mnist_cnn_mom_sgd": "critical_batch_momentum2.json",
-           "digits_cnn_mom_sgd": "critical_batch_momentum2.json"}
+           "digits_cnn_mom_sgd": "critical_batch_momentum2.json",
+           "digits_nesterov_sgd": "critical_batch_momentum3.json", "digits_mom05_sgd": "critical_batch_momentum3.json"}
 CANDIDATES = ("b_simple", "b_simple_window", "b_pre")
 
 
@@ -168,6 +169,8 @@ SHORT = {"digits_sgd": "digits MLP (sklearn, 1,797), SGD, loss 0.1",
          "teacher_mom_sgd": "teacher MLP, SGD with momentum 0.9, loss 0.55",
          "digits_cnn_mom_sgd": "CNN on the 8×8 digits, SGD with momentum 0.9, loss 0.05",
          "mnist_cnn_mom_sgd": "small CNN on real MNIST, SGD with momentum 0.9, loss 0.3",
+         "digits_nesterov_sgd": "digits MLP, SGD with Nesterov momentum 0.9, loss 0.1 (out of sample)",
+         "digits_mom05_sgd": "digits MLP, SGD with momentum 0.5, loss 0.1 (out of sample)",
          "teacher_mlp_sgd": "MLP on 8,192 teacher-labelled Gaussian inputs, SGD, loss 0.55"}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -213,9 +214,16 @@ def test_sgd_with_momentum_follows_its_own_factor():
     from bsprof.results import MOMENTUM_SGD, optimizer_family, optimizer_name
     from bsprof.schedule.plan import MOMENTUM_FACTORS
 
-    assert optimizer_name({"optimizer": "SGD", "optimizer_momentum": 0.9}) == MOMENTUM_SGD
+    plan_module = sys.modules["bsprof.schedule.plan"]
+
+    assert optimizer_name({"optimizer": "SGD", "optimizer_momentum": 0.9}) == f"{MOMENTUM_SGD}=0.9"
     assert optimizer_name({"optimizer": "SGD", "optimizer_momentum": 0.0}) == "SGD"
-    assert optimizer_family(MOMENTUM_SGD) == "momentum" and optimizer_family("SGD") == "sgd"
+    assert optimizer_family(f"{MOMENTUM_SGD}=0.9") == "momentum" and optimizer_family("SGD") == "sgd"
+    # measured at β = 0.9; elsewhere the factor to the power log10 1/(1 − β): 1 at β → 0
+    k9 = MOMENTUM_FACTORS["b_simple_window"]
+    assert plan_module.calibration(f"{MOMENTUM_SGD}=0.9", "b_simple_window") == k9
+    assert plan_module.calibration(f"{MOMENTUM_SGD}=0.5", "b_simple_window") == pytest.approx(k9 ** 0.30103, abs=0.01)
+    assert plan_module.calibration(f"{MOMENTUM_SGD}=0.01", "b_simple_window") == pytest.approx(1.0, abs=0.01)
     plain = report("SGD", "b_simple_window", 0.5)
     mom = report("SGD", "b_simple_window", 0.5)
     mom.config["optimizer_momentum"] = 0.9

@@ -764,7 +764,7 @@ def test_the_log_and_the_probe_record_sgd_momentum(tmp_path):
         opt.step()
         opt.zero_grad()
     tracker.close()
-    assert optimizer_name(report_from_log(log, window=2).config) == MOMENTUM_SGD
+    assert optimizer_name(report_from_log(log, window=2).config) == f"{MOMENTUM_SGD}=0.9"
     rep = bsprof.measure(model=mlp(), dataset=TensorDataset(x, y), loss=ce, steps=0, max_seconds=0.5,
                          optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
-    assert rep.config["optimizer_momentum"] == 0.9 and optimizer_name(rep.config) == MOMENTUM_SGD
+    assert rep.config["optimizer_momentum"] == 0.9 and optimizer_name(rep.config) == f"{MOMENTUM_SGD}=0.9"

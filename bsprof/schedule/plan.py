@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from bsprof.errors import BsprofError, ConfigError, ReportError, short
-from bsprof.results import Estimate, Measurement, finite, optimizer_family, optimizer_name
+from bsprof.results import Estimate, Measurement, finite, momentum_of, optimizer_family, optimizer_name
 from bsprof.schedule import predict, rules
 from bsprof.schedule.fit import fit_noise_scale
 from bsprof.schedule.stages import Schedule, Stage
@@ -143,11 +143,17 @@ def measured_as(col: str, rows) -> str:
 def calibration(optimizer: str | None, quantity: str = "b_simple") -> float:
     """The factor the followed noise scale ``quantity`` is multiplied by for ``optimizer`` (a name as
     ``results.optimizer_name`` gives it): 1 for plain SGD and optimizers never compared with sweeps; ``FACTORS`` of
-    the Adam family and of SGD with momentum (the fixed-weight one for quantities never compared with sweeps)."""
-    factors = FACTORS.get(optimizer_family(optimizer))
+    the Adam family (the fixed-weight one for quantities never compared with sweeps); for SGD with momentum β,
+    ``MOMENTUM_FACTORS`` (measured at β = 0.9) to the power log₁₀ 1/(1 − β): 1 at β = 0, the factor at 0.9 — the
+    momentum's step multiplier 1/(1 − β) raised to a fitted power (β = 0.5 was checked out of sample)."""
+    fam = optimizer_family(optimizer)
+    factors = FACTORS.get(fam)
     if factors is None:
         return 1.0
-    return factors.get(quantity, factors["b_simple"])
+    k = factors.get(quantity, factors["b_simple"])
+    if fam == "momentum":
+        k = round(k ** math.log10(1 / (1 - momentum_of(optimizer))), 2)
+    return k
 
 
 def _scaled(e: Estimate, k: float) -> Estimate:
