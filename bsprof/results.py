@@ -35,8 +35,11 @@ def optimizer_name(config: dict) -> str | None:
     ``"SGD+momentum=β"`` for SGD whose ``optimizer_momentum`` β is above 0 (the lr rule is SGD's; the critical
     batch is not)."""
     name = config.get("optimizer")
-    beta = config.get("optimizer_momentum") or 0
-    if name and name.lower() == "sgd" and 0 < beta < 1:
+    try:
+        beta = float(config.get("optimizer_momentum") or 0)
+    except (TypeError, ValueError):  # a hand-edited report: no momentum known
+        beta = 0.0
+    if isinstance(name, str) and name.lower() == "sgd" and 0 < beta < 1:
         return f"{MOMENTUM_SGD}={beta:g}"
     return name
 

@@ -218,6 +218,7 @@ def test_sgd_with_momentum_follows_its_own_factor():
 
     assert optimizer_name({"optimizer": "SGD", "optimizer_momentum": 0.9}) == f"{MOMENTUM_SGD}=0.9"
     assert optimizer_name({"optimizer": "SGD", "optimizer_momentum": 0.0}) == "SGD"
+    assert optimizer_name({"optimizer": "SGD", "optimizer_momentum": "fast"}) == "SGD"   # a hand-edited report
     assert optimizer_family(f"{MOMENTUM_SGD}=0.9") == "momentum" and optimizer_family("SGD") == "sgd"
     # measured at β = 0.9; elsewhere the factor to the power log10 1/(1 − β): 1 at β → 0
     k9 = MOMENTUM_FACTORS["b_simple_window"]
