@@ -62,10 +62,21 @@ def optimizer_family(name: str | None) -> str:
 
 
 def optimizer_momentum(optimizer) -> float | None:
-    """The momentum of a torch optimizer's first parameter group (SGD's ``momentum``), None when it has none."""
+    """SGD's ``momentum`` of a torch optimizer: that of the parameter group holding the most parameters (groups
+    with other momenta are a minority of the weights), None when it has none."""
     groups = getattr(optimizer, "param_groups", None) or [{}]
-    m = groups[0].get("momentum")
+    largest = max(groups, key=lambda g: sum(p.numel() for p in g.get("params", ())))
+    m = largest.get("momentum")
     return float(m) if isinstance(m, (int, float)) else None
+
+
+def optimizer_kind(optimizer) -> str:
+    """The optimizer's class name, or for a subclass of a torch optimizer (``class MySGD(torch.optim.SGD)``) that
+    torch class's: the name the lr rules and the headline's families know."""
+    for cls in type(optimizer).__mro__:
+        if cls.__module__.startswith("torch.optim") and cls.__name__ != "Optimizer":
+            return cls.__name__
+    return type(optimizer).__name__
 
 
 class Status(str, enum.Enum):

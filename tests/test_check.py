@@ -155,6 +155,20 @@ def test_baseline_gate():
     assert check_baseline(Reading(math.nan, 400.0, math.inf, "lower_bound"), old, 2).status == FAIL
 
 
+def test_a_baseline_read_with_another_factor_is_compared_on_the_same_footing():
+    """The same measurements, one report recording momentum 0.9 (its critical batch × the momentum factor) and one
+    not (an older bsprof: plain SGD): the baseline gate compares the measured noise scales, not the factors, and a
+    note says so (it failed with "grew 1.86×", a new user's finding)."""
+    new, old = make_report(), make_report()
+    new.config["optimizer_momentum"] = 0.9
+    for at in (None, 1.0):
+        v = judge(new, 1024, policy=Policy(baseline_factor=1.5), baseline=old, at_loss=at)
+        base = next(c for c in v.checks if c.name == "baseline")
+        assert base.status == PASS and base.measured["ratio"] == pytest.approx(1.0), base.message
+        assert any("compared on this report's footing" in n for n in v.notes)
+    assert not any("footing" in n for n in judge(old, 1024, baseline=make_report()).notes)
+
+
 # -- the command: exit codes ---------------------------------------------------------------------------------
 def test_exit_0_within_policy(report):
     r = run(report, "--batch-size", 1024)

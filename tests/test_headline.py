@@ -239,3 +239,26 @@ def test_sgd_with_momentum_follows_its_own_factor():
     assert sched.prediction["b_crit"] == pytest.approx(s.critical_batch.value, rel=1e-9)
     assert any("under SGD with momentum the schedule follows" in n for n in sched.notes)
     assert any("under SGD with momentum the critical batch is" in n for n in judge(mom, 64).notes)
+
+
+def test_momentum_is_read_from_the_optimizer_as_users_write_it():
+    """A subclass of torch.optim.SGD is SGD (it was an unknown optimizer), the momentum is the largest parameter
+    group's, and an SGD report without the field (an older bsprof) says the headline reads it as plain SGD (new-user
+    findings)."""
+    import torch
+
+    from bsprof.results import optimizer_kind, optimizer_momentum
+
+    class MySGD(torch.optim.SGD):
+        pass
+
+    small, big = torch.nn.Linear(2, 2), torch.nn.Linear(50, 50)
+    opt = MySGD([{"params": small.parameters(), "momentum": 0.0}, {"params": big.parameters()}], lr=0.1,
+                momentum=0.9)
+    assert optimizer_kind(opt) == "SGD" and optimizer_momentum(opt) == 0.9
+    assert optimizer_kind(torch.optim.AdamW(small.parameters())) == "AdamW"
+    assert optimizer_momentum(torch.optim.AdamW(small.parameters())) is None
+    old = report("SGD")
+    assert "does not record SGD's momentum" in old.summary.critical_batch_reason
+    old.config["optimizer_momentum"] = 0.0
+    assert "momentum" not in old.summary.critical_batch_reason

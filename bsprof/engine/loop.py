@@ -28,7 +28,15 @@ from bsprof.errors import BsprofError, NonFiniteError, SpecError
 from bsprof.output.report import Report
 from bsprof.probes import Probe
 from bsprof.probes.choose import decide, training_pairs
-from bsprof.results import Estimate, LayerEstimate, Measurement, Status, is_adam_family, optimizer_momentum
+from bsprof.results import (
+    Estimate,
+    LayerEstimate,
+    Measurement,
+    Status,
+    is_adam_family,
+    optimizer_kind,
+    optimizer_momentum,
+)
 from bsprof.stats.estimators import NoiseScale
 
 Progress = Callable[[str, dict], None]
@@ -217,7 +225,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     report.unit = cfg.unit
     report.config = {**as_dict(cfg), "method_resolved": probe, "method_reason": choice.why,
                      "method_trial_s": choice.seconds and {k: round(v, 4) for k, v in choice.seconds.items()},
-                     "optimizer": type(optimizer).__name__,
+                     "optimizer": optimizer_kind(optimizer),
                      "optimizer_lr": optimizer.param_groups[0].get("lr"),
                      "optimizer_momentum": optimizer_momentum(optimizer), "dataset_size": examples.n,
                      "tokens_per_example": (spec.tokens_per_example or cfg.tokens_per_example) or None}
@@ -339,7 +347,7 @@ def _first_budget(model, loss_fn, examples: Examples, cfg: MeasureConfig, points
 def _shared(sampling: Sampling, optimizer) -> Sampling:
     """B_simple's part of the measurement's budget: half when B_pre's draws follow (an Adam-family optimizer with
     state), so that the two together stay near the budget (``_left`` gives B_pre the rest); all of it otherwise."""
-    if sampling.budget_seconds == float("inf") or not (is_adam_family(type(optimizer).__name__) and optimizer.state):
+    if sampling.budget_seconds == float("inf") or not (is_adam_family(optimizer_kind(optimizer)) and optimizer.state):
         return sampling
     return dataclasses.replace(sampling, budget_seconds=sampling.budget_seconds / 2)
 

@@ -16,7 +16,7 @@ from bsprof.engine.source import DrawSource
 from bsprof.probes import trainable
 from bsprof.probes.hessian import measure_b_noise
 from bsprof.probes.precondition import adam_preconditioner, preconditioned
-from bsprof.results import Estimate, Hessian, Regression, Status, is_adam_family
+from bsprof.results import Estimate, Hessian, Regression, Status, is_adam_family, optimizer_kind
 from bsprof.stats import regression
 
 
@@ -41,7 +41,7 @@ def preconditioned_fields(model, loss_fn, examples: DrawSource, optimizer, sampl
 
     Per-example through vmap when B_simple was measured with vmap, else with micro-batches (``preconditioned``).
     """
-    if not is_adam_family(type(optimizer).__name__):
+    if not is_adam_family(optimizer_kind(optimizer)):
         return {}
     p = adam_preconditioner(optimizer, trainable(model)[1])
     if p is None:

@@ -116,6 +116,15 @@ def reading(row: Measurement | None, summary: Summary | None, unit: str, where: 
     return Reading(math.nan, math.nan, math.nan, Status.UNDETERMINED, **common)
 
 
+def _factor(report: Report, at_loss: float | None) -> float:
+    """The factor ``noise_at`` applied to the measured noise scale (``plan.calibration``; 1 under plain SGD)."""
+    from bsprof.schedule.plan import calibration, measured_as
+
+    s = report.summary if at_loss is None and report.measurements else None
+    quantity = s.critical_batch_quantity if s is not None and s.critical_batch_quantity else "b_simple"
+    return calibration(optimizer_name(report.config), measured_as(quantity, report.measurements))
+
+
 def noise_at(report: Report, at_loss: float | None = None) -> Reading:
     """``_noise_at``, marked when the report is a tracker's log (its fixes differ: --window, not a probe)."""
     r = _noise_at(report, at_loss)
@@ -469,9 +478,18 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
     checks = [check_batch(batch_size, noise, policy)]
     if lr is not None:
         checks.append(check_lr(lr, batch_size, report.config, noise, policy, report.unit))
-    if baseline is not None:
-        checks.append(check_baseline(noise, noise_at(baseline, at_loss), policy.baseline_factor))
     notes = []
+    if baseline is not None:
+        old = noise_at(baseline, at_loss)
+        k_new, k_old = _factor(report, at_loss), _factor(baseline, at_loss)
+        if k_new != k_old:  # e.g. a baseline made before bsprof recorded SGD's momentum: compare the measurements
+            old = dataclasses.replace(old, value=old.value * k_new / k_old, lo=old.lo * k_new / k_old,
+                                      hi=old.hi * k_new / k_old)
+            notes.append(f"the baseline's critical batch is read with the factor {k_old:g} (its optimizer: "
+                         f"{optimizer_name(baseline.config) or 'not recorded'}) and this report's with {k_new:g} "
+                         f"({optimizer_name(report.config) or 'not recorded'}): compared on this report's footing, "
+                         "the measured noise scales × the same factor")
+        checks.append(check_baseline(noise, old, policy.baseline_factor))
     if report.incomplete:
         how = report.incomplete.get("reason") or "stopped early"
         step = report.incomplete.get("step")

@@ -64,7 +64,7 @@ REASONS = {
                 f"times the factor it came to {RECORD[fam][q]}, interval {WIDTH[fam][q]} (docs/science.md §6); "
                 "confirm with `bsprof sweep`" for q in FACTORS[fam]}
        for fam, who in (("adam", "Adam"), ("momentum", "SGD with momentum"))},
-    "other": "{optimizer}: never compared with sweeps, interval ×3 as under Adam (docs/science.md §6); confirm with "
+    "other": "{optimizer}: never compared with sweeps, interval ×3 either way (docs/science.md §6); confirm with "
              "`bsprof sweep`",
 }
 
@@ -127,7 +127,7 @@ def critical_batch(report, target_loss: float | None = None) -> Headline:
         fit, steps, loss = fit_rows(rows, cfg.confidence)
     except (BsprofError, ValueError, ArithmeticError, IndexError) as e:
         if target_loss is None:
-            return _one_point(rows_all, col, optimizer, factors)
+            return _one_point(rows_all, col, optimizer, factors, _unrecorded(report))
         if isinstance(e, BsprofError):
             raise
         raise ReportError(f"no critical batch to loss {target_loss:g}: the noise scale cannot be fitted ({e})",
@@ -146,15 +146,23 @@ def critical_batch(report, target_loss: float | None = None) -> Headline:
                               "the ends of its intervals, cannot be followed that far",
                               f"pick a target loss nearer the measured ones ({min(loss):.4g} is the lowest), or "
                               "measure to lower losses")
-        return _one_point(rows_all, col, optimizer, factors)
+        return _one_point(rows_all, col, optimizer, factors, _unrecorded(report))
     if col == "b_simple" and all(r.stopped_by == "window" for r, _ in rows):
         col = "b_simple_window"  # a tracker log: its B_simple column comes from the training steps' own pairs
         factors = model_range(optimizer, col)
     path = f"path average, loss {max(loss):.3g} → {target:.3g}" + (" (extrapolated)" if extrapolated else "")
-    return Headline(widen(Estimate(value, lo, hi), factors), col, reason(optimizer, col, path))
+    return Headline(widen(Estimate(value, lo, hi), factors), col, reason(optimizer, col, path) + _unrecorded(report))
 
 
-def _one_point(rows, col: str, optimizer: str | None, factors) -> Headline:
+def _unrecorded(report) -> str:
+    """A reason's tail for an SGD report that does not say its momentum (made before bsprof recorded it)."""
+    if str(report.config.get("optimizer") or "").lower() == "sgd" and "optimizer_momentum" not in report.config:
+        return ("; this report does not record SGD's momentum (an older bsprof): read as plain SGD — with momentum "
+                "the critical batch is larger (docs/science.md §6), measure again")
+    return ""
+
+
+def _one_point(rows, col: str, optimizer: str | None, factors, tail: str = "") -> Headline:
     from bsprof.schedule.plan import _scaled, calibration, noise_of
 
     for r in reversed(rows):
@@ -164,5 +172,5 @@ def _one_point(rows, col: str, optimizer: str | None, factors) -> Headline:
             where = f"at step {r.step} only (no path: needs two measurements at falling losses)"
             if col == "b_simple" and r.stopped_by == "window":  # a tracker log's row: a training-step window
                 col, factors = "b_simple_window", model_range(optimizer, "b_simple_window")
-            return Headline(widen(est, factors), col, reason(optimizer, col, where))
+            return Headline(widen(est, factors), col, reason(optimizer, col, where) + tail)
     return Headline(Estimate.none(), None, "no noise scale was determined")

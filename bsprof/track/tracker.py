@@ -45,7 +45,7 @@ from torch import nn
 from bsprof.errors import BsprofError
 from bsprof.probes.base import trainable
 from bsprof.probes.precondition import adam_preconditioner
-from bsprof.results import Estimate, Measurement, is_adam_family, optimizer_momentum
+from bsprof.results import Estimate, Measurement, is_adam_family, optimizer_kind, optimizer_momentum
 from bsprof.stats.draw import Draw
 from bsprof.track.log import LogWriter
 from bsprof.track.sources import Backwards, FsdpHooks, PerExample, StepHooks, fsdp_param_groups, fsdp_problem
@@ -156,7 +156,7 @@ class Tracker:
         if source == "ddp" and self.world < 2:
             raise TrackerError("source='ddp' needs a DistributedDataParallel model on 2 or more ranks; this is "
                                "one process", "use accumulation_steps >= 2 or `with tracker.per_example():`")
-        self.precondition = precondition and optimizer is not None and is_adam_family(type(optimizer).__name__)
+        self.precondition = precondition and optimizer is not None and is_adam_family(optimizer_kind(optimizer))
         if precondition and not self.precondition:
             warnings.warn("precondition=True needs an Adam-family optimizer: B_pre is not tracked", stacklevel=2)
         if self.precondition and self.fsdp:
@@ -193,7 +193,7 @@ class Tracker:
         if log is not None and self.rank == 0:
             self.log = LogWriter(log, unit, source=source, world_size=self.world,
                                  accumulation_steps=accumulation_steps,
-                                 optimizer=type(optimizer).__name__ if optimizer is not None else None,
+                                 optimizer=optimizer_kind(optimizer) if optimizer is not None else None,
                                  optimizer_momentum=optimizer_momentum(optimizer))
 
     # ------------------------------------------------------------------ the loop
