@@ -529,3 +529,5 @@ def test_a_target_below_losses_that_hardly_fell_says_so():
         check_target(0.5, np.array([1.080821, 1.080820, 1.080819]), Fit(), ScheduleConfig(target_loss=0.5))
     assert "hardly fell" in e.value.message and "%" not in e.value.message
     assert "in `bsprof schedule`, pass --allow-extrapolation" in e.value.hint
+    # the lowest loss as printed (0.2074 for 0.20743): no "extrapolating … by 0%" warning
+    assert check_target(0.2074, np.array([2.3, 1.0, 0.20743]), Fit(), ScheduleConfig(target_loss=0.2074)) == []

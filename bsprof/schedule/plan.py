@@ -253,6 +253,8 @@ def check_target(target: float, losses, fit, cfg: ScheduleConfig) -> list[str]:
         return []
     flat = math.log(hi / lo) < 1e-3   # the measured losses hardly fell: no range to measure the gap in
     gap = math.inf if flat else math.log(lo / target) / math.log(hi / lo)
+    if gap < 0.005:  # the lowest loss as printed (rounded): not an extrapolation worth a warning
+        return []
     msg = (f"target loss {target:g} is below the measured losses, which hardly fell ({lo:.6g} to {hi:.6g})" if flat
            else f"target loss {target:g} is below the lowest measured loss {lo:g} by {gap:.0%} of the measured "
                 f"log-loss range [{lo:g}, {hi:g}] (limit {cfg.max_extrapolation:.0%})")
