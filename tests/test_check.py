@@ -166,6 +166,8 @@ def test_a_baseline_read_with_another_factor_is_compared_on_the_same_footing():
         base = next(c for c in v.checks if c.name == "baseline")
         assert base.status == PASS and base.measured["ratio"] == pytest.approx(1.0), base.message
         assert any("compared on this report's footing" in n for n in v.notes)
+    at = noise_at(new, 1.0)   # the value read at a loss names its factor
+    assert at.name == "2.6 × B_simple" and at.describe().startswith("2.6 × B_simple = ")
     assert not any("footing" in n for n in judge(old, 1024, baseline=make_report()).notes)
 
 

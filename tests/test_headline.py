@@ -238,6 +238,7 @@ def test_sgd_with_momentum_follows_its_own_factor():
     sched = plan(mom, ScheduleConfig(target_loss=min(m.loss for m in mom.measurements)))
     assert sched.prediction["b_crit"] == pytest.approx(s.critical_batch.value, rel=1e-9)
     assert any("under SGD with momentum the schedule follows" in n for n in sched.notes)
+    assert (sched.config["noise_followed"], sched.config["noise_factor"]) == ("b_simple_window", k)  # in its JSON
     assert any("under SGD with momentum the critical batch is" in n for n in judge(mom, 64).notes)
 
 

@@ -177,7 +177,8 @@ def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
         f", × {k:g} under {'SGD with momentum' if optimizer_family(name) == 'momentum' else 'Adam'} "
         "(docs/science.md §6)" if k != 1 else "")
     return Reading(k * est["value"], k * min(est["lo"], est["value"]), k * max(est["hi"], est["value"]), Status.OK,
-                   report.unit, where, loss=at_loss, eps_max=eps_max)
+                   report.unit, where, loss=at_loss, eps_max=eps_max,
+                   name="B_simple" if k == 1 else f"{k:g} × B_simple")
 
 
 # -- policy and results --------------------------------------------------------------------------------------

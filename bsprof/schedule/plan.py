@@ -490,7 +490,9 @@ def plan(report, config: ScheduleConfig) -> Schedule:
     baselines = _baselines(path, batch_train, config, pred, quantum)
     return Schedule(stages=stages, target_loss=config.target_loss, unit=report.unit, rule=config.rule,
                     lr_rule=lr_rule, prediction=pred, baselines=baselines,
-                    fit=fit.to_dict(), warnings=warnings, notes=notes, config=asdict(config),
+                    fit=fit.to_dict(), warnings=warnings, notes=notes,
+                    config={**asdict(config), "noise_followed": quantity,
+                            "noise_factor": calibration(family_name, quantity)},
                     batch_train=batch_train, lr_train=lr0, assumptions=assumed,
                     recommendation=recommend(pred, baselines, report.unit, stages))
 
