@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -366,3 +367,22 @@ def test_a_flat_steps_curve_does_not_determine_b_crit():
     result = api._global_result(setup, cfg, rows, budget, None, None, 200)
     assert result.critical.status == "undetermined"
     assert any("does not determine B_crit" in n for n in result.notes)
+
+
+def test_a_probe_at_another_lr_than_the_sweeps_is_said():
+    """The report's probe trained at a quarter of the lr the sweep tuned at its batch: the comparison mixes two
+    temperatures (lr/B), and a note says so; within 2× it says nothing (a new user's finding: ratio 0.31 there,
+    0.73 re-probed at the tuned lr)."""
+    from types import SimpleNamespace
+
+    from bsprof.results import Estimate
+    from bsprof.sweep.api import lr_note
+    from bsprof.sweep.result import Comparison
+
+    rows = [SimpleNamespace(batch=16, lr=0.1, steps=200.0), SimpleNamespace(batch=32, lr=0.2, steps=120.0)]
+    comp = Comparison("r.json", Estimate(50.0, 40.0, 60.0), None, None, 1.0, 0, 0.0, 0, probe_lr=0.05,
+                      probe_batch=32)
+    note = lr_note(comp, rows)
+    assert note and "0.25× the lr this sweep tuned at its batch 32 (0.2)" in note
+    assert lr_note(dataclasses.replace(comp, probe_lr=0.15), rows) is None
+    assert lr_note(dataclasses.replace(comp, probe_batch=64), rows) is None   # no tuned lr at that batch

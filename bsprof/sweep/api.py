@@ -60,9 +60,31 @@ def comparison(report, critical: Estimate, target_loss: float | None = None) -> 
     except BsprofError:   # the sweep's target lies far below the report's losses: the headline to its lowest
         head = s.critical_batch
     head = head.scaled(1 / tpe) if head is not None else None
+    lr, batch = report.config.get("optimizer_lr") or report.config.get("lr"), report.config.get("batch_size")
     return Comparison(where, b_simple, b_pre, b_noise, ratio, int(sum(m.examples for m in ms)),
                       round(seconds, 3), int(ms[-1].examples_seen) if ms else 0, head,
-                      _ratio(value, head), tpe)
+                      _ratio(value, head), tpe, float(lr) if finite(lr) else None,
+                      float(batch) if finite(batch) else None)
+
+
+LR_APART = 2.0  # the probe's lr this far from the sweep's tuned one (either way): the comparison says so
+
+
+def lr_note(comp: Comparison | None, summaries) -> str | None:
+    """A note when the report's probe trained at another lr than the sweep tuned at its batch: the noise scale
+    depends on lr/B (McCandlish App. C; on digits every estimate fell 2–3× as the probe lr rose from ¼ to 1× the
+    tuned lr, docs/science.md §6), so the comparison then mixes two temperatures."""
+    if comp is None or not comp.probe_lr or not comp.probe_batch:
+        return None
+    tuned = [s for s in summaries if s.batch == comp.probe_batch and math.isfinite(s.steps)]
+    if not tuned:
+        return None
+    ratio = comp.probe_lr / tuned[0].lr
+    if 1 / LR_APART <= ratio <= LR_APART:
+        return None
+    return (f"the report's probe trained at lr {comp.probe_lr:.3g}, {ratio:.2g}× the lr this sweep tuned at its "
+            f"batch {comp.probe_batch:g} ({tuned[0].lr:.3g}): the noise scale depends on lr/B, so the estimate and "
+            "the sweep are at different temperatures; measure again at the tuned lr to compare (docs/science.md §6)")
 
 
 def _tokens_per_example(report, where: str) -> float:
@@ -161,6 +183,9 @@ def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=
                      f"[{min(tested)}, {max(tested)}]: an extrapolation")
     if comp is not None:
         comp = comparison_ratio(est, comp)
+        note = lr_note(comp, summaries)
+        if note:
+            extra.append(note)
     return SweepResult("global", est, tuple(summaries), tuple(rows), _compute(budget), cfg.to_dict(),
                        setup.spec.info(), setup.initial_loss, (), f, comp,
                        _notes(setup, cfg, est, summaries, extra + ([verdict["text"]] if verdict else [])),

@@ -89,6 +89,8 @@ class Comparison:
     critical_batch: Estimate | None = None   # the report's headline (to the sweep's target loss when global)
     critical_ratio: float = float("nan")      # the sweep's critical batch / the headline
     tokens_per_example: float = 1.0           # a tokens report's figures were divided by this (all in examples)
+    probe_lr: float | None = None             # the lr and batch (examples) the report's probe trained at
+    probe_batch: float | None = None
 
     def to_dict(self) -> dict:
         return json_clean({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
