@@ -256,6 +256,13 @@ TASKS = {
                              sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.2, lr_grid=[0.25, 0.5, 1, 2, 4, 8],
                                         seeds=2, max_steps=1500, eval_examples=0, max_seconds=1800),
                              probe_steps=260, lr_factors=(1.0,)),
+    # issue 14 saw no shortfall on a char transformer with SGD + momentum (sweep 41, fixed-weight path 43): checked
+    "shakespeare_mom_sgd": dict(desc="char-level transformer (0.1M) on tiny-shakespeare, SGD with momentum 0.9",
+                                spec=lambda: dataclasses.replace(shakespeare_spec(), optimizer=sgdm(0.15)),
+                                opt=sgdm, target=2.3, batch=32,
+                                sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.15, lr_grid=[0.5, 1, 2, 4], seeds=1,
+                                           max_steps=1500, eval_examples=512, b_noise=32.0, max_seconds=1800),
+                                probe_steps=400, lr_factors=(1.0,)),
     "mnist_cnn_mom_sgd": dict(desc="small CNN (conv8-conv16-fc32, 6.6k params) on real MNIST, 5,000 images pooled to "
                                    "14×14, SGD with momentum 0.9", spec=lambda: Spec(None, None, cnn, mnist_small, ce,
                                                                                      sgdm(0.03)),

@@ -55,7 +55,8 @@ SOURCES = {"digits_sgd": "critical_batch_evidence.json", "mnist_cnn_sgd": "criti
            "digits_bn_cnn_sgd": "critical_batch_bn.json", "digits_mom_sgd": "critical_batch_momentum.json",
            "teacher_mom_sgd": "critical_batch_momentum.json", "mnist_cnn_mom_sgd": "critical_batch_momentum2.json",
            "digits_cnn_mom_sgd": "critical_batch_momentum2.json",
-           "digits_nesterov_sgd": "critical_batch_momentum3.json", "digits_mom05_sgd": "critical_batch_momentum3.json"}
+           "digits_nesterov_sgd": "critical_batch_momentum3.json", "digits_mom05_sgd": "critical_batch_momentum3.json",
+           "shakespeare_mom_sgd": "critical_batch_momentum4.json"}
 CANDIDATES = ("b_simple", "b_simple_window", "b_pre")
 
 
