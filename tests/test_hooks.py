@@ -118,19 +118,38 @@ def test_tied_weights_are_not_two_norms():
     assert not torch.isclose(got.small_sq_sum[0], split.small_sq_sum[0] + split.small_sq_sum[-1], rtol=1e-3)
 
 
-def test_tied_parts_summed_explicitly_match_pairwise(monkeypatch):
-    """A parameter used twice whose cross term is cheaper explicitly takes |Σ_k g_k,i|² from the summed explicit
-    gradients; it equals the pairwise form (norms plus twice the cross terms, here forced to the ghost form)."""
+@pytest.mark.parametrize("form", [0.0, 1e18], ids=["summed-explicitly", "pairwise"])
+def test_tied_parts_both_ways_match(monkeypatch, form):
+    """A parameter used three times (dense, one-hot and explicit parts): |Σ_k g_k,i|² from the summed explicit
+    gradients (one buffer) and from norms plus twice the cross terms both equal the direct sum; the parts are
+    left as they were."""
     g = torch.Generator().manual_seed(2)
     u = torch.randn(3, 1, 7, 2, generator=g, dtype=torch.float64)
     v1, v2 = (torch.randn(3, 1, 7, 3, generator=g, dtype=torch.float64) for _ in range(2))
-    parts = [layers.Factored(u, v1, 2), layers.Factored(torch.randint(0, 2, (3, 1, 7), generator=g), v2, 2)]
-    assert not layers._ghost_pair(*parts)
+    dense = torch.randn(3, 1, 2, 3, generator=g, dtype=torch.float64)
+    parts = [layers.Factored(torch.randint(0, 2, (3, 1, 7), generator=g), v2, 2), dense.clone(),
+             layers.Factored(u, v1, 2)]
     direct = sum(layers.explicit(p, (1, 2, 3)) for p in parts).square().sum()
+    monkeypatch.setattr(layers, "_form_cost", lambda c: form)
+    monkeypatch.setattr(layers, "_pair_cost", lambda a, b: 0.0)
+    summed = []
+    monkeypatch.setattr(layers, "explicit_sum", lambda *a, _f=layers.explicit_sum: summed.append(1) or _f(*a))
     got = layers.total_sq_sum(parts, (1, 2, 3))
-    monkeypatch.setattr(layers, "_ghost_pair", lambda a, b: True)
-    pairwise = layers.total_sq_sum(parts, (1, 2, 3))
-    assert torch.allclose(got, direct) and torch.allclose(pairwise, direct)
+    assert torch.allclose(got, direct) and bool(summed) == (form == 0.0)
+    assert torch.equal(parts[1], dense)
+
+
+def test_tied_embedding_and_head_summed_explicitly(monkeypatch):
+    """GPT-2 tiny's tied embedding and LM head (vocab 256, width 64, 64 tokens): forming both per-example gradients
+    into one buffer costs fewer multiply-adds than the two norms and the cross term."""
+    B, T, V, E = 2, 64, 256, 64
+    emb = layers.Factored(torch.randint(0, V, (B, 1, T)), torch.randn(B, 1, T, E), V)
+    head = layers.Factored(torch.randn(B, 1, T, V), torch.randn(B, 1, T, E), V)
+    summed = []
+    monkeypatch.setattr(layers, "explicit_sum", lambda *a, _f=layers.explicit_sum: summed.append(1) or _f(*a))
+    got = layers.total_sq_sum([emb, head], (V, E))
+    want = (layers.explicit(emb, (V, E)) + layers.explicit(head, (V, E))).square().sum()
+    assert summed and torch.isclose(got, want, rtol=1e-4)
 
 
 def test_both_forms_agree():

@@ -131,11 +131,68 @@ def sq_sum(c: Factored | Tensor, shape: torch.Size) -> Tensor:
     return _sq(explicit(c, (c.v.shape[1], m, n)))  # a dot product: no squared temporary of every g_i
 
 
+def explicit_sum(parts: list[Factored | Tensor], shape: torch.Size) -> Tensor:
+    """Σ_k g_k,i per example [B, *shape], built in one buffer: the first dense part by bmm, the others added in
+    place (``baddbmm_``; one-hot parts scattered in), so no part's explicit gradient is held beside the sum."""
+    parts = sorted(parts, key=lambda p: isinstance(p, Factored) and p.onehot)  # one-hot last: a dense buffer first
+    B = parts[0].shape[0] if isinstance(parts[0], Tensor) else parts[0].v.shape[0]
+    out = None
+    for p in parts:
+        if isinstance(p, Tensor):
+            out = p.reshape(B, -1).clone() if out is None else out.add_(p.reshape(B, -1))
+            continue
+        _, G, T, n = p.v.shape
+        if p.onehot:
+            if out is None:
+                out = p.v.new_zeros(B, G * p.m * n)
+            out.view(B, G, p.m, n).scatter_add_(2, p.u.unsqueeze(-1).expand(B, G, T, n), p.v)
+        elif out is None:
+            out = explicit(p, shape).reshape(B, -1)
+        else:
+            out.view(B * G, p.m, n).baddbmm_(p.u.flatten(0, 1).transpose(1, 2), p.v.flatten(0, 1))
+    return out.view(B, *shape)
+
+
+def _form_cost(c: Factored | Tensor) -> float:
+    """Multiply-adds per example to form g_i explicitly (``explicit_sum``)."""
+    if isinstance(c, Tensor):
+        return 0.0
+    G, T, n = c.v.shape[1:]
+    return G * T * n * (1 if c.onehot else c.m)
+
+
+def _sq_cost(c: Factored | Tensor) -> float:
+    """Multiply-adds per example of ``sq_sum``, in the form it chooses."""
+    if isinstance(c, Tensor):
+        return c[0].numel()
+    G, T, n = c.v.shape[1:]
+    m = c.m
+    if T == 1:
+        return G * (n if c.onehot else m + n)
+    if c.onehot:
+        return G * (T * n if T > ONEHOT_GHOST_MAX_T else min(T * T * n, m * n + T * n))
+    return G * (T * m * n + m * n if _linear_explicit(m, n, T) else T * T * (m + n))
+
+
+def _pair_cost(a: Factored | Tensor, b: Factored | Tensor) -> float:
+    """Multiply-adds per example of ``inner_sum`` (either form's; G groups)."""
+    if _ghost_pair(a, b):
+        return a.v.shape[1] * _costs(a, b)[1]
+    size = a[0].numel() if isinstance(a, Tensor) else a.v.shape[1] * a.m * a.v.shape[-1]
+    return _form_cost(a) + _form_cost(b) + 2 * size
+
+
 def total_sq_sum(parts: list[Factored | Tensor], shape: torch.Size) -> Tensor:
-    """Σ_i |Σ_k g_k,i|² over the uses k of one parameter: norms plus twice the cross terms; or, where every cross
-    term would form both gradients explicitly anyway, the norm of the explicit sum (each part formed once)."""
-    if len(parts) > 1 and not any(_ghost_pair(parts[j], parts[k]) for j in range(len(parts)) for k in range(j)):
-        return _sq(sum(explicit(p, shape) for p in parts))
+    """Σ_i |Σ_k g_k,i|² over the uses k of one parameter (K of them): the norm of the explicit sum (each part
+    formed once, into one buffer), or the norms plus twice the cross terms, whichever costs fewer multiply-adds:
+    Σ_k form_k + (K + 1)·|g| against Σ_k sq_k + Σ_{j<k} pair_jk."""
+    if len(parts) > 1:
+        size = math.prod(shape)
+        whole = sum(_form_cost(p) for p in parts) + (len(parts) + 1) * size
+        split = sum(_sq_cost(p) for p in parts) + sum(_pair_cost(parts[j], parts[k])
+                                                        for j in range(len(parts)) for k in range(j))
+        if whole <= split:
+            return _sq(explicit_sum(parts, shape))
     total = sum(sq_sum(p, shape) for p in parts)
     for j in range(len(parts)):
         for k in range(j):
