@@ -141,8 +141,8 @@ class _Pass:
         index = {id(p): k for k, p in enumerate(params)}
         self.owned, self.why, claimed = {}, {}, set()
         for mod in model.modules():
-            direct = [(n, index[id(p)]) for n, p in mod.named_parameters(recurse=False)
-                      if id(p) in index and index[id(p)] not in claimed]
+            direct = [(n, index[id(p)]) for n, p in mod._parameters.items()  # named_parameters(recurse=False), faster
+                      if p is not None and id(p) in index and index[id(p)] not in claimed]
             if not direct:
                 continue
             rule = rule_for(mod)

@@ -389,6 +389,7 @@ def register_rule(module_type: type, rule) -> None:
         raise TypeError(f"register_rule: rule must be a function (mod, x, d) -> dict or a ModuleRule, got {rule!r}")
     RULES[module_type] = rule
     BUILTIN.pop(module_type, None)
+    _BY_CLASS.clear()
 
 
 def hf_conv1d(mod: nn.Module, x: Tensor, d: Tensor) -> dict:
@@ -457,22 +458,32 @@ def _known(cls: type):
     return BY_NAME.get((cls.__module__, cls.__name__))
 
 
+_BY_CLASS: dict = {}  # module class -> (rule, the known base class) or None; cleared by ``register_rule``
+
+
+def _class_rule(kind: type):
+    """(rule, class) of the closest known base class of ``kind``, or None (cached per class; an entry whose rule
+    has since left ``RULES`` is looked up again)."""
+    hit = _BY_CLASS.get(kind, False)
+    if hit is False or hit is not None and _known(hit[1]) is not hit[0]:
+        _BY_CLASS[kind] = next(((_known(c), c) for c in kind.__mro__ if _known(c) is not None), None)
+    return _BY_CLASS[kind]
+
+
 def rule_for(mod: nn.Module):
     """The rule of the closest known base class, if the module keeps that class's forward, has no other direct
     parameters (built-in rules: only weight and bias), and uses no per-batch gradient rescaling; else None (the
     module goes to the torch.func path). A ``ModuleRule`` decides by its ``names``."""
-    for cls in type(mod).__mro__:
-        rule = _known(cls)
-        if rule is not None:
-            break
-    else:
+    found = _class_rule(type(mod))
+    if found is None:
         return None
+    rule, cls = found
     if isinstance(rule, ModuleRule):
         return rule if rule.names(mod) is not None else None
     if type(mod).forward is not cls.forward:
         return None
-    if (cls in BUILTIN or cls not in RULES) and any(n not in ("weight", "bias")
-                                                    for n, _ in mod.named_parameters(recurse=False)):
+    if (cls in BUILTIN or cls not in RULES) and any(n not in ("weight", "bias") and p is not None
+                                                    for n, p in mod._parameters.items()):
         return None
     if isinstance(mod, nn.Embedding) and (mod.scale_grad_by_freq or mod.sparse):
         return None
