@@ -429,3 +429,19 @@ def test_torch_func_slow_path_warnings_are_not_passed_on():
         per_example_vmap(layer, lambda m, b: m(b).pow(2).mean((1, 2)), x, 4)
     assert not [w for w in seen if "performance drop" in str(w.message)]
 
+
+
+def test_layer_norm_from_saved_statistics():
+    """x̂ from the mean and 1/σ LayerNorm's autograd node saved gives the rule's pieces, over two normalized dims;
+    an output from any other node keeps the plain rule."""
+    g = torch.Generator().manual_seed(3)
+    ln = nn.LayerNorm((4, 5)).double()
+    x = torch.randn(3, 2, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    out = ln(x)
+    d = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    rule = layers.layer_norm_saved(out)
+    assert rule is not layers.layer_norm
+    got, want = rule(ln, x.detach(), d), layers.layer_norm(ln, x.detach(), d)
+    assert got.keys() == want.keys() == {"weight", "bias"}
+    assert all(torch.allclose(got[k], want[k], rtol=1e-10, atol=1e-12) for k in got)
+    assert layers.layer_norm_saved(out * 2) is layers.layer_norm

@@ -47,6 +47,8 @@ from bsprof.probes.layers import (
     explicit,
     explicit_weight,
     hf_conv1d,
+    layer_norm,
+    layer_norm_saved,
     linear,
     rule_for,
     sq_sum,
@@ -200,6 +202,8 @@ class _Pass:
         if (rule is linear or rule is hf_conv1d) and x.dim() == 2:  # one position per example: the norms of rows
             self.handles.append(out.register_hook(partial(self.rows_hook, rule, mod, slots, x.detach())))
             return
+        if rule is layer_norm:
+            rule = layer_norm_saved(out)
         hook = partial(self.backward_hook, rule, mod, slots, x.detach())
         if not explicit_weight(rule, mod, x, out):
             self.handles.append(out.register_hook(hook))

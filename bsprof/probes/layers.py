@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -303,10 +304,30 @@ def _affine_channels(mod: nn.Module, xhat: Tensor, d: Tensor) -> dict:
     return out
 
 
-def layer_norm(mod: nn.LayerNorm, x: Tensor, d: Tensor) -> dict:
-    """x̂ = (x − mean) / √(var + ε) over the normalized dims."""
-    # F.layer_norm without an affine part is x̂ in one kernel (var_mean over the last dims is ~20x slower on CPU)
-    return _affine_trailing(mod, F.layer_norm(x, mod.normalized_shape, None, None, mod.eps), d, mod.normalized_shape)
+def layer_norm(mod: nn.LayerNorm, x: Tensor, d: Tensor, saved: tuple[Tensor, Tensor] | None = None) -> dict:
+    """x̂ = (x − mean) / √(var + ε) over the normalized dims; from ``saved`` (mean, 1/√(var + ε)), the statistics
+    the forward kept for its backward (``layer_norm_saved``), when given."""
+    if saved is not None:
+        xhat = (x - saved[0]) * saved[1]
+    else:  # F.layer_norm without an affine part is x̂ in one kernel (var_mean over the last dims is ~20x slower)
+        xhat = F.layer_norm(x, mod.normalized_shape, None, None, mod.eps)
+    return _affine_trailing(mod, xhat, d, mod.normalized_shape)
+
+
+def layer_norm_saved(out: Tensor):
+    """The LayerNorm rule for the call that produced ``out``, with x̂ from the mean and 1/σ its autograd node saved:
+    two elementwise ops instead of a second layer_norm kernel (~3× slower on CPU); the plain rule where the node
+    is not torch's layer norm backward."""
+    fn = out.grad_fn
+    if type(fn).__name__ != "NativeLayerNormBackward0":
+        return layer_norm
+    try:
+        saved = (fn._saved_result1, fn._saved_result2)
+    except (AttributeError, RuntimeError):
+        return layer_norm
+    if not all(isinstance(t, Tensor) and t.dim() == out.dim() for t in saved):
+        return layer_norm
+    return partial(layer_norm, saved=saved)
 
 
 def rms_norm(mod: nn.RMSNorm, x: Tensor, d: Tensor) -> dict:
