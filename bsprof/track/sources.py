@@ -49,7 +49,16 @@ from torch import Tensor, nn
 from bsprof.probes.attention import MHA
 from bsprof.probes.base import batch_coupled, coupled_reason
 from bsprof.probes.hooks import _autocast_on, _Undo, _wide
-from bsprof.probes.layers import ModuleRule, hf_conv1d, linear, rule_for, sq_sum, total_sq_sum
+from bsprof.probes.layers import (
+    ModuleRule,
+    hf_conv1d,
+    layer_norm,
+    layer_norm_saved,
+    linear,
+    rule_for,
+    sq_sum,
+    total_sq_sum,
+)
 from bsprof.probes.microbatch import _HALF, _norms, _sq
 
 
@@ -326,6 +335,8 @@ class PerExample:
             return
         self.expected.update(k for _, k in slots)
         rows = (rule is linear or rule is hf_conv1d) and x.dim() == 2  # one position per example
+        if rule is layer_norm:
+            rule = layer_norm_saved(out)
         out.register_hook(partial(self._rows if rows else self._backward, rule, mod, slots, x.detach()))
 
     def _backward(self, rule, mod, slots, x: Tensor, d: Tensor) -> None:
