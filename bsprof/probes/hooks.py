@@ -117,19 +117,28 @@ def losses_mix_examples(model: nn.Module, loss_fn: LossFn, batch, rtol: float = 
     return not (close(l1.detach(), l2.detach()) and all(close(a, b) for a, b in zip(g1, g2)))
 
 
-def _graph_uses(root) -> tuple[Counter, set]:
-    """Edges into each leaf's AccumulateGrad node (uses of the leaf), and every node reached from ``root``."""
-    uses, seen, stack = Counter(), set(), [root] if root is not None else []
+_ACCUMULATE = type(torch.empty(1, requires_grad=True).view(1).grad_fn.next_functions[0][0])  # a leaf's node
+
+
+def _graph_uses(root, targets=()) -> tuple[Counter, set, dict]:
+    """Edges into each leaf's AccumulateGrad node (uses of the leaf), every node reached from ``root``, and for each
+    node in ``targets`` the nodes that consume it (one entry per edge), in one walk."""
+    uses, seen, users = Counter(), set(), {t: [] for t in targets}
+    stack = [root] if root is not None else []
     while stack:
-        for nxt, _ in stack.pop().next_functions:
+        node = stack.pop()
+        for nxt, _ in node.next_functions:
             if nxt is None:
                 continue
-            if hasattr(nxt, "variable"):
+            if type(nxt) is _ACCUMULATE:
                 uses[id(nxt.variable)] += 1
-            elif nxt not in seen:
+                continue
+            if nxt in users:
+                users[nxt].append(node)
+            if nxt not in seen:
                 seen.add(nxt)
                 stack.append(nxt)
-    return uses, seen
+    return uses, seen, users
 
 
 class _Pass:
@@ -234,7 +243,7 @@ class _Pass:
             elif bias is not None and self.expected[bias] == 1 and bias not in self.why:
                 self.reuse.add(k)
 
-    def broadcast_embeddings(self, seen: set) -> None:
+    def broadcast_embeddings(self, consumers: dict) -> None:
         """Embeddings called on indices without a batch dim (``pos(torch.arange(T))``, [T] or [1, T]).
 
         nanoGPT style: ``h = tok(idx) + pos(arange(T))``, the [T, d] (or [1, T, d]) output broadcast over the batch
@@ -243,13 +252,8 @@ class _Pass:
         the same for every example, so g_i = Σ_t e_{idx_t} δ_{i,t}ᵀ, by the embedding rule on the expanded
         indices. Exact; anything else (another consumer, the add's output not [B, *out.shape]) falls back. A 1-D
         input consumed without a broadcast is one index per example (an ordinary call)."""
-        consumers = defaultdict(list)
-        for node in seen:
-            for nxt, _ in node.next_functions:
-                if nxt is not None:
-                    consumers[nxt].append(node)
         for mod, slots, x, out in self.shared:
-            users = consumers.get(out.grad_fn, [])
+            users = consumers.get(out.grad_fn, [])  # the nodes that take the embedding's output
             if not users:
                 continue  # does not reach the loss
             node = users[0]
@@ -296,19 +300,25 @@ class _Pass:
     def site_hook(self, call, site, slots, left, d):
         if not self.armed:
             return
+        if not _autocast_on(d.device.type):
+            self._site(call, site, slots, left, d)
+            return
         with torch.autocast(d.device.type, enabled=False):
-            call.take(site, _wide(d))
-            left[0] -= 1
-            if left[0] == 0:
-                self.take(call.mod, call.finish(), slots)
+            self._site(call, site, slots, left, d)
+
+    def _site(self, call, site, slots, left, d):
+        call.take(site, _wide(d))
+        left[0] -= 1
+        if left[0] == 0:
+            self.take(call.mod, call.finish(), slots)
 
     def check_uses(self, losses: Tensor) -> None:
         """Send to the fallback every parameter whose graph uses differ from the hooked calls reaching the loss."""
-        uses, seen = _graph_uses(losses.grad_fn)
+        uses, seen, consumers = _graph_uses(losses.grad_fn, [out.grad_fn for _, _, _, out in self.shared])
         for k in [k for k in self.why if uses[id(self.params[k])] == 0]:  # unused: every g_i is zero, no fallback
             del self.why[k]
         if self.shared:
-            self.broadcast_embeddings(seen | {losses.grad_fn})
+            self.broadcast_embeddings(consumers)
         for slots, fn in self.calls:
             if fn in seen or fn is losses.grad_fn:
                 self.expected.update(k for _, k in slots)
