@@ -149,6 +149,12 @@ class Estimate:
         return self.status is Status.OK and finite(self.value)
 
     @property
+    def unresolved(self) -> bool:
+        """Status OK with an interval that reaches 0 (lo ≤ 0): the ratio's numerator (tr(Σ) for B_simple) was not
+        told apart from 0, so the value is not resolved; only the upper end ``hi`` bounds it."""
+        return self.status is Status.OK and finite(self.lo) and self.lo <= 0
+
+    @property
     def rel_halfwidth(self) -> float:
         """The precision: max(hi − value, value − lo)/value; ∞ unless the status is OK with a positive value.
         (The stopping rule stops when this is at most ``rel_error``.)"""
