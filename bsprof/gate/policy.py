@@ -35,6 +35,7 @@ from bsprof.results import (
     finite,
     is_adam_family,
     json_clean,
+    measured,
     optimizer_family,
     optimizer_name,
 )
@@ -143,7 +144,7 @@ def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
     if at_loss is None:
         s = report.summary
         where = "summary" + (f", step {s.step}" if s.step is not None else "")
-        last = report.measurements[-1] if report.measurements else None
+        last = (measured(report.measurements) or report.measurements or [None])[-1]
         base = reading(last, s, report.unit, where)
         cb = s.critical_batch
         if cb is not None and cb.status is Status.OK and finite(cb.value) and cb.value > 0:

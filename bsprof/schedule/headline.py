@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 
 from bsprof.errors import BsprofError, ReportError
-from bsprof.results import Estimate, Status, optimizer_family, optimizer_name
+from bsprof.results import Estimate, Status, measured, optimizer_family, optimizer_name
 from bsprof.schedule.plan import FACTORS, RECORD, SHORTFALL, calibration, measured_as, more_rows_fix
 
 # (optimizer family, quantity or "*"): multipliers of the interval's (lower, upper) end — swept / estimated B_crit
@@ -117,7 +117,7 @@ def critical_batch(report, target_loss: float | None = None) -> Headline:
         usable_rows,
     )
 
-    rows_all, optimizer = report.measurements, optimizer_name(report.config)
+    rows_all, optimizer = measured(report.measurements), optimizer_name(report.config)  # no cut-short window
     cfg = ScheduleConfig(target_loss=1.0, confidence=report.config.get("confidence") or 0.9)
     col, _ = choose_noise(cfg, rows_all, optimizer)
     factors = model_range(optimizer, col)
