@@ -105,6 +105,23 @@ def test_at_loss_interpolates_log_b_simple_and_refuses_to_extrapolate():
     assert adam.value == pytest.approx(ADAM_FACTORS["b_simple"] * 300) and "under Adam" in adam.where
 
 
+def test_at_loss_carries_the_headlines_model_range():
+    """B_simple at a loss is widened by the model range the headline would apply for the optimizer family (under
+    SGD the fixed-weight B_simple's lower end ÷4, under Adam ×2.3/÷2.8 around 2.5 × it), and says so; it was the
+    sampling interval alone (a new user's finding)."""
+    rows = [_row(0, 2.3, 100.0, 80.0, 125.0), _row(50, 1.0, 300.0, 250.0, 370.0), _row(100, 0.5, 1000.0, 800.0, 1250.0)]
+    sgd = noise_at(make_report(rows), 1.0)
+    assert (sgd.value, sgd.lo, sgd.hi) == pytest.approx((300, 250 / 4, 370)) and sgd.model_range == (1 / 4, 1.0)
+    assert "interval widened ÷4 by the model range, as the headline's" in sgd.where
+    adam = noise_at(make_report(rows, optimizer="Adam"), 1.0)
+    assert (adam.value, adam.lo, adam.hi) == pytest.approx((750, 2.5 * 250 / 2.8, 2.5 * 370 * 2.3))
+    assert "widened ×2.3/÷2.8" in adam.describe()
+    v = judge(make_report(rows, optimizer="Adam"), 256, at_loss=1.0)
+    assert v.to_dict()["noise_scale"]["model_range"] == pytest.approx([1 / 2.8, 2.3])
+    assert "the interval includes the headline's model range" in check_batch(256, adam).notes[0]
+    assert noise_at(make_report(rows, optimizer="Adam")).model_range == (1 / 2.8, 2.3)   # the headline's own
+
+
 def test_lr_rules():
     assert target_lr("sqrt", 1e-3, 32, 128) == pytest.approx(2e-3)
     assert target_lr("linear", 0.1, 32, 128) == pytest.approx(0.4)             # no noise scale: linear
@@ -377,7 +394,7 @@ def test_precision_note_names_the_quantity_and_what_its_interval_holds():
     from bsprof.results import Status
 
     info = {"seconds": 2.3, "budget_seconds": 60, "examples": 1000}
-    crit = Reading(26.0, 9.0, 35.0, Status.OK, name="B_crit")
+    crit = Reading(26.0, 9.0, 35.0, Status.OK, name="B_crit", model_range=(1 / 2.4, 1.0))
     simple = Reading(26.0, 22.0, 30.0, Status.OK)
     a, b = _precision_note(info, Verdict((), crit)), _precision_note(info, Verdict((), simple))
     assert "B_crit known to ±65%" in a and "swept critical batches" in a and "B_simple" not in a

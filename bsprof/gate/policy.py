@@ -80,6 +80,8 @@ class Reading(Estimate):
     b_noise: Estimate | None = None              # Hessian-aware B_noise, when measured
     name: str = "B_simple"                       # what the value is: B_simple, or B_crit (the report's headline)
     from_log: bool = False                       # read from a tracker's JSONL log (windows of training steps)
+    model_range: tuple[float, float] | None = None  # (lower, upper) end factors the interval was widened by, as the
+                                                 # headline's (``headline.MODEL_RANGE``); None: sampling error only
 
     def describe(self) -> str:
         if self.status is Status.LOWER_BOUND:
@@ -90,7 +92,8 @@ class Reading(Estimate):
 
     def to_dict(self) -> dict:
         d = {**super().to_dict(), "name": self.name, "unit": self.unit, "where": self.where, "loss": self.loss,
-             "step": self.step, "eps_max": self.eps_max, "rel_halfwidth": self.rel_halfwidth}
+             "step": self.step, "eps_max": self.eps_max, "rel_halfwidth": self.rel_halfwidth,
+             "model_range": self.model_range}
         if self.b_noise is not None:
             d.update(self.b_noise.to_row("b_noise"))
             del d["b_noise_status"]
@@ -148,12 +151,23 @@ def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
         base = reading(last, s, report.unit, where)
         cb = s.critical_batch
         if cb is not None and cb.status is Status.OK and finite(cb.value) and cb.value > 0:
+            from bsprof.schedule.headline import model_range
+
             lo = cb.lo if finite(cb.lo) and 0 < cb.lo <= cb.value else cb.value
             hi = cb.hi if finite(cb.hi) and cb.hi >= cb.value else cb.value
             return dataclasses.replace(base, value=float(cb.value), lo=float(lo), hi=float(hi), status=Status.OK,
                                        name="B_crit", where="the report's critical batch: "
-                                       + (s.critical_batch_reason or s.critical_batch_quantity or "").split(";")[0])
+                                       + (s.critical_batch_reason or s.critical_batch_quantity or "").split(";")[0],
+                                       model_range=model_range(optimizer_name(report.config),
+                                                               s.critical_batch_quantity or "b_simple"))
         return base
+    return _interpolated(report, at_loss)
+
+
+def _interpolated(report: Report, at_loss: float) -> Reading:
+    """B_simple at ``at_loss``: log B_simple (and each interval end) linear in the loss between the measurements
+    that bracket it (``_noise_at``), × the headline's factor for the optimizer family (``plan.calibration``), the
+    interval widened by the headline's model range for this quantity (``headline.MODEL_RANGE``)."""
     rows = [r for r in report.measurements if r.b_simple.ok and finite(r.loss) and r.b_simple.value > 0]
     if not rows:
         return Reading(math.nan, math.nan, math.nan, Status.UNDETERMINED, report.unit,
@@ -168,18 +182,21 @@ def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
     est = {k: float(np.exp(np.interp(at_loss, losses, v))) for k, v in logs.items()}
     eps = [s.eps_max for s in scales]
     eps_max = float(np.exp(np.interp(at_loss, losses, np.log(eps)))) if all(eps) else None
-    # under the Adam family, the factor the schedule and the headline apply to this quantity (plan.calibration):
-    # measured the SGD way, B_simple falls short of swept critical batches there
+    # as the headline: the factor the schedule and the headline apply to this quantity (plan.calibration; under
+    # the Adam family and SGD with momentum, measured the SGD way, B_simple falls short of swept critical batches),
+    # and the interval widened by the range seen against sweeps for it (headline.MODEL_RANGE)
+    from bsprof.schedule.headline import model_range, range_text
     from bsprof.schedule.plan import calibration, measured_as
 
-    name = optimizer_name(report.config)
-    k = calibration(name, measured_as("b_simple", rows))
+    name, quantity = optimizer_name(report.config), measured_as("b_simple", rows)
+    k, (down, up) = calibration(name, quantity), model_range(name, quantity)
     where = f"interpolated at loss {_fmt(at_loss)}" + (
-        f", × {k:g} under {'SGD with momentum' if optimizer_family(name) == 'momentum' else 'Adam'} "
-        "(docs/science.md §6)" if k != 1 else "")
-    return Reading(k * est["value"], k * min(est["lo"], est["value"]), k * max(est["hi"], est["value"]), Status.OK,
-                   report.unit, where, loss=at_loss, eps_max=eps_max,
-                   name="B_simple" if k == 1 else f"{k:g} × B_simple")
+        f", × {k:g} under {'SGD with momentum' if optimizer_family(name) == 'momentum' else 'Adam'}" if k != 1
+        else "") + f"; interval widened {range_text((down, up))} by the model range, as the headline's " \
+        "(docs/science.md §6)"
+    return Reading(k * est["value"], k * min(est["lo"], est["value"]) * down, k * max(est["hi"], est["value"]) * up,
+                   Status.OK, report.unit, where, loss=at_loss, eps_max=eps_max,
+                   name="B_simple" if k == 1 else f"{k:g} × B_simple", model_range=(down, up))
 
 
 # -- policy and results --------------------------------------------------------------------------------------
@@ -331,7 +348,7 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                         "No batch passes across the whole interval (it is wider than the policy's limits allow); ")
                      + ("the interval includes the headline's model range (docs/science.md §6), which measuring "
                         "more precisely does not narrow: `bsprof sweep` measures the critical batch directly"
-                        if noise.name == "B_crit" else "measure more precisely (smaller --rel-error) to decide"))
+                        if noise.model_range else "measure more precisely (smaller --rel-error) to decide"))
     verdict = ("is within policy" if steps <= Xs and compute <= Xc else
                "passes only because the interval reaches values within policy; at the estimate")
     return CheckResult("batch_size", PASS,

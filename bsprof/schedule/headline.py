@@ -81,6 +81,13 @@ def model_range(optimizer: str | None, quantity: str) -> tuple[float, float]:
     return MODEL_RANGE.get((fam, quantity)) or MODEL_RANGE.get((fam, "*")) or (1.0, 1.0)
 
 
+def range_text(factors: tuple[float, float]) -> str:
+    """A model range in words: '×2.3/÷2.8', '÷4' (lower end only), 'not at all' for (1, 1)."""
+    down, up = factors
+    parts = ([f"×{up:.2g}"] if up != 1 else []) + ([f"÷{1 / down:.2g}"] if down != 1 else [])
+    return "/".join(parts) or "not at all"
+
+
 def reason(optimizer: str | None, quantity: str, path: str) -> str:
     """One line: what the number is, and how far it was from sweeps for this optimizer family and quantity."""
     fam = optimizer_family(optimizer)
