@@ -159,7 +159,28 @@ def test_sgd_lr_is_capped_by_eps_opt_when_eps_max_was_measured():
     assert judge(plain, 2048, lr=3.0).status == PASS            # ≈ 0.1·(1 + 1000/32)/(1 + 1000/2048) = 2.17
     v = judge(capped, 2048, lr=3.0)                             # ε_opt = 1/(1 + B_noise/B) ≈ 0.67
     assert v.status == FAIL and v.checks[1].measured["target"] == pytest.approx(1 / (1 + 1000 / 2048))
-    assert v.checks[1].measured["noise_scale_used"] == "b_noise"
+    assert (v.checks[1].measured["noise_scale_used"], v.checks[1].measured["noise_factor"]) == ("b_noise", 1.0)
+
+
+def test_lr_check_names_the_noise_scale_it_used_with_its_factor():
+    """`noise_scale_used` said b_simple for 2.6 × B_simple (a new user's finding): it names the measured quantity and
+    `noise_factor` the factor, as schedule JSON's noise_followed and noise_factor; None where the rule used none."""
+    rows = [_row(0, 2.3, 100.0, 80.0, 125.0), _row(50, 1.0, 300.0, 250.0, 370.0), _row(100, 0.5, 1000.0, 800.0, 1250.0)]
+    momentum = make_report(rows)
+    momentum.config["optimizer_momentum"] = 0.9
+    for at in (None, 1.0):
+        v = judge(momentum, 256, lr=0.3, at_loss=at).to_dict()
+        used = v["checks"][1]["measured"]
+        assert (used["noise_scale_used"], used["noise_factor"]) == ("b_simple", 2.6)
+        assert (v["noise_scale"]["quantity"], v["noise_scale"]["factor"]) == ("b_simple", 2.6)
+    windows = make_report([{**r, "stopped_by": "window"} for r in rows])   # a tracker log: training-step windows
+    windows.config["optimizer_momentum"] = 0.9
+    used = judge(windows, 256, lr=0.3).checks[1].measured
+    assert (used["noise_scale_used"], used["noise_factor"]) == ("b_simple_window", 2.8)
+    plain = judge(make_report(rows), 256, lr=0.3).checks[1].measured
+    assert (plain["noise_scale_used"], plain["noise_factor"]) == ("b_simple", 1.0)
+    adam = judge(make_report(rows, optimizer="Adam", lr=1e-3), 256, lr=3e-3).checks[1].measured
+    assert adam["rule"] == "sqrt" and (adam["noise_scale_used"], adam["noise_factor"]) == (None, None)
 
 
 def test_baseline_gate():

@@ -82,6 +82,9 @@ class Reading(Estimate):
     from_log: bool = False                       # read from a tracker's JSONL log (windows of training steps)
     model_range: tuple[float, float] | None = None  # (lower, upper) end factors the interval was widened by, as the
                                                  # headline's (``headline.MODEL_RANGE``); None: sampling error only
+    quantity: str = "b_simple"                   # the measured noise scale it is read from (``plan.NOISES``) ...
+    factor: float = 1.0                          # ... and the factor it is multiplied by (``plan.calibration``), as
+                                                 # schedule JSON's noise_followed and noise_factor
 
     def describe(self) -> str:
         if self.status is Status.LOWER_BOUND:
@@ -93,7 +96,7 @@ class Reading(Estimate):
     def to_dict(self) -> dict:
         d = {**super().to_dict(), "name": self.name, "unit": self.unit, "where": self.where, "loss": self.loss,
              "step": self.step, "eps_max": self.eps_max, "rel_halfwidth": self.rel_halfwidth,
-             "model_range": self.model_range}
+             "model_range": self.model_range, "quantity": self.quantity, "factor": self.factor}
         if self.b_noise is not None:
             d.update(self.b_noise.to_row("b_noise"))
             del d["b_noise_status"]
@@ -148,18 +151,23 @@ def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
         s = report.summary
         where = "summary" + (f", step {s.step}" if s.step is not None else "")
         last = (measured(report.measurements) or report.measurements or [None])[-1]
-        base = reading(last, s, report.unit, where)
+        from bsprof.schedule.plan import calibration, measured_as
+
+        base = dataclasses.replace(reading(last, s, report.unit, where),
+                                   quantity=measured_as("b_simple", measured(report.measurements)))
         cb = s.critical_batch
         if cb is not None and cb.status is Status.OK and finite(cb.value) and cb.value > 0:
             from bsprof.schedule.headline import model_range
+
+            name, quantity = optimizer_name(report.config), s.critical_batch_quantity or "b_simple"
 
             lo = cb.lo if finite(cb.lo) and 0 < cb.lo <= cb.value else cb.value
             hi = cb.hi if finite(cb.hi) and cb.hi >= cb.value else cb.value
             return dataclasses.replace(base, value=float(cb.value), lo=float(lo), hi=float(hi), status=Status.OK,
                                        name="B_crit", where="the report's critical batch: "
                                        + (s.critical_batch_reason or s.critical_batch_quantity or "").split(";")[0],
-                                       model_range=model_range(optimizer_name(report.config),
-                                                               s.critical_batch_quantity or "b_simple"))
+                                       model_range=model_range(name, quantity), quantity=quantity,
+                                       factor=calibration(name, measured_as(quantity, report.measurements)))
         return base
     return _interpolated(report, at_loss)
 
@@ -196,7 +204,8 @@ def _interpolated(report: Report, at_loss: float) -> Reading:
         "(docs/science.md §6)"
     return Reading(k * est["value"], k * min(est["lo"], est["value"]) * down, k * max(est["hi"], est["value"]) * up,
                    Status.OK, report.unit, where, loss=at_loss, eps_max=eps_max,
-                   name="B_simple" if k == 1 else f"{k:g} × B_simple", model_range=(down, up))
+                   name="B_simple" if k == 1 else f"{k:g} × B_simple", model_range=(down, up), quantity=quantity,
+                   factor=k)
 
 
 # -- policy and results --------------------------------------------------------------------------------------
@@ -430,8 +439,9 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
     point = noise.b_noise.value if noise is not None and noise.b_noise is not None else \
         noise.value if noise is not None and noise.status == Status.OK else None
     best = target_lr(rule, lr_ref, b_ref, batch_size, point, eps)
+    used, factor = noise_used(noise, grid)
     measured.update(target=best, target_lo=t_lo, target_hi=t_hi, ratio=lr / best, eps_max=eps,
-                    noise_scale_used="b_noise" if noise is not None and noise.b_noise is not None else "b_simple")
+                    noise_scale_used=used, noise_factor=factor)
     passing = {"min": t_lo / f, "max": t_hi * f, "suggest": best}
     how = (f"{'square-root' if rule == 'sqrt' else 'linear'} scaling for {optimizer} from lr = {_fmt(lr_ref)} "
            f"at B = {_fmt(b_ref)} {unit}")
@@ -446,6 +456,18 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
                      "but not across the whole interval on the noise scale; not failing")
     return CheckResult("lr", PASS, f"lr = {_fmt(lr)} is within {_fmt(f)}× of {how} (≈ {_fmt(best)})",
                        tuple(notes), measured, passing)
+
+
+def noise_used(noise: Reading | None, grid: list) -> tuple[str | None, float | None]:
+    """(the measured noise scale the lr rule used, its factor), the names of schedule JSON's noise_followed and
+    noise_factor: B_noise as measured where the report has it (ε_opt is written in it, eq. 2.6), else the reading's
+    quantity × its factor (e.g. b_simple_window × 3.2, the headline under Adam); (None, None) when the rule used
+    none (square-root scaling, or an undetermined noise scale)."""
+    if noise is None or grid == [None]:
+        return None, None
+    if noise.b_noise is not None:
+        return "b_noise", 1.0
+    return noise.quantity, noise.factor
 
 
 # -- regression against a baseline ---------------------------------------------------------------------------
