@@ -149,6 +149,12 @@ class Estimate:
         return self.status is Status.OK and finite(self.value)
 
     @property
+    def unresolved(self) -> bool:
+        """Status OK with an interval that reaches 0 (lo ≤ 0): the ratio's numerator (tr(Σ) for B_simple) was not
+        told apart from 0, so the value is not resolved; only the upper end ``hi`` bounds it."""
+        return self.status is Status.OK and finite(self.lo) and self.lo <= 0
+
+    @property
     def rel_halfwidth(self) -> float:
         """The precision: max(hi − value, value − lo)/value; ∞ unless the status is OK with a positive value.
         (The stopping rule stops when this is at most ``rel_error``.)"""
@@ -368,6 +374,12 @@ class Measurement:
         return dataclasses.replace(m, extra={k: v for k, v in row.items() if k not in known})
 
 
+def measured(rows: list[Measurement]) -> list[Measurement]:
+    """The rows measured at fixed weights: all but the last row of a run cut short mid-window, which holds only the
+    training steps' window (B_simple ``not_available``, ``engine.loop``)."""
+    return [r for r in rows if r.b_simple.status is not Status.NOT_AVAILABLE]
+
+
 @dataclass(frozen=True)
 class LayerEstimate:
     """The noise scale of one parameter group (an owning module) at one measurement: |G|², tr(Σ) and B_simple
@@ -434,7 +446,7 @@ class Summary:
     def of(cls, rows: list[Measurement], unit: str) -> Summary:
         if not rows:
             return cls(Estimate.none(), unit, reason="nothing was measured")
-        last = rows[-1]
+        last = (measured(rows) or rows)[-1]
         ok = [r for r in rows if r.b_simple.ok]
         growth = ok[-1].b_simple.value / ok[0].b_simple.value if len(ok) >= 2 and ok[0].b_simple.value > 0 else None
         return cls(last.b_simple, unit, last.step, last.loss, last.g2.value, last.trace_sigma, len(rows),

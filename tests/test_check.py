@@ -105,6 +105,23 @@ def test_at_loss_interpolates_log_b_simple_and_refuses_to_extrapolate():
     assert adam.value == pytest.approx(ADAM_FACTORS["b_simple"] * 300) and "under Adam" in adam.where
 
 
+def test_at_loss_carries_the_headlines_model_range():
+    """B_simple at a loss is widened by the model range the headline would apply for the optimizer family (under
+    SGD the fixed-weight B_simple's lower end ÷4, under Adam ×2.3/÷2.8 around 2.5 × it), and says so; it was the
+    sampling interval alone (a new user's finding)."""
+    rows = [_row(0, 2.3, 100.0, 80.0, 125.0), _row(50, 1.0, 300.0, 250.0, 370.0), _row(100, 0.5, 1000.0, 800.0, 1250.0)]
+    sgd = noise_at(make_report(rows), 1.0)
+    assert (sgd.value, sgd.lo, sgd.hi) == pytest.approx((300, 250 / 4, 370)) and sgd.model_range == (1 / 4, 1.0)
+    assert "interval widened ÷4 by the model range, as the headline's" in sgd.where
+    adam = noise_at(make_report(rows, optimizer="Adam"), 1.0)
+    assert (adam.value, adam.lo, adam.hi) == pytest.approx((750, 2.5 * 250 / 2.8, 2.5 * 370 * 2.3))
+    assert "widened ×2.3/÷2.8" in adam.describe()
+    v = judge(make_report(rows, optimizer="Adam"), 256, at_loss=1.0)
+    assert v.to_dict()["noise_scale"]["model_range"] == pytest.approx([1 / 2.8, 2.3])
+    assert "the interval includes the headline's model range" in check_batch(256, adam).notes[0]
+    assert noise_at(make_report(rows, optimizer="Adam")).model_range == (1 / 2.8, 2.3)   # the headline's own
+
+
 def test_lr_rules():
     assert target_lr("sqrt", 1e-3, 32, 128) == pytest.approx(2e-3)
     assert target_lr("linear", 0.1, 32, 128) == pytest.approx(0.4)             # no noise scale: linear
@@ -142,7 +159,28 @@ def test_sgd_lr_is_capped_by_eps_opt_when_eps_max_was_measured():
     assert judge(plain, 2048, lr=3.0).status == PASS            # ≈ 0.1·(1 + 1000/32)/(1 + 1000/2048) = 2.17
     v = judge(capped, 2048, lr=3.0)                             # ε_opt = 1/(1 + B_noise/B) ≈ 0.67
     assert v.status == FAIL and v.checks[1].measured["target"] == pytest.approx(1 / (1 + 1000 / 2048))
-    assert v.checks[1].measured["noise_scale_used"] == "b_noise"
+    assert (v.checks[1].measured["noise_scale_used"], v.checks[1].measured["noise_factor"]) == ("b_noise", 1.0)
+
+
+def test_lr_check_names_the_noise_scale_it_used_with_its_factor():
+    """`noise_scale_used` said b_simple for 2.6 × B_simple (a new user's finding): it names the measured quantity and
+    `noise_factor` the factor, as schedule JSON's noise_followed and noise_factor; None where the rule used none."""
+    rows = [_row(0, 2.3, 100.0, 80.0, 125.0), _row(50, 1.0, 300.0, 250.0, 370.0), _row(100, 0.5, 1000.0, 800.0, 1250.0)]
+    momentum = make_report(rows)
+    momentum.config["optimizer_momentum"] = 0.9
+    for at in (None, 1.0):
+        v = judge(momentum, 256, lr=0.3, at_loss=at).to_dict()
+        used = v["checks"][1]["measured"]
+        assert (used["noise_scale_used"], used["noise_factor"]) == ("b_simple", 2.6)
+        assert (v["noise_scale"]["quantity"], v["noise_scale"]["factor"]) == ("b_simple", 2.6)
+    windows = make_report([{**r, "stopped_by": "window"} for r in rows])   # a tracker log: training-step windows
+    windows.config["optimizer_momentum"] = 0.9
+    used = judge(windows, 256, lr=0.3).checks[1].measured
+    assert (used["noise_scale_used"], used["noise_factor"]) == ("b_simple_window", 2.8)
+    plain = judge(make_report(rows), 256, lr=0.3).checks[1].measured
+    assert (plain["noise_scale_used"], plain["noise_factor"]) == ("b_simple", 1.0)
+    adam = judge(make_report(rows, optimizer="Adam", lr=1e-3), 256, lr=3e-3).checks[1].measured
+    assert adam["rule"] == "sqrt" and (adam["noise_scale_used"], adam["noise_factor"]) == (None, None)
 
 
 def test_baseline_gate():
@@ -377,7 +415,7 @@ def test_precision_note_names_the_quantity_and_what_its_interval_holds():
     from bsprof.results import Status
 
     info = {"seconds": 2.3, "budget_seconds": 60, "examples": 1000}
-    crit = Reading(26.0, 9.0, 35.0, Status.OK, name="B_crit")
+    crit = Reading(26.0, 9.0, 35.0, Status.OK, name="B_crit", model_range=(1 / 2.4, 1.0))
     simple = Reading(26.0, 22.0, 30.0, Status.OK)
     a, b = _precision_note(info, Verdict((), crit)), _precision_note(info, Verdict((), simple))
     assert "B_crit known to ±65%" in a and "swept critical batches" in a and "B_simple" not in a

@@ -348,6 +348,35 @@ def test_interrupted_or_failed_run_keeps_the_report(tmp_path, monkeypatch, failu
     assert report["measurements"] and reason in report["incomplete"]["reason"]
 
 
+def test_an_interrupted_run_keeps_the_training_window_it_was_in(tmp_path, monkeypatch):
+    """Ctrl-C 10 training steps after the measurement at step 20: those steps' pairs are kept as a last row with
+    B_simple (training) only, and a note says it was cut short (they were dropped, a new user's finding); the
+    summary stays at the last fixed-weight measurement."""
+    from bsprof.engine import loop
+
+    real = loop.train_step
+
+    def interrupted(*args, **kwargs):
+        if args[5] == 30:   # step
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", interrupted)
+    r = run(ASSETS / "tiny_linear.py", "--steps", 40, "--measure-every", 20, "--batch-size", 16, "--rel-error", 0.3,
+            "-o", tmp_path, "-q", "--no-figures")
+    assert r.exit_code == 130, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    last = report["measurements"][-1]
+    assert [m["step"] for m in report["measurements"]] == [0, 20, 30] and last["stopped_by"] == "cut_short"
+    assert last["window_steps"] == 10 and last["b_simple_window"]["status"] in ("ok", "lower_bound")
+    assert last["b_simple"]["status"] == "not_available" and 0 < last["loss"] < 1
+    note = {d["code"]: d["message"] for d in report["diagnostics"]}["window_cut_short"]
+    assert "(interrupted) 10 training steps into a training-step window (steps 20–29)" in note
+    assert report["summary"]["step"] == 20 and report["summary"]["b_simple"]["status"] == "ok"
+    assert "step,examples_seen" in (tmp_path / "measurements.csv").read_text() and \
+        len((tmp_path / "measurements.csv").read_text().splitlines()) == 4
+
+
 def test_measuring_does_not_change_the_training():
     """The training trajectory (every step's loss) is the same however many examples the measurements draw."""
     from bsprof import MeasureConfig, measure

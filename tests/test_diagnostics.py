@@ -103,3 +103,19 @@ def test_implausible_critical_batches_and_a_rising_loss():
     assert "loss_rose" in rose and "Lower --lr" in rose["loss_rose"]
     fine = _run([_row(0, 2.0, 20.0), _row(10, 1.5, 30.0)], dataset_size=10_000, optimizer="SGD")
     assert not {"critical_batch_above_dataset", "critical_batch_below_one", "loss_rose"} & set(fine)
+
+
+def test_an_interval_reaching_zero_is_called_unresolved_whatever_its_status():
+    """B_pre 12.8 [0, 18.1] with status ok (a new user's finding): the note says it is unresolved, an upper bound,
+    and how to resolve it; the same for B_noise and the training-step windows, and nothing when every lower end is
+    positive."""
+    rows = [{**_row(10, 1.5, 20.0), "b_pre": 12.8, "b_pre_lo": 0.0, "b_pre_hi": 18.1, "b_pre_status": "ok"},
+            {**_row(20, 1.2, 30.0), "b_noise": 9.0, "b_noise_lo": -1.0, "b_noise_hi": 25.0, "b_noise_status": "ok",
+             "b_simple_window": 8.0, "b_simple_window_lo": 0.0, "b_simple_window_hi": 40.0,
+             "b_simple_window_status": "ok"}]
+    note = _run(rows, optimizer="Adam")["unresolved"]
+    assert note.startswith("B_simple (training) at step 20 (≤ 40); B_noise at step 20 (≤ 25); B_pre at step 10 "
+                           "(≤ 18.1): the interval reaches 0 (tr(Σ) and tr(HΣ) and tr(PΣ) not told apart from 0)")
+    assert "known only to be at most its upper end" in note and "--measure-budget" in note and "--measure-every" in note
+    resolved = [{**_row(10, 1.5, 20.0), "b_pre": 12.8, "b_pre_lo": 1.0, "b_pre_hi": 18.1, "b_pre_status": "ok"}]
+    assert "unresolved" not in _run(resolved, optimizer="Adam")

@@ -200,6 +200,25 @@ def test_the_summary_says_which_probe_measured_and_why():
     assert "probe: hooks (auto: per-example gradients are valid; timed)" in console.export_text()
 
 
+def test_the_probe_chosen_by_the_trial_is_explained_once():
+    """auto's trial picked micro-batches: the probe line gives the reason, and the method_trial note that holds the
+    same text (kept in report.json) is not printed again below it (a new user's finding)."""
+    from rich.console import Console
+
+    from bsprof.output.render import report_table
+
+    why = ("auto: per-example gradients are valid; a timed draw of 64 examples took 9 ms by per-example hooks and 2 "
+           "ms by micro-batches of 8: micro-batches are more than 1.5× faster, so micro-batches")
+    rows = [{"step": 0, "loss": 1.0, "b_simple": 20.0, "b_simple_lo": 18.0, "b_simple_hi": 22.0, "status": "ok"}]
+    report = Report(measurements=rows, config={"method": "auto", "method_resolved": "microbatch", "method_reason": why},
+                    diagnostics=[{"code": "method_trial", "message": why}, {"code": "other", "message": "kept"}])
+    console = Console(width=1000, record=True)
+    console.print(report_table(report))
+    text = console.export_text()
+    assert text.count("so micro-batches") == 1 and f"probe: microbatch ({why})" in text
+    assert "note [method_trial]" not in text and "note [other]: kept" in text
+
+
 def test_report_prints_json_and_csv_for_scripts(tmp_path):
     """`bsprof report --format json` is report.json's content (its summary to --target-loss when given), `--format
     csv` the measurements; a wrong format is one line and exit 2."""

@@ -194,10 +194,11 @@ def test_comparison_with_a_tokens_report_is_in_examples():
         comparison(Report(measurements=rows, unit="tokens"), crit)
 
 
-def _schedule_file(path, stages):
+def _schedule_file(path, stages, unit="examples", **config):
     from bsprof.schedule.stages import Schedule, Stage
 
-    sched = Schedule([Stage(s, 1.0, b, lr, b, 1, 1) for s, b, lr in stages], target_loss=0.3)
+    sched = Schedule([Stage(s, 1.0, b, lr, b, 1, 1) for s, b, lr in stages], target_loss=0.3, unit=unit,
+                     config=config)
     path.write_text(json.dumps(sched.to_dict()))
     return path
 
@@ -219,6 +220,43 @@ def test_cli_global_trains_a_schedule_as_written(tmp_path):
     assert "the schedule as written" in r.output and isinstance(v["beats_constants"], bool)
     assert d["compute"]["train_examples"] == sum(b["examples"] for b in d["branches"]) + sum(
         x["examples"] for x in v["runs"])
+
+
+def test_cli_global_trains_a_tokens_schedule_in_examples(tmp_path):
+    """A schedule planned from a tokens report (batches in tokens, its seq_length recorded) trains its batches as
+    examples of the spec: 20 and 80 tokens of sequences of 10 are 2 and 8 examples (it trained 20 and 80 examples a
+    step, a new user's finding)."""
+    f = _schedule_file(tmp_path / "schedule.json", [(0, 20, 0.025), (10, 80, 0.1)], unit="tokens", seq_length=10)
+    r = cli(TINY, "--method", "global", "--batches", "2,4,8", "-t", 0.3, "--n-boot", 20, "--schedule", f, *FAST,
+            "-o", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    d = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    run = d["schedule"]["runs"][0]
+    steps = int(run["steps"])
+    assert run["examples"] == 2 * min(steps, 10) + 8 * max(steps - 10, 0)
+    assert any("is in tokens: its batches were divided by 10 tokens per sequence (its seq_length) into examples, "
+               "20 → 2, 80 → 8" in n for n in d["notes"])
+
+
+def test_a_tokens_schedule_converts_to_examples_or_is_refused():
+    from bsprof.schedule.stages import Schedule, Stage
+    from bsprof.sweep.api import in_examples
+
+    def sched(batches, unit="tokens", **config):
+        return Schedule([Stage(10 * i, 1.0, b, 0.1, b, 1, 1) for i, b in enumerate(batches)], 0.3, unit=unit,
+                        config=config)
+
+    same, note = in_examples(sched([2, 8], "sequences"), "s.json")     # a tracker log in sequences: as written
+    assert [s.batch_size for s in same.stages] == [2, 8] and note is None
+    conv, note = in_examples(sched([64, 256]), "s.json", spec_tokens=32)  # no seq_length: the spec's
+    assert [s.batch_size for s in conv.stages] == [2, 8] and conv.unit == "examples" and "TOKENS_PER_EXAMPLE" in note
+    for bad, tokens, message in ((sched([64]), None, "records no sequence length"),
+                                 (sched([64], seq_length=16), 32, "TOKENS_PER_EXAMPLE = 32"),
+                                 (sched([64, 100], seq_length=16), None, "batch 100 from step 10 is not a whole"),
+                                 (sched([64], unit="steps"), None, "counts its batches in 'steps'")):
+        with pytest.raises(ConfigError, match=message) as e:
+            in_examples(bad, "s.json", tokens)
+        assert e.value.hint
 
 
 def test_schedule_verdict_counts_only_constants_using_no_more_examples():

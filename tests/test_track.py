@@ -515,6 +515,32 @@ def test_fsdp_source_without_fsdp_is_a_one_line_error():
     assert str(err.value).count("\n") == 1
 
 
+def test_report_layers_of_a_tracker_log_says_there_are_none(tmp_path):
+    """`bsprof report LOG.jsonl --layers` printed no layer table and no word about it (a new user's finding): it
+    says a tracker log has none and where one comes from, exit 2 as for other things a source cannot give
+    (--target-loss beyond it); in CSV too, instead of an empty file."""
+    from typer.testing import CliRunner
+
+    from bsprof.cli import app
+
+    path, model, stream, opt, tracker = logged_least_squares(tmp_path, 0.01)
+    for _ in range(6):
+        for chunk, _n in stream.batches(stream.draw(64), 16):
+            (ls_loss(model, chunk).mean() / 4).backward()
+        tracker.step()
+        opt.step()
+        opt.zero_grad()
+    tracker.close()
+    runner = CliRunner()
+    assert runner.invoke(app, ["report", str(path), "--window", "3"]).exit_code == 0
+    for extra in ([], ["-f", "csv"]):
+        r = runner.invoke(app, ["report", str(path), "--window", "3", "--layers", *extra])
+        assert r.exit_code == 2 and r.stdout == "", r.output
+        said = " ".join(r.stderr.split())
+        assert "is a tracker log: it has no per-layer table" in said and "writes layers.csv" in said
+        assert "Traceback" not in r.output
+
+
 def test_the_cli_reads_a_tracker_log_like_a_report(tmp_path):
     """A single-process accumulation loop logs JSONL; `report`, `schedule` and `check` take that log."""
     import json as _json

@@ -75,9 +75,10 @@ def _precision_note(info: dict, verdict: Verdict) -> str:
         return head + ": the noise scale stayed undetermined; raise --budget"
     if noise.status == Status.LOWER_BOUND:
         return head + ": only a lower bound on the noise scale; raise --budget"
-    if noise.name == "B_crit":   # the headline: its interval holds the model range as well as the sampling error
-        return head + (f": B_crit known to ±{100 * noise.rel_halfwidth:.0f}% (relative half-width of the interval, "
-                       "which includes how far the headline was from swept critical batches, docs/science.md §6)")
+    if noise.model_range:   # the headline's interval, or at --at-loss as wide: the model range and the sampling
+        return head + (f": {noise.name} known to ±{100 * noise.rel_halfwidth:.0f}% (relative half-width of the "
+                       "interval, which includes how far the headline was from swept critical batches, "
+                       "docs/science.md §6)")
     return head + f": {noise.name} known to ±{100 * noise.rel_halfwidth:.0f}% (relative half-width of the interval)"
 
 
@@ -179,7 +180,8 @@ def check(
     lr_key: Optional[str] = O(None, help="Dotted key of the lr in --training-config, e.g. optim.lr "
                                 f"(else tries {', '.join(LR_KEYS)})."),
     at_loss: Optional[float] = O(None, help="Judge at this loss: log B_simple interpolated between measurements "
-                                 "(never extrapolated). [the latest measurement]"),
+                                 "(never extrapolated), with the headline's factor and model range. [the report's "
+                                 "critical batch]"),
     factor: Optional[float] = O(None, help="A batch passes within this factor of the noise scale: "
                                 "B_n/F ≤ B ≤ F·B_n. [4]"),
     max_extra_compute: Optional[float] = O(None, help="Fail if B/B_n = E/E_min − 1 exceeds this. [--factor]"),

@@ -11,7 +11,7 @@ import typer
 
 from bsprof.cli.app import app, console, show, user_errors
 from bsprof.cli.source import is_spec, load
-from bsprof.errors import ConfigError
+from bsprof.errors import ConfigError, ReportError
 
 
 @app.command("report")
@@ -41,6 +41,8 @@ def report_command(
 
             check_folder(out, "--out")  # before reading or measuring anything
         report = load(source, "report", window=window)
+        if layers and not report.layers:
+            raise no_layers(source, report)
         if fmt != "table":
             typer.echo(as_text(report, fmt, target_loss, layers), nl=False)
         elif target_loss is not None:
@@ -60,6 +62,19 @@ def report_command(
 
 
 FORMATS = ("table", "json", "csv")
+
+
+def no_layers(source: Path, report) -> ReportError:
+    """--layers on a source without per-layer rows: a tracker log never has them (the tracker pairs the whole
+    model's gradient, one pair per training step); a report may predate them or have measured nothing."""
+    fix = ("`bsprof measure SPEC.py` measures per layer and writes layers.csv (`bsprof report bsprof-out --layers` "
+           "shows it)")
+    if report.spec.get("tracker_log"):
+        return ReportError(f"{source} is a tracker log: it has no per-layer table (the tracker's pairs are of the "
+                           "whole model's gradient, one per training step)", f"{fix}; without --layers this command "
+                           "shows the log's windows")
+    return ReportError(f"{source} has no per-layer rows (nothing was measured per layer)", f"{fix}; without "
+                       "--layers this command shows the report")
 
 
 def as_text(report, fmt: str, target_loss: float | None, layers: bool = False) -> str:

@@ -120,6 +120,7 @@ def after_run(report: Report) -> None:
     """Diagnostics that need the measurements: the 1/B regression's fit, B_pre availability, layer spread, what
     measuring cost against training."""
     _degenerate(report)
+    _unresolved(report)
     _implausible(report)
     measure_cost(report)
     bad = [r for r in report.measurements if r.regression is not None and r.regression.failed]
@@ -167,6 +168,30 @@ def _degenerate(report: Report) -> None:
         steps = [r.step for r in report.measurements if r.stopped_by == code]
         if steps:
             report.diagnose(code, text.format(steps=", ".join(map(str, steps))))
+
+
+UNRESOLVED = {"b_simple": ("B_simple", "tr(Σ)"), "b_simple_window": ("B_simple (training)", "tr(Σ)"),
+              "b_noise": ("B_noise", "tr(HΣ)"), "b_pre": ("B_pre", "tr(PΣ)")}  # column: (name, its numerator)
+
+
+def _unresolved(report: Report) -> None:
+    """Estimates whose interval reaches 0 (``Estimate.unresolved``): B = tr(·Σ)/(·) with a numerator not told apart
+    from 0 is known only to be at most its upper end, whatever its status; the note names them, what was not
+    resolved, and the fix (a longer measurement; for training-step windows, more steps per window)."""
+    found = {key: [f"{r.step} (≤ {getattr(r, key).hi:.3g})" for r in report.measurements
+                   if getattr(r, key) is not None and getattr(r, key).unresolved] for key in UNRESOLVED}
+    found = {key: ends for key, ends in found.items() if ends}
+    if not found:
+        return
+    numerators = list(dict.fromkeys(UNRESOLVED[key][1] for key in found))
+    fixes = ["a longer measurement resolves it (a larger --measure-budget, or 0 to stop by --rel-error alone; "
+             "--max-seconds, --max-examples)"] if set(found) - {"b_simple_window"} else []
+    fixes += ["a training-step window, more steps between measurements (--measure-every)"] if "b_simple_window" in \
+        found else []
+    report.diagnose("unresolved", "; ".join(f"{UNRESOLVED[key][0]} at step {', '.join(ends)}" for key, ends in
+                                            found.items())
+                    + f": the interval reaches 0 ({' and '.join(numerators)} not told apart from 0), so the estimate "
+                    f"is unresolved: known only to be at most its upper end, not the value shown; {'; '.join(fixes)}")
 
 
 LOSS_ROSE = 1.5  # the last measured loss over the first: the probe's training went the wrong way

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -249,7 +250,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         first = _first_budget(model, spec.loss, examples, cfg, points, comm)
     points = set(points)
     track, coupled = _track_source(report, cfg, comm, model, spec.loss, pair)  # how training steps give pairs
-    step, tracker, phase, clock = 0, None, "measuring", cost.RunClock(choosing=choosing)
+    step, trained, tracker, phase, clock = 0, 0, None, "measuring", cost.RunClock(choosing=choosing)
+    window = None  # the training steps' window closed for the measurement at this step, until its row is added
     try:
         for step in range(cfg.steps + 1):
             phase = "measuring"
@@ -268,8 +270,9 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                                               **scales.extra_fields(model, spec.loss, whole, draws, cfg, optimizer,
                                                                     _left(budget, t0), group_index, scale))
                 if window is not None:
-                    row = dataclasses.replace(row, b_simple_window=window[0], window_steps=window[1])
+                    row = dataclasses.replace(row, b_simple_window=window.estimate, window_steps=window.steps)
                 report.add(row, _layer_rows(step, names, types, est, scale))
+                window = None
                 took = time.perf_counter() - t0   # B_simple's draws (row.seconds) and B_noise / B_pre after them
                 clock.measured(took)
                 report.timing = clock.to_dict()
@@ -284,6 +287,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 live = None if getattr(tracker, "closed", False) else tracker
                 loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm, live,
                                   TRAINING_PARTS if track == "accumulation" and live is not None else 1)
+                trained = step + 1
                 if live is not None and live.closed:
                     track = _tracking_failed(report, live, track, step, batch_size)
                     tracker = tracker if len(tracker.draws) >= 2 else None  # too few for a window: start over
@@ -306,7 +310,9 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                              **({"where": where} if where else {})}
         raise
     finally:
-        _close(tracker, cfg.confidence, scale)
+        window = window or _close(tracker, cfg.confidence, scale)
+        if report.incomplete and window is not None:
+            _cut_short(report, window, trained, batch_size)
         report.timing = clock.to_dict()
         diagnostics.after_run(report)
     return report
@@ -465,14 +471,44 @@ def _no_windows(report: Report, why: str) -> bool:
     return False
 
 
-def _close(tracker, confidence: float, scale: float):
-    """(B_simple over the tracked training steps, their number) and the tracker's hooks removed; None if none."""
+class Window(NamedTuple):
+    """B_simple over the tracked training steps since the previous measurement, their number, their mean loss."""
+
+    estimate: Estimate
+    steps: int
+    loss: float
+
+
+def _close(tracker, confidence: float, scale: float) -> Window | None:
+    """The tracked training steps' ``Window`` (B_simple in the report's unit), the tracker's hooks removed; None
+    without a tracker or with fewer than two steps (a window needs two pairs for an interval)."""
     if tracker is None:
         return None
     tracker.close()
     if len(tracker.draws) < 2:
         return None
-    return tracker.estimate().scaled(scale), len(tracker.draws)
+    weights = [d.B for d in tracker.draws]
+    loss = sum(d.loss * w for d, w in zip(tracker.draws, weights)) / sum(weights)
+    return Window(tracker.estimate().scaled(scale), len(tracker.draws), float(loss))
+
+
+def _cut_short(report: Report, window: Window, step: int, batch_size: int) -> None:
+    """A run that stopped early (``report.incomplete``) keeps the training-step window it was in the middle of, by
+    the rule of every window (at least two steps): a last row at ``step`` (the training steps done) with only
+    B_simple (training) and the window's mean training loss; no fixed-weight measurement ended it, so the row has no
+    B_simple and the headline and `bsprof schedule`, which follow measured rows, leave it out. A note says so."""
+    report.add(Measurement(step=step, loss=window.loss, b_simple=Estimate.none(Status.NOT_AVAILABLE),
+                           g2=Estimate.none(Status.NOT_AVAILABLE), trace_sigma=float("nan"),
+                           examples_seen=step * batch_size, method="track", stopped_by="cut_short",
+                           b_simple_window=window.estimate, window_steps=window.steps))
+    from bsprof.output.render import estimate_text
+
+    report.diagnose("window_cut_short", f"the run stopped early ({report.incomplete.get('reason')}) "
+                    f"{window.steps} training steps into a training-step window (steps {step - window.steps}–"
+                    f"{step - 1}): kept as the last row, at step {step}, B_simple (training) "
+                    f"{estimate_text(window.estimate)} {report.unit} at mean training loss {window.loss:.4g}; cut "
+                    "short, with no fixed-weight measurement after it, so the critical batch and `bsprof schedule` "
+                    "leave it out")
 
 
 def _fit_batch(batch_size: int, n: int | None, report: Report) -> int:

@@ -35,6 +35,7 @@ from bsprof.results import (
     finite,
     is_adam_family,
     json_clean,
+    measured,
     optimizer_family,
     optimizer_name,
 )
@@ -79,6 +80,11 @@ class Reading(Estimate):
     b_noise: Estimate | None = None              # Hessian-aware B_noise, when measured
     name: str = "B_simple"                       # what the value is: B_simple, or B_crit (the report's headline)
     from_log: bool = False                       # read from a tracker's JSONL log (windows of training steps)
+    model_range: tuple[float, float] | None = None  # (lower, upper) end factors the interval was widened by, as the
+                                                 # headline's (``headline.MODEL_RANGE``); None: sampling error only
+    quantity: str = "b_simple"                   # the measured noise scale it is read from (``plan.NOISES``) ...
+    factor: float = 1.0                          # ... and the factor it is multiplied by (``plan.calibration``), as
+                                                 # schedule JSON's noise_followed and noise_factor
 
     def describe(self) -> str:
         if self.status is Status.LOWER_BOUND:
@@ -89,7 +95,8 @@ class Reading(Estimate):
 
     def to_dict(self) -> dict:
         d = {**super().to_dict(), "name": self.name, "unit": self.unit, "where": self.where, "loss": self.loss,
-             "step": self.step, "eps_max": self.eps_max, "rel_halfwidth": self.rel_halfwidth}
+             "step": self.step, "eps_max": self.eps_max, "rel_halfwidth": self.rel_halfwidth,
+             "model_range": self.model_range, "quantity": self.quantity, "factor": self.factor}
         if self.b_noise is not None:
             d.update(self.b_noise.to_row("b_noise"))
             del d["b_noise_status"]
@@ -143,16 +150,32 @@ def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
     if at_loss is None:
         s = report.summary
         where = "summary" + (f", step {s.step}" if s.step is not None else "")
-        last = report.measurements[-1] if report.measurements else None
-        base = reading(last, s, report.unit, where)
+        last = (measured(report.measurements) or report.measurements or [None])[-1]
+        from bsprof.schedule.plan import calibration, measured_as
+
+        base = dataclasses.replace(reading(last, s, report.unit, where),
+                                   quantity=measured_as("b_simple", measured(report.measurements)))
         cb = s.critical_batch
         if cb is not None and cb.status is Status.OK and finite(cb.value) and cb.value > 0:
+            from bsprof.schedule.headline import model_range
+
+            name, quantity = optimizer_name(report.config), s.critical_batch_quantity or "b_simple"
+
             lo = cb.lo if finite(cb.lo) and 0 < cb.lo <= cb.value else cb.value
             hi = cb.hi if finite(cb.hi) and cb.hi >= cb.value else cb.value
             return dataclasses.replace(base, value=float(cb.value), lo=float(lo), hi=float(hi), status=Status.OK,
                                        name="B_crit", where="the report's critical batch: "
-                                       + (s.critical_batch_reason or s.critical_batch_quantity or "").split(";")[0])
+                                       + (s.critical_batch_reason or s.critical_batch_quantity or "").split(";")[0],
+                                       model_range=model_range(name, quantity), quantity=quantity,
+                                       factor=calibration(name, measured_as(quantity, report.measurements)))
         return base
+    return _interpolated(report, at_loss)
+
+
+def _interpolated(report: Report, at_loss: float) -> Reading:
+    """B_simple at ``at_loss``: log B_simple (and each interval end) linear in the loss between the measurements
+    that bracket it (``_noise_at``), × the headline's factor for the optimizer family (``plan.calibration``), the
+    interval widened by the headline's model range for this quantity (``headline.MODEL_RANGE``)."""
     rows = [r for r in report.measurements if r.b_simple.ok and finite(r.loss) and r.b_simple.value > 0]
     if not rows:
         return Reading(math.nan, math.nan, math.nan, Status.UNDETERMINED, report.unit,
@@ -167,18 +190,22 @@ def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
     est = {k: float(np.exp(np.interp(at_loss, losses, v))) for k, v in logs.items()}
     eps = [s.eps_max for s in scales]
     eps_max = float(np.exp(np.interp(at_loss, losses, np.log(eps)))) if all(eps) else None
-    # under the Adam family, the factor the schedule and the headline apply to this quantity (plan.calibration):
-    # measured the SGD way, B_simple falls short of swept critical batches there
+    # as the headline: the factor the schedule and the headline apply to this quantity (plan.calibration; under
+    # the Adam family and SGD with momentum, measured the SGD way, B_simple falls short of swept critical batches),
+    # and the interval widened by the range seen against sweeps for it (headline.MODEL_RANGE)
+    from bsprof.schedule.headline import model_range, range_text
     from bsprof.schedule.plan import calibration, measured_as
 
-    name = optimizer_name(report.config)
-    k = calibration(name, measured_as("b_simple", rows))
+    name, quantity = optimizer_name(report.config), measured_as("b_simple", rows)
+    k, (down, up) = calibration(name, quantity), model_range(name, quantity)
     where = f"interpolated at loss {_fmt(at_loss)}" + (
-        f", × {k:g} under {'SGD with momentum' if optimizer_family(name) == 'momentum' else 'Adam'} "
-        "(docs/science.md §6)" if k != 1 else "")
-    return Reading(k * est["value"], k * min(est["lo"], est["value"]), k * max(est["hi"], est["value"]), Status.OK,
-                   report.unit, where, loss=at_loss, eps_max=eps_max,
-                   name="B_simple" if k == 1 else f"{k:g} × B_simple")
+        f", × {k:g} under {'SGD with momentum' if optimizer_family(name) == 'momentum' else 'Adam'}" if k != 1
+        else "") + f"; interval widened {range_text((down, up))} by the model range, as the headline's " \
+        "(docs/science.md §6)"
+    return Reading(k * est["value"], k * min(est["lo"], est["value"]) * down, k * max(est["hi"], est["value"]) * up,
+                   Status.OK, report.unit, where, loss=at_loss, eps_max=eps_max,
+                   name="B_simple" if k == 1 else f"{k:g} × B_simple", model_range=(down, up), quantity=quantity,
+                   factor=k)
 
 
 # -- policy and results --------------------------------------------------------------------------------------
@@ -330,7 +357,7 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                         "No batch passes across the whole interval (it is wider than the policy's limits allow); ")
                      + ("the interval includes the headline's model range (docs/science.md §6), which measuring "
                         "more precisely does not narrow: `bsprof sweep` measures the critical batch directly"
-                        if noise.name == "B_crit" else "measure more precisely (smaller --rel-error) to decide"))
+                        if noise.model_range else "measure more precisely (smaller --rel-error) to decide"))
     verdict = ("is within policy" if steps <= Xs and compute <= Xc else
                "passes only because the interval reaches values within policy; at the estimate")
     return CheckResult("batch_size", PASS,
@@ -412,8 +439,9 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
     point = noise.b_noise.value if noise is not None and noise.b_noise is not None else \
         noise.value if noise is not None and noise.status == Status.OK else None
     best = target_lr(rule, lr_ref, b_ref, batch_size, point, eps)
+    used, factor = noise_used(noise, grid)
     measured.update(target=best, target_lo=t_lo, target_hi=t_hi, ratio=lr / best, eps_max=eps,
-                    noise_scale_used="b_noise" if noise is not None and noise.b_noise is not None else "b_simple")
+                    noise_scale_used=used, noise_factor=factor)
     passing = {"min": t_lo / f, "max": t_hi * f, "suggest": best}
     how = (f"{'square-root' if rule == 'sqrt' else 'linear'} scaling for {optimizer} from lr = {_fmt(lr_ref)} "
            f"at B = {_fmt(b_ref)} {unit}")
@@ -428,6 +456,18 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
                      "but not across the whole interval on the noise scale; not failing")
     return CheckResult("lr", PASS, f"lr = {_fmt(lr)} is within {_fmt(f)}× of {how} (≈ {_fmt(best)})",
                        tuple(notes), measured, passing)
+
+
+def noise_used(noise: Reading | None, grid: list) -> tuple[str | None, float | None]:
+    """(the measured noise scale the lr rule used, its factor), the names of schedule JSON's noise_followed and
+    noise_factor: B_noise as measured where the report has it (ε_opt is written in it, eq. 2.6), else the reading's
+    quantity × its factor (e.g. b_simple_window × 3.2, the headline under Adam); (None, None) when the rule used
+    none (square-root scaling, or an undetermined noise scale)."""
+    if noise is None or grid == [None]:
+        return None, None
+    if noise.b_noise is not None:
+        return "b_noise", 1.0
+    return noise.quantity, noise.factor
 
 
 # -- regression against a baseline ---------------------------------------------------------------------------

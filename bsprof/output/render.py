@@ -70,11 +70,12 @@ def report_table(report, summary=None) -> Group:
             if getattr(s, key) is not None:
                 line += f";  {name}: {estimate_text(getattr(s, key))}"
         parts.append(Text(line, style="bold"))
-    probe = report.config.get("method_resolved")
+    probe, why = report.config.get("method_resolved"), report.config.get("method_reason") or ""
     if probe:  # which exact method measured, and why (issue 15: "says which and why")
-        why = report.config.get("method_reason") or ""
         parts.append(Text(f"probe: {probe}" + (f" ({why})" if why else ""), style="dim"))
     for d in report.diagnostics:
+        if probe and why and d["message"] == why:  # the method_trial note: the probe line just said it
+            continue
         parts.append(Text(f"note [{d['code']}]: {d['message']}", style="yellow"))
     if report.incomplete:
         parts.append(Text(f"incomplete: stopped at step {report.incomplete.get('step')}: "

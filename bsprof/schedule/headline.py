@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 
 from bsprof.errors import BsprofError, ReportError
-from bsprof.results import Estimate, Status, optimizer_family, optimizer_name
+from bsprof.results import Estimate, Status, measured, optimizer_family, optimizer_name
 from bsprof.schedule.plan import FACTORS, RECORD, SHORTFALL, calibration, measured_as, more_rows_fix
 
 # (optimizer family, quantity or "*"): multipliers of the interval's (lower, upper) end — swept / estimated B_crit
@@ -81,6 +81,13 @@ def model_range(optimizer: str | None, quantity: str) -> tuple[float, float]:
     return MODEL_RANGE.get((fam, quantity)) or MODEL_RANGE.get((fam, "*")) or (1.0, 1.0)
 
 
+def range_text(factors: tuple[float, float]) -> str:
+    """A model range in words: '×2.3/÷2.8', '÷4' (lower end only), 'not at all' for (1, 1)."""
+    down, up = factors
+    parts = ([f"×{up:.2g}"] if up != 1 else []) + ([f"÷{1 / down:.2g}"] if down != 1 else [])
+    return "/".join(parts) or "not at all"
+
+
 def reason(optimizer: str | None, quantity: str, path: str) -> str:
     """One line: what the number is, and how far it was from sweeps for this optimizer family and quantity."""
     fam = optimizer_family(optimizer)
@@ -117,7 +124,7 @@ def critical_batch(report, target_loss: float | None = None) -> Headline:
         usable_rows,
     )
 
-    rows_all, optimizer = report.measurements, optimizer_name(report.config)
+    rows_all, optimizer = measured(report.measurements), optimizer_name(report.config)  # no cut-short window
     cfg = ScheduleConfig(target_loss=1.0, confidence=report.config.get("confidence") or 0.9)
     col, _ = choose_noise(cfg, rows_all, optimizer)
     factors = model_range(optimizer, col)

@@ -20,7 +20,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from bsprof.errors import BsprofError, ConfigError, ReportError, short
-from bsprof.results import Estimate, Measurement, finite, momentum_of, optimizer_family, optimizer_name
+from bsprof.results import (
+    Estimate,
+    Measurement,
+    finite,
+    measured,
+    momentum_of,
+    optimizer_family,
+    optimizer_name,
+)
 from bsprof.schedule import predict, rules
 from bsprof.schedule.fit import fit_noise_scale
 from bsprof.schedule.stages import Schedule, Stage
@@ -161,7 +169,9 @@ def _scaled(e: Estimate, k: float) -> Estimate:
 
 
 def _determined(rows, col: str) -> int:
-    return sum(1 for r in rows if (e := noise_of(r, col)) is not None and e.ok and e.value > 0)
+    """Rows whose ``col`` is ok and positive, of those measured at fixed weights (``results.measured``: a run cut
+    short ends with a row holding only its training-step window, which no path follows)."""
+    return sum(1 for r in measured(rows) if (e := noise_of(r, col)) is not None and e.ok and e.value > 0)
 
 
 def held(rows) -> list[str]:

@@ -161,7 +161,7 @@ def _compute(budget) -> Compute:
     return Compute(budget.train_examples, budget.eval_examples, round(budget.seconds, 3))
 
 
-def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=()) -> SweepResult:
+def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=(), converted=None) -> SweepResult:
     rows = list(rows)
     summaries = summary.global_batches(rows)
     verdict = summary.schedule_verdict(summaries, followed, cfg.schedule) if followed else None
@@ -186,14 +186,17 @@ def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=
         note = lr_note(comp, summaries)
         if note:
             extra.append(note)
+    if converted and followed:
+        extra.append(converted)
     return SweepResult("global", est, tuple(summaries), tuple(rows), _compute(budget), cfg.to_dict(),
                        setup.spec.info(), setup.initial_loss, (), f, comp,
                        _notes(setup, cfg, est, summaries, extra + ([verdict["text"]] if verdict else [])),
                        incomplete, schedule=verdict)
 
 
-def _schedule(path: str):
-    """A schedule.json written by `bsprof schedule` (or ``Schedule.to_dict``), as a ``Schedule``."""
+def _schedule(path: str, spec: Spec):
+    """A schedule.json written by `bsprof schedule` (or ``Schedule.to_dict``), as a ``Schedule`` in the sweep's
+    unit (``in_examples``), and the note saying how it was converted (None when it was already in examples)."""
     import json
 
     from bsprof.schedule.stages import Schedule
@@ -207,7 +210,56 @@ def _schedule(path: str):
                           "pass the schedule.json `bsprof schedule` wrote") from e
     if not sched.stages:
         raise ConfigError(f"--schedule {path} has no stages", "pass the schedule.json `bsprof schedule` wrote")
-    return sched
+    return in_examples(sched, path, spec.tokens_per_example)
+
+
+EXAMPLE_UNITS = ("examples", "sequences")  # one item of the spec's dataset: what every branch trains on
+
+
+def in_examples(sched, where: str, spec_tokens: int | None = None):
+    """(``sched`` with its batches in the sweep's unit, a note or None). The sweep trains on the spec's examples: a
+    schedule in examples or sequences (one sequence is one example) is run as written; one in tokens (planned from a
+    ``--unit tokens`` report) is converted with its sequence length L (``sequence_length``),
+
+        B_examples = B_tokens / L,
+
+    and refused when a stage's batch is not a whole number of sequences (``ConfigError``: what, where, the fix)."""
+    if sched.unit in EXAMPLE_UNITS:
+        return sched, None
+    length, source = sequence_length(sched, where, spec_tokens)
+    ragged = [f"batch {s.batch_size:,} from step {s.start_step:,}" for s in sched.stages if s.batch_size % length]
+    if ragged:
+        raise ConfigError(f"--schedule {where} is in tokens and {', '.join(ragged)} is not a whole number of "
+                          f"sequences of {length} tokens", f"plan it with `bsprof schedule … --seq-length {length}` "
+                          "(every batch then rounds to whole sequences)")
+    stages = [s._replace(batch_size=s.batch_size // length, micro_batch=max(1, s.micro_batch // length))
+              for s in sched.stages]
+    note = (f"--schedule {where} is in tokens: its batches were divided by {length} tokens per sequence ({source}) "
+            f"into examples, {', '.join(f'{a.batch_size:,} → {b.batch_size:,}' for a, b in zip(sched.stages, stages))}")
+    return dataclasses.replace(sched, stages=stages, unit="examples"), note
+
+
+def sequence_length(sched, where: str, spec_tokens: int | None) -> tuple[int, str]:
+    """(L, where it came from) for a tokens schedule: its ``config.seq_length`` (what `bsprof schedule` planned whole
+    sequences of), else the spec's TOKENS_PER_EXAMPLE. Refused (``ConfigError``) for another unit, when neither is
+    known, or when the two disagree (the spec's examples are not the sequences it was planned with)."""
+    if sched.unit != "tokens":
+        raise ConfigError(f"--schedule {where} counts its batches in {sched.unit!r}, and the sweep trains in "
+                          "examples (the spec's dataset items)", "plan the schedule from a report in examples or "
+                          "tokens (`bsprof schedule REPORT --format json -o schedule.json`)")
+    planned = int((sched.config or {}).get("seq_length") or 0)
+    if planned and spec_tokens and planned != spec_tokens:
+        raise ConfigError(f"--schedule {where} is in tokens, planned with sequences of {planned} tokens, and the "
+                          f"spec's examples have TOKENS_PER_EXAMPLE = {spec_tokens}: its batches cannot be turned "
+                          "into examples of this spec", f"plan again with `bsprof schedule … --seq-length "
+                          f"{spec_tokens}`, or sweep the spec the schedule was planned for")
+    if planned:
+        return planned, "its seq_length"
+    if spec_tokens:
+        return int(spec_tokens), "the spec's TOKENS_PER_EXAMPLE"
+    raise ConfigError(f"--schedule {where} is in tokens and records no sequence length, and the sweep trains in "
+                      "examples (sequences)", "plan it with `bsprof schedule … --seq-length N --format json`, or set "
+                      "TOKENS_PER_EXAMPLE = N in the spec file")
 
 
 def _run(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResult:
@@ -223,13 +275,13 @@ def _run(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResu
         raise ConfigError(f"--target-loss {cfg.target_loss:g} is not below the initial evaluation loss "
                           f"{setup.initial_loss:.4g}", "pass a target below the initial loss")
 
-    sched = _schedule(cfg.schedule) if cfg.schedule else None
+    sched, converted = _schedule(cfg.schedule, spec) if cfg.schedule else (None, None)
     followed: list = []
 
     def build(rows, incomplete=None, n_boot=0):
         if local:
             return _local_result(setup, cfg, rows, budget, incomplete, comp)
-        return _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed)
+        return _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed, converted)
 
     batches, grid = cfg.batch_sizes(), cfg.lr_grid
     say("start", {"total": cfg.seeds * (len(batches) * len(grid) + (sched is not None))})
