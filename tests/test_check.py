@@ -432,3 +432,17 @@ def test_a_reader_that_leaves_early_does_not_change_the_exit_code(report, batch,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     proc.stdout.close()  # the reader is gone before anything is written
     assert proc.wait(timeout=120) == code
+
+
+def test_an_unresolved_interval_cannot_fail_a_batch_as_too_small():
+    """B_simple 100 [0, 400]: the lower end reaching 0 means the estimate is unresolved, only bounded above; the gate
+    took the 0 for the value (judging [100, 400]) and failed B = 10 as too small, a false alarm. Interpolated at a
+    loss next to such a row, the lower end is 0 as well; the lr check's grid starts above 0."""
+    assert check_batch(10, Reading(100.0, 0.0, 400.0, "ok")).status == PASS
+    one = judge(make_report([_row(100, 0.5, 100.0, 0.0, 400.0)]), 10, lr=0.1)   # the headline is that row's [0, 400]
+    assert one.checks[0].status == PASS and "[0, 400]" in one.checks[0].message, one.checks[0].message
+    rows = [_row(0, 2.0, 100.0, 0.0, 400.0), _row(50, 1.0, 100.0, 0.0, 400.0), _row(100, 0.5, 100.0, 50.0, 200.0)]
+    rep = make_report(rows)
+    at = noise_at(rep, at_loss=1.5)
+    assert at.lo == 0.0 and at.hi > at.value > 0
+    assert noise_at(rep, at_loss=0.75).lo == 0.0 and noise_at(rep, at_loss=0.5).lo > 0

@@ -109,18 +109,26 @@ def reading(row: Measurement | None, summary: Summary | None, unit: str, where: 
     hess = row.hessian if row is not None else None
     eps = hess.eps_max.value if hess is not None else None
     bn = row.b_noise if row is not None else None
-    bn = Estimate(bn.value, bn.lo if finite(bn.lo) and bn.lo > 0 else bn.value, bn.hi if finite(bn.hi) else bn.value) \
+    bn = Estimate(bn.value, _low_end(bn.lo, bn.value), bn.hi if finite(bn.hi) else bn.value) \
         if bn is not None and finite(bn.value) and bn.value > 0 else None
     common = {"unit": unit, "where": where, "loss": row.loss if row else None, "step": row.step if row else None,
               "eps_max": eps if finite(eps) and eps > 0 else None, "b_noise": bn}
     value, lo, hi = est.value, est.lo, est.hi
     if est.status is Status.OK and finite(value) and value > 0:
-        lo = lo if finite(lo) and 0 < lo <= value else value
+        lo = _low_end(lo, value)
         hi = hi if finite(hi) and hi >= value else value
         return Reading(float(value), float(lo), float(hi), Status.OK, **common)
     if est.status in (Status.OK, Status.LOWER_BOUND) and finite(lo) and lo > 0:
         return Reading(math.nan, float(lo), math.inf, Status.LOWER_BOUND, **common)
     return Reading(math.nan, math.nan, math.nan, Status.UNDETERMINED, **common)
+
+
+def _low_end(lo: float, value: float) -> float:
+    """An interval's lower end for the gate: as measured, 0 where it reaches 0 (an unresolved estimate: only its upper
+    end bounds it, so no batch is provably too small), the value where it is missing or above it."""
+    if not finite(lo) or lo > value:
+        return value
+    return max(float(lo), 0.0)
 
 
 def _factor(report: Report, at_loss: float | None) -> float:
@@ -161,7 +169,7 @@ def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
 
             name, quantity = optimizer_name(report.config), s.critical_batch_quantity or "b_simple"
 
-            lo = cb.lo if finite(cb.lo) and 0 < cb.lo <= cb.value else cb.value
+            lo = _low_end(cb.lo, cb.value)
             hi = cb.hi if finite(cb.hi) and cb.hi >= cb.value else cb.value
             return dataclasses.replace(base, value=float(cb.value), lo=float(lo), hi=float(hi), status=Status.OK,
                                        name="B_crit", where="the report's critical batch: "
@@ -170,6 +178,17 @@ def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
                                        factor=calibration(name, measured_as(quantity, report.measurements)))
         return base
     return _interpolated(report, at_loss)
+
+
+def _interp_log(x: float, xs: np.ndarray, ys: list[float]) -> float:
+    """y at x, log y linear in x between the (sorted) xs that bracket it; 0 if either bracketing y is 0 (an
+    unresolved interval's lower end)."""
+    ys = np.asarray(ys, float)
+    j = int(np.searchsorted(xs, x))
+    near = ys[max(j - 1, 0):j + 1] if j < len(xs) and xs[j] != x else ys[j:j + 1]
+    if (near <= 0).any():
+        return 0.0
+    return float(np.exp(np.interp(x, xs, np.log(np.maximum(ys, np.finfo(float).tiny)))))
 
 
 def _interpolated(report: Report, at_loss: float) -> Reading:
@@ -186,8 +205,7 @@ def _interpolated(report: Report, at_loss: float) -> Reading:
         raise ValueError(f"--at-loss {_fmt(at_loss)} is outside the measured losses "
                          f"[{_fmt(losses[0])}, {_fmt(losses[-1])}]; bsprof does not extrapolate the noise scale")
     scales = [reading(r, None, report.unit, "") for r in rows]
-    logs = {k: np.log([getattr(s, k) for s in scales]) for k in ("value", "lo", "hi")}
-    est = {k: float(np.exp(np.interp(at_loss, losses, v))) for k, v in logs.items()}
+    est = {k: _interp_log(at_loss, losses, [getattr(s, k) for s in scales]) for k in ("value", "lo", "hi")}
     eps = [s.eps_max for s in scales]
     eps_max = float(np.exp(np.interp(at_loss, losses, np.log(eps)))) if all(eps) else None
     # as the headline: the factor the schedule and the headline apply to this quantity (plan.calibration; under
@@ -346,7 +364,7 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
     steps, compute = noise.value / B, B / noise.value
     measured.update(extra_steps=steps, extra_compute=compute)
     notes = []
-    if noise.hi / B > Xs or B / noise.lo > Xc:
+    if noise.hi / B > Xs or B > noise.lo * Xc:
         side = "too small" if noise.hi / B > Xs else "too large"
         at_est = (steps > Xs) or (compute > Xc)
         notes.append(f"B = {_fmt(B)} is {side} {'at the estimate' if at_est else 'at one end of the interval'}, "
@@ -429,10 +447,9 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
         notes.append("noise scale undetermined: plain linear scaling from the measured config, valid only "
                      "while B is well below the (unknown) noise scale")
     elif noise.b_noise is not None:   # ε_opt(B) is written in B_noise (eq. 2.6): use it when measured
-        grid = list(np.geomspace(noise.b_noise.lo, noise.b_noise.hi, 33))
+        grid = _log_grid(noise.b_noise.lo, noise.b_noise.hi)
     else:
-        hi = noise.hi if finite(noise.hi) else noise.lo * 1e6
-        grid = list(np.geomspace(noise.lo, hi, 33))
+        grid = _log_grid(noise.lo, noise.hi if finite(noise.hi) else noise.lo * 1e6)
     eps = noise.eps_max if noise is not None else None
     targets = [target_lr(rule, lr_ref, b_ref, batch_size, bn, eps) for bn in grid]
     t_lo, t_hi = min(targets), max(targets)
@@ -456,6 +473,11 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
                      "but not across the whole interval on the noise scale; not failing")
     return CheckResult("lr", PASS, f"lr = {_fmt(lr)} is within {_fmt(f)}× of {how} (≈ {_fmt(best)})",
                        tuple(notes), measured, passing)
+
+
+def _log_grid(lo: float, hi: float, n: int = 33) -> list[float]:
+    """n noise scales from lo to hi, evenly in log; an unresolved lower end (0) starts at hi/10⁶."""
+    return list(np.geomspace(lo if lo > 0 else hi * 1e-6, hi, n))
 
 
 def noise_used(noise: Reading | None, grid: list) -> tuple[str | None, float | None]:
