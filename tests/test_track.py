@@ -268,6 +268,19 @@ def logged_least_squares(tmp_path, lr: float):
     return path, model, stream, opt, Tracker(model, opt, accumulation_steps=4, batch_size=64, log=path)
 
 
+def trained_log(tmp_path, steps: int):
+    """The log of ``steps`` SGD steps (lr 0.01) of ``logged_least_squares``, its tracker closed."""
+    path, model, stream, opt, tracker = logged_least_squares(tmp_path, 0.01)
+    for _ in range(steps):
+        for chunk, _n in stream.batches(stream.draw(64), 16):
+            (ls_loss(model, chunk).mean() / 4).backward()
+        tracker.step()
+        opt.step()
+        opt.zero_grad()
+    tracker.close()
+    return path
+
+
 def test_jsonl_round_trip_and_report(tmp_path):
     path, model, stream, opt, tracker = logged_least_squares(tmp_path, 0.0)
     for step in range(25):
@@ -305,14 +318,7 @@ def test_a_log_shorter_than_two_windows_says_so(tmp_path):
     from bsprof.errors import ReportError
     from bsprof.schedule import ScheduleConfig, plan
 
-    path, model, stream, opt, tracker = logged_least_squares(tmp_path, 0.01)
-    for _ in range(24):
-        for chunk, _n in stream.batches(stream.draw(64), 16):
-            (ls_loss(model, chunk).mean() / 4).backward()
-        tracker.step()
-        opt.step()
-        opt.zero_grad()
-    tracker.close()
+    path = trained_log(tmp_path, 24)
     report = report_from_log(path)
     assert len(report.measurements) == 1
     s = report.summary
@@ -523,14 +529,7 @@ def test_report_layers_of_a_tracker_log_says_there_are_none(tmp_path):
 
     from bsprof.cli import app
 
-    path, model, stream, opt, tracker = logged_least_squares(tmp_path, 0.01)
-    for _ in range(6):
-        for chunk, _n in stream.batches(stream.draw(64), 16):
-            (ls_loss(model, chunk).mean() / 4).backward()
-        tracker.step()
-        opt.step()
-        opt.zero_grad()
-    tracker.close()
+    path = trained_log(tmp_path, 6)
     runner = CliRunner()
     assert runner.invoke(app, ["report", str(path), "--window", "3"]).exit_code == 0
     for extra in ([], ["-f", "csv"]):
