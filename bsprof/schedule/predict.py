@@ -10,8 +10,11 @@ S_min as a function of the loss is not measured directly. **Assumption:** the me
 measurements, took Δs steps at its batch B_train with a (near-)optimal learning rate, so it made
     Δs_min = Δs/(1 + B_n(L̄)/B_train)
 minimal steps, with B_n(L̄) the fitted noise scale at the geometric mean of the two losses (B_noise ≈ B_simple
-when the report has no Hessian measurement). Noisy losses are made monotone by a running minimum (steps taken while
-the loss did not improve count towards the next improvement). Below the lowest measured loss, ln S_min is
+when the report has no Hessian measurement). The measured losses are noisy (each is the mean loss of one
+measurement's draws, and the iterate bounces): they are made monotone by isotonic regression (``decreasing``: the
+least-squares non-increasing fit, pooling adjacent violators; a pooled block stands at the mean of its steps). A
+running minimum, used before, kept the lucky low draws and so reached every loss too early: on the validation tasks
+it predicted 0.6–0.8× the steps the sweeps measured. Below the lowest measured loss, ln S_min is
 extrapolated linearly in ln L (a power-law loss curve L ∝ S^(−β)) from the last measured points.
 """
 
@@ -40,21 +43,27 @@ class LossPath:
         return np.sqrt(self.b_noise[:-1] * self.b_noise[1:])
 
 
+def decreasing(steps, loss) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, losses) of the least-squares non-increasing fit of loss against step (pool adjacent violators), one
+    point per pooled block: the mean of its steps and of its losses; losses strictly decreasing."""
+    order = np.argsort(np.asarray(steps, float), kind="stable")
+    blocks: list[list[float]] = []  # [Σ step, Σ loss, count]
+    for s, l in zip(np.asarray(steps, float)[order], np.asarray(loss, float)[order]):
+        blocks.append([s, l, 1.0])
+        while len(blocks) > 1 and blocks[-1][1] / blocks[-1][2] >= blocks[-2][1] / blocks[-2][2]:
+            last = blocks.pop()
+            blocks[-1] = [a + b for a, b in zip(blocks[-1], last)]
+    return np.array([b[0] / b[2] for b in blocks]), np.array([b[1] / b[2] for b in blocks])
+
+
 def measured_minimal_steps(steps, loss, b_noise_fn, batch_train: float):
-    """(losses, S_min) at the measured points, losses strictly decreasing, S_min(first) = 0 (see module doc)."""
-    steps, loss = np.asarray(steps, float), np.asarray(loss, float)
-    order = np.argsort(steps, kind="stable")
-    steps, loss = steps[order], loss[order]
-    out_l, out_s = [loss[0]], [0.0]
-    last_step = steps[0]
-    for s, l in zip(steps[1:], loss[1:]):
-        if l >= out_l[-1]:
-            continue
-        mid = np.sqrt(l * out_l[-1]) if l > 0 else 0.5 * (l + out_l[-1])
-        out_s.append(out_s[-1] + (s - last_step) / (1 + float(b_noise_fn(mid)) / batch_train))
-        out_l.append(l)
-        last_step = s
-    return np.array(out_l), np.array(out_s)
+    """(losses, S_min) at the measured points made monotone (``decreasing``), S_min(first) = 0 (see module doc)."""
+    steps, loss = decreasing(steps, loss)
+    s_min = [0.0]
+    for j in range(1, len(loss)):
+        mid = np.sqrt(loss[j] * loss[j - 1]) if loss[j] > 0 else 0.5 * (loss[j] + loss[j - 1])
+        s_min.append(s_min[-1] + (steps[j] - steps[j - 1]) / (1 + float(b_noise_fn(mid)) / batch_train))
+    return loss, np.array(s_min)
 
 
 def _extrapolate_s_min(meas_loss, meas_s, loss):
