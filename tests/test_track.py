@@ -602,27 +602,59 @@ def test_a_loop_that_forgets_zero_grad_is_told():
 
 
 class SharedPositions(nn.Module):
-    """nanoGPT/GPT-2 style: a position embedding called on [1, T] positions, broadcast over the batch."""
+    """nanoGPT/GPT-2 style: a position embedding called on [1, T] positions (or [T]), broadcast over the batch by an
+    add; ``mix="mul"`` scales by it instead, which the per-example norms cannot follow."""
 
-    def __init__(self, vocab=7, dim=4, T=5):
+    def __init__(self, vocab=7, dim=4, T=5, row=True, mix="add"):
         super().__init__()
         self.tok, self.pos, self.head = nn.Embedding(vocab, dim), nn.Embedding(T, dim), nn.Linear(dim, vocab)
+        self.row, self.mix = row, mix
 
     def forward(self, x):
-        return self.head(self.tok(x) + self.pos(torch.arange(x.shape[1]).unsqueeze(0)))
+        p = torch.arange(x.shape[1])
+        pos = self.pos(p.unsqueeze(0) if self.row else p)
+        return self.head(self.tok(x) + pos if self.mix == "add" else self.tok(x) * pos)
+
+
+def _lm_losses(model, tokens):
+    out = model(tokens[:, :-1])
+    return nn.functional.cross_entropy(out.transpose(1, 2), tokens[:, 1:], reduction="none").mean(1)
+
+
+@pytest.mark.parametrize("row", [True, False], ids=["[1,T]", "[T]"])
+def test_per_example_follows_a_position_embedding_shared_by_the_batch(row):
+    """The per-example δ of a broadcast position embedding is the add's output gradient (as in `bsprof measure`'s
+    probe): the pair equals torch.func's, and a later step is measured too (it used to fail, and with
+    source="per_example" every later step raised)."""
+    from bsprof.probes.vmap import per_example_vmap
+
+    torch.manual_seed(0)
+    model, tokens = SharedPositions(row=row).double(), torch.randint(0, 7, (8, 6))
+    tracker = Tracker(model, source="per_example")
+    for _ in range(2):
+        loss = _lm_losses(model, tokens).mean()
+        with tracker.per_example():
+            loss.backward()
+        draw = tracker.step(loss=loss)
+        ref = per_example_vmap(model, _lm_losses, tokens, 8)
+        assert (draw.b, draw.B) == (1, 8)
+        assert draw.small_sq_total == pytest.approx(float(ref.small_sq_sum.sum()) / 8, rel=1e-9)
+        model.zero_grad()
+    tracker.close()
+    assert hooks_left(model) == 0
 
 
 def test_per_example_failure_switches_to_accumulation_and_keeps_tracking():
-    """Per-example norms cannot follow a broadcast position embedding: that step is left unmeasured with a
-    message that says why, per-example norms are switched off, and later steps measure from accumulation."""
+    """Per-example norms cannot follow a position embedding that scales the tokens' instead of being added: that
+    step is left unmeasured with a message that says why, per-example norms are switched off, and later steps
+    measure from accumulation."""
     torch.manual_seed(0)
-    model = SharedPositions()
+    model = SharedPositions(mix="mul")
     tracker = Tracker(model)
     tokens = torch.randint(0, 7, (8, 6))
 
     def loss(t):
-        out = model(t[:, :-1])
-        return nn.functional.cross_entropy(out.reshape(-1, 7), t[:, 1:].reshape(-1))
+        return _lm_losses(model, t).mean()
 
     with tracker.per_example():
         loss(tokens).backward()
@@ -793,3 +825,21 @@ def test_the_log_and_the_probe_record_sgd_momentum(tmp_path):
     rep = bsprof.measure(model=mlp(), dataset=TensorDataset(x, y), loss=ce, steps=0, max_seconds=0.5,
                          optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
     assert rep.config["optimizer_momentum"] == 0.9 and optimizer_name(rep.config) == f"{MOMENTUM_SGD}=0.9"
+
+
+def test_a_per_example_tracker_closed_by_a_failure_says_so_at_the_next_step():
+    """source="per_example" and a model its norms cannot follow: the failing step closes the tracker; the next
+    `with tracker.per_example()` says the tracker was closed by that error (it said "make the tracker with
+    source='per_example'", which it was)."""
+    torch.manual_seed(0)
+    model, tokens = SharedPositions(mix="mul"), torch.randint(0, 7, (8, 6))
+    tracker = Tracker(model, source="per_example")
+    with tracker.per_example():
+        _lm_losses(model, tokens).mean().backward()
+    with pytest.raises(TrackerError, match="positions shared by the batch"):
+        tracker.step()
+    with pytest.raises(TrackerError, match=r"per_example\(\) after the tracker was closed by an earlier error") as err:
+        with tracker.per_example():
+            pass
+    assert "source='per_example'" not in str(err.value)
+    assert hooks_left(model) == 0

@@ -121,10 +121,12 @@ _ACCUMULATE = type(torch.empty(1, requires_grad=True).view(1).grad_fn.next_funct
 
 
 def _graph_uses(root, targets=()) -> tuple[Counter, set, dict]:
-    """Edges into each leaf's AccumulateGrad node (uses of the leaf), every node reached from ``root``, and for each
-    node in ``targets`` the nodes that consume it (one entry per edge), in one walk."""
+    """Edges into each leaf's AccumulateGrad node (uses of the leaf), every node reached from ``root`` (a node, or a
+    list of nodes walked as one graph), and for each node in ``targets`` the nodes that consume it (one entry per
+    edge), in one walk."""
     uses, seen, users = Counter(), set(), {t: [] for t in targets}
-    stack = [root] if root is not None else []
+    stack = [r for r in (root if isinstance(root, list) else [root]) if r is not None]
+    seen.update(stack)  # a root reached from another is walked once
     while stack:
         node = stack.pop()
         for nxt, _ in node.next_functions:

@@ -48,9 +48,10 @@ from torch import Tensor, nn
 
 from bsprof.probes.attention import MHA
 from bsprof.probes.base import batch_coupled, coupled_reason
-from bsprof.probes.hooks import _autocast_on, _Undo, _wide
+from bsprof.probes.hooks import _autocast_on, _graph_uses, _Undo, _wide
 from bsprof.probes.layers import (
     ModuleRule,
+    embedding,
     hf_conv1d,
     layer_norm,
     layer_norm_saved,
@@ -304,6 +305,7 @@ class PerExample:
         self.failure: str | None = None
         self.shared_positions = False      # an Embedding saw one row (positions broadcast over the batch?)
         self.inputs: set[int] = set()      # dim 0 of the model's first input, per forward since the last backward
+        self.shared: list = []             # embeddings called on positions shared by the batch, this forward
         self.model = model
         self.handles = []
 
@@ -313,6 +315,7 @@ class PerExample:
         if self.handles or self.problem is not None:
             return
         self.handles.append(self.model.register_forward_pre_hook(self._model_input, with_kwargs=True))
+        self.handles.append(self.model.register_forward_hook(self._model_output, with_kwargs=True))
         for m, (rule, _) in self.owned.items():
             if isinstance(rule, ModuleRule):
                 rule.install(m, self._module_call)
@@ -334,10 +337,45 @@ class PerExample:
             self.failure = f"{type(mod).__name__} does not keep the examples on dim 0"
             return
         self.expected.update(k for _, k in slots)
+        if rule is embedding and (x.dim() == 1 or x.dim() == 2 and x.shape[0] == 1 and max(self.inputs, default=1) > 1):
+            self.shared.append((mod, slots, x.detach(), out))  # positions shared by the batch: ``_model_output``
+            return
         rows = (rule is linear or rule is hf_conv1d) and x.dim() == 2  # one position per example
         if rule is layer_norm:
             rule = layer_norm_saved(out)
         out.register_hook(partial(self._rows if rows else self._backward, rule, mod, slots, x.detach()))
+
+    def _model_output(self, mod, args, kwargs, output) -> None:
+        """After the model's forward: the per-example δ of each embedding called on positions shared by the batch
+        (``pos(arange(T))``, [T] or [1, T]), as ``bsprof measure``'s probe takes it (``hooks._Pass.
+        broadcast_embeddings``): its output is added by broadcast to a batched [B, T, d] tensor, whose δ_i is
+        example i's, read by a pre-hook on that add's node; the indices are the same for every example. Found by
+        one walk of the model's graph; anything else (another consumer) leaves the backward unmeasured."""
+        shared, self.shared = self.shared, []
+        if not shared or not torch.is_grad_enabled():
+            return
+        roots = [t.grad_fn for t in _tensors(output) if t.grad_fn is not None]
+        _, _, consumers = _graph_uses(roots, [out.grad_fn for _, _, _, out in shared])
+        for emb, slots, x, out in shared:
+            users = consumers.get(out.grad_fn, [])
+            node = users[0] if len(users) == 1 else None
+            try:
+                shape = tuple(node._input_metadata[0].shape) if node is not None else None
+                alpha = getattr(node, "_saved_alpha", None)
+            except Exception:  # a torch without the node metadata
+                shape = alpha = None
+            positions = tuple(out.shape[1:]) if x.dim() == 2 else tuple(out.shape)
+            if type(node).__name__ == "AddBackward0" and alpha == 1 and shape and shape[1:] == positions:
+                idx = x.reshape(1, -1).expand(shape[0], -1)
+                node.register_prehook(partial(self._shared_delta, emb, slots, idx))
+            elif users:
+                self.failure = ("an nn.Embedding called on positions shared by the batch ([T] or [1, T]) whose "
+                                "output is not added to a batched tensor is not supported by the tracker's "
+                                "per-example norms")
+
+    def _shared_delta(self, mod, slots, idx: Tensor, grad_outputs) -> None:
+        if grad_outputs[0] is not None:
+            self._backward(embedding, mod, slots, idx, grad_outputs[0])
 
     def _backward(self, rule, mod, slots, x: Tensor, d: Tensor) -> None:
         if not self.armed:
@@ -454,7 +492,7 @@ class PerExample:
             if self.failure is not None:
                 record.per_example_failure = self.failure
         self.expected, self.rows, self.pending, self.parts, self.failure = Counter(), set(), defaultdict(list), [], None
-        self.shared_positions, self.open, self.inputs = False, {}, set()
+        self.shared_positions, self.open, self.inputs, self.shared = False, {}, set(), []
 
     def uncovered_used(self) -> str | None:
         """Why this backward's per-example norms are incomplete: a parameter outside the layers with rules got a
@@ -488,6 +526,18 @@ def fsdp_param_groups(model: nn.Module) -> list:
                 found = [getattr(state, "_fsdp_param_group", None)]
             groups += [g for g in found if g is not None]
     return groups
+
+
+def _tensors(out) -> list[Tensor]:
+    """The tensors of a model's output: a tensor, or those inside tuples, lists and dicts (a Hugging Face
+    ``ModelOutput`` is a dict)."""
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    return []
 
 
 def fsdp_problem(model: nn.Module, params: list[Tensor]) -> str | None:

@@ -201,6 +201,8 @@ class Tracker:
     def per_example(self, model: nn.Module | None = None):
         """Per-example norms (b = 1) of the backward passes inside the block: ``with tracker.per_example():
         loss.backward()``. The forward may run before the block (its layers are hooked from the start)."""
+        if self.closed:
+            raise self._closed("per_example")
         src = self.per_example_source
         if model is not None and model is not self.model and model is not getattr(self.model, "module", None):
             self._fail("tracker.per_example(model) got another model than the tracker's",
@@ -209,6 +211,8 @@ class Tracker:
             why = self.no_per_example or (src.problem if src is not None and src.problem else
                                           "the tracker was made for accumulation (its layers were not hooked)")
             raise TrackerError(f"per-example norms are not available: {why}",
+                               "use gradient accumulation (accumulation_steps >= 2)" if self.source == "per_example"
+                               or src is not None and src.problem else
                                "use gradient accumulation, or make the tracker with source='per_example'")
         src.armed = True
         try:
