@@ -306,7 +306,8 @@ def test_jsonl_round_trip_and_report(tmp_path):
     report = report_from_log(path, window=10)
     rows = report.measurements
     assert [r.step for r in rows] == [10, 20, 24]  # every 10 logged steps, and the last
-    assert rows[-1].b_simple.value == pytest.approx(tracker.estimate(window=10).value)
+    assert rows[-1].n_draws == 4 and rows[-1].b_simple.value == pytest.approx(tracker.estimate(window=4).value)
+    assert [r.n_draws for r in rows] == [10, 10, 4]  # no step counted twice
     again = Report.from_json(report.to_json(tmp_path / "report.json"))
     assert again.summary == report.summary and again.unit == "examples"
 
@@ -843,3 +844,11 @@ def test_a_per_example_tracker_closed_by_a_failure_says_so_at_the_next_step():
             pass
     assert "source='per_example'" not in str(err.value)
     assert hooks_left(model) == 0
+
+
+def test_log_windows_do_not_overlap_unless_asked(tmp_path):
+    """12 logged steps at a window of 10: rows over steps 0–9 and 10–11 (it was 2–11, counting 8 steps twice in
+    the path average); with --every 2 < --window the rows overlap, as asked."""
+    path = trained_log(tmp_path, 12)
+    assert [m.n_draws for m in report_from_log(path, window=10).measurements] == [10, 2]
+    assert [m.n_draws for m in report_from_log(path, window=10, every=5).measurements] == [5, 10, 10]

@@ -150,15 +150,19 @@ def read_log(path: str | Path) -> TrackLog:
 
 def measurements(log: TrackLog, window: int = 100, every: int | None = None,
                  confidence: float = 0.9) -> list[Measurement]:
-    """Windowed estimates every ``every`` logged steps (default: ``window``, non-overlapping) and at the last,
-    each over the ``window`` steps ending there (B_pre too, where the steps logged preconditioned norms)."""
+    """Windowed estimates every ``every`` logged steps (default: ``window``) and at the last, each over the ``window``
+    steps ending there (B_pre too, where the steps logged preconditioned norms). With ``every ≥ window`` the rows do
+    not overlap: the last one covers only the steps after the one before it (120 steps at a window of 100: steps
+    0–99 and 100–119, not 20–119, which would count 80 steps twice in the path average)."""
     every = every or window
-    steps, rows = log.steps, []
+    steps, rows, prev = log.steps, [], -1
     ends = sorted({*range(every - 1, len(steps), every), len(steps) - 1} - {-1})
     for end in ends:
-        part = steps[max(0, end + 1 - window):end + 1]
+        start = max(0, end + 1 - window, prev + 1 if every >= window else 0)
+        part = steps[start:end + 1]
         if len(part) < 2:  # one step has no interval; the next row will have it
             continue
+        prev = end
         m = measurement([s.draw for s in part], step=steps[end].step, examples_seen=steps[end].examples,
                         method=_method(log), confidence=confidence)
         pre = _pre_draws(part)
