@@ -57,3 +57,4 @@ def test_b_pre_end_to_end_under_adam():
     assert last.b_pre.lo <= last.b_pre.value <= last.b_pre.hi and last.b_pre.value > 0
     codes = {d["code"] for d in report.diagnostics}
     assert {"adam", "b_pre_unavailable"} <= codes
+    assert report.config["lr"] == report.config["optimizer_lr"] == 1e-2  # the spec's lr, not --lr's default 0.1

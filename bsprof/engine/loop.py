@@ -230,6 +230,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                      "optimizer_lr": optimizer.param_groups[0].get("lr"),
                      "optimizer_momentum": optimizer_momentum(optimizer), "dataset_size": examples.n,
                      "tokens_per_example": (spec.tokens_per_example or cfg.tokens_per_example) or None}
+    if spec.optimizer is not None:  # the spec's optimizer sets its own lr: record that one, not --lr's default
+        report.config["lr"] = report.config["optimizer_lr"]
     batch_size = _fit_batch(cfg.batch_size, examples.n, report)
     if batch_size != cfg.batch_size:
         report.config.update(batch_size=batch_size, batch_size_asked=cfg.batch_size)
