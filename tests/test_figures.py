@@ -36,6 +36,11 @@ def test_the_loss_panel_draws_the_schedules_fit(tmp_path):
     np.testing.assert_allclose(y, fit(x))  # the very curve `schedule` fits, over the measured losses
     assert x.min() == pytest.approx(fit.loss_min) and x.max() == pytest.approx(fit.loss_max)
     assert by_loss.get_xscale() == "log" and by_loss.get_xlabel() and by_loss.get_ylabel()
+    # the points the fit went through, k × B_simple, so that the line does not float above the measured points
+    [pts] = [c for c in by_loss.collections if c.get_label().endswith("the points fitted")]
+    ok = [m for m in report.measurements if m.b_simple.ok]
+    np.testing.assert_allclose(sorted(pts.get_offsets()[:, 1]),
+                               sorted(ADAM_FACTORS["b_simple"] * m.b_simple.value for m in ok))
     plt.close(fig)
     assert plot_noise_scale(report, tmp_path / "f.png").stat().st_size > 1000
 

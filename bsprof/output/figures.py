@@ -87,6 +87,12 @@ def _draw_fit(ax, report) -> None:
     form = "B ∝ L^(−1/α), α = %.2g" % fit.alpha if fit.form == "power" else "B = a + b/(L − L*), L* = %.3g" % fit.floor
     ax.plot(loss, fit(loss), "-", color="k", lw=1.2, alpha=0.7, zorder=4,
             label=f"fit of {name} that `bsprof schedule` uses:\n{form}")
+    if k != 1:  # the points the fit went through, so that the line does not float above the measured ones
+        df = report.to_frame()
+        ok = df[(df.get(f"{col}_status", df["status"]) == Status.OK.value) & df[col].notna()] if col in df else df[:0]
+        color = {c: colour for c, _, _, colour in SERIES}[col]
+        ax.scatter(ok["loss"], k * ok[col], marker="o", s=18, facecolors="none", edgecolors=color, zorder=4,
+                   label=f"{name}: the points fitted")
 
 
 SERIES = (("b_simple", "B_simple (fixed weights)", "o-", "C0"), ("b_simple_window", "B_simple (training steps)",
