@@ -161,7 +161,8 @@ def load_yaml(text: str, path: Path | str = "config"):
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"cannot read {path}: it is not valid YAML: {clip(str(e), 400)}", "fix the YAML syntax")
+        where = str(e).replace('"<unicode string>"', str(path))  # yaml names the text it was given, not the file
+        raise ConfigError(f"cannot read {path}: it is not valid YAML: {clip(where, 400)}", "fix the YAML syntax")
     except RecursionError:
         raise ConfigError(f"{path} nests too deeply", "write a flat mapping of option: value")
     if expanded_size(data) > MAX_YAML_NODES:
