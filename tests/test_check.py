@@ -90,6 +90,27 @@ def test_lower_bound_can_only_prove_a_batch_too_small():
     assert check_batch(64, Reading(math.nan, math.nan, math.nan, "undetermined")).status == CANNOT_JUDGE
 
 
+def test_a_measurement_at_the_initial_weights_can_show_a_batch_too_small_never_too_large(tmp_path):
+    """`bsprof check SPEC.py` (no --steps) judged a char LM under AdamW at step 0, B_crit 4.7 [1.56, 11.4], and failed
+    B = 64 as too large; a trained run's report (66.6) passed it. The noise scale grows as the loss falls, so a
+    measurement at initialisation can prove a batch too small, never too large: that side cannot be judged (exit 2)."""
+    initial = make_report([_row(0, 2.3, 10.0, 8.0, 12.5)], optimizer="AdamW", lr=0.003)
+    large = judge(initial, 1000).checks[0]
+    assert large.status == CANNOT_JUDGE and "initial weights" in large.message, large.message
+    assert any("--steps" in n for n in large.notes) and large.passing["max"] == math.inf
+    assert judge(initial, 1).checks[0].status == FAIL                    # too small stays provable
+    assert any("initial weights" in n for n in judge(initial, 64).checks[0].notes)   # a pass says what it shows
+    trained = make_report([_row(0, 2.3, 10.0, 8.0, 12.5), _row(100, 1.0, 10.0, 8.0, 12.5)], optimizer="AdamW")
+    assert judge(trained, 1000).checks[0].status == FAIL
+    checkpoint = make_report([_row(0, 2.3, 10.0, 8.0, 12.5)], optimizer="AdamW")
+    checkpoint.config["checkpoint"] = "trained.pt"                       # step 0 of a probe from trained weights
+    assert judge(checkpoint, 1000).checks[0].status == FAIL
+    path = tmp_path / "initial.json"
+    initial.to_json(path)
+    r = run(path, "-b", 1000, "--json")
+    assert r.exit_code == 2 and json.loads(r.stdout)["noise_scale"]["initial"] is True
+
+
 def test_at_loss_interpolates_log_b_simple_and_refuses_to_extrapolate():
     rep = make_report([_row(0, 2.3, 100.0, 80.0, 125.0), _row(50, 1.0, 300.0, 250.0, 370.0),
                        _row(100, 0.5, 1000.0, 800.0, 1250.0)])
@@ -374,11 +395,17 @@ def test_spec_with_budget_and_a_measured_report(tmp_path):
     data = json.loads(r.stdout)
     assert data["measured_now"]["device"] == "cpu" and data["measured_now"]["seconds"] <= 30
     assert any("relative half-width" in n or "undetermined" in n or "lower bound" in n for n in data["notes"])
-    # the report written by bsprof.loop.measure feeds the gate: 0, 1 and 2 on the same real report
+    # the report written by bsprof.loop.measure feeds the gate: 0, 1 and 2 on real reports
     b = json.loads(saved.read_text())["summary"]["b_simple"]["value"]
     assert run(saved, "-b", max(1, round(b))).exit_code == 0
-    assert run(saved, "-b", round(b * 100)).exit_code == 1
+    large = run(saved, "-b", round(b * 100))           # at the initial weights: too large cannot be shown
+    assert large.exit_code == 2 and "initial weights" in large.stdout and "--steps N" in large.stdout
     assert run(saved, "-b", round(b), "--at-loss", 1e6).exit_code == 2
+    trained = tmp_path / "trained.json"
+    assert run(spec, "-b", 16, "--budget", "5s", "--steps", 20, "--save-report", trained).exit_code in (0, 1)
+    b = json.loads(trained.read_text())["summary"]["critical_batch"]["value"]
+    assert run(trained, "-b", max(1, round(b))).exit_code == 0
+    assert run(trained, "-b", round(b * 100)).exit_code == 1
     assert run(tmp_path / "missing.py", "-b", 16, "--budget", "2s").exit_code == 2
 
 

@@ -1,7 +1,8 @@
 """`bsprof check (REPORT.json | SPEC.py) --batch-size B`: the CI gate.
 
 Exit 0: within policy. 1: violates it (the message says what, by how much, and what value passes).
-2: cannot judge (unreadable report, schema mismatch, undetermined measurement, bad options).
+2: cannot judge (unreadable report, schema mismatch, undetermined measurement, a batch too large for a measurement
+at the initial weights only, bad options).
 """
 
 from __future__ import annotations
@@ -191,7 +192,8 @@ def check(
                                  "intervals by more than --baseline-factor."),
     baseline_factor: Optional[float] = O(None, help="Allowed movement of the noise scale against --baseline. [2]"),
     budget: Optional[str] = O(None, help="With a SPEC.py: seconds of CPU measurement ('60s', '2m', '90'). [60s]"),
-    steps: int = O(0, help="With a SPEC.py: probe-training steps before/while measuring (0: initial weights)."),
+    steps: int = O(0, help="With a SPEC.py: probe-training steps, measured along (0: the initial weights only, "
+                   "which can show a batch too small but not too large)."),
     seed: Optional[int] = O(None, help="With a SPEC.py: random seed. [0]"),
     rel_error: Optional[float] = O(None, help="With a SPEC.py: stop measuring once the interval on B_simple is "
                                    "this tight (relative half-width) or the budget is spent. [0.2]"),

@@ -15,6 +15,10 @@ even at the most favourable end of the interval (B/hi > X for "too large", lo/B 
 measurement noise alone can never raise a false alarm. When the estimate or part of the interval violates the
 policy but the favourable end does not, the check passes with a warning saying so. A lower bound (B_n > lo,
 hi = ∞) can still prove a batch too small; nothing else can be judged from it.
+
+Initial weights. The noise scale grows as the loss falls (often 10× over a run), so a measurement made only at the
+initial weights (step 0, no training step before it) is a lower bound on the noise scale of the run: it can prove a
+batch too small (B_n only grows, and the batch stays too small), never too large (that is cannot_judge).
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ class Reading(Estimate):
     quantity: str = "b_simple"                   # the measured noise scale it is read from (``plan.NOISES``) ...
     factor: float = 1.0                          # ... and the factor it is multiplied by (``plan.calibration``), as
                                                  # schedule JSON's noise_followed and noise_factor
+    initial: bool = False                        # every measurement it is read from is at the initial weights
+                                                 # (``at_initial_weights``): it can show a batch too small only
 
     def describe(self) -> str:
         if self.status is Status.LOWER_BOUND:
@@ -96,7 +102,8 @@ class Reading(Estimate):
     def to_dict(self) -> dict:
         d = {**super().to_dict(), "name": self.name, "unit": self.unit, "where": self.where, "loss": self.loss,
              "step": self.step, "eps_max": self.eps_max, "rel_halfwidth": self.rel_halfwidth,
-             "model_range": self.model_range, "quantity": self.quantity, "factor": self.factor}
+             "model_range": self.model_range, "quantity": self.quantity, "factor": self.factor,
+             "initial": self.initial}
         if self.b_noise is not None:
             d.update(self.b_noise.to_row("b_noise"))
             del d["b_noise_status"]
@@ -141,9 +148,20 @@ def _factor(report: Report, at_loss: float | None) -> float:
 
 
 def noise_at(report: Report, at_loss: float | None = None) -> Reading:
-    """``_noise_at``, marked when the report is a tracker's log (its fixes differ: --window, not a probe)."""
-    r = _noise_at(report, at_loss)
+    """``_noise_at``, marked when the report is a tracker's log (its fixes differ: --window, not a probe) and when
+    it was measured at the initial weights only (``at_initial_weights``)."""
+    r = dataclasses.replace(_noise_at(report, at_loss), initial=at_initial_weights(report))
     return dataclasses.replace(r, from_log=True) if report.spec.get("tracker_log") else r
+
+
+def at_initial_weights(report: Report) -> bool:
+    """Whether every measurement of ``report`` was made at the initial weights: at step 0 (no training step before
+    it, ``Measurement.step``) of a probe run that did not load a checkpoint (``config.checkpoint``), not a tracker
+    log (whose rows are windows over training steps). The noise scale only grows from there as the loss falls."""
+    rows = measured(report.measurements)
+    if not rows or report.spec.get("tracker_log") or report.config.get("checkpoint"):
+        return False
+    return all(r.step == 0 for r in rows)
 
 
 def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
@@ -333,9 +351,9 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                            f"cannot judge B = {_fmt(B)}: the noise scale is undetermined ({noise.where}); "
                            "|G|² was not distinguished from 0",
                            ("measure longer or at a lower loss: `bsprof measure --max-examples ...`",), measured)
-    passing = {"min": noise.lo / Xs, "max": noise.hi * Xc}
+    passing = {"min": noise.lo / Xs, "max": math.inf if noise.initial else noise.hi * Xc}
     if noise.status == Status.OK:
-        passing.update(min_clean=noise.hi / Xs, max_clean=noise.lo * Xc)
+        passing.update(min_clean=noise.hi / Xs, max_clean=math.inf if noise.initial else noise.lo * Xc)
         passing["suggest"] = _pow2_within(B, passing["min_clean"], passing["max_clean"]) or \
             _pow2_within(B, passing["min"], passing["max"])
     # provable violations, at the most favourable end of the interval
@@ -354,6 +372,8 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                             "|G|² is resolved" if noise.from_log else
                             "measure at more examples so |G|² is resolved: `bsprof measure --max-examples ...`",),
                            measured, passing)
+    if B / noise.hi > Xc and noise.initial:
+        return _too_large_at_initial_weights(B, noise, Xs, measured, passing)
     if B / noise.hi > Xc:
         extra = B / noise.hi
         return CheckResult("batch_size", FAIL,
@@ -363,8 +383,8 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                            (), {**measured, "extra_compute": extra}, passing)
     steps, compute = noise.value / B, B / noise.value
     measured.update(extra_steps=steps, extra_compute=compute)
-    notes = []
-    if noise.hi / B > Xs or B > noise.lo * Xc:
+    notes = [_initial_note(B)] if noise.initial else []
+    if noise.hi / B > Xs or (B > noise.lo * Xc and not noise.initial):
         side = "too small" if noise.hi / B > Xs else "too large"
         at_est = (steps > Xs) or (compute > Xc)
         notes.append(f"B = {_fmt(B)} is {side} {'at the estimate' if at_est else 'at one end of the interval'}, "
@@ -383,6 +403,28 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                        f"{_fmt(Xs)}) and extra compute E/E_min − 1 = {_fmt(compute)} (limit {_fmt(Xc)}) at "
                        f"{noise.describe()}", tuple(notes), measured,
                        passing)
+
+
+TRAIN_FIRST = ("train first: `bsprof check SPEC.py --steps N` measures along N probe-training steps (e.g. --steps "
+               "200), or judge the report of a training run (`bsprof measure SPEC.py --steps N`, or a tracker log)")
+
+
+def _too_large_at_initial_weights(B: float, noise: Reading, Xs: float, measured: dict, passing: dict) -> CheckResult:
+    """A batch above F·hi at the initial weights: cannot judge. B_n(L) grows as the loss falls (often 10× over a
+    run), so B/B_n at step 0 bounds B/B_n along the run from above only: B may well be within policy later."""
+    return CheckResult("batch_size", CANNOT_JUDGE,
+                       f"cannot judge whether B = {_fmt(B)} is too large: the noise scale was measured only at the "
+                       f"initial weights (step 0, no training step before it), {noise.describe()}; it grows as the "
+                       "loss falls (often 10× over a run), so a measurement at initialisation can show a batch too "
+                       f"small, never too large (and B ≥ {_fmt(noise.lo / Xs)} {noise.unit} is not too small)",
+                       (TRAIN_FIRST,), {**measured, "extra_compute": B / noise.hi}, passing)
+
+
+def _initial_note(B: float) -> str:
+    """Why a pass at the initial weights says little: B_n only grows from there."""
+    return (f"measured only at the initial weights (step 0): the noise scale grows as the loss falls (often 10× over "
+            f"a run), so this shows only that B = {_fmt(B)} is not too small there (it may be later), and too large "
+            f"cannot be judged; {TRAIN_FIRST}")
 
 
 # -- the learning rate ---------------------------------------------------------------------------------------
