@@ -156,6 +156,30 @@ def test_lr_rules():
     assert judge(make_report(optimizer="RMSprop"), 512, lr=0.1).checks[1].status == CANNOT_JUDGE
 
 
+def test_the_lr_check_suggests_and_passes_no_lr_the_schedule_would_cap(tmp_path):
+    """AdamW probed at lr 0.003, B = 32, judged at B = 4096: the rule's 0.0339 is 11× the probed lr, and `bsprof
+    schedule` caps lrs at --lr-cap 2 × it (0.006; beyond, nothing was probed). check failed lr 0.003 as "too low,
+    use lr ≈ 0.0339 (anything in [0.00849, 0.136] passes)": it suggests and passes at most the cap, judges "too low"
+    against it, says the rule's lr was capped, and an lr above the cap that the rule allows is untested, not failed."""
+    rep = make_report(optimizer="AdamW", lr=0.003)
+    at_cap = judge(rep, 4096, lr=0.003).checks[1]
+    assert at_cap.status == PASS and at_cap.passing["suggest"] == pytest.approx(0.006), at_cap.message
+    assert at_cap.passing["max"] == pytest.approx(0.006)
+    assert at_cap.measured["target_rule"] == pytest.approx(0.003 * 128 ** 0.5)                   # √(4096/32) = 11.3
+    assert any("--lr-cap 2" in n and "0.0339" in n for n in at_cap.notes), at_cap.notes
+    low = judge(rep, 4096, lr=0.0003).checks[1]                       # 20× below the capped 0.006
+    assert low.status == FAIL and "use lr ≈ 0.006 " in low.message and "[0.0015, 0.006]" in low.message
+    above = judge(rep, 4096, lr=0.03).checks[1]                       # the rule's, but untested
+    assert above.status == PASS and "untested" in above.message and any("not failing" in n for n in above.notes)
+    assert judge(rep, 4096, lr=1.0).checks[1].status == FAIL          # too high by the rule itself
+    lifted = judge(rep, 4096, lr=0.003, policy=Policy(lr_cap=0)).checks[1]
+    assert lifted.status == FAIL and lifted.passing["suggest"] == pytest.approx(0.003 * 128 ** 0.5)
+    assert "--lr-cap must be 0" in str(pytest.raises(ValueError, judge, rep, 64, 0.003, Policy(lr_cap=0.5)).value)
+    rep.to_json(tmp_path / "adamw.json")
+    r = run(tmp_path / "adamw.json", "-b", 4096, "--lr", 0.003, "--lr-cap", 0)
+    assert r.exit_code == 1 and "use lr ≈ 0.0339" in r.stdout
+
+
 def test_lr_on_a_tokens_report_scales_from_the_training_batch_in_tokens():
     """--batch-size is in the report's unit: the training batch (32 sequences of 10 tokens) is 320 tokens."""
     rep = make_report(optimizer="Adam", lr=3e-3, unit="tokens")
@@ -178,7 +202,7 @@ def test_sgd_lr_is_capped_by_eps_opt_when_eps_max_was_measured():
     capped = make_report([_row(100, 0.5, 1000.0, 800.0, 1250.0, b_noise=1000.0, b_noise_lo=900.0,
                                b_noise_hi=1100.0, eps_max=1.0)])
     assert judge(plain, 2048, lr=3.0).status == PASS            # ≈ 0.1·(1 + 1000/32)/(1 + 1000/2048) = 2.17
-    v = judge(capped, 2048, lr=3.0)                             # ε_opt = 1/(1 + B_noise/B) ≈ 0.67
+    v = judge(capped, 2048, lr=3.0, policy=Policy(lr_cap=0))    # ε_opt = 1/(1 + B_noise/B) ≈ 0.67 (no lr cap)
     assert v.status == FAIL and v.checks[1].measured["target"] == pytest.approx(1 / (1 + 1000 / 2048))
     assert (v.checks[1].measured["noise_scale_used"], v.checks[1].measured["noise_factor"]) == ("b_noise", 1.0)
 

@@ -175,7 +175,7 @@ def check(
     training_config: Optional[Path] = O(None, "--training-config", "-t", help="Your training config (YAML, JSON "
                                         "or TOML) holding the batch size and lr; command-line values win."),
     config: Optional[Path] = O(None, "--config", "-c", help="YAML file of check options (factor, "
-                               "max_extra_compute, max_extra_steps, lr_factor, baseline_factor); flags win."),
+                               "max_extra_compute, max_extra_steps, lr_factor, lr_cap, baseline_factor); flags win."),
     batch_key: Optional[str] = O(None, help="Dotted key of the batch size in --training-config, e.g. "
                                  f"trainer.batch_size (else tries {', '.join(BATCH_KEYS)})."),
     lr_key: Optional[str] = O(None, help="Dotted key of the lr in --training-config, e.g. optim.lr "
@@ -188,6 +188,8 @@ def check(
     max_extra_compute: Optional[float] = O(None, help="Fail if B/B_n = E/E_min − 1 exceeds this. [--factor]"),
     max_extra_steps: Optional[float] = O(None, help="Fail if B_n/B = S/S_min − 1 exceeds this. [--factor]"),
     lr_factor: Optional[float] = O(None, help="Fail if the lr is off its scaling rule by more than this factor. [4]"),
+    lr_cap: Optional[float] = O(None, help="Suggest and pass at most this × the probed lr, as `bsprof schedule` "
+                                "(higher lrs are untested: a warning, not a failure; 0: no cap). [2]"),
     baseline: Optional[Path] = O(None, help="An older report.json: fail if the noise scale moved beyond both "
                                  "intervals by more than --baseline-factor."),
     baseline_factor: Optional[float] = O(None, help="Allowed movement of the noise scale against --baseline. [2]"),
@@ -222,7 +224,7 @@ def check(
         if save_report is not None:
             check_file(save_report, "--save-report")
     overrides = dict(factor=factor, max_extra_compute=max_extra_compute, max_extra_steps=max_extra_steps,
-                     lr_factor=lr_factor, baseline_factor=baseline_factor)
+                     lr_factor=lr_factor, lr_cap=lr_cap, baseline_factor=baseline_factor)
     try:
         policy = resolve(Policy, config, overrides, command="check")
         verdict, extra = _judge_all(target, batch_size, lr, training_config, batch_key, lr_key, at_loss, policy,

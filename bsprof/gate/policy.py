@@ -253,6 +253,8 @@ class Policy:
     max_extra_compute: float | None = None   # fail if B/B_n > this (even at B_n = hi)
     max_extra_steps: float | None = None     # fail if B_n/B > this (even at B_n = lo)
     lr_factor: float = 4.0                    # fail if lr is off the scaling rule by more than this
+    lr_cap: float = 2.0                       # the rule's lr at most this × the probed lr, as `bsprof schedule`'s
+                                              # --lr-cap (beyond it nothing was probed: untested); 0: no cap
     baseline_factor: float = 2.0              # fail if B_n moved beyond both intervals by more than this
 
     @property
@@ -272,6 +274,8 @@ class Policy:
             v = getattr(self, name)
             if v is not None and not (finite(v) and v > 0):
                 p.append(f"--{name.replace('_', '-')} must be positive (got {v})")
+        if not (finite(self.lr_cap) and (self.lr_cap == 0 or self.lr_cap >= 1)):
+            p.append(f"--lr-cap must be 0 (no cap) or at least 1 (got {self.lr_cap})")
         return p
 
 
@@ -463,6 +467,11 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
              policy: Policy = Policy(), unit: str | None = None) -> CheckResult:
     """Judge lr against the optimizer's scaling rule from the measured config; off by > lr_factor fails.
 
+    The rule's lr is capped at lr_cap × lr_ref (``Policy.lr_cap``, as `bsprof schedule`'s ``plan.cap_lr``): beyond
+    the probed lr nothing was measured, so the suggestion and the passing range stop there, and "too low" is judged
+    against the capped lr. An lr above the cap that the rule allows is untested, not wrong: it passes with a warning
+    (bsprof fails only what it can prove); one above the rule's range × lr_factor still fails as too high.
+
     ``batch_size`` is in ``unit`` (default: the noise scale's, else examples), and so is the reference batch: the
     config's training batch × its tokens_per_example for a tokens report (a tracker log records it in its unit)."""
     optimizer = report_config.get("optimizer") or "SGD"
@@ -497,24 +506,54 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
     t_lo, t_hi = min(targets), max(targets)
     point = noise.b_noise.value if noise is not None and noise.b_noise is not None else \
         noise.value if noise is not None and noise.status == Status.OK else None
-    best = target_lr(rule, lr_ref, b_ref, batch_size, point, eps)
+    rule_best = target_lr(rule, lr_ref, b_ref, batch_size, point, eps)
+    top = policy.lr_cap * lr_ref if policy.lr_cap else math.inf   # the highest lr treated as tested
+    best, c_lo, c_hi = min(rule_best, top), min(t_lo, top), min(t_hi, top)
     used, factor = noise_used(noise, grid)
-    measured.update(target=best, target_lo=t_lo, target_hi=t_hi, ratio=lr / best, eps_max=eps,
-                    noise_scale_used=used, noise_factor=factor)
-    passing = {"min": t_lo / f, "max": t_hi * f, "suggest": best}
+    measured.update(target=best, target_lo=c_lo, target_hi=c_hi, ratio=lr / best, eps_max=eps,
+                    noise_scale_used=used, noise_factor=factor, target_rule=rule_best, target_rule_lo=t_lo,
+                    target_rule_hi=t_hi, lr_cap=policy.lr_cap, lr_cap_value=top)
+    passing = {"min": c_lo / f, "max": min(t_hi * f, top), "suggest": best}
     how = (f"{'square-root' if rule == 'sqrt' else 'linear'} scaling for {optimizer} from lr = {_fmt(lr_ref)} "
            f"at B = {_fmt(b_ref)} {unit}")
-    if lr > t_hi * f or lr < t_lo / f:
-        off = lr / t_hi if lr > t_hi * f else t_lo / lr
+    capped = f", capped at {policy.lr_cap:g} × that lr = {_fmt(top)}" if t_lo > top else ""
+    fails = lr > t_hi * f or lr < c_lo / f
+    if t_hi > top or (lr > top and not fails):
+        notes.append(_lr_cap_note(lr, rule_best, t_hi, top, policy.lr_cap, lr_ref, fails))
+    if fails:
+        off = lr / t_hi if lr > t_hi * f else c_lo / lr
         word = "too high" if lr > t_hi * f else "too low"
-        return CheckResult("lr", FAIL, f"lr = {_fmt(lr)} is {word}: {_fmt(off)}× off {how} (limit {_fmt(f)}×); "
-                           f"use lr ≈ {_fmt(best)} (anything in [{_fmt(passing['min'])}, {_fmt(passing['max'])}] "
-                           "passes)", tuple(notes), measured, passing)
-    if lr > best * f or lr < best / f:
+        return CheckResult("lr", FAIL, f"lr = {_fmt(lr)} is {word}: {_fmt(off)}× off {how}"
+                           f"{capped if word == 'too low' else ''} (limit {_fmt(f)}×); use lr ≈ {_fmt(best)} "
+                           f"(anything in [{_fmt(passing['min'])}, {_fmt(passing['max'])}] passes)", tuple(notes),
+                           measured, passing)
+    if lr <= top and (lr > best * f or lr < best / f):
         notes.append(f"lr = {_fmt(lr)} is more than {_fmt(f)}× off the rule at the estimate (≈ {_fmt(best)}), "
                      "but not across the whole interval on the noise scale; not failing")
-    return CheckResult("lr", PASS, f"lr = {_fmt(lr)} is within {_fmt(f)}× of {how} (≈ {_fmt(best)})",
-                       tuple(notes), measured, passing)
+    if lr > top:
+        where = f" (≈ {_fmt(rule_best)}), but above --lr-cap {policy.lr_cap:g} × that lr = {_fmt(top)}: untested"
+    elif capped:
+        where = f"{capped} (the rule's ≈ {_fmt(rule_best)} is untested)"
+    else:
+        where = f" (≈ {_fmt(best)})"
+    return CheckResult("lr", PASS, f"lr = {_fmt(lr)} is within {_fmt(f)}× of {how}{where}", tuple(notes), measured,
+                       passing)
+
+
+def _lr_cap_note(lr: float, rule_best: float, rule_hi: float, top: float, cap: float, lr_ref: float,
+                 fails: bool) -> str:
+    """Why the rule's lr was capped at cap × lr_ref (``plan.cap_lr``), or why an lr above the cap is not judged."""
+    untested = (f"--lr-cap {cap:g} × the probed lr {_fmt(lr_ref)} = {_fmt(top)}: lrs beyond what was probed are "
+                "untested (docs/science.md §6)")
+    not_failing = "untested, not failing, since bsprof fails only what it can prove"
+    if rule_hi > top:
+        asks = f"≈ {_fmt(rule_best)}" if rule_best > top else f"up to {_fmt(rule_hi)}"
+        text = (f"the rule asks lr {asks}, above {untested}, so check suggests and passes cleanly at most "
+                f"{_fmt(top)}, as `bsprof schedule` caps it")
+        text += f"; lr = {_fmt(lr)} is above it: {not_failing}" if lr > top and not fails else ""
+    else:
+        text = f"lr = {_fmt(lr)} is above {untested}, and `bsprof schedule` caps lrs there: {not_failing}"
+    return text + "; confirm with `bsprof sweep`, measure at the lr you will train with, or --lr-cap 0 to lift the cap"
 
 
 def _log_grid(lo: float, hi: float, n: int = 33) -> list[float]:
