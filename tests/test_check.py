@@ -90,6 +90,27 @@ def test_lower_bound_can_only_prove_a_batch_too_small():
     assert check_batch(64, Reading(math.nan, math.nan, math.nan, "undetermined")).status == CANNOT_JUDGE
 
 
+def test_a_measurement_at_the_initial_weights_can_show_a_batch_too_small_never_too_large(tmp_path):
+    """`bsprof check SPEC.py` (no --steps) judged a char LM under AdamW at step 0, B_crit 4.7 [1.56, 11.4], and failed
+    B = 64 as too large; a trained run's report (66.6) passed it. The noise scale grows as the loss falls, so a
+    measurement at initialisation can prove a batch too small, never too large: that side cannot be judged (exit 2)."""
+    initial = make_report([_row(0, 2.3, 10.0, 8.0, 12.5)], optimizer="AdamW", lr=0.003)
+    large = judge(initial, 1000).checks[0]
+    assert large.status == CANNOT_JUDGE and "initial weights" in large.message, large.message
+    assert any("--steps" in n for n in large.notes) and large.passing["max"] == math.inf
+    assert judge(initial, 1).checks[0].status == FAIL                    # too small stays provable
+    assert any("initial weights" in n for n in judge(initial, 64).checks[0].notes)   # a pass says what it shows
+    trained = make_report([_row(0, 2.3, 10.0, 8.0, 12.5), _row(100, 1.0, 10.0, 8.0, 12.5)], optimizer="AdamW")
+    assert judge(trained, 1000).checks[0].status == FAIL
+    checkpoint = make_report([_row(0, 2.3, 10.0, 8.0, 12.5)], optimizer="AdamW")
+    checkpoint.config["checkpoint"] = "trained.pt"                       # step 0 of a probe from trained weights
+    assert judge(checkpoint, 1000).checks[0].status == FAIL
+    path = tmp_path / "initial.json"
+    initial.to_json(path)
+    r = run(path, "-b", 1000, "--json")
+    assert r.exit_code == 2 and json.loads(r.stdout)["noise_scale"]["initial"] is True
+
+
 def test_at_loss_interpolates_log_b_simple_and_refuses_to_extrapolate():
     rep = make_report([_row(0, 2.3, 100.0, 80.0, 125.0), _row(50, 1.0, 300.0, 250.0, 370.0),
                        _row(100, 0.5, 1000.0, 800.0, 1250.0)])
@@ -135,6 +156,30 @@ def test_lr_rules():
     assert judge(make_report(optimizer="RMSprop"), 512, lr=0.1).checks[1].status == CANNOT_JUDGE
 
 
+def test_the_lr_check_suggests_and_passes_no_lr_the_schedule_would_cap(tmp_path):
+    """AdamW probed at lr 0.003, B = 32, judged at B = 4096: the rule's 0.0339 is 11× the probed lr, and `bsprof
+    schedule` caps lrs at --lr-cap 2 × it (0.006; beyond, nothing was probed). check failed lr 0.003 as "too low,
+    use lr ≈ 0.0339 (anything in [0.00849, 0.136] passes)": it suggests and passes at most the cap, judges "too low"
+    against it, says the rule's lr was capped, and an lr above the cap that the rule allows is untested, not failed."""
+    rep = make_report(optimizer="AdamW", lr=0.003)
+    at_cap = judge(rep, 4096, lr=0.003).checks[1]
+    assert at_cap.status == PASS and at_cap.passing["suggest"] == pytest.approx(0.006), at_cap.message
+    assert at_cap.passing["max"] == pytest.approx(0.006)
+    assert at_cap.measured["target_rule"] == pytest.approx(0.003 * 128 ** 0.5)                   # √(4096/32) = 11.3
+    assert any("--lr-cap 2" in n and "0.0339" in n for n in at_cap.notes), at_cap.notes
+    low = judge(rep, 4096, lr=0.0003).checks[1]                       # 20× below the capped 0.006
+    assert low.status == FAIL and "use lr ≈ 0.006 " in low.message and "[0.0015, 0.006]" in low.message
+    above = judge(rep, 4096, lr=0.03).checks[1]                       # the rule's, but untested
+    assert above.status == PASS and "untested" in above.message and any("not failing" in n for n in above.notes)
+    assert judge(rep, 4096, lr=1.0).checks[1].status == FAIL          # too high by the rule itself
+    lifted = judge(rep, 4096, lr=0.003, policy=Policy(lr_cap=0)).checks[1]
+    assert lifted.status == FAIL and lifted.passing["suggest"] == pytest.approx(0.003 * 128 ** 0.5)
+    assert "--lr-cap must be 0" in str(pytest.raises(ValueError, judge, rep, 64, 0.003, Policy(lr_cap=0.5)).value)
+    rep.to_json(tmp_path / "adamw.json")
+    r = run(tmp_path / "adamw.json", "-b", 4096, "--lr", 0.003, "--lr-cap", 0)
+    assert r.exit_code == 1 and "use lr ≈ 0.0339" in r.stdout
+
+
 def test_lr_on_a_tokens_report_scales_from_the_training_batch_in_tokens():
     """--batch-size is in the report's unit: the training batch (32 sequences of 10 tokens) is 320 tokens."""
     rep = make_report(optimizer="Adam", lr=3e-3, unit="tokens")
@@ -157,7 +202,7 @@ def test_sgd_lr_is_capped_by_eps_opt_when_eps_max_was_measured():
     capped = make_report([_row(100, 0.5, 1000.0, 800.0, 1250.0, b_noise=1000.0, b_noise_lo=900.0,
                                b_noise_hi=1100.0, eps_max=1.0)])
     assert judge(plain, 2048, lr=3.0).status == PASS            # ≈ 0.1·(1 + 1000/32)/(1 + 1000/2048) = 2.17
-    v = judge(capped, 2048, lr=3.0)                             # ε_opt = 1/(1 + B_noise/B) ≈ 0.67
+    v = judge(capped, 2048, lr=3.0, policy=Policy(lr_cap=0))    # ε_opt = 1/(1 + B_noise/B) ≈ 0.67 (no lr cap)
     assert v.status == FAIL and v.checks[1].measured["target"] == pytest.approx(1 / (1 + 1000 / 2048))
     assert (v.checks[1].measured["noise_scale_used"], v.checks[1].measured["noise_factor"]) == ("b_noise", 1.0)
 
@@ -374,11 +419,17 @@ def test_spec_with_budget_and_a_measured_report(tmp_path):
     data = json.loads(r.stdout)
     assert data["measured_now"]["device"] == "cpu" and data["measured_now"]["seconds"] <= 30
     assert any("relative half-width" in n or "undetermined" in n or "lower bound" in n for n in data["notes"])
-    # the report written by bsprof.loop.measure feeds the gate: 0, 1 and 2 on the same real report
+    # the report written by bsprof.loop.measure feeds the gate: 0, 1 and 2 on real reports
     b = json.loads(saved.read_text())["summary"]["b_simple"]["value"]
     assert run(saved, "-b", max(1, round(b))).exit_code == 0
-    assert run(saved, "-b", round(b * 100)).exit_code == 1
+    large = run(saved, "-b", round(b * 100))           # at the initial weights: too large cannot be shown
+    assert large.exit_code == 2 and "initial weights" in large.stdout and "--steps N" in large.stdout
     assert run(saved, "-b", round(b), "--at-loss", 1e6).exit_code == 2
+    trained = tmp_path / "trained.json"
+    assert run(spec, "-b", 16, "--budget", "5s", "--steps", 20, "--save-report", trained).exit_code in (0, 1)
+    b = json.loads(trained.read_text())["summary"]["critical_batch"]["value"]
+    assert run(trained, "-b", max(1, round(b))).exit_code == 0
+    assert run(trained, "-b", round(b * 100)).exit_code == 1
     assert run(tmp_path / "missing.py", "-b", 16, "--budget", "2s").exit_code == 2
 
 

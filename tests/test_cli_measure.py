@@ -496,6 +496,15 @@ def test_piped_table_takes_the_width_it_needs_and_no_row_wraps(tmp_path):
     assert any(ln.startswith("┃ step ┃") and "B_noise" in ln and "B_pre (Adam)" in ln for ln in r.stdout.splitlines())
 
 
+def test_piped_output_has_no_trailing_spaces():
+    """rich padded the table's title to the table's width and ended wrapped lines with a space: in a CI log or a
+    README (`| cat`) every such line had trailing spaces. Piped, lines end at their last character."""
+    r = runner.invoke(app, ["report", str(ASSETS / "v1" / "report_adam_hessian.json")])   # not a terminal
+    lines = r.stdout.splitlines()
+    assert r.exit_code == 0 and lines[0] == "gradient noise scale (examples; 90% intervals)"
+    assert [ln for ln in lines if ln != ln.rstrip()] == [] and any(ln.startswith("note [adam]") for ln in lines)
+
+
 def test_default_measurement_steps_are_evenly_spaced_to_the_last():
     """--measure-every 0: step 0 and four more ending at the last, not a last one two steps after the fourth."""
     from bsprof.engine.loop import measure_steps

@@ -711,6 +711,25 @@ def test_a_log_without_a_window_says_why(tmp_path):
     assert not report.measurements and "no window to estimate" in report.diagnostics[0]["message"]
 
 
+@pytest.mark.parametrize("steps,says", [(0, "no logged steps (only its header)"), (1, "only 1 usable logged step")])
+def test_check_and_report_on_a_log_without_a_window_say_so_first(tmp_path, steps, says):
+    """`bsprof check LOG.jsonl` on a log of a header and no steps said "|G|² was not distinguished from 0" and
+    "measure longer: bsprof measure --max-examples ..."; `bsprof report` printed an empty table, exit 0. Both say first
+    that the log has no steps to estimate from and how to log some, exit 2 (as `report --layers` on a log)."""
+    from typer.testing import CliRunner
+
+    from bsprof.cli import app
+
+    path = trained_log(tmp_path, steps)
+    runner = CliRunner()
+    for args in (["check", str(path), "-b", "64"], ["report", str(path)], ["check", str(path), "-b", "64", "--json"]):
+        r = runner.invoke(app, args)
+        said = " ".join(r.stderr.split())
+        assert r.exit_code == 2 and said.startswith(f"error: {path} is a tracker log with {says}"), r.output
+        assert "fix: log some optimizer steps: call tracker.step(" in said and "|G|²" not in said
+        assert "Traceback" not in r.output and "┃ step" not in r.stdout
+
+
 def test_a_batch_size_the_forwards_contradict_is_warned_once():
     """Accumulation cannot see the examples, but the model's forwards can: batch_size=20 for two micro-batches of
     32 rows warns (once), since B_simple scales with the batch size passed."""

@@ -37,19 +37,24 @@ console, err_console = _console(), _console(stderr=True)
 
 
 def show(renderable) -> None:
-    """Print to stdout; piped, at least as wide as its widest table needs, so that no table row wraps in a log."""
+    """Print to stdout; piped, at least as wide as its widest table needs, so that no table row wraps in a log, and
+    without the spaces rich pads lines with (a table's title, a wrapped line's end): plain text, no escape codes."""
     from rich.protocol import rich_cast
     from rich.table import Table
 
     renderable, width = rich_cast(renderable), console.width
-    if not console.is_terminal:
-        tables = [r for r in getattr(renderable, "renderables", [renderable]) if isinstance(r, Table)]
-        wide = console.options.update_width(1000)  # measured unclamped, not at the console's 120 columns
-        console.width = max([width, *(console.measure(t, options=wide).maximum for t in tables)])
-    try:
+    if console.is_terminal:
         console.print(renderable)
+        return
+    tables = [r for r in getattr(renderable, "renderables", [renderable]) if isinstance(r, Table)]
+    wide = console.options.update_width(1000)  # measured unclamped, not at the console's 120 columns
+    console.width = max([width, *(console.measure(t, options=wide).maximum for t in tables)])
+    try:
+        with console.capture() as captured:
+            console.print(renderable)
     finally:
         console.width = width
+    console.out("\n".join(line.rstrip() for line in captured.get().splitlines()), highlight=False)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """`bsprof check (REPORT.json | SPEC.py) --batch-size B`: the CI gate.
 
 Exit 0: within policy. 1: violates it (the message says what, by how much, and what value passes).
-2: cannot judge (unreadable report, schema mismatch, undetermined measurement, bad options).
+2: cannot judge (unreadable report, schema mismatch, undetermined measurement, a batch too large for a measurement
+at the initial weights only, bad options).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bsprof.cli.app import app, console, err_console, user_errors, write_output
-from bsprof.cli.source import load, measure_spec
+from bsprof.cli.source import empty_log, load, measure_spec
 from bsprof.config import MAX_BATCH, limit, resolve
 from bsprof.errors import BsprofError, ConfigError, ReportError, SpecError, clip
 from bsprof.gate import formats as ci_output
@@ -174,7 +175,7 @@ def check(
     training_config: Optional[Path] = O(None, "--training-config", "-t", help="Your training config (YAML, JSON "
                                         "or TOML) holding the batch size and lr; command-line values win."),
     config: Optional[Path] = O(None, "--config", "-c", help="YAML file of check options (factor, "
-                               "max_extra_compute, max_extra_steps, lr_factor, baseline_factor); flags win."),
+                               "max_extra_compute, max_extra_steps, lr_factor, lr_cap, baseline_factor); flags win."),
     batch_key: Optional[str] = O(None, help="Dotted key of the batch size in --training-config, e.g. "
                                  f"trainer.batch_size (else tries {', '.join(BATCH_KEYS)})."),
     lr_key: Optional[str] = O(None, help="Dotted key of the lr in --training-config, e.g. optim.lr "
@@ -187,11 +188,14 @@ def check(
     max_extra_compute: Optional[float] = O(None, help="Fail if B/B_n = E/E_min − 1 exceeds this. [--factor]"),
     max_extra_steps: Optional[float] = O(None, help="Fail if B_n/B = S/S_min − 1 exceeds this. [--factor]"),
     lr_factor: Optional[float] = O(None, help="Fail if the lr is off its scaling rule by more than this factor. [4]"),
+    lr_cap: Optional[float] = O(None, help="Suggest and pass at most this × the probed lr, as `bsprof schedule` "
+                                "(higher lrs are untested: a warning, not a failure; 0: no cap). [2]"),
     baseline: Optional[Path] = O(None, help="An older report.json: fail if the noise scale moved beyond both "
                                  "intervals by more than --baseline-factor."),
     baseline_factor: Optional[float] = O(None, help="Allowed movement of the noise scale against --baseline. [2]"),
     budget: Optional[str] = O(None, help="With a SPEC.py: seconds of CPU measurement ('60s', '2m', '90'). [60s]"),
-    steps: int = O(0, help="With a SPEC.py: probe-training steps before/while measuring (0: initial weights)."),
+    steps: int = O(0, help="With a SPEC.py: probe-training steps, measured along (0: the initial weights only, "
+                   "which can show a batch too small but not too large)."),
     seed: Optional[int] = O(None, help="With a SPEC.py: random seed. [0]"),
     rel_error: Optional[float] = O(None, help="With a SPEC.py: stop measuring once the interval on B_simple is "
                                    "this tight (relative half-width) or the budget is spent. [0.2]"),
@@ -220,7 +224,7 @@ def check(
         if save_report is not None:
             check_file(save_report, "--save-report")
     overrides = dict(factor=factor, max_extra_compute=max_extra_compute, max_extra_steps=max_extra_steps,
-                     lr_factor=lr_factor, baseline_factor=baseline_factor)
+                     lr_factor=lr_factor, lr_cap=lr_cap, baseline_factor=baseline_factor)
     try:
         policy = resolve(Policy, config, overrides, command="check")
         verdict, extra = _judge_all(target, batch_size, lr, training_config, batch_key, lr_key, at_loss, policy,
@@ -275,6 +279,9 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
             write_output(save_report, codec.dumps(report), "--save-report")
     else:
         report = load(target, "check", window=window)
+        empty = empty_log(target, report, "no noise scale to judge by")
+        if empty is not None:
+            raise empty
     try:
         verdict = judge(report, batch_size, lr, policy, at_loss, old)
     except ValueError as e:

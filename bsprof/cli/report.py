@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from bsprof.cli.app import app, console, show, user_errors
-from bsprof.cli.source import is_spec, load
+from bsprof.cli.source import empty_log, is_spec, load
 from bsprof.errors import ConfigError, ReportError
 
 
@@ -41,6 +41,9 @@ def report_command(
 
             check_folder(out, "--out")  # before reading or measuring anything
         report = load(source, "report", window=window)
+        empty = empty_log(source, report, "no noise scale to show")
+        if empty is not None:
+            raise empty
         if layers and not report.layers:
             raise no_layers(source, report)
         if fmt != "table":

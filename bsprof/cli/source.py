@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bsprof.errors import BsprofError, SpecError
+from bsprof.errors import BsprofError, ReportError, SpecError
 from bsprof.output.report import Report
 
 
@@ -48,3 +48,22 @@ def load(source: Path, command: str, window: int = 100, **measure_options) -> Re
 
         return report_from_log(source, window=window)
     return Report.from_json(source)
+
+
+def empty_log(source: Path, report: Report, what: str) -> ReportError | None:
+    """A tracker log with no window to estimate (fewer than two usable logged steps: a window needs two) has nothing
+    to show or judge: the error that says so first, and how to log steps; None for anything else."""
+    if not report.spec.get("tracker_log") or report.measurements:
+        return None
+    logged, skipped = int(report.config.get("steps_logged") or 0), int(report.config.get("steps_skipped") or 0)
+    if logged == 0 and skipped == 0:
+        has = "no logged steps (only its header)"
+    elif logged == 0:
+        has = f"no usable logged step (all {skipped} had non-finite gradients and were skipped)"
+    else:
+        has = f"only {logged} usable logged step" + (f" ({skipped} skipped as non-finite)" if skipped else "")
+    fix = ("log some optimizer steps: call tracker.step(loss=loss) after the last backward pass of each optimizer "
+           "step (docs/tracker.md); a window needs at least two")
+    if skipped:
+        fix += ", with finite gradients (under AMP, an overflow on every step is skipped)"
+    return ReportError(f"{source} is a tracker log with {has}: {what}", fix)

@@ -15,6 +15,10 @@ even at the most favourable end of the interval (B/hi > X for "too large", lo/B 
 measurement noise alone can never raise a false alarm. When the estimate or part of the interval violates the
 policy but the favourable end does not, the check passes with a warning saying so. A lower bound (B_n > lo,
 hi = ∞) can still prove a batch too small; nothing else can be judged from it.
+
+Initial weights. The noise scale grows as the loss falls (often 10× over a run), so a measurement made only at the
+initial weights (step 0, no training step before it) is a lower bound on the noise scale of the run: it can prove a
+batch too small (B_n only grows, and the batch stays too small), never too large (that is cannot_judge).
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ class Reading(Estimate):
     quantity: str = "b_simple"                   # the measured noise scale it is read from (``plan.NOISES``) ...
     factor: float = 1.0                          # ... and the factor it is multiplied by (``plan.calibration``), as
                                                  # schedule JSON's noise_followed and noise_factor
+    initial: bool = False                        # every measurement it is read from is at the initial weights
+                                                 # (``at_initial_weights``): it can show a batch too small only
 
     def describe(self) -> str:
         if self.status is Status.LOWER_BOUND:
@@ -96,7 +102,8 @@ class Reading(Estimate):
     def to_dict(self) -> dict:
         d = {**super().to_dict(), "name": self.name, "unit": self.unit, "where": self.where, "loss": self.loss,
              "step": self.step, "eps_max": self.eps_max, "rel_halfwidth": self.rel_halfwidth,
-             "model_range": self.model_range, "quantity": self.quantity, "factor": self.factor}
+             "model_range": self.model_range, "quantity": self.quantity, "factor": self.factor,
+             "initial": self.initial}
         if self.b_noise is not None:
             d.update(self.b_noise.to_row("b_noise"))
             del d["b_noise_status"]
@@ -141,9 +148,20 @@ def _factor(report: Report, at_loss: float | None) -> float:
 
 
 def noise_at(report: Report, at_loss: float | None = None) -> Reading:
-    """``_noise_at``, marked when the report is a tracker's log (its fixes differ: --window, not a probe)."""
-    r = _noise_at(report, at_loss)
+    """``_noise_at``, marked when the report is a tracker's log (its fixes differ: --window, not a probe) and when
+    it was measured at the initial weights only (``at_initial_weights``)."""
+    r = dataclasses.replace(_noise_at(report, at_loss), initial=at_initial_weights(report))
     return dataclasses.replace(r, from_log=True) if report.spec.get("tracker_log") else r
+
+
+def at_initial_weights(report: Report) -> bool:
+    """Whether every measurement of ``report`` was made at the initial weights: at step 0 (no training step before
+    it, ``Measurement.step``) of a probe run that did not load a checkpoint (``config.checkpoint``), not a tracker
+    log (whose rows are windows over training steps). The noise scale only grows from there as the loss falls."""
+    rows = measured(report.measurements)
+    if not rows or report.spec.get("tracker_log") or report.config.get("checkpoint"):
+        return False
+    return all(r.step == 0 for r in rows)
 
 
 def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
@@ -235,6 +253,8 @@ class Policy:
     max_extra_compute: float | None = None   # fail if B/B_n > this (even at B_n = hi)
     max_extra_steps: float | None = None     # fail if B_n/B > this (even at B_n = lo)
     lr_factor: float = 4.0                    # fail if lr is off the scaling rule by more than this
+    lr_cap: float = 2.0                       # the rule's lr at most this × the probed lr, as `bsprof schedule`'s
+                                              # --lr-cap (beyond it nothing was probed: untested); 0: no cap
     baseline_factor: float = 2.0              # fail if B_n moved beyond both intervals by more than this
 
     @property
@@ -254,6 +274,8 @@ class Policy:
             v = getattr(self, name)
             if v is not None and not (finite(v) and v > 0):
                 p.append(f"--{name.replace('_', '-')} must be positive (got {v})")
+        if not (finite(self.lr_cap) and (self.lr_cap == 0 or self.lr_cap >= 1)):
+            p.append(f"--lr-cap must be 0 (no cap) or at least 1 (got {self.lr_cap})")
         return p
 
 
@@ -333,9 +355,9 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                            f"cannot judge B = {_fmt(B)}: the noise scale is undetermined ({noise.where}); "
                            "|G|² was not distinguished from 0",
                            ("measure longer or at a lower loss: `bsprof measure --max-examples ...`",), measured)
-    passing = {"min": noise.lo / Xs, "max": noise.hi * Xc}
+    passing = {"min": noise.lo / Xs, "max": math.inf if noise.initial else noise.hi * Xc}
     if noise.status == Status.OK:
-        passing.update(min_clean=noise.hi / Xs, max_clean=noise.lo * Xc)
+        passing.update(min_clean=noise.hi / Xs, max_clean=math.inf if noise.initial else noise.lo * Xc)
         passing["suggest"] = _pow2_within(B, passing["min_clean"], passing["max_clean"]) or \
             _pow2_within(B, passing["min"], passing["max"])
     # provable violations, at the most favourable end of the interval
@@ -354,6 +376,8 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                             "|G|² is resolved" if noise.from_log else
                             "measure at more examples so |G|² is resolved: `bsprof measure --max-examples ...`",),
                            measured, passing)
+    if B / noise.hi > Xc and noise.initial:
+        return _too_large_at_initial_weights(B, noise, Xs, measured, passing)
     if B / noise.hi > Xc:
         extra = B / noise.hi
         return CheckResult("batch_size", FAIL,
@@ -363,8 +387,8 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                            (), {**measured, "extra_compute": extra}, passing)
     steps, compute = noise.value / B, B / noise.value
     measured.update(extra_steps=steps, extra_compute=compute)
-    notes = []
-    if noise.hi / B > Xs or B > noise.lo * Xc:
+    notes = [_initial_note(B)] if noise.initial else []
+    if noise.hi / B > Xs or (B > noise.lo * Xc and not noise.initial):
         side = "too small" if noise.hi / B > Xs else "too large"
         at_est = (steps > Xs) or (compute > Xc)
         notes.append(f"B = {_fmt(B)} is {side} {'at the estimate' if at_est else 'at one end of the interval'}, "
@@ -383,6 +407,28 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                        f"{_fmt(Xs)}) and extra compute E/E_min − 1 = {_fmt(compute)} (limit {_fmt(Xc)}) at "
                        f"{noise.describe()}", tuple(notes), measured,
                        passing)
+
+
+TRAIN_FIRST = ("train first: `bsprof check SPEC.py --steps N` measures along N probe-training steps (e.g. --steps "
+               "200), or judge the report of a training run (`bsprof measure SPEC.py --steps N`, or a tracker log)")
+
+
+def _too_large_at_initial_weights(B: float, noise: Reading, Xs: float, measured: dict, passing: dict) -> CheckResult:
+    """A batch above F·hi at the initial weights: cannot judge. B_n(L) grows as the loss falls (often 10× over a
+    run), so B/B_n at step 0 bounds B/B_n along the run from above only: B may well be within policy later."""
+    return CheckResult("batch_size", CANNOT_JUDGE,
+                       f"cannot judge whether B = {_fmt(B)} is too large: the noise scale was measured only at the "
+                       f"initial weights (step 0, no training step before it), {noise.describe()}; it grows as the "
+                       "loss falls (often 10× over a run), so a measurement at initialisation can show a batch too "
+                       f"small, never too large (and B ≥ {_fmt(noise.lo / Xs)} {noise.unit} is not too small)",
+                       (TRAIN_FIRST,), {**measured, "extra_compute": B / noise.hi}, passing)
+
+
+def _initial_note(B: float) -> str:
+    """Why a pass at the initial weights says little: B_n only grows from there."""
+    return (f"measured only at the initial weights (step 0): the noise scale grows as the loss falls (often 10× over "
+            f"a run), so this shows only that B = {_fmt(B)} is not too small there (it may be later), and too large "
+            f"cannot be judged; {TRAIN_FIRST}")
 
 
 # -- the learning rate ---------------------------------------------------------------------------------------
@@ -421,6 +467,11 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
              policy: Policy = Policy(), unit: str | None = None) -> CheckResult:
     """Judge lr against the optimizer's scaling rule from the measured config; off by > lr_factor fails.
 
+    The rule's lr is capped at lr_cap × lr_ref (``Policy.lr_cap``, as `bsprof schedule`'s ``plan.cap_lr``): beyond
+    the probed lr nothing was measured, so the suggestion and the passing range stop there, and "too low" is judged
+    against the capped lr. An lr above the cap that the rule allows is untested, not wrong: it passes with a warning
+    (bsprof fails only what it can prove); one above the rule's range × lr_factor still fails as too high.
+
     ``batch_size`` is in ``unit`` (default: the noise scale's, else examples), and so is the reference batch: the
     config's training batch × its tokens_per_example for a tokens report (a tracker log records it in its unit)."""
     optimizer = report_config.get("optimizer") or "SGD"
@@ -455,24 +506,54 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
     t_lo, t_hi = min(targets), max(targets)
     point = noise.b_noise.value if noise is not None and noise.b_noise is not None else \
         noise.value if noise is not None and noise.status == Status.OK else None
-    best = target_lr(rule, lr_ref, b_ref, batch_size, point, eps)
+    rule_best = target_lr(rule, lr_ref, b_ref, batch_size, point, eps)
+    top = policy.lr_cap * lr_ref if policy.lr_cap else math.inf   # the highest lr treated as tested
+    best, c_lo, c_hi = min(rule_best, top), min(t_lo, top), min(t_hi, top)
     used, factor = noise_used(noise, grid)
-    measured.update(target=best, target_lo=t_lo, target_hi=t_hi, ratio=lr / best, eps_max=eps,
-                    noise_scale_used=used, noise_factor=factor)
-    passing = {"min": t_lo / f, "max": t_hi * f, "suggest": best}
+    measured.update(target=best, target_lo=c_lo, target_hi=c_hi, ratio=lr / best, eps_max=eps,
+                    noise_scale_used=used, noise_factor=factor, target_rule=rule_best, target_rule_lo=t_lo,
+                    target_rule_hi=t_hi, lr_cap=policy.lr_cap, lr_cap_value=top)
+    passing = {"min": c_lo / f, "max": min(t_hi * f, top), "suggest": best}
     how = (f"{'square-root' if rule == 'sqrt' else 'linear'} scaling for {optimizer} from lr = {_fmt(lr_ref)} "
            f"at B = {_fmt(b_ref)} {unit}")
-    if lr > t_hi * f or lr < t_lo / f:
-        off = lr / t_hi if lr > t_hi * f else t_lo / lr
+    capped = f", capped at {policy.lr_cap:g} × that lr = {_fmt(top)}" if t_lo > top else ""
+    fails = lr > t_hi * f or lr < c_lo / f
+    if t_hi > top or (lr > top and not fails):
+        notes.append(_lr_cap_note(lr, rule_best, t_hi, top, policy.lr_cap, lr_ref, fails))
+    if fails:
+        off = lr / t_hi if lr > t_hi * f else c_lo / lr
         word = "too high" if lr > t_hi * f else "too low"
-        return CheckResult("lr", FAIL, f"lr = {_fmt(lr)} is {word}: {_fmt(off)}× off {how} (limit {_fmt(f)}×); "
-                           f"use lr ≈ {_fmt(best)} (anything in [{_fmt(passing['min'])}, {_fmt(passing['max'])}] "
-                           "passes)", tuple(notes), measured, passing)
-    if lr > best * f or lr < best / f:
+        return CheckResult("lr", FAIL, f"lr = {_fmt(lr)} is {word}: {_fmt(off)}× off {how}"
+                           f"{capped if word == 'too low' else ''} (limit {_fmt(f)}×); use lr ≈ {_fmt(best)} "
+                           f"(anything in [{_fmt(passing['min'])}, {_fmt(passing['max'])}] passes)", tuple(notes),
+                           measured, passing)
+    if lr <= top and (lr > best * f or lr < best / f):
         notes.append(f"lr = {_fmt(lr)} is more than {_fmt(f)}× off the rule at the estimate (≈ {_fmt(best)}), "
                      "but not across the whole interval on the noise scale; not failing")
-    return CheckResult("lr", PASS, f"lr = {_fmt(lr)} is within {_fmt(f)}× of {how} (≈ {_fmt(best)})",
-                       tuple(notes), measured, passing)
+    if lr > top:
+        where = f" (≈ {_fmt(rule_best)}), but above --lr-cap {policy.lr_cap:g} × that lr = {_fmt(top)}: untested"
+    elif capped:
+        where = f"{capped} (the rule's ≈ {_fmt(rule_best)} is untested)"
+    else:
+        where = f" (≈ {_fmt(best)})"
+    return CheckResult("lr", PASS, f"lr = {_fmt(lr)} is within {_fmt(f)}× of {how}{where}", tuple(notes), measured,
+                       passing)
+
+
+def _lr_cap_note(lr: float, rule_best: float, rule_hi: float, top: float, cap: float, lr_ref: float,
+                 fails: bool) -> str:
+    """Why the rule's lr was capped at cap × lr_ref (``plan.cap_lr``), or why an lr above the cap is not judged."""
+    untested = (f"--lr-cap {cap:g} × the probed lr {_fmt(lr_ref)} = {_fmt(top)}: lrs beyond what was probed are "
+                "untested (docs/science.md §6)")
+    not_failing = "untested, not failing, since bsprof fails only what it can prove"
+    if rule_hi > top:
+        asks = f"≈ {_fmt(rule_best)}" if rule_best > top else f"up to {_fmt(rule_hi)}"
+        text = (f"the rule asks lr {asks}, above {untested}, so check suggests and passes cleanly at most "
+                f"{_fmt(top)}, as `bsprof schedule` caps it")
+        text += f"; lr = {_fmt(lr)} is above it: {not_failing}" if lr > top and not fails else ""
+    else:
+        text = f"lr = {_fmt(lr)} is above {untested}, and `bsprof schedule` caps lrs there: {not_failing}"
+    return text + "; confirm with `bsprof sweep`, measure at the lr you will train with, or --lr-cap 0 to lift the cap"
 
 
 def _log_grid(lo: float, hi: float, n: int = 33) -> list[float]:
