@@ -573,3 +573,78 @@ def test_a_target_below_losses_that_hardly_fell_says_so():
     assert "in `bsprof schedule`, pass --allow-extrapolation" in e.value.hint
     # the lowest loss as printed (0.2074 for 0.20743): no "extrapolating … by 0%" warning
     assert check_target(0.2074, np.array([2.3, 1.0, 0.20743]), Fit(), ScheduleConfig(target_loss=0.2074)) == []
+
+
+def late_path_report():
+    """``synthetic_report`` whose step-0 row has no noise scale (as a training-step window has none at step 0): the
+    followed noise scale starts at step 60, loss 1.62, while the run started at step 0, loss 2.3."""
+    r = synthetic_report()
+    first = r.measurements[0]
+    r.measurements[0] = dataclasses.replace(first, b_simple=dataclasses.replace(first.b_simple, status="undetermined"))
+    return r
+
+
+def test_the_schedule_counts_steps_from_the_start_of_the_run():
+    """A new user's finding: the first stage said "from step 0, at loss 1.62" (the path's first point, step 60 of the
+    probe) where the run started at loss 2.3, and every predicted step counted from step 60. Now the first stage
+    starts at the run's start, and the steps include the probe's 60 steps before the path at the first stage's
+    batch: at the probe's own batch the model predicts the probe's own steps to its lowest loss (step 300)."""
+    report = late_path_report()
+    assert report.measurements[0].loss == pytest.approx(2.3) and report.measurements[1].step == 60
+    s = plan(report, ScheduleConfig(target_loss=0.4, dwell=0))
+    assert (s.stages[0].start_step, s.stages[0].start_loss) == (0, pytest.approx(2.3))
+    current = next(b for b in s.baselines if b["current"])
+    assert current["steps"] == pytest.approx(300, rel=0.03)   # the probe reached loss 0.4 at step 300
+    lead = s.prediction["lead_in"]
+    assert lead["start_step"] == 0 and lead["path_step"] == 60 and lead["path_loss"] == report.measurements[1].loss
+    b1 = s.stages[0].batch_size
+    assert lead["steps"] == pytest.approx(lead["s_min"] * (1 + lead["b_noise"] / b1))
+    assert lead["s_min"] == pytest.approx(60 / (1 + lead["b_noise"] / 32))
+    shifted = plan(report, ScheduleConfig(target_loss=0.4, dwell=0, min_batch=b1, max_batch=b1))
+    assert shifted.stages == [Stage(0, pytest.approx(2.3), b1, shifted.stages[0].lr, b1, 1, 1)]
+    assert shifted.prediction["steps"] == pytest.approx(next(b for b in s.baselines if b["batch_size"] == b1)["steps"])
+    assert len(s.stages) > 1 and all(st.start_step > lead["steps"] - 1 for st in s.stages[1:])
+    assert any("steps count from step 0 of a new run, as from the probe's initial weights (step 0, loss 2.3)" in a
+               for a in s.assumptions)
+    again = plan(synthetic_report(), ScheduleConfig(target_loss=0.4))   # a path from step 0: nothing added
+    assert again.prediction["lead_in"]["steps"] == 0 and not any("steps count from" in a for a in again.assumptions)
+
+
+def logged_run(path, steps=80, accum=4, micro=8, lr=0.02):
+    """A tracker log (JSONL) of ``steps`` SGD steps of least squares, ``accum`` micro-batches of ``micro``."""
+    import torch
+
+    from bsprof import Tracker
+
+    torch.manual_seed(0)
+    d = 8
+    w_star = torch.randn(d)
+    model = torch.nn.Linear(d, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    tracker = Tracker(model, opt, accumulation_steps=accum, batch_size=accum * micro, log=path)
+    for _ in range(steps):
+        for _ in range(accum):
+            x = torch.randn(micro, d)
+            loss = ((model(x).squeeze(-1) - x @ w_star - 0.3 * torch.randn(micro)) ** 2).mean()
+            (loss / accum).backward()
+        tracker.step(loss=loss)
+        opt.step()
+        opt.zero_grad()
+    tracker.close()
+    return path
+
+
+def test_a_tracker_log_schedule_counts_steps_from_its_first_logged_step(tmp_path):
+    """The log's windows of 20 steps put the path's first point at step 19: the first stage starts at the first
+    logged step and its loss, and the 19 steps before the path are counted."""
+    from bsprof.track import read_log, report_from_log
+
+    log = logged_run(tmp_path / "trk.jsonl")
+    report = report_from_log(log, window=20)
+    first = read_log(log).steps[0]
+    assert (report.config["start_step"], report.config["start_loss"]) == (0, first.draw.loss)
+    rows = report.measurements
+    s = plan(report, ScheduleConfig(target_loss=0.95 * min(r.loss for r in rows), allow_extrapolation=True))
+    assert s.stages[0].start_step == 0 and s.stages[0].start_loss == max(first.draw.loss, rows[0].loss)
+    assert s.prediction["lead_in"]["path_step"] == 19 and s.prediction["lead_in"]["steps"] > 0
+    assert any("as from the logged run's first step (step 0" in a for a in s.assumptions)

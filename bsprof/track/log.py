@@ -174,11 +174,13 @@ def _method(log: TrackLog) -> str:
 
 def _training(log: TrackLog) -> dict:
     """The training batch, lr and optimizer of the logged run (its last step), as `schedule` and `check` read
-    them from a report's config."""
+    them from a report's config; and where the run started (its first logged step and that step's loss), from
+    which a schedule counts its steps."""
     if not log.steps:
         return {}
-    last = log.steps[-1]
-    out = {"batch_size": last.draw.B, "optimizer_lr": last.lr if last.lr == last.lr else None}
+    first, last = log.steps[0], log.steps[-1]
+    out = {"batch_size": last.draw.B, "optimizer_lr": last.lr if last.lr == last.lr else None,
+           "start_step": first.step, "start_loss": first.draw.loss if first.draw.loss == first.draw.loss else None}
     if log.header.get("optimizer"):
         out["optimizer"] = log.header["optimizer"]
     if log.header.get("optimizer_momentum") is not None:
