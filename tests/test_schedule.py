@@ -648,3 +648,33 @@ def test_a_tracker_log_schedule_counts_steps_from_its_first_logged_step(tmp_path
     assert s.stages[0].start_step == 0 and s.stages[0].start_loss == max(first.draw.loss, rows[0].loss)
     assert s.prediction["lead_in"]["path_step"] == 19 and s.prediction["lead_in"]["steps"] > 0
     assert any("as from the logged run's first step (step 0" in a for a in s.assumptions)
+
+
+def test_b_crit_interval_carries_the_extrapolation():
+    """A new user's finding: far below the measured losses B_crit printed 252 [247, 313] beside a noise scale at the
+    target of 321 [0.087, 1.2e6]: the refits through the measurements' interval ends keep the form's trend, so the
+    path's interval had none of the extrapolation's uncertainty. Now each end also follows the fit's own interval
+    below the lowest measured loss: paths through that band lie inside B_crit's interval, and the value inside it.
+    A path within the measured losses (the headline's) keeps the sampling interval alone."""
+    from bsprof.schedule.plan import b_crit_bounds, fit_rows, noise_path, usable_rows
+
+    report = synthetic_report(noise=0.3, n=4)
+    rows, _ = usable_rows(report, ScheduleConfig(target_loss=0.1))
+    fit, steps, loss = fit_rows(rows, 0.9)
+    s = plan(report, ScheduleConfig(target_loss=0.1, allow_extrapolation=True))
+    p = s.prediction
+
+    def through_band(end):  # the fit, and below the lowest measured loss one end of its own interval
+        def b(x):
+            v = [fit.interval(float(y))[end] if y < fit.loss_min else float(fit(y)) for y in np.ravel(x)]
+            return np.reshape(v, np.shape(x))
+        return predict.critical_batch(noise_path(b, steps, loss, 32, 0.1))["b_crit"]
+
+    assert p["b_crit_lo"] <= through_band(1) < p["b_crit"] < through_band(2) <= p["b_crit_hi"], p
+    low = float(min(loss))
+    plain = [predict.critical_batch(noise_path(fit_rows(rows, 0.9, fit.form, end)[0], steps, loss, 32, low))["b_crit"]
+             for end in ("lo", "hi")]
+    assert b_crit_bounds(rows, fit, steps, loss, 32, low) == (min(plain), max(plain))
+    from bsprof.cli.schedule import render
+
+    assert "from the fit's extrapolation below the lowest measured loss" in " ".join(render(s, "table").split())

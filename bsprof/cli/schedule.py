@@ -159,9 +159,12 @@ def tables(result) -> list:
         mark = " (current)" if b.get("current") else ""
         bt.add_row(f"{b['batch_size']:,}{mark}", f"{b['steps']:,.0f}", f"{b['examples']:,.0f}",
                    f"{0.0 - b.get('steps_saved', 0):+.0%}", f"{0.0 - b.get('examples_saved', 0):+.0%}")
+    lowest = (result.fit or {}).get("loss_min", -math.inf)
+    what = (f"interval from sampling and from the fit's extrapolation below the lowest measured loss {lowest:.4g}"
+            if result.target_loss < lowest else "sampling interval only")
     lines = [f"B_crit over the path to loss {result.target_loss:g} ≈ {p['b_crit']:.4g} "
              f"[{p.get('b_crit_lo', math.nan):.4g}, {p.get('b_crit_hi', math.nan):.4g}] {u} (S_min {p['s_min']:,.0f} "
-             f"steps; sampling interval only: the report's headline ends its path at the lowest measured loss and "
+             f"steps; {what}: the report's headline ends its path at the lowest measured loss and "
              f"adds the model range); noise scale at the target {p['b_noise_target']:.4g} "
              f"[{p['b_noise_target_lo']:.4g}, {p['b_noise_target_hi']:.4g}]"]
     if result.recommendation:

@@ -417,16 +417,43 @@ def noise_path(fit, steps, loss, batch_train: float, target: float):
     return predict.loss_path(meas_l, meas_s, target, fit)
 
 
+class FitBand:
+    """One end ("lo" or "hi") of the fit's own interval (``fit.interval``, the delta method: it widens with the
+    distance from the measured losses) below the lowest measured loss, where the fit is an extrapolation; the fit
+    itself where it was measured (and where the interval is not finite)."""
+
+    def __init__(self, fit, end: str, confidence: float = 0.9):
+        self.fit, self.end, self.confidence = fit, end, confidence
+
+    def __call__(self, loss):
+        x = np.asarray(loss, float)
+        out = np.array(self.fit(x), float, ndmin=1)
+        flat = np.broadcast_to(x, out.shape).ravel()
+        for i in np.flatnonzero(flat < self.fit.loss_min * (1 - 1e-9)):  # not the lowest loss itself
+            band = self.fit.interval(float(flat[i]), self.confidence)[1 if self.end == "lo" else 2]
+            if math.isfinite(band) and band > 0:
+                out.flat[i] = band
+        return out.reshape(np.shape(x)) if np.ndim(x) else float(out[0])
+
+
 def b_crit_bounds(rows, fit, steps, loss, batch_train: float, target: float,
                   confidence: float = 0.9) -> tuple[float, float]:
-    """(lo, hi) of the path's B_crit from its sampling error: the same path integral through the lower ends and
-    through the upper ends of every measurement's interval (``fit_rows`` with values "lo"/"hi", the form of
-    ``fit`` held fixed). Conservative: every measurement at its bound at once. NaN where a bound's path fails."""
+    """(lo, hi) of the path's B_crit, the union of
+    1. sampling: the same path integral through the lower ends and through the upper ends of every measurement's
+       interval (``fit_rows`` with values "lo"/"hi", the form of ``fit`` held fixed); conservative: every
+       measurement at its bound at once;
+    2. extrapolation, where the path runs below the lowest measured loss: the path integral through the fit, and
+       below that loss through the lower and the upper end of the fit's own interval (``FitBand``). The refits of
+       (1) keep the fitted form's trend, and alone gave B_crit an interval narrower than the extrapolated noise
+       scale's (252 [247, 313] beside a noise scale at the target of 321 [0.087, 1.2e6]).
+    A path within the measured losses (the headline's) has (1) alone. NaN where a bound's path fails."""
+    curves = [fit_rows(rows, confidence, fit.form, end)[0] for end in ("lo", "hi")]
+    if target < fit.loss_min * (1 - 1e-9):
+        curves += [FitBand(fit, end, confidence) for end in ("lo", "hi")]
     out = []
-    for end in ("lo", "hi"):
+    for curve in curves:
         try:
-            f = fit_rows(rows, confidence, fit.form, end)[0]
-            out.append(predict.critical_batch(noise_path(f, steps, loss, batch_train, target))["b_crit"])
+            out.append(predict.critical_batch(noise_path(curve, steps, loss, batch_train, target))["b_crit"])
         except (BsprofError, ValueError, ArithmeticError):
             out.append(math.nan)
     return (min(out), max(out)) if all(math.isfinite(x) for x in out) else (math.nan, math.nan)
@@ -546,7 +573,8 @@ def plan(report, config: ScheduleConfig) -> Schedule:
                      f"{calibration(family_name, quantity):g} × the measured {col}: measured the plain-SGD way, the "
                      f"noise scale fell short of swept critical batches on every such task we checked, "
                      f"{short.get(quantity, short['b_simple'])} (docs/science.md §6); B_crit's interval is the "
-                     "sampling error only, confirm with `bsprof sweep`")
+                     "statistical error only (sampling, and the fit's extrapolation below the measured losses), not "
+                     "this factor's spread: confirm with `bsprof sweep`")
     assumed = assumptions(report, lr0, lr_rule, batch_train)
     if lead.probe_steps > 0:
         start = ("the logged run's first step" if report.spec.get("tracker_log") else
