@@ -678,3 +678,39 @@ def test_b_crit_interval_carries_the_extrapolation():
     from bsprof.cli.schedule import render
 
     assert "from the fit's extrapolation below the lowest measured loss" in " ".join(render(s, "table").split())
+
+
+def test_a_tracker_log_schedule_keeps_the_logged_micro_batch(tmp_path):
+    """A new user's finding: a log of 4 accumulation steps of 8 (batch 32) was planned as 32 × 1 × 1 and 64 × 1 × 1
+    (micro × accum × ranks): the micro-batch the run trains with is now kept and the accumulation raised, as with
+    --micro-batch, and a note says so; --micro-batch still wins; a log from several ranks says to pass
+    --world-size."""
+    from bsprof.track import report_from_log
+
+    log = logged_run(tmp_path / "trk.jsonl")
+    report = report_from_log(log, window=20)
+    runner, app = _runner()
+    target = str(0.95 * min(r.loss for r in report.measurements))
+
+    def planned(*extra, path=log):
+        res = runner.invoke(app, ["schedule", str(path), "-t", target, "--window", "20", "--allow-extrapolation",
+                                  "-f", "json", *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    out = planned()
+    assert [(s["micro_batch"], s["accumulation"]) for s in out["stages"]] == [
+        (8, s["batch_size"] // 8) for s in out["stages"]]
+    assert any(s["accumulation"] > 1 for s in out["stages"])
+    assert any("micro-batch 8 per rank (auto: the tracker log's, batch 32 = 8 × 4 accumulation" in n
+               for n in out["notes"])
+    assert (report.config["train_micro_batch"], report.config["accumulation_steps"]) == (8, 4)
+    assert max(s["micro_batch"] for s in planned("--micro-batch", "16")["stages"]) == 16
+    assert any("log's micro-batch is kept" in n for n in planned("--max-batch", "auto")["notes"])
+    lines = log.read_text().splitlines()   # the same steps as logged on 2 ranks: 2 × 4 micro-batches of 4
+    lines[0] = json.dumps(json.loads(lines[0]) | {"world_size": 2})
+    two = tmp_path / "two.jsonl"
+    two.write_text("\n".join(lines) + "\n")
+    out = planned(path=two)
+    assert {s["micro_batch"] for s in out["stages"]} == {4} and any("--world-size 2" in n for n in out["notes"])
+    assert {s["world_size"] for s in planned("--world-size", "2", path=two)["stages"]} == {2}

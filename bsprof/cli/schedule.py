@@ -43,7 +43,8 @@ def schedule(
                                  "the training batch). [0]"),
     max_batch: Optional[str] = O(None, help="Largest batch, or 'auto': measure the largest micro-batch that "
                                  "fits on the device (SPEC.py + CUDA) and accumulate above it. [65536]"),
-    micro_batch: Optional[int] = O(None, help="Largest per-rank micro-batch; above it: accumulation. [no limit]"),
+    micro_batch: Optional[int] = O(None, help="Largest per-rank micro-batch; above it: accumulation. [a tracker "
+                                   "log's micro-batch, else no limit]"),
     world_size: Optional[int] = O(None, help="Data-parallel ranks. [1]"),
     dwell: Optional[int] = O(None, help="Minimum steps between two batch changes. [50]"),
     lr_rule: Optional[str] = O(None, help="linear (SGD), sqrt (Adam), none, auto (by optimizer). [auto]"),
@@ -113,6 +114,9 @@ def _max_batch(value: str | None, source: Path, overrides: dict) -> tuple[int | 
 
     if overrides.get("micro_batch"):
         return None, f"max micro-batch {overrides['micro_batch']}: given by --micro-batch"
+    if source.suffix == ".jsonl":  # plan keeps the log's own micro-batch (plan.logged_micro_batch)
+        return None, "--max-batch auto: not measurable from a tracker log (needs SPEC.py and CUDA); the log's " \
+                     "micro-batch is kept"
     if source.suffix != ".py":
         found, why = None, f"not measurable from a report (needs SPEC.py and CUDA); using {DEFAULT_MICRO_BATCH}"
     else:

@@ -60,7 +60,8 @@ class ScheduleConfig:
     lr: typing.Optional[float] = None  # learning rate at the training batch (default: the report's)
     lr_cap: float = 2.0              # emitted lr at most this × the lr at the training batch (0: no cap)
     world_size: int = 1              # data-parallel ranks
-    micro_batch: int = 0             # largest per-rank micro-batch (0: no limit, no accumulation)
+    micro_batch: int = 0             # largest per-rank micro-batch (0: auto, a tracker log's micro-batch
+                                     # (``logged_micro_batch``), else no limit and no accumulation)
     noise: str = "auto"              # noise scale to follow: auto or one of ``NOISES``
     form: str = "auto"               # fit of B_n(L): auto (AIC), power, hyperbola
     allow_extrapolation: bool = False
@@ -369,6 +370,23 @@ def recommend(prediction: dict, baselines: list[dict], unit: str = "examples", s
                     f"{best['examples']:,.0f} {unit}, fewer than the schedule's {s:,.0f} steps and {e:,.0f} {unit}"}
 
 
+def logged_micro_batch(report, world_size: int = 1) -> tuple[int, list[str]]:
+    """A tracker log's per-rank micro-batch (0 if not a log or not recorded) and notes: the schedule keeps the
+    micro-batch the run trained with and raises the accumulation, as with ``--micro-batch``; the log says
+    B = accumulation steps k × ranks W × micro-batch m."""
+    micro = int(report.config.get("train_micro_batch") or 0) if report.spec.get("tracker_log") else 0
+    if micro < 1:
+        return 0, []
+    k, w = int(report.config.get("accumulation_steps") or 1), int(report.config.get("world_size") or 1)
+    notes = [f"micro-batch {micro} per rank (auto: the tracker log's, batch {micro * k * w:g} = {micro} × {k} "
+             f"accumulation step(s) × {w} rank(s)): larger batches accumulate more micro-batches; --micro-batch to "
+             "change"]
+    if w > 1 and world_size == 1:
+        notes.append(f"the log was written on {w} ranks and this schedule splits its batches for one: pass "
+                     f"--world-size {w} to plan for them")
+    return micro, notes
+
+
 def auto_min_batch(report, batch_train: float, max_batch: int) -> tuple[int, str]:
     """The smallest batch when ``min_batch`` is 0 (auto): max(8, the probe's micro-batch), but never above the
     training batch the report was measured at (that batch is known to work) nor above ``max_batch``.
@@ -532,6 +550,10 @@ def plan(report, config: ScheduleConfig) -> Schedule:
         grid = (f"multiples of {math.lcm(config.multiple_of, quantum)} tokens" if config.multiple_of else
                 f"powers of two in sequences ({quantum} × 2^k tokens)")
         notes.append(f"batches are whole sequences of {quantum} tokens ({source}): {grid}")
+    if config.micro_batch == 0:
+        micro, why_micro = logged_micro_batch(report, config.world_size)
+        config = dataclasses.replace(config, micro_batch=micro)
+        notes += why_micro
     if config.min_batch == 0:
         min_batch, why_min = auto_min_batch(report, batch_train, config.max_batch)
         config = dataclasses.replace(config, min_batch=min_batch)
