@@ -714,3 +714,19 @@ def test_a_tracker_log_schedule_keeps_the_logged_micro_batch(tmp_path):
     out = planned(path=two)
     assert {s["micro_batch"] for s in out["stages"]} == {4} and any("--world-size 2" in n for n in out["notes"])
     assert {s["world_size"] for s in planned("--world-size", "2", path=two)["stages"]} == {2}
+
+
+def test_b_crit_bounds_are_nan_where_a_refit_through_the_ends_fails():
+    """The refits through the interval ends run inside the guard: a form that cannot be refitted (the hyperbola on
+    three rows) gives NaN bounds, which the headline and the schedule handle, not an exception."""
+    from types import SimpleNamespace
+
+    from bsprof.results import Estimate
+    from bsprof.schedule.plan import b_crit_bounds, fit_rows
+
+    rows = [(SimpleNamespace(step=s, loss=l), Estimate(10 / (l - 0.1), 8 / (l - 0.1), 12 / (l - 0.1)))
+            for s, l in zip([0, 50, 100, 150], [2.0, 1.2, 0.8, 0.5])]
+    fit, steps, loss = fit_rows(rows, 0.9, "hyperbola")
+    assert fit.form == "hyperbola"
+    lo, hi = b_crit_bounds(rows[:3], fit, steps[:3], loss[:3], 32, 0.6)
+    assert math.isnan(lo) and math.isnan(hi)

@@ -465,13 +465,13 @@ def b_crit_bounds(rows, fit, steps, loss, batch_train: float, target: float,
        (1) keep the fitted form's trend, and alone gave B_crit an interval narrower than the extrapolated noise
        scale's (252 [247, 313] beside a noise scale at the target of 321 [0.087, 1.2e6]).
     A path within the measured losses (the headline's) has (1) alone. NaN where a bound's path fails."""
-    curves = [fit_rows(rows, confidence, fit.form, end)[0] for end in ("lo", "hi")]
+    curves = [lambda end=end: fit_rows(rows, confidence, fit.form, end)[0] for end in ("lo", "hi")]
     if target < fit.loss_min * (1 - 1e-9):
-        curves += [FitBand(fit, end, confidence) for end in ("lo", "hi")]
+        curves += [lambda end=end: FitBand(fit, end, confidence) for end in ("lo", "hi")]
     out = []
     for curve in curves:
         try:
-            out.append(predict.critical_batch(noise_path(curve, steps, loss, batch_train, target))["b_crit"])
+            out.append(predict.critical_batch(noise_path(curve(), steps, loss, batch_train, target))["b_crit"])
         except (BsprofError, ValueError, ArithmeticError):
             out.append(math.nan)
     return (min(out), max(out)) if all(math.isfinite(x) for x in out) else (math.nan, math.nan)
