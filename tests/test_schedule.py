@@ -573,3 +573,160 @@ def test_a_target_below_losses_that_hardly_fell_says_so():
     assert "in `bsprof schedule`, pass --allow-extrapolation" in e.value.hint
     # the lowest loss as printed (0.2074 for 0.20743): no "extrapolating … by 0%" warning
     assert check_target(0.2074, np.array([2.3, 1.0, 0.20743]), Fit(), ScheduleConfig(target_loss=0.2074)) == []
+
+
+def late_path_report():
+    """``synthetic_report`` whose step-0 row has no noise scale (as a training-step window has none at step 0): the
+    followed noise scale starts at step 60, loss 1.62, while the run started at step 0, loss 2.3."""
+    r = synthetic_report()
+    first = r.measurements[0]
+    r.measurements[0] = dataclasses.replace(first, b_simple=dataclasses.replace(first.b_simple, status="undetermined"))
+    return r
+
+
+def test_the_schedule_counts_steps_from_the_start_of_the_run():
+    """A new user's finding: the first stage said "from step 0, at loss 1.62" (the path's first point, step 60 of the
+    probe) where the run started at loss 2.3, and every predicted step counted from step 60. Now the first stage
+    starts at the run's start, and the steps include the probe's 60 steps before the path at the first stage's
+    batch: at the probe's own batch the model predicts the probe's own steps to its lowest loss (step 300)."""
+    report = late_path_report()
+    assert report.measurements[0].loss == pytest.approx(2.3) and report.measurements[1].step == 60
+    s = plan(report, ScheduleConfig(target_loss=0.4, dwell=0))
+    assert (s.stages[0].start_step, s.stages[0].start_loss) == (0, pytest.approx(2.3))
+    current = next(b for b in s.baselines if b["current"])
+    assert current["steps"] == pytest.approx(300, rel=0.03)   # the probe reached loss 0.4 at step 300
+    lead = s.prediction["lead_in"]
+    assert lead["start_step"] == 0 and lead["path_step"] == 60 and lead["path_loss"] == report.measurements[1].loss
+    b1 = s.stages[0].batch_size
+    assert lead["steps"] == pytest.approx(lead["s_min"] * (1 + lead["b_noise"] / b1))
+    assert lead["s_min"] == pytest.approx(60 / (1 + lead["b_noise"] / 32))
+    shifted = plan(report, ScheduleConfig(target_loss=0.4, dwell=0, min_batch=b1, max_batch=b1))
+    assert shifted.stages == [Stage(0, pytest.approx(2.3), b1, shifted.stages[0].lr, b1, 1, 1)]
+    assert shifted.prediction["steps"] == pytest.approx(next(b for b in s.baselines if b["batch_size"] == b1)["steps"])
+    assert len(s.stages) > 1 and all(st.start_step > lead["steps"] - 1 for st in s.stages[1:])
+    assert any("steps count from step 0 of a new run, as from the probe's initial weights (step 0, loss 2.3)" in a
+               for a in s.assumptions)
+    again = plan(synthetic_report(), ScheduleConfig(target_loss=0.4))   # a path from step 0: nothing added
+    assert again.prediction["lead_in"]["steps"] == 0 and not any("steps count from" in a for a in again.assumptions)
+
+
+def logged_run(path, steps=80, accum=4, micro=8, lr=0.02):
+    """A tracker log (JSONL) of ``steps`` SGD steps of least squares, ``accum`` micro-batches of ``micro``."""
+    import torch
+
+    from bsprof import Tracker
+
+    torch.manual_seed(0)
+    d = 8
+    w_star = torch.randn(d)
+    model = torch.nn.Linear(d, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    tracker = Tracker(model, opt, accumulation_steps=accum, batch_size=accum * micro, log=path)
+    for _ in range(steps):
+        for _ in range(accum):
+            x = torch.randn(micro, d)
+            loss = ((model(x).squeeze(-1) - x @ w_star - 0.3 * torch.randn(micro)) ** 2).mean()
+            (loss / accum).backward()
+        tracker.step(loss=loss)
+        opt.step()
+        opt.zero_grad()
+    tracker.close()
+    return path
+
+
+def test_a_tracker_log_schedule_counts_steps_from_its_first_logged_step(tmp_path):
+    """The log's windows of 20 steps put the path's first point at step 19: the first stage starts at the first
+    logged step and its loss, and the 19 steps before the path are counted."""
+    from bsprof.track import read_log, report_from_log
+
+    log = logged_run(tmp_path / "trk.jsonl")
+    report = report_from_log(log, window=20)
+    first = read_log(log).steps[0]
+    assert (report.config["start_step"], report.config["start_loss"]) == (0, first.draw.loss)
+    rows = report.measurements
+    s = plan(report, ScheduleConfig(target_loss=0.95 * min(r.loss for r in rows), allow_extrapolation=True))
+    assert s.stages[0].start_step == 0 and s.stages[0].start_loss == max(first.draw.loss, rows[0].loss)
+    assert s.prediction["lead_in"]["path_step"] == 19 and s.prediction["lead_in"]["steps"] > 0
+    assert any("as from the logged run's first step (step 0" in a for a in s.assumptions)
+
+
+def test_b_crit_interval_carries_the_extrapolation():
+    """A new user's finding: far below the measured losses B_crit printed 252 [247, 313] beside a noise scale at the
+    target of 321 [0.087, 1.2e6]: the refits through the measurements' interval ends keep the form's trend, so the
+    path's interval had none of the extrapolation's uncertainty. Now each end also follows the fit's own interval
+    below the lowest measured loss: paths through that band lie inside B_crit's interval, and the value inside it.
+    A path within the measured losses (the headline's) keeps the sampling interval alone."""
+    from bsprof.schedule.plan import b_crit_bounds, fit_rows, noise_path, usable_rows
+
+    report = synthetic_report(noise=0.3, n=4)
+    rows, _ = usable_rows(report, ScheduleConfig(target_loss=0.1))
+    fit, steps, loss = fit_rows(rows, 0.9)
+    s = plan(report, ScheduleConfig(target_loss=0.1, allow_extrapolation=True))
+    p = s.prediction
+
+    def through_band(end):  # the fit, and below the lowest measured loss one end of its own interval
+        def b(x):
+            v = [fit.interval(float(y))[end] if y < fit.loss_min else float(fit(y)) for y in np.ravel(x)]
+            return np.reshape(v, np.shape(x))
+        return predict.critical_batch(noise_path(b, steps, loss, 32, 0.1))["b_crit"]
+
+    assert p["b_crit_lo"] <= through_band(1) < p["b_crit"] < through_band(2) <= p["b_crit_hi"], p
+    low = float(min(loss))
+    plain = [predict.critical_batch(noise_path(fit_rows(rows, 0.9, fit.form, end)[0], steps, loss, 32, low))["b_crit"]
+             for end in ("lo", "hi")]
+    assert b_crit_bounds(rows, fit, steps, loss, 32, low) == (min(plain), max(plain))
+    from bsprof.cli.schedule import render
+
+    assert "from the fit's extrapolation below the lowest measured loss" in " ".join(render(s, "table").split())
+
+
+def test_a_tracker_log_schedule_keeps_the_logged_micro_batch(tmp_path):
+    """A new user's finding: a log of 4 accumulation steps of 8 (batch 32) was planned as 32 × 1 × 1 and 64 × 1 × 1
+    (micro × accum × ranks): the micro-batch the run trains with is now kept and the accumulation raised, as with
+    --micro-batch, and a note says so; --micro-batch still wins; a log from several ranks says to pass
+    --world-size."""
+    from bsprof.track import report_from_log
+
+    log = logged_run(tmp_path / "trk.jsonl")
+    report = report_from_log(log, window=20)
+    runner, app = _runner()
+    target = str(0.95 * min(r.loss for r in report.measurements))
+
+    def planned(*extra, path=log):
+        res = runner.invoke(app, ["schedule", str(path), "-t", target, "--window", "20", "--allow-extrapolation",
+                                  "-f", "json", *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    out = planned()
+    assert [(s["micro_batch"], s["accumulation"]) for s in out["stages"]] == [
+        (8, s["batch_size"] // 8) for s in out["stages"]]
+    assert any(s["accumulation"] > 1 for s in out["stages"])
+    assert any("micro-batch 8 per rank (auto: the tracker log's, batch 32 = 8 × 4 accumulation" in n
+               for n in out["notes"])
+    assert (report.config["train_micro_batch"], report.config["accumulation_steps"]) == (8, 4)
+    assert max(s["micro_batch"] for s in planned("--micro-batch", "16")["stages"]) == 16
+    assert any("log's micro-batch is kept" in n for n in planned("--max-batch", "auto")["notes"])
+    lines = log.read_text().splitlines()   # the same steps as logged on 2 ranks: 2 × 4 micro-batches of 4
+    lines[0] = json.dumps(json.loads(lines[0]) | {"world_size": 2})
+    two = tmp_path / "two.jsonl"
+    two.write_text("\n".join(lines) + "\n")
+    out = planned(path=two)
+    assert {s["micro_batch"] for s in out["stages"]} == {4} and any("--world-size 2" in n for n in out["notes"])
+    assert {s["world_size"] for s in planned("--world-size", "2", path=two)["stages"]} == {2}
+
+
+def test_b_crit_bounds_are_nan_where_a_refit_through_the_ends_fails():
+    """The refits through the interval ends run inside the guard: a form that cannot be refitted (the hyperbola on
+    three rows) gives NaN bounds, which the headline and the schedule handle, not an exception."""
+    from types import SimpleNamespace
+
+    from bsprof.results import Estimate
+    from bsprof.schedule.plan import b_crit_bounds, fit_rows
+
+    rows = [(SimpleNamespace(step=s, loss=l), Estimate(10 / (l - 0.1), 8 / (l - 0.1), 12 / (l - 0.1)))
+            for s, l in zip([0, 50, 100, 150], [2.0, 1.2, 0.8, 0.5])]
+    fit, steps, loss = fit_rows(rows, 0.9, "hyperbola")
+    assert fit.form == "hyperbola"
+    lo, hi = b_crit_bounds(rows[:3], fit, steps[:3], loss[:3], 32, 0.6)
+    assert math.isnan(lo) and math.isnan(hi)

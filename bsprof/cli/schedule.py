@@ -43,7 +43,8 @@ def schedule(
                                  "the training batch). [0]"),
     max_batch: Optional[str] = O(None, help="Largest batch, or 'auto': measure the largest micro-batch that "
                                  "fits on the device (SPEC.py + CUDA) and accumulate above it. [65536]"),
-    micro_batch: Optional[int] = O(None, help="Largest per-rank micro-batch; above it: accumulation. [no limit]"),
+    micro_batch: Optional[int] = O(None, help="Largest per-rank micro-batch; above it: accumulation. [a tracker "
+                                   "log's micro-batch, else no limit]"),
     world_size: Optional[int] = O(None, help="Data-parallel ranks. [1]"),
     dwell: Optional[int] = O(None, help="Minimum steps between two batch changes. [50]"),
     lr_rule: Optional[str] = O(None, help="linear (SGD), sqrt (Adam), none, auto (by optimizer). [auto]"),
@@ -113,6 +114,9 @@ def _max_batch(value: str | None, source: Path, overrides: dict) -> tuple[int | 
 
     if overrides.get("micro_batch"):
         return None, f"max micro-batch {overrides['micro_batch']}: given by --micro-batch"
+    if source.suffix == ".jsonl":  # plan keeps the log's own micro-batch (plan.logged_micro_batch)
+        return None, "--max-batch auto: not measurable from a tracker log (needs SPEC.py and CUDA); the log's " \
+                     "micro-batch is kept"
     if source.suffix != ".py":
         found, why = None, f"not measurable from a report (needs SPEC.py and CUDA); using {DEFAULT_MICRO_BATCH}"
     else:
@@ -159,9 +163,12 @@ def tables(result) -> list:
         mark = " (current)" if b.get("current") else ""
         bt.add_row(f"{b['batch_size']:,}{mark}", f"{b['steps']:,.0f}", f"{b['examples']:,.0f}",
                    f"{0.0 - b.get('steps_saved', 0):+.0%}", f"{0.0 - b.get('examples_saved', 0):+.0%}")
+    lowest = (result.fit or {}).get("loss_min", -math.inf)
+    what = (f"interval from sampling and from the fit's extrapolation below the lowest measured loss {lowest:.4g}"
+            if result.target_loss < lowest else "sampling interval only")
     lines = [f"B_crit over the path to loss {result.target_loss:g} ≈ {p['b_crit']:.4g} "
              f"[{p.get('b_crit_lo', math.nan):.4g}, {p.get('b_crit_hi', math.nan):.4g}] {u} (S_min {p['s_min']:,.0f} "
-             f"steps; sampling interval only: the report's headline ends its path at the lowest measured loss and "
+             f"steps; {what}: the report's headline ends its path at the lowest measured loss and "
              f"adds the model range); noise scale at the target {p['b_noise_target']:.4g} "
              f"[{p['b_noise_target_lo']:.4g}, {p['b_noise_target_hi']:.4g}]"]
     if result.recommendation:

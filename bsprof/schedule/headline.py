@@ -7,7 +7,9 @@ at the lowest measured loss, so nothing is extrapolated (or at a ``target_loss``
 
 **Interval**, two parts, both stated in the reason and in docs/science.md ("Which critical batch bsprof reports"):
 1. sampling: the same path integral through the lower ends and through the upper ends of every measurement's
-   interval (the fit's form held fixed). Conservative for sampling error (every measurement at its bound at once);
+   interval (the fit's form held fixed). Conservative for sampling error (every measurement at its bound at once).
+   To a ``target_loss`` below the measured losses, also the fit's own extrapolation interval there
+   (``plan.b_crit_bounds``);
 2. model: the ends multiplied by ``MODEL_RANGE`` — the range of swept B_crit / this estimate seen in our checks
    (docs/science.md §6; scripts/results/validation_table.md). Under the Adam family the value is
    ``plan.ADAM_FACTORS`` × the path average: 3.2 × the training-step window B_simple (the geometric mean over 6

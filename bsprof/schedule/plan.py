@@ -60,7 +60,8 @@ class ScheduleConfig:
     lr: typing.Optional[float] = None  # learning rate at the training batch (default: the report's)
     lr_cap: float = 2.0              # emitted lr at most this × the lr at the training batch (0: no cap)
     world_size: int = 1              # data-parallel ranks
-    micro_batch: int = 0             # largest per-rank micro-batch (0: no limit, no accumulation)
+    micro_batch: int = 0             # largest per-rank micro-batch (0: auto, a tracker log's micro-batch
+                                     # (``logged_micro_batch``), else no limit and no accumulation)
     noise: str = "auto"              # noise scale to follow: auto or one of ``NOISES``
     form: str = "auto"               # fit of B_n(L): auto (AIC), power, hyperbola
     allow_extrapolation: bool = False
@@ -296,8 +297,15 @@ def sequence_tokens(report, config: ScheduleConfig) -> int:
     return int(config.seq_length or (tpe if finite(tpe) and tpe >= 1 else 1))
 
 
-def _march(path, cfg: ScheduleConfig, batch_train: float, lr0: float, lr_rule: str, quantum: int = 1):
+def _march(path, cfg: ScheduleConfig, batch_train: float, lr0: float, lr_rule: str, quantum: int = 1,
+           lead: predict.LeadIn | None = None):
+    """(batch per segment, stages) along ``path``; the first stage from step 0, the start of the run: it covers
+    ``lead`` (the probe's steps before the path's first point, at the first stage's batch) and steps count from
+    there."""
     rule, lr_fn = rules.RULES[cfg.rule], rules.LR_RULES[lr_rule]
+    lead = lead or predict.LeadIn()
+    first = float(path.loss[0])
+    start_loss = lead.start_loss if finite(lead.start_loss) and lead.start_loss > first else first
     b0 = cfg.b0 or batch_train
     batches, stages = np.empty(len(path.ds_min)), []
     step, prev, last_change = 0.0, None, 0.0
@@ -306,27 +314,37 @@ def _march(path, cfg: ScheduleConfig, batch_train: float, lr0: float, lr_rule: s
         b = rules.apply_constraints(rule(state, cfg), prev, step, last_change, cfg, quantum)
         if b != prev:
             micro, acc, world = decompose(b, cfg.world_size, cfg.micro_batch, quantum)
-            stages.append(Stage(int(round(step)), float(path.loss[j]), micro * acc * world,
+            stages.append(Stage(int(round(step)), float(path.loss[j]) if j else start_loss, micro * acc * world,
                                 float(lr_fn(lr0, b, batch_train, float(path.b_noise[j]))), micro, acc, world))
             prev, last_change = b, step
         batches[j] = stages[-1].batch_size
+        if j == 0:
+            step = lead.steps(batches[0])  # at the path's first point: the lead-in at the first stage's batch
         step += (1 + path.b_mid[j] / batches[j]) * ds_min
     return batches, stages
 
 
-def _baselines(path, batch_train: float, cfg: ScheduleConfig, sched: dict, quantum: int = 1) -> list[dict]:
+def _baselines(path, batch_train: float, cfg: ScheduleConfig, sched: dict, quantum: int = 1,
+               lead: predict.LeadIn | None = None) -> list[dict]:
+    """Constant batches against the schedule ``sched``: each over ``lead`` and the path, from step 0."""
+    lead = lead or predict.LeadIn()
     bmax = min(cfg.max_batch, 16 * float(path.b_noise.max()))
     sizes = sorted({int(batch_train)} | {quantum * 2 ** k for k in range(0, 31)
                                          if cfg.min_batch <= quantum * 2 ** k <= bmax})
+
+    def constant(b):
+        base = predict.constant_batch(path, b)
+        return base | {"steps": base["steps"] + lead.steps(b), "examples": base["examples"] + lead.examples(b)}
+
     out = []
     for b in sizes[-12:] if len(sizes) > 12 else sizes:
-        base = predict.constant_batch(path, b)
+        base = constant(b)
         base["steps_saved"] = 1 - sched["steps"] / base["steps"]
         base["examples_saved"] = 1 - sched["examples"] / base["examples"]
         base["current"] = b == int(batch_train)
         out.append(base)
     if int(batch_train) not in [b["batch_size"] for b in out]:
-        out.insert(0, predict.constant_batch(path, batch_train) | {"current": True})
+        out.insert(0, constant(batch_train) | {"current": True})
     return out
 
 
@@ -350,6 +368,23 @@ def recommend(prediction: dict, baselines: list[dict], unit: str = "examples", s
             "examples": best["examples"],
             "text": f"use a constant batch of {best['batch_size']:,} {unit}: predicted {best['steps']:,.0f} steps and "
                     f"{best['examples']:,.0f} {unit}, fewer than the schedule's {s:,.0f} steps and {e:,.0f} {unit}"}
+
+
+def logged_micro_batch(report, world_size: int = 1) -> tuple[int, list[str]]:
+    """A tracker log's per-rank micro-batch (0 if not a log or not recorded) and notes: the schedule keeps the
+    micro-batch the run trained with and raises the accumulation, as with ``--micro-batch``; the log says
+    B = accumulation steps k × ranks W × micro-batch m."""
+    micro = int(report.config.get("train_micro_batch") or 0) if report.spec.get("tracker_log") else 0
+    if micro < 1:
+        return 0, []
+    k, w = int(report.config.get("accumulation_steps") or 1), int(report.config.get("world_size") or 1)
+    notes = [f"micro-batch {micro} per rank (auto: the tracker log's, batch {micro * k * w:g} = {micro} × {k} "
+             f"accumulation step(s) × {w} rank(s)): larger batches accumulate more micro-batches; --micro-batch to "
+             "change"]
+    if w > 1 and world_size == 1:
+        notes.append(f"the log was written on {w} ranks and this schedule splits its batches for one: pass "
+                     f"--world-size {w} to plan for them")
+    return micro, notes
 
 
 def auto_min_batch(report, batch_train: float, max_batch: int) -> tuple[int, str]:
@@ -400,16 +435,43 @@ def noise_path(fit, steps, loss, batch_train: float, target: float):
     return predict.loss_path(meas_l, meas_s, target, fit)
 
 
+class FitBand:
+    """One end ("lo" or "hi") of the fit's own interval (``fit.interval``, the delta method: it widens with the
+    distance from the measured losses) below the lowest measured loss, where the fit is an extrapolation; the fit
+    itself where it was measured (and where the interval is not finite)."""
+
+    def __init__(self, fit, end: str, confidence: float = 0.9):
+        self.fit, self.end, self.confidence = fit, end, confidence
+
+    def __call__(self, loss):
+        x = np.asarray(loss, float)
+        out = np.array(self.fit(x), float, ndmin=1)
+        flat = np.broadcast_to(x, out.shape).ravel()
+        for i in np.flatnonzero(flat < self.fit.loss_min * (1 - 1e-9)):  # not the lowest loss itself
+            band = self.fit.interval(float(flat[i]), self.confidence)[1 if self.end == "lo" else 2]
+            if math.isfinite(band) and band > 0:
+                out.flat[i] = band
+        return out.reshape(np.shape(x)) if np.ndim(x) else float(out[0])
+
+
 def b_crit_bounds(rows, fit, steps, loss, batch_train: float, target: float,
                   confidence: float = 0.9) -> tuple[float, float]:
-    """(lo, hi) of the path's B_crit from its sampling error: the same path integral through the lower ends and
-    through the upper ends of every measurement's interval (``fit_rows`` with values "lo"/"hi", the form of
-    ``fit`` held fixed). Conservative: every measurement at its bound at once. NaN where a bound's path fails."""
+    """(lo, hi) of the path's B_crit, the union of
+    1. sampling: the same path integral through the lower ends and through the upper ends of every measurement's
+       interval (``fit_rows`` with values "lo"/"hi", the form of ``fit`` held fixed); conservative: every
+       measurement at its bound at once;
+    2. extrapolation, where the path runs below the lowest measured loss: the path integral through the fit, and
+       below that loss through the lower and the upper end of the fit's own interval (``FitBand``). The refits of
+       (1) keep the fitted form's trend, and alone gave B_crit an interval narrower than the extrapolated noise
+       scale's (252 [247, 313] beside a noise scale at the target of 321 [0.087, 1.2e6]).
+    A path within the measured losses (the headline's) has (1) alone. NaN where a bound's path fails."""
+    curves = [lambda end=end: fit_rows(rows, confidence, fit.form, end)[0] for end in ("lo", "hi")]
+    if target < fit.loss_min * (1 - 1e-9):
+        curves += [lambda end=end: FitBand(fit, end, confidence) for end in ("lo", "hi")]
     out = []
-    for end in ("lo", "hi"):
+    for curve in curves:
         try:
-            f = fit_rows(rows, confidence, fit.form, end)[0]
-            out.append(predict.critical_batch(noise_path(f, steps, loss, batch_train, target))["b_crit"])
+            out.append(predict.critical_batch(noise_path(curve(), steps, loss, batch_train, target))["b_crit"])
         except (BsprofError, ValueError, ArithmeticError):
             out.append(math.nan)
     return (min(out), max(out)) if all(math.isfinite(x) for x in out) else (math.nan, math.nan)
@@ -443,6 +505,39 @@ def assumptions(report, lr0: float, lr_rule: str, batch_train: float) -> list[st
     return out
 
 
+def run_start(report) -> tuple[float, float]:
+    """(step, loss) where the probe's run started: a tracker log's first logged step (``start_step`` and
+    ``start_loss`` in its config), else the report's earliest measurement with a finite loss (step 0 of `bsprof
+    measure`: the initial weights, or those of ``--checkpoint``). NaN loss where not known."""
+    cfg = report.config
+    if cfg.get("start_step") is not None:
+        loss = cfg.get("start_loss")
+        return float(cfg["start_step"]), float(loss) if finite(loss) else math.nan
+    rows = [r for r in report.measurements if finite(r.loss)]
+    first = min(rows, key=lambda r: r.step) if rows else None
+    return (float(first.step), float(first.loss)) if first else (0.0, math.nan)
+
+
+def path_lead_in(report, steps, loss, path, batch_train: float) -> predict.LeadIn:
+    """The probe's steps from ``run_start`` to the path's first point (the first block of ``predict.decreasing``
+    of the fitted rows' (steps, loss), where ``path`` starts), as ``predict.LeadIn``."""
+    start_step, start_loss = run_start(report)
+    first_step = float(predict.decreasing(steps, loss)[0][0])
+    return predict.lead_in(min(start_step, first_step), start_loss, first_step, path, batch_train)
+
+
+def lead_in_text(lead: predict.LeadIn, batch: float, batch_train: float, start: str) -> str:
+    """The assumption a schedule's step counts rest on when its path starts after the run's ``start`` (in words)."""
+    return (f"steps count from step 0 of a new run, as from {start} (step {lead.start_step:g}"
+            + (f", loss {lead.start_loss:.4g}" if finite(lead.start_loss) else "")
+            + f"); the followed noise scale is known from step {lead.path_step:g} of that run on (loss "
+            f"{lead.path_loss:.4g}, where its path starts): the {lead.probe_steps:g} steps before, at batch "
+            f"{batch_train:g}, count as {lead.probe_steps:g}/(1 + B_n/{batch_train:g}) = {lead.s_min:.4g} minimal "
+            f"steps with B_n held at {lead.b_noise:.4g} (its fitted value there; nothing was measured before), which "
+            f"the first stage's batch {batch:g} takes in {lead.steps(batch):,.0f} steps; the later stages' start "
+            "steps and the predicted steps and examples (the constant batches' too) include them")
+
+
 def plan(report, config: ScheduleConfig) -> Schedule:
     """The batch-size (and learning-rate) schedule from the report's start to ``config.target_loss``."""
     rows, col = usable_rows(report, config)
@@ -455,6 +550,10 @@ def plan(report, config: ScheduleConfig) -> Schedule:
         grid = (f"multiples of {math.lcm(config.multiple_of, quantum)} tokens" if config.multiple_of else
                 f"powers of two in sequences ({quantum} × 2^k tokens)")
         notes.append(f"batches are whole sequences of {quantum} tokens ({source}): {grid}")
+    if config.micro_batch == 0:
+        micro, why_micro = logged_micro_batch(report, config.world_size)
+        config = dataclasses.replace(config, micro_batch=micro)
+        notes += why_micro
     if config.min_batch == 0:
         min_batch, why_min = auto_min_batch(report, batch_train, config.max_batch)
         config = dataclasses.replace(config, min_batch=min_batch)
@@ -468,16 +567,20 @@ def plan(report, config: ScheduleConfig) -> Schedule:
     if config.rule == "mccandlish" and not config.exchange_rate:
         config, why_rate = auto_exchange_rate(path, config)
         notes.append(why_rate)
-    batches, stages = _march(path, config, batch_train, lr0, lr_rule, quantum)
+    lead = path_lead_in(report, steps, loss, path, batch_train)
+    batches, stages = _march(path, config, batch_train, lr0, lr_rule, quantum, lead)
     s_cum, e_cum = predict.integrate(path, batches)
-    stages = [s._replace(start_step=int(round(np.interp(s.start_loss, path.loss[::-1], s_cum[::-1]))))
-              for s in stages]
+    s_cum, e_cum = s_cum + lead.steps(batches[0]), e_cum + lead.examples(batches[0])
+    stages = stages[:1] + [s._replace(start_step=int(round(np.interp(s.start_loss, path.loss[::-1], s_cum[::-1]))))
+                           for s in stages[1:]]
     stages, capped = cap_lr(stages, lr0, config.lr_cap)
     bt, bt_lo, bt_hi = fit.interval(config.target_loss, config.confidence)
     pred = {"steps": float(s_cum[-1]), "examples": float(e_cum[-1]), **predict.critical_batch(path),
             **dict(zip(("b_crit_lo", "b_crit_hi"),
                        b_crit_bounds(rows, fit, steps, loss, batch_train, config.target_loss, config.confidence))),
-            "b_noise_target": bt, "b_noise_target_lo": bt_lo, "b_noise_target_hi": bt_hi}
+            "b_noise_target": bt, "b_noise_target_lo": bt_lo, "b_noise_target_hi": bt_hi,
+            "lead_in": {**dataclasses.asdict(lead), "steps": float(lead.steps(batches[0])),
+                        "examples": float(lead.examples(batches[0]))}}
     family_name = optimizer_name(report.config)
     why = choose_noise(config, report.measurements, family_name)[1]
     quantity = measured_as(col, [r for r, _ in rows])
@@ -492,12 +595,18 @@ def plan(report, config: ScheduleConfig) -> Schedule:
                      f"{calibration(family_name, quantity):g} × the measured {col}: measured the plain-SGD way, the "
                      f"noise scale fell short of swept critical batches on every such task we checked, "
                      f"{short.get(quantity, short['b_simple'])} (docs/science.md §6); B_crit's interval is the "
-                     "sampling error only, confirm with `bsprof sweep`")
+                     "statistical error only (sampling, and the fit's extrapolation below the measured losses), not "
+                     "this factor's spread: confirm with `bsprof sweep`")
     assumed = assumptions(report, lr0, lr_rule, batch_train)
+    if lead.probe_steps > 0:
+        start = ("the logged run's first step" if report.spec.get("tracker_log") else
+                 "the probe's --checkpoint weights" if report.config.get("checkpoint") else
+                 "the probe's initial weights")
+        assumed.append(lead_in_text(lead, batches[0], batch_train, start))
     if capped:
         warnings.append(capped)
         assumed.append(capped)
-    baselines = _baselines(path, batch_train, config, pred, quantum)
+    baselines = _baselines(path, batch_train, config, pred, quantum, lead)
     return Schedule(stages=stages, target_loss=config.target_loss, unit=report.unit, rule=config.rule,
                     lr_rule=lr_rule, prediction=pred, baselines=baselines,
                     fit=fit.to_dict(), warnings=warnings, notes=notes,

@@ -15,7 +15,8 @@ measurement's draws, and the iterate bounces): they are made monotone by isotoni
 least-squares non-increasing fit, pooling adjacent violators; a pooled block stands at the mean of its steps). A
 running minimum, used before, kept the lucky low draws and so reached every loss too early: on the validation tasks
 it predicted 0.6–0.8× the steps the sweeps measured. Below the lowest measured loss, ln S_min is
-extrapolated linearly in ln L (a power-law loss curve L ∝ S^(−β)) from the last measured points.
+extrapolated linearly in ln L (a power-law loss curve L ∝ S^(−β)) from the last measured points. The probe's steps
+before the path's first point (the start of its run to the first usable measurement) are a ``LeadIn``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,43 @@ def loss_path(meas_loss, meas_s, target: float, b_noise_fn, n: int = 400) -> Los
         s[~inside] = _extrapolate_s_min(meas_loss, meas_s, grid[~inside])
     s = np.maximum.accumulate(s)
     return LossPath(grid, s, np.asarray(b_noise_fn(grid), float))
+
+
+@dataclass(frozen=True)
+class LeadIn:
+    """The probe's steps from the start of its run to the path's first point, which the path does not cover (the
+    first usable measurement of the followed noise scale comes after the start: e.g. the first training-step
+    window ends at the first measurement after step 0).
+
+    **Assumption:** over those Δs steps at the training batch B_train the noise scale was B_n = B_n(L_first), its
+    fitted value at the path's first point (nothing was measured before it), so they made
+        Δs_min = Δs/(1 + B_n/B_train)
+    minimal steps, which at a batch B take Δs_min·(1 + B_n/B) steps and Δs_min·(B_n + B) examples (eqs. 2.11–2.12).
+    A schedule runs its first stage's batch over them; ``start_loss`` is the loss at the start of the run."""
+
+    start_step: float = 0.0    # the run's start (step 0 of the probe, or the log's first logged step)
+    start_loss: float = float("nan")
+    path_step: float = 0.0     # the path's first point, a step of that run
+    path_loss: float = float("nan")
+    s_min: float = 0.0         # Δs_min
+    b_noise: float = 0.0       # B_n held over the lead-in
+
+    @property
+    def probe_steps(self) -> float:
+        return self.path_step - self.start_step
+
+    def steps(self, batch: float) -> float:
+        return self.s_min * (1 + self.b_noise / batch)
+
+    def examples(self, batch: float) -> float:
+        return self.s_min * (self.b_noise + batch)
+
+
+def lead_in(start_step: float, start_loss: float, path_step: float, path: LossPath, batch_train: float) -> LeadIn:
+    """The ``LeadIn`` from the run's start (step, loss) to the first point of ``path`` (at ``path_step``)."""
+    b_n, ds = float(path.b_noise[0]), max(0.0, float(path_step) - float(start_step))
+    return LeadIn(float(start_step), float(start_loss), float(path_step), float(path.loss[0]),
+                  ds / (1 + b_n / batch_train), b_n)
 
 
 def integrate(path: LossPath, batches) -> tuple[np.ndarray, np.ndarray]:

@@ -178,11 +178,18 @@ def _method(log: TrackLog) -> str:
 
 def _training(log: TrackLog) -> dict:
     """The training batch, lr and optimizer of the logged run (its last step), as `schedule` and `check` read
-    them from a report's config."""
+    them from a report's config; where the run started (its first logged step and that step's loss), from which
+    a schedule counts its steps; and how a step was split (accumulation steps, ranks, and the per-rank micro-batch
+    B/(k·W)), which a schedule keeps."""
     if not log.steps:
         return {}
-    last = log.steps[-1]
-    out = {"batch_size": last.draw.B, "optimizer_lr": last.lr if last.lr == last.lr else None}
+    first, last = log.steps[0], log.steps[-1]
+    out = {"batch_size": last.draw.B, "optimizer_lr": last.lr if last.lr == last.lr else None,
+           "start_step": first.step, "start_loss": first.draw.loss if first.draw.loss == first.draw.loss else None}
+    accumulation, world = int(log.header.get("accumulation_steps") or 1), int(log.header.get("world_size") or 1)
+    out.update(accumulation_steps=accumulation, world_size=world)
+    if last.draw.B % (accumulation * world) == 0:  # the micro-batch one rank runs per backward: B = W·k·m
+        out["train_micro_batch"] = last.draw.B // (accumulation * world)
     if log.header.get("optimizer"):
         out["optimizer"] = log.header["optimizer"]
     if log.header.get("optimizer_momentum") is not None:
