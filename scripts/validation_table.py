@@ -12,7 +12,8 @@ batch, default options except rel_error 0.2 and no Hessian, then
              prints, the path average of the noise scale the schedule follows (bsprof/schedule/headline.py),
   candidates the path average of each noise scale the report holds (fixed-weight B_simple, the training-window
              B_simple, B_pre), for the record,
-  steps      predicted steps to the target at each swept batch, ``predict.constant_batch`` on the schedule's own
+  steps      predicted steps to the target at each swept batch from step 0 (the schedule's lead-in included),
+             ``predict.constant_batch`` on the schedule's own
              path (the probe ran at the tuned lr, so the prediction is "at the sweep's tuned learning rates"),
              against the sweep's measured steps (median over its seeds, best lr of its grid),
   compute    examples (training + measurement) and seconds of the probe against the sweep's.
@@ -100,7 +101,8 @@ def predicted_steps(report, target, batches):
     batch_train, _ = P.training_batch(report)
     fit, steps, loss = P.fit_rows(rows, cfg.confidence, cfg.form)
     path = P.noise_path(fit, steps, loss, batch_train, target)
-    return col, {int(b): predict.constant_batch(path, b)["steps"] for b in batches}
+    lead = P.path_lead_in(report, steps, loss, path, batch_train)  # from step 0, as the schedule counts (and sweeps)
+    return col, {int(b): predict.constant_batch(path, b)["steps"] + lead.steps(b) for b in batches}
 
 
 def path_b_crit(report, col, target):

@@ -519,10 +519,10 @@ def run_start(report) -> tuple[float, float]:
 
 
 def path_lead_in(report, steps, loss, path, batch_train: float) -> predict.LeadIn:
-    """The probe's steps from ``run_start`` to the path's first point (the first block of ``predict.decreasing``
+    """The probe's steps from ``run_start`` to the path's first point (the first point of ``predict.running_minimum``
     of the fitted rows' (steps, loss), where ``path`` starts), as ``predict.LeadIn``."""
     start_step, start_loss = run_start(report)
-    first_step = float(predict.decreasing(steps, loss)[0][0])
+    first_step = float(predict.running_minimum(steps, loss)[0][0])
     return predict.lead_in(min(start_step, first_step), start_loss, first_step, path, batch_train)
 
 

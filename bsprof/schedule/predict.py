@@ -11,10 +11,11 @@ measurements, took Δs steps at its batch B_train with a (near-)optimal learning
     Δs_min = Δs/(1 + B_n(L̄)/B_train)
 minimal steps, with B_n(L̄) the fitted noise scale at the geometric mean of the two losses (B_noise ≈ B_simple
 when the report has no Hessian measurement). The measured losses are noisy (each is the mean loss of one
-measurement's draws, and the iterate bounces): they are made monotone by isotonic regression (``decreasing``: the
-least-squares non-increasing fit, pooling adjacent violators; a pooled block stands at the mean of its steps). A
-running minimum, used before, kept the lucky low draws and so reached every loss too early: on the validation tasks
-it predicted 0.6–0.8× the steps the sweeps measured. Below the lowest measured loss, ln S_min is
+measurement's draws, and the iterate bounces); they are made monotone by a running minimum (steps taken while the
+loss did not improve count towards the next improvement): the step at which a loss is first reached, as a sweep
+(and a user watching a loss curve) counts it. A least-squares monotone fit of the trend (isotonic regression) reaches
+each loss later; with the steps counted from step 0 it predicted 1.29× the steps swept at each batch, the running
+minimum 1.15× (docs/science.md, "The loss curve behind S_min"). Below the lowest measured loss, ln S_min is
 extrapolated linearly in ln L (a power-law loss curve L ∝ S^(−β)) from the last measured points. The probe's steps
 before the path's first point (the start of its run to the first usable measurement) are a ``LeadIn``.
 """
@@ -44,27 +45,22 @@ class LossPath:
         return np.sqrt(self.b_noise[:-1] * self.b_noise[1:])
 
 
-def decreasing(steps, loss) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, losses) of the least-squares non-increasing fit of loss against step (pool adjacent violators), one
-    point per pooled block: the mean of its steps and of its losses; losses strictly decreasing."""
-    order = np.argsort(np.asarray(steps, float), kind="stable")
-    blocks: list[list[float]] = []  # [Σ step, Σ loss, count]
-    for s, l in zip(np.asarray(steps, float)[order], np.asarray(loss, float)[order]):
-        blocks.append([s, l, 1.0])
-        while len(blocks) > 1 and blocks[-1][1] / blocks[-1][2] >= blocks[-2][1] / blocks[-2][2]:
-            last = blocks.pop()
-            blocks[-1] = [a + b for a, b in zip(blocks[-1], last)]
-    return np.array([b[0] / b[2] for b in blocks]), np.array([b[1] / b[2] for b in blocks])
-
-
 def measured_minimal_steps(steps, loss, b_noise_fn, batch_train: float):
-    """(losses, S_min) at the measured points made monotone (``decreasing``), S_min(first) = 0 (see module doc)."""
-    steps, loss = decreasing(steps, loss)
+    """(losses, S_min) at the measured points made monotone (running minimum), S_min(first) = 0 (see module doc)."""
+    steps, loss = running_minimum(steps, loss)
     s_min = [0.0]
     for j in range(1, len(loss)):
         mid = np.sqrt(loss[j] * loss[j - 1]) if loss[j] > 0 else 0.5 * (loss[j] + loss[j - 1])
         s_min.append(s_min[-1] + (steps[j] - steps[j - 1]) / (1 + float(b_noise_fn(mid)) / batch_train))
     return loss, np.array(s_min)
+
+
+def running_minimum(steps, loss) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, losses) of the points that set a new lowest loss, in step order."""
+    order = np.argsort(np.asarray(steps, float), kind="stable")
+    s, l = np.asarray(steps, float)[order], np.asarray(loss, float)[order]
+    keep = l < np.minimum.accumulate(np.concatenate([[np.inf], l[:-1]]))
+    return s[keep], l[keep]
 
 
 def _extrapolate_s_min(meas_loss, meas_s, loss):
