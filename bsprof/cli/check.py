@@ -76,11 +76,12 @@ def _precision_note(info: dict, verdict: Verdict) -> str:
         return head + ": the noise scale stayed undetermined; raise --budget"
     if noise.status == Status.LOWER_BOUND:
         return head + ": only a lower bound on the noise scale; raise --budget"
+    spread = (f"−{100 * (1 - noise.lo / noise.value):.0f}%/+{100 * (noise.hi / noise.value - 1):.0f}%"
+              if noise.value > 0 else f"±{100 * noise.rel_halfwidth:.0f}%")
     if noise.model_range:   # the headline's interval, or at --at-loss as wide: the model range and the sampling
-        return head + (f": {noise.name} known to ±{100 * noise.rel_halfwidth:.0f}% (relative half-width of the "
-                       "interval, which includes how far the headline was from swept critical batches, "
-                       "docs/science.md §6)")
-    return head + f": {noise.name} known to ±{100 * noise.rel_halfwidth:.0f}% (relative half-width of the interval)"
+        return head + (f": {noise.name} known to {spread} (the interval's ends against the value; it includes how "
+                       "far the headline was from swept critical batches, docs/science.md §6)")
+    return head + f": {noise.name} known to {spread} (the interval's ends against the value)"
 
 
 # -- output --------------------------------------------------------------------------------------------------

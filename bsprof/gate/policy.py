@@ -498,9 +498,12 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
         notes.append("noise scale undetermined: plain linear scaling from the measured config, valid only "
                      "while B is well below the (unknown) noise scale")
     elif noise.b_noise is not None:   # ε_opt(B) is written in B_noise (eq. 2.6): use it when measured
-        grid = _log_grid(noise.b_noise.lo, noise.b_noise.hi)
+        grid = _log_grid(noise.b_noise.lo, noise.b_noise.lo * 1e6 if noise.initial else noise.b_noise.hi)
     else:
-        grid = _log_grid(noise.lo, noise.hi if finite(noise.hi) else noise.lo * 1e6)
+        grid = _log_grid(noise.lo, noise.hi if finite(noise.hi) and not noise.initial else noise.lo * 1e6)
+    if noise is not None and noise.initial and grid != [None]:
+        notes.append("measured at the initial weights only: the noise scale grows as the loss falls, so the lr is "
+                     "judged against every noise scale from the measured lower end up")
     eps = noise.eps_max if noise is not None else None
     targets = [target_lr(rule, lr_ref, b_ref, batch_size, bn, eps) for bn in grid]
     t_lo, t_hi = min(targets), max(targets)
@@ -513,7 +516,7 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
     measured.update(target=best, target_lo=c_lo, target_hi=c_hi, ratio=lr / best, eps_max=eps,
                     noise_scale_used=used, noise_factor=factor, target_rule=rule_best, target_rule_lo=t_lo,
                     target_rule_hi=t_hi, lr_cap=policy.lr_cap, lr_cap_value=top)
-    passing = {"min": c_lo / f, "max": min(t_hi * f, top), "suggest": best}
+    passing = {"min": c_lo / f, "max": t_hi * f, "max_tested": min(t_hi * f, top), "suggest": best}
     how = (f"{'square-root' if rule == 'sqrt' else 'linear'} scaling for {optimizer} from lr = {_fmt(lr_ref)} "
            f"at B = {_fmt(b_ref)} {unit}")
     capped = f", capped at {policy.lr_cap:g} × that lr = {_fmt(top)}" if t_lo > top else ""
@@ -525,8 +528,9 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
         word = "too high" if lr > t_hi * f else "too low"
         return CheckResult("lr", FAIL, f"lr = {_fmt(lr)} is {word}: {_fmt(off)}× off {how}"
                            f"{capped if word == 'too low' else ''} (limit {_fmt(f)}×); use lr ≈ {_fmt(best)} "
-                           f"(anything in [{_fmt(passing['min'])}, {_fmt(passing['max'])}] passes)", tuple(notes),
-                           measured, passing)
+                           f"(anything in [{_fmt(passing['min'])}, {_fmt(passing['max_tested'])}] passes"
+                           + (f"; up to {_fmt(passing['max'])} passes as untested" if passing["max"] >
+                              passing["max_tested"] else "") + ")", tuple(notes), measured, passing)
     if lr <= top and (lr > best * f or lr < best / f):
         notes.append(f"lr = {_fmt(lr)} is more than {_fmt(f)}× off the rule at the estimate (≈ {_fmt(best)}), "
                      "but not across the whole interval on the noise scale; not failing")
