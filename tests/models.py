@@ -424,3 +424,27 @@ def make(name: str, seed: int = 0) -> Case:
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     return CASES[name](g)
+
+
+def logged_run(path, steps=80, accum=4, micro=8, lr=0.02):
+    """A tracker log (JSONL) of ``steps`` SGD steps of least squares, ``accum`` micro-batches of ``micro``."""
+    import torch
+
+    from bsprof import Tracker
+
+    torch.manual_seed(0)
+    d = 8
+    w_star = torch.randn(d)
+    model = torch.nn.Linear(d, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    tracker = Tracker(model, opt, accumulation_steps=accum, batch_size=accum * micro, log=path)
+    for _ in range(steps):
+        for _ in range(accum):
+            x = torch.randn(micro, d)
+            loss = ((model(x).squeeze(-1) - x @ w_star - 0.3 * torch.randn(micro)) ** 2).mean()
+            (loss / accum).backward()
+        tracker.step(loss=loss)
+        opt.step()
+        opt.zero_grad()
+    tracker.close()
+    return path

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from models import logged_run
 
 from bsprof.output.report import Report
 from bsprof.schedule import ExtrapolationError, Schedule, ScheduleConfig, plan, predict, rules
@@ -571,29 +572,6 @@ def test_the_schedule_counts_steps_from_the_start_of_the_run():
     again = plan(synthetic_report(), ScheduleConfig(target_loss=0.4))   # a path from step 0: nothing added
     assert again.prediction["lead_in"]["steps"] == 0 and not any("steps count from" in a for a in again.assumptions)
 
-
-def logged_run(path, steps=80, accum=4, micro=8, lr=0.02):
-    """A tracker log (JSONL) of ``steps`` SGD steps of least squares, ``accum`` micro-batches of ``micro``."""
-    import torch
-
-    from bsprof import Tracker
-
-    torch.manual_seed(0)
-    d = 8
-    w_star = torch.randn(d)
-    model = torch.nn.Linear(d, 1, bias=False)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    tracker = Tracker(model, opt, accumulation_steps=accum, batch_size=accum * micro, log=path)
-    for _ in range(steps):
-        for _ in range(accum):
-            x = torch.randn(micro, d)
-            loss = ((model(x).squeeze(-1) - x @ w_star - 0.3 * torch.randn(micro)) ** 2).mean()
-            (loss / accum).backward()
-        tracker.step(loss=loss)
-        opt.step()
-        opt.zero_grad()
-    tracker.close()
-    return path
 
 
 def test_a_tracker_log_schedule_counts_steps_from_its_first_logged_step(tmp_path):

@@ -545,26 +545,12 @@ def test_the_cli_reads_a_tracker_log_like_a_report(tmp_path):
     """A single-process accumulation loop logs JSONL; `report`, `schedule` and `check` take that log."""
     import json as _json
 
+    from models import logged_run
     from typer.testing import CliRunner
 
     from bsprof.cli import app
 
-    torch.manual_seed(0)
-    d, accum, micro = 8, 4, 8
-    w_star = torch.randn(d)
-    model = nn.Linear(d, 1, bias=False)
-    opt = torch.optim.SGD(model.parameters(), lr=0.02)
-    log = tmp_path / "gns.jsonl"
-    tracker = Tracker(model, opt, accumulation_steps=accum, batch_size=accum * micro, log=log)
-    for _ in range(60):
-        for _ in range(accum):
-            x = torch.randn(micro, d)
-            loss = ((model(x).squeeze(-1) - x @ w_star - 0.3 * torch.randn(micro)) ** 2).mean()
-            (loss / accum).backward()
-        tracker.step(loss=loss)
-        opt.step()
-        opt.zero_grad()
-    tracker.close()
+    log = logged_run(tmp_path / "gns.jsonl", steps=60)
     runner = CliRunner()
     shown = runner.invoke(app, ["report", str(log), "--window", "20"])
     assert shown.exit_code == 0 and "B_simple at step" in shown.output, shown.output
