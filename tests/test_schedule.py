@@ -670,3 +670,12 @@ def test_b_crit_bounds_are_nan_where_a_refit_through_the_ends_fails():
     assert fit.form == "hyperbola"
     lo, hi = b_crit_bounds(rows[:3], fit, steps[:3], loss[:3], 32, 0.6)
     assert math.isnan(lo) and math.isnan(hi)
+
+
+def test_the_printed_s_min_names_the_lead_in():
+    """The text said "S_min 55 steps" beside predicted steps counted from step 0, which include the lead-in's minimal
+    steps (a new user's finding): it names both."""
+    from bsprof.cli.schedule import _lead_text
+
+    assert _lead_text({"lead_in": {"s_min": 24.03}}) == ", plus 24 before it (the lead-in)"
+    assert _lead_text({"lead_in": {"s_min": 0.0}}) == "" and _lead_text({}) == ""

@@ -168,10 +168,17 @@ def tables(result) -> list:
             if result.target_loss < lowest else "sampling interval only")
     lines = [f"B_crit over the path to loss {result.target_loss:g} ≈ {p['b_crit']:.4g} "
              f"[{p.get('b_crit_lo', math.nan):.4g}, {p.get('b_crit_hi', math.nan):.4g}] {u} (S_min {p['s_min']:,.0f} "
-             f"steps; {what}: the report's headline ends its path at the lowest measured loss and "
+             f"steps over the path{_lead_text(p)}; {what}: the report's headline ends its path at the lowest measured "
+             f"loss and "
              f"adds the model range); noise scale at the target {p['b_noise_target']:.4g} "
              f"[{p['b_noise_target_lo']:.4g}, {p['b_noise_target_hi']:.4g}]"]
     if result.recommendation:
         lines.insert(0, f"recommendation: {result.recommendation['text']}")
     lines += [f"assumption: {a}" for a in result.assumptions if a not in result.warnings]  # warnings print once
     return [st, bt, "\n".join(lines + [f"note: {n}" for n in result.notes])]
+
+
+def _lead_text(p: dict) -> str:
+    """', plus N before it (the lead-in)' when the path starts after step 0 (``prediction.lead_in``)."""
+    lead = p.get("lead_in") or {}
+    return f", plus {lead['s_min']:,.0f} before it (the lead-in)" if lead.get("s_min", 0) >= 0.5 else ""
