@@ -510,7 +510,7 @@ def test_assumptions_and_lr_cap():
     probed one are capped, with a warning, unless --lr-cap 0."""
     report = synthetic_report()  # B_n grows to ~1000 ≫ B_train 32: linear scaling asks up to ~30× the lr
     s = plan(report, ScheduleConfig(target_loss=0.4, max_batch=1024))
-    assert "predicted steps assume lr = 0.1 × linear(B/B_train)" in s.assumptions[0]
+    assert "predicted steps assume lr = 0.1 × (1 + B_n/B_train)/(1 + B_n/B), linear well below" in s.assumptions[0]
     assert "measure at the lr you will train with" in s.assumptions[0]
     assert max(st.lr for st in s.stages) <= 0.2 + 1e-12
     assert any("lr capped at 2× the training lr" in w for w in s.warnings)

@@ -517,8 +517,9 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
                     noise_scale_used=used, noise_factor=factor, target_rule=rule_best, target_rule_lo=t_lo,
                     target_rule_hi=t_hi, lr_cap=policy.lr_cap, lr_cap_value=top)
     passing = {"min": c_lo / f, "max": t_hi * f, "max_tested": min(t_hi * f, top), "suggest": best}
-    how = (f"{'square-root' if rule == 'sqrt' else 'linear'} scaling for {optimizer} from lr = {_fmt(lr_ref)} "
-           f"at B = {_fmt(b_ref)} {unit}")
+    kind = ("square-root" if rule == "sqrt" else "linear" if grid == [None] else
+            "noise-scale (linear well below the noise scale, saturating above it: ε ∝ 1/(1 + B_n/B))")
+    how = f"{kind} scaling for {optimizer} from lr = {_fmt(lr_ref)} at B = {_fmt(b_ref)} {unit}"
     capped = f", capped at {policy.lr_cap:g} × that lr = {_fmt(top)}" if t_lo > top else ""
     fails = lr > t_hi * f or lr < c_lo / f
     if t_hi > top or (lr > top and not fails):
