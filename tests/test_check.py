@@ -513,3 +513,15 @@ def test_the_lr_at_the_initial_weights_is_judged_against_every_larger_noise_scal
     init = judge(at_init, 4096, lr=3.0).checks[1]
     assert init.status == PASS and any("initial weights" in n for n in init.notes), init.notes
     assert judge(at_init, 4096, lr=100.0).checks[1].status == FAIL   # beyond even plain linear scaling (12.8)
+
+
+def test_a_report_without_measurements_says_so(tmp_path):
+    """A report.json whose run stopped before its first measurement: report printed an empty table with exit 0;
+    report and check now say it holds no measurement, with the reason it stopped, and exit 2."""
+    rep = make_report(rows=[])
+    rep.incomplete = {"reason": "interrupted (SIGTERM)"}
+    path = rep.to_json(tmp_path / "report.json")
+    for args in (["report", str(path)], ["check", str(path), "-b", "64"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and "holds no measurement (the run stopped early: interrupted (SIGTERM))" in \
+            " ".join(r.output.split()), r.output

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bsprof.cli.app import app, console, err_console, user_errors, write_output
-from bsprof.cli.source import empty_log, load, measure_spec
+from bsprof.cli.source import empty_source, load, measure_spec
 from bsprof.config import MAX_BATCH, limit, resolve
 from bsprof.errors import BsprofError, ConfigError, ReportError, SpecError, clip
 from bsprof.gate import formats as ci_output
@@ -280,7 +280,7 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
             write_output(save_report, codec.dumps(report), "--save-report")
     else:
         report = load(target, "check", window=window)
-        empty = empty_log(target, report, "no noise scale to judge by")
+        empty = empty_source(target, report, "no noise scale to judge by")
         if empty is not None:
             raise empty
     try:

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from bsprof.cli.app import app, console, show, user_errors
-from bsprof.cli.source import empty_log, is_spec, load
+from bsprof.cli.source import empty_source, is_spec, load
 from bsprof.errors import ConfigError, ReportError
 
 
@@ -41,7 +41,7 @@ def report_command(
 
             check_folder(out, "--out")  # before reading or measuring anything
         report = load(source, "report", window=window)
-        empty = empty_log(source, report, "no noise scale to show")
+        empty = empty_source(source, report, "no noise scale to show")
         if empty is not None:
             raise empty
         if layers and not report.layers:

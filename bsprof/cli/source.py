@@ -50,11 +50,17 @@ def load(source: Path, command: str, window: int = 100, **measure_options) -> Re
     return Report.from_json(source)
 
 
-def empty_log(source: Path, report: Report, what: str) -> ReportError | None:
-    """A tracker log with no window to estimate (fewer than two usable logged steps: a window needs two) has nothing
-    to show or judge: the error that says so first, and how to log steps; None for anything else."""
-    if not report.spec.get("tracker_log") or report.measurements:
+def empty_source(source: Path, report: Report, what: str) -> ReportError | None:
+    """A tracker log with no window to estimate (fewer than two usable logged steps: a window needs two), or a
+    report.json with no measurement (a run stopped before its first), has nothing to show or judge: the error that
+    says so first, and the fix; None for anything else."""
+    if report.measurements:
         return None
+    if not report.spec.get("tracker_log"):  # a report.json of a run that stopped before its first measurement
+        why = (report.incomplete or {}).get("reason")
+        return ReportError(f"{source} holds no measurement" + (f" (the run stopped early: {why})" if why else "")
+                           + f": {what}", "measure again, letting the run reach its first measurement (step 0 "
+                           "is measured first: `bsprof measure SPEC --steps 0` takes seconds)")
     logged, skipped = int(report.config.get("steps_logged") or 0), int(report.config.get("steps_skipped") or 0)
     if logged == 0 and skipped == 0:
         has = "no logged steps (only its header)"
