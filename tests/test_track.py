@@ -857,3 +857,20 @@ def test_log_windows_do_not_overlap_unless_asked(tmp_path):
     path = trained_log(tmp_path, 12)
     assert [m.n_draws for m in report_from_log(path, window=10).measurements] == [10, 2]
     assert [m.n_draws for m in report_from_log(path, window=10, every=5).measurements] == [5, 10, 10]
+
+
+def test_an_unresolved_window_of_a_log_is_called_so(tmp_path):
+    """Pairs whose small-batch norm barely exceeds the large one (tr(Σ) not told apart from 0): the window's
+    B_simple interval reaches 0, and the report read from the log says it is unresolved, as `bsprof measure` does,
+    with a log's fix (a wider --window); logs did not say so."""
+    header = {"schema": "bsprof.track", "version": 1, "unit": "examples", "source": "auto", "world_size": 1,
+              "accumulation_steps": 4, "optimizer": "SGD", "optimizer_momentum": 0.0}
+    rng = np.random.default_rng(0)
+    rows = [{"step": k, "examples": 64 * k, "b": 16, "B": 64, "small_sq": 1.0 + 0.05 * rng.standard_normal(),
+             "big_sq": 1.0 + 0.05 * rng.standard_normal(), "loss": 1.0, "lr": 0.01} for k in range(10)]
+    path = tmp_path / "flat.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [header, *rows]) + "\n")
+    report = report_from_log(path, window=10)
+    assert report.measurements[0].b_simple.unresolved
+    [note] = [d for d in report.diagnostics if d["code"] == "unresolved"]
+    assert "--window" in note["message"] and "step 9" in note["message"]

@@ -216,7 +216,12 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
                         f"were logged ({log.skipped} skipped as non-finite); a window needs two. Check that the "
                         "training loop calls tracker.step() after its backward passes and that their gradients "
                         "are finite (an AMP overflow on every step is skipped).")
-    elif len(log.steps) >= 2 and len(report.measurements) < 2:
+    unresolved = [f"{m.step} (≤ {m.b_simple.hi:.3g})" for m in report.measurements if m.b_simple.unresolved]
+    if unresolved:  # as ``engine.diagnostics`` says of a measurement, with a log's fix
+        report.diagnose("unresolved", f"B_simple at step {', '.join(unresolved)}: the interval reaches 0 (tr(Σ) not "
+                        "told apart from 0), so the estimate is unresolved: known only to be at most its upper end, "
+                        "not the value shown; a wider --window (more steps per estimate) resolves it")
+    if report.measurements and len(log.steps) >= 2 and len(report.measurements) < 2:
         report.diagnose("one_window", f"{path} has {len(log.steps)} logged steps, fewer than two windows of "
                         f"{window}: one row, averaged over the whole run, and no curve along training. Read it with "
                         f"a smaller window, e.g. --window {max(2, len(log.steps) // 5)}.")
