@@ -449,7 +449,8 @@ class Summary:
         last = (measured(rows) or rows)[-1]
         ok = [r for r in rows if r.b_simple.ok]
         growth = ok[-1].b_simple.value / ok[0].b_simple.value if len(ok) >= 2 and ok[0].b_simple.value > 0 else None
-        return cls(last.b_simple, unit, last.step, last.loss, last.g2.value, last.trace_sigma, len(rows),
+        return cls(last.b_simple, unit, last.step, last.loss, last.g2.value, last.trace_sigma,
+                   len(measured(rows)) or len(rows),  # a cut-short window's row was not a measurement
                    int(sum(r.examples for r in rows)),
                    last.b_noise if last.b_noise and finite(last.b_noise.value) else None,
                    last.b_pre if last.b_pre and finite(last.b_pre.value) else None, growth)

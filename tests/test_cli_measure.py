@@ -373,6 +373,7 @@ def test_an_interrupted_run_keeps_the_training_window_it_was_in(tmp_path, monkey
     note = {d["code"]: d["message"] for d in report["diagnostics"]}["window_cut_short"]
     assert "(interrupted) 10 training steps into a training-step window (steps 20–29)" in note
     assert report["summary"]["step"] == 20 and report["summary"]["b_simple"]["status"] == "ok"
+    assert report["summary"]["n_measurements"] == 2   # the cut-short window's row is not a measurement
     assert "step,examples_seen" in (tmp_path / "measurements.csv").read_text() and \
         len((tmp_path / "measurements.csv").read_text().splitlines()) == 4
 
