@@ -467,12 +467,13 @@ def test_precision_note_names_the_quantity_and_what_its_interval_holds():
     from bsprof.gate.policy import Reading, Verdict
     from bsprof.results import Status
 
-    info = {"seconds": 2.3, "budget_seconds": 60, "examples": 1000}
+    info = {"seconds": 2.3, "budget_seconds": 60, "examples": 1000, "steps": 30}
     crit = Reading(26.0, 9.0, 35.0, Status.OK, name="B_crit", model_range=(1 / 2.4, 1.0))
     simple = Reading(26.0, 22.0, 30.0, Status.OK)
     a, b = _precision_note(info, Verdict((), crit)), _precision_note(info, Verdict((), simple))
     assert "B_crit known to −65%/+35%" in a and "swept critical batches" in a and "B_simple" not in a
     assert "B_simple known to −15%/+15%" in b   # each end against the value (the larger alone read as "±65%")
+    assert "2.3 s in all (the budget, 60 s, is for measuring, training 30 steps on top" in a  # not "(budget 60 s)"
 
 
 @pytest.mark.parametrize("batch,code", [(1024, 0), (100_000, 1)])

@@ -70,8 +70,9 @@ def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None = None
 
 def _precision_note(info: dict, verdict: Verdict) -> str:
     noise = verdict.noise
-    head = (f"measured on the CPU in {info['seconds']:.1f} s (budget {info['budget_seconds']:g} s) from "
-            f"{info['examples'] or 0:,} examples")
+    trained = f", training {info['steps']} steps on top" if info.get("steps") else ""
+    head = (f"measured on the CPU in {info['seconds']:.1f} s in all (the budget, {info['budget_seconds']:g} s, is for "
+            f"measuring{trained}; set-up too) from {info['examples'] or 0:,} examples")
     if noise is None or noise.status == Status.UNDETERMINED:
         return head + ": the noise scale stayed undetermined; raise --budget"
     if noise.status == Status.LOWER_BOUND:
