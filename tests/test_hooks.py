@@ -170,6 +170,26 @@ def test_both_forms_agree():
             assert torch.isclose((layers._gram_u(a, b) * (a.v @ b.v.transpose(-1, -2))).sum(), cross)
 
 
+def test_scratch_reuses_one_buffer_and_keeps_values():
+    """Explicit per-example gradients formed in a Scratch: the same values as fresh ones, one storage reused from
+    layer to layer (grown when a larger one comes), and a fresh tensor where autograd must see the product."""
+    g = torch.Generator().manual_seed(2)
+    big = layers.Factored(torch.randn(3, 1, 5, 6, generator=g), torch.randn(3, 1, 5, 4, generator=g), 6)
+    small = layers.Factored(torch.randn(3, 1, 5, 2, generator=g), torch.randn(3, 1, 5, 4, generator=g), 2)
+    scratch = layers.Scratch()
+    a = layers.explicit(small, (2, 4), scratch)
+    assert torch.equal(a, layers.explicit(small, (2, 4)))
+    b = layers.explicit(big, (6, 4), scratch)   # grows: a new buffer
+    assert torch.equal(b, layers.explicit(big, (6, 4)))
+    c = layers.explicit(small, (2, 4), scratch)  # fits: the same storage as b
+    assert c.data_ptr() == b.data_ptr() and torch.equal(c, layers.explicit(small, (2, 4)))
+    for form in (layers.sq_sum, lambda c, s, scratch: layers.total_sq_sum([c, c], s, scratch)):
+        assert torch.equal(form(big, (6, 4), scratch), form(big, (6, 4), None))
+    u = big.u.clone().requires_grad_()
+    tracked = layers.explicit(layers.Factored(u, big.v, 6), (6, 4), scratch)
+    assert tracked.requires_grad and tracked.data_ptr() != c.data_ptr()
+
+
 def test_batchnorm_train_is_invalid():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     assert batch_coupled(model) == ["1 (BatchNorm1d)"]

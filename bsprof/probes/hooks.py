@@ -42,6 +42,7 @@ from bsprof.probes.base import (
 )
 from bsprof.probes.layers import (
     ModuleRule,
+    Scratch,
     conv,
     embedding,
     explicit,
@@ -175,6 +176,7 @@ class _Pass:
         self.anchor: Tensor | None = None  # the leaf that keeps every tap on autograd's path
         self.reuse: set[int] = set()      # parameters whose Σ_i g_i is taken from their per-example gradients
         self.sums: dict[int, Tensor] = {}
+        self.scratch = Scratch()          # one buffer for the explicit per-example gradients, layer after layer
 
     @property
     def fallback(self) -> set:
@@ -377,17 +379,17 @@ class _Pass:
                                   "a rule must return every trainable parameter of its module")
             shape = self.params[k].shape
             if k in self.reuse:  # the explicit per-example gradients give both numbers
-                g = explicit(found[name], shape)
+                g = explicit(found[name], shape, self.scratch)
                 flat = g.reshape(-1)
                 self.parts.append((k, torch.dot(flat, flat)))
                 self.sums[k] = g.sum(0)
                 continue
             if self.expected[k] == 1:
-                self.parts.append((k, sq_sum(found[name], shape)))
+                self.parts.append((k, sq_sum(found[name], shape, self.scratch)))
                 continue
             self.pending[k].append(found[name])
             if len(self.pending[k]) == self.expected[k]:
-                self.parts.append((k, total_sq_sum(self.pending.pop(k), shape)))
+                self.parts.append((k, total_sq_sum(self.pending.pop(k), shape, self.scratch)))
 
 
 class _Tap(torch.autograd.Function):

@@ -51,6 +51,7 @@ from bsprof.probes.base import batch_coupled, coupled_reason
 from bsprof.probes.hooks import _autocast_on, _graph_uses, _Undo, _wide
 from bsprof.probes.layers import (
     ModuleRule,
+    Scratch,
     embedding,
     hf_conv1d,
     layer_norm,
@@ -301,6 +302,7 @@ class PerExample:
         self.expected: Counter = Counter()  # forward calls per parameter since the last backward
         self.rows: set[int] = set()
         self.pending, self.parts = defaultdict(list), []
+        self.scratch = Scratch()  # the explicit per-example gradients of one backward, layer after layer
         self.open: dict[int, list] = {}    # attention calls whose sites are arriving in this backward
         self.failure: str | None = None
         self.shared_positions = False      # an Embedding saw one row (positions broadcast over the batch?)
@@ -417,11 +419,11 @@ class PerExample:
                 continue
             shape = self.params[k].shape
             if self.expected[k] == 1:
-                self.parts.append(sq_sum(found[name], shape))
+                self.parts.append(sq_sum(found[name], shape, self.scratch))
                 continue
             self.pending[k].append(found[name])
             if len(self.pending[k]) == self.expected[k]:
-                self.parts.append(total_sq_sum(self.pending.pop(k), shape))
+                self.parts.append(total_sq_sum(self.pending.pop(k), shape, self.scratch))
 
     def _module_call(self, mod, call, out) -> None:
         """An attention call ran (``probes.attention``): hook the outputs of its projections.
@@ -473,7 +475,7 @@ class PerExample:
                         self._take(call.mod, call.finish(), slots)
                 for k, pieces in self.pending.items():     # parameters with fewer uses than forward calls seen
                     with torch.autocast(self.params[k].device.type, enabled=False):
-                        self.parts.append(total_sq_sum(pieces, self.params[k].shape))
+                        self.parts.append(total_sq_sum(pieces, self.params[k].shape, self.scratch))
             except Exception as e:
                 self.failure = self.failure or f"{type(e).__name__} in the per-example norms: {e}"
             if self.failure is None and len(self.rows) > 1:
@@ -493,6 +495,7 @@ class PerExample:
                 record.per_example_failure = self.failure
         self.expected, self.rows, self.pending, self.parts, self.failure = Counter(), set(), defaultdict(list), [], None
         self.shared_positions, self.open, self.inputs, self.shared = False, {}, set(), []
+        self.scratch = Scratch()  # not held between steps
 
     def uncovered_used(self) -> str | None:
         """Why this backward's per-example norms are incomplete: a parameter outside the layers with rules got a
