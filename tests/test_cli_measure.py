@@ -431,6 +431,18 @@ def test_spec_mistakes_get_a_did_you_mean_and_brackets_survive(tmp_path):
     assert "model is a Linear object, not a function" in said
 
 
+@pytest.mark.parametrize("typo, meant", [("def optimiser(params)", "optimizer"), ("def collate_fn(rows)", "collate"),
+                                         ("TOKENS_PER_SAMPLE = 8\ndef unused(x)", "TOKENS_PER_EXAMPLE")])
+def test_a_misspelled_optional_name_is_refused_not_ignored(tmp_path, typo, meant):
+    """``optimiser`` ignored would train with SGD at --lr and report that optimizer's critical batch, silently."""
+    spec = tmp_path / "typo.py"
+    spec.write_text(LISTS_SPEC + f"{typo}:\n    return None\n")
+    r = run(spec, "-o", tmp_path / "out")
+    said = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "Traceback" not in r.stderr and f"{meant!r} is not" in said and "rename" in said
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
 def test_report_refuses_a_spec_file(tmp_path):
     r = runner.invoke(app, ["report", str(ASSETS / "tiny_linear.py")])
     assert r.exit_code == 2 and "bsprof measure" in r.stderr

@@ -388,6 +388,7 @@ def test_step_before_backward():
     ({"accumulation_steps": 4, "batch_size": 63}, 4, "does not split into 4 equal micro-batches"),
     ({"accumulation_steps": 4, "batch_size": 64}, 2, "2 backward passes in this step, but accumulation_steps=4"),
     ({"batch_size": 64}, 1, "one process, one backward per step: b = B = 64"),
+    ({}, 1, "one process, one backward per step: b = B, no nested pair"),  # the batch size would not help: first
     ({}, 2, "does not know the batch size"),
 ])
 def test_bad_steps_say_what_and_leave_the_step_untouched(kwargs, k, match):

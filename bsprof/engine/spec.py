@@ -132,12 +132,28 @@ def load_spec(path: str | Path) -> Spec:
     for name in OPTIONAL:
         if found[name] is not None and not callable(found[name]):
             problems.append(f"{name} is a {type(found[name]).__name__}, not a function")
+    problems += _misspelled(module, [n for n in (*OPTIONAL, "TOKENS_PER_EXAMPLE") if getattr(module, n, None) is None])
     if problems:
         raise SpecError(f"{path.name}: " + "; ".join(problems),
+                        "rename it as said" if all("rename" in p for p in problems) else
                         "define the functions at the top level of the spec file (architecture: model, dataset, loss)")
     tpe = getattr(module, "TOKENS_PER_EXAMPLE", None)
     return Spec(path, hashlib.sha256(path.read_bytes()).hexdigest(), found["model"], found["dataset"],
                 found["loss"], found["optimizer"], found["collate"], int(tpe) if tpe else None)
+
+
+def _misspelled(module, missing: list[str]) -> list[str]:
+    """Optional names the spec seems to define under another spelling (``optimiser``, ``collate_fn``): bsprof would
+    silently run without them (SGD at --lr instead of the spec's optimizer), so they are refused."""
+    defined = [n for n, v in vars(module).items() if not n.startswith("_") and not isinstance(v, type(sys))]
+    out = []
+    for name in missing:
+        close = difflib.get_close_matches(name, defined, n=1, cutoff=0.8)
+        if close:
+            out.append(f"{close[0]!r} is defined but {name!r} is not (bsprof looks for {name!r} only; without it "
+                       + ("it trains with SGD at --lr" if name == "optimizer" else "it uses the default")
+                       + f"): rename {close[0]!r} to {name!r}")
+    return out
 
 
 def _import(path: Path):

@@ -324,6 +324,11 @@ class Tracker:
             small_sum = sum(s * (n / u) ** 2 for s, n in t["per_example"])  # Σ_i |g_i|²
             b, per_rank, n_small = 1, local, local
         else:
+            if k == 1 and self.world == 1:  # before the batch size: without a pair it would not help
+                self._fail("one process, one backward per step: b = B" + (f" = {batch_size}" if batch_size else "")
+                           + ", no nested pair",
+                           "use accumulation_steps >= 2, wrap loss.backward() in `with tracker.per_example():`, "
+                           "or train with DDP on 2+ ranks")
             if batch_size is None:
                 self._fail("the tracker does not know the batch size of this step",
                            "pass Tracker(batch_size=...) or tracker.step(batch_size=...): examples per optimizer "
@@ -331,10 +336,6 @@ class Tracker:
             if batch_size % k:
                 self._fail(f"batch_size={batch_size} does not split into {k} equal micro-batches",
                            "use equal micro-batches (drop the last, smaller one) and pass their total")
-            if k == 1 and self.world == 1:
-                self._fail(f"one process, one backward per step: b = B = {batch_size}, no nested pair",
-                           "use accumulation_steps >= 2, wrap loss.backward() in `with tracker.per_example():`, "
-                           "or train with DDP on 2+ ranks")
             if self.source == "accumulation" and k == 1:
                 self._fail("source='accumulation' but this step had one backward pass",
                            "pass accumulation_steps >= 2 and call tracker.step() after all micro-steps")
