@@ -378,6 +378,31 @@ def test_an_interrupted_run_keeps_the_training_window_it_was_in(tmp_path, monkey
         len((tmp_path / "measurements.csv").read_text().splitlines()) == 4
 
 
+def test_an_interrupt_in_the_last_measurement_says_the_window_before_it_was_whole(tmp_path, monkeypatch):
+    """Ctrl-C inside the measurement at step 40, after all 40 steps: the window of steps 20–39 is complete (a new
+    user's finding: the note said it was cut 20 steps into it)."""
+    from bsprof.engine import loop
+
+    real, calls = loop.measure_at, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:   # the measurements at 0, 20, then 40
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "measure_at", interrupted)
+    r = run(ASSETS / "tiny_linear.py", "--steps", 40, "--measure-every", 20, "--batch-size", 16, "--rel-error", 0.3,
+            "-o", tmp_path, "-q", "--no-figures")
+    assert r.exit_code == 130, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [m["step"] for m in report["measurements"]] == [0, 20, 40]
+    assert report["measurements"][-1]["window_steps"] == 20
+    note = " ".join({d["code"]: d["message"] for d in report["diagnostics"]}["window_cut_short"].split())
+    assert "in the fixed-weight measurement at step 40, after the whole training-step window before it " \
+           "(steps 20–39)" in note
+
+
 def test_measuring_does_not_change_the_training():
     """The training trajectory (every step's loss) is the same however many examples the measurements draw."""
     from bsprof import MeasureConfig, measure

@@ -312,9 +312,10 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                              **({"where": where} if where else {})}
         raise
     finally:
+        complete = window is not None  # closed for the measurement that was interrupted: every step of it ran
         window = window or _close(tracker, cfg.confidence, scale)
         if report.incomplete and window is not None:
-            _cut_short(report, window, trained, batch_size)
+            _cut_short(report, window, trained, batch_size, complete)
         report.timing = clock.to_dict()
         diagnostics.after_run(report)
     return report
@@ -494,20 +495,23 @@ def _close(tracker, confidence: float, scale: float) -> Window | None:
     return Window(tracker.estimate().scaled(scale), len(tracker.draws), float(loss))
 
 
-def _cut_short(report: Report, window: Window, step: int, batch_size: int) -> None:
-    """A run that stopped early (``report.incomplete``) keeps the training-step window it was in the middle of, by
-    the rule of every window (at least two steps): a last row at ``step`` (the training steps done) with only
-    B_simple (training) and the window's mean training loss; no fixed-weight measurement ended it, so the row has no
-    B_simple and the headline and `bsprof schedule`, which follow measured rows, leave it out. A note says so."""
+def _cut_short(report: Report, window: Window, step: int, batch_size: int, complete: bool = False) -> None:
+    """A run that stopped early (``report.incomplete``) keeps the training-step window it was in the middle of (or,
+    ``complete``, the whole window whose closing measurement it stopped in), by the rule of every window (at least
+    two steps): a last row at ``step`` (the training steps done) with only B_simple (training) and the window's mean
+    training loss; no fixed-weight measurement ended it, so the row has no B_simple and the headline and `bsprof
+    schedule`, which follow measured rows, leave it out. A note says so."""
     report.add(Measurement(step=step, loss=window.loss, b_simple=Estimate.none(Status.NOT_AVAILABLE),
                            g2=Estimate.none(Status.NOT_AVAILABLE), trace_sigma=float("nan"),
                            examples_seen=step * batch_size, method="track", stopped_by="cut_short",
                            b_simple_window=window.estimate, window_steps=window.steps))
     from bsprof.output.render import estimate_text
 
+    where = (f"in the fixed-weight measurement at step {step}, after the whole training-step window before it "
+             f"(steps {step - window.steps}–{step - 1})" if complete else
+             f"{window.steps} training steps into a training-step window (steps {step - window.steps}–{step - 1})")
     report.diagnose("window_cut_short", f"the run stopped early ({report.incomplete.get('reason')}) "
-                    f"{window.steps} training steps into a training-step window (steps {step - window.steps}–"
-                    f"{step - 1}): kept as the last row, at step {step}, B_simple (training) "
+                    f"{where}: kept as the last row, at step {step}, B_simple (training) "
                     f"{estimate_text(window.estimate)} {report.unit} at mean training loss {window.loss:.4g}; cut "
                     "short, with no fixed-weight measurement after it, so the critical batch and `bsprof schedule` "
                     "leave it out")
