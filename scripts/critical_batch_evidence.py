@@ -152,6 +152,30 @@ def student():
     return nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
+_REGRESSION: tuple | None = None
+
+
+def regression_data():
+    """8,192 Gaussian inputs in 16 dimensions, targets from a fixed random teacher (16-32-1, tanh) plus noise of
+    standard deviation 0.3 (a loss floor of 0.09): the one regression task (MSE), ninth session, out of sample."""
+    global _REGRESSION
+    if _REGRESSION is None:
+        g = torch.Generator().manual_seed(11)
+        x = torch.randn(8192, 16, generator=g)
+        w1, w2 = torch.randn(16, 32, generator=g) / 16 ** 0.5 * 2, torch.randn(32, generator=g) / 32 ** 0.5 * 2
+        _REGRESSION = (x, torch.tanh(x @ w1) @ w2 + 0.3 * torch.randn(8192, generator=g))
+    return torch.utils.data.TensorDataset(*_REGRESSION)
+
+
+def regressor():
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+
+
+def mse(model, batch):
+    x, y = batch
+    return (model(x).squeeze(-1) - y) ** 2
+
+
 TASKS = {
     # reuse: the global sweep of scripts/validate_critical_batch.py (B = 16..512, lr grid ×0.5,1,2, 3 seeds)
     "digits_sgd": dict(desc="digits MLP 64-128-10 (sklearn, 1797), plain SGD", spec=digits_spec, opt=sgd,
@@ -226,6 +250,21 @@ TASKS = {
                             sweep=dict(batches=[16, 32, 64, 128, 256, 512], lr0=0.05, lr_grid=[0.5, 1, 2, 4],
                                        seeds=1, max_steps=4000, eval_examples=1024, max_seconds=2400),
                             probe_steps=800, lr_factors=(1.0,)),
+    # ninth session, out of sample: a regression (MSE) task, the first that is not a classification
+    "teacher_reg_sgd": dict(desc="MLP 16-64-64-1 regressing a random tanh teacher plus noise (8,192 Gaussian inputs, "
+                                 "MSE), plain SGD, out of sample",
+                            spec=lambda: Spec(None, None, regressor, regression_data, mse, sgd(0.05)), opt=sgd,
+                            target=0.35, batch=32,
+                            sweep=dict(batches=[16, 32, 64, 128, 256, 512], lr0=0.05, lr_grid=[0.5, 1, 2, 4],
+                                       seeds=1, max_steps=4000, eval_examples=1024, max_seconds=1500),
+                            probe_steps=1000, lr_factors=(1.0,)),
+    "teacher_reg_adam": dict(desc="the same regression MLP, Adam, out of sample",
+                             spec=lambda: Spec(None, None, regressor, regression_data, mse, adam(1e-3)), opt=adam,
+                             target=0.35, batch=32,
+                             sweep=dict(batches=[16, 32, 64, 128, 256, 512, 1024], lr0=1e-3,
+                                        lr_grid=[0.5, 1, 2, 4, 8], seeds=1, max_steps=3000, eval_examples=1024,
+                                        max_seconds=1500),
+                             probe_steps=900, lr_factors=(1.0,)),
     # seventh session: a BatchNorm model (micro-batch probe; training-step windows from 2 micro-batches per step)
     "digits_bn_cnn_sgd": dict(desc="the digits CNN with BatchNorm2d after each conv (14k params), plain SGD",
                               spec=lambda: Spec(None, None, digits_bn_cnn, digits_spec().dataset, ce, sgd(0.1)),
@@ -302,7 +341,7 @@ def run_sweep(name, task, quick):
     # the linear lr rule saturates at B_simple at init (as validate_critical_batch.py) unless the task fixes it
     if task["opt"] in (sgd, sgdm, sgdn, sgdm5) and b_init is None:
         ds = task["spec"]().dataset()
-        b_init = bsprof.measure_at(cnn() if name.startswith("mnist") else task["spec"]().model(), ce,
+        b_init = bsprof.measure_at(cnn() if name.startswith("mnist") else task["spec"]().model(), task["spec"]().loss,
                                    ds[:][0:2], rel_error=0.15, max_seconds=20).value
         print(f"   [{name}] B_simple at init {b_init:.1f} (saturates the sweep's linear lr rule)", flush=True)
     g = bsprof.sweep.global_(spec, task["target"], batches=sw["batches"], lr_grid=sw["lr_grid"], seeds=seeds,
@@ -363,8 +402,11 @@ def path_b_crit(report, col, target):
             continue
         rows.append(dataclasses.replace(m, b_simple=e))
     rep.measurements = rows
+    # the raw path average of ``col``: followed as b_simple, with no optimizer factor (a plain-SGD copy); before this
+    # (ninth session) the schedule's own choice of quantity and factor gave every candidate the same value
+    rep.config = {**rep.config, "optimizer": "SGD", "optimizer_momentum": 0.0}
     try:
-        s = plan(rep, ScheduleConfig(target_loss=target, allow_extrapolation=True))
+        s = plan(rep, ScheduleConfig(target_loss=target, allow_extrapolation=True, noise="b_simple"))
         return float(s.prediction["b_crit"]), s.fit.get("form"), s.warnings
     except Exception as exc:  # noqa: BLE001 - recorded, not fatal
         return math.nan, None, [f"{type(exc).__name__}: {exc}"]

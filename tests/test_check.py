@@ -256,6 +256,17 @@ def test_a_baseline_read_with_another_factor_is_compared_on_the_same_footing():
     assert not any("footing" in n for n in judge(old, 1024, baseline=make_report()).notes)
 
 
+def test_a_baseline_of_another_quantity_is_said_to_be_one():
+    """A baseline read from training-step windows against a report with fixed-weight values only (a run too short
+    for windows): the gate still compares, with a note that the quantities differ (a new user's finding)."""
+    rows = [_row(0, 2.3, 100.0, 80.0, 125.0), _row(50, 1.0, 300.0, 250.0, 370.0), _row(100, 0.5, 1000.0, 800.0, 1250.0)]
+    windows = make_report([{**r, "stopped_by": "window"} for r in rows])
+    v = judge(make_report(rows), 1024, baseline=windows)
+    assert any("not the same quantity" in n and "training-step windows" in n for n in v.notes), v.notes
+    same = judge(make_report(rows), 1024, baseline=make_report(rows))
+    assert not any("not the same quantity" in n for n in same.notes)
+
+
 # -- the command: exit codes ---------------------------------------------------------------------------------
 def test_exit_0_within_policy(report):
     r = run(report, "--batch-size", 1024)

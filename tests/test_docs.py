@@ -40,6 +40,7 @@ def test_python_blocks_run(doc, workdir, capsys):
         out = capsys.readouterr().out
         assert re.search(r"B_simple = [0-9.]+ \[[0-9.]+, [0-9.]+\] \(ok\)", out), out
         assert "np.float64" not in out and (workdir / "api-out" / "report.json").is_file()
+        assert "batch sizes [32, 64] steps 300" in out  # the schedule loop ran every step, over epochs
 
 
 def test_the_quick_start_command_runs(workdir):

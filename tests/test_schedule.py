@@ -247,6 +247,7 @@ def test_cli_formats(report_file, tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["-t", "0.05"], "--allow-extrapolation"),
     (["-t", "5"], "not below"),
+    (["-t", "5"], "smaller --measure-every"),  # how to reach a target higher up than the path starts
     (["-t", "0.4", "--rule", "bogus"], "rule must be one of"),
     (["-t", "0.4", "--max-batch", "big"], "--max-batch must be"),
     (["-t", "0.4", "-f", "xml"], "--format must be"),
@@ -513,7 +514,7 @@ def test_assumptions_and_lr_cap():
     assert "predicted steps assume lr = 0.1 × (1 + B_n/B_train)/(1 + B_n/B), linear well below" in s.assumptions[0]
     assert "measure at the lr you will train with" in s.assumptions[0]
     assert max(st.lr for st in s.stages) <= 0.2 + 1e-12
-    assert any("lr capped at 2× the training lr" in w for w in s.warnings)
+    assert any("lr capped at 0.2 (2 × the training lr 0.1)" in w for w in s.warnings)  # the cap, then the lr
     free = plan(report, ScheduleConfig(target_loss=0.4, max_batch=1024, lr_cap=0))
     assert max(st.lr for st in free.stages) > 0.2 and not any("capped" in w for w in free.warnings)
     other = plan(report, ScheduleConfig(target_loss=0.4, lr=0.5))

@@ -18,7 +18,8 @@ from bsprof.cli import app
 from bsprof.errors import ConfigError
 from bsprof.output.report import Report
 from bsprof.results import Status
-from bsprof.sweep import branches
+from bsprof.sweep import api as sweep_api
+from bsprof.sweep import branches, summary
 from bsprof.sweep.fit import bootstrap_fit, fit_critical_batch, local_critical, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +120,33 @@ def test_library_global_with_objects_and_seeds():
     assert r.fit.e_min.value == pytest.approx(r.fit.s_min.value * r.fit.b_crit.value)
     assert r.compute.train_examples == sum(b.examples for b in r.branches)
     assert torch.equal(net.weight, net.weight)  # the caller's model is untouched (Spec.of trains copies)
+
+
+def test_an_interrupt_in_the_final_fit_leaves_a_result_marked_incomplete(monkeypatch):
+    """Ctrl-C during the bootstrap after every branch ran: the last result written is marked incomplete, with a
+    small bootstrap (it read as complete, with no interval, a new user's finding); an interrupt mid-sweep also uses
+    the small bootstrap, so that Ctrl-C takes effect at once."""
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.randn(2000, 3)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3 * torch.randn(2000)
+    real, fits, seen = summary.global_fit, [], []
+
+    def interrupted(rows, summaries, confidence, n_boot, seed):
+        fits.append(n_boot)
+        if n_boot == 1000:
+            raise KeyboardInterrupt
+        return real(rows, summaries, confidence, n_boot, seed)
+
+    monkeypatch.setattr(summary, "global_fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.global_(model=torch.nn.Linear(3, 1, bias=False), dataset=torch.utils.data.TensorDataset(x, y),
+                      loss=lambda m, b: 0.5 * (m(b[0]).squeeze(-1) - b[1]) ** 2, target_loss=0.3,
+                      batches=[2, 4, 8], lr=0.05, lr_grid=[1], eval_examples=256, n_boot=1000, device="cpu",
+                      on_result=seen.append)
+    assert fits[-2:] == [1000, sweep_api.INTERRUPTED_N_BOOT]
+    assert "bootstrap" in seen[-1].incomplete["reason"] and len(seen[-1].branches) == 3
 
 
 # -- the CLI -----------------------------------------------------------------------------------------------

@@ -579,6 +579,10 @@ def noise_used(noise: Reading | None, grid: list) -> tuple[str | None, float | N
 
 
 # -- regression against a baseline ---------------------------------------------------------------------------
+_QUANTITY_TEXT = {"b_simple_window": "B_simple over training-step windows", "b_simple": "the fixed-weight B_simple",
+                  "b_noise": "B_noise", "b_pre": "B_pre"}
+
+
 def check_baseline(new: Reading, old: Reading, factor: float = 2.0) -> CheckResult:
     """Fail when B_n moved beyond both intervals by more than ``factor``: new_lo > old_hi·f or new_hi < old_lo/f."""
     measured = {"new": new.to_dict(), "old": old.to_dict(), "factor": factor}
@@ -638,6 +642,11 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
                          f"{optimizer_name(baseline.config) or 'not recorded'}) and this report's with {k_new:g} "
                          f"({optimizer_name(report.config) or 'not recorded'}): compared on this report's footing, "
                          "the measured noise scales × the same factor")
+        if old.quantity != noise.quantity:  # e.g. a baseline with training-step windows, a run too short for them
+            notes.append(f"the baseline's critical batch follows {_QUANTITY_TEXT.get(old.quantity, old.quantity)} "
+                         f"({old.where}) and this report's {_QUANTITY_TEXT.get(noise.quantity, noise.quantity)} "
+                         f"({noise.where}): not the same quantity; measure both the same way (same --steps and "
+                         "--measure-every) to compare like with like")
         checks.append(check_baseline(noise, old, policy.baseline_factor))
     if report.incomplete:
         how = report.incomplete.get("reason") or "stopped early"

@@ -254,7 +254,11 @@ def check_target(target: float, losses, fit, cfg: ScheduleConfig) -> list[str]:
     lo, hi, start = float(np.min(losses)), float(np.max(losses)), float(losses[0])
     if target >= start:
         raise ConfigError(f"target loss {target:g} is not below the loss {start:g} where the followed noise scale "
-                          "starts (its first usable measurement)", "pass a --target-loss below that loss")
+                          "starts (its first usable measurement)",
+                          "pass a --target-loss below that loss; for a target higher up: a training-step window "
+                          "starts at the first measurement after step 0, so measure again with a smaller "
+                          "--measure-every, or, in `bsprof schedule`, follow the fixed-weight values, measured from "
+                          "step 0, with --noise b_simple")
     if target <= fit.floor:
         raise ExtrapolationError(f"the fitted noise scale diverges at loss {fit.floor:.4g} (a + b/(L − L*)); "
                                  f"target {target:g} is beyond it",
@@ -652,6 +656,7 @@ def cap_lr(stages: list[Stage], lr0: float, cap: float) -> tuple[list[Stage], st
         return stages, ""
     worst = max(hit, key=lambda s: s.lr)
     return ([s._replace(lr=min(s.lr, top)) for s in stages],
-            f"lr capped at {cap:g}× the training lr ({top:.4g}) from batch {hit[0].batch_size:,} on (the rule asked "
+            f"lr capped at {top:.4g} ({cap:g} × the training lr {lr0:.4g}) from batch {hit[0].batch_size:,} on "
+            f"(the rule asked "
             f"up to {worst.lr:.4g} at batch {worst.batch_size:,}): lrs above what was probed are untested, and "
             "those stages will take more steps than predicted; confirm with `bsprof sweep`, or --lr-cap 0 to lift")

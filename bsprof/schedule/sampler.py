@@ -26,7 +26,9 @@ class ScheduledBatchSampler(Sampler[list[int]]):
     One *step* is one optimizer step; with ``micro_batches=True`` a step is ``accumulation`` micro-batches of
     ``micro_batch`` indices, otherwise one batch of ``batch_size / world_size``. Data-parallel: each rank passes its
     ``rank`` and takes its slice of a common shuffled order (same ``seed`` on every rank). The step counter and the
-    position in the epoch survive across ``iter()`` calls; an epoch ends when the shuffled order is used up.
+    position in the epoch survive across ``iter()`` calls; an epoch ends when the shuffled order is used up, and so
+    does one pass of a DataLoader over it: loop over the loader once per epoch (``zip(range(steps), loader)``
+    stops at the end of the first epoch).
     """
 
     def __init__(self, dataset_len: int, schedule, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False,

@@ -67,6 +67,7 @@ def comparison(report, critical: Estimate, target_loss: float | None = None) -> 
                       float(batch) if finite(batch) else None)
 
 
+INTERRUPTED_N_BOOT = 200  # bootstrap fits of the partial result written on Ctrl-C (out in a fraction of a second)
 LR_APART = 2.0  # the probe's lr this far from the sweep's tuned one (either way): the comparison says so
 
 
@@ -313,14 +314,19 @@ def _run(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResu
         result = build(rows, {"reason": str(e), "branches": len(rows)}, cfg.n_boot)
         emit(result)
         return result
-    except KeyboardInterrupt:
-        emit(build(rows, {"reason": "interrupted", "branches": len(rows)}, cfg.n_boot))
+    except KeyboardInterrupt:  # out fast: a smaller bootstrap for the partial result
+        emit(build(rows, {"reason": "interrupted", "branches": len(rows)}, min(cfg.n_boot, INTERRUPTED_N_BOOT)))
         raise
     except BaseException as e:
         reason = e.message if isinstance(e, BsprofError) else f"{type(e).__name__}: {e}"
         emit(build(rows, {"reason": reason, "branches": len(rows)}, cfg.n_boot))
         raise
-    result = build(rows, None, cfg.n_boot)
+    try:
+        result = build(rows, None, cfg.n_boot)
+    except KeyboardInterrupt:  # in the final fit: every branch ran, the interval did not
+        emit(build(rows, {"reason": "interrupted in the bootstrap of the fit (every branch ran)",
+                          "branches": len(rows)}, min(cfg.n_boot, INTERRUPTED_N_BOOT)))
+        raise
     emit(result)
     if not local and sum(math.isfinite(s.steps) for s in result.batches) < 3:
         got = [f"{s.batch} ({s.steps:.0f} steps)" for s in result.batches if math.isfinite(s.steps)]

@@ -109,7 +109,8 @@ class Tracker:
         the preconditioner P = 1/(√v̂ + ε) for B_pre = tr(PΣ)/(GᵀPG) (one more multiply per gradient element per
         backward, and one parameter-sized tensor per step: off by default).
     accumulation_steps: k backward passes per optimizer step on ``loss / k`` (checked at each step).
-    batch_size: examples per optimizer step on this process (all its micro-batches); or pass it to ``step``.
+    batch_size: examples per optimizer step on this process (all its micro-batches; under DDP/FSDP per rank, not the
+        global batch); or pass it to ``step``.
     source: "auto", or one of "accumulation", "per_example", "ddp", "fsdp" to insist on it (module docstring).
     log: a path for the JSONL log (``bsprof.track.log``), written by rank 0.
     unit: the unit of ``batch_size`` ("examples", "sequences", "tokens"), written to the log header.
