@@ -9,9 +9,11 @@ overheads are medians over rounds of the paired ratio to the round's plain step,
               probe inside its ``measuring`` context, as ``measure_at`` runs a measurement's draws)
   tracker     plain / old / new: the accumulation loop of ``bench_tracker.py`` (k = 8, SGD step, zero_grad) without
               a tracker, with REV's Tracker, with this tree's; mb plain / floor as in bench_tracker.py
+  tracker-pe  plain / old / new: its per-example loop on one batch of --micro-batch examples
 
     python scripts/bench_revisions.py microbatch --rev main --micro-batch 8 --rounds 30 [--threads 1]
     python scripts/bench_revisions.py tracker --rev main --micro-batch 8 --rounds 30
+    python scripts/bench_revisions.py tracker-pe --rev main --micro-batch 128 --rounds 30
 """
 
 from __future__ import annotations
@@ -94,9 +96,29 @@ def tracker_methods(rev: str, b: int) -> tuple[dict, list]:
     return methods, [("old", "plain"), ("new", "plain"), ("floor", "mb plain"), ("new", "old")]
 
 
+def tracker_pe_methods(rev: str, b: int) -> tuple[dict, list]:
+    """The per-example loop of ``bench_tracker.py`` (one batch of b, ``with tracker.per_example()``)."""
+    import bench_tracker as bt
+
+    from bsprof.track import Tracker
+
+    old_module(rev, "bsprof/track/sources.py", "old_sources")
+    old = old_module(rev, "bsprof/track/tracker.py", "old_tracker",
+                     ("from bsprof.track.sources import", "from old_sources import"))
+
+    def loop(cls):
+        def factory(model):
+            inner = bt.per_example_loop(model, tracked=cls is not None, tracker_cls=cls)
+            return lambda batches: inner(batches[:1])
+        return factory
+
+    methods = {"plain": loop(None), "old": loop(old.Tracker), "new": loop(Tracker)}
+    return methods, [("old", "plain"), ("new", "plain"), ("new", "old")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["microbatch", "tracker"])
+    ap.add_argument("what", choices=["microbatch", "tracker", "tracker-pe"])
     ap.add_argument("--rev", default="main")
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=30)
@@ -105,7 +127,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     b = args.micro_batch
-    methods, pairs = (microbatch_methods if args.what == "microbatch" else tracker_methods)(args.rev, b)
+    methods, pairs = {"microbatch": microbatch_methods, "tracker": tracker_methods,
+                      "tracker-pe": tracker_pe_methods}[args.what](args.rev, b)
     base = mb.make_model("mlp")
     batches = mb.make_batches("mlp", b, torch.Generator().manual_seed(b))
     steps = {m: f(copy.deepcopy(base)) for m, f in methods.items()}

@@ -95,10 +95,11 @@ def accum_loop(model, tracked: bool = False, log: bool = False, tracker_cls=None
     return step
 
 
-def per_example_loop(model, tracked: bool = False, log: bool = False):
+def per_example_loop(model, tracked: bool = False, log: bool = False, tracker_cls=None):
+    """``tracker_cls``: another revision's Tracker class (scripts/bench_revisions.py), default this tree's."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    tracker = Tracker(model, opt, source="per_example",
-                      log=LOGS / f"pe_{id(model)}.jsonl" if log else None) if tracked else None
+    tracker = (tracker_cls or Tracker)(model, opt, source="per_example",
+                                       log=LOGS / f"pe_{id(model)}.jsonl" if log else None) if tracked else None
 
     def step(batches):
         loss = _ce(model, batches[0])

@@ -343,6 +343,9 @@ class PerExample:
             self.shared.append((mod, slots, x.detach(), out))  # positions shared by the batch: ``_model_output``
             return
         rows = (rule is linear or rule is hf_conv1d) and x.dim() == 2  # one position per example
+        if rows and out.grad_fn is not None and not out._is_view():  # the node's pre-hook: no Python handle to make
+            out.grad_fn.register_prehook(partial(self._rows_pre, rule, mod, slots, x.detach()))
+            return
         if rule is layer_norm:
             rule = layer_norm_saved(out)
         out.register_hook(partial(self._rows if rows else self._backward, rule, mod, slots, x.detach()))
@@ -394,21 +397,29 @@ class PerExample:
         except Exception as e:  # never break the user's backward
             self.failure = f"{type(e).__name__} in the per-example rule of {type(mod).__name__}: {e}"
 
+    def _rows_pre(self, rule, mod, slots, x: Tensor, grad_outputs) -> None:
+        if grad_outputs[0] is not None:
+            self._rows(rule, mod, slots, x, grad_outputs[0])
+
     def _rows(self, rule, mod, slots, x: Tensor, d: Tensor) -> None:
         """A Linear (or HF Conv1D) on [B, in]: g_i = δ_i x_iᵀ, so |g_i|² = |δ_i|²|x_i|² for the weight and |δ_i|² for
-        the bias: two norm reductions and two B-long dot products (the general rule when a parameter is used twice).
-        Few kernels matter here: on a small model each costs as much as the arithmetic."""
+        the bias, Σ_i |δ_i|²(|x_i|² + 1) for both: two row-wise dot products and one B-long one (the general rule when
+        a parameter is used twice). Few kernels matter here: on a small model each costs as much as the arithmetic."""
         if not self.armed:
             return
         if any(self.expected[k] != 1 for _, k in slots) or _autocast_on(d.device.type) or x.element_size() < 4:
             self._backward(rule, mod, slots, x, d)
             return
         self.rows.add(x.shape[0])
-        try:
-            a = torch.linalg.vector_norm(d, dim=1)
-            for name, _ in slots:
-                ab = a if name == "bias" else a * torch.linalg.vector_norm(x, dim=1)
-                self.parts.append(torch.dot(ab, ab))
+        try:  # Σ_i |δ_i|²(|x_i|² + 1) for weight and bias together: four kernels
+            d = _wide(d)  # at least float32 (a bf16 δ under autocast)
+            d2 = torch.linalg.vecdot(d, d)
+            names = [name for name, _ in slots]
+            if names == ["bias"]:
+                self.parts.append(d2.sum())
+            else:
+                x2 = torch.linalg.vecdot(x, x)
+                self.parts.append(torch.dot(d2, x2.add_(1) if "bias" in names else x2))
         except Exception as e:  # never break the user's backward
             self.failure = f"{type(e).__name__} in the per-example rule of {type(mod).__name__}: {e}"
 

@@ -248,14 +248,15 @@ class Tracker:
         draw, pre = self._pair(record, batch_size if batch_size is not None else self.batch_size, loss, loss_scale)
         self._check_rows(draw.B // self.world, rows)
         lr = self._lr() if lr is None else float(lr)
-        line = {"step": number, "examples": self.examples, "b": draw.b, "B": draw.B, "small_sq": draw.small_sq_total,
-                "big_sq": draw.big_sq_total, "loss": draw.loss, "lr": lr}
+        small, big = draw.small_sq_total, draw.big_sq_total  # once: a numpy sum right after a backward costs ~10 µs
+        line = {"step": number, "examples": self.examples, "b": draw.b, "B": draw.B, "small_sq": small,
+                "big_sq": big, "loss": draw.loss, "lr": lr}
         if draw.n is not None:
             line["n"] = draw.n
         if pre is not None:
             line.update(small_sq_pre=pre.small_sq_total, big_sq_pre=pre.big_sq_total)
         self.examples += draw.B
-        if not (math.isfinite(draw.small_sq_total) and math.isfinite(draw.big_sq_total)):
+        if not (math.isfinite(small) and math.isfinite(big)):
             self.skipped += 1
             if self.log:
                 self.log.write({**line, "small_sq": None, "big_sq": None, "skipped": "non-finite"})
