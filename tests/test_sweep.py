@@ -20,6 +20,7 @@ from bsprof.output.report import Report
 from bsprof.results import Status
 from bsprof.sweep import api as sweep_api
 from bsprof.sweep import branches, summary
+from bsprof.sweep import render as sweep_render
 from bsprof.sweep.fit import bootstrap_fit, fit_critical_batch, local_critical, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +148,31 @@ def test_an_interrupt_in_the_final_fit_leaves_a_result_marked_incomplete(monkeyp
                       on_result=seen.append)
     assert fits[-2:] == [1000, sweep_api.INTERRUPTED_N_BOOT]
     assert "bootstrap" in seen[-1].incomplete["reason"] and len(seen[-1].branches) == 3
+
+
+def test_steps_still_falling_as_one_over_b_give_a_lower_bound(monkeypatch):
+    """Steps ∝ 1/B up to the largest batch that reached the target (and that one diverged at every lr): the sweep's
+    critical batch is 'above 64', not a fitted 1e6 with no interval, and the note says the batch diverged (a new
+    user's finding: '1.280e+06 [–, –]' and 'did not reach the target')."""
+    import torch
+
+    from bsprof.sweep.result import Branch
+
+    def fake(setup, seed, batch, multiplier, cap, budget, say, schedule=None):
+        if batch == 128:
+            return Branch(batch, 0.1, multiplier, seed, 3, 384, math.inf, math.nan, 0.0, True, math.inf)
+        steps = 6400 / batch
+        return Branch(batch, 0.1, multiplier, seed, int(steps), int(steps) * batch, 0.3, 0.01, 0.0, False, steps)
+
+    monkeypatch.setattr(branches, "run_to_target", fake)
+    x = torch.randn(512, 3)
+    r = sweep.global_(model=torch.nn.Linear(3, 1), dataset=torch.utils.data.TensorDataset(x, x.sum(1)),
+                      loss=lambda m, b: (m(b[0]).squeeze(-1) - b[1]) ** 2, target_loss=0.5,
+                      batches=[8, 16, 32, 64, 128], lr=0.05, lr_grid=[1], n_boot=50, device="cpu")
+    assert r.critical.status is Status.LOWER_BOUND and r.critical.lo == 64
+    notes = " ".join(r.notes)
+    assert "the critical batch is above 64" in notes and "batch 128 diverged at every lr of the grid" in notes
+    assert "B_crit (McCandlish fit): > 64" in " ".join(" ".join(sweep_render.summary_lines(r)).split())
 
 
 # -- the CLI -----------------------------------------------------------------------------------------------

@@ -170,15 +170,25 @@ def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=
     est = f.b_crit if f else Estimate.none()
     extra = []
     missed = [s.batch for s in summaries if not math.isfinite(s.steps)]
-    if missed:
-        extra.append(f"batch {', '.join(map(str, missed))} did not reach the target within {cfg.max_steps} steps at "
-                     "any lr of the grid: left out of the fit")
+    for b in missed:
+        runs = [r for r in rows if r.batch == b]
+        how = ("diverged at every lr of the grid" if runs and all(r.diverged for r in runs) else
+               f"did not reach the target within {cfg.max_steps} steps at any lr of the grid"
+               + (" (diverged at some)" if any(r.diverged for r in runs) else ""))
+        extra.append(f"batch {b} {how}: left out of the fit")
     tested = [s.batch for s in summaries]
-    if f and tested and not min(tested) / 10 <= f.b_crit.value <= 10 * max(tested):
-        est = Estimate(est.value, est.lo, est.hi, Status.UNDETERMINED)  # S(B) flat, or still ∝ 1/B: no knee
-        extra.append(f"the fitted B_crit ({f.b_crit.value:.3g}) is more than 10× outside the tested batches "
-                     f"[{min(tested)}, {max(tested)}]: the steps did not bend between S_min·B_crit/B and S_min "
-                     "there, so the sweep does not determine B_crit; widen the batches or the lr grid")
+    reached = [s.batch for s in summaries if math.isfinite(s.steps)]
+    if f and tested and f.b_crit.value > 10 * max(tested) and reached:  # steps still ∝ 1/B: no knee yet
+        est = Estimate(math.nan, float(max(reached)), math.inf, Status.LOWER_BOUND)
+        extra.append(f"the steps still fell about as 1/B up to batch {max(reached)} (the fitted B_crit, "
+                     f"{f.b_crit.value:.3g}, is more than 10× above the tested batches): the critical batch is above "
+                     f"{max(reached)}; test larger batches to find it")
+    elif f and tested and not min(tested) / 10 <= f.b_crit.value <= 10 * max(tested):
+        est = Estimate(est.value, est.lo, est.hi, Status.UNDETERMINED)  # S(B) flat: no knee
+        extra.append(f"the fitted B_crit ({f.b_crit.value:.3g}) is more than 10× below the tested batches "
+                     f"[{min(tested)}, {max(tested)}]: the steps hardly fell with the batch there, so the sweep does "
+                     "not determine B_crit (it is below them, or the lr grid is too narrow); test smaller batches or "
+                     "widen the lr grid")
     elif f and tested and not min(tested) <= f.b_crit.value <= max(tested):
         extra.append(f"the fitted B_crit ({f.b_crit.value:.3g}) lies outside the tested batches "
                      f"[{min(tested)}, {max(tested)}]: an extrapolation")

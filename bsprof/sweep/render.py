@@ -47,6 +47,9 @@ def summary_lines(r) -> list[str]:
             v = sorted(r.critical_by_seed)
             lines.append(f"  per seed: {', '.join(fmt(x) for x in r.critical_by_seed)} "
                          f"(range {fmt(v[0])}–{fmt(v[-1])})")
+    elif r.fit is not None and r.critical.status.value == "lower_bound":  # still ∝ 1/B: no knee in the batches
+        lines.append(f"B_crit (McCandlish fit): {estimate_text(r.critical)} {u}   (the steps still fell as 1/B; "
+                     f"the fit's own value {fmt(r.fit.b_crit.value)} is an extrapolation)")
     elif r.fit is not None:
         f = r.fit
         lines.append(f"B_crit (McCandlish fit): {estimate_text(f.b_crit)} {u}   ({f.confidence:.0%} bootstrap over "
