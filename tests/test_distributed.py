@@ -133,6 +133,16 @@ def test_comm_hook_on_a_two_rank_ddp_model(tmp_path):
     assert r["status"] == "ok" and abs(r["b_simple"] / r["closed_form"] - 1) < 0.12
 
 
+@pytest.mark.distributed
+def test_an_option_error_under_torchrun_is_said_once(tmp_path):
+    """--batch-size not a multiple of the world size: rank 0 says it, the other ranks exit quietly (both printed it,
+    a new user's finding)."""
+    run = _torchrun("-m", "bsprof", "measure", str(ASSETS / "tiny_linear.py"), "--steps", "2", "--batch-size", "33",
+                    "--device", "cpu", "--no-figures", "-o", str(tmp_path / "out"), timeout=90)
+    said = " ".join(run.stderr.split())
+    assert run.returncode != 0 and said.count("use a multiple of 2") == 1, run.stderr
+
+
 @pytest.mark.slow  # the default run keeps one torchrun measurement and the comm hook
 @pytest.mark.distributed
 def test_a_failed_rank_stops_every_rank_and_keeps_the_partial_report(tmp_path):

@@ -154,6 +154,8 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
         raise typer.Exit(signals.exit_code(failure))
     if isinstance(failure, distributed.RankFailure) and not comm.is_main:
         raise typer.Exit(failure.exit_code)  # rank 0 says what happened
+    if isinstance(failure, ConfigError) and not comm.is_main:
+        raise typer.Exit(failure.exit_code)  # options and data are the same on every rank: rank 0 says it once
     if failure is not None and not isinstance(failure, BsprofError):
         if debug:
             import traceback
