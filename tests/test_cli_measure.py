@@ -403,6 +403,42 @@ def test_an_interrupt_in_the_last_measurement_says_the_window_before_it_was_whol
            "(steps 20–39)" in note
 
 
+SEQ_FIRST_SPEC = (
+    "import torch, torch.nn.functional as F\n"
+    "T = 16\n"
+    "class Net(torch.nn.Module):\n"
+    "    def __init__(self):\n"
+    "        super().__init__()\n"
+    "        self.lin = torch.nn.Linear(3, 4)\n"
+    "    def forward(self, x):\n"
+    "        return self.lin(x.transpose(0, 1)).mean(0)   # the Linear sees [T, B, 3]\n"
+    "def model(): return Net()\n"
+    "def dataset():\n"
+    "    g = torch.Generator().manual_seed(0)\n"
+    "    return torch.utils.data.TensorDataset(torch.randn(256, T, 3, generator=g), torch.randint(0, 4, (256,), "
+    "generator=g))\n"
+    "def loss(model, batch):\n"
+    "    x, y = batch\n"
+    "    return F.cross_entropy(model(x), y, reduction='none')\n")
+
+
+def test_a_linear_fed_sequence_first_gets_micro_batch_windows(tmp_path):
+    """A Linear after a transpose sees [T, B, F]; with T = the training batch its dim 0 looks like the examples',
+    and the training steps' per-example norms took T for the examples, silently (a new user's finding: 67 against
+    104). Found at two other batch sizes before training: the windows come from micro-batches, and a note says so."""
+    spec = tmp_path / "seq_first.py"
+    spec.write_text(SEQ_FIRST_SPEC)
+    r = run(spec, "--steps", 20, "--measure-every", 10, "--batch-size", 16, "--rel-error", 0.3, "-o", tmp_path / "o",
+            "-q", "--no-figures")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    note = " ".join({d["code"]: d["message"] for d in report["diagnostics"]}["training_micro_batches"].split())
+    assert "lin is fed [T, B, …]" in note and "2 micro-batches" in note
+    assert any(m.get("window_steps") for m in report["measurements"])
+    fallback = " ".join({d["code"]: d["message"] for d in report["diagnostics"]}.get("fallback", "").split())
+    assert "make it batch-first" in fallback  # not only "register a rule": Linear has one
+
+
 def test_measuring_does_not_change_the_training():
     """The training trajectory (every step's loss) is the same however many examples the measurements draw."""
     from bsprof import MeasureConfig, measure

@@ -274,6 +274,27 @@ def test_batch_not_first_goes_to_fallback(T):
     assert "fed [T, B" in got.fallbacks["lin.weight"]
 
 
+def test_a_first_call_of_t_plus_one_examples_does_not_hide_the_layout():
+    """The layout is checked once per model and cached: a first call of T + 1 examples checked it on T alone, found
+    nothing, and every later chunk of T was measured as if dim 0 held the examples (rel. error 0.94; a new user's
+    finding). Two sizes cannot both equal T."""
+    class SeqFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.lin(x.transpose(0, 1)).mean(0)
+
+    model, T = SeqFirst().double(), 5
+    first = (torch.randn(T + 1, T, 3, dtype=torch.float64), torch.randint(0, 3, (T + 1,)))
+    per_example_hooks(model, xent, first, T + 1)
+    batch = (torch.randn(T, T, 3, dtype=torch.float64), torch.randint(0, 3, (T,)))
+    got, want = per_example_hooks(model, xent, batch, T), per_example_vmap(model, xent, batch, T)
+    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
+    assert "fed [T, B" in got.fallbacks["lin.weight"]
+
+
 def test_functional_use_of_hooked_weight():
     """A hooked Linear's weight also used through F.linear is detected by counting graph uses."""
     class Extra(nn.Module):

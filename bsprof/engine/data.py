@@ -97,7 +97,12 @@ class Examples:
 
     def first_two(self):
         """A collated batch of two examples (for checks), on the device."""
-        return self.collate(self.stream(2) if self.iterable else self.items([0, 1]))
+        return self.first(2)
+
+    def first(self, count: int):
+        """A collated batch of the first ``count`` examples (at most the dataset's), on the device."""
+        count = count if self.iterable or self.n is None else min(count, self.n)
+        return self.collate(self.stream(count) if self.iterable else self.items(list(range(count))))
 
     def draw(self, B: int) -> list:
         """Indices (map-style) or items (iterable) of B examples, uniform without replacement (this rank's share)."""

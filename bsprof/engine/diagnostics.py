@@ -93,10 +93,13 @@ def method(report: Report, choice) -> None:
 
     if choice.fallbacks:
         n = len(choice.fallbacks)
+        layout = any("examples on dim 0" in why for why in choice.fallbacks.values())
+        fix = "; for a layer fed [T, B, …], make it batch-first (batch_first=True, no transpose before it)" if layout \
+            else ""
         report.diagnose("fallback", f"{n} parameter{'s' if n > 1 else ''} measured by the slow path (torch.func, or a "
                         "per-example loop where torch.func cannot batch the layer): "
-                        f"{fallback_text(choice.fallbacks)} — register a rule with bsprof.probes.register_rule "
-                        "(or pass --strict to make this an error)")
+                        f"{fallback_text(choice.fallbacks)} — register a rule with bsprof.probes.register_rule for "
+                        f"a layer without one{fix} (or pass --strict to make this an error)")
     if choice.seconds and choice.probe.name == "microbatch":
         report.diagnose("method_trial", choice.why)
 

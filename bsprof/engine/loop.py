@@ -251,7 +251,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     with buffers_kept(model):
         first = _first_budget(model, spec.loss, examples, cfg, points, comm)
     points = set(points)
-    track, coupled = _track_source(report, cfg, comm, model, spec.loss, pair)  # how training steps give pairs
+    track, coupled = _track_source(report, cfg, comm, model, spec.loss, pair, examples)  # how steps give pairs
     step, trained, tracker, phase, clock = 0, 0, None, "measuring", cost.RunClock(choosing=choosing)
     window = None  # the training steps' window closed for the measurement at this step, until its row is added
     try:
@@ -395,13 +395,15 @@ TRAINING_PARTS = 2  # micro-batches per training step where per-example norms ar
 
 
 def _track_source(report: Report, cfg: MeasureConfig, comm: distributed.Comm, model, loss_fn,
-                  pair) -> tuple[str | None, bool]:
+                  pair, examples=None) -> tuple[str | None, bool]:
     """Where the training steps' nested pairs come from (B_simple over training-step windows; ``_training_tracker``)
     and whether BatchNorm couples the examples: "ranks" under DDP (each rank's share against the step's batch, as a
     DDP training step sees it); else as ``probes.choose.training_pairs`` decides, whichever probe measures at fixed
     weights: "per_example" (b = 1, in the step's own backward), "accumulation" (the step as ``TRAINING_PARTS``
     micro-batches of B/2: BatchNorm then normalises over B/2, as on two data-parallel ranks, said in the report), or
-    None, with the reason in the report (a loss that mixes examples; an odd batch BatchNorm cannot split)."""
+    None, with the reason in the report (a loss that mixes examples; an odd batch BatchNorm cannot split). A layer
+    fed [T, B, …] (found on a few of ``examples`` at two batch sizes) has no valid per-example norms in the step's
+    backward: micro-batches, said in the report."""
     if not cfg.track_training or cfg.steps == 0:
         return None, False
     if comm.world > 1:
@@ -410,6 +412,21 @@ def _track_source(report: Report, cfg: MeasureConfig, comm: distributed.Comm, mo
         source, why = training_pairs(model, loss_fn, pair)
     if source is None:
         return _no_windows(report, f"{why}, so the training steps give no nested pairs"), False
+    if source == "per_example" and examples is not None:
+        from bsprof.probes.hooks import fed_sequence_first
+
+        rows = examples.first(8)
+        with buffers_kept(model):
+            fed = fed_sequence_first(model, loss_fn, rows, examples.n if examples.n and examples.n < 8 else 8)
+        if fed:
+            source, why = "accumulation", f"{', '.join(fed[:3])} {'is' if len(fed) == 1 else 'are'} fed [T, B, …]"
+            report.diagnose("training_micro_batches",
+                            f"{why} (the examples off dim 0: batch_first=False, or a transpose): per-example norms "
+                            f"in the training steps would take T for the examples, so each step runs as "
+                            f"{TRAINING_PARTS} micro-batches of B/2 for the training-step windows")
+            return (source, False) if cfg.batch_size % TRAINING_PARTS == 0 else (_no_windows(
+                report, f"{why}, and the training batch of {cfg.batch_size} does not split into {TRAINING_PARTS} "
+                        "equal micro-batches (use an even --batch-size)"), False)
     if source == "accumulation" and cfg.batch_size % TRAINING_PARTS:
         return _no_windows(report, f"{why}, so the training steps would run as {TRAINING_PARTS} micro-batches, and "
                                    f"the training batch of {cfg.batch_size} does not split into {TRAINING_PARTS} "
@@ -432,8 +449,11 @@ def _training_tracker(report: Report, source: str, model, optimizer, batch_size:
         try:
             return Tracker(model, optimizer, source="per_example", batch_size=batch_size, confidence=confidence,
                            population=population), source
-        except TrackerError:
+        except TrackerError as e:  # e.g. an encoder layer with batch_first=False: said, then micro-batches
             source = "accumulation"
+            report.diagnose("training_micro_batches", f"per-example norms in the training steps are not available "
+                            f"({e.message}): each step runs as {TRAINING_PARTS} micro-batches of B/{TRAINING_PARTS} "
+                            "for the training-step windows")
     if batch_size % TRAINING_PARTS:
         return None, _no_windows(report, f"the training batch of {batch_size} does not split into "
                                          f"{TRAINING_PARTS} equal micro-batches (use an even --batch-size)")

@@ -67,39 +67,52 @@ _LAYOUT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → id
 
 
 def not_batch_first(model: nn.Module, loss_fn: LossFn, batch, count: int, owned) -> frozenset:
-    """Ids of the hooked modules whose input does not keep the examples on dim 0, from one forward pass (no
-    graph) on the first count − 1 examples: a layer fed [T, B, …] (``batch_first=False``, or a transpose) has
-    dim 0 = T whatever the batch, so in the probe's own pass, where T may equal the chunk's count, it would
-    pass for per-example; with count − 1 examples it cannot. Done once per model (cached); nothing is found
-    for count < 3 or when the model cannot run on the smaller batch (the probe's own checks still apply)."""
+    """Ids of the hooked modules whose input does not keep the examples on dim 0, from forward passes (no graph) on
+    the first count − 1 and count − 2 examples: a layer fed [T, B, …] (``batch_first=False``, or a transpose) has
+    dim 0 = T whatever the batch, so in the probe's own pass, where T may equal the chunk's count, it would pass for
+    per-example; at two other sizes it cannot (T equals at most one of them: with one size, a first call of T + 1
+    examples cached 'none found' and every later chunk of T was measured wrong). Done once per model (cached);
+    nothing is found for count < 3 or when the model cannot run on the smaller batches (the probe's own checks
+    still apply)."""
     if model in _LAYOUT:
         return _LAYOUT[model]
     if count < 3:
         return frozenset()
-    n, rows = count - 1, defaultdict(set)
+    found = set()
+    for n in (count - 1, count - 2) if count > 3 else (count - 1,):  # (size 1 reads as a broadcast, not a batch)
+        rows = defaultdict(set)
 
-    def record(mod, args, kwargs):
-        x = args[0] if args else next(iter(kwargs.values()), None)
-        if not isinstance(x, Tensor) or x.dim() == 0:
-            return
-        if isinstance(mod, nn.MultiheadAttention):  # its rule reads batch_first itself
-            rows[id(mod)].add(x.shape[0 if mod.batch_first else 1] if x.dim() == 3 else n)
-        else:
-            rows[id(mod)].add(x.shape[0] if x.dim() > 1 or rule_for(mod) is not embedding else n)
+        def record(mod, args, kwargs, n=n, rows=rows):
+            x = args[0] if args else next(iter(kwargs.values()), None)
+            if not isinstance(x, Tensor) or x.dim() == 0:
+                return
+            if isinstance(mod, nn.MultiheadAttention):  # its rule reads batch_first itself
+                rows[id(mod)].add(x.shape[0 if mod.batch_first else 1] if x.dim() == 3 else n)
+            else:
+                rows[id(mod)].add(x.shape[0] if x.dim() > 1 or rule_for(mod) is not embedding else n)
 
-    handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in owned]
-    try:
-        with torch.no_grad():
-            per_example_losses(model, loss_fn, _rows(batch, 0, n), n)
-    except Exception:  # the model needs its whole batch: leave the layout to the probe's own checks
-        return frozenset()
-    finally:
-        for h in handles:
-            h.remove()
-    # an embedding on positions shared by the batch ([1, T]) is the broadcast case, handled by the probe
-    found = frozenset(k for k, seen in rows.items() if seen - {n, 1})
-    _LAYOUT[model] = found
-    return found
+        handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in owned]
+        try:
+            with torch.no_grad():
+                per_example_losses(model, loss_fn, _rows(batch, 0, n), n)
+        except Exception:  # the model needs its whole batch: leave the layout to the probe's own checks
+            return frozenset()
+        finally:
+            for h in handles:
+                h.remove()
+        # an embedding on positions shared by the batch ([1, T]) is the broadcast case, handled by the probe
+        found |= {k for k, seen in rows.items() if seen - {n, 1}}
+    _LAYOUT[model] = frozenset(found)
+    return _LAYOUT[model]
+
+
+def fed_sequence_first(model: nn.Module, loss_fn: LossFn, batch, count: int) -> list[str]:
+    """Names of the layers with a per-example rule whose input does not keep the examples on dim 0 (a Linear after
+    a transpose, ``batch_first=False``), by ``not_batch_first`` on ``batch`` (count ≥ 4 examples for two sizes)."""
+    owned = [m for m in model.modules()
+             if rule_for(m) is not None and any(p.requires_grad for p in m.parameters(recurse=False))]
+    ids = not_batch_first(model, loss_fn, batch, count, owned)
+    return [name or "the model" for name, m in model.named_modules() if id(m) in ids]
 
 
 def losses_mix_examples(model: nn.Module, loss_fn: LossFn, batch, rtol: float = 1e-4) -> bool:
