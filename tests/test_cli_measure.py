@@ -439,6 +439,44 @@ def test_a_linear_fed_sequence_first_gets_micro_batch_windows(tmp_path):
     assert "make it batch-first" in fallback  # not only "register a rule": Linear has one
 
 
+OFFSETS_SPEC = (
+    "import torch, torch.nn.functional as F\n"
+    "class Net(torch.nn.Module):\n"
+    "    def __init__(self):\n"
+    "        super().__init__()\n"
+    "        self.bag, self.head = torch.nn.EmbeddingBag(50, 8, mode='mean'), torch.nn.Linear(8, 3)\n"
+    "    def forward(self, tokens, offsets):\n"
+    "        return self.head(self.bag(tokens, offsets))\n"
+    "def model(): return Net()\n"
+    "def dataset():\n"
+    "    g = torch.Generator().manual_seed(0)\n"
+    "    return [(torch.randint(0, 50, (int(n),), generator=g), int(n) % 3) for n in torch.randint(2, 9, (200,), "
+    "generator=g)]\n"
+    "def collate(items):   # texts of different lengths: one flat tensor and the offsets\n"
+    "    lengths = torch.tensor([len(t) for t, _ in items])\n"
+    "    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])\n"
+    "    return torch.cat([t for t, _ in items]), offsets, torch.tensor([y for _, y in items])\n"
+    "def loss(model, batch):\n"
+    "    tokens, offsets, y = batch\n"
+    "    return F.cross_entropy(model(tokens, offsets), y, reduction='none')\n")
+
+
+def test_a_batch_that_cannot_be_cut_per_example_is_measured_by_micro_batches(tmp_path):
+    """EmbeddingBag with offsets: the collated batch is one flat tensor of tokens, not [B, …]. Slicing it for the
+    per-example checks broke the model, and the error blamed the spec (a new user's finding); now auto measures by
+    micro-batches (each collated on its own), and says why."""
+    spec = tmp_path / "bag.py"
+    spec.write_text(OFFSETS_SPEC)
+    r = run(spec, "--steps", 20, "--measure-every", 10, "--batch-size", 16, "--rel-error", 0.3, "-o", tmp_path / "o",
+            "-q", "--no-figures")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["config"]["method_resolved"] == "microbatch"
+    notes = " ".join(" ".join(d["message"].split()) for d in report["diagnostics"])
+    assert "does not hold the examples on dim 0 of every tensor" in notes
+    assert any(m.get("window_steps") for m in report["measurements"])
+
+
 def test_measuring_does_not_change_the_training():
     """The training trajectory (every step's loss) is the same however many examples the measurements draw."""
     from bsprof import MeasureConfig, measure

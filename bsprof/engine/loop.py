@@ -431,7 +431,12 @@ def _track_source(report: Report, cfg: MeasureConfig, comm: distributed.Comm, mo
         return _no_windows(report, f"{why}, so the training steps would run as {TRAINING_PARTS} micro-batches, and "
                                    f"the training batch of {cfg.batch_size} does not split into {TRAINING_PARTS} "
                                    "equal ones (use an even --batch-size)"), False
-    return source, source == "accumulation"
+    from bsprof.probes.choose import UNSPLIT
+
+    if why == UNSPLIT:
+        report.diagnose("training_micro_batches", f"{why}: each training step runs as {TRAINING_PARTS} micro-batches "
+                        f"of B/{TRAINING_PARTS}, each collated on its own, for the training-step windows")
+    return source, source == "accumulation" and why != UNSPLIT
 
 
 def _training_tracker(report: Report, source: str, model, optimizer, batch_size: int, confidence: float,
@@ -462,6 +467,7 @@ def _training_tracker(report: Report, source: str, model, optimizer, batch_size:
                           batch_size=batch_size, confidence=confidence, population=population)
     except TrackerError as e:
         return None, _no_windows(report, e.message)
+    tracker._rows_warned = True  # the loop passes the batch it drew; dim 0 of the input may be tokens, not examples
     if coupled:
         report.diagnose("training_micro_batches", f"each training step ran as {TRAINING_PARTS} micro-batches of "
                         f"B/{TRAINING_PARTS} (gradient accumulation), for B_simple over training-step windows: "

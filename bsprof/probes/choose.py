@@ -33,9 +33,23 @@ def per_example_invalid(model: nn.Module, loss_fn: LossFn | None = None, pair=No
     coupled = batch_coupled(model)
     if coupled:
         return coupled_reason(coupled)
+    if pair is not None and not _examples_on_dim0(pair):
+        return UNSPLIT
     if loss_fn is not None and pair is not None and _mixes(model, loss_fn, pair):
         return "the loss of one example changes when another joins the batch (the loss mixes examples)"
     return None
+
+
+UNSPLIT = ("the collated batch does not hold the examples on dim 0 of every tensor (a custom collate: EmbeddingBag "
+           "offsets, packed sequences, a tensor shared by the batch), which per-example gradients need")
+
+
+def _examples_on_dim0(pair) -> bool:
+    """Every tensor of a collated batch of two examples has them on dim 0 (so one example is a slice of it)."""
+    from torch import Tensor
+    from torch.utils._pytree import tree_leaves
+
+    return all(x.dim() > 0 and x.shape[0] == 2 for x in tree_leaves(pair) if isinstance(x, Tensor))
 
 
 def training_pairs(model: nn.Module, loss_fn: LossFn, pair) -> tuple[str | None, str | None]:
@@ -44,11 +58,13 @@ def training_pairs(model: nn.Module, loss_fn: LossFn, pair) -> tuple[str | None,
     couples the examples but the loss does not (checked in eval mode, where BatchNorm uses its running
     statistics); None when the loss mixes examples: a micro-batch's loss is then another loss."""
     try:
-        mixes = pair is not None and _mixes(model, loss_fn, pair)
+        mixes = pair is not None and _examples_on_dim0(pair) and _mixes(model, loss_fn, pair)
     except Exception:  # noqa: BLE001 - a model that cannot run on two examples: its probe choice said why
         mixes = False
     if mixes:
         return None, "the loss of one example changes when another joins the batch (the loss mixes examples)"
+    if pair is not None and not _examples_on_dim0(pair):
+        return "accumulation", UNSPLIT
     coupled = batch_coupled(model)
     return ("accumulation", coupled_reason(coupled)) if coupled else ("per_example", None)
 
