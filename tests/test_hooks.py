@@ -254,18 +254,21 @@ def test_loss_scale_and_autocast():
     assert_close(low.small_sq_sum.unbind(), want.small_sq_sum.unbind(), rtol=5e-2)
 
 
+class SeqFirst(nn.Module):
+    """A Linear fed [T, B, F]: the examples are not on its input's dim 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.lin(x.transpose(0, 1)).mean(0)
+
+
 @pytest.mark.parametrize("T", [6, 4])
 def test_batch_not_first_goes_to_fallback(T):
     """A Linear that sees [T, B, F] (examples not on dim 0) is handled by torch.func, not by its rule, also when
     T equals the batch (4), where its dim 0 alone looks like the examples' (``hooks.not_batch_first``)."""
-    class SeqFirst(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(3, 3)
-
-        def forward(self, x):
-            return self.lin(x.transpose(0, 1)).mean(0)
-
     model = SeqFirst().double()
     batch = (torch.randn(4, T, 3, dtype=torch.float64), torch.randint(0, 3, (4,)))
     want = per_example_vmap(model, xent, batch, 4)
@@ -278,14 +281,6 @@ def test_a_first_call_of_t_plus_one_examples_does_not_hide_the_layout():
     """The layout is checked once per model and cached: a first call of T + 1 examples checked it on T alone, found
     nothing, and every later chunk of T was measured as if dim 0 held the examples (rel. error 0.94; a new user's
     finding). Two sizes cannot both equal T."""
-    class SeqFirst(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(3, 3)
-
-        def forward(self, x):
-            return self.lin(x.transpose(0, 1)).mean(0)
-
     model, T = SeqFirst().double(), 5
     first = (torch.randn(T + 1, T, 3, dtype=torch.float64), torch.randint(0, 3, (T + 1,)))
     per_example_hooks(model, xent, first, T + 1)
