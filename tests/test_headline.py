@@ -113,6 +113,19 @@ def test_sgd_fixed_weight_b_simple_lower_end_widened():
     assert "training-step windows" in s.critical_batch_reason
 
 
+def test_sgd_b_noise_without_windows_is_widened_both_ways():
+    """B_noise under SGD was 0.57–1.09× of the sweeps on five tasks and 3.08× on a BatchNorm CNN (ninth session):
+    its interval carries ×1.8 / ÷3.1 (it carried none, from two tasks), and the reason says so."""
+    s = report(quantity="b_noise", factor=0.6).summary
+    sched = plan(report(quantity="b_noise", factor=0.6),
+                 ScheduleConfig(target_loss=min(m.loss for m in report().measurements), noise="b_noise"))
+    p = sched.prediction
+    assert s.critical_batch_quantity == "b_noise"
+    assert (s.critical_batch.lo, s.critical_batch.hi) == pytest.approx((p["b_crit_lo"] / 3.1, p["b_crit_hi"] * 1.8),
+                                                                       rel=1e-9)
+    assert "×1.8/÷3.1" in s.critical_batch_reason
+
+
 def test_one_measurement_is_a_point_and_says_so():
     r = report(n=5)
     r.measurements = r.measurements[:1]
