@@ -217,6 +217,13 @@ TASKS = {
                            sweep=dict(batches=[16, 32, 64, 128, 256], lr0=1e-3, lr_grid=[1, 2, 4, 8], seeds=1,
                                       max_steps=1500, eval_examples=1024, max_seconds=1800),
                            probe_steps=450, lr_factors=(1.0,)),
+    "mnist_mlp_sgd": dict(desc="MLP 784-256-10 on real MNIST (10,000 t10k images), plain SGD, out of sample (ninth "
+                               "session)",
+                          spec=lambda: dataclasses.replace(load_spec(ROOT / "configs" / "mnist_mlp.py"),
+                                                           optimizer=sgd(0.1)), opt=sgd, target=0.3, batch=32,
+                          sweep=dict(batches=[16, 32, 64, 128, 256, 512], lr0=0.05, lr_grid=[0.5, 1, 2, 4, 8], seeds=1,
+                                     max_steps=3000, eval_examples=1024, max_seconds=1200),
+                          probe_steps=700, lr_factors=(1.0,)),
     "mnist_mlp_adam_hi": dict(desc="the same, lr grid ×16 (×8 was the top of the first grid at B = 64, 128)",
                               spec=lambda: dataclasses.replace(load_spec(ROOT / "configs" / "mnist_mlp.py"),
                                                                optimizer=adam(1e-3)), opt=adam, target=0.2, batch=32,
@@ -341,7 +348,8 @@ def run_sweep(name, task, quick):
     # the linear lr rule saturates at B_simple at init (as validate_critical_batch.py) unless the task fixes it
     if task["opt"] in (sgd, sgdm, sgdn, sgdm5) and b_init is None:
         ds = task["spec"]().dataset()
-        b_init = bsprof.measure_at(cnn() if name.startswith("mnist") else task["spec"]().model(), task["spec"]().loss,
+        model = cnn() if name.startswith("mnist_cnn") else task["spec"]().model()
+        b_init = bsprof.measure_at(model, task["spec"]().loss,
                                    ds[:][0:2], rel_error=0.15, max_seconds=20).value
         print(f"   [{name}] B_simple at init {b_init:.1f} (saturates the sweep's linear lr rule)", flush=True)
     g = bsprof.sweep.global_(spec, task["target"], batches=sw["batches"], lr_grid=sw["lr_grid"], seeds=seeds,

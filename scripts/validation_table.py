@@ -59,7 +59,8 @@ SOURCES = {"digits_sgd": "critical_batch_evidence.json", "mnist_cnn_sgd": "criti
            "digits_nesterov_sgd": "critical_batch_momentum3.json", "digits_mom05_sgd": "critical_batch_momentum3.json",
            "shakespeare_mom_sgd": "critical_batch_momentum4.json",
            "teacher_reg_sgd": "critical_batch_regression_sgd.json",
-           "teacher_reg_adam": "critical_batch_regression_adam.json"}
+           "teacher_reg_adam": "critical_batch_regression_adam.json",
+           "mnist_mlp_sgd": "critical_batch_mnist_mlp_sgd.json"}
 CANDIDATES = ("b_simple", "b_simple_window", "b_pre")
 
 

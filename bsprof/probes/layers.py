@@ -49,10 +49,10 @@ class Factored:
 
 class Scratch:
     """One reusable buffer per (dtype, device) for the explicit per-example gradients of one backward pass, formed
-    one layer after another and each consumed (normed, summed) before the next is formed. A fresh [B, m, n] buffer
-    per layer cost the CPU more in page faults than its product (glibc hands blocks of this size back to the
-    system on free): on a 2-layer ``nn.TransformerEncoderLayer`` LM, 16 × 64 tokens, 1.46× → 1.34× a plain step.
-    A view from ``empty`` is valid until the next ``empty``: never keep one."""
+    one layer after another and each consumed (normed, summed) before the next is formed, instead of a fresh
+    [B, m, n] buffer per layer (page faults on the CPU, where glibc can hand blocks of this size back to the system
+    on free; the gain was not resolved by paired runs on a 2-core CPU, docs/speed.md). A view from ``empty`` is
+    valid until the next ``empty``: never keep one."""
 
     def __init__(self):
         self._buffers: dict = {}
