@@ -114,7 +114,7 @@ def test_sgd_fixed_weight_b_simple_lower_end_widened():
 
 
 def test_sgd_b_noise_without_windows_is_widened_both_ways():
-    """B_noise under SGD was 0.57–1.09× of the sweeps on five tasks and 3.08× on a BatchNorm CNN (ninth session):
+    """B_noise under SGD was 0.57–1.36× of the sweeps on six tasks and 3.08× on a BatchNorm CNN (ninth session):
     its interval carries ×1.8 / ÷3.1 (it carried none, from two tasks), and the reason says so."""
     s = report(quantity="b_noise", factor=0.6).summary
     sched = plan(report(quantity="b_noise", factor=0.6),

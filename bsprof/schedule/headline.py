@@ -19,8 +19,8 @@ at the lowest measured loss, so nothing is extrapolated (or at a ``target_loss``
    Under SGD with momentum (``plan.MOMENTUM_FACTORS``) 2.8 × the window B_simple (4 tasks; 0.60–1.70× per seed):
    both ends ×2; 2.6 × the fixed-weight B_simple (0.49–1.73×): ×2.1.
    Under plain SGD the fixed-weight B_simple was 1.05–4× too high: the lower end ÷4. The training-window B_simple was
-   0.84–1.31× of the sweep per probe seed on three tasks and 1.3–2.4× on three more (a CNN on the 8×8 digits, with
-   and without BatchNorm, and a regression MLP): the lower end ÷2.4. B_noise's path average was 0.57–1.09× on five
+   0.84–1.40× of the sweep per probe seed on four tasks and 1.3–2.4× on three more (a CNN on the 8×8 digits, with
+   and without BatchNorm, and a regression MLP): the lower end ÷2.4. B_noise's path average was 0.57–1.36× on six
    tasks and 3.08× on the BatchNorm CNN: upper end ×1.8, lower ÷3.1. Other optimizers were never compared: ×3.
 
 With fewer than two usable measurements at falling losses there is no path: the headline is the last
@@ -43,9 +43,9 @@ MODEL_RANGE = {
     ("momentum", "b_simple_window"): (1 / 2.0, 2.0),  # 2.8 × the window: 0.60–1.70× per probe seed (4 tasks)
     ("momentum", "*"): (1 / 2.1, 2.1),  # 2.6 × fixed-weight B_simple: 0.49–1.73× per probe seed (4 tasks)
     ("sgd", "b_simple"): (1 / 4, 1.0),  # 1.05 (char transformer) to 3.98 (MNIST CNN) too high
-    ("sgd", "b_simple_window"): (1 / 2.4, 1.0),  # 0.84–1.31 on 3 tasks, 1.3–2.4 too high on 3 more (digits CNN,
+    ("sgd", "b_simple_window"): (1 / 2.4, 1.0),  # 0.84–1.40 on 4 tasks, 1.3–2.4 too high on 3 more (digits CNN,
     #                                                with BatchNorm, the regression MLP)
-    ("sgd", "b_noise"): (1 / 3.1, 1.8),  # 0.57–1.09 on five tasks, 3.08 on the BatchNorm CNN (ninth session)
+    ("sgd", "b_noise"): (1 / 3.1, 1.8),  # 0.57–1.36 on six tasks, 3.08 on the BatchNorm CNN (ninth session)
     ("other", "*"): (1 / 3, 3.0),     # optimizers never compared with sweeps (RMSprop, Lion, …): as wide as Adam
 }
 
@@ -58,9 +58,9 @@ WIDTH = {"adam": {"b_simple_window": "×2/÷2", "b_simple": "×2.3/÷2.8"},
 
 REASONS = {
     "sgd": {
-        "b_simple_window": "SGD: 0.84–1.31× of swept critical batches on 3 tasks, 1.3–2.4× on 3 more, lower end "
+        "b_simple_window": "SGD: 0.84–1.40× of swept critical batches on 4 tasks, 1.3–2.4× on 3 more, lower end "
                            "÷2.4 (docs/science.md §6); `bsprof sweep` checks it on your model",
-        "b_noise": "SGD: 0.57–1.09× of swept critical batches on 5 tasks, 3.1× on a BatchNorm CNN, interval ×1.8/÷3.1 "
+        "b_noise": "SGD: 0.57–1.36× of swept critical batches on 6 tasks, 3.1× on a BatchNorm CNN, interval ×1.8/÷3.1 "
                    "(docs/science.md §6)",
         "b_simple": "SGD: fixed-weight B_simple was 1.05–4× the swept critical batch, lower end ÷4 "
                     "(docs/science.md §6); B_simple over training-step windows, where the model allows them, "

@@ -183,10 +183,10 @@ def held(rows) -> list[str]:
 def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str, str]:
     """The noise scale to follow and why. ``auto`` goes by measured evidence (``EVIDENCE``: global sweeps with
     the lr tuned per batch, against the B_crit over the path each quantity predicts; docs/science.md §6):
-    - SGD: B_simple from the training steps' own pairs (``b_simple_window``) predicted 0.93×, 1.15× and 1.20× the
-      swept B_crit on three tasks (0.84–1.31× per probe seed) and 2.2× on a fourth, fixed-weight B_simple
+    - SGD: B_simple from the training steps' own pairs (``b_simple_window``) predicted 0.93×, 1.15×, 1.20× and 1.22×
+      the swept B_crit on four tasks (0.84–1.40× per probe seed) and 1.5–2.2× on three more, fixed-weight B_simple
       1.25–4×; so the window when the report
-      has it, else B_noise (0.57–1.09× on five tasks) when measured (``--hessian``);
+      has it, else B_noise (0.57–1.36× on six tasks) when measured (``--hessian``);
     - Adam family: the same window B_simple, times ``ADAM_FACTORS`` (``calibration``): every noise scale fell short
       of the sweep on every Adam task (``ADAM_SHORTFALL``); times its factor the window came within 0.60–1.66× on
       six tasks, the fixed-weight B_simple (the fallback, × 2.5) within 0.53–2.1× on seven, B_pre 0.37–8.3×;
@@ -204,12 +204,12 @@ def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str,
                    f"to {RECORD[fam][measured_as(q, rows)]} ({EVIDENCE})")
     if _determined(rows, "b_simple_window") >= 2:
         return "b_simple_window", ("auto: B_simple from the training steps predicted swept critical batches "
-                                   "within 0.84–1.31× on 3 tasks under SGD and 1.3–2.4× on 3 more (a CNN on the 8×8 "
+                                   "within 0.84–1.40× on 4 tasks under SGD and 1.3–2.4× on 3 more (a CNN on the 8×8 "
                                    "digits, with and without BatchNorm; a regression MLP), fixed-weight "
                                    f"B_simple 1.25–4× ({EVIDENCE})")
     if _determined(rows, "b_noise") >= 2:
-        return "b_noise", ("auto: under SGD, B_noise's path average came to 0.57–1.09× of swept critical batches on "
-                           f"5 tasks (3.1× on a BatchNorm CNN), fixed-weight B_simple 1.25–4× ({EVIDENCE})")
+        return "b_noise", ("auto: under SGD, B_noise's path average came to 0.57–1.36× of swept critical batches on "
+                           f"6 tasks (3.1× on a BatchNorm CNN), fixed-weight B_simple 1.25–4× ({EVIDENCE})")
     return "b_simple", "auto: the noise scale every report has"
 
 
