@@ -1,7 +1,7 @@
-"""Where ``plan.ADAM_FACTORS`` (and ``MOMENTUM_FACTORS``) come from: swept B_crit / a noise scale's path average,
+"""Where ``plan.ADAM_FACTORS`` (and ``MOMENTUM_FACTORS``, ``SGD_FACTORS``) come from: swept B_crit / a noise scale's path average,
 under Adam (SGD with momentum), per quantity.
 
-    python scripts/adam_factor.py [--family adam|momentum]
+    python scripts/adam_factor.py [--family adam|momentum|sgd]
 
 Reads scripts/results/validation_table.json (probes at the sweep's tuned lr; ``raw_candidates``: the path average
 of each noise scale without any factor) for the two quantities the Adam headline can follow: B_simple over the
@@ -11,7 +11,8 @@ here). Per task the needed factor is the geometric mean over probe seeds of swee
 the geometric mean over tasks (each task once). Prints, per task, headline / sweep with that factor, with the
 factor fitted on the other tasks only (leave-one-out: how far a task we have not seen may land), and with the
 factor in use (``plan.ADAM_FACTORS``, the fitted one rounded). Writes scripts/results/adam_factor.json
-(``--family momentum``: the tasks with SGD momentum 0.9, ``plan.MOMENTUM_FACTORS``, momentum_factor.json).
+(``--family momentum``: the tasks with SGD momentum 0.9, ``plan.MOMENTUM_FACTORS``, momentum_factor.json;
+``--family sgd``: plain SGD, ``plan.SGD_FACTORS``, sgd_factor.json: the windows only).
 """
 
 from __future__ import annotations
@@ -36,14 +37,15 @@ def geo(xs):
 
 
 FAMILY = "adam"   # --family
-MARK = {"adam": "adam", "momentum": "_mom_"}   # how the validation tasks of a family are named
+MARK = {"adam": lambda n: "adam" in n, "momentum": lambda n: "_mom_" in n,   # a family's validation tasks, by name
+        "sgd": lambda n: n.endswith("_sgd") and not any(m in n for m in ("mom", "nesterov"))}
 
 
 def needed(quantity: str) -> dict[str, list[float]]:
     tasks = json.loads((OUT / "validation_table.json").read_text())["tasks"]
     out = {}
     for name, t in tasks.items():
-        if MARK[FAMILY] not in name:
+        if not MARK[FAMILY](name):
             continue
         sweep = t["sweep"]["critical"]["value"]
         per_seed = [sweep / p["raw_candidates"][quantity] for p in t["probes"]

@@ -34,6 +34,16 @@ def test_not_iid_temperature_weight_decay_adam():
     assert "adam" in _codes(m, torch.optim.AdamW(m.parameters()))
 
 
+def test_each_sgd_family_says_the_factor_its_critical_batch_uses():
+    """Plain SGD (the windows read high: × 0.74) and SGD with momentum (they read low) each say so; Adam neither."""
+    m = nn.Linear(2, 1)
+    plain = _codes(m, torch.optim.SGD(m.parameters(), lr=0.1))
+    heavy = _codes(m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
+    assert "plain_sgd" in plain and "momentum" not in plain
+    assert "momentum" in heavy and "plain_sgd" not in heavy
+    assert not {"plain_sgd", "momentum"} & _codes(m, torch.optim.Adam(m.parameters()))
+
+
 def test_temperature_note_says_whether_training_happened():
     def message(**cfg):
         r = Report()

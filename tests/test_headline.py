@@ -13,7 +13,7 @@ import pytest
 from bsprof.output.report import Report
 from bsprof.schedule import ScheduleConfig, plan
 from bsprof.schedule.headline import MODEL_RANGE, critical_batch
-from bsprof.schedule.plan import ADAM_FACTORS
+from bsprof.schedule.plan import ADAM_FACTORS, SGD_FACTORS
 
 ADAM_FACTOR = ADAM_FACTORS["b_simple"]  # the fallback without training-step windows
 
@@ -46,10 +46,13 @@ def test_value_is_the_schedules_path_average_to_the_lowest_loss():
     assert (s.critical_batch.lo, s.critical_batch.hi) == pytest.approx((p["b_crit_lo"] * low, p["b_crit_hi"] * high),
                                                                        rel=1e-9)
     assert s.critical_batch.lo < s.critical_batch.value < s.critical_batch.hi
-    # the training-window B_simple under SGD: the lower end widened by MODEL_RANGE, the upper end the measurements'
+    # the training-window B_simple under SGD: both ends widened by MODEL_RANGE beyond the measurements' own
     assert 0.7 * low < s.critical_batch.lo / s.critical_batch.value < 0.95 * low
-    assert 1.05 < s.critical_batch.hi / s.critical_batch.value < 1.4
+    assert 1.05 * high < s.critical_batch.hi / s.critical_batch.value < 1.4 * high
     assert "B_simple over training-step windows" in s.critical_batch_reason
+    # under plain SGD the value is SGD_FACTORS × the measured windows' path (the schedule follows the same)
+    assert s.critical_batch_reason.startswith(f"{SGD_FACTORS['b_simple_window']:g} × B_simple over training-step")
+    assert sched.config["noise_factor"] == SGD_FACTORS["b_simple_window"]
     assert "SGD" in s.critical_batch_reason and "\n" not in s.critical_batch_reason
 
 
@@ -233,17 +236,23 @@ def test_sgd_with_momentum_follows_its_own_factor():
     assert optimizer_name({"optimizer": "SGD", "optimizer_momentum": 0.0}) == "SGD"
     assert optimizer_name({"optimizer": "SGD", "optimizer_momentum": "fast"}) == "SGD"   # a hand-edited report
     assert optimizer_family(f"{MOMENTUM_SGD}=0.9") == "momentum" and optimizer_family("SGD") == "sgd"
-    # measured at β = 0.9; elsewhere the factor to the power log10 1/(1 − β): 1 at β → 0
-    k9 = MOMENTUM_FACTORS["b_simple_window"]
+    # measured at β = 0.9; elsewhere k0 (k9/k0)^(log10 1/(1 − β)): plain SGD's factor k0 at β → 0
+    k9, k0 = MOMENTUM_FACTORS["b_simple_window"], SGD_FACTORS["b_simple_window"]
     assert plan_module.calibration(f"{MOMENTUM_SGD}=0.9", "b_simple_window") == k9
-    assert plan_module.calibration(f"{MOMENTUM_SGD}=0.5", "b_simple_window") == pytest.approx(k9 ** 0.30103, abs=0.01)
-    assert plan_module.calibration(f"{MOMENTUM_SGD}=0.01", "b_simple_window") == pytest.approx(1.0, abs=0.01)
+    assert plan_module.calibration(f"{MOMENTUM_SGD}=0.5", "b_simple_window") == pytest.approx(
+        k0 * (k9 / k0) ** 0.30103, abs=0.01)
+    assert plan_module.calibration(f"{MOMENTUM_SGD}=0.01", "b_simple_window") == pytest.approx(k0, abs=0.01)
+    assert plan_module.calibration("SGD", "b_simple_window") == k0
+    # the fixed-weight B_simple is followed as measured under plain SGD: its factor at β → 0 is 1
+    assert plan_module.calibration(f"{MOMENTUM_SGD}=0.5", "b_simple") == pytest.approx(
+        MOMENTUM_FACTORS["b_simple"] ** 0.30103, abs=0.01)
+    assert plan_module.calibration("SGD", "b_simple") == plan_module.calibration("SGD", "b_noise") == 1.0
     plain = report("SGD", "b_simple_window", 0.5)
     mom = report("SGD", "b_simple_window", 0.5)
     mom.config["optimizer_momentum"] = 0.9
     k = MOMENTUM_FACTORS["b_simple_window"]
     s = mom.summary
-    assert s.critical_batch.value / plain.summary.critical_batch.value == pytest.approx(k, rel=0.25)
+    assert s.critical_batch.value / plain.summary.critical_batch.value == pytest.approx(k / k0, rel=0.25)
     low, high = MODEL_RANGE[("momentum", "b_simple_window")]
     assert s.critical_batch.lo / s.critical_batch.value < low < 1 < high < s.critical_batch.hi / s.critical_batch.value
     assert s.critical_batch_reason.startswith(f"{k:g} × B_simple over training-step windows")

@@ -388,8 +388,10 @@ def test_noise_accepts_every_quantity_the_report_holds(noise):
     assert set(held(report.measurements)) == set(NOISES)
     s = plan(report, ScheduleConfig(target_loss=0.25, noise=noise, allow_extrapolation=True))
     assert f"noise scale followed: {noise} (asked" in s.notes[0]
-    factor = {"b_simple": 1, "b_simple_window": 0.5, "b_noise": 0.8, "b_pre": 2, "b_simple_ranks": 0.9,
-              "b_simple_regression": 1.1}[noise]
+    from bsprof.schedule.plan import SGD_FACTORS  # under plain SGD the windows are followed × their factor
+
+    factor = {"b_simple": 1, "b_simple_window": 0.5 * SGD_FACTORS["b_simple_window"], "b_noise": 0.8, "b_pre": 2,
+              "b_simple_ranks": 0.9, "b_simple_regression": 1.1}[noise]
     base = plan(report, ScheduleConfig(target_loss=0.25, noise="b_simple", allow_extrapolation=True))
     assert s.prediction["b_crit"] == pytest.approx(factor * base.prediction["b_crit"], rel=0.05)
 

@@ -72,6 +72,15 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
                         f"windows ({ADAM_FACTORS['b_simple']:g} × the fixed-weight B_simple where there are none; "
                         "docs/science.md §6); the table shows the noise scales as measured.")
     beta = optimizer_momentum(optimizer) or 0.0
+    if name == "SGD" and beta == 0:
+        from bsprof.schedule.plan import SGD_EXCESS, SGD_FACTORS
+
+        report.diagnose("plain_sgd", "plain SGD: measured as it is, B_simple read high against swept critical "
+                        f"batches ({SGD_EXCESS['b_simple_window']} on seven tasks for the training-step windows: it "
+                        "overstates the curvature-weighted B_noise), so the critical batch (and `bsprof schedule`) "
+                        f"use {SGD_FACTORS['b_simple_window']:g} × the path average of B_simple over training-step "
+                        "windows (B_noise with --hessian, and the fixed-weight B_simple, as measured; "
+                        "docs/science.md §6); the table shows the noise scales as measured.")
     if name == "SGD" and 0 < beta < 1:
         from bsprof.schedule.plan import calibration
 

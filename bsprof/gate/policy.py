@@ -230,12 +230,12 @@ def _interpolated(report: Report, at_loss: float) -> Reading:
     # the Adam family and SGD with momentum, measured the SGD way, B_simple falls short of swept critical batches),
     # and the interval widened by the range seen against sweeps for it (headline.MODEL_RANGE)
     from bsprof.schedule.headline import model_range, range_text
-    from bsprof.schedule.plan import calibration, measured_as
+    from bsprof.schedule.plan import FAMILY_NAMES, calibration, measured_as
 
     name, quantity = optimizer_name(report.config), measured_as("b_simple", rows)
     k, (down, up) = calibration(name, quantity), model_range(name, quantity)
     where = f"interpolated at loss {_fmt(at_loss)}" + (
-        f", × {k:g} under {'SGD with momentum' if optimizer_family(name) == 'momentum' else 'Adam'}" if k != 1
+        f", × {k:g} under {FAMILY_NAMES.get(optimizer_family(name), name)}" if k != 1
         else "") + f"; interval widened {range_text((down, up))} by the model range, as the headline's " \
         "(docs/science.md §6)"
     return Reading(k * est["value"], k * min(est["lo"], est["value"]) * down, k * max(est["hi"], est["value"]) * up,
@@ -654,17 +654,19 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
         notes.append(f"the report is incomplete: the run ended early ({how}"
                      f"{f', at step {step}' if step is not None else ''}); judged on what was measured before")
     fam = optimizer_family(optimizer_name(report.config))
-    if fam in ("adam", "momentum"):
-        from bsprof.schedule.plan import FACTORS, RECORD, SHORTFALL
+    q = report.summary.critical_batch_quantity if report.summary else None
+    if fam in ("adam", "momentum") or (fam == "sgd" and q == "b_simple_window"):
+        from bsprof.schedule.plan import FACTORS, RECORD, SGD_EXCESS, SHORTFALL, calibration
 
-        q = report.summary.critical_batch_quantity if report.summary else None
         q = q if q in FACTORS[fam] else "b_simple"
-        notes.append(f"under {'Adam' if fam == 'adam' else 'SGD with momentum'} the critical batch is "
-                     f"{FACTORS[fam][q]:g} × the path average of "
+        how = (f"measured the plain-SGD way, it fell {SHORTFALL[fam][q]} short of" if fam in SHORTFALL else
+               f"measured as it is, it read {SGD_EXCESS[q]} of")
+        notes.append(f"under {'Adam' if fam == 'adam' else 'SGD with momentum' if fam == 'momentum' else 'plain SGD'}"
+                     f" the critical batch is {calibration(optimizer_name(report.config), q):g} × the path average of "
                      + ("B_simple over training-step windows" if q == "b_simple_window"
                         else "the fixed-weight B_simple")
-                     + f": measured the plain-SGD way, it fell {SHORTFALL[fam][q]} short of swept critical batches "
-                     f"(docs/science.md §6); {RECORD[fam][q]}: confirm with `bsprof sweep`")
+                     + f": {how} swept critical batches (docs/science.md §6); {RECORD[fam][q]}: confirm with "
+                     "`bsprof sweep`")
     notes.extend(d["message"] for d in report.diagnostics  # what the run cost is no part of the judgement
                  if isinstance(d, dict) and d.get("message") and d.get("code") != "measure_cost")
     return Verdict(tuple(checks), noise, tuple(notes))
