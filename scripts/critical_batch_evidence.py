@@ -176,6 +176,28 @@ def mse(model, batch):
     return (model(x).squeeze(-1) - y) ** 2
 
 
+_CHARS: tuple | None = None
+
+
+def char_windows():
+    """20,000 windows of 8 characters of tiny-shakespeare (../shared/data), each labelled with the next character:
+    a next-character language model without attention (tenth session, out of sample for every rule)."""
+    global _CHARS
+    if _CHARS is None:
+        text = (ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt").read_text()
+        vocab = sorted(set(text))
+        ids = torch.tensor([vocab.index(c) for c in text[:400_000]])
+        start = torch.randint(0, len(ids) - 9, (20_000,), generator=torch.Generator().manual_seed(13))
+        _CHARS = (ids[start[:, None] + torch.arange(8)], ids[start + 8], len(vocab))
+    return torch.utils.data.TensorDataset(*_CHARS[:2])
+
+
+def char_mlp():
+    """Embedding(65, 16) over 8 characters → 128 → 256 (tanh) → 65 (a Bengio-style MLP LM, 51k parameters)."""
+    n = char_windows() and _CHARS[2]
+    return nn.Sequential(nn.Embedding(n, 16), nn.Flatten(), nn.Linear(128, 256), nn.Tanh(), nn.Linear(256, n))
+
+
 TASKS = {
     # reuse: the global sweep of scripts/validate_critical_batch.py (B = 16..512, lr grid ×0.5,1,2, 3 seeds)
     "digits_sgd": dict(desc="digits MLP 64-128-10 (sklearn, 1797), plain SGD", spec=digits_spec, opt=sgd,
@@ -323,6 +345,21 @@ TASKS = {
                                sweep=dict(batches=[16, 32, 64, 128, 256], lr0=0.02, lr_grid=[0.5, 1, 2, 4, 8], seeds=2,
                                           max_steps=2000, eval_examples=0, max_seconds=1800),
                                probe_steps=400, lr_factors=(1.0,)),
+    # tenth session, out of sample for every rule (set before it ran): a next-character MLP LM on real text
+    "char_mlp_sgd": dict(desc="next-character MLP LM (embedding 16 × 8 characters, 256 tanh, 51k params) on 20,000 "
+                              "tiny-shakespeare windows, plain SGD, out of sample (tenth session)",
+                         spec=lambda: Spec(None, None, char_mlp, char_windows, ce, sgd(0.3)), opt=sgd, target=2.2,
+                         batch=32,
+                         sweep=dict(batches=[16, 32, 64, 128, 256, 512], lr0=0.1, lr_grid=[0.5, 1, 2, 4, 8], seeds=1,
+                                    max_steps=4000, eval_examples=1024, max_seconds=1800),
+                         probe_steps=1800, lr_factors=(1.0,)),
+    # its steps halved with every doubling up to B = 512 (B_crit 1946 [709, 3360], an extrapolation): larger batches,
+    # the same lr rule (saturating at the first run's B_simple at init, 274) and grid
+    "char_mlp_sgd_hi": dict(desc="the same, B = 1024, 2048, 4096", spec=lambda: TASKS["char_mlp_sgd"]["spec"](),
+                            opt=sgd, target=2.2, batch=32,
+                            sweep=dict(batches=[32, 1024, 2048, 4096], lr0=0.1, lr_grid=[0.5, 1, 2, 4, 8], seeds=1,
+                                       max_steps=4000, eval_examples=1024, b_noise=274.2, max_seconds=1800),
+                            probe_steps=1800, lr_factors=(1.0,)),
     # the first sweep's best lr was the grid's top (×4) at B = 16, 32, 64: the grid extended upwards, same seed
     "shakespeare_adam_hi": dict(desc="the same, lr grid ×8, ×16", spec=shakespeare_spec, opt=adam, target=2.0,
                                 batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=2e-3, lr_grid=[8, 16],
