@@ -248,6 +248,33 @@ def test_comparison_with_a_tokens_report_is_in_examples():
         comparison(Report(measurements=rows, unit="tokens"), crit)
 
 
+def test_a_sweep_that_found_only_a_lower_bound_gives_lower_bound_ratios():
+    """Every batch passed: the sweep's critical batch is ≥ its largest, and so are the ratios to the estimate —
+    "≥ 1.01" and ``ratio_status`` lower_bound, not "= 1.01" (which reads as agreement within 1%)."""
+    from types import SimpleNamespace
+
+    from bsprof.results import Estimate, Status
+    from bsprof.sweep.api import comparison, comparison_ratio
+    from bsprof.sweep.render import summary_lines
+
+    rows = [{"step": 0, "loss": 0.7, "b_simple": 860.0, "b_simple_lo": 800.0, "b_simple_hi": 930.0,
+             "status": "ok", "examples": 640, "seconds": 0.5}]
+    c = comparison(Report(measurements=rows), Estimate(43.0, 43.0, 86.0))
+    bound = comparison_ratio(Estimate(math.nan, 128.0, math.inf, Status.LOWER_BOUND), c)
+    value = comparison_ratio(Estimate(128.0, 128.0, 256.0), c)
+    assert bound.ratio_status == "lower_bound" and value.ratio_status == "ok"
+    assert bound.ratio == pytest.approx(value.ratio) == pytest.approx(128 / 860)
+    for view_incomplete, said in ((None, "every batch passed"), ({"reason": "interrupted", "branches": 1},
+                                                                 "every batch run so far passed")):
+        view = SimpleNamespace(unit="examples", method="local", critical=Estimate(math.nan, 128.0, math.inf,
+                                                                                  Status.LOWER_BOUND),
+                               critical_by_seed=(), notes=(), incomplete=view_incomplete, comparison=bound,
+                               compute=SimpleNamespace(train_examples=0, eval_examples=0, seconds=0.0))
+        text = "\n".join(summary_lines(view))
+        assert f"≥ 128 ({said})" in text and "sweep/B_simple ≥ 0.149" in text, text
+        assert "sweep / critical batch ≥ " in text and "= " not in text.split("sweep / critical batch")[1][:3]
+
+
 def _schedule_file(path, stages, unit="examples", **config):
     from bsprof.schedule.stages import Schedule, Stage
 
@@ -342,6 +369,34 @@ def test_cli_interrupt_keeps_partial_result(tmp_path, monkeypatch):
     assert r.exit_code == 130
     d = json.loads((tmp_path / "sweep.json").read_text())
     assert d["incomplete"]["reason"] == "interrupted" and len(d["branches"]) == 2
+
+
+def test_cli_sigterm_keeps_the_partial_result_and_files_say_in_progress_until_the_end(tmp_path, monkeypatch):
+    """SIGTERM (timeout, SLURM, docker stop) stops a sweep as Ctrl-C does, exit 143 and the partial result marked;
+    the files written after each branch say "in progress" until the last one, so a killed run is never read as
+    finished (a trial's SIGTERM had left a sweep.json with 1 of 18 branches and "incomplete": null)."""
+    import signal
+
+    from bsprof.cli import signals
+
+    real, seen = branches.run_fixed, []
+
+    def stopped(*a, **k):
+        if (tmp_path / "sweep.json").is_file():
+            seen.append(json.loads((tmp_path / "sweep.json").read_text())["incomplete"])
+        if len(seen) == 2:
+            raise signals.Terminated(signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(branches, "run_fixed", stopped)
+    r = cli(TINY, "--base-batch", 4, "--doublings", 3, "--examples", 400, *FAST, "-o", tmp_path, "-q")
+    assert r.exit_code == 143 and "terminated (SIGTERM): the partial result was written" in r.output, r.output
+    assert [s["reason"] for s in seen] == ["in progress"] * 2
+    d = json.loads((tmp_path / "sweep.json").read_text())
+    assert d["incomplete"] == {"reason": "terminated by SIGTERM", "branches": 2}
+    monkeypatch.setattr(branches, "run_fixed", real)
+    r = cli(TINY, "--base-batch", 4, "--doublings", 3, "--examples", 400, *FAST, "-o", tmp_path / "whole", "-q")
+    assert r.exit_code == 0 and json.loads((tmp_path / "whole" / "sweep.json").read_text())["incomplete"] is None
 
 
 def test_cli_interrupt_before_any_branch_says_nothing_was_written(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bsprof.cli import signals
 from bsprof.cli.app import app, console, err_console, user_errors
 from bsprof.errors import BsprofError
 
@@ -78,44 +79,47 @@ def _run(spec: Path, cfg, report: Path | None, out: Path, quiet: bool) -> None:
         written["result"] = result
         written["paths"] = result.write(out)
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err_console,
-                  disable=quiet, transient=True) as bar:
-        task = bar.add_task(f"{cfg.method} sweep", total=None, status="")
+    with signals.as_interrupt():  # SIGTERM/SIGHUP: like Ctrl-C
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err_console,
+                      disable=quiet, transient=True) as bar:
+            task = bar.add_task(f"{cfg.method} sweep", total=None, status="")
 
-        def progress(kind: str, info: dict) -> None:
-            if kind == "start":
-                bar.update(task, total=info["total"])
-            elif kind == "branch_start":
-                what = "schedule" if info.get("schedule") else f"batch {info['batch']} × lr {info['multiplier']:g}"
-                bar.update(task, status=f"{what} seed {info['seed']}")
-            elif kind == "branch":
-                bar.update(task, completed=info["i"])
+            def progress(kind: str, info: dict) -> None:
+                if kind == "start":
+                    bar.update(task, total=info["total"])
+                elif kind == "branch_start":
+                    what = ("schedule" if info.get("schedule") else
+                            f"batch {info['batch']} × lr {info['multiplier']:g}")
+                    bar.update(task, status=f"{what} seed {info['seed']}")
+                elif kind == "branch":
+                    bar.update(task, completed=info["i"])
 
-        try:
-            run(spec, cfg, report=report, progress=progress, on_result=keep)
-        except (KeyboardInterrupt, BsprofError) as e:
-            failure = e
-        except Exception as e:  # the user's code failed mid-sweep: the branches so far were written
-            failure = BsprofError(f"the sweep failed: {type(e).__name__}: {e}", "fix the spec; the partial result "
-                                  "was kept")
-    result = written.get("result")
-    if result is not None and not quiet:
-        console.print(result, highlight=False)
-    paths = written.get("paths")
-    if result is not None and paths is None:  # interrupted while writing: write once more, now uninterruptible
-        try:
-            paths = result.write(out)
-        except (OSError, KeyboardInterrupt):
-            paths = None
+            try:
+                run(spec, cfg, report=report, progress=progress, on_result=keep)
+            except (KeyboardInterrupt, BsprofError) as e:
+                failure = e
+            except Exception as e:  # the user's code failed mid-sweep: the branches so far were written
+                failure = BsprofError(f"the sweep failed: {type(e).__name__}: {e}", "fix the spec; the partial "
+                                      "result was kept")
+        signals.hold()  # a second signal must not cut the last write short
+        result = written.get("result")
+        if result is not None and not quiet:
+            console.print(result, highlight=False)
+        paths = written.get("paths")
+        if result is not None and paths is None:  # interrupted while writing: write once more, now uninterruptible
+            try:
+                paths = result.write(out)
+            except (OSError, KeyboardInterrupt):
+                paths = None
     if paths is not None:
         (err_console if quiet else console).print(f"wrote {paths['json']}, {paths['csv']}", highlight=False)
     if isinstance(failure, KeyboardInterrupt):
-        err_console.print("[bold red]interrupted[/]: " + ("the partial result was written" if paths is not None
-                                                          else "nothing was measured yet, nothing was written"
-                                                          if result is None else
-                                                          "the partial result could not be written"))
-        raise typer.Exit(130)
+        err_console.print(f"[bold red]{signals.describe(failure)}[/]: " + (
+            "the partial result was written" if paths is not None else
+            "nothing was measured yet, nothing was written" if result is None else
+            "the partial result could not be written"))
+        raise typer.Exit(signals.exit_code(failure))
     if failure is not None:
         with user_errors():
             raise failure

@@ -68,6 +68,7 @@ def comparison(report, critical: Estimate, target_loss: float | None = None) -> 
 
 
 INTERRUPTED_N_BOOT = 200  # bootstrap fits of the partial result written on Ctrl-C (out in a fraction of a second)
+IN_PROGRESS = "in progress"  # the files written after each branch, until the last one: a killed run leaves them so
 LR_APART = 2.0  # the probe's lr this far from the sweep's tuned one (either way): the comparison says so
 
 
@@ -152,10 +153,13 @@ def _local_result(setup, cfg, rows, budget, incomplete, comp) -> SweepResult:
 
 
 def comparison_ratio(est: Estimate, comp: Comparison) -> Comparison:
-    """``comp`` with its ratios to the sweep's critical batch ``est`` (its lower end when only a bound)."""
-    value = est.value if math.isfinite(est.value) else est.lo
+    """``comp`` with its ratios to the sweep's critical batch ``est`` (its lower end when only a bound: then the
+    ratios are lower bounds too, ``ratio_status`` says so)."""
+    value = est.value if math.isfinite(est.value) and est.status is not Status.LOWER_BOUND else est.lo
     return dataclasses.replace(comp, ratio=_ratio(value, comp.b_simple),
-                               critical_ratio=_ratio(value, comp.critical_batch))
+                               critical_ratio=_ratio(value, comp.critical_batch),
+                               ratio_status=Status.LOWER_BOUND.value if est.status is Status.LOWER_BOUND
+                               else Status.OK.value)
 
 
 def _compute(budget) -> Compute:
@@ -311,21 +315,22 @@ def _run(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResu
                         best = min(best, row.steps_to_target)
                     rows.append(row)
                     i += 1
-                    emit(build(rows))
+                    emit(build(rows, {"reason": IN_PROGRESS, "branches": len(rows)}))
                     say("branch", {"i": i, "row": row})
         for seed in range(cfg.seeds if sched is not None else 0):
             say("branch_start", {"i": i, "batch": 0, "multiplier": 1.0, "seed": seed, "schedule": True})
             followed.append(eng.run_to_target(setup, seed, sched.stages[0].batch_size, 1.0, cfg.max_steps, budget,
                                               say, schedule=sched))
             i += 1
-            emit(build(rows))
+            emit(build(rows, {"reason": IN_PROGRESS, "branches": len(rows)}))
             say("branch", {"i": i, "row": followed[-1]})
     except eng._Stop as e:
         result = build(rows, {"reason": str(e), "branches": len(rows)}, cfg.n_boot)
         emit(result)
         return result
-    except KeyboardInterrupt:  # out fast: a smaller bootstrap for the partial result
-        emit(build(rows, {"reason": "interrupted", "branches": len(rows)}, min(cfg.n_boot, INTERRUPTED_N_BOOT)))
+    except KeyboardInterrupt as e:  # out fast: a smaller bootstrap for the partial result
+        reason = f"terminated by {e.name}" if hasattr(e, "signum") else "interrupted"   # SIGTERM/SIGHUP: the CLI's
+        emit(build(rows, {"reason": reason, "branches": len(rows)}, min(cfg.n_boot, INTERRUPTED_N_BOOT)))
         raise
     except BaseException as e:
         reason = e.message if isinstance(e, BsprofError) else f"{type(e).__name__}: {e}"

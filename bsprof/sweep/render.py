@@ -40,7 +40,7 @@ def summary_lines(r) -> list[str]:
     u = r.unit
     lines = []
     if r.method == "local":
-        lines.append(f"critical batch (local): {_bracket(r.critical)}" + (f" {u}" if r.critical.ok or
+        lines.append(f"critical batch (local): {_bracket(r.critical, r.incomplete)}" + (f" {u}" if r.critical.ok or
                                                                            r.critical.status.value == "lower_bound"
                                                                            else ""))
         if len(r.critical_by_seed) > 1:
@@ -64,13 +64,14 @@ def summary_lines(r) -> list[str]:
         k = r.comparison
         tpe = getattr(k, "tokens_per_example", 1.0)
         conv = f" (the report's tokens ÷ {tpe:g} tokens per example)" if tpe != 1 else ""
+        at = "≥ " if getattr(k, "ratio_status", "ok") == "lower_bound" else ""   # the sweep found only a bound
         if k.critical_batch is not None and k.critical_batch.ok:
             lines.append(f"estimate ({k.report}): critical batch ≈ {estimate_text(k.critical_batch)} {u}{conv};  "
-                         f"sweep / critical batch = {fmt(k.critical_ratio)}")
+                         f"sweep / critical batch {at or '= '}{fmt(k.critical_ratio)}")
         est = [f"B_simple {estimate_text(k.b_simple)}"]
         est += [f"{n} {estimate_text(e)}" for n, e in (("B_pre", k.b_pre), ("B_noise", k.b_noise)) if e is not None]
         lines.append(f"noise scale at the report's last weights: {', '.join(est)} {u}{conv};  "
-                     f"sweep/B_simple = {fmt(k.ratio)}")
+                     f"sweep/B_simple {at or '= '}{fmt(k.ratio)}")
         lines.append(f"estimate cost: {k.measure_seconds:.1f} s measuring, {k.measure_examples:,} examples in "
                      f"B_simple's draws (+ {k.probe_train_examples:,} probe-training examples)")
     lines += [f"note: {n}" for n in r.notes]
@@ -80,9 +81,9 @@ def summary_lines(r) -> list[str]:
     return lines
 
 
-def _bracket(est) -> str:
+def _bracket(est, incomplete: dict | None = None) -> str:
     if est.status.value == "lower_bound":
-        return f"≥ {fmt(est.lo)} (every batch passed)"
+        return f"≥ {fmt(est.lo)} (every batch {'run so far ' if incomplete else ''}passed)"
     if not est.ok:
         return "undetermined"
     return f"{fmt(est.value)}  (bracket [{fmt(est.lo)}, {fmt(est.hi)}])"

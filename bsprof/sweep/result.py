@@ -91,6 +91,7 @@ class Comparison:
     tokens_per_example: float = 1.0           # a tokens report's figures were divided by this (all in examples)
     probe_lr: float | None = None             # the lr and batch (examples) the report's probe trained at
     probe_batch: float | None = None
+    ratio_status: str = "ok"                  # "lower_bound": the sweep's critical batch, so both ratios, are ≥
 
     def to_dict(self) -> dict:
         return json_clean({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
