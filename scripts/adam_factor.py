@@ -1,5 +1,5 @@
-"""Where ``plan.ADAM_FACTORS`` (and ``MOMENTUM_FACTORS``, ``SGD_FACTORS``) come from: swept B_crit / a noise scale's path average,
-under Adam (SGD with momentum), per quantity.
+"""Where ``plan.ADAM_FACTORS`` (``MOMENTUM_FACTORS``, ``SGD_FACTORS``) come from: swept B_crit / a noise scale's
+path average, under Adam (SGD with momentum, plain SGD), per quantity.
 
     python scripts/adam_factor.py [--family adam|momentum|sgd]
 
