@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ from models import CASES, make, xent
 from torch import nn
 
 from bsprof.errors import BsprofError, ConfigError
-from bsprof.probes import PROBES, batch_coupled, hooks, layers, register_rule
+from bsprof.probes import PROBES, batch_coupled, check_rule, hooks, layers, register_rule
 from bsprof.probes.hooks import losses_mix_examples, per_example_hooks
 from bsprof.probes.vmap import per_example_vmap
 
@@ -404,9 +406,20 @@ def test_register_rule_for_custom_layer(monkeypatch):
     assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
     with pytest.raises(TypeError):
         register_rule("Gain", gain_rule)
-    register_rule(Gain, lambda mod, x, d: {"gain": x * d})  # forgets "shift": said, not silently zero
+    assert max(check_rule(Gain(5), torch.randn(6, 3, 5)).values()) < 1e-9   # the one-call check of a rule
+    register_rule(Gain, lambda mod, x, d: {"gain": gain_rule(mod, x, d)["gain"]})  # forgets "shift": said
     with pytest.raises(BsprofError, match="shift"):
         per_example_hooks(model, loss, batch, 6)
+    # a wrong shape is refused, not summed silently (a new user's rules: the batch total; tokens not summed out)
+    for wrong, shape in ((lambda mod, x, d: (x * d).sum(), "[]"), (lambda mod, x, d: x * d, "[6, 3, 5]")):
+        register_rule(Gain, lambda mod, x, d, wrong=wrong: {**gain_rule(mod, x, d), "gain": wrong(mod, x, d)})
+        with pytest.raises(BsprofError, match=rf"shape {re.escape(shape)} for its parameter 'gain', whose shape is "
+                                              r"\[5\]"):
+            per_example_hooks(model, loss, batch, 6)
+    # right shape, wrong values (3×, or the batch's sum repeated): check_rule names the parameter
+    register_rule(Gain, lambda mod, x, d: {**gain_rule(mod, x, d), "gain": 3 * gain_rule(mod, x, d)["gain"]})
+    with pytest.raises(BsprofError, match="gain"):
+        check_rule(Gain(5), torch.randn(6, 3, 5))
 
 
 def test_attention_forward_restored_and_identical():

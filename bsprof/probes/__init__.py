@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bsprof.probes.base import ChunkStats, LossFn, Probe, batch_coupled, trainable
 from bsprof.probes.hessian import HESSIAN, QuadProbe
-from bsprof.probes.hooks import per_example_hooks
+from bsprof.probes.hooks import check_rule, per_example_hooks
 from bsprof.probes.layers import register_rule
 from bsprof.probes.microbatch import accumulate, measurement_hooks, microbatch
 from bsprof.probes.vmap import per_example_vmap
@@ -28,5 +28,5 @@ PROBES: dict[str, Probe] = {
 }
 QUAD_PROBES: dict[str, QuadProbe] = {"hessian": HESSIAN}
 
-__all__ = ["PROBES", "QUAD_PROBES", "ChunkStats", "LossFn", "Probe", "QuadProbe", "batch_coupled", "register_rule",
-           "trainable"]
+__all__ = ["PROBES", "QUAD_PROBES", "ChunkStats", "LossFn", "Probe", "QuadProbe", "batch_coupled", "check_rule",
+           "register_rule", "trainable"]

@@ -55,7 +55,7 @@ from bsprof.probes.layers import (
     sq_sum,
     total_sq_sum,
 )
-from bsprof.probes.vmap import _Objective, quiet_fallbacks
+from bsprof.probes.vmap import _Objective, per_example_vmap, quiet_fallbacks
 
 
 def _rows(batch, start: int, stop: int):
@@ -391,6 +391,14 @@ class _Pass:
                                   f"parameter {name!r} (it returned {sorted(found)})",
                                   "a rule must return every trainable parameter of its module")
             shape = self.params[k].shape
+            piece = found[name]
+            if isinstance(piece, Tensor) and piece.shape[1:] != shape:  # a wrong shape would be summed silently
+                raise BsprofError(
+                    f"the per-example rule for {type(mod).__name__} returned a gradient of shape "
+                    f"{list(piece.shape)} for its parameter {name!r}, whose shape is {list(shape)}: per-example "
+                    f"gradients are [B, *param.shape] = [B, {', '.join(map(str, shape))}]".replace(", ]", "]"),
+                    "return one gradient per example (sum over the other dims, e.g. tokens, inside the rule); "
+                    "check the rule against torch.func with bsprof.probes.check_rule(module, x)")
             if k in self.reuse:  # the explicit per-example gradients give both numbers
                 g = explicit(found[name], shape, self.scratch)
                 flat = g.reshape(-1)
@@ -576,3 +584,39 @@ def fallback_text(fallbacks: dict[str, str], limit: int = 6) -> str:
         by[reason].append(name)
     parts = [f"{', '.join(ns[:limit])}{' …' if len(ns) > limit else ''} ({reason})" for reason, ns in by.items()]
     return "; ".join(parts)
+
+
+def check_rule(module: nn.Module, *inputs: Tensor, rtol: float = 1e-6) -> dict[str, float]:
+    """Check the per-example rules of ``module``'s layers (``register_rule``) against torch.func, in float64.
+
+    With ``inputs`` (examples on dim 0) and a fixed random r_i the size of the output, the per-example loss
+    ℓ_i = ⟨f(x_i), r_i⟩ exercises every output; Σ_i |g_i|² per parameter by the hooks (strict: no fallback) is
+    compared with torch.func's. Returns {parameter: relative error}; raises ``BsprofError`` naming the parameters
+    off by more than ``rtol``. The module is copied; it is not changed.
+
+        from bsprof.probes import check_rule, register_rule
+        register_rule(Scale, scale_rule)
+        check_rule(Scale(16), torch.randn(4, 8, 16))
+    """
+    import copy
+
+    model = copy.deepcopy(module).double()
+    xs = tuple(x.double() if x.is_floating_point() else x for x in inputs)
+    count = xs[0].shape[0]
+    with torch.no_grad():
+        out = model(*xs)
+    r = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def loss(m, batch):
+        return (m(*batch[:-1]) * batch[-1]).reshape(len(batch[-1]), -1).sum(1)
+
+    names, _ = trainable(model)
+    got = per_example_hooks(model, loss, (*xs, r), count, strict=True).small_sq_sum
+    want = per_example_vmap(model, loss, (*xs, r), count).small_sq_sum
+    err = {n: abs(g - w) / max(abs(w), 1e-300) for n, g, w in zip(names, got.tolist(), want.tolist(), strict=True)}
+    off = {n: e for n, e in err.items() if not e <= rtol}
+    if off:
+        raise BsprofError("per-example rule(s) disagree with torch.func: " + ", ".join(
+            f"{n} (Σ_i |g_i|² off by {e:.2g} relative)" for n, e in off.items()),
+            "fix the rule: it must return each example's own gradient, [B, *param.shape]")
+    return err
