@@ -151,6 +151,37 @@ def test_sigterm_writes_the_partial_report(tmp_path, sig, code):
     assert report.measurements and report.incomplete["reason"] == "terminated by SIGTERM"
 
 
+@pytest.mark.parametrize("save", [True, False])
+def test_check_measuring_a_spec_keeps_its_partial_report_on_sigterm(tmp_path, monkeypatch, save):
+    """`bsprof check SPEC.py --save-report R` stopped by SIGTERM after a measurement: the partial report is saved
+    (marked incomplete), exit 143, one line says so; without --save-report the line says it was not kept (a new
+    user's interrupted check printed "interrupted" and kept nothing)."""
+    import bsprof.api
+    from bsprof.cli import signals
+
+    real = bsprof.api.measure
+
+    def stopped(*a, **k):
+        def progress(kind, info):
+            if kind == "measured" and info["row"].step > 0:
+                raise signals.Terminated(signal.SIGTERM)
+        return real(*a, progress=progress, **k)
+
+    monkeypatch.setattr(bsprof.api, "measure", stopped)
+    saved = tmp_path / "partial.json"
+    r = cli("check", ASSETS / "tiny_linear.py", "-b", 16, "--steps", 40, "--budget", "2s",
+            *(["--save-report", saved] if save else []))
+    said = " ".join(r.output.split())
+    assert r.exit_code == 143, r.output
+    if save:
+        assert "terminated (SIGTERM): the partial report was saved to" in said, said
+        report = Report.from_json(saved)
+        assert report.measurements and report.incomplete["reason"] == "terminated by SIGTERM"
+    else:
+        assert "terminated (SIGTERM): the partial report was not saved (--save-report PATH keeps it)" in said
+    assert "Traceback" not in r.output
+
+
 def test_sighup_and_sigterm_raise_terminated_with_their_exit_codes():
     from bsprof.cli import signals
 

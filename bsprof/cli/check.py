@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from bsprof.cli import signals
 from bsprof.cli.app import app, console, err_console, user_errors, write_output
 from bsprof.cli.source import empty_source, load, measure_spec
 from bsprof.config import MAX_BATCH, limit, resolve
@@ -55,14 +56,29 @@ def read_report(target: Path) -> Report:
 
 
 def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None = None,
-                rel_error: float | None = None) -> tuple[Report, dict]:
-    """A quick CPU measurement within ``budget_s`` seconds (split over the measurements when steps > 0)."""
+                rel_error: float | None = None, save_to: Path | None = None) -> tuple[Report, dict]:
+    """A quick CPU measurement within ``budget_s`` seconds (split over the measurements when steps > 0), written
+    to ``save_to`` when given — also when interrupted (Ctrl-C, SIGTERM, SIGHUP: the partial report, marked
+    incomplete; the interrupt then goes on up with ``kept`` saying what was kept)."""
     from bsprof.engine.loop import measure_steps
 
     share = budget_s / (len(measure_steps(steps, 0)) + 1) if steps else budget_s
     t0 = time.perf_counter()
-    report = measure_spec(spec, "check", device="cpu", steps=steps, max_seconds=share, seed=seed,
-                          rel_error=rel_error)
+    report = Report()
+    with signals.as_interrupt():
+        try:
+            measure_spec(spec, "check", report=report, device="cpu", steps=steps, max_seconds=share, seed=seed,
+                         rel_error=rel_error)
+        except KeyboardInterrupt as e:
+            signals.hold()  # a second signal must not cut the write short (the handlers come back after the block)
+            e.kept = ("nothing was measured yet, nothing was saved" if not report.measurements else
+                      "the partial report was not saved (--save-report PATH keeps it)" if save_to is None else None)
+            if e.kept is None:
+                write_output(save_to, codec.dumps(report), "--save-report")
+                e.kept = f"the partial report was saved to {save_to}"
+            raise
+    if save_to is not None:
+        write_output(save_to, codec.dumps(report), "--save-report")
     info = {"seconds": round(time.perf_counter() - t0, 2), "budget_seconds": budget_s, "device": "cpu",
             "steps": steps, "examples": report.summary.examples_measured, "rel_halfwidth": None}
     return report, info
@@ -231,6 +247,9 @@ def check(
         policy = resolve(Policy, config, overrides, command="check")
         verdict, extra = _judge_all(target, batch_size, lr, training_config, batch_key, lr_key, at_loss, policy,
                                     baseline, budget, steps, seed, rel_error, save_report, window)
+    except KeyboardInterrupt as e:  # while measuring a SPEC.py: no verdict; what was kept is said
+        err_console.print(f"[bold red]{signals.describe(e)}[/]: " + getattr(e, "kept", "nothing was judged"))
+        raise typer.Exit(signals.exit_code(e))
     except (BsprofError, Exception) as e:
         if not isinstance(e, BsprofError):  # anything that is not a verdict exits 2, never 1 ("violated")
             e = BsprofError(f"cannot judge: {type(e).__name__}: {clip(str(e))}",
@@ -276,9 +295,7 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
     old = read_report(baseline) if baseline is not None else None
     extra, info = {}, None
     if is_spec:
-        report, info = measure_now(target, budget_s, steps, seed, rel_error)
-        if save_report is not None:
-            write_output(save_report, codec.dumps(report), "--save-report")
+        report, info = measure_now(target, budget_s, steps, seed, rel_error, save_report)
     else:
         report = load(target, "check", window=window)
         empty = empty_source(target, report, "no noise scale to judge by")

@@ -17,14 +17,15 @@ def is_spec(source: Path) -> bool:
     return source.suffix == ".py"
 
 
-def measure_spec(spec: Path, command: str, **options) -> Report:
-    """Measure ``spec`` with ``MeasureConfig`` ``options``; the report (partial on failure) or a clear error."""
+def measure_spec(spec: Path, command: str, report: Report | None = None, **options) -> Report:
+    """Measure ``spec`` with ``MeasureConfig`` ``options`` into ``report`` (a new one by default; on an interrupt
+    it holds what was measured); the report or a clear error."""
     from bsprof.api import measure
 
     if not spec.is_file():
         raise SpecError(f"spec file not found: {spec}", f"pass the SPEC.py you give `bsprof measure` to `bsprof "
                         f"{command}`, or a report.json it wrote")
-    report = Report()
+    report = Report() if report is None else report
     try:
         measure(spec, report=report, **{k: v for k, v in options.items() if v is not None})
     except BsprofError:
