@@ -262,6 +262,11 @@ def test_sgd_with_momentum_follows_its_own_factor():
     assert any("under SGD with momentum the schedule follows" in n for n in sched.notes)
     assert (sched.config["noise_followed"], sched.config["noise_factor"]) == ("b_simple_window", k)  # in its JSON
     assert any("under SGD with momentum the critical batch is" in n for n in judge(mom, 64).notes)
+    # plain SGD says its factor too; once, when the run's own note (its diagnostic) says it already
+    said = [n for n in judge(plain, 64).notes if "under plain SGD the critical batch is 0.74 × " in n]
+    assert len(said) == 1 and "with the factor 0.68–" in said[0]
+    plain.diagnose("plain_sgd", "plain SGD: … 0.74 × …")
+    assert not any("under plain SGD the critical batch is" in n for n in judge(plain, 64).notes)
 
 
 def test_momentum_is_read_from_the_optimizer_as_users_write_it():

@@ -655,18 +655,21 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
                      f"{f', at step {step}' if step is not None else ''}); judged on what was measured before")
     fam = optimizer_family(optimizer_name(report.config))
     q = report.summary.critical_batch_quantity if report.summary else None
-    if fam in ("adam", "momentum") or (fam == "sgd" and q == "b_simple_window"):
+    said = {d.get("code") for d in report.diagnostics if isinstance(d, dict)}   # the run's own note says it
+    if (fam in ("adam", "momentum") or (fam == "sgd" and q == "b_simple_window")) and \
+            {"adam": "adam", "momentum": "momentum", "sgd": "plain_sgd"}[fam] not in said:
         from bsprof.schedule.plan import FACTORS, RECORD, SGD_EXCESS, SHORTFALL, calibration
 
         q = q if q in FACTORS[fam] else "b_simple"
-        how = (f"measured the plain-SGD way, it fell {SHORTFALL[fam][q]} short of" if fam in SHORTFALL else
-               f"measured as it is, it read {SGD_EXCESS[q]} of")
+        how = (f"measured the plain-SGD way, it fell {SHORTFALL[fam][q]} short of swept critical batches "
+               f"(docs/science.md §6); {RECORD[fam][q]}" if fam in SHORTFALL else
+               f"measured as it is, it read {SGD_EXCESS[q]} of swept critical batches; with the factor "
+               f"{RECORD[fam][q]} (docs/science.md §6)")
         notes.append(f"under {'Adam' if fam == 'adam' else 'SGD with momentum' if fam == 'momentum' else 'plain SGD'}"
                      f" the critical batch is {calibration(optimizer_name(report.config), q):g} × the path average of "
                      + ("B_simple over training-step windows" if q == "b_simple_window"
                         else "the fixed-weight B_simple")
-                     + f": {how} swept critical batches (docs/science.md §6); {RECORD[fam][q]}: confirm with "
-                     "`bsprof sweep`")
+                     + f": {how}: confirm with `bsprof sweep`")
     notes.extend(d["message"] for d in report.diagnostics  # what the run cost is no part of the judgement
                  if isinstance(d, dict) and d.get("message") and d.get("code") != "measure_cost")
     return Verdict(tuple(checks), noise, tuple(notes))

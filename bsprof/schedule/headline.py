@@ -18,7 +18,7 @@ at the lowest measured loss, so nothing is extrapolated (or at a ``target_loss``
    end ×2.3, lower ÷2.8.
    Under SGD with momentum (``plan.MOMENTUM_FACTORS``) 2.8 × the window B_simple (4 tasks; 0.60–1.70× per seed):
    both ends ×2; 2.6 × the fixed-weight B_simple (0.49–1.73×): ×2.1.
-   Under plain SGD (``plan.SGD_FACTORS``) 0.74 × the window B_simple (7 tasks; 0.62–1.71× per seed): upper end
+   Under plain SGD (``plan.SGD_FACTORS``) 0.74 × the window B_simple (7 tasks; 0.62–1.75× per seed): upper end
    ×1.7, lower ÷1.8. The fixed-weight B_simple, as measured, was 1.35–4.5× too high: the lower end ÷4. B_noise, as
    measured: its path average was 0.57–1.36× on six tasks and 3.08× on the BatchNorm CNN: upper end ×1.8, lower
    ÷3.1. Other optimizers were never compared: ×3.
@@ -52,7 +52,7 @@ MODEL_RANGE = {
     ("momentum", "b_simple_window"): (1 / 2.0, 2.0),  # 2.8 × the window: 0.60–1.70× per probe seed (4 tasks)
     ("momentum", "*"): (1 / 2.1, 2.1),  # 2.6 × fixed-weight B_simple: 0.49–1.73× per probe seed (4 tasks)
     ("sgd", "b_simple"): (1 / 4, 1.0),  # 1.05 (char transformer) to 4.5 (BatchNorm CNN) too high
-    ("sgd", "b_simple_window"): (1 / 1.8, 1.7),  # 0.74 × the window: 0.62–1.71× per probe seed (7 tasks)
+    ("sgd", "b_simple_window"): (1 / 1.8, 1.7),  # 0.74 × the window: 0.62–1.75× per probe seed (7 tasks)
     ("sgd", "b_noise"): (1 / 3.1, 1.8),  # 0.57–1.36 on six tasks, 3.08 on the BatchNorm CNN (ninth session)
     ("other", "*"): (1 / 3, 3.0),     # optimizers never compared with sweeps (RMSprop, Lion, …): as wide as Adam
 }
@@ -67,10 +67,9 @@ WIDTH = {"adam": {"b_simple_window": "×2/÷2", "b_simple": "×2.3/÷2.8"},
 
 REASONS = {
     "sgd": {
-        "b_simple_window": f"plain SGD: measured as it is, it read {SGD_EXCESS['b_simple_window']} of swept critical "
-                           f"batches; times the factor it came to {SGD_RECORD['b_simple_window']}, interval "
-                           f"{WIDTH['sgd']['b_simple_window']} (docs/science.md §6); `bsprof sweep` checks it on your "
-                           "model",
+        "b_simple_window": f"plain SGD: as measured it read {SGD_EXCESS['b_simple_window']} (7 tasks); with the "
+                           f"factor {SGD_RECORD['b_simple_window']}, interval {WIDTH['sgd']['b_simple_window']} "
+                           "(docs/science.md §6); `bsprof sweep` checks it on your model",
         "b_noise": "SGD: 0.57–1.36× of swept critical batches on 6 tasks, 3.1× on a BatchNorm CNN, interval ×1.8/÷3.1 "
                    "(docs/science.md §6)",
         "b_simple": "SGD: fixed-weight B_simple was 1.05–4.5× the swept critical batch, lower end ÷4 "
