@@ -512,6 +512,25 @@ def test_errors_in_the_users_code_say_phase_file_line_and_data_cause(tmp_path):
     assert not (tmp_path / "out" / "report.json").exists()
 
 
+def test_a_loss_failing_in_the_probe_trial_is_said_to_fail_there(tmp_path):
+    """A loss that fails on its 30th call fails in auto's timed trial draw, after the first two examples passed:
+    the message names that phase (a new user was told "on the first two examples", and --debug still said
+    "--debug shows the traceback")."""
+    spec = tmp_path / "later.py"
+    spec.write_text("import torch\nCALLS = [0]\ndef model(): return torch.nn.Linear(4, 1)\n"
+                    "def dataset(): return torch.utils.data.TensorDataset(torch.randn(256, 4), torch.randn(256))\n"
+                    "def loss(model, batch):\n    CALLS[0] += 1\n"
+                    "    if CALLS[0] > 30: raise ValueError('boom in my loss')\n"
+                    "    return (model(batch[0]).squeeze(-1) - batch[1]) ** 2\n")
+    r = run(spec, "--steps", 0, "-o", tmp_path / "out")
+    said = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "timing the probes (--method auto) on a draw of the first 64 examples failed in later.py:7" in said, said
+    assert "first two examples" not in said and "--debug shows the traceback" in said
+    r = runner.invoke(app, ["measure", str(spec), "--steps", "0", "-o", str(tmp_path / "out"), "--debug"])
+    assert "Traceback" in r.stderr and "--debug shows the traceback" not in " ".join(r.stderr.split())
+
+
 @pytest.mark.parametrize("args, says", [
     (["--rel-error", 5], "did you mean 0.05"),
     (["--rel-error", 0], "rel_error is a fraction in (0, 1)"),

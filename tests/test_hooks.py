@@ -215,6 +215,11 @@ def test_mixing_loss_is_detected():
     bn.model.insert(1, nn.BatchNorm1d(8).double())
     assert losses_mix_examples(bn.model, bn.loss_fn, bn.batch)
 
+    def nan(model, batch):  # a diverged model's NaN losses do not mix examples (a new user's report said they did)
+        return xent(model, batch) * float("nan")
+
+    assert not losses_mix_examples(case.model, nan, case.batch)
+
 
 def test_hooks_removed_and_silent_in_user_backward(monkeypatch):
     case = make("tied_lm")

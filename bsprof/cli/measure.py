@@ -161,7 +161,7 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
             import traceback
 
             traceback.print_exception(failure)
-        failure = _user_failure(failure, report, kept)
+        failure = _user_failure(failure, report, kept, debug)
     if failure is not None:
         raise failure
     if write_error is not None:
@@ -190,7 +190,7 @@ def _write(report: Report, out: Path, figures: bool, quiet: bool,
     return True, None
 
 
-def _user_failure(e: Exception, report: Report, kept: str) -> BsprofError:
+def _user_failure(e: Exception, report: Report, kept: str, debug: bool = False) -> BsprofError:
     """The user's code raised: what, in which phase and step, where in their file, and the fix."""
     info = report.incomplete or {}
     where = f" in {info['where']}" if info.get("where") else ""
@@ -199,7 +199,7 @@ def _user_failure(e: Exception, report: Report, kept: str) -> BsprofError:
     data = [d["message"] for d in report.diagnostics if d["code"] == "list_items"]
     if data:
         return BsprofError(what, f"{data[0]} ({kept})")
-    return BsprofError(what, f"fix the spec{where}; {kept} (--debug shows the traceback)")
+    return BsprofError(what, f"fix the spec{where}; {kept}" + ("" if debug else " (--debug shows the traceback)"))
 
 
 def _estimate(e) -> Estimate:

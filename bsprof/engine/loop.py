@@ -215,7 +215,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     except Exception as e:
         where = _where(e, spec.path)
         report.incomplete = {"reason": f"{type(e).__name__}: {e}", "step": None,
-                             "phase": "calling loss(model, batch) on the first two examples",
+                             "phase": getattr(e, "bsprof_phase", "calling loss(model, batch) on the first two "
+                                                                  "examples"),
                              **({"where": where} if where else {})}
         raise
     chosen, invalid = choice.probe, choice.invalid

@@ -134,8 +134,12 @@ def decide(method: str, model: nn.Module, loss_fn: LossFn | None = None, pair=No
         return Choice(probe, invalid, why, slow)
     if seconds is None:
         hooks_chunks, micro_chunks, total = draw
-        seconds = time_draws({"hooks": (PROBES["hooks"], hooks_chunks),
-                              "microbatch": (PROBES["microbatch"], micro_chunks)}, model, loss_fn, total)
+        try:
+            seconds = time_draws({"hooks": (PROBES["hooks"], hooks_chunks),
+                                  "microbatch": (PROBES["microbatch"], micro_chunks)}, model, loss_fn, total)
+        except Exception as e:  # the user's loss failed on these examples, not on the first two: say which phase
+            e.bsprof_phase = f"timing the probes (--method auto) on a draw of the first {total} examples"
+            raise
         total_examples = total
     else:
         total_examples = draw[2] if draw is not None else 0

@@ -125,6 +125,8 @@ def losses_mix_examples(model: nn.Module, loss_fn: LossFn, batch, rtol: float = 
     except Exception:  # the model cannot see one example alone: it needs the batch
         return True
     l2 = per_example_losses(model, loss_fn, pair, 2)[0]
+    if not (torch.isfinite(l1) and torch.isfinite(l2)):  # a diverged model: no evidence of mixing (said elsewhere)
+        return False
     g1 = torch.autograd.grad(l1, params, allow_unused=True, materialize_grads=True)
     g2 = torch.autograd.grad(l2, params, allow_unused=True, materialize_grads=True)
     close = partial(torch.allclose, rtol=rtol, atol=rtol * 1e-3)
