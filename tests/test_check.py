@@ -265,6 +265,10 @@ def test_a_baseline_of_another_quantity_is_said_to_be_one():
     assert any("not the same quantity" in n and "training-step windows" in n for n in v.notes), v.notes
     same = judge(make_report(rows), 1024, baseline=make_report(rows))
     assert not any("not the same quantity" in n for n in same.notes)
+    assert not any("do not overlap" in n for n in same.notes)
+    later = [_row(200, 0.3, 1500.0, 1200.0, 1900.0), _row(300, 0.2, 2500.0, 2000.0, 3100.0)]
+    v = judge(make_report(later), 1024, baseline=make_report(rows))   # another stage of training: said
+    assert any("measured losses 0.5–2.3 and this report 0.2–0.3: they do not overlap" in n for n in v.notes), v.notes
 
 
 # -- the command: exit codes ---------------------------------------------------------------------------------

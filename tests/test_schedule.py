@@ -244,10 +244,25 @@ def test_cli_formats(report_file, tmp_path):
     assert "B_crit over the path to loss 0.4 ≈" in out and "the report's headline ends its path" in out
 
 
+def test_a_target_above_where_the_path_starts_says_how_to_reach_it():
+    """Above the loss where a later-starting path (training-step windows) starts: measure more often, or follow
+    the fixed-weight values from step 0 — but not that when they are already followed (a trial got its own
+    --noise b_simple back as the fix)."""
+    from bsprof.errors import ConfigError
+    from bsprof.schedule.plan import check_target
+
+    for noise, says in (("auto", True), ("b_simple", False)):
+        with pytest.raises(ConfigError) as e:
+            check_target(5.0, np.array([2.0, 1.0]), None, ScheduleConfig(target_loss=5.0, noise=noise), 40.0)
+        assert "smaller --measure-every" in e.value.hint and ("--noise b_simple" in e.value.hint) == says
+    with pytest.raises(ConfigError, match="at step 0: the run starts there"):
+        check_target(2.0, np.array([2.0, 1.0]), None, ScheduleConfig(target_loss=2.0), 0.0)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["-t", "0.05"], "--allow-extrapolation"),
     (["-t", "5"], "not below"),
-    (["-t", "5"], "smaller --measure-every"),  # how to reach a target higher up than the path starts
+    (["-t", "5"], "reached before any training"),  # the path starts at step 0: nothing to schedule
     (["-t", "0.4", "--rule", "bogus"], "rule must be one of"),
     (["-t", "0.4", "--max-batch", "big"], "--max-batch must be"),
     (["-t", "0.4", "-f", "xml"], "--format must be"),

@@ -108,7 +108,8 @@ def method(report: Report, choice) -> None:
         report.diagnose("fallback", f"{n} parameter{'s' if n > 1 else ''} measured by the slow path (torch.func, or a "
                         "per-example loop where torch.func cannot batch the layer): "
                         f"{fallback_text(choice.fallbacks)} — register a rule with bsprof.probes.register_rule for "
-                        f"a layer without one{fix} (or pass --strict to make this an error)")
+                        f"a layer without one{fix} (`bsprof measure --strict` avoids the slow path: with --method "
+                        "hooks an error, with auto micro-batches)")
     if choice.seconds and choice.probe.name == "microbatch":
         report.diagnose("method_trial", choice.why)
 

@@ -647,6 +647,12 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
                          f"({old.where}) and this report's {_QUANTITY_TEXT.get(noise.quantity, noise.quantity)} "
                          f"({noise.where}): not the same quantity; measure both the same way (same --steps and "
                          "--measure-every) to compare like with like")
+        span = [[m.loss for m in r.measurements if finite(m.loss)] for r in (baseline, report)]
+        if at_loss is None and all(span) and (min(span[0]) > max(span[1]) or min(span[1]) > max(span[0])):
+            notes.append(f"the baseline measured losses {_fmt(min(span[0]))}–{_fmt(max(span[0]))} and this report "
+                         f"{_fmt(min(span[1]))}–{_fmt(max(span[1]))}: they do not overlap, and the noise scale grows "
+                         "as the loss falls, so the two critical batches are of different stages of training; "
+                         "measure both over the same losses (same --steps), or compare at one loss with --at-loss")
         checks.append(check_baseline(noise, old, policy.baseline_factor))
     if report.incomplete:
         how = report.incomplete.get("reason") or "stopped early"

@@ -263,16 +263,22 @@ def usable_rows(report, cfg: ScheduleConfig) -> tuple[list[tuple[Measurement, Es
     return pairs, col
 
 
-def check_target(target: float, losses, fit, cfg: ScheduleConfig) -> list[str]:
-    """Raise ExtrapolationError when the target is far below the measured losses; return warnings."""
+def check_target(target: float, losses, fit, cfg: ScheduleConfig, first_step: float | None = None) -> list[str]:
+    """Raise ExtrapolationError when the target is far below the measured losses; return warnings. ``first_step``:
+    the step the followed noise scale starts at (0: the target is then reached before any training)."""
     lo, hi, start = float(np.min(losses)), float(np.max(losses)), float(losses[0])
+    if target >= start and first_step == 0:
+        raise ConfigError(f"target loss {target:g} is not below the loss {start:.4g} at step 0: the run starts "
+                          "there, so it is reached before any training and there is nothing to schedule",
+                          f"pass a --target-loss below {start:.4g}")
     if target >= start:
-        raise ConfigError(f"target loss {target:g} is not below the loss {start:g} where the followed noise scale "
+        higher = ("measure again with a smaller --measure-every" if cfg.noise == "b_simple" else
+                  "measure again with a smaller --measure-every, or, in `bsprof schedule`, follow the fixed-weight "
+                  "values, measured from step 0, with --noise b_simple")
+        raise ConfigError(f"target loss {target:g} is not below the loss {start:.4g} where the followed noise scale "
                           "starts (its first usable measurement)",
                           "pass a --target-loss below that loss; for a target higher up: a training-step window "
-                          "starts at the first measurement after step 0, so measure again with a smaller "
-                          "--measure-every, or, in `bsprof schedule`, follow the fixed-weight values, measured from "
-                          "step 0, with --noise b_simple")
+                          f"starts at the first measurement after step 0, so {higher}")
     if target <= fit.floor:
         raise ExtrapolationError(f"the fitted noise scale diverges at loss {fit.floor:.4g} (a + b/(L − L*)); "
                                  f"target {target:g} is beyond it",
@@ -580,7 +586,7 @@ def plan(report, config: ScheduleConfig) -> Schedule:
         config = dataclasses.replace(config, min_batch=min_batch)
         notes.append(why_min)
     fit, steps, loss = fit_rows(rows, config.confidence, config.form)
-    warnings = check_target(config.target_loss, loss, fit, config) + warnings
+    warnings = check_target(config.target_loss, loss, fit, config, float(steps[0])) + warnings
     path = noise_path(fit, steps, loss, batch_train, config.target_loss)
     lr0 = config.lr or probe_lr(report) or 0.1
     optimizer = report.config.get("optimizer")
