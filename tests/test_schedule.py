@@ -244,6 +244,14 @@ def test_cli_formats(report_file, tmp_path):
     assert "B_crit over the path to loss 0.4 ≈" in out and "the report's headline ends its path" in out
 
 
+def test_piped_output_has_no_line_ending_in_spaces(report_file):
+    """rich pads table titles and wrapped lines to the width; piped (a log, `| cat`), no line ends in spaces."""
+    runner, app = _runner()
+    for args in (["schedule", str(report_file), "-t", "0.4"], ["schedule", str(report_file), "-t", "5"]):
+        r = runner.invoke(app, args)
+        assert r.output.strip() and not [ln for ln in r.output.splitlines() if ln != ln.rstrip()], r.output
+
+
 def test_a_target_above_where_the_path_starts_says_how_to_reach_it():
     """Above the loss where a later-starting path (training-step windows) starts: measure more often, or follow
     the fixed-weight values from step 0 — but not that when they are already followed (a trial got its own

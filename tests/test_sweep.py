@@ -86,6 +86,22 @@ def test_lr_rules():
 
 
 # -- the engine, from Python -------------------------------------------------------------------------------
+def test_more_eval_examples_than_the_dataset_holds_is_said():
+    """--eval-examples beyond the dataset: everything is evaluated and nothing can be held out — said, not only
+    "(also used for training)"."""
+    from types import SimpleNamespace
+
+    from bsprof.results import Estimate
+    from bsprof.sweep.api import _notes
+    from bsprof.sweep.config import sweep_config
+
+    setup = SimpleNamespace(optimizer="SGD", base_lr=0.1, rule="linear", b_noise=None, n_eval=2000, held_out=False)
+    for asked, said in ((5000, True), (2000, True), (0, False)):
+        cfg = sweep_config(method="local", base_batch=4, eval_examples=asked)
+        notes = " ".join(_notes(setup, cfg, Estimate(8.0, 8.0, 16.0), [], []))
+        assert ("none can be held out of training" in notes) == said, notes
+
+
 def test_library_local_and_partial_results_on_interrupt():
     seen = []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -13,11 +14,17 @@ from rich.markup import escape
 
 from bsprof.errors import BsprofError, ConfigError
 
+_TRAILING = re.compile(r"[ \t]+\n")
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="bsprof: measure the critical batch size (gradient noise scale) of a PyTorch model.")
 
 
 class _Console(Console):
+    def _render_buffer(self, buffer) -> str:
+        """Piped: no line ends in spaces (rich pads wrapped lines and table titles to the width)."""
+        text = super()._render_buffer(buffer)
+        return text if self.is_terminal else _TRAILING.sub("\n", text)
+
     def on_broken_pipe(self) -> None:
         """The reader left (`bsprof check … | head -1`): later output goes to /dev/null and the command ends with
         its own exit code (rich would exit 1 here, which ``check`` reads as "violated")."""

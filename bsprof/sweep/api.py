@@ -123,6 +123,10 @@ def _notes(setup, cfg: SweepConfig, est: Estimate, summaries, extra: list[str]) 
              + (f" × grid {list(cfg.lr_grid)}" if len(cfg.lr_grid) > 1 else "")]
     notes.append(f"evaluation: a fixed draw of {setup.n_eval} examples" +
                  (", held out of training" if setup.held_out else " (also used for training)"))
+    if cfg.eval_examples >= setup.n_eval and not setup.held_out:   # asked for more than there are
+        notes.append(f"--eval-examples {cfg.eval_examples} is not below the dataset's {setup.n_eval} examples: all "
+                     "are evaluated" + (", and none can be held out of training; pass fewer --eval-examples for a "
+                                        "held-out evaluation" if cfg.holdout else ""))
     edges = summary.grid_edges(summaries, cfg.lr_grid)
     if edges:
         notes.append(f"the best lr is at an end of the grid for batch {', '.join(map(str, edges))}: the optimum may "
