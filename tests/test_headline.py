@@ -290,3 +290,15 @@ def test_momentum_is_read_from_the_optimizer_as_users_write_it():
     assert "does not record SGD's momentum" in old.summary.critical_batch_reason
     old.config["optimizer_momentum"] = 0.0
     assert "momentum" not in old.summary.critical_batch_reason
+
+
+def test_a_report_without_its_optimizer_is_read_as_plain_sgd_and_says_so():
+    """A tracker log of a Tracker given no optimizer records none: read as plain SGD (× 0.74 on the windows), and
+    the reason says so and how to record it (under Adam the factor would be 3.2)."""
+    r = report(None)
+    r.config.pop("optimizer")
+    s = r.summary
+    assert s.critical_batch_reason.startswith(f"{SGD_FACTORS['b_simple_window']:g} × ")
+    assert "does not record its optimizer" in s.critical_batch_reason and "Tracker(model, optimizer" in \
+        s.critical_batch_reason
+    assert "does not record its optimizer" not in report("SGD").summary.critical_batch_reason

@@ -180,7 +180,12 @@ def critical_batch(report, target_loss: float | None = None) -> Headline:
 
 
 def _unrecorded(report) -> str:
-    """A reason's tail for an SGD report that does not say its momentum (made before bsprof recorded it)."""
+    """A reason's tail for a report that does not say its optimizer (a Tracker given none) or SGD's momentum (made
+    before bsprof recorded it): both are read as plain SGD."""
+    if not report.config.get("optimizer"):
+        return ("; the report does not record its optimizer (a Tracker given none): read as plain SGD — under Adam "
+                "or SGD with momentum the critical batch is 3–4× larger (docs/science.md §6); pass the optimizer "
+                "(bsprof.Tracker(model, optimizer, …))")
     if str(report.config.get("optimizer") or "").lower() == "sgd" and "optimizer_momentum" not in report.config:
         return ("; this report does not record SGD's momentum (an older bsprof): read as plain SGD — with momentum "
                 "the critical batch is larger (docs/science.md §6), measure again")
