@@ -177,6 +177,9 @@ def test_the_lr_check_suggests_and_passes_no_lr_the_schedule_would_cap(tmp_path)
     lifted = judge(rep, 4096, lr=0.003, policy=Policy(lr_cap=0)).checks[1]
     assert lifted.status == FAIL and lifted.passing["suggest"] == pytest.approx(0.003 * 128 ** 0.5)
     assert "--lr-cap must be 0" in str(pytest.raises(ValueError, judge, rep, 64, 0.003, Policy(lr_cap=0.5)).value)
+    # the rule's lr just above the cap, its interval not: the PASS line gives both numbers, as the warning does
+    near = judge(make_report(optimizer="SGD", lr=0.1), 75, lr=0.15).checks[1]
+    assert near.status == PASS and "(≈ 0.2: the rule's ≈ 0.225 capped at --lr-cap 2 × that lr)" in near.message
     rep.to_json(tmp_path / "adamw.json")
     r = run(tmp_path / "adamw.json", "-b", 4096, "--lr", 0.003, "--lr-cap", 0)
     assert r.exit_code == 1 and "use lr ≈ 0.0339" in r.stdout

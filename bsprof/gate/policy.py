@@ -539,6 +539,8 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
         where = f" (≈ {_fmt(rule_best)}), but above --lr-cap {policy.lr_cap:g} × that lr = {_fmt(top)}: untested"
     elif capped:
         where = f"{capped} (the rule's ≈ {_fmt(rule_best)} is untested)"
+    elif rule_best > best:  # the cap lowered the suggestion: both numbers, as the warning gives them
+        where = f" (≈ {_fmt(best)}: the rule's ≈ {_fmt(rule_best)} capped at --lr-cap {policy.lr_cap:g} × that lr)"
     else:
         where = f" (≈ {_fmt(best)})"
     return CheckResult("lr", PASS, f"lr = {_fmt(lr)} is within {_fmt(f)}× of {how}{where}", tuple(notes), measured,
