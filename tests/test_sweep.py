@@ -95,11 +95,14 @@ def test_more_eval_examples_than_the_dataset_holds_is_said():
     from bsprof.sweep.api import _notes
     from bsprof.sweep.config import sweep_config
 
-    setup = SimpleNamespace(optimizer="SGD", base_lr=0.1, rule="linear", b_noise=None, n_eval=2000, held_out=False)
-    for asked, said in ((5000, True), (2000, True), (0, False)):
+    setup = SimpleNamespace(optimizer="SGD", base_lr=0.1, rule="linear", b_noise=None, n_eval=2000, held_out=False,
+                            n_data=2000)
+    for asked, said in ((5000, True), (2000, True), (0, False), (1999, False)):
         cfg = sweep_config(method="local", base_batch=4, eval_examples=asked)
+        if asked == 1999:   # 1,999 evaluated, one left to train on (not said), or with --no-holdout all 2,000
+            setup.n_eval, setup.held_out = 1999, True
         notes = " ".join(_notes(setup, cfg, Estimate(8.0, 8.0, 16.0), [], []))
-        assert ("none can be held out of training" in notes) == said, notes
+        assert ("is not below the dataset's 2000 examples" in notes) == said, notes
 
 
 def test_library_local_and_partial_results_on_interrupt():
@@ -525,7 +528,7 @@ def test_a_flat_steps_curve_does_not_determine_b_crit():
             for b in (16, 32, 64, 128) for s in (0, 1)]
     cfg = SweepConfig(method="global", target_loss=0.2, batches=(16, 32, 64, 128))
     setup = SimpleNamespace(spec=SimpleNamespace(info=lambda: {}), initial_loss=1.0, optimizer="SGD", base_lr=0.1,
-                            rule="linear", b_noise=None, n_eval=100, held_out=True)
+                            rule="linear", b_noise=None, n_eval=100, held_out=True, n_data=1000)
     budget = SimpleNamespace(train_examples=0, eval_examples=0, seconds=0.0)
     result = api._global_result(setup, cfg, rows, budget, None, None, 200)
     assert result.critical.status == "undetermined"

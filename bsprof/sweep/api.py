@@ -123,8 +123,8 @@ def _notes(setup, cfg: SweepConfig, est: Estimate, summaries, extra: list[str]) 
              + (f" × grid {list(cfg.lr_grid)}" if len(cfg.lr_grid) > 1 else "")]
     notes.append(f"evaluation: a fixed draw of {setup.n_eval} examples" +
                  (", held out of training" if setup.held_out else " (also used for training)"))
-    if cfg.eval_examples >= setup.n_eval and not setup.held_out:   # asked for more than there are
-        notes.append(f"--eval-examples {cfg.eval_examples} is not below the dataset's {setup.n_eval} examples: all "
+    if 0 < setup.n_data <= cfg.eval_examples:   # asked for as many as there are, or more
+        notes.append(f"--eval-examples {cfg.eval_examples} is not below the dataset's {setup.n_data} examples: all "
                      "are evaluated" + (", and none can be held out of training; pass fewer --eval-examples for a "
                                         "held-out evaluation" if cfg.holdout else ""))
     edges = summary.grid_edges(summaries, cfg.lr_grid)
