@@ -732,6 +732,39 @@ def test_a_batch_size_the_forwards_contradict_is_warned_once():
     assert hooks_left(model) == 0
 
 
+def test_a_forward_without_backward_is_not_counted_in_the_steps_rows():
+    """A validation forward with grad enabled (no torch.no_grad, no backward), per step or now and then, is not part
+    of the step's batch: no warning (a new user was told to pass 320 for batch 64 + 256 validation rows, which
+    would have made B_simple 5× too large). A second forward that is trained on still counts."""
+    import warnings
+
+    model, (x, y) = mlp(), data()
+    for source, kw in (("accumulation", dict(accumulation_steps=2)), ("per_example", {})):
+        tracker = Tracker(model, batch_size=64, source=source, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for _ in range(2):
+                if source == "accumulation":
+                    for j in range(2):
+                        (ce(model, (x[32 * j:32 * j + 32], y[32 * j:32 * j + 32])).mean() / 2).backward()
+                else:
+                    loss = ce(model, (x[:64], y[:64])).mean()
+                    with tracker.per_example():
+                        loss.backward()
+                model(torch.randn(256, 6, dtype=torch.float64)).sum().item()   # validation: grad on, no backward
+                tracker.step()
+                model.zero_grad()
+        tracker.close()
+    tracker = Tracker(model, accumulation_steps=2, batch_size=64)
+    with pytest.warns(UserWarning, match="saw 128 rows"):   # each micro-batch's forward twice, both trained on
+        for j in range(2):
+            xb, yb = x[32 * j:32 * j + 32], y[32 * j:32 * j + 32]
+            ((ce(model, (xb, yb)).mean() + ce(model, (xb, yb)).mean()) / 2).backward()
+        tracker.step()
+    tracker.close()
+    assert hooks_left(model) == 0
+
+
 def test_a_window_of_full_batch_steps_is_their_ratio_of_means():
     """Full-batch training with population=n: each step's pair is exact at its own weights. A window of such steps
     is their ratio of means with the spread across steps as its interval; it returned its first step's value with

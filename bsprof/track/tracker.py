@@ -34,6 +34,7 @@ else done to ``.grad`` afterwards changes nothing; steps with non-finite gradien
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 
@@ -60,16 +61,37 @@ class TrackerError(BsprofError):
 
 
 class _InputRows:
-    """A forward pre-hook on the model: dim 0 of its first input, summed over the forwards with grad (a plain object,
-    so that a copy or pickle of the model with the tracker attached still works)."""
+    """Dim 0 of the model's first input, summed over this step's forwards whose output a backward reached: a forward
+    pre-hook notes it, a forward hook puts a hook on the output's first tensor that requires grad, which counts it
+    when its gradient arrives — a validation forward with grad enabled but no backward counts nothing. (A plain
+    object, so that a copy or pickle of the model with the tracker attached still works.)"""
 
     def __init__(self):
         self.seen = 0
+        self.pending = 0
 
     def __call__(self, module, args, kwargs) -> None:
         x = args[0] if args else next(iter(kwargs.values()), None)
-        if isinstance(x, torch.Tensor) and x.dim() > 0 and torch.is_grad_enabled():
-            self.seen += x.shape[0]
+        ok = isinstance(x, torch.Tensor) and x.dim() > 0 and torch.is_grad_enabled()
+        self.pending = x.shape[0] if ok else 0
+
+    def output(self, module, args, kwargs, out) -> None:
+        n, self.pending = self.pending, 0
+        t = _first_grad_tensor(out) if n else None
+        if t is not None:
+            t.register_hook(functools.partial(self._reached, n))
+
+    def _reached(self, n: int, grad) -> None:
+        self.seen += n
+
+
+def _first_grad_tensor(out, depth: int = 0):
+    """The first tensor that requires grad in a model's output (a tensor, or inside tuples, lists, dicts: a Hugging
+    Face ``ModelOutput``), or None."""
+    if isinstance(out, torch.Tensor):
+        return out if out.requires_grad else None
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) and depth < 3 else ()
+    return next((t for o in items if (t := _first_grad_tensor(o, depth + 1)) is not None), None)
 
 
 def _unwrapped(optimizer):
@@ -189,7 +211,8 @@ class Tracker:
         # a recurrent or attention layer fed [T, B, …]: dim 0 of the model's input is then not the batch
         self._seq_first = any(isinstance(m, (nn.RNNBase, nn.MultiheadAttention)) and not getattr(m, "batch_first", True)
                               for m in model.modules())
-        self._input_hook = model.register_forward_pre_hook(self.rows, with_kwargs=True)
+        self._input_hook = (model.register_forward_pre_hook(self.rows, with_kwargs=True),
+                            model.register_forward_hook(self.rows.output, with_kwargs=True))
         self.log = None
         if log is not None and self.rank == 0:
             self.log = LogWriter(log, unit, source=source, world_size=self.world,
@@ -476,7 +499,8 @@ class Tracker:
         if self.closed:
             return
         self.closed = True
-        self._input_hook.remove()
+        for h in self._input_hook:
+            h.remove()
         self.hooks.remove()
         if self.per_example_source is not None:
             self.per_example_source.armed = False
