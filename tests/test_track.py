@@ -281,6 +281,35 @@ def trained_log(tmp_path, steps: int):
     return path
 
 
+def test_a_run_appended_to_a_log_is_read_with_its_own_header(tmp_path):
+    """Two runs with one log path (a script rerun): the second appends with its own header, and the reader follows
+    the last run's header (a new user's SGD rerun was read with the first run's Adam, its 3.2× factor and √ lr rule,
+    and its accumulation). A log appended to by an older bsprof (headerless) is still cut where the step count
+    restarts."""
+    path = tmp_path / "shared.jsonl"
+    model, (x, y) = mlp(), data()
+    for opt, k in ((torch.optim.Adam(model.parameters(), 1e-3), 4), (torch.optim.SGD(model.parameters(), 0.1), 2)):
+        tracker = Tracker(model, opt, accumulation_steps=k, batch_size=64, log=path)
+        for _ in range(6):
+            for j in range(k):
+                part = slice(64 // k * j, 64 // k * (j + 1))
+                (ce(model, (x[part], y[part])).mean() / k).backward()
+            tracker.step()
+            opt.step()
+            opt.zero_grad()
+        tracker.close()
+    log = read_log(path)
+    assert log.header["optimizer"] == "SGD" and log.header["accumulation_steps"] == 2 and log.earlier_runs == 1
+    assert len(log.steps) == 6 and {s.draw.b for s in log.steps} == {32}
+    report = report_from_log(path, window=3)
+    assert report.config["optimizer"] == "SGD" and any(d["code"] == "several_runs" for d in report.diagnostics)
+    lines = path.read_text().splitlines()
+    headerless = [ln for i, ln in enumerate(lines) if i == 0 or '"schema"' not in ln]   # as an older bsprof appended
+    path.write_text("\n".join(headerless) + "\n")
+    old = read_log(path)
+    assert old.earlier_runs == 1 and len(old.steps) == 6 and old.header["optimizer"] == "Adam"
+
+
 def test_jsonl_round_trip_and_report(tmp_path):
     path, model, stream, opt, tracker = logged_least_squares(tmp_path, 0.0)
     for step in range(25):

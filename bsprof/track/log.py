@@ -1,6 +1,6 @@
 """The tracker's JSONL log: raw per-step statistics, streamed, and read back into draws and a report.
 
-Line 1, the header:
+A header starts each run (line 1, and again where a later run with the same path appends):
     {"schema": "bsprof.track", "version": 1, "unit": "examples", "source": "accumulation", "bsprof_version": …,
      "created": …}
 Then one line per optimizer step:
@@ -35,7 +35,8 @@ SCHEMA, VERSION = "bsprof.track", 1
 
 
 class LogWriter:
-    """Appends one JSON line per step to ``path`` (the header first, when the file is new or empty)."""
+    """Appends one JSON line per step to ``path``, after this run's header (a file that exists must be a tracker
+    log: the run is appended with its own header, which the reader then follows)."""
 
     def __init__(self, path: str | Path, unit: str = "examples", **header):
         self.path = Path(path)
@@ -44,9 +45,8 @@ class LogWriter:
         if not fresh:
             _check_header(self.path, _first_line(self.path))
         self.file = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed by close())
-        if fresh:
-            self.write({"schema": SCHEMA, "version": VERSION, "unit": unit, **header, "bsprof_version": __version__,
-                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        self.write({"schema": SCHEMA, "version": VERSION, "unit": unit, **header, "bsprof_version": __version__,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
 
     def write(self, record: dict) -> None:
         self.file.write(json.dumps(json_clean(record), allow_nan=False) + "\n")
@@ -129,7 +129,7 @@ def read_log(path: str | Path) -> TrackLog:
     if not lines:
         raise ReportError(f"{path} is empty", "pass the .jsonl file written by bsprof.Tracker(log=...)")
     header = _check_header(path, lines[0])
-    steps, skipped = [], 0
+    steps, skipped, runs = [], 0, 0
     for i, line in enumerate(lines[1:], start=2):
         try:
             r = json.loads(line)
@@ -137,6 +137,9 @@ def read_log(path: str | Path) -> TrackLog:
             if i == len(lines):  # the run died while writing it
                 break
             raise ReportError(f"{path}:{i} is not valid JSON", "the log is damaged; remove that line")
+        if isinstance(r, dict) and "schema" in r:  # a later run appended with its own header: it starts here
+            header, steps, skipped, runs = _check_header(path, line), [], 0, runs + 1
+            continue
         if r.get("skipped") or r.get("small_sq") is None or r.get("big_sq") is None:
             skipped += 1
             continue
@@ -144,8 +147,8 @@ def read_log(path: str | Path) -> TrackLog:
                     _float(r.get("loss")), int(r["n"]) if r.get("n") is not None else None)
         steps.append(LoggedStep(int(r["step"]), int(r.get("examples", 0)), _float(r.get("lr")), draw,
                                 r.get("small_sq_pre"), r.get("big_sq_pre")))
-    starts = [i for i in range(1, len(steps)) if steps[i].step <= steps[i - 1].step]  # a new run appended
-    return TrackLog(header, steps[starts[-1]:] if starts else steps, skipped, len(starts))
+    starts = [i for i in range(1, len(steps)) if steps[i].step <= steps[i - 1].step]  # a run appended headerless
+    return TrackLog(header, steps[starts[-1]:] if starts else steps, skipped, runs + len(starts))
 
 
 def measurements(log: TrackLog, window: int = 100, every: int | None = None,
@@ -226,8 +229,9 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
                         f"{window}: one row, averaged over the whole run, and no curve along training. Read it with "
                         f"a smaller window, e.g. --window {max(2, len(log.steps) // 5)}.")
     if log.earlier_runs:
-        report.diagnose("several_runs", f"{path} holds {log.earlier_runs + 1} runs (the step count starts again); "
-                        "only the last was read. Give each run its own log file.")
+        report.diagnose("several_runs", f"{path} holds {log.earlier_runs + 1} runs (a run appended to it with its "
+                        "own header, or the step count starting again); only the last was read, with its own header "
+                        "(optimizer, accumulation). Give each run its own log file.")
     if log.skipped:
         report.diagnose("skipped_steps", f"{log.skipped} logged steps had non-finite gradients and were skipped")
     return report
