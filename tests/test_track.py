@@ -310,6 +310,49 @@ def test_a_run_appended_to_a_log_is_read_with_its_own_header(tmp_path):
     assert old.earlier_runs == 1 and len(old.steps) == 6 and old.header["optimizer"] == "Adam"
 
 
+def test_check_on_a_log_from_several_ranks_says_the_batch_is_global(tmp_path):
+    """The Tracker's batch_size is per rank, the log's noise scale (and check's -b) the global batch's: said."""
+    from typer.testing import CliRunner
+
+    from bsprof.cli import app
+
+    rng = np.random.default_rng(0)
+    lines = [{"schema": "bsprof.track", "version": 1, "unit": "examples", "source": "ranks", "world_size": 2,
+              "optimizer": "SGD"}]
+    for step in range(40):   # |G|² = 1, tr(Σ) = 100: E|G_b|² = 1 + 100/b
+        lines.append({"step": step, "examples": 64 * step, "b": 32, "B": 64, "small_sq": (1 + 100 / 32) *
+                      rng.gamma(50, 1 / 50), "big_sq": (1 + 100 / 64) * rng.gamma(50, 1 / 50),
+                      "loss": 2.0 - step / 40, "lr": 0.1})
+    path = tmp_path / "ddp.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    r = CliRunner().invoke(app, ["check", str(path), "-b", "64", "--window", "10"])
+    said = " ".join(r.output.split())
+    assert r.exit_code in (0, 1) and "the log is from 2 ranks: its critical batch, and --batch-size, are the global" \
+        in said, r.output
+
+
+def test_a_target_below_a_logs_window_means_says_so_and_how_to_reach_lower(tmp_path):
+    """A log's "measured losses" are window means, above the step losses the user saw: the message says so and
+    suggests a smaller --window (a new user's run had reached the target at single steps)."""
+    from bsprof.schedule import ScheduleConfig, plan
+    from bsprof.schedule.plan import ExtrapolationError
+
+    path, model, stream, opt, tracker = logged_least_squares(tmp_path, 0.01)
+    for _ in range(60):
+        for chunk, _n in stream.batches(stream.draw(64), 16):
+            loss = ls_loss(model, chunk).mean()
+            (loss / 4).backward()
+        tracker.step(loss=loss)
+        opt.step()
+        opt.zero_grad()
+    tracker.close()
+    report = report_from_log(path, window=10)
+    lowest = min(m.loss for m in report.measurements)
+    with pytest.raises(ExtrapolationError) as e:
+        plan(report, ScheduleConfig(target_loss=lowest / 100))
+    assert "window-mean loss" in e.value.message and "smaller --window" in e.value.hint
+
+
 def test_jsonl_round_trip_and_report(tmp_path):
     path, model, stream, opt, tracker = logged_least_squares(tmp_path, 0.0)
     for step in range(25):

@@ -186,8 +186,9 @@ def _error_kind(e: BsprofError) -> str:
 
 @app.command()
 def check(
-    target: Path = typer.Argument(..., help="report.json (or its folder) from `bsprof measure`, or a SPEC.py to "
-                                            "measure now on the CPU within --budget."),
+    target: Path = typer.Argument(..., help="report.json (or its folder) from `bsprof measure`, a tracker log "
+                                            "(.jsonl, bsprof.Tracker(log=...)), or a SPEC.py to measure now on the "
+                                            "CPU within --budget."),
     batch_size: Optional[int] = O(None, "--batch-size", "-b", help="The batch size to judge, in the report's unit."),
     lr: Optional[float] = O(None, "--lr", help="The learning rate to judge against the optimizer's scaling rule."),
     training_config: Optional[Path] = O(None, "--training-config", "-t", help="Your training config (YAML, JSON "
@@ -301,6 +302,10 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
         empty = empty_source(target, report, "no noise scale to judge by")
         if empty is not None:
             raise empty
+        world = int(report.config.get("world_size") or 1) if report.spec.get("tracker_log") else 1
+        if world > 1:  # the Tracker's batch_size is per rank; the noise scale, and so -b, are the global batch's
+            notes.append(f"the log is from {world} ranks: its critical batch, and --batch-size, are the global batch "
+                         f"(all ranks together: {world} × the per-rank batch_size the Tracker was given)")
     try:
         verdict = judge(report, batch_size, lr, policy, at_loss, old)
     except ValueError as e:

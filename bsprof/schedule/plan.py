@@ -586,7 +586,15 @@ def plan(report, config: ScheduleConfig) -> Schedule:
         config = dataclasses.replace(config, min_batch=min_batch)
         notes.append(why_min)
     fit, steps, loss = fit_rows(rows, config.confidence, config.form)
-    warnings = check_target(config.target_loss, loss, fit, config, float(steps[0])) + warnings
+    try:
+        warnings = check_target(config.target_loss, loss, fit, config, float(steps[0])) + warnings
+    except ExtrapolationError as e:
+        if not report.spec.get("tracker_log"):
+            raise
+        window = report.config.get("window")   # a log's losses are window means: a smaller window reaches lower
+        raise ExtrapolationError(e.message.replace("measured loss", "window-mean loss"),
+                                 f"a tracker log's losses are the means over each window of {window} logged steps: "
+                                 "read it with a smaller --window to reach lower, or " + e.hint) from None
     path = noise_path(fit, steps, loss, batch_train, config.target_loss)
     lr0 = config.lr or probe_lr(report) or 0.1
     optimizer = report.config.get("optimizer")

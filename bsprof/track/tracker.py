@@ -85,6 +85,11 @@ class _InputRows:
         self.seen += n
 
 
+def _check_window(window) -> None:
+    if window is not None and not (isinstance(window, int) and window >= 1):
+        raise ValueError(f"window must be a number of steps, at least 1, or None for all kept steps (got {window!r})")
+
+
 def _first_grad_tensor(out, depth: int = 0):
     """The first tensor that requires grad in a model's output (a tensor, or inside tuples, lists, dicts: a Hugging
     Face ``ModelOutput``), or None."""
@@ -457,12 +462,14 @@ class Tracker:
     # ------------------------------------------------------------------ answers
     def estimate(self, window: int | None = None) -> Estimate:
         """B_simple over the last ``window`` steps (all kept steps for None): ratio of means, Fieller interval."""
+        _check_window(window)
         if not self.draws:
             return Estimate.none()
         return b_simple_of(windowed(self.draws, window, self.confidence))
 
     def estimate_pre(self, window: int | None = None) -> Estimate:
         """B_pre = tr(PΣ)/(GᵀPG) over the last ``window`` steps (needs ``precondition=True`` and Adam)."""
+        _check_window(window)
         if not self.draws_pre:
             return Estimate.none()
         return b_simple_of(windowed(self.draws_pre, window, self.confidence))
