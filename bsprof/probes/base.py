@@ -88,8 +88,8 @@ def coupled_reason(names: list[str]) -> str:
     """Why per-example gradients are undefined, for the modules ``batch_coupled`` found (a report diagnostic starts
     with "BatchNorm")."""
     shown = ", ".join(names[:3]) + ("…" if len(names) > 3 else "")
-    return (f"BatchNorm normalises with batch statistics in {shown} (train mode, or no running statistics), which "
-            "couples the examples of a batch")
+    return (f"BatchNorm normalises with batch statistics in the module{'s' if len(names) > 1 else ''} {shown} "
+            "(train mode, or no running statistics), which couples the examples of a batch")
 
 
 def trainable(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
