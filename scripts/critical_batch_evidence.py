@@ -375,6 +375,17 @@ TASKS = {
                                         lr_grid=[0.5, 1, 2, 4, 8], seeds=1, max_steps=4000, eval_examples=1024,
                                         b_noise=274.2, max_seconds=2400),
                              probe_steps=1500, lr_factors=(1.0,)),
+    # its best lr was the grid's top (×8) at B = 1024, 2048, 4096: the grid extended upwards there, same seed; lr0 is
+    # the first sweep's lr at B = 1024 (0.01 (1 + 274.2/16)/(1 + 274.2/1024): its rule, ε ∝ 1/(1 + B_n/B)), and a run
+    # slower than the ×8 one (56, 33, 27 steps) is cut at 200 steps. Outcome (critical_batch_char_mlp_mom_sgd_hi.txt):
+    # no run at ×16 or ×32 reached the target within 200 steps at any of the three batches, so ×8 is the best of the
+    # extended grid and the first sweep stands
+    "char_mlp_mom_sgd_hi": dict(desc="the same, lr grid ×16, ×32", spec=lambda: TASKS["char_mlp_mom_sgd"]["spec"](),
+                                opt=sgdm, target=2.2, batch=1024,
+                                sweep=dict(batches=[1024, 2048, 4096], lr0=0.01 * (1 + 274.2 / 16) / (1 + 274.2 / 1024),
+                                           lr_grid=[16, 32], seeds=1, max_steps=200, eval_examples=1024, b_noise=274.2,
+                                           max_seconds=1200),
+                                probe_steps=1500, lr_factors=(1.0,)),
     # the first sweep's best lr was the grid's top (×4) at B = 16, 32, 64: the grid extended upwards, same seed
     "shakespeare_adam_hi": dict(desc="the same, lr grid ×8, ×16", spec=shakespeare_spec, opt=adam, target=2.0,
                                 batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=2e-3, lr_grid=[8, 16],
