@@ -51,9 +51,10 @@ def schedule(
     lr: Optional[float] = O(None, help="Learning rate at the training batch. [the report's]"),
     lr_cap: Optional[float] = O(None, help="Emit at most this × the training batch's lr (lrs beyond what was "
                                 "probed are untested; 0: no cap). [2]"),
-    noise: Optional[str] = O(None, help="Noise scale to follow: auto (by evidence: the training-steps B_simple "
-                             "under SGD, 3.2 × it under Adam (2.5 × the fixed-weight B_simple without windows), else "
-                             "B_simple), b_simple, "
+    noise: Optional[str] = O(None, help="Noise scale to follow: auto (by evidence: 0.74 × the training-steps "
+                             "B_simple under plain SGD, else B_noise when measured, 3.2 × it under Adam, 2.8 × it "
+                             "under SGD with momentum 0.9 (without windows the fixed-weight B_simple, × 2.5 under "
+                             "Adam), else B_simple), b_simple, "
                              "b_simple_window, b_noise, "
                              "b_pre, b_simple_ranks, b_simple_regression. [auto]"),
     form: Optional[str] = O(None, help="Fit of the noise scale vs loss: auto (AIC), power, hyperbola. [auto]"),

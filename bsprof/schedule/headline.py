@@ -51,7 +51,7 @@ MODEL_RANGE = {
     ("adam", "*"): (1 / 2.8, 2.3),    # 2.5 × fixed-weight B_simple: 0.44–2.73× per probe seed (7 tasks)
     ("momentum", "b_simple_window"): (1 / 2.0, 2.0),  # 2.8 × the window: 0.60–1.70× per probe seed (4 tasks)
     ("momentum", "*"): (1 / 2.1, 2.1),  # 2.6 × fixed-weight B_simple: 0.49–1.73× per probe seed (4 tasks)
-    ("sgd", "b_simple"): (1 / 4, 1.0),  # 1.05 (char transformer) to 4.5 (BatchNorm CNN) too high
+    ("sgd", "b_simple"): (1 / 4, 1.0),  # 1.35 to 4.5 (the BatchNorm CNN) too high on 7 plain-SGD tasks
     ("sgd", "b_simple_window"): (1 / 1.8, 1.7),  # 0.74 × the window: 0.62–1.75× per probe seed (7 tasks)
     ("sgd", "b_noise"): (1 / 3.1, 1.8),  # 0.57–1.36 on six tasks, 3.08 on the BatchNorm CNN (ninth session)
     ("other", "*"): (1 / 3, 3.0),     # optimizers never compared with sweeps (RMSprop, Lion, …): as wide as Adam
@@ -72,7 +72,7 @@ REASONS = {
                            "(docs/science.md §6); `bsprof sweep` checks it on your model",
         "b_noise": "SGD: 0.57–1.36× of swept critical batches on 6 tasks, 3.1× on a BatchNorm CNN, interval ×1.8/÷3.1 "
                    "(docs/science.md §6)",
-        "b_simple": "SGD: fixed-weight B_simple was 1.05–4.5× the swept critical batch, lower end ÷4 "
+        "b_simple": "SGD: fixed-weight B_simple was 1.35–4.5× the swept critical batch on 7 tasks, lower end ÷4 "
                     "(docs/science.md §6); B_simple over training-step windows, where the model allows them, "
                     "came closer",
     },
