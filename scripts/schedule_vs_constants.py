@@ -44,6 +44,12 @@ SWEEPS = {   # the options of each task's reference sweep (critical_batch_eviden
                           eval_examples=1024, seeds=2, max_steps=800, probe_lr=0.3),
     "shakespeare_adam": dict(opt=adam(2e-3), batches=[16, 32, 64, 128, 256], lr_grid=[0.5, 1, 2, 4], b_noise=0.0,
                              eval_examples=512, seeds=1, max_steps=2500, probe_lr=None),
+    # tenth session: the next-character MLP LM, whose noise scale grows ~10× along the path (room for a schedule)
+    "char_mlp_sgd": dict(opt=sgd(0.1), batches=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096], lr_grid=[0.5, 1, 2, 4, 8],
+                         b_noise=274.2, eval_examples=1024, seeds=1, max_steps=4000, probe_lr=0.2),
+    "char_mlp_adam": dict(opt=adam(1e-3), batches=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
+                          lr_grid=[1, 2, 4, 8, 16], b_noise=0.0, eval_examples=1024, seeds=1, max_steps=4000,
+                          probe_lr=0.00283),
 }
 
 
