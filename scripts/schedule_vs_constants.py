@@ -53,7 +53,7 @@ SWEEPS = {   # the options of each task's reference sweep (critical_batch_eviden
 }
 
 
-def run(name: str, out_dir: Path) -> dict:
+def run(name: str, out_dir: Path, lr_cap: float | None = None) -> dict:
     task, sw = TASKS[name], SWEEPS[name]
     lr = sw["probe_lr"] or json.loads((OUT / "critical_batch_shakespeare.json").read_text())[
         "tasks"][name]["sweep"]["ref_lr_tuned"]
@@ -63,8 +63,9 @@ def run(name: str, out_dir: Path) -> dict:
                             batch_size=task["batch"], measure_every=max(5, task["probe_steps"] // 12),
                             rel_error=0.2, max_seconds=4.0, device="cpu", hessian=False, seed=0)
     probe_s = time.time() - t0
-    sched = plan(report, ScheduleConfig(target_loss=task["target"], allow_extrapolation=True))
-    path = out_dir / f"schedule_{name}.json"
+    options = {} if lr_cap is None else {"lr_cap": lr_cap}
+    sched = plan(report, ScheduleConfig(target_loss=task["target"], allow_extrapolation=True, **options))
+    path = out_dir / f"schedule_{name}{'' if lr_cap is None else f'_lr_cap_{lr_cap:g}'}.json"
     path.write_text(json.dumps(sched.to_dict(), indent=2, default=str))
     stages = [(s.start_step, s.batch_size, round(s.lr, 5)) for s in sched.stages]
     print(f"== {name}: probe lr {lr:.4g} ({probe_s:.0f} s); schedule {stages}; "
@@ -88,12 +89,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="digits_sgd,digits_adam")
     ap.add_argument("--json", default=str(OUT / "schedule_vs_constants.json"))
+    ap.add_argument("--lr-cap", type=float, default=None, help="the schedule's --lr-cap (default: bsprof's); the "
+                    "results are kept under NAME@lr_cap=X")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.json)
     results = json.loads(out.read_text()) if out.is_file() else {}
     for name in args.tasks.split(","):
-        results[name] = run(name, out.parent)
+        key = name if args.lr_cap is None else f"{name}@lr_cap={args.lr_cap:g}"
+        results[key] = run(name, out.parent, args.lr_cap)
         out.write_text(json.dumps(bsprof.results.json_clean(results), indent=2) + "\n")
     for name, r in results.items():
         print(f"{name}: beats every constant using no more examples: {r['schedule']['beats_constants']}")
