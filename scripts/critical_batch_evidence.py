@@ -176,6 +176,12 @@ def mse(model, batch):
     return (model(x).squeeze(-1) - y) ** 2
 
 
+def lenet():
+    """A LeNet-style CNN (tanh, average pooling) for the 14×14 MNIST images: conv6-conv16-fc32, 4.2k parameters."""
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(6, 16, 3), nn.Tanh(),
+                         nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16 * 2 * 2, 32), nn.Tanh(), nn.Linear(32, 10))
+
+
 _CHARS: tuple | None = None
 
 
@@ -360,6 +366,14 @@ TASKS = {
                             sweep=dict(batches=[32, 1024, 2048, 4096], lr0=0.1, lr_grid=[0.5, 1, 2, 4, 8], seeds=1,
                                        max_steps=4000, eval_examples=1024, b_noise=274.2, max_seconds=1800),
                             probe_steps=1800, lr_factors=(1.0,)),
+    # tenth session, set up after the plain-SGD factor: a LeNet-style CNN (tanh, average pooling) on real MNIST
+    "mnist_lenet_sgd": dict(desc="LeNet-style CNN (tanh, average pooling, 4.2k params) on real MNIST (5,000 images, "
+                                 "14×14), plain SGD, out of sample (tenth session)",
+                            spec=lambda: Spec(None, None, lenet, mnist_small, ce, sgd(0.3)), opt=sgd, target=0.3,
+                            batch=32,
+                            sweep=dict(batches=[16, 32, 64, 128, 256, 512, 1024], lr0=0.1, lr_grid=[0.5, 1, 2, 4, 8],
+                                       seeds=1, max_steps=2000, eval_examples=1024, max_seconds=1500),
+                            probe_steps=800, lr_factors=(1.0,)),
     # the same LM under Adam and under SGD with momentum 0.9: out of sample for those factors (tenth session)
     "char_mlp_adam": dict(desc="the next-character MLP LM, Adam, out of sample (tenth session)",
                           spec=lambda: Spec(None, None, char_mlp, char_windows, ce, adam(2e-3)), opt=adam, target=2.2,

@@ -62,7 +62,8 @@ SOURCES = {"digits_sgd": "critical_batch_evidence.json", "mnist_cnn_sgd": "criti
            "teacher_reg_adam": "critical_batch_regression_adam.json",
            "mnist_mlp_sgd": "critical_batch_mnist_mlp_sgd.json", "char_mlp_sgd": "critical_batch_char_mlp_sgd.json",
            "char_mlp_adam": "critical_batch_char_mlp_adam.json",
-           "char_mlp_mom_sgd": "critical_batch_char_mlp_mom_sgd.json"}
+           "char_mlp_mom_sgd": "critical_batch_char_mlp_mom_sgd.json",
+           "mnist_lenet_sgd": "critical_batch_mnist_lenet_sgd.json"}
 CANDIDATES = ("b_simple", "b_simple_window", "b_pre")
 
 
