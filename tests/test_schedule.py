@@ -542,6 +542,11 @@ def test_assumptions_and_lr_cap():
     assert any("lr capped at 0.2 (2 × the training lr 0.1)" in w for w in s.warnings)  # the cap, then the lr
     free = plan(report, ScheduleConfig(target_loss=0.4, max_batch=1024, lr_cap=0))
     assert max(st.lr for st in free.stages) > 0.2 and not any("capped" in w for w in free.warnings)
+    # the recommendation says the cap costs steps (trained: 2.3–3× on two tasks) and how to lift it
+    rec = s.recommendation
+    assert rec["use"] == "schedule" and "its lr is capped by --lr-cap" in rec["text"] and "try --lr-cap 0" in \
+        rec["text"], rec["text"]
+    assert "capped by --lr-cap" not in free.recommendation["text"]
     other = plan(report, ScheduleConfig(target_loss=0.4, lr=0.5))
     assert any("differs from the lr 0.1" in a for a in other.assumptions)
     assert any("lr_cap must be" in p for p in ScheduleConfig(target_loss=0.4, lr_cap=0.5).problems())

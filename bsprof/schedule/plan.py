@@ -373,10 +373,22 @@ def _baselines(path, batch_train: float, cfg: ScheduleConfig, sched: dict, quant
     return out
 
 
-def recommend(prediction: dict, baselines: list[dict], unit: str = "examples", stages=()) -> dict:
+def recommend(prediction: dict, baselines: list[dict], unit: str = "examples", stages=(), capped: str = "") -> dict:
     """Schedule or constant batch: a constant batch that needs no more predicted steps AND no more examples
     than the schedule (one of them fewer) beats it; of those, the one with the fewest steps is recommended.
-    A schedule of one stage is a constant batch, and says so."""
+    A schedule of one stage is a constant batch, and says so. ``capped`` (``cap_lr``'s warning): the schedule's lrs
+    were capped, which the text then says, with what it cost in trained runs."""
+    out = _recommend(prediction, baselines, unit, stages)
+    own = out["use"] == "schedule" or (len(stages) == 1 and out.get("batch_size") == stages[0].batch_size)
+    if capped and own:
+        out["text"] += ("; its lr is capped by --lr-cap (the rule's is untested above it), which costs steps: on "
+                        "two tasks, trained, the capped schedule took 2.3–3× the steps of the same batch at its tuned "
+                        "lr, the rule's own lr 1.0–1.4× (docs/science.md) — try --lr-cap 0, and confirm with "
+                        "`bsprof sweep`")
+    return out
+
+
+def _recommend(prediction: dict, baselines: list[dict], unit: str, stages) -> dict:
     s, e = prediction["steps"], prediction["examples"]
     better = [b for b in baselines if b["steps"] <= s and b["examples"] <= e and (b["steps"] < s or b["examples"] < e)]
     if not better and len(stages) == 1:
@@ -653,7 +665,7 @@ def plan(report, config: ScheduleConfig) -> Schedule:
                     config={**asdict(config), "noise_followed": quantity,
                             "noise_factor": calibration(family_name, quantity)},
                     batch_train=batch_train, lr_train=lr0, assumptions=assumed,
-                    recommendation=recommend(pred, baselines, report.unit, stages))
+                    recommendation=recommend(pred, baselines, report.unit, stages, capped))
 
 
 def auto_exchange_rate(path, config: ScheduleConfig) -> tuple[ScheduleConfig, str]:
