@@ -53,7 +53,7 @@ SWEEPS = {   # the options of each task's reference sweep (critical_batch_eviden
 }
 
 
-def run(name: str, out_dir: Path, lr_cap: float | None = None) -> dict:
+def run(name: str, out_dir: Path, lr_cap: float | None = None, plan_only: bool = False) -> dict:
     task, sw = TASKS[name], SWEEPS[name]
     lr = sw["probe_lr"] or json.loads((OUT / "critical_batch_shakespeare.json").read_text())[
         "tasks"][name]["sweep"]["ref_lr_tuned"]
@@ -70,6 +70,8 @@ def run(name: str, out_dir: Path, lr_cap: float | None = None) -> dict:
     stages = [(s.start_step, s.batch_size, round(s.lr, 5)) for s in sched.stages]
     print(f"== {name}: probe lr {lr:.4g} ({probe_s:.0f} s); schedule {stages}; "
           f"recommendation: {sched.recommendation.get('text')}", flush=True)
+    if plan_only:
+        return dict(stages=stages)
     g = bsprof.sweep.global_(dataclasses.replace(spec, optimizer=sw["opt"]), task["target"], batches=sw["batches"],
                              lr_grid=sw["lr_grid"], b_noise=sw["b_noise"], eval_examples=sw["eval_examples"],
                              holdout=False, device="cpu", seeds=sw["seeds"], max_steps=sw["max_steps"],
@@ -91,10 +93,19 @@ def main():
     ap.add_argument("--json", default=str(OUT / "schedule_vs_constants.json"))
     ap.add_argument("--lr-cap", type=float, default=None, help="the schedule's --lr-cap (default: bsprof's); the "
                     "results are kept under NAME@lr_cap=X")
+    ap.add_argument("--plan-only", action="store_true", help="probe and plan only, and compare each schedule with "
+                    "the trained ones in --json (same stages: its trained result stands for it)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.json)
     results = json.loads(out.read_text()) if out.is_file() else {}
+    if args.plan_only:
+        for name in args.tasks.split(","):
+            stages = run(name, out.parent, args.lr_cap, plan_only=True)["stages"]
+            same = [k for k, r in results.items() if k.split("@")[0] == name and
+                    [tuple(x) for x in r["stages"]] == stages]
+            print(f"   trained with the same stages: {', '.join(same) or 'none'}", flush=True)
+        return
     for name in args.tasks.split(","):
         key = name if args.lr_cap is None else f"{name}@lr_cap={args.lr_cap:g}"
         results[key] = run(name, out.parent, args.lr_cap)

@@ -157,32 +157,54 @@ def test_lr_rules():
 
 
 def test_the_lr_check_suggests_and_passes_no_lr_the_schedule_would_cap(tmp_path):
-    """AdamW probed at lr 0.003, B = 32, judged at B = 4096: the rule's 0.0339 is 11× the probed lr, and `bsprof
-    schedule` caps lrs at --lr-cap 2 × it (0.006; beyond, nothing was probed). check failed lr 0.003 as "too low,
-    use lr ≈ 0.0339 (anything in [0.00849, 0.136] passes)": it suggests and passes at most the cap, judges "too low"
-    against it, says the rule's lr was capped, and an lr above the cap that the rule allows is untested, not failed."""
+    """AdamW probed at lr 0.003, B = 32, judged at B = 4096: the rule's 0.0339 is 11× the probed lr. With --lr-cap 2,
+    as `bsprof schedule --lr-cap 2` caps lrs at 2 × it (0.006), check failed lr 0.003 as "too low, use lr ≈ 0.0339
+    (anything in [0.00849, 0.136] passes)": it suggests and passes at most the cap, judges "too low" against it,
+    says the rule's lr was capped, and an lr above the cap that the rule allows is untested, not failed. Without a
+    cap (the default, as the schedule's) it suggests the rule's own lr."""
     rep = make_report(optimizer="AdamW", lr=0.003)
-    at_cap = judge(rep, 4096, lr=0.003).checks[1]
+    cap2 = Policy(lr_cap=2)
+    at_cap = judge(rep, 4096, lr=0.003, policy=cap2).checks[1]
     assert at_cap.status == PASS and at_cap.passing["suggest"] == pytest.approx(0.006), at_cap.message
     assert at_cap.passing["max_tested"] == pytest.approx(0.006)                  # what passes and was probed
     assert at_cap.passing["max"] == pytest.approx(4 * 0.003 * 128 ** 0.5)          # what passes (untested above)
-    assert at_cap.measured["target_rule"] == pytest.approx(0.003 * 128 ** 0.5)                   # √(4096/32) = 11.3
-    assert any("--lr-cap 2" in n and "0.0339" in n for n in at_cap.notes), at_cap.notes
-    low = judge(rep, 4096, lr=0.0003).checks[1]                       # 20× below the capped 0.006
+    rule = at_cap.measured["target_rule"]       # √ up to the headline critical batch 2,500 < 4,096, flat above it
+    assert rule == pytest.approx(0.003 * (2500 / 32) ** 0.5)
+    assert any("--lr-cap 2" in n and "0.0265" in n for n in at_cap.notes), at_cap.notes
+    low = judge(rep, 4096, lr=0.0003, policy=cap2).checks[1]                       # 20× below the capped 0.006
     assert low.status == FAIL and "use lr ≈ 0.006 " in low.message and "[0.0015, 0.006] passes; up to 0.136" in \
         low.message
-    above = judge(rep, 4096, lr=0.03).checks[1]                       # the rule's, but untested
+    above = judge(rep, 4096, lr=0.03, policy=cap2).checks[1]                       # the rule's, but untested
     assert above.status == PASS and "untested" in above.message and any("not failing" in n for n in above.notes)
-    assert judge(rep, 4096, lr=1.0).checks[1].status == FAIL          # too high by the rule itself
-    lifted = judge(rep, 4096, lr=0.003, policy=Policy(lr_cap=0)).checks[1]
-    assert lifted.status == FAIL and lifted.passing["suggest"] == pytest.approx(0.003 * 128 ** 0.5)
+    assert judge(rep, 4096, lr=1.0, policy=cap2).checks[1].status == FAIL          # too high by the rule itself
+    lifted = judge(rep, 4096, lr=0.003).checks[1]                                  # the default: no cap
+    assert lifted.status == FAIL and lifted.passing["suggest"] == pytest.approx(rule)
+    assert "flat above it" in lifted.message and not any("capped" in n for n in lifted.notes)
+    assert any("is 8.8 × the probed lr 0.003: an extrapolation" in n for n in lifted.notes), lifted.notes
     assert "--lr-cap must be 0" in str(pytest.raises(ValueError, judge, rep, 64, 0.003, Policy(lr_cap=0.5)).value)
     # the rule's lr just above the cap, its interval not: the PASS line gives both numbers, as the warning does
-    near = judge(make_report(optimizer="SGD", lr=0.1), 75, lr=0.15).checks[1]
+    near = judge(make_report(optimizer="SGD", lr=0.1), 75, lr=0.15, policy=cap2).checks[1]
     assert near.status == PASS and "(≈ 0.2: the rule's ≈ 0.225 capped at --lr-cap 2 × that lr)" in near.message
     rep.to_json(tmp_path / "adamw.json")
-    r = run(tmp_path / "adamw.json", "-b", 4096, "--lr", 0.003, "--lr-cap", 0)
-    assert r.exit_code == 1 and "use lr ≈ 0.0339" in r.stdout
+    r = run(tmp_path / "adamw.json", "-b", 4096, "--lr", 0.003, "--lr-cap", 2)
+    assert r.exit_code == 0 and "capped at 2 × that lr = 0.006" in r.stdout, r.stdout
+    r = run(tmp_path / "adamw.json", "-b", 4096, "--lr", 0.003)
+    assert r.exit_code == 1 and "use lr ≈ 0.0265" in r.stdout, r.stdout
+
+
+def test_the_square_root_rule_is_flat_above_the_noise_scale():
+    """Adam's lr rises as √B up to the noise scale and no further (Li et al. 2024): below the critical batch the check
+    is plain √ scaling, above its whole interval the lr of the critical batch itself."""
+    from bsprof.gate.policy import target_lr
+    assert target_lr("sqrt", 1e-3, 32, 128) == pytest.approx(2e-3)                 # B_n unknown: √(B/B_ref)
+    assert target_lr("sqrt", 1e-3, 32, 128, 1e4) == pytest.approx(2e-3)           # far below B_n: √
+    assert target_lr("sqrt", 1e-3, 32, 1e6, 512) == pytest.approx(4e-3)           # above B_n: √(512/32)
+    assert target_lr("sqrt", 1e-3, 1024, 4096, 512) == pytest.approx(1e-3)         # both above it: flat
+    rep = make_report(optimizer="Adam", lr=1e-3)                  # headline 2,500 [≈ 800·2.5/4, 1250·2.5·…]
+    below = judge(rep, 128, lr=2e-3).checks[1]
+    assert below.status == PASS and below.passing["suggest"] == pytest.approx(2e-3)
+    far = judge(rep, 10 ** 6, lr=1e-3 * 177).checks[1]     # √(10⁶/32) = 177× would be the plain rule's
+    assert far.status == FAIL and "too high" in far.message, far.message
 
 
 def test_lr_on_a_tokens_report_scales_from_the_training_batch_in_tokens():
@@ -230,7 +252,7 @@ def test_lr_check_names_the_noise_scale_it_used_with_its_factor():
     plain = judge(make_report(rows), 256, lr=0.3).checks[1].measured
     assert (plain["noise_scale_used"], plain["noise_factor"]) == ("b_simple", 1.0)
     adam = judge(make_report(rows, optimizer="Adam", lr=1e-3), 256, lr=3e-3).checks[1].measured
-    assert adam["rule"] == "sqrt" and (adam["noise_scale_used"], adam["noise_factor"]) == (None, None)
+    assert adam["rule"] == "sqrt" and (adam["noise_scale_used"], adam["noise_factor"]) == ("b_simple", 2.5)
 
 
 def test_baseline_gate():

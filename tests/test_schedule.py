@@ -128,15 +128,21 @@ def test_lr_rules():
     assert rules.lr_linear(0.1, 32, 32, 500) == pytest.approx(0.1)
     assert rules.lr_linear(0.1, 64, 32, 1e9) == pytest.approx(0.2, rel=1e-6)      # linear far below B_noise
     assert rules.lr_linear(0.1, 1e9, 32, 32) == pytest.approx(0.2, rel=1e-6)      # saturates at ε_max
-    assert rules.lr_sqrt(0.1, 128, 32, 1) == pytest.approx(0.2)
+    assert rules.lr_sqrt(0.1, 128, 32, 0) == pytest.approx(0.2)                  # B_noise unknown: √(B/B_train)
+    assert rules.lr_sqrt(0.1, 128, 32, 1e9) == pytest.approx(0.2)                # far below B_noise: √
+    assert rules.lr_sqrt(0.1, 1e9, 32, 128) == pytest.approx(0.2)                # flat above B_noise
+    assert rules.lr_sqrt(0.1, 1024, 256, 128) == pytest.approx(0.1)              # both above it
     assert rules.resolve_lr_rule("auto", None) == "linear"
     assert rules.resolve_lr_rule("auto", "AdamW") == "sqrt"
     assert rules.resolve_lr_rule("auto", "RMSprop") == "none"
     s = plan(synthetic_report(optimizer="Adam"), ScheduleConfig(target_loss=0.4, lr=0.001))
     assert s.lr_rule == "sqrt"
     assert any(stage.batch_size > 32 for stage in s.stages)
-    for stage in s.stages:   # √ rule, capped at lr_cap (2) × the training batch's lr
-        assert stage.lr == pytest.approx(0.001 * min(math.sqrt(stage.batch_size / 32), 2.0))
+    for stage in s.stages:   # √ rule up to the followed noise scale; no cap by default
+        assert stage.lr <= 0.001 * math.sqrt(stage.batch_size / 32) * (1 + 1e-9)
+    assert s.stages[0].lr == pytest.approx(0.001 * math.sqrt(s.stages[0].batch_size / 32))
+    capped = plan(synthetic_report(optimizer="Adam"), ScheduleConfig(target_loss=0.4, lr=0.001, lr_cap=2))
+    assert max(stage.lr for stage in capped.stages) <= 0.002 * (1 + 1e-9)
 
 
 # -- predictions -------------------------------------------------------------------------------------------
@@ -532,21 +538,26 @@ def test_constant_batch_that_beats_the_schedule_is_recommended(report_file):
 
 
 def test_assumptions_and_lr_cap():
-    """The predicted steps assume the probe's lr scaled by the rule: said in the output; lrs beyond 2× the
-    probed one are capped, with a warning, unless --lr-cap 0."""
+    """The predicted steps assume the probe's lr scaled by the rule: said in the output. By default no cap: an lr
+    above 2× the probed one is named as an extrapolation, with --lr-cap 2 as the fix if it diverges; --lr-cap 2
+    caps it, with a warning, and the recommendation says what a cap cost in trained runs."""
     report = synthetic_report()  # B_n grows to ~1000 ≫ B_train 32: linear scaling asks up to ~30× the lr
-    s = plan(report, ScheduleConfig(target_loss=0.4, max_batch=1024))
-    assert "predicted steps assume lr = 0.1 × (1 + B_n/B_train)/(1 + B_n/B), linear well below" in s.assumptions[0]
-    assert "measure at the lr you will train with" in s.assumptions[0]
+    free = plan(report, ScheduleConfig(target_loss=0.4, max_batch=1024))
+    assert "predicted steps assume lr = 0.1 × (1 + B_n/B_train)/(1 + B_n/B), linear well below" in free.assumptions[0]
+    assert "measure at the lr you will train with" in free.assumptions[0]
+    assert max(st.lr for st in free.stages) > 0.2 and not any("capped" in w for w in free.warnings)
+    assert any("an extrapolation; on four trained tasks" in a and "--lr-cap 2" in a for a in free.assumptions)
+    assert "capped by --lr-cap" not in free.recommendation["text"]
+    s = plan(report, ScheduleConfig(target_loss=0.4, max_batch=1024, lr_cap=2))
     assert max(st.lr for st in s.stages) <= 0.2 + 1e-12
     assert any("lr capped at 0.2 (2 × the training lr 0.1)" in w for w in s.warnings)  # the cap, then the lr
-    free = plan(report, ScheduleConfig(target_loss=0.4, max_batch=1024, lr_cap=0))
-    assert max(st.lr for st in free.stages) > 0.2 and not any("capped" in w for w in free.warnings)
+    assert not any("an extrapolation;" in a for a in s.assumptions)
     # the recommendation says the cap costs steps (trained: 2.3–3× on two tasks) and how to lift it
     rec = s.recommendation
     assert rec["use"] == "schedule" and "its lr is capped by --lr-cap" in rec["text"] and "try --lr-cap 0" in \
         rec["text"], rec["text"]
-    assert "capped by --lr-cap" not in free.recommendation["text"]
+    near = plan(report, ScheduleConfig(target_loss=0.4, max_batch=32))           # lr never above 2× the probe's
+    assert not any("an extrapolation;" in a for a in near.assumptions)
     other = plan(report, ScheduleConfig(target_loss=0.4, lr=0.5))
     assert any("differs from the lr 0.1" in a for a in other.assumptions)
     assert any("lr_cap must be" in p for p in ScheduleConfig(target_loss=0.4, lr_cap=0.5).problems())

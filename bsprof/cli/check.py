@@ -208,7 +208,7 @@ def check(
     max_extra_steps: Optional[float] = O(None, help="Fail if B_n/B = S/S_min − 1 exceeds this. [--factor]"),
     lr_factor: Optional[float] = O(None, help="Fail if the lr is off its scaling rule by more than this factor. [4]"),
     lr_cap: Optional[float] = O(None, help="Suggest and pass at most this × the probed lr, as `bsprof schedule` "
-                                "(higher lrs are untested: a warning, not a failure; 0: no cap). [2]"),
+                                "(higher lrs are untested: a warning, not a failure; 0: no cap). [0]"),
     baseline: Optional[Path] = O(None, help="An older report.json: fail if the noise scale moved beyond both "
                                  "intervals by more than --baseline-factor."),
     baseline_factor: Optional[float] = O(None, help="Allowed movement of the noise scale against --baseline. [2]"),

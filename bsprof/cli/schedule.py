@@ -49,8 +49,8 @@ def schedule(
     dwell: Optional[int] = O(None, help="Minimum steps between two batch changes. [50]"),
     lr_rule: Optional[str] = O(None, help="linear (SGD), sqrt (Adam), none, auto (by optimizer). [auto]"),
     lr: Optional[float] = O(None, help="Learning rate at the training batch. [the report's]"),
-    lr_cap: Optional[float] = O(None, help="Emit at most this × the training batch's lr (lrs beyond what was "
-                                "probed are untested; 0: no cap). [2]"),
+    lr_cap: Optional[float] = O(None, help="Emit at most this × the training batch's lr (lrs beyond the probed "
+                                "one are the rule's extrapolation; 0: no cap). [0]"),
     noise: Optional[str] = O(None, help="Noise scale to follow: auto (by evidence: 0.74 × the training-steps "
                              "B_simple under plain SGD, else B_noise when measured, 3.2 × it under Adam, 2.8 × it "
                              "under SGD with momentum 0.9 (without windows the fixed-weight B_simple, × 2.5 under "

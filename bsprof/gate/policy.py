@@ -253,8 +253,8 @@ class Policy:
     max_extra_compute: float | None = None   # fail if B/B_n > this (even at B_n = hi)
     max_extra_steps: float | None = None     # fail if B_n/B > this (even at B_n = lo)
     lr_factor: float = 4.0                    # fail if lr is off the scaling rule by more than this
-    lr_cap: float = 2.0                       # the rule's lr at most this × the probed lr, as `bsprof schedule`'s
-                                              # --lr-cap (beyond it nothing was probed: untested); 0: no cap
+    lr_cap: float = 0.0                       # the rule's lr at most this × the probed lr, as `bsprof schedule`'s
+                                              # --lr-cap; 0 (default): no cap, the rule's own lr
     baseline_factor: float = 2.0              # fail if B_n moved beyond both intervals by more than this
 
     @property
@@ -446,14 +446,16 @@ def target_lr(rule: str, lr_ref: float, b_ref: float, batch_size: float, b_noise
               eps_max: float | None = None) -> float:
     """The learning rate at batch B predicted from (lr_ref at B_ref).
 
-    sqrt (Adam):  lr_ref·√(B/B_ref).
+    sqrt (Adam):  lr_ref·√(min(B, B_n)/min(B_ref, B_n)) — square root up to the noise scale, flat above it
+                  (``schedule.rules.lr_sqrt``); lr_ref·√(B/B_ref) when B_n is unknown.
     linear (SGD): from ε_opt(B) = ε_max/(1 + B_n/B) (McCandlish eq. 2.6) relative to B_ref,
                   lr_ref·(1 + B_n/B_ref)/(1 + B_n/B) — linear scaling while B ≪ B_n, saturating beyond;
                   lr_ref·B/B_ref when B_n is unknown; capped by ε_opt(B) itself when ε_max was measured.
     """
     B = float(batch_size)
     if rule == "sqrt":
-        return lr_ref * math.sqrt(B / b_ref)
+        from bsprof.schedule.rules import lr_sqrt
+        return lr_sqrt(lr_ref, B, b_ref, b_noise if b_noise is not None and finite(b_noise) else 0.0)
     if b_noise is None or not finite(b_noise):
         target = lr_ref * B / b_ref
     else:
@@ -491,13 +493,11 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
         return CheckResult("lr", CANNOT_JUDGE, f"cannot judge lr = {_fmt(lr)}: the report's config has no "
                            f"reference lr and batch_size (found lr={lr_ref!r}, batch_size={b_ref!r})", (), measured)
     notes = []
-    if rule == "sqrt":
+    if noise is None or noise.status == Status.UNDETERMINED:
         grid = [None]
-    elif noise is None or noise.status == Status.UNDETERMINED:
-        grid = [None]
-        notes.append("noise scale undetermined: plain linear scaling from the measured config, valid only "
-                     "while B is well below the (unknown) noise scale")
-    elif noise.b_noise is not None:   # ε_opt(B) is written in B_noise (eq. 2.6): use it when measured
+        notes.append(f"noise scale undetermined: plain {'square-root' if rule == 'sqrt' else 'linear'} scaling "
+                     "from the measured config, valid only while B is well below the (unknown) noise scale")
+    elif noise.b_noise is not None and rule == "linear":   # ε_opt(B) is written in B_noise (eq. 2.6)
         grid = _log_grid(noise.b_noise.lo, noise.b_noise.lo * 1e6 if noise.initial else noise.b_noise.hi)
     else:
         grid = _log_grid(noise.lo, noise.hi if finite(noise.hi) and not noise.initial else noise.lo * 1e6)
@@ -507,23 +507,29 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
     eps = noise.eps_max if noise is not None else None
     targets = [target_lr(rule, lr_ref, b_ref, batch_size, bn, eps) for bn in grid]
     t_lo, t_hi = min(targets), max(targets)
-    point = noise.b_noise.value if noise is not None and noise.b_noise is not None else \
-        noise.value if noise is not None and noise.status == Status.OK else None
+    hessian = noise is not None and noise.b_noise is not None and rule == "linear"   # ε_opt is written in B_noise
+    point = noise.b_noise.value if hessian else noise.value if noise is not None and noise.status == Status.OK \
+        else None
     rule_best = target_lr(rule, lr_ref, b_ref, batch_size, point, eps)
     top = policy.lr_cap * lr_ref if policy.lr_cap else math.inf   # the highest lr treated as tested
     best, c_lo, c_hi = min(rule_best, top), min(t_lo, top), min(t_hi, top)
-    used, factor = noise_used(noise, grid)
+    used, factor = noise_used(noise, grid, rule)
     measured.update(target=best, target_lo=c_lo, target_hi=c_hi, ratio=lr / best, eps_max=eps,
                     noise_scale_used=used, noise_factor=factor, target_rule=rule_best, target_rule_lo=t_lo,
                     target_rule_hi=t_hi, lr_cap=policy.lr_cap, lr_cap_value=top)
     passing = {"min": c_lo / f, "max": t_hi * f, "max_tested": min(t_hi * f, top), "suggest": best}
-    kind = ("square-root" if rule == "sqrt" else "linear" if grid == [None] else
+    kind = (("square-root" if grid == [None] else "square-root (up to the noise scale, flat above it)")
+            if rule == "sqrt" else "linear" if grid == [None] else
             "noise-scale (linear well below the noise scale, saturating above it: ε ∝ 1/(1 + B_n/B))")
     how = f"{kind} scaling for {optimizer} from lr = {_fmt(lr_ref)} at B = {_fmt(b_ref)} {unit}"
     capped = f", capped at {policy.lr_cap:g} × that lr = {_fmt(top)}" if t_lo > top else ""
     fails = lr > t_hi * f or lr < c_lo / f
     if t_hi > top or (lr > top and not fails):
         notes.append(_lr_cap_note(lr, rule_best, t_hi, top, policy.lr_cap, lr_ref, fails))
+    elif not policy.lr_cap:
+        from bsprof.schedule.rules import extrapolation_note
+        notes.append(extrapolation_note(best, batch_size, lr_ref))
+        notes = [n for n in notes if n]
     if fails:
         off = lr / t_hi if lr > t_hi * f else c_lo / lr
         word = "too high" if lr > t_hi * f else "too low"
@@ -568,14 +574,14 @@ def _log_grid(lo: float, hi: float, n: int = 33) -> list[float]:
     return list(np.geomspace(lo if lo > 0 else hi * 1e-6, hi, n))
 
 
-def noise_used(noise: Reading | None, grid: list) -> tuple[str | None, float | None]:
+def noise_used(noise: Reading | None, grid: list, rule: str = "linear") -> tuple[str | None, float | None]:
     """(the measured noise scale the lr rule used, its factor), the names of schedule JSON's noise_followed and
-    noise_factor: B_noise as measured where the report has it (ε_opt is written in it, eq. 2.6), else the reading's
-    quantity × its factor (e.g. b_simple_window × 3.2, the headline under Adam); (None, None) when the rule used
-    none (square-root scaling, or an undetermined noise scale)."""
+    noise_factor: for the linear rule B_noise as measured where the report has it (ε_opt is written in it, eq. 2.6),
+    else the reading's quantity × its factor (e.g. b_simple_window × 3.2, the headline under Adam); (None, None)
+    when the rule used none (an undetermined noise scale)."""
     if noise is None or grid == [None]:
         return None, None
-    if noise.b_noise is not None:
+    if noise.b_noise is not None and rule == "linear":
         return "b_noise", 1.0
     return noise.quantity, noise.factor
 

@@ -58,7 +58,7 @@ class ScheduleConfig:
     dwell: int = 50                  # minimum steps between two batch changes
     lr_rule: str = "auto"            # linear (SGD), sqrt (Adam), none, auto (by the report's optimizer)
     lr: typing.Optional[float] = None  # learning rate at the training batch (default: the report's)
-    lr_cap: float = 2.0              # emitted lr at most this × the lr at the training batch (0: no cap)
+    lr_cap: float = 0.0              # emitted lr at most this × the lr at the training batch (0: no cap)
     world_size: int = 1              # data-parallel ranks
     micro_batch: int = 0             # largest per-rank micro-batch (0: auto, a tracker log's micro-batch
                                      # (``logged_micro_batch``), else no limit and no accumulation)
@@ -658,6 +658,8 @@ def plan(report, config: ScheduleConfig) -> Schedule:
     if capped:
         warnings.append(capped)
         assumed.append(capped)
+    elif extrapolated_lr(stages, lr0):
+        assumed.append(extrapolated_lr(stages, lr0))
     baselines = _baselines(path, batch_train, config, pred, quantum, lead)
     return Schedule(stages=stages, target_loss=config.target_loss, unit=report.unit, rule=config.rule,
                     lr_rule=lr_rule, prediction=pred, baselines=baselines,
@@ -686,13 +688,16 @@ def auto_exchange_rate(path, config: ScheduleConfig) -> tuple[ScheduleConfig, st
             "more steps and examples than any constant batch using no more examples (docs/science.md §4)")
 
 
-def cap_lr(stages: list[Stage], lr0: float, cap: float) -> tuple[list[Stage], str]:
-    """Stages with lr ≤ cap·lr0 (cap 0: none), and a warning naming the capped stages ("" when none).
+def extrapolated_lr(stages: list[Stage], lr0: float) -> str:
+    """``rules.extrapolation_note`` for the stage of the highest lr ("" when none rises above 2 × lr0)."""
+    top = max(stages, key=lambda s: s.lr, default=None)
+    return rules.extrapolation_note(top.lr, top.batch_size, lr0) if top is not None else ""
 
-    Choice: cap rather than only mark. The lr scaling rules extrapolate from the one lr the noise scale was
-    probed at; beyond ~2× of it nothing was measured, and in the issue-14 sweeps (MNIST CNN, SGD) the linear
-    rule's lr 0.40 at B = 256 is where tuned runs slowed 2.5× and 0.8 diverged. Capped stages take more steps
-    than predicted (the prediction assumes the rule's lr)."""
+
+def cap_lr(stages: list[Stage], lr0: float, cap: float) -> tuple[list[Stage], str]:
+    """Stages with lr ≤ cap·lr0 (cap 0, the default: none), and a warning naming the capped stages ("" when none).
+
+    Capped stages take more steps than predicted (the prediction assumes the rule's lr)."""
     if not cap:
         return stages, ""
     top = cap * lr0
@@ -704,4 +709,5 @@ def cap_lr(stages: list[Stage], lr0: float, cap: float) -> tuple[list[Stage], st
             f"lr capped at {top:.4g} ({cap:g} × the training lr {lr0:.4g}) from batch {hit[0].batch_size:,} on "
             f"(the rule asked "
             f"up to {worst.lr:.4g} at batch {worst.batch_size:,}): lrs above what was probed are untested, and "
-            "those stages will take more steps than predicted; confirm with `bsprof sweep`, or --lr-cap 0 to lift")
+            "those stages will take more steps than predicted; confirm with `bsprof sweep`, or --lr-cap 0 to lift "
+            "(the default)")
