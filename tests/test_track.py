@@ -461,7 +461,7 @@ def test_step_before_backward():
     ({"accumulation_steps": 4, "batch_size": 64}, 2, "2 backward passes in this step, but accumulation_steps=4"),
     ({"batch_size": 64}, 1, "one process, one backward per step: b = B = 64"),
     ({}, 1, "one process, one backward per step: b = B, no nested pair"),  # the batch size would not help: first
-    ({}, 2, "does not know the batch size"),
+    ({}, 2, r"(?s)does not know the batch size.*saw 64 rows on dim 0 of their input"),
 ])
 def test_bad_steps_say_what_and_leave_the_step_untouched(kwargs, k, match):
     model = mlp()

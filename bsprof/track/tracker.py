@@ -273,7 +273,8 @@ class Tracker:
         number = self.step_count if step is None else int(step)
         self.step_count = number + 1
         rows, self.rows.seen = self.rows.seen, 0
-        draw, pre = self._pair(record, batch_size if batch_size is not None else self.batch_size, loss, loss_scale)
+        draw, pre = self._pair(record, batch_size if batch_size is not None else self.batch_size, loss, loss_scale,
+                               rows)
         self._check_rows(draw.B // self.world, rows)
         lr = self._lr() if lr is None else float(lr)
         small, big = draw.small_sq_total, draw.big_sq_total  # once: a numpy sum right after a backward costs ~10 µs
@@ -310,8 +311,10 @@ class Tracker:
         self.examples += int(batch_size or 0) * self.world
 
     # ------------------------------------------------------------------ the pair
-    def _pair(self, r: Backwards, batch_size: int | None, loss, loss_scale: float) -> tuple[Draw, Draw | None]:
-        """(|G_b|², |G_B|²) of one step in per-example units (module docstring), b and B (global)."""
+    def _pair(self, r: Backwards, batch_size: int | None, loss, loss_scale: float,
+              rows_seen: int = 0) -> tuple[Draw, Draw | None]:
+        """(|G_b|², |G_B|²) of one step in per-example units (module docstring), b and B (global); ``rows_seen``:
+        dim 0 of the model's inputs in this step's forwards (for the messages)."""
         k, declared = r.count, self.accumulation_steps
         t = r.totals()  # the one device-to-host read of the step
         if r.failure:
@@ -362,7 +365,8 @@ class Tracker:
             if batch_size is None:
                 self._fail("the tracker does not know the batch size of this step",
                            "pass Tracker(batch_size=...) or tracker.step(batch_size=...): examples per optimizer "
-                           "step on this process")
+                           "step on this process" + (f" (the model's forwards in this step saw {rows_seen} rows on "
+                                                     "dim 0 of their input)" if rows_seen else ""))
             if batch_size % k:
                 self._fail(f"batch_size={batch_size} does not split into {k} equal micro-batches",
                            "use equal micro-batches (drop the last, smaller one) and pass their total")
