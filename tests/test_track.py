@@ -331,6 +331,30 @@ def test_check_on_a_log_from_several_ranks_says_the_batch_is_global(tmp_path):
         in said, r.output
 
 
+def test_a_log_under_a_decaying_lr_scheduler_scales_from_the_peak_lr(tmp_path):
+    """A new user's cosine-annealed run: the log's last lr is the run's near-zero end (6e-6 for lr 0.1), and check
+    failed the configured lr 0.1 as 16,000× too high while the schedule emitted lrs of 4e-6. The training lr of a
+    log is its peak, and a note says the lr varied."""
+    from typer.testing import CliRunner
+
+    from bsprof.cli import app
+
+    rng = np.random.default_rng(0)
+    lines = [{"schema": "bsprof.track", "version": 1, "unit": "examples", "source": "accumulation",
+              "accumulation_steps": 2, "optimizer": "SGD"}]
+    for step in range(60):   # |G|² = 1, tr(Σ) = 100, a cosine lr from 0.1 to ≈ 0
+        lines.append({"step": step, "examples": 64 * step, "b": 32, "B": 64, "small_sq": (1 + 100 / 32) *
+                      rng.gamma(50, 1 / 50), "big_sq": (1 + 100 / 64) * rng.gamma(50, 1 / 50),
+                      "loss": 2.0 - step / 60, "lr": 0.05 * (1 + math.cos(math.pi * step / 60))})
+    path = tmp_path / "cosine.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    report = report_from_log(path, window=10)
+    assert report.config["optimizer_lr"] == pytest.approx(0.1)
+    assert any(d["code"] == "lr_varied" and "from the peak 0.1" in d["message"] for d in report.diagnostics)
+    r = CliRunner().invoke(app, ["check", str(path), "-b", "64", "--lr", "0.1", "--window", "10"])
+    assert "PASS learning rate" in r.output and "from lr = 0.1 at B = 64" in " ".join(r.output.split()), r.output
+
+
 def test_a_target_below_a_logs_window_means_says_so_and_how_to_reach_lower(tmp_path):
     """A log's "measured losses" are window means, above the step losses the user saw: the message says so and
     suggests a smaller --window (a new user's run had reached the target at single steps)."""
@@ -443,6 +467,21 @@ def _backward(model, k: int = 1):
     x, y = data()
     for j in range(k):
         (ce(model, (x[64 // k * j:64 // k * (j + 1)], y[64 // k * j:64 // k * (j + 1)])).mean() / k).backward()
+
+
+def test_step_arguments_none_and_not_numbers():
+    """`tracker.step(loss_scale=scaler.get_scale() if amp else None)` raised a TypeError from inside _pair, after the
+    step counter had moved (the log then jumped a step): None is no scale, and a value that is not a number is a
+    TrackerError that leaves the counts as they were."""
+    model = mlp()
+    tracker = Tracker(model, accumulation_steps=2, batch_size=64)
+    _backward(model, 2)
+    assert tracker.step(loss_scale=None).B == 64 and tracker.step_count == 1
+    _backward(model, 2)
+    with pytest.raises(TrackerError, match="loss_scale must be a number") as err:
+        tracker.step(loss_scale="big")
+    assert "fix:" in str(err.value) and tracker.step_count == 1 and tracker.examples == 64
+    assert hooks_left(model) == 0
 
 
 def test_step_before_backward():

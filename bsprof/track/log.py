@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -179,15 +180,30 @@ def _method(log: TrackLog) -> str:
     return f"track:{log.header.get('source', 'auto')}"
 
 
+def peak_lr(log: TrackLog) -> float | None:
+    """The largest finite lr of the logged steps (None: none logged): the training lr `schedule` and `check` scale
+    from. Not the last step's: under a decaying lr scheduler (cosine, step) that is the run's near-zero end, and the
+    lr a user configures, and passes to `check --lr`, is the peak."""
+    lrs = [s.lr for s in log.steps if s.lr is not None and math.isfinite(s.lr) and s.lr > 0]
+    return max(lrs) if lrs else None
+
+
+def lr_range(log: TrackLog) -> tuple[float, float] | None:
+    """(lowest, highest) finite positive lr of the logged steps; None when none was logged."""
+    lrs = [s.lr for s in log.steps if s.lr is not None and math.isfinite(s.lr) and s.lr > 0]
+    return (min(lrs), max(lrs)) if lrs else None
+
+
 def _training(log: TrackLog) -> dict:
-    """The training batch, lr and optimizer of the logged run (its last step), as `schedule` and `check` read
+    """The training batch (its last step), lr (the peak, ``peak_lr``) and optimizer of the logged run, as
+    `schedule` and `check` read
     them from a report's config; where the run started (its first logged step and that step's loss), from which
     a schedule counts its steps; and how a step was split (accumulation steps, ranks, and the per-rank micro-batch
     B/(k·W)), which a schedule keeps."""
     if not log.steps:
         return {}
     first, last = log.steps[0], log.steps[-1]
-    out = {"batch_size": last.draw.B, "optimizer_lr": last.lr if last.lr == last.lr else None,
+    out = {"batch_size": last.draw.B, "optimizer_lr": peak_lr(log),
            "start_step": first.step, "start_loss": first.draw.loss if first.draw.loss == first.draw.loss else None}
     accumulation, world = int(log.header.get("accumulation_steps") or 1), int(log.header.get("world_size") or 1)
     out.update(accumulation_steps=accumulation, world_size=world)
@@ -219,6 +235,12 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
                         f"were logged ({log.skipped} skipped as non-finite); a window needs two. Check that the "
                         "training loop calls tracker.step() after its backward passes and that their gradients "
                         "are finite (an AMP overflow on every step is skipped).")
+    lrs = lr_range(log)
+    if lrs is not None and lrs[1] > 1.1 * lrs[0]:
+        report.diagnose("lr_varied", f"the logged lr varied from {lrs[0]:.4g} to {lrs[1]:.4g} (a learning-rate "
+                        f"schedule): `bsprof schedule` and `check --lr` scale from the peak {lrs[1]:.4g} as the "
+                        "training lr (pass --lr to choose another); the noise scale depends on lr/B, so each window "
+                        "belongs to the lrs of its steps")
     unresolved = [f"{m.step} (≤ {m.b_simple.hi:.3g})" for m in report.measurements if m.b_simple.unresolved]
     if unresolved:  # as ``engine.diagnostics`` says of a measurement, with a log's fix
         report.diagnose("unresolved", f"B_simple at step {', '.join(unresolved)}: the interval reaches 0 (tr(Σ) not "

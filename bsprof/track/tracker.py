@@ -259,24 +259,31 @@ class Tracker:
         """``accumulation_steps`` backward passes have run since the last ``step`` (always True without it)."""
         return self.micro_steps >= (self.accumulation_steps or 1)
 
-    def step(self, batch_size: int | None = None, *, loss=None, lr: float | None = None, loss_scale: float = 1.0,
-             step: int | None = None) -> Draw | None:
+    def step(self, batch_size: int | None = None, *, loss=None, lr: float | None = None,
+             loss_scale: float | None = 1.0, step: int | None = None) -> Draw | None:
         """Close the optimizer step (after its last backward, before or after clipping, before ``scaler.update``):
         turn its backward passes into a Draw, keep it and log it. Returns None for a skipped (non-finite) step.
 
         batch_size: examples in this step on this process (default: the tracker's); loss: the step's loss (for the
-        log); lr: default from the optimizer; loss_scale: the AMP loss scale of this step's backward passes.
+        log); lr: default from the optimizer; loss_scale: the AMP loss scale of this step's backward passes (None:
+        1.0, no scale).
         """
         if self.closed:
             raise self._closed("step")
+        loss_scale = 1.0 if loss_scale is None else self._number("loss_scale", loss_scale, float,
+                                                                  "pass scaler.get_scale() under AMP, or nothing")
+        lr = None if lr is None else self._number("lr", lr, float, "pass the step's lr, or nothing (the optimizer's)")
+        step = None if step is None else self._number("step", step, int, "pass the step's number, or nothing")
+        if batch_size is not None:
+            batch_size = self._number("batch_size", batch_size, int, "pass the examples in this optimizer step")
         record = self.hooks.take()
-        number = self.step_count if step is None else int(step)
+        number = self.step_count if step is None else step
         self.step_count = number + 1
         rows, self.rows.seen = self.rows.seen, 0
         draw, pre = self._pair(record, batch_size if batch_size is not None else self.batch_size, loss, loss_scale,
                                rows)
         self._check_rows(draw.B // self.world, rows)
-        lr = self._lr() if lr is None else float(lr)
+        lr = self._lr() if lr is None else lr
         small, big = draw.small_sq_total, draw.big_sq_total  # once: a numpy sum right after a backward costs ~10 µs
         line = {"step": number, "examples": self.examples, "b": draw.b, "B": draw.B, "small_sq": small,
                 "big_sq": big, "loss": draw.loss, "lr": lr}
@@ -298,6 +305,13 @@ class Tracker:
         if self.log:
             self.log.write(line)
         return draw
+
+    def _number(self, name: str, value, kind, hint: str):
+        """``kind(value)`` (a 0-d tensor too), or close the tracker with a TrackerError before any state moves."""
+        try:
+            return kind(value.item() if torch.is_tensor(value) else value)
+        except (TypeError, ValueError, RuntimeError):
+            self._fail(f"tracker.step(): {name} must be a number (got {type(value).__name__})", hint)
 
     def discard(self, batch_size: int | None = None) -> None:
         """Forget the backward passes since the last ``step`` without measuring them: a step that is not measured
