@@ -413,6 +413,19 @@ def test_hf_logs_on_log_steps_that_were_not_measured(tmp_path):
     assert logged[-1]["bsprof/b_simple_lo"] == pytest.approx(cb.tracker.estimate(window=10).lo, rel=1e-6)
 
 
+def test_hf_batchnorm_without_accumulation_says_once_why_nothing_is_measured(tmp_path):
+    """A BatchNorm model at gradient_accumulation_steps=1: no step is a nested pair (per-example norms are not
+    defined under batch statistics). The callbacks counted every step as unmeasured and said nothing; now one
+    warning names the reason and the fix."""
+    model = Regressor()
+    model.net = nn.Sequential(nn.Linear(D, H), nn.BatchNorm1d(H), nn.Tanh(), nn.Linear(H, 1))
+    with pytest.warns(UserWarning, match=r"(?s)one backward pass are not measured.*BatchNorm.*"
+                                         "gradient_accumulation_steps") as seen:
+        _, cb, _ = hf_run(tmp_path, accum=1, steps=6, model=model)
+    assert not cb.tracker.draws and cb.unmeasured["one backward and no per-example norms"] == 6
+    assert sum("are not measured" in str(w.message) for w in seen) == 1
+
+
 def test_hf_logged_loss_is_the_steps_mean_loss_whether_or_not_the_model_takes_num_items(tmp_path):
     """Each logged step's loss is the mean of its micro-batches' mean losses: not divided by k a second time when
     the model normalises by the Trainer's num_items_in_batch."""

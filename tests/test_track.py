@@ -101,6 +101,44 @@ def test_per_example_pair_is_the_exact_reference(make):
     assert draw.loss == pytest.approx(ref["loss"])
 
 
+def test_the_tracker_measures_the_parameters_the_optimizer_updates():
+    """An optimizer over the head only: the backbone's gradients are computed but never applied, so they are not the
+    training's noise. The pair is the head's (exact reference with the backbone frozen), and a warning says so."""
+    import copy
+    model, (x, y) = mlp(), data()
+    reference = copy.deepcopy(model)
+    for layer in (reference[0], reference[1]):
+        layer.requires_grad_(False)
+    with pytest.warns(UserWarning, match=r"does not update 4 of the model's 6 trainable parameters \(0.weight, "
+                                         r"0.bias, 1.weight and 1 more\)"):
+        tracker = Tracker(model, torch.optim.SGD(model[3].parameters(), lr=0.1), source="per_example")
+    loss = ce(model, (x, y)).mean()
+    with tracker.per_example():
+        loss.backward()
+    draw = tracker.step(loss=loss)
+    ref = exact_noise_scale(reference, ce, TensorDataset(x, y))
+    assert draw.small_sq_total == pytest.approx(ref["trace_sigma"] + ref["g2"], rel=1e-9)
+    assert draw.big_sq_total == pytest.approx(ref["g2"], rel=1e-9)
+
+
+def test_parameters_unfrozen_after_the_tracker_was_made_are_an_error():
+    """Freeze the backbone, make the tracker, unfreeze later (the usual fine-tuning pattern): the tracker's hooks never
+    saw the unfrozen parameters and its pairs silently left them out (133 against 101). Now a TrackerError at the
+    step says which and how to fix it; freezing after the tracker was made stays fine."""
+    model = mlp()
+    model[0].requires_grad_(False)
+    tracker = Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1), source="per_example")
+    model[3].requires_grad_(False)   # frozen later: its gradient is simply absent
+    model[3].requires_grad_(True)
+    model[0].requires_grad_(True)
+    loss = ce(model, data()).mean()
+    with tracker.per_example():
+        loss.backward()
+    with pytest.raises(TrackerError, match="0.weight, 0.bias became trainable after the Tracker was made") as err:
+        tracker.step()
+    assert "a new Tracker" in str(err.value) and hooks_left(model) == 0
+
+
 def test_per_example_under_cpu_autocast_is_taken_in_full_precision():
     """A forward under bf16 autocast: the rules run with autocast off (the context is entered only then), on
     widened δ and inputs, so the pair is close to the float32 one (bf16 rounding of the activations only)."""

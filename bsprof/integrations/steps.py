@@ -35,6 +35,18 @@ def per_example_available(tracker) -> bool:
     return src is not None and src.problem is None and bool(src.handles)
 
 
+def per_example_unavailable(tracker) -> str:
+    """Why the tracker has no per-example norms, in a few words."""
+    src = tracker.per_example_source
+    if tracker.no_per_example:
+        return tracker.no_per_example
+    if src is None:
+        return "the tracker was made without per-example hooks"
+    if src.problem:
+        return src.problem.removesuffix(": use accumulation (micro-batches) instead")
+    return "its hooks were removed"
+
+
 class Steps:
     """The bookkeeping of one callback: micro-batch sizes and loss of the open step, arming, and the close."""
 
@@ -81,6 +93,11 @@ class Steps:
         elif not per_example and (total is None or len(sizes) != k or len(set(known)) != 1):
             reason = "micro-batches of different sizes (or of unknown size)"
         if reason is not None:
+            if reason.startswith("one backward") and not self.unmeasured[reason]:
+                warnings.warn(f"bsprof: steps with one backward pass are not measured: per-example norms are not "
+                              f"available ({per_example_unavailable(t)}); set gradient accumulation to 2 or more "
+                              "micro-batches (Lightning: accumulate_grad_batches, Hugging Face: "
+                              "gradient_accumulation_steps), or train on 2+ DDP ranks (shown once)", stacklevel=2)
             self.unmeasured[reason] += 1
             t.discard(total)
             return None

@@ -60,6 +60,20 @@ class TrackerError(BsprofError):
     untouched, and training can go on without it."""
 
 
+def _updated_by(optimizer) -> set[int] | None:
+    """ids of the tensors an optimizer updates (None: no optimizer, or one without param_groups)."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not groups:
+        return None
+    return {id(p) for g in groups for p in g.get("params", ())}
+
+
+def _listed(names: list[str], most: int = 3) -> str:
+    """'a, b, c' or 'a, b, c and 4 more'."""
+    head = ", ".join(names[:most])
+    return head if len(names) <= most else f"{head} and {len(names) - most} more"
+
+
 class _InputRows:
     """Dim 0 of the model's first input, summed over this step's forwards whose output a backward reached: a forward
     pre-hook notes it, a forward hook puts a hook on the output's first tensor that requires grad, which counts it
@@ -170,6 +184,17 @@ class Tracker:
         names, self.params = trainable(model)
         if not self.params:
             raise TrackerError("the model has no parameter that requires a gradient", "pass the model you train")
+        updated = _updated_by(optimizer)
+        if updated is not None and any(id(p) in updated for p in self.params):
+            left = [n for n, p in zip(names, self.params) if id(p) not in updated]
+            if left:  # gradients the optimizer never applies are not the training's noise
+                warnings.warn(f"bsprof tracker: the optimizer does not update {len(left)} of the model's "
+                              f"{len(self.params)} trainable parameters ({_listed(left)}): the noise scale is "
+                              "measured over the ones it updates", stacklevel=2)
+                names, self.params = map(list, zip(*[(n, p) for n, p in zip(names, self.params) if id(p) in updated]))
+        tracked = {id(p) for p in self.params}
+        self._asleep = [(n, p) for n, p in model.named_parameters() if id(p) not in tracked and not p.requires_grad
+                        and (updated is None or id(p) in updated)]   # frozen now: checked at each step
         self.fsdp = _has_dtensor(self.params)
         self.no_per_example = None  # why per-example norms are off regardless of the model's layers
         if self.fsdp:
@@ -276,6 +301,11 @@ class Tracker:
         step = None if step is None else self._number("step", step, int, "pass the step's number, or nothing")
         if batch_size is not None:
             batch_size = self._number("batch_size", batch_size, int, "pass the examples in this optimizer step")
+        woke = [n for n, p in self._asleep if p.requires_grad]
+        if woke:
+            self._fail(f"{_listed(woke)} became trainable after the Tracker was made: its hooks do not see their "
+                       "gradients, so |G|² and tr(Σ) would leave them out",
+                       "make the Tracker after unfreezing: tracker.close(), then a new Tracker(model, …)")
         record = self.hooks.take()
         number = self.step_count if step is None else step
         self.step_count = number + 1
