@@ -207,6 +207,25 @@ def test_the_square_root_rule_is_flat_above_the_noise_scale():
     assert far.status == FAIL and "too high" in far.message, far.message
 
 
+def test_a_training_configs_batch_on_a_tokens_report_counts_sequences(tmp_path):
+    """A tokens report (32 sequences of 10 tokens at lr 3e-3) and the training config it was probed with (batch 32,
+    lr 3e-3): the config's 32 was judged as 32 tokens and failed both checks. It counts sequences, said in a note;
+    a --batch-size that is not a whole number of sequences gets a note."""
+    rep = make_report(optimizer="Adam", lr=3e-3, unit="tokens")
+    rep.config = {**rep.config, "tokens_per_example": 10}
+    rep.to_json(tmp_path / "tokens.json")
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("trainer:\n  batch_size: 32\noptim:\n  lr: 0.003\n")
+    r = run(tmp_path / "tokens.json", "--training-config", cfg, "--json")
+    v = json.loads(r.stdout)
+    lr_check = [c for c in v["checks"] if c["name"] == "lr"][0]
+    assert lr_check["status"] == "pass" and lr_check["measured"]["target"] == pytest.approx(3e-3), r.stdout
+    assert any("batch size 32 is read as sequences and judged as 32 × 10 tokens per example = 320 tokens" in n
+               for n in v["notes"]), v["notes"]
+    r = run(tmp_path / "tokens.json", "-b", 32, "--lr", 3e-3)
+    assert "for 32 sequences pass --batch-size 320" in " ".join(r.output.split()), r.output
+
+
 def test_lr_on_a_tokens_report_scales_from_the_training_batch_in_tokens():
     """--batch-size is in the report's unit: the training batch (32 sequences of 10 tokens) is 320 tokens."""
     rep = make_report(optimizer="Adam", lr=3e-3, unit="tokens")

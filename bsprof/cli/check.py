@@ -266,6 +266,27 @@ def check(
     raise typer.Exit(verdict.exit_code)
 
 
+def in_report_unit(report, batch_size: int, from_config: bool) -> tuple[int, list[str]]:
+    """The batch to judge in the report's unit, and notes. A tokens report (``--unit tokens``) with T tokens per
+    example: a training config's batch counts sequences (a new user's config batch of 32 was judged as 32 tokens and
+    failed the probe's own settings), so it is multiplied by T; a --batch-size that is not a whole number of
+    sequences is judged as given, with a note."""
+    tpe = report.config.get("tokens_per_example")
+    if report.unit != "tokens" or not (isinstance(tpe, (int, float)) and tpe > 1):
+        return batch_size, []
+    tpe = int(tpe)
+    batch_size = int(batch_size) if float(batch_size).is_integer() else batch_size
+    if from_config:
+        return batch_size * tpe, [f"the training config's batch size {batch_size:,} is read as sequences and judged "
+                                  f"as {batch_size:,} × {tpe} tokens per example = {batch_size * tpe:,} tokens, the "
+                                  "report's unit (--batch-size in tokens overrides it)"]
+    if batch_size % tpe:
+        return batch_size, [f"--batch-size {batch_size:,} is in tokens, the report's unit, and is not a whole number "
+                            f"of {tpe}-token examples: for {batch_size:,} sequences pass --batch-size "
+                            f"{batch_size * tpe:,}"]
+    return batch_size, []
+
+
 def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, policy, baseline, budget, steps,
                seed, rel_error, save_report, window=100) -> tuple[Verdict, dict]:
     """Parse → one library call (judge) → the verdict plus extra figures for the JSON output."""
@@ -283,7 +304,9 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
     if problems:
         raise ConfigError("bad options:\n  - " + "\n  - ".join(problems), "see `bsprof check --help`")
     notes = []
+    from_config = False
     if config is not None:
+        from_config = batch_size is None
         batch_size, lr, notes = values_from_config(config, batch_key, lr_key, batch_size, lr)
     if batch_size is None:
         raise ConfigError("no batch size to judge", "pass --batch-size B, or --training-config FILE --batch-key KEY")
@@ -306,6 +329,8 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
         if world > 1:  # the Tracker's batch_size is per rank; the noise scale, and so -b, are the global batch's
             notes.append(f"the log is from {world} ranks: its critical batch, and --batch-size, are the global batch "
                          f"(all ranks together: {world} × the per-rank batch_size the Tracker was given)")
+    batch_size, unit_notes = in_report_unit(report, batch_size, from_config)
+    notes += unit_notes
     try:
         verdict = judge(report, batch_size, lr, policy, at_loss, old)
     except ValueError as e:
