@@ -139,6 +139,25 @@ def test_a_dataset_or_a_data_loader_becomes_a_source():
     assert count == 4 and isinstance(batch, tuple) and torch.equal(batch[1], batch[0].squeeze(1) ** 2)
 
 
+def test_a_dataset_item_that_raises_is_named_by_its_own_index_and_line():
+    """A corrupt record at index 7 was reported as dataset[<the batch's first index>], with a fix about the index
+    range: the message names the index that raised and where, the fix the dataset's length."""
+    class Corrupt(torch.utils.data.Dataset):
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, i):
+            if i == 7:
+                raise KeyError(f"corrupt record {i}")
+            return torch.tensor([float(i)])
+
+    src = as_source(Corrupt())
+    with pytest.raises(DataError) as e:
+        src.batches(list(range(12)), 12).__next__()
+    assert "dataset[7] raised KeyError: 'corrupt record 7' (test_contracts.py:" in e.value.message, e.value.message
+    assert "0 <= i < 12" in e.value.hint
+
+
 def test_measure_at_takes_a_source_built_from_tensors():
     from bsprof.engine.sampling import Sampling, measure_at
 

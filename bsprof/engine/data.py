@@ -51,11 +51,17 @@ class Examples:
         self._epoch: list[int] = []
 
     def items(self, indices: Sequence[int]) -> list:
-        try:
-            return [self.dataset[i] for i in indices]
-        except Exception as e:
-            raise DataError(f"dataset[{indices[0]}] raised {type(e).__name__}: {e}",
-                            "make dataset() return a Dataset whose __getitem__ works for 0 <= i < len") from e
+        out = []
+        for i in indices:
+            try:
+                out.append(self.dataset[i])
+            except Exception as e:
+                from bsprof.engine.spec import _where
+                where = _where(e, None)
+                raise DataError(f"dataset[{i}] raised {type(e).__name__}: {e}" + (f" ({where})" if where else ""),
+                                f"make dataset()'s __getitem__ return an example for every index 0 <= i < "
+                                f"{self.n if self.n is not None else 'len'}") from e
+        return out
 
     def stream(self, count: int) -> list:
         """The next ``count`` items of an iterable dataset, restarting it when it runs out."""

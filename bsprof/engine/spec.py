@@ -101,8 +101,10 @@ def _install_hint(e: ImportError) -> str:
 
 def _where(exc: BaseException, path: Path | None) -> str:
     """The innermost line of the user's file in a traceback, as 'file:line'."""
-    if path is None:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if "bsprof" not in Path(f.filename).parts]
+    if path is None:   # outside bsprof's own package (a clone in a folder named bsprof is still the user's)
+        package = Path(__file__).resolve().parents[1]
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if not Path(f.filename).resolve().is_relative_to(package)]
         return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path]
     return f"{path.name}:{frames[-1].lineno}" if frames else ""
