@@ -116,6 +116,20 @@ def test_sgd_fixed_weight_b_simple_lower_end_widened():
     assert "training-step windows" in s.critical_batch_reason
 
 
+def test_windows_that_are_lower_bounds_are_named_when_the_headline_falls_back():
+    """One window determined and four lower bounds: the headline follows the fixed-weight B_simple, and its reason
+    said "training-step windows, where the model allows them, came closer" of a model that had them. Now it says
+    how many windows there were, how many were bounds, and what resolves them."""
+    rows = [m.to_row() for m in report().measurements]
+    for row in rows[1:]:
+        row.update(b_simple_window=math.nan, b_simple_window_hi=math.inf, b_simple_window_status="lower_bound")
+    s = Report(config=report().config, measurements=rows).summary
+    assert s.critical_batch_quantity == "b_simple"
+    assert "this run has 5 training-step window(s), 4 only a lower bound" in s.critical_batch_reason
+    assert "--measure-every" in s.critical_batch_reason
+    assert "lower bound" not in report().summary.critical_batch_reason   # determined windows: nothing to say
+
+
 def test_sgd_b_noise_without_windows_is_widened_both_ways():
     """B_noise under SGD was 0.57–1.36× of the sweeps on six tasks and 3.08× on a BatchNorm CNN (ninth session):
     its interval carries ×1.8 / ÷3.1 (it carried none, from two tasks), and the reason says so."""

@@ -43,6 +43,7 @@ from bsprof.schedule.plan import (
     calibration,
     measured_as,
     more_rows_fix,
+    noise_of,
 )
 
 # (optimizer family, quantity or "*"): multipliers of the interval's (lower, upper) end — swept / estimated B_crit
@@ -146,13 +147,14 @@ def critical_batch(report, target_loss: float | None = None) -> Headline:
     cfg = ScheduleConfig(target_loss=1.0, confidence=report.config.get("confidence") or 0.9)
     col, _ = choose_noise(cfg, rows_all, optimizer)
     factors = model_range(optimizer, col)
+    tail = _unrecorded(report) + _unresolved_windows(rows_all, col)
     try:
         rows, col = usable_rows(report, cfg)
         batch_train, _ = training_batch(report)
         fit, steps, loss = fit_rows(rows, cfg.confidence)
     except (BsprofError, ValueError, ArithmeticError, IndexError) as e:
         if target_loss is None:
-            return _one_point(rows_all, col, optimizer, factors, _unrecorded(report))
+            return _one_point(rows_all, col, optimizer, factors, tail)
         if isinstance(e, BsprofError):
             raise
         raise ReportError(f"no critical batch to loss {target_loss:g}: the noise scale cannot be fitted ({e})",
@@ -171,12 +173,27 @@ def critical_batch(report, target_loss: float | None = None) -> Headline:
                               "the ends of its intervals, cannot be followed that far",
                               f"pick a target loss nearer the measured ones ({min(loss):.4g} is the lowest), or "
                               "measure to lower losses")
-        return _one_point(rows_all, col, optimizer, factors, _unrecorded(report))
+        return _one_point(rows_all, col, optimizer, factors, tail)
     if col == "b_simple" and all(r.stopped_by == "window" for r, _ in rows):
         col = "b_simple_window"  # a tracker log: its B_simple column comes from the training steps' own pairs
         factors = model_range(optimizer, col)
     path = f"path average, loss {max(loss):.3g} → {target:.3g}" + (" (extrapolated)" if extrapolated else "")
-    return Headline(widen(Estimate(value, lo, hi), factors), col, reason(optimizer, col, path) + _unrecorded(report))
+    return Headline(widen(Estimate(value, lo, hi), factors), col, reason(optimizer, col, path) + tail)
+
+
+def _unresolved_windows(rows, col: str) -> str:
+    """A reason's tail when the report has training-step windows but the headline follows the fixed-weight B_simple:
+    fewer than two windows were determined (a new user's read "where the model allows them" of a model that had
+    them, lower bounds all but one)."""
+    if col != "b_simple":
+        return ""
+    windows = [e for r in rows if (e := noise_of(r, "b_simple_window")) is not None and e.status is not
+               Status.NOT_AVAILABLE]
+    if not windows:
+        return ""
+    bounds = sum(e.status is Status.LOWER_BOUND for e in windows)
+    return (f"; this run has {len(windows)} training-step window(s), {bounds} only a lower bound (|G|² not resolved "
+            "over its steps), too few to follow: more steps between measurements (--measure-every) resolve them")
 
 
 def _unrecorded(report) -> str:
