@@ -80,6 +80,26 @@ def test_local_bracket():
     assert est.status is Status.UNDETERMINED
 
 
+def test_a_bracket_resting_on_evaluation_noise_is_said():
+    """A new user's local sweep failed batch 32 on 0.2695 against a limit of 0.2693 with ± 0.014 on each loss: the
+    note says the bracket rests on noise; a failure by many standard errors gets no note."""
+    from bsprof.sweep.config import SweepConfig
+    from bsprof.sweep.result import BatchSummary
+
+    cfg = SweepConfig(tolerance=0.01)
+    noisy = [BatchSummary(16, 0.1, 1.0, 0.2666, 0.014, 10, 512, True),
+             BatchSummary(32, 0.1, 1.0, 0.2695, 0.015, 5, 512, False)]
+    note, = sweep_api._within_noise(noisy, cfg)
+    assert "batch 32 failed by" in note and "rests on evaluation noise" in note and "--seeds" in note
+    clear = [dataclasses.replace(noisy[0], loss_se=0.001), dataclasses.replace(noisy[1], loss=0.30, loss_se=0.001)]
+    assert sweep_api._within_noise(clear, cfg) == []
+    assert sweep_api._within_noise(noisy[:1], cfg) == []
+    comp = sweep_api.Comparison("r.json", None, None, None, math.nan, 0, 0.0, 0, None, math.nan)
+    far = sweep_api._different_quantities(dataclasses.replace(comp, critical_ratio=0.19), noisy)
+    assert len(far) == 1 and "0.19× the report's headline" in far[0] and "--method global" in far[0]
+    assert sweep_api._different_quantities(dataclasses.replace(comp, critical_ratio=1.3), noisy) == []
+
+
 def test_lr_rules():
     assert lr_factor("linear", 64, 16) == 4 and lr_factor("sqrt", 64, 16) == 2 and lr_factor("none", 64, 16) == 1
     assert lr_factor("linear", 1024, 16, b_noise=16) == pytest.approx((1 + 1) / (1 + 16 / 1024))  # saturates

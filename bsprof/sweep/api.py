@@ -148,12 +148,43 @@ def _local_result(setup, cfg, rows, budget, incomplete, comp) -> SweepResult:
     elif est.ok and est.value == summaries[0].batch:
         extra.append(f"the first doubling already fails: the critical batch is below {summaries[1].batch}; try a "
                      "smaller --base-batch")
+    extra += _within_noise(summaries, cfg)
     if comp is not None:
         comp = comparison_ratio(est, comp)
+        extra += _different_quantities(comp, summaries)
     return SweepResult("local", est, tuple(summaries), tuple(rows), _compute(budget), cfg.to_dict(),
                        setup.spec.info(), setup.initial_loss,
                        tuple(summary.critical_by_seed(rows, cfg.tolerance, cfg.tolerance_mode)), None, comp,
                        _notes(setup, cfg, est, summaries, extra), incomplete)
+
+
+def _different_quantities(comp: Comparison, summaries) -> list[str]:
+    """A note when the local critical batch is more than 2× off the report's headline (a new user read 0.19 as the
+    estimate being 5× too high): the two measure different things."""
+    r = comp.critical_ratio
+    if not (math.isfinite(r) and not 0.5 <= r <= 2):
+        return []
+    return [f"the local critical batch is {r:.2g}× the report's headline: they are different quantities (the largest "
+            f"batch whose loss after {summaries[0].examples:,.0f} examples stays within the tolerance of the smallest "
+            "batch's, from these weights, against the steps-to-target B_crit the noise scale predicts), and can "
+            "differ by several times; the like-for-like check is --method global --target-loss L (docs/sweep.md)"]
+
+
+def _within_noise(summaries, cfg) -> list[str]:
+    """A note when the first failing batch missed the tolerance by less than twice the standard error of the
+    difference of the two losses (the evaluation's, or the seeds'): the bracket then rests on noise."""
+    first = next((s for s in summaries if s.passed is False), None)
+    ref = summaries[0] if summaries else None
+    if first is None or ref is None or first is ref:
+        return []
+    from bsprof.sweep.fit import tolerance_limit
+    limit = tolerance_limit(ref.loss, cfg.tolerance, cfg.tolerance_mode)
+    se = math.hypot(ref.loss_se, first.loss_se)
+    if not (math.isfinite(first.loss) and math.isfinite(se) and first.loss - limit < 2 * se):
+        return []
+    return [f"batch {first.batch} failed by {first.loss - limit:.3g} over the tolerance's limit {limit:.4g}, less "
+            f"than twice the standard error of the two losses' difference ({se:.2g}): the bracket rests on "
+            "evaluation noise; use more --seeds or --eval-examples, a larger tolerance, or --method global"]
 
 
 def comparison_ratio(est: Estimate, comp: Comparison) -> Comparison:
