@@ -187,6 +187,21 @@ def test_a_column_of_lower_bounds_only_is_shown():
     assert "B_simple (training)" in text and "> 435" in text and "> 266" in text
 
 
+def test_growth_beside_a_lower_bound_says_it_is_the_determined_values():
+    """`B_simple at step 299: > 569 (grew 6.1× over the run)`: the 6.1× came from earlier, determined rows; said."""
+    from rich.console import Console
+
+    from bsprof.output.render import report_table
+
+    rows = [{"step": s, "loss": 1.0 / (s + 1), "b_simple": b, "b_simple_lo": 0.9 * b, "b_simple_hi": 1.1 * b,
+             "status": "ok"} for s, b in ((0, 10.0), (10, 61.0))]
+    rows.append({"step": 20, "loss": 0.05, "b_simple": math.nan, "b_simple_lo": 569.0, "b_simple_hi": math.inf,
+                 "status": "lower_bound"})
+    console = Console(width=200, record=True)
+    console.print(report_table(Report(measurements=rows)))
+    assert "(its determined values grew 6.1× over the run)" in console.export_text()
+
+
 def test_the_summary_says_which_probe_measured_and_why():
     from rich.console import Console
 
