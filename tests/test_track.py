@@ -430,6 +430,7 @@ def test_jsonl_round_trip_and_report(tmp_path):
     assert header["schema"] == "bsprof.track" and header["unit"] == "examples" and len(lines) == 26
     assert set(first) == {"step", "examples", "b", "B", "small_sq", "big_sq", "loss", "lr"}
     assert json.loads(lines[4])["skipped"] == "non-finite"
+    assert not any(d["code"] == "torn_line" for d in report_from_log(path, window=10).diagnostics)
     with open(path, "a") as f:
         f.write('{"step": 25, "exam')  # a run killed mid-line
     log = read_log(path)
@@ -444,6 +445,7 @@ def test_jsonl_round_trip_and_report(tmp_path):
     assert [r.n_draws for r in rows] == [10, 10, 4]  # no step counted twice
     again = Report.from_json(report.to_json(tmp_path / "report.json"))
     assert again.summary == report.summary and again.unit == "examples"
+    assert any(d["code"] == "torn_line" and "cut off mid-write" in d["message"] for d in report.diagnostics)
 
 
 def test_a_log_shorter_than_two_windows_says_so(tmp_path):

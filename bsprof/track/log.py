@@ -78,6 +78,7 @@ class TrackLog:
     steps: list[LoggedStep]
     skipped: int = 0
     earlier_runs: int = 0  # runs appended before this one (the step count went back): only the last is read
+    torn: bool = False     # the last line was cut off mid-write (the run died writing it): ignored
 
     @property
     def unit(self) -> str:
@@ -130,12 +131,13 @@ def read_log(path: str | Path) -> TrackLog:
     if not lines:
         raise ReportError(f"{path} is empty", "pass the .jsonl file written by bsprof.Tracker(log=...)")
     header = _check_header(path, lines[0])
-    steps, skipped, runs = [], 0, 0
+    steps, skipped, runs, torn = [], 0, 0, False
     for i, line in enumerate(lines[1:], start=2):
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines):  # the run died while writing it
+                torn = True
                 break
             raise ReportError(f"{path}:{i} is not valid JSON", "the log is damaged; remove that line")
         if isinstance(r, dict) and "schema" in r:  # a later run appended with its own header: it starts here
@@ -149,7 +151,7 @@ def read_log(path: str | Path) -> TrackLog:
         steps.append(LoggedStep(int(r["step"]), int(r.get("examples", 0)), _float(r.get("lr")), draw,
                                 r.get("small_sq_pre"), r.get("big_sq_pre")))
     starts = [i for i in range(1, len(steps)) if steps[i].step <= steps[i - 1].step]  # a run appended headerless
-    return TrackLog(header, steps[starts[-1]:] if starts else steps, skipped, runs + len(starts))
+    return TrackLog(header, steps[starts[-1]:] if starts else steps, skipped, runs + len(starts), torn)
 
 
 def measurements(log: TrackLog, window: int = 100, every: int | None = None,
@@ -250,6 +252,9 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
         report.diagnose("one_window", f"{path} has {len(log.steps)} logged steps, fewer than two windows of "
                         f"{window}: one row, averaged over the whole run, and no curve along training. Read it with "
                         f"a smaller window, e.g. --window {max(2, len(log.steps) // 5)}.")
+    if log.torn:
+        report.diagnose("torn_line", f"{path}'s last line was cut off mid-write (the run stopped while writing it): "
+                        "that step is left out")
     if log.earlier_runs:
         report.diagnose("several_runs", f"{path} holds {log.earlier_runs + 1} runs (a run appended to it with its "
                         "own header, or the step count starting again); only the last was read, with its own header "
