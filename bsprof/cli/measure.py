@@ -147,8 +147,12 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
             except Exception as e:  # the user's code failed mid-run: keep what was measured, then show it
                 failure = e
         signals.hold()  # a second SIGTERM/SIGHUP must not cut the report short
-        written, write_error = _write(report, out, figures, quiet, comm)
+        hurry = isinstance(failure, signals.Terminated)  # a grace period runs (docker stop: 10 s): no figure
+        written, write_error = _write(report, out, figures and not hurry, quiet, comm)
     kept = "the partial report was written" if written else "no report was written"
+    if written and hurry and figures and report.measurements:
+        kept += (f" (without the figure, to exit within the signal's grace period: `bsprof report "
+                 f"{out / 'report.json'} --out {out}` draws it)")
     if isinstance(failure, KeyboardInterrupt):
         err_console.print(f"[bold red]{signals.describe(failure)}[/]: {kept}")
         raise typer.Exit(signals.exit_code(failure))

@@ -94,8 +94,12 @@ class Report:
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": self.to_json(out / "report.json"), "csv": out / "measurements.csv"}
-        files.write_text(paths["csv"], self.to_frame().to_csv(index=False))
+        paths = {"json": self.to_json(out / "report.json")}
+        if self.measurements:
+            paths["csv"] = files.write_text(out / "measurements.csv", self.to_frame().to_csv(index=False))
+        else:  # a run stopped before its first measurement: no headerless CSV, and none of an older run's left
+            for name in ("measurements.csv", "layers.csv", "noise_scale.png"):
+                (out / name).unlink(missing_ok=True)
         if self.layers:
             paths["layers"] = files.write_text(out / "layers.csv",
                                                pd.DataFrame([r.to_row() for r in self.layers]).to_csv(index=False))
