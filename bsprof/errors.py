@@ -5,6 +5,16 @@ Every error carries what happened (``message``) and what to do about it (``hint`
 
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")   # terminal escape sequences (CSI), as torch's messages carry
+
+
+def plain(text: str) -> str:
+    """``text`` without terminal escape sequences: a quoted library message (torch.load's has bold markers) stays
+    readable in a CI log."""
+    return _ANSI.sub("", text) if "\x1b" in text else text
+
 
 class BsprofError(Exception):
     """A problem the user can fix. ``exit_code`` is what the CLI exits with."""
@@ -12,6 +22,7 @@ class BsprofError(Exception):
     exit_code = 2
 
     def __init__(self, message: str, hint: str = ""):
+        message, hint = plain(str(message)), plain(str(hint))
         super().__init__(message)
         self.message = message
         self.hint = hint
