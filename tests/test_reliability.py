@@ -425,6 +425,7 @@ def test_quoted_library_messages_lose_their_terminal_escapes():
     """torch.load's error quoted in `cannot load checkpoint …` carried bold markers (ESC[1m) into piped output."""
     from bsprof.errors import SpecError
 
-    e = SpecError("cannot load checkpoint m.pt: \x1b[1mWeights only load failed.\x1b[0m Re-running", "\x1b[31mfix\x1b[0m")
+    e = SpecError("cannot load checkpoint m.pt: \x1b[1mWeights only load failed.\x1b[0m Re-running",
+                  "\x1b[31mfix\x1b[0m")
     assert e.message == "cannot load checkpoint m.pt: Weights only load failed. Re-running" and e.hint == "fix"
     assert "\x1b" not in str(e)
