@@ -92,6 +92,10 @@ class Reading(Estimate):
     initial: bool = False                        # every measurement it is read from is at the initial weights
                                                  # (``at_initial_weights``): it can show a batch too small only
 
+    def brief(self) -> str:
+        """``describe`` without where the value was read (the verdict's first line says it)."""
+        return self.describe().split(" (", 1)[0] if self.status is Status.OK else self.describe()
+
     def describe(self) -> str:
         if self.status is Status.LOWER_BOUND:
             return f"{self.name} > {_fmt(self.lo)} {self.unit} (a lower bound, {self.where})"
@@ -392,7 +396,7 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
         side = "too small" if noise.hi / B > Xs else "too large"
         at_est = (steps > Xs) or (compute > Xc)
         notes.append(f"B = {_fmt(B)} is {side} {'at the estimate' if at_est else 'at one end of the interval'}, "
-                     f"but not across the whole interval {noise.describe()}; not failing, since bsprof fails only "
+                     f"but not across the whole interval {noise.brief()}; not failing, since bsprof fails only "
                      "when the whole interval violates the policy. "
                      + (f"B in [{_fmt(passing['min_clean'])}, {_fmt(passing['max_clean'])}] {u} passes cleanly; "
                         if passing["min_clean"] <= passing["max_clean"] else
