@@ -22,6 +22,18 @@ NAN = math.nan
 ADAM_FAMILY = ("Adam", "AdamW", "NAdam", "RAdam", "Adamax")  # optimizers with a diagonal second-moment preconditioner
 
 
+def number(x: float | None) -> str:
+    """A number for a message: 3 significant figures, thousands with separators and without exponent, an exponent
+    only below 10⁻³ or from 10⁶ on; "∞" and "?" (None, NaN)."""
+    if x is None or not finite(x):
+        return "∞" if x == math.inf else "?"
+    if x != 0 and (abs(x) >= 1e6 or abs(x) < 1e-3):
+        return f"{x:.3g}"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
+
+
 def is_adam_family(name: str | None) -> bool:
     """Is ``name`` (an optimizer class name, any case) one of ``ADAM_FAMILY``?"""
     return bool(name) and name.lower() in {a.lower() for a in ADAM_FAMILY}

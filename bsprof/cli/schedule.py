@@ -16,7 +16,7 @@ from bsprof.cli.app import app, console, err_console, user_errors, write_output
 from bsprof.cli.source import load
 from bsprof.config import resolve
 from bsprof.errors import ConfigError
-from bsprof.results import json_clean
+from bsprof.results import json_clean, number
 
 O = typer.Option
 FORMATS = ("table", "json", "yaml", "csv", "megatron", "olmo", "deepspeed", "tokens")
@@ -150,14 +150,15 @@ def render(result, fmt: str, seq_length: int = 0) -> str:
 
 def tables(result) -> list:
     p, u = result.prediction, result.unit
-    st = Table(title=f"Batch-size schedule to loss {result.target_loss:g} (rule {result.rule}, lr {result.lr_rule})")
+    st = Table(title=f"Batch-size schedule to loss {result.target_loss:g} (rule {result.rule}, lr {result.lr_rule})",
+               title_justify="left")
     for col in ("from step", "at loss", f"batch ({u})", "lr", "micro × accum × ranks"):
         st.add_column(col, justify="right")
     for s in result.stages:
         st.add_row(f"{s.start_step:,}", f"{s.start_loss:.4g}", f"{s.batch_size:,}", f"{s.lr:.4g}",
                    f"{s.micro_batch} × {s.accumulation} × {s.world_size}")
-    bt = Table(title=f"Predicted to loss {result.target_loss:g} (McCandlish model; schedule: "
-                     f"{p['steps']:,.0f} steps, {p['examples']:,.0f} {u})")
+    bt = Table(title=f"Predicted to loss {result.target_loss:g}: the schedule {p['steps']:,.0f} steps, "
+                     f"{p['examples']:,.0f} {u}", title_justify="left")
     for col in ("constant batch", "steps", u, "schedule vs this: steps", u):
         bt.add_column(col, justify="right")
     for b in result.baselines:
@@ -167,12 +168,12 @@ def tables(result) -> list:
     lowest = (result.fit or {}).get("loss_min", -math.inf)
     what = (f"interval from sampling and from the fit's extrapolation below the lowest measured loss {lowest:.4g}"
             if result.target_loss < lowest else "sampling interval only")
-    lines = [f"B_crit over the path to loss {result.target_loss:g} ≈ {p['b_crit']:.4g} "
-             f"[{p.get('b_crit_lo', math.nan):.4g}, {p.get('b_crit_hi', math.nan):.4g}] {u} (S_min {p['s_min']:,.0f} "
+    lines = [f"B_crit over the path to loss {result.target_loss:g} ≈ {number(p['b_crit'])} "
+             f"[{number(p.get('b_crit_lo'))}, {number(p.get('b_crit_hi'))}] {u} (S_min {p['s_min']:,.0f} "
              f"steps over the path{_lead_text(p)}; {what}: the report's headline ends its path at the lowest measured "
              f"loss and "
-             f"adds the model range); noise scale at the target {p['b_noise_target']:.4g} "
-             f"[{p['b_noise_target_lo']:.4g}, {p['b_noise_target_hi']:.4g}]"]
+             f"adds the model range); noise scale at the target {number(p['b_noise_target'])} "
+             f"[{number(p['b_noise_target_lo'])}, {number(p['b_noise_target_hi'])}]"]
     if result.recommendation:
         lines.insert(0, f"recommendation: {result.recommendation['text']}")
     lines += [f"assumption: {a}" for a in result.assumptions if a not in result.warnings]  # warnings print once

@@ -40,6 +40,7 @@ from bsprof.results import (
     is_adam_family,
     json_clean,
     measured,
+    number,
     optimizer_family,
     optimizer_name,
 )
@@ -60,15 +61,7 @@ PASS, FAIL, CANNOT_JUDGE = Outcome.PASS, Outcome.FAIL, Outcome.CANNOT_JUDGE
 EXIT_CODES = {PASS: 0, FAIL: 1, CANNOT_JUDGE: 2}
 
 
-def _fmt(x: float) -> str:
-    """A number for a message: 3 significant figures, thousands without exponent."""
-    if x is None or not finite(x):
-        return "∞" if x == math.inf else "?"
-    if x != 0 and (abs(x) >= 1e6 or abs(x) < 1e-3):
-        return f"{x:.3g}"
-    if abs(x) >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.3g}"
+_fmt = number
 
 
 # -- the measured figure -------------------------------------------------------------------------------------
