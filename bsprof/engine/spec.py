@@ -229,7 +229,7 @@ def build_dataset(spec: Spec):
 def build_optimizer(spec: Spec, model: nn.Module, lr: float) -> torch.optim.Optimizer:
     if spec.optimizer is None:
         return torch.optim.SGD(model.parameters(), lr=lr)
-    opt = call_user(spec, "optimizer", model.parameters())
+    opt = call_user(spec, "optimizer", list(model.parameters()))  # a list: group-building code may iterate twice
     if not isinstance(opt, torch.optim.Optimizer):
         raise SpecError(f"optimizer(params) returned {type(opt).__name__}, not a torch.optim.Optimizer",
                         "return e.g. torch.optim.SGD(params, lr=0.1)")
