@@ -113,6 +113,10 @@ def test_implausible_critical_batches_and_a_rising_loss():
     assert "loss_rose" in rose and "Lower --lr" in rose["loss_rose"]
     fine = _run([_row(0, 2.0, 20.0), _row(10, 1.5, 30.0)], dataset_size=10_000, optimizer="SGD")
     assert not {"critical_batch_above_dataset", "critical_batch_below_one", "loss_rose"} & set(fine)
+    # fell, then rose above its lowest (8.6 → 1.94 → 3.05, a new user's run): below step 0's loss, still said
+    bounced = _run([_row(0, 8.6, 20.0), _row(10, 1.94, 30.0), _row(20, 2.24, 30.0), _row(30, 3.05, 40.0)],
+                   dataset_size=10_000, optimizer="SGD")
+    assert "fell to 1.94 (step 10), then rose to 3.05 (step 30)" in bounced["loss_rose"]
 
 
 def test_an_interval_reaching_zero_is_called_unresolved_whatever_its_status():

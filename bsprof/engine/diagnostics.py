@@ -219,6 +219,12 @@ def _implausible(report: Report) -> None:
         report.diagnose("loss_rose", f"the training loss rose from {rows[0].loss:.4g} (step {rows[0].step}) to "
                         f"{rows[-1].loss:.4g} (step {rows[-1].step}): the probe's lr is too high for this batch, "
                         "and the noise scales of a diverging run are not those of your training. Lower --lr.")
+    low = min(rows, key=lambda r: r.loss, default=None)
+    if low is not None and low is not rows[-1] and low.loss > 0 and rows[-1].loss > LOSS_ROSE * low.loss:
+        report.diagnose("loss_rose", f"the training loss fell to {low.loss:.4g} (step {low.step}), then rose to "
+                        f"{rows[-1].loss:.4g} (step {rows[-1].step}): the probe's training is unstable (an lr too "
+                        "high for this batch?), and the later noise scales belong to weights that got worse. Lower "
+                        "--lr, or stop the probe earlier (--steps).")
     b = report.summary.critical_batch
     if b is None or not b.ok:
         return
