@@ -171,11 +171,13 @@ def test_check_measuring_a_spec_keeps_its_partial_report_on_sigterm(tmp_path, mo
 
     real = bsprof.api.measure
 
-    def stopped(*a, **k):
-        def progress(kind, info):
+    def stopped(*a, progress=None, **k):
+        def stop(kind, info):
+            if progress is not None:   # check's own: a line per measurement
+                progress(kind, info)
             if kind == "measured" and info["row"].step > 0:
                 raise signals.Terminated(signal.SIGTERM)
-        return real(*a, progress=progress, **k)
+        return real(*a, progress=stop, **k)
 
     monkeypatch.setattr(bsprof.api, "measure", stopped)
     saved = tmp_path / "partial.json"
@@ -183,6 +185,7 @@ def test_check_measuring_a_spec_keeps_its_partial_report_on_sigterm(tmp_path, mo
             *(["--save-report", saved] if save else []))
     said = " ".join(r.output.split())
     assert r.exit_code == 143, r.output
+    assert "check: measuring tiny_linear.py on the CPU" in said and "check: tiny_linear.py at step 0: B_simple" in said
     if save:
         assert "terminated (SIGTERM): the partial report was saved to" in said, said
         report = Report.from_json(saved)

@@ -61,14 +61,27 @@ def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None = None
     to ``save_to`` when given — also when interrupted (Ctrl-C, SIGTERM, SIGHUP: the partial report, marked
     incomplete; the interrupt then goes on up with ``kept`` saying what was kept)."""
     from bsprof.engine.loop import measure_steps
+    from bsprof.output.render import estimate_text
 
     share = budget_s / (len(measure_steps(steps, 0)) + 1) if steps else budget_s
     t0 = time.perf_counter()
     report = Report()
+
+    def say(line: str) -> None:   # a line per measurement on stderr: a long check is not silent
+        err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    def progress(kind: str, info: dict) -> None:
+        if kind == "measured":
+            row = info["row"]
+            say(f"check: {spec.name} at step {row.step}: B_simple {estimate_text(row.b_simple)} ({row.n_draws} "
+                f"draws; {time.perf_counter() - t0:.1f} s elapsed, budget {budget_s:g} s for measuring)")
+
+    say(f"check: measuring {spec.name} on the CPU ({steps} training steps, {budget_s:g} s for measuring; --budget, "
+        "--steps)")
     with signals.as_interrupt():
         try:
             measure_spec(spec, "check", report=report, device="cpu", steps=steps, max_seconds=share, seed=seed,
-                         rel_error=rel_error)
+                         rel_error=rel_error, progress=progress)
         except KeyboardInterrupt as e:
             signals.hold()  # a second signal must not cut the write short (the handlers come back after the block)
             e.kept = ("nothing was measured yet, nothing was saved" if not report.measurements else

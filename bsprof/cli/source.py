@@ -32,7 +32,7 @@ def measure_spec(spec: Path, command: str, report: Report | None = None, **optio
         raise
     except Exception as e:  # the user's code failed: say so without a traceback
         step = (report.incomplete or {}).get("step")
-        args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items() if v is not None)
+        args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items() if v is not None and not callable(v))
         raise SpecError(f"measuring {spec.name} failed{f' at step {step}' if step is not None else ''}: "
                         f"{type(e).__name__}: {e}", f"fix the spec, then run `bsprof measure {spec} {args}` "
                         "to see the full error")
