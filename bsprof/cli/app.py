@@ -15,7 +15,10 @@ from rich.markup import escape
 from bsprof.errors import BsprofError, ConfigError
 
 _TRAILING = re.compile(r"[ \t]+\n")
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# Help is click's plain text, 120 columns: rich's markup ate the "[auto]"-style defaults of the help strings, and its
+# panels padded lines with spaces in a pipe
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  context_settings={"max_content_width": 120, "terminal_width": 120},
                   help="bsprof: measure the critical batch size (gradient noise scale) of a PyTorch model.")
 
 
