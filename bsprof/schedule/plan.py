@@ -531,8 +531,9 @@ def probe_lr(report) -> float | None:
 def assumptions(report, lr0: float, lr_rule: str, batch_train: float) -> list[str]:
     """What the predicted steps rest on, with its effect (docs/science.md "Which critical batch")."""
     probed = probe_lr(report)
-    rule = ("(1 + B_n/B_train)/(1 + B_n/B), linear well below the noise scale B_n and saturating above it"
-            if lr_rule == "linear" else f"{lr_rule}(B/B_train)")
+    rule = {"linear": "(1 + B_n/B_train)/(1 + B_n/B), linear well below the noise scale B_n and saturating above it",
+            "sqrt": "√(min(B, B_n)/min(B_train, B_n)), square root up to the noise scale B_n and flat above it"
+            }.get(lr_rule, f"{lr_rule}(B/B_train)")
     out = [f"predicted steps assume lr = {lr0:.4g} × {rule}, from the training batch "
            f"{batch_train:g}; measured noise scales fall 2–3× as the probe lr rises from ¼ to 1× tuned "
            "(docs/science.md): measure at the lr you will train with"]

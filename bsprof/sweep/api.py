@@ -117,9 +117,10 @@ def _report_noise(report) -> float | None:
 
 
 def _notes(setup, cfg: SweepConfig, est: Estimate, summaries, extra: list[str]) -> tuple[str, ...]:
+    bend = "flat" if setup.rule == "sqrt" else "saturating"
     notes = [f"learning rate: {setup.optimizer} at lr {setup.base_lr:g} for batch {cfg.batch_sizes()[0]}, scaled "
-             f"by the {setup.rule} rule" + (f" (saturating at the noise scale ≈ {setup.b_noise:.3g} examples, "
-                                                 "the report's critical batch)" if setup.b_noise else "")
+             f"by the {setup.rule} rule" + (f" ({bend} above the noise scale ≈ {setup.b_noise:.3g} examples, "
+                                            "the report's critical batch)" if setup.b_noise else "")
              + (f" × grid {list(cfg.lr_grid)}" if len(cfg.lr_grid) > 1 else "")]
     notes.append(f"evaluation: a fixed draw of {setup.n_eval} examples" +
                  (", held out of training" if setup.held_out else " (also used for training)"))

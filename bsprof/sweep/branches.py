@@ -118,7 +118,7 @@ def prepare(spec: Spec, cfg: SweepConfig, b_noise: float | None = None) -> _Setu
     rule = optimizer_lr_rule(name) or "none" if cfg.lr_rule == "auto" else cfg.lr_rule
     b_noise = cfg.b_noise or b_noise
     return _Setup(spec, cfg, device, train, eval_batches, n_eval, float(opt.param_groups[0]["lr"]), name, rule,
-                  b_noise if rule == "linear" and b_noise else None, init, held_out, n_data=n)
+                  b_noise if rule in ("linear", "sqrt") and b_noise else None, init, held_out, n_data=n)
 
 
 def _model(setup: _Setup, seed: int, factor: float):

@@ -131,8 +131,9 @@ def local_critical(batches: Sequence[int], losses: Sequence[float], tolerance: f
 
 def lr_factor(rule: str | None, batch: float, base_batch: float, b_noise: float | None = None) -> float:
     """The learning-rate multiplier at batch B relative to the base batch (``gate.policy.target_lr``):
-    sqrt (Adam family) √(B/B₀); linear (SGD) B/B₀, or (1 + B_n/B₀)/(1 + B_n/B) — linear up to the noise scale,
-    saturating beyond (McCandlish eq. 2.6) — when a noise scale B_n is known; none/unknown: 1."""
+    sqrt (Adam family) √(B/B₀), or √(min(B, B_n)/min(B₀, B_n)) — flat above the noise scale — when B_n is known;
+    linear (SGD) B/B₀, or (1 + B_n/B₀)/(1 + B_n/B) — linear up to the noise scale, saturating beyond (McCandlish
+    eq. 2.6) — when B_n is known; none/unknown: 1."""
     from bsprof.gate.policy import target_lr
 
     if rule not in ("linear", "sqrt"):
