@@ -342,6 +342,24 @@ def test_cli_global_trains_a_schedule_as_written(tmp_path):
         x["examples"] for x in v["runs"])
 
 
+def test_a_schedule_the_training_set_cannot_fill_or_planned_elsewhere(tmp_path):
+    """A schedule of batch 16,384 on a training set of 8,976 trained without a word (its constants are
+    refused); one planned at another lr, or to another target, is trained with a note."""
+    huge = _schedule_file(tmp_path / "huge.json", [(0, 32768, 0.1)])   # tiny_linear holds 20,000
+    r = cli(TINY, "--method", "global", "--batches", "2,4,8", "-t", 0.3, "--schedule", huge, *FAST,
+            "-o", tmp_path / "h")
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "its largest batch (32,768) exceeds the" in said and "--max-batch" in said, said
+    other = _schedule_file(tmp_path / "other.json", [(0, 4, 0.05)])
+    data = json.loads(other.read_text())
+    data.update(lr_train=5.0, target_loss=1.0)
+    other.write_text(json.dumps(data))
+    r = cli(TINY, "--method", "global", "--batches", "2,4,8", "-t", 0.3, "--n-boot", 20, "--schedule", other,
+            *FAST, "-o", tmp_path / "o")
+    said = " ".join(r.output.split())
+    assert r.exit_code == 0 and "planned from a training lr of 5" in said and "planned to loss 1 and" in said, said
+
+
 def test_cli_global_trains_a_tokens_schedule_in_examples(tmp_path):
     """A schedule planned from a tokens report (batches in tokens, its seq_length recorded) trains its batches as
     examples of the spec: 20 and 80 tokens of sequences of 10 are 2 and 8 examples (it trained 20 and 80 examples a

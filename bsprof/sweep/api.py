@@ -245,6 +245,27 @@ def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=
                        incomplete, schedule=verdict)
 
 
+def _schedule_fits(sched, cfg: SweepConfig, setup) -> list[str]:
+    """Refuse a schedule whose batch the training set cannot fill (its constants are refused alike); notes where it
+    was planned for another lr or target than the sweep's (a schedule from another model trained without a word)."""
+    n_train = setup.n_data - setup.n_eval if setup.held_out else setup.n_data
+    big = max(s.batch_size for s in sched.stages)
+    if n_train and big > n_train:
+        raise ConfigError(f"--schedule {cfg.schedule}: its largest batch ({big:,}) exceeds the {n_train:,} training "
+                          "examples" + (f" ({setup.n_eval} are held out for evaluation)" if setup.held_out else ""),
+                          "plan it with `bsprof schedule … --max-batch N` (N at most the training set), or use fewer "
+                          "--eval-examples or --no-holdout")
+    notes = []
+    if sched.lr_train > 0 and setup.base_lr > 0 and not 2 / 3 <= sched.lr_train / setup.base_lr <= 1.5:
+        notes.append(f"the schedule was planned from a training lr of {sched.lr_train:.4g} and this spec's optimizer "
+                     f"starts at {setup.base_lr:.4g}: its stages' lrs belong to the run it was planned from (another "
+                     "model or optimizer?)")
+    if sched.target_loss and cfg.target_loss and not math.isclose(sched.target_loss, cfg.target_loss, rel_tol=0.05):
+        notes.append(f"the schedule was planned to loss {sched.target_loss:g} and the sweep's target is "
+                     f"{cfg.target_loss:g} (an evaluation loss)")
+    return notes
+
+
 def _schedule(path: str, spec: Spec):
     """A schedule.json written by `bsprof schedule` (or ``Schedule.to_dict``), as a ``Schedule`` in the sweep's
     unit (``in_examples``), and the note saying how it was converted (None when it was already in examples)."""
@@ -327,6 +348,8 @@ def _run(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResu
                           f"{setup.initial_loss:.4g}", "pass a target below the initial loss")
 
     sched, converted = _schedule(cfg.schedule, spec) if cfg.schedule else (None, None)
+    if sched is not None:
+        converted = "; ".join(n for n in (converted, *_schedule_fits(sched, cfg, setup)) if n) or None
     followed: list = []
 
     def build(rows, incomplete=None, n_boot=0):
