@@ -563,6 +563,21 @@ def test_assumptions_and_lr_cap():
     assert any("lr_cap must be" in p for p in ScheduleConfig(target_loss=0.4, lr_cap=0.5).problems())
 
 
+def test_a_batch_bound_that_overrides_the_rule_is_said():
+    """--max-batch 4 made a constant batch 4, recommended "along this path the rule's batch does not move by a
+    rounding step": the bound, not the path, held it; a warning names the bound and what the rule asked."""
+    report = synthetic_report()
+    held = plan(report, ScheduleConfig(target_loss=0.4, max_batch=4))
+    assert [st.batch_size for st in held.stages] == [4]
+    assert any(w.startswith("--max-batch 4 held the batch at 4 where the rule asked up to") for w in held.warnings)
+    assert "--max-batch holds the rule's batch there" in held.recommendation["text"]
+    assert any("at most the training batch 32 and --max-batch 4" in n for n in held.notes), held.notes
+    up = plan(report, ScheduleConfig(target_loss=0.4, min_batch=1024, max_batch=2048))
+    assert any("(--min-batch) held the batch up where the rule asked down to" in w for w in up.warnings)
+    free = plan(report, ScheduleConfig(target_loss=0.4))
+    assert not any("held the batch" in w for w in free.warnings)
+
+
 def test_a_target_below_losses_that_hardly_fell_says_so():
     """Measured losses all ≈ 1.08 (a run at lr 1e-9): the gap below them is not a percentage of a range that does
     not exist (it printed "by 1529675516% of the measured log-loss range [1.08082, 1.08082]"), and the hint names

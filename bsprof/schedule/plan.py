@@ -323,10 +323,12 @@ def sequence_tokens(report, config: ScheduleConfig) -> int:
 
 
 def _march(path, cfg: ScheduleConfig, batch_train: float, lr0: float, lr_rule: str, quantum: int = 1,
-           lead: predict.LeadIn | None = None):
+           lead: predict.LeadIn | None = None, clamped: dict | None = None):
     """(batch per segment, stages) along ``path``; the first stage from step 0, the start of the run: it covers
     ``lead`` (the probe's steps before the path's first point, at the first stage's batch) and steps count from
-    there."""
+    there. ``clamped`` (filled when given): {"max_batch" | "min_batch": the furthest rounded batch the rule asked
+    beyond that bound}."""
+    clamped = {} if clamped is None else clamped
     rule, lr_fn = rules.RULES[cfg.rule], rules.LR_RULES[lr_rule]
     lead = lead or predict.LeadIn()
     first = float(path.loss[0])
@@ -334,9 +336,16 @@ def _march(path, cfg: ScheduleConfig, batch_train: float, lr0: float, lr_rule: s
     b0 = cfg.b0 or batch_train
     batches, stages = np.empty(len(path.ds_min)), []
     step, prev, last_change = 0.0, None, 0.0
+    lo, hi = rules.bounds(cfg.min_batch, cfg.max_batch, cfg.multiple_of, quantum)
     for j, ds_min in enumerate(path.ds_min):
         state = rules.PathState(step, path.loss[j], path.b_noise[j], prev or b0, path.loss[0], b0)
-        b = rules.apply_constraints(rule(state, cfg), prev, step, last_change, cfg, quantum)
+        wish = rule(state, cfg)
+        rounded = rules.round_batch(wish, cfg.multiple_of, quantum)
+        if rounded > hi or rounded < lo:   # the option, not the rule, set this batch: said by ``clamped``
+            key = "max_batch" if rounded > hi else "min_batch"
+            clamped[key] = max(clamped.get(key, 0), rounded) if rounded > hi else min(clamped.get(key, rounded),
+                                                                                       rounded)
+        b = rules.apply_constraints(wish, prev, step, last_change, cfg, quantum)
         if b != prev:
             micro, acc, world = decompose(b, cfg.world_size, cfg.micro_batch, quantum)
             stages.append(Stage(int(round(step)), float(path.loss[j]) if j else start_loss, micro * acc * world,
@@ -373,12 +382,13 @@ def _baselines(path, batch_train: float, cfg: ScheduleConfig, sched: dict, quant
     return out
 
 
-def recommend(prediction: dict, baselines: list[dict], unit: str = "examples", stages=(), capped: str = "") -> dict:
+def recommend(prediction: dict, baselines: list[dict], unit: str = "examples", stages=(), capped: str = "",
+              clamped: dict | None = None) -> dict:
     """Schedule or constant batch: a constant batch that needs no more predicted steps AND no more examples
     than the schedule (one of them fewer) beats it; of those, the one with the fewest steps is recommended.
     A schedule of one stage is a constant batch, and says so. ``capped`` (``cap_lr``'s warning): the schedule's lrs
     were capped, which the text then says, with what it cost in trained runs."""
-    out = _recommend(prediction, baselines, unit, stages)
+    out = _recommend(prediction, baselines, unit, stages, clamped or {})
     own = out["use"] == "schedule" or (len(stages) == 1 and out.get("batch_size") == stages[0].batch_size)
     if capped and own:
         out["text"] += ("; its lr is capped by --lr-cap (the rule's is untested above it), which costs steps: on "
@@ -388,14 +398,17 @@ def recommend(prediction: dict, baselines: list[dict], unit: str = "examples", s
     return out
 
 
-def _recommend(prediction: dict, baselines: list[dict], unit: str, stages) -> dict:
+def _recommend(prediction: dict, baselines: list[dict], unit: str, stages, clamped: dict) -> dict:
     s, e = prediction["steps"], prediction["examples"]
     better = [b for b in baselines if b["steps"] <= s and b["examples"] <= e and (b["steps"] < s or b["examples"] < e)]
     if not better and len(stages) == 1:
         b = stages[0].batch_size
+        why = ("--max-batch holds the rule's batch there" if "max_batch" in clamped else
+               "the smallest batch (--min-batch) holds the rule's batch there" if "min_batch" in clamped else
+               "along this path the rule's batch does not move by a rounding step")
         return {"use": "constant", "batch_size": b, "steps": s, "examples": e,
-                "text": f"train at a constant batch of {b:,} {unit} (lr {stages[0].lr:.4g}): along this path the "
-                        "rule's batch does not move by a rounding step, so the schedule is that constant batch"}
+                "text": f"train at a constant batch of {b:,} {unit} (lr {stages[0].lr:.4g}): {why}, so the schedule "
+                        "is that constant batch"}
     if not better:
         return {"use": "schedule", "batch_size": None,
                 "text": "follow the schedule: no constant batch is predicted to need both fewer steps and fewer "
@@ -437,8 +450,9 @@ def auto_min_batch(report, batch_train: float, max_batch: int) -> tuple[int, str
     value = max(1, min(floor, int(batch_train), max_batch))
     eight = f"8 × {tpe} tokens" if tpe > 1 else "8"
     why = f"max({eight}, probe micro-batch {micro})" if micro else eight
-    return value, (f"smallest batch {value} (auto: {why}, at most the training batch {int(batch_train)}; "
-                   "--min-batch to change)")
+    limit = (f"at most the training batch {int(batch_train)}" + (f" and --max-batch {max_batch}"
+                                                               if max_batch < min(floor, int(batch_train)) else ""))
+    return value, f"smallest batch {value} (auto: {why}, {limit}; --min-batch to change)"
 
 
 def fit_rows(rows, confidence: float = 0.9, form: str = "auto", values: str = "value"):
@@ -594,6 +608,7 @@ def plan(report, config: ScheduleConfig) -> Schedule:
         micro, why_micro = logged_micro_batch(report, config.world_size)
         config = dataclasses.replace(config, micro_batch=micro)
         notes += why_micro
+    min_asked = config.min_batch > 0   # an auto smallest batch holding the rule up is its purpose, not news
     if config.min_batch == 0:
         min_batch, why_min = auto_min_batch(report, batch_train, config.max_batch)
         config = dataclasses.replace(config, min_batch=min_batch)
@@ -616,7 +631,17 @@ def plan(report, config: ScheduleConfig) -> Schedule:
         config, why_rate = auto_exchange_rate(path, config)
         notes.append(why_rate)
     lead = path_lead_in(report, steps, loss, path, batch_train)
-    batches, stages = _march(path, config, batch_train, lr0, lr_rule, quantum, lead)
+    clamped: dict = {}
+    batches, stages = _march(path, config, batch_train, lr0, lr_rule, quantum, lead, clamped)
+    lo, hi = rules.bounds(config.min_batch, config.max_batch, config.multiple_of, quantum)
+    if "max_batch" in clamped:
+        warnings.append(f"--max-batch {config.max_batch} held the batch at {hi:,} where the rule asked up to "
+                        f"{clamped['max_batch']:,}: those stages take more steps than the rule's batch would")
+    if not min_asked:
+        clamped.pop("min_batch", None)
+    if "min_batch" in clamped:
+        warnings.append(f"the smallest batch {lo:,} (--min-batch) held the batch up where the rule asked down to "
+                        f"{clamped['min_batch']:,}: those stages use more examples than the rule's batch would")
     s_cum, e_cum = predict.integrate(path, batches)
     s_cum, e_cum = s_cum + lead.steps(batches[0]), e_cum + lead.examples(batches[0])
     stages = stages[:1] + [s._replace(start_step=int(round(np.interp(s.start_loss, path.loss[::-1], s_cum[::-1]))))
@@ -668,7 +693,7 @@ def plan(report, config: ScheduleConfig) -> Schedule:
                     config={**asdict(config), "noise_followed": quantity,
                             "noise_factor": calibration(family_name, quantity)},
                     batch_train=batch_train, lr_train=lr0, assumptions=assumed,
-                    recommendation=recommend(pred, baselines, report.unit, stages, capped))
+                    recommendation=recommend(pred, baselines, report.unit, stages, capped, clamped))
 
 
 def auto_exchange_rate(path, config: ScheduleConfig) -> tuple[ScheduleConfig, str]:
