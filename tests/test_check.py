@@ -575,6 +575,18 @@ def test_the_lr_at_the_initial_weights_is_judged_against_every_larger_noise_scal
     assert judge(at_init, 4096, lr=100.0).checks[1].status == FAIL   # beyond even plain linear scaling (12.8)
 
 
+def test_a_run_cut_short_after_its_initial_measurement_says_so():
+    """A run interrupted after 2,528 training steps with only its step-0 measurement: check said "train first" and
+    schedule "not --steps 0" to a user who had trained; both now say the run was cut short."""
+    from bsprof.schedule.plan import more_rows_fix
+
+    rep = make_report(rows=[_row(0, 2.3, 100.0, 80.0, 125.0)])
+    rep.incomplete = {"reason": "interrupted", "step": 2528}
+    v = judge(rep, 64)
+    assert any("it stopped before any measurement after the initial weights" in n for n in v.notes), v.notes
+    assert "cut short at step 2528 (interrupted)" in more_rows_fix(rep)
+
+
 def test_a_report_without_measurements_says_so(tmp_path):
     """A report.json whose run stopped before its first measurement: report printed an empty table with exit 0;
     report and check now say it holds no measurement, with the reason it stopped, and exit 2."""

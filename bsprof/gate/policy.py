@@ -663,7 +663,10 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
         how = report.incomplete.get("reason") or "stopped early"
         step = report.incomplete.get("step")
         notes.append(f"the report is incomplete: the run ended early ({how}"
-                     f"{f', at step {step}' if step is not None else ''}); judged on what was measured before")
+                     f"{f', at step {step}' if step is not None else ''}); judged on what was measured before"
+                     + ("; it stopped before any measurement after the initial weights (the advice to train first "
+                        "means: measure again and let the run finish, or measure more often, --measure-every N)"
+                        if noise is not None and noise.initial else ""))
     fam = optimizer_family(optimizer_name(report.config))
     q = report.summary.critical_batch_quantity if report.summary else None
     said = {d.get("code") for d in report.diagnostics if isinstance(d, dict)}   # the run's own note says it

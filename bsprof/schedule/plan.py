@@ -242,6 +242,10 @@ def more_rows_fix(report) -> str:
         return (f"{ok} of the {rows} windows of {window} steps have a determined noise scale (the others are "
                 "lower bounds: |G|² not resolved within a window): log more steps, or try a wider window (fewer "
                 "rows, each steadier)")
+    cut = report.incomplete or {}
+    if cut:   # the run trained but stopped before a second measurement
+        return (f"this report's run was cut short at step {cut.get('step')} ({cut.get('reason')}) before a second "
+                "measurement: measure again and let it finish, or measure more often (--measure-every N)")
     return "measure during training: `bsprof measure SPEC --steps 300` (not --steps 0)"
 
 
