@@ -587,6 +587,15 @@ def test_a_run_cut_short_after_its_initial_measurement_says_so():
     assert "cut short at step 2528 (interrupted)" in more_rows_fix(rep)
 
 
+def test_an_empty_clean_range_is_null_in_json():
+    """A wide interval: no batch passes across all of it; the JSON gave min_clean 485 > max_clean 454."""
+    wide = make_report(rows=[_row(0, 2.3, 100.0, 20.0, 2000.0), _row(50, 1.0, 100.0, 20.0, 2000.0)])
+    passing = judge(wide, 100).checks[0].passing
+    assert passing["min_clean"] is None and passing["max_clean"] is None and passing["min"] < passing["max"]
+    narrow = judge(make_report(), 1000).checks[0].passing
+    assert narrow["min_clean"] < narrow["max_clean"]
+
+
 def test_a_report_without_measurements_says_so(tmp_path):
     """A report.json whose run stopped before its first measurement: report printed an empty table with exit 0;
     report and check now say it holds no measurement, with the reason it stopped, and exit 2."""

@@ -354,9 +354,10 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                            ("measure longer or at a lower loss: `bsprof measure --max-examples ...`",), measured)
     passing = {"min": noise.lo / Xs, "max": math.inf if noise.initial else noise.hi * Xc}
     if noise.status == Status.OK:
-        passing.update(min_clean=noise.hi / Xs, max_clean=math.inf if noise.initial else noise.lo * Xc)
-        passing["suggest"] = _pow2_within(B, passing["min_clean"], passing["max_clean"]) or \
-            _pow2_within(B, passing["min"], passing["max"])
+        lo_clean, hi_clean = noise.hi / Xs, math.inf if noise.initial else noise.lo * Xc
+        passing["suggest"] = _pow2_within(B, lo_clean, hi_clean) or _pow2_within(B, passing["min"], passing["max"])
+        empty = lo_clean > hi_clean   # no batch passes across the whole interval: both ends null (JSON)
+        passing.update(min_clean=None if empty else lo_clean, max_clean=None if empty else hi_clean)
     # provable violations, at the most favourable end of the interval
     if noise.lo / B > Xs:
         extra = noise.lo / B
@@ -392,7 +393,7 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
                      f"but not across the whole interval {noise.brief()}; not failing, since bsprof fails only "
                      "when the whole interval violates the policy. "
                      + (f"B in [{_fmt(passing['min_clean'])}, {_fmt(passing['max_clean'])}] {u} passes cleanly; "
-                        if passing["min_clean"] <= passing["max_clean"] else
+                        if passing["min_clean"] is not None else
                         "No batch passes across the whole interval (it is wider than the policy's limits allow); ")
                      + ("the interval includes the headline's model range (docs/science.md §6), which measuring "
                         "more precisely does not narrow: `bsprof sweep` measures the critical batch directly"
