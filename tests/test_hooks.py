@@ -315,7 +315,7 @@ def test_functional_use_of_hooked_weight():
 
 
 FALLBACK = {"gru": {"gru.weight_ih_l0", "gru.weight_hh_l0", "gru.bias_ih_l0", "gru.bias_hh_l0"},
-            "tied_lm_functional": {"emb.weight"}, "pos_parameter": {"pos"}}
+            "tied_lm_functional": {"emb.weight"}}   # pos_parameter's bare parameter: added by broadcast, hooked
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -334,13 +334,48 @@ def test_only_unknown_parameters_fall_back(name, monkeypatch):
 
 
 def test_fallbacks_are_reported_with_reasons():
-    case = make("pos_parameter")
+    case = make("tied_lm_functional")
     got = per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
-    assert set(got.fallbacks) == {"pos"} and "PosLM" in got.fallbacks["pos"]
+    assert set(got.fallbacks) == {"emb.weight"} and "applied functionally" in got.fallbacks["emb.weight"]
     gru = make("gru")
     assert all("GRU" in r for r in per_example_hooks(gru.model, gru.loss_fn, gru.batch, gru.count).fallbacks.values())
     enc = make("torch_encoder")
     assert per_example_hooks(enc.model, enc.loss_fn, enc.batch, enc.count).fallbacks is None
+
+
+@pytest.mark.parametrize("form", ["slice", "view", "row", "bias-like"])
+def test_a_bare_parameter_added_by_broadcast_is_hooked(form):
+    """A learned position embedding kept as an nn.Parameter (minGPT's ``pos_emb[:, :T, :]``, ViT's ``pos_embed``)
+    went to torch.func: its g_i is δ_i of the add summed to its shape, exact against torch.func in float64; a bare
+    parameter used otherwise (multiplied) still falls back, with the reason."""
+    class Pos(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.out = nn.Linear(4, 6), nn.Linear(6, 3)
+            shapes = {"slice": (1, 9, 6), "view": (54,), "row": (9, 6), "bias-like": (6,)}
+            self.pos = nn.Parameter(torch.randn(*shapes[form]) * 0.1)
+
+        def forward(self, x):
+            T = x.shape[1]
+            pos = {"slice": lambda: self.pos[:, :T, :], "view": lambda: self.pos.view(9, 6)[:T],
+                   "row": lambda: self.pos[:T], "bias-like": lambda: self.pos}[form]()
+            return self.out(torch.tanh(self.inp(x) + pos)).mean(1)
+
+    torch.manual_seed(0)
+    model = Pos().double()
+    batch = (torch.randn(5, 7, 4, dtype=torch.float64), torch.randint(0, 3, (5,)))
+    got = per_example_hooks(model, xent, batch, 5)
+    want = per_example_vmap(model, xent, batch, 5)
+    assert got.fallbacks is None
+    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind(), rtol=1e-9)
+    assert_close(got.grad_sum, want.grad_sum, rtol=1e-9)
+
+    class Scaled(Pos):
+        def forward(self, x):
+            return self.out(torch.tanh(self.inp(x) * self.pos[:, :x.shape[1], :])).mean(1)
+
+    if form == "slice":
+        assert set(per_example_hooks(Scaled().double(), xent, batch, 5).fallbacks) == {"pos"}
 
 
 def test_strict_refuses_fallbacks():
@@ -398,7 +433,8 @@ def test_register_rule_for_custom_layer(monkeypatch):
     def loss(m, b):
         return F.cross_entropy(m(b[0]).mean(1), b[1], reduction="none")
 
-    assert set(per_example_hooks(model, loss, batch, 6).fallbacks) == {"1.gain", "1.shift"}
+    # the shift is added by broadcast over the examples (as a bare position parameter): hooked without a rule
+    assert set(per_example_hooks(model, loss, batch, 6).fallbacks) == {"1.gain"}
 
     def gain_rule(mod, x, d):
         B = x.shape[0]

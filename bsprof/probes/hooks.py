@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter, defaultdict
+from contextlib import nullcontext
 from functools import partial
 
 import torch
@@ -159,6 +160,74 @@ def _graph_uses(root, targets=()) -> tuple[Counter, set, dict]:
     return uses, seen, users
 
 
+# autograd nodes of ops that move a tensor's entries without combining them: |∂ℓ/∂p| is |∂ℓ/∂(their output)|
+_MOVES = frozenset({"SliceBackward0", "ViewBackward0", "UnsafeViewBackward0", "UnsqueezeBackward0",
+                    "SqueezeBackward0", "SqueezeBackward1", "SelectBackward0", "PermuteBackward0",
+                    "TransposeBackward0", "TBackward0", "AliasBackward0"})
+
+
+def _consumers(root) -> tuple[dict, dict]:
+    """({id(leaf): [nodes taking it]}, {node: [nodes taking its output]}) over the graph from ``root`` (a node, or
+    a list of nodes walked as one graph)."""
+    stack = [r for r in (root if isinstance(root, list) else [root]) if r is not None]
+    leaves, users, seen = defaultdict(list), defaultdict(list), set(stack)
+    while stack:
+        node = stack.pop()
+        for nxt, _ in node.next_functions:
+            if nxt is None:
+                continue
+            if type(nxt) is _ACCUMULATE:
+                leaves[id(nxt.variable)].append(node)
+                continue
+            users[nxt].append(node)
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return leaves, users
+
+
+def broadcast_add(param: Tensor, leaves: dict, users: dict, count: int | None):
+    """(the add node, the shape S of the operand it takes) when ``param`` is used once, through ops that only move
+    its entries (a slice ``pos[:T]``, a view), as an operand of an add whose output [count, …] carries the examples
+    and into which the operand broadcasts (S = [..., *out[1:]] or [1, *out[1:]]): a learned position embedding kept
+    as a bare ``nn.Parameter``. Then g_i is δ_i of the add's output summed to S, and |g_i| is the same for ``param``
+    (its other entries get no gradient). None otherwise."""
+    taking = leaves.get(id(param), [])
+    if len(taking) != 1:
+        return None
+    node, shape = taking[0], tuple(param.shape)
+    try:
+        while type(node).__name__ in _MOVES:
+            shape = tuple(node._input_metadata[0].shape)
+            after = users.get(node, [])
+            if len(after) != 1:
+                return None
+            node = after[0]
+        if type(node).__name__ != "AddBackward0" or getattr(node, "_saved_alpha", None) != 1:
+            return None
+        out = tuple(node._input_metadata[0].shape)
+    except Exception:  # a torch without the node metadata
+        return None
+    rest = out[1:]
+    if not out or (count is not None and out[0] != count):
+        return None
+    if len(shape) == len(rest) + 1:
+        if shape[0] != 1:
+            return None
+        shape = shape[1:]
+    if len(shape) > len(rest) or any(a not in (1, b) for a, b in zip(shape[::-1], rest[::-1])):
+        return None
+    return node, shape
+
+
+def per_example_broadcast(d: Tensor, shape: tuple) -> Tensor:
+    """g_i for an operand of shape ``shape`` broadcast into δ [B, *rest]: δ_i summed over the broadcast dims."""
+    rest = d.shape[1:]
+    aligned = (1,) * (len(rest) - len(shape)) + tuple(shape)
+    dims = [j + 1 for j, (a, b) in enumerate(zip(aligned, rest)) if a == 1 and b != 1]
+    return d.sum(dim=dims) if dims else d
+
+
 class _Pass:
     """One probe call's hook state: which module owns which parameter, the calls seen, the sums made.
 
@@ -169,6 +238,7 @@ class _Pass:
         self.seq_first: frozenset = frozenset()  # ids of modules fed the examples off dim 0 (``not_batch_first``)
         index = {id(p): k for k, p in enumerate(params)}
         self.owned, self.why, claimed = {}, {}, set()
+        self.ruleless: set[int] = set()  # direct parameters of a module without a rule (a bare position parameter?)
         for mod in model.modules():
             direct = [(n, index[id(p)]) for n, p in mod._parameters.items()  # named_parameters(recurse=False), faster
                       if p is not None and id(p) in index and index[id(p)] not in claimed]
@@ -177,6 +247,7 @@ class _Pass:
             rule = rule_for(mod)
             if rule is None:
                 self.send({k for _, k in direct}, f"in {type(mod).__name__}, which has no per-example rule")
+                self.ruleless |= {k for _, k in direct}
             elif isinstance(rule, ModuleRule):  # accounts for its children's parameters too
                 slots = [(n, index[id(p)]) for n, p in mod.named_parameters() if id(p) in index]
                 self.owned[mod] = (rule, slots)
@@ -293,6 +364,27 @@ class _Pass:
                 self.send((k for _, k in slots), f"{type(mod).__name__} is called without a batch dim and its "
                                                  "output is not added to a batched tensor")
 
+    def broadcast_parameters(self, root) -> None:
+        """Parameters without a rule that are added by broadcast over the examples (``broadcast_add``): a pre-hook on
+        the add takes δ_i per example, and |g_i|² of the parameter from it (autograd still forms Σ_i g_i)."""
+        leaves, users = _consumers(root)
+        for k in sorted(self.ruleless & set(self.why)):
+            found = broadcast_add(self.params[k], leaves, users, self.count)
+            if found is None:
+                continue
+            node, shape = found
+            del self.why[k]
+            self.expected[k] = 1
+            self.handles.append(node.register_prehook(partial(self.broadcast_hook, k, shape)))
+
+    def broadcast_hook(self, k: int, shape: tuple, grad_outputs) -> None:
+        if not self.armed or grad_outputs[0] is None:
+            return
+        d = grad_outputs[0]
+        with torch.autocast(d.device.type, enabled=False) if _autocast_on(d.device.type) else nullcontext():
+            flat = per_example_broadcast(_wide(d), shape).reshape(-1)
+            self.parts.append((k, torch.dot(flat, flat)))
+
     def shared_hook(self, mod, slots, idx, grad_outputs):
         if grad_outputs[0] is not None:
             self.backward_hook(embedding, mod, slots, idx, grad_outputs[0])
@@ -338,6 +430,8 @@ class _Pass:
             del self.why[k]
         if self.shared:
             self.broadcast_embeddings(consumers)
+        if self.ruleless & set(self.why):
+            self.broadcast_parameters(losses.grad_fn)
         for slots, fn in self.calls:
             if fn in seen or fn is losses.grad_fn:
                 self.expected.update(k for _, k in slots)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter, defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -48,7 +49,15 @@ from torch import Tensor, nn
 
 from bsprof.probes.attention import MHA
 from bsprof.probes.base import batch_coupled, coupled_reason
-from bsprof.probes.hooks import _autocast_on, _graph_uses, _Undo, _wide
+from bsprof.probes.hooks import (
+    _autocast_on,
+    _consumers,
+    _graph_uses,
+    _Undo,
+    _wide,
+    broadcast_add,
+    per_example_broadcast,
+)
 from bsprof.probes.layers import (
     ModuleRule,
     Scratch,
@@ -307,6 +316,7 @@ class PerExample:
         self.failure: str | None = None
         self.shared_positions = False      # an Embedding saw one row (positions broadcast over the batch?)
         self.inputs: set[int] = set()      # dim 0 of the model's first input, per forward since the last backward
+        self.bare: set[int] = set()        # uncovered parameters added by broadcast, hooked in this step's forwards
         self.shared: list = []             # embeddings called on positions shared by the batch, this forward
         self.model = model
         self.handles = []
@@ -357,9 +367,14 @@ class PerExample:
         example i's, read by a pre-hook on that add's node; the indices are the same for every example. Found by
         one walk of the model's graph; anything else (another consumer) leaves the backward unmeasured."""
         shared, self.shared = self.shared, []
-        if not shared or not torch.is_grad_enabled():
+        bare = [k for k in self.uncovered if self.params[k].requires_grad]
+        if not (shared or bare) or not torch.is_grad_enabled():
             return
         roots = [t.grad_fn for t in _tensors(output) if t.grad_fn is not None]
+        if bare:
+            self._broadcast_parameters(roots, bare)
+        if not shared:
+            return
         _, _, consumers = _graph_uses(roots, [out.grad_fn for _, _, _, out in shared])
         for emb, slots, x, out in shared:
             users = consumers.get(out.grad_fn, [])
@@ -377,6 +392,31 @@ class PerExample:
                 self.failure = ("an nn.Embedding called on positions shared by the batch ([T] or [1, T]) whose "
                                 "output is not added to a batched tensor is not supported by the tracker's "
                                 "per-example norms")
+
+    def _broadcast_parameters(self, roots, bare: list[int]) -> None:
+        """Parameters outside the layers with rules that are added by broadcast over the examples (a learned
+        position embedding kept as a bare ``nn.Parameter``; ``hooks.broadcast_add``): a pre-hook on the add takes
+        δ_i, and |g_i|² from it, as ``bsprof measure``'s probe does. Anything else stays uncovered."""
+        leaves, users = _consumers(roots)
+        count = max(self.inputs) if self.inputs else None
+        for k in bare:
+            found = broadcast_add(self.params[k], leaves, users, count)
+            if found is not None:
+                node, shape = found
+                node.register_prehook(partial(self._broadcast, shape))
+                self.bare.add(k)
+
+    def _broadcast(self, shape: tuple, grad_outputs) -> None:
+        if not self.armed or grad_outputs[0] is None:
+            return
+        d = grad_outputs[0]
+        self.rows.add(d.shape[0])
+        try:
+            with torch.autocast(d.device.type, enabled=False) if _autocast_on(d.device.type) else nullcontext():
+                flat = per_example_broadcast(_wide(d), shape).reshape(-1)
+                self.parts.append(torch.dot(flat, flat))
+        except Exception as e:  # never break the user's backward
+            self.failure = f"{type(e).__name__} in the per-example norm of a parameter added by broadcast: {e}"
 
     def _shared_delta(self, mod, slots, idx: Tensor, grad_outputs) -> None:
         if grad_outputs[0] is not None:
@@ -477,7 +517,7 @@ class PerExample:
     def end_backward(self, record: Backwards) -> None:
         """Close one backward pass: hand (Σ_i |rule_i|², n) of an armed pass to ``record``; reset the counts."""
         if not (self.armed or self.expected or self.rows or self.pending or self.parts or self.failure
-                or self.shared_positions or self.open or self.inputs):
+                or self.shared_positions or self.open or self.inputs or self.bare):
             return  # nothing was hooked in this pass (accumulation): nothing to reset
         if self.armed:
             try:  # calls whose δ never came contribute zero (unused outputs, graphs dropped without a backward)
@@ -506,13 +546,14 @@ class PerExample:
                 record.per_example_failure = self.failure
         self.expected, self.rows, self.pending, self.parts, self.failure = Counter(), set(), defaultdict(list), [], None
         self.shared_positions, self.open, self.inputs, self.shared = False, {}, set(), []
+        self.bare = set()
         self.scratch = Scratch()  # not held between steps
 
     def uncovered_used(self) -> str | None:
         """Why this backward's per-example norms are incomplete: a parameter outside the layers with rules got a
         gradient (an unused one never does); None when none did."""
-        used = [self.names[k] for k in self.uncovered
-                if self.params[k].grad is not None and bool(self.params[k].grad.any())]
+        used = [self.names[k] for k in self.uncovered if k not in self.bare
+                and self.params[k].grad is not None and bool(self.params[k].grad.any())]
         if not used:
             return None
         return (f"no per-example rule for {', '.join(used[:5])}{' …' if len(used) > 5 else ''}, which the loss uses "
