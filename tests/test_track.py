@@ -85,7 +85,19 @@ def partly_frozen() -> nn.Module:
     return model.double()
 
 
-@pytest.mark.parametrize("make", [mlp, lambda: Twice().double(), partly_frozen])
+class BareShift(nn.Module):
+    """A bare nn.Parameter added by broadcast over the examples (as a learned position embedding is): the tracker
+    called such a model unavailable ("no per-example rule for shift"); its g_i is δ_i of the add."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out, self.shift = nn.Linear(6, 8), nn.Linear(8, 3), nn.Parameter(torch.randn(1, 8))
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.inp(x) + self.shift[:, :8]))
+
+
+@pytest.mark.parametrize("make", [mlp, lambda: Twice().double(), partly_frozen, lambda: BareShift().double()])
 def test_per_example_pair_is_the_exact_reference(make):
     """b = 1: small = (1/n)Σ|g_i|² = tr(Σ) + |G|², big = |G|² of the whole dataset (torch.func reference)."""
     model, (x, y) = make(), data()
@@ -137,36 +149,6 @@ def test_parameters_unfrozen_after_the_tracker_was_made_are_an_error():
     with pytest.raises(TrackerError, match="0.weight, 0.bias became trainable after the Tracker was made") as err:
         tracker.step()
     assert "a new Tracker" in str(err.value) and hooks_left(model) == 0
-
-
-class BarePos(nn.Module):
-    """A learned position embedding kept as a bare nn.Parameter, sliced and added by broadcast (minGPT style)."""
-
-    def __init__(self):
-        super().__init__()
-        self.inp, self.out = nn.Linear(6, 8), nn.Linear(8, 3)
-        self.pos = nn.Parameter(torch.randn(1, 9, 8) * 0.1)
-
-    def forward(self, x):
-        return self.out(torch.tanh(self.inp(x) + self.pos[:, :x.shape[1], :])).mean(1)
-
-
-def test_per_example_follows_a_bare_parameter_added_by_broadcast():
-    """The tracker's per-example source called such a model unavailable ("no per-example rule for pos"): its g_i is
-    δ_i of the add, as in `bsprof measure`'s probe; the pair is the exact reference."""
-    torch.manual_seed(0)
-    model = BarePos().double()
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(32, 7, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (32,), generator=g)
-    tracker = Tracker(model, source="per_example")
-    loss = ce(model, (x, y)).mean()
-    with tracker.per_example():
-        loss.backward()
-    draw = tracker.step(loss=loss)
-    ref = exact_noise_scale(model, ce, TensorDataset(x, y))
-    assert (draw.b, draw.B) == (1, 32)
-    assert draw.small_sq_total == pytest.approx(ref["trace_sigma"] + ref["g2"], rel=1e-9)
-    assert draw.big_sq_total == pytest.approx(ref["g2"], rel=1e-9)
 
 
 def test_per_example_under_cpu_autocast_is_taken_in_full_precision():

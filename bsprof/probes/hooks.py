@@ -137,11 +137,12 @@ def losses_mix_examples(model: nn.Module, loss_fn: LossFn, batch, rtol: float = 
 _ACCUMULATE = type(torch.empty(1, requires_grad=True).view(1).grad_fn.next_functions[0][0])  # a leaf's node
 
 
-def _graph_uses(root, targets=()) -> tuple[Counter, set, dict]:
+def _graph_uses(root, targets=(), leaves: dict | None = None) -> tuple[Counter, set, dict]:
     """Edges into each leaf's AccumulateGrad node (uses of the leaf), every node reached from ``root`` (a node, or a
-    list of nodes walked as one graph), and for each node in ``targets`` the nodes that consume it (one entry per
-    edge), in one walk."""
-    uses, seen, users = Counter(), set(), {t: [] for t in targets}
+    list of nodes walked as one graph), and for each node in ``targets`` (None: every node) the nodes that consume
+    it (one entry per edge), in one walk; ``leaves``, when given, gets {id(leaf): [the nodes that take it]}."""
+    every = targets is None
+    uses, seen, users = Counter(), set(), defaultdict(list) if every else {t: [] for t in targets}
     stack = [r for r in (root if isinstance(root, list) else [root]) if r is not None]
     seen.update(stack)  # a root reached from another is walked once
     while stack:
@@ -151,8 +152,10 @@ def _graph_uses(root, targets=()) -> tuple[Counter, set, dict]:
                 continue
             if type(nxt) is _ACCUMULATE:
                 uses[id(nxt.variable)] += 1
+                if leaves is not None:
+                    leaves[id(nxt.variable)].append(node)
                 continue
-            if nxt in users:
+            if every or nxt in users:
                 users[nxt].append(node)
             if nxt not in seen:
                 seen.add(nxt)
@@ -169,21 +172,8 @@ _MOVES = frozenset({"SliceBackward0", "ViewBackward0", "UnsafeViewBackward0", "U
 def _consumers(root) -> tuple[dict, dict]:
     """({id(leaf): [nodes taking it]}, {node: [nodes taking its output]}) over the graph from ``root`` (a node, or
     a list of nodes walked as one graph)."""
-    stack = [r for r in (root if isinstance(root, list) else [root]) if r is not None]
-    leaves, users, seen = defaultdict(list), defaultdict(list), set(stack)
-    while stack:
-        node = stack.pop()
-        for nxt, _ in node.next_functions:
-            if nxt is None:
-                continue
-            if type(nxt) is _ACCUMULATE:
-                leaves[id(nxt.variable)].append(node)
-                continue
-            users[nxt].append(node)
-            if nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return leaves, users
+    leaves: dict = defaultdict(list)
+    return leaves, _graph_uses(root, None, leaves)[2]
 
 
 def broadcast_add(param: Tensor, leaves: dict, users: dict, count: int | None):
