@@ -18,6 +18,7 @@ from torch import nn
 from bsprof.config import MeasureConfig, resolve
 from bsprof.engine import loop, sampling
 from bsprof.engine.data import Examples
+from bsprof.engine.rng import caller_rng
 from bsprof.engine.source import as_source
 from bsprof.engine.spec import Spec
 from bsprof.errors import ConfigError, SpecError
@@ -60,7 +61,8 @@ def measure(spec: Spec | str | Path | None = None, config: MeasureConfig | dict 
     elif given or optimizer is not None or collate is not None:
         raise SpecError("bsprof.measure got both a spec and objects", "pass either a spec file or model=, "
                         "dataset=, loss= (not both)")
-    return loop.measure(spec, cfg, report, progress)
+    with caller_rng():   # the probe seeds torch's global generators; the caller's randomness goes on after it
+        return loop.measure(spec, cfg, report, progress)
 
 
 def measure_at(model: nn.Module, loss, data, *, method: str = "auto", rel_error: float = 0.2,

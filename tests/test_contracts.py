@@ -229,3 +229,30 @@ def test_a_training_batch_splits_into_equal_micro_batches_or_stays_whole():
         assert torch.equal(torch.cat([b[0] for b, _ in parts]), one[0])
     parts, count = Examples(data, None, torch.device("cpu"), torch.Generator()).train_batch(9, parts=2)
     assert count == 9 and [c for _, c in parts] == [9]
+
+
+def test_measure_and_sweep_leave_the_callers_random_state_as_it_was():
+    """`bsprof.measure` seeded torch's global generator: in a notebook every torch.randn after it restarted from the
+    probe's seed whatever the caller had seeded. The caller's state is put back (the sweep's too)."""
+    import bsprof
+    import bsprof.sweep
+
+    x = torch.randn(64, 3)
+    data = torch.utils.data.TensorDataset(x, x.sum(1))
+
+    def mse(model, batch):
+        return (model(batch[0]).squeeze(-1) - batch[1]) ** 2
+
+    model = nn.Linear(3, 1)   # made before the seeds below: its initialisation draws from the generator too
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        expected = torch.randn(3)
+        torch.manual_seed(seed)
+        bsprof.measure(model=model, dataset=data, loss=mse, steps=2, device="cpu")
+        assert torch.equal(torch.randn(3), expected)
+    torch.manual_seed(3)
+    expected = torch.randn(3)
+    torch.manual_seed(3)
+    bsprof.sweep.local(model=model, dataset=data, loss=mse, batches=[4, 8], examples=32, device="cpu",
+                       eval_examples=16)
+    assert torch.equal(torch.randn(3), expected)

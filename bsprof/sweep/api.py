@@ -12,6 +12,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+from bsprof.engine.rng import caller_rng
 from bsprof.engine.spec import Spec, load_spec
 from bsprof.errors import BsprofError, ConfigError, SpecError
 from bsprof.results import Estimate, Status, finite
@@ -335,6 +336,11 @@ def sequence_length(sched, where: str, spec_tokens: int | None) -> tuple[int, st
 
 
 def _run(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResult:
+    with caller_rng():   # the branches seed torch's global generators; the caller's randomness goes on after them
+        return _sweep(cfg, spec, report, progress, on_result)
+
+
+def _sweep(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResult:
     say = progress or (lambda kind, info: None)
     emit = on_result or (lambda r: None)
     comp = comparison(report, Estimate.none(), cfg.target_loss or None) if report is not None else None
