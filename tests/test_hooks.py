@@ -535,3 +535,25 @@ def test_layer_norm_from_saved_statistics():
     assert got.keys() == want.keys() == {"weight", "bias"}
     assert all(torch.allclose(got[k], want[k], rtol=1e-10, atol=1e-12) for k in got)
     assert layers.layer_norm_saved(out * 2) is layers.layer_norm
+
+
+def test_a_zero_dimensional_parameter():
+    """`method="vmap"` raised IndexError on a 0-d nn.Parameter (a learned temperature): per-example gradients of
+    shape [B] were flattened from dim 1. Every probe now agrees on it with the one-example-at-a-time reference."""
+    class Temp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.temp = nn.Linear(4, 3), nn.Parameter(torch.tensor(0.7))
+
+        def forward(self, x):
+            return self.lin(x) * self.temp
+
+    torch.manual_seed(0)
+    model = Temp().double()
+    batch = (torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,)))
+    case = type("Case", (), {"model": model, "loss_fn": staticmethod(xent), "batch": batch, "count": 6})
+    sq, total = loop_reference(case)
+    for probe in (per_example_vmap, per_example_hooks):
+        got = probe(model, xent, batch, 6)
+        assert_close(got.small_sq_sum.unbind(), sq.unbind(), rtol=1e-9)
+        assert_close(got.grad_sum, total, rtol=1e-9)

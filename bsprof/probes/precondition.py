@@ -48,7 +48,7 @@ def preconditioned(base: Probe, p: list[torch.Tensor]) -> Probe:
             per_example_losses(model, loss_fn, batch, count)  # raises the shape error
         scaled = [g * r for g, r in zip(grads.values(), root)]
         dtype = accum_dtype(losses.device)
-        sq = torch.stack([g.to(dtype).flatten(1).square().sum() for g in scaled])
+        sq = torch.stack([g.to(dtype).square().sum() for g in scaled])
         return ChunkStats([g.sum(0) for g in scaled], sq, count, losses.sum().detach(), count)
 
     def microbatch(model: nn.Module, loss_fn: LossFn, batch, count: int) -> ChunkStats:

@@ -64,5 +64,5 @@ def per_example_vmap(model: nn.Module, loss_fn: LossFn, batch, count: int) -> Ch
     if losses.shape != (count,):
         per_example_losses(model, loss_fn, batch, count)  # raises the shape error
     dtype = accum_dtype(losses.device)
-    sq = torch.stack([g.to(dtype).flatten(1).square().sum() for g in grads.values()])
+    sq = torch.stack([g.to(dtype).square().sum() for g in grads.values()])
     return ChunkStats([g.sum(0) for g in grads.values()], sq, count, losses.sum().detach(), count)

@@ -22,7 +22,7 @@ def exact_noise_scale(model: nn.Module, loss_fn, dataset, collate=None, chunk: i
     for start in range(0, n, chunk):
         batch = collate([dataset[i] for i in range(start, min(start + chunk, n))])
         grads, losses = per_example_grads(model, loss_fn, batch)
-        flat = torch.cat([g.flatten(1).double() for g in grads.values()], dim=1)
+        flat = torch.cat([g.reshape(g.shape[0], -1).double() for g in grads.values()], dim=1)  # 0-d params too
         sq_sum += float(flat.square().sum())
         grad_sum = flat.sum(0) if grad_sum is None else grad_sum + flat.sum(0)
         loss_sum += float(losses.double().sum())
