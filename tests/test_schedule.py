@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -561,6 +562,27 @@ def test_assumptions_and_lr_cap():
     other = plan(report, ScheduleConfig(target_loss=0.4, lr=0.5))
     assert any("differs from the lr 0.1" in a for a in other.assumptions)
     assert any("lr_cap must be" in p for p in ScheduleConfig(target_loss=0.4, lr_cap=0.5).problems())
+
+
+def test_plan_checks_what_it_is_given(tmp_path):
+    """From Python, plan(report, ScheduleConfig()) raised ZeroDivisionError, rule='bogus' a KeyError, a path an
+    AttributeError: the options are checked as the CLI checks them, and a path or a dict is read."""
+    from bsprof.errors import ConfigError
+
+    report = synthetic_report()
+    for bad, said in ((ScheduleConfig(), "target_loss must be positive"),
+                      (ScheduleConfig(target_loss=0.4, rule="bogus"), "rule must be one of"),
+                      ({"target_loss": 0.4, "bogus": 1}, "unknown schedule option(s): bogus"),
+                      ("0.4", "needs a ScheduleConfig")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            plan(report, bad)
+    with pytest.raises(ConfigError, match="needs a Report"):
+        plan({"measurements": []}, ScheduleConfig(target_loss=0.4))
+    path = report.to_json(tmp_path / "report.json")
+    from_path = plan(str(path), {"target_loss": 0.4})
+    assert [st.batch_size for st in from_path.stages] == \
+        [st.batch_size for st in plan(report, ScheduleConfig(target_loss=0.4)).stages]
+    assert plan(tmp_path, {"target_loss": 0.4}).stages == from_path.stages
 
 
 def test_a_batch_bound_that_overrides_the_rule_is_said():

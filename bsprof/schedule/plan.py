@@ -596,8 +596,11 @@ def lead_in_text(lead: predict.LeadIn, batch: float, batch_train: float, start: 
             "steps and the predicted steps and examples (the constant batches' too) include them")
 
 
-def plan(report, config: ScheduleConfig) -> Schedule:
-    """The batch-size (and learning-rate) schedule from the report's start to ``config.target_loss``."""
+def plan(report, config: ScheduleConfig | dict) -> Schedule:
+    """The batch-size (and learning-rate) schedule from the report's start to ``config.target_loss``. ``report``: a
+    Report, or the path of a report.json (or its folder); ``config``: a ScheduleConfig or a dict of its fields.
+    Options are checked as `bsprof schedule` checks them (``ScheduleConfig.problems``): a ConfigError."""
+    report, config = _inputs(report, config)
     rows, col = usable_rows(report, config)
     batch_train, warnings = training_batch(report)
     notes = []
@@ -698,6 +701,34 @@ def plan(report, config: ScheduleConfig) -> Schedule:
                             "noise_factor": calibration(family_name, quantity)},
                     batch_train=batch_train, lr_train=lr0, assumptions=assumed,
                     recommendation=recommend(pred, baselines, report.unit, stages, capped, clamped))
+
+
+def _inputs(report, config) -> tuple:
+    """(Report, ScheduleConfig) from what ``plan`` was given, or a ConfigError/ReportError naming the problem."""
+    from pathlib import Path
+
+    from bsprof.output.report import Report
+
+    if isinstance(report, (str, Path)):
+        path = Path(report)
+        report = Report.from_json(path / "report.json" if path.is_dir() else path)
+    elif not isinstance(report, Report):
+        raise ConfigError(f"plan() needs a Report (or a report.json path), got {type(report).__name__}",
+                          "pass bsprof.measure(...)'s report, or Report.from_json(path)")
+    if isinstance(config, dict):
+        unknown = sorted(set(config) - {f.name for f in dataclasses.fields(ScheduleConfig)})
+        if unknown:
+            raise ConfigError(f"unknown schedule option(s): {', '.join(unknown)}",
+                              "see bsprof.schedule.ScheduleConfig (the options of `bsprof schedule`)")
+        config = ScheduleConfig(**config)
+    elif not isinstance(config, ScheduleConfig):
+        raise ConfigError(f"plan() needs a ScheduleConfig (or a dict of its fields), got {type(config).__name__}",
+                          "pass ScheduleConfig(target_loss=...)")
+    problems = config.problems()
+    if problems:
+        raise ConfigError("bad schedule options:\n  - " + "\n  - ".join(problems),
+                          "see bsprof.schedule.ScheduleConfig (the options of `bsprof schedule`)")
+    return report, config
 
 
 def auto_exchange_rate(path, config: ScheduleConfig) -> tuple[ScheduleConfig, str]:
