@@ -256,3 +256,25 @@ def test_measure_and_sweep_leave_the_callers_random_state_as_it_was():
     bsprof.sweep.local(model=model, dataset=data, loss=mse, batches=[4, 8], examples=32, device="cpu",
                        eval_examples=16)
     assert torch.equal(torch.randn(3), expected)
+
+
+def test_measure_takes_the_data_measure_at_takes():
+    """`measure(dataset=(x, y))` read the tuple as a 2-item dataset ("cannot be collated"), and a DataLoader as a
+    spec's dataset() without __getitem__, while measure_at took both: they are read as measure_at reads them."""
+    import bsprof
+    from bsprof.errors import SpecError
+
+    x = torch.randn(128, 3)
+    data = (x, x.sum(1))
+
+    def mse(model, batch):
+        return (model(batch[0]).squeeze(-1) - batch[1]) ** 2
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data), batch_size=8)
+    for given in (data, list(data), loader):
+        report = bsprof.measure(model=model, dataset=given, loss=mse, steps=3, device="cpu", seed=1)
+        assert report.config["dataset_size"] == 128 and report.summary.b_simple.value > 0
+    with pytest.raises(SpecError, match="different numbers of rows"):
+        bsprof.measure(model=model, dataset=(x, x[:5]), loss=mse, steps=3, device="cpu")

@@ -71,8 +71,28 @@ class Spec:
         elif optimizer is not None and not callable(optimizer):
             raise SpecError(f"optimizer must be a torch.optim.Optimizer or a function params -> Optimizer, got "
                             f"{type(optimizer).__name__}", "pass e.g. lambda p: torch.optim.SGD(p, lr=0.1)")
+        dataset, collate = _as_dataset(dataset, collate)
         return cls(None, None, lambda: copy.deepcopy(model), lambda: dataset, loss, optimizer, collate,
                    tokens_per_example)
+
+
+def _as_dataset(data, collate):
+    """(a Dataset, its collate) from what ``bsprof.measure_at`` also takes: a tuple or list of tensors with equal
+    dim 0 (rows of a TensorDataset), a DataLoader (its dataset, and its collate_fn unless one is given), a tensor
+    (its rows), or a Dataset as it is."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    if isinstance(data, DataLoader):
+        return data.dataset, collate or data.collate_fn
+    if isinstance(data, torch.Tensor):
+        return TensorDataset(data), collate
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
+        if len({t.shape[0] if t.dim() else None for t in data}) != 1 or data[0].dim() == 0:
+            raise SpecError(f"dataset is a {type(data).__name__} of tensors with different numbers of rows "
+                            f"({', '.join(str(list(t.shape)) for t in data)})",
+                            "pass tensors with one row per example each, e.g. (x, y) with len(x) == len(y)")
+        return TensorDataset(*data), collate
+    return data, collate
 
 
 # import name -> what pip installs, where they differ (scikit-learn: the bundled digits examples, bsprof's
