@@ -79,6 +79,12 @@ def measure_at(model: nn.Module, loss, data, *, method: str = "auto", rel_error:
                                             micro_batch=micro_batch, probe_batch=probe_batch, chunk=chunk,
                                             max_examples=max_examples, max_seconds=max_seconds,
                                             min_draws=min_draws, seed=seed, steps=0))
+    if not isinstance(model, nn.Module):
+        raise SpecError(f"model must be a torch.nn.Module, got {type(model).__name__}",
+                        "call measure_at(model, loss, data), in that order")
+    if not callable(loss):
+        raise SpecError(f"loss must be a function loss(model, batch) -> per-example losses, got "
+                        f"{type(loss).__name__}", "call measure_at(model, loss, data), in that order")
     param = next((p for p in model.parameters() if p.requires_grad), None)
     if param is None:
         raise SpecError("the model has no trainable parameters", "pass a model with parameters that require grad")

@@ -278,3 +278,22 @@ def test_measure_takes_the_data_measure_at_takes():
         assert report.config["dataset_size"] == 128 and report.summary.b_simple.value > 0
     with pytest.raises(SpecError, match="different numbers of rows"):
         bsprof.measure(model=model, dataset=(x, x[:5]), loss=mse, steps=3, device="cpu")
+
+
+def test_measure_at_says_what_is_wrong_with_its_arguments():
+    """measure_at(loss, model, …) and a loss returning detached losses ended in AttributeError and RuntimeError from
+    bsprof's internals: both are SpecErrors that say what to pass."""
+    import bsprof
+    from bsprof.errors import SpecError
+
+    x = torch.randn(64, 3)
+    data = (x, x.sum(1))
+
+    def mse(model, batch):
+        return (model(batch[0]).squeeze(-1) - batch[1]) ** 2
+
+    model = nn.Linear(3, 1)
+    with pytest.raises(SpecError, match="model must be a torch.nn.Module"):
+        bsprof.measure_at(mse, model, data)
+    with pytest.raises(SpecError, match="do not depend on the model's trainable parameters"):
+        bsprof.measure_at(model, lambda m, b: mse(m, b).detach(), data)

@@ -116,6 +116,11 @@ def per_example_losses(model: nn.Module, loss_fn: LossFn, batch: Any, count: int
         raise SpecError(f"loss(model, batch) returned shape {tuple(losses.shape)} for a batch of {count} examples",
                         f"return per-example losses of shape [{count}] (use reduction='none', and average over "
                         "any other dimension such as tokens yourself); bsprof takes their mean")
+    if torch.is_grad_enabled() and not losses.requires_grad:
+        raise SpecError(f"loss(model, batch) returned {losses.dtype} losses that do not depend on the model's "
+                        "trainable parameters (detached, computed under torch.no_grad(), or not floating point)",
+                        "return the losses autograd can differentiate: no .detach(), .item(), .long() or no_grad "
+                        "inside loss()")
     return losses
 
 
