@@ -557,3 +557,21 @@ def test_a_zero_dimensional_parameter():
         got = probe(model, xent, batch, 6)
         assert_close(got.small_sq_sum.unbind(), sq.unbind(), rtol=1e-9)
         assert_close(got.grad_sum, total, rtol=1e-9)
+
+
+def test_a_loss_that_fails_on_one_example_says_its_error():
+    """A loss that raised on a batch of one example was reported as "the loss mixes examples", its error lost."""
+    from bsprof.probes.choose import MIXING, per_example_invalid
+
+    case = make("mlp")
+
+    def fussy(model, batch):
+        if len(batch[0]) == 1:
+            raise ValueError("need at least two rows")
+        return case.loss_fn(model, batch)
+
+    pair = tuple(t[:2] for t in case.batch)
+    why = per_example_invalid(case.model, fussy, pair)
+    assert why.startswith("loss(model, batch) failed on one example alone (ValueError: need at least two rows)")
+    centred = lambda m, b: case.loss_fn(m, b) - case.loss_fn(m, b).mean()  # noqa: E731
+    assert per_example_invalid(case.model, centred, pair) == MIXING

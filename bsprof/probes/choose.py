@@ -35,9 +35,22 @@ def per_example_invalid(model: nn.Module, loss_fn: LossFn | None = None, pair=No
         return coupled_reason(coupled)
     if pair is not None and not _examples_on_dim0(pair):
         return UNSPLIT
-    if loss_fn is not None and pair is not None and _mixes(model, loss_fn, pair):
-        return "the loss of one example changes when another joins the batch (the loss mixes examples)"
+    failure: list = []
+    if loss_fn is not None and pair is not None and _mixes(model, loss_fn, pair, failure):
+        return _mixing_text(failure)
     return None
+
+
+MIXING = "the loss of one example changes when another joins the batch (the loss mixes examples)"
+
+
+def _mixing_text(failure: list) -> str:
+    """Why per-example gradients are invalid when the mixing check says so: the loss raised on one example alone
+    (its error kept: it may be the user's bug, not mixing), or the two losses differed."""
+    if failure:
+        return (f"loss(model, batch) failed on one example alone ({failure[0]}), so each example's loss cannot be "
+                "taken on its own (a model that needs the batch; or fix the loss if that is a bug)")
+    return MIXING
 
 
 UNSPLIT = ("the collated batch does not hold the examples on dim 0 of every tensor (a custom collate: EmbeddingBag "
@@ -57,22 +70,23 @@ def training_pairs(model: nn.Module, loss_fn: LossFn, pair) -> tuple[str | None,
     why). "per_example" (b = 1) when per-example gradients are valid; "accumulation" (micro-batches) when BatchNorm
     couples the examples but the loss does not (checked in eval mode, where BatchNorm uses its running
     statistics); None when the loss mixes examples: a micro-batch's loss is then another loss."""
+    failure: list = []
     try:
-        mixes = pair is not None and _examples_on_dim0(pair) and _mixes(model, loss_fn, pair)
+        mixes = pair is not None and _examples_on_dim0(pair) and _mixes(model, loss_fn, pair, failure)
     except Exception:  # noqa: BLE001 - a model that cannot run on two examples: its probe choice said why
         mixes = False
     if mixes:
-        return None, "the loss of one example changes when another joins the batch (the loss mixes examples)"
+        return None, _mixing_text(failure)
     if pair is not None and not _examples_on_dim0(pair):
         return "accumulation", UNSPLIT
     coupled = batch_coupled(model)
     return ("accumulation", coupled_reason(coupled)) if coupled else ("per_example", None)
 
 
-def _mixes(model: nn.Module, loss_fn: LossFn, pair) -> bool:
+def _mixes(model: nn.Module, loss_fn: LossFn, pair, failure: list | None = None) -> bool:
     with eval_mode(model):
         per_example_losses(model, loss_fn, pair, 2)  # a wrong shape is the user's to fix, not "mixing"
-        return losses_mix_examples(model, loss_fn, pair)
+        return losses_mix_examples(model, loss_fn, pair, failure=failure)
 
 
 def choose(method: str, model: nn.Module, loss_fn: LossFn | None = None, pair=None) -> tuple[Probe, str | None]:

@@ -116,14 +116,19 @@ def fed_sequence_first(model: nn.Module, loss_fn: LossFn, batch, count: int) -> 
     return [name or "the model" for name, m in model.named_modules() if id(m) in ids]
 
 
-def losses_mix_examples(model: nn.Module, loss_fn: LossFn, batch, rtol: float = 1e-4) -> bool:
+def losses_mix_examples(model: nn.Module, loss_fn: LossFn, batch, rtol: float = 1e-4,
+                        failure: list | None = None) -> bool:
     """True if example 0's loss or gradient changes when example 1 joins it (a contrastive loss, batch
-    statistics, a loss normalised by the batch). Two tiny passes; dropout left on reads as mixing."""
+    statistics, a loss normalised by the batch). Two tiny passes; dropout left on reads as mixing. When the loss
+    fails on one example alone (the model needs the batch, or the loss raised), True, and ``failure`` (a list,
+    when given) gets the error in words."""
     _, params = trainable(model)
     alone, pair = _rows(batch, 0, 1), _rows(batch, 0, 2)
     try:
         l1 = per_example_losses(model, loss_fn, alone, 1)[0]
-    except Exception:  # the model cannot see one example alone: it needs the batch
+    except Exception as e:  # the model cannot see one example alone: it needs the batch
+        if failure is not None:
+            failure.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200])
         return True
     l2 = per_example_losses(model, loss_fn, pair, 2)[0]
     if not (torch.isfinite(l1) and torch.isfinite(l2)):  # a diverged model: no evidence of mixing (said elsewhere)
