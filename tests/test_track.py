@@ -323,8 +323,9 @@ def trained_log(tmp_path, steps: int):
     path, model, stream, opt, tracker = logged_least_squares(tmp_path, 0.01)
     for _ in range(steps):
         for chunk, _n in stream.batches(stream.draw(64), 16):
-            (ls_loss(model, chunk).mean() / 4).backward()
-        tracker.step()
+            loss = ls_loss(model, chunk).mean()
+            (loss / 4).backward()
+        tracker.step(loss=loss)
         opt.step()
         opt.zero_grad()
     tracker.close()
@@ -403,6 +404,28 @@ def test_a_log_under_a_decaying_lr_scheduler_scales_from_the_peak_lr(tmp_path):
     assert any(d["code"] == "lr_varied" and "from the peak 0.1" in d["message"] for d in report.diagnostics)
     r = CliRunner().invoke(app, ["check", str(path), "-b", "64", "--lr", "0.1", "--window", "10"])
     assert "PASS learning rate" in r.output and "from lr = 0.1 at B = 64" in " ".join(r.output.split()), r.output
+
+
+def test_a_log_without_losses_says_so(tmp_path):
+    """The DDP and FSDP examples of the docs called tracker.step() without loss=: `bsprof schedule` on their log
+    said "6 of the 6 windows … have a determined noise scale … log more steps": the fix is the loss."""
+    from bsprof.schedule import ScheduleConfig, plan
+    from bsprof.schedule.plan import ReportError
+
+    rng = np.random.default_rng(0)
+    lines = [{"schema": "bsprof.track", "version": 1, "unit": "examples", "source": "accumulation",
+              "accumulation_steps": 2, "optimizer": "SGD"}]
+    for step in range(60):
+        lines.append({"step": step, "examples": 64 * step, "b": 32, "B": 64, "small_sq": (1 + 100 / 32) *
+                      rng.gamma(50, 1 / 50), "big_sq": (1 + 100 / 64) * rng.gamma(50, 1 / 50), "loss": None,
+                      "lr": 0.1})
+    path = tmp_path / "noloss.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    report = report_from_log(path, window=10)
+    assert any(d["code"] == "no_losses" and "tracker.step(loss=loss)" in d["message"] for d in report.diagnostics)
+    with pytest.raises(ReportError) as e:
+        plan(report, ScheduleConfig(target_loss=0.5))
+    assert "the log has no losses" in e.value.hint
 
 
 def test_a_target_below_a_logs_window_means_says_so_and_how_to_reach_lower(tmp_path):

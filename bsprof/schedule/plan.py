@@ -230,6 +230,9 @@ def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str,
 def more_rows_fix(report) -> str:
     """How to get more measurements: a smaller ``--window`` for a tracker log, a probe training otherwise."""
     steps = report.config.get("steps_logged") if report.spec.get("tracker_log") else None
+    if steps and report.measurements and not any(finite(m.loss) for m in report.measurements):
+        return ("the log has no losses, and a schedule (and a critical batch over the path) follows the noise scale "
+                "against the loss: pass the step's loss, tracker.step(loss=loss)")
     if steps is not None:
         window, rows, smaller = int(report.config.get("window") or 0), len(report.measurements), max(2, steps // 5)
         if steps < 4:  # no window makes two rows of two steps each

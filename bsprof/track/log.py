@@ -237,6 +237,10 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
                         f"were logged ({log.skipped} skipped as non-finite); a window needs two. Check that the "
                         "training loop calls tracker.step() after its backward passes and that their gradients "
                         "are finite (an AMP overflow on every step is skipped).")
+    if log.steps and not any(math.isfinite(s.draw.loss) for s in log.steps):
+        report.diagnose("no_losses", f"{path} logs no losses (tracker.step() was called without loss=): the noise "
+                        "scale is known against the step only, and a schedule or a critical batch over the path, "
+                        "which follow it against the loss, cannot be made; pass tracker.step(loss=loss)")
     lrs = lr_range(log)
     if lrs is not None and lrs[1] > 1.1 * lrs[0]:
         report.diagnose("lr_varied", f"the logged lr varied from {lrs[0]:.4g} to {lrs[1]:.4g} (a learning-rate "
