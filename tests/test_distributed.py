@@ -153,7 +153,8 @@ def test_a_failed_rank_stops_every_rank_and_keeps_the_partial_report(tmp_path):
     assert run.returncode != 0
     assert time.perf_counter() - t0 < 60
     said = " ".join(run.stderr.split())  # rich wraps lines
-    assert "the data-parallel measurement stopped (rank 0 of 2): rank 1: the run failed" in said
+    assert "the data-parallel measurement stopped (rank 0 of 2): rank 1: training at step 0 failed in " \
+        "ddp_rank_fails.py:14" in said
     assert said.count("rank 1 lost its data shard") == 2  # rank 1's own error, and rank 0's message
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert len(report["measurements"]) == 1  # step 0 was measured before rank 1 failed

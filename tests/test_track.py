@@ -678,6 +678,13 @@ def test_ddp_with_accumulation_and_no_sync(tmp_path):
     assert (r["world"], r["b"], r["B"], r["n_draws"]) == (2, 16, 64, 150)
     lo, hi = r["b_simple"] - 3 * (r["b_simple"] - r["lo"]), r["b_simple"] + 3 * (r["hi"] - r["b_simple"])
     assert r["status"] == "ok" and lo < r["closed_form"] < hi
+    # ranks that disagree raise together, and the job's collectives stay in step (a rank that failed alone, its
+    # error caught, left the other in the tracker's all-reduce: gloo aborted "Received data size doesn't match")
+    uneven, one = r["uneven"], r["one_fails"]
+    assert all("the ranks' batches differ in size" in m for m in uneven["messages"]) and uneven["after"] == 2
+    assert "does not split into 2 equal micro-batches" in one["messages"][1]
+    assert "1 other rank(s) failed this step's checks" in one["messages"][0] and one["after"] == 2
+    assert uneven["closed"] and one["closed"]
 
 
 @pytest.mark.distributed

@@ -358,7 +358,52 @@ class Tracker:
     def _pair(self, r: Backwards, batch_size: int | None, loss, loss_scale: float,
               rows_seen: int = 0) -> tuple[Draw, Draw | None]:
         """(|G_b|², |G_B|²) of one step in per-example units (module docstring), b and B (global); ``rows_seen``:
-        dim 0 of the model's inputs in this step's forwards (for the messages)."""
+        dim 0 of the model's inputs in this step's forwards (for the messages).
+
+        Over W ranks the step's checks are agreed in the step's one all-reduce (``_reduce_step``): a rank whose own
+        checks failed still joins it, flagged, so every rank raises together (a rank that raised alone, and was
+        caught, left the others in a collective it never joined), and ranks whose batches differ in size are an
+        error on every rank (DDP's mean of the ranks' means is then not the mean over the examples)."""
+        try:
+            t, k, u, small_sum, b, per_rank, n_small = self._local_pair(r, batch_size, loss_scale, rows_seen)
+        except TrackerError:
+            if self.world > 1:
+                self._reduce_step(math.nan, math.nan, True, 0, 0)
+            raise
+        small_total, big_total, failed, per_rank_sum, per_rank_sq, b_sum = self._reduce_step(
+            small_sum, t["big"] if self.fsdp else 0.0, False, per_rank, b)
+        if failed:
+            self._fail(f"{failed:.0f} other rank(s) failed this step's checks: their errors say why",
+                       "fix what the failing rank's error says; every rank stops tracking at the same step")
+        # W·Σ B_r² − (Σ B_r)² = W·Σ (B_r − mean)²: zero only for equal batches (in integers: exact at any size)
+        if round(per_rank_sq) * self.world != round(per_rank_sum) ** 2 or round(b_sum) != b * self.world:
+            self._fail(f"the ranks' batches differ in size at this step (this rank: {per_rank}, mean "
+                       f"{per_rank_sum / self.world:g} over {self.world} ranks)",
+                       "give every rank the same batch (DistributedSampler with drop_last=True): DDP averages the "
+                       "ranks' mean gradients, which is the mean over the examples only when the batches are equal")
+        small = small_total / self.world / n_small   # mean over the W·n_small small batches
+        big = (big_total if self.fsdp else t["big"]) / (u * k) ** 2   # FSDP: Σ_ranks of the local shards' norms
+        loss_value = math.nan if loss is None else float(loss.detach() if torch.is_tensor(loss) else loss)
+        n = self.population
+        if n is not None and per_rank * self.world > n:
+            self._fail(f"this step's batch of {per_rank * self.world} is larger than population={n}",
+                       "pass population=len(dataset) (the examples the batches are drawn from), or None")
+        draw = Draw(np.array([small]), np.array([big]), b, per_rank * self.world, loss_value, n)
+        pre = None
+        if self.precondition and r.small_pre and r.big_pre is not None and k * self.world > 1:
+            small_pre = self._mean_over_ranks(t["small_pre"] / u ** 2) / k
+            pre = Draw(np.array([small_pre]), np.array([t["big_pre"] / (u * k) ** 2]), per_rank // k,
+                       per_rank * self.world, loss_value, n)
+        return draw, pre
+
+    def _reduce_step(self, small_sum: float, big: float, failed: bool, per_rank: int, b: int) -> list[float]:
+        """Σ over the ranks of (Σ|G_b|², FSDP's local |G_B|² part, failed, batch, batch², b): one all-reduce per
+        step, the same on every rank whatever its checks found; the values as they are in one process."""
+        return self._sum_over_ranks(small_sum, big, float(failed), float(per_rank), float(per_rank) ** 2, float(b))
+
+    def _local_pair(self, r: Backwards, batch_size: int | None, loss_scale: float, rows_seen: int) -> tuple:
+        """This rank's checks of the step and its numbers: (totals, k, u, Σ|G_b|² in per-example units, b, the
+        rank's batch, the number of small batches); a TrackerError when a check fails."""
         k, declared = r.count, self.accumulation_steps
         t = r.totals()  # the one device-to-host read of the step
         if r.failure:
@@ -419,24 +464,7 @@ class Tracker:
                            "pass accumulation_steps >= 2 and call tracker.step() after all micro-steps")
             small_sum = t["small"] / u ** 2  # Σ_k |G_b^(k)|²
             b, per_rank, n_small = batch_size // k, batch_size, k
-        if self.fsdp:  # one all-reduce: Σ_ranks of the small norms and of the squared norms of the local shards
-            small_total, big_total = self._sum_over_ranks(small_sum, t["big"])
-            small, big = small_total / self.world / n_small, big_total / (u * k) ** 2
-        else:
-            big = t["big"] / (u * k) ** 2
-            small = self._mean_over_ranks(small_sum) / n_small  # mean over the W·n_small small batches
-        loss_value = math.nan if loss is None else float(loss.detach() if torch.is_tensor(loss) else loss)
-        n = self.population
-        if n is not None and per_rank * self.world > n:
-            self._fail(f"this step's batch of {per_rank * self.world} is larger than population={n}",
-                       "pass population=len(dataset) (the examples the batches are drawn from), or None")
-        draw = Draw(np.array([small]), np.array([big]), b, per_rank * self.world, loss_value, n)
-        pre = None
-        if self.precondition and r.small_pre and r.big_pre is not None and k * self.world > 1:
-            small_pre = self._mean_over_ranks(t["small_pre"] / u ** 2) / k
-            pre = Draw(np.array([small_pre]), np.array([t["big_pre"] / (u * k) ** 2]), per_rank // k,
-                       per_rank * self.world, loss_value, n)
-        return draw, pre
+        return t, k, u, small_sum, b, per_rank, n_small
 
     def _sum_over_ranks(self, *xs: float) -> list[float]:
         if self.world == 1:

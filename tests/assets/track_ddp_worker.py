@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from bsprof.track import Tracker
+from bsprof.track import Tracker, TrackerError
 
 D, SIGMA2, MICRO, K, STEPS = 5, 0.5, 16, 2, 150
 
@@ -55,12 +55,40 @@ def main(out: str) -> None:
                      "b": draw.b, "B": draw.B}
         ddp.zero_grad()
     est = tracker.estimate()
+    tracker.close()
+    agreed = {name: disagree(ddp, w_star, rank, name) for name in ("uneven", "one_fails")}
     if rank == 0:
         with open(out, "w") as f:
             json.dump({"b_simple": est.value, "lo": est.lo, "hi": est.hi, "status": est.status.value,
-                       "n_draws": len(tracker.draws), "world": world, "closed_form": D + 1 + D * SIGMA2, **check}, f)
-    tracker.close()
+                       "n_draws": len(tracker.draws), "world": world, "closed_form": D + 1 + D * SIGMA2, **check,
+                       **agreed}, f)
+    dist.barrier()   # both ranks done before the group goes (gloo aborted at teardown once in 17 runs without it)
     dist.destroy_process_group()
+
+
+def disagree(ddp, w_star, rank: int, case: str) -> dict:
+    """A step the ranks do not agree on: batches of different sizes ("uneven"), or one rank's own check failing
+    ("one_fails": batch_size=33 does not split into 2 micro-batches) with the TrackerError caught, as the docs
+    suggest. Every rank must raise at the same step, and a collective after it must still match."""
+    tracker = Tracker(ddp, accumulation_steps=K, batch_size=K * MICRO)
+    micro = MICRO // 2 if case == "uneven" and rank == 1 else MICRO
+    gen = torch.Generator().manual_seed(7 + rank)
+    for j in range(K):
+        x = torch.randn(micro, D, generator=gen)
+        y = x @ w_star
+        with ddp.no_sync() if j < K - 1 else contextlib.nullcontext():
+            (0.5 * ((ddp(x).squeeze(-1) - y) ** 2).mean() / K).backward()
+    message = ""
+    try:
+        tracker.step(batch_size=33 if case == "one_fails" and rank == 1 else K * micro)
+    except TrackerError as e:
+        message = e.message
+    ddp.zero_grad()
+    after = torch.ones(1)
+    dist.all_reduce(after)                 # the ranks are in step: a mismatched collective would fail here
+    said = [None] * dist.get_world_size()
+    dist.all_gather_object(said, message)
+    return {"messages": said, "after": float(after), "closed": tracker.closed}
 
 
 if __name__ == "__main__":
