@@ -730,9 +730,12 @@ def test_a_tracker_log_schedule_keeps_the_logged_micro_batch(tmp_path):
     lines[0] = json.dumps(json.loads(lines[0]) | {"world_size": 2})
     two = tmp_path / "two.jsonl"
     two.write_text("\n".join(lines) + "\n")
-    out = planned(path=two)
-    assert {s["micro_batch"] for s in out["stages"]} == {4} and any("--world-size 2" in n for n in out["notes"])
-    assert {s["world_size"] for s in planned("--world-size", "2", path=two)["stages"]} == {2}
+    out = planned(path=two)   # a log from 2 ranks plans for 2 (it planned for one, with a note to pass 2)
+    assert {s["micro_batch"] for s in out["stages"]} == {4} and {s["world_size"] for s in out["stages"]} == {2}
+    assert any("2 ranks (auto: the tracker log's; --world-size to change)" in n for n in out["notes"])
+    one = planned("--world-size", "1", path=two)
+    assert {s["world_size"] for s in one["stages"]} == {1}
+    assert any("written on 2 ranks and this schedule splits its batches for 1" in n for n in one["notes"])
 
 
 def test_b_crit_bounds_are_nan_where_a_refit_through_the_ends_fails():

@@ -45,7 +45,7 @@ def schedule(
                                  "fits on the device (SPEC.py + CUDA) and accumulate above it. [65536]"),
     micro_batch: Optional[int] = O(None, help="Largest per-rank micro-batch; above it: accumulation. [a tracker "
                                    "log's micro-batch, else no limit]"),
-    world_size: Optional[int] = O(None, help="Data-parallel ranks. [1]"),
+    world_size: Optional[int] = O(None, help="Data-parallel ranks (0: a tracker log's ranks, else 1). [0]"),
     dwell: Optional[int] = O(None, help="Minimum steps between two batch changes. [50]"),
     lr_rule: Optional[str] = O(None, help="linear (SGD), sqrt (Adam), none, auto (by optimizer). [auto]"),
     lr: Optional[float] = O(None, help="Learning rate at the training batch. [the report's]"),

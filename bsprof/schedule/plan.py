@@ -59,7 +59,7 @@ class ScheduleConfig:
     lr_rule: str = "auto"            # linear (SGD), sqrt (Adam), none, auto (by the report's optimizer)
     lr: typing.Optional[float] = None  # learning rate at the training batch (default: the report's)
     lr_cap: float = 0.0              # emitted lr at most this × the lr at the training batch (0: no cap)
-    world_size: int = 1              # data-parallel ranks
+    world_size: int = 0              # data-parallel ranks (0: auto, a tracker log's ranks, else 1)
     micro_batch: int = 0             # largest per-rank micro-batch (0: auto, a tracker log's micro-batch
                                      # (``logged_micro_batch``), else no limit and no accumulation)
     noise: str = "auto"              # noise scale to follow: auto or one of ``NOISES``
@@ -76,10 +76,10 @@ class ScheduleConfig:
                               ("noise", ("auto", *NOISES)), ("form", ("auto", "power", "hyperbola"))):
             if getattr(self, name) not in allowed:
                 p.append(f"{name} must be one of {', '.join(allowed)} (got {short(getattr(self, name))})")
-        for name in ("max_batch", "world_size", "every"):
+        for name in ("max_batch", "every"):
             if getattr(self, name) < 1:
                 p.append(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("min_batch", "multiple_of", "micro_batch", "dwell", "b0", "seq_length"):
+        for name in ("min_batch", "multiple_of", "micro_batch", "dwell", "b0", "seq_length", "world_size"):
             if getattr(self, name) < 0:
                 p.append(f"{name} must be 0 or more (got {getattr(self, name)})")
         if self.lr_cap != 0 and self.lr_cap < 1:
@@ -438,9 +438,8 @@ def logged_micro_batch(report, world_size: int = 1) -> tuple[int, list[str]]:
     notes = [f"micro-batch {micro} per rank (auto: the tracker log's, batch {micro * k * w:g} = {micro} × {k} "
              f"accumulation step(s) × {w} rank(s)): larger batches accumulate more micro-batches; --micro-batch to "
              "change"]
-    if w > 1 and world_size == 1:
-        notes.append(f"the log was written on {w} ranks and this schedule splits its batches for one: pass "
-                     f"--world-size {w} to plan for them")
+    if w > 1 and world_size != w:
+        notes.append(f"the log was written on {w} ranks and this schedule splits its batches for {world_size}")
     return micro, notes
 
 
@@ -614,6 +613,11 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
         grid = (f"multiples of {math.lcm(config.multiple_of, quantum)} tokens" if config.multiple_of else
                 f"powers of two in sequences ({quantum} × 2^k tokens)")
         notes.append(f"batches are whole sequences of {quantum} tokens ({source}): {grid}")
+    if config.world_size == 0:   # auto: the ranks a tracker log was written on, else one
+        logged = int(report.config.get("world_size") or 1) if report.spec.get("tracker_log") else 1
+        config = dataclasses.replace(config, world_size=logged)
+        if logged > 1:
+            notes.append(f"{logged} ranks (auto: the tracker log's; --world-size to change)")
     if config.micro_batch == 0:
         micro, why_micro = logged_micro_batch(report, config.world_size)
         config = dataclasses.replace(config, micro_batch=micro)
