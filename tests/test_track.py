@@ -595,6 +595,19 @@ def test_per_example_batch_size_mismatch_and_unavailable_models():
     with pytest.raises(TrackerError, match="batch_size=32, but the per-example hooks saw 64 rows"):
         tracker.step()
     _check_untouched(model, tracker, _reference_grads())
+    # an epoch's short last batch under the Tracker's own batch_size: counted at its size (it raised and stopped
+    # a new user's training); passed to the step, a mismatch is still an error
+    model = mlp()
+    tracker = Tracker(model, batch_size=128)
+    with tracker.per_example():
+        _backward(model)
+    with pytest.warns(UserWarning, match="a step of 64 examples .* is counted at its own size"):
+        assert tracker.step().B == 64
+    model.zero_grad()
+    with tracker.per_example():
+        _backward(model)
+    with pytest.raises(TrackerError, match="batch_size=128, but the per-example hooks saw 64 rows"):
+        tracker.step(batch_size=128)
     bn = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)).double()
     with pytest.raises(TrackerError, match="BatchNorm"):
         Tracker(bn, source="per_example")

@@ -238,6 +238,7 @@ class Tracker:
         self.closed = False
         self.rows = _InputRows()  # dim 0 of the model's first input, summed over this step's forwards with grad
         self._rows_warned = False
+        self._short_warned = False
         # a recurrent or attention layer fed [T, B, …]: dim 0 of the model's input is then not the batch
         self._seq_first = any(isinstance(m, (nn.RNNBase, nn.MultiheadAttention)) and not getattr(m, "batch_first", True)
                               for m in model.modules())
@@ -311,7 +312,7 @@ class Tracker:
         self.step_count = number + 1
         rows, self.rows.seen = self.rows.seen, 0
         draw, pre = self._pair(record, batch_size if batch_size is not None else self.batch_size, loss, loss_scale,
-                               rows)
+                               rows, given=batch_size is not None)
         self._check_rows(draw.B // self.world, rows)
         lr = self._lr() if lr is None else lr
         small, big = draw.small_sq_total, draw.big_sq_total  # once: a numpy sum right after a backward costs ~10 µs
@@ -356,7 +357,7 @@ class Tracker:
 
     # ------------------------------------------------------------------ the pair
     def _pair(self, r: Backwards, batch_size: int | None, loss, loss_scale: float,
-              rows_seen: int = 0) -> tuple[Draw, Draw | None]:
+              rows_seen: int = 0, given: bool = True) -> tuple[Draw, Draw | None]:
         """(|G_b|², |G_B|²) of one step in per-example units (module docstring), b and B (global); ``rows_seen``:
         dim 0 of the model's inputs in this step's forwards (for the messages).
 
@@ -365,7 +366,7 @@ class Tracker:
         caught, left the others in a collective it never joined), and ranks whose batches differ in size are an
         error on every rank (DDP's mean of the ranks' means is then not the mean over the examples)."""
         try:
-            t, k, u, small_sum, b, per_rank, n_small = self._local_pair(r, batch_size, loss_scale, rows_seen)
+            t, k, u, small_sum, b, per_rank, n_small = self._local_pair(r, batch_size, loss_scale, rows_seen, given)
         except TrackerError:
             if self.world > 1:
                 self._reduce_step(math.nan, math.nan, True, 0, 0)
@@ -401,9 +402,11 @@ class Tracker:
         step, the same on every rank whatever its checks found; the values as they are in one process."""
         return self._sum_over_ranks(small_sum, big, float(failed), float(per_rank), float(per_rank) ** 2, float(b))
 
-    def _local_pair(self, r: Backwards, batch_size: int | None, loss_scale: float, rows_seen: int) -> tuple:
+    def _local_pair(self, r: Backwards, batch_size: int | None, loss_scale: float, rows_seen: int,
+                    given: bool = True) -> tuple:
         """This rank's checks of the step and its numbers: (totals, k, u, Σ|G_b|² in per-example units, b, the
-        rank's batch, the number of small batches); a TrackerError when a check fails."""
+        rank's batch, the number of small batches); a TrackerError when a check fails. ``given``: the batch size
+        was passed to this step (else it is the Tracker's default, which a short last batch undercuts)."""
         k, declared = r.count, self.accumulation_steps
         t = r.totals()  # the one device-to-host read of the step
         if r.failure:
@@ -438,6 +441,13 @@ class Tracker:
             if len(rows) != k or len(set(rows)) != 1:
                 self._fail("some backward passes of this step ran outside tracker.per_example(), or their batches "
                            "differ in size", "wrap every backward of the step in `with tracker.per_example():`")
+            if batch_size is not None and local < batch_size and not given:   # an epoch's short last batch
+                if not self._short_warned:
+                    self._short_warned = True
+                    warnings.warn(f"bsprof tracker: a step of {local} examples (the Tracker's batch_size is "
+                                  f"{batch_size}: an epoch's short last batch?) is counted at its own size, which "
+                                  "the per-example hooks count (shown once)", stacklevel=4)
+                batch_size = local
             if batch_size is not None and batch_size != local:
                 self._fail(f"batch_size={batch_size}, but the per-example hooks saw {local} rows on dim 0 of the "
                            "model's layers", "pass the number of examples in this optimizer step on this process; "
