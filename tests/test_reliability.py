@@ -399,10 +399,15 @@ def test_stopping_rule_stops_on_degenerate_problems_after_min_draws():
     assert stop(5, math.inf, 10, 0.1, g2_hi=1.0, ratio=0.5) is None
 
 
-def test_identical_examples_stop_in_the_first_draws_with_a_diagnostic():
+@pytest.mark.parametrize("seed", [0, 1, 11])
+def test_identical_examples_stop_in_the_first_draws_with_a_diagnostic(seed):
+    """Identical examples: tr Σ = 0 up to float32 rounding, which reached 9e-6 × |G|² at B = 65,536 for some
+    initialisations (seeds 1 and 11: the run spent its example budget, once measure left the global generator as
+    it found it)."""
     import bsprof
 
     x, y = torch.ones(1, 3).expand(100_000, 3), torch.ones(100_000)
+    torch.manual_seed(seed)
     t0 = time.perf_counter()
     report = bsprof.measure(model=nn.Linear(3, 1), dataset=torch.utils.data.TensorDataset(x, y),
                             loss=lambda m, b: 0.5 * (m(b[0]).squeeze(-1) - b[1]) ** 2, steps=0, device="cpu",
