@@ -297,3 +297,19 @@ def test_measure_at_says_what_is_wrong_with_its_arguments():
         bsprof.measure_at(mse, model, data)
     with pytest.raises(SpecError, match="do not depend on the model's trainable parameters"):
         bsprof.measure_at(model, lambda m, b: mse(m, b).detach(), data)
+
+
+def test_a_report_holding_another_runs_rows_is_refused():
+    """The same report= given to two runs held both runs' rows (steps 0 … 10, 0 … 10) without a word."""
+    import bsprof
+    from bsprof.errors import ConfigError
+
+    x = torch.randn(64, 3)
+
+    def mse(model, batch):
+        return (model(batch[0]).squeeze(-1) - batch[1]) ** 2
+
+    report = bsprof.Report()
+    bsprof.measure(model=nn.Linear(3, 1), dataset=(x, x.sum(1)), loss=mse, steps=2, device="cpu", report=report)
+    with pytest.raises(ConfigError, match="already holds"):
+        bsprof.measure(model=nn.Linear(3, 1), dataset=(x, x.sum(1)), loss=mse, steps=2, device="cpu", report=report)

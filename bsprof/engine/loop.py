@@ -25,7 +25,7 @@ from bsprof.engine import cost, diagnostics, scales
 from bsprof.engine.data import Examples
 from bsprof.engine.sampling import Sampling, group_types, groups_of, measure_at
 from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_optimizer, load_spec
-from bsprof.errors import BsprofError, NonFiniteError, SpecError
+from bsprof.errors import BsprofError, ConfigError, NonFiniteError, SpecError
 from bsprof.output.report import Report
 from bsprof.probes import Probe
 from bsprof.probes.choose import decide, training_pairs
@@ -189,6 +189,9 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     default: the caller's process group, if any.
     """
     report = report if report is not None else Report()
+    if report.measurements:   # two runs' rows in one report: steps 0, 2, …, 10, 0, 2, … (a new user's notebook)
+        raise ConfigError(f"the report passed already holds {len(report.measurements)} measurement(s) of another "
+                          "run", "pass a new bsprof.Report() (or none) to each run")
     comm = comm or distributed.current()
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     say = progress or (lambda kind, info: None)
