@@ -211,7 +211,7 @@ class Encoder(nn.Module):
                                                 batch_first=True)
 
     def forward(self, x, mask):
-        causal = nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=x.dtype)
+        causal = nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=x.dtype, device=x.device)
         return self.layer(x, src_mask=causal, src_key_padding_mask=mask)
 
 
@@ -231,7 +231,7 @@ class Decoder(nn.Module):
 
     def forward(self, x, mask):
         tgt, memory = x[:, :5], self.mem(x[:, :, :3])
-        causal = nn.Transformer.generate_square_subsequent_mask(5, dtype=x.dtype)
+        causal = nn.Transformer.generate_square_subsequent_mask(5, dtype=x.dtype, device=x.device)
         return self.layer(tgt, memory, tgt_mask=causal, memory_key_padding_mask=mask)
 
 
@@ -256,7 +256,7 @@ class Attention(nn.Module):
         k, v = torch.tanh(self.k(kv)), torch.tanh(self.v(kv))  # (a bias added to every key would not count)
         if not self.batch_first:
             q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
-        allowed = torch.ones(4, 7, dtype=torch.bool).tril(2)
+        allowed = torch.ones(4, 7, dtype=torch.bool, device=x.device).tril(2)
         out, w = self.att(q, k, v, key_padding_mask=mask, attn_mask=~allowed, need_weights=self.weights)
         out = out if self.batch_first else out.transpose(0, 1)
         return out.mean(1) + (w.sum((1, 2)).unsqueeze(-1) if self.weights else 0)
@@ -293,7 +293,7 @@ class SelfAttention(nn.Module):
         self.att = nn.MultiheadAttention(8, 4, batch_first=True)
 
     def forward(self, x):
-        causal = nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=x.dtype)
+        causal = nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=x.dtype, device=x.device)
         out, w = self.att(x, x, x, attn_mask=causal, is_causal=True)
         return out + w.sum(1, keepdim=True).transpose(1, 2)
 
@@ -323,7 +323,8 @@ class PosLM(nn.Module):
         if self.kind == "parameter":
             pos = self.pos[:T]
         else:
-            pos = self.pos(torch.arange(T) if self.kind == "embedding" else torch.arange(T).unsqueeze(0))
+            at = torch.arange(T, device=tokens.device)
+            pos = self.pos(at if self.kind == "embedding" else at.unsqueeze(0))
         h = self.tok(tokens) + pos + self.label(tokens[:, 0] % 3).unsqueeze(1)
         return self.head(h + self.mlp(h))
 

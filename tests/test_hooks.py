@@ -105,6 +105,32 @@ def test_attention_projections_leave_autograd_no_weight_gradient():
     assert shapes and not weights & set(shapes), shapes
 
 
+def test_tied_embedding_and_head_leave_autograd_no_weight_gradient():
+    """A weight tied across an Embedding and an LM head whose per-example gradients are formed explicitly: their
+    sum over the uses (one buffer) gives Σ_i g_i, so autograd computes neither the head's weight gradient nor the
+    embedding's backward; the numbers still match torch.func (padding_idx and repeated tokens included)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            ops.append((func, tuple(out.shape) if isinstance(out, torch.Tensor) else None))
+            return out
+
+    case = make("tied_lm")
+    want = per_example_vmap(case.model, case.loss_fn, case.batch, case.count)
+    with Record():
+        got = per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
+    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
+    assert_close(got.grad_sum, want.grad_sum)
+    tied = tuple(case.model.emb.weight.shape)
+    products = [shape for f, shape in ops if f in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)]
+    assert products and tied not in products, products
+    assert not any("embedding_dense_backward" in str(f) for f, _ in ops)
+
+
 def test_registered():
     assert PROBES["hooks"].chunk is per_example_hooks and PROBES["hooks"].per_example
 

@@ -47,6 +47,7 @@ from bsprof.probes.layers import (
     conv,
     embedding,
     explicit,
+    explicit_sum,
     explicit_weight,
     hf_conv1d,
     layer_norm,
@@ -249,11 +250,13 @@ class _Pass:
                 claimed |= {k for _, k in slots}
             else:
                 self.owned[mod] = (rule, direct)
+        self.owners = Counter(k for _, slots in self.owned.values() for _, k in slots)  # > 1: tied across modules
         self.calls, self.shared = [], []  # (slots, output grad_fn); embeddings called without a batch dim
         self.expected, self.pending, self.parts, self.handles = Counter(), defaultdict(list), [], []
         self.explicit: dict[int, int | None] = {}  # weights whose call forms the per-example gradients explicitly
         #                                            → the slot of the bias applied with them (None: none)
         self.tapped: set[int] = set()     # parameters of calls whose δ arrives through a ``_Tap``
+        self.formed: Counter = Counter()  # tied weights: their tapped calls that form (or scatter) g_i explicitly
         self.anchor: Tensor | None = None  # the leaf that keeps every tap on autograd's path
         self.reuse: set[int] = set()      # parameters whose Σ_i g_i is taken from their per-example gradients
         self.sums: dict[int, Tensor] = {}
@@ -299,10 +302,13 @@ class _Pass:
         if rule is layer_norm:
             rule = layer_norm_saved(out)
         hook = partial(self.backward_hook, rule, mod, slots, x.detach())
-        if not explicit_weight(rule, mod, x, out):
+        dense = explicit_weight(rule, mod, x, out)
+        tied = [k for n, k in slots if n == "weight" and self.owners[k] > 1]
+        if not dense and not (rule is embedding and tied):  # an embedding's g_i is scattered into a tied sum
             self.handles.append(out.register_hook(hook))
             return
-        self.explicit.update({k: dict(slots).get("bias") for n, k in slots if n == "weight"})
+        if dense:
+            self.explicit.update({k: dict(slots).get("bias") for n, k in slots if n == "weight"})
         if out._is_view() or out._version != 0:  # a tap would rebase a view's (or an in-place result's) history
             self.handles.append(out.register_hook(hook))
             return
@@ -310,6 +316,8 @@ class _Pass:
             self.anchor = torch.zeros((), device=out.device, requires_grad=True)
         _Tap.apply(out, self.anchor, hook)  # in place: out's grad_fn is now the tap's
         self.tapped |= {k for _, k in slots}
+        self.formed.update(tied)
+        self.formed.update(-1 - k for k in tied if dense)  # -1 - k counts the dense calls among them
 
     def choose_reuse(self) -> None:
         """Parameters whose Σ_i g_i is the sum of the explicit per-example gradients their rule forms anyway, so that
@@ -319,8 +327,19 @@ class _Pass:
         bias: with neither left in ``autograd.grad``'s inputs the layer's backward computes no parameter gradient
         at all (a convolution's backward computes its weight gradient whenever it computes its bias's). An
         untapped call (its output a view) gives its weight only, when its bias is also measured: the bias keeps
-        δ flowing to the layer's output, and so its hook firing."""
+        δ flowing to the layer's output, and so its hook firing.
+
+        A weight tied across modules (GPT-2's token embedding and LM head) is reused when every use is a tapped
+        call that forms its g_i explicitly or scatters it (an embedding), one of them densely: Σ_k g_k,i is then
+        built in one buffer anyway (``layers.explicit_sum``), and autograd skips the head's weight gradient."""
+        for k, n in list(self.formed.items()):
+            if k >= 0 and n == self.expected[k] and n > 1 and self.formed[-1 - k] and k not in self.why:
+                self.reuse.add(k)
         for k, bias in self.explicit.items():
+            if k in self.reuse:
+                if bias is not None and self.expected[bias] == 1 and bias not in self.why:
+                    self.reuse.add(bias)
+                continue
             if self.expected[k] != 1 or k in self.why:
                 continue
             if k in self.tapped:
@@ -491,10 +510,14 @@ class _Pass:
                     "return one gradient per example (sum over the other dims, e.g. tokens, inside the rule); "
                     "check the rule against torch.func with bsprof.probes.check_rule(module, x)")
             if k in self.reuse:  # the explicit per-example gradients give both numbers
-                g = explicit(found[name], shape, self.scratch)
-                flat = g.reshape(-1)
-                self.parts.append((k, torch.dot(flat, flat)))
-                self.sums[k] = g.sum(0)
+                self.pending[k].append(found[name])
+                if len(self.pending[k]) == self.expected[k]:
+                    pieces = self.pending.pop(k)
+                    g = (explicit(pieces[0], shape, self.scratch) if len(pieces) == 1
+                         else explicit_sum(pieces, shape, self.scratch))
+                    flat = g.reshape(-1)
+                    self.parts.append((k, torch.dot(flat, flat)))
+                    self.sums[k] = g.sum(0)
                 continue
             if self.expected[k] == 1:
                 self.parts.append((k, sq_sum(found[name], shape, self.scratch)))
