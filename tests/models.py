@@ -414,11 +414,32 @@ def reused(g):
     return _done(Twice(), xent, _cls(g, (5,), 3), 5)
 
 
+class TiedTwice(nn.Module):
+    """A weight tied across an Embedding (its output scaled in place, as T5 and Gemma do), a sequence Linear and
+    the LM head: three uses, two of them dense."""
+
+    def __init__(self, vocab=9, dim=9):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.mix = nn.Linear(dim, vocab, bias=False)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.mix.weight = self.head.weight = self.emb.weight
+
+    def forward(self, tokens):
+        h = self.emb(tokens)
+        h.mul_(2.0)
+        return self.head(torch.tanh(self.mix(h)))
+
+
+def tied_thrice(g):
+    return _done(TiedTwice(), lm_loss, _tokens(g, vocab=9), 4)
+
+
 CASES = {f.__name__: f for f in [
     mlp, cnn, cnn_inplace, conv1d, conv3d, conv_ghost, tied_lm, tied_lm_functional, block, torch_encoder,
     torch_encoder_norm_first, torch_decoder, mha_batch_first, mha_seq_first, mha_kdim_vdim, mha_no_bias, mha_self,
     pos_embedding, pos_embedding_square, pos_embedding_row, pos_parameter, embedding_long,
-    embedding_short, group_norm, batch_norm_eval, gru, reused]}
+    embedding_short, group_norm, batch_norm_eval, gru, reused, tied_thrice]}
 
 
 def make(name: str, seed: int = 0) -> Case:
