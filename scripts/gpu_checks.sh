@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA checks and benchmarks in one command, on a GPU machine, from the repository root:
 #     OUT=gpu-out [QUICK=1] bash scripts/gpu_checks.sh
-# 0. the CUDA tests (tests/test_cuda.py, marker gpu): hooks, micro-batch draws and the tracker on CUDA against CPU;
-# 1. the tracker on CUDA against CPU (scripts/gpu_tracker_check.py), and the probe's hooks on HF GPT-2 (strict);
+# 1. the CUDA tests (tests/test_cuda.py, marker gpu): the probe's hooks on every test model and on HF GPT-2 (strict),
+#    micro-batch draws, the tracker's sources under AdamW (pairs, B_simple, B_pre) and `measure`, CUDA against CPU;
 # 2. the tracker under FSDP2 on CUDA/NCCL (tests/assets/track_fsdp_worker.py): 2 ranks on the GPUs there are
 #    (sharing one GPU if NCCL allows it), else 1 rank;
 # 3. tracker overhead with accumulation on GPT-2 small (bf16 autocast, and TF32), scripts/bench_tracker.py;
@@ -20,8 +20,7 @@ py=${PYTHON:-python3}
 run() { echo "\$ $*"; local t0=$SECONDS; timeout "${STEP_TIMEOUT:-240}" "$@"; echo "[exit $? after $((SECONDS - t0)) s]"; }
 
 $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-run $py -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda.py
-run $py scripts/gpu_tracker_check.py --json "$OUT/gpu_tracker_check.json"
+run $py -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda.py --junitxml "$OUT/test_cuda.xml"
 for n in $([ -n "${QUICK:-}" ] && echo 1 || echo 2 1); do  # 2 ranks need 2 GPUs (NCCL shared none here, 2026-11-30)
     [ -f "$OUT/fsdp_cuda.json" ] || BSPROF_WORKER_DEVICE=cuda STEP_TIMEOUT=90 run $py -m torch.distributed.run \
         --standalone --nproc-per-node $n tests/assets/track_fsdp_worker.py "$OUT/fsdp_cuda.json"

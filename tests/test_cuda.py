@@ -77,36 +77,76 @@ def test_microbatch_draw_on_cuda_matches_cpu():
         assert rel(g, w) <= 1e-9
 
 
-def _tracked(device, source: str):
+def _tracker_model(name: str) -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).double().to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    if name == "mlp":
+        return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)  # per-example: MultiheadAttention
+    return nn.Sequential(nn.Embedding(3, 8), nn.TransformerEncoder(layer, 1, enable_nested_tensor=False),
+                         nn.Linear(8, 3)).double()
+
+
+def _tracked(name: str, device, source: str):
+    """Six AdamW steps with the tracker: its per-step pairs, and B_simple and B_pre over the run."""
+    model = _tracker_model(name).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
     k = 4 if source == "accumulation" else None
     tr = Tracker(model, opt, accumulation_steps=k, batch_size=16, source=source)
     pairs = []
     for step in range(6):
         g = torch.Generator().manual_seed(step)
-        x = torch.randn(16, 6, generator=g, dtype=torch.float64).to(device)
-        y = torch.randint(0, 3, (16,), generator=g).to(device)
+        x = (torch.randn(16, 6, generator=g, dtype=torch.float64) if name == "mlp"
+             else torch.randint(0, 3, (16, 5), generator=g)).to(device)
+        y = torch.randint(0, 3, x.shape[:1] if name == "mlp" else x.shape, generator=g).to(device)
+
+        def loss_of(sl, x=x, y=y):
+            out = model(x[sl])
+            return F.cross_entropy(out.reshape(-1, 3), y[sl].reshape(-1))
+
         if k:
             for j in range(k):
-                (F.cross_entropy(model(x[4 * j:4 * j + 4]), y[4 * j:4 * j + 4]) / k).backward()
+                (loss_of(slice(4 * j, 4 * j + 4)) / k).backward()
         else:
-            loss = F.cross_entropy(model(x), y)
             with tr.per_example():
-                loss.backward()
+                loss_of(slice(None)).backward()
         d = tr.step()
         pairs.append((d.small_sq_total, d.big_sq_total))
         opt.step()
         opt.zero_grad()
+    values = (tr.estimate().value, tr.estimate_pre().value if k else math.nan)
     tr.close()
-    return pairs
+    return pairs, values
 
 
+@pytest.mark.parametrize("name", ["mlp", "encoder_lm"])
 @pytest.mark.parametrize("source", ["accumulation", "per_example"])
-def test_tracker_on_cuda_matches_cpu(source):
-    for (gs, gb), (ws, wb) in zip(_tracked(CUDA, source), _tracked("cpu", source)):
+def test_tracker_on_cuda_matches_cpu(name, source):
+    gpu, (b_gpu, pre_gpu) = _tracked(name, CUDA, source)
+    cpu, (b_cpu, pre_cpu) = _tracked(name, "cpu", source)
+    for (gs, gb), (ws, wb) in zip(gpu, cpu):
         assert math.isclose(gs, ws, rel_tol=1e-9) and math.isclose(gb, wb, rel_tol=1e-9)
+    for a, b in ((b_gpu, b_cpu), (pre_gpu, pre_cpu)):
+        assert (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9), (a, b)
+
+
+def test_hf_gpt2_hooks_strict_on_cuda():
+    """Hugging Face GPT-2 (Conv1D layers, tied embedding and head) by hook rules alone, against torch.func."""
+    transformers = pytest.importorskip("transformers")
+    from bsprof.probes.vmap import per_example_vmap
+
+    cfg = transformers.GPT2Config(vocab_size=13, n_positions=16, n_embd=8, n_layer=2, n_head=2, resid_pdrop=0.0,
+                                  embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    gpt = transformers.GPT2LMHeadModel(cfg).double().to(CUDA)
+    tokens = torch.randint(0, 13, (5, 7), generator=torch.Generator().manual_seed(1)).to(CUDA)
+
+    def lm(m, t):
+        logits = m(t[:, :-1]).logits
+        return F.cross_entropy(logits.transpose(1, 2), t[:, 1:], reduction="none").mean(1)
+
+    got = per_example_hooks(gpt, lm, tokens, 5, strict=True)
+    want = per_example_vmap(gpt, lm, tokens, 5)
+    assert rel(got.small_sq_sum, want.small_sq_sum) <= 1e-9
 
 
 def test_measure_on_cuda_finds_the_known_noise_scale():

@@ -35,6 +35,32 @@ def loop_reference(case):
     return sq, total
 
 
+def checked_ops(case) -> list:
+    """The hooks probe on ``case`` under a dispatch recorder, checked against torch.func: every aten call of the
+    pass as (op, args, output shape or None)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            ops.append((func, args, tuple(out.shape) if isinstance(out, torch.Tensor) else None))
+            return out
+
+    want = per_example_vmap(case.model, case.loss_fn, case.batch, case.count)
+    with Record():
+        got = per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
+    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
+    assert_close(got.grad_sum, want.grad_sum)
+    return ops
+
+
+def products(ops) -> list:
+    """Output shapes of the pass's matrix products (autograd's weight gradients among them)."""
+    return [shape for f, _, shape in ops if f in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)]
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_hooks_match_vmap(name):
     case = make(name)
@@ -56,22 +82,8 @@ def test_explicit_convs_leave_autograd_no_parameter_gradient():
     """A conv whose per-example gradients are formed explicitly (and used once) gives Σ_i g_i of its weight and
     bias from them: autograd's convolution backward then computes neither (only δ of the input, where needed);
     the numbers still match torch.func."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    masks = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.aten.convolution_backward.default and args[9] == 1:  # groups 1: autograd's own
-                masks.append(tuple(args[10]))
-            return func(*args, **(kwargs or {}))
-
-    case = make("cnn_inplace")
-    want = per_example_vmap(case.model, case.loss_fn, case.batch, case.count)
-    with Record():
-        got = per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
-    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
-    assert_close(got.grad_sum, want.grad_sum)
+    ops = checked_ops(make("cnn_inplace"))
+    masks = [tuple(a[10]) for f, a, _ in ops if f is torch.ops.aten.convolution_backward.default and a[9] == 1]
     # c1 (its input needs no δ): no backward at all; c3: δ of its input only; c2, used twice, keeps autograd's weight
     # and bias gradients, and passes δ on (to c1's output, which c1's rule needs)
     assert sorted(masks) == [(True, False, False), (True, True, True), (True, True, True)], masks
@@ -81,26 +93,11 @@ def test_attention_projections_leave_autograd_no_weight_gradient():
     """Self-attention's packed projection and out_proj form their per-example gradients explicitly, and their sums
     stand for autograd's weight gradients: no matrix product in the backward has a projection weight's shape
     (only the feed-forward layers' are left, whose shapes differ), and the numbers still match torch.func."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    shapes = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
-                shapes.append(tuple(out.shape))
-            return out
-
     case = make("mha_self")
     g = torch.Generator().manual_seed(3)  # 3 × 5 positions: no product of the pass has the shape [3E, E] or [E, E]
     case.batch = tuple(torch.randn(3, 5, 8, generator=g, dtype=torch.float64) for _ in range(2))
     case.count, att = 3, case.model.att
-    want = per_example_vmap(case.model, case.loss_fn, case.batch, case.count)
-    with Record():
-        got = per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
-    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
-    assert_close(got.grad_sum, want.grad_sum)
+    shapes = products(checked_ops(case))
     weights = {tuple(att.in_proj_weight.shape), tuple(att.out_proj.weight.shape)}
     assert shapes and not weights & set(shapes), shapes
 
@@ -109,26 +106,11 @@ def test_tied_embedding_and_head_leave_autograd_no_weight_gradient():
     """A weight tied across an Embedding and an LM head whose per-example gradients are formed explicitly: their
     sum over the uses (one buffer) gives Σ_i g_i, so autograd computes neither the head's weight gradient nor the
     embedding's backward; the numbers still match torch.func (padding_idx and repeated tokens included)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    ops = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            ops.append((func, tuple(out.shape) if isinstance(out, torch.Tensor) else None))
-            return out
-
     case = make("tied_lm")
-    want = per_example_vmap(case.model, case.loss_fn, case.batch, case.count)
-    with Record():
-        got = per_example_hooks(case.model, case.loss_fn, case.batch, case.count)
-    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
-    assert_close(got.grad_sum, want.grad_sum)
+    ops = checked_ops(case)
     tied = tuple(case.model.emb.weight.shape)
-    products = [shape for f, shape in ops if f in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)]
-    assert products and tied not in products, products
-    assert not any("embedding_dense_backward" in str(f) for f, _ in ops)
+    assert products(ops) and tied not in products(ops), products(ops)
+    assert not any("embedding_dense_backward" in str(f) for f, _, _ in ops)
 
 
 def test_registered():
