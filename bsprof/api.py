@@ -23,7 +23,7 @@ from bsprof.engine.source import as_source
 from bsprof.engine.spec import Spec
 from bsprof.errors import ConfigError, SpecError
 from bsprof.output.report import Report
-from bsprof.probes.choose import choose
+from bsprof.probes.choose import choose, decide
 from bsprof.results import Estimate
 
 
@@ -68,12 +68,14 @@ def measure(spec: Spec | str | Path | None = None, config: MeasureConfig | dict 
 def measure_at(model: nn.Module, loss, data, *, method: str = "auto", rel_error: float = 0.2,
                confidence: float = 0.9, micro_batch: int = 8, probe_batch: int = 0, chunk: int = 256,
                max_examples: int = 200_000, max_seconds: float = 60.0, min_draws: int = 5, seed: int = 0,
-               collate=None) -> Estimate:
+               collate=None, strict: bool = False) -> Estimate:
     """B_simple = tr(Σ)/|G|² at the model's current weights, without training, with its interval.
 
     Draws nested small/big batches from ``data`` (a Dataset, a DataLoader, a tuple of tensors with the examples
     on dim 0, or a ``DrawSource``: ``engine.source.as_source``) on the model's device until the interval is
     within ``rel_error`` (or a budget is spent). The model's weights, buffers and ``.grad`` are left unchanged.
+    ``strict``: no parameter by the slow torch.func path (an error with ``method="hooks"``; micro-batches under
+    auto), as ``bsprof measure --strict``.
     """
     cfg = resolve(MeasureConfig, None, dict(method=method, rel_error=rel_error, confidence=confidence,
                                             micro_batch=micro_batch, probe_batch=probe_batch, chunk=chunk,
@@ -90,7 +92,8 @@ def measure_at(model: nn.Module, loss, data, *, method: str = "auto", rel_error:
         raise SpecError("the model has no trainable parameters", "pass a model with parameters that require grad")
     examples = as_source(data, param.device, seed, collate)
     pair = examples.first_two() if isinstance(examples, Examples) else None
-    probe, _ = choose(cfg.method, model, loss, pair)
+    probe = (decide(cfg.method, model, loss, pair, micro_batch=micro_batch, strict=True).probe if strict
+             else choose(cfg.method, model, loss, pair)[0])
     how = loop._sampling(cfg, probe, examples.n)
     _, group = loop.trainable_groups(model)
     with loop.buffers_kept(model):

@@ -19,6 +19,7 @@ from bsprof.gate.policy import (
     Reading,
     check_baseline,
     check_batch,
+    check_lr,
     judge,
     noise_at,
     target_lr,
@@ -154,6 +155,18 @@ def test_lr_rules():
     assert v.status == PASS and any("Adam" in n for n in v.notes)
     assert judge(rep, 512, lr=4e-2).status == FAIL and "too high" in judge(rep, 512, lr=4e-2).messages[1]
     assert judge(make_report(optimizer="RMSprop"), 512, lr=0.1).checks[1].status == CANNOT_JUDGE
+
+
+def test_an_lr_passing_only_across_the_interval_says_so():
+    """SGD probed at lr 0.05, B = 32; noise scale 200 [60, 700]: at B = 512 the rule gives ≈ 0.23 at the estimate,
+    more than 4× the lr 0.05, but less across the interval. The PASS line said "within 4× of … (≈ 0.215)" above a
+    warning that it was more than 4× off (a new user's finding): it now says where it passes."""
+    r = check_lr(0.05, 512, {"lr": 0.05, "batch_size": 32, "optimizer": "SGD"}, Reading(200.0, 60.0, 700.0, "ok"))
+    assert r.status == PASS
+    assert "somewhere on the noise scale's interval" in r.message and "at the estimate" in r.message, r.message
+    assert any("more than 4× off the rule at the estimate" in n for n in r.notes)
+    clear = check_lr(0.2, 512, {"lr": 0.05, "batch_size": 32, "optimizer": "SGD"}, Reading(200.0, 60.0, 700.0, "ok"))
+    assert clear.status == PASS and "somewhere" not in clear.message
 
 
 def test_the_lr_check_suggests_and_passes_no_lr_the_schedule_would_cap(tmp_path):

@@ -149,6 +149,15 @@ def test_library_strict_and_a_registered_rule_clears_the_fallback():
         layers.RULES.update(saved)
 
 
+def test_measure_at_strict():
+    """``measure_at(strict=True)`` as ``measure``'s: an error with hooks asked, micro-batches under auto (a new user
+    found no strict on the fixed-weight front door, which the README promised)."""
+    with pytest.raises(BsprofError, match="1.gain"):
+        bsprof.measure_at(_gain_model(), _ce, _data(), method="hooks", strict=True)
+    est = bsprof.measure_at(_gain_model(), _ce, _data(), strict=True, rel_error=0.5, max_seconds=5)
+    assert est.value > 0
+
+
 # ---------------------------------------------------------------- auto on a plain MLP: the trial keeps hooks
 
 def test_auto_keeps_hooks_for_a_plain_mlp():

@@ -61,7 +61,8 @@ def test_yaml_config_and_command_line_precedence(tmp_path):
     ("bad_import.py", "No module named 'not_a_real_package_xyz'"),
     ("missing_loss.py", "loss is a int, not a function"),
     ("model_raises.py", "model() at model_raises.py:5 raised ValueError: hidden size must be even"),
-    ("scalar_loss.py", "per-example losses of shape [2]"),
+    ("scalar_loss.py", "loss(model, batch) (scalar_loss.py:8) returned shape () for a batch of 2 examples"),
+    ("bad_shape.py", "failed in bad_shape.py:15, inside the model's layer '3' (Linear(in_features=5, out_features=1"),
     ("uncollatable.py", "cannot be collated"),
 ])
 def test_bad_spec_gets_a_clear_message(tmp_path, asset, expected):

@@ -112,6 +112,9 @@ def test_a_tuple_of_tensors_becomes_a_source_of_its_rows():
     (bx, by), _ = chunks[0]
     assert torch.equal(bx, x[by])  # rows stay together
     assert as_source(x).n == 10
+    # a bare tensor: the loss gets a tensor of rows, not a one-element list (a new user's loss called model([x]))
+    (rows, count), = as_source(x, seed=3).batches(drawn[:3], 4)
+    assert isinstance(rows, torch.Tensor) and rows.shape == (3, 2) and count == 3
     with pytest.raises(DataError):
         as_source((x, y[:5]))
     with pytest.raises(DataError):

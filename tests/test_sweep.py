@@ -94,6 +94,14 @@ def test_a_bracket_resting_on_evaluation_noise_is_said():
     clear = [dataclasses.replace(noisy[0], loss_se=0.001), dataclasses.replace(noisy[1], loss=0.30, loss_se=0.001)]
     assert sweep_api._within_noise(clear, cfg) == []
     assert sweep_api._within_noise(noisy[:1], cfg) == []
+    # the other end: batch 64 passed by 0.005 with ± 0.03 (a new user's sweep, 0.2381 against 0.2434)
+    narrow = [BatchSummary(32, 0.1, 1.0, 0.241, 0.02, 10, 512, True),
+              BatchSummary(64, 0.1, 1.0, 0.2381, 0.032, 10, 512, True),
+              BatchSummary(128, 0.1, 1.0, 0.40, 0.03, 5, 512, False)]
+    note, = sweep_api._within_noise(narrow, cfg)
+    assert note.startswith("batch 64 passed by 0.00531 under the tolerance's limit 0.2434"), note
+    both = sweep_api._within_noise([narrow[0], narrow[1], dataclasses.replace(noisy[1], batch=128, loss=0.245)], cfg)
+    assert [n.split(" by")[0] for n in both] == ["batch 64 passed", "batch 128 failed"]
     comp = sweep_api.Comparison("r.json", None, None, None, math.nan, 0, 0.0, 0, None, math.nan)
     far = sweep_api._different_quantities(dataclasses.replace(comp, critical_ratio=0.19), noisy)
     assert len(far) == 1 and "0.19× the report's headline" in far[0] and "--method global" in far[0]

@@ -498,6 +498,12 @@ def test_a_log_shorter_than_two_windows_says_so(tmp_path):
     assert "fixed-weight" not in s.critical_batch_reason.split(";")[0]
     [note] = [d["message"] for d in report.diagnostics if d["code"] == "one_window"]
     assert "24 logged steps" in note and "--window 4" in note
+    # 150 steps at the default --window 100 (a new user's run): two rows, and a schedule fitted through them
+    (tmp_path / "few").mkdir()
+    few_log = trained_log(tmp_path / "few", 150)
+    [note] = [d["message"] for d in report_from_log(few_log).diagnostics if d["code"] == "few_windows"]
+    assert "150 logged steps: 2 windows of 100" in note and "--window 30" in note
+    assert not [d for d in report_from_log(few_log, window=30).diagnostics if d["code"] == "few_windows"]
     with pytest.raises(ReportError) as e:
         plan(report, ScheduleConfig(target_loss=0.1))
     assert "--window" in e.value.hint and "bsprof measure" not in e.value.hint
@@ -557,6 +563,17 @@ def test_step_arguments_none_and_not_numbers():
         tracker.step(loss_scale="big")
     assert "fix:" in str(err.value) and tracker.step_count == 1 and tracker.examples == 64
     assert hooks_left(model) == 0
+    for loss in ("abc", torch.ones(3)):  # a new user's loss="abc" got a bare ValueError from inside the tracker
+        model = mlp()
+        tracker = Tracker(model, accumulation_steps=2, batch_size=64)
+        _backward(model, 2)
+        with pytest.raises(TrackerError, match="loss must be a number"):
+            tracker.step(loss=loss)
+        assert tracker.step_count == 0 and hooks_left(model) == 0
+    model = mlp()
+    tracker = Tracker(model, accumulation_steps=2, batch_size=64)
+    _backward(model, 2)
+    assert tracker.step(loss=2.5).loss == 2.5 and tracker.step_count == 1
 
 
 def test_step_before_backward():

@@ -198,12 +198,15 @@ def _user_failure(e: Exception, report: Report, kept: str, debug: bool = False) 
     """The user's code raised: what, in which phase and step, where in their file, and the fix."""
     info = report.incomplete or {}
     where = f" in {info['where']}" if info.get("where") else ""
+    layer = f", inside the model's {info['module']}" if info.get("module") else ""
     at = f" at step {info['step']}" if info.get("step") is not None else ""
-    what = f"{info.get('phase', 'the run')}{at} failed{where}: {type(e).__name__}: {e}"
+    what = f"{info.get('phase', 'the run')}{at} failed{where}{layer}: {type(e).__name__}: {e}"
     data = [d["message"] for d in report.diagnostics if d["code"] == "list_items"]
     if data:
         return BsprofError(what, f"{data[0]} ({kept})")
-    return BsprofError(what, f"fix the spec{where}; {kept}" + ("" if debug else " (--debug shows the traceback)"))
+    fix = (f"fix {info['module'].split(' (')[0]} of model() or what it is given (its input's shape, dtype or device)"
+           if layer else f"fix the spec{where}")
+    return BsprofError(what, f"{fix}; {kept}" + ("" if debug else " (--debug shows the traceback)"))
 
 
 def _estimate(e) -> Estimate:

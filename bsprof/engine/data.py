@@ -18,6 +18,20 @@ from torch.utils.data import IterableDataset, default_collate
 from bsprof.errors import DataError
 
 
+class Rows(torch.utils.data.Dataset):
+    """A tensor's rows as examples (one tensor each, collated back to a tensor): ``data=x`` gives the loss ``x[idx]``,
+    where a TensorDataset would give it ``[x[idx]]``."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+    def __len__(self) -> int:
+        return len(self.tensor)
+
+    def __getitem__(self, i):
+        return self.tensor[i]
+
+
 def to_device(batch, device: torch.device):
     """Move every tensor inside tuples, lists and dicts to ``device``."""
     if isinstance(batch, torch.Tensor):

@@ -24,7 +24,7 @@ from bsprof.config import MeasureConfig, as_dict
 from bsprof.engine import cost, diagnostics, scales
 from bsprof.engine.data import Examples
 from bsprof.engine.sampling import Sampling, group_types, groups_of, measure_at
-from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_optimizer, load_spec
+from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_optimizer, load_spec, module_at
 from bsprof.errors import BsprofError, ConfigError, NonFiniteError, SpecError
 from bsprof.output.report import Report
 from bsprof.probes import Probe
@@ -216,11 +216,11 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     except BsprofError:
         raise
     except Exception as e:
-        where = _where(e, spec.path)
+        where, layer = _where(e, spec.path), module_at(e, model)
         report.incomplete = {"reason": f"{type(e).__name__}: {e}", "step": None,
                              "phase": getattr(e, "bsprof_phase", "calling loss(model, batch) on the first two "
                                                                   "examples"),
-                             **({"where": where} if where else {})}
+                             **({"where": where} if where else {}), **({"module": layer} if layer else {})}
         raise
     chosen, invalid = choice.probe, choice.invalid
     probe = chosen.name
@@ -311,9 +311,9 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         report.incomplete = {"reason": e.message, "step": getattr(e, "step", None) or step}
         raise
     except Exception as e:  # a failure in the user's code mid-run: keep what was measured
-        where = _where(e, spec.path)
+        where, layer = _where(e, spec.path), module_at(e, model)
         report.incomplete = {"reason": f"{type(e).__name__}: {e}", "step": step, "phase": phase,
-                             **({"where": where} if where else {})}
+                             **({"where": where} if where else {}), **({"module": layer} if layer else {})}
         raise
     finally:
         complete = window is not None  # closed for the measurement that was interrupted: every step of it ran

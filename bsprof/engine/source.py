@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from bsprof.engine.data import Examples
+from bsprof.engine.data import Examples, Rows
 from bsprof.errors import DataError
 
 
@@ -37,7 +37,8 @@ def as_source(data, device: torch.device | str = "cpu", seed: int = 0,
               collate: Callable | None = None) -> DrawSource:
     """A ``DrawSource`` from what a user holds: a map-style (or iterable) ``Dataset``, a ``DataLoader`` (its dataset
     and collate function; its batch size and sampler are not used: draws are bsprof's), a tuple or list of tensors
-    with equal first dimensions (examples along dim 0, as a ``TensorDataset``), or a source already.
+    with equal first dimensions (examples along dim 0, as a ``TensorDataset``: the loss gets a list of tensors), a
+    tensor (its rows: the loss gets a tensor), or a source already.
 
     Draws are uniform without replacement from a generator seeded with ``seed``.
     """
@@ -46,7 +47,9 @@ def as_source(data, device: torch.device | str = "cpu", seed: int = 0,
     if isinstance(data, DataLoader):
         data, collate = data.dataset, collate or data.collate_fn
     elif isinstance(data, torch.Tensor):
-        data = (data,)
+        if data.dim() == 0:
+            raise DataError("data is a 0-d tensor, not examples", "pass a tensor with the examples along dim 0")
+        data = Rows(data)
     if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
         sizes = {t.shape[0] if t.dim() else None for t in data}
         if len(sizes) != 1 or None in sizes:

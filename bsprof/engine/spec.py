@@ -85,7 +85,8 @@ def _as_dataset(data, collate):
     if isinstance(data, DataLoader):
         return data.dataset, collate or data.collate_fn
     if isinstance(data, torch.Tensor):
-        return TensorDataset(data), collate
+        from bsprof.engine.data import Rows
+        return Rows(data), collate
     if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
         if len({t.shape[0] if t.dim() else None for t in data}) != 1 or data[0].dim() == 0:
             raise SpecError(f"dataset is a {type(data).__name__} of tensors with different numbers of rows "
@@ -128,6 +129,26 @@ def _where(exc: BaseException, path: Path | None) -> str:
         return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path]
     return f"{path.name}:{frames[-1].lineno}" if frames else ""
+
+
+def module_at(exc: BaseException, model: nn.Module | None) -> str:
+    """The innermost submodule of ``model`` whose code raised ``exc``, as "layer 'name' (repr)" ("" if none):
+    a spec built from nn.Sequential has no line of its own inside the forward pass."""
+    if model is None:
+        return ""
+    names = {id(m): n for n, m in model.named_modules()}
+    found, tb = "", exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and names.get(id(owner)):
+            found = f"layer {names[id(owner)]!r} ({_short(owner)})"
+        tb = tb.tb_next
+    return found
+
+
+def _short(mod: nn.Module) -> str:
+    text = repr(mod) if not mod._modules else f"{type(mod).__name__}(…)"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -545,6 +545,9 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
         where = f"{capped} (the rule's ≈ {_fmt(rule_best)} is untested)"
     elif rule_best > best:  # the cap lowered the suggestion: both numbers, as the warning gives them
         where = f" (≈ {_fmt(best)}: the rule's ≈ {_fmt(rule_best)} capped at --lr-cap {policy.lr_cap:g} × that lr)"
+    elif lr > best * f or lr < best / f:  # within f× of the rule somewhere on the interval, not at the estimate
+        where = (f" somewhere on the noise scale's interval (the rule gives [{_fmt(c_lo)}, {_fmt(t_hi)}] there, "
+                 f"≈ {_fmt(best)} at the estimate)")
     else:
         where = f" (≈ {_fmt(best)})"
     return CheckResult("lr", PASS, f"lr = {_fmt(lr)} is within {_fmt(f)}× of {how}{where}", tuple(notes), measured,

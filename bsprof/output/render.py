@@ -59,7 +59,7 @@ def report_table(report, summary=None) -> Group:
         table.add_row(str(r.step), fmt(r.loss, 4), estimate_text(r.b_simple),
                       *(estimate_text(getattr(r, k)) for k, _ in extra), fmt(r.g2.value), fmt(r.trace_sigma),
                       str(r.n_draws), str(r.examples), r.stopped_by)
-    parts = [table]
+    parts = [table] if report.measurements else [Text("no measurement finished", style="bold")]
     s = summary or report.summary
     if report.measurements:
         parts.append(Text(headline_text(s), style="bold"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -103,25 +104,42 @@ def accum_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+def defined_at(fn) -> str:
+    """" (file.py:line)" where a Python function is defined, "" for anything else."""
+    import inspect
+
+    try:
+        code = inspect.unwrap(fn).__code__
+    except AttributeError:
+        return ""
+    return f" ({Path(code.co_filename).name}:{code.co_firstlineno})"
+
+
 def per_example_losses(model: nn.Module, loss_fn: LossFn, batch: Any, count: int) -> torch.Tensor:
     """Call the user's loss and check it returned per-example losses of shape [count]."""
     from bsprof.errors import SpecError
 
     losses = loss_fn(model, batch)
+    if not isinstance(losses, torch.Tensor) or losses.shape != (count,):
+        return _wrong_losses(losses, loss_fn, count)
+    if torch.is_grad_enabled() and not losses.requires_grad:
+        raise SpecError(f"loss(model, batch){defined_at(loss_fn)} returned {losses.dtype} losses that do not depend "
+                        "on the model's trainable parameters (detached, computed under torch.no_grad(), or not "
+                        "floating point)", "return the losses autograd can differentiate: no .detach(), .item(), "
+                        ".long() or no_grad inside loss()")
+    return losses
+
+
+def _wrong_losses(losses, loss_fn: LossFn, count: int):
+    from bsprof.errors import SpecError
+
     if not isinstance(losses, torch.Tensor):
-        raise SpecError(f"loss(model, batch) returned {type(losses).__name__}, not a tensor",
+        raise SpecError(f"loss(model, batch){defined_at(loss_fn)} returned {type(losses).__name__}, not a tensor",
                         "return per-example losses: a tensor of shape [batch_size], e.g. "
                         "F.cross_entropy(model(x), y, reduction='none')")
-    if losses.shape != (count,):
-        raise SpecError(f"loss(model, batch) returned shape {tuple(losses.shape)} for a batch of {count} examples",
-                        f"return per-example losses of shape [{count}] (use reduction='none', and average over "
-                        "any other dimension such as tokens yourself); bsprof takes their mean")
-    if torch.is_grad_enabled() and not losses.requires_grad:
-        raise SpecError(f"loss(model, batch) returned {losses.dtype} losses that do not depend on the model's "
-                        "trainable parameters (detached, computed under torch.no_grad(), or not floating point)",
-                        "return the losses autograd can differentiate: no .detach(), .item(), .long() or no_grad "
-                        "inside loss()")
-    return losses
+    raise SpecError(f"loss(model, batch){defined_at(loss_fn)} returned shape {tuple(losses.shape)} for a batch of "
+                    f"{count} examples", f"return per-example losses of shape [{count}] (use reduction='none', and "
+                    "average over any other dimension such as tokens yourself); bsprof takes their mean")
 
 
 @contextmanager

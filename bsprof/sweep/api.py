@@ -173,20 +173,28 @@ def _different_quantities(comp: Comparison, summaries) -> list[str]:
 
 
 def _within_noise(summaries, cfg) -> list[str]:
-    """A note when the first failing batch missed the tolerance by less than twice the standard error of the
-    difference of the two losses (the evaluation's, or the seeds'): the bracket then rests on noise."""
-    first = next((s for s in summaries if s.passed is False), None)
+    """A note for each end of the bracket that rests on noise: the first failing batch missed the tolerance, or the
+    last passing batch before it met it, by less than twice the standard error of its loss's difference from the
+    baseline's (the evaluation's, or the seeds')."""
     ref = summaries[0] if summaries else None
-    if first is None or ref is None or first is ref:
+    if ref is None:
         return []
     from bsprof.sweep.fit import tolerance_limit
     limit = tolerance_limit(ref.loss, cfg.tolerance, cfg.tolerance_mode)
-    se = math.hypot(ref.loss_se, first.loss_se)
-    if not (math.isfinite(first.loss) and math.isfinite(se) and first.loss - limit < 2 * se):
-        return []
-    return [f"batch {first.batch} failed by {first.loss - limit:.3g} over the tolerance's limit {limit:.4g}, less "
-            f"than twice the standard error of the two losses' difference ({se:.2g}): the bracket rests on "
-            "evaluation noise; use more --seeds or --eval-examples, a larger tolerance, or --method global"]
+    k = next((i for i, s in enumerate(summaries) if s.passed is False), len(summaries))
+    ends = [(summaries[k], "failed", "over")] if k < len(summaries) else []
+    if 0 < k - 1 < len(summaries) and summaries[k - 1].passed:
+        ends.insert(0, (summaries[k - 1], "passed", "under"))
+    notes = []
+    for s, verdict, side in ends:
+        se = math.hypot(ref.loss_se, s.loss_se)
+        margin = abs(s.loss - limit)
+        if s is ref or not (math.isfinite(s.loss) and math.isfinite(se) and margin < 2 * se):
+            continue
+        notes.append(f"batch {s.batch} {verdict} by {margin:.3g} {side} the tolerance's limit {limit:.4g}, less than "
+                     f"twice the standard error of the two losses' difference ({se:.2g}): the bracket rests on "
+                     "evaluation noise; use more --seeds or --eval-examples, a larger tolerance, or --method global")
+    return notes
 
 
 def comparison_ratio(est: Estimate, comp: Comparison) -> Comparison:

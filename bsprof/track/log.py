@@ -256,6 +256,11 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
         report.diagnose("one_window", f"{path} has {len(log.steps)} logged steps, fewer than two windows of "
                         f"{window}: one row, averaged over the whole run, and no curve along training. Read it with "
                         f"a smaller window, e.g. --window {max(2, len(log.steps) // 5)}.")
+    elif len(report.measurements) < 5 and len(log.steps) // 5 >= 2 and (every or window) > len(log.steps) // 5:
+        report.diagnose("few_windows", f"{path} has {len(log.steps)} logged steps: {len(report.measurements)} "
+                        f"windows of {window}, too few for a curve along training (a schedule fits the noise scale "
+                        f"against the loss through them). Read it with --window {len(log.steps) // 5} (five "
+                        "windows) or smaller.")
     if log.torn:
         report.diagnose("torn_line", f"{path}'s last line was cut off mid-write (the run stopped while writing it): "
                         "that step is left out")

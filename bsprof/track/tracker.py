@@ -302,6 +302,9 @@ class Tracker:
         step = None if step is None else self._number("step", step, int, "pass the step's number, or nothing")
         if batch_size is not None:
             batch_size = self._number("batch_size", batch_size, int, "pass the examples in this optimizer step")
+        if loss is not None and not (torch.is_tensor(loss) and loss.numel() == 1):
+            loss = self._number("loss", loss, float, "pass the step's loss (a number or a one-element tensor), or "
+                                "nothing")
         woke = [n for n, p in self._asleep if p.requires_grad]
         if woke:
             self._fail(f"{_listed(woke)} became trainable after the Tracker was made: its hooks do not see their "
