@@ -204,6 +204,12 @@ def char_mlp():
     return nn.Sequential(nn.Embedding(n, 16), nn.Flatten(), nn.Linear(128, 256), nn.Tanh(), nn.Linear(256, n))
 
 
+def softmax():
+    """Multinomial logistic regression on the 14×14 images (196 → 10, 1,970 parameters): a convex task (twelfth
+    session, out of sample for every rule)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(196, 10))
+
+
 TASKS = {
     # reuse: the global sweep of scripts/validate_critical_batch.py (B = 16..512, lr grid ×0.5,1,2, 3 seeds)
     "digits_sgd": dict(desc="digits MLP 64-128-10 (sklearn, 1797), plain SGD", spec=digits_spec, opt=sgd,
@@ -400,6 +406,27 @@ TASKS = {
                                            lr_grid=[16, 32], seeds=1, max_steps=200, eval_examples=1024, b_noise=274.2,
                                            max_seconds=1200),
                                 probe_steps=1500, lr_factors=(1.0,)),
+    "mnist_softmax_sgd": dict(desc="softmax regression (196 → 10, convex) on real MNIST (5,000 images, 14×14), plain "
+                                   "SGD, out of sample (twelfth session)",
+                              spec=lambda: Spec(None, None, softmax, mnist_small, ce, sgd(0.5)), opt=sgd, target=0.35,
+                              batch=32, sweep=dict(batches=[16, 32, 64, 128, 256, 512, 1024], lr0=0.25,
+                                                   lr_grid=[0.5, 1, 2, 4, 8, 16], seeds=2, max_steps=3000,
+                                                   eval_examples=0, max_seconds=1800),
+                              probe_steps=1500, lr_factors=(1.0,)),
+    "mnist_softmax_adam": dict(desc="softmax regression (196 → 10, convex) on real MNIST (5,000 images, 14×14), Adam, "
+                                    "out of sample (twelfth session)",
+                               spec=lambda: Spec(None, None, softmax, mnist_small, ce, adam(1e-3)), opt=adam,
+                               target=0.35, batch=32, sweep=dict(batches=[16, 32, 64, 128, 256, 512, 1024], lr0=1e-3,
+                                                                 lr_grid=[1, 2, 4, 8, 16, 32], seeds=2,
+                                                                 max_steps=3000, eval_examples=0, max_seconds=1800),
+                               probe_steps=1500, lr_factors=(1.0,)),
+    # its best lr was the grid's top (×32) at B = 16 … 512: the grid extended upwards, same seeds
+    "mnist_softmax_adam_hi": dict(desc="the same, lr grid ×64, ×128, ×256",
+                                  spec=lambda: TASKS["mnist_softmax_adam"]["spec"](), opt=adam, target=0.35, batch=32,
+                                  sweep=dict(batches=[16, 32, 64, 128, 256, 512, 1024], lr0=1e-3,
+                                             lr_grid=[64, 128, 256], seeds=2, max_steps=3000, eval_examples=0,
+                                             max_seconds=1800),
+                                  probe_steps=1500, lr_factors=(1.0,)),
     # the first sweep's best lr was the grid's top (×4) at B = 16, 32, 64: the grid extended upwards, same seed
     "shakespeare_adam_hi": dict(desc="the same, lr grid ×8, ×16", spec=shakespeare_spec, opt=adam, target=2.0,
                                 batch=32, sweep=dict(batches=[16, 32, 64, 128, 256], lr0=2e-3, lr_grid=[8, 16],
