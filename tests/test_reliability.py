@@ -437,3 +437,25 @@ def test_quoted_library_messages_lose_their_terminal_escapes():
                   "\x1b[31mfix\x1b[0m")
     assert e.message == "cannot load checkpoint m.pt: Weights only load failed. Re-running" and e.hint == "fix"
     assert "\x1b" not in str(e)
+
+
+def test_a_device_or_a_pipe_is_written_in_place_not_replaced(tmp_path):
+    """`schedule -o /dev/stdout` replaced the device link with a regular file (a new user's finding, as root): the
+    atomic rename is for regular files; a pipe or a device is written in place, and stays what it was."""
+    import stat
+    import threading
+
+    from bsprof.output.files import check_file, write_text
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    assert check_file(fifo, "--output") == fifo
+    write_text(fifo, "stage 1\n")
+    reader.join(10)
+    assert got == ["stage 1\n"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    write_text("/dev/null", "nothing\n")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert not list(tmp_path.glob(".pipe.*")), "no temporary file left beside it"

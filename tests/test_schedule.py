@@ -494,6 +494,12 @@ def test_token_schedule_rounds_to_whole_sequences():
     assert all(b % 20 == 0 for b in batches(seq_length=20)[1])
     s, sizes = batches(micro_batch=25, multiple_of=10, world_size=2)
     assert all(st.micro_batch % 10 == 0 and st.micro_batch * st.accumulation * 2 == st.batch_size for st in s.stages)
+    r.incomplete = {"reason": "interrupted", "step": 1022}  # `check` said so, `schedule` did not (a new user's find)
+    assert any("incomplete: its run ended early (interrupted, at step 1022)" in n for n in batches()[0].notes)
+    r.incomplete = None
+    # 25 tokens is no whole number of 10-token sequences: said (a new user's --micro-batch 8 became 64 silently)
+    assert any("--micro-batch 25 is in tokens" in n and "2 sequence(s) = 20 tokens" in n for n in s.notes), s.notes
+    assert not any("is in tokens" in n for n in batches(micro_batch=20)[0].notes)
     assert plan(synthetic_report(), ScheduleConfig(target_loss=0.4, seq_length=10)).config["seq_length"] == 10
 
 
@@ -667,6 +673,23 @@ def test_a_tracker_log_schedule_counts_steps_from_its_first_logged_step(tmp_path
     assert s.stages[0].start_step == 0 and s.stages[0].start_loss == max(first.draw.loss, rows[0].loss)
     assert s.prediction["lead_in"]["path_step"] == 19 and s.prediction["lead_in"]["steps"] > 0
     assert any("as from the logged run's first step (step 0" in a for a in s.assumptions)
+
+
+def test_a_log_without_accumulation_steps_in_its_header_keeps_the_micro_batch(tmp_path):
+    """The Lightning and Hugging Face callbacks make their Tracker without ``accumulation_steps`` (it may follow a
+    schedule): a new user's Lightning log of 16 × 4 was planned as 64 × 1 (DeepSpeed's micro-batch 4× the run's).
+    Without the header's k, each step's b (the micro-batch) and B give it."""
+    import json
+
+    from bsprof.track import report_from_log
+
+    log = logged_run(tmp_path / "trk.jsonl", accum=4, micro=8)
+    lines = log.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["accumulation_steps"] == 4
+    log.write_text("\n".join([json.dumps({**header, "accumulation_steps": None}), *lines[1:]]) + "\n")
+    config = report_from_log(log, window=20).config
+    assert (config["accumulation_steps"], config["train_micro_batch"]) == (4, 8)
 
 
 def test_b_crit_interval_carries_the_extrapolation():

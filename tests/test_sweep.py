@@ -598,3 +598,20 @@ def test_a_probe_at_another_lr_than_the_sweeps_is_said():
     assert note and "0.25× the lr this sweep tuned at its batch 32 (0.2)" in note
     assert lr_note(dataclasses.replace(comp, probe_lr=0.15), rows) is None
     assert lr_note(dataclasses.replace(comp, probe_batch=64), rows) is None   # no tuned lr at that batch
+
+
+def test_constants_anchored_elsewhere_than_the_schedule_are_said():
+    """A new user's `--batches 16,32,64,128 --schedule` of a report probed at lr 0.1, batch 32: the constants were
+    scaled from lr 0.1 at 16, so at 32 they ran 1.7× hotter than the schedule and the verdict went the other way.
+    The note names both anchors; starting --batches at the schedule's batch gives none."""
+    from types import SimpleNamespace
+
+    from bsprof.sweep.config import SweepConfig
+
+    setup = SimpleNamespace(n_data=1797, n_eval=0, held_out=False, base_lr=0.1, rule="linear", b_noise=60.0)
+    sched = SimpleNamespace(stages=[SimpleNamespace(batch_size=64)], lr_train=0.1, batch_train=32.0, target_loss=0.25)
+    cfg = SweepConfig(batches=(16, 32, 64, 128), target_loss=0.25)
+    note, = sweep_api._schedule_fits(sched, cfg, setup)
+    assert "scaled from lr 0.1 at batch 16" in note and "from lr 0.1 at batch 32" in note, note
+    assert "start --batches at 32" in note
+    assert sweep_api._schedule_fits(sched, SweepConfig(batches=(32, 64, 128), target_loss=0.25), setup) == []

@@ -145,7 +145,7 @@ def render(result, fmt: str, seq_length: int = 0) -> str:
     buf = Console(file=io.StringIO(), width=110, force_terminal=False)
     for part in tables(result):
         buf.print(part)
-    return buf.file.getvalue()
+    return "".join(line.rstrip() + "\n" for line in buf.file.getvalue().splitlines())  # no padding at line ends
 
 
 def tables(result) -> list:

@@ -8,15 +8,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 
+def special(path: str | Path) -> bool:
+    """Whether ``path`` exists and is not a regular file (``/dev/stdout``, a named pipe, ``/dev/null``): written
+    in place, never replaced (a rename would put a regular file where the device was)."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; when the block ends without error, move it onto ``path``."""
+    """Yield a temporary path next to ``path``; when the block ends without error, move it onto ``path``. A
+    ``special`` path (a device, a pipe) is yielded as it is: there is nothing to keep whole."""
     path = Path(path)
+    if special(path):
+        yield path
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -76,6 +90,8 @@ def check_file(path: str | Path, flag: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a folder, not a file", f"pass a file path to {flag}")
+    if special(path):  # /dev/stdout, a pipe: written in place
+        return path
     try:
         check_folder(path.parent, flag)
     except ConfigError as e:  # the flag takes a file: say so in the fix

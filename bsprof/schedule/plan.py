@@ -606,6 +606,10 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
     rows, col = usable_rows(report, config)
     batch_train, warnings = training_batch(report)
     notes = []
+    if report.incomplete:  # as `check` says it
+        step = report.incomplete.get("step")
+        notes.append(f"the report is incomplete: its run ended early ({report.incomplete.get('reason') or 'stopped'}"
+                     f"{f', at step {step}' if step is not None else ''}); planned from what was measured before")
     quantum = sequence_tokens(report, config)
     if quantum > 1:
         source = "--seq-length" if config.seq_length else "the report's tokens_per_example"
@@ -622,6 +626,11 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
         micro, why_micro = logged_micro_batch(report, config.world_size)
         config = dataclasses.replace(config, micro_batch=micro)
         notes += why_micro
+    elif quantum > 1 and config.micro_batch % quantum:  # a micro-batch is whole sequences (``decompose``)
+        whole = max(config.micro_batch // quantum, 1)
+        notes.append(f"--micro-batch {config.micro_batch} is in tokens, not a whole number of {quantum}-token "
+                     f"sequences: micro-batches are whole sequences, {whole} sequence(s) = {whole * quantum} tokens "
+                     "per rank at most (pass a multiple of the sequence length)")
     min_asked = config.min_batch > 0   # an auto smallest batch holding the rule up is its purpose, not news
     if config.min_batch == 0:
         min_batch, why_min = auto_min_batch(report, batch_train, config.max_batch)

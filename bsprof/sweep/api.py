@@ -269,6 +269,15 @@ def _schedule_fits(sched, cfg: SweepConfig, setup) -> list[str]:
         notes.append(f"the schedule was planned from a training lr of {sched.lr_train:.4g} and this spec's optimizer "
                      f"starts at {setup.base_lr:.4g}: its stages' lrs belong to the run it was planned from (another "
                      "model or optimizer?)")
+    b0 = cfg.batch_sizes()[0]
+    if sched.batch_train > 0 and sched.lr_train > 0 and setup.base_lr > 0 and sched.batch_train != b0:
+        from bsprof.sweep.fit import lr_factor
+        at = setup.base_lr * lr_factor(setup.rule, sched.batch_train, b0, setup.b_noise)  # a constant's lr there
+        if not 2 / 3 <= at / sched.lr_train <= 1.5:
+            notes.append(f"the constants' lrs are scaled from lr {setup.base_lr:.4g} at batch {b0} (the smallest of "
+                         f"--batches), the schedule's from lr {sched.lr_train:.4g} at batch {sched.batch_train:g}: "
+                         f"at batch {sched.batch_train:g} a constant runs at lr {at:.4g}, {at / sched.lr_train:.2f}× "
+                         f"the schedule's; start --batches at {sched.batch_train:g} for a like-for-like comparison")
     if sched.target_loss and cfg.target_loss and not math.isclose(sched.target_loss, cfg.target_loss, rel_tol=0.05):
         notes.append(f"the schedule was planned to loss {sched.target_loss:g} and the sweep's target is "
                      f"{cfg.target_loss:g} (an evaluation loss)")

@@ -207,7 +207,8 @@ def _training(log: TrackLog) -> dict:
     first, last = log.steps[0], log.steps[-1]
     out = {"batch_size": last.draw.B, "optimizer_lr": peak_lr(log),
            "start_step": first.step, "start_loss": first.draw.loss if first.draw.loss == first.draw.loss else None}
-    accumulation, world = int(log.header.get("accumulation_steps") or 1), int(log.header.get("world_size") or 1)
+    world = int(log.header.get("world_size") or 1)
+    accumulation = int(log.header.get("accumulation_steps") or _accumulation(last.draw, world))
     out.update(accumulation_steps=accumulation, world_size=world)
     if last.draw.B % (accumulation * world) == 0:  # the micro-batch one rank runs per backward: B = W·k·m
         out["train_micro_batch"] = last.draw.B // (accumulation * world)
@@ -216,6 +217,14 @@ def _training(log: TrackLog) -> dict:
     if log.header.get("optimizer_momentum") is not None:
         out["optimizer_momentum"] = log.header["optimizer_momentum"]
     return out
+
+
+def _accumulation(draw, world: int) -> int:
+    """Backward passes per step when the header does not say (the Lightning and Hugging Face callbacks, whose k may
+    follow a schedule): B/(W·b) for a step whose b is a micro-batch (b > 1: accumulation, or a DDP rank's batch,
+    k = 1), 1 for a per-example step (b = 1: one backward of the whole batch)."""
+    b, B = int(draw.b), int(draw.B)
+    return B // (world * b) if b > 1 and B % (world * b) == 0 and B >= world * b else 1
 
 
 def report_from_log(path: str | Path, window: int = 100, every: int | None = None,
