@@ -715,6 +715,9 @@ def test_ddp_with_accumulation_and_no_sync(tmp_path):
     assert "does not split into 2 equal micro-batches" in one["messages"][1]
     assert "1 other rank(s) failed this step's checks" in one["messages"][0] and one["after"] == 2
     assert uneven["closed"] and one["closed"]
+    rows = r["rows"]  # equal batch_size passed, unequal rows fed (a new user's rank 1 fed 12 of 16): an error on both
+    assert all("the ranks' forward passes saw different numbers of rows" in m for m in rows["messages"]), rows
+    assert rows["after"] == 2 and rows["closed"]
 
 
 @pytest.mark.distributed

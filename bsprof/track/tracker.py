@@ -374,8 +374,9 @@ class Tracker:
             if self.world > 1:
                 self._reduce_step(math.nan, math.nan, True, 0, 0)
             raise
-        small_total, big_total, failed, per_rank_sum, per_rank_sq, b_sum = self._reduce_step(
-            small_sum, t["big"] if self.fsdp else 0.0, False, per_rank, b)
+        rows = 0 if self._seq_first else rows_seen   # a [T, B, …] model's rows are positions, which may differ
+        small_total, big_total, failed, per_rank_sum, per_rank_sq, b_sum, rows_sum, rows_sq, rows_known = \
+            self._reduce_step(small_sum, t["big"] if self.fsdp else 0.0, False, per_rank, b, rows)
         if failed:
             self._fail(f"{failed:.0f} other rank(s) failed this step's checks: their errors say why",
                        "fix what the failing rank's error says; every rank stops tracking at the same step")
@@ -385,6 +386,12 @@ class Tracker:
                        f"{per_rank_sum / self.world:g} over {self.world} ranks)",
                        "give every rank the same batch (DistributedSampler with drop_last=True): DDP averages the "
                        "ranks' mean gradients, which is the mean over the examples only when the batches are equal")
+        if round(rows_known) == self.world > 1 and round(rows_sq) * self.world != round(rows_sum) ** 2:
+            self._fail(f"the ranks' forward passes saw different numbers of rows at this step (this rank: {rows}, "
+                       f"mean {rows_sum / self.world:g} over {self.world} ranks), though each passed batch_size="
+                       f"{per_rank}", "give every rank the same batch (DistributedSampler with drop_last=True) and "
+                       "pass each step's batch_size: DDP's mean of the ranks' means is the mean over the examples "
+                       "only when the batches are equal")
         small = small_total / self.world / n_small   # mean over the W·n_small small batches
         big = (big_total if self.fsdp else t["big"]) / (u * k) ** 2   # FSDP: Σ_ranks of the local shards' norms
         loss_value = math.nan if loss is None else float(loss.detach() if torch.is_tensor(loss) else loss)
@@ -400,10 +407,13 @@ class Tracker:
                        per_rank * self.world, loss_value, n)
         return draw, pre
 
-    def _reduce_step(self, small_sum: float, big: float, failed: bool, per_rank: int, b: int) -> list[float]:
-        """Σ over the ranks of (Σ|G_b|², FSDP's local |G_B|² part, failed, batch, batch², b): one all-reduce per
-        step, the same on every rank whatever its checks found; the values as they are in one process."""
-        return self._sum_over_ranks(small_sum, big, float(failed), float(per_rank), float(per_rank) ** 2, float(b))
+    def _reduce_step(self, small_sum: float, big: float, failed: bool, per_rank: int, b: int,
+                     rows: int = 0) -> list[float]:
+        """Σ over the ranks of (Σ|G_b|², FSDP's local |G_B|² part, failed, batch, batch², b, rows seen, rows²,
+        rows known): one all-reduce per step, the same on every rank whatever its checks found; the values as they
+        are in one process."""
+        return self._sum_over_ranks(small_sum, big, float(failed), float(per_rank), float(per_rank) ** 2, float(b),
+                                    float(rows), float(rows) ** 2, float(rows > 0))
 
     def _local_pair(self, r: Backwards, batch_size: int | None, loss_scale: float, rows_seen: int,
                     given: bool = True) -> tuple:
