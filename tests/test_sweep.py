@@ -615,3 +615,17 @@ def test_constants_anchored_elsewhere_than_the_schedule_are_said():
     assert "scaled from lr 0.1 at batch 16" in note and "from lr 0.1 at batch 32" in note, note
     assert "start --batches at 32" in note
     assert sweep_api._schedule_fits(sched, SweepConfig(batches=(32, 64, 128), target_loss=0.25), setup) == []
+
+
+def test_a_batch_that_did_not_train_is_said():
+    """A new user's local sweep: batch 256 ended at 2.295 from an initial 2.31 (outputs collapsed to uniform) and
+    was counted as an ordinary failure; batch 512 reached 1.13. A failing batch no lower than the start is named."""
+    from bsprof.sweep.result import BatchSummary
+
+    rows = [BatchSummary(32, 0.05, 1.0, 0.24, 0.01, 100, 3200, True),
+            BatchSummary(256, 0.4, 1.0, 2.295, 0.01, 12, 3200, False),
+            BatchSummary(512, 0.8, 1.0, 1.13, 0.01, 6, 3200, False)]
+    note, = sweep_api._no_progress(rows, 2.31)
+    assert note.startswith("batch 256 (loss 2.295 at lr 0.4) did not train") and "--lr-grid" in note, note
+    assert sweep_api._no_progress(rows[:1] + rows[2:], 2.31) == []
+    assert sweep_api._no_progress(rows, float("nan")) == []

@@ -151,6 +151,7 @@ def _local_result(setup, cfg, rows, budget, incomplete, comp) -> SweepResult:
         extra.append(f"the first doubling already fails: the critical batch is below {summaries[1].batch}; try a "
                      "smaller --base-batch")
     extra += _within_noise(summaries, cfg)
+    extra += _no_progress(summaries, setup.initial_loss)
     if comp is not None:
         comp = comparison_ratio(est, comp)
         extra += _different_quantities(comp, summaries)
@@ -195,6 +196,21 @@ def _within_noise(summaries, cfg) -> list[str]:
                      f"twice the standard error of the two losses' difference ({se:.2g}): the bracket rests on "
                      "evaluation noise; use more --seeds or --eval-examples, a larger tolerance, or --method global")
     return notes
+
+
+def _no_progress(summaries, initial: float) -> list[str]:
+    """A note for the failing batches that did not train at all: their loss after the budget no lower than at the
+    start (a new user's batch 256 ended at 2.295 ≈ ln 10 from 2.31, the outputs collapsed to uniform, while 512
+    reached 1.13): diverged or stalled at the grid's lrs, which says nothing about the critical batch."""
+    if not (initial is not None and math.isfinite(initial) and initial > 0):
+        return []
+    stuck = [s for s in summaries if s.passed is False and not s.loss < 0.99 * initial]
+    if not stuck:
+        return []
+    said = ", ".join(f"{s.batch} (loss {s.loss:.4g} at lr {s.lr:.3g})" for s in stuck)
+    return [f"batch {said} did not train: its loss after the budget is no lower than the initial {initial:.4g} "
+            "(diverged, or collapsed to a constant output, at every lr of the grid); its failure says nothing about "
+            "the critical batch: try a lower --lr-grid, or more --examples"]
 
 
 def comparison_ratio(est: Estimate, comp: Comparison) -> Comparison:
