@@ -11,6 +11,7 @@ as it found them.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 from torch import nn
@@ -23,7 +24,8 @@ from bsprof.engine.source import as_source
 from bsprof.engine.spec import Spec
 from bsprof.errors import ConfigError, SpecError
 from bsprof.output.report import Report
-from bsprof.probes.choose import choose, decide
+from bsprof.probes.choose import decide
+from bsprof.probes.hooks import fallback_text
 from bsprof.results import Estimate
 
 
@@ -92,8 +94,13 @@ def measure_at(model: nn.Module, loss, data, *, method: str = "auto", rel_error:
         raise SpecError("the model has no trainable parameters", "pass a model with parameters that require grad")
     examples = as_source(data, param.device, seed, collate)
     pair = examples.first_two() if isinstance(examples, Examples) else None
-    probe = (decide(cfg.method, model, loss, pair, micro_batch=micro_batch, strict=True).probe if strict
-             else choose(cfg.method, model, loss, pair)[0])
+    with loop.buffers_kept(model):  # decide runs the model on two examples (what the hooks would send to torch.func)
+        choice = decide(cfg.method, model, loss, pair, micro_batch=micro_batch, strict=strict)
+    probe = choice.probe
+    if choice.fallbacks:  # as `bsprof measure` lists them in its report: said, not hidden
+        warnings.warn(f"bsprof.measure_at: {len(choice.fallbacks)} parameter(s) measured by the slow torch.func "
+                      f"path: {fallback_text(choice.fallbacks)}; strict=True refuses them (micro-batches under auto)",
+                      stacklevel=2)
     how = loop._sampling(cfg, probe, examples.n)
     _, group = loop.trainable_groups(model)
     with loop.buffers_kept(model):

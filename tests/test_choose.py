@@ -156,6 +156,8 @@ def test_measure_at_strict():
         bsprof.measure_at(_gain_model(), _ce, _data(), method="hooks", strict=True)
     est = bsprof.measure_at(_gain_model(), _ce, _data(), strict=True, rel_error=0.5, max_seconds=5)
     assert est.value > 0
+    with pytest.warns(UserWarning, match=r"1 parameter\(s\) measured by the slow torch.func path: 1.gain"):
+        bsprof.measure_at(_gain_model(), _ce, _data(), method="hooks", rel_error=0.5, max_seconds=5)
 
 
 # ---------------------------------------------------------------- auto on a plain MLP: the trial keeps hooks
