@@ -583,3 +583,37 @@ def test_a_loss_that_fails_on_one_example_says_its_error():
     assert why.startswith("loss(model, batch) failed on one example alone (ValueError: need at least two rows)")
     centred = lambda m, b: case.loss_fn(m, b) - case.loss_fn(m, b).mean()  # noqa: E731
     assert per_example_invalid(case.model, centred, pair) == MIXING
+
+
+def test_tied_weight_with_a_dead_tapped_call_and_a_live_untapped_one():
+    """A reviewer's case: as many tapped calls as live uses, but not the same calls (one tapped head call never
+    reaches the loss; a live one is untapped, its output changed in place by a forward hook, its input needing no
+    gradient). Counting calls alone reused the weight, and the live call's piece never came: a KeyError. The reuse
+    now counts only the tapped calls that reach the loss; the numbers match torch.func."""
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(7, 4)
+            self.head, self.other = nn.Linear(4, 7, bias=False), nn.Linear(4, 7, bias=False)
+            self.head.weight = self.other.weight = self.emb.weight
+            self.other.register_forward_hook(lambda mod, args, out: out.mul_(1.0))
+
+        def forward(self, tokens):
+            h = self.emb(tokens)
+            out = self.head(h)
+            self.head(h * 2)  # dead: never reaches the loss
+            onehot = ((tokens % 4).unsqueeze(-1) == torch.arange(4, device=tokens.device)).to(h.dtype)
+            return out + self.other(onehot)  # its input needs no gradient
+
+    torch.manual_seed(0)
+    model = Odd().double()
+    tokens = torch.randint(0, 7, (3, 6), generator=torch.Generator().manual_seed(1))
+
+    def loss(m, t):
+        return F.cross_entropy(m(t[:, :-1]).transpose(1, 2), t[:, 1:], reduction="none").mean(1)
+
+    want = per_example_vmap(model, loss, tokens, 3)
+    got = per_example_hooks(model, loss, tokens, 3)
+    assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
+    assert_close(got.grad_sum, want.grad_sum)

@@ -459,3 +459,16 @@ def test_a_device_or_a_pipe_is_written_in_place_not_replaced(tmp_path):
     write_text("/dev/null", "nothing\n")
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     assert not list(tmp_path.glob(".pipe.*")), "no temporary file left beside it"
+
+
+def test_a_link_is_written_through_not_replaced(tmp_path):
+    """`-o /dev/stdout > out.txt`: /dev/stdout links (via /proc/self/fd/1) to the redirect's regular file, which a
+    rename replaced with the link itself (a reviewer's finding): a link is written through, and stays a link."""
+    from bsprof.output.files import check_file, write_text
+
+    target, link = tmp_path / "out.txt", tmp_path / "stdout"
+    target.write_text("")
+    link.symlink_to(target)
+    assert check_file(link, "--output") == link
+    write_text(link, "schedule\n")
+    assert link.is_symlink() and target.read_text() == "schedule\n"

@@ -15,12 +15,16 @@ from pathlib import Path
 
 
 def special(path: str | Path) -> bool:
-    """Whether ``path`` exists and is not a regular file (``/dev/stdout``, a named pipe, ``/dev/null``): written
-    in place, never replaced (a rename would put a regular file where the device was)."""
+    """Whether ``path`` is a symbolic link or exists and is not a regular file (``/dev/stdout``, a named pipe,
+    ``/dev/null``): written in place, through the link, never replaced (a rename would put a regular file where the
+    link or the device was; ``/dev/stdout`` redirected to a file links to that file)."""
     try:
-        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            return True
+        mode = os.stat(path).st_mode
     except OSError:
         return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 @contextlib.contextmanager

@@ -256,7 +256,9 @@ class _Pass:
         self.explicit: dict[int, int | None] = {}  # weights whose call forms the per-example gradients explicitly
         #                                            → the slot of the bias applied with them (None: none)
         self.tapped: set[int] = set()     # parameters of calls whose δ arrives through a ``_Tap``
-        self.formed: Counter = Counter()  # tied weights: their tapped calls that form (or scatter) g_i explicitly
+        self.formed = defaultdict(list)   # tied weights: (call's grad_fn, dense) of their tapped calls that form
+        #                                   (dense) or scatter g_i explicitly
+        self.live: set = set()            # the grad_fns of the calls that reach the loss (``check_uses``)
         self.anchor: Tensor | None = None  # the leaf that keeps every tap on autograd's path
         self.reuse: set[int] = set()      # parameters whose Σ_i g_i is taken from their per-example gradients
         self.sums: dict[int, Tensor] = {}
@@ -314,10 +316,10 @@ class _Pass:
             return
         if self.anchor is None:
             self.anchor = torch.zeros((), device=out.device, requires_grad=True)
+        for k in tied:
+            self.formed[k].append((out.grad_fn, dense))  # the call's own node, as ``calls`` holds it
         _Tap.apply(out, self.anchor, hook)  # in place: out's grad_fn is now the tap's
         self.tapped |= {k for _, k in slots}
-        self.formed.update(tied)
-        self.formed.update(-1 - k for k in tied if dense)  # -1 - k counts the dense calls among them
 
     def choose_reuse(self) -> None:
         """Parameters whose Σ_i g_i is the sum of the explicit per-example gradients their rule forms anyway, so that
@@ -332,8 +334,9 @@ class _Pass:
         A weight tied across modules (GPT-2's token embedding and LM head) is reused when every use is a tapped
         call that forms its g_i explicitly or scatters it (an embedding), one of them densely: Σ_k g_k,i is then
         built in one buffer anyway (``layers.explicit_sum``), and autograd skips the head's weight gradient."""
-        for k, n in list(self.formed.items()):
-            if k >= 0 and n == self.expected[k] and n > 1 and self.formed[-1 - k] and k not in self.why:
+        for k, calls in self.formed.items():
+            live = [dense for fn, dense in calls if fn in self.live]  # a tapped call not reaching the loss: no part
+            if len(live) == self.expected[k] > 1 and any(live) and k not in self.why:
                 self.reuse.add(k)
         for k, bias in self.explicit.items():
             if k in self.reuse:
@@ -440,6 +443,7 @@ class _Pass:
     def check_uses(self, losses: Tensor) -> None:
         """Send to the fallback every parameter whose graph uses differ from the hooked calls reaching the loss."""
         uses, seen, consumers = _graph_uses(losses.grad_fn, [out.grad_fn for _, _, _, out in self.shared])
+        self.live = set(seen) | {losses.grad_fn}
         for k in [k for k in self.why if uses[id(self.params[k])] == 0]:  # unused: every g_i is zero, no fallback
             del self.why[k]
         if self.shared:

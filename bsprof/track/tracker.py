@@ -296,20 +296,12 @@ class Tracker:
         """
         if self.closed:
             raise self._closed("step")
-        loss_scale = 1.0 if loss_scale is None else self._number("loss_scale", loss_scale, float,
-                                                                  "pass scaler.get_scale() under AMP, or nothing")
-        lr = None if lr is None else self._number("lr", lr, float, "pass the step's lr, or nothing (the optimizer's)")
-        step = None if step is None else self._number("step", step, int, "pass the step's number, or nothing")
-        if batch_size is not None:
-            batch_size = self._number("batch_size", batch_size, int, "pass the examples in this optimizer step")
-        if loss is not None and not (torch.is_tensor(loss) and loss.numel() == 1):
-            loss = self._number("loss", loss, float, "pass the step's loss (a number or a one-element tensor), or "
-                                "nothing")
-        woke = [n for n, p in self._asleep if p.requires_grad]
-        if woke:
-            self._fail(f"{_listed(woke)} became trainable after the Tracker was made: its hooks do not see their "
-                       "gradients, so |G|² and tr(Σ) would leave them out",
-                       "make the Tracker after unfreezing: tracker.close(), then a new Tracker(model, …)")
+        try:
+            loss_scale, lr, step, batch_size, loss = self._arguments(loss_scale, lr, step, batch_size, loss)
+        except TrackerError:
+            if self.world > 1:  # the other ranks are in this step's all-reduce: join it, flagged, so they raise too
+                self._reduce_step(math.nan, math.nan, True, 0, 0)
+            raise
         record = self.hooks.take()
         number = self.step_count if step is None else step
         self.step_count = number + 1
@@ -339,6 +331,25 @@ class Tracker:
         if self.log:
             self.log.write(line)
         return draw
+
+    def _arguments(self, loss_scale, lr, step, batch_size, loss) -> tuple:
+        """``step``'s arguments checked (a TrackerError closes the tracker before any state moves), and the
+        parameters frozen at construction still frozen."""
+        loss_scale = 1.0 if loss_scale is None else self._number("loss_scale", loss_scale, float,
+                                                                  "pass scaler.get_scale() under AMP, or nothing")
+        lr = None if lr is None else self._number("lr", lr, float, "pass the step's lr, or nothing (the optimizer's)")
+        step = None if step is None else self._number("step", step, int, "pass the step's number, or nothing")
+        if batch_size is not None:
+            batch_size = self._number("batch_size", batch_size, int, "pass the examples in this optimizer step")
+        if loss is not None and not (torch.is_tensor(loss) and loss.numel() == 1):
+            loss = self._number("loss", loss, float, "pass the step's loss (a number or a one-element tensor), or "
+                                "nothing")
+        woke = [n for n, p in self._asleep if p.requires_grad]
+        if woke:
+            self._fail(f"{_listed(woke)} became trainable after the Tracker was made: its hooks do not see their "
+                       "gradients, so |G|² and tr(Σ) would leave them out",
+                       "make the Tracker after unfreezing: tracker.close(), then a new Tracker(model, …)")
+        return loss_scale, lr, step, batch_size, loss
 
     def _number(self, name: str, value, kind, hint: str):
         """``kind(value)`` (a 0-d tensor too), or close the tracker with a TrackerError before any state moves."""
@@ -370,12 +381,12 @@ class Tracker:
         error on every rank (DDP's mean of the ranks' means is then not the mean over the examples)."""
         try:
             t, k, u, small_sum, b, per_rank, n_small = self._local_pair(r, batch_size, loss_scale, rows_seen, given)
-        except TrackerError:
+        except Exception:  # a TrackerError, or anything else: the other ranks still get this rank's flag
             if self.world > 1:
                 self._reduce_step(math.nan, math.nan, True, 0, 0)
             raise
         rows = 0 if self._seq_first else rows_seen   # a [T, B, …] model's rows are positions, which may differ
-        small_total, big_total, failed, per_rank_sum, per_rank_sq, b_sum, rows_sum, rows_sq, rows_known = \
+        small_total, big_total, failed, per_rank_sum, per_rank_sq, b_sum, rows_sum, rows_sq, rows_known, as_passed = \
             self._reduce_step(small_sum, t["big"] if self.fsdp else 0.0, False, per_rank, b, rows)
         if failed:
             self._fail(f"{failed:.0f} other rank(s) failed this step's checks: their errors say why",
@@ -386,7 +397,9 @@ class Tracker:
                        f"{per_rank_sum / self.world:g} over {self.world} ranks)",
                        "give every rank the same batch (DistributedSampler with drop_last=True): DDP averages the "
                        "ranks' mean gradients, which is the mean over the examples only when the batches are equal")
-        if round(rows_known) == self.world > 1 and round(rows_sq) * self.world != round(rows_sum) ** 2:
+        # rows that differ across ranks where some rank saw exactly its batch_size: a rank fed fewer examples (rows
+        # that are no rank's batch, a graph's nodes or a packed sequence's tokens, stay the one-rank warning)
+        if round(rows_known) == self.world > 1 and round(rows_sq) * self.world != round(rows_sum) ** 2 and as_passed:
             self._fail(f"the ranks' forward passes saw different numbers of rows at this step (this rank: {rows}, "
                        f"mean {rows_sum / self.world:g} over {self.world} ranks), though each passed batch_size="
                        f"{per_rank}", "give every rank the same batch (DistributedSampler with drop_last=True) and "
@@ -410,10 +423,10 @@ class Tracker:
     def _reduce_step(self, small_sum: float, big: float, failed: bool, per_rank: int, b: int,
                      rows: int = 0) -> list[float]:
         """Σ over the ranks of (Σ|G_b|², FSDP's local |G_B|² part, failed, batch, batch², b, rows seen, rows²,
-        rows known): one all-reduce per step, the same on every rank whatever its checks found; the values as they
-        are in one process."""
+        rows known, rows = batch): one all-reduce per step, the same on every rank whatever its checks found; the
+        values as they are in one process."""
         return self._sum_over_ranks(small_sum, big, float(failed), float(per_rank), float(per_rank) ** 2, float(b),
-                                    float(rows), float(rows) ** 2, float(rows > 0))
+                                    float(rows), float(rows) ** 2, float(rows > 0), float(rows == per_rank > 0))
 
     def _local_pair(self, r: Backwards, batch_size: int | None, loss_scale: float, rows_seen: int,
                     given: bool = True) -> tuple:

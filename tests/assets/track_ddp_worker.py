@@ -56,7 +56,8 @@ def main(out: str) -> None:
         ddp.zero_grad()
     est = tracker.estimate()
     tracker.close()
-    agreed = {name: disagree(ddp, w_star, rank, name) for name in ("uneven", "one_fails", "rows")}
+    agreed = {name: disagree(ddp, w_star, rank, name) for name in ("uneven", "one_fails", "rows",
+                                                                       "nodes", "bad_loss")}
     if rank == 0:
         with open(out, "w") as f:
             json.dump({"b_simple": est.value, "lo": est.lo, "hi": est.hi, "status": est.status.value,
@@ -69,10 +70,11 @@ def main(out: str) -> None:
 def disagree(ddp, w_star, rank: int, case: str) -> dict:
     """A step the ranks do not agree on: batches of different sizes ("uneven"), or one rank's own check failing
     ("one_fails": batch_size=33 does not split into 2 micro-batches) with the TrackerError caught, as the docs
-    suggest, or a rank fed fewer rows than the batch_size both pass ("rows"). Every rank must raise at the same
-    step, and a collective after it must still match."""
+    suggest, a rank fed fewer rows than the batch_size both pass ("rows"), or a rank's argument not a number
+    ("bad_loss"). Every rank must raise at the same step, and a collective after it must still match. "nodes": rows
+    that differ but are no rank's batch (a graph's nodes) stay a warning: the step is measured."""
     tracker = Tracker(ddp, accumulation_steps=K, batch_size=K * MICRO)
-    micro = MICRO // 2 if case in ("uneven", "rows") and rank == 1 else MICRO
+    micro = MICRO // 2 if case in ("uneven", "rows", "nodes") and rank == 1 else MICRO
     gen = torch.Generator().manual_seed(7 + rank)
     for j in range(K):
         x = torch.randn(micro, D, generator=gen)
@@ -81,8 +83,9 @@ def disagree(ddp, w_star, rank: int, case: str) -> dict:
             (0.5 * ((ddp(x).squeeze(-1) - y) ** 2).mean() / K).backward()
     message = ""
     try:
-        declared = K * (MICRO if case == "rows" else micro)   # "rows": both pass the same, rank 1 fed fewer
-        tracker.step(batch_size=33 if case == "one_fails" and rank == 1 else declared)
+        declared = K * (MICRO if case == "rows" else 3 * MICRO if case == "nodes" else micro)
+        loss = "abc" if case == "bad_loss" and rank == 1 else None
+        tracker.step(batch_size=33 if case == "one_fails" and rank == 1 else declared, loss=loss)
     except TrackerError as e:
         message = e.message
     ddp.zero_grad()
