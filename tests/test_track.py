@@ -1138,3 +1138,38 @@ def test_an_unresolved_window_of_a_log_is_called_so(tmp_path):
     assert report.measurements[0].b_simple.unresolved
     [note] = [d for d in report.diagnostics if d["code"] == "unresolved"]
     assert "--window" in note["message"] and "step 9" in note["message"]
+
+
+def test_per_example_refuses_a_tied_weight_also_applied_functionally():
+    """A new user's LM used its embedding as the head through F.linear(h, emb.weight): the tracker's per-example
+    norms counted the embedding's part only, and B_simple (training) read low, even below zero. The graph's uses
+    are now counted at the first forward: that use fails the per-example source with the fix; the same model
+    with an nn.Linear tied to the weight is measured."""
+    import torch.nn.functional as F
+
+    class LM(nn.Module):
+        def __init__(self, functional):
+            super().__init__()
+            self.emb, self.mix, self.functional = nn.Embedding(11, 8), nn.Linear(8, 8), functional
+            if not functional:
+                self.head = nn.Linear(8, 11, bias=False)
+                self.head.weight = self.emb.weight
+
+        def forward(self, t):
+            h = torch.tanh(self.mix(self.emb(t)))
+            return F.linear(h, self.emb.weight) if self.functional else self.head(h)
+
+    for functional in (False, True):
+        torch.manual_seed(0)
+        model = LM(functional)
+        tracker = Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1), source="per_example")
+        t = torch.randint(0, 11, (16, 9))
+        loss = F.cross_entropy(model(t[:, :-1]).reshape(-1, 11), t[:, 1:].reshape(-1))
+        with tracker.per_example():
+            loss.backward()
+        if not functional:
+            assert tracker.step().b == 1
+            continue
+        with pytest.raises(TrackerError, match=r"emb.weight \(used 2 times, 1 by its layers\) used outside") as e:
+            tracker.step()
+        assert "head.weight = emb.weight" in str(e.value)

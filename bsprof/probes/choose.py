@@ -138,9 +138,12 @@ def decide(method: str, model: nn.Module, loss_fn: LossFn | None = None, pair=No
         return Choice(PROBES["microbatch"], None, f"auto with --strict: the hooks would measure {len(slow)} "
                       "parameter(s) by the slow torch.func path, so micro-batches")
     if strict and slow:
+        functional = any("applied functionally" in why for why in slow.values())
         raise BsprofError(f"strict: {len(slow)} parameter(s) would be measured by the slow torch.func path: "
                           f"{fallback_text(slow)}",
-                          "register a per-example rule for the layer with bsprof.probes.register_rule(Layer, rule) "
+                          ("for a weight applied functionally (F.linear(h, emb.weight)), tie an nn.Linear to it "
+                           "instead (head.weight = emb.weight); for a layer without a rule, " if functional else "")
+                          + "register a per-example rule for the layer with bsprof.probes.register_rule(Layer, rule) "
                           "(see its docstring), or drop --strict to accept the slow path (the report lists it)")
     why = reason(method, probe, invalid)
     trial = method == "auto" and not invalid and micro_batch >= 2 and (draw is not None or seconds is not None)

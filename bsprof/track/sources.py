@@ -320,6 +320,7 @@ class PerExample:
         self.shared: list = []             # embeddings called on positions shared by the batch, this forward
         self.model = model
         self.handles = []
+        self.functional: list[str] | None = None  # hooked parameters also used outside their layers (first forward)
 
     def install(self) -> None:
         """Forward hooks on the owned layers; an attention module's forward is swapped for the recording copy
@@ -368,6 +369,8 @@ class PerExample:
         one walk of the model's graph; anything else (another consumer) leaves the backward unmeasured."""
         shared, self.shared = self.shared, []
         bare = [k for k in self.uncovered if self.params[k].requires_grad]
+        if self.functional is None and torch.is_grad_enabled() and self.expected:
+            self.functional = self._used_outside(output)
         if not (shared or bare) or not torch.is_grad_enabled():
             return
         roots = [t.grad_fn for t in _tensors(output) if t.grad_fn is not None]
@@ -392,6 +395,16 @@ class PerExample:
                 self.failure = ("an nn.Embedding called on positions shared by the batch ([T] or [1, T]) whose "
                                 "output is not added to a batched tensor is not supported by the tracker's "
                                 "per-example norms")
+
+    def _used_outside(self, output) -> list[str]:
+        """Hooked parameters the model's graph uses more often than their layers were called (a tied weight also
+        applied functionally, ``F.linear(h, emb.weight)``): the hooks cannot see that use, so per-example norms
+        would leave it out (as ``hooks._Pass.check_uses`` finds for the probe). One walk of the graph, at the
+        first forward: a model's uses do not change from step to step."""
+        roots = [t.grad_fn for t in _tensors(output) if t.grad_fn is not None]
+        uses = _graph_uses(roots)[0] if roots else Counter()
+        return [f"{self.names[k]} (used {uses[id(self.params[k])]} times, {self.expected[k]} by its layers)"
+                for k in self.expected if uses[id(self.params[k])] > self.expected[k]]
 
     def _broadcast_parameters(self, roots, bare: list[int]) -> None:
         """Parameters outside the layers with rules that are added by broadcast over the examples (a learned
@@ -538,6 +551,10 @@ class PerExample:
                 self.failure = (f"the hooked layers saw {sorted(self.rows)} rows on dim 0 but the model's input had "
                                 f"{sorted(self.inputs)}: a layer fed [T, B, …] (batch_first=False, or a transpose) "
                                 "does not keep the examples on dim 0")
+            if self.failure is None and self.functional:
+                self.failure = (f"{', '.join(self.functional[:3])} used outside their layers too (applied "
+                                "functionally, e.g. F.linear(h, emb.weight)), which the per-example hooks cannot "
+                                "see; tie an nn.Linear to the weight instead (head.weight = emb.weight)")
             if self.failure is None:
                 self.failure = self.uncovered_used()
             if self.failure is None and self.parts and self.rows:
