@@ -461,14 +461,15 @@ def test_a_device_or_a_pipe_is_written_in_place_not_replaced(tmp_path):
     assert not list(tmp_path.glob(".pipe.*")), "no temporary file left beside it"
 
 
-def test_a_link_is_written_through_not_replaced(tmp_path):
-    """`-o /dev/stdout > out.txt`: /dev/stdout links (via /proc/self/fd/1) to the redirect's regular file, which a
-    rename replaced with the link itself (a reviewer's finding): a link is written through, and stays a link."""
+def test_a_link_to_an_open_descriptor_is_written_through_not_replaced(tmp_path):
+    """`-o /dev/stdout > out.txt`: /dev/stdout links to /proc/self/fd/1, a regular file under the redirect, which a
+    rename replaced with the report itself (a reviewer's finding): a link to a descriptor is written through and
+    stays a link (any other link is replaced: test_a_symlinked_report_is_replaced_never_written_through)."""
     from bsprof.output.files import check_file, write_text
 
     target, link = tmp_path / "out.txt", tmp_path / "stdout"
-    target.write_text("")
-    link.symlink_to(target)
-    assert check_file(link, "--output") == link
-    write_text(link, "schedule\n")
+    with open(target, "w") as f:
+        link.symlink_to(f"/proc/self/fd/{f.fileno()}")
+        assert check_file(link, "--output") == link
+        write_text(link, "schedule\n")
     assert link.is_symlink() and target.read_text() == "schedule\n"

@@ -15,12 +15,13 @@ from pathlib import Path
 
 
 def special(path: str | Path) -> bool:
-    """Whether ``path`` is a symbolic link or exists and is not a regular file (``/dev/stdout``, a named pipe,
-    ``/dev/null``): written in place, through the link, never replaced (a rename would put a regular file where the
-    link or the device was; ``/dev/stdout`` redirected to a file links to that file)."""
+    """Whether ``path`` is a device, a named pipe, or a link to an open file descriptor (``/dev/stdout`` links to
+    ``/proc/self/fd/1``, a regular file when the shell redirected it): written in place, never replaced (a rename
+    would put a regular file where the device or the link was). Any other link is replaced, never written through
+    (a report's name linked to another file leaves that file as it was)."""
     try:
         if stat.S_ISLNK(os.lstat(path).st_mode):
-            return True
+            return os.readlink(path).startswith(("/proc/", "/dev/fd/"))
         mode = os.stat(path).st_mode
     except OSError:
         return False
