@@ -255,3 +255,13 @@ def test_report_prints_json_and_csv_for_scripts(tmp_path):
     assert layers[0].startswith("step,layer,") and len(layers) == len(report.layers) + 1
     bad = runner.invoke(app, ["report", str(src), "-f", "xml"])
     assert bad.exit_code == 2 and "--format must be one of table, json, csv" in bad.output
+
+
+def test_an_unresolved_estimate_is_shown_as_its_upper_bound():
+    """'−0.0509 [0, 0.0067]' read as an estimate outside its own interval (a new user's log): an interval reaching 0
+    is shown as the bound it is."""
+    from bsprof.output.render import estimate_text
+    from bsprof.results import Estimate
+
+    assert estimate_text(Estimate(-0.0509, 0.0, 0.0067)) == "≤ 0.0067 (unresolved)"
+    assert estimate_text(Estimate(26.1, 24.9, 27.4)) == "26.1 [24.9, 27.4]"

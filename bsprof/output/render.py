@@ -24,9 +24,12 @@ def fmt(x, digits: int = 3) -> str:
 
 
 def estimate_text(est: Estimate | None) -> str:
-    """'26.1 [24.9, 27.4]', '> 310' for a lower bound, 'undetermined', or '–' when not measured."""
+    """'26.1 [24.9, 27.4]', '≤ 0.046 (unresolved)' when the interval reaches 0 (the value is then no estimate: it
+    may even be negative), '> 310' for a lower bound, 'undetermined', or '–' when not measured."""
     if est is None or est.status is Status.NOT_AVAILABLE:
         return "–"
+    if est.unresolved:
+        return f"≤ {fmt(est.hi)} (unresolved)"
     if est.status is Status.OK:
         return f"{fmt(est.value)} [{fmt(est.lo)}, {fmt(est.hi)}]"
     if est.status is Status.LOWER_BOUND:
