@@ -169,3 +169,23 @@ def test_auto_keeps_hooks_for_a_plain_mlp():
     assert r.config["method_reason"].startswith("auto: per-example gradients are valid; a timed draw of 64 examples")
     assert set(r.config["method_trial_s"]) == {"hooks", "microbatch"}
     assert r.timing["choosing_s"] > 0
+
+
+def test_an_embedding_scaling_its_gradient_by_frequency_couples_the_examples():
+    """nn.Embedding(scale_grad_by_freq=True) divides each row's gradient by its frequency in the batch: the batch
+    gradient is not the sum of per-example ones (a new user's hooks and torch.func disagreed on Σ_i g_i by 24–61%).
+    It is batch-coupled, like BatchNorm in train mode: micro-batches, with the reason."""
+    from bsprof.probes import batch_coupled
+    from bsprof.probes.hooks import per_example_hooks
+
+    model = nn.Sequential(nn.Embedding(7, 4, scale_grad_by_freq=True), nn.Flatten(), nn.Linear(12, 2))
+    assert batch_coupled(model) == ["0 (Embedding)"]
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randint(0, 7, (64, 3), generator=g),
+                                          torch.randint(0, 2, (64,), generator=g))
+    with pytest.raises(BsprofError, match="scale_grad_by_freq=True .* divides each row's gradient"):
+        per_example_hooks(model, _ce, next(iter(torch.utils.data.DataLoader(data, batch_size=8))), 8)
+    r = bsprof.measure(model=model, dataset=data, loss=_ce, steps=0, rel_error=0.5, max_seconds=5)
+    assert r.config["method_resolved"] == "microbatch"
+    [note] = [d["message"] for d in r.diagnostics if d["code"] == "batch_coupled"]
+    assert note.startswith("an Embedding with scale_grad_by_freq=True (0 (Embedding))"), note

@@ -40,7 +40,8 @@ def data(report: Report, pair) -> None:
 def before_run(report: Report, model, optimizer, examples, invalid: str | None, cfg) -> None:
     """``invalid``: why per-example norms are invalid (``probes.choose.per_example_invalid``), or None."""
     if invalid:
-        code = "batchnorm_train" if invalid.startswith("BatchNorm") else "loss_mixes_examples"
+        code = ("batchnorm_train" if invalid.startswith("BatchNorm") else "batch_coupled"
+                if invalid.startswith("an Embedding with scale_grad_by_freq") else "loss_mixes_examples")
         report.diagnose(code, f"{invalid}: per-example norms are invalid, so bsprof measured with "
                         f"micro-batches of {cfg.micro_batch} (approximately right; McCandlish App. A).")
     if examples.iterable:

@@ -475,9 +475,10 @@ def _training_tracker(report: Report, source: str, model, optimizer, batch_size:
     if coupled:
         report.diagnose("training_micro_batches", f"each training step ran as {TRAINING_PARTS} micro-batches of "
                         f"B/{TRAINING_PARTS} (gradient accumulation), for B_simple over training-step windows: "
-                        f"BatchNorm normalised over B/{TRAINING_PARTS} examples, as it would on {TRAINING_PARTS} "
-                        "data-parallel ranks. --no-track-training trains on whole batches (and the headline then "
-                        "follows the fixed-weight measurements, whose critical batch has a wider model range).")
+                        f"the batch's statistics (BatchNorm's, an Embedding's scale_grad_by_freq) taken over "
+                        f"B/{TRAINING_PARTS} examples, as they would be on {TRAINING_PARTS} data-parallel ranks. "
+                        "--no-track-training trains on whole batches (and the headline then follows the fixed-weight "
+                        "measurements, whose critical batch has a wider model range).")
     return tracker, source
 
 

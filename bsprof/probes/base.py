@@ -75,22 +75,31 @@ class Probe:
 
 
 def batch_coupled(model: nn.Module) -> list[str]:
-    """The modules that normalise with the statistics of the batch, so that example i's loss depends on the others.
+    """The modules that use statistics of the batch, so that example i's loss or gradient depends on the others.
 
-    The one BatchNorm rule: a BatchNorm in train mode, or without running statistics (``track_running_stats=False``:
-    batch statistics in eval mode too). Per-example gradients are then undefined; micro-batches stay approximately
-    right (McCandlish App. A), since training at batch b normalises over b examples as well.
+    A BatchNorm in train mode, or without running statistics (``track_running_stats=False``: batch statistics in
+    eval mode too); an Embedding with ``scale_grad_by_freq=True`` (each row's gradient divided by the row's frequency
+    in the batch). Per-example gradients are then undefined; micro-batches stay approximately right (McCandlish
+    App. A), since training at batch b takes the statistics over b examples as well.
     """
     return [f"{name} ({type(m).__name__})" if name else type(m).__name__ for name, m in model.named_modules()
-            if isinstance(m, _BatchNorm) and (m.training or not m.track_running_stats)]
+            if isinstance(m, _BatchNorm) and (m.training or not m.track_running_stats)
+            or isinstance(m, nn.Embedding) and m.scale_grad_by_freq]
 
 
 def coupled_reason(names: list[str]) -> str:
-    """Why per-example gradients are undefined, for the modules ``batch_coupled`` found (a report diagnostic starts
-    with "BatchNorm")."""
-    shown = ", ".join(names[:3]) + ("…" if len(names) > 3 else "")
-    return (f"BatchNorm normalises with batch statistics in the module{'s' if len(names) > 1 else ''} {shown} "
-            "(train mode, or no running statistics), which couples the examples of a batch")
+    """Why per-example gradients are undefined, for the modules ``batch_coupled`` found (it starts with "BatchNorm"
+    when a BatchNorm is among them: a report diagnostic tells the two apart by that)."""
+    def listed(ns):
+        return ", ".join(ns[:3]) + ("…" if len(ns) > 3 else "")
+
+    scaled = [n for n in names if "Embedding" in n]
+    norms = [n for n in names if n not in scaled]
+    parts = ([f"BatchNorm normalises with batch statistics in the module{'s' if len(norms) > 1 else ''} "
+              f"{listed(norms)} (train mode, or no running statistics)"] if norms else []) + (
+             [f"an Embedding with scale_grad_by_freq=True ({listed(scaled)}) divides each row's gradient by the "
+              "row's frequency in the batch"] if scaled else [])
+    return "; and ".join(parts) + ", which couples the examples of a batch"
 
 
 def trainable(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
