@@ -8,6 +8,8 @@ One step = k micro-batches of b examples at fixed weights (no optimizer step for
   bsprof    bsprof.sampling.one_draw itself with the micro-batch probe: per micro-batch |G_b|², the running
             sum (partial |G|² at b, 2b, 4b, ...), the big-batch norm and the host copy; each step is one draw of
             one long measurement (the probe's hooks registered once, as ``measure_at`` does)
+  bsprof-public   the same draw with its backward through the public ``backward(inputs=params)`` (the
+            engine call bsprof makes for plain parameters saves that call's Python argument handling)
   adaptdl   adaptdl.torch.gradient_noise_scale.GradientNoiseScale(adp, SGD, num_replicas=1), accumulating k
             backward passes (adp.require_backward_grad_sync only on the last one, as in AdaptDL's own tests)
   fairscale fairscale.optim.AdaScale(SGD, world_size=1, num_gradients_to_accumulate=k, is_scaled_loss=False)
@@ -49,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bsprof.engine.sampling import Sampling, one_draw  # noqa: E402
 from bsprof.probes import PROBES  # noqa: E402
+from bsprof.probes.microbatch import _MEASURING as MEASURING  # noqa: E402
 
 K = 8
 
@@ -142,6 +145,17 @@ def bsprof_method(model: nn.Module):
     return step
 
 
+def bsprof_public_method(model: nn.Module):
+    """bsprof's draw with its backward through the public ``loss.backward(inputs=params)`` instead of the engine
+    call it makes (``microbatch._Norms.direct``; what bsprof does for tensor subclasses such as DTensor): the cost
+    of that call's Python argument handling."""
+    step = bsprof_method(model)
+    norms = MEASURING.get(id(model))
+    if norms is not None:
+        norms.direct = False
+    return step
+
+
 def adaptdl_method(model: nn.Module):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -175,7 +189,8 @@ def fairscale_method(model: nn.Module):
     return step
 
 
-METHODS = {"plain": plain_method, "floor": floor_method, "bsprof": bsprof_method, "adaptdl": adaptdl_method,
+METHODS = {"plain": plain_method, "floor": floor_method, "bsprof": bsprof_method, "bsprof-public": bsprof_public_method,
+           "adaptdl": adaptdl_method,
            "fairscale": fairscale_method}
 
 

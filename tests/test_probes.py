@@ -202,6 +202,37 @@ def test_accumulating_draw_leaves_the_model_as_it_was():
         assert not p._backward_hooks
 
 
+def test_accumulating_draw_leaves_leaves_outside_the_model_alone():
+    """A loss that uses a trainable tensor outside the model (a learned temperature held by the loss): the draw
+    accumulates into the model's parameters only, by the engine call and by the public ``backward(inputs=…)`` alike,
+    with the same numbers."""
+    import importlib
+
+    microbatch = importlib.import_module("bsprof.probes.microbatch")
+    temperature = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+
+    def tempered(model, batch):
+        x, y = batch
+        return F.cross_entropy(model(x) / temperature, y, reduction="none")
+
+    model, (x, y) = _mlp(), _data(16)
+    chunks = [((x[i:i + 4], y[i:i + 4]), 4) for i in range(0, 16, 4)]
+    results = []
+    for direct in (True, False):
+        with microbatch.measurement_hooks(model):
+            norms = microbatch._MEASURING[id(model)]
+            assert norms.direct  # plain parameters: the engine call
+            norms.direct = direct
+            results.append(microbatch.accumulate(model, tempered, iter(chunks), {4, 8}, 16))
+        assert temperature.grad is None
+        assert all(p.grad is None for p in model.parameters())
+    (fast, fast_partial), (public, public_partial) = results
+    assert torch.equal(fast.small_sq_sum, public.small_sq_sum) and torch.equal(fast.big_sq, public.big_sq)
+    assert fast_partial == public_partial
+    for a, b in zip(fast.grad_sum, public.grad_sum):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("in_cache", [True, False], ids=["cpu-way", "accelerator-way"])
 def test_accumulating_draw_with_a_sparse_embedding(in_cache):
     """nn.Embedding(sparse=True) gives sparse gradients: the same numbers as its dense twin."""
