@@ -10,6 +10,7 @@ One step = k micro-batches of b examples at fixed weights (no optimizer step for
             one long measurement (the probe's hooks registered once, as ``measure_at`` does)
   bsprof-public   the same draw with its backward through the public ``backward(inputs=params)`` (the
             engine call bsprof makes for plain parameters saves that call's Python argument handling)
+  bsprof-nomarks  the draw without the partial sums of the 1/B regression (what they cost)
   adaptdl   adaptdl.torch.gradient_noise_scale.GradientNoiseScale(adp, SGD, num_replicas=1), accumulating k
             backward passes (adp.require_backward_grad_sync only on the last one, as in AdaptDL's own tests)
   fairscale fairscale.optim.AdaScale(SGD, world_size=1, num_gradients_to_accumulate=k, is_scaled_loss=False)
@@ -156,6 +157,22 @@ def bsprof_public_method(model: nn.Module):
     return step
 
 
+def bsprof_nomarks_method(model: nn.Module):
+    """bsprof's draw without the partial sums at b, 2b, 4b, … (the 1/B regression's inputs; the final |G_B|² stays):
+    what they cost."""
+    from bsprof.engine import sampling
+
+    step = bsprof_method(model)
+
+    def without(batches):
+        marks, sampling.partial_marks = sampling.partial_marks, lambda step, B: set()
+        try:
+            return step(batches)
+        finally:
+            sampling.partial_marks = marks
+    return without
+
+
 def adaptdl_method(model: nn.Module):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -190,6 +207,7 @@ def fairscale_method(model: nn.Module):
 
 
 METHODS = {"plain": plain_method, "floor": floor_method, "bsprof": bsprof_method, "bsprof-public": bsprof_public_method,
+           "bsprof-nomarks": bsprof_nomarks_method,
            "adaptdl": adaptdl_method,
            "fairscale": fairscale_method}
 
