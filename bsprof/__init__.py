@@ -17,6 +17,7 @@ __version__ = "0.2.0"
 
 # public name -> the module that defines it
 _PUBLIC = {
+    "AtWeights": "bsprof.results",
     "BsprofError": "bsprof.errors",
     "Estimate": "bsprof.results",
     "MeasureConfig": "bsprof.config",

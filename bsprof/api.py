@@ -26,7 +26,7 @@ from bsprof.errors import ConfigError, SpecError
 from bsprof.output.report import Report
 from bsprof.probes.choose import decide
 from bsprof.probes.hooks import fallback_text
-from bsprof.results import Estimate
+from bsprof.results import AtWeights, Estimate, Status
 
 
 def _config(config: MeasureConfig | dict | str | Path | None, options: dict) -> MeasureConfig:
@@ -70,14 +70,15 @@ def measure(spec: Spec | str | Path | None = None, config: MeasureConfig | dict 
 def measure_at(model: nn.Module, loss, data, *, method: str = "auto", rel_error: float = 0.2,
                confidence: float = 0.9, micro_batch: int = 8, probe_batch: int = 0, chunk: int = 256,
                max_examples: int = 200_000, max_seconds: float = 60.0, min_draws: int = 5, seed: int = 0,
-               collate=None, strict: bool = False) -> Estimate:
+               collate=None, strict: bool = False) -> AtWeights:
     """B_simple = tr(Σ)/|G|² at the model's current weights, without training, with its interval.
 
     Draws nested small/big batches from ``data`` (a Dataset, a DataLoader, a tuple of tensors with the examples
     on dim 0, or a ``DrawSource``: ``engine.source.as_source``) on the model's device until the interval is
     within ``rel_error`` (or a budget is spent). The model's weights, buffers and ``.grad`` are left unchanged.
     ``strict``: no parameter by the slow torch.func path (an error with ``method="hooks"``; micro-batches under
-    auto), as ``bsprof measure --strict``.
+    auto), as ``bsprof measure --strict``. Returns an ``AtWeights``: the ``Estimate`` of B_simple, with |G|², tr(Σ),
+    the probe used and why, and the draws' count, examples and why they stopped.
     """
     cfg = resolve(MeasureConfig, None, dict(method=method, rel_error=rel_error, confidence=confidence,
                                             micro_batch=micro_batch, probe_batch=probe_batch, chunk=chunk,
@@ -104,5 +105,9 @@ def measure_at(model: nn.Module, loss, data, *, method: str = "auto", rel_error:
     how = loop._sampling(cfg, probe, examples.n)
     _, group = loop.trainable_groups(model)
     with loop.buffers_kept(model):
-        est, _, _ = sampling.measure_at(model, loss, examples, how, group)
-    return Estimate(est.b_simple, est.b_simple_lo, est.b_simple_hi, est.status)
+        est, draws, stopped = sampling.measure_at(model, loss, examples, how, group)
+    return AtWeights(est.b_simple, est.b_simple_lo, est.b_simple_hi, est.status,
+                     g2=Estimate(est.g2, est.g2_lo, est.g2_hi, Status.OK if est.g2 > 0 else Status.UNDETERMINED),
+                     trace_sigma=est.trace_sigma, method=probe.name, method_reason=choice.why,
+                     fallbacks=dict(choice.fallbacks), loss=est.loss, draws=len(draws),
+                     examples=sum(d.B for d in draws), stopped=stopped)

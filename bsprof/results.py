@@ -1,6 +1,7 @@
 """The vocabulary every layer speaks: typed results, one status enum, and the few shared rules.
 
     Estimate      value, interval [lo, hi] and status of one quantity (B_simple, B_noise, B_pre, |G|², ε_max)
+    AtWeights     an Estimate of B_simple at fixed weights with how it was measured (``measure_at``)
     Measurement   one row of a run: the noise scales at one set of weights and how they were measured
     Summary       the run's answer: the latest measurement's noise scales and their growth over the run
 
@@ -210,6 +211,29 @@ class Estimate:
         if status is None:
             status = Status.OK if finite(value) else Status.LOWER_BOUND if finite(lo) else Status.UNDETERMINED
         return cls._read(value, lo, hi, status)
+
+
+@dataclass(frozen=True)
+class AtWeights(Estimate):
+    """``bsprof.measure_at``'s answer: B_simple = tr(Σ)/|G|² at one set of weights (the ``Estimate`` fields value,
+    lo, hi, status), and how it was measured.
+
+    g2:            |G|² with its interval          trace_sigma:  tr(Σ), the per-example gradient variance summed
+    method:        the probe: hooks, vmap, microbatch (and their preconditioned forms)
+    method_reason: why that probe, in words       fallbacks:    {parameter: why} measured by the slow torch.func path
+    loss:          mean loss over the draws       draws, examples: how many draws, and the examples they took
+    stopped:       what ended the draws: precision, examples, time, budget, exact
+    """
+
+    g2: Estimate = field(default_factory=Estimate.none)
+    trace_sigma: float = NAN
+    method: str = ""
+    method_reason: str = ""
+    fallbacks: dict = field(default_factory=dict)
+    loss: float = NAN
+    draws: int = 0
+    examples: int = 0
+    stopped: str = ""
 
 
 @dataclass(frozen=True)

@@ -154,10 +154,28 @@ def test_measure_at_strict():
     found no strict on the fixed-weight front door, which the README promised)."""
     with pytest.raises(BsprofError, match="1.gain"):
         bsprof.measure_at(_gain_model(), _ce, _data(), method="hooks", strict=True)
+    torch.manual_seed(0)  # weights where B_simple is resolved (at some random inits it is only a lower bound)
     est = bsprof.measure_at(_gain_model(), _ce, _data(), strict=True, rel_error=0.5, max_seconds=5)
     assert est.value > 0
+    assert est.method == "microbatch" and "strict" in est.method_reason and not est.fallbacks  # said, not hidden
     with pytest.warns(UserWarning, match=r"1 parameter\(s\) measured by the slow torch.func path: 1.gain"):
-        bsprof.measure_at(_gain_model(), _ce, _data(), method="hooks", rel_error=0.5, max_seconds=5)
+        slow = bsprof.measure_at(_gain_model(), _ce, _data(), method="hooks", rel_error=0.5, max_seconds=5)
+    assert slow.method == "hooks" and list(slow.fallbacks) == ["1.gain"]
+
+
+def test_measure_at_says_how_it_measured():
+    """``measure_at`` returns an ``AtWeights``: B_simple's Estimate (usable wherever an Estimate is) with |G|², tr(Σ)
+    and the draws behind it, consistent with each other."""
+    torch.manual_seed(0)
+    est = bsprof.measure_at(_gain_model(), _ce, _data(), method="microbatch", rel_error=0.5, max_seconds=30)
+    assert est.ok
+    assert isinstance(est, bsprof.Estimate) and isinstance(est, bsprof.AtWeights)
+    assert est.method == "microbatch" and est.method_reason and est.stopped in ("precision", "examples", "time",
+                                                                                 "budget", "exact")
+    assert est.draws >= 5 and est.examples >= est.draws * 8
+    assert est.g2.lo <= est.g2.value <= est.g2.hi and est.trace_sigma > 0
+    assert est.value == pytest.approx(est.trace_sigma / est.g2.value, rel=1e-9)  # B_simple = tr(Σ)/|G|²
+    assert est.scaled(2.0).value == pytest.approx(2 * est.value)
 
 
 # ---------------------------------------------------------------- auto on a plain MLP: the trial keeps hooks
