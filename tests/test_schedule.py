@@ -523,7 +523,11 @@ def test_recommendation_pure():
     assert recommend({"steps": 90.0, "examples": 4000.0}, base)["use"] == "schedule"  # trades, no dominance
     r = recommend({"steps": 120.0, "examples": 6000.0}, base)
     assert r["use"] == "constant" and r["batch_size"] == 64 and "constant batch of 64" in r["text"]
-    assert recommend({"steps": 100.0, "examples": 3200.0}, base)["use"] == "schedule"  # a tie is no win
+    r = recommend({"steps": 100.0, "examples": 3200.0}, base)  # a tie: the simpler constant batch
+    assert r["use"] == "constant" and r["batch_size"] == 32 and "within 2% of the schedule" in r["text"]
+    r = recommend({"steps": 98.5, "examples": 3150.0}, base)  # the ramp gains 1.5% on both: not worth it
+    assert r["use"] == "constant" and r["batch_size"] == 32
+    assert recommend({"steps": 97.0, "examples": 3200.0}, base)["use"] == "schedule"  # 3% fewer steps: a gain
     one = [Stage(0, 2.0, 32, 0.1, 32, 1, 1)]
     r = recommend({"steps": 100.0, "examples": 3200.0}, base, "examples", one)   # one stage: a constant batch
     assert r["use"] == "constant" and r["batch_size"] == 32 and "the schedule is that constant batch" in r["text"]

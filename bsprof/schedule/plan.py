@@ -389,10 +389,15 @@ def _baselines(path, batch_train: float, cfg: ScheduleConfig, sched: dict, quant
     return out
 
 
+TIE = 0.02  # a constant batch within 2% of the schedule's predicted steps and examples is recommended instead
+
+
 def recommend(prediction: dict, baselines: list[dict], unit: str = "examples", stages=(), capped: str = "",
               clamped: dict | None = None) -> dict:
     """Schedule or constant batch: a constant batch that needs no more predicted steps AND no more examples
     than the schedule (one of them fewer) beats it; of those, the one with the fewest steps is recommended.
+    Else a constant batch within ``TIE`` of the schedule on both (a ramp that gains less is not worth following;
+    predicted steps are good to ~25%) is recommended; else the schedule.
     A schedule of one stage is a constant batch, and says so. ``capped`` (``cap_lr``'s warning): the schedule's lrs
     were capped, which the text then says, with what it cost in trained runs."""
     out = _recommend(prediction, baselines, unit, stages, clamped or {})
@@ -416,6 +421,15 @@ def _recommend(prediction: dict, baselines: list[dict], unit: str, stages, clamp
         return {"use": "constant", "batch_size": b, "steps": s, "examples": e,
                 "text": f"train at a constant batch of {b:,} {unit} (lr {stages[0].lr:.4g}): {why}, so the schedule "
                         "is that constant batch"}
+    tied = [b for b in baselines if b["steps"] <= s * (1 + TIE) and b["examples"] <= e * (1 + TIE)]
+    if not better and tied:  # a ramp that gains less than TIE on both is not worth following
+        best = min(tied, key=lambda b: (b["steps"], b["examples"]))
+        return {"use": "constant", "batch_size": best["batch_size"], "steps": best["steps"],
+                "examples": best["examples"],
+                "text": f"use a constant batch of {best['batch_size']:,} {unit}: predicted {best['steps']:,.0f} steps "
+                        f"and {best['examples']:,.0f} {unit}, within {TIE:.0%} of the schedule's {s:,.0f} steps and "
+                        f"{e:,.0f} {unit}: the schedule's ramp gains less than that, well inside the predictions' "
+                        "precision"}
     if not better:
         return {"use": "schedule", "batch_size": None,
                 "text": "follow the schedule: no constant batch is predicted to need both fewer steps and fewer "
