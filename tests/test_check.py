@@ -328,6 +328,24 @@ def test_a_baseline_of_another_quantity_is_said_to_be_one():
     assert any("measured losses 0.5–2.3 and this report 0.2–0.3: they do not overlap" in n for n in v.notes), v.notes
 
 
+def test_a_baseline_of_another_model_is_said_to_be_one():
+    """A baseline whose report measured other parameter groups (another model, or this one changed) gets a note
+    naming the difference (a new user's finding: an unrelated report was compared without comment)."""
+    from bsprof.results import Estimate, LayerEstimate
+
+    def with_layers(*layers):
+        r = make_report()
+        r.layers = [LayerEstimate(0, name, 1.0, 10.0, Estimate(10.0, 8.0, 12.0), kind) for name, kind in layers]
+        return r
+
+    mlp = with_layers(("0", "Linear"), ("2", "Linear"))
+    v = judge(mlp, 1024, baseline=with_layers(("conv", "Conv2d"), ("0", "Linear"), ("head", "Linear")))
+    note = next(n for n in v.notes if "other parameter groups" in n)
+    assert "(3 against 2; only in the baseline: conv (Conv2d), head (Linear); only in this report: 2 (Linear))" in note
+    assert not any("other parameter groups" in n for n in judge(mlp, 1024, baseline=mlp).notes)
+    assert not any("other parameter groups" in n for n in judge(mlp, 1024, baseline=make_report()).notes)  # unknown
+
+
 # -- the command: exit codes ---------------------------------------------------------------------------------
 def test_exit_0_within_policy(report):
     r = run(report, "--batch-size", 1024)

@@ -624,6 +624,31 @@ def check_baseline(new: Reading, old: Reading, factor: float = 2.0) -> CheckResu
                        {**measured, "ratio": ratio}, passing)
 
 
+def _layout(report: Report) -> list[tuple[str, str]]:
+    """(module path, type) of the parameter groups a report measured (its first measurement's layers)."""
+    first = min((x.step for x in report.layers), default=None)
+    return [(x.layer, x.type) for x in report.layers if x.step == first]
+
+
+def _other_model(baseline: Report, report: Report) -> str | None:
+    """A note when the baseline measured a model with other parameter groups (another model, or this one
+    changed): its noise scale is then no baseline for this one's."""
+    old, new = _layout(baseline), _layout(report)
+    if not old or not new or [n for n, _ in old] == [n for n, _ in new]:
+        return None
+    gone = [f"{n} ({t})" if t else n for n, t in old if n not in dict(new)]
+    added = [f"{n} ({t})" if t else n for n, t in new if n not in dict(old)]
+    what = "; ".join(x for x in (f"only in the baseline: {_listed(gone)}" if gone else "",
+                                 f"only in this report: {_listed(added)}" if added else "") if x) or "in another order"
+    return (f"the baseline measured a model with other parameter groups ({len(old)} against {len(new)}; {what}): "
+            "another model, or this one changed, so a moved noise scale need not be a regression; compare reports "
+            "of the same model, or update the baseline if the change is intended")
+
+
+def _listed(names: list[str], most: int = 3) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 # -- everything together -------------------------------------------------------------------------------------
 def judge(report: Report, batch_size: float, lr: float | None = None, policy: Policy = Policy(),
           at_loss: float | None = None, baseline: Report | None = None) -> Verdict:
@@ -656,6 +681,9 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
                          f"({old.where}) and this report's {_QUANTITY_TEXT.get(noise.quantity, noise.quantity)} "
                          f"({noise.where}): not the same quantity; measure both the same way (same --steps and "
                          "--measure-every) to compare like with like")
+        other = _other_model(baseline, report)
+        if other:
+            notes.append(other)
         span = [[m.loss for m in r.measurements if finite(m.loss)] for r in (baseline, report)]
         if at_loss is None and all(span) and (min(span[0]) > max(span[1]) or min(span[1]) > max(span[0])):
             notes.append(f"the baseline measured losses {_fmt(min(span[0]))}–{_fmt(max(span[0]))} and this report "
