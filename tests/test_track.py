@@ -747,6 +747,29 @@ def test_fsdp2_pair_is_the_full_batch_pair_without_fsdp(tmp_path):
     assert ls["status"] == "ok" and lo < ls["closed_form"] < hi
 
 
+def test_a_failed_all_reduce_says_another_rank_stopped(monkeypatch):
+    """The step's all-reduce failing (a peer gone: gloo's "Connection closed by peer" from inside bsprof) is a
+    TrackerError that points at the other rank and at calling step() on every rank; the tracker closes."""
+    import torch.distributed as dist
+
+    model = mlp()
+    tracker = Tracker(model, accumulation_steps=2)
+    tracker.world = 2
+
+    def gone(*args, **kwargs):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer\nmore")
+    monkeypatch.setattr(dist, "all_reduce", gone)
+    monkeypatch.setattr(tracker, "_collective_device", lambda: torch.device("cpu"))
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+    for half in (slice(0, 4), slice(4, 8)):
+        (torch.nn.functional.cross_entropy(model(x[half]), y[half]) / 2).backward()
+    with pytest.raises(TrackerError, match=r"all-reduce of this step's statistics over 2 ranks failed \(RuntimeError: "
+                       r".*Connection closed by peer\): another rank stopped") as err:
+        tracker.step(8)
+    assert "every rank" in err.value.hint and "more" not in str(err.value)
+    assert tracker.closed
+
+
 def test_fsdp_source_without_fsdp_is_a_one_line_error():
     with pytest.raises(TrackerError, match="source='fsdp' needs a model whose parameters were sharded") as err:
         Tracker(mlp(), source="fsdp")

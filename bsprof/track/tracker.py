@@ -506,7 +506,15 @@ class Tracker:
         if self.world == 1:
             return list(xs)
         t = torch.tensor(xs, dtype=torch.float64, device=self._collective_device())
-        dist.all_reduce(t, group=self.group)
+        try:
+            dist.all_reduce(t, group=self.group)
+        except Exception as e:  # gloo/NCCL: a peer gone (its own error says why), a timeout, mismatched collectives
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            self._fail(f"the all-reduce of this step's statistics over {self.world} ranks failed "
+                       f"({type(e).__name__}: {first[:200]}): another rank stopped (its own error says why), or not "
+                       "every rank called tracker.step() at this step",
+                       "fix what the other rank's error says; call tracker.step() on every rank at every optimizer "
+                       "step (it all-reduces)")
         return [float(v) for v in t]
 
     @staticmethod
