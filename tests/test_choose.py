@@ -201,8 +201,9 @@ def test_an_embedding_scaling_its_gradient_by_frequency_couples_the_examples():
     g = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randint(0, 7, (64, 3), generator=g),
                                           torch.randint(0, 2, (64,), generator=g))
-    with pytest.raises(BsprofError, match="scale_grad_by_freq=True .* divides each row's gradient"):
+    with pytest.raises(BsprofError, match="scale_grad_by_freq=True .* divides each row's gradient") as err:
         per_example_hooks(model, _ce, next(iter(torch.utils.data.DataLoader(data, batch_size=8))), 8)
+    assert err.value.hint == "use --method microbatch"  # no word about BatchNorm, which the model does not have
     r = bsprof.measure(model=model, dataset=data, loss=_ce, steps=0, rel_error=0.5, max_seconds=5)
     assert r.config["method_resolved"] == "microbatch"
     [note] = [d["message"] for d in r.diagnostics if d["code"] == "batch_coupled"]

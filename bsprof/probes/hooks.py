@@ -623,9 +623,11 @@ def per_example_hooks(model: nn.Module, loss_fn: LossFn, batch, count: int, *,
     """
     coupled = batch_coupled(model)
     if coupled:
+        norms = any("Embedding" not in name for name in coupled)
         raise ConfigError(f"{coupled_reason(coupled)}: per-example gradients are undefined",
-                          "use --method microbatch (or, if BatchNorm should use its running statistics, put those "
-                          "layers in eval() inside model(): bsprof keeps the modes model() gives its submodules)")
+                          "use --method microbatch" + (" (or, if BatchNorm should use its running statistics, put "
+                                                       "those layers in eval() inside model(): bsprof keeps the "
+                                                       "modes model() gives its submodules)" if norms else ""))
     names, params = trainable(model)
     state, losses = _traced(model, loss_fn, batch, count, names, params)
     try:
