@@ -78,7 +78,8 @@ class _Norms:
         # costs ~100 µs per backward on the CPU, ~5% of a small model's micro-batch); subclasses (DTensor) keep
         # the public call and its ``__torch_function__`` dispatch
         self.inputs = tuple(params)
-        self.direct = _ENGINE is not None and all(type(p) in (nn.Parameter, Tensor) for p in params)
+        self.direct = (_ENGINE is not None and len(params) > 0  # (no inputs would mean every leaf)
+                       and all(type(p) in (nn.Parameter, Tensor) for p in params))
 
     def reset(self) -> None:
         """Forget the last draw (the lists are cleared in place: the hooks hold them)."""
