@@ -34,7 +34,9 @@ def run(spec_path: str | Path, rel_error: float = 0.1) -> dict:
         rep = measure(spec_path, MeasureConfig(steps=0, method=method, rel_error=rel_error, micro_batch=8, seed=0,
                                                max_seconds=120))
         r = rep.measurements[0]
-        out[method] = (r["b_simple"], r["b_simple_lo"], r["b_simple_hi"], r["n_draws"], r["examples"])
+        out[method] = (r.b_simple.value, r.b_simple.lo, r.b_simple.hi, r.n_draws, r.examples)
         if method == "microbatch":
-            out["regression"] = (r["b_simple_regression"], r["regression_fit_p"], r["regression_dof"])
+            reg = r.regression
+            out["regression"] = ((reg.b_simple, reg.p_value, reg.dof) if reg is not None
+                                 else (float("nan"), float("nan"), 0))
     return out
