@@ -88,7 +88,7 @@ def planner(target: float, measure_steps: int, lr: float) -> tuple[dict, object]
                                         "rel_error": 0.15, "device": "cpu"})
     report = measure(spec, cfg)
     sched = plan(report, ScheduleConfig(target_loss=target, allow_extrapolation=True, max_batch=4096))
-    return report.to_dict(), sched
+    return {"measurements": [m.to_row() for m in report.measurements]}, sched
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ def least_squares(seeds: int) -> dict:
     rows = []
     for seed in range(seeds):
         r = measure(CONFIGS / "least_squares.py", MeasureConfig(steps=0, rel_error=0.05, seed=seed, device="cpu",
-                                                                max_examples=2_000_000)).summary
+                                                                max_examples=2_000_000)).measurements[-1].to_row()
         rows.append({"seed": seed, "b_simple": r["b_simple"], "lo": r["b_simple_lo"], "hi": r["b_simple_hi"],
                      "covered": r["b_simple_lo"] <= 26 <= r["b_simple_hi"],
                      "within_5pct": abs(r["b_simple"] / 26 - 1) <= 0.05})
@@ -65,7 +65,7 @@ def digits_against_exact(steps: int, seeds: int, rel_error: float, tmp: Path, pr
         for method in ("per_example", "microbatch"):
             s = measure(spec, MeasureConfig(steps=0, rel_error=rel_error, seed=seed, checkpoint=str(ckpt),
                                             method=method, device="cpu", max_seconds=900,
-                                            probe_batch=probe_batch)).measurements[-1]
+                                            probe_batch=probe_batch)).measurements[-1].to_row()
             rows.append({"seed": seed, "method": s["method"], "b_simple": s["b_simple"], "lo": s["b_simple_lo"],
                          "hi": s["b_simple_hi"], "examples": s["examples"], "stopped_by": s["stopped_by"],
                          "covered": s["b_simple_lo"] * (1 - 1e-5) <= exact["b_simple"] <= s["b_simple_hi"] * (1 + 1e-5),
@@ -85,11 +85,11 @@ def probe_training() -> dict:
     cfg = MeasureConfig(steps=300, batch_size=32, lr=0.1, measure_every=60, rel_error=0.2, device="cpu")
     report = measure(CONFIGS / "digits_mlp.py", cfg)
     seconds = time.perf_counter() - t0
-    rows = [{k: m[k] for k in ("step", "loss", "b_simple", "b_simple_lo", "b_simple_hi", "status")}
+    rows = [{k: m.to_row()[k] for k in ("step", "loss", "b_simple", "b_simple_lo", "b_simple_hi", "status")}
             for m in report.measurements]
     for r in rows:
         print(f"  step {r['step']:4d} loss {r['loss']:.3f} B_simple {r['b_simple']:.1f}")
-    return {"rows": rows, "growth": report.summary.get("growth"), "seconds": seconds}
+    return {"rows": rows, "growth": report.summary.to_dict().get("growth"), "seconds": seconds}
 
 
 def main(argv=None) -> None:
