@@ -189,6 +189,35 @@ def test_auto_keeps_hooks_for_a_plain_mlp():
     assert r.timing["choosing_s"] > 0
 
 
+def test_a_sparse_embedding_is_measured_by_every_exact_probe():
+    """nn.Embedding(sparse=True) gives sparse gradients: the check for a loss that mixes examples compared them with
+    allclose, which sparse tensors lack (a new user's run crashed with a torch backend error blaming the loss), and the
+    hooks' gradient sums reached a fused norm that does not take them. Both densify; the values agree."""
+    from bsprof.probes.hooks import losses_mix_examples
+    from bsprof.probes.microbatch import microbatch
+
+    class Recsys(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.u, self.out = nn.Embedding(50, 4, sparse=True), nn.Linear(4, 2)
+
+        def forward(self, u):
+            return self.out(self.u(u))
+
+    torch.manual_seed(0)
+    model = Recsys()
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randint(0, 50, (256,), generator=g),
+                                          torch.randint(0, 2, (256,), generator=g))
+    assert losses_mix_examples(model, _ce, data[:2]) is False
+    stats = microbatch(model, _ce, data[:8], 8)
+    assert all(not t.is_sparse for t in stats.grad_sum)
+    found = {m: bsprof.measure_at(model, _ce, data, method=m, rel_error=0.3, max_seconds=30, seed=1)
+             for m in ("hooks", "microbatch")}
+    assert found["hooks"].ok and found["microbatch"].ok
+    assert found["hooks"].lo <= found["microbatch"].hi and found["microbatch"].lo <= found["hooks"].hi
+
+
 def test_an_embedding_scaling_its_gradient_by_frequency_couples_the_examples():
     """nn.Embedding(scale_grad_by_freq=True) divides each row's gradient by its frequency in the batch: the batch
     gradient is not the sum of per-example ones (a new user's hooks and torch.func disagreed on Σ_i g_i by 24–61%).

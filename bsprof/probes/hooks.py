@@ -137,6 +137,7 @@ def losses_mix_examples(model: nn.Module, loss_fn: LossFn, batch, rtol: float = 
     g1 = torch.autograd.grad(l1, params, allow_unused=True, materialize_grads=True)
     g2 = torch.autograd.grad(l2, params, allow_unused=True, materialize_grads=True)
     close = partial(torch.allclose, rtol=rtol, atol=rtol * 1e-3)
+    g1, g2 = ([g.to_dense() if g.is_sparse else g for g in gs] for gs in (g1, g2))  # Embedding(sparse=True)
     return not (close(l1.detach(), l2.detach()) and all(close(a, b) for a, b in zip(g1, g2)))
 
 
@@ -645,7 +646,7 @@ def per_example_hooks(model: nn.Module, loss_fn: LossFn, batch, count: int, *,
                                     allow_unused=True, materialize_grads=True)
         grads = [None] * len(params)
         for k, g in zip(rest, found):
-            grads[k] = g
+            grads[k] = g.to_dense() if g.is_sparse else g  # Embedding(sparse=True): dense sums downstream
         for k in state.reuse:
             grads[k] = state.sums[k].to(params[k].dtype)
     finally:

@@ -31,6 +31,7 @@ def microbatch(model: nn.Module, loss_fn, batch, count: int) -> ChunkStats:
     losses = per_example_losses(model, loss_fn, batch, count)
     loss_sum = losses.sum()
     grads = torch.autograd.grad(loss_sum, params, allow_unused=True, materialize_grads=True)
+    grads = [g.to_dense() if g.is_sparse else g for g in grads]  # Embedding(sparse=True)
     sq = torch.stack(torch._foreach_norm(grads)).to(accum_dtype(losses.device)).square_().div_(count ** 2)
     return ChunkStats(list(grads), sq, 1, loss_sum.detach(), count)
 
