@@ -33,3 +33,51 @@ def test_b_noise_equals_b_simple_when_isotropic():
     est = measure_b_noise(net_at(m), ls_loss, FreshLeastSquares(m, 4), 64, rel_error=0.08, max_seconds=120)
     assert est.b_noise.lo <= 26.0 <= est.b_noise.hi
     assert est.b_noise.value == pytest.approx(26.0, rel=0.1)
+
+
+def test_b_noise_draws_keep_to_the_measurements_time_limits():
+    """``hessian_fields`` takes the measurement's limits after B_simple (``loop._left``: the budget left and its hard
+    cap), as B_pre does: an interval that never bounds (GᵀHG ≤ 0 on an LSTM, a new user's run) went on to
+    --max-seconds, 60 s a measurement against 0.1 s of training."""
+    import dataclasses
+    import time
+
+    from bsprof.config import MeasureConfig
+    from bsprof.engine.sampling import Sampling
+    from bsprof.engine.scales import hessian_fields
+    from bsprof.probes import PROBES
+    from bsprof.stats.draw import Draw
+
+    m = LeastSquares(LAM, DELTA, 0.1)
+    cfg = MeasureConfig(rel_error=1e-6, max_seconds=60.0, min_draws=2)  # precision never stops it
+    limits = Sampling(PROBES["hooks"], 1, 256, 64, True, 1e-6, 0.9, 2, 10**9, 0.5, budget_seconds=0.2)
+    draws = [Draw(np.ones(1), np.ones(1), 1, 64, 1.0)]
+    t0 = time.perf_counter()
+    out = hessian_fields(net_at(m), ls_loss, FreshLeastSquares(m, 5), draws, cfg, 1.0, limits)
+    assert time.perf_counter() - t0 < 5.0
+    assert out["b_noise_stopped_by"] in ("time", "budget")
+    unlimited = dataclasses.replace(limits, max_seconds=float("inf"), budget_seconds=float("inf"))
+    out = hessian_fields(net_at(m), ls_loss, FreshLeastSquares(m, 5), draws,
+                         dataclasses.replace(cfg, max_seconds=1.0), 1.0, unlimited)
+    assert out["b_noise_stopped_by"] == "time"  # --max-seconds still holds
+
+
+def test_an_undetermined_b_noise_at_negative_curvature_is_said():
+    """GᵀHG ≤ 0 (weights where the loss curves down along the gradient) leaves B_noise undetermined: a note says why
+    (a new user saw 'undetermined' on an LSTM with no word about it)."""
+    from bsprof.engine.diagnostics import _curvature
+    from bsprof.output.report import Report
+    from bsprof.results import Estimate, Hessian, Measurement
+
+    def row(step, gHg, b_noise):
+        return Measurement(step, 1.0, Estimate(10.0, 8.0, 12.0), Estimate(1.0, 0.5, 1.5), 10.0,
+                           b_noise=b_noise, hessian=Hessian(gHg, 5.0, Estimate.none(), 5))
+    report = Report(measurements=[row(0, 2.0, Estimate(20.0, 15.0, 25.0)), row(15, -0.31, Estimate.none()),
+                                  row(30, -0.02, Estimate.none())])
+    _curvature(report)
+    [note] = [d["message"] for d in report.diagnostics if d["code"] == "b_noise_curvature"]
+    assert note.startswith("B_noise is undetermined at step 15, 30: the curvature along the gradient GᵀHG was not "
+                           "positive there (estimated -0.31, -0.02)")
+    ok = Report(measurements=[row(0, 2.0, Estimate(20.0, 15.0, 25.0))])
+    _curvature(ok)
+    assert not ok.diagnostics

@@ -136,6 +136,7 @@ def after_run(report: Report) -> None:
     measuring cost against training."""
     _degenerate(report)
     _unresolved(report)
+    _curvature(report)
     _implausible(report)
     measure_cost(report)
     bad = [r for r in report.measurements if r.regression is not None and r.regression.failed]
@@ -207,6 +208,20 @@ def _unresolved(report: Report) -> None:
                                             found.items())
                     + f": the interval reaches 0 ({' and '.join(numerators)} not told apart from 0), so the estimate "
                     f"is unresolved: known only to be at most its upper end, not the value shown; {'; '.join(fixes)}")
+
+
+def _curvature(report: Report) -> None:
+    """B_noise = tr(HΣ)/GᵀHG left undetermined where the measured curvature along the gradient, GᵀHG, is not positive
+    (its draws then never bound an interval: they end on the time limits)."""
+    rows = [r for r in report.measurements if r.b_noise is not None and not r.b_noise.ok and r.hessian is not None
+            and not r.hessian.gHg > 0]
+    if rows:
+        report.diagnose("b_noise_curvature", f"B_noise is undetermined at step {', '.join(str(r.step) for r in rows)}: "
+                        f"the curvature along the gradient GᵀHG was not positive there (estimated "
+                        f"{', '.join(f'{r.hessian.gHg:.3g}' for r in rows[:3])}{' …' if len(rows) > 3 else ''}). "
+                        "B_noise = tr(HΣ)/GᵀHG is defined where the loss curves up along the gradient (near a "
+                        "minimum); at these weights it does not (early training, a saddle, a recurrent model), so "
+                        "read B_simple there; its draws stopped at the measurement's time limits")
 
 
 LOSS_ROSE = 1.5  # the last measured loss over the first: the probe's training went the wrong way

@@ -25,10 +25,15 @@ def regression_part(draws, scale: float) -> Regression:
     return Regression(f.b_simple * scale, f.g2, f.trace_sigma, f.p_value, f.dof, bool(f.failed))
 
 
-def hessian_fields(model, loss_fn, examples: DrawSource, draws, cfg, scale: float) -> dict:
-    """B_noise (in the report's unit) and the Hessian part (GᵀHG, tr(HΣ), ε_max in the loss's units)."""
+def hessian_fields(model, loss_fn, examples: DrawSource, draws, cfg, scale: float, sampling=None) -> dict:
+    """B_noise (in the report's unit) and the Hessian part (GᵀHG, tr(HΣ), ε_max in the loss's units). ``sampling``:
+    the measurement's time limits after B_simple (``loop._left``: what is left of the budget, and the hard cap that
+    also ends draws whose interval never bounds, GᵀHG ≤ 0); None: ``cfg.max_seconds`` alone."""
+    max_seconds = cfg.max_seconds if sampling is None else min(cfg.max_seconds, sampling.max_seconds)
+    budget = float("inf") if sampling is None else sampling.budget_seconds
     est = measure_b_noise(model, loss_fn, examples, draws[-1].B, rel_error=cfg.rel_error, confidence=cfg.confidence,
-                          min_draws=cfg.min_draws, max_examples=cfg.max_examples, max_seconds=cfg.max_seconds)
+                          min_draws=cfg.min_draws, max_examples=cfg.max_examples, max_seconds=max_seconds,
+                          budget_seconds=budget)
     r, e = est.b_noise, est.eps_max
     return {"b_noise": Estimate(r.value, r.lo, r.hi, r.status).scaled(scale),
             "hessian": Hessian(est.gHg, est.trace_h_sigma, Estimate(e.value, e.lo, e.hi, e.status), est.n_draws),
@@ -57,6 +62,6 @@ def extra_fields(model, loss_fn, examples, draws, cfg, optimizer, sampling, grou
     """Measurement fields beyond the pair estimate: regression, and B_noise / B_pre when they apply."""
     out = {"regression": regression_part(draws, scale)}
     if cfg.hessian:
-        out.update(hessian_fields(model, loss_fn, examples, draws, cfg, scale))
+        out.update(hessian_fields(model, loss_fn, examples, draws, cfg, scale, sampling))
     out.update(preconditioned_fields(model, loss_fn, examples, optimizer, sampling, group, cfg, scale))
     return out

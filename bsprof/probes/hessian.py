@@ -20,6 +20,7 @@ stopping rule shared with B_simple and B_pre (``bsprof.stats.stopping.Stopper``)
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,11 +133,13 @@ HESSIAN = QuadProbe("hessian", quad_draw, combine)
 def measure_b_noise(model: nn.Module, loss_fn: LossFn, examples: DrawSource, B: int, k: int = 4,
                     rel_error: float = 0.2, confidence: float = 0.9, min_draws: int = 5,
                     max_examples: int = 200_000, max_seconds: float = 60.0, probe: QuadProbe = HESSIAN,
-                    on_draw: Callable[[HessianEstimate], None] | None = None) -> HessianEstimate:
+                    on_draw: Callable[[HessianEstimate], None] | None = None,
+                    budget_seconds: float = math.inf) -> HessianEstimate:
     """Draw Hessian pairs at big batch B (2·B examples a draw: the G batch and the independent H batch) until the
-    shared stopping rule fires on B_noise's ``Estimate.rel_halfwidth``; the estimate says what stopped it."""
+    shared stopping rule fires on B_noise's ``Estimate.rel_halfwidth`` (``budget_seconds``: the measurement's time
+    budget, as B_simple's); the estimate says what stopped it."""
     draws, spent, t0 = [], 0, time.perf_counter()
-    stop = Stopper(rel_error, min_draws, max_examples, max_seconds)
+    stop = Stopper(rel_error, min_draws, max_examples, max_seconds, budget_seconds)
     if examples.n is not None:
         B = min(B, examples.n // 2)  # the G batch and the independent H batch must both fit
     B = max(B // k * k, k)
