@@ -635,6 +635,12 @@ def test_per_example_batch_size_mismatch_and_unavailable_models():
     assert not tracker.closed  # still usable for accumulation
     tracker.close()
     assert hooks_left(bn) == 0
+    plain = Tracker(mlp(), accumulation_steps=2, batch_size=64)  # auto with accumulation hooks no layers: said
+    with pytest.raises(TrackerError, match="source='auto' with accumulation_steps hooks no layers") as err:
+        with plain.per_example():
+            pass
+    assert "source='per_example'" in err.value.hint
+    plain.close()
 
 
 def test_per_example_layers_fed_sequence_first_are_refused():

@@ -264,7 +264,8 @@ class Tracker:
                        "pass the model given to Tracker(...), or nothing")
         if src is None or src.problem or not src.handles:  # the tracker stays usable for other sources
             why = self.no_per_example or (src.problem if src is not None and src.problem else
-                                          "the tracker was made for accumulation (its layers were not hooked)")
+                                          "the tracker was made for accumulation (source='auto' with "
+                                          "accumulation_steps hooks no layers)")
             raise TrackerError(f"per-example norms are not available: {why}",
                                "use gradient accumulation (accumulation_steps >= 2)" if self.source == "per_example"
                                or src is not None and src.problem else
