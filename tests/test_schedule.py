@@ -77,6 +77,27 @@ def test_far_extrapolation_refused_then_allowed():
     assert plan(report, ScheduleConfig(target_loss=0.35)).warnings  # near: a warning only
 
 
+def test_a_target_the_run_reached_but_its_windows_did_not_says_to_follow_the_fixed_weight_values():
+    """Training-step windows determined only at the higher losses (the later ones lower bounds) while the run went
+    below the target: the fix names --noise b_simple and longer windows, not only "measure to lower losses" (a new
+    user's run had reached the target)."""
+    report = synthetic_report(n=6)
+    rows = []
+    for i, m in enumerate(report.measurements[:-1]):
+        row = m.to_row()
+        if i:  # windows from the first measurement after step 0; the last three only lower bounds
+            b = 0.7 * m.b_simple.value
+            row.update(b_simple_window=b if i < 3 else float("nan"), b_simple_window_lo=0.8 * b,
+                       b_simple_window_hi=1.25 * b if i < 3 else float("inf"),
+                       b_simple_window_status="ok" if i < 3 else "lower_bound", window_steps=60)
+        rows.append(row)
+    windows = Report(config=report.config, measurements=rows)
+    with pytest.raises(ExtrapolationError, match="lowest measured loss") as e:
+        plan(windows, ScheduleConfig(target_loss=0.45))
+    assert "the run reached loss 0.4" in e.value.hint and "--noise b_simple" in e.value.hint
+    assert plan(windows, ScheduleConfig(target_loss=0.45, noise="b_simple")).stages  # as the fix says
+
+
 def test_report_without_progress_is_refused():
     report = synthetic_report(n=1)
     with pytest.raises(Exception, match="at least two"):

@@ -654,6 +654,13 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
     try:
         warnings = check_target(config.target_loss, loss, fit, config, float(steps[0])) + warnings
     except ExtrapolationError as e:
+        reached = min((m.loss for m in report.measurements if math.isfinite(m.loss)), default=math.inf)
+        if not report.spec.get("tracker_log") and col != "b_simple" and reached <= config.target_loss:
+            raise ExtrapolationError(e.message, f"the run reached loss {reached:.4g}, but the followed noise scale "
+                                     f"({col}) was determined only down to {float(np.min(loss)):.4g} (its later "
+                                     "values are lower bounds or unresolved): follow the fixed-weight values with "
+                                     "--noise b_simple, or measure again with more steps per training-step window "
+                                     "(a larger --measure-every); or " + e.hint) from None
         if not report.spec.get("tracker_log"):
             raise
         window = report.config.get("window")   # a log's losses are window means: a smaller window reaches lower
