@@ -328,6 +328,22 @@ def test_a_baseline_of_another_quantity_is_said_to_be_one():
     assert any("measured losses 0.5–2.3 and this report 0.2–0.3: they do not overlap" in n for n in v.notes), v.notes
 
 
+def test_a_headline_that_is_only_a_lower_bound_is_said_when_the_latest_value_judges(monkeypatch):
+    """The report's critical batch only a lower bound (training-step windows unresolved late in the run): check judges
+    by the latest fixed-weight B_simple, and now says so (a new user saw it judge by another number silently)."""
+    from bsprof.results import Estimate, Status
+    from bsprof.schedule import headline
+
+    report = make_report()
+    assert not any("critical batch is" in n for n in judge(report, 1024).notes)
+    monkeypatch.setattr(headline, "critical_batch", lambda rep, target=None: headline.Headline(
+        Estimate(math.nan, 53.6, math.inf, Status.LOWER_BOUND), "b_simple_window", "at step 60 only"))
+    v = judge(report, 1024)
+    assert v.noise.name == "B_simple"
+    assert any(n.startswith("the report's critical batch is only a lower bound (> 53.6), so this judges by the "
+                            "latest measurement's B_simple as measured") for n in v.notes), v.notes
+
+
 def test_a_baseline_of_another_model_is_said_to_be_one():
     """A baseline whose report measured other parameter groups (another model, or this one changed) gets a note
     naming the difference (a new user's finding: an unrelated report was compared without comment)."""

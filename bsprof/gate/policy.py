@@ -666,6 +666,13 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
     if lr is not None:
         checks.append(check_lr(lr, batch_size, report.config, noise, policy, report.unit))
     notes = []
+    cb = report.summary.critical_batch
+    if at_loss is None and cb is not None and noise.name != "B_crit":
+        shown = (f"only a lower bound (> {_fmt(cb.lo)})" if cb.status is Status.LOWER_BOUND and finite(cb.lo)
+                 else "undetermined")
+        notes.append(f"the report's critical batch is {shown}, so this judges by the latest measurement's "
+                     "B_simple as measured (no optimizer factor, one point, not the path); the headline's reason in "
+                     "the report says why it is not determined — or judge at one loss with --at-loss")
     if baseline is not None:
         old = noise_at(baseline, at_loss)
         k_new, k_old = _factor(report, at_loss), _factor(baseline, at_loss)
