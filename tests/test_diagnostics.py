@@ -133,3 +133,18 @@ def test_an_interval_reaching_zero_is_called_unresolved_whatever_its_status():
     assert "known only to be at most its upper end" in note and "--measure-budget" in note and "--measure-every" in note
     resolved = [{**_row(10, 1.5, 20.0), "b_pre": 12.8, "b_pre_lo": 1.0, "b_pre_hi": 18.1, "b_pre_status": "ok"}]
     assert "unresolved" not in _run(resolved, optimizer="Adam")
+
+
+def test_list_items_note_only_for_the_default_collate():
+    """Items holding Python lists or strings get the default_collate note; a spec's own collate made its batches
+    as they are (ids kept as a list on purpose: a new user's spec still got told to define collate)."""
+    from torch.utils.data import default_collate
+
+    from bsprof.engine.diagnostics import data
+    from bsprof.output.report import Report
+
+    pair = {"id": ["ex0", "ex1"], "x": torch.zeros(2, 3)}
+    for collate, said in ((None, True), (default_collate, True), (lambda items: items, False)):
+        report = Report()
+        data(report, pair, collate)
+        assert any(d["code"] == "list_items" for d in report.diagnostics) is said

@@ -29,9 +29,12 @@ def list_items(batch, depth: int = 0) -> bool:
     return False
 
 
-def data(report: Report, pair) -> None:
-    """What the first collated batch (of two examples) tells about the data, before anything runs on it."""
-    if list_items(pair):
+def data(report: Report, pair, collate=None) -> None:
+    """What the first collated batch (of two examples) tells about the data, before anything runs on it.
+    ``collate``: the spec's own (its batches are what the user made them, lists included), or None."""
+    from torch.utils.data import default_collate
+
+    if (collate is None or collate is default_collate) and list_items(pair):
         report.diagnose("list_items", "the dataset's items hold Python lists or strings: torch's default_collate "
                         "turns a list of d numbers into d tensors (one per position), not one [batch, d] tensor. "
                         "Return tensors from the dataset (torch.tensor(x)), or define collate(items) in the spec.")

@@ -206,7 +206,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     examples = Examples(build_dataset(spec), spec.collate, device, gen, comm.rank, comm.world)
     optimizer = build_optimizer(spec, model, cfg.lr)
     pair = examples.first_two()
-    diagnostics.data(report, pair)
+    diagnostics.data(report, pair, spec.collate)
     try:
         t0 = time.perf_counter()
         with buffers_kept(model):  # calls loss() on two examples; auto may time a draw of each probe
