@@ -11,6 +11,7 @@ as it found them.
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from bsprof.engine.data import Examples
 from bsprof.engine.rng import caller_rng
 from bsprof.engine.source import as_source
 from bsprof.engine.spec import Spec
-from bsprof.errors import ConfigError, SpecError
+from bsprof.errors import BsprofError, ConfigError, SpecError
 from bsprof.output.report import Report
 from bsprof.probes.choose import decide
 from bsprof.probes.hooks import fallback_text
@@ -67,6 +68,24 @@ def measure(spec: Spec | str | Path | None = None, config: MeasureConfig | dict 
         return loop.measure(spec, cfg, report, progress)
 
 
+_FLAGS = re.compile(r"--(method|micro-batch|rel-error|max-seconds|max-examples|probe-batch|strict)\b( (\w[\w.]*))?")
+
+
+def _in_api_words(e: BsprofError) -> BsprofError:
+    """A library caller's error: the CLI flags in its hint as the keyword arguments of ``measure_at`` (``--method
+    microbatch`` → ``method="microbatch"``)."""
+    def keyword(m: re.Match) -> str:
+        name = m.group(1).replace("-", "_")
+        if name == "strict":
+            return "strict=True"
+        value = m.group(3)
+        if value is None:
+            return f"{name}="
+        return f'{name}="{value}"' if name == "method" else f"{name}={value}"
+    e.hint = _FLAGS.sub(keyword, e.hint)
+    return e
+
+
 def measure_at(model: nn.Module, loss, data, *, method: str = "auto", rel_error: float = 0.2,
                confidence: float = 0.9, micro_batch: int = 8, probe_batch: int = 0, chunk: int = 256,
                max_examples: int = 200_000, max_seconds: float = 60.0, min_draws: int = 5, seed: int = 0,
@@ -80,6 +99,15 @@ def measure_at(model: nn.Module, loss, data, *, method: str = "auto", rel_error:
     auto), as ``bsprof measure --strict``. Returns an ``AtWeights``: the ``Estimate`` of B_simple, with |G|², tr(Σ),
     the probe used and why, and the draws' count, examples and why they stopped.
     """
+    try:
+        return _measure_at(model, loss, data, method, rel_error, confidence, micro_batch, probe_batch, chunk,
+                           max_examples, max_seconds, min_draws, seed, collate, strict)
+    except BsprofError as e:
+        raise _in_api_words(e) from None
+
+
+def _measure_at(model, loss, data, method, rel_error, confidence, micro_batch, probe_batch, chunk, max_examples,
+                max_seconds, min_draws, seed, collate, strict) -> AtWeights:
     cfg = resolve(MeasureConfig, None, dict(method=method, rel_error=rel_error, confidence=confidence,
                                             micro_batch=micro_batch, probe_batch=probe_batch, chunk=chunk,
                                             max_examples=max_examples, max_seconds=max_seconds,
@@ -101,7 +129,7 @@ def measure_at(model: nn.Module, loss, data, *, method: str = "auto", rel_error:
     if choice.fallbacks:  # as `bsprof measure` lists them in its report: said, not hidden
         warnings.warn(f"bsprof.measure_at: {len(choice.fallbacks)} parameter(s) measured by the slow torch.func "
                       f"path: {fallback_text(choice.fallbacks)}; strict=True refuses them (micro-batches under auto)",
-                      stacklevel=2)
+                      stacklevel=3)  # the caller of measure_at
     how = loop._sampling(cfg, probe, examples.n)
     _, group = loop.trainable_groups(model)
     with loop.buffers_kept(model):

@@ -163,6 +163,17 @@ def test_measure_at_strict():
     assert slow.method == "hooks" and list(slow.fallbacks) == ["1.gain"]
 
 
+def test_measure_at_errors_name_its_arguments_not_the_cli_flags():
+    """A library caller is told method="microbatch", not --method microbatch (a new user's finding)."""
+    bn = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    with pytest.raises(BsprofError) as err:
+        bsprof.measure_at(bn, _ce, _data(), method="hooks", rel_error=0.5, max_seconds=5)
+    assert 'method="microbatch"' in err.value.hint and "--method" not in err.value.hint
+    from bsprof.api import _in_api_words
+    e = _in_api_words(BsprofError("x", "drop --strict, or pass --rel-error 0.1 and --max-seconds"))
+    assert e.hint == "drop strict=True, or pass rel_error=0.1 and max_seconds="
+
+
 def test_measure_at_says_how_it_measured():
     """``measure_at`` returns an ``AtWeights``: B_simple's Estimate (usable wherever an Estimate is) with |G|², tr(Σ)
     and the draws behind it, consistent with each other."""
