@@ -45,6 +45,10 @@ def test_share_and_precision_notes():
     assert precision_text(timing, rows, 0.1) == ("the minimum of 5 draws at step 50 took 2.3× the training time "
                                                  "between measurements (--min-draws, --measure-every)")
     assert share_text({"measuring_s": 1.0, "training_s": 0.0}) is None  # --steps 0: nothing to compare
+    barely = {**timing, "measurement_s": [1.0, 4.1, 1.8]}  # just over the training: no "--rel-error 0.2" at 0.2
+    rows[1] = SimpleNamespace(step=50, stopped_by="precision", n_draws=9)
+    text = precision_text(barely, rows, 0.2)
+    assert "--rel-error 0.2 " not in text and "a looser --rel-error or a larger --measure-every" in text
 
 
 def test_cli_reports_measuring_vs_training(tmp_path):

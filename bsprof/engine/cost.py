@@ -91,7 +91,8 @@ def precision_text(timing: dict, rows, rel_error: float, min_draws: int = 5) -> 
         ratio, step = over
         looser = rel_error * math.sqrt(ratio)
         fit = (f"--rel-error {looser:.2g} would take about as long as the training (draws ∝ 1/rel_error²)"
-               if looser < 1 else "a looser --rel-error or a larger --measure-every would bring it down")
+               if looser < 1 and f"{looser:.2g}" != f"{rel_error:.2g}"  # (not the setting itself, as printed)
+               else "a looser --rel-error or a larger --measure-every would bring it down")
         parts.append(f"reaching ±{rel_error:.0%} at step {over[1]} took {ratio:.1f}× the training time between "
                      f"measurements; {fit}")
     if floor is not None:
