@@ -68,7 +68,8 @@ def test_cli_reports_measuring_vs_training(tmp_path):
     assert "measurements took" in " ".join(shown.output.split())
     # with B_noise (--hessian) the step's line says the time after B_simple's draws, so the lines add up
     h = CliRunner().invoke(app, ["measure", str(ASSETS / "tiny_linear.py"), "--steps", "5", "--measure-every", "5",
-                                 "--rel-error", "0.3", "--hessian", "-o", str(tmp_path / "h"), "--no-figures"])
+                                 "--rel-error", "0.3", "--hessian", "--measure-budget", "0", "-o", str(tmp_path / "h"),
+                                 "--no-figures"])  # (with the budget, B_noise's draws end within the training's time)
     assert h.exit_code == 0, h.output
     assert "s more for B_noise/B_pre" in " ".join(h.output.split())
 
