@@ -35,6 +35,13 @@ def number(x: float | None) -> str:
     return f"{x:.3g}"
 
 
+def plus_minus(w: float) -> str:
+    """A relative half-width for a message: '±20%', and beyond ±1000% the factor ('±379× the value')."""
+    if not finite(w):
+        return "unbounded"
+    return f"±{w:.0%}" if w <= 10 else f"±{w:.0f}× the value"
+
+
 def is_adam_family(name: str | None) -> bool:
     """Is ``name`` (an optimizer class name, any case) one of ``ADAM_FAMILY``?"""
     return bool(name) and name.lower() in {a.lower() for a in ADAM_FAMILY}

@@ -265,3 +265,14 @@ def test_an_unresolved_estimate_is_shown_as_its_upper_bound():
 
     assert estimate_text(Estimate(-0.0509, 0.0, 0.0067)) == "≤ 0.0067 (unresolved)"
     assert estimate_text(Estimate(26.1, 24.9, 27.4)) == "26.1 [24.9, 27.4]"
+
+
+def test_numbers_in_text_stay_readable():
+    """Tables and messages: no '1.152e+05' for a batch of 115,200 nor '±37906%' (a new user's findings)."""
+    from bsprof.output.render import fmt
+    from bsprof.results import plus_minus
+
+    assert [fmt(x) for x in (12.3456, 6190.4, 115200.0, 1234567.0, 3.3e9)] == ["12.3", "6190", "115,000",
+                                                                               "1,230,000", "3.3e+09"]
+    assert (plus_minus(0.2), plus_minus(379.06), plus_minus(float("inf"))) == ("±20%", "±379× the value",
+                                                                               "unbounded")

@@ -19,7 +19,7 @@ from bsprof.errors import BsprofError, ConfigError
 from bsprof.output import files
 from bsprof.output.render import estimate_text, fmt
 from bsprof.output.report import Report
-from bsprof.results import Estimate, finite
+from bsprof.results import Estimate, plus_minus
 
 O = typer.Option
 
@@ -133,7 +133,7 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
                     if verbose:
                         h = row.b_simple.rel_halfwidth
                         say(f"  loss {fmt(row.loss, 4)}, |G|² {fmt(row.g2.value)}, tr(Σ) {fmt(row.trace_sigma)}; "
-                            f"{f'±{h:.0%}' if finite(h) else 'unbounded'} (asked ±{cfg.rel_error:.0%}), stopped by "
+                            f"{plus_minus(h)} (asked ±{cfg.rel_error:.0%}), stopped by "
                             f"{row.stopped_by}; probe {row.method}, draws of b = {row.b}, B = {row.B}")
                 elif kind == "measured":  # the live bar
                     bar.update(task, status=f"measuring {info['measuring_s']:.1f} s, training "

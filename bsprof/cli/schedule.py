@@ -170,7 +170,8 @@ def tables(result) -> list:
             if result.target_loss < lowest else "sampling interval only")
     lines = [f"B_crit over the path to loss {result.target_loss:g} ≈ {number(p['b_crit'])} "
              f"[{number(p.get('b_crit_lo'))}, {number(p.get('b_crit_hi'))}] {u} (S_min {p['s_min']:,.0f} "
-             f"steps over the path{_lead_text(p)}; {what}: the report's headline ends its path at the lowest measured "
+             f"step{'' if round(p['s_min']) == 1 else 's'} over the path{_lead_text(p)}; {what}: the report's "
+             "headline ends its path at the lowest measured "
              f"loss and "
              f"adds the model range); noise scale at the target {number(p['b_noise_target'])} "
              f"[{number(p['b_noise_target_lo'])}, {number(p['b_noise_target_hi'])}]"]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from bsprof.results import plus_minus
+
 
 @dataclass
 class RunClock:
@@ -100,7 +102,7 @@ def precision_text(timing: dict, rows, rel_error: float, min_draws: int = 5) -> 
                      "between measurements (--min-draws, --measure-every)")
     if short is not None:
         ratio, step, w, n = short
-        reached = f"±{w:.0%}" if math.isfinite(w) else "no bounded interval"
+        reached = plus_minus(w) if math.isfinite(w) else "no bounded interval"
         parts.append(f"{n} measurement(s) stopped at the time budget (as long as the training between "
                      f"measurements; at step {step} {reached} instead of ±{rel_error:.0%}): reaching "
                      f"±{rel_error:.0%} there would take about {ratio:.1f}× the training time "

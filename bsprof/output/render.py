@@ -18,8 +18,10 @@ def fmt(x, digits: int = 3) -> str:
         return "∞"
     if isinstance(x, float) and 1e3 <= abs(float(f"{x:.{digits}g}")) < 1e5:  # 6190, not 6.19e+03: narrower
         return f"{float(f'{x:.{digits}g}'):.0f}"
+    if isinstance(x, float) and 1e5 <= abs(float(f"{x:.{digits}g}")) < 1e7:  # 115,000, not 1.152e+05
+        return f"{float(f'{x:.{digits}g}'):,.0f}"
     if isinstance(x, float):
-        return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.3e}"
+        return f"{x:.{digits}g}"
     return str(x)
 
 
