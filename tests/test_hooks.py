@@ -617,3 +617,29 @@ def test_tied_weight_with_a_dead_tapped_call_and_a_live_untapped_one():
     got = per_example_hooks(model, loss, tokens, 3)
     assert_close(got.small_sq_sum.unbind(), want.small_sq_sum.unbind())
     assert_close(got.grad_sum, want.grad_sum)
+
+
+def test_fallback_reasons_fit_what_the_parameter_is():
+    """A class token used in a container's forward and a parametrized weight are named as what they are, not as
+    'in ViT, which has no per-example rule' (whose fix, a rule for the whole model, a new user could not use)."""
+    import torch.nn.functional as F
+
+    from bsprof.probes.hooks import per_example_hooks
+
+    class ViT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls, self.emb, self.out = nn.Parameter(torch.randn(1, 1, 8)), nn.Linear(4, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.emb(x)], 1)
+            return self.out(h[:, 0])
+
+    def ce(model, batch):
+        return F.cross_entropy(model(batch[0]), batch[1], reduction="none")
+
+    st = per_example_hooks(ViT(), ce, (torch.randn(6, 5, 4), torch.randint(0, 3, (6,))), 6)
+    assert list(st.fallbacks) == ["cls"] and st.fallbacks["cls"].startswith("used directly in ViT.forward")
+    norm = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 3)))
+    st = per_example_hooks(norm, ce, (torch.randn(6, 4), torch.randint(0, 3, (6,))), 6)
+    assert st.fallbacks and all(r.startswith("a parametrized weight") for r in st.fallbacks.values())

@@ -109,8 +109,8 @@ def precision_text(timing: dict, rows, rel_error: float, min_draws: int = 5) -> 
                      f"(--measure-budget {math.ceil(ratio * 10) / 10:g}, or 0 to stop by --rel-error alone)"
                      if math.isfinite(ratio) and ratio <= MAX_ADVISED else
                      f"{n} measurement(s) stopped at the time budget with {reached} at step {step}: reaching "
-                     f"±{rel_error:.0%} there would take over {MAX_ADVISED:g}× the training time (|G|² is small "
-                     "against the noise at that point), so the wider interval is reported as it is"
+                     f"±{rel_error:.0%} there would take over {MAX_ADVISED:g}× the training time (the interval "
+                     "narrows slowly there: |G|² or tr(Σ) is small against its noise), so the wider interval is reported as it is"
                      if math.isfinite(ratio) else
                      f"{n} measurement(s) stopped at the time budget with {reached} at step {step}: pass "
                      "--measure-budget 0 to stop by --rel-error alone")

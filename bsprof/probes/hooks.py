@@ -225,6 +225,19 @@ def per_example_broadcast(d: Tensor, shape: tuple) -> Tensor:
     return d.sum(dim=dims) if dims else d
 
 
+def _no_rule(mod: nn.Module) -> str:
+    """Why a module's own parameters have no per-example rule, in words that fit what the module is."""
+    name = type(mod).__name__
+    if name == "ParametrizationList":  # torch.nn.utils.parametrize (weight_norm, spectral_norm, orthogonal)
+        return ("a parametrized weight (torch.nn.utils.parametrizations: weight_norm, spectral_norm, …): the layer's "
+                "rule sees the weight it computes, not the parametrization's own parameters")
+    if any(True for _ in mod.children()):  # a container using a bare parameter in its own forward
+        return (f"used directly in {name}.forward, not inside a layer (a class token joined by torch.cat, a "
+                f"learned scale): only one added by broadcast (a position embedding) has a rule; moving it into a "
+                f"small module and registering a rule for that module avoids the slow path")
+    return f"in {name}, which has no per-example rule"
+
+
 class _Pass:
     """One probe call's hook state: which module owns which parameter, the calls seen, the sums made.
 
@@ -243,7 +256,7 @@ class _Pass:
                 continue
             rule = rule_for(mod)
             if rule is None:
-                self.send({k for _, k in direct}, f"in {type(mod).__name__}, which has no per-example rule")
+                self.send({k for _, k in direct}, _no_rule(mod))
                 self.ruleless |= {k for _, k in direct}
             elif isinstance(rule, ModuleRule):  # accounts for its children's parameters too
                 slots = [(n, index[id(p)]) for n, p in mod.named_parameters() if id(p) in index]
