@@ -110,7 +110,8 @@ def precision_text(timing: dict, rows, rel_error: float, min_draws: int = 5) -> 
                      if math.isfinite(ratio) and ratio <= MAX_ADVISED else
                      f"{n} measurement(s) stopped at the time budget with {reached} at step {step}: reaching "
                      f"±{rel_error:.0%} there would take over {MAX_ADVISED:g}× the training time (the interval "
-                     "narrows slowly there: |G|² or tr(Σ) is small against its noise), so the wider interval is reported as it is"
+                     "narrows slowly there: |G|² or tr(Σ) is small against its noise), so the wider interval is "
+                     "reported as it is"
                      if math.isfinite(ratio) else
                      f"{n} measurement(s) stopped at the time budget with {reached} at step {step}: pass "
                      "--measure-budget 0 to stop by --rel-error alone")
