@@ -475,6 +475,8 @@ def test_a_batch_that_cannot_be_cut_per_example_is_measured_by_micro_batches(tmp
     assert report["config"]["method_resolved"] == "microbatch"
     notes = " ".join(" ".join(d["message"].split()) for d in report["diagnostics"])
     assert "does not hold the examples on dim 0 of every tensor" in notes
+    assert "batch_layout" in {d["code"] for d in report["diagnostics"]}  # not a loss that mixes examples
+    assert "loss_mixes_examples" not in {d["code"] for d in report["diagnostics"]}
     assert any(m.get("window_steps") for m in report["measurements"])
 
 

@@ -43,8 +43,11 @@ def data(report: Report, pair, collate=None) -> None:
 def before_run(report: Report, model, optimizer, examples, invalid: str | None, cfg) -> None:
     """``invalid``: why per-example norms are invalid (``probes.choose.per_example_invalid``), or None."""
     if invalid:
+        from bsprof.probes.choose import UNSPLIT
+
         code = ("batchnorm_train" if invalid.startswith("BatchNorm") else "batch_coupled"
-                if invalid.startswith("an Embedding with scale_grad_by_freq") else "loss_mixes_examples")
+                if invalid.startswith("an Embedding with scale_grad_by_freq") else "batch_layout"
+                if invalid.startswith(UNSPLIT[:40]) else "loss_mixes_examples")
         report.diagnose(code, f"{invalid}: per-example norms are invalid, so bsprof measured with "
                         f"micro-batches of {cfg.micro_batch} (approximately right; McCandlish App. A).")
     if examples.iterable:
