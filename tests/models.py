@@ -346,6 +346,34 @@ def pos_parameter(g):
     return _done(PosLM(kind="parameter"), lm_loss, _tokens(g, n=4, t=8), 4)
 
 
+class ClassTokenLM(nn.Module):
+    """ViT style: a learned class token joined to the token embeddings by ``torch.cat`` (first, or last), a bare
+    position parameter added by broadcast, a LayerNorm; the head reads the class token's position."""
+
+    def __init__(self, vocab=11, dim=6, block=9, last=False):
+        super().__init__()
+        self.last = last
+        self.tok, self.head = nn.Embedding(vocab, dim), nn.Linear(dim, vocab)
+        self.cls, self.pos = nn.Parameter(torch.randn(1, 1, dim)), nn.Parameter(torch.randn(block, dim) * 0.1)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens):
+        h = self.tok(tokens)
+        cls = self.cls.expand(tokens.shape[0], -1, -1)
+        h = torch.cat([h, cls] if self.last else [cls, h], 1)
+        h = self.norm(h + self.pos[:h.shape[1]])
+        first = h[:, -1:] if self.last else h[:, :1]  # the class token's position
+        return self.head(first + h).narrow(1, 0 if self.last else 1, tokens.shape[1])
+
+
+def class_token(g):
+    return _done(ClassTokenLM(), lm_loss, _tokens(g, n=4, t=8), 4)
+
+
+def class_token_last(g):
+    return _done(ClassTokenLM(last=True), lm_loss, _tokens(g, n=4, t=8), 4)
+
+
 class BagOfTokens(nn.Module):
     def __init__(self, vocab=10, dim=5):
         super().__init__()
@@ -439,7 +467,7 @@ CASES = {f.__name__: f for f in [
     mlp, cnn, cnn_inplace, conv1d, conv3d, conv_ghost, tied_lm, tied_lm_functional, block, torch_encoder,
     torch_encoder_norm_first, torch_decoder, mha_batch_first, mha_seq_first, mha_kdim_vdim, mha_no_bias, mha_self,
     pos_embedding, pos_embedding_square, pos_embedding_row, pos_parameter, embedding_long,
-    embedding_short, group_norm, batch_norm_eval, gru, reused, tied_thrice]}
+    embedding_short, group_norm, batch_norm_eval, gru, reused, tied_thrice, class_token, class_token_last]}
 
 
 def make(name: str, seed: int = 0) -> Case:

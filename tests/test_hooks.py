@@ -620,8 +620,9 @@ def test_tied_weight_with_a_dead_tapped_call_and_a_live_untapped_one():
 
 
 def test_fallback_reasons_fit_what_the_parameter_is():
-    """A class token used in a container's forward and a parametrized weight are named as what they are, not as
-    'in ViT, which has no per-example rule' (whose fix, a rule for the whole model, a new user could not use)."""
+    """A bare parameter used in a container's forward (a learned scale; a class token joined by torch.cat has a
+    rule now) and a parametrized weight are named as what they are, not as 'in ViT, which has no per-example rule'
+    (whose fix, a rule for the whole model, a new user could not use)."""
     import torch.nn.functional as F
 
     from bsprof.probes.hooks import per_example_hooks
@@ -629,17 +630,41 @@ def test_fallback_reasons_fit_what_the_parameter_is():
     class ViT(nn.Module):
         def __init__(self):
             super().__init__()
-            self.cls, self.emb, self.out = nn.Parameter(torch.randn(1, 1, 8)), nn.Linear(4, 8), nn.Linear(8, 3)
+            self.scale, self.emb, self.out = nn.Parameter(torch.ones(8)), nn.Linear(4, 8), nn.Linear(8, 3)
 
         def forward(self, x):
-            h = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.emb(x)], 1)
-            return self.out(h[:, 0])
+            return self.out(self.emb(x).mean(1) * self.scale)
 
     def ce(model, batch):
         return F.cross_entropy(model(batch[0]), batch[1], reduction="none")
 
     st = per_example_hooks(ViT(), ce, (torch.randn(6, 5, 4), torch.randint(0, 3, (6,))), 6)
-    assert list(st.fallbacks) == ["cls"] and st.fallbacks["cls"].startswith("used directly in ViT.forward")
+    assert list(st.fallbacks) == ["scale"] and st.fallbacks["scale"].startswith("used directly in ViT.forward")
     norm = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 3)))
     st = per_example_hooks(norm, ce, (torch.randn(6, 4), torch.randint(0, 3, (6,))), 6)
     assert st.fallbacks and all(r.startswith("a parametrized weight") for r in st.fallbacks.values())
+
+
+def test_a_class_token_after_a_constant_falls_back_rather_than_guessing_its_offset():
+    """The cat's inputs before the class token set its offset; a constant one (no autograd producer) has no recorded
+    size, so the token goes to torch.func, still exact."""
+    from bsprof.probes.vmap import per_example_vmap
+
+    class Padded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls, self.emb, self.out = nn.Parameter(torch.randn(1, 1, 4)), nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.emb(x)
+            pad = torch.zeros(x.shape[0], 1, 4, dtype=h.dtype)
+            h = torch.cat([pad, self.cls.expand(x.shape[0], -1, -1), h], 1)
+            return self.out(torch.tanh(h).sum(1))
+
+    torch.manual_seed(0)
+    model = Padded().double()
+    batch = (torch.randn(5, 3, 3, dtype=torch.float64), torch.randint(0, 2, (5,)))
+    got = per_example_hooks(model, xent, batch, 5)
+    assert list(got.fallbacks) == ["cls"]
+    want = per_example_vmap(model, xent, batch, 5)
+    assert torch.allclose(got.small_sq_sum, want.small_sq_sum, rtol=1e-10, atol=0)

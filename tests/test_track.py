@@ -97,7 +97,21 @@ class BareShift(nn.Module):
         return self.out(torch.tanh(self.inp(x) + self.shift[:, :8]))
 
 
-@pytest.mark.parametrize("make", [mlp, lambda: Twice().double(), partly_frozen, lambda: BareShift().double()])
+class ClassToken(nn.Module):
+    """A ViT-style class token joined to the examples' tokens by torch.cat (after them: a nonzero offset)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out, self.cls = nn.Linear(3, 8), nn.Linear(8, 3), nn.Parameter(torch.randn(1, 1, 8))
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x.reshape(x.shape[0], 2, 3)))
+        h = torch.cat([h, self.cls.expand(x.shape[0], -1, -1)], 1)
+        return self.out(h[:, -1] * h[:, :-1].mean(1))
+
+
+@pytest.mark.parametrize("make", [mlp, lambda: Twice().double(), partly_frozen, lambda: BareShift().double(),
+                                  lambda: ClassToken().double()])
 def test_per_example_pair_is_the_exact_reference(make):
     """b = 1: small = (1/n)Σ|g_i|² = tr(Σ) + |G|², big = |G|² of the whole dataset (torch.func reference)."""
     model, (x, y) = make(), data()

@@ -184,27 +184,44 @@ def _consumers(root) -> tuple[dict, dict]:
 
 
 def broadcast_add(param: Tensor, leaves: dict, users: dict, count: int | None):
-    """(the add node, the shape S of the operand it takes) when ``param`` is used once, through ops that only move
-    its entries (a slice ``pos[:T]``, a view), as an operand of an add whose output [count, …] carries the examples
-    and into which the operand broadcasts (S = [..., *out[1:]] or [1, *out[1:]]): a learned position embedding kept
-    as a bare ``nn.Parameter``. Then g_i is δ_i of the add's output summed to S, and |g_i| is the same for ``param``
-    (its other entries get no gradient). None otherwise."""
+    """(the node, the shape S of the operand it takes, the cut) when ``param`` is used once, through ops that only
+    move its entries (a slice ``pos[:T]``, a view) and at most one ``expand`` last, as
+
+    - an operand of an add whose output [count, …] carries the examples and into which the operand broadcasts
+      (S = [..., *out[1:]] or [1, *out[1:]]): a learned position embedding kept as a bare ``nn.Parameter``; cut None;
+    - or an input of a ``torch.cat`` along a dim ≥ 1 whose output [count, …] carries the examples: a class token,
+      ``torch.cat([cls.expand(B, -1, -1), x], 1)``; cut (dim, offset, size) of its part of the output.
+
+    Then g_i is δ_i of the node's output (cut to the operand's part) summed to S, and |g_i| is the same for
+    ``param`` (its other entries get no gradient). None otherwise."""
     taking = leaves.get(id(param), [])
     if len(taking) != 1:
         return None
-    node, shape = taking[0], tuple(param.shape)
+    node, shape, edge = taking[0], tuple(param.shape), None
     try:
-        while type(node).__name__ in _MOVES:
-            shape = tuple(node._input_metadata[0].shape)
+        while type(node).__name__ in _MOVES or type(node).__name__ == "ExpandBackward0" and edge is None:
+            expand = type(node).__name__ == "ExpandBackward0"
+            if not expand:
+                shape = tuple(node._input_metadata[0].shape)
             after = users.get(node, [])
             if len(after) != 1:
                 return None
-            node = after[0]
-        if type(node).__name__ != "AddBackward0" or getattr(node, "_saved_alpha", None) != 1:
+            edge, node = node, after[0]
+            if expand:  # its output broadcasts the operand S: the next node must take it as it is
+                break
+        cut = None
+        if type(node).__name__ == "CatBackward0" and edge is not None:
+            cut = _cat_part(node, edge)
+            if cut is None:
+                return None
+        elif type(node).__name__ != "AddBackward0" or getattr(node, "_saved_alpha", None) != 1:
             return None
         out = tuple(node._input_metadata[0].shape)
     except Exception:  # a torch without the node metadata
         return None
+    if cut is not None:
+        dim, _, size = cut
+        out = out[:dim] + (size,) + out[dim + 1:]
     rest = out[1:]
     if not out or (count is not None and out[0] != count):
         return None
@@ -214,7 +231,25 @@ def broadcast_add(param: Tensor, leaves: dict, users: dict, count: int | None):
         shape = shape[1:]
     if len(shape) > len(rest) or any(a not in (1, b) for a, b in zip(shape[::-1], rest[::-1])):
         return None
-    return node, shape
+    return node, shape, cut
+
+
+def _cat_part(node, edge) -> tuple[int, int, int] | None:
+    """(dim, offset, size) of the input that ``edge`` (a node) feeds into the cat ``node``: the sizes of the inputs
+    before it along the cat's dim come from their producers' metadata (an input without a producer, a constant,
+    has none: None). The dim must not be the examples' (0)."""
+    ends = [(fn, nr) for fn, nr in node.next_functions]
+    mine = [j for j, (fn, _) in enumerate(ends) if fn is edge]
+    out = node._input_metadata[0].shape
+    dim = node._saved_dim % len(out)
+    if len(mine) != 1 or dim == 0:
+        return None
+    sizes = []
+    for fn, nr in ends[:mine[0] + 1]:
+        if fn is None:
+            return None
+        sizes.append(int(fn._input_metadata[nr].shape[dim]))
+    return dim, sum(sizes[:-1]), sizes[-1]
 
 
 def per_example_broadcast(d: Tensor, shape: tuple) -> Tensor:
@@ -232,9 +267,9 @@ def _no_rule(mod: nn.Module) -> str:
         return ("a parametrized weight (torch.nn.utils.parametrizations: weight_norm, spectral_norm, …): the layer's "
                 "rule sees the weight it computes, not the parametrization's own parameters")
     if any(True for _ in mod.children()):  # a container using a bare parameter in its own forward
-        return (f"used directly in {name}.forward, not inside a layer (a class token joined by torch.cat, a "
-                f"learned scale): only one added by broadcast (a position embedding) has a rule; moving it into a "
-                f"small module and registering a rule for that module avoids the slow path")
+        return (f"used directly in {name}.forward, not inside a layer (a learned scale, say): only one added by "
+                f"broadcast (a position embedding) or joined by torch.cat (a class token) has a rule; moving it "
+                f"into a small module and registering a rule for that module avoids the slow path")
     return f"in {name}, which has no per-example rule"
 
 
@@ -403,15 +438,15 @@ class _Pass:
             found = broadcast_add(self.params[k], leaves, users, self.count)
             if found is None:
                 continue
-            node, shape = found
+            node, shape, cut = found
             del self.why[k]
             self.expected[k] = 1
-            self.handles.append(node.register_prehook(partial(self.broadcast_hook, k, shape)))
+            self.handles.append(node.register_prehook(partial(self.broadcast_hook, k, shape, cut)))
 
-    def broadcast_hook(self, k: int, shape: tuple, grad_outputs) -> None:
+    def broadcast_hook(self, k: int, shape: tuple, cut, grad_outputs) -> None:
         if not self.armed or grad_outputs[0] is None:
             return
-        d = grad_outputs[0]
+        d = grad_outputs[0] if cut is None else grad_outputs[0].narrow(*cut)
         with torch.autocast(d.device.type, enabled=False) if _autocast_on(d.device.type) else nullcontext():
             flat = per_example_broadcast(_wide(d), shape).reshape(-1)
             self.parts.append((k, torch.dot(flat, flat)))

@@ -408,21 +408,22 @@ class PerExample:
 
     def _broadcast_parameters(self, roots, bare: list[int]) -> None:
         """Parameters outside the layers with rules that are added by broadcast over the examples (a learned
-        position embedding kept as a bare ``nn.Parameter``; ``hooks.broadcast_add``): a pre-hook on the add takes
+        position embedding kept as a bare ``nn.Parameter``), or joined to them by ``torch.cat`` (a class token;
+        ``hooks.broadcast_add``): a pre-hook on the add (or cat) takes
         δ_i, and |g_i|² from it, as ``bsprof measure``'s probe does. Anything else stays uncovered."""
         leaves, users = _consumers(roots)
         count = max(self.inputs) if self.inputs else None
         for k in bare:
             found = broadcast_add(self.params[k], leaves, users, count)
             if found is not None:
-                node, shape = found
-                node.register_prehook(partial(self._broadcast, shape))
+                node, shape, cut = found
+                node.register_prehook(partial(self._broadcast, shape, cut))
                 self.bare.add(k)
 
-    def _broadcast(self, shape: tuple, grad_outputs) -> None:
+    def _broadcast(self, shape: tuple, cut, grad_outputs) -> None:
         if not self.armed or grad_outputs[0] is None:
             return
-        d = grad_outputs[0]
+        d = grad_outputs[0] if cut is None else grad_outputs[0].narrow(*cut)  # a class token's part of a cat
         self.rows.add(d.shape[0])
         try:
             with torch.autocast(d.device.type, enabled=False) if _autocast_on(d.device.type) else nullcontext():
