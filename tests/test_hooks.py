@@ -668,3 +668,29 @@ def test_a_class_token_after_a_constant_falls_back_rather_than_guessing_its_offs
     assert list(got.fallbacks) == ["cls"]
     want = per_example_vmap(model, xent, batch, 5)
     assert torch.allclose(got.small_sq_sum, want.small_sq_sum, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("dim", [1, -2, 2, -1])
+def test_a_class_token_joined_along_a_negative_dim(dim):
+    """torch.cat(..., dim=-2) (a reviewer's finding): CatBackward0 reports a negative dim as an unsigned 64-bit int,
+    which taken modulo the rank cut the wrong dim and summed δ over every position, silently (79× too large)."""
+    from bsprof.probes.vmap import per_example_vmap
+
+    class ViTish(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls, self.emb, self.out = nn.Parameter(torch.randn(1, 1, 4)), nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            cls = self.cls.expand(x.shape[0], -1, -1)
+            if dim in (2, -1):  # along the features: [B, 3, 4 + 4] needs a token per position
+                cls = self.cls.expand(x.shape[0], 3, -1)
+            h = torch.cat([cls, self.emb(x)], dim)
+            return self.out(torch.tanh(h).mean(1)[..., :4])
+
+    torch.manual_seed(0)
+    model = ViTish().double()
+    batch = (torch.randn(5, 3, 3, dtype=torch.float64), torch.randint(0, 2, (5,)))
+    got, want = per_example_hooks(model, xent, batch, 5), per_example_vmap(model, xent, batch, 5)
+    assert got.fallbacks is None
+    assert torch.allclose(got.small_sq_sum, want.small_sq_sum, rtol=1e-10, atol=0)

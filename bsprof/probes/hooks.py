@@ -241,9 +241,11 @@ def _cat_part(node, edge) -> tuple[int, int, int] | None:
     ends = [(fn, nr) for fn, nr in node.next_functions]
     mine = [j for j, (fn, _) in enumerate(ends) if fn is edge]
     out = node._input_metadata[0].shape
-    dim = node._saved_dim % len(out)
-    if len(mine) != 1 or dim == 0:
+    dim = int(node._saved_dim)
+    dim -= (1 << 64) if dim >= 1 << 63 else 0  # a negative dim comes back as an unsigned 64-bit int
+    if len(mine) != 1 or not -len(out) <= dim < len(out) or dim % len(out) == 0:
         return None
+    dim %= len(out)
     sizes = []
     for fn, nr in ends[:mine[0] + 1]:
         if fn is None:
