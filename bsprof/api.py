@@ -68,20 +68,20 @@ def measure(spec: Spec | str | Path | None = None, config: MeasureConfig | dict 
         return loop.measure(spec, cfg, report, progress)
 
 
-_FLAGS = re.compile(r"--(method|micro-batch|rel-error|max-seconds|max-examples|probe-batch|strict)\b( (\w[\w.]*))?")
+_FLAGS = re.compile(r"--(strict)\b|--(method)\b(?: (auto|per_example|hooks|vmap|microbatch)\b)?"
+                    r"|--(micro-batch|rel-error|max-seconds|max-examples|probe-batch)\b(?: (\d+(?:\.\d+)?)\b)?")
 
 
 def _in_api_words(e: BsprofError) -> BsprofError:
     """A library caller's error: the CLI flags in its hint as the keyword arguments of ``measure_at`` (``--method
     microbatch`` → ``method="microbatch"``)."""
     def keyword(m: re.Match) -> str:
-        name = m.group(1).replace("-", "_")
-        if name == "strict":
+        if m.group(1):
             return "strict=True"
-        value = m.group(3)
-        if value is None:
-            return f"{name}="
-        return f'{name}="{value}"' if name == "method" else f"{name}={value}"
+        if m.group(2):
+            return f'method="{m.group(3)}"' if m.group(3) else "method="
+        name = m.group(4).replace("-", "_")
+        return f"{name}={m.group(5)}" if m.group(5) else f"{name}="
     e.hint = _FLAGS.sub(keyword, e.hint)
     return e
 

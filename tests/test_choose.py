@@ -172,6 +172,11 @@ def test_measure_at_errors_name_its_arguments_not_the_cli_flags():
     from bsprof.api import _in_api_words
     e = _in_api_words(BsprofError("x", "drop --strict, or pass --rel-error 0.1 and --max-seconds"))
     assert e.hint == "drop strict=True, or pass rel_error=0.1 and max_seconds="
+    for cli, api in (("lower --micro-batch or use --method per_example",
+                      'lower micro_batch= or use method="per_example"'),
+                     ("drop --strict to accept", "drop strict=True to accept"),  # (a reviewer's findings)
+                     ("pass --rel-error 0.1.", "pass rel_error=0.1."), ("--method microbatch", 'method="microbatch"')):
+        assert _in_api_words(BsprofError("x", cli)).hint == api
 
 
 def test_measure_at_says_how_it_measured():
