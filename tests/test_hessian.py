@@ -81,3 +81,31 @@ def test_an_undetermined_b_noise_at_negative_curvature_is_said():
     ok = Report(measurements=[row(0, 2.0, Estimate(20.0, 15.0, 25.0))])
     _curvature(ok)
     assert not ok.diagnostics
+
+
+def test_b_noise_cut_short_of_min_draws_is_undetermined_and_said():
+    """The time limits ending B_noise before --min-draws leave a Fieller interval over 2–4 draws, whose coverage is
+    poor (a reviewer's finding): it is reported undetermined, and a note says how many draws fit."""
+    import math
+
+    from bsprof.config import MeasureConfig
+    from bsprof.engine.diagnostics import _curvature
+    from bsprof.engine.sampling import Sampling
+    from bsprof.engine.scales import hessian_fields
+    from bsprof.output.report import Report
+    from bsprof.probes import PROBES
+    from bsprof.results import Estimate, Hessian, Measurement
+    from bsprof.stats.draw import Draw
+
+    m = LeastSquares(LAM, DELTA, 0.1)
+    cfg = MeasureConfig(rel_error=1e-6, max_seconds=60.0, min_draws=50)
+    limits = Sampling(PROBES["hooks"], 1, 256, 64, True, 1e-6, 0.9, 50, 10**9, 0.3, budget_seconds=0.1)
+    out = hessian_fields(net_at(m), ls_loss, FreshLeastSquares(m, 6), [Draw(np.ones(1), np.ones(1), 1, 64, 1.0)],
+                         cfg, 1.0, limits)
+    assert out["hessian"].n_draws < 50 and math.isnan(out["b_noise"].value)
+    row = Measurement(10, 1.0, Estimate(10.0, 8.0, 12.0), Estimate(1.0, 0.5, 1.5), 10.0, b_noise=out["b_noise"],
+                      hessian=Hessian(2.0, 5.0, Estimate.none(), 3))
+    report = Report(config={"min_draws": 5}, measurements=[row])
+    _curvature(report)
+    [note] = [d["message"] for d in report.diagnostics if d["code"] == "b_noise_short"]
+    assert note.startswith("B_noise at step 10: only 3 of the 5 draws it needs at least (--min-draws) fit")

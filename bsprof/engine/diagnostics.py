@@ -219,6 +219,15 @@ def _unresolved(report: Report) -> None:
 def _curvature(report: Report) -> None:
     """B_noise = tr(HΣ)/GᵀHG left undetermined where the measured curvature along the gradient, GᵀHG, is not positive
     (its draws then never bound an interval: they end on the time limits)."""
+    least = report.config.get("min_draws", 5)
+    short = [r for r in report.measurements if r.b_noise is not None and not r.b_noise.ok and r.hessian is not None
+             and r.hessian.gHg > 0 and r.hessian.n_draws < least]
+    if short:
+        report.diagnose("b_noise_short", f"B_noise at step {', '.join(str(r.step) for r in short)}: only "
+                        f"{', '.join(str(r.hessian.n_draws) for r in short[:3])} of the {least} draws it needs at "
+                        "least (--min-draws) fit in the measurement's time limits (as long as the training between "
+                        "measurements, --measure-budget), so it is left undetermined; --measure-budget 0 gives it the "
+                        "draws (up to --max-seconds), or measure less often (--measure-every)")
     rows = [r for r in report.measurements if r.b_noise is not None and not r.b_noise.ok and r.hessian is not None
             and not r.hessian.gHg > 0]
     if rows:

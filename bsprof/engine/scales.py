@@ -35,7 +35,10 @@ def hessian_fields(model, loss_fn, examples: DrawSource, draws, cfg, scale: floa
                           min_draws=cfg.min_draws, max_examples=cfg.max_examples, max_seconds=max_seconds,
                           budget_seconds=budget)
     r, e = est.b_noise, est.eps_max
-    return {"b_noise": Estimate(r.value, r.lo, r.hi, r.status).scaled(scale),
+    b_noise = Estimate(r.value, r.lo, r.hi, r.status).scaled(scale)
+    if est.n_draws < cfg.min_draws:  # the time limits ended it before --min-draws: a few-draw interval is not one
+        b_noise = Estimate.none(Status.UNDETERMINED)
+    return {"b_noise": b_noise,
             "hessian": Hessian(est.gHg, est.trace_h_sigma, Estimate(e.value, e.lo, e.hi, e.status), est.n_draws),
             "b_noise_stopped_by": getattr(est, "stopped_by", "")}
 
