@@ -84,8 +84,9 @@ def test_an_undetermined_b_noise_at_negative_curvature_is_said():
 
 
 def test_b_noise_cut_short_of_min_draws_is_undetermined_and_said():
-    """The time limits ending B_noise before --min-draws leave a Fieller interval over 2–4 draws, whose coverage is
-    poor (a reviewer's finding): it is reported undetermined, and a note says how many draws fit."""
+    """--max-seconds ending B_noise before --min-draws leaves a Fieller interval over 2–4 draws, whose coverage is
+    poor (a reviewer's finding): it is reported undetermined, and a note says how many draws fit. The measurement's
+    own cap (``loop._left``) applies only from --min-draws on."""
     import math
 
     from bsprof.config import MeasureConfig
@@ -98,14 +99,18 @@ def test_b_noise_cut_short_of_min_draws_is_undetermined_and_said():
     from bsprof.stats.draw import Draw
 
     m = LeastSquares(LAM, DELTA, 0.1)
-    cfg = MeasureConfig(rel_error=1e-6, max_seconds=60.0, min_draws=50)
-    limits = Sampling(PROBES["hooks"], 1, 256, 64, True, 1e-6, 0.9, 50, 10**9, 0.3, budget_seconds=0.1)
-    out = hessian_fields(net_at(m), ls_loss, FreshLeastSquares(m, 6), [Draw(np.ones(1), np.ones(1), 1, 64, 1.0)],
-                         cfg, 1.0, limits)
+    draws = [Draw(np.ones(1), np.ones(1), 1, 64, 1.0)]
+    cfg = MeasureConfig(rel_error=1e-6, max_seconds=0.3, min_draws=50)
+    out = hessian_fields(net_at(m), ls_loss, FreshLeastSquares(m, 6), draws, cfg, 1.0)
     assert out["hessian"].n_draws < 50 and math.isnan(out["b_noise"].value)
+    cfg = MeasureConfig(rel_error=1e-6, max_seconds=60.0, min_draws=4)
+    capped = Sampling(PROBES["hooks"], 1, 256, 64, True, 1e-6, 0.9, 4, 10**9, 1e-3, budget_seconds=1e-3)
+    out = hessian_fields(net_at(m), ls_loss, FreshLeastSquares(m, 6), draws, cfg, 1.0, capped)
+    assert out["hessian"].n_draws == 4 and out["b_noise_stopped_by"] == "time"  # the cap waits for --min-draws
     row = Measurement(10, 1.0, Estimate(10.0, 8.0, 12.0), Estimate(1.0, 0.5, 1.5), 10.0, b_noise=out["b_noise"],
                       hessian=Hessian(2.0, 5.0, Estimate.none(), 3))
     report = Report(config={"min_draws": 5}, measurements=[row])
     _curvature(report)
     [note] = [d["message"] for d in report.diagnostics if d["code"] == "b_noise_short"]
-    assert note.startswith("B_noise at step 10: only 3 of the 5 draws it needs at least (--min-draws) fit")
+    assert note.startswith("B_noise at step 10: only 3 of the 5 draws it needs at least (--min-draws) fit in "
+                           "--max-seconds")

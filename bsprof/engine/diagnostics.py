@@ -225,9 +225,8 @@ def _curvature(report: Report) -> None:
     if short:
         report.diagnose("b_noise_short", f"B_noise at step {', '.join(str(r.step) for r in short)}: only "
                         f"{', '.join(str(r.hessian.n_draws) for r in short[:3])} of the {least} draws it needs at "
-                        "least (--min-draws) fit in the measurement's time limits (as long as the training between "
-                        "measurements, --measure-budget), so it is left undetermined; --measure-budget 0 gives it the "
-                        "draws (up to --max-seconds), or measure less often (--measure-every)")
+                        "least (--min-draws) fit in --max-seconds, so it is left undetermined (an interval over so few "
+                        "draws covers poorly); a larger --max-seconds gives it the draws")
     rows = [r for r in report.measurements if r.b_noise is not None and not r.b_noise.ok and r.hessian is not None
             and not r.hessian.gHg > 0]
     if rows:

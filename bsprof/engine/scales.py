@@ -27,16 +27,16 @@ def regression_part(draws, scale: float) -> Regression:
 
 def hessian_fields(model, loss_fn, examples: DrawSource, draws, cfg, scale: float, sampling=None) -> dict:
     """B_noise (in the report's unit) and the Hessian part (GᵀHG, tr(HΣ), ε_max in the loss's units). ``sampling``:
-    the measurement's time limits after B_simple (``loop._left``: what is left of the budget, and the hard cap that
-    also ends draws whose interval never bounds, GᵀHG ≤ 0); None: ``cfg.max_seconds`` alone."""
-    max_seconds = cfg.max_seconds if sampling is None else min(cfg.max_seconds, sampling.max_seconds)
+    the measurement's time limits after B_simple (``loop._left``: what is left of the budget, and the hard cap that,
+    from ``--min-draws`` on, also ends draws whose interval never bounds, GᵀHG ≤ 0); None: ``cfg.max_seconds`` alone."""
+    cap = float("inf") if sampling is None else sampling.max_seconds
     budget = float("inf") if sampling is None else sampling.budget_seconds
     est = measure_b_noise(model, loss_fn, examples, draws[-1].B, rel_error=cfg.rel_error, confidence=cfg.confidence,
-                          min_draws=cfg.min_draws, max_examples=cfg.max_examples, max_seconds=max_seconds,
-                          budget_seconds=budget)
+                          min_draws=cfg.min_draws, max_examples=cfg.max_examples, max_seconds=cfg.max_seconds,
+                          budget_seconds=budget, cap_seconds=cap)
     r, e = est.b_noise, est.eps_max
     b_noise = Estimate(r.value, r.lo, r.hi, r.status).scaled(scale)
-    if est.n_draws < cfg.min_draws:  # the time limits ended it before --min-draws: a few-draw interval is not one
+    if est.n_draws < cfg.min_draws:  # --max-seconds ended it before --min-draws: a few-draw interval is not one
         b_noise = Estimate.none(Status.UNDETERMINED)
     return {"b_noise": b_noise,
             "hessian": Hessian(est.gHg, est.trace_h_sigma, Estimate(e.value, e.lo, e.hi, e.status), est.n_draws),

@@ -32,7 +32,7 @@ from torch import nn
 from bsprof.engine.source import DrawSource
 from bsprof.probes.base import LossFn, per_example_losses, trainable
 from bsprof.stats.estimators import Ratio, ratio_of_means, unbiased_pair
-from bsprof.stats.stopping import Stopper
+from bsprof.stats.stopping import TIME, Stopper
 
 
 @dataclass(frozen=True)
@@ -134,10 +134,12 @@ def measure_b_noise(model: nn.Module, loss_fn: LossFn, examples: DrawSource, B: 
                     rel_error: float = 0.2, confidence: float = 0.9, min_draws: int = 5,
                     max_examples: int = 200_000, max_seconds: float = 60.0, probe: QuadProbe = HESSIAN,
                     on_draw: Callable[[HessianEstimate], None] | None = None,
-                    budget_seconds: float = math.inf) -> HessianEstimate:
+                    budget_seconds: float = math.inf, cap_seconds: float = math.inf) -> HessianEstimate:
     """Draw Hessian pairs at big batch B (2·B examples a draw: the G batch and the independent H batch) until the
-    shared stopping rule fires on B_noise's ``Estimate.rel_halfwidth`` (``budget_seconds``: the measurement's time
-    budget, as B_simple's); the estimate says what stopped it."""
+    shared stopping rule fires on B_noise's ``Estimate.rel_halfwidth``; the estimate says what stopped it.
+    ``budget_seconds``: the measurement's time budget, as B_simple's (after ``min_draws``, once bounded);
+    ``cap_seconds``: a time limit that applies from ``min_draws`` on whether or not the interval is bounded (GᵀHG ≤ 0
+    never bounds it), where ``max_seconds`` applies from the start."""
     draws, spent, t0 = [], 0, time.perf_counter()
     stop = Stopper(rel_error, min_draws, max_examples, max_seconds, budget_seconds)
     if examples.n is not None:
@@ -149,7 +151,10 @@ def measure_b_noise(model: nn.Module, loss_fn: LossFn, examples: DrawSource, B: 
         est = probe.combine(draws, confidence)
         if on_draw:
             on_draw(est)
-        why = stop(len(draws), est.b_noise.estimate.rel_halfwidth, spent, time.perf_counter() - t0)
+        n, elapsed = len(draws), time.perf_counter() - t0
+        why = stop(n, est.b_noise.estimate.rel_halfwidth, spent, elapsed)
+        if why is None and n >= min_draws and elapsed * (n + 1) / n > cap_seconds:
+            why = TIME
         if why is not None:
             return dataclasses.replace(est, stopped_by=why)
 
