@@ -127,6 +127,70 @@ def test_per_example_pair_is_the_exact_reference(make):
     assert draw.loss == pytest.approx(ref["loss"])
 
 
+TRACKER_REFUSES = {"gru": "no per-example rule for gru.weight_ih_l0",
+                   "tied_lm_functional": "used outside their layers too"}
+
+
+@pytest.mark.parametrize("name", sorted(__import__("models").CASES))
+def test_per_example_pair_on_every_model_of_the_probe_tests(name):
+    """The tracker's per-example pair against torch.func on each model the probe's hooks are tested on (tests/
+    models.py: attention, embeddings on ids and on positions — with as many positions as examples —, class tokens,
+    convs, norms, tied weights); where it has no rule, a one-line error naming why, never a number."""
+    from models import make
+
+    from bsprof.probes.vmap import per_example_vmap
+
+    case = make(name)
+    tracker = Tracker(case.model, source="per_example")
+    with tracker.per_example(case.model):
+        loss = case.loss_fn(case.model, case.batch).mean()
+        loss.backward()
+    if name in TRACKER_REFUSES:
+        with pytest.raises(TrackerError, match=TRACKER_REFUSES[name]):
+            tracker.step(loss=loss)
+        tracker.close()
+        return
+    draw = tracker.step(loss=loss)
+    tracker.close()
+    ref = per_example_vmap(case.model, case.loss_fn, case.batch, case.count)
+    n = case.count
+    assert (draw.b, draw.B) == (1, n)
+    assert draw.small_sq_total == pytest.approx(float(ref.small_sq_sum.sum()) / n, rel=1e-9)
+    assert draw.big_sq_total == pytest.approx(sum(float((g / n).square().sum()) for g in ref.grad_sum), rel=1e-9)
+    assert hooks_left(case.model) == 0
+
+
+def test_per_example_embedding_of_one_id_per_example():
+    """An nn.Embedding on one id per example ([B]: a user id, a class label) is an ordinary per-example call, not
+    positions shared by the batch (the tracker refused it, suggesting accumulation; `bsprof measure` did not)."""
+    class Users(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.user, self.item, self.out = nn.Embedding(10, 4), nn.Embedding(7, 4), nn.Linear(4, 1)
+
+        def forward(self, batch):
+            u, i = batch[:, 0], batch[:, 1]
+            return self.out(self.user(u) * self.item(i)).squeeze(-1)
+
+    def mse(model, batch):
+        return (model(batch[:, :2]) - batch[:, 2].double()).square()
+
+    torch.manual_seed(0)
+    model = Users().double()
+    batch = torch.stack([torch.randint(0, 10, (16,)), torch.randint(0, 7, (16,)), torch.randint(0, 3, (16,))], 1)
+    tracker = Tracker(model, source="per_example")
+    with tracker.per_example():
+        loss = mse(model, batch).mean()
+        loss.backward()
+    draw = tracker.step(loss=loss)
+    tracker.close()
+    from bsprof.probes.vmap import per_example_vmap
+
+    ref = per_example_vmap(model, mse, batch, 16)
+    assert (draw.b, draw.B) == (1, 16)
+    assert draw.small_sq_total == pytest.approx(float(ref.small_sq_sum.sum()) / 16, rel=1e-9)
+
+
 def test_the_tracker_measures_the_parameters_the_optimizer_updates():
     """An optimizer over the head only: the backbone's gradients are computed but never applied, so they are not the
     training's noise. The pair is the head's (exact reference with the backbone frozen), and a warning says so."""

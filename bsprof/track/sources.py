@@ -391,10 +391,21 @@ class PerExample:
             if type(node).__name__ == "AddBackward0" and alpha == 1 and shape and shape[1:] == positions:
                 idx = x.reshape(1, -1).expand(shape[0], -1)
                 node.register_prehook(partial(self._shared_delta, emb, slots, idx))
+            elif x.dim() == 1 and self._one_per_example(x, node):  # ids [B]: a label or user embedding
+                out.register_hook(partial(self._backward, embedding, emb, slots, x))
             elif users:
                 self.failure = ("an nn.Embedding called on positions shared by the batch ([T] or [1, T]) whose "
                                 "output is not added to a batched tensor is not supported by the tracker's "
                                 "per-example norms")
+
+    def _one_per_example(self, x: Tensor, node) -> bool:
+        """An embedding called on 1-D indices that are not positions broadcast over the batch: one index per
+        example (a class label, a user id), its output [B, d] used row by row. Told from positions [T] by the model
+        input's dim 0 (B) and by the output's use: positions are broadcast (added to [B, T, d], directly or after
+        ``unsqueeze(0)``), so with T = B an output unsqueezed on dim 0 is not taken as one row per example."""
+        if self.inputs and x.shape[0] not in self.inputs:
+            return False
+        return not (type(node).__name__ == "UnsqueezeBackward0" and getattr(node, "_saved_dim", None) == 0)
 
     def _used_outside(self, output) -> list[str]:
         """Hooked parameters the model's graph uses more often than their layers were called (a tied weight also
@@ -440,7 +451,7 @@ class PerExample:
         if not self.armed:
             return
         self.rows.add(x.shape[0])  # at arrival: a forward whose graph never reaches a backward counts nothing
-        if isinstance(mod, nn.Embedding) and (x.dim() == 1 or x.shape[0] == 1):
+        if isinstance(mod, nn.Embedding) and x.shape[0] == 1:
             self.shared_positions = True
         try:
             if _autocast_on(d.device.type):   # entering the context costs tens of µs per hook: only when needed
