@@ -743,6 +743,32 @@ def test_per_example_layers_fed_sequence_first_are_refused():
     assert hooks_left(model) == 0
 
 
+def test_a_sequence_first_attention_model_with_as_many_positions_as_examples_is_refused():
+    """Tokens [B, T] transposed to [T, B] for an nn.MultiheadAttention(batch_first=False), its Linear head fed
+    [T, B, E]: with T ≠ B the rows differ (refused); with T = B they did not, and the pair was silently wrong (a
+    trial saw 65×): now refused too, naming the attention layer and the fix."""
+    class SeqFirstLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.att, self.head = nn.Embedding(11, 8), nn.MultiheadAttention(8, 2), nn.Linear(8, 11)
+
+        def forward(self, tokens):
+            h = self.emb(tokens.t())
+            return self.head(h + self.att(h, h, h, need_weights=False)[0]).transpose(0, 1)
+
+    for batch, positions, match in ((6, 9, r"different batch sizes \[6, 9\]"),
+                                    (6, 6, r"batch_first=False was fed a sequence as long as the batch \(T = B = 6\)")):
+        torch.manual_seed(0)
+        model, tokens = SeqFirstLM().double(), torch.randint(0, 11, (batch, positions + 1))
+        tracker = Tracker(model, source="per_example")
+        with tracker.per_example():
+            _lm_losses(model, tokens).mean().backward()
+        with pytest.raises(TrackerError, match=match):
+            tracker.step()
+        tracker.close()
+        assert hooks_left(model) == 0
+
+
 def test_ddp_source_in_one_process_is_a_one_line_error():
     with pytest.raises(TrackerError, match="needs a DistributedDataParallel model on 2 or more ranks") as err:
         Tracker(mlp(), source="ddp")

@@ -318,6 +318,8 @@ class PerExample:
         self.inputs: set[int] = set()      # dim 0 of the model's first input, per forward since the last backward
         self.bare: set[int] = set()        # uncovered parameters added by broadcast, hooked in this step's forwards
         self.shared: list = []             # embeddings called on positions shared by the batch, this forward
+        self.square: int | None = None     # T = B of a batch_first=False attention call in this pass
+        self.square_layers = False         # a hooked layer other than attention was fed [N, N, …] in this pass
         self.model = model
         self.handles = []
         self.functional: list[str] | None = None  # hooked parameters also used outside their layers (first forward)
@@ -350,6 +352,8 @@ class PerExample:
             self.failure = f"{type(mod).__name__} does not keep the examples on dim 0"
             return
         self.expected.update(k for _, k in slots)
+        if x.dim() >= (2 if rule is embedding else 3) and x.shape[0] == x.shape[1]:
+            self.square_layers = True  # [T, B, …] or [B, T, …] with T = B: only its dims' order would tell
         if rule is embedding and (x.dim() == 1 or x.dim() == 2 and x.shape[0] == 1 and max(self.inputs, default=1) > 1):
             self.shared.append((mod, slots, x.detach(), out))  # positions shared by the batch: ``_model_output``
             return
@@ -515,6 +519,8 @@ class PerExample:
             self.failure = f"{type(mod).__name__}: {call}"
             return
         self.expected.update(k for _, k in slots)
+        if not mod.batch_first and out.dim() == 3 and out.shape[0] == out.shape[1]:
+            self.square = out.shape[0]  # [T, B, E] with T = B: the layers around it cannot be told apart
         sites, call.sites = call.sites, []
         for y, *rest in sites:
             y.register_hook(partial(self._site, call, slots, (None, *rest), len(sites)))
@@ -559,6 +565,11 @@ class PerExample:
                     "an nn.Embedding called on positions shared by the batch ([T] or [1, T], as GPT-2 and nanoGPT "
                     "do) is not supported by the tracker's per-example norms" if self.shared_positions else
                     f"the hooked layers saw different batch sizes {sorted(self.rows)} in one backward")
+            if self.failure is None and self.square is not None and self.square_layers:
+                self.failure = (f"an nn.MultiheadAttention with batch_first=False was fed a sequence as long as the "
+                                f"batch (T = B = {self.square}): whether the layers around it see [T, B, …] or "
+                                "[B, T, …] cannot be told from their shapes, and a wrong guess gives wrong norms "
+                                "(make it with batch_first=True, or use a sequence length other than the batch size)")
             if self.failure is None and self.rows and self.inputs and not self.rows <= self.inputs:
                 self.failure = (f"the hooked layers saw {sorted(self.rows)} rows on dim 0 but the model's input had "
                                 f"{sorted(self.inputs)}: a layer fed [T, B, …] (batch_first=False, or a transpose) "
@@ -575,7 +586,7 @@ class PerExample:
                 record.per_example_failure = self.failure
         self.expected, self.rows, self.pending, self.parts, self.failure = Counter(), set(), defaultdict(list), [], None
         self.shared_positions, self.open, self.inputs, self.shared = False, {}, set(), []
-        self.bare = set()
+        self.bare, self.square, self.square_layers = set(), None, False
         self.scratch = Scratch()  # not held between steps
 
     def uncovered_used(self) -> str | None:
