@@ -114,3 +114,43 @@ def test_b_noise_cut_short_of_min_draws_is_undetermined_and_said():
     [note] = [d["message"] for d in report.diagnostics if d["code"] == "b_noise_short"]
     assert note.startswith("B_noise at step 10: only 3 of the 5 draws it needs at least (--min-draws) fit in "
                            "--max-seconds")
+
+
+def test_b_noise_and_b_pre_share_one_cap(monkeypatch):
+    """Under a budget, with --hessian and an Adam-family optimizer, B_noise gets half of the limits left after
+    B_simple and B_pre what B_noise left: the measurement takes B_simple's time plus one cap (a reviewer's finding:
+    each got the whole cap, so two)."""
+    import time
+
+    import torch
+
+    from bsprof.config import MeasureConfig
+    from bsprof.engine import scales
+    from bsprof.engine.sampling import Sampling
+    from bsprof.probes import PROBES
+
+    seen = {}
+
+    def noise(model, loss_fn, examples, draws, cfg, scale, sampling=None):
+        seen["noise"] = (sampling.budget_seconds, sampling.max_seconds)
+        time.sleep(0.2)
+        return {}
+
+    def pre(model, loss_fn, examples, optimizer, sampling, group, cfg, scale):
+        seen["pre"] = (sampling.budget_seconds, sampling.max_seconds)
+        return {}
+
+    monkeypatch.setattr(scales, "hessian_fields", noise)
+    monkeypatch.setattr(scales, "preconditioned_fields", pre)
+    monkeypatch.setattr(scales, "regression_part", lambda draws, scale: None)
+    net = torch.nn.Linear(2, 1)
+    adam = torch.optim.Adam(net.parameters())
+    net(torch.ones(1, 2)).sum().backward()
+    adam.step()  # Adam has state: B_pre follows
+    limits = Sampling(PROBES["hooks"], 1, 256, 64, True, 0.1, 0.9, 2, 10**9, 2.0, budget_seconds=1.0)
+    cfg = MeasureConfig(hessian=True)
+    scales.extra_fields(net, None, None, [], cfg, adam, limits, 0, 1.0)
+    assert seen["noise"] == (0.5, 1.0)
+    assert 0 <= seen["pre"][0] <= 0.8 and 0 < seen["pre"][1] <= 1.8  # what B_noise left of the budget and the cap
+    scales.extra_fields(net, None, None, [], cfg, torch.optim.SGD(net.parameters(), lr=0.1), limits, 0, 1.0)
+    assert seen["noise"] == (1.0, 2.0)  # no B_pre to follow: B_noise keeps the whole of them

@@ -10,6 +10,8 @@ Batch sizes are multiplied by ``scale`` (the report's unit); every interval is a
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 
 from bsprof.engine.sampling import measure_at
 from bsprof.engine.source import DrawSource
@@ -62,9 +64,27 @@ def preconditioned_fields(model, loss_fn, examples: DrawSource, optimizer, sampl
 
 
 def extra_fields(model, loss_fn, examples, draws, cfg, optimizer, sampling, group, scale: float) -> dict:
-    """Measurement fields beyond the pair estimate: regression, and B_noise / B_pre when they apply."""
+    """Measurement fields beyond the pair estimate: regression, and B_noise / B_pre when they apply.
+
+    ``sampling``'s time limits (``loop._left``: what is left of the budget, and the hard cap) are shared: when both
+    B_noise and B_pre follow under a budget, B_noise gets half of each and B_pre what B_noise left, so that the
+    measurement takes B_simple's time plus one cap, not two."""
     out = {"regression": regression_part(draws, scale)}
+    pre = is_adam_family(optimizer_kind(optimizer)) and bool(getattr(optimizer, "state", None))
     if cfg.hessian:
-        out.update(hessian_fields(model, loss_fn, examples, draws, cfg, scale, sampling))
+        t0 = time.perf_counter()
+        shared = pre and sampling is not None and math.isfinite(sampling.budget_seconds)
+        out.update(hessian_fields(model, loss_fn, examples, draws, cfg, scale,
+                                  _limits(sampling, share=0.5) if shared else sampling))
+        if shared:
+            sampling = _limits(sampling, spent=time.perf_counter() - t0)
     out.update(preconditioned_fields(model, loss_fn, examples, optimizer, sampling, group, cfg, scale))
     return out
+
+
+def _limits(sampling, share: float = 1.0, spent: float = 0.0):
+    """``sampling`` with its budget and hard cap (``max_seconds``) cut to ``share`` of them, less ``spent``."""
+    def cut(x: float) -> float:
+        return max(0.0, x * share - spent) if math.isfinite(x) else x
+    return dataclasses.replace(sampling, budget_seconds=cut(sampling.budget_seconds),
+                               max_seconds=cut(sampling.max_seconds))
