@@ -210,6 +210,31 @@ def softmax():
     return nn.Sequential(nn.Flatten(), nn.Linear(196, 10))
 
 
+class ViT(nn.Module):
+    """A vision transformer on the 14×14 images: 4 patches of 7×7 and a class token (``torch.cat``), learned
+    positions (a bare parameter added by broadcast), 2 pre-norm ``nn.TransformerEncoderLayer``s (d 32, 4 heads),
+    19k parameters (fourteenth session, out of sample for every rule)."""
+
+    def __init__(self, d=32, heads=4, layers=2):
+        super().__init__()
+        self.embed = nn.Linear(49, d)
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos = nn.Parameter(torch.randn(1, 5, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True)
+        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, 10)
+
+    def forward(self, x):
+        B = x.shape[0]
+        x = x.view(B, 14, 14).unfold(1, 7, 7).unfold(2, 7, 7).reshape(B, 4, 49)
+        h = torch.cat([self.cls.expand(B, -1, -1), self.embed(x)], 1) + self.pos
+        return self.head(self.norm(self.enc(h))[:, 0])
+
+
+def adamw(lr):
+    return lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+
+
 TASKS = {
     # reuse: the global sweep of scripts/validate_critical_batch.py (B = 16..512, lr grid ×0.5,1,2, 3 seeds)
     "digits_sgd": dict(desc="digits MLP 64-128-10 (sklearn, 1797), plain SGD", spec=digits_spec, opt=sgd,
@@ -420,6 +445,13 @@ TASKS = {
                                                                  lr_grid=[1, 2, 4, 8, 16, 32], seeds=2,
                                                                  max_steps=3000, eval_examples=0, max_seconds=1800),
                                probe_steps=1500, lr_factors=(1.0,)),
+    "mnist_vit_adamw": dict(desc="vision transformer (4 patches + class token, 2 layers, d 32, 19k params) on real "
+                                 "MNIST (5,000 images, 14×14), AdamW, out of sample (fourteenth session)",
+                            spec=lambda: Spec(None, None, ViT, mnist_small, ce, adamw(1e-3)), opt=adamw, target=0.2,
+                            batch=32, sweep=dict(batches=[16, 32, 64, 128, 256, 512, 1024], lr0=1e-3,
+                                                 lr_grid=[0.5, 1, 2, 4, 8], seeds=1, max_steps=3000,
+                                                 eval_examples=0, max_seconds=2400),
+                            probe_steps=1000, lr_factors=(1.0,)),
     # its best lr was the grid's top (×32) at B = 16 … 512: the grid extended upwards, same seeds
     "mnist_softmax_adam_hi": dict(desc="the same, lr grid ×64, ×128, ×256",
                                   spec=lambda: TASKS["mnist_softmax_adam"]["spec"](), opt=adam, target=0.35, batch=32,

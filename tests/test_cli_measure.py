@@ -211,7 +211,8 @@ def test_batchnorm_training_windows_come_from_two_micro_batches(tmp_path):
     notes = {d["code"]: d["message"] for d in report["diagnostics"]}
     assert report["config"]["method_resolved"] == "microbatch"
     assert "2 micro-batches of B/2" in notes["training_micro_batches"] and "no_training_windows" not in notes
-    assert [m["window_steps"] for m in report["measurements"] if m.get("b_simple_window")] == [6, 6]
+    windows = [m["window_steps"] for m in report["measurements"] if m.get("b_simple_window")]
+    assert windows in ([6, 6], [6, 12])  # a first window that leaves |G|² undetermined joins the second
 
 
 def test_an_odd_batch_with_batchnorm_says_why_there_are_no_windows(tmp_path):

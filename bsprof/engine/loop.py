@@ -39,6 +39,7 @@ from bsprof.results import (
     optimizer_momentum,
 )
 from bsprof.stats.estimators import NoiseScale
+from bsprof.track.window import b_simple_of, windowed
 
 Progress = Callable[[str, dict], None]
 
@@ -258,11 +259,12 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     track, coupled = _track_source(report, cfg, comm, model, spec.loss, pair, examples)  # how steps give pairs
     step, trained, tracker, phase, clock = 0, 0, None, "measuring", cost.RunClock(choosing=choosing)
     window = None  # the training steps' window closed for the measurement at this step, until its row is added
+    carried: list = []  # the steps of windows too short to determine |G|², joined to the next (``_close``)
     try:
         for step in range(cfg.steps + 1):
             phase = "measuring"
             if step in points:
-                window, tracker = _close(tracker, cfg.confidence, scale), None
+                (window, carried), tracker = _close(tracker, cfg.confidence, scale, carried), None
                 t0 = time.perf_counter()
                 say("measure", {"step": step})
                 budget = _budget(sampling, cfg, clock, first) if comm.world == 1 else sampling
@@ -317,7 +319,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         raise
     finally:
         complete = window is not None  # closed for the measurement that was interrupted: every step of it ran
-        window = window or _close(tracker, cfg.confidence, scale)
+        window = window or _close(tracker, cfg.confidence, scale, carried)[0]
         if report.incomplete and window is not None:
             _cut_short(report, window, trained, batch_size, complete)
         report.timing = clock.to_dict()
@@ -513,17 +515,24 @@ class Window(NamedTuple):
     loss: float
 
 
-def _close(tracker, confidence: float, scale: float) -> Window | None:
-    """The tracked training steps' ``Window`` (B_simple in the report's unit), the tracker's hooks removed; None
-    without a tracker or with fewer than two steps (a window needs two pairs for an interval)."""
+def _close(tracker, confidence: float, scale: float, carried: list) -> tuple[Window | None, list]:
+    """(the tracked training steps' ``Window``, B_simple in the report's unit, the steps carried to the next), the
+    tracker's hooks removed; no window without a tracker or with fewer than two steps (a window needs two pairs for
+    an interval). ``carried``: the steps of the windows before it that did not determine |G|² (lower bounds), which
+    join this one, so that every step counts once in the windows the headline follows (left out, the windows whose
+    |G|² came out high by chance would be kept: a low bias); this window's steps are carried on when it, too,
+    leaves |G|² undetermined."""
     if tracker is None:
-        return None
+        return None, carried
     tracker.close()
-    if len(tracker.draws) < 2:
-        return None
-    weights = [d.B for d in tracker.draws]
-    loss = sum(d.loss * w for d, w in zip(tracker.draws, weights)) / sum(weights)
-    return Window(tracker.estimate().scaled(scale), len(tracker.draws), float(loss))
+    draws = [*carried, *tracker.draws]
+    if len(draws) < 2:
+        return None, draws
+    est = b_simple_of(windowed(draws, None, confidence))
+    weights = [d.B for d in draws]
+    loss = sum(d.loss * w for d, w in zip(draws, weights)) / sum(weights)
+    return (Window(est.scaled(scale), len(draws), float(loss)),
+            [] if est.status is Status.OK else draws)
 
 
 def _cut_short(report: Report, window: Window, step: int, batch_size: int, complete: bool = False) -> None:

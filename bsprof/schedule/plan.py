@@ -666,7 +666,8 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
         window = report.config.get("window")   # a log's losses are window means: a smaller window reaches lower
         raise ExtrapolationError(e.message.replace("measured loss", "window-mean loss"),
                                  f"a tracker log's losses are the means over each window of {window} logged steps: "
-                                 "read it with a smaller --window to reach lower, or " + e.hint) from None
+                                 "read it with a smaller --window to reach lower (windows too short to determine "
+                                 "|G|² join the next, so the gain stops there), or " + e.hint) from None
     path = noise_path(fit, steps, loss, batch_train, config.target_loss)
     lr0 = config.lr or probe_lr(report) or 0.1
     optimizer = report.config.get("optimizer")

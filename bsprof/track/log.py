@@ -28,7 +28,7 @@ import numpy as np
 from bsprof import __version__
 from bsprof.errors import ConfigError, ReportError
 from bsprof.output.report import Report
-from bsprof.results import Measurement, json_clean
+from bsprof.results import Measurement, Status, json_clean
 from bsprof.stats.draw import Draw
 from bsprof.track.window import b_simple_of, measurement, windowed
 
@@ -159,23 +159,50 @@ def measurements(log: TrackLog, window: int = 100, every: int | None = None,
     """Windowed estimates every ``every`` logged steps (default: ``window``) and at the last, each over the ``window``
     steps ending there (B_pre too, where the steps logged preconditioned norms). With ``every ≥ window`` the rows do
     not overlap: the last one covers only the steps after the one before it (120 steps at a window of 100: steps
-    0–99 and 100–119, not 20–119, which would count 80 steps twice in the path average)."""
+    0–99 and 100–119, not 20–119, which would count 80 steps twice in the path average).
+
+    Non-overlapping windows whose B_simple is not determined (|G|² not told apart from 0: a lower bound) are not
+    rows of their own: their steps join the next window (the last one, the window before it), so every step counts
+    once. Leaving them out would keep the windows whose |G|² came out high by chance, and bias the curve, and the
+    critical batch over it, low (the smaller the window, the more: a new user's log read 89.8 at --window 10 where
+    the true value was 192 and --window 100 read 148); a ``Measurement.n_draws`` above the window says which."""
     every = every or window
     steps, rows, prev = log.steps, [], -1
     ends = sorted({*range(every - 1, len(steps), every), len(steps) - 1} - {-1})
+    joins = every >= window  # non-overlapping: an undetermined window's steps may join the next
     for end in ends:
-        start = max(0, end + 1 - window, prev + 1 if every >= window else 0)
+        start = prev + 1 if joins else max(0, end + 1 - window)
         part = steps[start:end + 1]
         if len(part) < 2:  # one step has no interval; the next row will have it
             continue
+        m = _row(log, part, confidence)
+        if joins and m.b_simple.status is not Status.OK:
+            if end != ends[-1]:
+                continue  # its steps join the next window
+            if rows:  # the last steps: joined to the window before them, when that determines it
+                joined = _row(log, steps[rows[-1].first:end + 1], confidence)
+                if joined.b_simple.status is Status.OK:
+                    rows[-1] = _Row(joined, rows[-1].first)
+                    continue
         prev = end
-        m = measurement([s.draw for s in part], step=steps[end].step, examples_seen=steps[end].examples,
-                        method=_method(log), confidence=confidence)
-        pre = _pre_draws(part)
-        if len(pre) >= 2:
-            m = replace(m, b_pre=b_simple_of(windowed(pre, None, confidence)))
-        rows.append(m)
-    return rows
+        rows.append(_Row(m, start))
+    return [r.m for r in rows]
+
+
+@dataclass
+class _Row:
+    m: Measurement
+    first: int  # index of its first step in the log
+
+
+def _row(log: TrackLog, part: list, confidence: float) -> Measurement:
+    """One window's row: B_simple over its steps' pairs (B_pre too, where they logged preconditioned norms)."""
+    m = measurement([s.draw for s in part], step=part[-1].step, examples_seen=part[-1].examples,
+                    method=_method(log), confidence=confidence)
+    pre = _pre_draws(part)
+    if len(pre) >= 2:
+        m = replace(m, b_pre=b_simple_of(windowed(pre, None, confidence)))
+    return m
 
 
 def _method(log: TrackLog) -> str:
@@ -269,7 +296,7 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
         report.diagnose("few_windows", f"{path} has {len(log.steps)} logged steps: {len(report.measurements)} "
                         f"windows of {window}, too few for a curve along training (a schedule fits the noise scale "
                         f"against the loss through them). Read it with --window {len(log.steps) // 5} (five "
-                        "windows) or smaller.")
+                        "windows); a much smaller window leaves each one noisier, not the curve more accurate.")
     if log.torn:
         report.diagnose("torn_line", f"{path}'s last line was cut off mid-write (the run stopped while writing it): "
                         "that step is left out")
