@@ -46,6 +46,7 @@ from functools import partial
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from bsprof.probes.attention import MHA
 from bsprof.probes.base import batch_coupled, coupled_reason
@@ -170,6 +171,8 @@ def _stale(params: list[Tensor]) -> Tensor | bool:
     |G_B|² read from ``.grad`` would include them. (The first hook fires before any gradient of this pass is
     accumulated; one tensor is looked at, and the answer stays on the device until ``Backwards.totals``.)"""
     g = next((p.grad for p in params if p.grad is not None), None)
+    if g is not None and g.is_sparse:  # an Embedding(sparse=True) zeroed with set_to_none=False
+        g = g.coalesce().values()
     return False if g is None else g.detach().ne(0).any()
 
 
@@ -214,11 +217,11 @@ class StepHooks:
                 self.weights = self.weights_fn()
 
     def _hook(self, i: int, g: Tensor) -> None:
-        if not self.in_backward:
-            with self.lock:
-                if not self.in_backward:
-                    self._first()
         try:
+            if not self.in_backward:
+                with self.lock:
+                    if not self.in_backward:
+                        self._first()
             if self.first_from_hooks or self.per_example is None or not self.per_example.armed:
                 # (an armed pass uses its per-example norms; in one process its hooks' norms are |G_B|²)
                 if g.is_sparse or g.dtype in _HALF:
@@ -303,8 +306,10 @@ class PerExample:
                                f"batch_first=True)")
         # parameters outside the layers with rules: fine while the loss does not reach them (checked per backward)
         self.uncovered, self.names = [k for k in range(len(params)) if k not in covered], names
+        self.covered = sorted(covered)
         coupled = batch_coupled(model)
         coupled = coupled_reason(coupled) if coupled else None
+        self.norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]  # train mode checked at each forward
         self.problem = coupled or (refused[0] if refused else None)
         if self.problem:
             self.problem += ": use accumulation (micro-batches) instead"
@@ -320,9 +325,11 @@ class PerExample:
         self.shared: list = []             # embeddings called on positions shared by the batch, this forward
         self.square: int | None = None     # T = B of a batch_first=False attention call in this pass
         self.square_layers = False         # a hooked layer other than attention was fed [N, N, …] in this pass
+        self.double = False                # hooks ran in a create_graph pass since the last armed backward
         self.model = model
         self.handles = []
-        self.functional: list[str] | None = None  # hooked parameters also used outside their layers (first forward)
+        self.functional: list[str] = []  # hooked parameters also used outside their layers (``_used_outside``)
+        self.forwards = 0                 # forwards with grad since the tracker was made (when to walk the graph)
 
     def install(self) -> None:
         """Forward hooks on the owned layers; an attention module's forward is swapped for the recording copy
@@ -342,6 +349,11 @@ class PerExample:
         x = args[0] if args else next(iter(kwargs.values()), None)
         if isinstance(x, Tensor) and x.dim() > 0 and torch.is_grad_enabled():
             self.inputs.add(x.shape[0])
+        if torch.is_grad_enabled():
+            self.double = False  # only a create_graph pass after the step's forward matters (not a reference's)
+        if self.norms and torch.is_grad_enabled() and any(m.training for m in self.norms):
+            # made in eval mode (a from_pretrained model), trained after model.train(): batch statistics now
+            self.failure = coupled_reason(batch_coupled(self.model)) + " (in eval mode when the tracker was made)"
 
     def _forward(self, mod, args, kwargs, out) -> None:
         if not (isinstance(out, Tensor) and out.requires_grad and torch.is_grad_enabled()):
@@ -373,8 +385,10 @@ class PerExample:
         one walk of the model's graph; anything else (another consumer) leaves the backward unmeasured."""
         shared, self.shared = self.shared, []
         bare = [k for k in self.uncovered if self.params[k].requires_grad]
-        if self.functional is None and torch.is_grad_enabled() and self.expected:
-            self.functional = self._used_outside(output)
+        if torch.is_grad_enabled() and self.expected:
+            self.forwards += 1
+            if not self.functional and (self.forwards & (self.forwards - 1) == 0 or self.forwards % 64 == 0):
+                self.functional = self._used_outside(output)
         if not (shared or bare) or not torch.is_grad_enabled():
             return
         roots = [t.grad_fn for t in _tensors(output) if t.grad_fn is not None]
@@ -412,14 +426,16 @@ class PerExample:
         return not (type(node).__name__ == "UnsqueezeBackward0" and getattr(node, "_saved_dim", None) == 0)
 
     def _used_outside(self, output) -> list[str]:
-        """Hooked parameters the model's graph uses more often than their layers were called (a tied weight also
-        applied functionally, ``F.linear(h, emb.weight)``): the hooks cannot see that use, so per-example norms
-        would leave it out (as ``hooks._Pass.check_uses`` finds for the probe). One walk of the graph, at the
-        first forward: a model's uses do not change from step to step."""
+        """Parameters of the layers with rules that the model's graph uses more often than those layers were
+        called (a tied weight also applied functionally, ``F.linear(h, emb.weight)``; a layer's weight used without
+        calling the layer, ``h + wpe.weight[:T]``): the hooks cannot see that use, so per-example norms would leave
+        it out (as ``hooks._Pass.check_uses`` finds for the probe; a weight used only through ``F.linear`` read
+        −76%). One walk of the graph, at the 1st, 2nd, 4th, 8th, … and every 64th forward: cheap on the whole, and
+        a use that starts later in the run (an auxiliary head switched on) is found soon after."""
         roots = [t.grad_fn for t in _tensors(output) if t.grad_fn is not None]
         uses = _graph_uses(roots)[0] if roots else Counter()
         return [f"{self.names[k]} (used {uses[id(self.params[k])]} times, {self.expected[k]} by its layers)"
-                for k in self.expected if uses[id(self.params[k])] > self.expected[k]]
+                for k in self.covered if uses[id(self.params[k])] > self.expected[k]]
 
     def _broadcast_parameters(self, roots, bare: list[int]) -> None:
         """Parameters outside the layers with rules that are added by broadcast over the examples (a learned
@@ -436,6 +452,8 @@ class PerExample:
                 self.bare.add(k)
 
     def _broadcast(self, shape: tuple, cut, grad_outputs) -> None:
+        if torch.is_grad_enabled():
+            self.double = True
         if not self.armed or grad_outputs[0] is None:
             return
         d = grad_outputs[0] if cut is None else grad_outputs[0].narrow(*cut)  # a class token's part of a cat
@@ -452,6 +470,8 @@ class PerExample:
             self._backward(embedding, mod, slots, idx, grad_outputs[0])
 
     def _backward(self, rule, mod, slots, x: Tensor, d: Tensor) -> None:
+        if torch.is_grad_enabled():  # a create_graph pass (an input-gradient penalty): see ``end_backward``
+            self.double = True
         if not self.armed:
             return
         self.rows.add(x.shape[0])  # at arrival: a forward whose graph never reaches a backward counts nothing
@@ -474,6 +494,8 @@ class PerExample:
         """A Linear (or HF Conv1D) on [B, in]: g_i = δ_i x_iᵀ, so |g_i|² = |δ_i|²|x_i|² for the weight and |δ_i|² for
         the bias, Σ_i |δ_i|²(|x_i|² + 1) for both: two row-wise dot products and one B-long one (the general rule when
         a parameter is used twice). Few kernels matter here: on a small model each costs as much as the arithmetic."""
+        if torch.is_grad_enabled():  # a create_graph pass (an input-gradient penalty): see ``end_backward``
+            self.double = True
         if not self.armed:
             return
         if any(self.expected[k] != 1 for _, k in slots) or _autocast_on(d.device.type) or x.element_size() < 4:
@@ -483,7 +505,9 @@ class PerExample:
         try:  # Σ_i |δ_i|²(|x_i|² + 1) for weight and bias together: four kernels
             d = _wide(d)  # at least float32 (a bf16 δ under autocast)
             d2 = torch.linalg.vecdot(d, d)
-            names = [name for name, _ in slots]
+            names = [name for name, k in slots if self.params[k].requires_grad]  # not those frozen since
+            if not names:
+                return
             if names == ["bias"]:
                 self.parts.append(d2.sum())
             else:
@@ -495,7 +519,7 @@ class PerExample:
     def _take(self, mod, found: dict, slots) -> None:
         """One call's per-example pieces {name: piece} → squared norms (cross terms once all uses are in)."""
         for name, k in slots:
-            if name not in found:
+            if name not in found or not self.params[k].requires_grad:  # frozen since the tracker was made
                 continue
             shape = self.params[k].shape
             if self.expected[k] == 1:
@@ -528,6 +552,8 @@ class PerExample:
     def _site(self, call, slots, site, n: int, d: Tensor) -> None:
         """δ of one projection of an attention call; the call's pieces are taken once all n have arrived (or at
         the end of the backward: a projection whose δ never came has a zero gradient)."""
+        if torch.is_grad_enabled():  # a create_graph pass (an input-gradient penalty): see ``end_backward``
+            self.double = True
         if not self.armed:
             return
         try:
@@ -565,6 +591,11 @@ class PerExample:
                     "an nn.Embedding called on positions shared by the batch ([T] or [1, T], as GPT-2 and nanoGPT "
                     "do) is not supported by the tracker's per-example norms" if self.shared_positions else
                     f"the hooked layers saw different batch sizes {sorted(self.rows)} in one backward")
+            if self.failure is None and self.double:
+                self.failure = ("a backward pass with create_graph=True ran through the hooked layers (an "
+                                "input-gradient penalty, torch.autograd.grad(..., create_graph=True)): the weights' "
+                                "gradients then have second-order parts the per-example hooks do not see")
+            self.double = False
             if self.failure is None and self.square is not None and self.square_layers:
                 self.failure = (f"an nn.MultiheadAttention with batch_first=False was fed a sequence as long as the "
                                 f"batch (T = B = {self.square}): whether the layers around it see [T, B, …] or "
@@ -576,8 +607,9 @@ class PerExample:
                                 "does not keep the examples on dim 0")
             if self.failure is None and self.functional:
                 self.failure = (f"{', '.join(self.functional[:3])} used outside their layers too (applied "
-                                "functionally, e.g. F.linear(h, emb.weight)), which the per-example hooks cannot "
-                                "see; tie an nn.Linear to the weight instead (head.weight = emb.weight)")
+                                "functionally, e.g. F.linear(h, emb.weight), or read directly, e.g. "
+                                "wpe.weight[:T]), which the per-example hooks cannot see; call the layer instead (for "
+                                "a tied weight: an nn.Linear with head.weight = emb.weight)")
             if self.failure is None:
                 self.failure = self.uncovered_used()
             if self.failure is None and self.parts and self.rows:

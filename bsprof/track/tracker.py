@@ -83,20 +83,31 @@ class _InputRows:
     def __init__(self):
         self.seen = 0
         self.pending = 0
+        self.calls = 0          # this step's forwards with grad enabled (backward passes beyond them: ``step``)
 
     def __call__(self, module, args, kwargs) -> None:
         x = args[0] if args else next(iter(kwargs.values()), None)
         ok = isinstance(x, torch.Tensor) and x.dim() > 0 and torch.is_grad_enabled()
         self.pending = x.shape[0] if ok else 0
+        self.calls += torch.is_grad_enabled()
 
     def output(self, module, args, kwargs, out) -> None:
         n, self.pending = self.pending, 0
         t = _first_grad_tensor(out) if n else None
         if t is not None:
-            t.register_hook(functools.partial(self._reached, n))
+            t.register_hook(functools.partial(self._reached, [n]))
 
-    def _reached(self, n: int, grad) -> None:
-        self.seen += n
+    def _reached(self, rows: list, grad) -> None:
+        """Count a forward's rows once, however many passes reach it (a gradient penalty's autograd.grad, then the
+        backward)."""
+        self.seen += rows[0]
+        rows[0] = 0
+
+    def reset(self) -> tuple[int, int]:
+        """(rows seen, forwards with grad enabled) since the last reset."""
+        out = (self.seen, self.calls)
+        self.seen, self.calls = 0, 0
+        return out
 
 
 def _check_window(window) -> None:
@@ -185,12 +196,14 @@ class Tracker:
         if not self.params:
             raise TrackerError("the model has no parameter that requires a gradient", "pass the model you train")
         updated = _updated_by(optimizer)
+        self._optimizer, self._not_updated = optimizer, []  # trainable but not the optimizer's: checked at each step
         if updated is not None and any(id(p) in updated for p in self.params):
             left = [n for n, p in zip(names, self.params) if id(p) not in updated]
             if left:  # gradients the optimizer never applies are not the training's noise
                 warnings.warn(f"bsprof tracker: the optimizer does not update {len(left)} of the model's "
                               f"{len(self.params)} trainable parameters ({_listed(left)}): the noise scale is "
                               "measured over the ones it updates", stacklevel=2)
+                self._not_updated = [(n, p) for n, p in zip(names, self.params) if id(p) not in updated]
                 names, self.params = map(list, zip(*[(n, p) for n, p in zip(names, self.params) if id(p) in updated]))
         tracked = {id(p) for p in self.params}
         self._asleep = [(n, p) for n, p in model.named_parameters() if id(p) not in tracked and not p.requires_grad
@@ -306,7 +319,15 @@ class Tracker:
         record = self.hooks.take()
         number = self.step_count if step is None else step
         self.step_count = number + 1
-        rows, self.rows.seen = self.rows.seen, 0
+        rows, calls = self.rows.reset()
+        if 0 < calls < record.count:  # a forward backpropagated twice: the pair would count its examples twice
+            if self.world > 1:
+                self._reduce_step(math.nan, math.nan, True, 0, 0)
+            self._fail(f"{record.count} backward passes in this step went through {calls} forward(s) of the model "
+                       "(retain_graph=True, e.g. l1.backward(retain_graph=True); l2.backward(), or "
+                       "torch.autograd.grad(loss, model.parameters()) before it): the tracker would take them for "
+                       "separate batches of examples, and the pair would be wrong",
+                       "sum the losses and call backward once: (l1 + l2).backward()")
         draw, pre = self._pair(record, batch_size if batch_size is not None else self.batch_size, loss, loss_scale,
                                rows, given=batch_size is not None)
         self._check_rows(draw.B // self.world, rows)
@@ -346,8 +367,12 @@ class Tracker:
             loss = self._number("loss", loss, float, "pass the step's loss (a number or a one-element tensor), or "
                                 "nothing")
         woke = [n for n, p in self._asleep if p.requires_grad]
+        if self._not_updated:  # a parameter group added since (staged fine-tuning: add_param_group)
+            now = _updated_by(self._optimizer) or set()
+            woke += [n for n, p in self._not_updated if id(p) in now]
         if woke:
-            self._fail(f"{_listed(woke)} became trainable after the Tracker was made: its hooks do not see their "
+            self._fail(f"{_listed(woke)} became trainable (or joined the optimizer) after the Tracker was made: its "
+                       "hooks do not see their "
                        "gradients, so |G|² and tr(Σ) would leave them out",
                        "make the Tracker after unfreezing: tracker.close(), then a new Tracker(model, …)")
         return loss_scale, lr, step, batch_size, loss
@@ -366,7 +391,7 @@ class Tracker:
         if self.closed:
             raise self._closed("discard")
         self.hooks.take()
-        self.rows.seen = 0
+        self.rows.reset()
         self.step_count += 1
         self.examples += int(batch_size or 0) * self.world
 
