@@ -124,13 +124,30 @@ def test_more_eval_examples_than_the_dataset_holds_is_said():
     from bsprof.sweep.config import sweep_config
 
     setup = SimpleNamespace(optimizer="SGD", base_lr=0.1, rule="linear", b_noise=None, n_eval=2000, held_out=False,
-                            n_data=2000)
+                            n_data=2000, spec=SimpleNamespace(optimizer=None))
     for asked, said in ((5000, True), (2000, True), (0, False), (1999, False)):
         cfg = sweep_config(method="local", base_batch=4, eval_examples=asked)
         if asked == 1999:   # 1,999 evaluated, one left to train on (not said), or with --no-holdout all 2,000
             setup.n_eval, setup.held_out = 1999, True
         notes = " ".join(_notes(setup, cfg, Estimate(8.0, 8.0, 16.0), [], []))
         assert ("is not below the dataset's 2000 examples" in notes) == said, notes
+
+
+def test_an_lr_the_specs_own_optimizer_overrides_is_said():
+    """`bsprof sweep spec.py --lr 0.05` with a spec whose optimizer() sets lr 0.1: the sweep ran at 0.1 and
+    recorded 0.05 in its config, without a word (`bsprof measure` says so)."""
+    from types import SimpleNamespace
+
+    from bsprof.results import Estimate
+    from bsprof.sweep.api import _notes
+    from bsprof.sweep.config import sweep_config
+
+    for own, lr, said in ((object(), 0.05, True), (object(), None, False), (None, 0.05, False)):
+        setup = SimpleNamespace(optimizer="SGD", base_lr=0.1 if own else 0.05, rule="linear", b_noise=None,
+                                n_eval=100, held_out=True, n_data=2000, spec=SimpleNamespace(optimizer=own))
+        cfg = sweep_config(method="local", base_batch=4, **({"lr": lr} if lr else {}))
+        notes = " ".join(_notes(setup, cfg, Estimate(8.0, 8.0, 16.0), [], []))
+        assert ("--lr 0.05 was not used: the spec's optimizer() sets its own learning rate (0.1)" in notes) == said
 
 
 def test_library_local_and_partial_results_on_interrupt():

@@ -655,6 +655,13 @@ def test_step_arguments_none_and_not_numbers():
     tracker = Tracker(model, accumulation_steps=2, batch_size=64)
     _backward(model, 2)
     assert tracker.step(loss=2.5).loss == 2.5 and tracker.step_count == 1
+    for scale, match in (("1024", "loss_scale must be a number"), (True, "loss_scale must be a number"),
+                         (float("inf"), "loss_scale must be a positive finite number")):  # all three were taken
+        model = mlp()
+        tracker = Tracker(model, accumulation_steps=2, batch_size=64)
+        _backward(model, 2)
+        with pytest.raises(TrackerError, match=match):
+            tracker.step(loss_scale=scale)
 
 
 def test_step_before_backward():

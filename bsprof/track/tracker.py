@@ -378,8 +378,11 @@ class Tracker:
         return loss_scale, lr, step, batch_size, loss
 
     def _number(self, name: str, value, kind, hint: str):
-        """``kind(value)`` (a 0-d tensor too), or close the tracker with a TrackerError before any state moves."""
+        """``kind(value)`` (a 0-d tensor too), or close the tracker with a TrackerError before any state moves. A
+        string or a bool is not a number here ("1024", True), though ``float`` would take them."""
         try:
+            if isinstance(value, (str, bytes, bool)):
+                raise TypeError(type(value).__name__)
             return kind(value.item() if torch.is_tensor(value) else value)
         except (TypeError, ValueError, RuntimeError):
             self._fail(f"tracker.step(): {name} must be a number (got {type(value).__name__})", hint)
@@ -481,8 +484,8 @@ class Tracker:
                        "set_requires_gradient_sync(False)): its gradients were not reduced over the ranks",
                        "run the last micro-step with gradient sync on, then call tracker.step()")
         u = float(loss_scale) / (declared or 1)  # the backward's loss = u × the micro-batch's mean loss
-        if not u > 0:
-            self._fail(f"loss_scale must be positive (got {loss_scale})", "pass scaler.get_scale()")
+        if not (u > 0 and math.isfinite(u)):
+            self._fail(f"loss_scale must be a positive finite number (got {loss_scale})", "pass scaler.get_scale()")
         per_example = bool(t["per_example"])
         if self.source == "per_example" and not per_example:
             self._fail("source='per_example' but no backward of this step ran inside tracker.per_example()",
