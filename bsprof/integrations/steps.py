@@ -58,6 +58,7 @@ class Steps:
         self.per_example_step = False      # every backward of the open step was armed
         self.unmeasured: Counter = Counter()
         self.failed: str | None = None     # the TrackerError that stopped the measurement (hooks removed)
+        self.most = 0                      # the most backward passes a step has had (accumulation when ≥ 2)
 
     def due(self, step: int) -> bool:
         return step % self.every == 0
@@ -81,6 +82,7 @@ class Steps:
         t, sizes, loss, per_example = self.tracker, self.sizes, self.loss, self.per_example_step
         self.sizes, self.loss, self.per_example_step = [], 0.0, False
         k = t.micro_steps
+        self.most = max(self.most, k)
         known = [n for n in sizes if n is not None]
         total = sum(known) if len(known) == len(sizes) else None
         reason = None
@@ -89,7 +91,8 @@ class Steps:
         if not self.due(step):
             reason = "not due"
         elif not per_example and k == 1 and t.world < 2:
-            reason = "one backward and no per-example norms"
+            reason = ("a short step (an epoch's last)" if self.most >= 2 else
+                      "one backward and no per-example norms")
         elif not per_example and (total is None or len(sizes) != k or len(set(known)) != 1):
             reason = "micro-batches of different sizes (or of unknown size)"
         if reason is not None:
