@@ -200,6 +200,11 @@ def test_growth_beside_a_lower_bound_says_it_is_the_determined_values():
     console = Console(width=200, record=True)
     console.print(report_table(Report(measurements=rows)))
     assert "(its determined values grew 6.1× over the run)" in console.export_text()
+    rows = [{"step": s, "loss": 1.0 / (s + 1), "b_simple": b, "b_simple_lo": lo, "b_simple_hi": hi, "status": "ok"}
+            for s, b, lo, hi in ((0, 294.0, 200.0, 517.0), (10, 148.0, 117.0, 196.0))]  # a trial's fixed weights
+    console = Console(width=200, record=True)
+    console.print(report_table(Report(measurements=rows)))
+    assert "(fell to 0.50× (−50%) over the run; their intervals overlap)" in console.export_text()
 
 
 def test_the_summary_says_which_probe_measured_and_why():

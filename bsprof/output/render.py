@@ -70,8 +70,11 @@ def report_table(report, summary=None) -> Group:
         parts.append(Text(headline_text(s), style="bold"))
         line = f"B_simple at step {s.step}: {estimate_text(s.b_simple)} {report.unit}"
         if s.growth is not None:   # from the first to the last determined value, which may be an earlier row
-            line += (f"   ({growth_text(s.growth)} over the run)" if s.b_simple.ok else
-                     f"   (its determined values {growth_text(s.growth)} over the run)")
+            ok = [r.b_simple for r in report.measurements if r.b_simple.ok]
+            same = ok[0].lo <= ok[-1].hi and ok[-1].lo <= ok[0].hi  # a change their intervals do not resolve
+            tail = "; their intervals overlap" if same else ""
+            line += (f"   ({growth_text(s.growth)} over the run{tail})" if s.b_simple.ok else
+                     f"   (its determined values {growth_text(s.growth)} over the run{tail})")
         for key, name in (("b_noise", "B_noise"), ("b_pre", "B_pre")):
             if getattr(s, key) is not None:
                 line += f";  {name}: {estimate_text(getattr(s, key))}"
