@@ -201,7 +201,7 @@ def test_growth_beside_a_lower_bound_says_it_is_the_determined_values():
     console.print(report_table(Report(measurements=rows)))
     assert "(its determined values grew 6.1× over the run)" in console.export_text()
     rows = [{"step": s, "loss": 1.0 / (s + 1), "b_simple": b, "b_simple_lo": lo, "b_simple_hi": hi, "status": "ok"}
-            for s, b, lo, hi in ((0, 294.0, 200.0, 517.0), (10, 148.0, 117.0, 196.0))]  # a trial's fixed weights
+            for s, b, lo, hi in ((0, 250.0, 150.0, 400.0), (10, 125.0, 100.0, 200.0))]
     console = Console(width=200, record=True)
     console.print(report_table(Report(measurements=rows)))
     assert "(fell to 0.50× (−50%) over the run; their intervals overlap)" in console.export_text()
