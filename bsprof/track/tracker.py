@@ -282,7 +282,8 @@ class Tracker:
             raise TrackerError(f"per-example norms are not available: {why}",
                                "use gradient accumulation (accumulation_steps >= 2)" if self.source == "per_example"
                                or src is not None and src.problem else
-                               "use gradient accumulation, or make the tracker with source='per_example'")
+                               "drop the `with tracker.per_example():` block (this tracker measures the micro-batches "
+                               "of your accumulation), or make the tracker with source='per_example'")
         src.armed = True
         try:
             yield self
