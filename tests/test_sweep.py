@@ -335,7 +335,7 @@ def test_a_sweep_that_found_only_a_lower_bound_gives_lower_bound_ratios():
                                critical_by_seed=(), notes=(), incomplete=view_incomplete, comparison=bound,
                                compute=SimpleNamespace(train_examples=0, eval_examples=0, seconds=0.0))
         text = "\n".join(summary_lines(view))
-        assert f"≥ 128 ({said})" in text and "sweep/B_simple ≥ 0.149" in text, text
+        assert f"≥ 128 examples ({said})" in text and "sweep/B_simple ≥ 0.149" in text, text
         assert "sweep / critical batch ≥ " in text and "= " not in text.split("sweep / critical batch")[1][:3]
 
 
@@ -590,8 +590,8 @@ def test_a_flat_steps_curve_does_not_determine_b_crit():
     rows = [Branch(b, 0.1, 1.0, s, 100, 100 * b, 0.2, 0.01, 1.0, False, 100.0 * (1 + 0.02 * s))
             for b in (16, 32, 64, 128) for s in (0, 1)]
     cfg = SweepConfig(method="global", target_loss=0.2, batches=(16, 32, 64, 128))
-    setup = SimpleNamespace(spec=SimpleNamespace(info=lambda: {}), initial_loss=1.0, optimizer="SGD", base_lr=0.1,
-                            rule="linear", b_noise=None, n_eval=100, held_out=True, n_data=1000)
+    setup = SimpleNamespace(spec=SimpleNamespace(info=lambda: {}, optimizer=None), initial_loss=1.0, optimizer="SGD",
+                            base_lr=0.1, rule="linear", b_noise=None, n_eval=100, held_out=True, n_data=1000)
     budget = SimpleNamespace(train_examples=0, eval_examples=0, seconds=0.0)
     result = api._global_result(setup, cfg, rows, budget, None, None, 200)
     assert result.critical.status == "undetermined"

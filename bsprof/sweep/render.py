@@ -40,9 +40,7 @@ def summary_lines(r) -> list[str]:
     u = r.unit
     lines = []
     if r.method == "local":
-        lines.append(f"critical batch (local): {_bracket(r.critical, r.incomplete)}" + (f" {u}" if r.critical.ok or
-                                                                           r.critical.status.value == "lower_bound"
-                                                                           else ""))
+        lines.append(f"critical batch (local): {_bracket(r.critical, r.incomplete, u)}")
         if len(r.critical_by_seed) > 1:
             v = sorted(r.critical_by_seed)
             lines.append(f"  per seed: {', '.join(fmt(x) for x in r.critical_by_seed)} "
@@ -81,12 +79,13 @@ def summary_lines(r) -> list[str]:
     return lines
 
 
-def _bracket(est, incomplete: dict | None = None) -> str:
+def _bracket(est, incomplete: dict | None = None, unit: str = "") -> str:
+    u = f" {unit}" if unit else ""
     if est.status.value == "lower_bound":
-        return f"≥ {fmt(est.lo)} (every batch {'run so far ' if incomplete else ''}passed)"
+        return f"≥ {fmt(est.lo)}{u} (every batch {'run so far ' if incomplete else ''}passed)"
     if not est.ok:
         return "undetermined"
-    return f"{fmt(est.value)}  (bracket [{fmt(est.lo)}, {fmt(est.hi)}])"
+    return f"{fmt(est.value)}{u}  (bracket [{fmt(est.lo)}, {fmt(est.hi)}])"
 
 
 def result_view(r) -> Group:
