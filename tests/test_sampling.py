@@ -80,3 +80,16 @@ def test_a_measurement_leaves_batchnorm_running_statistics_alone(tmp_path):
     assert report.measurements[0].n_draws >= 1
     assert int(bn.num_batches_tracked) == 0
     assert torch.equal(bn.running_mean, torch.zeros(8)) and torch.equal(bn.running_var, torch.ones(8))
+
+
+def test_a_cap_applies_from_min_draws_on():
+    """``cap_seconds`` (the measurement's hard cap that B_pre gets after B_noise) stops an unbounded measurement only
+    once it has its --min-draws: a cap left by B_noise gave B_pre one draw and no interval (a reviewer's finding);
+    --max-seconds (``max_seconds``) still stops it at any draw."""
+    model = LeastSquares.isotropic(5, 0.0, 0.5)  # G = 0: precision never stops it
+    _, draws, stopped = measure_at(net_at(model), ls_loss, FreshLeastSquares(model, 1),
+                                   _s(cap_seconds=1e-6, min_draws=4), GROUP)
+    assert stopped == "time" and len(draws) == 4
+    _, draws, stopped = measure_at(net_at(model), ls_loss, FreshLeastSquares(model, 1),
+                                   _s(cap_seconds=1e-6, max_seconds=1e-6, min_draws=4), GROUP)
+    assert stopped == "time" and len(draws) == 1

@@ -45,6 +45,7 @@ class Sampling:
     max_examples: int
     max_seconds: float
     budget_seconds: float = math.inf  # after min_draws, stop once this many seconds are spent ("budget")
+    cap_seconds: float = math.inf     # from min_draws on, stop before a draw would end past it, bounded or not
 
 
 def groups_of(names: list[str]) -> tuple[list[str], np.ndarray]:
@@ -177,6 +178,9 @@ def _measure(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, group
         if s.b == 1 and examples.n is not None and B == examples.n:
             return est, draws, stopping.degenerate(est.g2_hi, _ratio(est)) or EXACT
         why = stop(len(draws), est.rel_halfwidth, spent, elapsed, est.g2_hi, _ratio(est))
+        n = len(draws)
+        if why is None and n >= s.min_draws and elapsed * (n + 1) / n > s.cap_seconds:
+            why = stopping.TIME  # the measurement's hard cap, once it has its minimum of draws
         if why is not None:
             return est, draws, why
         B = next_batch(est, s, B, examples.n, comm.world)

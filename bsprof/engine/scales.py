@@ -57,7 +57,10 @@ def preconditioned_fields(model, loss_fn, examples: DrawSource, optimizer, sampl
     if p is None:
         return {"b_pre": Estimate.none(Status.NOT_AVAILABLE)}
     probe = preconditioned(sampling.probe, p)
-    s = dataclasses.replace(sampling, probe=probe, b=1 if probe.per_example else cfg.micro_batch)
+    # the measurement's cap (``loop._left``) applies from --min-draws on, as B_noise's: a cap shared with B_noise
+    # left B_pre one draw and no interval (a reviewer's finding); --max-seconds stays the hard limit
+    s = dataclasses.replace(sampling, probe=probe, b=1 if probe.per_example else cfg.micro_batch,
+                            max_seconds=cfg.max_seconds, cap_seconds=sampling.max_seconds)
     est, _, stopped = measure_at(model, loss_fn, examples, s, group)
     return {"b_pre": Estimate(est.b_simple, est.b_simple_lo, est.b_simple_hi, est.status).scaled(scale),
             "b_pre_stopped_by": stopped}

@@ -326,6 +326,7 @@ class PerExample:
         self.square: int | None = None     # T = B of a batch_first=False attention call in this pass
         self.square_layers = False         # a hooked layer other than attention was fed [N, N, …] in this pass
         self.double = False                # hooks ran in a create_graph pass since the last armed backward
+        self.taken: Counter = Counter()    # per-example pieces taken per parameter in this backward
         self.model = model
         self.handles = []
         self.functional: list[str] = []  # hooked parameters also used outside their layers (``_used_outside``)
@@ -409,21 +410,28 @@ class PerExample:
             if type(node).__name__ == "AddBackward0" and alpha == 1 and shape and shape[1:] == positions:
                 idx = x.reshape(1, -1).expand(shape[0], -1)
                 node.register_prehook(partial(self._shared_delta, emb, slots, idx))
-            elif x.dim() == 1 and self._one_per_example(x, node):  # ids [B]: a label or user embedding
+            elif x.dim() == 1 and self._one_per_example(x, out, node):  # ids [B]: a label or user embedding
                 out.register_hook(partial(self._backward, embedding, emb, slots, x))
             elif users:
                 self.failure = ("an nn.Embedding called on positions shared by the batch ([T] or [1, T]) whose "
                                 "output is not added to a batched tensor is not supported by the tracker's "
                                 "per-example norms")
 
-    def _one_per_example(self, x: Tensor, node) -> bool:
+    def _one_per_example(self, x: Tensor, out: Tensor, node) -> bool:
         """An embedding called on 1-D indices that are not positions broadcast over the batch: one index per
         example (a class label, a user id), its output [B, d] used row by row. Told from positions [T] by the model
-        input's dim 0 (B) and by the output's use: positions are broadcast (added to [B, T, d], directly or after
-        ``unsqueeze(0)``), so with T = B an output unsqueezed on dim 0 is not taken as one row per example."""
+        input's dim 0 (B) and by the output's use: positions are broadcast (added to [B, T, d], directly or after a
+        view, reshape, unsqueeze or expand that gives them a leading dim of 1 or more elements), so with T = B an
+        output whose first use changes its leading dim or its size is not taken as one row per example."""
         if self.inputs and x.shape[0] not in self.inputs:
             return False
-        return not (type(node).__name__ == "UnsqueezeBackward0" and getattr(node, "_saved_dim", None) == 0)
+        if node is None or not type(node).__name__.startswith(("View", "Reshape", "Unsqueeze", "Expand", "AsStrided")):
+            return True
+        try:
+            shape = tuple(node._input_metadata[0].shape)  # the view's output
+        except Exception:
+            return False
+        return bool(shape) and shape[0] == out.shape[0] and math.prod(shape) == out.numel()
 
     def _used_outside(self, output) -> list[str]:
         """Parameters of the layers with rules that the model's graph uses more often than those layers were
@@ -452,7 +460,7 @@ class PerExample:
                 self.bare.add(k)
 
     def _broadcast(self, shape: tuple, cut, grad_outputs) -> None:
-        if torch.is_grad_enabled():
+        if not self.armed and torch.is_grad_enabled():
             self.double = True
         if not self.armed or grad_outputs[0] is None:
             return
@@ -470,9 +478,9 @@ class PerExample:
             self._backward(embedding, mod, slots, idx, grad_outputs[0])
 
     def _backward(self, rule, mod, slots, x: Tensor, d: Tensor) -> None:
-        if torch.is_grad_enabled():  # a create_graph pass (an input-gradient penalty): see ``end_backward``
-            self.double = True
         if not self.armed:
+            if torch.is_grad_enabled():  # a create_graph pass before the block (a gradient penalty): ``end_backward``
+                self.double = True
             return
         self.rows.add(x.shape[0])  # at arrival: a forward whose graph never reaches a backward counts nothing
         if isinstance(mod, nn.Embedding) and x.shape[0] == 1:
@@ -494,9 +502,9 @@ class PerExample:
         """A Linear (or HF Conv1D) on [B, in]: g_i = δ_i x_iᵀ, so |g_i|² = |δ_i|²|x_i|² for the weight and |δ_i|² for
         the bias, Σ_i |δ_i|²(|x_i|² + 1) for both: two row-wise dot products and one B-long one (the general rule when
         a parameter is used twice). Few kernels matter here: on a small model each costs as much as the arithmetic."""
-        if torch.is_grad_enabled():  # a create_graph pass (an input-gradient penalty): see ``end_backward``
-            self.double = True
         if not self.armed:
+            if torch.is_grad_enabled():  # a create_graph pass before the block (a gradient penalty): ``end_backward``
+                self.double = True
             return
         if any(self.expected[k] != 1 for _, k in slots) or _autocast_on(d.device.type) or x.element_size() < 4:
             self._backward(rule, mod, slots, x, d)
@@ -508,6 +516,7 @@ class PerExample:
             names = [name for name, k in slots if self.params[k].requires_grad]  # not those frozen since
             if not names:
                 return
+            self.taken.update(k for _, k in slots)
             if names == ["bias"]:
                 self.parts.append(d2.sum())
             else:
@@ -521,6 +530,7 @@ class PerExample:
         for name, k in slots:
             if name not in found or not self.params[k].requires_grad:  # frozen since the tracker was made
                 continue
+            self.taken[k] += 1
             shape = self.params[k].shape
             if self.expected[k] == 1:
                 self.parts.append(sq_sum(found[name], shape, self.scratch))
@@ -552,9 +562,9 @@ class PerExample:
     def _site(self, call, slots, site, n: int, d: Tensor) -> None:
         """δ of one projection of an attention call; the call's pieces are taken once all n have arrived (or at
         the end of the backward: a projection whose δ never came has a zero gradient)."""
-        if torch.is_grad_enabled():  # a create_graph pass (an input-gradient penalty): see ``end_backward``
-            self.double = True
         if not self.armed:
+            if torch.is_grad_enabled():  # a create_graph pass before the block (a gradient penalty): ``end_backward``
+                self.double = True
             return
         try:
             with torch.autocast(d.device.type, enabled=False):
@@ -591,11 +601,11 @@ class PerExample:
                     "an nn.Embedding called on positions shared by the batch ([T] or [1, T], as GPT-2 and nanoGPT "
                     "do) is not supported by the tracker's per-example norms" if self.shared_positions else
                     f"the hooked layers saw different batch sizes {sorted(self.rows)} in one backward")
-            if self.failure is None and self.double:
-                self.failure = ("a backward pass with create_graph=True ran through the hooked layers (an "
-                                "input-gradient penalty, torch.autograd.grad(..., create_graph=True)): the weights' "
-                                "gradients then have second-order parts the per-example hooks do not see")
-            self.double = False
+            if self.failure is None and (self.double or any(n > self.expected[k] for k, n in self.taken.items())):
+                self.failure = ("a backward pass with create_graph=True ran through the hooked layers before this "
+                                "one (an input-gradient penalty, torch.autograd.grad(..., create_graph=True)): the "
+                                "weights' gradients then have second-order parts the per-example hooks do not see")
+            self.double, self.taken = False, Counter()
             if self.failure is None and self.square is not None and self.square_layers:
                 self.failure = (f"an nn.MultiheadAttention with batch_first=False was fed a sequence as long as the "
                                 f"batch (T = B = {self.square}): whether the layers around it see [T, B, …] or "
@@ -617,6 +627,7 @@ class PerExample:
             if self.failure is not None:
                 record.per_example_failure = self.failure
         self.expected, self.rows, self.pending, self.parts, self.failure = Counter(), set(), defaultdict(list), [], None
+        self.taken = Counter()
         self.shared_positions, self.open, self.inputs, self.shared = False, {}, set(), []
         self.bare, self.square, self.square_layers = set(), None, False
         self.scratch = Scratch()  # not held between steps

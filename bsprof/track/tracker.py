@@ -255,6 +255,7 @@ class Tracker:
         # a recurrent or attention layer fed [T, B, …]: dim 0 of the model's input is then not the batch
         self._seq_first = any(isinstance(m, (nn.RNNBase, nn.MultiheadAttention)) and not getattr(m, "batch_first", True)
                               for m in model.modules())
+        self._passes_warned = False
         self._input_hook = (model.register_forward_pre_hook(self.rows, with_kwargs=True),
                             model.register_forward_hook(self.rows.output, with_kwargs=True))
         self.log = None
@@ -282,8 +283,9 @@ class Tracker:
             raise TrackerError(f"per-example norms are not available: {why}",
                                "use gradient accumulation (accumulation_steps >= 2)" if self.source == "per_example"
                                or src is not None and src.problem else
-                               "drop the `with tracker.per_example():` block (this tracker measures the micro-batches "
-                               "of your accumulation), or make the tracker with source='per_example'")
+                               "drop the `with tracker.per_example():` block (this tracker measures "
+                               + ("across the ranks" if self.world > 1 else "the micro-batches of your accumulation")
+                               + "), or make the tracker with source='per_example'")
         src.armed = True
         try:
             yield self
@@ -321,14 +323,22 @@ class Tracker:
         number = self.step_count if step is None else step
         self.step_count = number + 1
         rows, calls = self.rows.reset()
-        if 0 < calls < record.count:  # a forward backpropagated twice: the pair would count its examples twice
-            if self.world > 1:
-                self._reduce_step(math.nan, math.nan, True, 0, 0)
-            self._fail(f"{record.count} backward passes in this step went through {calls} forward(s) of the model "
-                       "(retain_graph=True, e.g. l1.backward(retain_graph=True); l2.backward(), or "
-                       "torch.autograd.grad(loss, model.parameters()) before it): the tracker would take them for "
-                       "separate batches of examples, and the pair would be wrong",
-                       "sum the losses and call backward once: (l1 + l2).backward()")
+        if 0 < calls < record.count:  # a forward backpropagated more than once
+            what = (f"{record.count} backward passes ran in this step through {calls} forward(s) of the model (two "
+                    "losses, each with its own backward and retain_graph=True; torch.autograd.grad on the parameters "
+                    "before the backward; a reentrant checkpoint, use_reentrant=True, which runs a backward of its "
+                    "own)")
+            if record.per_example:  # per-example norms of one forward's examples, taken twice: wrong
+                if self.world > 1:
+                    self._reduce_step(math.nan, math.nan, True, 0, 0)
+                self._fail(f"{what}: the per-example norms would count the forward's examples once per pass",
+                           "sum the losses and call backward once: (l1 + l2).backward(); checkpoint with "
+                           "use_reentrant=False")
+            if not self._passes_warned:  # micro-batches: right for losses on disjoint slices of one forward's batch
+                self._passes_warned = True
+                warnings.warn(f"bsprof tracker: {what}. Each pass is taken for a micro-batch: right when each loss "
+                              "covers its own slice of the batch, wrong when they are terms of one loss on the same "
+                              "examples (sum them and call backward once) (shown once)", stacklevel=2)
         draw, pre = self._pair(record, batch_size if batch_size is not None else self.batch_size, loss, loss_scale,
                                rows, given=batch_size is not None)
         self._check_rows(draw.B // self.world, rows)
