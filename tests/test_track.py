@@ -20,6 +20,7 @@ from bsprof.probes.precondition import adam_preconditioner
 from bsprof.stats.draw import Draw
 from bsprof.stats.estimators import noise_scale
 from bsprof.track import Tracker, TrackerError, read_log, report_from_log
+from bsprof.track.log import measurements
 from bsprof.validation.closed_forms import FreshLeastSquares, LeastSquares
 from bsprof.validation.coverage import ls_loss, net_at
 from bsprof.validation.reference import exact_noise_scale
@@ -1285,12 +1286,15 @@ def test_log_windows_too_short_to_determine_join_the_next(tmp_path):
     before = [noise_scale([Draw(np.array([s]), np.array([g]), b, B, 1.0) for s, g in zip(small[i:i + 5], big[i:i + 5])],
                           0.9, same_weights=False).status.value for i in range(0, n, 5)]
     assert before.count("lower_bound") >= 10  # what the fixed windows of 5 would have been
-    report = report_from_log(path, window=5)
-    assert sum(m.n_draws for m in report.measurements) == n
-    assert all(m.b_simple.status.value == "ok" for m in report.measurements)
-    assert max(m.n_draws for m in report.measurements) > 5
+    rows = measurements(read_log(path), window=5)  # the API: joined where undetermined
+    assert sum(m.n_draws for m in rows) == n
+    assert all(m.b_simple.status.value == "ok" for m in rows) and max(m.n_draws for m in rows) > 5
     whole = report_from_log(path, window=n).measurements[0].b_simple
     assert whole.lo <= tr / g2 <= whole.hi
+    report = report_from_log(path, window=5)  # read: widened until nearly every window resolves on its own
+    assert report.config["window_asked"] == 5 and report.config["window"] in (10, 20, 40, 80, 160)
+    assert any(d["code"] == "window_widened" for d in report.diagnostics)
+    assert sum(m.n_draws for m in report.measurements) == n
 
 
 def test_an_unresolved_window_of_a_log_is_called_so(tmp_path):
