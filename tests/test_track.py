@@ -757,7 +757,8 @@ def test_per_example_layers_fed_sequence_first_are_refused():
 def test_a_sequence_first_attention_model_with_as_many_positions_as_examples_is_refused():
     """Tokens [B, T] transposed to [T, B] for an nn.MultiheadAttention(batch_first=False), its Linear head fed
     [T, B, E]: with T ≠ B the rows differ (refused); with T = B they did not, and the pair was silently wrong (a
-    trial saw 65×): now refused too, naming the attention layer and the fix."""
+    trial saw 65×): now refused too, by two forwards without grad on fewer examples (once per tracker, only when a
+    layer is fed [N, N, …]): the layers fed [T, B, …] keep T, and are named."""
     class SeqFirstLM(nn.Module):
         def __init__(self):
             super().__init__()
@@ -768,7 +769,8 @@ def test_a_sequence_first_attention_model_with_as_many_positions_as_examples_is_
             return self.head(h + self.att(h, h, h, need_weights=False)[0]).transpose(0, 1)
 
     for batch, positions, match in ((6, 9, r"different batch sizes \[6, 9\]"),
-                                    (6, 6, r"batch_first=False was fed a sequence as long as the batch \(T = B = 6\)")):
+                                    (6, 6, r"emb, head are fed \[T, B, …\] \(the sequence on dim 0, as long as the "
+                                           r"batch here, 6")):
         torch.manual_seed(0)
         model, tokens = SeqFirstLM().double(), torch.randint(0, 11, (batch, positions + 1))
         tracker = Tracker(model, source="per_example")
@@ -778,6 +780,40 @@ def test_a_sequence_first_attention_model_with_as_many_positions_as_examples_is_
             tracker.step()
         tracker.close()
         assert hooks_left(model) == 0
+
+
+def test_a_linear_fed_sequence_first_with_as_many_positions_as_examples_is_refused_and_batch_first_is_not():
+    """A Linear fed [T, B, F] after a transpose, T = B and no attention layer to give it away (a trial: 0.67× of the
+    exact value, outside its own interval): refused by the two-size check; the same model batch-first, T = B, is
+    measured exactly, and the check's forwards leave the random state as it was."""
+    from bsprof.probes.vmap import per_example_vmap
+
+    class Net(nn.Module):
+        def __init__(self, seq_first):
+            super().__init__()
+            self.seq_first, self.a, self.b = seq_first, nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):  # x: [B, T, 6]
+            h = torch.tanh(self.a(x.transpose(0, 1) if self.seq_first else x))
+            return self.b(nn.functional.dropout(h, 0.0)).mean(0 if self.seq_first else 1)
+
+    x, y = torch.randn(12, 12, 6, dtype=torch.float64), torch.randint(0, 3, (12,))
+    for seq_first in (True, False):
+        torch.manual_seed(0)
+        model = Net(seq_first).double()
+        tracker = Tracker(model, source="per_example")
+        with tracker.per_example():
+            ce(model, (x, y)).mean().backward()
+        state = torch.random.get_rng_state()
+        if seq_first:
+            with pytest.raises(TrackerError, match=r"a, b are fed \[T, B, …\]"):
+                tracker.step()
+        else:
+            draw = tracker.step()
+            ref = per_example_vmap(model, ce, (x, y), 12)
+            assert draw.small_sq_total == pytest.approx(float(ref.small_sq_sum.sum()) / 12, rel=1e-9)
+        assert torch.equal(state, torch.random.get_rng_state())
+        tracker.close()
 
 
 def test_ddp_source_in_one_process_is_a_one_line_error():

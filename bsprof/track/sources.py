@@ -59,6 +59,7 @@ from bsprof.probes.hooks import (
     broadcast_add,
     per_example_broadcast,
 )
+from bsprof.probes.hooks import _rows as _first_rows
 from bsprof.probes.layers import (
     ModuleRule,
     Scratch,
@@ -323,9 +324,10 @@ class PerExample:
         self.inputs: set[int] = set()      # dim 0 of the model's first input, per forward since the last backward
         self.bare: set[int] = set()        # uncovered parameters added by broadcast, hooked in this step's forwards
         self.shared: list = []             # embeddings called on positions shared by the batch, this forward
-        self.square: int | None = None     # T = B of a batch_first=False attention call in this pass
-        self.square_layers = False         # a hooked layer other than attention was fed [N, N, …] in this pass
         self.double = False                # hooks ran in a create_graph pass since the last armed backward
+        self.layout: str | None = None     # "" once ``check_layout`` found the layers batch-first, else why not
+        self.square_mods: set = set()      # hooked layers fed [N, N, …] (N examples or positions?) before that
+        self.last_input = None             # the model's latest (args, kwargs) with grad, until ``check_layout``
         self.taken: Counter = Counter()    # per-example pieces taken per parameter in this backward
         self.model = model
         self.handles = []
@@ -350,6 +352,8 @@ class PerExample:
         x = args[0] if args else next(iter(kwargs.values()), None)
         if isinstance(x, Tensor) and x.dim() > 0 and torch.is_grad_enabled():
             self.inputs.add(x.shape[0])
+            if self.layout is None:
+                self.last_input = (args, kwargs)  # for ``check_layout``, until it has run
         if torch.is_grad_enabled():
             self.double = False  # only a create_graph pass after the step's forward matters (not a reference's)
         if self.norms and torch.is_grad_enabled() and any(m.training for m in self.norms):
@@ -365,8 +369,8 @@ class PerExample:
             self.failure = f"{type(mod).__name__} does not keep the examples on dim 0"
             return
         self.expected.update(k for _, k in slots)
-        if x.dim() >= (2 if rule is embedding else 3) and x.shape[0] == x.shape[1]:
-            self.square_layers = True  # [T, B, …] or [B, T, …] with T = B: only its dims' order would tell
+        if self.layout is None and x.dim() >= (2 if rule is embedding else 3) and x.shape[0] == x.shape[1]:
+            self.square_mods.add(mod)  # [T, B, …] or [B, T, …] with T = B: told apart once, by ``check_layout``
         if rule is embedding and (x.dim() == 1 or x.dim() == 2 and x.shape[0] == 1 and max(self.inputs, default=1) > 1):
             self.shared.append((mod, slots, x.detach(), out))  # positions shared by the batch: ``_model_output``
             return
@@ -432,6 +436,50 @@ class PerExample:
         except Exception:
             return False
         return bool(shape) and shape[0] == out.shape[0] and math.prod(shape) == out.numel()
+
+    def check_layout(self) -> str | None:
+        """Whether the hooked layers fed [N, N, …] with N the step's examples (``square_mods``) keep the examples on
+        dim 0: told by two forwards without grad on the first N − 1 and N − 2 examples of the model's latest input
+        (dim 0 of every tensor argument sliced), as ``bsprof measure`` checks a spec (``hooks.not_batch_first``): a
+        layer fed [T, B, …] (a transpose inside the model) keeps T whatever the batch. Once per tracker, only when
+        such a layer was seen; the random state is kept (dropout), nothing is learned. The reason the layers do not
+        (naming them), or None."""
+        if self.layout is not None or not self.square_mods or self.last_input is None:
+            return None
+        args, kwargs = self.last_input
+        mods, self.square_mods, self.last_input, self.layout = self.square_mods, set(), None, ""
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        count = x.shape[0]
+        if count < 4:
+            return None
+        seen: dict = defaultdict(set)
+
+        def record(mod, a, kw):
+            t = a[0] if a else next(iter(kw.values()), None)
+            if isinstance(t, Tensor) and t.dim() > 0:
+                seen[mod].add(t.shape[0])
+
+        handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in mods]
+        devices = [t.device for t in _tensors((args, kwargs)) if t.device.type == "cuda"][:1]
+        bad = set()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                for n in (count - 1, count - 2):
+                    seen.clear()
+                    self.model(*_first_rows(args, 0, n), **_first_rows(kwargs, 0, n))
+                    bad |= {m for m in mods if seen[m] and n not in seen[m]}
+        except Exception:  # the model needs its whole batch: the shapes cannot be told apart
+            return None
+        finally:
+            for h in handles:
+                h.remove()
+        if not bad:
+            return None
+        names = [name or "the model" for name, m in self.model.named_modules() if m in bad]
+        self.layout = (f"{', '.join(names[:3])} {'is' if len(names) == 1 else 'are'} fed [T, B, …] (the sequence on "
+                       f"dim 0, as long as the batch here, {count}; a transpose or batch_first=False before it): the "
+                       "per-example norms would take positions for examples (make the layers batch-first)")
+        return self.layout
 
     def _used_outside(self, output) -> list[str]:
         """Parameters of the layers with rules that the model's graph uses more often than those layers were
@@ -553,8 +601,6 @@ class PerExample:
             self.failure = f"{type(mod).__name__}: {call}"
             return
         self.expected.update(k for _, k in slots)
-        if not mod.batch_first and out.dim() == 3 and out.shape[0] == out.shape[1]:
-            self.square = out.shape[0]  # [T, B, E] with T = B: the layers around it cannot be told apart
         sites, call.sites = call.sites, []
         for y, *rest in sites:
             y.register_hook(partial(self._site, call, slots, (None, *rest), len(sites)))
@@ -606,11 +652,6 @@ class PerExample:
                                 "one (an input-gradient penalty, torch.autograd.grad(..., create_graph=True)): the "
                                 "weights' gradients then have second-order parts the per-example hooks do not see")
             self.double, self.taken = False, Counter()
-            if self.failure is None and self.square is not None and self.square_layers:
-                self.failure = (f"an nn.MultiheadAttention with batch_first=False was fed a sequence as long as the "
-                                f"batch (T = B = {self.square}): whether the layers around it see [T, B, …] or "
-                                "[B, T, …] cannot be told from their shapes, and a wrong guess gives wrong norms "
-                                "(make it with batch_first=True, or use a sequence length other than the batch size)")
             if self.failure is None and self.rows and self.inputs and not self.rows <= self.inputs:
                 self.failure = (f"the hooked layers saw {sorted(self.rows)} rows on dim 0 but the model's input had "
                                 f"{sorted(self.inputs)}: a layer fed [T, B, …] (batch_first=False, or a transpose) "
@@ -629,7 +670,7 @@ class PerExample:
         self.expected, self.rows, self.pending, self.parts, self.failure = Counter(), set(), defaultdict(list), [], None
         self.taken = Counter()
         self.shared_positions, self.open, self.inputs, self.shared = False, {}, set(), []
-        self.bare, self.square, self.square_layers = set(), None, False
+        self.bare = set()
         self.scratch = Scratch()  # not held between steps
 
     def uncovered_used(self) -> str | None:

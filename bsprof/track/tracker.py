@@ -320,6 +320,10 @@ class Tracker:
                 self._reduce_step(math.nan, math.nan, True, 0, 0)
             raise
         record = self.hooks.take()
+        src = self.per_example_source
+        if src is not None and record.per_example and src.square_mods:  # once: layers fed [N, N, …], N = examples
+            why = src.check_layout()
+            record.per_example_failure = record.per_example_failure or why
         number = self.step_count if step is None else step
         self.step_count = number + 1
         rows, calls = self.rows.reset()
