@@ -90,6 +90,9 @@ def test_whole_dataset_draw_is_the_exact_reference():
     assert est.b_simple == pytest.approx(exact["b_simple"], rel=1e-9)
     assert est.g2 == pytest.approx(exact["g2"], rel=1e-9)
     assert est.b_simple_lo == est.b_simple_hi == est.b_simple
+    dropped = torch.nn.Sequential(*model[:1], torch.nn.Dropout(0.1), *model[1:])  # active dropout: masks vary
+    est, draws, stopped = measure_at(dropped, _ce, _examples(x, y), _sampling("hooks", 1, start_B=40), group)
+    assert stopped != "exact" and len(draws) > 1 and est.b_simple_lo < est.b_simple_hi
 
 
 def test_layer_breakdown_sums_to_the_total():
