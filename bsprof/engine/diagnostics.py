@@ -86,8 +86,8 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
                         f"batches ({SGD_EXCESS['b_simple_window']} on seven tasks for the training-step windows: it "
                         "overstates the curvature-weighted B_noise), so where the run has training-step windows the "
                         f"critical batch (and `bsprof schedule`) follow {SGD_FACTORS['b_simple_window']:g} × their "
-                        "path average (B_noise with --hessian, and the fixed-weight B_simple where there are no "
-                        "windows, as measured; the headline's reason says which; docs/science.md §6); the table "
+                        "path average (where there are no windows: B_noise with --hessian, else the fixed-weight "
+                        "B_simple, as measured; the headline's reason says which; docs/science.md §6); the table "
                         "shows the noise scales as measured.")
     if name == "SGD" and 0 < beta < 1:
         from bsprof.schedule.plan import calibration
