@@ -316,3 +316,14 @@ def test_a_report_without_its_optimizer_is_read_as_plain_sgd_and_says_so():
     assert "does not record its optimizer" in s.critical_batch_reason and "Tracker(model, optimizer" in \
         s.critical_batch_reason
     assert "does not record its optimizer" not in report("SGD").summary.critical_batch_reason
+
+
+def test_a_diverging_run_has_no_headline():
+    """The loss rose 2.3 → 3.9e5 (an lr of 1e6, a trial): a critical batch over that path was printed beside the
+    loss_rose note; now none, and the reason says why."""
+    rows = [dict(step=100 * i, loss=loss, b_simple=20.0, b_simple_lo=15.0, b_simple_hi=25.0, status="ok",
+                 b_simple_window=20.0, b_simple_window_lo=15.0, b_simple_window_hi=25.0,
+                 b_simple_window_status="ok") for i, loss in enumerate((2.3, 5.0, 3.9e5, 2.9e5))]
+    r = Report(config={"optimizer": "SGD", "batch_size": 32, "lr": 1e6}, measurements=rows)
+    h = critical_batch(r)
+    assert not h.estimate.ok and h.quantity is None and "a diverging run" in h.reason

@@ -144,6 +144,9 @@ def critical_batch(report, target_loss: float | None = None) -> Headline:
     )
 
     rows_all, optimizer = measured(report.measurements), optimizer_name(report.config)  # no cut-short window
+    rose = _diverged(rows_all)
+    if rose and target_loss is None:
+        return Headline(Estimate.none(Status.UNDETERMINED), None, rose)
     cfg = ScheduleConfig(target_loss=1.0, confidence=report.config.get("confidence") or 0.9)
     col, _ = choose_noise(cfg, rows_all, optimizer)
     factors = model_range(optimizer, col)
@@ -179,6 +182,19 @@ def critical_batch(report, target_loss: float | None = None) -> Headline:
         factors = model_range(optimizer, col)
     path = f"path average, loss {max(loss):.3g} → {target:.3g}" + (" (extrapolated)" if extrapolated else "")
     return Headline(widen(Estimate(value, lo, hi), factors), col, reason(optimizer, col, path) + tail)
+
+
+def _diverged(rows) -> str | None:
+    """Why there is no headline when the probe's training diverged (its last measured loss above ``LOSS_ROSE`` × its
+    first, as the ``loss_rose`` note says): the noise scale along a diverging run is not that of a training run (a
+    trial's lr 1e6 printed a critical batch over losses of 3.9e5 → 2.9e5)."""
+    from bsprof.engine.diagnostics import LOSS_ROSE
+
+    losses = [r.loss for r in rows if math.isfinite(r.loss)]
+    if len(losses) >= 2 and losses[0] > 0 and losses[-1] > LOSS_ROSE * losses[0]:
+        return (f"none: the training loss rose from {losses[0]:.4g} to {losses[-1]:.4g}, a diverging run, whose noise "
+                "scales are not those of training; lower --lr and measure again")
+    return None
 
 
 def _unresolved_windows(rows, col: str) -> str:
