@@ -125,7 +125,7 @@ def test_windows_that_are_lower_bounds_are_named_when_the_headline_falls_back():
         row.update(b_simple_window=math.nan, b_simple_window_hi=math.inf, b_simple_window_status="lower_bound")
     s = Report(config=report().config, measurements=rows).summary
     assert s.critical_batch_quantity == "b_simple"
-    assert "this run has 5 training-step window(s), 4 only a lower bound" in s.critical_batch_reason
+    assert "this run has 5 training-step window(s), 4 of them only a lower bound" in s.critical_batch_reason
     assert "--measure-every" in s.critical_batch_reason
     assert "lower bound" not in report().summary.critical_batch_reason   # determined windows: nothing to say
 
