@@ -1,5 +1,6 @@
 """`bsprof measure` end to end through typer's CliRunner: good runs, and every bad input with a clear message."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -694,3 +695,28 @@ def test_a_folder_where_report_json_goes_is_refused_before_training(tmp_path):
     r = run(ASSETS / "tiny_linear.py", "--steps", 5, "-o", tmp_path / "out", "-q", "--no-figures")
     assert r.exit_code == 2 and "a folder of that name is in the way" in " ".join(r.output.split()), r.output
     assert r.output.count("error:") == 1
+
+
+def test_a_last_undetermined_training_window_joins_the_one_before():
+    """The run's last training-step window left |G|² undetermined: its steps were carried to a next window that
+    never came, and counted nowhere (a reviewer's run: 1 of 40 steps; the end of a run, where B_simple is largest).
+    They join the latest determined window, whose row is re-estimated over both."""
+    import numpy as np
+
+    from bsprof.engine.loop import _join_last
+    from bsprof.output.report import Report
+    from bsprof.results import Estimate, Measurement
+    from bsprof.stats.draw import Draw
+    from bsprof.track.window import b_simple_of, windowed
+
+    rng = np.random.default_rng(0)
+    draws = [Draw(np.array([2.0 + 0.1 * rng.standard_normal()]), np.array([1.0 + 0.02 * rng.standard_normal()]),
+                  1, 64, 1.0) for _ in range(12)]
+    ok = b_simple_of(windowed(draws[:10], None, 0.9))
+    row = Measurement(10, 1.0, Estimate(50.0, 40.0, 60.0), Estimate(1.0, 0.9, 1.1), 10.0, b_simple_window=ok,
+                      window_steps=10)
+    report = Report(measurements=[row, dataclasses.replace(row, step=12, window_steps=2)])
+    _join_last(report, (0, tuple(draws[:10])), draws[10:], 0.9, 1.0)
+    first = report.measurements[0]
+    assert first.window_steps == 12
+    assert first.b_simple_window.value == pytest.approx(b_simple_of(windowed(draws, None, 0.9)).value)

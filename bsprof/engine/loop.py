@@ -260,6 +260,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     step, trained, tracker, phase, clock = 0, 0, None, "measuring", cost.RunClock(choosing=choosing)
     window = None  # the training steps' window closed for the measurement at this step, until its row is added
     carried: list = []  # the steps of windows too short to determine |G|², joined to the next (``_close``)
+    last_ok = None      # (row index, draws) of the latest determined window (``_join_last``)
     try:
         for step in range(cfg.steps + 1):
             phase = "measuring"
@@ -279,6 +280,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                                                                     _left(budget, t0), group_index, scale))
                 if window is not None:
                     row = dataclasses.replace(row, b_simple_window=window.estimate, window_steps=window.steps)
+                    if window.estimate.status is Status.OK:
+                        last_ok = (len(report.measurements), window.draws)
                 report.add(row, _layer_rows(step, names, types, est, scale))
                 window = None
                 took = time.perf_counter() - t0   # B_simple's draws (row.seconds) and B_noise / B_pre after them
@@ -322,6 +325,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         window = window or _close(tracker, cfg.confidence, scale, carried)[0]
         if report.incomplete and window is not None:
             _cut_short(report, window, trained, batch_size, complete)
+        elif not report.incomplete and carried and last_ok is not None:
+            _join_last(report, last_ok, carried, cfg.confidence, scale)
         report.timing = clock.to_dict()
         diagnostics.after_run(report)
     return report
@@ -513,6 +518,7 @@ class Window(NamedTuple):
     estimate: Estimate
     steps: int
     loss: float
+    draws: tuple = ()  # the steps' pairs (a last undetermined window joins the one before: ``_join_last``)
 
 
 def _close(tracker, confidence: float, scale: float, carried: list) -> tuple[Window | None, list]:
@@ -531,8 +537,21 @@ def _close(tracker, confidence: float, scale: float, carried: list) -> tuple[Win
     est = b_simple_of(windowed(draws, None, confidence))
     weights = [d.B for d in draws]
     loss = sum(d.loss * w for d, w in zip(draws, weights)) / sum(weights)
-    return (Window(est.scaled(scale), len(draws), float(loss)),
+    return (Window(est.scaled(scale), len(draws), float(loss), tuple(draws)),
             [] if est.status is Status.OK else draws)
+
+
+def _join_last(report: Report, last_ok: tuple, carried: list, confidence: float, scale: float) -> None:
+    """The run's last training-step windows left |G|² undetermined: their steps join the latest determined window
+    (its row re-estimated over both), as a tracker log's last steps do (``track.log.measurements``), so that they
+    count in the curve; left out, the end of the run, where B_simple is largest, was lost (a reviewer's finding)."""
+    index, draws = last_ok
+    joined = [*draws, *carried]
+    est = b_simple_of(windowed(joined, None, confidence))
+    if est.status is Status.OK:
+        row = report.measurements[index]
+        report.measurements[index] = dataclasses.replace(row, b_simple_window=est.scaled(scale),
+                                                         window_steps=len(joined))
 
 
 def _cut_short(report: Report, window: Window, step: int, batch_size: int, complete: bool = False) -> None:
