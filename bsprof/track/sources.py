@@ -442,9 +442,13 @@ class PerExample:
         dim 0: told by two forwards without grad on the first N − 1 and N − 2 examples of the model's latest input
         (dim 0 of every tensor argument sliced), as ``bsprof measure`` checks a spec (``hooks.not_batch_first``): a
         layer fed [T, B, …] (a transpose inside the model) keeps T whatever the batch. Once per tracker, only when
-        such a layer was seen; the random state is kept (dropout), nothing is learned. The reason the layers do not
-        (naming them), or None."""
+        such a layer was seen, and in one process only (several ranks' forwards may run collectives); the random
+        state is kept (dropout), nothing is learned. The reason the layers do not (naming them), or None."""
         if self.layout is not None or not self.square_mods or self.last_input is None:
+            return None
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and \
+                torch.distributed.get_world_size() > 1:  # a forward of a DDP model may run collectives: not here
+            self.layout = ""
             return None
         args, kwargs = self.last_input
         mods, self.square_mods, self.last_input, self.layout = self.square_mods, set(), None, ""
