@@ -100,9 +100,9 @@ def test_b_noise_cut_short_of_min_draws_is_undetermined_and_said():
 
     m = LeastSquares(LAM, DELTA, 0.1)
     draws = [Draw(np.ones(1), np.ones(1), 1, 64, 1.0)]
-    cfg = MeasureConfig(rel_error=1e-6, max_seconds=0.3, min_draws=50)
+    cfg = MeasureConfig(rel_error=1e-6, max_seconds=0.3, min_draws=10**6)  # (50 fit in 0.3 s on a quiet machine)
     out = hessian_fields(net_at(m), ls_loss, FreshLeastSquares(m, 6), draws, cfg, 1.0)
-    assert out["hessian"].n_draws < 50 and math.isnan(out["b_noise"].value)
+    assert out["hessian"].n_draws < 10**6 and math.isnan(out["b_noise"].value)
     cfg = MeasureConfig(rel_error=1e-6, max_seconds=60.0, min_draws=4)
     capped = Sampling(PROBES["hooks"], 1, 256, 64, True, 1e-6, 0.9, 4, 10**9, 1e-3, budget_seconds=1e-3)
     out = hessian_fields(net_at(m), ls_loss, FreshLeastSquares(m, 6), draws, cfg, 1.0, capped)
