@@ -96,10 +96,12 @@ def plain_method(model: nn.Module):
 
 def floor_method(model: nn.Module):
     """The least any exact per-micro-batch statistic costs: plain accumulation plus one squared norm of each
-    parameter's gradient (a dot product in a tensor hook, while it is in cache), and nothing else."""
+    parameter's gradient (a dot product in a tensor hook, while it is in cache), and nothing else. The square is
+    read at once (``.item()``): a 0-d tensor kept to the step's end makes glibc trim and regrow its heap at every
+    backward in some runs (docs/speed.md, "Page faults"), which made this floor itself +4 … +111% over plain."""
     squares = []
     for p in model.parameters():
-        p.register_hook(lambda g: squares.append(torch.dot(g.reshape(-1), g.reshape(-1))))
+        p.register_hook(lambda g: squares.append(torch.dot(g.reshape(-1), g.reshape(-1)).item()))
 
     def step(batches):
         model.zero_grad(set_to_none=True)

@@ -181,6 +181,22 @@ def test_accumulating_draw_matches_the_chunk_by_chunk_reference(model_fn, loss_f
     assert float(fast.loss_sum) == pytest.approx(float(slow.loss_sum), rel=1e-12)
 
 
+def test_cpu_draw_hooks_hold_no_tensors():
+    """On the CPU each micro-batch's squares are read in their hooks (floats): 0-d tensors held to the draw's end
+    made glibc trim and regrow its heap at every backward in some runs (docs/speed.md, "Page faults")."""
+    from bsprof.probes.microbatch import _Norms
+
+    model, (x, y) = _mlp(), _data(16)
+    norms = _Norms([p for p in model.parameters()], True)
+    try:
+        for sl in (slice(0, 8), slice(8, 16)):
+            norms.backward(_ce(model, (x[sl], y[sl])).sum(), 8, sl.start == 8)
+    finally:
+        norms.remove()
+    assert len(norms.values) == 2 * len(list(model.parameters()))
+    assert all(type(v) is float for v in norms.values)
+
+
 def test_accumulating_draw_leaves_the_model_as_it_was():
     """The user's .grad comes back, and no hook is left behind, also when the loss fails mid-draw."""
     from bsprof.probes.microbatch import accumulate

@@ -81,6 +81,19 @@ def test_accumulation_pair_is_the_micro_batch_gradients(declared):
     assert hooks_left(model) == 0
 
 
+def test_cpu_hooks_hold_no_tensors_until_the_step():
+    """On the CPU each pass's squares are read in their hooks (floats, ``StepHooks``): 0-d tensors held to the
+    step's end made glibc trim and regrow its heap at every backward in some runs (docs/speed.md, "Page faults")."""
+    model, (x, y), k = mlp(), data(), 2
+    tracker = Tracker(model, accumulation_steps=k, batch_size=32)
+    for j in range(k):
+        (ce(model, (x[16 * j:16 * j + 16], y[16 * j:16 * j + 16])).mean() / k).backward()
+    small = tracker.hooks.record.small
+    assert len(small) == k * len(list(model.parameters())) and all(type(v) is float for v in small)
+    assert tracker.step() is not None
+    tracker.close()
+
+
 def partly_frozen() -> nn.Module:
     """Linear layers on [B, in] (the rows path: |δ_i|²|x_i|²) without a bias, and with a frozen weight."""
     model = nn.Sequential(nn.Linear(6, 8, bias=False), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))

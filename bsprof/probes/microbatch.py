@@ -60,15 +60,18 @@ class _Norms:
     completes a mark, one dot product per parameter of the running sum ``.grad``.
     Accelerators, where every kernel launch counts: ``autograd.grad``, then one fused ``_foreach_add_`` into the
     sum and one fused ``_foreach_norm``; nothing leaves the device until the draw ends.
-    Values stay 0-d tensors (one per parameter and backward; per mark, one norm per parameter) and become numbers
-    once, at the end of the draw.
+    On accelerators values stay 0-d tensors (one per parameter and backward; per mark, one norm per parameter) and
+    become numbers once, at the end of the draw. On the CPU each square becomes a Python float in its hook
+    (``.item()``, ~1 µs, no sync there): dozens of 0-d tensors held until the draw's end interleave with the
+    gradients' large blocks in glibc's heap, which then trims and regrows at every backward (docs/speed.md,
+    "Page faults"): ~1,000 page faults a step and +20–40% on the 300k-parameter MLP, in some runs and not others.
     """
 
     def __init__(self, params: list[Tensor], in_cache: bool):
         self.params = params
         self.in_cache = in_cache
         self.armed = False
-        self.values: list[Tensor] = []  # squares (CPU) or norms (accelerators), one per parameter per backward
+        self.values: list = []  # squares (CPU: floats) or norms (accelerators: 0-d), one per parameter per backward
         self.index: list[int] = []  # which parameter each value belongs to
         self.ends: list[int] = []  # len(values) after each backward
         self.counts: list[int] = []  # the examples of each backward's micro-batch
@@ -99,10 +102,10 @@ class _Norms:
             if self.armed:
                 append_index(i)
                 if g.is_sparse or g.dtype in _HALF:
-                    append_value(_sq(g))
+                    append_value(_sq(g).item())
                 else:  # _sq inlined: one Python call per parameter and backward, as the floor's hook
                     f = g.reshape(-1)
-                    append_value(torch.dot(f, f))
+                    append_value(torch.dot(f, f).item())
         return hook
 
     def backward(self, loss_sum: Tensor, count: int, mark: bool) -> list[Tensor] | None:
@@ -132,7 +135,7 @@ class _Norms:
         if not mark:
             return None
         if self.in_cache:  # CPU: a dot product per parameter beats _foreach_norm's per-tensor norm kernels there
-            return [torch.zeros(()) if p.grad is None else _sq(p.grad) for p in self.params]
+            return [0.0 if p.grad is None else _sq(p.grad).item() for p in self.params]
         return _norms(self.acc)
 
     def grad_sum(self) -> list[Tensor]:
@@ -166,14 +169,17 @@ def _norms(grads: list[Tensor | None]) -> list[Tensor]:
     return out
 
 
-def _host(values: list[Tensor]) -> list[float]:
-    """float64 numbers on the host from 0-d tensors: on the CPU item by item (no stack, no copy), elsewhere one
-    stack and one copy (one device sync)."""
-    if not values:
-        return []
-    if values[0].device.type == "cpu" and all(v.device.type == "cpu" for v in values):
-        return [v.item() for v in values]
-    return torch.stack(values).to("cpu", torch.float64).tolist()
+def _host(values: list) -> list[float]:
+    """float64 numbers on the host from floats and 0-d tensors: on the CPU item by item (no stack, no copy; numpy
+    on a handful of numbers costs more, cold, after a backward), elsewhere one stack and one copy, so one device
+    sync (tensors on several devices: gathered on the first's)."""
+    tensors = [v for v in values if isinstance(v, Tensor)]
+    if all(v.device.type == "cpu" for v in tensors):
+        return [v.item() if isinstance(v, Tensor) else float(v) for v in values]
+    device = tensors[0].device
+    stacked = torch.stack([v.to(device) if isinstance(v, Tensor) else torch.tensor(float(v), device=device)
+                           for v in values])
+    return stacked.to("cpu", torch.float64).tolist()
 
 
 _MEASURING: dict[int, _Norms] = {}  # id(model) → the hooks of the measurement open on it
@@ -229,7 +235,7 @@ def accumulate(model: nn.Module, loss_fn, chunks, marks: set[int], total: int | 
             after = seen + count
             mark = first is not None and (after in marks or after == total)
             sums = norms.backward(loss, count, mark)
-            losses.append(loss.detach())
+            losses.append(loss.item() if norms.in_cache else loss.detach())  # CPU: a float (``_Norms``)
             seen = after
             del batch, loss
             if first is None:  # the partial sum of one micro-batch is its small batch
@@ -263,7 +269,7 @@ def accumulate(model: nn.Module, loss_fn, chunks, marks: set[int], total: int | 
     P = len(params)
     partial += [(size, math.fsum(host[nv + P * j:nv + P * (j + 1)]) / size ** 2) for j, size in enumerate(at_marks)]
     big = None if last is None else torch.tensor(host[nv + nm:nv + nm + nl], dtype=torch.float64)
-    device = losses[0].device if losses else torch.device("cpu")
+    device = losses[0].device if losses and isinstance(losses[0], Tensor) else torch.device("cpu")
     loss_sum = torch.tensor(math.fsum(host[nv + nm + nl:]), dtype=accum_dtype(device), device=device)
     small = torch.tensor(small, dtype=torch.float64)
     return ChunkStats(grad_sum, small, len(losses), loss_sum, seen, big), partial

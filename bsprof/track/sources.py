@@ -72,7 +72,7 @@ from bsprof.probes.layers import (
     sq_sum,
     total_sq_sum,
 )
-from bsprof.probes.microbatch import _HALF, _norms, _sq
+from bsprof.probes.microbatch import _HALF, _host, _norms, _sq
 
 
 def _queue_callback(fn) -> None:
@@ -103,16 +103,16 @@ def _pre_sq(g: Tensor, weight: Tensor) -> Tensor:
 
 @dataclass
 class Backwards:
-    """What the backward passes since the last step saw (raw: the user's loss scale u still in). The numbers stay
-    on the device as 0-d tensors until ``totals()`` reads them all in one transfer: no host-device sync inside the
-    user's backward."""
+    """What the backward passes since the last step saw (raw: the user's loss scale u still in). On an accelerator
+    the numbers stay on the device as 0-d tensors until ``totals()`` reads them all in one transfer: no host-device
+    sync inside the user's backward; on the CPU the hooks' squares are floats already (``StepHooks``)."""
 
     count: int = 0                                     # k, backward passes
-    small: list[Tensor] = field(default_factory=list)  # |u·g_p|² per parameter and pass
+    small: list = field(default_factory=list)          # |u·g_p|² per parameter and pass (CPU: floats)
     big: Tensor | None = None                          # Σ_p |p.grad|² after the step's last pass (FSDP: this rank's)
     big_norms: list[Tensor] | None = None              # or |p.grad| per parameter, summed at ``totals``
     synced: bool = True                                # the latest pass all-reduced (not under DDP's no_sync)
-    small_pre: list[Tensor] = field(default_factory=list)  # P·(u·g_p)² per parameter and pass (B_pre)
+    small_pre: list = field(default_factory=list)      # P·(u·g_p)² per parameter and pass (B_pre; CPU: floats)
     big_pre: Tensor | None = None
     per_example: list[tuple[list[Tensor], int]] = field(default_factory=list)  # ([parts of Σ_i |rule_i|²], n)
     failure: str | None = None                         # what went wrong inside a hook (raised at the step)
@@ -140,21 +140,6 @@ class Backwards:
                 **({"big": math.fsum(host[:n1]), "big_pre": math.fsum(host[n1 + n2:n1 + n2 + n3]) if n3 else math.nan}
                    if self.big_is_small and self.big_norms is None else {}),
                 "per_example": [(math.fsum(next(rest) for _ in parts), n) for parts, n in self.per_example]}
-
-
-def _host(xs: list[Tensor]) -> list[float]:
-    """0-d tensors → Python floats (float64): on the CPU item by item (a few µs for all; numpy on a handful of
-    numbers costs more, cold, after a backward), elsewhere one stack and one copy, so one device sync (tensors on
-    several devices: gathered first)."""
-    if not xs:
-        return []
-    if all(x.device.type == "cpu" for x in xs):
-        return [x.item() for x in xs]
-    try:
-        stacked = torch.stack(xs)
-    except RuntimeError:  # parameters on several devices
-        stacked = torch.stack([x.to(xs[0].device) for x in xs])
-    return stacked.to("cpu", torch.float64).tolist()
 
 
 def _sum(xs: list[Tensor]) -> Tensor | None:
@@ -190,8 +175,10 @@ class StepHooks:
     hooks took while g_p was fresh in cache (a read of .grad is another pass over memory). A second pass reads
     the running sum, as usual; the ``stale`` check guards the assumption that .grad started empty.
 
-    Per parameter and pass the hook costs one dot product, appended to the step's list; the sum is formed on the
-    device by ``Backwards.totals`` at the step, the one read back to the host.
+    Per parameter and pass the hook costs one dot product, appended to the step's list; on an accelerator the
+    sum is formed by ``Backwards.totals`` at the step, the one read back to the host; on the CPU each square is
+    read in its hook (``.item()``, no sync there), since 0-d tensors held to the step's end make glibc trim and
+    regrow its heap at every backward (docs/speed.md, "Page faults").
     """
 
     def __init__(self, params: list[Tensor], ddp=None, weights=None, per_example: PerExample | None = None,
@@ -226,12 +213,14 @@ class StepHooks:
             if self.first_from_hooks or self.per_example is None or not self.per_example.armed:
                 # (an armed pass uses its per-example norms; in one process its hooks' norms are |G_B|²)
                 if g.is_sparse or g.dtype in _HALF:
-                    self.record.small.append(_sq(g))
+                    v = _sq(g)
                 else:  # _sq inlined: one Python call per parameter and pass
                     f = g.reshape(-1)
-                    self.record.small.append(torch.dot(f, f))
+                    v = torch.dot(f, f)
+                self.record.small.append(v.item() if v.is_cpu else v)  # CPU: a float now (``microbatch._Norms``)
             if self.weights is not None:
-                self.record.small_pre.append(_pre_sq(g, self.weights[i]))
+                v = _pre_sq(g, self.weights[i])
+                self.record.small_pre.append(v.item() if v.is_cpu else v)
         except Exception as e:  # never break the user's backward: report it at the step
             self.record.failure = f"{type(e).__name__}: {e}"
 
