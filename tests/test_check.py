@@ -57,6 +57,22 @@ def run(*args, env=None):
 
 
 # -- policy (pure) -------------------------------------------------------------------------------------------
+def test_a_tokens_report_suggests_whole_sequences():
+    """In tokens (sequences of 10) the suggested batch and the "at least"/"at most" batches are whole sequences:
+    check had suggested 228 tokens (a new user's finding)."""
+    noise = Reading(1000.0, 800.0, 1250.0, "ok", unit="tokens")
+    ok = check_batch(1000, noise, tokens_per_example=10)
+    assert ok.status == PASS and ok.passing["suggest"] % 10 == 0 and ok.passing["suggest"] // 10 in (64, 128)
+    small = check_batch(30, noise, tokens_per_example=10)
+    assert small.status == FAIL and "at least 200 (20 sequences of 10) tokens" in small.message, small.message
+    large = check_batch(10 ** 6, noise, tokens_per_example=10)
+    assert large.status == FAIL and "at most 5,000 (500 sequences of 10) tokens" in large.message, large.message
+    assert check_batch(1000, Reading(1000.0, 800.0, 1250.0, "ok")).passing["suggest"] == 1024
+    rep = make_report(unit="tokens")
+    rep.config = {**rep.config, "tokens_per_example": 10}
+    assert judge(rep, 1000).checks[0].passing["suggest"] % 10 == 0
+
+
 def test_an_interval_wider_than_the_policy_has_no_clean_range():
     """hi/4 > lo·4: no batch passes across the whole interval; the note said "B in [75.9, 63.6] passes cleanly"
     (a new user's finding)."""

@@ -331,19 +331,29 @@ class Verdict:
                 "notes": list(self.notes), "bsprof_version": __version__}
 
 
-def _pow2_within(target: float, lo: float, hi: float) -> int | None:
-    """The power of two nearest ``target`` (log scale) inside [lo, hi], or the integer ``target`` if none is."""
+def _pow2_within(target: float, lo: float, hi: float, g: int = 1) -> int | None:
+    """The batch g·2^k nearest ``target`` (log scale) inside [lo, hi], or ``target`` clamped to it and rounded to
+    a multiple of g if none is; g: tokens per sequence for a tokens report (whole sequences), else 1."""
     if not lo <= hi:
         return None
-    powers = [2 ** k for k in range(40) if lo <= 2 ** k <= hi]
+    powers = [g * 2 ** k for k in range(40) if lo <= g * 2 ** k <= hi]
     if powers:
         return min(powers, key=lambda p: abs(math.log(p / target)))
-    return int(round(min(max(target, lo), hi)))
+    return g * max(1, int(round(min(max(target, lo), hi) / g)))
+
+
+def _whole(batch: float, g: int, up: bool) -> str:
+    """A batch bound as a whole number of examples (g = 1) or of sequences of g tokens, rounded inwards."""
+    n = math.ceil(batch / g) if up else math.floor(batch / g)
+    return f"{_fmt(n * g)}" + (f" ({n} sequence{'s' if n != 1 else ''} of {g})" if g > 1 else "")
 
 
 # -- the batch size ------------------------------------------------------------------------------------------
-def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) -> CheckResult:
-    """Judge B against B_n: extra steps B_n/B ≤ X_steps and extra compute B/B_n ≤ X_compute (eq. 2.11)."""
+def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy(), tokens_per_example: int = 1
+                ) -> CheckResult:
+    """Judge B against B_n: extra steps B_n/B ≤ X_steps and extra compute B/B_n ≤ X_compute (eq. 2.11). In a tokens
+    report (``tokens_per_example`` > 1) the batches it suggests are whole sequences."""
+    g = max(1, int(tokens_per_example))
     B, Xs, Xc, u = float(batch_size), policy.steps_limit, policy.compute_limit, noise.unit
     measured = {"batch_size": B, "noise_scale": noise.value, "noise_scale_lo": noise.lo, "noise_scale_hi": noise.hi,
                 "steps_limit": Xs, "compute_limit": Xc}
@@ -355,7 +365,8 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
     passing = {"min": noise.lo / Xs, "max": math.inf if noise.initial else noise.hi * Xc}
     if noise.status == Status.OK:
         lo_clean, hi_clean = noise.hi / Xs, math.inf if noise.initial else noise.lo * Xc
-        passing["suggest"] = _pow2_within(B, lo_clean, hi_clean) or _pow2_within(B, passing["min"], passing["max"])
+        passing["suggest"] = (_pow2_within(B, lo_clean, hi_clean, g)
+                              or _pow2_within(B, passing["min"], passing["max"], g))
         empty = lo_clean > hi_clean   # no batch passes across the whole interval: both ends null (JSON)
         passing.update(min_clean=None if empty else lo_clean, max_clean=None if empty else hi_clean)
     # provable violations, at the most favourable end of the interval
@@ -364,7 +375,7 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
         return CheckResult("batch_size", FAIL,
                            f"B = {_fmt(B)} is too small: extra steps S/S_min − 1 = B_n/B ≥ {_fmt(extra)} (limit "
                            f"{_fmt(Xs)}; {_fmt(1 + extra)}× the minimal number of steps) even at the low end of "
-                           f"{noise.describe()}; a batch of at least {_fmt(math.ceil(passing['min']))} {u} passes",
+                           f"{noise.describe()}; a batch of at least {_whole(passing['min'], g, True)} {u} passes",
                            (), {**measured, "extra_steps": extra}, passing)
     if noise.status == Status.LOWER_BOUND:
         return CheckResult("batch_size", CANNOT_JUDGE,
@@ -381,7 +392,7 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy()) ->
         return CheckResult("batch_size", FAIL,
                            f"B = {_fmt(B)} is too large: extra compute E/E_min − 1 = B/B_n ≥ {_fmt(extra)} (limit "
                            f"{_fmt(Xc)}; {_fmt(1 + extra)}× the minimal compute) even at the high end of "
-                           f"{noise.describe()}; a batch of at most {_fmt(math.floor(passing['max']))} {u} passes",
+                           f"{noise.describe()}; a batch of at most {_whole(passing['max'], g, False)} {u} passes",
                            (), {**measured, "extra_compute": extra}, passing)
     steps, compute = noise.value / B, B / noise.value
     measured.update(extra_steps=steps, extra_compute=compute)
@@ -662,7 +673,8 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
     if problems:
         raise ValueError("; ".join(problems))
     noise = noise_at(report, at_loss)
-    checks = [check_batch(batch_size, noise, policy)]
+    tpe = report.config.get("tokens_per_example") if report.unit == "tokens" else None
+    checks = [check_batch(batch_size, noise, policy, int(tpe) if finite(tpe) and tpe >= 1 else 1)]
     if lr is not None:
         checks.append(check_lr(lr, batch_size, report.config, noise, policy, report.unit))
     notes = []
