@@ -1156,8 +1156,8 @@ def test_a_batch_size_the_forwards_contradict_is_warned_once():
 
 
 def test_a_forward_without_backward_is_not_counted_in_the_steps_rows():
-    """A validation forward with grad enabled (no torch.no_grad, no backward), per step or now and then, is not part
-    of the step's batch: no warning (a new user was told to pass 320 for batch 64 + 256 validation rows, which
+    """A validation forward with grad enabled (no torch.no_grad, no backward), per step or now and then, before or
+    after the step, is not part of the step's batch: no warning (a new user was told to pass 320 for batch 64 + 256 validation rows, which
     would have made B_simple 5× too large). A second forward that is trained on still counts."""
     import warnings
 
@@ -1177,6 +1177,7 @@ def test_a_forward_without_backward_is_not_counted_in_the_steps_rows():
                 model(torch.randn(256, 6, dtype=torch.float64)).sum().item()   # validation: grad on, no backward
                 tracker.step()
                 model.zero_grad()
+                model(torch.randn(96, 6, dtype=torch.float64)).sum().item()    # and after the step, before the next
         tracker.close()
     tracker = Tracker(model, accumulation_steps=2, batch_size=64)
     with pytest.warns(UserWarning, match="saw 128 rows"):   # each micro-batch's forward twice, both trained on

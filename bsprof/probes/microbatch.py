@@ -174,6 +174,8 @@ def _host(values: list) -> list[float]:
     on a handful of numbers costs more, cold, after a backward), elsewhere one stack and one copy, so one device
     sync (tensors on several devices: gathered on the first's)."""
     tensors = [v for v in values if isinstance(v, Tensor)]
+    if not tensors:  # the CPU's squares are floats already
+        return values
     if all(v.device.type == "cpu" for v in tensors):
         return [v.item() if isinstance(v, Tensor) else float(v) for v in values]
     device = tensors[0].device

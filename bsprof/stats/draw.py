@@ -34,6 +34,14 @@ class Draw:
     local_sq: np.ndarray | None = None
     world: int = 1
 
+    @classmethod
+    def of_totals(cls, small_sq: float, big_sq: float, b: int, B: int, loss: float, n: int | None = None) -> Draw:
+        """One group's pair from its two totals (the tracker's steps), which are kept as given rather than summed
+        again from the arrays."""
+        draw = cls(np.array([small_sq]), np.array([big_sq]), b, B, loss, n)
+        draw.__dict__.update(small_sq_total=float(small_sq), big_sq_total=float(big_sq))  # the cached properties
+        return draw
+
     @property
     def exact(self) -> bool:
         """Every example of a finite dataset, one by one: |G|² and tr(Σ) are known exactly."""

@@ -109,7 +109,8 @@ class Backwards:
 
     count: int = 0                                     # k, backward passes
     small: list = field(default_factory=list)          # |u·g_p|² per parameter and pass (CPU: floats)
-    big: Tensor | None = None                          # Σ_p |p.grad|² after the step's last pass (FSDP: this rank's)
+    big: Tensor | float | None = None                  # Σ_p |p.grad|² after the step's last pass (CPU: a float;
+    #                                                    FSDP: this rank's)
     big_norms: list[Tensor] | None = None              # or |p.grad| per parameter, summed at ``totals``
     synced: bool = True                                # the latest pass all-reduced (not under DDP's no_sync)
     small_pre: list = field(default_factory=list)      # P·(u·g_p)² per parameter and pass (B_pre; CPU: floats)
@@ -159,7 +160,10 @@ def _stale(params: list[Tensor]) -> Tensor | bool:
     g = next((p.grad for p in params if p.grad is not None), None)
     if g is not None and g.is_sparse:  # an Embedding(sparse=True) zeroed with set_to_none=False
         g = g.coalesce().values()
-    return False if g is None else g.detach().ne(0).any()
+    if g is None:
+        return False
+    nonzero = g.detach().ne(0).any()
+    return nonzero.item() if nonzero.is_cpu else nonzero
 
 
 class StepHooks:
@@ -239,7 +243,12 @@ class StepHooks:
 
     def _read_grads(self) -> None:
         try:
-            self.record.big_norms = _norms([p.grad for p in self.params if p.grad is not None])
+            grads = [p.grad for p in self.params if p.grad is not None]
+            if all(g.is_cpu for g in grads):  # floats now, as the hooks' squares (a dot product per gradient)
+                self.record.big = math.fsum(_sq(g).item() for g in grads)
+                self.record.big_is_small = False
+            else:
+                self.record.big_norms = _norms(grads)
             if self.weights is not None:
                 self.record.big_pre = _sum([_pre_sq(p.grad, w) for p, w in zip(self.params, self.weights)
                                             if p.grad is not None])

@@ -38,7 +38,6 @@ import functools
 import math
 import warnings
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -76,28 +75,26 @@ def _listed(names: list[str], most: int = 3) -> str:
 
 class _InputRows:
     """Dim 0 of the model's first input, summed over this step's forwards whose output a backward reached: a forward
-    pre-hook notes it, a forward hook puts a hook on the output's first tensor that requires grad, which counts it
-    when its gradient arrives — a validation forward with grad enabled but no backward counts nothing. (A plain
-    object, so that a copy or pickle of the model with the tracker attached still works.)"""
+    hook notes it and puts a hook on the autograd node of the output's first tensor that requires grad, which counts
+    it when the gradient arrives: a validation forward with grad enabled but no backward counts nothing, and nothing
+    outlives the graph. (A plain object, so that a copy or pickle of the model with the tracker attached still
+    works.)"""
 
     def __init__(self):
         self.seen = 0
-        self.pending = 0
         self.calls = 0          # this step's forwards with grad enabled (backward passes beyond them: ``step``)
 
-    def __call__(self, module, args, kwargs) -> None:
+    def __call__(self, module, args, kwargs, out) -> None:
+        if not torch.is_grad_enabled():
+            return
+        self.calls += 1
         x = args[0] if args else next(iter(kwargs.values()), None)
-        ok = isinstance(x, torch.Tensor) and x.dim() > 0 and torch.is_grad_enabled()
-        self.pending = x.shape[0] if ok else 0
-        self.calls += torch.is_grad_enabled()
+        t = _first_grad_tensor(out) if isinstance(x, torch.Tensor) and x.dim() > 0 else None
+        if t is not None:  # on the node: cheaper than Tensor.register_hook's Python wrapper
+            reached = functools.partial(self._reached, [x.shape[0]])
+            t.register_hook(reached) if t.grad_fn is None else t.grad_fn.register_prehook(reached)
 
-    def output(self, module, args, kwargs, out) -> None:
-        n, self.pending = self.pending, 0
-        t = _first_grad_tensor(out) if n else None
-        if t is not None:
-            t.register_hook(functools.partial(self._reached, [n]))
-
-    def _reached(self, rows: list, grad) -> None:
+    def _reached(self, rows: list, *_) -> None:
         """Count a forward's rows once, however many passes reach it (a gradient penalty's autograd.grad, then the
         backward)."""
         self.seen += rows[0]
@@ -256,8 +253,7 @@ class Tracker:
         self._seq_first = any(isinstance(m, (nn.RNNBase, nn.MultiheadAttention)) and not getattr(m, "batch_first", True)
                               for m in model.modules())
         self._passes_warned = False
-        self._input_hook = (model.register_forward_pre_hook(self.rows, with_kwargs=True),
-                            model.register_forward_hook(self.rows.output, with_kwargs=True))
+        self._input_hook = (model.register_forward_hook(self.rows, with_kwargs=True),)
         self.log = None
         if log is not None and self.rank == 0:
             self.log = LogWriter(log, unit, source=source, world_size=self.world,
@@ -395,6 +391,8 @@ class Tracker:
     def _number(self, name: str, value, kind, hint: str):
         """``kind(value)`` (a 0-d tensor too), or close the tracker with a TrackerError before any state moves. A
         string or a bool is not a number here ("1024", True), though ``float`` would take them."""
+        if type(value) is kind:  # the usual case, at every step
+            return value
         try:
             if isinstance(value, (str, bytes, bool)):
                 raise TypeError(type(value).__name__)
@@ -456,12 +454,12 @@ class Tracker:
         if n is not None and per_rank * self.world > n:
             self._fail(f"this step's batch of {per_rank * self.world} is larger than population={n}",
                        "pass population=len(dataset) (the examples the batches are drawn from), or None")
-        draw = Draw(np.array([small]), np.array([big]), b, per_rank * self.world, loss_value, n)
+        draw = Draw.of_totals(small, big, b, per_rank * self.world, loss_value, n)
         pre = None
         if self.precondition and r.small_pre and r.big_pre is not None and k * self.world > 1:
             small_pre = self._mean_over_ranks(t["small_pre"] / u ** 2) / k
-            pre = Draw(np.array([small_pre]), np.array([t["big_pre"] / (u * k) ** 2]), per_rank // k,
-                       per_rank * self.world, loss_value, n)
+            pre = Draw.of_totals(small_pre, t["big_pre"] / (u * k) ** 2, per_rank // k, per_rank * self.world,
+                                 loss_value, n)
         return draw, pre
 
     def _reduce_step(self, small_sum: float, big: float, failed: bool, per_rank: int, b: int,
