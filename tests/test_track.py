@@ -1178,15 +1178,27 @@ def test_a_forward_without_backward_is_not_counted_in_the_steps_rows():
                 tracker.step()
                 model.zero_grad()
                 model(torch.randn(96, 6, dtype=torch.float64)).sum().item()    # and after the step, before the next
+        assert tracker.rows.exact  # the cheap count (every forward) could not be trusted: counted on the graph
         tracker.close()
     tracker = Tracker(model, accumulation_steps=2, batch_size=64)
     with pytest.warns(UserWarning, match="saw 128 rows"):   # each micro-batch's forward twice, both trained on
-        for j in range(2):
-            xb, yb = x[32 * j:32 * j + 32], y[32 * j:32 * j + 32]
-            ((ce(model, (xb, yb)).mean() + ce(model, (xb, yb)).mean()) / 2).backward()
-        tracker.step()
+        for _ in range(2):  # (two forwards per pass: unknown at the first step, counted on the graph at the second)
+            for j in range(2):
+                xb, yb = x[32 * j:32 * j + 32], y[32 * j:32 * j + 32]
+                ((ce(model, (xb, yb)).mean() + ce(model, (xb, yb)).mean()) / 2).backward()
+            tracker.step()
+            model.zero_grad()
     tracker.close()
     assert hooks_left(model) == 0
+    tracker = Tracker(model, accumulation_steps=2, batch_size=64)  # one forward per pass: the cheap count stands
+    with pytest.warns(UserWarning, match="batch_size=64, but the model's forward passes in this step saw 40 rows"):
+        for rows in (32, 20):  # an epoch's short last step, with the Tracker's batch_size
+            for _ in range(2):
+                (ce(model, (x[:rows], y[:rows])).mean() / 2).backward()
+            tracker.step()
+            model.zero_grad()
+    assert not tracker.rows.exact
+    tracker.close()
 
 
 def test_a_window_of_full_batch_steps_is_their_ratio_of_means():
