@@ -123,14 +123,16 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", choices=["mlp", "tiny"], default="mlp",
+                    help="tiny (64→16→16→10): the bookkeeping alone; the differences in ms are what it costs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     b = args.micro_batch
     methods, pairs = {"microbatch": microbatch_methods, "tracker": tracker_methods,
                       "tracker-pe": tracker_pe_methods}[args.what](args.rev, b)
-    base = mb.make_model("mlp")
-    batches = mb.make_batches("mlp", b, torch.Generator().manual_seed(b))
+    base = mb.make_model(args.model)
+    batches = mb.make_batches(args.model, b, torch.Generator().manual_seed(b))
     steps = {m: f(copy.deepcopy(base)) for m, f in methods.items()}
     for step in steps.values():
         for _ in range(10):
@@ -144,7 +146,7 @@ def main() -> None:
                 steps[m](batches)
                 block.append(time.perf_counter() - t0)
             times[m].append(statistics.median(block[1:]))
-    print(f"{args.what}, MLP, k = {mb.K} micro-batches of {b}, {args.rounds} rounds, {args.threads} thread(s), "
+    print(f"{args.what}, {args.model.upper()}, k = {mb.K} micro-batches of {b}, {args.rounds} rounds, {args.threads} thread(s), "
           f"old = {args.rev}")
     for m in names:
         print(f"  {m:9s} {1e3 * statistics.median(times[m]):8.3f} ms")
