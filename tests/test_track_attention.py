@@ -251,3 +251,42 @@ def test_a_forward_without_backward_changes_nothing():
     assert (draw.b, draw.B) == (1, 6)
     assert draw.small_sq_total == pytest.approx(ref["trace_sigma"] + ref["g2"], rel=1e-9)
     tracker.close()
+
+
+class BarePositions(nn.Module):
+    """Embedding + a learned position table kept as a bare nn.Parameter (added by broadcast) + an encoder layer."""
+
+    def __init__(self, vocab=11, dim=8, T=5):
+        super().__init__()
+        self.emb, self.pos = nn.Embedding(vocab, dim), nn.Parameter(0.1 * torch.randn(1, T, dim))
+        self.layer = nn.TransformerEncoderLayer(dim, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, t):
+        return self.head(self.layer(self.emb(t) + self.pos[:, :t.shape[1]]).mean(1))
+
+
+@pytest.mark.parametrize("dropped", [20, 6, 0])
+def test_a_larger_forward_without_backward_leaves_the_positions_measured(dropped):
+    """A validation forward with grad enabled on more examples than the step's, before the step's forward: the
+    bare position parameter's pre-hook was placed on the validation's graph (its batch size taken for the step's),
+    and the step's backward left the positions' per-example norms out, silently (−0.7% of Σ|g_i|², a new user's
+    finding: up to −7% per step in their loop). Now each forward hooks its own graph, and a parameter counts as
+    covered only when its hook fires in the backward."""
+    torch.manual_seed(0)
+    model = BarePositions().double()
+    t, y = torch.randint(0, 11, (6, 5)), torch.randint(0, 3, (6,))
+
+    def loss_fn(m, batch):
+        return F.cross_entropy(m(batch[0]), batch[1], reduction="none")
+
+    tracker = Tracker(model, source="per_example")
+    if dropped:
+        model(torch.randint(0, 11, (dropped, 5)))  # grad on, no backward
+    loss = loss_fn(model, (t, y)).mean()
+    with tracker.per_example():
+        loss.backward()
+    draw = tracker.step()
+    ref = exact_noise_scale(model, loss_fn, TensorDataset(t, y))
+    assert draw.small_sq_total == pytest.approx(ref["trace_sigma"] + ref["g2"], rel=1e-9)
+    tracker.close()

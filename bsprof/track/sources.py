@@ -320,7 +320,8 @@ class PerExample:
         self.failure: str | None = None
         self.shared_positions = False      # an Embedding saw one row (positions broadcast over the batch?)
         self.inputs: set[int] = set()      # dim 0 of the model's first input, per forward since the last backward
-        self.bare: set[int] = set()        # uncovered parameters added by broadcast, hooked in this step's forwards
+        self.batch: int | None = None      # dim 0 of the model's first input in the forward running now
+        self.bare: set[int] = set()        # uncovered parameters added by broadcast whose δ came in this backward
         self.shared: list = []             # embeddings called on positions shared by the batch, this forward
         self.double = False                # hooks ran in a create_graph pass since the last armed backward
         self.layout: str | None = None     # "" once ``check_layout`` found the layers batch-first, else why not
@@ -348,7 +349,8 @@ class PerExample:
 
     def _model_input(self, mod, args, kwargs) -> None:
         x = args[0] if args else next(iter(kwargs.values()), None)
-        if isinstance(x, Tensor) and x.dim() > 0 and torch.is_grad_enabled():
+        self.batch = x.shape[0] if isinstance(x, Tensor) and x.dim() > 0 else None
+        if self.batch is not None and torch.is_grad_enabled():
             self.inputs.add(x.shape[0])
             if self.layout is None:
                 self.last_input = (args, kwargs)  # for ``check_layout``, until it has run
@@ -369,7 +371,7 @@ class PerExample:
         self.expected.update(k for _, k in slots)
         if self.layout is None and x.dim() >= (2 if rule is embedding else 3) and x.shape[0] == x.shape[1]:
             self.square_mods.add(mod)  # [T, B, …] or [B, T, …] with T = B: told apart once, by ``check_layout``
-        if rule is embedding and (x.dim() == 1 or x.dim() == 2 and x.shape[0] == 1 and max(self.inputs, default=1) > 1):
+        if rule is embedding and (x.dim() == 1 or x.dim() == 2 and x.shape[0] == 1 and (self.batch or 1) > 1):
             self.shared.append((mod, slots, x.detach(), out))  # positions shared by the batch: ``_model_output``
             return
         rows = (rule is linear or rule is hf_conv1d) and x.dim() == 2  # one position per example
@@ -501,19 +503,18 @@ class PerExample:
         ``hooks.broadcast_add``): a pre-hook on the add (or cat) takes
         δ_i, and |g_i|² from it, as ``bsprof measure``'s probe does. Anything else stays uncovered."""
         leaves, users = _consumers(roots)
-        count = max(self.inputs) if self.inputs else None
-        for k in bare:
-            found = broadcast_add(self.params[k], leaves, users, count)
+        for k in bare:  # the examples of this forward (not of another one since the last backward: a validation's)
+            found = broadcast_add(self.params[k], leaves, users, self.batch)
             if found is not None:
                 node, shape, cut = found
-                node.register_prehook(partial(self._broadcast, shape, cut))
-                self.bare.add(k)
+                node.register_prehook(partial(self._broadcast, k, shape, cut))
 
-    def _broadcast(self, shape: tuple, cut, grad_outputs) -> None:
+    def _broadcast(self, k: int, shape: tuple, cut, grad_outputs) -> None:
         if not self.armed and torch.is_grad_enabled():
             self.double = True
         if not self.armed or grad_outputs[0] is None:
             return
+        self.bare.add(k)  # covered in this backward: its graph is the one backpropagated (``uncovered_used``)
         d = grad_outputs[0] if cut is None else grad_outputs[0].narrow(*cut)  # a class token's part of a cat
         self.rows.add(d.shape[0])
         try:
