@@ -690,7 +690,6 @@ def test_step_before_backward():
 
 
 @pytest.mark.parametrize("kwargs,k,match", [
-    ({"accumulation_steps": 4, "batch_size": 63}, 4, "does not split into 4 equal micro-batches"),
     ({"accumulation_steps": 4, "batch_size": 64}, 2, "2 backward passes in this step, but accumulation_steps=4"),
     ({"batch_size": 64}, 1, "one process, one backward per step: b = B = 64"),
     ({}, 1, "one process, one backward per step: b = B, no nested pair"),  # the batch size would not help: first
@@ -704,6 +703,52 @@ def test_bad_steps_say_what_and_leave_the_step_untouched(kwargs, k, match):
         tracker.step()
     assert "fix:" in str(err.value)
     _check_untouched(model, tracker, _reference_grads(k))
+
+
+def test_an_uneven_step_in_one_process_is_left_out_and_tracking_goes_on():
+    """An epoch's short last batch chunked into the micro-steps (41 = 11 + 11 + 11 + 8) has no pair of equal
+    micro-batches: the step is left out (warned once, counted in ``uneven``, its examples counted), and the next
+    steps are measured. It raised and closed the tracker for the rest of training (a new user's finding)."""
+    import warnings
+
+    model = mlp()
+    tracker = Tracker(model, accumulation_steps=2, batch_size=64)
+    _backward(model, 2)
+    assert tracker.step() is not None
+    model.zero_grad()
+    _backward(model, 2)
+    with pytest.warns(UserWarning, match="does not split into equal micro-batches"):
+        assert tracker.step(batch_size=41) is None
+    model.zero_grad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _backward(model, 2)
+        assert tracker.step(batch_size=43) is None  # said once
+        model.zero_grad()
+        _backward(model, 2)
+        assert tracker.step() is not None
+    assert (tracker.uneven, len(tracker.draws), tracker.step_count, tracker.examples) == (2, 2, 4, 64 + 41 + 43 + 64)
+    tracker.close()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"batch_size": 0}, r"batch_size must be an int of at least 1 \(got 0\)"),
+    ({"batch_size": "32"}, r"batch_size must be an int of at least 1 \(got '32'\)"),
+    ({"batch_size": True}, "batch_size must be an int"),
+    ({"accumulation_steps": "2"}, "accumulation_steps must be an int of at least 1"),
+    ({"accumulation_steps": 0}, "accumulation_steps must be an int of at least 1"),
+])
+def test_bad_tracker_arguments_are_refused_when_it_is_made(kwargs, match):
+    """A batch size of 0 or −32 was taken and failed at the first step inside the estimators (``need b < B``); a
+    string from a config failed with a formatting TypeError (a new user's finding)."""
+    model = mlp()
+    with pytest.raises(TrackerError, match=match):
+        Tracker(model, **kwargs)
+    assert hooks_left(model) == 0
+    tracker = Tracker(model, accumulation_steps=2, batch_size=np.int64(64))  # numpy ints are ints
+    _backward(model, 2)
+    with pytest.raises(TrackerError, match="batch_size must be at least 1"):
+        tracker.step(batch_size=0)
 
 
 def test_per_example_batch_size_mismatch_and_unavailable_models():

@@ -121,6 +121,11 @@ class _InputRows:
         return out
 
 
+def _positive_int(value) -> bool:
+    """An int (numpy's too, not a bool, not a string) of at least 1."""
+    return not isinstance(value, (bool, str, bytes)) and hasattr(value, "__index__") and value.__index__() >= 1
+
+
 def _check_window(window) -> None:
     if window is not None and not (isinstance(window, int) and window >= 1):
         raise ValueError(f"window must be a number of steps, at least 1, or None for all kept steps (got {window!r})")
@@ -190,9 +195,13 @@ class Tracker:
                  process_group=None, confidence: float = 0.9, population: int | None = None):
         if source not in SOURCES:
             raise TrackerError(f"unknown source {source!r}", f"use one of {', '.join(SOURCES)}")
-        if accumulation_steps is not None and accumulation_steps < 1:
-            raise TrackerError(f"accumulation_steps must be at least 1 (got {accumulation_steps})",
+        if accumulation_steps is not None and not _positive_int(accumulation_steps):
+            raise TrackerError(f"accumulation_steps must be an int of at least 1 (got {accumulation_steps!r})",
                                "pass the number of backward passes per optimizer step")
+        if batch_size is not None and not _positive_int(batch_size):
+            raise TrackerError(f"batch_size must be an int of at least 1 (got {batch_size!r})",
+                               "pass the examples per optimizer step on this process (int(...) of a value read "
+                               "from a config), or None to pass it at each tracker.step(batch_size=...)")
         if population is not None and not (isinstance(population, int) and population >= 2):
             raise TrackerError(f"population must be an int of at least 2 (got {population!r})",
                                "pass len(dataset), or None for a large or streamed dataset")
@@ -200,7 +209,8 @@ class Tracker:
         optimizer = _unwrapped(optimizer)
         self.model, self.optimizer, self.source = model, optimizer, source
         self.closed_by: str | None = None  # the error that closed the tracker
-        self.accumulation_steps, self.batch_size, self.unit = accumulation_steps, batch_size, unit
+        self.accumulation_steps = None if accumulation_steps is None else int(accumulation_steps)
+        self.batch_size, self.unit = None if batch_size is None else int(batch_size), unit
         self.group, self.confidence = process_group, confidence
         self.ddp = _ddp_of(model)
         names, self.params = trainable(model)
@@ -256,6 +266,7 @@ class Tracker:
         self.draws_pre: list[Draw] = []
         self.steps: list[int] = []         # the step number of each draw
         self.skipped = 0                   # steps with non-finite gradients
+        self.uneven = 0                    # one process: steps left out, their batch not split equally (``step``)
         self.examples = 0                  # examples (in ``unit``) seen before the next step
         self.step_count = 0
         self.ema = Ema(ema_beta)
@@ -330,6 +341,9 @@ class Tracker:
                 self._reduce_step(math.nan, math.nan, True, 0, 0)
             raise
         record = self.hooks.take()
+        given = batch_size if batch_size is not None else self.batch_size
+        if self.world == 1 and not record.per_example and given and record.count > 1 and given % record.count:
+            return self._uneven(record, given, step)
         src = self.per_example_source
         if src is not None and record.per_example and src.square_mods:  # once: layers fed [N, N, …], N = examples
             why = src.check_layout()
@@ -379,6 +393,20 @@ class Tracker:
             self.log.write(line)
         return draw
 
+    def _uneven(self, record: Backwards, batch_size: int, step: int | None) -> None:
+        """One process, a step whose batch does not split into its micro-steps equally (an epoch's short last batch
+        chunked into k, 41 = 11 + 11 + 11 + 8): the pair needs equal micro-batches, so the step is left out, counted
+        in ``uneven``, and its examples still counted; said once. (Over several ranks it is an error on every rank.)"""
+        self.rows.reset(record.count)
+        self.step_count = (self.step_count if step is None else step) + 1
+        self.examples += batch_size
+        self.uneven += 1
+        if self.uneven == 1:
+            warnings.warn(f"bsprof tracker: a step of {batch_size} examples in {record.count} backward passes does not "
+                          "split into equal micro-batches (an epoch's short last batch?): left out, as every such "
+                          "step will be (tracker.uneven counts them; drop_last=True avoids them) (shown once)",
+                          stacklevel=3)
+
     def _arguments(self, loss_scale, lr, step, batch_size, loss) -> tuple:
         """``step``'s arguments checked (a TrackerError closes the tracker before any state moves), and the
         parameters frozen at construction still frozen."""
@@ -388,6 +416,9 @@ class Tracker:
         step = None if step is None else self._number("step", step, int, "pass the step's number, or nothing")
         if batch_size is not None:
             batch_size = self._number("batch_size", batch_size, int, "pass the examples in this optimizer step")
+            if batch_size < 1:
+                self._fail(f"tracker.step(): batch_size must be at least 1 (got {batch_size})",
+                           "pass the examples in this optimizer step on this process")
         if loss is not None and not (torch.is_tensor(loss) and loss.numel() == 1):
             loss = self._number("loss", loss, float, "pass the step's loss (a number or a one-element tensor), or "
                                 "nothing")
