@@ -22,7 +22,8 @@ training loop runs the same model step after step, so its memory is warm) and it
 steps after the first. The overhead is the median over rounds of the paired ratio method / plain of the same
 round (drift cancels), with the interquartile range of those ratios.
 
-Models: ``mlp`` (64→512→512→10), ``tiny`` (64→16→16→10: the Python bookkeeping alone, in ms), ``cnn`` (2 conv + 2 linear, 1×28×28), ``gpt2`` (GPT-2 small from
+Models: ``mlp`` (64→512→512→10), ``tiny`` (64→16→16→10: the Python bookkeeping alone, in ms), ``cnn``
+(2 conv + 2 linear, 1×28×28), ``gpt2`` (GPT-2 small from
 bench_per_example.py, b sequences of 1,024 tokens; for a GPU). On the CPU, glibc's malloc returns freed gradient
 buffers to the kernel and faults them in again, which adds noise; the README also reports runs with
 MALLOC_TRIM_THRESHOLD_=2000000000 MALLOC_MMAP_THRESHOLD_=2000000000 MALLOC_TOP_PAD_=100000000.

@@ -146,8 +146,8 @@ def main() -> None:
                 steps[m](batches)
                 block.append(time.perf_counter() - t0)
             times[m].append(statistics.median(block[1:]))
-    print(f"{args.what}, {args.model.upper()}, k = {mb.K} micro-batches of {b}, {args.rounds} rounds, {args.threads} thread(s), "
-          f"old = {args.rev}")
+    print(f"{args.what}, {args.model.upper()}, k = {mb.K} micro-batches of {b}, {args.rounds} rounds, "
+          f"{args.threads} thread(s), old = {args.rev}")
     for m in names:
         print(f"  {m:9s} {1e3 * statistics.median(times[m]):8.3f} ms")
     for m, base_name in pairs:

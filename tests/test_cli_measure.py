@@ -514,7 +514,10 @@ def test_errors_in_the_users_code_say_phase_file_line_and_data_cause(tmp_path):
     assert r.exit_code == 2 and "Traceback" not in r.stderr
     assert "calling loss(model, batch) on the first two examples failed in lists.py:6" in said
     assert "default_collate" in said and "no report was written" in said and "step None" not in said
-    assert not (tmp_path / "out" / "report.json").exists()
+    assert not (tmp_path / "out").exists()  # the folder it made for the report, left empty, is removed
+    (tmp_path / "mine").mkdir()
+    r = run(spec, "--steps", 0, "-o", tmp_path / "mine")
+    assert r.exit_code == 2 and (tmp_path / "mine").is_dir()  # a folder that was there stays
 
 
 def test_a_loss_failing_in_the_probe_trial_is_said_to_fail_there(tmp_path):

@@ -576,6 +576,12 @@ def test_jsonl_round_trip_and_report(tmp_path):
     again = Report.from_json(report.to_json(tmp_path / "report.json"))
     assert again.summary == report.summary and again.unit == "examples"
     assert any(d["code"] == "torn_line" and "cut off mid-write" in d["message"] for d in report.diagnostics)
+    from bsprof.errors import ReportError
+
+    torn = tmp_path / "torn.jsonl"  # a run killed while writing its header: said so (it read "not a header")
+    torn.write_text(lines[0][:40])
+    with pytest.raises(ReportError, match="its header line is cut off"):
+        read_log(torn)
 
 
 def test_a_log_shorter_than_two_windows_says_so(tmp_path):
@@ -1201,9 +1207,10 @@ def test_a_batch_size_the_forwards_contradict_is_warned_once():
 
 
 def test_a_forward_without_backward_is_not_counted_in_the_steps_rows():
-    """A validation forward with grad enabled (no torch.no_grad, no backward), per step or now and then, before or
-    after the step, is not part of the step's batch: no warning (a new user was told to pass 320 for batch 64 + 256 validation rows, which
-    would have made B_simple 5× too large). A second forward that is trained on still counts."""
+    """A validation forward with grad enabled (no torch.no_grad, no backward), per step or now and then, before
+    or after the step, is not part of the step's batch: no warning (a new user was told to pass 320 for batch
+    64 + 256 validation rows, which would have made B_simple 5× too large). A second forward that is trained on
+    still counts."""
     import warnings
 
     model, (x, y) = mlp(), data()

@@ -82,13 +82,20 @@ def measure(
 
 @contextlib.contextmanager
 def _output_folder(out: Path, comm: distributed.Comm):
-    """Before any training: the report folder exists, is writable, and no other run writes there (rank 0 only)."""
+    """Before any training: the report folder exists, is writable, and no other run writes there (rank 0 only);
+    made here and left empty, it is removed at the end."""
     if not comm.is_main:
         yield
         return
+    created = not out.exists()
     files.check_folder(out, "--out", ("report.json", "measurements.csv", "layers.csv", "noise_scale.png"))
-    with files.folder_lock(out, "--out"):
-        yield
+    try:
+        with files.folder_lock(out, "--out"):
+            yield
+    finally:
+        if created:  # a run that wrote nothing (stopped before its first measurement) leaves no empty folder
+            with contextlib.suppress(OSError):
+                out.rmdir()
 
 
 def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: bool, quiet: bool,

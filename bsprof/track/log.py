@@ -109,6 +109,9 @@ def _check_header(path: Path, line: str) -> dict:
         header = json.loads(line)
     except json.JSONDecodeError:
         header = None
+    if header is None and f'"schema": "{SCHEMA}"' in line[:200]:
+        raise ReportError(f"{path}: its header line is cut off (the run was stopped while writing it, before any "
+                          "step was logged)", "remove it (it holds no step), or choose a new log path")
     if not isinstance(header, dict) or header.get("schema") != SCHEMA:
         raise ReportError(f"{path} is not a bsprof tracker log (its first line is not a {SCHEMA} header)",
                           "pass the .jsonl file written by bsprof.Tracker(log=...), or choose a new log path")
