@@ -244,6 +244,14 @@ def reconstruction(model, batch):
     return (model(x) - x).square().mean(1)
 
 
+def gn_cnn():
+    """A depthwise-separable CNN with GroupNorm (conv16-GN, depthwise 3×3 + pointwise 32-GN, average pooling to
+    2×2, 2.3k parameters) on the 14×14 images (sixteenth session, out of sample for every rule)."""
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 32, 1), nn.GroupNorm(4, 32),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 10))
+
+
 def adamw(lr):
     return lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
 
@@ -472,6 +480,20 @@ TASKS = {
                                                              lr_grid=[0.5, 1, 2, 4, 8], seeds=1, max_steps=3000,
                                                              eval_examples=0, max_seconds=2400),
                           probe_steps=1000, lr_factors=(1.0,)),
+    "mnist_gn_mom_sgd": dict(desc="depthwise-separable CNN with GroupNorm (2.3k params) on real MNIST (5,000 images, "
+                                  "14×14), SGD with momentum 0.9, out of sample (sixteenth session)",
+                             spec=lambda: Spec(None, None, gn_cnn, mnist_small, ce, sgdm(0.02)), opt=sgdm, target=0.3,
+                             batch=32, sweep=dict(batches=[16, 32, 64, 128, 256, 512], lr0=0.02,
+                                                  lr_grid=[0.25, 0.5, 1, 2, 4], seeds=1, max_steps=2000,
+                                                  eval_examples=0, max_seconds=2400),
+                             probe_steps=800, lr_factors=(1.0,)),
+    # its best lr was the grid's top (×4) at B = 16 and 256: the grid extended upwards, same seed
+    "mnist_gn_mom_sgd_hi": dict(desc="the same, lr grid ×8, ×16", spec=lambda: TASKS["mnist_gn_mom_sgd"]["spec"](),
+                                opt=sgdm, target=0.3, batch=32,
+                                sweep=dict(batches=[16, 32, 64, 128, 256, 512], lr0=0.02, lr_grid=[8, 16], seeds=1,
+                                           max_steps=2000, eval_examples=0, max_seconds=2400,
+                                           b_noise=88.8),  # the first sweep's B_simple at init, for its lr rule
+                                probe_steps=800, lr_factors=(1.0,)),
     # its best lr was the grid's top (×32) at B = 16 … 512: the grid extended upwards, same seeds
     "mnist_softmax_adam_hi": dict(desc="the same, lr grid ×64, ×128, ×256",
                                   spec=lambda: TASKS["mnist_softmax_adam"]["spec"](), opt=adam, target=0.35, batch=32,
