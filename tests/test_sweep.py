@@ -187,6 +187,35 @@ def test_library_global_with_objects_and_seeds():
     assert torch.equal(net.weight, net.weight)  # the caller's model is untouched (Spec.of trains copies)
 
 
+def test_an_interrupted_global_sweep_counts_the_runs_that_ran():
+    """Stopped after 2 of batch 2's 4 runs (2 lrs × 2 seeds): the table's 'reached' is out of the seeds that ran,
+    and the note says the batch's runs were cut short; it read 'reached 0/3' and 'did not reach the target within N
+    steps at any lr of the grid' after one run (a new user's finding)."""
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.randn(500, 3)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3 * torch.randn(500)
+
+    def progress(kind, info):
+        if kind == "branch" and info["i"] == 2:
+            raise KeyboardInterrupt
+
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        sweep.global_(model=torch.nn.Linear(3, 1, bias=False), dataset=torch.utils.data.TensorDataset(x, y),
+                      loss=lambda m, b: 0.5 * (m(b[0]).squeeze(-1) - b[1]) ** 2, target_loss=1e-6,
+                      batches=[2, 4, 8], lr=0.05, lr_grid=[0.5, 1], seeds=2, max_steps=20, eval_examples=128,
+                      n_boot=50, device="cpu", progress=progress, on_result=seen.append)
+    last = seen[-1]
+    assert last.incomplete["reason"] == "interrupted" and len(last.branches) == 2
+    (b,) = last.batches
+    assert (b.batch, b.reached, b.ran) == (2, 0, 1)  # the best lr's one seed that ran
+    notes = " ".join(last.notes)
+    assert "batch 2: 2 of its 4 runs (lrs × seeds) finished before the sweep was stopped" in notes
+    assert "at any lr of the grid" not in notes
+
+
 def test_an_interrupt_in_the_final_fit_leaves_a_result_marked_incomplete(monkeypatch):
     """Ctrl-C during the bootstrap after every branch ran: the last result written is marked incomplete, with a
     small bootstrap (it read as complete, with no interval, a new user's finding); an interrupt mid-sweep also uses

@@ -238,8 +238,14 @@ def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=
     est = f.b_crit if f else Estimate.none()
     extra = []
     missed = [s.batch for s in summaries if not math.isfinite(s.steps)]
+    asked = len(cfg.lr_grid) * cfg.seeds
     for b in missed:
         runs = [r for r in rows if r.batch == b]
+        if incomplete and len(runs) < asked:  # the sweep stopped before the rest of this batch's runs
+            diverged = " (diverged)" if runs and all(r.diverged for r in runs) else ""
+            extra.append(f"batch {b}: {len(runs)} of its {asked} runs (lrs × seeds) finished before the sweep was "
+                         f"stopped, none reaching the target{diverged}: left out of the fit")
+            continue
         how = ("diverged at every lr of the grid" if runs and all(r.diverged for r in runs) else
                f"did not reach the target within {cfg.max_steps} steps at any lr of the grid"
                + (" (diverged at some)" if any(r.diverged for r in runs) else ""))

@@ -29,7 +29,7 @@ def batches_table(r) -> Table:
         t.add_column(c, justify="right")
     seeds = r.config.get("seeds", 1)
     for s in r.batches:
-        last = ("yes" if s.passed else "no") if local else f"{s.reached}/{seeds}"
+        last = ("yes" if s.passed else "no") if local else f"{s.reached}/{s.ran or seeds}"
         steps = f"{s.steps:,.0f}" if math.isfinite(s.steps) else "not reached"
         ex = f"{s.examples:,.0f}" if math.isfinite(s.examples) else "–"
         t.add_row(f"{s.batch:,}", f"{s.lr:.4g}", steps, ex, _loss(s.loss, s.loss_se), last)

@@ -55,6 +55,7 @@ class BatchSummary:
     examples: float
     passed: bool | None = None
     reached: int = 0          # global: seeds that reached the target at the best lr
+    ran: int = 0              # global: seeds run at the best lr (fewer than asked in an interrupted sweep)
 
     def to_dict(self) -> dict:
         return json_clean(dataclasses.asdict(self))

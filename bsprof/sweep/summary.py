@@ -72,7 +72,7 @@ def global_batches(rows: Sequence[Branch]) -> list[BatchSummary]:
         med, m, rs = best
         reached = sum(math.isfinite(r.steps_to_target) for r in rs)
         mean, se = fit.mean_se([r.loss for r in rs]) if len(rs) > 1 else (rs[0].loss, rs[0].loss_se)
-        out.append(BatchSummary(b, rs[0].lr, m, mean, se, med, med * b, None, reached))
+        out.append(BatchSummary(b, rs[0].lr, m, mean, se, med, med * b, None, reached, len(rs)))
     return out
 
 
