@@ -809,3 +809,16 @@ def test_the_printed_s_min_names_the_lead_in():
 
     assert _lead_text({"lead_in": {"s_min": 24.03}}) == ", plus 24 before it (the lead-in)"
     assert _lead_text({"lead_in": {"s_min": 0.0}}) == "" and _lead_text({}) == ""
+
+
+def test_the_default_largest_batch_is_the_datasets_size():
+    """A report that knows its dataset's size (4,096 examples here, a trial's) plans no batch above it, its constant
+    baselines included (they went to 32,768); an explicit --max-batch still rules."""
+    report = synthetic_report(bstar=4000.0)
+    report.config["dataset_size"] = 4096
+    s = plan(report, ScheduleConfig(target_loss=0.45))
+    assert max(st.batch_size for st in s.stages) <= 4096 and max(b["batch_size"] for b in s.baselines) <= 4096
+    assert any("largest batch 4,096 examples: the dataset's size" in n for n in s.notes)
+    wide = plan(report, ScheduleConfig(target_loss=0.45, max_batch=16384))
+    assert max(b["batch_size"] for b in wide.baselines) > 4096
+    assert not any("the dataset's size" in n for n in wide.notes)

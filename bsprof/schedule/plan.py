@@ -299,8 +299,9 @@ def check_target(target: float, losses, fit, cfg: ScheduleConfig, first_step: fl
     if gap < 0.005:  # the lowest loss as printed (rounded): not an extrapolation worth a warning
         return []
     msg = (f"target loss {target:g} is below the measured losses, which hardly fell ({lo:.6g} to {hi:.6g})" if flat
-           else f"target loss {target:g} is below the lowest measured loss {lo:g} by {gap:.0%} of the measured "
-                f"log-loss range [{lo:g}, {hi:g}] (limit {cfg.max_extrapolation:.0%})")
+           else f"target loss {target:g} is below the lowest measured loss of the noise scale followed, {lo:.4g} "
+                f"(a training-step window's is the mean over its steps, above its last step's), by {gap:.0%} of "
+                f"the measured log-loss range [{lo:.4g}, {hi:.4g}] (limit {cfg.max_extrapolation:.0%})")
     if gap > cfg.max_extrapolation and not cfg.allow_extrapolation:
         raise ExtrapolationError(msg + ": the noise scale there is an extrapolation, not a measurement",
                                  "measure down to lower losses (`bsprof measure SPEC --steps N` with more steps, or "
@@ -455,6 +456,21 @@ def logged_micro_batch(report, world_size: int = 1) -> tuple[int, list[str]]:
     if w > 1 and world_size != w:
         notes.append(f"the log was written on {w} ranks and this schedule splits its batches for {world_size}")
     return micro, notes
+
+
+def _dataset_cap(report, config: ScheduleConfig, quantum: int) -> tuple[ScheduleConfig, list[str]]:
+    """The default largest batch (65,536) held to the dataset's size, when the report knows it: a larger batch
+    repeats examples within a step (a trial's schedule and constant baselines went to 32,768 on 4,096 examples)."""
+    n = report.config.get("dataset_size")
+    size = int(n) * (quantum if report.unit == "tokens" else 1) if n else 0
+    if not size or config.max_batch != ScheduleConfig.max_batch or size >= config.max_batch or (
+            report.unit == "tokens" and quantum <= 1):
+        return config, []
+    if size < config.min_batch:
+        return config, []
+    return dataclasses.replace(config, max_batch=size), [
+        f"largest batch {size:,} {report.unit}: the dataset's size (a larger one repeats examples within a step; "
+        "--max-batch to change it)"]
 
 
 def auto_min_batch(report, batch_train: float, max_batch: int) -> tuple[int, str]:
@@ -636,6 +652,8 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
         config = dataclasses.replace(config, world_size=logged)
         if logged > 1:
             notes.append(f"{logged} ranks (auto: the tracker log's; --world-size to change)")
+    config, why_n = _dataset_cap(report, config, quantum)
+    notes += why_n
     if config.micro_batch == 0:
         micro, why_micro = logged_micro_batch(report, config.world_size)
         config = dataclasses.replace(config, micro_batch=micro)
