@@ -27,7 +27,8 @@ log are right only when u is. The loss must be a MEAN over the examples (a sum i
 
 Correct by construction: the norms are taken by hooks during backward, so clipping, ``unscale_`` or anything
 else done to ``.grad`` afterwards changes nothing; steps with non-finite gradients are skipped and counted
-(``skipped``). The user's objects are never changed: the tracker adds hooks and removes them in ``close()``
+(``skipped``), and so, in one process, are steps whose batch does not split into equal micro-batches
+(``uneven``). The user's objects are never changed: the tracker adds hooks and removes them in ``close()``
 (also when it raises). Call ``zero_grad()`` between steps, as every loop does.
 """
 
