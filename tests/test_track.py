@@ -1233,7 +1233,9 @@ def test_a_forward_without_backward_is_not_counted_in_the_steps_rows():
         assert tracker.rows.exact  # the cheap count (every forward) could not be trusted: counted on the graph
         tracker.close()
     tracker = Tracker(model, accumulation_steps=2, batch_size=64)
-    with pytest.warns(UserWarning, match="saw 128 rows"):   # each micro-batch's forward twice, both trained on
+    with pytest.warns(UserWarning, match=r"saw 128 rows.*4 forwards for 2 backward passes: if a forward sees the "
+                                         r"same examples again \(a siamese or consistency loss\), batch_size=64 is "
+                                         r"right"):   # each micro-batch's forward twice, both trained on
         for _ in range(2):  # (two forwards per pass: unknown at the first step, counted on the graph at the second)
             for j in range(2):
                 xb, yb = x[32 * j:32 * j + 32], y[32 * j:32 * j + 32]
@@ -1242,6 +1244,16 @@ def test_a_forward_without_backward_is_not_counted_in_the_steps_rows():
             model.zero_grad()
     tracker.close()
     assert hooks_left(model) == 0
+    tracker = Tracker(model, batch_size=64, source="per_example")  # its hooks count the examples: no rows warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            loss = (ce(model, (x[:64], y[:64])).mean() + ce(model, (x[:64], y[:64])).mean()) / 2
+            with tracker.per_example():
+                loss.backward()
+            tracker.step()
+            model.zero_grad()
+    tracker.close()
     tracker = Tracker(model, accumulation_steps=2, batch_size=64)  # one forward per pass: the cheap count stands
     with pytest.warns(UserWarning, match="batch_size=64, but the model's forward passes in this step saw 40 rows"):
         for rows in (32, 20):  # an epoch's short last step, with the Tracker's batch_size

@@ -370,7 +370,8 @@ class Tracker:
                               "examples (sum them and call backward once) (shown once)", stacklevel=2)
         draw, pre = self._pair(record, batch_size if batch_size is not None else self.batch_size, loss, loss_scale,
                                rows, given=batch_size is not None)
-        self._check_rows(draw.B // self.world, rows)
+        if not record.per_example:  # the per-example hooks count the examples themselves (checked in the pair)
+            self._check_rows(draw.B // self.world, rows, calls, record.count)
         lr = self._lr() if lr is None else lr
         small, big = draw.small_sq_total, draw.big_sq_total  # once: a numpy sum right after a backward costs ~10 µs
         line = {"step": number, "examples": self.examples, "b": draw.b, "B": draw.B, "small_sq": small,
@@ -559,7 +560,8 @@ class Tracker:
                     self._short_warned = True
                     warnings.warn(f"bsprof tracker: a step of {local} examples (the Tracker's batch_size is "
                                   f"{batch_size}: an epoch's short last batch?) is counted at its own size, which "
-                                  "the per-example hooks count (shown once)", stacklevel=4)
+                                  "the per-example hooks count; if every step is so, the Tracker's batch_size is "
+                                  "wrong: the hooks' count is used either way (shown once)", stacklevel=4)
                 batch_size = local
             if batch_size is not None and batch_size != local:
                 self._fail(f"batch_size={batch_size}, but the per-example hooks saw {local} rows on dim 0 of the "
@@ -699,14 +701,21 @@ class Tracker:
         return self.ema.view
 
     # ------------------------------------------------------------------ lifetime
-    def _check_rows(self, batch_size: int, seen: int) -> None:
-        """Warn once when the step's batch differs from the rows the model's forwards saw in this step (B_simple
-        scales with it). A warning, not an error: a model fed [T, B, …], or run twice per batch, sees other rows."""
-        if seen and seen != batch_size and not self._rows_warned and not self._seq_first:
-            self._rows_warned = True
-            warnings.warn(f"bsprof tracker: batch_size={batch_size}, but the model's forward passes in this step saw "
-                          f"{seen} rows on dim 0 of their input; B_simple scales with the batch size passed, so if "
-                          f"{seen} examples is right, pass that (shown once)", stacklevel=3)
+    def _check_rows(self, batch_size: int, seen: int, calls: int = 0, passes: int = 0) -> None:
+        """Warn once (on rank 0) when the step's batch differs from the rows the model's forwards saw in this step
+        (B_simple scales with it). A warning, not an error: a model fed [T, B, …], or run twice per batch, sees other
+        rows; with more forwards than backward passes, the same examples may have been seen twice."""
+        if not seen or seen == batch_size or self._rows_warned or self._seq_first or self.rank != 0:
+            return
+        self._rows_warned = True
+        if calls > passes > 0:  # two forwards per pass: of the same examples (a siamese loss) or of others?
+            advice = (f"they ran {calls} forwards for {passes} backward passes: if a forward sees the same examples "
+                      f"again (a siamese or consistency loss), batch_size={batch_size} is right, keep it; if they "
+                      f"see other examples, pass {seen}")
+        else:
+            advice = f"B_simple scales with the batch size passed, so if {seen} examples is right, pass that"
+        warnings.warn(f"bsprof tracker: batch_size={batch_size}, but the model's forward passes in this step saw "
+                      f"{seen} rows on dim 0 of their input; {advice} (shown once)", stacklevel=3)
 
     def close(self) -> None:
         """Remove every hook and close the log. Safe to call twice."""
