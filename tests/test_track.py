@@ -939,6 +939,9 @@ def test_ddp_with_accumulation_and_no_sync(tmp_path):
     rows = r["rows"]  # equal batch_size passed, unequal rows fed (a new user's rank 1 fed 12 of 16): an error on both
     assert all("the ranks' forward passes saw different numbers of rows" in m for m in rows["messages"]), rows
     assert rows["after"] == 2 and rows["closed"]
+    every = r["all_uneven"]  # every rank's batch uneven (an epoch's short last batch): left out on all, not closed
+    assert every["messages"] == ["", ""] and not every["closed"] and every["left_out"] == 1 and every["after"] == 2
+    assert every["examples"] == 2 * 33
     nodes, bad = r["nodes"], r["bad_loss"]  # rows that are no rank's batch: measured; a rank's bad argument: both raise
     assert nodes["messages"] == ["", ""] and not nodes["closed"] and nodes["after"] == 2
     assert "loss must be a number" in bad["messages"][1] and "1 other rank(s) failed" in bad["messages"][0]

@@ -27,8 +27,8 @@ log are right only when u is. The loss must be a MEAN over the examples (a sum i
 
 Correct by construction: the norms are taken by hooks during backward, so clipping, ``unscale_`` or anything
 else done to ``.grad`` afterwards changes nothing; steps with non-finite gradients are skipped and counted
-(``skipped``), and so, in one process, are steps whose batch does not split into equal micro-batches
-(``uneven``). The user's objects are never changed: the tracker adds hooks and removes them in ``close()``
+(``skipped``), and so are steps whose batch does not split into equal micro-batches, in one process or on every
+rank (``uneven``). The user's objects are never changed: the tracker adds hooks and removes them in ``close()``
 (also when it raises). Call ``zero_grad()`` between steps, as every loop does.
 """
 
@@ -120,6 +120,14 @@ class _InputRows:
         out = (rows, self.calls)
         self.seen, self.rows, self.calls = 0, 0, 0
         return out
+
+
+class _Uneven(Exception):
+    """A step whose batch does not split into its micro-steps equally (inside the tracker: never raised to the user)."""
+
+    def __init__(self, batch_size: int, passes: int):
+        super().__init__(batch_size, passes)
+        self.batch_size, self.passes = batch_size, passes
 
 
 def _positive_int(value) -> bool:
@@ -344,7 +352,8 @@ class Tracker:
         record = self.hooks.take()
         given = batch_size if batch_size is not None else self.batch_size
         if self.world == 1 and not record.per_example and given and record.count > 1 and given % record.count:
-            return self._uneven(record, given, step)
+            self.rows.reset(record.count)
+            return self._uneven(given, record.count, step)
         src = self.per_example_source
         if src is not None and record.per_example and src.square_mods:  # once: layers fed [N, N, …], N = examples
             why = src.check_layout()
@@ -368,8 +377,11 @@ class Tracker:
                 warnings.warn(f"bsprof tracker: {what}. Each pass is taken for a micro-batch: right when each loss "
                               "covers its own slice of the batch, wrong when they are terms of one loss on the same "
                               "examples (sum them and call backward once) (shown once)", stacklevel=2)
-        draw, pre = self._pair(record, batch_size if batch_size is not None else self.batch_size, loss, loss_scale,
-                               rows, given=batch_size is not None)
+        try:
+            draw, pre = self._pair(record, batch_size if batch_size is not None else self.batch_size, loss,
+                                   loss_scale, rows, given=batch_size is not None)
+        except _Uneven as e:  # over several ranks, every rank's batch uneven: left out on all of them
+            return self._uneven(e.batch_size, e.passes, step)
         if not record.per_example:  # the per-example hooks count the examples themselves (checked in the pair)
             self._check_rows(draw.B // self.world, rows, calls, record.count)
         lr = self._lr() if lr is None else lr
@@ -395,19 +407,19 @@ class Tracker:
             self.log.write(line)
         return draw
 
-    def _uneven(self, record: Backwards, batch_size: int, step: int | None) -> None:
-        """One process, a step whose batch does not split into its micro-steps equally (an epoch's short last batch
-        chunked into k, 41 = 11 + 11 + 11 + 8): the pair needs equal micro-batches, so the step is left out, counted
-        in ``uneven``, and its examples still counted; said once. (Over several ranks it is an error on every rank.)"""
-        self.rows.reset(record.count)
+    def _uneven(self, batch_size: int, passes: int, step: int | None) -> None:
+        """A step whose batch does not split into its micro-steps equally (an epoch's short last batch chunked
+        into k, 41 = 11 + 11 + 11 + 8), in one process or on every rank: the pair needs equal micro-batches, so the
+        step is left out, counted in ``uneven``, and its examples still counted; said once (on rank 0). (Over
+        several ranks, a step uneven on some ranks only is an error on every rank: their batches differ.)"""
         self.step_count = (self.step_count if step is None else step) + 1
-        self.examples += batch_size
+        self.examples += batch_size * self.world
         self.uneven += 1
-        if self.uneven == 1:
-            warnings.warn(f"bsprof tracker: a step of {batch_size} examples in {record.count} backward passes does not "
-                          "split into equal micro-batches (an epoch's short last batch?): left out, as every such "
-                          "step will be (tracker.uneven counts them; drop_last=True avoids them) (shown once)",
-                          stacklevel=3)
+        if self.uneven == 1 and self.rank == 0:
+            warnings.warn(f"bsprof tracker: a step of {batch_size} examples in {passes} backward passes"
+                          f"{f' on each of {self.world} ranks' if self.world > 1 else ''} does not split into equal "
+                          "micro-batches (an epoch's short last batch?): left out, as every such step will be "
+                          "(tracker.uneven counts them; drop_last=True avoids them) (shown once)", stacklevel=4)
 
     def _arguments(self, loss_scale, lr, step, batch_size, loss) -> tuple:
         """``step``'s arguments checked (a TrackerError closes the tracker before any state moves), and the
@@ -467,15 +479,26 @@ class Tracker:
         checks failed still joins it, flagged, so every rank raises together (a rank that raised alone, and was
         caught, left the others in a collective it never joined), and ranks whose batches differ in size are an
         error on every rank (DDP's mean of the ranks' means is then not the mean over the examples)."""
+        uneven = None
         try:
             t, k, u, small_sum, b, per_rank, n_small = self._local_pair(r, batch_size, loss_scale, rows_seen, given)
+        except _Uneven as e:  # over several ranks: left out if every rank's is, else an error on every rank
+            uneven, t, small_sum, per_rank, b = e, {"big": math.nan}, math.nan, 0, 0
         except Exception:  # a TrackerError, or anything else: the other ranks still get this rank's flag
             if self.world > 1:
                 self._reduce_step(math.nan, math.nan, True, 0, 0)
             raise
         rows = 0 if self._seq_first else rows_seen   # a [T, B, …] model's rows are positions, which may differ
-        small_total, big_total, failed, per_rank_sum, per_rank_sq, b_sum, rows_sum, rows_sq, rows_known, as_passed = \
-            self._reduce_step(small_sum, t["big"] if self.fsdp else 0.0, False, per_rank, b, rows)
+        small_total, big_total, failed, per_rank_sum, per_rank_sq, b_sum, rows_sum, rows_sq, rows_known, as_passed, \
+            n_uneven = self._reduce_step(small_sum, t["big"] if self.fsdp else 0.0, False, per_rank, b, rows,
+                                         uneven is not None)
+        if round(n_uneven) == self.world:
+            raise uneven
+        if uneven is not None:
+            self._fail(f"batch_size={uneven.batch_size} does not split into {uneven.passes} equal micro-batches, and "
+                       f"on {self.world - round(n_uneven)} other rank(s) the step's batch does",
+                       "give every rank equal batches (DistributedSampler; drop_last=True), in equal micro-batches")
+        failed += n_uneven
         if failed:
             self._fail(f"{failed:.0f} other rank(s) failed this step's checks: their errors say why",
                        "fix what the failing rank's error says; every rank stops tracking at the same step")
@@ -509,12 +532,13 @@ class Tracker:
         return draw, pre
 
     def _reduce_step(self, small_sum: float, big: float, failed: bool, per_rank: int, b: int,
-                     rows: int = 0) -> list[float]:
+                     rows: int = 0, uneven: bool = False) -> list[float]:
         """Σ over the ranks of (Σ|G_b|², FSDP's local |G_B|² part, failed, batch, batch², b, rows seen, rows²,
-        rows known, rows = batch): one all-reduce per step, the same on every rank whatever its checks found; the
-        values as they are in one process."""
+        rows known, rows = batch, uneven): one all-reduce per step, the same on every rank whatever its checks
+        found; the values as they are in one process."""
         return self._sum_over_ranks(small_sum, big, float(failed), float(per_rank), float(per_rank) ** 2, float(b),
-                                    float(rows), float(rows) ** 2, float(rows > 0), float(rows == per_rank > 0))
+                                    float(rows), float(rows) ** 2, float(rows > 0), float(rows == per_rank > 0),
+                                    float(uneven))
 
     def _local_pair(self, r: Backwards, batch_size: int | None, loss_scale: float, rows_seen: int,
                     given: bool = True) -> tuple:
@@ -582,6 +606,8 @@ class Tracker:
                            "step on this process" + (f" (the model's forwards in this step saw {rows_seen} rows on "
                                                      "dim 0 of their input)" if rows_seen else ""))
             if batch_size % k:
+                if self.world > 1:  # agreed in the step's all-reduce (``_pair``)
+                    raise _Uneven(batch_size, k)
                 self._fail(f"batch_size={batch_size} does not split into {k} equal micro-batches",
                            "use equal micro-batches (drop the last, smaller one) and pass their total")
             if self.source == "accumulation" and k == 1:

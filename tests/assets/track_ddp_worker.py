@@ -57,7 +57,7 @@ def main(out: str) -> None:
     est = tracker.estimate()
     tracker.close()
     agreed = {name: disagree(ddp, w_star, rank, name) for name in ("uneven", "one_fails", "rows",
-                                                                       "nodes", "bad_loss")}
+                                                                       "nodes", "bad_loss", "all_uneven")}
     if rank == 0:
         with open(out, "w") as f:
             json.dump({"b_simple": est.value, "lo": est.lo, "hi": est.hi, "status": est.status.value,
@@ -85,7 +85,8 @@ def disagree(ddp, w_star, rank: int, case: str) -> dict:
     try:
         declared = K * (MICRO if case == "rows" else 3 * MICRO if case == "nodes" else micro)
         loss = "abc" if case == "bad_loss" and rank == 1 else None
-        tracker.step(batch_size=33 if case == "one_fails" and rank == 1 else declared, loss=loss)
+        uneven = case == "one_fails" and rank == 1 or case == "all_uneven"
+        tracker.step(batch_size=33 if uneven else declared, loss=loss)
     except TrackerError as e:
         message = e.message
     ddp.zero_grad()
@@ -93,7 +94,8 @@ def disagree(ddp, w_star, rank: int, case: str) -> dict:
     dist.all_reduce(after)                 # the ranks are in step: a mismatched collective would fail here
     said = [None] * dist.get_world_size()
     dist.all_gather_object(said, message)
-    return {"messages": said, "after": float(after), "closed": tracker.closed}
+    return {"messages": said, "after": float(after), "closed": tracker.closed, "left_out": tracker.uneven,
+            "examples": tracker.examples}
 
 
 if __name__ == "__main__":
