@@ -6,7 +6,7 @@ One step = k micro-batches of b examples at fixed weights (no optimizer step for
   floor     plain, plus |g|² of each micro-batch's gradient per parameter (a dot product in a tensor hook) and
             nothing else: what any exact per-micro-batch statistic costs at least
   bsprof    bsprof.sampling.one_draw itself with the micro-batch probe: per micro-batch |G_b|², the running
-            sum (partial |G|² at b, 2b, 4b, ...), the big-batch norm and the host copy; each step is one draw of
+            sum (partial |G|² at b and 2b), the big-batch norm and the host copy; each step is one draw of
             one long measurement (the probe's hooks registered once, as ``measure_at`` does)
   bsprof-public   the same draw with its backward through the public ``backward(inputs=params)`` (the
             engine call bsprof makes for plain parameters saves that call's Python argument handling)

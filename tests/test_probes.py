@@ -175,9 +175,15 @@ def test_accumulating_draw_matches_the_chunk_by_chunk_reference(model_fn, loss_f
     torch.testing.assert_close(fast.small_sq_sum, slow.small_sq_sum, rtol=1e-10, atol=0)
     for a, b in zip(fast.grad_sum, slow.grad_sum):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
-    assert [s for s, _ in fast_partial] == [s for s, _ in slow_partial] == [4, 8, 16]
+    assert [s for s, _ in fast_partial] == [s for s, _ in slow_partial] == [4, 8]  # b (free) and 2b
     np.testing.assert_allclose([v for _, v in fast_partial], [v for _, v in slow_partial], rtol=1e-10)
     assert (fast.n_small, fast.count) == (slow.n_small, slow.count) == (8, 32)
+    # any set of marks (partial_marks asks for two): |Σ g|²/seen² after 4, 8, 16 and 24 examples
+    _, more = accumulate(model, loss_fn, iter(chunks), {4, 8, 16, 24}, 32, in_cache=in_cache)
+    ref = [float(sum(g.square().sum() for g in chunk_sums(CHUNK_BY_CHUNK, model, loss_fn, iter(chunks[:m // 4]),
+                                                          m, 4)[0].grad_sum)) / m ** 2 for m in (4, 8, 16, 24)]
+    assert [s for s, _ in more] == [4, 8, 16, 24]
+    np.testing.assert_allclose([v for _, v in more], ref, rtol=1e-10)
     assert float(fast.loss_sum) == pytest.approx(float(slow.loss_sum), rel=1e-12)
 
 

@@ -109,12 +109,15 @@ def _non_finite(loss: float, big: np.ndarray, small: np.ndarray) -> NonFiniteErr
 
 
 def partial_marks(step: int, B: int) -> set[int]:
-    """The partial-sum sizes step·2^j < B at which a draw records |G|² (for the 1/B regression)."""
-    return {step << j for j in range(max(B // step, 1).bit_length()) if step << j < B}
+    """The partial-sum sizes below B at which a draw records |G|² for the 1/B regression: step (free: the first
+    small batch) and 2·step. With b and B they give the regression three points, c(B) = 1/b, 1/(2b), 1/B: the
+    middle one halfway in c between the ends when B ≫ b, where a bend of |G_B|² in c shows most. Marks at 4b, 8b,
+    … sit near c = 0 beside B's own point and each costs one read of the whole gradient (docs/speed.md)."""
+    return {m for m in (step, 2 * step) if m < B}
 
 
 def chunk_sums(probe: Probe, model: nn.Module, loss_fn, chunks, B: int, step: int) -> tuple[ChunkStats, list]:
-    """Sum the probe's statistics over the chunks of one draw, with |G|² of the partial sums at step·2^j.
+    """Sum the probe's statistics over the chunks of one draw, with |G|² of the partial sums at ``partial_marks``.
 
     A probe with a ``whole_draw`` (micro-batches: plain gradient accumulation) runs the draw itself. Otherwise
     ``probe.chunk`` runs chunk by chunk: gradients are added in place (chunk functions return fresh tensors); the

@@ -1,7 +1,8 @@
 """The 1/B regression over partial sums, with a goodness-of-fit test of the model itself (docs/science.md §2).
 
 Each draw holds squared norms at several nested batch sizes: the small batch (b, mean of |G_b|²), the partial
-sums |G_{B_k}|² at B_k = step·2^k (``Draw.partial_sq``) and the whole draw (B, |G_B|²). The model is
+sums |G_{B_k}|² (``Draw.partial_sq``; at b and 2b, ``sampling.partial_marks``) and the whole draw (B, |G_B|²).
+The model is
 
     E|G_B|² = |G|² + tr(Σ)·c(B),      c(B) = 1/B, or (n − B)/(B(n − 1)) without replacement   (A.1)
 

@@ -117,13 +117,14 @@ class LeastSquares:
 
 def draws_from_grads(g: np.ndarray, b: int, n: int | None = None, step: int | None = None) -> list[Draw]:
     """One ``Draw`` per rep from per-example gradients [reps, B, d], with small batches of b and partial sums at
-    B = step·2^j (step = b for micro-batches, as in ``sampling.one_draw``)."""
+    ``sampling.partial_marks(step, B)`` (step = b for micro-batches, as in ``sampling.one_draw``)."""
+    from bsprof.engine.sampling import partial_marks
     reps, B, _ = g.shape
     big = np.square(g.mean(1)).sum(-1)
     small = np.square(g.reshape(reps, B // b, b, -1).mean(2)).sum(-1).mean(1)
     step = step or (b if b > 1 else 16)
     csum = np.cumsum(g, axis=1)
-    marks = [step << j for j in range(64) if step << j < B]
+    marks = sorted(partial_marks(step, B))
     partial = [np.square(csum[:, m - 1] / m).sum(-1) for m in marks]
     return [Draw(np.array([small[r]]), np.array([big[r]]), b, B, 0.0, n,
                  tuple((m, float(p[r])) for m, p in zip(marks, partial))) for r in range(reps)]
