@@ -1066,6 +1066,31 @@ def test_a_loop_that_forgets_zero_grad_is_told():
     assert not model.weight._backward_hooks  # the tracker removed its hooks
 
 
+@pytest.mark.parametrize("change", ["clip", "zero_grad", "zero_grad_keep", "none", "none_keep"])
+def test_a_change_to_grad_between_micro_steps_is_told(change):
+    """Clipping or zero_grad() inside the accumulation loop: |G_B|² read from .grad after the last pass is no longer
+    the sum the micro-batches' norms were taken of (a trial's finding: B_simple 2.6× too high, status ok). Told at
+    the step; the usual loop (zero_grad with or without set_to_none) is not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    tracker = Tracker(model, opt, accumulation_steps=4, batch_size=32)
+    for step in range(3):
+        for _ in range(4):
+            (model(torch.randn(8, 4)).square().mean() / 4).backward()
+            if step == 2 and change == "clip":
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+            elif step == 2 and change.startswith("zero_grad"):
+                opt.zero_grad(set_to_none=change == "zero_grad")
+        if step == 2 and change not in ("none", "none_keep"):
+            with pytest.raises(TrackerError, match=r"\.grad changed between this step's backward passes"):
+                tracker.step()
+            return
+        assert tracker.step() is not None
+        opt.step()
+        opt.zero_grad(set_to_none=not change.endswith("keep"))
+
+
 class SharedPositions(nn.Module):
     """nanoGPT/GPT-2 style: a position embedding called on [1, T] positions (or [T]), broadcast over the batch by an
     add; ``mix="mul"`` scales by it instead, which the per-example norms cannot follow."""

@@ -555,6 +555,12 @@ class Tracker:
         if t["stale"]:
             self._fail("this step's first backward began with the previous step's gradients still in .grad",
                        "call optimizer.zero_grad() after each optimizer.step() (the tracker reads |G_B|² from .grad)")
+        if r.changed:
+            self._fail(".grad changed between this step's backward passes (clip_grad_norm_, zero_grad() or another "
+                       "change to the gradients inside the accumulation loop): |G_B|², read from .grad after the last "
+                       "pass, would not be the sum of the micro-batches whose norms the hooks took",
+                       "change .grad only after the step's last backward: clip once, before or after tracker.step(), "
+                       "and call zero_grad() after optimizer.step()")
         if k == 0:
             self._fail("tracker.step() was called before any backward pass of this step (or twice for one step)",
                        "call it after loss.backward() (after the last micro-step), before optimizer.zero_grad()")
