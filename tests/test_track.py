@@ -499,6 +499,11 @@ def test_a_log_under_a_decaying_lr_scheduler_scales_from_the_peak_lr(tmp_path):
     assert any(d["code"] == "lr_varied" and "from the peak 0.1" in d["message"] for d in report.diagnostics)
     r = CliRunner().invoke(app, ["check", str(path), "-b", "64", "--lr", "0.1", "--window", "10"])
     assert "PASS learning rate" in r.output and "from lr = 0.1 at B = 64" in " ".join(r.output.split()), r.output
+    # the schedule scales from that peak too, and says so as check does (it said nothing: a trial's finding)
+    planned = CliRunner().invoke(app, ["schedule", str(path), "--target-loss", "1.2", "--window", "10",
+                                       "--format", "json"])
+    assert planned.exit_code == 0, planned.output
+    assert any("the logged lr varied" in n and "from the peak 0.1" in n for n in json.loads(planned.stdout)["notes"])
 
 
 def test_a_log_without_losses_says_so(tmp_path):

@@ -628,6 +628,14 @@ def lead_in_text(lead: predict.LeadIn, batch: float, batch_train: float, start: 
             "steps and the predicted steps and examples (the constant batches' too) include them")
 
 
+# the report's diagnostics that bear on a plan's inputs (the lr it scales from, the windows it fits, the steps it
+# counts), repeated in its notes as `check` repeats them (a trial's finding: a OneCycle log's peak lr and a widened
+# window were said by `report` and `check`, not by `schedule`)
+PLAN_DIAGNOSTICS = frozenset({"lr_varied", "lr_not_used", "window_widened", "window_cut_short", "one_window",
+                              "few_windows", "unresolved", "skipped_steps", "torn_line", "several_runs", "loss_rose",
+                              "batch_shrunk", "clipping", "temperature"})
+
+
 def plan(report, config: ScheduleConfig | dict) -> Schedule:
     """The batch-size (and learning-rate) schedule from the report's start to ``config.target_loss``. ``report``: a
     Report, or the path of a report.json (or its folder); ``config``: a ScheduleConfig or a dict of its fields.
@@ -750,6 +758,8 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
     elif extrapolated_lr(stages, lr0):
         assumed.append(extrapolated_lr(stages, lr0))
     baselines = _baselines(path, batch_train, config, pred, quantum, lead)
+    notes += [d["message"] for d in report.diagnostics
+              if isinstance(d, dict) and d.get("code") in PLAN_DIAGNOSTICS and d.get("message")]
     return Schedule(stages=stages, target_loss=config.target_loss, unit=report.unit, rule=config.rule,
                     lr_rule=lr_rule, prediction=pred, baselines=baselines,
                     fit=fit.to_dict(), warnings=warnings, notes=notes,
