@@ -685,8 +685,8 @@ def test_the_schedule_counts_steps_from_the_start_of_the_run():
 
 
 def test_a_tracker_log_schedule_counts_steps_from_its_first_logged_step(tmp_path):
-    """The log's windows of 20 steps put the path's first point at step 19: the first stage starts at the first
-    logged step and its loss, and the 19 steps before the path are counted."""
+    """The log's windows of 20 steps put the path's first point at step 9 (the first window's middle): the first
+    stage starts at the first logged step and its loss, and the 9 steps before the path are counted."""
     from bsprof.track import read_log, report_from_log
 
     log = logged_run(tmp_path / "trk.jsonl")
@@ -696,7 +696,7 @@ def test_a_tracker_log_schedule_counts_steps_from_its_first_logged_step(tmp_path
     rows = report.measurements
     s = plan(report, ScheduleConfig(target_loss=0.95 * min(r.loss for r in rows), allow_extrapolation=True))
     assert s.stages[0].start_step == 0 and s.stages[0].start_loss == max(first.draw.loss, rows[0].loss)
-    assert s.prediction["lead_in"]["path_step"] == 19 and s.prediction["lead_in"]["steps"] > 0
+    assert s.prediction["lead_in"]["path_step"] == 9 and s.prediction["lead_in"]["steps"] > 0
     assert any("as from the logged run's first step (step 0" in a for a in s.assumptions)
 
 

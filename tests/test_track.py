@@ -575,7 +575,7 @@ def test_jsonl_round_trip_and_report(tmp_path):
                                                                           b.big_sq_total, b.loss)
     report = report_from_log(path, window=10)
     rows = report.measurements
-    assert [r.step for r in rows] == [10, 20, 24]  # every 10 logged steps, and the last
+    assert [r.step for r in rows] == [5, 15, 22]  # windows of 10 logged steps and the last 4, at their middle step
     assert rows[-1].n_draws == 4 and rows[-1].b_simple.value == pytest.approx(tracker.estimate(window=4).value)
     assert [r.n_draws for r in rows] == [10, 10, 4]  # no step counted twice
     again = Report.from_json(report.to_json(tmp_path / "report.json"))
@@ -1456,6 +1456,24 @@ def test_log_windows_too_short_to_determine_join_the_next(tmp_path):
     assert sum(m.n_draws for m in report.measurements) == n
 
 
+def test_log_rows_sit_on_the_loss_curve(tmp_path):
+    """A row of a log is a window mean: placed at the window's middle step with its middle half's mean loss, its
+    (step, loss) lies on the run's loss curve, from which a schedule counts steps. (At the window's last step with
+    the whole window's mean, it lay a half window late and more: 0.887 at step 49 where the loss was 0.595.)"""
+    header = {"schema": "bsprof.track", "version": 1, "unit": "examples", "source": "auto", "world_size": 1,
+              "accumulation_steps": 4, "optimizer": "SGD", "optimizer_momentum": 0.0}
+    rng = np.random.default_rng(0)
+    curve = lambda k: 0.4 + math.exp(-k / 30)  # noqa: E731
+    rows = [{"step": k, "examples": 64 * k, "b": 16, "B": 64, "small_sq": (1 + 50 / 16) * rng.gamma(50, 1 / 50),
+             "big_sq": (1 + 50 / 64) * rng.gamma(50, 1 / 50), "loss": curve(k), "lr": 0.1} for k in range(200)]
+    path = tmp_path / "decay.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [header, *rows]) + "\n")
+    report = report_from_log(path, window=50)
+    assert [m.step for m in report.measurements] == [24, 74, 124, 174]
+    for m in report.measurements:
+        assert m.loss == pytest.approx(curve(m.step), rel=0.01)
+
+
 def test_an_unresolved_window_of_a_log_is_called_so(tmp_path):
     """Pairs whose small-batch norm barely exceeds the large one (tr(Σ) not told apart from 0): the window's
     B_simple interval reaches 0, and the report read from the log says it is unresolved, as `bsprof measure` does,
@@ -1470,7 +1488,7 @@ def test_an_unresolved_window_of_a_log_is_called_so(tmp_path):
     report = report_from_log(path, window=10)
     assert report.measurements[0].b_simple.unresolved
     [note] = [d for d in report.diagnostics if d["code"] == "unresolved"]
-    assert "--window" in note["message"] and "step 9" in note["message"]
+    assert "--window" in note["message"] and "step 4" in note["message"]  # the window's middle
 
 
 def test_per_example_refuses_a_tied_weight_also_applied_functionally():

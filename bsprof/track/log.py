@@ -28,7 +28,7 @@ import numpy as np
 from bsprof import __version__
 from bsprof.errors import ConfigError, ReportError
 from bsprof.output.report import Report
-from bsprof.results import Measurement, Status, json_clean
+from bsprof.results import Measurement, Status, finite, json_clean
 from bsprof.stats.draw import Draw
 from bsprof.track.window import b_simple_of, measurement, windowed
 
@@ -205,9 +205,18 @@ class _Row:
 
 
 def _row(log: TrackLog, part: list, confidence: float) -> Measurement:
-    """One window's row: B_simple over its steps' pairs (B_pre too, where they logged preconditioned norms)."""
-    m = measurement([s.draw for s in part], step=part[-1].step, examples_seen=part[-1].examples,
+    """One window's row: B_simple over its steps' pairs (B_pre too, where they logged preconditioned norms), at
+    the window's middle step, with the mean loss of the window's middle half: a schedule reads the loss path from
+    (step, loss), and the noise scale, a mean over the window, belongs to its middle. (At the window's last step
+    with the whole window's mean loss, the path ran late, a half window and more where the loss falls fast, and a
+    schedule predicted 1.7–3.5× the steps the logged run itself took to a target: a trial's finding.)"""
+    n = len(part)
+    middle = part[(n - 1) // 2]
+    m = measurement([s.draw for s in part], step=middle.step, examples_seen=middle.examples,
                     method=_method(log), confidence=confidence)
+    central = [s.draw for s in part[n // 4:n - n // 4] if finite(s.draw.loss)]
+    if central:
+        m = replace(m, loss=math.fsum(d.loss * d.B for d in central) / math.fsum(d.B for d in central))
     pre = _pre_draws(part)
     if len(pre) >= 2:
         m = replace(m, b_pre=b_simple_of(windowed(pre, None, confidence)))
