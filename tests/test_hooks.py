@@ -694,3 +694,43 @@ def test_a_class_token_joined_along_a_negative_dim(dim):
     got, want = per_example_hooks(model, xent, batch, 5), per_example_vmap(model, xent, batch, 5)
     assert got.fallbacks is None
     assert torch.allclose(got.small_sq_sum, want.small_sq_sum, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("with_gru", [False, True], ids=["hooks", "loop-fallback"])
+def test_a_collated_list_column_is_split_with_the_tensors(with_gru):
+    """A custom collate's plain lists, one value per example (lengths, ids), are sliced with the tensors when one
+    example is taken alone (the mixing check, the fallback's loop): they were left whole, the loss saw 1 token row
+    and 2 ids, and the check blamed the user's loss (a trial's finding). A GRU goes to the torch.func fallback,
+    which cannot map over a list: the loop instead. Against a loop over hand-made one-example batches."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.out = nn.Linear(3, 4), nn.Linear(4, 2)
+            self.gru = nn.GRU(4, 4, batch_first=True) if with_gru else None
+
+        def forward(self, x, lengths):
+            h = torch.tanh(self.inp(x)) * torch.as_tensor(lengths, dtype=x.dtype)[:, None]
+            if self.gru is not None:
+                h = self.gru(h[:, None])[0][:, 0]
+            return self.out(h)
+
+    def loss(model, batch):
+        assert len(batch["ids"]) == len(batch["lengths"]) == batch["x"].shape[0], "misaligned batch"
+        return F.cross_entropy(model(batch["x"], batch["lengths"]), batch["y"], reduction="none")
+
+    model, n = Net().double(), 5
+    batch = {"x": torch.randn(n, 3, dtype=torch.float64), "y": torch.randint(0, 2, (n,)),
+             "lengths": [1, 2, 3, 4, 5], "ids": [f"ex{i}" for i in range(n)], "tag": ("shared", "constant")}
+    assert hooks._rows(batch, 1, 3)["lengths"] == [2, 3] and hooks._rows(batch, 1, 3)["tag"] == ("shared", "constant")
+    assert not losses_mix_examples(model, loss, batch)
+    got = per_example_hooks(model, loss, batch, n).small_sq_sum
+    params = [p for p in model.parameters()]
+    want = torch.zeros(len(params), dtype=torch.float64)
+    for i in range(n):
+        one = {"x": batch["x"][i:i + 1], "y": batch["y"][i:i + 1], "lengths": [batch["lengths"][i]],
+               "ids": [batch["ids"][i]], "tag": batch["tag"]}
+        grads = torch.autograd.grad(loss(model, one)[0], params)
+        want += torch.stack([g.square().sum() for g in grads])
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=0)

@@ -21,15 +21,17 @@ read by ``probes.choose``).
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from contextlib import nullcontext
 from functools import partial
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from bsprof.errors import BsprofError, ConfigError
 from bsprof.probes.base import (
@@ -61,8 +63,27 @@ from bsprof.probes.vmap import _Objective, per_example_vmap, quiet_fallbacks
 
 
 def _rows(batch, start: int, stop: int):
-    """Examples start..stop of a collated batch (every tensor leaf sliced on dim 0)."""
-    return tree_map(lambda x: x[start:stop] if isinstance(x, Tensor) and x.dim() > 0 else x, batch)
+    """Examples start..stop of a collated batch: every tensor sliced on dim 0, and every list or tuple of plain
+    values (numbers, strings) as long as the batch (a custom collate's lengths or ids, one per example; a trial
+    found them left whole, and the one-example check blamed the user's loss)."""
+    first = next((x for x in tree_leaves(batch) if isinstance(x, Tensor) and x.dim() > 0), None)
+    count = None if first is None else first.shape[0]
+
+    def cut(x):
+        if isinstance(x, Tensor):
+            return x[start:stop] if x.dim() > 0 else x
+        if isinstance(x, (list, tuple)):
+            column = len(x) == count and all(isinstance(v, (int, float, str, bytes)) or v is None for v in x)
+            items = list(x[start:stop]) if column else [cut(v) for v in x]
+            return (items if isinstance(x, list) else type(x)(*items) if hasattr(x, "_fields")  # a namedtuple
+                    else tuple(items))
+        if isinstance(x, Mapping):  # dict, OrderedDict, a UserDict such as transformers' BatchEncoding
+            out = copy.copy(x)
+            for k, v in x.items():
+                out[k] = cut(v)
+            return out
+        return x
+    return cut(batch)
 
 
 _LAYOUT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → ids of modules fed sequence-first
@@ -629,7 +650,8 @@ def _fallback_sq(model: nn.Module, loss_fn: LossFn, batch, names: list[str], par
     try:
         with quiet_fallbacks():
             return _vmap_sq(model, loss_fn, batch, names, params, chosen)
-    except RuntimeError:  # no batching rule (e.g. nn.GRU's in-place hidden state under vmap)
+    except (RuntimeError, ValueError):  # no batching rule (nn.GRU's in-place hidden state under vmap), or a batch
+        #                                   with plain values vmap cannot map (a collate's list of lengths)
         return _loop_sq(model, loss_fn, batch, [params[k] for k in chosen], count)
 
 
