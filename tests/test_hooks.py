@@ -734,3 +734,27 @@ def test_a_collated_list_column_is_split_with_the_tensors(with_gru):
         grads = torch.autograd.grad(loss(model, one)[0], params)
         want += torch.stack([g.square().sum() for g in grads])
     torch.testing.assert_close(got, want, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["expanded", "times_batch", "batch_normalised", "per_example"])
+def test_a_loss_summed_over_the_batch_is_refused(kind):
+    """A loss summed over the batch and returned per example (the sum expanded to [B], or the per-example losses ×
+    B) makes |G|² and tr(Σ) grow with the batch (64× at micro-batches of 8: a trial's finding, noted only as
+    'mixing', then an overflow): refused with the fix. A loss that truly mixes examples stays 'mixing'."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    batch = (torch.randn(4, 3), torch.randn(4, 1))
+
+    def loss(model, batch):
+        x, y = batch
+        each = (model(x) - y).square().squeeze(-1)
+        return {"expanded": lambda: each.sum().expand(x.shape[0]), "times_batch": lambda: each * x.shape[0],
+                "batch_normalised": lambda: each / each.mean().detach().clamp_min(1e-3) ** 0.5,
+                "per_example": lambda: each}[kind]()
+
+    if kind in ("expanded", "times_batch"):
+        with pytest.raises(ConfigError, match="summed over the batch") as e:
+            losses_mix_examples(model, loss, batch)
+        assert "reduction='none'" in e.value.hint
+    else:
+        assert losses_mix_examples(model, loss, batch) == (kind == "batch_normalised")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from bsprof.errors import BsprofError
+from bsprof.errors import BsprofError, ConfigError
 from bsprof.probes import PROBES
 from bsprof.probes.base import LossFn, Probe, batch_coupled, coupled_reason, eval_mode, per_example_losses
 from bsprof.probes.hooks import fallback_text, fallbacks, losses_mix_examples
@@ -73,6 +73,8 @@ def training_pairs(model: nn.Module, loss_fn: LossFn, pair) -> tuple[str | None,
     failure: list = []
     try:
         mixes = pair is not None and _examples_on_dim0(pair) and _mixes(model, loss_fn, pair, failure)
+    except ConfigError:  # a loss summed over the batch: the user's to fix
+        raise
     except Exception:  # noqa: BLE001 - a model that cannot run on two examples: its probe choice said why
         mixes = False
     if mixes:

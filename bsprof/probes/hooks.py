@@ -152,14 +152,26 @@ def losses_mix_examples(model: nn.Module, loss_fn: LossFn, batch, rtol: float = 
         if failure is not None:
             failure.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200])
         return True
-    l2 = per_example_losses(model, loss_fn, pair, 2)[0]
+    both = per_example_losses(model, loss_fn, pair, 2)
+    l2 = both[0]
     if not (torch.isfinite(l1) and torch.isfinite(l2)):  # a diverged model: no evidence of mixing (said elsewhere)
         return False
     g1 = torch.autograd.grad(l1, params, allow_unused=True, materialize_grads=True)
     g2 = torch.autograd.grad(l2, params, allow_unused=True, materialize_grads=True)
     close = partial(torch.allclose, rtol=rtol, atol=rtol * 1e-3)
     g1, g2 = ([g.to_dense() if g.is_sparse else g for g in gs] for gs in (g1, g2))  # Embedding(sparse=True)
-    return not (close(l1.detach(), l2.detach()) and all(close(a, b) for a, b in zip(g1, g2)))
+    if close(l1.detach(), l2.detach()) and all(close(a, b) for a, b in zip(g1, g2)):
+        return False
+    with torch.no_grad():  # a loss summed over the batch: the pair's mean is the singles' sum, not their mean
+        alone_sum = l1.detach() + per_example_losses(model, loss_fn, _rows(batch, 1, 2), 1)[0]
+        pair_mean = both.detach().mean()
+    if close(2 * pair_mean, alone_sum) or not close(pair_mean, alone_sum):  # (a zero sum: no evidence)
+        return True
+    raise ConfigError(f"loss(model, batch) is summed over the batch: for two examples it returned a mean of "
+                      f"{float(pair_mean):.4g}, the sum of their losses alone ({float(alone_sum):.4g}), so |G|² and "
+                      "tr(Σ) would grow with the batch size (reduction='sum' spread over the examples with "
+                      ".expand(B), or the per-example losses × B)",
+                      "return the per-example losses, e.g. F.cross_entropy(out, y, reduction='none')")
 
 
 _ACCUMULATE = type(torch.empty(1, requires_grad=True).view(1).grad_fn.next_functions[0][0])  # a leaf's node
