@@ -130,8 +130,10 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
                     row = info["row"]
                     elapsed = time.perf_counter() - started
                     other = max(0.0, elapsed - info["measuring_s"] - info["training_s"])
-                    extra = info.get("step_s", 0.0) - row.seconds   # B_noise, B_pre after B_simple's draws
-                    also = f", {extra:.1f} s more for B_noise/B_pre" if extra >= 0.05 else ""
+                    extra = info.get("step_s", 0.0) - row.seconds   # after B_simple's draws: B_noise, B_pre, ...
+                    more = " and ".join(q for q, est in (("B_noise", row.b_noise), ("B_pre", row.b_pre))
+                                        if est is not None and est.status.value != "not_available")
+                    also = f", {extra:.1f} s more for {more or 'its other statistics'}" if extra >= 0.05 else ""
                     say(f"step {row.step}: B_simple {estimate_text(row.b_simple)} ({row.n_draws} draws, "
                         f"{row.examples} examples, {row.seconds:.1f} s{also}); so far measuring "
                         f"{info['measuring_s']:.1f} s"
