@@ -357,7 +357,11 @@ def test_a_headline_that_is_only_a_lower_bound_is_said_when_the_latest_value_jud
     v = judge(report, 1024)
     assert v.noise.name == "B_simple"
     assert any(n.startswith("the report's critical batch is only a lower bound (> 53.6), so this judges by the "
-                            "latest measurement's B_simple as measured") for n in v.notes), v.notes
+                            "latest measurement's B_simple (one point, not the path), with the headline's optimizer "
+                            "factor and model range") for n in v.notes), v.notes
+    # read as the headline reads a point: the fixed-weight B_simple under plain SGD, its lower end ÷4
+    last = report.measurements[-1].b_simple
+    assert v.noise.model_range == (0.25, 1.0) and v.noise.lo == pytest.approx(last.lo / 4)
 
 
 def test_a_baseline_of_another_model_is_said_to_be_one():
@@ -400,7 +404,9 @@ def test_exit_2_cannot_judge(tmp_path, report):
     bound = make_report([_row(0, 2.3, math.nan, 500.0, math.inf, status="lower_bound")])
     path = bound.to_json(tmp_path / "lb.json")
     assert run(path, "-b", 4096).exit_code == 2
-    assert run(path, "-b", 32).exit_code == 1                         # provably too small
+    assert run(path, "-b", 32).exit_code == 2   # 500 ÷ 4 (the model range's low end) / 32 < 4: cannot judge
+    assert run(path, "-b", 16).exit_code == 1   # provably too small, even at 125 (a trial's finding: FAIL at 64
+    #                                             against a raw 502 [502, 502], whose low end the sweeps put at 126)
     assert run(report, "-b", 1024, "--at-loss", 0.1).exit_code == 2   # no extrapolation
     assert run(report, "-b", 0).exit_code == 2
     assert run(report, "-b", 1024, "--factor", 0.5).exit_code == 2

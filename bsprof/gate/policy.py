@@ -191,8 +191,25 @@ def _noise_at(report: Report, at_loss: float | None = None) -> Reading:
                                        + (s.critical_batch_reason or s.critical_batch_quantity or "").split(";")[0],
                                        model_range=model_range(name, quantity), quantity=quantity,
                                        factor=calibration(name, measured_as(quantity, report.measurements)))
-        return base
+        return _as_headline(base, optimizer_name(report.config))
     return _interpolated(report, at_loss)
+
+
+def _as_headline(r: Reading, optimizer: str | None) -> Reading:
+    """The latest measurement read as the headline reads a point: × the factor for the optimizer family
+    (``plan.calibration``) and the interval widened by the model range for its quantity (``headline.MODEL_RANGE``;
+    under plain SGD the fixed-weight B_simple's lower end ÷4), so a batch fails "even at the low end" only of what
+    the sweeps allow (a trial's finding: FAIL at 64 against a raw 502 [502, 502], which the range puts at ≥ 126)."""
+    from bsprof.schedule.headline import model_range
+    from bsprof.schedule.plan import calibration
+
+    if r.status is Status.UNDETERMINED or r.quantity is None:
+        return r
+    k, (down, up) = calibration(optimizer, r.quantity), model_range(optimizer, r.quantity)
+    if (k, down, up) == (1, 1, 1):
+        return r
+    return dataclasses.replace(r, value=k * r.value, lo=k * r.lo * down, hi=k * r.hi * up, model_range=(down, up),
+                               factor=k, name=r.name if k == 1 else f"{k:g} × {r.name}")
 
 
 def _interp_log(x: float, xs: np.ndarray, ys: list[float]) -> float:
@@ -683,8 +700,9 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
         shown = (f"only a lower bound (> {_fmt(cb.lo)})" if cb.status is Status.LOWER_BOUND and finite(cb.lo)
                  else "undetermined")
         notes.append(f"the report's critical batch is {shown}, so this judges by the latest measurement's "
-                     "B_simple as measured (no optimizer factor, one point, not the path); the headline's reason in "
-                     "the report says why it is not determined — or judge at one loss with --at-loss")
+                     "B_simple (one point, not the path), with the headline's optimizer factor and model range; the "
+                     "headline's reason in the report says why it is not determined — or judge at one loss with "
+                     "--at-loss")
     if baseline is not None:
         old = noise_at(baseline, at_loss)
         k_new, k_old = _factor(report, at_loss), _factor(baseline, at_loss)
