@@ -1096,6 +1096,31 @@ def test_a_change_to_grad_between_micro_steps_is_told(change):
         opt.zero_grad(set_to_none=not change.endswith("keep"))
 
 
+def test_a_change_to_grad_that_starts_later_is_told_at_the_next_watched_step():
+    """The watch runs on the first 8 steps and every 16th after (sources.WATCH_FIRST, WATCH_EVERY): clipping inside
+    the accumulation loop from step 10 on is told at step 16."""
+    from bsprof.track.sources import WATCH_EVERY, WATCH_FIRST
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    tracker = Tracker(model, opt, accumulation_steps=2, batch_size=16)
+    told = None
+    for step in range(2 * WATCH_EVERY):
+        for _ in range(2):
+            (model(torch.randn(8, 4)).square().mean() / 2).backward()
+            if step >= WATCH_FIRST + 2:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+        try:
+            tracker.step()
+        except TrackerError:
+            told = step
+            break
+        opt.step()
+        opt.zero_grad()
+    assert told == WATCH_EVERY
+
+
 class SharedPositions(nn.Module):
     """nanoGPT/GPT-2 style: a position embedding called on [1, T] positions (or [T]), broadcast over the batch by an
     add; ``mix="mul"`` scales by it instead, which the per-example norms cannot follow."""
