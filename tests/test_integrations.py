@@ -23,7 +23,7 @@ import bsprof
 from bsprof.integrations.loggers import kind_of, log_to, scalars, write
 from bsprof.schedule import Schedule, ScheduleError, Stage
 from bsprof.schedule.apply import ScheduleLR
-from bsprof.track import read_log
+from bsprof.track import TrackerError, read_log
 
 D, H = 8, 16
 
@@ -171,7 +171,8 @@ def test_schedule_lr_keeps_group_ratios():
 
 
 # -- Lightning ---------------------------------------------------------------------------------------------
-def lightning_run(tmp_path, accum: int, steps: int = 20, callback=None, schedule=None, **trainer_kw):
+def lightning_run(tmp_path, accum: int, steps: int = 20, callback=None, schedule=None, extra_callbacks=(),
+                  **trainer_kw):
     L = pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'bsprof[lightning]')")
     from lightning.pytorch.loggers import CSVLogger
 
@@ -198,7 +199,7 @@ def lightning_run(tmp_path, accum: int, steps: int = 20, callback=None, schedule
     callback = callback or NoiseScale(window=10, log_every=5)
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=CSVLogger(str(tmp_path)),
                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-                        accumulate_grad_batches=accum, callbacks=[callback], **trainer_kw)
+                        accumulate_grad_batches=accum, callbacks=[callback, *extra_callbacks], **trainer_kw)
     trainer.fit(module, DataLoader(data(), batch_size=8, shuffle=False))
     return module, callback, trainer
 
@@ -234,6 +235,16 @@ def test_lightning_every_n_and_clipping(tmp_path):
     ref = plain_run(accum=4, micro=8, steps=12, clip=0.01)
     assert cb.tracker.steps == [0, 3, 6, 9] and cb.unmeasured["not due"] == 8
     np.testing.assert_allclose(pairs(cb.tracker), pairs(ref)[::3], rtol=1e-5)
+
+
+def test_lightning_callback_added_twice_measures_once_and_says_so(tmp_path):
+    pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'bsprof[lightning]')")
+    from bsprof.integrations.lightning import NoiseScale
+
+    second = NoiseScale(window=10, log=tmp_path / "second.jsonl")
+    with pytest.warns(UserWarning, match="this NoiseScale callback stays off"):
+        _, first, _ = lightning_run(tmp_path, 2, steps=6, extra_callbacks=[second])
+    assert len(first.tracker.draws) == 6 and second.tracker is None and not (tmp_path / "second.jsonl").exists()
 
 
 def test_lightning_logs_on_log_steps_that_were_not_measured(tmp_path):
@@ -403,6 +414,49 @@ def test_hf_callback_agrees_with_the_plain_tracker(tmp_path, accum):
     assert all("loss" in r for r in logged)  # one record with the Trainer's own loss
     assert logged[-1]["bsprof/b_simple_lo"] == pytest.approx(cb.tracker.estimate(window=10).lo, rel=1e-6)
     assert (tmp_path / "hf1000000000.0" / "bsprof.jsonl").is_file()
+
+
+def test_hf_callback_attached_twice_is_refused_and_a_second_in_callbacks_stays_off(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed "
+                                       "(pip install 'bsprof[hf]')")
+    from bsprof.integrations.hf import NoiseScaleCallback, attach
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), max_steps=4, per_device_train_batch_size=8, gradient_accumulation_steps=2,
+        report_to=[], use_cpu=True, learning_rate=0.05, optim="sgd", save_strategy="no", disable_tqdm=True)
+    second = NoiseScaleCallback(window=10, log=tmp_path / "second.jsonl")
+    trainer = transformers.Trainer(model=Regressor(), args=args, train_dataset=DictData(data()), callbacks=[second])
+    with pytest.raises(TrackerError, match="already has a bsprof NoiseScaleCallback"):
+        attach(trainer)
+    trainer.callback_handler.callbacks.remove(second)
+    first = attach(trainer, window=10)
+    trainer.callback_handler.callbacks.append(second)
+    with pytest.warns(UserWarning, match="this NoiseScaleCallback stays off"):
+        trainer.train()
+    assert len(first.tracker.draws) == 4 and second.tracker is None and not (tmp_path / "second.jsonl").exists()
+
+
+def test_hf_resumed_from_a_checkpoint_continues_the_log(tmp_path):
+    """Trained to step 6 with checkpoints every 3, then resumed from checkpoint-3 to step 8: one log, read as one
+    run of steps 0–7 (the first run's steps 3–5 replaced by the retrained ones), its examples count continuous."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed "
+                                       "(pip install 'bsprof[hf]')")
+    from bsprof.integrations.hf import attach
+
+    def train(steps, resume=None):
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / "hf"), max_steps=steps, per_device_train_batch_size=8,
+            gradient_accumulation_steps=2, report_to=[], use_cpu=True, learning_rate=0.05, optim="sgd",
+            lr_scheduler_type="constant", save_strategy="steps", save_steps=3, disable_tqdm=True, seed=0)
+        trainer = transformers.Trainer(model=Regressor(), args=args, train_dataset=DictData(data()))
+        attach(trainer, window=4)
+        trainer.train(resume_from_checkpoint=resume)
+
+    train(6)
+    train(8, resume=str(tmp_path / "hf" / "checkpoint-3"))
+    log = read_log(tmp_path / "hf" / "bsprof.jsonl")
+    assert [s.step for s in log.steps] == list(range(8)) and log.resumes == ((3, 3),) and log.earlier_runs == 0
+    assert [s.examples for s in log.steps] == [16 * i for i in range(8)]
 
 
 def test_hf_logs_on_log_steps_that_were_not_measured(tmp_path):

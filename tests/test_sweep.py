@@ -627,6 +627,30 @@ def test_a_flat_steps_curve_does_not_determine_b_crit():
     assert any("does not determine B_crit" in n for n in result.notes)
 
 
+def test_batches_that_reach_the_target_in_one_or_two_steps_say_to_lower_it():
+    """S(B) counts whole steps: a batch at the target after 1–2 steps says little about the fit, and a note says
+    to lower the target; with every batch taking many steps there is no such note."""
+    from types import SimpleNamespace
+
+    from bsprof.sweep import api
+    from bsprof.sweep.config import SweepConfig
+    from bsprof.sweep.result import Branch
+
+    def result(scale):
+        rows = [Branch(b, 0.1, 1.0, s, 1, b, 0.2, 0.01, 1.0, False, max(1.0, round(scale * 20 * (1 + 32 / b))))
+                for b in (16, 32, 64, 128) for s in (0, 1)]
+        cfg = SweepConfig(method="global", target_loss=0.2, batches=(16, 32, 64, 128))
+        setup = SimpleNamespace(spec=SimpleNamespace(info=lambda: {}, optimizer=None), initial_loss=1.0,
+                                optimizer="SGD", base_lr=0.1, rule="linear", b_noise=None, n_eval=100, held_out=True,
+                                n_data=1000)
+        budget = SimpleNamespace(train_examples=0, eval_examples=0, seconds=0.0)
+        return api._global_result(setup, cfg, rows, budget, None, None, 50)
+
+    notes = " ".join(result(0.05).notes)   # steps 3, 2, 2, 1
+    assert "batch 32, 64, 128 reached the target in 2, 2, 1 step(s)" in notes and "lower --target-loss" in notes
+    assert "lower --target-loss" not in " ".join(result(1.0).notes)
+
+
 def test_a_probe_at_another_lr_than_the_sweeps_is_said():
     """The report's probe trained at a quarter of the lr the sweep tuned at its batch: the comparison mixes two
     temperatures (lr/B), and a note says so; within 2× it says nothing (a new user's finding: ratio 0.31 there,

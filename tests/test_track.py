@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from bsprof.errors import BsprofError
 from bsprof.output.report import Report
 from bsprof.probes.precondition import adam_preconditioner
 from bsprof.stats.draw import Draw
@@ -454,6 +455,36 @@ def test_a_run_appended_to_a_log_is_read_with_its_own_header(tmp_path):
     path.write_text("\n".join(headerless) + "\n")
     old = read_log(path)
     assert old.earlier_runs == 1 and len(old.steps) == 6 and old.header["optimizer"] == "Adam"
+
+
+def test_a_run_resumed_from_a_checkpoint_continues_the_log(tmp_path):
+    """A run killed after step 9 and resumed from its checkpoint at step 6 (``tracker.step(step=6)``, as Lightning
+    and Hugging Face pass their global step): the log reads as one run, steps 0–5 of the first and 6–11 of the
+    second, the examples count carried on (the new tracker restarted it at 0), the retrained steps 6–9 of the first
+    run replaced and said so. A fresh run appended after it (from step 0) still starts over."""
+    path = tmp_path / "resumed.jsonl"
+    model, (x, y) = mlp(), data()
+
+    def run(steps, first=None):
+        opt = torch.optim.SGD(model.parameters(), 0.1)
+        with Tracker(model, opt, accumulation_steps=2, batch_size=64, log=path) as tracker:
+            for i in range(steps):
+                for j in range(2):
+                    (ce(model, (x[32 * j:32 * (j + 1)], y[32 * j:32 * (j + 1)])).mean() / 2).backward()
+                tracker.step(step=first if i == 0 else None)
+                opt.step()
+                opt.zero_grad()
+
+    run(10)
+    run(6, first=6)
+    log = read_log(path)
+    assert [s.step for s in log.steps] == list(range(12)) and log.earlier_runs == 0 and log.resumes == ((6, 4),)
+    assert [s.examples for s in log.steps] == [64 * i for i in range(12)]
+    codes = [d["code"] for d in report_from_log(path, window=4).diagnostics]
+    assert "resumed" in codes and "several_runs" not in codes
+    run(3)
+    log = read_log(path)
+    assert [s.step for s in log.steps] == [0, 1, 2] and log.earlier_runs == 1 and log.resumes == ()
 
 
 def test_check_on_a_log_from_several_ranks_says_the_batch_is_global(tmp_path):
@@ -896,6 +927,32 @@ def test_close_removes_every_hook():
     with Tracker(model, source="per_example"):
         assert hooks_left(model) > 0
     assert hooks_left(model) == 0
+
+
+def test_a_second_tracker_on_a_model_that_has_an_open_one_is_refused():
+    """Two open trackers would both hook the model's backward passes; the second is refused with the fix, and a
+    closed tracker frees the model."""
+    model = mlp()
+    first = Tracker(model, accumulation_steps=2)
+    before = hooks_left(model)
+    with pytest.raises(TrackerError, match="already has an open bsprof tracker") as err:
+        Tracker(model, accumulation_steps=2)
+    assert "close the first" in str(err.value) and hooks_left(model) == before
+    first.close()
+    with Tracker(model, accumulation_steps=2):
+        pass
+    assert hooks_left(model) == 0
+
+
+def test_two_trackers_writing_one_log_are_refused_and_leave_no_hook(tmp_path):
+    log = tmp_path / "run.jsonl"
+    with Tracker(mlp(), accumulation_steps=2, log=log):
+        other = mlp(1)
+        with pytest.raises(BsprofError, match="already being written by another open bsprof tracker"):
+            Tracker(other, accumulation_steps=2, log=tmp_path / "." / "run.jsonl")
+        assert hooks_left(other) == 0
+    with Tracker(mlp(1), accumulation_steps=2, log=log):   # the first closed: the file is free
+        pass
 
 
 # ---------------------------------------------------------------- DDP and FSDP2: two gloo ranks (torchrun subprocesses)

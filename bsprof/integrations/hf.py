@@ -39,6 +39,7 @@ the Trainer's own loss record of that step.) The JSONL log goes to ``<output_dir
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from pathlib import Path
 
@@ -48,7 +49,7 @@ from bsprof.integrations.loggers import PREFIX, scalars
 from bsprof.integrations.steps import Steps, rows_of
 from bsprof.schedule.apply import ScheduleLR
 from bsprof.track import Tracker
-from bsprof.track.tracker import TrackerError
+from bsprof.track.tracker import TrackerError, open_tracker
 
 try:
     from transformers import TrainerCallback
@@ -88,11 +89,16 @@ class NoiseScaleCallback(TrainerCallback):
 
     # -- lifetime ------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        tracked = self._tracked(args, model)
+        if open_tracker(tracked) is not None:
+            warnings.warn("bsprof: this model already has an open tracker (is a NoiseScaleCallback in the "
+                          "trainer's callbacks twice?): this NoiseScaleCallback stays off", stacklevel=2)
+            return
         log = self.log_path
         if log == "auto":
             log = Path(args.output_dir) / "bsprof.jsonl"
             log.parent.mkdir(parents=True, exist_ok=True)
-        self.tracker = Tracker(self._tracked(args, model), optimizer,
+        self.tracker = Tracker(tracked, optimizer,
                                log=log if state.is_world_process_zero else None, **self.options)
         self.steps = Steps(self.tracker, self.every)
         self._handles = [model.register_forward_pre_hook(self._rows, with_kwargs=True),
@@ -156,7 +162,8 @@ class NoiseScaleCallback(TrainerCallback):
             self._unlogged = dict(self.latest)
 
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
-        self._follow_schedule(args, state, lr_scheduler)
+        if self.steps is not None:
+            self._follow_schedule(args, state, lr_scheduler)
 
     def _follow_schedule(self, args, state, lr_scheduler=None) -> None:
         """Set ``args.gradient_accumulation_steps`` for the next optimizer step. The Trainer reads it for every
@@ -194,6 +201,9 @@ class NoiseScaleCallback(TrainerCallback):
 def attach(trainer, **options) -> NoiseScaleCallback:
     """A ``NoiseScaleCallback`` added to ``trainer`` FIRST among its callbacks, so that its values join each log
     record before the ``report_to`` integrations (TensorBoard, W&B, …) and the printer see it."""
+    if any(isinstance(c, NoiseScaleCallback) for c in trainer.callback_handler.callbacks):
+        raise TrackerError("this trainer already has a bsprof NoiseScaleCallback",
+                           "attach once: either attach(trainer) or NoiseScaleCallback in callbacks=[...], not both")
     callback = NoiseScaleCallback(trainer=trainer, **options)
     trainer.callback_handler.callbacks.insert(0, callback)
     return callback

@@ -35,6 +35,7 @@ from bsprof.integrations.loggers import PREFIX, scalars, write
 from bsprof.integrations.steps import Steps, rows_of
 from bsprof.schedule.apply import ScheduleLR
 from bsprof.track import Tracker
+from bsprof.track.tracker import open_tracker
 
 try:
     from lightning.pytorch.callbacks import Callback
@@ -92,12 +93,17 @@ class NoiseScale(Callback):
             warnings.warn("bsprof's NoiseScale callback needs automatic optimization: not measuring "
                           "(with manual optimization, call a bsprof.Tracker yourself)", stacklevel=2)
             return
+        model = _model(trainer, pl_module)
+        if open_tracker(model) is not None:
+            warnings.warn("bsprof: this model already has an open tracker (is the NoiseScale callback in the "
+                          "trainer's callbacks twice?): this NoiseScale callback stays off", stacklevel=2)
+            return
         log = self.log_path
         if log == "auto":
             log = Path(trainer.log_dir or trainer.default_root_dir) / "bsprof.jsonl"
             log.parent.mkdir(parents=True, exist_ok=True)
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
-        self.tracker = Tracker(_model(trainer, pl_module), optimizer, log=log, **self.options)
+        self.tracker = Tracker(model, optimizer, log=log, **self.options)
         self.steps = Steps(self.tracker, self.every)
 
     def on_fit_end(self, trainer, pl_module) -> None:

@@ -632,8 +632,8 @@ def lead_in_text(lead: predict.LeadIn, batch: float, batch_train: float, start: 
 # counts), repeated in its notes as `check` repeats them (a trial's finding: a OneCycle log's peak lr and a widened
 # window were said by `report` and `check`, not by `schedule`)
 PLAN_DIAGNOSTICS = frozenset({"lr_varied", "lr_not_used", "window_widened", "window_cut_short", "one_window",
-                              "few_windows", "unresolved", "skipped_steps", "torn_line", "several_runs", "loss_rose",
-                              "batch_shrunk", "clipping", "temperature"})
+                              "few_windows", "unresolved", "skipped_steps", "torn_line", "several_runs", "resumed",
+                              "loss_rose", "batch_shrunk", "clipping", "temperature"})
 
 
 def plan(report, config: ScheduleConfig | dict) -> Schedule:

@@ -252,6 +252,12 @@ def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=
         extra.append(f"batch {b} {how}: left out of the fit")
     tested = [s.batch for s in summaries]
     reached = [s.batch for s in summaries if math.isfinite(s.steps)]
+    quick = [s for s in summaries if math.isfinite(s.steps) and s.steps <= 2]
+    if quick:  # whole steps: 1 or 2 says little about S(B), and S ≥ 1 caps how fast a batch can look
+        extra.append(f"batch {', '.join(str(s.batch) for s in quick)} reached the target in "
+                     f"{', '.join(f'{s.steps:g}' for s in quick)} step(s): steps count whole, so there S(B) is "
+                     "coarse and the fit leans on the other batches; lower --target-loss so that every batch takes "
+                     "several steps")
     if f and tested and f.b_crit.value > 10 * max(tested) and reached:  # steps still ∝ 1/B: no knee yet
         est = Estimate(math.nan, float(max(reached)), math.inf, Status.LOWER_BOUND)
         extra.append(f"the steps still fell about as 1/B up to batch {max(reached)} (the fitted B_crit, "

@@ -37,15 +37,25 @@ SCHEMA, VERSION = "bsprof.track", 1
 
 class LogWriter:
     """Appends one JSON line per step to ``path``, after this run's header (a file that exists must be a tracker
-    log: the run is appended with its own header, which the reader then follows)."""
+    log: the run is appended with its own header, which the reader then follows). One open writer per file in a
+    process: two trackers appending to one file would interleave their steps into one run."""
+
+    _open: dict[Path, LogWriter] = {}
 
     def __init__(self, path: str | Path, unit: str = "examples", **header):
         self.path = Path(path)
+        other = LogWriter._open.get(self.path.resolve())
+        if other is not None and not other.file.closed:
+            raise ConfigError(f"{self.path} is already being written by another open bsprof tracker in this process "
+                              "(a NoiseScale callback added twice, or a tracker not closed before the next one)",
+                              "keep one tracker per run (close the first: tracker.close()), or give each its own "
+                              "log path")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         if not fresh:
             _check_header(self.path, _first_line(self.path))
         self.file = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed by close())
+        LogWriter._open[self.path.resolve()] = self
         self.write({"schema": SCHEMA, "version": VERSION, "unit": unit, **header, "bsprof_version": __version__,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
 
@@ -56,6 +66,8 @@ class LogWriter:
     def close(self) -> None:
         if not self.file.closed:
             self.file.close()
+        if LogWriter._open.get(self.path.resolve()) is self:
+            del LogWriter._open[self.path.resolve()]
 
 
 @dataclass(frozen=True)
@@ -77,8 +89,9 @@ class TrackLog:
     header: dict
     steps: list[LoggedStep]
     skipped: int = 0
-    earlier_runs: int = 0  # runs appended before this one (the step count went back): only the last is read
+    earlier_runs: int = 0  # fresh runs appended before this one (the step count went back): only the last is read
     torn: bool = False     # the last line was cut off mid-write (the run died writing it): ignored
+    resumes: tuple = ()    # (first step, earlier lines replaced) of each run that resumed this one (``read_log``)
 
     @property
     def unit(self) -> str:
@@ -126,15 +139,22 @@ def _float(x) -> float:
 
 
 def read_log(path: str | Path) -> TrackLog:
-    """The header and the steps of a tracker log (skipped steps counted; a torn last line ignored)."""
+    """The header and the steps of a tracker log (skipped steps counted; a torn last line ignored).
+
+    A log may hold several runs, each from its header (or, from an older bsprof, from where the step count went
+    back). A run whose first step comes after the first step of the runs kept so far, with the same unit and
+    optimizer, is a **resumed** run (from a checkpoint: Lightning's ``ckpt_path``, Hugging Face's
+    ``resume_from_checkpoint``, or ``tracker.step(step=…)``): it continues them, replacing their steps from its
+    first on (the earlier run went past the checkpoint, and those steps were retrained), and its examples count,
+    which a new tracker restarts at 0, is carried on from the earlier run's. Any other run is a fresh one: only
+    the last fresh run (with what resumed it) is read."""
     path = Path(path)
     if not path.is_file():
         raise ReportError(f"tracker log not found: {path}", "pass the .jsonl file written by bsprof.Tracker(log=...)")
     lines = path.read_text(encoding="utf-8").splitlines()
     if not lines:
         raise ReportError(f"{path} is empty", "pass the .jsonl file written by bsprof.Tracker(log=...)")
-    header = _check_header(path, lines[0])
-    steps, skipped, runs, torn = [], 0, 0, False
+    runs, torn = [_Run(_check_header(path, lines[0]))], False
     for i, line in enumerate(lines[1:], start=2):
         try:
             r = json.loads(line)
@@ -144,17 +164,68 @@ def read_log(path: str | Path) -> TrackLog:
                 break
             raise ReportError(f"{path}:{i} is not valid JSON", "the log is damaged; remove that line")
         if isinstance(r, dict) and "schema" in r:  # a later run appended with its own header: it starts here
-            header, steps, skipped, runs = _check_header(path, line), [], 0, runs + 1
+            runs.append(_Run(_check_header(path, line)))
             continue
+        if runs[-1].marks and int(r["step"]) <= runs[-1].marks[-1][0]:  # a run appended headerless (older bsprof)
+            runs.append(_Run(runs[-1].header))
+        runs[-1].add(r)
+    kept, fresh, resumes = runs[0], 0, []
+    for run in runs[1:]:
+        if not run.marks:   # a header and no step yet: nothing to read
+            continue
+        if kept.marks and kept.marks[0][0] < run.marks[0][0] and all(
+                kept.header.get(k) == run.header.get(k) for k in ("unit", "optimizer")):
+            resumes.append((run.marks[0][0], kept.cut(run.marks[0][0])))
+            kept.resume(run)
+        else:
+            kept, fresh, resumes = run, fresh + 1, []
+    return TrackLog(kept.header, kept.steps, len(kept.skipped), fresh, torn, tuple(resumes))
+
+
+class _Run:
+    """One run's lines as read: its header, its usable steps, its skipped steps, and (step, examples, B) of every
+    line (skipped ones too), where a resumed run's examples count continues from."""
+
+    def __init__(self, header: dict):
+        self.header, self.steps, self.skipped, self.marks = header, [], [], []
+
+    def add(self, r: dict) -> None:
+        step = int(r["step"])
+        self.marks.append((step, int(r.get("examples", 0)), r.get("B")))
         if r.get("skipped") or r.get("small_sq") is None or r.get("big_sq") is None:
-            skipped += 1
-            continue
+            self.skipped.append(step)
+            return
         draw = Draw(np.array([float(r["small_sq"])]), np.array([float(r["big_sq"])]), int(r["b"]), int(r["B"]),
                     _float(r.get("loss")), int(r["n"]) if r.get("n") is not None else None)
-        steps.append(LoggedStep(int(r["step"]), int(r.get("examples", 0)), _float(r.get("lr")), draw,
-                                r.get("small_sq_pre"), r.get("big_sq_pre")))
-    starts = [i for i in range(1, len(steps)) if steps[i].step <= steps[i - 1].step]  # a run appended headerless
-    return TrackLog(header, steps[starts[-1]:] if starts else steps, skipped, runs + len(starts), torn)
+        self.steps.append(LoggedStep(step, int(r.get("examples", 0)), _float(r.get("lr")), draw,
+                                     r.get("small_sq_pre"), r.get("big_sq_pre")))
+
+    def examples_at(self, step: int) -> int:
+        """Examples seen before ``step``: logged at it, or carried on from the last line before it."""
+        before = [m for m in self.marks if m[0] <= step]
+        s, examples, B = before[-1]
+        return examples + (int(B) if B is not None else 0) * (step - s)
+
+    def cut(self, step: int) -> int:
+        """Drop the lines from ``step`` on (retrained by a resumed run); how many were dropped."""
+        n = sum(1 for m in self.marks if m[0] >= step)
+        self.steps = [s for s in self.steps if s.step < step]
+        self.skipped = [s for s in self.skipped if s < step]
+        self.marks = [m for m in self.marks if m[0] < step]
+        return n
+
+    def resume(self, run: _Run) -> None:
+        """Continue with ``run``: its header (how its steps were split) and its steps, the examples carried on."""
+        start, first = run.marks[0][0], run.marks[0][1]
+        carried = self.examples_at(start) if self.marks else 0
+        if self.marks and first < carried:   # a new tracker counted from 0
+            shift = carried - first
+            run.steps = [replace(s, examples=s.examples + shift) for s in run.steps]
+            run.marks = [(s, e + shift, B) for s, e, B in run.marks]
+        self.header = run.header
+        self.steps += run.steps
+        self.skipped += run.skipped
+        self.marks += run.marks
 
 
 def measurements(log: TrackLog, window: int = 100, every: int | None = None,
@@ -345,6 +416,10 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
         report.diagnose("several_runs", f"{path} holds {log.earlier_runs + 1} runs (a run appended to it with its "
                         "own header, or the step count starting again); only the last was read, with its own header "
                         "(optimizer, accumulation). Give each run its own log file.")
+    for start, replaced in log.resumes:
+        report.diagnose("resumed", f"{path}: a run resumed at step {start} (from a checkpoint) and continues the "
+                        "one before it" + (f"; the earlier run's {replaced} logged steps from step {start} on, "
+                                           "retrained after the checkpoint, are replaced" if replaced else ""))
     if log.skipped:
         report.diagnose("skipped_steps", f"{log.skipped} logged steps had non-finite gradients and were skipped")
     return report

@@ -38,6 +38,7 @@ import contextlib
 import functools
 import math
 import warnings
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -53,6 +54,16 @@ from bsprof.track.sources import Backwards, FsdpHooks, PerExample, StepHooks, fs
 from bsprof.track.window import Ema, EmaView, b_simple_of, measurement, windowed
 
 SOURCES = ("auto", "accumulation", "per_example", "ddp", "fsdp")
+
+
+_OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> weakref to its open tracker
+
+
+def open_tracker(model: nn.Module) -> Tracker | None:
+    """The open (not closed) tracker on ``model`` (or on the module a DDP wrapper holds), if any: one per model."""
+    ref = _OPEN.get(getattr(model, "module", model))
+    tracker = ref() if ref is not None else None
+    return tracker if tracker is not None and not tracker.closed else None
 
 
 class TrackerError(BsprofError):
@@ -215,6 +226,12 @@ class Tracker:
             raise TrackerError(f"population must be an int of at least 2 (got {population!r})",
                                "pass len(dataset), or None for a large or streamed dataset")
         self.population = population
+        inner = getattr(model, "module", model)
+        if open_tracker(model) is not None:
+            raise TrackerError("this model already has an open bsprof tracker: two would both watch its backward "
+                               "passes (a NoiseScale callback added twice, or a tracker not closed before the next)",
+                               "close the first (tracker.close(), or `with bsprof.Tracker(...) as tracker:`), "
+                               "or keep one tracker per model")
         optimizer = _unwrapped(optimizer)
         self.model, self.optimizer, self.source = model, optimizer, source
         self.closed_by: str | None = None  # the error that closed the tracker
@@ -290,10 +307,15 @@ class Tracker:
         self._input_hook = (model.register_forward_hook(self.rows, with_kwargs=True),)
         self.log = None
         if log is not None and self.rank == 0:
-            self.log = LogWriter(log, unit, source=source, world_size=self.world,
-                                 accumulation_steps=accumulation_steps,
-                                 optimizer=optimizer_kind(optimizer) if optimizer is not None else None,
-                                 optimizer_momentum=optimizer_momentum(optimizer))
+            try:
+                self.log = LogWriter(log, unit, source=source, world_size=self.world,
+                                     accumulation_steps=accumulation_steps,
+                                     optimizer=optimizer_kind(optimizer) if optimizer is not None else None,
+                                     optimizer_momentum=optimizer_momentum(optimizer))
+            except BaseException:
+                self.close()   # no hook left behind on the user's model
+                raise
+        _OPEN[inner] = weakref.ref(self)
 
     # ------------------------------------------------------------------ the loop
     @contextlib.contextmanager
@@ -339,7 +361,8 @@ class Tracker:
 
         batch_size: examples in this step on this process (default: the tracker's); loss: the step's loss (for the
         log); lr: default from the optimizer; loss_scale: the AMP loss scale of this step's backward passes (None:
-        1.0, no scale).
+        1.0, no scale); step: this step's number (default: one more than the last; pass it once when resuming from a
+        checkpoint, and the log continues the earlier run's, ``read_log``).
         """
         if self.closed:
             raise self._closed("step")
@@ -762,6 +785,9 @@ class Tracker:
             self.per_example_source.remove()
         if self.log is not None:
             self.log.close()
+        inner = getattr(self.model, "module", self.model)
+        if _OPEN.get(inner) is not None and _OPEN[inner]() is self:
+            del _OPEN[inner]
 
     def __enter__(self) -> Tracker:
         return self
