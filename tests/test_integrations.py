@@ -247,6 +247,41 @@ def test_lightning_callback_added_twice_measures_once_and_says_so(tmp_path):
     assert len(first.tracker.draws) == 6 and second.tracker is None and not (tmp_path / "second.jsonl").exists()
 
 
+def test_lightning_resumed_from_a_checkpoint_continues_the_log(tmp_path):
+    """Trained to step 6 with a checkpoint at step 3, then resumed from it (``ckpt_path``) to step 8, both runs
+    given one log path: read as one run of steps 0–7, the first run's steps 3–5 replaced by the retrained ones."""
+    L = pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'bsprof[lightning]')")
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from bsprof.integrations.lightning import NoiseScale
+
+    class Lit(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net()
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    log = tmp_path / "bsprof.jsonl"
+
+    def fit(steps, ckpt=None):
+        saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+        trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, accumulate_grad_batches=2,
+                            callbacks=[NoiseScale(window=4, log=log), saver], default_root_dir=tmp_path)
+        trainer.fit(Lit(), DataLoader(data(), batch_size=8), ckpt_path=ckpt)
+
+    fit(6)
+    fit(8, ckpt=next((tmp_path / "ckpt").glob("*step=3.ckpt")))
+    got = read_log(log)
+    assert [s.step for s in got.steps] == list(range(8)) and got.resumes == ((3, 3),) and got.earlier_runs == 0
+    assert [s.examples for s in got.steps] == [16 * i for i in range(8)]
+
+
 def test_lightning_logs_on_log_steps_that_were_not_measured(tmp_path):
     """every=2 with log_every=4: the log steps (3, 7, 11) are never measured steps; each still logs the window
     over the steps measured so far (it used to log nothing, silently)."""

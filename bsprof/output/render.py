@@ -52,7 +52,9 @@ def headline_text(s) -> str:
 def report_table(report, summary=None) -> Group:
     """The measurements, then the summary (``summary``: default ``report.summary``), diagnostics, incompleteness."""
     conf = report.config.get("confidence", 0.9)
-    table = Table(title=f"gradient noise scale ({report.unit}; {conf:.0%} intervals)", title_justify="left")
+    windows = bool(report.measurements) and all(r.stopped_by == "window" for r in report.measurements)
+    where = "; each row a window of logged steps, at its middle step, with its middle half's mean loss" if windows else ""
+    table = Table(title=f"gradient noise scale ({report.unit}; {conf:.0%} intervals{where})", title_justify="left")
     extra = [(k, name) for k, name in (("b_simple_window", "B_simple (training)"), ("b_noise", "B_noise"),
                                        ("b_pre", "B_pre (Adam)"))
              if any(getattr(r, k) is not None and (finite(getattr(r, k).value) or finite(getattr(r, k).lo))
