@@ -168,7 +168,7 @@ def test_a_model_without_per_example_rules_gets_windows_from_micro_batches(tmp_p
     whole dataset). Before, such a model had no windows, and its headline followed the fixed-weight values."""
     spec = tmp_path / "prelu.py"
     spec.write_text(PRELU.format(n=40))
-    r = run(spec, "--steps", 200, "--lr", 1e-9, "--batch-size", 32, "--measure-every", 100, "--max-seconds", 2,
+    r = run(spec, "--steps", 200, "--lr", 1e-9, "--batch-size", 32, "--measure-every", 100, "--max-seconds", 10,
             "-o", tmp_path, "-q", "--no-figures")
     assert r.exit_code == 0, r.output
     from bsprof.output.report import Report
@@ -266,7 +266,7 @@ def test_training_windows_on_a_small_dataset_agree_with_the_exact_value(tmp_path
         "def model():\n    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))\n"
         "def dataset():\n    return torch.utils.data.TensorDataset(X, Y)\n"
         "def loss(model, batch):\n    x, y = batch\n    return F.cross_entropy(model(x), y, reduction='none')\n")
-    r = run(spec, "--steps", 200, "--lr", 1e-9, "--batch-size", 32, "--measure-every", 100, "--max-seconds", 2,
+    r = run(spec, "--steps", 200, "--lr", 1e-9, "--batch-size", 32, "--measure-every", 100, "--max-seconds", 10,
             "-o", tmp_path, "-q", "--no-figures")
     assert r.exit_code == 0, r.output
     from bsprof.output.report import Report

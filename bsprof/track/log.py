@@ -173,7 +173,10 @@ def read_log(path: str | Path) -> TrackLog:
     for run in runs[1:]:
         if not run.marks:   # a header and no step yet: nothing to read
             continue
-        if kept.marks and kept.marks[0][0] < run.marks[0][0] and all(
+        if not kept.marks:  # nor in the runs before it
+            kept = run
+            continue
+        if kept.marks[0][0] < run.marks[0][0] and all(
                 kept.header.get(k) == run.header.get(k) for k in ("unit", "optimizer")):
             resumes.append((run.marks[0][0], kept.cut(run.marks[0][0])))
             kept.resume(run)
