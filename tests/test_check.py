@@ -143,6 +143,32 @@ def test_at_loss_interpolates_log_b_simple_and_refuses_to_extrapolate():
     assert adam.value == pytest.approx(ADAM_FACTORS["b_simple"] * 300) and "under Adam" in adam.where
 
 
+def test_at_loss_reads_the_quantity_the_headline_follows():
+    """A report whose headline follows the training-step windows (0.74 × B_simple over them under plain SGD,
+    ×1.7/÷1.8): ``--at-loss`` interpolates those windows with the same factor and range, not the fixed-weight
+    B_simple × 1 with the lower end ÷4 (a trial's finding: the same report passed or failed depending on whether
+    --at-loss was given)."""
+    from bsprof.schedule.headline import model_range
+    from bsprof.schedule.plan import calibration
+
+    def win(b):
+        return dict(b_simple_window=b, b_simple_window_lo=0.8 * b, b_simple_window_hi=1.25 * b, window_steps=25)
+
+    rows = [_row(0, 2.3, 100.0, 80.0, 125.0), _row(50, 1.0, 300.0, 250.0, 370.0, **win(200.0)),
+            _row(100, 0.5, 1000.0, 800.0, 1250.0, **win(600.0))]
+    rep = make_report(rows)
+    assert rep.summary.critical_batch_quantity == "b_simple_window"
+    k, (down, up) = calibration("SGD", "b_simple_window"), model_range("SGD", "b_simple_window")
+    at = noise_at(rep, 1.0)
+    assert (at.value, at.lo, at.hi) == pytest.approx((k * 200, k * 160 * down, k * 250 * up))
+    assert at.quantity == "b_simple_window" and at.factor == k and at.model_range == (down, up)
+    assert at.name == f"{k:g} × B_simple over training-step windows"
+    mid = noise_at(rep, 0.75)
+    assert mid.value == pytest.approx(k * math.sqrt(200 * 600))
+    plain = noise_at(make_report(rows[:1] + [{**r, "b_simple_window": None} for r in rows[1:]]), 1.0)
+    assert plain.quantity == "b_simple" and plain.value == pytest.approx(300)   # no windows: the fixed-weight one
+
+
 def test_at_loss_carries_the_headlines_model_range():
     """B_simple at a loss is widened by the model range the headline would apply for the optimizer family (under
     SGD the fixed-weight B_simple's lower end ÷4, under Adam ×2.3/÷2.8 around 2.5 × it), and says so; it was the

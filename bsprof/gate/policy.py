@@ -139,9 +139,28 @@ def _factor(report: Report, at_loss: float | None) -> float:
     """The factor ``noise_at`` applied to the measured noise scale (``plan.calibration``; 1 under plain SGD)."""
     from bsprof.schedule.plan import calibration, measured_as
 
-    s = report.summary if at_loss is None and report.measurements else None
+    if at_loss is not None:
+        return calibration(optimizer_name(report.config), _headline_column(report)[1])
+    s = report.summary if report.measurements else None
     quantity = s.critical_batch_quantity if s is not None and s.critical_batch_quantity else "b_simple"
     return calibration(optimizer_name(report.config), measured_as(quantity, report.measurements))
+
+
+def _headline_column(report: Report) -> tuple[str, str]:
+    """(the rows' column, the quantity it holds) that the headline follows (``Summary.critical_batch_quantity``),
+    for ``--at-loss`` to read as the headline reads (a trial's finding: it read the fixed-weight B_simple, × 1,
+    while the headline and the schedule followed 0.74 × the training-step windows); the fixed-weight B_simple
+    where the report names no headline quantity or no row holds it determined. A tracker log's windows are its
+    ``b_simple`` column."""
+    from bsprof.schedule.plan import NOISES, measured_as, noise_of
+
+    s = report.summary if report.measurements else None
+    q = s.critical_batch_quantity if s is not None and s.critical_batch_quantity in NOISES else "b_simple"
+    col = "b_simple" if measured_as("b_simple", report.measurements) == q else q
+    if not any((e := noise_of(r, col)) is not None and e.ok and e.value > 0 and finite(r.loss)
+               for r in report.measurements):
+        col = "b_simple"
+    return col, measured_as(col, report.measurements)
 
 
 def noise_at(report: Report, at_loss: float | None = None) -> Reading:
@@ -227,7 +246,12 @@ def _interpolated(report: Report, at_loss: float) -> Reading:
     """B_simple at ``at_loss``: log B_simple (and each interval end) linear in the loss between the measurements
     that bracket it (``_noise_at``), × the headline's factor for the optimizer family (``plan.calibration``), the
     interval widened by the headline's model range for this quantity (``headline.MODEL_RANGE``)."""
-    rows = [r for r in report.measurements if r.b_simple.ok and finite(r.loss) and r.b_simple.value > 0]
+    from bsprof.schedule.headline import NAMES
+    from bsprof.schedule.plan import noise_of
+
+    col, quantity = _headline_column(report)
+    rows = [r for r in report.measurements if (e := noise_of(r, col)) is not None and e.ok and finite(r.loss)
+            and e.value > 0]
     if not rows:
         return Reading(math.nan, math.nan, math.nan, Status.UNDETERMINED, report.unit,
                        f"no determined measurement to interpolate at loss {_fmt(at_loss)}", loss=at_loss)
@@ -237,24 +261,28 @@ def _interpolated(report: Report, at_loss: float) -> Reading:
         raise ValueError(f"--at-loss {_fmt(at_loss)} is outside the measured losses "
                          f"[{_fmt(losses[0])}, {_fmt(losses[-1])}]; bsprof does not extrapolate the noise scale")
     scales = [reading(r, None, report.unit, "") for r in rows]
-    est = {k: _interp_log(at_loss, losses, [getattr(s, k) for s in scales]) for k in ("value", "lo", "hi")}
+    ests = [noise_of(r, col) for r in rows]
+    ends = [{"value": e.value, "lo": _low_end(e.lo, e.value), "hi": e.hi if finite(e.hi) and e.hi >= e.value
+             else e.value} for e in ests]
+    est = {k: _interp_log(at_loss, losses, [x[k] for x in ends]) for k in ("value", "lo", "hi")}
     eps = [s.eps_max for s in scales]
     eps_max = float(np.exp(np.interp(at_loss, losses, np.log(eps)))) if all(eps) else None
     # as the headline: the factor the schedule and the headline apply to this quantity (plan.calibration; under
     # the Adam family and SGD with momentum, measured the SGD way, B_simple falls short of swept critical batches),
     # and the interval widened by the range seen against sweeps for it (headline.MODEL_RANGE)
     from bsprof.schedule.headline import model_range, range_text
-    from bsprof.schedule.plan import FAMILY_NAMES, calibration, measured_as
+    from bsprof.schedule.plan import FAMILY_NAMES, calibration
 
-    name, quantity = optimizer_name(report.config), measured_as("b_simple", rows)
+    name = optimizer_name(report.config)
     k, (down, up) = calibration(name, quantity), model_range(name, quantity)
+    label = "B_simple" if quantity == "b_simple" else NAMES.get(quantity, quantity)
     where = f"interpolated at loss {_fmt(at_loss)}" + (
         f", × {k:g} under {FAMILY_NAMES.get(optimizer_family(name), name)}" if k != 1
         else "") + f"; interval widened {range_text((down, up))} by the model range, as the headline's " \
         "(docs/science.md §6)"
     return Reading(k * est["value"], k * min(est["lo"], est["value"]) * down, k * max(est["hi"], est["value"]) * up,
                    Status.OK, report.unit, where, loss=at_loss, eps_max=eps_max,
-                   name="B_simple" if k == 1 else f"{k:g} × B_simple", model_range=(down, up), quantity=quantity,
+                   name=label if k == 1 else f"{k:g} × {label}", model_range=(down, up), quantity=quantity,
                    factor=k)
 
 
