@@ -167,6 +167,28 @@ def test_library_local_and_partial_results_on_interrupt():
     assert d["kind"] == "bsprof-sweep" and d["incomplete"]["branches"] == 2
 
 
+def test_a_seed_cut_short_by_an_interrupt_is_left_out_and_said():
+    """Seeds run one after another: stopped after seed 2's first batch, the per-batch results and the critical batch
+    per seed are over seeds 0 and 1 only (they read "per seed: 4, 4, 4", batch 4 averaged over three seeds and the
+    others over two: a trial's finding), and a note says which seed was left out."""
+    seen = []
+
+    def progress(kind, info):
+        if kind == "branch" and info["i"] == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.local(TINY, 4, doublings=2, examples=200, eval_examples=256, lr=0.05, seeds=3, device="cpu",
+                    progress=progress, on_result=seen.append)
+    last = seen[-1]
+    assert len(last.branches) == 7 and {b.seed for b in last.branches} == {0, 1, 2}
+    assert len(last.critical_by_seed) == 2 and [b.batch for b in last.batches] == [4, 8, 16]
+    means = {b.batch: np.mean([r.loss for r in last.branches if r.batch == b.batch and r.seed < 2])
+             for b in last.batches}
+    assert all(b.loss == pytest.approx(means[b.batch]) for b in last.batches)
+    assert any("seed 2 ran 1 of 3 batch and lr points before the sweep was stopped" in n for n in last.notes)
+
+
 def test_library_global_with_objects_and_seeds():
     import torch
 

@@ -141,9 +141,10 @@ def _notes(setup, cfg: SweepConfig, est: Estimate, summaries, extra: list[str]) 
 
 def _local_result(setup, cfg, rows, budget, incomplete, comp) -> SweepResult:
     rows = list(rows)
-    summaries = summary.local_batches(rows)
+    used, partial = summary.complete_seeds(rows) if incomplete else (rows, None)
+    summaries = summary.local_batches(used)
     est, summaries = summary.local_critical(summaries, cfg.tolerance, cfg.tolerance_mode)
-    extra = []
+    extra = [partial] if partial else []
     passed = [s.passed for s in summaries]
     if False in passed and True in passed[passed.index(False):]:
         extra.append("a larger batch passes again after a failing one: the losses are noisy at this tolerance; "
@@ -160,7 +161,7 @@ def _local_result(setup, cfg, rows, budget, incomplete, comp) -> SweepResult:
         extra += _different_quantities(comp, summaries)
     return SweepResult("local", est, tuple(summaries), tuple(rows), _compute(budget), cfg.to_dict(),
                        setup.spec.info(), setup.initial_loss,
-                       tuple(summary.critical_by_seed(rows, cfg.tolerance, cfg.tolerance_mode)), None, comp,
+                       tuple(summary.critical_by_seed(used, cfg.tolerance, cfg.tolerance_mode)), None, comp,
                        _notes(setup, cfg, est, summaries, extra), incomplete)
 
 
@@ -232,15 +233,16 @@ def _compute(budget) -> Compute:
 
 def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=(), converted=None) -> SweepResult:
     rows = list(rows)
-    summaries = summary.global_batches(rows)
+    used, partial = summary.complete_seeds(rows) if incomplete else (rows, None)
+    summaries = summary.global_batches(used)
     verdict = summary.schedule_verdict(summaries, followed, cfg.schedule) if followed else None
-    f = summary.global_fit(rows, summaries, cfg.confidence, n_boot, cfg.seed)
+    f = summary.global_fit(used, summaries, cfg.confidence, n_boot, cfg.seed)
     est = f.b_crit if f else Estimate.none()
-    extra = []
+    extra = [partial] if partial else []
     missed = [s.batch for s in summaries if not math.isfinite(s.steps)]
-    asked = len(cfg.lr_grid) * cfg.seeds
+    asked = len(cfg.lr_grid) * (len({r.seed for r in used}) if partial else cfg.seeds)
     for b in missed:
-        runs = [r for r in rows if r.batch == b]
+        runs = [r for r in used if r.batch == b]
         if incomplete and len(runs) < asked:  # the sweep stopped before the rest of this batch's runs
             diverged = " (diverged)" if runs and all(r.diverged for r in runs) else ""
             extra.append(f"batch {b}: {len(runs)} of its {asked} runs (lrs × seeds) finished before the sweep was "

@@ -24,6 +24,24 @@ def _batches(rows: Sequence[Branch]) -> list[int]:
     return sorted({r.batch for r in rows})
 
 
+def complete_seeds(rows: Sequence[Branch]) -> tuple[list[Branch], str | None]:
+    """The rows of the seeds that ran every (batch, lr) any seed ran, and a note naming the others (a sweep stopped
+    part-way through a seed: averaged in, it gave some batches fewer seeds than others, and a critical batch per
+    seed from one batch; a trial's finding). Unchanged, with no note, when no seed is complete."""
+    grid = {(r.batch, r.lr_multiplier) for r in rows}
+    ran: dict[int, set] = {}
+    for r in rows:
+        ran.setdefault(r.seed, set()).add((r.batch, r.lr_multiplier))
+    done = {seed for seed, points in ran.items() if points == grid}
+    if not done or len(done) == len(ran):
+        return list(rows), None
+    left = sorted(set(ran) - done)
+    said = ", ".join(f"seed {seed} ran {len(ran[seed])} of {len(grid)}" for seed in left)
+    return ([r for r in rows if r.seed in done],
+            f"{said} batch and lr points before the sweep was stopped: left out of the per-batch results and the "
+            f"critical batch, which are over the {len(done)} seed(s) that ran them all")
+
+
 def local_batches(rows: Sequence[Branch]) -> list[BatchSummary]:
     """Per batch: the grid point with the lowest mean final loss over seeds (diverged = ∞)."""
     out = []
