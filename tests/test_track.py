@@ -487,6 +487,35 @@ def test_a_run_resumed_from_a_checkpoint_continues_the_log(tmp_path):
     assert [s.step for s in log.steps] == [0, 1, 2] and log.earlier_runs == 1 and log.resumes == ()
 
 
+def test_a_run_appended_after_a_torn_line_starts_on_its_own_line(tmp_path):
+    """A run killed mid-line, then a run appended to the same log: its header starts a new line, the torn line is
+    left out and said; a log from an older bsprof, whose header was glued onto the torn line, reads alike (a new
+    user's finding: every reader failed with 'not valid JSON', and removing that line removed the header too)."""
+    path = tmp_path / "torn.jsonl"
+    model, (x, y) = mlp(), data()
+
+    def run():
+        opt = torch.optim.SGD(model.parameters(), 0.1)
+        with Tracker(model, opt, accumulation_steps=2, batch_size=64, log=path) as tracker:
+            for _ in range(5):
+                for j in range(2):
+                    (ce(model, (x[32 * j:32 * (j + 1)], y[32 * j:32 * (j + 1)])).mean() / 2).backward()
+                tracker.step()
+                opt.step()
+                opt.zero_grad()
+
+    run()
+    path.write_text(path.read_text()[:-30])   # the last line cut off
+    run()
+    lines = path.read_text().splitlines()
+    assert lines[6].startswith('{"schema"') and len(lines) == 12
+    log = read_log(path)
+    assert log.torn and len(log.steps) == 5 and log.earlier_runs == 1
+    path.write_text("\n".join(lines[:5] + [lines[5] + lines[6]] + lines[7:]) + "\n")   # as an older bsprof wrote it
+    old = read_log(path)
+    assert old.torn and len(old.steps) == 5 and old.earlier_runs == 1
+
+
 def test_check_on_a_log_from_several_ranks_says_the_batch_is_global(tmp_path):
     """The Tracker's batch_size is per rank, the log's noise scale (and check's -b) the global batch's: said."""
     from typer.testing import CliRunner

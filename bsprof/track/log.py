@@ -55,6 +55,8 @@ class LogWriter:
         if not fresh:
             _check_header(self.path, _first_line(self.path))
         self.file = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed by close())
+        if not fresh and not _ends_a_line(self.path):   # an earlier run died mid-line: this run starts on its own
+            self.file.write("\n")
         LogWriter._open[self.path.resolve()] = self
         self.write({"schema": SCHEMA, "version": VERSION, "unit": unit, **header, "bsprof_version": __version__,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
@@ -90,7 +92,7 @@ class TrackLog:
     steps: list[LoggedStep]
     skipped: int = 0
     earlier_runs: int = 0  # fresh runs appended before this one (the step count went back): only the last is read
-    torn: bool = False     # the last line was cut off mid-write (the run died writing it): ignored
+    torn: bool = False     # a run's last line was cut off mid-write (the run died writing it): ignored
     resumes: tuple = ()    # (first step, earlier lines replaced) of each run that resumed this one (``read_log``)
 
     @property
@@ -110,6 +112,19 @@ class TrackLog:
 def _pre_draws(steps: list[LoggedStep]) -> list[Draw]:
     return [Draw(np.array([s.small_sq_pre]), np.array([s.big_sq_pre]), s.draw.b, s.draw.B, s.draw.loss, s.draw.n)
             for s in steps if s.small_sq_pre is not None and s.big_sq_pre is not None]
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def _ends_a_line(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
 
 
 def _first_line(path: Path) -> str:
@@ -159,10 +174,15 @@ def read_log(path: str | Path) -> TrackLog:
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
-            if i == len(lines):  # the run died while writing it
+            glued = line.find('{"schema"', 1)   # an older bsprof appended a run onto the torn line of the last
+            if glued > 0 and _json(line[glued:]) is not None:
+                line, torn = line[glued:], True
+                r = json.loads(line)
+            elif i == len(lines) or '"schema"' in lines[i][:40]:  # the run died while writing it
                 torn = True
-                break
-            raise ReportError(f"{path}:{i} is not valid JSON", "the log is damaged; remove that line")
+                continue
+            else:
+                raise ReportError(f"{path}:{i} is not valid JSON", "the log is damaged; remove that line")
         if isinstance(r, dict) and "schema" in r:  # a later run appended with its own header: it starts here
             runs.append(_Run(_check_header(path, line)))
             continue
@@ -413,7 +433,7 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
                         f"against the loss through them). Read it with --window {len(log.steps) // 5} (five "
                         "windows); a much smaller window leaves each one noisier, not the curve more accurate.")
     if log.torn:
-        report.diagnose("torn_line", f"{path}'s last line was cut off mid-write (the run stopped while writing it): "
+        report.diagnose("torn_line", f"a line of {path} was cut off mid-write (a run stopped while writing it): "
                         "that step is left out")
     if log.earlier_runs:
         report.diagnose("several_runs", f"{path} holds {log.earlier_runs + 1} runs (a run appended to it with its "
