@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -958,6 +959,39 @@ def test_close_removes_every_hook():
     assert hooks_left(model) == 0
 
 
+def test_an_epochs_short_last_batch_is_taken_at_the_rows_it_saw():
+    """batch_size=48 in 3 micro-steps, and an epoch's last batch of 33 (3 × 11) or 34 (12 + 11 + 11) with
+    drop_last=False, step() called without batch_size: once the rows the model saw agreed with batch_size, a step
+    with fewer is that short batch: 33 is measured as b = 11, B = 33, and 34 is left out as uneven (it was logged as
+    b = 16, B = 48, with one warning for all epochs: a new user's finding). A batch_size the rows never agreed with
+    still only warns, at the user's line."""
+    model, (x, y) = mlp(), data(96)
+    tracker = Tracker(model, accumulation_steps=3, batch_size=48)
+
+    def step(n):
+        for part in torch.arange(n).chunk(3):
+            (ce(model, (x[part], y[part])).mean() / 3).backward()
+        out = tracker.step()
+        model.zero_grad()
+        return out
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        full, short = step(48), step(33)
+    with pytest.warns(UserWarning, match="does not split into equal micro-batches"):
+        uneven = step(34)
+    assert (full.b, full.B) == (16, 48) and (short.b, short.B) == (11, 33) and uneven is None
+    assert tracker.uneven == 1 and tracker.examples == 48 + 33 + 34
+    tracker.close()
+    other = Tracker(model, accumulation_steps=3, batch_size=48)
+    with pytest.warns(UserWarning, match="saw 33 rows") as said:
+        for part in torch.arange(33).chunk(3):
+            (ce(model, (x[part], y[part])).mean() / 3).backward()
+        assert other.step().B == 48
+    assert said[0].filename == __file__
+    other.close()
+
+
 def test_a_second_tracker_on_a_model_that_has_an_open_one_is_refused():
     """Two open trackers would both hook the model's backward passes; the second is refused with the fix, and a
     closed tracker frees the model."""
@@ -1399,13 +1433,14 @@ def test_a_forward_without_backward_is_not_counted_in_the_steps_rows():
             model.zero_grad()
     tracker.close()
     tracker = Tracker(model, accumulation_steps=2, batch_size=64)  # one forward per pass: the cheap count stands
-    with pytest.warns(UserWarning, match="batch_size=64, but the model's forward passes in this step saw 40 rows"):
-        for rows in (32, 20):  # an epoch's short last step, with the Tracker's batch_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for rows in (32, 20):  # an epoch's short last step, with the Tracker's batch_size: taken at its 40 rows
             for _ in range(2):
                 (ce(model, (x[:rows], y[:rows])).mean() / 2).backward()
-            tracker.step()
+            last = tracker.step()
             model.zero_grad()
-    assert not tracker.rows.exact
+    assert not tracker.rows.exact and (last.b, last.B) == (20, 40)
     tracker.close()
 
 

@@ -299,6 +299,7 @@ class Tracker:
         self.closed = False
         self.rows = _InputRows()  # dim 0 of the model's first input, summed over this step's forwards with grad
         self._rows_warned = False
+        self._rows_agree = False  # a step's rows equalled the tracker's batch_size: a shorter step is a short batch
         self._short_warned = False
         # a recurrent or attention layer fed [T, B, …]: dim 0 of the model's input is then not the batch
         self._seq_first = any(isinstance(m, (nn.RNNBase, nn.MultiheadAttention)) and not getattr(m, "batch_first", True)
@@ -373,9 +374,14 @@ class Tracker:
                 self._reduce_step(math.nan, math.nan, True, 0, 0)
             raise
         record = self.hooks.take()
+        rows, calls = self.rows.reset(record.count)
         given = batch_size if batch_size is not None else self.batch_size
+        if self.world == 1 and not record.per_example and given and not self._seq_first:
+            if rows == given:
+                self._rows_agree = True   # the rows counted are this model's examples
+            elif batch_size is None and self._rows_agree and 0 < rows < given and calls == record.count:
+                batch_size = given = rows  # an epoch's short last batch (drop_last=False): the rows it saw
         if self.world == 1 and not record.per_example and given and record.count > 1 and given % record.count:
-            self.rows.reset(record.count)
             return self._uneven(given, record.count, step)
         src = self.per_example_source
         if src is not None and record.per_example and src.square_mods:  # once: layers fed [N, N, …], N = examples
@@ -383,7 +389,6 @@ class Tracker:
             record.per_example_failure = record.per_example_failure or why
         number = self.step_count if step is None else step
         self.step_count = number + 1
-        rows, calls = self.rows.reset(record.count)
         if 0 < calls < record.count:  # a forward backpropagated more than once
             what = (f"{record.count} backward passes ran in this step through {calls} forward(s) of the model (two "
                     "losses, each with its own backward and retain_graph=True; torch.autograd.grad on the parameters "
