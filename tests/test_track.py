@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from bsprof.errors import BsprofError
+from bsprof.errors import BsprofError, ConfigError
 from bsprof.output.report import Report
 from bsprof.probes.precondition import adam_preconditioner
 from bsprof.stats.draw import Draw
@@ -587,6 +587,27 @@ def test_a_log_without_losses_says_so(tmp_path):
     with pytest.raises(ReportError) as e:
         plan(report, ScheduleConfig(target_loss=0.5))
     assert "the log has no losses" in e.value.hint
+
+
+def test_a_target_above_a_logs_first_window_names_the_logs_fix(tmp_path):
+    """A target above the loss where a log's noise scale starts: the fix is the log's (a smaller --window, or
+    logging from earlier), not a probe's --measure-every and --noise b_simple, which a log has not (a new user's
+    finding)."""
+    from bsprof.schedule import ScheduleConfig, plan
+
+    rng = np.random.default_rng(0)
+    lines = [{"schema": "bsprof.track", "version": 1, "unit": "examples", "source": "accumulation",
+              "accumulation_steps": 2, "optimizer": "SGD"}]
+    for step in range(60):
+        lines.append({"step": step, "examples": 64 * step, "b": 32, "B": 64, "small_sq": (1 + 100 / 32) *
+                      rng.gamma(50, 1 / 50), "big_sq": (1 + 100 / 64) * rng.gamma(50, 1 / 50),
+                      "loss": 2.0 * 0.98 ** step, "lr": 0.1})
+    path = tmp_path / "run.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    with pytest.raises(ConfigError) as e:
+        plan(report_from_log(path, window=10), ScheduleConfig(target_loss=1.95))
+    assert "where the log's noise scale starts (its first window of 10 steps" in str(e.value)
+    assert "smaller --window" in e.value.hint and "--measure-every" not in e.value.hint
 
 
 def test_a_target_below_a_logs_window_means_says_so_and_how_to_reach_lower(tmp_path):

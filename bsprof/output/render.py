@@ -53,7 +53,8 @@ def report_table(report, summary=None) -> Group:
     """The measurements, then the summary (``summary``: default ``report.summary``), diagnostics, incompleteness."""
     conf = report.config.get("confidence", 0.9)
     windows = bool(report.measurements) and all(r.stopped_by == "window" for r in report.measurements)
-    where = "; each row a window of logged steps, at its middle step, with its middle half's mean loss" if windows else ""
+    where = ("; each row a window of logged steps, at its middle step, with its middle half's mean loss"
+             if windows else "")
     table = Table(title=f"gradient noise scale ({report.unit}; {conf:.0%} intervals{where})", title_justify="left")
     extra = [(k, name) for k, name in (("b_simple_window", "B_simple (training)"), ("b_noise", "B_noise"),
                                        ("b_pre", "B_pre (Adam)"))

@@ -227,6 +227,11 @@ def choose_noise(cfg: ScheduleConfig, rows, optimizer: str | None) -> tuple[str,
     return "b_simple", "auto: the noise scale every report has"
 
 
+def log_window(report) -> int | None:
+    """The window a tracker log's report was read with; None for a report of `bsprof measure`."""
+    return int(report.config.get("window") or 0) or None if report.spec.get("tracker_log") else None
+
+
 def more_rows_fix(report) -> str:
     """How to get more measurements: a smaller ``--window`` for a tracker log, a probe training otherwise."""
     steps = report.config.get("steps_logged") if report.spec.get("tracker_log") else None
@@ -270,14 +275,22 @@ def usable_rows(report, cfg: ScheduleConfig) -> tuple[list[tuple[Measurement, Es
     return pairs, col
 
 
-def check_target(target: float, losses, fit, cfg: ScheduleConfig, first_step: float | None = None) -> list[str]:
+def check_target(target: float, losses, fit, cfg: ScheduleConfig, first_step: float | None = None,
+                 log_window: int | None = None) -> list[str]:
     """Raise ExtrapolationError when the target is far below the measured losses; return warnings. ``first_step``:
-    the step the followed noise scale starts at (0: the target is then reached before any training)."""
+    the step the followed noise scale starts at (0: the target is then reached before any training);
+    ``log_window``: the window a tracker log was read with (None: not a log)."""
     lo, hi, start = float(np.min(losses)), float(np.max(losses)), float(losses[0])
     if target >= start and first_step == 0:
         raise ConfigError(f"target loss {target:g} is not below the loss {start:.4g} at step 0: the run starts "
                           "there, so it is reached before any training and there is nothing to schedule",
                           f"pass a --target-loss below {start:.4g}")
+    if target >= start and log_window:
+        raise ConfigError(f"target loss {target:g} is not below the loss {start:.4g} where the log's noise scale "
+                          f"starts (its first window of {log_window} steps, at that window's middle step)",
+                          "pass a --target-loss below that loss; a target higher up is reached inside the first "
+                          "window: read the log with a smaller --window, if its windows still resolve |G|² (a "
+                          "window_widened note says when they do not), or log the run from earlier in training")
     if target >= start:
         higher = ("measure again with a smaller --measure-every" if cfg.noise == "b_simple" else
                   "measure again with a smaller --measure-every, or, in `bsprof schedule`, follow the fixed-weight "
@@ -678,7 +691,8 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
         notes.append(why_min)
     fit, steps, loss = fit_rows(rows, config.confidence, config.form)
     try:
-        warnings = check_target(config.target_loss, loss, fit, config, float(steps[0])) + warnings
+        warnings = check_target(config.target_loss, loss, fit, config, float(steps[0]), log_window(report)) \
+            + warnings
     except ExtrapolationError as e:
         reached = min((m.loss for m in report.measurements if math.isfinite(m.loss)), default=math.inf)
         if not report.spec.get("tracker_log") and col != "b_simple" and reached <= config.target_loss:

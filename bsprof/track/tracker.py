@@ -338,7 +338,8 @@ class Tracker:
                                or src is not None and src.problem else
                                "drop the `with tracker.per_example():` block (this tracker measures "
                                + ("across the ranks" if self.world > 1 else "the micro-batches of your accumulation")
-                               + "), or make the tracker with source='per_example'")
+                               + ")" + ("" if self.no_per_example else
+                                        ", or make the tracker with source='per_example'"))
         src.armed = True
         try:
             yield self
@@ -591,7 +592,7 @@ class Tracker:
                        "and call zero_grad() after optimizer.step()")
         if k == 0:
             self._fail("tracker.step() was called before any backward pass of this step (or twice for one step)",
-                       "call it after loss.backward() (after the last micro-step), before optimizer.zero_grad()")
+                       "call it once per optimizer step, after the step's last loss.backward()")
         if declared is not None and k != declared:
             self._fail(f"{k} backward passes in this step, but accumulation_steps={declared}",
                        "call tracker.step() once per optimizer step, after all its micro-steps "
