@@ -304,6 +304,15 @@ def test_checkpoint_is_measured(tmp_path):
     assert (s["value"] or s["lo"]) > 100
     bad = run(ASSETS / "tiny_linear.py", "--steps", 0, "--checkpoint", tmp_path / "missing.pt", "-o", tmp_path)
     assert bad.exit_code == 2 and "checkpoint not found" in bad.output
+    # a file that is no checkpoint, and one holding objects beyond tensors: one line each, and none of torch's
+    # advice to load with weights_only=False (which runs pickled code; a trial's finding)
+    (tmp_path / "garbage.ckpt").write_text("garbage\n")
+    torch.save({"model": m.state_dict(), "net": torch.nn.Linear(1, 1)},
+               tmp_path / "objects.pt")
+    for name, says in (("garbage.ckpt", "is not a torch checkpoint"), ("objects.pt", "objects other than tensors")):
+        bad = run(ASSETS / "tiny_linear.py", "--steps", 0, "--checkpoint", tmp_path / name, "-o", tmp_path)
+        assert bad.exit_code == 2 and says in " ".join(bad.output.split()), bad.output
+        assert "weights_only=False" not in bad.output and len(bad.output.strip().splitlines()) <= 4, bad.output
 
 
 def test_help_lists_every_command():

@@ -61,10 +61,18 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
     file = Path(path)
     if not file.is_file():
         raise SpecError(f"checkpoint not found: {file}", "pass a file saved with torch.save(model.state_dict(), FILE)")
+    with open(file, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip archive, or a legacy pickle
+        raise SpecError(f"{file} is not a torch checkpoint (not a file written by torch.save)",
+                        "pass a file saved with torch.save(model.state_dict(), FILE)")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SpecError(f"cannot load checkpoint {file}: {e}",
+        what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only load failed" in str(e).lower():   # torch's advice (weights_only=False) runs pickled code
+            what = "it holds objects other than tensors, which bsprof does not unpickle (weights_only=True)"
+        raise SpecError(f"cannot load checkpoint {file}: {what}",
                         "save it with torch.save(model.state_dict(), FILE) (tensors only; weights_only=True)")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
