@@ -315,6 +315,19 @@ def test_checkpoint_is_measured(tmp_path):
         assert "weights_only=False" not in bad.output and len(bad.output.strip().splitlines()) <= 4, bad.output
 
 
+def test_runs_stopped_by_precision_alone_repeat_exactly(tmp_path):
+    """The README's recipe for numbers that repeat (the default stopping rules are clocks): the same seed with
+    --measure-budget 0, a --max-seconds that never binds and a fixed method gives the same report twice."""
+    args = ("--steps", 20, "--measure-every", 10, "--measure-budget", 0, "--max-seconds", 3600, "--method", "hooks",
+            "-q", "--no-figures")
+    got = []
+    for i in range(2):
+        r = run(ASSETS / "tiny_linear.py", *args, "-o", tmp_path / str(i))
+        assert r.exit_code == 0, r.output
+        got.append([m["b_simple"] for m in json.loads((tmp_path / str(i) / "report.json").read_text())["measurements"]])
+    assert got[0] == got[1] and len(got[0]) == 3
+
+
 def test_help_lists_every_command():
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0 and "measure" in r.output
