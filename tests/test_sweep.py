@@ -540,6 +540,7 @@ def test_cli_interrupt_before_any_branch_says_nothing_was_written(tmp_path, monk
     r = cli(TINY, "--base-batch", 4, "--doublings", 3, "--examples", 400, *FAST, "-o", tmp_path / "s", "-q")
     assert r.exit_code == 130 and "nothing was written" in r.output, r.output
     assert "partial result was written" not in r.output
+    assert not (tmp_path / "s").exists()   # the folder it made for the result is not left behind, empty
 
 
 def test_cli_interrupt_while_writing_writes_again(tmp_path, monkeypatch):

@@ -61,7 +61,7 @@ def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None = None
     to ``save_to`` when given — also when interrupted (Ctrl-C, SIGTERM, SIGHUP: the partial report, marked
     incomplete; the interrupt then goes on up with ``kept`` saying what was kept)."""
     from bsprof.engine.loop import measure_steps
-    from bsprof.output.render import estimate_text
+    from bsprof.output.render import estimate_text, plural
 
     share = budget_s / (len(measure_steps(steps, 0)) + 1) if steps else budget_s
     t0 = time.perf_counter()
@@ -73,8 +73,9 @@ def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None = None
     def progress(kind: str, info: dict) -> None:
         if kind == "measured":
             row = info["row"]
-            say(f"check: {spec.name} at step {row.step}: B_simple {estimate_text(row.b_simple)} ({row.n_draws} "
-                f"draws; {time.perf_counter() - t0:.1f} s elapsed, budget {budget_s:g} s for measuring)")
+            say(f"check: {spec.name} at step {row.step}: B_simple {estimate_text(row.b_simple)} "
+                f"({plural(row.n_draws, 'draw')}; {time.perf_counter() - t0:.1f} s elapsed, budget {budget_s:g} s "
+                "for measuring)")
 
     say(f"check: measuring {spec.name} on the CPU ({steps} training steps, {budget_s:g} s for measuring; --budget, "
         "--steps)")

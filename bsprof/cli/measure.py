@@ -17,7 +17,7 @@ from bsprof.cli.app import app, console, err_console, show, user_errors
 from bsprof.config import MeasureConfig, resolve
 from bsprof.errors import BsprofError, ConfigError
 from bsprof.output import files
-from bsprof.output.render import estimate_text, fmt
+from bsprof.output.render import estimate_text, fmt, plural
 from bsprof.output.report import Report
 from bsprof.results import Estimate, plus_minus
 
@@ -134,7 +134,7 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
                     more = " and ".join(q for q, est in (("B_noise", row.b_noise), ("B_pre", row.b_pre))
                                         if est is not None and est.status.value != "not_available")
                     also = f", {extra:.1f} s more for {more or 'its other statistics'}" if extra >= 0.05 else ""
-                    say(f"step {row.step}: B_simple {estimate_text(row.b_simple)} ({row.n_draws} draws, "
+                    say(f"step {row.step}: B_simple {estimate_text(row.b_simple)} ({plural(row.n_draws, 'draw')}, "
                         f"{row.examples} examples, {row.seconds:.1f} s{also}); so far measuring "
                         f"{info['measuring_s']:.1f} s"
                         f", training {info['training_s']:.1f} s, setup and other {other:.1f} s "

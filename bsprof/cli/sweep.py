@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -65,11 +66,14 @@ def sweep(
             raise BsprofError(f"report not found: {report}", "pass the report.json written by `bsprof measure`")
         from bsprof.output.files import check_folder
 
+        fresh = not out.exists()
         check_folder(out, "--out")  # before any branch trains
-    _run(spec, cfg, report, out, quiet)
+    _run(spec, cfg, report, out, quiet, fresh)
 
 
-def _run(spec: Path, cfg, report: Path | None, out: Path, quiet: bool) -> None:
+def _run(spec: Path, cfg, report: Path | None, out: Path, quiet: bool, fresh: bool = False) -> None:
+    """Run the sweep, writing its result after every branch; ``fresh``: ``out`` was made for it (removed again,
+    empty, when nothing was written)."""
     from bsprof.sweep import run
 
     written: dict = {}
@@ -114,6 +118,9 @@ def _run(spec: Path, cfg, report: Path | None, out: Path, quiet: bool) -> None:
                 paths = None
     if paths is not None:
         (err_console if quiet else console).print(f"wrote {paths['json']}, {paths['csv']}", highlight=False)
+    elif fresh:
+        with contextlib.suppress(OSError):   # only if empty
+            out.rmdir()
     if isinstance(failure, KeyboardInterrupt):
         err_console.print(f"[bold red]{signals.describe(failure)}[/]: " + (
             "the partial result was written" if paths is not None else

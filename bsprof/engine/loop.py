@@ -172,7 +172,7 @@ def _row(step: int, cfg: MeasureConfig, est: NoiseScale, draws, stopped_by: str,
         g2=Estimate(est.g2, est.g2_lo, est.g2_hi, Status.OK if est.g2 > 0 else Status.UNDETERMINED),
         trace_sigma=est.trace_sigma, examples_seen=step * cfg.batch_size, method=probe, n_draws=est.n_draws,
         examples=est.examples, b=draws[-1].b, B=draws[-1].B, stopped_by=stopped_by, seconds=round(seconds, 3),
-        diversity_bound=est.gradient_diversity_bound * scale)
+        diversity_bound=float(est.gradient_diversity_bound * scale))
 
 
 def _layer_rows(step: int, names: list[str], types: list[str], est: NoiseScale,

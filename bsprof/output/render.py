@@ -11,6 +11,11 @@ from rich.text import Text
 from bsprof.results import Estimate, Status, finite
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 draw', '12 draws'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def fmt(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"

@@ -16,7 +16,7 @@ from bsprof.output import codec, files
 from bsprof.results import LayerEstimate, Measurement, Summary
 
 
-@dataclass
+@dataclass(repr=False)
 class Report:
     """A run's measurements (one row per estimate) and everything needed to reproduce it."""
 
@@ -36,6 +36,16 @@ class Report:
         """Rows may also be given flat (dicts with the CSV columns, as in schema 1)."""
         self.measurements = [_typed(r, Measurement.from_row) for r in self.measurements]
         self.layers = [_typed(r, LayerEstimate.from_dict) for r in self.layers]
+
+    def __repr__(self) -> str:
+        """One line: what ``print(report)`` shows (the fields are attributes; ``rich.print(report)`` the table)."""
+        from bsprof.output.render import headline_text, plural
+
+        m = self.measurements
+        where = f" at steps {m[0].step}–{m[-1].step}" if len(m) > 1 else f" at step {m[0].step}" if m else ""
+        said = f"; {headline_text(self.summary).split(' (')[0]}" if m else ""   # the number, not its reason
+        return (f"<bsprof Report: {plural(len(m), 'measurement')}{where}{said}"
+                + (" (incomplete)" if self.incomplete else "") + ">")
 
     # -- building -------------------------------------------------------------------------------------------
     def add(self, row: Measurement | dict, layers: list[LayerEstimate] = ()) -> None:

@@ -112,6 +112,11 @@ NOISES = {  # every noise scale a report row may hold: name → the row's Estima
 EVIDENCE = "docs/science.md §6"
 
 
+MEASURED_BY = {"b_noise": "B_noise needs the Hessian: measure with `bsprof measure SPEC --hessian`",
+               "b_pre": "B_pre is measured under an Adam-family optimizer (the spec's optimizer())",
+               "b_simple_ranks": "B_simple across ranks is measured under torchrun with 2 or more ranks"}
+
+
 def noise_of(row: Measurement, col: str) -> Estimate | None:
     """The noise scale ``col`` (a key of ``NOISES``) of one row."""
     return NOISES[col](row)
@@ -270,6 +275,8 @@ def usable_rows(report, cfg: ScheduleConfig) -> tuple[list[tuple[Measurement, Es
         has = held(report.measurements)
         fix = (f"follow a noise scale the report holds: --noise {' | '.join(has)}" if has and col not in has
                else more_rows_fix(report))
+        if col not in has and col in MEASURED_BY:
+            fix = f"{MEASURED_BY[col]}; or {fix}"
         raise ReportError(f"the report has {len(pairs)} usable measurement(s) (status ok, finite {col}); "
                           "a schedule needs at least two at different losses", fix)
     return pairs, col
@@ -720,7 +727,9 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
     batches, stages = _march(path, config, batch_train, lr0, lr_rule, quantum, lead, clamped)
     lo, hi = rules.bounds(config.min_batch, config.max_batch, config.multiple_of, quantum)
     if "max_batch" in clamped:
-        warnings.append(f"--max-batch {config.max_batch} held the batch at {hi:,} where the rule asked up to "
+        held = (f"the largest batch {config.max_batch:,}, the dataset's size," if why_n
+                else f"--max-batch {config.max_batch}")
+        warnings.append(f"{held} held the batch at {hi:,} where the rule asked up to "
                         f"{clamped['max_batch']:,}: those stages take more steps than the rule's batch would")
     if not min_asked:
         clamped.pop("min_batch", None)

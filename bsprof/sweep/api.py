@@ -212,8 +212,10 @@ def _no_progress(summaries, initial: float) -> list[str]:
     if not stuck:
         return []
     said = ", ".join(f"{s.batch} (loss {s.loss:.4g} at lr {s.lr:.3g})" for s in stuck)
-    return [f"batch {said} did not train: its loss after the budget is no lower than the initial {initial:.4g} "
-            "(diverged, or collapsed to a constant output, at every lr of the grid); its failure says nothing about "
+    one = len(stuck) == 1
+    return [f"batch {said} did not train: {'its loss' if one else 'their losses'} after the budget "
+            f"{'is' if one else 'are'} no lower than the initial {initial:.4g} (diverged, or collapsed to a constant "
+            f"output, at every lr of the grid); {'its failure says' if one else 'their failures say'} nothing about "
             "the critical batch: try a lower --lr-grid, or more --examples"]
 
 
