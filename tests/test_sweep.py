@@ -295,6 +295,7 @@ def test_cli_local_writes_json_and_csv(tmp_path):
     r = cli(TINY, "--base-batch", 4, "--doublings", 3, "--examples", 400, "--seeds", 2, *FAST, "-o", tmp_path)
     assert r.exit_code == 0, r.output
     assert "critical batch (local)" in r.output and "per seed" in r.output
+    assert "branch 8/8: batch 32," in r.output and not r.output.startswith("\n")   # into a pipe: a line per branch
     d = json.loads((tmp_path / "sweep.json").read_text())
     assert d["method"] == "local" and len(d["branches"]) == 8 and d["incomplete"] is None
     assert {"batch", "lr", "steps", "examples", "loss", "loss_se", "seconds"} <= set(d["branches"][0])

@@ -198,7 +198,7 @@ def _error_kind(e: BsprofError) -> str:
     return {ReportError: "report", SpecError: "measure"}.get(type(e), "options")
 
 
-@app.command()
+@app.command(short_help="Gate a batch size (and learning rate) against the measured noise scale (exit 0, 1 or 2).")
 def check(
     target: Path = typer.Argument(..., help="report.json (or its folder) from `bsprof measure`, a tracker log "
                                             "(.jsonl, bsprof.Tracker(log=...)), or a SPEC.py to measure now on the "

@@ -83,21 +83,32 @@ def _run(spec: Path, cfg, report: Path | None, out: Path, quiet: bool, fresh: bo
         written["result"] = result
         written["paths"] = result.write(out)
 
+    live = not quiet and err_console.is_terminal   # a bar on a terminal; into a pipe, a line per branch
+    total: dict = {}
     with signals.as_interrupt():  # SIGTERM/SIGHUP: like Ctrl-C
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err_console,
-                      disable=quiet, transient=True) as bar:
+                      disable=not live, transient=True) as bar:
             task = bar.add_task(f"{cfg.method} sweep", total=None, status="")
 
             def progress(kind: str, info: dict) -> None:
                 if kind == "start":
                     bar.update(task, total=info["total"])
+                    total["n"] = info["total"]
                 elif kind == "branch_start":
                     what = ("schedule" if info.get("schedule") else
                             f"batch {info['batch']} × lr {info['multiplier']:g}")
                     bar.update(task, status=f"{what} seed {info['seed']}")
                 elif kind == "branch":
                     bar.update(task, completed=info["i"])
+                    if not live and not quiet:
+                        r = info["row"]
+                        reached = ("" if r.steps_to_target is None else
+                                   f", target at step {r.steps_to_target:g}" if r.steps_to_target != float("inf")
+                                   else ", target not reached")
+                        err_console.print(f"branch {info['i']}/{total.get('n', '?')}: batch {r.batch}, lr {r.lr:.4g}, "
+                                          f"seed {r.seed}: loss {r.loss:.4g}{reached} ({r.seconds:.1f} s)",
+                                          highlight=False)
 
             try:
                 run(spec, cfg, report=report, progress=progress, on_result=keep)
