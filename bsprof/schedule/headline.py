@@ -164,7 +164,7 @@ def critical_batch(report, target_loss: float | None = None) -> Headline:
         raise ReportError(f"no critical batch to loss {target_loss:g}: the noise scale cannot be fitted ({e})",
                           more_rows_fix(report)) from e
     target = float(min(loss)) if target_loss is None else float(target_loss)
-    extrapolated = (check_target(target, loss, fit, cfg, float(steps[0]), log_window(report))
+    extrapolated = (check_target(target, loss, fit, cfg, float(steps[0]), log_window(report), col)
                     if target_loss is not None else [])
     try:
         value = predict.critical_batch(noise_path(fit, steps, loss, batch_train, target))["b_crit"]

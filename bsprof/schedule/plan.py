@@ -283,10 +283,10 @@ def usable_rows(report, cfg: ScheduleConfig) -> tuple[list[tuple[Measurement, Es
 
 
 def check_target(target: float, losses, fit, cfg: ScheduleConfig, first_step: float | None = None,
-                 log_window: int | None = None) -> list[str]:
+                 log_window: int | None = None, col: str = "b_simple_window") -> list[str]:
     """Raise ExtrapolationError when the target is far below the measured losses; return warnings. ``first_step``:
     the step the followed noise scale starts at (0: the target is then reached before any training);
-    ``log_window``: the window a tracker log was read with (None: not a log)."""
+    ``log_window``: the window a tracker log was read with (None: not a log); ``col``: the noise scale followed."""
     lo, hi, start = float(np.min(losses)), float(np.max(losses)), float(losses[0])
     if target >= start and first_step == 0:
         raise ConfigError(f"target loss {target:g} is not below the loss {start:.4g} at step 0: the run starts "
@@ -320,8 +320,10 @@ def check_target(target: float, losses, fit, cfg: ScheduleConfig, first_step: fl
         return []
     msg = (f"target loss {target:g} is below the measured losses, which hardly fell ({lo:.6g} to {hi:.6g})" if flat
            else f"target loss {target:g} is below the lowest measured loss of the noise scale followed, {lo:.4g} "
-                f"(a training-step window's is the mean over its steps, above its last step's), by {gap:.0%} of "
-                f"the measured log-loss range [{lo:.4g}, {hi:.4g}] (limit {cfg.max_extrapolation:.0%})")
+                + ("(a training-step window's is the mean over its steps, above its last step's), "
+                   if col == "b_simple_window" or log_window else "")
+                + f"by {gap:.0%} of the measured log-loss range [{lo:.4g}, {hi:.4g}] (limit "
+                f"{cfg.max_extrapolation:.0%})")
     if gap > cfg.max_extrapolation and not cfg.allow_extrapolation:
         raise ExtrapolationError(msg + ": the noise scale there is an extrapolation, not a measurement",
                                  "measure down to lower losses (`bsprof measure SPEC --steps N` with more steps, or "
@@ -698,8 +700,8 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
         notes.append(why_min)
     fit, steps, loss = fit_rows(rows, config.confidence, config.form)
     try:
-        warnings = check_target(config.target_loss, loss, fit, config, float(steps[0]), log_window(report)) \
-            + warnings
+        warnings = check_target(config.target_loss, loss, fit, config, float(steps[0]), log_window(report),
+                                col) + warnings
     except ExtrapolationError as e:
         reached = min((m.loss for m in report.measurements if math.isfinite(m.loss)), default=math.inf)
         if not report.spec.get("tracker_log") and col != "b_simple" and reached <= config.target_loss:
