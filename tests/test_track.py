@@ -632,6 +632,33 @@ def test_a_target_below_a_logs_window_means_says_so_and_how_to_reach_lower(tmp_p
     assert "window-mean loss" in e.value.message and "smaller --window" in e.value.hint
 
 
+@pytest.mark.parametrize("source", ["accumulation", "per_example"])
+def test_a_loss_scale_past_float32s_squares_gives_the_unscaled_pair(source):
+    """A GradScaler under bf16 or fp32 finds no overflow and keeps growing its scale: at 1e30 the squares of the
+    scaled float32 gradients pass float32's range (1e60 > 3.4e38) although the gradients do not. On the CPU the
+    accumulation source takes them in float64 there, the same pair as unscaled (it was skipped as non-finite at
+    every step: a new user's finding); the per-example norms are not, and a warning says why and what to do."""
+    if source == "per_example":
+        model, (x, y) = mlp().float(), (torch.randn(64, 6), torch.randint(0, 3, (64,)))
+        with Tracker(model, batch_size=64, source="per_example") as tracker:
+            with tracker.per_example():
+                (ce(model, (x, y)).mean() * 1e30).backward()
+            with pytest.warns(UserWarning, match="GradScaler is not needed under bf16"):
+                assert tracker.step(loss_scale=1e30) is None
+        return
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    got = []
+    for scale in (1.0, 1e30):
+        model = mlp().float()
+        with Tracker(model, batch_size=64, accumulation_steps=2) as tracker:
+            for j in range(2):
+                (ce(model, (x[32 * j:32 * (j + 1)], y[32 * j:32 * (j + 1)])).mean() / 2 * scale).backward()
+            got.append(tracker.step(loss_scale=scale))
+    assert got[1] is not None, "the scaled step was skipped"
+    np.testing.assert_allclose(got[1].small_sq_total, got[0].small_sq_total, rtol=1e-4)
+    np.testing.assert_allclose(got[1].big_sq_total, got[0].big_sq_total, rtol=1e-4)
+
+
 def test_jsonl_round_trip_and_report(tmp_path):
     path, model, stream, opt, tracker = logged_least_squares(tmp_path, 0.0)
     for step in range(25):

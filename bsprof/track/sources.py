@@ -94,6 +94,16 @@ def grad_sq(grads: list[Tensor]) -> Tensor:
     return total
 
 
+def _host_sq(v: Tensor, g: Tensor) -> float:
+    """The CPU square ``v`` = |g|² as a float; past float32's range (|g| > 1.8e19: the gradients of a loss scaled
+    by a GradScaler whose scale kept growing, as under bf16 or fp32 where nothing overflows) taken in float64."""
+    x = v.item()
+    if x == math.inf and g.dtype != torch.float64 and bool(torch.isfinite(g).all()):
+        f = g.to_dense().reshape(-1).double() if g.is_sparse else g.reshape(-1).double()
+        x = float(torch.dot(f, f))
+    return x
+
+
 def _pre_sq(g: Tensor, weight: Tensor) -> Tensor:
     """Σ_j P_j g_j² = |√P ⊙ g|² (the preconditioned squared norm, elementwise weights P)."""
     f = g.to_dense().reshape(-1) if g.is_sparse else g.reshape(-1)
@@ -236,7 +246,7 @@ class StepHooks:
                 else:  # _sq inlined: one Python call per parameter and pass
                     f = g.reshape(-1)
                     v = torch.dot(f, f)
-                self.record.small.append(v.item() if v.is_cpu else v)  # CPU: a float now (``microbatch._Norms``)
+                self.record.small.append(_host_sq(v, g) if v.is_cpu else v)  # CPU: a float now (``_Norms``)
             if self.weights is not None:
                 v = _pre_sq(g, self.weights[i])
                 self.record.small_pre.append(v.item() if v.is_cpu else v)
@@ -277,7 +287,7 @@ class StepHooks:
         try:
             grads = [p.grad for p in self.params if p.grad is not None]
             if all(g.is_cpu for g in grads):  # floats now, as the hooks' squares (a dot product per gradient)
-                self.record.big = math.fsum(_sq(g).item() for g in grads)
+                self.record.big = math.fsum(_host_sq(_sq(g), g) for g in grads)
                 self.record.big_is_small = False
             else:
                 self.record.big_norms = _norms(grads)

@@ -301,6 +301,7 @@ class Tracker:
         self._rows_warned = False
         self._rows_agree = False  # a step's rows equalled the tracker's batch_size: a shorter step is a short batch
         self._short_warned = False
+        self._scale_warned = False
         # a recurrent or attention layer fed [T, B, …]: dim 0 of the model's input is then not the batch
         self._seq_first = any(isinstance(m, (nn.RNNBase, nn.MultiheadAttention)) and not getattr(m, "batch_first", True)
                               for m in model.modules())
@@ -424,6 +425,14 @@ class Tracker:
         self.examples += draw.B
         if not (math.isfinite(small) and math.isfinite(big)):
             self.skipped += 1
+            if loss_scale and loss_scale > 1e15 and not self._scale_warned and self.rank == 0:
+                self._scale_warned = True
+                warnings.warn(f"bsprof tracker: step {number}'s squared gradient norms were not finite at loss scale "
+                              f"{loss_scale:.3g}; if the GradScaler found no overflow (bf16 or fp32 training, where "
+                              "its scale only grows), the squares of the scaled gradients passed float32's range "
+                              "(the per-example norms, or any on an accelerator; the accumulation source on the CPU "
+                              "takes them in float64 there): GradScaler is not needed under bf16 (drop it), or cap "
+                              "its growth (a larger growth_interval) (shown once)", stacklevel=2)
             if self.log:
                 self.log.write({**line, "small_sq": None, "big_sq": None, "skipped": "non-finite"})
             return None
