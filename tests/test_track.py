@@ -481,8 +481,10 @@ def test_a_run_resumed_from_a_checkpoint_continues_the_log(tmp_path):
     log = read_log(path)
     assert [s.step for s in log.steps] == list(range(12)) and log.earlier_runs == 0 and log.resumes == ((6, 4),)
     assert [s.examples for s in log.steps] == [64 * i for i in range(12)]
-    codes = [d["code"] for d in report_from_log(path, window=4).diagnostics]
+    report = report_from_log(path, window=4)
+    codes = [d["code"] for d in report.diagnostics]
     assert "resumed" in codes and "several_runs" not in codes
+    assert report.measurements[0].method == "track:auto→accumulation"   # the source auto took, from the pair sizes
     run(3)
     log = read_log(path)
     assert [s.step for s in log.steps] == [0, 1, 2] and log.earlier_runs == 1 and log.resumes == ()

@@ -318,7 +318,15 @@ def _row(log: TrackLog, part: list, confidence: float) -> Measurement:
 
 
 def _method(log: TrackLog) -> str:
-    return f"track:{log.header.get('source', 'auto')}"
+    """'track:SOURCE'; under source="auto", the sources its steps' pairs came from, told by their sizes: b = 1 per
+    example, b·ranks = B across the ranks, else micro-steps ('track:auto→accumulation')."""
+    source = log.header.get("source", "auto")
+    if source != "auto" or not log.steps:
+        return f"track:{source}"
+    world = int(log.header.get("world_size") or 1)
+    seen = {"per_example" if s.draw.b == 1 else "ranks" if world > 1 and s.draw.b * world == s.draw.B
+            else "accumulation" for s in log.steps}
+    return "track:auto→" + "+".join(sorted(seen))
 
 
 def peak_lr(log: TrackLog) -> float | None:
