@@ -745,3 +745,20 @@ def test_a_last_undetermined_training_window_joins_the_one_before():
     first = report.measurements[0]
     assert first.window_steps == 12
     assert first.b_simple_window.value == pytest.approx(b_simple_of(windowed(draws, None, 0.9)).value)
+
+
+def test_a_mistyped_command_line_is_the_problem_and_the_fix():
+    """click's usage errors (an unknown option, a value of the wrong type, a missing argument, an unknown command)
+    in bsprof's form: one "error:" line and one "fix:" line on stderr, exit 2; they were a usage block and
+    "Error: …" with no fix (a new user's finding)."""
+    for args, says, lists in ((("measure", "--stepz", "3", "x.py"), "No such option: --stepz", "every option"),
+                              (("measure", ASSETS / "tiny_linear.py", "--steps", "abc"), "Invalid value for '--steps'",
+                               "every option"),
+                              (("schedule",), "Missing argument", "every option"),
+                              (("bogus",), "No such command 'bogus'", "every command")):
+        r = _bsprof(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 2, r.stderr
+        assert lines[0].startswith("error: ") and says in lines[0]
+        assert lines[1].startswith("fix: ") and lists in lines[1]
+        assert "Usage:" not in r.stderr and "Traceback" not in r.stderr

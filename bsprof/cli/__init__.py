@@ -13,10 +13,29 @@ from bsprof.cli import check, measure, report, schedule, sweep  # noqa: F401  (e
 from bsprof.cli.app import app
 
 
+def _usage_error(self, file=None) -> None:
+    """click's UsageError (an unknown option, a value of the wrong type, a missing argument) in bsprof's own form:
+    the problem, then the fix, on stderr; exit 2 as click's (its form was a usage block and "Error: …", no fix)."""
+    from rich.markup import escape
+
+    from bsprof.cli.app import err_console
+
+    command = self.ctx.command_path if self.ctx is not None else "bsprof"
+    lists = ("every command" if self.ctx is None or hasattr(self.ctx.command, "list_commands")
+             else "every option, its type and its default")
+    err_console.print(f"[bold red]error:[/] {escape(self.format_message())}", highlight=False)
+    err_console.print(f"[yellow]fix:[/] `{escape(command)} --help` lists {lists}", highlight=False)
+
+
 def main() -> None:
     """Run the app; a Ctrl-C that no command handles is one line and exit 130, never a traceback. Help printed
     into a pipe gets 120 columns, as bsprof's own output does (rich's default, 80, cuts long option names)."""
     _help_width()
+    import click
+
+    for lib in (click, getattr(typer, "_click", None)):   # recent typer vendors its own click as typer._click
+        if lib is not None:
+            lib.exceptions.UsageError.show = _usage_error
     try:
         app()
     except KeyboardInterrupt:
