@@ -1042,6 +1042,35 @@ def test_an_epochs_short_last_batch_is_taken_at_the_rows_it_saw():
     other.close()
 
 
+def test_an_epochs_short_last_step_of_fewer_micro_steps_is_left_out():
+    """100 examples in micro-batches of 16, 2 per optimizer step: the epoch's last step has one micro-batch of 4.
+    After full steps it is left out (counted in ``uneven``, its examples counted, said once) and tracking goes on;
+    it was an error that closed the tracker (a new user's finding). Fewer passes on the first step is still the
+    error it names (tracker.step() after every micro-step)."""
+    model, (x, y) = mlp(), data(100)
+    tracker = Tracker(model, accumulation_steps=2, batch_size=32)
+    for epoch in range(2):
+        for i, part in enumerate(torch.arange(100).split(32)):
+            for micro in part.split(16):
+                (ce(model, (x[micro], y[micro])).mean() / 2).backward()
+            if epoch == 1 and i == 3:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    assert tracker.step() is None   # said once, the epoch before
+            elif i == 3:
+                with pytest.warns(UserWarning, match="a step of 1 backward passes, after steps of accumulation_steps"):
+                    assert tracker.step() is None
+            else:
+                assert tracker.step() is not None
+            model.zero_grad()
+    assert len(tracker.draws) == 6 and tracker.uneven == 2 and tracker.examples == 200 and not tracker.closed
+    tracker.close()
+    first = Tracker(model, accumulation_steps=2, batch_size=32)
+    (ce(model, (x[:16], y[:16])).mean() / 2).backward()
+    with pytest.raises(TrackerError, match="1 backward passes in this step, but accumulation_steps=2"):
+        first.step()
+
+
 def test_a_second_tracker_on_a_model_that_has_an_open_one_is_refused():
     """Two open trackers would both hook the model's backward passes; the second is refused with the fix, and a
     closed tracker frees the model."""
@@ -1055,6 +1084,33 @@ def test_a_second_tracker_on_a_model_that_has_an_open_one_is_refused():
     with Tracker(model, accumulation_steps=2):
         pass
     assert hooks_left(model) == 0
+
+
+def test_a_log_locked_by_another_process_is_refused_and_a_collected_trackers_log_is_free(tmp_path):
+    """Two processes given one log path interleaved their steps, which the reader took for resumed runs; the writer
+    now holds an advisory lock, and a second writer is refused (another process's lock is simulated by a second
+    open file with its own flock, which conflicts as another process's would). A tracker collected without
+    close() frees its log path: it stayed blocked until the process ended (a new user's finding)."""
+    import fcntl
+    import gc
+
+    from bsprof.errors import ConfigError
+    from bsprof.track.log import LogWriter
+
+    path = tmp_path / "shared.jsonl"
+    with open(path, "a") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match="being written by another process's bsprof tracker"):
+            LogWriter(path)
+    LogWriter(path).close()   # the other process let go
+
+    def abandoned():
+        Tracker(mlp(), accumulation_steps=2, log=path)   # never closed
+
+    abandoned()
+    gc.collect()
+    with Tracker(mlp(), accumulation_steps=2, log=path):
+        pass
 
 
 def test_two_trackers_writing_one_log_are_refused_and_leave_no_hook(tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,7 +41,8 @@ class LogWriter:
     log: the run is appended with its own header, which the reader then follows). One open writer per file in a
     process: two trackers appending to one file would interleave their steps into one run."""
 
-    _open: dict[Path, LogWriter] = {}
+    _open: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # path → its open writer (a collected
+    # tracker's writer, never closed, frees its path)
 
     def __init__(self, path: str | Path, unit: str = "examples", **header):
         self.path = Path(path)
@@ -55,6 +57,10 @@ class LogWriter:
         if not fresh:
             _check_header(self.path, _first_line(self.path))
         self.file = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed by close())
+        if not _lock(self.file):
+            self.file.close()
+            raise ConfigError(f"{self.path} is being written by another process's bsprof tracker (two runs given "
+                              "one log path)", "give each run its own log path")
         if not fresh and not _ends_a_line(self.path):   # an earlier run died mid-line: this run starts on its own
             self.file.write("\n")
         LogWriter._open[self.path.resolve()] = self
@@ -112,6 +118,22 @@ class TrackLog:
 def _pre_draws(steps: list[LoggedStep]) -> list[Draw]:
     return [Draw(np.array([s.small_sq_pre]), np.array([s.big_sq_pre]), s.draw.b, s.draw.B, s.draw.loss, s.draw.n)
             for s in steps if s.small_sq_pre is not None and s.big_sq_pre is not None]
+
+
+def _lock(file) -> bool:
+    """An exclusive advisory lock on the open log (released when it closes): False when another process holds one.
+    Where the platform has no ``fcntl`` (Windows), no lock: True."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:   # a file system without locks (some network mounts): write unlocked
+        return True
+    return True
 
 
 def _json(text: str):

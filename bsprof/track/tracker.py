@@ -302,6 +302,7 @@ class Tracker:
         self._rows_agree = False  # a step's rows equalled the tracker's batch_size: a shorter step is a short batch
         self._short_warned = False
         self._scale_warned = False
+        self._few_warned = self._split_warned = False   # said once: a short step, an uneven split (``_uneven``)
         # a recurrent or attention layer fed [T, B, …]: dim 0 of the model's input is then not the batch
         self._seq_first = any(isinstance(m, (nn.RNNBase, nn.MultiheadAttention)) and not getattr(m, "batch_first", True)
                               for m in model.modules())
@@ -383,6 +384,11 @@ class Tracker:
                 self._rows_agree = True   # the rows counted are this model's examples
             elif batch_size is None and self._rows_agree and 0 < rows < given and calls == record.count:
                 batch_size = given = rows  # an epoch's short last batch (drop_last=False): the rows it saw
+        declared = self.accumulation_steps if self.source != "per_example" else None
+        if (self.world == 1 and not record.per_example and declared and 0 < record.count < declared
+                and (self.draws or self.skipped or self.uneven)):
+            # after full steps, fewer micro-steps than declared: an epoch's short last step (its batch came short)
+            return self._uneven(rows or (given or 0) * record.count // declared, record.count, step, declared)
         if self.world == 1 and not record.per_example and given and record.count > 1 and given % record.count:
             return self._uneven(given, record.count, step)
         src = self.per_example_source
@@ -445,7 +451,7 @@ class Tracker:
             self.log.write(line)
         return draw
 
-    def _uneven(self, batch_size: int, passes: int, step: int | None) -> None:
+    def _uneven(self, batch_size: int, passes: int, step: int | None, declared: int | None = None) -> None:
         """A step whose batch does not split into its micro-steps equally (an epoch's short last batch chunked
         into k, 41 = 11 + 11 + 11 + 8), in one process or on every rank: the pair needs equal micro-batches, so the
         step is left out, counted in ``uneven``, and its examples still counted; said once (on rank 0). (Over
@@ -453,7 +459,14 @@ class Tracker:
         self.step_count = (self.step_count if step is None else step) + 1
         self.examples += batch_size * self.world
         self.uneven += 1
-        if self.uneven == 1 and self.rank == 0:
+        if declared is not None and not self._few_warned:  # fewer passes than declared (``step``)
+            self._few_warned = True
+            warnings.warn(f"bsprof tracker: a step of {passes} backward passes, after steps of accumulation_steps="
+                          f"{declared} (an epoch's short last step?): left out, as every such step will be "
+                          "(tracker.uneven counts them; drop_last=True on the loader avoids them) (shown once)",
+                          stacklevel=3)
+        elif declared is None and not self._split_warned and self.rank == 0:
+            self._split_warned = True
             warnings.warn(f"bsprof tracker: a step of {batch_size} examples in {passes} backward passes"
                           f"{f' on each of {self.world} ranks' if self.world > 1 else ''} does not split into equal "
                           "micro-batches (an epoch's short last batch?): left out, as every such step will be "
