@@ -247,6 +247,20 @@ def test_lightning_callback_added_twice_measures_once_and_says_so(tmp_path):
     assert len(first.tracker.draws) == 6 and second.tracker is None and not (tmp_path / "second.jsonl").exists()
 
 
+def test_lightning_one_callback_object_listed_twice_measures_once(tmp_path):
+    """callbacks=[n, n]: Lightning calls each of n's hooks twice per event; it measured nothing (a new user's
+    finding). Now each hook acts once per event, and a warning says so: the same pairs as listed once."""
+    pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'bsprof[lightning]')")
+    from bsprof.integrations.lightning import NoiseScale
+
+    once = lightning_run(tmp_path / "once", 2, steps=6)[1]
+    twice = NoiseScale(window=10, log_every=5)
+    with pytest.warns(UserWarning, match="listed more than once in the trainer's callbacks: it measures once"):
+        lightning_run(tmp_path / "twice", 2, steps=6, callback=twice, extra_callbacks=[twice])
+    assert len(twice.tracker.draws) == 6 and twice.tracker.steps == list(range(6))
+    np.testing.assert_allclose(pairs(twice.tracker), pairs(once.tracker), rtol=1e-6)
+
+
 def test_lightning_resumed_from_a_checkpoint_continues_the_log(tmp_path):
     """Trained to step 6 with a checkpoint at step 3, then resumed from it (``ckpt_path``) to step 8, both runs
     given one log path: read as one run of steps 0–7, the first run's steps 3–5 replaced by the retrained ones."""
@@ -469,6 +483,25 @@ def test_hf_callback_attached_twice_is_refused_and_a_second_in_callbacks_stays_o
     with pytest.warns(UserWarning, match="this NoiseScaleCallback stays off"):
         trainer.train()
     assert len(first.tracker.draws) == 4 and second.tracker is None and not (tmp_path / "second.jsonl").exists()
+
+
+def test_hf_one_callback_object_listed_twice_measures_once(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed "
+                                       "(pip install 'bsprof[hf]')")
+    from bsprof.integrations.hf import NoiseScaleCallback
+
+    _, once, _ = hf_run(tmp_path / "once", accum=2, steps=6)
+    cb = NoiseScaleCallback(window=10)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "twice"), max_steps=6, per_device_train_batch_size=8, gradient_accumulation_steps=2,
+        report_to=[], use_cpu=True, logging_steps=1, learning_rate=0.05, optim="sgd", lr_scheduler_type="constant",
+        max_grad_norm=1.0, save_strategy="no", disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    trainer = transformers.Trainer(model=Regressor(), args=args, train_dataset=DictData(data()), callbacks=[cb])
+    trainer.callback_handler.callbacks.append(cb)
+    with pytest.warns(UserWarning, match="listed more than once in the trainer's callbacks: it measures once"):
+        trainer.train()
+    assert len(cb.tracker.draws) == 6
+    np.testing.assert_allclose(pairs(cb.tracker), pairs(once.tracker), rtol=1e-5)
 
 
 def test_hf_resumed_from_a_checkpoint_continues_the_log(tmp_path):

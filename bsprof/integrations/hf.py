@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from bsprof.integrations.loggers import PREFIX, scalars
-from bsprof.integrations.steps import Steps, rows_of
+from bsprof.integrations.steps import Steps, listed_again, once_per_event, rows_of
 from bsprof.schedule.apply import ScheduleLR
 from bsprof.track import Tracker
 from bsprof.track.tracker import TrackerError, open_tracker
@@ -89,6 +89,8 @@ class NoiseScaleCallback(TrainerCallback):
 
     # -- lifetime ------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if listed_again(self):
+            return
         tracked = self._tracked(args, model)
         if open_tracker(tracked) is not None:
             warnings.warn("bsprof: this model already has an open tracker (is a NoiseScaleCallback in the "
@@ -120,9 +122,11 @@ class NoiseScaleCallback(TrainerCallback):
                                "NoiseScaleCallback(trainer=trainer)")
         return model
 
+    @once_per_event
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._micro_in_epoch = 0
 
+    @once_per_event
     def on_train_end(self, args, state, control, **kwargs):
         for h in self._handles:
             h.remove()
@@ -144,10 +148,12 @@ class NoiseScaleCallback(TrainerCallback):
                 self._loss_is_share = kwargs.get("num_items_in_batch") is not None
 
     # -- one optimizer step --------------------------------------------------------------------------------
+    @once_per_event
     def on_step_begin(self, args, state, control, **kwargs):
         if self.steps is not None and args.gradient_accumulation_steps == 1 and self.steps.due(state.global_step):
             self.steps.arm()
 
+    @once_per_event
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.steps is None:
             return
@@ -161,6 +167,7 @@ class NoiseScaleCallback(TrainerCallback):
             self.latest = latest
             self._unlogged = dict(self.latest)
 
+    @once_per_event
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
         if self.steps is not None:
             self._follow_schedule(args, state, lr_scheduler)
@@ -186,6 +193,7 @@ class NoiseScaleCallback(TrainerCallback):
         if isinstance(lr_scheduler, ScheduleLR):   # the lr of the batch in force, also while a change waits
             lr_scheduler.follow_batch(args.gradient_accumulation_steps * micro * args.world_size)
 
+    @once_per_event
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self._unlogged and logs is not None:  # join the Trainer's own record of this step
             logs.update(self._unlogged)

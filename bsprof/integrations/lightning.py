@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 
 from bsprof.integrations.loggers import PREFIX, scalars, write
-from bsprof.integrations.steps import Steps, rows_of
+from bsprof.integrations.steps import Steps, listed_again, once_per_event, rows_of
 from bsprof.schedule.apply import ScheduleLR
 from bsprof.track import Tracker
 from bsprof.track.tracker import open_tracker
@@ -93,6 +93,8 @@ class NoiseScale(Callback):
             warnings.warn("bsprof's NoiseScale callback needs automatic optimization: not measuring "
                           "(with manual optimization, call a bsprof.Tracker yourself)", stacklevel=2)
             return
+        if listed_again(self):
+            return
         model = _model(trainer, pl_module)
         if open_tracker(model) is not None:
             warnings.warn("bsprof: this model already has an open tracker (is the NoiseScale callback in the "
@@ -106,14 +108,17 @@ class NoiseScale(Callback):
         self.tracker = Tracker(model, optimizer, log=log, **self.options)
         self.steps = Steps(self.tracker, self.every)
 
+    @once_per_event
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.tracker is not None:
             self.tracker.close()
 
+    @once_per_event
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.on_fit_end(trainer, pl_module)
 
     # -- one optimizer step --------------------------------------------------------------------------------
+    @once_per_event
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.steps is None:
             return
@@ -122,6 +127,7 @@ class NoiseScale(Callback):
             self._follow_schedule(trainer, batch_idx, rows)
         self.steps.sizes.append(rows)
 
+    @once_per_event
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         if self.steps is None:
             return
@@ -129,10 +135,12 @@ class NoiseScale(Callback):
         if trainer.accumulate_grad_batches == 1 and self.steps.due(trainer.global_step):
             self.steps.arm()
 
+    @once_per_event
     def on_after_backward(self, trainer, pl_module) -> None:
         if self.steps is not None:
             self.steps.disarm()
 
+    @once_per_event
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.steps is None:
             return

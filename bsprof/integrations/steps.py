@@ -10,6 +10,7 @@ hooks) becomes a warning and ``Steps.failed``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import Counter
 
@@ -45,6 +46,36 @@ def per_example_unavailable(tracker) -> str:
     if src.problem:
         return src.problem.removesuffix(": use accumulation (micro-batches) instead")
     return "its hooks were removed"
+
+
+def listed_again(callback) -> bool:
+    """At a callback's start of training: True when it is this same callback object's open tracker, i.e. the object
+    is listed more than once in the trainer's callbacks and the framework calls it again for the same start; it
+    then counts its ``copies`` and warns once. Each of its other hooks runs once per event (``once_per_event``)."""
+    tracker = getattr(callback, "tracker", None)
+    if tracker is not None and not tracker.closed and getattr(callback, "_starting", False):
+        callback.copies += 1
+        if callback.copies == 2:
+            warnings.warn(f"bsprof: this {type(callback).__name__} object is listed more than once in the trainer's "
+                          "callbacks: it measures once", stacklevel=3)
+        return True
+    callback.copies, callback._calls, callback._starting = 1, {}, True
+    return False
+
+
+def once_per_event(hook):
+    """A hook of a callback object listed ``copies`` times in a trainer's callbacks is called that many times back
+    to back for each event; only the first of them acts."""
+    @functools.wraps(hook)
+    def run(self, *args, **kwargs):
+        self._starting = False   # the start's repeated calls are over
+        calls = self.__dict__.setdefault("_calls", {})
+        n = calls.get(hook.__name__, 0)
+        calls[hook.__name__] = n + 1
+        if n % getattr(self, "copies", 1):
+            return None
+        return hook(self, *args, **kwargs)
+    return run
 
 
 class Steps:
