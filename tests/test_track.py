@@ -485,9 +485,27 @@ def test_a_run_resumed_from_a_checkpoint_continues_the_log(tmp_path):
     codes = [d["code"] for d in report.diagnostics]
     assert "resumed" in codes and "several_runs" not in codes
     assert report.measurements[0].method == "track:auto→accumulation"   # the source auto took, from the pair sizes
+    run(4, first=10)   # killed after step 11, resumed from its checkpoint at 10: one note names both resumes
+    log = read_log(path)
+    assert [s.step for s in log.steps] == list(range(14)) and log.resumes == ((6, 4), (10, 2))
+    note = next(d["message"] for d in report_from_log(path, window=4).diagnostics if d["code"] == "resumed")
+    assert "2 runs resumed" in note and "at step 6" in note and "at step 10" in note
     run(3)
     log = read_log(path)
     assert [s.step for s in log.steps] == [0, 1, 2] and log.earlier_runs == 1 and log.resumes == ()
+
+
+def test_a_log_that_starts_late_with_no_examples_says_it_was_resumed_into_a_new_file(tmp_path):
+    lines = [{"schema": "bsprof.track", "version": 1, "unit": "examples", "source": "accumulation",
+              "accumulation_steps": 2, "optimizer": "SGD"}]
+    rng = np.random.default_rng(0)
+    for i, step in enumerate(range(40, 60)):
+        lines.append({"step": step, "examples": 64 * i, "b": 32, "B": 64, "small_sq": 3 * rng.gamma(50, 1 / 50),
+                      "big_sq": 2 * rng.gamma(50, 1 / 50), "loss": 1.0 - 0.01 * i, "lr": 0.1})
+    path = tmp_path / "version_1.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    notes = {d["code"]: d["message"] for d in report_from_log(path, window=5).diagnostics}
+    assert "starts at step 40 with its examples count at 0" in notes["starts_late"]
 
 
 def test_a_run_appended_after_a_torn_line_starts_on_its_own_line(tmp_path):

@@ -468,11 +468,20 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
     if log.earlier_runs:
         report.diagnose("several_runs", f"{path} holds {log.earlier_runs + 1} runs (a run appended to it with its "
                         "own header, or the step count starting again); only the last was read, with its own header "
-                        "(optimizer, accumulation). Give each run its own log file.")
-    for start, replaced in log.resumes:
-        report.diagnose("resumed", f"{path}: a run resumed at step {start} (from a checkpoint) and continues the "
-                        "one before it" + (f"; the earlier run's {replaced} logged steps from step {start} on, "
-                                           "retrained after the checkpoint, are replaced" if replaced else ""))
+                        "(optimizer, accumulation). Give each run its own log file; a run resumed from a checkpoint "
+                        "continues the log when it passes the step it resumes at, tracker.step(step=start).")
+    first = log.steps[0] if log.steps else None
+    if not log.resumes and first is not None and first.step > 0 and first.examples == 0:
+        report.diagnose("starts_late", f"{path} starts at step {first.step} with its examples count at 0: a run "
+                        "resumed from a checkpoint into a new log file (Lightning's default log is in the logger's "
+                        "version folder, new for each run); to read it with the run before it, give both one log "
+                        "path")
+    if log.resumes:   # one note for every resume (a report keeps one note per code)
+        said = "; ".join(f"at step {start}" + (f", replacing the {replaced} logged steps the run before it took from "
+                                                 "there (retrained after the checkpoint)" if replaced else "")
+                         for start, replaced in log.resumes)
+        report.diagnose("resumed", f"{path}: {'a run' if len(log.resumes) == 1 else f'{len(log.resumes)} runs'} "
+                        f"resumed from a checkpoint, each continuing the one before it: {said}")
     if log.skipped:
         report.diagnose("skipped_steps", f"{log.skipped} logged steps had non-finite gradients and were skipped")
     return report
