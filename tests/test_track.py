@@ -495,6 +495,30 @@ def test_a_run_resumed_from_a_checkpoint_continues_the_log(tmp_path):
     assert [s.step for s in log.steps] == [0, 1, 2] and log.earlier_runs == 1 and log.resumes == ()
 
 
+def test_a_widened_window_is_not_answered_with_a_smaller_window(tmp_path):
+    """Pairs whose |G|² no window of 10 resolves: the window is widened to 20, one row; the notes and schedule's fix
+    say to log more steps, not to read with a smaller window (which is widened again: a new user's finding)."""
+    from bsprof.schedule import ScheduleConfig, plan
+    from bsprof.schedule.plan import ReportError
+
+    rng = np.random.default_rng(0)
+    lines = [{"schema": "bsprof.track", "version": 1, "unit": "examples", "source": "accumulation",
+              "accumulation_steps": 2, "optimizer": "SGD"}]
+    for step in range(30):   # E|G_b|² = tr/b, E|G_B|² = tr/B: |G|² = 0, no window resolves it
+        lines.append({"step": step, "examples": 64 * step, "b": 32, "B": 64, "small_sq": 100 / 32 *
+                      rng.gamma(4, 1 / 4), "big_sq": 100 / 64 * rng.gamma(4, 1 / 4), "loss": 1 - 0.01 * step,
+                      "lr": 0.1})
+    path = tmp_path / "noisy.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    report = report_from_log(path, window=10)
+    notes = {d["code"]: d["message"] for d in report.diagnostics}
+    assert report.config["window"] == 20 and "log more steps" in notes["one_window"]
+    assert "--window 10 was widened to 20" in notes["one_window"] and "e.g. --window" not in notes["one_window"]
+    with pytest.raises(ReportError) as e:
+        plan(report, ScheduleConfig(target_loss=0.5))
+    assert e.value.hint.startswith("log more steps") and "e.g. --window" not in e.value.hint
+
+
 def test_a_log_that_starts_late_with_no_examples_says_it_was_resumed_into_a_new_file(tmp_path):
     lines = [{"schema": "bsprof.track", "version": 1, "unit": "examples", "source": "accumulation",
               "accumulation_steps": 2, "optimizer": "SGD"}]

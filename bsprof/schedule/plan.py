@@ -249,6 +249,10 @@ def more_rows_fix(report) -> str:
         if steps < 4:  # no window makes two rows of two steps each
             return (f"log more steps: the log has {steps} logged step(s), and a schedule needs at least two windows "
                     "of two steps")
+        asked = report.config.get("window_asked")
+        if asked and int(asked) < window:   # shorter windows were tried, and left |G|² unresolved
+            return (f"log more steps: windows shorter than {window} steps do not resolve |G|² in this log (--window "
+                    f"{asked} was widened to {window}), and its {steps} logged steps make {rows} row(s) of them")
         if smaller < window:
             return (f"read the log with a smaller window: it has {steps} logged steps, --window {window} makes "
                     f"{rows} row(s); e.g. --window {smaller}")

@@ -454,9 +454,13 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
                         "told apart from 0), so the estimate is unresolved: known only to be at most its upper end, "
                         "not the value shown; a wider --window (more steps per estimate) resolves it")
     if report.measurements and len(log.steps) >= 2 and len(report.measurements) < 2:
+        smaller = max(2, len(log.steps) // 5)
+        fix = (f"Shorter windows do not resolve |G|² in this log (--window {window} was widened to {used}): log more "
+               "steps for a curve." if used != window else
+               f"Read it with a smaller window, e.g. --window {smaller}." if smaller < used else
+               "Log more steps for a curve.")
         report.diagnose("one_window", f"{path} has {len(log.steps)} logged steps, fewer than two windows of "
-                        f"{window}: one row, averaged over the whole run, and no curve along training. Read it with "
-                        f"a smaller window, e.g. --window {max(2, len(log.steps) // 5)}.")
+                        f"{used}: one row, averaged over the whole run, and no curve along training. {fix}")
     elif len(report.measurements) < 5 and len(log.steps) // 5 >= 2 and (every or window) > len(log.steps) // 5:
         report.diagnose("few_windows", f"{path} has {len(log.steps)} logged steps: {len(report.measurements)} "
                         f"windows of {window}, too few for a curve along training (a schedule fits the noise scale "
