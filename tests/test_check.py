@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -136,6 +137,11 @@ def test_at_loss_interpolates_log_b_simple_and_refuses_to_extrapolate():
     assert noise_at(rep, 1.0).value == pytest.approx(300)
     with pytest.raises(ValueError, match="extrapolate"):
         noise_at(rep, 0.1)
+    rep.measurements[0] = dataclasses.replace(rep.measurements[0], loss=2.2996)   # shown as 2.3 in the table
+    assert noise_at(rep, 2.3).value == pytest.approx(100)   # typed from the table: the end it rounds, not refused
+    with pytest.raises(ValueError, match=r"outside the measured losses \[0.5, 2.3\]"):
+        noise_at(rep, 2.31)
+    rep.measurements[0] = dataclasses.replace(rep.measurements[0], loss=2.3)
     rep.config = {**rep.config, "optimizer": "AdamW"}   # under Adam: the factor the headline and schedule apply
     from bsprof.schedule.plan import ADAM_FACTORS
 

@@ -257,9 +257,12 @@ def _interpolated(report: Report, at_loss: float) -> Reading:
                        f"no determined measurement to interpolate at loss {_fmt(at_loss)}", loss=at_loss)
     rows.sort(key=lambda r: r.loss)
     losses = np.array([r.loss for r in rows], float)
+    lo, hi = float(losses[0]), float(losses[-1])
+    if lo - 5e-4 * abs(lo) <= at_loss <= hi + 5e-4 * abs(hi):   # a loss typed from the table (4 significant
+        at_loss = min(max(at_loss, lo), hi)                       # digits), just past the end it rounds: the end
     if not losses[0] <= at_loss <= losses[-1]:
-        raise ValueError(f"--at-loss {_fmt(at_loss)} is outside the measured losses "
-                         f"[{_fmt(losses[0])}, {_fmt(losses[-1])}]; bsprof does not extrapolate the noise scale")
+        raise ValueError(f"--at-loss {at_loss:.4g} is outside the measured losses "
+                         f"[{losses[0]:.4g}, {losses[-1]:.4g}]; bsprof does not extrapolate the noise scale")
     scales = [reading(r, None, report.unit, "") for r in rows]
     ests = [noise_of(r, col) for r in rows]
     ends = [{"value": e.value, "lo": _low_end(e.lo, e.value), "hi": e.hi if finite(e.hi) and e.hi >= e.value
