@@ -197,7 +197,8 @@ def limit(flag: str, value, low: float, high: float, low_open: bool = False) -> 
         ok = False
     if ok:
         return None
-    return f"{flag} must be a number in {'(' if low_open else '['}{low:g}, {high:g}] (got {short(value, 40)})"
+    top = f"{high:,.0f}" if high >= 1e6 and float(high).is_integer() else f"{high:g}"
+    return f"{flag} must be a number in {'(' if low_open else '['}{low:g}, {top}] (got {short(value, 40)})"
 
 
 def as_dict(config) -> dict:

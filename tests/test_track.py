@@ -1113,6 +1113,30 @@ def test_an_epochs_short_last_step_of_fewer_micro_steps_is_left_out():
         first.step()
 
 
+@pytest.mark.parametrize("bad, says", [(-1, "step must be at least 0"), (1.5, "step must be a whole number")])
+def test_a_step_number_that_is_no_step_is_refused(bad, says):
+    model, (x, y) = mlp(), data()
+    with Tracker(model, accumulation_steps=2, batch_size=64) as tracker:
+        for j in range(2):
+            (ce(model, (x[32 * j:32 * j + 32], y[32 * j:32 * j + 32])).mean() / 2).backward()
+        with pytest.raises(TrackerError, match=says):
+            tracker.step(step=bad)
+
+
+def test_a_step_number_going_back_is_said():
+    model, (x, y) = mlp(), data()
+    with Tracker(model, accumulation_steps=2, batch_size=64) as tracker:
+        for i, number in enumerate((10, 11, 5)):
+            for j in range(2):
+                (ce(model, (x[32 * j:32 * j + 32], y[32 * j:32 * j + 32])).mean() / 2).backward()
+            if i < 2:
+                tracker.step(step=number)
+            else:
+                with pytest.warns(UserWarning, match="step=5 comes before step 11"):
+                    tracker.step(step=number)
+            model.zero_grad()
+
+
 def test_a_second_tracker_on_a_model_that_has_an_open_one_is_refused():
     """Two open trackers would both hook the model's backward passes; the second is refused with the fix, and a
     closed tracker frees the model."""

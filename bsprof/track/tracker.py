@@ -303,6 +303,7 @@ class Tracker:
         self._short_warned = False
         self._scale_warned = False
         self._few_warned = self._split_warned = False   # said once: a short step, an uneven split (``_uneven``)
+        self._back_warned = False                       # and a step number going back (``_arguments``)
         # a recurrent or attention layer fed [T, B, …]: dim 0 of the model's input is then not the batch
         self._seq_first = any(isinstance(m, (nn.RNNBase, nn.MultiheadAttention)) and not getattr(m, "batch_first", True)
                               for m in model.modules())
@@ -479,6 +480,13 @@ class Tracker:
                                                                   "pass scaler.get_scale() under AMP, or nothing")
         lr = None if lr is None else self._number("lr", lr, float, "pass the step's lr, or nothing (the optimizer's)")
         step = None if step is None else self._number("step", step, int, "pass the step's number, or nothing")
+        if step is not None and step < 0:
+            self._fail(f"tracker.step(): step must be at least 0 (got {step})", "pass the step's number, or nothing")
+        if step is not None and self.step_count and step < self.step_count and not self._back_warned:
+            self._back_warned = True
+            warnings.warn(f"bsprof tracker: step={step} comes before step {self.step_count - 1}, logged already by "
+                          "this tracker: the log's reader takes a step count going back for a new run (shown once)",
+                          stacklevel=3)
         if batch_size is not None:
             batch_size = self._number("batch_size", batch_size, int, "pass the examples in this optimizer step")
             if batch_size < 1:
@@ -506,9 +514,13 @@ class Tracker:
         try:
             if isinstance(value, (str, bytes, bool)):
                 raise TypeError(type(value).__name__)
-            return kind(value.item() if torch.is_tensor(value) else value)
-        except (TypeError, ValueError, RuntimeError):
+            x = value.item() if torch.is_tensor(value) else value
+            out = kind(x)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
             self._fail(f"tracker.step(): {name} must be a number (got {type(value).__name__})", hint)
+        if kind is int and out != x:   # 1.5 would have been taken as 1
+            self._fail(f"tracker.step(): {name} must be a whole number (got {x!r})", hint)
+        return out
 
     def discard(self, batch_size: int | None = None) -> None:
         """Forget the backward passes since the last ``step`` without measuring them: a step that is not measured
