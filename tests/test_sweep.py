@@ -296,6 +296,10 @@ def test_cli_local_writes_json_and_csv(tmp_path):
     assert r.exit_code == 0, r.output
     assert "critical batch (local)" in r.output and "per seed" in r.output
     assert "branch 8/8: batch 32," in r.output and not r.output.startswith("\n")   # into a pipe: a line per branch
+    again = cli(TINY, "--base-batch", 4, "--doublings", 1, "--examples", 100, "--seeds", 2, "--seed", 5, *FAST, "-o",
+                tmp_path / "s5")
+    assert again.exit_code == 0 and "seed 5:" in again.output and "seed 6:" in again.output, again.output
+    assert {b["seed"] for b in json.loads((tmp_path / "s5" / "sweep.json").read_text())["branches"]} == {5, 6}
     d = json.loads((tmp_path / "sweep.json").read_text())
     assert d["method"] == "local" and len(d["branches"]) == 8 and d["incomplete"] is None
     assert {"batch", "lr", "steps", "examples", "loss", "loss_se", "seconds"} <= set(d["branches"][0])

@@ -423,7 +423,7 @@ def _sweep(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepRe
             for b in batches:
                 best = math.inf
                 for m in grid:
-                    say("branch_start", {"i": i, "batch": b, "multiplier": m, "seed": seed})
+                    say("branch_start", {"i": i, "batch": b, "multiplier": m, "seed": cfg.seed + seed})
                     if local:
                         row = eng.run_fixed(setup, seed, b, m, budget, say)
                     else:
@@ -435,7 +435,7 @@ def _sweep(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepRe
                     emit(build(rows, {"reason": IN_PROGRESS, "branches": len(rows)}))
                     say("branch", {"i": i, "row": row})
         for seed in range(cfg.seeds if sched is not None else 0):
-            say("branch_start", {"i": i, "batch": 0, "multiplier": 1.0, "seed": seed, "schedule": True})
+            say("branch_start", {"i": i, "batch": 0, "multiplier": 1.0, "seed": cfg.seed + seed, "schedule": True})
             followed.append(eng.run_to_target(setup, seed, sched.stages[0].batch_size, 1.0, cfg.max_steps, budget,
                                               say, schedule=sched))
             i += 1

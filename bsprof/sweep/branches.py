@@ -168,7 +168,7 @@ def run_fixed(setup: _Setup, seed: int, batch: int, multiplier: float, budget: _
         if t % 10 == 0:
             say("step", {"step": t + 1, "steps": steps})
     loss, se = (math.inf, math.nan) if diverged else evaluate(model, setup, budget)
-    return Branch(batch, setup.base_lr * factor, multiplier, seed, done, done * batch, loss, se,
+    return Branch(batch, setup.base_lr * factor, multiplier, setup.cfg.seed + seed, done, done * batch, loss, se,
                   round(time.perf_counter() - t0, 4), diverged or not math.isfinite(loss))
 
 
@@ -224,9 +224,9 @@ def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: 
                 reached = float(t)
                 break
     if schedule is not None:
-        return Branch(0, float(opt.param_groups[0]["lr"]), multiplier, seed, t, seen, loss, se,
+        return Branch(0, float(opt.param_groups[0]["lr"]), multiplier, setup.cfg.seed + seed, t, seen, loss, se,
                       round(time.perf_counter() - t0, 4), diverged, reached)
-    row = Branch(batch, setup.base_lr * factor, multiplier, seed, t, t * batch, loss, se,
+    row = Branch(batch, setup.base_lr * factor, multiplier, setup.cfg.seed + seed, t, t * batch, loss, se,
                  round(time.perf_counter() - t0, 4), diverged, reached)
     if not math.isfinite(reached) and not diverged and limit < cap:
         raise _Stop(f"the --max-examples budget ({setup.cfg.max_examples:,}) was spent during batch {batch}")

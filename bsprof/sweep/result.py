@@ -26,7 +26,7 @@ class Branch:
     batch: int
     lr: float
     lr_multiplier: float
-    seed: int
+    seed: int                 # its seed: --seed + the repeat's index
     steps: int
     examples: int
     loss: float
