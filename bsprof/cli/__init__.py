@@ -31,10 +31,8 @@ def main() -> None:
     """Run the app; a Ctrl-C that no command handles is one line and exit 130, never a traceback. Help printed
     into a pipe gets 120 columns, as bsprof's own output does (rich's default, 80, cuts long option names)."""
     _help_width()
-    import click
-
-    for lib in (click, getattr(typer, "_click", None)):   # recent typer vendors its own click as typer._click
-        if lib is not None:
+    for lib in (getattr(typer, "_click", None), sys.modules.get("click")):   # recent typer vendors click as
+        if lib is not None:                                                 # typer._click; older ones use click
             lib.exceptions.UsageError.show = _usage_error
     try:
         app()
