@@ -762,3 +762,20 @@ def test_a_mistyped_command_line_is_the_problem_and_the_fix():
         assert lines[0].startswith("error: ") and says in lines[0]
         assert lines[1].startswith("fix: ") and lists in lines[1]
         assert "Usage:" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_command_line_needs_no_click_where_typer_vendors_it():
+    """typer 0.29 vendors click as typer._click and a fresh `pip install bsprof` has no click: bsprof must not
+    import it (the quick start failed with ModuleNotFoundError once, while every test passed in an environment that
+    had click through other packages)."""
+    import subprocess
+    import sys
+
+    import typer
+
+    if getattr(typer, "_click", None) is None:
+        pytest.skip("this typer uses click itself")
+    code = ("import sys; sys.modules['click'] = None; sys.argv = ['bsprof', 'measure', '--stepz', '1', 'x.py']; "
+            "from bsprof.__main__ import main; main()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: No such option: --stepz"), r.stderr
