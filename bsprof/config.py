@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,8 +117,10 @@ def _check_type(name: str, value, hint) -> tuple[object, str | None]:
     return value, f"{name} must be {want}, got {type(value).__name__} {short(value)}"
 
 
-def resolve(cls, yaml_path: str | Path | None = None, overrides: dict | None = None, command: str = "measure"):
-    """Build ``cls`` from defaults, then the YAML file, then ``overrides`` (None values are ignored)."""
+def resolve(cls, yaml_path: str | Path | None = None, overrides: dict | None = None, command: str = "measure",
+            flags: bool = False):
+    """Build ``cls`` from defaults, then the YAML file, then ``overrides`` (None values are ignored). ``flags``:
+    the overrides came from command-line flags, so a problem with one names it as typed (``--target-loss``)."""
     values: dict = {}
     errors: list[str] = []
     if yaml_path is not None:
@@ -139,10 +142,25 @@ def resolve(cls, yaml_path: str | Path | None = None, overrides: dict | None = N
         config = cls(**clean)
         errors = config.problems() if hasattr(config, "problems") else []
     if errors:
+        if flags:
+            given = [k.replace("-", "_") for k, v in (overrides or {}).items() if v is not None]
+            errors = [as_flags(e, given) for e in errors]
         where = f" in {yaml_path}" if yaml_path else ""
         raise ConfigError(f"bad options{where}:\n  - " + "\n  - ".join(errors),
                           f"fix these; `bsprof {command} --help` lists every option and its type")
     return config
+
+
+def as_flags(text: str, names: list[str]) -> str:
+    """``text`` with the option ``names`` written as their flags: ``min_batch`` → ``--min-batch`` wherever it stands
+    as a word, and a one-word name (``lr``, ``rule``) where it opens the message."""
+    for name in sorted(names, key=len, reverse=True):
+        flag = "--" + name.replace("_", "-")
+        if "_" in name:
+            text = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", flag, text)
+        elif re.match(rf"{re.escape(name)}\b", text):
+            text = flag + text[len(name):]
+    return text
 
 
 def _read_yaml(path: Path) -> dict:

@@ -105,9 +105,9 @@ def test_dataset_smaller_than_batch_shrinks_with_a_warning(tmp_path):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--method", "microbatch", "--micro-batch", 8, "--probe-batch", 20], "not a multiple of micro_batch"),
-    (["--steps", -1], "steps must be 0 or more"),
-    (["--method", "magic"], "method must be one of"),
+    (["--method", "microbatch", "--micro-batch", 8, "--probe-batch", 20], "not a multiple of --micro-batch"),
+    (["--steps", -1], "--steps must be 0 or more"),
+    (["--method", "magic"], "--method must be one of"),
     (["--config", ASSETS / "bad_config.yaml"], "unknown option 'bach_size' (did you mean 'batch_size'?)"),
     (["--config", ASSETS / "bad_config.yaml"], "steps must be int, got str 'ten'"),
     (["--config", "nope.yaml"], "config file not found"),
@@ -563,7 +563,7 @@ def test_a_loss_failing_in_the_probe_trial_is_said_to_fail_there(tmp_path):
 
 @pytest.mark.parametrize("args, says", [
     (["--rel-error", 5], "did you mean 0.05"),
-    (["--rel-error", 0], "rel_error is a fraction in (0, 1)"),
+    (["--rel-error", 0], "--rel-error is a fraction in (0, 1)"),
 ])
 def test_option_ranges_say_what_was_meant(tmp_path, args, says):
     r = run(ASSETS / "tiny_linear.py", *args, "-o", tmp_path)

@@ -822,3 +822,27 @@ def test_the_default_largest_batch_is_the_datasets_size():
     wide = plan(report, ScheduleConfig(target_loss=0.45, max_batch=16384))
     assert max(b["batch_size"] for b in wide.baselines) > 4096
     assert not any("the dataset's size" in n for n in wide.notes)
+
+
+def test_bad_flags_are_named_as_typed_on_the_command_line(tmp_path):
+    """A problem with a command-line option names the flag (``--min-batch``), not the config field
+    (``min_batch``); the same problem in a YAML file names the key as written there."""
+    from typer.testing import CliRunner
+
+    from bsprof.cli.app import app
+    from bsprof.config import as_flags
+
+    assert as_flags("min_batch 9 exceeds max_batch 4", ["min_batch", "max_batch"]) == "--min-batch 9 exceeds --max-batch 4"
+    assert as_flags("lr must be positive; the lr rule", ["lr"]) == "--lr must be positive; the lr rule"
+    assert as_flags("lr_cap must be 0", ["lr"]) == "lr_cap must be 0"  # only the names given
+    report = tmp_path / "r.json"
+    report.write_text("{}")
+    r = CliRunner().invoke(app, ["schedule", str(report), "--target-loss", "-1", "--min-batch", "9",
+                                 "--max-batch", "4"])
+    assert r.exit_code == 2, r.output
+    assert "--target-loss must be positive" in r.output and "--min-batch 9 exceeds --max-batch 4" in r.output
+    assert "target_loss" not in r.output and "min_batch" not in r.output
+    yaml = tmp_path / "s.yaml"
+    yaml.write_text("min_batch: -2\n")
+    r = CliRunner().invoke(app, ["schedule", str(report), "--target-loss", "1", "--config", str(yaml)])
+    assert r.exit_code == 2 and "min_batch must be 0 or more" in r.output and f"in {yaml}" in r.output, r.output

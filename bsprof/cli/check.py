@@ -259,7 +259,7 @@ def check(
     overrides = dict(factor=factor, max_extra_compute=max_extra_compute, max_extra_steps=max_extra_steps,
                      lr_factor=lr_factor, lr_cap=lr_cap, baseline_factor=baseline_factor)
     try:
-        policy = resolve(Policy, config, overrides, command="check")
+        policy = resolve(Policy, config, overrides, command="check", flags=True)
         verdict, extra = _judge_all(target, batch_size, lr, training_config, batch_key, lr_key, at_loss, policy,
                                     baseline, budget, steps, seed, rel_error, save_report, window)
     except KeyboardInterrupt as e:  # while measuring a SPEC.py: no verdict; what was kept is said

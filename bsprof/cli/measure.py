@@ -73,7 +73,7 @@ def measure(
     with user_errors():
         if quiet and verbose:
             raise ConfigError("--quiet and --verbose contradict each other", "pass one of them")
-        cfg = resolve(MeasureConfig, config, overrides)
+        cfg = resolve(MeasureConfig, config, overrides, flags=True)
         with distributed.session(cfg.device) as comm:  # one process unless launched by torchrun
             with _output_folder(out, comm):
                 _run(spec, cfg, report, out, figures, quiet or not comm.is_main, comm, debug,

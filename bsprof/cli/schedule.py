@@ -84,7 +84,7 @@ def schedule(
 
             check_file(output, "--output")  # before measuring a SPEC.py
         overrides["max_batch"], memory_note = _max_batch(max_batch, source, overrides)
-        cfg = resolve(ScheduleConfig, config, overrides, command="schedule")
+        cfg = resolve(ScheduleConfig, config, overrides, command="schedule", flags=True)
         result = plan(load(source, "schedule", window=window, steps=steps), cfg)
         if memory_note:
             result.notes.append(memory_note)

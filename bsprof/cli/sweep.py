@@ -61,7 +61,7 @@ def sweep(
             options["batches"] = sweep_options.parse_list(batches, int, "--batches")
         if lr_grid is not None:
             options["lr_grid"] = sweep_options.parse_list(lr_grid, float, "--lr-grid")
-        cfg = sweep_options.sweep_config(**options)
+        cfg = sweep_options.sweep_config(flags=True, **options)
         if report is not None and not report.exists():
             raise BsprofError(f"report not found: {report}", "pass the report.json written by `bsprof measure`")
         from bsprof.output.files import check_folder

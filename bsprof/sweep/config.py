@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from bsprof.config import DEVICES
+from bsprof.config import DEVICES, as_flags
 from bsprof.errors import ConfigError
 
 METHODS = ("local", "global")
@@ -105,8 +105,9 @@ class SweepConfig:
         return json_clean(dataclasses.asdict(self))
 
 
-def sweep_config(**options) -> SweepConfig:
-    """A SweepConfig from keyword options (None values ignored): unknown names and every problem in one error."""
+def sweep_config(flags: bool = False, **options) -> SweepConfig:
+    """A SweepConfig from keyword options (None values ignored): unknown names and every problem in one error,
+    naming the options as command-line flags when ``flags`` (they came from them)."""
     names = {f.name for f in dataclasses.fields(SweepConfig)}
     unknown = sorted(set(options) - names)
     values = {k: v for k, v in options.items() if v is not None and k in names}
@@ -119,6 +120,8 @@ def sweep_config(**options) -> SweepConfig:
     problems = [f"unknown option {k!r}" for k in unknown]
     cfg = SweepConfig(**values)
     problems += cfg.problems()
+    if problems and flags:
+        problems = [as_flags(x, list(values)) for x in problems]
     if problems:
         raise ConfigError("bad sweep options:\n  - " + "\n  - ".join(problems),
                           "fix these; `bsprof sweep --help` lists every option")
