@@ -832,7 +832,8 @@ def test_bad_flags_are_named_as_typed_on_the_command_line(tmp_path):
     from bsprof.cli.app import app
     from bsprof.config import as_flags
 
-    assert as_flags("min_batch 9 exceeds max_batch 4", ["min_batch", "max_batch"]) == "--min-batch 9 exceeds --max-batch 4"
+    said = as_flags("min_batch 9 exceeds max_batch 4", ["min_batch", "max_batch"])
+    assert said == "--min-batch 9 exceeds --max-batch 4"
     assert as_flags("lr must be positive; the lr rule", ["lr"]) == "--lr must be positive; the lr rule"
     assert as_flags("lr_cap must be 0", ["lr"]) == "lr_cap must be 0"  # only the names given
     report = tmp_path / "r.json"
