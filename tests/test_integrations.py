@@ -685,5 +685,6 @@ def test_steps_discard_what_cannot_be_measured():
     assert tracker.steps == [2] and tracker.draws[0].B == 12 and not tracker.closed
     assert steps.unmeasured == {"micro-batches of different sizes (or of unknown size)": 1,
                                 "a short step (an epoch's last)": 1}  # not "one backward …": accumulation is on
+    assert tracker.uneven == 2 and tracker.examples == 12 + 8 + 12  # left out as ``tracker.step`` leaves them
     assert rows_of({"a": [torch.zeros(()), torch.zeros(5, 2)]}) == 5 and rows_of("text") is None
     tracker.close()

@@ -1239,6 +1239,13 @@ def test_ddp_with_accumulation_and_no_sync(tmp_path):
     every = r["all_uneven"]  # every rank's batch uneven (an epoch's short last batch): left out on all, not closed
     assert every["messages"] == ["", ""] and not every["closed"] and every["left_out"] == 1 and every["after"] == 2
     assert every["examples"] == 2 * 33
+    short = r["short_everywhere"]  # every rank's epoch ends in a step of 1 micro-step of 2: left out on both
+    assert short["messages"] == ["", ""] and not short["closed"] and short["left_out"] == 1, short
+    assert short["measured"] == [True, False, True] and short["examples"] == 2 * (32 + 16 + 32)
+    one = r["short_on_one"]      # on one rank only: the ranks' batches differ, an error on both at that step
+    assert "ran 1 backward passes (accumulation_steps=2) on this rank, and all 2 on 1 other" in one["messages"][1]
+    assert "1 other rank(s) failed this step's checks" in one["messages"][0], one
+    assert one["closed"] and one["after"] == 2 and one["measured"] == [True]
     nodes, bad = r["nodes"], r["bad_loss"]  # rows that are no rank's batch: measured; a rank's bad argument: both raise
     assert nodes["messages"] == ["", ""] and not nodes["closed"] and nodes["after"] == 2
     assert "loss must be a number" in bad["messages"][1] and "1 other rank(s) failed" in bad["messages"][0]

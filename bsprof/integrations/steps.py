@@ -133,7 +133,8 @@ class Steps:
                               "micro-batches (Lightning: accumulate_grad_batches, Hugging Face: "
                               "gradient_accumulation_steps), or train on 2+ DDP ranks (shown once)", stacklevel=2)
             self.unmeasured[reason] += 1
-            t.discard(total)
+            t.discard(total, uneven=reason.startswith(("a short step", "micro-batches of different sizes")) and
+                      total is not None)
             return None
         try:
             return t.step(batch_size=None if per_example else total, loss=loss, loss_scale=loss_scale, step=step)

@@ -136,9 +136,9 @@ class _InputRows:
 class _Uneven(Exception):
     """A step whose batch does not split into its micro-steps equally (inside the tracker: never raised to the user)."""
 
-    def __init__(self, batch_size: int, passes: int):
+    def __init__(self, batch_size: int, passes: int, declared: int | None = None):
         super().__init__(batch_size, passes)
-        self.batch_size, self.passes = batch_size, passes
+        self.batch_size, self.passes, self.declared = batch_size, passes, declared  # declared: fewer passes than it
 
 
 def _positive_int(value) -> bool:
@@ -418,7 +418,7 @@ class Tracker:
             draw, pre = self._pair(record, batch_size if batch_size is not None else self.batch_size, loss,
                                    loss_scale, rows, given=batch_size is not None)
         except _Uneven as e:  # over several ranks, every rank's batch uneven: left out on all of them
-            return self._uneven(e.batch_size, e.passes, step)
+            return self._uneven(e.batch_size, e.passes, step, e.declared)
         if not record.per_example:  # the per-example hooks count the examples themselves (checked in the pair)
             self._check_rows(draw.B // self.world, rows, calls, record.count)
         lr = self._lr() if lr is None else lr
@@ -460,8 +460,10 @@ class Tracker:
         self.step_count = (self.step_count if step is None else step) + 1
         self.examples += batch_size * self.world
         self.uneven += 1
-        if declared is not None and not self._few_warned:  # fewer passes than declared (``step``)
+        if declared is not None and not self._few_warned:  # fewer passes than declared (``step``, ``_local_pair``)
             self._few_warned = True
+            if self.rank != 0:
+                return
             warnings.warn(f"bsprof tracker: a step of {passes} backward passes, after steps of accumulation_steps="
                           f"{declared} (an epoch's short last step?): left out, as every such step will be "
                           "(tracker.uneven counts them; drop_last=True on the loader avoids them) (shown once)",
@@ -522,15 +524,17 @@ class Tracker:
             self._fail(f"tracker.step(): {name} must be a whole number (got {x!r})", hint)
         return out
 
-    def discard(self, batch_size: int | None = None) -> None:
+    def discard(self, batch_size: int | None = None, uneven: bool = False) -> None:
         """Forget the backward passes since the last ``step`` without measuring them: a step that is not measured
         (every N-th step only, an epoch's short last step). The step counter still advances, and ``examples`` by
-        ``batch_size`` when given."""
+        ``batch_size`` when given; ``uneven``: it is left out for want of equal micro-batches (an epoch's short last
+        step), counted in ``uneven`` as ``step`` counts its own."""
         if self.closed:
             raise self._closed("discard")
         self.rows.reset(self.hooks.take().count)
         self.step_count += 1
         self.examples += int(batch_size or 0) * self.world
+        self.uneven += bool(uneven)
 
     # ------------------------------------------------------------------ the pair
     def _pair(self, r: Backwards, batch_size: int | None, loss, loss_scale: float,
@@ -557,6 +561,11 @@ class Tracker:
                                          uneven is not None)
         if round(n_uneven) == self.world:
             raise uneven
+        if uneven is not None and uneven.declared is not None:
+            self._fail(f"this step ran {uneven.passes} backward passes (accumulation_steps={uneven.declared}) on this "
+                       f"rank, and all {uneven.declared} on {self.world - round(n_uneven)} other rank(s)",
+                       "give every rank the same number of micro-steps per step (DistributedSampler gives every rank "
+                       "the same number of batches; drop_last=True drops a short last step)")
         if uneven is not None:
             self._fail(f"batch_size={uneven.batch_size} does not split into {uneven.passes} equal micro-batches, and "
                        f"on {self.world - round(n_uneven)} other rank(s) the step's batch does",
@@ -627,6 +636,11 @@ class Tracker:
         if k == 0:
             self._fail("tracker.step() was called before any backward pass of this step (or twice for one step)",
                        "call it once per optimizer step, after the step's last loss.backward()")
+        if (declared is not None and 0 < k < declared and self.world > 1 and r.synced
+                and (self.draws or self.skipped or self.uneven)):
+            # after full steps, fewer synced micro-steps than declared: an epoch's short last step, left out if
+            # every rank's is (``_pair``); one process decides this in ``step``
+            raise _Uneven(rows_seen or (batch_size or 0) * k // declared, k, declared)
         if declared is not None and k != declared:
             self._fail(f"{k} backward passes in this step, but accumulation_steps={declared}",
                        "call tracker.step() once per optimizer step, after all its micro-steps "

@@ -58,6 +58,7 @@ def main(out: str) -> None:
     tracker.close()
     agreed = {name: disagree(ddp, w_star, rank, name) for name in ("uneven", "one_fails", "rows",
                                                                        "nodes", "bad_loss", "all_uneven")}
+    agreed.update({name: short_step(ddp, w_star, rank, name) for name in ("short_everywhere", "short_on_one")})
     if rank == 0:
         with open(out, "w") as f:
             json.dump({"b_simple": est.value, "lo": est.lo, "hi": est.hi, "status": est.status.value,
@@ -94,8 +95,39 @@ def disagree(ddp, w_star, rank: int, case: str) -> dict:
     dist.all_reduce(after)                 # the ranks are in step: a mismatched collective would fail here
     said = [None] * dist.get_world_size()
     dist.all_gather_object(said, message)
-    return {"messages": said, "after": float(after), "closed": tracker.closed, "left_out": tracker.uneven,
+    closed = tracker.closed
+    tracker.close()
+    return {"messages": said, "after": float(after), "closed": closed, "left_out": tracker.uneven,
             "examples": tracker.examples}
+
+
+def short_step(ddp, w_star, rank: int, case: str) -> dict:
+    """A full step (K micro-steps), then a step of one synced micro-step: an epoch's short last step on every rank
+    ("short_everywhere": left out on both, its examples counted, the next full step measured), or on rank 1 only
+    ("short_on_one": an error on both ranks, with the collectives still in step)."""
+    tracker = Tracker(ddp, accumulation_steps=K, batch_size=K * MICRO)
+    gen = torch.Generator().manual_seed(11 + rank)
+    message, draws = "", []
+    for passes in (K, 1 if case == "short_everywhere" or rank == 1 else K, K):
+        for j in range(passes):
+            x = torch.randn(MICRO, D, generator=gen)
+            with ddp.no_sync() if j < passes - 1 else contextlib.nullcontext():
+                (0.5 * ((ddp(x).squeeze(-1) - x @ w_star) ** 2).mean() / K).backward()
+        try:
+            draws.append(tracker.step() is not None)
+        except TrackerError as e:
+            message = e.message
+            break
+        finally:
+            ddp.zero_grad()
+    after = torch.ones(1)
+    dist.all_reduce(after)
+    said = [None] * dist.get_world_size()
+    dist.all_gather_object(said, message)
+    closed = tracker.closed
+    tracker.close()
+    return {"messages": said, "after": float(after), "closed": closed, "left_out": tracker.uneven,
+            "examples": tracker.examples, "measured": draws}
 
 
 if __name__ == "__main__":
