@@ -23,6 +23,7 @@ from bsprof import distributed
 from bsprof.config import MeasureConfig, as_dict
 from bsprof.engine import cost, diagnostics, scales
 from bsprof.engine.data import Examples
+from bsprof.engine.rng import seed_all
 from bsprof.engine.sampling import Sampling, group_types, groups_of, measure_at
 from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_optimizer, load_spec, module_at
 from bsprof.errors import BsprofError, ConfigError, NonFiniteError, SpecError
@@ -202,6 +203,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         raise ConfigError(f"the report passed already holds {len(report.measurements)} measurement(s) of another "
                           "run", "pass a new bsprof.Report() (or none) to each run")
     comm = comm or distributed.current()
+    seed_all(cfg.seed)   # before the spec's import: data made there repeats with the seed
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     say = progress or (lambda kind, info: None)
     torch.manual_seed(cfg.seed)

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from bsprof.engine.rng import caller_rng
+from bsprof.engine.rng import caller_rng, seed_all
 from bsprof.engine.spec import Spec, load_spec
 from bsprof.errors import BsprofError, ConfigError, SpecError
 from bsprof.results import Estimate, Status, finite
@@ -387,9 +387,10 @@ def sequence_length(sched, where: str, spec_tokens: int | None) -> tuple[int, st
                       "TOKENS_PER_EXAMPLE = N in the spec file")
 
 
-def _run(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResult:
+def _run(cfg: SweepConfig, make_spec, report, progress, on_result) -> SweepResult:
     with caller_rng():   # the branches seed torch's global generators; the caller's randomness goes on after them
-        return _sweep(cfg, spec, report, progress, on_result)
+        seed_all(cfg.seed)   # before the spec's import: data made there repeats with the seed
+        return _sweep(cfg, make_spec(), report, progress, on_result)
 
 
 def _sweep(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResult:
@@ -479,7 +480,7 @@ def local(spec: Spec | str | Path | None = None, base_batch: int | None = None, 
     compare with. ``on_result(result)`` is called after every branch (and on interruption or failure, with
     ``incomplete`` set) — the CLI writes the files there."""
     cfg = sweep_config(method="local", base_batch=base_batch, **options)
-    return _run(cfg, _spec(spec, model, dataset, loss, optimizer, collate), report, progress, on_result)
+    return _run(cfg, lambda: _spec(spec, model, dataset, loss, optimizer, collate), report, progress, on_result)
 
 
 def global_(spec: Spec | str | Path | None = None, target_loss: float | None = None, *, model=None, dataset=None,
@@ -489,7 +490,7 @@ def global_(spec: Spec | str | Path | None = None, target_loss: float | None = N
     tuned over ``lr_grid`` (fewest steps), fitted by S(B) = S_min(1 + B_crit/B) with a bootstrap interval;
     E_min = S_min·B_crit. Raises ``TargetNotReached`` (with ``.result``) when fewer than 3 batches reach the target."""
     cfg = sweep_config(method="global", target_loss=target_loss, **options)
-    return _run(cfg, _spec(spec, model, dataset, loss, optimizer, collate), report, progress, on_result)
+    return _run(cfg, lambda: _spec(spec, model, dataset, loss, optimizer, collate), report, progress, on_result)
 
 
 def run(spec=None, config: SweepConfig | None = None, **kwargs) -> SweepResult:
