@@ -654,6 +654,38 @@ def test_a_flat_steps_curve_does_not_determine_b_crit():
     result = api._global_result(setup, cfg, rows, budget, None, None, 200)
     assert result.critical.status == "undetermined"
     assert any("does not determine B_crit" in n for n in result.notes)
+    from bsprof.sweep.render import summary_lines
+
+    said = "\n".join(summary_lines(result))
+    assert "B_crit: undetermined" in said and "B_crit (McCandlish fit)" not in said   # no number to take home
+
+
+def test_steps_that_rise_with_the_batch_are_flagged_and_leave_no_ratio(tmp_path):
+    """A new user's global sweep: 188 steps at batch 16, 47 at 32, 270 at 128 (the grid missed a stable lr at 128).
+    A note says the steps rose where a tuned lr only lowers them; a sweep that determines no critical batch gives
+    no ratio to the report's estimate (it printed 'sweep / critical batch = 4.43e-05')."""
+    from types import SimpleNamespace
+
+    from bsprof.output.report import Report
+    from bsprof.sweep import api
+    from bsprof.sweep.config import SweepConfig
+    from bsprof.sweep.render import summary_lines
+    from bsprof.sweep.result import Branch
+    from bsprof.results import Estimate, Status
+
+    steps = {16: 188, 32: 47, 64: 60, 128: 270}
+    rows = [Branch(b, 0.1, 1.0, s, 100, 100 * b, 0.2, 0.01, 1.0, False, float(steps[b]))
+            for b in steps for s in (0, 1)]
+    cfg = SweepConfig(method="global", target_loss=0.2, batches=tuple(steps))
+    setup = SimpleNamespace(spec=SimpleNamespace(info=lambda: {}, optimizer=None), initial_loss=1.0, optimizer="SGD",
+                            base_lr=0.1, rule="linear", b_noise=None, n_eval=100, held_out=True, n_data=1000)
+    budget = SimpleNamespace(train_examples=0, eval_examples=0, seconds=0.0)
+    result = api._global_result(setup, cfg, rows, budget, None, None, 200)
+    assert any("the steps rose with the batch (47 at batch 32 → 270 at 128)" in n for n in result.notes)
+    comp = api.comparison(Report(), Estimate.none())
+    undetermined = api.comparison_ratio(Estimate(0.016, 0.016, 3.2e5, Status.UNDETERMINED), comp)
+    assert undetermined.ratio != undetermined.ratio and undetermined.critical_ratio != undetermined.critical_ratio
+    assert "sweep/B_simple" not in "\n".join(summary_lines(dataclasses.replace(result, comparison=undetermined)))
 
 
 def test_batches_that_reach_the_target_in_one_or_two_steps_say_to_lower_it():
@@ -728,3 +760,30 @@ def test_a_batch_that_did_not_train_is_said():
     assert note.startswith("batch 256 (loss 2.295 at lr 0.4) did not train") and "--lr-grid" in note, note
     assert sweep_api._no_progress(rows[:1] + rows[2:], 2.31) == []
     assert sweep_api._no_progress(rows, float("nan")) == []
+
+
+def test_cli_a_finished_sweep_without_a_critical_batch_exits_2(tmp_path, monkeypatch):
+    """The runs are written and shown, then an error line and exit 2: a script must not take it for an answer."""
+    from types import SimpleNamespace
+
+    import bsprof.sweep as sweep_pkg
+    from bsprof.sweep import api
+    from bsprof.sweep.result import Branch
+
+    rows = [Branch(b, 0.1, 1.0, s, 100, 100 * b, 0.2, 0.01, 1.0, False, 100.0 * (1 + 0.02 * s))
+            for b in (16, 32, 64, 128) for s in (0, 1)]
+    cfg = sweep.SweepConfig(method="global", target_loss=0.2, batches=(16, 32, 64, 128))
+    setup = SimpleNamespace(spec=SimpleNamespace(info=lambda: {}, optimizer=None), initial_loss=1.0, optimizer="SGD",
+                            base_lr=0.1, rule="linear", b_noise=None, n_eval=100, held_out=True, n_data=1000)
+    flat = api._global_result(setup, cfg, rows, SimpleNamespace(train_examples=0, eval_examples=0, seconds=0.0),
+                              None, None, 200)
+
+    def fake_run(spec, cfg, report=None, progress=None, on_result=None):
+        on_result(flat)
+        return flat
+
+    monkeypatch.setattr(sweep_pkg, "run", fake_run)
+    r = cli(TINY, "--method", "global", "-t", 0.2, *FAST, "-o", tmp_path)
+    assert r.exit_code == 2, r.output
+    assert "B_crit: undetermined" in r.output and "did not determine the critical batch" in r.output
+    assert (tmp_path / "sweep.json").is_file() and "Traceback" not in r.output

@@ -141,3 +141,9 @@ def _run(spec: Path, cfg, report: Path | None, out: Path, quiet: bool, fresh: bo
     if failure is not None:
         with user_errors():
             raise failure
+    result = written.get("result")
+    if result is not None and result.method == "global" and result.critical.status.value == "undetermined":
+        with user_errors():   # a finished sweep without its answer: scripts must not take it for one
+            raise BsprofError("the sweep did not determine the critical batch (the notes above say why)",
+                              "test smaller batches (--batches) or widen --lr-grid; the runs are in "
+                              f"{out / 'sweep.json'}")

@@ -223,6 +223,8 @@ def comparison_ratio(est: Estimate, comp: Comparison) -> Comparison:
     """``comp`` with its ratios to the sweep's critical batch ``est`` (its lower end when only a bound: then the
     ratios are lower bounds too, ``ratio_status`` says so)."""
     value = est.value if math.isfinite(est.value) and est.status is not Status.LOWER_BOUND else est.lo
+    if est.status is Status.UNDETERMINED:   # no critical batch to compare with (the note says why)
+        value = math.nan
     return dataclasses.replace(comp, ratio=_ratio(value, comp.b_simple),
                                critical_ratio=_ratio(value, comp.critical_batch),
                                ratio_status=Status.LOWER_BOUND.value if est.status is Status.LOWER_BOUND
@@ -262,7 +264,16 @@ def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=
                      f"{', '.join(f'{s.steps:g}' for s in quick)} step(s): steps count whole, so there S(B) is "
                      "coarse and the fit leans on the other batches; lower --target-loss so that every batch takes "
                      "several steps")
-    if f and tested and f.b_crit.value > 10 * max(tested) and reached:  # steps still ∝ 1/B: no knee yet
+    timed = [s for s in summaries if math.isfinite(s.steps)]
+    rose = [(min(timed[:i], key=lambda s: s.steps), b) for i, b in enumerate(timed)
+            if i and b.steps > 1.5 * min(s.steps for s in timed[:i])]
+    if rose:  # S(B) falls with B wherever the lr is tuned: a rise is a grid that missed, or a noisy evaluation
+        a, b = max(rose, key=lambda p: p[1].steps / p[0].steps)
+        extra.append(f"the steps rose with the batch ({a.steps:g} at batch {a.batch} → {b.steps:g} at {b.batch}), "
+                     "where with a tuned lr they only fall: the lr grid missed the best lr there (its runs "
+                     "diverged or crawled), or the evaluation loss is too noisy to time the target; widen --lr-grid, "
+                     "or use more --eval-examples or --seeds, before trusting the fit")
+    if f and tested and f.b_crit.value > 10 * max(tested) and reached:
         est = Estimate(math.nan, float(max(reached)), math.inf, Status.LOWER_BOUND)
         extra.append(f"the steps still fell about as 1/B up to batch {max(reached)} (the fitted B_crit, "
                      f"{f.b_crit.value:.3g}, is more than 10× above the tested batches): the critical batch is above "

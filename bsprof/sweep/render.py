@@ -48,6 +48,9 @@ def summary_lines(r) -> list[str]:
     elif r.fit is not None and r.critical.status.value == "lower_bound":  # still ∝ 1/B: no knee in the batches
         lines.append(f"B_crit (McCandlish fit): {estimate_text(r.critical)} {u}   (the steps still fell as 1/B; "
                      f"the fit's own value {fmt(r.fit.b_crit.value)} is an extrapolation)")
+    elif r.fit is not None and r.critical.status.value == "undetermined":   # a fit, but no knee to trust
+        lines.append(f"B_crit: undetermined (the McCandlish fit's {estimate_text(r.fit.b_crit)} {u} is not one: see the "
+                     "notes)")
     elif r.fit is not None:
         f = r.fit
         lines.append(f"B_crit (McCandlish fit): {estimate_text(f.b_crit)} {u}   ({f.confidence:.0%} bootstrap over "
@@ -63,13 +66,15 @@ def summary_lines(r) -> list[str]:
         tpe = getattr(k, "tokens_per_example", 1.0)
         conv = f" (the report's tokens ÷ {tpe:g} tokens per example)" if tpe != 1 else ""
         at = "≥ " if getattr(k, "ratio_status", "ok") == "lower_bound" else ""   # the sweep found only a bound
+        versus = (f"sweep / critical batch {at or '= '}{fmt(k.critical_ratio)}" if math.isfinite(k.critical_ratio)
+                  else "no ratio: the sweep did not determine its critical batch")
         if k.critical_batch is not None and k.critical_batch.ok:
             lines.append(f"estimate ({k.report}): critical batch ≈ {estimate_text(k.critical_batch)} {u}{conv};  "
-                         f"sweep / critical batch {at or '= '}{fmt(k.critical_ratio)}")
+                         f"{versus}")
         est = [f"B_simple {estimate_text(k.b_simple)}"]
         est += [f"{n} {estimate_text(e)}" for n, e in (("B_pre", k.b_pre), ("B_noise", k.b_noise)) if e is not None]
-        lines.append(f"noise scale at the report's last weights: {', '.join(est)} {u}{conv};  "
-                     f"sweep/B_simple {at or '= '}{fmt(k.ratio)}")
+        lines.append(f"noise scale at the report's last weights: {', '.join(est)} {u}{conv}" +
+                     (f";  sweep/B_simple {at or '= '}{fmt(k.ratio)}" if math.isfinite(k.ratio) else ""))
         lines.append(f"estimate cost: {k.measure_seconds:.1f} s measuring, {k.measure_examples:,} examples in "
                      f"B_simple's draws (+ {k.probe_train_examples:,} probe-training examples)")
     lines += [f"note: {n}" for n in r.notes]
