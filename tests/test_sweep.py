@@ -667,11 +667,11 @@ def test_steps_that_rise_with_the_batch_are_flagged_and_leave_no_ratio(tmp_path)
     from types import SimpleNamespace
 
     from bsprof.output.report import Report
+    from bsprof.results import Estimate, Status
     from bsprof.sweep import api
     from bsprof.sweep.config import SweepConfig
     from bsprof.sweep.render import summary_lines
     from bsprof.sweep.result import Branch
-    from bsprof.results import Estimate, Status
 
     steps = {16: 188, 32: 47, 64: 60, 128: 270}
     rows = [Branch(b, 0.1, 1.0, s, 100, 100 * b, 0.2, 0.01, 1.0, False, float(steps[b]))

@@ -49,8 +49,8 @@ def summary_lines(r) -> list[str]:
         lines.append(f"B_crit (McCandlish fit): {estimate_text(r.critical)} {u}   (the steps still fell as 1/B; "
                      f"the fit's own value {fmt(r.fit.b_crit.value)} is an extrapolation)")
     elif r.fit is not None and r.critical.status.value == "undetermined":   # a fit, but no knee to trust
-        lines.append(f"B_crit: undetermined (the McCandlish fit's {estimate_text(r.fit.b_crit)} {u} is not one: see the "
-                     "notes)")
+        lines.append(f"B_crit: undetermined (the McCandlish fit's {estimate_text(r.fit.b_crit)} {u} is not one: "
+                     "see the notes)")
     elif r.fit is not None:
         f = r.fit
         lines.append(f"B_crit (McCandlish fit): {estimate_text(f.b_crit)} {u}   ({f.confidence:.0%} bootstrap over "
