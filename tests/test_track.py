@@ -2017,3 +2017,30 @@ def test_a_sparse_embedding_zeroed_without_set_to_none_does_not_crash_the_backwa
         opt.step()
         opt.zero_grad(set_to_none=False)
     tracker.close()
+
+
+def test_per_example_norms_in_tokens_count_each_sequences_tokens():
+    """unit='tokens' under the per-example source: the hooks count sequences, so b is one sequence's T tokens and
+    B the step's tokens (a new user's log said tokens while b = 1 and B = the sequences: B_simple T× too small).
+    The pair's norms are the sequences' own; batch_size must be a whole number of tokens per sequence."""
+    V, T, N = 11, 6, 16
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(V, 8), nn.Linear(8, V))
+    x, y = torch.randint(0, V, (N, T)), torch.randint(0, V, (N, T))
+
+    def pair(unit, batch_size):
+        tracker = Tracker(model, unit=unit, source="per_example", batch_size=batch_size)
+        with tracker.per_example():
+            nn.functional.cross_entropy(model(x).transpose(1, 2), y, reduction="none").mean(1).mean().backward()
+        draw = tracker.step()
+        model.zero_grad()
+        tracker.close()
+        return draw
+
+    seqs, toks = pair("sequences", N), pair("tokens", N * T)
+    assert (seqs.b, seqs.B, toks.b, toks.B) == (1, N, T, N * T)
+    assert toks.small_sq_total == seqs.small_sq_total and toks.big_sq_total == seqs.big_sq_total
+    est = lambda d: (d.small_sq_total - d.big_sq_total) / (1 / d.b - 1 / d.B) / d.big_sq_total  # noqa: E731
+    assert est(toks) == pytest.approx(T * est(seqs))   # B_simple in tokens = T × in sequences
+    with pytest.raises(TrackerError, match="not a whole number of tokens for each of the 16 sequences"):
+        pair("tokens", N * T + 1)

@@ -201,7 +201,8 @@ class Tracker:
         global batch); or pass it to ``step``.
     source: "auto", or one of "accumulation", "per_example", "ddp", "fsdp" to insist on it (module docstring).
     log: a path for the JSONL log (``bsprof.track.log``), written by rank 0.
-    unit: the unit of ``batch_size`` ("examples", "sequences", "tokens"), written to the log header.
+    unit: the unit of ``batch_size`` ("examples", "sequences", "tokens"), written to the log header; in tokens
+        under per-example norms (which count sequences) b = ``batch_size`` ÷ sequences, one sequence's tokens.
     population: the number of examples (in ``batch_size``'s unit) that each step's batch is drawn from without
         replacement: ``len(dataset)`` for a shuffling DataLoader, whose batches within an epoch are disjoint
         (``drop_last=True``). It applies the finite-population correction c(B) = (1/B − 1/n)·n/(n − 1)
@@ -662,6 +663,18 @@ class Tracker:
             if len(rows) != k or len(set(rows)) != 1:
                 self._fail("some backward passes of this step ran outside tracker.per_example(), or their batches "
                            "differ in size", "wrap every backward of the step in `with tracker.per_example():`")
+            tokens = self.unit == "tokens"   # the hooks count sequences; b is one sequence's tokens
+            if tokens and (batch_size is None or batch_size % local):
+                self._fail(f"unit='tokens': batch_size={batch_size} is not a whole number of tokens for each of the "
+                           f"{local} sequences the per-example hooks saw" if batch_size is not None else
+                           "unit='tokens' with per-example norms needs the step's batch_size in tokens (the hooks "
+                           "count sequences)",
+                           "pass batch_size = sequences × tokens per sequence (Tracker(batch_size=...) or "
+                           "tracker.step(batch_size=...)), with every sequence of one length and the loss each "
+                           "sequence's mean over its tokens; or unit='sequences'")
+            if tokens:
+                small_sum = sum(s * (n / u) ** 2 for s, n in t["per_example"])  # Σ_i |g_i|², i over sequences
+                return t, k, u, small_sum, batch_size // local, batch_size, local
             if batch_size is not None and local < batch_size and not given:   # an epoch's short last batch
                 if not self._short_warned:
                     self._short_warned = True
@@ -814,7 +827,8 @@ class Tracker:
         """Warn once (on rank 0) when the step's batch differs from the rows the model's forwards saw in this step
         (B_simple scales with it). A warning, not an error: a model fed [T, B, …], or run twice per batch, sees other
         rows; with more forwards than backward passes, the same examples may have been seen twice."""
-        if not seen or seen == batch_size or self._rows_warned or self._seq_first or self.rank != 0:
+        if (not seen or seen == batch_size or self._rows_warned or self._seq_first or self.rank != 0
+                or self.unit == "tokens" and batch_size % seen == 0):   # tokens: the rows are sequences
             return
         self._rows_warned = True
         if calls > passes > 0:  # two forwards per pass: of the same examples (a siamese loss) or of others?
