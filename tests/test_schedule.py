@@ -847,3 +847,16 @@ def test_bad_flags_are_named_as_typed_on_the_command_line(tmp_path):
     yaml.write_text("min_batch: -2\n")
     r = CliRunner().invoke(app, ["schedule", str(report), "--target-loss", "1", "--config", str(yaml)])
     assert r.exit_code == 2 and "min_batch must be 0 or more" in r.output and f"in {yaml}" in r.output, r.output
+
+
+def test_check_at_a_loss_a_log_never_reached_says_to_train_further(tmp_path):
+    """`check --at-loss` outside a tracker log's losses: the fix is to train (and log) further, not `bsprof measure`."""
+    from typer.testing import CliRunner
+
+    from bsprof.cli.app import app
+
+    log = logged_run(tmp_path / "trk.jsonl")
+    r = CliRunner().invoke(app, ["check", str(log), "-b", "32", "--at-loss", "1e-9"])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "outside the measured losses" in said, said
+    assert "train (and log) further" in said and "bsprof measure" not in said

@@ -1109,7 +1109,7 @@ def test_an_epochs_short_last_step_of_fewer_micro_steps_is_left_out():
     tracker.close()
     first = Tracker(model, accumulation_steps=2, batch_size=32)
     (ce(model, (x[:16], y[:16])).mean() / 2).backward()
-    with pytest.raises(TrackerError, match="1 backward passes in this step, but accumulation_steps=2"):
+    with pytest.raises(TrackerError, match="1 backward pass in this step, but accumulation_steps=2"):
         first.step()
 
 
@@ -1168,6 +1168,10 @@ def test_a_log_locked_by_another_process_is_refused_and_a_collected_trackers_log
         fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(ConfigError, match="being written by another process's bsprof tracker"):
             LogWriter(path)
+        model = mlp()
+        with pytest.raises(TrackerError, match="being written by another process's bsprof tracker"):
+            Tracker(model, accumulation_steps=2, log=path)   # the one type the docs say to catch
+        assert hooks_left(model) == 0
     LogWriter(path).close()   # the other process let go
 
     def abandoned():

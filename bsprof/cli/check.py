@@ -348,8 +348,10 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
     try:
         verdict = judge(report, batch_size, lr, policy, at_loss, old)
     except ValueError as e:
-        hint = ("pick a loss inside the measured range, or measure to lower losses with more "
-                "`bsprof measure --steps`" if "extrapolate" in str(e) else "see `bsprof check --help`")
+        further = ("train (and log) further, or use a smaller --window" if report.spec.get("tracker_log") else
+                   "measure to lower losses with more `bsprof measure --steps`")
+        hint = (f"pick a loss inside the measured range, or {further}" if "extrapolate" in str(e) else
+                "see `bsprof check --help`")
         raise ConfigError(str(e), hint)
     if info is not None:
         info["rel_halfwidth"] = verdict.noise.rel_halfwidth if verdict.noise else None

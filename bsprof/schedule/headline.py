@@ -211,8 +211,8 @@ def _unresolved_windows(rows, col: str) -> str:
         return ""
     bounds = sum(e.status is Status.LOWER_BOUND for e in windows)
     which = (f", {bounds} of them only a lower bound (|G|² not resolved over its steps)" if bounds else
-             " not enough of them determined")
-    return (f"; this run has {len(windows)} training-step window(s){which}, too few to follow: more steps between "
+             ", too few of them determined")
+    return (f"; this run has {len(windows)} training-step window(s){which}: too few to follow; more steps between "
             "measurements (--measure-every) resolve them")
 
 

@@ -317,8 +317,10 @@ class Tracker:
                                      accumulation_steps=accumulation_steps,
                                      optimizer=optimizer_kind(optimizer) if optimizer is not None else None,
                                      optimizer_momentum=optimizer_momentum(optimizer))
-            except BaseException:
+            except BaseException as e:
                 self.close()   # no hook left behind on the user's model
+                if isinstance(e, BsprofError) and not isinstance(e, TrackerError):   # the log taken, unreadable
+                    raise TrackerError(e.message, e.hint) from None   # one type to catch, as the docs say
                 raise
         _OPEN[inner] = weakref.ref(self)
 
@@ -643,7 +645,7 @@ class Tracker:
             # every rank's is (``_pair``); one process decides this in ``step``
             raise _Uneven(rows_seen or (batch_size or 0) * k // declared, k, declared)
         if declared is not None and k != declared:
-            self._fail(f"{k} backward passes in this step, but accumulation_steps={declared}",
+            self._fail(f"{k} backward pass{'' if k == 1 else 'es'} in this step, but accumulation_steps={declared}",
                        "call tracker.step() once per optimizer step, after all its micro-steps "
                        "(or fix accumulation_steps)")
         if self.world > 1 and not r.synced:
