@@ -397,8 +397,9 @@ def test_a_headline_that_is_only_a_lower_bound_is_said_when_the_latest_value_jud
 
 
 def test_a_baseline_of_another_model_is_said_to_be_one():
-    """A baseline whose report measured other parameter groups (another model, or this one changed) gets a note
-    naming the difference (a new user's finding: an unrelated report was compared without comment)."""
+    """A baseline whose report measured other parameter groups (another model, or this one changed) cannot judge
+    this one: the baseline check says so, naming the difference (a new user's finding: an unrelated report was
+    compared without comment; later, a CNN judged against a GRU's baseline passed)."""
     from bsprof.results import Estimate, LayerEstimate
 
     def with_layers(*layers):
@@ -408,10 +409,16 @@ def test_a_baseline_of_another_model_is_said_to_be_one():
 
     mlp = with_layers(("0", "Linear"), ("2", "Linear"))
     v = judge(mlp, 1024, baseline=with_layers(("conv", "Conv2d"), ("0", "Linear"), ("head", "Linear")))
-    note = next(n for n in v.notes if "other parameter groups" in n)
-    assert "(3 against 2; only in the baseline: conv (Conv2d), head (Linear); only in this report: 2 (Linear))" in note
-    assert not any("other parameter groups" in n for n in judge(mlp, 1024, baseline=mlp).notes)
-    assert not any("other parameter groups" in n for n in judge(mlp, 1024, baseline=make_report()).notes)  # unknown
+    check = next(c for c in v.checks if c.name == "baseline")
+    assert check.status == "cannot_judge" and "cannot compare with the baseline" in check.message
+    assert "(3 against 2; only in the baseline: conv (Conv2d), head (Linear); only in this report: 2 (Linear))" in \
+        check.message
+
+    def baseline_check(v):
+        return next(c for c in v.checks if c.name == "baseline")
+
+    assert baseline_check(judge(mlp, 1024, baseline=mlp)).status == "pass"
+    assert baseline_check(judge(mlp, 1024, baseline=make_report())).status == "pass"   # groups unknown: judged
 
 
 # -- the command: exit codes ---------------------------------------------------------------------------------

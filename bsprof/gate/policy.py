@@ -678,8 +678,9 @@ def check_baseline(new: Reading, old: Reading, factor: float = 2.0) -> CheckResu
                            f"cannot tell whether the noise scale moved: now {new.describe()}, was "
                            f"{old.describe()}", (), measured, passing)
     ratio = new.value / old.value
-    return CheckResult("baseline", PASS, f"the noise scale is within {_fmt(factor)}× of the baseline "
-                       f"({_fmt(ratio)}× the baseline estimate; was {old.describe()})", (),
+    return CheckResult("baseline", PASS, f"the noise scale did not move beyond {_fmt(factor)}× of the baseline's "
+                       f"interval ({_fmt(ratio)}× its estimate, within what the two intervals allow; now "
+                       f"{new.describe()}, was {old.describe()})", (),
                        {**measured, "ratio": ratio}, passing)
 
 
@@ -750,15 +751,18 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
                          f"({noise.where}): not the same quantity; measure both the same way (same --steps and "
                          "--measure-every) to compare like with like")
         other = _other_model(baseline, report)
-        if other:
-            notes.append(other)
+        if baseline.incomplete:
+            notes.append(f"the baseline is incomplete ({baseline.incomplete.get('reason') or 'stopped early'}): "
+                         "judged on what it measured before; a finished run makes a better baseline")
         span = [[m.loss for m in r.measurements if finite(m.loss)] for r in (baseline, report)]
         if at_loss is None and all(span) and (min(span[0]) > max(span[1]) or min(span[1]) > max(span[0])):
             notes.append(f"the baseline measured losses {_fmt(min(span[0]))}–{_fmt(max(span[0]))} and this report "
                          f"{_fmt(min(span[1]))}–{_fmt(max(span[1]))}: they do not overlap, and the noise scale grows "
                          "as the loss falls, so the two critical batches are of different stages of training; "
                          "measure both over the same losses (same --steps), or compare at one loss with --at-loss")
-        checks.append(check_baseline(noise, old, policy.baseline_factor))
+        checks.append(check_baseline(noise, old, policy.baseline_factor) if not other else
+                      CheckResult("baseline", CANNOT_JUDGE, f"cannot compare with the baseline: {other}", (),
+                                  {"new": noise.to_dict(), "old": old.to_dict()}))
     if report.incomplete:
         how = report.incomplete.get("reason") or "stopped early"
         step = report.incomplete.get("step")
