@@ -811,3 +811,18 @@ def test_data_made_at_the_specs_import_repeats_with_the_seed(tmp_path):
         runs.append([(m.loss, m.b_simple.value) for m in report.measurements])
     assert runs[0] == runs[1] and len(runs[0]) == 2
     assert (random.random(), np.random.rand()) == expected   # the caller's randomness goes on as if no run had been
+
+
+def test_a_spec_function_bsprof_cannot_call_is_named_with_its_line(tmp_path):
+    """loss(batch) instead of loss(model, batch): one line naming the function, its line and how it is called (it
+    was 'calling loss(model, batch) on the first two examples failed: TypeError …', with no line)."""
+    spec = tmp_path / "sig.py"
+    spec.write_text("import torch\ndef model(): return torch.nn.Linear(4, 1)\n"
+                    "def dataset(): return torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64))\n"
+                    "def loss(batch):\n    x, y = batch\n    return (x.sum(1) - y) ** 2\n"
+                    "def optimizer(params, lr): return torch.optim.SGD(params, lr=lr)\n")
+    r = run(spec, "-o", tmp_path / "out")
+    said = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "loss(batch) at line 4 cannot be called as loss(model, batch)" in said
+    assert "optimizer(params, lr) at line 7 cannot be called as optimizer(params)" in said

@@ -11,6 +11,7 @@ import copy
 import difflib
 import hashlib
 import importlib.util
+import inspect
 import sys
 import traceback
 from collections.abc import Callable
@@ -176,13 +177,35 @@ def load_spec(path: str | Path) -> Spec:
         if found[name] is not None and not callable(found[name]):
             problems.append(f"{name} is a {type(found[name]).__name__}, not a function")
     problems += _misspelled(module, [n for n in (*OPTIONAL, "TOKENS_PER_EXAMPLE") if getattr(module, n, None) is None])
+    problems += [p for name, fn in found.items() if fn is not None and callable(fn) and not isinstance(fn, nn.Module)
+                 and (p := _arity(name, fn, path))]
     if problems:
         raise SpecError(f"{path.name}: " + "; ".join(problems),
                         "rename it as said" if all("rename" in p for p in problems) else
-                        "define the functions at the top level of the spec file (architecture: model, dataset, loss)")
+                        "define them at the top level of the spec file as bsprof calls them: model(), dataset(), "
+                        "loss(model, batch), and optionally optimizer(params), collate(items)")
     tpe = getattr(module, "TOKENS_PER_EXAMPLE", None)
     return Spec(path, hashlib.sha256(path.read_bytes()).hexdigest(), found["model"], found["dataset"],
                 found["loss"], found["optimizer"], found["collate"], int(tpe) if tpe else None)
+
+
+CALLS = {"model": (), "dataset": (), "loss": ("model", "batch"), "optimizer": ("params",), "collate": ("items",)}
+
+
+def _arity(name: str, fn, path: Path) -> str | None:
+    """Why ``fn`` cannot be called as bsprof calls it (``loss(model, batch)``), at its file and line; None if it can
+    (or its signature cannot be read: a builtin, a C function)."""
+    try:
+        sig = inspect.signature(fn)
+        sig.bind(*CALLS[name])
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ValueError) or "signature" in str(e):
+            return None
+        code = getattr(fn, "__code__", None)
+        where = (f" at line {code.co_firstlineno}" if code is not None and
+                 Path(code.co_filename).resolve() == path else "")
+        return f"{name}{sig}{where} cannot be called as {name}({', '.join(CALLS[name])}) ({e})"
+    return None
 
 
 def _misspelled(module, missing: list[str]) -> list[str]:
