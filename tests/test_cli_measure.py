@@ -826,3 +826,14 @@ def test_a_spec_function_bsprof_cannot_call_is_named_with_its_line(tmp_path):
     assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
     assert "loss(batch) at line 4 cannot be called as loss(model, batch)" in said
     assert "optimizer(params, lr) at line 7 cannot be called as optimizer(params)" in said
+
+
+def test_measure_every_beyond_the_steps_is_said(tmp_path):
+    """--measure-every 1000 with 4 steps measures at step 0 and 4 only: a note says so (it was silent)."""
+    r = run(ASSETS / "tiny_linear.py", "--steps", 4, "--measure-every", 1000, "--max-seconds", 2, "-o", tmp_path,
+            "--no-figures")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    notes = {d["code"]: " ".join(d["message"].split()) for d in report["diagnostics"]}
+    assert "measured at step 0 and step 4 only" in notes["measure_every"]
+    assert [m["step"] for m in report["measurements"]] == [0, 4]

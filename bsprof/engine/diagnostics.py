@@ -66,6 +66,11 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
         report.diagnose("temperature", f"the noise scale depends on the temperature lr/B (McCandlish App. C): it "
                         f"was measured along training at lr={lr:g}, batch {cfg.batch_size}. Compare runs at equal "
                         "lr/B.")
+    steps, every = getattr(cfg, "steps", 0), getattr(cfg, "measure_every", 0)
+    if steps and every and every >= steps:   # one interval: no curve along training, no windows between
+        report.diagnose("measure_every", f"--measure-every {every} is not below --steps {steps}: measured at step 0 "
+                        f"and step {steps} only, so there is no curve along training (and one training-step window "
+                        f"at most). For a curve, measure more often, e.g. --measure-every {max(1, steps // 4)}.")
     if any(g.get("weight_decay", 0) for g in optimizer.param_groups):
         report.diagnose("weight_decay", "the optimizer has weight decay: bsprof measures the loss gradient "
                         "before it (decay is not part of the gradient noise).")
