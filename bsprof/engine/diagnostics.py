@@ -253,7 +253,8 @@ def _implausible(report: Report) -> None:
     if len(rows) >= 2 and rows[0].loss > 0 and rows[-1].loss > LOSS_ROSE * rows[0].loss:
         report.diagnose("loss_rose", f"the training loss rose from {rows[0].loss:.4g} (step {rows[0].step}) to "
                         f"{rows[-1].loss:.4g} (step {rows[-1].step}): the probe's lr is too high for this batch, "
-                        "and the noise scales of a diverging run are not those of your training. Lower --lr.")
+                        "and the noise scales of a diverging run are not those of your training. Lower the lr "
+                        "(--lr, or the spec optimizer's lr).")
     low = min(rows, key=lambda r: r.loss, default=None)
     if low is not None and low is not rows[-1] and low.loss > 0 and rows[-1].loss > LOSS_ROSE * low.loss:
         report.diagnose("loss_rose", f"the training loss fell to {low.loss:.4g} (step {low.step}), then rose to "

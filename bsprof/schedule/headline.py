@@ -195,7 +195,7 @@ def _diverged(rows) -> str | None:
     losses = [r.loss for r in rows if math.isfinite(r.loss)]
     if len(losses) >= 2 and losses[0] > 0 and losses[-1] > LOSS_ROSE * losses[0]:
         return (f"none: the training loss rose from {losses[0]:.4g} to {losses[-1]:.4g}, a diverging run, whose noise "
-                "scales are not those of training; lower --lr and measure again")
+                "scales are not those of training; lower the lr (--lr, or the spec optimizer's) and measure again")
     return None
 
 
