@@ -281,3 +281,28 @@ def test_numbers_in_text_stay_readable():
                                                                                "1,230,000", "3.3e+09"]
     assert (plus_minus(0.2), plus_minus(379.06), plus_minus(float("inf"))) == ("±20%", "±379× the value",
                                                                                "unbounded")
+
+
+def test_the_table_fits_a_narrow_terminal_by_leaving_out_columns():
+    """At 80 columns the table leaves out examples, stopped by, draws, … (in that order) until it fits, and says
+    where they are, instead of cutting the intervals to '[0.9…' or wrapping them; wide, or piped, every column."""
+    from rich.console import Console
+
+    from bsprof.output.render import Fitted
+
+    rows = [{"step": s, "loss": 1.0 / (s + 1), "b_simple": 1234.5, "b_simple_lo": 1000.25, "b_simple_hi": 4780.5,
+             "status": "ok", "b_simple_window": 125.0, "b_simple_window_lo": 84.4, "b_simple_window_hi": 202.0,
+             "b_simple_window_status": "ok", "examples": 8128, "n_draws": 7, "stopped_by": "budget"}
+            for s in (0, 50)]
+    report = Report(measurements=rows)
+    for width, gone in ((80, ("examples", "stopped by", "draws")), (160, ())):
+        console = Console(width=width, record=True)
+        console.print(report)   # a Report prints as the fitted table
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width
+        assert "[1000, 4780]" in text and "[84.4, 202]" in text   # the intervals whole, on one line
+        header = next(line for line in text.splitlines() if "step" in line and "loss" in line)
+        assert all(name not in header for name in gone) and ("in --format csv or json" in text) == bool(gone)
+    full = Console(width=300, record=True)
+    full.print(Fitted(report).full())
+    assert "stopped by" in full.export_text()

@@ -56,6 +56,8 @@ def show(renderable) -> None:
     if console.is_terminal:
         console.print(renderable)
         return
+    if callable(getattr(renderable, "full", None)):   # a table sized to a terminal: piped, every column
+        renderable = renderable.full()
     tables = [r for r in getattr(renderable, "renderables", [renderable]) if isinstance(r, Table)]
     wide = console.options.update_width(1000)  # measured unclamped, not at the console's 120 columns
     console.width = max([width, *(console.measure(t, options=wide).maximum for t in tables)])

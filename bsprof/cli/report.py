@@ -49,9 +49,9 @@ def report_command(
         if fmt != "table":
             typer.echo(as_text(report, fmt, target_loss, layers), nl=False)
         elif target_loss is not None:
-            from bsprof.output.render import report_table
+            from bsprof.output.render import Fitted
 
-            shown = report_table(report, report.summary_at(target_loss))
+            shown = Fitted(report, report.summary_at(target_loss))
     if fmt == "table":
         show(report if target_loss is None else shown)
     if layers and report.layers and fmt == "table":

@@ -54,8 +54,43 @@ def headline_text(s) -> str:
             f"({s.critical_batch_reason})")
 
 
-def report_table(report, summary=None) -> Group:
-    """The measurements, then the summary (``summary``: default ``report.summary``), diagnostics, incompleteness."""
+SHED = ("examples", "stopped by", "draws", "tr(Σ)", "|G|²")  # left out in this order where the table is too wide
+
+
+class Fitted:
+    """``report_table`` sized at print time to the console's width (a renderable: ``console.print(Fitted(r))``)."""
+
+    def __init__(self, report, summary=None):
+        self.report, self.summary = report, summary
+
+    def __rich_console__(self, console, options):
+        yield report_table(self.report, self.summary, options.max_width)
+
+    def full(self) -> Group:
+        """Every column, whatever the width (piped output, which has no width to fit)."""
+        return report_table(self.report, self.summary)
+
+
+def _fit(columns: list[str], rows: list[list[str]], width: int | None) -> list[int]:
+    """The indices of the columns kept: all where they fit in ``width``, else without the ``SHED`` ones, one at a
+    time, until they fit (the intervals of an 80-column terminal were cut to "[0.9…" or wrapped)."""
+    keep = list(range(len(columns)))
+    if width is None:
+        return keep
+
+    def total(idx):  # rich's heavy-head box: one border per column and one more, a space of padding each side
+        return 1 + sum(3 + max([len(columns[i])] + [len(r[i]) for r in rows]) for i in idx)
+
+    for name in SHED:
+        if total(keep) <= width:
+            break
+        keep = [i for i in keep if columns[i] != name]
+    return keep
+
+
+def report_table(report, summary=None, width: int | None = None) -> Group:
+    """The measurements, then the summary (``summary``: default ``report.summary``), diagnostics, incompleteness;
+    ``width``: the columns of least use (``SHED``) are left out until the table fits it."""
     conf = report.config.get("confidence", 0.9)
     windows = bool(report.measurements) and all(r.stopped_by == "window" for r in report.measurements)
     where = ("; each row a window of logged steps, at its middle step, with its middle half's mean loss"
@@ -65,13 +100,19 @@ def report_table(report, summary=None) -> Group:
                                        ("b_pre", "B_pre (Adam)"))
              if any(getattr(r, k) is not None and (finite(getattr(r, k).value) or finite(getattr(r, k).lo))
                     for r in report.measurements)]  # a column of lower bounds only ("> 435") is shown too
-    for col in ("step", "loss", "B_simple", *(name for _, name in extra), "|G|²", "tr(Σ)", "draws", "examples",
-                "stopped by"):
-        table.add_column(col, justify="right")
-    for r in report.measurements:
-        table.add_row(str(r.step), fmt(r.loss, 4), estimate_text(r.b_simple),
-                      *(estimate_text(getattr(r, k)) for k, _ in extra), fmt(r.g2.value), fmt(r.trace_sigma),
-                      str(r.n_draws), str(r.examples), r.stopped_by)
+    columns = ["step", "loss", "B_simple", *(name for _, name in extra), "|G|²", "tr(Σ)", "draws", "examples",
+               "stopped by"]
+    rows = [[str(r.step), fmt(r.loss, 4), estimate_text(r.b_simple),
+             *(estimate_text(getattr(r, k)) for k, _ in extra), fmt(r.g2.value), fmt(r.trace_sigma),
+             str(r.n_draws), str(r.examples), r.stopped_by] for r in report.measurements]
+    keep = _fit(columns, rows, width)
+    for i in keep:
+        table.add_column(columns[i], justify="right")
+    for row in rows:
+        table.add_row(*(row[i] for i in keep))
+    if len(keep) < len(columns):
+        table.caption = f"{', '.join(c for c in columns if columns.index(c) not in keep)}: in --format csv or json"
+        table.caption_justify = "left"
     parts = [table] if report.measurements else [Text("no measurement finished", style="bold")]
     s = summary or report.summary
     if report.measurements:

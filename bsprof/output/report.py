@@ -122,9 +122,9 @@ class Report:
         return paths
 
     def __rich__(self):
-        from bsprof.output.render import report_table
+        from bsprof.output.render import Fitted
 
-        return report_table(self, self.summary)
+        return Fitted(self, self.summary)   # sized to the console's width when printed
 
 
 def _typed(row, from_flat):
