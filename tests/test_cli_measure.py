@@ -837,3 +837,24 @@ def test_measure_every_beyond_the_steps_is_said(tmp_path):
     notes = {d["code"]: " ".join(d["message"].split()) for d in report["diagnostics"]}
     assert "measured at step 0 and step 4 only" in notes["measure_every"]
     assert [m["step"] for m in report["measurements"]] == [0, 4]
+
+
+def test_a_training_script_is_not_imported_as_a_spec(tmp_path):
+    """A .py that binds none of model, dataset, loss at its top level (a user's train.py) is refused before it is
+    imported: its top-level code, a training run, never runs (`bsprof report train.py`'s old fix ran it)."""
+    script = tmp_path / "train.py"
+    marker = tmp_path / "ran"
+    script.write_text(f"open({str(marker)!r}, 'w').write('trained')\ndef main(): pass\n")
+    for args in (["measure", str(script), "-o", str(tmp_path / "o")], ["schedule", str(script), "-t", "1"],
+                 ["report", str(script)]):
+        r = runner.invoke(app, args)
+        said = " ".join(r.output.split())
+        assert r.exit_code == 2 and "not a spec file" in said and "Traceback" not in said, said
+    assert not marker.exists()
+    from bsprof.engine.spec import not_spec
+
+    for text, refused in (("from lib import model, dataset, loss\n", False), ("from lib import *\n", False),
+                          ("loss = make_loss()\n", False), ("if True:\n    def model(): pass\n", False),
+                          ("def x(): pass\n", True), ("def model(:\n", False)):
+        (tmp_path / "s.py").write_text(text)
+        assert not_spec(tmp_path / "s.py") is refused, text

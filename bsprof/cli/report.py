@@ -31,6 +31,13 @@ def report_command(
         if fmt not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})", "e.g. --format json")
         if is_spec(source):
+            from bsprof.engine.spec import not_spec
+
+            if source.is_file() and not_spec(source):
+                raise ConfigError(f"`bsprof report` shows a saved report or a tracker's log, and {source.name} is a "
+                                  "Python file that is not a spec file (no model(), dataset(), loss(model, batch))",
+                                  "pass the report.json of `bsprof measure`, or the log your Tracker wrote "
+                                  "(Tracker(..., log='gns.jsonl'))")
             raise ConfigError(f"`bsprof report` shows a saved report, and {source.name} is a spec file",
                               f"measure it first: bsprof measure {source}, then bsprof report bsprof-out")
         if target_loss is not None and not (math.isfinite(target_loss) and target_loss > 0):

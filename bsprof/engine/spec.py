@@ -161,6 +161,12 @@ def load_spec(path: str | Path) -> Spec:
                         "see configs/ for examples")
     if path.suffix != ".py":
         raise SpecError(f"spec file {path.name} is not a .py file", "pass a Python file (e.g. model.py)")
+    if not_spec(path):
+        raise SpecError(f"{path.name} defines none of model(), dataset(), loss(model, batch) at its top level: it is "
+                        "not a spec file (and importing it would run its top-level code, a training script's "
+                        "training too)", "pass a spec file (configs/ has examples; README: 'Your model: the spec "
+                        "file'); to follow the noise scale inside your training script, add the tracker "
+                        "(docs/tracker.md)")
     module = _import(path)
     found = {name: getattr(module, name, None) for name in (*REQUIRED, *OPTIONAL)}
     problems = []
@@ -187,6 +193,31 @@ def load_spec(path: str | Path) -> Spec:
     tpe = getattr(module, "TOKENS_PER_EXAMPLE", None)
     return Spec(path, hashlib.sha256(path.read_bytes()).hexdigest(), found["model"], found["dataset"],
                 found["loss"], found["optimizer"], found["collate"], int(tpe) if tpe else None)
+
+
+def not_spec(path: Path) -> bool:
+    """True when the file binds none of ``model``, ``dataset``, ``loss`` at its top level (a def, an assignment, an
+    import), read without running it; False when it may (a ``from x import *``, or it does not parse: the import
+    then says why)."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+    except (SyntaxError, ValueError, OSError):
+        return False
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(a.name == "*" for a in node.names):
+                return False
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):   # defined under a condition: cannot tell
+            return False
+        else:
+            names |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return not names & set(REQUIRED)
 
 
 CALLS = {"model": (), "dataset": (), "loss": ("model", "batch"), "optimizer": ("params",), "collate": ("items",)}
