@@ -590,7 +590,8 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
     if fails:
         off = lr / t_hi if lr > t_hi * f else c_lo / lr
         word = "too high" if lr > t_hi * f else "too low"
-        return CheckResult("lr", FAIL, f"lr = {_fmt(lr)} is {word}: {_fmt(off)}× off {how}"
+        return CheckResult("lr", FAIL, f"lr = {_fmt(lr)} is {word}: {_fmt(off)}× off the nearer end of the range "
+                           f"that {how} gives ({_fmt(lr / best)}× the estimate's lr, `ratio` in json)"
                            f"{capped if word == 'too low' else ''} (limit {_fmt(f)}×); use lr ≈ {_fmt(best)} "
                            f"(anything in [{_fmt(passing['min'])}, {_fmt(passing['max_tested'])}] passes"
                            + (f"; up to {_fmt(passing['max'])} passes as untested" if passing["max"] >
