@@ -860,3 +860,29 @@ def test_check_at_a_loss_a_log_never_reached_says_to_train_further(tmp_path):
     said = " ".join(r.output.split())
     assert r.exit_code == 2 and "outside the measured losses" in said, said
     assert "train (and log) further" in said and "bsprof measure" not in said
+
+
+def test_a_noise_scale_at_the_target_known_to_orders_of_magnitude_is_warned():
+    """Noisy measurements over a short loss range extrapolated to a target: the noise scale there spans many
+    orders of magnitude; a warning says the last stages rest on little (a new user's log gave [0.483, 3.24e+06]
+    and `[?, ?]` for B_crit, unexplained). A firm fit gets no such warning."""
+    noisy = synthetic_report(n=5, l0=0.8, l1=0.6, noise=0.6)
+    s = plan(noisy, ScheduleConfig(target_loss=0.3, allow_extrapolation=True))
+    p = s.prediction
+    assert p["b_noise_target_hi"] / p["b_noise_target_lo"] > 100
+    assert any("the noise scale at the target is known only to within" in w for w in s.warnings)
+    assert not any("has no interval" in n for n in s.notes)   # its B_crit bounds held: 31–1,219
+    firm = plan(synthetic_report(), ScheduleConfig(target_loss=0.45))
+    assert not any("known only to within" in w for w in firm.warnings)
+    assert not any("has no interval" in n for n in firm.notes)
+
+
+def test_b_crit_without_an_interval_says_why(monkeypatch):
+    """Where a bound's path integral fails, B_crit prints [?, ?]: a note says why and what to do."""
+    import sys
+
+    plan_module = sys.modules["bsprof.schedule.plan"]   # the package's `plan` is the function
+    monkeypatch.setattr(plan_module, "b_crit_bounds", lambda *a, **k: (math.nan, math.nan))
+    s = plan(synthetic_report(), ScheduleConfig(target_loss=0.45))
+    assert any("B_crit over the path has no interval" in n and "aim at a loss the run measured" in n
+               for n in s.notes)

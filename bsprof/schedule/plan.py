@@ -26,6 +26,7 @@ from bsprof.results import (
     finite,
     measured,
     momentum_of,
+    number,
     optimizer_family,
     optimizer_name,
 )
@@ -755,6 +756,16 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
             "b_noise_target": bt, "b_noise_target_lo": bt_lo, "b_noise_target_hi": bt_hi,
             "lead_in": {**dataclasses.asdict(lead), "steps": float(lead.steps(batches[0])),
                         "examples": float(lead.examples(batches[0]))}}
+    if not (math.isfinite(pred["b_crit_lo"]) and math.isfinite(pred["b_crit_hi"])):
+        notes.append(f"B_crit over the path has no interval: through an end of the measurements' intervals or of the "
+                     f"fit's extrapolation (the noise scale at the target: [{number(bt_lo)}, {number(bt_hi)}]) the "
+                     "path integral does not hold (the noise scale falls to zero or the loss is not reached along "
+                     "it); the value is the fit's alone: aim at a loss the run measured, or measure further")
+    if math.isfinite(bt_lo) and bt_lo > 0 and bt_hi / bt_lo > 100:
+        warnings.append(f"the noise scale at the target is known only to within [{number(bt_lo)}, {number(bt_hi)}] "
+                        f"(×{bt_hi / bt_lo:.3g}): the fit is steep at the end of the measured path, so the last "
+                        "stages' batches rest on little; a target within the measured losses, or a longer run, "
+                        "makes them firmer")
     family_name = optimizer_name(report.config)
     why = choose_noise(config, report.measurements, family_name)[1]
     quantity = measured_as(col, [r for r, _ in rows])
