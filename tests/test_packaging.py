@@ -169,7 +169,7 @@ def test_an_import_error_in_a_spec_advises_install_only_when_the_package_is_miss
     from bsprof.errors import SpecError
 
     spec = tmp_path / "spec.py"
-    spec.write_text(line + "\n")
+    spec.write_text(line + "\ndef model(): pass\ndef dataset(): pass\ndef loss(model, batch): pass\n")
     with pytest.raises(SpecError) as info:
         load_spec(spec)
     assert hint in info.value.hint, info.value.hint
