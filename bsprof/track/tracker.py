@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bsprof.errors import BsprofError
+from bsprof.errors import BsprofError, ConfigError
 from bsprof.probes.base import trainable
 from bsprof.probes.precondition import adam_preconditioner
 from bsprof.results import Estimate, Measurement, is_adam_family, optimizer_kind, optimizer_momentum
@@ -319,8 +319,8 @@ class Tracker:
                                      optimizer_momentum=optimizer_momentum(optimizer))
             except BaseException as e:
                 self.close()   # no hook left behind on the user's model
-                if isinstance(e, BsprofError) and not isinstance(e, TrackerError):   # the log taken, unreadable
-                    raise TrackerError(e.message, e.hint) from None   # one type to catch, as the docs say
+                if isinstance(e, ConfigError):   # the log held by another process: one type to catch
+                    raise TrackerError(e.message, e.hint) from None
                 raise
         _OPEN[inner] = weakref.ref(self)
 
