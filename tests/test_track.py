@@ -2048,3 +2048,20 @@ def test_per_example_norms_in_tokens_count_each_sequences_tokens():
     assert est(toks) == pytest.approx(T * est(seqs))   # B_simple in tokens = T × in sequences
     with pytest.raises(TrackerError, match="not a whole number of tokens for each of the 16 sequences"):
         pair("tokens", N * T + 1)
+
+
+def test_a_tracker_dropped_without_close_takes_its_hooks_with_it(tmp_path):
+    """A notebook cell raised and the tracker's last reference went: once collected, its hooks are off the model and
+    its log closed (they had stayed, three trackers' worth after three tries, each slowing every step)."""
+    import gc
+
+    model = mlp()
+    for source in ("accumulation", "per_example", "accumulation"):
+        tracker = Tracker(model, batch_size=32, source=source, log=tmp_path / "run.jsonl",
+                          accumulation_steps=2 if source == "accumulation" else None)
+        del tracker
+        gc.collect()
+        assert hooks_left(model) == 0
+    with Tracker(model, accumulation_steps=2, batch_size=32, log=tmp_path / "run.jsonl") as tracker:
+        assert hooks_left(model) > 0 and not tracker.closed
+    assert hooks_left(model) == 0

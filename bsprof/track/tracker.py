@@ -133,6 +133,18 @@ class _InputRows:
         return out
 
 
+def _release(input_hooks, hooks, per_example_source, log) -> None:
+    """Remove a tracker's hooks and close its log (``Tracker.close``, or its finalizer when it is collected)."""
+    for h in input_hooks:
+        h.remove()
+    hooks.remove()
+    if per_example_source is not None:
+        per_example_source.armed = False
+        per_example_source.remove()
+    if log is not None:
+        log.close()
+
+
 class _Uneven(Exception):
     """A step whose batch does not split into its micro-steps equally (inside the tracker: never raised to the user)."""
 
@@ -323,6 +335,10 @@ class Tracker:
                     raise TrackerError(e.message, e.hint) from None
                 raise
         _OPEN[inner] = weakref.ref(self)
+        # a tracker dropped without close() (a notebook cell that raised) takes its hooks with it when collected:
+        # they had stayed on the model, slowing every step, with a new tracker accepted on top of them
+        self._release = weakref.finalize(self, _release, self._input_hook, self.hooks, self.per_example_source,
+                                         self.log)
 
     # ------------------------------------------------------------------ the loop
     @contextlib.contextmanager
@@ -847,14 +863,11 @@ class Tracker:
         if self.closed:
             return
         self.closed = True
-        for h in self._input_hook:
-            h.remove()
-        self.hooks.remove()
-        if self.per_example_source is not None:
-            self.per_example_source.armed = False
-            self.per_example_source.remove()
-        if self.log is not None:
-            self.log.close()
+        release = getattr(self, "_release", None)
+        if release is not None:
+            release()   # runs once: the finalizer is then dead
+        else:
+            _release(self._input_hook, self.hooks, self.per_example_source, self.log)
         inner = getattr(self.model, "module", self.model)
         if _OPEN.get(inner) is not None and _OPEN[inner]() is self:
             del _OPEN[inner]
