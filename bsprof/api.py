@@ -15,6 +15,7 @@ import re
 import warnings
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from bsprof.config import MeasureConfig, resolve
@@ -100,8 +101,9 @@ def measure_at(model: nn.Module, loss, data, *, method: str = "auto", rel_error:
     the probe used and why, and the draws' count, examples and why they stopped.
     """
     try:
-        return _measure_at(model, loss, data, method, rel_error, confidence, micro_batch, probe_batch, chunk,
-                           max_examples, max_seconds, min_draws, seed, collate, strict)
+        with caller_rng():   # dropout's masks from the seed; the caller's randomness goes on after, as after measure
+            return _measure_at(model, loss, data, method, rel_error, confidence, micro_batch, probe_batch, chunk,
+                               max_examples, max_seconds, min_draws, seed, collate, strict)
     except BsprofError as e:
         raise _in_api_words(e) from None
 
@@ -112,6 +114,7 @@ def _measure_at(model, loss, data, method, rel_error, confidence, micro_batch, p
                                             micro_batch=micro_batch, probe_batch=probe_batch, chunk=chunk,
                                             max_examples=max_examples, max_seconds=max_seconds,
                                             min_draws=min_draws, seed=seed, steps=0))
+    torch.manual_seed(cfg.seed)   # the model's own randomness (dropout) repeats with the seed
     if not isinstance(model, nn.Module):
         raise SpecError(f"model must be a torch.nn.Module, got {type(model).__name__}",
                         "call measure_at(model, loss, data), in that order")
@@ -123,7 +126,9 @@ def _measure_at(model, loss, data, method, rel_error, confidence, micro_batch, p
         raise SpecError("the model has no trainable parameters", "pass a model with parameters that require grad")
     examples = as_source(data, param.device, seed, collate)
     pair = examples.first_two() if isinstance(examples, Examples) else None
-    with loop.buffers_kept(model):  # decide runs the model on two examples (what the hooks would send to torch.func)
+    # decide runs the model on two examples (what the hooks would send to torch.func), on its own random state: a
+    # check made on the first call in a process only must not move the draws' dropout masks
+    with loop.buffers_kept(model), caller_rng():
         choice = decide(cfg.method, model, loss, pair, micro_batch=micro_batch, strict=strict)
     probe = choice.probe
     if choice.fallbacks:  # as `bsprof measure` lists them in its report: said, not hidden

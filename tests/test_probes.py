@@ -334,3 +334,27 @@ def test_measure_at_holds_the_micro_batch_hooks_for_the_whole_measurement(monkey
     _, draws, why = sampling.measure_at(model, _ce, Source(), s, np.zeros(len(list(model.parameters())), dtype=int))
     assert why in ("examples", "precision") and len(draws) >= 4 and len(made) == 1
     assert not any(p._backward_hooks for p in model.parameters())
+
+
+def test_measure_at_with_dropout_repeats_with_its_seed_and_keeps_the_callers_randomness():
+    """A model with dropout: the same seed gives the same estimate whatever the caller's random state, the first
+    call in a process too (a once-per-model layout check had drawn dropout masks from the global generator), and
+    the caller's generator goes on as if no call had been made."""
+    import bsprof
+
+    torch.manual_seed(0)
+    x, y = torch.randn(600, 20), torch.randint(0, 5, (600,))
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 5))
+
+    def ce(m, b):
+        return nn.functional.cross_entropy(m(b[0]), b[1], reduction="none")
+
+    seen = []
+    for caller_seed in (1, 2, 1):
+        torch.manual_seed(caller_seed)
+        est = bsprof.measure_at(model, ce, (x, y), seed=4, method="hooks", max_seconds=3600)
+        after = torch.rand(1)
+        torch.manual_seed(caller_seed)
+        assert torch.equal(after, torch.rand(1))   # the caller's randomness untouched
+        seen.append((est.value, est.draws))
+    assert seen[0] == seen[1] == seen[2]

@@ -23,7 +23,7 @@ from bsprof import distributed
 from bsprof.config import MeasureConfig, as_dict
 from bsprof.engine import cost, diagnostics, scales
 from bsprof.engine.data import Examples
-from bsprof.engine.rng import seed_all
+from bsprof.engine.rng import caller_rng, seed_all
 from bsprof.engine.sampling import Sampling, group_types, groups_of, measure_at
 from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_optimizer, load_spec, module_at
 from bsprof.errors import BsprofError, ConfigError, NonFiniteError, SpecError
@@ -220,7 +220,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     diagnostics.data(report, pair, spec.collate)
     try:
         t0 = time.perf_counter()
-        with buffers_kept(model):  # calls loss() on two examples; auto may time a draw of each probe
+        with buffers_kept(model), caller_rng():  # calls loss() on two examples; auto may time a draw of each
             choice = decide(cfg.method, model, spec.loss, pair, draw=_trial_draw(cfg, examples, comm),
                             micro_batch=cfg.micro_batch, strict=cfg.strict)
         choosing = time.perf_counter() - t0

@@ -62,6 +62,11 @@ from bsprof.probes.layers import (
 from bsprof.probes.vmap import _Objective, per_example_vmap, quiet_fallbacks
 
 
+def _devices(model: nn.Module) -> list[int]:
+    """The CUDA devices the model's parameters are on (what ``fork_rng`` must save and restore)."""
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
 def _rows(batch, start: int, stop: int):
     """Examples start..stop of a collated batch: every tensor sliced on dim 0, and every list or tuple of plain
     values (numbers, strings) as long as the batch (a custom collate's lengths or ids, one per example; a trial
@@ -115,8 +120,8 @@ def not_batch_first(model: nn.Module, loss_fn: LossFn, batch, count: int, owned)
                 rows[id(mod)].add(x.shape[0] if x.dim() > 1 or rule_for(mod) is not embedding else n)
 
         handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in owned]
-        try:
-            with torch.no_grad():
+        try:  # on its own random state: a check made once per model must not move the draws' dropout masks
+            with torch.no_grad(), torch.random.fork_rng(devices=_devices(model)):
                 per_example_losses(model, loss_fn, _rows(batch, 0, n), n)
         except Exception:  # the model needs its whole batch: leave the layout to the probe's own checks
             return frozenset()
