@@ -886,3 +886,20 @@ def test_b_crit_without_an_interval_says_why(monkeypatch):
     s = plan(synthetic_report(), ScheduleConfig(target_loss=0.45))
     assert any("B_crit over the path has no interval" in n and "aim at a loss the run measured" in n
                for n in s.notes)
+
+
+def test_a_logs_training_batch_passes_over_an_epochs_short_last_step(tmp_path):
+    """A log ending in an epoch's short last step (drop_last=False: B = 8 after steps of 32): the training batch a
+    schedule and check start from is 32, not the last step's 8 (a new user's plan started at batch 8 and scaled every
+    lr from it); a batch that changed for good (a ramp's last stage) is the last one."""
+    from bsprof.track import report_from_log
+
+    log = logged_run(tmp_path / "trk.jsonl", steps=30, accum=2, micro=16)
+    lines = log.read_text().splitlines()
+    last = json.loads(lines[-1])
+    log.write_text("\n".join(lines + [json.dumps({**last, "step": last["step"] + 1, "b": 4, "B": 8})]) + "\n")
+    config = report_from_log(log).config
+    assert config["batch_size"] == 32 and config["train_micro_batch"] == 16
+    ramp = [json.dumps({**last, "step": last["step"] + 1 + i, "b": 32, "B": 64}) for i in range(3)]
+    log.write_text("\n".join(lines + ramp) + "\n")
+    assert report_from_log(log).config["batch_size"] == 64

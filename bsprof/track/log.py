@@ -366,14 +366,15 @@ def lr_range(log: TrackLog) -> tuple[float, float] | None:
 
 
 def _training(log: TrackLog) -> dict:
-    """The training batch (its last step), lr (the peak, ``peak_lr``) and optimizer of the logged run, as
+    """The training batch (``_usual``: the last step's, an epoch's short last step passed over), lr (the peak,
+    ``peak_lr``) and optimizer of the logged run, as
     `schedule` and `check` read
     them from a report's config; where the run started (its first logged step and that step's loss), from which
     a schedule counts its steps; and how a step was split (accumulation steps, ranks, and the per-rank micro-batch
     B/(k·W)), which a schedule keeps."""
     if not log.steps:
         return {}
-    first, last = log.steps[0], log.steps[-1]
+    first, last = log.steps[0], _usual(log.steps)
     out = {"batch_size": last.draw.B, "optimizer_lr": peak_lr(log),
            "start_step": first.step, "start_loss": first.draw.loss if first.draw.loss == first.draw.loss else None}
     world = int(log.header.get("world_size") or 1)
@@ -386,6 +387,16 @@ def _training(log: TrackLog) -> dict:
     if log.header.get("optimizer_momentum") is not None:
         out["optimizer_momentum"] = log.header["optimizer_momentum"]
     return out
+
+
+def _usual(steps: list) -> object:
+    """The last step of the last run of two or more steps at one batch: the batch the run trained with at its end,
+    not an epoch's short last step (drop_last=False: B = 8 after steps of 32, which had been taken for the training
+    batch, and every lr scaled from it); a batch-size ramp's last stage lasts many steps and is kept."""
+    for i in range(len(steps) - 1, 0, -1):
+        if steps[i].draw.B == steps[i - 1].draw.B:
+            return steps[i]
+    return steps[-1]
 
 
 def _accumulation(draw, world: int) -> int:
