@@ -688,3 +688,33 @@ def test_steps_discard_what_cannot_be_measured():
     assert tracker.uneven == 2 and tracker.examples == 12 + 8 + 12  # left out as ``tracker.step`` leaves them
     assert rows_of({"a": [torch.zeros(()), torch.zeros(5, 2)]}) == 5 and rows_of("text") is None
     tracker.close()
+
+
+def test_hf_loss_of_a_model_given_the_global_item_count_is_rank_zeros_mean():
+    """Under DDP with average_tokens_across_devices the Trainer passes the item count over every rank, so the model's
+    loss is this rank's share of the global mean (÷ W); the logged loss is W × it, rank 0's own mean (a new user's
+    2-rank log read 1.99 where the Trainer, and one process, said 3.99)."""
+    pytest.importorskip("transformers", reason="transformers is not installed (pip install 'bsprof[hf]')")
+    from types import SimpleNamespace
+
+    from bsprof.integrations.hf import NoiseScaleCallback
+    from bsprof.integrations.steps import Steps
+
+    model = nn.Linear(D, 1)
+    x, y = data()[:16]
+    for world, average, expected in ((2, True, 2.0), (2, False, 1.0), (1, True, 1.0)):
+        cb = NoiseScaleCallback(log=None)
+        cb.tracker = bsprof.Tracker(model, accumulation_steps=2, batch_size=16)
+        cb.steps = Steps(cb.tracker)
+        for half in (slice(0, 8), slice(8, 16)):
+            cb.steps.sizes.append(8)   # what the callback's input hook records
+            out = {"loss": nn.functional.mse_loss(model(x[half]), y[half]) / 2}   # a share of the step's items
+            cb._loss(model, (), {"num_items_in_batch": 16}, out)
+            out["loss"].backward()
+        share = cb.steps.loss
+        args = SimpleNamespace(world_size=world, average_tokens_across_devices=average, logging_steps=1,
+                               gradient_accumulation_steps=2)
+        cb.on_pre_optimizer_step(args, SimpleNamespace(global_step=0), None)
+        assert cb.tracker.draws and cb.tracker.draws[-1].loss == pytest.approx(expected * share)
+        model.zero_grad()
+        cb.tracker.close()

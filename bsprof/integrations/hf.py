@@ -160,6 +160,10 @@ class NoiseScaleCallback(TrainerCallback):
         k = max(self.tracker.micro_steps, 1)
         if not self._loss_is_share:
             self.steps.loss /= k   # the mean of the micro-batches' mean losses
+        elif args.world_size > 1 and getattr(args, "average_tokens_across_devices", False):
+            # the items were counted over every rank: the model's loss is this rank's share of the global mean,
+            # which the Trainer multiplies back by the ranks after; rank 0's own mean is W × it
+            self.steps.loss *= args.world_size
         self.steps.close(state.global_step, loss_scale=1.0 / k)
         every = self.log_every or int(args.logging_steps) or 1
         # every log step gets the window over the steps measured so far, whether or not this step was measured
