@@ -678,9 +678,12 @@ def test_steps_discard_what_cannot_be_measured():
             xb, yb = x[start:start + n], y[start:start + n]
             steps.sizes.append(rows_of((xb, yb)))
             (nn.functional.mse_loss(model(xb), yb) / len(sizes)).backward()
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a short step under accumulation is not told to turn accumulation on
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")  # a short step under accumulation is not told to turn accumulation on
             steps.close(step, loss_scale=1 / len(sizes))
+        assert not any("turn" in str(w.message) or "one backward" in str(w.message) for w in said)
+        assert len(said) == (step < 2) and all("left out" in str(w.message) and "drop_last=True" in str(w.message)
+                                              for w in said)   # the two left out, each said once
         model.zero_grad()
     assert tracker.steps == [2] and tracker.draws[0].B == 12 and not tracker.closed
     assert steps.unmeasured == {"micro-batches of different sizes (or of unknown size)": 1,
@@ -718,3 +721,39 @@ def test_hf_loss_of_a_model_given_the_global_item_count_is_rank_zeros_mean():
         assert cb.tracker.draws and cb.tracker.draws[-1].loss == pytest.approx(expected * share)
         model.zero_grad()
         cb.tracker.close()
+
+
+def test_lightning_logs_the_mean_loss_of_an_epochs_short_last_step():
+    """Lightning divides every micro-batch's loss by accumulate_grad_batches = k, the last micro-batches of an epoch
+    too: a step of 2 of them under k = 4 logged half its loss. It is the mean over the micro-batches that ran."""
+    pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'bsprof[lightning]')")
+    from types import SimpleNamespace
+
+    from bsprof.integrations.lightning import NoiseScale
+    from bsprof.integrations.steps import Steps
+
+    model = nn.Linear(D, 1)
+    x, y = data()[:48]
+    trainer = SimpleNamespace(accumulate_grad_batches=4, global_step=0, log_every_n_steps=100, loggers=[],
+                              precision_plugin=SimpleNamespace(), world_size=1)
+    cb = NoiseScale(log=None)
+    cb.tracker = bsprof.Tracker(model, batch_size=None)
+    cb.steps = Steps(cb.tracker)
+    logged = []
+    for micro in (4, 2):   # a full step, then the epoch's short last step
+        losses = []
+        for i in range(micro):
+            part = slice(8 * i, 8 * i + 8)
+            cb.on_train_batch_start(trainer, None, (x[part], y[part]), i)
+            loss = nn.functional.mse_loss(model(x[part]), y[part])
+            losses.append(float(loss.detach()))
+            cb.on_before_backward(trainer, None, loss / 4)   # what Lightning hands the callback
+            (loss / 4).backward()
+            cb.on_after_backward(trainer, None)
+        cb.on_before_optimizer_step(trainer, None, None)
+        model.zero_grad()
+        trainer.global_step += 1
+        logged.append((cb.tracker.draws[-1].loss, sum(losses) / micro))
+    for got, mean in logged:
+        assert got == pytest.approx(mean)
+    cb.tracker.close()

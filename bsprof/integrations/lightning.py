@@ -146,6 +146,9 @@ class NoiseScale(Callback):
             return
         step = trainer.global_step
         scale = _grad_scale(trainer) / trainer.accumulate_grad_batches
+        ran = self.tracker.micro_steps
+        if 0 < ran < trainer.accumulate_grad_batches:   # an epoch's short last step: each loss was still ÷ k
+            self.steps.loss *= trainer.accumulate_grad_batches / ran   # the mean over the micro-batches that ran
         self.steps.close(step, loss_scale=scale)
         every = self.log_every or trainer.log_every_n_steps or 1
         # every log step logs the window over the steps measured so far, whether or not this step was measured

@@ -132,6 +132,11 @@ class Steps:
                               f"available ({per_example_unavailable(t)}); set gradient accumulation to 2 or more "
                               "micro-batches (Lightning: accumulate_grad_batches, Hugging Face: "
                               "gradient_accumulation_steps), or train on 2+ DDP ranks (shown once)", stacklevel=2)
+            uneven = reason.startswith(("a short step", "micro-batches of different sizes"))
+            if uneven and not self.unmeasured[reason]:   # as the tracker says of its own (docs/tracker.md)
+                warnings.warn(f"bsprof: step {step} left out: {reason}; every such step will be (the callback's "
+                              "unmeasured and tracker.uneven count them; drop_last=True on the loader avoids them) "
+                              "(shown once)", stacklevel=2)
             self.unmeasured[reason] += 1
             t.discard(total, uneven=reason.startswith(("a short step", "micro-batches of different sizes")) and
                       total is not None)
