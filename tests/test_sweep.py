@@ -787,3 +787,19 @@ def test_cli_a_finished_sweep_without_a_critical_batch_exits_2(tmp_path, monkeyp
     assert r.exit_code == 2, r.output
     assert "B_crit: undetermined" in r.output and "did not determine the critical batch" in r.output
     assert (tmp_path / "sweep.json").is_file() and "Traceback" not in r.output
+
+
+def test_best_lrs_at_one_end_of_a_two_point_grid_are_flagged():
+    """lr_grid [1, 2] with every batch best at ×2: the optimum likely lies above the grid, so the sweep says so (a
+    new user's sweeps reported a critical batch without a word); mixed ends on 2 points, or interior bests on 3+,
+    are not flagged."""
+    from bsprof.sweep.result import BatchSummary
+    from bsprof.sweep.summary import grid_edges
+
+    def s(b, m):
+        return BatchSummary(batch=b, lr=0.1 * m, lr_multiplier=m, steps=10.0, examples=10.0 * b, loss=0.5,
+                            loss_se=0.01, passed=True)
+
+    assert grid_edges([s(16, 2.0), s(32, 2.0), s(64, 2.0)], [1.0, 2.0]) == [16, 32, 64]
+    assert grid_edges([s(16, 1.0), s(32, 2.0)], [1.0, 2.0]) == []
+    assert grid_edges([s(16, 2.0), s(32, 2.0), s(64, 4.0)], [1.0, 2.0, 4.0]) == [64]

@@ -111,11 +111,15 @@ def global_fit(rows: Sequence[Branch], summaries: list[BatchSummary], confidence
 
 
 def grid_edges(summaries: list[BatchSummary], grid: Sequence[float]) -> list[int]:
-    """Batches whose best learning rate is at an end of a grid of 3 or more: the optimum may lie outside it."""
+    """Batches whose best learning rate is at an end of a grid of 3 or more: the optimum may lie outside it. On a
+    grid of 2 every best lr is at an end; there, all batches at the same end (every batch took ×2 of [1, 2]) are."""
+    ran = [s for s in summaries if math.isfinite(s.loss)]
+    if len(grid) == 2 and len(ran) >= 2 and len({s.lr_multiplier for s in ran}) == 1:
+        return [s.batch for s in ran]
     if len(grid) < 3:
         return []
     lo, hi = min(grid), max(grid)
-    return [s.batch for s in summaries if s.lr_multiplier in (lo, hi) and math.isfinite(s.loss)]
+    return [s.batch for s in ran if s.lr_multiplier in (lo, hi)]
 
 
 def schedule_verdict(summaries: Sequence[BatchSummary], runs: Sequence[Branch], source: str) -> dict:
