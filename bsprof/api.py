@@ -50,10 +50,19 @@ def measure(spec: Spec | str | Path | None = None, config: MeasureConfig | dict 
 
     Either ``spec`` (a spec file path or a ``Spec``) or ``model``, ``dataset`` and ``loss`` (and optionally
     ``optimizer``: a factory ``params -> Optimizer`` or an optimizer instance, re-created on the copy).
-    Options are ``MeasureConfig`` fields, as ``config`` and/or keywords (``steps=200, batch_size=64``).
+    Options are ``MeasureConfig`` fields, as ``config`` and/or keywords (``steps=200, batch_size=64``); a
+    ``DataLoader`` passed as ``dataset`` gives its ``batch_size`` unless one is passed.
     The returned report is filled as rows arrive; pass ``report`` to keep the rows of an interrupted run.
     """
+    loader_batch = getattr(dataset, "batch_size", None) if isinstance(dataset, torch.utils.data.DataLoader) else None
+    chosen = options.get("batch_size") or (config.get("batch_size") if isinstance(config, dict) else None)
+    if loader_batch and not chosen and not isinstance(config, (MeasureConfig, str, Path)):
+        options = {**options, "batch_size": loader_batch}   # the loader's batch, not the default 32
     cfg = _config(config, options)
+    if loader_batch and cfg.batch_size != loader_batch:
+        warnings.warn(f"bsprof.measure: the probe trains at batch_size={cfg.batch_size}, not the DataLoader's "
+                      f"{loader_batch} (the noise scale depends on lr/B: measure at the batch you train with)",
+                      stacklevel=2)
     given = {k: v for k, v in (("model", model), ("dataset", dataset), ("loss", loss)) if v is not None}
     if spec is None:
         missing = [k for k in ("model", "dataset", "loss") if k not in given]

@@ -858,3 +858,29 @@ def test_a_training_script_is_not_imported_as_a_spec(tmp_path):
                           ("def x(): pass\n", True), ("def model(:\n", False)):
         (tmp_path / "s.py").write_text(text)
         assert not_spec(tmp_path / "s.py") is refused, text
+
+
+def test_a_dataloaders_batch_size_is_the_probes_unless_one_is_passed():
+    """bsprof.measure(dataset=DataLoader(..., batch_size=64)) trains at 64, not the default 32 (it was ignored
+    without a word); a batch_size passed wins, with a warning that it differs from the loader's."""
+    import warnings as _warnings
+
+    import torch
+
+    from bsprof import measure
+
+    x, y = torch.randn(256, 4), torch.randn(256)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64, shuffle=True)
+
+    def sq(model, batch):
+        return (model(batch[0]).squeeze(-1) - batch[1]) ** 2
+
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error")
+        report = measure(model=torch.nn.Linear(4, 1), dataset=loader, loss=sq, steps=2, measure_every=2,
+                         max_seconds=2, device="cpu")
+    assert report.config["batch_size"] == 64
+    with pytest.warns(UserWarning, match="trains at batch_size=16, not the DataLoader's 64"):
+        report = measure(model=torch.nn.Linear(4, 1), dataset=loader, loss=sq, steps=2, measure_every=2,
+                         max_seconds=2, device="cpu", batch_size=16)
+    assert report.config["batch_size"] == 16
