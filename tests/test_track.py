@@ -2065,3 +2065,23 @@ def test_a_tracker_dropped_without_close_takes_its_hooks_with_it(tmp_path):
     with Tracker(model, accumulation_steps=2, batch_size=32, log=tmp_path / "run.jsonl") as tracker:
         assert hooks_left(model) > 0 and not tracker.closed
     assert hooks_left(model) == 0
+
+
+def test_a_tracker_given_no_model_or_a_useless_option_says_so(tmp_path):
+    """Tracker("model") is a TrackerError (it was weakref's TypeError); precondition=True under per-example norms,
+    which never give B_pre, warns at once; `bsprof report` on a callback's folder names the log in it."""
+    from typer.testing import CliRunner
+
+    from bsprof.cli import app
+
+    with pytest.raises(TrackerError, match="model must be a torch.nn.Module"):
+        Tracker("model")
+    model = mlp()
+    with pytest.warns(UserWarning, match="B_pre comes from the accumulation or DDP pair only"):
+        Tracker(model, torch.optim.Adam(model.parameters()), source="per_example", precondition=True).close()
+    folder = tmp_path / "version_0"
+    folder.mkdir()
+    (folder / "bsprof.jsonl").write_text("")
+    r = CliRunner().invoke(app, ["report", str(folder)])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "report not found" in said and "bsprof.jsonl" in said, said

@@ -116,10 +116,12 @@ def _read(reader, row, where: str):
 def read(path: str | Path):
     """Load a report.json (or the report.json inside a folder)."""
     path = Path(path)
+    logs = sorted(path.glob("*.jsonl")) if path.is_dir() else []
     if path.is_dir():
         path = path / "report.json"
-    if not path.is_file():
-        raise ReportError(f"report not found: {path}", _FIX)
+    if not path.is_file():   # a folder a Lightning or HF callback wrote its log into: name the log
+        raise ReportError(f"report not found: {path}", f"{_FIX}, or a tracker's log"
+                          + (f": this folder has {', '.join(str(x) for x in logs[:3])}" if logs else ""))
     if path.stat().st_size > MAX_BYTES:
         raise ReportError(f"{path} is {path.stat().st_size >> 20} MiB, too large for a report", _FIX)
     try:

@@ -226,6 +226,9 @@ class Tracker:
                  accumulation_steps: int | None = None, batch_size: int | None = None, source: str = "auto",
                  log=None, unit: str = "examples", precondition: bool = False, ema_beta: float = 0.99,
                  process_group=None, confidence: float = 0.9, population: int | None = None):
+        if not isinstance(model, nn.Module):
+            raise TrackerError(f"model must be a torch.nn.Module (got {type(model).__name__})",
+                               "pass the model you train: bsprof.Tracker(model, optimizer, ...)")
         if source not in SOURCES:
             raise TrackerError(f"unknown source {source!r}", f"use one of {', '.join(SOURCES)}")
         if accumulation_steps is not None and not _positive_int(accumulation_steps):
@@ -285,6 +288,10 @@ class Tracker:
         self.precondition = precondition and optimizer is not None and is_adam_family(optimizer_kind(optimizer))
         if precondition and not self.precondition:
             warnings.warn("precondition=True needs an Adam-family optimizer: B_pre is not tracked", stacklevel=2)
+        elif self.precondition and source == "per_example":
+            warnings.warn("precondition=True with source='per_example': B_pre comes from the accumulation or DDP "
+                          "pair only, so it is not tracked (docs/tracker.md); use accumulation for it",
+                          stacklevel=2)
         if self.precondition and self.fsdp:
             self.precondition = False
             warnings.warn("precondition=True is not supported under FSDP2 (Adam's state is sharded, the small-batch "
