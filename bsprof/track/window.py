@@ -57,7 +57,8 @@ def measurement(draws: Sequence[Draw], *, step: int, examples_seen: int = 0, win
     ns = noise_scale(last, confidence, same_weights=False)
     return Measurement(step=step, loss=ns.loss, b_simple=b_simple_of(ns), g2=g2_of(ns), trace_sigma=ns.trace_sigma,
                        examples_seen=examples_seen, method=method, n_draws=ns.n_draws, examples=ns.examples,
-                       b=last[-1].b, B=last[-1].B, stopped_by="window", diversity_bound=float(ns.gradient_diversity_bound))
+                       b=last[-1].b, B=last[-1].B, stopped_by="window",
+                       diversity_bound=float(ns.gradient_diversity_bound))
 
 
 @dataclass(frozen=True)
