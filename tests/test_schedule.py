@@ -903,3 +903,14 @@ def test_a_logs_training_batch_passes_over_an_epochs_short_last_step(tmp_path):
     ramp = [json.dumps({**last, "step": last["step"] + 1 + i, "b": 32, "B": 64}) for i in range(3)]
     log.write_text("\n".join(lines + ramp) + "\n")
     assert report_from_log(log).config["batch_size"] == 64
+
+
+def test_plan_takes_a_tracker_log_path_as_the_command_does(tmp_path):
+    """plan("run.jsonl", …) reads the log as `bsprof schedule run.jsonl` does (it failed: 'not valid JSON')."""
+    from bsprof.track import report_from_log
+
+    log = logged_run(tmp_path / "trk.jsonl", steps=600, lr=0.002)   # slow enough for six windows of 100
+    report = report_from_log(log)
+    target = {"target_loss": min(r.loss for r in report.measurements), "allow_extrapolation": True}
+    by_path, by_report = plan(log, target), plan(report, target)
+    assert by_path.to_dict()["stages"] == by_report.to_dict()["stages"]

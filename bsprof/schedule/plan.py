@@ -666,7 +666,8 @@ PLAN_DIAGNOSTICS = frozenset({"lr_varied", "lr_not_used", "window_widened", "win
 
 def plan(report, config: ScheduleConfig | dict) -> Schedule:
     """The batch-size (and learning-rate) schedule from the report's start to ``config.target_loss``. ``report``: a
-    Report, or the path of a report.json (or its folder); ``config``: a ScheduleConfig or a dict of its fields.
+    Report, the path of a report.json (or its folder), or a tracker's .jsonl log (read with windows of 100 steps;
+    ``bsprof.track.report_from_log`` for others); ``config``: a ScheduleConfig or a dict of its fields.
     Options are checked as `bsprof schedule` checks them (``ScheduleConfig.problems``): a ConfigError."""
     report, config = _inputs(report, config)
     rows, col = usable_rows(report, config)
@@ -816,12 +817,17 @@ def _inputs(report, config) -> tuple:
 
     from bsprof.output.report import Report
 
-    if isinstance(report, (str, Path)):
+    if isinstance(report, (str, Path)) and Path(report).suffix == ".jsonl":   # a tracker's log, as the CLI takes
+        from bsprof.track.log import report_from_log
+
+        report = report_from_log(report)   # windows of 100 steps, widened where too short (`bsprof schedule`'s)
+    elif isinstance(report, (str, Path)):
         path = Path(report)
         report = Report.from_json(path / "report.json" if path.is_dir() else path)
     elif not isinstance(report, Report):
-        raise ConfigError(f"plan() needs a Report (or a report.json path), got {type(report).__name__}",
-                          "pass bsprof.measure(...)'s report, or Report.from_json(path)")
+        raise ConfigError(f"plan() needs a Report (or a report.json or tracker log path), got "
+                          f"{type(report).__name__}", "pass bsprof.measure(...)'s report, Report.from_json(path), "
+                          "a tracker's .jsonl log, or bsprof.track.report_from_log(path, window=...)")
     if isinstance(config, dict):
         unknown = sorted(set(config) - {f.name for f in dataclasses.fields(ScheduleConfig)})
         if unknown:
