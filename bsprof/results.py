@@ -242,6 +242,22 @@ class AtWeights(Estimate):
     examples: int = 0
     stopped: str = ""
 
+    def to_dict(self) -> dict:
+        """The estimate's fields and how it was measured, JSON-ready; ``from_dict`` reads it back whole."""
+        return {**super().to_dict(), "g2": self.g2.to_dict(), "trace_sigma": json_clean(self.trace_sigma),
+                "method": self.method, "method_reason": self.method_reason, "fallbacks": dict(self.fallbacks),
+                "loss": json_clean(self.loss), "draws": self.draws, "examples": self.examples,
+                "stopped": self.stopped}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AtWeights:
+        e = Estimate.from_dict(d)
+        return cls(e.value, e.lo, e.hi, e.status, g2=Estimate.from_dict(d.get("g2") or {}),
+                   trace_sigma=_float(d.get("trace_sigma")), method=d.get("method", ""),
+                   method_reason=d.get("method_reason", ""), fallbacks=dict(d.get("fallbacks") or {}),
+                   loss=_float(d.get("loss")), draws=int(d.get("draws") or 0), examples=int(d.get("examples") or 0),
+                   stopped=d.get("stopped", ""))
+
 
 @dataclass(frozen=True)
 class Regression:

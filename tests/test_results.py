@@ -306,3 +306,18 @@ def test_the_table_fits_a_narrow_terminal_by_leaving_out_columns():
     full = Console(width=300, record=True)
     full.print(Fitted(report).full())
     assert "stopped by" in full.export_text()
+
+
+def test_measure_at_answer_round_trips_through_json():
+    """AtWeights.to_dict() keeps how it was measured (|G|², tr(Σ), method, draws, …) and from_dict reads it back
+    whole, through JSON too (it kept only value, lo, hi and status)."""
+    import torch
+
+    import bsprof
+    from bsprof.results import AtWeights
+
+    torch.manual_seed(0)
+    x, y = torch.randn(200, 4), torch.randn(200)
+    est = bsprof.measure_at(torch.nn.Linear(4, 1), lambda m, b: (m(b[0]).squeeze(-1) - b[1]) ** 2, (x, y))
+    back = AtWeights.from_dict(json.loads(json.dumps(est.to_dict())))
+    assert back == est and back.method and back.draws > 0 and math.isfinite(back.trace_sigma)
