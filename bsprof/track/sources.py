@@ -218,6 +218,7 @@ class StepHooks:
         self.record = Backwards()
         self.lock = threading.Lock()
         self.in_backward = False
+        self.take_small, self.watching = True, False  # per pass (``_first``)
         self.weights: list[Tensor] | None = None
         self.handles = self._register()
 
@@ -228,6 +229,9 @@ class StepHooks:
         """The first hook of a backward pass (under the lock): queue its end, note a stale ``.grad``."""
         self.in_backward = True
         _queue_callback(self._end)
+        # decided once per pass (an armed pass uses its per-example norms; in one process its hooks' norms are |G_B|²)
+        self.take_small = self.first_from_hooks or self.per_example is None or not self.per_example.armed
+        self.watching = self.taken < WATCH_FIRST or self.taken % WATCH_EVERY == 0
         if self.record.count == 0:
             self.record.stale = _stale(self.params)
             if self.weights_fn is not None:
@@ -239,18 +243,21 @@ class StepHooks:
                 with self.lock:
                     if not self.in_backward:
                         self._first()
-            if self.first_from_hooks or self.per_example is None or not self.per_example.armed:
-                # (an armed pass uses its per-example norms; in one process its hooks' norms are |G_B|²)
+            if self.take_small:
                 if g.is_sparse or g.dtype in _HALF:
                     v = _sq(g)
                 else:  # _sq inlined: one Python call per parameter and pass
-                    f = g.reshape(-1)
+                    f = g if g.dim() == 1 else g.reshape(-1)
                     v = torch.dot(f, f)
-                self.record.small.append(_host_sq(v, g) if v.is_cpu else v)  # CPU: a float now (``_Norms``)
+                if v.is_cpu:  # a float now (``_Norms``); past float32's range in float64 (``_host_sq``)
+                    x = v.item()
+                    self.record.small.append(x if x != math.inf else _host_sq(v, g))
+                else:
+                    self.record.small.append(v)
             if self.weights is not None:
                 v = _pre_sq(g, self.weights[i])
                 self.record.small_pre.append(v.item() if v.is_cpu else v)
-            if i == self.watch and (self.taken < WATCH_FIRST or self.taken % WATCH_EVERY == 0):
+            if i == self.watch and self.watching:
                 self._check_unchanged(self.params[i].grad, g)
         except Exception as e:  # never break the user's backward: report it at the step
             self.record.failure = f"{type(e).__name__}: {e}"
