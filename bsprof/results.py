@@ -145,6 +145,11 @@ def _float(x) -> float:
     return NAN if x is None else float(x)
 
 
+
+def _blank(v) -> bool:
+    """An empty cell: None, "" or NaN."""
+    return v is None or v == "" or (isinstance(v, float) and math.isnan(v))
+
 @dataclass(frozen=True)
 class Estimate:
     """A quantity with its confidence interval: ``status`` OK (bounded), LOWER_BOUND (value NaN, hi = ∞),
@@ -210,9 +215,11 @@ class Estimate:
 
     @classmethod
     def from_row(cls, row: dict, name: str, status_key: str | None = None) -> Estimate | None:
-        """Read back ``to_row``; None when the row has no such column. A missing status is inferred."""
+        """Read back ``to_row``; None when the row has no such column, or only blanks there (a CSV line of a row
+        without it: pandas reads NaN). A missing status is inferred."""
         status = row.get(status_key or f"{name}_status")
-        if row.get(name) is None and row.get(f"{name}_lo") is None and status is None:
+        status = None if status == "" or (isinstance(status, float) and math.isnan(status)) else status
+        if _blank(row.get(name)) and _blank(row.get(f"{name}_lo")) and status is None:
             return None
         value, lo, hi = (_float(row.get(k)) for k in (name, f"{name}_lo", f"{name}_hi"))
         if status is None:
@@ -427,7 +434,8 @@ class Measurement:
                 b_noise_stopped_by=row.get("b_noise_stopped_by") or "",
                 b_pre_stopped_by=row.get("b_pre_stopped_by") or "",
                 b_noise=Estimate.from_row(row, "b_noise"), b_pre=Estimate.from_row(row, "b_pre"),
-                b_simple_window=Estimate.from_row(row, "b_simple_window"), window_steps=row.get("window_steps") or 0,
+                b_simple_window=Estimate.from_row(row, "b_simple_window"),
+                window_steps=0 if _blank(row.get("window_steps")) else int(row["window_steps"]),
                 regression=_part_from_row(Regression, row), hessian=hessian, ranks=ranks)
         known = set(m.to_row()) | {"g2_status", "eps_max_status"}
         return dataclasses.replace(m, extra={k: v for k, v in row.items() if k not in known})

@@ -137,15 +137,23 @@ def test_an_interval_reaching_zero_is_called_unresolved_whatever_its_status():
 
 
 def test_list_items_note_only_for_the_default_collate():
-    """Items holding Python lists or strings get the default_collate note; a spec's own collate made its batches
-    as they are (ids kept as a list on purpose: a new user's spec still got told to define collate)."""
+    """Items holding Python lists of numbers get the default_collate note; a spec's own collate made its batches
+    as they are (kept as a list on purpose: a new user's spec still got told to define collate). String fields
+    (ids, raw text) collate to one list of the batch's strings, as they should: no note (a new user's ids were)."""
     from torch.utils.data import default_collate
 
     from bsprof.engine.diagnostics import data
     from bsprof.output.report import Report
 
-    pair = {"id": ["ex0", "ex1"], "x": torch.zeros(2, 3)}
+    items = [{"id": "ex0", "v": [1.0, 2.0, 3.0], "x": torch.zeros(3)}, {"id": "ex1", "v": [4.0, 5.0, 6.0],
+                                                                         "x": torch.zeros(3)}]
+    pair = default_collate(items)
     for collate, said in ((None, True), (default_collate, True), (lambda items: items, False)):
         report = Report()
         data(report, pair, collate)
         assert any(d["code"] == "list_items" for d in report.diagnostics) is said
+    strings_only = default_collate([{"id": i["id"], "x": i["x"]} for i in items])
+    assert strings_only["id"] == ["ex0", "ex1"]
+    report = Report()
+    data(report, strings_only, None)
+    assert not any(d["code"] == "list_items" for d in report.diagnostics)

@@ -758,3 +758,43 @@ def test_a_loss_summed_over_the_batch_is_refused(kind):
         assert "reduction='none'" in e.value.hint
     else:
         assert losses_mix_examples(model, loss, batch) == (kind == "batch_normalised")
+
+
+def test_a_loss_of_shape_n_by_1_is_one_per_example():
+    """F.mse_loss(model(x), y, reduction='none') with [N, 1] outputs and targets (a regression's usual shapes) is
+    one loss per example: taken as [N], with the same norms as the squeezed loss (a trial found it refused)."""
+    from bsprof.probes.base import per_example_losses
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x, y = torch.randn(5, 3), torch.randn(5, 1)
+    column = per_example_losses(model, lambda m, b: F.mse_loss(m(b[0]), b[1], reduction="none"), (x, y), 5)
+    flat = per_example_losses(model, lambda m, b: F.mse_loss(m(b[0]).squeeze(-1), b[1][:, 0], reduction="none"),
+                              (x, y), 5)
+    assert column.shape == (5,) and torch.equal(column, flat)
+
+
+def test_a_broadcast_n_by_n_loss_names_the_broadcast():
+    """An [N, 1] output against [N] targets broadcasts to an [N, N] loss: the error says so and how to fix it (the
+    generic 'average over any other dimension' led a trial's user to .mean(1), which ran and reported a critical
+    batch 13× off); the note for a loss that mixes examples names the same cause."""
+    from bsprof.errors import SpecError
+    from bsprof.probes.base import per_example_losses
+
+    model = nn.Linear(3, 1)
+    x, y = torch.randn(4, 3), torch.randn(4)
+    with pytest.raises(SpecError, match=r"\[4, 1\] against targets of shape \[4\]") as e:
+        per_example_losses(model, lambda m, b: F.mse_loss(m(b[0]), b[1].expand(4, 4), reduction="none"), (x, y), 4)
+    assert "squeeze(-1)" in e.value.hint
+
+    from types import SimpleNamespace
+
+    from bsprof.engine.diagnostics import before_run
+    from bsprof.output.report import Report
+    from bsprof.probes.choose import MIXING
+
+    report = Report()
+    before_run(report, model, torch.optim.SGD(model.parameters(), lr=0.1), SimpleNamespace(iterable=False), MIXING,
+               SimpleNamespace(micro_batch=8, batch_size=32, steps=10, measure_every=5))
+    note = next(d["message"] for d in report.diagnostics if d["code"] == "loss_mixes_examples")
+    assert "[N, 1]" in note and "squeeze" in note

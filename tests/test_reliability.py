@@ -161,6 +161,22 @@ def test_a_report_without_measurements_writes_no_headerless_csv(tmp_path):
     assert set(paths) == {"json"} and not (tmp_path / "measurements.csv").exists()
 
 
+def test_a_report_written_without_its_figure_removes_an_older_one(tmp_path):
+    """A partial report written without the figure (SIGTERM's grace period, --no-figures) left an older run's
+    noise_scale.png beside it, showing another run (a new user's trial): every output the report does not write
+    is removed."""
+    from bsprof.results import Estimate, Measurement
+
+    for name in ("noise_scale.png", "layers.csv"):
+        (tmp_path / name).write_text("an older run's")
+    row = Measurement(step=0, loss=1.0, b_simple=Estimate(50.0, 40.0, 60.0), g2=Estimate(1.0, 0.9, 1.1),
+                      trace_sigma=50.0)
+    report = Report(config={"batch_size": 32}, measurements=[row])
+    paths = report.write(tmp_path, figures=False)
+    assert set(paths) == {"json", "csv"}
+    assert not (tmp_path / "noise_scale.png").exists() and not (tmp_path / "layers.csv").exists()
+
+
 @pytest.mark.parametrize("save", [True, False])
 def test_check_measuring_a_spec_keeps_its_partial_report_on_sigterm(tmp_path, monkeypatch, save):
     """`bsprof check SPEC.py --save-report R` stopped by SIGTERM after a measurement: the partial report is saved

@@ -321,3 +321,26 @@ def test_measure_at_answer_round_trips_through_json():
     est = bsprof.measure_at(torch.nn.Linear(4, 1), lambda m, b: (m(b[0]).squeeze(-1) - b[1]) ** 2, (x, y))
     back = AtWeights.from_dict(json.loads(json.dumps(est.to_dict())))
     assert back == est and back.method and back.draws > 0 and math.isfinite(back.trace_sigma)
+
+
+def test_every_csv_has_the_window_columns_and_reads_back():
+    """A run without training-step windows (micro-batches only, or stopped early) wrote 26 columns where others
+    wrote 31: CSVs of two runs did not concatenate (a trial's finding). The window columns are always there, blank
+    where there is no window, and a CSV line reads back through ``Measurement.from_row`` (blanks as absent)."""
+    import io
+
+    import pandas as pd
+
+    from bsprof.output.report import WINDOW_COLUMNS, Report
+    from bsprof.results import Estimate, Measurement
+
+    bare = Measurement(step=0, loss=1.0, b_simple=Estimate(50.0, 40.0, 60.0), g2=Estimate(1.0, 0.9, 1.1),
+                       trace_sigma=50.0)
+    windowed = Measurement(step=10, loss=0.5, b_simple=Estimate(80.0, 60.0, 99.0), g2=Estimate(0.5, 0.4, 0.6),
+                           trace_sigma=40.0, b_simple_window=Estimate(70.0, 50.0, 90.0), window_steps=10)
+    without, with_ = (Report(measurements=rows).to_frame() for rows in ([bare], [bare, windowed]))
+    assert list(without.columns) == list(with_.columns) and set(WINDOW_COLUMNS) <= set(without.columns)
+    lines = pd.read_csv(io.StringIO(with_.to_csv(index=False))).to_dict("records")
+    back = [Measurement.from_row(line) for line in lines]
+    assert back[0].b_simple_window is None and back[0].window_steps == 0
+    assert back[1].b_simple_window == windowed.b_simple_window and back[1].window_steps == 10

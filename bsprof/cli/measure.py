@@ -18,7 +18,7 @@ from bsprof.config import MeasureConfig, resolve
 from bsprof.errors import BsprofError, ConfigError
 from bsprof.output import files
 from bsprof.output.render import estimate_text, fmt, plural
-from bsprof.output.report import Report
+from bsprof.output.report import OUTPUTS, Report
 from bsprof.results import Estimate, plus_minus
 
 O = typer.Option
@@ -88,7 +88,7 @@ def _output_folder(out: Path, comm: distributed.Comm):
         yield
         return
     created = not out.exists()
-    files.check_folder(out, "--out", ("report.json", "measurements.csv", "layers.csv", "noise_scale.png"))
+    files.check_folder(out, "--out", tuple(OUTPUTS.values()))
     try:
         with files.folder_lock(out, "--out"):
             yield

@@ -17,9 +17,8 @@ LAYER_SPREAD = 10.0  # flag when layer noise scales differ by more than this fac
 
 def list_items(batch, depth: int = 0) -> bool:
     """Dataset items that held Python lists: default_collate turns a list of d numbers into a list of d tensors of
-    shape [batch] (one per position), where the model expects one [batch, d] tensor."""
-    if isinstance(batch, str):
-        return True
+    shape [batch] (one per position), where the model expects one [batch, d] tensor. (Strings are not: a string
+    field collates to a list of the batch's strings, one per example, as ids or raw text should.)"""
     if isinstance(batch, dict):
         return any(list_items(v, depth + 1) for v in batch.values())
     if isinstance(batch, (list, tuple)):
@@ -35,7 +34,7 @@ def data(report: Report, pair, collate=None) -> None:
     from torch.utils.data import default_collate
 
     if (collate is None or collate is default_collate) and list_items(pair):
-        report.diagnose("list_items", "the dataset's items hold Python lists or strings: torch's default_collate "
+        report.diagnose("list_items", "the dataset's items hold Python lists of numbers: torch's default_collate "
                         "turns a list of d numbers into d tensors (one per position), not one [batch, d] tensor. "
                         "Return tensors from the dataset (torch.tensor(x)), or define collate(items) in the spec.")
 
@@ -48,8 +47,14 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
         code = ("batchnorm_train" if invalid.startswith("BatchNorm") else "batch_coupled"
                 if invalid.startswith("an Embedding with scale_grad_by_freq") else "batch_layout"
                 if invalid.startswith(UNSPLIT[:40]) else "loss_mixes_examples")
+        from bsprof.probes.choose import MIXING
+
+        cause = (" If the loss is not meant to mix examples, look for broadcasting: an output of shape [N, 1] "
+                 "against targets of shape [N] makes an [N, N] loss whose rows each depend on every example "
+                 "(squeeze the output: model(x).squeeze(-1)); averaging it over a dimension trains on the wrong "
+                 "objective." if invalid == MIXING else "")
         report.diagnose(code, f"{invalid}: per-example norms are invalid, so bsprof measured with "
-                        f"micro-batches of {cfg.micro_batch} (approximately right; McCandlish App. A).")
+                        f"micro-batches of {cfg.micro_batch} (approximately right; McCandlish App. A).{cause}")
     if examples.iterable:
         report.diagnose("not_iid", "the dataset is iterable: draws are consecutive items, not i.i.d. samples, "
                         "and no finite-population correction is applied. Shuffle the stream, or return a "

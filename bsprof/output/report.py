@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bsprof import __version__
 from bsprof.output import codec, files
 from bsprof.results import LayerEstimate, Measurement, Summary
+
+# the training-step window's columns (``Measurement.to_row``), in every CSV whether or not the run had windows
+WINDOW_COLUMNS = ("b_simple_window", "b_simple_window_lo", "b_simple_window_hi", "b_simple_window_status",
+                  "window_steps")
+# what ``Report.write`` writes, by its key in the returned paths
+OUTPUTS = {"json": "report.json", "csv": "measurements.csv", "layers": "layers.csv", "figure": "noise_scale.png"}
 
 
 @dataclass(repr=False)
@@ -80,8 +87,10 @@ class Report:
         import pandas as pd
 
         frame = pd.DataFrame([m.to_row() for m in self.measurements])
-        if "window_steps" in frame:   # a count, blank where a row has no window (not 25.0)
-            frame["window_steps"] = frame["window_steps"].astype("Int64")
+        for column in WINDOW_COLUMNS:  # in every run's CSV, blank where no row has a window (one schema to concat)
+            if column not in frame:
+                frame[column] = "" if column.endswith("_status") else math.nan
+        frame["window_steps"] = frame["window_steps"].astype("Int64")  # a count, blank where a row has no window
         return frame
 
     def to_dict(self) -> dict:
@@ -99,7 +108,9 @@ class Report:
         return codec.read(path)
 
     def write(self, out: str | Path, figures: bool = True) -> dict[str, Path]:
-        """Write report.json, measurements.csv, layers.csv and the figures into the folder ``out``."""
+        """Write report.json, measurements.csv, layers.csv and the figures into the folder ``out``; any of these
+        that this report does not write (no measurement yet, no layers, figures off or cut short) is removed, so
+        that an older run's file is never left beside it."""
         import pandas as pd
 
         out = Path(out)
@@ -107,9 +118,6 @@ class Report:
         paths = {"json": self.to_json(out / "report.json")}
         if self.measurements:
             paths["csv"] = files.write_text(out / "measurements.csv", self.to_frame().to_csv(index=False))
-        else:  # a run stopped before its first measurement: no headerless CSV, and none of an older run's left
-            for name in ("measurements.csv", "layers.csv", "noise_scale.png"):
-                (out / name).unlink(missing_ok=True)
         if self.layers:
             paths["layers"] = files.write_text(out / "layers.csv",
                                                pd.DataFrame([r.to_row() for r in self.layers]).to_csv(index=False))
@@ -119,6 +127,9 @@ class Report:
             figure = plot_noise_scale(self, out / "noise_scale.png")  # None without matplotlib (a note says so)
             if figure is not None:
                 paths["figure"] = figure
+        for key, name in OUTPUTS.items():
+            if key not in paths:
+                (out / name).unlink(missing_ok=True)
         return paths
 
     def __rich__(self):

@@ -129,6 +129,9 @@ def per_example_losses(model: nn.Module, loss_fn: LossFn, batch: Any, count: int
     from bsprof.errors import SpecError
 
     losses = loss_fn(model, batch)
+    if isinstance(losses, torch.Tensor) and losses.shape != (count,) and losses.dim() > 1 \
+            and losses.shape[0] == count and losses[0].numel() == 1:
+        losses = losses.reshape(count)  # [count, 1] (a regression's MSE with reduction='none'): one per example
     if not isinstance(losses, torch.Tensor) or losses.shape != (count,):
         return _wrong_losses(losses, loss_fn, count)
     if torch.is_grad_enabled() and not losses.requires_grad:
@@ -146,6 +149,13 @@ def _wrong_losses(losses, loss_fn: LossFn, count: int):
         raise SpecError(f"loss(model, batch){defined_at(loss_fn)} returned {type(losses).__name__}, not a tensor",
                         "return per-example losses: a tensor of shape [batch_size], e.g. "
                         "F.cross_entropy(model(x), y, reduction='none')")
+    if count > 1 and tuple(losses.shape) == (count, count):
+        raise SpecError(f"loss(model, batch){defined_at(loss_fn)} returned shape {tuple(losses.shape)} for a batch of "
+                        f"{count} examples: most likely an output of shape [{count}, 1] against targets of shape "
+                        f"[{count}] (or the other way round), which broadcast to [{count}, {count}] and pair every "
+                        "output with every target", "give the output and the targets one shape: "
+                        "F.mse_loss(model(x).squeeze(-1), y, reduction='none') (averaging over a dimension of the "
+                        f"[{count}, {count}] loss would train on the wrong objective)")
     raise SpecError(f"loss(model, batch){defined_at(loss_fn)} returned shape {tuple(losses.shape)} for a batch of "
                     f"{count} examples", f"return per-example losses of shape [{count}] (use reduction='none', and "
                     "average over any other dimension such as tokens yourself); bsprof takes their mean")
