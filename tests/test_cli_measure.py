@@ -633,7 +633,8 @@ def test_verbose_says_which_probe_and_why_and_details_each_measurement(tmp_path)
     assert not any(ln.startswith(("probe:", "  loss")) for ln in plain)
     assert verbose[0].startswith("probe: hooks (auto: per-example gradients are valid; a timed draw of 64 examples "
                                  "took ")  # the trial's timings, then why hooks
-    assert verbose[0].endswith("so per-example hooks)")
+    assert verbose[0].endswith("so per-example hooks; every trainable parameter (1 tensor) by a hook rule, none by "
+                               "the slow path)")  # said, not left to a missing fallback note (a trial's request)
     assert verbose[1].startswith("device cpu; optimizer SGD (lr 0.1); dataset 20000 examples")
     details = [ln for ln in verbose if ln.startswith("  loss ")]
     assert len(details) == 3 and all("(asked ±30%), stopped by" in ln and "b = 1" in ln for ln in details)
@@ -884,3 +885,36 @@ def test_a_dataloaders_batch_size_is_the_probes_unless_one_is_passed():
         report = measure(model=torch.nn.Linear(4, 1), dataset=loader, loss=sq, steps=2, measure_every=2,
                          max_seconds=2, device="cpu", batch_size=16)
     assert report.config["batch_size"] == 16
+
+
+def test_a_nan_example_is_named_not_blamed_on_the_lr():
+    """A NaN target in one example made the training loss NaN at a finite, falling loss, and the error said "lower
+    --lr" (a new user's trial): when only some examples' losses are not finite, at finite weights, the error names
+    their dataset indices and the data; a divergence (every loss, or the weights, not finite) still names the lr."""
+    import re
+
+    import torch
+
+    from bsprof.engine.data import Examples
+    from bsprof.engine.loop import train_step
+    from bsprof.errors import NonFiniteError
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 3), torch.randn(64)
+    y[[7, 40]] = float("nan")
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = lambda m, b: (m(b[0]).squeeze(-1) - b[1]) ** 2  # noqa: E731
+    examples = Examples(torch.utils.data.TensorDataset(x, y), None, torch.device("cpu"),
+                        torch.Generator().manual_seed(0))
+    with pytest.raises(NonFiniteError) as e:
+        train_step(model, opt, loss, examples, 64, step=3)
+    assert "2 of the 64 examples" in e.value.message and "step 3" in e.value.message
+    assert re.search(r"dataset\[(7|40)\], \[(7|40)\]", e.value.message) and "not the lr" in e.value.message
+    assert "NaN or Inf in their inputs or targets" in e.value.hint
+
+    with torch.no_grad():
+        model.weight.fill_(float("inf"))
+    with pytest.raises(NonFiniteError, match="the training loss became") as e:
+        train_step(model, opt, loss, examples, 64, step=4)
+    assert "lower --lr" in e.value.hint

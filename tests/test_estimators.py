@@ -168,3 +168,14 @@ def test_unequal_draw_weights_are_not_noise():
             r = ratio_of_means(ts, gs, np.array(Bs, float))
             covered += (r.lo <= tr / g2 <= r.hi) if r.status.value == "ok" else r.lo <= tr / g2
         assert covered / 300 >= 0.848, (Bs, covered)
+
+
+def test_noise_scale_reads_like_an_estimate():
+    """``noise_scale(draws)`` answers with value/lo/hi/status like every other result (a new user's
+    ``.value`` raised AttributeError): the same numbers as its b_simple fields."""
+    rng = np.random.default_rng(0)
+    draws = [Draw(np.array([2.0 + rng.random()]), np.array([1.0 + 0.1 * rng.random()]), 1, 16, 0.5)
+             for _ in range(12)]
+    ns = noise_scale(draws)
+    assert (ns.value, ns.lo, ns.hi, ns.status) == (ns.b_simple, ns.b_simple_lo, ns.b_simple_hi, ns.status)
+    assert ns.b_simple_estimate.value == ns.value and ns.lo < ns.value < ns.hi

@@ -643,6 +643,11 @@ def test_fallback_reasons_fit_what_the_parameter_is():
     norm = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 3)))
     st = per_example_hooks(norm, ce, (torch.randn(6, 4), torch.randint(0, 3, (6,))), 6)
     assert st.fallbacks and all(r.startswith("a parametrized weight") for r in st.fallbacks.values())
+    # an Embedding the rule does not cover says why, not "Embedding, which has no per-example rule" beside a list
+    # of known layers that names Embedding (a new user's trial)
+    bag = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Flatten(), nn.Linear(8, 3))
+    st = per_example_hooks(bag, ce, (torch.randint(0, 10, (6, 2)), torch.randint(0, 3, (6,))), 6)
+    assert list(st.fallbacks) == ["0.weight"] and "sparse=True" in st.fallbacks["0.weight"], st.fallbacks
 
 
 def test_a_class_token_after_a_constant_falls_back_rather_than_guessing_its_offset():

@@ -122,7 +122,8 @@ MAX_ADVISED = 20.0  # above this many times the training time, a longer budget i
 
 
 def _s(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    """'0.04 s', '3.2 s', '22 s': two significant digits below 0.1 s (a short run's '0.0 s vs 0.0 s' said nothing)."""
+    return f"{seconds:.2g} s" if seconds < 0.1 else f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
 __all__ = ["RunClock", "interleaved", "precision_text", "share_text"]

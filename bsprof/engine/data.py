@@ -63,6 +63,7 @@ class Examples:
         self.n: int | None = None if self.iterable else len(dataset)
         self._stream: Iterator | None = None
         self._epoch: list[int] = []
+        self.last_indices: list[list[int]] | None = None  # ``train_batch``'s, per micro-batch (map-style only)
 
     def items(self, indices: Sequence[int]) -> list:
         out = []
@@ -149,4 +150,5 @@ class Examples:
         k = parts if parts > 1 and len(part) % parts == 0 else 1
         m = len(part) // k
         chunks = [part[j * m:(j + 1) * m] for j in range(k)]
+        self.last_indices = None if self.iterable else chunks  # dataset indices of each micro-batch (for messages)
         return [(self.collate(c if self.iterable else self.items(c)), len(c)) for c in chunks], len(part)

@@ -52,7 +52,11 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
         cause = (" If the loss is not meant to mix examples, look for broadcasting: an output of shape [N, 1] "
                  "against targets of shape [N] makes an [N, N] loss whose rows each depend on every example "
                  "(squeeze the output: model(x).squeeze(-1)); averaging it over a dimension trains on the wrong "
-                 "objective." if invalid == MIXING else "")
+                 "objective." if invalid == MIXING else
+                 " Each micro-batch is normalised over its own examples, so the fixed-weight B_simple depends on "
+                 "--micro-batch (BatchNorm's noise grows as b shrinks): set it to the per-device batch you train "
+                 "with; the critical batch follows the training-step windows, measured on the training batches."
+                 if code == "batchnorm_train" else "")
         report.diagnose(code, f"{invalid}: per-example norms are invalid, so bsprof measured with "
                         f"micro-batches of {cfg.micro_batch} (approximately right; McCandlish App. A).{cause}")
     if examples.iterable:
@@ -143,8 +147,8 @@ def clipping(report: Report, spec, optimizer) -> None:
               for k in ("max_grad_norm", "clip_threshold", "clip_norm") if g.get(k)]
     if found:
         report.diagnose("clipping", f"gradient clipping in training ({'; '.join(found)}): bsprof measures the "
-                        "gradient before clipping. When clipping is active the effective update is smaller and "
-                        "less noisy than the measured noise scale suggests.")
+                        "gradient before clipping, and its probe training does not clip. When clipping is active the "
+                        "effective update is smaller and less noisy than the measured noise scale suggests.")
 
 
 def after_run(report: Report) -> None:

@@ -121,11 +121,12 @@ def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, s
     optimizer.zero_grad(set_to_none=True)
     denom = batch_size if comm.world > 1 else count
     total = 0.0
-    for batch, n in batches:
-        loss = per_example_losses(model, loss_fn, batch, n).sum() / denom
+    for j, (batch, n) in enumerate(batches):
+        losses = per_example_losses(model, loss_fn, batch, n)
+        loss = losses.sum() / denom
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"the training loss became {loss.item()} at step {step}",
-                                 "lower --lr (or the spec optimizer's lr); what was measured before is kept", step)
+            indices = examples.last_indices[j] if examples.last_indices else None
+            raise _non_finite_loss(model, losses.detach(), loss.item(), step, indices)
         if isinstance(tracker, distributed.TrainingPairs):
             loss.backward()
         elif tracker is not None and tracker.source == "per_example" and not tracker.closed:
@@ -152,6 +153,25 @@ def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, s
     loss = distributed.sync_gradients(model, total, comm)
     optimizer.step()
     return float(loss.detach())
+
+
+def _non_finite_loss(model, losses: torch.Tensor, loss: float, step: int, indices: list[int] | None):
+    """Why a training loss is not finite: weights gone non-finite, or every example's loss at once (the lr); or
+    some examples' losses only, at finite weights (those examples: NaN/Inf in their data, a label out of range)."""
+    bad = ~torch.isfinite(losses)
+    weights_finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    if bool(bad.all()) or not weights_finite or losses.numel() < 2:
+        return NonFiniteError(f"the training loss became {loss} at step {step}",
+                              "lower --lr (or the spec optimizer's lr); what was measured before is kept", step)
+    rows = bad.nonzero().flatten().tolist()
+    which = ([indices[r] for r in rows] if indices is not None and len(indices) == losses.numel() else None)
+    named = (f" (dataset[{which[0]}]" + "".join(f", [{i}]" for i in which[1:5]) + (", …" if len(which) > 5 else "")
+             + ")" if which else "")
+    value = losses[rows[0]].item()
+    return NonFiniteError(f"the loss of {len(rows)} of the {losses.numel()} examples in the batch of step {step} was "
+                          f"{value}{named}, the others' finite, at finite weights: a bad example, not the lr",
+                          "check those examples for NaN or Inf in their inputs or targets (or a label out of range "
+                          "for the loss), and clean or drop them; what was measured before is kept", step)
 
 
 def _sampling(cfg: MeasureConfig, probe: Probe, n: int | None) -> Sampling:
@@ -239,7 +259,11 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     scale = _unit_scale(cfg, spec)
     report.spec, report.environment = spec.info(), _environment(device, cfg, comm.world)
     report.unit = cfg.unit
-    report.config = {**as_dict(cfg), "method_resolved": probe, "method_reason": choice.why,
+    why = choice.why
+    if probe == "hooks" and not choice.fallbacks:  # said, not only left to a missing note (--strict, --verbose)
+        n = sum(1 for p in model.parameters() if p.requires_grad)
+        why += f"; every trainable parameter ({n} tensor{'s' if n != 1 else ''}) by a hook rule, none by the slow path"
+    report.config = {**as_dict(cfg), "method_resolved": probe, "method_reason": why,
                      "method_trial_s": choice.seconds and {k: round(v, 4) for k, v in choice.seconds.items()},
                      "optimizer": optimizer_kind(optimizer),
                      "optimizer_lr": optimizer.param_groups[0].get("lr"),
@@ -253,7 +277,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         cfg = dataclasses.replace(cfg, batch_size=batch_size)
     diagnostics.before_run(report, model, optimizer, examples, invalid, cfg)
     diagnostics.method(report, choice)
-    say("setup", {"method": probe, "why": choice.why, "device": str(device),
+    say("setup", {"method": probe, "why": why, "device": str(device),
                   "optimizer": report.config["optimizer"], "lr": report.config["optimizer_lr"],
                   "dataset_size": examples.n})
     if spec.optimizer is not None and cfg.lr != MeasureConfig.lr:

@@ -310,6 +310,9 @@ def _no_rule(mod: nn.Module) -> str:
         return (f"used directly in {name}.forward, not inside a layer (a learned scale, say): only one added by "
                 f"broadcast (a position embedding) or joined by torch.cat (a class token) has a rule; moving it "
                 f"into a small module and registering a rule for that module avoids the slow path")
+    if isinstance(mod, nn.Embedding) and mod.sparse:
+        return (f"in {name}(sparse=True), whose sparse gradient the Embedding rule does not cover (it covers "
+                "sparse=False)")
     return f"in {name}, which has no per-example rule"
 
 

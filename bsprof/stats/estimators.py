@@ -209,6 +209,19 @@ class NoiseScale:
         return Estimate(self.b_simple, self.b_simple_lo, self.b_simple_hi, self.status)
 
     @property
+    def value(self) -> float:
+        """B_simple, read as every other result's ``Estimate`` is (``value``, ``lo``, ``hi``, ``status``)."""
+        return self.b_simple_estimate.value
+
+    @property
+    def lo(self) -> float:
+        return self.b_simple_estimate.lo
+
+    @property
+    def hi(self) -> float:
+        return self.b_simple_estimate.hi
+
+    @property
     def rel_halfwidth(self) -> float:
         """``Estimate.rel_halfwidth`` of B_simple: max(hi − B, B − lo)/B; ∞ unless the status is ok."""
         return self.b_simple_estimate.rel_halfwidth

@@ -734,7 +734,8 @@ class PerExample:
         if not used:
             return None
         return (f"no per-example rule for {', '.join(used[:5])}{' …' if len(used) > 5 else ''}, which the loss uses "
-                "(known layers: Linear, Conv1d/2d/3d (not ConvTranspose), Embedding, LayerNorm, RMSNorm, GroupNorm, "
+                "(known layers: Linear, Conv1d/2d/3d (not ConvTranspose), Embedding (not sparse=True or "
+                "scale_grad_by_freq), LayerNorm, RMSNorm, GroupNorm, "
                 "MultiheadAttention; "
                 "bsprof.probes.register_rule adds one)")
 
