@@ -351,7 +351,7 @@ class Measurement:
     examples: int = 0
     b: int = 0
     B: int = 0
-    stopped_by: str = ""             # what stopped the B_simple draws: precision, examples, time, exact
+    stopped_by: str = ""             # what stopped the B_simple draws: precision, budget, interrupted, … (fields.md)
     seconds: float = NAN
     diversity_bound: float = NAN
     b_noise: Estimate | None = None

@@ -211,6 +211,97 @@ def test_check_measuring_a_spec_keeps_its_partial_report_on_sigterm(tmp_path, mo
     assert "Traceback" not in r.output
 
 
+def _stopped_at_draw(monkeypatch, n: int, step: int = 0, sig=signal.SIGTERM):
+    """SIGTERM (as ``signals.as_interrupt`` raises it) once the measurement at ``step`` has ``n`` draws."""
+    import bsprof.engine.loop as loop
+    from bsprof.cli import signals
+
+    real = loop.measure
+
+    def measure(spec, cfg, report=None, progress=None, comm=None):
+        def stop(kind, info):
+            if progress is not None:
+                progress(kind, info)
+            if kind == "draw" and info["step"] == step and info["estimate"].n_draws == n:
+                raise signals.Terminated(sig)
+        return real(spec, cfg, report, stop, comm)
+
+    monkeypatch.setattr(loop, "measure", measure)
+
+
+def test_sigterm_inside_a_measurement_keeps_its_draws(tmp_path, monkeypatch):
+    """SIGTERM 8 draws into a measurement that would go on (--rel-error 0.01): the measurement is kept as a row with
+    the interval of those draws, stopped_by interrupted, and the headline follows it (a new user's trial: ~10 s of
+    draws were thrown away, "No measurement finished")."""
+    _stopped_at_draw(monkeypatch, 8)
+    r = cli("measure", ASSETS / "tiny_linear.py", "--steps", 0, "--rel-error", 0.01, "--measure-budget", 0,
+            "--max-seconds", 60, "--probe-batch", 64, "-o", tmp_path, "--no-figures")
+    assert r.exit_code == 143, r.output
+    assert "terminated (SIGTERM): the measurement at step 0 was cut short after 8 draws: kept with its wider " \
+           "interval" in r.output and "the partial report was written" in r.output
+    report = Report.from_json(tmp_path)
+    row, = report.measurements
+    assert row.stopped_by == "interrupted" and row.n_draws == 8 and row.b_simple.ok and row.regression is not None
+    assert row.b_simple.rel_halfwidth > 0.01 and row.step == 0
+    assert report.incomplete == {"reason": "terminated by SIGTERM", "step": 0, "draws": 8, "kept": True}
+    assert report.summary.critical_batch.ok and report.layers
+    note = {d["code"]: d["message"] for d in report.diagnostics}["measurement_cut_short"]
+    assert "kept with its wider interval" in note and "counts in the critical batch" in note
+    assert "interrupted" in (tmp_path / "measurements.csv").read_text()
+    shown = cli("report", tmp_path)
+    assert shown.exit_code == 0 and "│ interrupted │" in shown.raw and "[measurement_cut_short]" in shown.output
+
+
+def test_sigterm_before_a_measurement_has_enough_draws_says_so(tmp_path, monkeypatch):
+    """3 draws, fewer than --min-draws 5: not kept (an interval over so few covers poorly), and the message says so
+    instead of a bare "no measurement finished"."""
+    _stopped_at_draw(monkeypatch, 3)
+    r = cli("measure", ASSETS / "tiny_linear.py", "--steps", 0, "--rel-error", 0.01, "--measure-budget", 0,
+            "--probe-batch", 64, "-o", tmp_path, "-q", "--no-figures")
+    assert r.exit_code == 143, r.output
+    assert "terminated (SIGTERM): the measurement at step 0 was cut short after 3 draws, fewer than the 5 it needs " \
+           "(--min-draws): not kept; the partial report was written" in r.output
+    report = Report.from_json(tmp_path)
+    assert not report.measurements and report.incomplete["draws"] == 3 and report.incomplete["kept"] is False
+    assert "measurement_cut_short" in {d["code"] for d in report.diagnostics}
+    shown = cli("report", tmp_path)
+    assert shown.exit_code == 2 and "was cut short after 3 draws, fewer than the 5 it needs" in shown.output
+
+
+def test_a_measurement_cut_short_keeps_the_training_window_it_closed(tmp_path, monkeypatch):
+    """SIGTERM in the measurement at step 40 after its 5 draws (--min-draws, checked before the stopping rule): the
+    row keeps the training-step window of steps 20–39 as a finished one would, and no cut_short row is added."""
+    _stopped_at_draw(monkeypatch, 5, step=40)
+    r = cli("measure", ASSETS / "tiny_linear.py", "--steps", 40, "--measure-every", 20, "--batch-size", 16,
+            "--rel-error", 0.3, "-o", tmp_path, "-q", "--no-figures")
+    assert r.exit_code == 143, r.output
+    report = Report.from_json(tmp_path)
+    assert [(m.step, m.stopped_by) for m in report.measurements][-1] == (40, "interrupted")
+    assert len(report.measurements) == 3 and report.measurements[-1].window_steps == 20
+    assert "window_cut_short" not in {d["code"] for d in report.diagnostics}
+    assert len(report.timing["measurement_s"]) == 3
+
+
+def test_an_interrupt_in_the_draws_after_b_simple_keeps_b_simple(monkeypatch):
+    """Ctrl-C in B_noise's draws (--hessian), after B_simple's stopped: the row keeps B_simple as it stopped, without
+    B_noise, and says so; the library call (``bsprof.measure``) keeps it in the report passed, as the CLI does."""
+    import bsprof
+    from bsprof.engine import scales
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scales, "hessian_fields", interrupted)
+    report = Report()
+    with pytest.raises(KeyboardInterrupt):
+        bsprof.measure(ASSETS / "tiny_linear.py", report=report, steps=0, rel_error=0.3, hessian=True, device="cpu")
+    row, = report.measurements
+    assert row.stopped_by == "precision" and row.b_simple.ok and row.b_noise is None and row.regression is not None
+    assert report.incomplete["kept"] is True and report.incomplete["left_out"] == ["B_noise"]
+    note = {d["code"]: d["message"] for d in report.diagnostics}["measurement_cut_short"]
+    assert f"after its {row.n_draws} draws of B_simple: kept without B_noise" in note
+
+
 def test_sighup_and_sigterm_raise_terminated_with_their_exit_codes():
     from bsprof.cli import signals
 

@@ -61,7 +61,7 @@ def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None = None
     to ``save_to`` when given — also when interrupted (Ctrl-C, SIGTERM, SIGHUP: the partial report, marked
     incomplete; the interrupt then goes on up with ``kept`` saying what was kept)."""
     from bsprof.engine.loop import measure_steps
-    from bsprof.output.render import estimate_text, plural
+    from bsprof.output.render import cut_short_text, estimate_text, plural
 
     share = budget_s / (len(measure_steps(steps, 0)) + 1) if steps else budget_s
     t0 = time.perf_counter()
@@ -85,11 +85,14 @@ def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None = None
                          rel_error=rel_error, progress=progress)
         except KeyboardInterrupt as e:
             signals.hold()  # a second signal must not cut the write short (the handlers come back after the block)
-            e.kept = ("nothing was measured yet, nothing was saved" if not report.measurements else
+            cut = cut_short_text(report)   # the measurement it was stopped inside: kept, or too few draws
+            e.kept = (("nothing was saved" if cut else "nothing was measured yet, nothing was saved")
+                      if not report.measurements else
                       "the partial report was not saved (--save-report PATH keeps it)" if save_to is None else None)
             if e.kept is None:
                 write_output(save_to, codec.dumps(report), "--save-report")
                 e.kept = f"the partial report was saved to {save_to}"
+            e.kept = f"{escape(cut)}; {e.kept}" if cut else e.kept
             raise
     if save_to is not None:
         write_output(save_to, codec.dumps(report), "--save-report")

@@ -17,7 +17,7 @@ from bsprof.cli.app import app, console, err_console, show, user_errors
 from bsprof.config import MeasureConfig, resolve
 from bsprof.errors import BsprofError, ConfigError
 from bsprof.output import files
-from bsprof.output.render import estimate_text, fmt, plural
+from bsprof.output.render import cut_short_text, estimate_text, fmt, plural
 from bsprof.output.report import OUTPUTS, Report
 from bsprof.results import Estimate, plus_minus
 
@@ -163,7 +163,8 @@ def _run(spec: Path, cfg: MeasureConfig, report: Report, out: Path, figures: boo
         kept += (f" (without the figure, to exit within the signal's grace period: `bsprof report "
                  f"{out / 'report.json'} --out {out}` draws it)")
     if isinstance(failure, KeyboardInterrupt):
-        err_console.print(f"[bold red]{signals.describe(failure)}[/]: {kept}")
+        cut = cut_short_text(report)  # the measurement it was stopped inside: kept, or too few draws
+        err_console.print(f"[bold red]{signals.describe(failure)}[/]: {escape(cut) + '; ' if cut else ''}{kept}")
         raise typer.Exit(signals.exit_code(failure))
     if isinstance(failure, distributed.RankFailure) and not comm.is_main:
         raise typer.Exit(failure.exit_code)  # rank 0 says what happened

@@ -58,7 +58,9 @@ def empty_source(source: Path, report: Report, what: str) -> ReportError | None:
     if report.measurements:
         return None
     if not report.spec.get("tracker_log"):  # a report.json of a run that stopped before its first measurement
-        why = (report.incomplete or {}).get("reason")
+        from bsprof.output.render import cut_short_text
+
+        why = "; ".join(filter(None, ((report.incomplete or {}).get("reason"), cut_short_text(report))))
         return ReportError(f"{source} holds no measurement" + (f" (the run stopped early: {why})" if why else "")
                            + f": {what}", "measure again, letting the run reach its first measurement (step 0 "
                            "is measured first: `bsprof measure SPEC --steps 0` takes seconds)")

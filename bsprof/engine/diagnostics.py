@@ -155,6 +155,7 @@ def after_run(report: Report) -> None:
     """Diagnostics that need the measurements: the 1/B regression's fit, B_pre availability, layer spread, what
     measuring cost against training."""
     _degenerate(report)
+    _interrupted(report)
     _unresolved(report)
     _curvature(report)
     _implausible(report)
@@ -204,6 +205,20 @@ def _degenerate(report: Report) -> None:
         steps = [r.step for r in report.measurements if r.stopped_by == code]
         if steps:
             report.diagnose(code, text.format(steps=", ".join(map(str, steps))))
+
+
+def _interrupted(report: Report) -> None:
+    """The measurement a run was stopped inside (Ctrl-C, SIGTERM): kept with the interval of its draws so far, its
+    row stopped by "interrupted", or not kept with too few draws (``output.render.cut_short_text``)."""
+    from bsprof.output.render import cut_short_text
+
+    text = cut_short_text(report)
+    if text is None:
+        return
+    counts = report.incomplete.get("kept") and report.incomplete.get("left_out") is None
+    report.diagnose("measurement_cut_short", f"the run stopped early ({report.incomplete.get('reason')}): {text}"
+                    + ("; its row (stopped_by interrupted) counts in the critical batch and `bsprof schedule` with "
+                       "that interval" if counts else ""))
 
 
 UNRESOLVED = {"b_simple": ("B_simple", "tr(Σ)"), "b_simple_window": ("B_simple (training)", "tr(Σ)"),

@@ -3,7 +3,9 @@
     step 0 ──measure──> train ... ──measure──> train ... ──measure (last step)
 
 Measurements never step the optimizer and never change the weights. The report is filled as rows arrive, so an
-interrupted or failed run still holds everything measured (``report.incomplete`` says why it stopped).
+interrupted or failed run still holds everything measured (``report.incomplete`` says why it stopped); a measurement
+interrupted (Ctrl-C, SIGTERM) after enough draws is kept with the interval of its draws so far (``stopped_by``
+"interrupted", ``sampling.so_far``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from bsprof.config import MeasureConfig, as_dict
 from bsprof.engine import cost, diagnostics, scales
 from bsprof.engine.data import Examples
 from bsprof.engine.rng import caller_rng, seed_all
-from bsprof.engine.sampling import Sampling, group_types, groups_of, measure_at
+from bsprof.engine.sampling import Sampling, group_types, groups_of, measure_at, so_far
 from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_optimizer, load_spec, module_at
 from bsprof.errors import BsprofError, ConfigError, NonFiniteError, SpecError
 from bsprof.output.report import Report
@@ -40,6 +42,7 @@ from bsprof.results import (
     optimizer_momentum,
 )
 from bsprof.stats.estimators import NoiseScale
+from bsprof.stats.stopping import INTERRUPTED
 from bsprof.track.window import b_simple_of, windowed
 
 Progress = Callable[[str, dict], None]
@@ -196,6 +199,19 @@ def _row(step: int, cfg: MeasureConfig, est: NoiseScale, draws, stopped_by: str,
         diversity_bound=float(est.gradient_diversity_bound * scale))
 
 
+def _cut(drawn: list, kept: bool, after: bool, cfg: MeasureConfig, optimizer) -> dict:
+    """What ``report.incomplete`` says of a measurement interrupted with ``drawn`` draws (none: nothing): ``draws``,
+    whether its row was ``kept`` (``sampling.so_far``) and, interrupted ``after`` its B_simple draws had stopped, the
+    statistics drawn after them that it is kept without (``left_out``: B_noise with --hessian, B_pre under Adam)."""
+    if not drawn:
+        return {}
+    if not after:
+        return {"draws": len(drawn), "kept": kept}
+    pre = is_adam_family(optimizer_kind(optimizer)) and bool(optimizer.state)
+    return {"draws": len(drawn), "kept": True,
+            "left_out": [q for q, asked in (("B_noise", cfg.hessian), ("B_pre", pre)) if asked]}
+
+
 def _layer_rows(step: int, names: list[str], types: list[str], est: NoiseScale,
                 scale: float) -> list[LayerEstimate]:
     return [LayerEstimate(step, names[j], g2, tr, Estimate(b, lo, hi, st).scaled(scale), types[j])
@@ -216,7 +232,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     ``progress(kind, info)`` hears: setup (the probe chosen and why, device, optimizer), measure, draw, measured
     (the row; seconds spent measuring and training so far), train (step, loss). ``report.timing`` holds the
     seconds measuring vs training (``engine.cost``). ``comm``: the data-parallel ranks (``distributed.session``);
-    default: the caller's process group, if any.
+    default: the caller's process group, if any. An interrupt (KeyboardInterrupt: Ctrl-C, SIGTERM) inside a
+    measurement adds its row from the draws so far, if enough (``sampling.so_far``; no "measured" then), and goes on.
     """
     report = report if report is not None else Report()
     if report.measurements:   # two runs' rows in one report: steps 0, 2, …, 10, 0, 2, … (a new user's notebook)
@@ -303,15 +320,29 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 t0 = time.perf_counter()
                 say("measure", {"step": step})
                 budget = _budget(sampling, cfg, clock, first) if comm.world == 1 else sampling
+                how, drawn, row, stop = _shared(budget, optimizer), [], None, None  # drawn: filled as they arrive
                 with buffers_kept(model):
-                    est, draws, stopped = measure_at(model, spec.loss, examples, _shared(budget, optimizer),
-                                                     group_index,
-                                                     lambda e, s=step: say("draw", {"step": s, "estimate": e}), comm)
-                    row = _row(step, cfg, est, draws, stopped, time.perf_counter() - t0, probe, scale)
-                    whole = examples if comm.world == 1 else examples.whole()  # B_noise, B_pre: not sharded
-                    row = dataclasses.replace(row, ranks=distributed.rank_estimate(draws, cfg.confidence, scale),
-                                              **scales.extra_fields(model, spec.loss, whole, draws, cfg, optimizer,
-                                                                    _left(budget, t0), group_index, scale))
+                    try:
+                        est, draws, stopped = measure_at(model, spec.loss, examples, how, group_index,
+                                                         lambda e, s=step: say("draw", {"step": s, "estimate": e}),
+                                                         comm, drawn)
+                        row = _row(step, cfg, est, draws, stopped, time.perf_counter() - t0, probe, scale)
+                        whole = examples if comm.world == 1 else examples.whole()  # B_noise, B_pre: not sharded
+                        row = dataclasses.replace(row, ranks=distributed.rank_estimate(draws, cfg.confidence, scale),
+                                                  **scales.extra_fields(model, spec.loss, whole, draws, cfg,
+                                                                        optimizer, _left(budget, t0), group_index,
+                                                                        scale))
+                    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: its draws so far make its row, if enough
+                        after = row is not None     # in B_noise's or B_pre's draws: B_simple's row as it stopped
+                        est = est if after else so_far(model, drawn, how)
+                        e.cut = _cut(drawn, est is not None, after, cfg, optimizer)
+                        if est is None:
+                            raise
+                        stop = e   # raised again once the row is added
+                        row = row if after else _row(step, cfg, est, drawn, INTERRUPTED, time.perf_counter() - t0,
+                                                     probe, scale)
+                        row = dataclasses.replace(row, ranks=distributed.rank_estimate(drawn, cfg.confidence, scale),
+                                                  regression=scales.regression_part(drawn, scale))
                 if window is not None:
                     row = dataclasses.replace(row, b_simple_window=window.estimate, window_steps=window.steps)
                     if window.estimate.status is Status.OK:
@@ -321,6 +352,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 took = time.perf_counter() - t0   # B_simple's draws (row.seconds) and B_noise / B_pre after them
                 clock.measured(took)
                 report.timing = clock.to_dict()
+                if stop is not None:   # kept what it drew; the interrupt goes on
+                    raise stop
                 say("measured", {"step": step, "row": report.measurements[-1], "measuring_s": clock.measuring,
                                  "training_s": clock.training, "step_s": took})
             if step < cfg.steps:
@@ -340,7 +373,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 say("train", {"step": step + 1, "loss": loss})
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP raised as one (bsprof.cli.signals)
         report.incomplete = {"reason": f"terminated by {e.name}" if hasattr(e, "signum") else "interrupted",
-                             "step": step}
+                             "step": step, **getattr(e, "cut", {})}
         raise
     except NonFiniteError as e:
         where = "" if "at step" in e.message else f" at step {step}"

@@ -155,21 +155,30 @@ def next_batch(est: NoiseScale | None, s: Sampling, B: int, n: int | None, world
 
 
 def measure_at(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, group: np.ndarray,
-               on_draw: Callable[[NoiseScale], None] | None = None,
-               comm: Comm = LOCAL) -> tuple[NoiseScale, list[Draw], str]:
+               on_draw: Callable[[NoiseScale], None] | None = None, comm: Comm = LOCAL,
+               drawn: list[Draw] | None = None) -> tuple[NoiseScale, list[Draw], str]:
     """Draw until the stopping rule (``stopping.Stopper``) fires. Returns the estimate, the draws, and what stopped
-    it ("precision", "examples", "time", "budget", "exact").
+    it ("precision", "examples", "time", "budget", "exact"). ``drawn``: the list the draws are appended to as they
+    arrive, so that a caller interrupted mid-measurement (Ctrl-C, SIGTERM) keeps them (``so_far``).
 
     Under DDP every rank follows rank 0's estimate and clock, so all ranks stop at the same draw. A probe's
     ``measuring`` context (the micro-batch probe's hooks) is held around all the draws.
     """
     with s.probe.measuring(model) if s.probe.measuring is not None else contextlib.nullcontext():
-        return _measure(model, loss_fn, examples, s, group, on_draw, comm)
+        return _measure(model, loss_fn, examples, s, group, on_draw, comm, [] if drawn is None else drawn)
+
+
+def so_far(model: nn.Module, draws: list[Draw], s: Sampling) -> NoiseScale | None:
+    """The estimate of a measurement cut short after ``draws``, as ``measure_at`` would have returned it there
+    (stopped by ``stopping.INTERRUPTED``); None with too few draws to keep (``stopping.kept_from``)."""
+    if len(draws) < stopping.kept_from(s.min_draws):
+        return None
+    return noise_scale(draws, s.confidence, same_weights=not _dropout(model))
 
 
 def _measure(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, group: np.ndarray,
-             on_draw: Callable[[NoiseScale], None] | None, comm: Comm) -> tuple[NoiseScale, list[Draw], str]:
-    draws: list[Draw] = []
+             on_draw: Callable[[NoiseScale], None] | None, comm: Comm,
+             draws: list[Draw]) -> tuple[NoiseScale, list[Draw], str]:
     stop = Stopper(s.rel_error, s.min_draws, s.max_examples, s.max_seconds, s.budget_seconds)
     masks = _dropout(model)  # whole-dataset draws are then not exact: each has its own dropout masks
     B, spent, t0 = next_batch(None, s, s.start_B, examples.n, comm.world), 0, time.perf_counter()

@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from bsprof.results import Estimate, Status, finite
+from bsprof.results import Estimate, Status, finite, plus_minus
 
 
 def plural(n: int, noun: str) -> str:
@@ -42,6 +42,34 @@ def estimate_text(est: Estimate | None) -> str:
     if est.status is Status.LOWER_BOUND:
         return f"> {fmt(est.lo)}"
     return Status.UNDETERMINED.value
+
+
+def cut_short_text(report) -> str | None:
+    """What became of the measurement a run was stopped inside (``report.incomplete``: ``draws``, ``kept``,
+    ``left_out``): 'the measurement at step 0 was cut short after 37 draws: kept with its wider interval, B_simple
+    26.1 [20.3, 35.2]', '… after 3 draws, fewer than the 5 it needs (--min-draws): not kept'; None elsewhere."""
+    from bsprof.stats.stopping import INTERRUPTED, kept_from
+
+    cut = report.incomplete or {}
+    if "kept" not in cut:
+        return None
+    step, draws = cut.get("step"), plural(cut.get("draws", 0), "draw")
+    at = f"the measurement at step {step} was cut short"
+    if not cut["kept"]:
+        need = kept_from(report.config.get("min_draws") or 5)
+        return f"{at} after {draws}, fewer than the {need} it needs (--min-draws): not kept"
+    if cut.get("left_out") is not None:
+        without = " and ".join(cut["left_out"])
+        return f"{at} after its {draws} of B_simple: kept" + (f" without {without}" if without else "")
+    row = next((r for r in report.measurements if r.step == step and r.stopped_by == INTERRUPTED), None)
+    if row is None:
+        return f"{at} after {draws}: kept"
+    est, asked = row.b_simple, report.config.get("rel_error") or 0.2
+    if not est.ok:
+        return f"{at} after {draws}: kept as it stood, B_simple {estimate_text(est)}"
+    wider = f"its wider interval ({plus_minus(est.rel_halfwidth)}, asked ±{asked:.0%})" if \
+        est.rel_halfwidth > asked else f"its interval ({plus_minus(est.rel_halfwidth)})"
+    return f"{at} after {draws}: kept with {wider}, B_simple {estimate_text(est)} {report.unit}"
 
 
 def headline_text(s) -> str:

@@ -661,7 +661,7 @@ def lead_in_text(lead: predict.LeadIn, batch: float, batch_train: float, start: 
 # window were said by `report` and `check`, not by `schedule`)
 PLAN_DIAGNOSTICS = frozenset({"lr_varied", "lr_not_used", "window_widened", "window_cut_short", "one_window",
                               "few_windows", "unresolved", "skipped_steps", "torn_line", "several_runs", "resumed",
-                              "loss_rose", "batch_shrunk", "clipping", "temperature"})
+                              "loss_rose", "batch_shrunk", "clipping", "temperature", "measurement_cut_short"})
 
 
 def plan(report, config: ScheduleConfig | dict) -> Schedule:

@@ -5,7 +5,8 @@ after ``min_draws`` draws and then at the draw counts the spread predicts are ne
 or when the examples or seconds budget is spent: "examples", "time"; or, after ``min_draws`` draws, when the
 measurement has taken its share of time (``budget_seconds``: the probe loop's "no longer than the training it
 interleaves with"): "budget". (A draw of a whole finite dataset with
-per-example norms is exact; the caller knows that and reports "exact".)
+per-example norms is exact; the caller knows that and reports "exact".) A measurement cut short by Ctrl-C or SIGTERM
+keeps the estimate of its draws so far once it has as many as the rule needs to stop (``kept_from``): "interrupted".
 
 Looking after every draw would stop on a draw whose spread happens to be low, and such intervals cover the truth
 less often than they claim (scripts/coverage.py); committing to the predicted count first keeps that selection small.
@@ -20,6 +21,7 @@ from bsprof.results import Estimate, Status
 
 PRECISION, EXAMPLES, TIME, EXACT = "precision", "examples", "time", "exact"  # what stopped a measurement
 BUDGET = "budget"  # the measurement took its share of time (after min_draws)
+INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM cut the draws short; kept from ``kept_from`` draws on
 ZERO_GRADIENT, ZERO_VARIANCE = "zero_gradient", "zero_variance"  # degenerate: no draw can make the interval narrow
 NOISELESS = 1e-4  # |tr Σ|/|G|² (examples) below this: the examples' gradients agree (tr Σ ≈ 0 up to rounding;
 #                   float32 rounding alone gave up to 9e-6 on identical examples at B = 65,536 — 1e-6 missed it
@@ -77,6 +79,13 @@ class Stopper:
         return None
 
 
+def kept_from(min_draws: int) -> int:
+    """The fewest draws a measurement cut short (Ctrl-C, SIGTERM) is kept with: ``min_draws``, as the rule needs
+    before it may stop on the budget (an interval over fewer covers poorly: ``estimators.ratio_of_means``), and at
+    least two (an interval)."""
+    return max(min_draws, 2)
+
+
 def degenerate(g2_hi: float, ratio: float) -> str | None:
     """``ZERO_GRADIENT`` (|G|² and its upper bound exactly 0: a flat loss, frozen or disconnected weights),
     ``ZERO_VARIANCE`` (tr Σ ≈ 0: identical examples; the point estimate |tr Σ|/|G|² ≤ ``NOISELESS``, which a
@@ -105,5 +114,5 @@ def next_batch(est: Estimate | None, B: int, b: int, start_B: int, fixed_B: bool
     return max(target // unit * unit, 2 * b if b > 1 and world == 1 else 2, unit)
 
 
-__all__ = ["Stopper", "next_look", "next_batch", "degenerate", "LOOK_STEP", "MAX_PROBE_BATCH", "PRECISION",
-           "EXAMPLES", "TIME", "EXACT", "BUDGET", "ZERO_GRADIENT", "ZERO_VARIANCE"]
+__all__ = ["Stopper", "next_look", "next_batch", "degenerate", "kept_from", "LOOK_STEP", "MAX_PROBE_BATCH", "PRECISION",
+           "EXAMPLES", "TIME", "EXACT", "BUDGET", "INTERRUPTED", "ZERO_GRADIENT", "ZERO_VARIANCE"]
