@@ -843,14 +843,36 @@ def test_step_arguments_none_and_not_numbers():
 
 
 def test_step_before_backward():
+    """A first step() with no backward since the Tracker was made (made between a step's backward passes and its
+    step: a new user's loop) is not measured, with a warning, and the tracker goes on (it had closed for the whole
+    run); a later step() with no backward since the last (called twice) is the error, and closes it."""
     model = mlp()
     tracker = Tracker(model, accumulation_steps=2, batch_size=64)
+    with pytest.warns(UserWarning, match="no backward pass ran between the Tracker's creation and its first"):
+        assert tracker.step() is None
+    assert not tracker.closed and tracker.step_count == 1 and not tracker.draws
+    _backward(model, 2)
+    assert tracker.step() is not None
+    model.zero_grad()
     with pytest.raises(TrackerError, match="before any backward"):
         tracker.step()
     assert hooks_left(model) == 0
     with pytest.raises(TrackerError, match=r"after the tracker was closed by an earlier error \(tracker.step\(\) "
                                            "was called before any backward"):
         tracker.step()
+
+
+def test_step_after_every_micro_step_is_named():
+    """tracker.step() after every backward of an accumulating loop, with no accumulation_steps: the one-process
+    error names the likely cause from the rows the forward saw (a new user read 'no nested pair' and 'use
+    accumulation_steps >= 2' without seeing what they did wrong)."""
+    model = mlp()
+    tracker = Tracker(model, batch_size=128)
+    _backward(model, 1)   # one micro-batch of 64 rows, of a declared step of 128
+    with pytest.raises(TrackerError, match=r"saw 64 rows of the batch_size=128: is tracker.step\(\) called after "
+                                           "every micro-step") as err:
+        tracker.step()
+    assert "accumulation_steps=2" in err.value.hint
 
 
 @pytest.mark.parametrize("kwargs,k,match", [
@@ -1250,6 +1272,9 @@ def test_ddp_with_accumulation_and_no_sync(tmp_path):
     assert "ran 1 backward passes (accumulation_steps=2) on this rank, and all 2 on 1 other" in one["messages"][1]
     assert "1 other rank(s) failed this step's checks" in one["messages"][0], one
     assert one["closed"] and one["after"] == 2 and one["measured"] == [True]
+    # a Tracker on ddp.module (or made before DDP(model)) read the averaged .grad as one process's: B_simple came
+    # out as a lower bound, silently (a new user's trial); refused unless the source is chosen for each rank alone
+    assert "the model is not a DistributedDataParallel" in r["inner"] and "on the wrapper" in r["inner"], r["inner"]
     nodes, bad = r["nodes"], r["bad_loss"]  # rows that are no rank's batch: measured; a rank's bad argument: both raise
     assert nodes["messages"] == ["", ""] and not nodes["closed"] and nodes["after"] == 2
     assert "loss must be a number" in bad["messages"][1] and "1 other rank(s) failed" in bad["messages"][0]

@@ -281,6 +281,15 @@ class Tracker:
                 raise TrackerError("source='fsdp' needs a model whose parameters were sharded by fully_shard (FSDP2)",
                                    "call torch.distributed.fsdp.fully_shard on the model, or use source='auto'")
             self.world = _world(self.ddp, process_group)
+            ranks = dist.get_world_size(process_group) if dist.is_available() and dist.is_initialized() else 1
+            if self.ddp is None and source == "auto" and ranks > 1:
+                raise TrackerError(f"a process group of {ranks} ranks is initialised, but the model is not a "
+                                   "DistributedDataParallel (or FSDP2) model: if DDP wraps it (the Tracker made on "
+                                   "ddp_model.module, or before DDP(model)), .grad holds the ranks' averaged gradient "
+                                   "and the one-process pair would be silently wrong",
+                                   "make the Tracker after wrapping, on the wrapper: bsprof.Tracker(ddp_model, ...); "
+                                   "if each rank trains a model of its own, without gradient sync, say so with "
+                                   "source='accumulation' or source='per_example'")
         self.rank = dist.get_rank(self.group) if self.world > 1 else 0
         if source == "ddp" and self.world < 2:
             raise TrackerError("source='ddp' needs a DistributedDataParallel model on 2 or more ranks; this is "
@@ -405,6 +414,13 @@ class Tracker:
             raise
         record = self.hooks.take()
         rows, calls = self.rows.reset(record.count)
+        if record.count == 0 and self.hooks.taken == 1 and self.world == 1:  # made between a step's backward and step
+            self.step_count = (self.step_count if step is None else step) + 1
+            self.examples += batch_size if batch_size is not None else self.batch_size or 0
+            warnings.warn("bsprof tracker: no backward pass ran between the Tracker's creation and its first "
+                          "tracker.step() (made after this step's backward passes?): this step is not measured; "
+                          "measuring starts with the next one", stacklevel=2)
+            return None
         given = batch_size if batch_size is not None else self.batch_size
         if self.world == 1 and not record.per_example and given and not self._seq_first:
             if rows == given:
@@ -652,7 +668,9 @@ class Tracker:
             self._drop_per_example(r.per_example_failure)
         if t["stale"]:
             self._fail("this step's first backward began with the previous step's gradients still in .grad",
-                       "call optimizer.zero_grad() after each optimizer.step() (the tracker reads |G_B|² from .grad)")
+                       "call optimizer.zero_grad() after each optimizer.step() (the tracker reads |G_B|² from .grad); "
+                       "with gradient accumulation, call tracker.step() once per optimizer step, after its last "
+                       "micro-step, not after every backward")
         if r.changed:
             self._fail(".grad changed between this step's backward passes (clip_grad_norm_, zero_grad() or another "
                        "change to the gradients inside the accumulation loop): |G_B|², read from .grad after the last "
@@ -717,10 +735,15 @@ class Tracker:
             b, per_rank, n_small = 1, local, local
         else:
             if k == 1 and self.world == 1:  # before the batch size: without a pair it would not help
+                per_micro = bool(batch_size and 0 < rows_seen < batch_size and batch_size % rows_seen == 0)
                 self._fail("one process, one backward per step: b = B" + (f" = {batch_size}" if batch_size else "")
-                           + ", no nested pair",
-                           "use accumulation_steps >= 2, wrap loss.backward() in `with tracker.per_example():`, "
-                           "or train with DDP on 2+ ranks")
+                           + ", no nested pair" + (f" (this step's forward saw {rows_seen} rows of the "
+                                                   f"batch_size={batch_size}: is tracker.step() called after every "
+                                                   "micro-step?)" if per_micro else ""),
+                           (f"call tracker.step() once per optimizer step, after its last micro-step, and pass "
+                            f"accumulation_steps={batch_size // rows_seen}" if per_micro else
+                            "use accumulation_steps >= 2, wrap loss.backward() in `with tracker.per_example():`, "
+                            "or train with DDP on 2+ ranks"))
             if batch_size is None:
                 self._fail("the tracker does not know the batch size of this step",
                            "pass Tracker(batch_size=...) or tracker.step(batch_size=...): examples per optimizer "

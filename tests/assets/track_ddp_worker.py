@@ -59,6 +59,12 @@ def main(out: str) -> None:
     agreed = {name: disagree(ddp, w_star, rank, name) for name in ("uneven", "one_fails", "rows",
                                                                        "nodes", "bad_loss", "all_uneven")}
     agreed.update({name: short_step(ddp, w_star, rank, name) for name in ("short_everywhere", "short_on_one")})
+    try:  # the Tracker on the wrapped module: its .grad is the ranks' average, the one-process pair would be wrong
+        Tracker(ddp.module, accumulation_steps=K, batch_size=K * MICRO).close()
+        agreed["inner"] = ""
+    except TrackerError as e:
+        agreed["inner"] = e.message + " | " + e.hint
+    Tracker(ddp.module, source="accumulation", accumulation_steps=K).close()  # each rank on its own: said so
     if rank == 0:
         with open(out, "w") as f:
             json.dump({"b_simple": est.value, "lo": est.lo, "hi": est.hi, "status": est.status.value,
