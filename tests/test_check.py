@@ -129,6 +129,46 @@ def test_a_measurement_at_the_initial_weights_can_show_a_batch_too_small_never_t
     assert r.exit_code == 2 and json.loads(r.stdout)["noise_scale"]["initial"] is True
 
 
+def _short_probe(growth=4.0) -> Report:
+    """A 60-step AdamW probe whose noise scale grew ``growth``× as the loss fell 3.2 → 2.62 (a new user's char LM)."""
+    path = ((0, 3.2, 1.0), (20, 2.9, growth ** (1 / 3)), (40, 2.75, growth ** (2 / 3)), (60, 2.62, growth))
+    return make_report([_row(s, loss, 10.0 * k, 8.0 * k, 12.5 * k) for s, loss, k in path], optimizer="AdamW",
+                       lr=0.003)
+
+
+def test_too_large_on_a_path_still_growing_is_a_warning_unless_judged_at_a_loss(tmp_path):
+    """`bsprof check SPEC.py --steps 60` failed B = 512 as too large against a 60-step path average of 23.6 (at most
+    272 passes); 150 steps gave 72.2 (721 passes). The critical batch grows as the loss falls: "too large" on a path
+    along which it still grew holds for a training that ends there only, so it passes with a warning (exit 0)
+    saying so, unless judged at a loss the path reached (--at-loss). Too small stays a failure."""
+    rep = _short_probe()
+    v = judge(rep, 4096)
+    c = v.checks[0]
+    assert v.noise.growth == pytest.approx(4.0) and v.noise.path == (3.2, 2.62)
+    assert c.status == PASS and v.exit_code == 0 and "too large only for the probe's path" in c.message, c.message
+    assert "judged on the probe's path, loss 3.2 → 2.62: the noise scale grew 4× along it" in c.notes[0], c.notes
+    assert "--at-loss L (a loss the path reached, 2.62–3.2" in c.notes[0] and "--steps" in c.notes[0]
+    assert c.passing["max"] == math.inf and c.passing["max_path"] < 4096 and c.measured["growth"] == 4.0
+    assert f"at most {math.floor(c.passing['max_path']):,} examples pass" in c.message
+    at = judge(rep, 4096, at_loss=2.62).checks[0]                      # asked at a loss the probe reached: fails
+    assert at.status == FAIL and "too large" in at.message and at.passing["max"] < 4096
+    assert judge(rep, 2).checks[0].status == FAIL                       # too small: the noise scale only grows
+    assert judge(_short_probe(growth=1.2), 4096).checks[0].status == FAIL   # levelled off: the path stands for it
+    assert judge(make_report(), 100_000).checks[0].status == FAIL
+    log = check_batch(4096, Reading(50.0, 20.0, 100.0, "ok", growth=3.0, path=(3.2, 2.62), from_log=True))
+    assert log.status == PASS and "the log's path" in log.message and "train (and log) further" in log.notes[0]
+    # the machine outputs say the same: exit 0, status pass, no <failure>, a ::warning:: annotation
+    path = rep.to_json(tmp_path / "short.json")
+    data = json.loads(run(path, "-b", 4096, "--json").stdout)
+    assert data["status"] == "pass" and data["exit_code"] == 0 and data["checks"][0]["passing"]["max"] is None
+    assert data["noise_scale"]["growth"] == pytest.approx(4.0) and data["noise_scale"]["path"] == [3.2, 2.62]
+    junit = tmp_path / "junit.xml"
+    r = run(path, "-b", 4096, "--junit", junit, "--github")
+    assert r.exit_code == 0 and ET.parse(junit).getroot().find("testsuite").get("failures") == "0"
+    assert any(line.startswith("::warning ") and "--at-loss L" in line for line in r.stdout.splitlines())
+    assert run(path, "-b", 4096, "--at-loss", 2.62).exit_code == 1
+
+
 def test_at_loss_interpolates_log_b_simple_and_refuses_to_extrapolate():
     rep = make_report([_row(0, 2.3, 100.0, 80.0, 125.0), _row(50, 1.0, 300.0, 250.0, 370.0),
                        _row(100, 0.5, 1000.0, 800.0, 1250.0)])
@@ -285,6 +325,42 @@ def test_a_training_configs_batch_on_a_tokens_report_counts_sequences(tmp_path):
                for n in v["notes"]), v["notes"]
     r = run(tmp_path / "tokens.json", "-b", 32, "--lr", 3e-3)
     assert "for 32 sequences pass --batch-size 320" in " ".join(r.output.split()), r.output
+
+
+def test_a_batch_in_sequences_on_a_tokens_report_is_asked_about(tmp_path):
+    """A tokens report (32 sequences of 32 tokens): `-b 32` was judged as 32 tokens, "too small … at least 64 (2
+    sequences of 32) tokens passes", while the probe itself trained with 32 sequences = 1,024 tokens. A batch that
+    looks like sequences (the probe's batch, or under one sequence's tokens) is asked about in the message;
+    --batch-unit sequences gives the batch in sequences."""
+    rep = make_report(unit="tokens")
+    rep.config = {**rep.config, "tokens_per_example": 32}
+    path = rep.to_json(tmp_path / "tokens.json")
+    small = json.loads(run(path, "-b", 32, "--json").stdout)
+    assert small["exit_code"] == 1 and small["checks"][0]["measured"]["batch_size"] == 32
+    assert ("did you mean 32 sequences (the probe's batch) = 1,024 tokens? --batch-size is in tokens, the report's "
+            "unit: for 32 sequences pass --batch-size 1,024, or --batch-unit sequences") in small["messages"][0]
+    assert "did you mean 8 sequences = 256 tokens?" in json.loads(run(path, "-b", 8, "--json").stdout)["messages"][0]
+    seqs = json.loads(run(path, "-b", 32, "--batch-unit", "sequences", "--json").stdout)
+    assert seqs["exit_code"] == 0 and seqs["checks"][0]["measured"]["batch_size"] == 1024
+    assert "did you mean" not in r_text(seqs) and any("judged as 32 × 32 tokens per example = 1,024 tokens" in n
+                                                       for n in seqs["notes"])
+    assert "did you mean" not in r_text(json.loads(run(path, "-b", 2048, "--json").stdout))
+    assert "did you mean" not in r_text(json.loads(run(path, "-b", 32, "--batch-unit", "tokens", "--json").stdout))
+    passed = json.loads(run(path, "-b", 32, "--factor", 40, "--json").stdout)   # a pass: the question is a warning
+    assert passed["exit_code"] == 0 and "did you mean 32 sequences" in passed["checks"][0]["notes"][0]
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("batch_size: 2048\n")                                # a config holding tokens
+    as_tokens = json.loads(run(path, "-t", cfg, "--batch-unit", "tokens", "--json").stdout)
+    assert as_tokens["checks"][0]["measured"]["batch_size"] == 2048
+    examples = make_report().to_json(tmp_path / "examples.json")
+    bad = run(examples, "-b", 32, "--batch-unit", "tokens")
+    assert bad.exit_code == 2 and "not tokens" in bad.output
+    assert run(examples, "-b", 32, "--batch-unit", "sequences").exit_code == 1   # examples = sequences: as given
+    assert run(path, "-b", 32, "--batch-unit", "bytes").exit_code == 2
+
+
+def r_text(verdict: dict) -> str:
+    return " ".join([*verdict["messages"], *(n for c in verdict["checks"] for n in c["notes"]), *verdict["notes"]])
 
 
 def test_lr_on_a_tokens_report_scales_from_the_training_batch_in_tokens():
@@ -598,7 +674,11 @@ def test_spec_with_budget_and_a_measured_report(tmp_path):
     assert run(spec, "-b", 16, "--budget", "5s", "--steps", 20, "--save-report", trained).exit_code in (0, 1)
     b = json.loads(trained.read_text())["summary"]["critical_batch"]["value"]
     assert run(trained, "-b", max(1, round(b))).exit_code == 0
-    assert run(trained, "-b", round(b * 100)).exit_code == 1
+    large = json.loads(run(trained, "-b", round(b * 100), "--json").stdout)   # a short probe: its path only
+    growing = large["noise_scale"]["growth"] >= 1.5
+    warned = any("--at-loss L" in n for n in large["checks"][0]["notes"])
+    assert large["exit_code"] == (0 if growing else 1) and warned == growing, large
+    assert run(trained, "-b", round(b * 100), "--at-loss", large["noise_scale"]["path"][1]).exit_code == 1
     assert run(tmp_path / "missing.py", "-b", 16, "--budget", "2s").exit_code == 2
 
 

@@ -59,6 +59,16 @@ def test_temperature_note_says_whether_training_happened():
     assert "the checkpoint's weights (no training steps)" in message(steps=0, checkpoint="w.pt")
 
 
+def test_temperature_note_gives_the_batch_in_tokens_under_unit_tokens():
+    """Under --unit tokens the noise scale (and check's --batch-size) is in tokens: "batch 32" read as 32 tokens."""
+    r = Report(unit="tokens", config={"tokens_per_example": 32})
+    m = nn.Linear(2, 1)
+    diagnostics.before_run(r, m, torch.optim.SGD(m.parameters(), lr=0.1), SimpleNamespace(iterable=False), None,
+                           SimpleNamespace(micro_batch=8, batch_size=32, steps=200))
+    note = next(d["message"] for d in r.diagnostics if d["code"] == "temperature")
+    assert "at lr=0.1, batch 32 sequences = 1,024 tokens." in note, note
+
+
 def test_clipping_from_the_spec_or_the_optimizer():
     CLIP_GRAD_NORM = 1.0  # noqa: F841  (read from the loss function's globals, as in a spec file)
     globals()["CLIP_GRAD_NORM"] = 1.0

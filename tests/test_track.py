@@ -1376,7 +1376,10 @@ def test_the_cli_reads_a_tracker_log_like_a_report(tmp_path):
     assert any("a tracker log: B_simple over training-step windows" in n for n in plan["notes"])
     b = rows[-1].b_simple.value
     assert runner.invoke(app, ["check", str(log), "-b", str(max(1, round(b))), "--window", "20"]).exit_code == 0
-    assert runner.invoke(app, ["check", str(log), "-b", str(round(1000 * b)), "--window", "20"]).exit_code == 1
+    large = runner.invoke(app, ["check", str(log), "-b", str(round(1000 * b)), "--window", "20"])
+    assert large.exit_code == 0 and "train (and log) further" in large.output, large.output  # its path only
+    assert runner.invoke(app, ["check", str(log), "-b", str(round(1000 * b)), "--window", "20", "--at-loss",
+                               str(last)]).exit_code == 1
     confused = runner.invoke(app, ["check", str(log), "-b", "8", "-t", "0.5"])  # -t is --training-config here
     assert confused.exit_code == 2 and "--at-loss" in confused.output
 

@@ -2,7 +2,8 @@
 
 Exit 0: within policy. 1: violates it (the message says what, by how much, and what value passes).
 2: cannot judge (unreadable report, schema mismatch, undetermined measurement, a batch too large for a measurement
-at the initial weights only, bad options).
+at the initial weights only, bad options). A batch too large only for a path along which the noise scale was still
+growing passes with a warning (exit 0; ``policy.GROWING``).
 """
 
 from __future__ import annotations
@@ -206,7 +207,11 @@ def check(
     target: Path = typer.Argument(..., help="report.json (or its folder) from `bsprof measure`, a tracker log "
                                             "(.jsonl, bsprof.Tracker(log=...)), or a SPEC.py to measure now on the "
                                             "CPU within --budget."),
-    batch_size: Optional[int] = O(None, "--batch-size", "-b", help="The batch size to judge, in the report's unit."),
+    batch_size: Optional[int] = O(None, "--batch-size", "-b", help="The batch size to judge, in the report's unit "
+                                  "(examples, or tokens for a tokens report; see --batch-unit)."),
+    batch_unit: Optional[str] = O(None, help="What the batch size counts: examples (or sequences, the same) or "
+                                  "tokens; on a tokens report sequences are multiplied by its tokens per example. "
+                                  "[the report's unit; a --training-config batch: sequences]"),
     lr: Optional[float] = O(None, "--lr", help="The learning rate to judge against the optimizer's scaling rule."),
     training_config: Optional[Path] = O(None, "--training-config", "-t", help="Your training config (YAML, JSON "
                                         "or TOML) holding the batch size and lr; command-line values win."),
@@ -217,8 +222,9 @@ def check(
     lr_key: Optional[str] = O(None, help="Dotted key of the lr in --training-config, e.g. optim.lr "
                                 f"(else tries {', '.join(LR_KEYS)})."),
     at_loss: Optional[float] = O(None, help="Judge at this loss: log B_simple interpolated between measurements "
-                                 "(never extrapolated), with the headline's factor and model range. [the report's "
-                                 "critical batch]"),
+                                 "(never extrapolated), with the headline's factor and model range; a batch too "
+                                 "large there fails even where the noise scale was still growing along the path. "
+                                 "[the report's critical batch]"),
     factor: Optional[float] = O(None, help="A batch passes within this factor of the noise scale: "
                                 "B_n/F ≤ B ≤ F·B_n. [4]"),
     max_extra_compute: Optional[float] = O(None, help="Fail if B/B_n = E/E_min − 1 exceeds this. [--factor]"),
@@ -231,7 +237,8 @@ def check(
     baseline_factor: Optional[float] = O(None, help="Allowed movement of the noise scale against --baseline. [2]"),
     budget: Optional[str] = O(None, help="With a SPEC.py: seconds of CPU measurement ('60s', '2m', '90'). [60s]"),
     steps: int = O(0, help="With a SPEC.py: probe-training steps, measured along (0: the initial weights only, "
-                   "which can show a batch too small but not too large)."),
+                   "which can show a batch too small but not too large; a short probe shows a batch too large for "
+                   "its own path only: a warning while the noise scale still grows)."),
     seed: Optional[int] = O(None, help="With a SPEC.py: random seed. [0]"),
     rel_error: Optional[float] = O(None, help="With a SPEC.py: stop measuring once the interval on B_simple is "
                                    "this tight (relative half-width) or the budget is spent. [0.2]"),
@@ -249,7 +256,8 @@ def check(
     1 violated, 2 cannot judge.
 
     Extra steps S/S_min − 1 = B_n/B and extra compute E/E_min − 1 = B/B_n (McCandlish et al. 2018): a batch
-    fails only if it violates the policy even at the most favourable end of the interval on B_n.
+    fails only if it violates the policy even at the most favourable end of the interval on B_n; too large only for
+    a probe's path along which the noise scale still grew is a warning (--at-loss judges at one loss).
     """
     extra: dict = {}
     with user_errors(2):
@@ -264,7 +272,7 @@ def check(
     try:
         policy = resolve(Policy, config, overrides, command="check", flags=True)
         verdict, extra = _judge_all(target, batch_size, lr, training_config, batch_key, lr_key, at_loss, policy,
-                                    baseline, budget, steps, seed, rel_error, save_report, window)
+                                    baseline, budget, steps, seed, rel_error, save_report, window, batch_unit)
     except KeyboardInterrupt as e:  # while measuring a SPEC.py: no verdict; what was kept is said
         err_console.print(f"[bold red]{signals.describe(e)}[/]: " + getattr(e, "kept", "nothing was judged"))
         raise typer.Exit(signals.exit_code(e))
@@ -283,29 +291,60 @@ def check(
     raise typer.Exit(verdict.exit_code)
 
 
-def in_report_unit(report, batch_size: int, from_config: bool) -> tuple[int, list[str]]:
-    """The batch to judge in the report's unit, and notes. A tokens report (``--unit tokens``) with T tokens per
-    example: a training config's batch counts sequences (a new user's config batch of 32 was judged as 32 tokens and
-    failed the probe's own settings), so it is multiplied by T; a --batch-size that is not a whole number of
-    sequences is judged as given, with a note."""
+BATCH_UNITS = ("examples", "sequences", "tokens")
+
+
+def in_report_unit(report, batch_size: int, from_config: bool, unit: str | None = None
+                   ) -> tuple[int, list[str], str | None]:
+    """The batch to judge in the report's unit, notes, and a question for the checks' messages. ``unit``
+    (--batch-unit): what the batch counts, examples (= sequences) or tokens; by default the report's unit, but
+    sequences for a training config's batch on a tokens report (a new user's config batch of 32 was judged as 32
+    tokens and failed the probe's own settings). On a tokens report with T tokens per example, sequences are
+    multiplied by T; a --batch-size that looks like sequences (the probe's batch in sequences, or less than one
+    sequence's tokens) gets the question "did you mean …?", one that is not a whole number of sequences a note."""
     tpe = report.config.get("tokens_per_example")
-    if report.unit != "tokens" or not (isinstance(tpe, (int, float)) and tpe > 1):
-        return batch_size, []
-    tpe = int(tpe)
+    tpe = int(tpe) if report.unit == "tokens" and isinstance(tpe, (int, float)) and tpe >= 1 else None
+    seqs = "examples" if unit == "sequences" else unit
+    if seqs == "tokens" and report.unit != "tokens":
+        raise ConfigError(f"--batch-unit tokens: the report's noise scale is in {report.unit}, not tokens",
+                          "pass --batch-size in examples, or measure in tokens (`bsprof measure --unit tokens`)")
+    if seqs == "examples" and report.unit == "tokens" and tpe is None:
+        raise ConfigError(f"--batch-unit {unit}: the report is in tokens and does not record tokens per example "
+                          "(a tracker log records its batch in tokens)", "pass --batch-size in tokens")
+    if tpe is None or seqs == "tokens" or (seqs is None and tpe == 1):
+        return batch_size, [], None
     batch_size = int(batch_size) if float(batch_size).is_integer() else batch_size
+    tokens = f"{batch_size:,} × {tpe} tokens per example = {batch_size * tpe:,} tokens, the report's unit"
+    if seqs == "examples":
+        given = "the training config's batch size" if from_config else "--batch-size"
+        return batch_size * tpe, [f"{given} {batch_size:,} is in {unit} (--batch-unit): judged as {tokens}"], None
     if from_config:
         return batch_size * tpe, [f"the training config's batch size {batch_size:,} is read as sequences and judged "
-                                  f"as {batch_size:,} × {tpe} tokens per example = {batch_size * tpe:,} tokens, the "
-                                  "report's unit (--batch-size in tokens overrides it)"]
+                                  f"as {tokens} (--batch-size in tokens, or --batch-unit tokens, overrides it)"], None
+    fix = f"for {batch_size:,} sequences pass --batch-size {batch_size * tpe:,}, or --batch-unit sequences"
+    if batch_size < tpe or batch_size == report.config.get("batch_size"):
+        probe = " (the probe's batch)" if batch_size == report.config.get("batch_size") else ""
+        return batch_size, [], (f"did you mean {batch_size:,} sequences{probe} = {batch_size * tpe:,} tokens? "
+                                f"--batch-size is in tokens, the report's unit: {fix}")
     if batch_size % tpe:
         return batch_size, [f"--batch-size {batch_size:,} is in tokens, the report's unit, and is not a whole number "
-                            f"of {tpe}-token examples: for {batch_size:,} sequences pass --batch-size "
-                            f"{batch_size * tpe:,}"]
-    return batch_size, []
+                            f"of {tpe}-token examples: {fix}"], None
+    return batch_size, [], None
+
+
+def _ask(verdict: Verdict, question: str) -> Verdict:
+    """``question`` at the end of the batch (and lr) check's message where it did not pass, else a warning on it."""
+    def ask(c):
+        if c.name not in ("batch_size", "lr") or (c.name == "lr" and c.status == PASS):
+            return c
+        if c.status == PASS:
+            return dataclasses.replace(c, notes=(question, *c.notes))
+        return dataclasses.replace(c, message=f"{c.message}; {question}")
+    return dataclasses.replace(verdict, checks=tuple(ask(c) for c in verdict.checks))
 
 
 def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, policy, baseline, budget, steps,
-               seed, rel_error, save_report, window=100) -> tuple[Verdict, dict]:
+               seed, rel_error, save_report, window=100, batch_unit=None) -> tuple[Verdict, dict]:
     """Parse → one library call (judge) → the verdict plus extra figures for the JSON output."""
     is_spec = target.suffix == ".py"
     problems = []
@@ -318,6 +357,8 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
         problems.append(f"--steps must be 0 or more (got {steps})")
     if (batch_key or lr_key) and config is None:
         problems.append("--batch-key and --lr-key need --training-config FILE")
+    if batch_unit is not None and batch_unit not in BATCH_UNITS:
+        problems.append(f"--batch-unit must be one of {', '.join(BATCH_UNITS)} (got {batch_unit!r})")
     if problems:
         raise ConfigError("bad options:\n  - " + "\n  - ".join(problems), "see `bsprof check --help`")
     notes = []
@@ -346,7 +387,7 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
         if world > 1:  # the Tracker's batch_size is per rank; the noise scale, and so -b, are the global batch's
             notes.append(f"the log is from {world} ranks: its critical batch, and --batch-size, are the global batch "
                          f"(all ranks together: {world} × the per-rank batch_size the Tracker was given)")
-    batch_size, unit_notes = in_report_unit(report, batch_size, from_config)
+    batch_size, unit_notes, question = in_report_unit(report, batch_size, from_config, batch_unit)
     notes += unit_notes
     try:
         verdict = judge(report, batch_size, lr, policy, at_loss, old)
@@ -356,6 +397,8 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
         hint = (f"pick a loss inside the measured range, or {further}" if "extrapolate" in str(e) else
                 "see `bsprof check --help`")
         raise ConfigError(str(e), hint)
+    if question:
+        verdict = _ask(verdict, question)
     if info is not None:
         info["rel_halfwidth"] = verdict.noise.rel_halfwidth if verdict.noise else None
         extra["measured_now"] = info

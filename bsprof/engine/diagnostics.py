@@ -64,16 +64,16 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
                         "and no finite-population correction is applied. Shuffle the stream, or return a "
                         "map-style Dataset.")
     group = optimizer.param_groups[0]
-    lr = group.get("lr")
+    lr, batch = group.get("lr"), _batch_text(report, cfg.batch_size)
     if getattr(cfg, "steps", None) == 0:  # no probe training: lr and batch shaped none of the weights measured
         where = "the checkpoint's weights" if getattr(cfg, "checkpoint", None) else "the initial weights"
         report.diagnose("temperature", f"the noise scale depends on the temperature lr/B (McCandlish App. C): it "
-                        f"was measured at {where} (no training steps), at lr={lr:g} / batch {cfg.batch_size} "
+                        f"was measured at {where} (no training steps), at lr={lr:g} / batch {batch} "
                         "(not applied). Along training it depends on the lr/B you train with; compare runs at "
                         "equal lr/B.")
     else:
         report.diagnose("temperature", f"the noise scale depends on the temperature lr/B (McCandlish App. C): it "
-                        f"was measured along training at lr={lr:g}, batch {cfg.batch_size}. Compare runs at equal "
+                        f"was measured along training at lr={lr:g}, batch {batch}. Compare runs at equal "
                         "lr/B.")
     steps, every = getattr(cfg, "steps", 0), getattr(cfg, "measure_every", 0)
     if steps and every and every >= steps:   # one interval: no curve along training, no windows between
@@ -116,6 +116,15 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
                         "noise scales as measured." + (" Nesterov momentum was checked on one task only (1.65× the "
                                                        "sweep with this factor)." if any(
                                                            g.get("nesterov") for g in optimizer.param_groups) else ""))
+
+
+def _batch_text(report: Report, batch: int) -> str:
+    """The probe's batch as the note gives it: in examples, or in the report's unit under --unit tokens ("32 sequences =
+    1,024 tokens": the noise scale, and a --batch-size judged against it, are in tokens)."""
+    tpe = report.config.get("tokens_per_example") if report.unit == "tokens" else None
+    if not (isinstance(tpe, (int, float)) and tpe >= 1):
+        return f"{batch}"
+    return f"{batch} sequence{'s' if batch != 1 else ''} = {int(batch * tpe):,} tokens"
 
 
 def method(report: Report, choice) -> None:

@@ -19,6 +19,12 @@ hi = ∞) can still prove a batch too small; nothing else can be judged from it.
 Initial weights. The noise scale grows as the loss falls (often 10× over a run), so a measurement made only at the
 initial weights (step 0, no training step before it) is a lower bound on the noise scale of the run: it can prove a
 batch too small (B_n only grows, and the batch stays too small), never too large (that is cannot_judge).
+
+A probe's path. The report's critical batch is the path average over the losses the probe (or the log) went through.
+A training that goes on to lower losses has a larger one, so "too large" on a path along which the noise scale was
+still growing (grew ``GROWING``× or more) holds for a training that ends where the path ends, not beyond: it passes
+with a warning that says so, unless asked at one loss the path reached (``--at-loss``). "Too small" stands: a larger
+noise scale later leaves the batch too small.
 """
 
 from __future__ import annotations
@@ -84,6 +90,9 @@ class Reading(Estimate):
                                                  # schedule JSON's noise_followed and noise_factor
     initial: bool = False                        # every measurement it is read from is at the initial weights
                                                  # (``at_initial_weights``): it can show a batch too small only
+    growth: float | None = None                  # the noise scale's growth along the path it was judged on (at its
+                                                 # lowest loss over its highest, ``path_growth``); None: at one loss
+    path: tuple[float, float] | None = None      # that path's (highest, lowest) loss
 
     def brief(self) -> str:
         """``describe`` without where the value was read (the verdict's first line says it)."""
@@ -100,7 +109,7 @@ class Reading(Estimate):
         d = {**super().to_dict(), "name": self.name, "unit": self.unit, "where": self.where, "loss": self.loss,
              "step": self.step, "eps_max": self.eps_max, "rel_halfwidth": self.rel_halfwidth,
              "model_range": self.model_range, "quantity": self.quantity, "factor": self.factor,
-             "initial": self.initial}
+             "initial": self.initial, "growth": self.growth, "path": self.path}
         if self.b_noise is not None:
             d.update(self.b_noise.to_row("b_noise"))
             del d["b_noise_status"]
@@ -167,7 +176,27 @@ def noise_at(report: Report, at_loss: float | None = None) -> Reading:
     """``_noise_at``, marked when the report is a tracker's log (its fixes differ: --window, not a probe) and when
     it was measured at the initial weights only (``at_initial_weights``)."""
     r = dataclasses.replace(_noise_at(report, at_loss), initial=at_initial_weights(report))
+    if at_loss is None:   # the headline's quantity, or the latest measurement's B_simple where it judges
+        r = dataclasses.replace(r, **path_growth(report, _headline_column(report)[0] if r.name == "B_crit" else
+                                                 "b_simple"))
     return dataclasses.replace(r, from_log=True) if report.spec.get("tracker_log") else r
+
+
+# A flat noise scale measured twice to ±20% (--rel-error's default) shows a growth of at most 1.2/0.8 = 1.5
+GROWING = 1.5
+
+
+def path_growth(report: Report, col: str) -> dict:
+    """{"growth": the value at the lowest loss over that at the highest, "path": (highest, lowest) loss} of the noise
+    scale ``col`` over the rows the headline's path runs through (``plan.usable_rows``: B_simple ok, finite loss);
+    {} with fewer than two losses."""
+    from bsprof.schedule.plan import noise_of
+
+    rows = sorted(((r.loss, e.value) for r in report.measurements if r.b_simple.ok and finite(r.loss)
+                   and (e := noise_of(r, col)) is not None and e.ok and finite(e.value) and e.value > 0))
+    if len(rows) < 2 or not rows[0][0] < rows[-1][0]:
+        return {}
+    return {"growth": rows[0][1] / rows[-1][1], "path": (rows[-1][0], rows[0][0])}
 
 
 def at_initial_weights(report: Report) -> bool:
@@ -410,7 +439,10 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy(), to
                            f"cannot judge B = {_fmt(B)}: the noise scale is undetermined ({noise.where}); "
                            "|G|² was not distinguished from 0",
                            ("measure longer or at a lower loss: `bsprof measure --max-examples ...`",), measured)
-    passing = {"min": noise.lo / Xs, "max": math.inf if noise.initial else noise.hi * Xc}
+    grows = noise.growth is not None and noise.growth >= GROWING and not noise.initial
+    passing = {"min": noise.lo / Xs, "max": math.inf if noise.initial or grows else noise.hi * Xc}
+    if grows:
+        passing["max_path"] = noise.hi * Xc   # what passes for a training that ends where the path ends
     if noise.status == Status.OK:
         lo_clean, hi_clean = noise.hi / Xs, math.inf if noise.initial else noise.lo * Xc
         passing["suggest"] = (_pow2_within(B, lo_clean, hi_clean, g)
@@ -435,6 +467,8 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy(), to
                            measured, passing)
     if B / noise.hi > Xc and noise.initial:
         return _too_large_at_initial_weights(B, noise, Xs, measured, passing)
+    if B / noise.hi > Xc and grows:
+        return _too_large_on_the_path(B, noise, Xc, g, measured, passing)
     if B / noise.hi > Xc:
         extra = B / noise.hi
         return CheckResult("batch_size", FAIL,
@@ -479,6 +513,30 @@ def _too_large_at_initial_weights(B: float, noise: Reading, Xs: float, measured:
                        "loss falls (often 10× over a run), so a measurement at initialisation can show a batch too "
                        f"small, never too large (and B ≥ {_fmt(noise.lo / Xs)} {noise.unit} is not too small)",
                        (TRAIN_FIRST,), {**measured, "extra_compute": B / noise.hi}, passing)
+
+
+def _too_large_on_the_path(B: float, noise: Reading, Xc: float, g: int, measured: dict, passing: dict
+                           ) -> CheckResult:
+    """A batch above F·hi on a path along which the noise scale was still growing: too large for a training that
+    ends where the path ends; one that goes on to lower losses has a larger critical batch (B_n grows as the loss
+    falls), which B may be within. A warning, not a failure (unless judged at one loss, ``--at-loss``)."""
+    from bsprof.schedule.headline import NAMES
+
+    extra, (high, low), most = B / noise.hi, noise.path, _whole(passing["max_path"], g, False)
+    who, longer = (("the log's", "train (and log) further") if noise.from_log else
+                   ("the probe's", "probe longer (more --steps)"))
+    return CheckResult(
+        "batch_size", PASS,
+        f"B = {_fmt(B)} is too large only for {who} path: extra compute E/E_min − 1 = B/B_n ≥ {_fmt(extra)} (limit "
+        f"{_fmt(Xc)}) even at the high end of {noise.describe()}, where at most {most} {noise.unit} pass; "
+        "not failing, since the noise scale was still growing along that path",
+        (f"judged on {who} path, loss {_fmt(high)} → {_fmt(low)}: the noise scale grew {_fmt(noise.growth)}× "
+         f"along it ({NAMES.get(noise.quantity, noise.quantity)}, at the lowest loss over the highest) and keeps "
+         "growing as the loss falls (McCandlish et al. 2018), so a training that goes on to lower losses has a larger "
+         f"critical batch, and B = {_fmt(B)} may be within policy for it; to judge at the loss you train to, pass "
+         f"--at-loss L (a loss the path reached, {_fmt(low)}–{_fmt(high)}; too large there fails), or {longer} to "
+         "reach it",),
+        {**measured, "extra_compute": extra, "growth": noise.growth}, passing)
 
 
 def _initial_note(B: float) -> str:
