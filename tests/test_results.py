@@ -346,3 +346,22 @@ def test_every_csv_has_the_window_columns_and_reads_back():
     back = [Measurement.from_row(line) for line in lines]
     assert back[0].b_simple_window is None and back[0].window_steps == 0
     assert back[1].b_simple_window == windowed.b_simple_window and back[1].window_steps == 10
+
+
+def test_a_cut_short_rows_undetermined_window_keeps_its_column():
+    """The window_cut_short note names the last row's B_simple (training), which was undetermined: the column was
+    dropped, as for a report without windows, and the note pointed at nothing (a trial's finding)."""
+    from rich.console import Console
+
+    from bsprof.output.report import Report
+    from bsprof.results import Estimate, Measurement, Status
+
+    rows = [Measurement(step=0, loss=1.0, b_simple=Estimate(50.0, 40.0, 60.0), g2=Estimate(1.0, 0.9, 1.1),
+                        trace_sigma=50.0),
+            Measurement(step=3, loss=0.9, b_simple=Estimate.none(Status.NOT_AVAILABLE),
+                        g2=Estimate.none(Status.NOT_AVAILABLE), trace_sigma=float("nan"), stopped_by="cut_short",
+                        method="track", b_simple_window=Estimate.none(Status.UNDETERMINED), window_steps=3)]
+    console = Console(width=150, record=True)
+    console.print(Report(measurements=rows))
+    text = console.export_text()
+    assert "B_simple (training)" in text and "undetermined" in text

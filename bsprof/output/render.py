@@ -126,8 +126,10 @@ def report_table(report, summary=None, width: int | None = None) -> Group:
     table = Table(title=f"gradient noise scale ({report.unit}; {conf:.0%} intervals{where})", title_justify="left")
     extra = [(k, name) for k, name in (("b_simple_window", "B_simple (training)"), ("b_noise", "B_noise"),
                                        ("b_pre", "B_pre (Adam)"))
-             if any(getattr(r, k) is not None and (finite(getattr(r, k).value) or finite(getattr(r, k).lo))
-                    for r in report.measurements)]  # a column of lower bounds only ("> 435") is shown too
+             if any(getattr(r, k) is not None and (finite(getattr(r, k).value) or finite(getattr(r, k).lo)
+                                                   or r.stopped_by == "cut_short")
+                    for r in report.measurements)]  # a column of lower bounds only ("> 435") is shown too, and a
+    #                                                 cut-short row's window even undetermined (its note names it)
     columns = ["step", "loss", "B_simple", *(name for _, name in extra), "|G|²", "tr(Σ)", "draws", "examples",
                "stopped by"]
     rows = [[str(r.step), fmt(r.loss, 4), estimate_text(r.b_simple),
