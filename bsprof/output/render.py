@@ -164,6 +164,8 @@ def report_table(report, summary=None, width: int | None = None) -> Group:
     for d in report.diagnostics:
         if probe and why and d["message"] == why:  # the method_trial note: the probe line just said it
             continue
+        if d["code"] == "temperature" and not report.measurements:  # "measured along training at …": nothing was
+            continue
         parts.append(Text(f"note [{d['code']}]: {d['message']}", style="yellow"))
     if report.incomplete:
         parts.append(Text(f"incomplete: stopped at step {report.incomplete.get('step')}: "
