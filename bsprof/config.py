@@ -124,7 +124,7 @@ def resolve(cls, yaml_path: str | Path | None = None, overrides: dict | None = N
     values: dict = {}
     errors: list[str] = []
     if yaml_path is not None:
-        values.update(_read_yaml(Path(yaml_path)))
+        values.update(read_yaml(yaml_path))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -163,7 +163,9 @@ def as_flags(text: str, names: list[str]) -> str:
     return text
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: str | Path) -> dict:
+    """The mapping of options in a --config YAML file; a ConfigError when it is missing or not a mapping."""
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}", "pass an existing YAML file to --config")
     data = load_yaml(path.read_text(), path) or {}

@@ -128,11 +128,11 @@ def test_the_bundled_training_config_has_the_keys_the_docs_name():
 
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
     """yaml's message says `in "<unicode string>", line 2`: the file's name stands there instead."""
-    from bsprof.config import _read_yaml
+    from bsprof.config import read_yaml
     from bsprof.errors import ConfigError
 
     bad = tmp_path / "run.yaml"
     bad.write_text("steps: 10\nbatch_size: [32\n")
     with pytest.raises(ConfigError) as err:
-        _read_yaml(bad)
+        read_yaml(bad)
     assert "<unicode string>" not in str(err.value) and f'in {bad}, line' in str(err.value)

@@ -96,6 +96,9 @@ def test_budget_note_says_what_the_asked_precision_would_cost():
     text = precision_text(timing, rows, 0.2)
     assert "1 measurement(s) stopped at the time budget" in text and "±40% instead of ±20%" in text
     assert "about 4.0× the training time (--measure-budget 4, or 0" in text  # 2 s × (0.4/0.2)² / 2 s
+    timing["measurement_s"] = [1.0, 2.86]   # 5.72×: one rounding (up) for the text and the flag, not 5.7 and 5.8
+    text = precision_text(timing, rows, 0.2)
+    assert "about 5.8× the training time (--measure-budget 5.8, or 0" in text
     rows[1] = SimpleNamespace(step=50, stopped_by="budget", b_simple=Estimate(10, 1, 400, Status.OK))
     text = precision_text(timing, rows, 0.2)  # ±1995%: ≈ 10⁴× the training time is no advice
     assert "over 20× the training time" in text and "--measure-budget" not in text

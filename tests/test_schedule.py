@@ -297,8 +297,9 @@ def test_a_target_above_where_the_path_starts_says_how_to_reach_it():
 
 @pytest.mark.parametrize("args,needle", [
     (["-t", "0.05"], "--allow-extrapolation"),
-    (["-t", "5"], "not below"),
-    (["-t", "5"], "reached before any training"),  # the path starts at step 0: nothing to schedule
+    (["-t", "5"], "the target 5 is above the initial loss 2.3"),
+    (["-t", "5"], "there is nothing to train to it"),
+    ([], "pass --target-loss L (-t L), or set target_loss: L in the YAML of --config"),
     (["-t", "0.4", "--rule", "bogus"], "rule must be one of"),
     (["-t", "0.4", "--max-batch", "big"], "--max-batch must be"),
     (["-t", "0.4", "-f", "xml"], "--format must be"),
@@ -308,6 +309,38 @@ def test_cli_errors_exit_2(report_file, args, needle):
     r = runner.invoke(app, ["schedule", str(report_file), *args])
     assert r.exit_code == 2, r.output
     assert needle in r.output and "Traceback" not in r.output
+
+
+def test_the_yaml_target_loss_stands_in_for_the_flag(report_file, tmp_path):
+    """A trial's sok.yaml with target_loss and rule got "Missing option '--target-loss'": the YAML's target_loss is
+    read (the flag wins), and without either the error names both ways."""
+    runner, app = _runner()
+    cfg = tmp_path / "sok.yaml"
+    cfg.write_text("target_loss: 0.4\nrule: noise\n")
+    r = runner.invoke(app, ["schedule", str(report_file), "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "Batch-size schedule to loss 0.4 (rule noise" in r.stdout
+    r = runner.invoke(app, ["schedule", str(report_file), "--config", str(cfg), "-t", "0.5"])
+    assert r.exit_code == 0 and "Batch-size schedule to loss 0.5 (rule noise" in r.stdout
+    cfg.write_text("rule: noise\n")
+    r = runner.invoke(app, ["schedule", str(report_file), "--config", str(cfg)])
+    assert r.exit_code == 2 and "Missing option" not in r.output and "Traceback" not in r.output
+    assert "--target-loss L (-t L), or set target_loss: L" in " ".join(r.output.split())
+
+
+def test_a_target_above_the_initial_loss_is_named_as_such():
+    """A target above the run's initial loss (2.3) was told to measure again with a smaller --measure-every (the
+    message for a target between the initial loss and the loss 1.62 where the followed noise scale starts)."""
+    from bsprof.errors import ConfigError
+
+    report = late_path_report()
+    for target, says in ((3.0, "the target 3 is above the initial loss 2.3: there is nothing to train to it"),
+                         (2.3, "the target 2.3 is at the initial loss 2.3"),
+                         (2.0, "where the followed noise scale starts")):
+        with pytest.raises(ConfigError) as e:
+            plan(report, ScheduleConfig(target_loss=target))
+        assert says in e.value.message
+        assert ("smaller --measure-every" in e.value.hint) == (target == 2.0)
 
 
 def test_cli_missing_report(tmp_path):
@@ -552,6 +585,36 @@ def test_recommendation_pure():
     one = [Stage(0, 2.0, 32, 0.1, 32, 1, 1)]
     r = recommend({"steps": 100.0, "examples": 3200.0}, base, "examples", one)   # one stage: a constant batch
     assert r["use"] == "constant" and r["batch_size"] == 32 and "the schedule is that constant batch" in r["text"]
+
+
+def test_every_recommendation_has_the_documented_fields_and_a_constant_one_its_lr():
+    """docs/fields.md: use, batch_size, steps, examples, text, and lr; the schedule's had no steps or examples, and
+    a constant batch's gave no lr (the rule's at that batch, with B_n = the path's B_crit)."""
+    keys = {"use", "batch_size", "steps", "examples", "lr", "text"}
+    s = plan(synthetic_report(), ScheduleConfig(target_loss=0.4))
+    rec = s.recommendation
+    assert rec["use"] == "schedule" and set(rec) == keys and rec["lr"] is None and rec["batch_size"] is None
+    assert (rec["steps"], rec["examples"]) == (s.prediction["steps"], s.prediction["examples"])
+    c = plan(synthetic_report(), ScheduleConfig(target_loss=0.4, rule="padadamp", b0=1, rate=2, min_batch=1))
+    rec = c.recommendation
+    assert rec["use"] == "constant" and set(rec) == keys
+    assert rec["lr"] == pytest.approx(rules.lr_linear(0.1, rec["batch_size"], 32, c.prediction["b_crit"]))
+    assert f"use a constant batch of {rec['batch_size']:,} examples at lr {rec['lr']:.4g}: predicted" in rec["text"]
+    capped = plan(synthetic_report(), ScheduleConfig(target_loss=0.4, rule="padadamp", b0=1, rate=2, min_batch=1,
+                                                     lr_cap=2)).recommendation
+    assert capped["lr"] == pytest.approx(min(rec["lr"], 0.2))
+
+
+def test_the_lr_extrapolation_names_the_steps_it_applies_to():
+    """"if the first steps diverge" was said of the last stage's lr: the note names that stage and the step from
+    which the lr is above 2 × the probed one."""
+    s = plan(synthetic_report(), ScheduleConfig(target_loss=0.4, max_batch=1024))
+    top = max(s.stages, key=lambda st: st.lr)
+    first = next(st for st in s.stages if st.lr > 0.2)
+    note = next(a for a in s.assumptions if "an extrapolation;" in a)
+    assert f"at batch {top.batch_size:,} (the stage from step {top.start_step:,}" in note
+    assert f"if the steps from {first.start_step:,} on diverge" in note and "the first steps" not in note
+    assert top.start_step > 0
 
 
 def test_constant_batch_that_beats_the_schedule_is_recommended(report_file):

@@ -90,6 +90,31 @@ def test_cli_framework_formats(tmp_path):
     assert r.exit_code == 2 and "--seq-length" in r.output and "Traceback" not in r.output
 
 
+def test_formats_without_an_lr_say_the_stages_lrs_on_stderr(tmp_path):
+    """megatron and olmo printed only the batch ramp, dropping the lrs and the lr extrapolation: both go to stderr
+    (stdout stays pasteable); deepspeed carries the lr."""
+    from typer.testing import CliRunner
+
+    from bsprof.cli import app
+    from tests.test_schedule import synthetic_report
+
+    report = synthetic_report().to_json(tmp_path / "report.json")
+    base = ["schedule", str(report), "-t", "0.4", "--max-batch", "1024", "--seq-length", "128"]
+    for fmt, says in (("megatron", "--lr-warmup-init"), ("olmo", "olmo_core.optim.scheduler"), ("deepspeed", None)):
+        r = CliRunner().invoke(app, [*base, "-f", fmt])
+        assert r.exit_code == 0, r.output
+        READERS[fmt](r.stdout)
+        assert "lr" not in r.stdout or fmt == "deepspeed"
+        err = " ".join(r.stderr.split())
+        assert "warning: the rule's lr" in err and "(the stage from step" in err   # the extrapolation
+        if says:
+            lrs = ", ".join(f"{s['lr']:.4g} from step {s['start_step']:,}"
+                            for s in json.loads(CliRunner().invoke(app, [*base, "-f", "json"]).stdout)["stages"])
+            assert f"note: the {fmt} format carries no learning rate; the schedule's: {lrs}." in err and says in err
+        else:
+            assert "carries no learning rate" not in err
+
+
 def test_cli_token_report_exports_whole_sequences(tmp_path):
     """A --unit tokens report (10 tokens per sequence): the stages are whole sequences, so megatron and deepspeed
     write without --seq-length (the report's), with it, and with --multiple-of 10."""

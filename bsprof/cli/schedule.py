@@ -14,7 +14,7 @@ from rich.table import Table
 
 from bsprof.cli.app import app, console, err_console, user_errors, write_output
 from bsprof.cli.source import load
-from bsprof.config import resolve
+from bsprof.config import read_yaml, resolve
 from bsprof.errors import ConfigError
 from bsprof.results import json_clean, number
 
@@ -26,7 +26,8 @@ FORMATS = ("table", "json", "yaml", "csv", "megatron", "olmo", "deepspeed", "tok
 def schedule(
     source: Path = typer.Argument(..., help="report.json (or its folder) from `bsprof measure`, a tracker's "
                                   "JSONL log, or a SPEC.py."),
-    target_loss: float = O(..., "--target-loss", "-t", help="Training loss the schedule should reach."),
+    target_loss: Optional[float] = O(None, "--target-loss", "-t", help="Training loss the schedule should reach "
+                                     "(or target_loss in --config)."),
     config: Optional[Path] = O(None, "--config", "-c", help="YAML file of schedule options (flags win)."),
     rule: Optional[str] = O(None, help="mccandlish (B = √(r·B_n), fewest steps for its examples), noise (B = B_n), "
                             "adadamp, padadamp, geodamp, doubling. [mccandlish]"),
@@ -84,13 +85,19 @@ def schedule(
 
             check_file(output, "--output")  # before measuring a SPEC.py
         overrides["max_batch"], memory_note = _max_batch(max_batch, source, overrides)
+        if target_loss is None and "target_loss" not in (read_yaml(config) if config is not None else {}):
+            raise ConfigError("no target loss: the schedule plans to a training loss you choose",
+                              "pass --target-loss L (-t L), or set target_loss: L in the YAML of --config")
         cfg = resolve(ScheduleConfig, config, overrides, command="schedule", flags=True)
         result = plan(load(source, "schedule", window=window, steps=steps), cfg)
         if memory_note:
             result.notes.append(memory_note)
         text = render(result, fmt, cfg.seq_length) if output is not None or fmt != "table" else ""
-    for w in result.warnings:
+    shown = fmt == "table" and output is None   # else the table's assumptions are not on the terminal
+    for w in result.warnings + ([] if shown else [a for a in lr_warnings(result) if a not in result.warnings]):
         err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+    if fmt in LR_NOTES and result.stages:
+        err_console.print(f"note: {lr_note(result, fmt)}", highlight=False)
     if output is not None:
         with user_errors():
             write_output(output, text)
@@ -127,6 +134,30 @@ def _max_batch(value: str | None, source: Path, overrides: dict) -> tuple[int | 
 
 
 # -- rendering ---------------------------------------------------------------------------------------------
+LR_NOTES = {  # formats that carry no lr: how the framework sets it
+    "megatron": "Megatron-LM sets the lr itself: --lr with its own warmup and decay (--lr-warmup-init, "
+                "--lr-warmup-samples, --lr-decay-style); e.g. a warmup from the first stage's lr to the last's "
+                "across the ramp follows these stages",
+    "olmo": "OLMo-core sets the lr with the optimizer's lr and the train module's scheduler (olmo_core.optim."
+            "scheduler, e.g. a warmup from the first stage's lr to the last's over the batch schedule)",
+    "tokens": "set each stage's lr in the loop (bsprof.schedule.apply.ScheduleLR reads the --format json schedule)",
+}
+
+
+def lr_note(result, fmt: str) -> str:
+    """The per-stage lrs a format cannot carry, and how its framework sets them."""
+    lrs = ", ".join(f"{s.lr:.4g} from step {s.start_step:,}" for s in result.stages)
+    return f"the {fmt} format carries no learning rate; the schedule's: {lrs}. {LR_NOTES[fmt]}"
+
+
+def lr_warnings(result) -> list[str]:
+    """The lr the rule extrapolates to (an assumption the table prints), for outputs that print no table."""
+    from bsprof.schedule.plan import extrapolated_lr
+
+    note = extrapolated_lr(result.stages, result.lr_train) if result.lr_train else ""
+    return [note] if note and note in result.assumptions else []
+
+
 def render(result, fmt: str, seq_length: int = 0) -> str:
     from bsprof.schedule.export import WRITERS
 

@@ -103,10 +103,11 @@ def precision_text(timing: dict, rows, rel_error: float, min_draws: int = 5) -> 
     if short is not None:
         ratio, step, w, n = short
         reached = plus_minus(w) if math.isfinite(w) else "no bounded interval"
+        budget = math.ceil(ratio * 10 - 1e-9) / 10 if math.isfinite(ratio) else ratio  # one rounding, up: enough
         parts.append(f"{n} measurement(s) stopped at the time budget (as long as the training between "
                      f"measurements; at step {step} {reached} instead of ±{rel_error:.0%}): reaching "
-                     f"±{rel_error:.0%} there would take about {ratio:.1f}× the training time "
-                     f"(--measure-budget {math.ceil(ratio * 10) / 10:g}, or 0 to stop by --rel-error alone)"
+                     f"±{rel_error:.0%} there would take about {budget:.1f}× the training time "
+                     f"(--measure-budget {budget:g}, or 0 to stop by --rel-error alone)"
                      if math.isfinite(ratio) and ratio <= MAX_ADVISED else
                      f"{n} measurement(s) stopped at the time budget with {reached} at step {step}: reaching "
                      f"±{rel_error:.0%} there would take over {MAX_ADVISED:g}× the training time (the interval "

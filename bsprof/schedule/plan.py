@@ -289,11 +289,18 @@ def usable_rows(report, cfg: ScheduleConfig) -> tuple[list[tuple[Measurement, Es
 
 
 def check_target(target: float, losses, fit, cfg: ScheduleConfig, first_step: float | None = None,
-                 log_window: int | None = None, col: str = "b_simple_window") -> list[str]:
+                 log_window: int | None = None, col: str = "b_simple_window",
+                 initial: float = math.nan) -> list[str]:
     """Raise ExtrapolationError when the target is far below the measured losses; return warnings. ``first_step``:
     the step the followed noise scale starts at (0: the target is then reached before any training);
-    ``log_window``: the window a tracker log was read with (None: not a log); ``col``: the noise scale followed."""
+    ``log_window``: the window a tracker log was read with (None: not a log); ``col``: the noise scale followed;
+    ``initial``: the run's initial loss (``run_start``; NaN: not known), a ConfigError at or above it."""
     lo, hi, start = float(np.min(losses)), float(np.max(losses)), float(losses[0])
+    if finite(initial) and target >= initial:
+        raise ConfigError(f"the target {target:g} is {'above' if target > initial else 'at'} the initial loss "
+                          f"{initial:.4g}: there is nothing to train to it",
+                          f"pass a --target-loss below {initial:.4g} (the followed noise scale was measured down to "
+                          f"loss {lo:.4g})")
     if target >= start and first_step == 0:
         raise ConfigError(f"target loss {target:g} is not below the loss {start:.4g} at step 0: the run starts "
                           "there, so it is reached before any training and there is nothing to schedule",
@@ -422,14 +429,16 @@ TIE = 0.02  # a constant batch within 2% of the schedule's predicted steps and e
 
 
 def recommend(prediction: dict, baselines: list[dict], unit: str = "examples", stages=(), capped: str = "",
-              clamped: dict | None = None) -> dict:
+              clamped: dict | None = None, lr_at=None) -> dict:
     """Schedule or constant batch: a constant batch that needs no more predicted steps AND no more examples
     than the schedule (one of them fewer) beats it; of those, the one with the fewest steps is recommended.
     Else a constant batch within ``TIE`` of the schedule on both (a ramp that gains less is not worth following;
     predicted steps are good to ~25%) is recommended; else the schedule.
     A schedule of one stage is a constant batch, and says so. ``capped`` (``cap_lr``'s warning): the schedule's lrs
-    were capped, which the text then says, with what it cost in trained runs."""
-    out = _recommend(prediction, baselines, unit, stages, clamped or {})
+    were capped, which the text then says, with what it cost in trained runs. Every recommendation has ``use``,
+    ``batch_size``, ``steps``, ``examples``, ``lr`` and ``text``: the schedule's own predictions (batch and lr None:
+    its stages carry them), or the constant batch's with its lr, ``lr_at(batch)`` (None when not given)."""
+    out = _recommend(prediction, baselines, unit, stages, clamped or {}, lr_at or (lambda b: None))
     own = out["use"] == "schedule" or (len(stages) == 1 and out.get("batch_size") == stages[0].batch_size)
     if capped and own:
         out["text"] += ("; its lr is capped by --lr-cap (the rule's is untested above it), which costs steps: on "
@@ -439,7 +448,11 @@ def recommend(prediction: dict, baselines: list[dict], unit: str = "examples", s
     return out
 
 
-def _recommend(prediction: dict, baselines: list[dict], unit: str, stages, clamped: dict) -> dict:
+def _at(lr) -> str:
+    return f" at lr {lr:.4g}" if lr is not None else ""
+
+
+def _recommend(prediction: dict, baselines: list[dict], unit: str, stages, clamped: dict, lr_at) -> dict:
     s, e = prediction["steps"], prediction["examples"]
     better = [b for b in baselines if b["steps"] <= s and b["examples"] <= e and (b["steps"] < s or b["examples"] < e)]
     if not better and len(stages) == 1:
@@ -447,27 +460,30 @@ def _recommend(prediction: dict, baselines: list[dict], unit: str, stages, clamp
         why = ("--max-batch holds the rule's batch there" if "max_batch" in clamped else
                "the smallest batch (--min-batch) holds the rule's batch there" if "min_batch" in clamped else
                "along this path the rule's batch does not move by a rounding step")
-        return {"use": "constant", "batch_size": b, "steps": s, "examples": e,
+        return {"use": "constant", "batch_size": b, "steps": s, "examples": e, "lr": stages[0].lr,
                 "text": f"train at a constant batch of {b:,} {unit} (lr {stages[0].lr:.4g}): {why}, so the schedule "
                         "is that constant batch"}
     tied = [b for b in baselines if b["steps"] <= s * (1 + TIE) and b["examples"] <= e * (1 + TIE)]
     if not better and tied:  # a ramp that gains less than TIE on both is not worth following
         best = min(tied, key=lambda b: (b["steps"], b["examples"]))
+        lr = lr_at(best["batch_size"])
         return {"use": "constant", "batch_size": best["batch_size"], "steps": best["steps"],
-                "examples": best["examples"],
-                "text": f"use a constant batch of {best['batch_size']:,} {unit}: predicted {best['steps']:,.0f} steps "
-                        f"and {best['examples']:,.0f} {unit}, within {TIE:.0%} of the schedule's {s:,.0f} steps and "
-                        f"{e:,.0f} {unit}: the schedule's ramp gains less than that, well inside the predictions' "
-                        "precision"}
+                "examples": best["examples"], "lr": lr,
+                "text": f"use a constant batch of {best['batch_size']:,} {unit}{_at(lr)}: predicted "
+                        f"{best['steps']:,.0f} steps and {best['examples']:,.0f} {unit}, within {TIE:.0%} of the "
+                        f"schedule's {s:,.0f} steps and {e:,.0f} {unit}: the schedule's ramp gains less than that, "
+                        "well inside the predictions' precision"}
     if not better:
-        return {"use": "schedule", "batch_size": None,
+        return {"use": "schedule", "batch_size": None, "steps": s, "examples": e, "lr": None,
                 "text": "follow the schedule: no constant batch is predicted to need both fewer steps and fewer "
                         f"{unit}"}
     best = min(better, key=lambda b: (b["steps"], b["examples"]))
+    lr = lr_at(best["batch_size"])
     return {"use": "constant", "batch_size": best["batch_size"], "steps": best["steps"],
-            "examples": best["examples"],
-            "text": f"use a constant batch of {best['batch_size']:,} {unit}: predicted {best['steps']:,.0f} steps and "
-                    f"{best['examples']:,.0f} {unit}, fewer than the schedule's {s:,.0f} steps and {e:,.0f} {unit}"}
+            "examples": best["examples"], "lr": lr,
+            "text": f"use a constant batch of {best['batch_size']:,} {unit}{_at(lr)}: predicted {best['steps']:,.0f} "
+                    f"steps and {best['examples']:,.0f} {unit}, fewer than the schedule's {s:,.0f} steps and "
+                    f"{e:,.0f} {unit}"}
 
 
 def logged_micro_batch(report, world_size: int = 1) -> tuple[int, list[str]]:
@@ -708,7 +724,7 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
     fit, steps, loss = fit_rows(rows, config.confidence, config.form)
     try:
         warnings = check_target(config.target_loss, loss, fit, config, float(steps[0]), log_window(report),
-                                col) + warnings
+                                col, run_start(report)[1]) + warnings
     except ExtrapolationError as e:
         reached = min((m.loss for m in report.measurements if math.isfinite(m.loss)), default=math.inf)
         if not report.spec.get("tracker_log") and col != "b_simple" and reached <= config.target_loss:
@@ -808,7 +824,8 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
                     config={**asdict(config), "noise_followed": quantity,
                             "noise_factor": calibration(family_name, quantity)},
                     batch_train=batch_train, lr_train=lr0, assumptions=assumed,
-                    recommendation=recommend(pred, baselines, report.unit, stages, capped, clamped))
+                    recommendation=recommend(pred, baselines, report.unit, stages, capped, clamped,
+                                             constant_lr(pred, lr0, lr_rule, batch_train, config.lr_cap)))
 
 
 def _inputs(report, config) -> tuple:
@@ -862,10 +879,31 @@ def auto_exchange_rate(path, config: ScheduleConfig) -> tuple[ScheduleConfig, st
             "more steps and examples than any constant batch using no more examples (docs/science.md §4)")
 
 
+def constant_lr(prediction: dict, lr0: float, lr_rule: str, batch_train: float, cap: float = 0.0):
+    """batch → the lr rule's lr for a constant batch over the whole path: at B_n = the path's B_crit (the noise
+    scale a constant batch meets on average, McCandlish eq. 2.12), at most cap × lr0 (cap 0: no cap); None
+    without a B_crit."""
+    b_n, lr_fn = prediction.get("b_crit", math.nan), rules.LR_RULES[lr_rule]
+
+    def lr_at(batch: float) -> float | None:
+        if not (finite(b_n) and b_n > 0):
+            return None
+        lr = float(lr_fn(lr0, batch, batch_train, float(b_n)))
+        return min(lr, cap * lr0) if cap else lr
+    return lr_at
+
+
 def extrapolated_lr(stages: list[Stage], lr0: float) -> str:
-    """``rules.extrapolation_note`` for the stage of the highest lr ("" when none rises above 2 × lr0)."""
+    """``rules.extrapolation_note`` for the stage of the highest lr, naming its steps and where the lr first rises
+    above 2 × lr0 ("" when none does)."""
     top = max(stages, key=lambda s: s.lr, default=None)
-    return rules.extrapolation_note(top.lr, top.batch_size, lr0) if top is not None else ""
+    if top is None:
+        return ""
+    first = next((s for s in stages if s.lr > rules.EXTRAPOLATED * lr0), top)
+    stage = f"the stage from step {top.start_step:,}" + (
+        "" if first is top else f"; above {rules.EXTRAPOLATED:g} × from step {first.start_step:,}, batch "
+                                f"{first.batch_size:,}, on")
+    return rules.extrapolation_note(top.lr, top.batch_size, lr0, stage, f"the steps from {first.start_step:,} on")
 
 
 def cap_lr(stages: list[Stage], lr0: float, cap: float) -> tuple[list[Stage], str]:

@@ -127,18 +127,20 @@ LR_RULES = {"linear": lr_linear, "sqrt": lr_sqrt, "none": lr_none}
 EXTRAPOLATED = 2.0   # an lr above this × the probed lr is named as an extrapolation (``extrapolation_note``)
 
 
-def extrapolation_note(lr: float, batch: float, lr0: float) -> str:
+def extrapolation_note(lr: float, batch: float, lr0: float, stage: str = "", steps: str = "the first steps") -> str:
     """A note when a rule's lr is above EXTRAPOLATED × the probed lr0 ("" when not): what the rule rests on there.
 
     Why a note and no cap by default (eleventh session): a cap of 2 × lr0, the old default, held the schedule's lr
     at 2× the probe's on a next-character LM probed at batch 32 and cost 2.3–3× the steps of the same batch at its
     tuned lr, while the rules' own lrs were 0.72–1.04× the tuned lrs on all four trained tasks (up to 8.5× the
-    probe's lr; docs/science.md §6). The cap dates from the unsaturated linear rule, which overshot on MNIST."""
+    probe's lr; docs/science.md §6). The cap dates from the unsaturated linear rule, which overshot on MNIST.
+    ``stage``: where that lr applies, in words (a schedule's stage); ``steps``: the steps that may diverge."""
     if not lr > EXTRAPOLATED * lr0:
         return ""
-    return (f"the rule's lr {lr:.4g} at batch {batch:,.0f} is {lr / lr0:.2g} × the probed lr {lr0:.4g}: an "
-            "extrapolation; on four trained tasks the rules' lrs were 0.72–1.04× the tuned ones up to 8.5× the probe's "
-            "(docs/science.md §6); if the first steps diverge, use --lr-cap 2 or probe at a batch nearer this one")
+    return (f"the rule's lr {lr:.4g} at batch {batch:,.0f}{f' ({stage})' if stage else ''} is {lr / lr0:.2g} × the "
+            f"probed lr {lr0:.4g}: an extrapolation; on four trained tasks the rules' lrs were 0.72–1.04× the tuned "
+            f"ones up to 8.5× the probe's (docs/science.md §6); if {steps} diverge, use --lr-cap 2 or probe at a "
+            "batch nearer this one")
 
 
 def resolve_lr_rule(rule: str, optimizer: str | None) -> str:
