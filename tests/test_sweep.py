@@ -407,8 +407,8 @@ def _schedule_file(path, stages, unit="examples", **config):
 def test_cli_global_trains_a_schedule_as_written(tmp_path):
     """--schedule: the schedule's batch and lr at each step, to the same target, judged against the constants."""
     f = _schedule_file(tmp_path / "schedule.json", [(0, 2, 0.025), (10, 8, 0.1)])
-    r = cli(TINY, "--method", "global", "--batches", "2,4,8,16", "-t", 0.3, "--n-boot", 50, "--seeds", 2,
-            "--schedule", f, *FAST, "-o", tmp_path / "s")
+    r = cli(TINY, "--method", "global", "--batches", "2,4,8,16", "--lr-grid", 1, "-t", 0.3, "--n-boot", 50,
+            "--seeds", 2, "--schedule", f, *FAST, "-o", tmp_path / "s")
     assert r.exit_code == 0, r.output
     d = json.loads((tmp_path / "s" / "sweep.json").read_text())
     v = d["schedule"]
@@ -427,7 +427,7 @@ def test_a_schedule_the_training_set_cannot_fill_or_planned_elsewhere(tmp_path):
     """A schedule of batch 16,384 on a training set of 8,976 trained without a word (its constants are
     refused); one planned at another lr, or to another target, is trained with a note."""
     huge = _schedule_file(tmp_path / "huge.json", [(0, 32768, 0.1)])   # tiny_linear holds 20,000
-    r = cli(TINY, "--method", "global", "--batches", "2,4,8", "-t", 0.3, "--schedule", huge, *FAST,
+    r = cli(TINY, "--method", "global", "--batches", "2,4,8", "--lr-grid", 1, "-t", 0.3, "--schedule", huge, *FAST,
             "-o", tmp_path / "h")
     said = " ".join(r.output.split())
     assert r.exit_code == 2 and "its largest batch (32,768) exceeds the" in said and "--max-batch" in said, said
@@ -435,8 +435,8 @@ def test_a_schedule_the_training_set_cannot_fill_or_planned_elsewhere(tmp_path):
     data = json.loads(other.read_text())
     data.update(lr_train=5.0, target_loss=1.0)
     other.write_text(json.dumps(data))
-    r = cli(TINY, "--method", "global", "--batches", "2,4,8", "-t", 0.3, "--n-boot", 20, "--schedule", other,
-            *FAST, "-o", tmp_path / "o")
+    r = cli(TINY, "--method", "global", "--batches", "2,4,8", "--lr-grid", 1, "-t", 0.3, "--n-boot", 20,
+            "--schedule", other, *FAST, "-o", tmp_path / "o")
     said = " ".join(r.output.split())
     assert r.exit_code == 0 and "planned from a training lr of 5" in said and "planned to loss 1 and" in said, said
 
@@ -446,8 +446,8 @@ def test_cli_global_trains_a_tokens_schedule_in_examples(tmp_path):
     examples of the spec: 20 and 80 tokens of sequences of 10 are 2 and 8 examples (it trained 20 and 80 examples a
     step, a new user's finding)."""
     f = _schedule_file(tmp_path / "schedule.json", [(0, 20, 0.025), (10, 80, 0.1)], unit="tokens", seq_length=10)
-    r = cli(TINY, "--method", "global", "--batches", "2,4,8", "-t", 0.3, "--n-boot", 20, "--schedule", f, *FAST,
-            "-o", tmp_path / "s")
+    r = cli(TINY, "--method", "global", "--batches", "2,4,8", "--lr-grid", 1, "-t", 0.3, "--n-boot", 20,
+            "--schedule", f, *FAST, "-o", tmp_path / "s")
     assert r.exit_code == 0, r.output
     d = json.loads((tmp_path / "s" / "sweep.json").read_text())
     run = d["schedule"]["runs"][0]
@@ -604,8 +604,8 @@ def test_cli_an_output_folder_it_cannot_write_is_refused_before_training(tmp_pat
 
 
 def test_cli_target_never_reached_names_the_batches(tmp_path):
-    r = cli(TINY, "--method", "global", "--batches", "2,4,64", "-t", 0.3, "--max-steps", 4, *FAST, "-o", tmp_path,
-            "-q")
+    r = cli(TINY, "--method", "global", "--batches", "2,4,64", "--lr-grid", 1, "-t", 0.3, "--max-steps", 4, *FAST,
+            "-o", tmp_path, "-q")
     assert r.exit_code == 2, r.output
     assert "reached by" in r.output and "needs at least 3" in r.output and "--max-steps" in r.output
     assert json.loads((tmp_path / "sweep.json").read_text())["fit"] is None
@@ -783,7 +783,7 @@ def test_cli_a_finished_sweep_without_a_critical_batch_exits_2(tmp_path, monkeyp
         return flat
 
     monkeypatch.setattr(sweep_pkg, "run", fake_run)
-    r = cli(TINY, "--method", "global", "-t", 0.2, *FAST, "-o", tmp_path)
+    r = cli(TINY, "--method", "global", "--lr-grid", 1, "-t", 0.2, *FAST, "-o", tmp_path)
     assert r.exit_code == 2, r.output
     assert "B_crit: undetermined" in r.output and "did not determine the critical batch" in r.output
     assert (tmp_path / "sweep.json").is_file() and "Traceback" not in r.output
@@ -803,3 +803,151 @@ def test_best_lrs_at_one_end_of_a_two_point_grid_are_flagged():
     assert grid_edges([s(16, 2.0), s(32, 2.0), s(64, 2.0)], [1.0, 2.0]) == [16, 32, 64]
     assert grid_edges([s(16, 1.0), s(32, 2.0)], [1.0, 2.0]) == []
     assert grid_edges([s(16, 2.0), s(32, 2.0), s(64, 4.0)], [1.0, 2.0, 4.0]) == [64]
+
+
+# -- a new user's trial of `bsprof sweep` --------------------------------------------------------------------
+def test_a_report_or_schedule_from_another_spec_is_refused(tmp_path):
+    """A report of least_squares.py set the lrs of a digits sweep and was compared with it, without a word: refused
+    (both files named) unless --any-spec; the same file edited since the report is a warning."""
+    from bsprof.engine.spec import load_spec
+
+    spec = load_spec(TINY)
+    other = {"path": str(ROOT / "configs" / "least_squares.py"), "sha256": "f" * 64}
+    with pytest.raises(ConfigError) as e:
+        sweep_api.same_spec(other, spec, "--report r.json")
+    assert "least_squares.py" in e.value.message and "tiny_linear.py" in e.value.message
+    assert "--any-spec" in e.value.hint and "bsprof measure" in e.value.hint
+    assert "accepted by --any-spec" in sweep_api.same_spec(other, spec, "--report r.json", any_spec=True)
+    assert sweep_api.same_spec({"path": "elsewhere/x.py", "sha256": spec.sha256}, spec, "--report r.json") is None
+    assert sweep_api.same_spec({"path": "old/tiny_linear.py"}, spec, "--report r.json") is None   # only names
+    edited = sweep_api.same_spec({"path": str(TINY), "sha256": "0" * 64}, spec, "--report r.json")
+    assert "has changed since" in edited and "measure it again" in edited
+    assert sweep_api.same_spec({}, spec, "--report r.json") is None    # a report of Python objects: nothing to check
+
+    Report(measurements=[{"step": 0, "loss": 0.7, "b_simple": 8.6, "b_simple_lo": 8.0, "b_simple_hi": 9.3,
+                          "status": "ok", "examples": 640, "seconds": 0.5}],
+           spec=other).to_json(tmp_path / "report.json")
+    r = cli(TINY, "--report", tmp_path / "report.json", *FAST, "-o", tmp_path / "s", "-q")
+    assert r.exit_code == 2 and "made from another spec" in r.output and not (tmp_path / "s").exists(), r.output
+    f = _schedule_file(tmp_path / "schedule.json", [(0, 2, 0.025)])
+    data = json.loads(f.read_text())
+    f.write_text(json.dumps({**data, "spec": other}))
+    r = cli(TINY, "--method", "global", "-t", 0.3, "--schedule", f, *FAST, "-o", tmp_path / "s", "-q")
+    assert r.exit_code == 2 and "--schedule" in r.output and "bsprof schedule" in r.output, r.output
+
+
+def test_a_global_sweep_at_one_lr_warns_and_the_default_grid_tunes_it():
+    """McCandlish's fit takes the fewest steps over lrs: with one lr per batch a new user's B_crit came out 472
+    (56.2 with a grid of three). The global default grid is three lrs; one lr is warned about beside B_crit."""
+    from types import SimpleNamespace
+
+    from bsprof.sweep.config import GLOBAL_GRID, SweepConfig
+    from bsprof.sweep.render import summary_lines
+    from bsprof.sweep.result import Branch
+
+    assert SweepConfig(method="global").lr_grid == GLOBAL_GRID and SweepConfig().lr_grid == (1.0,)
+    rows = [Branch(b, 0.1, 1.0, 0, 0, 0, 0.2, 0.01, 1.0, False, 100.0 * (1 + 64 / b)) for b in (16, 32, 64, 128)]
+    setup = SimpleNamespace(spec=SimpleNamespace(info=lambda: {}, optimizer=None), initial_loss=1.0, optimizer="SGD",
+                            base_lr=0.1, rule="linear", b_noise=None, n_eval=100, held_out=True, n_data=1000)
+    budget = SimpleNamespace(train_examples=0, eval_examples=0, seconds=0.0)
+    one = sweep_api._global_result(setup, SweepConfig(method="global", target_loss=0.2,
+                                                batches=(16, 32, 64, 128), lr_grid=(1.0,)), rows, budget, None,
+                                                None, 50)
+    warning, = one.warnings
+    assert "not tuned per batch" in warning and "usually high" in warning and "--lr-grid 0.5,1,2" in warning
+    assert one.to_dict()["warnings"] == list(one.warnings)
+    text = "\n".join(summary_lines(one))
+    assert "warning:[/] the lr was not tuned" in text and text.index("not tuned") < text.index("sweep cost"), text
+    tuned = sweep_api._global_result(setup, SweepConfig(method="global", target_loss=0.2, batches=(16, 32, 64, 128)),
+                                     rows, budget, None, None, 50)
+    assert tuned.warnings == ()
+
+
+def test_a_budget_smaller_than_one_branch_is_refused_before_training():
+    """--max-examples 100 ran nothing and exited 0 with an empty table: known before starting, refused with what one
+    branch needs."""
+    with pytest.raises(ConfigError) as e:
+        sweep.sweep_config(method="local", base_batch=32, doublings=4, max_examples=100)
+    assert "smaller than one branch: batch 32 trains 16,384 examples" in e.value.message
+    sweep.sweep_config(method="local", base_batch=32, doublings=4, max_examples=16_384)
+    r = cli(TINY, "--base-batch", 4, "--doublings", 1, "--examples", 400, "--max-examples", 100, *FAST, "-q")
+    assert r.exit_code == 2 and "--max-examples (100) is smaller than one branch" in r.output, r.output
+
+
+def test_the_default_evaluation_draw_is_capped_and_the_training_left_said():
+    """The default 1,024 held out 57% of digits' 1,797 without a word: a default that would hold out more than half
+    is capped at a quarter, with a note; the training examples left and the passes over them are said."""
+    import torch
+
+    x = torch.randn(400, 3)
+    data = torch.utils.data.TensorDataset(x, x.sum(1))
+    common = dict(model=torch.nn.Linear(3, 1), dataset=data, loss=lambda m, b: (m(b[0]).squeeze(1) - b[1]) ** 2,
+                  batches=[4, 8], examples=200, lr=0.05, device="cpu")
+    r = sweep.local(**common)
+    assert r.data["eval"] == 100 and r.data["train"] == 300 and r.data["eval_capped"]
+    note = next(n for n in r.notes if n.startswith("evaluation:"))
+    assert "capped at a quarter" in note and "300 examples left to train on, 0.67 passes" in note, note
+    given = sweep.local(**common, eval_examples=300)   # asked for: kept
+    assert given.data["eval"] == 300 and not given.data["eval_capped"]
+
+
+def test_an_incomplete_sweep_is_not_overwritten_and_report_shows_a_sweep(tmp_path):
+    """A budget-stopped sweep's folder was overwritten by the next sweep without a word, and `bsprof report
+    sweep.json` said "is not a bsprof report"."""
+    args = ["--base-batch", 4, "--doublings", 2, "--examples", 400, *FAST, "-o", tmp_path, "-q"]
+    assert cli(TINY, *args, "--max-examples", 500).exit_code == 0
+    r = cli(TINY, *args)
+    assert r.exit_code == 2 and "holds an incomplete sweep" in r.output and "--overwrite" in r.output, r.output
+    shown = runner.invoke(app, ["report", str(tmp_path / "sweep.json")])
+    assert shown.exit_code == 0 and "critical batch (local)" in shown.output and "incomplete:" in shown.output
+    assert runner.invoke(app, ["report", str(tmp_path)]).exit_code == 0      # its folder, too
+    r = cli(TINY, *args, "--overwrite")
+    assert r.exit_code == 0 and json.loads((tmp_path / "sweep.json").read_text())["incomplete"] is None
+    assert cli(TINY, *args).exit_code == 0     # a finished sweep is replaced, as `bsprof measure` replaces reports
+    with pytest.raises(Exception, match="result of `bsprof sweep`"):
+        Report.from_json(tmp_path / "sweep.json")
+
+
+def test_a_half_tried_batch_is_marked_partial():
+    """Stopped after 1 of the 2 lrs of batch 8: its row looked like any other."""
+    from types import SimpleNamespace
+
+    from bsprof.sweep.config import SweepConfig
+    from bsprof.sweep.render import batches_table
+    from bsprof.sweep.result import Branch
+
+    rows = [Branch(4, 0.1 * m, m, 0, 10, 40, 1.0 / m, 0.01, 1.0) for m in (1.0, 2.0)]
+    rows.append(Branch(8, 0.2, 1.0, 0, 5, 40, 1.0, 0.01, 1.0))
+    setup = SimpleNamespace(spec=SimpleNamespace(info=lambda: {}, optimizer=None), initial_loss=2.0, optimizer="SGD",
+                            base_lr=0.1, rule="linear", b_noise=None, n_eval=100, held_out=True, n_data=1000)
+    budget = SimpleNamespace(train_examples=0, eval_examples=0, seconds=0.0)
+    cfg = SweepConfig(batches=(4, 8, 16), lr_grid=(1.0, 2.0))
+    r = sweep_api._local_result(setup, cfg, rows, budget, {"reason": "interrupted", "branches": 3}, None)
+    assert [b.partial for b in r.batches] == [False, True]
+    assert any("batch 8 (1 of 2) ran only some of its lrs" in n for n in r.notes)
+    from rich.console import Console
+
+    console = Console(width=120, record=True)
+    console.print(batches_table(r))
+    assert "8 (partial)" in console.export_text()
+    done = sweep_api._local_result(setup, cfg, rows[:2], budget, None, None)
+    assert not any(b.partial for b in done.batches)
+
+
+def test_an_interval_past_the_training_set_is_printed_as_a_bound():
+    """B_crit 252 [133, 640,000] on 1,797 examples: the upper end past where the fit means anything (the training
+    set, or 100× the largest batch) prints as '> N'; S_min's lower end below one step as '< 1'."""
+    from types import SimpleNamespace
+
+    from bsprof.results import Estimate
+    from bsprof.sweep.fit import CriticalFit
+    from bsprof.sweep.render import summary_lines
+
+    assert sweep_api.interval_limit([16, 128], 1348) == 1348 and sweep_api.interval_limit([16, 128], 10**6) == 12800
+    f = CriticalFit(Estimate(43.4, 0.0179, 70.7), Estimate(252.0, 133.0, 640_000.0), Estimate(1.1e4, 9e3, 1.5e4),
+                    4, 1000, "points", 0.9)
+    view = SimpleNamespace(unit="examples", method="global", critical=f.b_crit, fit=f, notes=(), incomplete=None,
+                           comparison=None, data={"interval_limit": 1348.0},
+                           compute=SimpleNamespace(train_examples=0, eval_examples=0, seconds=0.0))
+    text = "\n".join(summary_lines(view))
+    assert "B_crit (McCandlish fit): 252 [133, > 1,348] examples" in text and "S_min 43.4 [< 1, 70.7]" in text, text

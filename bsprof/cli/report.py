@@ -43,10 +43,21 @@ def report_command(
         if target_loss is not None and not (math.isfinite(target_loss) and target_loss > 0):
             raise ConfigError(f"--target-loss must be a positive number (got {target_loss:g})",
                               "pass a loss the run reaches, e.g. its lowest measured loss or a little above")
-        if out is not None:
+        swept = saved_sweep(source)
+        if swept is not None:   # a sweep's result: shown as `bsprof sweep` printed it
+            if fmt == "json":
+                typer.echo(swept[1], nl=False)
+            elif fmt == "csv":
+                typer.echo(swept[0].to_csv(), nl=False)
+        if swept is None and out is not None:
             from bsprof.output.files import check_folder
 
             check_folder(out, "--out")  # before reading or measuring anything
+    if swept is not None:
+        if fmt == "table":
+            show(swept[0])
+        return
+    with user_errors():
         report = load(source, "report", window=window)
         empty = empty_source(source, report, "no noise scale to show")
         if empty is not None:
@@ -72,6 +83,30 @@ def report_command(
 
 
 FORMATS = ("table", "json", "csv")
+
+
+def saved_sweep(source: Path):
+    """(SweepResult, its text) when ``source`` is a `bsprof sweep` result (sweep.json, or its folder without a
+    report.json), else None."""
+    import json
+
+    from bsprof.sweep.result import SweepResult
+
+    path = source / "sweep.json" if source.is_dir() and not (source / "report.json").exists() else source
+    if path.suffix != ".json" or not path.is_file():
+        return None
+    try:
+        text = path.read_text()
+        data = json.loads(text)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("kind") != "bsprof-sweep":
+        return None
+    try:
+        return SweepResult.from_dict(data), text
+    except (TypeError, ValueError, KeyError) as e:
+        raise ReportError(f"{path} is a `bsprof sweep` result this bsprof cannot read ({type(e).__name__}: {e})",
+                          "run the sweep again with this bsprof") from None
 
 
 def no_layers(source: Path, report) -> ReportError:

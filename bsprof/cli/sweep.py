@@ -27,7 +27,8 @@ def sweep(
     lr: Optional[float] = O(None, help="Learning rate of the default SGD optimizer at the smallest batch. [0.1]"),
     lr_rule: Optional[str] = O(None, help="lr scaling with batch: auto (linear for SGD, sqrt for Adam), linear, sqrt, "
                                "none. [auto]"),
-    lr_grid: Optional[str] = O(None, help="lr multipliers tried at every batch, e.g. 0.5,1,2 (best per batch). [1]"),
+    lr_grid: Optional[str] = O(None, help="lr multipliers tried at every batch, e.g. 0.5,1,2 (best per batch). "
+                            "[1 local, 0.5,1,2 global]"),
     examples: Optional[int] = O(None, help="local: training examples per branch (0: 32 × the largest batch). [0]"),
     tolerance: Optional[float] = O(None, help="local: a batch passes if its loss ≤ ref·(1 + tol) (rel) or ref + tol "
                                    "(abs), ref = the smallest batch's loss. [0.01]"),
@@ -35,7 +36,8 @@ def sweep(
     target_loss: Optional[float] = O(None, "--target-loss", "-t", help="global: evaluation loss to reach."),
     max_steps: Optional[int] = O(None, help="global: steps per branch before giving up. [2000]"),
     seeds: Optional[int] = O(None, help="Repeat every branch with this many seeds (variability). [1]"),
-    eval_examples: Optional[int] = O(None, help="Size of the fixed evaluation draw (0: the whole dataset). [1024]"),
+    eval_examples: Optional[int] = O(None, help="Size of the fixed evaluation draw (0: the whole dataset). "
+                                     "[1024, at most a quarter of a dataset it would hold out more than half of]"),
     holdout: Optional[bool] = O(None, "--holdout/--no-holdout", help="Exclude the evaluation draw from training. "
                                 "[holdout]"),
     checkpoint: Optional[str] = O(None, help="Start every branch from these weights (torch.save(state_dict))."),
@@ -50,6 +52,9 @@ def sweep(
     device: Optional[str] = O(None, help="auto (CUDA, MPS, CPU), cpu, cuda, mps. [auto]"),
     seed: Optional[int] = O(None, help="Random seed. [0]"),
     out: Path = O(Path("bsprof-sweep"), "--out", "-o", help="Output folder (sweep.json, sweep.csv)."),
+    any_spec: bool = O(False, "--any-spec", help="Accept a --report or --schedule made from another spec file "
+                       "(the same model under another name)."),
+    overwrite: bool = O(False, "--overwrite", help="Replace an incomplete sweep's results in --out."),
     quiet: bool = O(False, "--quiet", "-q", help="No progress bar or table."),
 ):
     """Measure the critical batch empirically: short branched runs at several batch sizes on your own model."""
@@ -68,7 +73,26 @@ def sweep(
 
         fresh = not out.exists()
         check_folder(out, "--out")  # before any branch trains
+        if not overwrite:
+            _keep_incomplete(out)
     _run(spec, cfg, report, out, quiet, fresh)
+
+
+def _keep_incomplete(out: Path) -> None:
+    """Refuse to overwrite an incomplete sweep's results (stopped by a budget, Ctrl-C or a failure: what it
+    measured may be all there is); a finished sweep is replaced, as `bsprof measure` replaces its report."""
+    import json
+
+    try:
+        old = json.loads((out / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return
+    cut = old.get("incomplete") if isinstance(old, dict) and old.get("kind") == "bsprof-sweep" else None
+    if isinstance(cut, dict):
+        n = cut.get("branches", 0)
+        raise BsprofError(f"{out / 'sweep.json'} holds an incomplete sweep ({cut.get('reason', 'stopped')}, after "
+                          f"{n} branch{'' if n == 1 else 'es'}), which this sweep would overwrite",
+                          "pass another --out, or --overwrite to replace it")
 
 
 def _run(spec: Path, cfg, report: Path | None, out: Path, quiet: bool, fresh: bool = False) -> None:

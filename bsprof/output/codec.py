@@ -71,6 +71,9 @@ def decode(data, where: str = "report"):
     if not isinstance(data, dict):
         raise ReportError(f"{where} holds a {type(data).__name__}, not a report object", _FIX)
     missing = [k for k in REQUIRED if k not in data]
+    if missing and data.get("kind") == "bsprof-sweep":
+        raise ReportError(f"{where} is the result of `bsprof sweep`, not a bsprof report",
+                          f"show it with `bsprof report {where}`; where a report is asked for, {_FIX}")
     if missing:
         raise ReportError(f"{where} is not a bsprof report: missing {', '.join(missing)}", _FIX)
     version = data["schema_version"]

@@ -825,7 +825,8 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
                             "noise_factor": calibration(family_name, quantity)},
                     batch_train=batch_train, lr_train=lr0, assumptions=assumed,
                     recommendation=recommend(pred, baselines, report.unit, stages, capped, clamped,
-                                             constant_lr(pred, lr0, lr_rule, batch_train, config.lr_cap)))
+                                             constant_lr(pred, lr0, lr_rule, batch_train, config.lr_cap)),
+                    spec=dict(report.spec or {}))
 
 
 def _inputs(report, config) -> tuple:

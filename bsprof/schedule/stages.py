@@ -44,6 +44,7 @@ class Schedule:
     lr_train: float = 0.0
     assumptions: list[str] = field(default_factory=list)   # what the predictions rest on, with its effect
     recommendation: dict = field(default_factory=dict)     # use the schedule or a constant batch that beats it
+    spec: dict = field(default_factory=dict)               # the report's spec (path, sha256): what it was planned for
 
     def stage_at(self, step: float | None = None, loss: float | None = None) -> Stage:
         """The stage in force at ``step`` (by predicted start steps) or at ``loss`` (by start losses); one of."""

@@ -18,7 +18,7 @@ from bsprof.errors import BsprofError, ConfigError, SpecError
 from bsprof.results import Estimate, Status, finite
 from bsprof.sweep import branches as eng
 from bsprof.sweep import summary
-from bsprof.sweep.config import SweepConfig, sweep_config
+from bsprof.sweep.config import EVAL_EXAMPLES, SweepConfig, sweep_config
 from bsprof.sweep.result import Comparison, Compute, SweepResult
 
 
@@ -123,9 +123,8 @@ def _notes(setup, cfg: SweepConfig, est: Estimate, summaries, extra: list[str]) 
              f"by the {setup.rule} rule" + (f" ({bend} above the noise scale ≈ {setup.b_noise:.3g} examples, "
                                             "the report's critical batch)" if setup.b_noise else "")
              + (f" × grid {list(cfg.lr_grid)}" if len(cfg.lr_grid) > 1 else "")]
-    notes.append(f"evaluation: a fixed draw of {setup.n_eval} examples" +
-                 (", held out of training" if setup.held_out else " (also used for training)"))
-    if 0 < setup.n_data <= cfg.eval_examples:   # asked for as many as there are, or more
+    notes.append(_evaluation(setup, cfg, summaries))
+    if 0 < setup.n_data <= (cfg.eval_examples or 0):   # asked for as many as there are, or more
         notes.append(f"--eval-examples {cfg.eval_examples} is not below the dataset's {setup.n_data} examples: all "
                      "are evaluated" + (", and none can be held out of training; pass fewer --eval-examples for a "
                                         "held-out evaluation" if cfg.holdout else ""))
@@ -139,12 +138,87 @@ def _notes(setup, cfg: SweepConfig, est: Estimate, summaries, extra: list[str]) 
     return tuple(notes + extra)
 
 
+def _evaluation(setup, cfg: SweepConfig, summaries) -> str:
+    """The evaluation note: the draw (capped from the default when it would hold out more than half the dataset),
+    and when held out, the training examples left and the passes over them per branch."""
+    text = f"evaluation: a fixed draw of {setup.n_eval:,} examples"
+    if getattr(setup, "eval_capped", False):
+        text += (f" (the default {EVAL_EXAMPLES:,} would hold out more than half of the dataset's {setup.n_data:,}: "
+                 "capped at a quarter; pass --eval-examples N to choose)")
+    if not setup.held_out:
+        return text + " (also used for training)"
+    n_train = setup.n_data - setup.n_eval
+    text += f", held out of training: {n_train:,} examples left to train on"
+    if n_train <= 0:
+        return text
+    if cfg.method == "local":
+        return text + f", {cfg.branch_examples() / n_train:.2g} passes over them per branch"
+    seen = [s.examples / n_train for s in summaries if math.isfinite(s.examples)]
+    if seen:
+        lo, hi = min(seen), max(seen)
+        text += (f", {lo:.2g}–{hi:.2g}" if f"{lo:.2g}" != f"{hi:.2g}" else f", {lo:.2g}") + \
+            " passes over them per branch to the target (at the best lr)"
+    return text
+
+
+INTERVAL_REACH = 100  # an interval's end beyond this × the largest swept batch (or the training set) is no bound
+
+
+def interval_limit(batches, n_train: int) -> float:
+    """Where the fit's intervals stop meaning anything: a batch larger than the training set cannot be run, and far
+    beyond the swept batches S(B) is pure extrapolation; min(INTERVAL_REACH × the largest batch, training set)."""
+    reach = INTERVAL_REACH * max(batches)
+    return float(min(reach, n_train) if n_train > 0 else reach)
+
+
+def _data(setup, cfg: SweepConfig) -> dict | None:
+    """The dataset's examples, the evaluation draw's, the training set's, and the intervals' limit (sweep.json)."""
+    n = getattr(setup, "n_data", 0)
+    if not n:
+        return None
+    n_train = n - setup.n_eval if setup.held_out else n
+    return {"examples": n, "eval": setup.n_eval, "train": n_train, "held_out": setup.held_out,
+            "eval_capped": bool(getattr(setup, "eval_capped", False)),
+            "interval_limit": interval_limit(cfg.batch_sizes(), n_train)}
+
+
+def _warnings(setup, cfg: SweepConfig) -> tuple[str, ...]:
+    """What puts the answer in doubt, printed beside it: a report or schedule from an edited spec (``prepare``'s
+    checks), a global sweep with one lr (McCandlish eq. 2.11 takes S(B) at the best lr of each batch)."""
+    out = list(getattr(setup, "warnings", ()))
+    if cfg.method == "global" and len(cfg.lr_grid) == 1:
+        out.append(f"the lr was not tuned per batch (--lr-grid has one value, ×{cfg.lr_grid[0]:g}): S(B) at one lr "
+                   "per batch is not the fewest steps the fit assumes, so B_crit is biased (usually high: the small "
+                   "batches are under-stepped); pass --lr-grid 0.5,1,2 or wider")
+    return tuple(out)
+
+
+def _partial(summaries, used, cfg: SweepConfig, incomplete) -> tuple[list, list[str]]:
+    """In a stopped sweep, the batches that ran fewer lrs × seeds than the others: marked ``partial``, with a note
+    (their best lr is over the runs that finished)."""
+    if not incomplete or not used:
+        return summaries, []
+    asked = len(cfg.lr_grid) * len({r.seed for r in used})
+    out, cut = [], []
+    for s in summaries:
+        runs = sum(r.batch == s.batch for r in used)
+        if runs < asked:
+            s = dataclasses.replace(s, partial=True)
+            if math.isfinite(s.loss if cfg.method == "local" else s.steps):
+                cut.append(f"batch {s.batch} ({runs} of {asked})")
+        out.append(s)
+    note = ([f"batch {', '.join(cut)} ran only some of its lrs × seeds before the sweep was stopped (marked "
+             "partial): its best lr is over those"] if cut else [])
+    return out, note
+
+
 def _local_result(setup, cfg, rows, budget, incomplete, comp) -> SweepResult:
     rows = list(rows)
     used, partial = summary.complete_seeds(rows) if incomplete else (rows, None)
     summaries = summary.local_batches(used)
     est, summaries = summary.local_critical(summaries, cfg.tolerance, cfg.tolerance_mode)
-    extra = [partial] if partial else []
+    summaries, cut = _partial(summaries, used, cfg, incomplete)
+    extra = ([partial] if partial else []) + cut
     passed = [s.passed for s in summaries]
     if False in passed and True in passed[passed.index(False):]:
         extra.append("a larger batch passes again after a failing one: the losses are noisy at this tolerance; "
@@ -162,7 +236,8 @@ def _local_result(setup, cfg, rows, budget, incomplete, comp) -> SweepResult:
     return SweepResult("local", est, tuple(summaries), tuple(rows), _compute(budget), cfg.to_dict(),
                        setup.spec.info(), setup.initial_loss,
                        tuple(summary.critical_by_seed(used, cfg.tolerance, cfg.tolerance_mode)), None, comp,
-                       _notes(setup, cfg, est, summaries, extra), incomplete)
+                       _notes(setup, cfg, est, summaries, extra), incomplete, warnings=_warnings(setup, cfg),
+                       data=_data(setup, cfg))
 
 
 def _different_quantities(comp: Comparison, summaries) -> list[str]:
@@ -238,11 +313,11 @@ def _compute(budget) -> Compute:
 def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=(), converted=None) -> SweepResult:
     rows = list(rows)
     used, partial = summary.complete_seeds(rows) if incomplete else (rows, None)
-    summaries = summary.global_batches(used)
+    summaries, cut = _partial(summary.global_batches(used), used, cfg, incomplete)
     verdict = summary.schedule_verdict(summaries, followed, cfg.schedule) if followed else None
     f = summary.global_fit(used, summaries, cfg.confidence, n_boot, cfg.seed)
     est = f.b_crit if f else Estimate.none()
-    extra = [partial] if partial else []
+    extra = ([partial] if partial else []) + cut
     missed = [s.batch for s in summaries if not math.isfinite(s.steps)]
     asked = len(cfg.lr_grid) * (len({r.seed for r in used}) if partial else cfg.seeds)
     for b in missed:
@@ -297,7 +372,7 @@ def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=
     return SweepResult("global", est, tuple(summaries), tuple(rows), _compute(budget), cfg.to_dict(),
                        setup.spec.info(), setup.initial_loss, (), f, comp,
                        _notes(setup, cfg, est, summaries, extra + ([verdict["text"]] if verdict else [])),
-                       incomplete, schedule=verdict)
+                       incomplete, schedule=verdict, warnings=_warnings(setup, cfg), data=_data(setup, cfg))
 
 
 def _schedule_fits(sched, cfg: SweepConfig, setup) -> list[str]:
@@ -404,11 +479,60 @@ def _run(cfg: SweepConfig, make_spec, report, progress, on_result) -> SweepResul
         return _sweep(cfg, make_spec(), report, progress, on_result)
 
 
+def same_spec(recorded: dict | None, spec: Spec, what: str, any_spec: bool = False) -> str | None:
+    """Check that a report or schedule (``what``, e.g. '--report r.json') was made from the swept spec file: the
+    sha256 of its content, else (none recorded) its file name. Another file: a ConfigError naming both (with
+    ``any_spec``, a warning instead); the same file name with other content (the spec edited since): a warning.
+    None when they match, or when either side records no file (Python objects, a tracker's log)."""
+    recorded = recorded or {}
+    path, sha = recorded.get("path"), recorded.get("sha256")
+    if spec.path is None or not (path or sha) or (sha and sha == spec.sha256):
+        return None
+    same_name = bool(path) and Path(path).name == Path(spec.path).name
+    if same_name and not (sha and spec.sha256):
+        return None   # only the names to compare, and they agree
+    if same_name:
+        return (f"{what} was made from {_shown(path)}, and {_shown(spec.path)} has changed since (sha256 "
+                f"{sha[:12]}… then, {spec.sha256[:12]}… now): if its model, data or optimizer changed, its numbers "
+                "are another model's; measure it again")
+    mine = _shown(spec.path)
+    text = f"{what} was made from another spec, {_shown(path) if path else 'sha256 ' + sha[:12] + '…'}, not {mine}"
+    if any_spec:
+        return text + " (accepted by --any-spec: its numbers are that spec's)"
+    how = (f"measure this spec (`bsprof measure {mine}`) and pass its report" if what.startswith("--report") else
+           f"plan one from a report of this spec (`bsprof measure {mine}`, then `bsprof schedule`)")
+    raise ConfigError(text + ": its numbers belong to another model", how + ", or pass --any-spec if it is the "
+                      "same model in another file")
+
+
+def _shown(path) -> str:
+    """``path`` relative to the working directory when under it (as the user typed it, usually)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _recorded_spec(report) -> dict:
+    from bsprof.output.report import Report
+
+    if not isinstance(report, Report):
+        path = Path(report)
+        report = Report.from_json(path / "report.json" if path.is_dir() else path)
+    return report.spec or {}
+
+
 def _sweep(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepResult:
     say = progress or (lambda kind, info: None)
     emit = on_result or (lambda r: None)
+    said = [same_spec(_recorded_spec(report), spec, f"--report {report}", cfg.any_spec) if report is not None
+            else None]
+    sched, converted = _schedule(cfg.schedule, spec) if cfg.schedule else (None, None)
+    if sched is not None:
+        said.append(same_spec(sched.spec, spec, f"--schedule {cfg.schedule}", cfg.any_spec))
     comp = comparison(report, Estimate.none(), cfg.target_loss or None) if report is not None else None
     setup = eng.prepare(spec, cfg, _report_noise(report))
+    setup.warnings = [w for w in said if w]
     budget = eng._Budget(cfg.max_seconds, cfg.max_examples)
     model, _ = eng._model(setup, 0, 1.0)
     setup.initial_loss = eng.evaluate(model, setup, budget)[0]
@@ -417,7 +541,6 @@ def _sweep(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepRe
         raise ConfigError(f"--target-loss {cfg.target_loss:g} is not below the initial evaluation loss "
                           f"{setup.initial_loss:.4g}", "pass a target below the initial loss")
 
-    sched, converted = _schedule(cfg.schedule, spec) if cfg.schedule else (None, None)
     if sched is not None:
         converted = "; ".join(n for n in (converted, *_schedule_fits(sched, cfg, setup)) if n) or None
     followed: list = []

@@ -27,7 +27,7 @@ from bsprof.errors import BsprofError, ConfigError, DataError, NonFiniteError
 from bsprof.gate.policy import lr_rule as optimizer_lr_rule
 from bsprof.probes.base import eval_mode, per_example_losses
 from bsprof.sweep import fit
-from bsprof.sweep.config import SweepConfig
+from bsprof.sweep.config import EVAL_EXAMPLES, SweepConfig
 from bsprof.sweep.result import Branch, SweepResult
 
 Progress = Callable[[str, dict], None]
@@ -62,6 +62,12 @@ class _Setup:
     held_out: bool = False
     initial_loss: float = math.nan
     n_data: int = 0                  # the dataset's examples
+    eval_capped: bool = False        # the default evaluation draw was capped at a quarter of the dataset
+    warnings: list = field(default_factory=list)   # said first (a report from an edited spec, an untuned lr)
+
+    @property
+    def n_train(self) -> int:
+        return self.n_data - self.n_eval if self.held_out else self.n_data
 
 
 @dataclass
@@ -96,7 +102,11 @@ def prepare(spec: Spec, cfg: SweepConfig, b_noise: float | None = None) -> _Setu
     n = len(data)
     gen = torch.Generator().manual_seed(cfg.seed)
     perm = torch.randperm(n, generator=gen).tolist()
-    n_eval = n if cfg.eval_examples == 0 or cfg.eval_examples >= n else cfg.eval_examples
+    asked = EVAL_EXAMPLES if cfg.eval_examples is None else cfg.eval_examples
+    n_eval = n if asked == 0 or asked >= n else asked
+    capped = cfg.eval_examples is None and cfg.holdout and 2 * n_eval > n   # the default would halve the data
+    if capped:
+        n_eval = max(1, n // 4)
     held_out = cfg.holdout and n_eval < n
     train = Subset(data, perm[n_eval:]) if held_out else data
     largest = cfg.batch_sizes()[-1]
@@ -118,7 +128,8 @@ def prepare(spec: Spec, cfg: SweepConfig, b_noise: float | None = None) -> _Setu
     rule = optimizer_lr_rule(name) or "none" if cfg.lr_rule == "auto" else cfg.lr_rule
     b_noise = cfg.b_noise or b_noise
     return _Setup(spec, cfg, device, train, eval_batches, n_eval, float(opt.param_groups[0]["lr"]), name, rule,
-                  b_noise if rule in ("linear", "sqrt") and b_noise else None, init, held_out, n_data=n)
+                  b_noise if rule in ("linear", "sqrt") and b_noise else None, init, held_out, n_data=n,
+                  eval_capped=capped)
 
 
 def _model(setup: _Setup, seed: int, factor: float):
@@ -154,7 +165,7 @@ def _factor(setup: _Setup, batch: int, multiplier: float) -> float:
 def run_fixed(setup: _Setup, seed: int, batch: int, multiplier: float, budget: _Budget,
               say: Progress) -> Branch:
     """Local: train ``examples`` examples at ``batch`` (round(examples/batch) steps, at least 1), then evaluate."""
-    steps = max(1, round(setup.cfg.branch_examples() / batch))
+    steps = setup.cfg.branch_steps(batch)
     if steps * batch > budget.examples_left():
         raise _Stop(f"the --max-examples budget ({setup.cfg.max_examples:,}) would be exceeded by the next branch")
     factor = _factor(setup, batch, multiplier)

@@ -12,6 +12,8 @@ from bsprof.errors import ConfigError
 METHODS = ("local", "global")
 LR_RULES = ("auto", "linear", "sqrt", "none")
 TOLERANCE_MODES = ("rel", "abs")
+GLOBAL_GRID = (0.5, 1.0, 2.0)   # the global method's default lr multipliers: eq. 2.11 needs the lr tuned per batch
+EVAL_EXAMPLES = 1024            # the default evaluation draw, capped at a quarter of a dataset it would halve
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class SweepConfig:
     batches: tuple[int, ...] = ()
     lr: float = 0.1                  # learning rate of the default SGD optimizer (a spec optimizer keeps its own)
     lr_rule: str = "auto"            # auto (linear for SGD, sqrt for the Adam family, else none), linear, sqrt, none
-    lr_grid: tuple[float, ...] = (1.0,)
+    lr_grid: tuple[float, ...] | None = None   # None: [1] (local), GLOBAL_GRID (global)
     b_noise: float = 0.0             # noise scale for the saturating linear rule (0: pure linear; from --report)
     examples: int = 0                # local: training examples per branch (0: 32 × the largest batch)
     tolerance: float = 0.01          # local: pass if loss ≤ ref·(1 + tol) (rel) or ref + tol (abs)
@@ -37,7 +39,8 @@ class SweepConfig:
     target_loss: float = 0.0         # global: the evaluation loss to reach
     max_steps: int = 2000            # global: steps per branch before giving up
     seeds: int = 1
-    eval_examples: int = 1024        # the fixed evaluation draw (0 or ≥ dataset: the whole dataset)
+    eval_examples: int | None = None  # the fixed evaluation draw (0 or ≥ dataset: the whole dataset; None: 1024,
+    #                                   capped at a quarter of a dataset it would hold out more than half of)
     holdout: bool = True             # exclude the evaluation draw from training
     checkpoint: str | None = None    # start every branch from these weights (else the spec's initial weights)
     schedule: str | None = None      # global: also train this schedule.json as written (batch and lr by step)
@@ -47,6 +50,11 @@ class SweepConfig:
     confidence: float = 0.9
     device: str = "auto"
     seed: int = 0
+    any_spec: bool = False           # accept a report or schedule recorded for another spec file
+
+    def __post_init__(self):
+        if self.lr_grid is None:   # resolved here: sweep.json records the grid that ran
+            object.__setattr__(self, "lr_grid", GLOBAL_GRID if self.method == "global" else (1.0,))
 
     def batch_sizes(self) -> list[int]:
         if self.batches:
@@ -88,8 +96,18 @@ class SweepConfig:
             if getattr(self, name) < 1:
                 p.append(f"{name} must be at least 1 (got {getattr(self, name)})")
         for name in ("examples", "eval_examples", "max_examples", "n_boot"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 p.append(f"{name} must be 0 or more (got {getattr(self, name)})")
+        b = self.batch_sizes()
+        if self.method == "local" and self.max_examples > 0 and b and all(isinstance(x, int) and x > 0 for x in b):
+            first = self.branch_steps(b[0]) * b[0]
+            if self.max_examples < first:
+                total = sum(self.branch_steps(x) * x for x in b) * len(self.lr_grid or ()) * max(self.seeds, 1)
+                p.append(f"max_examples ({self.max_examples:,}) is smaller than one branch: batch {b[0]} trains "
+                         f"{first:,} examples (the whole sweep {total:,}); raise max_examples to at least {first:,}, "
+                         "or train fewer examples per branch")
+        elif self.method == "global" and 0 < self.max_examples < (b[0] if b and isinstance(b[0], int) else 0):
+            p.append(f"max_examples ({self.max_examples:,}) is smaller than one step of batch {b[0]}: raise it")
         if not self.max_seconds > 0:
             p.append(f"max_seconds must be positive (got {self.max_seconds})")
         if not 0.5 <= self.confidence < 1:
@@ -98,6 +116,10 @@ class SweepConfig:
 
     def branch_examples(self) -> int:
         return self.examples or 32 * self.batch_sizes()[-1]
+
+    def branch_steps(self, batch: int) -> int:
+        """Local: the steps of a branch at ``batch``, round(examples/batch), at least 1."""
+        return max(1, round(self.branch_examples() / batch))
 
     def to_dict(self) -> dict:
         from bsprof.results import json_clean

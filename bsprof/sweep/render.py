@@ -32,7 +32,8 @@ def batches_table(r) -> Table:
         last = ("yes" if s.passed else "no") if local else f"{s.reached}/{s.ran or seeds}"
         steps = f"{s.steps:,.0f}" if math.isfinite(s.steps) else "not reached"
         ex = f"{s.examples:,.0f}" if math.isfinite(s.examples) else "–"
-        t.add_row(f"{s.batch:,}", f"{s.lr:.4g}", steps, ex, _loss(s.loss, s.loss_se), last)
+        batch = f"{s.batch:,}" + (" (partial)" if getattr(s, "partial", False) else "")
+        t.add_row(batch, f"{s.lr:.4g}", steps, ex, _loss(s.loss, s.loss_se), last)
     return t
 
 
@@ -53,11 +54,13 @@ def summary_lines(r) -> list[str]:
                      "see the notes)")
     elif r.fit is not None:
         f = r.fit
-        lines.append(f"B_crit (McCandlish fit): {estimate_text(f.b_crit)} {u}   ({f.confidence:.0%} bootstrap over "
-                     f"{f.resampled}, {f.n_boot} fits)")
-        lines.append(f"S_min {estimate_text(f.s_min)} steps,  E_min = S_min·B_crit {estimate_text(f.e_min)} {u}")
+        limit = (getattr(r, "data", None) or {}).get("interval_limit") or math.inf
+        lines.append(f"B_crit (McCandlish fit): {_bounded(f.b_crit, hi=limit)} {u}   ({f.confidence:.0%} bootstrap "
+                     f"over {f.resampled}, {f.n_boot} fits)")
+        lines.append(f"S_min {_bounded(f.s_min, lo=1.0)} steps,  E_min = S_min·B_crit {estimate_text(f.e_min)} {u}")
     else:
         lines.append("B_crit: not fitted (fewer than 3 batch sizes reached the target)")
+    lines += [f"[bold yellow]warning:[/] {w}" for w in getattr(r, "warnings", ())]
     c = r.compute
     lines.append(f"sweep cost: {c.train_examples:,} training + {c.eval_examples:,} evaluation examples, "
                  f"{c.seconds:.1f} s")
@@ -82,6 +85,16 @@ def summary_lines(r) -> list[str]:
         n = r.incomplete.get("branches", 0)
         lines.append(f"incomplete: {r.incomplete['reason']} (after {n} branch{'' if n == 1 else 'es'})")
     return lines
+
+
+def _bounded(est, lo: float = -math.inf, hi: float = math.inf) -> str:
+    """``estimate_text`` with an interval end past ``hi`` (or below ``lo``) shown as '> hi' ('< lo'): where the fit
+    stops meaning anything (B_crit beyond the training set or 100× the swept batches; S_min below one step)."""
+    if est.status.value != "ok" or est.unresolved or not (est.hi > hi or est.lo < lo):
+        return estimate_text(est)
+    low = f"< {fmt(lo)}" if est.lo < lo else fmt(est.lo)
+    high = f"> {hi:,.0f}" if est.hi > hi else fmt(est.hi)
+    return f"{fmt(est.value)} [{low}, {high}]"
 
 
 def _bracket(est, incomplete: dict | None = None, unit: str = "") -> str:

@@ -56,6 +56,7 @@ class BatchSummary:
     passed: bool | None = None
     reached: int = 0          # global: seeds that reached the target at the best lr
     ran: int = 0              # global: seeds run at the best lr (fewer than asked in an interrupted sweep)
+    partial: bool = False     # a stopped sweep ran only some of this batch's lrs × seeds
 
     def to_dict(self) -> dict:
         return json_clean(dataclasses.asdict(self))
@@ -118,10 +119,22 @@ class SweepResult:
     incomplete: dict | None = None
     unit: str = "examples"
     schedule: dict | None = None     # global with --schedule: its runs and ``summary.schedule_verdict``
+    warnings: tuple[str, ...] = ()   # what puts the answer itself in doubt (printed first: an untuned lr, …)
+    data: dict | None = None         # examples of the dataset, the evaluation draw, training; the intervals' limit
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return json_clean({"schema": SCHEMA, "kind": "bsprof-sweep", **d})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SweepResult:
+        """A sweep.json read back (``bsprof report sweep.json`` shows it): JSON's null for ∞ or NaN reads as NaN."""
+        fit = d.get("fit")
+        return _read(cls, d, batches=tuple(_read(BatchSummary, x) for x in d.get("batches") or ()),
+                     branches=tuple(_read(Branch, x) for x in d.get("branches") or ()),
+                     compute=_read(Compute, d.get("compute") or {}),
+                     fit=_read(CriticalFit, fit) if isinstance(fit, dict) else None,
+                     comparison=_read(Comparison, d["comparison"]) if isinstance(d.get("comparison"), dict) else None)
 
     def to_csv(self) -> str:
         import pandas as pd
@@ -142,6 +155,23 @@ class SweepResult:
         from bsprof.sweep.render import result_view
 
         return result_view(self)
+
+
+def _read(kind, d: dict, **given):
+    """``kind`` (a dataclass) from its dict: Estimates rebuilt, null floats NaN, tuples from lists."""
+    values = {}
+    for f in dataclasses.fields(kind):
+        if f.name in given or f.name not in d:
+            continue
+        v = d[f.name]
+        if "Estimate" in str(f.type):
+            v = Estimate.from_dict(v) if isinstance(v, dict) else None
+        elif f.type == "float" and v is None:
+            v = math.nan
+        elif str(f.type).startswith("tuple") and isinstance(v, list):
+            v = tuple(v)
+        values[f.name] = v
+    return kind(**values, **given)
 
 
 def is_finite(x) -> bool:
