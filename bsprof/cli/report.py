@@ -98,7 +98,7 @@ def saved_sweep(source: Path):
     try:
         text = path.read_text()
         data = json.loads(text)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # not JSON, or nested too deeply: the report reader says which
         return None
     if not isinstance(data, dict) or data.get("kind") != "bsprof-sweep":
         return None
