@@ -122,7 +122,11 @@ def test_a_measurement_at_the_initial_weights_can_show_a_batch_too_small_never_t
     assert judge(trained, 1000).checks[0].status == FAIL
     checkpoint = make_report([_row(0, 2.3, 10.0, 8.0, 12.5)], optimizer="AdamW")
     checkpoint.config["checkpoint"] = "trained.pt"                       # step 0 of a probe from trained weights
-    assert judge(checkpoint, 1000).checks[0].status == FAIL
+    # one point, not at initialisation: how the noise scale grows after it is unknown (a tracker log of one window
+    # failed B = 4,096 by default and passed with --window 12, a trial's finding): a warning that says so, not a fail
+    one = judge(checkpoint, 1000).checks[0]
+    assert one.status == PASS and "too large at the one point it can be judged" in one.message, one.message
+    assert any("--at-loss" in n for n in one.notes) and one.passing["max"] == math.inf
     path = tmp_path / "initial.json"
     initial.to_json(path)
     r = run(path, "-b", 1000, "--json")

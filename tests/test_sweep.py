@@ -951,3 +951,14 @@ def test_an_interval_past_the_training_set_is_printed_as_a_bound():
                            compute=SimpleNamespace(train_examples=0, eval_examples=0, seconds=0.0))
     text = "\n".join(summary_lines(view))
     assert "B_crit (McCandlish fit): 252 [133, > 1,348] examples" in text and "S_min 43.4 [< 1, 70.7]" in text, text
+
+
+def test_a_global_branch_runs_past_its_seeds_best_when_the_median_is_over_seeds():
+    """A global branch stopped at the fewest steps an earlier lr took (same batch, same seed) was scored "not
+    reached": with two seeds, lr B at 132 and 200 steps (median 166) lost to lr A at 180 and 200 (190) once B's
+    second seed was stopped at 180 (a user's out-of-sample check). One seed keeps the exact cut; several run to 3×."""
+    from bsprof.sweep.api import CAP_FACTOR, stop_at
+
+    assert stop_at(180.0, 1) == 180
+    assert stop_at(180.0, 2) == 3 * 180 == CAP_FACTOR * 180
+    assert np.median([132, min(200, stop_at(180.0, 2))]) < np.median([180, 200])

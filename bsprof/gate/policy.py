@@ -93,6 +93,8 @@ class Reading(Estimate):
     growth: float | None = None                  # the noise scale's growth along the path it was judged on (at its
                                                  # lowest loss over its highest, ``path_growth``); None: at one loss
     path: tuple[float, float] | None = None      # that path's (highest, lowest) loss
+    one_point: bool = False                      # judged at one point of the run, not asked (``--at-loss``): how
+                                                 # the noise scale grows after it is unknown
 
     def brief(self) -> str:
         """``describe`` without where the value was read (the verdict's first line says it)."""
@@ -109,7 +111,7 @@ class Reading(Estimate):
         d = {**super().to_dict(), "name": self.name, "unit": self.unit, "where": self.where, "loss": self.loss,
              "step": self.step, "eps_max": self.eps_max, "rel_halfwidth": self.rel_halfwidth,
              "model_range": self.model_range, "quantity": self.quantity, "factor": self.factor,
-             "initial": self.initial, "growth": self.growth, "path": self.path}
+             "initial": self.initial, "growth": self.growth, "path": self.path, "one_point": self.one_point}
         if self.b_noise is not None:
             d.update(self.b_noise.to_row("b_noise"))
             del d["b_noise_status"]
@@ -189,13 +191,13 @@ GROWING = 1.5
 def path_growth(report: Report, col: str) -> dict:
     """{"growth": the value at the lowest loss over that at the highest, "path": (highest, lowest) loss} of the noise
     scale ``col`` over the rows the headline's path runs through (``plan.usable_rows``: B_simple ok, finite loss);
-    {} with fewer than two losses."""
+    {"one_point": True} with fewer than two losses."""
     from bsprof.schedule.plan import noise_of
 
     rows = sorted(((r.loss, e.value) for r in report.measurements if r.b_simple.ok and finite(r.loss)
                    and (e := noise_of(r, col)) is not None and e.ok and finite(e.value) and e.value > 0))
     if len(rows) < 2 or not rows[0][0] < rows[-1][0]:
-        return {}
+        return {"one_point": True}
     return {"growth": rows[0][1] / rows[-1][1], "path": (rows[-1][0], rows[0][0])}
 
 
@@ -439,7 +441,7 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy(), to
                            f"cannot judge B = {_fmt(B)}: the noise scale is undetermined ({noise.where}); "
                            "|G|² was not distinguished from 0",
                            ("measure longer or at a lower loss: `bsprof measure --max-examples ...`",), measured)
-    grows = noise.growth is not None and noise.growth >= GROWING and not noise.initial
+    grows = not noise.initial and (noise.one_point or (noise.growth is not None and noise.growth >= GROWING))
     passing = {"min": noise.lo / Xs, "max": math.inf if noise.initial or grows else noise.hi * Xc}
     if grows:
         passing["max_path"] = noise.hi * Xc   # what passes for a training that ends where the path ends
@@ -522,9 +524,23 @@ def _too_large_on_the_path(B: float, noise: Reading, Xc: float, g: int, measured
     falls), which B may be within. A warning, not a failure (unless judged at one loss, ``--at-loss``)."""
     from bsprof.schedule.headline import NAMES
 
-    extra, (high, low), most = B / noise.hi, noise.path, _whole(passing["max_path"], g, False)
+    extra, most = B / noise.hi, _whole(passing["max_path"], g, False)
     who, longer = (("the log's", "train (and log) further") if noise.from_log else
                    ("the probe's", "probe longer (more --steps)"))
+    if noise.one_point:  # one measurement (or window): no path, so no growth to judge by
+        more = ("a smaller --window, so that the log's steps make two windows or more, or train (and log) further"
+                if noise.from_log else "more measurements along the probe (a smaller --measure-every)")
+        return CheckResult(
+            "batch_size", PASS,
+            f"B = {_fmt(B)} is too large at the one point it can be judged: extra compute E/E_min − 1 = B/B_n ≥ "
+            f"{_fmt(extra)} (limit {_fmt(Xc)}) even at the high end of {noise.describe()}, where at most {most} "
+            f"{noise.unit} pass; not failing, since how the noise scale grows after that point is unknown",
+            (f"judged at one point of {who.removesuffix(chr(39) + 's')} run: the noise scale grows as the loss falls "
+             "(McCandlish et al. 2018), so a training that goes on to lower losses may have a critical batch that "
+             f"B = {_fmt(B)} is within; to judge, pass --at-loss L (too large there fails), or give it a path: "
+             f"{more}",),
+            {**measured, "extra_compute": extra}, passing)
+    high, low = noise.path
     return CheckResult(
         "batch_size", PASS,
         f"B = {_fmt(B)} is too large only for {who} path: extra compute E/E_min − 1 = B/B_n ≥ {_fmt(extra)} (limit "

@@ -212,6 +212,18 @@ def _partial(summaries, used, cfg: SweepConfig, incomplete) -> tuple[list, list[
     return out, note
 
 
+CAP_FACTOR = 3  # over several seeds, a branch runs to this many times its seed's best steps so far at its batch
+
+
+def stop_at(best: float, seeds: int) -> int:
+    """Steps a global branch may run, given the fewest steps to the target of an earlier lr at its batch and seed.
+    With one seed, ``best``: a slower lr cannot be the batch's best. With several, the best lr is the one with the
+    fewest MEDIAN steps over seeds, and a seed slower than its own best may still belong to it (two seeds: 132 and
+    200 steps beat 180 and 200), so such a run goes on to ``CAP_FACTOR`` × ``best``: an lr 3× slower on one seed is
+    the best only where seeds differ by 3×."""
+    return int(best) if seeds == 1 else math.ceil(CAP_FACTOR * best)
+
+
 def _local_result(setup, cfg, rows, budget, incomplete, comp) -> SweepResult:
     rows = list(rows)
     used, partial = summary.complete_seeds(rows) if incomplete else (rows, None)
@@ -562,7 +574,7 @@ def _sweep(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepRe
                     if local:
                         row = eng.run_fixed(setup, seed, b, m, budget, say)
                     else:
-                        cap = cfg.max_steps if not math.isfinite(best) else int(best)
+                        cap = cfg.max_steps if not math.isfinite(best) else min(cfg.max_steps, stop_at(best, cfg.seeds))
                         row = eng.run_to_target(setup, seed, b, m, cap, budget, say)
                         best = min(best, row.steps_to_target)
                     rows.append(row)
