@@ -181,7 +181,8 @@ def load_yaml(text: str, path: Path | str = "config"):
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        where = str(e).replace('"<unicode string>"', str(path))  # yaml names the text it was given, not the file
+        where = " ".join(str(e).replace('"<unicode string>"', str(path)).split())  # yaml names the text it was
+        # given, not the file; its context spans several lines and a caret line: one line, as every error is
         raise ConfigError(f"cannot read {path}: it is not valid YAML: {clip(where, 400)}", "fix the YAML syntax")
     except RecursionError:
         raise ConfigError(f"{path} nests too deeply", "write a flat mapping of option: value")

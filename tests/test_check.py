@@ -625,6 +625,28 @@ def test_config_default_keys_and_errors(tmp_path, report):
     assert r.exit_code == 2 and "not found" in r.stderr
     cfg.write_text("batch_size: big\n")
     assert run(report, "--training-config", cfg).exit_code == 2
+    # no key tried is there: the file, the keys tried and the keys found are named (it said only "no batch size")
+    cfg.write_text("trainer:\n  global_batch_size: 64\nseed: 1\n")
+    r = run(report, "--training-config", cfg)
+    err = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "none of the keys tried" in err and "found: trainer, seed" in err, err
+    # a YAML syntax error is one line, as every error is (PyYAML's context spanned eight)
+    bad.write_text("trainer: {batch_size: 64\n")
+    r = run(report, "--training-config", bad)
+    assert r.exit_code == 2 and len([ln for ln in r.stderr.splitlines() if ln.startswith("error:")]) == 1
+    assert not any(ln.strip().startswith("^") for ln in r.stderr.splitlines())
+
+
+def test_hugging_face_training_arguments_count_the_accumulation(tmp_path, report):
+    """TrainingArguments' per_device_train_batch_size is one device's micro-batch: the optimizer step's batch is ×
+    gradient_accumulation_steps (a trial's check judged B = 16 where the step took 64), and × devices, which the note
+    says to pass."""
+    cfg = tmp_path / "hf.json"
+    cfg.write_text('{"per_device_train_batch_size": 16, "gradient_accumulation_steps": 4, "learning_rate": 0.05}')
+    r = run(report, "--training-config", cfg, "--json")
+    out = json.loads(r.stdout)
+    assert out["checks"][0]["measured"]["batch_size"] == 64, out
+    assert "16 × gradient_accumulation_steps 4 = 64 examples per optimizer step on one device" in r.stdout
 
 
 def test_toml_without_tomllib_or_tomli_says_so(tmp_path, report, monkeypatch):

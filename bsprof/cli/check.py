@@ -366,6 +366,14 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
     if config is not None:
         from_config = batch_size is None
         batch_size, lr, notes = values_from_config(config, batch_key, lr_key, batch_size, lr)
+    if batch_size is None and config is not None:
+        from bsprof.gate.training_config import BATCH_KEYS, read_training_config
+
+        data = read_training_config(config)
+        found = ", ".join(list(data)[:12]) if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"no batch size in {config}: none of the keys tried ({', '.join(BATCH_KEYS)}) is there "
+                          f"(found: {found})", "name it with --batch-key KEY (dotted for a nested one, e.g. "
+                          "trainer.global_batch_size), or pass --batch-size B")
     if batch_size is None:
         raise ConfigError("no batch size to judge", "pass --batch-size B, or --training-config FILE --batch-key KEY")
     problems = [p for p in (limit("--batch-size", batch_size, 1, MAX_BATCH),

@@ -13,7 +13,10 @@ from pathlib import Path
 from bsprof.errors import ConfigError, clip, short
 
 # Keys tried, in order, when no --batch-key / --lr-key is given (the first one present wins).
-BATCH_KEYS = ("batch_size", "train.batch_size", "training.batch_size", "trainer.batch_size", "data.batch_size")
+BATCH_KEYS = ("batch_size", "train.batch_size", "training.batch_size", "trainer.batch_size", "data.batch_size",
+              "per_device_train_batch_size")
+# Hugging Face TrainingArguments: the optimizer step's batch on one device is the per-device batch × this
+HF_BATCH, HF_ACCUMULATION = "per_device_train_batch_size", "gradient_accumulation_steps"
 LR_KEYS = ("lr", "learning_rate", "optim.lr", "optimizer.lr", "train.lr", "training.lr", "trainer.lr")
 
 
@@ -107,7 +110,16 @@ def values_from_config(path: Path, batch_key: str | None, lr_key: str | None, ba
             notes.append(f"{flag} {short(given, 40)} overrides {key} = {short(value)} in {path}")
             return given
         notes.append(f"read {key} = {short(value)} from {path}")
-        return _number(value, key, integer)
+        number = _number(value, key, integer)
+        if integer and key.rsplit(".", 1)[-1] == HF_BATCH:   # per device and micro-step: × the accumulation
+            where = key.rsplit(".", 1)[0] + "." if "." in key else ""
+            k = _number(lookup(data, where + HF_ACCUMULATION, str(path)), HF_ACCUMULATION, True) \
+                if _has(data, where + HF_ACCUMULATION) else 1
+            notes.append(f"B = {short(value)} × {HF_ACCUMULATION} {k:g} = {number * k:g} examples per optimizer "
+                         f"step on one device; on W devices the step's batch is W× that: pass --batch-size "
+                         f"{number * k:g}·W")
+            number *= k
+        return number
 
     return (pick(batch_key, BATCH_KEYS, True, batch_size, "--batch-size"),
             pick(lr_key, LR_KEYS, False, lr, "--lr"), notes)

@@ -781,8 +781,11 @@ def fsdp_problem(model: nn.Module, params: list[Tensor]) -> str | None:
     managed = {id(fp.sharded_param) for g in groups for fp in g.fsdp_params}
     outside = [i for i, p in enumerate(params) if id(p) not in managed]
     if outside:
+        names = {id(p): n for n, p in model.named_parameters()}
+        listed = [names.get(id(params[i]), "?") for i in outside]
         return (f"{len(outside)} trainable parameter(s) are DTensors not managed by fully_shard, or plain tensors "
-                f"next to sharded ones: call fully_shard on the root module too")
+                f"next to sharded ones ({', '.join(listed[:5])}{' …' if len(listed) > 5 else ''}): call fully_shard "
+                "on the root module too")
     for g in groups:
         for fp in g.fsdp_params:
             if fp.sharded_param.device_mesh.ndim != 1:

@@ -287,7 +287,8 @@ class Tracker:
                                    "DistributedDataParallel (or FSDP2) model: if DDP wraps it (the Tracker made on "
                                    "ddp_model.module, or before DDP(model)), .grad holds the ranks' averaged gradient "
                                    "and the one-process pair would be silently wrong",
-                                   "make the Tracker after wrapping, on the wrapper: bsprof.Tracker(ddp_model, ...); "
+                                   "make the Tracker after wrapping, on the wrapper: bsprof.Tracker(ddp_model, ...) "
+                                   "(under FSDP2, after fully_shard(model)); "
                                    "if each rank trains a model of its own, without gradient sync, say so with "
                                    "source='accumulation' or source='per_example'")
         self.rank = dist.get_rank(self.group) if self.world > 1 else 0
