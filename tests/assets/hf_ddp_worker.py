@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from transformers import Trainer, TrainingArguments
+from worker_exit import leave  # tests/assets, the script's folder
 
 import bsprof
 from bsprof.integrations.hf import NoiseScaleCallback, attach
@@ -160,3 +161,4 @@ if __name__ == "__main__":
         follow(sys.argv[1])
     else:
         main(sys.argv[1], int(sys.argv[2]))
+    leave()   # results written: no interpreter teardown (worker_exit.py)
