@@ -591,6 +591,18 @@ def test_json_output_is_the_only_stdout(tmp_path, report):
     assert r.exit_code == 2 and json.loads(r.stdout)["status"] == "cannot_judge"
 
 
+def test_json_lists_the_warnings_a_pass_carries(report):
+    """A pass with a warning ("status": "pass", the warning only in that check's notes) looked like a clean pass to a
+    CI script reading the JSON (a trial's finding): ``warnings`` lists every check's notes, as GitHub annotates them."""
+    for b in (1000, 8192):
+        data = json.loads(run(report, "-b", b, "--json").stdout)
+        want = [{"check": c["name"], "message": n} for c in data["checks"] for n in c["notes"]]
+        assert data["warnings"] == want
+    data = json.loads(run(report, "-b", 4000, "--json").stdout)   # too large at the estimate, not across it
+    assert data["status"] == "pass" and data["warnings"][0]["check"] == "batch_size"
+    assert "too large at the estimate" in data["warnings"][0]["message"]
+
+
 # -- training configs ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, text", [
     ("train.yaml", "trainer:\n  batch_size: 8192\noptim:\n  lr: 3e-4\n"),

@@ -405,6 +405,9 @@ class Verdict:
         from bsprof import __version__
 
         return {"status": self.status, "exit_code": self.exit_code, "messages": self.messages,
+                # every check's notes, as the GitHub format annotates them (::warning::): a pass with warnings is
+                # told from a clean one without reading each check
+                "warnings": [{"check": c.name, "message": n} for c in self.checks for n in c.notes],
                 "checks": [c.to_dict() for c in self.checks],
                 "noise_scale": self.noise.to_dict() if self.noise else None,
                 "notes": list(self.notes), "bsprof_version": __version__}
