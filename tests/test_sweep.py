@@ -323,6 +323,10 @@ def test_cli_global_with_report(tmp_path):
     assert c["critical_batch"]["value"] == pytest.approx(head.value)
     assert c["critical_ratio"] == pytest.approx(d["critical"]["value"] / head.value)
     assert "sweep / critical batch" in r.output
+    # the report's path (loss 0.7) does not reach the target 0.3: the headline beside the sweep says which it is (it
+    # printed a number with no loss, which `bsprof report -t 0.3` refuses: a user's out-of-sample check)
+    assert "the sweep's target loss 0.3 is outside the path" in c["critical_batch_to"]
+    assert "the sweep's target loss 0.3 is outside" in " ".join(r.output.split())
     assert d["fit"]["b_crit"]["lo"] <= d["fit"]["b_crit"]["value"] <= d["fit"]["b_crit"]["hi"]
 
 

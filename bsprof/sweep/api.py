@@ -56,16 +56,20 @@ def comparison(report, critical: Estimate, target_loss: float | None = None) -> 
     timing = report.timing or {}
     seconds = (float(timing["measuring_s"]) + float(timing.get("choosing_s") or 0.0) if timing.get("measuring_s")
                is not None else sum(m.seconds for m in ms if math.isfinite(m.seconds)))
+    to = ""
     try:
         head = report.summary_at(target_loss).critical_batch if target_loss else s.critical_batch
+        to = f"to the sweep's target loss {target_loss:g}" if target_loss else ""
     except BsprofError:   # the sweep's target lies far below the report's losses: the headline to its lowest
         head = s.critical_batch
+        to = (f"over the report's whole path, as `bsprof report` prints it: the sweep's target loss {target_loss:g} "
+              "is outside the path its noise scale was measured along")
     head = head.scaled(1 / tpe) if head is not None else None
     lr, batch = report.config.get("optimizer_lr") or report.config.get("lr"), report.config.get("batch_size")
     return Comparison(where, b_simple, b_pre, b_noise, ratio, int(sum(m.examples for m in ms)),
                       round(seconds, 3), int(ms[-1].examples_seen) if ms else 0, head,
                       _ratio(value, head), tpe, float(lr) if finite(lr) else None,
-                      float(batch) if finite(batch) else None)
+                      float(batch) if finite(batch) else None, critical_batch_to=to)
 
 
 INTERRUPTED_N_BOOT = 200  # bootstrap fits of the partial result written on Ctrl-C (out in a fraction of a second)

@@ -72,8 +72,9 @@ def summary_lines(r) -> list[str]:
         versus = (f"sweep / critical batch {at or '= '}{fmt(k.critical_ratio)}" if math.isfinite(k.critical_ratio)
                   else "no ratio: the sweep did not determine its critical batch")
         if k.critical_batch is not None and k.critical_batch.ok:
-            lines.append(f"estimate ({k.report}): critical batch ≈ {estimate_text(k.critical_batch)} {u}{conv};  "
-                         f"{versus}")
+            to = getattr(k, "critical_batch_to", "")
+            lines.append(f"estimate ({k.report}): critical batch ≈ {estimate_text(k.critical_batch)} {u}{conv}"
+                         f"{f' ({to})' if to else ''};  {versus}")
         est = [f"B_simple {estimate_text(k.b_simple)}"]
         est += [f"{n} {estimate_text(e)}" for n, e in (("B_pre", k.b_pre), ("B_noise", k.b_noise)) if e is not None]
         lines.append(f"noise scale at the report's last weights: {', '.join(est)} {u}{conv}" +

@@ -94,6 +94,7 @@ class Comparison:
     probe_lr: float | None = None             # the lr and batch (examples) the report's probe trained at
     probe_batch: float | None = None
     ratio_status: str = "ok"                  # "lower_bound": the sweep's critical batch, so both ratios, are ≥
+    critical_batch_to: str = ""               # the loss the headline is to, in words (the sweep's target, or why not)
 
     def to_dict(self) -> dict:
         return json_clean({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
