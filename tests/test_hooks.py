@@ -803,3 +803,30 @@ def test_a_broadcast_n_by_n_loss_names_the_broadcast():
                SimpleNamespace(micro_batch=8, batch_size=32, steps=10, measure_every=5))
     note = next(d["message"] for d in report.diagnostics if d["code"] == "loss_mixes_examples")
     assert "[N, 1]" in note and "squeeze" in note
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Conv2d(2, 3, (2, 3), padding=(1, 0),
+    padding_mode="reflect", bias=False), nn.Conv2d(2, 3, 3, dilation=2, stride=(2, 1), padding=2),
+    nn.Conv1d(2, 4, 2, padding="same"), nn.Conv1d(2, 3, 2, padding_mode="circular", padding=1, stride=3),
+    nn.Conv3d(2, 3, (2, 3, 3), stride=(1, 2, 2), padding=1, dilation=(2, 1, 1)), nn.Conv2d(4, 6, 3, groups=2)],
+    ids=lambda c: repr(c))
+def test_conv_forms_agree_with_torch_func(conv):
+    """The per-example weight gradients of a conv, in both of ``conv_per_example``'s forms (the grouped
+    weight-gradient convolution and the forward convolution with δ as the kernel, chosen by timing), against
+    torch.func in float64: strides, dilations, asymmetric and non-zero padding, 1-, 2- and 3-d, groups."""
+    conv = conv.double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, conv.in_channels, *(9,) * (conv.weight.dim() - 2), generator=g, dtype=torch.float64)
+    d = torch.randn_like(conv(x))
+
+    def one(w, xi, di):
+        y = torch.func.functional_call(conv, {"weight": w}, (xi[None],))
+        return (y * di[None]).sum()
+
+    want = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(conv.weight.detach(), x, d)
+    forms = [layers.conv_grouped] + ([layers.conv_forward] if conv.groups == 1 else [])
+    for form in forms:
+        got = form(conv, x, d)
+        assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-10, atol=1e-12), form.__name__
+    assert torch.allclose(layers.conv_per_example(conv, x, d), want, rtol=1e-10, atol=1e-12)
