@@ -918,3 +918,27 @@ def test_a_nan_example_is_named_not_blamed_on_the_lr():
     with pytest.raises(NonFiniteError, match="the training loss became") as e:
         train_step(model, opt, loss, examples, 64, step=4)
     assert "lower --lr" in e.value.hint
+
+
+def test_a_nan_example_drawn_to_measure_is_named():
+    """A NaN target in examples drawn for a measurement said only "the loss is nan while measuring … lower the
+    learning rate": when only some drawn examples' losses are not finite, at finite weights, the error names their
+    dataset indices and the data (as the training step's does); NaN in every example still gets the general one."""
+    import torch
+
+    import bsprof
+    from bsprof.errors import BsprofError
+
+    torch.manual_seed(0)
+    x, y = torch.randn(48, 3), torch.randn(48)
+    y[[5, 30]] = float("nan")
+    loss = lambda m, b: (m(b[0]).squeeze(-1) - b[1]) ** 2  # noqa: E731
+    with pytest.raises(BsprofError) as e:  # a probe batch of the whole dataset: both bad examples are drawn
+        bsprof.measure_at(torch.nn.Linear(3, 1), loss, (x, y), probe_batch=48, max_seconds=5)
+    assert "2 of the 48 examples drawn to measure" in e.value.message and "not the lr" in e.value.message
+    assert "dataset[5], [30]" in e.value.message or "dataset[30], [5]" in e.value.message
+    assert "NaN or Inf in their inputs or targets" in e.value.hint
+
+    with pytest.raises(BsprofError, match="the loss is nan while measuring"):
+        bsprof.measure_at(torch.nn.Linear(3, 1), loss, (x, torch.full_like(y, float("nan"))), probe_batch=48,
+                          max_seconds=5)

@@ -152,3 +152,9 @@ class Examples:
         chunks = [part[j * m:(j + 1) * m] for j in range(k)]
         self.last_indices = None if self.iterable else chunks  # dataset indices of each micro-batch (for messages)
         return [(self.collate(c if self.iterable else self.items(c)), len(c)) for c in chunks], len(part)
+
+
+def named_indices(indices: list[int], most: int = 5) -> str:
+    """Dataset indices for a message: "dataset[7], [40], …" (the first ``most``)."""
+    return (f"dataset[{indices[0]}]" + "".join(f", [{i}]" for i in indices[1:most])
+            + (", …" if len(indices) > most else ""))

@@ -24,7 +24,7 @@ from torch import nn
 from bsprof import distributed
 from bsprof.config import MeasureConfig, as_dict
 from bsprof.engine import cost, diagnostics, scales
-from bsprof.engine.data import Examples
+from bsprof.engine.data import Examples, named_indices
 from bsprof.engine.rng import caller_rng, seed_all
 from bsprof.engine.sampling import Sampling, group_types, groups_of, measure_at, so_far
 from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_optimizer, load_spec, module_at
@@ -168,8 +168,7 @@ def _non_finite_loss(model, losses: torch.Tensor, loss: float, step: int, indice
                               "lower --lr (or the spec optimizer's lr); what was measured before is kept", step)
     rows = bad.nonzero().flatten().tolist()
     which = ([indices[r] for r in rows] if indices is not None and len(indices) == losses.numel() else None)
-    named = (f" (dataset[{which[0]}]" + "".join(f", [{i}]" for i in which[1:5]) + (", …" if len(which) > 5 else "")
-             + ")" if which else "")
+    named = f" ({named_indices(which)})" if which else ""
     value = losses[rows[0]].item()
     return NonFiniteError(f"the loss of {len(rows)} of the {losses.numel()} examples in the batch of step {step} was "
                           f"{value}{named}, the others' finite, at finite weights: a bad example, not the lr",

@@ -21,9 +21,11 @@ from torch import nn
 
 from bsprof import distributed
 from bsprof.distributed import LOCAL, Comm
+from bsprof.engine.data import named_indices
 from bsprof.engine.source import DrawSource
 from bsprof.errors import NonFiniteError
 from bsprof.probes import ChunkStats, Probe
+from bsprof.probes.base import per_example_losses
 from bsprof.stats import stopping
 from bsprof.stats.draw import Draw
 from bsprof.stats.estimators import NoiseScale, noise_scale
@@ -74,8 +76,8 @@ def one_draw(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, B: in
     statistic ``local_sq`` = mean over ranks of |G^{(r)}_{B/W}|².
     """
     step = s.b if s.b > 1 else s.chunk
-    chunks = examples.batches(examples.draw(B), step)
-    sums, partial = chunk_sums(s.probe, model, loss_fn, chunks, B, step)
+    drawn = examples.draw(B)
+    sums, partial = chunk_sums(s.probe, model, loss_fn, examples.batches(drawn, step), B, step)
     total, local = distributed.reduce_sums(sums, comm)
     grad_sum, small, n_small, loss_sum, seen = (total.grad_sum, total.small_sq_sum, total.n_small,
                                                 total.loss_sum, total.count)
@@ -83,7 +85,7 @@ def one_draw(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, B: in
     small = small.double().cpu().numpy() / n_small
     loss = float(loss_sum) / seen
     if not (math.isfinite(loss) and np.isfinite(big).all() and np.isfinite(small).all()):
-        raise _non_finite(loss, big, small)
+        raise _non_finite(loss, big, small, _bad_examples(model, loss_fn, examples, drawn, step, comm))
     scale2, n_groups = loss_scale ** 2, int(group.max()) + 1
     return Draw(np.bincount(group, small, n_groups) / scale2, np.bincount(group, big, n_groups) / scale2,
                 seen // n_small, seen, loss, examples.n, tuple(partial),
@@ -91,10 +93,18 @@ def one_draw(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, B: in
                 else np.bincount(group, local.cpu().numpy(), n_groups) / scale2, comm.world)
 
 
-def _non_finite(loss: float, big: np.ndarray, small: np.ndarray) -> NonFiniteError:
-    """What went non-finite: the loss (NaN/Inf in the model or data, or training diverged), a squared gradient
-    norm that overflowed (finite loss, infinite |g|²: norms above ~1.8e19 square past float32's 3.4e38), or the
-    gradient itself."""
+def _non_finite(loss: float, big: np.ndarray, small: np.ndarray, bad: tuple | None = None) -> NonFiniteError:
+    """What went non-finite: some examples' losses at finite weights (``bad``: those examples, from
+    ``_bad_examples``), the loss (NaN/Inf in the model or data, or training diverged), a squared gradient norm that
+    overflowed (finite loss, infinite |g|²: norms above ~1.8e19 square past float32's 3.4e38), or the gradient
+    itself."""
+    if bad is not None:
+        rows, drawn, value = bad
+        return NonFiniteError(f"the loss of {len(rows)} of the {drawn} examples drawn to measure was {value} "
+                              f"({named_indices(rows)}), "
+                              "the others' finite, at finite weights: a bad example, not the lr",
+                              "check those examples for NaN or Inf in their inputs or targets (or a label out of "
+                              "range for the loss), and clean or drop them; what was measured before is kept")
     if not math.isfinite(loss):
         return NonFiniteError(f"the loss is {loss} while measuring", "check the model and data for NaN/Inf; if it "
                               "appears only after training steps, lower the learning rate")
@@ -106,6 +116,25 @@ def _non_finite(loss: float, big: np.ndarray, small: np.ndarray) -> NonFiniteErr
     return NonFiniteError("a gradient is NaN while measuring (the loss is finite)",
                           "check the model for operations with undefined gradients (sqrt(0), log(0)); if it appears "
                           "only after training steps, lower the learning rate")
+
+
+def _bad_examples(model: nn.Module, loss_fn, examples: DrawSource, drawn, step: int, comm: Comm) -> tuple | None:
+    """(dataset indices, examples drawn, a value) of the drawn examples whose own loss is not finite, when only some
+    are and the weights are finite (one process, a map-style dataset: indices to name); else None. Run only after a
+    draw went non-finite: the losses again, without gradients."""
+    if comm.world > 1 or not isinstance(drawn, list) or not all(isinstance(i, int) for i in drawn) \
+            or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return None
+    try:
+        with torch.no_grad():
+            losses = torch.cat([per_example_losses(model, loss_fn, batch, count).detach().float().cpu()
+                                for batch, count in examples.batches(drawn, step)])
+    except Exception:  # the diagnosis must not hide the error it explains
+        return None
+    bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+    if not bad or len(bad) == len(drawn) or len(losses) != len(drawn):
+        return None
+    return [drawn[r] for r in bad], len(drawn), losses[bad[0]].item()
 
 
 def partial_marks(step: int, B: int) -> set[int]:
