@@ -830,3 +830,25 @@ def test_conv_forms_agree_with_torch_func(conv):
         got = form(conv, x, d)
         assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-10, atol=1e-12), form.__name__
     assert torch.allclose(layers.conv_per_example(conv, x, d), want, rtol=1e-10, atol=1e-12)
+
+
+def test_conv_form_is_grouped_under_deterministic_algorithms_and_timed_once_per_shape(monkeypatch):
+    """The conv form is timed once per shape and kept; under ``torch.use_deterministic_algorithms(True)`` (numbers
+    that repeat to the bit, README) it is the grouped one, untimed."""
+    conv = nn.Conv2d(1, 2, 3, padding=1)
+    x = torch.randn(4, 1, 6, 6)
+    d = torch.randn(4, 2, 6, 6)
+    timed = []
+    monkeypatch.setattr(layers, "_CONV_FORMS", {})
+    monkeypatch.setattr(layers, "_seconds", lambda f, *a: timed.append(f) or (1.0 if f is layers.conv_grouped else 0.1))
+    assert layers._conv_form(conv, x, d) is layers.conv_forward and len(timed) == 2
+    assert layers._conv_form(conv, x, d) is layers.conv_forward and len(timed) == 2  # kept
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert layers._conv_form(conv, x, d) is layers.conv_grouped
+    finally:
+        torch.use_deterministic_algorithms(was)
+    monkeypatch.setattr(layers, "_CONV_FORMS", {})  # a near tie: the grouped form
+    monkeypatch.setattr(layers, "_seconds", lambda f, *a: 1.0 if f is layers.conv_grouped else 0.9)
+    assert layers._conv_form(conv, x, d) is layers.conv_grouped

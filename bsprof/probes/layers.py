@@ -289,14 +289,17 @@ def conv_forward(mod: nn.modules.conv._ConvNd, x: Tensor, d: Tensor) -> Tensor:
 
 
 _CONV_FORMS: dict = {}  # (shapes, conv geometry, device, dtype) -> the faster form, timed on first use
+FORWARD_MARGIN = 1.2  # the forward form is taken when at least this much faster (it was 1.3–2.8× on first layers)
 _CONV_FORMS_MAX = 512  # shapes timed per process; beyond (inputs of ever new sizes) the grouped form, untimed
 
 
 def _conv_form(mod: nn.modules.conv._ConvNd, x: Tensor, d: Tensor):
     """The faster of ``conv_grouped`` and ``conv_forward`` for this call's shapes: each run twice on the call's own
-    tensors the first time the shapes are seen (a few ms, once), the second run timed; both are exact. Grouped convs
-    (``groups`` > 1) take the grouped form."""
-    if mod.groups > 1:
+    tensors the first time the shapes are seen (a few ms, once), the second run timed; the forward form only when
+    it is at least ``FORWARD_MARGIN`` × faster, so that a near tie, which gains nothing, does not flip between runs.
+    Both are exact; their sums differ in the last bits, so under ``torch.use_deterministic_algorithms(True)``
+    (numbers that repeat to the bit) and for grouped convs (``groups`` > 1) the grouped form is taken, untimed."""
+    if mod.groups > 1 or torch.are_deterministic_algorithms_enabled():
         return conv_grouped
     key = (tuple(x.shape), tuple(d.shape), mod.kernel_size, mod.stride, mod.dilation, mod.padding_mode,
            tuple(mod._reversed_padding_repeated_twice), x.device, x.dtype)
@@ -304,7 +307,8 @@ def _conv_form(mod: nn.modules.conv._ConvNd, x: Tensor, d: Tensor):
     if form is None and len(_CONV_FORMS) >= _CONV_FORMS_MAX:
         return conv_grouped
     if form is None:
-        form = _CONV_FORMS[key] = min((conv_grouped, conv_forward), key=lambda f: _seconds(f, mod, x, d))
+        grouped, forward = (_seconds(f, mod, x, d) for f in (conv_grouped, conv_forward))
+        form = _CONV_FORMS[key] = conv_forward if forward * FORWARD_MARGIN <= grouped else conv_grouped
     return form
 
 
