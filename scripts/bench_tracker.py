@@ -15,6 +15,9 @@ Every method has its own copy of the model (same weights) and its own SGD optimi
     plain, plain (A/A), tracker (``with tracker.per_example(): loss.backward()``), tracker+log,
     weight-grad floor: plain + every Linear/Conv weight gradient formed a second time by torch's batched kernel
                    (``weight_grad_floor_loop``): the least an add-on explicit per-example method costs on the CNN
+    per-example floor: plain + each Linear's per-example norms from row norms, each conv's weight gradient again,
+                   and |G_B|² read after the backward (``per_example_floor_loop``): the least exact per-example
+                   pair a tracker can add to a backward it leaves as the user wrote it
 
 Timing as in bench_microbatch.py: rounds rotate the order of the methods; in each round every method runs
 ``--block`` steps in a row and its time is the median of those steps after the first. The overhead is the median
@@ -134,6 +137,37 @@ def weight_grad_floor_loop(model):
     return per_example_loop(model)
 
 
+def per_example_floor_loop(model):
+    """plain + the least exact work of a per-example pair, with the Python of one hook per layer: each Linear's
+    Σ_i |δ_i|²(|x_i|² + 1) from its input's and output gradient's row norms (two row dot products and one dot),
+    each conv's weight gradient formed a second time (as ``weight_grad_floor_loop``), and |G_B|² = Σ_p |p.grad|²
+    read after the backward (one dot per parameter). What no add-on exact per-example source can go below."""
+    def rows(mod, x, d):
+        x, d = x.reshape(-1, x.shape[-1]), d.reshape(-1, d.shape[-1])
+        torch.dot(torch.linalg.vecdot(d, d), torch.linalg.vecdot(x, x) + 1)
+
+    def again(mod, x, d):
+        torch.ops.aten.convolution_backward(d, x, mod.weight, None, mod.stride, mod.padding, mod.dilation, False,
+                                            (0,) * len(mod.padding), mod.groups, (False, True, False))
+
+    def forward_hook(mod, args, out):
+        rule = rows if isinstance(mod, torch.nn.Linear) else again
+        out.register_hook(lambda d, x=args[0].detach(): rule(mod, x, d))
+    for mod in model.modules():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
+            mod.register_forward_hook(forward_hook)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-4)
+
+    def step(batches):
+        loss = _ce(model, batches[0])
+        loss.backward()
+        sum(torch.dot(p.grad.flatten(), p.grad.flatten()) for p in params)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
 # name -> (factory, base for the paired ratio)
 ACCUM = {"plain": (accum_loop, "plain"), "plain (A/A)": (accum_loop, "plain"),
          "tracker": (lambda m: accum_loop(m, True), "plain"),
@@ -142,7 +176,8 @@ ACCUM = {"plain": (accum_loop, "plain"), "plain (A/A)": (accum_loop, "plain"),
 PER_EXAMPLE = {"plain": (per_example_loop, "plain"), "plain (A/A)": (per_example_loop, "plain"),
                "tracker": (lambda m: per_example_loop(m, True), "plain"),
                "tracker+log": (lambda m: per_example_loop(m, True, True), "plain"),
-               "weight-grad floor": (weight_grad_floor_loop, "plain")}
+               "weight-grad floor": (weight_grad_floor_loop, "plain"),
+               "per-example floor": (per_example_floor_loop, "plain")}
 
 
 # ---------------------------------------------------------------------------------------------- timing
