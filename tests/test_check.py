@@ -704,6 +704,9 @@ def test_spec_with_budget_and_a_measured_report(tmp_path):
     assert any("known to" in n or "undetermined" in n or "lower bound" in n for n in data["notes"])
     # the report written by bsprof.loop.measure feeds the gate: 0, 1 and 2 on real reports
     b = json.loads(saved.read_text())["summary"]["b_simple"]["value"]
+    # the budget is for precision: not measure's rule of "as long as the training before" (0 s at step 0; a new
+    # user's --budget 30s stopped at ±315% after 2.9 s)
+    assert json.loads(saved.read_text())["config"]["measure_budget"] == 0
     assert run(saved, "-b", max(1, round(b))).exit_code == 0
     large = run(saved, "-b", round(b * 100))           # at the initial weights: too large cannot be shown
     assert large.exit_code == 2 and "initial weights" in large.stdout and "--steps N" in large.stdout

@@ -216,6 +216,29 @@ def test_batchnorm_training_windows_come_from_two_micro_batches(tmp_path):
     assert windows in ([6, 6], [6, 12])  # a first window that leaves |G|² undetermined joins the second
 
 
+def test_batchnorm_measurement_loss_is_at_the_training_batch_not_the_micro_batch(tmp_path, monkeypatch):
+    """A BatchNorm model's measurement drew micro-batches of b, normalised over b examples, and its loss column came
+    from them: 0.85 at --micro-batch 8 against 0.67 at 64 on one training run (a new user's trial), which moved the
+    schedule's path. The loss is now that of training batches forwarded whole: the same whatever --micro-batch."""
+    import bsprof.engine.sampling as sampling
+
+    seen = []
+    real = sampling.loss_at_batch
+    monkeypatch.setattr("bsprof.engine.loop.loss_at_batch",
+                        lambda *a: seen.append(a[3]) or real(*a))
+    losses = {}
+    for mb in (4, 16):
+        r = run(ASSETS / "bn_cnn.py", "--steps", 20, "--measure-every", 10, "--batch-size", 32, "--micro-batch", mb,
+                "--lr", 0.5, "--max-seconds", 1, "-o", tmp_path / str(mb), "-q", "--no-figures")
+        assert r.exit_code == 0, r.output
+        report = json.loads((tmp_path / str(mb) / "report.json").read_text())
+        losses[mb] = [m["loss"] for m in report["measurements"]]
+        assert "loss is that of a few training batches" in {d["code"]: d["message"]
+                                                          for d in report["diagnostics"]}["batchnorm_train"]
+    assert seen == [32] * 6 and len(losses[4]) == 3
+    assert losses[4] == pytest.approx(losses[16], abs=0.02)
+
+
 def test_an_odd_batch_with_batchnorm_says_why_there_are_no_windows(tmp_path):
     r = run(ASSETS / "bn_cnn.py", "--steps", 4, "--measure-every", 2, "--batch-size", 31, "--max-seconds", 1,
             "-o", tmp_path, "-q", "--no-figures")

@@ -58,7 +58,8 @@ def read_report(target: Path) -> Report:
 
 def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None = None,
                 rel_error: float | None = None, save_to: Path | None = None) -> tuple[Report, dict]:
-    """A quick CPU measurement within ``budget_s`` seconds (split over the measurements when steps > 0), written
+    """A quick CPU measurement within ``budget_s`` seconds (split over the measurements when steps > 0; each stops
+    at --rel-error or its share, not at ``measure``'s share of the training time before it), written
     to ``save_to`` when given — also when interrupted (Ctrl-C, SIGTERM, SIGHUP: the partial report, marked
     incomplete; the interrupt then goes on up with ``kept`` saying what was kept)."""
     from bsprof.engine.loop import measure_steps
@@ -82,8 +83,8 @@ def measure_now(spec: Path, budget_s: float, steps: int, seed: int | None = None
         "--steps)")
     with signals.as_interrupt():
         try:
-            measure_spec(spec, "check", report=report, device="cpu", steps=steps, max_seconds=share, seed=seed,
-                         rel_error=rel_error, progress=progress)
+            measure_spec(spec, "check", report=report, device="cpu", steps=steps, max_seconds=share, measure_budget=0,
+                         seed=seed, rel_error=rel_error, progress=progress)
         except KeyboardInterrupt as e:
             signals.hold()  # a second signal must not cut the write short (the handlers come back after the block)
             cut = cut_short_text(report)   # the measurement it was stopped inside: kept, or too few draws

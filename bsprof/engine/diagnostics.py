@@ -55,7 +55,9 @@ def before_run(report: Report, model, optimizer, examples, invalid: str | None, 
                  "objective." if invalid == MIXING else
                  " Each micro-batch is normalised over its own examples, so the fixed-weight B_simple depends on "
                  "--micro-batch (BatchNorm's noise grows as b shrinks): set it to the per-device batch you train "
-                 "with; the critical batch follows the training-step windows, measured on the training batches."
+                 "with; the critical batch follows the training-step windows, measured on the training batches. "
+                 "Each measurement's loss is that of a few training batches forwarded whole (without gradients): "
+                 "the micro-batches' own loss depends on b too."
                  if code == "batchnorm_train" else "")
         report.diagnose(code, f"{invalid}: per-example norms are invalid, so bsprof measured with "
                         f"micro-batches of {cfg.micro_batch} (approximately right; McCandlish App. A).{cause}")

@@ -26,11 +26,12 @@ from bsprof.config import MeasureConfig, as_dict
 from bsprof.engine import cost, diagnostics, scales
 from bsprof.engine.data import Examples, named_indices
 from bsprof.engine.rng import caller_rng, seed_all
-from bsprof.engine.sampling import Sampling, group_types, groups_of, measure_at, so_far
+from bsprof.engine.sampling import Sampling, group_types, groups_of, loss_at_batch, measure_at, so_far
 from bsprof.engine.spec import Spec, _where, build_dataset, build_model, build_optimizer, load_spec, module_at
 from bsprof.errors import BsprofError, ConfigError, NonFiniteError, SpecError
 from bsprof.output.report import Report
 from bsprof.probes import Probe
+from bsprof.probes.base import batch_coupled
 from bsprof.probes.choose import decide, training_pairs
 from bsprof.results import (
     Estimate,
@@ -307,6 +308,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         first = _first_budget(model, spec.loss, examples, cfg, points, comm)
     points = set(points)
     track, coupled = _track_source(report, cfg, comm, model, spec.loss, pair, examples)  # how steps give pairs
+    norm_coupled = comm.world == 1 and any("Embedding" not in n for n in batch_coupled(model))  # BatchNorm in train
     step, trained, tracker, phase, clock = 0, 0, None, "measuring", cost.RunClock(choosing=choosing)
     window = None  # the training steps' window closed for the measurement at this step, until its row is added
     carried: list = []  # the steps of windows too short to determine |G|², joined to the next (``_close``)
@@ -342,6 +344,10 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                                                      probe, scale)
                         row = dataclasses.replace(row, ranks=distributed.rank_estimate(drawn, cfg.confidence, scale),
                                                   regression=scales.regression_part(drawn, scale))
+                if norm_coupled and stop is None and row.b < cfg.batch_size:  # an interrupted one: as drawn
+                    with buffers_kept(model):
+                        row = dataclasses.replace(row, loss=loss_at_batch(model, spec.loss, examples, cfg.batch_size,
+                                                                          row.B))
                 if window is not None:
                     row = dataclasses.replace(row, b_simple_window=window.estimate, window_steps=window.steps)
                     if window.estimate.status is Status.OK:

@@ -137,6 +137,27 @@ def _bad_examples(model: nn.Module, loss_fn, examples: DrawSource, drawn, step: 
     return [drawn[r] for r in bad], len(drawn), losses[bad[0]].item()
 
 
+LOSS_BATCHES = (4, 64)  # the fewest and most training batches forwarded for a BatchNorm model's measurement loss
+
+
+def loss_at_batch(model: nn.Module, loss_fn, examples: DrawSource, batch_size: int, examples_wanted: int) -> float:
+    """The mean loss of about ``examples_wanted`` drawn examples (a measurement's big batch B; ``LOSS_BATCHES``
+    batches at least and at most, fewer in a small dataset) in batches of ``batch_size``, each forwarded whole
+    without gradients: a BatchNorm model's loss as its training batches see it, where a measurement's micro-batches
+    normalise over b examples and their loss depends on b. The caller keeps the buffers (running statistics)."""
+    n = examples.n
+    k = min(max(-(-examples_wanted // batch_size), LOSS_BATCHES[0]), LOSS_BATCHES[1])
+    k = k if n is None else min(k, n // batch_size)
+    if k < 1:
+        k, batch_size = 1, n
+    total, seen = 0.0, 0
+    with torch.no_grad():
+        for batch, count in examples.batches(examples.draw(k * batch_size), batch_size):
+            total += float(per_example_losses(model, loss_fn, batch, count).double().sum())
+            seen += count
+    return total / seen
+
+
 def partial_marks(step: int, B: int) -> set[int]:
     """The partial-sum sizes below B at which a draw records |G|² for the 1/B regression: step (free: the first
     small batch) and 2·step. With b and B they give the regression three points, c(B) = 1/b, 1/(2b), 1/B: the
