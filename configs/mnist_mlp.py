@@ -50,12 +50,13 @@ def mnist_tensors() -> tuple[torch.Tensor, torch.Tensor]:
         folder = data_dir()
         missing = [name for name in (IMAGES, LABELS) if not (folder / name).is_file()]
         if missing:
-            raise FileNotFoundError(
-                f"MNIST test set not found: {', '.join(missing)} missing in {folder}. Download the MNIST "
-                f"test set files {IMAGES} and {LABELS} (e.g. from https://yann.lecun.com/exdb/mnist/ or a "
-                "mirror such as https://ossci-datasets.s3.amazonaws.com/mnist/) into one folder and set the "
-                "environment variable BSPROF_MNIST_DIR to it."
-            )
+            from bsprof.errors import DataError  # a message and its fix, shown as written
+
+            raise DataError(
+                f"MNIST test set not found: {', '.join(missing)} missing in {folder}",
+                f"download the MNIST test set files {IMAGES} and {LABELS} (e.g. from https://yann.lecun.com/exdb/mnist/"
+                " or a mirror such as https://ossci-datasets.s3.amazonaws.com/mnist/) into one folder and set the "
+                "environment variable BSPROF_MNIST_DIR to it")
         images = _read_idx(folder / IMAGES)
         labels = _read_idx(folder / LABELS)
         x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)

@@ -71,9 +71,32 @@ def test_mnist_missing_data_message(tmp_path, monkeypatch):
     mod = load_spec(CONFIGS / "mnist_mlp.py")
     monkeypatch.setenv("BSPROF_MNIST_DIR", str(tmp_path))
     monkeypatch.setattr(mod, "_DATA", None)
-    with pytest.raises(FileNotFoundError, match="BSPROF_MNIST_DIR") as info:
+    from bsprof.errors import DataError
+
+    with pytest.raises(DataError, match="MNIST test set not found") as info:
         mod.dataset()
-    assert "t10k-images-idx3-ubyte.gz" in str(info.value)
+    assert "t10k-images-idx3-ubyte.gz" in info.value.hint and "BSPROF_MNIST_DIR" in info.value.hint
+
+
+def test_a_spec_error_keeps_its_own_fix_and_a_missing_file_gets_a_path_hint(tmp_path, monkeypatch):
+    """configs/mnist_mlp.py's missing data: the CLI said "fix: fix dataset() in the spec file" under a message that
+    held the real fix (a new user's trial). A BsprofError the spec raises keeps its fix; a FileNotFoundError's fix
+    names the path and where a relative one is looked up."""
+    from typer.testing import CliRunner
+
+    from bsprof.cli import app
+
+    monkeypatch.setenv("BSPROF_MNIST_DIR", str(tmp_path))
+    r = CliRunner().invoke(app, ["measure", str(CONFIGS / "mnist_mlp.py"), "--steps", "0", "-o", str(tmp_path / "o")])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "fix: download the MNIST test set files" in out and "fix dataset()" not in out
+    spec = tmp_path / "spec.py"
+    spec.write_text("import torch\ndef model():\n    return torch.nn.Linear(2, 1)\n"
+                    "def dataset():\n    return torch.load('no_such_file.pt')\n"
+                    "def loss(model, batch):\n    return (model(batch[0]).squeeze(-1) - batch[1]) ** 2\n")
+    r = CliRunner().invoke(app, ["measure", str(spec), "--steps", "0", "-o", str(tmp_path / "o2")])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "raised FileNotFoundError" in out and "check the path dataset() reads" in out
 
 
 def test_least_squares_initial_weights():

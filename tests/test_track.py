@@ -891,6 +891,18 @@ def test_bad_steps_say_what_and_leave_the_step_untouched(kwargs, k, match):
     _check_untouched(model, tracker, _reference_grads(k))
 
 
+def test_one_backward_per_step_on_a_batchnorm_model_does_not_suggest_per_example_norms():
+    """The fix for "one backward per step" offered `with tracker.per_example():`, which a BatchNorm model refuses
+    (a new user's trial): there it names why per-example norms are not available, and accumulation or DDP."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    tracker = Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    torch.nn.functional.cross_entropy(model(torch.randn(16, 4)), torch.randint(0, 2, (16,))).backward()
+    with pytest.raises(TrackerError, match="one backward per step") as err:
+        tracker.step()
+    assert "per_example" not in err.value.hint and "accumulation_steps >= 2" in err.value.hint
+    assert "BatchNorm" in err.value.hint
+
+
 def test_an_uneven_step_in_one_process_is_left_out_and_tracking_goes_on():
     """An epoch's short last batch chunked into the micro-steps (41 = 11 + 11 + 11 + 8) has no pair of equal
     micro-batches: the step is left out (warned once, counted in ``uneven``, its examples counted), and the next
@@ -1811,6 +1823,16 @@ def test_log_windows_too_short_to_determine_join_the_next(tmp_path):
     assert report.config["window_asked"] == 5 and report.config["window"] in (10, 20, 40, 80, 160)
     assert any(d["code"] == "window_widened" for d in report.diagnostics)
     assert sum(m.n_draws for m in report.measurements) == n
+    # a row joined from windows that stayed undetermined after widening is named (a new user saw a row of 48 steps
+    # at --window 24 and no note)
+    notes = {d["code"]: d["message"] for d in report.diagnostics}
+    wide = [m for m in report.measurements if m.n_draws > report.config["window"]]
+    assert ("windows_joined" in notes) == bool(wide)
+    if wide:
+        assert f"{wide[0].step} ({wide[0].n_draws} steps)" in notes["windows_joined"]
+    joined = report_from_log(path, window=5, every=5)  # not widened (every given): joined rows only
+    notes = {d["code"]: d["message"] for d in joined.diagnostics}
+    assert "window_widened" not in notes and "span more than the window of 5" in notes["windows_joined"]
 
 
 def test_log_rows_sit_on_the_loss_curve(tmp_path):

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bsprof.errors import SpecError
+from bsprof.errors import BsprofError, SpecError
 
 REQUIRED = {
     "model": "def model(): return a fresh torch.nn.Module",
@@ -280,7 +280,7 @@ def call_user(spec: Spec, name: str, *args):
     """Call spec.<name>(*args), turning any exception into a SpecError that shows its message."""
     try:
         return getattr(spec, name)(*args)
-    except SpecError:
+    except BsprofError:  # the spec's own: its message and fix as written (configs/mnist_mlp.py's missing data)
         raise
     except ImportError as e:  # a lazy import inside the user's function, e.g. sklearn in configs/digits_mlp.py
         where = f" at {_where(e, spec.path) or (spec.path.name if spec.path else name + '()')}"
@@ -289,7 +289,9 @@ def call_user(spec: Spec, name: str, *args):
         where = _where(e, spec.path) or (spec.path.name if spec.path else "")
         where = f" at {where}" if where else ""
         raise SpecError(f"{name}(){where} raised {type(e).__name__}: {e}",
-                        f"fix {name}() in the spec file")
+                        f"check the path {name}() reads (a relative one is looked up from the directory bsprof runs "
+                        f"in, not the spec file's), or fix {name}() in the spec file"
+                        if isinstance(e, FileNotFoundError) else f"fix {name}() in the spec file")
 
 
 def build_model(spec: Spec) -> nn.Module:

@@ -444,6 +444,12 @@ def report_from_log(path: str | Path, window: int = 100, every: int | None = Non
                         "their |G|² came out high would bias it low)")
     for m in measurements(log, used, every, confidence):
         report.add(m)
+    joined = [f"{m.step} ({m.n_draws} steps)" for m in report.measurements if m.n_draws > used]
+    if joined:
+        report.diagnose("windows_joined", f"the rows at step {', '.join(joined[:5])}{', …' if len(joined) > 5 else ''} "
+                        f"span more than the window of {used}: a window whose |G|² came out undetermined on its own "
+                        "was joined to the next (or the last steps to the one before), so that every step counts "
+                        "once; a wider --window resolves each on its own")
     if not report.measurements:
         report.diagnose("no_windows", f"{path} has no window to estimate: {len(log.steps)} step(s) with a pair "
                         f"were logged ({log.skipped} skipped as non-finite); a window needs two. Check that the "

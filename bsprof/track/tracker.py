@@ -744,7 +744,9 @@ class Tracker:
                            (f"call tracker.step() once per optimizer step, after its last micro-step, and pass "
                             f"accumulation_steps={batch_size // rows_seen}" if per_micro else
                             "use accumulation_steps >= 2, wrap loss.backward() in `with tracker.per_example():`, "
-                            "or train with DDP on 2+ ranks"))
+                            "or train with DDP on 2+ ranks" if not self._no_per_example() else
+                            "use accumulation_steps >= 2, or train with DDP on 2+ ranks (per-example norms are not "
+                            f"available for this model: {self._no_per_example()})"))
             if batch_size is None:
                 self._fail("the tracker does not know the batch size of this step",
                            "pass Tracker(batch_size=...) or tracker.step(batch_size=...): examples per optimizer "
@@ -827,6 +829,12 @@ class Tracker:
         raise TrackerError(f"per-example norms failed in this step, which is left unmeasured: {why}; per-example "
                            "norms are now off, later steps are measured from gradient accumulation or DDP",
                            "run 2 or more micro-batches per optimizer step (or DDP) to keep measuring")
+
+    def _no_per_example(self) -> str | None:
+        """Why this model has no per-example source (BatchNorm in train mode, a layer without a rule), or None."""
+        source = self.per_example_source
+        problem = source.problem if source is not None else None
+        return problem.split(": use accumulation")[0] if problem else None
 
     def _fail(self, message: str, hint: str):
         """Remove every hook (the user's step goes on untouched), then raise."""
