@@ -614,6 +614,18 @@ def test_a_misspelled_optional_name_is_refused_not_ignored(tmp_path, typo, meant
     assert not (tmp_path / "out" / "report.json").exists()
 
 
+@pytest.mark.parametrize("value, fix", [("29.8", "TOKENS_PER_EXAMPLE = 30"), ("0.6", "TOKENS_PER_EXAMPLE = 1"),
+                                        ("'64'", "TOKENS_PER_EXAMPLE = N")])
+def test_tokens_per_example_must_be_a_whole_number(tmp_path, value, fix):
+    """A mean length of padded sequences, 29.8, was cut to 29 in every token count, silently, and 0.6 to 0, then
+    reported as not set (a new user's trial): a value that is not a whole number ≥ 1 is refused with the rounded one."""
+    spec = tmp_path / "tpe.py"
+    spec.write_text(LISTS_SPEC + f"TOKENS_PER_EXAMPLE = {value}\n")
+    r = run(spec, "-o", tmp_path / "out")
+    said = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "is not a whole number of tokens" in said and fix in said, said
+
+
 def test_report_refuses_a_spec_file(tmp_path):
     r = runner.invoke(app, ["report", str(ASSETS / "tiny_linear.py")])
     assert r.exit_code == 2 and "bsprof measure" in r.stderr

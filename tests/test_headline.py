@@ -327,3 +327,17 @@ def test_a_diverging_run_has_no_headline():
     r = Report(config={"optimizer": "SGD", "batch_size": 32, "lr": 1e6}, measurements=rows)
     h = critical_batch(r)
     assert not h.estimate.ok and h.quantity is None and "a diverging run" in h.reason
+
+
+def test_one_determined_window_is_not_called_undetermined():
+    """A run cut short after one training-step window, determined (33.6 [27.6, 38.6]), was told "too few of them
+    determined … more steps between measurements resolve them" (a new user's trial): one window is no path, and the
+    fix is more windows."""
+    rows = [m.to_row() for m in report().measurements]
+    for row in rows[1:]:
+        row.update(b_simple_window=math.nan, b_simple_window_lo=math.nan, b_simple_window_hi=math.nan,
+                   b_simple_window_status="not_available")
+    s = Report(config=report().config, measurements=rows).summary
+    assert s.critical_batch_quantity == "b_simple"
+    assert "one training-step window, determined, and a path needs two" in s.critical_batch_reason
+    assert "not determined" not in s.critical_batch_reason and "too few of them" not in s.critical_batch_reason

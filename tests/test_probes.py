@@ -79,6 +79,34 @@ def _sampling(probe, b, **kw):
     return Sampling(PROBES[probe], b, **base)
 
 
+def test_the_exact_reference_takes_a_model_torch_func_cannot_batch_one_example_at_a_time(monkeypatch):
+    """``exact_noise_scale`` on an nn.GRU model ended in torch's RuntimeError traceback (a new user's trial, following
+    the README to it): such a model is taken one example at a time, which agrees with vmap where vmap works."""
+    import bsprof.validation.reference as reference
+
+    model, (x, y) = _mlp(), _data(24)
+    data = torch.utils.data.TensorDataset(x, y)
+    batched = exact_noise_scale(model, _ce, data)
+
+    def cannot(*a):
+        raise RuntimeError("vmap: no batching rule")
+    monkeypatch.setattr(reference, "per_example_grads", cannot)
+    looped = exact_noise_scale(model, _ce, data)
+    assert {k: pytest.approx(v, rel=1e-9) for k, v in batched.items()} == looped
+    monkeypatch.undo()
+
+    class GRU(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = torch.nn.GRU(4, 8, batch_first=True), torch.nn.Linear(8, 3)
+
+        def forward(self, seq):
+            return self.head(self.rnn(seq)[0][:, -1])
+    seqs = torch.utils.data.TensorDataset(torch.randn(12, 5, 4), torch.randint(0, 3, (12,)))
+    got = exact_noise_scale(GRU(), _ce, seqs)
+    assert got["n"] == 12 and got["b_simple"] > 0 and got["trace_sigma"] > 0
+
+
 def test_whole_dataset_draw_is_the_exact_reference():
     """Per-example norms over all n examples with the finite-population correction: exact, one draw."""
     model, (x, y) = _mlp(), _data(40)

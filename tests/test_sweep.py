@@ -905,6 +905,9 @@ def test_an_incomplete_sweep_is_not_overwritten_and_report_shows_a_sweep(tmp_pat
     shown = runner.invoke(app, ["report", str(tmp_path / "sweep.json")])
     assert shown.exit_code == 0 and "critical batch (local)" in shown.output and "incomplete:" in shown.output
     assert runner.invoke(app, ["report", str(tmp_path)]).exit_code == 0      # its folder, too
+    wrong = runner.invoke(app, ["report", str(tmp_path / "sweep.json"), "--target-loss", "0.5", "--layers"])
+    assert wrong.exit_code == 2 and "--target-loss and --layers do not apply to a `bsprof sweep` result" in \
+        " ".join(wrong.output.split())   # they were ignored without a word (a new user's trial)
     r = cli(TINY, *args, "--overwrite")
     assert r.exit_code == 0 and json.loads((tmp_path / "sweep.json").read_text())["incomplete"] is None
     assert cli(TINY, *args).exit_code == 0     # a finished sweep is replaced, as `bsprof measure` replaces reports

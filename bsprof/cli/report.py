@@ -45,6 +45,13 @@ def report_command(
                               "pass a loss the run reaches, e.g. its lowest measured loss or a little above")
         swept = saved_sweep(source)
         if swept is not None:   # a sweep's result: shown as `bsprof sweep` printed it
+            given = [o for o, on in (("--target-loss", target_loss is not None), ("--layers", layers),
+                                     ("--out", out is not None), ("--window", window != 100)) if on]
+            if given:
+                raise ConfigError(f"{' and '.join(given)} do{'es' if len(given) == 1 else ''} not apply to a `bsprof "
+                                  f"sweep` result ({source.name}): it is shown as the sweep printed it",
+                                  "drop " + " and ".join(given) + "; the report of `bsprof measure` (or a tracker's "
+                                  "log) takes them")
             if fmt == "json":
                 typer.echo(swept[1], nl=False)
             elif fmt == "csv":

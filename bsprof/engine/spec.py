@@ -191,6 +191,13 @@ def load_spec(path: str | Path) -> Spec:
                         "define them at the top level of the spec file as bsprof calls them: model(), dataset(), "
                         "loss(model, batch), and optionally optimizer(params), collate(items)")
     tpe = getattr(module, "TOKENS_PER_EXAMPLE", None)
+    if tpe is not None and (isinstance(tpe, bool) or not isinstance(tpe, (int, float)) or not tpe >= 1
+                            or tpe != int(tpe)):
+        near = f"TOKENS_PER_EXAMPLE = {max(1, round(tpe))}" if isinstance(tpe, (int, float)) and tpe == tpe else \
+            "TOKENS_PER_EXAMPLE = N"
+        raise SpecError(f"{path.name}: TOKENS_PER_EXAMPLE = {tpe!r} is not a whole number of tokens ≥ 1",
+                        f"write {near} (for sequences of varying length, the mean number of tokens per example, "
+                        "rounded: token counts are whole and a fraction would be cut)")
     return Spec(path, hashlib.sha256(path.read_bytes()).hexdigest(), found["model"], found["dataset"],
                 found["loss"], found["optimizer"], found["collate"], int(tpe) if tpe else None)
 

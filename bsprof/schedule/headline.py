@@ -210,6 +210,9 @@ def _unresolved_windows(rows, col: str) -> str:
     if not windows:
         return ""
     bounds = sum(e.status is Status.LOWER_BOUND for e in windows)
+    if len(windows) == 1 and windows[0].status is Status.OK:  # determined, but one window is no path
+        return ("; this run has one training-step window, determined, and a path needs two: run more steps "
+                "(--steps), or measure more often (--measure-every)")
     which = (f", {bounds} of them only a lower bound (|G|² not resolved over its steps)" if bounds else
              ", too few of them determined")
     return (f"; this run has {len(windows)} training-step window(s){which}: too few to follow; more steps between "
