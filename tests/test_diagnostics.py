@@ -117,13 +117,18 @@ def _row(step, loss, b):
 def test_implausible_critical_batches_and_a_rising_loss():
     above = _run([_row(0, 2.0, 900.0), _row(10, 1.5, 1000.0)], dataset_size=256, optimizer="SGD")
     assert "critical_batch_above_dataset" in above and "256 examples" in above["critical_batch_above_dataset"]
+    assert "critical_batch_interval_above_dataset" not in above  # one note, not two
+    reaching = _run([_row(0, 2.0, 220.0), _row(10, 1.5, 250.0)], dataset_size=256, optimizer="SGD")
+    assert "critical_batch_above_dataset" not in reaching
+    assert "256 examples" in reaching["critical_batch_interval_above_dataset"]
     below = _run([_row(0, 2.0, 0.5), _row(10, 1.5, 0.4)], dataset_size=10_000, optimizer="SGD")
     assert "critical_batch_below_one" in below and "below one example" in below["critical_batch_below_one"]
     rose = _run([_row(0, 1.0, 20.0), _row(10, 1.8, 30.0)], dataset_size=10_000, optimizer="SGD")
     assert "loss_rose" in rose
     assert "Lower the lr (--lr, or the spec optimizer's lr)" in " ".join(rose["loss_rose"].split())
     fine = _run([_row(0, 2.0, 20.0), _row(10, 1.5, 30.0)], dataset_size=10_000, optimizer="SGD")
-    assert not {"critical_batch_above_dataset", "critical_batch_below_one", "loss_rose"} & set(fine)
+    assert not {"critical_batch_above_dataset", "critical_batch_interval_above_dataset", "critical_batch_below_one",
+                "loss_rose"} & set(fine)
     # fell, then rose above its lowest (8.6 → 1.94 → 3.05, a new user's run): below step 0's loss, still said
     bounced = _run([_row(0, 8.6, 20.0), _row(10, 1.94, 30.0), _row(20, 2.24, 30.0), _row(30, 3.05, 40.0)],
                    dataset_size=10_000, optimizer="SGD")

@@ -307,6 +307,11 @@ def _implausible(report: Report) -> None:
         report.diagnose("critical_batch_above_dataset", f"the critical batch {b.value:.3g} is above the dataset's "
                         f"{n:,} {unit}: every batch up to the whole dataset is below it, so larger batches keep "
                         "paying off in steps up to full-batch training; what limits you is compute per step.")
+    elif n and b.hi is not None and b.hi > n:
+        report.diagnose("critical_batch_interval_above_dataset", f"the critical batch's interval [{b.lo:.3g}, "
+                        f"{b.hi:.3g}] reaches above the dataset's {n:,} {unit}: batches up to the whole dataset are "
+                        f"not ruled out as efficient; the value {b.value:.3g} is the estimate to act on, and `bsprof "
+                        "sweep` can check the large batches directly.")
     elif b.value < 1:
         report.diagnose("critical_batch_below_one", f"the critical batch {b.value:.3g} is below one {unit[:-1]}: "
                         "at these weights the gradient's noise is small next to its signal, so steps, not "
