@@ -835,3 +835,15 @@ def test_a_report_without_measurements_says_so(tmp_path):
         r = runner.invoke(app, args)
         assert r.exit_code == 2 and "holds no measurement (the run stopped early: interrupted (SIGTERM))" in \
             " ".join(r.output.split()), r.output
+
+
+def test_a_batch_near_or_above_the_dataset_is_said():
+    """The report knows the dataset's size: a batch above it would repeat examples, one of half or more makes an
+    epoch in a few steps; both are notes, not verdicts (the user may train on more data than was measured)."""
+    r = make_report()
+    r.config["dataset_size"] = 1500
+    notes = " ".join(" ".join(judge(r, 2000).notes).split())
+    assert "larger than the dataset the report measured (1,500 examples)" in notes
+    assert "of the dataset" in " ".join(" ".join(judge(r, 1000).notes).split())
+    assert "dataset the report measured" not in " ".join(judge(r, 256).notes)
+    assert "dataset the report measured" not in " ".join(judge(make_report(), 2000).notes)  # size not recorded

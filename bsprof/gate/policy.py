@@ -805,6 +805,16 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
     if lr is not None:
         checks.append(check_lr(lr, batch_size, report.config, noise, policy, report.unit))
     notes = []
+    n = report.config.get("dataset_size")
+    n = n * (tpe if finite(tpe) and tpe >= 1 else 1) if finite(n) and n > 0 else None
+    if n and batch_size > n:
+        notes.append(f"B = {_fmt(batch_size)} is larger than the dataset the report measured ({_fmt(n)} "
+                     f"{report.unit}): a step would repeat examples; the largest batch of distinct examples is the "
+                     "whole dataset (if you train on more data than was measured, ignore this)")
+    elif n and batch_size >= n / 2:
+        notes.append(f"B = {_fmt(batch_size)} is {batch_size / n:.0%} of the dataset the report measured "
+                     f"({_fmt(n)} {report.unit}): a few steps make an epoch, and the noise scale of sampling "
+                     "without replacement is smaller than that of i.i.d. draws (the finite-population correction)")
     cb = report.summary.critical_batch
     if at_loss is None and cb is not None and noise.name != "B_crit":
         shown = (f"only a lower bound (> {_fmt(cb.lo)})" if cb.status is Status.LOWER_BOUND and finite(cb.lo)
