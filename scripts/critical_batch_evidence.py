@@ -204,6 +204,42 @@ def char_mlp():
     return nn.Sequential(nn.Embedding(n, 16), nn.Flatten(), nn.Linear(128, 256), nn.Tanh(), nn.Linear(256, n))
 
 
+_CHARS32: tuple | None = None
+
+
+def char_windows32():
+    """20,000 windows of 32 characters of tiny-shakespeare (../shared/data; the first 400,000 characters, as
+    ``char_windows``), each with its 32 next characters (the window shifted by one): per-position targets."""
+    global _CHARS32
+    if _CHARS32 is None:
+        text = (ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt").read_text()
+        vocab = sorted(set(text))
+        ids = torch.tensor([vocab.index(c) for c in text[:400_000]])
+        start = torch.randint(0, len(ids) - 33, (20_000,), generator=torch.Generator().manual_seed(17))
+        win = ids[start[:, None] + torch.arange(33)]
+        _CHARS32 = (win[:, :32].contiguous(), win[:, 1:].contiguous(), len(vocab))
+    return torch.utils.data.TensorDataset(*_CHARS32[:2])
+
+
+class CharGRU(nn.Module):
+    """Embedding(65, 16) → GRU(16, 64) → Linear(64, 65) at every position: a recurrent next-character LM, 21k
+    parameters (no per-example rule in bsprof: measured with micro-batches)."""
+
+    def __init__(self):
+        super().__init__()
+        n = char_windows32() and _CHARS32[2]
+        self.embed, self.gru, self.head = nn.Embedding(n, 16), nn.GRU(16, 64, batch_first=True), nn.Linear(64, n)
+
+    def forward(self, x):
+        return self.head(self.gru(self.embed(x))[0])
+
+
+def seq_ce(model, batch):
+    """Per-example mean cross-entropy over the 32 positions (shape [B])."""
+    x, y = batch
+    return F.cross_entropy(model(x).transpose(1, 2), y, reduction="none").mean(1)
+
+
 def softmax():
     """Multinomial logistic regression on the 14×14 images (196 → 10, 1,970 parameters): a convex task (twelfth
     session, out of sample for every rule)."""

@@ -743,26 +743,32 @@ def test_jsonl_round_trip_and_report(tmp_path):
 
 
 def test_a_log_shorter_than_two_windows_says_so(tmp_path):
-    """24 logged steps read with the default window of 100: one row over the whole run, labelled a training-step
-    window (not "fixed-weight"), a note that says which --window gives a curve, and `schedule`'s refusal names
-    --window rather than a probe training."""
+    """24 logged steps read with a window of 100: one row over the whole run, labelled a training-step window (not
+    "fixed-weight"), a note that says which --window gives a curve, and `schedule`'s refusal names --window rather
+    than a probe training. Without --window a short log is read in five windows (at least 10 steps each)."""
     from bsprof.errors import ReportError
     from bsprof.schedule import ScheduleConfig, plan
+    from bsprof.track.log import auto_window
 
+    assert [auto_window(n) for n in (0, 24, 60, 150, 499, 500, 5000)] == [10, 10, 12, 30, 99, 100, 100]
     path = trained_log(tmp_path, 24)
-    report = report_from_log(path)
+    report = report_from_log(path, window=100)
     assert len(report.measurements) == 1
     s = report.summary
     assert s.critical_batch_quantity == "b_simple_window" and "training-step windows" in s.critical_batch_reason
     assert "fixed-weight" not in s.critical_batch_reason.split(";")[0]
     [note] = [d["message"] for d in report.diagnostics if d["code"] == "one_window"]
     assert "24 logged steps" in note and "--window 4" in note
-    # 150 steps at the default --window 100 (a new user's run): two rows, and a schedule fitted through them
+    auto = report_from_log(path)
+    assert auto.config["window_auto"] and auto.config["window"] >= 10 and "window_auto" not in report.config
+    # 150 steps (a new user's run): at --window 100 two rows, and a note; by default five rows of 30, no note
     (tmp_path / "few").mkdir()
     few_log = trained_log(tmp_path / "few", 150)
-    [note] = [d["message"] for d in report_from_log(few_log).diagnostics if d["code"] == "few_windows"]
+    [note] = [d["message"] for d in report_from_log(few_log, window=100).diagnostics if d["code"] == "few_windows"]
     assert "150 logged steps: 2 windows of 100" in note and "--window 30" in note
-    assert not [d for d in report_from_log(few_log, window=30).diagnostics if d["code"] == "few_windows"]
+    default = report_from_log(few_log)
+    assert not [d for d in default.diagnostics if d["code"] == "few_windows"]
+    assert default.config["window"] == 30 and len(default.measurements) == 5
     with pytest.raises(ReportError) as e:
         plan(report, ScheduleConfig(target_loss=0.1))
     assert "--window" in e.value.hint and "bsprof measure" not in e.value.hint

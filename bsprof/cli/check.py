@@ -248,7 +248,8 @@ def check(
     formats: Optional[list[str]] = O(None, "--format", "-f", help="Output, repeatable: text, json (the verdict), "
                                      "junit (one testcase per check), github (annotations + job summary), "
                                      "markdown; FMT:PATH writes it to a file, e.g. -f junit:bsprof.xml. [text]"),
-    window: int = O(100, "--window", help="Tracker logs: steps per windowed estimate."),
+    window: Optional[int] = O(None, "--window", help="Tracker logs: steps per windowed estimate (default: 100, or a "
+                                                     "fifth of a shorter log's steps, at least 10)."),
     junit: Optional[Path] = O(None, "--junit", help="Same as --format junit:PATH."),
     github: bool = O(False, "--github", help="Same as --format github."),
     as_json: bool = O(False, "--json", help="Same as --format json."),
@@ -345,7 +346,7 @@ def _ask(verdict: Verdict, question: str) -> Verdict:
 
 
 def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, policy, baseline, budget, steps,
-               seed, rel_error, save_report, window=100, batch_unit=None) -> tuple[Verdict, dict]:
+               seed, rel_error, save_report, window=None, batch_unit=None) -> tuple[Verdict, dict]:
     """Parse → one library call (judge) → the verdict plus extra figures for the JSON output."""
     is_spec = target.suffix == ".py"
     problems = []

@@ -18,7 +18,9 @@ from bsprof.errors import ConfigError, ReportError
 def report_command(
     source: Path = typer.Argument(..., help="report.json (or its folder) from `bsprof measure`, or a tracker's "
                                  "JSONL log (bsprof.Tracker(log=...))."),
-    window: int = typer.Option(100, "--window", help="Tracker logs: steps per windowed estimate."),
+    window: Optional[int] = typer.Option(None, "--window", help="Tracker logs: steps per windowed estimate (default: "
+                                                                 "100, or a fifth of a shorter log's steps, at least "
+                                                                 "10)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also rewrite the CSV files and figures here."),
     layers: bool = typer.Option(False, "--layers", help="Show the per-layer breakdown of the last measurement."),
     target_loss: Optional[float] = typer.Option(None, "--target-loss", "-t", help="End the headline critical "
@@ -46,7 +48,7 @@ def report_command(
         swept = saved_sweep(source)
         if swept is not None:   # a sweep's result: shown as `bsprof sweep` printed it
             given = [o for o, on in (("--target-loss", target_loss is not None), ("--layers", layers),
-                                     ("--out", out is not None), ("--window", window != 100)) if on]
+                                     ("--out", out is not None), ("--window", window is not None)) if on]
             if given:
                 raise ConfigError(f"{' and '.join(given)} do{'es' if len(given) == 1 else ''} not apply to a `bsprof "
                                   f"sweep` result ({source.name}): it is shown as the sweep printed it",

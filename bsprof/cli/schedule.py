@@ -71,7 +71,8 @@ def schedule(
                                   "batches round to whole sequences. [a tokens report's tokens_per_example]"),
     output: Optional[Path] = O(None, "--output", "-o", help="Write the output to this file."),
     steps: int = O(300, help="SPEC.py only: probe-training steps of the measurement."),
-    window: int = O(100, help="Tracker log (.jsonl) only: steps per windowed estimate."),
+    window: Optional[int] = O(None, help="Tracker log (.jsonl) only: steps per windowed estimate (default: 100, or "
+                                         "a fifth of a shorter log's steps, at least 10)."),
 ):
     """Plan the batch size (and learning rate) to a target loss from the measured noise scale."""
     from bsprof.schedule import ScheduleConfig, plan

@@ -39,9 +39,9 @@ def measure_spec(spec: Path, command: str, report: Report | None = None, **optio
     return report
 
 
-def load(source: Path, command: str, window: int = 100, **measure_options) -> Report:
+def load(source: Path, command: str, window: int | None = None, **measure_options) -> Report:
     """A report.json (or its folder) as it was written, a tracker log (``.jsonl``: windowed estimates every
-    ``window`` steps), or a spec measured now."""
+    ``window`` steps; None: ``track.log.auto_window``), or a spec measured now."""
     if is_spec(source):
         return measure_spec(source, command, **measure_options)
     if source.suffix == ".jsonl":

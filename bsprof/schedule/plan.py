@@ -838,7 +838,7 @@ def _inputs(report, config) -> tuple:
     if isinstance(report, (str, Path)) and Path(report).suffix == ".jsonl":   # a tracker's log, as the CLI takes
         from bsprof.track.log import report_from_log
 
-        report = report_from_log(report)   # windows of 100 steps, widened where too short (`bsprof schedule`'s)
+        report = report_from_log(report)   # `bsprof schedule`'s windows (``log.auto_window``)
     elif isinstance(report, (str, Path)):
         path = Path(report)
         report = Report.from_json(path / "report.json" if path.is_dir() else path)

@@ -115,6 +115,8 @@ class TrackLog:
         return _pre_draws(self.steps)
 
 
+DEFAULT_WINDOW = 100   # steps per windowed estimate of a long log (``auto_window``)
+
 def _pre_draws(steps: list[LoggedStep]) -> list[Draw]:
     return [Draw(np.array([s.small_sq_pre]), np.array([s.big_sq_pre]), s.draw.b, s.draw.B, s.draw.loss, s.draw.n)
             for s in steps if s.small_sq_pre is not None and s.big_sq_pre is not None]
@@ -424,24 +426,37 @@ def resolving_window(log: TrackLog, window: int, confidence: float = 0.9, most: 
     return window
 
 
-def report_from_log(path: str | Path, window: int = 100, every: int | None = None,
+def auto_window(steps: int) -> int:
+    """The window a log is read with when none is asked: 100 steps, or a fifth of a shorter log's steps (five rows,
+    enough for a curve along training), at least 10. A wide window leaves out the start of training, where the
+    noise scale is smallest, and the headline's path starts at the first window's middle (docs/tracker.md)."""
+    return min(DEFAULT_WINDOW, max(10, steps // 5))
+
+
+def report_from_log(path: str | Path, window: int | None = None, every: int | None = None,
                     confidence: float = 0.9) -> Report:
-    """A ``Report`` whose measurements are the log's windowed estimates (see ``measurements``); without ``every``
-    the window is widened where it is too short to resolve |G|² (``resolving_window``), with a note."""
+    """A ``Report`` whose measurements are the log's windowed estimates (see ``measurements``); ``window`` None:
+    ``auto_window``. Without ``every`` the window is widened where it is too short to resolve |G|²
+    (``resolving_window``), with a note."""
+    log = read_log(path) if window is None else None
+    auto = window is None
+    window = auto_window(len(log.steps)) if auto else window
     if int(window) < 2 or (every is not None and int(every) < 1):
         raise ConfigError(f"--window must be at least 2 steps (got {window})" if int(window) < 2 else
                           f"every must be at least 1 step (got {every})",
                           "a window of N steps averages their pairs; e.g. --window 20")
-    log = read_log(path)
+    log = log or read_log(path)
     used = resolving_window(log, int(window), confidence) if every is None else int(window)
     report = Report(spec={"tracker_log": str(path)}, unit=log.unit,
                     config={"source": log.header.get("source"), "window": used, "every": every or used,
                             "confidence": confidence, "steps_logged": len(log.steps), "steps_skipped": log.skipped,
-                            **({"window_asked": int(window)} if used != window else {}), **_training(log)})
+                            **({"window_asked": int(window)} if used != window else {}),
+                            **({"window_auto": True} if auto else {}), **_training(log)})
     if used != window:
-        report.diagnose("window_widened", f"windows of {window} steps left |G|² undetermined in more than a tenth of "
-                        f"them: read with windows of {used} steps instead (short windows kept for the curve only when "
-                        "their |G|² came out high would bias it low)")
+        report.diagnose("window_widened", f"windows of {window} steps{' (the default for this log)' if auto else ''} "
+                        "left |G|² undetermined in more than a tenth of them: read with windows of "
+                        f"{used} steps instead (short windows kept for the curve only when their |G|² came out high "
+                        "would bias it low)")
     for m in measurements(log, used, every, confidence):
         report.add(m)
     joined = [f"{m.step} ({m.n_draws} steps)" for m in report.measurements if m.n_draws > used]
