@@ -523,6 +523,15 @@ TASKS = {
                                                   lr_grid=[0.25, 0.5, 1, 2, 4], seeds=1, max_steps=2000,
                                                   eval_examples=0, max_seconds=2400),
                              probe_steps=800, lr_factors=(1.0,)),
+    # a recurrent model (no per-example rule in bsprof: micro-batch probe, training-step windows from 2 micro-batches
+    # per step), out of sample for every rule; target 2.0: B = 32 at lr ≈ 2e-2 reaches it in ≈ 170 steps (one trial run)
+    "gru_char_adam": dict(desc="next-character GRU LM (embedding 16 → GRU 64 → 65 at every position, 21k params, "
+                               "context 32, per-sequence mean loss) on 20,000 tiny-shakespeare windows, Adam, out of "
+                               "sample", spec=lambda: Spec(None, None, CharGRU, char_windows32, seq_ce, adam(3e-3)),
+                          opt=adam, target=2.0, batch=32,
+                          sweep=dict(batches=[16, 32, 64, 128, 256, 512, 1024], lr0=3e-3, lr_grid=[0.5, 1, 2, 4, 8],
+                                     seeds=2, max_steps=2000, eval_examples=1024, max_seconds=2400),
+                          probe_steps=500, lr_factors=(1.0,)),
     # its best lr was the grid's top (×4) at B = 16 and 256: the grid extended upwards, same seed
     "mnist_gn_mom_sgd_hi": dict(desc="the same, lr grid ×8, ×16", spec=lambda: TASKS["mnist_gn_mom_sgd"]["spec"](),
                                 opt=sgdm, target=0.3, batch=32,

@@ -67,7 +67,7 @@ SOURCES = {"digits_sgd": "critical_batch_evidence.json", "mnist_cnn_sgd": "criti
            "mnist_softmax_sgd": "critical_batch_mnist_softmax.json",
            "mnist_softmax_adam": "critical_batch_mnist_softmax.json",
            "mnist_vit_adamw": "critical_batch_mnist_vit.json", "mnist_ae_adam": "critical_batch_mnist_ae.json",
-           "mnist_gn_mom_sgd": "critical_batch_mnist_gn.json"}
+           "mnist_gn_mom_sgd": "critical_batch_mnist_gn.json", "gru_char_adam": "critical_batch_gru_char_adam.json"}
 CANDIDATES = ("b_simple", "b_simple_window", "b_pre")
 
 

@@ -248,6 +248,27 @@ def test_parameters_unfrozen_after_the_tracker_was_made_are_an_error():
     assert "a new Tracker" in str(err.value) and hooks_left(model) == 0
 
 
+def test_a_recurrent_layer_refuses_per_example_norms_when_the_tracker_is_made():
+    """An LSTM has no per-example rule and its forward uses every weight: source='per_example' is refused at
+    construction (before a training step), not at the first step; 'auto' still accepts the model (accumulation)."""
+    class Lm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.rnn, self.head = nn.Embedding(20, 8), nn.LSTM(8, 16, batch_first=True), nn.Linear(16, 20)
+
+        def forward(self, x):
+            return self.head(self.rnn(self.emb(x))[0])
+
+    with pytest.raises(TrackerError, match=r"recurrent layer\(s\) rnn \(LSTM\)") as e:
+        Tracker(Lm(), source="per_example")
+    assert "accumulation_steps" in e.value.hint
+    model = Lm()
+    Tracker(model, accumulation_steps=2).close()   # the same model, tracked by accumulation
+    frozen = Lm()
+    frozen.rnn.requires_grad_(False)                 # a frozen LSTM is no obstacle
+    Tracker(frozen, source="per_example").close()
+
+
 def test_per_example_under_cpu_autocast_is_taken_in_full_precision():
     """A forward under bf16 autocast: the rules run with autocast off (the context is entered only then), on
     widened δ and inputs, so the pair is close to the float32 one (bf16 rounding of the activations only)."""

@@ -355,6 +355,10 @@ class PerExample:
                                f"batch_first=True)")
         # parameters outside the layers with rules: fine while the loss does not reach them (checked per backward)
         self.uncovered, self.names = [k for k in range(len(params)) if k not in covered], names
+        # recurrent layers among them: their forward uses every weight, so a backward through them always fails
+        self.recurrent = [f"{path} ({type(mod).__name__})" for path, mod in model.named_modules()
+                          if isinstance(mod, nn.RNNBase) and any(index.get(id(p)) in self.uncovered
+                                                                 for p in mod.parameters())]
         self.covered = sorted(covered)
         coupled = batch_coupled(model)
         coupled = coupled_reason(coupled) if coupled else None

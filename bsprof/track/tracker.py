@@ -312,6 +312,10 @@ class Tracker:
             if source == "per_example" and self.per_example_source.problem:
                 raise TrackerError(f"per-example norms are not available: {self.per_example_source.problem}",
                                    "use gradient accumulation (accumulation_steps >= 2) instead")
+            if source == "per_example" and self.per_example_source.recurrent:
+                raise TrackerError("per-example norms are not available: no per-example rule for the recurrent "
+                                   f"layer(s) {', '.join(self.per_example_source.recurrent[:3])}",
+                                   "use gradient accumulation (accumulation_steps >= 2) instead, or DDP on 2+ ranks")
             if not (accumulation_steps and accumulation_steps > 1) or source == "per_example":
                 self.per_example_source.install()
         weights = (lambda: adam_preconditioner(optimizer, self.params)) if self.precondition else None
