@@ -5,6 +5,7 @@ is not installed (pip install 'bsprof[lightning,hf,tensorboard]')."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -757,3 +758,65 @@ def test_lightning_logs_the_mean_loss_of_an_epochs_short_last_step():
     for got, mean in logged:
         assert got == pytest.approx(mean)
     cb.tracker.close()
+
+
+def test_callbacks_refuse_bad_step_counts_when_made():
+    """every=0 became 1 silently, window=1 logged a value without an interval: refused when the callback is made,
+    with the option named, before the framework's loop starts."""
+    tracker = bsprof.Tracker(net(), accumulation_steps=2)
+    with pytest.raises(TrackerError, match="window must be a number of steps, at least 2"):
+        log_to(tracker, lambda values, step: None, window=1)
+    tracker.close()
+    makers = []
+    if importlib.util.find_spec("lightning") is not None:
+        from bsprof.integrations.lightning import NoiseScale
+        makers.append(NoiseScale)
+    if importlib.util.find_spec("transformers") is not None:
+        from bsprof.integrations.hf import NoiseScaleCallback
+        makers.append(NoiseScaleCallback)
+    if not makers:
+        pytest.skip("neither Lightning nor transformers is installed")
+    for make in makers:
+        for bad, match in (({"every": 0}, "every must be a number of optimizer steps"),
+                           ({"log_every": 0}, "log_every must be"), ({"window": 1}, "at least 2")):
+            with pytest.raises(TrackerError, match=match):
+                make(**bad)
+
+
+def test_lightning_run_shorter_than_log_every_logs_once_at_the_end(tmp_path):
+    """20 steps under the trainer's log_every_n_steps of 50: nothing was logged and ``latest`` stayed {}; now one
+    record at the end of fit, equal to the window's estimate."""
+    pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'bsprof[lightning]')")
+    from bsprof.integrations.lightning import NoiseScale
+
+    _, cb, trainer = lightning_run(tmp_path, 4, steps=20, callback=NoiseScale(window=10))
+    assert cb.latest and cb.latest == scalars(cb.tracker, 10)
+    logged = _csv_metrics(trainer)
+    assert [int(r["step"]) for r in logged] == [19]
+    _, cb2, trainer2 = lightning_run(tmp_path / "b", 4, steps=20, callback=NoiseScale(window=10, log_every=5))
+    assert [int(r["step"]) for r in _csv_metrics(trainer2)] == [4, 9, 14, 19]   # no second record at the end
+
+
+def test_hf_callback_in_trainer_callbacks_warns_that_report_to_misses_it(tmp_path):
+    """Trainer(callbacks=[...]) puts the callback after the report_to integrations: its values reached
+    log_history, not TensorBoard, silently. A warning names attach(trainer); a short run's ``latest`` is set."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed "
+                                       "(pip install 'bsprof[hf]')")
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    from bsprof.integrations.hf import NoiseScaleCallback
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), max_steps=4, per_device_train_batch_size=8, gradient_accumulation_steps=2,
+        report_to=["tensorboard"], use_cpu=True, logging_steps=50, learning_rate=0.05, optim="sgd",
+        save_strategy="no", disable_tqdm=True, seed=0)
+    cb = NoiseScaleCallback(window=10)
+    trainer = transformers.Trainer(model=Regressor(), args=args, train_dataset=DictData(data()), callbacks=[cb])
+    with pytest.warns(UserWarning, match=r"runs after the report_to integrations \(tensorboard\).*attach\(trainer\)"):
+        trainer.train()
+    assert len(cb.tracker.draws) == 4 and cb.latest   # logging_steps 50 > 4 steps: set at the end of training
+    assert cb.latest == scalars(cb.tracker, 10)
+    from bsprof.integrations.hf import attach
+
+    trainer.callback_handler.callbacks.remove(cb)
+    with pytest.warns(UserWarning, match=r"attach\(trainer\) after the trainer trained \(4 steps\)"):
+        attach(trainer)

@@ -145,8 +145,8 @@ def test_per_example_pair_is_the_exact_reference(make):
     assert draw.loss == pytest.approx(ref["loss"])
 
 
-TRACKER_REFUSES = {"gru": "no per-example rule for gru.weight_ih_l0",
-                   "tied_lm_functional": "used outside their layers too"}
+TRACKER_REFUSES = {"tied_lm_functional": "used outside their layers too"}
+REFUSED_WHEN_MADE = {"gru": r"no per-example rule for the recurrent layer\(s\) gru \(GRU\)"}
 
 
 @pytest.mark.parametrize("name", sorted(__import__("models").CASES))
@@ -159,6 +159,11 @@ def test_per_example_pair_on_every_model_of_the_probe_tests(name):
     from bsprof.probes.vmap import per_example_vmap
 
     case = make(name)
+    if name in REFUSED_WHEN_MADE:
+        with pytest.raises(TrackerError, match=REFUSED_WHEN_MADE[name]):
+            Tracker(case.model, source="per_example")
+        assert hooks_left(case.model) == 0
+        return
     tracker = Tracker(case.model, source="per_example")
     with tracker.per_example(case.model):
         loss = case.loss_fn(case.model, case.batch).mean()
@@ -962,10 +967,13 @@ def test_an_uneven_step_in_one_process_is_left_out_and_tracking_goes_on():
     ({"batch_size": True}, "batch_size must be an int"),
     ({"accumulation_steps": "2"}, "accumulation_steps must be an int of at least 1"),
     ({"accumulation_steps": 0}, "accumulation_steps must be an int of at least 1"),
+    ({"unit": "token"}, r"unknown unit 'token'"),          # was written to the log: "Critical batch … token"
+    ({"optimizer": 4}, r"optimizer must be a torch optimizer \(got int"),  # the optimizer's place: failed in step()
 ])
 def test_bad_tracker_arguments_are_refused_when_it_is_made(kwargs, match):
     """A batch size of 0 or −32 was taken and failed at the first step inside the estimators (``need b < B``); a
-    string from a config failed with a formatting TypeError (a new user's finding)."""
+    string from a config failed with a formatting TypeError (a new user's finding); an unknown unit was written to
+    the log, a number in the optimizer's place failed at the first step with an AttributeError (another's)."""
     model = mlp()
     with pytest.raises(TrackerError, match=match):
         Tracker(model, **kwargs)
@@ -974,6 +982,17 @@ def test_bad_tracker_arguments_are_refused_when_it_is_made(kwargs, match):
     _backward(model, 2)
     with pytest.raises(TrackerError, match="batch_size must be at least 1"):
         tracker.step(batch_size=0)
+
+
+@pytest.mark.parametrize("window", [0, 1, 2.5, "10"])
+def test_a_window_of_fewer_than_two_steps_is_refused(window):
+    """One step's pair has no interval (the Fieller interval needs two): window=1 returned a value without one."""
+    tracker = Tracker(mlp(), accumulation_steps=2, batch_size=64)
+    with pytest.raises(TrackerError, match="window must be a number of steps, at least 2"):
+        tracker.estimate(window)
+    with pytest.raises(TrackerError, match="at least 2"):
+        tracker.estimate_pre(window)
+    tracker.close()
 
 
 def test_per_example_batch_size_mismatch_and_unavailable_models():
@@ -2162,3 +2181,39 @@ def test_a_tracker_given_no_model_or_a_useless_option_says_so(tmp_path):
     r = CliRunner().invoke(app, ["report", str(folder)])
     said = " ".join(r.output.split())
     assert r.exit_code == 2 and "report not found" in said and "bsprof.jsonl" in said, said
+
+
+def test_a_log_read_as_a_report_and_a_report_read_as_a_log_name_the_right_reader(tmp_path):
+    """Report.from_json on a tracker log said "not valid JSON … pass the report.json"; read_log on a report.json
+    gave the writer's hint ("choose a new log path"); a CSV bsprof wrote was "not valid JSON"."""
+    from bsprof.errors import ReportError
+    from bsprof.output.report import Report
+
+    log = trained_log(tmp_path, 4)
+    with pytest.raises(ReportError, match="it is a tracker log") as e:
+        Report.from_json(log)
+    assert "report_from_log" in e.value.hint
+    report = report_from_log(log, window=2).to_json(tmp_path / "report.json")
+    with pytest.raises(ReportError, match="it looks like a report.json") as e:
+        read_log(report)
+    assert "Report.from_json" in e.value.hint and "new log path" not in e.value.hint
+    csv = tmp_path / "measurements.csv"
+    csv.write_text("step,b_simple\n0,1.0\n")
+    with pytest.raises(ReportError, match="it is a CSV") as e:
+        Report.from_json(csv)
+    assert "report.json in the same folder" in e.value.hint
+
+
+def test_the_fix_for_too_few_rows_does_not_suggest_a_window_that_would_be_widened_back(tmp_path, monkeypatch):
+    """A 30-step log read in 3 windows of 10: "read it with --window 6" was followed by a second refusal ("--window
+    6 was widened to 24"); the fix now asks for more steps when the smaller window would be widened to ≥ 10."""
+    import bsprof.track.log as track_log
+    from bsprof.schedule.plan import more_rows_fix
+
+    path = trained_log(tmp_path, 30)
+    report = report_from_log(path, window=10)
+    monkeypatch.setattr(track_log, "resolving_window", lambda log, w, confidence=0.9: 12)
+    fix = more_rows_fix(report)
+    assert fix.startswith("log more steps") and "--window 6 would be widened to 12" in fix
+    monkeypatch.setattr(track_log, "resolving_window", lambda log, w, confidence=0.9: w)
+    assert "e.g. --window 6" in more_rows_fix(report)

@@ -18,9 +18,9 @@ of the step's items, the same 1/k for equal micro-batches): ``loss_scale = 1/k``
 a forward pre-hook on the model (dim 0 of the first tensor argument), removed at the end of training.
 
 Under DDP (``torchrun``, W ≥ 2 ranks) the tracker must watch the ``DistributedDataParallel`` wrapper, but the
-Trainer hands callbacks its unwrapped model: ``attach(trainer)`` (or ``NoiseScaleCallback(trainer=trainer)``)
-lets the callback take ``trainer.model_wrapped``, so b = one rank's micro-batch and B = W·k·b (per-example norms
-for k = 1: b = 1, B = W·batch). A callback without the trainer raises under multi-process DDP rather than log a
+Trainer hands callbacks its unwrapped model: ``attach(trainer)`` lets the callback take
+``trainer.model_wrapped``, so b = one rank's micro-batch and B = W·k·b (per-example norms for k = 1: b = 1,
+B = W·batch). A callback without the trainer raises under multi-process DDP rather than log a
 pair taken from the all-reduced gradient as if it were one rank's. Rank 0 writes the JSONL log.
 
 A schedule (``bsprof.schedule.Schedule``): before each optimizer step the callback sets
@@ -32,9 +32,10 @@ force (``ScheduleLR.follow_batch``), so a change that waits a step keeps the old
 
 Logged: every ``log_every`` optimizer steps (default ``args.logging_steps``) the scalars join the Trainer's next
 log record in ``on_log``, so they are in ``state.log_history`` and, when the callback runs before the reporting
-callbacks (``attach`` puts it first; ``Trainer(callbacks=[...])`` puts it last), in every ``report_to``
-integration and the printed logs. (Calling ``trainer.log`` from a callback would reset ``should_log`` and drop
-the Trainer's own loss record of that step.) The JSONL log goes to ``<output_dir>/bsprof.jsonl``.
+callbacks (``attach`` puts it first; ``Trainer(callbacks=[...])`` puts it last, and a warning says so when
+``report_to`` names an integration), in every ``report_to`` integration and the printed logs. (Calling
+``trainer.log`` from a callback would reset ``should_log`` and drop the Trainer's own loss record of that step.)
+The JSONL log goes to ``<output_dir>/bsprof.jsonl``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from pathlib import Path
 import torch
 
 from bsprof.integrations.loggers import PREFIX, scalars
-from bsprof.integrations.steps import Steps, listed_again, once_per_event, rows_of
+from bsprof.integrations.steps import Steps, check_options, listed_again, once_per_event, rows_of
 from bsprof.schedule.apply import ScheduleLR
 from bsprof.track import Tracker
 from bsprof.track.tracker import TrackerError, open_tracker
@@ -65,13 +66,15 @@ class NoiseScaleCallback(TrainerCallback):
     ``NoiseScale``;
     schedule, micro_batch: a Schedule to follow (module docstring); ``micro_batch`` default
     ``args.per_device_train_batch_size``. trainer: the Trainer, for its DDP wrapper (``attach`` passes it).
-    After training: ``tracker`` (closed, its draws kept), ``latest`` (the last logged scalars), ``unmeasured``.
+    After training: ``tracker`` (closed, its draws kept), ``latest`` (the last logged scalars, or those at the end of
+    training when steps were measured after the last log), ``unmeasured``.
     """
 
     def __init__(self, *, every: int = 1, window: int | None = 100, log_every: int | None = None, log="auto",
                  source: str = "auto", precondition: bool = False, unit: str = "examples", ema_beta: float = 0.99,
                  population: int | None = None,
                  prefix: str = PREFIX, schedule=None, micro_batch: int | None = None, trainer=None):
+        check_options(every, window, log_every)
         self._trainer = weakref.ref(trainer) if trainer is not None else None
         self.every, self.window, self.log_every, self.log_path, self.prefix = every, window, log_every, log, prefix
         self.options = dict(source=source, precondition=precondition, unit=unit, ema_beta=ema_beta,
@@ -86,6 +89,8 @@ class NoiseScaleCallback(TrainerCallback):
         self.latest: dict[str, float] = {}
         self._unlogged: dict[str, float] = {}
         self._handles = []
+        self._first = False   # ``attach`` put it first among the trainer's callbacks
+        self._latest_at = 0   # the tracker's draws when ``latest`` was last set
 
     # -- lifetime ------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -106,6 +111,13 @@ class NoiseScaleCallback(TrainerCallback):
         self._handles = [model.register_forward_pre_hook(self._rows, with_kwargs=True),
                          model.register_forward_hook(self._loss, with_kwargs=True)]
         self._follow_schedule(args, state)
+        reporting = [args.report_to] if isinstance(args.report_to, str) else list(args.report_to or [])
+        reporting = [r for r in reporting if r and r != "none"]
+        if reporting and not self._first and state.is_world_process_zero:
+            warnings.warn(f"bsprof: a NoiseScaleCallback given in Trainer(callbacks=[...]) runs after the report_to "
+                          f"integrations ({', '.join(map(str, reporting))}): its values reach "
+                          "trainer.state.log_history, the printed logs and bsprof.jsonl, not them. Add it with "
+                          "bsprof.integrations.hf.attach(trainer), which puts it first", stacklevel=2)
 
     def _tracked(self, args, model):
         """The model to track: the Trainer's ``DistributedDataParallel`` wrapper of ``model`` when there is one."""
@@ -118,8 +130,7 @@ class NoiseScaleCallback(TrainerCallback):
         if trainer is None and args.world_size > 1 and not (args.fsdp or args.deepspeed):
             raise TrackerError("under multi-process DDP the callback needs the Trainer's DistributedDataParallel "
                                "wrapper (callbacks are given the unwrapped model)",
-                               "add it with bsprof.integrations.hf.attach(trainer), or pass "
-                               "NoiseScaleCallback(trainer=trainer)")
+                               "add it with bsprof.integrations.hf.attach(trainer)")
         return model
 
     @once_per_event
@@ -132,6 +143,9 @@ class NoiseScaleCallback(TrainerCallback):
             h.remove()
         self._handles = []
         if self.tracker is not None:
+            if self._latest_at < len(self.tracker.draws) and (latest := scalars(self.tracker, self.window,
+                                                                                 self.prefix)):
+                self.latest = latest   # steps measured since the last record (a run shorter than logging_steps)
             self.tracker.close()
 
     def _rows(self, module, args, kwargs):
@@ -168,7 +182,7 @@ class NoiseScaleCallback(TrainerCallback):
         every = self.log_every or int(args.logging_steps) or 1
         # every log step gets the window over the steps measured so far, whether or not this step was measured
         if (state.global_step + 1) % every == 0 and (latest := scalars(self.tracker, self.window, self.prefix)):
-            self.latest = latest
+            self.latest, self._latest_at = latest, len(self.tracker.draws)
             self._unlogged = dict(self.latest)
 
     @once_per_event
@@ -217,5 +231,10 @@ def attach(trainer, **options) -> NoiseScaleCallback:
         raise TrackerError("this trainer already has a bsprof NoiseScaleCallback",
                            "attach once: either attach(trainer) or NoiseScaleCallback in callbacks=[...], not both")
     callback = NoiseScaleCallback(trainer=trainer, **options)
+    callback._first = True
+    done = getattr(getattr(trainer, "state", None), "global_step", 0) or 0
+    if done:
+        warnings.warn(f"bsprof: attach(trainer) after the trainer trained ({done} steps): the callback measures from "
+                      "the next trainer.train(); attach before training to measure it", stacklevel=2)
     trainer.callback_handler.callbacks.insert(0, callback)
     return callback

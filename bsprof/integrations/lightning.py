@@ -13,7 +13,8 @@ before Lightning clips them (``on_before_optimizer_step`` runs before ``clip_gra
 would change nothing anyway). ``tracker.step()`` runs once per optimizer step, in ``on_before_optimizer_step``.
 
 Logged, every ``log_every`` optimizer steps (default: ``trainer.log_every_n_steps``), to every logger of
-``trainer.loggers`` at ``trainer.global_step``: the ``bsprof/…`` scalars of ``bsprof.integrations.loggers``. The
+``trainer.loggers`` at ``trainer.global_step``: the ``bsprof/…`` scalars of ``bsprof.integrations.loggers``; and
+at the end of ``fit`` once more, when steps were measured since the last record. The
 JSONL log of raw pairs is written always, to ``log`` (default ``<trainer.log_dir>/bsprof.jsonl``).
 
 A schedule (``bsprof.schedule.Schedule``) makes the run follow a planned batch: at the first micro-batch of
@@ -32,7 +33,7 @@ import warnings
 from pathlib import Path
 
 from bsprof.integrations.loggers import PREFIX, scalars, write
-from bsprof.integrations.steps import Steps, listed_again, once_per_event, rows_of
+from bsprof.integrations.steps import Steps, check_options, listed_again, once_per_event, rows_of
 from bsprof.schedule.apply import ScheduleLR
 from bsprof.track import Tracker
 from bsprof.track.tracker import open_tracker
@@ -77,6 +78,7 @@ class NoiseScale(Callback):
                  source: str = "auto", precondition: bool = False, unit: str = "examples", ema_beta: float = 0.99,
                  population: int | None = None,
                  batch_rows=rows_of, schedule=None, micro_batch: int | None = None, prefix: str = PREFIX):
+        check_options(every, window, log_every)
         self.every, self.window, self.log_every, self.log_path = every, window, log_every, log
         self.options = dict(source=source, precondition=precondition, unit=unit, ema_beta=ema_beta,
                             population=population)
@@ -86,6 +88,7 @@ class NoiseScale(Callback):
         self.latest: dict[str, float] = {}
         self.applied: list[tuple[int, int, int]] = []
         self._pending: tuple[int, int] | None = None   # (planned step, k) of a change not yet applied
+        self._logged_at = 0                             # the tracker's draws at the last record written
 
     # -- lifetime ------------------------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -110,8 +113,14 @@ class NoiseScale(Callback):
 
     @once_per_event
     def on_fit_end(self, trainer, pl_module) -> None:
-        if self.tracker is not None:
-            self.tracker.close()
+        if self.tracker is None:
+            return
+        if self._logged_at < len(self.tracker.draws) and (latest := scalars(self.tracker, self.window,
+                                                                             self.prefix)):
+            self.latest = latest   # steps measured since the last record (a run shorter than log_every): one more
+            for logger in trainer.loggers:
+                write(logger, latest, max(trainer.global_step - 1, 0))
+        self.tracker.close()
 
     @once_per_event
     def on_exception(self, trainer, pl_module, exception) -> None:
@@ -154,7 +163,7 @@ class NoiseScale(Callback):
         # every log step logs the window over the steps measured so far, whether or not this step was measured
         # (with every=N, or on an epoch's short last step, it may not be)
         if (step + 1) % every == 0 and (latest := scalars(self.tracker, self.window, self.prefix)):
-            self.latest = latest
+            self.latest, self._logged_at = latest, len(self.tracker.draws)
             for logger in trainer.loggers:
                 write(logger, self.latest, step)
 

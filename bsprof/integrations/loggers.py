@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from bsprof.errors import ConfigError
 from bsprof.results import finite
+from bsprof.track.tracker import check_window, positive_int
 from bsprof.track.window import windowed
 
 PREFIX = "bsprof/"
@@ -87,8 +88,9 @@ class LogEvery:
     tracked step (counted by the tracker). Returns what it wrote (an empty dict when it did not write)."""
 
     def __init__(self, tracker, sinks: list, every: int = 1, window: int | None = 100, prefix: str = PREFIX):
-        if every < 1:
-            raise ConfigError(f"every must be at least 1 (got {every})", "log every N tracked steps, N >= 1")
+        if not positive_int(every):
+            raise ConfigError(f"every must be at least 1 (got {every!r})", "log every N tracked steps, N >= 1")
+        check_window(window)
         for s in sinks:
             kind_of(s)  # fail now, not at the first write
         self.tracker, self.sinks, self.every, self.window, self.prefix = tracker, sinks, every, window, prefix

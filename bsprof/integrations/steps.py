@@ -31,6 +31,18 @@ def rows_of(batch) -> int | None:
     return None
 
 
+def check_options(every, window, log_every) -> None:
+    """A callback's step counts, checked when it is made (not at the framework's first step, inside its loop)."""
+    from bsprof.track.tracker import check_window, positive_int
+
+    for name, value in (("every", every), ("log_every", log_every)):
+        if value is not None and not positive_int(value):
+            raise TrackerError(f"{name} must be a number of optimizer steps, at least 1 (got {value!r})",
+                               f"e.g. {name}=10" + (", or None for the trainer's logging interval"
+                                                    if name == "log_every" else ""))
+    check_window(window)
+
+
 def per_example_available(tracker) -> bool:
     src = tracker.per_example_source
     return src is not None and src.problem is None and bool(src.handles)
@@ -134,9 +146,9 @@ class Steps:
                               "gradient_accumulation_steps), or train on 2+ DDP ranks (shown once)", stacklevel=2)
             uneven = reason.startswith(("a short step", "micro-batches of different sizes"))
             if uneven and not self.unmeasured[reason]:   # as the tracker says of its own (docs/tracker.md)
-                warnings.warn(f"bsprof: step {step} left out: {reason}; every such step will be (the callback's "
-                              "unmeasured and tracker.uneven count them; drop_last=True on the loader avoids them) "
-                              "(shown once)", stacklevel=2)
+                warnings.warn(f"bsprof: step {step} left out: {reason}; every such step is left out (the "
+                              "callback's unmeasured and tracker.uneven count them; drop_last=True on the loader "
+                              "avoids them; shown once)", stacklevel=2)
             self.unmeasured[reason] += 1
             t.discard(total, uneven=reason.startswith(("a short step", "micro-batches of different sizes")) and
                       total is not None)

@@ -116,6 +116,34 @@ def _read(reader, row, where: str):
         raise ReportError(f"{where} does not match the report schema ({what})", _FIX)
 
 
+def _first_json_line(path: Path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.loads(f.readline())
+    except (ValueError, UnicodeDecodeError, OSError):
+        return None
+
+
+def _what_it_is(path: Path) -> str:
+    """What a file that is not a report looks like: a tracker log, a CSV bsprof wrote."""
+    first = _first_json_line(path)
+    if isinstance(first, dict) and first.get("schema") == "bsprof.track":
+        return ": it is a tracker log (one JSON object per line)"
+    if path.suffix.lower() == ".csv":
+        return ": it is a CSV (bsprof writes measurements.csv and layers.csv beside report.json)"
+    return ""
+
+
+def _fix_for(path: Path) -> str:
+    first = _first_json_line(path)
+    if isinstance(first, dict) and first.get("schema") == "bsprof.track":
+        return ("read it with bsprof.track.report_from_log(path) (or `bsprof report`, `schedule`, `check` on it, "
+                "which take a log as they take a report)")
+    if path.suffix.lower() == ".csv":
+        return "pass the report.json in the same folder (or the folder itself)"
+    return _FIX
+
+
 def read(path: str | Path):
     """Load a report.json (or the report.json inside a folder)."""
     path = Path(path)
@@ -130,7 +158,7 @@ def read(path: str | Path):
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, or an integer of over 4,300 digits
-        raise ReportError(f"{path} is not valid JSON ({clip(str(e))})", _FIX)
+        raise ReportError(f"{path} is not valid JSON ({clip(str(e))})" + _what_it_is(path), _fix_for(path))
     except RecursionError:
         raise ReportError(f"{path} nests too deeply to be a report", _FIX)
     return decode(data, str(path))

@@ -239,6 +239,16 @@ def log_window(report) -> int | None:
     return int(report.config.get("window") or 0) or None if report.spec.get("tracker_log") else None
 
 
+def _resolving(report, window: int) -> int:
+    """The window ``report``'s tracker log would be read with at ``--window window`` (``log.resolving_window``)."""
+    from bsprof.track.log import read_log, resolving_window
+
+    try:
+        return resolving_window(read_log(report.spec["tracker_log"]), window, report.config.get("confidence", 0.9))
+    except Exception:   # the log moved or changed since: suggest the window as asked
+        return window
+
+
 def more_rows_fix(report) -> str:
     """How to get more measurements: a smaller ``--window`` for a tracker log, a probe training otherwise."""
     steps = report.config.get("steps_logged") if report.spec.get("tracker_log") else None
@@ -254,6 +264,10 @@ def more_rows_fix(report) -> str:
         if asked and int(asked) < window:   # shorter windows were tried, and left |G|² unresolved
             return (f"log more steps: windows shorter than {window} steps do not resolve |G|² in this log (--window "
                     f"{asked} was widened to {window}), and its {steps} logged steps make {rows} row(s) of them")
+        resolved = _resolving(report, smaller) if smaller < window else window
+        if resolved >= window > smaller:   # the smaller window would be widened back: it does not resolve |G|²
+            return (f"log more steps: a smaller window does not resolve |G|² in this log (--window {smaller} would "
+                    f"be widened to {resolved}), and its {steps} logged steps make {rows} row(s) of {window}")
         if smaller < window:
             return (f"read the log with a smaller window: it has {steps} logged steps, --window {window} makes "
                     f"{rows} row(s); e.g. --window {smaller}")

@@ -156,7 +156,7 @@ def _first_line(path: Path) -> str:
         return f.readline()
 
 
-def _check_header(path: Path, line: str) -> dict:
+def _check_header(path: Path, line: str, reading: bool = False) -> dict:
     try:
         header = json.loads(line)
     except json.JSONDecodeError:
@@ -165,8 +165,13 @@ def _check_header(path: Path, line: str) -> dict:
         raise ReportError(f"{path}: its header line is cut off (the run was stopped while writing it, before any "
                           "step was logged)", "remove it (it holds no step), or choose a new log path")
     if not isinstance(header, dict) or header.get("schema") != SCHEMA:
-        raise ReportError(f"{path} is not a bsprof tracker log (its first line is not a {SCHEMA} header)",
-                          "pass the .jsonl file written by bsprof.Tracker(log=...), or choose a new log path")
+        report = line.strip() == "{" or isinstance(header, dict) and "schema_version" in header
+        raise ReportError(f"{path} is not a bsprof tracker log (its first line is not a {SCHEMA} header)"
+                          + ("; it looks like a report.json" if report else ""),
+                          ("read a report with bsprof.Report.from_json(path) or `bsprof report` on it; "
+                           "a tracker log is the .jsonl file written by bsprof.Tracker(log=...)") if reading and report
+                          else "pass the .jsonl file written by bsprof.Tracker(log=...)" if reading
+                          else "pass the .jsonl file written by bsprof.Tracker(log=...), or choose a new log path")
     if header.get("version") != VERSION:
         raise ReportError(f"{path} is tracker log version {header.get('version')}, this bsprof reads {VERSION}",
                           "read it with the bsprof version that wrote it")
@@ -193,7 +198,7 @@ def read_log(path: str | Path) -> TrackLog:
     lines = path.read_text(encoding="utf-8").splitlines()
     if not lines:
         raise ReportError(f"{path} is empty", "pass the .jsonl file written by bsprof.Tracker(log=...)")
-    runs, torn = [_Run(_check_header(path, lines[0]))], False
+    runs, torn = [_Run(_check_header(path, lines[0], reading=True))], False
     for i, line in enumerate(lines[1:], start=2):
         try:
             r = json.loads(line)
@@ -208,7 +213,7 @@ def read_log(path: str | Path) -> TrackLog:
             else:
                 raise ReportError(f"{path}:{i} is not valid JSON", "the log is damaged; remove that line")
         if isinstance(r, dict) and "schema" in r:  # a later run appended with its own header: it starts here
-            runs.append(_Run(_check_header(path, line)))
+            runs.append(_Run(_check_header(path, line, reading=True)))
             continue
         if runs[-1].marks and int(r["step"]) <= runs[-1].marks[-1][0]:  # a run appended headerless (older bsprof)
             runs.append(_Run(runs[-1].header))

@@ -54,6 +54,7 @@ from bsprof.track.sources import Backwards, FsdpHooks, PerExample, StepHooks, fs
 from bsprof.track.window import Ema, EmaView, b_simple_of, measurement, windowed
 
 SOURCES = ("auto", "accumulation", "per_example", "ddp", "fsdp")
+UNITS = ("examples", "sequences", "tokens")
 
 
 _OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> weakref to its open tracker
@@ -153,14 +154,16 @@ class _Uneven(Exception):
         self.batch_size, self.passes, self.declared = batch_size, passes, declared  # declared: fewer passes than it
 
 
-def _positive_int(value) -> bool:
+def positive_int(value) -> bool:
     """An int (numpy's too, not a bool, not a string) of at least 1."""
     return not isinstance(value, (bool, str, bytes)) and hasattr(value, "__index__") and value.__index__() >= 1
 
 
-def _check_window(window) -> None:
-    if window is not None and not (isinstance(window, int) and window >= 1):
-        raise ValueError(f"window must be a number of steps, at least 1, or None for all kept steps (got {window!r})")
+def check_window(window) -> None:
+    """A window of steps: at least 2 (one step's pair has no interval: the Fieller interval needs two), or None."""
+    if window is not None and not (positive_int(window) and window >= 2):
+        raise TrackerError(f"window must be a number of steps, at least 2, or None for all kept steps (got "
+                           f"{window!r})", "a window of N steps averages their pairs; e.g. window=100")
 
 
 def _first_grad_tensor(out, depth: int = 0):
@@ -231,13 +234,19 @@ class Tracker:
                                "pass the model you train: bsprof.Tracker(model, optimizer, ...)")
         if source not in SOURCES:
             raise TrackerError(f"unknown source {source!r}", f"use one of {', '.join(SOURCES)}")
-        if accumulation_steps is not None and not _positive_int(accumulation_steps):
+        if accumulation_steps is not None and not positive_int(accumulation_steps):
             raise TrackerError(f"accumulation_steps must be an int of at least 1 (got {accumulation_steps!r})",
                                "pass the number of backward passes per optimizer step")
-        if batch_size is not None and not _positive_int(batch_size):
+        if batch_size is not None and not positive_int(batch_size):
             raise TrackerError(f"batch_size must be an int of at least 1 (got {batch_size!r})",
                                "pass the examples per optimizer step on this process (int(...) of a value read "
                                "from a config), or None to pass it at each tracker.step(batch_size=...)")
+        if unit not in UNITS:
+            raise TrackerError(f"unknown unit {unit!r}", f"use one of {', '.join(UNITS)} (what batch_size counts)")
+        if optimizer is not None and not hasattr(_unwrapped(optimizer), "param_groups"):
+            raise TrackerError(f"optimizer must be a torch optimizer (got {type(optimizer).__name__}: "
+                               f"{str(optimizer)[:40]})", "bsprof.Tracker(model, optimizer, ...); the other options "
+                               "by name (accumulation_steps=..., batch_size=...)")
         if population is not None and not (isinstance(population, int) and population >= 2):
             raise TrackerError(f"population must be an int of at least 2 (got {population!r})",
                                "pass len(dataset), or None for a large or streamed dataset")
@@ -854,14 +863,14 @@ class Tracker:
     # ------------------------------------------------------------------ answers
     def estimate(self, window: int | None = None) -> Estimate:
         """B_simple over the last ``window`` steps (all kept steps for None): ratio of means, Fieller interval."""
-        _check_window(window)
+        check_window(window)
         if not self.draws:
             return Estimate.none()
         return b_simple_of(windowed(self.draws, window, self.confidence))
 
     def estimate_pre(self, window: int | None = None) -> Estimate:
         """B_pre = tr(PΣ)/(GᵀPG) over the last ``window`` steps (needs ``precondition=True`` and Adam)."""
-        _check_window(window)
+        check_window(window)
         if not self.draws_pre:
             return Estimate.none()
         return b_simple_of(windowed(self.draws_pre, window, self.confidence))
