@@ -107,7 +107,9 @@ class MhaCall:
             if kind == "out_proj":
                 self.found[bias] = d.sum(1)
             else:
-                b = self.found.setdefault(bias, d.new_zeros(self.count, 3 * E))
+                b = self.found.get(bias)
+                if b is None:   # the packed bias's rows, filled by the q/k/v projections' calls
+                    b = self.found[bias] = d.new_zeros(self.count, 3 * E)
                 b[:, brows:brows + d.shape[-1]] += d.sum(1)
 
     def explicit(self) -> list[tuple[str, str]]:
