@@ -820,3 +820,62 @@ def test_hf_callback_in_trainer_callbacks_warns_that_report_to_misses_it(tmp_pat
     trainer.callback_handler.callbacks.remove(cb)
     with pytest.warns(UserWarning, match=r"attach\(trainer\) after the trainer trained \(4 steps\)"):
         attach(trainer)
+
+
+def test_the_callbacks_population_comes_from_a_shuffling_loader():
+    """population="auto": n = len(dataset) where the loader draws each epoch without replacement (RandomSampler over
+    the whole set, DistributedSampler(shuffle=True), inside the wrappers accelerate puts around them); None for a
+    fixed order, replacement, a subsample, or an iterable dataset."""
+    from torch.utils.data import DistributedSampler, IterableDataset, RandomSampler
+
+    from bsprof.integrations.steps import loader_population
+
+    ds = TensorDataset(torch.randn(40, 3))
+    assert loader_population(DataLoader(ds, batch_size=8, shuffle=True)) == 40
+    assert loader_population(DataLoader(ds, batch_size=8)) is None
+    assert loader_population(DataLoader(ds, batch_size=8, sampler=RandomSampler(ds, replacement=True))) is None
+    assert loader_population(DataLoader(ds, batch_size=8, sampler=RandomSampler(ds, num_samples=16))) is None
+    shard = DistributedSampler(ds, num_replicas=2, rank=0, shuffle=True)
+    assert loader_population(DataLoader(ds, batch_size=8, sampler=shard)) == 40
+    assert loader_population(DataLoader(ds, sampler=DistributedSampler(ds, 2, 0, shuffle=False))) is None
+
+    class Wrapper:   # accelerate's DataLoaderShard keeps the loader's dataset and its batch sampler's sampler
+        dataset = ds
+        batch_sampler = DataLoader(ds, batch_size=8, shuffle=True).batch_sampler
+
+    assert loader_population(Wrapper()) == 40
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(range(10))
+
+    assert loader_population(DataLoader(Stream(), batch_size=2)) is None
+    assert loader_population(None) is None
+
+
+def test_lightning_and_hf_callbacks_take_the_population_of_their_loader(tmp_path):
+    L = pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'bsprof[lightning]')")
+    from bsprof.integrations.lightning import NoiseScale
+
+    class Lit(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net()
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    for shuffle, population, expected in ((True, "auto", len(data())), (False, "auto", None), (True, 100, 100),
+                                          (True, None, None)):
+        cb = NoiseScale(window=5, population=population)
+        trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_checkpointing=False, enable_model_summary=False, accumulate_grad_batches=2,
+                            callbacks=[cb])
+        trainer.fit(Lit(), DataLoader(data(), batch_size=8, shuffle=shuffle))
+        assert cb.tracker.population == expected and {d.n for d in cb.tracker.draws} == {expected}
+    if importlib.util.find_spec("transformers") is not None:
+        _, hf, _ = hf_run(tmp_path, accum=2, steps=3)   # the Trainer's RandomSampler
+        assert hf.tracker.population == len(data())

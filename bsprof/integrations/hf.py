@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from bsprof.integrations.loggers import PREFIX, scalars
-from bsprof.integrations.steps import Steps, check_options, listed_again, once_per_event, rows_of
+from bsprof.integrations.steps import Steps, check_options, listed_again, loader_population, once_per_event, rows_of
 from bsprof.schedule.apply import ScheduleLR
 from bsprof.track import Tracker
 from bsprof.track.tracker import TrackerError, open_tracker
@@ -72,13 +72,14 @@ class NoiseScaleCallback(TrainerCallback):
 
     def __init__(self, *, every: int = 1, window: int | None = 100, log_every: int | None = None, log="auto",
                  source: str = "auto", precondition: bool = False, unit: str = "examples", ema_beta: float = 0.99,
-                 population: int | None = None,
+                 population: int | str | None = "auto",
                  prefix: str = PREFIX, schedule=None, micro_batch: int | None = None, trainer=None):
         check_options(every, window, log_every)
         self._trainer = weakref.ref(trainer) if trainer is not None else None
         self.every, self.window, self.log_every, self.log_path, self.prefix = every, window, log_every, log, prefix
+        self.population = population
         self.options = dict(source=source, precondition=precondition, unit=unit, ema_beta=ema_beta,
-                            population=population)
+                            population=None if population == "auto" else population)
         self.tracker: Tracker | None = None
         self.steps: Steps | None = None
         self.schedule, self.micro_batch = schedule, micro_batch
@@ -107,6 +108,8 @@ class NoiseScaleCallback(TrainerCallback):
             log.parent.mkdir(parents=True, exist_ok=True)
         self.tracker = Tracker(tracked, optimizer,
                                log=log if state.is_world_process_zero else None, **self.options)
+        if self.population == "auto" and self.tracker.unit != "tokens":
+            self.tracker.population = loader_population(kwargs.get("train_dataloader"))
         self.steps = Steps(self.tracker, self.every)
         self._handles = [model.register_forward_pre_hook(self._rows, with_kwargs=True),
                          model.register_forward_hook(self._loss, with_kwargs=True)]

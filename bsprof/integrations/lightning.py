@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 
 from bsprof.integrations.loggers import PREFIX, scalars, write
-from bsprof.integrations.steps import Steps, check_options, listed_again, once_per_event, rows_of
+from bsprof.integrations.steps import Steps, check_options, listed_again, loader_population, once_per_event, rows_of
 from bsprof.schedule.apply import ScheduleLR
 from bsprof.track import Tracker
 from bsprof.track.tracker import open_tracker
@@ -67,8 +67,9 @@ class NoiseScale(Callback):
     every: measure every N-th optimizer step (the others are not measured: no per-example work);
     window: optimizer steps per logged estimate; log_every: log every N steps (default the trainer's);
     log: path of the JSONL log ("auto": ``<trainer.log_dir>/bsprof.jsonl``);
-    source, precondition, unit, ema_beta, population: as for ``Tracker`` (population: len(the training set) for a
-        shuffling loader with drop_last, the finite-population correction);
+    source, precondition, unit, ema_beta, population: as for ``Tracker``; population "auto" (default): len(the
+        training set) when the loader shuffles without replacement (``steps.loader_population``: the
+        finite-population correction), else None;
     batch_rows: function batch → examples (default: dim 0 of the batch's first tensor);
     schedule, micro_batch: a Schedule to follow; ``micro_batch`` default the batch's rows.
     After training: ``tracker`` (closed, its draws kept), ``latest`` (the last logged scalars), ``applied``.
@@ -76,12 +77,13 @@ class NoiseScale(Callback):
 
     def __init__(self, *, every: int = 1, window: int | None = 100, log_every: int | None = None, log="auto",
                  source: str = "auto", precondition: bool = False, unit: str = "examples", ema_beta: float = 0.99,
-                 population: int | None = None,
+                 population: int | str | None = "auto",
                  batch_rows=rows_of, schedule=None, micro_batch: int | None = None, prefix: str = PREFIX):
         check_options(every, window, log_every)
         self.every, self.window, self.log_every, self.log_path = every, window, log_every, log
+        self.population = population
         self.options = dict(source=source, precondition=precondition, unit=unit, ema_beta=ema_beta,
-                            population=population)
+                            population=None if population == "auto" else population)
         self.batch_rows, self.schedule, self.micro_batch, self.prefix = batch_rows, schedule, micro_batch, prefix
         self.tracker: Tracker | None = None
         self.steps: Steps | None = None
@@ -110,6 +112,11 @@ class NoiseScale(Callback):
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         self.tracker = Tracker(model, optimizer, log=log, **self.options)
         self.steps = Steps(self.tracker, self.every)
+
+    @once_per_event
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.tracker is not None and self.population == "auto" and self.tracker.unit != "tokens":
+            self.tracker.population = loader_population(trainer.train_dataloader)   # the loaders exist from here
 
     @once_per_event
     def on_fit_end(self, trainer, pl_module) -> None:

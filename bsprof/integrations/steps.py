@@ -43,6 +43,37 @@ def check_options(every, window, log_every) -> None:
     check_window(window)
 
 
+def loader_population(loader) -> int | None:
+    """The examples a shuffling loader draws each epoch's batches from without replacement: ``len(dataset)`` when
+    its sampler (found through the wrappers accelerate and Lightning put around it) is a ``RandomSampler`` without
+    replacement over the whole dataset, or a ``DistributedSampler`` with ``shuffle=True`` (the global batch is a
+    slice of one permutation); None otherwise (sequential order, replacement, an iterable dataset, or unknown)."""
+    from torch.utils.data import DistributedSampler, IterableDataset, RandomSampler
+
+    if loader is None:
+        return None
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None or isinstance(dataset, IterableDataset):
+        return None
+    try:
+        n = len(dataset)
+    except TypeError:
+        return None
+    seen, todo = set(), [loader]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or len(seen) > 16:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, RandomSampler):
+            return n if not obj.replacement and obj.num_samples == n and n >= 2 else None
+        if isinstance(obj, DistributedSampler):
+            return n if obj.shuffle and n >= 2 else None
+        todo += [x for name in ("sampler", "batch_sampler", "base_dataloader")
+                 if (x := getattr(obj, name, None)) is not None]
+    return None
+
+
 def per_example_available(tracker) -> bool:
     src = tracker.per_example_source
     return src is not None and src.problem is None and bool(src.handles)

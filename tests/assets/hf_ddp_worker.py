@@ -77,7 +77,8 @@ def by_hand(seen, accum: int) -> bsprof.Tracker:
     """The reference: DDP and a Tracker by hand on this rank's micro-batches, from the same initial weights."""
     model = DDP(net())
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    tracker = bsprof.Tracker(model, opt, accumulation_steps=accum if accum > 1 else None)
+    tracker = bsprof.Tracker(model, opt, accumulation_steps=accum if accum > 1 else None,
+                             population=len(Data()))   # the callback reads it from the Trainer's shuffling loader
     for i in range(0, len(seen), accum):
         for j, (x, y) in enumerate(seen[i:i + accum]):
             loss = nn.functional.mse_loss(model(x), y)

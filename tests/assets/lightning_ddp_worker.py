@@ -59,7 +59,8 @@ def by_hand(accum: int, source: str) -> bsprof.Tracker:
     """The reference: DDP and a Tracker by hand, the same shard, order, init and optimizer steps as Lightning's."""
     model = DDP(net())
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    tracker = bsprof.Tracker(model, opt, source=source, accumulation_steps=accum)
+    # the callback takes population = len(data()) from the shuffling DistributedSampler (population="auto")
+    tracker = bsprof.Tracker(model, opt, source=source, accumulation_steps=accum, population=len(data()))
     # Lightning always shuffles a training set under DDP: DistributedSampler(shuffle=True, seed=0), epoch 0
     sampler = DistributedSampler(data(), num_replicas=dist.get_world_size(), rank=dist.get_rank(), shuffle=True,
                                  seed=0)
