@@ -873,7 +873,7 @@ def test_lightning_and_hf_callbacks_take_the_population_of_their_loader(tmp_path
         cb = NoiseScale(window=5, population=population)
         trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
                             enable_checkpointing=False, enable_model_summary=False, accumulate_grad_batches=2,
-                            callbacks=[cb])
+                            callbacks=[cb], default_root_dir=str(tmp_path))
         trainer.fit(Lit(), DataLoader(data(), batch_size=8, shuffle=shuffle))
         assert cb.tracker.population == expected and {d.n for d in cb.tracker.draws} == {expected}
     if importlib.util.find_spec("transformers") is not None:
