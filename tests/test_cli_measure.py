@@ -185,6 +185,37 @@ def test_a_model_without_per_example_rules_gets_windows_from_micro_batches(tmp_p
     assert report.summary.critical_batch_quantity == "b_simple_window"
 
 
+GRU_SPEC = ("import torch, torch.nn.functional as F\nfrom torch import nn\n"
+            "g = torch.Generator().manual_seed(0)\n"
+            "X, Y = torch.randn(64, 5, 3, generator=g), torch.randint(0, 3, (64,), generator=g)\n"
+            "class M(nn.Module):\n"
+            "    def __init__(self):\n"
+            "        super().__init__()\n"
+            "        self.gru, self.out = nn.GRU(3, 8, batch_first=True), nn.Linear(8, 3)\n"
+            "    def forward(self, x):\n"
+            "        return self.out(self.gru(x)[0][:, -1])\n"
+            "def model():\n    return M()\n"
+            "def dataset():\n    return torch.utils.data.TensorDataset(X, Y)\n"
+            "def loss(model, batch):\n    x, y = batch\n    return F.cross_entropy(model(x), y, reduction='none')\n")
+
+
+def test_a_recurrent_model_tracks_every_training_step_by_micro_batches(tmp_path):
+    """A GRU has no per-example rule for the training steps (a measurement's draws may take torch.func for it):
+    the tracker refuses per-example norms when it is made, so every step, the first included, runs as two
+    micro-batches (before, the first step failed and went unmeasured), and the note says why in one clause."""
+    spec = tmp_path / "gru.py"
+    spec.write_text(GRU_SPEC)
+    r = run(spec, "--steps", 8, "--measure-every", 4, "--batch-size", 16, "--max-seconds", 1, "-o", tmp_path, "-q",
+            "--no-figures")
+    assert r.exit_code == 0, r.output
+    notes = {d["code"]: " ".join(d["message"].split())
+             for d in json.loads((tmp_path / "report.json").read_text())["diagnostics"]}
+    assert "training_pairs_switched" not in notes
+    note = notes["training_micro_batches"]
+    assert "(no per-example rule for the recurrent layer(s) gru (GRU); the training steps use hook rules" in note
+    assert note.count("not available") == 1
+
+
 def test_micro_batch_tracking_leaves_training_unchanged(tmp_path):
     """Two micro-batches per step give the same training as whole batches for a model without BatchNorm: the
     training losses of every step agree with a run that does not track (float32 summation order only)."""

@@ -539,8 +539,10 @@ def _training_tracker(report: Report, source: str, model, optimizer, batch_size:
                            population=population), source
         except TrackerError as e:  # e.g. an encoder layer with batch_first=False: said, then micro-batches
             source = "accumulation"
+            why = e.message.removeprefix("per-example norms are not available: ")
             report.diagnose("training_micro_batches", f"per-example norms in the training steps are not available "
-                            f"({e.message}): each step runs as {TRAINING_PARTS} micro-batches of B/{TRAINING_PARTS} "
+                            f"({why}; the training steps use hook rules only, where a measurement's draws may use "
+                            f"torch.func): each step runs as {TRAINING_PARTS} micro-batches of B/{TRAINING_PARTS} "
                             "for the training-step windows")
     if batch_size % TRAINING_PARTS:
         return None, _no_windows(report, f"the training batch of {batch_size} does not split into "
