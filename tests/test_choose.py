@@ -248,7 +248,7 @@ def test_an_embedding_scaling_its_gradient_by_frequency_couples_the_examples():
     from bsprof.probes.hooks import per_example_hooks
 
     model = nn.Sequential(nn.Embedding(7, 4, scale_grad_by_freq=True), nn.Flatten(), nn.Linear(12, 2))
-    assert batch_coupled(model) == ["0 (Embedding)"]
+    assert batch_coupled(model) == ["'0' (Embedding)"]
     g = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randint(0, 7, (64, 3), generator=g),
                                           torch.randint(0, 2, (64,), generator=g))
@@ -258,4 +258,4 @@ def test_an_embedding_scaling_its_gradient_by_frequency_couples_the_examples():
     r = bsprof.measure(model=model, dataset=data, loss=_ce, steps=0, rel_error=0.5, max_seconds=5)
     assert r.config["method_resolved"] == "microbatch"
     [note] = [d["message"] for d in r.diagnostics if d["code"] == "batch_coupled"]
-    assert note.startswith("an Embedding with scale_grad_by_freq=True (0 (Embedding))"), note
+    assert note.startswith("an Embedding with scale_grad_by_freq=True ('0' (Embedding))"), note

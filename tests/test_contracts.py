@@ -88,7 +88,7 @@ def test_one_batchnorm_rule(train, track, coupled):
     diagnostics read the same rule."""
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8, track_running_stats=track), nn.Linear(8, 2))
     model.train(train)
-    assert batch_coupled(model) == (["1 (BatchNorm1d)"] if coupled else [])
+    assert batch_coupled(model) == (["'1' (BatchNorm1d)"] if coupled else [])
     assert (per_example_invalid(model) is not None) == coupled
     assert (choose("auto", model)[0] is PROBES["microbatch"]) == coupled
 

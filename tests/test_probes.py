@@ -386,3 +386,26 @@ def test_measure_at_with_dropout_repeats_with_its_seed_and_keeps_the_callers_ran
         assert torch.equal(after, torch.rand(1))   # the caller's randomness untouched
         seen.append((est.value, est.draws))
     assert seen[0] == seen[1] == seen[2]
+
+
+def test_vmap_on_a_batch_with_fields_that_are_not_tensors_names_them_and_the_methods_that_split_them():
+    """Items {"id": str, "x": tensor, "y": tensor} collate to a list of strings beside the tensors: --method vmap
+    failed with torch's "Got in_dim=0 for an input but the input is of type str" and "fix the spec". torch.func
+    cannot slice a list per example (passing it whole would be wrong where it holds per-example values, lengths):
+    the error names the field and the methods that split it (the hooks' slow path loops over such batches)."""
+    from bsprof.errors import ConfigError
+    from bsprof.probes.hooks import per_example_hooks
+    from bsprof.probes.vmap import per_example_vmap
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    batch = {"id": [f"ex{i}" for i in range(5)], "x": torch.randn(5, 6, dtype=torch.float64),
+             "y": torch.randint(0, 3, (5,))}
+
+    def loss(m, b):
+        return F.cross_entropy(m(b["x"]), b["y"], reduction="none")
+
+    with pytest.raises(ConfigError, match=r"field\(s\) that are not tensors \('id'\)") as e:
+        per_example_vmap(model, loss, batch, 5)
+    assert "--method auto or hooks" in e.value.hint
+    assert per_example_hooks(model, loss, batch, 5).fallbacks is None

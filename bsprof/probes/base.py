@@ -82,7 +82,7 @@ def batch_coupled(model: nn.Module) -> list[str]:
     in the batch). Per-example gradients are then undefined; micro-batches stay approximately right (McCandlish
     App. A), since training at batch b takes the statistics over b examples as well.
     """
-    return [f"{name} ({type(m).__name__})" if name else type(m).__name__ for name, m in model.named_modules()
+    return [f"'{name}' ({type(m).__name__})" if name else type(m).__name__ for name, m in model.named_modules()
             if isinstance(m, _BatchNorm) and (m.training or not m.track_running_stats)
             or isinstance(m, nn.Embedding) and m.scale_grad_by_freq]
 

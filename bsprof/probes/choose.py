@@ -144,7 +144,8 @@ def decide(method: str, model: nn.Module, loss_fn: LossFn | None = None, pair=No
         raise BsprofError(f"strict: {len(slow)} parameter(s) would be measured by the slow torch.func path: "
                           f"{fallback_text(slow)}",
                           ("for a weight applied functionally (F.linear(h, emb.weight)), tie an nn.Linear to it "
-                           "instead (head.weight = emb.weight); for a layer without a rule, " if functional else "")
+                           "instead (head.weight = emb.weight; a transposed tie, F.linear(h, enc.weight.t()), has "
+                           "no layer form); for a layer without a rule, " if functional else "")
                           + "register a per-example rule for the layer with bsprof.probes.register_rule(Layer, rule) "
                           "(see its docstring), or drop --strict to accept the slow path (the report lists it)")
     why = reason(method, probe, invalid)

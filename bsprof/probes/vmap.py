@@ -37,6 +37,15 @@ def quiet_fallbacks():
         yield
 
 
+def plain_fields(batch) -> list[str]:
+    """The fields of a collated batch that are not tensors (a list of strings or lengths): vmap cannot map them."""
+    if isinstance(batch, dict):
+        return [repr(k) for k, v in batch.items() if not isinstance(v, torch.Tensor)]
+    if isinstance(batch, (list, tuple)):
+        return [f"item {i}" for i, v in enumerate(batch) if not isinstance(v, torch.Tensor)]
+    return []
+
+
 def per_example_grads(model: nn.Module, loss_fn: LossFn, batch) -> tuple[dict, torch.Tensor]:
     """All per-example gradients {name: [c, *shape]} and losses [c], by vmap(grad) over the batch."""
     names, params = trainable(model)
@@ -57,8 +66,14 @@ def per_example_vmap(model: nn.Module, loss_fn: LossFn, batch, count: int) -> Ch
     loss runs, but not under vmap) is a ``ConfigError`` that names the other methods, not a fault in the spec."""
     try:
         grads, losses = per_example_grads(model, loss_fn, batch)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:   # ValueError: vmap's own complaints about its inputs
         per_example_losses(model, loss_fn, batch, count)  # the user's own error, if it is one, surfaces here
+        plain = plain_fields(batch) if isinstance(e, ValueError) else []
+        if plain:
+            raise ConfigError(f"torch.func cannot map over the batch's field(s) that are not tensors "
+                              f"({', '.join(plain[:3])}): --method vmap slices tensors only",
+                              "use --method auto or hooks (they split such fields with the tensors), or "
+                              "--method microbatch") from e
         raise ConfigError(f"torch.func cannot batch this model's per-example gradients ({str(e).splitlines()[0]})",
                           "use --method hooks (a per-example loop covers such layers) or --method microbatch") from e
     if losses.shape != (count,):

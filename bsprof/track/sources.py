@@ -717,7 +717,8 @@ class PerExample:
                 self.failure = (f"{', '.join(self.functional[:3])} used outside their layers too (applied "
                                 "functionally, e.g. F.linear(h, emb.weight), or read directly, e.g. "
                                 "wpe.weight[:T]), which the per-example hooks cannot see; call the layer instead (for "
-                                "a tied weight: an nn.Linear with head.weight = emb.weight)")
+                                "a tied weight: an nn.Linear with head.weight = emb.weight; a transposed tie, "
+                                "F.linear(h, enc.weight.t()), has no layer form: track such a model by accumulation)")
             if self.failure is None:
                 self.failure = self.uncovered_used()
             if self.failure is None and self.parts and self.rows:
