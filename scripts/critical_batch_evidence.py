@@ -182,6 +182,13 @@ def lenet():
                          nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16 * 2 * 2, 32), nn.Tanh(), nn.Linear(32, 10))
 
 
+def shakespeare_ids() -> tuple[torch.Tensor, int]:
+    """The first 400,000 characters of tiny-shakespeare (../shared/data) as ids, and the vocabulary's size."""
+    text = (ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt").read_text()
+    vocab = sorted(set(text))
+    return torch.tensor([vocab.index(c) for c in text[:400_000]]), len(vocab)
+
+
 _CHARS: tuple | None = None
 
 
@@ -190,11 +197,9 @@ def char_windows():
     a next-character language model without attention (tenth session, out of sample for every rule)."""
     global _CHARS
     if _CHARS is None:
-        text = (ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt").read_text()
-        vocab = sorted(set(text))
-        ids = torch.tensor([vocab.index(c) for c in text[:400_000]])
+        ids, vocab = shakespeare_ids()
         start = torch.randint(0, len(ids) - 9, (20_000,), generator=torch.Generator().manual_seed(13))
-        _CHARS = (ids[start[:, None] + torch.arange(8)], ids[start + 8], len(vocab))
+        _CHARS = (ids[start[:, None] + torch.arange(8)], ids[start + 8], vocab)
     return torch.utils.data.TensorDataset(*_CHARS[:2])
 
 
@@ -212,12 +217,10 @@ def char_windows32():
     ``char_windows``), each with its 32 next characters (the window shifted by one): per-position targets."""
     global _CHARS32
     if _CHARS32 is None:
-        text = (ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt").read_text()
-        vocab = sorted(set(text))
-        ids = torch.tensor([vocab.index(c) for c in text[:400_000]])
+        ids, vocab = shakespeare_ids()
         start = torch.randint(0, len(ids) - 33, (20_000,), generator=torch.Generator().manual_seed(17))
         win = ids[start[:, None] + torch.arange(33)]
-        _CHARS32 = (win[:, :32].contiguous(), win[:, 1:].contiguous(), len(vocab))
+        _CHARS32 = (win[:, :32].contiguous(), win[:, 1:].contiguous(), vocab)
     return torch.utils.data.TensorDataset(*_CHARS32[:2])
 
 

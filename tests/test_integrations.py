@@ -205,6 +205,21 @@ def lightning_run(tmp_path, accum: int, steps: int = 20, callback=None, schedule
     return module, callback, trainer
 
 
+def lit_regressor(L):
+    """A LightningModule over ``net()``: MSE on (x, y) batches, SGD at lr 0.05."""
+    class Lit(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net()
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+    return Lit
+
+
 def _csv_metrics(trainer):
     rows = list(csv.DictReader(open(Path(trainer.logger.log_dir) / "metrics.csv")))
     return [r for r in rows if r.get("bsprof/b_simple_lo")]
@@ -270,17 +285,7 @@ def test_lightning_resumed_from_a_checkpoint_continues_the_log(tmp_path):
 
     from bsprof.integrations.lightning import NoiseScale
 
-    class Lit(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = net()
-
-        def training_step(self, batch, batch_idx):
-            return nn.functional.mse_loss(self.net(batch[0]), batch[1])
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05)
-
+    Lit = lit_regressor(L)
     log = tmp_path / "bsprof.jsonl"
 
     def fit(steps, ckpt=None):
@@ -857,17 +862,7 @@ def test_lightning_and_hf_callbacks_take_the_population_of_their_loader(tmp_path
     L = pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'bsprof[lightning]')")
     from bsprof.integrations.lightning import NoiseScale
 
-    class Lit(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = net()
-
-        def training_step(self, batch, batch_idx):
-            return nn.functional.mse_loss(self.net(batch[0]), batch[1])
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05)
-
+    Lit = lit_regressor(L)
     for shuffle, population, expected in ((True, "auto", len(data())), (False, "auto", None), (True, 100, 100),
                                           (True, None, None)):
         cb = NoiseScale(window=5, population=population)
