@@ -291,6 +291,26 @@ def gn_cnn():
                          nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 10))
 
 
+class ResBlock(nn.Module):
+    """[conv 3×3 → BatchNorm → ReLU → conv 3×3 → BatchNorm] + skip → ReLU (channels kept)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return F.relu(x + self.body(x))
+
+
+def bn_resnet():
+    """A small residual CNN with BatchNorm on the 14×14 images: conv16-BN-ReLU, two residual blocks of two
+    conv16-BN, global average pooling, linear to 10 (9.8k parameters; train mode: batch statistics couple the
+    examples, so bsprof measures with micro-batches)."""
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), ResBlock(16), ResBlock(16),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
 def adamw(lr):
     return lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
 
@@ -535,6 +555,18 @@ TASKS = {
                           sweep=dict(batches=[16, 32, 64, 128, 256, 512, 1024], lr0=3e-3, lr_grid=[0.5, 1, 2, 4, 8],
                                      seeds=2, max_steps=2000, eval_examples=1024, max_seconds=2400),
                           probe_steps=500, lr_factors=(1.0,)),
+    # a BatchNorm residual CNN under SGD with momentum 0.9 (micro-batch probe, training-step windows from 2
+    # micro-batches per step), out of sample for every rule; target 0.3: B = 32 at lr 0.02-0.05 reaches it in
+    # ≈ 320-340 steps (one trial run, evaluation in eval mode on a 1,024-image draw)
+    "mnist_bn_res_mom_sgd": dict(desc="residual CNN with BatchNorm (conv16-BN, 2 residual blocks of 2 conv16-BN, "
+                                      "global average pool, 9.8k params) on real MNIST (5,000 images, 14×14), SGD "
+                                      "with momentum 0.9, out of sample",
+                                 spec=lambda: Spec(None, None, bn_resnet, mnist_small, ce, sgdm(0.02)), opt=sgdm,
+                                 target=0.3, batch=32,
+                                 sweep=dict(batches=[16, 32, 64, 128, 256, 512], lr0=0.02,
+                                            lr_grid=[0.25, 0.5, 1, 2, 4], seeds=1, max_steps=1500,
+                                            eval_examples=1024, max_seconds=1500),
+                                 probe_steps=600, lr_factors=(1.0,)),
     # its best lr was the grid's top (×4) at B = 16 and 256: the grid extended upwards, same seed
     "mnist_gn_mom_sgd_hi": dict(desc="the same, lr grid ×8, ×16", spec=lambda: TASKS["mnist_gn_mom_sgd"]["spec"](),
                                 opt=sgdm, target=0.3, batch=32,
@@ -542,6 +574,14 @@ TASKS = {
                                            max_steps=2000, eval_examples=0, max_seconds=2400,
                                            b_noise=88.8),  # the first sweep's B_simple at init, for its lr rule
                                 probe_steps=800, lr_factors=(1.0,)),
+    # its best lr was the grid's top (×4) at B = 128: the grid extended upwards, same seed
+    "mnist_bn_res_mom_sgd_hi": dict(desc="the same, lr grid ×8, ×16",
+                                    spec=lambda: TASKS["mnist_bn_res_mom_sgd"]["spec"](), opt=sgdm, target=0.3,
+                                    batch=32,
+                                    sweep=dict(batches=[16, 32, 64, 128, 256, 512], lr0=0.02, lr_grid=[8, 16],
+                                               seeds=1, max_steps=1500, eval_examples=1024, max_seconds=1200,
+                                               b_noise=31.8),  # the first sweep's B_simple at init, for its lr rule
+                                    probe_steps=600, lr_factors=(1.0,)),
     # its best lr was the grid's top (×32) at B = 16 … 512: the grid extended upwards, same seeds
     "mnist_softmax_adam_hi": dict(desc="the same, lr grid ×64, ×128, ×256",
                                   spec=lambda: TASKS["mnist_softmax_adam"]["spec"](), opt=adam, target=0.35, batch=32,

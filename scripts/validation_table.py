@@ -67,7 +67,8 @@ SOURCES = {"digits_sgd": "critical_batch_evidence.json", "mnist_cnn_sgd": "criti
            "mnist_softmax_sgd": "critical_batch_mnist_softmax.json",
            "mnist_softmax_adam": "critical_batch_mnist_softmax.json",
            "mnist_vit_adamw": "critical_batch_mnist_vit.json", "mnist_ae_adam": "critical_batch_mnist_ae.json",
-           "mnist_gn_mom_sgd": "critical_batch_mnist_gn.json", "gru_char_adam": "critical_batch_gru_char_adam.json"}
+           "mnist_gn_mom_sgd": "critical_batch_mnist_gn.json", "gru_char_adam": "critical_batch_gru_char_adam.json",
+           "mnist_bn_res_mom_sgd": "critical_batch_mnist_bn_res.json"}
 CANDIDATES = ("b_simple", "b_simple_window", "b_pre")
 
 
@@ -76,7 +77,8 @@ EXTENSIONS = {"shakespeare_adam": ("critical_batch_shakespeare_hi.json", "shakes
               "mnist_mlp_adam": ("critical_batch_mnist_mlp_adam_hi.json", "mnist_mlp_adam_hi"),
               "char_mlp_sgd": ("critical_batch_char_mlp_sgd_hi.json", "char_mlp_sgd_hi"),
               "mnist_softmax_adam": ("critical_batch_mnist_softmax_hi.json", "mnist_softmax_adam_hi"),
-              "mnist_gn_mom_sgd": ("critical_batch_mnist_gn_hi.json", "mnist_gn_mom_sgd_hi")}
+              "mnist_gn_mom_sgd": ("critical_batch_mnist_gn_hi.json", "mnist_gn_mom_sgd_hi"),
+              "mnist_bn_res_mom_sgd": ("critical_batch_mnist_bn_res_hi.json", "mnist_bn_res_mom_sgd_hi")}
 
 
 def sweep_of(name):
