@@ -69,3 +69,32 @@ def short(value, limit: int = 200) -> str:
 def clip(text: str, limit: int = 200) -> str:
     """``text`` cut at ``limit`` characters (an ellipsis marks the cut)."""
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+class OptionError(ConfigError, TypeError):
+    """An unknown keyword given to a public class or function (a TypeError too, as Python's own would be)."""
+
+
+def known_options(fn):
+    """Wrap ``fn`` (a public ``__init__`` or function) so that an unknown keyword raises an ``OptionError`` that names
+    the close matches among its parameters (Python's TypeError names none: ``Tracker(accumulation_step=4)``)."""
+    import difflib
+    import functools
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    names = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"]
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return fn
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        unknown = [k for k in kwargs if k not in params]
+        if unknown:
+            near = {k: difflib.get_close_matches(k, names, n=1) for k in unknown}
+            said = ", ".join(f"{k!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for k, m in near.items())
+            where = fn.__qualname__.removesuffix(".__init__")
+            raise OptionError(f"{where}() got unknown keyword argument(s): {said}",
+                              f"its options: {', '.join(names)}")
+        return fn(*args, **kwargs)
+    return checked

@@ -781,11 +781,15 @@ def test_callbacks_refuse_bad_step_counts_when_made():
         makers.append(NoiseScaleCallback)
     if not makers:
         pytest.skip("neither Lightning nor transformers is installed")
+    from bsprof.errors import OptionError
+
     for make in makers:
         for bad, match in (({"every": 0}, "every must be a number of optimizer steps"),
                            ({"log_every": 0}, "log_every must be"), ({"window": 1}, "at least 2")):
             with pytest.raises(TrackerError, match=match):
                 make(**bad)
+        with pytest.raises(OptionError, match=r"'windw' \(did you mean 'window'\?\)"):   # a typo: named
+            make(windw=20)
 
 
 def test_lightning_run_shorter_than_log_every_logs_once_at_the_end(tmp_path):

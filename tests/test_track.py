@@ -2217,3 +2217,24 @@ def test_the_fix_for_too_few_rows_does_not_suggest_a_window_that_would_be_widene
     assert fix.startswith("log more steps") and "--window 6 would be widened to 12" in fix
     monkeypatch.setattr(track_log, "resolving_window", lambda log, w, confidence=0.9: w)
     assert "e.g. --window 6" in more_rows_fix(report)
+
+
+def test_a_misspelled_option_names_the_one_meant():
+    """Tracker(accumulation_step=4) was Python's TypeError with no hint: an OptionError (a TypeError and a
+    BsprofError) names the close match and lists the options; the signature stays the documented one."""
+    import inspect
+
+    from bsprof.errors import BsprofError, OptionError
+
+    with pytest.raises(OptionError, match=r"Tracker\(\) got unknown keyword argument\(s\): 'accumulation_step' "
+                                          r"\(did you mean 'accumulation_steps'\?\)") as e:
+        Tracker(mlp(), accumulation_step=4)
+    assert isinstance(e.value, TypeError) and isinstance(e.value, BsprofError)
+    assert "accumulation_steps, batch_size" in e.value.hint
+    model = mlp()
+    with pytest.raises(OptionError) as e:   # nothing close: no guess
+        Tracker(model, zzz=1)
+    assert e.value.message.endswith("'zzz'")
+    assert "accumulation_steps" in inspect.signature(Tracker).parameters
+    Tracker(model, accumulation_steps=2).close()   # nothing was left open on the model
+    assert hooks_left(model) == 0

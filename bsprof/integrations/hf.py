@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from bsprof.errors import known_options
 from bsprof.integrations.loggers import PREFIX, scalars
 from bsprof.integrations.steps import Steps, check_options, listed_again, loader_population, once_per_event, rows_of
 from bsprof.schedule.apply import ScheduleLR
@@ -70,6 +71,7 @@ class NoiseScaleCallback(TrainerCallback):
     training when steps were measured after the last log), ``unmeasured``.
     """
 
+    @known_options
     def __init__(self, *, every: int = 1, window: int | None = 100, log_every: int | None = None, log="auto",
                  source: str = "auto", precondition: bool = False, unit: str = "examples", ema_beta: float = 0.99,
                  population: int | str | None = "auto",
@@ -233,7 +235,7 @@ def attach(trainer, **options) -> NoiseScaleCallback:
     if any(isinstance(c, NoiseScaleCallback) for c in trainer.callback_handler.callbacks):
         raise TrackerError("this trainer already has a bsprof NoiseScaleCallback",
                            "attach once: either attach(trainer) or NoiseScaleCallback in callbacks=[...], not both")
-    callback = NoiseScaleCallback(trainer=trainer, **options)
+    callback = NoiseScaleCallback(trainer=trainer, **options)   # an unknown option: an OptionError naming it
     callback._first = True
     done = getattr(getattr(trainer, "state", None), "global_step", 0) or 0
     if done:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from bsprof.errors import known_options
 from bsprof.integrations.loggers import PREFIX, scalars, write
 from bsprof.integrations.steps import Steps, check_options, listed_again, loader_population, once_per_event, rows_of
 from bsprof.schedule.apply import ScheduleLR
@@ -75,6 +76,7 @@ class NoiseScale(Callback):
     After training: ``tracker`` (closed, its draws kept), ``latest`` (the last logged scalars), ``applied``.
     """
 
+    @known_options
     def __init__(self, *, every: int = 1, window: int | None = 100, log_every: int | None = None, log="auto",
                  source: str = "auto", precondition: bool = False, unit: str = "examples", ema_beta: float = 0.99,
                  population: int | str | None = "auto",

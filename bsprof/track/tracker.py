@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bsprof.errors import BsprofError, ConfigError
+from bsprof.errors import BsprofError, ConfigError, known_options
 from bsprof.probes.base import trainable
 from bsprof.probes.precondition import adam_preconditioner
 from bsprof.results import Estimate, Measurement, is_adam_family, optimizer_kind, optimizer_momentum
@@ -225,6 +225,7 @@ class Tracker:
         biased high by about B_simple/n. Leave it None for a large or streamed dataset.
     """
 
+    @known_options
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  accumulation_steps: int | None = None, batch_size: int | None = None, source: str = "auto",
                  log=None, unit: str = "examples", precondition: bool = False, ema_beta: float = 0.99,
