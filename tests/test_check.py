@@ -166,6 +166,9 @@ def test_too_large_on_a_path_still_growing_is_a_warning_unless_judged_at_a_loss(
     data = json.loads(run(path, "-b", 4096, "--json").stdout)
     assert data["status"] == "pass" and data["exit_code"] == 0 and data["checks"][0]["passing"]["max"] is None
     assert data["noise_scale"]["growth"] == pytest.approx(4.0) and data["noise_scale"]["path"] == [3.2, 2.62]
+    assert data["checks"][0]["warning"] is True and c.warning and not judge(rep, 2).checks[0].warning
+    assert "PASS, with a warning" in run(path, "-b", 4096).stdout   # not a bare PASS beside "too large"
+    assert "PASS, with a warning" not in run(path, "-b", 100).stdout
     junit = tmp_path / "junit.xml"
     r = run(path, "-b", 4096, "--junit", junit, "--github")
     assert r.exit_code == 0 and ET.parse(junit).getroot().find("testsuite").get("failures") == "0"

@@ -127,7 +127,8 @@ def _render_text(verdict: Verdict, out) -> None:
     if verdict.noise is not None:
         out.print(f"noise scale: {line(verdict.noise.describe())}", highlight=False, soft_wrap=True)
     for c in verdict.checks:
-        out.print(f"{STYLE[c.status]} {line(ci_output.TITLES.get(c.name, c.name))}: {line(c.message)}",
+        mark = "[bold yellow]PASS, with a warning[/]" if c.status == PASS and c.warning else STYLE[c.status]
+        out.print(f"{mark} {line(ci_output.TITLES.get(c.name, c.name))}: {line(c.message)}",
                   highlight=False, soft_wrap=True)
         for n in c.notes:
             out.print(f"  [yellow]warning:[/] {line(n)}", highlight=False, soft_wrap=True)

@@ -90,7 +90,7 @@ def to_github(verdict: Verdict) -> list[str]:
     lines = []
     for c in verdict.checks:
         title = f"bsprof check: {TITLES.get(c.name, c.name)}"
-        level = {FAIL: "error", CANNOT_JUDGE: "error", PASS: "notice"}[c.status]
+        level = {FAIL: "error", CANNOT_JUDGE: "error", PASS: "warning" if c.warning else "notice"}[c.status]
         lines.append(annotation(level, c.message, title))
         lines.extend(annotation("warning", n, title) for n in c.notes)
     lines.extend(annotation("notice", n, "bsprof check") for n in verdict.notes)
@@ -107,7 +107,8 @@ def to_markdown(verdict: Verdict) -> str:
     if verdict.noise is not None:
         lines += [f"Noise scale: {plain(verdict.noise.describe())}", ""]
     lines += ["| check | status | message |", "|---|---|---|"]
-    lines += [f"| {TITLES.get(c.name, c.name)} | {MARKS[c.status]} | {_cell(c.message)} |" for c in verdict.checks]
+    lines += [f"| {TITLES.get(c.name, c.name)} | {'⚠️ pass, with a warning' if c.warning else MARKS[c.status]} | "
+              f"{_cell(c.message)} |" for c in verdict.checks]
     notes = [n for c in verdict.checks for n in c.notes] + list(verdict.notes)
     if notes:
         lines += ["", *[f"- {_cell(n)}" for n in notes]]

@@ -365,10 +365,12 @@ class CheckResult:
     notes: tuple[str, ...] = ()
     measured: dict = field(default_factory=dict)
     passing: dict = field(default_factory=dict)
+    warning: bool = False   # a pass whose message is a warning (too large only for the path it was judged on)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "status": self.status, "message": self.message, "notes": list(self.notes),
-                "measured": json_clean(self.measured), "passing": json_clean(self.passing)}
+                "measured": json_clean(self.measured), "passing": json_clean(self.passing),
+                "warning": self.warning}
 
 
 @dataclass(frozen=True)
@@ -542,7 +544,7 @@ def _too_large_on_the_path(B: float, noise: Reading, Xc: float, g: int, measured
              "(McCandlish et al. 2018), so a training that goes on to lower losses may have a critical batch that "
              f"B = {_fmt(B)} is within; to judge, pass --at-loss L (too large there fails), or give it a path: "
              f"{more}",),
-            {**measured, "extra_compute": extra}, passing)
+            {**measured, "extra_compute": extra}, passing, warning=True)
     high, low = noise.path
     return CheckResult(
         "batch_size", PASS,
@@ -555,7 +557,7 @@ def _too_large_on_the_path(B: float, noise: Reading, Xc: float, g: int, measured
          f"critical batch, and B = {_fmt(B)} may be within policy for it; to judge at the loss you train to, pass "
          f"--at-loss L (a loss the path reached, {_fmt(low)}–{_fmt(high)}; too large there fails), or {longer} to "
          "reach it",),
-        {**measured, "extra_compute": extra, "growth": noise.growth}, passing)
+        {**measured, "extra_compute": extra, "growth": noise.growth}, passing, warning=True)
 
 
 def _initial_note(B: float) -> str:
