@@ -172,3 +172,21 @@ def test_list_items_note_only_for_the_default_collate():
     report = Report()
     data(report, strings_only, None)
     assert not any(d["code"] == "list_items" for d in report.diagnostics)
+
+
+def test_the_terminal_lists_a_runs_own_notes_before_those_every_run_carries():
+    """The temperature and optimizer-factor notes are on almost every run: printed after the run's own findings,
+    dimmed, so that a fallback or an unresolved estimate is not buried under them (a trial's finding)."""
+    from rich.console import Console
+
+    from bsprof.output.render import report_table
+
+    r = Report(config={"optimizer": "SGD", "dataset_size": 10_000})
+    r.add(_row(0, 2.0, 20.0))
+    r.diagnose("temperature", "the noise scale depends on the temperature lr/B")
+    r.diagnose("plain_sgd", "plain SGD: measured as it is")
+    r.diagnose("fallback", "2 parameters by the slow path")
+    console = Console(width=200, record=True)
+    console.print(report_table(r))
+    text = console.export_text()
+    assert text.index("note [fallback]") < text.index("note [temperature]") < text.index("note [plain_sgd]")

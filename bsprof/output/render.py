@@ -10,6 +10,8 @@ from rich.text import Text
 
 from bsprof.results import Estimate, Status, finite, plus_minus
 
+CONTEXT_NOTES = frozenset({"temperature", "plain_sgd", "adam", "momentum", "measure_cost"})   # on most runs
+
 
 def plural(n: int, noun: str) -> str:
     """'1 draw', '12 draws'."""
@@ -161,12 +163,14 @@ def report_table(report, summary=None, width: int | None = None) -> Group:
     probe, why = report.config.get("method_resolved"), report.config.get("method_reason") or ""
     if probe:  # which exact method measured, and why (issue 15: "says which and why")
         parts.append(Text(f"probe: {probe}" + (f" ({why})" if why else ""), style="dim"))
-    for d in report.diagnostics:
-        if probe and why and d["message"] == why:  # the method_trial note: the probe line just said it
-            continue
-        if d["code"] == "temperature" and not report.measurements:  # "measured along training at …": nothing was
-            continue
-        parts.append(Text(f"note [{d['code']}]: {d['message']}", style="yellow"))
+    shown = [d for d in report.diagnostics
+             if not (probe and why and d["message"] == why)   # the method_trial note: the probe line just said it
+             and not (d["code"] == "temperature" and not report.measurements)]  # "measured along …": nothing was
+    # this run's own findings first, in yellow; the notes every run of its kind carries (the optimizer's factor,
+    # the temperature, the measuring cost) after them, dimmed, so that they do not bury the rarer ones
+    for d in sorted(shown, key=lambda d: d["code"] in CONTEXT_NOTES):
+        parts.append(Text(f"note [{d['code']}]: {d['message']}",
+                          style="dim" if d["code"] in CONTEXT_NOTES else "yellow"))
     if report.incomplete:
         parts.append(Text(f"incomplete: stopped at step {report.incomplete.get('step')}: "
                           f"{report.incomplete.get('reason')}", style="bold red"))
