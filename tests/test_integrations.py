@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import bsprof
+from bsprof.errors import ConfigError
 from bsprof.integrations.loggers import kind_of, log_to, scalars, write
 from bsprof.schedule import Schedule, ScheduleError, Stage
 from bsprof.schedule.apply import ScheduleLR
@@ -275,6 +276,18 @@ def test_lightning_one_callback_object_listed_twice_measures_once(tmp_path):
         lightning_run(tmp_path / "twice", 2, steps=6, callback=twice, extra_callbacks=[twice])
     assert len(twice.tracker.draws) == 6 and twice.tracker.steps == list(range(6))
     np.testing.assert_allclose(pairs(twice.tracker), pairs(once.tracker), rtol=1e-6)
+
+
+def test_lightning_callback_given_as_a_class_says_so_once(tmp_path):
+    """callbacks=[NoiseScale] (the class): Lightning calls its hooks unbound, the trainer as ``self``. One clear
+    error from ``setup`` naming the fix; ``on_exception`` on the class does nothing (it raised a second TypeError
+    on top, a trial's finding) and sets nothing on the trainer."""
+    pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'bsprof[lightning]')")
+    from bsprof.integrations.lightning import NoiseScale
+
+    with pytest.raises(ConfigError, match=r"as a class, not a callback object") as caught:
+        lightning_run(tmp_path, 1, steps=2, callback=NoiseScale)
+    assert "NoiseScale()" in caught.value.hint and caught.value.__context__ is None
 
 
 def test_lightning_resumed_from_a_checkpoint_continues_the_log(tmp_path):

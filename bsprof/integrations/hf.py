@@ -71,6 +71,8 @@ class NoiseScaleCallback(TrainerCallback):
     training when steps were measured after the last log), ``unmeasured``.
     """
 
+    bsprof_callback = True   # (``once_per_event``)
+
     @known_options
     def __init__(self, *, every: int = 1, window: int | None = 100, log_every: int | None = None, log="auto",
                  source: str = "auto", precondition: bool = False, unit: str = "examples", ema_beta: float = 0.99,

@@ -32,7 +32,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from bsprof.errors import known_options
+from bsprof.errors import ConfigError, known_options
 from bsprof.integrations.loggers import PREFIX, scalars, write
 from bsprof.integrations.steps import Steps, check_options, listed_again, loader_population, once_per_event, rows_of
 from bsprof.schedule.apply import ScheduleLR
@@ -76,6 +76,8 @@ class NoiseScale(Callback):
     After training: ``tracker`` (closed, its draws kept), ``latest`` (the last logged scalars), ``applied``.
     """
 
+    bsprof_callback = True   # (``once_per_event``: a hook called on the class, not an object, does nothing)
+
     @known_options
     def __init__(self, *, every: int = 1, window: int | None = 100, log_every: int | None = None, log="auto",
                  source: str = "auto", precondition: bool = False, unit: str = "examples", ema_beta: float = 0.99,
@@ -95,6 +97,11 @@ class NoiseScale(Callback):
         self._logged_at = 0                             # the tracker's draws at the last record written
 
     # -- lifetime ------------------------------------------------------------------------------------------
+    def setup(self, *args, **kwargs) -> None:
+        if not isinstance(self, NoiseScale):   # Trainer(callbacks=[NoiseScale]): Lightning calls it on the class
+            raise ConfigError("bsprof's NoiseScale was given to the Trainer as a class, not a callback object",
+                              "make one: Trainer(callbacks=[NoiseScale()])")
+
     def on_fit_start(self, trainer, pl_module) -> None:
         if not pl_module.automatic_optimization:
             warnings.warn("bsprof's NoiseScale callback needs automatic optimization: not measuring "

@@ -108,9 +108,12 @@ def listed_again(callback) -> bool:
 
 def once_per_event(hook):
     """A hook of a callback object listed ``copies`` times in a trainer's callbacks is called that many times back
-    to back for each event; only the first of them acts."""
+    to back for each event; only the first of them acts. Called unbound (the class, not an object, given to the
+    trainer: ``self`` is then the trainer) it does nothing: the callback's ``setup`` says what is wrong."""
     @functools.wraps(hook)
     def run(self, *args, **kwargs):
+        if not getattr(type(self), "bsprof_callback", False):
+            return None
         self._starting = False   # the start's repeated calls are over
         calls = self.__dict__.setdefault("_calls", {})
         n = calls.get(hook.__name__, 0)
