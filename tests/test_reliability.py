@@ -268,6 +268,26 @@ def test_sigterm_before_a_measurement_has_enough_draws_says_so(tmp_path, monkeyp
     assert shown.exit_code == 2 and "was cut short after 3 draws, fewer than the 5 it needs" in shown.output
 
 
+def test_a_run_that_failed_before_any_measurement_shows_no_notes_about_measurements(tmp_path):
+    """--method vmap on a batch with a list field fails at step 0: the report (written, with the reason) and the
+    terminal say so, without the notes every finished measurement carries (plain SGD's factor: about nothing)."""
+    spec = tmp_path / "ids.py"
+    spec.write_text(
+        "import torch\nfrom torch import nn\nimport torch.nn.functional as F\n"
+        "def model(): return nn.Linear(4, 2)\n"
+        "def dataset():\n    g = torch.Generator().manual_seed(0)\n"
+        "    X, y = torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g)\n"
+        "    return [(X[i], y[i], i) for i in range(64)]\n"
+        "def collate(items):\n"
+        "    return torch.stack([a for a, _, _ in items]), torch.stack([b for _, b, _ in items]), [c for *_, c in items]\n"
+        "def loss(m, batch):\n    x, y, ids = batch\n    return F.cross_entropy(m(x), y, reduction='none')\n")
+    r = cli("measure", spec, "--method", "vmap", "--steps", 4, "-o", tmp_path / "out", "--no-figures")
+    assert r.exit_code == 2, r.output
+    assert "no measurement finished" in r.output and "not tensors" in r.output and "[plain_sgd]" not in r.output
+    report = Report.from_json(tmp_path / "out")
+    assert not report.measurements and report.incomplete["step"] == 0
+
+
 def test_a_measurement_cut_short_keeps_the_training_window_it_closed(tmp_path, monkeypatch):
     """SIGTERM in the measurement at step 40 after its 5 draws (--min-draws, checked before the stopping rule): the
     row keeps the training-step window of steps 20–39 as a finished one would, and no cut_short row is added."""

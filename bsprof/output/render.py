@@ -165,7 +165,7 @@ def report_table(report, summary=None, width: int | None = None) -> Group:
         parts.append(Text(f"probe: {probe}" + (f" ({why})" if why else ""), style="dim"))
     shown = [d for d in report.diagnostics
              if not (probe and why and d["message"] == why)   # the method_trial note: the probe line just said it
-             and not (d["code"] == "temperature" and not report.measurements)]  # "measured along …": nothing was
+             and not (d["code"] in CONTEXT_NOTES and not report.measurements)]  # about measurements: none finished
     # this run's own findings first, in yellow; the notes every run of its kind carries (the optimizer's factor,
     # the temperature, the measuring cost) after them, dimmed, so that they do not bury the rarer ones
     for d in sorted(shown, key=lambda d: d["code"] in CONTEXT_NOTES):
