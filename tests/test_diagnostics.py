@@ -133,6 +133,11 @@ def test_implausible_critical_batches_and_a_rising_loss():
     bounced = _run([_row(0, 8.6, 20.0), _row(10, 1.94, 30.0), _row(20, 2.24, 30.0), _row(30, 3.05, 40.0)],
                    dataset_size=10_000, optimizer="SGD")
     assert "fell to 1.94 (step 10), then rose to 3.05 (step 30)" in bounced["loss_rose"]
+    # no progress at all (a trial's Adam at lr 50: 6.8e8 → 7.1e8, too little for loss_rose): said, once
+    flat = _run([_row(0, 6.8e8, 20.0), _row(10, 6.5e8, 30.0), _row(20, 7.1e8, 30.0)], dataset_size=10_000,
+                optimizer="Adam")
+    assert "loss_rose" not in flat and "did not fall: 6.8e+08 at step 0, 7.1e+08 at step 20" in flat["loss_flat"]
+    assert "loss_flat" not in fine and "loss_flat" not in bounced and "loss_flat" not in rose
 
 
 def test_an_interval_reaching_zero_is_called_unresolved_whatever_its_status():

@@ -291,7 +291,14 @@ def _implausible(report: Report) -> None:
                         "and the noise scales of a diverging run are not those of your training. Lower the lr "
                         "(--lr, or the spec optimizer's lr).")
     low = min(rows, key=lambda r: r.loss, default=None)
-    if low is not None and low is not rows[-1] and low.loss > 0 and rows[-1].loss > LOSS_ROSE * low.loss:
+    rose = low is not None and low is not rows[-1] and low.loss > 0 and rows[-1].loss > LOSS_ROSE * low.loss
+    if len(rows) >= 3 and rows[0].loss <= rows[-1].loss <= LOSS_ROSE * rows[0].loss and not rose:
+        report.diagnose("loss_flat", f"the training loss did not fall: {rows[0].loss:.4g} at step {rows[0].step}, "
+                        f"{rows[-1].loss:.4g} at step {rows[-1].step}: the probe did not train (an lr too high, so "
+                        "that the loss bounces, or too low; or weights at a plateau), and noise scales along a run "
+                        "that does not train say little about training from here. Check the lr (--lr, or the spec "
+                        "optimizer's lr) and the loss.")
+    if rose:
         report.diagnose("loss_rose", f"the training loss fell to {low.loss:.4g} (step {low.step}), then rose to "
                         f"{rows[-1].loss:.4g} (step {rows[-1].step}): the probe's training is unstable (an lr too "
                         "high for this batch?), and the later noise scales belong to weights that got worse. Lower "
