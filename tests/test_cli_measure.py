@@ -986,6 +986,26 @@ def test_a_nan_example_is_named_not_blamed_on_the_lr():
     assert "lower --lr" in e.value.hint
 
 
+def test_a_diverging_lr_is_not_blamed_on_the_examples(tmp_path):
+    """SGD at lr 5 on a regression: at step 4 some examples' losses overflowed to inf, the others' were ≈ 1e38, and
+    the error blamed "a bad example, not the lr" (a trial's finding). The others' losses, far above the first
+    measurement's, say it diverged: the error names the lr; the report keeps step 0."""
+    spec = tmp_path / "diverges.py"
+    spec.write_text(
+        "import torch\nfrom torch import nn\n"
+        "def model(): return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))\n"
+        "def dataset():\n    g = torch.Generator().manual_seed(0)\n    x = torch.randn(2048, 8, generator=g)\n"
+        "    return torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))\n"
+        "def loss(m, b): return ((m(b[0]) - b[1]) ** 2).squeeze(-1)\n"
+        "def optimizer(p): return torch.optim.SGD(p, lr=5.0)\n")
+    r = run(spec, "--steps", 50, "-o", tmp_path / "out", "--no-figures", "-q", "--seed", 0)
+    assert r.exit_code != 0
+    text = " ".join(r.output.split())
+    assert "the training diverged at step" in text and "at the first measurement" in text, text
+    assert "not the lr" not in text and "lower --lr" in text
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["measurements"][0]["step"] == 0
+
+
 def test_a_nan_example_drawn_to_measure_is_named():
     """A NaN target in examples drawn for a measurement said only "the loss is nan while measuring … lower the
     learning rate": when only some drawn examples' losses are not finite, at finite weights, the error names their

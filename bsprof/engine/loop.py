@@ -11,6 +11,7 @@ interrupted (Ctrl-C, SIGTERM) after enough draws is kept with the interval of it
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -110,7 +111,8 @@ def measure_steps(steps: int, every: int) -> list[int]:
 
 
 def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, step: int,
-               comm: distributed.Comm = distributed.LOCAL, tracker=None, parts: int = 1) -> float:
+               comm: distributed.Comm = distributed.LOCAL, tracker=None, parts: int = 1,
+               start_loss: float | None = None) -> float:
     """One optimizer step on the mean loss of a batch; under DDP each rank takes its share of the batch and
     the gradients Σ_local ∇ℓ_i / batch_size are summed over ranks (``distributed.sync_gradients``).
 
@@ -118,7 +120,8 @@ def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, s
     gradient, unless a layer couples the examples, BatchNorm then normalising over each micro-batch). With a
     ``tracker`` the backward passes also give the step's nested pair: per-example norms (b = 1, B = batch), or its
     micro-batches (b = B/parts), or under DDP (``distributed.TrainingPairs``) each rank's share against the
-    batch; a step whose batch did not split is not measured."""
+    batch; a step whose batch did not split is not measured. ``start_loss`` (the first measurement's loss, when
+    there is one) tells a diverging run from bad examples when only some losses are not finite."""
     from bsprof.probes.base import per_example_losses
 
     batches, count = examples.train_batch(batch_size, parts)
@@ -130,7 +133,7 @@ def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, s
         loss = losses.sum() / denom
         if not torch.isfinite(loss):
             indices = examples.last_indices[j] if examples.last_indices else None
-            raise _non_finite_loss(model, losses.detach(), loss.item(), step, indices)
+            raise _non_finite_loss(model, losses.detach(), loss.item(), step, indices, start_loss)
         if isinstance(tracker, distributed.TrainingPairs):
             loss.backward()
         elif tracker is not None and tracker.source == "per_example" and not tracker.closed:
@@ -159,13 +162,24 @@ def train_step(model, optimizer, loss_fn, examples: Examples, batch_size: int, s
     return float(loss.detach())
 
 
-def _non_finite_loss(model, losses: torch.Tensor, loss: float, step: int, indices: list[int] | None):
-    """Why a training loss is not finite: weights gone non-finite, or every example's loss at once (the lr); or
-    some examples' losses only, at finite weights (those examples: NaN/Inf in their data, a label out of range)."""
+DIVERGED = 1e3  # the others' median loss over the first measurement's: training diverged, not a bad example
+
+
+def _non_finite_loss(model, losses: torch.Tensor, loss: float, step: int, indices: list[int] | None,
+                     start_loss: float | None = None):
+    """Why a training loss is not finite: weights gone non-finite, every example's loss at once, or some examples'
+    with the others' ≥ ``DIVERGED`` × the first measured loss (a trial's lr 5: 3.7e35): the lr; or some
+    examples' losses only, the others' as before (those examples: NaN/Inf in their data, a label out of range)."""
     bad = ~torch.isfinite(losses)
     weights_finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
     if bool(bad.all()) or not weights_finite or losses.numel() < 2:
         return NonFiniteError(f"the training loss became {loss} at step {step}",
+                              "lower --lr (or the spec optimizer's lr); what was measured before is kept", step)
+    others = float(losses[~bad].median())
+    if start_loss is not None and math.isfinite(start_loss) and 0 < start_loss * DIVERGED < others:
+        return NonFiniteError(f"the training diverged at step {step}: the loss of {int(bad.sum())} of the "
+                              f"{losses.numel()} examples in its batch was {losses[bad][0].item()} and the others' "
+                              f"median {others:.3g}, against {start_loss:.4g} at the first measurement",
                               "lower --lr (or the spec optimizer's lr); what was measured before is kept", step)
     rows = bad.nonzero().flatten().tolist()
     which = ([indices[r] for r in rows] if indices is not None and len(indices) == losses.numel() else None)
@@ -369,7 +383,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                 t0 = time.perf_counter()
                 live = None if getattr(tracker, "closed", False) else tracker
                 loss = train_step(model, optimizer, spec.loss, examples, batch_size, step, comm, live,
-                                  TRAINING_PARTS if track == "accumulation" and live is not None else 1)
+                                  TRAINING_PARTS if track == "accumulation" and live is not None else 1,
+                                  report.measurements[0].loss if report.measurements else None)
                 trained = step + 1
                 if live is not None and live.closed:
                     track = _tracking_failed(report, live, track, step, batch_size)
