@@ -1131,6 +1131,37 @@ def test_close_removes_every_hook():
     assert hooks_left(model) == 0
 
 
+@pytest.mark.parametrize("source", ["per_example", "accumulation"])
+def test_a_copy_or_pickle_of_the_model_taken_while_tracking_carries_no_hook(tmp_path, source):
+    """copy.deepcopy(model) (an EMA copy) and torch.save(model) while a tracker is open carried bsprof's forward
+    hooks (and an attention layer's swapped forward) into the copy, where close() never removed them, and the
+    pickle needed bsprof to load (a trial's finding). Now the copy and the loaded pickle hold none and compute what
+    the model does; the model's own hooks go at close(), and with them its instance __getstate__."""
+    import copy
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(),
+                          nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), nn.Linear(8, 1))
+    x = torch.randn(8, 3, 4)
+    kw = {"accumulation_steps": 2} if source == "accumulation" else {}
+    tracker = Tracker(model, torch.optim.SGD(model.parameters(), 0.1), source=source, batch_size=8, **kw)
+    assert hooks_left(model) > 0
+    snap = copy.deepcopy(model)
+    torch.save(model, tmp_path / "model.pt")
+    assert hooks_left(snap) == 0 and not any({"forward", "__getstate__"} & set(vars(m)) for m in snap.modules())
+    torch.testing.assert_close(snap(x), model(x), rtol=0, atol=0)
+    # loads where bsprof cannot be imported: nothing of bsprof in the pickle
+    code = (f"import sys; sys.modules['bsprof'] = None; import torch; "
+            f"m = torch.load({str(tmp_path / 'model.pt')!r}, weights_only=False); "
+            "print(sum(len(s._forward_hooks) + len(s._forward_pre_hooks) for s in m.modules()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "0", out.stderr[-2000:]
+    tracker.close()
+    assert hooks_left(model) == 0 and not any({"forward", "__getstate__"} & set(vars(m)) for m in model.modules())
+
+
 def test_an_epochs_short_last_batch_is_taken_at_the_rows_it_saw():
     """batch_size=48 in 3 micro-steps, and an epoch's last batch of 33 (3 × 11) or 34 (12 + 11 + 11) with
     drop_last=False, step() called without batch_size: once the rows the model saw agreed with batch_size, a step

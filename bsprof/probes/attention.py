@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bsprof.probes.handles import _SWAPPED, forget, remember
 from bsprof.probes.layers import Factored, ModuleRule, factor_explicit
 
 _RECORDS: contextvars.ContextVar[list | None] = contextvars.ContextVar("bsprof_mha_records", default=None)
@@ -200,6 +201,7 @@ class MhaRule(ModuleRule):
             sinks = _SINKS[mod] = []
         sinks.append(sink)
         mod.forward = types.MethodType(_swapped_forward, mod)
+        remember(mod, "forward")   # a deepcopy or pickle taken meanwhile leaves it out (``probes.handles``)
 
     def remove(self, mod: nn.MultiheadAttention, sink=None) -> None:
         """Undo ``install`` of ``sink`` (all sinks when None); the plain forward is back once none is left."""
@@ -210,6 +212,7 @@ class MhaRule(ModuleRule):
             found = mod.__dict__.get("forward")
             if getattr(found, "__func__", None) is _swapped_forward:
                 del mod.__dict__["forward"]
+            forget(mod, "forward")
 
 
 # module -> the sinks installed on it (weak keys: a dropped model leaves nothing behind)
@@ -234,6 +237,7 @@ def _swapped_forward(self, *args, **kwargs):
 
 
 _swapped_forward.__name__ = _swapped_forward.__qualname__ = "forward"  # a pickled model loads with torch's forward
+setattr(_swapped_forward, _SWAPPED, True)   # (``probes.handles``: copies of the module leave it out)
 
 
 def _batch_size(mod, args, kwargs) -> int | None:

@@ -50,6 +50,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from bsprof.probes.attention import MHA
 from bsprof.probes.base import batch_coupled, coupled_reason
+from bsprof.probes.handles import forward_hook
 from bsprof.probes.hooks import (
     _autocast_on,
     _consumers,
@@ -392,14 +393,14 @@ class PerExample:
         (``probes.attention``), from here until ``remove`` (``Tracker.close``, or the source dropped)."""
         if self.handles or self.problem is not None:
             return
-        self.handles.append(self.model.register_forward_pre_hook(self._model_input, with_kwargs=True))
-        self.handles.append(self.model.register_forward_hook(self._model_output, with_kwargs=True))
+        self.handles.append(forward_hook(self.model, self._model_input, pre=True, with_kwargs=True))
+        self.handles.append(forward_hook(self.model, self._model_output, with_kwargs=True))
         for m, (rule, _) in self.owned.items():
             if isinstance(rule, ModuleRule):
                 rule.install(m, self._module_call)
                 self.handles.append(_Undo(rule, m, self._module_call))
             else:
-                self.handles.append(m.register_forward_hook(self._forward, with_kwargs=True))
+                self.handles.append(forward_hook(m, self._forward, with_kwargs=True))
 
     def _model_input(self, mod, args, kwargs) -> None:
         x = args[0] if args else next(iter(kwargs.values()), None)
@@ -829,8 +830,7 @@ class FsdpHooks(StepHooks):
         from torch.distributed.fsdp import FSDPModule
 
         self.hooked: set[int] = set()
-        self.handles = [m.register_forward_hook(self._attach) for m in self.model.modules()
-                        if isinstance(m, FSDPModule)]
+        self.handles = [forward_hook(m, self._attach) for m in self.model.modules() if isinstance(m, FSDPModule)]
         self._attach()
         return self.handles
 

@@ -46,6 +46,7 @@ from torch import nn
 
 from bsprof.errors import BsprofError, ConfigError, known_options
 from bsprof.probes.base import trainable
+from bsprof.probes.handles import forward_hook
 from bsprof.probes.precondition import adam_preconditioner
 from bsprof.results import Estimate, Measurement, is_adam_family, optimizer_kind, optimizer_momentum
 from bsprof.stats.draw import Draw
@@ -352,7 +353,7 @@ class Tracker:
         self._seq_first = any(isinstance(m, (nn.RNNBase, nn.MultiheadAttention)) and not getattr(m, "batch_first", True)
                               for m in model.modules())
         self._passes_warned = False
-        self._input_hook = (model.register_forward_hook(self.rows, with_kwargs=True),)
+        self._input_hook = (forward_hook(model, self.rows, with_kwargs=True),)  # (not carried by a copy)
         self.log = None
         if log is not None and self.rank == 0:
             try:
