@@ -531,7 +531,7 @@ class Tracker:
             warnings.warn(f"bsprof tracker: a step of {batch_size} examples in {passes} backward passes"
                           f"{f' on each of {self.world} ranks' if self.world > 1 else ''} does not split into equal "
                           "micro-batches (an epoch's short last batch?): left out, as every such step will be "
-                          "(tracker.uneven counts them; drop_last=True avoids them) (shown once)", stacklevel=4)
+                          "(tracker.uneven counts them; drop_last=True avoids them) (shown once)", stacklevel=3)
 
     def _arguments(self, loss_scale, lr, step, batch_size, loss) -> tuple:
         """``step``'s arguments checked (a TrackerError closes the tracker before any state moves), and the
