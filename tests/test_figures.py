@@ -54,3 +54,22 @@ def test_no_fit_line_from_a_single_measurement():
     assert not any(FIT in t for ax in fig.axes for t in _labels(ax))
     assert any("B_simple" in t for t in _labels(fig.axes[1]))
     plt.close(fig)
+
+
+def test_one_legend_below_both_panels_inside_the_figure():
+    """A legend under each panel, two columns wide, ran into its neighbour and was clipped at the figure's edge
+    with many series (a trial's B_pre run: "the points fitt"). Now one legend for both panels: each label once,
+    drawn inside the figure and below both panels."""
+    import matplotlib.pyplot as plt
+
+    report = Report.from_json(V1 / "report_adam_hessian.json")
+    fig = noise_scale_figure(report)
+    fig.canvas.draw()
+    [legend] = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert len(labels) == len(set(labels)) and any(FIT in t for t in labels)
+    assert not any(ax.get_legend() for ax in fig.axes)
+    box, page = legend.get_window_extent(), fig.bbox
+    assert page.x0 - 1 <= box.x0 and box.x1 <= page.x1 + 1 and page.y0 - 1 <= box.y0
+    assert all(box.y1 <= ax.get_tightbbox().y0 + 1 for ax in fig.axes)   # below the panels and their tick labels
+    plt.close(fig)

@@ -43,7 +43,7 @@ def noise_scale_figure(report):
     import matplotlib.pyplot as plt
 
     df = report.to_frame()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5.0), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.0), layout="constrained")
     for ax, x, label in ((axes[0], "step", "training step"), (axes[1], "loss", "training loss")):
         _series(ax, df, x)
         ax.set_xlabel(label)
@@ -59,8 +59,15 @@ def noise_scale_figure(report):
             ax.set_yscale("log")
             _label_all_ticks(ax.yaxis, *ax.get_ylim())
         ax.grid(alpha=0.3, which="both")
-        # below the axes, not on them: inside, "best" still covered points (a new user's fitted 3.2 × B_simple)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    # one legend for both panels, below them: inside the axes "best" still covered points (a new user's fitted
+    # 3.2 × B_simple), and one under each panel ran into its neighbour and was clipped (a trial's B_pre run)
+    entries = {}
+    for ax in axes:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(text, handle)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center", fontsize=8, frameon=False,
+                   ncol=min(3, len(entries)))
     conf = report.config.get("confidence", 0.9)
     exact = "stopped_by" in df and (df["stopped_by"] == "exact").any()
     missing = int((df["status"] == Status.UNDETERMINED.value).sum())
