@@ -279,7 +279,7 @@ def test_a_run_that_failed_before_any_measurement_shows_no_notes_about_measureme
         "    X, y = torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g)\n"
         "    return [(X[i], y[i], i) for i in range(64)]\n"
         "def collate(items):\n"
-        "    return torch.stack([a for a, _, _ in items]), torch.stack([b for _, b, _ in items]), [c for *_, c in items]\n"
+        "    xs, ys, ids = zip(*items)\n    return torch.stack(xs), torch.stack(ys), list(ids)\n"
         "def loss(m, batch):\n    x, y, ids = batch\n    return F.cross_entropy(m(x), y, reduction='none')\n")
     r = cli("measure", spec, "--method", "vmap", "--steps", 4, "-o", tmp_path / "out", "--no-figures")
     assert r.exit_code == 2, r.output

@@ -58,6 +58,22 @@ def test_hyperbola_chosen_and_recovered():
     assert value == pytest.approx(210, rel=1e-3) and lo < value < hi  # 10 + 20/(0.2 − 0.1), the curve above
 
 
+def test_four_points_do_not_choose_the_three_parameter_hyperbola():
+    """Four noisy measurements (a trial's tracker log: losses 1.06 → 0.459): plain AIC chose the hyperbola, its floor
+    L* just below the lowest loss, and a target inside the measured range got an interval of ×3.8e8. The AIC is
+    now infinite for n ≤ k + 1 (where AICc's small-sample term is), which leaves the power law, whose interval
+    there is finite and modest; asked for, the hyperbola is still fitted; from eight clean points it is still
+    chosen (above)."""
+    loss = np.array([1.06, 0.80, 0.60, 0.459])
+    b = np.array([90.0, 150.0, 140.0, 600.0])
+    fit = fit_noise_scale(loss, b, b / 1.5, b * 1.5)
+    assert fit.form == "power" and fit.to_dict()["aic"] is not None
+    value, lo, hi = fit.interval(0.5)
+    assert lo < value < hi and hi / lo < 20
+    forced = fit_noise_scale(loss, b, b / 1.5, b * 1.5, form="hyperbola")
+    assert forced.form == "hyperbola" and forced.to_dict()["aic"] is None   # AIC infinite for n = k + 1
+
+
 def test_interval_widens_with_extrapolation():
     loss = np.geomspace(2.0, 0.5, 6)
     b = 40 * loss ** -2 * np.exp(np.random.default_rng(1).normal(0, 0.1, 6))
@@ -824,7 +840,7 @@ def test_a_tracker_log_schedule_keeps_the_logged_micro_batch(tmp_path):
 
     def planned(*extra, path=log):
         res = runner.invoke(app, ["schedule", str(path), "-t", target, "--window", "20", "--allow-extrapolation",
-                                  "-f", "json", *extra])
+                                  "-f", "json", "--form", "hyperbola", *extra])   # (batches that grow past 32)
         assert res.exit_code == 0, res.output
         return json.loads(res.stdout)
 
