@@ -652,6 +652,22 @@ def test_config_default_keys_and_errors(tmp_path, report):
     assert not any(ln.strip().startswith("^") for ln in r.stderr.splitlines())
 
 
+def test_config_nested_learning_rate_is_read_and_a_missing_lr_is_said(tmp_path, report):
+    """training: {batch_size, learning_rate}: the batch was read, the lr not (no default key had learning_rate
+    under a section) and nothing said the lr went unchecked (a trial's finding). Now it is read; a file without
+    any lr key gets a note that the lr is not checked, naming the flag."""
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("training:\n  batch_size: 1024\n  learning_rate: 0.05\n")
+    data = json.loads(run(report, "--training-config", cfg, "--json").stdout)
+    assert any("read training.learning_rate = 0.05" in n for n in data["notes"])
+    assert any(c["measured"].get("lr") == pytest.approx(0.05) for c in data["checks"])
+    cfg.write_text("training:\n  batch_size: 1024\n")
+    data = json.loads(run(report, "--training-config", cfg, "--json").stdout)
+    assert any("no learning rate in" in n and "the lr is not checked" in n and "--lr-key" in n for n in data["notes"])
+    data = json.loads(run(report, "--training-config", cfg, "--lr", 0.05, "--json").stdout)
+    assert not any("no learning rate in" in n for n in data["notes"])
+
+
 def test_hugging_face_training_arguments_count_the_accumulation(tmp_path, report):
     """TrainingArguments' per_device_train_batch_size is one device's micro-batch: the optimizer step's batch is ×
     gradient_accumulation_steps (a trial's check judged B = 16 where the step took 64), and × devices, which the note

@@ -17,7 +17,9 @@ BATCH_KEYS = ("batch_size", "train.batch_size", "training.batch_size", "trainer.
               "per_device_train_batch_size")
 # Hugging Face TrainingArguments: the optimizer step's batch on one device is the per-device batch × this
 HF_BATCH, HF_ACCUMULATION = "per_device_train_batch_size", "gradient_accumulation_steps"
-LR_KEYS = ("lr", "learning_rate", "optim.lr", "optimizer.lr", "train.lr", "training.lr", "trainer.lr")
+LR_KEYS = ("lr", "learning_rate", "optim.lr", "optimizer.lr", "train.lr", "training.lr", "trainer.lr",
+           "optim.learning_rate", "optimizer.learning_rate", "train.learning_rate", "training.learning_rate",
+           "trainer.learning_rate")
 
 
 def _load_toml(text: str):
@@ -104,6 +106,9 @@ def values_from_config(path: Path, batch_key: str | None, lr_key: str | None, ba
     def pick(explicit, defaults, integer, given, flag):
         key = explicit or next((k for k in defaults if _has(data, k)), None)
         if key is None:
+            if given is None and flag == "--lr":   # said, not silent: the lr is then not checked (a trial's finding)
+                notes.append(f"no learning rate in {path} (tried {', '.join(defaults)}): the lr is not checked; "
+                             "name its key with --lr-key, or pass --lr")
             return given
         value = lookup(data, key, str(path))
         if given is not None:
