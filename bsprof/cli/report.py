@@ -24,7 +24,8 @@ def report_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also rewrite the CSV files and figures here."),
     layers: bool = typer.Option(False, "--layers", help="Show the per-layer breakdown of the last measurement."),
     target_loss: Optional[float] = typer.Option(None, "--target-loss", "-t", help="End the headline critical "
-                                                "batch's path at this loss (default: the lowest measured loss)."),
+                                                "batch's path at this loss (default: the lowest loss at which the "
+                                                "noise scale it follows is resolved)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json (the report, with its summary to "
                             "--target-loss) or csv (the measurements; with --layers the layers), on stdout."),
 ):

@@ -355,7 +355,8 @@ def check_target(target: float, losses, fit, cfg: ScheduleConfig, first_step: fl
         raise ExtrapolationError(msg + ": the noise scale there is an extrapolation, not a measurement",
                                  "measure down to lower losses (`bsprof measure SPEC --steps N` with more steps, or "
                                  "from a later checkpoint: `--checkpoint CKPT`, your model's saved state_dict), then "
-                                 "schedule from that report; or, in `bsprof schedule`, pass --allow-extrapolation")
+                                 f"schedule from that report; or take a target at or above {lo:.4g}, the lowest "
+                                 "measured; or, in `bsprof schedule`, pass --allow-extrapolation")
     return [("EXTRAPOLATING FAR: " if gap > cfg.max_extrapolation else "extrapolating: ") + msg]
 
 
