@@ -457,6 +457,13 @@ def test_a_baseline_of_another_quantity_is_said_to_be_one():
     later = [_row(200, 0.3, 1500.0, 1200.0, 1900.0), _row(300, 0.2, 2500.0, 2000.0, 3100.0)]
     v = judge(make_report(later), 1024, baseline=make_report(rows))   # another stage of training: said
     assert any("measured losses 0.5–2.3 and this report 0.2–0.3: they do not overlap" in n for n in v.notes), v.notes
+    # overlapping, but this report's path goes much further down (a trial: 0.268 against 0.018): said, with a loss
+    # both reached to compare at; not said of paths ending close together
+    longer = rows + [_row(200, 0.3, 1500.0, 1200.0, 1900.0), _row(300, 0.2, 2500.0, 2000.0, 3100.0)]
+    v = judge(make_report(longer), 1024, baseline=make_report(rows))
+    assert any("down to loss 0.5 and this report's down to 0.2" in n and "--at-loss 0.5" in n for n in v.notes), \
+        v.notes
+    assert not any("averages its path" in n for n in same.notes)
 
 
 def test_a_headline_that_is_only_a_lower_bound_is_said_when_the_latest_value_judges(monkeypatch):

@@ -186,6 +186,8 @@ def noise_at(report: Report, at_loss: float | None = None) -> Reading:
 
 # A flat noise scale measured twice to ±20% (--rel-error's default) shows a growth of at most 1.2/0.8 = 1.5
 GROWING = 1.5
+# Paths of a baseline and a report ending at losses further apart than this: a note (the headline averages its path)
+PATH_ENDS = 1.5
 
 
 def path_growth(report: Report, col: str) -> dict:
@@ -850,6 +852,12 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
                          f"{_fmt(min(span[1]))}–{_fmt(max(span[1]))}: they do not overlap, and the noise scale grows "
                          "as the loss falls, so the two critical batches are of different stages of training; "
                          "measure both over the same losses (same --steps), or compare at one loss with --at-loss")
+        elif at_loss is None and noise.path and old.path and max(noise.path[1], old.path[1]) > PATH_ENDS * min(
+                noise.path[1], old.path[1]):   # overlapping, but one path goes much further (a trial: 0.268, 0.018)
+            common = max(noise.path[1], old.path[1])
+            notes.append(f"the baseline's critical batch averages its path down to loss {_fmt(old.path[1])} and this "
+                         f"report's down to {_fmt(noise.path[1])}: the noise scale grows as the loss falls, so the "
+                         f"longer path reads higher; compare at one loss both reached with --at-loss {_fmt(common)}")
         checks.append(check_baseline(noise, old, policy.baseline_factor) if not other else
                       CheckResult("baseline", CANNOT_JUDGE, f"cannot compare with the baseline: {other}", (),
                                   {"new": noise.to_dict(), "old": old.to_dict()}))
