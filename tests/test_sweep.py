@@ -969,3 +969,17 @@ def test_a_global_branch_runs_past_its_seeds_best_when_the_median_is_over_seeds(
     assert stop_at(180.0, 1) == 180
     assert stop_at(180.0, 2) == 3 * 180 == CAP_FACTOR * 180
     assert np.median([132, min(200, stop_at(180.0, 2))]) < np.median([180, 200])
+
+
+def test_a_batch_whose_lrs_all_missed_the_target_shows_the_lr_with_the_lowest_loss():
+    """No lr of the grid reached the target at a batch (a partial sweep): the row showed the grid's first lr, loss
+    1.049, beside another's 1.042 (a trial's finding). It shows the lowest final loss; reached beats not reached."""
+    from bsprof.sweep.result import Branch
+
+    def run(m, loss, steps=math.inf):
+        return Branch(64, 0.0015 * m, m, 0, 200, 200 * 64, loss, 0.01, 1.0, False, steps)
+
+    [row] = summary.global_batches([run(1, 1.049), run(2, 1.042), run(4, 1.100)])
+    assert row.lr_multiplier == 2 and row.loss == pytest.approx(1.042) and not math.isfinite(row.steps)
+    [row] = summary.global_batches([run(1, 1.049, 150), run(2, 1.042), run(4, 0.9, 180)])
+    assert row.lr_multiplier == 1 and row.steps == 150

@@ -79,15 +79,18 @@ def critical_by_seed(rows: Sequence[Branch], tolerance: float, mode: str) -> lis
 
 
 def global_batches(rows: Sequence[Branch]) -> list[BatchSummary]:
-    """Per batch: the grid point with the fewest median steps-to-target over seeds (∞: not reached)."""
+    """Per batch: the grid point with the fewest median steps-to-target over seeds (∞: not reached); among grid
+    points that did not reach it, the lowest median final loss (the first lr of the grid was shown as best, with a
+    higher loss than another's: a trial's partial sweep)."""
     out = []
     for b in _batches(rows):
         best = None
         for m, rs in _by(rows, b).items():
             med = float(np.median([r.steps_to_target for r in rs]))
-            if best is None or med < best[0]:
-                best = (med, m, rs)
-        med, m, rs = best
+            loss = float(np.median([r.loss if math.isfinite(r.loss) else math.inf for r in rs]))
+            if best is None or (med, loss) < best[0]:
+                best = ((med, loss), m, rs)
+        (med, _), m, rs = best
         reached = sum(math.isfinite(r.steps_to_target) for r in rs)
         mean, se = fit.mean_se([r.loss for r in rs]) if len(rs) > 1 else (rs[0].loss, rs[0].loss_se)
         out.append(BatchSummary(b, rs[0].lr, m, mean, se, med, med * b, None, reached, len(rs)))
