@@ -1021,7 +1021,8 @@ def test_a_nan_example_drawn_to_measure_is_named():
     loss = lambda m, b: (m(b[0]).squeeze(-1) - b[1]) ** 2  # noqa: E731
     with pytest.raises(BsprofError) as e:  # a probe batch of the whole dataset: both bad examples are drawn
         bsprof.measure_at(torch.nn.Linear(3, 1), loss, (x, y), probe_batch=48, max_seconds=5)
-    assert "2 of the 48 examples drawn to measure" in e.value.message and "not the lr" in e.value.message
+    assert "2 of the 48 examples drawn to measure" in e.value.message and "bad examples" in e.value.message
+    assert "the others' finite (median " in e.value.message   # to tell bad examples from a diverged run
     assert "dataset[5], [30]" in e.value.message or "dataset[30], [5]" in e.value.message
     assert "NaN or Inf in their inputs or targets" in e.value.hint
 

@@ -99,10 +99,11 @@ def _non_finite(loss: float, big: np.ndarray, small: np.ndarray, bad: tuple | No
     overflowed (finite loss, infinite |g|²: norms above ~1.8e19 square past float32's 3.4e38), or the gradient
     itself."""
     if bad is not None:
-        rows, drawn, value = bad
+        rows, drawn, value, others = bad
         return NonFiniteError(f"the loss of {len(rows)} of the {drawn} examples drawn to measure was {value} "
-                              f"({named_indices(rows)}), "
-                              "the others' finite, at finite weights: a bad example, not the lr",
+                              f"({named_indices(rows)}), the others' finite (median {others:.3g}), at finite "
+                              "weights: bad examples, unless that median is far above the training loss (then the "
+                              "training diverged: lower the lr)",
                               "check those examples for NaN or Inf in their inputs or targets (or a label out of "
                               "range for the loss), and clean or drop them; what was measured before is kept")
     if not math.isfinite(loss):
@@ -119,9 +120,9 @@ def _non_finite(loss: float, big: np.ndarray, small: np.ndarray, bad: tuple | No
 
 
 def _bad_examples(model: nn.Module, loss_fn, examples: DrawSource, drawn, step: int, comm: Comm) -> tuple | None:
-    """(dataset indices, examples drawn, a value) of the drawn examples whose own loss is not finite, when only some
-    are and the weights are finite (one process, a map-style dataset: indices to name); else None. Run only after a
-    draw went non-finite: the losses again, without gradients."""
+    """(dataset indices, examples drawn, a value, the others' median loss) of the drawn examples whose own loss is
+    not finite, when only some are and the weights are finite (one process, a map-style dataset: indices to name);
+    else None. Run only after a draw went non-finite: the losses again, without gradients."""
     if comm.world > 1 or not isinstance(drawn, list) or not all(isinstance(i, int) for i in drawn) \
             or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         return None
@@ -134,7 +135,7 @@ def _bad_examples(model: nn.Module, loss_fn, examples: DrawSource, drawn, step: 
     bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
     if not bad or len(bad) == len(drawn) or len(losses) != len(drawn):
         return None
-    return [drawn[r] for r in bad], len(drawn), losses[bad[0]].item()
+    return [drawn[r] for r in bad], len(drawn), losses[bad[0]].item(), float(losses[torch.isfinite(losses)].median())
 
 
 LOSS_BATCHES = (4, 64)  # the fewest and most training batches forwarded for a BatchNorm model's measurement loss
