@@ -138,6 +138,12 @@ def test_implausible_critical_batches_and_a_rising_loss():
                 optimizer="Adam")
     assert "loss_rose" not in flat and "did not fall: 6.8e+08 at step 0, 7.1e+08 at step 20" in flat["loss_flat"]
     assert "loss_flat" not in fine and "loss_flat" not in bounced and "loss_flat" not in rose
+    little = _run([_row(0, 1.11, 20.0), _row(10, 1.08, 30.0), _row(20, 1.05, 30.0)], dataset_size=10_000,
+                  optimizer="AdamW")   # a trial's model that barely learned got "Critical batch ≈ 1170" and no note
+    assert "fell only 5% over the probe (1.11 at step 0, 1.05 at step 20)" in little["loss_flat"]
+    falls = _run([_row(0, 2.0, 20.0), _row(10, 1.5, 30.0), _row(20, 1.2, 30.0)], dataset_size=10_000,
+                 optimizer="SGD")
+    assert "loss_flat" not in falls
 
 
 def test_an_interval_reaching_zero_is_called_unresolved_whatever_its_status():

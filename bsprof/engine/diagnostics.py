@@ -279,6 +279,7 @@ def _curvature(report: Report) -> None:
 
 
 LOSS_ROSE = 1.5  # the last measured loss over the first: the probe's training went the wrong way
+LOSS_FELL = 0.1  # the least relative fall of the loss over a probe without a note (a trial's 1.11 → 1.05)
 
 
 def _implausible(report: Report) -> None:
@@ -298,6 +299,12 @@ def _implausible(report: Report) -> None:
                         "that the loss bounces, or too low; or weights at a plateau), and noise scales along a run "
                         "that does not train say little about training from here. Check the lr (--lr, or the spec "
                         "optimizer's lr) and the loss.")
+    elif len(rows) >= 3 and 0 < rows[-1].loss < rows[0].loss < rows[-1].loss / (1 - LOSS_FELL) and not rose:
+        report.diagnose("loss_flat", f"the training loss fell only {1 - rows[-1].loss / rows[0].loss:.0%} over the "
+                        f"probe ({rows[0].loss:.4g} at step {rows[0].step}, {rows[-1].loss:.4g} at step "
+                        f"{rows[-1].step}): the noise scale grows as the loss falls, so this measures the start of "
+                        "training (or a plateau), not its later stages; train the probe longer (--steps) or "
+                        "measure from a later checkpoint (--checkpoint), and check the lr.")
     if rose:
         report.diagnose("loss_rose", f"the training loss fell to {low.loss:.4g} (step {low.step}), then rose to "
                         f"{rows[-1].loss:.4g} (step {rows[-1].step}): the probe's training is unstable (an lr too "
