@@ -415,6 +415,12 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
         elif not report.incomplete and carried and last_ok is not None:
             _join_last(report, last_ok, carried, cfg.confidence, scale)
         report.timing = clock.to_dict()
+        if examples.held is not None:
+            report.diagnose("stream_held", f"the iterable dataset ended after {examples.n:,} items: bsprof held them "
+                            "and drew the measurements after that uniformly without replacement from them, with the "
+                            "finite-population correction (the draws before read the stream in order, without it; "
+                            "the training reads it in order throughout). A map-style Dataset is drawn that way from "
+                            "the first draw.")
         diagnostics.after_run(report)
     return report
 
