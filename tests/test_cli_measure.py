@@ -267,7 +267,9 @@ def test_batchnorm_measurement_loss_is_at_the_training_batch_not_the_micro_batch
         assert "loss is that of a few training batches" in {d["code"]: d["message"]
                                                           for d in report["diagnostics"]}["batchnorm_train"]
     assert seen == [32] * 6 and len(losses[4]) == 3
-    assert losses[4] == pytest.approx(losses[16], abs=0.02)
+    # the two runs' losses are means over different examples (how many draws each made depends on the time limit):
+    # 0.00–0.04 apart in our runs, the last under load; the bug this guards against put them 0.18 apart
+    assert losses[4] == pytest.approx(losses[16], abs=0.06)
 
 
 def test_an_odd_batch_with_batchnorm_says_why_there_are_no_windows(tmp_path):
