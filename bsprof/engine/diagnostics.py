@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from bsprof.engine import cost
+from bsprof.output.render import fmt
 from bsprof.output.report import Report
 from bsprof.results import MOMENTUM_SGD, Status, is_adam_family, optimizer_kind, optimizer_momentum
 
@@ -240,7 +241,7 @@ def _unresolved(report: Report) -> None:
     """Estimates whose interval reaches 0 (``Estimate.unresolved``): B = tr(·Σ)/(·) with a numerator not told apart
     from 0 is known only to be at most its upper end, whatever its status; the note names them, what was not
     resolved, and the fix (a longer measurement; for training-step windows, more steps per window)."""
-    found = {key: [f"{r.step} (≤ {getattr(r, key).hi:.3g})" for r in report.measurements
+    found = {key: [f"{r.step} (≤ {fmt(getattr(r, key).hi)})" for r in report.measurements
                    if getattr(r, key) is not None and getattr(r, key).unresolved] for key in UNRESOLVED}
     found = {key: ends for key, ends in found.items() if ends}
     if not found:
@@ -248,8 +249,8 @@ def _unresolved(report: Report) -> None:
     numerators = list(dict.fromkeys(UNRESOLVED[key][1] for key in found))
     fixes = ["a longer measurement resolves it (a larger --measure-budget, or 0 to stop by --rel-error alone; "
              "--max-seconds, --max-examples)"] if set(found) - {"b_simple_window"} else []
-    fixes += ["a training-step window, more steps between measurements (--measure-every)"] if "b_simple_window" in \
-        found else []
+    fixes += ["for a training-step window, more steps between measurements resolve it (--measure-every)"] \
+        if "b_simple_window" in found else []
     report.diagnose("unresolved", "; ".join(f"{UNRESOLVED[key][0]} at step {', '.join(ends)}" for key, ends in
                                             found.items())
                     + f": the interval reaches 0 ({' and '.join(numerators)} not told apart from 0), so the estimate "
@@ -318,16 +319,16 @@ def _implausible(report: Report) -> None:
     n = n * tokens if n and tokens else n
     unit = report.unit
     if n and b.value > n:
-        report.diagnose("critical_batch_above_dataset", f"the critical batch {b.value:.3g} is above the dataset's "
+        report.diagnose("critical_batch_above_dataset", f"the critical batch {fmt(b.value)} is above the dataset's "
                         f"{n:,} {unit}: every batch up to the whole dataset is below it, so larger batches keep "
                         "paying off in steps up to full-batch training; what limits you is compute per step.")
     elif n and b.hi is not None and b.hi > n:
-        report.diagnose("critical_batch_interval_above_dataset", f"the critical batch's interval [{b.lo:.3g}, "
-                        f"{b.hi:.3g}] reaches above the dataset's {n:,} {unit}: batches up to the whole dataset are "
-                        f"not ruled out as efficient; the value {b.value:.3g} is the estimate to act on, and `bsprof "
+        report.diagnose("critical_batch_interval_above_dataset", f"the critical batch's interval [{fmt(b.lo)}, "
+                        f"{fmt(b.hi)}] reaches above the dataset's {n:,} {unit}: batches up to the whole dataset are "
+                        f"not ruled out as efficient; the value {fmt(b.value)} is the estimate to act on, and `bsprof "
                         "sweep` can check the large batches directly.")
     elif b.value < 1:
-        report.diagnose("critical_batch_below_one", f"the critical batch {b.value:.3g} is below one {unit[:-1]}: "
+        report.diagnose("critical_batch_below_one", f"the critical batch {fmt(b.value)} is below one {unit[:-1]}: "
                         "at these weights the gradient's noise is small next to its signal, so steps, not "
                         f"{unit}, limit training; any batch is past critical (the smallest that runs efficiently "
                         "is enough), and the learning rate matters more than the batch.")
