@@ -28,20 +28,3 @@ def test_not_testable_with_two_points():
     m = LeastSquares.isotropic(5, 1.0, 0.5)
     f = fit(draws_from_grads(m.grads(np.random.default_rng(2), 20, 16), 1, step=64))
     assert np.isnan(f.p_value) and not f.failed and f.dof == 0
-
-
-def test_a_regression_with_no_degree_of_freedom_reports_no_value():
-    """One draw without partial sums (b and B: two points for two parameters): its 'fit' passes through them, and a
-    whole-dataset draw showed that B_simple (212) beside the exact one (273) with nothing to mark it (a trial).
-    Now NaN, failed, dof 0; with partial sums there is a value."""
-    import math
-
-    import numpy as np
-
-    from bsprof.engine.scales import regression_part
-    from bsprof.stats.draw import Draw
-
-    alone = regression_part([Draw(np.array([10.0]), np.array([1.0]), 1, 512, 1.0, 512)], 1.0)
-    assert alone.dof == 0 and alone.failed and math.isnan(alone.b_simple)
-    marked = regression_part([Draw(np.array([10.0]), np.array([1.0]), 1, 512, 1.0, 512, ((1, 10.0), (2, 5.0)))], 1.0)
-    assert marked.dof == 1 and math.isfinite(marked.b_simple)

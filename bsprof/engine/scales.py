@@ -23,11 +23,7 @@ from bsprof.stats import regression
 
 
 def regression_part(draws, scale: float) -> Regression:
-    """The 1/B regression over the draws' partial sums; NaN where it has no degree of freedom left (one draw of the
-    whole dataset: its 212 sat beside the exact 273 with nothing to say it was not a fit, a trial's finding)."""
     f = regression.fit(draws)
-    if f.dof < 1:
-        return Regression(math.nan, math.nan, math.nan, math.nan, f.dof, True)
     return Regression(f.b_simple * scale, f.g2, f.trace_sigma, f.p_value, f.dof, bool(f.failed))
 
 
