@@ -28,3 +28,21 @@ def test_not_testable_with_two_points():
     m = LeastSquares.isotropic(5, 1.0, 0.5)
     f = fit(draws_from_grads(m.grads(np.random.default_rng(2), 20, 16), 1, step=64))
     assert np.isnan(f.p_value) and not f.failed and f.dof == 0
+
+
+def test_an_exact_row_has_no_regression():
+    """A measurement of one draw of the whole dataset (exact) showed a 1/B regression's B_simple (212) beside the
+    exact value (273), with nothing to mark it as a fit through noisy partial sums (a trial): the row has none."""
+    import torch
+
+    import bsprof
+
+    torch.manual_seed(0)
+    x = torch.randn(48, 3)
+    y = x.sum(1) + torch.randn(48)
+    report = bsprof.measure(model=torch.nn.Linear(3, 1), dataset=torch.utils.data.TensorDataset(x, y),
+                            loss=lambda m, b: (m(b[0]).squeeze(-1) - b[1]) ** 2, steps=0, probe_batch=48,
+                            rel_error=0.2)
+    [row] = report.measurements
+    assert row.stopped_by == "exact" and row.regression is None
+    assert "b_simple_regression" not in row.to_row()
