@@ -100,6 +100,31 @@ def conv3d(g):
     return _done(model, xent, _cls(g, (2, 4, 6, 5), 3, n=4), 4)
 
 
+class Upsampler(nn.Module):
+    """A conv autoencoder's decoder: ConvTranspose2d with stride, padding and output_padding; one grouped and
+    dilated, called with output_size; a ConvTranspose1d and a 3d one (``layers.conv_transpose``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.t1 = nn.ConvTranspose2d(2, 4, 3, stride=2, padding=1, output_padding=1)
+        self.t2 = nn.ConvTranspose2d(4, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1), groups=2,
+                                     bias=False)
+        self.t3 = nn.ConvTranspose1d(2, 3, 4, stride=3, padding=1)
+        self.t4 = nn.ConvTranspose3d(1, 2, 2, stride=2)
+        self.out = nn.Linear(4 + 3 + 2, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.t1(x))                                       # [n, 4, 6, 6]
+        h = self.t2(h, output_size=[14, 7]).flatten(2).mean(-1)          # output_padding 1, from output_size
+        a = self.t3(x.flatten(2)).mean(-1)
+        b = self.t4(x[:, :1].unsqueeze(2)).flatten(2).mean(-1)
+        return self.out(torch.cat([h, a, b], 1))
+
+
+def conv_transpose(g):
+    return _done(Upsampler(), xent, _cls(g, (2, 3, 3), 3), 5)
+
+
 class GhostConvs(nn.Module):
     """Convs whose output is small next to their kernel: the Gram (ghost) form over unfolded patches."""
 
@@ -464,9 +489,9 @@ def tied_thrice(g):
 
 
 CASES = {f.__name__: f for f in [
-    mlp, cnn, cnn_inplace, conv1d, conv3d, conv_ghost, tied_lm, tied_lm_functional, block, torch_encoder,
-    torch_encoder_norm_first, torch_decoder, mha_batch_first, mha_seq_first, mha_kdim_vdim, mha_no_bias, mha_self,
-    pos_embedding, pos_embedding_square, pos_embedding_row, pos_parameter, embedding_long,
+    mlp, cnn, cnn_inplace, conv1d, conv3d, conv_ghost, conv_transpose, tied_lm, tied_lm_functional, block,
+    torch_encoder, torch_encoder_norm_first, torch_decoder, mha_batch_first, mha_seq_first, mha_kdim_vdim,
+    mha_no_bias, mha_self, pos_embedding, pos_embedding_square, pos_embedding_row, pos_parameter, embedding_long,
     embedding_short, group_norm, batch_norm_eval, gru, reused, tied_thrice, class_token, class_token_last]}
 
 

@@ -357,6 +357,24 @@ def conv(mod: nn.modules.conv._ConvNd, x: Tensor, d: Tensor, reused: bool = Fals
     return out
 
 
+def conv_transpose(mod: nn.modules.conv._ConvTransposeNd, x: Tensor, d: Tensor) -> dict:
+    """y = conv_transpose(x, W) is the input-gradient of the conv y ↦ conv(y, W) (same kernel, stride, padding,
+    dilation, groups; W [C_in, C_out/G, *k]), so ⟨δ, y⟩ = ⟨conv(δ, W), x⟩ and W's per-example gradient is that conv's
+    weight gradient with δ as its input and x as its output's gradient: per group, g_i = Σ_l x_il q_ilᵀ with q_il
+    the unfolded patch of δ_i at x's position l (output_padding only pads δ past the last patch); b: Σ δ_i."""
+    B, G = x.shape[0], mod.groups
+    out = {}
+    if _wanted(mod, "weight"):
+        cols = unfold(mod, d)
+        L = cols.shape[-1]
+        v = cols.reshape(B, G, -1, L).transpose(-1, -2)
+        u = x.reshape(B, G, -1, L).transpose(-1, -2)
+        out["weight"] = Factored(u, v, u.shape[-1])
+    if _wanted(mod, "bias"):
+        out["bias"] = d.reshape(B, d.shape[1], -1).sum(-1)
+    return out
+
+
 def embedding(mod: nn.Embedding, x: Tensor, d: Tensor) -> dict:
     """W: g_i = Σ_t e_{idx_it} δ_itᵀ (one-hot rows), padding_idx rows excluded;
     |g_i|² = Σ_{t,s} [idx_t = idx_s]·⟨δ_t, δ_s⟩."""
@@ -466,6 +484,7 @@ class ModuleRule:
 RULES = {
     nn.Linear: linear,
     nn.Conv1d: conv, nn.Conv2d: conv, nn.Conv3d: conv,
+    nn.ConvTranspose1d: conv_transpose, nn.ConvTranspose2d: conv_transpose, nn.ConvTranspose3d: conv_transpose,
     nn.Embedding: embedding,
     nn.LayerNorm: layer_norm, nn.GroupNorm: group_norm,
     _BatchNorm: batch_norm,
