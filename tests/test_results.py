@@ -207,6 +207,12 @@ def test_growth_beside_a_lower_bound_says_it_is_the_determined_values():
     console = Console(width=200, record=True)
     console.print(report_table(Report(measurements=rows)))
     assert "(fell to 0.50× (−50%) over the run; their intervals overlap)" in console.export_text()
+    # imprecise ends that do not overlap (a trial: 1.4 → 51, "grew 36×", each to ±70–120%): the range they allow
+    rows = [{"step": s, "loss": 1.0 / (s + 1), "b_simple": b, "b_simple_lo": lo, "b_simple_hi": hi, "status": "ok"}
+            for s, b, lo, hi in ((0, 1.4, 0.8, 3.0), (10, 51.0, 20.0, 110.0))]
+    console = Console(width=200, record=True)
+    console.print(report_table(Report(measurements=rows)))
+    assert "(grew 36.4× over the run; 6.67–138× by their intervals)" in console.export_text()
 
 
 def test_the_summary_says_which_probe_measured_and_why():

@@ -153,7 +153,10 @@ def report_table(report, summary=None, width: int | None = None) -> Group:
         if s.growth is not None:   # from the first to the last determined value, which may be an earlier row
             ok = [r.b_simple for r in report.measurements if r.b_simple.ok]
             same = ok[0].lo <= ok[-1].hi and ok[-1].lo <= ok[0].hi  # a change their intervals do not resolve
-            tail = "; their intervals overlap" if same else ""
+            low, high = ok[-1].lo / ok[0].hi, ok[-1].hi / ok[0].lo   # the ratio their intervals allow
+            wide = ok[0].lo > 0 and math.isfinite(high) and high > GROWTH_WIDE * low
+            tail = ("; their intervals overlap" if same else
+                    f"; {fmt(low)}–{fmt(high)}× by their intervals" if wide else "")
             line += (f"   ({growth_text(s.growth)} over the run{tail})" if s.b_simple.ok else
                      f"   (its determined values {growth_text(s.growth)} over the run{tail})")
         for key, name in (("b_noise", "B_noise"), ("b_pre", "B_pre")):
@@ -175,6 +178,9 @@ def report_table(report, summary=None, width: int | None = None) -> Group:
         parts.append(Text(f"incomplete: stopped at step {report.incomplete.get('step')}: "
                           f"{report.incomplete.get('reason')}", style="bold red"))
     return Group(*parts)
+
+
+GROWTH_WIDE = 2.0  # the growth's range by its ends' intervals is printed beside it when wider than this factor
 
 
 def growth_text(growth: float) -> str:
