@@ -852,3 +852,15 @@ def test_conv_form_is_grouped_under_deterministic_algorithms_and_timed_once_per_
     monkeypatch.setattr(layers, "_CONV_FORMS", {})  # a near tie: the grouped form
     monkeypatch.setattr(layers, "_seconds", lambda f, *a: 1.0 if f is layers.conv_grouped else 0.9)
     assert layers._conv_form(conv, x, d) is layers.conv_grouped
+
+
+def test_conv_transpose_rule_matches_torch_func_where_output_padding_reaches_past_the_stride():
+    """output_padding ≥ stride (allowed below the dilation) puts δ's last patches past x's end: the rule read them
+    (a reshape error, or on some shapes a silently wrong norm: 82.95 against 89.95, a review's finding); now sliced
+    to x's positions. With the shared decoder model (``models.conv_transpose``) for the usual geometry."""
+    cases = [(nn.ConvTranspose1d(2, 3, 3, stride=1, dilation=3, output_padding=2), torch.randn(3, 2, 2)),
+             (nn.ConvTranspose1d(2, 3, 3, stride=1, dilation=3, output_padding=2), torch.randn(3, 2, 5)),
+             (nn.ConvTranspose2d(2, 4, 3, stride=(1, 2), dilation=(3, 1), output_padding=(2, 1), padding=1,
+                                 groups=2), torch.randn(3, 2, 4, 5))]
+    for mod, x in cases:
+        assert max(check_rule(mod, x, rtol=1e-9).values()) < 1e-9

@@ -432,7 +432,7 @@ class ItemsRegressor(Regressor):
         return {"loss": nn.functional.mse_loss(out, labels, reduction="sum") / items, "logits": out}
 
 
-def hf_run(tmp_path, accum=2, steps=10, max_grad_norm=1.0, model=None, **options):
+def hf_run(tmp_path, accum=2, steps=10, max_grad_norm=1.0, model=None, callbacks=(), **options):
     transformers = pytest.importorskip("transformers", reason="transformers is not installed "
                                        "(pip install 'bsprof[hf]')")
     from bsprof.integrations.hf import attach
@@ -443,7 +443,7 @@ def hf_run(tmp_path, accum=2, steps=10, max_grad_norm=1.0, model=None, **options
         gradient_accumulation_steps=accum, report_to=[], use_cpu=True, logging_steps=1, learning_rate=0.05,
         optim="sgd", lr_scheduler_type="constant", max_grad_norm=max_grad_norm, save_strategy="no",
         disable_tqdm=True, seed=0, dataloader_num_workers=0)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=DictData(data()))
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=DictData(data()), callbacks=list(callbacks))
     cb = attach(trainer, window=10, **options)
     trainer.train()
     return model, cb, trainer
@@ -469,6 +469,26 @@ def replay(seen, accum, lr=0.05, clip=None):
         opt.zero_grad()
     tracker.close()
     return tracker
+
+
+def test_hf_a_copy_of_the_model_taken_during_training_carries_no_hook(tmp_path):
+    """A deepcopy of the model taken by another callback during training (an EMA, a best-so-far snapshot) failed:
+    the copy carried the NoiseScaleCallback's forward hooks and, through them, the callback itself (a thread lock:
+    "cannot pickle"; a review's finding). Now the copy holds none of bsprof's hooks."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed "
+                                       "(pip install 'bsprof[hf]')")
+    import copy
+
+    class Snapshot(transformers.TrainerCallback):
+        copies = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.copies.append(copy.deepcopy(model))
+
+    snap = Snapshot()
+    model, cb, _ = hf_run(tmp_path, accum=1, steps=3, callbacks=[snap])
+    assert len(snap.copies) == 3 and len(cb.tracker.draws) == 3
+    assert all(len(m._forward_hooks) + len(m._forward_pre_hooks) == 0 for c in snap.copies for m in c.modules())
 
 
 @pytest.mark.parametrize("accum", [1, 2], ids=["per_example", "accumulate2"])

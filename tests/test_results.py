@@ -213,6 +213,10 @@ def test_growth_beside_a_lower_bound_says_it_is_the_determined_values():
     console = Console(width=200, record=True)
     console.print(report_table(Report(measurements=rows)))
     assert "(grew 36.4× over the run; 6.67–138× by their intervals)" in console.export_text()
+    rows[0]["b_simple_lo"] = 0.0   # an unresolved first value (its interval reaching 0): no range, no error
+    console = Console(width=200, record=True)
+    console.print(report_table(Report(measurements=rows)))
+    assert "(grew 36.4× over the run)" in console.export_text()
 
 
 def test_the_summary_says_which_probe_measured_and_why():

@@ -852,9 +852,9 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
                          f"{_fmt(min(span[1]))}–{_fmt(max(span[1]))}: they do not overlap, and the noise scale grows "
                          "as the loss falls, so the two critical batches are of different stages of training; "
                          "measure both over the same losses (same --steps), or compare at one loss with --at-loss")
-        elif at_loss is None and noise.path and old.path and max(noise.path[1], old.path[1]) > PATH_ENDS * min(
-                noise.path[1], old.path[1]):   # overlapping, but one path goes much further (a trial: 0.268, 0.018)
-            common = max(noise.path[1], old.path[1])
+        elif at_loss is None and noise.path and old.path and 0 < (short := min(noise.path[1], old.path[1])) and (
+                common := max(noise.path[1], old.path[1])) > PATH_ENDS * short:
+            # overlapping, but one path goes much further down (a trial: 0.268 against 0.018)
             notes.append(f"the baseline's critical batch averages its path down to loss {_fmt(old.path[1])} and this "
                          f"report's down to {_fmt(noise.path[1])}: the noise scale grows as the loss falls, so the "
                          f"longer path reads higher; compare at one loss both reached with --at-loss {_fmt(common)}")

@@ -49,6 +49,7 @@ import torch
 from bsprof.errors import known_options
 from bsprof.integrations.loggers import PREFIX, scalars
 from bsprof.integrations.steps import Steps, check_options, listed_again, loader_population, once_per_event, rows_of
+from bsprof.probes.handles import forward_hook
 from bsprof.schedule.apply import ScheduleLR
 from bsprof.track import Tracker
 from bsprof.track.tracker import TrackerError, open_tracker
@@ -115,8 +116,8 @@ class NoiseScaleCallback(TrainerCallback):
         if self.population == "auto" and self.tracker.unit != "tokens":
             self.tracker.population = loader_population(kwargs.get("train_dataloader"))
         self.steps = Steps(self.tracker, self.every)
-        self._handles = [model.register_forward_pre_hook(self._rows, with_kwargs=True),
-                         model.register_forward_hook(self._loss, with_kwargs=True)]
+        self._handles = [forward_hook(model, self._rows, pre=True, with_kwargs=True),   # (not carried by a copy)
+                         forward_hook(model, self._loss, with_kwargs=True)]
         self._follow_schedule(args, state)
         reporting = [args.report_to] if isinstance(args.report_to, str) else list(args.report_to or [])
         reporting = [r for r in reporting if r and r != "none"]

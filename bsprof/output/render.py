@@ -153,8 +153,10 @@ def report_table(report, summary=None, width: int | None = None) -> Group:
         if s.growth is not None:   # from the first to the last determined value, which may be an earlier row
             ok = [r.b_simple for r in report.measurements if r.b_simple.ok]
             same = ok[0].lo <= ok[-1].hi and ok[-1].lo <= ok[0].hi  # a change their intervals do not resolve
-            low, high = ok[-1].lo / ok[0].hi, ok[-1].hi / ok[0].lo   # the ratio their intervals allow
-            wide = ok[0].lo > 0 and math.isfinite(high) and high > GROWTH_WIDE * low
+            first, last = ok[0], ok[-1]   # the ratio their intervals allow, where both ends are positive
+            low = last.lo / first.hi if first.hi > 0 else math.nan
+            high = last.hi / first.lo if first.lo > 0 else math.nan
+            wide = math.isfinite(high) and low > 0 and high > GROWTH_WIDE * low
             tail = ("; their intervals overlap" if same else
                     f"; {fmt(low)}–{fmt(high)}× by their intervals" if wide else "")
             line += (f"   ({growth_text(s.growth)} over the run{tail})" if s.b_simple.ok else

@@ -46,8 +46,10 @@ def forward_hook(mod: nn.Module, hook, *, pre: bool = False, with_kwargs: bool =
 
 def remember(mod: nn.Module, key) -> None:
     """Mark ``key`` (a hook id, or any other token) as bsprof's on ``mod``: copies of ``mod`` leave it out."""
-    if type(mod).__getstate__ is not nn.Module.__getstate__:   # a class with its own state: left as it is
-        return
+    cls = type(mod)
+    if (cls.__getstate__ is not nn.Module.__getstate__ or cls.__reduce__ is not object.__reduce__
+            or cls.__reduce_ex__ is not object.__reduce_ex__):
+        return   # a class with its own state or reduce (fx's GraphModule pickles its __dict__): left as it is
     _OURS.setdefault(mod, set()).add(key)
     mod.__dict__["__getstate__"] = types.MethodType(_state, mod)
 

@@ -366,6 +366,11 @@ def conv_transpose(mod: nn.modules.conv._ConvTransposeNd, x: Tensor, d: Tensor) 
     out = {}
     if _wanted(mod, "weight"):
         cols = unfold(mod, d)
+        grid = [(n + 2 * p - dl * (k - 1) - 1) // s + 1 for n, p, dl, k, s in
+                zip(d.shape[2:], mod.padding, mod.dilation, mod.kernel_size, mod.stride)]
+        if grid != list(x.shape[2:]):   # output_padding ≥ stride (allowed below the dilation): patches past x's end
+            cols = cols.reshape(B, cols.shape[1], *grid)[(...,) + tuple(slice(0, n) for n in x.shape[2:])]
+            cols = cols.reshape(B, cols.shape[1], -1)
         L = cols.shape[-1]
         v = cols.reshape(B, G, -1, L).transpose(-1, -2)
         u = x.reshape(B, G, -1, L).transpose(-1, -2)
