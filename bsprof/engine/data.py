@@ -4,11 +4,9 @@ A measurement draw of B examples from a map-style dataset of n is uniform withou
 finite-population correction applies (estimators.noise_coefficient). Under DDP (``world`` > 1) every rank
 generates the same global draw or training batch (a shared seed) and keeps its own disjoint contiguous
 slice. An iterable dataset is read in order (not i.i.d.; the report says so), training and measurements each from
-their own iterator (so that measuring never changes the training), restarted when it runs out. A finite one of at
-most ``HOLD_MAX`` items is held once the measurements' iterator has read all of it (``held``), and later draws are
-uniform without replacement from those items, with the finite-population correction, as from a map-style dataset
-(read in order, a trial's 200-item stream measured 26.4 [25.1, 27.5] against the exact 21.7); a draw or batch of
-more items than a finite stream has is refused (it would repeat examples).
+their own iterator (so that measuring never changes the training), restarted when it runs out; a finite one's
+length is then known (``stream_length``), and the report says that draws went round it without the
+finite-population correction (a trial's 200-item stream measured 26.4 [25.1, 27.5] against the exact 21.7).
 """
 
 from __future__ import annotations
@@ -67,20 +65,10 @@ class Examples:
         self.n: int | None = None if self.iterable else len(dataset)
         self._streams: dict[str, Iterator] = {}   # "draw", "train": an iterable dataset's iterators
         self.stream_length: int | None = None     # a finite iterable dataset's items, once it has run out
-        self._first_pass: list | None = [] if self.iterable else None   # the draw iterator's items, up to HOLD_MAX
-        self.held: list | None = None             # all of a finite stream's items (measurement draws index them)
-        self._hold: list | None = None            # those items, read to the end inside a draw: held from the next
         self._epoch: list[int] = []
         self.last_indices: list[list[int]] | None = None  # ``train_batch``'s, per micro-batch (map-style only)
 
-    @property
-    def indexed(self) -> bool:
-        """Measurement draws are dataset indices (a map-style dataset, or a finite stream's held items)."""
-        return not self.iterable or self.held is not None
-
     def items(self, indices: Sequence[int]) -> list:
-        if self.held is not None:
-            return [self.held[i] for i in indices]
         out = []
         for i in indices:
             try:
@@ -95,42 +83,20 @@ class Examples:
 
     def stream(self, count: int, which: str = "draw") -> list:
         """The next ``count`` items of an iterable dataset from iterator ``which`` ("draw" or "train"), restarting it
-        when it runs out; a finite one of fewer than ``count`` items is refused (the items would repeat)."""
-        if self.stream_length is not None and count > self.stream_length:
-            raise self._too_short(count)
+        when it runs out (a finite one's length is then ``stream_length``)."""
         out = []
         while len(out) < count:
             it = self._streams.get(which)
             if it is None:
                 it = self._streams[which] = _Counted(iter(self.dataset))
             try:
-                item = next(it)
+                out.append(next(it))
             except StopIteration:
                 del self._streams[which]
                 if it.count == 0:
                     raise DataError("the iterable dataset yielded no items", "make dataset() yield examples") from None
                 self.stream_length = it.count   # read from its first item to its end: its length
-                if which == "draw":
-                    if self._first_pass is not None and len(self._first_pass) == it.count:
-                        self._hold = self._first_pass   # held from the next draw on: uniform, with the correction
-                    self._first_pass = None
-                if count > it.count:
-                    raise self._too_short(count) from None
-                continue
-            out.append(item)
-            if which == "draw" and self._first_pass is not None:
-                if len(self._first_pass) < HOLD_MAX:
-                    self._first_pass.append(item)
-                else:
-                    self._first_pass = None
         return out
-
-    def _too_short(self, count: int) -> DataError:
-        return DataError(f"the iterable dataset has only {self.stream_length} items, and a draw or batch of {count} "
-                         "would repeat some of them (B_simple would come out biased)",
-                         "give dataset() as a map-style dataset (a list of the items, or a Dataset with __len__ and "
-                         "__getitem__): bsprof then draws without replacement and applies the finite-population "
-                         "correction; or use smaller batches (--batch-size, --probe-batch, --max-examples)")
 
     def collate(self, items: list):
         try:
@@ -151,7 +117,7 @@ class Examples:
         measurements that are not data-parallel (each rank repeats them on full draws), so that this view's sharded
         draws stay in step across ranks."""
         view = copy.copy(self)
-        view.rank, view.world, view._streams, view._epoch, view._first_pass = 0, 1, {}, [], None
+        view.rank, view.world, view._streams, view._epoch = 0, 1, {}, []
         view.generator = torch.Generator().set_state(self.generator.get_state())
         return view
 
@@ -161,14 +127,12 @@ class Examples:
 
     def first(self, count: int):
         """A collated batch of the first ``count`` examples (at most the dataset's), on the device."""
-        count = count if not self.indexed or self.n is None else min(count, self.n)
-        return self.collate(self.items(list(range(count))) if self.indexed else self.stream(count))
+        count = count if self.iterable or self.n is None else min(count, self.n)
+        return self.collate(self.stream(count) if self.iterable else self.items(list(range(count))))
 
     def draw(self, B: int) -> list:
         """Indices (map-style) or items (iterable) of B examples, uniform without replacement (this rank's share)."""
-        if self._hold is not None:   # (not inside the draw that read them: its batches are items, not indices)
-            self.held, self.n, self._hold = self._hold, len(self._hold), None
-        if not self.indexed:
+        if self.iterable:
             return self.mine(self.stream(B))
         return self.mine(torch.randperm(self.n, generator=self.generator)[:B].tolist())
 
@@ -176,7 +140,7 @@ class Examples:
         """Collated chunks of ``size`` from a draw, on the device."""
         for start in range(0, len(drawn), size):
             part = drawn[start:start + size]
-            yield self.collate(self.items(part) if self.indexed else part), len(part)
+            yield self.collate(part if self.iterable else self.items(part)), len(part)
 
     def train_batch(self, size: int, parts: int = 1) -> tuple[list, int]:
         """The next training batch from shuffled epochs (a new permutation when the epoch runs out): ([(collated
@@ -193,9 +157,6 @@ class Examples:
         chunks = [part[j * m:(j + 1) * m] for j in range(k)]
         self.last_indices = None if self.iterable else chunks  # dataset indices of each micro-batch (for messages)
         return [(self.collate(c if self.iterable else self.items(c)), len(c)) for c in chunks], len(part)
-
-
-HOLD_MAX = 65_536  # the most items of a finite iterable dataset held for uniform draws (more: read in order)
 
 
 class _Counted:

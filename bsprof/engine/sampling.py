@@ -236,8 +236,6 @@ def _measure(model: nn.Module, loss_fn, examples: DrawSource, s: Sampling, group
     while True:
         draws.append(one_draw(model, loss_fn, examples, s, B, group, comm=comm))
         spent += draws[-1].B
-        if draws[-1].n is not None and draws[0].n is None:   # a finite stream now held (``Examples.held``): the
-            draws[:] = draws[-1:]                             # draws read in order before, uncorrected, go
         est, elapsed = distributed.follow_main((noise_scale(draws, s.confidence, same_weights=not masks),
                                                 time.perf_counter() - t0), comm)
         if on_draw:
