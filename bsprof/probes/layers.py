@@ -342,19 +342,26 @@ def conv(mod: nn.modules.conv._ConvNd, x: Tensor, d: Tensor, reused: bool = Fals
     """W (per group): g_i = Σ_l δ_il p_ilᵀ with p_il the unfolded input patch at output position l, explicit
     (``conv_per_example``) where ``conv_explicit`` (``reused``: Σ_i g_i is taken from them), else in the ghost
     form; b: Σ_l δ_il."""
-    B, G = x.shape[0], mod.groups
-    out = {}
     if _wanted(mod, "weight") and conv_explicit(mod, x, d, reused):
-        out["weight"] = conv_per_example(mod, x, d)
-    elif _wanted(mod, "weight"):
-        cols = unfold(mod, x)
-        L = cols.shape[-1]
+        return {"weight": conv_per_example(mod, x, d), **_conv_bias(mod, d)}
+    return _patches(mod, unfold(mod, x) if _wanted(mod, "weight") else None, d, d)
+
+
+def _patches(mod: nn.modules.conv._ConvNd, cols: Tensor | None, rows: Tensor, d: Tensor) -> dict:
+    """W per group as Factored: g_i = Σ_l rows_il cols_ilᵀ (``cols`` [B, ·, L] unfolded patches, ``rows`` [B, ·, *grid]
+    at the same L positions; None: W not wanted); b from δ (``_conv_bias``)."""
+    out = {}
+    if cols is not None:
+        B, G, L = cols.shape[0], mod.groups, cols.shape[-1]
         v = cols.reshape(B, G, -1, L).transpose(-1, -2)
-        u = d.reshape(B, G, -1, L).transpose(-1, -2)
+        u = rows.reshape(B, G, -1, L).transpose(-1, -2)
         out["weight"] = Factored(u, v, u.shape[-1])
-    if _wanted(mod, "bias"):
-        out["bias"] = d.reshape(B, d.shape[1], -1).sum(-1)
-    return out
+    return {**out, **_conv_bias(mod, d)}
+
+
+def _conv_bias(mod: nn.Module, d: Tensor) -> dict:
+    """b: Σ_l δ_il, over every position of the output."""
+    return {"bias": d.reshape(d.shape[0], d.shape[1], -1).sum(-1)} if _wanted(mod, "bias") else {}
 
 
 def conv_transpose(mod: nn.modules.conv._ConvTransposeNd, x: Tensor, d: Tensor) -> dict:
@@ -362,22 +369,15 @@ def conv_transpose(mod: nn.modules.conv._ConvTransposeNd, x: Tensor, d: Tensor) 
     dilation, groups; W [C_in, C_out/G, *k]), so ⟨δ, y⟩ = ⟨conv(δ, W), x⟩ and W's per-example gradient is that conv's
     weight gradient with δ as its input and x as its output's gradient: per group, g_i = Σ_l x_il q_ilᵀ with q_il
     the unfolded patch of δ_i at x's position l (output_padding only pads δ past the last patch); b: Σ δ_i."""
-    B, G = x.shape[0], mod.groups
-    out = {}
+    cols = None
     if _wanted(mod, "weight"):
         cols = unfold(mod, d)
         grid = [(n + 2 * p - dl * (k - 1) - 1) // s + 1 for n, p, dl, k, s in
                 zip(d.shape[2:], mod.padding, mod.dilation, mod.kernel_size, mod.stride)]
         if grid != list(x.shape[2:]):   # output_padding ≥ stride (allowed below the dilation): patches past x's end
-            cols = cols.reshape(B, cols.shape[1], *grid)[(...,) + tuple(slice(0, n) for n in x.shape[2:])]
-            cols = cols.reshape(B, cols.shape[1], -1)
-        L = cols.shape[-1]
-        v = cols.reshape(B, G, -1, L).transpose(-1, -2)
-        u = x.reshape(B, G, -1, L).transpose(-1, -2)
-        out["weight"] = Factored(u, v, u.shape[-1])
-    if _wanted(mod, "bias"):
-        out["bias"] = d.reshape(B, d.shape[1], -1).sum(-1)
-    return out
+            B, C = cols.shape[:2]
+            cols = cols.reshape(B, C, *grid)[(...,) + tuple(slice(0, n) for n in x.shape[2:])].reshape(B, C, -1)
+    return _patches(mod, cols, x, d)
 
 
 def embedding(mod: nn.Embedding, x: Tensor, d: Tensor) -> dict:
