@@ -675,6 +675,19 @@ def test_config_nested_learning_rate_is_read_and_a_missing_lr_is_said(tmp_path, 
     assert not any("no learning rate in" in n for n in data["notes"])
 
 
+def test_no_lr_verdict_from_a_run_that_diverged():
+    """A report whose probe diverged at lr 10: check scaled that lr and said "lr = 0.1 is too low … use lr ≈ 12.5",
+    above the lr that blew up (a trial's finding). The lr is then not judged, and the message says why."""
+    from bsprof.gate.policy import judge
+
+    report = make_report()
+    assert [c.status for c in judge(report, 64, lr=0.1).checks if c.name == "lr"] != [CANNOT_JUDGE]
+    report.incomplete = {"reason": "the training diverged at step 13: the loss of 5 of the 32 examples was inf",
+                         "step": 13}
+    [lr] = [c for c in judge(report, 64, lr=0.1).checks if c.name == "lr"]
+    assert lr.status == CANNOT_JUDGE and "the measured run diverged (the training diverged at step 13)" in lr.message
+
+
 def test_hugging_face_training_arguments_count_the_accumulation(tmp_path, report):
     """TrainingArguments' per_device_train_batch_size is one device's micro-batch: the optimizer step's batch is ×
     gradient_accumulation_steps (a trial's check judged B = 16 where the step took 64), and × devices, which the note

@@ -136,11 +136,16 @@ def test_implausible_critical_batches_and_a_rising_loss():
     # no progress at all (a trial's Adam at lr 50: 6.8e8 → 7.1e8, too little for loss_rose): said, once
     flat = _run([_row(0, 6.8e8, 20.0), _row(10, 6.5e8, 30.0), _row(20, 7.1e8, 30.0)], dataset_size=10_000,
                 optimizer="Adam")
-    assert "loss_rose" not in flat and "did not fall: 6.8e+08 at step 0, 7.1e+08 at step 20" in flat["loss_flat"]
+    assert "loss_rose" not in flat and "did not fall (measured 6.8e+08 at step 0, 7.1e+08 at step 20)" in flat[
+        "loss_flat"]
+    # the noisy values of a run that did not train (a trial's lr 1e-7; first to last they fell 11%): the halves' means
+    noisy = _run([_row(s, v, 20.0) for s, v in zip(range(0, 101, 25), (21.82, 21.66, 21.22, 25.97, 19.42))],
+                 dataset_size=10_000, optimizer="SGD")
+    assert "did not fall (measured 21.74 over steps 0–25 and 22.7 over steps 75–100)" in noisy["loss_flat"]
     assert "loss_flat" not in fine and "loss_flat" not in bounced and "loss_flat" not in rose
     little = _run([_row(0, 1.11, 20.0), _row(10, 1.08, 30.0), _row(20, 1.05, 30.0)], dataset_size=10_000,
                   optimizer="AdamW")   # a trial's model that barely learned got "Critical batch ≈ 1170" and no note
-    assert "fell only 5% over the probe (1.11 at step 0, 1.05 at step 20)" in little["loss_flat"]
+    assert "fell only 5% over the probe (measured 1.11 at step 0, 1.05 at step 20)" in little["loss_flat"]
     falls = _run([_row(0, 2.0, 20.0), _row(10, 1.5, 30.0), _row(20, 1.2, 30.0)], dataset_size=10_000,
                  optimizer="SGD")
     assert "loss_flat" not in falls

@@ -667,7 +667,9 @@ def _cut_short(report: Report, window: Window, step: int, batch_size: int, compl
              f"{window.steps} training steps into a training-step window (steps {step - window.steps}–{step - 1})")
     report.diagnose("window_cut_short", f"the run stopped early ({report.incomplete.get('reason')}) "
                     f"{where}: kept as the last row, at step {step}, B_simple (training) "
-                    f"{estimate_text(window.estimate)} {report.unit} at mean training loss {window.loss:.4g}; cut "
+                    + (f"{estimate_text(window.estimate)} {report.unit}" if window.estimate.ok else
+                       estimate_text(window.estimate))
+                    + f" at mean training loss {window.loss:.4g}; cut "
                     "short, with no fixed-weight measurement after it, so the critical batch and `bsprof schedule` "
                     "leave it out")
 

@@ -787,6 +787,16 @@ def _other_model(baseline: Report, report: Report) -> str | None:
             "of the same model, or update the baseline if the change is intended")
 
 
+def _diverged(report: Report) -> str:
+    """Why the report's own run went the wrong way (its loss rose, or it diverged), or ""."""
+    reason = (report.incomplete or {}).get("reason") or ""
+    if reason.startswith(("the training diverged", "the training loss became")):
+        return f"the measured run diverged ({reason.split(':')[0]})"
+    if any(d["code"] == "loss_rose" for d in report.diagnostics):
+        return "the measured run's loss rose (the loss_rose note)"
+    return ""
+
+
 def _listed(names: list[str], most: int = 3) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
@@ -806,7 +816,11 @@ def judge(report: Report, batch_size: float, lr: float | None = None, policy: Po
     noise = noise_at(report, at_loss)
     tpe = report.config.get("tokens_per_example") if report.unit == "tokens" else None
     checks = [check_batch(batch_size, noise, policy, int(tpe) if finite(tpe) and tpe >= 1 else 1)]
-    if lr is not None:
+    if lr is not None and (why := _diverged(report)):   # a trial's lr 10 blew up, and check said "use lr ≈ 12.5"
+        checks.append(CheckResult("lr", CANNOT_JUDGE, f"cannot judge the learning rate: {why}, so the lr it trained "
+                                  "at is no reference to scale from; measure again at an lr that trains", (),
+                                  {"lr": lr}))
+    elif lr is not None:
         checks.append(check_lr(lr, batch_size, report.config, noise, policy, report.unit))
     notes = []
     n = report.config.get("dataset_size")
