@@ -397,6 +397,15 @@ def test_batches_drawn_from_a_small_dataset_need_its_size():
         Tracker(mlp(), source="per_example", population=1)
 
 
+def test_one_step_of_the_whole_population_is_the_exact_value():
+    """One step whose batch is the whole population (B = n = 40, told): its draw is exact, and the estimate over it
+    said undetermined (a trial: value right, lo = hi = nan), where `bsprof measure` shows such a draw as [v, v]. A
+    window of one step is at one set of weights: the exact value, a point interval; over two steps, an interval."""
+    tracker, exact = _epoch_batches(40, steps=1, B=40)
+    est = tracker.estimate()
+    assert est.ok and est.lo == est.value == est.hi and est.value == pytest.approx(exact, rel=1e-9), (est, exact)
+
+
 def test_the_population_travels_in_the_log(tmp_path):
     model, (x, y) = mlp(), data(40)
     tracker = Tracker(model, source="per_example", batch_size=32, population=40, log=tmp_path / "t.jsonl")

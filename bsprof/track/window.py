@@ -34,8 +34,10 @@ def recent(draws: Sequence[Draw], window: int | None) -> list[Draw]:
 
 
 def windowed(draws: Sequence[Draw], window: int | None = None, confidence: float = 0.9) -> NoiseScale:
-    """``noise_scale`` over the last ``window`` draws (module docstring)."""
-    return noise_scale(recent(draws, window), confidence, same_weights=False)
+    """``noise_scale`` over the last ``window`` draws (module docstring); a window of one step is at one set of
+    weights, so its draw, when exact (the whole population), is the value with a point interval."""
+    picked = recent(draws, window)
+    return noise_scale(picked, confidence, same_weights=len(picked) == 1)
 
 
 def b_simple_of(ns: NoiseScale) -> Estimate:
@@ -54,7 +56,7 @@ def measurement(draws: Sequence[Draw], *, step: int, examples_seen: int = 0, win
     """One report row from the last ``window`` draws; ``step`` and ``examples_seen`` are those of the window's
     last step (the weights the window ends at)."""
     last = recent(draws, window)
-    ns = noise_scale(last, confidence, same_weights=False)
+    ns = noise_scale(last, confidence, same_weights=len(last) == 1)
     return Measurement(step=step, loss=ns.loss, b_simple=b_simple_of(ns), g2=g2_of(ns), trace_sigma=ns.trace_sigma,
                        examples_seen=examples_seen, method=method, n_draws=ns.n_draws, examples=ns.examples,
                        b=last[-1].b, B=last[-1].B, stopped_by="window",
