@@ -983,3 +983,28 @@ def test_a_batch_whose_lrs_all_missed_the_target_shows_the_lr_with_the_lowest_lo
     assert row.lr_multiplier == 2 and row.loss == pytest.approx(1.042) and not math.isfinite(row.steps)
     [row] = summary.global_batches([run(1, 1.049, 150), run(2, 1.042), run(4, 0.9, 180)])
     assert row.lr_multiplier == 1 and row.steps == 150
+
+
+def test_a_global_sweep_runs_the_rules_lr_first_and_cuts_the_far_ones(monkeypatch):
+    """A grid listed high to low (×12 … ×0.5) ran its far, slow lrs first at every batch, each to --max-steps before
+    any cut applied (a trial's plateau at ×12). The rule's lr runs first, then outward; a later lr is cut at the steps
+    the best so far took (one seed), whatever order the grid was given in."""
+    import torch
+
+    from bsprof.sweep.result import Branch
+
+    ran = []
+
+    def fake(setup, seed, batch, multiplier, cap, budget, say, schedule=None):
+        ran.append((multiplier, cap))
+        steps = {1: 100.0, 0.5: 150.0, 2: 90.0}.get(multiplier, math.inf)   # ×12: a plateau, never reached
+        return Branch(batch, 0.1 * multiplier, multiplier, seed, int(min(steps, cap)), 0, 0.3, 0.01, 0.0, False,
+                      steps if steps <= cap else math.inf)
+
+    monkeypatch.setattr(branches, "run_to_target", fake)
+    x = torch.randn(256, 3)
+    sweep.global_(model=torch.nn.Linear(3, 1), dataset=torch.utils.data.TensorDataset(x, x.sum(1)),
+                  loss=lambda m, b: (m(b[0]).squeeze(-1) - b[1]) ** 2, target_loss=0.5, batches=[16, 32, 64],
+                  lr=0.05, lr_grid=[12, 2, 1, 0.5], max_steps=2000, n_boot=20, device="cpu")
+    assert [m for m, _ in ran] == [1, 0.5, 2, 12] * 3
+    assert ran[0][1] == 2000 and ran[3][1] == 90   # ×12 cut at the 90 steps ×2 took

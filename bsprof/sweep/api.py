@@ -573,7 +573,9 @@ def _sweep(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepRe
         for seed in range(cfg.seeds):
             for b in batches:
                 best = math.inf
-                for m in grid:
+                # global: the rule's lr first, then outward, so that a slow lr far out (a plateau a trial's grid,
+                # listed high to low, ran to --max-steps at every batch) is cut at the steps a nearer lr took
+                for m in grid if local else sorted(grid, key=lambda m: (abs(math.log(m)), m)):
                     say("branch_start", {"i": i, "batch": b, "multiplier": m, "seed": cfg.seed + seed})
                     if local:
                         row = eng.run_fixed(setup, seed, b, m, budget, say)
