@@ -113,7 +113,12 @@ def _check_type(name: str, value, hint) -> tuple[object, str | None]:
             return float(value), None
         if t is str and isinstance(value, str):
             return value, None
-    want = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+        if typing.get_origin(t) is tuple and isinstance(value, (list, tuple)):  # tuple[X, ...]: a YAML list
+            kind = typing.get_args(t)[0]
+            items = [_check_type(name, v, kind) for v in value]
+            bad = next((err for _, err in items if err), None)
+            return (value, bad) if bad else (tuple(v for v, _ in items), None)
+    want = " or ".join("a list" if typing.get_origin(t) is tuple else getattr(t, "__name__", str(t)) for t in allowed)
     return value, f"{name} must be {want}, got {type(value).__name__} {short(value)}"
 
 
@@ -224,3 +229,13 @@ def limit(flag: str, value, low: float, high: float, low_open: bool = False) -> 
 
 def as_dict(config) -> dict:
     return dataclasses.asdict(config)
+
+
+def parse_list(text: str, kind: type, flag: str) -> tuple:
+    """'16,32,64' → (16, 32, 64); a clear ConfigError naming the flag otherwise."""
+    try:
+        return tuple(kind(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        example = "16,32,64,128" if kind is int else "0.5,1,2"
+        raise ConfigError(f"{flag} must be a comma-separated list of {kind.__name__}s (got {text!r})",
+                          f"e.g. {flag} {example}")

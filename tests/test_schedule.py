@@ -993,3 +993,28 @@ def test_plan_takes_a_tracker_log_path_as_the_command_does(tmp_path):
     target = {"target_loss": min(r.loss for r in report.measurements), "allow_extrapolation": True}
     by_path, by_report = plan(log, target), plan(report, target)
     assert by_path.to_dict()["stages"] == by_report.to_dict()["stages"]
+
+
+def test_compare_batches_lists_the_users_constant_batches(report_file):
+    """`--compare-batches` predicts exactly the constant batches asked for (with the training batch), beyond the
+    default's 16 × the largest noise scale and its twelve rows: a user comparing with a sweep to 512 had to use the
+    library. Each row is the prediction ``constant_batch`` makes for that batch; a bad list is refused, no traceback."""
+    runner, app = _runner()
+    report = Report.from_json(report_file)
+    default = plan(report, ScheduleConfig(target_loss=0.4))
+    asked = (24, 512, 20_000)
+    r = runner.invoke(app, ["schedule", str(report_file), "-t", "0.4", "-f", "json", "--compare-batches",
+                            ",".join(map(str, asked))])
+    assert r.exit_code == 0, r.output
+    rows = {b["batch_size"]: b for b in json.loads(r.stdout)["baselines"]}
+    train = int(report.config["batch_size"])
+    assert set(rows) == {train, *asked} and max(b["batch_size"] for b in default.baselines) < 20_000
+    by_lib = plan(report, ScheduleConfig(target_loss=0.4, compare_batches=asked))
+    assert {b["batch_size"]: b["steps"] for b in by_lib.baselines} == pytest.approx(
+        {b: rows[b]["steps"] for b in rows})
+    same = {b["batch_size"]: b["steps"] for b in default.baselines}
+    assert all(rows[b]["steps"] == pytest.approx(same[b]) for b in rows if b in same)
+    for bad, says in (("16,x", "--compare-batches must be a comma-separated list of ints"),
+                      ("0,16", "--compare-batches must lie in [1, max_batch")):
+        r = runner.invoke(app, ["schedule", str(report_file), "-t", "0.4", "--compare-batches", bad])
+        assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output

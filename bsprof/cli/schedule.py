@@ -14,7 +14,7 @@ from rich.table import Table
 
 from bsprof.cli.app import app, console, err_console, user_errors, write_output
 from bsprof.cli.source import load
-from bsprof.config import read_yaml, resolve
+from bsprof.config import parse_list, read_yaml, resolve
 from bsprof.errors import ConfigError
 from bsprof.results import json_clean, number
 
@@ -70,6 +70,9 @@ def schedule(
                                   "sequences and tokens for megatron/olmo/deepspeed/tokens; a tokens report's "
                                   "batches round to whole sequences. [a tokens report's tokens_per_example]"),
     output: Optional[Path] = O(None, "--output", "-o", help="Write the output to this file."),
+    compare_batches: Optional[str] = O(None, "--compare-batches", help="Constant batches to predict beside the "
+                                       "schedule, e.g. 16,32,...,512 as a sweep ran them. [powers of two up to 16 × "
+                                       "the largest noise scale, at most 12]"),
     steps: int = O(300, help="SPEC.py only: probe-training steps of the measurement."),
     window: Optional[int] = O(None, help="Tracker log (.jsonl) only: steps per windowed estimate (default: 100, or "
                                          "a fifth of a shorter log's steps, at least 10)."),
@@ -86,6 +89,8 @@ def schedule(
 
             check_file(output, "--output")  # before measuring a SPEC.py
         overrides["max_batch"], memory_note = _max_batch(max_batch, source, overrides)
+        if compare_batches is not None:
+            overrides["compare_batches"] = parse_list(compare_batches, int, "--compare-batches")
         if target_loss is None and "target_loss" not in (read_yaml(config) if config is not None else {}):
             raise ConfigError("no target loss: the schedule plans to a training loss you choose",
                               "pass --target-loss L (-t L), or set target_loss: L in the YAML of --config")

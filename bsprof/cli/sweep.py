@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bsprof.cli import signals
 from bsprof.cli.app import app, console, err_console, user_errors
+from bsprof.config import parse_list
 from bsprof.errors import BsprofError
 
 O = typer.Option
@@ -63,9 +64,9 @@ def sweep(
     with user_errors():
         options = {k: v for k, v in locals().items() if k in sweep_options.SweepConfig.__dataclass_fields__}
         if batches is not None:
-            options["batches"] = sweep_options.parse_list(batches, int, "--batches")
+            options["batches"] = parse_list(batches, int, "--batches")
         if lr_grid is not None:
-            options["lr_grid"] = sweep_options.parse_list(lr_grid, float, "--lr-grid")
+            options["lr_grid"] = parse_list(lr_grid, float, "--lr-grid")
         cfg = sweep_options.sweep_config(flags=True, **options)
         if report is not None and not report.exists():
             raise BsprofError(f"report not found: {report}", "pass the report.json written by `bsprof measure`")

@@ -68,6 +68,8 @@ class ScheduleConfig:
     allow_extrapolation: bool = False
     max_extrapolation: float = 0.5
     confidence: float = 0.9
+    compare_batches: tuple[int, ...] = ()  # constant batches to predict beside the schedule ((): powers of two up to
+                                           # 16 × the largest noise scale, at most 12)
 
     def problems(self) -> list[str]:
         p = []
@@ -91,6 +93,9 @@ class ScheduleConfig:
             p.append("exchange_rate must be ≥ 0 (0: auto), factor ≥ 1, rate ≥ 0, max_extrapolation ≥ 0")
         if self.lr is not None and self.lr <= 0:
             p.append(f"lr must be positive (got {self.lr})")
+        bad = [b for b in self.compare_batches if not 1 <= b <= self.max_batch]
+        if bad:
+            p.append(f"compare_batches must lie in [1, max_batch {self.max_batch}] (got {short(bad)})")
         return p
 
 
@@ -423,13 +428,15 @@ def _baselines(path, batch_train: float, cfg: ScheduleConfig, sched: dict, quant
     bmax = min(cfg.max_batch, 16 * float(path.b_noise.max()))
     sizes = sorted({int(batch_train)} | {quantum * 2 ** k for k in range(0, 31)
                                          if cfg.min_batch <= quantum * 2 ** k <= bmax})
+    if cfg.compare_batches:  # the user's own list, whole (a sweep's batches, to compare with)
+        sizes = sorted({int(batch_train), *cfg.compare_batches})
 
     def constant(b):
         base = predict.constant_batch(path, b)
         return base | {"steps": base["steps"] + lead.steps(b), "examples": base["examples"] + lead.examples(b)}
 
     out = []
-    for b in sizes[-12:] if len(sizes) > 12 else sizes:
+    for b in sizes[-12:] if len(sizes) > 12 and not cfg.compare_batches else sizes:
         base = constant(b)
         base["steps_saved"] = 1 - sched["steps"] / base["steps"]
         base["examples_saved"] = 1 - sched["examples"] / base["examples"]

@@ -148,13 +148,3 @@ def sweep_config(flags: bool = False, **options) -> SweepConfig:
         raise ConfigError("bad sweep options:\n  - " + "\n  - ".join(problems),
                           "fix these; `bsprof sweep --help` lists every option")
     return cfg
-
-
-def parse_list(text: str, kind: type, flag: str) -> tuple:
-    """'16,32,64' → (16, 32, 64); a clear ConfigError naming the flag otherwise."""
-    try:
-        return tuple(kind(x) for x in text.replace(" ", "").split(",") if x)
-    except ValueError:
-        example = "16,32,64,128" if kind is int else "0.5,1,2"
-        raise ConfigError(f"{flag} must be a comma-separated list of {kind.__name__}s (got {text!r})",
-                          f"e.g. {flag} {example}")
