@@ -1018,3 +1018,11 @@ def test_compare_batches_lists_the_users_constant_batches(report_file):
                       ("0,16", "--compare-batches must lie in [1, max_batch")):
         r = runner.invoke(app, ["schedule", str(report_file), "-t", "0.4", "--compare-batches", bad])
         assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output
+
+
+def test_a_change_just_short_of_all_is_not_printed_as_all():
+    """The constant-batch table printed −100% examples for a schedule using 0.4% of a large batch's: none at all."""
+    from bsprof.cli.schedule import _change
+
+    assert _change(-0.996) == "-99.6%" and _change(-1.0) == "-100%" and _change(-0.25) == "-25%"
+    assert _change(0.44) == "+44%"

@@ -115,6 +115,12 @@ def schedule(
         typer.echo(text, nl=False)
 
 
+def _change(x: float) -> str:
+    """A relative change in whole percents; −99.6% stays −99.6% (rounded, it read −100%: none at all)."""
+    text = f"{x:+.0%}"
+    return f"{x:+.1%}" if text == "-100%" and x > -1 else text
+
+
 def _max_batch(value: str | None, source: Path, overrides: dict) -> tuple[int | None, str]:
     """--max-batch N, or auto: probe the largest micro-batch (becomes --micro-batch) and leave the total cap."""
     if value is None:
@@ -201,7 +207,7 @@ def tables(result) -> list:
     for b in result.baselines:
         mark = " (current)" if b.get("current") else ""
         bt.add_row(f"{b['batch_size']:,}{mark}", f"{b['steps']:,.0f}", f"{b['examples']:,.0f}",
-                   f"{0.0 - b.get('steps_saved', 0):+.0%}", f"{0.0 - b.get('examples_saved', 0):+.0%}")
+                   _change(0.0 - b.get('steps_saved', 0)), _change(0.0 - b.get('examples_saved', 0)))
     lowest = (result.fit or {}).get("loss_min", -math.inf)
     what = (f"interval from sampling and from the fit's extrapolation below the lowest measured loss {lowest:.4g}"
             if result.target_loss < lowest else "sampling interval only")
