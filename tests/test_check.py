@@ -313,6 +313,11 @@ def test_the_square_root_rule_is_flat_above_the_noise_scale():
     assert below.status == PASS and below.passing["suggest"] == pytest.approx(2e-3)
     far = judge(rep, 10 ** 6, lr=1e-3 * 177).checks[1]     # √(10⁶/32) = 177× would be the plain rule's
     assert far.status == FAIL and "too high" in far.message, far.message
+    # the end the ratio is taken from is named: "133× off the nearer end of the range" beside "[…, 0.006] passes"
+    # read as 33× to a new user (the passing range is the rule's widened by the limit)
+    end, off = far.measured["target_rule_hi"], 0.177 / far.measured["target_rule_hi"]
+    from bsprof.gate.policy import _fmt
+    assert f"{_fmt(off)}× off the nearer end, {_fmt(end)}, of the range" in far.message, far.message
 
 
 def test_a_training_configs_batch_on_a_tokens_report_counts_sequences(tmp_path):

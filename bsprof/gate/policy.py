@@ -669,10 +669,11 @@ def check_lr(lr: float, batch_size: float, report_config: dict, noise: Reading |
         notes.append(extrapolation_note(best, batch_size, lr_ref))
         notes = [n for n in notes if n]
     if fails:
-        off = lr / t_hi if lr > t_hi * f else c_lo / lr
+        end = t_hi if lr > t_hi * f else c_lo
+        off = lr / end if lr > t_hi * f else end / lr
         word = "too high" if lr > t_hi * f else "too low"
-        return CheckResult("lr", FAIL, f"lr = {_fmt(lr)} is {word}: {_fmt(off)}× off the nearer end of the range "
-                           f"that {how} gives ({_fmt(lr / best)}× the estimate's lr, `ratio` in json)"
+        return CheckResult("lr", FAIL, f"lr = {_fmt(lr)} is {word}: {_fmt(off)}× off the nearer end, {_fmt(end)}, of "
+                           f"the range that {how} gives ({_fmt(lr / best)}× the estimate's lr, `ratio` in json)"
                            f"{capped if word == 'too low' else ''} (limit {_fmt(f)}×); use lr ≈ {_fmt(best)} "
                            f"(anything in [{_fmt(passing['min'])}, {_fmt(passing['max_tested'])}] passes"
                            + (f"; up to {_fmt(passing['max'])} passes as untested" if passing["max"] >
