@@ -1833,6 +1833,49 @@ def test_a_sequence_first_model_is_not_warned_about_its_rows():
     tracker.close()
 
 
+def test_a_flat_input_with_offsets_is_not_warned_about_its_rows():
+    """nn.EmbeddingBag fed (tokens [N], offsets [B]): dim 0 of the first input is the step's tokens, not its examples.
+    The rows check told a new user to pass batch_size=1704 (the tokens) for a batch of 64, which inflates B_simple
+    27×; the tracker's per-example source names the layout in its refusal."""
+    import warnings
+
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bag, self.head = nn.EmbeddingBag(50, 8, mode="mean"), nn.Linear(8, 3)
+
+        def forward(self, tokens, offsets):
+            return self.head(self.bag(tokens, offsets))
+
+    def batch(g):
+        lengths = torch.randint(3, 9, (16,), generator=g)
+        tokens = torch.randint(0, 50, (int(lengths.sum()),), generator=g)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+        return tokens, offsets, torch.randint(0, 3, (16,), generator=g)
+
+    g = torch.Generator().manual_seed(0)
+    model = Bag()
+    tracker = Tracker(model, accumulation_steps=4, batch_size=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            for _ in range(4):
+                tokens, offsets, y = batch(g)
+                (nn.functional.cross_entropy(model(tokens, offsets), y) / 4).backward()
+            draw = tracker.step()
+            assert (draw.b, draw.B) == (16, 64)
+            model.zero_grad()
+    tracker.close()
+    bag = Bag()
+    per_example = Tracker(bag, batch_size=16, source="per_example")
+    tokens, offsets, y = batch(g)
+    with per_example.per_example():
+        nn.functional.cross_entropy(bag(tokens, offsets), y).backward()
+    with pytest.raises(TrackerError, match=r"flat input with offsets \(nn.EmbeddingBag"):
+        per_example.step()
+    per_example.close()
+
+
 def test_the_log_and_the_probe_record_sgd_momentum(tmp_path):
     """The optimizer's momentum reaches the report (the headline's family: SGD with momentum has its own factor):
     from the tracker's log header, and from `bsprof measure`'s config."""

@@ -712,8 +712,9 @@ class PerExample:
             self.double, self.taken = False, Counter()
             if self.failure is None and self.rows and self.inputs and not self.rows <= self.inputs:
                 self.failure = (f"the hooked layers saw {sorted(self.rows)} rows on dim 0 but the model's input had "
-                                f"{sorted(self.inputs)}: a layer fed [T, B, …] (batch_first=False, or a transpose) "
-                                "does not keep the examples on dim 0")
+                                f"{sorted(self.inputs)}: a layer fed [T, B, …] (batch_first=False, or a transpose), "
+                                "or a flat input with offsets (nn.EmbeddingBag's (tokens, offsets)), does not keep "
+                                "the examples on dim 0")
             if self.failure is None and self.functional:
                 self.failure = (f"{', '.join(self.functional[:3])} used outside their layers too (applied "
                                 "functionally, e.g. F.linear(h, emb.weight), or read directly, e.g. "

@@ -104,6 +104,7 @@ class _InputRows:
         self.seen = 0    # exact: rows of the forwards a backward reached
         self.rows = 0    # rows of every forward with grad enabled
         self.calls = 0   # forwards with grad enabled (backward passes beyond them: ``step``)
+        self.flat = False  # a forward whose tensor inputs disagree on dim 0: its rows are not examples
 
     def __call__(self, module, args, kwargs, out) -> None:
         if not torch.is_grad_enabled():
@@ -111,7 +112,9 @@ class _InputRows:
         self.calls += 1
         x = args[0] if args else next(iter(kwargs.values()), None)
         t = _first_grad_tensor(out) if isinstance(x, torch.Tensor) and x.dim() > 0 else None
-        if t is not None:
+        if t is not None and _flat(args, kwargs, x.shape[0]):
+            self.flat = True  # (tokens [N], offsets [B]) as nn.EmbeddingBag takes them: N is no batch size
+        elif t is not None:
             self.rows += x.shape[0]
             if self.exact:  # on the node: cheaper than Tensor.register_hook's Python wrapper
                 reached = functools.partial(self._reached, [x.shape[0]])
@@ -124,15 +127,24 @@ class _InputRows:
     def reset(self, passes: int) -> tuple[int, int]:
         """(the step's rows, 0 where unknown; its forwards with grad enabled), given its backward passes. A cheap
         count that is not one forward per pass is unknown, and turns the exact count on for the next steps."""
-        if self.exact:
+        if self.flat:
+            rows = 0
+        elif self.exact:
             rows = self.seen
         elif self.calls == passes:
             rows = self.rows
         else:
             rows, self.exact = 0, True
         out = (rows, self.calls)
-        self.seen, self.rows, self.calls = 0, 0, 0
+        self.seen, self.rows, self.calls, self.flat = 0, 0, 0, False
         return out
+
+
+def _flat(args, kwargs, rows: int) -> bool:
+    """Whether the forward's tensor inputs disagree on dim 0 (a flat layout with offsets or lengths), so that the
+    first one's rows are not the examples."""
+    return any(isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] != rows
+               for a in (*args, *kwargs.values()))
 
 
 def _release(input_hooks, hooks, per_example_source, log) -> None:
