@@ -1031,3 +1031,26 @@ def test_a_nan_example_drawn_to_measure_is_named():
     with pytest.raises(BsprofError, match="the loss is nan while measuring"):
         bsprof.measure_at(torch.nn.Linear(3, 1), loss, (x, torch.full_like(y, float("nan"))), probe_batch=48,
                           max_seconds=5)
+
+
+def test_a_failure_before_the_first_step_names_its_phase_and_line(tmp_path):
+    """A collate that drops a label fails in the first call of the user's loss, the training batch timed before the
+    run (``loop._first_budget``): it said only "the run failed: ValueError …" (a new user's finding); now the phase,
+    the step and the user's line, as a failure mid-run."""
+    spec = tmp_path / "bad_collate.py"
+    spec.write_text(
+        "import torch\n"
+        "X, Y = torch.randn(256, 3), torch.randint(0, 2, (256,))\n"
+        "def model():\n    return torch.nn.Linear(3, 2)\n"
+        "def dataset():\n    return torch.utils.data.TensorDataset(X, Y)\n"
+        "def collate(items):\n"
+        "    return torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items])[:-1]\n"
+        "def loss(model, batch):\n"
+        "    x, y = batch\n"
+        "    return torch.nn.functional.cross_entropy(model(x), y, reduction='none')\n")
+    r = run(spec, "--steps", 20, "-o", tmp_path / "out", "--no-figures")
+    assert r.exit_code == 2, r.output
+    assert "timing a training batch at step 0 failed in bad_collate.py:11: ValueError" in " ".join(r.output.split())
+    assert "Traceback" not in r.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["incomplete"]["phase"] == "timing a training batch"

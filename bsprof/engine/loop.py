@@ -318,16 +318,17 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     names, group_index = trainable_groups(model)
     types = group_types(model, names)
     points = measure_steps(cfg.steps, cfg.measure_every)
-    with buffers_kept(model):
-        first = _first_budget(model, spec.loss, examples, cfg, points, comm)
-    points = set(points)
-    track, coupled = _track_source(report, cfg, comm, model, spec.loss, pair, examples)  # how steps give pairs
-    norm_coupled = comm.world == 1 and any("Embedding" not in n for n in batch_coupled(model))  # BatchNorm in train
-    step, trained, tracker, phase, clock = 0, 0, None, "measuring", cost.RunClock(choosing=choosing)
+    step, trained, tracker, phase, clock = 0, 0, None, "timing a training batch", cost.RunClock(choosing=choosing)
     window = None  # the training steps' window closed for the measurement at this step, until its row is added
     carried: list = []  # the steps of windows too short to determine |G|², joined to the next (``_close``)
     last_ok = None      # (row index, draws) of the latest determined window (``_join_last``)
-    try:
+    try:  # from the first call of the user's code on, a failure names its phase, step and line (a user's collate)
+        with buffers_kept(model):
+            first = _first_budget(model, spec.loss, examples, cfg, points, comm)
+        points = set(points)
+        phase = "setting up the training steps' pairs"
+        track, coupled = _track_source(report, cfg, comm, model, spec.loss, pair, examples)  # how steps give pairs
+        norm_coupled = comm.world == 1 and any("Embedding" not in n for n in batch_coupled(model))  # BatchNorm
         for step in range(cfg.steps + 1):
             phase = "measuring"
             if step in points:
