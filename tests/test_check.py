@@ -186,8 +186,15 @@ def test_at_loss_interpolates_log_b_simple_and_refuses_to_extrapolate():
         noise_at(rep, 0.1)
     rep.measurements[0] = dataclasses.replace(rep.measurements[0], loss=2.2996)   # shown as 2.3 in the table
     assert noise_at(rep, 2.3).value == pytest.approx(100)   # typed from the table: the end it rounds, not refused
-    with pytest.raises(ValueError, match=r"outside the measured losses \[0.5, 2.3\]"):
+    with pytest.raises(ValueError, match=r"outside the losses \[0.5, 2.3\] where the headline's noise scale, "
+                                         r"fixed-weight B_simple, was determined; bsprof does not extrapolate"):
         noise_at(rep, 2.31)
+    # rows further down that are only lower bounds: said, with how far the run went (a new user read "outside the
+    # measured losses [0.4638, 0.5535]" of a run whose table went down to 0.4111)
+    bounded = make_report([*(m.to_row() for m in rep.measurements), _row(150, 0.3, 2000.0, 1000.0, math.inf,
+                                                                          "lower_bound")])
+    with pytest.raises(ValueError, match=r"its rows at lower losses, down to 0.3, are lower bounds or undetermined"):
+        noise_at(bounded, 0.35)
     rep.measurements[0] = dataclasses.replace(rep.measurements[0], loss=2.3)
     rep.config = {**rep.config, "optimizer": "AdamW"}   # under Adam: the factor the headline and schedule apply
     from bsprof.schedule.plan import ADAM_FACTORS

@@ -112,6 +112,13 @@ def test_a_target_the_run_reached_but_its_windows_did_not_says_to_follow_the_fix
         plan(windows, ScheduleConfig(target_loss=0.45))
     assert "the run reached loss 0.4" in e.value.hint and "--noise b_simple" in e.value.hint
     assert plan(windows, ScheduleConfig(target_loss=0.45, noise="b_simple")).stages  # as the fix says
+    # a target below everything the run reached: the fixed-weight values still reach lower than the windows (a new
+    # user's run: windows to 0.4638, the run to 0.4111; the fix said only "measure down to lower losses")
+    lowest = min(r["loss"] for r in rows)
+    with pytest.raises(ExtrapolationError, match="lowest measured loss") as e:
+        plan(windows, ScheduleConfig(target_loss=lowest / 3))
+    assert f"the fixed-weight values reach lower, to loss {lowest:.4g}" in e.value.hint
+    assert "--noise b_simple" in e.value.hint and "--checkpoint" in e.value.hint
 
 
 def test_report_without_progress_is_refused():

@@ -294,8 +294,14 @@ def _interpolated(report: Report, at_loss: float) -> Reading:
     if lo - 5e-4 * abs(lo) <= at_loss <= hi + 5e-4 * abs(hi):   # a loss typed from the table (4 significant
         at_loss = min(max(at_loss, lo), hi)                       # digits), just past the end it rounds: the end
     if not losses[0] <= at_loss <= losses[-1]:
-        raise ValueError(f"--at-loss {at_loss:.4g} is outside the measured losses "
-                         f"[{losses[0]:.4g}, {losses[-1]:.4g}]; bsprof does not extrapolate the noise scale")
+        unresolved = [r for r in report.measurements if finite(r.loss) and (e := noise_of(r, col)) is not None
+                      and e.status in (Status.LOWER_BOUND, Status.UNDETERMINED)]
+        lowest = min((r.loss for r in unresolved), default=math.inf)
+        why = (f" (its rows at lower losses, down to {lowest:.4g}, are lower bounds or undetermined)"
+               if lowest < losses[0] else "")
+        raise ValueError(f"--at-loss {at_loss:.4g} is outside the losses [{losses[0]:.4g}, {losses[-1]:.4g}] where "
+                         f"the headline's noise scale, {NAMES[col]}, was determined{why}; bsprof does not "
+                         "extrapolate the noise scale")
     scales = [reading(r, None, report.unit, "") for r in rows]
     ests = [noise_of(r, col) for r in rows]
     ends = [{"value": e.value, "lo": _low_end(e.lo, e.value), "hi": e.hi if finite(e.hi) and e.hi >= e.value
