@@ -3,12 +3,12 @@
     python scripts/aicc_study.py [--tasks all] [--seeds 3] [--out scripts/results/aicc_study.json]
 
 The schedule fits B_n(L) as a power law (2 parameters) or a hyperbola (3) and keeps the one with the lower AIC
-(bsprof/schedule/fit.py). AICc, n·ln(RSS/n) + 2k + 2k(k+1)/(n − k − 1), adds the small-sample term that the
-validation probes' 5–13 rows make large (at n = 7: +4 for the power law, +12 for the hyperbola). Which criterion
-brings the headline nearer the sweeps? Each probe of ``scripts/validation_table.py`` (same spec, batch, tuned lr,
-options and seed) is run once and its report read twice, with ``fit._aic`` as committed and as AICc: the headline
-(``report.summary_at(target)``), the form each chose for the followed noise scale, and the predicted steps at the
-swept batches, against the sweep and its measured steps stored in scripts/results/validation_table*.json.
+(bsprof/schedule/fit.py; AICc since this study). AICc, n·ln(RSS/n) + 2k + 2k(k+1)/(n − k − 1), adds the small-sample
+term that the validation probes' 5–13 rows make large (at n = 7: +4 for the power law, +12 for the hyperbola). Which
+criterion brings the headline nearer the sweeps? Each probe of ``scripts/validation_table.py`` (same spec, batch, tuned
+lr, options and seed) is run once and its report read twice, with plain AIC and with AICc: the headline
+(``report.summary_at(target)``), the form each chose for the followed noise scale, and the predicted steps at the swept
+batches, against the sweep and its measured steps stored in scripts/results/validation_table*.json.
 """
 
 from __future__ import annotations
@@ -40,20 +40,25 @@ FIT = importlib.import_module("bsprof.schedule.fit")
 P = importlib.import_module("bsprof.schedule.plan")
 OUT = ROOT / "scripts" / "results"
 STORED = ("validation_table.json", "validation_table_gru_char_adam.json", "validation_table_mnist_bn_res_mom_sgd.json")
-AIC = FIT._aic
+COMMITTED = FIT._aic  # AICc since this study (twenty-fourth session)
+
+
+def aic(rss: float, n: int, k: int) -> float:
+    """Plain AIC, as the fit used it before (infinite for n ≤ k + 1 too)."""
+    return math.inf if n <= k + 1 else n * math.log(max(rss, 1e-300) / n) + 2 * k
 
 
 def aicc(rss: float, n: int, k: int) -> float:
-    return AIC(rss, n, k) + (2 * k * (k + 1) / (n - k - 1) if n > k + 1 else math.inf)
+    return aic(rss, n, k) + (2 * k * (k + 1) / (n - k - 1) if n > k + 1 else math.inf)
 
 
 @contextlib.contextmanager
 def criterion(name: str):
-    FIT._aic = aicc if name == "aicc" else AIC
+    FIT._aic = aicc if name == "aicc" else aic
     try:
         yield
     finally:
-        FIT._aic = AIC
+        FIT._aic = COMMITTED
 
 
 def read(report, target, batches) -> dict:

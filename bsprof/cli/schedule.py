@@ -58,7 +58,7 @@ def schedule(
                              "Adam), else B_simple), b_simple, "
                              "b_simple_window, b_noise, "
                              "b_pre, b_simple_ranks, b_simple_regression. [auto]"),
-    form: Optional[str] = O(None, help="Fit of the noise scale vs loss: auto (AIC), power, hyperbola. [auto]"),
+    form: Optional[str] = O(None, help="Fit of the noise scale vs loss: auto (AICc), power, hyperbola. [auto]"),
     allow_extrapolation: Optional[bool] = O(None, "--allow-extrapolation", help="Plan even far beyond the "
                                             "measured losses (a loud warning instead of exit 2)."),
     max_extrapolation: Optional[float] = O(None, help="'Far': target below the lowest measured loss by more than "

@@ -7,10 +7,10 @@ interval, σ_j = (ln hi_j − ln lo_j)/(2 z)):
   i.e. ln B = ln B* − (1/α)·ln L, a straight line in log-log;
 - hyperbola:   B(L) = a + b/(L − L*),  L* < min L a floor the loss approaches (B → ∞ as L → L*).
 
-The one with the lower AIC (n·ln(RSS/n) + 2k, RSS the weighted residual sum of squares in ln B; infinite for
-n ≤ k + 1, so that a three-parameter curve is not chosen on four points) is used; the hyperbola needs at least four
-measurements, and in ``auto`` at least five. The interval of a prediction is the delta method in ln B,
-Var ln B(L) = ∇ₚ ln B(L)ᵀ · Cov(p) · ∇ₚ ln B(L), with Cov(p) = (JᵀWJ)⁻¹·max(1, RSS/(n − k)), and a t quantile.
+The one with the lower AICc (n·ln(RSS/n) + 2k + 2k(k + 1)/(n − k − 1), RSS the weighted residual sum of squares in ln B;
+infinite for n ≤ k + 1, so that a three-parameter curve is not chosen on four points) is used; the hyperbola needs at
+least four measurements, and in ``auto`` at least five. The interval of a prediction is the delta method in ln B, Var ln
+B(L) = ∇ₚ ln B(L)ᵀ · Cov(p) · ∇ₚ ln B(L), with Cov(p) = (JᵀWJ)⁻¹·max(1, RSS/(n − k)), and a t quantile.
 """
 
 from __future__ import annotations
@@ -104,14 +104,15 @@ def _cov(jac: np.ndarray, w: np.ndarray, rss: float, n: int, k: int) -> np.ndarr
 
 
 def _aic(rss: float, n: int, k: int) -> float:
-    """AIC, n·ln(RSS/n) + 2k; infinite for n ≤ k + 1 (where AICc's small-sample term 2k(k+1)/(n − k − 1) is):
-    plain AIC chose the three-parameter hyperbola from four measurements, whose floor L* then sat just below the
-    lowest loss, and a target inside the measured range got an interval of ×3.8e8 (a trial's tracker log). AICc
-    throughout is the principled choice; it moves the headline's path on five- and six-point probes, so it waits
-    for the validation table (README) to be rerun with it."""
+    """AICc, n·ln(RSS/n) + 2k + 2k(k + 1)/(n − k − 1); infinite for n ≤ k + 1. Plain AIC chose the three-parameter
+    hyperbola from four measurements, whose floor L* then sat just below the lowest loss, and a target inside the
+    measured range got an interval of ×3.8e8 (a trial's tracker log); its small-sample term, +4 for the power law
+    and +12 for the hyperbola at n = 7, keeps the probes' 5–13 points from a curve they cannot pin down. Paired on
+    the validation tasks (``scripts/aicc_study.py``, 93 probes read both ways): the hyperbola on 15 probes against
+    26, the headline within 1.5× of the sweep on the same 23 of 31 tasks, mean |ln ratio| 0.267 against 0.269."""
     if n <= k + 1:
         return math.inf
-    return n * math.log(max(rss, 1e-300) / n) + 2 * k
+    return n * math.log(max(rss, 1e-300) / n) + 2 * k + 2 * k * (k + 1) / (n - k - 1)
 
 
 def fit_power(loss, b, sigma) -> NoiseFit:
@@ -155,7 +156,7 @@ def fit_hyperbola(loss, b, sigma) -> NoiseFit | None:
 
 
 def fit_noise_scale(loss, b, lo=None, hi=None, confidence: float = 0.9, form: str = "auto") -> NoiseFit:
-    """Fit B(L) to measurements (loss_j, B_j, [lo_j, hi_j]); ``form``: auto (by AIC), power, hyperbola."""
+    """Fit B(L) to measurements (loss_j, B_j, [lo_j, hi_j]); ``form``: auto (by AICc), power, hyperbola."""
     loss, b = np.asarray(loss, float), np.asarray(b, float)
     keep = np.isfinite(loss) & np.isfinite(b) & (b > 0) & (loss > 0 if form != "hyperbola" else np.isfinite(loss))
     loss, b = loss[keep], b[keep]

@@ -64,7 +64,7 @@ class ScheduleConfig:
     micro_batch: int = 0             # largest per-rank micro-batch (0: auto, a tracker log's micro-batch
                                      # (``logged_micro_batch``), else no limit and no accumulation)
     noise: str = "auto"              # noise scale to follow: auto or one of ``NOISES``
-    form: str = "auto"               # fit of B_n(L): auto (AIC), power, hyperbola
+    form: str = "auto"               # fit of B_n(L): auto (AICc), power, hyperbola
     allow_extrapolation: bool = False
     max_extrapolation: float = 0.5
     confidence: float = 0.9
