@@ -1048,3 +1048,17 @@ def test_a_change_just_short_of_all_is_not_printed_as_all():
 
     assert _change(-0.996) == "-99.6%" and _change(-1.0) == "-100%" and _change(-0.25) == "-25%"
     assert _change(0.44) == "+44%"
+
+
+def test_a_refused_schedule_in_json_says_so_in_json(report_file):
+    """`--format json` for a script: a refusal (exit 2) also writes {"error", "fix", "exit_code"} on stdout, as
+    `check --json` writes its cannot_judge (it wrote nothing there, the message on stderr only; a new user's
+    finding); the message stays on stderr."""
+    runner, app = _runner()
+    r = runner.invoke(app, ["schedule", str(report_file), "-t", "0.01", "-f", "json"])
+    assert r.exit_code == 2
+    data = json.loads(r.stdout)
+    assert data["exit_code"] == 2 and "lowest measured loss" in data["error"] and data["fix"]
+    assert "error:" in r.stderr
+    ok = runner.invoke(app, ["schedule", str(report_file), "-t", "0.4", "-f", "json"])
+    assert ok.exit_code == 0 and "error" not in json.loads(ok.stdout)

@@ -70,13 +70,19 @@ def show(renderable) -> None:
 
 
 @contextlib.contextmanager
-def user_errors(exit_code: int | None = None):
-    """Turn a BsprofError into a red line plus hint on stderr and a non-zero exit (no traceback)."""
+def user_errors(exit_code: int | None = None, json_out: bool = False):
+    """Turn a BsprofError into a red line plus hint on stderr and a non-zero exit (no traceback); ``json_out``: also
+    ``{"error", "fix", "exit_code"}`` on stdout, for a script that asked for JSON (``--format json``)."""
     try:
         yield
     except BsprofError as e:
         from bsprof.gate.formats import neutralise  # no line of an error may read as a GitHub workflow command
 
+        if json_out:
+            import json
+
+            code = exit_code if exit_code is not None else e.exit_code
+            typer.echo(json.dumps({"error": e.message, "fix": e.hint or None, "exit_code": code}))
         err_console.print(f"[bold red]error:[/] {escape(neutralise(e.message))}", highlight=False, markup=True)
         if e.hint:  # user data (paths, values) may hold [brackets]: escaped, never read as markup
             err_console.print(f"[yellow]fix:[/] {escape(neutralise(e.hint))}", highlight=False)

@@ -81,7 +81,7 @@ def schedule(
     from bsprof.schedule import ScheduleConfig, plan
 
     overrides = {k: v for k, v in locals().items() if k in ScheduleConfig.__dataclass_fields__}
-    with user_errors():
+    with user_errors(json_out=fmt == "json" and output is None):
         if fmt not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})", "e.g. --format json")
         if output is not None:
