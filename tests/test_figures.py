@@ -34,6 +34,8 @@ def test_the_loss_panel_draws_the_schedules_fit(tmp_path):
         f"fit of {ADAM_FACTORS['b_simple']:g} × B_simple (fixed weights) that `bsprof schedule` uses")
     x, y = line.get_data()
     np.testing.assert_allclose(y, fit(x))  # the very curve `schedule` fits, over the measured losses
+    if fit.form == "power":  # the exponent itself ("α = -2" read oddly for a noise scale that fell with the loss)
+        assert line.get_label().endswith("B ∝ L^" + f"{-1 / fit.alpha:.2g}".replace("-", "−"))
     assert x.min() == pytest.approx(fit.loss_min) and x.max() == pytest.approx(fit.loss_max)
     assert by_loss.get_xscale() == "log" and by_loss.get_xlabel() and by_loss.get_ylabel()
     # the points the fit went through, k × B_simple, so that the line does not float above the measured points

@@ -92,7 +92,8 @@ def _draw_fit(ax, report) -> None:
     name = {k: label for k, label, _, _ in SERIES}[col]
     k = calibration(optimizer_name(report.config), measured_as(col, report.measurements))
     name = f"{k:g} × {name}" if k != 1 else name   # the Adam family: the schedule follows k × the noise scale
-    form = "B ∝ L^(−1/α), α = %.2g" % fit.alpha if fit.form == "power" else "B = a + b/(L − L*), L* = %.3g" % fit.floor
+    form = (f"B ∝ L^{_signed(-1 / fit.alpha)}" if fit.form == "power"  # the exponent itself: "α = -2" read oddly
+            else "B = a + b/(L − L*), L* = %.3g" % fit.floor)
     ax.plot(loss, fit(loss), "-", color="k", lw=1.2, alpha=0.7, zorder=4,
             label=f"fit of {name} that `bsprof schedule` uses:\n{form}")
     if k != 1:  # the points the fit went through, so that the line does not float above the measured ones
@@ -133,6 +134,11 @@ def _series(ax, df, x: str) -> None:
 
 def _positive(df) -> bool:
     return bool(df["b_simple"].notna().any() and (df["b_simple"].dropna() > 0).all())
+
+
+def _signed(x: float) -> str:
+    """An exponent with a true minus sign: −0.72, 1.5."""
+    return f"{x:.2g}".replace("-", "−")
 
 
 def _has(df, status: str) -> bool:
