@@ -1062,3 +1062,19 @@ def test_a_refused_schedule_in_json_says_so_in_json(report_file):
     assert "error:" in r.stderr
     ok = runner.invoke(app, ["schedule", str(report_file), "-t", "0.4", "-f", "json"])
     assert ok.exit_code == 0 and "error" not in json.loads(ok.stdout)
+
+
+def test_piped_output_takes_the_exported_columns(report_file):
+    """Piped output is 120 columns wide (rich's 80 wrapped the tables), or the COLUMNS a user exported: `COLUMNS=60
+    bsprof schedule … | cat` came out 120 wide (a new user's finding)."""
+    import os
+    import subprocess
+    import sys
+
+    def widest(columns):
+        env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | ({"COLUMNS": columns} if columns else {})
+        out = subprocess.run([sys.executable, "-m", "bsprof", "schedule", str(report_file), "-t", "0.4"],
+                             capture_output=True, text=True, env=env, check=True).stdout
+        return max(len(line) for line in out.splitlines())
+
+    assert widest("60") <= 60 < widest("") <= 120

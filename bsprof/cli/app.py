@@ -36,11 +36,13 @@ class _Console(Console):
 
 
 def _console(stderr: bool = False) -> Console:
-    """Piped output (CI logs, `| tee`) is not a terminal: rich would wrap tables at 80 columns; give them 120.
-    NO_COLOR set and not empty (no-color.org): no styles at all, even on a terminal or with FORCE_COLOR (rich
-    alone drops the colours but keeps bold)."""
+    """Piped output (CI logs, `| tee`) is not a terminal: rich would wrap tables at 80 columns; give them 120, or
+    the COLUMNS the user exported (it was ignored when piped). NO_COLOR set and not empty (no-color.org): no styles
+    at all, even on a terminal or with FORCE_COLOR (rich alone drops the colours but keeps bold)."""
     plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
-    return _Console(stderr=stderr, width=None if (sys.stderr if stderr else sys.stdout).isatty() else 120, **plain)
+    columns = os.environ.get("COLUMNS", "")
+    piped = int(columns) if columns.isdigit() and int(columns) >= 40 else 120
+    return _Console(stderr=stderr, width=None if (sys.stderr if stderr else sys.stdout).isatty() else piped, **plain)
 
 
 console, err_console = _console(), _console(stderr=True)
