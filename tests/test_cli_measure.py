@@ -558,6 +558,9 @@ def test_a_batch_that_cannot_be_cut_per_example_is_measured_by_micro_batches(tmp
     assert "batch_layout" in {d["code"] for d in report["diagnostics"]}  # not a loss that mixes examples
     assert "loss_mixes_examples" not in {d["code"] for d in report["diagnostics"]}
     assert any(m.get("window_steps") for m in report["measurements"])
+    # the layout is explained once (batch_layout), not again in the training steps' note (it was, word for word)
+    assert notes.count("does not hold the examples on dim 0") == 1
+    assert "as for the measurements (batch_layout), each training step runs as 2 micro-batches" in notes
 
 
 def test_measuring_does_not_change_the_training():

@@ -540,8 +540,9 @@ def _track_source(report: Report, cfg: MeasureConfig, comm: distributed.Comm, mo
     from bsprof.probes.choose import UNSPLIT
 
     if why == UNSPLIT:
-        report.diagnose("training_micro_batches", f"{why}: each training step runs as {TRAINING_PARTS} micro-batches "
-                        f"of B/{TRAINING_PARTS}, each collated on its own, for the training-step windows")
+        report.diagnose("training_micro_batches", f"as for the measurements (batch_layout), each training step runs as "
+                        f"{TRAINING_PARTS} micro-batches of B/{TRAINING_PARTS}, each collated on its own, for the "
+                        "training-step windows")
     return source, source == "accumulation" and why != UNSPLIT
 
 
