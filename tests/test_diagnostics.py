@@ -88,6 +88,24 @@ def test_clipping_from_the_spec_or_the_optimizer():
     assert not r.diagnostics
 
 
+def test_the_regression_misfit_note_holds_a_runs_false_alarms_to_its_level():
+    """Each measurement's fit test is calibrated at 1e-3 (scripts/regression_calibration.py); over a run of k tested
+    measurements the note needs p < 1e-3/k (a new user's valid spec got the note for p = 0.00046 at one of five
+    steps); a coupled batch's p (1e-9 and below) still gets it."""
+    def run(ps):
+        r = Report()
+        for i, p in enumerate(ps):
+            r.add({"step": 10 * i, "regression_fit_failed": p < 1e-3, "regression_fit_p": p, "regression_dof": 1,
+                   "b_simple_regression": 50.0})
+        diagnostics.after_run(r)
+        return {d["code"]: d["message"] for d in r.diagnostics}
+
+    assert "regression_misfit" not in run([0.3, 0.00046, 0.5, 0.2, 0.7])
+    assert "regression_misfit" in run([0.00046])                      # one test: its own level
+    note = run([0.3, 1e-9, 0.5, 0.2, 0.7])["regression_misfit"]
+    assert "at step 10 (fit p = 1e-09, of 5 measurement(s) tested)" in note
+
+
 def test_layer_spread_regression_misfit_and_b_pre():
     r = Report()
     r.add({"step": 0, "regression_fit_failed": True, "regression_fit_p": 1e-9, "b_pre_status": "not_available"},
