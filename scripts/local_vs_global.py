@@ -82,8 +82,16 @@ def global_info(name: str) -> dict:
                 s_min=s_min["value"] if s_min else None,
                 e_min=s_min["value"] * crit["value"] if s_min else None,
                 batches=[dict(batch=b["batch"], steps=b["steps"], lr=b["lr"]) for b in g["batches"]],
-                compute_train_examples=(g.get("compute") or {}).get("train_examples"),
+                compute_train_examples=(g.get("compute") or {}).get("train_examples"), config=global_config(g, name),
                 target=None)
+
+
+def global_config(g: dict, name: str) -> dict:
+    """The global sweep's evaluation: from its config, else the task's sweep settings (critical_batch_evidence.py
+    runs them with holdout=False: its notes say "also used for training")."""
+    if "config" in g:
+        return dict(eval_examples=g["config"]["eval_examples"], holdout=g["config"]["holdout"])
+    return dict(eval_examples=cbe.TASKS[name]["sweep"]["eval_examples"], holdout=False)
 
 
 def first_crossing(e: np.ndarray, L: np.ndarray, target: float) -> float:
@@ -191,14 +199,17 @@ def mcc_from_local(summ, curves, E, b0, smooth=False):
     for s in summ[1:]:
         eb = first_crossing(e, Lmean, s.loss) if math.isfinite(s.loss) else math.nan
         r = E / eb if math.isfinite(eb) else math.nan
-        rows.append(dict(batch=s.batch, loss=s.loss, e_B=eb, ratio=r))
-        if math.isfinite(r):
+        # censored: L(B) no lower than the smallest batch's after ONE step (diverged, or the lr failed): only a
+        # lower bound on E/e_B, and one that would dominate the fit; left out, like a branch that did not train
+        censored = math.isfinite(eb) and eb <= e[0]
+        rows.append(dict(batch=s.batch, loss=s.loss, e_B=eb, ratio=r, censored=censored))
+        if math.isfinite(r) and not censored:
             B.append(s.batch)
             R.append(r)
     bc = fit_bc(B, R, b0)
     lo, hi = bootstrap_bc(B, R, b0) if len(B) >= 3 else (math.nan, math.nan)
     return dict(points=rows, used=B, bc=bc, bc_lo=lo, bc_hi=hi,
-                not_used=[r["batch"] for r in rows if not math.isfinite(r["ratio"])])
+                not_used=[r["batch"] for r in rows if r["batch"] not in B])
 
 
 def per_seed_bc(rows_branches, curves, summ, E, b0):
@@ -212,14 +223,14 @@ def per_seed_bc(rows_branches, curves, summ, E, b0):
             if not r or not math.isfinite(r[0].loss):
                 continue
             eb = first_crossing(e, L, r[0].loss)
-            if math.isfinite(eb):
+            if math.isfinite(eb) and eb > e[0]:
                 B.append(s.batch)
                 R.append(E / eb)
         out.append(fit_bc(B, R, b0))
     return out
 
 
-def run_task(name: str, quick: bool, seeds: int) -> dict:
+def run_task(name: str, quick: bool, seeds: int, variant: str = "default") -> dict:
     t0 = time.time()
     task = cbe.TASKS[name]
     g = global_info(name)
@@ -231,9 +242,18 @@ def run_task(name: str, quick: bool, seeds: int) -> dict:
     lr_b0 = g["lr_smallest"] / sfit.lr_factor(rule, g["smallest_batch"], b0, g["b_noise"] or None)
     spec = dataclasses.replace(task["spec"](), optimizer=task["opt"](lr_b0))
     opts = dict(base_batch=b0, doublings=dbl, lr_grid=list(GRID), seeds=seeds, b_noise=g["b_noise"], device="cpu")
+    if variant == "matched":
+        # E = the examples the global sweep needs to reach its target at b₀ (its smallest batch's, taken to b₀ by its
+        # fit), and the global sweep's evaluation (its draw, not held out): the branches cover the global path
+        opts["examples"] = int(round(g["examples_to_target_smallest"] * (1 + b0 / g["critical"])
+                                     / (1 + g["smallest_batch"] / g["critical"])))
+        gcfg = g["config"]
+        opts["eval_examples"], opts["holdout"] = gcfg["eval_examples"], gcfg["holdout"]
     cfg = sweep_config(method="local", **opts)
     E = cfg.branch_examples()
-    print(f"== {name}: global B_crit {g['critical']:.1f} [{g['lo']:.1f}, {g['hi']:.1f}]; local batches "
+    bs, bc = g["smallest_batch"], g["critical"]
+    e_target_b0 = g["examples_to_target_smallest"] * (1 + b0 / bc) / (1 + bs / bc)   # the global path at b₀
+    print(f"== {name} ({variant}): global B_crit {g['critical']:.1f} [{g['lo']:.1f}, {g['hi']:.1f}]; local batches "
           f"{cfg.batch_sizes()}, E = {E}, lr(b0) {lr_b0:.4g} ({rule}, B_n {g['b_noise']:.3g}), {seeds} seed(s)",
           flush=True)
     r = bsprof.sweep.local(spec, **opts)
@@ -251,7 +271,8 @@ def run_task(name: str, quick: bool, seeds: int) -> dict:
     print(f"   [{name}] local (grid 1): {est1.value} [{est1.lo}, {est1.hi}] per seed {by_seed1}  losses "
           + ", ".join(f"{s.batch}:{s.loss:.4f}" for s in summ1), flush=True)
 
-    out = dict(task=name, desc=task["desc"], global_=g, local_batches=cfg.batch_sizes(), examples_per_branch=E,
+    out = dict(task=name, variant=variant, options=opts, desc=task["desc"], global_=g, e_target_b0=e_target_b0,
+               local_batches=cfg.batch_sizes(), examples_per_branch=E,
                lr_b0=lr_b0, rule=rule, local=dict(critical=res["critical"], critical_by_seed=res["critical_by_seed"],
                                                   batches=res["batches"], notes=res["notes"],
                                                   compute=res["compute"], data=res.get("data"),
@@ -301,7 +322,8 @@ def run_task(name: str, quick: bool, seeds: int) -> dict:
         print(f"   [{name} {label}] b0 lr x{mult:g}: L0(E) {m['L0_at_E']:.4f}, L0(2E) {m['L0_at_2E']:.4f}, "
               f"slope α {m['alpha_at_E']:.3f}; check |ΔL(E)| {max(check):.2e}", flush=True)
         for p in m["points"]:
-            print(f"      B {p['batch']:5d}  L {p['loss']:.4f}  e_B {p['e_B']:9.1f}  E/e_B {p['ratio']:.3f}", flush=True)
+            print(f"      B {p['batch']:5d}  L {p['loss']:.4f}  e_B {p['e_B']:9.1f}  E/e_B {p['ratio']:.3f}"
+                  + ("  (censored: no better than one step at b0)" if p["censored"] else ""), flush=True)
         pr = m["predicted_local_from_global"]
         print(f"   [{name} {label}] isotonic curve: Bc {iso['bc']:.1f} [{iso['bc_lo']:.1f}, {iso['bc_hi']:.1f}]; E/e_B "
               + ", ".join(f"{p['batch']}:{p['ratio']:.2f}" for p in iso["points"]), flush=True)
@@ -315,6 +337,10 @@ def run_task(name: str, quick: bool, seeds: int) -> dict:
     return out
 
 
+def _n(x):
+    return math.nan if x is None else x
+
+
 def fmt_est(v, lo, hi):
     f = lambda x: "∞" if x is None or (isinstance(x, float) and math.isinf(x)) else f"{x:.0f}"  # noqa: E731
     return f"{f(v)} [{f(lo)}, {f(hi)}]"
@@ -323,18 +349,19 @@ def fmt_est(v, lo, hi):
 def table(results: list[dict]) -> str:
     lines = ["| task | global B_crit [90%] | local bracket, grid 0.5,1,2 (grid 1) | local/global | "
              "McCandlish-from-local Bc [90%], grid 0.5,1,2 (grid 1) | ratio | predicted 1% bracket from global | "
-             "E / global E(16→target) | compute: global / local / +curve (train examples) |",
+             "E / global E(b0→target) | compute: global / local / +curve (train examples) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         g, lc, l1, m3, m1 = r["global_"], r["local"]["critical"], r["local_grid1"]["critical"], r["mcc"]["grid3"], \
             r["mcc"]["grid1"]
-        lv = lc["lo"] if lc["lo"] is not None else math.nan
+        lv = _n(lc["lo"])
         lines.append(
-            f"| {r['task']} | {fmt_est(g['critical'], g['lo'], g['hi'])} | [{lc['lo']:.0f}, {lc['hi']:.0f}] "
-            f"([{l1['lo']:.0f}, {l1['hi']:.0f}]) | {lv / g['critical']:.2f} | "
-            f"{fmt_est(m3['bc'], m3['bc_lo'], m3['bc_hi'])} ({m1['bc']:.0f}) | {m3['bc'] / g['critical']:.2f} | "
+            f"| {r['task']} ({r.get('variant', 'default')}) | {fmt_est(g['critical'], g['lo'], g['hi'])} | "
+            f"[{_n(lc['lo']):.0f}, {_n(lc['hi']):.0f}] ([{_n(l1['lo']):.0f}, {_n(l1['hi']):.0f}]) | "
+            f"{lv / g['critical']:.2f} | {fmt_est(_n(m3['bc']), _n(m3['bc_lo']), _n(m3['bc_hi']))} "
+            f"({_n(m1['bc']):.0f}) | {_n(m3['bc']) / g['critical']:.2f} | "
             f"{m3['predicted_local_from_global']['bracket']} | "
-            f"{r['examples_per_branch'] / g['examples_to_target_smallest']:.1f} | "
+            f"{r['examples_per_branch'] / r['e_target_b0']:.1f} | "
             f"{g['compute_train_examples']:,} / {r['local']['compute']['train_examples']:,} / "
             f"+{m3['curve_train_examples'] + m1['curve_train_examples']:,} |")
     return "\n".join(lines)
@@ -345,6 +372,9 @@ def main():
     ap.add_argument("--tasks", default="digits_sgd,digits_adam,teacher_mlp_sgd")
     ap.add_argument("--quick", action="store_true", help="1 seed, 4 batches (a smoke test)")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--variant", choices=("default", "matched"), default="default",
+                    help="default: the local sweep's defaults (E = 32 × largest batch, held-out draw); matched: E = "
+                         "the global sweep's examples to its target at b0, and its evaluation draw")
     ap.add_argument("--out", default=str(OUT / "local_vs_global.json"))
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -353,15 +383,20 @@ def main():
     done = json.loads(path.read_text()) if path.exists() and not a.quick else {}
     results = []
     for name in a.tasks.split(","):
-        res = run_task(name, a.quick, 1 if a.quick else a.seeds)
+        res = run_task(name, a.quick, 1 if a.quick else a.seeds, a.variant)
         results.append(res)
         if not a.quick:
-            done.setdefault("tasks", {})[name] = res
+            done.setdefault("tasks" if a.variant == "default" else "tasks_matched", {})[name] = res
             done["question"] = ("on tasks with a known global (McCandlish) B_crit, what does the default local sweep "
                                 "report, and does E/e_B = (1 + B/Bc)/(1 + b0/Bc) along the smallest batch's curve "
                                 "recover the global B_crit?")
             path.write_text(json.dumps(json_clean(done), indent=1))
     print(table(results))
+    if not a.quick:   # everything saved so far, both variants
+        for key in ("tasks", "tasks_matched"):
+            if done.get(key):
+                print(f"\n{key} (saved):")
+                print(table(list(done[key].values())))
     print(f"total {time.time() - t0:.0f} s")
 
 

@@ -80,7 +80,7 @@ REASONS = {
     },
     **{fam: {q: f"{who}: measured the plain-SGD way, it fell {SHORTFALL[fam][q]} short of swept critical batches; "
                 f"times the factor it came to {RECORD[fam][q]}, interval {WIDTH[fam][q]} (docs/science.md §6); "
-                "confirm with `bsprof sweep`" for q in FACTORS[fam]}
+                "confirm with `bsprof sweep --method global`" for q in FACTORS[fam]}
        for fam, who in (("adam", "Adam"), ("momentum", "SGD with momentum"))},
     "other": "{optimizer}: never compared with sweeps, interval ×3 either way (docs/science.md §6); confirm with "
              "`bsprof sweep`",

@@ -824,7 +824,7 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
         notes.append(f"under plain SGD the schedule follows {calibration(family_name, quantity):g} × the measured "
                      f"{col}: measured as it is, it read {SGD_EXCESS[quantity]} of swept "
                      "critical batches (it overstates the curvature-weighted B_noise; docs/science.md §6); B_crit's "
-                     "interval is the statistical error only, not this factor's spread: confirm with `bsprof sweep`")
+                     "interval is the statistical error only, not this factor's spread: confirm with `bsprof sweep --method global`")
     if fam in SHORTFALL:
         short = SHORTFALL[fam]
         notes.append(f"under {'the Adam family' if fam == 'adam' else 'SGD with momentum'} the schedule follows "
@@ -832,7 +832,7 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
                      f"noise scale fell short of swept critical batches on every such task we checked, "
                      f"{short.get(quantity, short['b_simple'])} (docs/science.md §6); B_crit's interval is the "
                      "statistical error only (sampling, and the fit's extrapolation below the measured losses), not "
-                     "this factor's spread: confirm with `bsprof sweep`")
+                     "this factor's spread: confirm with `bsprof sweep --method global`")
     assumed = assumptions(report, lr0, lr_rule, batch_train)
     if lead.probe_steps > 0:
         start = ("the logged run's first step" if report.spec.get("tracker_log") else
@@ -951,5 +951,5 @@ def cap_lr(stages: list[Stage], lr0: float, cap: float) -> tuple[list[Stage], st
             f"lr capped at {top:.4g} ({cap:g} × the training lr {lr0:.4g}) from batch {hit[0].batch_size:,} on "
             f"(the rule asked "
             f"up to {worst.lr:.4g} at batch {worst.batch_size:,}): lrs above what was probed are untested, and "
-            "those stages will take more steps than predicted; confirm with `bsprof sweep`, or --lr-cap 0 to lift "
+            "those stages will take more steps than predicted; confirm with `bsprof sweep --method global`, or --lr-cap 0 to lift "
             "(the default)")

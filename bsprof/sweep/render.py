@@ -69,7 +69,8 @@ def summary_lines(r) -> list[str]:
         tpe = getattr(k, "tokens_per_example", 1.0)
         conv = f" (the report's tokens ÷ {tpe:g} tokens per example)" if tpe != 1 else ""
         at = "≥ " if getattr(k, "ratio_status", "ok") == "lower_bound" else ""   # the sweep found only a bound
-        versus = (f"sweep / critical batch {at or '= '}{fmt(k.critical_ratio)}" if math.isfinite(k.critical_ratio)
+        what = "local sweep (a different quantity: see the note)" if r.method == "local" else "sweep"
+        versus = (f"{what} / critical batch {at or '= '}{fmt(k.critical_ratio)}" if math.isfinite(k.critical_ratio)
                   else "no ratio: the sweep did not determine its critical batch")
         if k.critical_batch is not None and k.critical_batch.ok:
             to = getattr(k, "critical_batch_to", "")
