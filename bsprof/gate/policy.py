@@ -504,7 +504,8 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy(), to
                         if passing["min_clean"] is not None else
                         "No batch passes across the whole interval (it is wider than the policy's limits allow); ")
                      + ("the interval includes the headline's model range (docs/science.md §6), which measuring "
-                        "more precisely does not narrow: `bsprof sweep --method global` measures the critical batch directly"
+                        "more precisely does not narrow: `bsprof sweep --method global` measures the critical batch "
+                        "directly"
                         if noise.model_range else "measure more precisely (smaller --rel-error) to decide"))
     verdict = ("is within policy" if steps <= Xs and compute <= Xc else
                "passes only because the interval reaches values within policy; at the estimate")
@@ -715,7 +716,8 @@ def _lr_cap_note(lr: float, rule_best: float, rule_hi: float, top: float, cap: f
         text += f"; lr = {_fmt(lr)} is above it: {not_failing}" if lr > top and not fails else ""
     else:
         text = f"lr = {_fmt(lr)} is above {untested}, and `bsprof schedule` caps lrs there: {not_failing}"
-    return text + "; confirm with `bsprof sweep --method global`, measure at the lr you will train with, or --lr-cap 0 to lift the cap"
+    return text + ("; confirm with `bsprof sweep --method global`, measure at the lr you will train with, or "
+                   "--lr-cap 0 to lift the cap")
 
 
 def _log_grid(lo: float, hi: float, n: int = 33) -> list[float]:

@@ -71,7 +71,7 @@ REASONS = {
     "sgd": {
         "b_simple_window": f"plain SGD: as measured it read {SGD_EXCESS['b_simple_window']} (7 tasks); with the "
                            f"factor {SGD_RECORD['b_simple_window']}, interval {WIDTH['sgd']['b_simple_window']} "
-                           "(docs/science.md §6); `bsprof sweep` checks it on your model",
+                           "(docs/science.md §6); `bsprof sweep --method global` checks it on your model",
         "b_noise": "SGD: 0.57–1.36× of swept critical batches on 6 tasks, 3.1× on a BatchNorm CNN, interval ×1.8/÷3.1 "
                    "(docs/science.md §6)",
         "b_simple": "SGD: fixed-weight B_simple was 1.35–4.5× the swept critical batch on 7 tasks, lower end ÷4 "
@@ -83,7 +83,7 @@ REASONS = {
                 "confirm with `bsprof sweep --method global`" for q in FACTORS[fam]}
        for fam, who in (("adam", "Adam"), ("momentum", "SGD with momentum"))},
     "other": "{optimizer}: never compared with sweeps, interval ×3 either way (docs/science.md §6); confirm with "
-             "`bsprof sweep`",
+             "`bsprof sweep --method global`",
 }
 
 
@@ -119,7 +119,7 @@ def reason(optimizer: str | None, quantity: str, path: str) -> str:
         why = REASONS[fam].get(quantity) or (
             f"{'Adam' if fam == 'adam' else 'SGD with momentum'}: the factor {FACTORS[fam]['b_simple']:g} was "
             "measured for the fixed-weight B_simple, not for this quantity (docs/science.md §6); confirm with "
-            "`bsprof sweep`")
+            "`bsprof sweep --method global`")
     else:
         why = REASONS[fam].format(optimizer=optimizer)
     return f"{name}, {path}; {why}"

@@ -466,7 +466,7 @@ def recommend(prediction: dict, baselines: list[dict], unit: str = "examples", s
         out["text"] += ("; its lr is capped by --lr-cap (the rule's is untested above it), which costs steps: on "
                         "two tasks, trained, the capped schedule took 2.3–3× the steps of the same batch at its tuned "
                         "lr, the rule's own lr 1.0–1.4× (docs/science.md) — try --lr-cap 0, and confirm with "
-                        "`bsprof sweep`")
+                        "`bsprof sweep --method global`")
     return out
 
 
@@ -824,7 +824,8 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
         notes.append(f"under plain SGD the schedule follows {calibration(family_name, quantity):g} × the measured "
                      f"{col}: measured as it is, it read {SGD_EXCESS[quantity]} of swept "
                      "critical batches (it overstates the curvature-weighted B_noise; docs/science.md §6); B_crit's "
-                     "interval is the statistical error only, not this factor's spread: confirm with `bsprof sweep --method global`")
+                     "interval is the statistical error only, not this factor's spread: confirm with `bsprof sweep "
+                     "--method global`")
     if fam in SHORTFALL:
         short = SHORTFALL[fam]
         notes.append(f"under {'the Adam family' if fam == 'adam' else 'SGD with momentum'} the schedule follows "
@@ -951,5 +952,6 @@ def cap_lr(stages: list[Stage], lr0: float, cap: float) -> tuple[list[Stage], st
             f"lr capped at {top:.4g} ({cap:g} × the training lr {lr0:.4g}) from batch {hit[0].batch_size:,} on "
             f"(the rule asked "
             f"up to {worst.lr:.4g} at batch {worst.batch_size:,}): lrs above what was probed are untested, and "
-            "those stages will take more steps than predicted; confirm with `bsprof sweep --method global`, or --lr-cap 0 to lift "
+            "those stages will take more steps than predicted; confirm with `bsprof sweep --method global`, or "
+            "--lr-cap 0 to lift "
             "(the default)")
