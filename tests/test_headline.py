@@ -128,6 +128,14 @@ def test_windows_that_are_lower_bounds_are_named_when_the_headline_falls_back():
     assert "this run has 5 training-step window(s), 4 of them only a lower bound" in s.critical_batch_reason
     assert "--measure-every" in s.critical_batch_reason
     assert "lower bound" not in report().summary.critical_batch_reason   # determined windows: nothing to say
+    # followed, with one window of five only a lower bound: it is left out of the path, and the reason says so (a
+    # validation probe had 5–6 of 13, unsaid)
+    rows = [m.to_row() for m in report().measurements]
+    rows[2].update(b_simple_window=math.nan, b_simple_window_hi=math.inf, b_simple_window_status="lower_bound")
+    s = Report(config=report().config, measurements=rows).summary
+    assert s.critical_batch_quantity == "b_simple_window"
+    assert "1 of its 5 training-step windows only a lower bound" in s.critical_batch_reason
+    assert "left out of the path, which may then read low" in s.critical_batch_reason
 
 
 def test_sgd_b_noise_without_windows_is_widened_both_ways():

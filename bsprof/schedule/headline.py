@@ -202,14 +202,19 @@ def _diverged(rows) -> str | None:
 def _unresolved_windows(rows, col: str) -> str:
     """A reason's tail when the report has training-step windows but the headline follows the fixed-weight B_simple:
     fewer than two windows were determined (a new user's read "where the model allows them" of a model that had
-    them, lower bounds all but one)."""
-    if col != "b_simple":
+    them, lower bounds all but one); and when it follows the windows but some were only lower bounds, left out of
+    the path (5–6 of 13 in a validation probe, unsaid: the path may read low)."""
+    if col not in ("b_simple", "b_simple_window"):
         return ""
     windows = [e for r in rows if (e := noise_of(r, "b_simple_window")) is not None and e.status is not
                Status.NOT_AVAILABLE]
     if not windows:
         return ""
     bounds = sum(e.status is Status.LOWER_BOUND for e in windows)
+    if col == "b_simple_window":
+        return (f"; {bounds} of its {len(windows)} training-step windows only a lower bound (|G|² not resolved over "
+                "their steps), left out of the path, which may then read low: more steps between measurements "
+                "(--measure-every) resolve them" if bounds else "")
     if len(windows) == 1 and windows[0].status is Status.OK:  # determined, but one window is no path
         return ("; this run has one training-step window, determined, and a path needs two: run more steps "
                 "(--steps), or measure more often (--measure-every)")
