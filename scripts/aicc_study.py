@@ -4,7 +4,7 @@
 
 The schedule fits B_n(L) as a power law (2 parameters) or a hyperbola (3) and keeps the one with the lower AIC
 (bsprof/schedule/fit.py; AICc since this study). AICc, n·ln(RSS/n) + 2k + 2k(k+1)/(n − k − 1), adds the small-sample
-term that the validation probes' 5–13 rows make large (at n = 7: +4 for the power law, +12 for the hyperbola). Which
+term that the validation probes' 5–13 rows make large (at n = 6: +4 for the power law, +12 for the hyperbola). Which
 criterion brings the headline nearer the sweeps? Each probe of ``scripts/validation_table.py`` (same spec, batch, tuned
 lr, options and seed) is run once and its report read twice, with plain AIC and with AICc: the headline
 (``report.summary_at(target)``), the form each chose for the followed noise scale, and the predicted steps at the swept

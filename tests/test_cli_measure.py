@@ -561,6 +561,14 @@ def test_a_batch_that_cannot_be_cut_per_example_is_measured_by_micro_batches(tmp
     # the layout is explained once (batch_layout), not again in the training steps' note (it was, word for word)
     assert notes.count("does not hold the examples on dim 0") == 1
     assert "as for the measurements (batch_layout), each training step runs as 2 micro-batches" in notes
+    # --method microbatch asked for: no batch_layout note, so the training steps' note gives the layout itself
+    r = run(spec, "--steps", 10, "--measure-every", 10, "--batch-size", 16, "--rel-error", 0.5, "--method",
+            "microbatch", "-o", tmp_path / "m", "-q", "--no-figures")
+    assert r.exit_code == 0, r.output
+    notes = {d["code"]: " ".join(d["message"].split())
+             for d in json.loads((tmp_path / "m" / "report.json").read_text())["diagnostics"]}
+    assert "batch_layout" not in notes
+    assert notes["training_micro_batches"].startswith("the collated batch does not hold the examples on dim 0")
 
 
 def test_measuring_does_not_change_the_training():

@@ -133,7 +133,13 @@ def test_a_target_the_run_reached_but_its_windows_did_not_says_to_follow_the_fix
     with pytest.raises(ExtrapolationError, match="lowest measured loss") as e:
         plan(windows, ScheduleConfig(target_loss=lowest / 3))
     assert f"the fixed-weight values reach lower, to loss {lowest:.4g}" in e.value.hint
-    assert "--noise b_simple" in e.value.hint and "--checkpoint" in e.value.hint
+    # too far for them too: not "follow them", which would be refused as well (a review's case)
+    assert f"with --noise b_simple a target down to about {lowest:.4g} is inside the measured range" in e.value.hint
+    assert "follow them" not in e.value.hint and "--checkpoint" in e.value.hint
+    with pytest.raises(ExtrapolationError) as e:   # just below the run's lowest loss: the fixed-weight values take it
+        plan(windows, ScheduleConfig(target_loss=lowest * 0.97))
+    assert "follow them with --noise b_simple" in e.value.hint
+    assert plan(windows, ScheduleConfig(target_loss=lowest * 0.97, noise="b_simple")).stages
 
 
 def test_report_without_progress_is_refused():
@@ -1037,6 +1043,7 @@ def test_compare_batches_lists_the_users_constant_batches(report_file):
     same = {b["batch_size"]: b["steps"] for b in default.baselines}
     assert all(rows[b]["steps"] == pytest.approx(same[b]) for b in rows if b in same)
     for bad, says in (("16,x", "--compare-batches must be a comma-separated list of ints"),
+                      ("", "--compare-batches is empty"),
                       ("0,16", "--compare-batches must lie in [1, max_batch")):
         r = runner.invoke(app, ["schedule", str(report_file), "-t", "0.4", "--compare-batches", bad])
         assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output
@@ -1047,6 +1054,7 @@ def test_a_change_just_short_of_all_is_not_printed_as_all():
     from bsprof.cli.schedule import _change
 
     assert _change(-0.996) == "-99.6%" and _change(-1.0) == "-100%" and _change(-0.25) == "-25%"
+    assert _change(-0.9996) == "-99.9%"
     assert _change(0.44) == "+44%"
 
 

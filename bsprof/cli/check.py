@@ -404,6 +404,8 @@ def _judge_all(target, batch_size, lr, config, batch_key, lr_key, at_loss, polic
         verdict = judge(report, batch_size, lr, policy, at_loss, old)
     except ValueError as e:
         further = ("train (and log) further, or use a smaller --window" if report.spec.get("tracker_log") else
+                   "measure more steps per training-step window (a larger `bsprof measure --measure-every`) to "
+                   "resolve them" if "lower bounds or undetermined" in str(e) else
                    "measure to lower losses with more `bsprof measure --steps`")
         hint = (f"pick a loss inside the measured range, or {further}" if "extrapolate" in str(e) else
                 "see `bsprof check --help`")

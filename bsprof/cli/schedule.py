@@ -71,8 +71,9 @@ def schedule(
                                   "batches round to whole sequences. [a tokens report's tokens_per_example]"),
     output: Optional[Path] = O(None, "--output", "-o", help="Write the output to this file."),
     compare_batches: Optional[str] = O(None, "--compare-batches", help="Constant batches to predict beside the "
-                                       "schedule, e.g. 16,32,...,512 as a sweep ran them. [powers of two up to 16 × "
-                                       "the largest noise scale, at most 12]"),
+                                       "schedule, in the report's unit (examples; tokens for a tokens report), e.g. "
+                                       "16,32,...,512 as a sweep ran them. [powers of two up to 16 × the largest "
+                                       "noise scale, at most 12]"),
     steps: int = O(300, help="SPEC.py only: probe-training steps of the measurement."),
     window: Optional[int] = O(None, help="Tracker log (.jsonl) only: steps per windowed estimate (default: 100, or "
                                          "a fifth of a shorter log's steps, at least 10)."),
@@ -91,6 +92,8 @@ def schedule(
         overrides["max_batch"], memory_note = _max_batch(max_batch, source, overrides)
         if compare_batches is not None:
             overrides["compare_batches"] = parse_list(compare_batches, int, "--compare-batches")
+            if not overrides["compare_batches"]:
+                raise ConfigError("--compare-batches is empty", "list the batches, e.g. --compare-batches 16,32,64")
         if target_loss is None and "target_loss" not in (read_yaml(config) if config is not None else {}):
             raise ConfigError("no target loss: the schedule plans to a training loss you choose",
                               "pass --target-loss L (-t L), or set target_loss: L in the YAML of --config")
@@ -118,7 +121,7 @@ def schedule(
 def _change(x: float) -> str:
     """A relative change in whole percents; −99.6% stays −99.6% (rounded, it read −100%: none at all)."""
     text = f"{x:+.0%}"
-    return f"{x:+.1%}" if text == "-100%" and x > -1 else text
+    return f"{max(x, -0.999):+.1%}" if text == "-100%" and x > -1 else text   # −99.96%: −99.9%, not −100.0%
 
 
 def _max_batch(value: str | None, source: Path, overrides: dict) -> tuple[int | None, str]:

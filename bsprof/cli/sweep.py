@@ -22,8 +22,8 @@ def sweep(
     spec: Path = typer.Argument(..., help="Spec file defining model(), dataset(), loss(model, batch)."),
     method: Optional[str] = O(None, help="global: steps to --target-loss per batch, fit S = S_min(1 + B_crit/B) "
                               "(the headline's quantity); local: equal examples per branch, largest batch within "
-                              "--tolerance (Merrill et al.; another quantity). [global with --target-loss, else "
-                              "local]"),
+                              "--tolerance (Merrill et al.; another quantity). [global with --target-loss, unless "
+                              "--examples or --tolerance are given; else local]"),
     base_batch: Optional[int] = O(None, help="Smallest batch B; the sweep runs B·2^k, k = 0..--doublings. [32]"),
     doublings: Optional[int] = O(None, help="Number of doublings K of the base batch. [4]"),
     batches: Optional[str] = O(None, help="Explicit increasing batch list, e.g. 16,32,64 (overrides base/doublings)."),
@@ -64,8 +64,9 @@ def sweep(
     from bsprof.sweep import config as sweep_options
 
     with user_errors():
-        if method is None:  # a target loss says which question: steps to it, the headline's B_crit
-            method = "global" if target_loss else "local"
+        if method is None:  # a target loss asks steps to it, the headline's B_crit: global, unless local's own
+            local_only = (examples, tolerance, tolerance_mode)  # options are given (then it is local's comparison)
+            method = "global" if target_loss and all(v is None for v in local_only) else "local"
         options = {k: v for k, v in locals().items() if k in sweep_options.SweepConfig.__dataclass_fields__}
         if batches is not None:
             options["batches"] = parse_list(batches, int, "--batches")

@@ -540,9 +540,10 @@ def _track_source(report: Report, cfg: MeasureConfig, comm: distributed.Comm, mo
     from bsprof.probes.choose import UNSPLIT
 
     if why == UNSPLIT:
-        report.diagnose("training_micro_batches", f"as for the measurements (batch_layout), each training step runs as "
-                        f"{TRAINING_PARTS} micro-batches of B/{TRAINING_PARTS}, each collated on its own, for the "
-                        "training-step windows")
+        said = any(d["code"] == "batch_layout" for d in report.diagnostics)  # not with an explicit --method
+        report.diagnose("training_micro_batches", ("as for the measurements (batch_layout)" if said else why)
+                        + f", each training step runs as {TRAINING_PARTS} micro-batches of B/{TRAINING_PARTS}, each "
+                        "collated on its own, for the training-step windows")
     return source, source == "accumulation" and why != UNSPLIT
 
 

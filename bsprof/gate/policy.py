@@ -298,7 +298,7 @@ def _interpolated(report: Report, at_loss: float) -> Reading:
                       and e.status in (Status.LOWER_BOUND, Status.UNDETERMINED)]
         lowest = min((r.loss for r in unresolved), default=math.inf)
         why = (f" (its rows at lower losses, down to {lowest:.4g}, are lower bounds or undetermined)"
-               if lowest < losses[0] else "")
+               if lowest < losses[0] and at_loss < losses[0] else "")
         raise ValueError(f"--at-loss {at_loss:.4g} is outside the losses [{losses[0]:.4g}, {losses[-1]:.4g}] where "
                          f"the headline's noise scale, {NAMES[col]}, was determined{why}; bsprof does not "
                          "extrapolate the noise scale")

@@ -30,7 +30,7 @@ class NoiseFit:
     form: str                      # "power" or "hyperbola"
     params: tuple[float, ...]      # power: (ln B*, −1/α); hyperbola: (a, b, L*)
     cov: tuple[tuple[float, ...], ...]
-    aic: float
+    aic: float                     # AICc (the small-sample AIC; the field keeps its name)
     n: int
     loss_min: float
     loss_max: float
@@ -107,7 +107,7 @@ def _aic(rss: float, n: int, k: int) -> float:
     """AICc, n·ln(RSS/n) + 2k + 2k(k + 1)/(n − k − 1); infinite for n ≤ k + 1. Plain AIC chose the three-parameter
     hyperbola from four measurements, whose floor L* then sat just below the lowest loss, and a target inside the
     measured range got an interval of ×3.8e8 (a trial's tracker log); its small-sample term, +4 for the power law
-    and +12 for the hyperbola at n = 7, keeps the probes' 5–13 points from a curve they cannot pin down. Paired on
+    and +12 for the hyperbola at n = 6, keeps the probes' 5–13 points from a curve they cannot pin down. Paired on
     the validation tasks (``scripts/aicc_study.py``, 93 probes read both ways): the hyperbola on 15 probes against
     26, the headline within 1.5× of the sweep on the same 23 of 31 tasks, mean |ln ratio| 0.267 against 0.269."""
     if n <= k + 1:

@@ -755,13 +755,19 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
                                      "values are lower bounds or unresolved): follow the fixed-weight values with "
                                      "--noise b_simple, or measure again with more steps per training-step window "
                                      "(a larger --measure-every); or " + e.hint) from None
-        fixed = min((m.loss for m in report.measurements if math.isfinite(m.loss) and m.b_simple.ok
-                     and finite(m.b_simple.value)), default=math.inf)
-        if not report.spec.get("tracker_log") and col != "b_simple" and fixed < float(np.min(loss)) * 0.995:
-            raise ExtrapolationError(e.message, f"the fixed-weight values reach lower, to loss {fixed:.4g}, than the "
-                                     f"followed noise scale ({col}, determined down to {float(np.min(loss)):.4g}; "
-                                     "its later values are lower bounds or unresolved): follow them with --noise "
-                                     "b_simple; or " + e.hint) from None
+        fixed = [m.loss for m in report.measurements if math.isfinite(m.loss) and m.b_simple.ok
+                 and finite(m.b_simple.value)]
+        low = float(np.min(loss))
+        if not report.spec.get("tracker_log") and col != "b_simple" and fixed and min(fixed) < low - 0.005 * abs(low):
+            try:   # would the fixed-weight values take this target? (else they only extend the measured range)
+                check_target(config.target_loss, np.array(fixed), fit, config, col="b_simple")
+                follow = "follow them with --noise b_simple"
+            except BsprofError:
+                follow = (f"with --noise b_simple a target down to about {min(fixed):.4g} is inside the measured "
+                          "range")
+            raise ExtrapolationError(e.message, f"the fixed-weight values reach lower, to loss {min(fixed):.4g}, than "
+                                     f"the followed noise scale ({col}, determined down to {low:.4g}; its later "
+                                     f"values are lower bounds or unresolved): {follow}; or " + e.hint) from None
         if not report.spec.get("tracker_log"):
             raise
         window = report.config.get("window")   # a log's losses are window means: a smaller window reaches lower

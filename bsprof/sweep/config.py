@@ -90,9 +90,6 @@ class SweepConfig:
         if self.schedule and self.method != "global":
             p.append("--schedule needs the global method (the schedule is trained to the target loss like the "
                      "constant batches): add --method global --target-loss L")
-        if self.method == "local" and self.target_loss:
-            p.append("--target-loss is the global method's (steps to it per batch); the local method compares losses "
-                     "after equal examples: drop --target-loss, or use --method global (the default with a target)")
         if self.method == "global" and not self.target_loss > 0:
             p.append("the global method needs --target-loss L > 0 (an evaluation loss every batch should reach)")
         for name in ("seeds", "max_steps"):

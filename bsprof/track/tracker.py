@@ -141,10 +141,13 @@ class _InputRows:
 
 
 def _flat(args, kwargs, rows: int) -> bool:
-    """Whether the forward's tensor inputs disagree on dim 0 (a flat layout with offsets or lengths), so that the
-    first one's rows are not the examples."""
-    return any(isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] != rows
-               for a in (*args, *kwargs.values()))
+    """Whether the forward takes nn.EmbeddingBag's flat layout, (tokens [N], offsets [B]): a 1-D first input and a
+    shorter 1-D tensor beside it, so that the first one's rows are tokens, not examples. (A mask [D] or [T, T], an
+    h0 [L, B, H] or position ids [1, T] beside an input [B, …] leave its rows the examples.)"""
+    if not (args and isinstance(args[0], torch.Tensor) and args[0].dim() == 1):
+        return False
+    return any(isinstance(a, torch.Tensor) and a.dim() == 1 and a.shape[0] < rows
+               for a in (*args[1:], *kwargs.values()))
 
 
 def _release(input_hooks, hooks, per_example_source, log) -> None:
