@@ -700,6 +700,13 @@ def test_assumptions_and_lr_cap():
     other = plan(report, ScheduleConfig(target_loss=0.4, lr=0.5))
     assert any("differs from the lr 0.1" in a for a in other.assumptions)
     assert any("lr_cap must be" in p for p in ScheduleConfig(target_loss=0.4, lr_cap=0.5).problems())
+    # --format json: the extrapolated lr is in "warnings" too, as stderr says it (a script checking "warnings" got
+    # [] beside the one risk that can make training diverge: a new user's finding)
+    from bsprof.cli.schedule import render
+
+    data = json.loads(render(free, "json"))
+    assert any("an extrapolation; on four trained tasks" in w for w in data["warnings"])
+    assert not any("an extrapolation;" in w for w in json.loads(render(near, "json"))["warnings"])
 
 
 def test_plan_checks_what_it_is_given(tmp_path):

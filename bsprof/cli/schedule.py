@@ -178,12 +178,15 @@ def render(result, fmt: str, seq_length: int = 0) -> str:
 
     if fmt in WRITERS:
         return WRITERS[fmt](result, seq_length)
-    if fmt == "json":
-        return json.dumps(json_clean(result.to_dict()), indent=2) + "\n"
-    if fmt == "yaml":
+    if fmt in ("json", "yaml"):  # the lr the rule extrapolates to is a warning for a script too, as on stderr
+        data = json_clean(result.to_dict())
+        data["warnings"] = [*data.get("warnings", []), *(w for w in lr_warnings(result)
+                                                          if w not in data.get("warnings", []))]
+        if fmt == "json":
+            return json.dumps(data, indent=2) + "\n"
         import yaml
 
-        return yaml.safe_dump(json_clean(result.to_dict()), sort_keys=False)
+        return yaml.safe_dump(data, sort_keys=False)
     if fmt == "csv":
         import pandas as pd
 

@@ -141,7 +141,7 @@ def _run(spec: Path, cfg, report: Path | None, out: Path, quiet: bool, fresh: bo
                                    if capped else ", target not reached")
                         err_console.print(f"branch {info['i']}/{total.get('n', '?')}: batch {r.batch}, lr {r.lr:.4g}, "
                                           f"seed {r.seed}: loss {r.loss:.4g}{reached} ({r.seconds:.1f} s)",
-                                          highlight=False)
+                                          highlight=False, soft_wrap=True)   # one line each, for grep in CI logs
 
             try:
                 run(spec, cfg, report=report, progress=progress, on_result=keep)

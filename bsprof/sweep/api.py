@@ -21,6 +21,9 @@ from bsprof.sweep import summary
 from bsprof.sweep.config import EVAL_EXAMPLES, SweepConfig, sweep_config
 from bsprof.sweep.result import Comparison, Compute, SweepResult
 
+ROSE = 1.1  # a branch whose final evaluation loss is this much above its lowest: the loss fell and rose again
+FEW_STEPS = 5  # a fitted S_min below this many steps: the fit rests on batches timed in a few whole steps
+
 
 def _spec(spec, model, dataset, loss, optimizer, collate) -> Spec:
     given = [k for k, v in (("model", model), ("dataset", dataset), ("loss", loss)) if v is not None]
@@ -345,9 +348,11 @@ def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=
             extra.append(f"batch {b}: {len(runs)} of its {asked} runs (lrs × seeds) finished before the sweep was "
                          f"stopped, none reaching the target{diverged}: left out of the fit")
             continue
+        low = min((r.lowest_loss for r in runs if r.lowest_loss is not None), default=None)
         how = ("diverged at every lr of the grid" if runs and all(r.diverged for r in runs) else
                f"did not reach the target within {cfg.max_steps} steps at any lr of the grid"
-               + (" (diverged at some)" if any(r.diverged for r in runs) else ""))
+               + (" (diverged at some)" if any(r.diverged for r in runs) else "")
+               + (f"; its lowest evaluation loss {low:.4g}" if low is not None else ""))
         extra.append(f"batch {b} {how}: left out of the fit")
     tested = [s.batch for s in summaries]
     reached = [s.batch for s in summaries if math.isfinite(s.steps)]
@@ -357,6 +362,11 @@ def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=
                      f"{', '.join(f'{s.steps:g}' for s in quick)} step(s): steps count whole, so there S(B) is "
                      "coarse and the fit leans on the other batches; lower --target-loss so that every batch takes "
                      "several steps")
+    if f and not quick and math.isfinite(f.s_min.value) and f.s_min.value < FEW_STEPS:
+        extra.append(f"S_min is {f.s_min.value:.3g} steps: the largest batches reach the target in a few steps, "
+                     "where whole steps are coarse, so B_crit rests on them more than its bootstrap interval shows "
+                     "(a new user's sweep gave 376 at one target and 648 at a lower one); a lower --target-loss, "
+                     "with more steps at every batch, gives a firmer B_crit")
     timed = [s for s in summaries if math.isfinite(s.steps)]
     rose = [(min(timed[:i], key=lambda s: s.steps), b) for i, b in enumerate(timed)
             if i and b.steps > 1.5 * min(s.steps for s in timed[:i])]
@@ -619,10 +629,26 @@ def _sweep(cfg: SweepConfig, spec: Spec, report, progress, on_result) -> SweepRe
         got = [f"{s.batch} ({s.steps:.0f} steps)" for s in result.batches if math.isfinite(s.steps)]
         raise eng.TargetNotReached(
             f"the target loss {cfg.target_loss:g} was reached by {len(got)} batch size(s) "
-            f"({', '.join(got) or 'none'}); the fit of S(B) needs at least 3",
-            "raise --max-steps, widen --lr-grid, or pass a higher --target-loss (the initial loss is "
-            f"{setup.initial_loss:.4g}); the partial result was written", result)
+            f"({', '.join(got) or 'none'}); the fit of S(B) needs at least 3", _unreached_fix(result, setup, cfg),
+            result)
     return result
+
+
+def _unreached_fix(result: SweepResult, setup, cfg: SweepConfig) -> str:
+    """The fix when too few batches reached the target: with the lowest evaluation loss the runs reached; when most
+    runs that missed it fell below their final loss and rose again (memorising noisy labels, or an lr too high), a
+    target above that lowest loss, not more steps (a new user raised --max-steps on such a sweep as told)."""
+    missed = [r for r in result.branches if not (r.steps_to_target and math.isfinite(r.steps_to_target))
+              and r.lowest_loss is not None]
+    low = min((r.lowest_loss for r in missed), default=None)
+    rose = [r for r in missed if not r.diverged and math.isfinite(r.loss) and r.loss > ROSE * r.lowest_loss]
+    tail = f"; the partial result was written (the initial loss is {setup.initial_loss:.4g})"
+    if low is not None and 2 * len(rose) > len(missed):
+        return (f"the evaluation loss fell to {low:.4g} and rose again in {len(rose)} of the {len(missed)} runs that "
+                "missed the target (the model memorising the training examples, or an lr too high): pass a "
+                f"--target-loss above {low:.4g}, which more --max-steps will not reach" + tail)
+    lowest = f" (the lowest evaluation loss a run reached: {low:.4g})" if low is not None else ""
+    return f"raise --max-steps, widen --lr-grid, or pass a higher --target-loss{lowest}" + tail
 
 
 def local(spec: Spec | str | Path | None = None, base_batch: int | None = None, *, model=None, dataset=None,

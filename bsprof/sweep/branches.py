@@ -210,7 +210,7 @@ def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: 
     ex, t0 = _examples(setup, seed, batch), time.perf_counter()
     left = budget.examples_left()
     limit = cap if math.isinf(left) else min(cap, int(left // max(batch, 1)))
-    loss, se, reached, diverged, t, seen = math.inf, math.nan, math.inf, False, 0, 0
+    loss, se, reached, diverged, t, seen, lowest = math.inf, math.nan, math.inf, False, 0, 0, math.inf
     while t < limit:
         if schedule is not None:
             stage = schedule.stage_at(step=t)
@@ -227,6 +227,7 @@ def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: 
         seen += batch
         if _due(t) or t == limit:
             loss, se = evaluate(model, setup, budget)
+            lowest = min(lowest, loss) if math.isfinite(loss) else lowest
             say("step", {"step": t, "steps": limit, "loss": loss})
             if not math.isfinite(loss) or loss > 1e6:
                 diverged = True
@@ -236,9 +237,13 @@ def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: 
                 break
     if schedule is not None:
         return Branch(0, float(opt.param_groups[0]["lr"]), multiplier, setup.cfg.seed + seed, t, seen, loss, se,
-                      round(time.perf_counter() - t0, 4), diverged, reached)
+                      round(time.perf_counter() - t0, 4), diverged, reached, _finite(lowest))
     row = Branch(batch, setup.base_lr * factor, multiplier, setup.cfg.seed + seed, t, t * batch, loss, se,
-                 round(time.perf_counter() - t0, 4), diverged, reached)
+                 round(time.perf_counter() - t0, 4), diverged, reached, _finite(lowest))
     if not math.isfinite(reached) and not diverged and limit < cap:
         raise _Stop(f"the --max-examples budget ({setup.cfg.max_examples:,}) was spent during batch {batch}")
     return row
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None

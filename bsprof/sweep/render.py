@@ -79,7 +79,8 @@ def summary_lines(r) -> list[str]:
         est = [f"B_simple {estimate_text(k.b_simple)}"]
         est += [f"{n} {estimate_text(e)}" for n, e in (("B_pre", k.b_pre), ("B_noise", k.b_noise)) if e is not None]
         lines.append(f"noise scale at the report's last weights: {', '.join(est)} {u}{conv}" +
-                     (f";  sweep/B_simple {at or '= '}{fmt(k.ratio)}" if math.isfinite(k.ratio) else ""))
+                     (f";  {'local ' if r.method == 'local' else ''}sweep/B_simple {at or '= '}{fmt(k.ratio)}"
+                      if math.isfinite(k.ratio) else ""))
         lines.append(f"estimate cost: {k.measure_seconds:.1f} s measuring, {k.measure_examples:,} examples in "
                      f"B_simple's draws (+ {k.probe_train_examples:,} probe-training examples)")
     lines += [f"note: {n}" for n in r.notes]

@@ -21,7 +21,9 @@ SCHEMA = 1
 @dataclass(frozen=True)
 class Branch:
     """One branched run. ``loss``/``loss_se``: mean per-example loss on the fixed evaluation draw and its standard
-    error s/√n over that draw; ``steps_to_target``: global only (∞ when the target was not reached)."""
+    error s/√n over that draw; ``steps_to_target``: global only (∞ when the target was not reached);
+    ``lowest_loss``: global only, the lowest evaluation loss the branch reached (a loss that fell and rose again,
+    as when the model memorises noisy labels, ends far above it)."""
 
     batch: int
     lr: float
@@ -34,6 +36,7 @@ class Branch:
     seconds: float
     diverged: bool = False
     steps_to_target: float | None = None
+    lowest_loss: float | None = None
 
     def to_dict(self) -> dict:
         return json_clean(dataclasses.asdict(self))
