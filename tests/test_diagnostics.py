@@ -224,3 +224,25 @@ def test_the_terminal_lists_a_runs_own_notes_before_those_every_run_carries():
     console.print(report_table(r))
     text = console.export_text()
     assert text.index("note [fallback]") < text.index("note [temperature]") < text.index("note [plain_sgd]")
+
+
+def test_a_stretch_of_training_many_times_slower_is_named_as_cpu_contention():
+    """A run beside another busy process: its first 100 steps took 71 s, each later 100 about 3.6 s (torch's two
+    threads waiting on each other). A note says so, with the fix; a run with even steps, a one-thread run, or a
+    first stretch slower by a set-up's fraction of a second gets none."""
+    def run(between, threads=2, device="cpu"):
+        r = Report()
+        for step in range(0, 100 * (len(between) + 1), 100):
+            r.add({"step": step, "b_simple": 50.0, "status": "ok"})
+        r.timing = {"training_between_s": between}
+        r.environment = {"device": device, "threads": threads}
+        diagnostics.after_run(r)
+        return {d["code"]: d["message"] for d in r.diagnostics}
+
+    note = run([71.1, 3.6, 3.6, 3.7, 3.6, 3.6])["cpu_contention"]
+    assert note.startswith("training from step 0 to 100 took 20× the run's median time per step") and \
+        "OMP_NUM_THREADS=1" in note
+    assert "cpu_contention" not in run([3.7, 3.6, 3.6, 3.7])
+    assert "cpu_contention" not in run([71.1, 3.6, 3.6, 3.7], threads=1)
+    assert "cpu_contention" not in run([71.1, 3.6, 3.6, 3.7], device="cuda")
+    assert "cpu_contention" not in run([0.5, 0.03, 0.03, 0.03])   # 17× per step, but half a second: a set-up

@@ -173,6 +173,7 @@ def after_run(report: Report) -> None:
     _curvature(report)
     _implausible(report)
     measure_cost(report)
+    _cpu_contention(report)
     # each measurement's test is calibrated at FIT_ALPHA (scripts/regression_calibration.py: i.i.d. draws, 5–20 of
     # them, Gaussian and t₃ gradients: 0.03–0.15% below 1e-3); over a run's k tests the note holds the run's false
     # alarms to FIT_ALPHA (Bonferroni: p < FIT_ALPHA/k; a new user's run had p = 0.00046 at one of its steps)
@@ -194,6 +195,32 @@ def after_run(report: Report) -> None:
         report.diagnose("layer_spread", f"layer noise scales span {min(values):.3g}–{max(values):.3g} "
                         f"(> {LAYER_SPREAD:g}×): the total is dominated by the layers with the largest |G|²; "
                         "each layer's value is in the report's layers (layers.csv when a report folder is written).")
+
+
+CONTENDED = 5.0  # a stretch of training this many times slower per step than the run's median: a shared CPU
+
+
+def _cpu_contention(report: Report) -> None:
+    """Training between two measurements CONTENDED× slower per step than the run's median, on a CPU with several
+    torch threads: another busy process makes them wait on each other (a trial beside another job: 71 s for the
+    first 100 steps, 3.6 s for each later 100; a new user's 100 forward-backward passes took 66× longer than with
+    one thread), which the run's timings and its time-budgeted draws then reflect."""
+    between = report.timing.get("training_between_s") or []
+    steps = sorted({r.step for r in report.measurements if r.stopped_by != "cut_short"})
+    if report.environment.get("device") != "cpu" or report.environment.get("threads", 1) < 2 or len(between) < 3 \
+            or len(steps) != len(between) + 1:
+        return
+    per_step = [t / (b - a) for t, a, b in zip(between, steps, steps[1:]) if b > a]
+    mid = sorted(per_step)[len(per_step) // 2]
+    slow = max(range(len(per_step)), key=per_step.__getitem__)
+    excess = between[slow] - mid * (steps[slow + 1] - steps[slow])   # seconds lost: not a first step's set-up
+    if mid > 0 and per_step[slow] > CONTENDED * mid and excess > 2.0:
+        report.diagnose("cpu_contention", f"training from step {steps[slow]} to {steps[slow + 1]} took "
+                        f"{per_step[slow] / mid:.0f}× the run's median time per step: the CPU was likely shared with "
+                        f"another busy process, and torch's {report.environment['threads']} threads then wait on "
+                        "each other many times over. The noise scales are not affected, but the timings are, and "
+                        "measurements stopped by the time budget drew less; on a shared CPU set OMP_NUM_THREADS=1 "
+                        "(or torch.set_num_threads(1)), or measure when the machine is quiet.")
 
 
 def measure_cost(report: Report) -> None:
