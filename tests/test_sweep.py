@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from torch import nn
 from typer.testing import CliRunner
 
 import bsprof.sweep as sweep
@@ -1081,3 +1082,28 @@ def test_piped_progress_lines_are_one_line_each(tmp_path):
                           *map(str, FAST), "-o", str(tmp_path)], capture_output=True, text=True, env=env).stderr
     lines = [ln for ln in out.splitlines() if ln.startswith("branch ")]
     assert len(lines) == 2 and all(ln.endswith(" s)") and len(ln) > 50 for ln in lines), out
+
+
+def test_a_model_with_dropout_is_noted_when_the_sweep_is_compared_with_training_losses(tmp_path):
+    """A validation task with dropout: the sweep's target is an evaluation loss (dropout off), the report's path a
+    training loss (dropout on, higher at the same weights: eval 0.45 was train 0.523), and nothing said so. With a
+    --report (or --schedule) and a layer whose output depends on the mode, a note says it; Dropout(p=0) is not one."""
+    from bsprof.sweep.branches import mode_layers
+
+    assert mode_layers(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1), nn.BatchNorm1d(2), nn.Dropout(0.2))) == \
+        ("BatchNorm1d", "Dropout")
+    assert mode_layers(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.0))) == ()
+    spec = tmp_path / "dropped.py"
+    spec.write_text(TINY.read_text() + "\n\n_linear = model\n\n\ndef model():\n"
+                    "    return nn.Sequential(nn.Dropout(0.1), _linear())\n")
+    Report(measurements=[{"step": 0, "loss": 0.7, "b_simple": 8.6, "b_simple_lo": 8.0, "b_simple_hi": 9.3,
+                          "status": "ok", "examples": 640, "seconds": 0.5}]).to_json(tmp_path / "report.json")
+    notes = {}
+    for name, path in (("dropout", spec), ("plain", TINY)):
+        r = cli(path, "--method", "global", "--batches", "2,4,8,16", "-t", 0.3, "--n-boot", 50, "--any-spec",
+                "--report", tmp_path / "report.json", *FAST, "-o", tmp_path / name, "-q")
+        assert r.exit_code == 0, r.output
+        notes[name] = json.loads((tmp_path / name / "sweep.json").read_text())["notes"]
+    assert any(n.startswith("the model has Dropout, whose output differs in train and eval mode") for n in
+               notes["dropout"])
+    assert not any("differs in train and eval mode" in n for n in notes["plain"])

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from torch.utils.data import IterableDataset, Subset
 
 from bsprof.engine.data import Examples
@@ -64,6 +65,7 @@ class _Setup:
     n_data: int = 0                  # the dataset's examples
     eval_capped: bool = False        # the default evaluation draw was capped at a quarter of the dataset
     warnings: list = field(default_factory=list)   # said first (a report from an edited spec, an untuned lr)
+    mode_layers: tuple = ()          # layer types whose output differs in train and eval mode (Dropout, BatchNorm)
 
     @property
     def n_train(self) -> int:
@@ -129,7 +131,15 @@ def prepare(spec: Spec, cfg: SweepConfig, b_noise: float | None = None) -> _Setu
     b_noise = cfg.b_noise or b_noise
     return _Setup(spec, cfg, device, train, eval_batches, n_eval, float(opt.param_groups[0]["lr"]), name, rule,
                   b_noise if rule in ("linear", "sqrt") and b_noise else None, init, held_out, n_data=n,
-                  eval_capped=capped)
+                  eval_capped=capped, mode_layers=mode_layers(model))
+
+
+def mode_layers(model: nn.Module) -> tuple[str, ...]:
+    """The layer types of ``model`` whose output differs between train and eval mode: dropout (off in eval) and
+    batch normalisation (running statistics in eval), sorted, once each."""
+    kinds = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+    return tuple(sorted({type(m).__name__ for m in model.modules() if isinstance(m, kinds)
+                         and not (isinstance(m, nn.modules.dropout._DropoutNd) and m.p == 0)}))
 
 
 def _model(setup: _Setup, seed: int, factor: float):
