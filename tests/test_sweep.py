@@ -327,6 +327,8 @@ def test_cli_global_with_report(tmp_path):
     assert c["critical_batch"]["value"] == pytest.approx(head.value)
     assert c["critical_ratio"] == pytest.approx(d["critical"]["value"] / head.value)
     assert "sweep / critical batch" in r.output
+    inside = head.lo <= d["critical"]["value"] <= head.hi   # a verdict beside the ratio (a new user asked for one)
+    assert f"({'inside' if inside else 'outside'} the headline's interval)" in " ".join(r.output.split())
     # the report's path (loss 0.7) does not reach the target 0.3: the headline beside the sweep says which it is (it
     # printed a number with no loss, which `bsprof report -t 0.3` refuses: a user's out-of-sample check)
     assert "the sweep's target loss 0.3 is outside the path" in c["critical_batch_to"]
@@ -644,6 +646,13 @@ def test_a_loss_that_fell_and_rose_again_asks_for_a_higher_target_not_more_steps
     flat = SimpleNamespace(branches=(row(0.63, 0.62), row(0.61, 0.60)))
     fix = sweep_api._unreached_fix(flat, setup, None)
     assert fix.startswith("raise --max-steps") and "the lowest evaluation loss a run reached: 0.6" in fix
+    # a plateau (a new user's noisy labels: lowest 0.793–0.802, the final 1–2% above): the runs reached their lowest
+    # in their first half and never improved on it: a floor, not too few steps
+    stalled = SimpleNamespace(branches=tuple(dataclasses.replace(row(1.02 * low, low), lowest_step=at)
+                                             for low, at in ((0.793, 400), (0.802, 900), (0.80, 1500))))
+    fix = sweep_api._unreached_fix(stalled, setup, None)
+    assert fix.startswith("the evaluation loss levelled off: 2 of the 3 runs") and "above about 0.802" in fix
+    assert "raise --max-steps" not in fix
 
 
 def test_spec_errors_are_one_line(tmp_path):
@@ -1107,3 +1116,14 @@ def test_a_model_with_dropout_is_noted_when_the_sweep_is_compared_with_training_
     assert any(n.startswith("the model has Dropout, whose output differs in train and eval mode") for n in
                notes["dropout"])
     assert not any("differs in train and eval mode" in n for n in notes["plain"])
+
+
+def test_the_grid_edge_note_gives_a_wider_grid():
+    """"widen --lr-grid" came with no value (a new user's sweep had every best lr at ×2, the default grid's top):
+    the note now gives the grid doubled past the end the best lrs sat at."""
+    from bsprof.sweep.result import BatchSummary
+
+    top = [BatchSummary(b, 0.1, 2.0, 0.3, 0.01, 10, 100, None) for b in (16, 32)]
+    assert sweep_api._wider(top, [16, 32], (0.5, 1.0, 2.0)) == " (e.g. --lr-grid 0.5,1,2,4,8)"
+    both = [dataclasses.replace(top[0], lr_multiplier=0.5), top[1]]
+    assert sweep_api._wider(both, [16, 32], (0.5, 1.0, 2.0)) == " (e.g. --lr-grid 0.125,0.25,0.5,1,2,4,8)"

@@ -141,8 +141,16 @@ def _notes(setup, cfg: SweepConfig, est: Estimate, summaries, extra: list[str]) 
     edges = summary.grid_edges(summaries, cfg.lr_grid)
     if edges:
         notes.append(f"the best lr is at an end of the grid for batch {', '.join(map(str, edges))}: the optimum may "
-                     "lie outside it; widen --lr-grid")
+                     f"lie outside it; widen --lr-grid{_wider(summaries, edges, cfg.lr_grid)}")
     return tuple(notes + extra)
+
+
+def _wider(summaries, edges: list[int], grid) -> str:
+    """An example of the wider grid: doubled past the end(s) the best lrs sat at (a user asked for a value)."""
+    ends = {s.lr_multiplier for s in summaries if s.batch in edges}
+    lo, hi = min(grid), max(grid)
+    wider = sorted({*grid, *((hi * 2, hi * 4) if hi in ends else ()), *((lo / 2, lo / 4) if lo in ends else ())})
+    return f" (e.g. --lr-grid {','.join(f'{m:g}' for m in wider)})" if len(wider) > len(set(grid)) else ""
 
 
 def _evaluation(setup, cfg: SweepConfig, summaries) -> str:
@@ -644,7 +652,8 @@ def _mode_note(layers: tuple[str, ...], target: float) -> str:
     return (f"the model has {', '.join(layers)}, whose output differs in train and eval mode: the sweep's target "
             f"{target:g} is an evaluation loss (eval mode), the report's losses and a schedule's target are training "
             "losses (train mode, higher with dropout at the same weights), so the same number is a later point of "
-            "training for them; compare the report at the training loss where the sweep's runs reached the target")
+            "training for them and the comparison above is not like for like (predicted steps run high, a "
+            "validation task's 1.15–1.51× against 0.64–1.16× at the matching training loss)")
 
 
 def _unreached_fix(result: SweepResult, setup, cfg: SweepConfig) -> str:
@@ -652,14 +661,21 @@ def _unreached_fix(result: SweepResult, setup, cfg: SweepConfig) -> str:
     runs that missed it fell below their final loss and rose again (memorising noisy labels, or an lr too high), a
     target above that lowest loss, not more steps (a new user raised --max-steps on such a sweep as told)."""
     missed = [r for r in result.branches if not (r.steps_to_target and math.isfinite(r.steps_to_target))
-              and r.lowest_loss is not None]
+              and r.lowest_loss is not None and not r.diverged]
     low = min((r.lowest_loss for r in missed), default=None)
-    rose = [r for r in missed if not r.diverged and math.isfinite(r.loss) and r.loss > ROSE * r.lowest_loss]
+    rose = [r for r in missed if math.isfinite(r.loss) and r.loss > ROSE * r.lowest_loss]
+    stalled = [r for r in missed if r.lowest_step is not None and r.lowest_step <= r.steps / 2]
     tail = f"; the partial result was written (the initial loss is {setup.initial_loss:.4g})"
     if low is not None and 2 * len(rose) > len(missed):
         return (f"the evaluation loss fell to {low:.4g} and rose again in {len(rose)} of the {len(missed)} runs that "
                 "missed the target (the model memorising the training examples, or an lr too high): pass a "
                 f"--target-loss above {low:.4g}, which more --max-steps will not reach" + tail)
+    if low is not None and 2 * len(stalled) > len(missed):
+        top = max(r.lowest_loss for r in missed)
+        return (f"the evaluation loss levelled off: {len(stalled)} of the {len(missed)} runs that missed the target "
+                f"reached their lowest loss ({low:.4g}–{top:.4g} over the runs) in their first half and did not "
+                "improve on it after (a floor: noisy labels, or the model's capacity): pass a --target-loss above "
+                f"about {top:.4g}, which more --max-steps will not reach" + tail)
     lowest = f" (the lowest evaluation loss a run reached: {low:.4g})" if low is not None else ""
     return f"raise --max-steps, widen --lr-grid, or pass a higher --target-loss{lowest}" + tail
 

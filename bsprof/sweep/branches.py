@@ -220,7 +220,7 @@ def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: 
     ex, t0 = _examples(setup, seed, batch), time.perf_counter()
     left = budget.examples_left()
     limit = cap if math.isinf(left) else min(cap, int(left // max(batch, 1)))
-    loss, se, reached, diverged, t, seen, lowest = math.inf, math.nan, math.inf, False, 0, 0, math.inf
+    loss, se, reached, diverged, t, seen, lowest, at = math.inf, math.nan, math.inf, False, 0, 0, math.inf, None
     while t < limit:
         if schedule is not None:
             stage = schedule.stage_at(step=t)
@@ -237,7 +237,8 @@ def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: 
         seen += batch
         if _due(t) or t == limit:
             loss, se = evaluate(model, setup, budget)
-            lowest = min(lowest, loss) if math.isfinite(loss) else lowest
+            if math.isfinite(loss) and loss < lowest:
+                lowest, at = loss, t
             say("step", {"step": t, "steps": limit, "loss": loss})
             if not math.isfinite(loss) or loss > 1e6:
                 diverged = True
@@ -247,9 +248,9 @@ def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: 
                 break
     if schedule is not None:
         return Branch(0, float(opt.param_groups[0]["lr"]), multiplier, setup.cfg.seed + seed, t, seen, loss, se,
-                      round(time.perf_counter() - t0, 4), diverged, reached, _finite(lowest))
+                      round(time.perf_counter() - t0, 4), diverged, reached, _finite(lowest), at)
     row = Branch(batch, setup.base_lr * factor, multiplier, setup.cfg.seed + seed, t, t * batch, loss, se,
-                 round(time.perf_counter() - t0, 4), diverged, reached, _finite(lowest))
+                 round(time.perf_counter() - t0, 4), diverged, reached, _finite(lowest), at)
     if not math.isfinite(reached) and not diverged and limit < cap:
         raise _Stop(f"the --max-examples budget ({setup.cfg.max_examples:,}) was spent during batch {batch}")
     return row

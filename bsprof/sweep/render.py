@@ -73,6 +73,10 @@ def summary_lines(r) -> list[str]:
         versus = (f"{what} / critical batch {at or '= '}{fmt(k.critical_ratio)}" if math.isfinite(k.critical_ratio)
                   else "no ratio: the sweep did not determine its critical batch")
         if k.critical_batch is not None and k.critical_batch.ok:
+            head, swept = k.critical_batch, r.critical.value
+            if r.method == "global" and math.isfinite(k.critical_ratio) and math.isfinite(swept):  # a verdict, too
+                versus += (" (inside the headline's interval)" if head.lo <= swept <= head.hi else
+                           " (outside the headline's interval)")
             to = getattr(k, "critical_batch_to", "")
             lines.append(f"estimate ({k.report}): critical batch ≈ {estimate_text(k.critical_batch)} {u}{conv}"
                          f"{f' ({to})' if to else ''};  {versus}")

@@ -37,6 +37,7 @@ class Branch:
     diverged: bool = False
     steps_to_target: float | None = None
     lowest_loss: float | None = None
+    lowest_step: int | None = None   # the step of the evaluation that gave ``lowest_loss``
 
     def to_dict(self) -> dict:
         return json_clean(dataclasses.asdict(self))
