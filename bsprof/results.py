@@ -36,10 +36,11 @@ def number(x: float | None) -> str:
 
 
 def plus_minus(w: float) -> str:
-    """A relative half-width for a message: '±20%', and beyond ±1000% the factor ('±379× the value')."""
+    """A relative half-width for a message: '±20%', and beyond ±1000% the factor ('a half-width 379× the value';
+    "±379× the value" was hard to parse)."""
     if not finite(w):
         return "unbounded"
-    return f"±{w:.0%}" if w <= 10 else f"±{w:.0f}× the value"
+    return f"±{w:.0%}" if w <= 10 else f"a half-width {w:.0f}× the value"
 
 
 def is_adam_family(name: str | None) -> bool:

@@ -291,7 +291,7 @@ def test_numbers_in_text_stay_readable():
 
     assert [fmt(x) for x in (12.3456, 6190.4, 115200.0, 1234567.0, 3.3e9)] == ["12.3", "6190", "115,000",
                                                                                "1,230,000", "3.3e+09"]
-    assert (plus_minus(0.2), plus_minus(379.06), plus_minus(float("inf"))) == ("±20%", "±379× the value",
+    assert (plus_minus(0.2), plus_minus(379.06), plus_minus(float("inf"))) == ("±20%", "a half-width 379× the value",
                                                                                "unbounded")
 
 
