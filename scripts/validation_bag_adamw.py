@@ -93,7 +93,6 @@ def optimizer(params, lr=LR):
 
 # -- the driver ----------------------------------------------------------------------------------------------
 def main():  # noqa: C901
-    import argparse
     import sys
     from pathlib import Path
 
@@ -104,18 +103,7 @@ def main():  # noqa: C901
 
     from bsprof.engine.spec import load_spec
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trial", action="store_true", help="batch-16 training curves at a few lrs (to pick the target)")
-    ap.add_argument("--target", type=float, default=0.75)
-    ap.add_argument("--batches", default="16,32,64,128,256,512,1024")
-    ap.add_argument("--lr0", type=float, default=LR, help="the lr at the smallest batch (grid centre)")
-    ap.add_argument("--lr-grid", default="0.25,0.5,1,2,4")
-    ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--max-steps", type=int, default=2000)
-    ap.add_argument("--probe-seeds", type=int, default=3)
-    ap.add_argument("--probe-steps", type=int, default=0, help="0: 2.5 × the sweep's steps at B = 32")
-    ap.add_argument("--reuse-sweep", action="store_true", help="keep the sweep already in the JSON")
-    ap.add_argument("--out", default=str(root / "scripts" / "results" / "validation_bag_adamw.json"))
+    ap = validation_row.arguments(__doc__.splitlines()[0], 0.75, LR, "0.25,0.5,1,2,4", "validation_bag_adamw.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out_path = Path(args.out)

@@ -28,6 +28,26 @@ from bsprof.results import json_clean, optimizer_name  # noqa: E402
 RULES = {"sqrt": math.sqrt, "linear": lambda r: r}   # the lr's growth with the batch the grid is centred on
 
 
+def arguments(description: str, target: float, lr0: float, lr_grid: str, out: str):
+    """The row's command line (a script adds its own options): the sweep's target, batches, lr grid and seeds, the
+    probes' seeds and steps, and the JSON's path under scripts/results/."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--trial", action="store_true", help="batch-16 training curves at a few lrs (to pick the target)")
+    ap.add_argument("--target", type=float, default=target)
+    ap.add_argument("--batches", default="16,32,64,128,256,512,1024")
+    ap.add_argument("--lr0", type=float, default=lr0, help="the lr at the smallest batch (grid centre)")
+    ap.add_argument("--lr-grid", default=lr_grid)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--max-steps", type=int, default=2000)
+    ap.add_argument("--probe-seeds", type=int, default=3)
+    ap.add_argument("--probe-steps", type=int, default=0, help="0: 2.5 × the sweep's steps at B = 32")
+    ap.add_argument("--reuse-sweep", action="store_true", help="keep the sweep already in the JSON")
+    ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / out))
+    return ap
+
+
 def run_row(spec, optimizer, args, out_path: Path, task: str, rule: str) -> dict:
     """The sweep (or the one in ``out_path`` with ``args.reuse_sweep``) and ``args.probe_seeds`` probes; ``args``:
     target, batches, lr0, lr_grid, seeds, max_steps, probe_seeds, probe_steps (0: 2.5 × the sweep's steps at
