@@ -1127,3 +1127,16 @@ def test_the_grid_edge_note_gives_a_wider_grid():
     assert sweep_api._wider(top, [16, 32], (0.5, 1.0, 2.0)) == " (e.g. --lr-grid 0.5,1,2,4,8)"
     both = [dataclasses.replace(top[0], lr_multiplier=0.5), top[1]]
     assert sweep_api._wider(both, [16, 32], (0.5, 1.0, 2.0)) == " (e.g. --lr-grid 0.125,0.25,0.5,1,2,4,8)"
+
+
+def test_a_branch_that_levelled_off_stops_early(tmp_path):
+    """A target below the loss's floor (least squares with noise: the floor is σ²/2 = 0.25) ran every branch to
+    --max-steps (a new user's took 61 s, 20× the reachable sweep); a branch whose lowest loss is from its first
+    quarter (after 200 steps) now stops as levelled off, and says so."""
+    r = cli(TINY, "--batches", "2,4,8", "-t", 0.1, "--max-steps", 3000, *FAST, "-o", tmp_path, "-q")
+    assert r.exit_code == 2
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    runs = data["branches"]
+    assert all(b["stalled"] and b["steps"] < 3000 and b["steps"] >= 4 * b["lowest_step"] for b in runs)
+    assert any("levelled off above the target at every lr of the grid" in n for n in data["notes"])
+    assert "stalled" in (tmp_path / "sweep.csv").read_text().splitlines()[0]

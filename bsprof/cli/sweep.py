@@ -133,12 +133,13 @@ def _run(spec: Path, cfg, report: Path | None, out: Path, quiet: bool, fresh: bo
                     bar.update(task, completed=info["i"])
                     if not live and not quiet:
                         r = info["row"]
-                        capped = (r.steps_to_target == float("inf") and not r.diverged
+                        capped = (r.steps_to_target == float("inf") and not r.diverged and not r.stalled
                                   and r.steps < cfg.max_steps)   # stopped where an earlier lr had done better
                         reached = ("" if r.steps_to_target is None else
                                    f", target at step {r.steps_to_target:g}" if r.steps_to_target != float("inf")
                                    else f", stopped at step {r.steps}: slower than an earlier lr at this batch"
-                                   if capped else ", target not reached")
+                                   if capped else f", stopped at step {r.steps}: no lower loss since step "
+                                   f"{r.lowest_step} (levelled off)" if r.stalled else ", target not reached")
                         err_console.print(f"branch {info['i']}/{total.get('n', '?')}: batch {r.batch}, lr {r.lr:.4g}, "
                                           f"seed {r.seed}: loss {r.loss:.4g}{reached} ({r.seconds:.1f} s)",
                                           highlight=False, soft_wrap=True)   # one line each, for grep in CI logs

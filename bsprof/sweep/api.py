@@ -358,6 +358,8 @@ def _global_result(setup, cfg, rows, budget, incomplete, comp, n_boot, followed=
             continue
         low = min((r.lowest_loss for r in runs if r.lowest_loss is not None), default=None)
         how = ("diverged at every lr of the grid" if runs and all(r.diverged for r in runs) else
+               "levelled off above the target at every lr of the grid (no lower loss in the last 3/4 of a run)"
+               if runs and all(r.stalled or r.diverged for r in runs) else
                f"did not reach the target within {cfg.max_steps} steps at any lr of the grid"
                + (" (diverged at some)" if any(r.diverged for r in runs) else "")
                + (f"; its lowest evaluation loss {low:.4g}" if low is not None else ""))

@@ -209,11 +209,17 @@ def _due(t: int) -> bool:
     return t <= 50 or t % math.ceil(t / 50) == 0
 
 
+PLATEAU, PLATEAU_MIN = 4, 200  # a global branch stops when its lowest loss is from its first quarter (≥ 200 steps)
+
+
 def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: int, budget: _Budget,
                   say: Progress, schedule=None) -> Branch:
-    """Global: train at ``batch`` until the evaluation loss ≤ target (at most ``cap`` steps). With ``schedule``
-    (a ``bsprof.schedule.Schedule``) the batch and learning rate of each step are the schedule's at that step
-    (``stage_at``), as written; the row's ``batch`` is then 0 and ``examples`` the examples it trained on."""
+    """Global: train at ``batch`` until the evaluation loss ≤ target (at most ``cap`` steps), or until it
+    levelled off: no lower evaluation loss in the last 3/4 of the steps, after at least ``PLATEAU_MIN``
+    (``stalled``; a new user's unreachable target ran every branch to --max-steps on a plateau, 20× the reachable
+    sweep's time). With
+    ``schedule`` (a ``bsprof.schedule.Schedule``) the batch and learning rate of each step are the schedule's at
+    that step (``stage_at``), as written; the row's ``batch`` is then 0 and ``examples`` the examples it trained on."""
     target = setup.cfg.target_loss
     factor = _factor(setup, batch, multiplier) if schedule is None else multiplier
     model, opt = _model(setup, seed, factor)
@@ -221,6 +227,7 @@ def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: 
     left = budget.examples_left()
     limit = cap if math.isinf(left) else min(cap, int(left // max(batch, 1)))
     loss, se, reached, diverged, t, seen, lowest, at = math.inf, math.nan, math.inf, False, 0, 0, math.inf, None
+    stalled = False
     while t < limit:
         if schedule is not None:
             stage = schedule.stage_at(step=t)
@@ -246,11 +253,14 @@ def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: 
             if loss <= target:
                 reached = float(t)
                 break
+            if at is not None and t >= max(PLATEAU_MIN, PLATEAU * at):   # no lower loss in 3/4 of the run
+                stalled = True
+                break
     if schedule is not None:
         return Branch(0, float(opt.param_groups[0]["lr"]), multiplier, setup.cfg.seed + seed, t, seen, loss, se,
-                      round(time.perf_counter() - t0, 4), diverged, reached, _finite(lowest), at)
+                      round(time.perf_counter() - t0, 4), diverged, reached, _finite(lowest), at, stalled)
     row = Branch(batch, setup.base_lr * factor, multiplier, setup.cfg.seed + seed, t, t * batch, loss, se,
-                 round(time.perf_counter() - t0, 4), diverged, reached, _finite(lowest), at)
+                 round(time.perf_counter() - t0, 4), diverged, reached, _finite(lowest), at, stalled)
     if not math.isfinite(reached) and not diverged and limit < cap:
         raise _Stop(f"the --max-examples budget ({setup.cfg.max_examples:,}) was spent during batch {batch}")
     return row

@@ -38,6 +38,7 @@ class Branch:
     steps_to_target: float | None = None
     lowest_loss: float | None = None
     lowest_step: int | None = None   # the step of the evaluation that gave ``lowest_loss``
+    stalled: bool = False            # global: stopped on a plateau (no lower loss in the last 3/4 of its steps)
 
     def to_dict(self) -> dict:
         return json_clean(dataclasses.asdict(self))
