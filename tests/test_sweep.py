@@ -1132,11 +1132,14 @@ def test_the_grid_edge_note_gives_a_wider_grid():
 def test_a_branch_that_levelled_off_stops_early(tmp_path):
     """A target below the loss's floor (least squares with noise: the floor is σ²/2 = 0.25) ran every branch to
     --max-steps (a new user's took 61 s, 20× the reachable sweep); a branch whose lowest loss is from its first
-    quarter (after 200 steps) now stops as levelled off, and says so."""
+    quarter (after 200 steps and a quarter of --max-steps) now stops as levelled off, and says so."""
     r = cli(TINY, "--batches", "2,4,8", "-t", 0.1, "--max-steps", 3000, *FAST, "-o", tmp_path, "-q")
     assert r.exit_code == 2
     data = json.loads((tmp_path / "sweep.json").read_text())
     runs = data["branches"]
-    assert all(b["stalled"] and b["steps"] < 3000 and b["steps"] >= 4 * b["lowest_step"] for b in runs)
+    stalled = [b for b in runs if b["stalled"]]
+    assert 2 * len(stalled) > len(runs)   # a run still finding lower losses late (none here) goes on, as before
+    assert all(750 <= b["steps"] < 3000 and b["steps"] >= 4 * b["lowest_step"] for b in stalled)
+    assert all(b["stalled"] or b["lowest_step"] > b["steps"] / 4 for b in runs)
     assert any("levelled off above the target at every lr of the grid" in n for n in data["notes"])
     assert "stalled" in (tmp_path / "sweep.csv").read_text().splitlines()[0]

@@ -209,13 +209,14 @@ def _due(t: int) -> bool:
     return t <= 50 or t % math.ceil(t / 50) == 0
 
 
-PLATEAU, PLATEAU_MIN = 4, 200  # a global branch stops when its lowest loss is from its first quarter (≥ 200 steps)
+PLATEAU, PLATEAU_MIN = 4, 200  # a global branch stops when its lowest loss is from its first quarter, after at least
+#                                 200 steps and a quarter of --max-steps (a long first plateau can precede the fall)
 
 
 def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: int, budget: _Budget,
                   say: Progress, schedule=None) -> Branch:
     """Global: train at ``batch`` until the evaluation loss ≤ target (at most ``cap`` steps), or until it
-    levelled off: no lower evaluation loss in the last 3/4 of the steps, after at least ``PLATEAU_MIN``
+    levelled off: no lower evaluation loss in the last 3/4 of the steps, after at least ``PLATEAU_MIN`` and cap/4
     (``stalled``; a new user's unreachable target ran every branch to --max-steps on a plateau, 20× the reachable
     sweep's time). With
     ``schedule`` (a ``bsprof.schedule.Schedule``) the batch and learning rate of each step are the schedule's at
@@ -253,7 +254,7 @@ def run_to_target(setup: _Setup, seed: int, batch: int, multiplier: float, cap: 
             if loss <= target:
                 reached = float(t)
                 break
-            if at is not None and t >= max(PLATEAU_MIN, PLATEAU * at):   # no lower loss in 3/4 of the run
+            if at is not None and t >= max(PLATEAU_MIN, cap // PLATEAU, PLATEAU * at):   # none lower in 3/4 of it
                 stalled = True
                 break
     if schedule is not None:
