@@ -23,7 +23,7 @@ def sweep(
     method: Optional[str] = O(None, help="global: steps to --target-loss per batch, fit S = S_min(1 + B_crit/B) "
                               "(the headline's quantity); local: equal examples per branch, largest batch within "
                               "--tolerance (Merrill et al.; another quantity). [global with --target-loss, unless "
-                              "--examples or --tolerance are given; else local]"),
+                              "--examples, --tolerance or --tolerance-mode are given; else local]"),
     base_batch: Optional[int] = O(None, help="Smallest batch B; the sweep runs B·2^k, k = 0..--doublings. [32]"),
     doublings: Optional[int] = O(None, help="Number of doublings K of the base batch. [4]"),
     batches: Optional[str] = O(None, help="Explicit increasing batch list, e.g. 16,32,64 (overrides base/doublings)."),
