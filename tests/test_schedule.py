@@ -1093,3 +1093,17 @@ def test_piped_output_takes_the_exported_columns(report_file):
         return max(len(line) for line in out.splitlines())
 
     assert widest("60") <= 60 < widest("") <= 120
+
+
+def test_training_batch_outside_the_shown_sizes_keeps_its_comparison():
+    """The table shows at most 12 constant batches (the largest); a training batch below them is added, and it
+    carries steps_saved and examples_saved like the others (it had none, and the table printed "+0%" for it)."""
+    config = ScheduleConfig(target_loss=0.4, dwell=0, min_batch=1, multiple_of=1, max_batch=1 << 20)
+    s = plan(synthetic_report(batch=3, bstar=4000.0), config)
+    assert len(s.baselines) == 13 and 1 not in [b["batch_size"] for b in s.baselines]
+    current = s.baselines[0]
+    assert current["current"] and current["batch_size"] < min(b["batch_size"] for b in s.baselines[1:])
+    p = s.prediction
+    assert current["steps_saved"] == pytest.approx(1 - p["steps"] / current["steps"])
+    assert current["examples_saved"] == pytest.approx(1 - p["examples"] / current["examples"])
+    assert current["steps_saved"] != 0

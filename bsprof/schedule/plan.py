@@ -441,15 +441,14 @@ def _baselines(path, batch_train: float, cfg: ScheduleConfig, sched: dict, quant
         base = predict.constant_batch(path, b)
         return base | {"steps": base["steps"] + lead.steps(b), "examples": base["examples"] + lead.examples(b)}
 
-    out = []
-    for b in sizes[-12:] if len(sizes) > 12 and not cfg.compare_batches else sizes:
+    def row(b):
         base = constant(b)
-        base["steps_saved"] = 1 - sched["steps"] / base["steps"]
-        base["examples_saved"] = 1 - sched["examples"] / base["examples"]
-        base["current"] = b == int(batch_train)
-        out.append(base)
-    if int(batch_train) not in [b["batch_size"] for b in out]:
-        out.insert(0, constant(batch_train) | {"current": True})
+        return base | {"steps_saved": 1 - sched["steps"] / base["steps"],
+                       "examples_saved": 1 - sched["examples"] / base["examples"], "current": b == int(batch_train)}
+
+    out = [row(b) for b in (sizes[-12:] if len(sizes) > 12 and not cfg.compare_batches else sizes)]
+    if int(batch_train) not in [b["batch_size"] for b in out]:  # (the table shows at most 12 sizes)
+        out.insert(0, row(int(batch_train)))
     return out
 
 
