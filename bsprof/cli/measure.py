@@ -53,8 +53,8 @@ def measure(
     seed: Optional[int] = O(None, help="Random seed. [0]"),
     checkpoint: Optional[str] = O(None, help="Measure at these saved weights (torch.save(state_dict))."),
     unit: Optional[str] = O(None, help="Batch unit: examples or tokens. [examples]"),
-    tokens_per_example: Optional[int] = O(None, help="Tokens per example for --unit tokens (0: from the spec)."),
-    hessian: Optional[bool] = O(None, "--hessian/--no-hessian", help="Also measure B_noise (Hessian-aware)."),
+    tokens_per_example: Optional[int] = O(None, help="Tokens per example for --unit tokens (0: from the spec). [0]"),
+    hessian: Optional[bool] = O(None, "--hessian/--no-hessian", help="Also measure B_noise (Hessian-aware). [off]"),
     track_training: Optional[bool] = O(None, "--track-training/--no-track-training", help="Also estimate B_simple "
                                        "from the training steps between measurements (per-example norms; for "
                                        "BatchNorm or layers without a rule, two micro-batches per step). [on]"),

@@ -34,7 +34,7 @@ def schedule(
     exchange_rate: Optional[float] = O(None, help="mccandlish: examples one step is worth (0: auto, the B_crit "
                                        "over the path). [0]"),
     f_star: Optional[float] = O(None, help="adadamp: the optimal loss F*. [0]"),
-    b0: Optional[int] = O(None, help="Initial batch of adadamp/padadamp/geodamp/doubling (0: training batch)."),
+    b0: Optional[int] = O(None, help="Initial batch of adadamp/padadamp/geodamp/doubling (0: training batch). [0]"),
     rate: Optional[float] = O(None, help="padadamp: examples added per step. [1]"),
     factor: Optional[float] = O(None, help="geodamp: growth factor. [2]"),
     every: Optional[int] = O(None, help="geodamp: steps between growths. [1000]"),
@@ -60,7 +60,7 @@ def schedule(
                              "b_pre, b_simple_ranks, b_simple_regression. [auto]"),
     form: Optional[str] = O(None, help="Fit of the noise scale vs loss: auto (AICc), power, hyperbola. [auto]"),
     allow_extrapolation: Optional[bool] = O(None, "--allow-extrapolation", help="Plan even far beyond the "
-                                            "measured losses (a loud warning instead of exit 2)."),
+                                            "measured losses (a loud warning instead of exit 2). [off]"),
     max_extrapolation: Optional[float] = O(None, help="'Far': target below the lowest measured loss by more than "
                                            "this fraction of the measured log-loss range. [0.5]"),
     fmt: str = O("table", "--format", "-f", help="table, json, yaml, csv, or for a training framework: megatron "

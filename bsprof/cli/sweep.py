@@ -46,7 +46,7 @@ def sweep(
     checkpoint: Optional[str] = O(None, help="Start every branch from these weights (torch.save(state_dict))."),
     schedule: Optional[str] = O(None, help="global: also train this schedule.json (from `bsprof schedule`) as "
                                 "written, and say whether it beats every constant batch using no more examples."),
-    max_seconds: Optional[float] = O(None, help="Budget of seconds for the whole sweep (partial result kept)."),
+    max_seconds: Optional[float] = O(None, help="Budget of seconds for the whole sweep (partial result kept). [none]"),
     max_examples: Optional[int] = O(None, help="Budget of training examples for the whole sweep (0: none). [0]"),
     n_boot: Optional[int] = O(None, help="global: bootstrap fits for the B_crit interval. [1000]"),
     confidence: Optional[float] = O(None, help="Level of the intervals. [0.9]"),
