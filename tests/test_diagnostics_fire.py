@@ -1,0 +1,89 @@
+"""Diagnostics no other test made fire: each from the smallest input that should raise it, with its words checked."""
+
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import bsprof
+from bsprof.track import report_from_log
+
+
+def _codes(report) -> dict:
+    return {d["code"]: d["message"] for d in report.diagnostics}
+
+
+def _data(n=256, d=4, same=False):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1 if same else n, d, generator=g).expand(n, d).clone()
+    y = torch.randn(1 if same else n, generator=g).expand(n).clone()
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def mse(model, batch):
+    x, y = batch
+    return F.mse_loss(model(x).squeeze(-1), y, reduction="none")
+
+
+def test_zero_variance_when_every_example_is_the_same():
+    """Identical examples: every per-example gradient equals the mean, tr Σ = 0."""
+    report = bsprof.measure(model=torch.nn.Linear(4, 1), dataset=_data(same=True), loss=mse, steps=0,
+                            rel_error=0.2, batch_size=16)
+    notes = _codes(report)
+    assert report.measurements[0].stopped_by == "zero_variance"
+    assert "the examples' gradients agree at step 0" in notes["zero_variance"]
+
+
+def test_zero_gradient_when_the_loss_ignores_the_weights():
+    """A loss that does not depend on the trainable weights (the model's output times zero): every g_i = 0."""
+    def flat(model, batch):
+        x, y = batch
+        return 0.0 * model(x).squeeze(-1) + y ** 2
+
+    report = bsprof.measure(model=torch.nn.Linear(4, 1), dataset=_data(), loss=flat, steps=0, rel_error=0.2,
+                            batch_size=16)
+    assert report.measurements[0].stopped_by == "zero_gradient"
+    assert "every gradient drawn is exactly zero at step 0" in _codes(report)["zero_gradient"]
+
+
+def test_lr_not_used_names_the_spec_optimizers_own_rate():
+    report = bsprof.measure(model=torch.nn.Linear(4, 1), dataset=_data(), loss=mse, steps=4, measure_every=4,
+                            rel_error=0.5, batch_size=16, lr=0.5,
+                            optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
+    assert "--lr 0.5 was not used" in _codes(report)["lr_not_used"]
+    assert "(0.01)" in _codes(report)["lr_not_used"]
+
+
+def _log(path, steps):
+    path.write_text("\n".join(json.dumps(x) for x in steps) + "\n")
+    return path
+
+
+HEADER = {"schema": "bsprof.track", "version": 1, "unit": "examples", "source": "accumulation",
+          "accumulation_steps": 2, "optimizer": "SGD"}
+
+
+def test_skipped_steps_counts_the_non_finite_ones(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [HEADER]
+    for step in range(30):
+        if step % 10 == 3:
+            lines.append({"step": step, "examples": 64 * step, "b": 32, "B": 64, "skipped": "non-finite",
+                          "small_sq": None, "big_sq": None, "loss": None, "lr": 0.1})
+            continue
+        lines.append({"step": step, "examples": 64 * step, "b": 32, "B": 64, "small_sq": 3 * rng.gamma(50, 1 / 50),
+                      "big_sq": 2 * rng.gamma(50, 1 / 50), "loss": 1.0 - 0.01 * step, "lr": 0.1})
+    report = report_from_log(_log(tmp_path / "skips.jsonl", lines), window=5)
+    assert _codes(report)["skipped_steps"] == "3 logged steps had non-finite gradients and were skipped"
+    assert report.config["steps_skipped"] == 3
+
+
+def test_no_windows_when_every_step_was_skipped(tmp_path):
+    lines = [HEADER] + [{"step": s, "examples": 64 * s, "b": 32, "B": 64, "skipped": "non-finite", "small_sq": None,
+                         "big_sq": None, "loss": None, "lr": 0.1} for s in range(3)]
+    report = report_from_log(_log(tmp_path / "empty.jsonl", lines), window=5)
+    notes = _codes(report)
+    assert not report.measurements
+    words = "has no window to estimate: 0 step(s) with a pair were logged (3 skipped as non-finite)"
+    assert words in notes["no_windows"]
