@@ -984,7 +984,8 @@ def test_a_noise_scale_at_the_target_known_to_orders_of_magnitude_is_warned():
     s = plan(noisy, ScheduleConfig(target_loss=0.3, allow_extrapolation=True))
     p = s.prediction
     assert p["b_noise_target_hi"] / p["b_noise_target_lo"] > 100
-    assert any("the noise scale at the target is known only to within" in w for w in s.warnings)
+    assert any("the noise scale at the target is known only to within" in w and "steep at the end of the measured "
+               "path" in w for w in s.warnings)   # extrapolated: the steep end, not a loose fit
     assert not any("has no interval" in n for n in s.notes)   # its B_crit bounds held: 31–1,219
     firm = plan(synthetic_report(), ScheduleConfig(target_loss=0.45))
     assert not any("known only to within" in w for w in firm.warnings)
@@ -1107,3 +1108,15 @@ def test_training_batch_outside_the_shown_sizes_keeps_its_comparison():
     assert current["steps_saved"] == pytest.approx(1 - p["steps"] / current["steps"])
     assert current["examples_saved"] == pytest.approx(1 - p["examples"] / current["examples"])
     assert current["steps_saved"] != 0
+
+
+def test_a_loose_fit_inside_the_measured_losses_is_not_called_steep_at_the_end():
+    """A new user's finding: a target inside the measured losses got "the fit is steep at the end of the measured
+    path … a target within the measured losses makes them firmer" (it was within). Three scattered points: the fit
+    is loose, and more measurements are the fix."""
+    s = plan(synthetic_report(n=3, noise=2.0), ScheduleConfig(target_loss=0.5, dwell=0))
+    assert s.fit["loss_min"] <= 0.5
+    warning = next(w for w in s.warnings if "known only to within" in w)
+    assert "steep at the end" not in warning and "a target within the measured losses" not in warning
+    assert "the fit through 3 measurements is loose" in warning and "1 residual degree of freedom" in warning
+    assert "a smaller --measure-every, or more --steps" in warning

@@ -819,10 +819,17 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
                      "path integral does not hold (the noise scale falls to zero or the loss is not reached along "
                      "it); the value is the fit's alone: aim at a loss the run measured, or measure further")
     if math.isfinite(bt_lo) and bt_lo > 0 and bt_hi / bt_lo > 100:
-        warnings.append(f"the noise scale at the target is known only to within [{number(bt_lo)}, {number(bt_hi)}] "
-                        f"(×{bt_hi / bt_lo:.3g}): the fit is steep at the end of the measured path, so the last "
-                        "stages' batches rest on little; a target within the measured losses, or a longer run, "
-                        "makes them firmer")
+        known = (f"the noise scale at the target is known only to within [{number(bt_lo)}, {number(bt_hi)}] "
+                 f"(×{bt_hi / bt_lo:.3g}): ")
+        if config.target_loss < fit.loss_min:
+            warnings.append(known + "the fit is steep at the end of the measured path, so the last stages' batches "
+                            "rest on little; a target within the measured losses, or a longer run, makes them firmer")
+        else:  # inside the measured losses: the fit itself is loose (few points, or points far off it)
+            few = (f"; with {fit.dof} residual degree{'' if fit.dof == 1 else 's'} of freedom its interval is wide"
+                   if fit.dof <= 3 else "")
+            warnings.append(known + f"the fit through {fit.n} measurements is loose (they scatter about it{few}), so "
+                            "the stages' batches rest on little; more measurements along the run (a smaller "
+                            "--measure-every, or more --steps) make them firmer")
     family_name = optimizer_name(report.config)
     why = choose_noise(config, report.measurements, family_name)[1]
     quantity = measured_as(col, [r for r, _ in rows])
