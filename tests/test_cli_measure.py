@@ -1065,3 +1065,15 @@ def test_a_failure_before_the_first_step_names_its_phase_and_line(tmp_path):
     assert "Traceback" not in r.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["incomplete"]["phase"] == "timing a training batch"
+
+
+def test_a_second_run_into_the_same_folder_says_which_report_it_replaced(tmp_path):
+    """A new user's finding: a 2-step run replaced a 100-step report in the same --out without a word."""
+    args = (ASSETS / "tiny_linear.py", "--steps", 0, "--rel-error", 0.3, "-o", tmp_path, "--no-figures")
+    first = run(*args)
+    assert first.exit_code == 0 and "replacing" not in first.output
+    created = json.loads((tmp_path / "report.json").read_text())["created"]
+    second = run(*args)
+    assert second.exit_code == 0, second.output
+    text = " ".join(second.output.split())
+    assert f"(replacing the report of tiny_linear.py from {created[:10]} {created[11:16]} UTC there)" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -192,6 +193,7 @@ def _write(report: Report, out: Path, figures: bool, quiet: bool,
     """Write the report folder (rank 0) and say so; (written, the error if it could not be written)."""
     if not (comm.is_main and (report.measurements or report.config)):
         return False, None
+    replaced = _previous(out)
     try:
         paths = report.write(out, figures=figures)
     except OSError as e:
@@ -200,8 +202,18 @@ def _write(report: Report, out: Path, figures: bool, quiet: bool,
         return False, err
     if not quiet:
         show(report)
-        console.print(f"wrote {escape(', '.join(str(p) for p in paths.values()))}", highlight=False)
+        console.print(f"wrote {escape(', '.join(str(p) for p in paths.values()))}{escape(replaced)}", highlight=False)
     return True, None
+
+
+def _previous(out: Path) -> str:
+    """' (replacing the report of SPEC from TIME there)' when ``out`` holds an earlier run's report, else ''."""
+    try:
+        old = json.loads((out / OUTPUTS["json"]).read_text())
+        spec, created = Path(old["spec"]["path"]).name, str(old["created"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f" (replacing the report of {spec} from {created.replace('T', ' ')[:16]} UTC there)"
 
 
 def _user_failure(e: Exception, report: Report, kept: str, debug: bool = False) -> BsprofError:
