@@ -1,4 +1,4 @@
-"""One more out-of-sample row for the README's validation table: a bag-of-words text classifier under AdamW.
+"""One more out-of-sample row for the validation table (docs/validation.md): a bag-of-words text classifier under AdamW.
 
     python scripts/validation_bag_adamw.py [--trial] [--sweep-only] [--lr-grid 0.25,0.5,1,2,4]
 

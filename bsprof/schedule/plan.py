@@ -137,7 +137,7 @@ def noise_of(row: Measurement, col: str) -> Estimate | None:
 # noise scale (any other quantity: the fixed-weight factor); the report's pointwise values stay as measured.
 ADAM_FACTORS = {"b_simple_window": 3.2, "b_simple": 2.5}
 # Since the sixth session eight more Adam-family tasks were set up (out of sample): with the factor 0.73–2.7× per
-# task, the windows' shortfall over all fourteen 1.2–5.1× (README, scripts/factor_features.py).
+# task, the windows' shortfall over all fourteen 1.2–5.1× (docs/validation.md, scripts/factor_features.py).
 ADAM_SHORTFALL = {"b_simple_window": "1.2–5.1× (14 tasks)", "b_simple": "1.2–4.7×"}
 ADAM_RECORD = {"b_simple_window": "0.60–1.66× of swept critical batches on the 6 tasks it was fitted on (per probe "
                                   "seed 0.54–1.96×), 0.73–2.7× on 8 set up after it",
