@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import bsprof
+from bsprof.schedule.plan import more_rows_fix
 from bsprof.track import report_from_log
 
 
@@ -87,3 +88,5 @@ def test_no_windows_when_every_step_was_skipped(tmp_path):
     assert not report.measurements
     words = "has no window to estimate: 0 step(s) with a pair were logged (3 skipped as non-finite)"
     assert words in notes["no_windows"]
+    fix = more_rows_fix(report)   # what `bsprof schedule` then says
+    assert "the log has 0 usable logged step(s) (3 more skipped as non-finite" in fix

@@ -269,8 +269,10 @@ def more_rows_fix(report) -> str:
     if steps is not None:
         window, rows, smaller = int(report.config.get("window") or 0), len(report.measurements), max(2, steps // 5)
         if steps < 4:  # no window makes two rows of two steps each
-            return (f"log more steps: the log has {steps} logged step(s), and a schedule needs at least two windows "
-                    "of two steps")
+            skipped = int(report.config.get("steps_skipped") or 0)
+            why = f" ({skipped} more skipped as non-finite: check the gradients, an AMP overflow?)" if skipped else ""
+            return (f"log more steps: the log has {steps} usable logged step(s){why}, and a schedule needs at least "
+                    "two windows of two steps")
         asked = report.config.get("window_asked")
         if asked and int(asked) < window:   # shorter windows were tried, and left |G|² unresolved
             return (f"log more steps: windows shorter than {window} steps do not resolve |G|² in this log (--window "
