@@ -1077,3 +1077,22 @@ def test_a_second_run_into_the_same_folder_says_which_report_it_replaced(tmp_pat
     assert second.exit_code == 0, second.output
     text = " ".join(second.output.split())
     assert f"(replacing the report of tiny_linear.py from {created[:10]} {created[11:16]} UTC there)" in text
+
+
+@pytest.mark.parametrize("old,said", [
+    ({"created": "2026-12-03T10:14:36-05:00", "spec": {"path": None}},
+     " (replacing the report from 2026-12-03 15:14 UTC there)"),
+    ({"created": None, "spec": {"path": "/x/model.py"}}, " (replacing the report of model.py there)"),
+    ({"created": "2026-12-03T15:14:36+00:00", "spec": {"tracker_log": "runs/t.jsonl"}},
+     " (replacing the report of t.jsonl from 2026-12-03 15:14 UTC there)"),
+    ([1, 2], " (replacing the report there)"),
+    ("{not json", " (replacing the report there)"),
+])
+def test_the_replaced_report_is_named_as_far_as_its_file_says(tmp_path, old, said):
+    """A report written by the Python API has no spec path, a tracker log's names its log; a time zone is converted;
+    a malformed file is still said to be replaced, without a spec or a time."""
+    from bsprof.cli.measure import _previous
+
+    (tmp_path / "report.json").write_text(old if isinstance(old, str) else json.dumps(old))
+    assert _previous(tmp_path) == said
+    assert _previous(tmp_path / "missing") == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -207,13 +208,22 @@ def _write(report: Report, out: Path, figures: bool, quiet: bool,
 
 
 def _previous(out: Path) -> str:
-    """' (replacing the report of SPEC from TIME there)' when ``out`` holds an earlier run's report, else ''."""
+    """' (replacing the report of SPEC from TIME there)' when ``out`` holds an earlier report (its spec and time as far
+    as the file says them: a report written by the Python API has no spec path), else ''."""
+    path = out / OUTPUTS["json"]
     try:
-        old = json.loads((out / OUTPUTS["json"]).read_text())
-        spec, created = Path(old["spec"]["path"]).name, str(old["created"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
-    return f" (replacing the report of {spec} from {created.replace('T', ' ')[:16]} UTC there)"
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return " (replacing the report there)" if path.exists() else ""
+    old = old if isinstance(old, dict) else {}
+    spec = old.get("spec") if isinstance(old.get("spec"), dict) else {}
+    name = spec.get("path") or spec.get("tracker_log")
+    what = f"the report of {Path(name).name}" if isinstance(name, str) and name else "the report"
+    try:
+        when = datetime.fromisoformat(str(old["created"])).astimezone(timezone.utc)
+    except (KeyError, ValueError, TypeError):
+        return f" (replacing {what} there)"
+    return f" (replacing {what} from {when:%Y-%m-%d %H:%M} UTC there)"
 
 
 def _user_failure(e: Exception, report: Report, kept: str, debug: bool = False) -> BsprofError:
