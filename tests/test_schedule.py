@@ -1118,5 +1118,23 @@ def test_a_loose_fit_inside_the_measured_losses_is_not_called_steep_at_the_end()
     assert s.fit["loss_min"] <= 0.5
     warning = next(w for w in s.warnings if "known only to within" in w)
     assert "steep at the end" not in warning and "a target within the measured losses" not in warning
-    assert "the fit through 3 measurements is loose" in warning and "1 residual degree of freedom" in warning
-    assert "a smaller --measure-every, or more --steps" in warning
+    assert "the 3 measurements scatter about the fit beyond their own intervals" in warning
+    assert "with 1 residual degree of freedom" in warning and "a smaller --measure-every, or more --steps" in warning
+
+
+def test_a_loose_fit_through_two_points_says_their_own_intervals_carry_it():
+    """Two measurements fit exactly (no residual to scatter): the width is their own intervals' (here ×4 each way)
+    under a t quantile at one degree of freedom, not a scatter about the fit."""
+    rows = [dict(step=s, examples_seen=32 * s, loss=loss, g2=1.0, trace_sigma=b, b_simple=b, b_simple_lo=b / 4,
+                 b_simple_hi=4 * b, status="ok", method="microbatch", n_draws=9, examples=1000)
+            for s, loss, b in ((0, 2.3, 10.0), (300, 0.4, 60.0))]
+    report = Report(config={"batch_size": 32, "lr": 0.1, "steps": 300, "optimizer": "SGD"}, measurements=rows)
+    s = plan(report, ScheduleConfig(target_loss=0.5, dwell=0))
+    warning = next(w for w in s.warnings if "known only to within" in w)
+    assert "passes exactly through its 2 measurements: its interval is theirs" in warning
+    assert "scatter" not in warning
+    on_line = [dict(rows[0], step=s, loss=loss, b_simple=20 / loss, trace_sigma=20 / loss, b_simple_lo=1 / loss,
+                    b_simple_hi=400 / loss) for s, loss in ((0, 2.3), (100, 1.2), (200, 0.7), (300, 0.4))]
+    s = plan(Report(config=report.config, measurements=on_line), ScheduleConfig(target_loss=0.5, dwell=0))
+    warning = next(w for w in s.warnings if "known only to within" in w)
+    assert "the 4 measurements' own intervals are wide; with 2 residual degrees of freedom" in warning

@@ -34,7 +34,9 @@ class NoiseFit:
     n: int
     loss_min: float
     loss_max: float
-    dof: int
+    dof: int                       # n − k, at least 1 (the t quantile of the interval)
+    scatter: float = math.nan      # RSS/(n − k): > 1 when the points scatter about the fit beyond their intervals;
+    #                                NaN for an exact fit (n ≤ k)
 
     def __call__(self, loss):
         return np.exp(_log_model(self.form, np.asarray(self.params), np.asarray(loss, float)))
@@ -123,7 +125,7 @@ def fit_power(loss, b, sigma) -> NoiseFit:
     rss = float((w * (y - X @ p) ** 2).sum())
     n = len(x)
     return NoiseFit("power", tuple(map(float, p)), tuple(map(tuple, _cov(X, w, rss, n, 2))), _aic(rss, n, 2), n,
-                    float(np.min(loss)), float(np.max(loss)), max(n - 2, 1))
+                    float(np.min(loss)), float(np.max(loss)), max(n - 2, 1), rss / (n - 2) if n > 2 else math.nan)
 
 
 def fit_hyperbola(loss, b, sigma) -> NoiseFit | None:
@@ -152,7 +154,8 @@ def fit_hyperbola(loss, b, sigma) -> NoiseFit | None:
     rss, n = float(2 * best.cost), len(loss)
     jac = best.jac / sw[:, None]
     return NoiseFit("hyperbola", tuple(map(float, best.x)), tuple(map(tuple, _cov(jac, w, rss, n, 3))),
-                    _aic(rss, n, 3), n, float(loss.min()), float(loss.max()), max(n - 3, 1))
+                    _aic(rss, n, 3), n, float(loss.min()), float(loss.max()), max(n - 3, 1),
+                    rss / (n - 3) if n > 3 else math.nan)
 
 
 def fit_noise_scale(loss, b, lo=None, hi=None, confidence: float = 0.9, form: str = "auto") -> NoiseFit:

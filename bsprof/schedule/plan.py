@@ -260,6 +260,21 @@ def _resolving(report, window: int) -> int:
         return window
 
 
+def _loose(fit) -> str:
+    """Why a fit's interval is wide inside the losses it was fitted on: an exact fit through too few points, points
+    scattered about it beyond their own intervals, or the points' own wide intervals; few residual degrees of
+    freedom widen each (the t quantile)."""
+    k = 2 if fit.form == "power" else 3
+    if not fit.n > k:
+        return (f"the fit passes exactly through its {fit.n} measurements: its interval is theirs, widened by a t "
+                "quantile at one degree of freedom")
+    few = (f"; with {fit.n - k} residual degree{'' if fit.n - k == 1 else 's'} of freedom its interval is wide"
+           if fit.n - k <= 3 else "")
+    if fit.scatter > 1:
+        return f"the {fit.n} measurements scatter about the fit beyond their own intervals{few}"
+    return f"the {fit.n} measurements' own intervals are wide{few}"
+
+
 def more_rows_fix(report) -> str:
     """How to get more measurements: a smaller ``--window`` for a tracker log, a probe training otherwise."""
     steps = report.config.get("steps_logged") if report.spec.get("tracker_log") else None
@@ -826,12 +841,9 @@ def plan(report, config: ScheduleConfig | dict) -> Schedule:
         if config.target_loss < fit.loss_min:
             warnings.append(known + "the fit is steep at the end of the measured path, so the last stages' batches "
                             "rest on little; a target within the measured losses, or a longer run, makes them firmer")
-        else:  # inside the measured losses: the fit itself is loose (few points, or points far off it)
-            few = (f"; with {fit.dof} residual degree{'' if fit.dof == 1 else 's'} of freedom its interval is wide"
-                   if fit.dof <= 3 else "")
-            warnings.append(known + f"the fit through {fit.n} measurements is loose (they scatter about it{few}), so "
-                            "the stages' batches rest on little; more measurements along the run (a smaller "
-                            "--measure-every, or more --steps) make them firmer")
+        else:  # inside the measured losses: the fit itself is loose
+            warnings.append(known + f"{_loose(fit)}, so the stages' batches rest on little; more measurements along "
+                            "the run (a smaller --measure-every, or more --steps) make them firmer")
     family_name = optimizer_name(report.config)
     why = choose_noise(config, report.measurements, family_name)[1]
     quantity = measured_as(col, [r for r, _ in rows])
