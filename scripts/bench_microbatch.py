@@ -25,7 +25,7 @@ round (drift cancels), with the interquartile range of those ratios.
 Models: ``mlp`` (64→512→512→10), ``tiny`` (64→16→16→10: the Python bookkeeping alone, in ms), ``cnn``
 (2 conv + 2 linear, 1×28×28), ``gpt2`` (GPT-2 small from
 bench_per_example.py, b sequences of 1,024 tokens; for a GPU). On the CPU, glibc's malloc returns freed gradient
-buffers to the kernel and faults them in again, which adds noise; the README also reports runs with
+buffers to the kernel and faults them in again, which adds noise; docs/benchmarks.md also reports runs with
 MALLOC_TRIM_THRESHOLD_=2000000000 MALLOC_MMAP_THRESHOLD_=2000000000 MALLOC_TOP_PAD_=100000000.
 
     python scripts/bench_microbatch.py [--quick] [--device cuda] [--models mlp,cnn,gpt2] [--json FILE]

@@ -1,11 +1,12 @@
 """Where bsprof's per-example hooks lose time on the encoder LM, and how the ratio to plain moves with its size.
 
     MALLOC_TRIM_THRESHOLD_=2000000000 MALLOC_MMAP_THRESHOLD_=2000000000 MALLOC_TOP_PAD_=100000000 \\
-        python scripts/encoder_overhead.py [--rounds 30] [--json OUT]
+        python scripts/encoder_overhead.py [--rounds 60] [--json OUT]
 
 For ``bench_per_example.Encoder`` (Embedding + learned positions, two ``nn.TransformerEncoderLayer``s, LayerNorm,
 head; batch 16) at the benchmark's size (dim 64, T = 64) and larger ones, three steps alternate in one process
-(2 threads), each timed by wall clock, the median of ``--rounds`` calls, the lower of two passes:
+(2 threads): each round times one call of each, in turn, by wall clock; each step's time is its median over
+``--rounds`` rounds:
 
 - ``plain``: forward + ``autograd.grad`` of the summed loss, every parameter;
 - ``hollow``: the same with bsprof's hooks installed and firing but doing nothing (no per-example arithmetic, and
@@ -13,8 +14,9 @@ head; batch 16) at the benchmark's size (dim 64, T = 64) and larger ones, three 
   MultiheadAttention's recording forward, the graph walk, the tensor hooks' dispatch);
 - ``hooks``: ``per_example_hooks``, what ``bsprof measure`` runs.
 
-So hollow − plain is the fixed cost, hooks − hollow the per-example arithmetic net of the weight gradients autograd
-skips. A diagnostic for docs/speed.md (twenty-fifth session), not a timed test.
+So hollow − plain is the fixed cost (less the ≈ 0.05 ms of setup hollow skips: ``batch_coupled``, the reuse choice,
+the squares' assembly), hooks − hollow the per-example arithmetic net of the weight gradients autograd skips. A
+diagnostic for docs/speed.md (twenty-fifth session), not a timed test.
 """
 
 from __future__ import annotations
@@ -59,18 +61,20 @@ def steps(model, tokens, count):
     return {"plain": plain, "hollow": hollow, "hooks": hooks}
 
 
-def median_ms(f, rounds: int) -> float:
-    times = []
+def medians_ms(fs: dict, rounds: int) -> dict:
+    """{name: median ms} over ``rounds`` rounds, each timing one call of every step in turn."""
+    times = {k: [] for k in fs}
     for _ in range(rounds):
-        start = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for k, f in fs.items():
+            start = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -83,7 +87,7 @@ def main() -> None:
         for f in fs.values():
             for _ in range(5):
                 f()
-        ms = {k: min(median_ms(f, args.rounds) for _ in range(2)) for k, f in fs.items()}
+        ms = medians_ms(fs, args.rounds)
         row = {"dim": dim, "T": T, "batch": 16, "parameters": sum(p.numel() for p in model.parameters()),
                **{f"{k}_ms": round(v, 3) for k, v in ms.items()},
                "hollow_x": round(ms["hollow"] / ms["plain"], 3), "hooks_x": round(ms["hooks"] / ms["plain"], 3)}

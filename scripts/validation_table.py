@@ -17,7 +17,7 @@ batch, default options except rel_error 0.2 and no Hessian, then
              path (the probe ran at the tuned lr, so the prediction is "at the sweep's tuned learning rates"),
              against the sweep's measured steps (median over its seeds, best lr of its grid),
   compute    examples (training + measurement) and seconds of the probe against the sweep's.
-Writes scripts/results/validation_table.json and .md (the README table is the .md's first table).
+Writes scripts/results/validation_table.json and .md (the table in docs/validation.md is the .md's first table).
 """
 
 from __future__ import annotations
