@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import math
 import re
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ UNITS = ("examples", "tokens")
 # names other tools use for an option (a did-you-mean, never accepted silently)
 ALIASES = {"learning_rate": "lr", "batch": "batch_size", "bs": "batch_size", "max_steps": "steps",
            "num_steps": "steps", "micro_batch_size": "micro_batch", "eps": "rel_error", "precision": "rel_error"}
+DEFAULT_LR = 0.1           # the default SGD optimizer's learning rate, when no lr is given
 MAX_BATCH = 1 << 40        # the largest batch size, dataset or budget of examples bsprof accepts
 MAX_INT = (1 << 63) - 1    # any other integer option (a seed, a step count)
 MAX_YAML_NODES = 100_000   # a config with more values than this (aliases expanded) is refused: no YAML bombs
@@ -34,7 +36,8 @@ class MeasureConfig:
 
     steps: int = 200                 # probe-training steps (0: measure the initial/checkpoint weights only)
     batch_size: int = 32             # training batch size
-    lr: float = 0.1                  # learning rate of the default SGD optimizer (ignored by a spec optimizer)
+    lr: float | None = None          # learning rate of the default SGD optimizer (None: DEFAULT_LR); a spec optimizer
+    #                                  keeps its own, and an lr given beside it is named as not used
     measure_every: int = 0           # steps between measurements (0: step 0 and four more, evenly spaced)
     rel_error: float = 0.2           # stop drawing when the interval on B_simple is within this of the estimate
     confidence: float = 0.9          # level of every interval
@@ -76,7 +79,7 @@ class MeasureConfig:
                 p.append(f"{name} must be at most 2**40 (got {short(getattr(self, name), 40)})")
         if not 0 <= self.seed <= MAX_INT:
             p.append(f"seed must be in [0, 2**63 - 1] (got {short(self.seed, 40)})")
-        if self.lr <= 0:
+        if self.lr is not None and not self.lr > 0:
             p.append(f"lr must be positive (got {self.lr})")
         if self.measure_budget < 0:
             p.append(f"measure_budget must be 0 (off) or more (got {self.measure_budget})")
@@ -97,7 +100,7 @@ class MeasureConfig:
 
 def _check_type(name: str, value, hint) -> tuple[object, str | None]:
     """Coerce ``value`` to the annotated type where lossless (int → float); else say what is wrong."""
-    allowed = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
         return None, None
     for t in allowed:

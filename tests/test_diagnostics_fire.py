@@ -1,6 +1,7 @@
 """Diagnostics no other test made fire: each from the smallest input that should raise it, with its words checked."""
 
 import json
+import typing
 
 import numpy as np
 import torch
@@ -90,3 +91,26 @@ def test_no_windows_when_every_step_was_skipped(tmp_path):
     assert words in notes["no_windows"]
     fix = more_rows_fix(report)   # what `bsprof schedule` then says
     assert "the log has 0 usable logged step(s) (3 more skipped as non-finite" in fix
+
+
+def test_lr_not_used_even_when_the_lr_given_is_the_default():
+    """--lr 0.1 (the default SGD's) given beside a spec optimizer was not named: the check compared it with the
+    default. An lr not given is None (the default SGD takes 0.1), and the report records the lr the probe used."""
+    def run(**options):
+        return bsprof.measure(model=torch.nn.Linear(4, 1), dataset=_data(), loss=mse, steps=2, measure_every=2,
+                              rel_error=0.5, batch_size=16, **options)
+
+    own = lambda p: torch.optim.SGD(p, lr=0.01)  # noqa: E731
+    assert "--lr 0.1 was not used" in _codes(run(lr=0.1, optimizer=own))["lr_not_used"]
+    quiet = run(optimizer=own)
+    assert "lr_not_used" not in _codes(quiet) and quiet.config["lr"] == 0.01
+    assert run().config["lr"] == 0.1 and run(lr=0.05).config["lr"] == 0.05
+
+
+def test_optional_options_written_either_way_take_their_type():
+    """``float | None`` (PEP 604) and ``Optional[float]`` annotations both accept a float and None."""
+    from bsprof.config import _check_type
+
+    for hint in (float | None, typing.Optional[float]):
+        assert _check_type("lr", 0.5, hint) == (0.5, None) and _check_type("lr", None, hint) == (None, None)
+        assert _check_type("lr", "x", hint)[1]

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from bsprof import distributed
-from bsprof.config import MeasureConfig, as_dict
+from bsprof.config import DEFAULT_LR, MeasureConfig, as_dict
 from bsprof.engine import cost, diagnostics, scales
 from bsprof.engine.data import Examples, named_indices
 from bsprof.engine.rng import caller_rng, seed_all
@@ -266,7 +266,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     distributed.broadcast_parameters(model, comm)
     distributed.check_batch(cfg.batch_size, comm)
     examples = Examples(build_dataset(spec), spec.collate, device, gen, comm.rank, comm.world)
-    optimizer = build_optimizer(spec, model, cfg.lr)
+    optimizer = build_optimizer(spec, model, DEFAULT_LR if cfg.lr is None else cfg.lr)
     pair = examples.first_two()
     diagnostics.data(report, pair, spec.collate)
     try:
@@ -300,8 +300,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
                      "optimizer_lr": optimizer.param_groups[0].get("lr"),
                      "optimizer_momentum": optimizer_momentum(optimizer), "dataset_size": examples.n,
                      "tokens_per_example": (spec.tokens_per_example or cfg.tokens_per_example) or None}
-    if spec.optimizer is not None:  # the spec's optimizer sets its own lr: record that one, not --lr's default
-        report.config["lr"] = report.config["optimizer_lr"]
+    report.config["lr"] = report.config["optimizer_lr"]   # the lr the probe trained at (a spec optimizer's own)
     batch_size = _fit_batch(cfg.batch_size, examples.n, report)
     if batch_size != cfg.batch_size:
         report.config.update(batch_size=batch_size, batch_size_asked=cfg.batch_size)
@@ -311,7 +310,7 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     say("setup", {"method": probe, "why": why, "device": str(device),
                   "optimizer": report.config["optimizer"], "lr": report.config["optimizer_lr"],
                   "dataset_size": examples.n})
-    if spec.optimizer is not None and cfg.lr != MeasureConfig.lr:
+    if spec.optimizer is not None and cfg.lr is not None:
         report.diagnose("lr_not_used", f"--lr {cfg.lr:g} was not used: the spec's optimizer() sets its own "
                         f"learning rate ({optimizer.param_groups[0].get('lr')}); change it there.")
     diagnostics.clipping(report, spec, optimizer)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import IterableDataset, Subset
 
+from bsprof.config import DEFAULT_LR
 from bsprof.engine.data import Examples
 from bsprof.engine.loop import load_checkpoint, pick_device, train_step
 from bsprof.engine.spec import Spec, build_dataset, build_model, build_optimizer
@@ -125,7 +126,7 @@ def prepare(spec: Spec, cfg: SweepConfig, b_noise: float | None = None) -> _Setu
         if cfg.checkpoint:
             load_checkpoint(model, cfg.checkpoint)
         init[s] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    opt = build_optimizer(spec, model, cfg.lr)
+    opt = build_optimizer(spec, model, DEFAULT_LR if cfg.lr is None else cfg.lr)
     name = type(opt).__name__
     rule = optimizer_lr_rule(name) or "none" if cfg.lr_rule == "auto" else cfg.lr_rule
     b_noise = cfg.b_noise or b_noise
@@ -145,7 +146,7 @@ def mode_layers(model: nn.Module) -> tuple[str, ...]:
 def _model(setup: _Setup, seed: int, factor: float):
     model = build_model(setup.spec).to(setup.device)
     model.load_state_dict(setup.init[seed])
-    opt = build_optimizer(setup.spec, model, setup.cfg.lr)
+    opt = build_optimizer(setup.spec, model, DEFAULT_LR if setup.cfg.lr is None else setup.cfg.lr)
     for g in opt.param_groups:
         g["lr"] = g["lr"] * factor
     return model, opt

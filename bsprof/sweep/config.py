@@ -29,7 +29,8 @@ class SweepConfig:
     base_batch: int = 32
     doublings: int = 4
     batches: tuple[int, ...] = ()
-    lr: float = 0.1                  # learning rate of the default SGD optimizer (a spec optimizer keeps its own)
+    lr: float | None = None          # learning rate of the default SGD optimizer (None: DEFAULT_LR; a spec optimizer
+    #                                  keeps its own)
     lr_rule: str = "auto"            # auto (linear for SGD, sqrt for the Adam family, else none), linear, sqrt, none
     lr_grid: tuple[float, ...] | None = None   # None: [1] (local), GLOBAL_GRID (global)
     b_noise: float = 0.0             # noise scale for the saturating linear rule (0: pure linear; from --report)
@@ -83,7 +84,7 @@ class SweepConfig:
             p.append(f"base_batch must be ≥ 1 and doublings ≥ 0 (got {self.base_batch}, {self.doublings})")
         if not self.lr_grid or any(not (m > 0 and math.isfinite(m)) for m in self.lr_grid):
             p.append(f"lr_grid multipliers must be positive numbers (got {list(self.lr_grid)})")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             p.append(f"lr must be positive (got {self.lr})")
         if self.tolerance < 0:
             p.append(f"tolerance must be 0 or more (got {self.tolerance})")
