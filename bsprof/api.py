@@ -10,6 +10,7 @@ as it found them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import warnings
@@ -74,8 +75,16 @@ def measure(spec: Spec | str | Path | None = None, config: MeasureConfig | dict 
     elif given or optimizer is not None or collate is not None:
         raise SpecError("bsprof.measure got both a spec and objects", "pass either a spec file or model=, "
                         "dataset=, loss= (not both)")
-    with caller_rng():   # the probe seeds torch's global generators; the caller's randomness goes on after it
+    with caller_rng(), _grad_on():   # the probe seeds torch's global generators; the caller's randomness goes on after
         return loop.measure(spec, cfg, report, progress)
+
+
+@contextlib.contextmanager
+def _grad_on():
+    """Gradients on for the probe, whatever the caller's mode (a call inside ``torch.no_grad()`` or
+    ``torch.inference_mode()``, as around an evaluation loop, failed with torch's own 'does not require grad')."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 _FLAGS = re.compile(r"--(strict)\b|--(method)\b(?: (auto|per_example|hooks|vmap|microbatch)\b)?"
@@ -110,7 +119,7 @@ def measure_at(model: nn.Module, loss, data, *, method: str = "auto", rel_error:
     the probe used and why, and the draws' count, examples and why they stopped.
     """
     try:
-        with caller_rng():   # dropout's masks from the seed; the caller's randomness goes on after, as after measure
+        with caller_rng(), _grad_on():   # dropout's masks from the seed; the caller's randomness goes on after
             return _measure_at(model, loss, data, method, rel_error, confidence, micro_batch, probe_batch, chunk,
                                max_examples, max_seconds, min_draws, seed, collate, strict)
     except BsprofError as e:

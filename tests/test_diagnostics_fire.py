@@ -4,6 +4,7 @@ import json
 import typing
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -114,3 +115,26 @@ def test_optional_options_written_either_way_take_their_type():
     for hint in (float | None, typing.Optional[float]):
         assert _check_type("lr", 0.5, hint) == (0.5, None) and _check_type("lr", None, hint) == (None, None)
         assert _check_type("lr", "x", hint)[1]
+
+
+def test_bsprof_first_imported_under_no_grad_works():
+    """A new user's loop imported bsprof inside ``torch.no_grad()`` (an evaluation block): the import failed inside
+    bsprof. A fresh interpreter, so that the import is the first."""
+    import subprocess
+    import sys
+
+    code = ("import torch\nwith torch.no_grad():\n    import bsprof, bsprof.probes.hooks\n"
+            "    bsprof.Tracker(torch.nn.Linear(3, 1), accumulation_steps=2, batch_size=8)\n"
+            "with torch.inference_mode():\n    from bsprof.integrations.lightning import NoiseScale\nprint('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_measure_at_inside_no_grad_or_inference_mode(mode):
+    """Called from an evaluation block it failed with torch's 'element 0 of tensors does not require grad'."""
+    net, data = torch.nn.Linear(4, 1), _data()
+    with mode():
+        est = bsprof.measure_at(net, mse, data, rel_error=0.5, seed=0)
+    assert est.status.value == "ok" and est.value > 0
+    assert torch.is_grad_enabled()

@@ -179,7 +179,16 @@ def losses_mix_examples(model: nn.Module, loss_fn: LossFn, batch, rtol: float = 
                       "return the per-example losses, e.g. F.cross_entropy(out, y, reduction='none')")
 
 
-_ACCUMULATE = type(torch.empty(1, requires_grad=True).view(1).grad_fn.next_functions[0][0])  # a leaf's node
+
+
+def _accumulate_node_type() -> type:
+    """The type of a leaf's AccumulateGrad node (grad mode on even when bsprof is first imported under no_grad or
+    inference_mode: a new user's import inside ``torch.no_grad()`` failed here)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return type(torch.empty(1, requires_grad=True).view(1).grad_fn.next_functions[0][0])
+
+
+_ACCUMULATE = _accumulate_node_type()  # a leaf's node
 
 
 def _graph_uses(root, targets=(), leaves: dict | None = None) -> tuple[Counter, set, dict]:
