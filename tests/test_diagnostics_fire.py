@@ -138,3 +138,10 @@ def test_measure_at_inside_no_grad_or_inference_mode(mode):
         est = bsprof.measure_at(net, mse, data, rel_error=0.5, seed=0)
     assert est.status.value == "ok" and est.value > 0
     assert torch.is_grad_enabled()
+
+
+def test_a_tracker_given_another_models_optimizer_says_so():
+    """An optimizer over none of the model's parameters was taken silently (the lr logged was that optimizer's)."""
+    model, other = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+    with pytest.warns(UserWarning, match="the optimizer updates none of the model's 2 trainable parameters"):
+        bsprof.Tracker(model, torch.optim.SGD(other.parameters(), lr=0.1), accumulation_steps=2, batch_size=32).close()

@@ -286,6 +286,12 @@ class Tracker:
             raise TrackerError("the model has no parameter that requires a gradient", "pass the model you train")
         updated = _updated_by(optimizer)
         self._optimizer, self._not_updated = optimizer, []  # trainable but not the optimizer's: checked at each step
+        if updated and not any(id(p) in updated for p in self.params):   # another model's optimizer?
+            warnings.warn(f"bsprof tracker: the optimizer updates none of the model's {len(self.params)} trainable "
+                          f"parameters (it holds {len(updated)} other tensors): is it this model's optimizer? The "
+                          "noise scale is measured over every trainable parameter of the model, and the lr logged is "
+                          "that optimizer's; pass Tracker(model, optimizer) with the optimizer that trains the model",
+                          stacklevel=2)
         if updated is not None and any(id(p) in updated for p in self.params):
             left = [n for n, p in zip(names, self.params) if id(p) not in updated]
             if left:  # gradients the optimizer never applies are not the training's noise
