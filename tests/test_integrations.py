@@ -911,3 +911,68 @@ def test_lightning_and_hf_callbacks_take_the_population_of_their_loader(tmp_path
     if importlib.util.find_spec("transformers") is not None:
         _, hf, _ = hf_run(tmp_path, accum=2, steps=3)   # the Trainer's RandomSampler
         assert hf.tracker.population == len(data())
+
+
+class TokenData(torch.utils.data.Dataset):
+    """64 sequences of 6 token ids over a vocabulary of 16, the labels the ids shifted by one."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, 16, (64, 7), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i, :-1], "labels": self.ids[i, 1:]}
+
+
+class TokenLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(16, 8), nn.Linear(8, 16)
+
+    def forward(self, input_ids, labels=None):
+        logits = self.head(self.emb(input_ids))
+        return {"loss": nn.functional.cross_entropy(logits.transpose(1, 2), labels), "logits": logits}
+
+
+@pytest.mark.parametrize("accum,b,B", [(1, 6, 48), (2, 48, 96)], ids=["per_example", "accumulate2"])
+def test_hf_callback_in_tokens_counts_the_token_positions(tmp_path, accum, b, B):
+    """A new user's finding: unit="tokens" logged sequences as tokens (b 8, B 32 for 8 × 32-token micro-batches),
+    and with per-example norms asked for a batch size the callback cannot take. Now the sizes are the token ids'
+    positions: micro-batches of 8 sequences of 6 tokens."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed "
+                                       "(pip install 'bsprof[hf]')")
+    from bsprof.integrations.hf import attach
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), max_steps=4, per_device_train_batch_size=8, gradient_accumulation_steps=accum,
+        report_to=[], use_cpu=True, logging_steps=1, learning_rate=0.05, optim="sgd", lr_scheduler_type="constant",
+        save_strategy="no", disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    trainer = transformers.Trainer(model=TokenLM(), args=args, train_dataset=TokenData())
+    cb = attach(trainer, window=2, unit="tokens")
+    trainer.train()
+    assert len(cb.tracker.draws) == 4 and not cb.unmeasured
+    assert {(d.b, d.B) for d in cb.tracker.draws} == {(b, B)}
+    header = json.loads((tmp_path / "hf" / "bsprof.jsonl").read_text().splitlines()[0])
+    assert header["unit"] == "tokens"
+
+
+def test_lightning_in_tokens_without_token_ids_says_so_and_measures_nothing(tmp_path):
+    """unit="tokens" on float features had logged rows as tokens, silently."""
+    pytest.importorskip("lightning", reason="lightning is not installed (pip install 'bsprof[lightning]')")
+    from bsprof.integrations.lightning import NoiseScale
+
+    with pytest.warns(UserWarning, match=r"no token ids in the batch .*batch_rows=function batch → its tokens"):
+        _, cb, _ = lightning_run(tmp_path, 2, steps=4, callback=NoiseScale(window=2, unit="tokens"))
+    assert not cb.tracker.draws and cb.unmeasured
+
+
+def test_tokens_of_a_batch():
+    from bsprof.integrations.steps import tokens_of
+
+    ids = torch.zeros(4, 9, dtype=torch.long)
+    assert tokens_of({"attention_mask": torch.ones(4, 3, dtype=torch.long), "input_ids": ids}) == 36
+    assert tokens_of((ids, torch.zeros(4))) == 36 and tokens_of([torch.randn(4, 9)]) is None
+    assert tokens_of(torch.zeros(4, dtype=torch.long)) is None

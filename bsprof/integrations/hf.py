@@ -48,7 +48,15 @@ import torch
 
 from bsprof.errors import known_options
 from bsprof.integrations.loggers import PREFIX, scalars
-from bsprof.integrations.steps import Steps, check_options, listed_again, loader_population, once_per_event, rows_of
+from bsprof.integrations.steps import (
+    Steps,
+    check_options,
+    listed_again,
+    loader_population,
+    once_per_event,
+    rows_of,
+    tokens_of,
+)
 from bsprof.probes.handles import forward_hook
 from bsprof.schedule.apply import ScheduleLR
 from bsprof.track import Tracker
@@ -158,7 +166,8 @@ class NoiseScaleCallback(TrainerCallback):
 
     def _rows(self, module, args, kwargs):
         if module.training and torch.is_grad_enabled() and self.steps is not None:
-            self.steps.sizes.append(rows_of(list(args) + list(kwargs.values())))
+            batch = kwargs if "input_ids" in kwargs else list(args) + list(kwargs.values())
+            self.steps.sizes.append((tokens_of if self.tracker.unit == "tokens" else rows_of)(batch))
             self._micro_in_epoch += 1
 
     def _loss(self, module, args, kwargs, out):

@@ -34,7 +34,15 @@ from pathlib import Path
 
 from bsprof.errors import ConfigError, known_options
 from bsprof.integrations.loggers import PREFIX, scalars, write
-from bsprof.integrations.steps import Steps, check_options, listed_again, loader_population, once_per_event, rows_of
+from bsprof.integrations.steps import (
+    Steps,
+    check_options,
+    listed_again,
+    loader_population,
+    once_per_event,
+    rows_of,
+    tokens_of,
+)
 from bsprof.schedule.apply import ScheduleLR
 from bsprof.track import Tracker
 from bsprof.track.tracker import open_tracker
@@ -71,7 +79,8 @@ class NoiseScale(Callback):
     source, precondition, unit, ema_beta, population: as for ``Tracker``; population "auto" (default): len(the
         training set) when the loader shuffles without replacement (``steps.loader_population``: the
         finite-population correction), else None;
-    batch_rows: function batch → examples (default: dim 0 of the batch's first tensor);
+    batch_rows: function batch → examples (default: dim 0 of the batch's first tensor; with unit="tokens", its
+        token positions: the size of its integer tensor [B, T], padding included), or → tokens with unit="tokens";
     schedule, micro_batch: a Schedule to follow; ``micro_batch`` default the batch's rows.
     After training: ``tracker`` (closed, its draws kept), ``latest`` (the last logged scalars), ``applied``.
     """
@@ -150,7 +159,8 @@ class NoiseScale(Callback):
         rows = self.batch_rows(batch)
         if not self.steps.sizes and self.schedule is not None:
             self._follow_schedule(trainer, batch_idx, rows)
-        self.steps.sizes.append(rows)
+        tokens = self.tracker.unit == "tokens" and self.batch_rows is rows_of   # (a batch_rows given counts them)
+        self.steps.sizes.append(tokens_of(batch) if tokens else rows)
 
     @once_per_event
     def on_before_backward(self, trainer, pl_module, loss) -> None:

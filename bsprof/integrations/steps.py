@@ -31,6 +31,26 @@ def rows_of(batch) -> int | None:
     return None
 
 
+def tokens_of(batch) -> int | None:
+    """Token positions in a batch, padding included: the size of its first integer tensor of two or more dims (the
+    token ids [B, T]; depth first through tuples, lists and dicts, a dict's ``input_ids`` first); None without one."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.numel()) if batch.dim() >= 2 and not batch.is_floating_point() else None
+    if isinstance(batch, dict):
+        items = [batch["input_ids"]] * ("input_ids" in batch) + list(batch.values())
+    else:
+        items = batch if isinstance(batch, (list, tuple)) else ()
+    for item in items:
+        n = tokens_of(item)
+        if n is not None:
+            return n
+    return None
+
+
+NO_TOKENS = ("no token ids in the batch (unit='tokens' counts the positions of its integer tensor [B, T], padding "
+             "included)")
+
+
 def check_options(every, window, log_every) -> None:
     """A callback's step counts, checked when it is made (not at the framework's first step, inside its loop)."""
     from bsprof.track.tracker import check_window, positive_int
@@ -167,6 +187,8 @@ class Steps:
             return None                     # no backward in this step (a skipped training_step)
         if not self.due(step):
             reason = "not due"
+        elif t.unit == "tokens" and total is None:
+            reason = NO_TOKENS
         elif not per_example and k == 1 and t.world < 2:
             reason = ("a short step (an epoch's last)" if self.most >= 2 else
                       "one backward and no per-example norms")
@@ -178,6 +200,10 @@ class Steps:
                               f"available ({per_example_unavailable(t)}); set gradient accumulation to 2 or more "
                               "micro-batches (Lightning: accumulate_grad_batches, Hugging Face: "
                               "gradient_accumulation_steps), or train on 2+ DDP ranks (shown once)", stacklevel=2)
+            if reason == NO_TOKENS and not self.unmeasured[reason]:
+                warnings.warn(f"bsprof: step {step} left out: {reason}; every such step is left out. Lightning: "
+                              "pass NoiseScale(batch_rows=function batch → its tokens); or measure in examples, "
+                              "unit='examples' (shown once)", stacklevel=2)
             uneven = reason.startswith(("a short step", "micro-batches of different sizes"))
             if uneven and not self.unmeasured[reason]:   # as the tracker says of its own (docs/tracker.md)
                 warnings.warn(f"bsprof: step {step} left out: {reason}; every such step is left out (the "
@@ -188,7 +214,8 @@ class Steps:
                       total is not None)
             return None
         try:
-            return t.step(batch_size=None if per_example else total, loss=loss, loss_scale=loss_scale, step=step)
+            return t.step(batch_size=None if per_example and t.unit != "tokens" else total, loss=loss,
+                          loss_scale=loss_scale, step=step)   # (per-example norms in tokens need the step's tokens)
         except TrackerError as e:
             if not t.closed:  # per-example norms were switched off; the next steps use accumulation or DDP
                 self.unmeasured["per-example norms failed"] += 1
