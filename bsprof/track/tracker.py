@@ -455,8 +455,11 @@ class Tracker:
             self.step_count = (self.step_count if step is None else step) + 1
             self.examples += batch_size if batch_size is not None else self.batch_size or 0
             warnings.warn("bsprof tracker: no backward pass ran between the Tracker's creation and its first "
-                          "tracker.step() (made after this step's backward passes?): this step is not measured; "
-                          "measuring starts with the next one", stacklevel=2)
+                          "tracker.step(): either the tracker was made after this step's backward passes (then "
+                          "measuring starts with the next step), or tracker.step() is called before the backward "
+                          "passes, at the top of the loop (then every step would log the previous step's pair with "
+                          "this step's lr): call it after the step's last backward, before optimizer.step()",
+                          stacklevel=2)
             return None
         given = batch_size if batch_size is not None else self.batch_size
         if self.world == 1 and not record.per_example and given and not self._seq_first:
