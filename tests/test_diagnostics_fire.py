@@ -145,3 +145,21 @@ def test_a_tracker_given_another_models_optimizer_says_so():
     model, other = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
     with pytest.warns(UserWarning, match="the optimizer updates none of the model's 2 trainable parameters"):
         bsprof.Tracker(model, torch.optim.SGD(other.parameters(), lr=0.1), accumulation_steps=2, batch_size=32).close()
+
+
+def test_a_tracker_log_in_tokens_labels_its_column_tokens(tmp_path):
+    """A new user's finding: a tokens log's table titled its column "examples" over token counts (5 steps × 1,024)."""
+    from rich.console import Console
+
+    from bsprof.output.render import report_table
+
+    rng = np.random.default_rng(0)
+    lines = [dict(HEADER, unit="tokens")] + [
+        {"step": s, "examples": 1024 * s, "b": 512, "B": 1024, "small_sq": 3 * rng.gamma(50, 1 / 50),
+         "big_sq": 2 * rng.gamma(50, 1 / 50), "loss": 1 - 0.01 * s, "lr": 0.1} for s in range(20)]
+    report = report_from_log(_log(tmp_path / "tokens.jsonl", lines), window=5)
+    console = Console(width=200, record=True)
+    console.print(report_table(report))
+    header = next(line for line in console.export_text().splitlines() if "draws" in line)
+    assert "tokens" in header and "examples" not in header
+    assert report.measurements[0].examples == 5 * 1024

@@ -84,7 +84,7 @@ def headline_text(s) -> str:
             f"({s.critical_batch_reason})")
 
 
-SHED = ("examples", "stopped by", "draws", "tr(Σ)", "|G|²")  # left out in this order where the table is too wide
+SHED = ("examples", "tokens", "stopped by", "draws", "tr(Σ)", "|G|²")  # left out in this order where the table is too wide
 
 
 class Fitted:
@@ -132,7 +132,9 @@ def report_table(report, summary=None, width: int | None = None) -> Group:
                                                    or r.stopped_by == "cut_short")
                     for r in report.measurements)]  # a column of lower bounds only ("> 435") is shown too, and a
     #                                                 cut-short row's window even undetermined (its note names it)
-    columns = ["step", "loss", "B_simple", *(name for _, name in extra), "|G|²", "tr(Σ)", "draws", "examples",
+    # what the draws took: examples (sequences) for a measured report; a tracker log's steps in its own unit
+    drawn = "tokens" if report.unit == "tokens" and (report.spec or {}).get("tracker_log") else "examples"
+    columns = ["step", "loss", "B_simple", *(name for _, name in extra), "|G|²", "tr(Σ)", "draws", drawn,
                "stopped by"]
     rows = [[str(r.step), fmt(r.loss, 4), estimate_text(r.b_simple),
              *(estimate_text(getattr(r, k)) for k, _ in extra), fmt(r.g2.value), fmt(r.trace_sigma),
