@@ -666,6 +666,7 @@ def test_a_log_without_losses_says_so(tmp_path):
     with pytest.raises(ReportError) as e:
         plan(report, ScheduleConfig(target_loss=0.5))
     assert "the log has no losses" in e.value.hint
+    assert "at a finite loss: it has no losses" in e.value.message   # (its windows are ok: the losses are missing)
 
 
 def test_a_target_above_a_logs_first_window_names_the_logs_fix(tmp_path):

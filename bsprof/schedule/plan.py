@@ -325,8 +325,10 @@ def usable_rows(report, cfg: ScheduleConfig) -> tuple[list[tuple[Measurement, Es
                else more_rows_fix(report))
         if col not in has and col in MEASURED_BY:
             fix = f"{MEASURED_BY[col]}; or {fix}"
-        raise ReportError(f"the report has {len(pairs)} usable measurement(s) (status ok, finite {col}); "
-                          "a schedule needs at least two at different losses", fix)
+        lossless = report.measurements and not any(finite(r.loss) for r in report.measurements)
+        raise ReportError(f"the report has {len(pairs)} usable measurement(s) (status ok, finite {col}"
+                          f"{', at a finite loss: it has no losses' if lossless else ''}); a schedule needs at least "
+                          "two at different losses", fix)
     return pairs, col
 
 
