@@ -1,4 +1,4 @@
-"""One more out-of-sample row for the validation table (docs/validation.md): a tabular regression MLP with dropout, momentum SGD.
+"""One more out-of-sample row for the validation table (docs/validation.md): a tabular MLP with dropout, momentum SGD.
 
     python scripts/validation_dropout_mom.py [--trial] [--loss-gap] [--target 0.45] [--lr-grid 0.0625,…,4]
 

@@ -1,4 +1,4 @@
-"""The validation table (docs/validation.md) (issue 14): bsprof's headline critical batch against global sweeps, per task.
+"""The validation table of docs/validation.md: bsprof's headline critical batch against global sweeps, per task.
 
     python scripts/validation_table.py [--tasks digits_sgd,mnist_cnn_sgd,digits_adam,shakespeare_adam] [--seeds 2]
 

@@ -898,3 +898,9 @@ def test_a_batch_near_or_above_the_dataset_is_said():
     assert "of the dataset" in " ".join(" ".join(judge(r, 1000).notes).split())
     assert "dataset the report measured" not in " ".join(judge(r, 256).notes)
     assert "dataset the report measured" not in " ".join(judge(make_report(), 2000).notes)  # size not recorded
+
+
+def test_a_whole_batch_size_is_written_in_full():
+    """A new user's finding: `check` wrote B = 1e+06 where everything else writes 1,000,000."""
+    verdict = judge(make_report(), 1_000_000)
+    assert "B = 1,000,000 is too large" in verdict.checks[0].message and "1e+06" not in verdict.checks[0].message

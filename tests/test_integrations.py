@@ -97,6 +97,8 @@ def test_scalars_tags_and_sinks(tmp_path):
     assert kind_of(fake) == "wandb" and kind_of(print) == "callable"
     with pytest.raises(bsprof.BsprofError, match="cannot log to"):
         kind_of(42)
+    with pytest.raises(bsprof.BsprofError, match=r"wandb.run is None until wandb.init\(\)"):
+        kind_of(None)   # log_to(tracker, wandb.run) before wandb.init()
     assert scalars(bsprof.Tracker(net(), accumulation_steps=2)) == {}
 
 

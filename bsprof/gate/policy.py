@@ -70,6 +70,11 @@ EXIT_CODES = {PASS: 0, FAIL: 1, CANNOT_JUDGE: 2}
 _fmt = number
 
 
+def _batch(B: float) -> str:
+    """A batch size as given: a whole number in full with separators (1,000,000, not 1e+06), else ``number``."""
+    return f"{int(B):,}" if float(B).is_integer() else _fmt(B)
+
+
 # -- the measured figure -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Reading(Estimate):
@@ -451,7 +456,7 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy(), to
                 "steps_limit": Xs, "compute_limit": Xc}
     if noise.status == Status.UNDETERMINED:
         return CheckResult("batch_size", CANNOT_JUDGE,
-                           f"cannot judge B = {_fmt(B)}: the noise scale is undetermined ({noise.where}); "
+                           f"cannot judge B = {_batch(B)}: the noise scale is undetermined ({noise.where}); "
                            "|G|² was not distinguished from 0",
                            ("measure longer or at a lower loss: `bsprof measure --max-examples ...`",), measured)
     grows = not noise.initial and (noise.one_point or (noise.growth is not None and noise.growth >= GROWING))
@@ -468,13 +473,13 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy(), to
     if noise.lo / B > Xs:
         extra = noise.lo / B
         return CheckResult("batch_size", FAIL,
-                           f"B = {_fmt(B)} is too small: extra steps S/S_min − 1 = B_n/B ≥ {_fmt(extra)} (limit "
+                           f"B = {_batch(B)} is too small: extra steps S/S_min − 1 = B_n/B ≥ {_fmt(extra)} (limit "
                            f"{_fmt(Xs)}; {_fmt(1 + extra)}× the minimal number of steps) even at the low end of "
                            f"{noise.describe()}; a batch of at least {_whole(passing['min'], g, True)} {u} passes",
                            (), {**measured, "extra_steps": extra}, passing)
     if noise.status == Status.LOWER_BOUND:
         return CheckResult("batch_size", CANNOT_JUDGE,
-                           f"cannot judge B = {_fmt(B)}: {noise.describe()} can only show a batch too small, "
+                           f"cannot judge B = {_batch(B)}: {noise.describe()} can only show a batch too small, "
                            f"and B ≥ {_fmt(noise.lo / Xs)} is not",
                            ("a tracker log: a wider --window (more steps per estimate) or more logged steps, so "
                             "|G|² is resolved" if noise.from_log else
@@ -487,7 +492,7 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy(), to
     if B / noise.hi > Xc:
         extra = B / noise.hi
         return CheckResult("batch_size", FAIL,
-                           f"B = {_fmt(B)} is too large: extra compute E/E_min − 1 = B/B_n ≥ {_fmt(extra)} (limit "
+                           f"B = {_batch(B)} is too large: extra compute E/E_min − 1 = B/B_n ≥ {_fmt(extra)} (limit "
                            f"{_fmt(Xc)}; {_fmt(1 + extra)}× the minimal compute) even at the high end of "
                            f"{noise.describe()}; a batch of at most {_whole(passing['max'], g, False)} {u} passes",
                            (), {**measured, "extra_compute": extra}, passing)
@@ -497,7 +502,7 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy(), to
     if noise.hi / B > Xs or (B > noise.lo * Xc and not noise.initial):
         side = "too small" if noise.hi / B > Xs else "too large"
         at_est = (steps > Xs) or (compute > Xc)
-        notes.append(f"B = {_fmt(B)} is {side} {'at the estimate' if at_est else 'at one end of the interval'}, "
+        notes.append(f"B = {_batch(B)} is {side} {'at the estimate' if at_est else 'at one end of the interval'}, "
                      f"but not across the whole interval {noise.brief()}; not failing, since bsprof fails only "
                      "when the whole interval violates the policy. "
                      + (f"B in [{_fmt(passing['min_clean'])}, {_fmt(passing['max_clean'])}] {u} passes cleanly; "
@@ -510,7 +515,7 @@ def check_batch(batch_size: float, noise: Reading, policy: Policy = Policy(), to
     verdict = ("is within policy" if steps <= Xs and compute <= Xc else
                "passes only because the interval reaches values within policy; at the estimate")
     return CheckResult("batch_size", PASS,
-                       f"B = {_fmt(B)} {verdict}: extra steps S/S_min − 1 = {_fmt(steps)} (limit "
+                       f"B = {_batch(B)} {verdict}: extra steps S/S_min − 1 = {_fmt(steps)} (limit "
                        f"{_fmt(Xs)}) and extra compute E/E_min − 1 = {_fmt(compute)} (limit {_fmt(Xc)}) at "
                        f"{noise.describe()}", tuple(notes), measured,
                        passing)
@@ -524,7 +529,7 @@ def _too_large_at_initial_weights(B: float, noise: Reading, Xs: float, measured:
     """A batch above F·hi at the initial weights: cannot judge. B_n(L) grows as the loss falls (often 10× over a
     run), so B/B_n at step 0 bounds B/B_n along the run from above only: B may well be within policy later."""
     return CheckResult("batch_size", CANNOT_JUDGE,
-                       f"cannot judge whether B = {_fmt(B)} is too large: the noise scale was measured only at the "
+                       f"cannot judge whether B = {_batch(B)} is too large: the noise scale was measured only at the "
                        f"initial weights (step 0, no training step before it), {noise.describe()}; it grows as the "
                        "loss falls (often 10× over a run), so a measurement at initialisation can show a batch too "
                        f"small, never too large (and B ≥ {_fmt(noise.lo / Xs)} {noise.unit} is not too small)",
@@ -546,24 +551,24 @@ def _too_large_on_the_path(B: float, noise: Reading, Xc: float, g: int, measured
                 if noise.from_log else "more measurements along the probe (a smaller --measure-every)")
         return CheckResult(
             "batch_size", PASS,
-            f"B = {_fmt(B)} is too large at the one point it can be judged: extra compute E/E_min − 1 = B/B_n ≥ "
+            f"B = {_batch(B)} is too large at the one point it can be judged: extra compute E/E_min − 1 = B/B_n ≥ "
             f"{_fmt(extra)} (limit {_fmt(Xc)}) even at the high end of {noise.describe()}, where at most {most} "
             f"{noise.unit} pass; not failing, since how the noise scale grows after that point is unknown",
             (f"judged at one point of {who.removesuffix(chr(39) + 's')} run: the noise scale grows as the loss falls "
              "(McCandlish et al. 2018), so a training that goes on to lower losses may have a critical batch that "
-             f"B = {_fmt(B)} is within; to judge, pass --at-loss L (too large there fails), or give it a path: "
+             f"B = {_batch(B)} is within; to judge, pass --at-loss L (too large there fails), or give it a path: "
              f"{more}",),
             {**measured, "extra_compute": extra}, passing, warning=True)
     high, low = noise.path
     return CheckResult(
         "batch_size", PASS,
-        f"B = {_fmt(B)} is too large only for {who} path: extra compute E/E_min − 1 = B/B_n ≥ {_fmt(extra)} (limit "
+        f"B = {_batch(B)} is too large only for {who} path: extra compute E/E_min − 1 = B/B_n ≥ {_fmt(extra)} (limit "
         f"{_fmt(Xc)}) even at the high end of {noise.describe()}, where at most {most} {noise.unit} pass; "
         "not failing, since the noise scale was still growing along that path",
         (f"judged on {who} path, loss {_fmt(high)} → {_fmt(low)}: the noise scale grew {_fmt(noise.growth)}× "
          f"along it ({NAMES.get(noise.quantity, noise.quantity)}, at the lowest loss over the highest) and keeps "
          "growing as the loss falls (McCandlish et al. 2018), so a training that goes on to lower losses has a larger "
-         f"critical batch, and B = {_fmt(B)} may be within policy for it; to judge at the loss you train to, pass "
+         f"critical batch, and B = {_batch(B)} may be within policy for it; to judge at the loss you train to, pass "
          f"--at-loss L (a loss the path reached, {_fmt(low)}–{_fmt(high)}; too large there fails), or {longer} to "
          "reach it",),
         {**measured, "extra_compute": extra, "growth": noise.growth}, passing, warning=True)
@@ -572,7 +577,7 @@ def _too_large_on_the_path(B: float, noise: Reading, Xc: float, g: int, measured
 def _initial_note(B: float) -> str:
     """Why a pass at the initial weights says little: B_n only grows from there."""
     return (f"measured only at the initial weights (step 0): the noise scale grows as the loss falls (often 10× over "
-            f"a run), so this shows only that B = {_fmt(B)} is not too small there (it may be later), and too large "
+            f"a run), so this shows only that B = {_batch(B)} is not too small there (it may be later), and too large "
             f"cannot be judged; {TRAIN_FIRST}")
 
 

@@ -73,6 +73,9 @@ def kind_of(sink) -> str:
     for name, (matches, _) in SINKS.items():
         if matches(sink):
             return name
+    if sink is None:   # wandb.run before wandb.init(), a logger not made yet
+        raise ConfigError("cannot log to None (wandb.run is None until wandb.init() is called)",
+                          "call wandb.init() first, or pass a SummaryWriter, a Lightning logger, or f(values, step)")
     raise ConfigError(f"cannot log to a {type(sink).__name__}: it has no add_scalar, log_metrics or log method and "
                       "is not callable", "pass a SummaryWriter, a wandb run, a Lightning logger, or f(values, step)")
 

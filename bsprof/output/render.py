@@ -84,7 +84,7 @@ def headline_text(s) -> str:
             f"({s.critical_batch_reason})")
 
 
-SHED = ("examples", "tokens", "stopped by", "draws", "tr(Σ)", "|G|²")  # left out in this order where the table is too wide
+SHED = ("examples", "tokens", "stopped by", "draws", "tr(Σ)", "|G|²")  # left out in this order where too wide
 
 
 class Fitted:

@@ -57,9 +57,12 @@ class Schedule:
         return self.stages[max(i, 0)]
 
     def batch_size_at(self, step: float | None = None, loss: float | None = None) -> int:
+        """The batch of the stage in force at ``step`` or at ``loss`` (``stage_at``)."""
         return self.stage_at(step, loss).batch_size
 
     def lr_at(self, step: float | None = None, loss: float | None = None) -> float:
+        """The learning rate of the stage in force at ``step`` or at ``loss`` (``stage_at``): set it on the optimizer's
+        param groups before each optimizer step (``apply.ScheduleLR`` does it as an lr scheduler)."""
         return self.stage_at(step, loss).lr
 
     def accumulation_at(self, step: float, micro_batch: int, world_size: int | None = None) -> int:
