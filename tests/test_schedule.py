@@ -1138,3 +1138,11 @@ def test_a_loose_fit_through_two_points_says_their_own_intervals_carry_it():
     s = plan(Report(config=report.config, measurements=on_line), ScheduleConfig(target_loss=0.5, dwell=0))
     warning = next(w for w in s.warnings if "known only to within" in w)
     assert "the 4 measurements' own intervals are wide; with 2 residual degrees of freedom" in warning
+
+
+def test_the_smallest_batch_note_names_tokens_in_a_tokens_report():
+    """A new user's finding: a tokens log's schedule said "smallest batch 8" (8 tokens, under one sequence)."""
+    report = synthetic_report(batch=2048)
+    report.unit, report.config["tokens_per_example"] = "tokens", 64
+    value, note = auto_min_batch(report, 2048, 1 << 20)
+    assert value == 512 and note.startswith("smallest batch 512 tokens (auto: 8 × 64 tokens, at most")

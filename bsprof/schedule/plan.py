@@ -540,9 +540,10 @@ def logged_micro_batch(report, world_size: int = 1) -> tuple[int, list[str]]:
     if micro < 1:
         return 0, []
     k, w = int(report.config.get("accumulation_steps") or 1), int(report.config.get("world_size") or 1)
-    notes = [f"micro-batch {micro} per rank (auto: the tracker log's, batch {micro * k * w:g} = {micro} × {k} "
-             f"accumulation step(s) × {w} rank(s)): larger batches accumulate more micro-batches; --micro-batch to "
-             "change"]
+    unit = f" {report.unit}" if report.unit == "tokens" else ""
+    notes = [f"micro-batch {micro}{unit} per rank (auto: the tracker log's, batch {micro * k * w:g}{unit} = {micro} "
+             f"× {k} accumulation step(s) × {w} rank(s)): larger batches accumulate more micro-batches; --micro-batch "
+             "to change"]
     if w > 1 and world_size != w:
         notes.append(f"the log was written on {w} ranks and this schedule splits its batches for {world_size}")
     return micro, notes
@@ -578,7 +579,8 @@ def auto_min_batch(report, batch_train: float, max_batch: int) -> tuple[int, str
     why = f"max({eight}, probe micro-batch {micro})" if micro else eight
     limit = (f"at most the training batch {int(batch_train)}" + (f" and --max-batch {max_batch}"
                                                                if max_batch < min(floor, int(batch_train)) else ""))
-    return value, f"smallest batch {value} (auto: {why}, {limit}; --min-batch to change)"
+    unit = " tokens" if report.unit == "tokens" else ""
+    return value, f"smallest batch {value}{unit} (auto: {why}, {limit}; --min-batch to change)"
 
 
 def fit_rows(rows, confidence: float = 0.9, form: str = "auto", values: str = "value"):
