@@ -24,8 +24,9 @@ ADAM_FAMILY = ("Adam", "AdamW", "NAdam", "RAdam", "Adamax")  # optimizers with a
 
 
 def number(x: float | None) -> str:
-    """A number for a message: 3 significant figures, thousands with separators and without exponent, an exponent
-    only below 10⁻³ or from 10⁶ on; "∞" and "?" (None, NaN)."""
+    """A number for a message: 3 significant figures below 100, the whole number with separators from 100 to 10⁶
+    (2,345: a batch or a count reads as given), an exponent below 10⁻³ or from 10⁶ on; "∞" and "?" (None, NaN). The
+    tables' ``output.render.fmt`` rounds to 3 figures instead (2350)."""
     if x is None or not finite(x):
         return "∞" if x == math.inf else "?"
     if x != 0 and (abs(x) >= 1e6 or abs(x) < 1e-3):
