@@ -103,6 +103,8 @@ def test_lr_not_used_even_when_the_lr_given_is_the_default():
 
     own = lambda p: torch.optim.SGD(p, lr=0.01)  # noqa: E731
     assert "--lr 0.1 was not used" in _codes(run(lr=0.1, optimizer=own))["lr_not_used"]
+    same = lambda p: torch.optim.SGD(p, lr=0.1)  # noqa: E731
+    assert "lr_not_used" not in _codes(run(lr=0.1, optimizer=same))   # the quick start's YAML and spec agree
     quiet = run(optimizer=own)
     assert "lr_not_used" not in _codes(quiet) and quiet.config["lr"] == 0.01
     assert run().config["lr"] == 0.1 and run(lr=0.05).config["lr"] == 0.05

@@ -310,7 +310,8 @@ def measure(spec: Spec | str | Path, cfg: MeasureConfig, report: Report | None =
     say("setup", {"method": probe, "why": why, "device": str(device),
                   "optimizer": report.config["optimizer"], "lr": report.config["optimizer_lr"],
                   "dataset_size": examples.n})
-    if spec.optimizer is not None and cfg.lr is not None:
+    own = optimizer.param_groups[0].get("lr")
+    if spec.optimizer is not None and cfg.lr is not None and not (isinstance(own, float) and own == cfg.lr):
         report.diagnose("lr_not_used", f"--lr {cfg.lr:g} was not used: the spec's optimizer() sets its own "
                         f"learning rate ({optimizer.param_groups[0].get('lr')}); change it there.")
     diagnostics.clipping(report, spec, optimizer)

@@ -135,7 +135,7 @@ def _notes(setup, cfg: SweepConfig, est: Estimate, summaries, extra: list[str]) 
         notes.append(f"--eval-examples {cfg.eval_examples} is not below the dataset's {setup.n_data} examples: all "
                      "are evaluated" + (", and none can be held out of training; pass fewer --eval-examples for a "
                                         "held-out evaluation" if cfg.holdout else ""))
-    if setup.spec.optimizer is not None and cfg.lr is not None:
+    if setup.spec.optimizer is not None and cfg.lr is not None and setup.base_lr != cfg.lr:
         notes.append(f"--lr {cfg.lr:g} was not used: the spec's optimizer() sets its own learning rate "
                      f"({setup.base_lr:g}); change it there")
     edges = summary.grid_edges(summaries, cfg.lr_grid)
